@@ -1,0 +1,1 @@
+"""Trainable anchor sets between endpoints: curves and simplexes (built on landscape)."""

@@ -1,0 +1,38 @@
+"""landscape: mode connectivity and loss-landscape analysis for PyTorch models.
+
+The Python API mirrors the CLI::
+
+    import landscape
+    run = landscape.train(out="runs/a", dataset="digits", model="convnet", epochs=20, seed=1)
+    net = landscape.load_model("runs/a/model.pt")
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from .data import DATASETS, Dataset, load_dataset  # noqa: E402
+from .device import resolve_device, seed_everything  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .evaluate import evaluate_model  # noqa: E402
+from .models import create_model, list_models  # noqa: E402
+from .train import TrainConfig, TrainResult, train  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "Checkpoint",
+    "DATASETS",
+    "Dataset",
+    "TrainConfig",
+    "TrainResult",
+    "UserError",
+    "create_model",
+    "evaluate_model",
+    "list_models",
+    "load_checkpoint",
+    "load_dataset",
+    "load_model",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+    "train",
+]

@@ -1,0 +1,355 @@
+"""Every file the toolkit reads or writes: checkpoints, JSON, JSON lines.
+
+A landscape checkpoint is a plain ``torch.save`` dict that
+``torch.load(weights_only=True)`` reads::
+
+    {"format": "landscape/1", "kind": "model", "model": {"name", "kwargs"},
+     "state_dict": {...}, "meta": {...}, "train_state": {...}  # optional}
+
+``model.kwargs`` holds everything ``create_model`` needs (class count, input
+shape, user options), so a checkpoint rebuilds its own network. Foreign
+checkpoints load too: a bare state_dict, ``{"model_state": ...}`` (the
+dnn-mode-connectivity scripts), ``{"state_dict": ...}``, with ``module.``
+(DataParallel / DDP) or ``_orig_mod.`` (``torch.compile``) prefixes.
+
+Writes are atomic: a temporary file in the target's folder, then
+``os.replace``, so an interrupted write never leaves half a file behind.
+Nothing is ever unpickled beyond what ``weights_only=True`` allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "atomic_save",
+    "atomic_write_text",
+    "write_json",
+    "read_json",
+    "append_jsonl",
+    "read_jsonl",
+    "save_checkpoint",
+    "load_checkpoint",
+    "extract_state_dict",
+    "strip_prefixes",
+    "check_state_dict",
+    "load_model",
+]
+
+FORMAT = "landscape/1"
+_PREFIXES = ("module.", "_orig_mod.")
+_STATE_KEYS = ("state_dict", "model_state", "model_state_dict", "model")
+
+
+# --------------------------------------------------------------------- writing
+def atomic_save(write, path: str | os.PathLike) -> Path:
+    """Call ``write(tmp_path)`` then move the file onto ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return atomic_save(write, path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Append one JSON record as a line (a crash can lose at most this line)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.flush()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON-lines file, skipping a torn last line left by a crash."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (Path, torch.device, torch.dtype)):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+# ----------------------------------------------------------------- checkpoints
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk, whatever its format.
+
+    ``model`` is ``{"name", "kwargs"}`` for landscape checkpoints and ``None``
+    for foreign ones (the caller then names the architecture).
+    """
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    model: dict | None = None
+    kind: str = "model"
+    meta: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def foreign(self) -> bool:
+        return self.model is None
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    model: Mapping[str, Any],
+    *,
+    kind: str = "model",
+    meta: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """Save a landscape checkpoint atomically; tensors are moved to the CPU.
+
+    ``model`` is ``{"name": str, "kwargs": dict}``, enough for
+    :func:`landscape.models.create_model` to rebuild the network. ``extra``
+    entries (e.g. ``train_state``) are stored beside the standard keys and
+    must themselves be ``weights_only``-loadable (tensors, numbers, strings,
+    lists, dicts).
+    """
+    obj = {
+        "format": FORMAT,
+        "kind": kind,
+        "model": {"name": str(model["name"]), "kwargs": dict(model.get("kwargs", {}))},
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "meta": dict(meta or {}),
+    }
+    obj.update(_to_cpu(extra))
+    return atomic_save(lambda tmp: torch.save(obj, tmp), path)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read any supported checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises :class:`UserError` with one line for a missing file, a file that
+    is not a torch checkpoint, one that would need arbitrary unpickling, or
+    one with no recognisable state dict.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        hint = path / "model.pt"
+        more = f" (did you mean {hint}?)" if hint.exists() else ""
+        raise UserError(f"{path}: is a folder, not a checkpoint file{more}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if refused:
+            raise UserError(
+                f"{path}: refusing to load: it would unpickle {refused.group(1)}, and only tensors "
+                f"and plain containers are allowed (weights_only=True)"
+            ) from None
+        raise UserError(f"{path}: not a readable torch checkpoint ({_core_message(str(e))})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable torch checkpoint ({_core_message(str(e)) or type(e).__name__})") from None
+
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        sd = obj.get("state_dict")
+        if not _is_state_dict(sd):
+            raise UserError(f"{path}: landscape checkpoint without a valid 'state_dict'")
+        model = obj.get("model")
+        if not (isinstance(model, Mapping) and isinstance(model.get("name"), str)):
+            raise UserError(f"{path}: landscape checkpoint without a valid 'model' entry")
+        extra = {k: v for k, v in obj.items() if k not in ("format", "kind", "model", "state_dict", "meta")}
+        return Checkpoint(
+            path=path,
+            state_dict=strip_prefixes(sd),
+            model={"name": model["name"], "kwargs": dict(model.get("kwargs") or {})},
+            kind=str(obj.get("kind", "model")),
+            meta=dict(obj.get("meta") or {}),
+            extra=extra,
+        )
+    sd = extract_state_dict(obj, path)
+    return Checkpoint(path=path, state_dict=sd, model=None, kind="model", meta={"foreign": True})
+
+
+def _core_message(msg: str) -> str:
+    """The informative line of a (verbose) torch.load error."""
+    lines = [l.strip() for l in msg.splitlines() if l.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1][:200]
+    return (lines[0] if lines else "unreadable")[:200]
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def extract_state_dict(obj: Any, source: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+    """Find the model's state dict in a foreign checkpoint object.
+
+    Accepts a bare state dict or a dict holding one under ``state_dict``,
+    ``model_state``, ``model_state_dict`` or ``model``; strips wrapper
+    prefixes.
+    """
+    if _is_state_dict(obj):
+        return strip_prefixes(obj)
+    if isinstance(obj, Mapping):
+        for key in _STATE_KEYS:
+            if key in obj and _is_state_dict(obj[key]):
+                return strip_prefixes(obj[key])
+        keys = ", ".join(repr(k) for k in list(obj)[:8])
+        raise UserError(
+            f"{source}: no model weights found: expected a state dict or one of the keys "
+            f"{', '.join(_STATE_KEYS)}; found keys {keys}"
+        )
+    raise UserError(f"{source}: no model weights found: the file holds a {type(obj).__name__}, not a dict")
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor], prefixes: Iterable[str] = _PREFIXES) -> dict[str, torch.Tensor]:
+    """Remove ``module.`` / ``_orig_mod.`` wrapper prefixes, repeatedly, from every key."""
+    prefixes = tuple(prefixes)
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if key.startswith(p):
+                    key = key[len(p):]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", model_name: str = "the model") -> None:
+    """Raise one clear :class:`UserError` line if ``state_dict`` does not fit ``model``.
+
+    Names the first key whose shape differs (with both shapes), else the first
+    key missing from the checkpoint, else the first unexpected one.
+    """
+    expected = model.state_dict()
+    for key, want in expected.items():
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(want.shape):
+            raise UserError(
+                f"{source} does not fit {model_name}: key '{key}' has shape "
+                f"{tuple(state_dict[key].shape)} in the checkpoint but {tuple(want.shape)} in the model"
+            )
+    for key in expected:
+        if key not in state_dict:
+            raise UserError(f"{source} does not fit {model_name}: key '{key}' is missing from the checkpoint")
+    for key in state_dict:
+        if key not in expected:
+            raise UserError(f"{source} does not fit {model_name}: unexpected key '{key}' in the checkpoint")
+
+
+def load_model(
+    path_or_ckpt: str | os.PathLike | Checkpoint,
+    model: str | nn.Module | None = None,
+    *,
+    num_classes: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    **model_kwargs: Any,
+) -> nn.Module:
+    """Rebuild the network a checkpoint holds and load its weights.
+
+    A landscape checkpoint rebuilds itself. A foreign one needs ``model``: an
+    ``nn.Module`` to load into, or a registry name plus ``num_classes`` and
+    ``input_shape`` (and any model kwargs). The model is returned on the CPU
+    in eval mode.
+    """
+    from .models import create_model  # local: models import nothing from here
+
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else load_checkpoint(path_or_ckpt)
+    if isinstance(model, nn.Module):
+        net, name = model, type(model).__name__
+    elif model is not None:
+        if num_classes is None or input_shape is None:
+            if ckpt.model is None:
+                raise UserError(f"{ckpt.path}: a foreign checkpoint needs the dataset (class count and input shape) to build '{model}'")
+            kwargs = dict(ckpt.model["kwargs"])
+            kwargs.update(model_kwargs)
+            num_classes = kwargs.pop("num_classes")
+            input_shape = tuple(kwargs.pop("input_shape"))
+            model_kwargs = kwargs
+        net, name = create_model(model, num_classes=num_classes, input_shape=tuple(input_shape), **model_kwargs), model
+    elif ckpt.model is not None:
+        kwargs = dict(ckpt.model["kwargs"])
+        kwargs["input_shape"] = tuple(kwargs["input_shape"])
+        net, name = create_model(ckpt.model["name"], **kwargs), ckpt.model["name"]
+    else:
+        raise UserError(f"{ckpt.path}: foreign checkpoint without architecture; name it with --model")
+    check_state_dict(net, ckpt.state_dict, str(ckpt.path), f"model '{name}'")
+    net.load_state_dict(ckpt.state_dict)
+    return net.eval()

@@ -1,0 +1,578 @@
+"""Datasets as device-resident tensors, and the one training augmentation.
+
+Every reader turns its files into float32 NCHW images with values in [0, 1]
+and int64 labels; :func:`load_dataset` then optionally carves a validation
+split out of train, normalises, and moves everything to the device once, so
+training never copies from the host per batch.
+
+Readers: ``digits`` (scikit-learn's bundled 8x8 digits), ``mnist`` and
+``fashion-mnist`` (idx files, raw or gzipped), ``cifar10`` and ``cifar100``
+(the official python pickles, read through a restricted unpickler), ``npz``
+(user arrays) and ``synthetic`` (random data for benchmarks only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import pickle
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .device import resolve_device
+from .errors import UserError
+
+__all__ = ["DATASETS", "Dataset", "load_dataset", "augment_crop_flip"]
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "npz", "synthetic")
+
+
+@dataclass
+class Dataset:
+    """A classification dataset held as tensors on one device.
+
+    ``x_train`` (N, *input_shape) and ``x_test`` (M, *input_shape) are float32
+    and already normalised with ``mean``/``std`` (one value per channel, or a
+    single value); ``y_train`` (N,) and ``y_test`` (M,) are int64 class ids.
+    When ``eval_split == "val"``, ``x_test``/``y_test`` hold a validation set
+    carved out of the training split, not the real test set.
+    """
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool = False
+    synthetic: bool = False
+    eval_split: str = "test"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. (3, 32, 32) or (D,)."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A new Dataset with every tensor on ``device`` (this one is unchanged)."""
+        device = resolve_device(device)
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+    def describe(self) -> dict:
+        """A JSON-able summary for result files and logs."""
+        return {
+            "name": self.name,
+            "synthetic": self.synthetic,
+            "eval_split": self.eval_split,
+            "n_train": len(self.y_train),
+            "n_test": len(self.y_test),
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "augment": self.augment,
+        }
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator | None = None, augment: bool | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One shuffled epoch of (x (B, *input_shape), y (B,)) training batches.
+
+        The permutation and the augmentation draw from ``generator``, which
+        must live on the data's device (None: torch's global RNG), so an epoch
+        is reproducible from the generator's seed. ``augment`` None follows
+        ``self.augment``. A last partial batch is kept unless it holds a single
+        sample, which batch norm cannot train on.
+        """
+        _check_batch_size(batch_size)
+        augment = self.augment if augment is None else augment
+        if augment and self.x_train.dim() != 4:
+            raise UserError(f"augmentation needs (N, C, H, W) images; {self.name} has input shape {self.input_shape}")
+        if generator is not None and generator.device.type != self.device.type:
+            raise UserError(
+                f"the batch generator is on {generator.device} but the data is on {self.device}; "
+                f"create it with torch.Generator(device=...) on the data's device"
+            )
+        fill = self._black() if augment else None
+        n = len(self.y_train)
+        order = torch.randperm(n, generator=generator, device=self.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < min(2, batch_size):  # only a short last batch can be this small
+                break
+            x = self.x_train[idx]
+            if augment:
+                x = augment_crop_flip(x, generator, fill=fill)
+            yield x, self.y_train[idx]
+
+    def batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every sample of ``split`` ("train" or "test") in order, unaugmented.
+
+        For evaluation and batch-norm re-estimation. The evaluation split is
+        also reachable by its own name (``self.eval_split``, e.g. "val").
+        """
+        _check_batch_size(batch_size)
+        if split == "train":
+            x, y = self.x_train, self.y_train
+        elif split in ("test", self.eval_split):
+            x, y = self.x_test, self.y_test
+        else:
+            raise UserError(f"unknown split {split!r}; choose train or test")
+        for start in range(0, len(y), batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]
+
+    def _black(self) -> Tensor:
+        """Normalised value of a black pixel per channel, shape (C,)."""
+        channels = self.x_train.shape[1]
+        black = [-m / s for m, s in zip(self.mean, self.std)]
+        fill = torch.tensor(black, dtype=self.x_train.dtype, device=self.device)
+        return fill.expand(channels) if len(black) == 1 else fill
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+
+
+def augment_crop_flip(x: Tensor, generator: torch.Generator | None, fill: Tensor | None = None, padding: int = 4) -> Tensor:
+    """Random-crop-with-padding plus horizontal flip, per sample, vectorised.
+
+    x: (B, C, H, W). Each sample is padded by ``padding`` pixels filled with
+    ``fill`` ((C,) per-channel value; default 0), cropped back to H x W at a
+    uniformly random offset, and mirrored left-right with probability 1/2.
+    All draws come from ``generator`` on x's device (None: global RNG).
+    Returns a new (B, C, H, W) tensor; x is not modified.
+    """
+    if x.dim() != 4:
+        raise UserError(f"augment_crop_flip needs (B, C, H, W) images, got shape {tuple(x.shape)}")
+    if padding < 0:
+        raise UserError(f"padding must be >= 0, got {padding}")
+    b, c, h, w = x.shape
+    p = padding
+    dev = x.device
+    if p > 0:
+        padded = x.new_empty(b, c, h + 2 * p, w + 2 * p)
+        if fill is None:
+            padded.zero_()
+        else:
+            padded.copy_(fill.to(device=dev, dtype=x.dtype).reshape(1, c, 1, 1).expand_as(padded))
+        padded[:, :, p : p + h, p : p + w] = x
+    else:
+        padded = x
+    top = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev)
+    left = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev)
+    flip = torch.randint(0, 2, (b,), generator=generator, device=dev).bool()
+    rows = top[:, None] + torch.arange(h, device=dev)  # (B, H)
+    cols = left[:, None] + torch.arange(w, device=dev)  # (B, W)
+    # Flipping the crop is reading its columns right to left.
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    # Two gathers (rows, then columns) select each sample's own window.
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * p))  # (B, C, H, W+2p)
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # (B, C, H, W)
+
+
+class _Raw(NamedTuple):
+    """A reader's output: CPU tensors, x float32 in [0, 1] (npz: as stored)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    mean: tuple[float, ...] | None = None  # None: use the training split's statistics
+    std: tuple[float, ...] | None = None
+    augment: bool = False
+
+
+def load_dataset(
+    name: str,
+    data_path: str | None = None,
+    *,
+    val_size: int = 0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    synthetic_shape: Sequence[int] = (3, 32, 32),
+    synthetic_classes: int = 10,
+    synthetic_sizes: Sequence[int] = (5000, 1000),
+) -> Dataset:
+    """Read dataset ``name`` (one of :data:`DATASETS`) onto ``device``.
+
+    ``data_path`` is the folder (or, for ``npz``, the file) holding the data;
+    ``digits`` and ``synthetic`` need none. ``val_size > 0`` moves that many
+    training samples, chosen by a permutation seeded with ``seed``, into
+    ``x_test``/``y_test`` and sets ``eval_split="val"``. ``seed`` also seeds
+    the ``synthetic`` generator; the ``digits`` train/test split is fixed.
+    """
+    key = str(name).strip().lower()
+    if key not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    device = resolve_device(device)
+    if key == "digits":
+        raw = _read_digits()
+    elif key == "synthetic":
+        raw = _make_synthetic(synthetic_shape, synthetic_classes, synthetic_sizes, seed)
+    else:
+        path = _data_path(key, data_path)
+        if key in ("mnist", "fashion-mnist"):
+            raw = _read_mnist(key, path)
+        elif key in ("cifar10", "cifar100"):
+            raw = _read_cifar(key, path)
+        else:
+            raw = _read_npz(path)
+    return _assemble(key, raw, val_size, seed, device)
+
+
+def _data_path(name: str, data_path: str | None) -> Path:
+    if data_path is None or str(data_path) == "":
+        what = "an .npz file with x_train, y_train, x_test, y_test" if name == "npz" else "the folder holding its files"
+        raise UserError(f"dataset {name} needs --data-path (data_path=...) pointing at {what}")
+    path = Path(data_path).expanduser()
+    if not path.exists():
+        raise UserError(f"--data-path {path} does not exist")
+    return path
+
+
+def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.device) -> Dataset:
+    x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+    eval_split = "test"
+    if val_size:
+        n = len(y_train)
+        if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 < val_size < n:
+            raise UserError(f"val_size must be an integer in 0..{n - 1} (the {name} training split has {n} samples), got {val_size!r}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        val_size = int(val_size)
+        val, keep = order[:val_size], order[val_size:].sort().values
+        x_test, y_test = x_train[val], y_train[val]
+        x_train, y_train = x_train[keep], y_train[keep]
+        eval_split = "val"
+    mean, std = (raw.mean, raw.std) if raw.mean is not None else _statistics(x_train)
+    x_train, x_test = (_normalise(x.to(device), mean, std) for x in (x_train, x_test))
+    return Dataset(
+        name=name,
+        x_train=x_train,
+        y_train=y_train.to(device),
+        x_test=x_test,
+        y_test=y_test.to(device),
+        num_classes=raw.num_classes,
+        mean=mean,
+        std=std,
+        augment=raw.augment,
+        synthetic=name == "synthetic",
+        eval_split=eval_split,
+    )
+
+
+def _statistics(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of (N, C, H, W) images, or one scalar pair for other
+    shapes; a constant channel gets std 1 so normalising never divides by 0."""
+    dims = (0, 2, 3) if x.dim() == 4 else tuple(range(x.dim()))
+    std, mean = torch.std_mean(x.double(), dim=dims, correction=0)  # float64: sums over millions of pixels
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return tuple(mean.reshape(-1).tolist()), tuple(std.reshape(-1).tolist())
+
+
+def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    shape = (1, -1, 1, 1) if x.dim() == 4 and len(mean) > 1 else (-1,)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).reshape(shape)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).reshape(shape)
+    return (x - m) / s
+
+
+# --- digits -------------------------------------------------------------------
+
+
+def _read_digits() -> _Raw:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)  # pixel values 0..16
+    y = bunch.target.astype(np.int64)
+    # A fixed split, independent of the run's seed, so every run sees the same test set.
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=360, stratify=y, random_state=0)
+    return _Raw(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_tr, y_tr, x_te, y_te)), num_classes=10)
+
+
+# --- synthetic ----------------------------------------------------------------
+
+
+def _make_synthetic(shape: Sequence[int], classes: int, sizes: Sequence[int], seed: int) -> _Raw:
+    shape = tuple(int(s) for s in shape)
+    if not shape or any(s < 1 for s in shape):
+        raise UserError(f"synthetic shape must be positive integers, e.g. 3 32 32; got {shape}")
+    if classes < 2:
+        raise UserError(f"synthetic classes must be >= 2, got {classes}")
+    if len(sizes) != 2 or any(int(s) < 1 for s in sizes):
+        raise UserError(f"synthetic sizes must be two positive integers (n_train, n_test), got {tuple(sizes)}")
+    gen = torch.Generator().manual_seed(seed)
+    # A per-class pattern under unit noise: learnable, but not in one step.
+    patterns = 0.3 * torch.randn((classes, *shape), generator=gen)
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.randint(0, classes, (n,), generator=gen)
+        return torch.randn((n, *shape), generator=gen) + patterns[y], y
+
+    x_tr, y_tr = draw(int(sizes[0]))
+    x_te, y_te = draw(int(sizes[1]))
+    channels = shape[0] if len(shape) == 3 else 1
+    return _Raw(x_tr, y_tr, x_te, y_te, classes, (0.0,) * channels, (1.0,) * channels)
+
+
+# --- MNIST / Fashion-MNIST (idx files) ------------------------------------------
+
+_IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_MNIST_CONSTANTS = {"mnist": ((0.1307,), (0.3081,), "MNIST"), "fashion-mnist": ((0.2860,), (0.3530,), "FashionMNIST")}
+
+
+def _read_mnist(name: str, root: Path) -> _Raw:
+    mean, std, folder = _MNIST_CONSTANTS[name]
+    files = _find_idx_files(root, folder)
+    train_x, train_y, test_x, test_y = (_read_idx(f, 3 if "images" in f.name else 1) for f in files)
+    for images, labels, fi, fl in ((train_x, train_y, files[0], files[1]), (test_x, test_y, files[2], files[3])):
+        if len(images) != len(labels):
+            raise UserError(f"{fi} holds {len(images)} images but {fl} holds {len(labels)} labels")
+        if labels.size and labels.max() > 9:
+            raise UserError(f"{fl}: label {labels.max()} out of range; expected 0..9")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise UserError(f"{files[0]} images are {train_x.shape[1:]} but {files[2]} images are {test_x.shape[1:]}")
+
+    def images(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a.astype(np.float32)[:, None] / 255.0)  # (N, 1, H, W)
+
+    def labels(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a.astype(np.int64))
+
+    return _Raw(images(train_x), labels(train_y), images(test_x), labels(test_y), 10, mean, std)
+
+
+def _find_idx_files(root: Path, folder: str) -> list[Path]:
+    """The four idx files, all from the first candidate folder holding any."""
+    candidates = [root, root / "raw", root / folder / "raw"]
+    for d in candidates:
+        found = {stem: _first_existing(d / stem, d / f"{stem}.gz") for stem in _IDX_STEMS}
+        if any(found.values()):
+            missing = [f"{stem}[.gz]" for stem, f in found.items() if f is None]
+            if missing:
+                raise UserError(f"{d}: idx files incomplete, missing {', '.join(missing)}")
+            return [found[stem] for stem in _IDX_STEMS]
+    where = ", ".join(str(d) for d in candidates)
+    raise UserError(f"no {folder} files in {where}: expected {', '.join(s + '[.gz]' for s in _IDX_STEMS)}")
+
+
+def _first_existing(*paths: Path) -> Path | None:
+    return next((p for p in paths if p.is_file()), None)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An idx file of unsigned bytes: magic 00 00 08 <ndim>, big-endian int32 sizes, data."""
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut .gz is an EOFError
+        raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00":
+        raise UserError(f"{path}: not an idx file; expected magic bytes 00 00 08 {ndim:02x}, got {data[:4].hex(' ') or 'nothing'}")
+    if data[2] != 0x08:
+        raise UserError(f"{path}: idx type code 0x{data[2]:02x}; expected 0x08 (unsigned byte)")
+    if data[3] != ndim:
+        raise UserError(f"{path}: idx file has {data[3]} dimensions; expected {ndim}")
+    start = 4 + 4 * ndim
+    if len(data) < start:
+        raise UserError(f"{path}: truncated idx header ({len(data)} bytes, need {start})")
+    dims = struct.unpack(f">{ndim}i", data[4:start])
+    if any(d < 0 for d in dims):
+        raise UserError(f"{path}: negative size in idx header {dims}")
+    want, have = math.prod(dims), len(data) - start
+    if have != want:
+        kind = "truncated" if have < want else "has trailing bytes"
+        raise UserError(f"{path}: {kind}; header promises {want} data bytes for shape {dims}, file holds {have}")
+    return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(dims)
+
+
+# --- CIFAR (python pickles, restricted) -------------------------------------------
+
+_CIFAR = {
+    # name: (folder, train files, test files, label key, mean, std, classes)
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        10,
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100),
+}
+
+
+def _safe_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR pickle may name, resolved to real numpy objects.
+
+    Files written under numpy 1 name ``numpy.core.*``; numpy 2 moved those to
+    ``numpy._core.*``, so both spellings map to the current module's objects.
+    """
+    import _codecs
+
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2 without the _core alias
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    table: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _codecs.encode,  # how Python 3 protocol-2 pickles store bytes
+    }
+    for pkg in ("numpy.core", "numpy._core"):
+        table[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        table[(f"{pkg}.multiarray", "scalar")] = multiarray.scalar
+        table[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer
+    return table
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, lists, dicts and strings; refuses every other global,
+    since a pickle that names e.g. ``os.system`` runs it on load."""
+
+    def __init__(self, file, path: Path) -> None:
+        super().__init__(file, encoding="bytes")  # the batches were written by Python 2
+        self._path = path
+        self._allowed = _safe_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        obj = self._allowed.get((module, name))
+        if obj is None:
+            raise UserError(
+                f"{self._path}: refusing to unpickle {module}.{name}; CIFAR batches hold only numpy arrays, lists and strings"
+            )
+        return obj
+
+
+def _read_cifar(name: str, root: Path) -> _Raw:
+    folder, train_files, test_files, label_key, mean, std, classes = _CIFAR[name]
+    base = root / folder if (root / folder).is_dir() else root
+    missing = [f for f in train_files + test_files if not (base / f).is_file()]
+    if missing:
+        raise UserError(f"no {name} batches in {root}: missing {', '.join(missing)} (expected {folder}/ or its contents)")
+
+    def split(files: list[str]) -> tuple[Tensor, Tensor]:
+        parts = [_read_cifar_batch(base / f, label_key, classes) for f in files]
+        data = np.concatenate([d for d, _ in parts])  # uint8 until here: a quarter of the memory
+        x = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)  # rows are channel-major RGB
+        return x, torch.from_numpy(np.concatenate([lab for _, lab in parts]))
+
+    x_tr, y_tr = split(train_files)
+    x_te, y_te = split(test_files)
+    return _Raw(x_tr, y_tr, x_te, y_te, classes, mean, std, augment=True)
+
+
+def _read_cifar_batch(path: Path, label_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(data (n, 3072) uint8, labels (n,) int64) from one batch file."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, path).load()
+    except UserError:
+        raise
+    except Exception as e:  # a corrupt pickle can fail in many ways; all mean "not a CIFAR batch"
+        raise UserError(f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e})") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
+
+    def entry(key: str) -> object:
+        for k in (key.encode(), key):  # Python 2 str keys arrive as bytes
+            if k in batch:
+                return batch[k]
+        raise UserError(f"{path}: no {key!r} entry; keys are {sorted(map(str, batch))}")
+
+    data, labels = entry("data"), entry(label_key)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise UserError(f"{path}: 'data' is a {what}; expected a uint8 array of shape (n, 3072)")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: {label_key!r} is not a list of integers") from None
+    if labels.shape != (len(data),):
+        raise UserError(f"{path}: {len(data)} images but {label_key!r} has shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise UserError(f"{path}: labels must lie in 0..{classes - 1}, found {labels.min()}..{labels.max()}")
+    return data, labels
+
+
+# --- npz ----------------------------------------------------------------------------
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _read_npz(path: Path) -> _Raw:
+    if not path.is_file():
+        raise UserError(f"--data-path {path} is not a file; npz expects an .npz file with {', '.join(_NPZ_KEYS)}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as e:  # not a zip, not numpy, or pickled: one message for all
+        raise UserError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not hasattr(archive, "files"):
+        raise UserError(f"{path}: holds a single array; expected an .npz archive with {', '.join(_NPZ_KEYS)}")
+    with archive:
+        arrays = {}
+        for key in _NPZ_KEYS:
+            if key not in archive.files:
+                raise UserError(f"{path}: missing array {key!r} (found: {', '.join(archive.files) or 'none'})")
+            try:
+                arrays[key] = archive[key]
+            except ValueError as e:  # object arrays need pickle, which we never allow
+                raise UserError(f"{path}: array {key!r} cannot be loaded without pickle ({e})") from None
+    x_tr, x_te = (_npz_inputs(arrays[k], k, path) for k in ("x_train", "x_test"))
+    y_tr, y_te = (_npz_labels(arrays[k], k, path) for k in ("y_train", "y_test"))
+    for x, y, kx, ky in ((x_tr, y_tr, "x_train", "y_train"), (x_te, y_te, "x_test", "y_test")):
+        if len(x) != len(y):
+            raise UserError(f"{path}: {kx} has {len(x)} samples but {ky} has {len(y)}")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise UserError(f"{path}: x_train samples are {tuple(x_tr.shape[1:])} but x_test samples are {tuple(x_te.shape[1:])}")
+    if len(y_tr) == 0:
+        raise UserError(f"{path}: x_train is empty")
+    num_classes = int(max(y_tr.max(), y_te.max() if len(y_te) else 0)) + 1
+    return _Raw(x_tr, y_tr, x_te, y_te, num_classes)
+
+
+def _npz_inputs(x: np.ndarray, key: str, path: Path) -> Tensor:
+    """(N, H, W) -> (N, 1, H, W); (N, H, W, C) -> (N, C, H, W); (N, C, H, W), (N, D) as is."""
+    if x.dtype.kind not in "biuf":
+        raise UserError(f"{path}: {key} has dtype {x.dtype}; expected a numeric array")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim not in (2, 4):
+        raise UserError(f"{path}: {key} has shape {x.shape}; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale)
+
+
+def _npz_labels(y: np.ndarray, key: str, path: Path) -> Tensor:
+    if y.ndim != 1:
+        raise UserError(f"{path}: {key} has shape {y.shape}; expected (N,) class ids")
+    whole = y.dtype.kind in "iu" or (y.dtype.kind == "f" and bool(np.all(np.isfinite(y) & (y == np.round(y)))))
+    if not whole:
+        raise UserError(f"{path}: {key} must hold integer class ids 0..K-1, got dtype {y.dtype} with non-integer values")
+    if y.size and y.min() < 0:
+        raise UserError(f"{path}: {key} has negative label {y.min()}; expected class ids 0..K-1")
+    return torch.from_numpy(y.astype(np.int64))

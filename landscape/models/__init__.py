@@ -1,0 +1,174 @@
+"""Model registry: every architecture is built by name with :func:`create_model`.
+
+A factory has the signature ``factory(num_classes, input_shape, **kwargs) ->
+nn.Module``; ``input_shape`` is ``(C, H, W)`` for images or ``(D,)`` for
+feature vectors, and both it and ``num_classes`` come from the dataset. The
+module maps ``(B, *input_shape)`` to logits ``(B, num_classes)``.
+
+Your own model needs no registration: pass ``"package.module:factory"`` as the
+name. It is imported, and called with ``num_classes=`` and ``input_shape=``
+when its signature takes them, plus your keyword arguments.
+
+    >>> model = create_model("preresnet", num_classes=10, input_shape=(3, 32, 32), depth=110)
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import operator
+from typing import Callable
+
+from torch import nn
+
+from ..errors import UserError
+from . import preresnet, simple, vgg, wide_resnet
+
+__all__ = ["MODELS", "register_model", "list_models", "create_model"]
+
+Factory = Callable[..., nn.Module]
+
+MODELS: dict[str, Factory] = {}
+
+# Arguments that create_model supplies itself; they are not user options.
+_DATA_ARGS = ("num_classes", "input_shape")
+
+
+def register_model(name: str) -> Callable[[Factory], Factory]:
+    """Decorator that registers ``factory`` under ``name`` and returns it unchanged.
+
+    Names may not contain ``:`` (that marks ``module:factory`` imports), and a
+    name cannot be taken over by a different factory.
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise UserError(f"model name must be a non-empty string without ':'; got {name!r}")
+
+    def decorator(factory: Factory) -> Factory:
+        existing = MODELS.get(name)
+        if existing is not None and existing is not factory:
+            raise UserError(f"model name {name!r} is already registered to {existing.__module__}.{existing.__qualname__}")
+        MODELS[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of the registered models, sorted."""
+    return sorted(MODELS)
+
+
+def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], **kwargs: object) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` classes and inputs of shape ``input_shape``.
+
+    ``name`` is a registered name (see :func:`list_models`) or
+    ``"package.module:factory"``. ``kwargs`` are the model's own options
+    (e.g. ``depth=110`` for ``preresnet``). Raises :class:`UserError` for an
+    unknown name, a failed import, an argument the factory does not take, a bad
+    value, or a user factory that does not return an ``nn.Module``.
+    """
+    if not isinstance(name, str):
+        raise UserError(f"model name must be a string; got {name!r}")
+    if ":" in name:
+        factory = _import_factory(name)
+    elif name in MODELS:
+        factory = MODELS[name]
+    else:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+
+    num_classes = simple.check_int(name, "num_classes", num_classes, 1)
+    input_shape = _check_input_shape(name, input_shape)
+    signature = _signature(factory)
+    _check_kwargs(name, signature, kwargs)
+
+    data = {"num_classes": num_classes, "input_shape": input_shape}
+    if ":" in name and signature is not None:
+        # A user factory may not need the data arguments; pass only what it accepts.
+        data = {k: v for k, v in data.items() if _accepts(signature, k)}
+    model = factory(**data, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _check_input_shape(name: str, input_shape: object) -> tuple[int, ...]:
+    try:
+        # bool passes operator.index, but True is no dimension size.
+        shape = tuple(operator.index(s) for s in input_shape if not isinstance(s, bool))  # type: ignore[union-attr]
+        if len(shape) != len(input_shape):  # type: ignore[arg-type]
+            shape = ()
+    except TypeError:
+        shape = ()
+    if not shape or any(s < 1 for s in shape):
+        raise UserError(f"model {name!r} needs input_shape to be a tuple of positive integers; got {input_shape!r}")
+    return shape
+
+
+def _import_factory(name: str) -> Factory:
+    """Resolve ``"package.module:attr.path"`` to the callable it names."""
+    module_name, _, attr_path = name.partition(":")
+    if not module_name or not attr_path:
+        raise UserError(f"model {name!r} is not of the form package.module:factory")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as exc:  # a user's module may fail in any way while importing
+        raise UserError(f"cannot import module {module_name!r} for model {name!r}: {exc}") from exc
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            raise UserError(f"module {module_name!r} has no attribute {attr_path!r} (model {name!r})")
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise UserError(f"model {name!r} names a {type(obj).__name__}, not a callable factory")
+    return obj
+
+
+def _signature(factory: Factory) -> inspect.Signature | None:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins and C callables have none
+        return None
+
+
+def _accepts(signature: inspect.Signature, arg: str) -> bool:
+    """Whether ``arg`` can be passed by keyword to a callable with ``signature``."""
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            return True
+        if p.name == arg and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            return True
+    return False
+
+
+def _check_kwargs(name: str, signature: inspect.Signature | None, kwargs: dict[str, object]) -> None:
+    """Raise :class:`UserError` for a keyword the factory does not take, or a required one missing."""
+    if signature is None:
+        return
+    params = signature.parameters.values()
+    options = [
+        p for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _DATA_ARGS
+    ]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        names = [p.name for p in options]
+        for key in kwargs:
+            if key not in names:
+                takes = f"it takes: {', '.join(names)}" if names else "it takes no arguments"
+                raise UserError(f"model {name!r} takes no argument {key!r}; {takes}")
+    for p in options:
+        if p.default is p.empty and p.name not in kwargs:
+            raise UserError(f"model {name!r} needs argument {p.name!r}")
+
+
+register_model("mlp")(simple.mlp)
+register_model("convnet")(simple.convnet)
+register_model("lenet5")(simple.lenet5)
+register_model("vgg16")(vgg.vgg16)
+register_model("vgg16bn")(vgg.vgg16bn)
+register_model("vgg19")(vgg.vgg19)
+register_model("vgg19bn")(vgg.vgg19bn)
+register_model("preresnet")(preresnet.preresnet)
+register_model("preresnet20")(preresnet.preresnet20)
+register_model("preresnet56")(preresnet.preresnet56)
+register_model("preresnet110")(preresnet.preresnet110)
+register_model("preresnet164")(preresnet.preresnet164)
+register_model("wrn28x10")(wide_resnet.wrn28x10)

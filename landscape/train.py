@@ -1,0 +1,384 @@
+"""Training of endpoint networks: SGD with momentum and weight decay.
+
+The run folder (``out``) holds::
+
+    config.json         the resolved settings (what to pass to repeat the run)
+    metrics.jsonl       one JSON record per epoch
+    last.pt             the state after the latest epoch (weights + optimiser), for --resume
+    checkpoint-NNN.pt   every ``save_every`` epochs (when set)
+    model.pt            the final network
+    summary.json        final train loss / error and test NLL / error
+
+Resuming is exact on the CPU: every epoch re-seeds the global RNG (dropout)
+and the batch-order / augmentation generator from ``(seed, epoch)``, so an
+interrupted run continued from ``last.pt`` reaches the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .checkpoint import (
+    append_jsonl,
+    check_state_dict,
+    load_checkpoint,
+    read_jsonl,
+    save_checkpoint,
+    write_json,
+    atomic_write_text,
+)
+from .data import Dataset, load_dataset
+from .device import resolve_device, seed_everything
+from .errors import UserError
+from .evaluate import evaluate_model, l2_penalty
+from .models import create_model
+
+__all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "schedule_factor", "learning_rate", "load_data", "train"]
+
+SCHEDULES = ("paper", "cosine", "constant")
+# Settings that may change between a run and its --resume without changing the result.
+_RESUME_FREE = ("device", "save_every")
+
+
+def schedule_factor(schedule: str, progress: float) -> float:
+    """Multiplier of the base learning rate at ``progress`` = epoch / epochs in [0, 1].
+
+    ``paper`` (Garipov et al. 2018; Izmailov et al. 2018): constant for the
+    first half, then linear decay to 1% of the initial rate at 90%, then
+    constant at 1%. ``cosine``: 0.5 (1 + cos(pi * progress)). ``constant``: 1.
+    """
+    if schedule == "paper":
+        if progress <= 0.5:
+            return 1.0
+        if progress <= 0.9:
+            return 1.0 - (progress - 0.5) / 0.4 * 0.99
+        return 0.01
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "constant":
+        return 1.0
+    raise UserError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+
+
+def learning_rate(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """Learning rate for (0-based) ``epoch`` of ``epochs``, set at the epoch's start."""
+    return base_lr * schedule_factor(schedule, epoch / epochs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved as ``config.json``)."""
+
+    dataset: str = "digits"
+    data_path: str | None = None
+    val_size: int = 0
+    data_seed: int = 0
+    synthetic_shape: tuple[int, ...] = (3, 32, 32)
+    synthetic_classes: int = 10
+    synthetic_sizes: tuple[int, int] = (5000, 1000)
+    model: str = "convnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 20
+    lr: float = 0.05
+    momentum: float = 0.9
+    wd: float = 5e-4
+    batch_size: int = 128
+    schedule: str = "paper"
+    seed: int = 0
+    save_every: int = 0
+    device: str = "auto"
+    amp: bool = False
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise UserError(f"--batch-size must be at least 2 (batch norm needs two samples), got {self.batch_size}")
+        for name in ("lr", "momentum", "wd"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise UserError(f"--{name} must be a finite number >= 0, got {value}")
+        if self.lr == 0:
+            raise UserError("--lr must be positive, got 0")
+        if self.save_every < 0:
+            raise UserError(f"--save-every must be >= 0, got {self.save_every}")
+        schedule_factor(self.schedule, 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["synthetic_shape"] = list(self.synthetic_shape)
+        d["synthetic_sizes"] = list(self.synthetic_sizes)
+        return d
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    summary: dict[str, Any]
+    out: Path | None
+    metrics: list[dict[str, Any]]
+
+
+def load_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Dataset:
+    """Load the dataset a config names, on ``device``."""
+    return load_dataset(
+        cfg.dataset,
+        cfg.data_path,
+        val_size=cfg.val_size,
+        seed=cfg.data_seed,
+        device=device,
+        synthetic_shape=tuple(cfg.synthetic_shape),
+        synthetic_classes=cfg.synthetic_classes,
+        synthetic_sizes=tuple(cfg.synthetic_sizes),
+    )
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
+    kwargs = dict(cfg.model_kwargs)
+    kwargs["num_classes"] = data.num_classes
+    kwargs["input_shape"] = list(data.input_shape)
+    return {"name": cfg.model, "kwargs": kwargs}
+
+
+def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> None:
+    new = cfg.to_json()
+    for key, value in new.items():
+        if key in _RESUME_FREE:
+            continue
+        old = stored.get(key)
+        if old != value:
+            raise UserError(
+                f"{out} was started with {key}={old!r}, now {key}={value!r}; "
+                f"--resume needs the same settings (or choose another --out)"
+            )
+
+
+def train(
+    config: TrainConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    data: Dataset | None = None,
+    progress: bool | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    argv: Sequence[str] | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train one endpoint network; write the run folder ``out`` (if given).
+
+    ``train(out="runs/a", dataset="digits", model="convnet", epochs=20, seed=1)``
+    or ``train(TrainConfig(...), "runs/a")``. With ``resume=True`` the run in
+    ``out`` continues from its last completed epoch (a folder with nothing to
+    resume starts fresh). ``data`` may pass an already loaded dataset.
+    ``on_epoch_end(epoch, record)`` is called after each epoch's state is saved.
+    Returns the trained model (eval mode), the summary, and per-epoch metrics.
+    """
+    cfg = TrainConfig(**{**asdict(config), **overrides}) if config is not None else TrainConfig(**overrides)
+    cfg.synthetic_shape = tuple(cfg.synthetic_shape)
+    cfg.synthetic_sizes = tuple(cfg.synthetic_sizes)
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    out = Path(out) if out is not None else None
+
+    start_epoch, state = 0, None
+    metrics: list[dict[str, Any]] = []
+    if out is not None:
+        start_epoch, state, metrics = _prepare_out(out, cfg, resume)
+        if start_epoch == -1:  # finished before: report and return
+            return _finished_result(out)
+
+    if data is None:
+        data = load_data(cfg, device)
+    else:
+        data = data.to(device)
+
+    seed_everything(cfg.seed)
+    spec = _model_spec(cfg, data)
+    model = create_model(cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape), **cfg.model_kwargs)
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    if state is not None:
+        check_state_dict(model, state.state_dict, str(state.path), f"model '{cfg.model}'")
+        model.load_state_dict(state.state_dict)
+        optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
+
+    if out is not None:
+        write_json(out / "config.json", {
+            "command": "train",
+            "argv": list(argv) if argv is not None else None,
+            "config": cfg.to_json(),
+            "device": str(device),
+            "dataset": data.describe(),
+            "model": spec,
+            "landscape_version": __version__,
+            "torch_version": torch.__version__,
+        })
+        if data.synthetic:
+            _say("note: synthetic data (random tensors) — for benchmarks only, not a real result")
+
+    t0 = time.perf_counter()
+    steps = max(1, math.ceil(len(data.y_train) / cfg.batch_size))
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, show)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            record = _train_epoch(model, optimizer, data, cfg, epoch, device, bar)
+            record.update({f"test_{k}": v for k, v in evaluate_model(model, data, "test", amp=cfg.amp).items() if k != "n"})
+            record["time_s"] = round(time.perf_counter() - t0, 3)
+            if out is not None:
+                append_jsonl(out / "metrics.jsonl", record)
+                _save(out / "last.pt", model, optimizer, spec, cfg, epoch + 1, data, kind="train_state")
+                if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+                    _save(out / f"checkpoint-{epoch + 1:03d}.pt", model, optimizer, spec, cfg, epoch + 1, data)
+            metrics.append(record)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{record['train_loss']:.4f}",
+                            err=f"{record['train_error']:.2f}%", test_err=f"{record['test_error']:.2f}%")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record)
+    finally:
+        bar.close()
+
+    summary = _final_summary(model, data, cfg, spec, time.perf_counter() - t0)
+    if out is not None:
+        _save(out / "model.pt", model, optimizer, spec, cfg, cfg.epochs, data)
+        write_json(out / "summary.json", summary)
+    return TrainResult(model=model.eval(), summary=summary, out=out, metrics=metrics)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _progress_bar(total: int, initial: int, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not show, desc="train", unit="it", dynamic_ncols=True, leave=False)
+
+
+def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> tuple[int, Any, list[dict[str, Any]]]:
+    """Check the run folder against ``resume``; return (start epoch, state, kept metrics).
+
+    Start epoch -1 means the run there is already finished.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    finished, last = out / "model.pt", out / "last.pt"
+    if not resume:
+        if finished.exists():
+            raise UserError(f"{out} already holds a finished run; choose another --out")
+        if last.exists():
+            raise UserError(f"{out} holds an unfinished run; pass --resume to continue it, or choose another --out")
+        for stale in ("metrics.jsonl", "summary.json"):
+            (out / stale).unlink(missing_ok=True)
+        return 0, None, []
+    source = finished if finished.exists() else last
+    if not source.exists():
+        _say(f"{out}: nothing to resume, starting a new run")
+        return _prepare_out(out, cfg, resume=False)
+    state = load_checkpoint(source)
+    stored = (state.meta or {}).get("train_config")
+    if not isinstance(stored, dict) or "train_state" not in state.extra:
+        raise UserError(f"{source}: not a training state written by 'landscape train'; cannot resume from it")
+    _check_resumable(out, cfg, stored)
+    if source is finished:
+        return -1, None, []
+    epoch = int(state.extra["train_state"]["epoch"])
+    kept = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("epoch", 0) <= epoch]
+    atomic_write_text(out / "metrics.jsonl", "".join(_jsonl_line(r) for r in kept))
+    _say(f"{out}: resuming after epoch {epoch} of {cfg.epochs}")
+    return epoch, state, kept
+
+
+def _jsonl_line(record: dict) -> str:
+    import json
+
+    return json.dumps(record) + "\n"
+
+
+def _finished_result(out: Path) -> TrainResult:
+    from .checkpoint import load_model, read_json
+
+    _say(f"{out}: run already finished; nothing to do")
+    summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
+    return TrainResult(model=load_model(out / "model.pt"), summary=summary, out=out, metrics=read_jsonl(out / "metrics.jsonl"))
+
+
+def _save(path: Path, model: nn.Module, optimizer, spec, cfg: TrainConfig, epoch: int, data: Dataset, kind: str = "model") -> None:
+    save_checkpoint(
+        path,
+        model.state_dict(),
+        spec,
+        kind=kind,
+        meta={"epoch": epoch, "train_config": cfg.to_json(), "dataset": data.describe(), "landscape_version": __version__},
+        train_state={"epoch": epoch, "optimizer": optimizer.state_dict()},
+    )
+
+
+def _train_epoch(model, optimizer, data: Dataset, cfg: TrainConfig, epoch: int, device: torch.device, bar) -> dict[str, Any]:
+    lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout and any other global-RNG use
+    gen = torch.Generator(device=device)
+    gen.manual_seed(_epoch_seed(cfg.seed, epoch))
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    for x, y in data.train_batches(cfg.batch_size, gen):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = model(x)  # (B, classes)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * y.numel()
+        wrong += (logits.detach().argmax(dim=1) != y).sum()
+        seen += y.numel()
+        bar.update(1)
+    train_loss = loss_sum.item() / max(seen, 1)
+    if not math.isfinite(train_loss):
+        raise UserError(
+            f"training diverged: the loss became {train_loss} in epoch {epoch + 1} (lr {lr:g}); "
+            f"the last good state is kept, lower --lr and rerun"
+        )
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": 100.0 * wrong.item() / max(seen, 1)}
+
+
+def _final_summary(model: nn.Module, data: Dataset, cfg: TrainConfig, spec, seconds: float) -> dict[str, Any]:
+    train_m = evaluate_model(model, data, "train", amp=cfg.amp)
+    test_m = evaluate_model(model, data, "test", amp=cfg.amp)
+    penalty = l2_penalty(model, cfg.wd)
+    return {
+        "train_loss": train_m["nll"] + penalty,
+        "train_nll": train_m["nll"],
+        "train_error": train_m["error"],
+        "test_nll": test_m["nll"],
+        "test_error": test_m["error"],
+        "eval_split": data.eval_split,
+        "synthetic": data.synthetic,
+        "epochs": cfg.epochs,
+        "seconds": round(seconds, 3),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "model": spec,
+        "dataset": data.describe(),
+        "checkpoint": "model.pt",
+        "notes": "train_loss = train NLL + 0.5 * wd * ||w||^2 (as the papers report it); errors in percent; "
+                 "all metrics in eval mode on unaugmented data",
+    }

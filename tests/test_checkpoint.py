@@ -1,0 +1,169 @@
+"""Checkpoints: round trip, atomic writes, foreign formats, clear errors."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from landscape.checkpoint import (
+    FORMAT,
+    atomic_save,
+    load_checkpoint,
+    load_model,
+    read_jsonl,
+    save_checkpoint,
+    strip_prefixes,
+)
+from landscape.errors import UserError
+from landscape.models import create_model
+
+SPEC = {"name": "convnet", "kwargs": {"num_classes": 10, "input_shape": [1, 8, 8], "width": 8}}
+
+
+def _net():
+    torch.manual_seed(0)
+    return create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=8)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_round_trip_rebuilds_model_and_loads_weights_only(tmp_path):
+    net = _net()
+    path = save_checkpoint(tmp_path / "m.pt", net.state_dict(), SPEC, meta={"epoch": 3})
+    raw = torch.load(path, weights_only=True)  # what a user would do
+    assert raw["format"] == FORMAT and raw["model"]["name"] == "convnet" and raw["meta"]["epoch"] == 3
+    ckpt = load_checkpoint(path)
+    assert ckpt.model == SPEC and not ckpt.foreign
+    rebuilt = load_model(path)
+    assert _same(rebuilt.state_dict(), net.state_dict())
+    x = torch.randn(4, 1, 8, 8)
+    net.eval()
+    assert torch.equal(rebuilt(x), net(x))
+
+
+def test_atomic_save_leaves_old_file_when_write_fails(tmp_path):
+    target = tmp_path / "m.pt"
+    target.write_text("old")
+
+    def failing(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_save(failing, target)
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("wrap", ["bare", "model_state", "state_dict", "module_prefix", "compile_prefix", "ddp_compile"])
+def test_foreign_formats_load(tmp_path, wrap):
+    net = _net()
+    sd = net.state_dict()
+    if wrap == "bare":
+        obj = sd
+    elif wrap == "model_state":  # dnn-mode-connectivity: {'epoch', 'model_state', 'optimizer_state'}
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        obj = {"epoch": 5, "model_state": sd, "optimizer_state": opt.state_dict()}
+    elif wrap == "state_dict":
+        obj = {"state_dict": sd, "epoch": 1}
+    elif wrap == "module_prefix":
+        obj = {f"module.{k}": v for k, v in sd.items()}
+    elif wrap == "compile_prefix":
+        obj = {"state_dict": {f"_orig_mod.{k}": v for k, v in sd.items()}}
+    else:
+        obj = {f"module._orig_mod.{k}": v for k, v in sd.items()}
+    torch.save(obj, tmp_path / "f.pt")
+    ckpt = load_checkpoint(tmp_path / "f.pt")
+    assert ckpt.foreign
+    assert _same(ckpt.state_dict, sd)
+    loaded = load_model(ckpt, "convnet", num_classes=10, input_shape=(1, 8, 8), width=8)
+    assert _same(loaded.state_dict(), sd)
+
+
+def test_strip_prefixes_only_strips_leading_wrappers():
+    sd = {"module.features.module.x": torch.zeros(1)}
+    assert list(strip_prefixes(sd)) == ["features.module.x"]
+
+
+def test_mismatch_names_first_key_and_both_shapes(tmp_path):
+    save_checkpoint(tmp_path / "w8.pt", _net().state_dict(), SPEC)
+    other = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=16)
+    with pytest.raises(UserError) as err:
+        load_model(tmp_path / "w8.pt", other)
+    msg = str(err.value)
+    assert "\n" not in msg
+    first_key = next(iter(other.state_dict()))
+    assert f"'{first_key}'" in msg
+    assert str(tuple(_net().state_dict()[first_key].shape)) in msg
+    assert str(tuple(other.state_dict()[first_key].shape)) in msg
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path):
+    sd = _net().state_dict()
+    missing = dict(sd)
+    key = sorted(missing)[0]
+    del missing[key]
+    torch.save(missing, tmp_path / "missing.pt")
+    with pytest.raises(UserError, match=f"'{key}' is missing"):
+        load_model(tmp_path / "missing.pt", _net())
+    extra = dict(sd, **{"head.extra": torch.zeros(2)})
+    torch.save(extra, tmp_path / "extra.pt")
+    with pytest.raises(UserError, match="unexpected key 'head.extra'"):
+        load_model(tmp_path / "extra.pt", _net())
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_refuses_arbitrary_pickles(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": _Evil()}, f)
+    with pytest.raises(UserError, match="evil.pt"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "PWNED").exists()
+    # The same through torch.save's zip format.
+    torch.save({"model_state": {"w": torch.zeros(1)}, "extra": _Evil()}, tmp_path / "evil2.pt")
+    with pytest.raises(UserError, match="refusing"):
+        load_checkpoint(tmp_path / "evil2.pt")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_missing_corrupt_and_weightless_files(tmp_path):
+    with pytest.raises(UserError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00\x01not a checkpoint at all")
+    with pytest.raises(UserError, match="not a readable torch checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"epoch": 3, "notes": "x"}, tmp_path / "noweights.pt")
+    with pytest.raises(UserError, match="no model weights found"):
+        load_checkpoint(tmp_path / "noweights.pt")
+    with pytest.raises(UserError, match="folder"):
+        load_checkpoint(tmp_path)
+
+
+def test_foreign_checkpoint_needs_a_model_name(tmp_path):
+    torch.save(_net().state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(UserError, match="--model"):
+        load_model(tmp_path / "bare.pt")
+
+
+def test_read_jsonl_skips_a_torn_last_line(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    assert read_jsonl(p) == [{"epoch": 1}, {"epoch": 2}]
+
+
+def test_any_module_round_trips_through_load_model(tmp_path):
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    torch.save({"model_state": net.state_dict()}, tmp_path / "seq.pt")
+    fresh = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    loaded = load_model(tmp_path / "seq.pt", fresh)
+    assert _same(loaded.state_dict(), net.state_dict())

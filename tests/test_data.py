@@ -1,0 +1,459 @@
+"""Dataset readers, splits, batching and augmentation, on files written here."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from landscape.data import DATASETS, Dataset, augment_crop_flip, load_dataset
+from landscape.errors import UserError
+
+
+def unnormalise(data: Dataset, x: torch.Tensor) -> torch.Tensor:
+    """Back to [0, 1] pixels: x * std + mean per channel."""
+    shape = (1, -1, 1, 1) if x.dim() == 4 else (-1,)
+    return x * torch.tensor(data.std).reshape(shape) + torch.tensor(data.mean).reshape(shape)
+
+
+# --- names and paths ----------------------------------------------------------
+
+
+def test_unknown_dataset_lists_choices():
+    with pytest.raises(UserError, match="unknown dataset 'nosuch'") as err:
+        load_dataset("nosuch")
+    for name in DATASETS:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "cifar100", "npz"])
+def test_file_datasets_need_data_path(name):
+    with pytest.raises(UserError, match="--data-path"):
+        load_dataset(name)
+
+
+def test_missing_folder_is_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_dataset("mnist", str(tmp_path / "absent"))
+    with pytest.raises(UserError, match="no MNIST files"):
+        load_dataset("mnist", str(tmp_path))
+    with pytest.raises(UserError, match="data_batch_1"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+# --- digits ---------------------------------------------------------------------
+
+
+def test_digits_fixed_stratified_split_and_normalised():
+    a = load_dataset("digits", seed=0)
+    b = load_dataset("digits", seed=123)
+    assert a.x_train.shape == (1437, 1, 8, 8) and a.x_test.shape == (360, 1, 8, 8)
+    assert a.x_train.dtype == torch.float32 and a.y_train.dtype == torch.int64
+    assert a.num_classes == 10 and not a.augment and not a.synthetic
+    counts = torch.bincount(a.y_test, minlength=10)
+    assert (counts - 36).abs().max() <= 1, counts
+    # The split does not depend on `seed`.
+    assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_train, b.y_train)
+    assert abs(a.x_train.mean().item()) < 1e-4
+    assert abs(a.x_train.std(correction=0).item() - 1) < 1e-4
+    # Raw values were 0..16, scaled by 1/16.
+    raw = unnormalise(a, a.x_train) * 16
+    assert torch.allclose(raw, raw.round(), atol=1e-4) and raw.min() > -1e-4 and raw.max() < 16 + 1e-4
+
+
+# --- MNIST idx --------------------------------------------------------------------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx(folder, arrays: dict[str, np.ndarray], gz: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, array in arrays.items():
+        data = idx_bytes(array)
+        if gz:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / stem).write_bytes(data)
+
+
+def mnist_arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.arange(20, dtype=np.uint8) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(10, dtype=np.uint8) * 3) % 10,
+    }
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("name, sub", [("mnist", ""), ("mnist", "MNIST/raw"), ("fashion-mnist", "raw")])
+def test_idx_round_trip(tmp_path, gz, name, sub):
+    arrays = mnist_arrays()
+    write_idx(tmp_path / sub if sub else tmp_path, arrays, gz)
+    data = load_dataset(name, str(tmp_path))
+    assert data.x_train.shape == (20, 1, 28, 28) and data.x_test.shape == (10, 1, 28, 28)
+    assert data.num_classes == 10 and not data.augment
+    assert data.mean == ((0.1307,) if name == "mnist" else (0.2860,))
+    pixels = (unnormalise(data, data.x_train) * 255).round().to(torch.uint8)
+    assert torch.equal(pixels[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"]))
+    pixels = (unnormalise(data, data.x_test) * 255).round().to(torch.uint8)
+    assert torch.equal(pixels[:, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"]))
+    assert data.y_train.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    assert data.y_test.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+
+
+def test_idx_corrupt_header(tmp_path):
+    write_idx(tmp_path, mnist_arrays(), gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    data = bytearray(path.read_bytes())
+    data[1] = 7  # magic must start 00 00
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="train-images-idx3-ubyte: not an idx file"):
+        load_dataset("mnist", str(tmp_path))
+    data[1], data[2] = 0, 0x0D  # float type code
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="type code 0x0d"):
+        load_dataset("mnist", str(tmp_path))
+
+
+def test_idx_truncated_raw_and_gz(tmp_path):
+    write_idx(tmp_path, mnist_arrays(), gz=False)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte: truncated"):
+        load_dataset("mnist", str(tmp_path))
+
+    gz_dir = tmp_path / "gz"
+    write_idx(gz_dir, mnist_arrays(), gz=True)
+    path = gz_dir / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(UserError, match="train-labels-idx1-ubyte.gz"):
+        load_dataset("mnist", str(gz_dir))
+
+
+def test_idx_count_mismatch_and_missing_file(tmp_path):
+    arrays = mnist_arrays()
+    arrays["train-labels-idx1-ubyte"] = arrays["train-labels-idx1-ubyte"][:19]
+    write_idx(tmp_path, arrays, gz=False)
+    with pytest.raises(UserError, match="20 images but .*train-labels-idx1-ubyte holds 19 labels"):
+        load_dataset("mnist", str(tmp_path))
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(UserError, match=r"missing t10k-labels-idx1-ubyte\[.gz\]"):
+        load_dataset("mnist", str(tmp_path))
+
+
+# --- CIFAR pickles ---------------------------------------------------------------
+
+
+def cifar_batch(rng, n: int, label_key, classes: int, str_keys: bool = False) -> dict:
+    keys = ("data", label_key) if str_keys else (b"data", label_key.encode())
+    return {
+        keys[0]: rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        keys[1]: rng.integers(0, classes, n).tolist(),
+        b"batch_label": b"testing batch",
+    }
+
+
+def dump(path, obj, protocol: int) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def write_cifar10(folder, rng) -> tuple[list[dict], dict]:
+    folder.mkdir(parents=True, exist_ok=True)
+    train = [cifar_batch(rng, 3, "labels", 10) for _ in range(5)]
+    for i, batch in enumerate(train, 1):
+        # Batch 2 as numpy 1 wrote it (numpy.core.*); batch 3 in protocol 5 (numpy._core.numeric._frombuffer).
+        data = pickle.dumps(batch, protocol=5 if i == 3 else 2)
+        if i == 2:
+            assert b"numpy._core.multiarray" in data
+            data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        (folder / f"data_batch_{i}").write_bytes(data)
+    test = cifar_batch(rng, 4, "labels", 10)
+    dump(folder / "test_batch", test, 2)
+    return train, test
+
+
+def assert_pixels(data: Dataset, x: torch.Tensor, batches: list[dict], key) -> None:
+    expected = np.concatenate([b[key] for b in batches]).reshape(-1, 3, 32, 32)
+    pixels = (unnormalise(data, x) * 255).round().to(torch.uint8)
+    assert torch.equal(pixels, torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize("point_at_folder", [False, True])
+def test_cifar10_round_trip(tmp_path, point_at_folder):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-10-batches-py"
+    train, test = write_cifar10(folder, rng)
+    assert b"_frombuffer" in (folder / "data_batch_3").read_bytes()
+    data = load_dataset("cifar10", str(folder if point_at_folder else tmp_path))
+    assert data.x_train.shape == (15, 3, 32, 32) and data.x_test.shape == (4, 3, 32, 32)
+    assert data.num_classes == 10 and data.augment
+    assert data.mean == (0.4914, 0.4822, 0.4465)
+    assert_pixels(data, data.x_train, train, b"data")
+    assert_pixels(data, data.x_test, [test], b"data")
+    assert data.y_train.tolist() == sum((b[b"labels"] for b in train), [])
+    assert data.y_test.tolist() == test[b"labels"]
+
+
+def test_cifar100_round_trip_with_str_keys(tmp_path):
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    train = cifar_batch(rng, 6, "fine_labels", 100)
+    test = cifar_batch(rng, 5, "fine_labels", 100, str_keys=True)
+    dump(folder / "train", train, 2)
+    dump(folder / "test", test, 5)
+    data = load_dataset("cifar100", str(tmp_path))
+    assert data.num_classes == 100 and data.augment and data.mean == (0.5071, 0.4865, 0.4409)
+    assert_pixels(data, data.x_train, [train], b"data")
+    assert_pixels(data, data.x_test, [test], "data")
+    assert data.y_train.tolist() == train[b"fine_labels"]
+    assert data.y_test.tolist() == test["fine_labels"]
+
+
+class Pwn:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_refuses_malicious_pickle_os_system(tmp_path):
+    write_cifar10(tmp_path, np.random.default_rng(3))
+    marker = tmp_path / "pwned"
+    dump(tmp_path / "data_batch_1", {b"data": Pwn(marker), b"labels": []}, 2)
+    with pytest.raises(UserError, match=r"data_batch_1: refusing to unpickle (os|posix|nt)\.system"):
+        load_dataset("cifar10", str(tmp_path))
+    assert not marker.exists()
+
+
+def test_cifar_refuses_malicious_pickle_eval(tmp_path):
+    write_cifar10(tmp_path, np.random.default_rng(4))
+    marker = tmp_path / "pwned"
+    code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    payload = b"cbuiltins\neval\n(V" + code.encode() + b"\ntR."
+    assert pickle.loads(payload) is None and marker.exists()  # the payload does work when unrestricted
+    marker.unlink()
+    (tmp_path / "data_batch_4").write_bytes(payload)
+    with pytest.raises(UserError, match=r"data_batch_4: refusing to unpickle builtins\.eval"):
+        load_dataset("cifar10", str(tmp_path))
+    assert not marker.exists()
+
+
+def test_cifar_corrupt_batch(tmp_path):
+    write_cifar10(tmp_path, np.random.default_rng(5))
+    path = tmp_path / "test_batch"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UserError, match="test_batch: not a readable CIFAR batch"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+# --- npz ----------------------------------------------------------------------
+
+
+def test_npz_nhwc_uint8(tmp_path):
+    rng = np.random.default_rng(6)
+    x_train = rng.integers(0, 256, (12, 5, 6, 3), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (4, 5, 6, 3), dtype=np.uint8)
+    y_train, y_test = np.arange(12) % 4, np.array([0, 1, 2, 3])
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    data = load_dataset("npz", str(path))
+    assert data.input_shape == (3, 5, 6) and data.num_classes == 4 and not data.augment
+    assert len(data.mean) == 3
+    # Per-channel training statistics: each channel has mean 0, std 1.
+    assert torch.allclose(data.x_train.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(data.x_train.std(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-5)
+    pixels = (unnormalise(data, data.x_test) * 255).round().to(torch.uint8)
+    assert torch.equal(pixels, torch.from_numpy(x_test.transpose(0, 3, 1, 2).copy()))
+    assert data.y_train.tolist() == y_train.tolist()
+
+
+def test_npz_feature_vectors_float(tmp_path):
+    rng = np.random.default_rng(7)
+    x_train = rng.normal(3.0, 2.0, (30, 7))
+    x_test = rng.normal(3.0, 2.0, (10, 7))
+    path = tmp_path / "f.npz"
+    np.savez(path, x_train=x_train, y_train=np.arange(30) % 3, x_test=x_test, y_test=np.full(10, 5))
+    data = load_dataset("npz", str(path))
+    assert data.input_shape == (7,) and data.num_classes == 6  # max label over both splits + 1
+    assert len(data.mean) == 1 and abs(data.mean[0] - x_train.mean()) < 1e-6
+    assert abs(data.std[0] - x_train.std()) < 1e-6
+    assert torch.allclose(unnormalise(data, data.x_test), torch.from_numpy(x_test).float(), atol=1e-5)
+
+
+def test_npz_bad_inputs(tmp_path):
+    good = dict(x_train=np.zeros((4, 3)), y_train=np.arange(4), x_test=np.zeros((2, 3)), y_test=np.arange(2))
+    path = tmp_path / "bad.npz"
+    np.savez(path, **{k: v for k, v in good.items() if k != "y_test"})
+    with pytest.raises(UserError, match="missing array 'y_test'"):
+        load_dataset("npz", str(path))
+    np.savez(path, **{**good, "y_train": np.array([0.0, 1.5, 2.0, 0.0])})
+    with pytest.raises(UserError, match="y_train must hold integer class ids"):
+        load_dataset("npz", str(path))
+    np.savez(path, **{**good, "y_test": np.array([0, -1])})
+    with pytest.raises(UserError, match="y_test has negative label"):
+        load_dataset("npz", str(path))
+    # Whole-valued float labels are fine.
+    np.savez(path, **{**good, "y_train": np.array([0.0, 1.0, 2.0, 0.0])})
+    assert load_dataset("npz", str(path)).y_train.tolist() == [0, 1, 2, 0]
+
+
+# --- synthetic and validation splits --------------------------------------------------
+
+
+def test_synthetic_shapes_flag_and_reproducible():
+    kw = dict(synthetic_shape=(2, 6, 6), synthetic_classes=5, synthetic_sizes=(40, 12))
+    a = load_dataset("synthetic", seed=3, **kw)
+    b = load_dataset("synthetic", seed=3, **kw)
+    c = load_dataset("synthetic", seed=4, **kw)
+    assert a.x_train.shape == (40, 2, 6, 6) and a.x_test.shape == (12, 2, 6, 6)
+    assert a.num_classes == 5 and int(a.y_train.max()) < 5
+    assert a.synthetic and a.describe()["synthetic"] and not a.augment
+    assert a.mean == (0.0, 0.0) and a.std == (1.0, 1.0)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.x_train, c.x_train)
+    assert not load_dataset("digits").synthetic
+
+
+def test_val_split_sizes_and_disjoint():
+    full = load_dataset("synthetic", synthetic_shape=(4,), synthetic_sizes=(50, 9))
+    data = load_dataset("synthetic", synthetic_shape=(4,), synthetic_sizes=(50, 9), val_size=15, seed=0)
+    assert data.eval_split == "val" and len(data.y_test) == 15 and len(data.y_train) == 35
+    assert data.describe()["eval_split"] == "val" and full.eval_split == "test"
+    rows = lambda x: {tuple(r) for r in x.tolist()}  # noqa: E731
+    assert rows(data.x_test).isdisjoint(rows(data.x_train))
+    assert rows(data.x_test) | rows(data.x_train) == rows(full.x_train)  # the real test set is unused
+    other = load_dataset("synthetic", synthetic_shape=(4,), synthetic_sizes=(50, 9), val_size=15, seed=1)
+    assert rows(other.x_test) != rows(data.x_test)
+    with pytest.raises(UserError, match="val_size"):
+        load_dataset("synthetic", synthetic_sizes=(50, 9), synthetic_shape=(4,), val_size=50)
+
+
+# --- batching ------------------------------------------------------------------------
+
+
+def index_dataset(n: int, augment: bool = False) -> Dataset:
+    x = torch.arange(n, dtype=torch.float32)[:, None]  # each sample holds its own index
+    y = torch.arange(n) % 3
+    return Dataset("index", x, y, x[:2], y[:2], 3, (0.0,), (1.0,), augment=augment)
+
+
+def epoch(data: Dataset, batch_size: int, seed: int | None) -> list[torch.Tensor]:
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    out = []
+    for x, y in data.train_batches(batch_size, gen):
+        assert torch.equal(y, x[:, 0].long() % 3)  # samples keep their labels
+        out.append(x[:, 0].long())
+    return out
+
+
+def test_train_batches_cover_epoch_and_are_seeded():
+    data = index_dataset(38)
+    batches = epoch(data, 9, seed=0)
+    assert [len(b) for b in batches] == [9, 9, 9, 9, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(38))
+    assert torch.equal(torch.cat(batches), torch.cat(epoch(data, 9, seed=0)))
+    assert not torch.equal(torch.cat(batches), torch.cat(epoch(data, 9, seed=1)))
+    assert torch.cat(batches).tolist() != list(range(38))  # shuffled
+
+
+def test_train_batches_drop_single_sample_batch():
+    batches = epoch(index_dataset(37), 9, seed=0)
+    assert [len(b) for b in batches] == [9, 9, 9, 9]
+    assert len(set(torch.cat(batches).tolist())) == 36
+
+
+def test_batches_in_order_all_samples():
+    data = index_dataset(10)
+    xs = [x[:, 0].long() for x, _ in data.batches("train", 4)]
+    assert [len(x) for x in xs] == [4, 4, 2] and torch.cat(xs).tolist() == list(range(10))
+    assert sum(len(y) for _, y in data.batches("test", 4)) == 2
+    with pytest.raises(UserError, match="unknown split"):
+        next(data.batches("nosuch", 4))
+
+
+def test_train_batches_augment_pads_with_normalised_black():
+    x = torch.full((64, 2, 4, 4), 1.0)
+    y = torch.zeros(64, dtype=torch.long)
+    data = Dataset("img", x, y, x, y, 1, (0.5, 0.2), (0.25, 0.1), augment=True)
+    black = torch.tensor([-2.0, -2.0])  # (0 - mean) / std per channel
+    out = torch.cat([b for b, _ in data.train_batches(16, torch.Generator().manual_seed(0))])
+    for c in range(2):
+        values = set(out[:, c].unique().tolist())
+        assert values == {1.0, black[c].item()}
+    plain = torch.cat([b for b, _ in data.train_batches(16, torch.Generator().manual_seed(0), augment=False)])
+    assert torch.equal(plain, x)
+
+
+def test_describe_is_json_and_to_copies():
+    data = load_dataset("synthetic", synthetic_shape=(3, 4, 4), synthetic_sizes=(6, 3))
+    d = json.loads(json.dumps(data.describe()))
+    assert d == {
+        "name": "synthetic", "synthetic": True, "eval_split": "test", "n_train": 6, "n_test": 3,
+        "input_shape": [3, 4, 4], "num_classes": 10, "augment": False,
+    }
+    moved = data.to("cpu")
+    assert moved is not data and moved.device == torch.device("cpu")
+
+
+# --- augmentation ---------------------------------------------------------------------
+
+
+def candidate_crops(image: torch.Tensor, padding: int, fill: float) -> list[torch.Tensor]:
+    """Every crop of the padded image and its mirror, by brute force. image (C, H, W)."""
+    c, h, w = image.shape
+    padded = torch.full((c, h + 2 * padding, w + 2 * padding), fill)
+    padded[:, padding : padding + h, padding : padding + w] = image
+    crops = []
+    for top in range(2 * padding + 1):
+        for left in range(2 * padding + 1):
+            crop = padded[:, top : top + h, left : left + w]
+            crops += [crop, crop.flip(-1)]
+    return crops
+
+
+@pytest.mark.parametrize("padding", [0, 1, 4])
+def test_augment_outputs_are_padded_crops_maybe_flipped(padding):
+    n, fill = 300, -1.0
+    base = torch.arange(1, 17, dtype=torch.float32).reshape(1, 4, 4)
+    x = base + 100 * torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1)  # distinct per sample
+    out = augment_crop_flip(x, torch.Generator().manual_seed(0), fill=torch.tensor([fill]), padding=padding)
+    assert out.shape == x.shape
+    choices = []
+    for i in range(n):
+        crops = candidate_crops(x[i], padding, fill)
+        matches = [k for k, crop in enumerate(crops) if torch.equal(out[i], crop)]
+        assert matches, f"sample {i} is not a crop of its own padded image"
+        choices.append(matches[0])
+    flipped = [k % 2 == 1 for k in choices]
+    assert any(flipped) and not all(flipped)
+    if padding:
+        assert len({k // 2 for k in choices}) > 1  # offsets vary
+        assert (out == fill).any()  # the border shows through
+    # Same generator seed, same augmentation; the input is left alone.
+    again = augment_crop_flip(x, torch.Generator().manual_seed(0), fill=torch.tensor([fill]), padding=padding)
+    assert torch.equal(out, again)
+    assert torch.equal(x[0], base)
+
+
+def test_augment_fill_per_channel():
+    x = torch.zeros(200, 3, 4, 4)
+    fill = torch.tensor([7.0, 8.0, 9.0])
+    out = augment_crop_flip(x, torch.Generator().manual_seed(1), fill=fill, padding=4)
+    for c in range(3):
+        assert set(out[:, c].unique().tolist()) == {0.0, fill[c].item()}
+    default = augment_crop_flip(torch.ones(50, 3, 4, 4), torch.Generator().manual_seed(1), padding=4)
+    assert set(default.unique().tolist()) == {0.0, 1.0}  # default fill is 0

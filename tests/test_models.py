@@ -1,0 +1,392 @@
+"""Tests for the model registry and the built-in architectures.
+
+The dnn-mode-connectivity key tables below are written by hand from that
+project's model definitions, not generated from ours, so a renamed or reshaped
+layer fails here.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from landscape.errors import UserError
+from landscape.models import MODELS, create_model, list_models, register_model
+
+
+def _forward_backward(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    x = torch.randn(2, *shape)
+    logits = model(x)
+    logits.square().mean().backward()
+    return logits
+
+
+# ---------------------------------------------------------------------------
+# Every registered model
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_gives_finite_logits_and_grads_on_small_images(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, input_shape=(3, 8, 8))
+    logits = _forward_backward(model, (3, 8, 8))
+    assert logits.shape == (2, 10)
+    assert torch.isfinite(logits).all()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient (unused in forward?)"
+        assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+
+
+def test_list_models_is_sorted_and_covers_the_registry() -> None:
+    names = list_models()
+    assert names == sorted(MODELS)
+    for expected in ["mlp", "convnet", "lenet5", "vgg16", "vgg16bn", "vgg19", "vgg19bn",
+                     "preresnet", "preresnet20", "preresnet56", "preresnet110", "preresnet164", "wrn28x10"]:
+        assert expected in names
+
+
+@pytest.mark.parametrize("name", ["convnet", "lenet5", "mlp", "vgg16bn", "preresnet20"])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_models_take_mnist_and_cifar_sized_images(name: str, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, input_shape=shape)
+    logits = model(torch.randn(2, *shape))
+    assert logits.shape == (2, 10)
+    assert torch.isfinite(logits).all()
+
+
+def test_mlp_takes_feature_vectors() -> None:
+    model = create_model("mlp", num_classes=3, input_shape=(64,), hidden=16, depth=3)
+    assert model(torch.randn(5, 64)).shape == (5, 3)
+    assert sum(isinstance(m, nn.Linear) for m in model.modules()) == 4  # depth hidden + output
+
+
+def test_vgg_pools_larger_images_down_to_the_classifier_width() -> None:
+    model = create_model("vgg16", num_classes=7, input_shape=(3, 64, 64)).eval()
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("shape, flat", [((3, 32, 32), 16 * 5 * 5), ((1, 28, 28), 16 * 5 * 5), ((1, 8, 8), 16 * 2 * 2)])
+def test_lenet5_pads_small_inputs_as_documented(shape: tuple[int, ...], flat: int) -> None:
+    model = create_model("lenet5", num_classes=10, input_shape=shape)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(flat, 120), (120, 84), (84, 10)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(m.out_channels, m.kernel_size) for m in convs] == [(6, (5, 5)), (16, (5, 5))]
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("convnet", {}), ("lenet5", {}), ("mlp", {}), ("vgg16bn", {}),
+    ("preresnet", {"depth": 56}), ("wrn28x10", {"depth": 10, "widen_factor": 2}),
+])
+def test_models_run_under_functional_call_and_vmap(name: str, kwargs: dict) -> None:
+    # Later modules evaluate several weight sets at once this way.
+    torch.manual_seed(0)
+    models = [create_model(name, num_classes=10, input_shape=(3, 8, 8), **kwargs).eval() for _ in range(2)]
+    params, buffers = torch.func.stack_module_state(models)
+    x = torch.randn(4, 3, 8, 8)
+    out = torch.vmap(lambda p, b: torch.func.functional_call(models[0], (p, b), (x,)))(params, buffers)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in models])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_convnet_reaches_3_percent_error_on_digits() -> None:
+    datasets = pytest.importorskip("sklearn.datasets")
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    digits = datasets.load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    y = torch.tensor(digits.target)
+    train, test = model_selection.train_test_split(
+        torch.arange(len(y)).numpy(), test_size=360, random_state=0, stratify=y.numpy()
+    )
+    assert len(train) == 1437
+    torch.manual_seed(0)
+    model = create_model("convnet", num_classes=10, input_shape=(1, 8, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    xtr, ytr = x[train], y[train]
+    for _ in range(20):
+        model.train()
+        perm = torch.randperm(len(ytr))
+        for i in range(0, len(ytr), 128):
+            idx = perm[i:i + 128]
+            loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        error = (model(x[test]).argmax(1) != y[test]).float().mean().item()
+    assert error <= 0.03
+
+
+# ---------------------------------------------------------------------------
+# dnn-mode-connectivity checkpoint compatibility (hand-written key tables)
+# ---------------------------------------------------------------------------
+
+def _check_keys(model: nn.Module, expected: dict[str, tuple[int, ...]], count: int) -> None:
+    state = model.state_dict()
+    for key, shape in expected.items():
+        assert key in state, f"missing key {key}"
+        assert tuple(state[key].shape) == shape, f"{key}: {tuple(state[key].shape)} != {shape}"
+    assert len(state) == count
+
+
+def test_vgg16bn_matches_reference_keys() -> None:
+    model = create_model("vgg16bn", num_classes=10, input_shape=(3, 32, 32))
+    _check_keys(model, {
+        "layer_blocks.0.0.weight": (64, 3, 3, 3),
+        "layer_blocks.0.0.bias": (64,),
+        "layer_blocks.0.1.running_mean": (64,),
+        "layer_blocks.0.1.num_batches_tracked": (),
+        "layer_blocks.0.2.weight": (64, 64, 3, 3),  # second conv follows the first BN
+        "layer_blocks.2.4.weight": (256, 256, 3, 3),
+        "layer_blocks.4.5.weight": (512,),  # last BN of the last block
+        "classifier.1.weight": (512, 512),
+        "classifier.4.weight": (512, 512),
+        "classifier.6.weight": (10, 512),
+        "classifier.6.bias": (10,),
+    }, count=13 * 2 + 13 * 5 + 3 * 2)
+    assert "layer_blocks.4.6.weight" not in model.state_dict()
+
+
+def test_vgg16_matches_reference_keys() -> None:
+    model = create_model("vgg16", num_classes=10, input_shape=(3, 32, 32))
+    _check_keys(model, {
+        "layer_blocks.0.0.weight": (64, 3, 3, 3),
+        "layer_blocks.0.1.weight": (64, 64, 3, 3),
+        "layer_blocks.1.0.weight": (128, 64, 3, 3),
+        "layer_blocks.4.2.weight": (512, 512, 3, 3),
+        "classifier.1.weight": (512, 512),
+        "classifier.6.weight": (10, 512),
+    }, count=13 * 2 + 3 * 2)
+
+
+def test_vgg19_and_vgg19bn_match_reference_keys() -> None:
+    _check_keys(create_model("vgg19", num_classes=100, input_shape=(3, 32, 32)), {
+        "layer_blocks.2.3.weight": (256, 256, 3, 3),
+        "layer_blocks.4.3.weight": (512, 512, 3, 3),
+        "classifier.6.weight": (100, 512),
+    }, count=16 * 2 + 3 * 2)
+    _check_keys(create_model("vgg19bn", num_classes=10, input_shape=(3, 32, 32)), {
+        "layer_blocks.4.6.weight": (512, 512, 3, 3),
+        "layer_blocks.4.7.running_var": (512,),
+    }, count=16 * 2 + 16 * 5 + 3 * 2)
+
+
+def test_vgg_conv_init_matches_reference() -> None:
+    torch.manual_seed(0)
+    model = create_model("vgg16", num_classes=10, input_shape=(3, 32, 32))
+    weight = model.state_dict()["layer_blocks.4.0.weight"]  # 512 out channels, 3x3
+    assert weight.std().item() == pytest.approx(math.sqrt(2 / (3 * 3 * 512)), rel=0.02)
+    assert model.state_dict()["layer_blocks.0.0.bias"].abs().max().item() == 0.0
+
+
+def test_preresnet110_matches_reference_keys() -> None:
+    model = create_model("preresnet", num_classes=10, input_shape=(3, 32, 32), depth=110)
+    # Bottleneck, 12 blocks per stage; each block: 3 convs + 3 BNs x 5 entries;
+    # one downsample conv per stage; plus conv1, bn (5) and fc (2).
+    _check_keys(model, {
+        "conv1.weight": (16, 3, 3, 3),
+        "layer1.0.bn1.weight": (16,),
+        "layer1.0.conv1.weight": (16, 16, 1, 1),
+        "layer1.0.downsample.0.weight": (64, 16, 1, 1),
+        "layer2.0.conv2.weight": (32, 32, 3, 3),
+        "layer2.0.downsample.0.weight": (128, 64, 1, 1),
+        "layer3.11.conv3.weight": (256, 64, 1, 1),
+        "layer3.11.bn3.running_mean": (64,),
+        "bn.weight": (256,),
+        "fc.weight": (10, 256),
+    }, count=36 * (3 + 3 * 5) + 3 + 1 + 5 + 2)
+    assert "layer3.12.conv1.weight" not in model.state_dict()
+    assert "layer1.1.downsample.0.weight" not in model.state_dict()
+
+
+def test_preresnet20_matches_reference_keys() -> None:
+    model = create_model("preresnet20", num_classes=10, input_shape=(3, 32, 32))
+    # BasicBlock, 3 per stage; each: 2 convs + 2 BNs x 5; downsample in stages 2 and 3 only.
+    _check_keys(model, {
+        "layer1.2.conv2.weight": (16, 16, 3, 3),
+        "layer2.0.conv1.weight": (32, 16, 3, 3),
+        "layer2.0.downsample.0.weight": (32, 16, 1, 1),
+        "layer3.0.downsample.0.weight": (64, 32, 1, 1),
+        "bn.weight": (64,),
+        "fc.weight": (10, 64),
+    }, count=9 * (2 + 2 * 5) + 2 + 1 + 5 + 2)
+    assert "layer1.0.downsample.0.weight" not in model.state_dict()
+
+
+def test_preresnet_init_matches_reference() -> None:
+    torch.manual_seed(0)
+    state = create_model("preresnet20", num_classes=10, input_shape=(3, 32, 32)).state_dict()
+    assert state["layer3.2.conv2.weight"].std().item() == pytest.approx(math.sqrt(2 / (3 * 3 * 64)), rel=0.05)
+    assert (state["layer3.2.bn2.weight"] == 1).all() and (state["layer3.2.bn2.bias"] == 0).all()
+
+
+def test_wrn28x10_matches_reference_keys() -> None:
+    model = create_model("wrn28x10", num_classes=10, input_shape=(3, 32, 32))
+    # 4 WideBasic per stage; each: 2 BNs x 5 + 2 biased convs x 2; 3 shortcut convs x 2;
+    # plus conv1 (2), bn1 (5), linear (2).
+    _check_keys(model, {
+        "conv1.weight": (16, 3, 3, 3),
+        "conv1.bias": (16,),
+        "layer1.0.bn1.weight": (16,),
+        "layer1.0.conv1.weight": (160, 16, 3, 3),
+        "layer1.0.shortcut.0.weight": (160, 16, 1, 1),
+        "layer2.0.conv2.weight": (320, 320, 3, 3),
+        "layer2.0.shortcut.0.bias": (320,),
+        "layer3.3.conv2.weight": (640, 640, 3, 3),
+        "bn1.weight": (640,),
+        "linear.weight": (10, 640),
+    }, count=12 * (2 * 5 + 2 * 2) + 3 * 2 + 2 + 5 + 2)
+    assert "layer1.1.shortcut.0.weight" not in model.state_dict()
+
+
+def test_reference_style_checkpoint_loads_strictly() -> None:
+    # A state dict built by hand for vgg16 (no BN) loads with strict=True.
+    channels = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    blocks = [2, 2, 3, 3, 3]
+    state, c_in, k = {}, 3, 0
+    for b, n in enumerate(blocks):
+        for i in range(n):
+            state[f"layer_blocks.{b}.{i}.weight"] = torch.zeros(channels[k], c_in, 3, 3)
+            state[f"layer_blocks.{b}.{i}.bias"] = torch.zeros(channels[k])
+            c_in, k = channels[k], k + 1
+    for idx, (out, inp) in {1: (512, 512), 4: (512, 512), 6: (10, 512)}.items():
+        state[f"classifier.{idx}.weight"] = torch.zeros(out, inp)
+        state[f"classifier.{idx}.bias"] = torch.zeros(out)
+    model = create_model("vgg16", num_classes=10, input_shape=(3, 32, 32))
+    model.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(UserError, match="unknown model 'foo'; choose one of: convnet, lenet5, mlp") as info:
+        create_model("foo", num_classes=10, input_shape=(3, 8, 8))
+    for name in list_models():
+        assert name in str(info.value)
+
+
+def test_unknown_kwarg_names_model_argument_and_options() -> None:
+    with pytest.raises(UserError, match="model 'convnet' takes no argument 'foo'; it takes: width"):
+        create_model("convnet", num_classes=10, input_shape=(1, 8, 8), foo=1)
+    with pytest.raises(UserError, match="model 'preresnet20' takes no argument 'depth'"):
+        create_model("preresnet20", num_classes=10, input_shape=(3, 8, 8), depth=56)
+    with pytest.raises(UserError, match="'lenet5'.*'width'"):
+        create_model("lenet5", num_classes=10, input_shape=(1, 8, 8), width=3)
+
+
+@pytest.mark.parametrize("name, kwargs, bad", [
+    ("convnet", {"width": -1}, "width"),
+    ("convnet", {"width": 2.5}, "width"),
+    ("mlp", {"hidden": 0}, "hidden"),
+    ("mlp", {"depth": True}, "depth"),
+    ("wrn28x10", {"widen_factor": 0}, "widen_factor"),
+    ("wrn28x10", {"dropout_rate": 1.5}, "dropout_rate"),
+    ("wrn28x10", {"depth": 27}, "27"),
+])
+def test_bad_kwarg_values_are_user_errors(name: str, kwargs: dict, bad: str) -> None:
+    with pytest.raises(UserError, match=f"model '{name}'.*{bad}"):
+        create_model(name, num_classes=10, input_shape=(3, 8, 8), **kwargs)
+
+
+@pytest.mark.parametrize("depth", [21, 44, 57, 2, "20"])
+def test_invalid_preresnet_depth_is_a_user_error(depth: object) -> None:
+    with pytest.raises(UserError, match="model 'preresnet'.*depth"):
+        create_model("preresnet", num_classes=10, input_shape=(3, 8, 8), depth=depth)
+
+
+@pytest.mark.parametrize("depth, blocks", [(8, 1), (32, 5), (164, 18)])
+def test_valid_preresnet_depths_give_n_blocks_per_stage(depth: int, blocks: int) -> None:
+    model = create_model("preresnet", num_classes=10, input_shape=(3, 8, 8), depth=depth)
+    assert len(model.layer1) == len(model.layer2) == len(model.layer3) == blocks
+
+
+@pytest.mark.parametrize("name", ["convnet", "lenet5", "vgg16", "preresnet20", "wrn28x10"])
+def test_conv_model_on_vector_input_is_a_user_error(name: str) -> None:
+    with pytest.raises(UserError, match=rf"model '{name}' needs image input \(C, H, W\); got input shape \(64,\)"):
+        create_model(name, num_classes=10, input_shape=(64,))
+
+
+@pytest.mark.parametrize("num_classes, input_shape", [(0, (3, 8, 8)), (10, ()), (10, (3, 0, 8)), (10, "abc")])
+def test_bad_data_arguments_are_user_errors(num_classes: int, input_shape: object) -> None:
+    with pytest.raises(UserError):
+        create_model("mlp", num_classes=num_classes, input_shape=input_shape)
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_user_models.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        seen = {}
+
+        def full(num_classes, input_shape, hidden=4):
+            seen.update(num_classes=num_classes, input_shape=input_shape, hidden=hidden)
+            return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], hidden), nn.Linear(hidden, num_classes))
+
+        def bare():
+            return nn.Linear(3, 2)
+
+        def by_kwargs(**kwargs):
+            seen.update(kwargs)
+            return nn.Identity()
+
+        def not_a_module(num_classes, input_shape):
+            return 42
+
+        constant = 3
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_user_models"
+    sys.modules.pop("my_user_models", None)
+
+
+def test_user_factory_gets_data_arguments_and_kwargs(user_module: str) -> None:
+    model = create_model(f"{user_module}:full", num_classes=7, input_shape=(5,), hidden=3)
+    assert model(torch.randn(2, 5)).shape == (2, 7)
+    assert sys.modules[user_module].seen == {"num_classes": 7, "input_shape": (5,), "hidden": 3}
+
+
+def test_user_factory_gets_only_what_its_signature_takes(user_module: str) -> None:
+    assert isinstance(create_model(f"{user_module}:bare", num_classes=7, input_shape=(5,)), nn.Linear)
+    create_model(f"{user_module}:by_kwargs", num_classes=7, input_shape=(5,), extra=1)
+    assert sys.modules[user_module].seen == {"num_classes": 7, "input_shape": (5,), "extra": 1}
+
+
+@pytest.mark.parametrize("spec, kwargs, message", [
+    ("no_such_module_xyz:f", {}, "cannot import module 'no_such_module_xyz'"),
+    ("my_user_models:missing", {}, "has no attribute 'missing'"),
+    ("my_user_models:constant", {}, "not a callable"),
+    ("my_user_models:not_a_module", {}, "not a torch.nn.Module"),
+    ("my_user_models:full", {"width": 1}, "takes no argument 'width'; it takes: hidden"),
+    (":full", {}, "package.module:factory"),
+])
+def test_user_factory_failures_are_user_errors(user_module: str, spec: str, kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        create_model(spec, num_classes=7, input_shape=(5,), **kwargs)
+
+
+def test_register_model_adds_a_factory_and_refuses_a_second_one(monkeypatch) -> None:
+    monkeypatch.setattr("landscape.models.MODELS", dict(MODELS))
+    import landscape.models as models
+
+    @register_model("tiny_test_model")
+    def tiny(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+        return nn.Linear(input_shape[0], num_classes)
+
+    assert "tiny_test_model" in models.list_models()
+    assert create_model("tiny_test_model", num_classes=2, input_shape=(4,)).out_features == 2
+    with pytest.raises(UserError, match="already registered"):
+        register_model("tiny_test_model")(lambda num_classes, input_shape: nn.Identity())
+    with pytest.raises(UserError):
+        register_model("bad:name")

@@ -1,0 +1,123 @@
+"""Endpoint training: schedule, accuracy on digits, exact resume, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from landscape.checkpoint import load_checkpoint, load_model, read_jsonl
+from landscape.data import load_dataset
+from landscape.errors import UserError
+from landscape.evaluate import evaluate_model, l2_penalty
+from landscape.train import TrainConfig, learning_rate, schedule_factor, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_paper_schedule_matches_its_definition():
+    # constant for the first half, linear to 1% at 90%, then 1%
+    assert schedule_factor("paper", 0.0) == 1.0
+    assert schedule_factor("paper", 0.5) == 1.0
+    assert schedule_factor("paper", 0.7) == pytest.approx(1 - 0.2 / 0.4 * 0.99)
+    assert schedule_factor("paper", 0.9) == pytest.approx(0.01)
+    assert schedule_factor("paper", 0.95) == 0.01
+    # per epoch, as the papers set it at the start of each epoch: 10 epochs, base 0.1
+    lrs = [learning_rate(0.1, "paper", e, 10) for e in range(10)]
+    assert lrs[:6] == [0.1] * 6
+    assert lrs[6] == pytest.approx(0.1 * (1 - 0.1 / 0.4 * 0.99))
+    assert lrs[9] == pytest.approx(0.001)
+    assert schedule_factor("cosine", 0.5) == pytest.approx(0.5)
+    assert schedule_factor("constant", 0.9) == 1.0
+    with pytest.raises(UserError, match="unknown schedule 'steps'"):
+        schedule_factor("steps", 0.1)
+
+
+@pytest.mark.slow
+def test_short_digits_run_reaches_low_test_error(tmp_path, digits):
+    result = train(out=tmp_path / "run", data=digits, epochs=8, seed=1, progress=False)
+    s = result.summary
+    assert s["test_error"] <= 5.0, s
+    # The summary agrees with the saved checkpoint evaluated independently.
+    net = load_model(tmp_path / "run" / "model.pt")
+    test = evaluate_model(net, digits, "test")
+    train_m = evaluate_model(net, digits, "train")
+    assert test["error"] == pytest.approx(s["test_error"])
+    assert s["train_loss"] == pytest.approx(train_m["nll"] + l2_penalty(net, 5e-4), rel=1e-6)
+    assert set(["train_loss", "train_error", "test_nll", "test_error"]) <= s.keys()
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == list(range(1, 9))
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["config"]["epochs"] == 8 and cfg["config"]["seed"] == 1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_error"] == s["test_error"]
+    torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(epoch):
+    def hook(e, record):
+        if e == epoch:
+            raise _Interrupt
+
+    return hook
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_gives_identical_weights(tmp_path, digits):
+    kw = dict(data=digits, epochs=4, seed=3, progress=False, model_kwargs={"width": 8}, save_every=2)
+    full = train(out=tmp_path / "full", **kw)
+    with pytest.raises(_Interrupt):
+        train(out=tmp_path / "cut", on_epoch_end=_interrupt_at(3), **kw)
+    assert not (tmp_path / "cut" / "model.pt").exists()
+    assert load_checkpoint(tmp_path / "cut" / "last.pt").meta["epoch"] == 3
+    # Without --resume the unfinished run is protected.
+    with pytest.raises(UserError, match="--resume"):
+        train(out=tmp_path / "cut", **kw)
+    resumed = train(out=tmp_path / "cut", resume=True, **kw)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert (tmp_path / "cut" / "checkpoint-002.pt").exists() and (tmp_path / "cut" / "checkpoint-004.pt").exists()
+    # Resuming with other settings is refused, naming the setting.
+    with pytest.raises(UserError, match="lr="):
+        train(out=tmp_path / "cut", resume=True, **{**kw, "lr": 0.1})
+
+
+def test_seeded_runs_are_reproducible_and_seeds_differ(digits):
+    kw = dict(data=digits, epochs=1, progress=False, model_kwargs={"width": 8})
+    a = train(seed=5, **kw).model.state_dict()
+    b = train(seed=5, **kw).model.state_dict()
+    c = train(seed=6, **kw).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_divergence_is_reported_and_keeps_earlier_files(tmp_path, digits):
+    with pytest.raises(UserError, match="diverged"):
+        train(out=tmp_path / "run", data=digits, epochs=3, lr=1e6, seed=0, progress=False)
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_finished_run_is_protected(tmp_path, digits):
+    kw = dict(data=digits, epochs=1, progress=False, model_kwargs={"width": 8})
+    first = train(out=tmp_path / "run", **kw)
+    with pytest.raises(UserError, match="finished run"):
+        train(out=tmp_path / "run", **kw)
+    again = train(out=tmp_path / "run", resume=True, **kw)  # nothing to do, returns the stored result
+    assert again.summary["test_error"] == first.summary["test_error"]
+
+
+def test_bad_settings_are_user_errors(digits):
+    for bad in ({"epochs": 0}, {"batch_size": 1}, {"lr": float("nan")}, {"wd": -1.0}, {"schedule": "steps"}):
+        with pytest.raises(UserError):
+            train(data=digits, progress=False, **bad)
+    with pytest.raises(UserError, match="unknown model"):
+        train(data=digits, model="nosuch", progress=False)
+    with pytest.raises(TypeError):
+        TrainConfig(nosuch=1)
