@@ -163,7 +163,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = []
     for name, seed in (("a", 1), ("b", 2)):
         print(f"training endpoint {name} (convnet on digits, seed {seed}, {cfg.epochs} epochs) ...", flush=True)
-        result = train(cfg, args.out / name, seed=seed, resume=True, data=data, progress=_progress(args))
+        started = (args.out / name / "last.pt").exists() or (args.out / name / "model.pt").exists()
+        result = train(cfg, args.out / name, seed=seed, resume=started, data=data, progress=_progress(args))
         rows.append((name, seed, result.summary))
     print()
     print(f"{'endpoint':<10}{'seed':>6}{'train loss':>12}{'train err %':>13}{'test nll':>10}{'test err %':>12}")
