@@ -1,17 +1,29 @@
 """Evaluation of networks on a dataset split.
 
-This module holds the single-model evaluator used by training and by every
-command that reports a model's loss and error. (The batched engine, anchors x
-coefficients with K points per data pass, joins it here.)
+``evaluate_model`` reports one network's loss and error. ``evaluate_points``
+is the engine every landscape goes through: points = coefficients @ anchors
+in the model's flat parameter space, K points per pass over the data, batch
+norm re-estimated per point. ``evaluate_points_sequential`` is the plain
+one-point-at-a-time loop it is checked against.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, vmap
 
-__all__ = ["evaluate_model", "l2_penalty"]
+from .bn import bn_collecting, bn_modules, reestimate_bn
+from .errors import UserError
+from .weights import ParamSpace, stack_anchors
+
+__all__ = ["METRICS", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
+           "choose_points_per_pass"]
 
 
 @torch.inference_mode()
@@ -57,3 +69,264 @@ def l2_penalty(model: nn.Module, wd: float) -> float:
     with torch.no_grad():
         total = sum(float(p.detach().double().pow(2).sum()) for p in model.parameters() if p.requires_grad)
     return 0.5 * wd * total
+
+
+# ---------------------------------------------------------------------------
+# The engine: anchors x coefficients -> metrics, K points per data pass.
+# ---------------------------------------------------------------------------
+METRICS = ("train_loss", "train_nll", "train_error", "test_nll", "test_error")
+STRATEGIES = ("auto", "vmap", "loop")
+
+
+def evaluate_points(
+    model: nn.Module,
+    anchors: torch.Tensor | Sequence[Mapping[str, torch.Tensor] | nn.Module],
+    coefficients: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
+    data,
+    *,
+    wd: float = 0.0,
+    batch_size: int = 1000,
+    points_per_pass: int | None = None,
+    bn_batches: int | None = None,
+    return_probs: bool = False,
+    strategy: str = "auto",
+    amp: bool = False,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Evaluate the points ``coefficients @ anchors`` of ``model``'s weight space.
+
+    ``anchors`` is an ``(A, P)`` matrix over ``ParamSpace.of(model)`` (or a
+    list of A state dicts / modules), ``coefficients`` is ``(N, A)``. Buffers
+    other than batch-norm statistics come from ``model``. For every point the
+    batch-norm statistics are re-estimated from one unaugmented pass over the
+    training data (``bn_batches`` limits it), then the point is evaluated in
+    eval mode on the training and test splits.
+
+    K = ``points_per_pass`` points share each pass over the data: with
+    ``strategy="vmap"`` they run as one batched call (``torch.vmap`` over
+    ``functional_call``); with ``"loop"`` one after another on each batch.
+    ``"auto"`` picks vmap on CUDA and loop on the CPU, where batched
+    (grouped) convolutions run slower than plain ones.
+
+    Returns arrays of shape (N,): ``train_loss`` (NLL + 0.5 * wd * ||w||^2),
+    ``train_nll``, ``train_error``, ``test_nll``, ``test_error`` (errors in
+    percent), and with ``return_probs`` the test-set probabilities
+    ``probs`` (N, M, classes) float32. ``model`` is left exactly as it was.
+    """
+    space = ParamSpace.of(model)
+    device = data.device
+    W = _anchor_matrix(space, anchors).to(device)  # (A, P)
+    C = torch.as_tensor(np.asarray(coefficients, dtype=np.float64) if not isinstance(coefficients, torch.Tensor)
+                        else coefficients).to(device=device, dtype=W.dtype)
+    if C.dim() != 2 or C.shape[1] != W.shape[0]:
+        raise ValueError(f"coefficients must be (N, {W.shape[0]}), got {tuple(C.shape)}")
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if strategy == "auto":
+        strategy = "vmap" if device.type == "cuda" else "loop"
+    n = C.shape[0]
+    k = points_per_pass or choose_points_per_pass(model, data, batch_size, space.numel, strategy)
+    results: dict[str, list] = {m: [] for m in METRICS}
+    if return_probs:
+        results["probs"] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, disable=not progress, desc="points", unit="pt", leave=False, dynamic_ncols=True)
+    template = _Template(model)
+    try:
+        for lo in range(0, n, k):
+            points = C[lo:lo + k] @ W  # (K, P)
+            chunk = _evaluate_chunk(template, space, points, data, wd=wd, batch_size=batch_size,
+                                    bn_batches=bn_batches, return_probs=return_probs, strategy=strategy, amp=amp)
+            for key, value in chunk.items():
+                results[key].append(value)
+            bar.update(points.shape[0])
+    finally:
+        template.restore()
+        bar.close()
+    return {key: np.concatenate(values) for key, values in results.items()}
+
+
+def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, strategy: str) -> int:
+    """Points per data pass from the free memory and the model's size.
+
+    The loop strategy holds K copies of the weights; vmap also holds K sets
+    of activations, measured with one probe forward pass.
+    """
+    device = data.device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = 0.5 * free
+    else:
+        budget = 2 * 2**30
+    per_point = 4 * numel * 3  # the point's weights, its batched view, headroom
+    if strategy == "vmap":
+        per_point += _activation_bytes(model, data, batch_size)
+    return int(max(1, min(256, budget // max(per_point, 1))))
+
+
+def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
+    total = 0
+
+    def hook(_m, _i, out):
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            x = data.x_train[: min(batch_size, len(data.x_train))]
+            model(x)
+            scale = batch_size / max(1, x.shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(total * scale * 2)
+
+
+def _anchor_matrix(space: ParamSpace, anchors) -> torch.Tensor:
+    if isinstance(anchors, torch.Tensor):
+        if anchors.dim() != 2 or anchors.shape[1] != space.numel:
+            raise ValueError(f"anchors must be (A, {space.numel}), got {tuple(anchors.shape)}")
+        return anchors.detach().float()
+    return stack_anchors(space, list(anchors)).float()
+
+
+class _Template:
+    """Holds the caller's model for functional calls and puts back what it touched."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.modes = {m: m.training for m in model.modules()}
+        self.buffers = dict(model.named_buffers())
+        self.bn = bn_modules(model)
+        self.bn_names = {f"{name}.{b}" if name else b
+                         for name, _ in self.bn for b in ("running_mean", "running_var", "num_batches_tracked")}
+
+    def restore(self) -> None:
+        for m, mode in self.modes.items():
+            m.training = mode
+
+
+def _forward(template: _Template, params: dict, buffers: dict, x: torch.Tensor, strategy: str) -> torch.Tensor:
+    """Logits (K, B, classes) of K points on one batch x (B, ...)."""
+    model = template.model
+    if strategy == "vmap":
+        def f(p, b, xb):
+            return functional_call(model, (p, b), (xb,))
+
+        return vmap(f, in_dims=(0, 0, None))(params, buffers, x)
+    k = next(iter(params.values())).shape[0]
+    outs = [functional_call(model, ({n: p[i] for n, p in params.items()}, {n: b[i] for n, b in buffers.items()}), (x,))
+            for i in range(k)]
+    return torch.stack(outs)
+
+
+@torch.inference_mode()
+def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor, data, *, wd: float,
+                    batch_size: int, bn_batches: int | None, return_probs: bool, strategy: str,
+                    amp: bool) -> dict[str, np.ndarray]:
+    model = template.model
+    device = points.device
+    k = points.shape[0]
+    params = space.unflatten(points)  # {name: (K, *shape)}
+    buffers = {n: b.detach().to(device).unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in template.buffers.items()}
+
+    if template.bn:
+        # Per-batch statistics (momentum 1 makes the running stats equal the
+        # batch's), averaged with equal weight per batch, as update_bn does.
+        sums = {n: torch.zeros_like(buffers[n], dtype=torch.float64) for n in buffers
+                if n in template.bn_names and not n.endswith("num_batches_tracked")}
+        used = 0
+        with bn_collecting(model, momentum=1.0):
+            for x, _ in data.batches("train", batch_size):
+                if bn_batches is not None and used >= bn_batches:
+                    break
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    _forward(template, params, buffers, x, strategy)
+                for n in sums:
+                    sums[n] += buffers[n].double()
+                used += 1
+        for n, s in sums.items():
+            buffers[n].copy_((s / max(used, 1)).to(buffers[n].dtype))
+        for n in buffers:
+            if n.endswith("num_batches_tracked") and n in template.bn_names:
+                buffers[n].fill_(used)
+
+    out: dict[str, np.ndarray] = {}
+    model.eval()
+    try:
+        for split in ("train", "test"):
+            nll = torch.zeros(k, dtype=torch.float64, device=device)
+            wrong = torch.zeros(k, dtype=torch.int64, device=device)
+            count = 0
+            probs = []
+            for x, y in data.batches(split, batch_size):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = _forward(template, params, buffers, x, strategy)
+                logits = logits.float()  # (K, B, classes)
+                logp = torch.log_softmax(logits, dim=-1)
+                nll += -logp.gather(-1, y.expand(k, -1).unsqueeze(-1)).squeeze(-1).double().sum(dim=1)
+                wrong += (logits.argmax(dim=-1) != y).sum(dim=1)
+                count += y.numel()
+                if return_probs and split == "test":
+                    probs.append(logp.exp().cpu())
+            out[f"{split}_nll"] = (nll / max(count, 1)).cpu().numpy()
+            out[f"{split}_error"] = (100.0 * wrong.double() / max(count, 1)).cpu().numpy()
+            if return_probs and split == "test":
+                out["probs"] = torch.cat(probs, dim=1).numpy()
+    finally:
+        template.restore()
+    sq = points.double().pow(2).sum(dim=1)
+    out["train_loss"] = out["train_nll"] + (0.5 * wd * sq).cpu().numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The reference: one point at a time, the way the papers' scripts do it.
+# ---------------------------------------------------------------------------
+def evaluate_points_sequential(
+    model: nn.Module,
+    anchors: torch.Tensor | Sequence[Mapping[str, torch.Tensor] | nn.Module],
+    coefficients,
+    data,
+    *,
+    wd: float = 0.0,
+    batch_size: int = 1000,
+    bn_batches: int | None = None,
+    return_probs: bool = False,
+) -> dict[str, np.ndarray]:
+    """The plain loop the engine must agree with: for each point, copy the
+    weights into a copy of the model, re-estimate batch norm
+    (:func:`landscape.bn.reestimate_bn`), evaluate train and test. Same
+    outputs as :func:`evaluate_points`."""
+    space = ParamSpace.of(model)
+    device = data.device
+    W = _anchor_matrix(space, anchors).to(device)
+    C = torch.as_tensor(np.asarray(coefficients, dtype=np.float64)).to(device=device, dtype=W.dtype)
+    net = copy.deepcopy(model).to(device)
+    results: dict[str, list] = {m: [] for m in METRICS}
+    if return_probs:
+        results["probs"] = []
+    with torch.no_grad():
+        for c in C:
+            point = c @ W  # (P,)
+            for name, value in space.unflatten(point).items():
+                net.get_parameter(name).copy_(value)
+            reestimate_bn(net, data.batches("train", batch_size), bn_batches)
+            m_train = evaluate_model(net, data, "train", batch_size=batch_size)
+            m_test = evaluate_model(net, data, "test", batch_size=batch_size)
+            results["train_nll"].append(m_train["nll"])
+            results["train_error"].append(m_train["error"])
+            results["train_loss"].append(m_train["nll"] + 0.5 * wd * float(point.double().pow(2).sum()))
+            results["test_nll"].append(m_test["nll"])
+            results["test_error"].append(m_test["error"])
+            if return_probs:
+                net.eval()
+                results["probs"].append(torch.cat([torch.softmax(net(x).float(), -1).cpu()
+                                                   for x, _ in data.batches("test", batch_size)]).numpy())
+    return {k: np.stack(v) if k == "probs" else np.asarray(v, dtype=np.float64) for k, v in results.items()}

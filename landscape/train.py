@@ -45,7 +45,8 @@ from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
 from .models import create_model
 
-__all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "schedule_factor", "learning_rate", "load_data", "train"]
+__all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
+           "prepare_run", "run_training", "train"]
 
 SCHEDULES = ("paper", "cosine", "constant")
 # Settings that may change between a run and its --resume without changing the result.
@@ -190,42 +191,105 @@ def train(
     Returns the trained model (eval mode), the summary, and per-epoch metrics.
     """
     cfg = TrainConfig(**{**asdict(config), **overrides}) if config is not None else TrainConfig(**overrides)
-    cfg.synthetic_shape = tuple(cfg.synthetic_shape)
-    cfg.synthetic_sizes = tuple(cfg.synthetic_sizes)
     cfg.validate()
     device = resolve_device(cfg.device)
     out = Path(out) if out is not None else None
-
-    start_epoch, state = 0, None
-    metrics: list[dict[str, Any]] = []
-    if out is not None:
-        start_epoch, state, metrics = _prepare_out(out, cfg, resume)
-        if start_epoch == -1:  # finished before: report and return
-            return _finished_result(out)
-
-    if data is None:
-        data = load_data(cfg, device)
-    else:
-        data = data.to(device)
+    start_epoch, state, metrics = prepare_run(out, cfg, resume)
+    if start_epoch == -1:  # finished before: report and return
+        return _finished_result(out)
+    data = load_data(cfg, device) if data is None else data.to(device)
 
     seed_everything(cfg.seed)
     spec = _model_spec(cfg, data)
     model = create_model(cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape), **cfg.model_kwargs)
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)  # (B, classes)
+        return F.cross_entropy(logits.float(), y), logits
+
+    def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
+        save_checkpoint(path, model.state_dict(), spec, kind=kind, **extra)
+
+    def restore(ckpt) -> None:
+        check_state_dict(model, ckpt.state_dict, str(ckpt.path), f"model '{cfg.model}'")
+        model.load_state_dict(ckpt.state_dict)
+
+    def finish() -> dict[str, Any]:
+        return _final_summary(model, data, cfg)
+
+    def epoch_eval() -> dict[str, Any]:
+        m = evaluate_model(model, data, "test", amp=cfg.amp)
+        return {"test_nll": m["nll"], "test_error": m["error"]}
+
+    task = Task(module=model, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=epoch_eval,
+                weight_decay=cfg.wd, spec=spec, command="train", kind="model")
+    summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
+                                    progress=progress, on_epoch_end=on_epoch_end, argv=argv)
+    return TrainResult(model=model.eval(), summary=summary, out=out, metrics=metrics)
+
+
+@dataclass
+class Task:
+    """What the shared training loop optimises (an endpoint network, a curve, ...).
+
+    ``loss(x, y)`` returns the scalar loss to minimise and the logits
+    ``(..., B, classes)`` used for the running error; ``save(path, kind,
+    extra)`` writes a checkpoint of the current state with the given extra
+    entries (``meta``, ``train_state``); ``restore(checkpoint)`` loads one
+    back for ``--resume``; ``epoch_eval()`` (optional) adds metrics to each
+epoch's record; ``finish()`` computes the final summary.
+    """
+
+    module: nn.Module
+    loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    save: Callable[[Path, str, dict[str, Any]], None]
+    restore: Callable[[Any], None]
+    finish: Callable[[], dict[str, Any]]
+    epoch_eval: Callable[[], dict[str, Any]] | None
+    weight_decay: float
+    spec: dict[str, Any]
+    command: str
+    kind: str
+
+
+def run_training(
+    task: Task,
+    cfg: TrainConfig,
+    data: Dataset,
+    out: Path | None,
+    *,
+    start_epoch: int = 0,
+    state=None,
+    metrics: list[dict[str, Any]] | None = None,
+    progress: bool | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    argv: Sequence[str] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The epoch loop shared by ``train`` and ``connect``: SGD with momentum,
+    the schedule, per-epoch metrics, ``last.pt`` / numbered checkpoints /
+    ``model.pt``, and ``summary.json``. Returns (summary, per-epoch records)."""
+    device = data.device
+    metrics = list(metrics or [])
+    params = [p for p in task.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=task.weight_decay)
     if state is not None:
-        check_state_dict(model, state.state_dict, str(state.path), f"model '{cfg.model}'")
-        model.load_state_dict(state.state_dict)
+        task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
+
+    def save(path: Path, epoch: int, kind: str) -> None:
+        meta = {"epoch": epoch, "train_config": cfg.to_json(), "dataset": data.describe(),
+                "landscape_version": __version__}
+        task.save(path, kind, {"meta": meta, "train_state": {"epoch": epoch, "optimizer": optimizer.state_dict()}})
 
     if out is not None:
         write_json(out / "config.json", {
-            "command": "train",
+            "command": task.command,
             "argv": list(argv) if argv is not None else None,
             "config": cfg.to_json(),
             "device": str(device),
             "dataset": data.describe(),
-            "model": spec,
+            "model": task.spec,
             "landscape_version": __version__,
             "torch_version": torch.__version__,
         })
@@ -235,47 +299,53 @@ def train(
     t0 = time.perf_counter()
     steps = max(1, math.ceil(len(data.y_train) / cfg.batch_size))
     show = sys.stderr.isatty() if progress is None else progress
-    bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, show)
+    bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, show, task.command)
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            record = _train_epoch(model, optimizer, data, cfg, epoch, device, bar)
-            record.update({f"test_{k}": v for k, v in evaluate_model(model, data, "test", amp=cfg.amp).items() if k != "n"})
+            record = _train_epoch(task, optimizer, data, cfg, epoch, device, bar)
+            if task.epoch_eval is not None:
+                record.update(task.epoch_eval())
             record["time_s"] = round(time.perf_counter() - t0, 3)
             if out is not None:
                 append_jsonl(out / "metrics.jsonl", record)
-                _save(out / "last.pt", model, optimizer, spec, cfg, epoch + 1, data, kind="train_state")
+                save(out / "last.pt", epoch + 1, task.kind)
                 if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                    _save(out / f"checkpoint-{epoch + 1:03d}.pt", model, optimizer, spec, cfg, epoch + 1, data)
+                    save(out / f"checkpoint-{epoch + 1:03d}.pt", epoch + 1, task.kind)
             metrics.append(record)
             bar.set_postfix(epoch=epoch + 1, loss=f"{record['train_loss']:.4f}",
-                            err=f"{record['train_error']:.2f}%", test_err=f"{record['test_error']:.2f}%")
+                            err=f"{record['train_error']:.2f}%", test_err=f"{record.get('test_error', float('nan')):.2f}%")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
     finally:
         bar.close()
 
-    summary = _final_summary(model, data, cfg, spec, time.perf_counter() - t0)
+    summary = task.finish()
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
     if out is not None:
-        _save(out / "model.pt", model, optimizer, spec, cfg, cfg.epochs, data)
+        save(out / "model.pt", cfg.epochs, task.kind)
         write_json(out / "summary.json", summary)
-    return TrainResult(model=model.eval(), summary=summary, out=out, metrics=metrics)
+    return summary, metrics
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def _progress_bar(total: int, initial: int, show: bool):
+def _progress_bar(total: int, initial: int, show: bool, desc: str = "train"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not show, desc="train", unit="it", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, disable=not show, desc=desc, unit="it", dynamic_ncols=True, leave=False)
 
 
-def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> tuple[int, Any, list[dict[str, Any]]]:
-    """Check the run folder against ``resume``; return (start epoch, state, kept metrics).
+def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool) -> tuple[int, Any, list[dict[str, Any]]]:
+    """Check the run folder against ``resume``; return (start epoch, saved state, kept metrics).
 
-    Start epoch -1 means the run there is already finished.
+    Start epoch -1 means the run there is already finished. Refuses to
+    overwrite a finished or unfinished run without ``resume``, and to resume
+    with settings other than the stored ones.
     """
+    if out is None:
+        return 0, None, []
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     finished, last = out / "model.pt", out / "last.pt"
@@ -290,11 +360,11 @@ def _prepare_out(out: Path, cfg: TrainConfig, resume: bool) -> tuple[int, Any, l
     source = finished if finished.exists() else last
     if not source.exists():
         _say(f"{out}: nothing to resume, starting a new run")
-        return _prepare_out(out, cfg, resume=False)
+        return prepare_run(out, cfg, resume=False)
     state = load_checkpoint(source)
     stored = (state.meta or {}).get("train_config")
     if not isinstance(stored, dict) or "train_state" not in state.extra:
-        raise UserError(f"{source}: not a training state written by 'landscape train'; cannot resume from it")
+        raise UserError(f"{source}: not a training state written by landscape; cannot resume from it")
     _check_resumable(out, cfg, stored)
     if source is finished:
         return -1, None, []
@@ -319,37 +389,26 @@ def _finished_result(out: Path) -> TrainResult:
     return TrainResult(model=load_model(out / "model.pt"), summary=summary, out=out, metrics=read_jsonl(out / "metrics.jsonl"))
 
 
-def _save(path: Path, model: nn.Module, optimizer, spec, cfg: TrainConfig, epoch: int, data: Dataset, kind: str = "model") -> None:
-    save_checkpoint(
-        path,
-        model.state_dict(),
-        spec,
-        kind=kind,
-        meta={"epoch": epoch, "train_config": cfg.to_json(), "dataset": data.describe(), "landscape_version": __version__},
-        train_state={"epoch": epoch, "optimizer": optimizer.state_dict()},
-    )
-
-
-def _train_epoch(model, optimizer, data: Dataset, cfg: TrainConfig, epoch: int, device: torch.device, bar) -> dict[str, Any]:
+def _train_epoch(task: Task, optimizer, data: Dataset, cfg: TrainConfig, epoch: int, device: torch.device,
+                 bar) -> dict[str, Any]:
     lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout and any other global-RNG use
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout, t samples, any other global-RNG use
     gen = torch.Generator(device=device)
     gen.manual_seed(_epoch_seed(cfg.seed, epoch))
-    model.train()
+    task.module.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    wrong = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     for x, y in data.train_batches(cfg.batch_size, gen):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            logits = model(x)  # (B, classes)
-        loss = F.cross_entropy(logits.float(), y)
+            loss, logits = task.loss(x, y)  # logits (..., B, classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach().double() * y.numel()
-        wrong += (logits.detach().argmax(dim=1) != y).sum()
+        wrong += (logits.detach().argmax(dim=-1) != y).double().sum() * y.numel() / (logits[..., 0].numel())
         seen += y.numel()
         bar.update(1)
     train_loss = loss_sum.item() / max(seen, 1)
@@ -361,7 +420,7 @@ def _train_epoch(model, optimizer, data: Dataset, cfg: TrainConfig, epoch: int, 
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": 100.0 * wrong.item() / max(seen, 1)}
 
 
-def _final_summary(model: nn.Module, data: Dataset, cfg: TrainConfig, spec, seconds: float) -> dict[str, Any]:
+def _final_summary(model: nn.Module, data: Dataset, cfg: TrainConfig) -> dict[str, Any]:
     train_m = evaluate_model(model, data, "train", amp=cfg.amp)
     test_m = evaluate_model(model, data, "test", amp=cfg.amp)
     penalty = l2_penalty(model, cfg.wd)
@@ -374,9 +433,8 @@ def _final_summary(model: nn.Module, data: Dataset, cfg: TrainConfig, spec, seco
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
         "epochs": cfg.epochs,
-        "seconds": round(seconds, 3),
         "num_params": sum(p.numel() for p in model.parameters()),
-        "model": spec,
+        "model": _model_spec(cfg, data),
         "dataset": data.describe(),
         "checkpoint": "model.pt",
         "notes": "train_loss = train NLL + 0.5 * wd * ||w||^2 (as the papers report it); errors in percent; "

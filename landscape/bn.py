@@ -1,0 +1,77 @@
+"""Batch-norm statistics re-estimated for a point in weight space.
+
+A point that was never trained (the middle of a curve, a grid point of a
+plane) has no running statistics of its own, so they are recomputed from one
+pass over the training data without augmentation, as a cumulative average of
+the per-batch statistics — what ``torch.optim.swa_utils.update_bn`` does
+(Izmailov et al. 2018; Garipov et al. 2018).
+
+One deliberate difference: only the batch-norm layers are put in train mode.
+Dropout stays off, so the statistics describe the network as it is then
+evaluated (for a network without dropout the results are identical).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["bn_modules", "has_batch_norm", "reestimate_bn", "bn_collecting"]
+
+
+def bn_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
+    """The batch-norm layers of ``model`` that keep running statistics, with their names."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return bool(bn_modules(model))
+
+
+@contextmanager
+def bn_collecting(model: nn.Module, momentum: float | None) -> Iterator[list[tuple[str, _BatchNorm]]]:
+    """Put the model in eval mode except its batch-norm layers (train mode, given
+    ``momentum``); restore every mode and momentum on exit."""
+    modes = {m: m.training for m in model.modules()}
+    layers = bn_modules(model)
+    momenta = {m: m.momentum for _, m in layers}
+    try:
+        model.eval()
+        for _, m in layers:
+            m.train()
+            m.momentum = momentum
+        yield layers
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for m, mom in momenta.items():
+            m.momentum = mom
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches: Iterable, max_batches: int | None = None) -> int:
+    """Recompute ``model``'s batch-norm running statistics in place.
+
+    ``batches`` yields inputs or ``(inputs, targets)`` pairs (training data,
+    unaugmented). Statistics are reset, then averaged with equal weight per
+    batch (momentum ``None``), over at most ``max_batches`` batches. The
+    model's modes and momenta are restored. Returns the number of batches used.
+    """
+    layers = bn_modules(model)
+    if not layers:
+        return 0
+    for _, m in layers:
+        m.reset_running_stats()
+    used = 0
+    with bn_collecting(model, momentum=None):
+        for batch in batches:
+            if max_batches is not None and used >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x)
+            used += 1
+    return used

@@ -1,0 +1,96 @@
+"""Named-tensor algebra: a model's parameters as one flat vector, and back.
+
+Every landscape is ``points = coefficients @ anchors`` with anchors stacked as
+rows of a ``(A, P)`` matrix over the model's P parameter entries. A
+:class:`ParamSpace` fixes the order (the model's ``named_parameters``, matched
+by name, never by position) and converts between state dicts and flat rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = ["ParamSpace", "stack_anchors", "gram_schmidt"]
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """The ordered parameter names and shapes of a model.
+
+    ``flatten`` turns a state dict (or module) into a ``(P,)`` vector,
+    ``unflatten`` turns ``(..., P)`` into named views ``(..., *shape)``.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "ParamSpace":
+        names, shapes = [], []
+        for name, p in model.named_parameters():
+            names.append(name)
+            shapes.append(tuple(p.shape))
+        if not names:
+            raise UserError(f"{type(model).__name__} has no parameters")
+        return cls(tuple(names), tuple(shapes))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def numel(self) -> int:
+        return sum(self.sizes)
+
+    def flatten(self, state: Mapping[str, torch.Tensor] | nn.Module, *, source: str = "state dict",
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``(P,)`` vector of the named parameters in ``state`` (extra keys, e.g. buffers, are ignored)."""
+        if isinstance(state, nn.Module):
+            state = dict(state.named_parameters())
+        parts = []
+        for name, shape in zip(self.names, self.shapes):
+            if name not in state:
+                raise UserError(f"{source}: parameter '{name}' is missing")
+            t = state[name].detach()
+            if tuple(t.shape) != shape:
+                raise UserError(f"{source}: parameter '{name}' has shape {tuple(t.shape)}, expected {shape}")
+            parts.append(t.reshape(-1).to(dtype or t.dtype))
+        return torch.cat(parts)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(..., P)`` -> ``{name: (..., *shape)}`` views of ``flat``."""
+        lead = flat.shape[:-1]
+        if flat.shape[-1] != self.numel:
+            raise ValueError(f"expected a last dimension of {self.numel}, got {flat.shape[-1]}")
+        pieces = torch.split(flat, self.sizes, dim=-1)
+        return {n: p.reshape(*lead, *s) for n, p, s in zip(self.names, pieces, self.shapes)}
+
+    def describe(self) -> dict:
+        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
+
+
+def stack_anchors(space: ParamSpace, states: Sequence[Mapping[str, torch.Tensor] | nn.Module],
+                  sources: Sequence[str] | None = None) -> torch.Tensor:
+    """Stack state dicts (or modules) as the rows of an ``(A, P)`` anchor matrix."""
+    sources = sources or [f"anchor {i}" for i in range(len(states))]
+    return torch.stack([space.flatten(s, source=src) for s, src in zip(states, sources)])
+
+
+def gram_schmidt(vectors: torch.Tensor) -> torch.Tensor:
+    """Orthonormalise the rows of ``vectors`` (n, P) in float64; returns (n, P) float64."""
+    basis: list[torch.Tensor] = []
+    for v in vectors.double():
+        for b in basis:
+            v = v - (v @ b) * b
+        norm = v.norm()
+        if norm <= 1e-12:
+            raise UserError("the points are (nearly) collinear: cannot build an orthonormal basis")
+        basis.append(v / norm)
+    return torch.stack(basis)
