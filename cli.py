@@ -52,27 +52,44 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------ shared option groups
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits",
+def add_data_args(p: argparse.ArgumentParser, *, inherit: bool = False) -> None:
+    """Dataset options. With ``inherit``, every default is None: the settings
+    the input checkpoints were trained with are used unless given."""
+    g = p.add_argument_group("data" + (" (default: what the input checkpoint was trained on)" if inherit else ""))
+
+    def d(value):
+        return None if inherit else value
+
+    g.add_argument("--dataset", default=d("digits"),
                    help="digits (embedded, default), mnist, fashion-mnist, cifar10, cifar100, npz, synthetic")
     g.add_argument("--data-path", default=None,
                    help="folder (mnist, cifar) or .npz file holding the dataset")
-    g.add_argument("--val-size", type=int, default=0,
+    g.add_argument("--val-size", type=int, default=d(0),
                    help="carve this many training images out as a validation set, used instead of the test set")
-    g.add_argument("--data-seed", type=int, default=0,
+    g.add_argument("--data-seed", type=int, default=d(0),
                    help="seed of the validation split and of synthetic data (keep it equal across endpoints)")
-    g.add_argument("--synthetic-shape", type=_int_tuple, default=(3, 32, 32), metavar="C,H,W",
+    g.add_argument("--synthetic-shape", type=_int_tuple, default=d((3, 32, 32)), metavar="C,H,W",
                    help="input shape of --dataset synthetic (default 3,32,32)")
-    g.add_argument("--synthetic-classes", type=int, default=10, help="classes of --dataset synthetic")
-    g.add_argument("--synthetic-size", type=_int_tuple, default=(5000, 1000), metavar="TRAIN,TEST",
+    g.add_argument("--synthetic-classes", type=int, default=d(10), help="classes of --dataset synthetic")
+    g.add_argument("--synthetic-size", type=_int_tuple, default=d((5000, 1000)), metavar="TRAIN,TEST",
                    help="train and test sizes of --dataset synthetic (default 5000,1000)")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The data options given on the command line (those not None)."""
+    values = {
+        "dataset": args.dataset, "data_path": args.data_path, "val_size": args.val_size,
+        "data_seed": args.data_seed, "synthetic_shape": args.synthetic_shape,
+        "synthetic_classes": args.synthetic_classes, "synthetic_sizes": args.synthetic_size,
+    }
+    return {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
+
+
+def add_model_args(p: argparse.ArgumentParser, *, default: str | None = "convnet") -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="convnet",
-                   help="a registered model (see 'landscape models') or package.module:factory")
+    g.add_argument("--model", default=default,
+                   help="a registered model (see 'landscape models') or package.module:factory"
+                        + ("" if default else "; needed only for foreign checkpoints"))
     g.add_argument("--model-kwargs", type=_kv, nargs="*", default=[], metavar="K=V",
                    help="constructor options, e.g. width=64 or depth=56")
 
@@ -96,6 +113,19 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
     g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; on CPU it helps only with AMX)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     g.add_argument("--save-every", type=int, default=0, metavar="N", help="keep a checkpoint every N epochs (0: only the last)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
+    g.add_argument("--bn-batches", type=int, default=None, metavar="N",
+                   help="re-estimate batch norm from the first N training batches only (default: all)")
+    g.add_argument("--points-per-pass", type=int, default=None, metavar="K",
+                   help="points evaluated per pass over the data (default: from free memory)")
+    g.add_argument("--wd", type=float, default=None, help="weight decay in the reported train loss (default: as fitted)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -146,6 +176,68 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_connect(args: argparse.Namespace) -> int:
+    from curves.fit import fit_curve
+
+    overrides = dict(_data_overrides(args), curve=args.curve, bends=args.bends, free_start=args.free_start,
+                     free_end=args.free_end, objective=args.objective, t_samples=args.t_samples,
+                     epochs=args.epochs, lr=args.lr, momentum=args.momentum, wd=args.wd, batch_size=args.batch_size,
+                     schedule=args.schedule, seed=args.seed, save_every=args.save_every, device=args.device,
+                     amp=args.amp, model_kwargs=dict(args.model_kwargs))
+    if args.model:
+        overrides["model"] = args.model
+    result = fit_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+                       **overrides)
+    s = result.summary
+    c, l = s["curve"], s["line"]
+    split = s.get("eval_split", "test")
+    print(f"{args.out}: {c['type']} curve with {c['bends']} bend(s), length {c['length']:.3f} (line {l['length']:.3f})")
+    print(f"  at t = 1/2: curve train loss {c['train_loss_at'][1]:.4f}, {split} error {c['test_error_at'][1]:.2f}%;"
+          f"  line train loss {l['train_loss_at'][1]:.4f}, {split} error {l['test_error_at'][1]:.2f}%")
+    print(f"checkpoint: {args.out / 'model.pt'}   (evaluate it with: landscape curve --ckpt {args.out / 'model.pt'} --out DIR)")
+    return 0
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from curves.evaluate import evaluate_curve
+    from plots.curve import draw_curve_figure
+
+    result = evaluate_curve(args.ckpt, args.out, points=args.points, wd=args.wd, batch_size=args.batch_size,
+                            bn_batches=args.bn_batches, points_per_pass=args.points_per_pass, device=args.device,
+                            progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
+                            **_data_overrides(args))
+    figures = draw_curve_figure(args.out, tuple(args.format))
+    s = result.summary
+    split = s.get("eval_split", "test")
+    print(f"{'path':<8}{'length':>9}{'train-loss barrier':>20}{'max train loss':>16}"
+          f"{f'{split}-err barrier':>18}{f'max {split} err %':>16}{'ensemble err %':>16}")
+    for name in ("curve", "line"):
+        p = s[name]
+        print(f"{name:<8}{p['length']:>9.3f}{p['train_loss_barrier']:>20.4f}{p['train_loss_max']:>16.4f}"
+              f"{p['test_error_barrier']:>18.2f}{p['test_error_max']:>16.2f}{p['ensemble_test_error']:>16.2f}")
+    ends = s["curve"]["metrics"]["test_error"]
+    print(f"endpoints' {split} error: {ends['start']:.2f}% and {ends['end']:.2f}%"
+          + ("   [synthetic data]" if s.get("synthetic") else ""))
+    for f in figures:
+        print(f"figure: {f}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from plots.curve import draw_curve_figure
+
+    d = args.result_dir
+    if not d.is_dir():
+        raise UserError(f"{d}: no such result folder")
+    if (d / "curve.npz").exists():
+        written = draw_curve_figure(d, tuple(args.format))
+    else:
+        raise UserError(f"{d}: no stored results to draw (expected curve.npz)")
+    for f in written:
+        print(f"figure: {f}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from landscape.models import list_models
 
@@ -187,6 +279,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_optim_args(p)
     add_run_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("connect", help="fit a curve of low loss between two endpoints",
+                       description="Fit a Bezier curve or polygonal chain between two trained networks "
+                                   "(Garipov et al. 2018).")
+    g = p.add_argument_group("curve")
+    g.add_argument("--start", required=True, type=Path, help="checkpoint of the first endpoint")
+    g.add_argument("--end", required=True, type=Path, help="checkpoint of the second endpoint")
+    g.add_argument("--curve", default="bezier", help="bezier or polychain")
+    g.add_argument("--bends", type=int, default=1, help="number of free control points (default 1)")
+    g.add_argument("--free-start", action="store_true", help="train the first endpoint too")
+    g.add_argument("--free-end", action="store_true", help="train the second endpoint too")
+    g.add_argument("--objective", default="uniform", help="uniform (t ~ U(0,1), the papers') or arclength")
+    g.add_argument("--t-samples", type=int, default=1, metavar="K", help="values of t per minibatch, evaluated together")
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    add_optim_args(p)
+    add_run_args(p)
+    p.set_defaults(func=cmd_connect)
+
+    p = sub.add_parser("curve", help="evaluate a curve and the straight line between its ends",
+                       description="Evaluate train loss / error and test NLL / error along a fitted curve and "
+                                   "the straight line, with batch norm re-estimated at every point.")
+    p.add_argument("--ckpt", required=True, type=Path, help="curve checkpoint written by 'landscape connect'")
+    p.add_argument("--points", type=int, default=61, help="evenly spaced values of t (default 61)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    add_eval_args(p)
+    add_data_args(p, inherit=True)
+    p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("plot", help="redraw the figures of a result folder from its stored files")
+    p.add_argument("result_dir", type=Path, metavar="RESULT_DIR")
+    p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded digits data",
                        description="Train two digits endpoints and print their test errors.")

@@ -23,7 +23,7 @@ from .errors import UserError
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
-           "choose_points_per_pass"]
+           "choose_points_per_pass", "forward_points"]
 
 
 @torch.inference_mode()
@@ -213,13 +213,25 @@ class _Template:
 
 
 def _forward(template: _Template, params: dict, buffers: dict, x: torch.Tensor, strategy: str) -> torch.Tensor:
-    """Logits (K, B, classes) of K points on one batch x (B, ...)."""
-    model = template.model
+    return forward_points(template.model, params, buffers, x, strategy)
+
+
+def forward_points(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                   x: torch.Tensor, strategy: str = "auto") -> torch.Tensor:
+    """Logits (K, B, classes) of K points of ``model`` on one batch ``x`` (B, ...).
+
+    ``params`` and ``buffers`` map names to (K, *shape) tensors; batch-norm
+    layers in train mode update the buffers in place (one copy per point).
+    ``strategy``: ``vmap`` (one batched call), ``loop`` (one call per point),
+    ``auto`` (vmap on CUDA, loop on the CPU). Differentiable.
+    """
+    if strategy == "auto":
+        strategy = "vmap" if x.device.type == "cuda" else "loop"
     if strategy == "vmap":
         def f(p, b, xb):
             return functional_call(model, (p, b), (xb,))
 
-        return vmap(f, in_dims=(0, 0, None))(params, buffers, x)
+        return vmap(f, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
     k = next(iter(params.values())).shape[0]
     outs = [functional_call(model, ({n: p[i] for n, p in params.items()}, {n: b[i] for n, b in buffers.items()}), (x,))
             for i in range(k)]

@@ -1,0 +1,131 @@
+"""Curves as trainable anchor sets over any model's named parameters.
+
+A curve with ``bends`` bends has A = bends + 2 anchors (control points) in
+the flat parameter space of the model (:class:`landscape.weights.ParamSpace`)
+and coefficient functions c(t) (A,) summing to one, so
+
+    phi(t) = sum_a c_a(t) * anchor_a          (Garipov et al. 2018, eq. 1-2)
+
+The two end anchors are the endpoints (fixed unless asked otherwise); the
+bends are ``nn.Parameter`` rows, initialised evenly on the straight segment,
+which makes phi(t) the straight line at the start. Nothing depends on the
+architecture: parameters are matched by name through the ParamSpace.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape.errors import UserError
+from landscape.weights import ParamSpace
+
+__all__ = ["Curve", "CURVES", "register_curve", "create_curve"]
+
+CURVES: dict[str, type["Curve"]] = {}
+
+
+def register_curve(cls: type["Curve"]) -> type["Curve"]:
+    CURVES[cls.name] = cls
+    return cls
+
+
+class Curve(nn.Module):
+    """Control points over a ParamSpace; subclasses define the coefficients."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, space: ParamSpace, start: torch.Tensor, end: torch.Tensor, bends: int = 1,
+                 fix_start: bool = True, fix_end: bool = True):
+        super().__init__()
+        if bends < 0:
+            raise UserError(f"--bends must be >= 0, got {bends}")
+        if bends == 0 and fix_start and fix_end:
+            raise UserError("a curve with no bends and both endpoints fixed has nothing to train; use --bends 1 or more")
+        if start.shape != (space.numel,) or end.shape != (space.numel,):
+            raise ValueError(f"endpoints must be ({space.numel},) vectors")
+        self.space = space
+        self.bends = bends
+        self.fix_start = fix_start
+        self.fix_end = fix_end
+        n = bends + 2
+        s = torch.linspace(0, 1, n, dtype=torch.float64)[:, None]
+        init = ((1 - s) * start.double() + s * end.double()).to(start.dtype)  # (A, P) on the segment
+        init[0], init[-1] = start, end  # exactly, not up to rounding
+        free = [not fix_start] + [True] * bends + [not fix_end]
+        self._order = [("free", sum(free[:a])) if f else ("fixed", a - sum(free[:a])) for a, f in enumerate(free)]
+        self.free = nn.Parameter(init[[a for a in range(n) if free[a]]].clone())
+        self.register_buffer("fixed", init[[a for a in range(n) if not free[a]]].clone())
+
+    @property
+    def num_anchors(self) -> int:
+        return self.bends + 2
+
+    def anchors(self) -> torch.Tensor:
+        """The control points as an ``(A, P)`` matrix (differentiable in the free ones)."""
+        rows = [self.free[i] if kind == "free" else self.fixed[i] for kind, i in self._order]
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def load_anchors(self, anchors: torch.Tensor) -> None:
+        """Set every control point from an ``(A, P)`` matrix (e.g. a checkpoint's)."""
+        if tuple(anchors.shape) != (self.num_anchors, self.space.numel):
+            raise UserError(f"expected anchors of shape {(self.num_anchors, self.space.numel)}, got {tuple(anchors.shape)}")
+        for a, (kind, i) in enumerate(self._order):
+            (self.free if kind == "free" else self.fixed)[i].copy_(anchors[a])
+
+    # -- coefficient functions, defined by subclasses --------------------------------
+    def coefficients(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (K,) in [0, 1] -> coefficients (K, A), each row summing to one."""
+        raise NotImplementedError
+
+    def derivative_coefficients(self, t: torch.Tensor) -> torch.Tensor:
+        """d/dt of :meth:`coefficients`: (K,) -> (K, A)."""
+        raise NotImplementedError
+
+    def breaks(self) -> list[float]:
+        """Points of [0, 1] between which the curve is smooth (for quadrature)."""
+        return list(np.linspace(0.0, 1.0, 9))
+
+    # -- points, speed, length ---------------------------------------------------------
+    def points(self, t: torch.Tensor) -> torch.Tensor:
+        """phi(t): (K,) -> (K, P)."""
+        return self.coefficients(t).to(self.fixed.dtype) @ self.anchors()
+
+    def speed(self, t: torch.Tensor) -> torch.Tensor:
+        """||phi'(t)||: (K,) -> (K,)."""
+        return (self.derivative_coefficients(t).to(self.fixed.dtype) @ self.anchors()).norm(dim=-1)
+
+    def length(self, nodes_per_piece: int = 16) -> torch.Tensor:
+        """Arc length, integral_0^1 ||phi'(t)|| dt, by Gauss-Legendre quadrature on
+        each smooth piece (exact for a polygonal chain); differentiable."""
+        t, w = quadrature(self.breaks(), nodes_per_piece, device=self.fixed.device)
+        return (self.speed(t) * w.to(self.fixed.dtype)).sum()
+
+    def describe(self) -> dict:
+        return {"type": self.name, "bends": self.bends, "fix_start": self.fix_start, "fix_end": self.fix_end}
+
+    def extra_repr(self) -> str:
+        return f"bends={self.bends}, params={self.space.numel}, fix_start={self.fix_start}, fix_end={self.fix_end}"
+
+
+def quadrature(breaks: list[float], nodes: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composite Gauss-Legendre nodes and weights on [0, 1] split at ``breaks``."""
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    ts, ws = [], []
+    for a, b in zip(breaks[:-1], breaks[1:]):
+        ts.append(0.5 * (b - a) * x + 0.5 * (a + b))
+        ws.append(0.5 * (b - a) * w)
+    return (torch.tensor(np.concatenate(ts), device=device, dtype=torch.float64),
+            torch.tensor(np.concatenate(ws), device=device, dtype=torch.float64))
+
+
+def create_curve(name: str, space: ParamSpace, start: torch.Tensor, end: torch.Tensor, bends: int = 1,
+                 fix_start: bool = True, fix_end: bool = True) -> Curve:
+    """Build a registered curve (``bezier``, ``polychain``) between two flat endpoints."""
+    if name not in CURVES:
+        raise UserError(f"unknown curve {name!r}; choose one of: {', '.join(sorted(CURVES))}")
+    return CURVES[name](space, start, end, bends=bends, fix_start=fix_start, fix_end=fix_end)

@@ -1,0 +1,135 @@
+"""Evaluation along a fitted curve and along the straight line between its ends.
+
+Writes (when ``out`` is given) ``curve.npz`` with every per-t array,
+``summary.json`` with the headline numbers and ``config.json``; the figure
+``curve.png`` is drawn from those files by ``plots.curve``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from landscape.checkpoint import atomic_save, write_json
+from landscape.data import Dataset
+from landscape.device import resolve_device
+from landscape.errors import UserError
+from landscape.evaluate import METRICS, evaluate_points
+from landscape.metrics import ensemble_metrics, path_stats
+from landscape.train import TrainConfig, load_data
+
+from .fit import DATA_FIELDS, LoadedCurve, load_curve
+
+__all__ = ["CurveEvaluation", "evaluate_curve"]
+
+
+@dataclass
+class CurveEvaluation:
+    summary: dict[str, Any]
+    arrays: dict[str, np.ndarray]  # what curve.npz holds
+    out: Path | None
+
+
+def evaluate_curve(
+    curve: str | Path | LoadedCurve,
+    out: str | Path | None = None,
+    *,
+    points: int = 61,
+    data: Dataset | None = None,
+    wd: float | None = None,
+    batch_size: int = 1000,
+    bn_batches: int | None = None,
+    points_per_pass: int | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    argv: Sequence[str] | None = None,
+    **data_overrides: Any,
+) -> CurveEvaluation:
+    """Evaluate a curve checkpoint at ``points`` evenly spaced t, and the straight
+    line between its endpoints at the same t (Garipov et al. 2018, fig. 2).
+
+    Per t: train loss (NLL + wd/2 ||w||^2), train NLL, train error, test NLL,
+    test error, with batch norm re-estimated at every point. Summaries per
+    path: length; for each metric start / end / min / max / mean / the
+    arc-length-weighted mean and the barrier (max minus the mean of the two
+    ends); the ensemble of the points' predictions (test error and NLL).
+    ``wd`` and the data default to the settings the curve was fitted with.
+    """
+    device = resolve_device(device)
+    loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device)
+    if points < 2:
+        raise UserError(f"--points must be at least 2, got {points}")
+    stored = dict(loaded.meta.get("train_config") or {})
+    if data is None:
+        settings = {k: v for k, v in stored.items() if k in DATA_FIELDS}
+        settings.update({k: v for k, v in data_overrides.items() if v is not None})
+        data = load_data(TrainConfig(**settings), device)
+    else:
+        data = data.to(device)
+    wd = float(stored.get("wd", 0.0)) if wd is None else wd
+    model, crv = loaded.model.to(device), loaded.curve.to(device)
+
+    t = torch.linspace(0, 1, points, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        W = crv.anchors().detach()  # (A, P)
+        curve_coeffs = crv.coefficients(t)  # (N, A)
+        line_coeffs = torch.zeros_like(curve_coeffs)
+        line_coeffs[:, 0], line_coeffs[:, -1] = 1 - t, t
+        speed_curve = crv.speed(t).double().cpu().numpy()
+        line_length = float((W[-1] - W[0]).double().norm())
+        curve_length = float(crv.length())
+    # Both paths in one engine call: they share the passes over the data.
+    res = evaluate_points(model, W, torch.cat([curve_coeffs, line_coeffs]), data, wd=wd, batch_size=batch_size,
+                          bn_batches=bn_batches, points_per_pass=points_per_pass, return_probs=True,
+                          progress=progress)
+    n = points
+    arrays: dict[str, np.ndarray] = {"t": t.cpu().numpy()}
+    for key in METRICS:
+        arrays[f"curve_{key}"] = res[key][:n]
+        arrays[f"line_{key}"] = res[key][n:]
+    arrays["curve_speed"] = speed_curve
+    arrays["line_speed"] = np.full(n, line_length)
+    labels = data.y_test.cpu().numpy()
+    summary: dict[str, Any] = {}
+    for path, sl, length in (("curve", slice(0, n), curve_length), ("line", slice(n, 2 * n), line_length)):
+        speed = arrays[f"{path}_speed"]
+        stats = {key: path_stats(arrays["t"], res[key][sl], speed) for key in METRICS}
+        ens = ensemble_metrics(res["probs"][sl], labels)
+        summary[path] = {
+            "length": length,
+            "train_loss_barrier": stats["train_loss"]["barrier"],
+            "test_error_barrier": stats["test_error"]["barrier"],
+            "train_loss_max": stats["train_loss"]["max"],
+            "test_error_max": stats["test_error"]["max"],
+            "ensemble_test_error": ens["error"],
+            "ensemble_test_nll": ens["nll"],
+            "metrics": stats,
+        }
+    summary.update({
+        "points": n,
+        "curve_type": crv.name,
+        "bends": crv.bends,
+        "wd": wd,
+        "eval_split": data.eval_split,
+        "synthetic": data.synthetic,
+        "dataset": data.describe(),
+        "checkpoint": str(loaded.path) if loaded.path else None,
+        "notes": "barrier = max along the path - mean of its two ends; train_loss = NLL + wd/2 ||w||^2; "
+                 "errors in percent; batch norm re-estimated at every point; ensemble = averaged "
+                 "predicted probabilities of all points of the path",
+    })
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        write_json(out_path / "config.json", {
+            "command": "curve", "argv": list(argv) if argv is not None else None,
+            "checkpoint": summary["checkpoint"], "points": n, "wd": wd, "batch_size": batch_size,
+            "bn_batches": bn_batches, "device": str(device), "dataset": data.describe(),
+        })
+        atomic_save(lambda tmp: np.savez(open(tmp, "wb"), **arrays), out_path / "curve.npz")
+        write_json(out_path / "summary.json", summary)
+    return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)
+

@@ -1,0 +1,280 @@
+"""Fitting a curve of low loss between two endpoints (Garipov et al. 2018).
+
+The papers' objective draws t ~ U(0, 1) for each minibatch and minimises the
+loss at phi(t) plus weight decay on phi(t):
+
+    E_t [ NLL(phi(t)) + wd/2 ||phi(t)||^2 ]                         (uniform)
+
+``--t-samples K`` draws K values of t per minibatch and evaluates them
+together (the loss is their mean). ``--objective arclength`` minimises the
+exact arc-length-weighted objective instead,
+
+    integral L(phi(t)) ||phi'(t)|| dt / integral ||phi'(t)|| dt     (arclength)
+
+which is the loss averaged uniformly over the curve's length. Its estimate
+here is  mean_k L(phi(t_k)) ||phi'(t_k)|| / Len  with t_k ~ U(0, 1) and Len
+the length by Gauss-Legendre quadrature (exact for a polygonal chain, error
+below 1e-6 relative for a Bezier curve); autograd differentiates through
+both the speeds and Len. The numerator is an unbiased estimate and Len is
+deterministic, so the gradient is unbiased up to the quadrature error: the
+only approximation.
+
+Batch norm runs in train mode (batch statistics) at phi(t); the running
+statistics are re-estimated when the curve is evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape.checkpoint import Checkpoint, check_state_dict, load_checkpoint, save_checkpoint
+from landscape.data import Dataset
+from landscape.device import resolve_device, seed_everything
+from landscape.errors import UserError
+from landscape.evaluate import evaluate_points, forward_points
+from landscape.models import create_model
+from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
+from landscape.weights import ParamSpace
+
+from .base import CURVES, Curve, create_curve
+
+__all__ = ["ConnectConfig", "CurveResult", "LoadedCurve", "fit_curve", "load_curve", "save_curve",
+           "endpoint_data_settings", "OBJECTIVES"]
+
+OBJECTIVES = ("uniform", "arclength")
+DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
+               "synthetic_sizes")
+
+
+@dataclass
+class ConnectConfig(TrainConfig):
+    """Settings of ``landscape connect`` (saved as ``config.json``)."""
+
+    start: str = ""
+    end: str = ""
+    curve: str = "bezier"
+    bends: int = 1
+    free_start: bool = False
+    free_end: bool = False
+    objective: str = "uniform"
+    t_samples: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.curve not in CURVES:
+            raise UserError(f"unknown curve {self.curve!r}; choose one of: {', '.join(sorted(CURVES))}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        if self.t_samples < 1:
+            raise UserError(f"--t-samples must be at least 1, got {self.t_samples}")
+        if self.bends < 0:
+            raise UserError(f"--bends must be >= 0, got {self.bends}")
+
+
+@dataclass
+class LoadedCurve:
+    """A curve read back from disk: the anchors and the network they parametrise."""
+
+    curve: Curve
+    model: nn.Module  # template: the architecture, with the start endpoint's buffers
+    spec: dict[str, Any]
+    meta: dict[str, Any]
+    path: Path | None = None
+
+
+@dataclass
+class CurveResult:
+    curve: Curve
+    model: nn.Module
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    out: Path | None
+
+
+def endpoint_data_settings(ckpt: Checkpoint) -> dict[str, Any]:
+    """The data settings an endpoint was trained with (empty for foreign checkpoints)."""
+    stored = (ckpt.meta or {}).get("train_config") or {}
+    return {k: stored[k] for k in DATA_FIELDS if k in stored}
+
+
+def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data: Dataset) -> tuple[nn.Module, dict]:
+    """Build the architecture of the endpoints and check both fit it, by name."""
+    if start.model is not None:
+        spec = {"name": start.model["name"], "kwargs": dict(start.model["kwargs"])}
+    else:
+        kwargs = dict(cfg.model_kwargs, num_classes=data.num_classes, input_shape=list(data.input_shape))
+        spec = {"name": cfg.model, "kwargs": kwargs}
+    kwargs = dict(spec["kwargs"])
+    kwargs["input_shape"] = tuple(kwargs["input_shape"])
+    model = create_model(spec["name"], **kwargs)
+    name = f"model '{spec['name']}' of {start.path}"
+    check_state_dict(model, start.state_dict, str(start.path), name)
+    check_state_dict(model, end.state_dict, str(end.path), name)
+    if end.model is not None and start.model is not None and end.model["name"] != start.model["name"]:
+        raise UserError(f"{start.path} holds a '{start.model['name']}' but {end.path} a '{end.model['name']}'")
+    if tuple(kwargs["input_shape"]) != tuple(data.input_shape) or kwargs["num_classes"] != data.num_classes:
+        raise UserError(
+            f"{start.path} was built for input {tuple(kwargs['input_shape'])} and {kwargs['num_classes']} classes, "
+            f"but dataset '{data.name}' has {tuple(data.input_shape)} and {data.num_classes}"
+        )
+    model.load_state_dict(start.state_dict)
+    return model, spec
+
+
+def fit_curve(
+    start: str | Path,
+    end: str | Path,
+    out: str | Path | None = None,
+    *,
+    config: ConnectConfig | None = None,
+    resume: bool = False,
+    data: Dataset | None = None,
+    progress: bool | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    argv: Sequence[str] | None = None,
+    **overrides: Any,
+) -> CurveResult:
+    """Fit a Bezier curve or polygonal chain between two endpoint checkpoints.
+
+    ``fit_curve("runs/a/model.pt", "runs/b/model.pt", "runs/ab", curve="bezier",
+    bends=1, epochs=30)``. Data settings default to those the start endpoint
+    was trained with. Writes the same files as ``train`` (``model.pt`` holds
+    the curve) and returns the curve, its template network, the summary (the
+    curve and the straight line evaluated at t = 0, 1/2, 1) and per-epoch
+    metrics.
+    """
+    start_ckpt, end_ckpt = load_checkpoint(start), load_checkpoint(end)
+    given = {f.name for f in fields(ConnectConfig)} & set(overrides)
+    base = asdict(config) if config is not None else {}
+    inherited = {k: v for k, v in endpoint_data_settings(start_ckpt).items() if k not in given and k not in base}
+    cfg = ConnectConfig(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    out = Path(out) if out is not None else None
+    start_epoch, state, metrics = prepare_run(out, cfg, resume)
+    if start_epoch == -1:
+        loaded = load_curve(out / "model.pt")
+        from landscape.checkpoint import read_json, read_jsonl
+
+        summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
+        return CurveResult(loaded.curve, loaded.model, summary, read_jsonl(out / "metrics.jsonl"), out)
+    data = load_data(cfg, device) if data is None else data.to(device)
+
+    template, spec = _endpoint_model(start_ckpt, end_ckpt, cfg, data)
+    space = ParamSpace.of(template)
+    seed_everything(cfg.seed)
+    curve = create_curve(cfg.curve, space, space.flatten(start_ckpt.state_dict, source=str(start)),
+                         space.flatten(end_ckpt.state_dict, source=str(end)), bends=cfg.bends,
+                         fix_start=not cfg.free_start, fix_end=not cfg.free_end)
+    template.to(device)
+    curve.to(device)
+    buffers = {n: b.detach() for n, b in template.named_buffers()}
+    k = cfg.t_samples
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        template.train()
+        t = torch.rand(k, device=device, dtype=torch.float64)
+        points = curve.points(t)  # (K, P)
+        batched = {n: b.unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in buffers.items()}
+        logits = forward_points(template, space.unflatten(points), batched, x)  # (K, B, classes)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(k), reduction="none").view(k, -1).mean(dim=1)
+        per_t = nll + 0.5 * cfg.wd * points.pow(2).sum(dim=1)  # (K,)
+        if cfg.objective == "arclength":
+            return (per_t * curve.speed(t)).mean() / curve.length(), logits
+        return per_t.mean(), logits
+
+    def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
+        extra["meta"] = dict(extra["meta"], start=str(start), end=str(end))
+        save_curve(path, curve, template, spec, **extra)
+
+    def restore(ckpt: Checkpoint) -> None:
+        curve.load_anchors(_stored_anchors(ckpt, space))
+
+    def finish() -> dict[str, Any]:
+        return _fit_summary(curve, template, data, cfg)
+
+    task = Task(module=curve, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
+                weight_decay=0.0, spec=spec, command="connect", kind="curve")
+    summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
+                                    progress=progress, on_epoch_end=on_epoch_end, argv=argv)
+    return CurveResult(curve=curve, model=template.eval(), summary=summary, metrics=metrics, out=out)
+
+
+def _fit_summary(curve: Curve, template: nn.Module, data: Dataset, cfg: ConnectConfig) -> dict[str, Any]:
+    """The curve and the straight line at t = 0, 1/2, 1 (batch norm re-estimated)."""
+    with torch.no_grad():
+        t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, device=data.device)
+        W = curve.anchors().detach()
+        coeffs = torch.cat([curve.coefficients(t), torch.stack([1 - t, t], 1) @ _line_selector(W.shape[0], t.device)])
+        m = evaluate_points(template, W, coeffs, data, wd=cfg.wd)
+        length = float(curve.length())
+        line_length = float((W[-1] - W[0]).double().norm())
+    keys = ("train_loss", "train_error", "test_nll", "test_error")
+    return {
+        "curve": {"type": cfg.curve, "bends": cfg.bends, "length": length,
+                  **{f"{key}_at": [float(v) for v in m[key][:3]] for key in keys}},
+        "line": {"length": line_length, **{f"{key}_at": [float(v) for v in m[key][3:]] for key in keys}},
+        "t": [0.0, 0.5, 1.0],
+        "eval_split": data.eval_split,
+        "synthetic": data.synthetic,
+        "epochs": cfg.epochs,
+        "dataset": data.describe(),
+        "checkpoint": "model.pt",
+        "notes": "the curve and the line between its endpoints at t = 0, 1/2, 1; batch norm re-estimated; "
+                 "run 'landscape curve' for the full evaluation",
+    }
+
+
+def _line_selector(num_anchors: int, device) -> torch.Tensor:
+    """(2, A) matrix picking the first and last anchors: line coefficients -> curve anchors."""
+    sel = torch.zeros(2, num_anchors, dtype=torch.float64, device=device)
+    sel[0, 0] = sel[1, -1] = 1.0
+    return sel
+
+
+# ---------------------------------------------------------------------------- files
+def save_curve(path: str | Path, curve: Curve, template: nn.Module, spec: dict[str, Any], **extra: Any) -> Path:
+    """Write a curve checkpoint: the template network's state dict (the start
+    endpoint, so ``load_model`` gives that network), the model spec, and
+    ``curve`` = {type, bends, fix_start, fix_end, names, anchors (A, P)}."""
+    info = dict(curve.describe(), names=list(curve.space.names), anchors=curve.anchors().detach().cpu().clone())
+    return save_checkpoint(path, template.state_dict(), spec, kind="curve", curve=info, **extra)
+
+
+def _stored_anchors(ckpt: Checkpoint, space: ParamSpace) -> torch.Tensor:
+    info = ckpt.extra.get("curve")
+    if ckpt.kind != "curve" or not isinstance(info, dict) or "anchors" not in info:
+        raise UserError(f"{ckpt.path}: not a curve checkpoint (written by 'landscape connect')")
+    if list(info.get("names", [])) != list(space.names):
+        raise UserError(f"{ckpt.path}: the curve's parameter names do not match its model")
+    anchors = info["anchors"]
+    if anchors.dim() != 2 or anchors.shape[1] != space.numel:
+        raise UserError(f"{ckpt.path}: curve anchors of shape {tuple(anchors.shape)} do not fit {space.numel} parameters")
+    return anchors
+
+
+def load_curve(path: str | Path, device: str | torch.device = "cpu") -> LoadedCurve:
+    """Read a curve checkpoint: the curve (anchors as written) and its template network."""
+    ckpt = load_checkpoint(path)
+    if ckpt.kind != "curve":
+        raise UserError(f"{ckpt.path}: a '{ckpt.kind}' checkpoint, not a curve; make one with 'landscape connect'")
+    kwargs = dict(ckpt.model["kwargs"])
+    kwargs["input_shape"] = tuple(kwargs["input_shape"])
+    template = create_model(ckpt.model["name"], **kwargs)
+    check_state_dict(template, ckpt.state_dict, str(ckpt.path), f"model '{ckpt.model['name']}'")
+    template.load_state_dict(ckpt.state_dict)
+    space = ParamSpace.of(template)
+    anchors = _stored_anchors(ckpt, space)
+    info = ckpt.extra["curve"]
+    curve = create_curve(info["type"], space, anchors[0], anchors[-1], bends=int(info["bends"]),
+                         fix_start=bool(info["fix_start"]), fix_end=bool(info["fix_end"]))
+    curve.load_anchors(anchors)
+    device = resolve_device(device)
+    return LoadedCurve(curve=curve.to(device), model=template.to(device).eval(),
+                       spec=ckpt.model, meta=ckpt.meta, path=ckpt.path)

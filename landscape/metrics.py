@@ -1,0 +1,55 @@
+"""Summaries of metrics along a path: barriers, arc-length averages, ensembles."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["barrier", "path_stats", "arc_length_mean", "ensemble_metrics"]
+
+
+def barrier(values: np.ndarray) -> float:
+    """Maximum along the path minus the mean of its two endpoints (Garipov et al. 2018;
+    Frankle et al. 2020 call the same quantity the error barrier)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.max() - 0.5 * (values[0] + values[-1]))
+
+
+def arc_length_mean(t: np.ndarray, values: np.ndarray, speed: np.ndarray) -> float:
+    """integral m(phi(t)) ||phi'(t)|| dt / integral ||phi'(t)|| dt on the grid ``t``
+    (trapezoid rule): the average of the metric over the path's length, which
+    the papers' objective weights by. Equals the plain mean for a line."""
+    t, values, speed = (np.asarray(a, dtype=np.float64) for a in (t, values, speed))
+    den = np.trapezoid(speed, t)
+    if den <= 0:
+        return float(np.trapezoid(values, t) / max(t[-1] - t[0], 1e-300))
+    return float(np.trapezoid(values * speed, t) / den)
+
+
+def path_stats(t: np.ndarray, values: np.ndarray, speed: np.ndarray) -> dict[str, float]:
+    """start / end / min / max / mean / arc-length-weighted mean / barrier of one metric."""
+    values = np.asarray(values, dtype=np.float64)
+    return {
+        "start": float(values[0]),
+        "end": float(values[-1]),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "arc_mean": arc_length_mean(t, values, speed),
+        "barrier": barrier(values),
+    }
+
+
+def ensemble_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """NLL and error (percent) of the prediction averaged over members.
+
+    ``probs`` (N, M, classes): N members' predicted probabilities on M
+    examples; ``labels`` (M,).
+    """
+    mean = np.asarray(probs, dtype=np.float64).mean(axis=0)  # (M, classes)
+    labels = np.asarray(labels)
+    p_true = mean[np.arange(len(labels)), labels]
+    return {
+        "nll": float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
+        "error": float(100.0 * (mean.argmax(axis=1) != labels).mean()),
+        "members": int(probs.shape[0]),
+    }

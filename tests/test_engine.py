@@ -1,0 +1,276 @@
+"""The evaluation engine against independent computations.
+
+ParamSpace by name, batch-norm re-estimation against torch's ``update_bn``,
+the batched engine against the sequential reference loop (both strategies,
+with and without batch norm, chunked), the weight-decay term by hand, the
+caller's model left untouched, and the path metrics on hand-made values.
+"""
+
+import copy
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.swa_utils import update_bn
+
+from landscape.bn import reestimate_bn
+from landscape.data import load_dataset
+from landscape.errors import UserError
+from landscape.evaluate import METRICS, evaluate_model, evaluate_points, evaluate_points_sequential
+from landscape.metrics import arc_length_mean, barrier, ensemble_metrics
+from landscape.models import create_model
+from landscape.weights import ParamSpace
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    """300 training and 100 test digits: several batches of 64, a short last one."""
+    return dataclasses.replace(digits, x_train=digits.x_train[:300], y_train=digits.y_train[:300],
+                               x_test=digits.x_test[:100], y_test=digits.y_test[:100])
+
+
+def convnet(seed):
+    torch.manual_seed(seed)
+    return create_model("convnet", num_classes=10, input_shape=SHAPE, width=8)
+
+
+def mlp(seed):
+    torch.manual_seed(seed)
+    return create_model("mlp", num_classes=10, input_shape=SHAPE, hidden=32)
+
+
+def bn_layers(model):
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def displace_bn_stats(model, data):
+    """Give the BN layers running statistics of their own (not the defaults)."""
+    model.train()
+    with torch.no_grad():
+        model(data.x_train[:50])
+
+
+def assert_close(a, b):
+    np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
+                               rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- ParamSpace
+def test_flatten_unflatten_round_trip_gives_the_named_parameters():
+    model = convnet(0)
+    space = ParamSpace.of(model)
+    named = dict(model.named_parameters())
+    assert space.names == tuple(named)
+    flat = space.flatten(model)
+    assert flat.shape == (sum(p.numel() for p in named.values()),) == (space.numel,)
+    back = space.unflatten(flat)
+    assert list(back) == list(named)
+    for name, p in named.items():
+        assert torch.equal(back[name], p.detach()), name
+    # The vector is the parameters concatenated in named order, by hand.
+    assert torch.equal(flat, torch.cat([p.detach().reshape(-1) for p in named.values()]))
+    # Leading dimensions are carried through: (2, P) -> (2, *shape).
+    two = space.unflatten(torch.stack([flat, 2 * flat]))
+    for name, p in named.items():
+        assert torch.equal(two[name][1], 2 * p.detach())
+
+
+def test_flatten_matches_by_name_not_position():
+    model = convnet(0)
+    space = ParamSpace.of(model)
+    state = model.state_dict()
+    keys = list(state)
+    random.Random(0).shuffle(keys)
+    assert keys != list(state)
+    shuffled = {k: state[k] for k in keys}
+    assert torch.equal(space.flatten(shuffled), space.flatten(state))
+    assert torch.equal(space.flatten(shuffled), space.flatten(model))
+
+
+def test_flatten_names_a_missing_or_misshapen_key():
+    model = convnet(0)
+    space = ParamSpace.of(model)
+    state = dict(model.state_dict())
+    missing = dict(state)
+    del missing["features.3.weight"]
+    with pytest.raises(UserError, match=r"'features\.3\.weight' is missing"):
+        space.flatten(missing, source="a.pt")
+    wrong = dict(state)
+    wrong["classifier.weight"] = torch.zeros(10, 31)
+    with pytest.raises(UserError, match=r"a\.pt: parameter 'classifier\.weight' has shape \(10, 31\), expected \(10, 32\)"):
+        space.flatten(wrong, source="a.pt")
+
+
+# --------------------------------------------------------------------------- batch norm
+def test_reestimate_bn_equals_update_bn_and_restores_modes_and_momenta(small):
+    batches = list(small.batches("train", 128))
+    assert len(batches) == 3
+    ours, ref = convnet(1), convnet(1)
+    displace_bn_stats(ours, small)
+    displace_bn_stats(ref, small)
+    ours.eval()
+    bn_layers(ours)[1].momentum = 0.3
+    used = reestimate_bn(ours, iter(batches))
+    update_bn(batches, ref)
+    assert used == 3
+    ref_state = ref.state_dict()
+    checked = 0
+    for name, value in ours.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(value, ref_state[name], rtol=1e-5, atol=1e-5, msg=name)
+            checked += 1
+    assert checked == 2 * len(bn_layers(ours)) == 6
+    # modes and momenta as they were
+    assert all(not m.training for m in ours.modules())
+    assert [m.momentum for m in bn_layers(ours)] == [0.1, 0.3, 0.1]
+    # In train mode it stays in train mode.
+    ours.train()
+    reestimate_bn(ours, iter(batches))
+    assert all(m.training for m in ours.modules())
+
+
+def test_reestimate_bn_max_batches_uses_only_the_first_batches(small):
+    batches = list(small.batches("train", 64))
+    ours, ref, full = convnet(2), convnet(2), convnet(2)
+    assert reestimate_bn(ours, iter(batches), max_batches=2) == 2
+    update_bn(batches[:2], ref)
+    update_bn(batches, full)
+    for (name, a), b, c in zip(ours.state_dict().items(), ref.state_dict().values(), full.state_dict().values()):
+        if name.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+    # and the difference from using every batch is visible
+    mean = "features.1.running_mean"
+    assert not torch.allclose(ours.state_dict()[mean], full.state_dict()[mean], rtol=1e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- engine vs reference
+LINE = np.stack([1 - np.linspace(0, 1, 5), np.linspace(0, 1, 5)], axis=1)  # (5, 2)
+COMBO = np.array([[0.5, 0.7, -0.3],
+                  [1.2, 0.0, 0.1],
+                  [-0.2, 0.4, 0.4],
+                  [0.3, 0.3, 0.3]])  # rows not summing to one
+
+
+@pytest.mark.parametrize("bn_batches", [None, 2])
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("make", [convnet, mlp], ids=["convnet", "mlp"])
+def test_evaluate_points_agrees_with_the_sequential_loop(small, make, strategy, bn_batches):
+    anchors = [make(10), make(11), make(12)]
+    model = make(13)
+    for coeffs, used in ((LINE, anchors[:2]), (COMBO, anchors)):
+        kw = dict(wd=5e-4, batch_size=64, bn_batches=bn_batches, return_probs=True)
+        got = evaluate_points(model, used, coeffs, small, points_per_pass=2, strategy=strategy, **kw)
+        ref = evaluate_points_sequential(model, used, coeffs, small, **kw)
+        assert set(got) == set(ref) == set(METRICS) | {"probs"}
+        for key in METRICS:
+            assert got[key].shape == (len(coeffs),)
+            assert_close(got[key], ref[key])
+        assert got["probs"].shape == (len(coeffs), 100, 10)
+        assert_close(got["probs"], ref["probs"])
+    # The points differ from each other (the comparison is not of one point five times).
+    assert np.ptp(got["train_nll"]) > 1e-3
+
+
+def test_bn_batches_changes_the_result(small):
+    """bn_batches is honoured: two batches of statistics are not the full pass."""
+    anchors = [convnet(10), convnet(11)]
+    full = evaluate_points(convnet(13), anchors, LINE[1:2], small, batch_size=64, strategy="loop")
+    two = evaluate_points(convnet(13), anchors, LINE[1:2], small, batch_size=64, bn_batches=2, strategy="loop")
+    assert abs(full["train_nll"][0] - two["train_nll"][0]) > 1e-6
+
+
+def test_train_loss_adds_half_wd_times_the_squared_norm(small):
+    anchors = [mlp(20), mlp(21), mlp(22)]
+    space = ParamSpace.of(anchors[0])
+    W = torch.stack([space.flatten(a) for a in anchors]).double()  # (3, P)
+    wd = 0.1
+    got = evaluate_points(mlp(23), anchors, COMBO, small, wd=wd, batch_size=64, strategy="loop")
+    for i, c in enumerate(COMBO):
+        point = torch.as_tensor(c) @ W  # (P,)
+        sq = float((point * point).sum())
+        assert got["train_loss"][i] - got["train_nll"][i] == pytest.approx(0.5 * wd * sq, rel=1e-5)
+    zero = evaluate_points(mlp(23), anchors, COMBO, small, wd=0.0, batch_size=64, strategy="loop")
+    assert np.array_equal(zero["train_loss"], zero["train_nll"])
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_evaluate_points_leaves_the_callers_model_as_it_was(small, strategy, train_mode):
+    model = convnet(30)
+    displace_bn_stats(model, small)
+    bn_layers(model)[2].momentum = 0.3
+    model.train(train_mode)
+    model.features[2].train(not train_mode)  # a mixed mode: the ReLU differs
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    momenta = [m.momentum for m in bn_layers(model)]
+    params = list(model.parameters())
+    buffers = list(model.buffers())
+
+    evaluate_points(model, [convnet(31), convnet(32)], LINE, small, batch_size=64, strategy=strategy)
+
+    after = model.state_dict()
+    assert list(after) == list(state)
+    for k, v in state.items():
+        assert torch.equal(after[k], v), k
+    assert [m.training for m in model.modules()] == modes
+    assert [m.momentum for m in bn_layers(model)] == momenta == [0.1, 0.1, 0.3]
+    assert all(p is q for p, q in zip(model.parameters(), params)) and len(list(model.parameters())) == len(params)
+    assert all(b is c for b, c in zip(model.buffers(), buffers))
+
+
+def test_first_anchor_point_equals_evaluate_model_after_reestimate_bn(small):
+    a, b = convnet(40), convnet(41)
+    got = evaluate_points(convnet(42), [a, b], [[1.0, 0.0]], small, wd=5e-4, batch_size=64, strategy="loop")
+    net = copy.deepcopy(a)
+    reestimate_bn(net, small.batches("train", 64))
+    train_m = evaluate_model(net, small, "train", batch_size=64)
+    test_m = evaluate_model(net, small, "test", batch_size=64)
+    sq = sum(float(p.detach().double().pow(2).sum()) for p in a.parameters())
+    assert_close(got["train_nll"], [train_m["nll"]])
+    assert_close(got["train_error"], [train_m["error"]])
+    assert_close(got["test_nll"], [test_m["nll"]])
+    assert_close(got["test_error"], [test_m["error"]])
+    assert_close(got["train_loss"], [train_m["nll"] + 0.5 * 5e-4 * sq])
+
+
+# --------------------------------------------------------------------------- metrics
+def test_barrier_on_a_hand_made_profile():
+    assert barrier([1.0, 3.0, 2.0, 0.5]) == pytest.approx(3.0 - 0.5 * (1.0 + 0.5))
+    assert barrier([2.0, 1.0, 0.0]) == pytest.approx(2.0 - 1.0)  # the max is an endpoint
+    assert barrier(np.array([0.5, 0.5])) == 0.0
+
+
+def test_arc_length_mean_constant_and_varying_speed():
+    t = np.array([0.0, 0.1, 0.4, 0.6, 1.0])
+    values = np.array([1.0, 4.0, 2.0, 3.0, 0.5])
+    plain = sum((t[i + 1] - t[i]) * (values[i] + values[i + 1]) / 2 for i in range(4)) / (t[-1] - t[0])
+    assert arc_length_mean(t, values, np.full(5, 3.7)) == pytest.approx(plain, rel=1e-12)
+    # t = 0, 1/2, 1; values 1, 2, 3; speed 1, 1, 3:
+    # numerator 1/2 (1 + 2)/2 + 1/2 (2 + 9)/2 = 3.5, denominator 1/2 (1 + 1)/2 + 1/2 (1 + 3)/2 = 1.5
+    got = arc_length_mean(np.array([0.0, 0.5, 1.0]), np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 3.0]))
+    assert got == pytest.approx(3.5 / 1.5, rel=1e-12)
+
+
+def test_ensemble_metrics_two_members_three_examples():
+    probs = np.array([
+        [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]],
+        [[0.5, 0.4, 0.1], [0.5, 0.1, 0.4], [0.1, 0.1, 0.8]],
+    ])  # (2 members, 3 examples, 3 classes)
+    labels = np.array([0, 2, 1])
+    # mean: [0.6, 0.3, 0.1], [0.3, 0.45, 0.25], [0.2, 0.2, 0.6]
+    # p(true) 0.6, 0.25, 0.2; argmax 0, 1, 2 -> wrong on examples 2 and 3
+    got = ensemble_metrics(probs, labels)
+    assert got["nll"] == pytest.approx(-(np.log(0.6) + np.log(0.25) + np.log(0.2)) / 3, rel=1e-12)
+    assert got["error"] == pytest.approx(200.0 / 3)
+    assert got["members"] == 2
