@@ -1,10 +1,14 @@
 """Trainable anchor sets between endpoints: Bezier curves and polygonal chains.
 
-    from curves import fit_curve, evaluate_curve
+    from curves import fit_curve, evaluate_curve, load_curve
 """
 
 from .base import CURVES, Curve, create_curve, register_curve
 from .bezier import Bezier
+from .evaluate import CurveEvaluation, evaluate_curve
+from .fit import ConnectConfig, CurveResult, LoadedCurve, fit_curve, load_curve, save_curve
 from .polychain import PolyChain
 
-__all__ = ["CURVES", "Curve", "Bezier", "PolyChain", "create_curve", "register_curve"]
+__all__ = ["CURVES", "Curve", "Bezier", "PolyChain", "create_curve", "register_curve", "ConnectConfig",
+           "CurveResult", "LoadedCurve", "fit_curve", "load_curve", "save_curve", "CurveEvaluation",
+           "evaluate_curve"]

@@ -10,7 +10,8 @@ one-point-at-a-time loop it is checked against.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -38,17 +39,16 @@ def evaluate_model(
     """Mean NLL and error (percent) of ``model`` on one split of ``data``.
 
     Runs in eval mode (batch norm uses its running statistics) without
-    augmentation, and restores the model's train/eval mode afterwards.
+    augmentation, and restores every module's train/eval mode afterwards.
     Returns ``{"nll", "error", "n"}``; sums are kept on the device so there is
     one host synchronisation per call.
     """
-    was_training = model.training
-    model.eval()
     device = data.device
     nll = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
-    try:
+    with modes_kept(model):
+        model.eval()
         for x, y in data.batches(split, batch_size):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)  # (B, classes)
@@ -56,11 +56,20 @@ def evaluate_model(
             nll += F.cross_entropy(logits, y, reduction="sum").double()
             wrong += (logits.argmax(dim=1) != y).sum()
             n += y.numel()
-    finally:
-        model.train(was_training)
     if n == 0:
         return {"nll": float("nan"), "error": float("nan"), "n": 0}
     return {"nll": nll.item() / n, "error": 100.0 * wrong.item() / n, "n": n}
+
+
+@contextmanager
+def modes_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore the train/eval flag of every submodule on exit."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def l2_penalty(model: nn.Module, wd: float) -> float:
@@ -174,17 +183,15 @@ def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
             total += out.numel() * out.element_size()
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.inference_mode():
+        with modes_kept(model), torch.inference_mode():
+            model.eval()
             x = data.x_train[: min(batch_size, len(data.x_train))]
             model(x)
             scale = batch_size / max(1, x.shape[0])
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return int(total * scale * 2)
 
 

@@ -110,3 +110,72 @@ def test_console_script_is_installed_and_reports_errors():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown dataset 'nosuch'" in _one_line_error(proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def endpoints(tmp_path_factory):
+    """Two short digits endpoints trained through the CLI."""
+    root = tmp_path_factory.mktemp("ends")
+    for seed in (1, 2):
+        assert cli.main(["train", "--epochs", "6", "--seed", str(seed), "--out", str(root / str(seed)), "--quiet"]) == 0
+    return root / "1" / "model.pt", root / "2" / "model.pt"
+
+
+@pytest.mark.slow
+def test_connect_curve_and_plot_end_to_end(tmp_path, capsys, endpoints):
+    a, b = endpoints
+    code, out, err = run(capsys, "connect", "--start", a, "--end", b, "--curve", "polychain", "--bends", 1,
+                         "--epochs", 6, "--out", tmp_path / "ab", "--quiet")
+    assert code == 0, err
+    assert "at t = 1/2" in out
+    saved = torch.load(tmp_path / "ab" / "model.pt", weights_only=True)
+    assert saved["kind"] == "curve" and saved["curve"]["type"] == "polychain"
+    config = json.loads((tmp_path / "ab" / "config.json").read_text())
+    assert config["config"]["dataset"] == "digits"  # inherited from the endpoints
+    code, out, err = run(capsys, "curve", "--ckpt", tmp_path / "ab" / "model.pt", "--points", 11,
+                         "--out", tmp_path / "eval", "--quiet")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    for path in ("curve", "line"):
+        for key in ("train_loss_barrier", "test_error_barrier", "train_loss_max", "test_error_max", "length"):
+            assert key in summary[path]
+    # The printed table carries the stored numbers.
+    assert f"{summary['line']['train_loss_barrier']:.4f}" in out
+    with __import__("numpy").load(tmp_path / "eval" / "curve.npz") as z:
+        assert z["t"].shape == (11,) and z["curve_train_loss"].shape == (11,) and "line_test_error" in z.files
+        # barrier recomputed from the stored per-t values
+        tl = z["line_train_loss"]
+        assert summary["line"]["train_loss_barrier"] == pytest.approx(tl.max() - (tl[0] + tl[-1]) / 2)
+    assert (tmp_path / "eval" / "curve.png").stat().st_size > 10_000
+    code, out, _ = run(capsys, "plot", tmp_path / "eval", "--format", "pdf", "svg")
+    assert code == 0 and (tmp_path / "eval" / "curve.pdf").exists() and (tmp_path / "eval" / "curve.svg").exists()
+
+
+@pytest.mark.slow
+def test_connect_refuses_mismatched_architectures(tmp_path, capsys, endpoints):
+    a, _ = endpoints
+    other = tmp_path / "wide"
+    assert cli.main(["train", "--epochs", "1", "--model-kwargs", "width=16", "--out", str(other), "--quiet"]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, "connect", "--start", a, "--end", other / "model.pt", "--epochs", 1,
+                       "--out", tmp_path / "ab", "--quiet")
+    line = _one_line_error(err)
+    assert code == 2
+    assert "key '" in line and "shape" in line and "(32, 1, 3, 3)" in line and "(16, 1, 3, 3)" in line
+    assert not (tmp_path / "ab" / "model.pt").exists()
+
+
+def test_curve_commands_reject_wrong_files(tmp_path, capsys):
+    code, _, err = run(capsys, "connect", "--start", tmp_path / "nope.pt", "--end", tmp_path / "nope2.pt",
+                       "--out", tmp_path / "x", "--quiet")
+    assert code == 2 and "nope.pt" in _one_line_error(err)
+    from landscape.checkpoint import save_checkpoint
+    from landscape.models import create_model
+
+    net = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4)
+    save_checkpoint(tmp_path / "m.pt", net.state_dict(),
+                    {"name": "convnet", "kwargs": {"num_classes": 10, "input_shape": [1, 8, 8], "width": 4}})
+    code, _, err = run(capsys, "curve", "--ckpt", tmp_path / "m.pt", "--out", tmp_path / "e", "--quiet")
+    assert code == 2 and "not a curve" in _one_line_error(err)
+    code, _, err = run(capsys, "plot", tmp_path)
+    assert code == 2 and "no stored results" in _one_line_error(err)

@@ -153,6 +153,35 @@ def test_reestimate_bn_max_batches_uses_only_the_first_batches(small):
     assert not torch.allclose(ours.state_dict()[mean], full.state_dict()[mean], rtol=1e-3, atol=1e-4)
 
 
+def test_reestimate_bn_keeps_dropout_off(small):
+    """The documented difference from update_bn: dropout stays in eval mode, so the
+    statistics are those of the network without dropout."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.Dropout(0.5),
+                              torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    no_dropout, with_dropout = copy.deepcopy(net), copy.deepcopy(net)
+    no_dropout[2].p = 0.0
+    batches = list(small.batches("train", 128))
+    net.train()
+    reestimate_bn(net, iter(batches))
+    update_bn(batches, no_dropout)
+    torch.manual_seed(0)
+    update_bn(batches, with_dropout)
+    torch.testing.assert_close(net[3].running_mean, no_dropout[3].running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(net[3].running_var, no_dropout[3].running_var, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(net[3].running_var, with_dropout[3].running_var, rtol=1e-2)
+    assert net[2].training  # and its mode is back
+    # The engine keeps dropout off too, for the statistics and the evaluation.
+    anchors = [copy.deepcopy(net), copy.deepcopy(net)]
+    with torch.no_grad():
+        anchors[1][1].weight.mul_(-1.5)
+    for strategy in ("loop", "vmap"):
+        got = evaluate_points(net, anchors, LINE, small, batch_size=64, points_per_pass=2, strategy=strategy)
+        ref = evaluate_points_sequential(net, anchors, LINE, small, batch_size=64)
+        for key in METRICS:
+            assert_close(got[key], ref[key])
+
+
 # --------------------------------------------------------------------------- engine vs reference
 LINE = np.stack([1 - np.linspace(0, 1, 5), np.linspace(0, 1, 5)], axis=1)  # (5, 2)
 COMBO = np.array([[0.5, 0.7, -0.3],
@@ -204,13 +233,15 @@ def test_train_loss_adds_half_wd_times_the_squared_norm(small):
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
-@pytest.mark.parametrize("train_mode", [True, False])
-def test_evaluate_points_leaves_the_callers_model_as_it_was(small, strategy, train_mode):
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_evaluate_points_leaves_the_callers_model_as_it_was(small, strategy, mode):
     model = convnet(30)
     displace_bn_stats(model, small)
     bn_layers(model)[2].momentum = 0.3
-    model.train(train_mode)
-    model.features[2].train(not train_mode)  # a mixed mode: the ReLU differs
+    model.train(mode == "train")
+    if mode == "mixed":
+        model.train()
+        model.features[2].eval()  # one ReLU in eval mode, the rest in train mode
     state = {k: v.clone() for k, v in model.state_dict().items()}
     modes = [m.training for m in model.modules()]
     momenta = [m.momentum for m in bn_layers(model)]

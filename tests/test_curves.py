@@ -1,0 +1,284 @@
+"""Curves: coefficient functions by hand, exact endpoints, lengths, free anchors,
+and fit_curve on digits (a low-loss path, mismatched endpoints, exact resume,
+the arc-length objective)."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from curves import Bezier, PolyChain, create_curve
+from curves.fit import fit_curve, load_curve
+from landscape.data import load_dataset
+from landscape.errors import UserError
+from landscape.evaluate import evaluate_points
+from landscape.train import train
+from landscape.weights import ParamSpace
+
+P = 40
+SPACE = ParamSpace(names=("a.weight", "b.bias"), shapes=((5, 6), (10,)))
+KINDS = ["bezier", "polychain"]
+MANY_T = torch.cat([torch.linspace(0, 1, 101, dtype=torch.float64),
+                    torch.rand(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)])
+
+
+def endpoints(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(P, generator=g), 2 + torch.randn(P, generator=g)
+
+
+def perturb(curve, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        curve.free.add_(torch.randn(curve.free.shape, generator=g))
+
+
+def line(a, b, t):
+    t = t.double()[:, None]
+    return (1 - t) * a.double() + t * b.double()
+
+
+# --------------------------------------------------------------------------- coefficients
+@pytest.mark.parametrize("bends", [1, 2, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_coefficients_sum_to_one_and_ends_are_exact(kind, bends):
+    a, b = endpoints()
+    curve = create_curve(kind, SPACE, a, b, bends=bends)
+    assert curve.num_anchors == bends + 2
+    c = curve.coefficients(MANY_T)
+    assert c.shape == (len(MANY_T), bends + 2)
+    torch.testing.assert_close(c.sum(dim=1), torch.ones(len(MANY_T), dtype=torch.float64), rtol=0, atol=1e-12)
+    assert (c >= -1e-15).all()
+    ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for label in ("initial", "perturbed"):
+        phi = curve.points(ends)
+        assert torch.equal(phi[0], a), label
+        assert torch.equal(phi[1], b), label
+        perturb(curve)
+    assert not torch.allclose(curve.points(ends[:1] + 0.5), line(a, b, ends[:1] + 0.5).float(), atol=1e-3)
+
+
+@pytest.mark.parametrize("bends", [1, 2, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_initial_curve_is_the_straight_line(kind, bends):
+    a, b = endpoints()
+    curve = create_curve(kind, SPACE, a, b, bends=bends)
+    got = curve.points(MANY_T).double()
+    torch.testing.assert_close(got, line(a, b, MANY_T), rtol=0, atol=1e-6)
+
+
+def test_bezier_one_bend_matches_the_quadratic_by_hand():
+    a, b = endpoints()
+    curve = Bezier(SPACE, a, b, bends=1)
+    theta = torch.randn(P, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        curve.free[0] = theta
+    t = MANY_T[:, None]
+    expected = (1 - t) ** 2 * a.double() + 2 * t * (1 - t) * theta.double() + t ** 2 * b.double()
+    torch.testing.assert_close(curve.points(MANY_T).double(), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("bends", [1, 3])
+def test_bezier_derivative_coefficients_match_finite_differences(bends):
+    curve = Bezier(SPACE, *endpoints(), bends=bends)
+    t = torch.linspace(0.01, 0.99, 37, dtype=torch.float64)
+    h = 1e-6
+    fd = (curve.coefficients(t + h) - curve.coefficients(t - h)) / (2 * h)
+    torch.testing.assert_close(curve.derivative_coefficients(t), fd, rtol=0, atol=1e-7)
+
+
+def test_polychain_is_piecewise_linear_through_its_anchors():
+    a, b = endpoints()
+    curve = PolyChain(SPACE, a, b, bends=2)
+    perturb(curve)
+    anchors = curve.anchors().detach().double()  # (4, P)
+    assert curve.breaks() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    knots = torch.tensor([0, 1 / 3, 2 / 3, 1], dtype=torch.float64)
+    torch.testing.assert_close(curve.points(knots).double(), anchors, rtol=0, atol=1e-6)
+    mids = torch.tensor([1 / 6, 1 / 2, 5 / 6], dtype=torch.float64)
+    torch.testing.assert_close(curve.points(mids).double(), (anchors[:-1] + anchors[1:]) / 2, rtol=0, atol=1e-6)
+    # a quarter of the way along segment 2, by hand
+    torch.testing.assert_close(curve.points(torch.tensor([1 / 3 + 1 / 12], dtype=torch.float64)).double()[0],
+                               0.75 * anchors[1] + 0.25 * anchors[2], rtol=0, atol=1e-6)
+    # derivative coefficients: constant (-3, +3 on the segment's two anchors) inside each segment
+    for s in range(3):
+        t = torch.linspace(s / 3 + 0.01, (s + 1) / 3 - 0.01, 9, dtype=torch.float64)
+        d = curve.derivative_coefficients(t)
+        expected = torch.zeros(4, dtype=torch.float64)
+        expected[s], expected[s + 1] = -3.0, 3.0
+        assert torch.equal(d, expected.expand(9, 4)), s
+        fd = (curve.coefficients(t + 1e-6) - curve.coefficients(t - 1e-6)) / 2e-6
+        torch.testing.assert_close(d, fd, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- lengths
+@pytest.mark.parametrize("bends", [1, 2, 3])
+def test_polychain_length_is_the_sum_of_segment_norms(bends):
+    curve = PolyChain(SPACE, *endpoints(), bends=bends)
+    perturb(curve)
+    anchors = curve.anchors().detach().double()
+    expected = float((anchors[1:] - anchors[:-1]).norm(dim=1).sum())
+    assert curve.length().item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("bends", [1, 3])
+def test_bezier_length_matches_a_fine_trapezoid_rule(bends):
+    curve = Bezier(SPACE, *endpoints(), bends=bends)
+    perturb(curve)
+    t = torch.linspace(0, 1, 20001, dtype=torch.float64)
+    with torch.no_grad():
+        speed = curve.speed(t).double().numpy()
+    expected = np.trapezoid(speed, t.numpy())  # its own error is ~1e-10 relative here
+    # 1e-6: the bound fit.py's docstring gives for the Gauss-Legendre length of a Bezier curve
+    assert curve.length().item() == pytest.approx(expected, rel=1e-6)
+    # and the speed is the norm of a finite difference of points
+    t0 = torch.tensor([0.3], dtype=torch.float64)
+    with torch.no_grad():
+        fd = (curve.points(t0 + 1e-3).double() - curve.points(t0 - 1e-3).double()) / 2e-3
+        assert float(curve.speed(t0)) == pytest.approx(float(fd.norm()), rel=1e-4)
+
+
+@pytest.mark.parametrize("bends", [1, 2, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_straight_curve_length_is_the_endpoint_distance(kind, bends):
+    a, b = endpoints()
+    curve = create_curve(kind, SPACE, a, b, bends=bends)
+    assert curve.length().item() == pytest.approx(float((b.double() - a.double()).norm()), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- free anchors
+@pytest.mark.parametrize("free_start,free_end", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_reach_only_the_free_anchors(kind, free_start, free_end):
+    bends = 2
+    a, b = endpoints()
+    curve = create_curve(kind, SPACE, a, b, bends=bends, fix_start=not free_start, fix_end=not free_end)
+    n_free = bends + free_start + free_end
+    assert curve.free.shape == (n_free, P)
+    assert curve.fixed.shape == (bends + 2 - n_free, P)
+    assert [n for n, _ in curve.named_parameters()] == ["free"]
+    assert "fixed" in dict(curve.named_buffers()) and not curve.fixed.requires_grad
+    t = torch.linspace(0, 1, 13, dtype=torch.float64)
+    curve.points(t).sum().backward()
+    assert curve.fixed.grad is None
+    # d/d anchor_a of sum(phi(t)) = sum_t c_a(t) in every entry
+    weight = curve.coefficients(t).sum(dim=0).float()  # (A,)
+    free_rows = [a for a, is_free in enumerate([free_start] + [True] * bends + [free_end]) if is_free]
+    expected = weight[free_rows][:, None].expand(n_free, P)
+    torch.testing.assert_close(curve.free.grad, expected, rtol=1e-6, atol=1e-6)
+    # a free end really is anchor 0 / anchor -1
+    with torch.no_grad():
+        curve.free.add_(1.0)
+    ends = curve.points(torch.tensor([0.0, 1.0], dtype=torch.float64)).detach()
+    assert torch.equal(ends[0], a + 1.0 if free_start else a)
+    assert torch.equal(ends[1], b + 1.0 if free_end else b)
+
+
+# --------------------------------------------------------------------------- fitting on digits
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def small_digits(digits):
+    return dataclasses.replace(digits, x_train=digits.x_train[:256], y_train=digits.y_train[:256],
+                               x_test=digits.x_test[:100], y_test=digits.y_test[:100])
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory, digits):
+    """Two convnets of width 8 and one of width 16, one epoch each."""
+    root = tmp_path_factory.mktemp("narrow")
+    paths = {}
+    for name, seed, width in (("a", 1, 8), ("b", 2, 8), ("wide", 3, 16)):
+        train(out=root / name, data=digits, epochs=1, seed=seed, progress=False, model_kwargs={"width": width})
+        paths[name] = root / name / "model.pt"
+    return paths
+
+
+@pytest.mark.slow
+def test_fitted_curve_has_low_loss_where_the_line_has_a_barrier(tmp_path, digits):
+    for seed in (1, 2):
+        train(out=tmp_path / f"end{seed}", data=digits, epochs=8, seed=seed, progress=False)
+    start, end = tmp_path / "end1" / "model.pt", tmp_path / "end2" / "model.pt"
+    result = fit_curve(start, end, tmp_path / "curve", data=digits, epochs=8, lr=0.05, progress=False)
+    curve, template = result.curve, result.model
+    space = ParamSpace.of(template)
+    from landscape.checkpoint import load_checkpoint
+
+    flat_a = space.flatten(load_checkpoint(start).state_dict)
+    flat_b = space.flatten(load_checkpoint(end).state_dict)
+    anchors = curve.anchors().detach()
+    assert torch.equal(anchors[0], flat_a) and torch.equal(anchors[-1], flat_b)
+
+    ts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    coeffs = torch.cat([curve.coefficients(ts), torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64)])
+    coeffs[-1, 0] = coeffs[-1, -1] = 0.5  # the straight line's midpoint
+    m = evaluate_points(template, anchors, coeffs, digits, wd=5e-4)
+    on_curve, line_mid = m["train_loss"][:5], m["train_loss"][5]
+    assert line_mid - on_curve[2] > 0.3, m["train_loss"]
+    assert on_curve.max() - 0.5 * (on_curve[0] + on_curve[-1]) < 0.1, on_curve
+    # the summary reports the same midpoint values
+    assert result.summary["curve"]["train_loss_at"][1] == pytest.approx(on_curve[2], rel=1e-5)
+    assert result.summary["line"]["train_loss_at"][1] == pytest.approx(line_mid, rel=1e-5)
+
+    path = tmp_path / "curve" / "model.pt"
+    loaded = load_curve(path)
+    assert type(loaded.curve) is type(curve) and loaded.curve.bends == 1
+    assert torch.equal(loaded.curve.anchors(), anchors)
+    obj = torch.load(path, weights_only=True)
+    assert torch.equal(obj["curve"]["anchors"], anchors)
+
+
+def test_fit_curve_between_different_architectures_names_key_and_shapes(tmp_path, narrow, small_digits):
+    with pytest.raises(UserError) as info:
+        fit_curve(narrow["a"], narrow["wide"], tmp_path / "c", data=small_digits, epochs=1, progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "'features.0.weight'" in msg, msg
+    assert "(16, 1, 3, 3)" in msg and "(8, 1, 3, 3)" in msg, msg
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resumed_fit_gives_identical_anchors(tmp_path, narrow, small_digits):
+    kw = dict(data=small_digits, epochs=3, lr=0.05, batch_size=64, progress=False, bends=2, curve="polychain")
+    full = fit_curve(narrow["a"], narrow["b"], tmp_path / "full", **kw)
+
+    def stop(epoch, record):
+        if epoch == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        fit_curve(narrow["a"], narrow["b"], tmp_path / "cut", on_epoch_end=stop, **kw)
+    assert not (tmp_path / "cut" / "model.pt").exists()
+    resumed = fit_curve(narrow["a"], narrow["b"], tmp_path / "cut", resume=True, **kw)
+    assert torch.equal(resumed.curve.anchors(), full.curve.anchors())
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
+    assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in full.metrics]
+    # the fit moved the bends (the comparison is not of two untouched curves)
+    assert not torch.equal(full.curve.anchors()[1], create_curve(
+        "polychain", full.curve.space, full.curve.anchors()[0].detach(), full.curve.anchors()[-1].detach(),
+        bends=2).anchors()[1])
+
+
+def test_arclength_objective_on_a_straight_curve_equals_the_uniform_one(narrow, small_digits):
+    """A straight, evenly parametrised curve has constant speed equal to its
+    length, so the arc-length weights speed/length are all one and the first
+    step's loss is the uniform loss. With one batch per epoch (128 of 100
+    samples) the first epoch's train_loss is exactly that first step's loss."""
+    one_batch = dataclasses.replace(small_digits, x_train=small_digits.x_train[:100],
+                                    y_train=small_digits.y_train[:100])
+    kw = dict(data=one_batch, epochs=2, lr=0.05, batch_size=128, t_samples=3, seed=4, progress=False)
+    uniform = fit_curve(narrow["a"], narrow["b"], None, objective="uniform", **kw)
+    arc = fit_curve(narrow["a"], narrow["b"], None, objective="arclength", **kw)
+    for r in uniform.metrics + arc.metrics:
+        assert math.isfinite(r["train_loss"])
+    assert arc.metrics[0]["train_loss"] == pytest.approx(uniform.metrics[0]["train_loss"], rel=1e-5)
+    # after a step the weights are no longer one, and the two objectives part
+    assert not torch.equal(arc.curve.anchors(), uniform.curve.anchors())
