@@ -223,16 +223,158 @@ def cmd_curve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
-    from plots.curve import draw_curve_figure
+def _sweep_device(spec: str):
+    """The device of this process; under torchrun each rank takes its own GPU."""
+    import os
 
+    from landscape.device import resolve_device
+    from landscape.sweep import init_distributed
+
+    device = resolve_device(spec)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ and device.index is None:
+        import torch
+
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    init_distributed(device)
+    return device
+
+
+def _marks(paths, model, space, device):
+    from landscape.checkpoint import check_state_dict, load_checkpoint
+
+    vectors, labels = [], []
+    for path in paths or []:
+        ck = load_checkpoint(path)
+        check_state_dict(model, ck.state_dict, str(ck.path), "the plane's model")
+        vectors.append(space.flatten(ck.state_dict, source=str(path)).to(device))
+        labels.append(Path(path).parent.name if Path(path).stem == "model" else Path(path).stem)
+    return vectors, labels
+
+
+def cmd_plane(args: argparse.Namespace) -> int:
+    import torch
+
+    from landscape.inputs import load_points, resolve_data
+    from landscape.plane import evaluate_plane
+    from landscape.sweep import is_main
+    from landscape.weights import ParamSpace
+
+    if bool(args.ckpt) == bool(args.points):
+        raise UserError("give either --ckpt CURVE.pt or --points A.pt B.pt C.pt")
+    device = _sweep_device(args.device)
+    path = path_label = None
+    if args.ckpt:
+        from curves.fit import load_curve
+
+        loaded = load_curve(args.ckpt, device)
+        stored = loaded.meta.get("train_config") or {}
+        data = resolve_data(stored, _data_overrides(args), device)
+        model, wd = loaded.model, float(stored.get("wd", 0.0))
+        with torch.no_grad():
+            W = loaded.curve.anchors().detach()
+            mid = round((W.shape[0] - 1) / 2)  # the bend nearest the middle
+            points, labels = [W[0], W[-1], W[mid]], ["start", "end", f"bend {mid}" if W.shape[0] > 3 else "bend"]
+            path = loaded.curve.points(torch.linspace(0, 1, 61, dtype=torch.float64, device=W.device))
+        path_label = f"{loaded.curve.name} curve"
+    else:
+        pts = load_points(args.points, model=args.model, model_kwargs=dict(args.model_kwargs),
+                          data_overrides=_data_overrides(args), device=device)
+        model, points, labels, data, wd = pts.model, pts.vectors, pts.labels, pts.data, pts.wd
+        if len(points) != 3:
+            raise UserError(f"--points needs three checkpoints, got {len(points)}")
+    marks, mark_labels = _marks(args.mark, model, ParamSpace.of(model), device)
+    result = evaluate_plane(model, points, data, args.out, labels=labels, path=path, path_label=path_label,
+                            marks=marks, mark_labels=mark_labels, grid=args.grid, margin=args.margin,
+                            xrange=args.xrange, yrange=args.yrange, wd=wd if args.wd is None else args.wd,
+                            batch_size=args.batch_size, bn_batches=args.bn_batches,
+                            points_per_pass=args.points_per_pass, resume=args.resume,
+                            progress=_progress(args) is not False and sys.stderr.isatty(),
+                            config={"argv": sys.argv, "ckpt": str(args.ckpt) if args.ckpt else None,
+                                    "points": [str(p) for p in args.points or []],
+                                    "mark": [str(p) for p in args.mark or []]})
+    if not is_main():
+        return 0
+    from plots.plane import draw_plane_figures
+
+    figures = draw_plane_figures(args.out, tuple(args.format))
+    s = result.summary
+    split = s.get("eval_split", "test")
+    print(f"plane {s['grid']}x{s['grid']}: x in [{s['x_range'][0]:.2f}, {s['x_range'][1]:.2f}], "
+          f"y in [{s['y_range'][0]:.2f}, {s['y_range'][1]:.2f}]")
+    print(f"{'point':<12}{'x':>9}{'y':>9}{'train loss':>12}{f'{split} err %':>12}")
+    for p in s["anchors"] + s["marks"]:
+        print(f"{p['label']:<12}{p['x']:>9.2f}{p['y']:>9.2f}{p['train_loss']:>12.4f}{p['test_error']:>12.2f}")
+    lo = s["grid_min"]["train_loss"]
+    print(f"grid: train loss from {lo['value']:.4f} (at {lo['x']:.2f}, {lo['y']:.2f}) to {s['grid_max']['train_loss']:.4f}"
+          + ("   [synthetic data]" if s.get("synthetic") else ""))
+    for f in figures:
+        print(f"figure: {f}")
+    return 0
+
+
+def cmd_rays(args: argparse.Namespace) -> int:
+    from landscape.inputs import load_points
+    from landscape.rays import evaluate_rays
+    from landscape.sweep import is_main
+
+    device = _sweep_device(args.device)
+    paths = [args.center] + ([args.compare] if args.compare else [])
+    pts = load_points(paths, model=args.model, model_kwargs=dict(args.model_kwargs),
+                      data_overrides=_data_overrides(args), device=device)
+    result = evaluate_rays(pts.model, pts.vectors, pts.data, args.out, labels=pts.labels,
+                           paths=[str(p) for p in paths], directions=args.directions, distance=args.distance,
+                           steps=args.steps, normalize=args.normalize, line=args.line, rise=args.rise,
+                           seed=args.seed, wd=pts.wd if args.wd is None else args.wd, batch_size=args.batch_size,
+                           bn_batches=args.bn_batches, points_per_pass=args.points_per_pass, resume=args.resume,
+                           progress=_progress(args) is not False and sys.stderr.isatty(),
+                           config={"argv": sys.argv})
+    if not is_main():
+        return 0
+    from plots.rays import draw_rays_figures
+
+    figures = draw_rays_figures(args.out, tuple(args.format))
+    s = result.summary
+    split = s.get("eval_split", "test")
+
+    def fmt(v, spec):
+        return format(v, spec) if v is not None else f"> {s['distance']:.3g}".rjust(len(format(0.0, spec)))
+
+    print(f"{s['directions']} {s['normalize']} rays to distance {s['distance']:.3g}, width at a train-loss rise "
+          f"of {s['rise']:g}")
+    print(f"{'centre':<14}{'train loss':>12}{f'{split} err %':>12}{'median width':>14}{'full width':>12}"
+          f"{'asymmetry':>11}")
+    for c in s["centers"]:
+        print(f"{c['label']:<14}{c['center_train_loss']:>12.4f}{c['center_test_error']:>12.2f}"
+              f"{fmt(c['median_width'], '>14.3f')}{fmt(c['median_full_width'], '>12.3f')}"
+              f"{fmt(c['median_asymmetry'], '>11.2f')}")
+    if "line" in s:
+        print(f"line through the centres: length {s['line']['length']:.3f}, max train loss "
+              f"{s['line']['train_loss_max']:.4f}")
+    for f in figures:
+        print(f"figure: {f}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
     d = args.result_dir
     if not d.is_dir():
         raise UserError(f"{d}: no such result folder")
+    formats = tuple(args.format)
     if (d / "curve.npz").exists():
-        written = draw_curve_figure(d, tuple(args.format))
+        from plots.curve import draw_curve_figure
+
+        written = draw_curve_figure(d, formats)
+    elif (d / "plane.npz").exists():
+        from plots.plane import draw_plane_figures
+
+        written = draw_plane_figures(d, formats)
+    elif (d / "rays.npz").exists():
+        from plots.rays import draw_rays_figures
+
+        written = draw_rays_figures(d, formats)
     else:
-        raise UserError(f"{d}: no stored results to draw (expected curve.npz)")
+        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz or rays.npz)")
     for f in written:
         print(f"figure: {f}")
     return 0
@@ -307,6 +449,47 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_args(p)
     add_data_args(p, inherit=True)
     p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("plane", help="the loss surface in the plane of a curve or of three networks",
+                       description="Evaluate every metric on a grid in the plane through a curve's endpoints and "
+                                   "bend, or through three checkpoints (Garipov et al. 2018, figs. 1-2).")
+    g = p.add_argument_group("plane")
+    g.add_argument("--ckpt", type=Path, help="curve checkpoint: the plane of its endpoints and middle bend, "
+                                             "with the curve drawn in")
+    g.add_argument("--points", type=Path, nargs=3, metavar=("A.pt", "B.pt", "C.pt"),
+                   help="three checkpoints: origin A, x towards B, y towards C")
+    g.add_argument("--mark", type=Path, nargs="+", metavar="D.pt", help="further checkpoints to project and mark")
+    g.add_argument("--grid", type=int, default=21, help="grid points per axis (default 21)")
+    g.add_argument("--margin", type=float, default=0.2, help="margin around the points, as a fraction of their extent")
+    g.add_argument("--xrange", type=float, nargs=2, metavar=("LO", "HI"), help="explicit x range (weight-space units)")
+    g.add_argument("--yrange", type=float, nargs=2, metavar=("LO", "HI"), help="explicit y range")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    add_eval_args(p)
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    p.set_defaults(func=cmd_plane)
+
+    p = sub.add_parser("rays", help="loss along random rays from one or two centres: widths and asymmetry",
+                       description="Train loss and test error along random directions from a centre (and a "
+                                   "compare point), widths and asymmetries (Izmailov et al. 2018; Li et al. 2018).")
+    g = p.add_argument_group("rays")
+    g.add_argument("--center", required=True, type=Path, help="checkpoint at the centre of the rays")
+    g.add_argument("--compare", type=Path, help="a second centre, with the same directions")
+    g.add_argument("--directions", type=int, default=10, help="number of random directions (default 10)")
+    g.add_argument("--distance", type=float, default=None,
+                   help="how far each ray goes on each side (default: half the centre's norm; 1 with --normalize filter)")
+    g.add_argument("--steps", type=int, default=10, help="points per side of each ray (default 10)")
+    g.add_argument("--normalize", default="gaussian", help="gaussian (unit norm, the SWA paper) or filter (Li et al.)")
+    g.add_argument("--line", action="store_true", help="also the line through the two centres, extended both ways")
+    g.add_argument("--rise", type=float, default=0.1, help="train-loss rise that defines the width (default 0.1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the directions")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    add_eval_args(p)
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    p.set_defaults(func=cmd_rays)
 
     p = sub.add_parser("plot", help="redraw the figures of a result folder from its stored files")
     p.add_argument("result_dir", type=Path, metavar="RESULT_DIR")

@@ -20,9 +20,9 @@ from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points
 from landscape.metrics import ensemble_metrics, path_stats
-from landscape.train import TrainConfig, load_data
+from landscape.inputs import resolve_data
 
-from .fit import DATA_FIELDS, LoadedCurve, load_curve
+from .fit import LoadedCurve, load_curve
 
 __all__ = ["CurveEvaluation", "evaluate_curve"]
 
@@ -64,12 +64,7 @@ def evaluate_curve(
     if points < 2:
         raise UserError(f"--points must be at least 2, got {points}")
     stored = dict(loaded.meta.get("train_config") or {})
-    if data is None:
-        settings = {k: v for k, v in stored.items() if k in DATA_FIELDS}
-        settings.update({k: v for k, v in data_overrides.items() if v is not None})
-        data = load_data(TrainConfig(**settings), device)
-    else:
-        data = data.to(device)
+    data = resolve_data(stored, data_overrides, device) if data is None else data.to(device)
     wd = float(stored.get("wd", 0.0)) if wd is None else wd
     model, crv = loaded.model.to(device), loaded.curve.to(device)
 

@@ -38,18 +38,16 @@ from landscape.data import Dataset
 from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, forward_points
+from landscape.inputs import data_settings
 from landscape.models import create_model
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
 from landscape.weights import ParamSpace
 
 from .base import CURVES, Curve, create_curve
 
-__all__ = ["ConnectConfig", "CurveResult", "LoadedCurve", "fit_curve", "load_curve", "save_curve",
-           "endpoint_data_settings", "OBJECTIVES"]
+__all__ = ["ConnectConfig", "CurveResult", "LoadedCurve", "fit_curve", "load_curve", "save_curve", "OBJECTIVES"]
 
 OBJECTIVES = ("uniform", "arclength")
-DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
-               "synthetic_sizes")
 
 
 @dataclass
@@ -95,12 +93,6 @@ class CurveResult:
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]
     out: Path | None
-
-
-def endpoint_data_settings(ckpt: Checkpoint) -> dict[str, Any]:
-    """The data settings an endpoint was trained with (empty for foreign checkpoints)."""
-    stored = (ckpt.meta or {}).get("train_config") or {}
-    return {k: stored[k] for k in DATA_FIELDS if k in stored}
 
 
 def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data: Dataset) -> tuple[nn.Module, dict]:
@@ -152,7 +144,7 @@ def fit_curve(
     start_ckpt, end_ckpt = load_checkpoint(start), load_checkpoint(end)
     given = {f.name for f in fields(ConnectConfig)} & set(overrides)
     base = asdict(config) if config is not None else {}
-    inherited = {k: v for k, v in endpoint_data_settings(start_ckpt).items() if k not in given and k not in base}
+    inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
     cfg = ConnectConfig(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
     cfg.validate()
     device = resolve_device(cfg.device)

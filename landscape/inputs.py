@@ -1,0 +1,84 @@
+"""Checkpoints given on the command line -> a template model, flat weight
+vectors, the dataset they were trained on, and their weight decay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model
+from .data import Dataset
+from .device import resolve_device
+from .errors import UserError
+from .train import TrainConfig, load_data
+from .weights import ParamSpace
+
+__all__ = ["DATA_FIELDS", "data_settings", "resolve_data", "Points", "load_points"]
+
+DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
+               "synthetic_sizes")
+
+
+def data_settings(ckpt: Checkpoint) -> dict[str, Any]:
+    """The data settings a checkpoint's run was trained with (empty for foreign checkpoints)."""
+    stored = (ckpt.meta or {}).get("train_config") or {}
+    return {k: stored[k] for k in DATA_FIELDS if k in stored}
+
+
+def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None,
+                 device: torch.device | str = "cpu") -> Dataset:
+    """Load the dataset of ``stored`` settings (a run's train_config), with
+    ``overrides`` (those not None) taking precedence; digits when neither says."""
+    settings = {k: v for k, v in (stored or {}).items() if k in DATA_FIELDS}
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in DATA_FIELDS})
+    return load_data(TrainConfig(**settings), resolve_device(device))
+
+
+@dataclass
+class Points:
+    model: nn.Module  # the architecture, with the first checkpoint's weights and buffers
+    vectors: list[torch.Tensor]  # flat parameter vectors (P,), in the order given
+    data: Dataset
+    wd: float
+    labels: list[str]
+
+
+def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_kwargs: dict | None = None,
+                data_overrides: dict[str, Any] | None = None, device: str | torch.device = "auto") -> Points:
+    """Read checkpoints of one architecture (matched by parameter name).
+
+    The first rebuilds the model (a foreign one needs ``model``); every other
+    one must fit it, else one line names the first mismatched key. Data and
+    weight decay default to what the first was trained with.
+    """
+    if not paths:
+        raise UserError("no checkpoints given")
+    device = resolve_device(device)
+    ckpts = [load_checkpoint(p) for p in paths]
+    first = ckpts[0]
+    stored = (first.meta or {}).get("train_config") or {}
+    data = resolve_data(stored, data_overrides, device)
+    if first.model is not None and model is None:
+        net = load_model(first)
+    elif model is not None:
+        net = load_model(first, model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                         **(model_kwargs or {}))
+    else:
+        raise UserError(f"{first.path}: foreign checkpoint without architecture; name it with --model")
+    name = f"model '{(first.model or {}).get('name', model)}' of {first.path}"
+    for ck in ckpts[1:]:
+        check_state_dict(net, ck.state_dict, str(ck.path), name)
+    space = ParamSpace.of(net)
+    vectors = [space.flatten(ck.state_dict, source=str(ck.path)).to(device) for ck in ckpts]
+    return Points(model=net.to(device), vectors=vectors, data=data, wd=float(stored.get("wd", 0.0)),
+                  labels=[_label(p) for p in paths])
+
+
+def _label(path: str | Path) -> str:
+    """A short name for a checkpoint: its run folder for run/model.pt, else the file stem."""
+    p = Path(path)
+    return p.parent.name if p.stem in ("model", "last") and p.parent.name else p.stem

@@ -1,0 +1,166 @@
+"""The loss surface in the plane through three points (Garipov et al. 2018, figs. 1-2).
+
+Writes ``plane.npz`` (grid axes, every metric on the grid, the anchors' and
+the path's coordinates), ``summary.json`` and ``config.json``; figures come
+from ``plots.plane``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import atomic_save, write_json
+from .errors import UserError
+from .evaluate import METRICS
+from .geometry import plane_basis, plane_coefficients, plane_grid, project
+from .sweep import STORE, barrier, is_main, run_sweep
+from .weights import ParamSpace
+
+__all__ = ["PlaneResult", "evaluate_plane", "check_result_dir", "load_result"]
+
+
+@dataclass
+class PlaneResult:
+    arrays: dict[str, np.ndarray]
+    summary: dict[str, Any]
+    out: Path | None
+
+
+def check_result_dir(out: Path | None, result_file: str, resume: bool) -> None:
+    """Refuse to overwrite a finished result; a partial sweep needs ``resume``."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if (out / result_file).exists() and not resume:
+        raise UserError(f"{out} already holds a finished result ({result_file}); choose another --out")
+    if (out / STORE).exists() and not resume:
+        raise UserError(f"{out} holds an unfinished sweep; pass --resume to continue it, or choose another --out")
+
+
+def load_result(out: Path, result_file: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and summary of a finished result folder."""
+    from .checkpoint import read_json
+
+    with np.load(out / result_file, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, read_json(out / "summary.json")
+
+
+def evaluate_plane(
+    model: nn.Module,
+    points: Sequence[torch.Tensor],
+    data,
+    out: str | Path | None = None,
+    *,
+    labels: Sequence[str] = ("A", "B", "C"),
+    path: torch.Tensor | None = None,
+    path_label: str | None = None,
+    marks: Sequence[torch.Tensor] = (),
+    mark_labels: Sequence[str] = (),
+    grid: int = 21,
+    margin: float = 0.2,
+    xrange: tuple[float, float] | None = None,
+    yrange: tuple[float, float] | None = None,
+    wd: float = 0.0,
+    batch_size: int = 1000,
+    bn_batches: int | None = None,
+    points_per_pass: int | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    config: dict[str, Any] | None = None,
+) -> PlaneResult:
+    """Evaluate ``model``'s metrics on a ``grid`` x ``grid`` grid in the plane
+    through three flat weight vectors ``points`` (P,) — origin the first, x
+    axis towards the second, y towards the third.
+
+    ``path`` (M, P) is projected and stored (e.g. a curve's points), ``marks``
+    are further points projected and evaluated (e.g. an SWA average). Every
+    grid point gets train loss (NLL + wd/2 ||w||^2), train NLL, train error,
+    test NLL and test error with batch norm re-estimated. With ``out`` the
+    sweep is resumable (``resume=True``) and the result is written there.
+    """
+    out = Path(out) if out is not None else None
+    if len(points) != 3:
+        raise UserError(f"a plane needs exactly three points, got {len(points)}")
+    if out is not None:
+        check_result_dir(out, "plane.npz", resume)
+        if (out / "plane.npz").exists():  # finished before: nothing to resume
+            return PlaneResult(*load_result(out, "plane.npz"), out=out)
+    barrier()  # every rank has checked the folder before rank 0 writes in it
+    space = ParamSpace.of(model)
+    vecs = [p.detach().reshape(-1).to(data.device) for p in points]
+    for v in vecs:
+        if v.numel() != space.numel:
+            raise UserError(f"a plane point has {v.numel()} values, the model {space.numel} parameters")
+    basis = plane_basis(*vecs)
+    anchor_xy = project(basis, torch.stack(vecs))
+    path_xy = project(basis, path.to(data.device)) if path is not None else np.zeros((0, 2))
+    mark_vecs = [m.detach().reshape(-1).to(data.device) for m in marks]
+    mark_xy = project(basis, torch.stack(mark_vecs)) if mark_vecs else np.zeros((0, 2))
+    x, y = plane_grid(np.concatenate([anchor_xy, path_xy, mark_xy]), grid, margin, xrange, yrange)
+
+    # Grid points, then the anchors and the marks themselves (exact values for the summary).
+    W = basis.anchors().to(data.device)  # (3, P): origin, u, v
+    extra = np.concatenate([np.ones((3 + len(mark_vecs), 1)), np.concatenate([anchor_xy, mark_xy])], axis=1)
+    coeffs = np.concatenate([plane_coefficients(x, y), extra])
+    if out is not None and is_main():
+        write_json(out / "config.json", dict(config or {}, command="plane", grid=grid, margin=margin,
+                                             xrange=list(x[[0, -1]]), yrange=list(y[[0, -1]]), wd=wd,
+                                             batch_size=batch_size, bn_batches=bn_batches,
+                                             dataset=data.describe()))
+    values = run_sweep(model, W, coeffs, data, store=out / STORE if out is not None else None, resume=resume,
+                       settings={"kind": "plane", "dataset": data.describe()}, wd=wd, batch_size=batch_size,
+                       bn_batches=bn_batches, points_per_pass=points_per_pass, progress=progress)
+    g2 = grid * grid
+    arrays: dict[str, np.ndarray] = {"x": x, "y": y, "anchor_xy": anchor_xy}
+    if len(path_xy):
+        arrays["path_xy"] = path_xy
+    if len(mark_xy):
+        arrays["mark_xy"] = mark_xy
+    for m in METRICS:
+        arrays[m] = values[m][:g2].reshape(grid, grid)
+    exact = {m: values[m][g2:] for m in METRICS}
+    summary = _plane_summary(arrays, exact, list(labels), list(mark_labels), path_label, data, wd, grid)
+    if out is not None and is_main():
+        atomic_save(lambda tmp: np.savez(open(tmp, "wb"), **arrays), out / "plane.npz")
+        write_json(out / "summary.json", summary)
+        (out / STORE).unlink(missing_ok=True)
+    return PlaneResult(arrays=arrays, summary=summary, out=out)
+
+
+def _plane_summary(arrays, exact, labels, mark_labels, path_label, data, wd, grid) -> dict[str, Any]:
+    def point(values_at: dict[str, np.ndarray], i: int) -> dict[str, float]:
+        return {m: float(values_at[m][i]) for m in METRICS}
+
+    minima = {}
+    for m in ("train_loss", "test_error"):
+        i, j = np.unravel_index(np.nanargmin(arrays[m]), arrays[m].shape)
+        minima[m] = {"value": float(arrays[m][i, j]), "x": float(arrays["x"][i]), "y": float(arrays["y"][j])}
+    n_anchor = len(labels)
+    return {
+        "grid": grid,
+        "x_range": [float(arrays["x"][0]), float(arrays["x"][-1])],
+        "y_range": [float(arrays["y"][0]), float(arrays["y"][-1])],
+        "anchor_labels": labels,
+        "anchors": [dict(label=lab, x=float(arrays["anchor_xy"][k, 0]), y=float(arrays["anchor_xy"][k, 1]),
+                         **point(exact, k)) for k, lab in enumerate(labels)],
+        "mark_labels": mark_labels,
+        "marks": [dict(label=lab, x=float(arrays["mark_xy"][k, 0]), y=float(arrays["mark_xy"][k, 1]),
+                       **point(exact, n_anchor + k)) for k, lab in enumerate(mark_labels)],
+        "path_label": path_label,
+        "grid_min": minima,
+        "grid_max": {m: float(np.nanmax(arrays[m])) for m in ("train_loss", "test_error")},
+        "wd": wd,
+        "eval_split": data.eval_split,
+        "synthetic": data.synthetic,
+        "dataset": data.describe(),
+        "notes": "x along the second point minus the first, y towards the third (orthonormal, Gram-Schmidt in "
+                 "float64), distances in weight space; batch norm re-estimated at every grid point",
+    }

@@ -1,0 +1,215 @@
+"""Widths of optima along random rays (Izmailov et al. 2018, sec. 4; Li et al. 2018).
+
+From each centre w, the rays w + s d_i / ||d_i|| for s in [-D, D], d_i ~ N(0, I)
+(or filter-normalised, ``normalize="filter"``); the same Gaussian draws for
+every centre so their profiles compare. Optionally the line through the two
+centres, extended beyond both (the SWA paper's SWA-SGD figure).
+
+Width of a ray, on each side: the distance at which the train loss first
+rises by ``rise`` above the centre's (linear interpolation between steps;
+infinite when it never does within D). Asymmetry: the larger side over the
+smaller (He et al. 2019's asymmetric valleys). Writes ``rays.npz``,
+``summary.json`` and ``config.json``; figures come from ``plots.rays``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import atomic_save, write_json
+from .errors import UserError
+from .evaluate import METRICS
+from .geometry import filter_normalize, line_coefficients, random_directions, ray_coefficients
+from .plane import check_result_dir, load_result
+from .sweep import STORE, barrier, is_main, run_sweep
+from .weights import ParamSpace
+
+__all__ = ["NORMALIZATIONS", "RaysResult", "evaluate_rays", "side_widths"]
+
+NORMALIZATIONS = ("gaussian", "filter")
+
+
+@dataclass
+class RaysResult:
+    arrays: dict[str, np.ndarray]
+    summary: dict[str, Any]
+    out: Path | None
+
+
+def side_widths(distance: np.ndarray, values: np.ndarray, rise: float) -> tuple[float, float]:
+    """(negative side, positive side) widths of one profile.
+
+    ``distance`` (S,) increasing and containing 0; ``values`` (S,). The width
+    on a side is the distance from 0 at which ``values`` first reaches
+    values(0) + rise, linearly interpolated; ``inf`` if it never does.
+    """
+    zero = int(np.argmin(np.abs(distance)))
+    target = values[zero] + rise
+
+    def first_crossing(idx: range) -> float:
+        prev = zero
+        for i in idx:
+            if values[i] >= target:
+                d0, d1, v0, v1 = abs(distance[prev]), abs(distance[i]), values[prev], values[i]
+                frac = (target - v0) / (v1 - v0) if v1 != v0 else 1.0
+                return float(d0 + frac * (d1 - d0))
+            prev = i
+        return float("inf")
+
+    return first_crossing(range(zero - 1, -1, -1)), first_crossing(range(zero + 1, len(distance)))
+
+
+def _finite_median(values: np.ndarray) -> float | None:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return None
+    med = float(np.median(v))
+    return med if np.isfinite(med) else None
+
+
+def evaluate_rays(
+    model: nn.Module,
+    centers: Sequence[torch.Tensor],
+    data,
+    out: str | Path | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    paths: Sequence[str] | None = None,
+    directions: int = 10,
+    distance: float | None = None,
+    steps: int = 10,
+    normalize: str = "gaussian",
+    line: bool = False,
+    rise: float = 0.1,
+    seed: int = 0,
+    wd: float = 0.0,
+    batch_size: int = 1000,
+    bn_batches: int | None = None,
+    points_per_pass: int | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    config: dict[str, Any] | None = None,
+) -> RaysResult:
+    """Evaluate ``directions`` rays of ``2 * steps + 1`` points in [-distance,
+    distance] from each centre (flat weight vectors (P,)), and with ``line``
+    the line through the first two centres extended by ``distance`` on both
+    sides. ``distance`` defaults to half the first centre's norm (gaussian) or
+    1 (filter). Returns per-ray profiles, widths and asymmetries."""
+    out = Path(out) if out is not None else None
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"unknown normalisation {normalize!r}; choose one of: {', '.join(NORMALIZATIONS)}")
+    if directions < 1 or steps < 1:
+        raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
+    if line and len(centers) < 2:
+        raise UserError("--line needs two centres (--center and --compare)")
+    if out is not None:
+        check_result_dir(out, "rays.npz", resume)
+        if (out / "rays.npz").exists():
+            return RaysResult(*load_result(out, "rays.npz"), out=out)
+    barrier()
+    space = ParamSpace.of(model)
+    device = data.device
+    cs = [c.detach().reshape(-1).float().to(device) for c in centers]
+    for c in cs:
+        if c.numel() != space.numel:
+            raise UserError(f"a centre has {c.numel()} values, the model {space.numel} parameters")
+    labels = list(labels or [f"centre {k + 1}" for k in range(len(cs))])
+    if distance is None:
+        distance = 0.5 * float(cs[0].norm()) if normalize == "gaussian" else 1.0
+    if not distance > 0:
+        raise UserError(f"--distance must be positive, got {distance}")
+    dist_grid = np.linspace(-distance, distance, 2 * steps + 1)
+
+    gauss = random_directions(space.numel, directions, seed).to(device)  # (n, P)
+    dirs = [filter_normalize(gauss, c, space) if normalize == "filter" else gauss for c in cs]
+    W = torch.cat([torch.stack(cs)] + dirs)  # (m + m*n, P): centres, then each centre's directions
+    m, n_anchor = len(cs), len(cs) * (1 + directions)
+    blocks = [ray_coefficients(n_anchor, k, [m + k * directions + i for i in range(directions)], dist_grid)
+              for k in range(m)]
+    line_length, line_dist = None, None
+    if line:
+        line_length = float((cs[1] - cs[0]).double().norm())
+        if line_length == 0:
+            raise UserError("the two centres are identical: no line through them")
+        line_dist = np.linspace(-distance, line_length + distance, 4 * steps + 1)
+        blocks.append(line_coefficients(n_anchor, 0, 1, line_length, line_dist))
+    coeffs = np.concatenate(blocks)
+    if out is not None and is_main():
+        write_json(out / "config.json", dict(config or {}, command="rays", directions=directions,
+                                             distance=distance, steps=steps, normalize=normalize, line=line,
+                                             rise=rise, seed=seed, wd=wd, batch_size=batch_size,
+                                             bn_batches=bn_batches, dataset=data.describe()))
+    values = run_sweep(model, W, coeffs, data, store=out / STORE if out is not None else None, resume=resume,
+                       settings={"kind": "rays", "dataset": data.describe()}, wd=wd, batch_size=batch_size,
+                       bn_batches=bn_batches, points_per_pass=points_per_pass, progress=progress)
+
+    s = len(dist_grid)
+    per = directions * s
+    arrays: dict[str, np.ndarray] = {"distance": dist_grid}
+    for key in METRICS:
+        arrays[key] = values[key][: m * per].reshape(m, directions, s)
+    zero = steps
+    arrays["center_train_loss"] = arrays["train_loss"][:, 0, zero]
+    widths = np.array([[side_widths(dist_grid, arrays["train_loss"][k, i], rise) for i in range(directions)]
+                       for k in range(m)])  # (m, n, 2)
+    arrays["width_neg"], arrays["width_pos"] = widths[..., 0], widths[..., 1]
+    if line:
+        arrays["line_distance"] = line_dist
+        for key in METRICS:
+            arrays[f"line_{key}"] = values[key][m * per:]
+        arrays["line_marks"] = np.array([0.0, line_length])
+    summary = _rays_summary(arrays, labels, list(paths or [""] * m), rise, normalize, distance, directions, steps,
+                            line_length, data, wd)
+    if out is not None and is_main():
+        atomic_save(lambda tmp: np.savez(open(tmp, "wb"), **arrays), out / "rays.npz")
+        write_json(out / "summary.json", summary)
+        (out / STORE).unlink(missing_ok=True)
+    return RaysResult(arrays=arrays, summary=summary, out=out)
+
+
+def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, steps, line_length, data, wd):
+    centers = []
+    for k, (label, path) in enumerate(zip(labels, paths)):
+        neg, pos = arrays["width_neg"][k], arrays["width_pos"][k]
+        lo, hi = np.minimum(neg, pos), np.maximum(neg, pos)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            asym = np.where(np.isinf(lo), np.nan, hi / lo)
+        centers.append({
+            "label": label,
+            "path": path,
+            "center_train_loss": float(arrays["train_loss"][k, 0, steps]),
+            "center_test_error": float(arrays["test_error"][k, 0, steps]),
+            "median_width": _finite_median(np.concatenate([neg, pos])),
+            "median_full_width": _finite_median(neg + pos),
+            "median_asymmetry": _finite_median(asym),
+            "widths_beyond_distance": int(np.isinf(neg).sum() + np.isinf(pos).sum()),
+            "max_train_loss": float(arrays["train_loss"][k].max()),
+            "max_test_error": float(arrays["test_error"][k].max()),
+        })
+    summary = {
+        "centers": centers,
+        "rise": rise,
+        "normalize": normalize,
+        "distance": distance,
+        "directions": directions,
+        "steps": steps,
+        "wd": wd,
+        "eval_split": data.eval_split,
+        "synthetic": data.synthetic,
+        "dataset": data.describe(),
+        "notes": "width: distance on each side of the centre where train loss first rises by `rise` above the "
+                 "centre's (null median: most rays never rise that much within `distance`); asymmetry: larger "
+                 "side / smaller side; the same Gaussian draws for every centre",
+    }
+    if line_length is not None:
+        summary["line"] = {"length": line_length,
+                           "train_loss_max": float(np.max(arrays["line_train_loss"])),
+                           "test_error_max": float(np.max(arrays["line_test_error"]))}
+    return summary

@@ -1,0 +1,159 @@
+"""Sweeps: the engine over many points, in chunks, resumable and sharded.
+
+A sweep evaluates ``coefficients @ anchors`` (N points) chunk by chunk. After
+every chunk the results so far are written atomically to a partial store
+(``sweep.partial.npz``) tagged with a fingerprint of the sweep (anchors,
+coefficients, settings); ``resume=True`` keeps the finished points of a store
+with the same fingerprint and evaluates the rest.
+
+Under ``torchrun --nproc-per-node N`` the ranks take turns over the chunks
+(chunk c goes to rank c mod N), gather each round's results, and rank 0
+writes the store; every rank returns the merged results. The process group
+uses gloo on the CPU and NCCL on CUDA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .checkpoint import atomic_save
+from .errors import UserError
+from .evaluate import METRICS, choose_points_per_pass, evaluate_points
+from .weights import ParamSpace
+
+__all__ = ["STORE", "init_distributed", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep"]
+
+STORE = "sweep.partial.npz"
+
+
+def init_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
+    """Join the torchrun process group when launched by torchrun; (rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return rank_and_world()
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def barrier() -> None:
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
+def fingerprint(anchors: torch.Tensor, coefficients: np.ndarray, settings: dict[str, Any]) -> str:
+    """A hash of everything that determines a sweep's results."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(anchors.detach().float().cpu().numpy()).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(coefficients, dtype=np.float64)).tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _load_store(path: Path, key: str, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored_key = str(z["key"])
+            done = z["done"].astype(bool)
+            values = {m: z[m].astype(np.float64) for m in METRICS}
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{path}: unreadable partial results ({e}); delete it to start over") from None
+    if stored_key != key or done.shape != (n,):
+        raise UserError(f"{path}: partial results of a different sweep (other points or settings); "
+                        f"delete it or choose another --out")
+    return done, values
+
+
+def _write_store(path: Path, key: str, done: np.ndarray, values: dict[str, np.ndarray]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, key=np.array(key), done=done, **values)
+
+    atomic_save(write, path)
+
+
+def run_sweep(
+    model: torch.nn.Module,
+    anchors: torch.Tensor,
+    coefficients: np.ndarray,
+    data,
+    *,
+    store: Path | None = None,
+    resume: bool = False,
+    settings: dict[str, Any] | None = None,
+    wd: float = 0.0,
+    batch_size: int = 1000,
+    bn_batches: int | None = None,
+    points_per_pass: int | None = None,
+    strategy: str = "auto",
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Evaluate every point of ``coefficients @ anchors``; returns per-point metric arrays (N,).
+
+    ``store`` is the partial-results file (None: keep nothing on disk).
+    ``settings`` (JSON-able) joins the fingerprint, so a store is only
+    resumed by the same sweep.
+    """
+    coefficients = np.asarray(coefficients, dtype=np.float64)
+    n = coefficients.shape[0]
+    rank, world = rank_and_world()
+    key = fingerprint(anchors, coefficients,
+                      dict(settings or {}, wd=wd, batch_size=batch_size, bn_batches=bn_batches))
+    done = np.zeros(n, dtype=bool)
+    values = {m: np.full(n, np.nan) for m in METRICS}
+    if store is not None and store.exists():
+        if not resume:
+            raise UserError(f"{store.parent} holds an unfinished sweep; pass --resume to continue it")
+        done, values = _load_store(store, key, n)
+        if rank == 0:
+            print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "
+                  f"{n - int(done.sum())} to evaluate", file=sys.stderr)
+
+    k = points_per_pass or choose_points_per_pass(model, data, batch_size, ParamSpace.of(model).numel,
+                                                   "vmap" if data.device.type == "cuda" else "loop")
+    todo = np.flatnonzero(~done)
+    chunks = [todo[i:i + k] for i in range(0, len(todo), k)]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, initial=int(done.sum()), disable=not (progress and rank == 0), desc="points",
+               unit="pt", leave=False, dynamic_ncols=True)
+    try:
+        for start in range(0, len(chunks), world):
+            mine = chunks[start + rank] if start + rank < len(chunks) else np.zeros(0, dtype=np.int64)
+            result = {}
+            if len(mine):
+                result = evaluate_points(model, anchors, coefficients[mine], data, wd=wd, batch_size=batch_size,
+                                         bn_batches=bn_batches, points_per_pass=len(mine), strategy=strategy)
+            gathered = [(mine, result)]
+            if world > 1:
+                gathered = [None] * world
+                dist.all_gather_object(gathered, (mine, result))
+            for idx, res in gathered:
+                if len(idx):
+                    for m in METRICS:
+                        values[m][idx] = res[m]
+                    done[idx] = True
+                    bar.update(len(idx))
+            if store is not None and rank == 0:
+                _write_store(store, key, done, values)
+    finally:
+        bar.close()
+    return values

@@ -1,0 +1,240 @@
+"""Contour figures of a plane through three points in weight space (Garipov et
+al. 2018, figs. 1-2): train loss and test error over the plane, contour levels
+log-spaced so that they crowd near the minimum, the anchors, a projected curve
+and further projected points marked. Drawn from ``plane.npz`` and
+``summary.json`` alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.colors as mcolors
+import matplotlib.patheffects as pe
+import numpy as np
+
+from landscape.checkpoint import read_json
+
+from .style import new_figure, save_figure
+
+__all__ = [
+    "LogOffsetNorm",
+    "clip_values",
+    "log_levels",
+    "plot_plane",
+    "plot_plane_points",
+    "draw_plane_figures",
+    "load_plane_result",
+]
+
+# Clip values of the papers' plane figures: everything above is one colour.
+# log_alpha sets the first level's offset above the minimum, exp(log_alpha):
+# the dnn-mode-connectivity plane plots use -5 for loss (unit scale) and -1 for
+# error in percent, so that the lowest levels do not all round to one label.
+TRAIN_LOSS_VMAX, TRAIN_LOSS_LOG_ALPHA = 5.0, -5.0
+TEST_ERROR_VMAX, TEST_ERROR_LOG_ALPHA = 50.0, -1.0
+# Far above any clipped value, so the region above the clip is filled too.
+TOP_LEVEL = 1e10
+PATH_COLOR = "black"
+_OUTLINE = [pe.withStroke(linewidth=3, foreground="white")]
+
+
+def clip_values(values: np.ndarray, vmax: float | None) -> np.ndarray:
+    """``values`` with everything above ``vmax`` set to ``vmax`` (NaN stays NaN).
+
+    With ``vmax=None`` the values are returned as floats, unclipped."""
+    values = np.asarray(values, dtype=float)
+    if vmax is None:
+        return values.copy()
+    with np.errstate(invalid="ignore"):
+        return np.where(values > vmax, vmax, values)
+
+
+def _finite_range(clipped: np.ndarray) -> tuple[float, float] | None:
+    finite = clipped[np.isfinite(clipped)]
+    if finite.size == 0:
+        return None
+    return float(finite.min()), float(finite.max())
+
+
+def _effective_range(lo: float, hi: float, log_alpha: float) -> tuple[float, float]:
+    """A non-empty range, and a ``log_alpha`` below its log-span so levels increase.
+
+    Constant data get a span of 1e-6 (relative to |lo| when larger). A span
+    not above ``exp(log_alpha)`` would give decreasing levels; it moves the
+    first level to ``exp(-5)`` of the span instead (the papers' ratio for
+    unit-scale losses). Otherwise ``log_alpha`` is kept as given."""
+    span = hi - lo
+    if not span > 0:
+        span = 1e-6 * max(1.0, abs(lo))
+    if np.log(span) <= log_alpha:
+        log_alpha = float(np.log(span)) - 5.0
+    return lo + span, log_alpha
+
+
+def _levels(clipped: np.ndarray, log_alpha: float, n: int) -> tuple[np.ndarray, float]:
+    """The levels of :func:`log_levels` and the ``log_alpha`` they used."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    rng = _finite_range(clipped)
+    lo, hi = rng if rng is not None else (0.0, 1.0)
+    hi, log_alpha = _effective_range(lo, hi, log_alpha)
+    step = (np.log(hi - lo) - log_alpha) / n
+    levels = lo + np.exp(log_alpha + step * np.arange(n + 1))
+    levels[0], levels[-1] = lo, hi
+    return np.append(levels, max(TOP_LEVEL, 10.0 * abs(hi))), log_alpha
+
+
+def log_levels(values: np.ndarray, vmax: float | None = None, log_alpha: float = -5.0, n: int = 7) -> np.ndarray:
+    """Contour levels, log-spaced above the minimum (Garipov et al. 2018).
+
+    With ``lo``, ``hi`` the min and max of the clipped finite values:
+    ``level_k = lo + exp(log_alpha + k (log(hi - lo) - log_alpha) / n)`` for
+    ``k = 0..n``, then ``level_0 = lo``, ``level_n = hi``, and one extra level
+    ``TOP_LEVEL`` so that values above the clip are filled with the top colour.
+    Returns ``n + 2`` strictly increasing levels. Degenerate data (constant, or
+    no finite value) still give increasing levels (around 0 when nothing is
+    finite)."""
+    return _levels(clip_values(values, vmax), log_alpha, n)[0]
+
+
+class LogOffsetNorm(mcolors.Normalize):
+    """Maps ``v`` to ``log(max(v - vmin, exp(log_alpha)))``, linearly onto [0, 1].
+
+    ``exp(log_alpha)`` above ``vmin`` maps to 0 and ``vmax`` to 1; values above
+    ``vmax`` map above 1 (the colormap's over colour). This spreads the colours
+    over the low values, where the interesting structure of a loss surface is."""
+
+    def __init__(self, vmin: float, vmax: float, log_alpha: float = -5.0):
+        if not vmax > vmin:
+            raise ValueError(f"need vmax > vmin, got vmin={vmin}, vmax={vmax}")
+        if not np.log(vmax - vmin) > log_alpha:
+            raise ValueError(f"log_alpha={log_alpha} must be below log(vmax - vmin)={np.log(vmax - vmin):.3g}")
+        super().__init__(vmin=vmin, vmax=vmax, clip=False)
+        self.log_alpha = float(log_alpha)
+
+    def _log_span(self) -> float:
+        return float(np.log(self.vmax - self.vmin)) - self.log_alpha
+
+    def __call__(self, value, clip=None):
+        result, is_scalar = self.process_value(value)
+        offset = np.ma.maximum(result - self.vmin, np.exp(self.log_alpha))
+        out = (np.ma.log(offset) - self.log_alpha) / self._log_span()
+        return out[0] if is_scalar else out
+
+    def inverse(self, value):
+        value = np.asarray(value, dtype=float)
+        return self.vmin + np.exp(self.log_alpha + value * self._log_span())
+
+
+def _level_labels(levels: np.ndarray) -> list[str]:
+    labels = [f"{v:.2g}" for v in levels[:-1]]
+    return labels + [f"> {labels[-1]}"]
+
+
+def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: float | None = None,
+               log_alpha: float = -5.0, levels: int = 7, cmap: str = "jet_r", label: str = "",
+               colorbar: bool = True):
+    """Draw the contour plot of ``values`` over the plane on ``ax``.
+
+    ``x`` (G,), ``y`` (H,): grid coordinates (distance along the plane's axes
+    u and v); ``values`` (G, H) with ``values[i, j]`` at ``(x[i], y[j])``.
+    Values are clipped at ``vmax`` (5.0 for train loss as in the papers, 50 %
+    for test error here); ``log_alpha`` is the log of the first level's
+    offset above the minimum (-5 suits losses, -1 errors in percent); ``levels + 2`` contour levels come from :func:`log_levels`
+    and colours from :class:`LogOffsetNorm`. Filled contours (alpha 0.55) under
+    contour lines, as in Garipov et al. 2018, figs. 1-2. The colorbar (when
+    ``colorbar``) is labelled ``label`` and its top tick reads ``> <clip>``.
+    NaNs are left blank; data with no finite value draws an empty, annotated
+    plane. Returns ``(ax, colorbar)``; the colorbar is None when not drawn."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    values = np.asarray(values, dtype=float)
+    if values.shape != (x.size, y.size):
+        raise ValueError(f"values has shape {values.shape}, expected (len(x), len(y)) = {(x.size, y.size)}")
+    # Equal scales when the two extents are comparable; a plane much longer
+    # than wide (a nearly straight curve) would otherwise be a thin strip.
+    ratio = np.ptp(y) / max(np.ptp(x), 1e-300) if x.size > 1 and y.size > 1 else 1.0
+    if 1 / 3 <= ratio <= 3:
+        ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("distance along u")
+    ax.set_ylabel("distance along v")
+    if x.size > 1 and y.size > 1:
+        ax.set_xlim(x.min(), x.max())
+        ax.set_ylim(y.min(), y.max())
+    clipped = clip_values(values, vmax)
+    clipped[np.isinf(clipped)] = np.nan  # -inf, or +inf without a clip: unplottable
+    rng = _finite_range(clipped)
+    if rng is None or x.size < 2 or y.size < 2:
+        ax.text(0.5, 0.5, "no finite values" if rng is None else "grid too small",
+                transform=ax.transAxes, ha="center", va="center", color="gray")
+        return ax, None
+
+    lev, alpha_eff = _levels(clipped, log_alpha, levels)
+    norm = LogOffsetNorm(lev[0], lev[-2], alpha_eff)
+    z = np.ma.masked_invalid(clipped.T)  # contour wants z[row = y, column = x]
+    filled = ax.contourf(x, y, z, levels=lev, cmap=cmap, norm=norm, alpha=0.55, zorder=0)
+    if rng[1] > rng[0]:  # constant data has no contour line to draw
+        ax.contour(x, y, z, levels=lev[:-1], cmap=cmap, norm=norm, linewidths=2.5, zorder=1)
+    cbar = None
+    if colorbar:
+        cbar = ax.figure.colorbar(filled, ax=ax)
+        cbar.set_ticks(lev, labels=_level_labels(lev))
+        if label:
+            cbar.set_label(label)
+    return ax, cbar
+
+
+def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy: np.ndarray | None = None,
+                      path_label: str | None = None, mark_xy: np.ndarray | None = None, mark_labels=None):
+    """Mark the plane's points on ``ax``: anchors (3, 2) as white-edged black
+    dots, ``path_xy`` (M, 2) as a solid line (in the legend as ``path_label``),
+    ``mark_xy`` (k, 2) as stars; anchors and marks labelled beside them.
+    Adds a legend when any artist is labelled. Returns ``ax``."""
+    if path_xy is not None and len(path_xy):
+        path_xy = np.asarray(path_xy, dtype=float)
+        ax.plot(path_xy[:, 0], path_xy[:, 1], color=PATH_COLOR, lw=2.0, zorder=3,
+                path_effects=_OUTLINE, label=path_label or None)
+    # Anchor labels above right, mark labels below right: an average (SWA)
+    # often lies close to an anchor.
+    groups = [(anchor_xy, anchor_labels, (7, 6), "bottom",
+               dict(marker="o", s=70, c="black", edgecolors="white", linewidths=1.5))]
+    if mark_xy is not None and len(mark_xy):
+        groups.append((mark_xy, mark_labels, (8, -6), "top",
+                       dict(marker="*", s=220, c="white", edgecolors="black", linewidths=1.2)))
+    for points, labels, offset, va, style in groups:
+        points = np.asarray(points, dtype=float).reshape(-1, 2)
+        ax.scatter(points[:, 0], points[:, 1], zorder=4, **style)
+        for (px, py), text in zip(points, labels or []):
+            ax.annotate(str(text), (px, py), xytext=offset, textcoords="offset points", va=va, fontsize=10,
+                        zorder=5, path_effects=_OUTLINE)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=9, framealpha=0.8)
+    return ax
+
+
+def load_plane_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    result_dir = Path(result_dir)
+    with np.load(result_dir / "plane.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, read_json(result_dir / "summary.json")
+
+
+def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Draw ``plane_train_loss.<fmt>`` and ``plane_test_error.<fmt>`` in
+    ``result_dir`` from its stored results; returns the files written."""
+    result_dir = Path(result_dir)
+    arrays, summary = load_plane_result(result_dir)
+    split = summary.get("eval_split", "test")
+    figures = [("train_loss", "train loss", TRAIN_LOSS_VMAX, TRAIN_LOSS_LOG_ALPHA),
+               ("test_error", f"{split} error (%)", TEST_ERROR_VMAX, TEST_ERROR_LOG_ALPHA)]
+    written = []
+    for metric, label, vmax, log_alpha in figures:
+        fig, ax = new_figure(width=6.0, height=5.0)
+        plot_plane(ax, arrays["x"], arrays["y"], arrays[metric], vmax=vmax, log_alpha=log_alpha, label=label)
+        plot_plane_points(ax, arrays["anchor_xy"], summary.get("anchor_labels"),
+                          path_xy=arrays.get("path_xy"), path_label=summary.get("path_label"),
+                          mark_xy=arrays.get("mark_xy"), mark_labels=summary.get("mark_labels"))
+        ax.set_title(label)
+        if summary.get("synthetic"):
+            fig.suptitle("synthetic data — benchmark only", color="gray")
+        written += save_figure(fig, result_dir / f"plane_{metric}", formats)
+    return written

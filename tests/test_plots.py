@@ -1,0 +1,238 @@
+"""Plane and rays figures, drawn from synthetic result folders whose surfaces
+are known in closed form: files written and valid, contour levels as in
+Garipov et al. 2018, clipping, degenerate data, shared axes."""
+
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from plots.plane import LogOffsetNorm, clip_values, draw_plane_figures, log_levels, plot_plane, plot_plane_points
+from plots.rays import draw_rays_figures, plot_rays, shared_limits
+
+MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF"}
+
+
+def _valley(t):
+    return 1.2 * t * (1 - t)
+
+
+def plane_surfaces(x, y):
+    """Train loss: a valley along y = 1.2 t (1 - t) from (0, 0) to (1, 0) in a
+    quadratic bowl centred on (0.5, 0.3); the grid's far corners rise above the
+    papers' clip of 5. Test error (%) rises with it, past the 50 % clip."""
+    X, Y = np.meshgrid(x, y, indexing="ij")  # [i, j] = at (x[i], y[j])
+    loss = 0.05 + 0.3 * ((X - 0.5) ** 2 + (Y - 0.3) ** 2) + 6.0 * (Y - _valley(X)) ** 2
+    return loss, 8.0 + 15.0 * loss
+
+
+def write_plane(folder, *, synthetic=True, with_extras=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = np.linspace(-0.6, 1.6, 34), np.linspace(-0.8, 1.2, 30)  # G != H: catches a transposed grid
+    loss, err = plane_surfaces(x, y)
+    arrays = dict(x=x, y=y, train_loss=loss, train_nll=loss, train_error=err - 5, test_nll=loss * 1.1,
+                  test_error=err, anchor_xy=np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 0.3]]))
+    summary = {"anchor_labels": ["w1", "w2", "θ"], "eval_split": "test", "synthetic": synthetic}
+    if with_extras:
+        t = np.linspace(0, 1, 41)
+        arrays["path_xy"] = np.stack([t, _valley(t)], axis=1)
+        arrays["mark_xy"] = np.array([[0.5, 0.25]])
+        summary.update(path_label="Bezier curve", mark_labels=["SWA"])
+    np.savez(folder / "plane.npz", **arrays)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+RAYS_CURVATURE = (1.0, 4.0)  # per centre: train loss = c + a (1 + k/10) d^2 along direction k
+RISE = 0.5
+
+
+def write_rays(folder, *, line=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    d = np.linspace(-2.0, 2.0, 41)
+    scale = 1.0 + 0.1 * np.arange(6)  # 6 directions
+    centre_loss = np.array([0.1, 0.05])
+    loss = centre_loss[:, None, None] + np.array(RAYS_CURVATURE)[:, None, None] * scale[None, :, None] * d ** 2
+    err = np.minimum(5.0 + 20.0 * loss, 90.0)
+    half = np.sqrt(RISE / (np.array(RAYS_CURVATURE)[:, None] * scale[None, :]))  # (2, 6)
+    width_pos = np.where(half <= 2.0, half, np.inf)
+    arrays = dict(distance=d, train_loss=loss, train_nll=loss, train_error=err - 3, test_nll=loss * 1.2,
+                  test_error=err, center_train_loss=centre_loss, width_neg=width_pos, width_pos=width_pos)
+    if line:
+        ld = np.linspace(-0.5, 1.5, 51)
+        ll = 0.1 + 2.0 * ld ** 2 * (ld - 1) ** 2
+        arrays.update(line_distance=ld, line_train_loss=ll, line_test_error=5 + 20 * ll,
+                      line_marks=np.array([0.0, 1.0]))
+    np.savez(folder / "rays.npz", **arrays)
+    summary = {"centers": [{"label": "SGD", "path": "a/model.pt", "median_width": float(2 * np.median(half[0])),
+                            "median_asymmetry": 0.0},
+                           {"label": "SWA", "path": "b/model.pt", "median_width": float(2 * np.median(half[1])),
+                            "median_asymmetry": 0.0}],
+               "rise": RISE, "normalize": "filter", "eval_split": "test", "synthetic": False}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def assert_valid_files(paths, expected, folder):
+    assert sorted(p.name for p in paths) == sorted(expected)
+    for path in paths:
+        assert path.parent == folder and path.exists(), path
+        data = path.read_bytes()
+        assert len(data) > 1000, path
+        assert data.startswith(MAGIC[path.suffix[1:]]), path
+    assert not list(folder.glob(".*.tmp")), "atomic save left a temporary file"
+
+
+# ------------------------------------------------------------------ files
+def test_plane_figures_written_as_png_and_pdf(tmp_path):
+    folder = write_plane(tmp_path / "plane")
+    paths = draw_plane_figures(folder, formats=("png", "pdf"))
+    assert_valid_files(paths, [f"plane_{m}.{f}" for m in ("train_loss", "test_error") for f in ("png", "pdf")], folder)
+    assert not plt.get_fignums(), "figures left open"
+
+
+def test_plane_figures_without_path_or_marks(tmp_path):
+    folder = write_plane(tmp_path / "plane", synthetic=False, with_extras=False)
+    paths = draw_plane_figures(folder)
+    assert_valid_files(paths, ["plane_train_loss.png", "plane_test_error.png"], folder)
+
+
+def test_rays_figures_written_as_png_and_pdf_with_line(tmp_path):
+    folder = write_rays(tmp_path / "rays")
+    paths = draw_rays_figures(folder, formats=("png", "pdf"))
+    names = [f"{stem}.{f}" for stem in ("rays_train_loss", "rays_test_error", "line") for f in ("png", "pdf")]
+    assert_valid_files(paths, names, folder)
+
+
+def test_rays_figures_without_line_skip_the_line_figure(tmp_path):
+    folder = write_rays(tmp_path / "rays", line=False)
+    paths = draw_rays_figures(folder)
+    assert_valid_files(paths, ["rays_train_loss.png", "rays_test_error.png"], folder)
+
+
+# ------------------------------------------------------------------ contour levels
+def test_log_levels_follow_the_papers_formula():
+    values = np.array([[0.2, 1.0], [3.0, 9.0]])
+    n, log_alpha = 7, -5.0
+    levels = log_levels(values, vmax=5.0, log_alpha=log_alpha, n=n)
+    lo, hi = 0.2, 5.0  # max clipped from 9 to 5
+    expected = lo + np.exp(log_alpha + np.arange(n + 1) * (np.log(hi - lo) - log_alpha) / n)
+    assert levels.shape == (n + 2,)
+    np.testing.assert_allclose(levels[1:n], expected[1:n])
+    assert levels[0] == lo and levels[n] == hi
+    assert levels[-1] > 1e3 * hi
+    assert np.all(np.diff(levels) > 0)
+    gaps = np.diff(levels[: n + 1])
+    assert np.all(np.diff(gaps[1:]) > 0), "levels should crowd near the minimum"
+    assert gaps[0] < 0.01 * (hi - lo)
+
+
+def test_log_levels_unclipped_when_below_vmax():
+    values = np.linspace(1.0, 3.0, 10)
+    assert log_levels(values, vmax=5.0)[-2] == 3.0
+    assert log_levels(values, vmax=None)[-2] == 3.0
+
+
+def test_clip_values_caps_at_vmax_and_keeps_nan():
+    out = clip_values(np.array([1.0, 7.0, np.inf, np.nan]), 5.0)
+    np.testing.assert_array_equal(out[:3], [1.0, 5.0, 5.0])
+    assert np.isnan(out[3])
+
+
+@pytest.mark.parametrize("values", [np.full((4, 4), 2.5), np.array([[np.nan, 1.0], [2.0, np.nan]]),
+                                    np.full((3, 3), np.nan), np.array([[1.0, 1.0 + 1e-4], [1.0, 1.0]])])
+def test_log_levels_increase_on_degenerate_data(values):
+    levels = log_levels(values, vmax=5.0)
+    assert np.all(np.isfinite(levels)) and np.all(np.diff(levels) > 0)
+
+
+def test_norm_is_logarithmic_above_the_minimum():
+    norm = LogOffsetNorm(1.0, 1.0 + np.exp(2.0), log_alpha=-2.0)
+    assert norm(1.0 + np.exp(-2.0)) == pytest.approx(0.0)
+    assert norm(1.0) == pytest.approx(0.0)  # below exp(log_alpha): floored
+    assert norm(1.0 + np.exp(0.0)) == pytest.approx(0.5)
+    assert norm(1.0 + np.exp(2.0)) == pytest.approx(1.0)
+    assert norm(1e10) > 1.0
+    np.testing.assert_allclose(norm.inverse(norm(np.array([1.5, 3.0, 7.0]))), [1.5, 3.0, 7.0])
+    with pytest.raises(ValueError, match="log_alpha"):
+        LogOffsetNorm(0.0, 1.0, log_alpha=1.0)
+
+
+# ------------------------------------------------------------------ axes
+def test_plane_colorbar_top_label_reads_greater_than_the_clip():
+    x, y = np.linspace(-0.6, 1.6, 34), np.linspace(-0.8, 1.2, 30)
+    loss, _ = plane_surfaces(x, y)
+    fig, ax = plt.subplots()
+    out, cbar = plot_plane(ax, x, y, loss, vmax=5.0, label="train loss")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in cbar.ax.get_yticklabels()]
+    assert out is ax
+    assert labels[-1] == "> " + labels[-2] == "> 5"
+    assert cbar.ax.get_ylabel() == "train loss"
+    plt.close(fig)
+
+
+def test_plane_is_drawn_with_x_along_the_first_index():
+    x, y = np.linspace(-1, 1, 21), np.linspace(-2, 2, 41)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    values = (X - 0.5) ** 2 + (Y + 1.0) ** 2  # minimum at (0.5, -1)
+    fig, ax = plt.subplots()
+    ax, _ = plot_plane(ax, x, y, values, colorbar=False)
+    lowest_band = ax.collections[0].get_paths()[0].vertices  # the band between level 0 and 1
+    np.testing.assert_allclose(lowest_band.mean(axis=0), [0.5, -1.0], atol=0.1)
+    with pytest.raises(ValueError, match="shape"):
+        plot_plane(ax, y, x, values)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("values", [np.full((5, 6), 0.3),
+                                    np.where(np.eye(5, 6) > 0, np.nan, 1.0 + np.arange(30.0).reshape(5, 6)),
+                                    np.full((5, 6), np.nan), np.full((5, 6), np.inf)])
+def test_plane_draws_degenerate_data(values, tmp_path):
+    fig, ax = plt.subplots()
+    ax, cbar = plot_plane(ax, np.linspace(0, 1, 5), np.linspace(0, 1, 6), values, vmax=None)
+    plot_plane_points(ax, np.array([[0, 0], [1, 0], [0.5, 1]]), ["a", "b", "c"])
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 0
+    plt.close(fig)
+
+
+def test_plane_points_legend_only_with_labelled_artists():
+    fig, ax = plt.subplots()
+    plot_plane_points(ax, np.zeros((3, 2)), ["a", "b", "c"])
+    assert ax.get_legend() is None
+    plot_plane_points(ax, np.zeros((3, 2)), path_xy=np.ones((4, 2)), path_label="curve")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["curve"]
+    plt.close(fig)
+
+
+def test_rays_panels_share_the_y_axis(tmp_path):
+    from plots.rays import _draw_metric, load_rays_result
+
+    arrays, summary = load_rays_result(write_rays(tmp_path / "rays"))
+    fig, axes = _draw_metric(arrays, summary, "train_loss", "train loss")
+    assert len(axes) == 2
+    assert axes[0].get_ylim() == axes[1].get_ylim()
+    axes[1].set_ylim(0, 123)  # shared, not just equal
+    assert axes[0].get_ylim() == (0, 123)
+    assert "median width" in axes[0].get_title()
+    plt.close(fig)
+
+
+def test_plot_rays_draws_one_line_per_ray_and_the_rise_level():
+    d = np.linspace(-1, 1, 11)
+    values = np.stack([d ** 2, 2 * d ** 2, np.where(d > 0.5, np.inf, d ** 2)])
+    fig, ax = plt.subplots()
+    assert plot_rays(ax, d, values, color="C0", label="SGD", center_value=0.0, rise=0.5) is ax
+    ray_lines = [l for l in ax.get_lines() if len(l.get_xdata()) == d.size]
+    assert len(ray_lines) == 3
+    assert any(np.allclose(l.get_ydata(), 0.5) and l.get_linestyle() == "--" for l in ax.get_lines())
+    assert ax.get_legend_handles_labels()[1] == ["SGD", "centre + 0.5"]
+    plt.close(fig)
+
+
+def test_shared_limits_cap_a_diverged_ray():
+    lo, hi = shared_limits(np.array([0.0, 1.0, 1e6, np.inf]), cap=5.0)
+    assert lo < 0.0 and 5.0 < hi < 6.0
+    assert shared_limits(np.full(3, np.nan)) == (0.0, 1.0)
