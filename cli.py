@@ -94,15 +94,18 @@ def add_model_args(p: argparse.ArgumentParser, *, default: str | None = "convnet
                    help="constructor options, e.g. width=64 or depth=56")
 
 
-def add_optim_args(p: argparse.ArgumentParser, *, epochs: int = 20, lr: float = 0.05, wd: float = 5e-4) -> None:
+def add_optim_args(p: argparse.ArgumentParser, *, epochs: int = 20, lr: float | None = 0.05, wd: float = 5e-4,
+                   schedule: bool = True) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--lr", type=float, default=lr, help="initial learning rate")
+    if lr is not None:
+        g.add_argument("--lr", type=float, default=lr, help="initial learning rate")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--wd", type=float, default=wd, help="weight decay")
     g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--schedule", default="paper",
-                   help="paper (constant, then linear decay to 1%% from 50%% to 90%% of training), cosine, constant")
+    if schedule:
+        g.add_argument("--schedule", default="paper",
+                       help="paper (constant, then linear decay to 1%% from 50%% to 90%% of training), cosine, constant")
 
 
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
@@ -322,7 +325,7 @@ def cmd_rays(args: argparse.Namespace) -> int:
     paths = [args.center] + ([args.compare] if args.compare else [])
     pts = load_points(paths, model=args.model, model_kwargs=dict(args.model_kwargs),
                       data_overrides=_data_overrides(args), device=device)
-    result = evaluate_rays(pts.model, pts.vectors, pts.data, args.out, labels=pts.labels,
+    evaluate_rays(pts.model, pts.vectors, pts.data, args.out, labels=pts.labels,
                            paths=[str(p) for p in paths], directions=args.directions, distance=args.distance,
                            steps=args.steps, normalize=args.normalize, line=args.line, rise=args.rise,
                            seed=args.seed, wd=pts.wd if args.wd is None else args.wd, batch_size=args.batch_size,
@@ -331,10 +334,15 @@ def cmd_rays(args: argparse.Namespace) -> int:
                            config={"argv": sys.argv})
     if not is_main():
         return 0
+    return _report_rays(args)
+
+
+def _report_rays(args: argparse.Namespace) -> int:
+    from landscape.checkpoint import read_json
     from plots.rays import draw_rays_figures
 
     figures = draw_rays_figures(args.out, tuple(args.format))
-    s = result.summary
+    s = read_json(args.out / "summary.json")
     split = s.get("eval_split", "test")
 
     def fmt(v, spec):
@@ -378,6 +386,106 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for f in written:
         print(f"figure: {f}")
     return 0
+
+
+def _average_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o = dict(_data_overrides(args), epochs=args.epochs, momentum=args.momentum, wd=args.wd,
+             batch_size=args.batch_size, seed=args.seed, save_every=args.save_every, device=args.device, amp=args.amp,
+             model_kwargs=dict(args.model_kwargs), from_ckpt=str(args.from_ckpt) if args.from_ckpt else None)
+    if args.model:
+        o["model"] = args.model
+    return o
+
+
+def _print_metrics_row(name: str, m: dict[str, Any]) -> None:
+    print(f"{name:<16}{m['train_loss']:>12.4f}{m['train_error']:>13.2f}{m['test_nll']:>10.4f}{m['test_error']:>12.2f}")
+
+
+def _metrics_header(split: str) -> None:
+    print(f"{'':<16}{'train loss':>12}{'train err %':>13}{f'{split} nll':>10}{f'{split} err %':>12}")
+
+
+def cmd_swa(args: argparse.Namespace) -> int:
+    from landscape.averaging import run_swa
+
+    if not args.from_ckpt and not args.model:
+        args.model = "convnet"
+    result = run_swa(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+                     lr=args.lr, swa_start=args.swa_start, swa_lr=args.swa_lr, swa_lr_max=args.swa_lr_max,
+                     swa_schedule=args.schedule, cycle=args.cycle, keep_snapshots=args.keep_snapshots,
+                     **_average_overrides(args))
+    s = result.summary
+    _metrics_header(s.get("eval_split", "test"))
+    _print_metrics_row(f"SWA ({s['averaged']} avg)", s["swa"])
+    _print_metrics_row("SGD (final)", s["sgd"])
+    print(f"checkpoints: {args.out / 'swa.pt'} and {args.out / 'sgd.pt'}"
+          f"   (compare their widths: landscape width --swa {args.out / 'swa.pt'} --sgd {args.out / 'sgd.pt'} --out DIR)")
+    return 0
+
+
+def _print_ensemble(s: dict[str, Any]) -> None:
+    split = s.get("eval_split", "test")
+    print(f"{'member':<16}{f'{split} err %':>12}{f'{split} nll':>10}")
+    for m in s["members"]:
+        print(f"{str(m.get('label', m.get('snapshot'))):<16}{m['test_error']:>12.2f}{m['test_nll']:>10.4f}")
+    e = s["ensemble"]
+    print(f"{'ensemble':<16}{e['test_error']:>12.2f}{e['test_nll']:>10.4f}   ({e['members']} members; "
+          f"mean member error {s['member_test_error_mean']:.2f}%)")
+
+
+def cmd_fge(args: argparse.Namespace) -> int:
+    from landscape.averaging import run_fge
+
+    result = run_fge(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+                     lr=args.lr_max, lr_min=args.lr_min, cycle=args.cycle, **_average_overrides(args))
+    _print_ensemble(result.summary)
+    return 0
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    from landscape.averaging import run_snapshots
+
+    if not args.from_ckpt and not args.model:
+        args.model = "convnet"
+    result = run_snapshots(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+                           lr=args.lr, cycle=args.cycle, **_average_overrides(args))
+    _print_ensemble(result.summary)
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from landscape.ensemble import evaluate_ensemble
+
+    result = evaluate_ensemble(args.checkpoints, args.out, model=args.model, model_kwargs=dict(args.model_kwargs),
+                               data_overrides=_data_overrides(args), device=args.device, batch_size=args.batch_size)
+    s = result.summary
+    for m in s["members"]:
+        m["label"] = m["label"]
+    _print_ensemble(s)
+    w = s["weight_average"]
+    print(f"{'weight average':<16}{w['test_error']:>12.2f}{w['test_nll']:>10.4f}   (batch norm re-estimated)")
+    if args.out:
+        print(f"summary: {args.out / 'summary.json'}")
+    return 0
+
+
+def cmd_width(args: argparse.Namespace) -> int:
+    from landscape.inputs import load_points
+    from landscape.rays import evaluate_rays
+    from landscape.sweep import is_main
+
+    device = _sweep_device(args.device)
+    pts = load_points([args.swa, args.sgd], model=args.model, model_kwargs=dict(args.model_kwargs),
+                      data_overrides=_data_overrides(args), device=device)
+    evaluate_rays(pts.model, pts.vectors, pts.data, args.out, labels=["SWA", "SGD"],
+                  paths=[str(args.swa), str(args.sgd)], directions=args.directions, distance=args.distance,
+                  steps=args.steps, normalize=args.normalize, line=True, rise=args.rise, seed=args.seed,
+                  wd=pts.wd if args.wd is None else args.wd, batch_size=args.batch_size,
+                  bn_batches=args.bn_batches, points_per_pass=args.points_per_pass, resume=args.resume,
+                  progress=_progress(args) is not False and sys.stderr.isatty(), config={"argv": sys.argv})
+    if not is_main():
+        return 0
+    return _report_rays(args)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -490,6 +598,90 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
     p.set_defaults(func=cmd_rays)
+
+    def add_start(p: argparse.ArgumentParser, scratch: bool) -> None:
+        g = p.add_argument_group("start")
+        if scratch:
+            m = g.add_mutually_exclusive_group(required=True)
+            m.add_argument("--from", dest="from_ckpt", type=Path, metavar="CKPT", help="continue from a trained network")
+            m.add_argument("--from-scratch", action="store_true", help="train from a fresh initialisation")
+        else:
+            g.add_argument("--from", dest="from_ckpt", type=Path, metavar="CKPT", required=True,
+                           help="the trained network to start from")
+
+    p = sub.add_parser("swa", help="stochastic weight averaging; saves the average and the final SGD iterate",
+                       description="SWA (Izmailov et al. 2018): average the SGD iterates every --cycle epochs "
+                                   "(constant rate) or at the end of each cycle (cyclic rate).")
+    add_start(p, scratch=True)
+    g = p.add_argument_group("SWA")
+    g.add_argument("--swa-start", type=int, default=0, help="epochs before averaging starts (default 0)")
+    g.add_argument("--swa-lr", type=float, default=0.01, help="the SWA rate (cyclic: its low end)")
+    g.add_argument("--swa-lr-max", type=float, default=None, help="cyclic: the high end (default 10 x --swa-lr)")
+    g.add_argument("--schedule", default="constant", help="constant or cyclic (after --swa-start)")
+    g.add_argument("--cycle", type=int, default=1, help="epochs between averages / per cycle (default 1)")
+    g.add_argument("--keep-snapshots", action="store_true", help="also save every averaged iterate")
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    add_optim_args(p, epochs=10, schedule=False)
+    add_run_args(p)
+    p.set_defaults(func=cmd_swa)
+
+    p = sub.add_parser("fge", help="fast geometric ensembling from a trained network",
+                       description="FGE (Garipov et al. 2018): a piecewise-linear cyclical rate updated every "
+                                   "iteration, a snapshot at each minimum of the rate, their ensemble.")
+    add_start(p, scratch=False)
+    g = p.add_argument_group("FGE")
+    g.add_argument("--cycle", type=int, default=2, help="epochs per cycle (2 to 4 in the paper; default 2)")
+    g.add_argument("--lr-max", type=float, default=0.05, help="alpha_1, the rate at a cycle's start")
+    g.add_argument("--lr-min", type=float, default=0.0005, help="alpha_2, the rate at a cycle's middle")
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    add_optim_args(p, epochs=8, lr=None, schedule=False)
+    add_run_args(p)
+    p.set_defaults(func=cmd_fge)
+
+    p = sub.add_parser("snapshots", help="snapshot ensemble: cosine restarts, a snapshot per cycle",
+                       description="Snapshot ensembles (Huang et al. 2017): cosine annealing restarted every "
+                                   "--cycle epochs, a snapshot at the end of each cycle.")
+    add_start(p, scratch=True)
+    g = p.add_argument_group("snapshots")
+    g.add_argument("--cycle", type=int, default=10, help="epochs per cosine cycle (default 10)")
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    add_optim_args(p, epochs=40, schedule=False)
+    add_run_args(p)
+    p.set_defaults(func=cmd_snapshots)
+
+    p = sub.add_parser("ensemble", help="each member, their averaged prediction, and their weight average",
+                       description="Test error and NLL of each checkpoint, of the averaged prediction, and of the "
+                                   "weight average with batch norm re-estimated.")
+    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write summary.json here")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--device", default="auto")
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("width", help="SWA vs SGD: the line through them and random rays from each",
+                       description="The SWA paper's width figures in one command: train loss and test error along "
+                                   "the line through SGD and SWA extended both ways, and along random unit rays "
+                                   "from each; per-centre widths.")
+    p.add_argument("--swa", required=True, type=Path, help="the SWA checkpoint")
+    p.add_argument("--sgd", required=True, type=Path, help="the SGD checkpoint")
+    g = p.add_argument_group("rays")
+    g.add_argument("--directions", type=int, default=10)
+    g.add_argument("--distance", type=float, default=None, help="default: half the SWA point's norm")
+    g.add_argument("--steps", type=int, default=10)
+    g.add_argument("--normalize", default="gaussian", help="gaussian or filter")
+    g.add_argument("--rise", type=float, default=0.1)
+    g.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--resume", action="store_true")
+    add_eval_args(p)
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    p.set_defaults(func=cmd_width)
 
     p = sub.add_parser("plot", help="redraw the figures of a result folder from its stored files")
     p.add_argument("result_dir", type=Path, metavar="RESULT_DIR")

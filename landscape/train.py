@@ -46,7 +46,7 @@ from .evaluate import evaluate_model, l2_penalty
 from .models import create_model
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
-           "prepare_run", "run_training", "train"]
+           "prepare_run", "run_training", "steps_per_epoch", "train"]
 
 SCHEDULES = ("paper", "cosine", "constant")
 # Settings that may change between a run and its --resume without changing the result.
@@ -238,7 +238,12 @@ class Task:
     extra)`` writes a checkpoint of the current state with the given extra
     entries (``meta``, ``train_state``); ``restore(checkpoint)`` loads one
     back for ``--resume``; ``epoch_eval()`` (optional) adds metrics to each
-epoch's record; ``finish()`` computes the final summary.
+epoch's record; ``finish()`` computes the final summary. ``lr(epoch, it,
+steps)`` (optional; epoch 0-based, iteration ``it`` of ``steps``) sets the
+learning rate before every iteration instead of once per epoch from the
+config's schedule; ``after_step(epoch, it, steps)`` runs after every
+optimiser step; ``end_epoch(epoch)`` (1-based) runs after each epoch's
+updates (averaging, snapshots) and adds to its record.
     """
 
     module: nn.Module
@@ -251,6 +256,9 @@ epoch's record; ``finish()`` computes the final summary.
     spec: dict[str, Any]
     command: str
     kind: str
+    lr: Callable[[int, int, int], float] | None = None
+    end_epoch: Callable[[int], dict[str, Any]] | None = None
+    after_step: Callable[[int, int, int], None] | None = None
 
 
 def run_training(
@@ -303,6 +311,8 @@ def run_training(
     try:
         for epoch in range(start_epoch, cfg.epochs):
             record = _train_epoch(task, optimizer, data, cfg, epoch, device, bar)
+            if task.end_epoch is not None:
+                record.update(task.end_epoch(epoch + 1))
             if task.epoch_eval is not None:
                 record.update(task.epoch_eval())
             record["time_s"] = round(time.perf_counter() - t0, 3)
@@ -394,6 +404,7 @@ def _train_epoch(task: Task, optimizer, data: Dataset, cfg: TrainConfig, epoch: 
     lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
     for group in optimizer.param_groups:
         group["lr"] = lr
+    steps = steps_per_epoch(len(data.y_train), cfg.batch_size)
     torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout, t samples, any other global-RNG use
     gen = torch.Generator(device=device)
     gen.manual_seed(_epoch_seed(cfg.seed, epoch))
@@ -401,12 +412,18 @@ def _train_epoch(task: Task, optimizer, data: Dataset, cfg: TrainConfig, epoch: 
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
-    for x, y in data.train_batches(cfg.batch_size, gen):
+    for it, (x, y) in enumerate(data.train_batches(cfg.batch_size, gen)):
+        if task.lr is not None:
+            lr = task.lr(epoch, it, steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             loss, logits = task.loss(x, y)  # logits (..., B, classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if task.after_step is not None:
+            task.after_step(epoch, it, steps)
         loss_sum += loss.detach().double() * y.numel()
         wrong += (logits.detach().argmax(dim=-1) != y).double().sum() * y.numel() / (logits[..., 0].numel())
         seen += y.numel()
@@ -418,6 +435,11 @@ def _train_epoch(task: Task, optimizer, data: Dataset, cfg: TrainConfig, epoch: 
             f"the last good state is kept, lower --lr and rerun"
         )
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": 100.0 * wrong.item() / max(seen, 1)}
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Iterations per epoch: full batches plus a last one of two or more samples."""
+    return n // batch_size + (1 if n % batch_size >= 2 else 0)
 
 
 def _final_summary(model: nn.Module, data: Dataset, cfg: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,412 @@
+"""Stochastic weight averaging, fast geometric ensembling, snapshot ensembles.
+
+- SWA (Izmailov et al. 2018): an equal-weight running average of the SGD
+  iterates, taken every ``cycle`` epochs with a constant rate, or at the end
+  of each cycle (the rate's lowest point) with a cyclical rate; batch-norm
+  statistics are recomputed for the average. Saves the average and the final
+  SGD iterate of the same run.
+- FGE (Garipov et al. 2018): from a trained network, a piecewise-linear
+  cyclical rate (alpha_1 -> alpha_2 -> alpha_1 over ``cycle`` epochs, updated
+  every iteration); a snapshot at each minimum of the rate; the ensemble
+  averages the snapshots' predicted probabilities.
+- Snapshot ensembles (Huang et al. 2017): cosine annealing with restarts,
+  alpha(i) = alpha_0 / 2 (cos(pi * mod(i, I/M) / (I/M)) + 1), a snapshot at
+  the end of each of the M cycles.
+
+All three run on the shared training loop (``train.run_training``), so they
+have the same files, progress bar and exact ``--resume`` as ``train``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bn import reestimate_bn
+from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, save_checkpoint
+from .data import Dataset
+from .device import resolve_device, seed_everything
+from .errors import UserError
+from .evaluate import evaluate_model, l2_penalty
+from .inputs import data_settings
+from .metrics import ensemble_metrics
+from .models import create_model
+from .train import Task, TrainConfig, load_data, prepare_run, run_training
+from .weights import ParamSpace
+
+__all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "fge_learning_rate", "snapshot_learning_rate",
+           "fge_snapshot_iteration", "run_swa", "run_fge", "run_snapshots", "predict_probs"]
+
+METHODS = ("swa", "fge", "snapshots")
+
+
+@dataclass
+class AverageConfig(TrainConfig):
+    """Settings of ``landscape swa`` / ``fge`` / ``snapshots`` (saved as ``config.json``).
+
+    ``lr`` is the initial rate (SWA from scratch), alpha_1 (FGE, the high
+    end) or alpha_0 (snapshots). ``lr_min`` is alpha_2 of FGE. ``cycle`` is
+    in epochs: SWA averages every ``cycle`` epochs, FGE cycles over it,
+    snapshots restart every ``cycle`` epochs.
+    """
+
+    method: str = "swa"
+    from_ckpt: str | None = None
+    swa_start: int = 0
+    swa_lr: float = 0.01
+    swa_lr_max: float | None = None
+    swa_schedule: str = "constant"
+    lr_min: float = 0.0005
+    cycle: int = 1
+    keep_snapshots: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}")
+        if self.cycle < 1:
+            raise UserError(f"--cycle must be at least 1 epoch, got {self.cycle}")
+        if self.method == "swa":
+            if self.swa_schedule not in ("constant", "cyclic"):
+                raise UserError(f"unknown SWA schedule {self.swa_schedule!r}; choose constant or cyclic")
+            if not 0 <= self.swa_start < self.epochs:
+                raise UserError(f"--swa-start must be in [0, --epochs), got {self.swa_start} of {self.epochs}")
+            if self.swa_lr <= 0 or (self.swa_lr_max is not None and self.swa_lr_max < self.swa_lr):
+                raise UserError("--swa-lr must be positive and --swa-lr-max at least --swa-lr")
+        if self.method == "fge" and not 0 < self.lr_min <= self.lr:
+            raise UserError(f"FGE needs 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr}")
+        if self.method in ("fge", "snapshots") and self.epochs < self.cycle:
+            raise UserError(f"--epochs ({self.epochs}) must cover at least one --cycle ({self.cycle})")
+
+
+@dataclass
+class AverageResult:
+    model: nn.Module  # SWA: the average (batch norm recomputed); FGE / snapshots: the final iterate
+    sgd: nn.Module  # the final SGD iterate of the run
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    out: Path | None
+
+
+# ------------------------------------------------------------------ learning rates
+def swa_learning_rate(cfg: AverageConfig, epoch: int, it: int, steps: int) -> float:
+    """The SWA paper's rate. Before ``swa_start`` (training from scratch):
+    ``lr`` for the first half, then linear to ``swa_lr`` by 90%, then
+    ``swa_lr``. From ``swa_start``: constant ``swa_lr``, or cyclic: within each
+    cycle of c = ``cycle`` epochs x ``steps`` iterations, alpha(i) = (1 - t_i)
+    alpha_1 + t_i alpha_2 with t_i = (i + 1) / c (i = 0..c-1), so the last
+    iteration of a cycle runs at alpha_2 = ``swa_lr`` (alpha_1 = ``swa_lr_max``)."""
+    if epoch < cfg.swa_start:
+        t = epoch / cfg.swa_start
+        ratio = cfg.swa_lr / cfg.lr
+        factor = 1.0 if t <= 0.5 else (1.0 - (1.0 - ratio) * (t - 0.5) / 0.4 if t <= 0.9 else ratio)
+        return cfg.lr * factor
+    if cfg.swa_schedule == "constant":
+        return cfg.swa_lr
+    high = cfg.swa_lr_max if cfg.swa_lr_max is not None else 10 * cfg.swa_lr
+    c = cfg.cycle * steps
+    i = ((epoch - cfg.swa_start) % cfg.cycle) * steps + it
+    t = (i + 1) / c
+    return (1 - t) * high + t * cfg.swa_lr
+
+
+def fge_learning_rate(lr_max: float, lr_min: float, cycle: int, epoch: int, it: int, steps: int) -> float:
+    """FGE's piecewise-linear cyclical rate (Garipov et al. 2018, eq. 4): with
+    t = ((epoch mod cycle) + it / steps) / cycle in [0, 1), alpha_1 (1 - 2t) +
+    alpha_2 2t for t < 1/2, alpha_1 (2t - 1) + alpha_2 (2 - 2t) after:
+    alpha_1 = ``lr_max`` at a cycle's first iteration, alpha_2 = ``lr_min`` at
+    its middle."""
+    t = ((epoch % cycle) + it / steps) / cycle
+    if t < 0.5:
+        return lr_max * (1.0 - 2.0 * t) + lr_min * 2.0 * t
+    return lr_max * (2.0 * t - 1.0) + lr_min * (2.0 - 2.0 * t)
+
+
+def fge_snapshot_iteration(cycle: int, steps: int) -> int:
+    """Index, within a cycle of ``cycle * steps`` iterations, of the iteration
+    run at the lowest rate (t = 1/2, or the nearest below); the snapshot is
+    taken after its step."""
+    return (cycle * steps) // 2
+
+
+def snapshot_learning_rate(lr: float, cycle: int, epoch: int, it: int, steps: int) -> float:
+    """Cosine annealing restarted every ``cycle`` epochs (Huang et al. 2017):
+    lr / 2 (cos(pi * i / c) + 1), i the iteration within the cycle, c its length."""
+    c = cycle * steps
+    i = (epoch % cycle) * steps + it
+    return lr / 2 * (math.cos(math.pi * i / c) + 1)
+
+
+# ------------------------------------------------------------------ helpers
+@torch.inference_mode()
+def predict_probs(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000) -> torch.Tensor:
+    """Predicted probabilities (M, classes) of ``model`` in eval mode; modes restored."""
+    from .evaluate import modes_kept
+
+    with modes_kept(model):
+        model.eval()
+        return torch.cat([F.softmax(model(x).float(), dim=-1) for x, _ in data.batches(split, batch_size)])
+
+
+def _start_model(cfg: AverageConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+    """The network to continue from (``from_ckpt``) or a fresh one (from scratch)."""
+    if cfg.from_ckpt:
+        ckpt = load_checkpoint(cfg.from_ckpt)
+        if ckpt.model is not None:
+            spec = {"name": ckpt.model["name"], "kwargs": dict(ckpt.model["kwargs"])}
+            model = load_model(ckpt)
+        else:
+            spec = {"name": cfg.model, "kwargs": dict(cfg.model_kwargs, num_classes=data.num_classes,
+                                                      input_shape=list(data.input_shape))}
+            model = load_model(ckpt, cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                               **cfg.model_kwargs)
+        shape = tuple(spec["kwargs"]["input_shape"])
+        if shape != tuple(data.input_shape) or spec["kwargs"]["num_classes"] != data.num_classes:
+            raise UserError(f"{ckpt.path} was built for input {shape} and {spec['kwargs']['num_classes']} classes, "
+                            f"but dataset '{data.name}' has {tuple(data.input_shape)} and {data.num_classes}")
+        return model, spec
+    seed_everything(cfg.seed)
+    spec = {"name": cfg.model, "kwargs": dict(cfg.model_kwargs, num_classes=data.num_classes,
+                                              input_shape=list(data.input_shape))}
+    return create_model(cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                        **cfg.model_kwargs), spec
+
+
+def _config(method: str, config, overrides) -> AverageConfig:
+    base = asdict(config) if config is not None else {}
+    given = {f.name for f in fields(AverageConfig)} & set(overrides)
+    cfg_from = overrides.get("from_ckpt", base.get("from_ckpt"))
+    inherited = {}
+    if cfg_from:
+        inherited = {k: v for k, v in data_settings(load_checkpoint(cfg_from)).items()
+                     if k not in given and k not in base}
+    cfg = AverageConfig(**{**inherited, **base, **overrides, "method": method})
+    cfg.validate()
+    return cfg
+
+
+def _metrics_of(model: nn.Module, data: Dataset, wd: float) -> dict[str, float]:
+    tr, te = evaluate_model(model, data, "train"), evaluate_model(model, data, "test")
+    return {"train_loss": tr["nll"] + l2_penalty(model, wd), "train_nll": tr["nll"], "train_error": tr["error"],
+            "test_nll": te["nll"], "test_error": te["error"]}
+
+
+def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, overrides,
+         build: Callable[[AverageConfig, nn.Module, dict, Dataset, Path | None], dict[str, Any]]) -> AverageResult:
+    cfg = _config(method, config, overrides)
+    device = resolve_device(cfg.device)
+    out = Path(out) if out is not None else None
+    start_epoch, state, metrics = prepare_run(out, cfg, resume)
+    if start_epoch == -1:
+        summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
+        final = out / ("swa.pt" if method == "swa" else "model.pt")
+        return AverageResult(load_model(final), load_model(out / "model.pt"), summary, metrics, out)
+    data = load_data(cfg, device) if data is None else data.to(device)
+    model, spec = _start_model(cfg, data)
+    model.to(device)
+    hooks = build(cfg, model, spec, data, out)
+    task = Task(module=model, loss=hooks["loss"], save=hooks["save"], restore=hooks["restore"],
+                finish=hooks["finish"], epoch_eval=None, weight_decay=cfg.wd, spec=spec, command=method,
+                kind="model", lr=hooks["lr"], end_epoch=hooks.get("end_epoch"), after_step=hooks.get("after_step"))
+    seed_everything(cfg.seed)
+    summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
+                                    progress=progress, on_epoch_end=on_epoch_end, argv=argv)
+    return AverageResult(model=hooks["result"](), sgd=model.eval(), summary=summary, metrics=metrics, out=out)
+
+
+def _model_hooks(model: nn.Module, spec: dict[str, Any], extra_state: Callable[[], dict], load_extra):
+    def loss(x, y):
+        logits = model(x)
+        return F.cross_entropy(logits.float(), y), logits
+
+    def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
+        save_checkpoint(path, model.state_dict(), spec, kind=kind, average_state=extra_state(), **extra)
+
+    def restore(ckpt: Checkpoint) -> None:
+        check_state_dict(model, ckpt.state_dict, str(ckpt.path), f"model '{spec['name']}'")
+        model.load_state_dict(ckpt.state_dict)
+        load_extra(ckpt.extra.get("average_state") or {})
+
+    return loss, save, restore
+
+
+# ------------------------------------------------------------------ SWA
+def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
+            data: Dataset | None = None, progress: bool | None = None,
+            on_epoch_end=None, argv: Sequence[str] | None = None, **overrides: Any) -> AverageResult:
+    """Stochastic weight averaging; writes ``swa.pt`` (the average, batch norm
+    recomputed), ``sgd.pt`` (the final SGD iterate) and, with
+    ``keep_snapshots``, ``snapshot-NNN.pt`` for every averaged iterate."""
+
+    def build(cfg: AverageConfig, model: nn.Module, spec, data: Dataset, out: Path | None):
+        space = ParamSpace.of(model)
+        state = {"avg": torch.zeros(space.numel, dtype=torch.float64, device=data.device), "n": 0}
+        average = [None]
+
+        def extra() -> dict:
+            return {"avg": state["avg"], "n": state["n"]}
+
+        def load_extra(d: dict) -> None:
+            if "avg" in d:
+                state["avg"] = d["avg"].to(device=data.device, dtype=torch.float64)
+                state["n"] = int(d["n"])
+
+        loss, save, restore = _model_hooks(model, spec, extra, load_extra)
+
+        def end_epoch(epoch: int) -> dict[str, Any]:
+            if epoch <= cfg.swa_start or (epoch - cfg.swa_start) % cfg.cycle:
+                return {"swa_n": state["n"]}
+            w = space.flatten(model).double()
+            state["n"] += 1
+            state["avg"] += (w - state["avg"]) / state["n"]  # equal-weight running mean
+            if cfg.keep_snapshots and out is not None:
+                save_checkpoint(out / f"snapshot-{epoch:03d}.pt", model.state_dict(), spec,
+                                meta={"epoch": epoch, "averaged": state["n"]})
+            return {"swa_n": state["n"]}
+
+        def finish() -> dict[str, Any]:
+            if state["n"] == 0:
+                raise UserError("no iterate was averaged: --epochs must exceed --swa-start by at least --cycle")
+            swa = _averaged_model(model, space, state["avg"], data, cfg)
+            average[0] = swa
+            sgd_m, swa_m = _metrics_of(model, data, cfg.wd), _metrics_of(swa, data, cfg.wd)
+            if out is not None:
+                meta = {"method": "swa", "averaged": state["n"], "train_config": cfg.to_json(),
+                        "dataset": data.describe()}
+                save_checkpoint(out / "swa.pt", swa.state_dict(), spec, meta=meta)
+                save_checkpoint(out / "sgd.pt", model.state_dict(), spec, meta=dict(meta, method="sgd"))
+            return {"swa": swa_m, "sgd": sgd_m, "averaged": state["n"], **_common(cfg, data, spec),
+                    "files": {"swa": "swa.pt", "sgd": "sgd.pt"}}
+
+        return {"loss": loss, "save": save, "restore": restore, "finish": finish, "end_epoch": end_epoch,
+                "lr": lambda e, it, steps: swa_learning_rate(cfg, e, it, steps), "result": lambda: average[0]}
+
+    return _run("swa", config, out, resume, data, progress, on_epoch_end, argv, overrides, build)
+
+
+def _averaged_model(model: nn.Module, space: ParamSpace, avg: torch.Tensor, data: Dataset,
+                    cfg: AverageConfig) -> nn.Module:
+    import copy
+
+    swa = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, value in space.unflatten(avg.to(torch.float32)).items():
+            swa.get_parameter(name).copy_(value)
+    reestimate_bn(swa, data.batches("train", 1000))
+    return swa.eval()
+
+
+def _common(cfg: AverageConfig, data: Dataset, spec) -> dict[str, Any]:
+    return {"eval_split": data.eval_split, "synthetic": data.synthetic, "epochs": cfg.epochs, "model": spec,
+            "dataset": data.describe(),
+            "notes": "train_loss = train NLL + 0.5 * wd * ||w||^2; errors in percent; eval mode, unaugmented data"}
+
+
+# ------------------------------------------------------------------ FGE and snapshot ensembles
+def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_epoch=None):
+    """Hooks for FGE / snapshot ensembles: snapshots' test probabilities are
+    accumulated as they are taken (no weights kept in memory)."""
+
+    def build(cfg: AverageConfig, model: nn.Module, spec, data: Dataset, out: Path | None):
+        m = len(data.y_test)
+        state = {"probs": torch.zeros(m, data.num_classes, dtype=torch.float64, device=data.device),
+                 "members": []}
+
+        def extra() -> dict:
+            return {"probs": state["probs"], "members": list(state["members"])}
+
+        def load_extra(d: dict) -> None:
+            if "probs" in d:
+                state["probs"] = d["probs"].to(device=data.device, dtype=torch.float64)
+                state["members"] = list(d["members"])
+
+        loss, save, restore = _model_hooks(model, spec, extra, load_extra)
+
+        def snapshot(epoch: int, it: int | None = None) -> None:
+            probs = predict_probs(model, data)
+            state["probs"] += probs.double()
+            k = len(state["members"]) + 1
+            member = {"snapshot": k, "epoch": epoch + (0 if it is None else 1),
+                      "iteration": it, **{f"test_{a}": b for a, b in
+                                          ensemble_metrics(probs[None].cpu().numpy(), data.y_test.cpu().numpy()).items()
+                                          if a != "members"}}
+            ens = ensemble_metrics((state["probs"] / k)[None].cpu().numpy(), data.y_test.cpu().numpy())
+            member.update(ensemble_test_error=ens["error"], ensemble_test_nll=ens["nll"])
+            state["members"].append(member)
+            if out is not None:
+                save_checkpoint(out / f"snapshot-{k:03d}.pt", model.state_dict(), spec,
+                                meta={"method": method, **{a: b for a, b in member.items() if b is not None},
+                                      "train_config": cfg.to_json(), "dataset": data.describe()})
+
+        hooks = {"loss": loss, "save": save, "restore": restore, "lr": lambda e, it, s: lr_fn(cfg, e, it, s),
+                 "result": lambda: model.eval()}
+        if snapshot_when_step is not None:
+            def after_step(epoch: int, it: int, steps: int) -> None:
+                if snapshot_when_step(cfg, epoch, it, steps):
+                    snapshot(epoch, it)
+
+            hooks["after_step"] = after_step
+        if snapshot_when_epoch is not None:
+            def end_epoch(epoch: int) -> dict[str, Any]:
+                if snapshot_when_epoch(cfg, epoch):
+                    snapshot(epoch)
+                return {"snapshots": len(state["members"])}
+
+            hooks["end_epoch"] = end_epoch
+
+        def finish() -> dict[str, Any]:
+            members = state["members"]
+            if not members:
+                raise UserError("no snapshot was taken: --epochs must cover at least one cycle")
+            k = len(members)
+            ens = ensemble_metrics((state["probs"] / k)[None].cpu().numpy(), data.y_test.cpu().numpy())
+            errors = [mm["test_error"] for mm in members]
+            return {"ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "members": k},
+                    "members": members, "member_test_error_mean": float(np.mean(errors)),
+                    "member_test_error_best": float(np.min(errors)), "final": _metrics_of(model, data, cfg.wd),
+                    **_common(cfg, data, spec),
+                    "files": [f"snapshot-{i + 1:03d}.pt" for i in range(k)]}
+
+        hooks["finish"] = finish
+        return hooks
+
+    return build
+
+
+def _fge_lr(cfg: AverageConfig, epoch: int, it: int, steps: int) -> float:
+    return fge_learning_rate(cfg.lr, cfg.lr_min, cfg.cycle, epoch, it, steps)
+
+
+def _fge_snapshot(cfg: AverageConfig, epoch: int, it: int, steps: int) -> bool:
+    return (epoch % cfg.cycle) * steps + it == fge_snapshot_iteration(cfg.cycle, steps)
+
+
+def run_fge(config: AverageConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
+            data: Dataset | None = None, progress: bool | None = None, on_epoch_end=None,
+            argv: Sequence[str] | None = None, **overrides: Any) -> AverageResult:
+    """Fast geometric ensembling from ``from_ckpt``: ``lr`` = alpha_1,
+    ``lr_min`` = alpha_2, ``cycle`` epochs per cycle; ``snapshot-NNN.pt``
+    at each minimum of the rate; the summary has each snapshot's and the
+    ensemble's test error and NLL."""
+    if not (overrides.get("from_ckpt") or (config is not None and config.from_ckpt)):
+        raise UserError("FGE starts from a trained network: give --from CKPT")
+    return _run("fge", config, out, resume, data, progress, on_epoch_end, argv, overrides,
+                _ensemble_build("fge", _fge_lr, snapshot_when_step=_fge_snapshot))
+
+
+def run_snapshots(config: AverageConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
+                  data: Dataset | None = None, progress: bool | None = None, on_epoch_end=None,
+                  argv: Sequence[str] | None = None, **overrides: Any) -> AverageResult:
+    """Snapshot ensemble: cosine annealing from ``lr`` restarted every
+    ``cycle`` epochs, a snapshot at the end of each cycle."""
+    return _run("snapshots", config, out, resume, data, progress, on_epoch_end, argv, overrides,
+                _ensemble_build("snapshots",
+                                lambda cfg, e, it, s: snapshot_learning_rate(cfg.lr, cfg.cycle, e, it, s),
+                                snapshot_when_epoch=lambda cfg, epoch: epoch % cfg.cycle == 0))

@@ -1,0 +1,68 @@
+"""Ensembles of checkpoints: each member, the averaged prediction, and the
+weight average with batch norm re-estimated (the SWA view of the same set)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .averaging import predict_probs
+from .checkpoint import load_checkpoint, load_model, write_json
+from .evaluate import evaluate_points
+from .inputs import load_points
+from .metrics import ensemble_metrics
+
+__all__ = ["EnsembleResult", "evaluate_ensemble"]
+
+
+@dataclass
+class EnsembleResult:
+    summary: dict[str, Any]
+    out: Path | None
+
+
+def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None, *, model: str | None = None,
+                      model_kwargs: dict | None = None, data_overrides: dict | None = None,
+                      device: str = "auto", batch_size: int = 1000) -> EnsembleResult:
+    """Test error and NLL of every member (with its own batch-norm statistics),
+    of their averaged predicted probabilities, and of their weight average
+    (batch norm re-estimated on the training data)."""
+    pts = load_points(paths, model=model, model_kwargs=model_kwargs, data_overrides=data_overrides, device=device)
+    data, labels = pts.data, pts.data.y_test.cpu().numpy()
+    members, probs = [], []
+    for path, label in zip(paths, pts.labels):
+        ck = load_checkpoint(path)
+        net = (load_model(ck) if ck.model is not None and model is None else
+               load_model(ck, model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                          **(model_kwargs or {}))).to(data.device)
+        p = predict_probs(net, data, batch_size=batch_size).cpu().numpy()
+        probs.append(p)
+        m = ensemble_metrics(p[None], labels)
+        members.append({"label": label, "path": str(path), "test_error": m["error"], "test_nll": m["nll"]})
+    ens = ensemble_metrics(np.stack(probs), labels)
+    n = len(paths)
+    avg = evaluate_points(pts.model, torch.stack(pts.vectors), np.full((1, n), 1.0 / n), data, wd=pts.wd,
+                          batch_size=batch_size)
+    errors = [m["test_error"] for m in members]
+    summary = {
+        "members": members,
+        "member_test_error_mean": float(np.mean(errors)),
+        "member_test_error_best": float(np.min(errors)),
+        "ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "members": n},
+        "weight_average": {k: float(avg[k][0]) for k in ("train_loss", "train_error", "test_nll", "test_error")},
+        "eval_split": data.eval_split,
+        "synthetic": data.synthetic,
+        "dataset": data.describe(),
+        "notes": "members use their own batch-norm statistics; the ensemble averages predicted probabilities; "
+                 "the weight average re-estimates batch norm on the training data",
+    }
+    out = Path(out) if out is not None else None
+    if out is not None:
+        write_json(out / "summary.json", summary)
+        write_json(out / "config.json", {"command": "ensemble", "checkpoints": [str(p) for p in paths],
+                                         "dataset": data.describe()})
+    return EnsembleResult(summary=summary, out=out)
