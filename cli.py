@@ -496,26 +496,106 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train two digits endpoints (seeds 1 and 2) and print their test errors."""
-    from landscape.device import resolve_device
-    from landscape.train import TrainConfig, load_data, train
+    """The main job end to end on digits; every step reuses finished results."""
+    import time
 
-    cfg = TrainConfig(dataset="digits", model="convnet", epochs=args.epochs, device=args.device)
-    data = load_data(cfg, resolve_device(args.device))
-    rows = []
+    from curves.evaluate import evaluate_curve
+    from curves.fit import fit_curve, load_curve
+    from landscape.averaging import run_fge, run_swa
+    from landscape.checkpoint import read_json
+    from landscape.device import resolve_device
+    from landscape.plane import evaluate_plane
+    from landscape.rays import width_report
+    from landscape.train import TrainConfig, load_data, train
+    from plots.curve import draw_curve_figure
+    from plots.plane import draw_plane_figures
+    from plots.rays import draw_rays_figures
+
+    out, quiet, t0 = args.out, _progress(args), time.perf_counter()
+    device = resolve_device(args.device)
+    cfg = TrainConfig(dataset="digits", model="convnet", epochs=args.epochs, device=str(device))
+    data = load_data(cfg, device)
+    figures: list[Path] = []
+
+    def step(text: str) -> None:
+        print(f"[{time.perf_counter() - t0:5.0f}s] {text}", flush=True)
+
+    def again(folder: Path, marker: str = "model.pt") -> bool:
+        return (folder / marker).exists() or (folder / "last.pt").exists() or (folder / "sweep.partial.npz").exists()
+
+    ends = {}
     for name, seed in (("a", 1), ("b", 2)):
-        print(f"training endpoint {name} (convnet on digits, seed {seed}, {cfg.epochs} epochs) ...", flush=True)
-        started = (args.out / name / "last.pt").exists() or (args.out / name / "model.pt").exists()
-        result = train(cfg, args.out / name, seed=seed, resume=started, data=data, progress=_progress(args))
-        rows.append((name, seed, result.summary))
+        step(f"endpoint {name}: convnet on digits, seed {seed}, {cfg.epochs} epochs")
+        ends[name] = train(cfg, out / name, seed=seed, resume=again(out / name), data=data, progress=quiet).summary
+    a, b = out / "a" / "model.pt", out / "b" / "model.pt"
+    curves = {}
+    for kind in ("bezier", "polychain"):
+        step(f"{kind} curve with 1 bend between a and b, {cfg.epochs} epochs")
+        fit_curve(a, b, out / kind, data=data, curve=kind, bends=1, epochs=cfg.epochs, device=str(device),
+                  resume=again(out / kind), progress=quiet)
+        ev_dir = out / f"{kind}-eval"
+        step(f"{kind}: curve and straight line at 61 points")
+        if (ev_dir / "curve.npz").exists():
+            curves[kind] = read_json(ev_dir / "summary.json")
+        else:
+            curves[kind] = evaluate_curve(out / kind / "model.pt", ev_dir, points=61, data=data, device=str(device)).summary
+        figures += draw_curve_figure(ev_dir)
+    step(f"plane through the Bezier curve, {args.grid}x{args.grid}")
+    loaded = load_curve(out / "bezier" / "model.pt", device)
+    import torch
+
+    with torch.no_grad():
+        W = loaded.curve.anchors().detach()
+        path = loaded.curve.points(torch.linspace(0, 1, 61, dtype=torch.float64, device=W.device))
+    evaluate_plane(loaded.model, [W[0], W[-1], W[1]], data, out / "plane", labels=["a", "b", "bend"], path=path,
+                   path_label="bezier curve", grid=args.grid, wd=cfg.wd, resume=again(out / "plane", "plane.npz"))
+    figures += draw_plane_figures(out / "plane")
+    step("SWA and continued SGD from endpoint a (constant rate 0.05, 10 epochs)")
+    swa = run_swa(None, out / "swa", from_ckpt=str(a), epochs=10, swa_lr=0.05, data=data, device=str(device),
+                  resume=again(out / "swa"), progress=quiet).summary
+    step("width report: SWA vs SGD along the line through them and 6 random rays each")
+    width = width_report(out / "swa" / "swa.pt", out / "swa" / "sgd.pt", out / "width", directions=6, steps=6,
+                         device=str(device), resume=again(out / "width", "rays.npz")).summary
+    figures += draw_rays_figures(out / "width")
+    step("FGE from endpoint b: 4 cycles of 2 epochs, rate 0.05 -> 0.0005")
+    fge = run_fge(None, out / "fge", from_ckpt=str(b), epochs=8, cycle=2, lr=0.05, lr_min=0.0005, data=data,
+                  device=str(device), resume=again(out / "fge"), progress=quiet).summary
+    step("done")
+
     print()
-    print(f"{'endpoint':<10}{'seed':>6}{'train loss':>12}{'train err %':>13}{'test nll':>10}{'test err %':>12}")
-    for name, seed, s in rows:
-        print(f"{name:<10}{seed:>6}{s['train_loss']:>12.4f}{s['train_error']:>13.2f}{s['test_nll']:>10.4f}{s['test_error']:>12.2f}")
+    print(f"{'path (a -> b)':<26}{'train-loss barrier':>20}{'test-err barrier':>18}{'max test err %':>16}{'length':>9}")
+    line = curves["bezier"]["line"]
+    rows = [("straight line", line), ("Bezier curve, 1 bend", curves["bezier"]["curve"]),
+            ("polygonal chain, 1 bend", curves["polychain"]["curve"])]
+    for name, p in rows:
+        print(f"{name:<26}{p['train_loss_barrier']:>20.4f}{p['test_error_barrier']:>18.2f}{p['test_error_max']:>16.2f}"
+              f"{p['length']:>9.2f}")
     print()
-    for name, _, _ in rows:
-        print(f"checkpoint: {args.out / name / 'model.pt'}")
+    widths = {c["label"]: c for c in width["centers"]}
+
+    def w(label: str) -> str:
+        v = widths[label]["median_width"]
+        return f"{v:>14.3f}" if v is not None else f"{'> ' + format(width['distance'], '.3g'):>14}"
+
+    print(f"{'model':<26}{'test err %':>12}{'test nll':>10}{'median width':>14}")
+    print(f"{'endpoint a':<26}{ends['a']['test_error']:>12.2f}{ends['a']['test_nll']:>10.4f}{'':>14}")
+    print(f"{'endpoint b':<26}{ends['b']['test_error']:>12.2f}{ends['b']['test_nll']:>10.4f}{'':>14}")
+    print(f"{'SGD (continued from a)':<26}{swa['sgd']['test_error']:>12.2f}{swa['sgd']['test_nll']:>10.4f}{w('SGD')}")
+    print(f"{'SWA (from a)':<26}{swa['swa']['test_error']:>12.2f}{swa['swa']['test_nll']:>10.4f}{w('SWA')}")
+    print(f"{'FGE members (mean)':<26}{fge['member_test_error_mean']:>12.2f}"
+          f"{np_mean([m['test_nll'] for m in fge['members']]):>10.4f}{'':>14}")
+    print(f"{'FGE ensemble (' + str(fge['ensemble']['members']) + ')':<26}{fge['ensemble']['test_error']:>12.2f}"
+          f"{fge['ensemble']['test_nll']:>10.4f}{'':>14}")
+    print()
+    print(f"width: distance along a random unit direction at which train loss rises by {width['rise']:g}")
+    print(f"total {time.perf_counter() - t0:.0f} s; figures:")
+    for f in figures:
+        print(f"  {f}")
     return 0
+
+
+def np_mean(values) -> float:
+    return sum(values) / max(len(values), 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -689,9 +769,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded digits data",
-                       description="Train two digits endpoints and print their test errors.")
+                       description="Two endpoints, a Bezier curve and a polygonal chain between them, curve and line "
+                                   "evaluation, a plane through the curve, SWA vs SGD and their widths, an FGE "
+                                   "ensemble; a table of the headline numbers. A rerun reuses finished steps.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default 30)")
+    p.add_argument("--grid", type=int, default=17, help="plane grid points per axis (default 17)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -30,7 +30,7 @@ from .plane import check_result_dir, load_result
 from .sweep import STORE, barrier, is_main, run_sweep
 from .weights import ParamSpace
 
-__all__ = ["NORMALIZATIONS", "RaysResult", "evaluate_rays", "side_widths"]
+__all__ = ["NORMALIZATIONS", "RaysResult", "evaluate_rays", "side_widths", "width_report"]
 
 NORMALIZATIONS = ("gaussian", "filter")
 
@@ -213,3 +213,17 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
                            "train_loss_max": float(np.max(arrays["line_train_loss"])),
                            "test_error_max": float(np.max(arrays["line_test_error"]))}
     return summary
+
+
+def width_report(swa: str | Path, sgd: str | Path, out: str | Path | None = None, *,
+                 data_overrides: dict[str, Any] | None = None, device: str = "auto", **kwargs: Any) -> RaysResult:
+    """The SWA paper's width figures (Izmailov et al. 2018, fig. 5) for two
+    checkpoints: the line through SGD and SWA extended both ways, and random
+    unit rays from each with the same directions. ``kwargs`` go to
+    :func:`evaluate_rays` (directions, distance, steps, normalize, rise, ...)."""
+    from .inputs import load_points
+
+    pts = load_points([swa, sgd], data_overrides=data_overrides, device=device)
+    kwargs.setdefault("wd", pts.wd)
+    return evaluate_rays(pts.model, pts.vectors, pts.data, out, labels=["SWA", "SGD"], paths=[str(swa), str(sgd)],
+                         line=True, **kwargs)

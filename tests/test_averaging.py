@@ -1,0 +1,181 @@
+"""SWA, FGE, snapshot ensembles, ensembles: schedules at their documented
+iterations, averages equal to independently computed means, resume."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from landscape.averaging import (
+    AverageConfig,
+    fge_learning_rate,
+    fge_snapshot_iteration,
+    run_fge,
+    run_snapshots,
+    run_swa,
+    snapshot_learning_rate,
+    swa_learning_rate,
+)
+from landscape.bn import reestimate_bn
+from landscape.checkpoint import load_checkpoint, load_model
+from landscape.data import load_dataset
+from landscape.ensemble import evaluate_ensemble
+from landscape.errors import UserError
+from landscape.metrics import ensemble_metrics
+from landscape.train import steps_per_epoch, train
+from landscape.weights import ParamSpace
+
+SMALL = {"width": 4}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_dataset("digits")
+    return dataclasses.replace(d, x_train=d.x_train[:400], y_train=d.y_train[:400])
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory, digits):
+    out = tmp_path_factory.mktemp("end") / "a"
+    train(out=out, data=digits, epochs=3, seed=1, progress=False, model_kwargs=SMALL)
+    return out / "model.pt"
+
+
+def test_fge_rate_hits_its_bounds_at_the_documented_iterations():
+    steps, cycle, hi, lo = 10, 4, 0.05, 0.0005
+    rates = [fge_learning_rate(hi, lo, cycle, e, it, steps) for e in range(8) for it in range(steps)]
+    per_cycle = cycle * steps
+    mid = fge_snapshot_iteration(cycle, steps)
+    assert mid == 20
+    for c in range(2):
+        block = rates[c * per_cycle:(c + 1) * per_cycle]
+        assert block[0] == pytest.approx(hi)  # a cycle starts at alpha_1
+        assert block[mid] == pytest.approx(lo)  # its middle iteration runs at alpha_2
+        assert min(block) == pytest.approx(lo) and max(block) == pytest.approx(hi)
+        assert all(a > b for a, b in zip(block[:mid], block[1:mid + 1]))  # down, linearly
+        assert all(a < b for a, b in zip(block[mid:-1], block[mid + 1:]))  # and up again
+        assert block[5] == pytest.approx(hi + (lo - hi) * 2 * 5 / per_cycle)
+
+
+def test_swa_rates():
+    cfg = AverageConfig(lr=0.1, swa_lr=0.01, swa_start=10, epochs=20, cycle=2, swa_schedule="cyclic", swa_lr_max=0.05)
+    steps = 5
+    # before swa_start: the SWA paper's schedule from lr down to swa_lr
+    assert swa_learning_rate(cfg, 0, 0, steps) == pytest.approx(0.1)
+    assert swa_learning_rate(cfg, 7, 0, steps) == pytest.approx(0.1 * (1 - 0.9 * (0.7 - 0.5) / 0.4))
+    assert swa_learning_rate(cfg, 9, 3, steps) == pytest.approx(0.01)
+    # cyclic: linear from alpha_1 to alpha_2 over 2 epochs x 5 iterations; last iteration at alpha_2
+    cycle = [swa_learning_rate(cfg, 10 + i // steps, i % steps, steps) for i in range(2 * steps)]
+    expected = [(1 - (i + 1) / 10) * 0.05 + (i + 1) / 10 * 0.01 for i in range(10)]
+    assert cycle == pytest.approx(expected)
+    assert cycle[-1] == pytest.approx(0.01)
+    assert swa_learning_rate(cfg, 12, 0, steps) == pytest.approx(expected[0])  # next cycle restarts
+    const = dataclasses.replace(cfg, swa_schedule="constant")
+    assert swa_learning_rate(const, 15, 2, steps) == 0.01
+
+
+def test_snapshot_rate_is_cosine_with_restarts():
+    steps, cycle, lr = 4, 3, 0.2
+    rates = [snapshot_learning_rate(lr, cycle, e, it, steps) for e in range(6) for it in range(steps)]
+    c = cycle * steps
+    assert rates[0] == pytest.approx(lr) and rates[c] == pytest.approx(lr)
+    assert rates[c // 2] == pytest.approx(lr / 2)
+    assert rates[c - 1] == pytest.approx(lr / 2 * (math.cos(math.pi * (c - 1) / c) + 1))
+
+
+def test_swa_average_equals_the_mean_of_the_collected_snapshots(tmp_path, digits, endpoint):
+    res = run_swa(None, tmp_path / "swa", from_ckpt=str(endpoint), epochs=4, swa_lr=0.05, cycle=1,
+                  keep_snapshots=True, data=digits, progress=False)
+    snaps = sorted((tmp_path / "swa").glob("snapshot-*.pt"))
+    assert [p.name for p in snaps] == [f"snapshot-{e:03d}.pt" for e in (1, 2, 3, 4)]
+    space = ParamSpace.of(res.model)
+    mean = torch.stack([space.flatten(load_checkpoint(p).state_dict).double() for p in snaps]).mean(0)
+    swa = load_model(tmp_path / "swa" / "swa.pt")
+    assert torch.allclose(space.flatten(swa).double(), mean, atol=1e-6)
+    # the last snapshot is the final SGD iterate, saved as sgd.pt
+    sgd = load_model(tmp_path / "swa" / "sgd.pt")
+    assert torch.equal(space.flatten(sgd), space.flatten(load_checkpoint(snaps[-1]).state_dict))
+    # batch norm of the average was recomputed on the training data
+    ref = load_model(tmp_path / "swa" / "swa.pt")
+    reestimate_bn(ref, digits.batches("train", 1000))
+    for (n, a), (_, b) in zip(swa.named_buffers(), ref.named_buffers()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), n
+    s = res.summary
+    assert s["averaged"] == 4 and {"swa", "sgd"} <= s.keys()
+
+
+def test_swa_averages_every_cycle_after_the_start(tmp_path, digits):
+    res = run_swa(None, tmp_path / "s", epochs=6, swa_start=2, cycle=2, swa_lr=0.02, model="convnet",
+                  model_kwargs=SMALL, data=digits, progress=False)
+    assert res.summary["averaged"] == 2  # after epochs 4 and 6
+    with pytest.raises(UserError, match="swa-start"):
+        run_swa(None, None, epochs=3, swa_start=3, model="convnet", data=digits, progress=False)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_swa_resume_is_exact(tmp_path, digits, endpoint):
+    kw = dict(from_ckpt=str(endpoint), epochs=4, swa_lr=0.05, data=digits, progress=False)
+    full = run_swa(None, tmp_path / "full", **kw)
+
+    def stop(epoch, record):
+        if epoch == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_swa(None, tmp_path / "cut", on_epoch_end=stop, **kw)
+    resumed = run_swa(None, tmp_path / "cut", resume=True, **kw)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_fge_snapshots_and_their_ensemble(tmp_path, digits, endpoint):
+    res = run_fge(None, tmp_path / "fge", from_ckpt=str(endpoint), epochs=4, cycle=2, lr=0.05, lr_min=0.001,
+                  data=digits, progress=False)
+    s = res.summary
+    snaps = sorted((tmp_path / "fge").glob("snapshot-*.pt"))
+    assert len(snaps) == 2 == s["ensemble"]["members"]
+    # the snapshot is taken after the iteration at the rate's minimum
+    steps = steps_per_epoch(400, 128)
+    assert load_checkpoint(snaps[0]).meta["iteration"] == fge_snapshot_iteration(2, steps) - steps
+    # the ensemble equals the mean of the snapshots' predicted probabilities, recomputed here
+    probs = []
+    for p in snaps:
+        net = load_model(p)
+        with torch.no_grad():
+            probs.append(torch.cat([torch.softmax(net(x), -1) for x, _ in digits.batches("test", 1000)]).numpy())
+    want = ensemble_metrics(np.stack(probs), digits.y_test.numpy())
+    assert s["ensemble"]["test_error"] == pytest.approx(want["error"])
+    assert s["ensemble"]["test_nll"] == pytest.approx(want["nll"], rel=1e-5)
+    with pytest.raises(UserError, match="--from"):
+        run_fge(None, None, epochs=2, data=digits, progress=False)
+
+
+def test_snapshot_ensemble_from_scratch(tmp_path, digits):
+    res = run_snapshots(None, tmp_path / "snap", epochs=4, cycle=2, lr=0.05, model="convnet", model_kwargs=SMALL,
+                        data=digits, progress=False)
+    assert res.summary["ensemble"]["members"] == 2
+    assert [m["epoch"] for m in res.summary["members"]] == [2, 4]
+
+
+def test_ensemble_of_checkpoints(tmp_path, digits, endpoint):
+    other = tmp_path / "b"
+    train(out=other, data=digits, epochs=3, seed=2, progress=False, model_kwargs=SMALL)
+    paths = [endpoint, other / "model.pt"]
+    s = evaluate_ensemble(paths, tmp_path / "ens", data_overrides={"dataset": "digits"}).summary
+    full = load_dataset("digits")  # the checkpoints' own data settings: the whole digits split
+    probs = []
+    for p in paths:
+        net = load_model(p)
+        with torch.no_grad():
+            probs.append(torch.cat([torch.softmax(net(x), -1) for x, _ in full.batches("test", 1000)]).numpy())
+    want = ensemble_metrics(np.stack(probs), full.y_test.numpy())
+    assert s["ensemble"]["test_error"] == pytest.approx(want["error"])
+    for m, p in zip(s["members"], probs):
+        assert m["test_error"] == pytest.approx(ensemble_metrics(p[None], full.y_test.numpy())["error"])
+    assert (tmp_path / "ens" / "summary.json").exists()
+    assert {"test_error", "test_nll", "train_loss"} <= s["weight_average"].keys()
