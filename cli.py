@@ -794,6 +794,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        return _run_command(args)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: wait for every rank, then close the group (a rank that
+    exits with it open can be aborted by gloo)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    try:
         return args.func(args)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

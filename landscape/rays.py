@@ -138,7 +138,10 @@ def evaluate_rays(
         line_length = float((cs[1] - cs[0]).double().norm())
         if line_length == 0:
             raise UserError("the two centres are identical: no line through them")
-        line_dist = np.linspace(-distance, line_length + distance, 4 * steps + 1)
+        # Samples that include both centres exactly: steps per side beyond them, 2 * steps between.
+        line_dist = np.unique(np.concatenate([np.linspace(-distance, 0, steps + 1),
+                                              np.linspace(0, line_length, 2 * steps + 1),
+                                              np.linspace(line_length, line_length + distance, steps + 1)]))
         blocks.append(line_coefficients(n_anchor, 0, 1, line_length, line_dist))
     coeffs = np.concatenate(blocks)
     if out is not None and is_main():

@@ -83,14 +83,20 @@ def stack_anchors(space: ParamSpace, states: Sequence[Mapping[str, torch.Tensor]
     return torch.stack([space.flatten(s, source=src) for s, src in zip(states, sources)])
 
 
-def gram_schmidt(vectors: torch.Tensor) -> torch.Tensor:
-    """Orthonormalise the rows of ``vectors`` (n, P) in float64; returns (n, P) float64."""
+def gram_schmidt(vectors: torch.Tensor, rtol: float = 1e-5) -> torch.Tensor:
+    """Orthonormalise the rows of ``vectors`` (n, P) in float64; returns (n, P) float64.
+
+    A row whose part orthogonal to the previous ones is below ``rtol`` times
+    its own norm is refused: with float32 weights, rounding alone leaves a
+    residue of about 1e-7 of the norm, which is no direction.
+    """
     basis: list[torch.Tensor] = []
     for v in vectors.double():
+        scale = v.norm()
         for b in basis:
             v = v - (v @ b) * b
         norm = v.norm()
-        if norm <= 1e-12:
+        if norm <= rtol * scale or norm == 0:
             raise UserError("the points are (nearly) collinear: cannot build an orthonormal basis")
         basis.append(v / norm)
     return torch.stack(basis)
