@@ -534,11 +534,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fit_curve(a, b, out / kind, data=data, curve=kind, bends=1, epochs=cfg.epochs, device=str(device),
                   resume=again(out / kind), progress=quiet)
         ev_dir = out / f"{kind}-eval"
-        step(f"{kind}: curve and straight line at 61 points")
+        step(f"{kind}: curve and straight line at {args.points} points")
         if (ev_dir / "curve.npz").exists():
             curves[kind] = read_json(ev_dir / "summary.json")
         else:
-            curves[kind] = evaluate_curve(out / kind / "model.pt", ev_dir, points=61, data=data, device=str(device)).summary
+            curves[kind] = evaluate_curve(out / kind / "model.pt", ev_dir, points=args.points, data=data,
+                                          device=str(device)).summary
         figures += draw_curve_figure(ev_dir)
     step(f"plane through the Bezier curve, {args.grid}x{args.grid}")
     loaded = load_curve(out / "bezier" / "model.pt", device)
@@ -553,8 +554,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     step("SWA and continued SGD from endpoint a (constant rate 0.05, 10 epochs)")
     swa = run_swa(None, out / "swa", from_ckpt=str(a), epochs=10, swa_lr=0.05, data=data, device=str(device),
                   resume=again(out / "swa"), progress=quiet).summary
-    step("width report: SWA vs SGD along the line through them and 6 random rays each")
-    width = width_report(out / "swa" / "swa.pt", out / "swa" / "sgd.pt", out / "width", directions=6, steps=6,
+    step(f"width report: SWA vs SGD along the line through them and {args.directions} random rays each")
+    width = width_report(out / "swa" / "swa.pt", out / "swa" / "sgd.pt", out / "width", directions=args.directions,
+                         steps=6,
                          device=str(device), resume=again(out / "width", "rays.npz")).summary
     figures += draw_rays_figures(out / "width")
     step("FGE from endpoint b: 4 cycles of 2 epochs, rate 0.05 -> 0.0005")
@@ -775,6 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
     p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default 30)")
     p.add_argument("--grid", type=int, default=17, help="plane grid points per axis (default 17)")
+    p.add_argument("--points", type=int, default=61, help="points along each curve and line (default 61)")
+    p.add_argument("--directions", type=int, default=6, help="random rays per centre in the width report (default 6)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -179,3 +179,23 @@ def test_curve_commands_reject_wrong_files(tmp_path, capsys):
     assert code == 2 and "not a curve" in _one_line_error(err)
     code, _, err = run(capsys, "plot", tmp_path)
     assert code == 2 and "no stored results" in _one_line_error(err)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
+    argv = ["demo", "--out", tmp_path / "demo", "--epochs", 3, "--grid", 4, "--points", 5, "--directions", 2, "--quiet"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    for needle in ("straight line", "Bezier curve, 1 bend", "polygonal chain, 1 bend", "SWA (from a)",
+                   "SGD (continued from a)", "FGE ensemble (4)", "median width"):
+        assert needle in out, needle
+    figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
+    assert len(figures) == 7 and all(Path(f).exists() for f in figures)
+    # Every number in the line row is the stored summary's.
+    line = json.loads((tmp_path / "demo" / "bezier-eval" / "summary.json").read_text())["line"]
+    assert f"{line['train_loss_barrier']:.4f}" in out
+    # A rerun reuses every finished step and prints the same table.
+    code, again, _ = run(capsys, *argv)
+    assert code == 0
+    table = lambda text: [l for l in text.splitlines() if not l.startswith("[") and "total" not in l]
+    assert table(again) == table(out)
