@@ -1,0 +1,354 @@
+"""SPRO and ESPRO (Benton et al. 2021): growing simplexes of low loss.
+
+Simplicial Pointwise Random Optimization adds vertices one at a time, the
+earlier ones frozen. Each new vertex starts at a fresh random initialisation
+of the network and is trained on
+
+    mean_s NLL(phi(b_s))  -  lambda_j * log V,     b_s ~ uniform on a simplex,
+
+with weight decay on the vertex (the optimiser's), V the total volume of the
+complex's simplexes (Cayley-Menger) and lambda_j = lambda / |log V_0|, V_0 the
+volume when the new vertex is at its random start — the paper's scaling,
+which makes one ``lambda`` fit complexes of any size.
+
+- Around one mode: the simplex {mode, v_1, .., v_k} (``grow_simplex``).
+- Joining modes: connectors c_1..c_m shared by the simplexes {mode_i, c_1..c_m}
+  (``connect_modes``).
+- ESPRO: several modes each grown into a simplex; the ensemble averages the
+  predictions of samples across the components (``espro``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape.checkpoint import Checkpoint, check_state_dict, load_checkpoint, save_checkpoint, write_json
+from landscape.data import Dataset
+from landscape.device import resolve_device, seed_everything
+from landscape.errors import UserError
+from landscape.evaluate import METRICS, evaluate_points, forward_points
+from landscape.inputs import data_settings, load_points
+from landscape.metrics import ensemble_metrics
+from landscape.models import create_model
+from landscape.train import Task, TrainConfig, prepare_run, run_training
+from landscape.weights import ParamSpace
+
+from .simplex import SimplicialComplex, face_grid
+
+__all__ = ["SimplexConfig", "SimplexResult", "grow_simplex", "connect_modes", "espro", "evaluate_simplex",
+           "load_simplex", "save_simplex"]
+
+
+@dataclass
+class SimplexConfig(TrainConfig):
+    """Settings of ``landscape simplex``; ``epochs`` is per added vertex."""
+
+    lam: float = 1.0
+    samples: int = 5
+    volume_weighted: bool = False
+    epochs: int = 10
+    lr: float = 0.05
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lam < 0:
+            raise UserError(f"--lam must be >= 0, got {self.lam}")
+        if self.samples < 1:
+            raise UserError(f"--samples must be at least 1, got {self.samples}")
+
+
+@dataclass
+class SimplexResult:
+    complex: SimplicialComplex
+    model: nn.Module
+    summary: dict[str, Any]
+    out: Path | None
+    data: Dataset | None = None
+
+
+# ---------------------------------------------------------------------------- files
+def save_simplex(path: Path, cx: SimplicialComplex, template: nn.Module, spec: dict, **extra: Any) -> Path:
+    info = dict(cx.describe(), names=list(cx.space.names), anchors=cx.anchors().detach().cpu().clone())
+    return save_checkpoint(path, template.state_dict(), spec, kind="simplex", simplex=info, **extra)
+
+
+def load_simplex(path: str | Path, device="cpu") -> tuple[SimplicialComplex, nn.Module, Checkpoint]:
+    """Read a simplex checkpoint: the complex (all anchors fixed) and its template network."""
+    ck = load_checkpoint(path)
+    info = ck.extra.get("simplex")
+    if ck.kind != "simplex" or not isinstance(info, dict):
+        raise UserError(f"{ck.path}: a '{ck.kind}' checkpoint, not a simplex; make one with 'landscape simplex'")
+    kwargs = dict(ck.model["kwargs"])
+    kwargs["input_shape"] = tuple(kwargs["input_shape"])
+    template = create_model(ck.model["name"], **kwargs)
+    check_state_dict(template, ck.state_dict, str(ck.path), f"model '{ck.model['name']}'")
+    template.load_state_dict(ck.state_dict)
+    space = ParamSpace.of(template)
+    if list(info["names"]) != list(space.names):
+        raise UserError(f"{ck.path}: the simplex's parameter names do not match its model")
+    cx = SimplicialComplex(space, info["anchors"], None, info["simplexes"], info["labels"])
+    device = resolve_device(device)
+    return cx.to(device), template.to(device).eval(), ck
+
+
+# ---------------------------------------------------------------------------- one phase
+def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: list[str],
+                  simplexes: list[tuple[int, ...]], cfg: SimplexConfig, data: Dataset, out: Path | None,
+                  resume: bool, progress, seed: int) -> torch.Tensor:
+    """Train one new vertex (index len(fixed)) against the frozen ones; returns its (P,) vector."""
+    space = ParamSpace.of(template)
+    start_epoch, state, metrics = prepare_run(out, cfg, resume)
+    if start_epoch == -1:
+        cx, _, _ = load_simplex(out / "model.pt", data.device)
+        return cx.anchors()[-1].detach()
+    torch.manual_seed(seed)
+    fresh = create_model(spec["name"], **{**spec["kwargs"], "input_shape": tuple(spec["kwargs"]["input_shape"])})
+    init = space.flatten(fresh).to(device=data.device, dtype=fixed.dtype)[None]
+    cx = SimplicialComplex(space, fixed, init, simplexes, labels).to(data.device)
+    with torch.no_grad():
+        v0 = float(cx.volumes().sum())
+    log_v0 = abs(np.log(v0)) if v0 > 0 else 1.0
+    weight = cfg.lam / max(log_v0, 1.0)
+    buffers = {n: b.detach() for n, b in template.named_buffers()}
+    k = cfg.samples
+
+    def loss(x, y):
+        template.train()
+        coeffs = cx.sample(k, volume_weighted=cfg.volume_weighted).to(fixed.dtype)  # (K, A)
+        points = coeffs @ cx.anchors()  # (K, P)
+        batched = {n: b.unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in buffers.items()}
+        logits = forward_points(template, space.unflatten(points), batched, x)  # (K, B, classes)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(k))
+        if weight > 0:
+            nll = nll - weight * torch.log(cx.volumes().sum().clamp(min=1e-300)).float()
+        return nll, logits
+
+    def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
+        extra["meta"] = dict(extra["meta"], volume_weight=weight)
+        save_simplex(path, cx, template, spec, **extra)
+
+    def restore(ck: Checkpoint) -> None:
+        with torch.no_grad():
+            cx.free.copy_(ck.extra["simplex"]["anchors"][-1:].to(cx.free))
+
+    def finish() -> dict[str, Any]:
+        with torch.no_grad():
+            return {"volume": float(cx.volumes().sum()), "volume_weight": weight, "vertex": labels[-1]}
+
+    task = Task(module=cx, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
+                weight_decay=cfg.wd, spec=spec, command="simplex", kind="simplex")
+    run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics, progress=progress)
+    return cx.anchors()[-1].detach()
+
+
+def _config(config: SimplexConfig | None, first: str | Path, overrides: dict[str, Any]) -> SimplexConfig:
+    base = asdict(config) if config is not None else {}
+    given = {f.name for f in fields(SimplexConfig)} & set(overrides)
+    inherited = {k: v for k, v in data_settings(load_checkpoint(first)).items() if k not in given and k not in base}
+    cfg = SimplexConfig(**{**inherited, **base, **overrides})
+    cfg.validate()
+    return cfg
+
+
+def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Dataset, cfg: SimplexConfig,
+            out: Path | None, eval_samples: int, face_resolution: int, extra_summary: dict) -> SimplexResult:
+    ev = evaluate_simplex(cx, template, data, out, samples=eval_samples, face_resolution=face_resolution,
+                          wd=cfg.wd, seed=cfg.seed)
+    summary = {**ev["summary"], **extra_summary, "config": cfg.to_json()}
+    if out is not None:
+        save_simplex(out / "model.pt", cx, template, spec, meta={"train_config": cfg.to_json(),
+                                                                  "dataset": data.describe()})
+        write_json(out / "summary.json", summary)
+    return SimplexResult(complex=cx, model=template, summary=summary, out=out, data=data)
+
+
+def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: int = 3,
+                 config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
+                 eval_samples: int = 32, face_resolution: int = 10, **overrides: Any) -> SimplexResult:
+    """SPRO around one mode: the simplex {mode, v_1, .., v_(vertices-1)}, vertices
+    added one at a time (each trained ``epochs`` epochs, the earlier frozen)."""
+    if vertices < 2:
+        raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
+    cfg = _config(config, base, overrides)
+    out = Path(out) if out is not None else None
+    pts = load_points([base], data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size",
+                                                                          "data_seed")}, device=cfg.device)
+    template, data = pts.model, pts.data
+    spec = _spec(base, template, data)
+    anchors = [pts.vectors[0]]
+    labels = ["mode"]
+    for j in range(1, vertices):
+        labels.append(f"v{j}")
+        phase = out / f"vertex-{j}" if out is not None else None
+        new = _train_vertex(template, spec, torch.stack(anchors), labels, [tuple(range(j + 1))], cfg, data, phase,
+                            resume, progress, seed=cfg.seed * 1000 + j)
+        anchors.append(new)
+    cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, [tuple(range(vertices))], labels)
+    return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
+                   {"kind": "simplex", "base": str(base), "lam": cfg.lam})
+
+
+def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *, connectors: int = 2,
+                  config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
+                  eval_samples: int = 32, face_resolution: int = 10, **overrides: Any) -> SimplexResult:
+    """SPRO joining fixed modes through shared connectors: simplexes
+    {mode_i, c_1, .., c_m}, connectors added one at a time."""
+    if len(modes) < 2 or connectors < 1:
+        raise UserError("a complex needs two or more --modes and at least one connector")
+    cfg = _config(config, modes[0], overrides)
+    out = Path(out) if out is not None else None
+    pts = load_points(list(modes), data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path",
+                                                                               "val_size", "data_seed")},
+                      device=cfg.device)
+    template, data = pts.model, pts.data
+    spec = _spec(modes[0], template, data)
+    m = len(modes)
+    anchors = list(pts.vectors)
+    labels = [f"mode {i + 1}" for i in range(m)]
+    for j in range(1, connectors + 1):
+        labels.append(f"c{j}")
+        simplexes = [(i, *range(m, m + j)) for i in range(m)]
+        phase = out / f"connector-{j}" if out is not None else None
+        anchors.append(_train_vertex(template, spec, torch.stack(anchors), labels, simplexes, cfg, data, phase,
+                                     resume, progress, seed=cfg.seed * 1000 + j))
+    simplexes = [(i, *range(m, m + connectors)) for i in range(m)]
+    cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, simplexes, labels)
+    # The straight segment between the first two modes, for comparison.
+    t = torch.linspace(0, 1, 21, dtype=torch.float64)
+    line = torch.zeros(21, cx.num_anchors, dtype=torch.float64)
+    line[:, 0], line[:, 1] = 1 - t, t
+    lm = evaluate_points(template, cx.anchors(), line, data, wd=cfg.wd)
+    tl = lm["train_loss"]
+    line_summary = {"train_loss_max": float(tl.max()), "train_loss_barrier": float(tl.max() - (tl[0] + tl[-1]) / 2),
+                    "test_error_max": float(lm["test_error"].max())}
+    return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
+                   {"kind": "complex", "modes": [str(p) for p in modes], "lam": cfg.lam, "line": line_summary})
+
+
+def _spec(path, template: nn.Module, data: Dataset) -> dict:
+    ck = load_checkpoint(path)
+    if ck.model is not None:
+        return {"name": ck.model["name"], "kwargs": dict(ck.model["kwargs"])}
+    raise UserError(f"{path}: simplexes need landscape checkpoints (with their architecture)")
+
+
+# ---------------------------------------------------------------------------- evaluation
+def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, out: Path | None = None, *,
+                     samples: int = 32, face_resolution: int = 10, wd: float = 0.0, seed: int = 0,
+                     batch_size: int = 1000) -> dict[str, Any]:
+    """Metrics at the vertices, each simplex's barycentre and ``samples``
+    uniform samples (batch norm re-estimated at each), the ensemble of the
+    samples, and a triangular grid over the face of the first simplex's first
+    three vertices. Writes ``simplex.npz`` and returns {"summary", "arrays"}."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        W = cx.anchors().detach()
+        vols = cx.volumes()
+        n_a, n_s = cx.num_anchors, len(cx.simplexes)
+        sample_c = cx.sample(samples, gen)
+        rows = [torch.eye(n_a, dtype=torch.float64, device=W.device), cx.barycentres(), sample_c]
+        face_c = None
+        first = cx.simplexes[0]
+        if len(first) >= 3:
+            fb = face_grid(face_resolution).to(W.device)
+            face_c = torch.zeros(fb.shape[0], n_a, dtype=torch.float64, device=W.device)
+            face_c[:, list(first[:3])] = fb
+            rows.append(face_c)
+        coeffs = torch.cat(rows)
+    res = evaluate_points(template, W, coeffs, data, wd=wd, batch_size=batch_size, return_probs=True)
+    sl_v, sl_b = slice(0, n_a), slice(n_a, n_a + n_s)
+    sl_s = slice(n_a + n_s, n_a + n_s + samples)
+    labels_y = data.y_test.cpu().numpy()
+    ens = ensemble_metrics(res["probs"][sl_s], labels_y)
+    summary = {
+        "volume": float(vols.sum()),
+        "volumes": [float(v) for v in vols],
+        "vertices": [dict(label=lab, **{m: float(res[m][i]) for m in METRICS}) for i, lab in enumerate(cx.labels)],
+        "barycentres": [{m: float(res[m][n_a + j]) for m in METRICS} for j in range(n_s)],
+        "samples": samples,
+        "test_error_mean": float(res["test_error"][sl_s].mean()),
+        "test_error_max": float(res["test_error"][sl_s].max()),
+        "test_nll_mean": float(res["test_nll"][sl_s].mean()),
+        "train_loss_mean": float(res["train_loss"][sl_s].mean()),
+        "train_loss_max": float(res["train_loss"][sl_s].max()),
+        "ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "members": samples},
+        "simplexes": [list(s) for s in cx.simplexes],
+        "labels": cx.labels,
+        "face_labels": [cx.labels[i] for i in first[:3]] if face_c is not None else None,
+        "eval_split": data.eval_split,
+        "synthetic": data.synthetic,
+        "dataset": data.describe(),
+        "notes": "batch norm re-estimated at every point; samples: a simplex chosen uniformly, then Dirichlet(1) "
+                 "weights; ensemble: averaged predicted probabilities of the samples",
+    }
+    arrays = {"sample_coefficients": sample_c.cpu().numpy()}
+    for m in METRICS:
+        arrays[f"vertex_{m}"] = res[m][sl_v]
+        arrays[f"sample_{m}"] = res[m][sl_s]
+    if face_c is not None:
+        off = n_a + n_s + samples
+        arrays["face_barycentric"] = face_grid(face_resolution).numpy()
+        for m in METRICS:
+            arrays[f"face_{m}"] = res[m][off:]
+    if out is not None:
+        from landscape.checkpoint import atomic_save
+
+        atomic_save(lambda tmp: np.savez(open(tmp, "wb"), **arrays), Path(out) / "simplex.npz")
+        write_json(Path(out) / "simplex_summary.json", summary)
+    return {"summary": summary, "arrays": arrays, "probs": res["probs"][sl_s]}
+
+
+def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertices: int = 3,
+          config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
+          eval_samples: int = 16, face_resolution: int = 10, **overrides: Any) -> dict[str, Any]:
+    """ESPRO: grow a simplex around each mode, then ensemble samples across the
+    components; test error and NLL against the number of samples per component."""
+    if len(bases) < 2:
+        raise UserError("ESPRO needs two or more --base checkpoints")
+    out = Path(out) if out is not None else None
+    comps, probs = [], []
+    for i, b in enumerate(bases):
+        r = grow_simplex(b, out / f"component-{i + 1}" if out is not None else None, vertices=vertices,
+                         config=config, resume=resume, progress=progress, eval_samples=eval_samples,
+                         face_resolution=face_resolution, **overrides)
+        comps.append(r)
+        gen = torch.Generator().manual_seed(1000 + i)
+        c = r.complex.sample(eval_samples, gen)
+        res = evaluate_points(r.model, r.complex.anchors().detach(), c, r.data, wd=r.summary["config"]["wd"],
+                              return_probs=True)
+        probs.append(res["probs"])  # (S, M, classes)
+    data = comps[0].data
+    labels = data.y_test.cpu().numpy()
+    stacked = np.stack(probs)  # (components, S, M, classes)
+    curve = []
+    for s in range(1, eval_samples + 1):
+        m = ensemble_metrics(stacked[:, :s].reshape(-1, *stacked.shape[2:]), labels)
+        curve.append({"samples_per_component": s, "members": len(bases) * s, "test_error": m["error"],
+                      "test_nll": m["nll"]})
+    modes = [c.summary["vertices"][0] for c in comps]
+    summary = {
+        "components": len(bases),
+        "vertices": vertices,
+        "ensemble": curve,
+        "ensemble_test_error": curve[-1]["test_error"],
+        "ensemble_test_nll": curve[-1]["test_nll"],
+        "modes": [{"path": str(b), "test_error": m["test_error"], "test_nll": m["test_nll"]}
+                  for b, m in zip(bases, modes)],
+        "component_volumes": [c.summary["volume"] for c in comps],
+        "eval_split": data.eval_split,
+        "synthetic": data.synthetic,
+        "notes": "modes evaluated with batch norm re-estimated, like every sampled point",
+    }
+    if out is not None:
+        write_json(out / "summary.json", summary)
+        write_json(out / "config.json", {"command": "simplex", "espro": True, "bases": [str(b) for b in bases],
+                                         "vertices": vertices, "eval_samples": eval_samples})
+    return summary
+
