@@ -381,8 +381,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         from plots.rays import draw_rays_figures
 
         written = draw_rays_figures(d, formats)
+    elif (d / "simplex.npz").exists():
+        from plots.simplex import draw_simplex_figure
+
+        written = draw_simplex_figure(d, formats)
     else:
-        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz or rays.npz)")
+        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz or simplex.npz)")
     for f in written:
         print(f"figure: {f}")
     return 0
@@ -486,6 +490,52 @@ def cmd_width(args: argparse.Namespace) -> int:
     if not is_main():
         return 0
     return _report_rays(args)
+
+
+def cmd_simplex(args: argparse.Namespace) -> int:
+    from curves.spro import connect_modes, espro, grow_simplex
+    from plots.simplex import draw_simplex_figure
+
+    if bool(args.base) == bool(args.modes):
+        raise UserError("give --base A.pt [B.pt ...] (simplexes around modes) or --modes A.pt B.pt (a complex)")
+    o = dict(_data_overrides(args), lam=args.lam, samples=args.samples, volume_weighted=args.volume_weighted,
+             epochs=args.epochs, lr=args.lr, momentum=args.momentum, wd=args.wd, batch_size=args.batch_size,
+             schedule=args.schedule, seed=args.seed, save_every=args.save_every, device=args.device, amp=args.amp)
+    common = dict(resume=args.resume, progress=_progress(args), eval_samples=args.eval_samples,
+                  face_resolution=args.face_grid)
+    if args.base and len(args.base) > 1:
+        s = espro(args.base, args.out, vertices=args.vertices, **common, **o)
+        figures = [f for i in range(len(args.base)) for f in draw_simplex_figure(args.out / f"component-{i + 1}")]
+        split = s.get("eval_split", "test")
+        print(f"ESPRO: {s['components']} simplexes of {s['vertices']} vertices")
+        print(f"{'':<28}{f'{split} err %':>12}{f'{split} nll':>10}")
+        for i, m in enumerate(s["modes"]):
+            print(f"{'mode ' + str(i + 1):<28}{m['test_error']:>12.2f}{m['test_nll']:>10.4f}")
+        for row in s["ensemble"]:
+            if row["samples_per_component"] in (1, 2, 4, 8, 16, 32, 64) or row is s["ensemble"][-1]:
+                name = f"ensemble, {row['samples_per_component']} per simplex"
+                print(f"{name:<28}{row['test_error']:>12.2f}{row['test_nll']:>10.4f}")
+    else:
+        if args.base:
+            r = grow_simplex(args.base[0], args.out, vertices=args.vertices, **common, **o)
+        else:
+            r = connect_modes(args.modes, args.out, connectors=args.connectors, **common, **o)
+        s = r.summary
+        figures = draw_simplex_figure(args.out)
+        split = s.get("eval_split", "test")
+        print(f"{s['kind']}: {len(s['labels'])} vertices, {len(s['simplexes'])} simplex(es), volume {s['volume']:.4g}")
+        print(f"{'point':<16}{'train loss':>12}{f'{split} err %':>12}")
+        for v in s["vertices"]:
+            print(f"{v['label']:<16}{v['train_loss']:>12.4f}{v['test_error']:>12.2f}")
+        print(f"{s['samples']} samples: {split} error mean {s['test_error_mean']:.2f}%, max {s['test_error_max']:.2f}%; "
+              f"train loss max {s['train_loss_max']:.4f}; ensemble {split} error {s['ensemble']['test_error']:.2f}%, "
+              f"nll {s['ensemble']['test_nll']:.4f}")
+        if "line" in s:
+            print(f"straight line between the first two modes: train-loss barrier {s['line']['train_loss_barrier']:.4f}, "
+                  f"max train loss {s['line']['train_loss_max']:.4f}")
+    for f in figures:
+        print(f"figure: {f}")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -764,6 +814,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
     p.set_defaults(func=cmd_width)
+
+    p = sub.add_parser("simplex", help="simplexes of low loss around modes or joining them (SPRO / ESPRO)",
+                       description="Grow a simplex around a mode, a complex joining modes through shared "
+                                   "connectors, or (several --base) an ESPRO ensemble (Benton et al. 2021).")
+    g = p.add_argument_group("simplex")
+    g.add_argument("--base", type=Path, nargs="+", metavar="A.pt", help="mode(s) to grow simplexes around")
+    g.add_argument("--modes", type=Path, nargs="+", metavar="A.pt", help="modes to join through connectors")
+    g.add_argument("--vertices", type=int, default=3, help="vertices of each simplex around a mode, the mode included")
+    g.add_argument("--connectors", type=int, default=2, help="shared connecting vertices of a complex")
+    g.add_argument("--lam", type=float, default=1.0, help="volume regularisation lambda (scaled by 1/|log V0|)")
+    g.add_argument("--samples", type=int, default=5, help="points sampled from the simplex per minibatch")
+    g.add_argument("--volume-weighted", action="store_true", help="choose simplexes in proportion to volume")
+    g.add_argument("--eval-samples", type=int, default=32, help="uniform samples evaluated at the end")
+    g.add_argument("--face-grid", type=int, default=10, help="resolution of the face figure's triangular grid")
+    add_data_args(p, inherit=True)
+    add_optim_args(p, epochs=10)
+    add_run_args(p)
+    p.set_defaults(func=cmd_simplex)
 
     p = sub.add_parser("plot", help="redraw the figures of a result folder from its stored files")
     p.add_argument("result_dir", type=Path, metavar="RESULT_DIR")

@@ -1,0 +1,75 @@
+"""Figure of a simplex face: train loss and test error over the triangle of
+three vertices (Benton et al. 2021, fig. 1 style), drawn from ``simplex.npz``
+and ``simplex_summary.json`` alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.tri as mtri
+import numpy as np
+
+from landscape.checkpoint import read_json
+
+from .plane import LogOffsetNorm, clip_values, log_levels
+from .style import new_figure, save_figure
+
+__all__ = ["face_xy", "plot_face", "draw_simplex_figure"]
+
+CORNERS = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
+
+
+def face_xy(barycentric: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates (N, 3) -> points (N, 2) of an equilateral triangle."""
+    return np.asarray(barycentric) @ CORNERS
+
+
+def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: float | None = None,
+              log_alpha: float = -5.0, label: str = ""):
+    """Filled contours of ``values`` over the face, log-spaced levels as for
+    planes, vertices marked and labelled. Returns ``ax``."""
+    xy = face_xy(barycentric)
+    tri = mtri.Triangulation(xy[:, 0], xy[:, 1])
+    clipped = clip_values(np.asarray(values, dtype=float), vmax)
+    finite = clipped[np.isfinite(clipped)]
+    if finite.size and np.ptp(finite) > np.exp(log_alpha):
+        levels = log_levels(clipped, None, log_alpha)
+        norm = LogOffsetNorm(levels[0], levels[-2], log_alpha)
+        cs = ax.tricontourf(tri, clipped, levels=levels, cmap="jet_r", norm=norm, alpha=0.8)
+        ax.tricontour(tri, clipped, levels=levels[:-1], cmap="jet_r", norm=norm, linewidths=1.5)
+        bar = ax.figure.colorbar(cs, ax=ax, shrink=0.8, ticks=levels[:-1])
+        names = [f"{v:.2g}" for v in levels[:-1]]
+        names[-1] = f"> {names[-1]}" if np.nanmax(np.asarray(values, dtype=float)) > levels[-2] else names[-1]
+        bar.ax.set_yticklabels(names)
+        bar.set_label(label)
+    else:
+        ax.tricontourf(tri, clipped, cmap="jet_r")
+    ax.plot(*np.vstack([CORNERS, CORNERS[:1]]).T, color="black", lw=1)
+    for (x, y), name in zip(CORNERS, labels):
+        ax.scatter([x], [y], s=70, color="black", edgecolor="white", zorder=5)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 8 if y > 0 else -16), ha="center")
+    ax.set_aspect("equal")
+    ax.set_xlim(-0.08, 1.08)
+    ax.set_ylim(-0.12, np.sqrt(3) / 2 + 0.12)
+    ax.set_axis_off()
+    ax.set_title(label, pad=14)
+    return ax
+
+
+def draw_simplex_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Write ``simplex_face.<fmt>`` (train loss and test error over the face)."""
+    result_dir = Path(result_dir)
+    with np.load(result_dir / "simplex.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    summary = read_json(result_dir / "simplex_summary.json")
+    if "face_barycentric" not in arrays:
+        return []
+    fig, (a, b) = new_figure(1, 2, width=10.0, height=4.2)
+    split = summary.get("eval_split", "test")
+    labels = summary.get("face_labels") or ["v0", "v1", "v2"]
+    plot_face(a, arrays["face_barycentric"], arrays["face_train_loss"], labels, vmax=5.0, label="train loss")
+    plot_face(b, arrays["face_barycentric"], arrays["face_test_error"], labels, vmax=50.0, log_alpha=-1.0,
+              label=f"{split} error (%)")
+    if summary.get("synthetic"):
+        fig.suptitle("synthetic data — benchmark only", color="gray")
+    return save_figure(fig, result_dir / "simplex_face", formats)
