@@ -114,8 +114,8 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
     cx = SimplicialComplex(space, fixed, init, simplexes, labels).to(data.device)
     with torch.no_grad():
         v0 = float(cx.volumes().sum())
-    log_v0 = abs(np.log(v0)) if v0 > 0 else 1.0
-    weight = cfg.lam / max(log_v0, 1.0)
+    log_v0 = abs(float(np.log(v0))) if v0 > 0 else 1.0
+    weight = float(cfg.lam / max(log_v0, 1.0))
     buffers = {n: b.detach() for n, b in template.named_buffers()}
     k = cfg.samples
 

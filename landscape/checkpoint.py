@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -176,15 +177,21 @@ def save_checkpoint(
         "kind": kind,
         "model": {"name": str(model["name"]), "kwargs": dict(model.get("kwargs", {}))},
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-        "meta": dict(meta or {}),
+        "meta": _to_cpu(dict(meta or {})),
     }
     obj.update(_to_cpu(extra))
     return atomic_save(lambda tmp: torch.save(obj, tmp), path)
 
 
 def _to_cpu(obj: Any) -> Any:
+    """Tensors to the CPU; numpy scalars and arrays to Python values and tensors,
+    which ``weights_only`` loading accepts."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -1,0 +1,148 @@
+"""Simplexes: volumes against known values, uniform sampling, frozen vertices,
+shared connectors, SPRO on digits."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from curves.simplex import SimplicialComplex, cayley_menger_volume, face_grid, sample_barycentric
+from curves.spro import connect_modes, grow_simplex, load_simplex
+from landscape.checkpoint import load_checkpoint
+from landscape.data import load_dataset
+from landscape.errors import UserError
+from landscape.train import train
+from landscape.weights import ParamSpace
+
+
+def test_cayley_menger_volume_of_known_simplexes():
+    # unit right triangle in 3-D (embedded in a larger space): area 1/2
+    tri = torch.zeros(3, 7, dtype=torch.float64)
+    tri[1, 0], tri[2, 1] = 1.0, 1.0
+    assert float(cayley_menger_volume(tri)) == pytest.approx(0.5, rel=1e-12)
+    # segment: its length
+    seg = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]], dtype=torch.float64)
+    assert float(cayley_menger_volume(seg)) == pytest.approx(5.0, rel=1e-12)
+    # corner tetrahedron with edges a, b, c: abc / 6; translated and rotated it stays the same
+    tet = torch.zeros(4, 5, dtype=torch.float64)
+    tet[1, 0], tet[2, 1], tet[3, 2] = 2.0, 3.0, 5.0
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    moved = tet @ q.T + torch.randn(5, dtype=torch.float64)
+    assert float(cayley_menger_volume(moved)) == pytest.approx(2 * 3 * 5 / 6, rel=1e-9)
+    # regular triangle with side s: sqrt(3)/4 s^2; and the Gram-determinant formula agrees in high dimension
+    s = 2.0
+    eq = torch.tensor([[0, 0], [s, 0], [s / 2, s * math.sqrt(3) / 2]], dtype=torch.float64)
+    assert float(cayley_menger_volume(eq)) == pytest.approx(math.sqrt(3) / 4 * s * s, rel=1e-12)
+    v = torch.randn(4, 10_000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    e = v[1:] - v[0]
+    gram_volume = math.sqrt(float(torch.linalg.det(e @ e.T))) / math.factorial(3)
+    assert float(cayley_menger_volume(v)) == pytest.approx(gram_volume, rel=1e-6)
+    # degenerate: three collinear points
+    col = torch.tensor([[0.0, 0], [1, 1], [2, 2]], dtype=torch.float64)
+    assert float(cayley_menger_volume(col)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_barycentric_samples_are_in_the_simplex_and_uniform():
+    b = sample_barycentric(20_000, 3, torch.Generator().manual_seed(0))
+    assert torch.all(b >= 0) and torch.allclose(b.sum(1), torch.ones(len(b), dtype=b.dtype))
+    # Dirichlet(1,1,1): each marginal is Beta(1, 2), CDF 1 - (1 - x)^2
+    for j in range(3):
+        p = stats.kstest(b[:, j].numpy(), lambda x: 1 - (1 - x) ** 2).pvalue
+        assert p > 1e-3
+    # uniform over the triangle: equal counts in the 4 sub-triangles of the midpoint subdivision
+    corner = (b > 0.5).any(dim=1)
+    which = torch.where(corner, b.argmax(1), torch.full_like(b.argmax(1), 3))
+    counts = torch.bincount(which, minlength=4).numpy()
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_face_grid_covers_the_triangle():
+    g = face_grid(4)
+    assert g.shape == (15, 3) and torch.allclose(g.sum(1), torch.ones(15, dtype=g.dtype))
+    assert {tuple(r) for r in g.tolist()} >= {(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)}
+
+
+def _space(p=6):
+    return ParamSpace(names=("w",), shapes=((p,),))
+
+
+def test_complex_shares_connectors_and_samples_its_simplexes():
+    space = _space()
+    modes = torch.randn(2, 6)
+    conn = torch.randn(2, 6)
+    cx = SimplicialComplex(space, modes, conn, [(0, 2, 3), (1, 2, 3)])
+    assert cx.num_anchors == 4 and torch.equal(cx.anchors()[2:], conn)
+    c = cx.sample(400, torch.Generator().manual_seed(0))
+    # every sample lies in one simplex: never both modes, always weights summing to 1
+    assert torch.all((c[:, 0] > 0) ^ (c[:, 1] > 0))
+    assert torch.allclose(c.sum(1), torch.ones(400, dtype=c.dtype))
+    # the connectors take part in every sample; both simplexes are chosen about equally
+    assert torch.all(c[:, 2] > 0) and torch.all(c[:, 3] > 0)
+    assert 150 < int((c[:, 0] > 0).sum()) < 250
+    # moving a connector changes both simplexes' volumes (it is shared)
+    before = cx.volumes().clone()
+    with torch.no_grad():
+        cx.free[0] += 5.0
+    after = cx.volumes()
+    assert torch.all(after != before)
+    assert torch.allclose(cx.barycentres()[0], torch.tensor([1 / 3, 0, 1 / 3, 1 / 3], dtype=torch.float64))
+    with pytest.raises(UserError):
+        SimplicialComplex(space, modes, conn, [(0, 0, 3)])
+
+
+def test_volume_weighted_sampling_prefers_the_larger_simplex():
+    space = _space(2)
+    anchors = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    cx = SimplicialComplex(space, anchors, None, [(0, 1, 2), (0, 2, 3)])  # areas 5 and 0.5
+    c = cx.sample(2000, torch.Generator().manual_seed(0), volume_weighted=True)
+    share = float((c[:, 1] > 0).float().mean())
+    assert share == pytest.approx(5 / 5.5, abs=0.03)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_dataset("digits")
+    return d
+
+
+@pytest.fixture(scope="module")
+def modes(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("modes")
+    for seed in (1, 2):
+        train(out=root / str(seed), data=digits, epochs=6, seed=seed, progress=False, model_kwargs={"width": 8})
+    return root / "1" / "model.pt", root / "2" / "model.pt"
+
+
+@pytest.mark.slow
+def test_spro_grows_a_low_loss_simplex_and_freezes_earlier_vertices(tmp_path, modes):
+    a, _ = modes
+    r = grow_simplex(a, tmp_path / "sx", vertices=3, lam=1.0, epochs=3, eval_samples=8, face_resolution=4,
+                     progress=False)
+    s = r.summary
+    space = ParamSpace.of(r.model)
+    mode_vec = space.flatten(load_checkpoint(a).state_dict)
+    anchors = r.complex.anchors()
+    assert torch.equal(anchors[0].cpu(), mode_vec)  # the mode never moves
+    # the first added vertex was frozen while the second trained
+    v1_after_phase1 = load_simplex(tmp_path / "sx" / "vertex-1" / "model.pt")[0].anchors()[1]
+    assert torch.equal(anchors[1].cpu(), v1_after_phase1.cpu())
+    assert s["volume"] > 0 and s["samples"] == 8
+    assert s["test_error_mean"] <= s["test_error_max"]
+    assert abs(s["test_error_mean"] - s["vertices"][0]["test_error"]) < 10
+    assert (tmp_path / "sx" / "simplex.npz").exists() and (tmp_path / "sx" / "model.pt").exists()
+    assert torch.load(tmp_path / "sx" / "model.pt", weights_only=True)["kind"] == "simplex"
+
+
+@pytest.mark.slow
+def test_complex_between_two_modes_stays_below_the_line_barrier(tmp_path, modes):
+    r = connect_modes(list(modes), tmp_path / "cx", connectors=1, lam=0.1, epochs=4, eval_samples=8,
+                      face_resolution=4, progress=False)
+    s = r.summary
+    assert s["kind"] == "complex" and s["simplexes"] == [[0, 2], [1, 2]]
+    assert s["train_loss_max"] < s["line"]["train_loss_max"]
+    space = ParamSpace.of(r.model)
+    for i, path in enumerate(modes):
+        assert torch.equal(r.complex.anchors()[i].cpu(), space.flatten(load_checkpoint(path).state_dict))
