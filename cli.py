@@ -499,6 +499,7 @@ def cmd_simplex(args: argparse.Namespace) -> int:
     if bool(args.base) == bool(args.modes):
         raise UserError("give --base A.pt [B.pt ...] (simplexes around modes) or --modes A.pt B.pt (a complex)")
     o = dict(_data_overrides(args), lam=args.lam, samples=args.samples, volume_weighted=args.volume_weighted,
+             init=args.init, init_scale=args.init_scale,
              epochs=args.epochs, lr=args.lr, momentum=args.momentum, wd=args.wd, batch_size=args.batch_size,
              schedule=args.schedule, seed=args.seed, save_every=args.save_every, device=args.device, amp=args.amp)
     common = dict(resume=args.resume, progress=_progress(args), eval_samples=args.eval_samples,
@@ -823,13 +824,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--modes", type=Path, nargs="+", metavar="A.pt", help="modes to join through connectors")
     g.add_argument("--vertices", type=int, default=3, help="vertices of each simplex around a mode, the mode included")
     g.add_argument("--connectors", type=int, default=2, help="shared connecting vertices of a complex")
-    g.add_argument("--lam", type=float, default=1.0, help="volume regularisation lambda (scaled by 1/|log V0|)")
+    g.add_argument("--lam", type=float, default=0.1, help="volume regularisation lambda (scaled by 1/|log V0|; default 0.1)")
     g.add_argument("--samples", type=int, default=5, help="points sampled from the simplex per minibatch")
     g.add_argument("--volume-weighted", action="store_true", help="choose simplexes in proportion to volume")
+    g.add_argument("--init", default="centre",
+                   help="start of a new vertex: centre (the frozen vertices' centroid, moved by --init-scale of its "
+                        "norm along a random direction; default) or random (a fresh network, as in the paper)")
+    g.add_argument("--init-scale", type=float, default=0.05, help="see --init (default 0.05)")
     g.add_argument("--eval-samples", type=int, default=32, help="uniform samples evaluated at the end")
     g.add_argument("--face-grid", type=int, default=10, help="resolution of the face figure's triangular grid")
     add_data_args(p, inherit=True)
-    add_optim_args(p, epochs=10)
+    add_optim_args(p, epochs=10, lr=0.01)
     add_run_args(p)
     p.set_defaults(func=cmd_simplex)
 

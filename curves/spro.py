@@ -2,7 +2,9 @@
 
 Simplicial Pointwise Random Optimization adds vertices one at a time, the
 earlier ones frozen. Each new vertex starts at a fresh random initialisation
-of the network and is trained on
+of the network (the paper's; ``init="centre"``: at the frozen vertices'
+centroid moved by ``init_scale`` of its norm along a random direction) and
+is trained on
 
     mean_s NLL(phi(b_s))  -  lambda_j * log V,     b_s ~ uniform on a simplex,
 
@@ -50,11 +52,13 @@ __all__ = ["SimplexConfig", "SimplexResult", "grow_simplex", "connect_modes", "e
 class SimplexConfig(TrainConfig):
     """Settings of ``landscape simplex``; ``epochs`` is per added vertex."""
 
-    lam: float = 1.0
+    lam: float = 0.1
     samples: int = 5
     volume_weighted: bool = False
+    init: str = "centre"
+    init_scale: float = 0.05
     epochs: int = 10
-    lr: float = 0.05
+    lr: float = 0.01
 
     def validate(self) -> None:
         super().validate()
@@ -62,6 +66,8 @@ class SimplexConfig(TrainConfig):
             raise UserError(f"--lam must be >= 0, got {self.lam}")
         if self.samples < 1:
             raise UserError(f"--samples must be at least 1, got {self.samples}")
+        if self.init not in ("random", "centre"):
+            raise UserError(f"unknown --init {self.init!r}; choose random or centre")
 
 
 @dataclass
@@ -111,6 +117,12 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
     torch.manual_seed(seed)
     fresh = create_model(spec["name"], **{**spec["kwargs"], "input_shape": tuple(spec["kwargs"]["input_shape"])})
     init = space.flatten(fresh).to(device=data.device, dtype=fixed.dtype)[None]
+    if cfg.init == "centre":
+        # The centroid of the frozen vertices, moved along a random direction by
+        # init_scale times the centroid's norm.
+        centre = fixed.mean(dim=0, keepdim=True)
+        direction = torch.randn(init.shape, generator=torch.Generator().manual_seed(seed), dtype=init.dtype)
+        init = centre + cfg.init_scale * centre.norm() * direction.to(init.device) / direction.norm()
     cx = SimplicialComplex(space, fixed, init, simplexes, labels).to(data.device)
     with torch.no_grad():
         v0 = float(cx.volumes().sum())
