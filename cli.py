@@ -244,11 +244,11 @@ def _sweep_device(spec: str):
 
 
 def _marks(paths, model, space, device):
-    from landscape.checkpoint import check_state_dict, load_checkpoint
+    from landscape.checkpoint import check_state_dict, load_checkpoint, require_network
 
     vectors, labels = [], []
     for path in paths or []:
-        ck = load_checkpoint(path)
+        ck = require_network(load_checkpoint(path))
         check_state_dict(model, ck.state_dict, str(ck.path), "the plane's model")
         vectors.append(space.flatten(ck.state_dict, source=str(path)).to(device))
         labels.append(Path(path).parent.name if Path(path).stem == "model" else Path(path).stem)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape.checkpoint import Checkpoint, check_state_dict, load_checkpoint, save_checkpoint
+from landscape.checkpoint import Checkpoint, check_state_dict, load_checkpoint, require_network, save_checkpoint
 from landscape.data import Dataset
 from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
@@ -141,7 +141,7 @@ def fit_curve(
     curve and the straight line evaluated at t = 0, 1/2, 1) and per-epoch
     metrics.
     """
-    start_ckpt, end_ckpt = load_checkpoint(start), load_checkpoint(end)
+    start_ckpt, end_ckpt = require_network(load_checkpoint(start)), require_network(load_checkpoint(end))
     given = {f.name for f in fields(ConnectConfig)} & set(overrides)
     base = asdict(config) if config is not None else {}
     inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bn import reestimate_bn
-from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, save_checkpoint
+from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, require_network,
+                         save_checkpoint)
 from .data import Dataset
 from .device import resolve_device, seed_everything
 from .errors import UserError
@@ -158,7 +159,7 @@ def predict_probs(model: nn.Module, data: Dataset, split: str = "test", batch_si
 def _start_model(cfg: AverageConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
     """The network to continue from (``from_ckpt``) or a fresh one (from scratch)."""
     if cfg.from_ckpt:
-        ckpt = load_checkpoint(cfg.from_ckpt)
+        ckpt = require_network(load_checkpoint(cfg.from_ckpt))
         if ckpt.model is not None:
             spec = {"name": ckpt.model["name"], "kwargs": dict(ckpt.model["kwargs"])}
             model = load_model(ckpt)

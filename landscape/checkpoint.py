@@ -51,6 +51,7 @@ __all__ = [
     "strip_prefixes",
     "check_state_dict",
     "load_model",
+    "require_network",
 ]
 
 FORMAT = "landscape/1"
@@ -253,6 +254,15 @@ def _core_message(msg: str) -> str:
         if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
             return lines[i + 1][:200]
     return (lines[0] if lines else "unreadable")[:200]
+
+
+def require_network(ckpt: Checkpoint) -> Checkpoint:
+    """Refuse a checkpoint that holds more than one network (a curve, a simplex)
+    where a single network is expected; returns ``ckpt``."""
+    if ckpt.kind in ("curve", "simplex"):
+        raise UserError(f"{ckpt.path}: a {ckpt.kind} checkpoint, where one network is expected "
+                        f"(give a checkpoint written by train, swa, fge or snapshots)")
+    return ckpt
 
 
 def _is_state_dict(obj: Any) -> bool:

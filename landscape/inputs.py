@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model
+from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network
 from .data import Dataset
 from .device import resolve_device
 from .errors import UserError
@@ -58,7 +58,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     if not paths:
         raise UserError("no checkpoints given")
     device = resolve_device(device)
-    ckpts = [load_checkpoint(p) for p in paths]
+    ckpts = [require_network(load_checkpoint(p)) for p in paths]
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}
     data = resolve_data(stored, data_overrides, device)

@@ -199,3 +199,21 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     assert code == 0
     table = lambda text: [l for l in text.splitlines() if not l.startswith("[") and "total" not in l]
     assert table(again) == table(out)
+
+
+def test_multi_network_checkpoints_are_refused_where_one_network_is_expected(tmp_path, capsys):
+    from curves.base import create_curve
+    from curves.fit import save_curve
+    from landscape.models import create_model
+    from landscape.weights import ParamSpace
+
+    net = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4)
+    space = ParamSpace.of(net)
+    vec = space.flatten(net)
+    spec = {"name": "convnet", "kwargs": {"num_classes": 10, "input_shape": [1, 8, 8], "width": 4}}
+    save_curve(tmp_path / "curve.pt", create_curve("bezier", space, vec, vec + 1), net, spec)
+    for argv in (["ensemble", tmp_path / "curve.pt"],
+                 ["rays", "--center", tmp_path / "curve.pt", "--out", tmp_path / "r"],
+                 ["connect", "--start", tmp_path / "curve.pt", "--end", tmp_path / "curve.pt", "--out", tmp_path / "c"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "a curve checkpoint, where one network is expected" in _one_line_error(err)
