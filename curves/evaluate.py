@@ -18,7 +18,7 @@ from landscape.checkpoint import atomic_save, write_json
 from landscape.data import Dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
-from landscape.evaluate import METRICS, evaluate_points
+from landscape.evaluate import METRICS, evaluate_points, precision_amp
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.inputs import resolve_data
 
@@ -44,6 +44,7 @@ def evaluate_curve(
     batch_size: int = 1000,
     bn_batches: int | None = None,
     points_per_pass: int | None = None,
+    precision: str = "fp32",
     device: str = "auto",
     progress: bool = False,
     argv: Sequence[str] | None = None,
@@ -58,7 +59,10 @@ def evaluate_curve(
     arc-length-weighted mean and the barrier (max minus the mean of the two
     ends); the ensemble of the points' predictions (test error and NLL).
     ``wd`` and the data default to the settings the curve was fitted with.
+    ``precision="bf16"`` evaluates under bf16 autocast (about 2x faster on
+    CPUs with bf16 units; metrics within about 1 % of fp32).
     """
+    amp = precision_amp(precision)
     device = resolve_device(device)
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device)
     if points < 2:
@@ -80,7 +84,7 @@ def evaluate_curve(
     # Both paths in one engine call: they share the passes over the data.
     res = evaluate_points(model, W, torch.cat([curve_coeffs, line_coeffs]), data, wd=wd, batch_size=batch_size,
                           bn_batches=bn_batches, points_per_pass=points_per_pass, return_probs=True,
-                          progress=progress)
+                          progress=progress, amp=amp)
     n = points
     arrays: dict[str, np.ndarray] = {"t": t.cpu().numpy()}
     for key in METRICS:
@@ -122,7 +126,7 @@ def evaluate_curve(
         write_json(out_path / "config.json", {
             "command": "curve", "argv": list(argv) if argv is not None else None,
             "checkpoint": summary["checkpoint"], "points": n, "wd": wd, "batch_size": batch_size,
-            "bn_batches": bn_batches, "device": str(device), "dataset": data.describe(),
+            "bn_batches": bn_batches, "precision": precision, "device": str(device), "dataset": data.describe(),
         })
         atomic_save(lambda tmp: np.savez(open(tmp, "wb"), **arrays), out_path / "curve.npz")
         write_json(out_path / "summary.json", summary)

@@ -23,7 +23,7 @@ from .bn import bn_collecting, bn_modules, reestimate_bn
 from .errors import UserError
 from .weights import ParamSpace, stack_anchors
 
-__all__ = ["METRICS", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
+__all__ = ["METRICS", "PRECISIONS", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
            "choose_points_per_pass", "forward_points"]
 
 
@@ -59,6 +59,17 @@ def evaluate_model(
     if n == 0:
         return {"nll": float("nan"), "error": float("nan"), "n": 0}
     return {"nll": nll.item() / n, "error": 100.0 * wrong.item() / n, "n": n}
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def precision_amp(precision: str) -> bool:
+    """Whether ``precision`` asks for bf16 autocast (batch-norm statistics and
+    sums stay in fp32); a ``UserError`` for an unknown name."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    return precision == "bf16"
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from .checkpoint import atomic_save, write_json
 from .errors import UserError
 from .evaluate import METRICS
 from .geometry import plane_basis, plane_coefficients, plane_grid, project
+from .evaluate import precision_amp as _bf16
 from .sweep import STORE, barrier, is_main, run_sweep
 from .weights import ParamSpace
 
@@ -72,6 +73,7 @@ def evaluate_plane(
     batch_size: int = 1000,
     bn_batches: int | None = None,
     points_per_pass: int | None = None,
+    precision: str = "fp32",
     resume: bool = False,
     progress: bool = False,
     config: dict[str, Any] | None = None,
@@ -87,6 +89,7 @@ def evaluate_plane(
     sweep is resumable (``resume=True``) and the result is written there.
     """
     out = Path(out) if out is not None else None
+    _bf16(precision)  # an unknown precision fails before anything is written
     if len(points) != 3:
         raise UserError(f"a plane needs exactly three points, got {len(points)}")
     if out is not None:
@@ -113,11 +116,12 @@ def evaluate_plane(
     if out is not None and is_main():
         write_json(out / "config.json", dict(config or {}, command="plane", grid=grid, margin=margin,
                                              xrange=list(x[[0, -1]]), yrange=list(y[[0, -1]]), wd=wd,
-                                             batch_size=batch_size, bn_batches=bn_batches,
+                                             batch_size=batch_size, bn_batches=bn_batches, precision=precision,
                                              dataset=data.describe()))
     values = run_sweep(model, W, coeffs, data, store=out / STORE if out is not None else None, resume=resume,
                        settings={"kind": "plane", "dataset": data.describe()}, wd=wd, batch_size=batch_size,
-                       bn_batches=bn_batches, points_per_pass=points_per_pass, progress=progress)
+                       bn_batches=bn_batches, points_per_pass=points_per_pass, progress=progress,
+                       amp=_bf16(precision))
     g2 = grid * grid
     arrays: dict[str, np.ndarray] = {"x": x, "y": y, "anchor_xy": anchor_xy}
     if len(path_xy):

@@ -27,6 +27,7 @@ from .errors import UserError
 from .evaluate import METRICS
 from .geometry import filter_normalize, line_coefficients, random_directions, ray_coefficients
 from .plane import check_result_dir, load_result
+from .evaluate import precision_amp as _bf16
 from .sweep import STORE, barrier, is_main, run_sweep
 from .weights import ParamSpace
 
@@ -93,6 +94,7 @@ def evaluate_rays(
     batch_size: int = 1000,
     bn_batches: int | None = None,
     points_per_pass: int | None = None,
+    precision: str = "fp32",
     resume: bool = False,
     progress: bool = False,
     config: dict[str, Any] | None = None,
@@ -103,6 +105,7 @@ def evaluate_rays(
     sides. ``distance`` defaults to half the first centre's norm (gaussian) or
     1 (filter). Returns per-ray profiles, widths and asymmetries."""
     out = Path(out) if out is not None else None
+    _bf16(precision)  # an unknown precision fails before anything is written
     if normalize not in NORMALIZATIONS:
         raise UserError(f"unknown normalisation {normalize!r}; choose one of: {', '.join(NORMALIZATIONS)}")
     if directions < 1 or steps < 1:
@@ -148,10 +151,11 @@ def evaluate_rays(
         write_json(out / "config.json", dict(config or {}, command="rays", directions=directions,
                                              distance=distance, steps=steps, normalize=normalize, line=line,
                                              rise=rise, seed=seed, wd=wd, batch_size=batch_size,
-                                             bn_batches=bn_batches, dataset=data.describe()))
+                                             bn_batches=bn_batches, precision=precision, dataset=data.describe()))
     values = run_sweep(model, W, coeffs, data, store=out / STORE if out is not None else None, resume=resume,
                        settings={"kind": "rays", "dataset": data.describe()}, wd=wd, batch_size=batch_size,
-                       bn_batches=bn_batches, points_per_pass=points_per_pass, progress=progress)
+                       bn_batches=bn_batches, points_per_pass=points_per_pass, progress=progress,
+                       amp=_bf16(precision))
 
     s = len(dist_grid)
     per = directions * s

@@ -104,6 +104,7 @@ def run_sweep(
     bn_batches: int | None = None,
     points_per_pass: int | None = None,
     strategy: str = "auto",
+    amp: bool = False,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Evaluate every point of ``coefficients @ anchors``; returns per-point metric arrays (N,).
@@ -116,7 +117,7 @@ def run_sweep(
     n = coefficients.shape[0]
     rank, world = rank_and_world()
     key = fingerprint(anchors, coefficients,
-                      dict(settings or {}, wd=wd, batch_size=batch_size, bn_batches=bn_batches))
+                      dict(settings or {}, wd=wd, batch_size=batch_size, bn_batches=bn_batches, amp=amp))
     done = np.zeros(n, dtype=bool)
     values = {m: np.full(n, np.nan) for m in METRICS}
     if store is not None and store.exists():
@@ -141,7 +142,8 @@ def run_sweep(
             result = {}
             if len(mine):
                 result = evaluate_points(model, anchors, coefficients[mine], data, wd=wd, batch_size=batch_size,
-                                         bn_batches=bn_batches, points_per_pass=len(mine), strategy=strategy)
+                                         bn_batches=bn_batches, points_per_pass=len(mine), strategy=strategy,
+                                         amp=amp)
             gathered = [(mine, result)]
             if world > 1:
                 gathered = [None] * world
