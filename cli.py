@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -468,8 +469,6 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     result = evaluate_ensemble(args.checkpoints, args.out, model=args.model, model_kwargs=dict(args.model_kwargs),
                                data_overrides=_data_overrides(args), device=args.device, batch_size=args.batch_size)
     s = result.summary
-    for m in s["members"]:
-        m["label"] = m["label"]
     _print_ensemble(s)
     w = s["weight_average"]
     print(f"{'weight average':<16}{w['test_error']:>12.2f}{w['test_nll']:>10.4f}   (batch norm re-estimated)")
@@ -642,7 +641,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{'SGD (continued from a)':<26}{swa['sgd']['test_error']:>12.2f}{swa['sgd']['test_nll']:>10.4f}{w('SGD')}")
     print(f"{'SWA (from a)':<26}{swa['swa']['test_error']:>12.2f}{swa['swa']['test_nll']:>10.4f}{w('SWA')}")
     print(f"{'FGE members (mean)':<26}{fge['member_test_error_mean']:>12.2f}"
-          f"{np_mean([m['test_nll'] for m in fge['members']]):>10.4f}{'':>14}")
+          f"{statistics.fmean(m['test_nll'] for m in fge['members']):>10.4f}{'':>14}")
     print(f"{'FGE ensemble (' + str(fge['ensemble']['members']) + ')':<26}{fge['ensemble']['test_error']:>12.2f}"
           f"{fge['ensemble']['test_nll']:>10.4f}{'':>14}")
     print()
@@ -651,10 +650,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for f in figures:
         print(f"  {f}")
     return 0
-
-
-def np_mean(values) -> float:
-    return sum(values) / max(len(values), 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ which makes one ``lambda`` fit complexes of any size.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,7 +33,7 @@ from torch import nn
 
 from landscape.checkpoint import Checkpoint, check_state_dict, load_checkpoint, save_checkpoint, write_json
 from landscape.data import Dataset
-from landscape.device import resolve_device, seed_everything
+from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points, forward_points
 from landscape.inputs import data_settings, load_points
@@ -275,7 +275,7 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
             rows.append(face_c)
         coeffs = torch.cat(rows)
     res = evaluate_points(template, W, coeffs, data, wd=wd, batch_size=batch_size, return_probs=True)
-    sl_v, sl_b = slice(0, n_a), slice(n_a, n_a + n_s)
+    sl_v = slice(0, n_a)
     sl_s = slice(n_a + n_s, n_a + n_s + samples)
     labels_y = data.y_test.cpu().numpy()
     ens = ensemble_metrics(res["probs"][sl_s], labels_y)
