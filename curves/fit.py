@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape.checkpoint import Checkpoint, check_state_dict, load_checkpoint, require_network, save_checkpoint
+from landscape.checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, require_network,
+                                  save_checkpoint)
 from landscape.data import Dataset
 from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, forward_points
 from landscape.inputs import data_settings
-from landscape.models import create_model
+from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
 from landscape.weights import ParamSpace
 
@@ -100,21 +101,14 @@ def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data
     if start.model is not None:
         spec = {"name": start.model["name"], "kwargs": dict(start.model["kwargs"])}
     else:
-        kwargs = dict(cfg.model_kwargs, num_classes=data.num_classes, input_shape=list(data.input_shape))
-        spec = {"name": cfg.model, "kwargs": kwargs}
-    kwargs = dict(spec["kwargs"])
-    kwargs["input_shape"] = tuple(kwargs["input_shape"])
-    model = create_model(spec["name"], **kwargs)
+        spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
+    model = from_spec(spec)
     name = f"model '{spec['name']}' of {start.path}"
     check_state_dict(model, start.state_dict, str(start.path), name)
     check_state_dict(model, end.state_dict, str(end.path), name)
     if end.model is not None and start.model is not None and end.model["name"] != start.model["name"]:
         raise UserError(f"{start.path} holds a '{start.model['name']}' but {end.path} a '{end.model['name']}'")
-    if tuple(kwargs["input_shape"]) != tuple(data.input_shape) or kwargs["num_classes"] != data.num_classes:
-        raise UserError(
-            f"{start.path} was built for input {tuple(kwargs['input_shape'])} and {kwargs['num_classes']} classes, "
-            f"but dataset '{data.name}' has {tuple(data.input_shape)} and {data.num_classes}"
-        )
+    check_spec_fits(spec, data.num_classes, data.input_shape, start.path, f"dataset '{data.name}'")
     model.load_state_dict(start.state_dict)
     return model, spec
 
@@ -256,11 +250,7 @@ def load_curve(path: str | Path, device: str | torch.device = "cpu") -> LoadedCu
     ckpt = load_checkpoint(path)
     if ckpt.kind != "curve":
         raise UserError(f"{ckpt.path}: a '{ckpt.kind}' checkpoint, not a curve; make one with 'landscape connect'")
-    kwargs = dict(ckpt.model["kwargs"])
-    kwargs["input_shape"] = tuple(kwargs["input_shape"])
-    template = create_model(ckpt.model["name"], **kwargs)
-    check_state_dict(template, ckpt.state_dict, str(ckpt.path), f"model '{ckpt.model['name']}'")
-    template.load_state_dict(ckpt.state_dict)
+    template = load_model(ckpt)
     space = ParamSpace.of(template)
     anchors = _stored_anchors(ckpt, space)
     info = ckpt.extra["curve"]

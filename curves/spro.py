@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape.checkpoint import Checkpoint, check_state_dict, load_checkpoint, save_checkpoint, write_json
+from landscape.checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint, write_json
 from landscape.data import Dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points, forward_points
 from landscape.inputs import data_settings, load_points
 from landscape.metrics import ensemble_metrics
-from landscape.models import create_model
+from landscape.models import from_spec
 from landscape.train import Task, TrainConfig, prepare_run, run_training
 from landscape.weights import ParamSpace
 
@@ -91,11 +91,7 @@ def load_simplex(path: str | Path, device="cpu") -> tuple[SimplicialComplex, nn.
     info = ck.extra.get("simplex")
     if ck.kind != "simplex" or not isinstance(info, dict):
         raise UserError(f"{ck.path}: a '{ck.kind}' checkpoint, not a simplex; make one with 'landscape simplex'")
-    kwargs = dict(ck.model["kwargs"])
-    kwargs["input_shape"] = tuple(kwargs["input_shape"])
-    template = create_model(ck.model["name"], **kwargs)
-    check_state_dict(template, ck.state_dict, str(ck.path), f"model '{ck.model['name']}'")
-    template.load_state_dict(ck.state_dict)
+    template = load_model(ck)
     space = ParamSpace.of(template)
     if list(info["names"]) != list(space.names):
         raise UserError(f"{ck.path}: the simplex's parameter names do not match its model")
@@ -115,7 +111,7 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
         cx, _, _ = load_simplex(out / "model.pt", data.device)
         return cx.anchors()[-1].detach()
     torch.manual_seed(seed)
-    fresh = create_model(spec["name"], **{**spec["kwargs"], "input_shape": tuple(spec["kwargs"]["input_shape"])})
+    fresh = from_spec(spec)
     init = space.flatten(fresh).to(device=data.device, dtype=fixed.dtype)[None]
     if cfg.init == "centre":
         # The centroid of the frozen vertices, moved along a random direction by

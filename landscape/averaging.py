@@ -38,7 +38,7 @@ from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
 from .inputs import data_settings
 from .metrics import ensemble_metrics
-from .models import create_model
+from .models import check_spec_fits, from_spec, model_spec
 from .train import Task, TrainConfig, load_data, prepare_run, run_training
 from .weights import ParamSpace
 
@@ -164,20 +164,14 @@ def _start_model(cfg: AverageConfig, data: Dataset) -> tuple[nn.Module, dict[str
             spec = {"name": ckpt.model["name"], "kwargs": dict(ckpt.model["kwargs"])}
             model = load_model(ckpt)
         else:
-            spec = {"name": cfg.model, "kwargs": dict(cfg.model_kwargs, num_classes=data.num_classes,
-                                                      input_shape=list(data.input_shape))}
+            spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
             model = load_model(ckpt, cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
                                **cfg.model_kwargs)
-        shape = tuple(spec["kwargs"]["input_shape"])
-        if shape != tuple(data.input_shape) or spec["kwargs"]["num_classes"] != data.num_classes:
-            raise UserError(f"{ckpt.path} was built for input {shape} and {spec['kwargs']['num_classes']} classes, "
-                            f"but dataset '{data.name}' has {tuple(data.input_shape)} and {data.num_classes}")
+        check_spec_fits(spec, data.num_classes, data.input_shape, ckpt.path, f"dataset '{data.name}'")
         return model, spec
     seed_everything(cfg.seed)
-    spec = {"name": cfg.model, "kwargs": dict(cfg.model_kwargs, num_classes=data.num_classes,
-                                              input_shape=list(data.input_shape))}
-    return create_model(cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                        **cfg.model_kwargs), spec
+    spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
+    return from_spec(spec), spec
 
 
 def _config(method: str, config, overrides) -> AverageConfig:

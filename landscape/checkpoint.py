@@ -346,7 +346,7 @@ def load_model(
     ``input_shape`` (and any model kwargs). The model is returned on the CPU
     in eval mode.
     """
-    from .models import create_model  # local: models import nothing from here
+    from .models import create_model, from_spec  # local: models import nothing from here
 
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else load_checkpoint(path_or_ckpt)
     if isinstance(model, nn.Module):
@@ -362,9 +362,7 @@ def load_model(
             model_kwargs = kwargs
         net, name = create_model(model, num_classes=num_classes, input_shape=tuple(input_shape), **model_kwargs), model
     elif ckpt.model is not None:
-        kwargs = dict(ckpt.model["kwargs"])
-        kwargs["input_shape"] = tuple(kwargs["input_shape"])
-        net, name = create_model(ckpt.model["name"], **kwargs), ckpt.model["name"]
+        net, name = from_spec(ckpt.model), ckpt.model["name"]
     else:
         raise UserError(f"{ckpt.path}: foreign checkpoint without architecture; name it with --model")
     check_state_dict(net, ckpt.state_dict, str(ckpt.path), f"model '{name}'")

@@ -43,7 +43,7 @@ from .data import Dataset, load_dataset
 from .device import resolve_device, seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
-from .models import create_model
+from .models import create_model, model_spec
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
            "prepare_run", "run_training", "steps_per_epoch", "train"]
@@ -151,10 +151,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
-    kwargs = dict(cfg.model_kwargs)
-    kwargs["num_classes"] = data.num_classes
-    kwargs["input_shape"] = list(data.input_shape)
-    return {"name": cfg.model, "kwargs": kwargs}
+    return model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
 
 
 def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> None:

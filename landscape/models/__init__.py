@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import UserError
 from . import preresnet, simple, vgg, wide_resnet
 
-__all__ = ["MODELS", "register_model", "list_models", "create_model"]
+__all__ = ["MODELS", "register_model", "list_models", "create_model", "model_spec", "from_spec", "check_spec_fits"]
 
 Factory = Callable[..., nn.Module]
 
@@ -89,6 +89,27 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
     if not isinstance(model, nn.Module):
         raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def model_spec(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs: object) -> dict:
+    """``{"name", "kwargs"}`` as checkpoints store it: enough for :func:`from_spec`."""
+    return {"name": name, "kwargs": {**kwargs, "num_classes": num_classes, "input_shape": list(input_shape)}}
+
+
+def from_spec(spec: dict) -> nn.Module:
+    """Build the network a checkpoint's ``{"name", "kwargs"}`` entry describes."""
+    kwargs = dict(spec["kwargs"])
+    kwargs["input_shape"] = tuple(kwargs["input_shape"])
+    return create_model(spec["name"], **kwargs)
+
+
+def check_spec_fits(spec: dict, num_classes: int, input_shape: tuple[int, ...], source: object,
+                    dataset: str = "the dataset") -> None:
+    """:class:`UserError` when a stored network was built for other data."""
+    shape, classes = tuple(spec["kwargs"]["input_shape"]), spec["kwargs"]["num_classes"]
+    if shape != tuple(input_shape) or classes != num_classes:
+        raise UserError(f"{source} was built for input {shape} and {classes} classes, but {dataset} has "
+                        f"{tuple(input_shape)} and {num_classes}")
 
 
 def _check_input_shape(name: str, input_shape: object) -> tuple[int, ...]:
