@@ -19,8 +19,9 @@ from landscape.data import Dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points, precision_amp
-from landscape.metrics import ensemble_metrics, path_stats
+from landscape.geometry import line_coefficients
 from landscape.inputs import resolve_data
+from landscape.metrics import ensemble_metrics, path_stats
 
 from .fit import LoadedCurve, load_curve
 
@@ -76,8 +77,9 @@ def evaluate_curve(
     with torch.no_grad():
         W = crv.anchors().detach()  # (A, P)
         curve_coeffs = crv.coefficients(t)  # (N, A)
-        line_coeffs = torch.zeros_like(curve_coeffs)
-        line_coeffs[:, 0], line_coeffs[:, -1] = 1 - t, t
+        n_anchors = W.shape[0]
+        line_coeffs = torch.as_tensor(line_coefficients(n_anchors, 0, n_anchors - 1, 1.0, t.cpu().numpy()),
+                                      device=W.device)
         speed_curve = crv.speed(t).double().cpu().numpy()
         line_length = float((W[-1] - W[0]).double().norm())
         curve_length = float(crv.length())

@@ -33,12 +33,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape.checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, require_network,
-                                  save_checkpoint)
+from landscape.checkpoint import (
+    Checkpoint,
+    check_state_dict,
+    load_checkpoint,
+    load_model,
+    require_network,
+    save_checkpoint,
+)
 from landscape.data import Dataset
 from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, forward_points
+from landscape.geometry import line_coefficients
 from landscape.inputs import data_settings
 from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
@@ -197,7 +204,8 @@ def _fit_summary(curve: Curve, template: nn.Module, data: Dataset, cfg: ConnectC
     with torch.no_grad():
         t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, device=data.device)
         W = curve.anchors().detach()
-        coeffs = torch.cat([curve.coefficients(t), torch.stack([1 - t, t], 1) @ _line_selector(W.shape[0], t.device)])
+        line = line_coefficients(W.shape[0], 0, W.shape[0] - 1, 1.0, t.cpu().numpy())
+        coeffs = torch.cat([curve.coefficients(t), torch.as_tensor(line, device=t.device)])
         m = evaluate_points(template, W, coeffs, data, wd=cfg.wd)
         length = float(curve.length())
         line_length = float((W[-1] - W[0]).double().norm())
@@ -215,13 +223,6 @@ def _fit_summary(curve: Curve, template: nn.Module, data: Dataset, cfg: ConnectC
         "notes": "the curve and the line between its endpoints at t = 0, 1/2, 1; batch norm re-estimated; "
                  "run 'landscape curve' for the full evaluation",
     }
-
-
-def _line_selector(num_anchors: int, device) -> torch.Tensor:
-    """(2, A) matrix picking the first and last anchors: line coefficients -> curve anchors."""
-    sel = torch.zeros(2, num_anchors, dtype=torch.float64, device=device)
-    sel[0, 0] = sel[1, -1] = 1.0
-    return sel
 
 
 # ---------------------------------------------------------------------------- files

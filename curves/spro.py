@@ -31,13 +31,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape.checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint, write_json
+from landscape.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    write_json,
+)
 from landscape.data import Dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points, forward_points
+from landscape.geometry import line_coefficients
 from landscape.inputs import data_settings, load_points
-from landscape.metrics import ensemble_metrics
+from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec
 from landscape.train import Task, TrainConfig, prepare_run, run_training
 from landscape.weights import ParamSpace
@@ -229,12 +236,9 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     simplexes = [(i, *range(m, m + connectors)) for i in range(m)]
     cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, simplexes, labels)
     # The straight segment between the first two modes, for comparison.
-    t = torch.linspace(0, 1, 21, dtype=torch.float64)
-    line = torch.zeros(21, cx.num_anchors, dtype=torch.float64)
-    line[:, 0], line[:, 1] = 1 - t, t
+    line = line_coefficients(cx.num_anchors, 0, 1, 1.0, np.linspace(0, 1, 21))
     lm = evaluate_points(template, cx.anchors(), line, data, wd=cfg.wd)
-    tl = lm["train_loss"]
-    line_summary = {"train_loss_max": float(tl.max()), "train_loss_barrier": float(tl.max() - (tl[0] + tl[-1]) / 2),
+    line_summary = {"train_loss_max": float(lm["train_loss"].max()), "train_loss_barrier": barrier(lm["train_loss"]),
                     "test_error_max": float(lm["test_error"].max())}
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
                    {"kind": "complex", "modes": [str(p) for p in modes], "lam": cfg.lam, "line": line_summary})

@@ -24,7 +24,7 @@ from .errors import UserError
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
-           "choose_points_per_pass", "forward_points"]
+           "choose_points_per_pass", "forward_points", "resolve_strategy"]
 
 
 @torch.inference_mode()
@@ -143,10 +143,7 @@ def evaluate_points(
                         else coefficients).to(device=device, dtype=W.dtype)
     if C.dim() != 2 or C.shape[1] != W.shape[0]:
         raise ValueError(f"coefficients must be (N, {W.shape[0]}), got {tuple(C.shape)}")
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-    if strategy == "auto":
-        strategy = "vmap" if device.type == "cuda" else "loop"
+    strategy = resolve_strategy(strategy, device)
     n = C.shape[0]
     k = points_per_pass or choose_points_per_pass(model, data, batch_size, space.numel, strategy)
     results: dict[str, list] = {m: [] for m in METRICS}
@@ -169,6 +166,15 @@ def evaluate_points(
         template.restore()
         bar.close()
     return {key: np.concatenate(values) for key, values in results.items()}
+
+
+def resolve_strategy(strategy: str, device: torch.device) -> str:
+    """``auto`` -> ``vmap`` on CUDA, ``loop`` elsewhere; other names checked and kept."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if strategy == "auto":
+        return "vmap" if torch.device(device).type == "cuda" else "loop"
+    return strategy
 
 
 def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, strategy: str) -> int:
@@ -234,10 +240,6 @@ class _Template:
             m.training = mode
 
 
-def _forward(template: _Template, params: dict, buffers: dict, x: torch.Tensor, strategy: str) -> torch.Tensor:
-    return forward_points(template.model, params, buffers, x, strategy)
-
-
 def forward_points(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                    x: torch.Tensor, strategy: str = "auto") -> torch.Tensor:
     """Logits (K, B, classes) of K points of ``model`` on one batch ``x`` (B, ...).
@@ -247,9 +249,7 @@ def forward_points(model: nn.Module, params: dict[str, torch.Tensor], buffers: d
     ``strategy``: ``vmap`` (one batched call), ``loop`` (one call per point),
     ``auto`` (vmap on CUDA, loop on the CPU). Differentiable.
     """
-    if strategy == "auto":
-        strategy = "vmap" if x.device.type == "cuda" else "loop"
-    if strategy == "vmap":
+    if resolve_strategy(strategy, x.device) == "vmap":
         def f(p, b, xb):
             return functional_call(model, (p, b), (xb,))
 
@@ -285,7 +285,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
                 if bn_batches is not None and used >= bn_batches:
                     break
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    _forward(template, params, buffers, layout(x), strategy)
+                    forward_points(model, params, buffers, layout(x), strategy)
                 for n in sums:
                     sums[n] += buffers[n].double()
                 used += 1
@@ -305,7 +305,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
             probs = []
             for x, y in data.batches(split, batch_size):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = _forward(template, params, buffers, layout(x), strategy)
+                    logits = forward_points(model, params, buffers, layout(x), strategy)
                 logits = logits.float()  # (K, B, classes)
                 logp = torch.log_softmax(logits, dim=-1)
                 nll += -logp.gather(-1, y.expand(k, -1).unsqueeze(-1)).squeeze(-1).double().sum(dim=1)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from .checkpoint import atomic_save
 from .errors import UserError
-from .evaluate import METRICS, choose_points_per_pass, evaluate_points
+from .evaluate import METRICS, choose_points_per_pass, evaluate_points, resolve_strategy
 from .weights import ParamSpace
 
 __all__ = ["STORE", "init_distributed", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep"]
@@ -129,7 +129,7 @@ def run_sweep(
                   f"{n - int(done.sum())} to evaluate", file=sys.stderr)
 
     k = points_per_pass or choose_points_per_pass(model, data, batch_size, ParamSpace.of(model).numel,
-                                                   "vmap" if data.device.type == "cuda" else "loop")
+                                                   resolve_strategy(strategy, data.device))
     todo = np.flatnonzero(~done)
     chunks = [todo[i:i + k] for i in range(0, len(todo), k)]
     from tqdm.auto import tqdm
