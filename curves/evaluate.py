@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from landscape.checkpoint import atomic_save, write_json
+from landscape.checkpoint import write_json, write_npz
 from landscape.data import Dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
@@ -130,7 +130,7 @@ def evaluate_curve(
             "checkpoint": summary["checkpoint"], "points": n, "wd": wd, "batch_size": batch_size,
             "bn_batches": bn_batches, "precision": precision, "device": str(device), "dataset": data.describe(),
         })
-        atomic_save(lambda tmp: np.savez(open(tmp, "wb"), **arrays), out_path / "curve.npz")
+        write_npz(out_path / "curve.npz", arrays)
         write_json(out_path / "summary.json", summary)
     return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)
 

@@ -37,6 +37,7 @@ from landscape.checkpoint import (
     load_model,
     save_checkpoint,
     write_json,
+    write_npz,
 )
 from landscape.data import Dataset
 from landscape.device import resolve_device
@@ -310,9 +311,7 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
         for m in METRICS:
             arrays[f"face_{m}"] = res[m][off:]
     if out is not None:
-        from landscape.checkpoint import atomic_save
-
-        atomic_save(lambda tmp: np.savez(open(tmp, "wb"), **arrays), Path(out) / "simplex.npz")
+        write_npz(Path(out) / "simplex.npz", arrays)
         write_json(Path(out) / "simplex_summary.json", summary)
     return {"summary": summary, "arrays": arrays, "probs": res["probs"][sl_s]}
 

@@ -42,6 +42,8 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "write_json",
+    "write_npz",
+    "read_result",
     "read_json",
     "append_jsonl",
     "read_jsonl",
@@ -97,6 +99,29 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UserError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
+    """Write arrays as one ``.npz``, atomically (no pickled objects)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_save(write, path)
+
+
+def read_result(folder: str | os.PathLike, arrays_file: str,
+                summary_file: str = "summary.json") -> tuple[dict[str, np.ndarray], Any]:
+    """The arrays (``allow_pickle=False``) and summary of a result folder."""
+    folder = Path(folder)
+    try:
+        with np.load(folder / arrays_file, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise UserError(f"{folder / arrays_file}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder / arrays_file}: not a readable result ({e})") from None
+    return arrays, read_json(folder / summary_file)
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:

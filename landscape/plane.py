@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_save, write_json
+from .checkpoint import write_json
 from .errors import UserError
 from .evaluate import METRICS
-from .geometry import plane_basis, plane_coefficients, plane_grid, project
 from .evaluate import precision_amp as _bf16
-from .sweep import STORE, barrier, is_main, run_sweep
+from .geometry import plane_basis, plane_coefficients, plane_grid, project
+from .sweep import STORE, begin_result, finish_result, is_main, run_sweep
 from .weights import ParamSpace
 
-__all__ = ["PlaneResult", "evaluate_plane", "check_result_dir", "load_result"]
+__all__ = ["PlaneResult", "evaluate_plane"]
 
 
 @dataclass
@@ -31,27 +31,6 @@ class PlaneResult:
     arrays: dict[str, np.ndarray]
     summary: dict[str, Any]
     out: Path | None
-
-
-def check_result_dir(out: Path | None, result_file: str, resume: bool) -> None:
-    """Refuse to overwrite a finished result; a partial sweep needs ``resume``."""
-    if out is None:
-        return
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    if (out / result_file).exists() and not resume:
-        raise UserError(f"{out} already holds a finished result ({result_file}); choose another --out")
-    if (out / STORE).exists() and not resume:
-        raise UserError(f"{out} holds an unfinished sweep; pass --resume to continue it, or choose another --out")
-
-
-def load_result(out: Path, result_file: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays and summary of a finished result folder."""
-    from .checkpoint import read_json
-
-    with np.load(out / result_file, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return arrays, read_json(out / "summary.json")
 
 
 def evaluate_plane(
@@ -92,11 +71,9 @@ def evaluate_plane(
     _bf16(precision)  # an unknown precision fails before anything is written
     if len(points) != 3:
         raise UserError(f"a plane needs exactly three points, got {len(points)}")
-    if out is not None:
-        check_result_dir(out, "plane.npz", resume)
-        if (out / "plane.npz").exists():  # finished before: nothing to resume
-            return PlaneResult(*load_result(out, "plane.npz"), out=out)
-    barrier()  # every rank has checked the folder before rank 0 writes in it
+    finished = begin_result(out, "plane.npz", resume)
+    if finished is not None:
+        return PlaneResult(*finished, out=out)
     space = ParamSpace.of(model)
     vecs = [p.detach().reshape(-1).to(data.device) for p in points]
     for v in vecs:
@@ -132,10 +109,7 @@ def evaluate_plane(
         arrays[m] = values[m][:g2].reshape(grid, grid)
     exact = {m: values[m][g2:] for m in METRICS}
     summary = _plane_summary(arrays, exact, list(labels), list(mark_labels), path_label, data, wd, grid)
-    if out is not None and is_main():
-        atomic_save(lambda tmp: np.savez(open(tmp, "wb"), **arrays), out / "plane.npz")
-        write_json(out / "summary.json", summary)
-        (out / STORE).unlink(missing_ok=True)
+    finish_result(out, "plane.npz", arrays, summary)
     return PlaneResult(arrays=arrays, summary=summary, out=out)
 
 

@@ -22,13 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_save, write_json
+from .checkpoint import write_json
 from .errors import UserError
 from .evaluate import METRICS
-from .geometry import filter_normalize, line_coefficients, random_directions, ray_coefficients
-from .plane import check_result_dir, load_result
 from .evaluate import precision_amp as _bf16
-from .sweep import STORE, barrier, is_main, run_sweep
+from .geometry import (
+    filter_normalize,
+    line_coefficients,
+    random_directions,
+    ray_coefficients,
+)
+from .sweep import STORE, begin_result, finish_result, is_main, run_sweep
 from .weights import ParamSpace
 
 __all__ = ["NORMALIZATIONS", "RaysResult", "evaluate_rays", "side_widths", "width_report"]
@@ -112,11 +116,9 @@ def evaluate_rays(
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
     if line and len(centers) < 2:
         raise UserError("--line needs two centres (--center and --compare)")
-    if out is not None:
-        check_result_dir(out, "rays.npz", resume)
-        if (out / "rays.npz").exists():
-            return RaysResult(*load_result(out, "rays.npz"), out=out)
-    barrier()
+    finished = begin_result(out, "rays.npz", resume)
+    if finished is not None:
+        return RaysResult(*finished, out=out)
     space = ParamSpace.of(model)
     device = data.device
     cs = [c.detach().reshape(-1).float().to(device) for c in centers]
@@ -174,10 +176,7 @@ def evaluate_rays(
         arrays["line_marks"] = np.array([0.0, line_length])
     summary = _rays_summary(arrays, labels, list(paths or [""] * m), rise, normalize, distance, directions, steps,
                             line_length, data, wd)
-    if out is not None and is_main():
-        atomic_save(lambda tmp: np.savez(open(tmp, "wb"), **arrays), out / "rays.npz")
-        write_json(out / "summary.json", summary)
-        (out / STORE).unlink(missing_ok=True)
+    finish_result(out, "rays.npz", arrays, summary)
     return RaysResult(arrays=arrays, summary=summary, out=out)
 
 

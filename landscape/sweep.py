@@ -25,12 +25,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import atomic_save
+from .checkpoint import read_result, write_json, write_npz
 from .errors import UserError
 from .evaluate import METRICS, choose_points_per_pass, evaluate_points, resolve_strategy
 from .weights import ParamSpace
 
-__all__ = ["STORE", "init_distributed", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep"]
+__all__ = ["STORE", "init_distributed", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
+           "begin_result", "finish_result"]
 
 STORE = "sweep.partial.npz"
 
@@ -83,11 +84,33 @@ def _load_store(path: Path, key: str, n: int) -> tuple[np.ndarray, dict[str, np.
 
 
 def _write_store(path: Path, key: str, done: np.ndarray, values: dict[str, np.ndarray]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, key=np.array(key), done=done, **values)
+    write_npz(path, dict(values, key=np.array(key), done=done))
 
-    atomic_save(write, path)
+
+def begin_result(out: Path | None, result_file: str, resume: bool) -> tuple[dict[str, np.ndarray], Any] | None:
+    """Check a sweep's result folder before any work: a finished result is
+    refused without ``resume`` and returned (arrays, summary) with it; a partial
+    store needs ``resume``. Every rank checks, then they wait for each other so
+    that rank 0 writes only after all have looked."""
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file, not a folder")
+        if (out / result_file).exists() and not resume:
+            raise UserError(f"{out} already holds a finished result ({result_file}); choose another --out")
+        if (out / STORE).exists() and not resume:
+            raise UserError(f"{out} holds an unfinished sweep; pass --resume to continue it, or choose another --out")
+        if (out / result_file).exists():  # finished before: nothing to resume
+            return read_result(out, result_file)
+    barrier()
+    return None
+
+
+def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
+    """Rank 0 writes the result and the summary, then drops the partial store."""
+    if out is not None and is_main():
+        write_npz(out / result_file, arrays)
+        write_json(out / "summary.json", summary)
+        (out / STORE).unlink(missing_ok=True)
 
 
 def run_sweep(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landscape.checkpoint import read_json
+from landscape.checkpoint import read_result
 
 from .style import new_figure, save_figure
 
@@ -19,10 +19,8 @@ LINE_COLOR = "#d62728"
 
 
 def load_curve_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    result_dir = Path(result_dir)
-    with np.load(result_dir / "curve.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return arrays, read_json(result_dir / "summary.json")
+    """The stored arrays and summary of a curve result."""
+    return read_result(result_dir, "curve.npz")
 
 
 def plot_curve_metric(ax, arrays: dict[str, np.ndarray], metric: str, label: str, summary: dict | None = None):

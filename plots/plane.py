@@ -12,7 +12,7 @@ import matplotlib.colors as mcolors
 import matplotlib.patheffects as pe
 import numpy as np
 
-from landscape.checkpoint import read_json
+from landscape.checkpoint import read_result
 
 from .style import new_figure, save_figure
 
@@ -212,10 +212,8 @@ def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy:
 
 
 def load_plane_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    result_dir = Path(result_dir)
-    with np.load(result_dir / "plane.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return arrays, read_json(result_dir / "summary.json")
+    """The stored arrays and summary of a plane result."""
+    return read_result(result_dir, "plane.npz")
 
 
 def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from landscape.checkpoint import read_json
+from landscape.checkpoint import read_result
 
 from .style import new_figure, save_figure
 
@@ -97,10 +97,8 @@ def plot_line_metric(ax, distance: np.ndarray, values: np.ndarray, marks: np.nda
 
 
 def load_rays_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    result_dir = Path(result_dir)
-    with np.load(result_dir / "rays.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return arrays, read_json(result_dir / "summary.json")
+    """The stored arrays and summary of a rays result."""
+    return read_result(result_dir, "rays.npz")
 
 
 def _centre_labels(summary: dict, n: int) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.tri as mtri
 import numpy as np
 
-from landscape.checkpoint import read_json
+from landscape.checkpoint import read_result
 
 from .plane import LogOffsetNorm, clip_values, log_levels
 from .style import new_figure, save_figure
@@ -59,9 +59,7 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
 def draw_simplex_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Write ``simplex_face.<fmt>`` (train loss and test error over the face)."""
     result_dir = Path(result_dir)
-    with np.load(result_dir / "simplex.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    summary = read_json(result_dir / "simplex_summary.json")
+    arrays, summary = read_result(result_dir, "simplex.npz", "simplex_summary.json")
     if "face_barycentric" not in arrays:
         return []
     fig, (a, b) = new_figure(1, 2, width=10.0, height=4.2)
