@@ -85,6 +85,7 @@ class SimplexResult:
     summary: dict[str, Any]
     out: Path | None
     data: Dataset | None = None
+    sample_probs: np.ndarray | None = None  # (samples, M, classes): the evaluated samples' test predictions
 
 
 # ---------------------------------------------------------------------------- files
@@ -174,22 +175,26 @@ def _config(config: SimplexConfig | None, first: str | Path, overrides: dict[str
 
 
 def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Dataset, cfg: SimplexConfig,
-            out: Path | None, eval_samples: int, face_resolution: int, extra_summary: dict) -> SimplexResult:
+            out: Path | None, eval_samples: int, face_resolution: int, extra_summary: dict,
+            sample_seed: int | None = None) -> SimplexResult:
     ev = evaluate_simplex(cx, template, data, out, samples=eval_samples, face_resolution=face_resolution,
-                          wd=cfg.wd, seed=cfg.seed)
+                          wd=cfg.wd, seed=cfg.seed if sample_seed is None else sample_seed)
     summary = {**ev["summary"], **extra_summary, "config": cfg.to_json()}
     if out is not None:
         save_simplex(out / "model.pt", cx, template, spec, meta={"train_config": cfg.to_json(),
                                                                   "dataset": data.describe()})
         write_json(out / "summary.json", summary)
-    return SimplexResult(complex=cx, model=template, summary=summary, out=out, data=data)
+    return SimplexResult(complex=cx, model=template, summary=summary, out=out, data=data,
+                         sample_probs=ev["probs"])
 
 
 def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: int = 3,
                  config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
-                 eval_samples: int = 32, face_resolution: int = 10, **overrides: Any) -> SimplexResult:
+                 eval_samples: int = 32, face_resolution: int = 10, sample_seed: int | None = None,
+                 **overrides: Any) -> SimplexResult:
     """SPRO around one mode: the simplex {mode, v_1, .., v_(vertices-1)}, vertices
-    added one at a time (each trained ``epochs`` epochs, the earlier frozen)."""
+    added one at a time (each trained ``epochs`` epochs, the earlier frozen).
+    ``sample_seed`` (default: the config's seed) draws the evaluated samples."""
     if vertices < 2:
         raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
     cfg = _config(config, base, overrides)
@@ -197,7 +202,7 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
     pts = load_points([base], data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size",
                                                                           "data_seed")}, device=cfg.device)
     template, data = pts.model, pts.data
-    spec = _spec(base, template, data)
+    spec = dict(pts.checkpoints[0].model)
     anchors = [pts.vectors[0]]
     labels = ["mode"]
     for j in range(1, vertices):
@@ -208,7 +213,7 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
         anchors.append(new)
     cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, [tuple(range(vertices))], labels)
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
-                   {"kind": "simplex", "base": str(base), "lam": cfg.lam})
+                   {"kind": "simplex", "base": str(base), "lam": cfg.lam}, sample_seed)
 
 
 def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *, connectors: int = 2,
@@ -224,7 +229,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
                                                                                "val_size", "data_seed")},
                       device=cfg.device)
     template, data = pts.model, pts.data
-    spec = _spec(modes[0], template, data)
+    spec = dict(pts.checkpoints[0].model)
     m = len(modes)
     anchors = list(pts.vectors)
     labels = [f"mode {i + 1}" for i in range(m)]
@@ -243,13 +248,6 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
                     "test_error_max": float(lm["test_error"].max())}
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
                    {"kind": "complex", "modes": [str(p) for p in modes], "lam": cfg.lam, "line": line_summary})
-
-
-def _spec(path, template: nn.Module, data: Dataset) -> dict:
-    ck = load_checkpoint(path)
-    if ck.model is not None:
-        return {"name": ck.model["name"], "kwargs": dict(ck.model["kwargs"])}
-    raise UserError(f"{path}: simplexes need landscape checkpoints (with their architecture)")
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -326,15 +324,12 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     out = Path(out) if out is not None else None
     comps, probs = [], []
     for i, b in enumerate(bases):
+        # Each component's own evaluation draws the samples the ensemble averages.
         r = grow_simplex(b, out / f"component-{i + 1}" if out is not None else None, vertices=vertices,
                          config=config, resume=resume, progress=progress, eval_samples=eval_samples,
-                         face_resolution=face_resolution, **overrides)
+                         face_resolution=face_resolution, sample_seed=1000 + i, **overrides)
         comps.append(r)
-        gen = torch.Generator().manual_seed(1000 + i)
-        c = r.complex.sample(eval_samples, gen)
-        res = evaluate_points(r.model, r.complex.anchors().detach(), c, r.data, wd=r.summary["config"]["wd"],
-                              return_probs=True)
-        probs.append(res["probs"])  # (S, M, classes)
+        probs.append(r.sample_probs)  # (S, M, classes)
     data = comps[0].data
     labels = data.y_test.cpu().numpy()
     stacked = np.stack(probs)  # (components, S, M, classes)

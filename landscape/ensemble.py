@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .averaging import predict_probs
-from .checkpoint import load_checkpoint, load_model, write_json
+from .checkpoint import load_model, write_json
 from .evaluate import evaluate_points
 from .inputs import load_points
 from .metrics import ensemble_metrics
@@ -34,8 +34,7 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
     pts = load_points(paths, model=model, model_kwargs=model_kwargs, data_overrides=data_overrides, device=device)
     data, labels = pts.data, pts.data.y_test.cpu().numpy()
     members, probs = [], []
-    for path, label in zip(paths, pts.labels):
-        ck = load_checkpoint(path)
+    for path, label, ck in zip(paths, pts.labels, pts.checkpoints):
         net = (load_model(ck) if ck.model is not None and model is None else
                load_model(ck, model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
                           **(model_kwargs or {}))).to(data.device)

@@ -45,6 +45,7 @@ class Points:
     data: Dataset
     wd: float
     labels: list[str]
+    checkpoints: list[Checkpoint]  # as read, in the order given (for their own buffers and specs)
 
 
 def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_kwargs: dict | None = None,
@@ -75,7 +76,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     space = ParamSpace.of(net)
     vectors = [space.flatten(ck.state_dict, source=str(ck.path)).to(device) for ck in ckpts]
     return Points(model=net.to(device), vectors=vectors, data=data, wd=float(stored.get("wd", 0.0)),
-                  labels=[_label(p) for p in paths])
+                  labels=[_label(p) for p in paths], checkpoints=ckpts)
 
 
 def _label(path: str | Path) -> str:
