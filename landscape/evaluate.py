@@ -24,7 +24,7 @@ from .errors import UserError
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
-           "choose_points_per_pass", "forward_points", "resolve_strategy"]
+           "choose_points_per_pass", "forward_points", "resolve_strategy", "unique_rows"]
 
 
 @torch.inference_mode()
@@ -144,6 +144,9 @@ def evaluate_points(
     if C.dim() != 2 or C.shape[1] != W.shape[0]:
         raise ValueError(f"coefficients must be (N, {W.shape[0]}), got {tuple(C.shape)}")
     strategy = resolve_strategy(strategy, device)
+    # Identical points (a path's shared ends, the centre of every ray) are evaluated once.
+    rows, inverse = unique_rows(C.cpu().numpy())
+    C = torch.as_tensor(rows, device=device, dtype=W.dtype)
     n = C.shape[0]
     k = points_per_pass or choose_points_per_pass(model, data, batch_size, space.numel, strategy)
     results: dict[str, list] = {m: [] for m in METRICS}
@@ -165,7 +168,17 @@ def evaluate_points(
     finally:
         template.restore()
         bar.close()
-    return {key: np.concatenate(values) for key, values in results.items()}
+    return {key: np.concatenate(values)[inverse] for key, values in results.items()}
+
+
+def unique_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``c`` (N, A) in order of first appearance, and for
+    every row of ``c`` its index among them: ``rows[inverse] == c``."""
+    _, first, inverse = np.unique(c, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # distinct rows by first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return c[np.sort(first)], rank[inverse.ravel()]
 
 
 def resolve_strategy(strategy: str, device: torch.device) -> str:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from .checkpoint import read_result, write_json, write_npz
 from .errors import UserError
-from .evaluate import METRICS, choose_points_per_pass, evaluate_points, resolve_strategy
+from .evaluate import METRICS, choose_points_per_pass, evaluate_points, resolve_strategy, unique_rows
 from .weights import ParamSpace
 
 __all__ = ["STORE", "init_distributed", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
@@ -136,7 +136,7 @@ def run_sweep(
     ``settings`` (JSON-able) joins the fingerprint, so a store is only
     resumed by the same sweep.
     """
-    coefficients = np.asarray(coefficients, dtype=np.float64)
+    coefficients, expand = unique_rows(np.asarray(coefficients, dtype=np.float64))  # identical points once
     n = coefficients.shape[0]
     rank, world = rank_and_world()
     key = fingerprint(anchors, coefficients,
@@ -181,4 +181,4 @@ def run_sweep(
                 _write_store(store, key, done, values)
     finally:
         bar.close()
-    return values
+    return {m: v[expand] for m, v in values.items()}

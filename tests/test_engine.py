@@ -305,3 +305,21 @@ def test_ensemble_metrics_two_members_three_examples():
     assert got["nll"] == pytest.approx(-(np.log(0.6) + np.log(0.25) + np.log(0.2)) / 3, rel=1e-12)
     assert got["error"] == pytest.approx(200.0 / 3)
     assert got["members"] == 2
+
+
+def test_unique_rows_keeps_first_appearance_order_and_inverts():
+    from landscape.evaluate import unique_rows
+
+    c = np.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [1.0, 0.0]])
+    rows, inverse = unique_rows(c)
+    assert rows.tolist() == [[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]]
+    assert np.array_equal(rows[inverse], c)
+
+
+def test_repeated_points_get_the_same_metrics_as_a_single_evaluation(small):
+    anchors = [convnet(41), convnet(42)]
+    once = evaluate_points(convnet(41), anchors, [[1.0, 0.0], [0.5, 0.5]], small, batch_size=64, return_probs=True)
+    twice = evaluate_points(convnet(41), anchors, [[0.5, 0.5], [1.0, 0.0], [0.5, 0.5]], small, batch_size=64,
+                            return_probs=True)
+    for key in once:
+        assert np.array_equal(twice[key][[1, 0, 2]], once[key][[0, 1, 1]]), key
