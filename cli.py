@@ -125,6 +125,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
     g.add_argument("--bn-batches", type=int, default=None, metavar="N",
                    help="re-estimate batch norm from the first N training batches only (default: all)")
+    g.add_argument("--bn-stats", default="auto", choices=["auto", "population", "batches"],
+                   help="population: exact training-set statistics from one pass that also gives the train metrics; "
+                        "batches: the papers' update_bn (average of per-batch statistics, then a second pass); "
+                        "auto (default): population when the whole training set fits in one pass")
     g.add_argument("--points-per-pass", type=int, default=None, metavar="K",
                    help="points evaluated per pass over the data (default: from free memory)")
     g.add_argument("--wd", type=float, default=None, help="weight decay in the reported train loss (default: as fitted)")
@@ -175,9 +179,12 @@ def _format_run(name: str, s: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from landscape.sweep import is_main
     from landscape.train import train
 
     result = train(_train_config(args), args.out, resume=args.resume, progress=_progress(args), argv=sys.argv)
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
     print(_format_run(str(args.out), result.summary))
     print(f"checkpoint: {args.out / 'model.pt'}")
     return 0
@@ -195,6 +202,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
         overrides["model"] = args.model
     result = fit_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
                        **overrides)
+    from landscape.sweep import is_main
+
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
     s = result.summary
     c, l = s["curve"], s["line"]
     split = s.get("eval_split", "test")
@@ -210,7 +221,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
     from plots.curve import draw_curve_figure
 
     result = evaluate_curve(args.ckpt, args.out, points=args.points, wd=args.wd, batch_size=args.batch_size,
-                            bn_batches=args.bn_batches, points_per_pass=args.points_per_pass,
+                            bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass,
                             precision=args.precision, device=args.device,
                             progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
                             **_data_overrides(args))
@@ -295,7 +306,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
     result = evaluate_plane(model, points, data, args.out, labels=labels, path=path, path_label=path_label,
                             marks=marks, mark_labels=mark_labels, grid=args.grid, margin=args.margin,
                             xrange=args.xrange, yrange=args.yrange, wd=wd if args.wd is None else args.wd,
-                            batch_size=args.batch_size, bn_batches=args.bn_batches,
+                            batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
                             points_per_pass=args.points_per_pass, precision=args.precision, resume=args.resume,
                             progress=_progress(args) is not False and sys.stderr.isatty(),
                             config={"argv": sys.argv, "ckpt": str(args.ckpt) if args.ckpt else None,
@@ -334,7 +345,7 @@ def cmd_rays(args: argparse.Namespace) -> int:
                            paths=[str(p) for p in paths], directions=args.directions, distance=args.distance,
                            steps=args.steps, normalize=args.normalize, line=args.line, rise=args.rise,
                            seed=args.seed, wd=pts.wd if args.wd is None else args.wd, batch_size=args.batch_size,
-                           bn_batches=args.bn_batches, points_per_pass=args.points_per_pass,
+                           bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass,
                            precision=args.precision, resume=args.resume,
                            progress=_progress(args) is not False and sys.stderr.isatty(),
                            config={"argv": sys.argv})
@@ -489,7 +500,7 @@ def cmd_width(args: argparse.Namespace) -> int:
                   paths=[str(args.swa), str(args.sgd)], directions=args.directions, distance=args.distance,
                   steps=args.steps, normalize=args.normalize, line=True, rise=args.rise, seed=args.seed,
                   wd=pts.wd if args.wd is None else args.wd, batch_size=args.batch_size,
-                  bn_batches=args.bn_batches, points_per_pass=args.points_per_pass, precision=args.precision,
+                  bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass, precision=args.precision,
                   resume=args.resume, progress=_progress(args) is not False and sys.stderr.isatty(),
                   config={"argv": sys.argv})
     if not is_main():

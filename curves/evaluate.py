@@ -18,7 +18,7 @@ from landscape.checkpoint import write_json, write_npz
 from landscape.data import Dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
-from landscape.evaluate import METRICS, evaluate_points, precision_amp
+from landscape.evaluate import METRICS, evaluate_points, precision_amp, resolve_bn_stats
 from landscape.geometry import line_coefficients
 from landscape.inputs import resolve_data
 from landscape.metrics import ensemble_metrics, path_stats
@@ -44,6 +44,7 @@ def evaluate_curve(
     wd: float | None = None,
     batch_size: int = 1000,
     bn_batches: int | None = None,
+    bn_stats: str = "auto",
     points_per_pass: int | None = None,
     precision: str = "fp32",
     device: str = "auto",
@@ -72,6 +73,7 @@ def evaluate_curve(
     data = resolve_data(stored, data_overrides, device) if data is None else data.to(device)
     wd = float(stored.get("wd", 0.0)) if wd is None else wd
     model, crv = loaded.model.to(device), loaded.curve.to(device)
+    bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
 
     t = torch.linspace(0, 1, points, dtype=torch.float64, device=device)
     with torch.no_grad():
@@ -85,7 +87,7 @@ def evaluate_curve(
         curve_length = float(crv.length())
     # Both paths in one engine call: they share the passes over the data.
     res = evaluate_points(model, W, torch.cat([curve_coeffs, line_coeffs]), data, wd=wd, batch_size=batch_size,
-                          bn_batches=bn_batches, points_per_pass=points_per_pass, return_probs=True,
+                          bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass, return_probs=True,
                           progress=progress, amp=amp)
     n = points
     arrays: dict[str, np.ndarray] = {"t": t.cpu().numpy()}
@@ -128,7 +130,7 @@ def evaluate_curve(
         write_json(out_path / "config.json", {
             "command": "curve", "argv": list(argv) if argv is not None else None,
             "checkpoint": summary["checkpoint"], "points": n, "wd": wd, "batch_size": batch_size,
-            "bn_batches": bn_batches, "precision": precision, "device": str(device), "dataset": data.describe(),
+            "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision, "device": str(device), "dataset": data.describe(),
         })
         write_npz(out_path / "curve.npz", arrays)
         write_json(out_path / "summary.json", summary)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["bn_modules", "has_batch_norm", "reestimate_bn", "bn_collecting"]
+__all__ = ["bn_modules", "has_batch_norm", "reestimate_bn", "population_bn", "bn_collecting"]
 
 
 def bn_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
@@ -75,3 +75,35 @@ def reestimate_bn(model: nn.Module, batches: Iterable, max_batches: int | None =
             model(x)
             used += 1
     return used
+
+
+@torch.no_grad()
+def population_bn(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Set every batch-norm layer's statistics to the exact mean and
+    population variance of its input over all of ``x`` (the training set),
+    layer by layer in eval mode: each layer sees its input normalised by the
+    earlier layers' exact statistics. Returns the eval-mode output on ``x``.
+
+    This is the definition the engine's ``bn_stats="population"`` computes in
+    one train-mode pass; it is written out here, the slow and obvious way, as
+    its reference. Modes are restored.
+    """
+    layers = bn_modules(model)
+
+    def hook(m, args):
+        v = args[0].double()
+        dims = [d for d in range(v.dim()) if d != 1]
+        m.running_mean.copy_(v.mean(dim=dims))
+        m.running_var.copy_(v.var(dim=dims, unbiased=False))
+        m.num_batches_tracked.fill_(1)
+
+    handles = [m.register_forward_pre_hook(hook) for _, m in layers]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        return model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode

@@ -17,7 +17,7 @@ from torch import nn
 
 from .checkpoint import write_json
 from .errors import UserError
-from .evaluate import METRICS
+from .evaluate import METRICS, resolve_bn_stats
 from .evaluate import precision_amp as _bf16
 from .geometry import plane_basis, plane_coefficients, plane_grid, project
 from .sweep import STORE, begin_result, finish_result, is_main, run_sweep
@@ -51,6 +51,7 @@ def evaluate_plane(
     wd: float = 0.0,
     batch_size: int = 1000,
     bn_batches: int | None = None,
+    bn_stats: str = "auto",
     points_per_pass: int | None = None,
     precision: str = "fp32",
     resume: bool = False,
@@ -71,6 +72,7 @@ def evaluate_plane(
     _bf16(precision)  # an unknown precision fails before anything is written
     if len(points) != 3:
         raise UserError(f"a plane needs exactly three points, got {len(points)}")
+    bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
     finished = begin_result(out, "plane.npz", resume)
     if finished is not None:
         return PlaneResult(*finished, out=out)
@@ -90,15 +92,13 @@ def evaluate_plane(
     W = basis.anchors().to(data.device)  # (3, P): origin, u, v
     extra = np.concatenate([np.ones((3 + len(mark_vecs), 1)), np.concatenate([anchor_xy, mark_xy])], axis=1)
     coeffs = np.concatenate([plane_coefficients(x, y), extra])
-    if out is not None and is_main():
-        write_json(out / "config.json", dict(config or {}, command="plane", grid=grid, margin=margin,
-                                             xrange=list(x[[0, -1]]), yrange=list(y[[0, -1]]), wd=wd,
-                                             batch_size=batch_size, bn_batches=bn_batches, precision=precision,
-                                             dataset=data.describe()))
+    run_config = dict(config or {}, command="plane", grid=grid, margin=margin, xrange=list(x[[0, -1]]),
+                      yrange=list(y[[0, -1]]), wd=wd, batch_size=batch_size, bn_batches=bn_batches,
+                      bn_stats=bn_stats, precision=precision, dataset=data.describe())
     values = run_sweep(model, W, coeffs, data, store=out / STORE if out is not None else None, resume=resume,
-                       settings={"kind": "plane", "dataset": data.describe()}, wd=wd, batch_size=batch_size,
-                       bn_batches=bn_batches, points_per_pass=points_per_pass, progress=progress,
-                       amp=_bf16(precision))
+                       settings={"kind": "plane", "dataset": data.describe()}, config=run_config, wd=wd,
+                       batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
+                       points_per_pass=points_per_pass, progress=progress, amp=_bf16(precision))
     g2 = grid * grid
     arrays: dict[str, np.ndarray] = {"x": x, "y": y, "anchor_xy": anchor_xy}
     if len(path_xy):

@@ -24,7 +24,7 @@ from torch import nn
 
 from .checkpoint import write_json
 from .errors import UserError
-from .evaluate import METRICS
+from .evaluate import METRICS, resolve_bn_stats
 from .evaluate import precision_amp as _bf16
 from .geometry import (
     filter_normalize,
@@ -97,6 +97,7 @@ def evaluate_rays(
     wd: float = 0.0,
     batch_size: int = 1000,
     bn_batches: int | None = None,
+    bn_stats: str = "auto",
     points_per_pass: int | None = None,
     precision: str = "fp32",
     resume: bool = False,
@@ -116,6 +117,7 @@ def evaluate_rays(
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
     if line and len(centers) < 2:
         raise UserError("--line needs two centres (--center and --compare)")
+    bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
     finished = begin_result(out, "rays.npz", resume)
     if finished is not None:
         return RaysResult(*finished, out=out)
@@ -149,15 +151,13 @@ def evaluate_rays(
                                               np.linspace(line_length, line_length + distance, steps + 1)]))
         blocks.append(line_coefficients(n_anchor, 0, 1, line_length, line_dist))
     coeffs = np.concatenate(blocks)
-    if out is not None and is_main():
-        write_json(out / "config.json", dict(config or {}, command="rays", directions=directions,
-                                             distance=distance, steps=steps, normalize=normalize, line=line,
-                                             rise=rise, seed=seed, wd=wd, batch_size=batch_size,
-                                             bn_batches=bn_batches, precision=precision, dataset=data.describe()))
+    run_config = dict(config or {}, command="rays", directions=directions, distance=distance, steps=steps,
+                      normalize=normalize, line=line, rise=rise, seed=seed, wd=wd, batch_size=batch_size,
+                      bn_batches=bn_batches, bn_stats=bn_stats, precision=precision, dataset=data.describe())
     values = run_sweep(model, W, coeffs, data, store=out / STORE if out is not None else None, resume=resume,
-                       settings={"kind": "rays", "dataset": data.describe()}, wd=wd, batch_size=batch_size,
-                       bn_batches=bn_batches, points_per_pass=points_per_pass, progress=progress,
-                       amp=_bf16(precision))
+                       settings={"kind": "rays", "dataset": data.describe()}, config=run_config, wd=wd,
+                       batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
+                       points_per_pass=points_per_pass, progress=progress, amp=_bf16(precision))
 
     s = len(dist_grid)
     per = directions * s

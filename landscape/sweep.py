@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from .checkpoint import read_result, write_json, write_npz
 from .errors import UserError
-from .evaluate import METRICS, choose_points_per_pass, evaluate_points, resolve_strategy, unique_rows
+from .evaluate import METRICS, choose_points_per_pass, evaluate_points, resolve_bn_stats, resolve_strategy, unique_rows
 from .weights import ParamSpace
 
 __all__ = ["STORE", "init_distributed", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
@@ -122,9 +122,11 @@ def run_sweep(
     store: Path | None = None,
     resume: bool = False,
     settings: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
     wd: float = 0.0,
     batch_size: int = 1000,
     bn_batches: int | None = None,
+    bn_stats: str = "auto",
     points_per_pass: int | None = None,
     strategy: str = "auto",
     amp: bool = False,
@@ -134,13 +136,22 @@ def run_sweep(
 
     ``store`` is the partial-results file (None: keep nothing on disk).
     ``settings`` (JSON-able) joins the fingerprint, so a store is only
-    resumed by the same sweep.
+    resumed by the same sweep. ``config`` (JSON-able) is written to
+    ``config.json`` beside ``store`` once the store is known to belong to this
+    sweep (a refused resume leaves the folder as it was). ``bn_stats`` is resolved once
+    (:func:`~landscape.evaluate.resolve_bn_stats`) and the resolved name
+    joins the fingerprint too.
     """
     coefficients, expand = unique_rows(np.asarray(coefficients, dtype=np.float64))  # identical points once
     n = coefficients.shape[0]
     rank, world = rank_and_world()
-    key = fingerprint(anchors, coefficients,
-                      dict(settings or {}, wd=wd, batch_size=batch_size, bn_batches=bn_batches, amp=amp))
+    bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
+    if world > 1:  # "auto" reads free memory, which ranks may see differently: rank 0 decides for all
+        decided = [bn_stats]
+        dist.broadcast_object_list(decided, src=0)
+        bn_stats = decided[0]
+    key = fingerprint(anchors, coefficients, dict(settings or {}, wd=wd, batch_size=batch_size,
+                                                  bn_batches=bn_batches, bn_stats=bn_stats, amp=amp))
     done = np.zeros(n, dtype=bool)
     values = {m: np.full(n, np.nan) for m in METRICS}
     if store is not None and store.exists():
@@ -150,8 +161,11 @@ def run_sweep(
         if rank == 0:
             print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "
                   f"{n - int(done.sum())} to evaluate", file=sys.stderr)
+    if store is not None and config is not None and rank == 0:
+        write_json(store.parent / "config.json", dict(config, bn_stats=bn_stats))
 
-    k = points_per_pass or choose_points_per_pass(model, data, batch_size, ParamSpace.of(model).numel,
+    pass_size = len(data.y_train) if bn_stats == "population" else batch_size
+    k = points_per_pass or choose_points_per_pass(model, data, pass_size, ParamSpace.of(model).numel,
                                                    resolve_strategy(strategy, data.device))
     todo = np.flatnonzero(~done)
     chunks = [todo[i:i + k] for i in range(0, len(todo), k)]
@@ -165,8 +179,8 @@ def run_sweep(
             result = {}
             if len(mine):
                 result = evaluate_points(model, anchors, coefficients[mine], data, wd=wd, batch_size=batch_size,
-                                         bn_batches=bn_batches, points_per_pass=len(mine), strategy=strategy,
-                                         amp=amp)
+                                         bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=len(mine),
+                                         strategy=strategy, amp=amp)
             gathered = [(mine, result)]
             if world > 1:
                 gathered = [None] * world

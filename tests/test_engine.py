@@ -16,10 +16,11 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 
-from landscape.bn import reestimate_bn
+from landscape.bn import population_bn, reestimate_bn
 from landscape.data import load_dataset
 from landscape.errors import UserError
-from landscape.evaluate import METRICS, evaluate_model, evaluate_points, evaluate_points_sequential
+from landscape.evaluate import (METRICS, evaluate_model, evaluate_points, evaluate_points_sequential,
+                                 resolve_bn_stats)
 from landscape.metrics import arc_length_mean, barrier, ensemble_metrics
 from landscape.models import create_model
 from landscape.weights import ParamSpace
@@ -176,10 +177,12 @@ def test_reestimate_bn_keeps_dropout_off(small):
     with torch.no_grad():
         anchors[1][1].weight.mul_(-1.5)
     for strategy in ("loop", "vmap"):
-        got = evaluate_points(net, anchors, LINE, small, batch_size=64, points_per_pass=2, strategy=strategy)
-        ref = evaluate_points_sequential(net, anchors, LINE, small, batch_size=64)
-        for key in METRICS:
-            assert_close(got[key], ref[key])
+        for bn_stats in ("batches", "population"):
+            got = evaluate_points(net, anchors, LINE, small, batch_size=64, points_per_pass=2, strategy=strategy,
+                                  bn_stats=bn_stats)
+            ref = evaluate_points_sequential(net, anchors, LINE, small, batch_size=64, bn_stats=bn_stats)
+            for key in METRICS:
+                assert_close(got[key], ref[key])
 
 
 # --------------------------------------------------------------------------- engine vs reference
@@ -190,14 +193,14 @@ COMBO = np.array([[0.5, 0.7, -0.3],
                   [0.3, 0.3, 0.3]])  # rows not summing to one
 
 
-@pytest.mark.parametrize("bn_batches", [None, 2])
+@pytest.mark.parametrize("bn_batches,bn_stats", [(None, "batches"), (2, "batches"), (None, "population")])
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
 @pytest.mark.parametrize("make", [convnet, mlp], ids=["convnet", "mlp"])
-def test_evaluate_points_agrees_with_the_sequential_loop(small, make, strategy, bn_batches):
+def test_evaluate_points_agrees_with_the_sequential_loop(small, make, strategy, bn_batches, bn_stats):
     anchors = [make(10), make(11), make(12)]
     model = make(13)
     for coeffs, used in ((LINE, anchors[:2]), (COMBO, anchors)):
-        kw = dict(wd=5e-4, batch_size=64, bn_batches=bn_batches, return_probs=True)
+        kw = dict(wd=5e-4, batch_size=64, bn_batches=bn_batches, bn_stats=bn_stats, return_probs=True)
         got = evaluate_points(model, used, coeffs, small, points_per_pass=2, strategy=strategy, **kw)
         ref = evaluate_points_sequential(model, used, coeffs, small, **kw)
         assert set(got) == set(ref) == set(METRICS) | {"probs"}
@@ -213,7 +216,7 @@ def test_evaluate_points_agrees_with_the_sequential_loop(small, make, strategy, 
 def test_bn_batches_changes_the_result(small):
     """bn_batches is honoured: two batches of statistics are not the full pass."""
     anchors = [convnet(10), convnet(11)]
-    full = evaluate_points(convnet(13), anchors, LINE[1:2], small, batch_size=64, strategy="loop")
+    full = evaluate_points(convnet(13), anchors, LINE[1:2], small, batch_size=64, strategy="loop", bn_stats="batches")
     two = evaluate_points(convnet(13), anchors, LINE[1:2], small, batch_size=64, bn_batches=2, strategy="loop")
     assert abs(full["train_nll"][0] - two["train_nll"][0]) > 1e-6
 
@@ -262,7 +265,8 @@ def test_evaluate_points_leaves_the_callers_model_as_it_was(small, strategy, mod
 
 def test_first_anchor_point_equals_evaluate_model_after_reestimate_bn(small):
     a, b = convnet(40), convnet(41)
-    got = evaluate_points(convnet(42), [a, b], [[1.0, 0.0]], small, wd=5e-4, batch_size=64, strategy="loop")
+    got = evaluate_points(convnet(42), [a, b], [[1.0, 0.0]], small, wd=5e-4, batch_size=64, strategy="loop",
+                          bn_stats="batches")
     net = copy.deepcopy(a)
     reestimate_bn(net, small.batches("train", 64))
     train_m = evaluate_model(net, small, "train", batch_size=64)
@@ -273,6 +277,60 @@ def test_first_anchor_point_equals_evaluate_model_after_reestimate_bn(small):
     assert_close(got["test_nll"], [test_m["nll"]])
     assert_close(got["test_error"], [test_m["error"]])
     assert_close(got["train_loss"], [train_m["nll"] + 0.5 * 5e-4 * sq])
+
+
+# --------------------------------------------------------------------------- population statistics
+def test_population_statistics_by_hand(small):
+    """bn_stats="population": every BN layer's running mean and (population)
+    variance are those of its input over the whole training set, with the
+    earlier layers normalised by their own such statistics; written out here
+    with plain tensor algebra on a two-BN-layer network."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.BatchNorm1d(12), torch.nn.ReLU(),
+                              torch.nn.Linear(12, 7), torch.nn.BatchNorm1d(7), torch.nn.ReLU(), torch.nn.Linear(7, 10))
+    x = small.x_train.flatten(1).double()
+    lin1, bn1, lin2, bn2, head = (m.double() for m in copy.deepcopy(net)[1:].children() if not isinstance(m, torch.nn.ReLU))
+    with torch.no_grad():
+        h1 = lin1(x)
+        m1, v1 = h1.mean(0), ((h1 - h1.mean(0)) ** 2).mean(0)
+        a1 = torch.relu((h1 - m1) / torch.sqrt(v1 + bn1.eps) * bn1.weight + bn1.bias)
+        h2 = lin2(a1)
+        m2, v2 = h2.mean(0), ((h2 - h2.mean(0)) ** 2).mean(0)
+        logits = head(torch.relu((h2 - m2) / torch.sqrt(v2 + bn2.eps) * bn2.weight + bn2.bias))
+        y = small.y_train
+        nll = float(torch.nn.functional.cross_entropy(logits, y))
+        err = 100.0 * float((logits.argmax(1) != y).double().mean())
+    got = evaluate_points(net, [net], [[1.0]], small, batch_size=64, bn_stats="population")
+    assert got["train_nll"][0] == pytest.approx(nll, rel=1e-5)
+    assert got["train_error"][0] == pytest.approx(err)
+    # The reference writes the statistics into the model: they are the hand-made ones.
+    ref = copy.deepcopy(net)
+    population_bn(ref, small.x_train)
+    torch.testing.assert_close(ref[2].running_mean.double(), m1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ref[2].running_var.double(), v1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ref[5].running_mean.double(), m2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ref[5].running_var.double(), v2, rtol=1e-5, atol=1e-6)
+    # Population statistics do not depend on the batch size; update_bn's do.
+    other = evaluate_points(net, [net], [[1.0]], small, batch_size=37, bn_stats="population")
+    assert other["train_nll"][0] == pytest.approx(got["train_nll"][0], rel=1e-6)
+    b64 = evaluate_points(net, [net], [[1.0]], small, batch_size=64, bn_stats="batches")
+    assert abs(b64["train_nll"][0] - got["train_nll"][0]) > 1e-6
+
+
+def test_bn_stats_auto_and_bad_names(small):
+    net = convnet(3)
+    assert resolve_bn_stats("auto", net, small) == "population"  # 300 small images fit easily
+    assert resolve_bn_stats("auto", net, small, bn_batches=2) == "batches"
+    assert resolve_bn_stats("auto", mlp(3), small) == "batches"  # nothing to estimate
+    assert resolve_bn_stats("batches", net, small) == "batches"
+    with pytest.raises(UserError, match="cannot be combined"):
+        resolve_bn_stats("population", net, small, bn_batches=2)
+    with pytest.raises(UserError, match="unknown bn-stats 'exact'; choose one of: auto, population, batches"):
+        evaluate_points(net, [net], [[1.0]], small, bn_stats="exact")
+    auto = evaluate_points(net, [net], [[1.0]], small, batch_size=64)
+    pop = evaluate_points(net, [net], [[1.0]], small, batch_size=64, bn_stats="population")
+    for key in METRICS:
+        assert auto[key][0] == pop[key][0]
 
 
 # --------------------------------------------------------------------------- metrics

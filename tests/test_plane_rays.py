@@ -462,7 +462,7 @@ def test_rays_use_the_same_draws_for_every_centre(endpoints, normalize):
     point = pts.vectors[1] + 2.0 * d[1]
     want = evaluate_points(pts.model, point[None], [[1.0]], pts.data)
     for key in METRICS:
-        assert both[key][1, 1, -1] == pytest.approx(want[key][0], rel=1e-6, abs=1e-9), key
+        assert both[key][1, 1, -1] == pytest.approx(want[key][0], rel=1e-5, abs=1e-9), key
 
 
 def test_ray_and_line_coefficients_by_hand():
@@ -481,7 +481,8 @@ def test_ray_and_line_coefficients_by_hand():
 def test_plane_sweep_resumes_after_sigkill_and_matches_an_uninterrupted_run(tmp_path, capsys, endpoints, monkeypatch):
     A, B, C = endpoints
     # small batches: more passes per point, so the sweep lasts long enough to be caught mid-way
-    args = ["plane", "--points", A, B, C, "--grid", 7, "--points-per-pass", 2, "--batch-size", 20, "--quiet"]
+    args = ["plane", "--points", A, B, C, "--grid", 7, "--points-per-pass", 2, "--batch-size", 20, "--quiet",
+            "--bn-stats", "batches"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([str(LANDSCAPE), *map(str, args), "--out", str(killed)], cwd=ROOT,
                             env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -518,6 +519,12 @@ def test_plane_sweep_resumes_after_sigkill_and_matches_an_uninterrupted_run(tmp_
     assert code == 2 and "--resume" in one_line(err)
     assert store.exists()
 
+    # Resuming with other batch-norm statistics would mix two estimators: refused, store kept.
+    other = [a if a != "batches" else "population" for a in args]
+    code, _, err = run_cli(capsys, *other, "--out", killed, "--resume")
+    assert code == 2 and "different sweep" in one_line(err)
+    assert store.exists() and json.loads((killed / "config.json").read_text())["bn_stats"] == "batches"
+
     evaluated = []
     real = sweep_module.evaluate_points
 
@@ -543,6 +550,7 @@ def test_plane_sweep_resumes_after_sigkill_and_matches_an_uninterrupted_run(tmp_
     # the kept points made it into the result unchanged (grid points are the first 49, row-major)
     grid_done = done[:49]
     np.testing.assert_array_equal(resumed_arrays["train_loss"].ravel()[grid_done], stored["train_loss"][:49][grid_done])
+    assert json.loads((killed / "config.json").read_text())["bn_stats"] == "batches"
     s_res = json.loads((killed / "summary.json").read_text())
     s_new = json.loads((fresh / "summary.json").read_text())
     for got, want in zip(s_res["anchors"], s_new["anchors"]):
