@@ -1,0 +1,138 @@
+"""How the time of a landscape grows: with the grid, the dataset, the model, and the processes.
+
+All on the digits convnet plane (``evaluate_plane``, default settings), one
+factor varied at a time, three sizes each:
+
+  - grid size: G x G planes (+ 3 anchors) through the curve's start, end, bend;
+  - dataset size: the first n training images (the test split fixed);
+  - model size: convnet width w (three fresh networks span the plane), with
+    forward FLOPs per image counted by ``torch.utils.flop_counter``;
+  - processes: ``landscape plane --ckpt CURVE --grid G`` as one process (all
+    cores) and under ``torchrun --nproc-per-node 2`` (one thread each), the
+    whole command timed (start-up and data loading included).
+
+For each it prints seconds, seconds per point, and seconds per point per
+GFLOP of forward work (images x FLOPs per image), which stays flat when time
+is proportional to the arithmetic.
+
+    python bench/cost_model.py [--work runs/bench] [--skip-processes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine_vs_loop import endpoints_and_curve  # noqa: E402  (same folder)
+from landscape.data import load_dataset
+from landscape.models import create_model
+from landscape.plane import evaluate_plane
+from landscape.weights import ParamSpace
+from protocol import machine, timed
+
+BIN = Path(sys.executable).parent
+
+
+def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """FLOPs of one eval forward, per image."""
+    was = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x[:8])
+    model.train(was)
+    return counter.get_total_flops() / 8
+
+
+def report(label: str, seconds: float, points: int, images: int, flops: float) -> None:
+    work = points * images * flops / 1e9  # GFLOP of forward passes
+    print(f"{label:<34}{seconds:>9.2f}{1000 * seconds / points:>12.1f}{1000 * seconds / work:>16.3f}"
+          f"{work / seconds:>10.1f}")
+
+
+def header(title: str) -> None:
+    print(f"\n{title}\n{'':<34}{'seconds':>9}{'ms/point':>12}{'ms/pt/GFLOP':>16}{'GFLOP/s':>10}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("runs/bench"))
+    ap.add_argument("--skip-processes", action="store_true")
+    args = ap.parse_args()
+    data = load_dataset("digits")
+    loaded = endpoints_and_curve(args.work, data)
+    model = loaded.model
+    W = loaded.curve.anchors().detach()
+    points = [W[0], W[-1], W[1]]
+    flops = forward_flops(model, data.x_train)
+    per_point_images = len(data.y_train) + len(data.y_test)  # population BN: one train pass + one test pass
+    print(f"machine: {machine()}")
+    print(f"digits convnet: {flops / 1e6:.2f} MFLOP per image forward; work per point = (train + test images) "
+          f"x FLOPs (population batch-norm statistics: the statistics pass gives the train metrics)")
+
+    header("grid size (1437 train / 360 test images, width 32)")
+    for g in (7, 13, 21):
+        s, _ = timed(lambda: evaluate_plane(model, points, data, None, grid=g))
+        report(f"{g} x {g} + 3 = {g * g + 3} points", s, g * g + 3, per_point_images, flops)
+
+    header("dataset size (9 x 9 plane + 3, width 32; test split 360)")
+    for n in (360, 720, 1437):
+        sub = dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n])
+        s, _ = timed(lambda: evaluate_plane(model, points, sub, None, grid=9))
+        report(f"{n} training images", s, 84, n + len(data.y_test), flops)
+
+    header("model size (9 x 9 plane + 3, fresh convnets of width w)")
+    for w in (16, 32, 64):
+        nets = []
+        for seed in (1, 2, 3):
+            torch.manual_seed(seed)
+            nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=w))
+        space = ParamSpace.of(nets[0])
+        vecs = [space.flatten(n).detach() for n in nets]
+        f = forward_flops(nets[0], data.x_train)
+        s, _ = timed(lambda: evaluate_plane(nets[0], vecs, data, None, grid=9))
+        report(f"width {w} ({space.numel:,} params, {f / 1e6:.1f} MFLOP)", s, 84, per_point_images, f)
+
+    if args.skip_processes:
+        return
+    header("processes (landscape plane --ckpt CURVE --grid 13: 172 points, whole command)")
+    ckpt = args.work / "curve" / "model.pt"
+    with tempfile.TemporaryDirectory() as tmp:
+        one = [str(BIN / "landscape"), "plane", "--ckpt", str(ckpt), "--grid", "13", "--quiet", "--out"]
+        s1 = run_timed(one + [str(Path(tmp) / "one")], os.environ)
+        report("1 process, 2 threads", s1, 172, per_point_images, flops)
+        two = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), "--no-python", *one, str(Path(tmp) / "two")]
+        s2 = run_timed(two, dict(os.environ, OMP_NUM_THREADS="1"))
+        report("torchrun 2 processes, 1 thread each", s2, 172, per_point_images, flops)
+        print(f"2 processes / 1 process speed: {s1 / s2:.2f}")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_timed(cmd: list[str], env) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    main()
