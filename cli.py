@@ -192,6 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_connect(args: argparse.Namespace) -> int:
     from curves.fit import fit_curve
+    from landscape.sweep import is_main
 
     overrides = dict(_data_overrides(args), curve=args.curve, bends=args.bends, free_start=args.free_start,
                      free_end=args.free_end, objective=args.objective, t_samples=args.t_samples,
@@ -202,8 +203,6 @@ def cmd_connect(args: argparse.Namespace) -> int:
         overrides["model"] = args.model
     result = fit_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
                        **overrides)
-    from landscape.sweep import is_main
-
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     s = result.summary

@@ -21,6 +21,13 @@ only approximation.
 
 Batch norm runs in train mode (batch statistics) at phi(t); the running
 statistics are re-estimated when the curve is evaluated.
+
+Under ``torchrun`` the fit is data parallel like ``landscape train``: the
+curve's free control points are the module DistributedDataParallel wraps,
+each rank evaluates its slice of every batch at the same t (rank 0 draws it
+and broadcasts it), and the gradients are averaged. Batch norm sees each
+rank's slice; no buffers are broadcast (the curve's only buffers are its
+fixed endpoints, the same on every rank).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -48,7 +56,8 @@ from landscape.evaluate import evaluate_points, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import data_settings
 from landscape.models import check_spec_fits, from_spec, model_spec
-from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
+from landscape.sweep import rank_and_world
+from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training, training_device
 from landscape.weights import ParamSpace
 
 from .base import CURVES, Curve, create_curve
@@ -148,7 +157,7 @@ def fit_curve(
     inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
     cfg = ConnectConfig(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
     cfg.validate()
-    device = resolve_device(cfg.device)
+    device = training_device(cfg.device)  # under torchrun: joins the process group
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume)
     if start_epoch == -1:
@@ -169,10 +178,13 @@ def fit_curve(
     curve.to(device)
     buffers = {n: b.detach() for n, b in template.named_buffers()}
     k = cfg.t_samples
+    world = rank_and_world()[1]
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         template.train()
         t = torch.rand(k, device=device, dtype=torch.float64)
+        if world > 1:
+            dist.broadcast(t, src=0)  # every rank fits the same points on its slice of the batch
         points = curve.points(t)  # (K, P)
         batched = {n: b.unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in buffers.items()}
         logits = forward_points(template, space.unflatten(points), batched, x)  # (K, B, classes)
@@ -193,7 +205,7 @@ def fit_curve(
         return _fit_summary(curve, template, data, cfg)
 
     task = Task(module=curve, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
-                weight_decay=0.0, spec=spec, command="connect", kind="curve")
+                weight_decay=0.0, spec=spec, command="connect", kind="curve", sync_buffers=False)
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
                                     progress=progress, on_epoch_end=on_epoch_end, argv=argv)
     return CurveResult(curve=curve, model=template.eval(), summary=summary, metrics=metrics, out=out)

@@ -93,7 +93,8 @@ class Dataset:
         }
 
     def train_batches(
-        self, batch_size: int, generator: torch.Generator | None = None, augment: bool | None = None
+        self, batch_size: int, generator: torch.Generator | None = None, augment: bool | None = None,
+        *, shard: tuple[int, int] = (0, 1),
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """One shuffled epoch of (x (B, *input_shape), y (B,)) training batches.
 
@@ -102,8 +103,20 @@ class Dataset:
         is reproducible from the generator's seed. ``augment`` None follows
         ``self.augment``. A last partial batch is kept unless it holds a single
         sample, which batch norm cannot train on.
+
+        ``shard=(rank, world)`` yields rank's slice of every batch (for
+        DistributedDataParallel): all ranks draw the same permutation and
+        augmentation from equally seeded generators, and
+        ``torch.tensor_split`` cuts each global batch of ``batch_size`` into
+        ``world`` contiguous slices, so the ranks' slices of a step are
+        disjoint and together are exactly the one-process batch (sizes differ
+        by at most one). A last partial batch is kept only if every slice gets
+        two samples.
         """
         _check_batch_size(batch_size)
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise UserError(f"bad shard {shard!r}: expected (rank, world) with 0 <= rank < world")
         augment = self.augment if augment is None else augment
         if augment and self.x_train.dim() != 4:
             raise UserError(f"augmentation needs (N, C, H, W) images; {self.name} has input shape {self.input_shape}")
@@ -117,12 +130,16 @@ class Dataset:
         order = torch.randperm(n, generator=generator, device=self.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            if len(idx) < min(2, batch_size):  # only a short last batch can be this small
+            if len(idx) < min(2, batch_size) * world:  # only a short last batch can be this small
                 break
-            x = self.x_train[idx]
-            if augment:
-                x = augment_crop_flip(x, generator, fill=fill)
-            yield x, self.y_train[idx]
+            q, r = divmod(len(idx), world)  # torch.tensor_split's cut: the first r slices get one more
+            lo = rank * q + min(rank, r)
+            mine = slice(lo, lo + q + (rank < r))
+            if augment:  # augment the whole batch, so the generator's draws match one process's
+                x = augment_crop_flip(self.x_train[idx], generator, fill=fill)[mine]
+            else:
+                x = self.x_train[idx[mine]]
+            yield x, self.y_train[idx[mine]]
 
     def batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Every sample of ``split`` ("train" or "test") in order, unaugmented.

@@ -13,11 +13,27 @@ Resuming is exact on the CPU: every epoch re-seeds the global RNG (dropout)
 and the batch-order / augmentation generator from ``(seed, epoch)``, so an
 interrupted run continued from ``last.pt`` reaches the same weights as an
 uninterrupted one.
+
+Under ``torchrun --nproc-per-node N`` (WORLD_SIZE > 1) training is data
+parallel: every rank draws the same batch order and augmentation, takes its
+slice of each batch of ``batch_size`` (which stays the global batch size,
+``batch_size / N`` samples per rank), and the task's loss runs inside
+``torch.nn.parallel.DistributedDataParallel``, which averages the gradients
+(gloo on the CPU, NCCL on CUDA; each rank on the GPU of its LOCAL_RANK). Batch
+norm uses DDP's default buffer broadcast, not SyncBatchNorm: each rank
+normalises with the statistics of its own slice, and rank 0's running
+statistics are copied to every rank before each step and after the last
+(so every rank ends with, and rank 0 saves, rank 0's). The global RNG
+(dropout) is seeded per rank. Only rank 0 writes files and shows progress;
+every rank reads the same state on ``--resume`` and returns the same
+network, summary and per-epoch records.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -44,9 +61,10 @@ from .device import resolve_device, seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
 from .models import create_model, model_spec
+from .sweep import barrier, init_distributed, is_main, rank_and_world
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
-           "prepare_run", "run_training", "steps_per_epoch", "train"]
+           "prepare_run", "run_training", "steps_per_epoch", "train", "training_device"]
 
 SCHEDULES = ("paper", "cosine", "constant")
 # Settings that may change between a run and its --resume without changing the result.
@@ -146,6 +164,19 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Dataset:
     )
 
 
+def training_device(spec: str) -> torch.device:
+    """The device of this process. Under torchrun (WORLD_SIZE > 1) this also
+    joins the process group (gloo on the CPU, NCCL on CUDA), and on CUDA each
+    rank takes the GPU of its LOCAL_RANK unless ``spec`` names one."""
+    device = resolve_device(spec)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        init_distributed(device)
+    return device
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
@@ -186,10 +217,12 @@ def train(
     resume starts fresh). ``data`` may pass an already loaded dataset.
     ``on_epoch_end(epoch, record)`` is called after each epoch's state is saved.
     Returns the trained model (eval mode), the summary, and per-epoch metrics.
+    Under torchrun every rank calls this and trains its slice of each batch
+    (see the module's docstring); the process group stays open for the caller.
     """
     cfg = TrainConfig(**{**asdict(config), **overrides}) if config is not None else TrainConfig(**overrides)
     cfg.validate()
-    device = resolve_device(cfg.device)
+    device = training_device(cfg.device)
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume)
     if start_epoch == -1:  # finished before: report and return
@@ -231,7 +264,11 @@ class Task:
     """What the shared training loop optimises (an endpoint network, a curve, ...).
 
     ``loss(x, y)`` returns the scalar loss to minimise and the logits
-    ``(..., B, classes)`` used for the running error; ``save(path, kind,
+    ``(..., B, classes)`` used for the running error; it must reach every
+    trainable parameter through ``module`` (on many processes
+    DistributedDataParallel wraps the two, and ``sync_buffers`` says whether
+    rank 0's buffers, e.g. batch-norm statistics, are copied to every rank
+    before each step); ``save(path, kind,
     extra)`` writes a checkpoint of the current state with the given extra
     entries (``meta``, ``train_state``); ``restore(checkpoint)`` loads one
     back for ``--resume``; ``epoch_eval()`` (optional) adds metrics to each
@@ -256,6 +293,49 @@ updates (averaging, snapshots) and adds to its record.
     lr: Callable[[int, int, int], float] | None = None
     end_epoch: Callable[[int], dict[str, Any]] | None = None
     after_step: Callable[[int, int, int], None] | None = None
+    sync_buffers: bool = True
+
+
+class _Objective(nn.Module):
+    """A task's loss as a module that owns the trainable parameters, so that
+    DistributedDataParallel can wrap it and all-reduce their gradients."""
+
+    def __init__(self, owner: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], Any]) -> None:
+        super().__init__()
+        self.owner = owner
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loss(x, y)
+
+
+def _data_parallel(task: Task, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """The task's loss; on many processes, run through DistributedDataParallel."""
+    if rank_and_world()[1] == 1:
+        return task.loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    sync = {}
+    if not task.sync_buffers:  # the option's name changed in torch 2.13
+        new = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        sync = {"forward_sync_buffers" if new else "broadcast_buffers": False}
+    return DistributedDataParallel(_Objective(task.module, task.loss), device_ids=ids, **sync)
+
+
+def _from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (itself on one process)."""
+    if rank_and_world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _check_world(batch_size: int, world: int) -> None:
+    if world > 1 and (batch_size % world or batch_size // world < 2):
+        raise UserError(f"--batch-size {batch_size} must be a multiple of the {world} processes, "
+                        f"with at least 2 samples each (batch norm needs two)")
 
 
 def run_training(
@@ -273,26 +353,36 @@ def run_training(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The epoch loop shared by ``train`` and ``connect``: SGD with momentum,
     the schedule, per-epoch metrics, ``last.pt`` / numbered checkpoints /
-    ``model.pt``, and ``summary.json``. Returns (summary, per-epoch records)."""
+    ``model.pt``, and ``summary.json``. Returns (summary, per-epoch records).
+    On many processes (an initialised process group) it trains data parallel
+    and only rank 0 writes; see the module's docstring."""
     device = data.device
+    rank, world = rank_and_world()
+    _check_world(cfg.batch_size, world)
     metrics = list(metrics or [])
     params = [p for p in task.module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=task.weight_decay)
     if state is not None:
         task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
+    forward = _data_parallel(task, device)
+    out = out if rank == 0 else None  # only rank 0 writes
 
     def save(path: Path, epoch: int, kind: str) -> None:
         meta = {"epoch": epoch, "train_config": cfg.to_json(), "dataset": data.describe(),
-                "landscape_version": __version__}
+                "world_size": world, "landscape_version": __version__}
         task.save(path, kind, {"meta": meta, "train_state": {"epoch": epoch, "optimizer": optimizer.state_dict()}})
 
+    if world > 1:
+        _say(f"{task.command}: data parallel on {world} processes ({dist.get_backend()}), "
+             f"{cfg.batch_size // world} samples per process and step")
     if out is not None:
         write_json(out / "config.json", {
             "command": task.command,
             "argv": list(argv) if argv is not None else None,
             "config": cfg.to_json(),
             "device": str(device),
+            "world_size": world,
             "dataset": data.describe(),
             "model": task.spec,
             "landscape_version": __version__,
@@ -303,16 +393,17 @@ def run_training(
 
     t0 = time.perf_counter()
     steps = max(1, math.ceil(len(data.y_train) / cfg.batch_size))
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, show, task.command)
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            record = _train_epoch(task, optimizer, data, cfg, epoch, device, bar)
+            record = _train_epoch(task, forward, optimizer, data, cfg, epoch, device, bar)
             if task.end_epoch is not None:
                 record.update(task.end_epoch(epoch + 1))
-            if task.epoch_eval is not None:
+            if task.epoch_eval is not None and rank == 0:
                 record.update(task.epoch_eval())
             record["time_s"] = round(time.perf_counter() - t0, 3)
+            record = _from_main(record)
             if out is not None:
                 append_jsonl(out / "metrics.jsonl", record)
                 save(out / "last.pt", epoch + 1, task.kind)
@@ -326,16 +417,21 @@ def run_training(
     finally:
         bar.close()
 
-    summary = task.finish()
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    if world > 1 and task.sync_buffers:  # every rank ends with rank 0's batch-norm statistics
+        for b in task.module.buffers():
+            dist.broadcast(b, src=0)
+    summary = task.finish() if rank == 0 else None
+    if rank == 0:
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
     if out is not None:
         save(out / "model.pt", cfg.epochs, task.kind)
         write_json(out / "summary.json", summary)
-    return summary, metrics
+    return _from_main(summary), metrics  # the broadcast also holds every rank until rank 0 has written
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    if is_main():
+        print(msg, file=sys.stderr)
 
 
 def _progress_bar(total: int, initial: int, show: bool, desc: str = "train"):
@@ -349,7 +445,8 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool) -> tuple[int, 
 
     Start epoch -1 means the run there is already finished. Refuses to
     overwrite a finished or unfinished run without ``resume``, and to resume
-    with settings other than the stored ones.
+    with settings other than the stored ones. On many processes every rank
+    checks and reads, then they wait for each other, then rank 0 tidies up.
     """
     if out is None:
         return 0, None, []
@@ -361,8 +458,10 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool) -> tuple[int, 
             raise UserError(f"{out} already holds a finished run; choose another --out")
         if last.exists():
             raise UserError(f"{out} holds an unfinished run; pass --resume to continue it, or choose another --out")
-        for stale in ("metrics.jsonl", "summary.json"):
-            (out / stale).unlink(missing_ok=True)
+        barrier()
+        if is_main():
+            for stale in ("metrics.jsonl", "summary.json"):
+                (out / stale).unlink(missing_ok=True)
         return 0, None, []
     source = finished if finished.exists() else last
     if not source.exists():
@@ -377,7 +476,9 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool) -> tuple[int, 
         return -1, None, []
     epoch = int(state.extra["train_state"]["epoch"])
     kept = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("epoch", 0) <= epoch]
-    atomic_write_text(out / "metrics.jsonl", "".join(_jsonl_line(r) for r in kept))
+    barrier()
+    if is_main():
+        atomic_write_text(out / "metrics.jsonl", "".join(_jsonl_line(r) for r in kept))
     _say(f"{out}: resuming after epoch {epoch} of {cfg.epochs}")
     return epoch, state, kept
 
@@ -396,47 +497,56 @@ def _finished_result(out: Path) -> TrainResult:
     return TrainResult(model=load_model(out / "model.pt"), summary=summary, out=out, metrics=read_jsonl(out / "metrics.jsonl"))
 
 
-def _train_epoch(task: Task, optimizer, data: Dataset, cfg: TrainConfig, epoch: int, device: torch.device,
-                 bar) -> dict[str, Any]:
+def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig, epoch: int,
+                 device: torch.device, bar) -> dict[str, Any]:
     lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    steps = steps_per_epoch(len(data.y_train), cfg.batch_size)
-    torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout, t samples, any other global-RNG use
-    gen = torch.Generator(device=device)
+    rank, world = rank_and_world()
+    n = len(data.y_train)
+    steps = steps_per_epoch(n, cfg.batch_size, world)
+    # dropout, t samples, any other global-RNG use; per rank, so ranks drop out differently
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch) + rank)
+    gen = torch.Generator(device=device)  # batch order and augmentation: the same on every rank
     gen.manual_seed(_epoch_seed(cfg.seed, epoch))
     task.module.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    wrong = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
-    for it, (x, y) in enumerate(data.train_batches(cfg.batch_size, gen)):
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * samples, wrong, samples
+    for it, (x, y) in enumerate(data.train_batches(cfg.batch_size, gen, shard=(rank, world))):
         if task.lr is not None:
             lr = task.lr(epoch, it, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            loss, logits = task.loss(x, y)  # logits (..., B, classes)
+            loss, logits = forward(x, y)  # logits (..., B, classes)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch = min(cfg.batch_size, n - it * cfg.batch_size)  # the global batch of this step
+        if len(y) * world != batch:  # uneven slices of a last batch: weight DDP's mean by samples
+            (loss * (len(y) * world / batch)).backward()
+        else:
+            loss.backward()
         optimizer.step()
         if task.after_step is not None:
             task.after_step(epoch, it, steps)
-        loss_sum += loss.detach().double() * y.numel()
-        wrong += (logits.detach().argmax(dim=-1) != y).double().sum() * y.numel() / (logits[..., 0].numel())
-        seen += y.numel()
+        sums[0] += loss.detach().double() * y.numel()
+        sums[1] += (logits.detach().argmax(dim=-1) != y).double().sum() * y.numel() / (logits[..., 0].numel())
+        sums[2] += y.numel()
         bar.update(1)
-    train_loss = loss_sum.item() / max(seen, 1)
+    if world > 1:
+        dist.all_reduce(sums)
+    loss_sum, wrong, seen = sums.tolist()
+    train_loss = loss_sum / max(seen, 1)
     if not math.isfinite(train_loss):
         raise UserError(
             f"training diverged: the loss became {train_loss} in epoch {epoch + 1} (lr {lr:g}); "
             f"the last good state is kept, lower --lr and rerun"
         )
-    return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": 100.0 * wrong.item() / max(seen, 1)}
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": 100.0 * wrong / max(seen, 1)}
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Iterations per epoch: full batches plus a last one of two or more samples."""
-    return n // batch_size + (1 if n % batch_size >= 2 else 0)
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Iterations per epoch: full batches plus a last one of two or more
+    samples (per process, on ``world`` processes)."""
+    return n // batch_size + (1 if n % batch_size >= 2 * world else 0)
 
 
 def _final_summary(model: nn.Module, data: Dataset, cfg: TrainConfig) -> dict[str, Any]:

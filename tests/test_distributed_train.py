@@ -1,0 +1,224 @@
+"""Data-parallel `landscape train` and `landscape connect` under torchrun: each
+rank's slice of the batches, and 2 gloo ranks on the CPU against one process
+that takes the same global batches in two halves and averages their gradients."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from curves import create_curve
+from landscape.checkpoint import load_checkpoint, read_jsonl
+from landscape.data import load_dataset
+from landscape.device import seed_everything
+from landscape.errors import UserError
+from landscape.evaluate import forward_points
+from landscape.models import create_model, from_spec
+from landscape.train import _check_world, _epoch_seed, learning_rate, steps_per_epoch, train
+from landscape.weights import ParamSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+LANDSCAPE = Path(sys.executable).with_name("landscape")
+WORLD = 2
+# Bit-exact on this machine (one thread per rank and for the reference); the
+# tolerance leaves room for kernels whose summation order depends on threads.
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def torchrun(*argv) -> subprocess.CompletedProcess:
+    """``landscape ARGV`` on 2 gloo ranks; --standalone lets torchrun pick a free port itself."""
+    if not LANDSCAPE.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+           "--no-python", "--", str(LANDSCAPE), *map(str, argv), "--quiet"]  # "--": else --start is torchrun's
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+def one_thread(fn):
+    """Run ``fn()`` on one thread, as every rank does (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def data_parallel_step(params, buffers, loss_of_slice, x, y):
+    """One process doing what 2 DDP ranks do: each half of the batch gets its
+    own forward (batch norm sees only that half) and backward, the loss of a
+    half weighted by its share of the samples; the gradients are averaged;
+    the buffers keep rank 0's update only (DDP sends rank 0's to the others)."""
+    for r, part in enumerate(torch.tensor_split(torch.arange(len(y)), WORLD)):
+        kept = [b.clone() for b in buffers]
+        loss = loss_of_slice(x[part], y[part])
+        w = len(part) * WORLD / len(y)
+        (loss if w == 1 else loss * w).backward()
+        if r > 0:
+            for b, k in zip(buffers, kept):
+                b.copy_(k)
+    for p in params:
+        p.grad /= WORLD
+
+
+# ------------------------------------------------------------- in process
+def test_shards_of_a_step_are_disjoint_and_make_the_global_batch(digits):
+    """Same permutation and augmentation on every rank; slices cut like
+    tensor_split; a last batch too small for two samples per rank is dropped."""
+    data = dataclasses.replace(digits, x_train=digits.x_train[:103], y_train=digits.y_train[:103])
+    for augment in (False, True):
+        whole = list(data.train_batches(20, torch.Generator().manual_seed(5), augment=augment))
+        parts = [list(data.train_batches(20, torch.Generator().manual_seed(5), augment=augment, shard=(r, 3)))
+                 for r in range(3)]
+        assert [len(p) for p in parts] == [5, 5, 5] == [steps_per_epoch(103, 20, 3)] * 3  # the last 3 samples: dropped
+        assert len(whole) == 6 == steps_per_epoch(103, 20)
+        for step, (x, y) in enumerate(whole[:5]):
+            assert [len(p[step][1]) for p in parts] == [7, 7, 6]
+            assert torch.equal(torch.cat([p[step][0] for p in parts]), x)
+            assert torch.equal(torch.cat([p[step][1] for p in parts]), y)
+    with pytest.raises(UserError, match="shard"):
+        next(data.train_batches(20, shard=(2, 2)))
+
+
+def test_batch_size_must_split_evenly_over_the_ranks():
+    _check_world(128, 1)
+    _check_world(128, 2)
+    with pytest.raises(UserError, match="--batch-size 101 must be a multiple of the 2 processes") as info:
+        _check_world(101, 2)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="at least 2 samples"):
+        _check_world(4, 4)
+
+
+# ------------------------------------------------------------- 2 gloo ranks
+def reference_train(data, *, seed, epochs, batch_size, width):
+    """Plain SGD as `landscape train` sets it up, each step data parallel by hand."""
+    seed_everything(seed)
+    model = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=width)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    buffers = list(model.buffers())
+    for epoch in range(epochs):
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(0.05, "paper", epoch, epochs)
+        model.train()
+        for x, y in data.train_batches(batch_size, torch.Generator().manual_seed(_epoch_seed(seed, epoch))):
+            opt.zero_grad()
+            data_parallel_step(model.parameters(), buffers, lambda xs, ys: F.cross_entropy(model(xs), ys), x, y)
+            opt.step()
+    return init, model.state_dict()
+
+
+@pytest.mark.slow
+def test_two_rank_train_equals_one_process_averaging_the_halves(tmp_path, digits):
+    """2 epochs of 14 batches of 100 and a last one of 37 (19 + 18: the uneven
+    slices are weighted by their samples), then a resume from epoch 1."""
+    args = ["train", "--epochs", 2, "--batch-size", 100, "--model-kwargs", "width=8", "--seed", 1, "--save-every", 1]
+    done = torchrun(*args, "--out", tmp_path / "ddp")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("test error") == 1, done.stdout  # only rank 0 reports
+    assert done.stderr.count("train: data parallel on 2 processes (gloo), 50 samples per process and step") == 1
+    run = tmp_path / "ddp"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-001.pt", "checkpoint-002.pt", "config.json",
+                                                     "last.pt", "metrics.jsonl", "model.pt", "summary.json"]
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    assert ckpt["meta"]["world_size"] == 2
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2] and records[1]["train_loss"] < records[0]["train_loss"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_error"] < 30, summary
+
+    init, want = one_thread(lambda: reference_train(digits, seed=1, epochs=2, batch_size=100, width=8))
+    got = ckpt["state_dict"]
+    assert got.keys() == want.keys()
+    assert any((got[k] - init[k]).abs().max() > 1e-2 for k in got)  # it trained
+    for k in want:  # incl. batch-norm running statistics: rank 0's
+        torch.testing.assert_close(got[k], want[k], **TOL, msg=k)
+
+    # An interrupted run resumes on both ranks from the same state: drop epoch 2.
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    for name in ("model.pt", "summary.json", "checkpoint-002.pt"):
+        (cut / name).unlink()
+    shutil.copy(cut / "checkpoint-001.pt", cut / "last.pt")
+    done = torchrun(*args, "--out", cut, "--resume")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stderr.count("resuming after epoch 1 of 2") == 1, done.stderr
+    resumed = torch.load(cut / "model.pt", weights_only=True)["state_dict"]
+    for k in got:  # a rank that started epoch 2 elsewhere would change rank 0's averaged gradients
+        assert torch.equal(resumed[k], got[k]), k
+    assert [r["train_loss"] for r in read_jsonl(cut / "metrics.jsonl")] == [r["train_loss"] for r in records]
+
+
+def reference_connect(start, end, data, *, seed, batch_size, k, wd=5e-4):
+    """One epoch of the uniform objective on a one-bend Bezier curve, each
+    step at rank 0's t values, data parallel by hand."""
+    a, b = load_checkpoint(start), load_checkpoint(end)
+    template = from_spec(a.model)
+    template.load_state_dict(a.state_dict)
+    space = ParamSpace.of(template)
+    curve = create_curve("bezier", space, space.flatten(a.state_dict), space.flatten(b.state_dict), bends=1)
+    opt = torch.optim.SGD([curve.free], lr=0.05, momentum=0.9, weight_decay=0.0)
+    buffers = {n: v.detach() for n, v in template.named_buffers()}
+    template.train()
+    torch.manual_seed(_epoch_seed(seed, 0))
+
+    for x, y in data.train_batches(batch_size, torch.Generator().manual_seed(_epoch_seed(seed, 0))):
+        t = torch.rand(k, dtype=torch.float64)
+
+        def loss(xs, ys):
+            points = curve.points(t)  # (K, P)
+            batched = {n: v.unsqueeze(0).repeat(k, *([1] * v.dim())) for n, v in buffers.items()}
+            logits = forward_points(template, space.unflatten(points), batched, xs)  # (K, B, classes)
+            nll = F.cross_entropy(logits.flatten(0, 1), ys.repeat(k), reduction="none").view(k, -1).mean(dim=1)
+            return (nll + 0.5 * wd * points.pow(2).sum(dim=1)).mean()
+
+        opt.zero_grad()
+        data_parallel_step([curve.free], [], loss, x, y)
+        opt.step()
+    return curve.anchors().detach()
+
+
+@pytest.mark.slow
+def test_two_rank_connect_equals_one_process_averaging_the_halves(tmp_path, digits):
+    """One epoch of 11 batches of 128 and a last one of 29 (15 + 14), two
+    values of t per step, shared by the ranks."""
+    for seed in (1, 2):
+        train(out=tmp_path / f"end{seed}", data=digits, epochs=1, seed=seed, progress=False, model_kwargs={"width": 8})
+    start, end = tmp_path / "end1" / "model.pt", tmp_path / "end2" / "model.pt"
+    done = torchrun("connect", "--start", start, "--end", end, "--epochs", 1, "--t-samples", 2, "--seed", 3,
+                    "--out", tmp_path / "curve")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("bezier curve with 1 bend(s)") == 1, done.stdout
+    assert done.stderr.count("connect: data parallel on 2 processes (gloo), 64 samples per process and step") == 1
+    run = tmp_path / "curve"
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    assert ckpt["kind"] == "curve" and ckpt["meta"]["world_size"] == 2
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    curve, line = summary["curve"], summary["line"]  # at t = 1/2 the fit has already beaten the line
+    assert curve["train_loss_at"][1] < line["train_loss_at"][1], summary
+    assert curve["test_error_at"][1] < line["test_error_at"][1] - 10, summary
+
+    got = ckpt["curve"]["anchors"]
+    want = one_thread(lambda: reference_connect(start, end, digits, seed=3, batch_size=128, k=2))
+    straight = create_curve("bezier", ParamSpace.of(from_spec(ckpt["model"])), got[0], got[-1], bends=1).anchors()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[-1], want[-1])  # fixed ends
+    assert (got[1] - straight[1]).abs().max() > 1e-2  # the bend moved
+    torch.testing.assert_close(got, want, **TOL)
