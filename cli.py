@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -899,14 +900,25 @@ def _leave_process_group() -> None:
             dist.destroy_process_group()
 
 
+# Commands that share their work out under torchrun; the others would run
+# whole on every rank and write the same files, so they refuse.
+DISTRIBUTED = ("train", "connect", "plane", "rays", "width")
+
+
 def _run_command(args: argparse.Namespace) -> int:
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     try:
+        if world > 1 and args.command not in DISTRIBUTED and args.command != "models":
+            raise UserError(f"'{args.command}' runs on one process; start it without torchrun "
+                            f"(under torchrun: {', '.join(DISTRIBUTED)})")
         return args.func(args)
     except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        if rank == 0:  # bad input is the same on every rank: say it once
+            print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # unwritable --out, full disk, ...
-        print(f"{PROG}: error: {e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), file=sys.stderr)
+    except OSError as e:  # unwritable --out, full disk, ... (may be one rank's own)
+        where = f"rank {rank}: " if world > 1 else ""
+        print(f"{PROG}: error: {where}{e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; files written so far are kept — rerun with --resume to continue", file=sys.stderr)

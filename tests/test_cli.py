@@ -217,3 +217,19 @@ def test_multi_network_checkpoints_are_refused_where_one_network_is_expected(tmp
                  ["connect", "--start", tmp_path / "curve.pt", "--end", tmp_path / "curve.pt", "--out", tmp_path / "c"]):
         code, _, err = run(capsys, *argv)
         assert code == 2 and "a curve checkpoint, where one network is expected" in _one_line_error(err)
+
+
+@pytest.mark.parametrize("command", [["swa", "--from-scratch", "--epochs", "1"], ["ensemble", "a.pt", "b.pt"],
+                                     ["curve", "--ckpt", "c.pt"]])
+def test_one_process_commands_refuse_torchrun_and_errors_are_said_once(tmp_path, capsys, monkeypatch, command):
+    """Under torchrun (WORLD_SIZE > 1) a command that does not share its work
+    out refuses before doing anything (every rank would repeat the whole run
+    and write the same files); rank 0 says why, the other ranks stay quiet."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = run(capsys, *command, "--out", tmp_path / "x")
+    assert code == 2 and f"'{command[0]}' runs on one process; start it without torchrun" in _one_line_error(err)
+    assert not (tmp_path / "x").exists()
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = run(capsys, *command, "--out", tmp_path / "x")
+    assert code == 2 and out == "" and err == ""
