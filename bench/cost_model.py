@@ -7,15 +7,16 @@ factor varied at a time, three sizes each:
   - dataset size: the first n training images (the test split fixed);
   - model size: convnet width w (three fresh networks span the plane), with
     forward FLOPs per image counted by ``torch.utils.flop_counter``;
-  - processes: ``landscape plane --ckpt CURVE --grid G`` as one process (all
-    cores) and under ``torchrun --nproc-per-node 2`` (one thread each), the
-    whole command timed (start-up and data loading included).
+  - processes: ``landscape plane --ckpt CURVE --grid 21`` as one process with
+    one thread, as one process with two, and under ``torchrun
+    --nproc-per-node 2`` with one thread each; the whole command is timed
+    (start-up, data loading and figures included).
 
 For each it prints seconds, seconds per point, and seconds per point per
 GFLOP of forward work (images x FLOPs per image), which stays flat when time
 is proportional to the arithmetic.
 
-    python bench/cost_model.py [--work runs/bench] [--skip-processes]
+    python bench/cost_model.py [--work runs/bench] [--parts grid,data,model,processes]
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -67,7 +67,8 @@ def header(title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("runs/bench"))
-    ap.add_argument("--skip-processes", action="store_true")
+    ap.add_argument("--parts", default="grid,data,model,processes",
+                    help="comma-separated subset of grid, data, model, processes")
     args = ap.parse_args()
     data = load_dataset("digits")
     loaded = endpoints_and_curve(args.work, data)
@@ -80,17 +81,35 @@ def main() -> None:
     print(f"digits convnet: {flops / 1e6:.2f} MFLOP per image forward; work per point = (train + test images) "
           f"x FLOPs (population batch-norm statistics: the statistics pass gives the train metrics)")
 
+    parts = set(args.parts.split(","))
+    if "grid" in parts:
+        grid_sizes(model, points, data, per_point_images, flops)
+    if "data" in parts:
+        dataset_sizes(model, points, data, flops)
+    if "model" in parts:
+        model_sizes(data, per_point_images)
+    if "processes" in parts:
+        processes(args.work / "curve" / "model.pt", per_point_images, flops)
+
+
+def grid_sizes(model, points, data, per_point_images, flops) -> None:
     header("grid size (1437 train / 360 test images, width 32)")
     for g in (7, 13, 21):
         s, _ = timed(lambda: evaluate_plane(model, points, data, None, grid=g))
         report(f"{g} x {g} + 3 = {g * g + 3} points", s, g * g + 3, per_point_images, flops)
 
+
+
+def dataset_sizes(model, points, data, flops) -> None:
     header("dataset size (9 x 9 plane + 3, width 32; test split 360)")
     for n in (360, 720, 1437):
         sub = dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n])
         s, _ = timed(lambda: evaluate_plane(model, points, sub, None, grid=9))
         report(f"{n} training images", s, 84, n + len(data.y_test), flops)
 
+
+
+def model_sizes(data, per_point_images) -> None:
     header("model size (9 x 9 plane + 3, fresh convnets of width w)")
     for w in (16, 32, 64):
         nets = []
@@ -103,20 +122,23 @@ def main() -> None:
         s, _ = timed(lambda: evaluate_plane(nets[0], vecs, data, None, grid=9))
         report(f"width {w} ({space.numel:,} params, {f / 1e6:.1f} MFLOP)", s, 84, per_point_images, f)
 
-    if args.skip_processes:
-        return
-    header("processes (landscape plane --ckpt CURVE --grid 13: 172 points, whole command)")
-    ckpt = args.work / "curve" / "model.pt"
+
+
+def processes(ckpt: Path, per_point_images: int, flops: float) -> None:
+    n = 21 * 21 + 3
+    header(f"processes (landscape plane --ckpt CURVE --grid 21: {n} points, whole command)")
     with tempfile.TemporaryDirectory() as tmp:
-        one = [str(BIN / "landscape"), "plane", "--ckpt", str(ckpt), "--grid", "13", "--quiet", "--out"]
-        s1 = run_timed(one + [str(Path(tmp) / "one")], os.environ)
-        report("1 process, 2 threads", s1, 172, per_point_images, flops)
+        one = [str(BIN / "landscape"), "plane", "--ckpt", str(ckpt), "--grid", "21", "--quiet", "--out"]
+        s11 = run_timed(one + [str(Path(tmp) / "one1")], dict(os.environ, OMP_NUM_THREADS="1"))
+        report("1 process, 1 thread", s11, n, per_point_images, flops)
+        s12 = run_timed(one + [str(Path(tmp) / "one2")], dict(os.environ, OMP_NUM_THREADS="2"))
+        report("1 process, 2 threads", s12, n, per_point_images, flops)
         two = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), "--no-python", *one, str(Path(tmp) / "two")]
         s2 = run_timed(two, dict(os.environ, OMP_NUM_THREADS="1"))
-        report("torchrun 2 processes, 1 thread each", s2, 172, per_point_images, flops)
-        print(f"2 processes / 1 process speed: {s1 / s2:.2f}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        report("torchrun 2 processes, 1 thread each", s2, n, per_point_images, flops)
+        print(f"speed-up from 1 to 2 processes (1 thread each): {s11 / s2:.2f}; "
+              f"2 processes vs 1 process with 2 threads: {s12 / s2:.2f}")
 
 
 def run_timed(cmd: list[str], env) -> float:
