@@ -490,14 +490,14 @@ class _Sums:
         self.wrong += (logits.argmax(dim=-1) != y).sum(dim=1)
         self.count += y.numel()
         if self.keep:
-            self.kept.append(logp.exp().cpu())
+            self.kept.append(logp.exp())  # stays on the device: no synchronisation per batch
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         n = max(self.count, 1)
         return (self.nll / n).cpu().numpy(), (100.0 * self.wrong.double() / n).cpu().numpy()
 
     def probs(self) -> np.ndarray:
-        return torch.cat(self.kept, dim=1).numpy()
+        return torch.cat(self.kept, dim=1).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------
