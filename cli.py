@@ -242,21 +242,10 @@ def cmd_curve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_device(spec: str):
-    """The device of this process; under torchrun each rank takes its own GPU."""
-    import os
+def _process_device(spec: str):
+    from landscape.sweep import process_device
 
-    from landscape.device import resolve_device
-    from landscape.sweep import init_distributed
-
-    device = resolve_device(spec)
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ and device.index is None:
-        import torch
-
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    init_distributed(device)
-    return device
+    return process_device(spec)
 
 
 def _marks(paths, model, space, device):
@@ -281,7 +270,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
 
     if bool(args.ckpt) == bool(args.points):
         raise UserError("give either --ckpt CURVE.pt or --points A.pt B.pt C.pt")
-    device = _sweep_device(args.device)
+    device = _process_device(args.device)
     path = path_label = None
     if args.ckpt:
         from curves.fit import load_curve
@@ -337,7 +326,7 @@ def cmd_rays(args: argparse.Namespace) -> int:
     from landscape.rays import evaluate_rays
     from landscape.sweep import is_main
 
-    device = _sweep_device(args.device)
+    device = _process_device(args.device)
     paths = [args.center] + ([args.compare] if args.compare else [])
     pts = load_points(paths, model=args.model, model_kwargs=dict(args.model_kwargs),
                       data_overrides=_data_overrides(args), device=device)
@@ -493,7 +482,7 @@ def cmd_width(args: argparse.Namespace) -> int:
     from landscape.rays import evaluate_rays
     from landscape.sweep import is_main
 
-    device = _sweep_device(args.device)
+    device = _process_device(args.device)
     pts = load_points([args.swa, args.sgd], model=args.model, model_kwargs=dict(args.model_kwargs),
                       data_overrides=_data_overrides(args), device=device)
     evaluate_rays(pts.model, pts.vectors, pts.data, args.out, labels=["SWA", "SGD"],

@@ -57,7 +57,8 @@ from landscape.geometry import line_coefficients
 from landscape.inputs import data_settings
 from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.sweep import rank_and_world
-from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training, training_device
+from landscape.sweep import process_device
+from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
 from landscape.weights import ParamSpace
 
 from .base import CURVES, Curve, create_curve
@@ -157,7 +158,7 @@ def fit_curve(
     inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
     cfg = ConnectConfig(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
     cfg.validate()
-    device = training_device(cfg.device)  # under torchrun: joins the process group
+    device = process_device(cfg.device)  # under torchrun: joins the process group
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume)
     if start_epoch == -1:

@@ -26,11 +26,12 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import read_result, write_json, write_npz
+from .device import resolve_device
 from .errors import UserError
 from .evaluate import METRICS, choose_points_per_pass, evaluate_points, resolve_bn_stats, resolve_strategy, unique_rows
 from .weights import ParamSpace
 
-__all__ = ["STORE", "init_distributed", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
+__all__ = ["STORE", "init_distributed", "process_device", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
            "begin_result", "finish_result"]
 
 STORE = "sweep.partial.npz"
@@ -43,6 +44,20 @@ def init_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return rank_and_world()
+
+
+def process_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The device of this process (``resolve_device``). Under torchrun
+    (WORLD_SIZE > 1) this also joins the process group (gloo on the CPU, NCCL
+    on CUDA), and on CUDA each rank takes the GPU of its LOCAL_RANK unless
+    ``spec`` names one."""
+    device = resolve_device(spec)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        init_distributed(device)
+    return device
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,14 +56,14 @@ from .checkpoint import (
     atomic_write_text,
 )
 from .data import Dataset, load_dataset
-from .device import resolve_device, seed_everything
+from .device import seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
 from .models import create_model, model_spec
-from .sweep import barrier, init_distributed, is_main, rank_and_world
+from .sweep import barrier, is_main, process_device, rank_and_world
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
-           "prepare_run", "run_training", "steps_per_epoch", "train", "training_device"]
+           "prepare_run", "run_training", "steps_per_epoch", "train"]
 
 SCHEDULES = ("paper", "cosine", "constant")
 # Settings that may change between a run and its --resume without changing the result.
@@ -164,19 +163,6 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Dataset:
     )
 
 
-def training_device(spec: str) -> torch.device:
-    """The device of this process. Under torchrun (WORLD_SIZE > 1) this also
-    joins the process group (gloo on the CPU, NCCL on CUDA), and on CUDA each
-    rank takes the GPU of its LOCAL_RANK unless ``spec`` names one."""
-    device = resolve_device(spec)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
-        init_distributed(device)
-    return device
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
@@ -222,7 +208,7 @@ def train(
     """
     cfg = TrainConfig(**{**asdict(config), **overrides}) if config is not None else TrainConfig(**overrides)
     cfg.validate()
-    device = training_device(cfg.device)
+    device = process_device(cfg.device)
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume)
     if start_epoch == -1:  # finished before: report and return
