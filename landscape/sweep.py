@@ -160,11 +160,16 @@ def run_sweep(
     coefficients, expand = unique_rows(np.asarray(coefficients, dtype=np.float64))  # identical points once
     n = coefficients.shape[0]
     rank, world = rank_and_world()
+    # "auto" choices read free memory, which ranks may see differently: rank 0 decides for all,
+    # or the ranks would build different chunk lists and wait on each other forever.
     bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
-    if world > 1:  # "auto" reads free memory, which ranks may see differently: rank 0 decides for all
-        decided = [bn_stats]
+    pass_size = len(data.y_train) if bn_stats == "population" else batch_size
+    k = points_per_pass or choose_points_per_pass(model, data, pass_size, ParamSpace.of(model).numel,
+                                                   resolve_strategy(strategy, data.device))
+    if world > 1:
+        decided = [bn_stats, k]
         dist.broadcast_object_list(decided, src=0)
-        bn_stats = decided[0]
+        bn_stats, k = decided
     key = fingerprint(anchors, coefficients, dict(settings or {}, wd=wd, batch_size=batch_size,
                                                   bn_batches=bn_batches, bn_stats=bn_stats, amp=amp))
     done = np.zeros(n, dtype=bool)
@@ -179,9 +184,6 @@ def run_sweep(
     if store is not None and config is not None and rank == 0:
         write_json(store.parent / "config.json", dict(config, bn_stats=bn_stats))
 
-    pass_size = len(data.y_train) if bn_stats == "population" else batch_size
-    k = points_per_pass or choose_points_per_pass(model, data, pass_size, ParamSpace.of(model).numel,
-                                                   resolve_strategy(strategy, data.device))
     todo = np.flatnonzero(~done)
     chunks = [todo[i:i + k] for i in range(0, len(todo), k)]
     from tqdm.auto import tqdm

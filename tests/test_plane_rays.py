@@ -570,34 +570,44 @@ DRIVER = """
 import os, sys
 import torch.distributed as dist
 import cli
-
+{prelude}
 code = cli.main(sys.argv[1:])
-print(f"rank {os.environ['RANK']} returned {code}, group left alive: {dist.is_initialized()}", flush=True)
+print(f"rank {{os.environ['RANK']}} returned {{code}}, group left alive: {{dist.is_initialized()}}", flush=True)
 if dist.is_initialized():
     dist.barrier()
     dist.destroy_process_group()
 sys.exit(code)
 """
 GLOO_ARGS = ["--grid", 5, "--points-per-pass", 3, "--quiet"]
+# Free memory read differently on each rank: rank 0 would take 3 points per pass, rank 1 two.
+UNEVEN_MEMORY = """
+from landscape import sweep
+sweep.choose_points_per_pass = lambda *a, **k: 3 if os.environ["RANK"] == "0" else 2
+"""
 
 
-@pytest.fixture(scope="module")
-def gloo_run(tmp_path_factory, endpoints):
-    """``landscape plane`` on 2 gloo ranks; (finished process, result folder)."""
-    root = tmp_path_factory.mktemp("gloo")
+def launch_gloo(root: Path, args: list, prelude: str = "") -> subprocess.CompletedProcess:
+    """``landscape ARGS`` on 2 gloo ranks, each running DRIVER with ``prelude`` first."""
     driver = root / "driver.py"
-    driver.write_text(DRIVER)
-    two = root / "two"
-    args = ["plane", "--points", *endpoints, *GLOO_ARGS, "--out", two]
+    driver.write_text(DRIVER.format(prelude=prelude))
+    out = Path(args[args.index("--out") + 1])
     for _ in range(3):  # a port taken between our pick and torchrun's bind: retry on another, never skip
-        shutil.rmtree(two, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
         cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
                str(free_port()), str(driver), *map(str, args)]
         done = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
                               timeout=240)
         if done.returncode == 0 or not PORT_TROUBLE.search(done.stderr):
             break
-    return done, two
+    return done
+
+
+@pytest.fixture(scope="module")
+def gloo_run(tmp_path_factory, endpoints):
+    """``landscape plane`` on 2 gloo ranks; (finished process, result folder)."""
+    root = tmp_path_factory.mktemp("gloo")
+    two = root / "two"
+    return launch_gloo(root, ["plane", "--points", *endpoints, *GLOO_ARGS, "--out", two]), two
 
 
 @pytest.mark.slow
@@ -624,6 +634,18 @@ def test_torchrun_commands_tear_down_their_process_group(gloo_run):
     assert done.returncode == 0, done.stderr[-4000:]
     states = re.findall(r"group left alive: (True|False)", done.stdout)
     assert states == ["False", "False"], done.stdout
+
+
+@pytest.mark.slow
+def test_ranks_reading_different_free_memory_follow_rank_0s_points_per_pass(tmp_path, gloo_run, endpoints):
+    """Without rank 0's choice broadcast, the ranks cut different chunk lists and hang."""
+    done, two = gloo_run
+    assert done.returncode == 0, done.stderr[-4000:]
+    uneven = tmp_path / "uneven"
+    args = ["plane", "--points", *endpoints, "--grid", 5, "--quiet", "--out", uneven]
+    run = launch_gloo(tmp_path, args, prelude=UNEVEN_MEMORY)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert_same_arrays(load_npz(uneven / "plane.npz"), load_npz(two / "plane.npz"), rtol=1e-6)
 
 
 # ------------------------------------------------------- 10. plane of a curve
