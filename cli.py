@@ -909,9 +909,26 @@ def _run_command(args: argparse.Namespace) -> int:
         where = f"rank {rank}: " if world > 1 else ""
         print(f"{PROG}: error: {where}{e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), file=sys.stderr)
         return 2
+    except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) or the CPU allocator's failure
+        if not _out_of_memory(e):
+            raise
+        where = f"rank {rank}: " if world > 1 else ""
+        smaller = " or ".join(f"--{o.replace('_', '-')}" for o in ("points_per_pass", "batch_size") if hasattr(args, o))
+        hint = f"rerun with --resume and a smaller {smaller}" if smaller else "rerun with --resume"
+        if getattr(args, "bn_stats", None) != "batches" and hasattr(args, "bn_stats"):
+            hint += ", or --bn-stats batches"
+        print(f"{PROG}: error: {where}out of memory ({str(e).splitlines()[0][:120]}); what was finished is kept: "
+              f"{hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; files written so far are kept — rerun with --resume to continue", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(e: RuntimeError) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,12 @@ def evaluate_points(
         raise ValueError(f"coefficients must be (N, {W.shape[0]}), got {tuple(C.shape)}")
     strategy = resolve_strategy(strategy, device)
     population = resolve_bn_stats(bn_stats, model, data, bn_batches) == "population"
+    # A batch-norm layer called several times per forward keeps only its last call's
+    # statistics in a momentum-1 pass; such models average every call as update_bn does,
+    # one point at a time (momentum None cannot be batched by vmap).
+    every_call = not population and bool(bn_modules(model)) and bool(_bn_layers_called_twice(model, data))
+    if every_call:
+        strategy = "loop"
     if device.type == "cpu":
         keep_freed_memory()
     # Identical points (a path's shared ends, the centre of every ray) are evaluated once.
@@ -178,7 +184,7 @@ def evaluate_points(
             points = C[lo:lo + k] @ W  # (K, P)
             chunk = _evaluate_chunk(template, space, points, data, wd=wd, batch_size=batch_size,
                                     bn_batches=bn_batches, return_probs=return_probs, strategy=strategy, amp=amp,
-                                    channels_last=channels_last, population=population)
+                                    channels_last=channels_last, population=population, every_call=every_call)
             for key, value in chunk.items():
                 results[key].append(value)
             bar.update(points.shape[0])
@@ -225,12 +231,42 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
         raise UserError("bn-stats population uses the whole training set; it cannot be combined with bn-batches")
     if not bn_modules(model) or bn_stats == "batches":
         return "batches"
+    reused = _bn_layers_called_twice(model, data) if bn_stats == "population" or bn_batches is None else []
     if bn_stats == "population":
+        if reused:
+            raise UserError(f"bn-stats population needs each batch-norm layer to run once per forward, but "
+                            f"{', '.join(reused)} runs more than once; use --bn-stats batches")
         return "population"
-    if bn_batches is not None:
+    if bn_batches is not None or reused:
         return "batches"
     fits = _peak_activation_bytes(model, data, len(data.y_train)) <= _memory_budget(data.device)
     return "population" if fits else "batches"
+
+
+def _bn_layers_called_twice(model: nn.Module, data) -> list[str]:
+    """Names of the batch-norm layers that one forward calls more than once
+    (a block applied twice), from a probe forward of two training images.
+
+    Population statistics rest on the statistics pass normalising every call
+    of a layer by the statistics that layer keeps; a layer called twice keeps
+    only its last call's, so its train metrics would not be the eval-mode ones.
+    """
+    calls: dict[str, int] = {}
+
+    def count(name):
+        def hook(_m, _args):
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    handles = [m.register_forward_pre_hook(count(name or "(the model)")) for name, m in bn_modules(model)]
+    try:
+        with modes_kept(model), torch.inference_mode():
+            model.eval()
+            model(data.x_train[:2])
+    finally:
+        for h in handles:
+            h.remove()
+    return [name for name, n in calls.items() if n > 1]
 
 
 def _memory_budget(device: torch.device) -> float:
@@ -242,13 +278,17 @@ def _memory_budget(device: torch.device) -> float:
 
 
 def keep_freed_memory() -> None:
-    """Make glibc keep freed memory for reuse instead of returning it to the
-    system (on Linux; elsewhere nothing happens).
+    """Make glibc serve large blocks from a heap that keeps its freed memory
+    (on Linux; elsewhere nothing happens). Done once per process.
 
     By default every activation larger than a few MiB is a fresh ``mmap``
     whose pages fault in on first touch; on the digits convnet that made
     batch-norm and ReLU run at 3 GB/s and a forward of 1437 images 2x slower
-    than one of 256. Done once per process.
+    than one of 256. Blocks up to 1 GiB now come from the heap, and the heap
+    keeps 256 MiB spare at its top when it shrinks, so the next pass reuses
+    pages already mapped. ``bench/allocator.py`` measures the settings one by
+    one (the mmap threshold alone is slower than the defaults; with the top
+    pad, 1.3x faster per point).
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED:
@@ -258,9 +298,8 @@ def keep_freed_memory() -> None:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 2**30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap
-        libc.mallopt(-1, 2**34)  # M_TRIM_THRESHOLD: do not give the heap's top back
-        libc.mallopt(-2, 2**28)  # M_TOP_PAD: grow the heap 256 MiB at a time
+        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(2**30))  # M_MMAP_THRESHOLD: blocks up to 1 GiB from the heap
+        libc.mallopt(ctypes.c_int(-2), ctypes.c_int(2**28))  # M_TOP_PAD: keep 256 MiB when trimming the top
     except (OSError, AttributeError):
         pass
 
@@ -396,7 +435,8 @@ class _BnCounts:
 @torch.inference_mode()
 def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor, data, *, wd: float,
                     batch_size: int, bn_batches: int | None, return_probs: bool, strategy: str,
-                    amp: bool, channels_last: bool, population: bool = False) -> dict[str, np.ndarray]:
+                    amp: bool, channels_last: bool, population: bool = False,
+                    every_call: bool = False) -> dict[str, np.ndarray]:
     model = template.model
 
     def layout(x: torch.Tensor) -> torch.Tensor:
@@ -432,6 +472,16 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
         for n in buffers:
             if n.endswith("num_batches_tracked") and n in template.bn_names:
                 buffers[n].fill_(1)
+    elif template.bn and every_call:
+        # Cumulative average over every call of every layer (momentum None), from reset statistics.
+        for n, b in buffers.items():
+            if n in template.bn_names:
+                b.fill_(1 if n.endswith("running_var") else 0)
+        with bn_collecting(model, momentum=None):
+            for used, (x, _) in enumerate(data.batches("train", batch_size)):
+                if bn_batches is not None and used >= bn_batches:
+                    break
+                forward(x)
     elif template.bn:
         # Per-batch statistics (momentum 1 makes the running stats equal the
         # batch's), averaged with equal weight per batch, as update_bn does.

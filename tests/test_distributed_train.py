@@ -157,6 +157,14 @@ def test_two_rank_train_equals_one_process_averaging_the_halves(tmp_path, digits
     for name in ("model.pt", "summary.json", "checkpoint-002.pt"):
         (cut / name).unlink()
     shutil.copy(cut / "checkpoint-001.pt", cut / "last.pt")
+    # One process would normalise batch norm over 100 samples instead of 50: refused, nothing touched.
+    before = {p.name: p.read_bytes() for p in cut.iterdir()}
+    alone = subprocess.run([str(LANDSCAPE), *map(str, args), "--out", str(cut), "--resume", "--quiet"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2, alone.stderr
+    assert alone.stderr.strip() == (f"landscape: error: {cut} was started on 2 process(es), now 1; --resume needs the same number "
+                                    f"of processes (each normalises batch norm over its share of the batch)")
+    assert {p.name: p.read_bytes() for p in cut.iterdir()} == before
     done = torchrun(*args, "--out", cut, "--resume")
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stderr.count("resuming after epoch 1 of 2") == 1, done.stderr

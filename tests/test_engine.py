@@ -19,6 +19,7 @@ from torch.optim.swa_utils import update_bn
 from landscape.bn import population_bn, reestimate_bn
 from landscape.data import load_dataset
 from landscape.errors import UserError
+import landscape.evaluate as engine_module
 from landscape.evaluate import (METRICS, evaluate_model, evaluate_points, evaluate_points_sequential,
                                  resolve_bn_stats)
 from landscape.metrics import arc_length_mean, barrier, ensemble_metrics
@@ -303,6 +304,16 @@ def test_population_statistics_by_hand(small):
     got = evaluate_points(net, [net], [[1.0]], small, batch_size=64, bn_stats="population")
     assert got["train_nll"][0] == pytest.approx(nll, rel=1e-5)
     assert got["train_error"][0] == pytest.approx(err)
+    # Test metrics use the stored statistics: the variance must be the population one
+    # (a (N, C) input has N values per channel; the unbiased variance would be N/(N-1) too big).
+    with torch.no_grad():
+        xt = small.x_test.flatten(1).double()
+        a1t = torch.relu((lin1(xt) - m1) / torch.sqrt(v1 + bn1.eps) * bn1.weight + bn1.bias)
+        test_logits = head(torch.relu((lin2(a1t) - m2) / torch.sqrt(v2 + bn2.eps) * bn2.weight + bn2.bias))
+        test_nll = float(torch.nn.functional.cross_entropy(test_logits, small.y_test))
+        test_err = 100.0 * float((test_logits.argmax(1) != small.y_test).double().mean())
+    assert got["test_nll"][0] == pytest.approx(test_nll, rel=1e-5)
+    assert got["test_error"][0] == pytest.approx(test_err)
     # The reference writes the statistics into the model: they are the hand-made ones.
     ref = copy.deepcopy(net)
     population_bn(ref, small.x_train)
@@ -331,6 +342,47 @@ def test_bn_stats_auto_and_bad_names(small):
     pop = evaluate_points(net, [net], [[1.0]], small, batch_size=64, bn_stats="population")
     for key in METRICS:
         assert auto[key][0] == pop[key][0]
+
+
+class SharedBn(torch.nn.Module):
+    """One batch-norm layer applied twice in a forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin1, self.lin2, self.head = torch.nn.Linear(64, 12), torch.nn.Linear(12, 12), torch.nn.Linear(12, 10)
+        self.bn = torch.nn.BatchNorm1d(12)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.lin1(x.flatten(1))))
+        return self.head(torch.relu(self.bn(self.lin2(h))))
+
+
+def test_a_batch_norm_layer_called_twice_is_estimated_by_batches(small):
+    """The statistics pass of population keeps one call's statistics per layer, so
+    a shared layer would give train metrics that are not the eval-mode ones:
+    auto falls back to batches, an explicit population is refused."""
+    torch.manual_seed(4)
+    net = SharedBn()
+    assert resolve_bn_stats("auto", net, small) == "batches"
+    with pytest.raises(UserError, match=r"bn runs more than once; use --bn-stats batches"):
+        resolve_bn_stats("population", net, small)
+    ref = evaluate_points_sequential(net, [net], [[1.0]], small, batch_size=64, bn_stats="batches")
+    for strategy in ("vmap", "loop"):  # vmap cannot average every call: the engine loops
+        got = evaluate_points(net, [net], [[1.0]], small, batch_size=64, strategy=strategy)
+        for key in METRICS:
+            assert_close(got[key], ref[key])
+    # The train metrics reported are those of the model in eval mode with the stored statistics.
+    fixed = copy.deepcopy(net)
+    reestimate_bn(fixed, small.batches("train", 64))
+    assert got["train_nll"][0] == pytest.approx(evaluate_model(fixed, small, "train", batch_size=64)["nll"], rel=1e-5)
+
+
+def test_auto_takes_batches_when_the_whole_training_set_does_not_fit(small, monkeypatch):
+    net = convnet(3)
+    assert resolve_bn_stats("auto", net, small) == "population"
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 1e5)  # 100 kB
+    assert resolve_bn_stats("auto", net, small) == "batches"
+    assert resolve_bn_stats("population", net, small) == "population"  # asked for: honoured
 
 
 # --------------------------------------------------------------------------- metrics

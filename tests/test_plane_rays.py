@@ -561,6 +561,39 @@ def test_plane_sweep_resumes_after_sigkill_and_matches_an_uninterrupted_run(tmp_
     assert code == 2 and "plane.npz" in one_line(err)
 
 
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                 "you tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)"),
+], ids=["cuda", "cpu"])
+def test_running_out_of_memory_is_one_line_and_keeps_the_finished_points(tmp_path, capsys, endpoints, monkeypatch,
+                                                                        error):
+    args = ["plane", "--points", *endpoints, "--grid", 3, "--points-per-pass", 3, "--quiet"]
+    real, calls = sweep_module.evaluate_points, []
+
+    def second_pass_fails(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise error
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sweep_module, "evaluate_points", second_pass_fails)
+    out = tmp_path / "oom"
+    code, _, err = run_cli(capsys, *args, "--out", out)
+    assert code == 2
+    assert one_line(err).startswith("landscape: error: out of memory (")
+    assert one_line(err).endswith("what was finished is kept: rerun with --resume and a smaller --points-per-pass "
+                                  "or --batch-size, or --bn-stats batches")
+    with np.load(out / STORE) as z:
+        assert int(z["done"].sum()) == 3
+    monkeypatch.setattr(sweep_module, "evaluate_points", real)
+    code, _, err = run_cli(capsys, *args, "--out", out, "--resume")
+    assert code == 0 and "kept 3 of" in err, err
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "fresh")
+    assert code == 0, err
+    assert_same_arrays(load_npz(out / "plane.npz"), load_npz(tmp_path / "fresh" / "plane.npz"), rtol=1e-7)
+
+
 # ------------------------------------------------------- 9. torchrun sharding
 # Each rank runs cli.main (what the console script runs) through a small driver
 # that then reports whether the command left its process group alive, and tears
