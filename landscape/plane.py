@@ -17,7 +17,7 @@ from torch import nn
 
 from .checkpoint import write_json
 from .errors import UserError
-from .evaluate import METRICS, resolve_bn_stats
+from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import plane_basis, plane_coefficients, plane_grid, project
 from .sweep import STORE, begin_result, finish_result, is_main, run_sweep
@@ -72,7 +72,6 @@ def evaluate_plane(
     _bf16(precision)  # an unknown precision fails before anything is written
     if len(points) != 3:
         raise UserError(f"a plane needs exactly three points, got {len(points)}")
-    bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
     finished = begin_result(out, "plane.npz", resume)
     if finished is not None:
         return PlaneResult(*finished, out=out)

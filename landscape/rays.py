@@ -24,7 +24,7 @@ from torch import nn
 
 from .checkpoint import write_json
 from .errors import UserError
-from .evaluate import METRICS, resolve_bn_stats
+from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
     filter_normalize,
@@ -117,7 +117,6 @@ def evaluate_rays(
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
     if line and len(centers) < 2:
         raise UserError("--line needs two centres (--center and --compare)")
-    bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
     finished = begin_result(out, "rays.npz", resume)
     if finished is not None:
         return RaysResult(*finished, out=out)

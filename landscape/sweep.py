@@ -98,6 +98,15 @@ def _load_store(path: Path, key: str, n: int) -> tuple[np.ndarray, dict[str, np.
     return done, values
 
 
+def _stored_bn_stats(folder: Path) -> str:
+    """The estimator an unfinished sweep in ``folder`` was started with ("auto" if unknown)."""
+    try:
+        stored = json.loads((folder / "config.json").read_text()).get("bn_stats")
+    except (OSError, ValueError, AttributeError):
+        return "auto"
+    return stored if stored in ("population", "batches") else "auto"
+
+
 def _write_store(path: Path, key: str, done: np.ndarray, values: dict[str, np.ndarray]) -> None:
     write_npz(path, dict(values, key=np.array(key), done=done))
 
@@ -162,6 +171,8 @@ def run_sweep(
     rank, world = rank_and_world()
     # "auto" choices read free memory, which ranks may see differently: rank 0 decides for all,
     # or the ranks would build different chunk lists and wait on each other forever.
+    if bn_stats == "auto" and resume and store is not None and store.exists():
+        bn_stats = _stored_bn_stats(store.parent)  # free memory may have changed since: keep the estimator
     bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
     pass_size = len(data.y_train) if bn_stats == "population" else batch_size
     k = points_per_pass or choose_points_per_pass(model, data, pass_size, ParamSpace.of(model).numel,

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import cli
+import landscape.evaluate as engine_module
 from landscape import sweep as sweep_module
 from landscape.checkpoint import load_checkpoint, load_model
 from landscape.data import Dataset, load_dataset
@@ -587,8 +588,12 @@ def test_running_out_of_memory_is_one_line_and_keeps_the_finished_points(tmp_pat
     with np.load(out / STORE) as z:
         assert int(z["done"].sum()) == 3
     monkeypatch.setattr(sweep_module, "evaluate_points", real)
+    assert json.loads((out / "config.json").read_text())["bn_stats"] == "population"
+    # Less free memory now, so auto alone would choose batches: the resume keeps the sweep's estimator.
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 1e5)
     code, _, err = run_cli(capsys, *args, "--out", out, "--resume")
     assert code == 0 and "kept 3 of" in err, err
+    monkeypatch.undo()
     code, _, err = run_cli(capsys, *args, "--out", tmp_path / "fresh")
     assert code == 0, err
     assert_same_arrays(load_npz(out / "plane.npz"), load_npz(tmp_path / "fresh" / "plane.npz"), rtol=1e-7)
