@@ -871,20 +871,24 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.failed_alone = False
     try:
         return _run_command(args)
     finally:
-        _leave_process_group()
+        _leave_process_group(wait=not args.failed_alone)
 
 
-def _leave_process_group() -> None:
+def _leave_process_group(wait: bool = True) -> None:
     """Under torchrun: wait for every rank, then close the group (a rank that
-    exits with it open can be aborted by gloo)."""
+    exits with it open can be aborted by gloo). A rank that failed on its own
+    (a full disk, out of memory) does not wait: the others may be blocked in
+    a collective it will never join, and its exit makes torchrun stop them."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         try:
-            dist.barrier()
+            if wait:
+                dist.barrier()
         finally:
             dist.destroy_process_group()
 
@@ -906,19 +910,17 @@ def _run_command(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # unwritable --out, full disk, ... (may be one rank's own)
+        args.failed_alone = True
         where = f"rank {rank}: " if world > 1 else ""
         print(f"{PROG}: error: {where}{e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), file=sys.stderr)
         return 2
     except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) or the CPU allocator's failure
         if not _out_of_memory(e):
             raise
+        args.failed_alone = True
         where = f"rank {rank}: " if world > 1 else ""
-        smaller = " or ".join(f"--{o.replace('_', '-')}" for o in ("points_per_pass", "batch_size") if hasattr(args, o))
-        hint = f"rerun with --resume and a smaller {smaller}" if smaller else "rerun with --resume"
-        if getattr(args, "bn_stats", None) != "batches" and hasattr(args, "bn_stats"):
-            hint += ", or --bn-stats batches"
-        print(f"{PROG}: error: {where}out of memory ({str(e).splitlines()[0][:120]}); what was finished is kept: "
-              f"{hint}", file=sys.stderr)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        print(f"{PROG}: error: {where}out of memory ({first}); {_out_of_memory_advice(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; files written so far are kept — rerun with --resume to continue", file=sys.stderr)
@@ -928,7 +930,24 @@ def _run_command(args: argparse.Namespace) -> int:
 def _out_of_memory(e: RuntimeError) -> bool:
     import torch
 
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+    cuda_oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: only the latter
+    return isinstance(e, cuda_oom) or "can't allocate memory" in str(e)
+
+
+def _out_of_memory_advice(args: argparse.Namespace) -> str:
+    """What to change after running out of memory, given the command's options.
+    A resume must keep every setting of its sweep or run but the points per
+    pass; the others need a fresh --out."""
+    fresh = [o for o, ok in (("--bn-stats batches", getattr(args, "bn_stats", "batches") != "batches"),
+                             ("a smaller --batch-size", hasattr(args, "batch_size"))) if ok]
+    if hasattr(args, "resume"):
+        advice = "what was finished is kept: rerun with --resume"
+        if hasattr(args, "points_per_pass"):
+            advice += " and a smaller --points-per-pass"
+        return advice + (f", or in another --out with {' or '.join(fresh)}" if fresh else "")
+    if hasattr(args, "points_per_pass"):
+        fresh.insert(0, "a smaller --points-per-pass")
+    return f"rerun with {' or '.join(fresh)}" if fresh else "rerun on a machine with more memory"
 
 
 if __name__ == "__main__":

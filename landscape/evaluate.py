@@ -262,11 +262,20 @@ def _bn_layers_called_twice(model: nn.Module, data) -> list[str]:
     try:
         with modes_kept(model), torch.inference_mode():
             model.eval()
-            model(data.x_train[:2])
+            model(_probe_batch(model, data))
     finally:
         for h in handles:
             h.remove()
     return [name for name, n in calls.items() if n > 1]
+
+
+def _probe_batch(model: nn.Module, data, n: int = 2) -> torch.Tensor:
+    """The first ``n`` training images on the model's device, for a probe
+    forward (the caller's model may sit elsewhere than the data: the engine
+    evaluates copies of its weights)."""
+    where = next(iter(model.parameters()), None)
+    x = data.x_train[:n]
+    return x.to(where.device) if where is not None else x
 
 
 def _memory_budget(device: torch.device) -> float:
@@ -332,7 +341,7 @@ def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
     try:
         with modes_kept(model), torch.inference_mode():
             model.eval()
-            x = data.x_train[: min(batch_size, len(data.x_train))]
+            x = _probe_batch(model, data, min(batch_size, len(data.x_train)))
             model(x)
             scale = batch_size / max(1, x.shape[0])
     finally:
@@ -356,7 +365,7 @@ def _peak_activation_bytes(model: nn.Module, data, batch_size: int) -> int:
     try:
         with modes_kept(model), torch.inference_mode():
             model.eval()
-            x = data.x_train[:2]
+            x = _probe_batch(model, data)
             model(x)
     finally:
         for h in handles:

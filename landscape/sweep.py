@@ -171,7 +171,7 @@ def run_sweep(
     rank, world = rank_and_world()
     # "auto" choices read free memory, which ranks may see differently: rank 0 decides for all,
     # or the ranks would build different chunk lists and wait on each other forever.
-    if bn_stats == "auto" and resume and store is not None and store.exists():
+    if bn_stats == "auto" and bn_batches is None and resume and store is not None and store.exists():
         bn_stats = _stored_bn_stats(store.parent)  # free memory may have changed since: keep the estimator
     bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
     pass_size = len(data.y_train) if bn_stats == "population" else batch_size

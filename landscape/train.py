@@ -459,7 +459,8 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool) -> tuple[int, 
         raise UserError(f"{source}: not a training state written by landscape; cannot resume from it")
     _check_resumable(out, cfg, stored)
     started_on, world = int((state.meta or {}).get("world_size", 1)), rank_and_world()[1]
-    if started_on != world and source is last:
+    has_bn = any(k.endswith("running_var") for k in state.state_dict)
+    if started_on != world and source is last and has_bn:
         # Each process normalises batch norm over its own share of the batch: another count is another model.
         raise UserError(f"{out} was started on {started_on} process(es), now {world}; --resume needs the same "
                         f"number of processes (each normalises batch norm over its share of the batch)")

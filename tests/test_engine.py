@@ -361,19 +361,26 @@ def test_a_batch_norm_layer_called_twice_is_estimated_by_batches(small):
     """The statistics pass of population keeps one call's statistics per layer, so
     a shared layer would give train metrics that are not the eval-mode ones:
     auto falls back to batches, an explicit population is refused."""
-    torch.manual_seed(4)
-    net = SharedBn()
+    nets = []
+    for seed in (4, 5):
+        torch.manual_seed(seed)
+        nets.append(SharedBn())
+        displace_bn_stats(nets[-1], small)  # statistics of its own: the engine must reset them
+    net = nets[0]
     assert resolve_bn_stats("auto", net, small) == "batches"
     with pytest.raises(UserError, match=r"bn runs more than once; use --bn-stats batches"):
         resolve_bn_stats("population", net, small)
-    ref = evaluate_points_sequential(net, [net], [[1.0]], small, batch_size=64, bn_stats="batches")
-    for strategy in ("vmap", "loop"):  # vmap cannot average every call: the engine loops
-        got = evaluate_points(net, [net], [[1.0]], small, batch_size=64, strategy=strategy)
-        for key in METRICS:
-            assert_close(got[key], ref[key])
+    for bn_batches in (None, 2):
+        ref = evaluate_points_sequential(net, nets, LINE, small, batch_size=64, bn_batches=bn_batches)
+        for strategy in ("vmap", "loop"):  # vmap cannot average every call: the engine loops
+            got = evaluate_points(net, nets, LINE, small, batch_size=64, bn_batches=bn_batches, strategy=strategy,
+                                  points_per_pass=2)
+            for key in METRICS:
+                assert_close(got[key], ref[key])
+    assert np.ptp(got["train_nll"]) > 1e-3
     # The train metrics reported are those of the model in eval mode with the stored statistics.
     fixed = copy.deepcopy(net)
-    reestimate_bn(fixed, small.batches("train", 64))
+    reestimate_bn(fixed, small.batches("train", 64), max_batches=2)
     assert got["train_nll"][0] == pytest.approx(evaluate_model(fixed, small, "train", batch_size=64)["nll"], rel=1e-5)
 
 

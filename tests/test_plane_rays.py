@@ -583,16 +583,20 @@ def test_running_out_of_memory_is_one_line_and_keeps_the_finished_points(tmp_pat
     code, _, err = run_cli(capsys, *args, "--out", out)
     assert code == 2
     assert one_line(err).startswith("landscape: error: out of memory (")
-    assert one_line(err).endswith("what was finished is kept: rerun with --resume and a smaller --points-per-pass "
-                                  "or --batch-size, or --bn-stats batches")
+    assert one_line(err).endswith("what was finished is kept: rerun with --resume and a smaller --points-per-pass, "
+                                  "or in another --out with --bn-stats batches or a smaller --batch-size")
     with np.load(out / STORE) as z:
         assert int(z["done"].sum()) == 3
     monkeypatch.setattr(sweep_module, "evaluate_points", real)
     assert json.loads((out / "config.json").read_text())["bn_stats"] == "population"
+    # Other settings than the points per pass make another sweep: refused as such, store kept.
+    code, _, err = run_cli(capsys, *args, "--bn-batches", 2, "--out", out, "--resume")
+    assert code == 2 and "partial results of a different sweep" in one_line(err)
+    assert (out / STORE).exists()
     # Less free memory now, so auto alone would choose batches: the resume keeps the sweep's estimator.
     monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 1e5)
-    code, _, err = run_cli(capsys, *args, "--out", out, "--resume")
-    assert code == 0 and "kept 3 of" in err, err
+    code, _, err = run_cli(capsys, *args[:-3], "--points-per-pass", 2, "--quiet", "--out", out, "--resume")
+    assert code == 0 and "kept 3 of" in err, err  # as advised: fewer points per pass
     monkeypatch.undo()
     code, _, err = run_cli(capsys, *args, "--out", tmp_path / "fresh")
     assert code == 0, err
@@ -684,6 +688,30 @@ def test_ranks_reading_different_free_memory_follow_rank_0s_points_per_pass(tmp_
     run = launch_gloo(tmp_path, args, prelude=UNEVEN_MEMORY)
     assert run.returncode == 0, run.stderr[-4000:]
     assert_same_arrays(load_npz(uneven / "plane.npz"), load_npz(two / "plane.npz"), rtol=1e-6)
+
+
+# Rank 1 alone runs out of memory while rank 0 waits for its points in a collective.
+RANK_1_OUT_OF_MEMORY = """
+import torch
+from landscape import sweep
+real = sweep.evaluate_points
+def evaluate_points(*a, **k):
+    if os.environ["RANK"] == "1":
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return real(*a, **k)
+sweep.evaluate_points = evaluate_points
+"""
+
+
+@pytest.mark.slow
+def test_one_rank_out_of_memory_ends_the_launch_with_its_line(tmp_path, endpoints):
+    """The failing rank must not wait for the others (they wait in a collective it never joins)."""
+    out = tmp_path / "oom"
+    args = ["plane", "--points", *endpoints, *GLOO_ARGS, "--out", out]
+    run = launch_gloo(tmp_path, args, prelude=RANK_1_OUT_OF_MEMORY)
+    assert run.returncode != 0
+    assert "landscape: error: rank 1: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in run.stderr
+    assert not (out / "plane.npz").exists()
 
 
 # ------------------------------------------------------- 10. plane of a curve
