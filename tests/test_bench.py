@@ -52,3 +52,31 @@ def test_papers_protocol_equals_the_engine_with_update_bn_statistics(data, grad)
     d = max_differences(pop, base)
     assert 0 < d["train_nll"][0]
     assert within(pop["train_loss"], base["train_loss"], rel=0.05)
+
+
+# --------------------------------------------------------------- bench/vgg_plane.py
+def test_vgg16bn_forward_flops_are_the_hand_count():
+    """2 x multiply-adds of the 13 convolutions (3x3, padding 1, a 2x2 pool after
+    each block) and the 3 linear layers on a 32x32 image; BN, ReLU and pooling
+    are not counted."""
+    from vgg_plane import forward_flops, vgg16bn
+
+    blocks = [(32, [(3, 64), (64, 64)]), (16, [(64, 128), (128, 128)]),
+              (8, [(128, 256), (256, 256), (256, 256)]), (4, [(256, 512), (512, 512), (512, 512)]),
+              (2, [(512, 512), (512, 512), (512, 512)])]
+    convs = sum(2 * 9 * cin * cout * side * side for side, layers in blocks for cin, cout in layers)
+    linear = 2 * (512 * 512 + 512 * 512 + 512 * 10)
+    assert forward_flops(vgg16bn(0, torch.device("cpu")), (3, 32, 32)) == convs + linear
+
+
+def test_vgg_plane_script_runs_and_reports(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "vgg_plane.py"
+    argv = ["--grid", 2, "--train", 16, "--test", 8, "--device", "cpu", "--precision", "fp32", "--peak-tflops", 1]
+    done = subprocess.run([sys.executable, str(script), *map(str, argv)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plane 2x2 + 3 anchors = 7 points" in done.stdout
+    assert "24 images per point" in done.stdout  # population statistics: 16 train + 8 test
+    assert "of peak; lower bound at peak" in done.stdout
+    assert "train loss finite at every point: True" in done.stdout
