@@ -1,0 +1,124 @@
+"""The CUDA paths, on a machine with a GPU (skipped elsewhere).
+
+The engine on CUDA batches its K points with ``vmap`` and keeps the data and
+the metric sums on the device; these tests hold it to the CPU's sequential
+reference (TF32 off, so the comparison is of fp32 with fp32), count its host
+synchronisations (they must not grow with the number of batches), and run
+the CLI's training and sweep commands on the GPU.
+"""
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import cli
+from landscape.data import load_dataset
+from landscape.evaluate import (METRICS, choose_points_per_pass, evaluate_points, evaluate_points_sequential,
+                                resolve_strategy)
+from landscape.models import create_model
+from landscape.weights import ParamSpace
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+SHAPE = (1, 8, 8)
+COMBO = np.array([[0.5, 0.7, -0.3], [1.2, 0.0, 0.1], [-0.2, 0.4, 0.4], [0.3, 0.3, 0.3], [1.0, 0.0, 0.0]])
+
+
+@pytest.fixture(scope="module")
+def cpu_data():
+    d = load_dataset("digits")
+    return dataclasses.replace(d, x_train=d.x_train[:300], y_train=d.y_train[:300],
+                               x_test=d.x_test[:100], y_test=d.y_test[:100])
+
+
+@pytest.fixture(scope="module")
+def gpu_data(cpu_data):
+    return cpu_data.to("cuda")
+
+
+@pytest.fixture()
+def no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def convnet(seed):
+    torch.manual_seed(seed)
+    return create_model("convnet", num_classes=10, input_shape=SHAPE, width=8)
+
+
+def test_cuda_evaluates_with_vmap():
+    assert resolve_strategy("auto", torch.device("cuda")) == "vmap"
+
+
+@pytest.mark.parametrize("bn_stats", ["population", "batches"])
+def test_engine_on_cuda_equals_the_cpu_reference(cpu_data, gpu_data, no_tf32, bn_stats):
+    anchors = [convnet(10), convnet(11), convnet(12)]
+    model = convnet(13)
+    kw = dict(wd=5e-4, batch_size=64, bn_stats=bn_stats)
+    got = evaluate_points(model, anchors, COMBO, gpu_data, points_per_pass=2, return_probs=True, **kw)
+    ref = evaluate_points_sequential(model, anchors, COMBO, cpu_data, return_probs=True, **kw)
+    for key in [*METRICS, "probs"]:
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    assert np.ptp(got["train_nll"]) > 1e-3
+
+
+def count_synchronisations(fn) -> int:
+    """Host synchronisations ``fn()`` makes, from torch's sync debug mode."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("bn_stats", ["population", "batches"])
+def test_host_synchronisations_do_not_grow_with_the_batches(gpu_data, bn_stats):
+    """300 train / 100 test images in batches of 100 (4 batches) or of 20 (20):
+    the inner loop over batches must not synchronise, so both make as many."""
+    anchors = [convnet(10), convnet(11), convnet(12)]
+    evaluate_points(anchors[0], anchors, COMBO, gpu_data, batch_size=100, points_per_pass=5)  # warm-up
+    few = count_synchronisations(lambda: evaluate_points(anchors[0], anchors, COMBO, gpu_data, batch_size=100,
+                                                         points_per_pass=5, bn_stats=bn_stats))
+    many = count_synchronisations(lambda: evaluate_points(anchors[0], anchors, COMBO, gpu_data, batch_size=20,
+                                                          points_per_pass=5, bn_stats=bn_stats))
+    assert few == many, (few, many)
+
+
+def test_points_per_pass_come_from_the_free_memory(gpu_data):
+    model = convnet(1).cuda()
+    k = choose_points_per_pass(model, gpu_data, 1000, ParamSpace.of(model).numel, "vmap")
+    assert 1 < k <= 256
+
+
+def test_bf16_on_cuda_is_within_1_percent_or_1e3_of_fp32(gpu_data):
+    anchors = [convnet(10), convnet(11), convnet(12)]
+    fp32 = evaluate_points(anchors[0], anchors, COMBO, gpu_data, wd=5e-4)
+    bf16 = evaluate_points(anchors[0], anchors, COMBO, gpu_data, wd=5e-4, amp=True)
+    for key in ("train_loss", "train_nll", "test_nll"):
+        d = np.abs(bf16[key] - fp32[key])
+        assert np.all((d <= 0.01 * np.abs(fp32[key])) | (d <= 1e-3)), key
+
+
+def test_train_and_plane_commands_on_the_gpu(tmp_path, capsys):
+    runs = []
+    for seed in (1, 2, 3):
+        out = tmp_path / f"r{seed}"
+        code = cli.main(["train", "--device", "cuda", "--epochs", "2", "--seed", str(seed),
+                         "--model-kwargs", "width=8", "--out", str(out), "--quiet"])
+        assert code == 0, capsys.readouterr().err
+        runs.append(out / "model.pt")
+    state = torch.load(runs[0], weights_only=True)["state_dict"]
+    assert all(v.device.type == "cpu" for v in state.values())  # checkpoints load anywhere
+    code = cli.main(["plane", "--device", "cuda", "--points", *map(str, runs), "--grid", "5", "--quiet",
+                     "--out", str(tmp_path / "plane")])
+    assert code == 0, capsys.readouterr().err
+    with np.load(tmp_path / "plane" / "plane.npz") as z:
+        assert z["train_loss"].shape == (5, 5) and np.isfinite(z["train_loss"]).all()
