@@ -330,6 +330,9 @@ def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, 
 
 
 def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
+    """Bytes of every layer output of one inference forward of ``batch_size``
+    training images, twice over; measured on at most 64 images and scaled
+    (a probe of the whole batch would need the memory it is sizing)."""
     total = 0
 
     def hook(_m, _i, out):
@@ -341,7 +344,7 @@ def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
     try:
         with modes_kept(model), torch.inference_mode():
             model.eval()
-            x = _probe_batch(model, data, min(batch_size, len(data.x_train)))
+            x = _probe_batch(model, data, min(batch_size, len(data.x_train), 64))
             model(x)
             scale = batch_size / max(1, x.shape[0])
     finally:

@@ -392,6 +392,17 @@ def test_auto_takes_batches_when_the_whole_training_set_does_not_fit(small, monk
     assert resolve_bn_stats("population", net, small) == "population"  # asked for: honoured
 
 
+def test_activation_bytes_by_hand_from_a_probe_of_at_most_64_images(small):
+    """vmap's points per pass are sized from every layer output of one forward
+    (twice over): Flatten 64 + Linear 12 + ReLU 12 + Linear 10 floats per image."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.ReLU(), torch.nn.Linear(12, 10))
+    seen = []
+    net.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    assert engine_module._activation_bytes(net, small, 1000) == 1000 * (64 + 12 + 12 + 10) * 4 * 2
+    assert engine_module._activation_bytes(net, small, 10) == 10 * (64 + 12 + 12 + 10) * 4 * 2
+    assert seen == [64, 10]  # never the whole batch: that would need the memory being sized
+
+
 # --------------------------------------------------------------------------- metrics
 def test_barrier_on_a_hand_made_profile():
     assert barrier([1.0, 3.0, 2.0, 0.5]) == pytest.approx(3.0 - 0.5 * (1.0 + 0.5))
