@@ -34,9 +34,9 @@ from landscape.sweep import process_device
 from landscape.weights import ParamSpace
 from protocol import machine, synthetic_cifar, timed
 
-# Dense peak TFLOP/s by device name fragment: (bf16, tf32).
-PEAKS = {"H100 PCIe": (756.0, 378.0), "H100 NVL": (835.0, 418.0), "H100": (989.4, 494.7), "H200": (989.4, 494.7),
-         "A100": (312.0, 156.0)}
+# Dense peak TFLOP/s by device name fragment, the first match wins: (bf16, tf32).
+PEAKS = {"H100 PCIe": (756.0, 378.0), "H100 NVL": (835.0, 418.0), "H100": (989.4, 494.7),
+         "H200 NVL": (835.0, 418.0), "H200": (989.4, 494.7), "A100": (312.0, 156.0)}
 
 
 def si(x: float, unit: str) -> str:
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--points-per-pass", type=int, default=None, help="default: from the free memory")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--progress", action="store_true", help="a progress bar on stderr")
     args = ap.parse_args()
     device = process_device(args.device)
     data = synthetic_cifar(args.train, args.test, device)
@@ -103,7 +104,7 @@ def main() -> None:
 
     seconds, result = timed(lambda: evaluate_plane(nets[0], points, data, grid=args.grid, precision=args.precision,
                                                    bn_stats=bn_stats, batch_size=args.batch_size,
-                                                   points_per_pass=args.points_per_pass))
+                                                   points_per_pass=args.points_per_pass, progress=args.progress))
     done = float(n_points) * images * per_image
     print(f"time: {seconds:.1f} s, {n_points / seconds:.2f} points/s, {seconds / n_points * 1e3:.1f} ms/point")
     print(f"forward FLOPs: {si(done, 'FLOP')} ({images} images per point), achieved {si(done / seconds, 'FLOP/s')}")

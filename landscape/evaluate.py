@@ -239,7 +239,10 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
         return "population"
     if bn_batches is not None or reused:
         return "batches"
-    fits = _peak_activation_bytes(model, data, len(data.y_train)) <= _memory_budget(data.device)
+    # One forward of the whole training set must fit, and its largest layer output must stay
+    # under 2^31 elements (kernels index with 32 bits; some split such tensors, some fail).
+    largest = _largest_output_elements(model, data) * len(data.y_train)
+    fits = 4 * 4 * largest <= _memory_budget(data.device) and largest < 2**31
     return "population" if fits else "batches"
 
 
@@ -282,7 +285,8 @@ def _memory_budget(device: torch.device) -> float:
     """Bytes one pass may hold: half the free memory on CUDA, 2 GiB on the CPU."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return 0.5 * free
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # ours to reuse
+        return 0.5 * (free + cached)
     return 2 * 2**30
 
 
@@ -353,16 +357,17 @@ def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
     return int(total * scale * 2)
 
 
-def _peak_activation_bytes(model: nn.Module, data, batch_size: int) -> int:
-    """Estimated peak memory of one inference forward of ``batch_size``
-    training images: four times the largest layer output (the output being
-    written, its input, a residual and a spare), from a probe forward."""
+def _largest_output_elements(model: nn.Module, data) -> int:
+    """Elements per image of the largest layer output in one inference forward,
+    from a probe forward of two images. Four float32 copies of it per image
+    (the output being written, its input, a residual and a spare) are the
+    peak memory of a forward."""
     largest = 0
 
     def hook(_m, _i, out):
         nonlocal largest
         if isinstance(out, torch.Tensor):
-            largest = max(largest, out.numel() * 4)
+            largest = max(largest, out.numel())
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
@@ -373,7 +378,7 @@ def _peak_activation_bytes(model: nn.Module, data, batch_size: int) -> int:
     finally:
         for h in handles:
             h.remove()
-    return 4 * largest * batch_size // max(1, x.shape[0])
+    return largest // max(1, x.shape[0])
 
 
 def _anchor_matrix(space: ParamSpace, anchors) -> torch.Tensor:

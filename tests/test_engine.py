@@ -392,6 +392,21 @@ def test_auto_takes_batches_when_the_whole_training_set_does_not_fit(small, monk
     assert resolve_bn_stats("population", net, small) == "population"  # asked for: honoured
 
 
+def test_auto_keeps_every_layer_output_under_2_to_the_31_elements(small, monkeypatch):
+    """The largest layer output is read off a probe (by hand: the 64 inputs a
+    Flatten passes on); the whole training set through it must stay under
+    2^31 elements, however much memory there is."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.BatchNorm1d(12),
+                              torch.nn.ReLU(), torch.nn.Linear(12, 10))
+    assert engine_module._largest_output_elements(net, small) == 64
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 1e30)
+    n = len(small.y_train)
+    monkeypatch.setattr(engine_module, "_largest_output_elements", lambda model, data: (2**31 - 1) // n)
+    assert resolve_bn_stats("auto", net, small) == "population"
+    monkeypatch.setattr(engine_module, "_largest_output_elements", lambda model, data: -(-2**31 // n))
+    assert resolve_bn_stats("auto", net, small) == "batches"
+
+
 def test_activation_bytes_by_hand_from_a_probe_of_at_most_64_images(small):
     """vmap's points per pass are sized from every layer output of one forward
     (twice over): Flatten 64 + Linear 12 + ReLU 12 + Linear 10 floats per image."""
