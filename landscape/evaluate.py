@@ -221,8 +221,10 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
     estimated for ``model`` on ``data`` (see :func:`evaluate_points`).
 
     ``auto`` chooses population when ``model`` has batch norm, ``bn_batches``
-    is None and one forward of the whole training set fits the memory budget
-    (half the free memory on CUDA, 2 GiB on the CPU); otherwise batches.
+    is None, one forward of the whole training set fits the memory budget
+    (half the free memory on CUDA, 2 GiB on the CPU) with every layer output
+    under 2^31 elements, and no batch-norm layer runs twice per forward;
+    otherwise batches.
     A model without batch norm resolves to ``"batches"`` (nothing is estimated).
     """
     if bn_stats not in BN_STATS:
