@@ -42,6 +42,7 @@ from landscape.train import train
 from landscape.weights import ParamSpace
 
 ROOT = Path(__file__).resolve().parents[1]
+CUDA_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: only the latter
 BIN = Path(sys.executable).parent
 LANDSCAPE = BIN / "landscape"
 TORCHRUN = BIN / "torchrun"
@@ -563,7 +564,7 @@ def test_plane_sweep_resumes_after_sigkill_and_matches_an_uninterrupted_run(tmp_
 
 
 @pytest.mark.parametrize("error", [
-    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    CUDA_OOM("CUDA out of memory. Tried to allocate 2.00 GiB"),
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
                  "you tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)"),
 ], ids=["cuda", "cpu"])
@@ -697,7 +698,7 @@ from landscape import sweep
 real = sweep.evaluate_points
 def evaluate_points(*a, **k):
     if os.environ["RANK"] == "1":
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     return real(*a, **k)
 sweep.evaluate_points = evaluate_points
 """
