@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -157,11 +158,12 @@ def evaluate_points(
     if C.dim() != 2 or C.shape[1] != W.shape[0]:
         raise ValueError(f"coefficients must be (N, {W.shape[0]}), got {tuple(C.shape)}")
     strategy = resolve_strategy(strategy, device)
-    population = resolve_bn_stats(bn_stats, model, data, bn_batches) == "population"
+    probe = _probe_forward(model, data) if bn_modules(model) else None
+    population = resolve_bn_stats(bn_stats, model, data, bn_batches, probe=probe) == "population"
     # A batch-norm layer called several times per forward keeps only its last call's
     # statistics in a momentum-1 pass; such models average every call as update_bn does,
     # one point at a time (momentum None cannot be batched by vmap).
-    every_call = not population and bool(bn_modules(model)) and bool(_bn_layers_called_twice(model, data))
+    every_call = not population and probe is not None and bool(probe.reused_bn)
     if every_call:
         strategy = "loop"
     if device.type == "cpu":
@@ -216,7 +218,8 @@ def resolve_strategy(strategy: str, device: torch.device) -> str:
 BN_STATS = ("auto", "population", "batches")
 
 
-def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | None = None) -> str:
+def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | None = None, *,
+                     probe: _Probe | None = None) -> str:
     """``"population"`` or ``"batches"``: how batch-norm statistics will be
     estimated for ``model`` on ``data`` (see :func:`evaluate_points`).
 
@@ -226,6 +229,7 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
     under 2^31 elements, and no batch-norm layer runs twice per forward;
     otherwise batches.
     A model without batch norm resolves to ``"batches"`` (nothing is estimated).
+    ``probe`` passes a :func:`_probe_forward` of ``model`` already made.
     """
     if bn_stats not in BN_STATS:
         raise UserError(f"unknown bn-stats {bn_stats!r}; choose one of: {', '.join(BN_STATS)}")
@@ -233,54 +237,64 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
         raise UserError("bn-stats population uses the whole training set; it cannot be combined with bn-batches")
     if not bn_modules(model) or bn_stats == "batches":
         return "batches"
-    reused = _bn_layers_called_twice(model, data) if bn_stats == "population" or bn_batches is None else []
-    if bn_stats == "population":
-        if reused:
-            raise UserError(f"bn-stats population needs each batch-norm layer to run once per forward, but "
-                            f"{', '.join(reused)} runs more than once; use --bn-stats batches")
-        return "population"
-    if bn_batches is not None or reused:
+    if bn_stats == "auto" and bn_batches is not None:
         return "batches"
-    # One forward of the whole training set must fit, and its largest layer output must stay
-    # under 2^31 elements (kernels index with 32 bits; some split such tensors, some fail).
-    largest = _largest_output_elements(model, data) * len(data.y_train)
+    probe = probe or _probe_forward(model, data)
+    if bn_stats == "population":
+        if probe.reused_bn:
+            raise UserError(f"bn-stats population needs each batch-norm layer to run once per forward, but "
+                            f"{', '.join(probe.reused_bn)} runs more than once; use --bn-stats batches")
+        return "population"
+    if probe.reused_bn:
+        return "batches"
+    # One forward of the whole training set must fit (four float32 copies of its largest layer
+    # output: the output being written, its input, a residual and a spare), and that output must
+    # stay under 2^31 elements (kernels index with 32 bits; some split such tensors, some fail).
+    largest = probe.largest * len(data.y_train)
     fits = 4 * 4 * largest <= _memory_budget(data.device) and largest < 2**31
     return "population" if fits else "batches"
 
 
-def _bn_layers_called_twice(model: nn.Module, data) -> list[str]:
-    """Names of the batch-norm layers that one forward calls more than once
-    (a block applied twice), from a probe forward of two training images.
+@dataclass(frozen=True)
+class _Probe:
+    """What one inference forward of a few training images shows of a model."""
 
-    Population statistics rest on the statistics pass normalising every call
-    of a layer by the statistics that layer keeps; a layer called twice keeps
-    only its last call's, so its train metrics would not be the eval-mode ones.
-    """
+    largest: int  # elements per image of the largest layer output
+    output_bytes: float  # bytes per image of all layer outputs together
+    reused_bn: list[str]  # batch-norm layers called more than once (a block applied twice)
+
+
+def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
+    """One eval-mode forward of the first ``n`` training images, moved to the
+    model's device (the caller's model may sit elsewhere than the data: the
+    engine evaluates copies of its weights), with hooks on the leaf modules
+    (modes kept). A batch-norm layer that one forward calls twice
+    matters to population statistics: their pass normalises every call by the
+    statistics the layer keeps, which are only its last call's."""
+    bn = {m: name or "(the model)" for name, m in bn_modules(model)}
     calls: dict[str, int] = {}
+    largest, total = 0, 0
 
-    def count(name):
-        def hook(_m, _args):
-            calls[name] = calls.get(name, 0) + 1
-        return hook
+    def hook(m, _i, out):
+        nonlocal largest, total
+        if m in bn:
+            calls[bn[m]] = calls.get(bn[m], 0) + 1
+        if isinstance(out, torch.Tensor):
+            largest = max(largest, out.numel())
+            total += out.numel() * out.element_size()
 
-    handles = [m.register_forward_pre_hook(count(name or "(the model)")) for name, m in bn_modules(model)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
         with modes_kept(model), torch.inference_mode():
             model.eval()
-            model(_probe_batch(model, data))
+            where = next(iter(model.parameters()), None)
+            x = data.x_train[:n] if where is None else data.x_train[:n].to(where.device)
+            model(x)
     finally:
         for h in handles:
             h.remove()
-    return [name for name, n in calls.items() if n > 1]
-
-
-def _probe_batch(model: nn.Module, data, n: int = 2) -> torch.Tensor:
-    """The first ``n`` training images on the model's device, for a probe
-    forward (the caller's model may sit elsewhere than the data: the engine
-    evaluates copies of its weights)."""
-    where = next(iter(model.parameters()), None)
-    x = data.x_train[:n]
-    return x.to(where.device) if where is not None else x
+    images = max(1, x.shape[0])
+    return _Probe(largest // images, total / images, [name for name, c in calls.items() if c > 1])
 
 
 def _memory_budget(device: torch.device) -> float:
@@ -339,48 +353,8 @@ def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
     """Bytes of every layer output of one inference forward of ``batch_size``
     training images, twice over; measured on at most 64 images and scaled
     (a probe of the whole batch would need the memory it is sizing)."""
-    total = 0
-
-    def hook(_m, _i, out):
-        nonlocal total
-        if isinstance(out, torch.Tensor):
-            total += out.numel() * out.element_size()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with modes_kept(model), torch.inference_mode():
-            model.eval()
-            x = _probe_batch(model, data, min(batch_size, len(data.x_train), 64))
-            model(x)
-            scale = batch_size / max(1, x.shape[0])
-    finally:
-        for h in handles:
-            h.remove()
-    return int(total * scale * 2)
-
-
-def _largest_output_elements(model: nn.Module, data) -> int:
-    """Elements per image of the largest layer output in one inference forward,
-    from a probe forward of two images. Four float32 copies of it per image
-    (the output being written, its input, a residual and a spare) are the
-    peak memory of a forward."""
-    largest = 0
-
-    def hook(_m, _i, out):
-        nonlocal largest
-        if isinstance(out, torch.Tensor):
-            largest = max(largest, out.numel())
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with modes_kept(model), torch.inference_mode():
-            model.eval()
-            x = _probe_batch(model, data)
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return largest // max(1, x.shape[0])
+    probe = _probe_forward(model, data, min(batch_size, len(data.x_train), 64))
+    return int(probe.output_bytes * batch_size * 2)
 
 
 def _anchor_matrix(space: ParamSpace, anchors) -> torch.Tensor:

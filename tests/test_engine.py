@@ -398,13 +398,13 @@ def test_auto_keeps_every_layer_output_under_2_to_the_31_elements(small, monkeyp
     2^31 elements, however much memory there is."""
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.BatchNorm1d(12),
                               torch.nn.ReLU(), torch.nn.Linear(12, 10))
-    assert engine_module._largest_output_elements(net, small) == 64
+    assert engine_module._probe_forward(net, small).largest == 64
     monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 1e30)
     n = len(small.y_train)
-    monkeypatch.setattr(engine_module, "_largest_output_elements", lambda model, data: (2**31 - 1) // n)
-    assert resolve_bn_stats("auto", net, small) == "population"
-    monkeypatch.setattr(engine_module, "_largest_output_elements", lambda model, data: -(-2**31 // n))
-    assert resolve_bn_stats("auto", net, small) == "batches"
+    below = engine_module._Probe(largest=(2**31 - 1) // n, output_bytes=0.0, reused_bn=[])
+    assert resolve_bn_stats("auto", net, small, probe=below) == "population"
+    at = engine_module._Probe(largest=-(-2**31 // n), output_bytes=0.0, reused_bn=[])
+    assert resolve_bn_stats("auto", net, small, probe=at) == "batches"
 
 
 def test_activation_bytes_by_hand_from_a_probe_of_at_most_64_images(small):
