@@ -242,12 +242,6 @@ def cmd_curve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _process_device(spec: str):
-    from landscape.sweep import process_device
-
-    return process_device(spec)
-
-
 def _marks(paths, model, space, device):
     from landscape.checkpoint import check_state_dict, load_checkpoint, require_network
 
@@ -265,12 +259,12 @@ def cmd_plane(args: argparse.Namespace) -> int:
 
     from landscape.inputs import load_points, resolve_data
     from landscape.plane import evaluate_plane
-    from landscape.sweep import is_main
+    from landscape.sweep import is_main, process_device
     from landscape.weights import ParamSpace
 
     if bool(args.ckpt) == bool(args.points):
         raise UserError("give either --ckpt CURVE.pt or --points A.pt B.pt C.pt")
-    device = _process_device(args.device)
+    device = process_device(args.device)
     path = path_label = None
     if args.ckpt:
         from curves.fit import load_curve
@@ -324,9 +318,9 @@ def cmd_plane(args: argparse.Namespace) -> int:
 def cmd_rays(args: argparse.Namespace) -> int:
     from landscape.inputs import load_points
     from landscape.rays import evaluate_rays
-    from landscape.sweep import is_main
+    from landscape.sweep import is_main, process_device
 
-    device = _process_device(args.device)
+    device = process_device(args.device)
     paths = [args.center] + ([args.compare] if args.compare else [])
     pts = load_points(paths, model=args.model, model_kwargs=dict(args.model_kwargs),
                       data_overrides=_data_overrides(args), device=device)
@@ -480,9 +474,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_width(args: argparse.Namespace) -> int:
     from landscape.inputs import load_points
     from landscape.rays import evaluate_rays
-    from landscape.sweep import is_main
+    from landscape.sweep import is_main, process_device
 
-    device = _process_device(args.device)
+    device = process_device(args.device)
     pts = load_points([args.swa, args.sgd], model=args.model, model_kwargs=dict(args.model_kwargs),
                       data_overrides=_data_overrides(args), device=device)
     evaluate_rays(pts.model, pts.vectors, pts.data, args.out, labels=["SWA", "SGD"],
@@ -900,6 +894,7 @@ DISTRIBUTED = ("train", "connect", "plane", "rays", "width")
 
 def _run_command(args: argparse.Namespace) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    where = f"rank {rank}: " if world > 1 else ""  # for failures that may be one rank's own
     try:
         if world > 1 and args.command not in DISTRIBUTED and args.command != "models":
             raise UserError(f"'{args.command}' runs on one process; start it without torchrun "
@@ -911,14 +906,12 @@ def _run_command(args: argparse.Namespace) -> int:
         return 2
     except OSError as e:  # unwritable --out, full disk, ... (may be one rank's own)
         args.failed_alone = True
-        where = f"rank {rank}: " if world > 1 else ""
         print(f"{PROG}: error: {where}{e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), file=sys.stderr)
         return 2
     except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) or the CPU allocator's failure
         if not _out_of_memory(e):
             raise
         args.failed_alone = True
-        where = f"rank {rank}: " if world > 1 else ""
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         print(f"{PROG}: error: {where}out of memory ({first}); {_out_of_memory_advice(args)}", file=sys.stderr)
         return 2

@@ -56,8 +56,7 @@ from landscape.evaluate import evaluate_points, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import data_settings
 from landscape.models import check_spec_fits, from_spec, model_spec
-from landscape.sweep import rank_and_world
-from landscape.sweep import process_device
+from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
 from landscape.weights import ParamSpace
 

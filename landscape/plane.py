@@ -15,12 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import write_json
 from .errors import UserError
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import plane_basis, plane_coefficients, plane_grid, project
-from .sweep import STORE, begin_result, finish_result, is_main, run_sweep
+from .sweep import STORE, begin_result, finish_result, run_sweep
 from .weights import ParamSpace
 
 __all__ = ["PlaneResult", "evaluate_plane"]

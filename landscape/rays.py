@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import write_json
 from .errors import UserError
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
@@ -32,7 +31,7 @@ from .geometry import (
     random_directions,
     ray_coefficients,
 )
-from .sweep import STORE, begin_result, finish_result, is_main, run_sweep
+from .sweep import STORE, begin_result, finish_result, run_sweep
 from .weights import ParamSpace
 
 __all__ = ["NORMALIZATIONS", "RaysResult", "evaluate_rays", "side_widths", "width_report"]

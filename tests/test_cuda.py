@@ -18,7 +18,7 @@ import torch
 
 import cli
 from landscape.data import load_dataset
-from landscape.evaluate import (METRICS, choose_points_per_pass, evaluate_points, evaluate_points_sequential,
+from landscape.evaluate import (choose_points_per_pass, evaluate_points, evaluate_points_sequential,
                                 resolve_strategy)
 from landscape.models import create_model
 from landscape.weights import ParamSpace
