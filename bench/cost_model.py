@@ -32,26 +32,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from engine_vs_loop import endpoints_and_curve  # noqa: E402  (same folder)
 from landscape.data import load_dataset
 from landscape.models import create_model
 from landscape.plane import evaluate_plane
 from landscape.weights import ParamSpace
-from protocol import machine, timed
+from protocol import forward_flops, machine, timed
 
 BIN = Path(sys.executable).parent
-
-
-def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """FLOPs of one eval forward, per image."""
-    was = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x[:8])
-    model.train(was)
-    return counter.get_total_flops() / 8
 
 
 def report(label: str, seconds: float, points: int, images: int, flops: float) -> None:

@@ -17,8 +17,6 @@ the ratio loop / engine, and checks that the results agree.
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from curves.fit import fit_curve, load_curve
 from landscape.data import load_dataset
 from landscape.evaluate import evaluate_points, evaluate_points_sequential
 from landscape.train import train
+from protocol import machine, timed
 
 
 def endpoints_and_curve(work: Path, data):
@@ -38,15 +37,6 @@ def endpoints_and_curve(work: Path, data):
         fit_curve(work / "end1" / "model.pt", work / "end2" / "model.pt", work / "curve", data=data, epochs=20,
                   progress=False, resume=True)
     return load_curve(work / "curve" / "model.pt")
-
-
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> None:
@@ -63,8 +53,7 @@ def main() -> None:
         W = loaded.curve.anchors().detach()
         C = loaded.curve.coefficients(t)
     model = loaded.model
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; digits convnet ({sum(p.numel() for p in model.parameters())} params), "
+    print(f"machine: {machine()}; digits convnet ({sum(p.numel() for p in model.parameters())} params), "
           f"{args.points} curve points, 1437 train / 360 test images, best of {args.repeats}")
     print(f"{'batch':>6} {'method':<22} {'seconds':>9} {'loop / this':>12} {'max rel. diff':>14}")
     for batch in (128, 1000):

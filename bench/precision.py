@@ -11,17 +11,16 @@ times, their ratio, and the largest train-loss difference.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from landscape.data import load_dataset
 from landscape.plane import evaluate_plane
 
 from engine_vs_loop import endpoints_and_curve  # noqa: E402  (same folder)
+from protocol import machine  # noqa: E402  (same folder)
 
 
 def main() -> None:
@@ -32,7 +31,7 @@ def main() -> None:
     data = load_dataset("digits")
     loaded = endpoints_and_curve(args.work, data)
     W = loaded.curve.anchors().detach()
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"machine: {machine()}; "
           f"digits convnet plane {args.grid}x{args.grid} (+3 anchors), batch norm re-estimated per point")
     res, secs = {}, {}
     for precision in ("fp32", "bf16"):

@@ -94,20 +94,27 @@ def _test(loader: DataLoader, model: nn.Module, device: torch.device, wd: float)
 
 
 # --------------------------------------------------------------------------- shared helpers
-def machine() -> str:
-    """One line naming the CPU, its vector units, torch and the threads used."""
-    name = platform.processor() or platform.machine()
-    flags = ""
+def _cpuinfo() -> tuple[str, str]:
+    """(model name, flags line) of the first CPU in /proc/cpuinfo; empty where there is none."""
+    name, flags = "", ""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and name in ("", "x86_64"):
+                if line.startswith("model name") and not name:
                     name = line.split(":", 1)[1].strip()
                 if line.startswith("flags"):
-                    flags = line
-                    break
+                    return name, line
     except OSError:
         pass
+    return name, flags
+
+
+def machine() -> str:
+    """One line naming the CPU, its vector units, torch and the threads used."""
+    name, flags = _cpuinfo()
+    if platform.processor() not in ("", "x86_64"):
+        name = platform.processor()
+    name = name or platform.machine()
     units = [u for u in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {u}" in flags]
     cuda = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{name} ({', '.join(units) or 'no AVX2'}), {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -116,12 +123,26 @@ def machine() -> str:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (avx512_bf16 or AMX); without, bf16 is emulated and slow."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
+    flags = _cpuinfo()[1]
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
+    """FLOPs of one eval-mode forward per image (multiply-adds count 2;
+    convolutions and linear layers, as ``torch.utils.flop_counter`` counts),
+    measured on up to 8 images of ``x``. Modes are restored."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = x[:8]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return counter.get_total_flops() / len(x)
 
 
 def timed(fn: Callable[[], object], repeats: int = 1) -> tuple[float, object]:

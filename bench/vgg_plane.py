@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.evaluate import resolve_bn_stats
 from landscape.models import create_model
 from landscape.plane import evaluate_plane
 from landscape.sweep import process_device
 from landscape.weights import ParamSpace
-from protocol import machine, synthetic_cifar, timed
+from protocol import forward_flops, machine, synthetic_cifar, timed
 
 # Dense peak TFLOP/s by device name fragment, the first match wins: (bf16, tf32).
 PEAKS = {"H100 PCIe": (756.0, 378.0), "H100 NVL": (835.0, 418.0), "H100": (989.4, 494.7),
@@ -56,17 +55,6 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
         if fragment in name:
             return bf16 if precision == "bf16" else tf32
     return None
-
-
-def forward_flops(model: torch.nn.Module, image_shape: tuple[int, ...]) -> int:
-    """FLOPs of one eval-mode forward of one image (multiply-adds count 2)."""
-    x = torch.zeros(1, *image_shape, device=next(model.parameters()).device)
-    was = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    model.train(was)
-    return counter.get_total_flops()
 
 
 def vgg16bn(seed: int, device: torch.device) -> torch.nn.Module:
@@ -94,7 +82,7 @@ def main() -> None:
     points = [space.flatten(n).detach() for n in nets]
     bn_stats = resolve_bn_stats(args.bn_stats, nets[0], data)
     n_points = args.grid ** 2 + 3
-    per_image = forward_flops(nets[0], (3, 32, 32))
+    per_image = forward_flops(nets[0], data.x_train)
     images = (1 if bn_stats == "population" else 2) * args.train + args.test  # per point
     papers_images = 2 * args.train + args.test  # batch-norm pass, train pass, test pass
     print(f"machine: {machine()}")

@@ -20,7 +20,7 @@ from landscape.models import create_model
 from landscape.weights import ParamSpace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from protocol import max_differences, papers_protocol, within  # noqa: E402
+from protocol import forward_flops, max_differences, papers_protocol, within  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +59,14 @@ def test_vgg16bn_forward_flops_are_the_hand_count():
     """2 x multiply-adds of the 13 convolutions (3x3, padding 1, a 2x2 pool after
     each block) and the 3 linear layers on a 32x32 image; BN, ReLU and pooling
     are not counted."""
-    from vgg_plane import forward_flops, vgg16bn
+    from vgg_plane import vgg16bn
 
     blocks = [(32, [(3, 64), (64, 64)]), (16, [(64, 128), (128, 128)]),
               (8, [(128, 256), (256, 256), (256, 256)]), (4, [(256, 512), (512, 512), (512, 512)]),
               (2, [(512, 512), (512, 512), (512, 512)])]
     convs = sum(2 * 9 * cin * cout * side * side for side, layers in blocks for cin, cout in layers)
     linear = 2 * (512 * 512 + 512 * 512 + 512 * 10)
-    assert forward_flops(vgg16bn(0, torch.device("cpu")), (3, 32, 32)) == convs + linear
+    assert forward_flops(vgg16bn(0, torch.device("cpu")), torch.zeros(3, 3, 32, 32)) == convs + linear
 
 
 def test_vgg_plane_script_runs_and_reports(tmp_path):
