@@ -6,7 +6,7 @@
 # written as the run goes, so a part cut short still leaves its log.
 #
 #   bash bench/gpu.sh tests       # tests/test_cuda.py: engine vs CPU reference, host syncs, bf16, CLI on the GPU
-#   bash bench/gpu.sh vgg-small   # the VGG16-BN plane at 11x11, bf16: a first, shorter timing
+#   bash bench/gpu.sh vgg-small   # the VGG16-BN plane at 11x11, bf16, with vmap and with loop: a first, shorter timing
 #   bash bench/gpu.sh vgg-bf16    # the VGG16-BN 21x21 plane in bf16: time and fraction of peak
 #   bash bench/gpu.sh vgg-fp32    # the same in fp32 (TF32 convolutions)
 #   bash bench/gpu.sh protocol    # digits plane and PreResNet-20 curve against the papers' protocol on the GPU
@@ -28,7 +28,8 @@ vgg=(python3 bench/vgg_plane.py --bn-stats batches --progress)
 for part in "${@:-tests}"; do
   case "$part" in
     tests) run test_cuda.txt python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
-    vgg-small) run vgg_plane_11_bf16.txt "${vgg[@]}" --grid 11 ;;
+    vgg-small) run vgg_plane_11_bf16.txt "${vgg[@]}" --grid 11
+               run vgg_plane_11_bf16_loop.txt "${vgg[@]}" --grid 11 --strategy loop ;;
     vgg-bf16) run vgg_plane_bf16.txt "${vgg[@]}" ;;
     vgg-fp32) run vgg_plane_fp32.txt "${vgg[@]}" --precision fp32 ;;
     protocol) run plane_protocol.txt python3 bench/plane_protocol.py --device cuda

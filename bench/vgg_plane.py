@@ -14,6 +14,12 @@ peak: for the engine's passes and for the papers' three passes per point
 
     python bench/vgg_plane.py                         # --grid 21 --train 50000 --test 10000 --precision bf16
     python bench/vgg_plane.py --grid 2 --train 64 --test 32 --device cpu --precision fp32   # a smoke run
+    python bench/vgg_plane.py --strategy loop         # K points one after another instead of one vmap call
+
+On CUDA the engine's default batches the K points of a pass with vmap, which
+turns every convolution after the first into a grouped one (K groups); with
+VGG16-BN's large per-point convolutions one point at a time may fill the
+GPU as well, so ``bash bench/gpu.sh vgg-small`` times both.
 
 ``--peak-tflops`` overrides the peak table (dense tensor-core figures from
 NVIDIA's data sheets: bf16, and TF32 for fp32 since cuDNN runs fp32
@@ -26,7 +32,7 @@ import argparse
 
 import torch
 
-from landscape.evaluate import resolve_bn_stats
+from landscape.evaluate import choose_points_per_pass, resolve_bn_stats, resolve_strategy
 from landscape.models import create_model
 from landscape.plane import evaluate_plane
 from landscape.sweep import process_device
@@ -71,6 +77,8 @@ def main() -> None:
     ap.add_argument("--bn-stats", choices=["auto", "population", "batches"], default="auto")
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--points-per-pass", type=int, default=None, help="default: from the free memory")
+    ap.add_argument("--strategy", choices=["auto", "vmap", "loop"], default="auto",
+                    help="the engine's: K points as one vmap call, or one after another (auto: vmap on CUDA)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--progress", action="store_true", help="a progress bar on stderr")
@@ -81,6 +89,7 @@ def main() -> None:
     space = ParamSpace.of(nets[0])
     points = [space.flatten(n).detach() for n in nets]
     bn_stats = resolve_bn_stats(args.bn_stats, nets[0], data)
+    strategy = resolve_strategy(args.strategy, device)
     n_points = args.grid ** 2 + 3
     per_image = forward_flops(nets[0], data.x_train)
     images = (1 if bn_stats == "population" else 2) * args.train + args.test  # per point
@@ -88,11 +97,17 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"VGG16-BN ({space.numel:,} parameters, {per_image / 1e9:.3f} GFLOP per image forward), plane "
           f"{args.grid}x{args.grid} + 3 anchors = {n_points} points; synthetic {args.train} train / {args.test} "
-          f"test 3x32x32; {args.precision}, bn-stats {bn_stats}, batch {args.batch_size}, device {device}")
+          f"test 3x32x32; {args.precision}, bn-stats {bn_stats}, batch {args.batch_size}, device {device}, strategy "
+          f"{strategy}")
+    # The number the sweep will take (the same call), printed: it decides how well the device is filled.
+    k = args.points_per_pass or choose_points_per_pass(nets[0], data, args.train if bn_stats == "population"
+                                                       else args.batch_size, space.numel, strategy)
+    print(f"points per pass: {k}{'' if args.points_per_pass else ' (from the free memory)'}")
 
     seconds, result = timed(lambda: evaluate_plane(nets[0], points, data, grid=args.grid, precision=args.precision,
                                                    bn_stats=bn_stats, batch_size=args.batch_size,
-                                                   points_per_pass=args.points_per_pass, progress=args.progress))
+                                                   points_per_pass=args.points_per_pass, strategy=args.strategy,
+                                                   progress=args.progress))
     done = float(n_points) * images * per_image
     print(f"time: {seconds:.1f} s, {n_points / seconds:.2f} points/s, {seconds / n_points * 1e3:.1f} ms/point")
     print(f"forward FLOPs: {si(done, 'FLOP')} ({images} images per point), achieved {si(done / seconds, 'FLOP/s')}")

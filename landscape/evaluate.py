@@ -120,7 +120,8 @@ def evaluate_points(
     """Evaluate the points ``coefficients @ anchors`` of ``model``'s weight space.
 
     ``anchors`` is an ``(A, P)`` matrix over ``ParamSpace.of(model)`` (or a
-    list of A state dicts / modules), ``coefficients`` is ``(N, A)``. Buffers
+    list of A flat weight vectors, state dicts or modules), ``coefficients``
+    is ``(N, A)``. Buffers
     other than batch-norm statistics come from ``model``. For every point the
     batch-norm statistics are re-estimated from one unaugmented pass over the
     training data (``bn_batches`` limits it), then the point is evaluated in
@@ -141,7 +142,8 @@ def evaluate_points(
     ``strategy="vmap"`` they run as one batched call (``torch.vmap`` over
     ``functional_call``); with ``"loop"`` one after another on each batch.
     ``"auto"`` picks vmap on CUDA and loop on the CPU, where batched
-    (grouped) convolutions run slower than plain ones. Image batches are fed
+    (grouped) convolutions run slower than plain ones and bf16 autocast does
+    not reach them (``amp`` with vmap on the CPU is refused). Image batches are fed
     in channels-last layout (``channels_last``), which the CPU's convolutions
     run about 1.3x faster; results agree to rounding.
 
@@ -158,6 +160,11 @@ def evaluate_points(
     if C.dim() != 2 or C.shape[1] != W.shape[0]:
         raise ValueError(f"coefficients must be (N, {W.shape[0]}), got {tuple(C.shape)}")
     strategy = resolve_strategy(strategy, device)
+    if amp and strategy == "vmap" and device.type == "cpu":
+        # vmap runs a convolution as aten::convolution, which CUDA's autocast lowers
+        # and the CPU's does not: the "bf16" result would be fp32 convolutions.
+        raise UserError("bf16 with strategy vmap on the CPU would run the convolutions in fp32 "
+                        "(CPU autocast does not reach vmap's batched convolutions); use strategy loop")
     probe = _probe_forward(model, data) if bn_modules(model) else None
     population = resolve_bn_stats(bn_stats, model, data, bn_batches, probe=probe) == "population"
     # A batch-norm layer called several times per forward keeps only its last call's
@@ -358,6 +365,9 @@ def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
 
 
 def _anchor_matrix(space: ParamSpace, anchors) -> torch.Tensor:
+    if not isinstance(anchors, torch.Tensor) and anchors and all(
+            isinstance(a, torch.Tensor) and a.dim() == 1 for a in anchors):
+        anchors = torch.stack([a.detach().to(anchors[0].device) for a in anchors])  # flat weight vectors
     if isinstance(anchors, torch.Tensor):
         if anchors.dim() != 2 or anchors.shape[1] != space.numel:
             raise ValueError(f"anchors must be (A, {space.numel}), got {tuple(anchors.shape)}")

@@ -52,6 +52,7 @@ def evaluate_plane(
     bn_batches: int | None = None,
     bn_stats: str = "auto",
     points_per_pass: int | None = None,
+    strategy: str = "auto",
     precision: str = "fp32",
     resume: bool = False,
     progress: bool = False,
@@ -66,6 +67,7 @@ def evaluate_plane(
     grid point gets train loss (NLL + wd/2 ||w||^2), train NLL, train error,
     test NLL and test error with batch norm re-estimated. With ``out`` the
     sweep is resumable (``resume=True``) and the result is written there.
+    ``strategy`` is the engine's (:func:`~landscape.evaluate.evaluate_points`).
     """
     out = Path(out) if out is not None else None
     _bf16(precision)  # an unknown precision fails before anything is written
@@ -96,7 +98,8 @@ def evaluate_plane(
     values = run_sweep(model, W, coeffs, data, store=out / STORE if out is not None else None, resume=resume,
                        settings={"kind": "plane", "dataset": data.describe()}, config=run_config, wd=wd,
                        batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
-                       points_per_pass=points_per_pass, progress=progress, amp=_bf16(precision))
+                       points_per_pass=points_per_pass, strategy=strategy, progress=progress,
+                       amp=_bf16(precision))
     g2 = grid * grid
     arrays: dict[str, np.ndarray] = {"x": x, "y": y, "anchor_xy": anchor_xy}
     if len(path_xy):

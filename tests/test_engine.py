@@ -234,6 +234,11 @@ def test_train_loss_adds_half_wd_times_the_squared_norm(small):
         assert got["train_loss"][i] - got["train_nll"][i] == pytest.approx(0.5 * wd * sq, rel=1e-5)
     zero = evaluate_points(mlp(23), anchors, COMBO, small, wd=0.0, batch_size=64, strategy="loop")
     assert np.array_equal(zero["train_loss"], zero["train_nll"])
+    # The anchors as modules, as a list of flat weight vectors, or as one (A, P) matrix: the same points.
+    for form in ([row for row in W.float()], W.float()):
+        same = evaluate_points(mlp(23), form, COMBO, small, wd=wd, batch_size=64, strategy="loop")
+        for key in METRICS:
+            assert np.array_equal(same[key], got[key]), key
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])

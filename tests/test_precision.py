@@ -3,10 +3,11 @@ loss at every point of a digits plane."""
 
 import numpy as np
 import pytest
+import torch
 
 from landscape.data import load_dataset
 from landscape.errors import UserError
-from landscape.evaluate import precision_amp
+from landscape.evaluate import evaluate_points, precision_amp
 from landscape.inputs import load_points
 from landscape.plane import evaluate_plane
 from landscape.train import train
@@ -36,3 +37,17 @@ def test_unknown_precision_is_a_user_error():
     assert precision_amp("bf16") and not precision_amp("fp32")
     with pytest.raises(UserError, match="unknown precision 'fp16'"):
         precision_amp("fp16")
+
+
+def test_bf16_with_vmap_on_the_cpu_is_refused(points):
+    """CPU autocast lowers conv2d but not aten::convolution, which vmap's batched
+    convolution calls, so the "bf16" pass would run fp32 convolutions. The first
+    half checks that torch still behaves so (drop the refusal when it does not)."""
+    x, w = torch.randn(4, 1, 5, 5), torch.randn(3, 2, 1, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.nn.functional.conv2d(x, w[0]).dtype == torch.bfloat16
+        assert torch.vmap(lambda wi: torch.nn.functional.conv2d(x, wi))(w).dtype == torch.float32
+    with pytest.raises(UserError, match="strategy vmap on the CPU"):
+        evaluate_points(points.model, points.vectors, [[1.0, 0.0, 0.0]], points.data, strategy="vmap", amp=True)
+    loop = evaluate_points(points.model, points.vectors, [[1.0, 0.0, 0.0]], points.data, strategy="loop", amp=True)
+    assert np.isfinite(loop["train_loss"]).all()
