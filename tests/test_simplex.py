@@ -1,10 +1,8 @@
 """Simplexes: volumes against known values, uniform sampling, frozen vertices,
 shared connectors, SPRO on digits."""
 
-import dataclasses
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats
