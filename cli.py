@@ -901,7 +901,10 @@ def _run_command(args: argparse.Namespace) -> int:
                             f"(under torchrun: {', '.join(DISTRIBUTED)})")
         return args.func(args)
     except UserError as e:
-        if rank == 0:  # bad input is the same on every rank: say it once
+        if e.rank_local:  # met by some ranks only: each says it, and none waits for the others
+            args.failed_alone = True
+            print(f"{PROG}: error: {where}{e}", file=sys.stderr)
+        elif rank == 0:  # bad input is the same on every rank: say it once
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # unwritable --out, full disk, ... (may be one rank's own)

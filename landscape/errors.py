@@ -10,4 +10,14 @@ __all__ = ["UserError"]
 
 
 class UserError(ValueError):
-    """Bad input: a missing or corrupt file, an unknown name, a mismatch."""
+    """Bad input: a missing or corrupt file, an unknown name, a mismatch.
+
+    Under torchrun bad input is normally the same on every rank, and the CLI
+    prints it once (rank 0). ``rank_local=True`` marks an error that only some
+    ranks meet (a process with no GPU of its own): each such rank prints it,
+    with its rank, and exits without waiting for the others.
+    """
+
+    def __init__(self, message: str, *, rank_local: bool = False) -> None:
+        super().__init__(message)
+        self.rank_local = rank_local

@@ -54,7 +54,12 @@ def process_device(spec: str | torch.device | None = "auto") -> torch.device:
     device = resolve_device(spec)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+            if local >= count:
+                raise UserError(f"local process {local} has no GPU of its own: this node has {count} CUDA "
+                                f"device(s); start at most {count} per node (torchrun --nproc-per-node) "
+                                f"or use --device cpu", rank_local=True)
+            device = torch.device("cuda", local)
             torch.cuda.set_device(device)
         init_distributed(device)
     return device

@@ -233,3 +233,23 @@ def test_one_process_commands_refuse_torchrun_and_errors_are_said_once(tmp_path,
     monkeypatch.setenv("RANK", "1")
     code, out, err = run(capsys, *command, "--out", tmp_path / "x")
     assert code == 2 and out == "" and err == ""
+
+
+@pytest.mark.parametrize("command", [["plane", "--points", "a.pt", "b.pt", "c.pt"], ["train", "--epochs", "1"]])
+def test_a_rank_without_a_gpu_of_its_own_says_so_itself(tmp_path, capsys, monkeypatch, command):
+    """torchrun with more processes per node than GPUs: the ranks past the last
+    GPU fail before joining the group, each with one line naming its rank (not
+    rank 0's job: rank 0 has a GPU and waits for them until torchrun ends it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cli, "_leave_process_group", lambda wait=True: calls.append(wait))
+    calls = []
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(key, value)
+    code, out, err = run(capsys, *command, "--device", "cuda", "--out", tmp_path / "x")
+    assert code == 2 and out == ""
+    assert _one_line_error(err) == ("landscape: error: rank 1: local process 1 has no GPU of its own: this node has "
+                                    "1 CUDA device(s); start at most 1 per node (torchrun --nproc-per-node) or use "
+                                    "--device cpu")
+    assert calls == [False]  # it does not wait at the final barrier for ranks that may never come
+    assert not (tmp_path / "x").exists()
