@@ -57,12 +57,14 @@ def test_cuda_evaluates_with_vmap():
     assert resolve_strategy("auto", torch.device("cuda")) == "vmap"
 
 
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
 @pytest.mark.parametrize("bn_stats", ["population", "batches"])
-def test_engine_on_cuda_equals_the_cpu_reference(cpu_data, gpu_data, no_tf32, bn_stats):
+def test_engine_on_cuda_equals_the_cpu_reference(cpu_data, gpu_data, no_tf32, bn_stats, strategy):
     anchors = [convnet(10), convnet(11), convnet(12)]
     model = convnet(13)
     kw = dict(wd=5e-4, batch_size=64, bn_stats=bn_stats)
-    got = evaluate_points(model, anchors, COMBO, gpu_data, points_per_pass=2, return_probs=True, **kw)
+    got = evaluate_points(model, anchors, COMBO, gpu_data, points_per_pass=2, return_probs=True, strategy=strategy,
+                          **kw)
     ref = evaluate_points_sequential(model, anchors, COMBO, cpu_data, return_probs=True, **kw)
     for key in ("train_loss", "train_nll", "test_nll", "probs"):
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-5, err_msg=key)
@@ -83,16 +85,16 @@ def count_synchronisations(fn) -> int:
     return sum("synchronizing" in str(w.message) for w in caught)
 
 
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
 @pytest.mark.parametrize("bn_stats", ["population", "batches"])
-def test_host_synchronisations_do_not_grow_with_the_batches(gpu_data, bn_stats):
+def test_host_synchronisations_do_not_grow_with_the_batches(gpu_data, bn_stats, strategy):
     """300 train / 100 test images in batches of 100 (4 batches) or of 20 (20):
     the inner loop over batches must not synchronise, so both make as many."""
     anchors = [convnet(10), convnet(11), convnet(12)]
-    evaluate_points(anchors[0], anchors, COMBO, gpu_data, batch_size=100, points_per_pass=5)  # warm-up
-    few = count_synchronisations(lambda: evaluate_points(anchors[0], anchors, COMBO, gpu_data, batch_size=100,
-                                                         points_per_pass=5, bn_stats=bn_stats))
-    many = count_synchronisations(lambda: evaluate_points(anchors[0], anchors, COMBO, gpu_data, batch_size=20,
-                                                          points_per_pass=5, bn_stats=bn_stats))
+    kw = dict(points_per_pass=5, bn_stats=bn_stats, strategy=strategy)
+    evaluate_points(anchors[0], anchors, COMBO, gpu_data, batch_size=100, **kw)  # warm-up
+    few = count_synchronisations(lambda: evaluate_points(anchors[0], anchors, COMBO, gpu_data, batch_size=100, **kw))
+    many = count_synchronisations(lambda: evaluate_points(anchors[0], anchors, COMBO, gpu_data, batch_size=20, **kw))
     assert few > 0  # the debug mode reports (the results' copy to the host at the end)
     assert few == many, (few, many)
 
