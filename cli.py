@@ -222,7 +222,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
     result = evaluate_curve(args.ckpt, args.out, points=args.points, wd=args.wd, batch_size=args.batch_size,
                             bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass,
-                            precision=args.precision, device=args.device,
+                            precision=args.precision, device=args.device, resume=args.resume,
                             progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
                             **_data_overrides(args))
     figures = draw_curve_figure(args.out, tuple(args.format))
@@ -552,7 +552,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from curves.evaluate import evaluate_curve
     from curves.fit import fit_curve, load_curve
     from landscape.averaging import run_fge, run_swa
-    from landscape.checkpoint import read_json
     from landscape.device import resolve_device
     from landscape.plane import evaluate_plane
     from landscape.rays import width_report
@@ -585,11 +584,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   resume=again(out / kind), progress=quiet)
         ev_dir = out / f"{kind}-eval"
         step(f"{kind}: curve and straight line at {args.points} points")
-        if (ev_dir / "curve.npz").exists():
-            curves[kind] = read_json(ev_dir / "summary.json")
-        else:
-            curves[kind] = evaluate_curve(out / kind / "model.pt", ev_dir, points=args.points, data=data,
-                                          device=str(device)).summary
+        curves[kind] = evaluate_curve(out / kind / "model.pt", ev_dir, points=args.points, data=data,
+                                      device=str(device), resume=again(ev_dir, "curve.npz")).summary
         figures += draw_curve_figure(ev_dir)
     step(f"plane through the Bezier curve, {args.grid}x{args.grid}")
     loaded = load_curve(out / "bezier" / "model.pt", device)
@@ -682,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, type=Path, help="curve checkpoint written by 'landscape connect'")
     p.add_argument("--points", type=int, default=61, help="evenly spaced values of t (default 61)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
     p.set_defaults(func=cmd_curve)

@@ -89,15 +89,17 @@ def fingerprint(anchors: torch.Tensor, coefficients: np.ndarray, settings: dict[
     return h.hexdigest()
 
 
-def _load_store(path: Path, key: str, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     try:
         with np.load(path, allow_pickle=False) as z:
             stored_key = str(z["key"])
             done = z["done"].astype(bool)
             values = {m: z[m].astype(np.float64) for m in METRICS}
-    except (OSError, KeyError, ValueError) as e:
+            if probs and "probs" in z.files:
+                values["probs"] = z["probs"]
+    except (OSError, KeyError, ValueError, EOFError) as e:
         raise UserError(f"{path}: unreadable partial results ({e}); delete it to start over") from None
-    if stored_key != key or done.shape != (n,):
+    if stored_key != key or done.shape != (n,) or (probs and done.any() and values.get("probs", np.zeros(0)).shape[:1] != (n,)):
         raise UserError(f"{path}: partial results of a different sweep (other points or settings); "
                         f"delete it or choose another --out")
     return done, values
@@ -160,8 +162,10 @@ def run_sweep(
     strategy: str = "auto",
     amp: bool = False,
     progress: bool = False,
+    return_probs: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Evaluate every point of ``coefficients @ anchors``; returns per-point metric arrays (N,).
+    """Evaluate every point of ``coefficients @ anchors``; returns per-point metric arrays (N,)
+    (and with ``return_probs`` the test-set probabilities ``probs`` (N, M, classes), stored too).
 
     ``store`` is the partial-results file (None: keep nothing on disk).
     ``settings`` (JSON-able) joins the fingerprint, so a store is only
@@ -193,7 +197,7 @@ def run_sweep(
     if store is not None and store.exists():
         if not resume:
             raise UserError(f"{store.parent} holds an unfinished sweep; pass --resume to continue it")
-        done, values = _load_store(store, key, n)
+        done, values = _load_store(store, key, n, probs=return_probs)
         if rank == 0:
             print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "
                   f"{n - int(done.sum())} to evaluate", file=sys.stderr)
@@ -213,14 +217,16 @@ def run_sweep(
             if len(mine):
                 result = evaluate_points(model, anchors, coefficients[mine], data, wd=wd, batch_size=batch_size,
                                          bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=len(mine),
-                                         strategy=strategy, amp=amp)
+                                         strategy=strategy, amp=amp, return_probs=return_probs)
             gathered = [(mine, result)]
             if world > 1:
                 gathered = [None] * world
                 dist.all_gather_object(gathered, (mine, result))
             for idx, res in gathered:
                 if len(idx):
-                    for m in METRICS:
+                    if return_probs and "probs" not in values:
+                        values["probs"] = np.zeros((n, *res["probs"].shape[1:]), dtype=np.float32)
+                    for m in (*METRICS, "probs") if return_probs else METRICS:
                         values[m][idx] = res[m]
                     done[idx] = True
                     bar.update(len(idx))
@@ -228,4 +234,4 @@ def run_sweep(
                 _write_store(store, key, done, values)
     finally:
         bar.close()
-    return {m: v[expand] for m, v in values.items()}
+    return {m: v[expand] for m, v in values.items()}  # metrics (and probs) in the caller's order

@@ -152,6 +152,61 @@ def test_connect_curve_and_plot_end_to_end(tmp_path, capsys, endpoints):
 
 
 @pytest.mark.slow
+def test_an_interrupted_curve_evaluation_resumes_to_the_uninterrupted_result(tmp_path, capsys, endpoints,
+                                                                             monkeypatch):
+    """The points evaluated before an interruption (here Ctrl-C after the first
+    chunk) stay in the folder with their probabilities; --resume evaluates only
+    the others, and the result — ensembles included — is the fresh run's."""
+    import numpy as np
+
+    import landscape.sweep as sweep_module
+
+    a, b = endpoints
+    assert cli.main(["connect", "--start", str(a), "--end", str(b), "--epochs", "2", "--out", str(tmp_path / "ab"),
+                     "--quiet"]) == 0
+    args = ["curve", "--ckpt", tmp_path / "ab" / "model.pt", "--points", 7, "--points-per-pass", 4, "--quiet"]
+    real, calls = sweep_module.evaluate_points, []
+
+    def interrupted_after_one_chunk(model, anchors, coefficients, *a, **kw):
+        calls.append(len(coefficients))
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(model, anchors, coefficients, *a, **kw)
+
+    monkeypatch.setattr(sweep_module, "evaluate_points", interrupted_after_one_chunk)
+    out = tmp_path / "eval"
+    code, _, err = run(capsys, *args, "--out", out)
+    assert code == 130 and "--resume" in _one_line_error(err)
+    assert not (out / "curve.npz").exists()
+    with np.load(out / "sweep.partial.npz") as z:
+        done, probs = z["done"], z["probs"]
+    assert done.sum() == 4 and done.shape == (12,)  # 7 + 7 t values, the two shared ends once
+    assert np.allclose(probs[done].sum(axis=-1), 1, atol=1e-5) and not probs[~done].any()
+
+    code, _, err = run(capsys, *args, "--out", out)  # without --resume: refused, nothing lost
+    assert code == 2 and "--resume" in _one_line_error(err) and (out / "sweep.partial.npz").exists()
+
+    calls.clear()
+    monkeypatch.setattr(sweep_module, "evaluate_points", lambda *a, **kw: calls.append(len(a[2])) or real(*a, **kw))
+    code, _, err = run(capsys, *args, "--out", out, "--resume")
+    assert code == 0, err
+    assert "kept 4 of 12" in err and sum(calls) == 8  # only the points not kept
+    assert not (out / "sweep.partial.npz").exists()
+    code, _, err = run(capsys, *args, "--out", tmp_path / "fresh")
+    assert code == 0, err
+    with np.load(out / "curve.npz") as got, np.load(tmp_path / "fresh" / "curve.npz") as want:
+        assert set(got.files) == set(want.files)
+        for key in want.files:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    resumed, fresh = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "fresh"))
+    for path in ("curve", "line"):
+        for key in ("ensemble_test_nll", "ensemble_test_error", "train_loss_barrier"):
+            assert resumed[path][key] == pytest.approx(fresh[path][key], rel=1e-6, abs=1e-7)
+    code, _, err = run(capsys, *args, "--out", out)  # a finished folder: refused without --resume
+    assert code == 2 and "curve.npz" in _one_line_error(err)
+
+
+@pytest.mark.slow
 def test_connect_refuses_mismatched_architectures(tmp_path, capsys, endpoints):
     a, _ = endpoints
     other = tmp_path / "wide"
