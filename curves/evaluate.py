@@ -75,7 +75,7 @@ def evaluate_curve(
     if points < 2:
         raise UserError(f"--points must be at least 2, got {points}")
     out_path = Path(out) if out is not None else None
-    finished = begin_result(out_path, "curve.npz", resume)
+    finished = begin_result(out_path, "curve.npz", resume, "curve")
     if finished is not None:
         arrays, summary = finished
         return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)

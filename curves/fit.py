@@ -159,7 +159,7 @@ def fit_curve(
     cfg.validate()
     device = process_device(cfg.device)  # under torchrun: joins the process group
     out = Path(out) if out is not None else None
-    start_epoch, state, metrics = prepare_run(out, cfg, resume)
+    start_epoch, state, metrics = prepare_run(out, cfg, resume, "connect")
     if start_epoch == -1:
         loaded = load_curve(out / "model.pt")
         from landscape.checkpoint import read_json, read_jsonl

@@ -33,6 +33,7 @@ from torch import nn
 
 from landscape.checkpoint import (
     Checkpoint,
+    claim_folder,
     load_checkpoint,
     load_model,
     save_checkpoint,
@@ -115,7 +116,7 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
                   resume: bool, progress, seed: int) -> torch.Tensor:
     """Train one new vertex (index len(fixed)) against the frozen ones; returns its (P,) vector."""
     space = ParamSpace.of(template)
-    start_epoch, state, metrics = prepare_run(out, cfg, resume)
+    start_epoch, state, metrics = prepare_run(out, cfg, resume, "simplex")
     if start_epoch == -1:
         cx, _, _ = load_simplex(out / "model.pt", data.device)
         return cx.anchors()[-1].detach()
@@ -188,6 +189,14 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
                          sample_probs=ev["probs"])
 
 
+def _claim(out: Path | None, what: dict[str, Any]) -> None:
+    """Take ``out`` for a simplex run before any work: refused when it holds another
+    command's results; its config.json then says it is a simplex folder."""
+    claim_folder(out, "simplex")
+    if out is not None:
+        write_json(out / "config.json", {"command": "simplex", **what})
+
+
 def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: int = 3,
                  config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
                  eval_samples: int = 32, face_resolution: int = 10, sample_seed: int | None = None,
@@ -199,6 +208,7 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
         raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
     cfg = _config(config, base, overrides)
     out = Path(out) if out is not None else None
+    _claim(out, {"kind": "simplex", "base": str(base), "vertices": vertices})
     pts = load_points([base], data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size",
                                                                           "data_seed")}, device=cfg.device)
     template, data = pts.model, pts.data
@@ -225,6 +235,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
         raise UserError("a complex needs two or more --modes and at least one connector")
     cfg = _config(config, modes[0], overrides)
     out = Path(out) if out is not None else None
+    _claim(out, {"kind": "complex", "modes": [str(p) for p in modes], "connectors": connectors})
     pts = load_points(list(modes), data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path",
                                                                                "val_size", "data_seed")},
                       device=cfg.device)
@@ -322,6 +333,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
+    _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices})
     comps, probs = [], []
     for i, b in enumerate(bases):
         # Each component's own evaluation draws the samples the ensemble averages.

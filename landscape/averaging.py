@@ -198,7 +198,7 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
     cfg = _config(method, config, overrides)
     device = resolve_device(cfg.device)
     out = Path(out) if out is not None else None
-    start_epoch, state, metrics = prepare_run(out, cfg, resume)
+    start_epoch, state, metrics = prepare_run(out, cfg, resume, method)
     if start_epoch == -1:
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         final = out / ("swa.pt" if method == "swa" else "model.pt")

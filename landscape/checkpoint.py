@@ -86,6 +86,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_save(write, path)
 
 
+def claim_folder(out: str | os.PathLike | None, command: str) -> None:
+    """Refuse, before any work, an ``--out`` that is a file or that holds what
+    another command wrote (its ``config.json`` names another command, or it
+    holds a network with no ``config.json``): writing there would replace
+    that run's files. A folder of the same command is left to the command's
+    own checks (finished, unfinished, ``--resume``)."""
+    if out is None:
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    config = out / "config.json"
+    if config.exists():
+        try:
+            owner = json.loads(config.read_text(encoding="utf-8")).get("command")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner != command:
+            raise UserError(f"{out} holds the results of another command ({owner or 'unknown'}, see its "
+                            f"config.json); choose another --out")
+    elif (out / "model.pt").exists():
+        raise UserError(f"{out} holds a network (model.pt) of another run; choose another --out")
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
@@ -119,7 +143,7 @@ def read_result(folder: str | os.PathLike, arrays_file: str,
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise UserError(f"{folder / arrays_file}: no such file") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{folder / arrays_file}: not a readable result ({e})") from None
     return arrays, read_json(folder / summary_file)
 
@@ -251,6 +275,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise UserError(f"{path}: not a readable torch checkpoint ({_core_message(str(e))})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable torch checkpoint ({_core_message(str(e)) or type(e).__name__})") from None
+    except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        # what torch's legacy (non-zip) reader raises on text and other garbage
+        raise UserError(f"{path}: not a readable torch checkpoint (not a file torch.save wrote)") from None
 
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         sd = obj.get("state_dict")
@@ -275,10 +302,13 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 def _core_message(msg: str) -> str:
     """The informative line of a (verbose) torch.load error."""
     lines = [l.strip() for l in msg.splitlines() if l.strip()]
-    for i, line in enumerate(lines):
-        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
-            return lines[i + 1][:200]
-    return (lines[0] if lines else "unreadable")[:200]
+    line = lines[0] if lines else "unreadable"
+    for i, candidate in enumerate(lines):
+        if candidate.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            line = lines[i + 1]
+            break
+    line = line.split(". ")[0].rstrip(".")  # the first sentence: torch appends advice after it
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def require_network(ckpt: Checkpoint) -> Checkpoint:

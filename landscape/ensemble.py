@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .averaging import predict_probs
-from .checkpoint import load_model, write_json
+from .checkpoint import claim_folder, load_model, write_json
 from .evaluate import evaluate_points
 from .inputs import load_points
 from .metrics import ensemble_metrics
@@ -31,6 +31,8 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
     """Test error and NLL of every member (with its own batch-norm statistics),
     of their averaged predicted probabilities, and of their weight average
     (batch norm re-estimated on the training data)."""
+    out = Path(out) if out is not None else None
+    claim_folder(out, "ensemble")  # before the work: a bad --out loses nothing
     pts = load_points(paths, model=model, model_kwargs=model_kwargs, data_overrides=data_overrides, device=device)
     data, labels = pts.data, pts.data.y_test.cpu().numpy()
     members, probs = [], []
@@ -59,7 +61,6 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         "notes": "members use their own batch-norm statistics; the ensemble averages predicted probabilities; "
                  "the weight average re-estimates batch norm on the training data",
     }
-    out = Path(out) if out is not None else None
     if out is not None:
         write_json(out / "summary.json", summary)
         write_json(out / "config.json", {"command": "ensemble", "checkpoints": [str(p) for p in paths],

@@ -73,7 +73,7 @@ def evaluate_plane(
     _bf16(precision)  # an unknown precision fails before anything is written
     if len(points) != 3:
         raise UserError(f"a plane needs exactly three points, got {len(points)}")
-    finished = begin_result(out, "plane.npz", resume)
+    finished = begin_result(out, "plane.npz", resume, "plane")
     if finished is not None:
         return PlaneResult(*finished, out=out)
     space = ParamSpace.of(model)

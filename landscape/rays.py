@@ -116,7 +116,7 @@ def evaluate_rays(
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
     if line and len(centers) < 2:
         raise UserError("--line needs two centres (--center and --compare)")
-    finished = begin_result(out, "rays.npz", resume)
+    finished = begin_result(out, "rays.npz", resume, "rays")
     if finished is not None:
         return RaysResult(*finished, out=out)
     space = ParamSpace.of(model)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import read_result, write_json, write_npz
+from .checkpoint import claim_folder, read_result, write_json, write_npz
 from .device import resolve_device
 from .errors import UserError
 from .evaluate import METRICS, choose_points_per_pass, evaluate_points, resolve_bn_stats, resolve_strategy, unique_rows
@@ -97,7 +98,7 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.n
             values = {m: z[m].astype(np.float64) for m in METRICS}
             if probs and "probs" in z.files:
                 values["probs"] = z["probs"]
-    except (OSError, KeyError, ValueError, EOFError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: unreadable partial results ({e}); delete it to start over") from None
     if stored_key != key or done.shape != (n,) or (probs and done.any() and values.get("probs", np.zeros(0)).shape[:1] != (n,)):
         raise UserError(f"{path}: partial results of a different sweep (other points or settings); "
@@ -118,14 +119,15 @@ def _write_store(path: Path, key: str, done: np.ndarray, values: dict[str, np.nd
     write_npz(path, dict(values, key=np.array(key), done=done))
 
 
-def begin_result(out: Path | None, result_file: str, resume: bool) -> tuple[dict[str, np.ndarray], Any] | None:
-    """Check a sweep's result folder before any work: a finished result is
+def begin_result(out: Path | None, result_file: str, resume: bool,
+                 command: str) -> tuple[dict[str, np.ndarray], Any] | None:
+    """Check a sweep's result folder before any work: one holding another
+    command's results is refused (:func:`claim_folder`); a finished result is
     refused without ``resume`` and returned (arrays, summary) with it; a partial
     store needs ``resume``. Every rank checks, then they wait for each other so
     that rank 0 writes only after all have looked."""
     if out is not None:
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file, not a folder")
+        claim_folder(out, command)
         if (out / result_file).exists() and not resume:
             raise UserError(f"{out} already holds a finished result ({result_file}); choose another --out")
         if (out / STORE).exists() and not resume:

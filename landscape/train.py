@@ -49,6 +49,7 @@ from . import __version__
 from .checkpoint import (
     append_jsonl,
     check_state_dict,
+    claim_folder,
     load_checkpoint,
     read_jsonl,
     save_checkpoint,
@@ -210,7 +211,7 @@ def train(
     cfg.validate()
     device = process_device(cfg.device)
     out = Path(out) if out is not None else None
-    start_epoch, state, metrics = prepare_run(out, cfg, resume)
+    start_epoch, state, metrics = prepare_run(out, cfg, resume, "train")
     if start_epoch == -1:  # finished before: report and return
         return _finished_result(out)
     data = load_data(cfg, device) if data is None else data.to(device)
@@ -426,7 +427,8 @@ def _progress_bar(total: int, initial: int, show: bool, desc: str = "train"):
     return tqdm(total=total, initial=initial, disable=not show, desc=desc, unit="it", dynamic_ncols=True, leave=False)
 
 
-def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool) -> tuple[int, Any, list[dict[str, Any]]]:
+def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
+                command: str) -> tuple[int, Any, list[dict[str, Any]]]:
     """Check the run folder against ``resume``; return (start epoch, saved state, kept metrics).
 
     Start epoch -1 means the run there is already finished. Refuses to
@@ -436,8 +438,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool) -> tuple[int, 
     """
     if out is None:
         return 0, None, []
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
+    claim_folder(out, command)
     finished, last = out / "model.pt", out / "last.pt"
     if not resume:
         if finished.exists():
@@ -452,7 +453,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool) -> tuple[int, 
     source = finished if finished.exists() else last
     if not source.exists():
         _say(f"{out}: nothing to resume, starting a new run")
-        return prepare_run(out, cfg, resume=False)
+        return prepare_run(out, cfg, resume=False, command=command)
     state = load_checkpoint(source)
     stored = (state.meta or {}).get("train_config")
     if not isinstance(stored, dict) or "train_state" not in state.extra:

@@ -142,6 +142,18 @@ def test_missing_corrupt_and_weightless_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x00\x01not a checkpoint at all")
     with pytest.raises(UserError, match="not a readable torch checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+    # Text read by torch's legacy reader raises IndexError / KeyError inside torch; a truncated
+    # zip, its "central directory" error (the first sentence only, not torch's advice after it).
+    for name, content in (("text.pt", b"text\n"), ("hello.pt", b"hello world"), ("empty.pt", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError, match="not a readable torch checkpoint") as caught:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(caught.value)
+    torch.save(_net().state_dict(), tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:100])
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(tmp_path / "cut.pt")
+    assert str(caught.value).endswith("failed finding central directory)"), str(caught.value)
     torch.save({"epoch": 3, "notes": "x"}, tmp_path / "noweights.pt")
     with pytest.raises(UserError, match="no model weights found"):
         load_checkpoint(tmp_path / "noweights.pt")

@@ -206,6 +206,42 @@ def test_an_interrupted_curve_evaluation_resumes_to_the_uninterrupted_result(tmp
     assert code == 2 and "curve.npz" in _one_line_error(err)
 
 
+def test_no_command_writes_into_another_commands_folder(tmp_path, capsys, endpoints):
+    """--out naming a training run (or any folder whose config.json names another
+    command, or a bare model.pt) is refused before any work, and the run's files
+    are left as they were; so is an --out that is a file."""
+    import shutil
+
+    a, b = endpoints
+    run_dir = tmp_path / "a"
+    shutil.copytree(a.parent, run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    for command in (["ensemble", a, b], ["rays", "--center", a, "--directions", 1], ["simplex", "--base", a],
+                    ["width", "--swa", a, "--sgd", b], ["fge", "--from", a]):
+        code, _, err = run(capsys, *command, "--out", run_dir)
+        assert code == 2, (command, err)
+        assert _one_line_error(err).endswith(f"{run_dir} holds the results of another command (train, see its "
+                                             "config.json); choose another --out"), command
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(a, bare / "model.pt")
+    code, _, err = run(capsys, "ensemble", a, b, "--out", bare)
+    assert code == 2 and "holds a network (model.pt) of another run" in _one_line_error(err)
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, "ensemble", a, b, "--out", tmp_path / "file")
+    assert code == 2 and _one_line_error(err).endswith("is a file, not a folder")
+
+
+def test_a_corrupt_result_file_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "summary.json").write_text("{}")
+    (folder / "curve.npz").write_bytes(b"PK\x03\x04 cut short")
+    code, _, err = run(capsys, "plot", folder)
+    assert code == 2 and "curve.npz: not a readable result" in _one_line_error(err)
+
+
 @pytest.mark.slow
 def test_connect_refuses_mismatched_architectures(tmp_path, capsys, endpoints):
     a, _ = endpoints
