@@ -24,7 +24,7 @@ from .bn import bn_collecting, bn_modules, population_bn, reestimate_bn
 from .errors import UserError
 from .weights import ParamSpace, stack_anchors
 
-__all__ = ["METRICS", "PRECISIONS", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
+__all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
            "choose_points_per_pass", "forward_points", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
            "keep_freed_memory"]
 
@@ -152,6 +152,7 @@ def evaluate_points(
     percent), and with ``return_probs`` the test-set probabilities
     ``probs`` (N, M, classes) float32. ``model`` is left exactly as it was.
     """
+    check_eval_options(batch_size, bn_batches, points_per_pass)
     space = ParamSpace.of(model)
     device = data.device
     W = _anchor_matrix(space, anchors).to(device)  # (A, P)
@@ -201,6 +202,15 @@ def evaluate_points(
         template.restore()
         bar.close()
     return {key: np.concatenate(values)[inverse] for key, values in results.items()}
+
+
+def check_eval_options(batch_size: int, bn_batches: int | None, points_per_pass: int | None) -> None:
+    """:class:`UserError` for a batch size, a number of batch-norm batches or
+    of points per pass below 1 (None means the default for the last two)."""
+    for flag, value in (("--batch-size", batch_size), ("--bn-batches", bn_batches),
+                        ("--points-per-pass", points_per_pass)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise UserError(f"{flag} must be a whole number of at least 1, got {value}")
 
 
 def unique_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -347,13 +357,20 @@ def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, 
     """Points per data pass from the free memory and the model's size.
 
     The loop strategy holds K copies of the weights; vmap also holds K sets
-    of activations, measured with one probe forward pass.
+    of activations, measured with one probe forward pass. The loop shares
+    nothing but the data between its K points, so it takes at most
+    ``LOOP_POINTS`` of them: a sweep stores its finished points after every
+    pass, and an interruption then loses one short pass, not the sweep.
     """
     budget = _memory_budget(data.device)
     per_point = 4 * numel * 3  # the point's weights, its batched view, headroom
     if strategy == "vmap":
         per_point += _activation_bytes(model, data, batch_size)
-    return int(max(1, min(256, budget // max(per_point, 1))))
+    cap = 256 if strategy == "vmap" else LOOP_POINTS
+    return int(max(1, min(cap, budget // max(per_point, 1))))
+
+
+LOOP_POINTS = 8
 
 
 def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:

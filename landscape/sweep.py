@@ -29,7 +29,7 @@ import torch.distributed as dist
 from .checkpoint import claim_folder, read_result, write_json, write_npz
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import METRICS, choose_points_per_pass, evaluate_points, resolve_bn_stats, resolve_strategy, unique_rows
+from .evaluate import METRICS, check_eval_options, choose_points_per_pass, evaluate_points, resolve_bn_stats, resolve_strategy, unique_rows
 from .weights import ParamSpace
 
 __all__ = ["STORE", "init_distributed", "process_device", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
@@ -177,6 +177,7 @@ def run_sweep(
     (:func:`~landscape.evaluate.resolve_bn_stats`) and the resolved name
     joins the fingerprint too.
     """
+    check_eval_options(batch_size, bn_batches, points_per_pass)
     coefficients, expand = unique_rows(np.asarray(coefficients, dtype=np.float64))  # identical points once
     n = coefficients.shape[0]
     rank, world = rank_and_world()

@@ -333,6 +333,32 @@ def test_population_statistics_by_hand(small):
     assert abs(b64["train_nll"][0] - got["train_nll"][0]) > 1e-6
 
 
+def test_counts_below_one_are_refused_before_any_work(small, monkeypatch):
+    """--bn-batches 0 used to estimate nothing and report losses of 1e6;
+    --points-per-pass -3 ended in a traceback. Both, and a batch size of 0,
+    are one UserError from the engine and from a sweep, before any forward."""
+    import landscape.sweep as sweep_module
+
+    net = convnet(3)
+    monkeypatch.setattr(sweep_module, "evaluate_points", lambda *a, **k: pytest.fail("evaluated"))
+    for kw, flag in ((dict(bn_batches=0), "--bn-batches"), (dict(points_per_pass=-3), "--points-per-pass"),
+                     (dict(points_per_pass=0), "--points-per-pass"), (dict(batch_size=0), "--batch-size")):
+        with pytest.raises(UserError, match=f"{flag} must be a whole number of at least 1"):
+            evaluate_points(net, [net, convnet(4)], LINE, small, **kw)
+        with pytest.raises(UserError, match=f"{flag} must be a whole number of at least 1"):
+            sweep_module.run_sweep(net, torch.stack([ParamSpace.of(net).flatten(net)] * 2), LINE, small, **kw)
+
+
+def test_the_loop_takes_few_points_per_pass_and_vmap_up_to_256(small, monkeypatch):
+    from landscape import evaluate as engine
+
+    monkeypatch.setattr(engine, "_memory_budget", lambda device: 1e15)  # memory no limit
+    net = convnet(3)
+    numel = ParamSpace.of(net).numel
+    assert engine.choose_points_per_pass(net, small, 64, numel, "loop") == engine.LOOP_POINTS == 8
+    assert engine.choose_points_per_pass(net, small, 64, numel, "vmap") == 256
+
+
 def test_bn_stats_auto_and_bad_names(small):
     net = convnet(3)
     assert resolve_bn_stats("auto", net, small) == "population"  # 300 small images fit easily
