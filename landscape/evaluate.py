@@ -357,20 +357,13 @@ def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, 
     """Points per data pass from the free memory and the model's size.
 
     The loop strategy holds K copies of the weights; vmap also holds K sets
-    of activations, measured with one probe forward pass. The loop shares
-    nothing but the data between its K points, so it takes at most
-    ``LOOP_POINTS`` of them: a sweep stores its finished points after every
-    pass, and an interruption then loses one short pass, not the sweep.
+    of activations, measured with one probe forward pass.
     """
     budget = _memory_budget(data.device)
     per_point = 4 * numel * 3  # the point's weights, its batched view, headroom
     if strategy == "vmap":
         per_point += _activation_bytes(model, data, batch_size)
-    cap = 256 if strategy == "vmap" else LOOP_POINTS
-    return int(max(1, min(cap, budget // max(per_point, 1))))
-
-
-LOOP_POINTS = 8
+    return int(max(1, min(256, budget // max(per_point, 1))))
 
 
 def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:

@@ -349,16 +349,6 @@ def test_counts_below_one_are_refused_before_any_work(small, monkeypatch):
             sweep_module.run_sweep(net, torch.stack([ParamSpace.of(net).flatten(net)] * 2), LINE, small, **kw)
 
 
-def test_the_loop_takes_few_points_per_pass_and_vmap_up_to_256(small, monkeypatch):
-    from landscape import evaluate as engine
-
-    monkeypatch.setattr(engine, "_memory_budget", lambda device: 1e15)  # memory no limit
-    net = convnet(3)
-    numel = ParamSpace.of(net).numel
-    assert engine.choose_points_per_pass(net, small, 64, numel, "loop") == engine.LOOP_POINTS == 8
-    assert engine.choose_points_per_pass(net, small, 64, numel, "vmap") == 256
-
-
 def test_bn_stats_auto_and_bad_names(small):
     net = convnet(3)
     assert resolve_bn_stats("auto", net, small) == "population"  # 300 small images fit easily
