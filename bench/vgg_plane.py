@@ -32,7 +32,7 @@ import argparse
 
 import torch
 
-from landscape.evaluate import choose_points_per_pass, resolve_bn_stats, resolve_strategy
+from landscape.evaluate import default_points_per_pass, resolve_bn_stats, resolve_strategy
 from landscape.models import create_model
 from landscape.plane import evaluate_plane
 from landscape.sweep import process_device
@@ -100,8 +100,7 @@ def main() -> None:
           f"test 3x32x32; {args.precision}, bn-stats {bn_stats}, batch {args.batch_size}, device {device}, strategy "
           f"{strategy}")
     # The number the sweep will take (the same call), printed: it decides how well the device is filled.
-    k = args.points_per_pass or choose_points_per_pass(nets[0], data, args.train if bn_stats == "population"
-                                                       else args.batch_size, space.numel, strategy)
+    k = args.points_per_pass or default_points_per_pass(nets[0], data, bn_stats, args.batch_size, strategy)
     print(f"points per pass: {k}{'' if args.points_per_pass else ' (from the free memory)'}")
 
     seconds, result = timed(lambda: evaluate_plane(nets[0], points, data, grid=args.grid, precision=args.precision,

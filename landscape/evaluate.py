@@ -25,7 +25,7 @@ from .errors import UserError
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
-           "choose_points_per_pass", "forward_points", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
+           "choose_points_per_pass", "default_points_per_pass", "forward_points", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
            "keep_freed_memory"]
 
 
@@ -180,8 +180,8 @@ def evaluate_points(
     rows, inverse = unique_rows(C.cpu().numpy())
     C = torch.as_tensor(rows, device=device, dtype=W.dtype)
     n = C.shape[0]
-    k = points_per_pass or choose_points_per_pass(model, data, len(data.y_train) if population else batch_size,
-                                                   space.numel, strategy)
+    k = points_per_pass or default_points_per_pass(model, data, "population" if population else "batches",
+                                                    batch_size, strategy)
     results: dict[str, list] = {m: [] for m in METRICS}
     if return_probs:
         results["probs"] = []
@@ -364,6 +364,14 @@ def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, 
     if strategy == "vmap":
         per_point += _activation_bytes(model, data, batch_size)
     return int(max(1, min(256, budget // max(per_point, 1))))
+
+
+def default_points_per_pass(model: nn.Module, data, bn_stats: str, batch_size: int, strategy: str) -> int:
+    """K when none is given: :func:`choose_points_per_pass` for a pass of the
+    whole training set (``bn_stats="population"``) or of ``batch_size`` images."""
+    pass_size = len(data.y_train) if bn_stats == "population" else batch_size
+    return choose_points_per_pass(model, data, pass_size, ParamSpace.of(model).numel,
+                                  resolve_strategy(strategy, data.device))
 
 
 def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:

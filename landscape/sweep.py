@@ -29,8 +29,8 @@ import torch.distributed as dist
 from .checkpoint import claim_folder, read_result, write_json, write_npz
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import METRICS, check_eval_options, choose_points_per_pass, evaluate_points, resolve_bn_stats, resolve_strategy, unique_rows
-from .weights import ParamSpace
+from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
+                       unique_rows)
 
 __all__ = ["STORE", "init_distributed", "process_device", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
            "begin_result", "finish_result"]
@@ -186,9 +186,7 @@ def run_sweep(
     if bn_stats == "auto" and bn_batches is None and resume and store is not None and store.exists():
         bn_stats = _stored_bn_stats(store.parent)  # free memory may have changed since: keep the estimator
     bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
-    pass_size = len(data.y_train) if bn_stats == "population" else batch_size
-    k = points_per_pass or choose_points_per_pass(model, data, pass_size, ParamSpace.of(model).numel,
-                                                   resolve_strategy(strategy, data.device))
+    k = points_per_pass or default_points_per_pass(model, data, bn_stats, batch_size, strategy)
     if world > 1:
         decided = [bn_stats, k]
         dist.broadcast_object_list(decided, src=0)

@@ -625,7 +625,7 @@ GLOO_ARGS = ["--grid", 5, "--points-per-pass", 3, "--quiet"]
 # Free memory read differently on each rank: rank 0 would take 3 points per pass, rank 1 two.
 UNEVEN_MEMORY = """
 from landscape import sweep
-sweep.choose_points_per_pass = lambda *a, **k: 3 if os.environ["RANK"] == "0" else 2
+sweep.default_points_per_pass = lambda *a, **k: 3 if os.environ["RANK"] == "0" else 2
 """
 
 
