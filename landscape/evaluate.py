@@ -499,9 +499,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
             if n in template.bn_names:
                 b.fill_(1 if n.endswith("running_var") else 0)
         with bn_collecting(model, momentum=None):
-            for used, (x, _) in enumerate(data.batches("train", batch_size)):
-                if bn_batches is not None and used >= bn_batches:
-                    break
+            for x in _statistics_batches(data, batch_size, bn_batches):
                 forward(x)
     elif template.bn:
         # Per-batch statistics (momentum 1 makes the running stats equal the
@@ -510,9 +508,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
                  if n in template.bn_names and not n.endswith("num_batches_tracked")}
         used = 0
         with bn_collecting(model, momentum=1.0):
-            for x, _ in data.batches("train", batch_size):
-                if bn_batches is not None and used >= bn_batches:
-                    break
+            for x in _statistics_batches(data, batch_size, bn_batches):
                 forward(x)
                 for n in stats:
                     stats[n] += buffers[n].double()
@@ -540,6 +536,14 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
     sq = points.double().pow(2).sum(dim=1)
     out["train_loss"] = out["train_nll"] + (0.5 * wd * sq).cpu().numpy()
     return out
+
+
+def _statistics_batches(data, batch_size: int, bn_batches: int | None) -> Iterator[torch.Tensor]:
+    """The training images of a batch-norm pass: batches of ``batch_size``, the first ``bn_batches`` only."""
+    for used, (x, _) in enumerate(data.batches("train", batch_size)):
+        if bn_batches is not None and used >= bn_batches:
+            return
+        yield x
 
 
 class _Sums:
