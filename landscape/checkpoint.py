@@ -86,6 +86,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_save(write, path)
 
 
+def stored_config(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """A result folder's ``config.json``: None when it has none, {} when it cannot be read."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def claim_folder(out: str | os.PathLike | None, command: str) -> None:
     """Refuse, before any work, an ``--out`` that is a file or that holds what
     another command wrote (its ``config.json`` names another command, or it
@@ -97,12 +109,9 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
-    config = out / "config.json"
-    if config.exists():
-        try:
-            owner = json.loads(config.read_text(encoding="utf-8")).get("command")
-        except (OSError, ValueError, AttributeError):
-            owner = None
+    config = stored_config(out)
+    if config is not None:
+        owner = config.get("command")
         if owner != command:
             raise UserError(f"{out} holds the results of another command ({owner or 'unknown'}, see its "
                             f"config.json); choose another --out")
