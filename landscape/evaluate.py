@@ -383,8 +383,8 @@ def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
 
 
 def _anchor_matrix(space: ParamSpace, anchors) -> torch.Tensor:
-    if not isinstance(anchors, torch.Tensor) and anchors and all(
-            isinstance(a, torch.Tensor) and a.dim() == 1 for a in anchors):
+    if isinstance(anchors, (list, tuple)) and anchors and all(isinstance(a, torch.Tensor) and a.dim() == 1
+                                                              for a in anchors):
         anchors = torch.stack([a.detach().to(anchors[0].device) for a in anchors])  # flat weight vectors
     if isinstance(anchors, torch.Tensor):
         if anchors.dim() != 2 or anchors.shape[1] != space.numel:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import claim_folder, read_result, write_json, write_npz
+from .checkpoint import claim_folder, read_result, stored_config, write_json, write_npz
 from .device import resolve_device
 from .errors import UserError
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
@@ -100,7 +100,7 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.n
                 values["probs"] = z["probs"]
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: unreadable partial results ({e}); delete it to start over") from None
-    if stored_key != key or done.shape != (n,) or (probs and done.any() and values.get("probs", np.zeros(0)).shape[:1] != (n,)):
+    if stored_key != key or done.shape != (n,) or (probs and done.any() and "probs" not in values):
         raise UserError(f"{path}: partial results of a different sweep (other points or settings); "
                         f"delete it or choose another --out")
     return done, values
@@ -108,10 +108,7 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.n
 
 def _stored_bn_stats(folder: Path) -> str:
     """The estimator an unfinished sweep in ``folder`` was started with ("auto" if unknown)."""
-    try:
-        stored = json.loads((folder / "config.json").read_text()).get("bn_stats")
-    except (OSError, ValueError, AttributeError):
-        return "auto"
+    stored = (stored_config(folder) or {}).get("bn_stats")
     return stored if stored in ("population", "batches") else "auto"
 
 
@@ -227,8 +224,8 @@ def run_sweep(
                 if len(idx):
                     if return_probs and "probs" not in values:
                         values["probs"] = np.zeros((n, *res["probs"].shape[1:]), dtype=np.float32)
-                    for m in (*METRICS, "probs") if return_probs else METRICS:
-                        values[m][idx] = res[m]
+                    for m, v in res.items():
+                        values[m][idx] = v
                     done[idx] = True
                     bar.update(len(idx))
             if store is not None and rank == 0:
