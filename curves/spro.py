@@ -333,7 +333,8 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
-    _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices})
+    _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices,
+                 "eval_samples": eval_samples})
     comps, probs = [], []
     for i, b in enumerate(bases):
         # Each component's own evaluation draws the samples the ensemble averages.
@@ -365,8 +366,6 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
         "notes": "modes evaluated with batch norm re-estimated, like every sampled point",
     }
     if out is not None:
-        write_json(out / "summary.json", summary)
-        write_json(out / "config.json", {"command": "simplex", "espro": True, "bases": [str(b) for b in bases],
-                                         "vertices": vertices, "eval_samples": eval_samples})
+        write_json(out / "summary.json", summary)  # config.json was written by _claim at the start
     return summary
 
