@@ -131,7 +131,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "batches: the papers' update_bn (average of per-batch statistics, then a second pass); "
                         "auto (default): population when the whole training set fits in one pass")
     g.add_argument("--points-per-pass", type=int, default=None, metavar="K",
-                   help="points evaluated per pass over the data (default: from free memory)")
+                   help="points evaluated per pass over the data; a sweep stores its progress after each pass "
+                        "(default: from free memory; at most 8 where points run one after another, as on the CPU)")
     g.add_argument("--wd", type=float, default=None, help="weight decay in the reported train loss (default: as fitted)")
     g.add_argument("--precision", default="fp32",
                    help="fp32 (default) or bf16: bf16 autocast, about 2x faster on CPUs with bf16 units; "

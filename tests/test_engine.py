@@ -214,6 +214,23 @@ def test_evaluate_points_agrees_with_the_sequential_loop(small, make, strategy, 
     assert np.ptp(got["train_nll"]) > 1e-3
 
 
+@pytest.mark.parametrize("bn_stats", ["batches", "population"])
+def test_a_points_values_do_not_depend_on_its_pass_mates(small, bn_stats):
+    """The loop strategy gives every point bit-identical values whether it is
+    evaluated alone, with a few others, or with all: a resumed sweep, whose
+    passes group the points differently, matches an uninterrupted one exactly.
+    (A (K, A) x (A, P) product rounds differently with K, and the one-channel
+    first convolution's layout used to follow K.)"""
+    anchors = [convnet(10), convnet(11), convnet(12)]
+    coeffs = np.concatenate([COMBO, LINE @ np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])])
+    kw = dict(wd=5e-4, batch_size=64, bn_stats=bn_stats, strategy="loop", return_probs=True)
+    together = evaluate_points(convnet(13), anchors, coeffs, small, points_per_pass=len(coeffs), **kw)
+    for k in (1, 3):
+        apart = evaluate_points(convnet(13), anchors, coeffs, small, points_per_pass=k, **kw)
+        for key, value in together.items():
+            assert np.array_equal(apart[key], value), (k, key)
+
+
 def test_bn_batches_changes_the_result(small):
     """bn_batches is honoured: two batches of statistics are not the full pass."""
     anchors = [convnet(10), convnet(11)]
@@ -437,6 +454,18 @@ def test_activation_bytes_by_hand_from_a_probe_of_at_most_64_images(small):
     assert engine_module._activation_bytes(net, small, 1000) == 1000 * (64 + 12 + 12 + 10) * 4 * 2
     assert engine_module._activation_bytes(net, small, 10) == 10 * (64 + 12 + 12 + 10) * 4 * 2
     assert seen == [64, 10]  # never the whole batch: that would need the memory being sized
+
+
+def test_the_loop_strategy_takes_at_most_8_points_per_pass_vmap_what_memory_allows(small, monkeypatch):
+    """Points run one after another gain nothing from a bigger pass, and a
+    sweep stores its progress once per pass; vmap's K follows the memory."""
+    net = convnet(3)
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 1e12)
+    assert engine_module.default_points_per_pass(net, small, "population", 64, "loop") == 8
+    assert engine_module.default_points_per_pass(net, small, "population", 64, "auto") == 8  # loop on the CPU
+    assert engine_module.default_points_per_pass(net, small, "batches", 64, "vmap") == 256
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 12 * ParamSpace.of(net).numel * 3)
+    assert engine_module.default_points_per_pass(net, small, "batches", 64, "loop") == 3
 
 
 # --------------------------------------------------------------------------- metrics
