@@ -259,6 +259,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
     import torch
 
     from landscape.inputs import load_points, resolve_data
+    from landscape.models import check_spec_fits
     from landscape.plane import evaluate_plane
     from landscape.sweep import is_main, process_device
     from landscape.weights import ParamSpace
@@ -273,6 +274,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
         loaded = load_curve(args.ckpt, device)
         stored = loaded.meta.get("train_config") or {}
         data = resolve_data(stored, _data_overrides(args), device)
+        check_spec_fits(loaded.spec, data.num_classes, data.input_shape, args.ckpt, f"dataset '{data.name}'")
         model, wd = loaded.model, float(stored.get("wd", 0.0))
         with torch.no_grad():
             W = loaded.curve.anchors().detach()

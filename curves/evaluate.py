@@ -21,6 +21,7 @@ from landscape.evaluate import METRICS, precision_amp
 from landscape.geometry import line_coefficients
 from landscape.inputs import resolve_data
 from landscape.metrics import ensemble_metrics, path_stats
+from landscape.models import check_spec_fits
 from landscape.sweep import STORE, begin_result, finish_result, run_sweep
 
 from .fit import LoadedCurve, load_curve
@@ -83,6 +84,7 @@ def evaluate_curve(
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device)
     stored = dict(loaded.meta.get("train_config") or {})
     data = resolve_data(stored, data_overrides, device) if data is None else data.to(device)
+    check_spec_fits(loaded.spec, data.num_classes, data.input_shape, loaded.path or "the curve", f"dataset '{data.name}'")
     wd = float(stored.get("wd", 0.0)) if wd is None else wd
     model, crv = loaded.model.to(device), loaded.curve.to(device)
 

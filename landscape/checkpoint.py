@@ -292,6 +292,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         sd = obj.get("state_dict")
         if not _is_state_dict(sd):
             raise UserError(f"{path}: landscape checkpoint without a valid 'state_dict'")
+        _refuse_nan(path, sd)
         model = obj.get("model")
         if not (isinstance(model, Mapping) and isinstance(model.get("name"), str)):
             raise UserError(f"{path}: landscape checkpoint without a valid 'model' entry")
@@ -305,7 +306,23 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             extra=extra,
         )
     sd = extract_state_dict(obj, path)
+    _refuse_nan(path, sd)
     return Checkpoint(path=path, state_dict=sd, model=None, kind="model", meta={"foreign": True})
+
+
+def _refuse_nan(path: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """One line for a checkpoint holding NaN weights or statistics (a run that
+    diverged): evaluated beside good points it would turn theirs NaN too
+    (points are formed as coefficients x anchors, and 0 x NaN is NaN).
+    Infinities are refused where the weights are used as points
+    (:func:`landscape.evaluate.evaluate_points`): a foreign model may keep
+    -inf in a mask buffer."""
+    for key, value in state_dict.items():
+        if value.is_floating_point() or value.is_complex():
+            bad = int(torch.isnan(value).sum())
+            if bad:
+                raise UserError(f"{path}: {bad} NaN value{'s' if bad > 1 else ''} in '{key}' "
+                                f"(the run that wrote it diverged?); refusing to use it")
 
 
 def _core_message(msg: str) -> str:

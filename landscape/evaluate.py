@@ -160,18 +160,19 @@ def evaluate_points(
                         else coefficients).to(device=device, dtype=W.dtype)
     if C.dim() != 2 or C.shape[1] != W.shape[0]:
         raise ValueError(f"coefficients must be (N, {W.shape[0]}), got {tuple(C.shape)}")
+    check_finite(W, C)
     strategy = resolve_strategy(strategy, device)
     if amp and strategy == "vmap" and device.type == "cpu":
         # vmap runs a convolution as aten::convolution, which CUDA's autocast lowers
         # and the CPU's does not: the "bf16" result would be fp32 convolutions.
         raise UserError("bf16 with strategy vmap on the CPU would run the convolutions in fp32 "
                         "(CPU autocast does not reach vmap's batched convolutions); use strategy loop")
-    probe = _probe_forward(model, data) if bn_modules(model) else None
+    probe = _probe_forward(model, data)  # also refuses data the network cannot take, in one line
     population = resolve_bn_stats(bn_stats, model, data, bn_batches, probe=probe) == "population"
     # A batch-norm layer called several times per forward keeps only its last call's
     # statistics in a momentum-1 pass; such models average every call as update_bn does,
     # one point at a time (momentum None cannot be batched by vmap).
-    every_call = not population and probe is not None and bool(probe.reused_bn)
+    every_call = not population and bool(probe.reused_bn)
     if every_call:
         strategy = "loop"
     if device.type == "cpu":
@@ -202,6 +203,20 @@ def evaluate_points(
         template.restore()
         bar.close()
     return {key: np.concatenate(values)[inverse] for key, values in results.items()}
+
+
+def check_finite(anchors: torch.Tensor, coefficients: torch.Tensor) -> None:
+    """:class:`UserError` naming the first anchor (row of the (A, P) matrix) or
+    coefficient row that is not finite: one such anchor would make every point
+    NaN, since 0 x NaN and 0 x inf are NaN."""
+    bad = (~torch.isfinite(anchors)).sum(dim=1)
+    if bool(bad.any()):
+        a = int(torch.nonzero(bad)[0])
+        raise UserError(f"anchor {a} has {int(bad[a])} non-finite weight{'s' if int(bad[a]) > 1 else ''}; "
+                        f"every point formed from it would be NaN")
+    rows = ~torch.isfinite(coefficients).all(dim=1)
+    if bool(rows.any()):
+        raise UserError(f"coefficient row {int(torch.nonzero(rows)[0])} is not finite")
 
 
 def check_eval_options(batch_size: int, bn_batches: int | None, points_per_pass: int | None) -> None:
@@ -306,12 +321,27 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
             model.eval()
             where = next(iter(model.parameters()), None)
             x = data.x_train[:n] if where is None else data.x_train[:n].to(where.device)
-            model(x)
+            try:
+                out = model(x)
+            except (RuntimeError, ValueError, IndexError) as e:
+                raise UserError(f"the network does not accept this data's inputs of shape "
+                                f"{tuple(x.shape[1:])}: {_first_line(e)}") from None
     finally:
         for h in handles:
             h.remove()
+    classes = getattr(data, "num_classes", None)
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == x.shape[0]):
+        raise UserError(f"the network should give (batch, classes) logits, but gave "
+                        f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    if classes is not None and out.shape[1] < classes:
+        raise UserError(f"the network gives {out.shape[1]} outputs, but the data has {classes} classes")
     images = max(1, x.shape[0])
     return _Probe(largest // images, total / images, [name for name, c in calls.items() if c > 1])
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def _memory_budget(device: torch.device) -> float:

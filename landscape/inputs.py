@@ -14,6 +14,7 @@ from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_mode
 from .data import Dataset
 from .device import resolve_device
 from .errors import UserError
+from .models import check_spec_fits
 from .train import TrainConfig, load_data
 from .weights import ParamSpace
 
@@ -64,6 +65,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     stored = (first.meta or {}).get("train_config") or {}
     data = resolve_data(stored, data_overrides, device)
     if first.model is not None and model is None:
+        check_spec_fits(first.model, data.num_classes, data.input_shape, first.path, f"dataset '{data.name}'")
         net = load_model(first)
     elif model is not None:
         net = load_model(first, model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
@@ -75,6 +77,9 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
         check_state_dict(net, ck.state_dict, str(ck.path), name)
     space = ParamSpace.of(net)
     vectors = [space.flatten(ck.state_dict, source=str(ck.path)).to(device) for ck in ckpts]
+    for ck, v in zip(ckpts, vectors):
+        if not bool(torch.isfinite(v).all()):
+            raise UserError(f"{ck.path}: {int((~torch.isfinite(v)).sum())} infinite weights; refusing to use it")
     return Points(model=net.to(device), vectors=vectors, data=data, wd=float(stored.get("wd", 0.0)),
                   labels=[_label(p) for p in paths], checkpoints=ckpts)
 

@@ -161,6 +161,23 @@ def test_missing_corrupt_and_weightless_files(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_nan_weights_are_refused_naming_the_file_and_key(tmp_path):
+    """A diverged run's weights would turn every point they are combined with
+    NaN (0 x NaN); landscape and foreign checkpoints alike are refused."""
+    sd = _net().state_dict()
+    sd["classifier.weight"][3, 1] = float("nan")
+    save_checkpoint(tmp_path / "mine.pt", sd, SPEC)
+    torch.save(sd, tmp_path / "foreign.pt")
+    for name in ("mine.pt", "foreign.pt"):
+        with pytest.raises(UserError, match=r"mine|foreign") as caught:
+            load_checkpoint(tmp_path / name)
+        assert str(caught.value) == (f"{tmp_path / name}: 1 NaN value in 'classifier.weight' "
+                                     f"(the run that wrote it diverged?); refusing to use it")
+    sd["classifier.weight"][3, 1] = float("inf")  # not refused here: a foreign buffer may hold a -inf mask
+    save_checkpoint(tmp_path / "inf.pt", sd, SPEC)
+    assert torch.isinf(load_checkpoint(tmp_path / "inf.pt").state_dict["classifier.weight"]).sum() == 1
+
+
 def test_foreign_checkpoint_needs_a_model_name(tmp_path):
     torch.save(_net().state_dict(), tmp_path / "bare.pt")
     with pytest.raises(UserError, match="--model"):

@@ -8,6 +8,7 @@ whose loss is known in closed form.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from torch import nn
 import cli
 import landscape.evaluate as engine_module
 from landscape import sweep as sweep_module
-from landscape.checkpoint import load_checkpoint, load_model
+from landscape.checkpoint import load_checkpoint, load_model, save_checkpoint
 from landscape.data import Dataset, load_dataset
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points
@@ -563,6 +564,66 @@ def test_plane_sweep_resumes_after_sigkill_and_matches_an_uninterrupted_run(tmp_
     assert code == 2 and "plane.npz" in one_line(err)
 
 
+def test_a_checkpoint_with_nan_or_inf_weights_is_refused_in_one_line(tmp_path, capsys, endpoints):
+    """Evaluated beside good points it would turn theirs NaN (0 x NaN):
+    refused before any work, naming the file; nothing is written."""
+    A, B, _ = endpoints
+    ck = load_checkpoint(B)
+    for value, words in ((float("nan"), "1 NaN value in"), (float("-inf"), "1 infinite weights")):
+        sd = {k: v.clone() for k, v in ck.state_dict.items()}
+        next(v for k, v in sd.items() if k.endswith("weight")).view(-1)[0] = value
+        bad = tmp_path / "bad.pt"
+        save_checkpoint(bad, sd, ck.model, meta=ck.meta)
+        out = tmp_path / "rays"
+        code, _, err = run_cli(capsys, "rays", "--center", A, "--compare", bad, "--directions", 1, "--steps", 2,
+                               "--out", out, "--quiet")
+        line = one_line(err)
+        assert code == 2 and line.startswith(f"landscape: error: {bad}: ") and words in line, line
+        assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("shape,classes", [("3,8,8", 10), ("1,8,8", 12)], ids=["channels", "classes"])
+def test_data_that_does_not_fit_the_checkpoint_is_refused_in_one_line(tmp_path, capsys, endpoints, shape, classes):
+    """Data options that override the checkpoint's: other images or more
+    classes than the network was built for give one line, before any work."""
+    A, B, C = endpoints
+    data = ("--dataset", "synthetic", "--synthetic-shape", shape, "--synthetic-classes", classes,
+            "--synthetic-size", "50,20")
+    for argv in (("rays", "--center", A, "--directions", 1, "--steps", 2, "--quiet"),
+                 ("plane", "--points", A, B, C, "--grid", 3, "--quiet"),
+                 ("width", "--swa", A, "--sgd", B, "--directions", 1, "--steps", 2, "--quiet"),
+                 ("ensemble", A, B)):
+        out = tmp_path / argv[0]
+        code, _, err = run_cli(capsys, *argv, *data, "--out", out)
+        line = one_line(err)
+        assert code == 2 and f"{A} was built for input (1, 8, 8) and 10 classes, but dataset 'synthetic' has " \
+            f"({shape.replace(',', ', ')}) and {classes}" in line, line
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_engine_refuses_data_the_network_cannot_take(data):
+    """Any nn.Module: the probe forward names the inputs or the missing classes."""
+    torch.manual_seed(0)
+    net = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4)
+    w = ParamSpace.of(net).flatten(net)
+    three = dataclasses.replace(data, x_train=data.x_train.repeat(1, 3, 1, 1), x_test=data.x_test.repeat(1, 3, 1, 1))
+    with pytest.raises(UserError, match=r"^the network does not accept this data's inputs of shape \(3, 8, 8\): "):
+        evaluate_points(net, [w], [[1.0]], three)
+    more = dataclasses.replace(data, num_classes=12)
+    with pytest.raises(UserError, match="^the network gives 10 outputs, but the data has 12 classes$"):
+        evaluate_points(net, [w], [[1.0]], more)
+
+
+def test_the_engine_refuses_a_non_finite_anchor_or_coefficient(data, endpoints):
+    model, wa = flat_weights(endpoints[0])
+    _, wb = flat_weights(endpoints[1])
+    wb[5] = float("nan")
+    with pytest.raises(UserError, match="anchor 1 has 1 non-finite weight;"):
+        evaluate_points(model, [wa.float(), wb.float()], [[0.5, 0.5]], data)
+    with pytest.raises(UserError, match="coefficient row 1 is not finite"):
+        evaluate_points(model, [wa.float(), wa.float()], [[0.5, 0.5], [float("inf"), 0.0]], data)
+
+
 @pytest.mark.parametrize("error", [
     CUDA_OOM("CUDA out of memory. Tried to allocate 2.00 GiB"),
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
@@ -743,3 +804,12 @@ def test_plane_of_a_curve_holds_its_path_and_exact_anchor_losses(tmp_path, capsy
     np.testing.assert_allclose(got, want["train_loss"], rtol=1e-5)
     # and the anchors' coordinates are the plane's: start at the origin, end on the x axis at ||B - A||
     np.testing.assert_allclose(arrays["anchor_xy"][:2], [[0, 0], [float((wb - wa).norm()), 0]], atol=1e-5)
+
+    # Data that does not fit the curve's network: one line from plane and from curve, nothing written.
+    for argv in (("plane", "--grid", 3), ("curve", "--points", 3)):
+        bad = tmp_path / f"{argv[0]}-bad"
+        code, _, err = run_cli(capsys, argv[0], "--ckpt", ckpt, *argv[1:], "--dataset", "synthetic",
+                               "--synthetic-shape", "3,8,8", "--synthetic-size", "50,20", "--out", bad, "--quiet")
+        assert code == 2 and one_line(err).endswith(
+            f"{ckpt} was built for input (1, 8, 8) and 10 classes, but dataset 'synthetic' has (3, 8, 8) and 10")
+        assert not bad.exists() or not any(bad.iterdir())
