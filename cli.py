@@ -438,6 +438,11 @@ def _print_ensemble(s: dict[str, Any]) -> None:
     e = s["ensemble"]
     print(f"{'ensemble':<16}{e['test_error']:>12.2f}{e['test_nll']:>10.4f}   ({e['members']} members; "
           f"mean member error {s['member_test_error_mean']:.2f}%)")
+    r = s.get("partial_cycle_epochs")
+    if r:
+        gave = "one more snapshot" if s.get("partial_cycle_snapshot") else "no snapshot"
+        print(f"note: --epochs {s['epochs']} is not a multiple of --cycle {s['cycle']}: the last {r} "
+              f"epoch{'s' if r > 1 else ''} formed a partial cycle, which gave {gave}")
 
 
 def cmd_fge(args: argparse.Namespace) -> int:

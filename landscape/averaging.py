@@ -363,7 +363,10 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
             k = len(members)
             ens = ensemble_metrics((state["probs"] / k)[None].cpu().numpy(), data.y_test.cpu().numpy())
             errors = [mm["test_error"] for mm in members]
+            partial = cfg.epochs % cfg.cycle
             return {"ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "members": k},
+                    "cycle": cfg.cycle, "partial_cycle_epochs": partial,
+                    "partial_cycle_snapshot": bool(partial) and k > cfg.epochs // cfg.cycle,
                     "members": members, "member_test_error_mean": float(np.mean(errors)),
                     "member_test_error_best": float(np.min(errors)), "final": _metrics_of(model, data, cfg.wd),
                     **_common(cfg, data, spec),

@@ -155,11 +155,19 @@ def test_fge_snapshots_and_their_ensemble(tmp_path, digits, endpoint):
         run_fge(None, None, epochs=2, data=digits, progress=False)
 
 
-def test_snapshot_ensemble_from_scratch(tmp_path, digits):
-    res = run_snapshots(None, tmp_path / "snap", epochs=4, cycle=2, lr=0.05, model="convnet", model_kwargs=SMALL,
+def test_snapshot_ensemble_from_scratch(tmp_path, digits, capsys):
+    """A trailing partial cycle (5 epochs, cycles of 2) takes no snapshot, and the summary and the CLI say so."""
+    import cli
+
+    res = run_snapshots(None, tmp_path / "snap", epochs=5, cycle=2, lr=0.05, model="convnet", model_kwargs=SMALL,
                         data=digits, progress=False)
     assert res.summary["ensemble"]["members"] == 2
     assert [m["epoch"] for m in res.summary["members"]] == [2, 4]
+    assert (res.summary["cycle"], res.summary["partial_cycle_epochs"], res.summary["partial_cycle_snapshot"]) == \
+        (2, 1, False)
+    cli._print_ensemble(res.summary)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: --epochs 5 is not a multiple of --cycle 2: the last 1 epoch formed a partial cycle, which gave no snapshot")
 
 
 def test_ensemble_of_checkpoints(tmp_path, digits, endpoint):
