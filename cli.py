@@ -20,8 +20,27 @@ from landscape.errors import UserError
 PROG = "landscape"
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option with a default shows it, unless its help already says."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default is None or default is False
+                or default is argparse.SUPPRESS or (isinstance(default, (list, tuple)) and not default)):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = (" " if isinstance(default, list) else ",").join(str(v) for v in default)
+        return f"{text}{' ' if text else ''}(default: {str(default).replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit 2), not a usage dump."""
+    """argparse, but a usage error is one line (and exit 2), not a usage dump,
+    and every default is shown in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -63,7 +82,7 @@ def add_data_args(p: argparse.ArgumentParser, *, inherit: bool = False) -> None:
         return None if inherit else value
 
     g.add_argument("--dataset", default=d("digits"),
-                   help="digits (embedded, default), mnist, fashion-mnist, cifar10, cifar100, npz, synthetic")
+                   help="digits (embedded), mnist, fashion-mnist, cifar10, cifar100, npz, synthetic")
     g.add_argument("--data-path", default=None,
                    help="folder (mnist, cifar) or .npz file holding the dataset")
     g.add_argument("--val-size", type=int, default=d(0),
@@ -71,10 +90,10 @@ def add_data_args(p: argparse.ArgumentParser, *, inherit: bool = False) -> None:
     g.add_argument("--data-seed", type=int, default=d(0),
                    help="seed of the validation split and of synthetic data (keep it equal across endpoints)")
     g.add_argument("--synthetic-shape", type=_int_tuple, default=d((3, 32, 32)), metavar="C,H,W",
-                   help="input shape of --dataset synthetic (default 3,32,32)")
+                   help="input shape of --dataset synthetic")
     g.add_argument("--synthetic-classes", type=int, default=d(10), help="classes of --dataset synthetic")
     g.add_argument("--synthetic-size", type=_int_tuple, default=d((5000, 1000)), metavar="TRAIN,TEST",
-                   help="train and test sizes of --dataset synthetic (default 5000,1000)")
+                   help="train and test sizes of --dataset synthetic")
 
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,12 +118,12 @@ def add_model_args(p: argparse.ArgumentParser, *, default: str | None = "convnet
 def add_optim_args(p: argparse.ArgumentParser, *, epochs: int = 20, lr: float | None = 0.05, wd: float = 5e-4,
                    schedule: bool = True) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--epochs", type=int, default=epochs, help="passes over the training set")
     if lr is not None:
         g.add_argument("--lr", type=float, default=lr, help="initial learning rate")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--wd", type=float, default=wd, help="weight decay")
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--batch-size", type=int, default=128, help="training minibatch size")
     if schedule:
         g.add_argument("--schedule", default="paper",
                        help="paper (constant, then linear decay to 1%% from 50%% to 90%% of training), cosine, constant")
@@ -113,7 +132,7 @@ def add_optim_args(p: argparse.ArgumentParser, *, epochs: int = 20, lr: float | 
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", required=out_required, type=Path, metavar="DIR", help="folder for every file this run writes")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; on CPU it helps only with AMX)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
@@ -790,8 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "weight average with batch norm re-estimated.")
     p.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write summary.json here")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
     p.set_defaults(func=cmd_ensemble)
@@ -803,14 +822,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swa", required=True, type=Path, help="the SWA checkpoint")
     p.add_argument("--sgd", required=True, type=Path, help="the SGD checkpoint")
     g = p.add_argument_group("rays")
-    g.add_argument("--directions", type=int, default=10)
+    g.add_argument("--directions", type=int, default=10, help="random unit directions, the same from each centre")
     g.add_argument("--distance", type=float, default=None, help="default: half the SWA point's norm")
-    g.add_argument("--steps", type=int, default=10)
+    g.add_argument("--steps", type=int, default=10, help="points per side of each ray")
     g.add_argument("--normalize", default="gaussian", help="gaussian or filter")
-    g.add_argument("--rise", type=float, default=0.1)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--rise", type=float, default=0.1, help="train-loss rise above the centre that defines the width")
+    g.add_argument("--seed", type=int, default=0, help="seed of the directions")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
@@ -840,19 +859,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="redraw the figures of a result folder from its stored files")
     p.add_argument("result_dir", type=Path, metavar="RESULT_DIR")
-    p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
+    p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded digits data",
                        description="Two endpoints, a Bezier curve and a polygonal chain between them, curve and line "
                                    "evaluation, a plane through the curve, SWA vs SGD and their widths, an FGE "
                                    "ensemble; a table of the headline numbers. A rerun reuses finished steps.")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="folder of every run the demo makes")
     p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default 30)")
     p.add_argument("--grid", type=int, default=17, help="plane grid points per axis (default 17)")
     p.add_argument("--points", type=int, default=61, help="points along each curve and line (default 61)")
     p.add_argument("--directions", type=int, default=6, help="random rays per centre in the width report (default 6)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
