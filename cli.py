@@ -379,8 +379,12 @@ def _report_rays(args: argparse.Namespace) -> int:
               f"{fmt(c['median_width'], '>14.3f')}{fmt(c['median_full_width'], '>12.3f')}"
               f"{fmt(c['median_asymmetry'], '>11.2f')}")
     if "line" in s:
-        print(f"line through the centres: length {s['line']['length']:.3f}, max train loss "
-              f"{s['line']['train_loss_max']:.4f}")
+        ln = s["line"]
+        if "between_train_loss_max" in ln:
+            print(f"line through the centres: length {ln['length']:.3f}; between them: max train loss "
+                  f"{ln['between_train_loss_max']:.4f}, barrier {ln['train_loss_barrier']:.4f}")
+        else:  # a result stored before the between-centres figures
+            print(f"line through the centres: length {ln['length']:.3f}, max train loss {ln['train_loss_max']:.4f}")
     for f in figures:
         print(f"figure: {f}")
     return 0

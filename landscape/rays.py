@@ -213,9 +213,18 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
                  "side / smaller side; the same Gaussian draws for every centre",
     }
     if line_length is not None:
+        d, tl = arrays["line_distance"], arrays["line_train_loss"]
+        between = (d >= 0) & (d <= line_length)  # both centres are samples (see evaluate_rays)
+        ends = tl[np.argmin(np.abs(d))], tl[np.argmin(np.abs(d - line_length))]
         summary["line"] = {"length": line_length,
-                           "train_loss_max": float(np.max(arrays["line_train_loss"])),
-                           "test_error_max": float(np.max(arrays["line_test_error"]))}
+                           "between_train_loss_max": float(np.max(tl[between])),
+                           "train_loss_barrier": float(np.max(tl[between]) - (ends[0] + ends[1]) / 2),
+                           "between_test_error_max": float(np.max(arrays["line_test_error"][between])),
+                           "train_loss_max": float(np.max(tl)),
+                           "test_error_max": float(np.max(arrays["line_test_error"])),
+                           "notes": "between_*: from one centre to the other; train_loss_max, test_error_max: "
+                                    "the whole line, extended `distance` beyond each centre; barrier: the "
+                                    "maximum between them minus the mean of the two centres'"}
     return summary
 
 

@@ -439,6 +439,13 @@ def test_rays_cli_arrays_widths_summary_and_line(tmp_path, capsys, endpoints):
     assert (i0, i1) == (steps, 3 * steps) and abs(line[i0]) < 1e-9 and abs(line[i1] - length) < 1e-9
     np.testing.assert_allclose(arrays["line_train_loss"][[i0, i1]], arrays["center_train_loss"], rtol=1e-6)
     assert summary["line"]["length"] == pytest.approx(length, rel=1e-6)
+    # the line's figures: between the centres (indices S..3S), and over the whole extended line
+    tl = arrays["line_train_loss"]
+    assert summary["line"]["between_train_loss_max"] == pytest.approx(tl[steps:3 * steps + 1].max(), rel=1e-12)
+    assert summary["line"]["train_loss_barrier"] == pytest.approx(
+        tl[steps:3 * steps + 1].max() - (tl[steps] + tl[3 * steps]) / 2, rel=1e-12)
+    assert summary["line"]["train_loss_max"] == pytest.approx(tl.max(), rel=1e-12)
+    assert f"between them: max train loss {summary['line']['between_train_loss_max']:.4f}" in stdout
 
 
 def test_rays_line_samples_both_centres_for_any_distance(endpoints):
