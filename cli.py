@@ -448,6 +448,8 @@ def cmd_swa(args: argparse.Namespace) -> int:
     _metrics_header(s.get("eval_split", "test"))
     _print_metrics_row(f"SWA ({s['averaged']} avg)", s["swa"])
     _print_metrics_row("SGD (final)", s["sgd"])
+    if "sgd_bn_recomputed" in s:
+        _print_metrics_row("SGD, BN recomp.", s["sgd_bn_recomputed"])
     print(f"checkpoints: {args.out / 'swa.pt'} and {args.out / 'sgd.pt'}"
           f"   (compare their widths: landscape width --swa {args.out / 'swa.pt'} --sgd {args.out / 'sgd.pt'} --out DIR)")
     return 0

@@ -19,6 +19,7 @@ have the same files, progress bar and exact ``--resume`` as ``train``.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -272,12 +273,18 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
             swa = _averaged_model(model, space, state["avg"], data, cfg)
             average[0] = swa
             sgd_m, swa_m = _metrics_of(model, data, cfg.wd), _metrics_of(swa, data, cfg.wd)
+            # The SGD iterate with batch norm recomputed as the average's was: the like-for-like comparison.
+            sgd_bn = copy.deepcopy(model)
+            reestimate_bn(sgd_bn, data.batches("train", 1000))
+            sgd_re = _metrics_of(sgd_bn.eval(), data, cfg.wd)
+            del sgd_bn
             if out is not None:
                 meta = {"method": "swa", "averaged": state["n"], "train_config": cfg.to_json(),
                         "dataset": data.describe()}
                 save_checkpoint(out / "swa.pt", swa.state_dict(), spec, meta=meta)
                 save_checkpoint(out / "sgd.pt", model.state_dict(), spec, meta=dict(meta, method="sgd"))
-            return {"swa": swa_m, "sgd": sgd_m, "averaged": state["n"], **_common(cfg, data, spec),
+            return {"swa": swa_m, "sgd": sgd_m, "sgd_bn_recomputed": sgd_re, "averaged": state["n"],
+                    **_common(cfg, data, spec),
                     "files": {"swa": "swa.pt", "sgd": "sgd.pt"}}
 
         return {"loss": loss, "save": save, "restore": restore, "finish": finish, "end_epoch": end_epoch,
@@ -288,8 +295,6 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
 
 def _averaged_model(model: nn.Module, space: ParamSpace, avg: torch.Tensor, data: Dataset,
                     cfg: AverageConfig) -> nn.Module:
-    import copy
-
     swa = copy.deepcopy(model)
     with torch.no_grad():
         for name, value in space.unflatten(avg.to(torch.float32)).items():

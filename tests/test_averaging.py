@@ -23,6 +23,7 @@ from landscape.checkpoint import load_checkpoint, load_model
 from landscape.data import load_dataset
 from landscape.ensemble import evaluate_ensemble
 from landscape.errors import UserError
+from landscape.evaluate import evaluate_model
 from landscape.metrics import ensemble_metrics
 from landscape.train import steps_per_epoch, train
 from landscape.weights import ParamSpace
@@ -104,6 +105,13 @@ def test_swa_average_equals_the_mean_of_the_collected_snapshots(tmp_path, digits
         assert torch.allclose(a.float(), b.float(), atol=1e-5), n
     s = res.summary
     assert s["averaged"] == 4 and {"swa", "sgd"} <= s.keys()
+    # SGD is reported twice: with its own running statistics, and recomputed as the average's were
+    own = evaluate_model(sgd, digits, "train")
+    assert s["sgd"]["train_nll"] == pytest.approx(own["nll"], rel=1e-6)
+    reestimate_bn(sgd, digits.batches("train", 1000))
+    recomputed = evaluate_model(sgd, digits, "train")
+    assert s["sgd_bn_recomputed"]["train_nll"] == pytest.approx(recomputed["nll"], rel=1e-6)
+    assert abs(own["nll"] - recomputed["nll"]) > 1e-6  # the two rows do differ
 
 
 def test_swa_averages_every_cycle_after_the_start(tmp_path, digits):
