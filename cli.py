@@ -949,7 +949,13 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {where}out of memory ({first}); {_out_of_memory_advice(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; files written so far are kept — rerun with --resume to continue", file=sys.stderr)
+        if hasattr(args, "resume"):
+            hint = " — rerun with --resume to continue"
+        elif args.command == "demo":
+            hint = " — rerun the same command: finished steps are reused"
+        else:
+            hint = ""
+        print(f"{PROG}: interrupted; files written so far are kept{hint}", file=sys.stderr)
         return 130
 
 

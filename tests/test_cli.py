@@ -344,3 +344,17 @@ def test_a_rank_without_a_gpu_of_its_own_says_so_itself(tmp_path, capsys, monkey
                                     "--device cpu")
     assert calls == [False]  # it does not wait at the final barrier for ranks that may never come
     assert not (tmp_path / "x").exists()
+
+
+def test_ctrl_c_advises_resume_only_where_the_command_has_it(capsys, monkeypatch):
+    """--resume for the commands that take it; the demo reuses finished steps; others just keep their files."""
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for argv, hint in ((["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "p"], " — rerun with --resume to continue"),
+                       (["demo"], " — rerun the same command: finished steps are reused"),
+                       (["ensemble", "a.pt", "b.pt"], "")):
+        args = cli.build_parser().parse_args(argv)
+        monkeypatch.setattr(args, "func", interrupted)
+        assert cli._run_command(args) == 130
+        assert _one_line_error(capsys.readouterr().err) == f"landscape: interrupted; files written so far are kept{hint}"
