@@ -534,6 +534,9 @@ def cmd_simplex(args: argparse.Namespace) -> int:
              init=args.init, init_scale=args.init_scale,
              epochs=args.epochs, lr=args.lr, momentum=args.momentum, wd=args.wd, batch_size=args.batch_size,
              schedule=args.schedule, seed=args.seed, save_every=args.save_every, device=args.device, amp=args.amp)
+    for flag, value in (("--eval-samples", args.eval_samples), ("--face-grid", args.face_grid)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
     common = dict(resume=args.resume, progress=_progress(args), eval_samples=args.eval_samples,
                   face_resolution=args.face_grid)
     if args.base and len(args.base) > 1:

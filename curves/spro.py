@@ -77,6 +77,9 @@ class SimplexConfig(TrainConfig):
             raise UserError(f"--samples must be at least 1, got {self.samples}")
         if self.init not in ("random", "centre"):
             raise UserError(f"unknown --init {self.init!r}; choose random or centre")
+        if self.init == "centre" and not self.init_scale > 0:
+            raise UserError(f"--init-scale must be positive (a new vertex at the centroid spans no volume), "
+                            f"got {self.init_scale}")
 
 
 @dataclass

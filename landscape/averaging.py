@@ -80,6 +80,9 @@ class AverageConfig(TrainConfig):
                 raise UserError(f"unknown SWA schedule {self.swa_schedule!r}; choose constant or cyclic")
             if not 0 <= self.swa_start < self.epochs:
                 raise UserError(f"--swa-start must be in [0, --epochs), got {self.swa_start} of {self.epochs}")
+            if self.epochs - self.swa_start < self.cycle:
+                raise UserError(f"no iterate would be averaged: --epochs ({self.epochs}) must exceed --swa-start "
+                                f"({self.swa_start}) by at least --cycle ({self.cycle})")
             if self.swa_lr <= 0 or (self.swa_lr_max is not None and self.swa_lr_max < self.swa_lr):
                 raise UserError("--swa-lr must be positive and --swa-lr-max at least --swa-lr")
         if self.method == "fge" and not 0 < self.lr_min <= self.lr:

@@ -152,7 +152,7 @@ def evaluate_points(
     percent), and with ``return_probs`` the test-set probabilities
     ``probs`` (N, M, classes) float32. ``model`` is left exactly as it was.
     """
-    check_eval_options(batch_size, bn_batches, points_per_pass)
+    check_eval_options(batch_size, bn_batches, points_per_pass, wd)
     space = ParamSpace.of(model)
     device = data.device
     W = _anchor_matrix(space, anchors).to(device)  # (A, P)
@@ -219,13 +219,17 @@ def check_finite(anchors: torch.Tensor, coefficients: torch.Tensor) -> None:
         raise UserError(f"coefficient row {int(torch.nonzero(rows)[0])} is not finite")
 
 
-def check_eval_options(batch_size: int, bn_batches: int | None, points_per_pass: int | None) -> None:
+def check_eval_options(batch_size: int, bn_batches: int | None, points_per_pass: int | None,
+                       wd: float = 0.0) -> None:
     """:class:`UserError` for a batch size, a number of batch-norm batches or
-    of points per pass below 1 (None means the default for the last two)."""
+    of points per pass below 1 (None means the default for the last two), or
+    a weight decay that is negative or not finite."""
     for flag, value in (("--batch-size", batch_size), ("--bn-batches", bn_batches),
                         ("--points-per-pass", points_per_pass)):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise UserError(f"{flag} must be a whole number of at least 1, got {value}")
+    if not (wd >= 0 and np.isfinite(wd)):
+        raise UserError(f"--wd must be a finite number >= 0, got {wd}")
 
 
 def unique_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

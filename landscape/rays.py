@@ -116,6 +116,8 @@ def evaluate_rays(
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
     if line and len(centers) < 2:
         raise UserError("--line needs two centres (--center and --compare)")
+    if not (rise > 0 and np.isfinite(rise)):
+        raise UserError(f"--rise must be a positive train-loss increase, got {rise}")
     finished = begin_result(out, "rays.npz", resume, "rays")
     if finished is not None:
         return RaysResult(*finished, out=out)

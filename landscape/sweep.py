@@ -174,7 +174,7 @@ def run_sweep(
     (:func:`~landscape.evaluate.resolve_bn_stats`) and the resolved name
     joins the fingerprint too.
     """
-    check_eval_options(batch_size, bn_batches, points_per_pass)
+    check_eval_options(batch_size, bn_batches, points_per_pass, wd)
     coefficients, expand = unique_rows(np.asarray(coefficients, dtype=np.float64))  # identical points once
     n = coefficients.shape[0]
     rank, world = rank_and_world()

@@ -120,6 +120,11 @@ def test_swa_averages_every_cycle_after_the_start(tmp_path, digits):
     assert res.summary["averaged"] == 2  # after epochs 4 and 6
     with pytest.raises(UserError, match="swa-start"):
         run_swa(None, None, epochs=3, swa_start=3, model="convnet", data=digits, progress=False)
+    # refused before training, not after it (the folder could then never be finished)
+    with pytest.raises(UserError, match=r"^no iterate would be averaged: --epochs \(2\) must exceed --swa-start "
+                                        r"\(0\) by at least --cycle \(5\)$"):
+        run_swa(None, tmp_path / "never", epochs=2, cycle=5, model="convnet", data=digits, progress=False)
+    assert not (tmp_path / "never").exists()
 
 
 class _Stop(Exception):

@@ -364,6 +364,12 @@ def test_counts_below_one_are_refused_before_any_work(small, monkeypatch):
             evaluate_points(net, [net, convnet(4)], LINE, small, **kw)
         with pytest.raises(UserError, match=f"{flag} must be a whole number of at least 1"):
             sweep_module.run_sweep(net, torch.stack([ParamSpace.of(net).flatten(net)] * 2), LINE, small, **kw)
+    # a negative or NaN weight decay gave train losses of -170, or NaN in summary.json
+    for wd in (-1.0, float("nan")):
+        with pytest.raises(UserError, match=f"^--wd must be a finite number >= 0, got {wd}$"):
+            evaluate_points(net, [net, convnet(4)], LINE, small, wd=wd)
+        with pytest.raises(UserError, match=f"^--wd must be a finite number >= 0, got {wd}$"):
+            sweep_module.run_sweep(net, torch.stack([ParamSpace.of(net).flatten(net)] * 2), LINE, small, wd=wd)
 
 
 def test_bn_stats_auto_and_bad_names(small):

@@ -448,6 +448,15 @@ def test_rays_cli_arrays_widths_summary_and_line(tmp_path, capsys, endpoints):
     assert f"between them: max train loss {summary['line']['between_train_loss_max']:.4f}" in stdout
 
 
+def test_rays_refuse_a_rise_that_is_not_positive(tmp_path, endpoints):
+    A, _, _ = endpoints
+    pts = load_points([A], device="cpu")
+    for rise in (0.0, -1.0, float("nan")):
+        with pytest.raises(UserError, match=f"^--rise must be a positive train-loss increase, got {rise}$"):
+            evaluate_rays(pts.model, pts.vectors, pts.data, tmp_path / "r", directions=1, steps=2, rise=rise)
+    assert not (tmp_path / "r").exists()
+
+
 def test_rays_line_samples_both_centres_for_any_distance(endpoints):
     A, B, _ = endpoints
     pts = load_points([A, B], device="cpu")

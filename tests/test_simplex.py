@@ -144,3 +144,24 @@ def test_complex_between_two_modes_stays_below_the_line_barrier(tmp_path, modes)
     space = ParamSpace.of(r.model)
     for i, path in enumerate(modes):
         assert torch.equal(r.complex.anchors()[i].cpu(), space.flatten(load_checkpoint(path).state_dict))
+
+
+def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, capsys):
+    """--eval-samples 0 and --face-grid 0 used to end in a traceback after every vertex was
+    trained; --init-scale 0 put the new vertex on the mode and reported a diverged loss."""
+    import cli
+
+    from landscape.checkpoint import save_checkpoint
+    from landscape.models import create_model
+
+    ckpt = tmp_path / "untrained.pt"
+    spec = {"name": "convnet", "kwargs": {"num_classes": 10, "input_shape": [1, 8, 8], "width": 4}}
+    save_checkpoint(ckpt, create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4).state_dict(), spec)
+    for argv, msg in ((["--eval-samples", "0"], "--eval-samples must be at least 1, got 0"),
+                      (["--face-grid", "-1"], "--face-grid must be at least 1, got -1"),
+                      (["--init-scale", "0"], "--init-scale must be positive (a new vertex at the centroid spans "
+                                              "no volume), got 0.0")):
+        code = cli.main(["simplex", "--base", str(ckpt), "--out", str(tmp_path / "s"), "--quiet", *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and err.strip() == f"landscape: error: {msg}", err
+        assert not (tmp_path / "s").exists()
