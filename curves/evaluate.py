@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from landscape.checkpoint import claim_folder
 from landscape.data import Dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
@@ -22,7 +23,7 @@ from landscape.geometry import line_coefficients
 from landscape.inputs import resolve_data
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.models import check_spec_fits
-from landscape.sweep import STORE, begin_result, finish_result, run_sweep
+from landscape.sweep import STORE, begin_result, finish_result, request_key, run_sweep
 
 from .fit import LoadedCurve, load_curve
 
@@ -76,10 +77,8 @@ def evaluate_curve(
     if points < 2:
         raise UserError(f"--points must be at least 2, got {points}")
     out_path = Path(out) if out is not None else None
-    finished = begin_result(out_path, "curve.npz", resume, "curve")
-    if finished is not None:
-        arrays, summary = finished
-        return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)
+    if out_path is not None:
+        claim_folder(out_path, "curve")  # before reading anything: a folder of another command is refused first
     device = resolve_device(device)
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device)
     stored = dict(loaded.meta.get("train_config") or {})
@@ -87,6 +86,13 @@ def evaluate_curve(
     check_spec_fits(loaded.spec, data.num_classes, data.input_shape, loaded.path or "the curve", f"dataset '{data.name}'")
     wd = float(stored.get("wd", 0.0)) if wd is None else wd
     model, crv = loaded.model.to(device), loaded.curve.to(device)
+    request = request_key([crv.anchors().detach()], {
+        "kind": "curve", "points": points, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
+        "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()})
+    finished = begin_result(out_path, "curve.npz", resume, "curve", request)
+    if finished is not None:
+        arrays, summary = finished
+        return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)
 
     t = torch.linspace(0, 1, points, dtype=torch.float64, device=device)
     with torch.no_grad():
@@ -144,6 +150,6 @@ def evaluate_curve(
                  "errors in percent; batch norm re-estimated at every point; ensemble = averaged "
                  "predicted probabilities of all points of the path",
     })
-    finish_result(out_path, "curve.npz", arrays, summary)
+    finish_result(out_path, "curve.npz", arrays, summary, request)
     return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)
 

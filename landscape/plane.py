@@ -19,7 +19,7 @@ from .errors import UserError
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import plane_basis, plane_coefficients, plane_grid, project
-from .sweep import STORE, begin_result, finish_result, run_sweep
+from .sweep import STORE, begin_result, finish_result, request_key, run_sweep
 from .weights import ParamSpace
 
 __all__ = ["PlaneResult", "evaluate_plane"]
@@ -73,7 +73,11 @@ def evaluate_plane(
     _bf16(precision)  # an unknown precision fails before anything is written
     if len(points) != 3:
         raise UserError(f"a plane needs exactly three points, got {len(points)}")
-    finished = begin_result(out, "plane.npz", resume, "plane")
+    request = request_key([*points, *marks, *([path] if path is not None else [])], {
+        "kind": "plane", "marks": len(marks), "grid": grid, "margin": margin, "xrange": xrange, "yrange": yrange,
+        "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
+        "dataset": data.describe()})
+    finished = begin_result(out, "plane.npz", resume, "plane", request)
     if finished is not None:
         return PlaneResult(*finished, out=out)
     space = ParamSpace.of(model)
@@ -110,7 +114,7 @@ def evaluate_plane(
         arrays[m] = values[m][:g2].reshape(grid, grid)
     exact = {m: values[m][g2:] for m in METRICS}
     summary = _plane_summary(arrays, exact, list(labels), list(mark_labels), path_label, data, wd, grid)
-    finish_result(out, "plane.npz", arrays, summary)
+    finish_result(out, "plane.npz", arrays, summary, request)
     return PlaneResult(arrays=arrays, summary=summary, out=out)
 
 

@@ -31,7 +31,7 @@ from .geometry import (
     random_directions,
     ray_coefficients,
 )
-from .sweep import STORE, begin_result, finish_result, run_sweep
+from .sweep import STORE, begin_result, finish_result, request_key, run_sweep
 from .weights import ParamSpace
 
 __all__ = ["NORMALIZATIONS", "RaysResult", "evaluate_rays", "side_widths", "width_report"]
@@ -118,7 +118,11 @@ def evaluate_rays(
         raise UserError("--line needs two centres (--center and --compare)")
     if not (rise > 0 and np.isfinite(rise)):
         raise UserError(f"--rise must be a positive train-loss increase, got {rise}")
-    finished = begin_result(out, "rays.npz", resume, "rays")
+    request = request_key(list(centers), {
+        "kind": "rays", "directions": directions, "distance": distance, "steps": steps, "normalize": normalize,
+        "line": line, "rise": rise, "seed": seed, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
+        "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()})
+    finished = begin_result(out, "rays.npz", resume, "rays", request)
     if finished is not None:
         return RaysResult(*finished, out=out)
     space = ParamSpace.of(model)
@@ -176,7 +180,7 @@ def evaluate_rays(
         arrays["line_marks"] = np.array([0.0, line_length])
     summary = _rays_summary(arrays, labels, list(paths or [""] * m), rise, normalize, distance, directions, steps,
                             line_length, data, wd)
-    finish_result(out, "rays.npz", arrays, summary)
+    finish_result(out, "rays.npz", arrays, summary, request)
     return RaysResult(arrays=arrays, summary=summary, out=out)
 
 

@@ -20,7 +20,7 @@ import os
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from .evaluate import (METRICS, check_eval_options, default_points_per_pass, eva
                        unique_rows)
 
 __all__ = ["STORE", "init_distributed", "process_device", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
-           "begin_result", "finish_result"]
+           "begin_result", "finish_result", "request_key"]
 
 STORE = "sweep.partial.npz"
 
@@ -116,13 +116,26 @@ def _write_store(path: Path, key: str, done: np.ndarray, values: dict[str, np.nd
     write_npz(path, dict(values, key=np.array(key), done=done))
 
 
-def begin_result(out: Path | None, result_file: str, resume: bool,
-                 command: str) -> tuple[dict[str, np.ndarray], Any] | None:
+def request_key(vectors: Sequence[torch.Tensor], settings: dict[str, Any]) -> str:
+    """A hash of what a sweep command was asked: its input weight vectors and
+    the settings that determine its values (not how they are computed: the
+    points per pass and the strategy change nothing)."""
+    h = hashlib.sha256()
+    for v in vectors:
+        h.update(np.ascontiguousarray(v.detach().float().cpu().numpy()).tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
+                 request: str | None = None) -> tuple[dict[str, np.ndarray], Any] | None:
     """Check a sweep's result folder before any work: one holding another
     command's results is refused (:func:`claim_folder`); a finished result is
-    refused without ``resume`` and returned (arrays, summary) with it; a partial
-    store needs ``resume``. Every rank checks, then they wait for each other so
-    that rank 0 writes only after all have looked."""
+    refused without ``resume`` and returned (arrays, summary) with it, when
+    it answered the same ``request`` (:func:`request_key`; results stored
+    without one are taken as they are); a partial store needs ``resume``.
+    Every rank checks, then they wait for each other so that rank 0 writes
+    only after all have looked."""
     if out is not None:
         claim_folder(out, command)
         if (out / result_file).exists() and not resume:
@@ -130,13 +143,22 @@ def begin_result(out: Path | None, result_file: str, resume: bool,
         if (out / STORE).exists() and not resume:
             raise UserError(f"{out} holds an unfinished sweep; pass --resume to continue it, or choose another --out")
         if (out / result_file).exists():  # finished before: nothing to resume
-            return read_result(out, result_file)
+            arrays, summary = read_result(out, result_file)
+            stored = summary.get("request") if isinstance(summary, dict) else None
+            if request is not None and stored is not None and stored != request:
+                raise UserError(f"{out} holds a finished {command} result of other inputs or settings; "
+                                f"choose another --out")
+            return arrays, summary
     barrier()
     return None
 
 
-def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
-    """Rank 0 writes the result and the summary, then drops the partial store."""
+def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarray], summary: dict[str, Any],
+                  request: str | None = None) -> None:
+    """Rank 0 writes the result and the summary (with the ``request`` it
+    answers, for a later ``--resume`` to check), then drops the partial store."""
+    if request is not None:
+        summary["request"] = request
     if out is not None and is_main():
         write_npz(out / result_file, arrays)
         write_json(out / "summary.json", summary)

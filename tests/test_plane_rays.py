@@ -634,6 +634,30 @@ def test_the_engine_refuses_data_the_network_cannot_take(data):
         evaluate_points(net, [w], [[1.0]], more)
 
 
+def test_resume_of_a_finished_result_returns_it_only_for_the_same_request(tmp_path, capsys, endpoints):
+    """--resume on a finished folder used to return the stored result whatever
+    was asked; another grid, other points or another rays setting is refused."""
+    A, B, C = endpoints
+    out = tmp_path / "plane"
+    base = ["plane", "--points", A, B, C, "--grid", 3, "--bn-batches", 1, "--out", out, "--quiet"]
+    assert run_cli(capsys, *base)[0] == 0
+    stored = (out / "plane.npz").read_bytes()
+    code, stdout, err = run_cli(capsys, *base, "--resume")
+    assert code == 0 and "plane 3x3" in stdout, stdout + err
+    for changed in (["plane", "--points", A, B, C, "--grid", 4, "--bn-batches", 1],
+                    ["plane", "--points", A, C, B, "--grid", 3, "--bn-batches", 1],
+                    ["plane", "--points", A, B, C, "--grid", 3, "--bn-batches", 2]):
+        code, _, err = run_cli(capsys, *changed, "--out", out, "--quiet", "--resume")
+        assert code == 2 and one_line(err) == (f"landscape: error: {out} holds a finished plane result of other "
+                                               f"inputs or settings; choose another --out"), err
+    assert (out / "plane.npz").read_bytes() == stored
+    rays = ["rays", "--center", A, "--directions", 1, "--steps", 1, "--bn-batches", 1, "--out", tmp_path / "rays",
+            "--quiet"]
+    assert run_cli(capsys, *rays)[0] == 0
+    code, _, err = run_cli(capsys, *rays, "--rise", 0.5, "--resume")
+    assert code == 2 and "holds a finished rays result of other inputs or settings" in one_line(err)
+
+
 def test_the_engine_refuses_a_non_finite_anchor_or_coefficient(data, endpoints):
     model, wa = flat_weights(endpoints[0])
     _, wb = flat_weights(endpoints[1])
