@@ -37,6 +37,7 @@ from landscape.checkpoint import (
     load_checkpoint,
     load_model,
     save_checkpoint,
+    stored_config,
     write_json,
     write_npz,
 )
@@ -192,12 +193,39 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
                          sample_probs=ev["probs"])
 
 
-def _claim(out: Path | None, what: dict[str, Any]) -> None:
+def _claim(out: Path | None, what: dict[str, Any], resume: bool) -> None:
     """Take ``out`` for a simplex run before any work: refused when it holds another
-    command's results; its config.json then says it is a simplex folder."""
+    command's results, when it holds a simplex run and ``resume`` is not given,
+    and when the run it holds was of another kind, other checkpoints or other
+    counts (its vertices would be reused for the wrong modes); its config.json
+    then says what the folder holds."""
     claim_folder(out, "simplex")
-    if out is not None:
-        write_json(out / "config.json", {"command": "simplex", **what})
+    if out is None:
+        return
+    stored = stored_config(out)
+    if stored is not None and stored.get("command") == "simplex":
+        if not resume:
+            raise UserError(f"{out} already holds a simplex run; pass --resume to continue it, or choose another --out")
+        if _comparable(stored) != _comparable({"command": "simplex", **what}):
+            raise UserError(f"{out} holds a simplex run of other checkpoints or settings "
+                            f"({_describe(stored)}); choose another --out")
+    write_json(out / "config.json", {"command": "simplex", **what})
+
+
+def _comparable(what: dict[str, Any]) -> dict[str, Any]:
+    """A simplex folder's claim with its checkpoint paths made absolute."""
+    out = {}
+    for key, value in what.items():
+        if key in ("base", "modes", "bases"):
+            value = [str(Path(v).resolve()) for v in value] if isinstance(value, list) else str(Path(value).resolve())
+        out[key] = value
+    return out
+
+
+def _describe(stored: dict[str, Any]) -> str:
+    kind = "ESPRO" if stored.get("espro") else stored.get("kind", "?")
+    inputs = stored.get("base") or stored.get("modes") or stored.get("bases")
+    return f"{kind} of {', '.join(inputs) if isinstance(inputs, list) else inputs}"
 
 
 def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: int = 3,
@@ -211,7 +239,7 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
         raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
     cfg = _config(config, base, overrides)
     out = Path(out) if out is not None else None
-    _claim(out, {"kind": "simplex", "base": str(base), "vertices": vertices})
+    _claim(out, {"kind": "simplex", "base": str(base), "vertices": vertices}, resume)
     pts = load_points([base], data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size",
                                                                           "data_seed")}, device=cfg.device)
     template, data = pts.model, pts.data
@@ -238,7 +266,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
         raise UserError("a complex needs two or more --modes and at least one connector")
     cfg = _config(config, modes[0], overrides)
     out = Path(out) if out is not None else None
-    _claim(out, {"kind": "complex", "modes": [str(p) for p in modes], "connectors": connectors})
+    _claim(out, {"kind": "complex", "modes": [str(p) for p in modes], "connectors": connectors}, resume)
     pts = load_points(list(modes), data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path",
                                                                                "val_size", "data_seed")},
                       device=cfg.device)
@@ -337,7 +365,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
     _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices,
-                 "eval_samples": eval_samples})
+                 "eval_samples": eval_samples}, resume)
     comps, probs = [], []
     for i, b in enumerate(bases):
         # Each component's own evaluation draws the samples the ensemble averages.

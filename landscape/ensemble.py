@@ -12,6 +12,7 @@ import torch
 
 from .averaging import predict_probs
 from .checkpoint import claim_folder, load_model, write_json
+from .errors import UserError
 from .evaluate import evaluate_points
 from .inputs import load_points
 from .metrics import ensemble_metrics
@@ -33,6 +34,8 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
     (batch norm re-estimated on the training data)."""
     out = Path(out) if out is not None else None
     claim_folder(out, "ensemble")  # before the work: a bad --out loses nothing
+    if out is not None and (out / "summary.json").exists():
+        raise UserError(f"{out} already holds an ensemble result (summary.json); choose another --out")
     pts = load_points(paths, model=model, model_kwargs=model_kwargs, data_overrides=data_overrides, device=device)
     data, labels = pts.data, pts.data.y_test.cpu().numpy()
     members, probs = [], []

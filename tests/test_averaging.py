@@ -199,4 +199,8 @@ def test_ensemble_of_checkpoints(tmp_path, digits, endpoint):
     for m, p in zip(s["members"], probs):
         assert m["test_error"] == pytest.approx(ensemble_metrics(p[None], full.y_test.numpy())["error"])
     assert (tmp_path / "ens" / "summary.json").exists()
+    stored = (tmp_path / "ens" / "summary.json").read_bytes()
+    with pytest.raises(UserError, match="already holds an ensemble result"):  # not silently replaced
+        evaluate_ensemble(paths[::-1], tmp_path / "ens", data_overrides={"dataset": "digits"})
+    assert (tmp_path / "ens" / "summary.json").read_bytes() == stored
     assert {"test_error", "test_nll", "train_loss"} <= s["weight_average"].keys()

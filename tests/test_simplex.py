@@ -133,6 +133,22 @@ def test_spro_grows_a_low_loss_simplex_and_freezes_earlier_vertices(tmp_path, mo
     assert (tmp_path / "sx" / "simplex.npz").exists() and (tmp_path / "sx" / "model.pt").exists()
     assert torch.load(tmp_path / "sx" / "model.pt", weights_only=True)["kind"] == "simplex"
 
+    # The folder is this run's: another mode's --resume would reuse these vertices for it, and a
+    # run of another kind would replace its files; both are refused, and nothing changes.
+    _, b = modes
+    before = {p.name: p.read_bytes() for p in (tmp_path / "sx").iterdir() if p.is_file()}
+    with pytest.raises(UserError, match=r"holds a simplex run of other checkpoints or settings \(simplex of "):
+        grow_simplex(b, tmp_path / "sx", vertices=3, resume=True, progress=False)
+    with pytest.raises(UserError, match="already holds a simplex run; pass --resume"):
+        connect_modes(list(modes), tmp_path / "sx", connectors=1, progress=False)
+    with pytest.raises(UserError, match="holds a simplex run of other checkpoints or settings"):
+        connect_modes(list(modes), tmp_path / "sx", connectors=1, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "sx").iterdir() if p.is_file()} == before
+    # the same run resumed: its finished vertices are reused
+    again = grow_simplex(a, tmp_path / "sx", vertices=3, lam=1.0, epochs=3, eval_samples=8, face_resolution=4,
+                         resume=True, progress=False)
+    assert torch.equal(again.complex.anchors().cpu(), anchors.cpu())
+
 
 @pytest.mark.slow
 def test_complex_between_two_modes_stays_below_the_line_barrier(tmp_path, modes):
