@@ -54,7 +54,7 @@ from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import data_settings
+from landscape.inputs import DATA_FIELDS, check_same_data, data_settings
 from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
@@ -154,6 +154,7 @@ def fit_curve(
     start_ckpt, end_ckpt = require_network(load_checkpoint(start)), require_network(load_checkpoint(end))
     given = {f.name for f in fields(ConnectConfig)} & set(overrides)
     base = asdict(config) if config is not None else {}
+    check_same_data([start_ckpt, end_ckpt], {**{k: v for k, v in base.items() if k in DATA_FIELDS}, **overrides})
     inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
     cfg = ConnectConfig(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
     cfg.validate()

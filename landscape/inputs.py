@@ -18,7 +18,7 @@ from .models import check_spec_fits
 from .train import TrainConfig, load_data
 from .weights import ParamSpace
 
-__all__ = ["DATA_FIELDS", "data_settings", "resolve_data", "Points", "load_points"]
+__all__ = ["DATA_FIELDS", "data_settings", "check_same_data", "resolve_data", "Points", "load_points"]
 
 DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
                "synthetic_sizes")
@@ -37,6 +37,25 @@ def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None
     settings = {k: v for k, v in (stored or {}).items() if k in DATA_FIELDS}
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in DATA_FIELDS})
     return load_data(TrainConfig(**settings), resolve_device(device))
+
+
+def check_same_data(ckpts: Sequence[Checkpoint], overrides: dict[str, Any] | None = None) -> None:
+    """One line when two landscape checkpoints were trained on different data
+    (another dataset, validation split or data seed) and the data options not
+    given on the command line would silently be the first one's: a validation
+    split of one run may be training data of the other."""
+    given = {k for k, v in (overrides or {}).items() if v is not None}
+    first = ckpts[0]
+    ref = data_settings(first)
+    for ck in ckpts[1:]:
+        if ck.model is None or first.model is None:
+            continue  # foreign checkpoints record no data
+        mine = data_settings(ck)
+        for key in DATA_FIELDS:
+            if key not in given and mine.get(key) != ref.get(key):
+                raise UserError(f"{ck.path} was trained on other data than {first.path} ({key.replace('_', '-')} "
+                                f"{mine.get(key)} vs {ref.get(key)}); give the data options explicitly to use "
+                                f"the same data for both")
 
 
 @dataclass
@@ -61,6 +80,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
         raise UserError("no checkpoints given")
     device = resolve_device(device)
     ckpts = [require_network(load_checkpoint(p)) for p in paths]
+    check_same_data(ckpts, data_overrides)
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}
     data = resolve_data(stored, data_overrides, device)

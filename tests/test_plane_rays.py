@@ -658,6 +658,26 @@ def test_resume_of_a_finished_result_returns_it_only_for_the_same_request(tmp_pa
     assert code == 2 and "holds a finished rays result of other inputs or settings" in one_line(err)
 
 
+def test_checkpoints_trained_on_other_data_are_not_mixed_silently(tmp_path, capsys, endpoints):
+    """One run's validation split may be the other's training data: the first
+    checkpoint's data would silently be used for both. Refused in one line,
+    unless the data options are given explicitly."""
+    A, B, _ = endpoints
+    ck = load_checkpoint(B)
+    meta = dict(ck.meta, train_config=dict(ck.meta["train_config"], val_size=200))
+    other = tmp_path / "val200.pt"
+    save_checkpoint(other, ck.state_dict, ck.model, meta=meta)
+    code, _, err = run_cli(capsys, "ensemble", A, other)
+    assert code == 2 and one_line(err) == (f"landscape: error: {other} was trained on other data than {A} "
+                                           f"(val-size 200 vs 0); give the data options explicitly to use the "
+                                           f"same data for both")
+    code, _, err = run_cli(capsys, "connect", "--start", A, "--end", other, "--epochs", 1, "--out", tmp_path / "c",
+                           "--quiet")
+    assert code == 2 and "was trained on other data" in one_line(err) and not (tmp_path / "c").exists()
+    code, _, err = run_cli(capsys, "ensemble", A, other, "--val-size", 0)
+    assert code == 0, err
+
+
 def test_the_engine_refuses_a_non_finite_anchor_or_coefficient(data, endpoints):
     model, wa = flat_weights(endpoints[0])
     _, wb = flat_weights(endpoints[1])
