@@ -407,10 +407,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
         from plots.rays import draw_rays_figures
 
         written = draw_rays_figures(d, formats)
-    elif (d / "simplex.npz").exists():
+    elif (d / "simplex.npz").exists() or (d / "component-1" / "simplex.npz").exists():
         from plots.simplex import draw_simplex_figure
 
-        written = draw_simplex_figure(d, formats)
+        parts = [d] if (d / "simplex.npz").exists() else sorted(
+            (c for c in d.glob("component-*") if (c / "simplex.npz").exists()), key=lambda c: int(c.name.split("-")[1]))
+        written = [f for part in parts for f in draw_simplex_figure(part, formats)]  # ESPRO: one per component
+        if not written:
+            print(f"{d}: no figure: a simplex of two vertices has no triangular face to draw", file=sys.stderr)
     else:
         raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz or simplex.npz)")
     for f in written:

@@ -182,11 +182,21 @@ def _config(method: str, config, overrides) -> AverageConfig:
     base = asdict(config) if config is not None else {}
     given = {f.name for f in fields(AverageConfig)} & set(overrides)
     cfg_from = overrides.get("from_ckpt", base.get("from_ckpt"))
-    inherited = {}
+    inherited, fixed = {}, {}
     if cfg_from:
-        inherited = {k: v for k, v in data_settings(load_checkpoint(cfg_from)).items()
-                     if k not in given and k not in base}
-    cfg = AverageConfig(**{**inherited, **base, **overrides, "method": method})
+        source = load_checkpoint(cfg_from)
+        inherited = {k: v for k, v in data_settings(source).items() if k not in given and k not in base}
+        if source.model is not None:
+            # The network is the checkpoint's: --model and --model-kwargs must agree with it or be left out,
+            # and the run's config records what was trained.
+            kwargs = {k: v for k, v in source.model["kwargs"].items() if k not in ("num_classes", "input_shape")}
+            fixed = {"model": source.model["name"], "model_kwargs": kwargs}
+            asked, asked_kwargs = overrides.get("model"), overrides.get("model_kwargs") or {}
+            if (asked is not None and asked != fixed["model"]) or any(kwargs.get(k) != v for k, v in asked_kwargs.items()):
+                shown = f"--model {asked}" if asked is not None and asked != fixed["model"] else "--model-kwargs"
+                described = f"'{fixed['model']}' network" + (f" ({kwargs})" if kwargs else "")
+                raise UserError(f"{cfg_from} holds a {described}; {shown} does not apply to it (leave it out)")
+    cfg = AverageConfig(**{**inherited, **base, **overrides, **fixed, "method": method})
     cfg.validate()
     return cfg
 

@@ -114,6 +114,16 @@ def test_swa_average_equals_the_mean_of_the_collected_snapshots(tmp_path, digits
     assert abs(own["nll"] - recomputed["nll"]) > 1e-6  # the two rows do differ
 
 
+def test_a_model_option_that_contradicts_the_starting_checkpoint_is_refused(tmp_path, digits, endpoint):
+    """--from X --model mlp used to train X's convnet and record mlp in config.json."""
+    with pytest.raises(UserError, match=r"holds a 'convnet' network \(\{'width': 4\}\); --model mlp does not apply"):
+        run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), model="mlp", epochs=1, data=digits, progress=False)
+    with pytest.raises(UserError, match="--model-kwargs does not apply"):
+        run_fge(None, tmp_path / "f", from_ckpt=str(endpoint), model_kwargs={"width": 16}, epochs=1, data=digits,
+                progress=False)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "f").exists()
+
+
 def test_swa_averages_every_cycle_after_the_start(tmp_path, digits):
     res = run_swa(None, tmp_path / "s", epochs=6, swa_start=2, cycle=2, swa_lr=0.02, model="convnet",
                   model_kwargs=SMALL, data=digits, progress=False)

@@ -236,3 +236,31 @@ def test_shared_limits_cap_a_diverged_ray():
     lo, hi = shared_limits(np.array([0.0, 1.0, 1e6, np.inf]), cap=5.0)
     assert lo < 0.0 and 5.0 < hi < 6.0
     assert shared_limits(np.full(3, np.nan)) == (0.0, 1.0)
+
+
+def _write_simplex(folder, vertices):
+    """A stored simplex result as landscape simplex writes it (face arrays only with a triangle)."""
+    from curves.simplex import face_grid
+    from landscape.checkpoint import write_json, write_npz
+
+    folder.mkdir(parents=True)
+    arrays = {"sample_train_loss": np.linspace(0.1, 0.3, 4)}
+    if vertices >= 3:
+        bary = face_grid(4).numpy()
+        arrays.update(face_barycentric=bary, face_train_loss=0.1 + bary[:, 0], face_test_error=5 + 10 * bary[:, 1])
+    write_npz(folder / "simplex.npz", arrays)
+    write_json(folder / "simplex_summary.json", {"eval_split": "test", "face_labels": ["mode", "v1", "v2"]})
+
+
+def test_plot_redraws_every_espro_component_and_says_why_a_segment_has_no_figure(tmp_path, capsys):
+    import cli
+
+    for i in (1, 2, 10):
+        _write_simplex(tmp_path / "espro" / f"component-{i}", 3)
+    assert cli.main(["plot", str(tmp_path / "espro")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"figure: {tmp_path / 'espro' / f'component-{i}' / 'simplex_face.png'}" for i in (1, 2, 10)]
+    _write_simplex(tmp_path / "segment", 2)
+    assert cli.main(["plot", str(tmp_path / "segment")]) == 0
+    assert capsys.readouterr().err.strip() == (f"{tmp_path / 'segment'}: no figure: a simplex of two vertices has no "
+                                               f"triangular face to draw")
