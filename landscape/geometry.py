@@ -66,7 +66,7 @@ def plane_grid(xy: np.ndarray, grid: int = 21, margin: float = 0.2,
         raise UserError(f"--margin must be at least 0 (a fraction of the points' extent), got {margin}")
     for flag, given in (("--xrange", xrange), ("--yrange", yrange)):
         if given is not None and not (np.all(np.isfinite(given)) and given[1] > given[0]):
-            raise UserError(f"{flag} needs LO < HI, got {given[0]} {given[1]}")
+            raise UserError(f"{flag} needs finite LO < HI, got {given[0]} {given[1]}")
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     ext = np.maximum(hi - lo, 1e-12)
     x0, x1 = xrange if xrange is not None else (lo[0] - margin * ext[0], hi[0] + margin * ext[0])

@@ -214,7 +214,7 @@ def test_plane_grid_covers_the_points_with_the_margin():
     assert (x0[0], x0[-1], y0[0], y0[-1]) == (0.0, 3.0, 0.0, 2.0)
     with pytest.raises(UserError, match=r"^--margin must be at least 0 \(a fraction of the points' extent\), got -1"):
         plane_grid(xy, margin=-1.0)
-    with pytest.raises(UserError, match="^--yrange needs LO < HI, got 2.0 -1.0$"):
+    with pytest.raises(UserError, match="^--yrange needs finite LO < HI, got 2.0 -1.0$"):
         plane_grid(xy, yrange=(2.0, -1.0))
 
 
