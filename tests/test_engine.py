@@ -231,6 +231,19 @@ def test_a_points_values_do_not_depend_on_its_pass_mates(small, bn_stats):
             assert np.array_equal(apart[key], value), (k, key)
 
 
+def test_vmap_batches_every_layer_of_the_convnet(small):
+    """No layer falls back to one call per point: adaptive average pooling did
+    (torch has no batching rule for its as_strided_), and warned about it."""
+    import warnings
+
+    for bn_stats in ("batches", "population"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            evaluate_points(convnet(13), [convnet(10), convnet(11)], LINE, small, strategy="vmap", points_per_pass=2,
+                            batch_size=64, bn_stats=bn_stats)
+        assert not [w for w in seen if "batching rule" in str(w.message)], bn_stats
+
+
 def test_bn_batches_changes_the_result(small):
     """bn_batches is honoured: two batches of statistics are not the full pass."""
     anchors = [convnet(10), convnet(11)]

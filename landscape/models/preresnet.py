@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .simple import check_int, he_normal_conv_, image_shape
+from .simple import GlobalAvgPool, check_int, he_normal_conv_, image_shape
 
 __all__ = ["PreResNet", "preresnet", "preresnet20", "preresnet56", "preresnet110", "preresnet164"]
 
@@ -84,7 +84,7 @@ class PreResNet(nn.Module):
         self.layer3 = self._make_layer(block, 64, blocks, stride=2)
         self.bn = nn.BatchNorm2d(64 * block.expansion)
         self.relu = nn.ReLU()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool()
         self.fc = nn.Linear(64 * block.expansion, num_classes)
 
         he_normal_conv_(self)

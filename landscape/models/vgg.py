@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .simple import he_normal_conv_, image_shape
 
@@ -86,7 +85,7 @@ class VGG(nn.Module):
                 x = pooling(x)
         if x.shape[-2] > 1 or x.shape[-1] > 1:
             # Images larger than 32x32 leave a map bigger than 1x1; the classifier expects 512 features.
-            x = F.adaptive_avg_pool2d(x, 1)
+            x = x.mean(dim=(-2, -1), keepdim=True)  # global mean: vmap batches it (adaptive pooling it does not)
         x = x.flatten(start_dim=-3)  # (B, 512)
         return self.classifier(x)
 

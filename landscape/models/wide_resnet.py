@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .simple import check_int, image_shape
+from .simple import GlobalAvgPool, check_int, image_shape
 
 __all__ = ["WideResNet", "wrn28x10"]
 
@@ -70,7 +70,7 @@ class WideResNet(nn.Module):
         self.layer3 = self._wide_layer(stages[3], blocks, dropout_rate, stride=2)
         self.bn1 = nn.BatchNorm2d(stages[3])
         self.relu = nn.ReLU()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAvgPool()
         self.linear = nn.Linear(stages[3], num_classes)
 
     def _wide_layer(self, planes: int, blocks: int, dropout_rate: float, stride: int) -> nn.Sequential:
