@@ -905,6 +905,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.failed_alone = False
     try:
         return _run_command(args)
+    except BaseException:
+        # An unexpected error (a bug, a failing user model) may be this rank's alone: waiting at the
+        # final barrier while the others sit in another collective would hang the job without a word.
+        # Its traceback is printed and the rank exits; torchrun then stops the others.
+        args.failed_alone = True
+        raise
     finally:
         _leave_process_group(wait=not args.failed_alone)
 

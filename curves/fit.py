@@ -118,7 +118,7 @@ def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data
         spec = {"name": start.model["name"], "kwargs": dict(start.model["kwargs"])}
     else:
         spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
-    model = from_spec(spec)
+    model = from_spec(spec, trusted=start.model is None, source=start.path)
     name = f"model '{spec['name']}' of {start.path}"
     check_state_dict(model, start.state_dict, str(start.path), name)
     check_state_dict(model, end.state_dict, str(end.path), name)

@@ -125,7 +125,7 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
         cx, _, _ = load_simplex(out / "model.pt", data.device)
         return cx.anchors()[-1].detach()
     torch.manual_seed(seed)
-    fresh = from_spec(spec)
+    fresh = from_spec(spec, trusted=True)  # the same name load_points already built (or the user gave)
     init = space.flatten(fresh).to(device=data.device, dtype=fixed.dtype)[None]
     if cfg.init == "centre":
         # The centroid of the frozen vertices, moved along a random direction by

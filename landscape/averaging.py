@@ -175,7 +175,7 @@ def _start_model(cfg: AverageConfig, data: Dataset) -> tuple[nn.Module, dict[str
         return model, spec
     seed_everything(cfg.seed)
     spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
-    return from_spec(spec), spec
+    return from_spec(spec, trusted=True), spec  # built from the user's own --model
 
 
 def _config(method: str, config, overrides) -> AverageConfig:

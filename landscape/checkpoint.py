@@ -294,8 +294,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise UserError(f"{path}: landscape checkpoint without a valid 'state_dict'")
         _refuse_nan(path, sd)
         model = obj.get("model")
-        if not (isinstance(model, Mapping) and isinstance(model.get("name"), str)):
-            raise UserError(f"{path}: landscape checkpoint without a valid 'model' entry")
+        if not (isinstance(model, Mapping) and isinstance(model.get("name"), str)
+                and isinstance(model.get("kwargs"), Mapping)
+                and {"num_classes", "input_shape"} <= set(model["kwargs"])):
+            raise UserError(f"{path}: landscape checkpoint without a valid 'model' entry "
+                            f"(a name, and kwargs with num_classes and input_shape)")
         extra = {k: v for k, v in obj.items() if k not in ("format", "kind", "model", "state_dict", "meta")}
         return Checkpoint(
             path=path,
@@ -405,7 +408,8 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
                 f"{tuple(state_dict[key].shape)} in the checkpoint but {tuple(want.shape)} in the model"
             )
     for key in expected:
-        if key not in state_dict:
+        # num_batches_tracked is absent from state dicts saved before PyTorch 0.4.1; torch loads them
+        if key not in state_dict and not key.endswith("num_batches_tracked"):
             raise UserError(f"{source} does not fit {model_name}: key '{key}' is missing from the checkpoint")
     for key in state_dict:
         if key not in expected:
@@ -443,9 +447,10 @@ def load_model(
             model_kwargs = kwargs
         net, name = create_model(model, num_classes=num_classes, input_shape=tuple(input_shape), **model_kwargs), model
     elif ckpt.model is not None:
-        net, name = from_spec(ckpt.model), ckpt.model["name"]
+        net, name = from_spec(ckpt.model, source=ckpt.path), ckpt.model["name"]
     else:
         raise UserError(f"{ckpt.path}: foreign checkpoint without architecture; name it with --model")
     check_state_dict(net, ckpt.state_dict, str(ckpt.path), f"model '{name}'")
-    net.load_state_dict(ckpt.state_dict)
+    # Every key was checked above; only num_batches_tracked may be missing (older PyTorch), and keeps its value.
+    net.load_state_dict(ckpt.state_dict, strict=False)
     return net.eval()

@@ -196,3 +196,41 @@ def test_any_module_round_trips_through_load_model(tmp_path):
     fresh = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     loaded = load_model(tmp_path / "seq.pt", fresh)
     assert _same(loaded.state_dict(), net.state_dict())
+
+
+def test_a_checkpoint_naming_a_factory_does_not_run_it_unless_trusted(tmp_path, monkeypatch):
+    """The stored model name is data: 'os:system' must not be called on loading."""
+    marker = tmp_path / "ran"
+    spec = {"name": "os:system", "kwargs": {"command": f"touch {marker}", "num_classes": 10, "input_shape": [1, 8, 8]}}
+    save_checkpoint(tmp_path / "evil.pt", _net().state_dict(), spec)
+    with pytest.raises(UserError, match=r"names the model factory 'os:system'; a checkpoint may name only a "
+                                        r"registered model, so it is not imported: if you trust it, set "
+                                        r"LANDSCAPE_TRUSTED_FACTORIES=os$"):
+        load_model(tmp_path / "evil.pt")
+    assert not marker.exists()
+    # A factory the user trusts (by module or a parent package) is built as before.
+    factory = dict(SPEC, name="landscape.models.simple:convnet")
+    save_checkpoint(tmp_path / "mine.pt", _net().state_dict(), factory)
+    with pytest.raises(UserError, match="LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple"):
+        load_model(tmp_path / "mine.pt")
+    monkeypatch.setenv("LANDSCAPE_TRUSTED_FACTORIES", "mypkg, landscape.models")
+    assert _same(load_model(tmp_path / "mine.pt").state_dict(), _net().state_dict())
+
+
+def test_foreign_state_dicts_from_before_num_batches_tracked_load(tmp_path):
+    """PyTorch < 0.4.1 saved batch norm without num_batches_tracked; torch loads such dicts, so do we."""
+    sd = {k: v for k, v in _net().state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"model_state": sd}, tmp_path / "old.pt")
+    net = load_model(tmp_path / "old.pt", "convnet", num_classes=10, input_shape=(1, 8, 8), width=8)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in sd.items())
+    # any other missing key is still refused
+    del sd["classifier.bias"]
+    torch.save(sd, tmp_path / "cut.pt")
+    with pytest.raises(UserError, match="key 'classifier.bias' is missing"):
+        load_model(tmp_path / "cut.pt", "convnet", num_classes=10, input_shape=(1, 8, 8), width=8)
+
+
+def test_a_model_entry_without_its_data_shape_is_one_line(tmp_path):
+    save_checkpoint(tmp_path / "m.pt", _net().state_dict(), {"name": "convnet", "kwargs": {"width": 8}})
+    with pytest.raises(UserError, match="without a valid 'model' entry"):
+        load_checkpoint(tmp_path / "m.pt")

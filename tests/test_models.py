@@ -390,3 +390,12 @@ def test_register_model_adds_a_factory_and_refuses_a_second_one(monkeypatch) -> 
         register_model("tiny_test_model")(lambda num_classes, input_shape: nn.Identity())
     with pytest.raises(UserError):
         register_model("bad:name")
+
+
+def test_data_given_dimensions_are_not_model_kwargs() -> None:
+    """--model-kwargs num_classes=5 used to end in a TypeError traceback."""
+    from landscape.models import model_spec
+
+    for key in ("num_classes", "input_shape"):
+        with pytest.raises(UserError, match=f"^--model-kwargs {key}=... is not an option: {key} comes from the dataset$"):
+            model_spec("convnet", 10, (1, 8, 8), **{key: 5})

@@ -840,6 +840,20 @@ def test_one_rank_out_of_memory_ends_the_launch_with_its_line(tmp_path, endpoint
     assert not (out / "plane.npz").exists()
 
 
+RANK_1_BUG = RANK_1_OUT_OF_MEMORY.replace('torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")',
+                                         'ZeroDivisionError("a bug on rank 1")')
+
+
+@pytest.mark.slow
+def test_an_unexpected_error_on_one_rank_ends_the_launch_with_its_traceback(tmp_path, endpoints):
+    """It used to wait at the final barrier while rank 0 sat in a collective: a silent hang."""
+    out = tmp_path / "bug"
+    args = ["plane", "--points", *endpoints, *GLOO_ARGS, "--out", out]
+    run = launch_gloo(tmp_path, args, prelude=RANK_1_BUG)
+    assert run.returncode != 0
+    assert "ZeroDivisionError: a bug on rank 1" in run.stderr, run.stderr[-3000:]
+
+
 # ------------------------------------------------------- 10. plane of a curve
 @pytest.mark.slow
 def test_plane_of_a_curve_holds_its_path_and_exact_anchor_losses(tmp_path, capsys, endpoints, data):

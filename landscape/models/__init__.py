@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import operator
+import os
 from typing import Callable
 
 from torch import nn
@@ -91,16 +92,36 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
     return model
 
 
-def model_spec(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs: object) -> dict:
+def model_spec(name: str, num_classes: int, input_shape: tuple[int, ...], /, **kwargs: object) -> dict:
     """``{"name", "kwargs"}`` as checkpoints store it: enough for :func:`from_spec`."""
+    for key in ("num_classes", "input_shape"):
+        if key in kwargs:
+            raise UserError(f"--model-kwargs {key}=... is not an option: {key} comes from the dataset")
     return {"name": name, "kwargs": {**kwargs, "num_classes": num_classes, "input_shape": list(input_shape)}}
 
 
-def from_spec(spec: dict) -> nn.Module:
-    """Build the network a checkpoint's ``{"name", "kwargs"}`` entry describes."""
+TRUST_ENV = "LANDSCAPE_TRUSTED_FACTORIES"
+
+
+def from_spec(spec: dict, *, trusted: bool = False, source: object = "a checkpoint") -> nn.Module:
+    """Build the network a checkpoint's ``{"name", "kwargs"}`` entry describes.
+
+    A stored name is data: it may name a registered model, but a
+    ``"module:factory"`` is imported and called only when ``trusted`` (the
+    caller built the spec from the user's own ``--model``) or when its module
+    is listed in the environment variable ``LANDSCAPE_TRUSTED_FACTORIES``
+    (comma-separated module names or prefixes): otherwise a crafted
+    checkpoint could name ``os:system`` and run a command on loading."""
+    name = spec["name"]
+    if isinstance(name, str) and ":" in name and not trusted:
+        module = name.partition(":")[0]
+        allowed = [m.strip() for m in os.environ.get(TRUST_ENV, "").split(",") if m.strip()]
+        if not any(module == m or module.startswith(m + ".") for m in allowed):
+            raise UserError(f"{source} names the model factory '{name}'; a checkpoint may name only a registered "
+                            f"model, so it is not imported: if you trust it, set {TRUST_ENV}={module}")
     kwargs = dict(spec["kwargs"])
     kwargs["input_shape"] = tuple(kwargs["input_shape"])
-    return create_model(spec["name"], **kwargs)
+    return create_model(name, **kwargs)
 
 
 def check_spec_fits(spec: dict, num_classes: int, input_shape: tuple[int, ...], source: object,
