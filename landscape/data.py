@@ -268,6 +268,9 @@ def _data_path(name: str, data_path: str | None) -> Path:
     return path
 
 
+MAX_CLASSES = 100_000  # labels are class ids; a larger one is a mistake, not a class
+
+
 def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.device) -> Dataset:
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     eval_split = "test"
@@ -281,6 +284,11 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
         x_test, y_test = x_train[val], y_train[val]
         x_train, y_train = x_train[keep], y_train[keep]
         eval_split = "val"
+    if len(y_train) < 2:
+        raise UserError(f"the {name} training split has {len(y_train)} sample{'s' if len(y_train) != 1 else ''}"
+                        f"{' after --val-size' if eval_split == 'val' else ''}; at least 2 are needed")
+    if len(y_test) == 0:
+        raise UserError(f"the {name} test split is empty; evaluation needs at least one test sample")
     mean, std = (raw.mean, raw.std) if raw.mean is not None else _statistics(x_train)
     x_train, x_test = (_normalise(x.to(device), mean, std) for x in (x_train, x_test))
     return Dataset(
@@ -566,8 +574,16 @@ def _read_npz(path: Path) -> _Raw:
         raise UserError(f"{path}: x_train samples are {tuple(x_tr.shape[1:])} but x_test samples are {tuple(x_te.shape[1:])}")
     if len(y_tr) == 0:
         raise UserError(f"{path}: x_train is empty")
-    num_classes = int(max(y_tr.max(), y_te.max() if len(y_te) else 0)) + 1
-    return _Raw(x_tr, y_tr, x_te, y_te, num_classes)
+    for x, key in ((x_tr, "x_train"), (x_te, "x_test")):
+        bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+        if bad:
+            raise UserError(f"{path}: {key} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
+    top = 0
+    for y, key in ((y_tr, "y_train"), (y_te, "y_test")):
+        if len(y) and int(y.max()) >= MAX_CLASSES:
+            raise UserError(f"{path}: {key} has label {int(y.max())}: labels must be class ids 0..{MAX_CLASSES - 1}")
+        top = max(top, int(y.max()) if len(y) else 0)
+    return _Raw(x_tr, y_tr, x_te, y_te, top + 1)
 
 
 def _npz_inputs(x: np.ndarray, key: str, path: Path) -> Tensor:

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -309,6 +310,22 @@ def test_npz_bad_inputs(tmp_path):
     # Whole-valued float labels are fine.
     np.savez(path, **{**good, "y_train": np.array([0.0, 1.0, 2.0, 0.0])})
     assert load_dataset("npz", str(path)).y_train.tolist() == [0, 1, 2, 0]
+    # Data that used to train on nothing, evaluate to NaN, blame the learning rate or build 10^12 classes:
+    x = good["x_train"].copy()
+    x[1, 2] = np.nan
+    for arrays, msg in ((dict(x_train=x), "x_train holds 1 non-finite value (NaN or inf)"),
+                        (dict(x_test=np.full((2, 3), np.inf)), "x_test holds 6 non-finite values"),
+                        (dict(y_train=np.array([0, 1, 2, 10**12])), "y_train has label 1000000000000: labels must be"),
+                        (dict(y_test=np.array([0, 10**6])), "y_test has label 1000000: labels must be"),
+                        (dict(x_test=np.zeros((0, 3)), y_test=np.zeros(0, dtype=int)), "the npz test split is empty"),
+                        (dict(x_train=np.zeros((1, 3)), y_train=np.array([0]), y_test=np.array([0, 0])),
+                         "the npz training split has 1 sample; at least 2 are needed")):
+        np.savez(path, **{**good, **arrays})
+        with pytest.raises(UserError, match=re.escape(msg)):
+            load_dataset("npz", str(path))
+    np.savez(path, **good)
+    with pytest.raises(UserError, match=re.escape("the npz training split has 1 sample after --val-size")):
+        load_dataset("npz", str(path), val_size=3)
 
 
 # --- synthetic and validation splits --------------------------------------------------
