@@ -3,6 +3,7 @@ and fit_curve on digits (a low-loss path, mismatched endpoints, exact resume,
 the arc-length objective)."""
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -282,3 +283,18 @@ def test_arclength_objective_on_a_straight_curve_equals_the_uniform_one(narrow, 
     assert arc.metrics[0]["train_loss"] == pytest.approx(uniform.metrics[0]["train_loss"], rel=1e-5)
     # after a step the weights are no longer one, and the two objectives part
     assert not torch.equal(arc.curve.anchors(), uniform.curve.anchors())
+
+
+def test_connect_refuses_a_model_option_the_endpoints_contradict(tmp_path, narrow, small_digits):
+    """--model mlp used to fit a convnet curve and record mlp in config.json."""
+    with pytest.raises(UserError, match="holds a 'convnet' network; --model/--model-kwargs that differ"):
+        fit_curve(narrow["a"], narrow["b"], tmp_path / "c", data=small_digits, epochs=1, model="mlp", progress=False)
+    with pytest.raises(UserError, match="holds a 'convnet' network"):
+        fit_curve(narrow["a"], narrow["b"], tmp_path / "c", data=small_digits, epochs=1, model_kwargs={"width": 16},
+                  progress=False)
+    assert not (tmp_path / "c").exists()
+    result = fit_curve(narrow["a"], narrow["b"], tmp_path / "ok", data=small_digits, epochs=1, model="convnet",
+                       model_kwargs={"width": 8}, progress=False)  # agreeing options are fine
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())["config"]
+    assert (config["model"], config["model_kwargs"]) == ("convnet", {"width": 8})
+    assert result.curve is not None
