@@ -54,7 +54,7 @@ from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import DATA_FIELDS, check_same_data, data_settings
+from landscape.inputs import DATA_FIELDS, check_same_data, data_settings, network_of
 from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
@@ -152,16 +152,8 @@ def fit_curve(
     metrics.
     """
     start_ckpt, end_ckpt = require_network(load_checkpoint(start)), require_network(load_checkpoint(end))
-    if start_ckpt.model is not None:
-        # The architecture is the start endpoint's: a --model / --model-kwargs that says otherwise would be
-        # ignored, yet recorded in config.json.
-        stored = start_ckpt.model
-        kwargs = {k: v for k, v in stored["kwargs"].items() if k not in ("num_classes", "input_shape")}
-        asked, asked_kwargs = overrides.get("model"), overrides.get("model_kwargs") or {}
-        if (asked is not None and asked != stored["name"]) or any(kwargs.get(k) != v for k, v in asked_kwargs.items()):
-            raise UserError(f"{start} holds a '{stored['name']}' network; --model/--model-kwargs that differ "
-                            f"do not apply to it (leave them out)")
-        overrides = dict(overrides, model=stored["name"], model_kwargs=kwargs)
+    if start_ckpt.model is not None:  # the architecture is the start endpoint's, and the config records it
+        overrides = dict(overrides, **network_of(start_ckpt, overrides.get("model"), overrides.get("model_kwargs")))
     given = {f.name for f in fields(ConnectConfig)} & set(overrides)
     base = asdict(config) if config is not None else {}
     check_same_data([start_ckpt, end_ckpt], {**{k: v for k, v in base.items() if k in DATA_FIELDS}, **overrides})

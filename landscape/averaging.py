@@ -37,7 +37,7 @@ from .data import Dataset
 from .device import resolve_device, seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
-from .inputs import data_settings
+from .inputs import data_settings, network_of
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
 from .train import Task, TrainConfig, load_data, prepare_run, run_training
@@ -186,16 +186,8 @@ def _config(method: str, config, overrides) -> AverageConfig:
     if cfg_from:
         source = load_checkpoint(cfg_from)
         inherited = {k: v for k, v in data_settings(source).items() if k not in given and k not in base}
-        if source.model is not None:
-            # The network is the checkpoint's: --model and --model-kwargs must agree with it or be left out,
-            # and the run's config records what was trained.
-            kwargs = {k: v for k, v in source.model["kwargs"].items() if k not in ("num_classes", "input_shape")}
-            fixed = {"model": source.model["name"], "model_kwargs": kwargs}
-            asked, asked_kwargs = overrides.get("model"), overrides.get("model_kwargs") or {}
-            if (asked is not None and asked != fixed["model"]) or any(kwargs.get(k) != v for k, v in asked_kwargs.items()):
-                shown = f"--model {asked}" if asked is not None and asked != fixed["model"] else "--model-kwargs"
-                described = f"'{fixed['model']}' network" + (f" ({kwargs})" if kwargs else "")
-                raise UserError(f"{cfg_from} holds a {described}; {shown} does not apply to it (leave it out)")
+        if source.model is not None:  # the network is the checkpoint's, and the config records it
+            fixed = network_of(source, overrides.get("model"), overrides.get("model_kwargs"))
     cfg = AverageConfig(**{**inherited, **base, **overrides, **fixed, "method": method})
     cfg.validate()
     return cfg

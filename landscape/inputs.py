@@ -18,7 +18,7 @@ from .models import check_spec_fits
 from .train import TrainConfig, load_data
 from .weights import ParamSpace
 
-__all__ = ["DATA_FIELDS", "data_settings", "check_same_data", "resolve_data", "Points", "load_points"]
+__all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "Points", "load_points"]
 
 DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
                "synthetic_sizes")
@@ -37,6 +37,20 @@ def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None
     settings = {k: v for k, v in (stored or {}).items() if k in DATA_FIELDS}
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in DATA_FIELDS})
     return load_data(TrainConfig(**settings), resolve_device(device))
+
+
+def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:
+    """``{"model", "model_kwargs"}`` of the network a landscape checkpoint holds,
+    for a run that continues from it (swa, fge, snapshots, connect): the
+    network is the checkpoint's, so a ``model`` or ``model_kwargs`` that says
+    otherwise would be ignored yet recorded in the run's config; it is refused."""
+    kwargs = {k: v for k, v in ckpt.model["kwargs"].items() if k not in ("num_classes", "input_shape")}
+    name = ckpt.model["name"]
+    if (model is not None and model != name) or any(kwargs.get(k) != v for k, v in (model_kwargs or {}).items()):
+        shown = f"--model {model}" if model is not None and model != name else "--model-kwargs"
+        described = f"'{name}' network" + (f" ({kwargs})" if kwargs else "")
+        raise UserError(f"{ckpt.path} holds a {described}; {shown} does not apply to it (leave it out)")
+    return {"model": name, "model_kwargs": kwargs}
 
 
 def check_same_data(ckpts: Sequence[Checkpoint], overrides: dict[str, Any] | None = None) -> None:
@@ -98,8 +112,9 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     space = ParamSpace.of(net)
     vectors = [space.flatten(ck.state_dict, source=str(ck.path)).to(device) for ck in ckpts]
     for ck, v in zip(ckpts, vectors):
-        if not bool(torch.isfinite(v).all()):
-            raise UserError(f"{ck.path}: {int((~torch.isfinite(v)).sum())} infinite weights; refusing to use it")
+        bad = int((~torch.isfinite(v)).sum())  # NaN was refused on loading; -inf may be a foreign mask buffer
+        if bad:
+            raise UserError(f"{ck.path}: {bad} infinite weights; refusing to use it")
     return Points(model=net.to(device), vectors=vectors, data=data, wd=float(stored.get("wd", 0.0)),
                   labels=[_label(p) for p in paths], checkpoints=ckpts)
 
