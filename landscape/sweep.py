@@ -81,13 +81,22 @@ def barrier() -> None:
         dist.barrier()
 
 
-def fingerprint(anchors: torch.Tensor, coefficients: np.ndarray, settings: dict[str, Any]) -> str:
-    """A hash of everything that determines a sweep's results."""
+def _digest(arrays: Sequence[np.ndarray], settings: dict[str, Any]) -> str:
+    """SHA-256 of the arrays' bytes, in order, then of ``settings`` as sorted JSON."""
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(anchors.detach().float().cpu().numpy()).tobytes())
-    h.update(np.ascontiguousarray(np.asarray(coefficients, dtype=np.float64)).tobytes())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def _float32(v: torch.Tensor) -> np.ndarray:
+    return v.detach().float().cpu().numpy()
+
+
+def fingerprint(anchors: torch.Tensor, coefficients: np.ndarray, settings: dict[str, Any]) -> str:
+    """A hash of everything that determines a sweep's results."""
+    return _digest([_float32(anchors), np.asarray(coefficients, dtype=np.float64)], settings)
 
 
 def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -120,11 +129,7 @@ def request_key(vectors: Sequence[torch.Tensor], settings: dict[str, Any]) -> st
     """A hash of what a sweep command was asked: its input weight vectors and
     the settings that determine its values (not how they are computed: the
     points per pass and the strategy change nothing)."""
-    h = hashlib.sha256()
-    for v in vectors:
-        h.update(np.ascontiguousarray(v.detach().float().cpu().numpy()).tobytes())
-    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    return _digest([_float32(v) for v in vectors], settings)
 
 
 def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
