@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from landscape.errors import UserError
+from landscape.errors import UserError, first_line
 
 PROG = "landscape"
 
@@ -958,7 +958,7 @@ def _run_command(args: argparse.Namespace) -> int:
         if not _out_of_memory(e):
             raise
         args.failed_alone = True
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        first = first_line(e)[:120]
         print(f"{PROG}: error: {where}out of memory ({first}); {_out_of_memory_advice(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

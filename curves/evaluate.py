@@ -14,7 +14,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from landscape.checkpoint import claim_folder
 from landscape.data import Dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
@@ -77,8 +76,6 @@ def evaluate_curve(
     if points < 2:
         raise UserError(f"--points must be at least 2, got {points}")
     out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        claim_folder(out_path, "curve")  # before reading anything: a folder of another command is refused first
     device = resolve_device(device)
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device)
     stored = dict(loaded.meta.get("train_config") or {})

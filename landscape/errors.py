@@ -6,7 +6,7 @@ line and exits with status 2; Python callers can catch it like any
 ``ValueError``.
 """
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "first_line"]
 
 
 class UserError(ValueError):
@@ -21,3 +21,9 @@ class UserError(ValueError):
     def __init__(self, message: str, *, rank_local: bool = False) -> None:
         super().__init__(message)
         self.rank_local = rank_local
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type's name if it has none)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__

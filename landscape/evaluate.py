@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .bn import bn_collecting, bn_modules, population_bn, reestimate_bn
-from .errors import UserError
+from .errors import UserError, first_line
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
@@ -329,7 +329,7 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
                 out = model(x)
             except (RuntimeError, ValueError, IndexError) as e:
                 raise UserError(f"the network does not accept this data's inputs of shape "
-                                f"{tuple(x.shape[1:])}: {_first_line(e)}") from None
+                                f"{tuple(x.shape[1:])}: {first_line(e)}") from None
     finally:
         for h in handles:
             h.remove()
@@ -341,11 +341,6 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
         raise UserError(f"the network gives {out.shape[1]} outputs, but the data has {classes} classes")
     images = max(1, x.shape[0])
     return _Probe(largest // images, total / images, [name for name, c in calls.items() if c > 1])
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 def _memory_budget(device: torch.device) -> float:
