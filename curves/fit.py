@@ -32,6 +32,7 @@ fixed endpoints, the same on every rank).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,7 +53,8 @@ from landscape.checkpoint import (
 from landscape.data import Dataset
 from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
-from landscape.evaluate import evaluate_points, forward_points
+from landscape.bn import reestimate_bn
+from landscape.evaluate import evaluate_model, evaluate_points, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import DATA_FIELDS, check_same_data, data_settings, network_of
 from landscape.models import check_spec_fits, from_spec, model_spec
@@ -207,11 +209,31 @@ def fit_curve(
     def finish() -> dict[str, Any]:
         return _fit_summary(curve, template, data, cfg)
 
-    task = Task(module=curve, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
+    midpoint = copy.deepcopy(template)
+
+    def epoch_eval() -> dict[str, Any]:
+        return _midpoint_test(curve, space, midpoint, data, cfg.amp)
+
+    task = Task(module=curve, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=epoch_eval,
                 weight_decay=0.0, spec=spec, command="connect", kind="curve", sync_buffers=False)
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
                                     progress=progress, on_epoch_end=on_epoch_end, argv=argv)
     return CurveResult(curve=curve, model=template.eval(), summary=summary, metrics=metrics, out=out)
+
+
+MIDPOINT_BN_BATCHES = 5  # of 1000 training samples: the per-epoch estimate's batch-norm statistics
+
+
+@torch.no_grad()
+def _midpoint_test(curve: Curve, space: ParamSpace, net: nn.Module, data: Dataset, amp: bool) -> dict[str, Any]:
+    """The curve's midpoint phi(1/2) on the test set, for each epoch's record:
+    batch norm re-estimated from the first 5000 training samples (a tenth of a
+    CIFAR epoch's cost; the summary's evaluation uses them all)."""
+    t = torch.tensor([0.5], dtype=torch.float64, device=data.device)
+    net.load_state_dict(space.unflatten(curve.points(t)[0].detach()), strict=False)
+    reestimate_bn(net, data.batches("train", 1000), max_batches=MIDPOINT_BN_BATCHES)
+    m = evaluate_model(net, data, "test", amp=amp)
+    return {"mid_test_nll": m["nll"], "mid_test_error": m["error"]}
 
 
 def _fit_summary(curve: Curve, template: nn.Module, data: Dataset, cfg: ConnectConfig) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from .evaluate import evaluate_model, l2_penalty
 from .inputs import data_settings, network_of
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
-from .train import Task, TrainConfig, load_data, prepare_run, run_training
+from .train import Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, run_training
 from .weights import ParamSpace
 
 __all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "fge_learning_rate", "snapshot_learning_rate",
@@ -83,7 +83,8 @@ class AverageConfig(TrainConfig):
             if self.epochs - self.swa_start < self.cycle:
                 raise UserError(f"no iterate would be averaged: --epochs ({self.epochs}) must exceed --swa-start "
                                 f"({self.swa_start}) by at least --cycle ({self.cycle})")
-            if self.swa_lr <= 0 or (self.swa_lr_max is not None and self.swa_lr_max < self.swa_lr):
+            if not (math.isfinite(self.swa_lr) and self.swa_lr > 0) or (
+                    self.swa_lr_max is not None and not (math.isfinite(self.swa_lr_max) and self.swa_lr_max >= self.swa_lr)):
                 raise UserError("--swa-lr must be positive and --swa-lr-max at least --swa-lr")
         if self.method == "fge" and not 0 < self.lr_min <= self.lr:
             raise UserError(f"FGE needs 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr}")
@@ -214,7 +215,7 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
     model.to(device)
     hooks = build(cfg, model, spec, data, out)
     task = Task(module=model, loss=hooks["loss"], save=hooks["save"], restore=hooks["restore"],
-                finish=hooks["finish"], epoch_eval=None, weight_decay=cfg.wd, spec=spec, command=method,
+                finish=hooks["finish"], epoch_eval=lambda: epoch_test_metrics(model, data, cfg.amp), weight_decay=cfg.wd, spec=spec, command=method,
                 kind="model", lr=hooks["lr"], end_epoch=hooks.get("end_epoch"), after_step=hooks.get("after_step"))
     seed_everything(cfg.seed)
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,

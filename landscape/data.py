@@ -461,10 +461,24 @@ def _safe_globals() -> dict[tuple[str, str], object]:
         from numpy._core import multiarray, numeric
     except ImportError:  # numpy < 2 without the _core alias
         from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    def latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+        # How Python 3 protocol-2 pickles store non-empty bytes: _codecs.encode(text, "latin1").
+        if not isinstance(text, str) or encoding != "latin1":
+            raise pickle.UnpicklingError("_codecs.encode is allowed only as latin1 bytes")
+        return _codecs.encode(text, "latin1")
+
+    def empty_bytes(*args: object) -> bytes:
+        # How they store b'': bytes() with no arguments (bytes(n) could allocate any amount).
+        if args:
+            raise pickle.UnpicklingError("bytes(...) is allowed only without arguments")
+        return b""
+
     table: dict[tuple[str, str], object] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _codecs.encode,  # how Python 3 protocol-2 pickles store bytes
+        ("_codecs", "encode"): latin1_bytes,
+        ("__builtin__", "bytes"): empty_bytes,  # the name as written; find_class sees it before fix_imports
+        ("builtins", "bytes"): empty_bytes,
     }
     for pkg in ("numpy.core", "numpy._core"):
         table[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
@@ -565,7 +579,8 @@ def _read_npz(path: Path) -> _Raw:
                 arrays[key] = archive[key]
             except ValueError as e:  # object arrays need pickle, which we never allow
                 raise UserError(f"{path}: array {key!r} cannot be loaded without pickle ({e})") from None
-    x_tr, x_te = (_npz_inputs(arrays[k], k, path) for k in ("x_train", "x_test"))
+        layout = _npz_layout(archive, path)
+    x_tr, x_te = (_npz_inputs(arrays[k], k, path, layout) for k in ("x_train", "x_test"))
     y_tr, y_te = (_npz_labels(arrays[k], k, path) for k in ("y_train", "y_test"))
     for x, y, kx, ky in ((x_tr, y_tr, "x_train", "y_train"), (x_te, y_te, "x_test", "y_test")):
         if len(x) != len(y):
@@ -586,13 +601,32 @@ def _read_npz(path: Path) -> _Raw:
     return _Raw(x_tr, y_tr, x_te, y_te, top + 1)
 
 
-def _npz_inputs(x: np.ndarray, key: str, path: Path) -> Tensor:
-    """(N, H, W) -> (N, 1, H, W); (N, H, W, C) -> (N, C, H, W); (N, C, H, W), (N, D) as is."""
+def _npz_layout(archive, path: Path) -> str | None:
+    """The optional ``layout`` entry of an npz: "NCHW" or "NHWC" (None when absent)."""
+    if "layout" not in archive.files:
+        return None
+    try:
+        value = str(archive["layout"].item()).upper()
+    except (ValueError, TypeError):
+        value = None
+    if value not in ("NCHW", "NHWC"):
+        raise UserError(f"{path}: 'layout' must be the string NCHW or NHWC")
+    return value
+
+
+def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) -> Tensor:
+    """(N, H, W) -> (N, 1, H, W); (N, H, W, C) -> (N, C, H, W); (N, C, H, W), (N, D) as is.
+
+    Four-dimensional inputs are NHWC when their last size is a channel count (1, 3
+    or 4) and the second is not; when both are, the archive's ``layout`` decides."""
     if x.dtype.kind not in "biuf":
         raise UserError(f"{path}: {key} has dtype {x.dtype}; expected a numeric array")
+    if x.ndim == 4 and layout is None and x.shape[3] in (1, 3, 4) and x.shape[1] in (1, 3, 4):
+        raise UserError(f"{path}: {key} has shape {x.shape}, which may be NCHW or NHWC; store layout='NCHW' "
+                        f"or layout='NHWC' in the npz (np.savez(..., layout='NHWC'))")
     if x.ndim == 3:
         x = x[:, None]
-    elif x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+    elif x.ndim == 4 and (layout == "NHWC" or (layout is None and x.shape[3] in (1, 3, 4))):
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim not in (2, 4):
         raise UserError(f"{path}: {key} has shape {x.shape}; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")

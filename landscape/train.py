@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,15 @@ __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor",
 SCHEDULES = ("paper", "cosine", "constant")
 # Settings that may change between a run and its --resume without changing the result.
 _RESUME_FREE = ("device", "save_every")
+# Settings naming a file or folder: the same one named another way (./a.pt, an absolute path) is the same setting.
+_RESUME_PATHS = ("data_path", "start", "end", "from_ckpt")
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    try:
+        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def schedule_factor(schedule: str, progress: float) -> float:
@@ -125,12 +135,12 @@ class TrainConfig:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2 (batch norm needs two samples), got {self.batch_size}")
-        for name in ("lr", "momentum", "wd"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise UserError(f"--{name} must be a finite number >= 0, got {value}")
-        if self.lr == 0:
-            raise UserError("--lr must be positive, got 0")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not math.isfinite(self.wd) or self.wd < 0:
+            raise UserError(f"--wd must be a finite number >= 0, got {self.wd}")
+        if not 0 <= self.momentum < 1:  # also refuses NaN; momentum 1 or more never forgets a step and diverges
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.save_every < 0:
             raise UserError(f"--save-every must be >= 0, got {self.save_every}")
         schedule_factor(self.schedule, 0.0)
@@ -178,7 +188,7 @@ def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> Non
         if key in _RESUME_FREE:
             continue
         old = stored.get(key)
-        if old != value:
+        if old != value and not (key in _RESUME_PATHS and _same_file(old, value)):
             raise UserError(
                 f"{out} was started with {key}={old!r}, now {key}={value!r}; "
                 f"--resume needs the same settings (or choose another --out)"
@@ -235,11 +245,8 @@ def train(
     def finish() -> dict[str, Any]:
         return _final_summary(model, data, cfg)
 
-    def epoch_eval() -> dict[str, Any]:
-        m = evaluate_model(model, data, "test", amp=cfg.amp)
-        return {"test_nll": m["nll"], "test_error": m["error"]}
-
-    task = Task(module=model, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=epoch_eval,
+    task = Task(module=model, loss=loss, save=save, restore=restore, finish=finish,
+                epoch_eval=lambda: epoch_test_metrics(model, data, cfg.amp),
                 weight_decay=cfg.wd, spec=spec, command="train", kind="model")
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
                                     progress=progress, on_epoch_end=on_epoch_end, argv=argv)
@@ -378,7 +385,8 @@ def run_training(
         if data.synthetic:
             _say("note: synthetic data (random tensors) — for benchmarks only, not a real result")
 
-    t0 = time.perf_counter()
+    # A resumed run's clock goes on from its last kept epoch, so time_s and seconds cover the whole run.
+    t0 = time.perf_counter() - (float(metrics[-1].get("time_s", 0.0)) if metrics else 0.0)
     steps = max(1, math.ceil(len(data.y_train) / cfg.batch_size))
     show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, show, task.command)
@@ -398,7 +406,7 @@ def run_training(
                     save(out / f"checkpoint-{epoch + 1:03d}.pt", epoch + 1, task.kind)
             metrics.append(record)
             bar.set_postfix(epoch=epoch + 1, loss=f"{record['train_loss']:.4f}",
-                            err=f"{record['train_error']:.2f}%", test_err=f"{record.get('test_error', float('nan')):.2f}%")
+                            err=f"{record['train_error']:.2f}%", test_err=f"{record.get('test_error', record.get('mid_test_error', float('nan'))):.2f}%")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
     finally:
@@ -531,9 +539,15 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
     if not math.isfinite(train_loss):
         raise UserError(
             f"training diverged: the loss became {train_loss} in epoch {epoch + 1} (lr {lr:g}); "
-            f"the last good state is kept, lower --lr and rerun"
+            f"the last good epoch is kept (last.pt); lower --lr and start again with another --out"
         )
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": 100.0 * wrong / max(seen, 1)}
+
+
+def epoch_test_metrics(model: nn.Module, data: Dataset, amp: bool = False) -> dict[str, float]:
+    """An epoch record's test columns: the model as it stands (its running batch-norm statistics)."""
+    m = evaluate_model(model, data, "test", amp=amp)
+    return {"test_nll": m["nll"], "test_error": m["error"]}
 
 
 def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:

@@ -112,6 +112,10 @@ def test_swa_average_equals_the_mean_of_the_collected_snapshots(tmp_path, digits
     recomputed = evaluate_model(sgd, digits, "train")
     assert s["sgd_bn_recomputed"]["train_nll"] == pytest.approx(recomputed["nll"], rel=1e-6)
     assert abs(own["nll"] - recomputed["nll"]) > 1e-6  # the two rows do differ
+    # Each epoch's record has the SGD iterate's test metrics; the last epoch's iterate is sgd.pt.
+    assert [r["epoch"] for r in res.metrics] == [1, 2, 3, 4]
+    assert res.metrics[-1]["test_nll"] == pytest.approx(evaluate_model(load_model(tmp_path / "swa" / "sgd.pt"),
+                                                                       digits, "test")["nll"], rel=1e-6)
 
 
 def test_a_model_option_that_contradicts_the_starting_checkpoint_is_refused(tmp_path, digits, endpoint):
@@ -130,6 +134,9 @@ def test_swa_averages_every_cycle_after_the_start(tmp_path, digits):
     assert res.summary["averaged"] == 2  # after epochs 4 and 6
     with pytest.raises(UserError, match="swa-start"):
         run_swa(None, None, epochs=3, swa_start=3, model="convnet", data=digits, progress=False)
+    for bad in ({"swa_lr": float("nan")}, {"swa_lr": 0.0}, {"swa_lr_max": float("inf")}, {"swa_lr_max": 0.001}):
+        with pytest.raises(UserError, match="--swa-lr must be positive and --swa-lr-max at least --swa-lr"):
+            run_swa(None, None, epochs=3, model="convnet", data=digits, progress=False, **bad)
     # refused before training, not after it (the folder could then never be finished)
     with pytest.raises(UserError, match=r"^no iterate would be averaged: --epochs \(2\) must exceed --swa-start "
                                         r"\(0\) by at least --cycle \(5\)$"):

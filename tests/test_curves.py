@@ -225,6 +225,11 @@ def test_fitted_curve_has_low_loss_where_the_line_has_a_barrier(tmp_path, digits
     # the summary reports the same midpoint values
     assert result.summary["curve"]["train_loss_at"][1] == pytest.approx(on_curve[2], rel=1e-5)
     assert result.summary["line"]["train_loss_at"][1] == pytest.approx(line_mid, rel=1e-5)
+    # Each epoch's record has the midpoint's test metrics, batch norm from the first 5 batches of 1000.
+    mid = evaluate_points(template, anchors, curve.coefficients(ts[2:3]), digits, bn_stats="batches", bn_batches=5)
+    last = result.metrics[-1]
+    assert last["mid_test_nll"] == pytest.approx(mid["test_nll"][0], rel=1e-5)
+    assert last["mid_test_error"] == pytest.approx(mid["test_error"][0])
 
     path = tmp_path / "curve" / "model.pt"
     loaded = load_curve(path)
@@ -258,10 +263,17 @@ def test_resumed_fit_gives_identical_anchors(tmp_path, narrow, small_digits):
     with pytest.raises(_Interrupt):
         fit_curve(narrow["a"], narrow["b"], tmp_path / "cut", on_epoch_end=stop, **kw)
     assert not (tmp_path / "cut" / "model.pt").exists()
-    resumed = fit_curve(narrow["a"], narrow["b"], tmp_path / "cut", resume=True, **kw)
+    # The same start checkpoint named another way is the same setting.
+    start = narrow["a"].parent / ".." / narrow["a"].parent.name / narrow["a"].name
+    with pytest.raises(UserError, match="started with end="):
+        fit_curve(start, narrow["a"], tmp_path / "cut", resume=True, **kw)
+    resumed = fit_curve(start, narrow["b"], tmp_path / "cut", resume=True, **kw)
     assert torch.equal(resumed.curve.anchors(), full.curve.anchors())
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
     assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in full.metrics]
+    # The clock goes on from the interrupted part: times grow across the resume.
+    times = [r["time_s"] for r in resumed.metrics]
+    assert times == sorted(times) and resumed.summary["seconds"] >= times[-1]
     # the fit moved the bends (the comparison is not of two untouched curves)
     assert not torch.equal(full.curve.anchors()[1], create_curve(
         "polychain", full.curve.space, full.curve.anchors()[0].detach(), full.curve.anchors()[-1].detach(),

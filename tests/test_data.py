@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
@@ -162,6 +163,7 @@ def cifar_batch(rng, n: int, label_key, classes: int, str_keys: bool = False) ->
         keys[0]: rng.integers(0, 256, (n, 3072), dtype=np.uint8),
         keys[1]: rng.integers(0, classes, n).tolist(),
         b"batch_label": b"testing batch",
+        b"filenames": [b"", b"cat_01.png"],  # protocol 2 stores b'' as bytes() and b'..' as _codecs.encode
     }
 
 
@@ -253,6 +255,23 @@ def test_cifar_refuses_malicious_pickle_eval(tmp_path):
     assert not marker.exists()
 
 
+class Reduce:
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("obj, refusal", [(Reduce(bytes, 2 * 10**9), "bytes(...) is allowed only without arguments"),
+                                          (Reduce(codecs.encode, "x", "rot13"), "_codecs.encode is allowed only as")])
+def test_cifar_allows_bytes_only_as_protocol_2_writes_them(tmp_path, obj, refusal):
+    write_cifar10(tmp_path, np.random.default_rng(4))
+    dump(tmp_path / "test_batch", {b"data": obj}, 2)
+    with pytest.raises(UserError, match=re.escape(f"test_batch: not a readable CIFAR batch (UnpicklingError: {refusal}")):
+        load_dataset("cifar10", str(tmp_path))
+
+
 def test_cifar_corrupt_batch(tmp_path):
     write_cifar10(tmp_path, np.random.default_rng(5))
     path = tmp_path / "test_batch"
@@ -280,6 +299,27 @@ def test_npz_nhwc_uint8(tmp_path):
     pixels = (unnormalise(data, data.x_test) * 255).round().to(torch.uint8)
     assert torch.equal(pixels, torch.from_numpy(x_test.transpose(0, 3, 1, 2).copy()))
     assert data.y_train.tolist() == y_train.tolist()
+
+
+def test_npz_ambiguous_image_layout_needs_the_layout_entry(tmp_path):
+    # (N, 4, 4, 3): 4x4 RGB images stored NHWC, or 4-channel 4x3 images stored NCHW.
+    rng = np.random.default_rng(8)
+    x_train, x_test = rng.random((6, 4, 4, 3)), rng.random((2, 4, 4, 3))
+    arrays = dict(x_train=x_train, y_train=np.arange(6) % 2, x_test=x_test, y_test=np.array([0, 1]))
+    path = tmp_path / "small.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(UserError, match=re.escape("may be NCHW or NHWC; store layout='NCHW'")):
+        load_dataset("npz", str(path))
+    np.savez(path, **arrays, layout="NHWC")
+    data = load_dataset("npz", str(path))
+    assert data.input_shape == (3, 4, 4)
+    assert torch.allclose(unnormalise(data, data.x_test), torch.from_numpy(x_test.transpose(0, 3, 1, 2)).float(),
+                          atol=1e-5)
+    np.savez(path, **arrays, layout="nchw")
+    assert load_dataset("npz", str(path)).input_shape == (4, 4, 3)
+    np.savez(path, **arrays, layout="HWC")
+    with pytest.raises(UserError, match="'layout' must be the string NCHW or NHWC"):
+        load_dataset("npz", str(path))
 
 
 def test_npz_feature_vectors_float(tmp_path):

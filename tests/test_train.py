@@ -1,6 +1,7 @@
 """Endpoint training: schedule, accuracy on digits, exact resume, bad input."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -99,7 +100,7 @@ def test_seeded_runs_are_reproducible_and_seeds_differ(digits):
 
 
 def test_divergence_is_reported_and_keeps_earlier_files(tmp_path, digits):
-    with pytest.raises(UserError, match="diverged"):
+    with pytest.raises(UserError, match="diverged.*lower --lr and start again with another --out"):
         train(out=tmp_path / "run", data=digits, epochs=3, lr=1e6, seed=0, progress=False)
     assert not (tmp_path / "run" / "model.pt").exists()
 
@@ -117,6 +118,12 @@ def test_bad_settings_are_user_errors(digits):
     for bad in ({"epochs": 0}, {"batch_size": 1}, {"lr": float("nan")}, {"wd": -1.0}, {"schedule": "steps"}):
         with pytest.raises(UserError):
             train(data=digits, progress=False, **bad)
+    for lr in (0.0, -1.0, float("inf")):  # one wording for every learning rate that cannot train
+        with pytest.raises(UserError, match=re.escape(f"--lr must be a finite number > 0, got {lr}")):
+            train(data=digits, progress=False, lr=lr)
+    for momentum in (1.0, 1.5, -0.1, float("nan")):  # momentum 1 or more never forgets a step: it diverges
+        with pytest.raises(UserError, match=re.escape(f"--momentum must be in [0, 1), got {momentum}")):
+            train(data=digits, progress=False, momentum=momentum)
     with pytest.raises(UserError, match="unknown model"):
         train(data=digits, model="nosuch", progress=False)
     with pytest.raises(TypeError):
