@@ -415,6 +415,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         written = [f for part in parts for f in draw_simplex_figure(part, formats)]  # ESPRO: one per component
         if not written:
             print(f"{d}: no figure: a simplex of two vertices has no triangular face to draw", file=sys.stderr)
+    elif (d / "sweep.partial.npz").exists():
+        raise UserError(f"{d}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
+                        f"command with --resume, then plot")
     else:
         raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz or simplex.npz)")
     for f in written:
@@ -444,8 +447,11 @@ def cmd_swa(args: argparse.Namespace) -> int:
 
     if not args.from_ckpt and not args.model:
         args.model = "convnet"
+    if args.lr is not None and args.swa_start == 0:
+        raise UserError("--lr sets the rate before --swa-start; with --swa-start 0 the rate is --swa-lr "
+                        "throughout (leave --lr out, or give --swa-start)")
     result = run_swa(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
-                     lr=args.lr, swa_start=args.swa_start, swa_lr=args.swa_lr, swa_lr_max=args.swa_lr_max,
+                     lr=0.05 if args.lr is None else args.lr, swa_start=args.swa_start, swa_lr=args.swa_lr, swa_lr_max=args.swa_lr_max,
                      swa_schedule=args.schedule, cycle=args.cycle, keep_snapshots=args.keep_snapshots,
                      **_average_overrides(args))
     s = result.summary
@@ -785,9 +791,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", default="constant", help="constant or cyclic (after --swa-start)")
     g.add_argument("--cycle", type=int, default=1, help="epochs between averages / per cycle (default 1)")
     g.add_argument("--keep-snapshots", action="store_true", help="also save every averaged iterate")
+    g.add_argument("--lr", type=float, default=None,
+                   help="the rate before --swa-start, which then decays to --swa-lr (default 0.05); "
+                        "with --swa-start 0 it would be unused, and is refused")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
-    add_optim_args(p, epochs=10, schedule=False)
+    add_optim_args(p, epochs=10, lr=None, schedule=False)
     add_run_args(p)
     p.set_defaults(func=cmd_swa)
 
@@ -824,6 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write summary.json here")
     p.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="accepted as by every command (ensemble shows no progress)")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
     p.set_defaults(func=cmd_ensemble)

@@ -40,7 +40,7 @@ from .evaluate import evaluate_model, l2_penalty
 from .inputs import data_settings, network_of
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
-from .train import Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, run_training
+from .train import Diverged, Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, run_training
 from .weights import ParamSpace
 
 __all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "fge_learning_rate", "snapshot_learning_rate",
@@ -216,7 +216,8 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
     hooks = build(cfg, model, spec, data, out)
     task = Task(module=model, loss=hooks["loss"], save=hooks["save"], restore=hooks["restore"],
                 finish=hooks["finish"], epoch_eval=lambda: epoch_test_metrics(model, data, cfg.amp), weight_decay=cfg.wd, spec=spec, command=method,
-                kind="model", lr=hooks["lr"], end_epoch=hooks.get("end_epoch"), after_step=hooks.get("after_step"))
+                kind="model", lr=hooks["lr"], end_epoch=hooks.get("end_epoch"), after_step=hooks.get("after_step"),
+                lr_flag=_LR_FLAGS[method])
     seed_everything(cfg.seed)
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
                                     progress=progress, on_epoch_end=on_epoch_end, argv=argv)
@@ -288,7 +289,8 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
                 meta = {"method": "swa", "averaged": state["n"], "train_config": cfg.to_json(),
                         "dataset": data.describe()}
                 save_checkpoint(out / "swa.pt", swa.state_dict(), spec, meta=meta)
-                save_checkpoint(out / "sgd.pt", model.state_dict(), spec, meta=dict(meta, method="sgd"))
+                sgd_meta = {k: v for k, v in meta.items() if k != "averaged"}  # one iterate, nothing averaged
+                save_checkpoint(out / "sgd.pt", model.state_dict(), spec, meta=dict(sgd_meta, method="sgd"))
             return {"swa": swa_m, "sgd": sgd_m, "sgd_bn_recomputed": sgd_re, "averaged": state["n"],
                     **_common(cfg, data, spec),
                     "files": {"swa": "swa.pt", "sgd": "sgd.pt"}}
@@ -315,6 +317,10 @@ def _common(cfg: AverageConfig, data: Dataset, spec) -> dict[str, Any]:
             "notes": "train_loss = train NLL + 0.5 * wd * ||w||^2; errors in percent; eval mode, unaugmented data"}
 
 
+# The options that set each method's rates, named when its training diverges.
+_LR_FLAGS = {"swa": "--swa-lr (or --lr, before --swa-start)", "fge": "--lr-max", "snapshots": "--lr"}
+
+
 # ------------------------------------------------------------------ FGE and snapshot ensembles
 def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_epoch=None):
     """Hooks for FGE / snapshot ensembles: snapshots' test probabilities are
@@ -336,6 +342,9 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
         loss, save, restore = _model_hooks(model, spec, extra, load_extra)
 
         def snapshot(epoch: int, it: int | None = None) -> None:
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never a member, never saved
+                raise Diverged(f"the weights became non-finite in epoch {epoch + 1}, before snapshot "
+                               f"{len(state['members']) + 1}")
             probs = predict_probs(model, data)
             state["probs"] += probs.double()
             k = len(state["members"]) + 1

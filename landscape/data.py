@@ -564,9 +564,13 @@ _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 def _read_npz(path: Path) -> _Raw:
     if not path.is_file():
         raise UserError(f"--data-path {path} is not a file; npz expects an .npz file with {', '.join(_NPZ_KEYS)}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):  # np.load would call anything else a pickle
+        raise UserError(f"{path}: not an .npz file (it does not start as a zip archive does)")
     try:
         archive = np.load(path, allow_pickle=False)
-    except Exception as e:  # not a zip, not numpy, or pickled: one message for all
+    except Exception as e:  # a broken zip, not numpy, or pickled: one message for all
         raise UserError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
     if not hasattr(archive, "files"):
         raise UserError(f"{path}: holds a single array; expected an .npz archive with {', '.join(_NPZ_KEYS)}")
@@ -598,6 +602,9 @@ def _read_npz(path: Path) -> _Raw:
         if len(y) and int(y.max()) >= MAX_CLASSES:
             raise UserError(f"{path}: {key} has label {int(y.max())}: labels must be class ids 0..{MAX_CLASSES - 1}")
         top = max(top, int(y.max()) if len(y) else 0)
+    if len(y_te) and int(y_te.max()) > int(y_tr.max()):
+        raise UserError(f"{path}: y_test has label {int(y_te.max())} but y_train's labels stop at {int(y_tr.max())}: "
+                        f"a class the network would never be trained on")
     return _Raw(x_tr, y_tr, x_te, y_te, top + 1)
 
 

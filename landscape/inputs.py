@@ -15,7 +15,7 @@ from .data import Dataset
 from .device import resolve_device
 from .errors import UserError
 from .models import check_spec_fits
-from .train import TrainConfig, load_data
+from .train import TrainConfig, load_data, same_file
 from .weights import ParamSpace
 
 __all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "Points", "load_points"]
@@ -65,11 +65,24 @@ def check_same_data(ckpts: Sequence[Checkpoint], overrides: dict[str, Any] | Non
         if ck.model is None or first.model is None:
             continue  # foreign checkpoints record no data
         mine = data_settings(ck)
+        dataset = (overrides or {}).get("dataset") or ref.get("dataset")
         for key in DATA_FIELDS:
-            if key not in given and mine.get(key) != ref.get(key):
+            if key in given or not _applies(key, dataset):
+                continue
+            if mine.get(key) != ref.get(key) and not (key == "data_path" and same_file(mine.get(key), ref.get(key))):
                 raise UserError(f"{ck.path} was trained on other data than {first.path} ({key.replace('_', '-')} "
                                 f"{mine.get(key)} vs {ref.get(key)}); give the data options explicitly to use "
                                 f"the same data for both")
+
+
+def _applies(key: str, dataset: str | None) -> bool:
+    """Whether a data setting means anything for ``dataset``: digits and synthetic
+    data read no path; only synthetic data has a shape, classes and sizes."""
+    if key == "data_path":
+        return dataset not in ("digits", "synthetic")
+    if key.startswith("synthetic_"):
+        return dataset == "synthetic"
+    return True
 
 
 @dataclass
@@ -116,10 +129,19 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
         if bad:
             raise UserError(f"{ck.path}: {bad} infinite weights; refusing to use it")
     return Points(model=net.to(device), vectors=vectors, data=data, wd=float(stored.get("wd", 0.0)),
-                  labels=[_label(p) for p in paths], checkpoints=ckpts)
+                  labels=_labels(paths), checkpoints=ckpts)
 
 
 def _label(path: str | Path) -> str:
     """A short name for a checkpoint: its run folder for run/model.pt, else the file stem."""
     p = Path(path)
     return p.parent.name if p.stem in ("model", "last") and p.parent.name else p.stem
+
+
+def _labels(paths: Sequence[str | Path]) -> list[str]:
+    """Short names, told apart where they collide (fge/snapshot-001.pt and
+    snap/snapshot-001.pt: folder/stem; the path itself if that collides too)."""
+    labels = [_label(p) for p in paths]
+    for named in (lambda p: f"{Path(p).parent.name}/{Path(p).stem}", str):
+        labels = [named(p) if labels.count(label) > 1 else label for p, label in zip(paths, labels)]
+    return labels

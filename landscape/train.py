@@ -74,7 +74,8 @@ _RESUME_FREE = ("device", "save_every")
 _RESUME_PATHS = ("data_path", "start", "end", "from_ckpt")
 
 
-def _same_file(a: Any, b: Any) -> bool:
+def same_file(a: Any, b: Any) -> bool:
+    """Whether two settings name one existing file or folder (paths written differently)."""
     try:
         return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
     except OSError:
@@ -129,6 +130,11 @@ class TrainConfig:
     save_every: int = 0
     device: str = "auto"
     amp: bool = False
+
+    def __post_init__(self) -> None:
+        # Stored absolute, so that later commands run from another folder find the data.
+        if self.data_path:
+            self.data_path = str(Path(self.data_path).expanduser().absolute())
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -188,7 +194,7 @@ def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> Non
         if key in _RESUME_FREE:
             continue
         old = stored.get(key)
-        if old != value and not (key in _RESUME_PATHS and _same_file(old, value)):
+        if old != value and not (key in _RESUME_PATHS and same_file(old, value)):
             raise UserError(
                 f"{out} was started with {key}={old!r}, now {key}={value!r}; "
                 f"--resume needs the same settings (or choose another --out)"
@@ -288,6 +294,12 @@ updates (averaging, snapshots) and adds to its record.
     end_epoch: Callable[[int], dict[str, Any]] | None = None
     after_step: Callable[[int, int, int], None] | None = None
     sync_buffers: bool = True
+    lr_flag: str = "--lr"  # the option that sets the rate, named when training diverges
+
+
+class Diverged(Exception):
+    """Training met a non-finite loss or weights; ``run_training`` turns it into
+    a :class:`UserError` that says what is kept and what to change."""
 
 
 class _Objective(nn.Module):
@@ -409,6 +421,11 @@ def run_training(
                             err=f"{record['train_error']:.2f}%", test_err=f"{record.get('test_error', record.get('mid_test_error', float('nan'))):.2f}%")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
+    except Diverged as e:
+        kept = ("" if out is None else f"{out / 'last.pt'} holds epoch {epoch}; " if epoch > 0
+                else "no epoch finished; ")
+        raise UserError(f"training diverged: {e}; {kept}lower {task.lr_flag} and start again"
+                        + ("" if out is None else " with another --out")) from None
     finally:
         bar.close()
 
@@ -537,10 +554,7 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
     loss_sum, wrong, seen = sums.tolist()
     train_loss = loss_sum / max(seen, 1)
     if not math.isfinite(train_loss):
-        raise UserError(
-            f"training diverged: the loss became {train_loss} in epoch {epoch + 1} (lr {lr:g}); "
-            f"the last good epoch is kept (last.pt); lower --lr and start again with another --out"
-        )
+        raise Diverged(f"the loss became {train_loss} in epoch {epoch + 1} (lr {lr:g})")
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": 100.0 * wrong / max(seen, 1)}
 
 

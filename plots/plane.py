@@ -56,22 +56,27 @@ def _finite_range(clipped: np.ndarray) -> tuple[float, float] | None:
     return float(finite.min()), float(finite.max())
 
 
-def _effective_range(lo: float, hi: float, log_alpha: float) -> tuple[float, float]:
-    """A non-empty range, and a ``log_alpha`` below its log-span so levels increase.
+# The first level's offset must lie this far (in log) below the span, or the
+# lowest band would swallow most of the range (a simplex face of low loss).
+MIN_LOG_SPAN = 3.0
 
-    Constant data get a span of 1e-6 (relative to |lo| when larger). A span
-    not above ``exp(log_alpha)`` would give decreasing levels; it moves the
-    first level to ``exp(-5)`` of the span instead (the papers' ratio for
-    unit-scale losses). Otherwise ``log_alpha`` is kept as given."""
+
+def _effective_range(lo: float, hi: float, log_alpha: float) -> tuple[float, float]:
+    """A non-empty range, and a ``log_alpha`` far enough below its log-span.
+
+    Constant data get a span of 1e-6 (relative to |lo| when larger). When the
+    span is less than ``exp(MIN_LOG_SPAN)`` times ``exp(log_alpha)`` (a span
+    not above it would even give decreasing levels), the first level moves to
+    ``exp(-MIN_LOG_SPAN)`` (5%) of the span, so that the levels spread over
+    the values there are. Otherwise ``log_alpha`` is kept as given."""
     span = hi - lo
     if not span > 0:
         span = 1e-6 * max(1.0, abs(lo))
-    if np.log(span) <= log_alpha:
-        log_alpha = float(np.log(span)) - 5.0
+    log_alpha = min(log_alpha, float(np.log(span)) - MIN_LOG_SPAN)
     return lo + span, log_alpha
 
 
-def _levels(clipped: np.ndarray, log_alpha: float, n: int) -> tuple[np.ndarray, float]:
+def contour_levels(clipped: np.ndarray, log_alpha: float, n: int) -> tuple[np.ndarray, float]:
     """The levels of :func:`log_levels` and the ``log_alpha`` they used."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -94,7 +99,7 @@ def log_levels(values: np.ndarray, vmax: float | None = None, log_alpha: float =
     Returns ``n + 2`` strictly increasing levels. Degenerate data (constant, or
     no finite value) still give increasing levels (around 0 when nothing is
     finite)."""
-    return _levels(clip_values(values, vmax), log_alpha, n)[0]
+    return contour_levels(clip_values(values, vmax), log_alpha, n)[0]
 
 
 class LogOffsetNorm(mcolors.Normalize):
@@ -126,8 +131,18 @@ class LogOffsetNorm(mcolors.Normalize):
         return self.vmin + np.exp(self.log_alpha + value * self._log_span())
 
 
+def level_names(levels: np.ndarray) -> list[str]:
+    """Tick labels for contour levels: two significant digits, or as many more
+    (up to six) as it takes for no two labels to read the same."""
+    for digits in range(2, 7):
+        names = [f"{v:.{digits}g}" for v in levels]
+        if len(set(names)) == len(names):
+            break
+    return names
+
+
 def _level_labels(levels: np.ndarray) -> list[str]:
-    labels = [f"{v:.2g}" for v in levels[:-1]]
+    labels = level_names(levels[:-1])
     return labels + [f"> {labels[-1]}"]
 
 
@@ -168,7 +183,7 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
                 transform=ax.transAxes, ha="center", va="center", color="gray")
         return ax, None
 
-    lev, alpha_eff = _levels(clipped, log_alpha, levels)
+    lev, alpha_eff = contour_levels(clipped, log_alpha, levels)
     norm = LogOffsetNorm(lev[0], lev[-2], alpha_eff)
     z = np.ma.masked_invalid(clipped.T)  # contour wants z[row = y, column = x]
     filled = ax.contourf(x, y, z, levels=lev, cmap=cmap, norm=norm, alpha=0.55, zorder=0)

@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .plane import LogOffsetNorm, clip_values, log_levels
+from .plane import LogOffsetNorm, clip_values, contour_levels, level_names
 from .style import new_figure, save_figure
 
 __all__ = ["face_xy", "plot_face", "draw_simplex_figure"]
@@ -32,18 +32,20 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
     tri = mtri.Triangulation(xy[:, 0], xy[:, 1])
     clipped = clip_values(np.asarray(values, dtype=float), vmax)
     finite = clipped[np.isfinite(clipped)]
-    if finite.size and np.ptp(finite) > np.exp(log_alpha):
-        levels = log_levels(clipped, None, log_alpha)
-        norm = LogOffsetNorm(levels[0], levels[-2], log_alpha)
+    if finite.size:
+        # A face of low loss varies little: the levels then spread over the range there is.
+        levels, alpha_eff = contour_levels(clipped, log_alpha, 7)
+        norm = LogOffsetNorm(levels[0], levels[-2], alpha_eff)
         cs = ax.tricontourf(tri, clipped, levels=levels, cmap="jet_r", norm=norm, alpha=0.8)
-        ax.tricontour(tri, clipped, levels=levels[:-1], cmap="jet_r", norm=norm, linewidths=1.5)
+        if np.ptp(finite) > 0:
+            ax.tricontour(tri, clipped, levels=levels[:-1], cmap="jet_r", norm=norm, linewidths=1.5)
         bar = ax.figure.colorbar(cs, ax=ax, shrink=0.8, ticks=levels[:-1])
-        names = [f"{v:.2g}" for v in levels[:-1]]
+        names = level_names(levels[:-1])
         names[-1] = f"> {names[-1]}" if np.nanmax(np.asarray(values, dtype=float)) > levels[-2] else names[-1]
         bar.ax.set_yticklabels(names)
         bar.set_label(label)
     else:
-        ax.tricontourf(tri, clipped, cmap="jet_r")
+        ax.text(0.5, 0.4, "no finite values", ha="center", va="center", color="gray")
     ax.plot(*np.vstack([CORNERS, CORNERS[:1]]).T, color="black", lw=1)
     for (x, y), name in zip(CORNERS, labels):
         ax.scatter([x], [y], s=70, color="black", edgecolor="white", zorder=5)

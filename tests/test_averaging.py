@@ -221,3 +221,12 @@ def test_ensemble_of_checkpoints(tmp_path, digits, endpoint):
         evaluate_ensemble(paths[::-1], tmp_path / "ens", data_overrides={"dataset": "digits"})
     assert (tmp_path / "ens" / "summary.json").read_bytes() == stored
     assert {"test_error", "test_nll", "train_loss"} <= s["weight_average"].keys()
+
+
+def test_member_labels_are_told_apart_where_they_collide():
+    from landscape.inputs import _labels
+
+    assert _labels(["runs/a/model.pt", "runs/b/model.pt", "fge/snapshot-001.pt"]) == ["a", "b", "snapshot-001"]
+    assert _labels(["fge/snapshot-001.pt", "snap/snapshot-001.pt", "runs/a/model.pt", "x/a.pt"]) == [
+        "fge/snapshot-001", "snap/snapshot-001", "a/model", "x/a"]
+    assert _labels(["r1/x/m.pt", "r2/x/m.pt"]) == ["r1/x/m.pt", "r2/x/m.pt"]

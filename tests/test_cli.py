@@ -358,3 +358,25 @@ def test_ctrl_c_advises_resume_only_where_the_command_has_it(capsys, monkeypatch
         monkeypatch.setattr(args, "func", interrupted)
         assert cli._run_command(args) == 130
         assert _one_line_error(capsys.readouterr().err) == f"landscape: interrupted; files written so far are kept{hint}"
+
+
+def test_swa_refuses_an_lr_it_would_not_use(tmp_path, capsys, endpoints):
+    """--lr is the rate before --swa-start: with --swa-start 0 (the default) it
+    was silently ignored, yet recorded in config.json."""
+    code, _, err = run(capsys, "swa", "--from", endpoints[0], "--epochs", 1, "--lr", 5, "--out", tmp_path / "s")
+    assert code == 2 and _one_line_error(err) == (
+        "landscape: error: --lr sets the rate before --swa-start; with --swa-start 0 the rate is --swa-lr "
+        "throughout (leave --lr out, or give --swa-start)")
+    assert not (tmp_path / "s").exists()
+
+
+def test_plot_of_an_unfinished_sweep_says_how_to_finish_it(tmp_path, capsys):
+    (tmp_path / "sweep.partial.npz").write_bytes(b"")
+    code, _, err = run(capsys, "plot", tmp_path)
+    assert code == 2 and _one_line_error(err) == (
+        f"landscape: error: {tmp_path}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning "
+        f"its command with --resume, then plot")
+    (tmp_path / "sweep.partial.npz").unlink()
+    code, _, err = run(capsys, "plot", tmp_path)
+    assert code == 2 and _one_line_error(err).endswith("no stored results to draw (expected curve.npz, plane.npz, "
+                                                        "rays.npz or simplex.npz)")

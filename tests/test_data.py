@@ -327,9 +327,9 @@ def test_npz_feature_vectors_float(tmp_path):
     x_train = rng.normal(3.0, 2.0, (30, 7))
     x_test = rng.normal(3.0, 2.0, (10, 7))
     path = tmp_path / "f.npz"
-    np.savez(path, x_train=x_train, y_train=np.arange(30) % 3, x_test=x_test, y_test=np.full(10, 5))
+    np.savez(path, x_train=x_train, y_train=np.arange(30) % 6, x_test=x_test, y_test=np.full(10, 2))
     data = load_dataset("npz", str(path))
-    assert data.input_shape == (7,) and data.num_classes == 6  # max label over both splits + 1
+    assert data.input_shape == (7,) and data.num_classes == 6  # max label + 1
     assert len(data.mean) == 1 and abs(data.mean[0] - x_train.mean()) < 1e-6
     assert abs(data.std[0] - x_train.std()) < 1e-6
     assert torch.allclose(unnormalise(data, data.x_test), torch.from_numpy(x_test).float(), atol=1e-5)
@@ -358,11 +358,15 @@ def test_npz_bad_inputs(tmp_path):
                         (dict(y_train=np.array([0, 1, 2, 10**12])), "y_train has label 1000000000000: labels must be"),
                         (dict(y_test=np.array([0, 10**6])), "y_test has label 1000000: labels must be"),
                         (dict(x_test=np.zeros((0, 3)), y_test=np.zeros(0, dtype=int)), "the npz test split is empty"),
+                        (dict(y_test=np.array([0, 4])), "y_test has label 4 but y_train's labels stop at 3"),
                         (dict(x_train=np.zeros((1, 3)), y_train=np.array([0]), y_test=np.array([0, 0])),
                          "the npz training split has 1 sample; at least 2 are needed")):
         np.savez(path, **{**good, **arrays})
         with pytest.raises(UserError, match=re.escape(msg)):
             load_dataset("npz", str(path))
+    path.write_text("not a zip file at all\n")  # np.load would call it a pickle
+    with pytest.raises(UserError, match=re.escape("bad.npz: not an .npz file (it does not start as a zip")):
+        load_dataset("npz", str(path))
     np.savez(path, **good)
     with pytest.raises(UserError, match=re.escape("the npz training split has 1 sample after --val-size")):
         load_dataset("npz", str(path), val_size=3)

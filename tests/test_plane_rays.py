@@ -676,6 +676,12 @@ def test_checkpoints_trained_on_other_data_are_not_mixed_silently(tmp_path, caps
     assert code == 2 and "was trained on other data" in one_line(err) and not (tmp_path / "c").exists()
     code, _, err = run_cli(capsys, "ensemble", A, other, "--val-size", 0)
     assert code == 0, err
+    # A setting that means nothing for the data used (a path, for digits) is no difference.
+    meta = dict(ck.meta, train_config=dict(ck.meta["train_config"], data_path=str(tmp_path / "elsewhere.npz")))
+    pathed = tmp_path / "pathed.pt"
+    save_checkpoint(pathed, ck.state_dict, ck.model, meta=meta)
+    code, _, err = run_cli(capsys, "ensemble", A, pathed, "--dataset", "digits")
+    assert code == 0, err
 
 
 def test_the_engine_refuses_a_non_finite_anchor_or_coefficient(data, endpoints):

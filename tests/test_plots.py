@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from plots.plane import LogOffsetNorm, clip_values, draw_plane_figures, log_levels, plot_plane, plot_plane_points
+from plots.plane import LogOffsetNorm, clip_values, draw_plane_figures, level_names, log_levels, plot_plane, plot_plane_points
 from plots.rays import draw_rays_figures, plot_rays, shared_limits
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF"}
@@ -145,6 +145,34 @@ def test_clip_values_caps_at_vmax_and_keeps_nan():
 def test_log_levels_increase_on_degenerate_data(values):
     levels = log_levels(values, vmax=5.0)
     assert np.all(np.isfinite(levels)) and np.all(np.diff(levels) > 0)
+
+
+def test_levels_spread_over_a_small_range_and_their_labels_differ():
+    """A simplex face of low loss (0.159 to 0.169): exp(-5) above the minimum
+    put three quarters of the range in the first band, and every tick read 0.17."""
+    values = np.linspace(0.159, 0.169, 50)
+    levels = log_levels(values, vmax=5.0)
+    assert np.sum(levels[1:-2] < 0.164) >= 3  # all were above 0.1657: the first band held two thirds
+    assert levels[0] == 0.159 and levels[-2] == pytest.approx(0.169)
+    names = level_names(levels[:-1])
+    assert len(set(names)) == len(names) and names[0] == "0.159"
+    assert level_names(np.array([0.2, 1.0, 3.0])) == ["0.2", "1", "3"]  # two digits where they suffice
+
+
+def test_a_face_of_little_variation_gets_spread_levels_and_both_colorbars():
+    from plots.simplex import plot_face
+    from plots.style import new_figure
+    from curves.simplex import face_grid
+
+    bary = face_grid(5).numpy()
+    fig, (a, b) = new_figure(1, 2)
+    plot_face(a, bary, 0.159 + 0.01 * bary[:, 0], ["v0", "v1", "v2"], vmax=5.0, label="train loss")
+    plot_face(b, bary, 1.67 + 0.27 * bary[:, 1], ["v0", "v1", "v2"], vmax=50.0, log_alpha=-1.0, label="test error")
+    bars = [ax for ax in fig.axes if ax not in (a, b)]
+    assert len(bars) == 2
+    for bar in bars:
+        names = [t.get_text() for t in bar.get_yticklabels()]
+        assert len(names) == 8 and len(set(names)) == 8, names
 
 
 def test_norm_is_logarithmic_above_the_minimum():

@@ -128,3 +128,10 @@ def test_bad_settings_are_user_errors(digits):
         train(data=digits, model="nosuch", progress=False)
     with pytest.raises(TypeError):
         TrainConfig(nosuch=1)
+
+
+def test_a_relative_data_path_is_stored_absolute(tmp_path, monkeypatch):
+    """Later commands, run from another folder, read the path from the checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    assert TrainConfig(dataset="npz", data_path="data/d.npz").data_path == str(tmp_path / "data" / "d.npz")
+    assert TrainConfig().data_path is None
