@@ -328,7 +328,9 @@ def cmd_plane(args: argparse.Namespace) -> int:
           f"y in [{s['y_range'][0]:.2f}, {s['y_range'][1]:.2f}]")
     print(f"{'point':<12}{'x':>9}{'y':>9}{'train loss':>12}{f'{split} err %':>12}")
     for p in s["anchors"] + s["marks"]:
-        print(f"{p['label']:<12}{p['x']:>9.2f}{p['y']:>9.2f}{p['train_loss']:>12.4f}{p['test_error']:>12.2f}")
+        off = p.get("distance_from_plane")
+        print(f"{p['label']:<12}{p['x']:>9.2f}{p['y']:>9.2f}{p['train_loss']:>12.4f}{p['test_error']:>12.2f}"
+              + (f"   (itself; {off:.2f} from the plane)" if off is not None else ""))
     lo = s["grid_min"]["train_loss"]
     print(f"grid: train loss from {lo['value']:.4f} (at {lo['x']:.2f}, {lo['y']:.2f}) to {s['grid_max']['train_loss']:.4f}"
           + ("   [synthetic data]" if s.get("synthetic") else ""))

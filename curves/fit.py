@@ -114,13 +114,16 @@ class CurveResult:
     out: Path | None
 
 
-def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data: Dataset) -> tuple[nn.Module, dict]:
-    """Build the architecture of the endpoints and check both fit it, by name."""
+def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data: Dataset,
+                    user_named: bool = False) -> tuple[nn.Module, dict]:
+    """Build the architecture of the endpoints and check both fit it, by name.
+    ``user_named``: the user named the network (``--model``), so a factory the
+    checkpoint names is theirs to trust."""
     if start.model is not None:
         spec = {"name": start.model["name"], "kwargs": dict(start.model["kwargs"])}
     else:
         spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
-    model = from_spec(spec, trusted=start.model is None, source=start.path)
+    model = from_spec(spec, trusted=start.model is None or user_named, source=start.path)
     name = f"model '{spec['name']}' of {start.path}"
     check_state_dict(model, start.state_dict, str(start.path), name)
     check_state_dict(model, end.state_dict, str(end.path), name)
@@ -154,6 +157,7 @@ def fit_curve(
     metrics.
     """
     start_ckpt, end_ckpt = require_network(load_checkpoint(start)), require_network(load_checkpoint(end))
+    user_named = overrides.get("model") is not None  # before the checkpoint's own name joins the overrides
     if start_ckpt.model is not None:  # the architecture is the start endpoint's, and the config records it
         overrides = dict(overrides, **network_of(start_ckpt, overrides.get("model"), overrides.get("model_kwargs")))
     given = {f.name for f in fields(ConnectConfig)} & set(overrides)
@@ -173,7 +177,7 @@ def fit_curve(
         return CurveResult(loaded.curve, loaded.model, summary, read_jsonl(out / "metrics.jsonl"), out)
     data = load_data(cfg, device) if data is None else data.to(device)
 
-    template, spec = _endpoint_model(start_ckpt, end_ckpt, cfg, data)
+    template, spec = _endpoint_model(start_ckpt, end_ckpt, cfg, data, user_named=user_named)
     space = ParamSpace.of(template)
     seed_everything(cfg.seed)
     curve = create_curve(cfg.curve, space, space.flatten(start_ckpt.state_dict, source=str(start)),

@@ -161,13 +161,15 @@ def predict_probs(model: nn.Module, data: Dataset, split: str = "test", batch_si
         return torch.cat([F.softmax(model(x).float(), dim=-1) for x, _ in data.batches(split, batch_size)])
 
 
-def _start_model(cfg: AverageConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
-    """The network to continue from (``from_ckpt``) or a fresh one (from scratch)."""
+def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The network to continue from (``from_ckpt``) or a fresh one (from scratch).
+    ``user_named``: the user named the network (``--model``), so a factory the
+    checkpoint names is theirs to trust."""
     if cfg.from_ckpt:
         ckpt = require_network(load_checkpoint(cfg.from_ckpt))
         if ckpt.model is not None:
             spec = {"name": ckpt.model["name"], "kwargs": dict(ckpt.model["kwargs"])}
-            model = load_model(ckpt)
+            model = load_model(ckpt, spec["name"] if user_named else None)
         else:
             spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
             model = load_model(ckpt, cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
@@ -211,7 +213,7 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
         final = out / ("swa.pt" if method == "swa" else "model.pt")
         return AverageResult(load_model(final), load_model(out / "model.pt"), summary, metrics, out)
     data = load_data(cfg, device) if data is None else data.to(device)
-    model, spec = _start_model(cfg, data)
+    model, spec = _start_model(cfg, data, user_named=overrides.get("model") is not None)
     model.to(device)
     hooks = build(cfg, model, spec, data, out)
     task = Task(module=model, loss=hooks["loss"], save=hooks["save"], restore=hooks["restore"],

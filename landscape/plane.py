@@ -63,7 +63,9 @@ def evaluate_plane(
     axis towards the second, y towards the third.
 
     ``path`` (M, P) is projected and stored (e.g. a curve's points), ``marks``
-    are further points projected and evaluated (e.g. an SWA average). Every
+    are further points (e.g. an SWA average), drawn at their projections onto
+    the plane and evaluated as they are (the summary gives each one's
+    distance from the plane). Every
     grid point gets train loss (NLL + wd/2 ||w||^2), train NLL, train error,
     test NLL and test error with batch norm re-estimated. With ``out`` the
     sweep is resumable (``resume=True``) and the result is written there.
@@ -92,10 +94,16 @@ def evaluate_plane(
     mark_xy = project(basis, torch.stack(mark_vecs)) if mark_vecs else np.zeros((0, 2))
     x, y = plane_grid(np.concatenate([anchor_xy, path_xy, mark_xy]), grid, margin, xrange, yrange)
 
-    # Grid points, then the anchors and the marks themselves (exact values for the summary).
+    # Grid points, then the anchors (in the plane), then the marks themselves: a mark
+    # off the plane is drawn at its projection, but its values are the network's own.
     W = basis.anchors().to(data.device)  # (3, P): origin, u, v
-    extra = np.concatenate([np.ones((3 + len(mark_vecs), 1)), np.concatenate([anchor_xy, mark_xy])], axis=1)
-    coeffs = np.concatenate([plane_coefficients(x, y), extra])
+    k = len(mark_vecs)
+    mark_distance = [float((m - W[0] - float(xy[0]) * W[1] - float(xy[1]) * W[2]).norm())
+                     for m, xy in zip(mark_vecs, mark_xy)]
+    if k:
+        W = torch.cat([W, torch.stack(mark_vecs).to(W.dtype)])  # (3 + k, P)
+    in_plane = np.concatenate([plane_coefficients(x, y), np.concatenate([np.ones((3, 1)), anchor_xy], axis=1)])
+    coeffs = np.block([[in_plane, np.zeros((len(in_plane), k))], [np.zeros((k, 3)), np.eye(k)]])
     run_config = dict(config or {}, command="plane", grid=grid, margin=margin, xrange=list(x[[0, -1]]),
                       yrange=list(y[[0, -1]]), wd=wd, batch_size=batch_size, bn_batches=bn_batches,
                       bn_stats=bn_stats, precision=precision, dataset=data.describe())
@@ -113,12 +121,13 @@ def evaluate_plane(
     for m in METRICS:
         arrays[m] = values[m][:g2].reshape(grid, grid)
     exact = {m: values[m][g2:] for m in METRICS}
-    summary = _plane_summary(arrays, exact, list(labels), list(mark_labels), path_label, data, wd, grid)
+    summary = _plane_summary(arrays, exact, list(labels), list(mark_labels), mark_distance, path_label, data, wd,
+                             grid)
     finish_result(out, "plane.npz", arrays, summary, request)
     return PlaneResult(arrays=arrays, summary=summary, out=out)
 
 
-def _plane_summary(arrays, exact, labels, mark_labels, path_label, data, wd, grid) -> dict[str, Any]:
+def _plane_summary(arrays, exact, labels, mark_labels, mark_distance, path_label, data, wd, grid) -> dict[str, Any]:
     def point(values_at: dict[str, np.ndarray], i: int) -> dict[str, float]:
         return {m: float(values_at[m][i]) for m in METRICS}
 
@@ -136,7 +145,8 @@ def _plane_summary(arrays, exact, labels, mark_labels, path_label, data, wd, gri
                          **point(exact, k)) for k, lab in enumerate(labels)],
         "mark_labels": mark_labels,
         "marks": [dict(label=lab, x=float(arrays["mark_xy"][k, 0]), y=float(arrays["mark_xy"][k, 1]),
-                       **point(exact, n_anchor + k)) for k, lab in enumerate(mark_labels)],
+                       distance_from_plane=mark_distance[k], **point(exact, n_anchor + k))
+                  for k, lab in enumerate(mark_labels)],
         "path_label": path_label,
         "grid_min": minima,
         "grid_max": {m: float(np.nanmax(arrays[m])) for m in ("train_loss", "test_error")},

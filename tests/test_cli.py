@@ -380,3 +380,24 @@ def test_plot_of_an_unfinished_sweep_says_how_to_finish_it(tmp_path, capsys):
     code, _, err = run(capsys, "plot", tmp_path)
     assert code == 2 and _one_line_error(err).endswith("no stored results to draw (expected curve.npz, plane.npz, "
                                                         "rays.npz or simplex.npz)")
+
+
+def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, endpoints):
+    """The README's second way to trust your own factory: --model package.module:factory.
+    connect and swa refused it unless LANDSCAPE_TRUSTED_FACTORIES was set."""
+    from landscape.checkpoint import load_checkpoint, save_checkpoint
+
+    factory = "landscape.models.simple:convnet"
+    mine = []
+    for i, path in enumerate(endpoints):
+        ck = load_checkpoint(path)
+        mine.append(tmp_path / f"mine{i}.pt")
+        save_checkpoint(mine[-1], ck.state_dict, dict(ck.model, name=factory), meta=ck.meta)
+    connect = ["connect", "--start", mine[0], "--end", mine[1], "--epochs", 1, "--quiet"]
+    code, _, err = run(capsys, *connect, "--out", tmp_path / "refused")
+    assert code == 2 and "set LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple" in _one_line_error(err)
+    code, _, err = run(capsys, *connect, "--model", factory, "--out", tmp_path / "c")
+    assert code == 0, err
+    code, _, err = run(capsys, "swa", "--from", mine[0], "--epochs", 1, "--model", factory, "--quiet",
+                       "--out", tmp_path / "s")
+    assert code == 0, err

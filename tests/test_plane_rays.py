@@ -295,6 +295,29 @@ def test_plane_weight_decay_term_is_the_hand_quadratic_for_a_linear_model():
     np.testing.assert_allclose(arrays["train_loss"] - arrays["train_nll"], 0.5 * wd * (points ** 2).sum(-1), rtol=1e-6)
 
 
+def test_a_mark_off_the_plane_is_drawn_at_its_projection_and_evaluated_as_itself():
+    """plane --mark D printed D's projection's values under D's name; now D's own, and its distance."""
+    g = torch.Generator().manual_seed(6)
+    data = Dataset(name="t", x_train=torch.randn(40, 4, generator=g), y_train=torch.randint(0, 3, (40,), generator=g),
+                   x_test=torch.randn(20, 4, generator=g), y_test=torch.randint(0, 3, (20,), generator=g),
+                   num_classes=3, mean=(0.0,), std=(1.0,))
+    model = nn.Linear(4, 3)
+    P = ParamSpace.of(model).numel
+    a, b, c, m = (torch.randn(P, generator=g, dtype=torch.float64) for _ in range(4))
+    result = evaluate_plane(model, [a, b, c], data, grid=3, wd=0.1, marks=[m], mark_labels=["D"])
+    mark = result.summary["marks"][0]
+    own = evaluate_points(model, [m], [[1.0]], data, wd=0.1)
+    for key in METRICS:
+        assert mark[key] == pytest.approx(float(own[key][0]), rel=1e-6), key
+    u = (b - a) / (b - a).norm()  # Gram-Schmidt by hand
+    v = (c - a) - ((c - a) @ u) * u
+    v = v / v.norm()
+    d = m - a
+    assert (mark["x"], mark["y"]) == (pytest.approx(float(d @ u)), pytest.approx(float(d @ v)))
+    assert mark["distance_from_plane"] == pytest.approx(float((d - (d @ u) * u - (d @ v) * v).norm()), rel=1e-6)
+    np.testing.assert_allclose(result.arrays["mark_xy"], [[mark["x"], mark["y"]]])
+
+
 # -------------------------------------------------------- 4. filter_normalize
 def test_filter_normalize_gives_each_filter_the_centres_norm_and_zeroes_1d_parameters():
     model = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4)
