@@ -528,7 +528,9 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
     gen = torch.Generator(device=device)  # batch order and augmentation: the same on every rank
     gen.manual_seed(_epoch_seed(cfg.seed, epoch))
     task.module.train()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * samples, wrong, samples
+    # loss * samples, wrong, samples, NLL * samples, the optimiser's weight-decay term * samples
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    decayed = [p for p in task.module.parameters() if p.requires_grad] if task.weight_decay else []
     for it, (x, y) in enumerate(data.train_batches(cfg.batch_size, gen, shard=(rank, world))):
         if task.lr is not None:
             lr = task.lr(epoch, it, steps)
@@ -536,6 +538,13 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
                 group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             loss, logits = forward(x, y)  # logits (..., B, classes)
+        with torch.no_grad():  # the record's terms, at the weights this step's loss saw
+            flat = logits.detach().float().reshape(-1, logits.shape[-1])
+            per = flat.shape[0] // y.numel()  # points per sample (connect, simplex: K)
+            sums[3] += F.cross_entropy(flat, y.repeat(per), reduction="sum").double() / per
+            if decayed:
+                norms = torch.stack(torch._foreach_norm([p.detach() for p in decayed])).double()
+                sums[4] += 0.5 * task.weight_decay * norms.pow(2).sum() * y.numel()
         optimizer.zero_grad(set_to_none=True)
         batch = min(cfg.batch_size, n - it * cfg.batch_size)  # the global batch of this step
         if len(y) * world != batch:  # uneven slices of a last batch: weight DDP's mean by samples
@@ -551,11 +560,13 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
         bar.update(1)
     if world > 1:
         dist.all_reduce(sums)
-    loss_sum, wrong, seen = sums.tolist()
-    train_loss = loss_sum / max(seen, 1)
+    loss_sum, wrong, seen, nll_sum, decay_sum = sums.tolist()
+    seen = max(seen, 1)
+    train_loss = (loss_sum + decay_sum) / seen
     if not math.isfinite(train_loss):
         raise Diverged(f"the loss became {train_loss} in epoch {epoch + 1} (lr {lr:g})")
-    return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": 100.0 * wrong / max(seen, 1)}
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_nll": nll_sum / seen,
+            "train_error": 100.0 * wrong / seen}
 
 
 def epoch_test_metrics(model: nn.Module, data: Dataset, amp: bool = False) -> dict[str, float]:

@@ -292,6 +292,8 @@ def test_arclength_objective_on_a_straight_curve_equals_the_uniform_one(narrow, 
     arc = fit_curve(narrow["a"], narrow["b"], None, objective="arclength", **kw)
     for r in uniform.metrics + arc.metrics:
         assert math.isfinite(r["train_loss"])
+    for r in uniform.metrics:  # the objective has the weight-decay term at phi(t); train_nll is the NLL alone
+        assert r["train_loss"] > r["train_nll"] > 0
     assert arc.metrics[0]["train_loss"] == pytest.approx(uniform.metrics[0]["train_loss"], rel=1e-5)
     # after a step the weights are no longer one, and the two objectives part
     assert not torch.equal(arc.curve.anchors(), uniform.curve.anchors())

@@ -90,6 +90,21 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, digits):
         train(out=tmp_path / "cut", resume=True, **{**kw, "lr": 0.1})
 
 
+def test_epoch_records_train_loss_is_the_nll_plus_the_weight_decay_term(tmp_path, digits):
+    """As summary.json defines it (there on the whole set in eval mode; here the
+    minibatch mean). With one batch per epoch, epoch 2's terms are those of the
+    weights epoch 1 ended with: checkpoint-001.pt, in train mode."""
+    wd = 0.01
+    train(out=tmp_path / "run", data=digits, epochs=2, batch_size=2000, wd=wd, save_every=1, seed=2,
+          progress=False, model_kwargs={"width": 8})
+    second = read_jsonl(tmp_path / "run" / "metrics.jsonl")[1]
+    net = load_model(tmp_path / "run" / "checkpoint-001.pt").train()
+    with torch.no_grad():
+        nll = float(torch.nn.functional.cross_entropy(net(digits.x_train), digits.y_train))
+    assert second["train_nll"] == pytest.approx(nll, rel=1e-5)
+    assert second["train_loss"] - second["train_nll"] == pytest.approx(l2_penalty(net, wd), rel=1e-5)
+
+
 def test_seeded_runs_are_reproducible_and_seeds_differ(digits):
     kw = dict(data=digits, epochs=1, progress=False, model_kwargs={"width": 8})
     a = train(seed=5, **kw).model.state_dict()
