@@ -274,6 +274,21 @@ def _marks(paths, model, space, device):
     return vectors, labels
 
 
+def _eval_wd(args: argparse.Namespace, pts) -> float:
+    """The weight decay of the reported train loss: --wd, else the first
+    checkpoint's; a foreign checkpoint records none, and the user is told."""
+    if args.wd is not None:
+        return args.wd
+    first = pts.checkpoints[0]
+    if ((first.meta or {}).get("train_config") or {}).get("wd") is None:
+        from landscape.sweep import is_main
+
+        if is_main():
+            print(f"note: {first.path} records no weight decay; train loss is reported without it (give --wd)",
+                  file=sys.stderr)
+    return pts.wd
+
+
 def cmd_plane(args: argparse.Namespace) -> int:
     import torch
 
@@ -294,9 +309,12 @@ def cmd_plane(args: argparse.Namespace) -> int:
         stored = loaded.meta.get("train_config") or {}
         data = resolve_data(stored, _data_overrides(args), device)
         check_spec_fits(loaded.spec, data.num_classes, data.input_shape, args.ckpt, f"dataset '{data.name}'")
-        model, wd = loaded.model, float(stored.get("wd", 0.0))
+        model, wd = loaded.model, float(stored.get("wd", 0.0)) if args.wd is None else args.wd
         with torch.no_grad():
             W = loaded.curve.anchors().detach()
+            if W.shape[0] < 3:
+                raise UserError(f"{args.ckpt} is a curve without bends (a straight segment), which spans no plane; "
+                                f"use --points A.pt B.pt C.pt with a third network")
             mid = round((W.shape[0] - 1) / 2)  # the bend nearest the middle
             points, labels = [W[0], W[-1], W[mid]], ["start", "end", f"bend {mid}" if W.shape[0] > 3 else "bend"]
             path = loaded.curve.points(torch.linspace(0, 1, 61, dtype=torch.float64, device=W.device))
@@ -304,13 +322,13 @@ def cmd_plane(args: argparse.Namespace) -> int:
     else:
         pts = load_points(args.points, model=args.model, model_kwargs=dict(args.model_kwargs),
                           data_overrides=_data_overrides(args), device=device)
-        model, points, labels, data, wd = pts.model, pts.vectors, pts.labels, pts.data, pts.wd
+        model, points, labels, data, wd = pts.model, pts.vectors, pts.labels, pts.data, _eval_wd(args, pts)
         if len(points) != 3:
             raise UserError(f"--points needs three checkpoints, got {len(points)}")
     marks, mark_labels = _marks(args.mark, model, ParamSpace.of(model), device)
     result = evaluate_plane(model, points, data, args.out, labels=labels, path=path, path_label=path_label,
                             marks=marks, mark_labels=mark_labels, grid=args.grid, margin=args.margin,
-                            xrange=args.xrange, yrange=args.yrange, wd=wd if args.wd is None else args.wd,
+                            xrange=args.xrange, yrange=args.yrange, wd=wd,
                             batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
                             points_per_pass=args.points_per_pass, precision=args.precision, resume=args.resume,
                             progress=_progress(args) is not False and sys.stderr.isatty(),
@@ -351,7 +369,7 @@ def cmd_rays(args: argparse.Namespace) -> int:
     evaluate_rays(pts.model, pts.vectors, pts.data, args.out, labels=pts.labels,
                            paths=[str(p) for p in paths], directions=args.directions, distance=args.distance,
                            steps=args.steps, normalize=args.normalize, line=args.line, rise=args.rise,
-                           seed=args.seed, wd=pts.wd if args.wd is None else args.wd, batch_size=args.batch_size,
+                           seed=args.seed, wd=_eval_wd(args, pts), batch_size=args.batch_size,
                            bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass,
                            precision=args.precision, resume=args.resume,
                            progress=_progress(args) is not False and sys.stderr.isatty(),
@@ -369,8 +387,10 @@ def _report_rays(args: argparse.Namespace) -> int:
     s = read_json(args.out / "summary.json")
     split = s.get("eval_split", "test")
 
-    def fmt(v, spec):
-        return format(v, spec) if v is not None else f"> {s['distance']:.3g}".rjust(len(format(0.0, spec)))
+    def fmt(v, spec, undefined=None):
+        # A width beyond the rays' reach is "> distance"; a ratio of such widths is undefined.
+        shown = undefined if undefined is not None else f"> {s['distance']:.3g}"
+        return format(v, spec) if v is not None else shown.rjust(len(format(0.0, spec)))
 
     print(f"{s['directions']} {s['normalize']} rays to distance {s['distance']:.3g}, width at a train-loss rise "
           f"of {s['rise']:g}")
@@ -379,7 +399,7 @@ def _report_rays(args: argparse.Namespace) -> int:
     for c in s["centers"]:
         print(f"{c['label']:<14}{c['center_train_loss']:>12.4f}{c['center_test_error']:>12.2f}"
               f"{fmt(c['median_width'], '>14.3f')}{fmt(c['median_full_width'], '>12.3f')}"
-              f"{fmt(c['median_asymmetry'], '>11.2f')}")
+              f"{fmt(c['median_asymmetry'], '>11.2f', 'n/a')}")
     if "line" in s:
         ln = s["line"]
         if "between_train_loss_max" in ln:
@@ -394,6 +414,8 @@ def _report_rays(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     d = args.result_dir
+    if d.is_file():
+        raise UserError(f"{d} is a file; plot takes the result folder that holds it ({d.parent})")
     if not d.is_dir():
         raise UserError(f"{d}: no such result folder")
     formats = tuple(args.format)
@@ -527,7 +549,7 @@ def cmd_width(args: argparse.Namespace) -> int:
     evaluate_rays(pts.model, pts.vectors, pts.data, args.out, labels=["SWA", "SGD"],
                   paths=[str(args.swa), str(args.sgd)], directions=args.directions, distance=args.distance,
                   steps=args.steps, normalize=args.normalize, line=True, rise=args.rise, seed=args.seed,
-                  wd=pts.wd if args.wd is None else args.wd, batch_size=args.batch_size,
+                  wd=_eval_wd(args, pts), batch_size=args.batch_size,
                   bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass, precision=args.precision,
                   resume=args.resume, progress=_progress(args) is not False and sys.stderr.isatty(),
                   config={"argv": sys.argv})

@@ -14,7 +14,7 @@ from .data import DATASETS, Dataset, load_dataset  # noqa: E402
 from .device import resolve_device, seed_everything  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .evaluate import evaluate_model  # noqa: E402
-from .models import create_model, list_models  # noqa: E402
+from .models import create_model, list_models, register_model  # noqa: E402
 from .train import TrainConfig, TrainResult, train  # noqa: E402
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_model",
+    "register_model",
     "resolve_device",
     "save_checkpoint",
     "seed_everything",

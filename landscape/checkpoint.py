@@ -288,6 +288,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         # what torch's legacy (non-zip) reader raises on text and other garbage
         raise UserError(f"{path}: not a readable torch checkpoint (not a file torch.save wrote)") from None
 
+    stamp = obj.get("format") if isinstance(obj, Mapping) else None
+    if isinstance(stamp, str) and stamp.startswith("landscape/") and stamp != FORMAT:
+        raise UserError(f"{path}: written by another version of landscape (format {stamp}; this one reads {FORMAT})")
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         sd = obj.get("state_dict")
         if not _is_state_dict(sd):

@@ -161,6 +161,11 @@ def test_missing_corrupt_and_weightless_files(tmp_path):
         load_checkpoint(tmp_path / "noweights.pt")
     with pytest.raises(UserError, match="folder"):
         load_checkpoint(tmp_path)
+    # A later format is not mistaken for a foreign checkpoint.
+    torch.save({"format": "landscape/9", "state_dict": _net().state_dict()}, tmp_path / "later.pt")
+    with pytest.raises(UserError, match=r"later.pt: written by another version of landscape \(format landscape/9; "
+                                        r"this one reads landscape/1\)$"):
+        load_checkpoint(tmp_path / "later.pt")
 
 
 def test_nan_weights_are_refused_naming_the_file_and_key(tmp_path):

@@ -376,6 +376,9 @@ def test_plot_of_an_unfinished_sweep_says_how_to_finish_it(tmp_path, capsys):
     assert code == 2 and _one_line_error(err) == (
         f"landscape: error: {tmp_path}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning "
         f"its command with --resume, then plot")
+    code, _, err = run(capsys, "plot", tmp_path / "sweep.partial.npz")
+    assert code == 2 and _one_line_error(err) == (f"landscape: error: {tmp_path / 'sweep.partial.npz'} is a file; "
+                                                  f"plot takes the result folder that holds it ({tmp_path})")
     (tmp_path / "sweep.partial.npz").unlink()
     code, _, err = run(capsys, "plot", tmp_path)
     assert code == 2 and _one_line_error(err).endswith("no stored results to draw (expected curve.npz, plane.npz, "
@@ -401,3 +404,40 @@ def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, end
     code, _, err = run(capsys, "swa", "--from", mine[0], "--epochs", 1, "--model", factory, "--quiet",
                        "--out", tmp_path / "s")
     assert code == 0, err
+
+
+def test_the_rays_table_shows_undefined_asymmetry_as_n_a(tmp_path, capsys):
+    """Widths beyond the rays' reach print as "> distance"; their ratio is undefined, not a distance."""
+    import argparse
+
+    from tests.test_plots import write_rays
+
+    folder = write_rays(tmp_path / "r", line=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary.update(directions=6, distance=2.0)
+    for c, (width, asym) in zip(summary["centers"], ((None, None), (1.5, 0.25))):
+        c.update(center_train_loss=0.1, center_test_error=1.0, median_width=width, median_full_width=width,
+                 median_asymmetry=asym)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    cli._report_rays(argparse.Namespace(out=folder, format=["png"]))
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("SGD", "SWA"))]
+    assert rows[0][-5:] == [">", "2", ">", "2", "n/a"], rows
+    assert rows[1][-3:] == ["1.500", "1.500", "0.25"], rows
+
+
+def test_plane_of_a_curve_without_bends_says_why_not(tmp_path, capsys):
+    from curves import create_curve
+    from curves.fit import save_curve
+    from landscape.models import create_model
+    from landscape.weights import ParamSpace
+
+    net = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4)
+    space = ParamSpace.of(net)
+    vec = space.flatten(net)
+    spec = {"name": "convnet", "kwargs": {"num_classes": 10, "input_shape": [1, 8, 8], "width": 4}}
+    save_curve(tmp_path / "seg.pt", create_curve("polychain", space, vec, vec + 1, bends=0, fix_end=False), net, spec)
+    code, _, err = run(capsys, "plane", "--ckpt", tmp_path / "seg.pt", "--grid", 3, "--out", tmp_path / "p")
+    assert code == 2 and _one_line_error(err) == (
+        f"landscape: error: {tmp_path / 'seg.pt'} is a curve without bends (a straight segment), which spans no "
+        f"plane; use --points A.pt B.pt C.pt with a third network")
+    assert not (tmp_path / "p").exists()

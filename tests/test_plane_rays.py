@@ -625,6 +625,21 @@ def test_a_checkpoint_with_nan_or_inf_weights_is_refused_in_one_line(tmp_path, c
         assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_foreign_checkpoint_gets_a_note_that_its_train_loss_has_no_weight_decay(tmp_path, capsys, subset,
+                                                                                    endpoints):
+    bare = tmp_path / "bare.pt"
+    torch.save(load_checkpoint(endpoints[0]).state_dict, bare)
+    argv = ["rays", "--center", bare, "--model", "convnet", "--model-kwargs", "width=4", "--dataset", "npz",
+            "--data-path", subset, "--directions", 1, "--steps", 1, "--bn-batches", 1, "--quiet"]
+    code, _, err = run_cli(capsys, *argv, "--out", tmp_path / "r1")
+    assert code == 0 and one_line(err) == (f"note: {bare} records no weight decay; train loss is reported without "
+                                           f"it (give --wd)")
+    assert json.loads((tmp_path / "r1" / "summary.json").read_text())["wd"] == 0.0
+    code, _, err = run_cli(capsys, *argv, "--wd", 5e-4, "--out", tmp_path / "r2")
+    assert code == 0 and err == ""
+    assert json.loads((tmp_path / "r2" / "summary.json").read_text())["wd"] == 5e-4
+
+
 @pytest.mark.parametrize("shape,classes", [("3,8,8", 10), ("1,8,8", 12)], ids=["channels", "classes"])
 def test_data_that_does_not_fit_the_checkpoint_is_refused_in_one_line(tmp_path, capsys, endpoints, shape, classes):
     """Data options that override the checkpoint's: other images or more
