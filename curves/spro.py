@@ -22,6 +22,7 @@ which makes one ``lambda`` fit complexes of any size.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,6 +37,7 @@ from landscape.checkpoint import (
     claim_folder,
     load_checkpoint,
     load_model,
+    read_json,
     save_checkpoint,
     stored_config,
     write_json,
@@ -182,6 +184,11 @@ def _config(config: SimplexConfig | None, first: str | Path, overrides: dict[str
 def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Dataset, cfg: SimplexConfig,
             out: Path | None, eval_samples: int, face_resolution: int, extra_summary: dict,
             sample_seed: int | None = None) -> SimplexResult:
+    if out is not None and (out / "summary.json").exists():  # a finished run, resumed
+        before = read_json(out / "summary.json").get("samples")
+        if before is not None and before != eval_samples:
+            print(f"note: {out}: evaluating again with {eval_samples} samples (the stored results used {before}); "
+                  f"they are replaced", file=sys.stderr)
     ev = evaluate_simplex(cx, template, data, out, samples=eval_samples, face_resolution=face_resolution,
                           wd=cfg.wd, seed=cfg.seed if sample_seed is None else sample_seed)
     summary = {**ev["summary"], **extra_summary, "config": cfg.to_json()}

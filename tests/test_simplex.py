@@ -115,7 +115,7 @@ def modes(tmp_path_factory, digits):
 
 
 @pytest.mark.slow
-def test_spro_grows_a_low_loss_simplex_and_freezes_earlier_vertices(tmp_path, modes):
+def test_spro_grows_a_low_loss_simplex_and_freezes_earlier_vertices(tmp_path, capsys, modes):
     a, _ = modes
     r = grow_simplex(a, tmp_path / "sx", vertices=3, lam=1.0, epochs=3, eval_samples=8, face_resolution=4,
                      progress=False)
@@ -148,6 +148,13 @@ def test_spro_grows_a_low_loss_simplex_and_freezes_earlier_vertices(tmp_path, mo
     again = grow_simplex(a, tmp_path / "sx", vertices=3, lam=1.0, epochs=3, eval_samples=8, face_resolution=4,
                          resume=True, progress=False)
     assert torch.equal(again.complex.anchors().cpu(), anchors.cpu())
+    assert "evaluating again" not in capsys.readouterr().err
+    # resumed with another evaluation: the vertices are reused, the replaced results said so
+    again = grow_simplex(a, tmp_path / "sx", vertices=3, lam=1.0, epochs=3, eval_samples=4, face_resolution=4,
+                         resume=True, progress=False)
+    assert again.summary["samples"] == 4 and torch.equal(again.complex.anchors().cpu(), anchors.cpu())
+    assert (f"note: {tmp_path / 'sx'}: evaluating again with 4 samples (the stored results used 8); they are "
+            f"replaced") in capsys.readouterr().err
 
 
 @pytest.mark.slow
