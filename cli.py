@@ -115,6 +115,12 @@ def add_model_args(p: argparse.ArgumentParser, *, default: str | None = "convnet
                    help="constructor options, e.g. width=64 or depth=56")
 
 
+def add_curve_model_arg(p: argparse.ArgumentParser) -> None:
+    """--model for commands whose checkpoint holds its own network: it can only name that network."""
+    p.add_argument_group("model").add_argument(
+        "--model", help="the network the checkpoint holds, named to trust a package.module:factory it names")
+
+
 def add_optim_args(p: argparse.ArgumentParser, *, epochs: int = 20, lr: float | None = 0.05, wd: float = 5e-4,
                    schedule: bool = True) -> None:
     g = p.add_argument_group("optimisation")
@@ -244,7 +250,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
                             bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass,
                             precision=args.precision, device=args.device, resume=args.resume,
                             progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
-                            **_data_overrides(args))
+                            model=args.model, **_data_overrides(args))
     figures = draw_curve_figure(args.out, tuple(args.format))
     s = result.summary
     split = s.get("eval_split", "test")
@@ -305,7 +311,9 @@ def cmd_plane(args: argparse.Namespace) -> int:
     if args.ckpt:
         from curves.fit import load_curve
 
-        loaded = load_curve(args.ckpt, device)
+        if args.model_kwargs:
+            raise UserError(f"{args.ckpt} holds its own network; --model-kwargs does not apply to it (leave it out)")
+        loaded = load_curve(args.ckpt, device, args.model)
         stored = loaded.meta.get("train_config") or {}
         data = resolve_data(stored, _data_overrides(args), device)
         check_spec_fits(loaded.spec, data.num_classes, data.input_shape, args.ckpt, f"dataset '{data.name}'")
@@ -568,6 +576,10 @@ def cmd_simplex(args: argparse.Namespace) -> int:
              init=args.init, init_scale=args.init_scale,
              epochs=args.epochs, lr=args.lr, momentum=args.momentum, wd=args.wd, batch_size=args.batch_size,
              schedule=args.schedule, seed=args.seed, save_every=args.save_every, device=args.device, amp=args.amp)
+    if args.model is not None:
+        o["model"] = args.model
+    if args.model_kwargs:
+        o["model_kwargs"] = dict(args.model_kwargs)
     for flag, value in (("--eval-samples", args.eval_samples), ("--face-grid", args.face_grid)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
@@ -751,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
+    add_curve_model_arg(p)
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("plane", help="the loss surface in the plane of a curve or of three networks",
@@ -900,6 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-samples", type=int, default=32, help="uniform samples evaluated at the end")
     g.add_argument("--face-grid", type=int, default=10, help="resolution of the face figure's triangular grid")
     add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
     add_optim_args(p, epochs=10, lr=0.01)
     add_run_args(p)
     p.set_defaults(func=cmd_simplex)

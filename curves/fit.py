@@ -49,6 +49,7 @@ from landscape.checkpoint import (
     load_model,
     require_network,
     save_checkpoint,
+    stored_network,
 )
 from landscape.data import Dataset
 from landscape.device import resolve_device, seed_everything
@@ -170,7 +171,7 @@ def fit_curve(
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "connect")
     if start_epoch == -1:
-        loaded = load_curve(out / "model.pt")
+        loaded = load_curve(out / "model.pt", model=cfg.model if user_named else None)
         from landscape.checkpoint import read_json, read_jsonl
 
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
@@ -287,12 +288,14 @@ def _stored_anchors(ckpt: Checkpoint, space: ParamSpace) -> torch.Tensor:
     return anchors
 
 
-def load_curve(path: str | Path, device: str | torch.device = "cpu") -> LoadedCurve:
-    """Read a curve checkpoint: the curve (anchors as written) and its template network."""
+def load_curve(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> LoadedCurve:
+    """Read a curve checkpoint: the curve (anchors as written) and its template network.
+    ``model``: the user's ``--model``, which must name the curve's own network
+    (and so trusts a ``package.module:factory`` it names)."""
     ckpt = load_checkpoint(path)
     if ckpt.kind != "curve":
         raise UserError(f"{ckpt.path}: a '{ckpt.kind}' checkpoint, not a curve; make one with 'landscape connect'")
-    template = load_model(ckpt)
+    template = load_model(ckpt, stored_network(ckpt, model))
     space = ParamSpace.of(template)
     anchors = _stored_anchors(ckpt, space)
     info = ckpt.extra["curve"]

@@ -40,6 +40,7 @@ from landscape.checkpoint import (
     read_json,
     save_checkpoint,
     stored_config,
+    stored_network,
     write_json,
     write_npz,
 )
@@ -48,9 +49,9 @@ from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import data_settings, load_points
+from landscape.inputs import data_settings, load_points, network_of
 from landscape.metrics import barrier, ensemble_metrics
-from landscape.models import from_spec
+from landscape.models import from_spec, model_spec
 from landscape.train import Task, TrainConfig, prepare_run, run_training
 from landscape.weights import ParamSpace
 
@@ -101,13 +102,16 @@ def save_simplex(path: Path, cx: SimplicialComplex, template: nn.Module, spec: d
     return save_checkpoint(path, template.state_dict(), spec, kind="simplex", simplex=info, **extra)
 
 
-def load_simplex(path: str | Path, device="cpu") -> tuple[SimplicialComplex, nn.Module, Checkpoint]:
-    """Read a simplex checkpoint: the complex (all anchors fixed) and its template network."""
+def load_simplex(path: str | Path, device="cpu", model: str | None = None) -> tuple[SimplicialComplex, nn.Module,
+                                                                                   Checkpoint]:
+    """Read a simplex checkpoint: the complex (all anchors fixed) and its template network.
+    ``model``: the user's ``--model``, which must name the simplex's own
+    network (and so trusts a ``package.module:factory`` it names)."""
     ck = load_checkpoint(path)
     info = ck.extra.get("simplex")
     if ck.kind != "simplex" or not isinstance(info, dict):
         raise UserError(f"{ck.path}: a '{ck.kind}' checkpoint, not a simplex; make one with 'landscape simplex'")
-    template = load_model(ck)
+    template = load_model(ck, stored_network(ck, model))
     space = ParamSpace.of(template)
     if list(info["names"]) != list(space.names):
         raise UserError(f"{ck.path}: the simplex's parameter names do not match its model")
@@ -124,7 +128,7 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
     space = ParamSpace.of(template)
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "simplex")
     if start_epoch == -1:
-        cx, _, _ = load_simplex(out / "model.pt", data.device)
+        cx, _, _ = load_simplex(out / "model.pt", data.device, spec["name"])  # a name the template was built from
         return cx.anchors()[-1].detach()
     torch.manual_seed(seed)
     fresh = from_spec(spec, trusted=True)  # the same name load_points already built (or the user gave)
@@ -172,13 +176,34 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
     return cx.anchors()[-1].detach()
 
 
-def _config(config: SimplexConfig | None, first: str | Path, overrides: dict[str, Any]) -> SimplexConfig:
+def _config(config: SimplexConfig | None, first: str | Path,
+            overrides: dict[str, Any]) -> tuple[SimplexConfig, str | None]:
+    """The run's settings, and the network name the user gave (``--model``:
+    a foreign mode's architecture, or the word that a landscape mode's
+    ``package.module:factory`` is trusted), else None."""
+    named = overrides.get("model")
     base = asdict(config) if config is not None else {}
+    source = load_checkpoint(first)
+    if source.model is not None:  # the network is the mode's, and the config records it
+        overrides = dict(overrides, **network_of(source, named, overrides.get("model_kwargs")))
+    elif named is None:
+        raise UserError(f"{source.path}: foreign checkpoint without architecture; name it with --model")
     given = {f.name for f in fields(SimplexConfig)} & set(overrides)
-    inherited = {k: v for k, v in data_settings(load_checkpoint(first)).items() if k not in given and k not in base}
+    inherited = {k: v for k, v in data_settings(source).items() if k not in given and k not in base}
     cfg = SimplexConfig(**{**inherited, **base, **overrides})
     cfg.validate()
-    return cfg
+    return cfg, named
+
+
+def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None):
+    """The modes as points of one network, and that network's spec."""
+    pts = load_points(list(paths), model=named, model_kwargs=cfg.model_kwargs if named else None,
+                      data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size", "data_seed")},
+                      device=cfg.device)
+    first = pts.checkpoints[0].model
+    spec = (dict(first) if first is not None else
+            model_spec(cfg.model, pts.data.num_classes, pts.data.input_shape, **cfg.model_kwargs))
+    return pts, spec
 
 
 def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Dataset, cfg: SimplexConfig,
@@ -244,13 +269,11 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
     ``sample_seed`` (default: the config's seed) draws the evaluated samples."""
     if vertices < 2:
         raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
-    cfg = _config(config, base, overrides)
+    cfg, named = _config(config, base, overrides)
     out = Path(out) if out is not None else None
+    pts, spec = _load_modes([base], cfg, named)  # before the folder is claimed: a refusal leaves nothing
     _claim(out, {"kind": "simplex", "base": str(base), "vertices": vertices}, resume)
-    pts = load_points([base], data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size",
-                                                                          "data_seed")}, device=cfg.device)
     template, data = pts.model, pts.data
-    spec = dict(pts.checkpoints[0].model)
     anchors = [pts.vectors[0]]
     labels = ["mode"]
     for j in range(1, vertices):
@@ -271,14 +294,11 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     {mode_i, c_1, .., c_m}, connectors added one at a time."""
     if len(modes) < 2 or connectors < 1:
         raise UserError("a complex needs two or more --modes and at least one connector")
-    cfg = _config(config, modes[0], overrides)
+    cfg, named = _config(config, modes[0], overrides)
     out = Path(out) if out is not None else None
+    pts, spec = _load_modes(modes, cfg, named)  # before the folder is claimed: a refusal leaves nothing
     _claim(out, {"kind": "complex", "modes": [str(p) for p in modes], "connectors": connectors}, resume)
-    pts = load_points(list(modes), data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path",
-                                                                               "val_size", "data_seed")},
-                      device=cfg.device)
     template, data = pts.model, pts.data
-    spec = dict(pts.checkpoints[0].model)
     m = len(modes)
     anchors = list(pts.vectors)
     labels = [f"mode {i + 1}" for i in range(m)]

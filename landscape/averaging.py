@@ -40,7 +40,8 @@ from .evaluate import evaluate_model, l2_penalty
 from .inputs import data_settings, network_of
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
-from .train import Diverged, Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, run_training
+from .train import (Diverged, Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, rate_ok,
+                    run_training)
 from .weights import ParamSpace
 
 __all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "fge_learning_rate", "snapshot_learning_rate",
@@ -83,8 +84,8 @@ class AverageConfig(TrainConfig):
             if self.epochs - self.swa_start < self.cycle:
                 raise UserError(f"no iterate would be averaged: --epochs ({self.epochs}) must exceed --swa-start "
                                 f"({self.swa_start}) by at least --cycle ({self.cycle})")
-            if not (math.isfinite(self.swa_lr) and self.swa_lr > 0) or (
-                    self.swa_lr_max is not None and not (math.isfinite(self.swa_lr_max) and self.swa_lr_max >= self.swa_lr)):
+            if not rate_ok(self.swa_lr) or (
+                    self.swa_lr_max is not None and not (rate_ok(self.swa_lr_max) and self.swa_lr_max >= self.swa_lr)):
                 raise UserError("--swa-lr must be positive and --swa-lr-max at least --swa-lr")
         if self.method == "fge" and not 0 < self.lr_min <= self.lr:
             raise UserError(f"FGE needs 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr}")
@@ -204,6 +205,7 @@ def _metrics_of(model: nn.Module, data: Dataset, wd: float) -> dict[str, float]:
 
 def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, overrides,
          build: Callable[[AverageConfig, nn.Module, dict, Dataset, Path | None], dict[str, Any]]) -> AverageResult:
+    user_named = overrides.get("model") is not None  # before the checkpoint's own name joins the config
     cfg = _config(method, config, overrides)
     device = resolve_device(cfg.device)
     out = Path(out) if out is not None else None
@@ -211,9 +213,10 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
     if start_epoch == -1:
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         final = out / ("swa.pt" if method == "swa" else "model.pt")
-        return AverageResult(load_model(final), load_model(out / "model.pt"), summary, metrics, out)
+        trust = cfg.model if user_named else None
+        return AverageResult(load_model(final, trust), load_model(out / "model.pt", trust), summary, metrics, out)
     data = load_data(cfg, device) if data is None else data.to(device)
-    model, spec = _start_model(cfg, data, user_named=overrides.get("model") is not None)
+    model, spec = _start_model(cfg, data, user_named=user_named)
     model.to(device)
     hooks = build(cfg, model, spec, data, out)
     task = Task(module=model, loss=hooks["loss"], save=hooks["save"], restore=hooks["restore"],
@@ -344,13 +347,15 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
         loss, save, restore = _model_hooks(model, spec, extra, load_extra)
 
         def snapshot(epoch: int, it: int | None = None) -> None:
+            """``epoch``: 0-based within an epoch (after step ``it``), 1-based at its end (``it`` None)."""
+            number = epoch + (0 if it is None else 1)  # the epoch the snapshot is taken in, from 1
             if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never a member, never saved
-                raise Diverged(f"the weights became non-finite in epoch {epoch + 1}, before snapshot "
+                raise Diverged(f"the weights became non-finite in epoch {number}, before snapshot "
                                f"{len(state['members']) + 1}")
             probs = predict_probs(model, data)
             state["probs"] += probs.double()
             k = len(state["members"]) + 1
-            member = {"snapshot": k, "epoch": epoch + (0 if it is None else 1),
+            member = {"snapshot": k, "epoch": number,
                       "iteration": it, **{f"test_{a}": b for a, b in
                                           ensemble_metrics(probs[None].cpu().numpy(), data.y_test.cpu().numpy()).items()
                                           if a != "members"}}

@@ -419,6 +419,15 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
             raise UserError(f"{source} does not fit {model_name}: unexpected key '{key}' in the checkpoint")
 
 
+def stored_network(ckpt: Checkpoint, model: str | None) -> str | None:
+    """The user's ``--model`` for a checkpoint whose network is its own (a
+    curve, a simplex, a finished run): it may only name that network, and then
+    trusts a ``package.module:factory`` it names; None leaves it to the checkpoint."""
+    if model is not None and ckpt.model is not None and ckpt.model["name"] != model:
+        raise UserError(f"{ckpt.path} holds a '{ckpt.model['name']}', but --model says '{model}'")
+    return model
+
+
 def load_model(
     path_or_ckpt: str | os.PathLike | Checkpoint,
     model: str | nn.Module | None = None,
@@ -431,14 +440,22 @@ def load_model(
 
     A landscape checkpoint rebuilds itself. A foreign one needs ``model``: an
     ``nn.Module`` to load into, or a registry name plus ``num_classes`` and
-    ``input_shape`` (and any model kwargs). The model is returned on the CPU
-    in eval mode.
+    ``input_shape`` (and any model kwargs). A name the checkpoint itself
+    records is the user's word that its factory is trusted: the network is
+    built with the checkpoint's stored options (``model_kwargs`` override
+    them), and ``num_classes`` / ``input_shape``, if given, must agree with
+    them. The model is returned on the CPU in eval mode.
     """
-    from .models import create_model, from_spec  # local: models import nothing from here
+    from .models import check_spec_fits, create_model, from_spec  # local: models import nothing from here
 
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else load_checkpoint(path_or_ckpt)
     if isinstance(model, nn.Module):
         net, name = model, type(model).__name__
+    elif model is not None and ckpt.model is not None and ckpt.model["name"] == model:
+        spec = {"name": model, "kwargs": {**ckpt.model["kwargs"], **model_kwargs}}
+        if num_classes is not None and input_shape is not None:
+            check_spec_fits(spec, num_classes, tuple(input_shape), ckpt.path)
+        net, name = from_spec(spec, trusted=True, source=ckpt.path), model
     elif model is not None:
         if num_classes is None or input_shape is None:
             if ckpt.model is None:

@@ -78,7 +78,10 @@ def evaluate_plane(
     request = request_key([*points, *marks, *([path] if path is not None else [])], {
         "kind": "plane", "marks": len(marks), "grid": grid, "margin": margin, "xrange": xrange, "yrange": yrange,
         "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
-        "dataset": data.describe()})
+        "dataset": data.describe(),
+        # Marks are evaluated as themselves (earlier versions reported their projection onto the plane):
+        # a result stored the old way is not handed back as this one.
+        **({"marks_evaluated": "themselves"} if marks else {})})
     finished = begin_result(out, "plane.npz", resume, "plane", request)
     if finished is not None:
         return PlaneResult(*finished, out=out)

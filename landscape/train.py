@@ -107,6 +107,21 @@ def learning_rate(base_lr: float, schedule: str, epoch: int, epochs: int) -> flo
     return base_lr * schedule_factor(schedule, epoch / epochs)
 
 
+# SGD scales float32 weights by the rate: a larger one cannot even be applied.
+_MAX_RATE = float(torch.finfo(torch.float32).max)
+
+
+def rate_ok(value: float) -> bool:
+    """A learning rate SGD can apply: finite, positive, and one float32 holds."""
+    return math.isfinite(value) and 0 < value <= _MAX_RATE
+
+
+def check_rate(flag: str, value: float) -> None:
+    if not rate_ok(value):
+        raise UserError(f"{flag} must be a finite number > 0, got {value}"
+                        + (f" (above {_MAX_RATE:.3g}, the float32 limit)" if math.isfinite(value) and value > 0 else ""))
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (saved as ``config.json``)."""
@@ -141,8 +156,7 @@ class TrainConfig:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2 (batch norm needs two samples), got {self.batch_size}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
+        check_rate("--lr", self.lr)
         if not math.isfinite(self.wd) or self.wd < 0:
             raise UserError(f"--wd must be a finite number >= 0, got {self.wd}")
         if not 0 <= self.momentum < 1:  # also refuses NaN; momentum 1 or more never forgets a step and diverges
@@ -229,7 +243,7 @@ def train(
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "train")
     if start_epoch == -1:  # finished before: report and return
-        return _finished_result(out)
+        return _finished_result(out, cfg.model)
     data = load_data(cfg, device) if data is None else data.to(device)
 
     seed_everything(cfg.seed)
@@ -507,12 +521,14 @@ def _jsonl_line(record: dict) -> str:
     return json.dumps(record) + "\n"
 
 
-def _finished_result(out: Path) -> TrainResult:
+def _finished_result(out: Path, model: str) -> TrainResult:
+    """The result of a finished run, resumed; ``model`` (the run's own, named
+    again by the user) rebuilds the network."""
     from .checkpoint import load_model, read_json
 
     _say(f"{out}: run already finished; nothing to do")
     summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
-    return TrainResult(model=load_model(out / "model.pt"), summary=summary, out=out, metrics=read_jsonl(out / "metrics.jsonl"))
+    return TrainResult(model=load_model(out / "model.pt", model), summary=summary, out=out, metrics=read_jsonl(out / "metrics.jsonl"))
 
 
 def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig, epoch: int,
@@ -565,6 +581,11 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
     train_loss = (loss_sum + decay_sum) / seen
     if not math.isfinite(train_loss):
         raise Diverged(f"the loss became {train_loss} in epoch {epoch + 1} (lr {lr:g})")
+    # The last step's update came after its loss was seen: weights it made non-finite are caught
+    # here, before they are saved to last.pt or averaged (one reduction per epoch, no per-step sync).
+    params = [p.detach() for p in task.module.parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise Diverged(f"the weights became non-finite in the last step of epoch {epoch + 1} (lr {lr:g})")
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_nll": nll_sum / seen,
             "train_error": 100.0 * wrong / seen}
 

@@ -3,6 +3,7 @@ iterations, averages equal to independently computed means, resume."""
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -183,6 +184,24 @@ def test_fge_snapshots_and_their_ensemble(tmp_path, digits, endpoint):
     assert s["ensemble"]["test_nll"] == pytest.approx(want["nll"], rel=1e-5)
     with pytest.raises(UserError, match="--from"):
         run_fge(None, None, epochs=2, data=digits, progress=False)
+
+
+def test_divergence_names_each_methods_rate_and_keeps_no_non_finite_weights(tmp_path, digits, endpoint,
+                                                                             poison_step):
+    """FGE's rate is --lr-max, SWA's --swa-lr; an FGE snapshot of NaN weights is
+    never taken, and an SWA iterate made NaN by an epoch's last step is never averaged."""
+    poison_step(1)  # FGE with cycles of 1 epoch (4 steps) snapshots after its 2nd step: the weights are NaN then
+    with pytest.raises(UserError, match=re.escape("the weights became non-finite in epoch 1, before snapshot 1; "
+                                                  "no epoch finished; lower --lr-max and start again")):
+        run_fge(None, tmp_path / "f", from_ckpt=str(endpoint), epochs=2, cycle=1, data=digits, progress=False)
+    assert not list((tmp_path / "f").glob("snapshot-*.pt"))
+    steps = steps_per_epoch(400, 128)
+    poison_step(2 * steps)  # the last step of epoch 2, the first averaged
+    with pytest.raises(UserError, match=re.escape("the weights became non-finite in the last step of epoch 2 ")
+                       + r".*last\.pt holds epoch 1; lower --swa-lr \(or --lr, before --swa-start\)"):
+        run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), epochs=3, swa_start=1, data=digits, progress=False)
+    kept = load_checkpoint(tmp_path / "s" / "last.pt")
+    assert kept.extra["average_state"]["n"] == 0 and all(bool(torch.isfinite(v).all()) for v in kept.state_dict.values())
 
 
 def test_snapshot_ensemble_from_scratch(tmp_path, digits, capsys):

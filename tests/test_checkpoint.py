@@ -220,6 +220,13 @@ def test_a_checkpoint_naming_a_factory_does_not_run_it_unless_trusted(tmp_path, 
     save_checkpoint(tmp_path / "mine.pt", _net().state_dict(), factory)
     with pytest.raises(UserError, match="LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple"):
         load_model(tmp_path / "mine.pt")
+    # Naming the checkpoint's own factory (--model) trusts it, and keeps its stored options (width 8, not
+    # the factory's default), as a caller that passes the dataset's shape does (plane, rays, ensemble).
+    for shape in ({}, {"num_classes": 10, "input_shape": (1, 8, 8)}):
+        assert _same(load_model(tmp_path / "mine.pt", factory["name"], **shape).state_dict(), _net().state_dict())
+    with pytest.raises(UserError, match=r"was built for input \(1, 8, 8\) and 10 classes, but the dataset has "
+                                        r"\(3, 8, 8\) and 10"):
+        load_model(tmp_path / "mine.pt", factory["name"], num_classes=10, input_shape=(3, 8, 8))
     monkeypatch.setenv("LANDSCAPE_TRUSTED_FACTORIES", "mypkg, landscape.models")
     assert _same(load_model(tmp_path / "mine.pt").state_dict(), _net().state_dict())
 

@@ -401,9 +401,24 @@ def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, end
     assert code == 2 and "set LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple" in _one_line_error(err)
     code, _, err = run(capsys, *connect, "--model", factory, "--out", tmp_path / "c")
     assert code == 0, err
-    code, _, err = run(capsys, "swa", "--from", mine[0], "--epochs", 1, "--model", factory, "--quiet",
-                       "--out", tmp_path / "s")
+    swa = ["swa", "--from", mine[0], "--epochs", 1, "--quiet", "--out", tmp_path / "s"]
+    code, _, err = run(capsys, *swa)
+    assert code == 2 and "set LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple" in _one_line_error(err)
+    code, _, err = run(capsys, *swa, "--model", factory)
     assert code == 0, err
+    # Every later use of what they wrote: finished runs resumed, the curve evaluated, its plane, a simplex.
+    for argv in (swa + ["--resume"], connect + ["--out", tmp_path / "c", "--resume"],
+                 ["curve", "--ckpt", tmp_path / "c" / "model.pt", "--points", 3, "--out", tmp_path / "cv"],
+                 ["plane", "--ckpt", tmp_path / "c" / "model.pt", "--grid", 3, "--out", tmp_path / "pl"],
+                 ["simplex", "--base", mine[0], "--vertices", 2, "--epochs", 1, "--eval-samples", 2,
+                  "--face-grid", 2, "--quiet", "--out", tmp_path / "sx"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "set LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple" in _one_line_error(err), argv
+        code, _, err = run(capsys, *argv, "--model", factory)
+        assert code == 0, (argv, err)
+    code, _, err = run(capsys, "curve", "--ckpt", tmp_path / "c" / "model.pt", "--model", "mlp", "--out",
+                       tmp_path / "cv2")
+    assert code == 2 and _one_line_error(err).endswith(f"holds a '{factory}', but --model says 'mlp'")
 
 
 def test_the_rays_table_shows_undefined_asymmetry_as_n_a(tmp_path, capsys):

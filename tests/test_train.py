@@ -120,6 +120,27 @@ def test_divergence_is_reported_and_keeps_earlier_files(tmp_path, digits):
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(tmp_path, digits, poison_step):
+    """The loss of a step is seen before its update: NaN weights from the last
+    step of an epoch used to be written to last.pt and reported as a finished epoch."""
+    kw = dict(data=digits, epochs=3, batch_size=1000, progress=False, model_kwargs={"width": 4})  # 2 steps an epoch
+    poison_step(4)  # the last step of epoch 2
+    with pytest.raises(UserError, match=re.escape("training diverged: the weights became non-finite in the last "
+                                                  "step of epoch 2 (lr 0.05); ") + ".*last.pt holds epoch 1; lower --lr"):
+        train(out=tmp_path / "run", **kw)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
+    kept = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert kept.meta["epoch"] == 1 and all(bool(torch.isfinite(v).all()) for v in kept.state_dict.values())
+
+
+def test_a_rate_float32_cannot_hold_is_refused_before_training(tmp_path, digits):
+    """SGD applies the rate to float32 weights: 1e39 crashed with a traceback in the first step."""
+    with pytest.raises(UserError, match=re.escape("--lr must be a finite number > 0, got 1e+39 (above 3.4e+38, "
+                                                  "the float32 limit)")):
+        train(out=tmp_path / "run", data=digits, lr=1e39, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_finished_run_is_protected(tmp_path, digits):
     kw = dict(data=digits, epochs=1, progress=False, model_kwargs={"width": 8})
     first = train(out=tmp_path / "run", **kw)

@@ -1,0 +1,27 @@
+"""Shared test helpers."""
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def poison_step(monkeypatch):
+    """``poison_step(n)``: the n-th SGD step from now (1-based) leaves its first
+    parameter NaN after updating it, as an overflowing update would; the loss
+    that step saw was finite, so only a check of the weights can notice."""
+    original = torch.optim.SGD.step
+
+    def arm(n: int) -> None:
+        count = [0]
+
+        def step(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            count[0] += 1
+            if count[0] == n:
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].fill_(float("nan"))
+            return result
+
+        monkeypatch.setattr(torch.optim.SGD, "step", step)
+
+    return arm
