@@ -315,7 +315,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
             raise UserError(f"{args.ckpt} holds its own network; --model-kwargs does not apply to it (leave it out)")
         loaded = load_curve(args.ckpt, device, args.model)
         stored = loaded.meta.get("train_config") or {}
-        data = resolve_data(stored, _data_overrides(args), device)
+        data = resolve_data(stored, _data_overrides(args), device, args.ckpt)
         check_spec_fits(loaded.spec, data.num_classes, data.input_shape, args.ckpt, f"dataset '{data.name}'")
         model, wd = loaded.model, float(stored.get("wd", 0.0)) if args.wd is None else args.wd
         with torch.no_grad():

@@ -81,7 +81,7 @@ def evaluate_curve(
     device = resolve_device(device)
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device, model)
     stored = dict(loaded.meta.get("train_config") or {})
-    data = resolve_data(stored, data_overrides, device) if data is None else data.to(device)
+    data = resolve_data(stored, data_overrides, device, loaded.path) if data is None else data.to(device)
     check_spec_fits(loaded.spec, data.num_classes, data.input_shape, loaded.path or "the curve", f"dataset '{data.name}'")
     wd = float(stored.get("wd", 0.0)) if wd is None else wd
     model, crv = loaded.model.to(device), loaded.curve.to(device)

@@ -57,7 +57,7 @@ from landscape.errors import UserError
 from landscape.bn import reestimate_bn
 from landscape.evaluate import evaluate_model, evaluate_points, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import DATA_FIELDS, check_same_data, data_settings, network_of
+from landscape.inputs import DATA_FIELDS, check_same_data, data_settings, network_of, note_split_leak
 from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
@@ -158,6 +158,10 @@ def fit_curve(
     metrics.
     """
     start_ckpt, end_ckpt = require_network(load_checkpoint(start)), require_network(load_checkpoint(end))
+    a, b = start_ckpt.state_dict, end_ckpt.state_dict
+    if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a):
+        raise UserError(f"{start} and {end} hold the same network: a curve between them would join a point "
+                        f"to itself; give two different endpoints")
     user_named = overrides.get("model") is not None  # before the checkpoint's own name joins the overrides
     if start_ckpt.model is not None:  # the architecture is the start endpoint's, and the config records it
         overrides = dict(overrides, **network_of(start_ckpt, overrides.get("model"), overrides.get("model_kwargs")))
@@ -167,6 +171,8 @@ def fit_curve(
     inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
     cfg = ConnectConfig(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
     cfg.validate()
+    for ck in (start_ckpt, end_ckpt):
+        note_split_leak((ck.meta or {}).get("train_config"), asdict(cfg), ck.path)
     device = process_device(cfg.device)  # under torchrun: joins the process group
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "connect")
@@ -209,7 +215,15 @@ def fit_curve(
         save_curve(path, curve, template, spec, **extra)
 
     def restore(ckpt: Checkpoint) -> None:
-        curve.load_anchors(_stored_anchors(ckpt, space))
+        stored = _stored_anchors(ckpt, space)
+        now = curve.anchors().detach()
+        for name, path, i, fixed in (("start", start, 0, not cfg.free_start), ("end", end, -1, not cfg.free_end)):
+            # A fixed end is the endpoint file's weights: a file replaced since the run began would
+            # leave a curve that no longer ends at the network the results name.
+            if fixed and not torch.equal(stored[i].to(now.device, now.dtype), now[i]):
+                raise UserError(f"{path} is not the network this run's curve {name}s at (the file changed since "
+                                f"it began); start again with another --out")
+        curve.load_anchors(stored)
 
     def finish() -> dict[str, Any]:
         return _fit_summary(curve, template, data, cfg)

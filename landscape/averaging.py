@@ -37,7 +37,7 @@ from .data import Dataset
 from .device import resolve_device, seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
-from .inputs import data_settings, network_of
+from .inputs import data_settings, network_of, note_split_leak
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
 from .train import (Diverged, Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, rate_ok,
@@ -194,6 +194,8 @@ def _config(method: str, config, overrides) -> AverageConfig:
             fixed = network_of(source, overrides.get("model"), overrides.get("model_kwargs"))
     cfg = AverageConfig(**{**inherited, **base, **overrides, **fixed, "method": method})
     cfg.validate()
+    if cfg_from:
+        note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     return cfg
 
 

@@ -3,6 +3,7 @@ vectors, the dataset they were trained on, and their weight decay."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,10 +16,12 @@ from .data import Dataset
 from .device import resolve_device
 from .errors import UserError
 from .models import check_spec_fits
+from .sweep import is_main
 from .train import TrainConfig, load_data, same_file
 from .weights import ParamSpace
 
-__all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "Points", "load_points"]
+__all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "note_split_leak", "Points",
+           "load_points"]
 
 DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
                "synthetic_sizes")
@@ -31,12 +34,32 @@ def data_settings(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None,
-                 device: torch.device | str = "cpu") -> Dataset:
+                 device: torch.device | str = "cpu", source: object = "the checkpoint") -> Dataset:
     """Load the dataset of ``stored`` settings (a run's train_config), with
     ``overrides`` (those not None) taking precedence; digits when neither says."""
     settings = {k: v for k, v in (stored or {}).items() if k in DATA_FIELDS}
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in DATA_FIELDS})
+    note_split_leak(stored, settings, source)
     return load_data(TrainConfig(**settings), resolve_device(device))
+
+
+def note_split_leak(trained: dict[str, Any] | None, used: dict[str, Any], source: object) -> None:
+    """A note on stderr when results are reported on a validation split that is
+    not the one the network at ``source`` held out (``--val-size`` given for
+    a network trained on the full training split, or another size or data
+    seed): some of its "validation" images were its training data."""
+    if not trained or "val_size" not in trained:
+        return  # a foreign checkpoint records nothing
+    size, seed = int(used.get("val_size") or 0), int(used.get("data_seed") or 0)
+    if size <= 0 or trained.get("dataset", "digits") != used.get("dataset", "digits"):
+        return
+    if (int(trained.get("val_size") or 0), int(trained.get("data_seed") or 0)) == (size, seed):
+        return
+    held = (f"held out --val-size {trained['val_size']} with --data-seed {trained.get('data_seed', 0)}"
+            if trained.get("val_size") else "was trained on the whole training split")
+    if is_main():
+        print(f"note: {source} {held}; the validation split here (--val-size {size}, --data-seed {seed}) "
+              f"overlaps its training data, so validation metrics are optimistic", file=sys.stderr)
 
 
 def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:
@@ -110,7 +133,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     check_same_data(ckpts, data_overrides)
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}
-    data = resolve_data(stored, data_overrides, device)
+    data = resolve_data(stored, data_overrides, device, first.path)
     if first.model is not None and model is None:
         check_spec_fits(first.model, data.num_classes, data.input_shape, first.path, f"dataset '{data.name}'")
         net = load_model(first)

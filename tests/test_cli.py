@@ -456,3 +456,24 @@ def test_plane_of_a_curve_without_bends_says_why_not(tmp_path, capsys):
         f"landscape: error: {tmp_path / 'seg.pt'} is a curve without bends (a straight segment), which spans no "
         f"plane; use --points A.pt B.pt C.pt with a third network")
     assert not (tmp_path / "p").exists()
+
+
+def test_a_validation_split_the_networks_trained_on_is_noted(tmp_path, capsys, endpoints):
+    """--val-size on networks trained on the whole training split reports "validation"
+    metrics partly on their own training images; one note says so, and only then."""
+    a, b = endpoints
+    note = (f"note: {a} was trained on the whole training split; the validation split here (--val-size 100, "
+            f"--data-seed 0) overlaps its training data, so validation metrics are optimistic")
+    code, _, err = run(capsys, "ensemble", a, b, "--val-size", 100, "--out", tmp_path / "v")
+    assert code == 0 and note in err.splitlines()
+    code, _, err = run(capsys, "ensemble", a, b, "--out", tmp_path / "t")
+    assert code == 0 and "note:" not in err
+    # a network that held out this very split gets no note
+    code, _, err = run(capsys, "train", "--epochs", 1, "--val-size", 100, "--model-kwargs", "width=4", "--quiet",
+                       "--out", tmp_path / "held")
+    assert code == 0
+    code, _, err = run(capsys, "ensemble", tmp_path / "held" / "model.pt", "--out", tmp_path / "h")
+    assert code == 0 and "note:" not in err
+    code, _, err = run(capsys, "ensemble", tmp_path / "held" / "model.pt", "--data-seed", 3, "--out", tmp_path / "h3")
+    assert code == 0 and "held out --val-size 100 with --data-seed 0; the validation split here (--val-size 100, " \
+                         "--data-seed 3) overlaps" in err

@@ -5,6 +5,7 @@ the arc-length objective)."""
 import dataclasses
 import json
 import math
+import re
 import time
 
 import numpy as np
@@ -268,7 +269,7 @@ def test_resumed_fit_gives_identical_anchors(tmp_path, narrow, small_digits):
     # The same start checkpoint named another way is the same setting.
     start = narrow["a"].parent / ".." / narrow["a"].parent.name / narrow["a"].name
     with pytest.raises(UserError, match="started with end="):
-        fit_curve(start, narrow["a"], tmp_path / "cut", resume=True, **kw)
+        fit_curve(start, narrow["wide"], tmp_path / "cut", resume=True, **kw)
     before = [r["time_s"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl")]
     began = time.perf_counter()
     resumed = fit_curve(start, narrow["b"], tmp_path / "cut", resume=True, **kw)
@@ -320,3 +321,35 @@ def test_connect_refuses_a_model_option_the_endpoints_contradict(tmp_path, narro
     config = json.loads((tmp_path / "ok" / "config.json").read_text())["config"]
     assert (config["model"], config["model_kwargs"]) == ("convnet", {"width": 8})
     assert result.curve is not None
+
+
+def test_connect_refuses_endpoints_that_hold_the_same_network(tmp_path, narrow, small_digits):
+    """A copy of A as the end fitted a loop of length 0 at the ends and reported barriers of 0."""
+    import shutil
+
+    shutil.copy(narrow["a"], tmp_path / "copy.pt")
+    with pytest.raises(UserError, match=r"hold the same network: a curve between them would join a point to itself"):
+        fit_curve(narrow["a"], tmp_path / "copy.pt", tmp_path / "c", data=small_digits, epochs=1, progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_resume_refuses_an_endpoint_file_replaced_since_the_run_began(tmp_path, narrow, small_digits):
+    import shutil
+
+    ends = tmp_path / "ends"
+    ends.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(narrow[name], ends / f"{name}.pt")
+    kw = dict(data=small_digits, epochs=2, progress=False)
+
+    def stop(epoch, record):
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        fit_curve(ends / "a.pt", ends / "b.pt", tmp_path / "c", on_epoch_end=stop, **kw)
+    train(out=tmp_path / "other", data=small_digits, epochs=1, seed=7, progress=False, model_kwargs={"width": 8})
+    shutil.copy(tmp_path / "other" / "model.pt", ends / "b.pt")  # retrained in place
+    with pytest.raises(UserError, match=re.escape(f"{ends / 'b.pt'} is not the network this run's curve ends at "
+                                                  "(the file changed since it began)")):
+        fit_curve(ends / "a.pt", ends / "b.pt", tmp_path / "c", resume=True, **kw)
+    assert not (tmp_path / "c" / "model.pt").exists() and (tmp_path / "c" / "last.pt").exists()
