@@ -255,11 +255,11 @@ def cmd_curve(args: argparse.Namespace) -> int:
     s = result.summary
     split = s.get("eval_split", "test")
     print(f"{'path':<8}{'length':>9}{'train-loss barrier':>20}{'max train loss':>16}"
-          f"{f'{split}-err barrier':>18}{f'max {split} err %':>16}{'ensemble err %':>16}")
+          f"{f'{split}-err barrier %':>20}{f'max {split} err %':>16}{f'ensemble {split} err %':>20}")
     for name in ("curve", "line"):
         p = s[name]
         print(f"{name:<8}{p['length']:>9.3f}{p['train_loss_barrier']:>20.4f}{p['train_loss_max']:>16.4f}"
-              f"{p['test_error_barrier']:>18.2f}{p['test_error_max']:>16.2f}{p['ensemble_test_error']:>16.2f}")
+              f"{p['test_error_barrier']:>20.2f}{p['test_error_max']:>16.2f}{p['ensemble_test_error']:>20.2f}")
     ends = s["curve"]["metrics"]["test_error"]
     print(f"endpoints' {split} error: {ends['start']:.2f}% and {ends['end']:.2f}%"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
@@ -426,7 +426,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UserError(f"{d} is a file; plot takes the result folder that holds it ({d.parent})")
     if not d.is_dir():
         raise UserError(f"{d}: no such result folder")
-    formats = tuple(args.format)
+    try:
+        written = _draw_stored(d, tuple(args.format))
+    except KeyError as e:  # a result file or summary without an entry the figure needs
+        raise UserError(f"{d}: the stored results lack {e} (edited, or written by another version?); rerun the "
+                        f"command that made them") from None
+    for f in written:
+        print(f"figure: {f}")
+    return 0
+
+
+def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
+    """The figures of the result folder ``d``, drawn from its stored files."""
     if (d / "curve.npz").exists():
         from plots.curve import draw_curve_figure
 
@@ -452,9 +463,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                         f"command with --resume, then plot")
     else:
         raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz or simplex.npz)")
-    for f in written:
-        print(f"figure: {f}")
-    return 0
+    return written
 
 
 def _average_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -501,9 +510,10 @@ def _print_ensemble(s: dict[str, Any]) -> None:
     split = s.get("eval_split", "test")
     print(f"{'member':<16}{f'{split} err %':>12}{f'{split} nll':>10}")
     for m in s["members"]:
-        print(f"{str(m.get('label', m.get('snapshot'))):<16}{m['test_error']:>12.2f}{m['test_nll']:>10.4f}")
+        label = m.get("label") or f"snapshot-{m['snapshot']:03d}.pt"  # ensembles label members; fge / snapshots number them
+        print(f"{label:<16}{m['test_error']:>12.2f}{m['test_nll']:>10.4f}")
     e = s["ensemble"]
-    print(f"{'ensemble':<16}{e['test_error']:>12.2f}{e['test_nll']:>10.4f}   ({e['members']} members; "
+    print(f"{'ensemble':<16}{e['test_error']:>12.2f}{e['test_nll']:>10.4f}   ({e['members']} member{'s' if e['members'] != 1 else ''}; "
           f"mean member error {s['member_test_error_mean']:.2f}%)")
     r = s.get("partial_cycle_epochs")
     if r:
@@ -621,9 +631,15 @@ def cmd_simplex(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from landscape.models import list_models
+    import inspect
 
-    print("\n".join(list_models()))
+    from landscape.models import MODELS, list_models
+
+    for name in list_models():
+        # The options --model-kwargs can set (the dataset gives num_classes and input_shape).
+        options = [f"{p.name}={p.default!r}" for p in inspect.signature(MODELS[name]).parameters.values()
+                   if p.name not in ("num_classes", "input_shape") and p.default is not inspect.Parameter.empty]
+        print(f"{name:<14}{' '.join(options)}".rstrip())
     return 0
 
 
@@ -1016,7 +1032,11 @@ def _run_command(args: argparse.Namespace) -> int:
             hint = " — rerun the same command: finished steps are reused"
         else:
             hint = ""
-        print(f"{PROG}: interrupted; files written so far are kept{hint}", file=sys.stderr)
+        out = getattr(args, "out", None)
+        if out is not None and not Path(out).exists():
+            print(f"{PROG}: interrupted before anything was written to {out}", file=sys.stderr)
+        else:
+            print(f"{PROG}: interrupted; files written so far are kept{hint}", file=sys.stderr)
         return 130
 
 

@@ -57,7 +57,8 @@ from landscape.errors import UserError
 from landscape.bn import reestimate_bn
 from landscape.evaluate import evaluate_model, evaluate_points, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import DATA_FIELDS, check_same_data, data_settings, network_of, note_split_leak
+from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, network_of, note_split_leak,
+                              refuse_infinite, require_architecture)
 from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
@@ -125,7 +126,7 @@ def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data
     else:
         spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
     model = from_spec(spec, trusted=start.model is None or user_named, source=start.path)
-    name = f"model '{spec['name']}' of {start.path}"
+    name = f"model '{spec['name']}'" + (f" of {start.path}" if start.model is not None else " (--model)")
     check_state_dict(model, start.state_dict, str(start.path), name)
     check_state_dict(model, end.state_dict, str(end.path), name)
     if end.model is not None and start.model is not None and end.model["name"] != start.model["name"]:
@@ -163,6 +164,8 @@ def fit_curve(
         raise UserError(f"{start} and {end} hold the same network: a curve between them would join a point "
                         f"to itself; give two different endpoints")
     user_named = overrides.get("model") is not None  # before the checkpoint's own name joins the overrides
+    if config is None:  # a config object names its network itself
+        require_architecture(start_ckpt, overrides.get("model"))
     if start_ckpt.model is not None:  # the architecture is the start endpoint's, and the config records it
         overrides = dict(overrides, **network_of(start_ckpt, overrides.get("model"), overrides.get("model_kwargs")))
     given = {f.name for f in fields(ConnectConfig)} & set(overrides)
@@ -187,8 +190,10 @@ def fit_curve(
     template, spec = _endpoint_model(start_ckpt, end_ckpt, cfg, data, user_named=user_named)
     space = ParamSpace.of(template)
     seed_everything(cfg.seed)
-    curve = create_curve(cfg.curve, space, space.flatten(start_ckpt.state_dict, source=str(start)),
-                         space.flatten(end_ckpt.state_dict, source=str(end)), bends=cfg.bends,
+    ends = [space.flatten(ck.state_dict, source=str(ck.path)) for ck in (start_ckpt, end_ckpt)]
+    for v, ck in zip(ends, (start_ckpt, end_ckpt)):
+        refuse_infinite(v, ck.path)
+    curve = create_curve(cfg.curve, space, ends[0], ends[1], bends=cfg.bends,
                          fix_start=not cfg.free_start, fix_end=not cfg.free_end)
     template.to(device)
     curve.to(device)

@@ -49,7 +49,7 @@ from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import data_settings, load_points, network_of
+from landscape.inputs import data_settings, load_points, network_of, require_architecture
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.train import Task, TrainConfig, prepare_run, run_training
@@ -126,7 +126,8 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
                   resume: bool, progress, seed: int) -> torch.Tensor:
     """Train one new vertex (index len(fixed)) against the frozen ones; returns its (P,) vector."""
     space = ParamSpace.of(template)
-    start_epoch, state, metrics = prepare_run(out, cfg, resume, "simplex")
+    # A phase not begun before is simply started (no "nothing to resume" line per vertex).
+    start_epoch, state, metrics = prepare_run(out, cfg, resume and out is not None and out.exists(), "simplex")
     if start_epoch == -1:
         cx, _, _ = load_simplex(out / "model.pt", data.device, spec["name"])  # a name the template was built from
         return cx.anchors()[-1].detach()
@@ -186,8 +187,8 @@ def _config(config: SimplexConfig | None, first: str | Path,
     source = load_checkpoint(first)
     if source.model is not None:  # the network is the mode's, and the config records it
         overrides = dict(overrides, **network_of(source, named, overrides.get("model_kwargs")))
-    elif named is None:
-        raise UserError(f"{source.path}: foreign checkpoint without architecture; name it with --model")
+    else:
+        require_architecture(source, named)
     given = {f.name for f in fields(SimplexConfig)} & set(overrides)
     inherited = {k: v for k, v in data_settings(source).items() if k not in given and k not in base}
     cfg = SimplexConfig(**{**inherited, **base, **overrides})

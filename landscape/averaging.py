@@ -37,7 +37,7 @@ from .data import Dataset
 from .device import resolve_device, seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
-from .inputs import data_settings, network_of, note_split_leak
+from .inputs import data_settings, network_of, note_split_leak, refuse_infinite, require_architecture
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
 from .train import (Diverged, Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, rate_ok,
@@ -176,6 +176,7 @@ def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) ->
             model = load_model(ckpt, cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
                                **cfg.model_kwargs)
         check_spec_fits(spec, data.num_classes, data.input_shape, ckpt.path, f"dataset '{data.name}'")
+        refuse_infinite(ParamSpace.of(model).flatten(model), ckpt.path)
         return model, spec
     seed_everything(cfg.seed)
     spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
@@ -189,6 +190,8 @@ def _config(method: str, config, overrides) -> AverageConfig:
     inherited, fixed = {}, {}
     if cfg_from:
         source = load_checkpoint(cfg_from)
+        if config is None:  # a config object names its network itself
+            require_architecture(source, overrides.get("model"))
         inherited = {k: v for k, v in data_settings(source).items() if k not in given and k not in base}
         if source.model is not None:  # the network is the checkpoint's, and the config records it
             fixed = network_of(source, overrides.get("model"), overrides.get("model_kwargs"))

@@ -276,13 +276,20 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
     eval_split = "test"
     if val_size:
         n = len(y_train)
-        if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 < val_size < n:
-            raise UserError(f"val_size must be an integer in 0..{n - 1} (the {name} training split has {n} samples), got {val_size!r}")
+        if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or not 0 < val_size <= n - 2:
+            raise UserError(f"--val-size must be an integer in 0..{max(n - 2, 0)} (the {name} training split has {n} "
+                            f"samples, and 2 must remain to train on), got {val_size!r}")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         val_size = int(val_size)
         val, keep = order[:val_size], order[val_size:].sort().values
         x_test, y_test = x_train[val], y_train[val]
+        classes = set(y_train.tolist())
         x_train, y_train = x_train[keep], y_train[keep]
+        lost = sorted(classes - set(y_train.tolist()))
+        if lost:
+            raise UserError(f"--val-size {val_size} leaves the {name} training split without class"
+                            f"{'es' if len(lost) > 1 else ''} {_some(lost)}: a class the network would never be "
+                            f"trained on; choose a smaller --val-size")
         eval_split = "val"
     if len(y_train) < 2:
         raise UserError(f"the {name} training split has {len(y_train)} sample{'s' if len(y_train) != 1 else ''}"
@@ -578,7 +585,7 @@ def _read_npz(path: Path) -> _Raw:
         arrays = {}
         for key in _NPZ_KEYS:
             if key not in archive.files:
-                raise UserError(f"{path}: missing array {key!r} (found: {', '.join(archive.files) or 'none'})")
+                raise UserError(f"{path}: missing array {key!r} (found: {_some(archive.files) or 'none'})")
             try:
                 arrays[key] = archive[key]
             except ValueError as e:  # object arrays need pickle, which we never allow
@@ -591,8 +598,9 @@ def _read_npz(path: Path) -> _Raw:
             raise UserError(f"{path}: {kx} has {len(x)} samples but {ky} has {len(y)}")
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise UserError(f"{path}: x_train samples are {tuple(x_tr.shape[1:])} but x_test samples are {tuple(x_te.shape[1:])}")
-    if len(y_tr) == 0:
-        raise UserError(f"{path}: x_train is empty")
+    for y, key in ((y_tr, "x_train"), (y_te, "x_test")):
+        if len(y) == 0:
+            raise UserError(f"{path}: {key} is empty")
     for x, key in ((x_tr, "x_train"), (x_te, "x_test")):
         bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
         if bad:
@@ -602,10 +610,22 @@ def _read_npz(path: Path) -> _Raw:
         if len(y) and int(y.max()) >= MAX_CLASSES:
             raise UserError(f"{path}: {key} has label {int(y.max())}: labels must be class ids 0..{MAX_CLASSES - 1}")
         top = max(top, int(y.max()) if len(y) else 0)
-    if len(y_te) and int(y_te.max()) > int(y_tr.max()):
-        raise UserError(f"{path}: y_test has label {int(y_te.max())} but y_train's labels stop at {int(y_tr.max())}: "
-                        f"a class the network would never be trained on")
+    trained = set(y_tr.tolist())
+    untrained = sorted(set(y_te.tolist()) - trained)
+    if untrained:
+        raise UserError(f"{path}: y_test has label{'s' if len(untrained) > 1 else ''} {_some(untrained)} that y_train "
+                        f"never has: a class the network would never be trained on")
+    gaps = sorted(set(range(top + 1)) - trained)
+    if gaps:  # the network gets one output per id up to the largest: unused ones would be classes too
+        raise UserError(f"{path}: labels must be class ids 0..K-1, each in y_train; {len(gaps)} of 0..{top} "
+                        f"({_some(gaps)}) never occur: renumber them, e.g. with np.unique(y, return_inverse=True)")
     return _Raw(x_tr, y_tr, x_te, y_te, top + 1)
+
+
+def _some(values: Sequence[int], shown: int = 5) -> str:
+    """A few values of a list, for a message: 1, 2, 3, 4, 5, ... (86 in all)."""
+    head = ", ".join(str(v) for v in values[:shown])
+    return head if len(values) <= shown else f"{head}, ... ({len(values)} in all)"
 
 
 def _npz_layout(archive, path: Path) -> str | None:

@@ -20,8 +20,8 @@ from .sweep import is_main
 from .train import TrainConfig, load_data, same_file
 from .weights import ParamSpace
 
-__all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "note_split_leak", "Points",
-           "load_points"]
+__all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "note_split_leak",
+           "refuse_infinite", "require_architecture", "Points", "load_points"]
 
 DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
                "synthetic_sizes")
@@ -43,6 +43,14 @@ def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None
     return load_data(TrainConfig(**settings), resolve_device(device))
 
 
+def refuse_infinite(weights: torch.Tensor, source: object) -> None:
+    """One line when a network's flat weights hold inf (NaN was refused on loading;
+    inf is let through there, as a foreign buffer may be a -inf mask)."""
+    bad = int((~torch.isfinite(weights)).sum())
+    if bad:
+        raise UserError(f"{source}: {bad} infinite weight{'s' if bad > 1 else ''}; refusing to use it")
+
+
 def note_split_leak(trained: dict[str, Any] | None, used: dict[str, Any], source: object) -> None:
     """A note on stderr when results are reported on a validation split that is
     not the one the network at ``source`` held out (``--val-size`` given for
@@ -60,6 +68,13 @@ def note_split_leak(trained: dict[str, Any] | None, used: dict[str, Any], source
     if is_main():
         print(f"note: {source} {held}; the validation split here (--val-size {size}, --data-seed {seed}) "
               f"overlaps its training data, so validation metrics are optimistic", file=sys.stderr)
+
+
+def require_architecture(ckpt: Checkpoint, model: str | None) -> None:
+    """A foreign checkpoint records no architecture: the user must name it
+    (a default network that happened to fit its keys would be a guess)."""
+    if ckpt.model is None and model is None:
+        raise UserError(f"{ckpt.path}: foreign checkpoint without architecture; name it with --model")
 
 
 def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:
@@ -141,16 +156,14 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
         net = load_model(first, model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
                          **(model_kwargs or {}))
     else:
-        raise UserError(f"{first.path}: foreign checkpoint without architecture; name it with --model")
-    name = f"model '{(first.model or {}).get('name', model)}' of {first.path}"
+        require_architecture(first, model)
+    name = f"model '{first.model['name']}' of {first.path}" if first.model is not None else f"model '{model}' (--model)"
     for ck in ckpts[1:]:
         check_state_dict(net, ck.state_dict, str(ck.path), name)
     space = ParamSpace.of(net)
     vectors = [space.flatten(ck.state_dict, source=str(ck.path)).to(device) for ck in ckpts]
     for ck, v in zip(ckpts, vectors):
-        bad = int((~torch.isfinite(v)).sum())  # NaN was refused on loading; -inf may be a foreign mask buffer
-        if bad:
-            raise UserError(f"{ck.path}: {bad} infinite weights; refusing to use it")
+        refuse_infinite(v, ck.path)
     return Points(model=net.to(device), vectors=vectors, data=data, wd=float(stored.get("wd", 0.0)),
                   labels=_labels(paths), checkpoints=ckpts)
 

@@ -51,7 +51,7 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     c, l = summary["curve"], summary["line"]
     ax_loss.set_title(f"train loss barrier: curve {c['train_loss_barrier']:.3f}, line {l['train_loss_barrier']:.3f}",
                       fontsize=10)
-    ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.2f}, line {l['test_error_barrier']:.2f}",
+    ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.2f}%, line {l['test_error_barrier']:.2f}%",
                      fontsize=10)
     ax_loss.legend(frameon=False, fontsize=9)
     if summary.get("synthetic"):

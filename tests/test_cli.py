@@ -96,10 +96,12 @@ def test_cifar_shaped_models_train_one_epoch_on_synthetic_data(tmp_path, capsys,
 
 def test_models_lists_the_registry(capsys):
     code, out, _ = run(capsys, "models")
-    names = out.split()
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
     assert code == 0
     for name in ("mlp", "convnet", "lenet5", "vgg16", "vgg16bn", "vgg19", "vgg19bn", "preresnet", "wrn28x10"):
-        assert name in names
+        assert name in rows
+    # each with the options --model-kwargs can set, at their defaults
+    assert rows["convnet"] == ["width=32"] and rows["preresnet"] == ["depth=20"] and rows["vgg16"] == []
 
 
 def test_console_script_is_installed_and_reports_errors():
@@ -346,18 +348,25 @@ def test_a_rank_without_a_gpu_of_its_own_says_so_itself(tmp_path, capsys, monkey
     assert not (tmp_path / "x").exists()
 
 
-def test_ctrl_c_advises_resume_only_where_the_command_has_it(capsys, monkeypatch):
-    """--resume for the commands that take it; the demo reuses finished steps; others just keep their files."""
+def test_ctrl_c_advises_resume_only_where_the_command_has_it(tmp_path, capsys, monkeypatch):
+    """--resume for the commands that take it; the demo reuses finished steps; others just keep their files;
+    an --out not yet made holds nothing to keep or resume."""
     def interrupted(args):
         raise KeyboardInterrupt
 
-    for argv, hint in ((["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "p"], " — rerun with --resume to continue"),
-                       (["demo"], " — rerun the same command: finished steps are reused"),
-                       (["ensemble", "a.pt", "b.pt"], "")):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("p", "runs/demo", "e"):
+        (tmp_path / folder).mkdir(parents=True)
+    for argv, said in ((["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "p"],
+                        "interrupted; files written so far are kept — rerun with --resume to continue"),
+                       (["demo", "--out", "runs/demo"],
+                        "interrupted; files written so far are kept — rerun the same command: finished steps are reused"),
+                       (["ensemble", "a.pt", "b.pt", "--out", "e"], "interrupted; files written so far are kept"),
+                       (["train", "--out", "new"], "interrupted before anything was written to new")):
         args = cli.build_parser().parse_args(argv)
         monkeypatch.setattr(args, "func", interrupted)
         assert cli._run_command(args) == 130
-        assert _one_line_error(capsys.readouterr().err) == f"landscape: interrupted; files written so far are kept{hint}"
+        assert _one_line_error(capsys.readouterr().err) == f"landscape: {said}"
 
 
 def test_swa_refuses_an_lr_it_would_not_use(tmp_path, capsys, endpoints):
@@ -477,3 +486,46 @@ def test_a_validation_split_the_networks_trained_on_is_noted(tmp_path, capsys, e
     code, _, err = run(capsys, "ensemble", tmp_path / "held" / "model.pt", "--data-seed", 3, "--out", tmp_path / "h3")
     assert code == 0 and "held out --val-size 100 with --data-seed 0; the validation split here (--val-size 100, " \
                          "--data-seed 3) overlaps" in err
+
+
+def test_foreign_and_infinite_checkpoints_are_refused_by_the_training_commands(tmp_path, capsys, endpoints):
+    """connect / swa / fge guessed convnet for a foreign checkpoint (its keys happened to fit), and
+    trained from infinite weights until 'the loss became nan ... lower --lr' blamed the rate."""
+    from landscape.checkpoint import load_checkpoint, save_checkpoint
+
+    a, b = endpoints
+    ck = load_checkpoint(a)
+    torch.save({"model_state": ck.state_dict}, tmp_path / "foreign.pt")
+    sd = dict(ck.state_dict)
+    sd["classifier.weight"] = sd["classifier.weight"].clone()
+    sd["classifier.weight"][0, :2] = float("inf")
+    save_checkpoint(tmp_path / "inf.pt", sd, ck.model, meta=ck.meta)
+    foreign, infinite = tmp_path / "foreign.pt", tmp_path / "inf.pt"
+    for argv in (["connect", "--start", foreign, "--end", b], ["swa", "--from", foreign], ["fge", "--from", foreign]):
+        code, _, err = run(capsys, *argv, "--epochs", 1, "--quiet", "--out", tmp_path / argv[0])
+        assert code == 2 and _one_line_error(err) == (f"landscape: error: {foreign}: foreign checkpoint without "
+                                                      f"architecture; name it with --model"), argv
+        assert not (tmp_path / argv[0]).exists()
+    for argv in (["connect", "--start", a, "--end", infinite], ["swa", "--from", infinite]):
+        code, _, err = run(capsys, *argv, "--epochs", 1, "--quiet", "--out", tmp_path / argv[0])
+        assert code == 2 and _one_line_error(err) == (f"landscape: error: {infinite}: 2 infinite weights; "
+                                                      f"refusing to use it"), argv
+    code, _, err = run(capsys, "swa", "--from", foreign, "--model", "convnet", "--epochs", 1, "--quiet",
+                       "--out", tmp_path / "named")
+    assert code == 0, err
+
+
+def test_plot_of_results_missing_an_entry_is_one_line(tmp_path, capsys):
+    """A summary or .npz without an entry a figure needs ended in a KeyError traceback."""
+    import numpy as np
+
+    from tests.test_plots import write_rays
+
+    folder = write_rays(tmp_path / "r", line=False)
+    with np.load(folder / "rays.npz") as f:
+        arrays = {k: f[k] for k in f.files if k != "train_loss"}
+    np.savez(folder / "rays.npz", **arrays)
+    code, _, err = run(capsys, "plot", folder)
+    assert code == 2 and _one_line_error(err) == (f"landscape: error: {folder}: the stored results lack 'train_loss' "
+                                                  f"(edited, or written by another version?); rerun the command that "
+                                                  f"made them")

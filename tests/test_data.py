@@ -357,8 +357,15 @@ def test_npz_bad_inputs(tmp_path):
                         (dict(x_test=np.full((2, 3), np.inf)), "x_test holds 6 non-finite values"),
                         (dict(y_train=np.array([0, 1, 2, 10**12])), "y_train has label 1000000000000: labels must be"),
                         (dict(y_test=np.array([0, 10**6])), "y_test has label 1000000: labels must be"),
-                        (dict(x_test=np.zeros((0, 3)), y_test=np.zeros(0, dtype=int)), "the npz test split is empty"),
-                        (dict(y_test=np.array([0, 4])), "y_test has label 4 but y_train's labels stop at 3"),
+                        (dict(x_test=np.zeros((0, 3)), y_test=np.zeros(0, dtype=int)), "bad.npz: x_test is empty"),
+                        (dict(y_test=np.array([0, 4])), "bad.npz: y_test has label 4 that y_train never has: a class "
+                                                        "the network would never be trained on"),
+                        # a class in the middle missing from training, though the largest label is there
+                        (dict(y_train=np.array([0, 1, 3, 3]), y_test=np.array([2, 0])), "y_test has label 2 that"),
+                        # labels with gaps would give the network outputs no sample ever trains
+                        (dict(y_train=np.array([5, 15, 25, 95]), y_test=np.array([5, 15])),
+                         "labels must be class ids 0..K-1, each in y_train; 92 of 0..95 (0, 1, 2, 3, 4, ... "
+                         "(92 in all)) never occur: renumber them"),
                         (dict(x_train=np.zeros((1, 3)), y_train=np.array([0]), y_test=np.array([0, 0])),
                          "the npz training split has 1 sample; at least 2 are needed")):
         np.savez(path, **{**good, **arrays})
@@ -368,8 +375,12 @@ def test_npz_bad_inputs(tmp_path):
     with pytest.raises(UserError, match=re.escape("bad.npz: not an .npz file (it does not start as a zip")):
         load_dataset("npz", str(path))
     np.savez(path, **good)
-    with pytest.raises(UserError, match=re.escape("the npz training split has 1 sample after --val-size")):
+    with pytest.raises(UserError, match=re.escape("--val-size must be an integer in 0..2 (the npz training split has "
+                                                  "4 samples, and 2 must remain to train on), got 3")):
         load_dataset("npz", str(path), val_size=3)
+    # A validation split that takes every sample of a class leaves a class the network never trains on.
+    with pytest.raises(UserError, match=re.escape("--val-size 2 leaves the npz training split without classes ")):
+        load_dataset("npz", str(path), val_size=2)
 
 
 # --- synthetic and validation splits --------------------------------------------------
@@ -399,7 +410,7 @@ def test_val_split_sizes_and_disjoint():
     assert rows(data.x_test) | rows(data.x_train) == rows(full.x_train)  # the real test set is unused
     other = load_dataset("synthetic", synthetic_shape=(4,), synthetic_sizes=(50, 9), val_size=15, seed=1)
     assert rows(other.x_test) != rows(data.x_test)
-    with pytest.raises(UserError, match="val_size"):
+    with pytest.raises(UserError, match="--val-size must be an integer in 0..48"):
         load_dataset("synthetic", synthetic_sizes=(50, 9), synthetic_shape=(4,), val_size=50)
 
 

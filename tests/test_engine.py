@@ -252,6 +252,24 @@ def test_bn_batches_changes_the_result(small):
     assert abs(full["train_nll"][0] - two["train_nll"][0]) > 1e-6
 
 
+@pytest.mark.parametrize("bn_stats", ["population", "batches"])
+def test_stored_statistics_never_reach_a_points_estimate(small, bn_stats):
+    """Batch norm is re-estimated from scratch: an inf in the template's stored
+    running_var (a corrupt checkpoint) made 0 x inf = NaN under momentum 1,
+    and the centre of a rays sweep reported 90 % test error instead of 17.5 %."""
+    clean = convnet(30)
+    displace_bn_stats(clean, small)
+    corrupt = copy.deepcopy(clean)
+    with torch.no_grad():
+        bn_layers(corrupt)[0].running_var[0] = float("inf")
+        bn_layers(corrupt)[-1].running_mean[1] = float("-inf")
+    kw = dict(batch_size=64, bn_stats=bn_stats)
+    want = evaluate_points(clean, [clean], [[1.0]], small, **kw)
+    got = evaluate_points(corrupt, [corrupt], [[1.0]], small, **kw)
+    for key in ("train_loss", "train_error", "test_nll", "test_error"):
+        assert np.isfinite(got[key][0]) and got[key][0] == want[key][0], key
+
+
 def test_train_loss_adds_half_wd_times_the_squared_norm(small):
     anchors = [mlp(20), mlp(21), mlp(22)]
     space = ParamSpace.of(anchors[0])

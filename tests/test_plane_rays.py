@@ -612,7 +612,7 @@ def test_a_checkpoint_with_nan_or_inf_weights_is_refused_in_one_line(tmp_path, c
     refused before any work, naming the file; nothing is written."""
     A, B, _ = endpoints
     ck = load_checkpoint(B)
-    for value, words in ((float("nan"), "1 NaN value in"), (float("-inf"), "1 infinite weights")):
+    for value, words in ((float("nan"), "1 NaN value in"), (float("-inf"), "1 infinite weight;")):
         sd = {k: v.clone() for k, v in ck.state_dict.items()}
         next(v for k, v in sd.items() if k.endswith("weight")).view(-1)[0] = value
         bad = tmp_path / "bad.pt"
