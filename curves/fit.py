@@ -57,8 +57,8 @@ from landscape.errors import UserError
 from landscape.bn import reestimate_bn
 from landscape.evaluate import evaluate_model, evaluate_points, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, network_of, note_split_leak,
-                              refuse_infinite, require_architecture)
+from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, named_model, network_of,
+                              note_split_leak, refuse_infinite, require_architecture)
 from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
@@ -159,24 +159,20 @@ def fit_curve(
     metrics.
     """
     start_ckpt, end_ckpt = require_network(load_checkpoint(start)), require_network(load_checkpoint(end))
-    a, b = start_ckpt.state_dict, end_ckpt.state_dict
-    if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a):
-        raise UserError(f"{start} and {end} hold the same network: a curve between them would join a point "
-                        f"to itself; give two different endpoints")
-    user_named = overrides.get("model") is not None  # before the checkpoint's own name joins the overrides
-    if config is None:  # a config object names its network itself
-        require_architecture(start_ckpt, overrides.get("model"))
+    named = named_model(config, overrides)  # before the checkpoint's own name joins the overrides
+    user_named = named is not None
+    require_architecture(start_ckpt, named)
     if start_ckpt.model is not None:  # the architecture is the start endpoint's, and the config records it
-        overrides = dict(overrides, **network_of(start_ckpt, overrides.get("model"), overrides.get("model_kwargs")))
+        overrides = dict(overrides, **network_of(start_ckpt, named, overrides.get("model_kwargs")))
     given = {f.name for f in fields(ConnectConfig)} & set(overrides)
     base = asdict(config) if config is not None else {}
     check_same_data([start_ckpt, end_ckpt], {**{k: v for k, v in base.items() if k in DATA_FIELDS}, **overrides})
     inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
     cfg = ConnectConfig(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
     cfg.validate()
-    for ck in (start_ckpt, end_ckpt):
-        note_split_leak((ck.meta or {}).get("train_config"), asdict(cfg), ck.path)
     device = process_device(cfg.device)  # under torchrun: joins the process group
+    for ck in (start_ckpt, end_ckpt):  # after joining it: rank 0 alone says it
+        note_split_leak((ck.meta or {}).get("train_config"), asdict(cfg), ck.path)
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "connect")
     if start_epoch == -1:
@@ -193,6 +189,9 @@ def fit_curve(
     ends = [space.flatten(ck.state_dict, source=str(ck.path)) for ck in (start_ckpt, end_ckpt)]
     for v, ck in zip(ends, (start_ckpt, end_ckpt)):
         refuse_infinite(v, ck.path)
+    if torch.equal(ends[0], ends[1]):  # the weights; batch-norm buffers alone make no second point
+        raise UserError(f"{start} and {end} hold the same weights: a curve between them would join a point "
+                        f"to itself; give two different endpoints")
     curve = create_curve(cfg.curve, space, ends[0], ends[1], bends=cfg.bends,
                          fix_start=not cfg.free_start, fix_end=not cfg.free_end)
     template.to(device)

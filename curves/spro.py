@@ -49,7 +49,7 @@ from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import data_settings, load_points, network_of, require_architecture
+from landscape.inputs import data_settings, load_points, named_model, network_of, require_architecture
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.train import Task, TrainConfig, prepare_run, run_training
@@ -64,6 +64,10 @@ __all__ = ["SimplexConfig", "SimplexResult", "grow_simplex", "connect_modes", "e
 @dataclass
 class SimplexConfig(TrainConfig):
     """Settings of ``landscape simplex``; ``epochs`` is per added vertex."""
+
+    # The network is the modes' (the folder's claim checks them), and earlier builds recorded
+    # the default here: a resumed vertex does not compare it. (A class attribute, not a setting.)
+    resume_free = ("model", "model_kwargs")
 
     lam: float = 0.1
     samples: int = 5
@@ -182,7 +186,7 @@ def _config(config: SimplexConfig | None, first: str | Path,
     """The run's settings, and the network name the user gave (``--model``:
     a foreign mode's architecture, or the word that a landscape mode's
     ``package.module:factory`` is trusted), else None."""
-    named = overrides.get("model")
+    named = named_model(config, overrides)
     base = asdict(config) if config is not None else {}
     source = load_checkpoint(first)
     if source.model is not None:  # the network is the mode's, and the config records it
@@ -298,6 +302,10 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     cfg, named = _config(config, modes[0], overrides)
     out = Path(out) if out is not None else None
     pts, spec = _load_modes(modes, cfg, named)  # before the folder is claimed: a refusal leaves nothing
+    for i in range(len(modes)):
+        for j in range(i):
+            if torch.equal(pts.vectors[i], pts.vectors[j]):
+                raise UserError(f"{modes[j]} and {modes[i]} hold the same weights: a complex joins different modes")
     _claim(out, {"kind": "complex", "modes": [str(p) for p in modes], "connectors": connectors}, resume)
     template, data = pts.model, pts.data
     m = len(modes)

@@ -37,10 +37,11 @@ from .data import Dataset
 from .device import resolve_device, seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
-from .inputs import data_settings, network_of, note_split_leak, refuse_infinite, require_architecture
+from .inputs import (data_settings, named_model, network_of, note_split_leak, refuse_infinite,
+                     require_architecture)
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
-from .train import (Diverged, Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, rate_ok,
+from .train import (Diverged, Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, check_rate,
                     run_training)
 from .weights import ParamSpace
 
@@ -70,6 +71,10 @@ class AverageConfig(TrainConfig):
     cycle: int = 1
     keep_snapshots: bool = False
 
+    @property
+    def lr_flag(self) -> str:
+        return "--lr-max" if self.method == "fge" else "--lr"
+
     def validate(self) -> None:
         super().validate()
         if self.method not in METHODS:
@@ -84,9 +89,13 @@ class AverageConfig(TrainConfig):
             if self.epochs - self.swa_start < self.cycle:
                 raise UserError(f"no iterate would be averaged: --epochs ({self.epochs}) must exceed --swa-start "
                                 f"({self.swa_start}) by at least --cycle ({self.cycle})")
-            if not rate_ok(self.swa_lr) or (
-                    self.swa_lr_max is not None and not (rate_ok(self.swa_lr_max) and self.swa_lr_max >= self.swa_lr)):
-                raise UserError("--swa-lr must be positive and --swa-lr-max at least --swa-lr")
+            check_rate("--swa-lr", self.swa_lr)
+            if self.swa_lr_max is not None:
+                check_rate("--swa-lr-max", self.swa_lr_max)
+                if self.swa_lr_max < self.swa_lr:
+                    raise UserError(f"--swa-lr-max must be at least --swa-lr, got {self.swa_lr_max} and {self.swa_lr}")
+            elif self.swa_schedule == "cyclic":
+                check_rate("--swa-lr-max (by default 10 x --swa-lr)", 10 * self.swa_lr)
         if self.method == "fge" and not 0 < self.lr_min <= self.lr:
             raise UserError(f"FGE needs 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr}")
         if self.method in ("fge", "snapshots") and self.epochs < self.cycle:
@@ -183,18 +192,18 @@ def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) ->
     return from_spec(spec, trusted=True), spec  # built from the user's own --model
 
 
-def _config(method: str, config, overrides) -> AverageConfig:
+def _config(method: str, config, overrides, named: str | None) -> AverageConfig:
+    """The run's settings; ``named``: the network the caller named (:func:`named_model`)."""
     base = asdict(config) if config is not None else {}
     given = {f.name for f in fields(AverageConfig)} & set(overrides)
     cfg_from = overrides.get("from_ckpt", base.get("from_ckpt"))
     inherited, fixed = {}, {}
     if cfg_from:
         source = load_checkpoint(cfg_from)
-        if config is None:  # a config object names its network itself
-            require_architecture(source, overrides.get("model"))
+        require_architecture(source, named)
         inherited = {k: v for k, v in data_settings(source).items() if k not in given and k not in base}
         if source.model is not None:  # the network is the checkpoint's, and the config records it
-            fixed = network_of(source, overrides.get("model"), overrides.get("model_kwargs"))
+            fixed = network_of(source, named, overrides.get("model_kwargs"))
     cfg = AverageConfig(**{**inherited, **base, **overrides, **fixed, "method": method})
     cfg.validate()
     if cfg_from:
@@ -210,8 +219,9 @@ def _metrics_of(model: nn.Module, data: Dataset, wd: float) -> dict[str, float]:
 
 def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, overrides,
          build: Callable[[AverageConfig, nn.Module, dict, Dataset, Path | None], dict[str, Any]]) -> AverageResult:
-    user_named = overrides.get("model") is not None  # before the checkpoint's own name joins the config
-    cfg = _config(method, config, overrides)
+    named = named_model(config, overrides)  # before the checkpoint's own name joins the config
+    user_named = named is not None
+    cfg = _config(method, config, overrides, named)
     device = resolve_device(cfg.device)
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, method)

@@ -21,7 +21,8 @@ from .train import TrainConfig, load_data, same_file
 from .weights import ParamSpace
 
 __all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "note_split_leak",
-           "refuse_infinite", "require_architecture", "Points", "load_points"]
+           "refuse_infinite", "require_architecture", "merged_data_settings", "named_model", "Points",
+           "load_points"]
 
 DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
                "synthetic_sizes")
@@ -37,10 +38,31 @@ def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None
                  device: torch.device | str = "cpu", source: object = "the checkpoint") -> Dataset:
     """Load the dataset of ``stored`` settings (a run's train_config), with
     ``overrides`` (those not None) taking precedence; digits when neither says."""
-    settings = {k: v for k, v in (stored or {}).items() if k in DATA_FIELDS}
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in DATA_FIELDS})
+    settings = merged_data_settings(stored, overrides)
     note_split_leak(stored, settings, source)
     return load_data(TrainConfig(**settings), resolve_device(device))
+
+
+def merged_data_settings(stored: dict[str, Any] | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The data settings a command uses: the stored ones, with ``overrides`` (those not None) taking precedence."""
+    settings = {k: v for k, v in (stored or {}).items() if k in DATA_FIELDS}
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None and k in DATA_FIELDS})
+    return settings
+
+
+def named_model(config: TrainConfig | None, overrides: dict[str, Any]) -> str | None:
+    """The network the caller named: ``model=`` given, or a config object's
+    ``model`` when it is not the default (which a config holds unasked)."""
+    if overrides.get("model") is not None:
+        return overrides["model"]
+    if config is not None and config.model != TrainConfig.model:
+        return config.model
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON stores it (tuples as lists), for comparing stored with given."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def refuse_infinite(weights: torch.Tensor, source: object) -> None:
@@ -59,7 +81,15 @@ def note_split_leak(trained: dict[str, Any] | None, used: dict[str, Any], source
     if not trained or "val_size" not in trained:
         return  # a foreign checkpoint records nothing
     size, seed = int(used.get("val_size") or 0), int(used.get("data_seed") or 0)
-    if size <= 0 or trained.get("dataset", "digits") != used.get("dataset", "digits"):
+    dataset = used.get("dataset", "digits")
+    if size <= 0 or trained.get("dataset", "digits") != dataset:
+        return
+    # Other data altogether (another file; synthetic tensors drawn with another shape, size or seed) is no overlap.
+    path, used_path = trained.get("data_path"), used.get("data_path")
+    if _applies("data_path", dataset) and path != used_path and not same_file(path, used_path):
+        return
+    if dataset == "synthetic" and (int(trained.get("data_seed") or 0) != seed or any(
+            _plain(trained.get(k)) != _plain(used.get(k)) for k in DATA_FIELDS if k.startswith("synthetic_"))):
         return
     if (int(trained.get("val_size") or 0), int(trained.get("data_seed") or 0)) == (size, seed):
         return
@@ -149,6 +179,8 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}
     data = resolve_data(stored, data_overrides, device, first.path)
+    for ck in ckpts[1:]:  # the first was noted on loading
+        note_split_leak((ck.meta or {}).get("train_config"), merged_data_settings(stored, data_overrides), ck.path)
     if first.model is not None and model is None:
         check_spec_fits(first.model, data.num_classes, data.input_shape, first.path, f"dataset '{data.name}'")
         net = load_model(first)

@@ -151,12 +151,17 @@ class TrainConfig:
         if self.data_path:
             self.data_path = str(Path(self.data_path).expanduser().absolute())
 
+    @property
+    def lr_flag(self) -> str:
+        """The option that sets ``lr`` (FGE calls it --lr-max)."""
+        return "--lr"
+
     def validate(self) -> None:
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2 (batch norm needs two samples), got {self.batch_size}")
-        check_rate("--lr", self.lr)
+        check_rate(self.lr_flag, self.lr)
         if not math.isfinite(self.wd) or self.wd < 0:
             raise UserError(f"--wd must be a finite number >= 0, got {self.wd}")
         if not 0 <= self.momentum < 1:  # also refuses NaN; momentum 1 or more never forgets a step and diverges
@@ -205,7 +210,7 @@ def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
 def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> None:
     new = cfg.to_json()
     for key, value in new.items():
-        if key in _RESUME_FREE:
+        if key in _RESUME_FREE or key in getattr(cfg, "resume_free", ()):
             continue
         old = stored.get(key)
         if old != value and not (key in _RESUME_PATHS and same_file(old, value)):
@@ -585,7 +590,7 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
     # here, before they are saved to last.pt or averaged (one reduction per epoch, no per-step sync).
     params = [p.detach() for p in task.module.parameters()]
     if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-        raise Diverged(f"the weights became non-finite in the last step of epoch {epoch + 1} (lr {lr:g})")
+        raise Diverged(f"the weights became non-finite by the end of epoch {epoch + 1} (lr {lr:g})")
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_nll": nll_sum / seen,
             "train_error": 100.0 * wrong / seen}
 

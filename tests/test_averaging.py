@@ -129,15 +129,23 @@ def test_a_model_option_that_contradicts_the_starting_checkpoint_is_refused(tmp_
     assert not (tmp_path / "s").exists() and not (tmp_path / "f").exists()
 
 
-def test_swa_averages_every_cycle_after_the_start(tmp_path, digits):
+def test_swa_averages_every_cycle_after_the_start(tmp_path, digits, endpoint):
     res = run_swa(None, tmp_path / "s", epochs=6, swa_start=2, cycle=2, swa_lr=0.02, model="convnet",
                   model_kwargs=SMALL, data=digits, progress=False)
     assert res.summary["averaged"] == 2  # after epochs 4 and 6
     with pytest.raises(UserError, match="swa-start"):
         run_swa(None, None, epochs=3, swa_start=3, model="convnet", data=digits, progress=False)
-    for bad in ({"swa_lr": float("nan")}, {"swa_lr": 0.0}, {"swa_lr_max": float("inf")}, {"swa_lr_max": 0.001}):
-        with pytest.raises(UserError, match="--swa-lr must be positive and --swa-lr-max at least --swa-lr"):
+    for bad, said in (({"swa_lr": float("nan")}, "--swa-lr must be a finite number > 0, got nan"),
+                      ({"swa_lr": 0.0}, "--swa-lr must be a finite number > 0, got 0.0"),
+                      ({"swa_lr_max": float("inf")}, "--swa-lr-max must be a finite number > 0, got inf"),
+                      ({"swa_lr_max": 0.001}, "--swa-lr-max must be at least --swa-lr, got 0.001 and 0.01"),
+                      ({"swa_lr": 1e38, "swa_schedule": "cyclic"},
+                       "--swa-lr-max (by default 10 x --swa-lr) must be a finite number > 0, got 1e+39 (above "
+                       "3.4e+38, the float32 limit)")):
+        with pytest.raises(UserError, match=re.escape(said)):
             run_swa(None, None, epochs=3, model="convnet", data=digits, progress=False, **bad)
+    with pytest.raises(UserError, match=re.escape("--lr-max must be a finite number > 0, got 1e+39")):
+        run_fge(None, None, from_ckpt=str(endpoint), epochs=2, lr=1e39, data=digits, progress=False)
     # refused before training, not after it (the folder could then never be finished)
     with pytest.raises(UserError, match=r"^no iterate would be averaged: --epochs \(2\) must exceed --swa-start "
                                         r"\(0\) by at least --cycle \(5\)$"):
@@ -197,7 +205,7 @@ def test_divergence_names_each_methods_rate_and_keeps_no_non_finite_weights(tmp_
     assert not list((tmp_path / "f").glob("snapshot-*.pt"))
     steps = steps_per_epoch(400, 128)
     poison_step(2 * steps)  # the last step of epoch 2, the first averaged
-    with pytest.raises(UserError, match=re.escape("the weights became non-finite in the last step of epoch 2 ")
+    with pytest.raises(UserError, match=re.escape("the weights became non-finite by the end of epoch 2 ")
                        + r".*last\.pt holds epoch 1; lower --swa-lr \(or --lr, before --swa-start\)"):
         run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), epochs=3, swa_start=1, data=digits, progress=False)
     kept = load_checkpoint(tmp_path / "s" / "last.pt")

@@ -428,6 +428,10 @@ def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, end
     code, _, err = run(capsys, "curve", "--ckpt", tmp_path / "c" / "model.pt", "--model", "mlp", "--out",
                        tmp_path / "cv2")
     assert code == 2 and _one_line_error(err).endswith(f"holds a '{factory}', but --model says 'mlp'")
+    code, _, err = run(capsys, "plane", "--ckpt", tmp_path / "c" / "model.pt", "--model-kwargs", "width=8", "--out",
+                       tmp_path / "pl2")
+    assert code == 2 and _one_line_error(err).endswith("holds its own network; --model-kwargs does not apply to it "
+                                                       "(leave it out)")
 
 
 def test_the_rays_table_shows_undefined_asymmetry_as_n_a(tmp_path, capsys):
@@ -478,7 +482,7 @@ def test_a_validation_split_the_networks_trained_on_is_noted(tmp_path, capsys, e
     code, _, err = run(capsys, "ensemble", a, b, "--out", tmp_path / "t")
     assert code == 0 and "note:" not in err
     # a network that held out this very split gets no note
-    code, _, err = run(capsys, "train", "--epochs", 1, "--val-size", 100, "--model-kwargs", "width=4", "--quiet",
+    code, _, err = run(capsys, "train", "--epochs", 1, "--val-size", 100, "--quiet",
                        "--out", tmp_path / "held")
     assert code == 0
     code, _, err = run(capsys, "ensemble", tmp_path / "held" / "model.pt", "--out", tmp_path / "h")
@@ -486,6 +490,13 @@ def test_a_validation_split_the_networks_trained_on_is_noted(tmp_path, capsys, e
     code, _, err = run(capsys, "ensemble", tmp_path / "held" / "model.pt", "--data-seed", 3, "--out", tmp_path / "h3")
     assert code == 0 and "held out --val-size 100 with --data-seed 0; the validation split here (--val-size 100, " \
                          "--data-seed 3) overlaps" in err
+    # every network is checked, not only the first
+    code, _, err = run(capsys, "ensemble", tmp_path / "held" / "model.pt", a, "--val-size", 100, "--out", tmp_path / "m")
+    assert code == 0 and [line for line in err.splitlines() if line.startswith("note:")] == [note]
+    # and commands that train from networks say it too
+    code, _, err = run(capsys, "connect", "--start", a, "--end", b, "--val-size", 100, "--epochs", 1, "--quiet",
+                       "--out", tmp_path / "c")
+    assert code == 0 and note in err.splitlines() and note.replace(str(a), str(b)) in err.splitlines()
 
 
 def test_foreign_and_infinite_checkpoints_are_refused_by_the_training_commands(tmp_path, capsys, endpoints):

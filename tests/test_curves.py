@@ -277,7 +277,6 @@ def test_resumed_fit_gives_identical_anchors(tmp_path, narrow, small_digits):
     assert torch.equal(resumed.curve.anchors(), full.curve.anchors())
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
     assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in full.metrics]
-    # The clock goes on from the interrupted part: times grow across the resume.
     # The clock goes on from the interrupted part: the kept epochs' times stand, and the third
     # epoch's is the second's plus no more than the resumed call took (not its own time from zero).
     times = [r["time_s"] for r in resumed.metrics]
@@ -328,7 +327,7 @@ def test_connect_refuses_endpoints_that_hold_the_same_network(tmp_path, narrow, 
     import shutil
 
     shutil.copy(narrow["a"], tmp_path / "copy.pt")
-    with pytest.raises(UserError, match=r"hold the same network: a curve between them would join a point to itself"):
+    with pytest.raises(UserError, match=r"hold the same weights: a curve between them would join a point to itself"):
         fit_curve(narrow["a"], tmp_path / "copy.pt", tmp_path / "c", data=small_digits, epochs=1, progress=False)
     assert not (tmp_path / "c").exists()
 

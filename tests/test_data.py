@@ -529,3 +529,27 @@ def test_augment_fill_per_channel():
         assert set(out[:, c].unique().tolist()) == {0.0, fill[c].item()}
     default = augment_crop_flip(torch.ones(50, 3, 4, 4), torch.Generator().manual_seed(1), padding=4)
     assert set(default.unique().tolist()) == {0.0, 1.0}  # default fill is 0
+
+
+def test_the_split_note_speaks_only_of_overlapping_data(tmp_path, capsys):
+    """A validation split overlaps a network's training data only when it is carved
+    from the same data: another npz file or other synthetic tensors are no overlap."""
+    from landscape.inputs import note_split_leak
+
+    def noted(trained, used):
+        note_split_leak(trained, used, "net.pt")
+        return capsys.readouterr().err
+
+    digits = {"dataset": "digits", "val_size": 0, "data_seed": 0}
+    assert "net.pt was trained on the whole training split" in noted(digits, dict(digits, val_size=100))
+    assert noted(digits, digits) == "" and noted(dict(digits, val_size=100), dict(digits, val_size=100)) == ""
+    synthetic = {"dataset": "synthetic", "val_size": 0, "data_seed": 0, "synthetic_sizes": [64, 16]}
+    assert "overlaps" in noted(synthetic, dict(synthetic, val_size=8))
+    assert noted(synthetic, dict(synthetic, val_size=8, data_seed=1)) == ""  # other random tensors
+    assert noted(synthetic, dict(synthetic, val_size=8, synthetic_sizes=(32, 16))) == ""
+    for name in ("a.npz", "b.npz"):
+        (tmp_path / name).write_bytes(b"")
+    npz = {"dataset": "npz", "val_size": 0, "data_seed": 0, "data_path": str(tmp_path / "a.npz")}
+    assert "overlaps" in noted(npz, dict(npz, val_size=8))
+    assert noted(npz, dict(npz, val_size=8, data_path=str(tmp_path / "b.npz"))) == ""
+    assert noted({}, dict(digits, val_size=100)) == ""  # a foreign checkpoint records nothing

@@ -188,3 +188,31 @@ def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, c
         err = capsys.readouterr().err
         assert code == 2 and err.strip() == f"landscape: error: {msg}", err
         assert not (tmp_path / "s").exists()
+
+
+def test_foreign_modes_need_and_take_model(tmp_path, modes):
+    """simplex had no --model: a foreign mode ended in a TypeError (its spec was None)."""
+    import shutil
+
+    from landscape.train import TrainConfig
+
+    from curves.spro import SimplexConfig
+
+    sd = load_checkpoint(modes[0]).state_dict
+    torch.save({"model_state": sd}, tmp_path / "foreign.pt")
+    kw = dict(vertices=2, epochs=1, eval_samples=2, face_resolution=2, progress=False)
+    with pytest.raises(UserError, match="foreign.pt: foreign checkpoint without architecture; name it with --model"):
+        grow_simplex(tmp_path / "foreign.pt", tmp_path / "refused", **kw)
+    assert not (tmp_path / "refused").exists()
+    r = grow_simplex(tmp_path / "foreign.pt", tmp_path / "s", model="convnet", model_kwargs={"width": 8}, **kw)
+    assert torch.equal(r.complex.anchors()[0].cpu(), ParamSpace.of(r.model).flatten(sd))
+    # a config object naming its network (not the default) counts as naming it
+    assert TrainConfig.model == "convnet"
+    cfg = SimplexConfig(model="mlp", model_kwargs={"hidden": 8})
+    with pytest.raises(UserError, match="foreign.pt does not fit model 'mlp'"):
+        grow_simplex(tmp_path / "foreign.pt", tmp_path / "c", config=cfg, **kw)
+    # a complex joins different modes: a copy of one is refused
+    shutil.copy(modes[0], tmp_path / "copy.pt")
+    with pytest.raises(UserError, match="hold the same weights: a complex joins different modes"):
+        connect_modes([modes[0], tmp_path / "copy.pt"], tmp_path / "cx", connectors=1, epochs=1, progress=False)
+    assert not (tmp_path / "cx").exists()

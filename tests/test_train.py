@@ -125,8 +125,8 @@ def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(tmp_path
     step of an epoch used to be written to last.pt and reported as a finished epoch."""
     kw = dict(data=digits, epochs=3, batch_size=1000, progress=False, model_kwargs={"width": 4})  # 2 steps an epoch
     poison_step(4)  # the last step of epoch 2
-    with pytest.raises(UserError, match=re.escape("training diverged: the weights became non-finite in the last "
-                                                  "step of epoch 2 (lr 0.05); ") + ".*last.pt holds epoch 1; lower --lr"):
+    with pytest.raises(UserError, match=re.escape("training diverged: the weights became non-finite by the end "
+                                                  "of epoch 2 (lr 0.05); ") + ".*last.pt holds epoch 1; lower --lr"):
         train(out=tmp_path / "run", **kw)
     assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
     kept = load_checkpoint(tmp_path / "run" / "last.pt")
