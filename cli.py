@@ -634,7 +634,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     import inspect
 
     from landscape.models import MODELS, list_models
+    from landscape.sweep import is_main
 
+    if not is_main():  # under torchrun: one list
+        return 0
     for name in list_models():
         # The options --model-kwargs can set (the dataset gives num_classes and input_shape).
         options = [f"{p.name}={p.default!r}" for p in inspect.signature(MODELS[name]).parameters.values()
@@ -1026,6 +1029,9 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {where}out of memory ({first}); {_out_of_memory_advice(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # Under torchrun a signal may reach one rank only (a scheduler, a kill): the others sit in
+        # a collective, so this rank does not wait for them at the final barrier; torchrun stops them.
+        args.failed_alone = True
         if hasattr(args, "resume"):
             hint = " — rerun with --resume to continue"
         elif args.command == "demo":

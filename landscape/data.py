@@ -396,8 +396,15 @@ def _read_mnist(name: str, root: Path) -> _Raw:
     return _Raw(images(train_x), labels(train_y), images(test_x), labels(test_y), 10, mean, std)
 
 
+def _need_folder(root: Path, what: str) -> None:
+    """A --data-path naming a file where a folder is read (an archive, one of the files)."""
+    if root.is_file():
+        raise UserError(f"--data-path {root} is a file; give {what}")
+
+
 def _find_idx_files(root: Path, folder: str) -> list[Path]:
     """The four idx files, all from the first candidate folder holding any."""
+    _need_folder(root, "the folder that holds the four idx files (train-images-idx3-ubyte[.gz], ...)")
     candidates = [root, root / "raw", root / folder / "raw"]
     for d in candidates:
         found = {stem: _first_existing(d / stem, d / f"{stem}.gz") for stem in _IDX_STEMS}
@@ -514,6 +521,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def _read_cifar(name: str, root: Path) -> _Raw:
     folder, train_files, test_files, label_key, mean, std, classes = _CIFAR[name]
+    _need_folder(root, f"the {folder} folder (or the folder that holds it), extracted from the official archive")
     base = root / folder if (root / folder).is_dir() else root
     missing = [f for f in train_files + test_files if not (base / f).is_file()]
     if missing:
@@ -552,10 +560,11 @@ def _read_cifar_batch(path: Path, label_key: str, classes: int) -> tuple[np.ndar
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise UserError(f"{path}: 'data' is a {what}; expected a uint8 array of shape (n, 3072)")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: {label_key!r} is not a list of integers") from None
+    raw = np.asarray(labels)  # as stored: the official files hold a list of ints
+    if raw.dtype == bool or not (np.issubdtype(raw.dtype, np.integer) or raw.size == 0):
+        # a float 0.7 would be truncated to class 0, a string "3" parsed: neither is a class id
+        raise UserError(f"{path}: {label_key!r} is not a list of integers ({raw.dtype} values)")
+    labels = raw.astype(np.int64)
     if labels.shape != (len(data),):
         raise UserError(f"{path}: {len(data)} images but {label_key!r} has shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= classes):

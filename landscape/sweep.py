@@ -143,11 +143,15 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
     only after all have looked."""
     if out is not None:
         claim_folder(out, command)
-        if (out / result_file).exists() and not resume:
+        done = (out / result_file).exists() and (out / "summary.json").exists()
+        if (out / result_file).exists() and not done and not (out / STORE).exists():
+            raise UserError(f"{out} holds {result_file} but neither summary.json nor the sweep's partial store to "
+                            f"finish it from; choose another --out")
+        if done and not resume:
             raise UserError(f"{out} already holds a finished result ({result_file}); choose another --out")
         if (out / STORE).exists() and not resume:
             raise UserError(f"{out} holds an unfinished sweep; pass --resume to continue it, or choose another --out")
-        if (out / result_file).exists():  # finished before: nothing to resume
+        if done:  # finished before: nothing to resume
             arrays, summary = read_result(out, result_file)
             stored = summary.get("request") if isinstance(summary, dict) else None
             if request is not None and stored is not None and stored != request:
@@ -165,8 +169,10 @@ def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarr
     if request is not None:
         summary["request"] = request
     if out is not None and is_main():
-        write_npz(out / result_file, arrays)
+        # The summary first: the result file marks the sweep finished, so one stopped between the
+        # two still has its partial store, and --resume finishes it again.
         write_json(out / "summary.json", summary)
+        write_npz(out / result_file, arrays)
         (out / STORE).unlink(missing_ok=True)
 
 

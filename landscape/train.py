@@ -401,6 +401,11 @@ def run_training(
     if world > 1:
         _say(f"{task.command}: data parallel on {world} processes ({dist.get_backend()}), "
              f"{cfg.batch_size // world} samples per process and step")
+        rest = len(data.y_train) % cfg.batch_size
+        if 2 <= rest < 2 * world:  # one process trains on it; split, a slice would hold under 2 samples
+            _say(f"note: each epoch's last batch ({rest} samples) is left out: split across {world} processes "
+                 f"it gives a slice under the 2 samples batch norm needs (one process trains on it, so results "
+                 f"differ from a one-process run)")
     if out is not None:
         write_json(out / "config.json", {
             "command": task.command,
@@ -430,6 +435,9 @@ def run_training(
                 record.update(task.epoch_eval())
             record["time_s"] = round(time.perf_counter() - t0, 3)
             record = _from_main(record)
+            bad = _non_finite(record)  # e.g. a test NLL of weights grown huge but finite
+            if bad is not None:
+                raise Diverged(f"the {bad[0]} became {bad[1]} in epoch {epoch + 1}")
             if out is not None:
                 append_jsonl(out / "metrics.jsonl", record)
                 save(out / "last.pt", epoch + 1, task.kind)
@@ -454,10 +462,29 @@ def run_training(
     summary = task.finish() if rank == 0 else None
     if rank == 0:
         summary["seconds"] = round(time.perf_counter() - t0, 3)
+    bad = _from_main(_non_finite(summary) if rank == 0 else None)  # every rank refuses alike
+    if bad is not None:  # the last step can leave finite weights whose loss is not
+        kept = "" if out is None else f"{out / 'last.pt'} holds epoch {cfg.epochs}; "
+        raise UserError(f"training diverged: the final network's {bad[0]} is {bad[1]}; {kept}lower "
+                        f"{task.lr_flag} and start again" + ("" if out is None else " with another --out"))
     if out is not None:
-        save(out / "model.pt", cfg.epochs, task.kind)
+        # The summary first: model.pt marks the run finished, so a run stopped between the two
+        # has no model.pt, and --resume finishes it again from last.pt.
         write_json(out / "summary.json", summary)
+        save(out / "model.pt", cfg.epochs, task.kind)
     return _from_main(summary), metrics  # the broadcast also holds every rank until rank 0 has written
+
+
+def _non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
+    """The first NaN or infinite number in a record or summary: (its key path, the value)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "value", obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def _say(msg: str) -> None:
@@ -484,8 +511,14 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
         return 0, None, []
     claim_folder(out, command)
     finished, last = out / "model.pt", out / "last.pt"
+    done = finished.exists() and (out / "summary.json").exists()
+    if finished.exists() and not done:  # stopped between the two (an earlier build wrote model.pt first)
+        if not last.exists():
+            raise UserError(f"{out} holds model.pt but neither summary.json nor last.pt to finish the run from; "
+                            f"choose another --out")
+        # last.pt holds the last epoch: the run is finished again from it
     if not resume:
-        if finished.exists():
+        if done:
             raise UserError(f"{out} already holds a finished run; choose another --out")
         if last.exists():
             raise UserError(f"{out} holds an unfinished run; pass --resume to continue it, or choose another --out")
@@ -494,7 +527,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
             for stale in ("metrics.jsonl", "summary.json"):
                 (out / stale).unlink(missing_ok=True)
         return 0, None, []
-    source = finished if finished.exists() else last
+    source = finished if done else last
     if not source.exists():
         _say(f"{out}: nothing to resume, starting a new run")
         return prepare_run(out, cfg, resume=False, command=command)

@@ -207,6 +207,30 @@ def test_an_interrupted_curve_evaluation_resumes_to_the_uninterrupted_result(tmp
     code, _, err = run(capsys, *args, "--out", out)  # a finished folder: refused without --resume
     assert code == 2 and "curve.npz" in _one_line_error(err)
 
+    # Stopped between the summary and the result file: the partial store is still there, and --resume
+    # finishes the sweep (it said "no such file" for the summary, whatever was asked, when the order was reverse).
+    real_write = sweep_module.write_npz
+
+    def stop_at_the_result(path, arrays):
+        if path.name == "curve.npz":
+            raise KeyboardInterrupt
+        return real_write(path, arrays)
+
+    monkeypatch.setattr(sweep_module, "evaluate_points", real)
+    monkeypatch.setattr(sweep_module, "write_npz", stop_at_the_result)
+    code, _, err = run(capsys, *args, "--out", tmp_path / "stopped")
+    assert code == 130 and (tmp_path / "stopped" / "sweep.partial.npz").exists()
+    assert not (tmp_path / "stopped" / "curve.npz").exists()
+    monkeypatch.setattr(sweep_module, "write_npz", real_write)
+    code, _, err = run(capsys, *args, "--out", tmp_path / "stopped", "--resume")
+    assert code == 0, err
+    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["curve"]["train_loss_barrier"] == \
+        pytest.approx(fresh["curve"]["train_loss_barrier"], rel=1e-6, abs=1e-7)
+    (tmp_path / "stopped" / "summary.json").unlink()  # a result file alone cannot be finished
+    code, _, err = run(capsys, *args, "--out", tmp_path / "stopped", "--resume")
+    assert code == 2 and _one_line_error(err).endswith("holds curve.npz but neither summary.json nor the sweep's "
+                                                       "partial store to finish it from; choose another --out")
+
 
 def test_no_command_writes_into_another_commands_folder(tmp_path, capsys, endpoints):
     """--out naming a training run (or any folder whose config.json names another
@@ -367,6 +391,8 @@ def test_ctrl_c_advises_resume_only_where_the_command_has_it(tmp_path, capsys, m
         monkeypatch.setattr(args, "func", interrupted)
         assert cli._run_command(args) == 130
         assert _one_line_error(capsys.readouterr().err) == f"landscape: {said}"
+        # under torchrun the signal may have reached this rank alone: it must not wait for the others
+        assert args.failed_alone
 
 
 def test_swa_refuses_an_lr_it_would_not_use(tmp_path, capsys, endpoints):

@@ -280,6 +280,24 @@ def test_cifar_corrupt_batch(tmp_path):
         load_dataset("cifar10", str(tmp_path))
 
 
+def test_cifar_labels_must_be_integers_and_the_path_a_folder(tmp_path):
+    """Float labels were truncated (0.7 became class 0) and strings parsed; an archive or
+    a batch file given as --data-path was reported as missing batches."""
+    rng = np.random.default_rng(7)
+    train, _ = write_cifar10(tmp_path, rng)
+    for labels, kind in (([0.7] * 3, "float64"), (["1"] * 3, "<U1"), ([True] * 3, "bool")):
+        dump(tmp_path / "data_batch_2", {**train[1], b"labels": labels}, 2)
+        with pytest.raises(UserError, match=re.escape(f"data_batch_2: 'labels' is not a list of integers ({kind} "
+                                                      f"values)")):
+            load_dataset("cifar10", str(tmp_path))
+    with pytest.raises(UserError, match=re.escape(f"--data-path {tmp_path / 'data_batch_1'} is a file; give the "
+                                                  f"cifar-10-batches-py folder")):
+        load_dataset("cifar10", str(tmp_path / "data_batch_1"))
+    with pytest.raises(UserError, match=re.escape(f"--data-path {tmp_path / 'data_batch_1'} is a file; give the "
+                                                  f"folder that holds the four idx files")):
+        load_dataset("mnist", str(tmp_path / "data_batch_1"))
+
+
 # --- npz ----------------------------------------------------------------------
 
 

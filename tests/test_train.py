@@ -133,6 +133,43 @@ def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(tmp_path
     assert kept.meta["epoch"] == 1 and all(bool(torch.isfinite(v).all()) for v in kept.state_dict.values())
 
 
+def test_non_finite_metrics_of_finite_weights_are_divergence_too(tmp_path, digits, monkeypatch):
+    """lr 1e38 leaves finite but huge weights after the only step: the run finished with exit 0,
+    a NaN test NLL, and bare NaN (not JSON) in metrics.jsonl and summary.json."""
+    with pytest.raises(UserError, match=r"training diverged: the test_nll became (nan|inf) in epoch 1; no epoch "
+                                        r"finished; lower --lr"):
+        train(out=tmp_path / "run", data=digits, model="mlp", epochs=1, batch_size=2000, lr=1e38, progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
+    # The final summary is checked as well, before model.pt would mark the run finished.
+    import sys
+
+    train_module = sys.modules["landscape.train"]  # the package's attribute 'train' is the function
+    real = train_module._final_summary
+    monkeypatch.setattr(train_module, "_final_summary", lambda *a: dict(real(*a), test_nll=float("inf")))
+    with pytest.raises(UserError, match=re.escape("training diverged: the final network's test_nll is inf; ")):
+        train(out=tmp_path / "fin", data=digits, epochs=1, progress=False, model_kwargs={"width": 4})
+    assert (tmp_path / "fin" / "last.pt").exists() and not (tmp_path / "fin" / "model.pt").exists()
+
+
+def test_a_run_stopped_while_finishing_is_finished_by_resume(tmp_path, digits):
+    """model.pt without summary.json (stopped between the two writes; earlier builds wrote model.pt
+    first) made --resume say "already finished" and then fail on the missing summary."""
+    kw = dict(data=digits, epochs=2, progress=False, model_kwargs={"width": 4})
+    first = train(out=tmp_path / "run", **kw)
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(UserError, match="holds an unfinished run; pass --resume"):
+        train(out=tmp_path / "run", **kw)
+    again = train(out=tmp_path / "run", resume=True, **kw)
+    assert again.summary["test_error"] == first.summary["test_error"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["train_loss"] == first.summary["train_loss"]
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[key]), key
+    (tmp_path / "run" / "summary.json").unlink()
+    (tmp_path / "run" / "last.pt").unlink()
+    with pytest.raises(UserError, match="holds model.pt but neither summary.json nor last.pt"):
+        train(out=tmp_path / "run", resume=True, **kw)
+
+
 def test_a_rate_float32_cannot_hold_is_refused_before_training(tmp_path, digits):
     """SGD applies the rate to float32 weights: 1e39 crashed with a traceback in the first step."""
     with pytest.raises(UserError, match=re.escape("--lr must be a finite number > 0, got 1e+39 (above 3.4e+38, "
