@@ -634,9 +634,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     import inspect
 
     from landscape.models import MODELS, list_models
-    from landscape.sweep import is_main
 
-    if not is_main():  # under torchrun: one list
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun (it joins no process group): one list
         return 0
     for name in list_models():
         # The options --model-kwargs can set (the dataset gives num_classes and input_shape).
@@ -1040,9 +1039,9 @@ def _run_command(args: argparse.Namespace) -> int:
             hint = ""
         out = getattr(args, "out", None)
         if out is not None and not Path(out).exists():
-            print(f"{PROG}: interrupted before anything was written to {out}", file=sys.stderr)
+            print(f"{PROG}: {where}interrupted before anything was written to {out}", file=sys.stderr)
         else:
-            print(f"{PROG}: interrupted; files written so far are kept{hint}", file=sys.stderr)
+            print(f"{PROG}: {where}interrupted; files written so far are kept{hint}", file=sys.stderr)
         return 130
 
 

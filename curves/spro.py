@@ -222,10 +222,10 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
     ev = evaluate_simplex(cx, template, data, out, samples=eval_samples, face_resolution=face_resolution,
                           wd=cfg.wd, seed=cfg.seed if sample_seed is None else sample_seed)
     summary = {**ev["summary"], **extra_summary, "config": cfg.to_json()}
-    if out is not None:
+    if out is not None:  # the summary first, as every run writes it (model.pt marks the run finished)
+        write_json(out / "summary.json", summary)
         save_simplex(out / "model.pt", cx, template, spec, meta={"train_config": cfg.to_json(),
                                                                   "dataset": data.describe()})
-        write_json(out / "summary.json", summary)
     return SimplexResult(complex=cx, model=template, summary=summary, out=out, data=data,
                          sample_probs=ev["probs"])
 
@@ -387,8 +387,8 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
         for m in METRICS:
             arrays[f"face_{m}"] = res[m][off:]
     if out is not None:
+        write_json(Path(out) / "simplex_summary.json", summary)  # first: simplex.npz is what plot looks for
         write_npz(Path(out) / "simplex.npz", arrays)
-        write_json(Path(out) / "simplex_summary.json", summary)
     return {"summary": summary, "arrays": arrays, "probs": res["probs"][sl_s]}
 
 

@@ -41,8 +41,8 @@ from .inputs import (data_settings, named_model, network_of, note_split_leak, re
                      require_architecture)
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
-from .train import (Diverged, Task, TrainConfig, epoch_test_metrics, load_data, prepare_run, check_rate,
-                    run_training)
+from .train import (Diverged, Task, TrainConfig, check_rate, epoch_test_metrics, load_data, non_finite, prepare_run,
+                    refuse_final, run_training)
 from .weights import ParamSpace
 
 __all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "fge_learning_rate", "snapshot_learning_rate",
@@ -305,6 +305,9 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
             reestimate_bn(sgd_bn, data.batches("train", 1000))
             sgd_re = _metrics_of(sgd_bn.eval(), data, cfg.wd)
             del sgd_bn
+            bad = non_finite({"swa": swa_m, "sgd": sgd_m})
+            if bad is not None:  # refused before swa.pt and sgd.pt would look like finished networks
+                refuse_final(bad, _LR_FLAGS["swa"], out, cfg.epochs)
             if out is not None:
                 meta = {"method": "swa", "averaged": state["n"], "train_config": cfg.to_json(),
                         "dataset": data.describe()}

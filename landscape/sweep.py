@@ -152,6 +152,8 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
         if (out / STORE).exists() and not resume:
             raise UserError(f"{out} holds an unfinished sweep; pass --resume to continue it, or choose another --out")
         if done:  # finished before: nothing to resume
+            if is_main():  # a store left by a stop just after the result was written
+                (out / STORE).unlink(missing_ok=True)
             arrays, summary = read_result(out, result_file)
             stored = summary.get("request") if isinstance(summary, dict) else None
             if request is not None and stored is not None and stored != request:

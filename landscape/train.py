@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -404,8 +405,8 @@ def run_training(
         rest = len(data.y_train) % cfg.batch_size
         if 2 <= rest < 2 * world:  # one process trains on it; split, a slice would hold under 2 samples
             _say(f"note: each epoch's last batch ({rest} samples) is left out: split across {world} processes "
-                 f"it gives a slice under the 2 samples batch norm needs (one process trains on it, so results "
-                 f"differ from a one-process run)")
+                 f"it would give a slice under 2 samples (a run on one process trains on it, so the results "
+                 f"differ from one)")
     if out is not None:
         write_json(out / "config.json", {
             "command": task.command,
@@ -435,7 +436,7 @@ def run_training(
                 record.update(task.epoch_eval())
             record["time_s"] = round(time.perf_counter() - t0, 3)
             record = _from_main(record)
-            bad = _non_finite(record)  # e.g. a test NLL of weights grown huge but finite
+            bad = non_finite(record)  # e.g. a test NLL of weights grown huge but finite
             if bad is not None:
                 raise Diverged(f"the {bad[0]} became {bad[1]} in epoch {epoch + 1}")
             if out is not None:
@@ -462,11 +463,9 @@ def run_training(
     summary = task.finish() if rank == 0 else None
     if rank == 0:
         summary["seconds"] = round(time.perf_counter() - t0, 3)
-    bad = _from_main(_non_finite(summary) if rank == 0 else None)  # every rank refuses alike
+    bad = _from_main(non_finite(summary) if rank == 0 else None)  # every rank refuses alike
     if bad is not None:  # the last step can leave finite weights whose loss is not
-        kept = "" if out is None else f"{out / 'last.pt'} holds epoch {cfg.epochs}; "
-        raise UserError(f"training diverged: the final network's {bad[0]} is {bad[1]}; {kept}lower "
-                        f"{task.lr_flag} and start again" + ("" if out is None else " with another --out"))
+        refuse_final(bad, task.lr_flag, out, cfg.epochs)
     if out is not None:
         # The summary first: model.pt marks the run finished, so a run stopped between the two
         # has no model.pt, and --resume finishes it again from last.pt.
@@ -475,13 +474,20 @@ def run_training(
     return _from_main(summary), metrics  # the broadcast also holds every rank until rank 0 has written
 
 
-def _non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
+def refuse_final(bad: tuple[str, float], lr_flag: str, out: Path | None, epochs: int) -> None:
+    """One line for a final network whose metrics are not finite (``bad``: from :func:`non_finite`)."""
+    kept = "" if out is None else f"{out / 'last.pt'} holds epoch {epochs}; "
+    raise UserError(f"training diverged: the final network's {bad[0]} is {bad[1]}; {kept}lower "
+                    f"{lr_flag} and start again" + ("" if out is None else " with another --out"))
+
+
+def non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
     """The first NaN or infinite number in a record or summary: (its key path, the value)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return where or "value", obj
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(obj):
+        return where or "value", float(obj)
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for key, value in items:
-        found = _non_finite(value, f"{where}.{key}" if where else str(key))
+        found = non_finite(value, f"{where}.{key}" if where else str(key))
         if found is not None:
             return found
     return None

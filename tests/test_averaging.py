@@ -212,6 +212,27 @@ def test_divergence_names_each_methods_rate_and_keeps_no_non_finite_weights(tmp_
     assert kept.extra["average_state"]["n"] == 0 and all(bool(torch.isfinite(v).all()) for v in kept.state_dict.values())
 
 
+def test_a_non_finite_swa_average_is_refused_before_its_files(tmp_path, digits, endpoint, monkeypatch):
+    """swa.pt and sgd.pt were written before the summary's check: a refused run left what looked
+    like finished networks."""
+    import landscape.averaging as averaging
+
+    real = averaging._metrics_of
+    calls = []
+
+    def metrics(model, data, wd):
+        calls.append(1)
+        m = real(model, data, wd)
+        return dict(m, test_nll=float("nan")) if len(calls) == 2 else m  # the average's
+
+    monkeypatch.setattr(averaging, "_metrics_of", metrics)
+    with pytest.raises(UserError, match=re.escape("training diverged: the final network's swa.test_nll is nan; ")
+                       + ".*last.pt holds epoch 1; lower --swa-lr"):
+        run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), epochs=1, data=digits, progress=False)
+    assert (tmp_path / "s" / "last.pt").exists()
+    assert not any((tmp_path / "s" / name).exists() for name in ("swa.pt", "sgd.pt", "model.pt", "summary.json"))
+
+
 def test_snapshot_ensemble_from_scratch(tmp_path, digits, capsys):
     """A trailing partial cycle (5 epochs, cycles of 2) takes no snapshot, and the summary and the CLI say so."""
     import cli

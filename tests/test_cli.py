@@ -94,7 +94,7 @@ def test_cifar_shaped_models_train_one_epoch_on_synthetic_data(tmp_path, capsys,
     assert summary["model"]["kwargs"]["input_shape"] == [3, 32, 32]
 
 
-def test_models_lists_the_registry(capsys):
+def test_models_lists_the_registry(capsys, monkeypatch):
     code, out, _ = run(capsys, "models")
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
     assert code == 0
@@ -102,6 +102,11 @@ def test_models_lists_the_registry(capsys):
         assert name in rows
     # each with the options --model-kwargs can set, at their defaults
     assert rows["convnet"] == ["width=32"] and rows["preresnet"] == ["depth=20"] and rows["vgg16"] == []
+    # under torchrun (it joins no process group) only rank 0 lists them
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and out == ""
 
 
 def test_console_script_is_installed_and_reports_errors():
