@@ -230,3 +230,13 @@ def test_two_rank_connect_equals_one_process_averaging_the_halves(tmp_path, digi
     assert torch.equal(got[0], want[0]) and torch.equal(got[-1], want[-1])  # fixed ends
     assert (got[1] - straight[1]).abs().max() > 1e-2  # the bend moved
     torch.testing.assert_close(got, want, **TOL)
+
+
+def test_a_last_batch_too_small_to_split_is_left_out_with_a_note(tmp_path):
+    """1437 = 3 x 478 + 3: split over 2 ranks the last 3 samples give a slice of 1, so the
+    ranks leave them out where one process trains on them; that used to go unsaid."""
+    done = torchrun("train", "--epochs", 1, "--batch-size", 478, "--model-kwargs", "width=4", "--out", tmp_path / "r")
+    assert done.returncode == 0, done.stderr[-4000:]
+    note = ("note: each epoch's last batch (3 samples) is left out: split across 2 processes it would give a slice "
+            "under 2 samples (a run on one process trains on it, so the results differ from one)")
+    assert done.stderr.count(note) == 1, done.stderr
