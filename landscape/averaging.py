@@ -41,8 +41,8 @@ from .inputs import (data_settings, named_model, network_of, note_split_leak, re
                      require_architecture)
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
-from .train import (Diverged, Task, TrainConfig, check_rate, epoch_test_metrics, load_data, non_finite, prepare_run,
-                    refuse_final, run_training)
+from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_test_metrics, load_data, non_finite,
+                    prepare_run, run_training, weights_finite)
 from .weights import ParamSpace
 
 __all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "fge_learning_rate", "snapshot_learning_rate",
@@ -237,7 +237,7 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
     task = Task(module=model, loss=hooks["loss"], save=hooks["save"], restore=hooks["restore"],
                 finish=hooks["finish"], epoch_eval=lambda: epoch_test_metrics(model, data, cfg.amp), weight_decay=cfg.wd, spec=spec, command=method,
                 kind="model", lr=hooks["lr"], end_epoch=hooks.get("end_epoch"), after_step=hooks.get("after_step"),
-                lr_flag=_LR_FLAGS[method])
+                lr_flag=_SWA_RATES if method == "swa" else cfg.lr_flag)
     seed_everything(cfg.seed)
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
                                     progress=progress, on_epoch_end=on_epoch_end, argv=argv)
@@ -307,7 +307,7 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
             del sgd_bn
             bad = non_finite({"swa": swa_m, "sgd": sgd_m})
             if bad is not None:  # refused before swa.pt and sgd.pt would look like finished networks
-                refuse_final(bad, _LR_FLAGS["swa"], out, cfg.epochs)
+                raise diverged(f"the final network's {bad[0]} is {bad[1]}", _SWA_RATES, out, cfg.epochs)
             if out is not None:
                 meta = {"method": "swa", "averaged": state["n"], "train_config": cfg.to_json(),
                         "dataset": data.describe()}
@@ -340,8 +340,8 @@ def _common(cfg: AverageConfig, data: Dataset, spec) -> dict[str, Any]:
             "notes": "train_loss = train NLL + 0.5 * wd * ||w||^2; errors in percent; eval mode, unaugmented data"}
 
 
-# The options that set each method's rates, named when its training diverges.
-_LR_FLAGS = {"swa": "--swa-lr (or --lr, before --swa-start)", "fge": "--lr-max", "snapshots": "--lr"}
+# The options that set SWA's rates, named when its training diverges (FGE and snapshots: the config's lr_flag).
+_SWA_RATES = "--swa-lr (or --lr, before --swa-start)"
 
 
 # ------------------------------------------------------------------ FGE and snapshot ensembles
@@ -367,7 +367,7 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
         def snapshot(epoch: int, it: int | None = None) -> None:
             """``epoch``: 0-based within an epoch (after step ``it``), 1-based at its end (``it`` None)."""
             number = epoch + (0 if it is None else 1)  # the epoch the snapshot is taken in, from 1
-            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # never a member, never saved
+            if not weights_finite(model):  # never a member, never saved
                 raise Diverged(f"the weights became non-finite in epoch {number}, before snapshot "
                                f"{len(state['members']) + 1}")
             probs = predict_probs(model, data)

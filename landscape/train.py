@@ -112,13 +112,9 @@ def learning_rate(base_lr: float, schedule: str, epoch: int, epochs: int) -> flo
 _MAX_RATE = float(torch.finfo(torch.float32).max)
 
 
-def rate_ok(value: float) -> bool:
-    """A learning rate SGD can apply: finite, positive, and one float32 holds."""
-    return math.isfinite(value) and 0 < value <= _MAX_RATE
-
-
 def check_rate(flag: str, value: float) -> None:
-    if not rate_ok(value):
+    """One line unless ``value`` is a rate SGD can apply: finite, positive, and one float32 holds."""
+    if not (math.isfinite(value) and 0 < value <= _MAX_RATE):
         raise UserError(f"{flag} must be a finite number > 0, got {value}"
                         + (f" (above {_MAX_RATE:.3g}, the float32 limit)" if math.isfinite(value) and value > 0 else ""))
 
@@ -450,10 +446,7 @@ def run_training(
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
     except Diverged as e:
-        kept = ("" if out is None else f"{out / 'last.pt'} holds epoch {epoch}; " if epoch > 0
-                else "no epoch finished; ")
-        raise UserError(f"training diverged: {e}; {kept}lower {task.lr_flag} and start again"
-                        + ("" if out is None else " with another --out")) from None
+        raise diverged(str(e), task.lr_flag, out, epoch) from None
     finally:
         bar.close()
 
@@ -465,7 +458,7 @@ def run_training(
         summary["seconds"] = round(time.perf_counter() - t0, 3)
     bad = _from_main(non_finite(summary) if rank == 0 else None)  # every rank refuses alike
     if bad is not None:  # the last step can leave finite weights whose loss is not
-        refuse_final(bad, task.lr_flag, out, cfg.epochs)
+        raise diverged(f"the final network's {bad[0]} is {bad[1]}", task.lr_flag, out, cfg.epochs)
     if out is not None:
         # The summary first: model.pt marks the run finished, so a run stopped between the two
         # has no model.pt, and --resume finishes it again from last.pt.
@@ -474,11 +467,19 @@ def run_training(
     return _from_main(summary), metrics  # the broadcast also holds every rank until rank 0 has written
 
 
-def refuse_final(bad: tuple[str, float], lr_flag: str, out: Path | None, epochs: int) -> None:
-    """One line for a final network whose metrics are not finite (``bad``: from :func:`non_finite`)."""
-    kept = "" if out is None else f"{out / 'last.pt'} holds epoch {epochs}; "
-    raise UserError(f"training diverged: the final network's {bad[0]} is {bad[1]}; {kept}lower "
-                    f"{lr_flag} and start again" + ("" if out is None else " with another --out"))
+def diverged(reason: str, lr_flag: str, out: Path | None, kept_epochs: int) -> UserError:
+    """The one line for a run that diverged: why, what ``last.pt`` holds (``kept_epochs``
+    finished epochs), and the rate option to lower."""
+    kept = ("" if out is None else f"{out / 'last.pt'} holds epoch {kept_epochs}; " if kept_epochs > 0
+            else "no epoch finished; ")
+    return UserError(f"training diverged: {reason}; {kept}lower {lr_flag} and start again"
+                     + ("" if out is None else " with another --out"))
+
+
+def weights_finite(module: nn.Module) -> bool:
+    """Whether every parameter of ``module`` is finite (one device sync)."""
+    params = [p.detach() for p in module.parameters()]
+    return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 def non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
@@ -627,8 +628,7 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
         raise Diverged(f"the loss became {train_loss} in epoch {epoch + 1} (lr {lr:g})")
     # The last step's update came after its loss was seen: weights it made non-finite are caught
     # here, before they are saved to last.pt or averaged (one reduction per epoch, no per-step sync).
-    params = [p.detach() for p in task.module.parameters()]
-    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+    if not weights_finite(task.module):
         raise Diverged(f"the weights became non-finite by the end of epoch {epoch + 1} (lr {lr:g})")
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_nll": nll_sum / seen,
             "train_error": 100.0 * wrong / seen}
