@@ -311,9 +311,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
     if args.ckpt:
         from curves.fit import load_curve
 
-        if args.model_kwargs:
-            raise UserError(f"{args.ckpt} holds its own network; --model-kwargs does not apply to it (leave it out)")
-        loaded = load_curve(args.ckpt, device, args.model)
+        loaded = load_curve(args.ckpt, device, args.model, dict(args.model_kwargs))
         stored = loaded.meta.get("train_config") or {}
         data = resolve_data(stored, _data_overrides(args), device, args.ckpt)
         check_spec_fits(loaded.spec, data.num_classes, data.input_shape, args.ckpt, f"dataset '{data.name}'")

@@ -49,7 +49,6 @@ from landscape.checkpoint import (
     load_model,
     require_network,
     save_checkpoint,
-    stored_network,
 )
 from landscape.data import Dataset
 from landscape.device import resolve_device, seed_everything
@@ -58,7 +57,8 @@ from landscape.bn import reestimate_bn
 from landscape.evaluate import evaluate_model, evaluate_points, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, named_model, network_of,
-                              note_split_leak, refuse_infinite, require_architecture)
+                              note_split_leak, own_network, refuse_infinite, refuse_same_weights,
+                              require_architecture)
 from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
@@ -189,9 +189,9 @@ def fit_curve(
     ends = [space.flatten(ck.state_dict, source=str(ck.path)) for ck in (start_ckpt, end_ckpt)]
     for v, ck in zip(ends, (start_ckpt, end_ckpt)):
         refuse_infinite(v, ck.path)
-    if torch.equal(ends[0], ends[1]):  # the weights; batch-norm buffers alone make no second point
-        raise UserError(f"{start} and {end} hold the same weights: a curve between them would join a point "
-                        f"to itself; give two different endpoints")
+    # the weights: batch-norm buffers alone make no second point
+    refuse_same_weights(ends, [start, end], "a curve between them would join a point to itself; give two different "
+                                            "endpoints")
     curve = create_curve(cfg.curve, space, ends[0], ends[1], bends=cfg.bends,
                          fix_start=not cfg.free_start, fix_end=not cfg.free_end)
     template.to(device)
@@ -306,14 +306,16 @@ def _stored_anchors(ckpt: Checkpoint, space: ParamSpace) -> torch.Tensor:
     return anchors
 
 
-def load_curve(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> LoadedCurve:
+def load_curve(path: str | Path, device: str | torch.device = "cpu", model: str | None = None,
+               model_kwargs: dict | None = None) -> LoadedCurve:
     """Read a curve checkpoint: the curve (anchors as written) and its template network.
-    ``model``: the user's ``--model``, which must name the curve's own network
-    (and so trusts a ``package.module:factory`` it names)."""
+    ``model`` / ``model_kwargs``: the user's ``--model`` / ``--model-kwargs``,
+    which may only describe the curve's own network (and so trust a
+    ``package.module:factory`` it names)."""
     ckpt = load_checkpoint(path)
     if ckpt.kind != "curve":
         raise UserError(f"{ckpt.path}: a '{ckpt.kind}' checkpoint, not a curve; make one with 'landscape connect'")
-    template = load_model(ckpt, stored_network(ckpt, model))
+    template = load_model(ckpt, own_network(ckpt, model, model_kwargs))
     space = ParamSpace.of(template)
     anchors = _stored_anchors(ckpt, space)
     info = ckpt.extra["curve"]

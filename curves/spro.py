@@ -40,7 +40,6 @@ from landscape.checkpoint import (
     read_json,
     save_checkpoint,
     stored_config,
-    stored_network,
     write_json,
     write_npz,
 )
@@ -49,7 +48,8 @@ from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import data_settings, load_points, named_model, network_of, require_architecture
+from landscape.inputs import (data_settings, load_points, named_model, network_of, own_network, refuse_same_weights,
+                              require_architecture)
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.train import Task, TrainConfig, prepare_run, run_training
@@ -115,7 +115,7 @@ def load_simplex(path: str | Path, device="cpu", model: str | None = None) -> tu
     info = ck.extra.get("simplex")
     if ck.kind != "simplex" or not isinstance(info, dict):
         raise UserError(f"{ck.path}: a '{ck.kind}' checkpoint, not a simplex; make one with 'landscape simplex'")
-    template = load_model(ck, stored_network(ck, model))
+    template = load_model(ck, own_network(ck, model))
     space = ParamSpace.of(template)
     if list(info["names"]) != list(space.names):
         raise UserError(f"{ck.path}: the simplex's parameter names do not match its model")
@@ -302,10 +302,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     cfg, named = _config(config, modes[0], overrides)
     out = Path(out) if out is not None else None
     pts, spec = _load_modes(modes, cfg, named)  # before the folder is claimed: a refusal leaves nothing
-    for i in range(len(modes)):
-        for j in range(i):
-            if torch.equal(pts.vectors[i], pts.vectors[j]):
-                raise UserError(f"{modes[j]} and {modes[i]} hold the same weights: a complex joins different modes")
+    refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
     _claim(out, {"kind": "complex", "modes": [str(p) for p in modes], "connectors": connectors}, resume)
     template, data = pts.model, pts.data
     m = len(modes)

@@ -419,15 +419,6 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
             raise UserError(f"{source} does not fit {model_name}: unexpected key '{key}' in the checkpoint")
 
 
-def stored_network(ckpt: Checkpoint, model: str | None) -> str | None:
-    """The user's ``--model`` for a checkpoint whose network is its own (a
-    curve, a simplex, a finished run): it may only name that network, and then
-    trusts a ``package.module:factory`` it names; None leaves it to the checkpoint."""
-    if model is not None and ckpt.model is not None and ckpt.model["name"] != model:
-        raise UserError(f"{ckpt.path} holds a '{ckpt.model['name']}', but --model says '{model}'")
-    return model
-
-
 def load_model(
     path_or_ckpt: str | os.PathLike | Checkpoint,
     model: str | nn.Module | None = None,

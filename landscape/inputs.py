@@ -21,7 +21,7 @@ from .train import TrainConfig, load_data, same_file
 from .weights import ParamSpace
 
 __all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "note_split_leak",
-           "refuse_infinite", "require_architecture", "merged_data_settings", "named_model", "Points",
+           "refuse_infinite", "refuse_same_weights", "require_architecture", "own_network", "merged_data_settings", "named_model", "Points",
            "load_points"]
 
 DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
@@ -107,6 +107,25 @@ def require_architecture(ckpt: Checkpoint, model: str | None) -> None:
         raise UserError(f"{ckpt.path}: foreign checkpoint without architecture; name it with --model")
 
 
+def own_network(ckpt: Checkpoint, model: str | None, model_kwargs: dict | None = None) -> str | None:
+    """The user's ``--model`` for a checkpoint whose network is its own (a
+    curve, a simplex): with ``model_kwargs`` it may only describe that network
+    (:func:`network_of` refuses otherwise), and then trusts a
+    ``package.module:factory`` it names; None leaves it to the checkpoint."""
+    if ckpt.model is not None and (model is not None or model_kwargs):
+        network_of(ckpt, model, model_kwargs)
+    return model
+
+
+def refuse_same_weights(vectors: Sequence[torch.Tensor], paths: Sequence[object], why: str) -> None:
+    """One line when two of the networks (flat weights, in the order of ``paths``)
+    are the same point; ``why`` says why the command needs them apart."""
+    for i in range(len(vectors)):
+        for j in range(i):
+            if torch.equal(vectors[i], vectors[j]):
+                raise UserError(f"{paths[j]} and {paths[i]} hold the same weights: {why}")
+
+
 def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:
     """``{"model", "model_kwargs"}`` of the network a landscape checkpoint holds,
     for a run that continues from it (swa, fge, snapshots, connect): the
@@ -181,14 +200,13 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     data = resolve_data(stored, data_overrides, device, first.path)
     for ck in ckpts[1:]:  # the first was noted on loading
         note_split_leak((ck.meta or {}).get("train_config"), merged_data_settings(stored, data_overrides), ck.path)
-    if first.model is not None and model is None:
+    require_architecture(first, model)
+    if model is None:
         check_spec_fits(first.model, data.num_classes, data.input_shape, first.path, f"dataset '{data.name}'")
         net = load_model(first)
-    elif model is not None:
+    else:
         net = load_model(first, model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
                          **(model_kwargs or {}))
-    else:
-        require_architecture(first, model)
     name = f"model '{first.model['name']}' of {first.path}" if first.model is not None else f"model '{model}' (--model)"
     for ck in ckpts[1:]:
         check_state_dict(net, ck.state_dict, str(ck.path), name)
