@@ -532,10 +532,11 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
     buffers = {n: b.detach().to(device).unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in template.buffers.items()}
     sums = {split: _Sums(k, device, return_probs and split == "test") for split in ("train", "test")}
 
-    # Reset statistics first: momentum 1 weighs the old ones by 0, and 0 x inf (a corrupt stored
-    # running_var) is NaN, which would survive into every estimate.
+    # Every estimator starts from reset statistics: momentum 1 weighs the old ones by 0, and 0 x inf
+    # (a corrupt stored running_var) is NaN, which would survive into every estimate; the
+    # cumulative average (momentum None) counts from num_batches_tracked = 0.
     for n, b in buffers.items():
-        if n in template.bn_names and not n.endswith("num_batches_tracked"):
+        if n in template.bn_names:
             b.fill_(1 if n.endswith("running_var") else 0)
     if template.bn and population:
         # The whole training set as one batch: momentum 1 makes the running
@@ -556,10 +557,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
             if n.endswith("num_batches_tracked") and n in template.bn_names:
                 buffers[n].fill_(1)
     elif template.bn and every_call:
-        # Cumulative average over every call of every layer (momentum None), from reset statistics.
-        for n, b in buffers.items():
-            if n.endswith("num_batches_tracked") and n in template.bn_names:
-                b.fill_(0)
+        # Cumulative average over every call of every layer (momentum None), from the reset statistics.
         with bn_collecting(model, momentum=None):
             for x in _statistics_batches(data, batch_size, bn_batches):
                 forward(x)
