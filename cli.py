@@ -244,6 +244,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
 def cmd_curve(args: argparse.Namespace) -> int:
     from curves.evaluate import evaluate_curve
+    from landscape.sweep import is_main
     from plots.curve import draw_curve_figure
 
     result = evaluate_curve(args.ckpt, args.out, points=args.points, wd=args.wd, batch_size=args.batch_size,
@@ -251,6 +252,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
                             precision=args.precision, device=args.device, resume=args.resume,
                             progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
                             model=args.model, **_data_overrides(args))
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
     figures = draw_curve_figure(args.out, tuple(args.format))
     s = result.summary
     split = s.get("eval_split", "test")
@@ -483,6 +486,7 @@ def _metrics_header(split: str) -> None:
 
 def cmd_swa(args: argparse.Namespace) -> int:
     from landscape.averaging import run_swa
+    from landscape.sweep import is_main
 
     if not args.from_ckpt and not args.model:
         args.model = "convnet"
@@ -493,6 +497,8 @@ def cmd_swa(args: argparse.Namespace) -> int:
                      lr=0.05 if args.lr is None else args.lr, swa_start=args.swa_start, swa_lr=args.swa_lr, swa_lr_max=args.swa_lr_max,
                      swa_schedule=args.schedule, cycle=args.cycle, keep_snapshots=args.keep_snapshots,
                      **_average_overrides(args))
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
     s = result.summary
     _metrics_header(s.get("eval_split", "test"))
     _print_metrics_row(f"SWA ({s['averaged']} avg)", s["swa"])
@@ -522,20 +528,26 @@ def _print_ensemble(s: dict[str, Any]) -> None:
 
 def cmd_fge(args: argparse.Namespace) -> int:
     from landscape.averaging import run_fge
+    from landscape.sweep import is_main
 
     result = run_fge(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
                      lr=args.lr_max, lr_min=args.lr_min, cycle=args.cycle, **_average_overrides(args))
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
     _print_ensemble(result.summary)
     return 0
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
     from landscape.averaging import run_snapshots
+    from landscape.sweep import is_main
 
     if not args.from_ckpt and not args.model:
         args.model = "convnet"
     result = run_snapshots(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
                            lr=args.lr, cycle=args.cycle, **_average_overrides(args))
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
     _print_ensemble(result.summary)
     return 0
 
@@ -996,7 +1008,7 @@ def _leave_process_group(wait: bool = True) -> None:
 
 # Commands that share their work out under torchrun; the others would run
 # whole on every rank and write the same files, so they refuse.
-DISTRIBUTED = ("train", "connect", "plane", "rays", "width")
+DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "curve", "plane", "rays", "width")
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from landscape.data import Dataset
-from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, precision_amp
 from landscape.geometry import line_coefficients
 from landscape.inputs import resolve_data
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.models import check_spec_fits
-from landscape.sweep import STORE, begin_result, finish_result, request_key, run_sweep
+from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 
 from .fit import LoadedCurve, load_curve
 
@@ -78,7 +77,7 @@ def evaluate_curve(
     if points < 2:
         raise UserError(f"--points must be at least 2, got {points}")
     out_path = Path(out) if out is not None else None
-    device = resolve_device(device)
+    device = process_device(device)  # under torchrun: joins the process group
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device, model)
     stored = dict(loaded.meta.get("train_config") or {})
     data = resolve_data(stored, data_overrides, device, loaded.path) if data is None else data.to(device)

@@ -14,7 +14,10 @@
   the end of each of the M cycles.
 
 All three run on the shared training loop (``train.run_training``), so they
-have the same files, progress bar and exact ``--resume`` as ``train``.
+have the same files, progress bar and exact ``--resume`` as ``train``, and
+under torchrun they train data parallel as it does. Only rank 0 keeps the
+ensemble's predictions, writes snapshots and finishes the run (the summary
+reaches every rank); the other ranks form the same SWA average and return it.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ from .bn import reestimate_bn
 from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, require_network,
                          save_checkpoint)
 from .data import Dataset
-from .device import resolve_device, seed_everything
+from .device import seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, l2_penalty
 from .inputs import (data_settings, named_model, network_of, note_split_leak, refuse_infinite,
                      require_architecture)
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
+from .sweep import is_main, process_device
 from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_test_metrics, load_data, non_finite,
                     prepare_run, run_training, weights_finite)
 from .weights import ParamSpace
@@ -192,8 +196,9 @@ def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) ->
     return from_spec(spec, trusted=True), spec  # built from the user's own --model
 
 
-def _config(method: str, config, overrides, named: str | None) -> AverageConfig:
-    """The run's settings; ``named``: the network the caller named (:func:`named_model`)."""
+def _config(method: str, config, overrides, named: str | None) -> tuple[AverageConfig, Checkpoint | None]:
+    """The run's settings, and the checkpoint it starts from (None: from
+    scratch); ``named``: the network the caller named (:func:`named_model`)."""
     base = asdict(config) if config is not None else {}
     given = {f.name for f in fields(AverageConfig)} & set(overrides)
     cfg_from = overrides.get("from_ckpt", base.get("from_ckpt"))
@@ -206,9 +211,7 @@ def _config(method: str, config, overrides, named: str | None) -> AverageConfig:
             fixed = network_of(source, named, overrides.get("model_kwargs"))
     cfg = AverageConfig(**{**inherited, **base, **overrides, **fixed, "method": method})
     cfg.validate()
-    if cfg_from:
-        note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
-    return cfg
+    return cfg, (source if cfg_from else None)
 
 
 def _metrics_of(model: nn.Module, data: Dataset, wd: float) -> dict[str, float]:
@@ -221,8 +224,10 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
          build: Callable[[AverageConfig, nn.Module, dict, Dataset, Path | None], dict[str, Any]]) -> AverageResult:
     named = named_model(config, overrides)  # before the checkpoint's own name joins the config
     user_named = named is not None
-    cfg = _config(method, config, overrides, named)
-    device = resolve_device(cfg.device)
+    cfg, source = _config(method, config, overrides, named)
+    device = process_device(cfg.device)  # under torchrun: joins the process group
+    if source is not None:  # after joining it: rank 0 alone says it
+        note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, method)
     if start_epoch == -1:
@@ -233,7 +238,7 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
     data = load_data(cfg, device) if data is None else data.to(device)
     model, spec = _start_model(cfg, data, user_named=user_named)
     model.to(device)
-    hooks = build(cfg, model, spec, data, out)
+    hooks = build(cfg, model, spec, data, out if is_main() else None)  # under torchrun rank 0 writes
     task = Task(module=model, loss=hooks["loss"], save=hooks["save"], restore=hooks["restore"],
                 finish=hooks["finish"], epoch_eval=lambda: epoch_test_metrics(model, data, cfg.amp), weight_decay=cfg.wd, spec=spec, command=method,
                 kind="model", lr=hooks["lr"], end_epoch=hooks.get("end_epoch"), after_step=hooks.get("after_step"),
@@ -318,8 +323,13 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
                     **_common(cfg, data, spec),
                     "files": {"swa": "swa.pt", "sgd": "sgd.pt"}}
 
+        def result() -> nn.Module:  # under torchrun only rank 0 finishes: the others form the same average
+            if average[0] is None:
+                average[0] = _averaged_model(model, space, state["avg"], data, cfg)
+            return average[0]
+
         return {"loss": loss, "save": save, "restore": restore, "finish": finish, "end_epoch": end_epoch,
-                "lr": lambda e, it, steps: swa_learning_rate(cfg, e, it, steps), "result": lambda: average[0]}
+                "lr": lambda e, it, steps: swa_learning_rate(cfg, e, it, steps), "result": result}
 
     return _run("swa", config, out, resume, data, progress, on_epoch_end, argv, overrides, build)
 
@@ -370,6 +380,8 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
             if not weights_finite(model):  # never a member, never saved
                 raise Diverged(f"the weights became non-finite in epoch {number}, before snapshot "
                                f"{len(state['members']) + 1}")
+            if not is_main():  # under torchrun rank 0 keeps the ensemble (its batch-norm statistics are saved)
+                return
             probs = predict_probs(model, data)
             state["probs"] += probs.double()
             k = len(state["members"]) + 1

@@ -1,6 +1,7 @@
-"""Data-parallel `landscape train` and `landscape connect` under torchrun: each
-rank's slice of the batches, and 2 gloo ranks on the CPU against one process
-that takes the same global batches in two halves and averages their gradients."""
+"""Data-parallel `landscape train`, `connect`, `swa`, `fge` and `snapshots`
+under torchrun: each rank's slice of the batches, and 2 gloo ranks on the CPU
+against one process that takes the same global batches in two halves and
+averages their gradients; `curve` shared out over 2 ranks against one process."""
 
 import dataclasses
 import json
@@ -10,16 +11,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
 
 from curves import create_curve
+from curves.evaluate import evaluate_curve
+from landscape.averaging import fge_learning_rate, fge_snapshot_iteration, predict_probs, snapshot_learning_rate
 from landscape.checkpoint import load_checkpoint, read_jsonl
 from landscape.data import load_dataset
 from landscape.device import seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import forward_points
+from landscape.metrics import ensemble_metrics
 from landscape.models import create_model, from_spec
 from landscape.train import _check_world, _epoch_seed, learning_rate, steps_per_epoch, train
 from landscape.weights import ParamSpace
@@ -203,13 +209,20 @@ def reference_connect(start, end, data, *, seed, batch_size, k, wd=5e-4):
     return curve.anchors().detach()
 
 
+@pytest.fixture(scope="module")
+def ends(tmp_path_factory, digits):
+    """Two digits endpoints (width 8, one epoch), seeds 1 and 2."""
+    root = tmp_path_factory.mktemp("ends")
+    for seed in (1, 2):
+        train(out=root / f"end{seed}", data=digits, epochs=1, seed=seed, progress=False, model_kwargs={"width": 8})
+    return root / "end1" / "model.pt", root / "end2" / "model.pt"
+
+
 @pytest.mark.slow
-def test_two_rank_connect_equals_one_process_averaging_the_halves(tmp_path, digits):
+def test_two_rank_connect_equals_one_process_averaging_the_halves(tmp_path, digits, ends):
     """One epoch of 11 batches of 128 and a last one of 29 (15 + 14), two
     values of t per step, shared by the ranks."""
-    for seed in (1, 2):
-        train(out=tmp_path / f"end{seed}", data=digits, epochs=1, seed=seed, progress=False, model_kwargs={"width": 8})
-    start, end = tmp_path / "end1" / "model.pt", tmp_path / "end2" / "model.pt"
+    start, end = ends
     done = torchrun("connect", "--start", start, "--end", end, "--epochs", 1, "--t-samples", 2, "--seed", 3,
                     "--out", tmp_path / "curve")
     assert done.returncode == 0, done.stderr[-4000:]
@@ -240,3 +253,152 @@ def test_a_last_batch_too_small_to_split_is_left_out_with_a_note(tmp_path):
     note = ("note: each epoch's last batch (3 samples) is left out: split across 2 processes it would give a slice "
             "under 2 samples (a run on one process trains on it, so the results differ from one)")
     assert done.stderr.count(note) == 1, done.stderr
+
+
+def reference_sgd(start, data, *, seed, epochs, batch_size, lr_at, snapshot_after_step=None):
+    """SGD from the network in ``start`` at the rate ``lr_at(epoch, it, steps)``
+    (momentum 0.9, weight decay 5e-4), each step data parallel by hand; the
+    state after each epoch and after every step where ``snapshot_after_step``
+    holds, as lists of state dicts."""
+    ckpt = load_checkpoint(start)
+    model = from_spec(ckpt.model)
+    model.load_state_dict(ckpt.state_dict)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+    buffers = list(model.buffers())
+    steps = steps_per_epoch(len(data.y_train), batch_size, WORLD)
+    state = lambda: {k: v.clone() for k, v in model.state_dict().items()}  # noqa: E731
+    at_ends, snapshots = [], []
+    for epoch in range(epochs):
+        model.train()
+        for it, (x, y) in enumerate(data.train_batches(batch_size, torch.Generator().manual_seed(_epoch_seed(seed, epoch)))):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(epoch, it, steps)
+            opt.zero_grad()
+            data_parallel_step(model.parameters(), buffers, lambda xs, ys: F.cross_entropy(model(xs), ys), x, y)
+            opt.step()
+            if snapshot_after_step is not None and snapshot_after_step(epoch, it, steps):
+                snapshots.append(state())
+        at_ends.append(state())
+    return model, at_ends, snapshots
+
+
+def assert_same_state(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for k in want:  # batch-norm running statistics included: rank 0's
+        torch.testing.assert_close(got[k], want[k], **TOL, msg=k)
+
+
+def test_average_commands_share_out_under_torchrun_by_name():
+    """What makes the three commands data parallel: torchrun no longer refuses them."""
+    from cli import DISTRIBUTED
+
+    assert {"swa", "fge", "snapshots", "curve"} <= set(DISTRIBUTED)
+
+
+@pytest.mark.slow
+def test_two_rank_swa_equals_one_process_averaging_the_halves(tmp_path, digits, ends):
+    """Two epochs at the constant SWA rate from an endpoint, the iterate averaged
+    after each, batch norm recomputed for the average (here by torch's
+    update_bn); then a resume from epoch 1 reaches the same files."""
+    args = ["swa", "--from", ends[0], "--epochs", 2, "--swa-lr", 0.02, "--batch-size", 100, "--seed", 4,
+            "--save-every", 1, "--keep-snapshots"]
+    done = torchrun(*args, "--out", tmp_path / "swa")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("SWA (2 avg)") == 1, done.stdout  # only rank 0 reports
+    assert done.stderr.count("swa: data parallel on 2 processes (gloo), 50 samples per process and step") == 1
+    run = tmp_path / "swa"
+    assert sorted(p.name for p in run.glob("*.pt")) == ["checkpoint-001.pt", "checkpoint-002.pt", "last.pt",
+                                                        "model.pt", "sgd.pt", "snapshot-001.pt", "snapshot-002.pt",
+                                                        "swa.pt"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["averaged"] == 2 and summary["swa"]["test_error"] < 30, summary
+
+    model, at_ends, _ = one_thread(lambda: reference_sgd(ends[0], digits, seed=4, epochs=2, batch_size=100,
+                                                         lr_at=lambda e, it, s: 0.02))
+    assert_same_state(torch.load(run / "sgd.pt", weights_only=True)["state_dict"], at_ends[-1])
+    for i, want in enumerate(at_ends):
+        assert_same_state(torch.load(run / f"snapshot-{i + 1:03d}.pt", weights_only=True)["state_dict"], want)
+    names = [n for n, _ in model.named_parameters()]
+    model.load_state_dict({**at_ends[-1], **{n: (at_ends[0][n].double() + at_ends[1][n].double()).div(2).float()
+                                             for n in names}})
+    one_thread(lambda: update_bn(digits.batches("train", 1000), model))
+    got = torch.load(run / "swa.pt", weights_only=True)["state_dict"]
+    assert any((got[n] - at_ends[1][n]).abs().max() > 1e-3 for n in names)  # the average is not the last iterate
+    for k, v in model.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-5, msg=k)
+
+    # Stopped after epoch 1: both ranks resume from the average kept in checkpoint-001.pt.
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    for name in ("model.pt", "summary.json", "swa.pt", "sgd.pt", "checkpoint-002.pt", "snapshot-002.pt"):
+        (cut / name).unlink()
+    shutil.copy(cut / "checkpoint-001.pt", cut / "last.pt")
+    done = torchrun(*args, "--out", cut, "--resume")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stderr.count("resuming after epoch 1 of 2") == 1, done.stderr
+    for name in ("swa.pt", "sgd.pt"):
+        again = torch.load(cut / name, weights_only=True)["state_dict"]
+        first = torch.load(run / name, weights_only=True)["state_dict"]
+        assert all(torch.equal(again[k], first[k]) for k in first), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fge", "snapshots"])
+def test_two_rank_ensembles_equal_one_process_averaging_the_halves(tmp_path, digits, ends, method):
+    """FGE's members are taken mid-epoch at the lowest rate, snapshot ensembles'
+    at each cosine cycle's end; both on 2 ranks as on one process, and the
+    summary's ensemble is that of the members' saved weights."""
+    if method == "fge":
+        rates = ["--lr-max", 0.05, "--lr-min", 0.001]
+        lr_at = lambda e, it, s: fge_learning_rate(0.05, 0.001, 1, e, it, s)  # noqa: E731
+        take = lambda e, it, s: it == fge_snapshot_iteration(1, s)  # noqa: E731
+    else:
+        rates = ["--lr", 0.05]
+        lr_at = lambda e, it, s: snapshot_learning_rate(0.05, 1, e, it, s)  # noqa: E731
+        take = None
+    done = torchrun(method, "--from", ends[1], "--epochs", 2, "--cycle", 1, *rates, "--batch-size", 100,
+                    "--seed", 5, "--out", tmp_path / "run")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("ensemble") == 1, done.stdout  # only rank 0 reports
+    assert done.stderr.count(f"{method}: data parallel on 2 processes (gloo)") == 1, done.stderr
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["ensemble"]["members"] == 2 and [m["snapshot"] for m in summary["members"]] == [1, 2]
+
+    model, at_ends, snapshots = one_thread(lambda: reference_sgd(ends[1], digits, seed=5, epochs=2, batch_size=100,
+                                                                 lr_at=lr_at, snapshot_after_step=take))
+    members = snapshots if method == "fge" else at_ends
+    assert len(members) == 2
+    probs = []
+    for i, want in enumerate(members):
+        assert_same_state(torch.load(run / f"snapshot-{i + 1:03d}.pt", weights_only=True)["state_dict"], want)
+        model.load_state_dict(want)
+        probs.append(one_thread(lambda: predict_probs(model, digits)).double())
+    assert_same_state(torch.load(run / "model.pt", weights_only=True)["state_dict"], at_ends[-1])
+    ens = ensemble_metrics(torch.stack(probs).mean(0)[None].numpy(), digits.y_test.numpy())
+    assert summary["ensemble"]["test_nll"] == pytest.approx(ens["nll"], rel=1e-5)
+    assert summary["ensemble"]["test_error"] == pytest.approx(ens["error"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_two_rank_curve_evaluation_equals_one_process(tmp_path, digits, ends):
+    """`landscape curve` shares its points out over the ranks, as the sweeps do;
+    rank 0 writes the same curve.npz and summary as one process does."""
+    from curves.fit import fit_curve
+
+    fit_curve(*ends, tmp_path / "fit", data=digits, epochs=1, progress=False)
+    args = ["curve", "--ckpt", tmp_path / "fit" / "model.pt", "--points", 5, "--points-per-pass", 2]
+    done = torchrun(*args, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("train-loss barrier") == 1, done.stdout  # only rank 0 reports
+    one = one_thread(lambda: evaluate_curve(tmp_path / "fit" / "model.pt", tmp_path / "one", points=5,
+                                            points_per_pass=2))
+    with np.load(tmp_path / "two" / "curve.npz") as z:
+        two = {k: z[k] for k in z.files}
+    assert two.keys() == one.arrays.keys()
+    for k, v in one.arrays.items():
+        np.testing.assert_allclose(two[k], v, rtol=1e-6, atol=1e-9, err_msg=k)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["curve"]["ensemble_test_nll"] == pytest.approx(one.summary["curve"]["ensemble_test_nll"], rel=1e-6)
+    assert not (tmp_path / "two" / "sweep.partial.npz").exists()
