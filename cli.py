@@ -588,6 +588,7 @@ def cmd_width(args: argparse.Namespace) -> int:
 
 def cmd_simplex(args: argparse.Namespace) -> int:
     from curves.spro import connect_modes, espro, grow_simplex
+    from landscape.sweep import is_main
     from plots.simplex import draw_simplex_figure
 
     if bool(args.base) == bool(args.modes):
@@ -607,6 +608,8 @@ def cmd_simplex(args: argparse.Namespace) -> int:
                   face_resolution=args.face_grid)
     if args.base and len(args.base) > 1:
         s = espro(args.base, args.out, vertices=args.vertices, **common, **o)
+        if not is_main():  # under torchrun, rank 0 reports
+            return 0
         figures = [f for i in range(len(args.base)) for f in draw_simplex_figure(args.out / f"component-{i + 1}")]
         split = s.get("eval_split", "test")
         print(f"ESPRO: {s['components']} simplexes of {s['vertices']} vertices")
@@ -622,6 +625,8 @@ def cmd_simplex(args: argparse.Namespace) -> int:
             r = grow_simplex(args.base[0], args.out, vertices=args.vertices, **common, **o)
         else:
             r = connect_modes(args.modes, args.out, connectors=args.connectors, **common, **o)
+        if not is_main():  # under torchrun, rank 0 reports
+            return 0
         s = r.summary
         figures = draw_simplex_figure(args.out)
         split = s.get("eval_split", "test")
@@ -1008,7 +1013,7 @@ def _leave_process_group(wait: bool = True) -> None:
 
 # Commands that share their work out under torchrun; the others would run
 # whole on every rank and write the same files, so they refuse.
-DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "curve", "plane", "rays", "width")
+DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "simplex", "curve", "plane", "rays", "width")
 
 
 def _run_command(args: argparse.Namespace) -> int:

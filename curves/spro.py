@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -46,12 +47,13 @@ from landscape.checkpoint import (
 from landscape.data import Dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
-from landscape.evaluate import METRICS, evaluate_points, forward_points
+from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (data_settings, load_points, named_model, network_of, own_network, refuse_same_weights,
                               require_architecture)
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
+from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
 from landscape.train import Task, TrainConfig, prepare_run, run_training
 from landscape.weights import ParamSpace
 
@@ -151,10 +153,13 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
     weight = float(cfg.lam / max(log_v0, 1.0))
     buffers = {n: b.detach() for n, b in template.named_buffers()}
     k = cfg.samples
+    world = rank_and_world()[1]
 
     def loss(x, y):
         template.train()
         coeffs = cx.sample(k, volume_weighted=cfg.volume_weighted).to(fixed.dtype)  # (K, A)
+        if world > 1:
+            dist.broadcast(coeffs, src=0)  # every rank fits the same points on its slice of the batch
         points = coeffs @ cx.anchors()  # (K, P)
         batched = {n: b.unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in buffers.items()}
         logits = forward_points(template, space.unflatten(points), batched, x)  # (K, B, classes)
@@ -176,7 +181,8 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
             return {"volume": float(cx.volumes().sum()), "volume_weight": weight, "vertex": labels[-1]}
 
     task = Task(module=cx, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
-                weight_decay=cfg.wd, spec=spec, command="simplex", kind="simplex")
+                weight_decay=cfg.wd, spec=spec, command="simplex", kind="simplex",
+                sync_buffers=False)  # the complex's buffers are its frozen vertices, the same on every rank
     run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics, progress=progress)
     return cx.anchors()[-1].detach()
 
@@ -201,10 +207,12 @@ def _config(config: SimplexConfig | None, first: str | Path,
 
 
 def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None):
-    """The modes as points of one network, and that network's spec."""
+    """The modes as points of one network, and that network's spec. Under
+    torchrun this joins the process group first (so rank 0 alone gives notes)."""
+    device = process_device(cfg.device)
     pts = load_points(list(paths), model=named, model_kwargs=cfg.model_kwargs if named else None,
                       data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size", "data_seed")},
-                      device=cfg.device)
+                      device=device)
     first = pts.checkpoints[0].model
     spec = (dict(first) if first is not None else
             model_spec(cfg.model, pts.data.num_classes, pts.data.input_shape, **cfg.model_kwargs))
@@ -214,7 +222,7 @@ def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | No
 def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Dataset, cfg: SimplexConfig,
             out: Path | None, eval_samples: int, face_resolution: int, extra_summary: dict,
             sample_seed: int | None = None) -> SimplexResult:
-    if out is not None and (out / "summary.json").exists():  # a finished run, resumed
+    if out is not None and (out / "summary.json").exists() and is_main():  # a finished run, resumed
         before = read_json(out / "summary.json").get("samples")
         if before is not None and before != eval_samples:
             print(f"note: {out}: evaluating again with {eval_samples} samples (the stored results used {before}); "
@@ -222,7 +230,7 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
     ev = evaluate_simplex(cx, template, data, out, samples=eval_samples, face_resolution=face_resolution,
                           wd=cfg.wd, seed=cfg.seed if sample_seed is None else sample_seed)
     summary = {**ev["summary"], **extra_summary, "config": cfg.to_json()}
-    if out is not None:  # the summary first, as every run writes it (model.pt marks the run finished)
+    if out is not None and is_main():  # the summary first, as every run writes it (model.pt marks the run finished)
         write_json(out / "summary.json", summary)
         save_simplex(out / "model.pt", cx, template, spec, meta={"train_config": cfg.to_json(),
                                                                   "dataset": data.describe()})
@@ -235,7 +243,8 @@ def _claim(out: Path | None, what: dict[str, Any], resume: bool) -> None:
     command's results, when it holds a simplex run and ``resume`` is not given,
     and when the run it holds was of another kind, other checkpoints or other
     counts (its vertices would be reused for the wrong modes); its config.json
-    then says what the folder holds."""
+    then says what the folder holds. Under torchrun every rank checks, then
+    rank 0 writes."""
     claim_folder(out, "simplex")
     if out is None:
         return
@@ -246,7 +255,9 @@ def _claim(out: Path | None, what: dict[str, Any], resume: bool) -> None:
         if _comparable(stored) != _comparable({"command": "simplex", **what}):
             raise UserError(f"{out} holds a simplex run of other checkpoints or settings "
                             f"({_describe(stored)}); choose another --out")
-    write_json(out / "config.json", {"command": "simplex", **what})
+    wait_for_ranks()
+    if is_main():
+        write_json(out / "config.json", {"command": "simplex", **what})
 
 
 def _comparable(what: dict[str, Any]) -> dict[str, Any]:
@@ -318,7 +329,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, simplexes, labels)
     # The straight segment between the first two modes, for comparison.
     line = line_coefficients(cx.num_anchors, 0, 1, 1.0, np.linspace(0, 1, 21))
-    lm = evaluate_points(template, cx.anchors(), line, data, wd=cfg.wd)
+    lm = run_sweep(template, cx.anchors().detach(), line, data, wd=cfg.wd)  # under torchrun: shared out
     line_summary = {"train_loss_max": float(lm["train_loss"].max()), "train_loss_barrier": barrier(lm["train_loss"]),
                     "test_error_max": float(lm["test_error"].max())}
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
@@ -348,7 +359,8 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
             face_c[:, list(first[:3])] = fb
             rows.append(face_c)
         coeffs = torch.cat(rows)
-    res = evaluate_points(template, W, coeffs, data, wd=wd, batch_size=batch_size, return_probs=True)
+    # under torchrun the ranks share the points out, and every rank gets them all
+    res = run_sweep(template, W, coeffs.cpu().numpy(), data, wd=wd, batch_size=batch_size, return_probs=True)
     sl_v = slice(0, n_a)
     sl_s = slice(n_a + n_s, n_a + n_s + samples)
     labels_y = data.y_test.cpu().numpy()
@@ -383,7 +395,7 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
         arrays["face_barycentric"] = face_grid(face_resolution).numpy()
         for m in METRICS:
             arrays[f"face_{m}"] = res[m][off:]
-    if out is not None:
+    if out is not None and is_main():
         write_json(Path(out) / "simplex_summary.json", summary)  # first: simplex.npz is what plot looks for
         write_npz(Path(out) / "simplex.npz", arrays)
     return {"summary": summary, "arrays": arrays, "probs": res["probs"][sl_s]}
@@ -397,6 +409,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
+    process_device(overrides.get("device", config.device if config is not None else "auto"))  # torchrun: join first
     _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices,
                  "eval_samples": eval_samples}, resume)
     comps, probs = [], []
@@ -429,7 +442,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
         "synthetic": data.synthetic,
         "notes": "modes evaluated with batch norm re-estimated, like every sampled point",
     }
-    if out is not None:
+    if out is not None and is_main():
         write_json(out / "summary.json", summary)  # config.json was written by _claim at the start
     return summary
 

@@ -342,7 +342,7 @@ def test_multi_network_checkpoints_are_refused_where_one_network_is_expected(tmp
         assert code == 2 and "a curve checkpoint, where one network is expected" in _one_line_error(err)
 
 
-@pytest.mark.parametrize("command", [["simplex", "--base", "a.pt"], ["ensemble", "a.pt", "b.pt"], ["demo"]])
+@pytest.mark.parametrize("command", [["ensemble", "a.pt", "b.pt"], ["demo"]])
 def test_one_process_commands_refuse_torchrun_and_errors_are_said_once(tmp_path, capsys, monkeypatch, command):
     """Under torchrun (WORLD_SIZE > 1) a command that does not share its work
     out refuses before doing anything (every rank would repeat the whole run

@@ -402,3 +402,32 @@ def test_two_rank_curve_evaluation_equals_one_process(tmp_path, digits, ends):
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["curve"]["ensemble_test_nll"] == pytest.approx(one.summary["curve"]["ensemble_test_nll"], rel=1e-6)
     assert not (tmp_path / "two" / "sweep.partial.npz").exists()
+
+
+@pytest.mark.slow
+def test_two_rank_simplex_equals_one_process_for_a_network_without_batch_norm(tmp_path, digits):
+    """Without batch norm a data-parallel step is the whole batch's step (the
+    slices' mean gradients, weighted by their samples, average to the batch's),
+    so SPRO on 2 ranks, each fitting rank 0's samples of the simplex, grows
+    the simplex one process grows, and evaluates it the same."""
+    from curves.spro import grow_simplex
+
+    train(out=tmp_path / "mode", data=digits, model="mlp", model_kwargs={"hidden": 32}, epochs=1, seed=1,
+          progress=False)
+    mode = tmp_path / "mode" / "model.pt"
+    args = ["simplex", "--base", mode, "--vertices", 3, "--epochs", 1, "--batch-size", 100, "--samples", 3,
+            "--eval-samples", 4, "--face-grid", 3, "--seed", 2]
+    done = torchrun(*args, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("simplex: 3 vertices") == 1, done.stdout  # only rank 0 reports
+    assert done.stderr.count("simplex: data parallel on 2 processes (gloo)") == 2, done.stderr  # one per vertex
+    one = one_thread(lambda: grow_simplex(mode, tmp_path / "one", vertices=3, epochs=1, batch_size=100, samples=3,
+                                          eval_samples=4, face_resolution=3, seed=2, progress=False))
+    two = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["simplex"]["anchors"]
+    want = one.complex.anchors().detach()
+    assert (want[1:] - want[0]).abs().max() > 1e-2  # the vertices moved off the mode
+    torch.testing.assert_close(two, want, rtol=1e-4, atol=1e-5)
+    with np.load(tmp_path / "two" / "simplex.npz") as z, np.load(tmp_path / "one" / "simplex.npz") as w:
+        assert z.files == w.files
+        for k in w.files:
+            np.testing.assert_allclose(z[k], w[k], rtol=1e-3, atol=1e-4, err_msg=k)
