@@ -146,6 +146,16 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_stored_eval_args(p: argparse.ArgumentParser) -> None:
+    """--out, --resume, the evaluation and data options and --model of a
+    command that evaluates a checkpoint holding its own network (curve, swag)."""
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
+    add_eval_args(p)
+    add_data_args(p, inherit=True)
+    add_curve_model_arg(p)
+
+
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
@@ -443,6 +453,10 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         from plots.curve import draw_curve_figure
 
         written = draw_curve_figure(d, formats)
+    elif (d / "swag.npz").exists():
+        from plots.swag import draw_swag_figure
+
+        written = draw_swag_figure(d, formats)
     elif (d / "plane.npz").exists():
         from plots.plane import draw_plane_figures
 
@@ -463,7 +477,7 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         raise UserError(f"{d}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
                         f"command with --resume, then plot")
     else:
-        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz or simplex.npz)")
+        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, simplex.npz or swag.npz)")
     return written
 
 
@@ -496,7 +510,7 @@ def cmd_swa(args: argparse.Namespace) -> int:
     result = run_swa(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
                      lr=0.05 if args.lr is None else args.lr, swa_start=args.swa_start, swa_lr=args.swa_lr, swa_lr_max=args.swa_lr_max,
                      swa_schedule=args.schedule, cycle=args.cycle, keep_snapshots=args.keep_snapshots,
-                     **_average_overrides(args))
+                     swag_rank=args.swag_rank, **_average_overrides(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     s = result.summary
@@ -507,6 +521,38 @@ def cmd_swa(args: argparse.Namespace) -> int:
         _print_metrics_row("SGD, BN recomp.", s["sgd_bn_recomputed"])
     print(f"checkpoints: {args.out / 'swa.pt'} and {args.out / 'sgd.pt'}"
           f"   (compare their widths: landscape width --swa {args.out / 'swa.pt'} --sgd {args.out / 'sgd.pt'} --out DIR)")
+    if "swag" in s["files"]:
+        print(f"SWAG moments ({s['averaged']} iterates, last {s['swag_deviations']} deviations): {args.out / 'swag.pt'}"
+              f"   (its model average: landscape swag --ckpt {args.out / 'swag.pt'} --out DIR)")
+    return 0
+
+
+def cmd_swag(args: argparse.Namespace) -> int:
+    from landscape.swag import evaluate_swag
+    from landscape.sweep import is_main
+    from plots.swag import draw_swag_figure
+
+    result = evaluate_swag(args.ckpt, args.out, samples=args.samples, scale=args.scale, diag=args.diag,
+                           seed=args.seed, wd=args.wd, batch_size=args.batch_size, bn_batches=args.bn_batches,
+                           bn_stats=args.bn_stats, points_per_pass=args.points_per_pass, precision=args.precision,
+                           device=args.device, resume=args.resume,
+                           progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
+                           model=args.model, **_data_overrides(args))
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
+    figures = draw_swag_figure(args.out, tuple(args.format))
+    s = result.summary
+    _metrics_header(s.get("eval_split", "test"))
+    _print_metrics_row("SWA (the mean)", s["swa"])
+    m = s["samples"]
+    _print_metrics_row("one sample, mean", {k: m[f"{k}_mean"] for k in ("train_loss", "train_error", "test_nll",
+                                                                       "test_error")})
+    b = s["bma"]
+    print(f"{'model average':<16}{'':>12}{'':>13}{b['test_nll']:>10.4f}{b['test_error']:>12.2f}"
+          f"   ({s['method']}: {b['members']} samples, scale {s['scale']:g}, {s['rank']} deviations)"
+          + ("   [synthetic data]" if s.get("synthetic") else ""))
+    for f in figures:
+        print(f"figure: {f}")
     return 0
 
 
@@ -792,11 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the straight line, with batch norm re-estimated at every point.")
     p.add_argument("--ckpt", required=True, type=Path, help="curve checkpoint written by 'landscape connect'")
     p.add_argument("--points", type=int, default=61, help="evenly spaced values of t (default 61)")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
-    add_eval_args(p)
-    add_data_args(p, inherit=True)
-    add_curve_model_arg(p)
+    add_stored_eval_args(p)
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("plane", help="the loss surface in the plane of a curve or of three networks",
@@ -861,6 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", default="constant", help="constant or cyclic (after --swa-start)")
     g.add_argument("--cycle", type=int, default=1, help="epochs between averages / per cycle (default 1)")
     g.add_argument("--keep-snapshots", action="store_true", help="also save every averaged iterate")
+    g.add_argument("--swag-rank", type=int, default=0, metavar="K",
+                   help="also collect SWAG's moments, keeping the last K deviations (20 in the paper), "
+                        "into swag.pt for 'landscape swag' (default 0: none)")
     g.add_argument("--lr", type=float, default=None,
                    help="the rate before --swa-start, which then decays to --swa-lr (default 0.05); "
                         "with --swa-start 0 it would be unused, and is refused")
@@ -869,6 +914,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_optim_args(p, epochs=10, lr=None, schedule=False)
     add_run_args(p)
     p.set_defaults(func=cmd_swa)
+
+    p = sub.add_parser("swag", help="SWAG: the Bayesian model average of samples around an SWA solution",
+                       description="SWAG (Maddox et al. 2019): sample weights from the Gaussian that 'landscape swa "
+                                   "--swag-rank K' fitted to the SGD iterates, re-estimate batch norm for each, and "
+                                   "average their predictions; against the SWA mean.")
+    p.add_argument("--ckpt", required=True, type=Path, help="swag.pt written by 'landscape swa --swag-rank K'")
+    p.add_argument("--samples", type=int, default=30, help="weight samples averaged (default 30)")
+    p.add_argument("--scale", type=float, default=0.5,
+                   help="covariance scale (default 0.5: the paper's (diagonal + low-rank) / 2)")
+    p.add_argument("--diag", action="store_true", help="SWAG-Diagonal: leave out the low-rank term")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    add_stored_eval_args(p)
+    p.set_defaults(func=cmd_swag)
 
     p = sub.add_parser("fge", help="fast geometric ensembling from a trained network",
                        description="FGE (Garipov et al. 2018): a piecewise-linear cyclical rate updated every "
@@ -1013,7 +1071,7 @@ def _leave_process_group(wait: bool = True) -> None:
 
 # Commands that share their work out under torchrun; the others would run
 # whole on every rank and write the same files, so they refuse.
-DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "simplex", "curve", "plane", "rays", "width")
+DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "simplex", "curve", "swag", "plane", "rays", "width")
 
 
 def _run_command(args: argparse.Namespace) -> int:

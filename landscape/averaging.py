@@ -44,6 +44,7 @@ from .inputs import (data_settings, named_model, network_of, note_split_leak, re
                      require_architecture)
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
+from .swag import SwagMoments
 from .sweep import is_main, process_device
 from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_test_metrics, load_data, non_finite,
                     prepare_run, run_training, weights_finite)
@@ -62,7 +63,8 @@ class AverageConfig(TrainConfig):
     ``lr`` is the initial rate (SWA from scratch), alpha_1 (FGE, the high
     end) or alpha_0 (snapshots). ``lr_min`` is alpha_2 of FGE. ``cycle`` is
     in epochs: SWA averages every ``cycle`` epochs, FGE cycles over it,
-    snapshots restart every ``cycle`` epochs.
+    snapshots restart every ``cycle`` epochs. ``swag_rank`` K > 0: SWA also
+    collects SWAG's moments, keeping the last K deviations (``swag.pt``).
     """
 
     method: str = "swa"
@@ -74,6 +76,7 @@ class AverageConfig(TrainConfig):
     lr_min: float = 0.0005
     cycle: int = 1
     keep_snapshots: bool = False
+    swag_rank: int = 0
 
     @property
     def lr_flag(self) -> str:
@@ -94,12 +97,16 @@ class AverageConfig(TrainConfig):
                 raise UserError(f"no iterate would be averaged: --epochs ({self.epochs}) must exceed --swa-start "
                                 f"({self.swa_start}) by at least --cycle ({self.cycle})")
             check_rate("--swa-lr", self.swa_lr)
+            if self.swag_rank < 0 or self.swag_rank == 1:
+                raise UserError(f"--swag-rank must be 0 (no SWAG moments) or at least 2 deviations, got {self.swag_rank}")
             if self.swa_lr_max is not None:
                 check_rate("--swa-lr-max", self.swa_lr_max)
                 if self.swa_lr_max < self.swa_lr:
                     raise UserError(f"--swa-lr-max must be at least --swa-lr, got {self.swa_lr_max} and {self.swa_lr}")
             elif self.swa_schedule == "cyclic":
                 check_rate("--swa-lr-max (by default 10 x --swa-lr)", 10 * self.swa_lr)
+        if self.method != "swa" and self.swag_rank:
+            raise UserError("SWAG's moments are collected by SWA: swag_rank applies to run_swa only")
         if self.method == "fge" and not 0 < self.lr_min <= self.lr:
             raise UserError(f"FGE needs 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr}")
         if self.method in ("fge", "snapshots") and self.epochs < self.cycle:
@@ -276,15 +283,18 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
     def build(cfg: AverageConfig, model: nn.Module, spec, data: Dataset, out: Path | None):
         space = ParamSpace.of(model)
         state = {"avg": torch.zeros(space.numel, dtype=torch.float64, device=data.device), "n": 0}
+        swag = SwagMoments(space.numel, cfg.swag_rank, data.device) if cfg.swag_rank else None
         average = [None]
 
         def extra() -> dict:
-            return {"avg": state["avg"], "n": state["n"]}
+            return {"avg": state["avg"], "n": state["n"], **(swag.state() if swag is not None else {})}
 
         def load_extra(d: dict) -> None:
             if "avg" in d:
                 state["avg"] = d["avg"].to(device=data.device, dtype=torch.float64)
                 state["n"] = int(d["n"])
+            if swag is not None:
+                swag.load(d)
 
         loss, save, restore = _model_hooks(model, spec, extra, load_extra)
 
@@ -294,6 +304,8 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
             w = space.flatten(model).double()
             state["n"] += 1
             state["avg"] += (w - state["avg"]) / state["n"]  # equal-weight running mean
+            if swag is not None:
+                swag.add(w, state["avg"], state["n"])
             if cfg.keep_snapshots and out is not None:
                 save_checkpoint(out / f"snapshot-{epoch:03d}.pt", model.state_dict(), spec,
                                 meta={"epoch": epoch, "averaged": state["n"]})
@@ -319,9 +331,14 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
                 save_checkpoint(out / "swa.pt", swa.state_dict(), spec, meta=meta)
                 sgd_meta = {k: v for k, v in meta.items() if k != "averaged"}  # one iterate, nothing averaged
                 save_checkpoint(out / "sgd.pt", model.state_dict(), spec, meta=dict(sgd_meta, method="sgd"))
+                if swag is not None:  # the SWA network again, with the moments around it
+                    save_checkpoint(out / "swag.pt", swa.state_dict(), spec, kind="swag", meta=dict(meta, method="swag"),
+                                    swag={**swag.state(), "names": list(space.names), "averaged": state["n"],
+                                          "rank": cfg.swag_rank})
+            files = {"swa": "swa.pt", "sgd": "sgd.pt", **({"swag": "swag.pt"} if swag is not None else {})}
             return {"swa": swa_m, "sgd": sgd_m, "sgd_bn_recomputed": sgd_re, "averaged": state["n"],
-                    **_common(cfg, data, spec),
-                    "files": {"swa": "swa.pt", "sgd": "sgd.pt"}}
+                    **({"swag_deviations": int(swag.deviations.shape[0])} if swag is not None else {}),
+                    **_common(cfg, data, spec), "files": files}
 
         def result() -> nn.Module:  # under torchrun only rank 0 finishes: the others form the same average
             if average[0] is None:

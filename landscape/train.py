@@ -37,7 +37,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -206,10 +206,12 @@ def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
 
 def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> None:
     new = cfg.to_json()
+    # A setting added after the run was started (absent from its config) had its default then.
+    defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
     for key, value in new.items():
         if key in _RESUME_FREE or key in getattr(cfg, "resume_free", ()):
             continue
-        old = stored.get(key)
+        old = stored.get(key, defaults.get(key))
         if old != value and not (key in _RESUME_PATHS and same_file(old, value)):
             raise UserError(
                 f"{out} was started with {key}={old!r}, now {key}={value!r}; "

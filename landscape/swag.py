@@ -1,0 +1,217 @@
+"""SWAG (Maddox et al. 2019): a Gaussian over the weights from the first two
+moments of the SGD iterates, and its Bayesian model average.
+
+Collected by SWA (``landscape swa --swag-rank K``): at every averaging, the
+running mean w̄ and mean of squares of the iterates (float64), and the
+deviation D_i = w_i - w̄_i of the iterate from the running mean just updated
+to include it; the last K deviations are kept. ``swag.pt`` holds them beside
+the SWA network (batch norm recomputed), so it also loads as that network.
+
+The approximate posterior is N(w̄, scale x (Σ_diag + D Dᵀ / (K - 1))),
+Σ_diag = diag(mean of squares - w̄²). A sample:
+
+    w = w̄ + sqrt(scale) (Σ_diag^½ z_1 + D z_2 / sqrt(K - 1)),  z_1 ~ N(0, I_P), z_2 ~ N(0, I_K)
+
+``scale`` 0.5 is the paper's ½ (Σ_diag + Σ_low-rank); ``diag=True`` drops the
+low-rank term (SWAG-Diagonal). The Bayesian model average (BMA) averages the
+test-set probabilities of S samples, each with batch norm re-estimated on
+the training data. The samples are points of the engine (anchors: the mean
+and the samples; coefficients: one-hot rows), so the evaluation is a sweep:
+resumable, and shared out under torchrun.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import Checkpoint, load_checkpoint, load_model
+from .data import Dataset
+from .errors import UserError
+from .evaluate import METRICS, precision_amp
+from .inputs import own_network, resolve_data
+from .metrics import ensemble_metrics
+from .models import check_spec_fits
+from .sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
+from .weights import ParamSpace
+
+__all__ = ["SwagMoments", "SwagPosterior", "load_swag", "evaluate_swag", "SwagEvaluation"]
+
+
+class SwagMoments:
+    """What SWA collects for SWAG besides its running mean: the running mean of
+    the squared iterates and the last ``rank`` deviations from the running mean."""
+
+    def __init__(self, numel: int, rank: int, device: torch.device | str) -> None:
+        self.rank = rank
+        self.sq_mean = torch.zeros(numel, dtype=torch.float64, device=device)
+        self.deviations = torch.zeros(0, numel, dtype=torch.float32, device=device)
+
+    def add(self, w: torch.Tensor, mean: torch.Tensor, n: int) -> None:
+        """Take iterate ``w`` (float64), the ``n``-th averaged, ``mean`` the running mean including it."""
+        self.sq_mean += (w * w - self.sq_mean) / n
+        self.deviations = torch.cat([self.deviations, (w - mean).float()[None]])[-self.rank:]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"sq_mean": self.sq_mean, "deviations": self.deviations}
+
+    def load(self, state: dict[str, Any]) -> None:
+        if "sq_mean" in state:
+            self.sq_mean = state["sq_mean"].to(device=self.sq_mean.device, dtype=torch.float64)
+            self.deviations = state["deviations"].to(device=self.sq_mean.device, dtype=torch.float32)
+
+
+@dataclass
+class SwagPosterior:
+    """SWAG's Gaussian over the flat weights of ``ParamSpace.of(model)``."""
+
+    mean: torch.Tensor  # (P,) float64
+    sq_mean: torch.Tensor  # (P,) float64
+    deviations: torch.Tensor  # (K, P) float32, the last K deviations
+    averaged: int  # iterates that went into the moments
+
+    def variance(self) -> torch.Tensor:
+        """Σ_diag, clamped at 0 (float64 rounding can leave tiny negatives)."""
+        return (self.sq_mean - self.mean * self.mean).clamp(min=0.0)
+
+    def sample(self, count: int, seed: int = 0, scale: float = 0.5, diag: bool = False) -> torch.Tensor:
+        """``count`` draws (count, P), float32, on the mean's device; the normal
+        draws come from a CPU generator seeded with ``seed``, so a seed gives
+        the same samples on every device."""
+        gen = torch.Generator().manual_seed(seed)
+        p, k = self.mean.numel(), self.deviations.shape[0]
+        low_rank = not diag and k >= 2
+        std = self.variance().sqrt()
+        rows = []
+        for _ in range(count):  # one at a time: each draw's z_1 is P numbers
+            z1 = torch.randn(p, generator=gen, dtype=torch.float64).to(self.mean.device)
+            w = std * z1
+            if low_rank:
+                z2 = torch.randn(k, generator=gen, dtype=torch.float64).to(self.mean.device)
+                w = w + (self.deviations.double().T @ z2) / (k - 1) ** 0.5
+            rows.append((self.mean + scale ** 0.5 * w).float())
+        return torch.stack(rows)
+
+
+def load_swag(path: str | Path, device: torch.device | str = "cpu",
+              model: str | None = None) -> tuple[SwagPosterior, nn.Module, Checkpoint]:
+    """Read ``swag.pt`` (written by ``landscape swa --swag-rank K``): the
+    posterior and the SWA network it is centred on. ``model``: the user's
+    ``--model``, which must name the checkpoint's own network."""
+    ck = load_checkpoint(path)
+    info = ck.extra.get("swag")
+    if not isinstance(info, dict) or not {"sq_mean", "deviations", "names", "averaged"} <= set(info):
+        raise UserError(f"{ck.path}: holds no SWAG moments; make them with 'landscape swa --swag-rank K' "
+                        f"(it writes swag.pt)")
+    net = load_model(ck, own_network(ck, model))
+    space = ParamSpace.of(net)
+    if list(info["names"]) != list(space.names):
+        raise UserError(f"{ck.path}: the SWAG moments' parameter names do not match its network")
+    device = torch.device(device)
+    mean = space.flatten(net).double().to(device)
+    post = SwagPosterior(mean=mean, sq_mean=info["sq_mean"].to(device=device, dtype=torch.float64),
+                         deviations=info["deviations"].to(device=device, dtype=torch.float32),
+                         averaged=int(info["averaged"]))
+    if post.sq_mean.shape != mean.shape or post.deviations.shape[1:] != mean.shape:
+        raise UserError(f"{ck.path}: the SWAG moments do not have the network's {mean.numel()} parameters")
+    return post, net.to(device), ck
+
+
+@dataclass
+class SwagEvaluation:
+    summary: dict[str, Any]
+    arrays: dict[str, np.ndarray]  # what swag.npz holds
+    out: Path | None
+
+
+def evaluate_swag(
+    swag: str | Path,
+    out: str | Path | None = None,
+    *,
+    samples: int = 30,
+    scale: float = 0.5,
+    diag: bool = False,
+    seed: int = 0,
+    data: Dataset | None = None,
+    wd: float | None = None,
+    batch_size: int = 1000,
+    bn_batches: int | None = None,
+    bn_stats: str = "auto",
+    points_per_pass: int | None = None,
+    precision: str = "fp32",
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool = False,
+    argv: Sequence[str] | None = None,
+    model: str | None = None,
+    **data_overrides: Any,
+) -> SwagEvaluation:
+    """The SWAG Bayesian model average of ``samples`` draws from ``swag.pt``,
+    against the SWA mean it is centred on.
+
+    Every draw and the mean are evaluated with batch norm re-estimated (train
+    loss, train NLL and error, test NLL and error); the BMA's test error and
+    NLL are given after 1, 2, .., S draws. ``wd`` and the data default to
+    the SWA run's settings. With ``out``: ``swag.npz``, ``summary.json``,
+    ``config.json``, and the sweep's partial store for ``resume``."""
+    amp = precision_amp(precision)
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    if not (np.isfinite(scale) and scale >= 0):
+        raise UserError(f"--scale must be a finite number >= 0, got {scale}")
+    out_path = Path(out) if out is not None else None
+    device = process_device(device)  # under torchrun: joins the process group
+    post, net, ck = load_swag(swag, device, model)
+    stored = dict((ck.meta or {}).get("train_config") or {})
+    data = resolve_data(stored, data_overrides, device, ck.path) if data is None else data.to(device)
+    check_spec_fits(ck.model, data.num_classes, data.input_shape, ck.path, f"dataset '{data.name}'")
+    wd = float(stored.get("wd", 0.0)) if wd is None else wd
+    rank = post.deviations.shape[0]
+    low_rank = not diag and rank >= 2
+    request = request_key([post.mean, post.sq_mean, post.deviations], {
+        "kind": "swag", "samples": samples, "scale": scale, "diag": diag, "seed": seed, "wd": wd,
+        "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
+        "dataset": data.describe()})
+    finished = begin_result(out_path, "swag.npz", resume, "swag", request)
+    if finished is not None:
+        arrays, summary = finished
+        return SwagEvaluation(summary=summary, arrays=arrays, out=out_path)
+
+    anchors = torch.cat([post.mean.float()[None], post.sample(samples, seed, scale, diag)])  # (1 + S, P)
+    config = {"command": "swag", "argv": list(argv) if argv is not None else None, "checkpoint": str(ck.path),
+              "samples": samples, "scale": scale, "diag": diag, "seed": seed, "wd": wd, "batch_size": batch_size,
+              "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision, "device": str(device),
+              "dataset": data.describe()}
+    res = run_sweep(net, anchors, np.eye(samples + 1), data, store=out_path / STORE if out_path is not None else None,
+                    resume=resume, settings={"kind": "swag", "dataset": data.describe()}, config=config, wd=wd,
+                    batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
+                    progress=progress, amp=amp, return_probs=True)
+    labels = data.y_test.cpu().numpy()
+    probs = res["probs"][1:].astype(np.float64)  # (S, M, classes)
+    running = np.cumsum(probs, axis=0) / np.arange(1, samples + 1)[:, None, None]
+    bma = [ensemble_metrics(running[s][None], labels) for s in range(samples)]
+    arrays: dict[str, np.ndarray] = {f"sample_{m}": res[m][1:] for m in METRICS}
+    arrays.update({f"mean_{m}": np.asarray(res[m][0]) for m in METRICS})
+    arrays["bma_test_nll"] = np.array([b["nll"] for b in bma])
+    arrays["bma_test_error"] = np.array([b["error"] for b in bma])
+    summary: dict[str, Any] = {
+        "swa": {m: float(res[m][0]) for m in METRICS},
+        "bma": {"test_error": bma[-1]["error"], "test_nll": bma[-1]["nll"], "members": samples},
+        "samples": {f"{m}_mean": float(res[m][1:].mean()) for m in METRICS},
+        "method": "SWAG-Diagonal" if not low_rank else "SWAG",
+        "scale": scale, "diag": diag, "seed": seed, "rank": rank, "averaged": post.averaged, "wd": wd,
+        "eval_split": data.eval_split, "synthetic": data.synthetic, "dataset": data.describe(),
+        "checkpoint": str(ck.path),
+        "notes": "sample = mean + sqrt(scale) (sigma_diag z1 + D z2 / sqrt(K - 1)) (diag: without the D term); "
+                 "bma = averaged predicted probabilities of the samples; batch norm re-estimated at every "
+                 "sample and at the mean; train_loss = NLL + wd/2 ||w||^2; errors in percent",
+    }
+    if not diag and rank < 2:
+        summary["notes"] += f"; only {rank} deviation(s) collected, so the low-rank term was left out"
+    finish_result(out_path, "swag.npz", arrays, summary, request)
+    return SwagEvaluation(summary=summary, arrays=arrays, out=out_path)

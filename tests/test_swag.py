@@ -1,0 +1,200 @@
+"""SWAG: the moments SWA collects against hand computations from its saved
+iterates, the sampler against its closed-form covariance, the model average
+against one built by hand with torch's update_bn, resume, and bad input."""
+
+import copy
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.optim.swa_utils import update_bn
+
+from landscape.averaging import predict_probs, run_swa
+from landscape.checkpoint import load_checkpoint, load_model
+from landscape.data import load_dataset
+from landscape.errors import UserError
+from landscape.metrics import ensemble_metrics
+from landscape.swag import SwagPosterior, evaluate_swag, load_swag
+from landscape.train import train
+from landscape.weights import ParamSpace
+
+LANDSCAPE = Path(sys.executable).with_name("landscape")
+SMALL = {"width": 4}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_dataset("digits")
+    return dataclasses.replace(d, x_train=d.x_train[:400], y_train=d.y_train[:400])
+
+
+@pytest.fixture(scope="module")
+def swag_run(tmp_path_factory, digits):
+    """SWA at a high constant rate for 5 epochs from an endpoint, every iterate
+    kept, SWAG's last 3 deviations collected."""
+    root = tmp_path_factory.mktemp("swag")
+    train(out=root / "a", data=digits, epochs=3, seed=1, progress=False, model_kwargs=SMALL)
+    kw = dict(from_ckpt=str(root / "a" / "model.pt"), epochs=5, swa_lr=0.1, swag_rank=3, keep_snapshots=True,
+              data=digits, progress=False)
+    return run_swa(None, root / "swa", **kw), root, kw
+
+
+def test_swa_collects_swags_moments_of_its_iterates(swag_run):
+    res, root, _ = swag_run
+    run = root / "swa"
+    space = ParamSpace.of(res.model)
+    iterates = [space.flatten(load_checkpoint(run / f"snapshot-{i:03d}.pt").state_dict).double() for i in range(1, 6)]
+    w = torch.stack(iterates)  # (5, P)
+    post, net, ck = load_swag(run / "swag.pt")
+    assert ck.kind == "swag" and post.averaged == 5 and res.summary["swag_deviations"] == 3
+    assert res.summary["files"]["swag"] == "swag.pt"
+    torch.testing.assert_close(post.mean, w.mean(0), rtol=0, atol=1e-6)  # the SWA network's own weights
+    torch.testing.assert_close(post.sq_mean, (w * w).mean(0), rtol=1e-6, atol=1e-9)
+    # D_i = w_i - (mean of w_1..w_i); the last three kept, oldest first
+    running = torch.cumsum(w, 0) / torch.arange(1, 6, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(post.deviations.double(), (w - running)[2:], rtol=0, atol=1e-6)
+    assert (post.deviations.abs().max(dim=1).values > 1e-3).all()  # the iterates did move
+    # swag.pt is also the SWA network itself (batch norm recomputed): it loads where swa.pt does
+    swa = load_model(run / "swa.pt")
+    for (name, a), b in zip(net.state_dict().items(), swa.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_samples_follow_the_formula_and_the_closed_form_covariance():
+    mean = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    var = torch.tensor([0.04, 0.01, 0.09], dtype=torch.float64)
+    dev = torch.tensor([[0.3, -0.1, 0.0], [-0.2, 0.2, 0.1], [0.1, 0.0, -0.3]])
+    post = SwagPosterior(mean=mean, sq_mean=var + mean * mean, deviations=dev, averaged=10)
+    torch.testing.assert_close(post.variance(), var)
+    # one draw by hand: z_1 (P numbers) then z_2 (K numbers) from the seeded generator
+    gen = torch.Generator().manual_seed(7)
+    z1, z2 = torch.randn(3, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)
+    want = mean + 0.5 ** 0.5 * (var.sqrt() * z1 + dev.double().T @ z2 / 2 ** 0.5)
+    torch.testing.assert_close(post.sample(1, seed=7)[0], want.float())
+    assert torch.equal(post.sample(4, seed=3), post.sample(4, seed=3))
+    # many draws: covariance scale (diag(var) + D^T D / (K - 1)), and scale diag(var) without the low-rank term
+    for scale, diag in ((0.5, False), (1.0, True)):
+        draws = post.sample(40000, seed=1, scale=scale, diag=diag).double()
+        want_cov = scale * (torch.diag(var) + (0 if diag else dev.double().T @ dev.double() / 2))
+        torch.testing.assert_close(draws.mean(0), mean, rtol=0, atol=0.01)
+        torch.testing.assert_close(torch.cov(draws.T), want_cov, rtol=0, atol=0.004)
+
+
+def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, digits):
+    _, root, _ = swag_run
+    ev = evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=5, bn_stats="batches",
+                       data=digits)
+    post, net, _ = load_swag(root / "swa" / "swag.pt")
+    space = ParamSpace.of(net)
+    probs = []
+    for w in post.sample(3, seed=5):
+        m = copy.deepcopy(net)
+        with torch.no_grad():
+            for name, value in space.unflatten(w).items():
+                m.get_parameter(name).copy_(value)
+        update_bn(digits.batches("train", 1000), m)
+        probs.append(predict_probs(m, digits).double())
+    labels = digits.y_test.numpy()
+    for s in (1, 3):
+        want = ensemble_metrics(torch.stack(probs[:s]).mean(0)[None].numpy(), labels)
+        assert ev.arrays["bma_test_nll"][s - 1] == pytest.approx(want["nll"], rel=1e-4)
+        assert ev.arrays["bma_test_error"][s - 1] == pytest.approx(want["error"], abs=1e-9)
+    one = ensemble_metrics(probs[0][None].numpy(), labels)
+    assert ev.arrays["sample_test_nll"][0] == pytest.approx(one["nll"], rel=1e-4)
+    assert ev.summary["bma"] == {"test_error": ev.arrays["bma_test_error"][-1],
+                                 "test_nll": ev.arrays["bma_test_nll"][-1], "members": 3}
+    assert ev.summary["method"] == "SWAG" and ev.summary["rank"] == 3
+    # the samples are not the mean: their losses differ from it
+    assert np.abs(ev.arrays["sample_train_loss"] - ev.arrays["mean_train_loss"]).max() > 1e-4
+    stored = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert stored["bma"]["test_nll"] == pytest.approx(ev.summary["bma"]["test_nll"])
+    assert (tmp_path / "ev" / "swag.npz").exists() and not (tmp_path / "ev" / "sweep.partial.npz").exists()
+    # a finished result is refused without --resume and returned with it
+    with pytest.raises(UserError, match="already holds a finished result"):
+        evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=5, bn_stats="batches", data=digits)
+    again = evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=5, bn_stats="batches",
+                          data=digits, resume=True)
+    assert again.summary["bma"] == pytest.approx(ev.summary["bma"])
+    with pytest.raises(UserError, match="of other inputs or settings"):
+        evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=6, bn_stats="batches",
+                      data=digits, resume=True)
+
+
+def test_swa_with_swag_moments_resumes_exactly(tmp_path, swag_run):
+    full, _, kw = swag_run
+    kw = {k: v for k, v in kw.items() if k != "keep_snapshots"}
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, record):
+        if epoch == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_swa(None, tmp_path / "cut", on_epoch_end=stop, **kw)
+    run_swa(None, tmp_path / "cut", resume=True, **kw)
+    a, b = load_swag(full.out / "swag.pt")[0], load_swag(tmp_path / "cut" / "swag.pt")[0]
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.sq_mean, b.sq_mean)
+    assert torch.equal(a.deviations, b.deviations)
+
+
+def run_cli(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LANDSCAPE), *map(str, argv)], capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_swag_from_the_command_line_and_its_bad_input(tmp_path, swag_run):
+    _, root, _ = swag_run
+    if not LANDSCAPE.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    done = run_cli("swag", "--ckpt", root / "swa" / "swag.pt", "--samples", 2, "--diag", "--out", tmp_path / "d", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "model average" in done.stdout and "SWAG-Diagonal: 2 samples, scale 0.5, 3 deviations" in done.stdout
+    assert (tmp_path / "d" / "swag.png").exists()
+    (tmp_path / "d" / "swag.png").unlink()
+    redrawn = run_cli("plot", tmp_path / "d")
+    assert redrawn.returncode == 0 and (tmp_path / "d" / "swag.png").exists(), redrawn.stderr
+    for argv, said in (
+            (["swag", "--ckpt", root / "swa" / "swa.pt", "--out", tmp_path / "x"],
+             f"{root / 'swa' / 'swa.pt'}: holds no SWAG moments; make them with 'landscape swa --swag-rank K' "
+             f"(it writes swag.pt)"),
+            (["swag", "--ckpt", root / "swa" / "swag.pt", "--samples", 0, "--out", tmp_path / "x"],
+             "--samples must be at least 1, got 0"),
+            (["swag", "--ckpt", root / "swa" / "swag.pt", "--scale", -1, "--out", tmp_path / "x"],
+             "--scale must be a finite number >= 0, got -1.0"),
+            (["swa", "--from", root / "a" / "model.pt", "--swag-rank", 1, "--out", tmp_path / "x"],
+             "--swag-rank must be 0 (no SWAG moments) or at least 2 deviations, got 1")):
+        bad = run_cli(*argv)
+        assert bad.returncode == 2 and bad.stderr.strip() == f"landscape: error: {said}", bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_started_before_swag_existed_resumes_with_swag_off(tmp_path, swag_run):
+    """Its stored settings have no swag_rank: it had the default (0) then, so a resume
+    without SWAG goes on, and one asking for SWAG moments is refused (the
+    earlier epochs collected none)."""
+    _, root, kw = swag_run
+    kw = {k: v for k, v in kw.items() if k not in ("keep_snapshots", "swag_rank")}
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, record):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_swa(None, tmp_path / "old", on_epoch_end=stop, **kw)
+    last = tmp_path / "old" / "last.pt"
+    obj = torch.load(last, weights_only=True)
+    del obj["meta"]["train_config"]["swag_rank"]  # as an earlier build wrote it
+    torch.save(obj, last)
+    with pytest.raises(UserError, match=r"was started with swag_rank=0, now swag_rank=3"):
+        run_swa(None, tmp_path / "old", resume=True, swag_rank=3, **kw)
+    done = run_swa(None, tmp_path / "old", resume=True, **kw)
+    assert done.summary["averaged"] == 5 and "swag" not in done.summary["files"]
