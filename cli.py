@@ -716,10 +716,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from landscape.device import resolve_device
     from landscape.plane import evaluate_plane
     from landscape.rays import width_report
+    from landscape.swag import evaluate_swag
     from landscape.train import TrainConfig, load_data, train
     from plots.curve import draw_curve_figure
     from plots.plane import draw_plane_figures
     from plots.rays import draw_rays_figures
+    from plots.swag import draw_swag_figure
 
     out, quiet, t0 = args.out, _progress(args), time.perf_counter()
     device = resolve_device(args.device)
@@ -758,9 +760,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     evaluate_plane(loaded.model, [W[0], W[-1], W[1]], data, out / "plane", labels=["a", "b", "bend"], path=path,
                    path_label="bezier curve", grid=args.grid, wd=cfg.wd, resume=again(out / "plane", "plane.npz"))
     figures += draw_plane_figures(out / "plane")
-    step("SWA and continued SGD from endpoint a (constant rate 0.05, 10 epochs)")
-    swa = run_swa(None, out / "swa", from_ckpt=str(a), epochs=10, swa_lr=0.05, data=data, device=str(device),
-                  resume=again(out / "swa"), progress=quiet).summary
+    step("SWA and continued SGD from endpoint a (constant rate 0.05, 10 epochs), SWAG's moments collected")
+    swa = run_swa(None, out / "swa", from_ckpt=str(a), epochs=10, swa_lr=0.05, swag_rank=10, data=data,
+                  device=str(device), resume=again(out / "swa"), progress=quiet).summary
+    step("SWAG: the model average of 30 samples around the SWA solution")
+    swag = evaluate_swag(out / "swa" / "swag.pt", out / "swag", samples=30, data=data, device=str(device),
+                         resume=again(out / "swag", "swag.npz")).summary
+    figures += draw_swag_figure(out / "swag")
     step(f"width report: SWA vs SGD along the line through them and {args.directions} random rays each")
     width = width_report(out / "swa" / "swa.pt", out / "swa" / "sgd.pt", out / "width", directions=args.directions,
                          steps=6,
@@ -791,6 +797,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{'endpoint b':<26}{ends['b']['test_error']:>12.2f}{ends['b']['test_nll']:>10.4f}{'':>14}")
     print(f"{'SGD (continued from a)':<26}{swa['sgd']['test_error']:>12.2f}{swa['sgd']['test_nll']:>10.4f}{w('SGD')}")
     print(f"{'SWA (from a)':<26}{swa['swa']['test_error']:>12.2f}{swa['swa']['test_nll']:>10.4f}{w('SWA')}")
+    print(f"{'SWAG average (' + str(swag['bma']['members']) + ')':<26}{swag['bma']['test_error']:>12.2f}"
+          f"{swag['bma']['test_nll']:>10.4f}{'':>14}")
     print(f"{'FGE members (mean)':<26}{fge['member_test_error_mean']:>12.2f}"
           f"{statistics.fmean(m['test_nll'] for m in fge['members']):>10.4f}{'':>14}")
     print(f"{'FGE ensemble (' + str(fge['ensemble']['members']) + ')':<26}{fge['ensemble']['test_error']:>12.2f}"

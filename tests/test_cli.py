@@ -310,10 +310,10 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     for needle in ("straight line", "Bezier curve, 1 bend", "polygonal chain, 1 bend", "SWA (from a)",
-                   "SGD (continued from a)", "FGE ensemble (4)", "median width"):
+                   "SGD (continued from a)", "FGE ensemble (4)", "SWAG average (30)", "median width"):
         assert needle in out, needle
     figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
-    assert len(figures) == 7 and all(Path(f).exists() for f in figures)
+    assert len(figures) == 8 and all(Path(f).exists() for f in figures)
     # Every number in the line row is the stored summary's.
     line = json.loads((tmp_path / "demo" / "bezier-eval" / "summary.json").read_text())["line"]
     assert f"{line['train_loss_barrier']:.4f}" in out
