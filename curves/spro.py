@@ -54,7 +54,7 @@ from landscape.inputs import (data_settings, load_points, named_model, network_o
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
-from landscape.train import Task, TrainConfig, prepare_run, run_training
+from landscape.train import Task, TrainConfig, check_world, prepare_run, run_training
 from landscape.weights import ParamSpace
 
 from .simplex import SimplicialComplex, face_grid
@@ -206,10 +206,18 @@ def _config(config: SimplexConfig | None, first: str | Path,
     return cfg, named
 
 
-def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None):
-    """The modes as points of one network, and that network's spec. Under
-    torchrun this joins the process group first (so rank 0 alone gives notes)."""
+def _join(cfg: SimplexConfig) -> torch.device:
+    """This process's device; under torchrun, the process group joined (so rank
+    0 alone gives notes) and a batch size the ranks cannot share refused,
+    before any folder is claimed."""
     device = process_device(cfg.device)
+    check_world(cfg.batch_size, rank_and_world()[1])
+    return device
+
+
+def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None):
+    """The modes as points of one network, and that network's spec."""
+    device = _join(cfg)
     pts = load_points(list(paths), model=named, model_kwargs=cfg.model_kwargs if named else None,
                       data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size", "data_seed")},
                       device=device)
@@ -223,7 +231,11 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
             out: Path | None, eval_samples: int, face_resolution: int, extra_summary: dict,
             sample_seed: int | None = None) -> SimplexResult:
     if out is not None and (out / "summary.json").exists() and is_main():  # a finished run, resumed
-        before = read_json(out / "summary.json").get("samples")
+        try:
+            stored = read_json(out / "summary.json")
+        except UserError:  # unreadable: it is about to be replaced anyway
+            stored = None
+        before = stored.get("samples") if isinstance(stored, dict) else None
         if before is not None and before != eval_samples:
             print(f"note: {out}: evaluating again with {eval_samples} samples (the stored results used {before}); "
                   f"they are replaced", file=sys.stderr)
@@ -409,7 +421,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
-    process_device(overrides.get("device", config.device if config is not None else "auto"))  # torchrun: join first
+    _join(_config(config, bases[0], overrides)[0])  # settings refused before the folder is claimed
     _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices,
                  "eval_samples": eval_samples}, resume)
     comps, probs = [], []

@@ -66,7 +66,7 @@ from .models import create_model, model_spec
 from .sweep import barrier, is_main, process_device, rank_and_world
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
-           "prepare_run", "run_training", "steps_per_epoch", "train"]
+           "prepare_run", "run_training", "steps_per_epoch", "check_world", "train"]
 
 SCHEDULES = ("paper", "cosine", "constant")
 # Settings that may change between a run and its --resume without changing the result.
@@ -356,7 +356,7 @@ def _from_main(obj: Any) -> Any:
     return box[0]
 
 
-def _check_world(batch_size: int, world: int) -> None:
+def check_world(batch_size: int, world: int) -> None:
     if world > 1 and (batch_size % world or batch_size // world < 2):
         raise UserError(f"--batch-size {batch_size} must be a multiple of the {world} processes, "
                         f"with at least 2 samples each (batch norm needs two)")
@@ -382,7 +382,7 @@ def run_training(
     and only rank 0 writes; see the module's docstring."""
     device = data.device
     rank, world = rank_and_world()
-    _check_world(cfg.batch_size, world)
+    check_world(cfg.batch_size, world)
     metrics = list(metrics or [])
     params = [p for p in task.module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=task.weight_decay)
@@ -455,9 +455,16 @@ def run_training(
     if world > 1 and task.sync_buffers:  # every rank ends with rank 0's batch-norm statistics
         for b in task.module.buffers():
             dist.broadcast(b, src=0)
-    summary = task.finish() if rank == 0 else None
+    summary, refused = None, None
     if rank == 0:
-        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        try:
+            summary = task.finish()
+            summary["seconds"] = round(time.perf_counter() - t0, 3)
+        except UserError as e:  # e.g. SWA's non-finite average: rank 0 alone met it, every rank stops alike
+            refused = str(e)
+    refused = _from_main(refused)
+    if refused is not None:
+        raise UserError(refused)
     bad = _from_main(non_finite(summary) if rank == 0 else None)  # every rank refuses alike
     if bad is not None:  # the last step can leave finite weights whose loss is not
         raise diverged(f"the final network's {bad[0]} is {bad[1]}", task.lr_flag, out, cfg.epochs)

@@ -27,7 +27,7 @@ from landscape.errors import UserError
 from landscape.evaluate import forward_points
 from landscape.metrics import ensemble_metrics
 from landscape.models import create_model, from_spec
-from landscape.train import _check_world, _epoch_seed, learning_rate, steps_per_epoch, train
+from landscape.train import check_world, _epoch_seed, learning_rate, steps_per_epoch, train
 from landscape.weights import ParamSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +43,16 @@ def digits():
     return load_dataset("digits")
 
 
-def torchrun(*argv) -> subprocess.CompletedProcess:
+def torchrun(*argv, timeout: float = 240, **env_extra: str) -> subprocess.CompletedProcess:
     """``landscape ARGV`` on 2 gloo ranks; --standalone lets torchrun pick a free port itself."""
     if not LANDSCAPE.exists():
         pytest.skip("console script not installed next to this interpreter")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
            "--no-python", "--", str(LANDSCAPE), *map(str, argv), "--quiet"]  # "--": else --start is torchrun's
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env_extra)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def one_thread(fn):
@@ -102,13 +102,13 @@ def test_shards_of_a_step_are_disjoint_and_make_the_global_batch(digits):
 
 
 def test_batch_size_must_split_evenly_over_the_ranks():
-    _check_world(128, 1)
-    _check_world(128, 2)
+    check_world(128, 1)
+    check_world(128, 2)
     with pytest.raises(UserError, match="--batch-size 101 must be a multiple of the 2 processes") as info:
-        _check_world(101, 2)
+        check_world(101, 2)
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="at least 2 samples"):
-        _check_world(4, 4)
+        check_world(4, 4)
 
 
 # ------------------------------------------------------------- 2 gloo ranks
@@ -431,3 +431,44 @@ def test_two_rank_simplex_equals_one_process_for_a_network_without_batch_norm(tm
         assert z.files == w.files
         for k in w.files:
             np.testing.assert_allclose(z[k], w[k], rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+# A network whose outputs turn NaN only in the final summary's train evaluation (eval mode,
+# batches of 1000): every epoch's record is finite, and only rank 0 computes the summary.
+NAN_IN_FINAL_EVALUATION = """
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        self.f = nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], 16),
+                               nn.ReLU(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        out = self.f(x)
+        return out * float("nan") if not self.training and x.shape[0] == 1000 else out
+
+def net(num_classes=10, input_shape=(1, 8, 8)):
+    return Net(num_classes, input_shape)
+"""
+
+
+@pytest.mark.slow
+def test_a_final_network_refused_on_rank_0_stops_every_rank(tmp_path):
+    """SWA refuses a non-finite average in its summary, which rank 0 alone computes:
+    the other ranks waited for that summary until gloo's 30-minute timeout."""
+    (tmp_path / "nanmodel.py").write_text(NAN_IN_FINAL_EVALUATION)
+    done = torchrun("swa", "--from-scratch", "--model", "nanmodel:net", "--epochs", 2, "--swa-start", 1,
+                    "--out", tmp_path / "s", timeout=60, PYTHONPATH=str(tmp_path))
+    assert done.returncode != 0
+    assert done.stderr.count("landscape: error: training diverged: the final network's swa.train_loss is nan") == 1, \
+        done.stderr[-3000:]
+    assert not (tmp_path / "s" / "swa.pt").exists() and (tmp_path / "s" / "last.pt").exists()
+
+
+def test_a_batch_size_the_ranks_cannot_share_is_refused_before_simplex_claims_its_folder(tmp_path, ends):
+    done = torchrun("simplex", "--base", ends[0], "--vertices", 2, "--epochs", 1, "--batch-size", 127,
+                    "--out", tmp_path / "sx")
+    assert done.returncode != 0
+    assert done.stderr.count("landscape: error: --batch-size 127 must be a multiple of the 2 processes") == 1
+    assert not (tmp_path / "sx").exists()

@@ -9,7 +9,7 @@ from scipy import stats
 
 from curves.simplex import SimplicialComplex, cayley_menger_volume, face_grid, sample_barycentric
 from curves.spro import connect_modes, grow_simplex, load_simplex
-from landscape.checkpoint import load_checkpoint
+from landscape.checkpoint import load_checkpoint, read_json
 from landscape.data import load_dataset
 from landscape.errors import UserError
 from landscape.train import train
@@ -155,6 +155,12 @@ def test_spro_grows_a_low_loss_simplex_and_freezes_earlier_vertices(tmp_path, ca
     assert again.summary["samples"] == 4 and torch.equal(again.complex.anchors().cpu(), anchors.cpu())
     assert (f"note: {tmp_path / 'sx'}: evaluating again with 4 samples (the stored results used 8); they are "
             f"replaced") in capsys.readouterr().err
+    # a finished run whose summary was torn is finished again (under torchrun rank 0 alone read it, and
+    # its error left the other ranks waiting for it)
+    (tmp_path / "sx" / "summary.json").write_text('{"samples": 8,')
+    again = grow_simplex(a, tmp_path / "sx", vertices=3, lam=1.0, epochs=3, eval_samples=4, face_resolution=4,
+                         resume=True, progress=False)
+    assert again.summary["samples"] == 4 and read_json(tmp_path / "sx" / "summary.json")["samples"] == 4
 
 
 @pytest.mark.slow
@@ -188,6 +194,10 @@ def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, c
         err = capsys.readouterr().err
         assert code == 2 and err.strip() == f"landscape: error: {msg}", err
         assert not (tmp_path / "s").exists()
+    # ESPRO claimed its folder (config.json) before its settings were checked
+    code = cli.main(["simplex", "--base", str(ckpt), str(ckpt), "--lam", "-1", "--out", str(tmp_path / "e"), "--quiet"])
+    assert code == 2 and capsys.readouterr().err.strip() == "landscape: error: --lam must be >= 0, got -1.0"
+    assert not (tmp_path / "e").exists()
 
 
 def test_foreign_modes_need_and_take_model(tmp_path, modes):
