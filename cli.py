@@ -1024,8 +1024,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded digits data",
                        description="Two endpoints, a Bezier curve and a polygonal chain between them, curve and line "
-                                   "evaluation, a plane through the curve, SWA vs SGD and their widths, an FGE "
-                                   "ensemble; a table of the headline numbers. A rerun reuses finished steps.")
+                                   "evaluation, a plane through the curve, SWA vs SGD and their widths, SWAG's model "
+                                   "average, an FGE ensemble; a table of the headline numbers. A rerun reuses "
+                                   "finished steps.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="folder of every run the demo makes")
     p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default 30)")
     p.add_argument("--grid", type=int, default=17, help="plane grid points per axis (default 17)")

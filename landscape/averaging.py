@@ -99,6 +99,10 @@ class AverageConfig(TrainConfig):
             check_rate("--swa-lr", self.swa_lr)
             if self.swag_rank < 0 or self.swag_rank == 1:
                 raise UserError(f"--swag-rank must be 0 (no SWAG moments) or at least 2 deviations, got {self.swag_rank}")
+            if self.swag_rank and (self.epochs - self.swa_start) // self.cycle < 2:
+                raise UserError(f"SWAG needs at least 2 averaged iterates (one gives a Gaussian of no spread), and "
+                                f"--epochs {self.epochs} with --swa-start {self.swa_start} and --cycle {self.cycle} "
+                                f"averages {(self.epochs - self.swa_start) // self.cycle}")
             if self.swa_lr_max is not None:
                 check_rate("--swa-lr-max", self.swa_lr_max)
                 if self.swa_lr_max < self.swa_lr:
@@ -333,8 +337,8 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
                 save_checkpoint(out / "sgd.pt", model.state_dict(), spec, meta=dict(sgd_meta, method="sgd"))
                 if swag is not None:  # the SWA network again, with the moments around it
                     save_checkpoint(out / "swag.pt", swa.state_dict(), spec, kind="swag", meta=dict(meta, method="swag"),
-                                    swag={**swag.state(), "names": list(space.names), "averaged": state["n"],
-                                          "rank": cfg.swag_rank})
+                                    swag={**swag.state(), "mean": state["avg"], "names": list(space.names),
+                                          "averaged": state["n"], "rank": cfg.swag_rank})
             files = {"swa": "swa.pt", "sgd": "sgd.pt", **({"swag": "swag.pt"} if swag is not None else {})}
             return {"swa": swa_m, "sgd": sgd_m, "sgd_bn_recomputed": sgd_re, "averaged": state["n"],
                     **({"swag_deviations": int(swag.deviations.shape[0])} if swag is not None else {}),

@@ -4,11 +4,15 @@ moments of the SGD iterates, and its Bayesian model average.
 Collected by SWA (``landscape swa --swag-rank K``): at every averaging, the
 running mean w̄ and mean of squares of the iterates (float64), and the
 deviation D_i = w_i - w̄_i of the iterate from the running mean just updated
-to include it; the last K deviations are kept. ``swag.pt`` holds them beside
-the SWA network (batch norm recomputed), so it also loads as that network.
+to include it; the last K deviations are kept. ``swag.pt`` holds them and the
+float64 mean beside the SWA network (batch norm recomputed), so it also
+loads as that network.
 
 The approximate posterior is N(w̄, scale x (Σ_diag + D Dᵀ / (K - 1))),
-Σ_diag = diag(mean of squares - w̄²). A sample:
+Σ_diag = diag(mean of squares - w̄²), K the deviations kept: min(``--swag-rank``,
+the iterates averaged). (The reference code divides by ``--swag-rank`` - 1
+even when fewer were collected; the two agree once K iterates are averaged.
+While fewer are, the first deviation kept is w_1 - w_1 = 0, as there.) A sample:
 
     w = w̄ + sqrt(scale) (Σ_diag^½ z_1 + D z_2 / sqrt(K - 1)),  z_1 ~ N(0, I_P), z_2 ~ N(0, I_K)
 
@@ -76,7 +80,7 @@ class SwagPosterior:
     averaged: int  # iterates that went into the moments
 
     def variance(self) -> torch.Tensor:
-        """Σ_diag, clamped at 0 (float64 rounding can leave tiny negatives)."""
+        """Σ_diag, clamped at 0 (the difference of two float64 means can round below 0)."""
         return (self.sq_mean - self.mean * self.mean).clamp(min=0.0)
 
     def sample(self, count: int, seed: int = 0, scale: float = 0.5, diag: bool = False) -> torch.Tensor:
@@ -85,6 +89,8 @@ class SwagPosterior:
         the same samples on every device."""
         gen = torch.Generator().manual_seed(seed)
         p, k = self.mean.numel(), self.deviations.shape[0]
+        if count < 1:
+            return torch.zeros(0, p, dtype=torch.float32, device=self.mean.device)
         low_rank = not diag and k >= 2
         std = self.variance().sqrt()
         rows = []
@@ -105,7 +111,7 @@ def load_swag(path: str | Path, device: torch.device | str = "cpu",
     ``--model``, which must name the checkpoint's own network."""
     ck = load_checkpoint(path)
     info = ck.extra.get("swag")
-    if not isinstance(info, dict) or not {"sq_mean", "deviations", "names", "averaged"} <= set(info):
+    if not isinstance(info, dict) or not {"mean", "sq_mean", "deviations", "names", "averaged"} <= set(info):
         raise UserError(f"{ck.path}: holds no SWAG moments; make them with 'landscape swa --swag-rank K' "
                         f"(it writes swag.pt)")
     net = load_model(ck, own_network(ck, model))
@@ -113,12 +119,16 @@ def load_swag(path: str | Path, device: torch.device | str = "cpu",
     if list(info["names"]) != list(space.names):
         raise UserError(f"{ck.path}: the SWAG moments' parameter names do not match its network")
     device = torch.device(device)
-    mean = space.flatten(net).double().to(device)
+    # the float64 running mean: the network's float32 weights would round w̄² by more than small variances
+    mean = info["mean"].to(device=device, dtype=torch.float64)
     post = SwagPosterior(mean=mean, sq_mean=info["sq_mean"].to(device=device, dtype=torch.float64),
                          deviations=info["deviations"].to(device=device, dtype=torch.float32),
                          averaged=int(info["averaged"]))
-    if post.sq_mean.shape != mean.shape or post.deviations.shape[1:] != mean.shape:
-        raise UserError(f"{ck.path}: the SWAG moments do not have the network's {mean.numel()} parameters")
+    if mean.shape != (space.numel,) or post.sq_mean.shape != mean.shape or post.deviations.shape[1:] != mean.shape:
+        raise UserError(f"{ck.path}: the SWAG moments do not have the network's {space.numel} parameters")
+    if post.averaged < 2:
+        raise UserError(f"{ck.path}: SWAG moments of {post.averaged} iterate, a Gaussian of no spread; average at "
+                        f"least 2 (more --epochs, or a smaller --cycle)")
     return post, net.to(device), ck
 
 

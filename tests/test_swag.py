@@ -53,8 +53,11 @@ def test_swa_collects_swags_moments_of_its_iterates(swag_run):
     post, net, ck = load_swag(run / "swag.pt")
     assert ck.kind == "swag" and post.averaged == 5 and res.summary["swag_deviations"] == 3
     assert res.summary["files"]["swag"] == "swag.pt"
-    torch.testing.assert_close(post.mean, w.mean(0), rtol=0, atol=1e-6)  # the SWA network's own weights
-    torch.testing.assert_close(post.sq_mean, (w * w).mean(0), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(post.mean, w.mean(0), rtol=0, atol=1e-12)  # kept in float64
+    assert torch.equal(space.flatten(net), post.mean.float())  # the SWA network's own weights, rounded
+    torch.testing.assert_close(post.sq_mean, (w * w).mean(0), rtol=1e-12, atol=1e-15)
+    # the variance of every weight, also where it is far below its float32 rounding (w * 6e-8)
+    torch.testing.assert_close(post.variance(), w.var(0, unbiased=False), rtol=1e-6, atol=1e-14)
     # D_i = w_i - (mean of w_1..w_i); the last three kept, oldest first
     running = torch.cumsum(w, 0) / torch.arange(1, 6, dtype=torch.float64)[:, None]
     torch.testing.assert_close(post.deviations.double(), (w - running)[2:], rtol=0, atol=1e-6)
@@ -71,6 +74,7 @@ def test_samples_follow_the_formula_and_the_closed_form_covariance():
     dev = torch.tensor([[0.3, -0.1, 0.0], [-0.2, 0.2, 0.1], [0.1, 0.0, -0.3]])
     post = SwagPosterior(mean=mean, sq_mean=var + mean * mean, deviations=dev, averaged=10)
     torch.testing.assert_close(post.variance(), var)
+    assert post.sample(0).shape == (0, 3)
     # one draw by hand: z_1 (P numbers) then z_2 (K numbers) from the seeded generator
     gen = torch.Generator().manual_seed(7)
     z1, z2 = torch.randn(3, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)
@@ -198,3 +202,14 @@ def test_a_run_started_before_swag_existed_resumes_with_swag_off(tmp_path, swag_
         run_swa(None, tmp_path / "old", resume=True, swag_rank=3, **kw)
     done = run_swa(None, tmp_path / "old", resume=True, **kw)
     assert done.summary["averaged"] == 5 and "swag" not in done.summary["files"]
+
+
+def test_swag_needs_two_averaged_iterates(tmp_path, swag_run, digits):
+    """One averaged iterate gives a Gaussian of no spread (variance 0, one zero deviation):
+    every sample would be the mean. Refused before training."""
+    _, root, _ = swag_run
+    with pytest.raises(UserError, match=r"^SWAG needs at least 2 averaged iterates .* --epochs 3 with --swa-start 1 "
+                                        r"and --cycle 2 averages 1$"):
+        run_swa(None, tmp_path / "one", from_ckpt=str(root / "a" / "model.pt"), epochs=3, swa_start=1, cycle=2,
+                swag_rank=4, data=digits, progress=False)
+    assert not (tmp_path / "one").exists()
