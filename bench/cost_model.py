@@ -10,13 +10,17 @@ factor varied at a time, three sizes each:
   - processes: ``landscape plane --ckpt CURVE --grid 21`` as one process with
     one thread, as one process with two, and under ``torchrun
     --nproc-per-node 2`` with one thread each; the whole command is timed
-    (start-up, data loading and figures included).
+    (start-up, data loading and figures included);
+  - training processes: the same three ways for data-parallel training:
+    ``landscape train`` (digits convnet, 20 epochs), ``landscape swa`` (20
+    epochs from an endpoint) and ``landscape train`` of a PreResNet-8 on
+    2000 synthetic CIFAR-shaped images (2 epochs).
 
 For each it prints seconds, seconds per point, and seconds per point per
 GFLOP of forward work (images x FLOPs per image), which stays flat when time
 is proportional to the arithmetic.
 
-    python bench/cost_model.py [--work runs/bench] [--parts grid,data,model,processes]
+    python bench/cost_model.py [--work runs/bench] [--parts grid,data,model,processes,training]
 """
 
 from __future__ import annotations
@@ -56,8 +60,8 @@ def header(title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("runs/bench"))
-    ap.add_argument("--parts", default="grid,data,model,processes",
-                    help="comma-separated subset of grid, data, model, processes")
+    ap.add_argument("--parts", default="grid,data,model,processes,training",
+                    help="comma-separated subset of grid, data, model, processes, training")
     args = ap.parse_args()
     data = load_dataset("digits")
     loaded = endpoints_and_curve(args.work, data)
@@ -79,6 +83,8 @@ def main() -> None:
         model_sizes(data, per_point_images)
     if "processes" in parts:
         processes(args.work / "curve" / "model.pt", per_point_images, flops)
+    if "training" in parts:
+        training(args.work / "end1" / "model.pt")
 
 
 def grid_sizes(model, points, data, per_point_images, flops) -> None:
@@ -128,6 +134,25 @@ def processes(ckpt: Path, per_point_images: int, flops: float) -> None:
         report("torchrun 2 processes, 1 thread each", s2, n, per_point_images, flops)
         print(f"speed-up from 1 to 2 processes (1 thread each): {s11 / s2:.2f}; "
               f"2 processes vs 1 process with 2 threads: {s12 / s2:.2f}")
+
+
+def training(endpoint: Path) -> None:
+    print("\ntraining processes (whole command; speed-up over 1 process with 1 thread)")
+    print(f"{'':<44}{'1 proc, 1 thread':>18}{'1 proc, 2 threads':>19}{'2 procs, 1 thread each':>24}")
+    synthetic = ["--dataset", "synthetic", "--synthetic-shape", "3,32,32", "--synthetic-size", "2000,200",
+                 "--model", "preresnet", "--model-kwargs", "depth=8", "--epochs", "2"]
+    jobs = (("train, digits convnet, 20 epochs", ["train", "--epochs", "20", "--seed", "1"]),
+            ("swa from an endpoint, digits, 20 epochs", ["swa", "--from", str(endpoint), "--epochs", "20"]),
+            ("train, PreResNet-8, 2000 synthetic, 2 epochs", ["train", *synthetic]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, argv) in enumerate(jobs):
+            cmd = [str(BIN / "landscape"), *argv, "--quiet", "--out"]
+            s11 = run_timed(cmd + [str(Path(tmp) / f"{i}-11")], dict(os.environ, OMP_NUM_THREADS="1"))
+            s12 = run_timed(cmd + [str(Path(tmp) / f"{i}-12")], dict(os.environ, OMP_NUM_THREADS="2"))
+            two = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                   "--master-port", str(free_port()), "--no-python", *cmd, str(Path(tmp) / f"{i}-2")]
+            s2 = run_timed(two, dict(os.environ, OMP_NUM_THREADS="1"))
+            print(f"{label:<44}{s11:>11.1f} s 1.00{s12:>12.1f} s {s11 / s12:.2f}{s2:>17.1f} s {s11 / s2:.2f}")
 
 
 def run_timed(cmd: list[str], env) -> float:
