@@ -461,10 +461,10 @@ def run_training(
             summary = task.finish()
             summary["seconds"] = round(time.perf_counter() - t0, 3)
         except UserError as e:  # e.g. SWA's non-finite average: rank 0 alone met it, every rank stops alike
-            refused = str(e)
-    refused = _from_main(refused)
-    if refused is not None:
-        raise UserError(refused)
+            refused = e
+    said = _from_main(str(refused) if refused is not None else None)
+    if said is not None:
+        raise refused if refused is not None else UserError(said)
     bad = _from_main(non_finite(summary) if rank == 0 else None)  # every rank refuses alike
     if bad is not None:  # the last step can leave finite weights whose loss is not
         raise diverged(f"the final network's {bad[0]} is {bad[1]}", task.lr_flag, out, cfg.epochs)
