@@ -1,7 +1,7 @@
 """Data-parallel `landscape train`, `connect`, `swa`, `fge` and `snapshots`
 under torchrun: each rank's slice of the batches, and 2 gloo ranks on the CPU
 against one process that takes the same global batches in two halves and
-averages their gradients; `curve` shared out over 2 ranks against one process."""
+averages their gradients; `curve` and `swag` shared out over 2 ranks against one process."""
 
 import dataclasses
 import json
@@ -472,3 +472,24 @@ def test_a_batch_size_the_ranks_cannot_share_is_refused_before_simplex_claims_it
     assert done.returncode != 0
     assert done.stderr.count("landscape: error: --batch-size 127 must be a multiple of the 2 processes") == 1
     assert not (tmp_path / "sx").exists()
+
+
+@pytest.mark.slow
+def test_two_rank_swag_evaluation_equals_one_process(tmp_path, digits, ends):
+    """`landscape swag` is a sweep: the ranks share the samples out, rank 0 writes what one process writes."""
+    from landscape.averaging import run_swa
+    from landscape.swag import evaluate_swag
+
+    run_swa(None, tmp_path / "swa", from_ckpt=str(ends[0]), epochs=3, swa_lr=0.05, swag_rank=3, data=digits,
+            progress=False)
+    ckpt = tmp_path / "swa" / "swag.pt"
+    done = torchrun("swag", "--ckpt", ckpt, "--samples", 5, "--points-per-pass", 2, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("model average") == 1, done.stdout  # only rank 0 reports
+    one = one_thread(lambda: evaluate_swag(ckpt, tmp_path / "one", samples=5, points_per_pass=2))
+    with np.load(tmp_path / "two" / "swag.npz") as z:
+        two = {k: z[k] for k in z.files}
+    assert two.keys() == one.arrays.keys()
+    for k, v in one.arrays.items():
+        np.testing.assert_allclose(two[k], v, rtol=1e-6, atol=1e-9, err_msg=k)
+    assert not (tmp_path / "two" / "sweep.partial.npz").exists()
