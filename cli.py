@@ -311,7 +311,7 @@ def _eval_wd(args: argparse.Namespace, pts) -> float:
 def cmd_plane(args: argparse.Namespace) -> int:
     import torch
 
-    from landscape.inputs import load_points, resolve_data
+    from landscape.inputs import load_points, refuse_same_weights, resolve_data
     from landscape.models import check_spec_fits
     from landscape.plane import evaluate_plane
     from landscape.sweep import is_main, process_device
@@ -344,6 +344,8 @@ def cmd_plane(args: argparse.Namespace) -> int:
         model, points, labels, data, wd = pts.model, pts.vectors, pts.labels, pts.data, _eval_wd(args, pts)
         if len(points) != 3:
             raise UserError(f"--points needs three checkpoints, got {len(points)}")
+        refuse_same_weights(points, args.points, "a plane needs three different points (an SWA run's swa.pt and "
+                                                 "swag.pt are one network)")
     marks, mark_labels = _marks(args.mark, model, ParamSpace.of(model), device)
     result = evaluate_plane(model, points, data, args.out, labels=labels, path=path, path_label=path_label,
                             marks=marks, mark_labels=mark_labels, grid=args.grid, margin=args.margin,

@@ -177,6 +177,15 @@ def test_swag_from_the_command_line_and_its_bad_input(tmp_path, swag_run):
         bad = run_cli(*argv)
         assert bad.returncode == 2 and bad.stderr.strip() == f"landscape: error: {said}", bad.stderr
     assert not (tmp_path / "x").exists()
+    # swag.pt is the SWA network: a plane through both was refused as "collinear"; an ensemble counts it twice
+    swa, swag = root / "swa" / "swa.pt", root / "swa" / "swag.pt"
+    plane = run_cli("plane", "--points", root / "a" / "model.pt", swa, swag, "--grid", 3, "--out", tmp_path / "p")
+    assert plane.returncode == 2 and plane.stderr.strip() == (
+        f"landscape: error: {swa} and {swag} hold the same weights: a plane needs three different points (an SWA "
+        f"run's swa.pt and swag.pt are one network)"), plane.stderr
+    ens = run_cli("ensemble", swa, swag, root / "a" / "model.pt")
+    assert ens.returncode == 0 and ens.stderr.count(
+        f"note: {swag} holds the same weights as {swa}: that network counts twice in the ensemble") == 1, ens.stderr
 
 
 def test_a_run_started_before_swag_existed_resumes_with_swag_off(tmp_path, swag_run):
