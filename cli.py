@@ -156,6 +156,14 @@ def add_stored_eval_args(p: argparse.ArgumentParser) -> None:
     add_curve_model_arg(p)
 
 
+def _stored_eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The options :func:`add_stored_eval_args` adds, as the evaluation functions take them."""
+    return dict(wd=args.wd, batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
+                points_per_pass=args.points_per_pass, precision=args.precision, device=args.device,
+                resume=args.resume, progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
+                model=args.model, **_data_overrides(args))
+
+
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
@@ -257,11 +265,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
     from landscape.sweep import is_main
     from plots.curve import draw_curve_figure
 
-    result = evaluate_curve(args.ckpt, args.out, points=args.points, wd=args.wd, batch_size=args.batch_size,
-                            bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass,
-                            precision=args.precision, device=args.device, resume=args.resume,
-                            progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
-                            model=args.model, **_data_overrides(args))
+    result = evaluate_curve(args.ckpt, args.out, points=args.points, **_stored_eval_kwargs(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     figures = draw_curve_figure(args.out, tuple(args.format))
@@ -311,8 +315,7 @@ def _eval_wd(args: argparse.Namespace, pts) -> float:
 def cmd_plane(args: argparse.Namespace) -> int:
     import torch
 
-    from landscape.inputs import load_points, refuse_same_weights, resolve_data
-    from landscape.models import check_spec_fits
+    from landscape.inputs import load_points, refuse_same_weights, stored_data
     from landscape.plane import evaluate_plane
     from landscape.sweep import is_main, process_device
     from landscape.weights import ParamSpace
@@ -325,10 +328,8 @@ def cmd_plane(args: argparse.Namespace) -> int:
         from curves.fit import load_curve
 
         loaded = load_curve(args.ckpt, device, args.model, dict(args.model_kwargs))
-        stored = loaded.meta.get("train_config") or {}
-        data = resolve_data(stored, _data_overrides(args), device, args.ckpt)
-        check_spec_fits(loaded.spec, data.num_classes, data.input_shape, args.ckpt, f"dataset '{data.name}'")
-        model, wd = loaded.model, float(stored.get("wd", 0.0)) if args.wd is None else args.wd
+        data, wd = stored_data(loaded.meta, loaded.spec, args.ckpt, _data_overrides(args), device, wd=args.wd)
+        model = loaded.model
         with torch.no_grad():
             W = loaded.curve.anchors().detach()
             if W.shape[0] < 3:
@@ -535,11 +536,7 @@ def cmd_swag(args: argparse.Namespace) -> int:
     from plots.swag import draw_swag_figure
 
     result = evaluate_swag(args.ckpt, args.out, samples=args.samples, scale=args.scale, diag=args.diag,
-                           seed=args.seed, wd=args.wd, batch_size=args.batch_size, bn_batches=args.bn_batches,
-                           bn_stats=args.bn_stats, points_per_pass=args.points_per_pass, precision=args.precision,
-                           device=args.device, resume=args.resume,
-                           progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
-                           model=args.model, **_data_overrides(args))
+                           seed=args.seed, **_stored_eval_kwargs(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     figures = draw_swag_figure(args.out, tuple(args.format))

@@ -18,9 +18,8 @@ from landscape.data import Dataset
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, precision_amp
 from landscape.geometry import line_coefficients
-from landscape.inputs import resolve_data
+from landscape.inputs import stored_data
 from landscape.metrics import ensemble_metrics, path_stats
-from landscape.models import check_spec_fits
 from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 
 from .fit import LoadedCurve, load_curve
@@ -79,10 +78,7 @@ def evaluate_curve(
     out_path = Path(out) if out is not None else None
     device = process_device(device)  # under torchrun: joins the process group
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device, model)
-    stored = dict(loaded.meta.get("train_config") or {})
-    data = resolve_data(stored, data_overrides, device, loaded.path) if data is None else data.to(device)
-    check_spec_fits(loaded.spec, data.num_classes, data.input_shape, loaded.path or "the curve", f"dataset '{data.name}'")
-    wd = float(stored.get("wd", 0.0)) if wd is None else wd
+    data, wd = stored_data(loaded.meta, loaded.spec, loaded.path or "the curve", data_overrides, device, data, wd)
     model, crv = loaded.model.to(device), loaded.curve.to(device)
     request = request_key([crv.anchors().detach()], {
         "kind": "curve", "points": points, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,

@@ -22,7 +22,7 @@ from .weights import ParamSpace
 
 __all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "note_split_leak",
            "refuse_infinite", "refuse_same_weights", "require_architecture", "own_network", "merged_data_settings", "named_model", "Points",
-           "load_points"]
+           "load_points", "stored_data"]
 
 DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
                "synthetic_sizes")
@@ -41,6 +41,19 @@ def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None
     settings = merged_data_settings(stored, overrides)
     note_split_leak(stored, settings, source)
     return load_data(TrainConfig(**settings), resolve_device(device))
+
+
+def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: object, overrides: dict[str, Any] | None,
+                device: torch.device | str, data: Dataset | None = None,
+                wd: float | None = None) -> tuple[Dataset, float]:
+    """The data and weight decay to evaluate a checkpoint that holds its own
+    network (a curve, swag.pt) with: its run's stored settings (``meta``'s
+    train_config) unless ``overrides`` / ``data`` / ``wd`` say otherwise; data
+    that does not fit the network ``spec`` is refused naming ``source``."""
+    stored = (meta or {}).get("train_config") or {}
+    data = resolve_data(stored, overrides, device, source) if data is None else data.to(device)
+    check_spec_fits(spec, data.num_classes, data.input_shape, source, f"dataset '{data.name}'")
+    return data, float(stored.get("wd", 0.0)) if wd is None else wd
 
 
 def merged_data_settings(stored: dict[str, Any] | None, overrides: dict[str, Any] | None) -> dict[str, Any]:

@@ -38,9 +38,8 @@ from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .data import Dataset
 from .errors import UserError
 from .evaluate import METRICS, precision_amp
-from .inputs import own_network, resolve_data
+from .inputs import own_network, stored_data
 from .metrics import ensemble_metrics
-from .models import check_spec_fits
 from .sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from .weights import ParamSpace
 
@@ -177,10 +176,7 @@ def evaluate_swag(
     out_path = Path(out) if out is not None else None
     device = process_device(device)  # under torchrun: joins the process group
     post, net, ck = load_swag(swag, device, model)
-    stored = dict((ck.meta or {}).get("train_config") or {})
-    data = resolve_data(stored, data_overrides, device, ck.path) if data is None else data.to(device)
-    check_spec_fits(ck.model, data.num_classes, data.input_shape, ck.path, f"dataset '{data.name}'")
-    wd = float(stored.get("wd", 0.0)) if wd is None else wd
+    data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
     rank = post.deviations.shape[0]
     low_rank = not diag and rank >= 2
     request = request_key([post.mean, post.sq_mean, post.deviations], {

@@ -112,22 +112,45 @@ def test_batch_size_must_split_evenly_over_the_ranks():
 
 
 # ------------------------------------------------------------- 2 gloo ranks
-def reference_train(data, *, seed, epochs, batch_size, width):
-    """Plain SGD as `landscape train` sets it up, each step data parallel by hand."""
-    seed_everything(seed)
-    model = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=width)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+def reference_sgd(model, data, *, seed, epochs, batch_size, lr_at, snapshot_after_step=None):
+    """SGD of ``model`` at the rate ``lr_at(epoch, it, steps)`` (momentum 0.9,
+    weight decay 5e-4), each step data parallel by hand; the state after each
+    epoch and after every step where ``snapshot_after_step`` holds, as lists
+    of state dicts."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
     buffers = list(model.buffers())
+    steps = steps_per_epoch(len(data.y_train), batch_size, WORLD)
+    state = lambda: {k: v.clone() for k, v in model.state_dict().items()}  # noqa: E731
+    at_ends, snapshots = [], []
     for epoch in range(epochs):
-        for g in opt.param_groups:
-            g["lr"] = learning_rate(0.05, "paper", epoch, epochs)
         model.train()
-        for x, y in data.train_batches(batch_size, torch.Generator().manual_seed(_epoch_seed(seed, epoch))):
+        for it, (x, y) in enumerate(data.train_batches(batch_size, torch.Generator().manual_seed(_epoch_seed(seed, epoch)))):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(epoch, it, steps)
             opt.zero_grad()
             data_parallel_step(model.parameters(), buffers, lambda xs, ys: F.cross_entropy(model(xs), ys), x, y)
             opt.step()
-    return init, model.state_dict()
+            if snapshot_after_step is not None and snapshot_after_step(epoch, it, steps):
+                snapshots.append(state())
+        at_ends.append(state())
+    return at_ends, snapshots
+
+
+def network_of_checkpoint(path):
+    ckpt = load_checkpoint(path)
+    model = from_spec(ckpt.model)
+    model.load_state_dict(ckpt.state_dict)
+    return model
+
+
+def reference_train(data, *, seed, epochs, batch_size, width):
+    """Plain SGD as `landscape train` sets it up (the paper schedule), each step data parallel by hand."""
+    seed_everything(seed)
+    model = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=width)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    at_ends, _ = reference_sgd(model, data, seed=seed, epochs=epochs, batch_size=batch_size,
+                               lr_at=lambda e, it, s: learning_rate(0.05, "paper", e, epochs))
+    return init, at_ends[-1]
 
 
 @pytest.mark.slow
@@ -255,33 +278,6 @@ def test_a_last_batch_too_small_to_split_is_left_out_with_a_note(tmp_path):
     assert done.stderr.count(note) == 1, done.stderr
 
 
-def reference_sgd(start, data, *, seed, epochs, batch_size, lr_at, snapshot_after_step=None):
-    """SGD from the network in ``start`` at the rate ``lr_at(epoch, it, steps)``
-    (momentum 0.9, weight decay 5e-4), each step data parallel by hand; the
-    state after each epoch and after every step where ``snapshot_after_step``
-    holds, as lists of state dicts."""
-    ckpt = load_checkpoint(start)
-    model = from_spec(ckpt.model)
-    model.load_state_dict(ckpt.state_dict)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
-    buffers = list(model.buffers())
-    steps = steps_per_epoch(len(data.y_train), batch_size, WORLD)
-    state = lambda: {k: v.clone() for k, v in model.state_dict().items()}  # noqa: E731
-    at_ends, snapshots = [], []
-    for epoch in range(epochs):
-        model.train()
-        for it, (x, y) in enumerate(data.train_batches(batch_size, torch.Generator().manual_seed(_epoch_seed(seed, epoch)))):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(epoch, it, steps)
-            opt.zero_grad()
-            data_parallel_step(model.parameters(), buffers, lambda xs, ys: F.cross_entropy(model(xs), ys), x, y)
-            opt.step()
-            if snapshot_after_step is not None and snapshot_after_step(epoch, it, steps):
-                snapshots.append(state())
-        at_ends.append(state())
-    return model, at_ends, snapshots
-
-
 def assert_same_state(got: dict, want: dict) -> None:
     assert got.keys() == want.keys()
     for k in want:  # batch-norm running statistics included: rank 0's
@@ -313,8 +309,9 @@ def test_two_rank_swa_equals_one_process_averaging_the_halves(tmp_path, digits, 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["averaged"] == 2 and summary["swa"]["test_error"] < 30, summary
 
-    model, at_ends, _ = one_thread(lambda: reference_sgd(ends[0], digits, seed=4, epochs=2, batch_size=100,
-                                                         lr_at=lambda e, it, s: 0.02))
+    model = network_of_checkpoint(ends[0])
+    at_ends, _ = one_thread(lambda: reference_sgd(model, digits, seed=4, epochs=2, batch_size=100,
+                                                  lr_at=lambda e, it, s: 0.02))
     assert_same_state(torch.load(run / "sgd.pt", weights_only=True)["state_dict"], at_ends[-1])
     for i, want in enumerate(at_ends):
         assert_same_state(torch.load(run / f"snapshot-{i + 1:03d}.pt", weights_only=True)["state_dict"], want)
@@ -366,8 +363,9 @@ def test_two_rank_ensembles_equal_one_process_averaging_the_halves(tmp_path, dig
     summary = json.loads((run / "summary.json").read_text())
     assert summary["ensemble"]["members"] == 2 and [m["snapshot"] for m in summary["members"]] == [1, 2]
 
-    model, at_ends, snapshots = one_thread(lambda: reference_sgd(ends[1], digits, seed=5, epochs=2, batch_size=100,
-                                                                 lr_at=lr_at, snapshot_after_step=take))
+    model = network_of_checkpoint(ends[1])
+    at_ends, snapshots = one_thread(lambda: reference_sgd(model, digits, seed=5, epochs=2, batch_size=100,
+                                                          lr_at=lr_at, snapshot_after_step=take))
     members = snapshots if method == "fge" else at_ends
     assert len(members) == 2
     probs = []
