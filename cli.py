@@ -460,6 +460,10 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         from plots.swag import draw_swag_figure
 
         written = draw_swag_figure(d, formats)
+    elif (d / "subspace.npz").exists():
+        from plots.subspace import draw_subspace_figure
+
+        written = draw_subspace_figure(d, formats)
     elif (d / "plane.npz").exists():
         from plots.plane import draw_plane_figures
 
@@ -480,7 +484,7 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         raise UserError(f"{d}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
                         f"command with --resume, then plot")
     else:
-        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, simplex.npz or swag.npz)")
+        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, simplex.npz, swag.npz or subspace.npz)")
     return written
 
 
@@ -549,6 +553,51 @@ def cmd_swag(args: argparse.Namespace) -> int:
     b = s["bma"]
     print(f"{'model average':<16}{'':>12}{'':>13}{b['test_nll']:>10.4f}{b['test_error']:>12.2f}"
           f"   ({s['method']}: {b['members']} samples, scale {s['scale']:g}, {s['rank']} deviations)"
+          + ("   [synthetic data]" if s.get("synthetic") else ""))
+    for f in figures:
+        print(f"figure: {f}")
+    return 0
+
+
+def cmd_subspace(args: argparse.Namespace) -> int:
+    from landscape.checkpoint import load_checkpoint
+    from landscape.device import resolve_device
+    from landscape.subspace import sample_subspace, swag_subspace
+    from plots.subspace import draw_subspace_figure
+
+    device = resolve_device(args.device)
+    ck = load_checkpoint(args.ckpt)
+    kind = ck.kind
+    if kind != "curve" and "swag" not in ck.extra:
+        raise UserError(f"{args.ckpt}: holds neither SWAG moments nor a curve; give swag.pt (from 'landscape swa "
+                        f"--swag-rank K') or a curve (from 'landscape connect')")
+    basis = args.basis if args.basis != "auto" else ("curve" if kind == "curve" else "pca")
+    if kind == "curve":
+        from curves import curve_subspace
+
+        if basis != "curve":
+            raise UserError(f"{args.ckpt}: a curve checkpoint gives the 'curve' subspace, not {basis!r} "
+                            f"(pca and random need swag.pt from 'landscape swa --swag-rank K')")
+        if args.rank not in (None, 2):
+            raise UserError(f"--rank {args.rank}: the curve subspace is a plane (rank 2)")
+        space = curve_subspace(args.ckpt, device, args.model)
+    else:
+        space = swag_subspace(args.ckpt, basis, args.rank or 2, args.seed, device, args.model)
+    kwargs = _stored_eval_kwargs(args)
+    kwargs.pop("device"), kwargs.pop("model")
+    result = sample_subspace(space, args.out, samples=args.samples, chains=args.chains,
+                             temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
+    figures = draw_subspace_figure(args.out, tuple(args.format))
+    s = result.summary
+    _metrics_header(s.get("eval_split", "test"))
+    _print_metrics_row("centre", s["shift"])
+    m = s["samples"]
+    _print_metrics_row("one sample, mean", {k: m[f"{k}_mean"] for k in ("train_loss", "train_error", "test_nll",
+                                                                       "test_error")})
+    b = s["bma"]
+    print(f"{'model average':<16}{'':>12}{'':>13}{b['test_nll']:>10.4f}{b['test_error']:>12.2f}"
+          f"   ({s['basis']} subspace, rank {s['rank']}: {b['members']} samples, T {s['temperature']:g}, "
+          f"{s['evaluations_per_sample']:.1f} evaluations per sample)"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
     for f in figures:
         print(f"figure: {f}")
@@ -934,6 +983,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
     add_stored_eval_args(p)
     p.set_defaults(func=cmd_swag)
+
+    p = sub.add_parser("subspace", help="subspace inference: sample a low-dimensional subspace's posterior, "
+                                        "average the samples' predictions",
+                       description="Subspace inference (Izmailov et al. 2019): elliptical slice sampling of the "
+                                   "posterior over z in w = shift + P^T z (prior N(0, prior-scale^2 I), likelihood "
+                                   "exp(-N train NLL / T), batch norm re-estimated at every point), then the model "
+                                   "average of the samples. Subspaces: pca or random around the SWA mean of swag.pt, "
+                                   "or the plane of a fitted curve.")
+    p.add_argument("--ckpt", required=True, type=Path,
+                   help="swag.pt (from 'landscape swa --swag-rank K') or a curve (from 'landscape connect')")
+    p.add_argument("--basis", default="auto", choices=["auto", "pca", "random", "curve"],
+                   help="auto (default): pca for swag.pt, curve for a curve")
+    p.add_argument("--rank", type=int, default=None, help="dimension of a pca or random subspace (default 2)")
+    p.add_argument("--samples", type=int, default=30, help="posterior samples averaged (default 30)")
+    p.add_argument("--chains", type=int, default=1,
+                   help="chains, their proposals evaluated together (default 1, as the paper)")
+    p.add_argument("--temperature", type=float, default=1.0, help="posterior temperature T (default 1)")
+    p.add_argument("--prior-scale", type=float, default=1.0, help="prior standard deviation of z (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (and of a random basis)")
+    add_stored_eval_args(p)
+    p.set_defaults(func=cmd_subspace)
 
     p = sub.add_parser("fge", help="fast geometric ensembling from a trained network",
                        description="FGE (Garipov et al. 2018): a piecewise-linear cyclical rate updated every "

@@ -8,7 +8,8 @@ from .bezier import Bezier
 from .evaluate import CurveEvaluation, evaluate_curve
 from .fit import ConnectConfig, CurveResult, LoadedCurve, fit_curve, load_curve, save_curve
 from .polychain import PolyChain
+from .subspace import curve_subspace
 
 __all__ = ["CURVES", "Curve", "Bezier", "PolyChain", "create_curve", "register_curve", "ConnectConfig",
            "CurveResult", "LoadedCurve", "fit_curve", "load_curve", "save_curve", "CurveEvaluation",
-           "evaluate_curve"]
+           "evaluate_curve", "curve_subspace"]

@@ -1,0 +1,28 @@
+"""The curve subspace of subspace inference (Izmailov et al. 2019): the plane
+through a fitted curve's points at t = 0, 1/2 and 1 (for a one-bend Bezier
+curve, the plane of its three control points), sampled by
+:func:`landscape.subspace.sample_subspace`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from landscape.subspace import Subspace, plane_of_points
+
+from .fit import LoadedCurve, load_curve
+
+__all__ = ["curve_subspace"]
+
+
+def curve_subspace(curve: str | Path | LoadedCurve, device: torch.device | str = "cpu",
+                   model: str | None = None) -> Subspace:
+    """The ``curve`` subspace of a curve checkpoint (written by ``landscape connect``)."""
+    loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device, model)
+    with torch.no_grad():
+        w0, wm, w1 = loaded.curve.points(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64,
+                                                      device=loaded.curve.fixed.device)).detach()
+    shift, basis, landmarks = plane_of_points(w0, wm, w1)
+    return Subspace(kind="curve", shift=shift, basis=basis, model=loaded.model, spec=loaded.spec, meta=loaded.meta,
+                    source=loaded.path, landmarks=landmarks)

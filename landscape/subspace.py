@@ -1,0 +1,424 @@
+"""Subspace inference (Izmailov, Maddox, Kirichenko, Garipov, Vetrov, Wilson
+2019): Bayesian model averaging in a low-dimensional affine subspace of the
+weights,
+
+    w(z) = ŵ + Pᵀ z,   z in R^k,   prior z ~ N(0, σ² I),
+    log p(z | D) = -(N / T) x train NLL(w(z)) - |z|² / (2σ²) + const,
+
+N the training-set size, T the temperature. The posterior over z is sampled
+by elliptical slice sampling (Murray, Adams & MacKay 2010), and the model
+average averages the test-set probabilities of the samples.
+
+Subspaces (rows of P):
+
+- ``pca``: ŵ the SWA mean of ``swag.pt``; the top k principal directions of
+  its deviations D / sqrt(K - 1), each scaled by its singular value (one
+  SWAG standard deviation), as the reference code's PCA subspace;
+- ``random``: ŵ the SWA mean; k orthogonal Gaussian directions, each as long
+  as the mean length of the top two PCA directions (the reference's scale);
+- ``curve`` (made by :func:`curves.subspace.curve_subspace`): the plane of a
+  fitted curve's points at t = 0, 1/2, 1; ŵ their mean, u = (w_1 - w_0) / √3,
+  v = the part of w_½ - w_0 orthogonal to u, / 1.5 (the reference's scales).
+
+Every likelihood is the engine's: the point ``(1, z) @ (ŵ; P)`` with batch
+norm re-estimated (the reference runs the network in train mode, batch
+statistics of every batch of 128, instead), so the proposals of several
+chains share the passes over the data, and each accepted sample's test
+probabilities come from the same evaluation. The sampler's state is saved
+after every round, so ``resume`` continues an interrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import write_json, write_npz
+from .data import Dataset
+from .errors import UserError
+from .evaluate import METRICS, evaluate_points, precision_amp, resolve_bn_stats
+from .inputs import stored_data
+from .metrics import ensemble_metrics
+from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key
+from .swag import SwagPosterior, load_swag
+
+__all__ = ["BASES", "Subspace", "SubspaceResult", "pca_basis", "random_basis", "plane_of_points", "swag_subspace",
+           "elliptical_slice_round", "sample_subspace"]
+
+BASES = ("pca", "random", "curve")
+
+
+@dataclass
+class Subspace:
+    """An affine subspace of ``model``'s weights: ``shift`` (P,) and ``basis``
+    (k, P), both float32, in the order of ``ParamSpace.of(model)``."""
+
+    kind: str
+    shift: torch.Tensor
+    basis: torch.Tensor
+    model: nn.Module  # the template network (its buffers, its architecture)
+    spec: dict[str, Any]  # the network's {"name", "kwargs"}
+    meta: dict[str, Any]  # the checkpoint's metadata (its run's data and weight decay)
+    source: Path | None = None
+    landmarks: dict[str, list[float]] = field(default_factory=dict)  # named points' coordinates (curve: t=0, ½, 1)
+
+    @property
+    def dim(self) -> int:
+        return int(self.basis.shape[0])
+
+    def anchors(self) -> torch.Tensor:
+        """(1 + k, P): the engine's anchors; a point z has coefficients (1, z)."""
+        return torch.cat([self.shift[None], self.basis])
+
+    def weights(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The flat weights w(z) = shift + basisᵀ z of one point z (k,) or of rows (n, k)."""
+        z = torch.as_tensor(np.asarray(z, dtype=np.float64)).to(self.shift.device)
+        return (self.shift.double() + z @ self.basis.double()).float()
+
+
+def coefficients(z: np.ndarray) -> np.ndarray:
+    """The engine's coefficient rows (1, z) of points z (n, k)."""
+    z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
+    return np.concatenate([np.ones((len(z), 1)), z], axis=1)
+
+
+def pca_basis(post: SwagPosterior, rank: int) -> torch.Tensor:
+    """The top ``rank`` principal directions of SWAG's deviations D / sqrt(K - 1),
+    each scaled by its singular value: the rows S V of D / sqrt(K - 1) = U S V,
+    computed as Uᵀ (D / sqrt(K - 1)) from the K x K Gram matrix (float64)."""
+    d = post.deviations.double()
+    k = d.shape[0]
+    d = d / math.sqrt(max(1, k - 1))
+    evals, evecs = torch.linalg.eigh(d @ d.T)  # ascending
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    # Directions with no spread (a zero deviation, iterates that repeat) cannot be scaled.
+    kept = int((evals > evals[0].clamp(min=0) * 1e-10).sum()) if k and float(evals[0]) > 0 else 0
+    if rank > kept:
+        raise UserError(f"--rank {rank}: the SWAG deviations span only {kept} direction(s) "
+                        f"({k} deviation(s) kept); use --rank {max(1, kept)} or collect more with a larger "
+                        f"--swag-rank")
+    return (evecs[:, :rank].T @ d).float()
+
+
+def random_basis(numel: int, rank: int, length: float, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``rank`` orthogonal directions, each of norm ``length``, spanning a
+    Gaussian random subspace (from a CPU generator seeded with ``seed``)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(numel, rank, generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(g)  # (P, rank), orthonormal columns
+    return (length * q.T).float().to(device)
+
+
+def plane_of_points(w0: torch.Tensor, wm: torch.Tensor, w1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                    dict[str, list[float]]]:
+    """The curve subspace through three points (t = 0, ½, 1): shift, basis (2, P)
+    and the three points' coordinates."""
+    pts = torch.stack([w0, wm, w1]).double()
+    shift = pts.mean(0)
+    u = (pts[2] - pts[0])
+    if float(u.norm()) == 0:
+        raise UserError("the curve's endpoints are the same weights; it spans no plane")
+    v = pts[1] - pts[0]
+    v = v - u * (u @ v) / (u @ u)
+    if float(v.norm()) <= 1e-9 * float(u.norm()):
+        raise UserError("the curve's midpoint lies on the line between its endpoints; it spans no plane "
+                        "(a straight line: fit a curve with 'landscape connect')")
+    basis = torch.stack([u / math.sqrt(3.0), v / 1.5])
+    coords = ((pts - shift) @ basis.T) / (basis * basis).sum(1)  # the rows are orthogonal
+    names = ("t=0", "t=0.5", "t=1")
+    return shift.float(), basis.float(), {n: [float(c) for c in row] for n, row in zip(names, coords)}
+
+
+def swag_subspace(path: str | Path, basis: str = "pca", rank: int = 2, seed: int = 0,
+                  device: torch.device | str = "cpu", model: str | None = None) -> Subspace:
+    """The ``pca`` or ``random`` subspace around the SWA mean of ``swag.pt``."""
+    if basis not in ("pca", "random"):
+        raise UserError(f"swag.pt gives a 'pca' or 'random' subspace, not {basis!r} (the 'curve' subspace "
+                        f"needs a curve checkpoint)")
+    if isinstance(rank, bool) or int(rank) != rank or rank < 1:
+        raise UserError(f"--rank must be a whole number of at least 1, got {rank}")
+    post, net, ck = load_swag(path, device, model)
+    if basis == "pca":
+        directions = pca_basis(post, rank)
+    else:
+        top = pca_basis(post, min(2, post.deviations.shape[0] - 1) or 1)
+        length = float(top.double().norm(dim=1).mean())
+        directions = random_basis(post.mean.numel(), rank, length, seed, post.mean.device)
+    return Subspace(kind=basis, shift=post.mean.float(), basis=directions, model=net, spec=ck.model,
+                    meta=ck.meta, source=ck.path)
+
+
+# ---------------------------------------------------------------- elliptical slice sampling
+
+LogLik = Callable[[np.ndarray], tuple[np.ndarray, dict[str, np.ndarray]]]
+
+MAX_SHRINKS = 60  # a bracket 2π 2^-60 wide is the current point: ESS's limit, taken as it
+
+
+def elliptical_slice_round(z: np.ndarray, loglik: np.ndarray, loglik_fn: LogLik, rng: np.random.Generator,
+                           prior_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """One elliptical slice sampling step of every chain (rows of ``z``, (C, k))
+    under the prior N(0, prior_scale² I); ``loglik`` (C,) at ``z``.
+
+    ``loglik_fn(points)`` evaluates the log-likelihood of points (n, k) all
+    together (the chains still proposing share one call), returning (n,)
+    and per-point extras (arrays of first dimension n). Returns the new
+    points, their log-likelihoods, the evaluations each chain made, and the
+    extras of the accepted points (a chain that shrank to its current point
+    has NaN extras: it was not evaluated again)."""
+    c, _k = z.shape
+    nu = rng.normal(0.0, prior_scale, size=z.shape)
+    log_y = loglik + np.log(rng.uniform(size=c))
+    phi = rng.uniform(0.0, 2.0 * math.pi, size=c)
+    lo, hi = phi - 2.0 * math.pi, phi.copy()
+    new_z, new_ll = z.copy(), loglik.copy()
+    evals = np.zeros(c, dtype=np.int64)
+    extras: dict[str, np.ndarray] = {}
+    pending = np.ones(c, dtype=bool)
+    while pending.any():
+        idx = np.flatnonzero(pending)
+        prop = z[idx] * np.cos(phi[idx])[:, None] + nu[idx] * np.sin(phi[idx])[:, None]
+        ll, extra = loglik_fn(prop)
+        evals[idx] += 1
+        ok = ll > log_y[idx]  # NaN (a diverged point) is rejected
+        for j, i in enumerate(idx):
+            if ok[j]:
+                new_z[i], new_ll[i], pending[i] = prop[j], ll[j], False
+                for key, value in extra.items():
+                    if key not in extras:
+                        extras[key] = np.full((c, *value.shape[1:]), np.nan, dtype=value.dtype)
+                    extras[key][i] = value[j]
+            elif evals[i] >= MAX_SHRINKS:
+                pending[i] = False  # the bracket has shrunk onto the current point
+            else:
+                if phi[i] < 0:
+                    lo[i] = phi[i]
+                else:
+                    hi[i] = phi[i]
+                phi[i] = rng.uniform(lo[i], hi[i])
+    return new_z, new_ll, evals, extras
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class SubspaceResult:
+    summary: dict[str, Any]
+    arrays: dict[str, np.ndarray]  # what subspace.npz holds
+    out: Path | None
+
+
+_PER_SAMPLE = ("z", "chain", "log_likelihood", "log_posterior", "evaluations", "probs") + METRICS
+
+
+def _load_state(path: Path, key: str) -> dict[str, Any]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            state = {k: f[k] for k in f.files}
+        stored = str(state["key"])
+        rng_state = json.loads(str(state["rng"]))
+    except Exception as exc:  # a torn or foreign file
+        raise UserError(f"{path}: cannot read the sampler's saved state ({type(exc).__name__}); "
+                        f"delete it to start again") from None
+    if stored != key:
+        raise UserError(f"{path.parent} holds an unfinished subspace run with other inputs or settings; "
+                        f"choose another --out")
+    state["rng"] = rng_state
+    return state
+
+
+def sample_subspace(
+    subspace: Subspace,
+    out: str | Path | None = None,
+    *,
+    samples: int = 30,
+    chains: int = 1,
+    temperature: float = 1.0,
+    prior_scale: float = 1.0,
+    seed: int = 0,
+    data: Dataset | None = None,
+    wd: float | None = None,
+    batch_size: int = 1000,
+    bn_batches: int | None = None,
+    bn_stats: str = "auto",
+    points_per_pass: int | None = None,
+    precision: str = "fp32",
+    resume: bool = False,
+    progress: bool = False,
+    argv: Sequence[str] | None = None,
+    **data_overrides: Any,
+) -> SubspaceResult:
+    """Sample the posterior over the subspace's coordinates by elliptical slice
+    sampling and average the samples' predictions.
+
+    ``chains`` chains start at z = 0 (the shift) and take one step each per
+    round, their proposals evaluated together, until ``samples`` samples are
+    drawn (rounds x chains, the last round's chains cut to fit). Returns, and
+    with ``out`` writes to ``subspace.npz`` and ``summary.json``: every
+    sample's z, chain, log-likelihood, log-posterior, evaluations and
+    metrics; the shift's metrics; the model average's test NLL and error
+    after 1..S samples. ``wd`` (in train_loss only: the prior is on z) and
+    the data default to the checkpoint's run."""
+    amp = precision_amp(precision)
+    for flag, value in (("--samples", samples), ("--chains", chains)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise UserError(f"{flag} must be a whole number of at least 1, got {value}")
+    for flag, value in (("--temperature", temperature), ("--prior-scale", prior_scale)):
+        if not (np.isfinite(value) and value > 0):
+            raise UserError(f"{flag} must be a finite number > 0, got {value}")
+    if rank_and_world()[1] > 1:
+        raise UserError("subspace sampling runs in one process (its chains are sequential); run it without torchrun")
+    out_path = Path(out) if out is not None else None
+    device = subspace.shift.device
+    net = subspace.model.to(device)
+    data, wd = stored_data(subspace.meta, subspace.spec, subspace.source or "the subspace", data_overrides, device,
+                           data, wd)
+    settings = {"kind": f"subspace-{subspace.kind}", "samples": samples, "chains": chains,
+                "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd,
+                "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
+                "dataset": data.describe()}
+    request = request_key([subspace.shift, subspace.basis], settings)
+    finished = begin_result(out_path, "subspace.npz", resume, "subspace", request)
+    if finished is not None:
+        arrays, summary = finished
+        return SubspaceResult(summary=summary, arrays=arrays, out=out_path)
+
+    store = out_path / STORE if out_path is not None else None
+    if resume and store is not None and store.exists() and bn_stats == "auto" and bn_batches is None:
+        stored = json.loads((out_path / "config.json").read_text()).get("bn_stats") \
+            if (out_path / "config.json").exists() else None
+        bn_stats = stored if stored in ("population", "batches") else bn_stats
+    bn_stats = resolve_bn_stats(bn_stats, net, data, bn_batches)
+    key = request_key([subspace.shift, subspace.basis], dict(settings, bn_stats=bn_stats))
+    n_train = len(data.y_train)
+    anchors = subspace.anchors()
+    evaluated = 0
+
+    def loglik_fn(points: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        nonlocal evaluated
+        res = evaluate_points(net, anchors, coefficients(points), data, wd=wd, batch_size=batch_size,
+                              bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass, amp=amp,
+                              return_probs=True)
+        evaluated += len(points)
+        ll = -n_train * res["train_nll"] / temperature
+        return np.where(np.isfinite(ll), ll, -np.inf), res
+
+    def log_prior(z: np.ndarray) -> np.ndarray:
+        return -0.5 * (z * z).sum(-1) / prior_scale ** 2
+
+    k = subspace.dim
+    if store is not None and store.exists():
+        if not resume:
+            raise UserError(f"{out_path} holds an unfinished subspace run; pass --resume to continue it, "
+                            f"or choose another --out")
+        state = _load_state(store, key)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.pop("rng")
+        current, current_ll = state.pop("current"), state.pop("current_ll")
+        shift_res = {m: state.pop(f"shift_{m}") for m in (*METRICS, "probs")}
+        kept = {name: list(state[name]) for name in _PER_SAMPLE}
+        print(f"{out_path}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
+    else:
+        rng = np.random.default_rng(seed)
+        ll0, shift_res = loglik_fn(np.zeros((1, k)))
+        if not np.isfinite(ll0[0]):
+            raise UserError(f"{subspace.source or 'the subspace'}: the train NLL at the subspace's centre is not "
+                            f"finite ({shift_res['train_nll'][0]}); nothing to sample around")
+        shift_res = {m: v[0] for m, v in shift_res.items()}
+        current, current_ll = np.zeros((chains, k)), np.full(chains, ll0[0])
+        kept = {name: [] for name in _PER_SAMPLE}
+    if out_path is not None:
+        config = dict(settings, command="subspace", argv=list(argv) if argv is not None else None,
+                      checkpoint=str(subspace.source) if subspace.source else None, basis=subspace.kind, rank=k,
+                      device=str(device), bn_stats=bn_stats)
+        write_json(out_path / "config.json", config)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=samples, initial=len(kept["z"]), disable=not progress, desc="samples", unit="sample",
+               leave=False, dynamic_ncols=True)
+    try:
+        while len(kept["z"]) < samples:
+            active = min(chains, samples - len(kept["z"]))
+            z, ll, evals, extra = elliptical_slice_round(current[:active], current_ll[:active], loglik_fn, rng,
+                                                         prior_scale)
+            for c in range(active):
+                moved = "train_nll" in extra and not np.isnan(extra["train_nll"][c])
+                # a chain shrunk onto its current point was not evaluated again: that point's values
+                values = {m: extra[m][c] for m in (*METRICS, "probs")} if moved else _last_values(kept, c, shift_res)
+                kept["z"].append(z[c])
+                kept["chain"].append(c)
+                kept["log_likelihood"].append(ll[c])
+                kept["log_posterior"].append(ll[c] + log_prior(z[c]))
+                kept["evaluations"].append(evals[c])
+                for m, v in values.items():
+                    kept[m].append(v)
+            current[:active], current_ll[:active] = z, ll
+            if store is not None:
+                _save_state(store, key, rng, current, current_ll, shift_res, kept)
+            bar.update(active)
+    finally:
+        bar.close()
+
+    labels = data.y_test.cpu().numpy()
+    probs = np.stack(kept["probs"]).astype(np.float64)  # (S, M, classes)
+    running = np.cumsum(probs, axis=0) / np.arange(1, samples + 1)[:, None, None]
+    bma = [ensemble_metrics(running[s][None], labels) for s in range(samples)]
+    arrays: dict[str, np.ndarray] = {
+        "z": np.stack(kept["z"]).reshape(samples, k), "chain": np.asarray(kept["chain"], dtype=np.int64),
+        "log_likelihood": np.asarray(kept["log_likelihood"], dtype=np.float64),
+        "log_posterior": np.asarray(kept["log_posterior"], dtype=np.float64),
+        "evaluations": np.asarray(kept["evaluations"], dtype=np.int64),
+        "bma_test_nll": np.array([b["nll"] for b in bma]), "bma_test_error": np.array([b["error"] for b in bma]),
+    }
+    arrays.update({f"sample_{m}": np.asarray(kept[m], dtype=np.float64) for m in METRICS})
+    arrays.update({f"shift_{m}": np.asarray(shift_res[m], dtype=np.float64) for m in METRICS})
+    for name, coords in subspace.landmarks.items():
+        arrays[f"landmark_{name}"] = np.asarray(coords, dtype=np.float64)
+    z = arrays["z"]
+    summary: dict[str, Any] = {
+        "shift": {m: float(shift_res[m]) for m in METRICS},
+        "bma": {"test_error": bma[-1]["error"], "test_nll": bma[-1]["nll"], "members": samples},
+        "samples": {f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},
+        "basis": subspace.kind, "rank": k, "chains": chains, "temperature": temperature, "prior_scale": prior_scale,
+        "seed": seed, "wd": wd, "train_size": n_train,
+        "z_mean": [float(x) for x in z.mean(0)], "z_std": [float(x) for x in z.std(0)],
+        "evaluations_per_sample": float(arrays["evaluations"].mean()),
+        "basis_norms": [float(x) for x in subspace.basis.double().norm(dim=1)],
+        "landmarks": subspace.landmarks,
+        "eval_split": data.eval_split, "synthetic": data.synthetic, "dataset": data.describe(),
+        "checkpoint": str(subspace.source) if subspace.source else None, "bn_stats": bn_stats,
+        "notes": "w(z) = shift + basis^T z; prior z ~ N(0, prior_scale^2 I); log-likelihood = -N x train NLL / "
+                 "temperature with batch norm re-estimated at every point; elliptical slice sampling, chains "
+                 "from z = 0; bma = averaged predicted probabilities of the samples; train_loss = NLL + "
+                 "wd/2 ||w||^2; errors in percent",
+    }
+    finish_result(out_path, "subspace.npz", arrays, summary, request)
+    return SubspaceResult(summary=summary, arrays=arrays, out=out_path)
+
+
+def _last_values(kept: dict[str, list], chain: int, shift_res: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``chain``'s current point: its last sample's, or the shift's before its first."""
+    for i in range(len(kept["chain"]) - 1, -1, -1):
+        if kept["chain"][i] == chain:
+            return {m: kept[m][i] for m in (*METRICS, "probs")}
+    return {m: shift_res[m] for m in (*METRICS, "probs")}
+
+
+def _save_state(path: Path, key: str, rng: np.random.Generator, current: np.ndarray, current_ll: np.ndarray,
+                shift_res: dict[str, Any], kept: dict[str, list]) -> None:
+    arrays: dict[str, Any] = {"key": np.array(key), "rng": np.array(json.dumps(rng.bit_generator.state)),
+                              "current": current, "current_ll": current_ll}
+    arrays.update({f"shift_{m}": np.asarray(v) for m, v in shift_res.items()})
+    for name, values in kept.items():
+        arrays[name] = np.asarray(values)
+    write_npz(path, arrays)

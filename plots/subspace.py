@@ -1,0 +1,78 @@
+"""Figure of a subspace-inference run (Izmailov et al. 2019): the posterior
+samples in the subspace's first two coordinates, with the prior's 1 and 2
+standard-deviation circles and the curve's points for a curve subspace; and
+the model average's test NLL against the number of samples, with the
+subspace's centre as a line. Drawn from ``subspace.npz`` and
+``summary.json`` alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from landscape.checkpoint import read_result
+
+from .style import new_figure, save_figure
+
+__all__ = ["draw_subspace_figure"]
+
+BMA_COLOR = "#1f77b4"
+SHIFT_COLOR = "#d62728"
+SAMPLE_COLOR = "#7f7f7f"
+PRIOR_COLOR = "#9467bd"
+
+
+def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Draw ``subspace.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
+    result_dir = Path(result_dir)
+    arrays, summary = read_result(result_dir, "subspace.npz")
+    split = summary.get("eval_split", "test")
+    z, chain = arrays["z"], arrays["chain"]
+    fig, axes = new_figure(1, 2, width=10.5, height=4.2)
+    ax = axes[0]
+    prior = float(summary.get("prior_scale", 1.0))
+    if z.shape[1] >= 2:
+        angle = np.linspace(0, 2 * np.pi, 200)
+        for r, ls in ((1, "-"), (2, "--")):
+            ax.plot(r * prior * np.cos(angle), r * prior * np.sin(angle), color=PRIOR_COLOR, lw=1, ls=ls, alpha=0.6,
+                    label=f"prior {r} sd")
+        for c in np.unique(chain):
+            zc = np.concatenate([np.zeros((1, z.shape[1])), z[chain == c]])  # every chain starts at the centre
+            ax.plot(zc[:, 0], zc[:, 1], lw=0.6, alpha=0.5, color=f"C{c % 10}")
+            ax.scatter(zc[1:, 0], zc[1:, 1], s=14, color=f"C{c % 10}", zorder=3,
+                       label="samples" if c == 0 else None)
+        ax.scatter([0], [0], marker="x", s=60, color=SHIFT_COLOR, zorder=4, label="centre")
+        for name in summary.get("landmarks", {}):
+            p = arrays[f"landmark_{name}"]
+            ax.scatter([p[0]], [p[1]], marker="*", s=120, color="black", zorder=5)
+            ax.annotate(f"curve {name}", (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xlabel("z1")
+        ax.set_ylabel("z2")
+        ax.set_aspect("equal", adjustable="datalim")
+    else:  # one coordinate: its trace
+        ax.plot(np.arange(1, len(z) + 1), z[:, 0], marker="o", ms=3, color=BMA_COLOR)
+        ax.axhline(0.0, color=SHIFT_COLOR, lw=1, ls="--", label="centre")
+        ax.set_xlabel("sample")
+        ax.set_ylabel("z1")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=True, framealpha=0.9, fontsize=8, loc="best")
+    ax = axes[1]
+    s = np.arange(1, len(arrays["bma_test_nll"]) + 1)
+    ax.plot(s, arrays["bma_test_nll"], color=BMA_COLOR, lw=2, marker="o", ms=3, label="model average")
+    ax.axhline(float(arrays["shift_test_nll"]), color=SHIFT_COLOR, lw=1.5, ls="--", label="centre of the subspace")
+    ax.axhline(float(np.mean(arrays["sample_test_nll"])), color=SAMPLE_COLOR, lw=1.5, ls=":",
+               label="single sample (mean)")
+    ax.set_xlabel("samples averaged")
+    ax.set_ylabel(f"{split} NLL")
+    ax.set_xlim(1, max(2, len(s)))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
+    bma = summary["bma"]
+    fig.suptitle(f"{summary.get('basis')} subspace, rank {summary.get('rank')}, T = {summary.get('temperature'):g}: "
+                 f"{bma['members']} samples, {split} NLL {bma['test_nll']:.4f}, error {bma['test_error']:.2f}%"
+                 + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=10)
+    return save_figure(fig, result_dir / "subspace", formats)
