@@ -336,6 +336,8 @@ def sample_subspace(
         shift_res = {m: v[0] for m, v in shift_res.items()}
         current, current_ll = np.zeros((chains, k)), np.full(chains, ll0[0])
         kept = {name: [] for name in _PER_SAMPLE}
+        if store is not None:
+            _save_state(store, key, rng, current, current_ll, shift_res, kept)
     if out_path is not None:
         config = dict(settings, command="subspace", argv=list(argv) if argv is not None else None,
                       checkpoint=str(subspace.source) if subspace.source else None, basis=subspace.kind, rank=k,

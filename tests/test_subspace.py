@@ -1,0 +1,236 @@
+"""Subspace inference: elliptical slice sampling against a closed-form
+Gaussian posterior, the PCA basis against numpy's SVD, the curve plane
+through the curve's points by hand, every likelihood and the model average
+against a sequential evaluation, resume, the command line and bad input."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import landscape.subspace as subspace_module
+from curves import curve_subspace, fit_curve, load_curve
+from landscape.averaging import run_swa
+from landscape.data import load_dataset
+from landscape.errors import UserError
+from landscape.evaluate import evaluate_points_sequential
+from landscape.metrics import ensemble_metrics
+from landscape.subspace import (elliptical_slice_round, pca_basis, plane_of_points, random_basis, sample_subspace,
+                                swag_subspace)
+from landscape.swag import SwagPosterior
+from landscape.train import train
+
+LANDSCAPE = Path(sys.executable).with_name("landscape")
+SMALL = {"width": 4}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_dataset("digits")
+    return dataclasses.replace(d, x_train=d.x_train[:400], y_train=d.y_train[:400])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits):
+    """Two small endpoints, a one-bend Bezier curve between them, and SWA with
+    SWAG's last 4 deviations from the first."""
+    root = tmp_path_factory.mktemp("subspace")
+    for name, seed in (("a", 1), ("b", 2)):
+        train(out=root / name, data=digits, epochs=3, seed=seed, progress=False, model_kwargs=SMALL)
+    fit_curve(root / "a" / "model.pt", root / "b" / "model.pt", root / "curve", data=digits, curve="bezier",
+              bends=1, epochs=2, progress=False)
+    run_swa(None, root / "swa", from_ckpt=str(root / "a" / "model.pt"), epochs=5, swa_lr=0.1, swag_rank=4,
+            data=digits, progress=False)
+    return root
+
+
+def gaussian_loglik(mean, sd):
+    def f(points):
+        ll = -0.5 * ((points - mean) ** 2).sum(1) / sd ** 2
+        return ll, {"first": points[:, 0].copy()}
+    return f
+
+
+def test_elliptical_slice_sampling_matches_the_closed_form_gaussian_posterior():
+    # prior N(0, s0^2 I), likelihood N(m, s^2 I) in z: posterior N(m s0^2 / (s0^2 + s^2), s0^2 s^2 / (s0^2 + s^2))
+    s0, s, m = 1.5, 0.7, np.array([1.0, -2.0])
+    rng = np.random.default_rng(3)
+    f = gaussian_loglik(m, s)
+    z = np.zeros((400, 2))
+    ll, _ = f(z)
+    kept, evaluations = [], []
+    for r in range(150):
+        new, new_ll, evals, extra = elliptical_slice_round(z, ll, f, rng, s0)
+        assert np.allclose(new_ll, f(new)[0]) and (evals >= 1).all()
+        evaluations.append(evals)
+        moved = ~np.isnan(extra["first"])
+        assert np.array_equal(extra["first"][moved], new[moved, 0])  # the extras are the accepted point's
+        z, ll = new, new_ll
+        if r >= 30:
+            kept.append(z)
+    kept = np.concatenate(kept)
+    # the bracket shrinks towards the current point: a few evaluations a step, none left at the limit
+    assert np.mean(evaluations) < 5 and np.max(evaluations) < subspace_module.MAX_SHRINKS
+    want_mean, want_var = m * s0 ** 2 / (s0 ** 2 + s ** 2), s0 ** 2 * s ** 2 / (s0 ** 2 + s ** 2)
+    assert kept.mean(0) == pytest.approx(want_mean, abs=0.03)
+    assert kept.var(0) == pytest.approx([want_var, want_var], rel=0.05)
+
+
+def test_a_point_whose_likelihood_is_nan_is_never_accepted():
+    def f(points):  # diverges where z_1 > 0.5
+        ll = -0.5 * (points ** 2).sum(1)
+        return np.where(points[:, 0] > 0.5, np.nan, ll), {}
+
+    rng = np.random.default_rng(0)
+    z, ll = np.zeros((50, 2)), np.zeros(50)
+    seen = []
+    for _ in range(40):
+        z, ll, _, _ = elliptical_slice_round(z, ll, f, rng, 1.0)
+        seen.append(z.copy())
+    seen = np.concatenate(seen)
+    assert seen[:, 0].max() <= 0.5 and seen[:, 0].min() < -1.0  # truncated, and still exploring
+
+
+def test_pca_basis_is_the_svd_of_the_deviations_and_a_rank_they_do_not_span_is_refused():
+    gen = torch.Generator().manual_seed(0)
+    dev = torch.randn(5, 40, generator=gen)
+    post = SwagPosterior(mean=torch.zeros(40, dtype=torch.float64), sq_mean=torch.ones(40, dtype=torch.float64),
+                         deviations=dev, averaged=5)
+    basis = pca_basis(post, 3).double().numpy()
+    _, sv, vt = np.linalg.svd(dev.double().numpy() / np.sqrt(4), full_matrices=False)
+    for i in range(3):
+        sign = np.sign(basis[i] @ vt[i])
+        assert basis[i] == pytest.approx(sign * sv[i] * vt[i], abs=1e-6)
+    # a zero deviation (SWAG's first, while few are averaged) and a repeated one add no direction
+    post.deviations = torch.stack([torch.zeros(40), dev[0], dev[1], dev[1]])
+    assert pca_basis(post, 2).shape == (2, 40)
+    with pytest.raises(UserError, match=r"--rank 3: the SWAG deviations span only 2 direction\(s\)"):
+        pca_basis(post, 3)
+
+
+def test_random_basis_is_orthogonal_with_the_given_length_and_seeded():
+    b = random_basis(300, 4, 0.25, seed=7).double()
+    assert (b @ b.T).numpy() == pytest.approx(0.0625 * np.eye(4), abs=1e-9)
+    assert torch.equal(random_basis(300, 4, 0.25, seed=7), random_basis(300, 4, 0.25, seed=7))
+    assert not torch.equal(random_basis(300, 4, 0.25, seed=7), random_basis(300, 4, 0.25, seed=8))
+
+
+def test_the_curve_plane_passes_through_the_curves_points(runs):
+    loaded = load_curve(runs / "curve" / "model.pt")
+    w = loaded.curve.anchors().detach().double()
+    by_hand = {"t=0": w[0], "t=0.5": 0.25 * w[0] + 0.5 * w[1] + 0.25 * w[2], "t=1": w[2]}  # Bezier, one bend
+    sub = curve_subspace(runs / "curve" / "model.pt")
+    assert sub.kind == "curve" and sub.dim == 2
+    assert torch.allclose(sub.shift.double(), sum(by_hand.values()) / 3, atol=1e-5)
+    u, v = sub.basis.double()
+    assert torch.allclose(u, (w[2] - w[0]) / 3 ** 0.5, atol=1e-5) and abs(float(u @ v)) < 1e-6 * float(u.norm() * v.norm())
+    for name, point in by_hand.items():
+        assert torch.allclose(sub.weights(sub.landmarks[name]).double(), point, atol=1e-4), name
+    with pytest.raises(UserError, match="midpoint lies on the line"):
+        plane_of_points(w[0], (w[0] + w[2]) / 2, w[2])
+
+
+def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tmp_path, runs, digits):
+    sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
+    res = sample_subspace(sub, tmp_path / "s", samples=5, chains=2, temperature=2.0, prior_scale=3.0, seed=1,
+                          data=digits, bn_stats="batches")
+    a = res.arrays
+    assert a["z"].shape == (5, 2) and a["chain"].tolist() == [0, 1, 0, 1, 0]
+    points = np.concatenate([np.zeros((1, 2)), a["z"]])
+    want = evaluate_points_sequential(sub.model, sub.anchors(), np.concatenate([np.ones((6, 1)), points], 1), digits,
+                                      wd=res.summary["wd"], bn_stats="batches", return_probs=True)
+    n = len(digits.y_train)
+    assert a["log_likelihood"] == pytest.approx(-n * want["train_nll"][1:] / 2.0, rel=1e-5)
+    assert a["log_posterior"] == pytest.approx(a["log_likelihood"] - 0.5 * (a["z"] ** 2).sum(1) / 9.0, rel=1e-9)
+    for m in ("train_loss", "train_error", "test_nll", "test_error"):
+        assert a[f"sample_{m}"] == pytest.approx(want[m][1:], rel=1e-4, abs=1e-6), m
+        assert float(a[f"shift_{m}"]) == pytest.approx(want[m][0], rel=1e-4, abs=1e-6), m
+    labels = digits.y_test.numpy()
+    for s in (1, 3, 5):
+        bma = ensemble_metrics(want["probs"][1:s + 1].astype(np.float64).mean(0)[None], labels)
+        assert a["bma_test_nll"][s - 1] == pytest.approx(bma["nll"], rel=1e-4)
+        assert a["bma_test_error"][s - 1] == pytest.approx(bma["error"], abs=1e-9)
+    assert np.abs(a["z"]).min() > 0  # every sample moved off the centre
+    stored = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert stored["bma"]["test_nll"] == pytest.approx(res.summary["bma"]["test_nll"])
+    assert not (tmp_path / "s" / "sweep.partial.npz").exists()
+
+
+def test_an_interrupted_run_resumes_to_the_same_samples(tmp_path, runs, digits, monkeypatch):
+    sub = swag_subspace(runs / "swa" / "swag.pt", "random", 3, seed=2)
+    kw = dict(samples=6, chains=2, data=digits, seed=4, prior_scale=2.0)
+    whole = sample_subspace(sub, tmp_path / "whole", **kw).arrays
+    original, state = subspace_module.evaluate_points, tmp_path / "cut" / "sweep.partial.npz"
+
+    class Stop(Exception):
+        pass
+
+    def stopping(*args, **kwargs):  # stops once a round's samples are saved, in the middle of the next
+        if state.exists():
+            with np.load(state) as saved:
+                if len(saved["z"]) >= 2:
+                    raise Stop
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(subspace_module, "evaluate_points", stopping)
+    with pytest.raises(Stop):
+        sample_subspace(sub, tmp_path / "cut", **kw)
+    monkeypatch.setattr(subspace_module, "evaluate_points", original)
+    assert (tmp_path / "cut" / "sweep.partial.npz").exists()
+    with pytest.raises(UserError, match="pass --resume to continue it"):
+        sample_subspace(sub, tmp_path / "cut", **kw)
+    with pytest.raises(UserError, match="with other inputs or settings"):
+        sample_subspace(sub, tmp_path / "cut", **dict(kw, seed=5), resume=True)
+    resumed = sample_subspace(sub, tmp_path / "cut", **kw, resume=True).arrays
+    assert set(resumed) == set(whole)
+    for key in whole:
+        assert np.array_equal(resumed[key], whole[key]), key
+    # a finished run is returned by --resume, and refused without it
+    again = sample_subspace(sub, tmp_path / "cut", **kw, resume=True).arrays
+    assert np.array_equal(again["z"], whole["z"])
+    with pytest.raises(UserError, match="already holds a finished result"):
+        sample_subspace(sub, tmp_path / "cut", **kw)
+
+
+def run_cli(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LANDSCAPE), *map(str, argv)], capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs):
+    if not LANDSCAPE.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    swag, curve = runs / "swa" / "swag.pt", runs / "curve" / "model.pt"
+    done = run_cli("subspace", "--ckpt", swag, "--samples", 3, "--chains", 2, "--out", tmp_path / "p", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "model average" in done.stdout and "pca subspace, rank 2: 3 samples, T 1" in done.stdout
+    (tmp_path / "p" / "subspace.png").unlink()
+    redrawn = run_cli("plot", tmp_path / "p")
+    assert redrawn.returncode == 0 and (tmp_path / "p" / "subspace.png").exists(), redrawn.stderr
+    done = run_cli("subspace", "--ckpt", curve, "--samples", 2, "--out", tmp_path / "c", "--quiet")
+    assert done.returncode == 0 and "curve subspace, rank 2: 2 samples" in done.stdout, done.stderr
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["command"] == "subspace" and config["basis"] == "curve"
+    model = runs / "a" / "model.pt"
+    for argv, said in (
+            (["--ckpt", model], f"{model}: holds neither SWAG moments nor a curve; give swag.pt (from 'landscape swa "
+                                f"--swag-rank K') or a curve (from 'landscape connect')"),
+            (["--ckpt", curve, "--basis", "pca"],
+             f"{curve}: a curve checkpoint gives the 'curve' subspace, not 'pca' (pca and random need swag.pt from "
+             f"'landscape swa --swag-rank K')"),
+            (["--ckpt", curve, "--rank", 3], "--rank 3: the curve subspace is a plane (rank 2)"),
+            (["--ckpt", swag, "--basis", "curve"],
+             "swag.pt gives a 'pca' or 'random' subspace, not 'curve' (the 'curve' subspace needs a curve checkpoint)"),
+            (["--ckpt", swag, "--rank", 9],
+             "--rank 9: the SWAG deviations span only 4 direction(s) (4 deviation(s) kept); use --rank 4 or collect "
+             "more with a larger --swag-rank"),
+            (["--ckpt", swag, "--temperature", 0], "--temperature must be a finite number > 0, got 0.0"),
+            (["--ckpt", swag, "--chains", 0], "--chains must be a whole number of at least 1, got 0")):
+        bad = run_cli("subspace", *argv, "--out", tmp_path / "x")
+        assert bad.returncode == 2 and bad.stderr.strip() == f"landscape: error: {said}", bad.stderr
+    assert not (tmp_path / "x").exists()
