@@ -585,7 +585,7 @@ def cmd_subspace(args: argparse.Namespace) -> int:
         space = swag_subspace(args.ckpt, basis, args.rank or 2, args.seed, device, args.model)
     kwargs = _stored_eval_kwargs(args)
     kwargs.pop("device"), kwargs.pop("model")
-    result = sample_subspace(space, args.out, samples=args.samples, chains=args.chains,
+    result = sample_subspace(space, args.out, samples=args.samples, chains=args.chains, burn_in=args.burn_in,
                              temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
     figures = draw_subspace_figure(args.out, tuple(args.format))
     s = result.summary
@@ -760,15 +760,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from curves.evaluate import evaluate_curve
     from curves.fit import fit_curve, load_curve
+    from curves.subspace import curve_subspace
     from landscape.averaging import run_fge, run_swa
     from landscape.device import resolve_device
     from landscape.plane import evaluate_plane
     from landscape.rays import width_report
+    from landscape.subspace import sample_subspace, swag_subspace
     from landscape.swag import evaluate_swag
     from landscape.train import TrainConfig, load_data, train
     from plots.curve import draw_curve_figure
     from plots.plane import draw_plane_figures
     from plots.rays import draw_rays_figures
+    from plots.subspace import draw_subspace_figure
     from plots.swag import draw_swag_figure
 
     out, quiet, t0 = args.out, _progress(args), time.perf_counter()
@@ -815,6 +818,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     swag = evaluate_swag(out / "swa" / "swag.pt", out / "swag", samples=30, data=data, device=str(device),
                          resume=again(out / "swag", "swag.npz")).summary
     figures += draw_swag_figure(out / "swag")
+    step("subspace inference: 30 elliptical slice samples (after 10 of burn-in) in SWAG's rank-2 PCA subspace "
+         "and in the Bezier curve's plane")
+    subspaces = {}
+    for name, space in (("pca", swag_subspace(out / "swa" / "swag.pt", "pca", 2, device=device)),
+                        ("curve", curve_subspace(out / "bezier" / "model.pt", device))):
+        folder = out / f"subspace-{name}"
+        subspaces[name] = sample_subspace(space, folder, samples=30, burn_in=10, data=data,
+                                          resume=again(folder, "subspace.npz")).summary
+        figures += draw_subspace_figure(folder)
     step(f"width report: SWA vs SGD along the line through them and {args.directions} random rays each")
     width = width_report(out / "swa" / "swa.pt", out / "swa" / "sgd.pt", out / "width", directions=args.directions,
                          steps=6,
@@ -847,6 +859,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{'SWA (from a)':<26}{swa['swa']['test_error']:>12.2f}{swa['swa']['test_nll']:>10.4f}{w('SWA')}")
     print(f"{'SWAG average (' + str(swag['bma']['members']) + ')':<26}{swag['bma']['test_error']:>12.2f}"
           f"{swag['bma']['test_nll']:>10.4f}{'':>14}")
+    for name, label in (("pca", "ESS, SWAG PCA plane"), ("curve", "ESS, curve plane")):
+        b = subspaces[name]["bma"]
+        print(f"{label + ' (' + str(b['members']) + ')':<26}{b['test_error']:>12.2f}{b['test_nll']:>10.4f}{'':>14}")
     print(f"{'FGE members (mean)':<26}{fge['member_test_error_mean']:>12.2f}"
           f"{statistics.fmean(m['test_nll'] for m in fge['members']):>10.4f}{'':>14}")
     print(f"{'FGE ensemble (' + str(fge['ensemble']['members']) + ')':<26}{fge['ensemble']['test_error']:>12.2f}"
@@ -999,6 +1014,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=30, help="posterior samples averaged (default 30)")
     p.add_argument("--chains", type=int, default=1,
                    help="chains, their proposals evaluated together (default 1, as the paper)")
+    p.add_argument("--burn-in", type=int, default=0, metavar="B",
+                   help="steps of every chain discarded before samples are kept (default 0, as the paper)")
     p.add_argument("--temperature", type=float, default=1.0, help="posterior temperature T (default 1)")
     p.add_argument("--prior-scale", type=float, default=1.0, help="prior standard deviation of z (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (and of a random basis)")

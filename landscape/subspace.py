@@ -172,8 +172,9 @@ def elliptical_slice_round(z: np.ndarray, loglik: np.ndarray, loglik_fn: LogLik,
     together (the chains still proposing share one call), returning (n,)
     and per-point extras (arrays of first dimension n). Returns the new
     points, their log-likelihoods, the evaluations each chain made, and the
-    extras of the accepted points (a chain that shrank to its current point
-    has NaN extras: it was not evaluated again)."""
+    extras of the accepted points. After ``MAX_SHRINKS`` rejections the
+    bracket has shrunk onto the current point, which ESS then returns: it
+    is evaluated once more for its extras and taken."""
     c, _k = z.shape
     nu = rng.normal(0.0, prior_scale, size=z.shape)
     log_y = loglik + np.log(rng.uniform(size=c))
@@ -183,12 +184,13 @@ def elliptical_slice_round(z: np.ndarray, loglik: np.ndarray, loglik_fn: LogLik,
     evals = np.zeros(c, dtype=np.int64)
     extras: dict[str, np.ndarray] = {}
     pending = np.ones(c, dtype=bool)
+    forced = np.zeros(c, dtype=bool)
     while pending.any():
         idx = np.flatnonzero(pending)
         prop = z[idx] * np.cos(phi[idx])[:, None] + nu[idx] * np.sin(phi[idx])[:, None]
         ll, extra = loglik_fn(prop)
         evals[idx] += 1
-        ok = ll > log_y[idx]  # NaN (a diverged point) is rejected
+        ok = (ll > log_y[idx]) | forced[idx]  # NaN (a diverged point) is rejected
         for j, i in enumerate(idx):
             if ok[j]:
                 new_z[i], new_ll[i], pending[i] = prop[j], ll[j], False
@@ -196,8 +198,8 @@ def elliptical_slice_round(z: np.ndarray, loglik: np.ndarray, loglik_fn: LogLik,
                     if key not in extras:
                         extras[key] = np.full((c, *value.shape[1:]), np.nan, dtype=value.dtype)
                     extras[key][i] = value[j]
-            elif evals[i] >= MAX_SHRINKS:
-                pending[i] = False  # the bracket has shrunk onto the current point
+            elif evals[i] >= MAX_SHRINKS:  # the bracket has shrunk onto the current point
+                phi[i], forced[i] = 0.0, True
             else:
                 if phi[i] < 0:
                     lo[i] = phi[i]
@@ -242,6 +244,7 @@ def sample_subspace(
     *,
     samples: int = 30,
     chains: int = 1,
+    burn_in: int = 0,
     temperature: float = 1.0,
     prior_scale: float = 1.0,
     seed: int = 0,
@@ -261,8 +264,9 @@ def sample_subspace(
     sampling and average the samples' predictions.
 
     ``chains`` chains start at z = 0 (the shift) and take one step each per
-    round, their proposals evaluated together, until ``samples`` samples are
-    drawn (rounds x chains, the last round's chains cut to fit). Returns, and
+    round, their proposals evaluated together; the first ``burn_in`` steps of
+    every chain are discarded, then steps are kept until ``samples`` samples
+    are drawn (rounds x chains, the last round's chains cut to fit). Returns, and
     with ``out`` writes to ``subspace.npz`` and ``summary.json``: every
     sample's z, chain, log-likelihood, log-posterior, evaluations and
     metrics; the shift's metrics; the model average's test NLL and error
@@ -272,6 +276,8 @@ def sample_subspace(
     for flag, value in (("--samples", samples), ("--chains", chains)):
         if isinstance(value, bool) or int(value) != value or value < 1:
             raise UserError(f"{flag} must be a whole number of at least 1, got {value}")
+    if isinstance(burn_in, bool) or int(burn_in) != burn_in or burn_in < 0:
+        raise UserError(f"--burn-in must be a whole number of at least 0, got {burn_in}")
     for flag, value in (("--temperature", temperature), ("--prior-scale", prior_scale)):
         if not (np.isfinite(value) and value > 0):
             raise UserError(f"{flag} must be a finite number > 0, got {value}")
@@ -282,7 +288,7 @@ def sample_subspace(
     net = subspace.model.to(device)
     data, wd = stored_data(subspace.meta, subspace.spec, subspace.source or "the subspace", data_overrides, device,
                            data, wd)
-    settings = {"kind": f"subspace-{subspace.kind}", "samples": samples, "chains": chains,
+    settings = {"kind": f"subspace-{subspace.kind}", "samples": samples, "chains": chains, "burn_in": burn_in,
                 "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd,
                 "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
                 "dataset": data.describe()}
@@ -324,6 +330,7 @@ def sample_subspace(
         rng = np.random.default_rng()
         rng.bit_generator.state = state.pop("rng")
         current, current_ll = state.pop("current"), state.pop("current_ll")
+        burned = int(state.pop("burned"))
         shift_res = {m: state.pop(f"shift_{m}") for m in (*METRICS, "probs")}
         kept = {name: list(state[name]) for name in _PER_SAMPLE}
         print(f"{out_path}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
@@ -336,8 +343,9 @@ def sample_subspace(
         shift_res = {m: v[0] for m, v in shift_res.items()}
         current, current_ll = np.zeros((chains, k)), np.full(chains, ll0[0])
         kept = {name: [] for name in _PER_SAMPLE}
+        burned = 0
         if store is not None:
-            _save_state(store, key, rng, current, current_ll, shift_res, kept)
+            _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
     if out_path is not None:
         config = dict(settings, command="subspace", argv=list(argv) if argv is not None else None,
                       checkpoint=str(subspace.source) if subspace.source else None, basis=subspace.kind, rank=k,
@@ -349,14 +357,17 @@ def sample_subspace(
     bar = tqdm(total=samples, initial=len(kept["z"]), disable=not progress, desc="samples", unit="sample",
                leave=False, dynamic_ncols=True)
     try:
+        while burned < burn_in:  # every chain's first steps, discarded
+            current, current_ll, _, _ = elliptical_slice_round(current, current_ll, loglik_fn, rng, prior_scale)
+            burned += 1
+            if store is not None:
+                _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
         while len(kept["z"]) < samples:
             active = min(chains, samples - len(kept["z"]))
             z, ll, evals, extra = elliptical_slice_round(current[:active], current_ll[:active], loglik_fn, rng,
                                                          prior_scale)
             for c in range(active):
-                moved = "train_nll" in extra and not np.isnan(extra["train_nll"][c])
-                # a chain shrunk onto its current point was not evaluated again: that point's values
-                values = {m: extra[m][c] for m in (*METRICS, "probs")} if moved else _last_values(kept, c, shift_res)
+                values = {m: extra[m][c] for m in (*METRICS, "probs")}
                 kept["z"].append(z[c])
                 kept["chain"].append(c)
                 kept["log_likelihood"].append(ll[c])
@@ -366,7 +377,7 @@ def sample_subspace(
                     kept[m].append(v)
             current[:active], current_ll[:active] = z, ll
             if store is not None:
-                _save_state(store, key, rng, current, current_ll, shift_res, kept)
+                _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
             bar.update(active)
     finally:
         bar.close()
@@ -391,7 +402,7 @@ def sample_subspace(
         "shift": {m: float(shift_res[m]) for m in METRICS},
         "bma": {"test_error": bma[-1]["error"], "test_nll": bma[-1]["nll"], "members": samples},
         "samples": {f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},
-        "basis": subspace.kind, "rank": k, "chains": chains, "temperature": temperature, "prior_scale": prior_scale,
+        "basis": subspace.kind, "rank": k, "chains": chains, "burn_in": burn_in, "temperature": temperature, "prior_scale": prior_scale,
         "seed": seed, "wd": wd, "train_size": n_train,
         "z_mean": [float(x) for x in z.mean(0)], "z_std": [float(x) for x in z.std(0)],
         "evaluations_per_sample": float(arrays["evaluations"].mean()),
@@ -408,18 +419,10 @@ def sample_subspace(
     return SubspaceResult(summary=summary, arrays=arrays, out=out_path)
 
 
-def _last_values(kept: dict[str, list], chain: int, shift_res: dict[str, Any]) -> dict[str, Any]:
-    """The values of ``chain``'s current point: its last sample's, or the shift's before its first."""
-    for i in range(len(kept["chain"]) - 1, -1, -1):
-        if kept["chain"][i] == chain:
-            return {m: kept[m][i] for m in (*METRICS, "probs")}
-    return {m: shift_res[m] for m in (*METRICS, "probs")}
-
-
 def _save_state(path: Path, key: str, rng: np.random.Generator, current: np.ndarray, current_ll: np.ndarray,
-                shift_res: dict[str, Any], kept: dict[str, list]) -> None:
+                shift_res: dict[str, Any], kept: dict[str, list], burned: int) -> None:
     arrays: dict[str, Any] = {"key": np.array(key), "rng": np.array(json.dumps(rng.bit_generator.state)),
-                              "current": current, "current_ll": current_ll}
+                              "current": current, "current_ll": current_ll, "burned": np.array(burned)}
     arrays.update({f"shift_{m}": np.asarray(v) for m, v in shift_res.items()})
     for name, values in kept.items():
         arrays[name] = np.asarray(values)

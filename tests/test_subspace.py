@@ -96,6 +96,27 @@ def test_a_point_whose_likelihood_is_nan_is_never_accepted():
     assert seen[:, 0].max() <= 0.5 and seen[:, 0].min() < -1.0  # truncated, and still exploring
 
 
+def test_a_bracket_shrunk_onto_the_current_point_returns_it_evaluated():
+    start = np.array([[0.3, -0.2]])
+
+    def f(points):  # only the current point itself has any likelihood
+        here = np.all(points == start, axis=1)
+        return np.where(here, 0.0, -np.inf), {"first": points[:, 0].copy()}
+
+    z, ll, evals, extra = elliptical_slice_round(start.copy(), np.zeros(1), f, np.random.default_rng(1), 1.0)
+    assert np.array_equal(z, start) and ll[0] == 0.0
+    assert evals[0] == subspace_module.MAX_SHRINKS + 1 and extra["first"][0] == start[0, 0]
+
+
+def test_burn_in_discards_each_chains_first_steps(runs, digits):
+    sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
+    kw = dict(chains=2, data=digits, seed=3, prior_scale=2.0)
+    whole = sample_subspace(sub, samples=6, **kw).arrays
+    burnt = sample_subspace(sub, samples=4, burn_in=1, **kw).arrays
+    assert np.array_equal(burnt["z"], whole["z"][2:]) and np.array_equal(burnt["chain"], whole["chain"][2:])
+    assert np.array_equal(burnt["sample_test_nll"], whole["sample_test_nll"][2:])
+
+
 def test_pca_basis_is_the_svd_of_the_deviations_and_a_rank_they_do_not_span_is_refused():
     gen = torch.Generator().manual_seed(0)
     dev = torch.randn(5, 40, generator=gen)
@@ -163,7 +184,7 @@ def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tm
 
 def test_an_interrupted_run_resumes_to_the_same_samples(tmp_path, runs, digits, monkeypatch):
     sub = swag_subspace(runs / "swa" / "swag.pt", "random", 3, seed=2)
-    kw = dict(samples=6, chains=2, data=digits, seed=4, prior_scale=2.0)
+    kw = dict(samples=6, chains=2, burn_in=1, data=digits, seed=4, prior_scale=2.0)
     whole = sample_subspace(sub, tmp_path / "whole", **kw).arrays
     original, state = subspace_module.evaluate_points, tmp_path / "cut" / "sweep.partial.npz"
 
@@ -206,7 +227,8 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs):
     if not LANDSCAPE.exists():
         pytest.skip("console script not installed next to this interpreter")
     swag, curve = runs / "swa" / "swag.pt", runs / "curve" / "model.pt"
-    done = run_cli("subspace", "--ckpt", swag, "--samples", 3, "--chains", 2, "--out", tmp_path / "p", "--quiet")
+    done = run_cli("subspace", "--ckpt", swag, "--samples", 3, "--chains", 2, "--burn-in", 1, "--out", tmp_path / "p",
+                   "--quiet")
     assert done.returncode == 0, done.stderr
     assert "model average" in done.stdout and "pca subspace, rank 2: 3 samples, T 1" in done.stdout
     (tmp_path / "p" / "subspace.png").unlink()
@@ -230,7 +252,8 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs):
              "--rank 9: the SWAG deviations span only 4 direction(s) (4 deviation(s) kept); use --rank 4 or collect "
              "more with a larger --swag-rank"),
             (["--ckpt", swag, "--temperature", 0], "--temperature must be a finite number > 0, got 0.0"),
-            (["--ckpt", swag, "--chains", 0], "--chains must be a whole number of at least 1, got 0")):
+            (["--ckpt", swag, "--chains", 0], "--chains must be a whole number of at least 1, got 0"),
+            (["--ckpt", swag, "--burn-in", -1], "--burn-in must be a whole number of at least 0, got -1")):
         bad = run_cli("subspace", *argv, "--out", tmp_path / "x")
         assert bad.returncode == 2 and bad.stderr.strip() == f"landscape: error: {said}", bad.stderr
     assert not (tmp_path / "x").exists()
