@@ -310,10 +310,11 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     for needle in ("straight line", "Bezier curve, 1 bend", "polygonal chain, 1 bend", "SWA (from a)",
-                   "SGD (continued from a)", "FGE ensemble (4)", "SWAG average (30)", "median width"):
+                   "SGD (continued from a)", "FGE ensemble (4)", "SWAG average (30)", "ESS, SWAG PCA plane (30)",
+                   "ESS, curve plane (30)", "median width"):
         assert needle in out, needle
     figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
-    assert len(figures) == 8 and all(Path(f).exists() for f in figures)
+    assert len(figures) == 10 and all(Path(f).exists() for f in figures)
     # Every number in the line row is the stored summary's.
     line = json.loads((tmp_path / "demo" / "bezier-eval" / "summary.json").read_text())["line"]
     assert f"{line['train_loss_barrier']:.4f}" in out
@@ -342,7 +343,7 @@ def test_multi_network_checkpoints_are_refused_where_one_network_is_expected(tmp
         assert code == 2 and "a curve checkpoint, where one network is expected" in _one_line_error(err)
 
 
-@pytest.mark.parametrize("command", [["ensemble", "a.pt", "b.pt"], ["demo"]])
+@pytest.mark.parametrize("command", [["ensemble", "a.pt", "b.pt"], ["demo"], ["subspace", "--ckpt", "swag.pt"]])
 def test_one_process_commands_refuse_torchrun_and_errors_are_said_once(tmp_path, capsys, monkeypatch, command):
     """Under torchrun (WORLD_SIZE > 1) a command that does not share its work
     out refuses before doing anything (every rank would repeat the whole run
