@@ -585,7 +585,7 @@ def cmd_subspace(args: argparse.Namespace) -> int:
         space = swag_subspace(args.ckpt, basis, args.rank or 2, args.seed, device, args.model)
     kwargs = _stored_eval_kwargs(args)
     kwargs.pop("device"), kwargs.pop("model")
-    result = sample_subspace(space, args.out, samples=args.samples, chains=args.chains, burn_in=args.burn_in,
+    result = sample_subspace(space, args.out, samples=args.samples, chains=args.chains, burn_in=args.burn_in, grid=args.grid,
                              temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
     figures = draw_subspace_figure(args.out, tuple(args.format))
     s = result.summary
@@ -819,12 +819,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          resume=again(out / "swag", "swag.npz")).summary
     figures += draw_swag_figure(out / "swag")
     step("subspace inference: 30 elliptical slice samples (after 10 of burn-in) in SWAG's rank-2 PCA subspace "
-         "and in the Bezier curve's plane")
+         "and in the Bezier curve's plane (with its log-posterior on a 15x15 grid)")
     subspaces = {}
-    for name, space in (("pca", swag_subspace(out / "swa" / "swag.pt", "pca", 2, device=device)),
-                        ("curve", curve_subspace(out / "bezier" / "model.pt", device))):
+    for name, space, grid in (("pca", swag_subspace(out / "swa" / "swag.pt", "pca", 2, device=device), 0),
+                              ("curve", curve_subspace(out / "bezier" / "model.pt", device), 15)):
         folder = out / f"subspace-{name}"
-        subspaces[name] = sample_subspace(space, folder, samples=30, burn_in=10, data=data,
+        subspaces[name] = sample_subspace(space, folder, samples=30, burn_in=10, grid=grid, data=data,
                                           resume=again(folder, "subspace.npz")).summary
         figures += draw_subspace_figure(folder)
     step(f"width report: SWA vs SGD along the line through them and {args.directions} random rays each")
@@ -1016,6 +1016,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chains, their proposals evaluated together (default 1, as the paper)")
     p.add_argument("--burn-in", type=int, default=0, metavar="B",
                    help="steps of every chain discarded before samples are kept (default 0, as the paper)")
+    p.add_argument("--grid", type=int, default=0, metavar="G",
+                   help="also evaluate the log-posterior on a G x G grid over z_1, z_2 for the figure (default 0: none)")
     p.add_argument("--temperature", type=float, default=1.0, help="posterior temperature T (default 1)")
     p.add_argument("--prior-scale", type=float, default=1.0, help="prior standard deviation of z (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (and of a random basis)")

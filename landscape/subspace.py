@@ -47,13 +47,14 @@ from .errors import UserError
 from .evaluate import METRICS, evaluate_points, precision_amp, resolve_bn_stats
 from .inputs import stored_data
 from .metrics import ensemble_metrics
-from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key
+from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep
 from .swag import SwagPosterior, load_swag
 
 __all__ = ["BASES", "Subspace", "SubspaceResult", "pca_basis", "random_basis", "plane_of_points", "swag_subspace",
            "elliptical_slice_round", "sample_subspace"]
 
 BASES = ("pca", "random", "curve")
+GRID_STORE = "grid.partial.npz"  # the grid sweep's partial store, beside the sampler's (sweep.partial.npz)
 
 
 @dataclass
@@ -245,6 +246,7 @@ def sample_subspace(
     samples: int = 30,
     chains: int = 1,
     burn_in: int = 0,
+    grid: int = 0,
     temperature: float = 1.0,
     prior_scale: float = 1.0,
     seed: int = 0,
@@ -266,7 +268,10 @@ def sample_subspace(
     ``chains`` chains start at z = 0 (the shift) and take one step each per
     round, their proposals evaluated together; the first ``burn_in`` steps of
     every chain are discarded, then steps are kept until ``samples`` samples
-    are drawn (rounds x chains, the last round's chains cut to fit). Returns, and
+    are drawn (rounds x chains, the last round's chains cut to fit). With
+    ``grid`` G >= 2 the log-posterior is also evaluated on a G x G grid over
+    the first two coordinates (the others 0), a square around the samples,
+    the landmarks and the prior's standard deviation. Returns, and
     with ``out`` writes to ``subspace.npz`` and ``summary.json``: every
     sample's z, chain, log-likelihood, log-posterior, evaluations and
     metrics; the shift's metrics; the model average's test NLL and error
@@ -278,6 +283,10 @@ def sample_subspace(
             raise UserError(f"{flag} must be a whole number of at least 1, got {value}")
     if isinstance(burn_in, bool) or int(burn_in) != burn_in or burn_in < 0:
         raise UserError(f"--burn-in must be a whole number of at least 0, got {burn_in}")
+    if isinstance(grid, bool) or int(grid) != grid or grid < 0 or grid == 1:
+        raise UserError(f"--grid must be 0 (none) or a whole number of at least 2, got {grid}")
+    if grid and subspace.dim < 2:
+        raise UserError(f"--grid draws the first two coordinates; this subspace has {subspace.dim}")
     for flag, value in (("--temperature", temperature), ("--prior-scale", prior_scale)):
         if not (np.isfinite(value) and value > 0):
             raise UserError(f"{flag} must be a finite number > 0, got {value}")
@@ -288,7 +297,7 @@ def sample_subspace(
     net = subspace.model.to(device)
     data, wd = stored_data(subspace.meta, subspace.spec, subspace.source or "the subspace", data_overrides, device,
                            data, wd)
-    settings = {"kind": f"subspace-{subspace.kind}", "samples": samples, "chains": chains, "burn_in": burn_in,
+    settings = {"kind": f"subspace-{subspace.kind}", "samples": samples, "chains": chains, "burn_in": burn_in, "grid": grid,
                 "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd,
                 "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
                 "dataset": data.describe()}
@@ -382,6 +391,25 @@ def sample_subspace(
     finally:
         bar.close()
 
+    grid_arrays: dict[str, np.ndarray] = {}
+    if grid:
+        z_kept = np.stack(kept["z"]).reshape(samples, k)[:, :2]
+        marks = [np.abs(np.asarray(c[:2])).max() for c in subspace.landmarks.values()]
+        r = 1.2 * max([float(np.abs(z_kept).max()), prior_scale, *marks])
+        axis = np.linspace(-r, r, grid)
+        gz = np.zeros((grid * grid, k))
+        gz[:, 0], gz[:, 1] = np.repeat(axis, grid), np.tile(axis, grid)  # row i * G + j is (axis[i], axis[j])
+        res = run_sweep(net, anchors, coefficients(gz), data,
+                        store=out_path / GRID_STORE if out_path is not None else None, resume=resume,
+                        settings={"kind": "subspace-grid", "dataset": data.describe()}, wd=wd,
+                        batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
+                        points_per_pass=points_per_pass, amp=amp, progress=progress)
+        ll = -n_train * res["train_nll"] / temperature
+        grid_arrays["grid_axis"] = axis
+        grid_arrays["grid_log_posterior"] = (ll + log_prior(gz)).reshape(grid, grid)
+        for m in METRICS:
+            grid_arrays[f"grid_{m}"] = res[m].reshape(grid, grid)
+
     labels = data.y_test.cpu().numpy()
     probs = np.stack(kept["probs"]).astype(np.float64)  # (S, M, classes)
     running = np.cumsum(probs, axis=0) / np.arange(1, samples + 1)[:, None, None]
@@ -395,6 +423,7 @@ def sample_subspace(
     }
     arrays.update({f"sample_{m}": np.asarray(kept[m], dtype=np.float64) for m in METRICS})
     arrays.update({f"shift_{m}": np.asarray(shift_res[m], dtype=np.float64) for m in METRICS})
+    arrays.update(grid_arrays)
     for name, coords in subspace.landmarks.items():
         arrays[f"landmark_{name}"] = np.asarray(coords, dtype=np.float64)
     z = arrays["z"]
@@ -402,7 +431,7 @@ def sample_subspace(
         "shift": {m: float(shift_res[m]) for m in METRICS},
         "bma": {"test_error": bma[-1]["error"], "test_nll": bma[-1]["nll"], "members": samples},
         "samples": {f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},
-        "basis": subspace.kind, "rank": k, "chains": chains, "burn_in": burn_in, "temperature": temperature, "prior_scale": prior_scale,
+        "basis": subspace.kind, "rank": k, "chains": chains, "burn_in": burn_in, "grid": grid, "temperature": temperature, "prior_scale": prior_scale,
         "seed": seed, "wd": wd, "train_size": n_train,
         "z_mean": [float(x) for x in z.mean(0)], "z_std": [float(x) for x in z.std(0)],
         "evaluations_per_sample": float(arrays["evaluations"].mean()),
@@ -416,6 +445,8 @@ def sample_subspace(
                  "wd/2 ||w||^2; errors in percent",
     }
     finish_result(out_path, "subspace.npz", arrays, summary, request)
+    if out_path is not None:
+        (out_path / GRID_STORE).unlink(missing_ok=True)
     return SubspaceResult(summary=summary, arrays=arrays, out=out_path)
 
 

@@ -1,6 +1,7 @@
 """Figure of a subspace-inference run (Izmailov et al. 2019): the posterior
 samples in the subspace's first two coordinates, with the prior's 1 and 2
-standard-deviation circles and the curve's points for a curve subspace; and
+standard-deviation circles and the curve's points for a curve subspace,
+over the contours of the log-posterior when a grid was evaluated; and
 the model average's test NLL against the number of samples, with the
 subspace's centre as a line. Drawn from ``subspace.npz`` and
 ``summary.json`` alone."""
@@ -14,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from landscape.checkpoint import read_result
 
+from .plane import plot_plane
 from .style import new_figure, save_figure
 
 __all__ = ["draw_subspace_figure"]
@@ -33,6 +35,10 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     fig, axes = new_figure(1, 2, width=10.5, height=4.2)
     ax = axes[0]
     prior = float(summary.get("prior_scale", 1.0))
+    if "grid_log_posterior" in arrays:  # the posterior's log-density over the plane, from its maximum down
+        axis, lp = arrays["grid_axis"], arrays["grid_log_posterior"]
+        plot_plane(ax, axis, axis, np.max(lp[np.isfinite(lp)], initial=0.0) - lp, log_alpha=-1.0,
+                   label="log posterior: max - value", cmap="viridis")
     if z.shape[1] >= 2:
         angle = np.linspace(0, 2 * np.pi, 200)
         for r, ls in ((1, "-"), (2, "--")):
@@ -50,7 +56,8 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
             ax.annotate(f"curve {name}", (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xlabel("z1")
         ax.set_ylabel("z2")
-        ax.set_aspect("equal", adjustable="datalim")
+        if "grid_log_posterior" not in arrays:  # else the grid's square sets the axes
+            ax.set_aspect("equal", adjustable="datalim")
     else:  # one coordinate: its trace
         ax.plot(np.arange(1, len(z) + 1), z[:, 0], marker="o", ms=3, color=BMA_COLOR)
         ax.axhline(0.0, color=SHIFT_COLOR, lw=1, ls="--", label="centre")

@@ -159,7 +159,7 @@ def test_the_curve_plane_passes_through_the_curves_points(runs):
 def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tmp_path, runs, digits):
     sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
     res = sample_subspace(sub, tmp_path / "s", samples=5, chains=2, temperature=2.0, prior_scale=3.0, seed=1,
-                          data=digits, bn_stats="batches")
+                          data=digits, bn_stats="batches", grid=3)
     a = res.arrays
     assert a["z"].shape == (5, 2) and a["chain"].tolist() == [0, 1, 0, 1, 0]
     points = np.concatenate([np.zeros((1, 2)), a["z"]])
@@ -177,40 +177,62 @@ def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tm
         assert a["bma_test_nll"][s - 1] == pytest.approx(bma["nll"], rel=1e-4)
         assert a["bma_test_error"][s - 1] == pytest.approx(bma["error"], abs=1e-9)
     assert np.abs(a["z"]).min() > 0  # every sample moved off the centre
+    # the grid: a square around the samples and the prior's sd, row i, column j at (axis[i], axis[j])
+    axis = a["grid_axis"]
+    assert axis[-1] == pytest.approx(1.2 * max(np.abs(a["z"]).max(), 3.0)) and axis == pytest.approx(-axis[::-1])
+    gz = np.array([[x, y] for x in axis for y in axis])
+    on_grid = evaluate_points_sequential(sub.model, sub.anchors(), np.concatenate([np.ones((9, 1)), gz], 1), digits,
+                                         wd=res.summary["wd"], bn_stats="batches")
+    want_lp = -n * on_grid["train_nll"] / 2.0 - 0.5 * (gz ** 2).sum(1) / 9.0
+    assert a["grid_log_posterior"].ravel() == pytest.approx(want_lp, rel=1e-5)
+    assert a["grid_test_error"].ravel() == pytest.approx(on_grid["test_error"], abs=1e-9)
     stored = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert stored["bma"]["test_nll"] == pytest.approx(res.summary["bma"]["test_nll"])
     assert not (tmp_path / "s" / "sweep.partial.npz").exists()
 
 
 def test_an_interrupted_run_resumes_to_the_same_samples(tmp_path, runs, digits, monkeypatch):
+    import landscape.sweep as sweep_module
+
     sub = swag_subspace(runs / "swa" / "swag.pt", "random", 3, seed=2)
-    kw = dict(samples=6, chains=2, burn_in=1, data=digits, seed=4, prior_scale=2.0)
+    kw = dict(samples=6, chains=2, burn_in=1, grid=3, data=digits, seed=4, prior_scale=2.0, points_per_pass=4)
     whole = sample_subspace(sub, tmp_path / "whole", **kw).arrays
-    original, state = subspace_module.evaluate_points, tmp_path / "cut" / "sweep.partial.npz"
+    original = subspace_module.evaluate_points
+    state, grid_state = tmp_path / "cut" / "sweep.partial.npz", tmp_path / "cut" / "grid.partial.npz"
+    stops = []
 
     class Stop(Exception):
         pass
 
-    def stopping(*args, **kwargs):  # stops once a round's samples are saved, in the middle of the next
-        if state.exists():
+    def stopping(*args, **kwargs):
+        # first in the middle of sampling, once a round's samples are saved; then in the middle of the grid
+        if not stops and state.exists():
             with np.load(state) as saved:
                 if len(saved["z"]) >= 2:
+                    stops.append("sampling")
                     raise Stop
+        if len(stops) == 1 and grid_state.exists():
+            stops.append("grid")
+            raise Stop
         return original(*args, **kwargs)
 
     monkeypatch.setattr(subspace_module, "evaluate_points", stopping)
+    monkeypatch.setattr(sweep_module, "evaluate_points", stopping)
     with pytest.raises(Stop):
         sample_subspace(sub, tmp_path / "cut", **kw)
-    monkeypatch.setattr(subspace_module, "evaluate_points", original)
-    assert (tmp_path / "cut" / "sweep.partial.npz").exists()
+    assert state.exists() and not grid_state.exists()
     with pytest.raises(UserError, match="pass --resume to continue it"):
         sample_subspace(sub, tmp_path / "cut", **kw)
     with pytest.raises(UserError, match="with other inputs or settings"):
         sample_subspace(sub, tmp_path / "cut", **dict(kw, seed=5), resume=True)
+    with pytest.raises(Stop):
+        sample_subspace(sub, tmp_path / "cut", **kw, resume=True)
+    assert stops == ["sampling", "grid"] and grid_state.exists()
     resumed = sample_subspace(sub, tmp_path / "cut", **kw, resume=True).arrays
-    assert set(resumed) == set(whole)
+    assert set(resumed) == set(whole) and "grid_log_posterior" in whole
     for key in whole:
         assert np.array_equal(resumed[key], whole[key]), key
+    assert not state.exists() and not grid_state.exists()
     # a finished run is returned by --resume, and refused without it
     again = sample_subspace(sub, tmp_path / "cut", **kw, resume=True).arrays
     assert np.array_equal(again["z"], whole["z"])
@@ -234,10 +256,11 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs):
     (tmp_path / "p" / "subspace.png").unlink()
     redrawn = run_cli("plot", tmp_path / "p")
     assert redrawn.returncode == 0 and (tmp_path / "p" / "subspace.png").exists(), redrawn.stderr
-    done = run_cli("subspace", "--ckpt", curve, "--samples", 2, "--out", tmp_path / "c", "--quiet")
+    done = run_cli("subspace", "--ckpt", curve, "--samples", 2, "--grid", 3, "--out", tmp_path / "c", "--quiet")
     assert done.returncode == 0 and "curve subspace, rank 2: 2 samples" in done.stdout, done.stderr
     config = json.loads((tmp_path / "c" / "config.json").read_text())
-    assert config["command"] == "subspace" and config["basis"] == "curve"
+    assert config["command"] == "subspace" and config["basis"] == "curve" and config["grid"] == 3
+    assert (tmp_path / "c" / "subspace.png").exists() and not (tmp_path / "c" / "grid.partial.npz").exists()
     model = runs / "a" / "model.pt"
     for argv, said in (
             (["--ckpt", model], f"{model}: holds neither SWAG moments nor a curve; give swag.pt (from 'landscape swa "
@@ -253,7 +276,9 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs):
              "more with a larger --swag-rank"),
             (["--ckpt", swag, "--temperature", 0], "--temperature must be a finite number > 0, got 0.0"),
             (["--ckpt", swag, "--chains", 0], "--chains must be a whole number of at least 1, got 0"),
-            (["--ckpt", swag, "--burn-in", -1], "--burn-in must be a whole number of at least 0, got -1")):
+            (["--ckpt", swag, "--burn-in", -1], "--burn-in must be a whole number of at least 0, got -1"),
+            (["--ckpt", swag, "--grid", 1], "--grid must be 0 (none) or a whole number of at least 2, got 1"),
+            (["--ckpt", swag, "--rank", 1, "--grid", 5], "--grid draws the first two coordinates; this subspace has 1")):
         bad = run_cli("subspace", *argv, "--out", tmp_path / "x")
         assert bad.returncode == 2 and bad.stderr.strip() == f"landscape: error: {said}", bad.stderr
     assert not (tmp_path / "x").exists()
