@@ -37,7 +37,8 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     prior = float(summary.get("prior_scale", 1.0))
     if "grid_log_posterior" in arrays:  # the posterior's log-density over the plane, from its maximum down
         axis, lp = arrays["grid_axis"], arrays["grid_log_posterior"]
-        plot_plane(ax, axis, axis, np.max(lp[np.isfinite(lp)], initial=0.0) - lp, log_alpha=-1.0,
+        top = float(lp[np.isfinite(lp)].max()) if np.isfinite(lp).any() else 0.0
+        plot_plane(ax, axis, axis, top - lp, log_alpha=-1.0,
                    label="log posterior: max - value", cmap="viridis")
     if z.shape[1] >= 2:
         angle = np.linspace(0, 2 * np.pi, 200)
@@ -72,6 +73,9 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     ax.axhline(float(arrays["shift_test_nll"]), color=SHIFT_COLOR, lw=1.5, ls="--", label="centre of the subspace")
     ax.axhline(float(np.mean(arrays["sample_test_nll"])), color=SAMPLE_COLOR, lw=1.5, ls=":",
                label="single sample (mean)")
+    shown = np.concatenate([arrays["bma_test_nll"], [float(arrays["shift_test_nll"])]])
+    if np.all(shown > 0) and shown.max() > 5 * shown.min():  # a poor centre (a curve plane's) would flatten the rest
+        ax.set_yscale("log")
     ax.set_xlabel("samples averaged")
     ax.set_ylabel(f"{split} NLL")
     ax.set_xlim(1, max(2, len(s)))
