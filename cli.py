@@ -545,18 +545,24 @@ def cmd_swag(args: argparse.Namespace) -> int:
         return 0
     figures = draw_swag_figure(args.out, tuple(args.format))
     s = result.summary
+    _print_model_average(s, "SWA (the mean)", s["swa"], f"{s['method']}: {s['bma']['members']} samples, scale "
+                         f"{s['scale']:g}, {s['rank']} deviations", figures)
+    return 0
+
+
+def _print_model_average(s: dict[str, Any], centre: str, centre_metrics: dict[str, Any], how: str,
+                         figures: list[Path]) -> None:
+    """The table of a model average of samples (swag, subspace): the centre, a single sample, the average."""
     _metrics_header(s.get("eval_split", "test"))
-    _print_metrics_row("SWA (the mean)", s["swa"])
+    _print_metrics_row(centre, centre_metrics)
     m = s["samples"]
     _print_metrics_row("one sample, mean", {k: m[f"{k}_mean"] for k in ("train_loss", "train_error", "test_nll",
                                                                        "test_error")})
     b = s["bma"]
-    print(f"{'model average':<16}{'':>12}{'':>13}{b['test_nll']:>10.4f}{b['test_error']:>12.2f}"
-          f"   ({s['method']}: {b['members']} samples, scale {s['scale']:g}, {s['rank']} deviations)"
+    print(f"{'model average':<16}{'':>12}{'':>13}{b['test_nll']:>10.4f}{b['test_error']:>12.2f}   ({how})"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
     for f in figures:
         print(f"figure: {f}")
-    return 0
 
 
 def cmd_subspace(args: argparse.Namespace) -> int:
@@ -585,22 +591,13 @@ def cmd_subspace(args: argparse.Namespace) -> int:
         space = swag_subspace(args.ckpt, basis, args.rank or 2, args.seed, device, args.model)
     kwargs = _stored_eval_kwargs(args)
     kwargs.pop("device"), kwargs.pop("model")
-    result = sample_subspace(space, args.out, samples=args.samples, chains=args.chains, burn_in=args.burn_in, grid=args.grid,
-                             temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
+    result = sample_subspace(space, args.out, samples=args.samples, chains=args.chains, burn_in=args.burn_in,
+                             grid=args.grid, temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
     figures = draw_subspace_figure(args.out, tuple(args.format))
     s = result.summary
-    _metrics_header(s.get("eval_split", "test"))
-    _print_metrics_row("centre", s["shift"])
-    m = s["samples"]
-    _print_metrics_row("one sample, mean", {k: m[f"{k}_mean"] for k in ("train_loss", "train_error", "test_nll",
-                                                                       "test_error")})
-    b = s["bma"]
-    print(f"{'model average':<16}{'':>12}{'':>13}{b['test_nll']:>10.4f}{b['test_error']:>12.2f}"
-          f"   ({s['basis']} subspace, rank {s['rank']}: {b['members']} samples, T {s['temperature']:g}, "
-          f"{s['evaluations_per_sample']:.1f} evaluations per sample)"
-          + ("   [synthetic data]" if s.get("synthetic") else ""))
-    for f in figures:
-        print(f"figure: {f}")
+    _print_model_average(s, "centre", s["shift"], f"{s['basis']} subspace, rank {s['rank']}: {s['bma']['members']} "
+                         f"samples, T {s['temperature']:g}, {s['evaluations_per_sample']:.1f} evaluations per sample",
+                         figures)
     return 0
 
 

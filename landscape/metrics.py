@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["barrier", "path_stats", "arc_length_mean", "ensemble_metrics"]
+__all__ = ["barrier", "path_stats", "arc_length_mean", "ensemble_metrics", "running_ensemble"]
 
 
 def barrier(values: np.ndarray) -> float:
@@ -53,3 +53,13 @@ def ensemble_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         "error": float(100.0 * (mean.argmax(axis=1) != labels).mean()),
         "members": int(probs.shape[0]),
     }
+
+
+def running_ensemble(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NLL and error (percent) of the averaged prediction of the first 1, 2,
+    .., N members (``probs`` (N, M, classes)): a model average against the
+    number of samples in it."""
+    probs = np.asarray(probs, dtype=np.float64)
+    running = np.cumsum(probs, axis=0) / np.arange(1, len(probs) + 1)[:, None, None]
+    rows = [ensemble_metrics(r[None], labels) for r in running]
+    return np.array([r["nll"] for r in rows]), np.array([r["error"] for r in rows])

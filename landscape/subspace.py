@@ -46,7 +46,7 @@ from .data import Dataset
 from .errors import UserError
 from .evaluate import METRICS, evaluate_points, precision_amp, resolve_bn_stats
 from .inputs import stored_data
-from .metrics import ensemble_metrics
+from .metrics import running_ensemble
 from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep
 from .swag import SwagPosterior, load_swag
 
@@ -411,15 +411,13 @@ def sample_subspace(
             grid_arrays[f"grid_{m}"] = res[m].reshape(grid, grid)
 
     labels = data.y_test.cpu().numpy()
-    probs = np.stack(kept["probs"]).astype(np.float64)  # (S, M, classes)
-    running = np.cumsum(probs, axis=0) / np.arange(1, samples + 1)[:, None, None]
-    bma = [ensemble_metrics(running[s][None], labels) for s in range(samples)]
+    bma_nll, bma_error = running_ensemble(np.stack(kept["probs"]), labels)
     arrays: dict[str, np.ndarray] = {
         "z": np.stack(kept["z"]).reshape(samples, k), "chain": np.asarray(kept["chain"], dtype=np.int64),
         "log_likelihood": np.asarray(kept["log_likelihood"], dtype=np.float64),
         "log_posterior": np.asarray(kept["log_posterior"], dtype=np.float64),
         "evaluations": np.asarray(kept["evaluations"], dtype=np.int64),
-        "bma_test_nll": np.array([b["nll"] for b in bma]), "bma_test_error": np.array([b["error"] for b in bma]),
+        "bma_test_nll": bma_nll, "bma_test_error": bma_error,
     }
     arrays.update({f"sample_{m}": np.asarray(kept[m], dtype=np.float64) for m in METRICS})
     arrays.update({f"shift_{m}": np.asarray(shift_res[m], dtype=np.float64) for m in METRICS})
@@ -429,10 +427,10 @@ def sample_subspace(
     z = arrays["z"]
     summary: dict[str, Any] = {
         "shift": {m: float(shift_res[m]) for m in METRICS},
-        "bma": {"test_error": bma[-1]["error"], "test_nll": bma[-1]["nll"], "members": samples},
+        "bma": {"test_error": float(bma_error[-1]), "test_nll": float(bma_nll[-1]), "members": samples},
         "samples": {f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},
-        "basis": subspace.kind, "rank": k, "chains": chains, "burn_in": burn_in, "grid": grid, "temperature": temperature, "prior_scale": prior_scale,
-        "seed": seed, "wd": wd, "train_size": n_train,
+        "basis": subspace.kind, "rank": k, "chains": chains, "burn_in": burn_in, "grid": grid,
+        "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd, "train_size": n_train,
         "z_mean": [float(x) for x in z.mean(0)], "z_std": [float(x) for x in z.std(0)],
         "evaluations_per_sample": float(arrays["evaluations"].mean()),
         "basis_norms": [float(x) for x in subspace.basis.double().norm(dim=1)],

@@ -39,7 +39,7 @@ from .data import Dataset
 from .errors import UserError
 from .evaluate import METRICS, precision_amp
 from .inputs import own_network, stored_data
-from .metrics import ensemble_metrics
+from .metrics import running_ensemble
 from .sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from .weights import ParamSpace
 
@@ -198,16 +198,13 @@ def evaluate_swag(
                     batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
                     progress=progress, amp=amp, return_probs=True)
     labels = data.y_test.cpu().numpy()
-    probs = res["probs"][1:].astype(np.float64)  # (S, M, classes)
-    running = np.cumsum(probs, axis=0) / np.arange(1, samples + 1)[:, None, None]
-    bma = [ensemble_metrics(running[s][None], labels) for s in range(samples)]
     arrays: dict[str, np.ndarray] = {f"sample_{m}": res[m][1:] for m in METRICS}
     arrays.update({f"mean_{m}": np.asarray(res[m][0]) for m in METRICS})
-    arrays["bma_test_nll"] = np.array([b["nll"] for b in bma])
-    arrays["bma_test_error"] = np.array([b["error"] for b in bma])
+    arrays["bma_test_nll"], arrays["bma_test_error"] = running_ensemble(res["probs"][1:], labels)
     summary: dict[str, Any] = {
         "swa": {m: float(res[m][0]) for m in METRICS},
-        "bma": {"test_error": bma[-1]["error"], "test_nll": bma[-1]["nll"], "members": samples},
+        "bma": {"test_error": float(arrays["bma_test_error"][-1]), "test_nll": float(arrays["bma_test_nll"][-1]),
+                "members": samples},
         "samples": {f"{m}_mean": float(res[m][1:].mean()) for m in METRICS},
         "method": "SWAG-Diagonal" if not low_rank else "SWAG",
         "scale": scale, "diag": diag, "seed": seed, "rank": rank, "averaged": post.averaged, "wd": wd,
