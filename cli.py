@@ -588,7 +588,7 @@ def cmd_subspace(args: argparse.Namespace) -> int:
             raise UserError(f"--rank {args.rank}: the curve subspace is a plane (rank 2)")
         space = curve_subspace(args.ckpt, device, args.model)
     else:
-        space = swag_subspace(args.ckpt, basis, args.rank or 2, args.seed, device, args.model)
+        space = swag_subspace(args.ckpt, basis, 2 if args.rank is None else args.rank, args.seed, device, args.model)
     kwargs = _stored_eval_kwargs(args)
     kwargs.pop("device"), kwargs.pop("model")
     result = sample_subspace(space, args.out, samples=args.samples, chains=args.chains, burn_in=args.burn_in,
@@ -815,13 +815,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     swag = evaluate_swag(out / "swa" / "swag.pt", out / "swag", samples=30, data=data, device=str(device),
                          resume=again(out / "swag", "swag.npz")).summary
     figures += draw_swag_figure(out / "swag")
-    step("subspace inference: 30 elliptical slice samples (after 10 of burn-in) in SWAG's rank-2 PCA subspace "
-         "and in the Bezier curve's plane (with its log-posterior on a 15x15 grid)")
+    step("subspace inference: 30 elliptical slice samples in SWAG's rank-2 PCA subspace and in the Bezier "
+         "curve's plane (with its log-posterior on a 15x15 grid)")
     subspaces = {}
     for name, space, grid in (("pca", swag_subspace(out / "swa" / "swag.pt", "pca", 2, device=device), 0),
                               ("curve", curve_subspace(out / "bezier" / "model.pt", device), 15)):
         folder = out / f"subspace-{name}"
-        subspaces[name] = sample_subspace(space, folder, samples=30, burn_in=10, grid=grid, data=data,
+        subspaces[name] = sample_subspace(space, folder, samples=30, grid=grid, data=data,
                                           resume=again(folder, "subspace.npz")).summary
         figures += draw_subspace_figure(folder)
     step(f"width report: SWA vs SGD along the line through them and {args.directions} random rays each")

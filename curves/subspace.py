@@ -24,5 +24,6 @@ def curve_subspace(curve: str | Path | LoadedCurve, device: torch.device | str =
         w0, wm, w1 = loaded.curve.points(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64,
                                                       device=loaded.curve.fixed.device)).detach()
     shift, basis, landmarks = plane_of_points(w0, wm, w1)
+    # the chains start at the curve's end t = 1, as the reference's (the plane's centre is a poor network)
     return Subspace(kind="curve", shift=shift, basis=basis, model=loaded.model, spec=loaded.spec, meta=loaded.meta,
-                    source=loaded.path, landmarks=landmarks)
+                    source=loaded.path, landmarks=landmarks, start=landmarks["t=1"])

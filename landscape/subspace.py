@@ -19,6 +19,8 @@ Subspaces (rows of P):
 - ``curve`` (made by :func:`curves.subspace.curve_subspace`): the plane of a
   fitted curve's points at t = 0, 1/2, 1; ŵ their mean, u = (w_1 - w_0) / √3,
   v = the part of w_½ - w_0 orthogonal to u, / 1.5 (the reference's scales).
+  Its chains start at the curve's end t = 1, as the reference's; the others'
+  at z = 0.
 
 Every likelihood is the engine's: the point ``(1, z) @ (ŵ; P)`` with batch
 norm re-estimated (the reference runs the network in train mode, batch
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +73,15 @@ class Subspace:
     meta: dict[str, Any]  # the checkpoint's metadata (its run's data and weight decay)
     source: Path | None = None
     landmarks: dict[str, list[float]] = field(default_factory=dict)  # named points' coordinates (curve: t=0, ½, 1)
+    start: list[float] | None = None  # where the chains start (None: z = 0, the shift)
 
     @property
     def dim(self) -> int:
         return int(self.basis.shape[0])
+
+    def start_point(self) -> np.ndarray:
+        """(k,): the chains' starting z."""
+        return np.zeros(self.dim) if self.start is None else np.asarray(self.start, dtype=np.float64)
 
     def anchors(self) -> torch.Tensor:
         """(1 + k, P): the engine's anchors; a point z has coefficients (1, z)."""
@@ -91,17 +99,35 @@ def coefficients(z: np.ndarray) -> np.ndarray:
     return np.concatenate([np.ones((len(z), 1)), z], axis=1)
 
 
-def pca_basis(post: SwagPosterior, rank: int) -> torch.Tensor:
-    """The top ``rank`` principal directions of SWAG's deviations D / sqrt(K - 1),
-    each scaled by its singular value: the rows S V of D / sqrt(K - 1) = U S V,
-    computed as Uᵀ (D / sqrt(K - 1)) from the K x K Gram matrix (float64)."""
+def _deviation_spectrum(post: SwagPosterior) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """D / sqrt(K - 1) (float64), the eigenvalues (descending) and eigenvectors
+    of its K x K Gram matrix, and how many directions have spread: a zero
+    deviation or iterates that repeat add none, and cannot be scaled."""
     d = post.deviations.double()
     k = d.shape[0]
     d = d / math.sqrt(max(1, k - 1))
     evals, evecs = torch.linalg.eigh(d @ d.T)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)
-    # Directions with no spread (a zero deviation, iterates that repeat) cannot be scaled.
-    kept = int((evals > evals[0].clamp(min=0) * 1e-10).sum()) if k and float(evals[0]) > 0 else 0
+    kept = int((evals > evals[0] * 1e-10).sum()) if k and float(evals[0]) > 0 else 0
+    return d, evals, evecs, kept
+
+
+def spanned_directions(post: SwagPosterior) -> int:
+    """How many directions SWAG's deviations span (the largest ``pca_basis`` rank)."""
+    return _deviation_spectrum(post)[3]
+
+
+def check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2 ** 63:
+        raise UserError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}")
+
+
+def pca_basis(post: SwagPosterior, rank: int) -> torch.Tensor:
+    """The top ``rank`` principal directions of SWAG's deviations D / sqrt(K - 1),
+    each scaled by its singular value: the rows S V of D / sqrt(K - 1) = U S V,
+    computed as Uᵀ (D / sqrt(K - 1)) from the K x K Gram matrix (float64)."""
+    d, _evals, evecs, kept = _deviation_spectrum(post)
+    k = d.shape[0]
     if rank > kept:
         raise UserError(f"--rank {rank}: the SWAG deviations span only {kept} direction(s) "
                         f"({k} deviation(s) kept); use --rank {max(1, kept)} or collect more with a larger "
@@ -146,12 +172,15 @@ def swag_subspace(path: str | Path, basis: str = "pca", rank: int = 2, seed: int
                         f"needs a curve checkpoint)")
     if isinstance(rank, bool) or int(rank) != rank or rank < 1:
         raise UserError(f"--rank must be a whole number of at least 1, got {rank}")
+    check_seed(seed)
     post, net, ck = load_swag(path, device, model)
     if basis == "pca":
         directions = pca_basis(post, rank)
-    else:
-        top = pca_basis(post, min(2, post.deviations.shape[0] - 1) or 1)
-        length = float(top.double().norm(dim=1).mean())
+    else:  # as long as the mean of the top two PCA directions (of the top one when only one is spanned)
+        spanned = spanned_directions(post)
+        if spanned == 0:
+            raise UserError(f"{ck.path}: the SWAG deviations span no direction, so a random subspace has no scale")
+        length = float(pca_basis(post, min(2, spanned)).double().norm(dim=1).mean())
         directions = random_basis(post.mean.numel(), rank, length, seed, post.mean.device)
     return Subspace(kind=basis, shift=post.mean.float(), basis=directions, model=net, spec=ck.model,
                     meta=ck.meta, source=ck.path)
@@ -235,6 +264,10 @@ def _load_state(path: Path, key: str) -> dict[str, Any]:
     if stored != key:
         raise UserError(f"{path.parent} holds an unfinished subspace run with other inputs or settings; "
                         f"choose another --out")
+    needed = ("current", "current_ll", "burned", *(f"shift_{m}" for m in (*METRICS, "probs")), *_PER_SAMPLE)
+    lengths = {len(state[name]) for name in _PER_SAMPLE if name in state}
+    if any(name not in state for name in needed) or len(lengths) > 1:
+        raise UserError(f"{path}: the sampler's saved state is incomplete; delete it to start again")
     state["rng"] = rng_state
     return state
 
@@ -265,7 +298,8 @@ def sample_subspace(
     """Sample the posterior over the subspace's coordinates by elliptical slice
     sampling and average the samples' predictions.
 
-    ``chains`` chains start at z = 0 (the shift) and take one step each per
+    ``chains`` chains start at ``subspace.start`` (z = 0, the shift, unless
+    it says otherwise: a curve's at its end t = 1) and take one step each per
     round, their proposals evaluated together; the first ``burn_in`` steps of
     every chain are discarded, then steps are kept until ``samples`` samples
     are drawn (rounds x chains, the last round's chains cut to fit). With
@@ -290,7 +324,8 @@ def sample_subspace(
     for flag, value in (("--temperature", temperature), ("--prior-scale", prior_scale)):
         if not (np.isfinite(value) and value > 0):
             raise UserError(f"{flag} must be a finite number > 0, got {value}")
-    if rank_and_world()[1] > 1:
+    check_seed(seed)
+    if rank_and_world()[1] > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("subspace sampling runs in one process (its chains are sequential); run it without torchrun")
     out_path = Path(out) if out is not None else None
     device = subspace.shift.device
@@ -298,7 +333,7 @@ def sample_subspace(
     data, wd = stored_data(subspace.meta, subspace.spec, subspace.source or "the subspace", data_overrides, device,
                            data, wd)
     settings = {"kind": f"subspace-{subspace.kind}", "samples": samples, "chains": chains, "burn_in": burn_in, "grid": grid,
-                "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd,
+                "start": [float(x) for x in subspace.start_point()], "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd,
                 "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
                 "dataset": data.describe()}
     request = request_key([subspace.shift, subspace.basis], settings)
@@ -345,12 +380,13 @@ def sample_subspace(
         print(f"{out_path}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
     else:
         rng = np.random.default_rng(seed)
-        ll0, shift_res = loglik_fn(np.zeros((1, k)))
-        if not np.isfinite(ll0[0]):
-            raise UserError(f"{subspace.source or 'the subspace'}: the train NLL at the subspace's centre is not "
-                            f"finite ({shift_res['train_nll'][0]}); nothing to sample around")
-        shift_res = {m: v[0] for m, v in shift_res.items()}
-        current, current_ll = np.zeros((chains, k)), np.full(chains, ll0[0])
+        start = subspace.start_point()
+        ll0, first = loglik_fn(np.stack([np.zeros(k), start]))  # the centre, for the table; where chains start
+        if not np.isfinite(ll0[1]):
+            raise UserError(f"{subspace.source or 'the subspace'}: the train NLL where the chains start is not "
+                            f"finite ({first['train_nll'][1]}); nothing to sample around")
+        shift_res = {m: v[0] for m, v in first.items()}
+        current, current_ll = np.tile(start, (chains, 1)), np.full(chains, ll0[1])
         kept = {name: [] for name in _PER_SAMPLE}
         burned = 0
         if store is not None:
@@ -434,12 +470,12 @@ def sample_subspace(
         "z_mean": [float(x) for x in z.mean(0)], "z_std": [float(x) for x in z.std(0)],
         "evaluations_per_sample": float(arrays["evaluations"].mean()),
         "basis_norms": [float(x) for x in subspace.basis.double().norm(dim=1)],
-        "landmarks": subspace.landmarks,
+        "landmarks": subspace.landmarks, "start": [float(x) for x in subspace.start_point()],
         "eval_split": data.eval_split, "synthetic": data.synthetic, "dataset": data.describe(),
         "checkpoint": str(subspace.source) if subspace.source else None, "bn_stats": bn_stats,
         "notes": "w(z) = shift + basis^T z; prior z ~ N(0, prior_scale^2 I); log-likelihood = -N x train NLL / "
                  "temperature with batch norm re-estimated at every point; elliptical slice sampling, chains "
-                 "from z = 0; bma = averaged predicted probabilities of the samples; train_loss = NLL + "
+                 "from start; bma = averaged predicted probabilities of the samples; train_loss = NLL + "
                  "wd/2 ||w||^2; errors in percent",
     }
     finish_result(out_path, "subspace.npz", arrays, summary, request)

@@ -40,29 +40,36 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         top = float(lp[np.isfinite(lp)].max()) if np.isfinite(lp).any() else 0.0
         plot_plane(ax, axis, axis, top - lp, log_alpha=-1.0,
                    label="log posterior: max - value", cmap="viridis")
-    if z.shape[1] >= 2:
+    k = z.shape[1]
+    # every chain's path from where it started (after a burn-in, from its first kept sample)
+    start = np.asarray(summary.get("start") or np.zeros(k), dtype=float)[None]
+    first = start if not summary.get("burn_in") else np.zeros((0, k))
+    paths = {c: np.concatenate([first, z[chain == c]]) for c in np.unique(chain)}
+    if k >= 2:
         angle = np.linspace(0, 2 * np.pi, 200)
         for r, ls in ((1, "-"), (2, "--")):
             ax.plot(r * prior * np.cos(angle), r * prior * np.sin(angle), color=PRIOR_COLOR, lw=1, ls=ls, alpha=0.6,
                     label=f"prior {r} sd")
-        for c in np.unique(chain):
-            zc = np.concatenate([np.zeros((1, z.shape[1])), z[chain == c]])  # every chain starts at the centre
+        for c, zc in paths.items():
             ax.plot(zc[:, 0], zc[:, 1], lw=0.6, alpha=0.5, color=f"C{c % 10}")
-            ax.scatter(zc[1:, 0], zc[1:, 1], s=14, color=f"C{c % 10}", zorder=3,
+            ax.scatter(z[chain == c, 0], z[chain == c, 1], s=14, color=f"C{c % 10}", zorder=3,
                        label="samples" if c == 0 else None)
         ax.scatter([0], [0], marker="x", s=60, color=SHIFT_COLOR, zorder=4, label="centre")
         for name in summary.get("landmarks", {}):
             p = arrays[f"landmark_{name}"]
             ax.scatter([p[0]], [p[1]], marker="*", s=120, color="black", zorder=5)
             ax.annotate(f"curve {name}", (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        ax.set_xlabel("z1")
-        ax.set_ylabel("z2")
+        of = f" (of {k})" if k > 2 else ""
+        ax.set_xlabel(f"z1{of}")
+        ax.set_ylabel(f"z2{of}")
         if "grid_log_posterior" not in arrays:  # else the grid's square sets the axes
             ax.set_aspect("equal", adjustable="datalim")
-    else:  # one coordinate: its trace
-        ax.plot(np.arange(1, len(z) + 1), z[:, 0], marker="o", ms=3, color=BMA_COLOR)
+    else:  # one coordinate: each chain's trace
+        for c, zc in paths.items():
+            steps = np.arange(len(zc)) + (1 - len(first))  # step 0 is the start
+            ax.plot(steps, zc[:, 0], marker="o", ms=3, lw=1, color=f"C{c % 10}", label=f"chain {c + 1}")
         ax.axhline(0.0, color=SHIFT_COLOR, lw=1, ls="--", label="centre")
-        ax.set_xlabel("sample")
+        ax.set_xlabel("step of the chain (after burn-in)" if summary.get("burn_in") else "step of the chain")
         ax.set_ylabel("z1")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)

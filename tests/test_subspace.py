@@ -5,6 +5,7 @@ against a sequential evaluation, resume, the command line and bad input."""
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,24 @@ def test_the_curve_plane_passes_through_the_curves_points(runs):
         plane_of_points(w[0], (w[0] + w[2]) / 2, w[2])
 
 
+def test_curve_chains_start_at_the_curves_end(runs, digits, monkeypatch):
+    sub = curve_subspace(runs / "curve" / "model.pt")
+    original, asked = subspace_module.evaluate_points, []
+
+    def recording(model, anchors, coefficients, *args, **kwargs):
+        asked.append(np.asarray(coefficients))
+        return original(model, anchors, coefficients, *args, **kwargs)
+
+    monkeypatch.setattr(subspace_module, "evaluate_points", recording)
+    res = sample_subspace(sub, samples=1, data=digits, seed=0)
+    t1 = np.asarray(sub.landmarks["t=1"])
+    # first the centre (its row of the table) and the start, as the reference's theta = coords[t=1]
+    assert asked[0] == pytest.approx(np.array([[1.0, 0.0, 0.0], [1.0, *t1]]))
+    assert res.summary["start"] == pytest.approx(t1.tolist())
+    # the first proposal lies on the ellipse through the start: start cos(phi) + nu sin(phi)
+    assert np.linalg.norm(asked[1][0, 1:]) > 0 and not np.allclose(asked[1][0, 1:], t1)
+
+
 def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tmp_path, runs, digits):
     sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
     res = sample_subspace(sub, tmp_path / "s", samples=5, chains=2, temperature=2.0, prior_scale=3.0, seed=1,
@@ -221,6 +240,7 @@ def test_an_interrupted_run_resumes_to_the_same_samples(tmp_path, runs, digits, 
     with pytest.raises(Stop):
         sample_subspace(sub, tmp_path / "cut", **kw)
     assert state.exists() and not grid_state.exists()
+    shutil.copytree(tmp_path / "cut", tmp_path / "torn")
     with pytest.raises(UserError, match="pass --resume to continue it"):
         sample_subspace(sub, tmp_path / "cut", **kw)
     with pytest.raises(UserError, match="with other inputs or settings"):
@@ -233,11 +253,25 @@ def test_an_interrupted_run_resumes_to_the_same_samples(tmp_path, runs, digits, 
     for key in whole:
         assert np.array_equal(resumed[key], whole[key]), key
     assert not state.exists() and not grid_state.exists()
+    # a saved state that lacks a field is refused in one line, not a KeyError
+    with np.load(tmp_path / "torn" / "sweep.partial.npz") as saved:
+        kept = {name: saved[name] for name in saved.files if name != "current"}
+    np.savez(tmp_path / "torn" / "sweep.partial.npz", **kept)
+    with pytest.raises(UserError, match="the sampler's saved state is incomplete; delete it to start again"):
+        sample_subspace(sub, tmp_path / "torn", **kw, resume=True)
     # a finished run is returned by --resume, and refused without it
     again = sample_subspace(sub, tmp_path / "cut", **kw, resume=True).arrays
     assert np.array_equal(again["z"], whole["z"])
     with pytest.raises(UserError, match="already holds a finished result"):
         sample_subspace(sub, tmp_path / "cut", **kw)
+
+
+def test_the_python_api_refuses_torchrun_too(runs, digits, monkeypatch, tmp_path):
+    sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="subspace sampling runs in one process"):
+        sample_subspace(sub, tmp_path / "x", samples=2, data=digits)
+    assert not (tmp_path / "x").exists()
 
 
 def run_cli(*argv) -> subprocess.CompletedProcess:
@@ -278,6 +312,9 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs):
             (["--ckpt", swag, "--chains", 0], "--chains must be a whole number of at least 1, got 0"),
             (["--ckpt", swag, "--burn-in", -1], "--burn-in must be a whole number of at least 0, got -1"),
             (["--ckpt", swag, "--grid", 1], "--grid must be 0 (none) or a whole number of at least 2, got 1"),
+            (["--ckpt", swag, "--rank", 0], "--rank must be a whole number of at least 1, got 0"),
+            (["--ckpt", swag, "--seed", -1], "--seed must be a whole number from 0 to 2^63 - 1, got -1"),
+            (["--ckpt", curve, "--seed", 2 ** 64], f"--seed must be a whole number from 0 to 2^63 - 1, got {2 ** 64}"),
             (["--ckpt", swag, "--rank", 1, "--grid", 5], "--grid draws the first two coordinates; this subspace has 1")):
         bad = run_cli("subspace", *argv, "--out", tmp_path / "x")
         assert bad.returncode == 2 and bad.stderr.strip() == f"landscape: error: {said}", bad.stderr
