@@ -591,13 +591,16 @@ def cmd_subspace(args: argparse.Namespace) -> int:
         space = swag_subspace(args.ckpt, basis, 2 if args.rank is None else args.rank, args.seed, device, args.model)
     kwargs = _stored_eval_kwargs(args)
     kwargs.pop("device"), kwargs.pop("model")
-    result = sample_subspace(space, args.out, samples=args.samples, chains=args.chains, burn_in=args.burn_in,
-                             grid=args.grid, temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
+    result = sample_subspace(space, args.out, samples=args.samples, method=args.method, chains=args.chains,
+                             burn_in=args.burn_in, vi_epochs=args.vi_epochs, vi_lr=args.vi_lr,
+                             vi_batch_size=args.vi_batch_size, vi_init_std=args.vi_init_std, grid=args.grid,
+                             temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
     figures = draw_subspace_figure(args.out, tuple(args.format))
     s = result.summary
+    how = (f"VI, sigma {', '.join(f'{v:.3g}' for v in s['vi']['sigma'])}" if s.get("method") == "vi" else
+           f"ESS, {s['evaluations_per_sample']:.1f} evaluations per sample")
     _print_model_average(s, "centre", s["shift"], f"{s['basis']} subspace, rank {s['rank']}: {s['bma']['members']} "
-                         f"samples, T {s['temperature']:g}, {s['evaluations_per_sample']:.1f} evaluations per sample",
-                         figures)
+                         f"samples, T {s['temperature']:g}, {how}", figures)
     return 0
 
 
@@ -1009,10 +1012,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): pca for swag.pt, curve for a curve")
     p.add_argument("--rank", type=int, default=None, help="dimension of a pca or random subspace (default 2)")
     p.add_argument("--samples", type=int, default=30, help="posterior samples averaged (default 30)")
+    p.add_argument("--method", default="ess", choices=["ess", "vi"],
+                   help="ess (default): elliptical slice sampling; vi: fit q(z) = N(mu, diag sigma^2) by SGD on the "
+                        "ELBO, then sample it")
     p.add_argument("--chains", type=int, default=1,
                    help="chains, their proposals evaluated together (default 1, as the paper)")
     p.add_argument("--burn-in", type=int, default=0, metavar="B",
                    help="steps of every chain discarded before samples are kept (default 0, as the paper)")
+    p.add_argument("--vi-epochs", type=int, default=50, help="vi: epochs of the fit (default 50)")
+    p.add_argument("--vi-lr", type=float, default=0.1, help="vi: SGD rate, momentum 0.9 (default 0.1)")
+    p.add_argument("--vi-batch-size", type=int, default=128, help="vi: training batch (default 128)")
+    p.add_argument("--vi-init-std", type=float, default=1.0, help="vi: sigma's starting value (default 1)")
     p.add_argument("--grid", type=int, default=0, metavar="G",
                    help="also evaluate the log-posterior on a G x G grid over z_1, z_2 for the figure (default 0: none)")
     p.add_argument("--temperature", type=float, default=1.0, help="posterior temperature T (default 1)")

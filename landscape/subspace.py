@@ -6,8 +6,10 @@ weights,
     log p(z | D) = -(N / T) x train NLL(w(z)) - |z|² / (2σ²) + const,
 
 N the training-set size, T the temperature. The posterior over z is sampled
-by elliptical slice sampling (Murray, Adams & MacKay 2010), and the model
-average averages the test-set probabilities of the samples.
+by elliptical slice sampling (Murray, Adams & MacKay 2010), or approximated
+by variational inference (``method="vi"``: q(z) = N(μ, diag σ²) fitted by
+SGD on the minibatch ELBO, the reference's VIModel), and the model average
+averages the test-set probabilities of the samples.
 
 Subspaces (rows of P):
 
@@ -32,6 +34,7 @@ after every round, so ``resume`` continues an interrupted run exactly.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -42,7 +45,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from .checkpoint import write_json, write_npz
 from .data import Dataset
@@ -53,10 +58,12 @@ from .metrics import running_ensemble
 from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep
 from .swag import SwagPosterior, load_swag
 
-__all__ = ["BASES", "Subspace", "SubspaceResult", "pca_basis", "random_basis", "plane_of_points", "swag_subspace",
-           "elliptical_slice_round", "sample_subspace"]
+__all__ = ["BASES", "METHODS", "Subspace", "SubspaceResult", "pca_basis", "random_basis", "plane_of_points",
+           "swag_subspace", "elliptical_slice_round", "gaussian_kl", "sample_subspace"]
 
 BASES = ("pca", "random", "curve")
+METHODS = ("ess", "vi")
+POINTS_STORE = "points.partial.npz"  # the VI samples' evaluation sweep
 GRID_STORE = "grid.partial.npz"  # the grid sweep's partial store, beside the sampler's (sweep.partial.npz)
 
 
@@ -239,6 +246,114 @@ def elliptical_slice_round(z: np.ndarray, loglik: np.ndarray, loglik_fn: LogLik,
     return new_z, new_ll, evals, extras
 
 
+# ---------------------------------------------------------------- variational inference
+
+
+def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_scale: float) -> torch.Tensor:
+    """KL(N(mu, diag sigma²) || N(0, prior_scale² I)), summed over the coordinates."""
+    return (math.log(prior_scale) - torch.log(sigma) + (sigma ** 2 + mu ** 2) / (2 * prior_scale ** 2) - 0.5).sum()
+
+
+VI_EPS = 1e-6  # sigma = softplus(rho) + VI_EPS, as the reference
+
+
+def vi_sigma(rho: torch.Tensor) -> torch.Tensor:
+    return F.softplus(rho) + VI_EPS
+
+
+def vi_seeds(seed: int, epoch: int) -> tuple[int, int]:
+    """The seeds of an epoch's batch order (on the data's device) and of its z noise (on the CPU)."""
+    base = (seed * 1_000_003 + epoch * 7_919) % 2 ** 62
+    return base, base + 1
+
+
+def _fit_vi(subspace: Subspace, net: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_size: int,
+            init_std: float, temperature: float, prior_scale: float, seed: int, store: Path | None, key: str,
+            progress: bool) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Fit q(z) = N(mu, diag sigma²) by SGD (momentum 0.9) on the minibatch
+    objective mean NLL + T KL(q || prior) / N, one reparametrised z = mu +
+    sigma eps per batch, the network in train mode (batch statistics), as the
+    reference. mu starts at the subspace's start, sigma at ``init_std``.
+    The state is saved after every epoch to ``store``; a store holding the
+    state of the same request (``key``) is continued. Returns mu, sigma
+    (float64, CPU) and the per-epoch records."""
+    k, n, device = subspace.dim, len(data.y_train), data.device
+    mu = torch.tensor(subspace.start_point(), dtype=torch.float64, requires_grad=True)
+    rho = torch.full((k,), math.log(math.expm1(init_std)), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([mu, rho], lr=lr, momentum=0.9)
+    records: list[dict[str, Any]] = []
+    if store is not None and store.exists():
+        state = _load_vi_state(store, key)
+        with torch.no_grad():
+            mu.copy_(torch.as_tensor(state["mu"])), rho.copy_(torch.as_tensor(state["rho"]))
+        for p, name in ((mu, "buf_mu"), (rho, "buf_rho")):
+            if name in state:
+                optimizer.state[p]["momentum_buffer"] = torch.as_tensor(state[name]).clone()
+        records = json.loads(str(state["records"]))
+    shift, basis = subspace.shift.double(), subspace.basis.double()
+    space_net = copy.deepcopy(net).to(device).train()
+    from .weights import ParamSpace
+
+    space = ParamSpace.of(space_net)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=epochs, initial=len(records), disable=not progress, desc="VI epochs", unit="epoch",
+               leave=False, dynamic_ncols=True)
+    try:
+        for epoch in range(len(records), epochs):
+            data_seed, noise_seed = vi_seeds(seed, epoch)
+            order = torch.Generator(device=device).manual_seed(data_seed)
+            noise = torch.Generator().manual_seed(noise_seed)
+            sums = np.zeros(4)  # loss, nll, kl (each x samples), samples
+            for x, y in data.train_batches(batch_size, order):
+                eps = torch.randn(k, generator=noise, dtype=torch.float64)
+                sigma = vi_sigma(rho)
+                z = mu + sigma * eps
+                w = (shift + z.to(device) @ basis).float()
+                logits = functional_call(space_net, space.unflatten(w), (x,))
+                nll = F.cross_entropy(logits.float(), y)
+                kl = gaussian_kl(mu, sigma, prior_scale)
+                loss = nll + temperature * kl / n
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums += [loss.item() * len(y), nll.item() * len(y), kl.item() * len(y), len(y)]
+            with torch.no_grad():
+                record = {"epoch": epoch + 1, "loss": sums[0] / sums[3], "nll": sums[1] / sums[3],
+                          "kl": sums[2] / sums[3], "mu": mu.tolist(), "sigma": vi_sigma(rho).tolist()}
+            if not all(np.isfinite([record["loss"], *record["mu"], *record["sigma"]])):
+                raise UserError(f"variational inference diverged in epoch {epoch + 1} (loss {record['loss']}); "
+                                f"lower --vi-lr ({lr:g}); nothing was kept")
+            records.append(record)
+            if store is not None:
+                write_npz(store, {"key": np.array(key), "mu": mu.detach().numpy(), "rho": rho.detach().numpy(),
+                                  "records": np.array(json.dumps(records)),
+                                  **{name: optimizer.state[p]["momentum_buffer"].numpy()
+                                     for p, name in ((mu, "buf_mu"), (rho, "buf_rho"))
+                                     if "momentum_buffer" in optimizer.state[p]}})
+            bar.update(1)
+    finally:
+        bar.close()
+    return mu.detach().clone(), vi_sigma(rho).detach().clone(), records
+
+
+def _load_vi_state(path: Path, key: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            state = {name: f[name] for name in f.files}
+        stored = str(state["key"])
+        json.loads(str(state["records"]))
+    except Exception as exc:
+        raise UserError(f"{path}: cannot read the variational fit's saved state ({type(exc).__name__}); "
+                        f"delete it to start again") from None
+    if stored != key:
+        raise UserError(f"{path.parent} holds an unfinished subspace run with other inputs or settings; "
+                        f"choose another --out")
+    if "mu" not in state or "rho" not in state:
+        raise UserError(f"{path}: the variational fit's saved state is incomplete; delete it to start again")
+    return state
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -277,8 +392,13 @@ def sample_subspace(
     out: str | Path | None = None,
     *,
     samples: int = 30,
+    method: str = "ess",
     chains: int = 1,
     burn_in: int = 0,
+    vi_epochs: int = 50,
+    vi_lr: float = 0.1,
+    vi_batch_size: int = 128,
+    vi_init_std: float = 1.0,
     grid: int = 0,
     temperature: float = 1.0,
     prior_scale: float = 1.0,
@@ -296,13 +416,18 @@ def sample_subspace(
     **data_overrides: Any,
 ) -> SubspaceResult:
     """Sample the posterior over the subspace's coordinates by elliptical slice
-    sampling and average the samples' predictions.
+    sampling (``method="ess"``) or from a variational fit (``"vi"``), and
+    average the samples' predictions.
 
-    ``chains`` chains start at ``subspace.start`` (z = 0, the shift, unless
+    ESS: ``chains`` chains start at ``subspace.start`` (z = 0, the shift, unless
     it says otherwise: a curve's at its end t = 1) and take one step each per
     round, their proposals evaluated together; the first ``burn_in`` steps of
     every chain are discarded, then steps are kept until ``samples`` samples
-    are drawn (rounds x chains, the last round's chains cut to fit). With
+    are drawn (rounds x chains, the last round's chains cut to fit). VI:
+    q(z) = N(mu, diag sigma²) fitted for ``vi_epochs`` epochs (SGD, rate
+    ``vi_lr``, momentum 0.9, batches of ``vi_batch_size``, sigma starting at
+    ``vi_init_std``; see :func:`_fit_vi`), then ``samples`` independent
+    draws from it, evaluated as one sweep. With
     ``grid`` G >= 2 the log-posterior is also evaluated on a G x G grid over
     the first two coordinates (the others 0), a square around the samples,
     the landmarks and the prior's standard deviation. Returns, and
@@ -312,6 +437,18 @@ def sample_subspace(
     after 1..S samples. ``wd`` (in train_loss only: the prior is on z) and
     the data default to the checkpoint's run."""
     amp = precision_amp(precision)
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method == "vi" and (chains != 1 or burn_in != 0):
+        raise UserError("--chains and --burn-in are elliptical slice sampling's (--method ess); VI draws "
+                        "independent samples")
+    for flag, value in (("--vi-epochs", vi_epochs), ("--vi-batch-size", vi_batch_size)):
+        if isinstance(value, bool) or int(value) != value or value < (2 if flag == "--vi-batch-size" else 1):
+            raise UserError(f"{flag} must be a whole number of at least {2 if flag == '--vi-batch-size' else 1}, "
+                            f"got {value}")
+    for flag, value in (("--vi-lr", vi_lr), ("--vi-init-std", vi_init_std)):
+        if not (np.isfinite(value) and value > 0):
+            raise UserError(f"{flag} must be a finite number > 0, got {value}")
     for flag, value in (("--samples", samples), ("--chains", chains)):
         if isinstance(value, bool) or int(value) != value or value < 1:
             raise UserError(f"{flag} must be a whole number of at least 1, got {value}")
@@ -332,10 +469,12 @@ def sample_subspace(
     net = subspace.model.to(device)
     data, wd = stored_data(subspace.meta, subspace.spec, subspace.source or "the subspace", data_overrides, device,
                            data, wd)
-    settings = {"kind": f"subspace-{subspace.kind}", "samples": samples, "chains": chains, "burn_in": burn_in, "grid": grid,
-                "start": [float(x) for x in subspace.start_point()], "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd,
-                "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
-                "dataset": data.describe()}
+    settings = {"kind": f"subspace-{subspace.kind}", "method": method, "samples": samples, "grid": grid,
+                "start": [float(x) for x in subspace.start_point()], "temperature": temperature,
+                "prior_scale": prior_scale, "seed": seed, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
+                "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}
+    settings.update({"chains": chains, "burn_in": burn_in} if method == "ess" else {
+        "vi_epochs": vi_epochs, "vi_lr": vi_lr, "vi_batch_size": vi_batch_size, "vi_init_std": vi_init_std})
     request = request_key([subspace.shift, subspace.basis], settings)
     finished = begin_result(out_path, "subspace.npz", resume, "subspace", request)
     if finished is not None:
@@ -366,66 +505,98 @@ def sample_subspace(
         return -0.5 * (z * z).sum(-1) / prior_scale ** 2
 
     k = subspace.dim
-    if store is not None and store.exists():
-        if not resume:
-            raise UserError(f"{out_path} holds an unfinished subspace run; pass --resume to continue it, "
-                            f"or choose another --out")
-        state = _load_state(store, key)
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state.pop("rng")
-        current, current_ll = state.pop("current"), state.pop("current_ll")
-        burned = int(state.pop("burned"))
-        shift_res = {m: state.pop(f"shift_{m}") for m in (*METRICS, "probs")}
-        kept = {name: list(state[name]) for name in _PER_SAMPLE}
-        print(f"{out_path}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
+
+    def write_config() -> None:  # once the saved state, if any, is known to be this run's
+        if out_path is not None:
+            config = dict(settings, command="subspace", argv=list(argv) if argv is not None else None,
+                          checkpoint=str(subspace.source) if subspace.source else None, basis=subspace.kind,
+                          rank=k, device=str(device), bn_stats=bn_stats)
+            write_json(out_path / "config.json", config)
+
+    vi_summary: dict[str, Any] = {}
+    vi_arrays: dict[str, np.ndarray] = {}
+    if method == "ess":
+        if store is not None and store.exists():
+            state = _load_state(store, key)
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state.pop("rng")
+            current, current_ll = state.pop("current"), state.pop("current_ll")
+            burned = int(state.pop("burned"))
+            shift_res = {m: state.pop(f"shift_{m}") for m in (*METRICS, "probs")}
+            kept = {name: list(state[name]) for name in _PER_SAMPLE}
+            print(f"{out_path}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
+        else:
+            rng = np.random.default_rng(seed)
+            start = subspace.start_point()
+            ll0, first = loglik_fn(np.stack([np.zeros(k), start]))  # the centre, for the table; where chains start
+            if not np.isfinite(ll0[1]):
+                raise UserError(f"{subspace.source or 'the subspace'}: the train NLL where the chains start is not "
+                                f"finite ({first['train_nll'][1]}); nothing to sample around")
+            shift_res = {m: v[0] for m, v in first.items()}
+            current, current_ll = np.tile(start, (chains, 1)), np.full(chains, ll0[1])
+            kept = {name: [] for name in _PER_SAMPLE}
+            burned = 0
+            if store is not None:
+                _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
+        write_config()
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=samples, initial=len(kept["z"]), disable=not progress, desc="samples", unit="sample",
+                   leave=False, dynamic_ncols=True)
+        try:
+            while burned < burn_in:  # every chain's first steps, discarded
+                current, current_ll, _, _ = elliptical_slice_round(current, current_ll, loglik_fn, rng, prior_scale)
+                burned += 1
+                if store is not None:
+                    _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
+            while len(kept["z"]) < samples:
+                active = min(chains, samples - len(kept["z"]))
+                z, ll, evals, extra = elliptical_slice_round(current[:active], current_ll[:active], loglik_fn, rng,
+                                                             prior_scale)
+                for c in range(active):
+                    values = {m: extra[m][c] for m in (*METRICS, "probs")}
+                    kept["z"].append(z[c])
+                    kept["chain"].append(c)
+                    kept["log_likelihood"].append(ll[c])
+                    kept["log_posterior"].append(ll[c] + log_prior(z[c]))
+                    kept["evaluations"].append(evals[c])
+                    for m, v in values.items():
+                        kept[m].append(v)
+                current[:active], current_ll[:active] = z, ll
+                if store is not None:
+                    _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
+                bar.update(active)
+        finally:
+            bar.close()
+
     else:
-        rng = np.random.default_rng(seed)
-        start = subspace.start_point()
-        ll0, first = loglik_fn(np.stack([np.zeros(k), start]))  # the centre, for the table; where chains start
-        if not np.isfinite(ll0[1]):
-            raise UserError(f"{subspace.source or 'the subspace'}: the train NLL where the chains start is not "
-                            f"finite ({first['train_nll'][1]}); nothing to sample around")
-        shift_res = {m: v[0] for m, v in first.items()}
-        current, current_ll = np.tile(start, (chains, 1)), np.full(chains, ll0[1])
-        kept = {name: [] for name in _PER_SAMPLE}
-        burned = 0
-        if store is not None:
-            _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
-    if out_path is not None:
-        config = dict(settings, command="subspace", argv=list(argv) if argv is not None else None,
-                      checkpoint=str(subspace.source) if subspace.source else None, basis=subspace.kind, rank=k,
-                      device=str(device), bn_stats=bn_stats)
-        write_json(out_path / "config.json", config)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=samples, initial=len(kept["z"]), disable=not progress, desc="samples", unit="sample",
-               leave=False, dynamic_ncols=True)
-    try:
-        while burned < burn_in:  # every chain's first steps, discarded
-            current, current_ll, _, _ = elliptical_slice_round(current, current_ll, loglik_fn, rng, prior_scale)
-            burned += 1
-            if store is not None:
-                _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
-        while len(kept["z"]) < samples:
-            active = min(chains, samples - len(kept["z"]))
-            z, ll, evals, extra = elliptical_slice_round(current[:active], current_ll[:active], loglik_fn, rng,
-                                                         prior_scale)
-            for c in range(active):
-                values = {m: extra[m][c] for m in (*METRICS, "probs")}
-                kept["z"].append(z[c])
-                kept["chain"].append(c)
-                kept["log_likelihood"].append(ll[c])
-                kept["log_posterior"].append(ll[c] + log_prior(z[c]))
-                kept["evaluations"].append(evals[c])
-                for m, v in values.items():
-                    kept[m].append(v)
-            current[:active], current_ll[:active] = z, ll
-            if store is not None:
-                _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
-            bar.update(active)
-    finally:
-        bar.close()
+        if store is not None and store.exists():  # a stopped run: its state must be this run's
+            _load_vi_state(store, key)
+        write_config()
+        mu, sigma, records = _fit_vi(subspace, net, data, epochs=vi_epochs, lr=vi_lr, batch_size=vi_batch_size,
+                                     init_std=vi_init_std, temperature=temperature, prior_scale=prior_scale,
+                                     seed=seed, store=store, key=key, progress=progress)
+        eps = np.random.default_rng(seed).standard_normal((samples, k))
+        z = mu.numpy() + sigma.numpy() * eps
+        points = np.concatenate([np.zeros((1, k)), z])  # the centre (the table's row), then the samples
+        res = run_sweep(net, anchors, coefficients(points), data,
+                        store=out_path / POINTS_STORE if out_path is not None else None, resume=resume,
+                        settings={"kind": "subspace-vi-samples", "dataset": data.describe()}, wd=wd,
+                        batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
+                        points_per_pass=points_per_pass, amp=amp, progress=progress, return_probs=True)
+        shift_res = {m: v[0] for m, v in res.items()}
+        ll = -n_train * res["train_nll"][1:] / temperature
+        kept = {"z": list(z), "chain": [0] * samples, "log_likelihood": list(ll),
+                "log_posterior": list(ll + log_prior(z)), "evaluations": [1] * samples,
+                **{m: list(res[m][1:]) for m in (*METRICS, "probs")}}
+        vi_summary = {"mu": mu.tolist(), "sigma": sigma.tolist(), "epochs": vi_epochs, "lr": vi_lr,
+                      "batch_size": vi_batch_size, "init_std": vi_init_std, "final": {
+                          key_: records[-1][key_] for key_ in ("loss", "nll", "kl")}}
+        vi_arrays = {"vi_mu": np.asarray(mu.numpy()), "vi_sigma": np.asarray(sigma.numpy()),
+                     **{f"vi_{key_}": np.array([r[key_] for r in records]) for key_ in ("loss", "nll", "kl")},
+                     "vi_mu_path": np.array([r["mu"] for r in records]),
+                     "vi_sigma_path": np.array([r["sigma"] for r in records])}
 
     grid_arrays: dict[str, np.ndarray] = {}
     if grid:
@@ -458,6 +629,7 @@ def sample_subspace(
     arrays.update({f"sample_{m}": np.asarray(kept[m], dtype=np.float64) for m in METRICS})
     arrays.update({f"shift_{m}": np.asarray(shift_res[m], dtype=np.float64) for m in METRICS})
     arrays.update(grid_arrays)
+    arrays.update(vi_arrays)
     for name, coords in subspace.landmarks.items():
         arrays[f"landmark_{name}"] = np.asarray(coords, dtype=np.float64)
     z = arrays["z"]
@@ -470,7 +642,8 @@ def sample_subspace(
         "z_mean": [float(x) for x in z.mean(0)], "z_std": [float(x) for x in z.std(0)],
         "evaluations_per_sample": float(arrays["evaluations"].mean()),
         "basis_norms": [float(x) for x in subspace.basis.double().norm(dim=1)],
-        "landmarks": subspace.landmarks, "start": [float(x) for x in subspace.start_point()],
+        "landmarks": subspace.landmarks, "start": [float(x) for x in subspace.start_point()], "method": method,
+        **({"vi": vi_summary} if vi_summary else {}),
         "eval_split": data.eval_split, "synthetic": data.synthetic, "dataset": data.describe(),
         "checkpoint": str(subspace.source) if subspace.source else None, "bn_stats": bn_stats,
         "notes": "w(z) = shift + basis^T z; prior z ~ N(0, prior_scale^2 I); log-likelihood = -N x train NLL / "
@@ -480,7 +653,8 @@ def sample_subspace(
     }
     finish_result(out_path, "subspace.npz", arrays, summary, request)
     if out_path is not None:
-        (out_path / GRID_STORE).unlink(missing_ok=True)
+        for partial in (GRID_STORE, POINTS_STORE):
+            (out_path / partial).unlink(missing_ok=True)
     return SubspaceResult(summary=summary, arrays=arrays, out=out_path)
 
 

@@ -24,6 +24,7 @@ BMA_COLOR = "#1f77b4"
 SHIFT_COLOR = "#d62728"
 SAMPLE_COLOR = "#7f7f7f"
 PRIOR_COLOR = "#9467bd"
+VI_COLOR = "#ff7f0e"
 
 
 def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -50,8 +51,15 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         for r, ls in ((1, "-"), (2, "--")):
             ax.plot(r * prior * np.cos(angle), r * prior * np.sin(angle), color=PRIOR_COLOR, lw=1, ls=ls, alpha=0.6,
                     label=f"prior {r} sd")
+        vi = summary.get("method") == "vi"
+        if vi:  # independent draws from q = N(mu, diag sigma^2): its 1 and 2 sd ellipses
+            mu, sd = np.asarray(summary["vi"]["mu"]), np.asarray(summary["vi"]["sigma"])
+            for r, ls in ((1, "-"), (2, "--")):
+                ax.plot(mu[0] + r * sd[0] * np.cos(angle), mu[1] + r * sd[1] * np.sin(angle), color=VI_COLOR, lw=1.2,
+                        ls=ls, label=f"q {r} sd")
         for c, zc in paths.items():
-            ax.plot(zc[:, 0], zc[:, 1], lw=0.6, alpha=0.5, color=f"C{c % 10}")
+            if not vi:  # a chain's steps in order
+                ax.plot(zc[:, 0], zc[:, 1], lw=0.6, alpha=0.5, color=f"C{c % 10}")
             ax.scatter(z[chain == c, 0], z[chain == c, 1], s=14, color=f"C{c % 10}", zorder=3,
                        label="samples" if c == 0 else None)
         ax.scatter([0], [0], marker="x", s=60, color=SHIFT_COLOR, zorder=4, label="centre")
@@ -64,6 +72,11 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         ax.set_ylabel(f"z2{of}")
         if "grid_log_posterior" not in arrays:  # else the grid's square sets the axes
             ax.set_aspect("equal", adjustable="datalim")
+    elif summary.get("method") == "vi":  # one coordinate, independent draws: their histogram
+        ax.hist(z[:, 0], bins=max(5, len(z) // 3), color=BMA_COLOR, alpha=0.7, label="samples")
+        ax.axvline(float(summary["vi"]["mu"][0]), color=VI_COLOR, lw=1.5, label="q's mean")
+        ax.set_xlabel("z1")
+        ax.set_ylabel("samples")
     else:  # one coordinate: each chain's trace
         for c, zc in paths.items():
             steps = np.arange(len(zc)) + (1 - len(first))  # step 0 is the start
@@ -90,7 +103,9 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     ax.grid(alpha=0.3)
     ax.legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
     bma = summary["bma"]
-    fig.suptitle(f"{summary.get('basis')} subspace, rank {summary.get('rank')}, T = {summary.get('temperature'):g}: "
+    method = "VI" if summary.get("method") == "vi" else "ESS"
+    fig.suptitle(f"{summary.get('basis')} subspace, rank {summary.get('rank')}, {method}, "
+                 f"T = {summary.get('temperature'):g}: "
                  f"{bma['members']} samples, {split} NLL {bma['test_nll']:.4f}, error {bma['test_error']:.2f}%"
                  + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=10)
     return save_figure(fig, result_dir / "subspace", formats)

@@ -3,6 +3,7 @@ Gaussian posterior, the PCA basis against numpy's SVD, the curve plane
 through the curve's points by hand, every likelihood and the model average
 against a sequential evaluation, resume, the command line and bad input."""
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -21,10 +22,11 @@ from landscape.data import load_dataset
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points_sequential
 from landscape.metrics import ensemble_metrics
-from landscape.subspace import (elliptical_slice_round, pca_basis, plane_of_points, random_basis, sample_subspace,
-                                swag_subspace)
+from landscape.subspace import (elliptical_slice_round, gaussian_kl, pca_basis, plane_of_points, random_basis,
+                                sample_subspace, swag_subspace)
 from landscape.swag import SwagPosterior
 from landscape.train import train
+from landscape.weights import ParamSpace
 
 LANDSCAPE = Path(sys.executable).with_name("landscape")
 SMALL = {"width": 4}
@@ -274,6 +276,89 @@ def test_the_python_api_refuses_torchrun_too(runs, digits, monkeypatch, tmp_path
     assert not (tmp_path / "x").exists()
 
 
+def test_gaussian_kl_is_torchs():
+    mu, sigma = torch.tensor([0.3, -1.2, 0.0], dtype=torch.float64), torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    want = torch.distributions.kl_divergence(torch.distributions.Normal(mu, sigma),
+                                             torch.distributions.Normal(0.0, 1.5)).sum()
+    assert float(gaussian_kl(mu, sigma, 1.5)) == pytest.approx(float(want), rel=1e-12)
+
+
+def vi_subspace(runs):
+    """A random plane of long directions around the SWA mean, the fit starting off its centre: a loss
+    with gradients in both mu and sigma."""
+    sub = swag_subspace(runs / "swa" / "swag.pt", "random", 2, seed=3)
+    sub.basis = random_basis(sub.shift.numel(), 2, 1.0, seed=3)
+    sub.start = [0.5, -0.3]
+    return sub
+
+
+def test_one_vi_step_follows_the_elbos_gradient_by_finite_differences(runs, digits):
+    sub = vi_subspace(runs)
+    n, lr, temperature, prior, init = len(digits.y_train), 0.05, 20.0, 0.7, 0.4
+    res = sample_subspace(sub, method="vi", vi_epochs=1, vi_batch_size=n, vi_lr=lr, vi_init_std=init, samples=2,
+                          temperature=temperature, prior_scale=prior, seed=5, data=digits)
+    eps = torch.randn(2, generator=torch.Generator().manual_seed(subspace_module.vi_seeds(5, 0)[1]),
+                      dtype=torch.float64).numpy()
+    net = copy.deepcopy(sub.model).train()
+    space = ParamSpace.of(net)
+
+    def objective(mu, rho):  # written out: the weights loaded into a copy, train mode, the whole set as one batch
+        sigma = np.log1p(np.exp(rho)) + 1e-6
+        w = sub.weights(mu + sigma * eps)
+        net.load_state_dict(space.unflatten(w), strict=False)
+        with torch.no_grad():
+            nll = torch.nn.functional.cross_entropy(net(digits.x_train), digits.y_train).double().item()
+        kl = np.sum(np.log(prior / sigma) + (sigma ** 2 + mu ** 2) / (2 * prior ** 2) - 0.5)
+        return nll + temperature * kl / n
+
+    mu0, rho0, h = np.array([0.5, -0.3]), np.full(2, np.log(np.expm1(init))), 1e-3
+    grad = {}
+    for name, base in (("mu", mu0), ("rho", rho0)):
+        g = np.zeros(2)
+        for i in range(2):
+            step = np.zeros(2)
+            step[i] = h
+            args_plus = (mu0 + step, rho0) if name == "mu" else (mu0, rho0 + step)
+            args_minus = (mu0 - step, rho0) if name == "mu" else (mu0, rho0 - step)
+            g[i] = (objective(*args_plus) - objective(*args_minus)) / (2 * h)
+        grad[name] = g
+    assert np.abs(grad["mu"]).min() > 1e-2 and np.abs(grad["rho"]).min() > 1e-3  # a real step to check
+    vi = res.summary["vi"]
+    assert vi["mu"] == pytest.approx(mu0 - lr * grad["mu"], abs=2e-5)
+    sigma1 = np.log1p(np.exp(rho0 - lr * grad["rho"])) + 1e-6
+    assert vi["sigma"] == pytest.approx(sigma1, abs=2e-5)
+    # the samples are mu + sigma eps, eps from the seed
+    want_z = np.asarray(vi["mu"]) + np.asarray(vi["sigma"]) * np.random.default_rng(5).standard_normal((2, 2))
+    assert res.arrays["z"] == pytest.approx(want_z, abs=1e-12)
+
+
+def test_an_interrupted_vi_fit_resumes_exactly(tmp_path, runs, digits, monkeypatch):
+    sub = vi_subspace(runs)
+    kw = dict(method="vi", vi_epochs=3, vi_lr=0.05, samples=3, data=digits, seed=2)
+    whole = sample_subspace(sub, tmp_path / "whole", **kw)
+    original = subspace_module.vi_seeds
+
+    class Stop(Exception):
+        pass
+
+    def stopping(seed, epoch):
+        if epoch == 2:
+            raise Stop
+        return original(seed, epoch)
+
+    monkeypatch.setattr(subspace_module, "vi_seeds", stopping)
+    with pytest.raises(Stop):
+        sample_subspace(sub, tmp_path / "cut", **kw)
+    monkeypatch.setattr(subspace_module, "vi_seeds", original)
+    with pytest.raises(UserError, match="with other inputs or settings"):
+        sample_subspace(sub, tmp_path / "cut", **dict(kw, vi_lr=0.06), resume=True)
+    resumed = sample_subspace(sub, tmp_path / "cut", **kw, resume=True)
+    assert resumed.summary["vi"]["mu"] == whole.summary["vi"]["mu"]
+    for key in whole.arrays:
+        assert np.array_equal(resumed.arrays[key], whole.arrays[key]), key
+    assert len(whole.arrays["vi_loss"]) == 3 and not (tmp_path / "cut" / "sweep.partial.npz").exists()
+
+
 def run_cli(*argv) -> subprocess.CompletedProcess:
     return subprocess.run([str(LANDSCAPE), *map(str, argv)], capture_output=True, text=True, timeout=240)
 
@@ -292,6 +377,9 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs):
     assert redrawn.returncode == 0 and (tmp_path / "p" / "subspace.png").exists(), redrawn.stderr
     done = run_cli("subspace", "--ckpt", curve, "--samples", 2, "--grid", 3, "--out", tmp_path / "c", "--quiet")
     assert done.returncode == 0 and "curve subspace, rank 2: 2 samples" in done.stdout, done.stderr
+    done = run_cli("subspace", "--ckpt", swag, "--method", "vi", "--vi-epochs", 2, "--samples", 2, "--out",
+                   tmp_path / "v", "--quiet")
+    assert done.returncode == 0 and "pca subspace, rank 2: 2 samples, T 1, VI, sigma" in done.stdout, done.stderr
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     assert config["command"] == "subspace" and config["basis"] == "curve" and config["grid"] == 3
     assert (tmp_path / "c" / "subspace.png").exists() and not (tmp_path / "c" / "grid.partial.npz").exists()
@@ -313,6 +401,10 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs):
             (["--ckpt", swag, "--burn-in", -1], "--burn-in must be a whole number of at least 0, got -1"),
             (["--ckpt", swag, "--grid", 1], "--grid must be 0 (none) or a whole number of at least 2, got 1"),
             (["--ckpt", swag, "--rank", 0], "--rank must be a whole number of at least 1, got 0"),
+            (["--ckpt", swag, "--method", "vi", "--chains", 2],
+             "--chains and --burn-in are elliptical slice sampling's (--method ess); VI draws independent samples"),
+            (["--ckpt", swag, "--method", "vi", "--vi-lr", 0], "--vi-lr must be a finite number > 0, got 0.0"),
+            (["--ckpt", swag, "--vi-batch-size", 1], "--vi-batch-size must be a whole number of at least 2, got 1"),
             (["--ckpt", swag, "--seed", -1], "--seed must be a whole number from 0 to 2^63 - 1, got -1"),
             (["--ckpt", curve, "--seed", 2 ** 64], f"--seed must be a whole number from 0 to 2^63 - 1, got {2 ** 64}"),
             (["--ckpt", swag, "--rank", 1, "--grid", 5], "--grid draws the first two coordinates; this subspace has 1")):
