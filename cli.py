@@ -819,10 +819,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          resume=again(out / "swag", "swag.npz")).summary
     figures += draw_swag_figure(out / "swag")
     step("subspace inference: 30 elliptical slice samples in SWAG's rank-2 PCA subspace and in the Bezier "
-         "curve's plane (with its log-posterior on a 15x15 grid)")
+         f"curve's plane (with its log-posterior on a {args.grid}x{args.grid} grid)")
     subspaces = {}
     for name, space, grid in (("pca", swag_subspace(out / "swa" / "swag.pt", "pca", 2, device=device), 0),
-                              ("curve", curve_subspace(out / "bezier" / "model.pt", device), 15)):
+                              ("curve", curve_subspace(out / "bezier" / "model.pt", device), args.grid)):
         folder = out / f"subspace-{name}"
         subspaces[name] = sample_subspace(space, folder, samples=30, grid=grid, data=data,
                                           resume=again(folder, "subspace.npz")).summary
@@ -1124,7 +1124,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "finished steps.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="folder of every run the demo makes")
     p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default 30)")
-    p.add_argument("--grid", type=int, default=17, help="plane grid points per axis (default 17)")
+    p.add_argument("--grid", type=int, default=17, help="grid points per axis of the plane and of the curve subspace's posterior (default 17)")
     p.add_argument("--points", type=int, default=61, help="points along each curve and line (default 61)")
     p.add_argument("--directions", type=int, default=6, help="random rays per centre in the width report (default 6)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

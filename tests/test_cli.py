@@ -423,7 +423,7 @@ def test_plot_of_an_unfinished_sweep_says_how_to_finish_it(tmp_path, capsys):
     (tmp_path / "sweep.partial.npz").unlink()
     code, _, err = run(capsys, "plot", tmp_path)
     assert code == 2 and _one_line_error(err).endswith("no stored results to draw (expected curve.npz, plane.npz, "
-                                                        "rays.npz, simplex.npz or swag.npz)")
+                                                        "rays.npz, simplex.npz, swag.npz or subspace.npz)")
 
 
 def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, endpoints):
