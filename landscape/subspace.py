@@ -323,7 +323,7 @@ def _fit_vi(subspace: Subspace, net: nn.Module, data: Dataset, *, epochs: int, l
                           "kl": sums[2] / sums[3], "mu": mu.tolist(), "sigma": vi_sigma(rho).tolist()}
             if not all(np.isfinite([record["loss"], *record["mu"], *record["sigma"]])):
                 raise UserError(f"variational inference diverged in epoch {epoch + 1} (loss {record['loss']}); "
-                                f"lower --vi-lr ({lr:g}); nothing was kept")
+                                f"start again with a lower --vi-lr than {lr:g} in another --out")
             records.append(record)
             if store is not None:
                 write_npz(store, {"key": np.array(key), "mu": mu.detach().numpy(), "rho": rho.detach().numpy(),
@@ -442,23 +442,16 @@ def sample_subspace(
     if method == "vi" and (chains != 1 or burn_in != 0):
         raise UserError("--chains and --burn-in are elliptical slice sampling's (--method ess); VI draws "
                         "independent samples")
-    for flag, value in (("--vi-epochs", vi_epochs), ("--vi-batch-size", vi_batch_size)):
-        if isinstance(value, bool) or int(value) != value or value < (2 if flag == "--vi-batch-size" else 1):
-            raise UserError(f"{flag} must be a whole number of at least {2 if flag == '--vi-batch-size' else 1}, "
-                            f"got {value}")
-    for flag, value in (("--vi-lr", vi_lr), ("--vi-init-std", vi_init_std)):
-        if not (np.isfinite(value) and value > 0):
-            raise UserError(f"{flag} must be a finite number > 0, got {value}")
-    for flag, value in (("--samples", samples), ("--chains", chains)):
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise UserError(f"{flag} must be a whole number of at least 1, got {value}")
-    if isinstance(burn_in, bool) or int(burn_in) != burn_in or burn_in < 0:
-        raise UserError(f"--burn-in must be a whole number of at least 0, got {burn_in}")
+    for flag, value, least in (("--samples", samples, 1), ("--chains", chains, 1), ("--burn-in", burn_in, 0),
+                               ("--vi-epochs", vi_epochs, 1), ("--vi-batch-size", vi_batch_size, 2)):
+        if isinstance(value, bool) or int(value) != value or value < least:
+            raise UserError(f"{flag} must be a whole number of at least {least}, got {value}")
     if isinstance(grid, bool) or int(grid) != grid or grid < 0 or grid == 1:
         raise UserError(f"--grid must be 0 (none) or a whole number of at least 2, got {grid}")
     if grid and subspace.dim < 2:
         raise UserError(f"--grid draws the first two coordinates; this subspace has {subspace.dim}")
-    for flag, value in (("--temperature", temperature), ("--prior-scale", prior_scale)):
+    for flag, value in (("--temperature", temperature), ("--prior-scale", prior_scale), ("--vi-lr", vi_lr),
+                        ("--vi-init-std", vi_init_std)):
         if not (np.isfinite(value) and value > 0):
             raise UserError(f"{flag} must be a finite number > 0, got {value}")
     check_seed(seed)

@@ -359,6 +359,13 @@ def test_an_interrupted_vi_fit_resumes_exactly(tmp_path, runs, digits, monkeypat
     assert len(whole.arrays["vi_loss"]) == 3 and not (tmp_path / "cut" / "sweep.partial.npz").exists()
 
 
+def test_a_diverging_vi_fit_is_refused_in_one_line(tmp_path, runs, digits):
+    sub = vi_subspace(runs)
+    with pytest.raises(UserError, match=r"variational inference diverged in epoch 1 \(loss nan\); start again with a "
+                                         r"lower --vi-lr than 1e\+09 in another --out"):
+        sample_subspace(sub, tmp_path / "d", method="vi", vi_epochs=2, vi_lr=1e9, samples=2, data=digits)
+
+
 def run_cli(*argv) -> subprocess.CompletedProcess:
     return subprocess.run([str(LANDSCAPE), *map(str, argv)], capture_output=True, text=True, timeout=240)
 
