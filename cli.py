@@ -591,10 +591,12 @@ def cmd_subspace(args: argparse.Namespace) -> int:
         space = swag_subspace(args.ckpt, basis, 2 if args.rank is None else args.rank, args.seed, device, args.model)
     kwargs = _stored_eval_kwargs(args)
     kwargs.pop("device"), kwargs.pop("model")
+    vi = {name: getattr(args, name) for name in ("vi_epochs", "vi_lr", "vi_batch_size", "vi_init_std")
+          if getattr(args, name) is not None}
+    if vi and args.method != "vi":
+        raise UserError(f"{', '.join('--' + name.replace('_', '-') for name in vi)}: for --method vi")
     result = sample_subspace(space, args.out, samples=args.samples, method=args.method, chains=args.chains,
-                             burn_in=args.burn_in, vi_epochs=args.vi_epochs, vi_lr=args.vi_lr,
-                             vi_batch_size=args.vi_batch_size, vi_init_std=args.vi_init_std, grid=args.grid,
-                             temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
+                             burn_in=args.burn_in, **vi, grid=args.grid, temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
     figures = draw_subspace_figure(args.out, tuple(args.format))
     s = result.summary
     how = (f"VI, sigma {', '.join(f'{v:.3g}' for v in s['vi']['sigma'])}" if s.get("method") == "vi" else
@@ -1019,10 +1021,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chains, their proposals evaluated together (default 1, as the paper)")
     p.add_argument("--burn-in", type=int, default=0, metavar="B",
                    help="steps of every chain discarded before samples are kept (default 0, as the paper)")
-    p.add_argument("--vi-epochs", type=int, default=50, help="vi: epochs of the fit (default 50)")
-    p.add_argument("--vi-lr", type=float, default=0.1, help="vi: SGD rate, momentum 0.9 (default 0.1)")
-    p.add_argument("--vi-batch-size", type=int, default=128, help="vi: training batch (default 128)")
-    p.add_argument("--vi-init-std", type=float, default=1.0, help="vi: sigma's starting value (default 1)")
+    p.add_argument("--vi-epochs", type=int, default=None, help="vi: epochs of the fit (default 50)")
+    p.add_argument("--vi-lr", type=float, default=None, help="vi: SGD rate, momentum 0.9 (default 0.1)")
+    p.add_argument("--vi-batch-size", type=int, default=None,
+                   help="vi: training batch of the fit, which runs in fp32 with batch statistics (default 128)")
+    p.add_argument("--vi-init-std", type=float, default=None, help="vi: sigma's starting value (default 1)")
     p.add_argument("--grid", type=int, default=0, metavar="G",
                    help="also evaluate the log-posterior on a G x G grid over z_1, z_2 for the figure (default 0: none)")
     p.add_argument("--temperature", type=float, default=1.0, help="posterior temperature T (default 1)")

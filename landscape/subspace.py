@@ -273,13 +273,15 @@ def _fit_vi(subspace: Subspace, net: nn.Module, data: Dataset, *, epochs: int, l
     """Fit q(z) = N(mu, diag sigma²) by SGD (momentum 0.9) on the minibatch
     objective mean NLL + T KL(q || prior) / N, one reparametrised z = mu +
     sigma eps per batch, the network in train mode (batch statistics), as the
-    reference. mu starts at the subspace's start, sigma at ``init_std``.
+    reference, in fp32 (``precision`` and the batch-norm options are the
+    evaluation's). mu starts at the subspace's start, sigma at ``init_std``.
     The state is saved after every epoch to ``store``; a store holding the
     state of the same request (``key``) is continued. Returns mu, sigma
     (float64, CPU) and the per-epoch records."""
     k, n, device = subspace.dim, len(data.y_train), data.device
     mu = torch.tensor(subspace.start_point(), dtype=torch.float64, requires_grad=True)
-    rho = torch.full((k,), math.log(math.expm1(init_std)), dtype=torch.float64, requires_grad=True)
+    # softplus⁻¹(init_std), written so that a large init_std does not overflow
+    rho = torch.full((k,), init_std + math.log(-math.expm1(-init_std)), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.SGD([mu, rho], lr=lr, momentum=0.9)
     records: list[dict[str, Any]] = []
     if store is not None and store.exists():
@@ -304,6 +306,7 @@ def _fit_vi(subspace: Subspace, net: nn.Module, data: Dataset, *, epochs: int, l
             data_seed, noise_seed = vi_seeds(seed, epoch)
             order = torch.Generator(device=device).manual_seed(data_seed)
             noise = torch.Generator().manual_seed(noise_seed)
+            torch.manual_seed(noise_seed + 1)  # dropout and any other global draw: an epoch resumes exactly
             sums = np.zeros(4)  # loss, nll, kl (each x samples), samples
             for x, y in data.train_batches(batch_size, order):
                 eps = torch.randn(k, generator=noise, dtype=torch.float64)
@@ -471,6 +474,9 @@ def sample_subspace(
     request = request_key([subspace.shift, subspace.basis], settings)
     finished = begin_result(out_path, "subspace.npz", resume, "subspace", request)
     if finished is not None:
+        if out_path is not None:  # left by a stop just after the result was written
+            for partial in (GRID_STORE, POINTS_STORE):
+                (out_path / partial).unlink(missing_ok=True)
         arrays, summary = finished
         return SubspaceResult(summary=summary, arrays=arrays, out=out_path)
 
@@ -640,9 +646,12 @@ def sample_subspace(
         "eval_split": data.eval_split, "synthetic": data.synthetic, "dataset": data.describe(),
         "checkpoint": str(subspace.source) if subspace.source else None, "bn_stats": bn_stats,
         "notes": "w(z) = shift + basis^T z; prior z ~ N(0, prior_scale^2 I); log-likelihood = -N x train NLL / "
-                 "temperature with batch norm re-estimated at every point; elliptical slice sampling, chains "
-                 "from start; bma = averaged predicted probabilities of the samples; train_loss = NLL + "
-                 "wd/2 ||w||^2; errors in percent",
+                 "temperature with batch norm re-estimated at every point; "
+                 + ("elliptical slice sampling, chains from start" if method == "ess" else
+                    "VI: q = N(mu, diag sigma^2) fitted by SGD on mean NLL + T KL / N (train-mode batch norm), "
+                    "independent draws from q")
+                 + "; bma = averaged predicted probabilities of the samples; train_loss = NLL + wd/2 ||w||^2; "
+                   "errors in percent",
     }
     finish_result(out_path, "subspace.npz", arrays, summary, request)
     if out_path is not None:

@@ -72,11 +72,16 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         ax.set_ylabel(f"z2{of}")
         if "grid_log_posterior" not in arrays:  # else the grid's square sets the axes
             ax.set_aspect("equal", adjustable="datalim")
-    elif summary.get("method") == "vi":  # one coordinate, independent draws: their histogram
-        ax.hist(z[:, 0], bins=max(5, len(z) // 3), color=BMA_COLOR, alpha=0.7, label="samples")
-        ax.axvline(float(summary["vi"]["mu"][0]), color=VI_COLOR, lw=1.5, label="q's mean")
+    elif summary.get("method") == "vi":  # one coordinate, independent draws: their histogram, q and the prior
+        ax.hist(z[:, 0], bins=max(5, len(z) // 3), color=BMA_COLOR, alpha=0.7, density=True, label="samples")
+        mu, sd = float(summary["vi"]["mu"][0]), float(summary["vi"]["sigma"][0])
+        lo, hi = min(mu - 3 * sd, -2 * prior, z.min()), max(mu + 3 * sd, 2 * prior, z.max())
+        grid = np.linspace(lo, hi, 300)
+        for m, s_, color, label in ((mu, sd, VI_COLOR, "q"), (0.0, prior, PRIOR_COLOR, "prior")):
+            ax.plot(grid, np.exp(-0.5 * ((grid - m) / s_) ** 2) / (s_ * np.sqrt(2 * np.pi)), color=color, lw=1.5,
+                    label=label)
         ax.set_xlabel("z1")
-        ax.set_ylabel("samples")
+        ax.set_ylabel("density")
     else:  # one coordinate: each chain's trace
         for c, zc in paths.items():
             steps = np.arange(len(zc)) + (1 - len(first))  # step 0 is the start
@@ -86,7 +91,10 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         ax.set_ylabel("z1")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(frameon=True, framealpha=0.9, fontsize=8, loc="best")
+    if k >= 2:  # below the plane, which the samples, ellipses and contours fill
+        ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4)
+    else:
+        ax.legend(frameon=True, framealpha=0.9, fontsize=8, loc="best")
     ax = axes[1]
     s = np.arange(1, len(arrays["bma_test_nll"]) + 1)
     ax.plot(s, arrays["bma_test_nll"], color=BMA_COLOR, lw=2, marker="o", ms=3, label="model average")

@@ -359,6 +359,22 @@ def test_an_interrupted_vi_fit_resumes_exactly(tmp_path, runs, digits, monkeypat
     assert len(whole.arrays["vi_loss"]) == 3 and not (tmp_path / "cut" / "sweep.partial.npz").exists()
 
 
+def test_a_vi_fit_with_dropout_does_not_depend_on_the_global_rng(runs, digits):
+    sub = vi_subspace(runs)
+    sub.model.register_forward_pre_hook(lambda m, args: (torch.nn.functional.dropout(args[0], 0.3, m.training),))
+    fits = []
+    for global_seed in (1, 2):  # what an earlier command, or a resumed process, left the global RNG at
+        torch.manual_seed(global_seed)
+        fits.append(sample_subspace(sub, method="vi", vi_epochs=1, samples=1, data=digits).summary["vi"]["mu"])
+    assert fits[0] == fits[1]
+
+
+def test_a_large_initial_vi_sigma_is_taken(runs, digits):
+    sub = vi_subspace(runs)
+    res = sample_subspace(sub, method="vi", vi_epochs=1, vi_init_std=1000.0, vi_lr=1e-6, samples=1, data=digits)
+    assert res.summary["vi"]["sigma"] == pytest.approx([1000.0, 1000.0], rel=1e-3)
+
+
 def test_a_diverging_vi_fit_is_refused_in_one_line(tmp_path, runs, digits):
     sub = vi_subspace(runs)
     with pytest.raises(UserError, match=r"variational inference diverged in epoch 1 \(loss nan\); start again with a "
@@ -411,7 +427,9 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs):
             (["--ckpt", swag, "--method", "vi", "--chains", 2],
              "--chains and --burn-in are elliptical slice sampling's (--method ess); VI draws independent samples"),
             (["--ckpt", swag, "--method", "vi", "--vi-lr", 0], "--vi-lr must be a finite number > 0, got 0.0"),
-            (["--ckpt", swag, "--vi-batch-size", 1], "--vi-batch-size must be a whole number of at least 2, got 1"),
+            (["--ckpt", swag, "--method", "vi", "--vi-batch-size", 1],
+             "--vi-batch-size must be a whole number of at least 2, got 1"),
+            (["--ckpt", swag, "--vi-lr", 0.5, "--vi-epochs", 3], "--vi-epochs, --vi-lr: for --method vi"),
             (["--ckpt", swag, "--seed", -1], "--seed must be a whole number from 0 to 2^63 - 1, got -1"),
             (["--ckpt", curve, "--seed", 2 ** 64], f"--seed must be a whole number from 0 to 2^63 - 1, got {2 ** 64}"),
             (["--ckpt", swag, "--rank", 1, "--grid", 5], "--grid draws the first two coordinates; this subspace has 1")):
