@@ -1003,11 +1003,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("subspace", help="subspace inference: sample a low-dimensional subspace's posterior, "
                                         "average the samples' predictions",
-                       description="Subspace inference (Izmailov et al. 2019): elliptical slice sampling of the "
-                                   "posterior over z in w = shift + P^T z (prior N(0, prior-scale^2 I), likelihood "
-                                   "exp(-N train NLL / T), batch norm re-estimated at every point), then the model "
-                                   "average of the samples. Subspaces: pca or random around the SWA mean of swag.pt, "
-                                   "or the plane of a fitted curve.")
+                       description="Subspace inference (Izmailov et al. 2019): the posterior over z in w = shift + "
+                                   "P^T z (prior N(0, prior-scale^2 I), likelihood exp(-N train NLL / T), batch norm "
+                                   "re-estimated at every point) sampled by elliptical slice sampling (--method ess) "
+                                   "or approximated by a Gaussian fitted by VI (--method vi), then the model average "
+                                   "of the samples. Subspaces: pca or random around the SWA mean of swag.pt, or the "
+                                   "plane of a fitted curve.")
     p.add_argument("--ckpt", required=True, type=Path,
                    help="swag.pt (from 'landscape swa --swag-rank K') or a curve (from 'landscape connect')")
     p.add_argument("--basis", default="auto", choices=["auto", "pca", "random", "curve"],
