@@ -130,3 +130,25 @@ def test_train_and_plane_commands_on_the_gpu(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     with np.load(tmp_path / "plane" / "plane.npz") as z:
         assert z["train_loss"].shape == (5, 5) and np.isfinite(z["train_loss"]).all()
+
+
+def test_subspace_sampling_and_vi_on_the_gpu(tmp_path, cpu_data, gpu_data, no_tf32):
+    """ESS with 3 chains (their proposals batched by vmap) keeps every sample's values those of the CPU's
+    sequential reference at the same z; VI fits and samples on the GPU."""
+    from landscape.averaging import run_swa
+    from landscape.subspace import sample_subspace, swag_subspace
+    from landscape.train import train
+
+    train(out=tmp_path / "a", data=cpu_data, epochs=2, seed=1, progress=False, model_kwargs={"width": 8})
+    run_swa(None, tmp_path / "swa", from_ckpt=str(tmp_path / "a" / "model.pt"), epochs=4, swa_lr=0.1, swag_rank=3,
+            data=cpu_data, progress=False)
+    sub = swag_subspace(tmp_path / "swa" / "swag.pt", "pca", 2, device="cuda")
+    res = sample_subspace(sub, samples=4, chains=3, prior_scale=2.0, data=gpu_data, bn_stats="batches")
+    z = res.arrays["z"]
+    ref = swag_subspace(tmp_path / "swa" / "swag.pt", "pca", 2, device="cpu")
+    want = evaluate_points_sequential(ref.model, ref.anchors(), np.concatenate([np.ones((4, 1)), z], 1), cpu_data,
+                                      wd=res.summary["wd"], bn_stats="batches")
+    for key in ("train_nll", "test_nll", "test_error"):
+        assert res.arrays[f"sample_{key}"] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    vi = sample_subspace(sub, method="vi", vi_epochs=1, samples=2, data=gpu_data)
+    assert np.isfinite(vi.arrays["sample_test_nll"]).all() and np.isfinite(vi.summary["vi"]["sigma"]).all()
