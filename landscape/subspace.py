@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from .checkpoint import write_json, write_npz
 from .data import Dataset
@@ -55,8 +56,9 @@ from .errors import UserError
 from .evaluate import METRICS, evaluate_points, precision_amp, resolve_bn_stats
 from .inputs import stored_data
 from .metrics import running_ensemble
-from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep
+from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep, stored_bn_stats
 from .swag import SwagPosterior, load_swag
+from .weights import ParamSpace
 
 __all__ = ["BASES", "METHODS", "Subspace", "SubspaceResult", "pca_basis", "random_basis", "plane_of_points",
            "swag_subspace", "elliptical_slice_round", "gaussian_kl", "sample_subspace"]
@@ -65,6 +67,7 @@ BASES = ("pca", "random", "curve")
 METHODS = ("ess", "vi")
 POINTS_STORE = "points.partial.npz"  # the VI samples' evaluation sweep
 GRID_STORE = "grid.partial.npz"  # the grid sweep's partial store, beside the sampler's (sweep.partial.npz)
+STORES = (STORE, GRID_STORE, POINTS_STORE)  # every partial store a run may leave
 
 
 @dataclass
@@ -267,94 +270,114 @@ def vi_seeds(seed: int, epoch: int) -> tuple[int, int]:
     return base, base + 1
 
 
-def _fit_vi(subspace: Subspace, net: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_size: int,
-            init_std: float, temperature: float, prior_scale: float, seed: int, store: Path | None, key: str,
-            progress: bool) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr: float, batch_size: int,
+            init_std: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
     """Fit q(z) = N(mu, diag sigma²) by SGD (momentum 0.9) on the minibatch
     objective mean NLL + T KL(q || prior) / N, one reparametrised z = mu +
     sigma eps per batch, the network in train mode (batch statistics), as the
     reference, in fp32 (``precision`` and the batch-norm options are the
-    evaluation's). mu starts at the subspace's start, sigma at ``init_std``.
-    The state is saved after every epoch to ``store``; a store holding the
-    state of the same request (``key``) is continued. Returns mu, sigma
-    (float64, CPU) and the per-epoch records."""
-    k, n, device = subspace.dim, len(data.y_train), data.device
-    mu = torch.tensor(subspace.start_point(), dtype=torch.float64, requires_grad=True)
+    evaluation's). mu starts at the subspace's start, sigma at ``init_std``;
+    ``state`` (a stopped fit's, already checked to be this run's) continues
+    one. The state is saved to the run's store after every epoch. Returns mu,
+    sigma (float64, CPU) and the per-epoch records."""
+    sub, data = run.subspace, run.data
+    k, n, device = sub.dim, len(data.y_train), data.device
+    mu = torch.tensor(sub.start_point(), dtype=torch.float64, device=device, requires_grad=True)
     # softplus⁻¹(init_std), written so that a large init_std does not overflow
-    rho = torch.full((k,), init_std + math.log(-math.expm1(-init_std)), dtype=torch.float64, requires_grad=True)
+    rho = torch.full((k,), init_std + math.log(-math.expm1(-init_std)), dtype=torch.float64, device=device,
+                     requires_grad=True)
     optimizer = torch.optim.SGD([mu, rho], lr=lr, momentum=0.9)
     records: list[dict[str, Any]] = []
-    if store is not None and store.exists():
-        state = _load_vi_state(store, key)
+    if state is not None:
         with torch.no_grad():
             mu.copy_(torch.as_tensor(state["mu"])), rho.copy_(torch.as_tensor(state["rho"]))
         for p, name in ((mu, "buf_mu"), (rho, "buf_rho")):
             if name in state:
-                optimizer.state[p]["momentum_buffer"] = torch.as_tensor(state[name]).clone()
-        records = json.loads(str(state["records"]))
-    shift, basis = subspace.shift.double(), subspace.basis.double()
-    space_net = copy.deepcopy(net).to(device).train()
-    from .weights import ParamSpace
-
-    space = ParamSpace.of(space_net)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=epochs, initial=len(records), disable=not progress, desc="VI epochs", unit="epoch",
+                optimizer.state[p]["momentum_buffer"] = torch.tensor(state[name], device=device)
+        records = list(state["records"])
+    shift, basis = sub.shift.double(), sub.basis.double()
+    net = copy.deepcopy(run.net).to(device).train()
+    space = ParamSpace.of(net)
+    bar = tqdm(total=epochs, initial=len(records), disable=not run.progress, desc="VI epochs", unit="epoch",
                leave=False, dynamic_ncols=True)
     try:
         for epoch in range(len(records), epochs):
             data_seed, noise_seed = vi_seeds(seed, epoch)
             order = torch.Generator(device=device).manual_seed(data_seed)
-            noise = torch.Generator().manual_seed(noise_seed)
+            noise = torch.Generator().manual_seed(noise_seed)  # on the CPU: the same z on every device
             torch.manual_seed(noise_seed + 1)  # dropout and any other global draw: an epoch resumes exactly
-            sums = np.zeros(4)  # loss, nll, kl (each x samples), samples
+            sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, nll, kl (x samples), samples
             for x, y in data.train_batches(batch_size, order):
-                eps = torch.randn(k, generator=noise, dtype=torch.float64)
+                eps = torch.randn(k, generator=noise, dtype=torch.float64).to(device)
                 sigma = vi_sigma(rho)
                 z = mu + sigma * eps
-                w = (shift + z.to(device) @ basis).float()
-                logits = functional_call(space_net, space.unflatten(w), (x,))
+                logits = functional_call(net, space.unflatten((shift + z @ basis).float()), (x,))
                 nll = F.cross_entropy(logits.float(), y)
-                kl = gaussian_kl(mu, sigma, prior_scale)
-                loss = nll + temperature * kl / n
+                kl = gaussian_kl(mu, sigma, run.prior_scale)
+                loss = nll + run.temperature * kl / n
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                sums += [loss.item() * len(y), nll.item() * len(y), kl.item() * len(y), len(y)]
+                with torch.no_grad():  # summed on the device: no host synchronisation per step
+                    sums += torch.stack([loss.double(), nll.double(), kl, torch.ones((), dtype=torch.float64,
+                                                                                      device=device)]) * len(y)
+            total = sums.tolist()
             with torch.no_grad():
-                record = {"epoch": epoch + 1, "loss": sums[0] / sums[3], "nll": sums[1] / sums[3],
-                          "kl": sums[2] / sums[3], "mu": mu.tolist(), "sigma": vi_sigma(rho).tolist()}
+                record = {"epoch": epoch + 1, "loss": total[0] / total[3], "nll": total[1] / total[3],
+                          "kl": total[2] / total[3], "mu": mu.tolist(), "sigma": vi_sigma(rho).tolist()}
             if not all(np.isfinite([record["loss"], *record["mu"], *record["sigma"]])):
                 raise UserError(f"variational inference diverged in epoch {epoch + 1} (loss {record['loss']}); "
                                 f"start again with a lower --vi-lr than {lr:g} in another --out")
             records.append(record)
-            if store is not None:
-                write_npz(store, {"key": np.array(key), "mu": mu.detach().numpy(), "rho": rho.detach().numpy(),
-                                  "records": np.array(json.dumps(records)),
-                                  **{name: optimizer.state[p]["momentum_buffer"].numpy()
-                                     for p, name in ((mu, "buf_mu"), (rho, "buf_rho"))
-                                     if "momentum_buffer" in optimizer.state[p]}})
+            if run.store is not None:
+                write_npz(run.store, {"key": np.array(run.key), "mu": mu.detach().cpu().numpy(),
+                                      "rho": rho.detach().cpu().numpy(), "records": np.array(json.dumps(records)),
+                                      **{name: optimizer.state[p]["momentum_buffer"].cpu().numpy()
+                                         for p, name in ((mu, "buf_mu"), (rho, "buf_rho"))
+                                         if "momentum_buffer" in optimizer.state[p]}})
             bar.update(1)
     finally:
         bar.close()
-    return mu.detach().clone(), vi_sigma(rho).detach().clone(), records
+    return mu.detach().cpu().clone(), vi_sigma(rho).detach().cpu().clone(), records
 
 
-def _load_vi_state(path: Path, key: str) -> dict[str, np.ndarray]:
+# ---------------------------------------------------------------- saved state
+
+_PER_SAMPLE = ("z", "chain", "log_likelihood", "log_posterior", "evaluations", "probs") + METRICS
+_ESS_STATE = ("rng", "current", "current_ll", "burned", *(f"shift_{m}" for m in (*METRICS, "probs")), *_PER_SAMPLE)
+_VI_STATE = ("mu", "rho", "records")
+
+
+def _read_state(path: Path, key: str, needed: Sequence[str], what: str) -> dict[str, Any]:
+    """A stopped run's saved state (``what`` names it in errors): refused in one
+    line when torn, incomplete, or of other inputs or settings than ``key``."""
     try:
         with np.load(path, allow_pickle=False) as f:
             state = {name: f[name] for name in f.files}
         stored = str(state["key"])
-        json.loads(str(state["records"]))
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read the variational fit's saved state ({type(exc).__name__}); "
-                        f"delete it to start again") from None
+        for name in ("rng", "records"):  # the JSON-held parts
+            if name in state:
+                state[name] = json.loads(str(state[name]))
+    except Exception as exc:  # a torn or foreign file
+        raise UserError(f"{path}: cannot read {what} ({type(exc).__name__}); delete it to start again") from None
     if stored != key:
         raise UserError(f"{path.parent} holds an unfinished subspace run with other inputs or settings; "
                         f"choose another --out")
-    if "mu" not in state or "rho" not in state:
-        raise UserError(f"{path}: the variational fit's saved state is incomplete; delete it to start again")
+    lengths = {len(state[name]) for name in _PER_SAMPLE if name in state}
+    if any(name not in state for name in needed) or len(lengths) > 1:
+        raise UserError(f"{path}: {what} is incomplete; delete it to start again")
     return state
+
+
+def _save_ess_state(run: "_Run", rng: np.random.Generator, current: np.ndarray, current_ll: np.ndarray,
+                    shift_res: dict[str, Any], kept: dict[str, list], burned: int) -> None:
+    if run.store is None:
+        return
+    arrays: dict[str, Any] = {"key": np.array(run.key), "rng": np.array(json.dumps(rng.bit_generator.state)),
+                              "current": current, "current_ll": current_ll, "burned": np.array(burned)}
+    arrays.update({f"shift_{m}": np.asarray(v) for m, v in shift_res.items()})
+    arrays.update({name: np.asarray(values) for name, values in kept.items()})
+    write_npz(run.store, arrays)
 
 
 # ---------------------------------------------------------------- the run
@@ -367,27 +390,140 @@ class SubspaceResult:
     out: Path | None
 
 
-_PER_SAMPLE = ("z", "chain", "log_likelihood", "log_posterior", "evaluations", "probs") + METRICS
+@dataclass
+class _Run:
+    """What both methods share: the subspace's network and data, the posterior's
+    settings, the evaluation options, and where the state is kept."""
+
+    subspace: Subspace
+    net: nn.Module
+    data: Dataset
+    temperature: float
+    prior_scale: float
+    eval_options: dict[str, Any]  # evaluate_points' wd, batch_size, bn_batches, bn_stats, points_per_pass, amp
+    progress: bool
+    resume: bool
+    out: Path | None
+    key: str
+
+    @property
+    def store(self) -> Path | None:
+        return self.out / STORE if self.out is not None else None
+
+    def log_likelihood(self, train_nll: np.ndarray) -> np.ndarray:
+        """-N x train NLL / T; a non-finite NLL (a diverged point) is -inf."""
+        ll = -len(self.data.y_train) * np.asarray(train_nll) / self.temperature
+        return np.where(np.isfinite(ll), ll, -np.inf)
+
+    def log_prior(self, z: np.ndarray) -> np.ndarray:
+        return -0.5 * (z * z).sum(-1) / self.prior_scale ** 2
+
+    def evaluate(self, z: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The log-likelihoods of points z (n, k), evaluated together, and every metric with the test probabilities."""
+        res = evaluate_points(self.net, self.subspace.anchors(), coefficients(z), self.data, return_probs=True,
+                              **self.eval_options)
+        return self.log_likelihood(res["train_nll"]), res
+
+    def sweep(self, z: np.ndarray, store: str, kind: str, probs: bool) -> dict[str, np.ndarray]:
+        """The points z as a resumable sweep, its partial store ``store`` beside the sampler's."""
+        return run_sweep(self.net, self.subspace.anchors(), coefficients(z), self.data,
+                         store=self.out / store if self.out is not None else None, resume=self.resume,
+                         settings={"kind": kind, "dataset": self.data.describe()}, progress=self.progress,
+                         return_probs=probs, **self.eval_options)
 
 
-def _load_state(path: Path, key: str) -> dict[str, Any]:
+def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, chains: int, burn_in: int,
+                seed: int) -> tuple[dict[str, Any], dict[str, list]]:
+    """Elliptical slice sampling: the centre's values and the kept samples' (``_PER_SAMPLE``)."""
+    k = run.subspace.dim
+    if run.store is not None and run.store.exists():
+        state = _read_state(run.store, run.key, _ESS_STATE, "the sampler's saved state")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        current, current_ll, burned = state["current"], state["current_ll"], int(state["burned"])
+        shift_res = {m: state[f"shift_{m}"] for m in (*METRICS, "probs")}
+        kept = {name: list(state[name]) for name in _PER_SAMPLE}
+        print(f"{run.out}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
+    else:
+        rng = np.random.default_rng(seed)
+        start = run.subspace.start_point()
+        ll0, first = run.evaluate(np.stack([np.zeros(k), start]))  # the centre, for the table; where chains start
+        if not np.isfinite(ll0[1]):
+            raise UserError(f"{run.subspace.source or 'the subspace'}: the train NLL where the chains start is not "
+                            f"finite ({first['train_nll'][1]}); nothing to sample around")
+        shift_res = {m: v[0] for m, v in first.items()}
+        current, current_ll = np.tile(start, (chains, 1)), np.full(chains, ll0[1])
+        kept = {name: [] for name in _PER_SAMPLE}
+        burned = 0
+        _save_ess_state(run, rng, current, current_ll, shift_res, kept, burned)
+    write_config()
+    bar = tqdm(total=samples, initial=len(kept["z"]), disable=not run.progress, desc="samples", unit="sample",
+               leave=False, dynamic_ncols=True)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            state = {k: f[k] for k in f.files}
-        stored = str(state["key"])
-        rng_state = json.loads(str(state["rng"]))
-    except Exception as exc:  # a torn or foreign file
-        raise UserError(f"{path}: cannot read the sampler's saved state ({type(exc).__name__}); "
-                        f"delete it to start again") from None
-    if stored != key:
-        raise UserError(f"{path.parent} holds an unfinished subspace run with other inputs or settings; "
-                        f"choose another --out")
-    needed = ("current", "current_ll", "burned", *(f"shift_{m}" for m in (*METRICS, "probs")), *_PER_SAMPLE)
-    lengths = {len(state[name]) for name in _PER_SAMPLE if name in state}
-    if any(name not in state for name in needed) or len(lengths) > 1:
-        raise UserError(f"{path}: the sampler's saved state is incomplete; delete it to start again")
-    state["rng"] = rng_state
-    return state
+        while burned < burn_in:  # every chain's first steps, discarded
+            current, current_ll, _, _ = elliptical_slice_round(current, current_ll, run.evaluate, rng,
+                                                               run.prior_scale)
+            burned += 1
+            _save_ess_state(run, rng, current, current_ll, shift_res, kept, burned)
+        while len(kept["z"]) < samples:
+            active = min(chains, samples - len(kept["z"]))
+            z, ll, evals, extra = elliptical_slice_round(current[:active], current_ll[:active], run.evaluate, rng,
+                                                         run.prior_scale)
+            for c in range(active):
+                for name, value in (("z", z[c]), ("chain", c), ("log_likelihood", ll[c]),
+                                    ("log_posterior", ll[c] + run.log_prior(z[c])), ("evaluations", evals[c]),
+                                    *((m, extra[m][c]) for m in (*METRICS, "probs"))):
+                    kept[name].append(value)
+            current[:active], current_ll[:active] = z, ll
+            _save_ess_state(run, rng, current, current_ll, shift_res, kept, burned)
+            bar.update(active)
+    finally:
+        bar.close()
+    return shift_res, kept
+
+
+def _sample_vi(run: _Run, write_config: Callable[[], None], *, samples: int, epochs: int, lr: float,
+               batch_size: int, init_std: float, seed: int) -> tuple[dict[str, Any], dict[str, list],
+                                                                     dict[str, Any], dict[str, np.ndarray]]:
+    """VI: the fit, then ``samples`` draws from q evaluated as one sweep; the
+    centre's values, the samples', and the fit's summary and arrays."""
+    k = run.subspace.dim
+    state = None
+    if run.store is not None and run.store.exists():  # a stopped fit: its state must be this run's
+        state = _read_state(run.store, run.key, _VI_STATE, "the variational fit's saved state")
+    write_config()
+    mu, sigma, records = _fit_vi(run, state, epochs=epochs, lr=lr, batch_size=batch_size, init_std=init_std,
+                                 seed=seed)
+    z = mu.numpy() + sigma.numpy() * np.random.default_rng(seed).standard_normal((samples, k))
+    # the centre (the table's row), then the samples
+    res = run.sweep(np.concatenate([np.zeros((1, k)), z]), POINTS_STORE, "subspace-vi-samples", probs=True)
+    ll = run.log_likelihood(res["train_nll"][1:])
+    kept = {"z": list(z), "chain": [0] * samples, "log_likelihood": list(ll),
+            "log_posterior": list(ll + run.log_prior(z)), "evaluations": [1] * samples,
+            **{m: list(res[m][1:]) for m in (*METRICS, "probs")}}
+    fit = {"mu": mu.tolist(), "sigma": sigma.tolist(), "epochs": epochs, "lr": lr, "batch_size": batch_size,
+           "init_std": init_std, "final": {name: records[-1][name] for name in ("loss", "nll", "kl")}}
+    arrays = {"vi_mu": mu.numpy(), "vi_sigma": sigma.numpy(),
+              **{f"vi_{name}": np.array([r[name] for r in records]) for name in ("loss", "nll", "kl")},
+              "vi_mu_path": np.array([r["mu"] for r in records]),
+              "vi_sigma_path": np.array([r["sigma"] for r in records])}
+    return {m: v[0] for m, v in res.items()}, kept, fit, arrays
+
+
+def _grid(run: _Run, z: np.ndarray, grid: int) -> dict[str, np.ndarray]:
+    """The log-posterior and metrics on a grid x grid square over z_1, z_2 (the
+    others 0) around the samples ``z``, the landmarks and the prior's sd."""
+    k = run.subspace.dim
+    marks = [np.abs(np.asarray(c[:2])).max() for c in run.subspace.landmarks.values()]
+    r = 1.2 * max([float(np.abs(z[:, :2]).max()), run.prior_scale, *marks])
+    axis = np.linspace(-r, r, grid)
+    gz = np.zeros((grid * grid, k))
+    gz[:, 0], gz[:, 1] = np.repeat(axis, grid), np.tile(axis, grid)  # row i * G + j is (axis[i], axis[j])
+    res = run.sweep(gz, GRID_STORE, "subspace-grid", probs=False)
+    arrays = {"grid_axis": axis,
+              "grid_log_posterior": (run.log_likelihood(res["train_nll"]) + run.log_prior(gz)).reshape(grid, grid)}
+    arrays.update({f"grid_{m}": res[m].reshape(grid, grid) for m in METRICS})
+    return arrays
 
 
 def sample_subspace(
@@ -472,37 +608,19 @@ def sample_subspace(
     settings.update({"chains": chains, "burn_in": burn_in} if method == "ess" else {
         "vi_epochs": vi_epochs, "vi_lr": vi_lr, "vi_batch_size": vi_batch_size, "vi_init_std": vi_init_std})
     request = request_key([subspace.shift, subspace.basis], settings)
-    finished = begin_result(out_path, "subspace.npz", resume, "subspace", request)
+    finished = begin_result(out_path, "subspace.npz", resume, "subspace", request, stores=STORES)
     if finished is not None:
-        if out_path is not None:  # left by a stop just after the result was written
-            for partial in (GRID_STORE, POINTS_STORE):
-                (out_path / partial).unlink(missing_ok=True)
         arrays, summary = finished
         return SubspaceResult(summary=summary, arrays=arrays, out=out_path)
 
-    store = out_path / STORE if out_path is not None else None
-    if resume and store is not None and store.exists() and bn_stats == "auto" and bn_batches is None:
-        stored = json.loads((out_path / "config.json").read_text()).get("bn_stats") \
-            if (out_path / "config.json").exists() else None
-        bn_stats = stored if stored in ("population", "batches") else bn_stats
+    if resume and out_path is not None and (out_path / STORE).exists() and bn_stats == "auto" and bn_batches is None:
+        bn_stats = stored_bn_stats(out_path)  # free memory may have changed since: keep the estimator
     bn_stats = resolve_bn_stats(bn_stats, net, data, bn_batches)
     key = request_key([subspace.shift, subspace.basis], dict(settings, bn_stats=bn_stats))
-    n_train = len(data.y_train)
-    anchors = subspace.anchors()
-    evaluated = 0
-
-    def loglik_fn(points: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        nonlocal evaluated
-        res = evaluate_points(net, anchors, coefficients(points), data, wd=wd, batch_size=batch_size,
-                              bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass, amp=amp,
-                              return_probs=True)
-        evaluated += len(points)
-        ll = -n_train * res["train_nll"] / temperature
-        return np.where(np.isfinite(ll), ll, -np.inf), res
-
-    def log_prior(z: np.ndarray) -> np.ndarray:
-        return -0.5 * (z * z).sum(-1) / prior_scale ** 2
-
+    run = _Run(subspace=subspace, net=net, data=data, temperature=temperature, prior_scale=prior_scale,
+               eval_options=dict(wd=wd, batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
+                                 points_per_pass=points_per_pass, amp=amp),
+               progress=progress, resume=resume, out=out_path, key=key)
     k = subspace.dim
 
     def write_config() -> None:  # once the saved state, if any, is known to be this run's
@@ -512,137 +630,39 @@ def sample_subspace(
                           rank=k, device=str(device), bn_stats=bn_stats)
             write_json(out_path / "config.json", config)
 
-    vi_summary: dict[str, Any] = {}
-    vi_arrays: dict[str, np.ndarray] = {}
+    fit: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
     if method == "ess":
-        if store is not None and store.exists():
-            state = _load_state(store, key)
-            rng = np.random.default_rng()
-            rng.bit_generator.state = state.pop("rng")
-            current, current_ll = state.pop("current"), state.pop("current_ll")
-            burned = int(state.pop("burned"))
-            shift_res = {m: state.pop(f"shift_{m}") for m in (*METRICS, "probs")}
-            kept = {name: list(state[name]) for name in _PER_SAMPLE}
-            print(f"{out_path}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
-        else:
-            rng = np.random.default_rng(seed)
-            start = subspace.start_point()
-            ll0, first = loglik_fn(np.stack([np.zeros(k), start]))  # the centre, for the table; where chains start
-            if not np.isfinite(ll0[1]):
-                raise UserError(f"{subspace.source or 'the subspace'}: the train NLL where the chains start is not "
-                                f"finite ({first['train_nll'][1]}); nothing to sample around")
-            shift_res = {m: v[0] for m, v in first.items()}
-            current, current_ll = np.tile(start, (chains, 1)), np.full(chains, ll0[1])
-            kept = {name: [] for name in _PER_SAMPLE}
-            burned = 0
-            if store is not None:
-                _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
-        write_config()
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=samples, initial=len(kept["z"]), disable=not progress, desc="samples", unit="sample",
-                   leave=False, dynamic_ncols=True)
-        try:
-            while burned < burn_in:  # every chain's first steps, discarded
-                current, current_ll, _, _ = elliptical_slice_round(current, current_ll, loglik_fn, rng, prior_scale)
-                burned += 1
-                if store is not None:
-                    _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
-            while len(kept["z"]) < samples:
-                active = min(chains, samples - len(kept["z"]))
-                z, ll, evals, extra = elliptical_slice_round(current[:active], current_ll[:active], loglik_fn, rng,
-                                                             prior_scale)
-                for c in range(active):
-                    values = {m: extra[m][c] for m in (*METRICS, "probs")}
-                    kept["z"].append(z[c])
-                    kept["chain"].append(c)
-                    kept["log_likelihood"].append(ll[c])
-                    kept["log_posterior"].append(ll[c] + log_prior(z[c]))
-                    kept["evaluations"].append(evals[c])
-                    for m, v in values.items():
-                        kept[m].append(v)
-                current[:active], current_ll[:active] = z, ll
-                if store is not None:
-                    _save_state(store, key, rng, current, current_ll, shift_res, kept, burned)
-                bar.update(active)
-        finally:
-            bar.close()
-
+        shift_res, kept = _sample_ess(run, write_config, samples=samples, chains=chains, burn_in=burn_in, seed=seed)
     else:
-        if store is not None and store.exists():  # a stopped run: its state must be this run's
-            _load_vi_state(store, key)
-        write_config()
-        mu, sigma, records = _fit_vi(subspace, net, data, epochs=vi_epochs, lr=vi_lr, batch_size=vi_batch_size,
-                                     init_std=vi_init_std, temperature=temperature, prior_scale=prior_scale,
-                                     seed=seed, store=store, key=key, progress=progress)
-        eps = np.random.default_rng(seed).standard_normal((samples, k))
-        z = mu.numpy() + sigma.numpy() * eps
-        points = np.concatenate([np.zeros((1, k)), z])  # the centre (the table's row), then the samples
-        res = run_sweep(net, anchors, coefficients(points), data,
-                        store=out_path / POINTS_STORE if out_path is not None else None, resume=resume,
-                        settings={"kind": "subspace-vi-samples", "dataset": data.describe()}, wd=wd,
-                        batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
-                        points_per_pass=points_per_pass, amp=amp, progress=progress, return_probs=True)
-        shift_res = {m: v[0] for m, v in res.items()}
-        ll = -n_train * res["train_nll"][1:] / temperature
-        kept = {"z": list(z), "chain": [0] * samples, "log_likelihood": list(ll),
-                "log_posterior": list(ll + log_prior(z)), "evaluations": [1] * samples,
-                **{m: list(res[m][1:]) for m in (*METRICS, "probs")}}
-        vi_summary = {"mu": mu.tolist(), "sigma": sigma.tolist(), "epochs": vi_epochs, "lr": vi_lr,
-                      "batch_size": vi_batch_size, "init_std": vi_init_std, "final": {
-                          key_: records[-1][key_] for key_ in ("loss", "nll", "kl")}}
-        vi_arrays = {"vi_mu": np.asarray(mu.numpy()), "vi_sigma": np.asarray(sigma.numpy()),
-                     **{f"vi_{key_}": np.array([r[key_] for r in records]) for key_ in ("loss", "nll", "kl")},
-                     "vi_mu_path": np.array([r["mu"] for r in records]),
-                     "vi_sigma_path": np.array([r["sigma"] for r in records])}
-
-    grid_arrays: dict[str, np.ndarray] = {}
+        shift_res, kept, fit, arrays = _sample_vi(run, write_config, samples=samples, epochs=vi_epochs, lr=vi_lr,
+                                                  batch_size=vi_batch_size, init_std=vi_init_std, seed=seed)
+    z = np.stack(kept["z"]).reshape(samples, k)
     if grid:
-        z_kept = np.stack(kept["z"]).reshape(samples, k)[:, :2]
-        marks = [np.abs(np.asarray(c[:2])).max() for c in subspace.landmarks.values()]
-        r = 1.2 * max([float(np.abs(z_kept).max()), prior_scale, *marks])
-        axis = np.linspace(-r, r, grid)
-        gz = np.zeros((grid * grid, k))
-        gz[:, 0], gz[:, 1] = np.repeat(axis, grid), np.tile(axis, grid)  # row i * G + j is (axis[i], axis[j])
-        res = run_sweep(net, anchors, coefficients(gz), data,
-                        store=out_path / GRID_STORE if out_path is not None else None, resume=resume,
-                        settings={"kind": "subspace-grid", "dataset": data.describe()}, wd=wd,
-                        batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
-                        points_per_pass=points_per_pass, amp=amp, progress=progress)
-        ll = -n_train * res["train_nll"] / temperature
-        grid_arrays["grid_axis"] = axis
-        grid_arrays["grid_log_posterior"] = (ll + log_prior(gz)).reshape(grid, grid)
-        for m in METRICS:
-            grid_arrays[f"grid_{m}"] = res[m].reshape(grid, grid)
-
-    labels = data.y_test.cpu().numpy()
-    bma_nll, bma_error = running_ensemble(np.stack(kept["probs"]), labels)
-    arrays: dict[str, np.ndarray] = {
-        "z": np.stack(kept["z"]).reshape(samples, k), "chain": np.asarray(kept["chain"], dtype=np.int64),
+        arrays.update(_grid(run, z, grid))
+    bma_nll, bma_error = running_ensemble(np.stack(kept["probs"]), data.y_test.cpu().numpy())
+    arrays.update({
+        "z": z, "chain": np.asarray(kept["chain"], dtype=np.int64),
         "log_likelihood": np.asarray(kept["log_likelihood"], dtype=np.float64),
         "log_posterior": np.asarray(kept["log_posterior"], dtype=np.float64),
         "evaluations": np.asarray(kept["evaluations"], dtype=np.int64),
         "bma_test_nll": bma_nll, "bma_test_error": bma_error,
-    }
+    })
     arrays.update({f"sample_{m}": np.asarray(kept[m], dtype=np.float64) for m in METRICS})
     arrays.update({f"shift_{m}": np.asarray(shift_res[m], dtype=np.float64) for m in METRICS})
-    arrays.update(grid_arrays)
-    arrays.update(vi_arrays)
-    for name, coords in subspace.landmarks.items():
-        arrays[f"landmark_{name}"] = np.asarray(coords, dtype=np.float64)
-    z = arrays["z"]
+    arrays.update({f"landmark_{name}": np.asarray(c, dtype=np.float64) for name, c in subspace.landmarks.items()})
     summary: dict[str, Any] = {
         "shift": {m: float(shift_res[m]) for m in METRICS},
         "bma": {"test_error": float(bma_error[-1]), "test_nll": float(bma_nll[-1]), "members": samples},
         "samples": {f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},
         "basis": subspace.kind, "rank": k, "chains": chains, "burn_in": burn_in, "grid": grid,
-        "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd, "train_size": n_train,
+        "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd,
+        "train_size": len(data.y_train),
         "z_mean": [float(x) for x in z.mean(0)], "z_std": [float(x) for x in z.std(0)],
         "evaluations_per_sample": float(arrays["evaluations"].mean()),
         "basis_norms": [float(x) for x in subspace.basis.double().norm(dim=1)],
         "landmarks": subspace.landmarks, "start": [float(x) for x in subspace.start_point()], "method": method,
-        **({"vi": vi_summary} if vi_summary else {}),
+        **({"vi": fit} if fit else {}),
         "eval_split": data.eval_split, "synthetic": data.synthetic, "dataset": data.describe(),
         "checkpoint": str(subspace.source) if subspace.source else None, "bn_stats": bn_stats,
         "notes": "w(z) = shift + basis^T z; prior z ~ N(0, prior_scale^2 I); log-likelihood = -N x train NLL / "
@@ -653,18 +673,5 @@ def sample_subspace(
                  + "; bma = averaged predicted probabilities of the samples; train_loss = NLL + wd/2 ||w||^2; "
                    "errors in percent",
     }
-    finish_result(out_path, "subspace.npz", arrays, summary, request)
-    if out_path is not None:
-        for partial in (GRID_STORE, POINTS_STORE):
-            (out_path / partial).unlink(missing_ok=True)
+    finish_result(out_path, "subspace.npz", arrays, summary, request, stores=STORES)
     return SubspaceResult(summary=summary, arrays=arrays, out=out_path)
-
-
-def _save_state(path: Path, key: str, rng: np.random.Generator, current: np.ndarray, current_ll: np.ndarray,
-                shift_res: dict[str, Any], kept: dict[str, list], burned: int) -> None:
-    arrays: dict[str, Any] = {"key": np.array(key), "rng": np.array(json.dumps(rng.bit_generator.state)),
-                              "current": current, "current_ll": current_ll, "burned": np.array(burned)}
-    arrays.update({f"shift_{m}": np.asarray(v) for m, v in shift_res.items()})
-    for name, values in kept.items():
-        arrays[name] = np.asarray(values)
-    write_npz(path, arrays)

@@ -115,7 +115,7 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.n
     return done, values
 
 
-def _stored_bn_stats(folder: Path) -> str:
+def stored_bn_stats(folder: Path) -> str:
     """The estimator an unfinished sweep in ``folder`` was started with ("auto" if unknown)."""
     stored = (stored_config(folder) or {}).get("bn_stats")
     return stored if stored in ("population", "batches") else "auto"
@@ -133,7 +133,7 @@ def request_key(vectors: Sequence[torch.Tensor], settings: dict[str, Any]) -> st
 
 
 def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
-                 request: str | None = None) -> tuple[dict[str, np.ndarray], Any] | None:
+                 request: str | None = None, stores: Sequence[str] = (STORE,)) -> tuple[dict[str, np.ndarray], Any] | None:
     """Check a sweep's result folder before any work: one holding another
     command's results is refused (:func:`claim_folder`); a finished result is
     refused without ``resume`` and returned (arrays, summary) with it, when
@@ -152,8 +152,9 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
         if (out / STORE).exists() and not resume:
             raise UserError(f"{out} holds an unfinished sweep; pass --resume to continue it, or choose another --out")
         if done:  # finished before: nothing to resume
-            if is_main():  # a store left by a stop just after the result was written
-                (out / STORE).unlink(missing_ok=True)
+            if is_main():  # stores left by a stop just after the result was written
+                for name in stores:
+                    (out / name).unlink(missing_ok=True)
             arrays, summary = read_result(out, result_file)
             stored = summary.get("request") if isinstance(summary, dict) else None
             if request is not None and stored is not None and stored != request:
@@ -165,9 +166,10 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
 
 
 def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarray], summary: dict[str, Any],
-                  request: str | None = None) -> None:
+                  request: str | None = None, stores: Sequence[str] = (STORE,)) -> None:
     """Rank 0 writes the result and the summary (with the ``request`` it
-    answers, for a later ``--resume`` to check), then drops the partial store."""
+    answers, for a later ``--resume`` to check), then drops the partial
+    ``stores`` (a command with several sweeps names them all)."""
     if request is not None:
         summary["request"] = request
     if out is not None and is_main():
@@ -175,7 +177,8 @@ def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarr
         # two still has its partial store, and --resume finishes it again.
         write_json(out / "summary.json", summary)
         write_npz(out / result_file, arrays)
-        (out / STORE).unlink(missing_ok=True)
+        for name in stores:
+            (out / name).unlink(missing_ok=True)
 
 
 def run_sweep(
@@ -216,7 +219,7 @@ def run_sweep(
     # "auto" choices read free memory, which ranks may see differently: rank 0 decides for all,
     # or the ranks would build different chunk lists and wait on each other forever.
     if bn_stats == "auto" and bn_batches is None and resume and store is not None and store.exists():
-        bn_stats = _stored_bn_stats(store.parent)  # free memory may have changed since: keep the estimator
+        bn_stats = stored_bn_stats(store.parent)  # free memory may have changed since: keep the estimator
     bn_stats = resolve_bn_stats(bn_stats, model, data, bn_batches)
     k = points_per_pass or default_points_per_pass(model, data, bn_stats, batch_size, strategy)
     if world > 1:
