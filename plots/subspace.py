@@ -17,12 +17,11 @@ from landscape.checkpoint import read_result
 
 from .plane import plot_plane
 from .style import new_figure, save_figure
+from .swag import BMA_COLOR, plot_model_average
 
 __all__ = ["draw_subspace_figure"]
 
-BMA_COLOR = "#1f77b4"
 SHIFT_COLOR = "#d62728"
-SAMPLE_COLOR = "#7f7f7f"
 PRIOR_COLOR = "#9467bd"
 VI_COLOR = "#ff7f0e"
 
@@ -96,19 +95,9 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     else:
         ax.legend(frameon=True, framealpha=0.9, fontsize=8, loc="best")
     ax = axes[1]
-    s = np.arange(1, len(arrays["bma_test_nll"]) + 1)
-    ax.plot(s, arrays["bma_test_nll"], color=BMA_COLOR, lw=2, marker="o", ms=3, label="model average")
-    ax.axhline(float(arrays["shift_test_nll"]), color=SHIFT_COLOR, lw=1.5, ls="--", label="centre of the subspace")
-    ax.axhline(float(np.mean(arrays["sample_test_nll"])), color=SAMPLE_COLOR, lw=1.5, ls=":",
-               label="single sample (mean)")
-    shown = np.concatenate([arrays["bma_test_nll"], [float(arrays["shift_test_nll"])]])
-    if np.all(shown > 0) and shown.max() > 5 * shown.min():  # a poor centre (a curve plane's) would flatten the rest
-        ax.set_yscale("log")
-    ax.set_xlabel("samples averaged")
-    ax.set_ylabel(f"{split} NLL")
-    ax.set_xlim(1, max(2, len(s)))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
+    plot_model_average(ax, arrays["bma_test_nll"], float(arrays["shift_test_nll"]),
+                       float(np.mean(arrays["sample_test_nll"])), label="model average",
+                       centre_label="centre of the subspace", ylabel=f"{split} NLL", log_when_spread=True)
     ax.legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
     bma = summary["bma"]
     method = "VI" if summary.get("method") == "vi" else "ESS"
