@@ -1,7 +1,11 @@
 """Shared test helpers."""
 
+import dataclasses
+
 import pytest
 import torch
+
+from landscape.data import load_dataset
 
 
 @pytest.fixture
@@ -25,3 +29,11 @@ def poison_step(monkeypatch):
         monkeypatch.setattr(torch.optim.SGD, "step", step)
 
     return arm
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    """The digits with their first 400 training images: the small networks of the
+    averaging, SWAG and subspace tests train on it in seconds."""
+    d = load_dataset("digits")
+    return dataclasses.replace(d, x_train=d.x_train[:400], y_train=d.y_train[:400])

@@ -33,15 +33,9 @@ SMALL = {"width": 4}
 
 
 @pytest.fixture(scope="module")
-def digits():
-    d = load_dataset("digits")
-    return dataclasses.replace(d, x_train=d.x_train[:400], y_train=d.y_train[:400])
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory, digits):
+def endpoint(tmp_path_factory, small_digits):
     out = tmp_path_factory.mktemp("end") / "a"
-    train(out=out, data=digits, epochs=3, seed=1, progress=False, model_kwargs=SMALL)
+    train(out=out, data=small_digits, epochs=3, seed=1, progress=False, model_kwargs=SMALL)
     return out / "model.pt"
 
 
@@ -87,9 +81,9 @@ def test_snapshot_rate_is_cosine_with_restarts():
     assert rates[c - 1] == pytest.approx(lr / 2 * (math.cos(math.pi * (c - 1) / c) + 1))
 
 
-def test_swa_average_equals_the_mean_of_the_collected_snapshots(tmp_path, digits, endpoint):
+def test_swa_average_equals_the_mean_of_the_collected_snapshots(tmp_path, small_digits, endpoint):
     res = run_swa(None, tmp_path / "swa", from_ckpt=str(endpoint), epochs=4, swa_lr=0.05, cycle=1,
-                  keep_snapshots=True, data=digits, progress=False)
+                  keep_snapshots=True, data=small_digits, progress=False)
     snaps = sorted((tmp_path / "swa").glob("snapshot-*.pt"))
     assert [p.name for p in snaps] == [f"snapshot-{e:03d}.pt" for e in (1, 2, 3, 4)]
     space = ParamSpace.of(res.model)
@@ -101,40 +95,40 @@ def test_swa_average_equals_the_mean_of_the_collected_snapshots(tmp_path, digits
     assert torch.equal(space.flatten(sgd), space.flatten(load_checkpoint(snaps[-1]).state_dict))
     # batch norm of the average was recomputed on the training data
     ref = load_model(tmp_path / "swa" / "swa.pt")
-    reestimate_bn(ref, digits.batches("train", 1000))
+    reestimate_bn(ref, small_digits.batches("train", 1000))
     for (n, a), (_, b) in zip(swa.named_buffers(), ref.named_buffers()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), n
     s = res.summary
     assert s["averaged"] == 4 and {"swa", "sgd"} <= s.keys()
     # SGD is reported twice: with its own running statistics, and recomputed as the average's were
-    own = evaluate_model(sgd, digits, "train")
+    own = evaluate_model(sgd, small_digits, "train")
     assert s["sgd"]["train_nll"] == pytest.approx(own["nll"], rel=1e-6)
-    reestimate_bn(sgd, digits.batches("train", 1000))
-    recomputed = evaluate_model(sgd, digits, "train")
+    reestimate_bn(sgd, small_digits.batches("train", 1000))
+    recomputed = evaluate_model(sgd, small_digits, "train")
     assert s["sgd_bn_recomputed"]["train_nll"] == pytest.approx(recomputed["nll"], rel=1e-6)
     assert abs(own["nll"] - recomputed["nll"]) > 1e-6  # the two rows do differ
     # Each epoch's record has the SGD iterate's test metrics; the last epoch's iterate is sgd.pt.
     assert [r["epoch"] for r in res.metrics] == [1, 2, 3, 4]
     assert res.metrics[-1]["test_nll"] == pytest.approx(evaluate_model(load_model(tmp_path / "swa" / "sgd.pt"),
-                                                                       digits, "test")["nll"], rel=1e-6)
+                                                                       small_digits, "test")["nll"], rel=1e-6)
 
 
-def test_a_model_option_that_contradicts_the_starting_checkpoint_is_refused(tmp_path, digits, endpoint):
+def test_a_model_option_that_contradicts_the_starting_checkpoint_is_refused(tmp_path, small_digits, endpoint):
     """--from X --model mlp used to train X's convnet and record mlp in config.json."""
     with pytest.raises(UserError, match=r"holds a 'convnet' network \(\{'width': 4\}\); --model mlp does not apply"):
-        run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), model="mlp", epochs=1, data=digits, progress=False)
+        run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), model="mlp", epochs=1, data=small_digits, progress=False)
     with pytest.raises(UserError, match="--model-kwargs does not apply"):
-        run_fge(None, tmp_path / "f", from_ckpt=str(endpoint), model_kwargs={"width": 16}, epochs=1, data=digits,
+        run_fge(None, tmp_path / "f", from_ckpt=str(endpoint), model_kwargs={"width": 16}, epochs=1, data=small_digits,
                 progress=False)
     assert not (tmp_path / "s").exists() and not (tmp_path / "f").exists()
 
 
-def test_swa_averages_every_cycle_after_the_start(tmp_path, digits, endpoint):
+def test_swa_averages_every_cycle_after_the_start(tmp_path, small_digits, endpoint):
     res = run_swa(None, tmp_path / "s", epochs=6, swa_start=2, cycle=2, swa_lr=0.02, model="convnet",
-                  model_kwargs=SMALL, data=digits, progress=False)
+                  model_kwargs=SMALL, data=small_digits, progress=False)
     assert res.summary["averaged"] == 2  # after epochs 4 and 6
     with pytest.raises(UserError, match="swa-start"):
-        run_swa(None, None, epochs=3, swa_start=3, model="convnet", data=digits, progress=False)
+        run_swa(None, None, epochs=3, swa_start=3, model="convnet", data=small_digits, progress=False)
     for bad, said in (({"swa_lr": float("nan")}, "--swa-lr must be a finite number > 0, got nan"),
                       ({"swa_lr": 0.0}, "--swa-lr must be a finite number > 0, got 0.0"),
                       ({"swa_lr_max": float("inf")}, "--swa-lr-max must be a finite number > 0, got inf"),
@@ -143,13 +137,13 @@ def test_swa_averages_every_cycle_after_the_start(tmp_path, digits, endpoint):
                        "--swa-lr-max (by default 10 x --swa-lr) must be a finite number > 0, got 1e+39 (above "
                        "3.4e+38, the float32 limit)")):
         with pytest.raises(UserError, match=re.escape(said)):
-            run_swa(None, None, epochs=3, model="convnet", data=digits, progress=False, **bad)
+            run_swa(None, None, epochs=3, model="convnet", data=small_digits, progress=False, **bad)
     with pytest.raises(UserError, match=re.escape("--lr-max must be a finite number > 0, got 1e+39")):
-        run_fge(None, None, from_ckpt=str(endpoint), epochs=2, lr=1e39, data=digits, progress=False)
+        run_fge(None, None, from_ckpt=str(endpoint), epochs=2, lr=1e39, data=small_digits, progress=False)
     # refused before training, not after it (the folder could then never be finished)
     with pytest.raises(UserError, match=r"^no iterate would be averaged: --epochs \(2\) must exceed --swa-start "
                                         r"\(0\) by at least --cycle \(5\)$"):
-        run_swa(None, tmp_path / "never", epochs=2, cycle=5, model="convnet", data=digits, progress=False)
+        run_swa(None, tmp_path / "never", epochs=2, cycle=5, model="convnet", data=small_digits, progress=False)
     assert not (tmp_path / "never").exists()
 
 
@@ -157,8 +151,8 @@ class _Stop(Exception):
     pass
 
 
-def test_swa_resume_is_exact(tmp_path, digits, endpoint):
-    kw = dict(from_ckpt=str(endpoint), epochs=4, swa_lr=0.05, data=digits, progress=False)
+def test_swa_resume_is_exact(tmp_path, small_digits, endpoint):
+    kw = dict(from_ckpt=str(endpoint), epochs=4, swa_lr=0.05, data=small_digits, progress=False)
     full = run_swa(None, tmp_path / "full", **kw)
 
     def stop(epoch, record):
@@ -172,9 +166,9 @@ def test_swa_resume_is_exact(tmp_path, digits, endpoint):
         assert torch.equal(a, b)
 
 
-def test_fge_snapshots_and_their_ensemble(tmp_path, digits, endpoint):
+def test_fge_snapshots_and_their_ensemble(tmp_path, small_digits, endpoint):
     res = run_fge(None, tmp_path / "fge", from_ckpt=str(endpoint), epochs=4, cycle=2, lr=0.05, lr_min=0.001,
-                  data=digits, progress=False)
+                  data=small_digits, progress=False)
     s = res.summary
     snaps = sorted((tmp_path / "fge").glob("snapshot-*.pt"))
     assert len(snaps) == 2 == s["ensemble"]["members"]
@@ -186,33 +180,33 @@ def test_fge_snapshots_and_their_ensemble(tmp_path, digits, endpoint):
     for p in snaps:
         net = load_model(p)
         with torch.no_grad():
-            probs.append(torch.cat([torch.softmax(net(x), -1) for x, _ in digits.batches("test", 1000)]).numpy())
-    want = ensemble_metrics(np.stack(probs), digits.y_test.numpy())
+            probs.append(torch.cat([torch.softmax(net(x), -1) for x, _ in small_digits.batches("test", 1000)]).numpy())
+    want = ensemble_metrics(np.stack(probs), small_digits.y_test.numpy())
     assert s["ensemble"]["test_error"] == pytest.approx(want["error"])
     assert s["ensemble"]["test_nll"] == pytest.approx(want["nll"], rel=1e-5)
     with pytest.raises(UserError, match="--from"):
-        run_fge(None, None, epochs=2, data=digits, progress=False)
+        run_fge(None, None, epochs=2, data=small_digits, progress=False)
 
 
-def test_divergence_names_each_methods_rate_and_keeps_no_non_finite_weights(tmp_path, digits, endpoint,
+def test_divergence_names_each_methods_rate_and_keeps_no_non_finite_weights(tmp_path, small_digits, endpoint,
                                                                              poison_step):
     """FGE's rate is --lr-max, SWA's --swa-lr; an FGE snapshot of NaN weights is
     never taken, and an SWA iterate made NaN by an epoch's last step is never averaged."""
     poison_step(1)  # FGE with cycles of 1 epoch (4 steps) snapshots after its 2nd step: the weights are NaN then
     with pytest.raises(UserError, match=re.escape("the weights became non-finite in epoch 1, before snapshot 1; "
                                                   "no epoch finished; lower --lr-max and start again")):
-        run_fge(None, tmp_path / "f", from_ckpt=str(endpoint), epochs=2, cycle=1, data=digits, progress=False)
+        run_fge(None, tmp_path / "f", from_ckpt=str(endpoint), epochs=2, cycle=1, data=small_digits, progress=False)
     assert not list((tmp_path / "f").glob("snapshot-*.pt"))
     steps = steps_per_epoch(400, 128)
     poison_step(2 * steps)  # the last step of epoch 2, the first averaged
     with pytest.raises(UserError, match=re.escape("the weights became non-finite by the end of epoch 2 ")
                        + r".*last\.pt holds epoch 1; lower --swa-lr \(or --lr, before --swa-start\)"):
-        run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), epochs=3, swa_start=1, data=digits, progress=False)
+        run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), epochs=3, swa_start=1, data=small_digits, progress=False)
     kept = load_checkpoint(tmp_path / "s" / "last.pt")
     assert kept.extra["average_state"]["n"] == 0 and all(bool(torch.isfinite(v).all()) for v in kept.state_dict.values())
 
 
-def test_a_non_finite_swa_average_is_refused_before_its_files(tmp_path, digits, endpoint, monkeypatch):
+def test_a_non_finite_swa_average_is_refused_before_its_files(tmp_path, small_digits, endpoint, monkeypatch):
     """swa.pt and sgd.pt were written before the summary's check: a refused run left what looked
     like finished networks."""
     import landscape.averaging as averaging
@@ -228,17 +222,17 @@ def test_a_non_finite_swa_average_is_refused_before_its_files(tmp_path, digits, 
     monkeypatch.setattr(averaging, "_metrics_of", metrics)
     with pytest.raises(UserError, match=re.escape("training diverged: the final network's swa.test_nll is nan; ")
                        + ".*last.pt holds epoch 1; lower --swa-lr"):
-        run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), epochs=1, data=digits, progress=False)
+        run_swa(None, tmp_path / "s", from_ckpt=str(endpoint), epochs=1, data=small_digits, progress=False)
     assert (tmp_path / "s" / "last.pt").exists()
     assert not any((tmp_path / "s" / name).exists() for name in ("swa.pt", "sgd.pt", "model.pt", "summary.json"))
 
 
-def test_snapshot_ensemble_from_scratch(tmp_path, digits, capsys):
+def test_snapshot_ensemble_from_scratch(tmp_path, small_digits, capsys):
     """A trailing partial cycle (5 epochs, cycles of 2) takes no snapshot, and the summary and the CLI say so."""
     import cli
 
     res = run_snapshots(None, tmp_path / "snap", epochs=5, cycle=2, lr=0.05, model="convnet", model_kwargs=SMALL,
-                        data=digits, progress=False)
+                        data=small_digits, progress=False)
     assert res.summary["ensemble"]["members"] == 2
     assert [m["epoch"] for m in res.summary["members"]] == [2, 4]
     assert (res.summary["cycle"], res.summary["partial_cycle_epochs"], res.summary["partial_cycle_snapshot"]) == \
@@ -248,9 +242,9 @@ def test_snapshot_ensemble_from_scratch(tmp_path, digits, capsys):
         "note: --epochs 5 is not a multiple of --cycle 2: the last 1 epoch formed a partial cycle, which gave no snapshot")
 
 
-def test_ensemble_of_checkpoints(tmp_path, digits, endpoint):
+def test_ensemble_of_checkpoints(tmp_path, small_digits, endpoint):
     other = tmp_path / "b"
-    train(out=other, data=digits, epochs=3, seed=2, progress=False, model_kwargs=SMALL)
+    train(out=other, data=small_digits, epochs=3, seed=2, progress=False, model_kwargs=SMALL)
     paths = [endpoint, other / "model.pt"]
     s = evaluate_ensemble(paths, tmp_path / "ens", data_overrides={"dataset": "digits"}).summary
     full = load_dataset("digits")  # the checkpoints' own data settings: the whole digits split

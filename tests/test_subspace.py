@@ -4,7 +4,6 @@ through the curve's points by hand, every likelihood and the model average
 against a sequential evaluation, resume, the command line and bad input."""
 
 import copy
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -19,7 +18,6 @@ import cli
 import landscape.subspace as subspace_module
 from curves import curve_subspace, fit_curve, load_curve
 from landscape.averaging import run_swa
-from landscape.data import load_dataset
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points_sequential
 from landscape.metrics import ensemble_metrics
@@ -34,22 +32,16 @@ SMALL = {"width": 4}
 
 
 @pytest.fixture(scope="module")
-def digits():
-    d = load_dataset("digits")
-    return dataclasses.replace(d, x_train=d.x_train[:400], y_train=d.y_train[:400])
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, digits):
+def runs(tmp_path_factory, small_digits):
     """Two small endpoints, a one-bend Bezier curve between them, and SWA with
     SWAG's last 4 deviations from the first."""
     root = tmp_path_factory.mktemp("subspace")
     for name, seed in (("a", 1), ("b", 2)):
-        train(out=root / name, data=digits, epochs=3, seed=seed, progress=False, model_kwargs=SMALL)
-    fit_curve(root / "a" / "model.pt", root / "b" / "model.pt", root / "curve", data=digits, curve="bezier",
+        train(out=root / name, data=small_digits, epochs=3, seed=seed, progress=False, model_kwargs=SMALL)
+    fit_curve(root / "a" / "model.pt", root / "b" / "model.pt", root / "curve", data=small_digits, curve="bezier",
               bends=1, epochs=2, progress=False)
     run_swa(None, root / "swa", from_ckpt=str(root / "a" / "model.pt"), epochs=5, swa_lr=0.1, swag_rank=4,
-            data=digits, progress=False)
+            data=small_digits, progress=False)
     return root
 
 
@@ -112,9 +104,9 @@ def test_a_bracket_shrunk_onto_the_current_point_returns_it_evaluated():
     assert evals[0] == subspace_module.MAX_SHRINKS + 1 and extra["first"][0] == start[0, 0]
 
 
-def test_burn_in_discards_each_chains_first_steps(runs, digits):
+def test_burn_in_discards_each_chains_first_steps(runs, small_digits):
     sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
-    kw = dict(chains=2, data=digits, seed=3, prior_scale=2.0)
+    kw = dict(chains=2, data=small_digits, seed=3, prior_scale=2.0)
     whole = sample_subspace(sub, samples=6, **kw).arrays
     burnt = sample_subspace(sub, samples=4, burn_in=1, **kw).arrays
     assert np.array_equal(burnt["z"], whole["z"][2:]) and np.array_equal(burnt["chain"], whole["chain"][2:])
@@ -160,7 +152,7 @@ def test_the_curve_plane_passes_through_the_curves_points(runs):
         plane_of_points(w[0], (w[0] + w[2]) / 2, w[2])
 
 
-def test_curve_chains_start_at_the_curves_end(runs, digits, monkeypatch):
+def test_curve_chains_start_at_the_curves_end(runs, small_digits, monkeypatch):
     sub = curve_subspace(runs / "curve" / "model.pt")
     original, asked = subspace_module.evaluate_points, []
 
@@ -169,7 +161,7 @@ def test_curve_chains_start_at_the_curves_end(runs, digits, monkeypatch):
         return original(model, anchors, coefficients, *args, **kwargs)
 
     monkeypatch.setattr(subspace_module, "evaluate_points", recording)
-    res = sample_subspace(sub, samples=1, data=digits, seed=0)
+    res = sample_subspace(sub, samples=1, data=small_digits, seed=0)
     t1 = np.asarray(sub.landmarks["t=1"])
     # first the centre (its row of the table) and the start, as the reference's theta = coords[t=1]
     assert asked[0] == pytest.approx(np.array([[1.0, 0.0, 0.0], [1.0, *t1]]))
@@ -178,22 +170,22 @@ def test_curve_chains_start_at_the_curves_end(runs, digits, monkeypatch):
     assert np.linalg.norm(asked[1][0, 1:]) > 0 and not np.allclose(asked[1][0, 1:], t1)
 
 
-def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tmp_path, runs, digits):
+def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tmp_path, runs, small_digits):
     sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
     res = sample_subspace(sub, tmp_path / "s", samples=5, chains=2, temperature=2.0, prior_scale=3.0, seed=1,
-                          data=digits, bn_stats="batches", grid=3)
+                          data=small_digits, bn_stats="batches", grid=3)
     a = res.arrays
     assert a["z"].shape == (5, 2) and a["chain"].tolist() == [0, 1, 0, 1, 0]
     points = np.concatenate([np.zeros((1, 2)), a["z"]])
-    want = evaluate_points_sequential(sub.model, sub.anchors(), np.concatenate([np.ones((6, 1)), points], 1), digits,
+    want = evaluate_points_sequential(sub.model, sub.anchors(), np.concatenate([np.ones((6, 1)), points], 1), small_digits,
                                       wd=res.summary["wd"], bn_stats="batches", return_probs=True)
-    n = len(digits.y_train)
+    n = len(small_digits.y_train)
     assert a["log_likelihood"] == pytest.approx(-n * want["train_nll"][1:] / 2.0, rel=1e-5)
     assert a["log_posterior"] == pytest.approx(a["log_likelihood"] - 0.5 * (a["z"] ** 2).sum(1) / 9.0, rel=1e-9)
     for m in ("train_loss", "train_error", "test_nll", "test_error"):
         assert a[f"sample_{m}"] == pytest.approx(want[m][1:], rel=1e-4, abs=1e-6), m
         assert float(a[f"shift_{m}"]) == pytest.approx(want[m][0], rel=1e-4, abs=1e-6), m
-    labels = digits.y_test.numpy()
+    labels = small_digits.y_test.numpy()
     for s in (1, 3, 5):
         bma = ensemble_metrics(want["probs"][1:s + 1].astype(np.float64).mean(0)[None], labels)
         assert a["bma_test_nll"][s - 1] == pytest.approx(bma["nll"], rel=1e-4)
@@ -203,7 +195,7 @@ def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tm
     axis = a["grid_axis"]
     assert axis[-1] == pytest.approx(1.2 * max(np.abs(a["z"]).max(), 3.0)) and axis == pytest.approx(-axis[::-1])
     gz = np.array([[x, y] for x in axis for y in axis])
-    on_grid = evaluate_points_sequential(sub.model, sub.anchors(), np.concatenate([np.ones((9, 1)), gz], 1), digits,
+    on_grid = evaluate_points_sequential(sub.model, sub.anchors(), np.concatenate([np.ones((9, 1)), gz], 1), small_digits,
                                          wd=res.summary["wd"], bn_stats="batches")
     want_lp = -n * on_grid["train_nll"] / 2.0 - 0.5 * (gz ** 2).sum(1) / 9.0
     assert a["grid_log_posterior"].ravel() == pytest.approx(want_lp, rel=1e-5)
@@ -213,11 +205,11 @@ def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tm
     assert not (tmp_path / "s" / "sweep.partial.npz").exists()
 
 
-def test_an_interrupted_run_resumes_to_the_same_samples(tmp_path, runs, digits, monkeypatch):
+def test_an_interrupted_run_resumes_to_the_same_samples(tmp_path, runs, small_digits, monkeypatch):
     import landscape.sweep as sweep_module
 
     sub = swag_subspace(runs / "swa" / "swag.pt", "random", 3, seed=2)
-    kw = dict(samples=6, chains=2, burn_in=1, grid=3, data=digits, seed=4, prior_scale=2.0, points_per_pass=4)
+    kw = dict(samples=6, chains=2, burn_in=1, grid=3, data=small_digits, seed=4, prior_scale=2.0, points_per_pass=4)
     whole = sample_subspace(sub, tmp_path / "whole", **kw).arrays
     original = subspace_module.evaluate_points
     state, grid_state = tmp_path / "cut" / "sweep.partial.npz", tmp_path / "cut" / "grid.partial.npz"
@@ -269,11 +261,11 @@ def test_an_interrupted_run_resumes_to_the_same_samples(tmp_path, runs, digits, 
         sample_subspace(sub, tmp_path / "cut", **kw)
 
 
-def test_the_python_api_refuses_torchrun_too(runs, digits, monkeypatch, tmp_path):
+def test_the_python_api_refuses_torchrun_too(runs, small_digits, monkeypatch, tmp_path):
     sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="subspace sampling runs in one process"):
-        sample_subspace(sub, tmp_path / "x", samples=2, data=digits)
+        sample_subspace(sub, tmp_path / "x", samples=2, data=small_digits)
     assert not (tmp_path / "x").exists()
 
 
@@ -293,11 +285,11 @@ def vi_subspace(runs):
     return sub
 
 
-def test_one_vi_step_follows_the_elbos_gradient_by_finite_differences(runs, digits):
+def test_one_vi_step_follows_the_elbos_gradient_by_finite_differences(runs, small_digits):
     sub = vi_subspace(runs)
-    n, lr, temperature, prior, init = len(digits.y_train), 0.05, 20.0, 0.7, 0.4
+    n, lr, temperature, prior, init = len(small_digits.y_train), 0.05, 20.0, 0.7, 0.4
     res = sample_subspace(sub, method="vi", vi_epochs=1, vi_batch_size=n, vi_lr=lr, vi_init_std=init, samples=2,
-                          temperature=temperature, prior_scale=prior, seed=5, data=digits)
+                          temperature=temperature, prior_scale=prior, seed=5, data=small_digits)
     eps = torch.randn(2, generator=torch.Generator().manual_seed(subspace_module.vi_seeds(5, 0)[1]),
                       dtype=torch.float64).numpy()
     net = copy.deepcopy(sub.model).train()
@@ -308,7 +300,7 @@ def test_one_vi_step_follows_the_elbos_gradient_by_finite_differences(runs, digi
         w = sub.weights(mu + sigma * eps)
         net.load_state_dict(space.unflatten(w), strict=False)
         with torch.no_grad():
-            nll = torch.nn.functional.cross_entropy(net(digits.x_train), digits.y_train).double().item()
+            nll = torch.nn.functional.cross_entropy(net(small_digits.x_train), small_digits.y_train).double().item()
         kl = np.sum(np.log(prior / sigma) + (sigma ** 2 + mu ** 2) / (2 * prior ** 2) - 0.5)
         return nll + temperature * kl / n
 
@@ -333,9 +325,9 @@ def test_one_vi_step_follows_the_elbos_gradient_by_finite_differences(runs, digi
     assert res.arrays["z"] == pytest.approx(want_z, abs=1e-12)
 
 
-def test_an_interrupted_vi_fit_resumes_exactly(tmp_path, runs, digits, monkeypatch):
+def test_an_interrupted_vi_fit_resumes_exactly(tmp_path, runs, small_digits, monkeypatch):
     sub = vi_subspace(runs)
-    kw = dict(method="vi", vi_epochs=3, vi_lr=0.05, samples=3, data=digits, seed=2)
+    kw = dict(method="vi", vi_epochs=3, vi_lr=0.05, samples=3, data=small_digits, seed=2)
     whole = sample_subspace(sub, tmp_path / "whole", **kw)
     original = subspace_module.vi_seeds
 
@@ -360,27 +352,27 @@ def test_an_interrupted_vi_fit_resumes_exactly(tmp_path, runs, digits, monkeypat
     assert len(whole.arrays["vi_loss"]) == 3 and not (tmp_path / "cut" / "sweep.partial.npz").exists()
 
 
-def test_a_vi_fit_with_dropout_does_not_depend_on_the_global_rng(runs, digits):
+def test_a_vi_fit_with_dropout_does_not_depend_on_the_global_rng(runs, small_digits):
     sub = vi_subspace(runs)
     sub.model.register_forward_pre_hook(lambda m, args: (torch.nn.functional.dropout(args[0], 0.3, m.training),))
     fits = []
     for global_seed in (1, 2):  # what an earlier command, or a resumed process, left the global RNG at
         torch.manual_seed(global_seed)
-        fits.append(sample_subspace(sub, method="vi", vi_epochs=1, samples=1, data=digits).summary["vi"]["mu"])
+        fits.append(sample_subspace(sub, method="vi", vi_epochs=1, samples=1, data=small_digits).summary["vi"]["mu"])
     assert fits[0] == fits[1]
 
 
-def test_a_large_initial_vi_sigma_is_taken(runs, digits):
+def test_a_large_initial_vi_sigma_is_taken(runs, small_digits):
     sub = vi_subspace(runs)
-    res = sample_subspace(sub, method="vi", vi_epochs=1, vi_init_std=1000.0, vi_lr=1e-6, samples=1, data=digits)
+    res = sample_subspace(sub, method="vi", vi_epochs=1, vi_init_std=1000.0, vi_lr=1e-6, samples=1, data=small_digits)
     assert res.summary["vi"]["sigma"] == pytest.approx([1000.0, 1000.0], rel=1e-3)
 
 
-def test_a_diverging_vi_fit_is_refused_in_one_line(tmp_path, runs, digits):
+def test_a_diverging_vi_fit_is_refused_in_one_line(tmp_path, runs, small_digits):
     sub = vi_subspace(runs)
     with pytest.raises(UserError, match=r"variational inference diverged in epoch 1 \(loss nan\); start again with a "
                                          r"lower --vi-lr than 1e\+09 in another --out"):
-        sample_subspace(sub, tmp_path / "d", method="vi", vi_epochs=2, vi_lr=1e9, samples=2, data=digits)
+        sample_subspace(sub, tmp_path / "d", method="vi", vi_epochs=2, vi_lr=1e9, samples=2, data=small_digits)
 
 
 def run_cli(*argv) -> subprocess.CompletedProcess:

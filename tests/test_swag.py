@@ -3,7 +3,6 @@ iterates, the sampler against its closed-form covariance, the model average
 against one built by hand with torch's update_bn, resume, and bad input."""
 
 import copy
-import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from torch.optim.swa_utils import update_bn
 
 from landscape.averaging import predict_probs, run_swa
 from landscape.checkpoint import load_checkpoint, load_model
-from landscape.data import load_dataset
 from landscape.errors import UserError
 from landscape.metrics import ensemble_metrics
 from landscape.swag import SwagPosterior, evaluate_swag, load_swag
@@ -28,19 +26,13 @@ SMALL = {"width": 4}
 
 
 @pytest.fixture(scope="module")
-def digits():
-    d = load_dataset("digits")
-    return dataclasses.replace(d, x_train=d.x_train[:400], y_train=d.y_train[:400])
-
-
-@pytest.fixture(scope="module")
-def swag_run(tmp_path_factory, digits):
+def swag_run(tmp_path_factory, small_digits):
     """SWA at a high constant rate for 5 epochs from an endpoint, every iterate
     kept, SWAG's last 3 deviations collected."""
     root = tmp_path_factory.mktemp("swag")
-    train(out=root / "a", data=digits, epochs=3, seed=1, progress=False, model_kwargs=SMALL)
+    train(out=root / "a", data=small_digits, epochs=3, seed=1, progress=False, model_kwargs=SMALL)
     kw = dict(from_ckpt=str(root / "a" / "model.pt"), epochs=5, swa_lr=0.1, swag_rank=3, keep_snapshots=True,
-              data=digits, progress=False)
+              data=small_digits, progress=False)
     return run_swa(None, root / "swa", **kw), root, kw
 
 
@@ -89,10 +81,10 @@ def test_samples_follow_the_formula_and_the_closed_form_covariance():
         torch.testing.assert_close(torch.cov(draws.T), want_cov, rtol=0, atol=0.004)
 
 
-def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, digits):
+def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, small_digits):
     _, root, _ = swag_run
     ev = evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=5, bn_stats="batches",
-                       data=digits)
+                       data=small_digits)
     post, net, _ = load_swag(root / "swa" / "swag.pt")
     space = ParamSpace.of(net)
     probs = []
@@ -101,9 +93,9 @@ def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, d
         with torch.no_grad():
             for name, value in space.unflatten(w).items():
                 m.get_parameter(name).copy_(value)
-        update_bn(digits.batches("train", 1000), m)
-        probs.append(predict_probs(m, digits).double())
-    labels = digits.y_test.numpy()
+        update_bn(small_digits.batches("train", 1000), m)
+        probs.append(predict_probs(m, small_digits).double())
+    labels = small_digits.y_test.numpy()
     for s in (1, 3):
         want = ensemble_metrics(torch.stack(probs[:s]).mean(0)[None].numpy(), labels)
         assert ev.arrays["bma_test_nll"][s - 1] == pytest.approx(want["nll"], rel=1e-4)
@@ -120,13 +112,13 @@ def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, d
     assert (tmp_path / "ev" / "swag.npz").exists() and not (tmp_path / "ev" / "sweep.partial.npz").exists()
     # a finished result is refused without --resume and returned with it
     with pytest.raises(UserError, match="already holds a finished result"):
-        evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=5, bn_stats="batches", data=digits)
+        evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=5, bn_stats="batches", data=small_digits)
     again = evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=5, bn_stats="batches",
-                          data=digits, resume=True)
+                          data=small_digits, resume=True)
     assert again.summary["bma"] == pytest.approx(ev.summary["bma"])
     with pytest.raises(UserError, match="of other inputs or settings"):
         evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=6, bn_stats="batches",
-                      data=digits, resume=True)
+                      data=small_digits, resume=True)
 
 
 def test_swa_with_swag_moments_resumes_exactly(tmp_path, swag_run):
@@ -213,12 +205,12 @@ def test_a_run_started_before_swag_existed_resumes_with_swag_off(tmp_path, swag_
     assert done.summary["averaged"] == 5 and "swag" not in done.summary["files"]
 
 
-def test_swag_needs_two_averaged_iterates(tmp_path, swag_run, digits):
+def test_swag_needs_two_averaged_iterates(tmp_path, swag_run, small_digits):
     """One averaged iterate gives a Gaussian of no spread (variance 0, one zero deviation):
     every sample would be the mean. Refused before training."""
     _, root, _ = swag_run
     with pytest.raises(UserError, match=r"^SWAG needs at least 2 averaged iterates .* --epochs 3 with --swa-start 1 "
                                         r"and --cycle 2 averages 1$"):
         run_swa(None, tmp_path / "one", from_ckpt=str(root / "a" / "model.pt"), epochs=3, swa_start=1, cycle=2,
-                swag_rank=4, data=digits, progress=False)
+                swag_rank=4, data=small_digits, progress=False)
     assert not (tmp_path / "one").exists()
