@@ -586,9 +586,9 @@ def cmd_subspace(args: argparse.Namespace) -> int:
                             f"(pca and random need swag.pt from 'landscape swa --swag-rank K')")
         if args.rank not in (None, 2):
             raise UserError(f"--rank {args.rank}: the curve subspace is a plane (rank 2)")
-        space = curve_subspace(args.ckpt, device, args.model)
+        space = curve_subspace(ck, device, args.model)  # the checkpoint read once: swag.pt can be large
     else:
-        space = swag_subspace(args.ckpt, basis, 2 if args.rank is None else args.rank, args.seed, device, args.model)
+        space = swag_subspace(ck, basis, 2 if args.rank is None else args.rank, args.seed, device, args.model)
     kwargs = _stored_eval_kwargs(args)
     kwargs.pop("device"), kwargs.pop("model")
     vi = {name: getattr(args, name) for name in ("vi_epochs", "vi_lr", "vi_batch_size", "vi_init_std")

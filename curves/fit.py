@@ -306,13 +306,13 @@ def _stored_anchors(ckpt: Checkpoint, space: ParamSpace) -> torch.Tensor:
     return anchors
 
 
-def load_curve(path: str | Path, device: str | torch.device = "cpu", model: str | None = None,
+def load_curve(path: str | Path | Checkpoint, device: str | torch.device = "cpu", model: str | None = None,
                model_kwargs: dict | None = None) -> LoadedCurve:
-    """Read a curve checkpoint: the curve (anchors as written) and its template network.
+    """Read a curve checkpoint (or take it already read): the curve (anchors as written) and its template network.
     ``model`` / ``model_kwargs``: the user's ``--model`` / ``--model-kwargs``,
     which may only describe the curve's own network (and so trust a
     ``package.module:factory`` it names)."""
-    ckpt = load_checkpoint(path)
+    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
     if ckpt.kind != "curve":
         raise UserError(f"{ckpt.path}: a '{ckpt.kind}' checkpoint, not a curve; make one with 'landscape connect'")
     template = load_model(ckpt, own_network(ckpt, model, model_kwargs))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from landscape.checkpoint import Checkpoint
 from landscape.subspace import Subspace, plane_of_points
 
 from .fit import LoadedCurve, load_curve
@@ -16,7 +17,7 @@ from .fit import LoadedCurve, load_curve
 __all__ = ["curve_subspace"]
 
 
-def curve_subspace(curve: str | Path | LoadedCurve, device: torch.device | str = "cpu",
+def curve_subspace(curve: str | Path | Checkpoint | LoadedCurve, device: torch.device | str = "cpu",
                    model: str | None = None) -> Subspace:
     """The ``curve`` subspace of a curve checkpoint (written by ``landscape connect``)."""
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device, model)

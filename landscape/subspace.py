@@ -50,7 +50,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .checkpoint import write_json, write_npz
+from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
 from .errors import UserError
 from .evaluate import METRICS, evaluate_points, precision_amp, resolve_bn_stats
@@ -122,11 +122,6 @@ def _deviation_spectrum(post: SwagPosterior) -> tuple[torch.Tensor, torch.Tensor
     return d, evals, evecs, kept
 
 
-def spanned_directions(post: SwagPosterior) -> int:
-    """How many directions SWAG's deviations span (the largest ``pca_basis`` rank)."""
-    return _deviation_spectrum(post)[3]
-
-
 def check_seed(seed: int) -> None:
     if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2 ** 63:
         raise UserError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}")
@@ -174,7 +169,7 @@ def plane_of_points(w0: torch.Tensor, wm: torch.Tensor, w1: torch.Tensor) -> tup
     return shift.float(), basis.float(), {n: [float(c) for c in row] for n, row in zip(names, coords)}
 
 
-def swag_subspace(path: str | Path, basis: str = "pca", rank: int = 2, seed: int = 0,
+def swag_subspace(path: str | Path | Checkpoint, basis: str = "pca", rank: int = 2, seed: int = 0,
                   device: torch.device | str = "cpu", model: str | None = None) -> Subspace:
     """The ``pca`` or ``random`` subspace around the SWA mean of ``swag.pt``."""
     if basis not in ("pca", "random"):
@@ -187,10 +182,10 @@ def swag_subspace(path: str | Path, basis: str = "pca", rank: int = 2, seed: int
     if basis == "pca":
         directions = pca_basis(post, rank)
     else:  # as long as the mean of the top two PCA directions (of the top one when only one is spanned)
-        spanned = spanned_directions(post)
+        _, evals, _, spanned = _deviation_spectrum(post)
         if spanned == 0:
             raise UserError(f"{ck.path}: the SWAG deviations span no direction, so a random subspace has no scale")
-        length = float(pca_basis(post, min(2, spanned)).double().norm(dim=1).mean())
+        length = float(evals[:min(2, spanned)].sqrt().mean())  # a PCA direction's length is sqrt(its eigenvalue)
         directions = random_basis(post.mean.numel(), rank, length, seed, post.mean.device)
     return Subspace(kind=basis, shift=post.mean.float(), basis=directions, model=net, spec=ck.model,
                     meta=ck.meta, source=ck.path)

@@ -103,12 +103,13 @@ class SwagPosterior:
         return torch.stack(rows)
 
 
-def load_swag(path: str | Path, device: torch.device | str = "cpu",
+def load_swag(path: str | Path | Checkpoint, device: torch.device | str = "cpu",
               model: str | None = None) -> tuple[SwagPosterior, nn.Module, Checkpoint]:
-    """Read ``swag.pt`` (written by ``landscape swa --swag-rank K``): the
-    posterior and the SWA network it is centred on. ``model``: the user's
-    ``--model``, which must name the checkpoint's own network."""
-    ck = load_checkpoint(path)
+    """Read ``swag.pt`` (written by ``landscape swa --swag-rank K``; or take it
+    already read): the posterior and the SWA network it is centred on.
+    ``model``: the user's ``--model``, which must name the checkpoint's own
+    network."""
+    ck = path if isinstance(path, Checkpoint) else load_checkpoint(path)
     info = ck.extra.get("swag")
     if not isinstance(info, dict) or not {"mean", "sq_mean", "deviations", "names", "averaged"} <= set(info):
         raise UserError(f"{ck.path}: holds no SWAG moments; make them with 'landscape swa --swag-rank K' "

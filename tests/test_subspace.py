@@ -137,6 +137,13 @@ def test_random_basis_is_orthogonal_with_the_given_length_and_seeded():
     assert not torch.equal(random_basis(300, 4, 0.25, seed=7), random_basis(300, 4, 0.25, seed=8))
 
 
+def test_a_random_subspace_is_as_long_as_the_top_two_pca_directions(runs):
+    pca = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
+    rnd = swag_subspace(runs / "swa" / "swag.pt", "random", 3, seed=1)
+    want = float(pca.basis.double().norm(dim=1).mean())
+    assert rnd.basis.double().norm(dim=1).numpy() == pytest.approx([want] * 3, rel=1e-5)
+
+
 def test_the_curve_plane_passes_through_the_curves_points(runs):
     loaded = load_curve(runs / "curve" / "model.pt")
     w = loaded.curve.anchors().detach().double()
