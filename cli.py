@@ -460,6 +460,10 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         from plots.swag import draw_swag_figure
 
         written = draw_swag_figure(d, formats)
+    elif (d / "variational.npz").exists():
+        from plots.swag import draw_variational_figure
+
+        written = draw_variational_figure(d, formats)
     elif (d / "subspace.npz").exists():
         from plots.subspace import draw_subspace_figure
 
@@ -484,7 +488,7 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         raise UserError(f"{d}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
                         f"command with --resume, then plot")
     else:
-        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, simplex.npz, swag.npz or subspace.npz)")
+        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, simplex.npz, swag.npz, subspace.npz or variational.npz)")
     return written
 
 
@@ -620,6 +624,63 @@ def _print_ensemble(s: dict[str, Any]) -> None:
         gave = "one more snapshot" if s.get("partial_cycle_snapshot") else "no snapshot"
         print(f"note: --epochs {s['epochs']} is not a multiple of --cycle {s['cycle']}: the last {r} "
               f"epoch{'s' if r > 1 else ''} formed a partial cycle, which gave {gave}")
+
+
+def cmd_vi(args: argparse.Namespace) -> int:
+    from landscape.sweep import is_main
+    from landscape.variational import run_variational
+
+    if not args.from_ckpt and not args.model:
+        args.model = "convnet"
+    overrides = _average_overrides(args)
+    overrides.pop("wd")
+    result = run_variational(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+                             lr=args.lr, schedule=args.schedule, family=args.family, prior=args.prior,
+                             prior_scale=args.prior_scale, temperature=args.temperature, init_alpha=args.init_alpha,
+                             kl_warmup=args.kl_warmup, optimizer=args.optimizer, hwa_start=args.hwa_start,
+                             hwa_lr=args.hwa_lr, hwa_lr_max=args.hwa_lr_max, cycle=args.cycle, **overrides)
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
+    s = result.summary
+    split = s.get("eval_split", "test")
+    print(f"{s['family']} posterior, {s['prior']} prior, {s['stochastic_parameters']} stochastic weights"
+          + ("   [synthetic data]" if s.get("synthetic") else ""))
+    print(f"{'deterministic':<16}{'train nll':>12}{'train err %':>13}{f'{split} nll':>10}{f'{split} err %':>12}"
+          f"{'KL / N':>10}")
+    for key, name in (("vi", "VI (final)"), ("hwa", f"HWA ({s.get('hwa', {}).get('averaged')} avg)")):
+        if key in s:
+            m = s[key]
+            print(f"{name:<16}{m['train_nll']:>12.4f}{m['train_error']:>13.2f}{m['test_nll']:>10.4f}"
+                  f"{m['test_error']:>12.2f}{m['kl_per_sample']:>10.3f}")
+    for f in s["files"].values():
+        print(f"posterior: {args.out / f}   (its three prediction schemes: landscape vi-eval --ckpt "
+              f"{args.out / f} --out DIR)")
+    return 0
+
+
+def cmd_vi_eval(args: argparse.Namespace) -> int:
+    from landscape.sweep import is_main
+    from landscape.variational import evaluate_variational
+    from plots.swag import draw_variational_figure
+
+    result = evaluate_variational(args.ckpt, args.out, samples=args.samples, seed=args.seed,
+                                  **_stored_eval_kwargs(args))
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
+    figures = draw_variational_figure(args.out, tuple(args.format))
+    s = result.summary
+    _metrics_header(s.get("eval_split", "test"))
+    _print_metrics_row("deterministic", s["deterministic"])
+    m = s["samples"]
+    _print_metrics_row("stochastic", {k: m[f"{k}_mean"] for k in ("train_loss", "train_error", "test_nll",
+                                                                  "test_error")})
+    e = s["ensemble"]
+    print(f"{'ensemble':<16}{'':>12}{'':>13}{e['test_nll']:>10.4f}{e['test_error']:>12.2f}   "
+          f"({s['method']}, {s['family']} posterior: {e['members']} samples)"
+          + ("   [synthetic data]" if s.get("synthetic") else ""))
+    for f in figures:
+        print(f"figure: {f}")
+    return 0
 
 
 def cmd_fge(args: argparse.Namespace) -> int:
@@ -1034,6 +1095,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (and of a random basis)")
     add_stored_eval_args(p)
     p.set_defaults(func=cmd_subspace)
+
+    p = sub.add_parser("vi", help="a Bayesian network: a variational posterior over the weights "
+                                  "(mean-field Gaussian, variational dropout, variance network; HWA)",
+                       description="Variational inference over the weights of the linear and convolution layers: "
+                                   "q(w) = N(m, s^2) per weight in one of five families, a log-uniform or Gaussian "
+                                   "prior, the local reparameterisation trick; with --hwa-start, HWA averages the "
+                                   "means along a cyclical rate. Writes vi.pt (and hwa.pt) for 'landscape vi-eval'.")
+    add_start(p, scratch=True)
+    g = p.add_argument_group("posterior")
+    g.add_argument("--family", default="additive", choices=["additive", "weight", "neuron", "layer", "variance"],
+                   help="additive: N(mu, sigma^2); weight / neuron / layer: variational dropout N(mu, alpha mu^2) "
+                        "with alpha per weight / output unit / layer; variance: a variance network N(0, sigma^2)")
+    g.add_argument("--prior", default="auto", choices=["auto", "log-uniform", "gaussian"],
+                   help="auto (default): gaussian for --family additive, log-uniform for the others")
+    g.add_argument("--prior-scale", type=float, default=1.0, help="the Gaussian prior's standard deviation")
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="T in the loss NLL + T KL / N (T < 1: a cold posterior)")
+    g.add_argument("--init-alpha", type=float, default=0.01, help="the first s^2 / mu^2 of every weight")
+    g.add_argument("--kl-warmup", type=int, default=0, metavar="E", help="ramp T up from 0 over the first E epochs")
+    g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                   help="adam (default, as the variational dropout papers) or sgd with --momentum")
+    g = p.add_argument_group("HWA")
+    g.add_argument("--hwa-start", type=int, default=None, metavar="E",
+                   help="from epoch E freeze the variances and average the means every --cycle epochs "
+                        "(default: no HWA)")
+    g.add_argument("--hwa-lr", type=float, default=0.001, help="the cyclical rate's low end, where means are averaged")
+    g.add_argument("--hwa-lr-max", type=float, default=None, help="its high end (default 10 x --hwa-lr)")
+    g.add_argument("--cycle", type=int, default=1, help="epochs per cycle")
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=50, help="passes over the training set")
+    g.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (--optimizer sgd)")
+    g.add_argument("--batch-size", type=int, default=128, help="training minibatch size")
+    g.add_argument("--schedule", default="paper",
+                   help="without HWA: paper (constant, then linear decay to 1%% from 50%% to 90%%), cosine, constant")
+    add_run_args(p)
+    p.set_defaults(func=cmd_vi, wd=0.0)
+
+    p = sub.add_parser("vi-eval", help="a variational posterior's prediction schemes: deterministic, stochastic, "
+                                       "ensemble",
+                       description="Evaluate vi.pt / hwa.pt three ways (Molchanov's talk): the network of the "
+                                   "posterior means, single weight samples, and the ensemble of --samples draws; "
+                                   "batch norm re-estimated for each.")
+    p.add_argument("--ckpt", required=True, type=Path, help="vi.pt or hwa.pt written by 'landscape vi'")
+    p.add_argument("--samples", type=int, default=30, help="weight samples averaged (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    add_stored_eval_args(p)
+    p.set_defaults(func=cmd_vi_eval)
 
     p = sub.add_parser("fge", help="fast geometric ensembling from a trained network",
                        description="FGE (Garipov et al. 2018): a piecewise-linear cyclical rate updated every "

@@ -207,11 +207,11 @@ def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) ->
     return from_spec(spec, trusted=True), spec  # built from the user's own --model
 
 
-def _config(method: str, config, overrides, named: str | None) -> tuple[AverageConfig, Checkpoint | None]:
-    """The run's settings, and the checkpoint it starts from (None: from
-    scratch); ``named``: the network the caller named (:func:`named_model`)."""
+def _config(method: str, config, overrides, named: str | None, cls: type = AverageConfig) -> tuple[Any, Checkpoint | None]:
+    """The run's settings (a ``cls``), and the checkpoint it starts from (None:
+    from scratch); ``named``: the network the caller named (:func:`named_model`)."""
     base = asdict(config) if config is not None else {}
-    given = {f.name for f in fields(AverageConfig)} & set(overrides)
+    given = {f.name for f in fields(cls)} & set(overrides)
     cfg_from = overrides.get("from_ckpt", base.get("from_ckpt"))
     inherited, fixed = {}, {}
     if cfg_from:
@@ -220,7 +220,8 @@ def _config(method: str, config, overrides, named: str | None) -> tuple[AverageC
         inherited = {k: v for k, v in data_settings(source).items() if k not in given and k not in base}
         if source.model is not None:  # the network is the checkpoint's, and the config records it
             fixed = network_of(source, named, overrides.get("model_kwargs"))
-    cfg = AverageConfig(**{**inherited, **base, **overrides, **fixed, "method": method})
+    named_method = {"method": method} if "method" in {f.name for f in fields(cls)} else {}
+    cfg = cls(**{**inherited, **base, **overrides, **fixed, **named_method})
     cfg.validate()
     return cfg, (source if cfg_from else None)
 

@@ -189,24 +189,16 @@ def evaluate_swag(
         arrays, summary = finished
         return SwagEvaluation(summary=summary, arrays=arrays, out=out_path)
 
-    anchors = torch.cat([post.mean.float()[None], post.sample(samples, seed, scale, diag)])  # (1 + S, P)
     config = {"command": "swag", "argv": list(argv) if argv is not None else None, "checkpoint": str(ck.path),
               "samples": samples, "scale": scale, "diag": diag, "seed": seed, "wd": wd, "batch_size": batch_size,
               "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision, "device": str(device),
               "dataset": data.describe()}
-    res = run_sweep(net, anchors, np.eye(samples + 1), data, store=out_path / STORE if out_path is not None else None,
-                    resume=resume, settings={"kind": "swag", "dataset": data.describe()}, config=config, wd=wd,
-                    batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
-                    progress=progress, amp=amp, return_probs=True)
-    labels = data.y_test.cpu().numpy()
-    arrays: dict[str, np.ndarray] = {f"sample_{m}": res[m][1:] for m in METRICS}
-    arrays.update({f"mean_{m}": np.asarray(res[m][0]) for m in METRICS})
-    arrays["bma_test_nll"], arrays["bma_test_error"] = running_ensemble(res["probs"][1:], labels)
-    summary: dict[str, Any] = {
-        "swa": {m: float(res[m][0]) for m in METRICS},
-        "bma": {"test_error": float(arrays["bma_test_error"][-1]), "test_nll": float(arrays["bma_test_nll"][-1]),
-                "members": samples},
-        "samples": {f"{m}_mean": float(res[m][1:].mean()) for m in METRICS},
+    arrays, summary = average_of_draws(net, post.mean, post.sample(samples, seed, scale, diag), data, out_path,
+                                       "swag", config, resume=resume, wd=wd, batch_size=batch_size,
+                                       bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
+                                       progress=progress, amp=amp)
+    summary["swa"] = summary.pop("centre")
+    summary.update({
         "method": "SWAG-Diagonal" if not low_rank else "SWAG",
         "scale": scale, "diag": diag, "seed": seed, "rank": rank, "averaged": post.averaged, "wd": wd,
         "eval_split": data.eval_split, "synthetic": data.synthetic, "dataset": data.describe(),
@@ -214,8 +206,37 @@ def evaluate_swag(
         "notes": "sample = mean + sqrt(scale) (sigma_diag z1 + D z2 / sqrt(K - 1)) (diag: without the D term); "
                  "bma = averaged predicted probabilities of the samples; batch norm re-estimated at every "
                  "sample and at the mean; train_loss = NLL + wd/2 ||w||^2; errors in percent",
-    }
+    })
     if not diag and rank < 2:
         summary["notes"] += f"; only {rank} deviation(s) collected, so the low-rank term was left out"
     finish_result(out_path, "swag.npz", arrays, summary, request)
     return SwagEvaluation(summary=summary, arrays=arrays, out=out_path)
+
+
+def average_of_draws(net: nn.Module, centre: torch.Tensor, draws: torch.Tensor, data: Dataset, out: Path | None,
+                     kind: str, config: dict[str, Any], *, resume: bool, wd: float, batch_size: int,
+                     bn_batches: int | None, bn_stats: str, points_per_pass: int | None, progress: bool,
+                     amp: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A posterior's centre and weight draws (S, P) as the anchors of one sweep
+    (resumable through ``out``'s partial store, shared out under torchrun):
+    the arrays ``sample_<metric>`` (S,), ``mean_<metric>``, ``bma_test_nll`` /
+    ``bma_test_error`` (the model average after 1..S draws), and the summary's
+    ``centre``, ``bma`` and ``samples`` (the draws' mean metrics). Used by SWAG
+    and variational inference."""
+    samples = draws.shape[0]
+    anchors = torch.cat([centre.float()[None], draws.float()])  # (1 + S, P)
+    res = run_sweep(net, anchors, np.eye(samples + 1), data, store=out / STORE if out is not None else None,
+                    resume=resume, settings={"kind": kind, "dataset": data.describe()}, config=config, wd=wd,
+                    batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
+                    progress=progress, amp=amp, return_probs=True)
+    labels = data.y_test.cpu().numpy()
+    arrays: dict[str, np.ndarray] = {f"sample_{m}": res[m][1:] for m in METRICS}
+    arrays.update({f"mean_{m}": np.asarray(res[m][0]) for m in METRICS})
+    arrays["bma_test_nll"], arrays["bma_test_error"] = running_ensemble(res["probs"][1:], labels)
+    summary = {
+        "centre": {m: float(res[m][0]) for m in METRICS},
+        "bma": {"test_error": float(arrays["bma_test_error"][-1]), "test_nll": float(arrays["bma_test_nll"][-1]),
+                "members": samples},
+        "samples": {f"{m}_mean": float(res[m][1:].mean()) for m in METRICS},
+    }
+    return arrays, summary

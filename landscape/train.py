@@ -295,7 +295,8 @@ steps)`` (optional; epoch 0-based, iteration ``it`` of ``steps``) sets the
 learning rate before every iteration instead of once per epoch from the
 config's schedule; ``after_step(epoch, it, steps)`` runs after every
 optimiser step; ``end_epoch(epoch)`` (1-based) runs after each epoch's
-updates (averaging, snapshots) and adds to its record.
+updates (averaging, snapshots) and adds to its record. ``optimizer(params)``
+(optional) builds the optimiser instead of SGD.
     """
 
     module: nn.Module
@@ -313,6 +314,8 @@ updates (averaging, snapshots) and adds to its record.
     after_step: Callable[[int, int, int], None] | None = None
     sync_buffers: bool = True
     lr_flag: str = "--lr"  # the option that sets the rate, named when training diverges
+    # the optimiser of the trainable parameters (default: SGD with the config's momentum and the task's weight decay)
+    optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None
 
 
 class Diverged(Exception):
@@ -385,7 +388,8 @@ def run_training(
     check_world(cfg.batch_size, world)
     metrics = list(metrics or [])
     params = [p for p in task.module.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=task.weight_decay)
+    optimizer = (task.optimizer(params) if task.optimizer is not None else
+                 torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=task.weight_decay))
     if state is not None:
         task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])

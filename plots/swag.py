@@ -1,6 +1,8 @@
-"""Figure of a SWAG evaluation: the Bayesian model average's test NLL and error
-against the number of samples, the SWA mean and the samples' own mean as
-lines (Maddox et al. 2019). Drawn from ``swag.npz`` and ``summary.json`` alone."""
+"""Figures of a model average of weight samples: SWAG's (the Bayesian model
+average's test NLL and error against the number of samples, the SWA mean and
+the samples' own mean as lines; Maddox et al. 2019) and a variational
+posterior's three prediction schemes (ensemble, deterministic, stochastic).
+Drawn from ``swag.npz`` / ``variational.npz`` and ``summary.json`` alone."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from landscape.checkpoint import read_result
 
 from .style import new_figure, save_figure
 
-__all__ = ["draw_swag_figure", "plot_model_average"]
+__all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average"]
 
 BMA_COLOR = "#1f77b4"
 SWA_COLOR = "#d62728"
@@ -44,16 +46,33 @@ def draw_swag_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)
     """Draw ``swag.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
     result_dir = Path(result_dir)
     arrays, summary = read_result(result_dir, "swag.npz")
+    method = summary.get("method", "SWAG")
+    title = f"{method}, scale {summary.get('scale')}, rank {summary.get('rank')}"
+    return _draw_average(result_dir / "swag", arrays, summary, summary["bma"], f"{method} model average",
+                         "SWA (the mean)", title, formats)
+
+
+def draw_variational_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Draw ``variational.<fmt>``: the three prediction schemes of a variational
+    posterior (the ensemble after 1..S samples, the deterministic network of
+    the means, a single sample), from ``variational.npz`` and ``summary.json``."""
+    result_dir = Path(result_dir)
+    arrays, summary = read_result(result_dir, "variational.npz")
+    title = f"{summary.get('method', 'VI')}, {summary.get('family')} posterior, {summary.get('prior')} prior"
+    return _draw_average(result_dir / "variational", arrays, summary, summary["ensemble"], "ensemble",
+                         "deterministic (the means)", title, formats, log_when_spread=True)
+
+
+def _draw_average(stem: Path, arrays, summary, average, label: str, centre_label: str, title: str,
+                  formats: tuple[str, ...], log_when_spread: bool = False) -> list[Path]:
     split = summary.get("eval_split", "test")
     fig, axes = new_figure(1, 2, width=10.0, height=3.8)
-    for ax, key, label in ((axes[0], "test_nll", f"{split} NLL"), (axes[1], "test_error", f"{split} error (%)")):
+    for ax, key, ylabel in ((axes[0], "test_nll", f"{split} NLL"), (axes[1], "test_error", f"{split} error (%)")):
         plot_model_average(ax, arrays[f"bma_{key}"], float(arrays[f"mean_{key}"]),
-                           float(np.mean(arrays[f"sample_{key}"])),
-                           label=f"{summary.get('method', 'SWAG')} model average", centre_label="SWA (the mean)",
-                           ylabel=label)
+                           float(np.mean(arrays[f"sample_{key}"])), label=label, centre_label=centre_label,
+                           ylabel=ylabel, log_when_spread=log_when_spread and key == "test_nll")
     axes[0].legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
-    bma = summary["bma"]
-    fig.suptitle(f"{summary.get('method', 'SWAG')}, scale {summary.get('scale')}, rank {summary.get('rank')}: "
-                 f"{bma['members']} samples, {split} NLL {bma['test_nll']:.4f}, error {bma['test_error']:.2f}%"
-                 + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=10)
-    return save_figure(fig, result_dir / "swag", formats)
+    fig.suptitle(f"{title}: {average['members']} samples, {split} NLL {average['test_nll']:.4f}, "
+                 f"error {average['test_error']:.2f}%" + ("   [synthetic data]" if summary.get("synthetic") else ""),
+                 fontsize=10)
+    return save_figure(fig, stem, formats)

@@ -1,0 +1,614 @@
+"""Bayesian networks by variational inference over the weights: mean-field
+Gaussian posteriors, variational dropout, variance networks (Molchanov's
+talk, Kingma et al. 2015, Molchanov et al. 2017, Neklyudov et al. 2018),
+HWA (averaging the variational means along a cyclical rate), and the three
+prediction schemes.
+
+The stochastic weights are the ``weight`` tensors of the network's linear
+and convolution layers; every other parameter (biases, batch-norm scales) is
+a point estimate trained with them. Each stochastic weight has the Gaussian
+posterior q(w_ij) = N(m_ij, s_ij²), parameterised by a ``family``:
+
+    additive   m = mu, s² = sigma²            (one sigma per weight)
+    weight     m = mu, s² = alpha_ij mu²      (variational dropout, one alpha per weight)
+    neuron     m = mu, s² = alpha_j mu²       (one alpha per output unit)
+    layer      m = mu, s² = alpha mu²         (one alpha per layer)
+    variance   m = 0,  s² = sigma²            (a variance network: the means are zero and stay so;
+                                               its output layer is additive, since logits of zero
+                                               mean, symmetric in sign, could not favour a class)
+
+The prior is ``log-uniform`` (p(w) ∝ 1 / |w|; the KL divergence is the
+approximation of Molchanov et al. 2017, -KL = k1 sigmoid(k2 + k3 log alpha) -
+0.5 log(1 + 1/alpha) - k1 with alpha = s² / m², which is 0 for a variance
+network) or ``gaussian`` N(0, prior_scale²) (closed form). Training maximises
+the ELBO per sample, -(mean NLL + T x KL / N), T the ``temperature`` (ramped
+up from 0 over ``kl_warmup`` epochs), by SGD on the means, the log-variance
+parameters and the point estimates, with the local reparameterisation trick:
+a layer's pre-activations are sampled, b = x mu + sqrt(x² s²) e, e ~ N(0, 1)
+per example and output, through forward hooks on the layers, so any module
+built from ``nn.Linear`` and ``nn.Conv*d`` trains unchanged.
+
+HWA (the talk's Algorithm 1): from ``hwa_start`` the variances are frozen,
+the means continue under a cyclical rate (``hwa_lr_max`` -> ``hwa_lr``
+within each ``cycle`` epochs) and are averaged at each cycle's end (with the
+point estimates); ``hwa.pt`` is the posterior with the averaged means.
+
+Prediction (``evaluate_variational``): the deterministic network (the
+posterior mean E w), single weight samples (the stochastic scheme: the mean
+of their metrics), and the ensemble of S samples (their averaged predicted
+probabilities, after 1..S samples). The mean and every sample are points of
+the engine, with batch norm re-estimated for each.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bn import reestimate_bn
+from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, save_checkpoint
+from .data import Dataset
+from .errors import UserError
+from .evaluate import evaluate_model, precision_amp
+from .inputs import named_model, note_split_leak, own_network, stored_data
+from .sweep import begin_result, finish_result, process_device, request_key
+from .train import (Task, TrainConfig, check_rate, learning_rate, load_data, prepare_run, run_training,
+                    weights_finite)
+from .weights import ParamSpace
+
+__all__ = ["FAMILIES", "PRIORS", "VariationalConfig", "VariationalNet", "VariationalPosterior", "VariationalResult",
+           "VariationalEvaluation", "stochastic_names", "gaussian_kl", "log_uniform_kl", "run_variational",
+           "load_variational", "evaluate_variational"]
+
+FAMILIES = ("additive", "weight", "neuron", "layer", "variance")
+PRIORS = ("log-uniform", "gaussian")
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Molchanov et al. 2017, eq. 14: the fitted approximation of -KL(q || log-uniform).
+_K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
+_LOG_ALPHA_RANGE = (-20.0, 20.0)  # exp() of the log-variance parameters stays finite
+_VAR_FLOOR = 1e-16  # sqrt() of a pre-activation variance of 0 (an input of zeros) keeps a finite gradient
+
+
+def stochastic_names(model: nn.Module) -> list[str]:
+    """The parameters that get a posterior: the ``weight`` of every linear and
+    (1-3 d) convolution layer, in the model's order."""
+    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules()
+            if isinstance(m, _LAYERS) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+
+
+def gaussian_kl(mean: torch.Tensor, var: torch.Tensor, prior_scale: float) -> torch.Tensor:
+    """Sum over the entries of KL(N(mean, var) || N(0, prior_scale²))."""
+    ratio = var / prior_scale ** 2
+    return 0.5 * (ratio + mean * mean / prior_scale ** 2 - 1.0 - torch.log(ratio)).sum()
+
+
+def log_uniform_kl(log_alpha: torch.Tensor) -> torch.Tensor:
+    """Sum over the entries of KL(N(m, alpha m²) || log-uniform), Molchanov et
+    al.'s approximation (0 as alpha -> infinity)."""
+    return (_K1 - _K1 * torch.sigmoid(_K2 + _K3 * log_alpha) + 0.5 * F.softplus(-log_alpha)).sum()
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # ParameterDict keys cannot hold dots
+
+
+class VariationalNet(nn.Module):
+    """A network whose linear / convolution weights have a Gaussian posterior.
+
+    ``net``'s own weights are the means mu (zero, and frozen, for a variance
+    network); ``scales`` holds one log-variance tensor per stochastic weight:
+    log sigma² (additive, variance) or log alpha (weight, neuron, layer).
+    While ``noisy`` (the default) and in train mode, forward hooks sample
+    each layer's pre-activations (the local reparameterisation trick); in
+    eval mode, or with ``noisy`` False, ``net`` is the deterministic network
+    of the means.
+    """
+
+    def __init__(self, net: nn.Module, family: str, *, prior: str = "log-uniform", prior_scale: float = 1.0,
+                 init_alpha: float = 0.01) -> None:
+        super().__init__()
+        if family not in FAMILIES:
+            raise UserError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+        if prior not in PRIORS:
+            raise UserError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIORS)}")
+        self.net, self.family, self.prior, self.prior_scale = net, family, prior, float(prior_scale)
+        self.names = stochastic_names(net)
+        if not self.names:
+            raise UserError("the network has no linear or convolution weights to put a posterior on")
+        if family == "variance" and len(self.names) < 2:
+            raise UserError("a variance network needs a hidden linear or convolution layer: its output layer keeps "
+                            "its means (zero-mean logits would carry no class)")
+        self.scales = nn.ParameterDict()
+        with torch.no_grad():
+            for name in self.names:
+                mu = net.get_parameter(name)
+                self.scales[_key(name)] = nn.Parameter(self._initial(name, mu, init_alpha))
+                if self.family_of(name) == "variance":
+                    mu.zero_()
+                    mu.requires_grad_(False)
+        self.noisy = True
+        self._handles = [net.get_submodule(name.rpartition(".")[0]).register_forward_hook(self._hook(name))
+                         for name in self.names]
+
+    def family_of(self, name: str) -> str:
+        """The parameterisation of stochastic weight ``name``: the network's
+        family, except the output layer of a variance network (the last
+        linear / convolution layer), which is ``additive``: its means stay."""
+        return "additive" if self.family == "variance" and name == self.names[-1] else self.family
+
+    def _initial(self, name: str, mu: torch.Tensor, init_alpha: float) -> torch.Tensor:
+        """The first log-variance parameters: s² = init_alpha mu² (a variance
+        network: sigma² = the layer's mean mu², the scale its weights had)."""
+        log_a = math.log(init_alpha)
+        family = self.family_of(name)
+        if family == "additive":
+            return log_a + torch.log(mu.detach() ** 2 + 1e-16)
+        if family == "weight":
+            return torch.full_like(mu, log_a)
+        if family == "neuron":
+            return torch.full((mu.shape[0],) + (1,) * (mu.dim() - 1), log_a, dtype=mu.dtype, device=mu.device)
+        if family == "layer":
+            return torch.full((1,) * mu.dim(), log_a, dtype=mu.dtype, device=mu.device)
+        return torch.full_like(mu, math.log(float((mu.detach() ** 2).mean()) + 1e-16))  # variance
+
+    def _scale(self, name: str) -> torch.Tensor:
+        return self.scales[_key(name)].clamp(*_LOG_ALPHA_RANGE)
+
+    def mean_and_var(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior mean and variance of stochastic weight ``name`` (its shape)."""
+        mu = self.net.get_parameter(name)
+        s = self._scale(name)
+        if self.family_of(name) in ("additive", "variance"):
+            return mu, torch.exp(s).expand_as(mu)
+        return mu, torch.exp(s) * mu * mu
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || prior), summed over the stochastic weights."""
+        total = torch.zeros((), device=self.net.get_parameter(self.names[0]).device)
+        for name in self.names:
+            mu, var = self.mean_and_var(name)
+            family = self.family_of(name)
+            if self.prior == "gaussian":
+                total = total + gaussian_kl(mu, var, self.prior_scale)
+            elif family == "variance":
+                continue  # KL(N(0, sigma²) || log-uniform) is a constant
+            elif family == "additive":
+                log_alpha = self._scale(name) - torch.log(mu * mu + 1e-16)
+                total = total + log_uniform_kl(log_alpha.clamp(*_LOG_ALPHA_RANGE))
+            else:
+                total = total + log_uniform_kl(self._scale(name).expand_as(mu))
+        return total
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if not (self.noisy and module.training):
+                return None
+            x = inputs[0]
+            _, var = self.mean_and_var(name)
+            var = var.to(x.dtype)
+            if isinstance(module, nn.Linear):
+                out_var = F.linear(x * x, var)
+            else:
+                out_var = module._conv_forward(x * x, var, None)
+            return output + torch.sqrt(out_var + _VAR_FLOOR) * torch.randn_like(output)
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def mean_network(self) -> nn.Module:
+        """A copy of ``net`` (the means) without this posterior's hooks."""
+        net = copy.deepcopy(self.net)
+        ids = {h.id for h in self._handles}
+        for m in net.modules():
+            for i in ids & set(m._forward_hooks):
+                del m._forward_hooks[i]
+        return net
+
+    def like(self, net: nn.Module) -> "VariationalNet":
+        """The posterior with this one's variances around the means of ``net``, without hooks."""
+        other = VariationalNet(net, self.family, prior=self.prior, prior_scale=self.prior_scale)
+        other.load_scales(self.posterior_state()["scales"])
+        other.remove_hooks()
+        return other
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @contextmanager
+    def deterministic(self) -> Iterator[None]:
+        """``net`` computes with the means alone, in any mode."""
+        noisy, self.noisy = self.noisy, False
+        try:
+            yield
+        finally:
+            self.noisy = noisy
+
+    def posterior_state(self) -> dict[str, Any]:
+        """What a checkpoint stores beside the means."""
+        return {"family": self.family, "prior": self.prior, "prior_scale": self.prior_scale,
+                "names": list(self.names), "scales": {n: self.scales[_key(n)].detach().clone() for n in self.names}}
+
+    def load_scales(self, scales: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n in self.names:
+                self.scales[_key(n)].copy_(scales[n])
+
+
+# ------------------------------------------------------------------ training
+@dataclass
+class VariationalConfig(TrainConfig):
+    """Settings of ``landscape vi`` (saved as ``config.json``).
+
+    ``prior`` "auto" is ``gaussian`` for the additive family (the HWA talk's
+    N(0, I)) and ``log-uniform`` for the others (variational dropout's).
+    ``init_alpha``: the first s² / mu² of every weight. ``optimizer``: adam
+    (as the variational dropout papers; ``momentum`` is then unused) or sgd.
+    ``hwa_start`` (None: no HWA): the epoch from which the variances are
+    frozen and the means averaged every ``cycle`` epochs, at the low end of a
+    cyclical rate ``hwa_lr_max`` (default 10 x ``hwa_lr``) -> ``hwa_lr``;
+    before it the rate decays from ``lr`` to ``hwa_lr`` as SWA's does."""
+
+    epochs: int = 50
+    lr: float = 0.01
+    wd: float = 0.0
+    family: str = "additive"
+    prior: str = "auto"
+    prior_scale: float = 1.0
+    temperature: float = 1.0
+    init_alpha: float = 0.01
+    kl_warmup: int = 0
+    optimizer: str = "adam"
+    from_ckpt: str | None = None
+    hwa_start: int | None = None
+    hwa_lr: float = 0.001
+    hwa_lr_max: float | None = None
+    cycle: int = 1
+
+    def resolved_prior(self) -> str:
+        return ("gaussian" if self.family == "additive" else "log-uniform") if self.prior == "auto" else self.prior
+
+    def validate(self) -> None:
+        super().validate()
+        if self.family not in FAMILIES:
+            raise UserError(f"unknown family {self.family!r}; choose one of: {', '.join(FAMILIES)}")
+        if self.prior != "auto" and self.prior not in PRIORS:
+            raise UserError(f"unknown prior {self.prior!r}; choose one of: auto, {', '.join(PRIORS)}")
+        if not (math.isfinite(self.prior_scale) and self.prior_scale > 0):
+            raise UserError(f"--prior-scale must be a finite number > 0, got {self.prior_scale}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UserError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if not (math.isfinite(self.init_alpha) and 0 < self.init_alpha <= 1e6):
+            raise UserError(f"--init-alpha must be a number in (0, 1e6], got {self.init_alpha}")
+        if self.kl_warmup < 0:
+            raise UserError(f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise UserError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
+        if self.wd:
+            raise UserError("--wd is not used by variational inference: the prior regularises the weights")
+        if self.hwa_start is not None:
+            if not 0 <= self.hwa_start < self.epochs:
+                raise UserError(f"--hwa-start must be in [0, --epochs), got {self.hwa_start} of {self.epochs}")
+            if self.cycle < 1:
+                raise UserError(f"--cycle must be at least 1 epoch, got {self.cycle}")
+            if self.epochs - self.hwa_start < self.cycle:
+                raise UserError(f"no mean would be averaged: --epochs ({self.epochs}) must exceed --hwa-start "
+                                f"({self.hwa_start}) by at least --cycle ({self.cycle})")
+            check_rate("--hwa-lr", self.hwa_lr)
+            high = self.hwa_lr_max if self.hwa_lr_max is not None else 10 * self.hwa_lr
+            check_rate("--hwa-lr-max" + ("" if self.hwa_lr_max is not None else " (by default 10 x --hwa-lr)"), high)
+            if high < self.hwa_lr:
+                raise UserError(f"--hwa-lr-max must be at least --hwa-lr, got {high} and {self.hwa_lr}")
+
+    def rate(self, epoch: int, it: int, steps: int) -> float:
+        """The learning rate of iteration ``it`` of (0-based) ``epoch``."""
+        if self.hwa_start is None:
+            return learning_rate(self.lr, self.schedule, epoch, self.epochs)
+        from .averaging import swa_learning_rate
+
+        return swa_learning_rate(SimpleNamespace(swa_start=self.hwa_start, lr=self.lr, swa_lr=self.hwa_lr,
+                                                 swa_lr_max=self.hwa_lr_max, swa_schedule="cyclic",
+                                                 cycle=self.cycle), epoch, it, steps)
+
+    def kl_factor(self, epoch: int, it: int, steps: int) -> float:
+        """T, ramped linearly from 0 over the first ``kl_warmup`` epochs."""
+        if not self.kl_warmup:
+            return self.temperature
+        return self.temperature * min(1.0, (epoch + it / steps) / self.kl_warmup)
+
+
+@dataclass
+class VariationalResult:
+    posterior: VariationalNet  # the final posterior (the network of its means inside)
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    out: Path | None
+
+
+def _posterior_metrics(vnet: VariationalNet, data: Dataset, temperature: float) -> dict[str, float]:
+    """The deterministic network's metrics (batch norm recomputed for the means) and the KL."""
+    net = vnet.mean_network()
+    reestimate_bn(net, data.batches("train", 1000))
+    net.eval()
+    tr, te = evaluate_model(net, data, "train"), evaluate_model(net, data, "test")
+    kl = float(vnet.kl().detach())
+    return {"train_nll": tr["nll"], "train_error": tr["error"], "test_nll": te["nll"], "test_error": te["error"],
+            "kl": kl, "kl_per_sample": kl / len(data.y_train), "temperature": temperature}
+
+
+def run_variational(config: VariationalConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
+                    data: Dataset | None = None, progress: bool | None = None, on_epoch_end=None,
+                    argv: Sequence[str] | None = None, **overrides: Any) -> VariationalResult:
+    """Fit a variational posterior over the network's weights (and, with
+    ``hwa_start``, average its means: HWA); writes ``vi.pt`` (and ``hwa.pt``)
+    beside the training run's files. ``from_ckpt``: the trained network whose
+    weights become the first means; without it a fresh ``model``."""
+    from .averaging import _config, _start_model
+
+    named = named_model(config, overrides)
+    cfg, source = _config("vi", config, overrides, named, cls=VariationalConfig)
+    device = process_device(cfg.device)
+    if source is not None:
+        note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
+    out = Path(out) if out is not None else None
+    start_epoch, state, metrics = prepare_run(out, cfg, resume, "vi")
+    if start_epoch == -1:
+        summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
+        post, _, _ = load_variational(out / "vi.pt", "cpu", cfg.model if named is not None else None)
+        return VariationalResult(post.module(), summary, metrics, out)
+    data = load_data(cfg, device) if data is None else data.to(device)
+    model, spec = _start_model(cfg, data, user_named=named is not None)
+    model.to(device)
+    vnet = VariationalNet(model, cfg.family, prior=cfg.resolved_prior(), prior_scale=cfg.prior_scale,
+                          init_alpha=cfg.init_alpha)
+    n_train = len(data.y_train)
+    space = ParamSpace.of(model)
+    hwa = {"avg": torch.zeros(space.numel, dtype=torch.float64, device=device), "n": 0}
+    beta = [cfg.kl_factor(start_epoch, 0, 1)]
+    frozen: dict[str, torch.Tensor] = {}  # HWA: the variances as they were at its start
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = vnet(x)
+        return F.cross_entropy(logits.float(), y) + beta[0] * vnet.kl() / n_train, logits
+
+    def hwa_phase(epoch: int) -> bool:
+        return cfg.hwa_start is not None and epoch >= cfg.hwa_start
+
+    def rate(epoch: int, it: int, steps: int) -> float:
+        beta[0] = cfg.kl_factor(epoch, it, steps)
+        if hwa_phase(epoch) and not frozen:
+            frozen.update({k: v.detach().clone() for k, v in vnet.scales.items()})
+        return cfg.rate(epoch, it, steps)
+
+    def after_step(epoch: int, it: int, steps: int) -> None:
+        # The variances stay where HWA found them: put back after every step (the optimiser's momentum
+        # would move them even without a gradient; under DDP every parameter must keep its gradient).
+        if hwa_phase(epoch):
+            with torch.no_grad():
+                for k, v in frozen.items():
+                    vnet.scales[k].copy_(v)
+
+    def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
+        save_checkpoint(path, model.state_dict(), spec, kind="variational", variational=vnet.posterior_state(),
+                        average_state={"avg": hwa["avg"], "n": hwa["n"]}, **extra)
+
+    def restore(ckpt: Checkpoint) -> None:
+        check_state_dict(model, ckpt.state_dict, str(ckpt.path), f"model '{spec['name']}'")
+        model.load_state_dict(ckpt.state_dict)
+        vnet.load_scales(ckpt.extra["variational"]["scales"])
+        avg = ckpt.extra.get("average_state") or {}
+        if "avg" in avg:
+            hwa["avg"], hwa["n"] = avg["avg"].to(device=device, dtype=torch.float64), int(avg["n"])
+
+    def end_epoch(epoch: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"kl_per_sample": float(vnet.kl().detach()) / n_train}
+        if cfg.hwa_start is not None:
+            if epoch > cfg.hwa_start and (epoch - cfg.hwa_start) % cfg.cycle == 0:
+                hwa["n"] += 1
+                hwa["avg"] += (space.flatten(model).double() - hwa["avg"]) / hwa["n"]
+            record["hwa_n"] = hwa["n"]
+        return record
+
+    def epoch_eval() -> dict[str, Any]:
+        m = evaluate_model(model, data, "test")  # the means, with the running statistics of training
+        return {"test_nll": m["nll"], "test_error": m["error"]}
+
+    def finish() -> dict[str, Any]:
+        summary: dict[str, Any] = {"vi": _posterior_metrics(vnet, data, cfg.temperature)}
+        files = {"vi": "vi.pt"}
+        meta = {"train_config": cfg.to_json(), "dataset": data.describe(), "epochs": cfg.epochs}
+        if out is not None:
+            save_checkpoint(out / "vi.pt", model.state_dict(), spec, kind="variational",
+                            variational=vnet.posterior_state(), meta=dict(meta, method="vi"))
+        if cfg.hwa_start is not None:
+            if hwa["n"] == 0:
+                raise UserError("no mean was averaged: --epochs must exceed --hwa-start by at least --cycle")
+            averaged = vnet.like(vnet.mean_network())
+            with torch.no_grad():
+                for name, value in space.unflatten(hwa["avg"].float()).items():
+                    averaged.net.get_parameter(name).copy_(value)
+            if not weights_finite(averaged.net):
+                raise UserError("the HWA average of the means is not finite; lower --hwa-lr-max and start again")
+            summary["hwa"] = dict(_posterior_metrics(averaged, data, cfg.temperature), averaged=hwa["n"])
+            if out is not None:
+                reestimate_bn(averaged.net, data.batches("train", 1000))
+                save_checkpoint(out / "hwa.pt", averaged.net.state_dict(), spec, kind="variational",
+                                variational=averaged.posterior_state(), meta=dict(meta, method="hwa",
+                                                                                  averaged=hwa["n"]))
+            files["hwa"] = "hwa.pt"
+        summary.update({"family": cfg.family, "prior": cfg.resolved_prior(), "prior_scale": cfg.prior_scale,
+                        "stochastic_parameters": sum(model.get_parameter(n).numel() for n in vnet.names),
+                        "eval_split": data.eval_split, "synthetic": data.synthetic, "epochs": cfg.epochs,
+                        "model": spec, "dataset": data.describe(), "files": files,
+                        "notes": "the deterministic network (the posterior means), batch norm recomputed; kl = "
+                                 "KL(q || prior) in nats; errors in percent. The stochastic and ensemble schemes: "
+                                 "landscape vi-eval"})
+        return summary
+
+    def make_optimizer(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+
+    task = Task(module=vnet, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=epoch_eval,
+                weight_decay=0.0, spec=spec, command="vi", kind="variational", lr=rate, end_epoch=end_epoch,
+                after_step=after_step,
+                lr_flag="--lr" if cfg.hwa_start is None else "--lr (or --hwa-lr-max, after --hwa-start)",
+                optimizer=make_optimizer)
+    summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
+                                    progress=progress, on_epoch_end=on_epoch_end, argv=argv)
+    vnet.remove_hooks()
+    return VariationalResult(vnet, summary, metrics, out)
+
+
+# ------------------------------------------------------------------ the posterior and its predictions
+@dataclass
+class VariationalPosterior:
+    """A fitted posterior over the flat weights of ``ParamSpace.of(net)``: each
+    weight w_i ~ N(mean_i, std_i²) independently (std 0 for the point estimates)."""
+
+    family: str
+    prior: str
+    mean: torch.Tensor  # (P,) float32
+    std: torch.Tensor  # (P,) float32
+    stochastic: list[str]
+    state: dict[str, Any]  # the checkpoint's posterior entry
+
+    def sample(self, count: int, seed: int = 0) -> torch.Tensor:
+        """``count`` draws (count, P), float32, on the mean's device; the normal
+        draws come from a CPU generator seeded with ``seed``, so a seed gives
+        the same samples on every device."""
+        gen = torch.Generator().manual_seed(seed)
+        rows = [self.mean + self.std * torch.randn(self.mean.numel(), generator=gen).to(self.mean.device)
+                for _ in range(count)]  # one at a time: each draw is P numbers
+        return torch.stack(rows) if rows else self.mean.new_zeros(0, self.mean.numel())
+
+
+def load_variational(path: str | Path | Checkpoint, device: torch.device | str = "cpu",
+                     model: str | None = None) -> tuple[VariationalPosterior, nn.Module, Checkpoint]:
+    """Read ``vi.pt`` / ``hwa.pt`` (written by ``landscape vi``; or take it
+    already read): the posterior and the network of its means."""
+    ck = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+    info = ck.extra.get("variational")
+    if ck.kind != "variational" or not isinstance(info, dict) or not {"family", "prior", "names", "scales"} <= set(info):
+        raise UserError(f"{ck.path}: holds no variational posterior; make one with 'landscape vi' (it writes vi.pt)")
+    net = load_model(ck, own_network(ck, model)).to(device)
+    if info["family"] not in FAMILIES or info["prior"] not in PRIORS:
+        raise UserError(f"{ck.path}: unknown posterior family {info['family']!r} or prior {info['prior']!r}")
+    vnet = VariationalNet(net, info["family"], prior=info["prior"], prior_scale=float(info.get("prior_scale", 1.0)))
+    vnet.remove_hooks()
+    if list(info["names"]) != vnet.names or set(info["scales"]) != set(vnet.names):
+        raise UserError(f"{ck.path}: the posterior's weights do not match its network's layers")
+    for name in vnet.names:
+        value, want = info["scales"][name], vnet.scales[_key(name)]
+        if not isinstance(value, torch.Tensor) or value.shape != want.shape:
+            raise UserError(f"{ck.path}: the posterior's variances of {name} have shape "
+                            f"{tuple(getattr(value, 'shape', ()))}, its layer needs {tuple(want.shape)}")
+        if not torch.isfinite(value).all():
+            raise UserError(f"{ck.path}: the posterior's variances of {name} are not finite")
+    vnet.load_scales({n: v.to(device) for n, v in info["scales"].items()})
+    space = ParamSpace.of(net)
+    with torch.no_grad():
+        stds = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+        for name in vnet.names:
+            stds[name] = vnet.mean_and_var(name)[1].sqrt()
+        mean, std = space.flatten(net), space.flatten(stds)
+    post = VariationalPosterior(family=vnet.family, prior=vnet.prior, mean=mean.float(), std=std.float(),
+                                stochastic=list(vnet.names), state=info)
+    return post, net, ck
+
+
+@dataclass
+class VariationalEvaluation:
+    summary: dict[str, Any]
+    arrays: dict[str, np.ndarray]  # what variational.npz holds
+    out: Path | None
+
+
+def evaluate_variational(
+    ckpt: str | Path,
+    out: str | Path | None = None,
+    *,
+    samples: int = 30,
+    seed: int = 0,
+    data: Dataset | None = None,
+    wd: float | None = None,
+    batch_size: int = 1000,
+    bn_batches: int | None = None,
+    bn_stats: str = "auto",
+    points_per_pass: int | None = None,
+    precision: str = "fp32",
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool = False,
+    argv: Sequence[str] | None = None,
+    model: str | None = None,
+    **data_overrides: Any,
+) -> VariationalEvaluation:
+    """The three prediction schemes of a variational posterior (``vi.pt`` or
+    ``hwa.pt``): the deterministic network of its means, single weight
+    samples (their metrics' mean: the stochastic scheme), and the ensemble of
+    ``samples`` draws (averaged probabilities, after 1..S draws). The mean and
+    every draw are evaluated with batch norm re-estimated. With ``out``:
+    ``variational.npz``, ``summary.json``, ``config.json`` and the sweep's
+    partial store for ``resume``. Under torchrun the draws are shared out."""
+    from .swag import average_of_draws
+
+    amp = precision_amp(precision)
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    out_path = Path(out) if out is not None else None
+    device = process_device(device)
+    post, net, ck = load_variational(ckpt, device, model)
+    data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
+    options = {"samples": samples, "seed": seed, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
+               "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}
+    request = request_key([post.mean, post.std], {"kind": "variational", **options})
+    finished = begin_result(out_path, "variational.npz", resume, "vi-eval", request)
+    if finished is not None:
+        arrays, summary = finished
+        return VariationalEvaluation(summary=summary, arrays=arrays, out=out_path)
+    config = {"command": "vi-eval", "argv": list(argv) if argv is not None else None, "checkpoint": str(ck.path),
+              **options, "points_per_pass": points_per_pass, "device": str(device)}
+    arrays, summary = average_of_draws(net, post.mean, post.sample(samples, seed), data, out_path, "variational",
+                                       config, resume=resume, wd=wd, batch_size=batch_size, bn_batches=bn_batches,
+                                       bn_stats=bn_stats, points_per_pass=points_per_pass, progress=progress,
+                                       amp=amp)
+    train_cfg = (ck.meta or {}).get("train_config") or {}
+    summary.update({
+        "method": {"hwa": "HWA"}.get((ck.meta or {}).get("method"), "VI"),
+        "family": post.family, "prior": post.prior, "seed": seed, "wd": wd,
+        "temperature": train_cfg.get("temperature"), "stochastic_parameters": int((post.std > 0).sum()),
+        "relative_std": _relative_std(post),
+        "eval_split": data.eval_split, "synthetic": data.synthetic, "dataset": data.describe(),
+        "checkpoint": str(ck.path),
+        "notes": "deterministic = the network of the posterior means (E w); stochastic = one weight sample "
+                 "(the mean of the samples' metrics); ensemble = averaged predicted probabilities of the samples; "
+                 "batch norm re-estimated at the mean and at every sample; relative_std = the median of s / |m| "
+                 "over the stochastic weights; train_loss = NLL + wd/2 ||w||^2; errors in percent"})
+    summary["deterministic"] = summary.pop("centre")
+    summary["ensemble"] = summary.pop("bma")
+    finish_result(out_path, "variational.npz", arrays, summary, request)
+    return VariationalEvaluation(summary=summary, arrays=arrays, out=out_path)
+
+
+def _relative_std(post: VariationalPosterior) -> float | None:
+    """The median of s / |m| over the stochastic weights (None where the means are zero)."""
+    on = post.std > 0
+    if not on.any():
+        return 0.0
+    value = float(torch.median(post.std[on] / post.mean[on].abs()).cpu())
+    return value if math.isfinite(value) else None

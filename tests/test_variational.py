@@ -1,0 +1,305 @@
+"""Variational inference over the weights (`landscape vi`, `vi-eval`): the KL
+terms against closed forms and quadrature, the local reparameterisation
+trick against explicit weight sampling, the families' parameterisations, HWA
+against averaging the means by hand, exact resume, the three prediction
+schemes against the sequential reference, and the command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import integrate
+from torch import nn
+
+from landscape.checkpoint import load_checkpoint, save_checkpoint
+from landscape.errors import UserError
+from landscape.evaluate import evaluate_points_sequential
+from landscape.train import train
+from landscape.variational import (VariationalNet, evaluate_variational, gaussian_kl, load_variational,
+                                   log_uniform_kl, run_variational, stochastic_names)
+from landscape.weights import ParamSpace
+
+LANDSCAPE = Path(sys.executable).with_name("landscape")
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory, small_digits):
+    out = tmp_path_factory.mktemp("vi-end") / "a"
+    train(out=out, data=small_digits, epochs=3, seed=1, model_kwargs={"width": 8}, progress=False)
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, small_digits, endpoint):
+    """A weight-family posterior with HWA: 4 epochs, the means averaged after
+    epochs 3 and 4; every epoch's state kept (checkpoint-NNN.pt)."""
+    out = tmp_path_factory.mktemp("vi") / "run"
+    result = run_variational(out=out, data=small_digits, from_ckpt=str(endpoint), family="weight", epochs=4,
+                             hwa_start=2, hwa_lr=0.002, cycle=1, lr=0.01, save_every=1, progress=False)
+    return out, result
+
+
+def means_after(out, epoch, net):
+    return ParamSpace.of(net).flatten(load_checkpoint(out / f"checkpoint-{epoch:03d}.pt").state_dict)
+
+
+def test_gaussian_kl_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    mean, var = torch.randn(50, generator=g), torch.rand(50, generator=g) + 0.01
+    want = torch.distributions.kl_divergence(torch.distributions.Normal(mean, var.sqrt()),
+                                             torch.distributions.Normal(0.0, 0.7)).sum()
+    assert float(gaussian_kl(mean, var, 0.7)) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_log_uniform_kl_follows_the_integral_up_to_its_constant():
+    """-KL(N(m, alpha m²) || 1/|w|) = 0.5 log alpha - E_{e ~ N(1, alpha)} log|e| + C (Kingma et al. 2015):
+    the approximation differs from it by one constant, within Molchanov et al.'s fit (about 0.01 nats)."""
+    gaps = []
+    for log_alpha in np.linspace(-4, 4, 17):
+        alpha = float(np.exp(log_alpha))
+        sd = alpha ** 0.5
+
+        def f(e):
+            return np.log(abs(e)) * np.exp(-0.5 * ((e - 1) / sd) ** 2) / (sd * np.sqrt(2 * np.pi))
+
+        lo, hi = 1 - 12 * sd, 1 + 12 * sd
+        pieces = [(lo, 0.0), (0.0, hi)] if lo < 0 else [(lo, hi)]
+        e_log = sum(integrate.quad(f, a, b, limit=200, points=None)[0] for a, b in pieces)
+        exact_neg_kl = 0.5 * log_alpha - e_log
+        gaps.append(float(log_uniform_kl(torch.tensor([log_alpha]))) + exact_neg_kl)
+    assert np.ptp(gaps) < 0.03
+    assert float(log_uniform_kl(torch.tensor([20.0]))) < 1e-4  # a weight of pure noise costs nothing
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(6, 4), nn.Conv2d(2, 3, 3, stride=2, padding=1)])
+def test_local_reparameterisation_has_the_moments_of_weight_sampling(layer):
+    torch.manual_seed(0)
+    net = nn.Sequential(layer, nn.Flatten(), nn.Linear(3 * 3 * 3 if isinstance(layer, nn.Conv2d) else 4, 2))
+    v = VariationalNet(net, "weight", init_alpha=0.3).train()
+    x = torch.randn(1, 6) if isinstance(layer, nn.Linear) else torch.randn(1, 2, 5, 5)
+    draws = 20000
+    with torch.no_grad():
+        noisy = layer(x.expand(draws, *x.shape[1:]))[:, None]  # the hook samples each example's pre-activations
+        mu, var = v.mean_and_var("0.weight")
+        w = mu + var.sqrt() * torch.randn(draws, *mu.shape)
+        if isinstance(layer, nn.Linear):
+            sampled = (torch.einsum("i,noi->no", x[0], w) + layer.bias)[:, None]
+        else:
+            sampled = F.conv2d(x, w.reshape(draws * 3, 2, 3, 3), layer.bias.repeat(draws), stride=2, padding=1)
+            sampled = sampled.reshape(draws, 1, 3, 3, 3)
+        with v.deterministic():
+            mean = layer(x)
+    for got in (noisy, sampled):
+        assert torch.allclose(got.mean(0), mean, atol=0.05 * float(mean.abs().max()) + 0.02)
+        closed = (F.linear(x * x, var) if isinstance(layer, nn.Linear)
+                  else F.conv2d(x * x, var, None, stride=2, padding=1))
+        assert torch.allclose(got.var(0), closed, rtol=0.06, atol=1e-4)
+
+
+def test_families_parameterise_the_variance_as_documented():
+    torch.manual_seed(0)
+
+    def build(family, **k):
+        return VariationalNet(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3)), family, **k)
+
+    for family in ("additive", "weight", "neuron", "layer"):
+        v = build(family, init_alpha=0.05)
+        mu, var = v.mean_and_var("0.weight")
+        assert torch.allclose(var / mu ** 2, torch.full_like(mu, 0.05), rtol=1e-4)  # s² = init_alpha mu² at the start
+    shapes = {f: tuple(build(f).scales["0__weight"].shape) for f in ("additive", "weight", "neuron", "layer")}
+    assert shapes == {"additive": (4, 1, 3, 3), "weight": (4, 1, 3, 3), "neuron": (4, 1, 1, 1), "layer": (1, 1, 1, 1)}
+    v = build("neuron")
+    with torch.no_grad():
+        v.scales["0__weight"].copy_(torch.arange(4.0).reshape(4, 1, 1, 1))
+    mu, var = v.mean_and_var("0.weight")
+    assert torch.allclose(var, torch.arange(4.0).exp().reshape(4, 1, 1, 1) * mu ** 2)
+    # a variance network: zero, frozen means in its hidden layers, free KL there; its output layer keeps its means
+    v = build("variance")
+    assert not v.net[0].weight.requires_grad and float(v.net[0].weight.abs().sum()) == 0
+    assert v.net[2].weight.requires_grad and float(v.net[2].weight.detach().abs().sum()) > 0
+    assert v.family_of("2.weight") == "additive"
+    mu, var = v.mean_and_var("2.weight")
+    log_alpha = (torch.log(var) - torch.log(mu ** 2 + 1e-16)).clamp(-20, 20)
+    assert float(v.kl().detach()) == pytest.approx(float(log_uniform_kl(log_alpha.detach())), rel=1e-5)
+    with pytest.raises(UserError, match="hidden"):
+        VariationalNet(nn.Linear(3, 2), "variance")
+    assert stochastic_names(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2, 2))) == ["0.weight",
+                                                                                                        "2.weight"]
+
+
+def test_additive_variance_does_not_follow_the_mean():
+    torch.manual_seed(0)
+    v = VariationalNet(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)), "additive")
+    before = v.mean_and_var("0.weight")[1].clone()
+    with torch.no_grad():
+        v.net[0].weight.mul_(3)
+    assert torch.equal(v.mean_and_var("0.weight")[1], before)
+    w = VariationalNet(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)), "weight")
+    before = w.mean_and_var("0.weight")[1].clone()
+    with torch.no_grad():
+        w.net[0].weight.mul_(3)
+    assert torch.allclose(w.mean_and_var("0.weight")[1], 9 * before)
+
+
+def test_hwa_averages_the_means_at_cycle_ends_with_the_variances_frozen(fitted):
+    out, result = fitted
+    post_vi, net_vi, _ = load_variational(out / "vi.pt")
+    post_hwa, net_hwa, _ = load_variational(out / "hwa.pt")
+    space = ParamSpace.of(net_vi)
+    # averaged after epochs 3 and 4 (hwa_start 2, cycle 1); the means of hwa.pt are their average
+    want = (means_after(out, 3, net_vi).double() + means_after(out, 4, net_vi).double()) / 2
+    assert torch.allclose(space.flatten(net_hwa).double(), want, atol=1e-6)
+    assert torch.equal(space.flatten(net_vi), means_after(out, 4, net_vi))
+    assert not torch.equal(means_after(out, 3, net_vi), means_after(out, 4, net_vi))
+    assert result.summary["hwa"]["averaged"] == 2
+    # the variances stayed where HWA found them: the log alpha of every epoch after the start are equal
+    at_start = load_checkpoint(out / "checkpoint-002.pt").extra["variational"]["scales"]
+    before = load_checkpoint(out / "checkpoint-001.pt").extra["variational"]["scales"]
+    for name, value in at_start.items():
+        assert torch.equal(value, post_vi.state["scales"][name])
+        assert torch.equal(value, post_hwa.state["scales"][name])
+        assert not torch.equal(value, before[name])  # they trained before HWA
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["hwa_n"] for r in records] == [0, 0, 1, 2]
+    assert records[2]["kl_per_sample"] == records[3]["kl_per_sample"] != records[0]["kl_per_sample"]
+    assert [r["lr"] for r in records][:2] == [0.01, 0.01]
+
+
+def test_resume_after_an_interruption_is_exact(tmp_path, small_digits, endpoint, fitted):
+    out, _ = fitted
+    kw = dict(data=small_digits, from_ckpt=str(endpoint), family="weight", epochs=4, hwa_start=2, hwa_lr=0.002,
+              cycle=1, lr=0.01, save_every=1, progress=False)
+
+    def stop(epoch, record):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_variational(out=tmp_path / "cut", on_epoch_end=stop, **kw)
+    run_variational(out=tmp_path / "cut", resume=True, **kw)
+    for name in ("vi.pt", "hwa.pt"):
+        a, b = load_checkpoint(out / name), load_checkpoint(tmp_path / "cut" / name)
+        for key in a.state_dict:
+            assert torch.equal(a.state_dict[key], b.state_dict[key]), (name, key)
+        for key, value in a.extra["variational"]["scales"].items():
+            assert torch.equal(value, b.extra["variational"]["scales"][key])
+
+
+def test_the_loss_weighs_the_kl_by_temperature_over_n(tmp_path, small_digits, endpoint):
+    """A rate too small to move anything: each epoch's loss minus its NLL is T KL / N."""
+    for t in (0.0, 0.25):
+        run = run_variational(out=tmp_path / f"t{t}", data=small_digits, from_ckpt=str(endpoint), family="layer",
+                              epochs=1, lr=1e-9, temperature=t, progress=False)
+        r = run.metrics[0]
+        assert r["train_loss"] - r["train_nll"] == pytest.approx(t * r["kl_per_sample"], rel=1e-4, abs=1e-7)
+
+
+def test_three_schemes_match_the_sequential_reference(tmp_path, small_digits, fitted):
+    out, _ = fitted
+    ev = evaluate_variational(out / "vi.pt", tmp_path / "ev", samples=4, seed=3, data=small_digits)
+    post, net, _ = load_variational(out / "vi.pt")
+    draws = post.sample(4, 3)
+    anchors = torch.cat([post.mean[None], draws])
+    ref = evaluate_points_sequential(net, anchors, np.eye(5), small_digits, wd=0.0, return_probs=True,
+                                     bn_stats="population")
+    for m in ("train_loss", "train_nll", "train_error", "test_nll", "test_error"):
+        np.testing.assert_allclose(ev.arrays[f"sample_{m}"], ref[m][1:], rtol=2e-5, atol=1e-6)
+        assert ev.summary["deterministic"][m] == pytest.approx(float(ref[m][0]), rel=2e-5, abs=1e-6)
+    probs = ref["probs"][1:].mean(0)
+    labels = small_digits.y_test.numpy()
+    assert ev.summary["ensemble"]["test_error"] == pytest.approx(100 * float((probs.argmax(1) != labels).mean()))
+    assert ev.summary["ensemble"]["test_nll"] == pytest.approx(
+        float(-np.log(probs[np.arange(len(labels)), labels]).mean()), rel=1e-4)
+    # the draws: the point estimates exactly, the stochastic weights standardised to N(0, 1)
+    on = post.std > 0
+    assert torch.equal(draws[:, ~on], post.mean[~on].expand(4, -1))
+    z = (draws[:, on] - post.mean[on]) / post.std[on]
+    assert abs(float(z.mean())) < 0.02 and float(z.std()) == pytest.approx(1.0, abs=0.02)
+    alpha = post.state["scales"]["classifier.weight"].exp()  # weight family: s = sqrt(alpha) |mu|
+    std = ParamSpace.of(net).unflatten(post.std)["classifier.weight"]
+    assert torch.allclose(std, (alpha * net.classifier.weight.detach() ** 2).sqrt())
+    again = evaluate_variational(out / "vi.pt", tmp_path / "ev", samples=4, seed=3, data=small_digits, resume=True)
+    assert again.summary == ev.summary
+
+
+def test_a_variance_network_predicts_one_class_from_its_means(tmp_path, small_digits):
+    """The talk's warning: the deterministic network of a variance network's means
+    (zero hidden weights) gives every image the same prediction."""
+    run_variational(out=tmp_path / "v", data=small_digits, family="variance", epochs=1, model="convnet",
+                    model_kwargs={"width": 4}, progress=False)
+    post, net, _ = load_variational(tmp_path / "v" / "vi.pt")
+    ev = evaluate_variational(tmp_path / "v" / "vi.pt", None, samples=2, data=small_digits)
+    labels = small_digits.y_test.numpy()
+    shares = 100 * (1 - np.bincount(labels, minlength=10) / len(labels))
+    assert any(ev.summary["deterministic"]["test_error"] == pytest.approx(s) for s in shares)
+    assert ev.summary["relative_std"] is None  # zero means
+    assert ev.summary["samples"]["test_error_mean"] != ev.summary["deterministic"]["test_error"]
+
+
+def test_a_posterior_whose_variances_do_not_fit_is_refused(tmp_path, fitted):
+    out, _ = fitted
+    ck = load_checkpoint(out / "vi.pt")
+    info = dict(ck.extra["variational"])
+    info["scales"] = dict(info["scales"], **{"classifier.weight": torch.zeros(2, 2)})
+    save_checkpoint(tmp_path / "bad.pt", ck.state_dict, ck.model, kind="variational", variational=info,
+                    meta=ck.meta)
+    with pytest.raises(UserError, match="shape"):
+        load_variational(tmp_path / "bad.pt")
+    info["scales"] = dict(ck.extra["variational"]["scales"])
+    info["scales"]["classifier.weight"] = torch.full_like(info["scales"]["classifier.weight"], float("nan"))
+    save_checkpoint(tmp_path / "nan.pt", ck.state_dict, ck.model, kind="variational", variational=info, meta=ck.meta)
+    with pytest.raises(UserError, match="not finite"):
+        load_variational(tmp_path / "nan.pt")
+
+
+def run_cli(*argv):
+    return subprocess.run([str(LANDSCAPE), *map(str, argv)], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trains_evaluates_and_redraws(tmp_path, endpoint):
+    if not LANDSCAPE.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    done = run_cli("vi", "--from", endpoint, "--family", "neuron", "--epochs", 3, "--hwa-start", 1, "--out",
+                   tmp_path / "vi", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "HWA (2 avg)" in done.stdout and (tmp_path / "vi" / "hwa.pt").exists()
+    done = run_cli("vi-eval", "--ckpt", tmp_path / "vi" / "hwa.pt", "--samples", 3, "--out", tmp_path / "ev")
+    assert done.returncode == 0, done.stderr
+    assert "ensemble" in done.stdout and "HWA, neuron posterior: 3 samples" in done.stdout
+    png = tmp_path / "ev" / "variational.png"
+    png.unlink()
+    assert run_cli("plot", tmp_path / "ev").returncode == 0 and png.exists()
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert set(summary) >= {"deterministic", "samples", "ensemble"}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--family", "gauss"], "invalid choice"),
+    (["--hwa-start", "5"], "--hwa-start must be in [0, --epochs)"),
+    (["--temperature", "-1"], "--temperature must be"),
+    (["--init-alpha", "0"], "--init-alpha must be"),
+    (["--prior-scale", "0"], "--prior-scale must be"),
+    (["--kl-warmup", "-2"], "--kl-warmup must be"),
+    (["--hwa-start", "1", "--hwa-lr", "0.1", "--hwa-lr-max", "0.01"], "--hwa-lr-max must be at least"),
+])
+def test_cli_refuses_bad_options_in_one_line(tmp_path, endpoint, argv, says):
+    if not LANDSCAPE.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    done = run_cli("vi", "--from", endpoint, "--epochs", 2, "--out", tmp_path / "r", *argv)
+    assert done.returncode == 2 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_vi_eval_refuses_a_network_without_a_posterior(tmp_path, endpoint):
+    if not LANDSCAPE.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    done = run_cli("vi-eval", "--ckpt", endpoint, "--out", tmp_path / "e")
+    assert done.returncode == 2 and "holds no variational posterior" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = run_cli("vi-eval", "--ckpt", tmp_path / "missing.pt", "--out", tmp_path / "e")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
