@@ -646,12 +646,17 @@ def cmd_vi(args: argparse.Namespace) -> int:
     print(f"{s['family']} posterior, {s['prior']} prior, {s['stochastic_parameters']} stochastic weights"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
     print(f"{'deterministic':<16}{'train nll':>12}{'train err %':>13}{f'{split} nll':>10}{f'{split} err %':>12}"
-          f"{'KL / N':>10}")
+          f"{'KL / N':>10}{'noise %':>9}")
     for key, name in (("vi", "VI (final)"), ("hwa", f"HWA ({s.get('hwa', {}).get('averaged')} avg)")):
         if key in s:
             m = s[key]
+            share = m.get("noise_share")
             print(f"{name:<16}{m['train_nll']:>12.4f}{m['train_error']:>13.2f}{m['test_nll']:>10.4f}"
-                  f"{m['test_error']:>12.2f}{m['kl_per_sample']:>10.3f}")
+                  f"{m['test_error']:>12.2f}{m['kl_per_sample']:>10.3f}"
+                  f"{'-' if share is None else format(100 * share, '.1f'):>9}")
+    print("noise %: stochastic weights with log(s^2 / m^2) > 3, mostly noise (sparse variational dropout prunes "
+          "them)" if s["family"] != "variance" else "a variance network: its deterministic network (zero hidden "
+          "means) predicts one class; use its samples (vi-eval)")
     for f in s["files"].values():
         print(f"posterior: {args.out / f}   (its three prediction schemes: landscape vi-eval --ckpt "
               f"{args.out / f} --out DIR)")
@@ -678,6 +683,9 @@ def cmd_vi_eval(args: argparse.Namespace) -> int:
     print(f"{'ensemble':<16}{'':>12}{'':>13}{e['test_nll']:>10.4f}{e['test_error']:>12.2f}   "
           f"({s['method']}, {s['family']} posterior: {e['members']} samples)"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
+    if s["family"] == "variance":
+        print("note: a variance network's hidden means are zero, so its deterministic network predicts one class "
+              "(the talk's point); its information is in the variances, which only the samples use")
     for f in figures:
         print(f"figure: {f}")
     return 0
@@ -831,11 +839,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from landscape.subspace import sample_subspace, swag_subspace
     from landscape.swag import evaluate_swag
     from landscape.train import TrainConfig, load_data, train
+    from landscape.variational import evaluate_variational, run_variational
     from plots.curve import draw_curve_figure
     from plots.plane import draw_plane_figures
     from plots.rays import draw_rays_figures
     from plots.subspace import draw_subspace_figure
-    from plots.swag import draw_swag_figure
+    from plots.swag import draw_swag_figure, draw_variational_figure
 
     out, quiet, t0 = args.out, _progress(args), time.perf_counter()
     device = resolve_device(args.device)
@@ -898,6 +907,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     step("FGE from endpoint b: 4 cycles of 2 epochs, rate 0.05 -> 0.0005")
     fge = run_fge(None, out / "fge", from_ckpt=str(b), epochs=8, cycle=2, lr=0.05, lr_min=0.0005, data=data,
                   device=str(device), resume=again(out / "fge"), progress=quiet).summary
+    last = max(1, cfg.epochs // 3)  # HWA over the last third, a mean averaged every 2 epochs
+    step(f"variational dropout from endpoint a (one alpha per weight, log-uniform prior), {cfg.epochs} epochs, HWA "
+         f"over the last {last}; the three prediction schemes of vi.pt and hwa.pt, 30 samples each")
+    run_variational(None, out / "vi", from_ckpt=str(a), family="weight", epochs=cfg.epochs,
+                    hwa_start=cfg.epochs - last, cycle=2 if last >= 2 else 1,
+                    data=data, device=str(device), resume=again(out / "vi"), progress=quiet)
+    schemes = {}
+    for name in ("vi", "hwa"):
+        folder = out / f"{name}-eval"
+        schemes[name] = evaluate_variational(out / "vi" / f"{name}.pt", folder, samples=30, data=data,
+                                             device=str(device), resume=again(folder, "variational.npz")).summary
+        figures += draw_variational_figure(folder)
     step("done")
 
     print()
@@ -925,6 +946,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, label in (("pca", "ESS, SWAG PCA plane"), ("curve", "ESS, curve plane")):
         b = subspaces[name]["bma"]
         print(f"{label + ' (' + str(b['members']) + ')':<26}{b['test_error']:>12.2f}{b['test_nll']:>10.4f}{'':>14}")
+    for name, label in (("vi", "VD"), ("hwa", "VD + HWA")):
+        e = schemes[name]
+        print(f"{label + ', deterministic':<26}{e['deterministic']['test_error']:>12.2f}"
+              f"{e['deterministic']['test_nll']:>10.4f}{'':>14}")
+        print(f"{label + ', ensemble (' + str(e['ensemble']['members']) + ')':<26}{e['ensemble']['test_error']:>12.2f}"
+              f"{e['ensemble']['test_nll']:>10.4f}{'':>14}")
     print(f"{'FGE members (mean)':<26}{fge['member_test_error_mean']:>12.2f}"
           f"{statistics.fmean(m['test_nll'] for m in fge['members']):>10.4f}{'':>14}")
     print(f"{'FGE ensemble (' + str(fge['ensemble']['members']) + ')':<26}{fge['ensemble']['test_error']:>12.2f}"
@@ -1290,7 +1317,7 @@ def _leave_process_group(wait: bool = True) -> None:
 
 # Commands that share their work out under torchrun; the others would run
 # whole on every rank and write the same files, so they refuse.
-DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "simplex", "curve", "swag", "plane", "rays", "width")
+DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "simplex", "curve", "swag", "plane", "rays", "width", "vi", "vi-eval")
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -56,13 +56,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bn import reestimate_bn
-from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, save_checkpoint
+from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, read_jsonl,
+                         save_checkpoint)
 from .data import Dataset
 from .errors import UserError
 from .evaluate import evaluate_model, precision_amp
 from .inputs import named_model, note_split_leak, own_network, stored_data
 from .sweep import begin_result, finish_result, process_device, request_key
-from .train import (Task, TrainConfig, check_rate, learning_rate, load_data, prepare_run, run_training,
+from .train import (Task, TrainConfig, _say, check_rate, learning_rate, load_data, prepare_run, run_training,
                     weights_finite)
 from .weights import ParamSpace
 
@@ -81,9 +82,20 @@ _VAR_FLOOR = 1e-16  # sqrt() of a pre-activation variance of 0 (an input of zero
 
 def stochastic_names(model: nn.Module) -> list[str]:
     """The parameters that get a posterior: the ``weight`` of every linear and
-    (1-3 d) convolution layer, in the model's order."""
-    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules()
-            if isinstance(m, _LAYERS) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+    (1-3 d) convolution layer, in the model's order. A weight tied between
+    layers is refused (one tensor, two posteriors)."""
+    names, seen = [], {}
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, _LAYERS) and isinstance(w, nn.Parameter):
+            full = f"{name}.weight" if name else "weight"
+            if id(w) in seen:
+                raise UserError(f"the layers {seen[id(w)]} and {full} share one weight tensor; variational "
+                                f"inference here gives each weight tensor one posterior, so tied weights are "
+                                f"not supported")
+            seen[id(w)] = full
+            names.append(full)
+    return names
 
 
 def gaussian_kl(mean: torch.Tensor, var: torch.Tensor, prior_scale: float) -> torch.Tensor:
@@ -132,7 +144,9 @@ class VariationalNet(nn.Module):
         with torch.no_grad():
             for name in self.names:
                 mu = net.get_parameter(name)
-                self.scales[_key(name)] = nn.Parameter(self._initial(name, mu, init_alpha))
+                # inside the clamp's range, where the gradient passes (a tiny mean would give log s² < -20)
+                start = self._initial(name, mu, init_alpha).clamp(_LOG_ALPHA_RANGE[0] + 1, _LOG_ALPHA_RANGE[1] - 1)
+                self.scales[_key(name)] = nn.Parameter(start)
                 if self.family_of(name) == "variance":
                     mu.zero_()
                     mu.requires_grad_(False)
@@ -148,7 +162,7 @@ class VariationalNet(nn.Module):
 
     def _initial(self, name: str, mu: torch.Tensor, init_alpha: float) -> torch.Tensor:
         """The first log-variance parameters: s² = init_alpha mu² (a variance
-        network: sigma² = the layer's mean mu², the scale its weights had)."""
+        network's hidden layers: sigma² = mu², the starting weights' squares)."""
         log_a = math.log(init_alpha)
         family = self.family_of(name)
         if family == "additive":
@@ -159,7 +173,9 @@ class VariationalNet(nn.Module):
             return torch.full((mu.shape[0],) + (1,) * (mu.dim() - 1), log_a, dtype=mu.dtype, device=mu.device)
         if family == "layer":
             return torch.full((1,) * mu.dim(), log_a, dtype=mu.dtype, device=mu.device)
-        return torch.full_like(mu, math.log(float((mu.detach() ** 2).mean()) + 1e-16))  # variance
+        # variance: sigma² = mu², the starting weights' own squares (a constant per layer would make every
+        # unit's variance the same function of its input, a symmetry only the noise could break)
+        return torch.log(mu.detach() ** 2 + 1e-16)
 
     def _scale(self, name: str) -> torch.Tensor:
         return self.scales[_key(name)].clamp(*_LOG_ALPHA_RANGE)
@@ -178,8 +194,8 @@ class VariationalNet(nn.Module):
         for name in self.names:
             mu, var = self.mean_and_var(name)
             family = self.family_of(name)
-            if self.prior == "gaussian":
-                total = total + gaussian_kl(mu, var, self.prior_scale)
+            if self.prior == "gaussian":  # floored: s² = alpha mu² is 0 where a mean is exactly 0
+                total = total + gaussian_kl(mu, var + _VAR_FLOOR, self.prior_scale)
             elif family == "variance":
                 continue  # KL(N(0, sigma²) || log-uniform) is a constant
             elif family == "additive":
@@ -346,7 +362,23 @@ def _posterior_metrics(vnet: VariationalNet, data: Dataset, temperature: float) 
     tr, te = evaluate_model(net, data, "train"), evaluate_model(net, data, "test")
     kl = float(vnet.kl().detach())
     return {"train_nll": tr["nll"], "train_error": tr["error"], "test_nll": te["nll"], "test_error": te["error"],
-            "kl": kl, "kl_per_sample": kl / len(data.y_train), "temperature": temperature}
+            "kl": kl, "kl_per_sample": kl / len(data.y_train), "temperature": temperature,
+            "noise_share": _noise_share(vnet)}
+
+
+def _noise_share(vnet: VariationalNet) -> float | None:
+    """The share of the stochastic weights with log alpha = log(s² / m²) > 3
+    (Molchanov et al. 2017's threshold: weights that are mostly noise, which
+    sparse variational dropout prunes). None for a variance network."""
+    if vnet.family == "variance":
+        return None
+    noisy = total = 0
+    with torch.no_grad():
+        for name in vnet.names:
+            mu, var = vnet.mean_and_var(name)
+            noisy += int((torch.log(var) - torch.log(mu * mu) > 3).sum())
+            total += mu.numel()
+    return noisy / total
 
 
 def run_variational(config: VariationalConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
@@ -366,14 +398,21 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "vi")
     if start_epoch == -1:
+        _say(f"{out}: run already finished; nothing to do")
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
-        post, _, _ = load_variational(out / "vi.pt", "cpu", cfg.model if named is not None else None)
-        return VariationalResult(post.module(), summary, metrics, out)
+        vnet = _posterior_net(load_checkpoint(out / "vi.pt"), "cpu", cfg.model if named is not None else None)
+        return VariationalResult(vnet, summary, read_jsonl(out / "metrics.jsonl"), out)
     data = load_data(cfg, device) if data is None else data.to(device)
     model, spec = _start_model(cfg, data, user_named=named is not None)
     model.to(device)
     vnet = VariationalNet(model, cfg.family, prior=cfg.resolved_prior(), prior_scale=cfg.prior_scale,
                           init_alpha=cfg.init_alpha)
+    if source is not None and source.kind == "variational":  # a warm start: its variances too
+        earlier = _posterior_net(source, device, cfg.model if named is not None else None)
+        if (earlier.family, earlier.prior) != (vnet.family, vnet.prior):
+            raise UserError(f"{source.path} holds a {earlier.family} posterior with a {earlier.prior} prior; "
+                            f"continuing it needs the same --family and --prior (or start from a network)")
+        vnet.load_scales(earlier.posterior_state()["scales"])
     n_train = len(data.y_train)
     space = ParamSpace.of(model)
     hwa = {"avg": torch.zeros(space.numel, dtype=torch.float64, device=device), "n": 0}
@@ -430,8 +469,10 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
         summary: dict[str, Any] = {"vi": _posterior_metrics(vnet, data, cfg.temperature)}
         files = {"vi": "vi.pt"}
         meta = {"train_config": cfg.to_json(), "dataset": data.describe(), "epochs": cfg.epochs}
-        if out is not None:
-            save_checkpoint(out / "vi.pt", model.state_dict(), spec, kind="variational",
+        if out is not None:  # batch norm recomputed for the means (training's statistics came from noisy weights)
+            means = vnet.mean_network()
+            reestimate_bn(means, data.batches("train", 1000))
+            save_checkpoint(out / "vi.pt", means.state_dict(), spec, kind="variational",
                             variational=vnet.posterior_state(), meta=dict(meta, method="vi"))
         if cfg.hwa_start is not None:
             if hwa["n"] == 0:
@@ -455,7 +496,8 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
                         "model": spec, "dataset": data.describe(), "files": files,
                         "notes": "the deterministic network (the posterior means), batch norm recomputed; kl = "
                                  "KL(q || prior) in nats; errors in percent. The stochastic and ensemble schemes: "
-                                 "landscape vi-eval"})
+                                 "landscape vi-eval; noise_share = the share of stochastic weights with "
+                                 "log(s^2 / m^2) > 3"})
         return summary
 
     def make_optimizer(params: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -497,18 +539,20 @@ class VariationalPosterior:
         return torch.stack(rows) if rows else self.mean.new_zeros(0, self.mean.numel())
 
 
-def load_variational(path: str | Path | Checkpoint, device: torch.device | str = "cpu",
-                     model: str | None = None) -> tuple[VariationalPosterior, nn.Module, Checkpoint]:
-    """Read ``vi.pt`` / ``hwa.pt`` (written by ``landscape vi``; or take it
-    already read): the posterior and the network of its means."""
-    ck = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+def _posterior_net(ck: Checkpoint, device: torch.device | str, model: str | None) -> VariationalNet:
+    """The posterior a ``variational`` checkpoint holds, around the network of its means (no hooks)."""
     info = ck.extra.get("variational")
     if ck.kind != "variational" or not isinstance(info, dict) or not {"family", "prior", "names", "scales"} <= set(info):
         raise UserError(f"{ck.path}: holds no variational posterior; make one with 'landscape vi' (it writes vi.pt)")
-    net = load_model(ck, own_network(ck, model)).to(device)
     if info["family"] not in FAMILIES or info["prior"] not in PRIORS:
         raise UserError(f"{ck.path}: unknown posterior family {info['family']!r} or prior {info['prior']!r}")
-    vnet = VariationalNet(net, info["family"], prior=info["prior"], prior_scale=float(info.get("prior_scale", 1.0)))
+    scale = info.get("prior_scale", 1.0)
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise UserError(f"{ck.path}: the posterior's prior_scale is {scale!r}, not a finite number > 0")
+    if not isinstance(info["names"], (list, tuple)) or not isinstance(info["scales"], dict):
+        raise UserError(f"{ck.path}: the posterior's entry is damaged (names or scales of the wrong type)")
+    net = load_model(ck, own_network(ck, model)).to(device)
+    vnet = VariationalNet(net, info["family"], prior=info["prior"], prior_scale=float(scale))
     vnet.remove_hooks()
     if list(info["names"]) != vnet.names or set(info["scales"]) != set(vnet.names):
         raise UserError(f"{ck.path}: the posterior's weights do not match its network's layers")
@@ -520,6 +564,16 @@ def load_variational(path: str | Path | Checkpoint, device: torch.device | str =
         if not torch.isfinite(value).all():
             raise UserError(f"{ck.path}: the posterior's variances of {name} are not finite")
     vnet.load_scales({n: v.to(device) for n, v in info["scales"].items()})
+    return vnet
+
+
+def load_variational(path: str | Path | Checkpoint, device: torch.device | str = "cpu",
+                     model: str | None = None) -> tuple[VariationalPosterior, nn.Module, Checkpoint]:
+    """Read ``vi.pt`` / ``hwa.pt`` (written by ``landscape vi``; or take it
+    already read): the posterior and the network of its means."""
+    ck = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+    vnet = _posterior_net(ck, device, model)
+    net = vnet.net
     space = ParamSpace.of(net)
     with torch.no_grad():
         stds = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
@@ -527,7 +581,7 @@ def load_variational(path: str | Path | Checkpoint, device: torch.device | str =
             stds[name] = vnet.mean_and_var(name)[1].sqrt()
         mean, std = space.flatten(net), space.flatten(stds)
     post = VariationalPosterior(family=vnet.family, prior=vnet.prior, mean=mean.float(), std=std.float(),
-                                stochastic=list(vnet.names), state=info)
+                                stochastic=list(vnet.names), state=ck.extra["variational"])
     return post, net, ck
 
 

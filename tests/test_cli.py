@@ -311,10 +311,10 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     assert code == 0, err
     for needle in ("straight line", "Bezier curve, 1 bend", "polygonal chain, 1 bend", "SWA (from a)",
                    "SGD (continued from a)", "FGE ensemble (4)", "SWAG average (30)", "ESS, SWAG PCA plane (30)",
-                   "ESS, curve plane (30)", "median width"):
+                   "ESS, curve plane (30)", "VD, deterministic", "VD + HWA, ensemble (30)", "median width"):
         assert needle in out, needle
     figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
-    assert len(figures) == 10 and all(Path(f).exists() for f in figures)
+    assert len(figures) == 12 and all(Path(f).exists() for f in figures)
     # Every number in the line row is the stored summary's.
     line = json.loads((tmp_path / "demo" / "bezier-eval" / "summary.json").read_text())["line"]
     assert f"{line['train_loss_barrier']:.4f}" in out
@@ -423,7 +423,8 @@ def test_plot_of_an_unfinished_sweep_says_how_to_finish_it(tmp_path, capsys):
     (tmp_path / "sweep.partial.npz").unlink()
     code, _, err = run(capsys, "plot", tmp_path)
     assert code == 2 and _one_line_error(err).endswith("no stored results to draw (expected curve.npz, plane.npz, "
-                                                        "rays.npz, simplex.npz, swag.npz or subspace.npz)")
+                                                        "rays.npz, simplex.npz, swag.npz, subspace.npz or "
+                                                        "variational.npz)")
 
 
 def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, endpoints):

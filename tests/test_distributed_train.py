@@ -491,3 +491,30 @@ def test_two_rank_swag_evaluation_equals_one_process(tmp_path, digits, ends):
     for k, v in one.arrays.items():
         np.testing.assert_allclose(two[k], v, rtol=1e-6, atol=1e-9, err_msg=k)
     assert not (tmp_path / "two" / "sweep.partial.npz").exists()
+
+
+@pytest.mark.slow
+def test_two_rank_vi_with_hwa_trains_and_its_schemes_share_out(tmp_path, digits, ends):
+    """`vi` data parallel: every trainable parameter, the variances too, stays
+    in DDP's reduction through HWA's frozen phase (they are put back after
+    each step, never detached); both ranks end with the same posterior, which
+    rank 0 saves. `vi-eval` shares the samples out and equals one process."""
+    done = torchrun("vi", "--from", ends[0], "--family", "neuron", "--epochs", 3, "--hwa-start", 1,
+                    "--batch-size", 100, "--seed", 2, "--save-every", 1, "--out", tmp_path / "vi")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("HWA (2 avg)") == 1, done.stdout
+    assert done.stderr.count("vi: data parallel on 2 processes (gloo), 50 samples per process and step") == 1
+    at_start = torch.load(tmp_path / "vi" / "checkpoint-001.pt", weights_only=True)["variational"]["scales"]
+    hwa = torch.load(tmp_path / "vi" / "hwa.pt", weights_only=True)["variational"]["scales"]
+    assert all(torch.equal(at_start[k], hwa[k]) for k in hwa)
+    done = torchrun("vi-eval", "--ckpt", tmp_path / "vi" / "hwa.pt", "--samples", 3, "--points-per-pass", 1,
+                    "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-4000:]
+    from landscape.variational import evaluate_variational
+
+    one = one_thread(lambda: evaluate_variational(tmp_path / "vi" / "hwa.pt", tmp_path / "one", samples=3,
+                                                  points_per_pass=1))
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    for scheme in ("deterministic", "ensemble"):
+        for k, v in one.summary[scheme].items():
+            assert two[scheme][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (scheme, k)

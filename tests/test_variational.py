@@ -271,6 +271,9 @@ def test_cli_trains_evaluates_and_redraws(tmp_path, endpoint):
     done = run_cli("vi-eval", "--ckpt", tmp_path / "vi" / "hwa.pt", "--samples", 3, "--out", tmp_path / "ev")
     assert done.returncode == 0, done.stderr
     assert "ensemble" in done.stdout and "HWA, neuron posterior: 3 samples" in done.stdout
+    again = run_cli("vi", "--from", endpoint, "--family", "neuron", "--epochs", 3, "--hwa-start", 1, "--out",
+                    tmp_path / "vi", "--quiet", "--resume")
+    assert again.returncode == 0 and "already finished" in again.stderr and "HWA (2 avg)" in again.stdout, again.stderr
     png = tmp_path / "ev" / "variational.png"
     png.unlink()
     assert run_cli("plot", tmp_path / "ev").returncode == 0 and png.exists()
@@ -303,3 +306,65 @@ def test_vi_eval_refuses_a_network_without_a_posterior(tmp_path, endpoint):
     assert len(done.stderr.strip().splitlines()) == 1
     done = run_cli("vi-eval", "--ckpt", tmp_path / "missing.pt", "--out", tmp_path / "e")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_vi_pt_loads_as_the_network_its_summary_measured(fitted, small_digits):
+    """vi.pt's batch-norm statistics are recomputed for the means (training's came from noisy weights)."""
+    from landscape.checkpoint import load_model
+    from landscape.evaluate import evaluate_model
+
+    out, result = fitted
+    for name, key in (("vi.pt", "vi"), ("hwa.pt", "hwa")):
+        m = evaluate_model(load_model(out / name).eval(), small_digits, "test")
+        assert m["nll"] == pytest.approx(result.summary[key]["test_nll"], rel=1e-5)
+
+
+def test_a_finished_run_resumed_returns_it(fitted, small_digits, endpoint):
+    out, result = fitted
+    again = run_variational(out=out, resume=True, data=small_digits, from_ckpt=str(endpoint), family="weight",
+                            epochs=4, hwa_start=2, hwa_lr=0.002, cycle=1, lr=0.01, save_every=1, progress=False)
+    assert again.summary == json.loads((out / "summary.json").read_text())
+    assert [r["epoch"] for r in again.metrics] == [1, 2, 3, 4]
+    assert again.posterior.family == "weight" and again.posterior.names == result.posterior.names
+
+
+def test_starting_from_a_posterior_continues_its_variances(tmp_path, fitted, small_digits):
+    out, _ = fitted
+    warm = run_variational(out=tmp_path / "w", data=small_digits, from_ckpt=str(out / "vi.pt"), family="weight",
+                           epochs=1, lr=1e-9, progress=False)
+    before = load_checkpoint(out / "vi.pt").extra["variational"]["scales"]
+    for name, value in warm.posterior.posterior_state()["scales"].items():
+        torch.testing.assert_close(value, before[name], atol=1e-6, rtol=0)
+    with pytest.raises(UserError, match="same --family"):
+        run_variational(out=tmp_path / "x", data=small_digits, from_ckpt=str(out / "vi.pt"), family="layer",
+                        epochs=1, progress=False)
+
+
+def test_edge_cases_of_the_parameterisation():
+    # tied weights: one tensor cannot hold two posteriors
+    a = nn.Linear(3, 3)
+    b = nn.Linear(3, 3)
+    b.weight = a.weight
+    with pytest.raises(UserError, match="share one weight"):
+        stochastic_names(nn.Sequential(a, b))
+    # a tiny mean starts inside the clamp, where its variance still gets a gradient
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    with torch.no_grad():
+        net[0].weight.zero_()
+    v = VariationalNet(net, "additive", prior="log-uniform")
+    v.kl().backward()
+    assert float(v.scales["0__weight"].max()) <= 19 and float(v.scales["0__weight"].grad.abs().sum()) > 0
+    # a Gaussian prior over s² = alpha m² with a mean of exactly 0 stays finite
+    w = VariationalNet(net, "weight", prior="gaussian")
+    assert torch.isfinite(w.kl().detach())
+
+
+def test_a_damaged_posterior_entry_is_one_line(tmp_path, fitted):
+    out, _ = fitted
+    ck = load_checkpoint(out / "vi.pt")
+    for change, says in (({"prior_scale": "abc"}, "prior_scale"), ({"prior_scale": -1.0}, "prior_scale"),
+                         ({"names": 5}, "damaged")):
+        save_checkpoint(tmp_path / "d.pt", ck.state_dict, ck.model, kind="variational",
+                        variational={**ck.extra["variational"], **change}, meta=ck.meta)
+        with pytest.raises(UserError, match=says):
+            load_variational(tmp_path / "d.pt")
