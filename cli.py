@@ -632,10 +632,16 @@ def cmd_vi(args: argparse.Namespace) -> int:
 
     if not args.from_ckpt and not args.model:
         args.model = "convnet"
+    if args.hwa_start == 0 and (args.lr is not None or args.schedule is not None):
+        raise UserError("--lr and --schedule set the rate before --hwa-start; with --hwa-start 0 the rate is HWA's "
+                        "cyclical one throughout (leave them out, or give a later --hwa-start)")
+    if args.hwa_start is not None and args.schedule is not None:
+        raise UserError("--schedule applies without HWA; before --hwa-start the rate decays from --lr to --hwa-lr "
+                        "as SWA's does (leave --schedule out)")
     overrides = _average_overrides(args)
     overrides.pop("wd")
     result = run_variational(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
-                             lr=args.lr, schedule=args.schedule, family=args.family, prior=args.prior,
+                             lr=0.01 if args.lr is None else args.lr, schedule=args.schedule or "paper", family=args.family, prior=args.prior,
                              prior_scale=args.prior_scale, temperature=args.temperature, init_alpha=args.init_alpha,
                              kl_warmup=args.kl_warmup, optimizer=args.optimizer, hwa_start=args.hwa_start,
                              hwa_lr=args.hwa_lr, hwa_lr_max=args.hwa_lr_max, cycle=args.cycle, **overrides)
@@ -1154,11 +1160,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p, default=None)
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=50, help="passes over the training set")
-    g.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
+    g.add_argument("--lr", type=float, default=None, help="initial learning rate (default 0.01)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (--optimizer sgd)")
     g.add_argument("--batch-size", type=int, default=128, help="training minibatch size")
-    g.add_argument("--schedule", default="paper",
-                   help="without HWA: paper (constant, then linear decay to 1%% from 50%% to 90%%), cosine, constant")
+    g.add_argument("--schedule", default=None,
+                   help="without HWA: paper (the default: constant, then linear decay to 1%% from 50%% to 90%%), "
+                        "cosine, constant")
     add_run_args(p)
     p.set_defaults(func=cmd_vi, wd=0.0)
 

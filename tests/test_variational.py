@@ -289,6 +289,8 @@ def test_cli_trains_evaluates_and_redraws(tmp_path, endpoint):
     (["--prior-scale", "0"], "--prior-scale must be"),
     (["--kl-warmup", "-2"], "--kl-warmup must be"),
     (["--hwa-start", "1", "--hwa-lr", "0.1", "--hwa-lr-max", "0.01"], "--hwa-lr-max must be at least"),
+    (["--hwa-start", "0", "--lr", "0.1"], "with --hwa-start 0 the rate is HWA's"),
+    (["--hwa-start", "1", "--schedule", "cosine"], "--schedule applies without HWA"),
 ])
 def test_cli_refuses_bad_options_in_one_line(tmp_path, endpoint, argv, says):
     if not LANDSCAPE.exists():
