@@ -952,7 +952,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, label in (("pca", "ESS, SWAG PCA plane"), ("curve", "ESS, curve plane")):
         b = subspaces[name]["bma"]
         print(f"{label + ' (' + str(b['members']) + ')':<26}{b['test_error']:>12.2f}{b['test_nll']:>10.4f}{'':>14}")
-    for name, label in (("vi", "VD"), ("hwa", "VD + HWA")):
+    for name, label in (("vi", "VD last"), ("hwa", "VD HWA avg")):
         e = schemes[name]
         print(f"{label + ', deterministic':<26}{e['deterministic']['test_error']:>12.2f}"
               f"{e['deterministic']['test_nll']:>10.4f}{'':>14}")

@@ -22,13 +22,14 @@ approximation of Molchanov et al. 2017, -KL = k1 sigmoid(k2 + k3 log alpha) -
 0.5 log(1 + 1/alpha) - k1 with alpha = s² / m², which is 0 for a variance
 network) or ``gaussian`` N(0, prior_scale²) (closed form). Training maximises
 the ELBO per sample, -(mean NLL + T x KL / N), T the ``temperature`` (ramped
-up from 0 over ``kl_warmup`` epochs), by SGD on the means, the log-variance
+up from 0 over ``kl_warmup`` epochs), by Adam (or SGD) on the means, the log-variance
 parameters and the point estimates, with the local reparameterisation trick:
 a layer's pre-activations are sampled, b = x mu + sqrt(x² s²) e, e ~ N(0, 1)
 per example and output, through forward hooks on the layers, so any module
 built from ``nn.Linear`` and ``nn.Conv*d`` trains unchanged.
 
-HWA (the talk's Algorithm 1): from ``hwa_start`` the variances are frozen,
+HWA (the talk's Algorithm 1): from ``hwa_start`` the variance parameters
+(log sigma², or log alpha: s² = alpha mu² still follows the means) are frozen,
 the means continue under a cyclical rate (``hwa_lr_max`` -> ``hwa_lr``
 within each ``cycle`` epochs) and are averaged at each cycle's end (with the
 point estimates); ``hwa.pt`` is the posterior with the averaged means.

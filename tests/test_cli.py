@@ -311,7 +311,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     assert code == 0, err
     for needle in ("straight line", "Bezier curve, 1 bend", "polygonal chain, 1 bend", "SWA (from a)",
                    "SGD (continued from a)", "FGE ensemble (4)", "SWAG average (30)", "ESS, SWAG PCA plane (30)",
-                   "ESS, curve plane (30)", "VD, deterministic", "VD + HWA, ensemble (30)", "median width"):
+                   "ESS, curve plane (30)", "VD last, deterministic", "VD HWA avg, ensemble (30)", "median width"):
         assert needle in out, needle
     figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
     assert len(figures) == 12 and all(Path(f).exists() for f in figures)
