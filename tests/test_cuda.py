@@ -152,3 +152,24 @@ def test_subspace_sampling_and_vi_on_the_gpu(tmp_path, cpu_data, gpu_data, no_tf
         assert res.arrays[f"sample_{key}"] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
     vi = sample_subspace(sub, method="vi", vi_epochs=1, samples=2, data=gpu_data)
     assert np.isfinite(vi.arrays["sample_test_nll"]).all() and np.isfinite(vi.summary["vi"]["sigma"]).all()
+
+
+def test_variational_training_and_its_schemes_on_the_gpu(tmp_path, cpu_data, gpu_data, no_tf32):
+    """`vi` with HWA trains on the GPU (the hooks' noise on the device), its checkpoints load on the
+    CPU, and `vi-eval`'s schemes on the GPU (the draws through vmap) are the CPU's sequential reference's
+    at the same draws."""
+    from landscape.train import train
+    from landscape.variational import evaluate_variational, load_variational, run_variational
+
+    train(out=tmp_path / "a", data=cpu_data, epochs=2, seed=1, progress=False, model_kwargs={"width": 8})
+    run = run_variational(out=tmp_path / "vi", data=gpu_data, device="cuda", from_ckpt=str(tmp_path / "a" / "model.pt"),
+                          family="neuron", epochs=3, hwa_start=1, progress=False)
+    assert run.summary["hwa"]["averaged"] == 2 and np.isfinite(run.summary["vi"]["test_nll"])
+    post, net, _ = load_variational(tmp_path / "vi" / "hwa.pt", "cpu")
+    ev = evaluate_variational(tmp_path / "vi" / "hwa.pt", None, samples=3, seed=2, data=gpu_data, device="cuda",
+                              bn_stats="batches")
+    anchors = torch.cat([post.mean[None], post.sample(3, 2)])
+    want = evaluate_points_sequential(net, anchors, np.eye(4), cpu_data, wd=0.0, bn_stats="batches")
+    for key in ("train_nll", "test_nll", "test_error"):
+        assert ev.arrays[f"sample_{key}"] == pytest.approx(want[key][1:], rel=1e-4, abs=1e-6), key
+        assert ev.summary["deterministic"][key] == pytest.approx(float(want[key][0]), rel=1e-4, abs=1e-6), key
