@@ -555,16 +555,21 @@ def cmd_swag(args: argparse.Namespace) -> int:
 
 
 def _print_model_average(s: dict[str, Any], centre: str, centre_metrics: dict[str, Any], how: str,
-                         figures: list[Path]) -> None:
-    """The table of a model average of samples (swag, subspace): the centre, a single sample, the average."""
+                         figures: list[Path], *, average: str = "bma", sample_label: str = "one sample, mean",
+                         average_label: str = "model average", note: str | None = None) -> None:
+    """The table of a model average of samples (swag, subspace, vi-eval): the
+    centre, a single sample, the average (``s[average]``), then an optional
+    note and the figures."""
     _metrics_header(s.get("eval_split", "test"))
     _print_metrics_row(centre, centre_metrics)
     m = s["samples"]
-    _print_metrics_row("one sample, mean", {k: m[f"{k}_mean"] for k in ("train_loss", "train_error", "test_nll",
-                                                                       "test_error")})
-    b = s["bma"]
-    print(f"{'model average':<16}{'':>12}{'':>13}{b['test_nll']:>10.4f}{b['test_error']:>12.2f}   ({how})"
+    _print_metrics_row(sample_label, {k: m[f"{k}_mean"] for k in ("train_loss", "train_error", "test_nll",
+                                                                  "test_error")})
+    b = s[average]
+    print(f"{average_label:<16}{'':>12}{'':>13}{b['test_nll']:>10.4f}{b['test_error']:>12.2f}   ({how})"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
+    if note:
+        print(note)
     for f in figures:
         print(f"figure: {f}")
 
@@ -680,20 +685,12 @@ def cmd_vi_eval(args: argparse.Namespace) -> int:
         return 0
     figures = draw_variational_figure(args.out, tuple(args.format))
     s = result.summary
-    _metrics_header(s.get("eval_split", "test"))
-    _print_metrics_row("deterministic", s["deterministic"])
-    m = s["samples"]
-    _print_metrics_row("stochastic", {k: m[f"{k}_mean"] for k in ("train_loss", "train_error", "test_nll",
-                                                                  "test_error")})
-    e = s["ensemble"]
-    print(f"{'ensemble':<16}{'':>12}{'':>13}{e['test_nll']:>10.4f}{e['test_error']:>12.2f}   "
-          f"({s['method']}, {s['family']} posterior: {e['members']} samples)"
-          + ("   [synthetic data]" if s.get("synthetic") else ""))
-    if s["family"] == "variance":
-        print("note: a variance network's hidden means are zero, so its deterministic network predicts one class "
-              "(the talk's point); its information is in the variances, which only the samples use")
-    for f in figures:
-        print(f"figure: {f}")
+    note = ("note: a variance network's hidden means are zero, so its deterministic network predicts one class "
+            "(the talk's point); its information is in the variances, which only the samples use"
+            if s["family"] == "variance" else None)
+    _print_model_average(s, "deterministic", s["deterministic"], f"{s['method']}, {s['family']} posterior: "
+                         f"{s['ensemble']['members']} samples", figures, average="ensemble",
+                         sample_label="stochastic", average_label="ensemble", note=note)
     return 0
 
 
