@@ -50,7 +50,8 @@ from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_tes
                     prepare_run, run_training, weights_finite)
 from .weights import ParamSpace
 
-__all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "fge_learning_rate", "snapshot_learning_rate",
+__all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "averaging_rate", "fge_learning_rate",
+           "snapshot_learning_rate",
            "fge_snapshot_iteration", "run_swa", "run_fge", "run_snapshots", "predict_probs"]
 
 METHODS = ("swa", "fge", "snapshots")
@@ -128,24 +129,32 @@ class AverageResult:
 
 # ------------------------------------------------------------------ learning rates
 def swa_learning_rate(cfg: AverageConfig, epoch: int, it: int, steps: int) -> float:
-    """The SWA paper's rate. Before ``swa_start`` (training from scratch):
-    ``lr`` for the first half, then linear to ``swa_lr`` by 90%, then
-    ``swa_lr``. From ``swa_start``: constant ``swa_lr``, or cyclic: within each
+    """The SWA paper's rate for ``cfg``: :func:`averaging_rate` with alpha_1 =
+    ``swa_lr_max`` (default 10 x ``swa_lr``) and alpha_2 = ``swa_lr``."""
+    high = cfg.swa_lr_max if cfg.swa_lr_max is not None else 10 * cfg.swa_lr
+    return averaging_rate(cfg.lr, cfg.swa_start, cfg.swa_lr, high, cfg.swa_schedule == "cyclic", cfg.cycle,
+                          epoch, it, steps)
+
+
+def averaging_rate(lr: float, start: int, low: float, high: float, cyclic: bool, cycle: int, epoch: int, it: int,
+                   steps: int) -> float:
+    """The SWA paper's rate (SWA, and HWA's means). Before ``start`` (training
+    from scratch): ``lr`` for the first half, then linear to ``low`` by 90%,
+    then ``low``. From ``start``: constant ``low``, or ``cyclic``: within each
     cycle of c = ``cycle`` epochs x ``steps`` iterations, alpha(i) = (1 - t_i)
     alpha_1 + t_i alpha_2 with t_i = (i + 1) / c (i = 0..c-1), so the last
-    iteration of a cycle runs at alpha_2 = ``swa_lr`` (alpha_1 = ``swa_lr_max``)."""
-    if epoch < cfg.swa_start:
-        t = epoch / cfg.swa_start
-        ratio = cfg.swa_lr / cfg.lr
+    iteration of a cycle runs at alpha_2 = ``low`` (alpha_1 = ``high``)."""
+    if epoch < start:
+        t = epoch / start
+        ratio = low / lr
         factor = 1.0 if t <= 0.5 else (1.0 - (1.0 - ratio) * (t - 0.5) / 0.4 if t <= 0.9 else ratio)
-        return cfg.lr * factor
-    if cfg.swa_schedule == "constant":
-        return cfg.swa_lr
-    high = cfg.swa_lr_max if cfg.swa_lr_max is not None else 10 * cfg.swa_lr
-    c = cfg.cycle * steps
-    i = ((epoch - cfg.swa_start) % cfg.cycle) * steps + it
+        return lr * factor
+    if not cyclic:
+        return low
+    c = cycle * steps
+    i = ((epoch - start) % cycle) * steps + it
     t = (i + 1) / c
-    return (1 - t) * high + t * cfg.swa_lr
+    return (1 - t) * high + t * low
 
 
 def fge_learning_rate(lr_max: float, lr_min: float, cycle: int, epoch: int, it: int, steps: int) -> float:
