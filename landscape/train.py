@@ -296,7 +296,8 @@ learning rate before every iteration instead of once per epoch from the
 config's schedule; ``after_step(epoch, it, steps)`` runs after every
 optimiser step; ``end_epoch(epoch)`` (1-based) runs after each epoch's
 updates (averaging, snapshots) and adds to its record. ``optimizer(params)``
-(optional) builds the optimiser instead of SGD.
+(optional) builds the optimiser instead of SGD; a parameter group's
+``lr_scale`` (default 1) multiplies the rate the loop sets.
     """
 
     module: nn.Module
@@ -592,8 +593,7 @@ def _finished_result(out: Path, model: str) -> TrainResult:
 def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig, epoch: int,
                  device: torch.device, bar) -> dict[str, Any]:
     lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    _set_rate(optimizer, lr)
     rank, world = rank_and_world()
     n = len(data.y_train)
     steps = steps_per_epoch(n, cfg.batch_size, world)
@@ -608,8 +608,7 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
     for it, (x, y) in enumerate(data.train_batches(cfg.batch_size, gen, shard=(rank, world))):
         if task.lr is not None:
             lr = task.lr(epoch, it, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            _set_rate(optimizer, lr)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             loss, logits = forward(x, y)  # logits (..., B, classes)
         with torch.no_grad():  # the record's terms, at the weights this step's loss saw
@@ -645,6 +644,13 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
         raise Diverged(f"the weights became non-finite by the end of epoch {epoch + 1} (lr {lr:g})")
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_nll": nll_sum / seen,
             "train_error": 100.0 * wrong / seen}
+
+
+def _set_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group's rate: ``lr`` times the group's ``lr_scale`` (1
+    unless a task's optimiser sets it; 0 holds a group's parameters still)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def epoch_test_metrics(model: nn.Module, data: Dataset, amp: bool = False) -> dict[str, float]:

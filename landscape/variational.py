@@ -48,7 +48,6 @@ import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -334,11 +333,10 @@ class VariationalConfig(TrainConfig):
         """The learning rate of iteration ``it`` of (0-based) ``epoch``."""
         if self.hwa_start is None:
             return learning_rate(self.lr, self.schedule, epoch, self.epochs)
-        from .averaging import swa_learning_rate
+        from .averaging import averaging_rate
 
-        return swa_learning_rate(SimpleNamespace(swa_start=self.hwa_start, lr=self.lr, swa_lr=self.hwa_lr,
-                                                 swa_lr_max=self.hwa_lr_max, swa_schedule="cyclic",
-                                                 cycle=self.cycle), epoch, it, steps)
+        high = self.hwa_lr_max if self.hwa_lr_max is not None else 10 * self.hwa_lr
+        return averaging_rate(self.lr, self.hwa_start, self.hwa_lr, high, True, self.cycle, epoch, it, steps)
 
     def kl_factor(self, epoch: int, it: int, steps: int) -> float:
         """T, ramped linearly from 0 over the first ``kl_warmup`` epochs."""
@@ -355,11 +353,16 @@ class VariationalResult:
     out: Path | None
 
 
-def _posterior_metrics(vnet: VariationalNet, data: Dataset, temperature: float) -> dict[str, float]:
-    """The deterministic network's metrics (batch norm recomputed for the means) and the KL."""
+def _mean_network(vnet: VariationalNet, data: Dataset) -> nn.Module:
+    """The deterministic network of ``vnet``'s means, batch norm recomputed for them (training's running
+    statistics came from noisy weights), in eval mode: what vi.pt / hwa.pt hold and the summary measures."""
     net = vnet.mean_network()
     reestimate_bn(net, data.batches("train", 1000))
-    net.eval()
+    return net.eval()
+
+
+def _posterior_metrics(vnet: VariationalNet, net: nn.Module, data: Dataset, temperature: float) -> dict[str, float]:
+    """The metrics of ``net``, the deterministic network (:func:`_mean_network`), and the KL."""
     tr, te = evaluate_model(net, data, "train"), evaluate_model(net, data, "test")
     kl = float(vnet.kl().detach())
     return {"train_nll": tr["nll"], "train_error": tr["error"], "test_nll": te["nll"], "test_error": te["error"],
@@ -418,28 +421,20 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
     space = ParamSpace.of(model)
     hwa = {"avg": torch.zeros(space.numel, dtype=torch.float64, device=device), "n": 0}
     beta = [cfg.kl_factor(start_epoch, 0, 1)]
-    frozen: dict[str, torch.Tensor] = {}  # HWA: the variances as they were at its start
+    optimizer: list[torch.optim.Optimizer] = []  # its second group holds the variance parameters
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = vnet(x)
         return F.cross_entropy(logits.float(), y) + beta[0] * vnet.kl() / n_train, logits
 
-    def hwa_phase(epoch: int) -> bool:
-        return cfg.hwa_start is not None and epoch >= cfg.hwa_start
-
     def rate(epoch: int, it: int, steps: int) -> float:
         beta[0] = cfg.kl_factor(epoch, it, steps)
-        if hwa_phase(epoch) and not frozen:
-            frozen.update({k: v.detach().clone() for k, v in vnet.scales.items()})
+        # HWA: the variances stay where it found them. Their group's rate is 0 (they keep their gradients,
+        # which DDP needs of every parameter; a rate of 0 also stops the optimiser's momentum moving them).
+        # (Looked up here: a resume's load_state_dict replaces the optimiser's group dicts.)
+        in_hwa = cfg.hwa_start is not None and epoch >= cfg.hwa_start
+        optimizer[0].param_groups[1]["lr_scale"] = 0.0 if in_hwa else 1.0
         return cfg.rate(epoch, it, steps)
-
-    def after_step(epoch: int, it: int, steps: int) -> None:
-        # The variances stay where HWA found them: put back after every step (the optimiser's momentum
-        # would move them even without a gradient; under DDP every parameter must keep its gradient).
-        if hwa_phase(epoch):
-            with torch.no_grad():
-                for k, v in frozen.items():
-                    vnet.scales[k].copy_(v)
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
         save_checkpoint(path, model.state_dict(), spec, kind="variational", variational=vnet.posterior_state(),
@@ -467,12 +462,11 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
         return {"test_nll": m["nll"], "test_error": m["error"]}
 
     def finish() -> dict[str, Any]:
-        summary: dict[str, Any] = {"vi": _posterior_metrics(vnet, data, cfg.temperature)}
+        means = _mean_network(vnet, data)
+        summary: dict[str, Any] = {"vi": _posterior_metrics(vnet, means, data, cfg.temperature)}
         files = {"vi": "vi.pt"}
         meta = {"train_config": cfg.to_json(), "dataset": data.describe(), "epochs": cfg.epochs}
-        if out is not None:  # batch norm recomputed for the means (training's statistics came from noisy weights)
-            means = vnet.mean_network()
-            reestimate_bn(means, data.batches("train", 1000))
+        if out is not None:
             save_checkpoint(out / "vi.pt", means.state_dict(), spec, kind="variational",
                             variational=vnet.posterior_state(), meta=dict(meta, method="vi"))
         if cfg.hwa_start is not None:
@@ -484,10 +478,11 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
                     averaged.net.get_parameter(name).copy_(value)
             if not weights_finite(averaged.net):
                 raise UserError("the HWA average of the means is not finite; lower --hwa-lr-max and start again")
-            summary["hwa"] = dict(_posterior_metrics(averaged, data, cfg.temperature), averaged=hwa["n"])
+            averaged_means = _mean_network(averaged, data)
+            summary["hwa"] = dict(_posterior_metrics(averaged, averaged_means, data, cfg.temperature),
+                                  averaged=hwa["n"])
             if out is not None:
-                reestimate_bn(averaged.net, data.batches("train", 1000))
-                save_checkpoint(out / "hwa.pt", averaged.net.state_dict(), spec, kind="variational",
+                save_checkpoint(out / "hwa.pt", averaged_means.state_dict(), spec, kind="variational",
                                 variational=averaged.posterior_state(), meta=dict(meta, method="hwa",
                                                                                   averaged=hwa["n"]))
             files["hwa"] = "hwa.pt"
@@ -502,13 +497,16 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
         return summary
 
     def make_optimizer(params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr)
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+        scales = {id(p) for p in vnet.scales.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in scales]},
+                  {"params": [p for p in params if id(p) in scales], "lr_scale": 1.0}]
+        opt = (torch.optim.Adam(groups, lr=cfg.lr) if cfg.optimizer == "adam" else
+               torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum))
+        optimizer[:] = [opt]
+        return opt
 
     task = Task(module=vnet, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=epoch_eval,
                 weight_decay=0.0, spec=spec, command="vi", kind="variational", lr=rate, end_epoch=end_epoch,
-                after_step=after_step,
                 lr_flag="--lr" if cfg.hwa_start is None else "--lr (or --hwa-lr-max, after --hwa-start)",
                 optimizer=make_optimizer)
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
@@ -527,7 +525,6 @@ class VariationalPosterior:
     prior: str
     mean: torch.Tensor  # (P,) float32
     std: torch.Tensor  # (P,) float32
-    stochastic: list[str]
     state: dict[str, Any]  # the checkpoint's posterior entry
 
     def sample(self, count: int, seed: int = 0) -> torch.Tensor:
@@ -582,7 +579,7 @@ def load_variational(path: str | Path | Checkpoint, device: torch.device | str =
             stds[name] = vnet.mean_and_var(name)[1].sqrt()
         mean, std = space.flatten(net), space.flatten(stds)
     post = VariationalPosterior(family=vnet.family, prior=vnet.prior, mean=mean.float(), std=std.float(),
-                                stochastic=list(vnet.names), state=ck.extra["variational"])
+                                state=ck.extra["variational"])
     return post, net, ck
 
 
