@@ -605,11 +605,17 @@ def cmd_subspace(args: argparse.Namespace) -> int:
     if vi and args.method != "vi":
         raise UserError(f"{', '.join('--' + name.replace('_', '-') for name in vi)}: for --method vi")
     result = sample_subspace(space, args.out, samples=args.samples, method=args.method, chains=args.chains,
-                             burn_in=args.burn_in, **vi, grid=args.grid, temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
+                             burn_in=args.burn_in, max_depth=args.max_depth, **vi, grid=args.grid, temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
     figures = draw_subspace_figure(args.out, tuple(args.format))
     s = result.summary
-    how = (f"VI, sigma {', '.join(f'{v:.3g}' for v in s['vi']['sigma'])}" if s.get("method") == "vi" else
-           f"ESS, {s['evaluations_per_sample']:.1f} evaluations per sample")
+    if s.get("method") == "vi":
+        how = f"VI, sigma {', '.join(f'{v:.3g}' for v in s['vi']['sigma'])}"
+    elif s.get("method") == "nuts":
+        n = s["nuts"]
+        how = (f"NUTS, {s['evaluations_per_sample']:.1f} gradient steps per sample ({n['gradient']}), mean accept "
+               f"{n['accept_mean']:.2f}, {n['divergent']} divergent")
+    else:
+        how = f"ESS, {s['evaluations_per_sample']:.1f} evaluations per sample"
     _print_model_average(s, "centre", s["shift"], f"{s['basis']} subspace, rank {s['rank']}: {s['bma']['members']} "
                          f"samples, T {s['temperature']:g}, {how}", figures)
     return 0
@@ -1097,7 +1103,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Subspace inference (Izmailov et al. 2019): the posterior over z in w = shift + "
                                    "P^T z (prior N(0, prior-scale^2 I), likelihood exp(-N train NLL / T), batch norm "
                                    "re-estimated at every point) sampled by elliptical slice sampling (--method ess) "
-                                   "or approximated by a Gaussian fitted by VI (--method vi), then the model average "
+                                   "or the No-U-Turn Sampler (--method nuts), or approximated by a Gaussian fitted by VI (--method vi), then the model average "
                                    "of the samples. Subspaces: pca or random around the SWA mean of swag.pt, or the "
                                    "plane of a fitted curve.")
     p.add_argument("--ckpt", required=True, type=Path,
@@ -1106,13 +1112,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): pca for swag.pt, curve for a curve")
     p.add_argument("--rank", type=int, default=None, help="dimension of a pca or random subspace (default 2)")
     p.add_argument("--samples", type=int, default=30, help="posterior samples averaged (default 30)")
-    p.add_argument("--method", default="ess", choices=["ess", "vi"],
-                   help="ess (default): elliptical slice sampling; vi: fit q(z) = N(mu, diag sigma^2) by SGD on the "
-                        "ELBO, then sample it")
+    p.add_argument("--method", default="ess", choices=["ess", "nuts", "vi"],
+                   help="ess (default): elliptical slice sampling; nuts: the No-U-Turn Sampler (Hamiltonian Monte "
+                        "Carlo); vi: fit q(z) = N(mu, diag sigma^2) by SGD on the ELBO, then sample it")
     p.add_argument("--chains", type=int, default=1,
                    help="chains, their proposals evaluated together (default 1, as the paper)")
     p.add_argument("--burn-in", type=int, default=0, metavar="B",
-                   help="steps of every chain discarded before samples are kept (default 0, as the paper)")
+                   help="steps of every chain discarded before samples are kept (default 0, as the paper); with "
+                        "nuts they also adapt the step size (without them the first size found is kept)")
+    p.add_argument("--max-depth", type=int, default=None,
+                   help="nuts: largest tree depth, at most 2^D - 1 leapfrog steps a sample (default 8)")
     p.add_argument("--vi-epochs", type=int, default=None, help="vi: epochs of the fit (default 50)")
     p.add_argument("--vi-lr", type=float, default=None, help="vi: SGD rate, momentum 0.9 (default 0.1)")
     p.add_argument("--vi-batch-size", type=int, default=None,

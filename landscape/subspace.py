@@ -50,12 +50,14 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from .bn import bn_modules
 from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
 from .errors import UserError
 from .evaluate import METRICS, evaluate_points, precision_amp, resolve_bn_stats
 from .inputs import stored_data
 from .metrics import running_ensemble
+from .nuts import TARGET_ACCEPT, DualAveraging, initial_step_size, nuts_round
 from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep, stored_bn_stats
 from .swag import SwagPosterior, load_swag
 from .weights import ParamSpace
@@ -64,7 +66,9 @@ __all__ = ["BASES", "METHODS", "Subspace", "SubspaceResult", "pca_basis", "rando
            "swag_subspace", "elliptical_slice_round", "gaussian_kl", "sample_subspace"]
 
 BASES = ("pca", "random", "curve")
-METHODS = ("ess", "vi")
+METHODS = ("ess", "nuts", "vi")
+NUTS_MAX_DEPTH = 8  # the default: at most 255 leapfrog steps a sample
+FD_STEP = 1e-3  # central differences' step in z, times the prior's scale (the gradient without autograd)
 POINTS_STORE = "points.partial.npz"  # the VI samples' evaluation sweep
 GRID_STORE = "grid.partial.npz"  # the grid sweep's partial store, beside the sampler's (sweep.partial.npz)
 STORES = (STORE, GRID_STORE, POINTS_STORE)  # every partial store a run may leave
@@ -477,6 +481,157 @@ def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, ch
     return shift_res, kept
 
 
+def gradient_kind(run: "_Run") -> str:
+    """How NUTS gets the log-likelihood's gradient: ``"autograd"`` when the
+    likelihood is one differentiable function of z (batch norm's statistics
+    those of the whole training set in one pass, ``bn_stats="population"``,
+    or no batch norm at all), else ``"fd"``: central differences of the
+    engine's likelihood, the 2k displaced points of every chain in one call."""
+    population = run.eval_options["bn_stats"] == "population"
+    return "autograd" if population or not bn_modules(run.net) else "fd"
+
+
+def log_posterior_fn(run: "_Run") -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The sampler's target: points z (n, k) -> log posterior (n,) and its
+    gradient (n, k), -N x train NLL / T - |z|² / (2σ²), in fp32 whatever the
+    evaluation's precision. With autograd (see :func:`gradient_kind`) the
+    likelihood is the engine's definition computed directly: the network in
+    eval mode but for batch norm, which in the population case normalises the
+    whole training set, as one batch, by its own statistics."""
+    sub, data, k = run.subspace, run.data, run.subspace.dim
+    n = len(data.y_train)
+
+    def with_prior(ll: np.ndarray, grad: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return ll + run.log_prior(z), grad - z / run.prior_scale ** 2
+
+    if gradient_kind(run) == "fd":
+        h = FD_STEP * run.prior_scale
+        options = dict(run.eval_options, amp=False)
+
+        def fd(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            shifts = np.concatenate([np.zeros((1, k)), h * np.eye(k), -h * np.eye(k)])  # (2k + 1, k)
+            at = (points[:, None, :] + shifts[None]).reshape(-1, k)
+            res = evaluate_points(run.net, sub.anchors(), coefficients(at), data, **options)
+            ll = run.log_likelihood(res["train_nll"]).reshape(len(points), 2 * k + 1)
+            grad = (ll[:, 1:k + 1] - ll[:, k + 1:]) / (2 * h)
+            return with_prior(ll[:, 0], np.where(np.isfinite(grad), grad, np.nan), points)
+        return fd
+
+    device = data.device
+    net = copy.deepcopy(run.net).to(device).eval()
+    population = run.eval_options["bn_stats"] == "population"
+    if population:
+        for _, m in bn_modules(net):
+            m.train()  # batch statistics, of the whole training set: the population estimate
+    space = ParamSpace.of(net)
+    shift, basis = sub.shift.double(), sub.basis.double()
+
+    def autograd(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lls, grads = np.empty(len(points)), np.empty((len(points), k))
+        for i, z in enumerate(points):
+            zt = torch.tensor(z, dtype=torch.float64, device=device, requires_grad=True)
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            batches = [(data.x_train, data.y_train)] if population else data.batches(
+                "train", run.eval_options["batch_size"])
+            for x, y in batches:  # one backward per batch: the graph of one batch in memory at a time
+                params = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
+                          for name, p in space.unflatten((shift + zt @ basis).float()).items()}
+                if x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)  # as the engine: faster convolutions
+                logits = functional_call(net, params, (x,))
+                nll = -torch.log_softmax(logits.float(), dim=-1).gather(1, y[:, None]).double().sum()
+                (nll * (1.0 / (n * 1.0))).backward()
+                total += nll.detach()
+            lls[i] = -float(total) / run.temperature
+            grads[i] = -zt.grad.cpu().numpy() * n / run.temperature
+        return with_prior(lls, grads, points)
+    return autograd
+
+
+_NUTS_PER_SAMPLE = ("step_size", "accept", "depth", "divergent")
+_NUTS_STATE = ("rng", "current", "current_lp", "current_grad", "burned", "da_mu", "da_log_step", "da_log_bar",
+               "da_h_bar", "da_m", *(f"shift_{m}" for m in (*METRICS, "probs")), *_PER_SAMPLE, *_NUTS_PER_SAMPLE)
+
+
+def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, chains: int, burn_in: int,
+                 max_depth: int, seed: int) -> tuple[dict[str, Any], dict[str, list], dict[str, Any]]:
+    """The No-U-Turn Sampler (:mod:`landscape.nuts`): ``chains`` chains from the
+    start, their step sizes adapted by dual averaging over the ``burn_in``
+    discarded transitions (without one, the first step size found is kept),
+    then transitions kept until ``samples`` are drawn; each round's new
+    points evaluated together by the engine for their metrics. Returns the
+    centre's values, the samples' (``_PER_SAMPLE`` and ``_NUTS_PER_SAMPLE``)
+    and the sampler's summary."""
+    k = run.subspace.dim
+    fn = log_posterior_fn(run)
+
+    def save() -> None:
+        if run.store is not None:
+            write_npz(run.store, {"key": np.array(run.key), "rng": np.array(json.dumps(rng.bit_generator.state)),
+                                  "current": current, "current_lp": current_lp, "current_grad": current_grad,
+                                  "burned": np.array(burned), **adapt.state(),
+                                  **{f"shift_{m}": np.asarray(v) for m, v in shift_res.items()},
+                                  **{name: np.asarray(values) for name, values in kept.items()}})
+
+    if run.store is not None and run.store.exists():
+        state = _read_state(run.store, run.key, _NUTS_STATE, "the sampler's saved state")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        current, current_lp, current_grad = state["current"], state["current_lp"], state["current_grad"]
+        burned, adapt = int(state["burned"]), DualAveraging.from_state(state)
+        shift_res = {m: state[f"shift_{m}"] for m in (*METRICS, "probs")}
+        kept = {name: list(state[name]) for name in (*_PER_SAMPLE, *_NUTS_PER_SAMPLE)}
+        print(f"{run.out}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
+    else:
+        rng = np.random.default_rng(seed)
+        start = run.subspace.start_point()
+        ll0, first = run.evaluate(np.stack([np.zeros(k), start]))  # the centre, for the table; where chains start
+        lp, grad = fn(start[None])
+        if not (np.isfinite(ll0[1]) and np.isfinite(lp[0]) and np.isfinite(grad).all()):
+            raise UserError(f"{run.subspace.source or 'the subspace'}: the train NLL where the chains start is not "
+                            f"finite ({first['train_nll'][1]}), or its gradient is not; nothing to sample around")
+        shift_res = {m: v[0] for m, v in first.items()}
+        current, current_lp, current_grad = np.tile(start, (chains, 1)), np.repeat(lp, chains), np.tile(grad,
+                                                                                                         (chains, 1))
+        adapt = DualAveraging(initial_step_size(current, current_lp, current_grad, fn, rng, run.prior_scale))
+        kept = {name: [] for name in (*_PER_SAMPLE, *_NUTS_PER_SAMPLE)}
+        burned = 0
+        save()
+    write_config()
+    bar = tqdm(total=burn_in + samples, initial=burned + len(kept["z"]), disable=not run.progress,
+               desc="NUTS transitions", unit="sample", leave=False, dynamic_ncols=True)
+    try:
+        while burned < burn_in:  # every chain's first transitions: step-size adaptation, discarded
+            r = nuts_round(current, current_lp, current_grad, fn, rng, adapt.step, max_depth)
+            adapt.update(r.accept)
+            current, current_lp, current_grad = r.theta, r.logp, r.grad
+            burned += 1
+            save()
+            bar.update(1)
+        step = adapt.final
+        while len(kept["z"]) < samples:
+            active = min(chains, samples - len(kept["z"]))
+            r = nuts_round(current[:active], current_lp[:active], current_grad[:active], fn, rng, step[:active],
+                           max_depth)
+            ll, extra = run.evaluate(r.theta)  # the engine's metrics and test probabilities of the new samples
+            for c in range(active):
+                for name, value in (("z", r.theta[c]), ("chain", c), ("log_likelihood", ll[c]),
+                                    ("log_posterior", ll[c] + run.log_prior(r.theta[c])), ("evaluations", r.steps[c]),
+                                    ("step_size", step[c]), ("accept", r.accept[c]), ("depth", r.depth[c]),
+                                    ("divergent", r.divergent[c]), *((m, extra[m][c]) for m in (*METRICS, "probs"))):
+                    kept[name].append(value)
+            current[:active], current_lp[:active], current_grad[:active] = r.theta, r.logp, r.grad
+            save()
+            bar.update(active)
+    finally:
+        bar.close()
+    info = {"gradient": gradient_kind(run), "max_depth": max_depth, "target_accept": TARGET_ACCEPT,
+            "step_size": [float(x) for x in adapt.final], "accept_mean": float(np.mean(kept["accept"])),
+            "divergent": int(np.sum(kept["divergent"])), "depth_mean": float(np.mean(kept["depth"])),
+            "max_depth_hits": int(np.sum(np.asarray(kept["depth"]) >= max_depth))}
+    return shift_res, kept, info
+
+
 def _sample_vi(run: _Run, write_config: Callable[[], None], *, samples: int, epochs: int, lr: float,
                batch_size: int, init_std: float, seed: int) -> tuple[dict[str, Any], dict[str, list],
                                                                      dict[str, Any], dict[str, np.ndarray]]:
@@ -529,6 +684,7 @@ def sample_subspace(
     method: str = "ess",
     chains: int = 1,
     burn_in: int = 0,
+    max_depth: int | None = None,
     vi_epochs: int = 50,
     vi_lr: float = 0.1,
     vi_batch_size: int = 128,
@@ -574,12 +730,18 @@ def sample_subspace(
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if method == "vi" and (chains != 1 or burn_in != 0):
-        raise UserError("--chains and --burn-in are elliptical slice sampling's (--method ess); VI draws "
+        raise UserError("--chains and --burn-in are the samplers' (--method ess or nuts); VI draws "
                         "independent samples")
+    if max_depth is not None and method != "nuts":
+        raise UserError("--max-depth is NUTS's (--method nuts)")
+    max_depth = NUTS_MAX_DEPTH if max_depth is None else max_depth
     for flag, value, least in (("--samples", samples, 1), ("--chains", chains, 1), ("--burn-in", burn_in, 0),
-                               ("--vi-epochs", vi_epochs, 1), ("--vi-batch-size", vi_batch_size, 2)):
+                               ("--vi-epochs", vi_epochs, 1), ("--vi-batch-size", vi_batch_size, 2),
+                               ("--max-depth", max_depth, 1)):
         if isinstance(value, bool) or int(value) != value or value < least:
             raise UserError(f"{flag} must be a whole number of at least {least}, got {value}")
+    if max_depth > 20:
+        raise UserError(f"--max-depth {max_depth}: a tree of 2^{max_depth} leapfrog steps; at most 20")
     if isinstance(grid, bool) or int(grid) != grid or grid < 0 or grid == 1:
         raise UserError(f"--grid must be 0 (none) or a whole number of at least 2, got {grid}")
     if grid and subspace.dim < 2:
@@ -600,8 +762,10 @@ def sample_subspace(
                 "start": [float(x) for x in subspace.start_point()], "temperature": temperature,
                 "prior_scale": prior_scale, "seed": seed, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
                 "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}
-    settings.update({"chains": chains, "burn_in": burn_in} if method == "ess" else {
+    settings.update({"chains": chains, "burn_in": burn_in} if method != "vi" else {
         "vi_epochs": vi_epochs, "vi_lr": vi_lr, "vi_batch_size": vi_batch_size, "vi_init_std": vi_init_std})
+    if method == "nuts":
+        settings["max_depth"] = max_depth
     request = request_key([subspace.shift, subspace.basis], settings)
     finished = begin_result(out_path, "subspace.npz", resume, "subspace", request, stores=STORES)
     if finished is not None:
@@ -626,9 +790,14 @@ def sample_subspace(
             write_json(out_path / "config.json", config)
 
     fit: dict[str, Any] = {}
+    nuts_info: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
     if method == "ess":
         shift_res, kept = _sample_ess(run, write_config, samples=samples, chains=chains, burn_in=burn_in, seed=seed)
+    elif method == "nuts":
+        shift_res, kept, nuts_info = _sample_nuts(run, write_config, samples=samples, chains=chains,
+                                                  burn_in=burn_in, max_depth=max_depth, seed=seed)
+        arrays.update({f"nuts_{name}": np.asarray(kept[name]) for name in _NUTS_PER_SAMPLE})
     else:
         shift_res, kept, fit, arrays = _sample_vi(run, write_config, samples=samples, epochs=vi_epochs, lr=vi_lr,
                                                   batch_size=vi_batch_size, init_std=vi_init_std, seed=seed)
@@ -657,14 +826,17 @@ def sample_subspace(
         "evaluations_per_sample": float(arrays["evaluations"].mean()),
         "basis_norms": [float(x) for x in subspace.basis.double().norm(dim=1)],
         "landmarks": subspace.landmarks, "start": [float(x) for x in subspace.start_point()], "method": method,
-        **({"vi": fit} if fit else {}),
+        **({"vi": fit} if fit else {}), **({"nuts": nuts_info} if nuts_info else {}),
         "eval_split": data.eval_split, "synthetic": data.synthetic, "dataset": data.describe(),
         "checkpoint": str(subspace.source) if subspace.source else None, "bn_stats": bn_stats,
         "notes": "w(z) = shift + basis^T z; prior z ~ N(0, prior_scale^2 I); log-likelihood = -N x train NLL / "
                  "temperature with batch norm re-estimated at every point; "
-                 + ("elliptical slice sampling, chains from start" if method == "ess" else
-                    "VI: q = N(mu, diag sigma^2) fitted by SGD on mean NLL + T KL / N (train-mode batch norm), "
-                    "independent draws from q")
+                 + {"ess": "elliptical slice sampling, chains from start",
+                    "nuts": "the No-U-Turn Sampler (Hoffman & Gelman 2014), chains from start, step sizes adapted "
+                            "by dual averaging during burn-in, gradients by " + (
+                                "autograd" if nuts_info.get("gradient") == "autograd" else "central differences"),
+                    "vi": "VI: q = N(mu, diag sigma^2) fitted by SGD on mean NLL + T KL / N (train-mode batch "
+                          "norm), independent draws from q"}[method]
                  + "; bma = averaged predicted probabilities of the samples; train_loss = NLL + wd/2 ||w||^2; "
                    "errors in percent",
     }

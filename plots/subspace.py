@@ -100,7 +100,7 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
                        centre_label="centre of the subspace", ylabel=f"{split} NLL", log_when_spread=True)
     ax.legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
     bma = summary["bma"]
-    method = "VI" if summary.get("method") == "vi" else "ESS"
+    method = {"vi": "VI", "nuts": "NUTS"}.get(summary.get("method"), "ESS")
     fig.suptitle(f"{summary.get('basis')} subspace, rank {summary.get('rank')}, {method}, "
                  f"T = {summary.get('temperature'):g}: "
                  f"{bma['members']} samples, {split} NLL {bma['test_nll']:.4f}, error {bma['test_error']:.2f}%"

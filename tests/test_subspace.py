@@ -425,7 +425,7 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs, capsys
             (["--ckpt", swag, "--grid", 1], "--grid must be 0 (none) or a whole number of at least 2, got 1"),
             (["--ckpt", swag, "--rank", 0], "--rank must be a whole number of at least 1, got 0"),
             (["--ckpt", swag, "--method", "vi", "--chains", 2],
-             "--chains and --burn-in are elliptical slice sampling's (--method ess); VI draws independent samples"),
+             "--chains and --burn-in are the samplers' (--method ess or nuts); VI draws independent samples"),
             (["--ckpt", swag, "--method", "vi", "--vi-lr", 0], "--vi-lr must be a finite number > 0, got 0.0"),
             (["--ckpt", swag, "--method", "vi", "--vi-batch-size", 1],
              "--vi-batch-size must be a whole number of at least 2, got 1"),

@@ -1,0 +1,247 @@
+"""The No-U-Turn Sampler (Hoffman & Gelman 2014, Algorithm 6: the slice
+version with dual-averaging step-size adaptation), for a few coordinates
+and several chains whose log-density evaluations are made together.
+
+The target is given as ``fn(points) -> (log_density (n,), gradient (n, k))``
+for a batch of points (n, k): every chain's pending leapfrog step goes into
+one call, so C chains cost one engine pass per step, not C. Each chain's
+transition is a generator that yields the point it needs and receives its
+value and gradient, which keeps the recursive tree building of the paper as
+it is written there.
+
+HMC and NUTS need the gradient only to make proposals: every leapfrog map
+(a shear in the momentum, a shear in the position) keeps volume and is
+reversible for *any* force that depends on the position alone, and
+acceptance uses the exact joint density. So an approximate gradient (finite
+differences, or one that holds batch-norm statistics still) leaves the
+chain's target exact; only its efficiency suffers. The mass matrix is the
+identity: the subspaces' coordinates are already on comparable scales.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+import numpy as np
+
+__all__ = ["LogDensityGrad", "DualAveraging", "initial_step_size", "nuts_round", "DELTA_MAX", "TARGET_ACCEPT"]
+
+LogDensityGrad = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+DELTA_MAX = 1000.0  # an energy error beyond this ends the tree: the trajectory has diverged
+TARGET_ACCEPT = 0.8  # dual averaging's target mean acceptance statistic (the paper's delta; Stan's default)
+MAX_STEP_SEARCH = 60  # halvings or doublings tried by the initial step-size heuristic
+
+_Request = Generator[np.ndarray, tuple[float, np.ndarray], object]
+
+
+@dataclass
+class _End:
+    """One end of a trajectory: position, momentum, gradient at the position."""
+
+    theta: np.ndarray
+    r: np.ndarray
+    grad: np.ndarray
+
+
+@dataclass
+class _Tree:
+    minus: _End
+    plus: _End
+    sample: tuple[np.ndarray, float, np.ndarray]  # position, log density, gradient
+    n: int  # points of the tree inside the slice
+    ok: bool  # no U-turn and no divergence inside it
+    alpha: float  # sum over its points of min(1, exp(joint - joint0))
+    steps: int
+    divergent: bool
+
+
+def _joint(logp: float, r: np.ndarray) -> float:
+    value = logp - 0.5 * float(r @ r)
+    return value if np.isfinite(value) else -math.inf
+
+
+def _leapfrog(end: _End, eps: float) -> Generator[np.ndarray, tuple[float, np.ndarray], tuple[_End, float]]:
+    """One leapfrog step of signed size ``eps``: yields the new position, receives its value and gradient."""
+    r_half = end.r + 0.5 * eps * end.grad
+    theta = end.theta + eps * r_half
+    logp, grad = yield theta
+    return _End(theta, r_half + 0.5 * eps * grad, grad), logp
+
+
+def _no_u_turn(minus: _End, plus: _End) -> bool:
+    span = plus.theta - minus.theta
+    return bool(span @ minus.r >= 0 and span @ plus.r >= 0)
+
+
+def _build_tree(end: _End, v: int, depth: int, eps: float, log_u: float, joint0: float,
+                rng: np.random.Generator) -> Generator[np.ndarray, tuple[float, np.ndarray], _Tree]:
+    """BuildTree of the paper: 2^depth leapfrog steps from ``end`` in direction ``v``."""
+    if depth == 0:
+        new, logp = yield from _leapfrog(end, v * eps)
+        joint = _joint(logp, new.r)
+        ok = log_u < joint + DELTA_MAX
+        alpha = math.exp(min(0.0, joint - joint0)) if np.isfinite(joint) else 0.0
+        return _Tree(new, new, (new.theta, logp, new.grad), int(log_u <= joint), ok, alpha, 1, not ok)
+    first = yield from _build_tree(end, v, depth - 1, eps, log_u, joint0, rng)
+    if not first.ok:
+        return first
+    second = yield from _build_tree(first.plus if v > 0 else first.minus, v, depth - 1, eps, log_u, joint0, rng)
+    minus, plus = (first.minus, second.plus) if v > 0 else (second.minus, first.plus)
+    sample = first.sample
+    n = first.n + second.n
+    if second.n > 0 and rng.uniform() < second.n / n:
+        sample = second.sample
+    return _Tree(minus, plus, sample, n, second.ok and _no_u_turn(minus, plus), first.alpha + second.alpha,
+                 first.steps + second.steps, first.divergent or second.divergent)
+
+
+def _transition(theta: np.ndarray, logp: float, grad: np.ndarray, eps: float, max_depth: int,
+                rng: np.random.Generator) -> _Request:
+    """One NUTS transition of one chain (Algorithm 6's inner loop)."""
+    r0 = rng.standard_normal(theta.shape)
+    joint0 = _joint(logp, r0)
+    log_u = joint0 + math.log1p(-rng.uniform())  # the slice variable u ~ U(0, exp(joint0)), in logs
+    minus = plus = _End(theta, r0, grad)
+    sample = (theta, logp, grad)
+    n, depth, steps, alpha, divergent = 1, 0, 0, 0.0, False
+    while depth < max_depth:
+        v = 1 if rng.uniform() < 0.5 else -1
+        tree = yield from _build_tree(plus if v > 0 else minus, v, depth, eps, log_u, joint0, rng)
+        if v > 0:
+            plus = tree.plus
+        else:
+            minus = tree.minus
+        steps, alpha, divergent = steps + tree.steps, alpha + tree.alpha, divergent or tree.divergent
+        if tree.ok and rng.uniform() < tree.n / n:
+            sample = tree.sample
+        n += tree.n
+        depth += 1
+        if not (tree.ok and _no_u_turn(minus, plus)):
+            break
+    return sample, alpha / max(steps, 1), steps, depth, divergent
+
+
+def _step_search(theta: np.ndarray, logp: float, grad: np.ndarray, eps: float,
+                 rng: np.random.Generator) -> _Request:
+    """Algorithm 4: double or halve ``eps`` until one leapfrog step's
+    acceptance probability crosses 1/2."""
+    start = _End(theta, rng.standard_normal(theta.shape), grad)
+    joint0 = _joint(logp, start.r)
+    new, logp1 = yield from _leapfrog(start, eps)
+    delta = _joint(logp1, new.r) - joint0
+    a = 1 if delta > math.log(0.5) else -1
+    for _ in range(MAX_STEP_SEARCH):
+        if not a * delta > -a * math.log(2.0):
+            break
+        eps *= 2.0 ** a
+        new, logp1 = yield from _leapfrog(start, eps)
+        delta = _joint(logp1, new.r) - joint0
+    return eps
+
+
+def _drive(gens: list[_Request], fn: LogDensityGrad) -> list:
+    """Run the chains' generators to the end, their pending points evaluated
+    together by ``fn`` (a non-finite value or gradient makes the point's log
+    density -inf). Returns each generator's result."""
+    results: list = [None] * len(gens)
+    pending: dict[int, np.ndarray] = {}
+    for i, g in enumerate(gens):
+        try:
+            pending[i] = next(g)
+        except StopIteration as stop:
+            results[i] = stop.value
+    while pending:
+        idx = list(pending)
+        logp, grad = fn(np.stack([pending[i] for i in idx]))
+        logp, grad = np.asarray(logp, dtype=np.float64), np.asarray(grad, dtype=np.float64)
+        for j, i in enumerate(idx):
+            value, g = float(logp[j]), grad[j]
+            if not (np.isfinite(value) and np.isfinite(g).all()):
+                value, g = -math.inf, np.zeros_like(g)
+            try:
+                pending[i] = gens[i].send((value, g))
+            except StopIteration as stop:
+                del pending[i]
+                results[i] = stop.value
+    return results
+
+
+def initial_step_size(theta: np.ndarray, logp: np.ndarray, grad: np.ndarray, fn: LogDensityGrad,
+                      rng: np.random.Generator, start: float = 1.0) -> np.ndarray:
+    """A reasonable first step size for each chain (rows of ``theta``, (C, k)),
+    by the paper's heuristic, from ``start``."""
+    return np.array(_drive([_step_search(theta[c], float(logp[c]), grad[c], start, rng)
+                            for c in range(len(theta))], fn))
+
+
+@dataclass
+class NutsRound:
+    theta: np.ndarray  # (C, k) the chains' new positions
+    logp: np.ndarray  # (C,) and their log densities
+    grad: np.ndarray  # (C, k) and gradients
+    accept: np.ndarray  # (C,) mean acceptance statistic of each tree (what dual averaging adapts)
+    steps: np.ndarray  # (C,) leapfrog steps, each one evaluation of fn
+    depth: np.ndarray  # (C,) tree depth reached
+    divergent: np.ndarray  # (C,) bool: the trajectory diverged
+
+
+def nuts_round(theta: np.ndarray, logp: np.ndarray, grad: np.ndarray, fn: LogDensityGrad,
+               rng: np.random.Generator, step_size: np.ndarray, max_depth: int) -> NutsRound:
+    """One NUTS transition of every chain (rows of ``theta``), with step sizes
+    ``step_size`` (C,) and at most 2^max_depth - 1 leapfrog steps each;
+    the chains' pending steps are evaluated together by ``fn``."""
+    out = _drive([_transition(theta[c], float(logp[c]), grad[c], float(step_size[c]), max_depth, rng)
+                  for c in range(len(theta))], fn)
+    return NutsRound(theta=np.stack([o[0][0] for o in out]), logp=np.array([o[0][1] for o in out]),
+                     grad=np.stack([o[0][2] for o in out]), accept=np.array([o[1] for o in out]),
+                     steps=np.array([o[2] for o in out], dtype=np.int64),
+                     depth=np.array([o[3] for o in out], dtype=np.int64),
+                     divergent=np.array([o[4] for o in out], dtype=bool))
+
+
+class DualAveraging:
+    """Nesterov dual averaging of log step sizes, one per chain (the paper's
+    section 3.2, with gamma 0.05, t0 10, kappa 0.75 and the target mean
+    acceptance ``target``). ``step`` is the size to use while adapting;
+    ``final`` the averaged size to sample with once warm-up ends."""
+
+    GAMMA, T0, KAPPA = 0.05, 10.0, 0.75
+
+    def __init__(self, first: np.ndarray, target: float = TARGET_ACCEPT):
+        first = np.asarray(first, dtype=np.float64)
+        self.target = target
+        self.mu = np.log(10.0 * first)
+        self.log_step = np.log(first)
+        self.log_bar = np.zeros_like(first)
+        self.h_bar = np.zeros_like(first)
+        self.m = 0
+
+    def update(self, accept: np.ndarray) -> None:
+        self.m += 1
+        eta = 1.0 / (self.m + self.T0)
+        self.h_bar = (1.0 - eta) * self.h_bar + eta * (self.target - np.asarray(accept, dtype=np.float64))
+        self.log_step = self.mu - math.sqrt(self.m) / self.GAMMA * self.h_bar
+        w = self.m ** -self.KAPPA
+        self.log_bar = w * self.log_step + (1.0 - w) * self.log_bar
+
+    @property
+    def step(self) -> np.ndarray:
+        return np.exp(self.log_step)
+
+    @property
+    def final(self) -> np.ndarray:
+        return np.exp(self.log_bar) if self.m else np.exp(self.log_step)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"da_mu": self.mu, "da_log_step": self.log_step, "da_log_bar": self.log_bar, "da_h_bar": self.h_bar,
+                "da_m": np.array(self.m)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], target: float = TARGET_ACCEPT) -> "DualAveraging":
+        da = cls(np.exp(np.asarray(state["da_log_step"], dtype=np.float64)), target)
+        da.mu, da.log_bar, da.h_bar = (np.asarray(state[k], dtype=np.float64) for k in ("da_mu", "da_log_bar",
+                                                                                        "da_h_bar"))
+        da.m = int(state["da_m"])
+        return da

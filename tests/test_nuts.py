@@ -1,0 +1,251 @@
+"""The No-U-Turn Sampler: against closed-form targets (a correlated Gaussian,
+a truncated one, with a force that is not the gradient), its tree limits and
+step-size adaptation; in a subspace, its target and gradient against the
+engine's likelihood, its samples against a sequential evaluation, resume and
+the command line."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import landscape.subspace as subspace_module
+from landscape.errors import UserError
+from landscape.evaluate import evaluate_points, evaluate_points_sequential
+from landscape.nuts import DualAveraging, initial_step_size, nuts_round
+from landscape.subspace import _Run, gradient_kind, log_posterior_fn, sample_subspace, swag_subspace
+from landscape.averaging import run_swa
+from landscape.train import train
+
+LANDSCAPE = Path(sys.executable).with_name("landscape")
+COV = np.array([[4.0, 1.8], [1.8, 1.0]])
+MEAN = np.array([1.0, -2.0])
+
+
+def gaussian(force=None):
+    precision = np.linalg.inv(COV)
+
+    def fn(x):
+        d = x - MEAN
+        grad = -(d @ precision)
+        return -0.5 * np.einsum("ni,ij,nj->n", d, precision, d), grad if force is None else force(x, grad)
+    return fn
+
+
+def run_chains(fn, chains, warmup, rounds, seed=0, start=None, max_depth=10):
+    rng = np.random.default_rng(seed)
+    theta = np.zeros((chains, 2)) if start is None else np.tile(start, (chains, 1))
+    logp, grad = fn(theta)
+    adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng))
+    kept, accept = [], []
+    for i in range(warmup + rounds):
+        r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < warmup else adapt.final, max_depth)
+        assert np.allclose(fn(r.theta)[0], r.logp) and np.allclose(fn(r.theta)[1], r.grad)
+        theta, logp, grad = r.theta, r.logp, r.grad
+        if i < warmup:
+            adapt.update(r.accept)
+        else:
+            kept.append(theta.copy())
+            accept.append(r.accept)
+    return np.stack(kept), np.concatenate(accept), adapt
+
+
+def check_moments(kept, mean, cov):
+    """Mean within 4 standard errors estimated from the per-chain means (independent chains), covariance 8%."""
+    per_chain = kept.mean(0)
+    se = per_chain.std(0, ddof=1) / math.sqrt(len(per_chain))
+    flat = kept.reshape(-1, kept.shape[-1])
+    assert np.all(np.abs(flat.mean(0) - mean) < 4 * se + 1e-12), (flat.mean(0), se)
+    assert np.cov(flat.T) == pytest.approx(cov, rel=0.08, abs=0.08)
+
+
+def test_nuts_samples_a_correlated_gaussian_and_adapts_to_the_target_acceptance():
+    kept, accept, adapt = run_chains(gaussian(), chains=100, warmup=40, rounds=120)
+    check_moments(kept, MEAN, COV)
+    assert 0.7 < accept.mean() < 0.95  # dual averaging aims at 0.8
+    assert np.all(np.isfinite(adapt.final)) and np.all(adapt.final > 0)
+
+
+def test_any_position_only_force_leaves_the_target_exact():
+    # leapfrog maps keep volume and are reversible whatever the force: only acceptance sees the density
+    kept, _, _ = run_chains(gaussian(lambda x, g: 0.8 * g + 0.2 * np.sin(3 * x)), chains=100, warmup=30, rounds=100,
+                            seed=1)
+    check_moments(kept, MEAN, COV)
+
+
+def test_a_region_of_minus_infinity_is_never_entered():
+    def half_normal(x):  # a standard normal truncated to x_1 >= 0 (NaN beyond): x_1's mean is sqrt(2 / pi)
+        logp = -0.5 * (x ** 2).sum(1)
+        return np.where(x[:, 0] >= 0, logp, np.nan), -x
+
+    kept, _, _ = run_chains(half_normal, chains=100, warmup=30, rounds=100, seed=2, start=np.array([0.5, 0.0]))
+    flat = kept.reshape(-1, 2)
+    assert flat[:, 0].min() >= 0
+    assert flat.mean(0) == pytest.approx([math.sqrt(2 / math.pi), 0.0], abs=0.06)
+
+
+def test_trees_stop_at_the_maximum_depth_and_count_their_steps():
+    fn = gaussian()
+    calls = []
+
+    def counting(x):
+        calls.append(len(x))
+        return fn(x)
+
+    rng = np.random.default_rng(3)
+    theta = np.zeros((5, 2))
+    logp, grad = fn(theta)
+    for depth in (1, 3):
+        calls.clear()
+        r = nuts_round(theta, logp, grad, counting, rng, np.full(5, 0.01), depth)  # tiny steps never U-turn
+        assert r.depth.tolist() == [depth] * 5 and r.steps.tolist() == [2 ** depth - 1] * 5
+        # the chains' steps are evaluated together: one call per leapfrog step, five points in each
+        assert calls == [5] * (2 ** depth - 1)
+        assert not r.divergent.any()
+
+
+def test_an_exploding_trajectory_is_divergent_and_the_chain_stays():
+    fn = gaussian()
+    theta = np.zeros((3, 2))
+    logp, grad = fn(theta)
+    r = nuts_round(theta, logp, grad, fn, np.random.default_rng(4), np.full(3, 50.0), 8)
+    assert r.divergent.all() and np.array_equal(r.theta, theta) and (r.accept < 1e-6).all()
+
+
+def test_dual_averaging_moves_the_step_towards_the_target():
+    da = DualAveraging(np.array([1.0, 1.0]))
+    for _ in range(30):
+        da.update(np.array([0.2, 1.0]))  # too low an acceptance: smaller steps; too high: larger
+    assert da.final[0] < 1.0 < da.final[1]
+    copy = DualAveraging.from_state(da.state())
+    copy.update(np.array([0.5, 0.5]))
+    da.update(np.array([0.5, 0.5]))
+    assert np.array_equal(copy.final, da.final) and np.array_equal(copy.step, da.step)
+
+
+# ---------------------------------------------------------------- in a subspace
+
+
+@pytest.fixture(scope="module")
+def swag(tmp_path_factory, small_digits):
+    root = tmp_path_factory.mktemp("nuts")
+    train(out=root / "a", data=small_digits, epochs=3, seed=1, progress=False, model_kwargs={"width": 4})
+    run_swa(None, root / "swa", from_ckpt=str(root / "a" / "model.pt"), epochs=5, swa_lr=0.1, swag_rank=4,
+            data=small_digits, progress=False)
+    return root / "swa" / "swag.pt"
+
+
+def make_run(sub, data, bn_stats, temperature=2.0, prior_scale=3.0):
+    return _Run(subspace=sub, net=sub.model, data=data, temperature=temperature, prior_scale=prior_scale,
+                eval_options=dict(wd=0.0, batch_size=128, bn_batches=None, bn_stats=bn_stats, points_per_pass=None,
+                                  amp=False), progress=False, resume=False, out=None, key="")
+
+
+def engine_log_posterior(sub, data, z, bn_stats, temperature=2.0, prior_scale=3.0):
+    res = evaluate_points(sub.model, sub.anchors(), np.concatenate([np.ones((len(z), 1)), z], 1), data,
+                          bn_stats=bn_stats, batch_size=128)
+    return -len(data.y_train) * res["train_nll"] / temperature - 0.5 * (z ** 2).sum(1) / prior_scale ** 2
+
+
+@pytest.mark.parametrize("bn_stats", ["population", "batches"])
+def test_the_target_is_the_engines_posterior_and_its_gradient_its_slope(swag, small_digits, bn_stats):
+    sub = swag_subspace(swag, "pca", 2)
+    run = make_run(sub, small_digits, bn_stats)
+    assert gradient_kind(run) == ("autograd" if bn_stats == "population" else "fd")
+    z = np.array([[0.0, 0.0], [0.7, -1.1], [-1.5, 0.4]])
+    lp, grad = log_posterior_fn(run)(z)
+    assert lp == pytest.approx(engine_log_posterior(sub, small_digits, z, bn_stats), rel=1e-5)
+    h = 1e-2  # the engine's own central differences, on a wider step than the sampler's
+    for i in range(2):
+        e = np.zeros(2)
+        e[i] = h
+        slope = (engine_log_posterior(sub, small_digits, z + e, bn_stats)
+                 - engine_log_posterior(sub, small_digits, z - e, bn_stats)) / (2 * h)
+        assert grad[:, i] == pytest.approx(slope, rel=0.02, abs=0.02 * np.abs(slope).max())
+
+
+def test_nuts_samples_match_a_sequential_evaluation_and_burn_in_is_discarded(tmp_path, swag, small_digits):
+    sub = swag_subspace(swag, "pca", 2)
+    kw = dict(method="nuts", chains=2, temperature=2.0, prior_scale=3.0, seed=1, data=small_digits, max_depth=4)
+    res = sample_subspace(sub, tmp_path / "s", samples=5, burn_in=2, **kw)
+    a = res.arrays
+    assert a["z"].shape == (5, 2) and a["chain"].tolist() == [0, 1, 0, 1, 0]
+    want = evaluate_points_sequential(sub.model, sub.anchors(), np.concatenate([np.ones((5, 1)), a["z"]], 1),
+                                      small_digits, wd=res.summary["wd"], bn_stats="population")
+    n = len(small_digits.y_train)
+    assert a["log_likelihood"] == pytest.approx(-n * want["train_nll"] / 2.0, rel=1e-5)
+    for m in ("train_loss", "test_nll", "test_error"):
+        assert a[f"sample_{m}"] == pytest.approx(want[m], rel=1e-4, abs=1e-6), m
+    assert (a["evaluations"] <= 2 ** a["nuts_depth"] - 1).all() and (a["nuts_depth"] <= 4).all()
+    s = res.summary["nuts"]
+    assert s["gradient"] == "autograd" and s["max_depth"] == 4 and len(s["step_size"]) == 2
+    assert np.allclose(a["nuts_step_size"], np.array(s["step_size"])[a["chain"]])  # the adapted size, fixed
+    # burn-in's transitions are each chain's first: a run without it keeps them
+    whole = sample_subspace(sub, samples=9, burn_in=0, **kw).arrays
+    assert not np.array_equal(whole["z"][4:], a["z"])  # the step sizes differ (adapted or not)
+    stored = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert stored["method"] == "nuts" and "No-U-Turn" in stored["notes"]
+
+
+def test_an_interrupted_nuts_run_resumes_to_the_same_samples(tmp_path, swag, small_digits, monkeypatch):
+    sub = swag_subspace(swag, "random", 3, seed=2)
+    kw = dict(method="nuts", samples=6, chains=2, burn_in=2, data=small_digits, seed=4, max_depth=3)
+    whole = sample_subspace(sub, tmp_path / "whole", **kw).arrays
+    original = subspace_module.evaluate_points
+    state = tmp_path / "cut" / "sweep.partial.npz"
+
+    class Stop(Exception):
+        pass
+
+    def stopping(*args, **kwargs):  # once a sampling round is saved, in the middle of the next
+        if state.exists():
+            with np.load(state) as saved:
+                if len(saved["z"]) >= 2:
+                    raise Stop
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(subspace_module, "evaluate_points", stopping)
+    with pytest.raises(Stop):
+        sample_subspace(sub, tmp_path / "cut", **kw)
+    monkeypatch.setattr(subspace_module, "evaluate_points", original)
+    shutil.copytree(tmp_path / "cut", tmp_path / "torn")
+    with pytest.raises(UserError, match="with other inputs or settings"):
+        sample_subspace(sub, tmp_path / "cut", **dict(kw, max_depth=4), resume=True)
+    resumed = sample_subspace(sub, tmp_path / "cut", **kw, resume=True).arrays
+    assert set(resumed) == set(whole)
+    for key in whole:
+        assert np.array_equal(resumed[key], whole[key]), key
+    with np.load(tmp_path / "torn" / "sweep.partial.npz") as saved:
+        kept = {name: saved[name] for name in saved.files if name != "da_h_bar"}
+    np.savez(tmp_path / "torn" / "sweep.partial.npz", **kept)
+    with pytest.raises(UserError, match="the sampler's saved state is incomplete; delete it to start again"):
+        sample_subspace(sub, tmp_path / "torn", **kw, resume=True)
+
+
+def test_nuts_options_are_checked(swag, small_digits):
+    sub = swag_subspace(swag, "pca", 2)
+    with pytest.raises(UserError, match="--max-depth is NUTS's"):
+        sample_subspace(sub, samples=2, max_depth=3, data=small_digits)
+    for depth in (0, 21, 2.5):
+        with pytest.raises(UserError, match="--max-depth"):
+            sample_subspace(sub, samples=2, method="nuts", max_depth=depth, data=small_digits)
+
+
+def test_nuts_from_the_command_line(tmp_path, swag):
+    out = tmp_path / "cli"
+    cmd = [str(LANDSCAPE), "subspace", "--ckpt", str(swag), "--method", "nuts", "--samples", "4", "--chains", "2",
+           "--burn-in", "2", "--max-depth", "3", "--quiet", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "NUTS" in done.stdout and "gradient steps per sample (autograd)" in done.stdout
+    assert (out / "subspace.png").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["nuts"]["max_depth"] == 3 and summary["bma"]["members"] == 4
+    bad = subprocess.run(cmd[:-2] + ["--method", "ess", "--out", str(tmp_path / "bad")], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["landscape: error: --max-depth is NUTS's (--method nuts)"]
