@@ -600,7 +600,7 @@ def cmd_subspace(args: argparse.Namespace) -> int:
         space = swag_subspace(ck, basis, 2 if args.rank is None else args.rank, args.seed, device, args.model)
     kwargs = _stored_eval_kwargs(args)
     kwargs.pop("device"), kwargs.pop("model")
-    vi = {name: getattr(args, name) for name in ("vi_epochs", "vi_lr", "vi_batch_size", "vi_init_std")
+    vi = {name: getattr(args, name) for name in ("vi_epochs", "vi_lr", "vi_batch_size", "vi_init_std", "vi_family")
           if getattr(args, name) is not None}
     if vi and args.method != "vi":
         raise UserError(f"{', '.join('--' + name.replace('_', '-') for name in vi)}: for --method vi")
@@ -608,7 +608,9 @@ def cmd_subspace(args: argparse.Namespace) -> int:
                              burn_in=args.burn_in, max_depth=args.max_depth, **vi, grid=args.grid, temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
     figures = draw_subspace_figure(args.out, tuple(args.format))
     s = result.summary
-    if s.get("method") == "vi":
+    if s.get("method") == "vi" and s["vi"].get("family") == "realnvp":
+        how = f"VI with a RealNVP flow, z sd {', '.join(f'{v:.3g}' for v in s['z_std'])}"
+    elif s.get("method") == "vi":
         how = f"VI, sigma {', '.join(f'{v:.3g}' for v in s['vi']['sigma'])}"
     elif s.get("method") == "nuts":
         n = s["nuts"]
@@ -1127,6 +1129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vi-batch-size", type=int, default=None,
                    help="vi: training batch of the fit, which runs in fp32 with batch statistics (default 128)")
     p.add_argument("--vi-init-std", type=float, default=None, help="vi: sigma's starting value (default 1)")
+    p.add_argument("--vi-family", default=None, choices=["gaussian", "realnvp"],
+                   help="vi: q's family: gaussian (default), N(mu, diag sigma^2); realnvp, mu + sigma g(eps) with g a "
+                        "RealNVP flow (4 affine couplings; rank 2 or more)")
     p.add_argument("--grid", type=int, default=0, metavar="G",
                    help="also evaluate the log-posterior on a G x G grid over z_1, z_2 for the figure (default 0: none)")
     p.add_argument("--temperature", type=float, default=1.0, help="posterior temperature T (default 1)")

@@ -6,10 +6,12 @@ weights,
     log p(z | D) = -(N / T) x train NLL(w(z)) - |z|² / (2σ²) + const,
 
 N the training-set size, T the temperature. The posterior over z is sampled
-by elliptical slice sampling (Murray, Adams & MacKay 2010), or approximated
-by variational inference (``method="vi"``: q(z) = N(μ, diag σ²) fitted by
-SGD on the minibatch ELBO, the reference's VIModel), and the model average
-averages the test-set probabilities of the samples.
+by elliptical slice sampling (Murray, Adams & MacKay 2010) or the No-U-Turn
+Sampler (``method="nuts"``, :mod:`landscape.nuts`), or approximated by
+variational inference (``method="vi"``: q(z) = N(μ, diag σ²) fitted by SGD
+on the minibatch ELBO, the reference's VIModel, or with ``vi_family=
+"realnvp"`` a RealNVP flow), and the model average averages the test-set
+probabilities of the samples.
 
 Subspaces (rows of P):
 
@@ -62,8 +64,9 @@ from .sweep import STORE, begin_result, finish_result, rank_and_world, request_k
 from .swag import SwagPosterior, load_swag
 from .weights import ParamSpace
 
-__all__ = ["BASES", "METHODS", "Subspace", "SubspaceResult", "pca_basis", "random_basis", "plane_of_points",
-           "swag_subspace", "elliptical_slice_round", "gaussian_kl", "sample_subspace"]
+__all__ = ["BASES", "METHODS", "VI_FAMILIES", "RealNVP", "flow_kl", "Subspace", "SubspaceResult", "pca_basis",
+           "random_basis", "plane_of_points", "swag_subspace", "elliptical_slice_round", "gaussian_kl",
+           "sample_subspace"]
 
 BASES = ("pca", "random", "curve")
 METHODS = ("ess", "nuts", "vi")
@@ -263,6 +266,54 @@ def vi_sigma(rho: torch.Tensor) -> torch.Tensor:
     return F.softplus(rho) + VI_EPS
 
 
+VI_FAMILIES = ("gaussian", "realnvp")
+FLOW_LAYERS, FLOW_HIDDEN = 4, 32  # RealNVP's affine coupling layers and the width of their conditioners
+
+
+class RealNVP(nn.Module):
+    """A RealNVP flow (Dinh, Sohl-Dickstein & Bengio 2017) on R^k, k >= 2:
+    ``layers`` affine couplings, each keeping the coordinates of one parity
+    and moving the others, x_b <- x_b exp(s(x_a)) + t(x_a), s and t from an
+    MLP (tanh; ``hidden`` units, two hidden layers) of the kept ones, s
+    squashed by tanh; the parity alternates. The conditioners' last layers
+    start at zero, so the flow starts as the identity. In float64."""
+
+    def __init__(self, k: int, layers: int = FLOW_LAYERS, hidden: int = FLOW_HIDDEN):
+        super().__init__()
+        if k < 2:
+            raise UserError("a RealNVP flow needs at least 2 coordinates (a rank of 2 or more)")
+        parity = torch.arange(k) % 2
+        self.register_buffer("masks", torch.stack([(parity == i % 2).double() for i in range(layers)]))
+        self.nets = nn.ModuleList()
+        for _ in range(layers):
+            net = nn.Sequential(nn.Linear(k, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                nn.Linear(hidden, 2 * k)).double()
+            nn.init.zeros_(net[-1].weight), nn.init.zeros_(net[-1].bias)
+            self.nets.append(net)
+
+    def forward(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x = g(eps) for eps (B, k), and log |det dg/deps| (B,)."""
+        x, log_det = eps, torch.zeros(eps.shape[0], dtype=eps.dtype, device=eps.device)
+        for mask, net in zip(self.masks, self.nets):
+            s, t = net(x * mask).chunk(2, dim=-1)
+            s = torch.tanh(s) * (1 - mask)
+            x = x * mask + (1 - mask) * (x * torch.exp(s) + t)
+            log_det = log_det + s.sum(-1)
+        return x, log_det
+
+
+def flow_kl(eps: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, flow: RealNVP,
+            prior_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """z = mu + sigma g(eps) for eps (B, k) drawn from N(0, I), and the one-draw
+    estimates log q(z) - log prior(z) of KL(q || prior) (B,), by the change
+    of variables: log q(z) = log N(eps) - log |det g'(eps)| - sum log sigma."""
+    g, log_det = flow(eps)
+    z = mu + sigma * g
+    log_q = -0.5 * (eps * eps).sum(-1) - log_det - torch.log(sigma).sum()
+    log_prior = -0.5 * (z * z).sum(-1) / prior_scale ** 2 - eps.shape[-1] * math.log(prior_scale)
+    return z, log_q - log_prior  # the constants -k/2 log 2 pi cancel
+
+
 def vi_seeds(seed: int, epoch: int) -> tuple[int, int]:
     """The seeds of an epoch's batch order (on the data's device) and of its z noise (on the CPU)."""
     base = (seed * 1_000_003 + epoch * 7_919) % 2 ** 62
@@ -270,29 +321,45 @@ def vi_seeds(seed: int, epoch: int) -> tuple[int, int]:
 
 
 def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr: float, batch_size: int,
-            init_std: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+            init_std: float, seed: int, family: str = "gaussian"
+            ) -> tuple[torch.Tensor, torch.Tensor, RealNVP | None, list[dict[str, Any]]]:
     """Fit q(z) = N(mu, diag sigma²) by SGD (momentum 0.9) on the minibatch
     objective mean NLL + T KL(q || prior) / N, one reparametrised z = mu +
     sigma eps per batch, the network in train mode (batch statistics), as the
     reference, in fp32 (``precision`` and the batch-norm options are the
     evaluation's). mu starts at the subspace's start, sigma at ``init_std``;
     ``state`` (a stopped fit's, already checked to be this run's) continues
-    one. The state is saved to the run's store after every epoch. Returns mu,
-    sigma (float64, CPU) and the per-epoch records."""
+    one. The state is saved to the run's store after every epoch.
+    ``family="realnvp"``: q is z = mu + sigma g(eps), g a :class:`RealNVP`
+    flow (starting as the identity) trained with mu and rho, the KL term the
+    one-draw estimate log q(z) - log prior(z). Returns mu, sigma (float64,
+    CPU), the flow (None for the Gaussian) and the per-epoch records."""
     sub, data = run.subspace, run.data
     k, n, device = sub.dim, len(data.y_train), data.device
     mu = torch.tensor(sub.start_point(), dtype=torch.float64, device=device, requires_grad=True)
     # softplus⁻¹(init_std), written so that a large init_std does not overflow
     rho = torch.full((k,), init_std + math.log(-math.expm1(-init_std)), dtype=torch.float64, device=device,
                      requires_grad=True)
-    optimizer = torch.optim.SGD([mu, rho], lr=lr, momentum=0.9)
+    flow = None
+    if family == "realnvp":
+        with torch.random.fork_rng(devices=[]):  # the flow's first weights from the seed, the global RNG untouched
+            torch.manual_seed(seed)
+            flow = RealNVP(k).to(device)
+    flow_params = list(flow.parameters()) if flow is not None else []
+    optimizer = torch.optim.SGD([mu, rho, *flow_params], lr=lr, momentum=0.9)
     records: list[dict[str, Any]] = []
     if state is not None:
         with torch.no_grad():
             mu.copy_(torch.as_tensor(state["mu"])), rho.copy_(torch.as_tensor(state["rho"]))
+            if flow is not None:
+                torch.nn.utils.vector_to_parameters(torch.as_tensor(state["flow"]).to(device), flow_params)
         for p, name in ((mu, "buf_mu"), (rho, "buf_rho")):
             if name in state:
                 optimizer.state[p]["momentum_buffer"] = torch.tensor(state[name], device=device)
+        if flow is not None and "buf_flow" in state:
+            buffers = torch.as_tensor(state["buf_flow"]).to(device).split([p.numel() for p in flow_params])
+            for p, b in zip(flow_params, buffers):
+                optimizer.state[p]["momentum_buffer"] = b.view_as(p).clone()
         records = list(state["records"])
     shift, basis = sub.shift.double(), sub.basis.double()
     net = copy.deepcopy(run.net).to(device).train()
@@ -309,10 +376,14 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
             for x, y in data.train_batches(batch_size, order):
                 eps = torch.randn(k, generator=noise, dtype=torch.float64).to(device)
                 sigma = vi_sigma(rho)
-                z = mu + sigma * eps
+                if flow is None:
+                    z = mu + sigma * eps
+                    kl = gaussian_kl(mu, sigma, run.prior_scale)
+                else:
+                    zs, kls = flow_kl(eps[None], mu, sigma, flow, run.prior_scale)
+                    z, kl = zs[0], kls[0]
                 logits = functional_call(net, space.unflatten((shift + z @ basis).float()), (x,))
                 nll = F.cross_entropy(logits.float(), y)
-                kl = gaussian_kl(mu, sigma, run.prior_scale)
                 loss = nll + run.temperature * kl / n
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -329,15 +400,22 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
                                 f"start again with a lower --vi-lr than {lr:g} in another --out")
             records.append(record)
             if run.store is not None:
-                write_npz(run.store, {"key": np.array(run.key), "mu": mu.detach().cpu().numpy(),
-                                      "rho": rho.detach().cpu().numpy(), "records": np.array(json.dumps(records)),
-                                      **{name: optimizer.state[p]["momentum_buffer"].cpu().numpy()
-                                         for p, name in ((mu, "buf_mu"), (rho, "buf_rho"))
-                                         if "momentum_buffer" in optimizer.state[p]}})
+                saved = {"key": np.array(run.key), "mu": mu.detach().cpu().numpy(),
+                         "rho": rho.detach().cpu().numpy(), "records": np.array(json.dumps(records)),
+                         **{name: optimizer.state[p]["momentum_buffer"].cpu().numpy()
+                            for p, name in ((mu, "buf_mu"), (rho, "buf_rho")) if "momentum_buffer" in optimizer.state[p]}}
+                if flow is not None:
+                    saved["flow"] = torch.nn.utils.parameters_to_vector(flow_params).detach().cpu().numpy()
+                    if all("momentum_buffer" in optimizer.state[p] for p in flow_params):
+                        saved["buf_flow"] = torch.cat([optimizer.state[p]["momentum_buffer"].reshape(-1)
+                                                       for p in flow_params]).cpu().numpy()
+                write_npz(run.store, saved)
             bar.update(1)
     finally:
         bar.close()
-    return mu.detach().cpu().clone(), vi_sigma(rho).detach().cpu().clone(), records
+    if flow is not None:
+        flow = flow.cpu().eval().requires_grad_(False)
+    return mu.detach().cpu().clone(), vi_sigma(rho).detach().cpu().clone(), flow, records
 
 
 # ---------------------------------------------------------------- saved state
@@ -633,30 +711,40 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
 
 
 def _sample_vi(run: _Run, write_config: Callable[[], None], *, samples: int, epochs: int, lr: float,
-               batch_size: int, init_std: float, seed: int) -> tuple[dict[str, Any], dict[str, list],
-                                                                     dict[str, Any], dict[str, np.ndarray]]:
+               batch_size: int, init_std: float, seed: int, family: str = "gaussian"
+               ) -> tuple[dict[str, Any], dict[str, list], dict[str, Any], dict[str, np.ndarray]]:
     """VI: the fit, then ``samples`` draws from q evaluated as one sweep; the
     centre's values, the samples', and the fit's summary and arrays."""
     k = run.subspace.dim
     state = None
     if run.store is not None and run.store.exists():  # a stopped fit: its state must be this run's
-        state = _read_state(run.store, run.key, _VI_STATE, "the variational fit's saved state")
+        needed = (*_VI_STATE, "flow") if family == "realnvp" else _VI_STATE
+        state = _read_state(run.store, run.key, needed, "the variational fit's saved state")
     write_config()
-    mu, sigma, records = _fit_vi(run, state, epochs=epochs, lr=lr, batch_size=batch_size, init_std=init_std,
-                                 seed=seed)
-    z = mu.numpy() + sigma.numpy() * np.random.default_rng(seed).standard_normal((samples, k))
+    mu, sigma, flow, records = _fit_vi(run, state, epochs=epochs, lr=lr, batch_size=batch_size, init_std=init_std,
+                                       seed=seed, family=family)
+    eps = np.random.default_rng(seed).standard_normal((samples, k))
+    if flow is None:
+        z = mu.numpy() + sigma.numpy() * eps
+    else:
+        with torch.no_grad():
+            z = flow_kl(torch.from_numpy(eps), mu, sigma, flow, run.prior_scale)[0].numpy()
     # the centre (the table's row), then the samples
     res = run.sweep(np.concatenate([np.zeros((1, k)), z]), POINTS_STORE, "subspace-vi-samples", probs=True)
     ll = run.log_likelihood(res["train_nll"][1:])
     kept = {"z": list(z), "chain": [0] * samples, "log_likelihood": list(ll),
             "log_posterior": list(ll + run.log_prior(z)), "evaluations": [1] * samples,
             **{m: list(res[m][1:]) for m in (*METRICS, "probs")}}
-    fit = {"mu": mu.tolist(), "sigma": sigma.tolist(), "epochs": epochs, "lr": lr, "batch_size": batch_size,
-           "init_std": init_std, "final": {name: records[-1][name] for name in ("loss", "nll", "kl")}}
+    fit = {"family": family, "mu": mu.tolist(), "sigma": sigma.tolist(), "epochs": epochs, "lr": lr,
+           "batch_size": batch_size, "init_std": init_std,
+           "final": {name: records[-1][name] for name in ("loss", "nll", "kl")}}
     arrays = {"vi_mu": mu.numpy(), "vi_sigma": sigma.numpy(),
               **{f"vi_{name}": np.array([r[name] for r in records]) for name in ("loss", "nll", "kl")},
               "vi_mu_path": np.array([r["mu"] for r in records]),
               "vi_sigma_path": np.array([r["sigma"] for r in records])}
+    if flow is not None:
+        arrays["vi_flow"] = torch.nn.utils.parameters_to_vector(flow.parameters()).numpy()
+        fit["flow"] = {"layers": FLOW_LAYERS, "hidden": FLOW_HIDDEN}
     return {m: v[0] for m, v in res.items()}, kept, fit, arrays
 
 
@@ -689,6 +777,7 @@ def sample_subspace(
     vi_lr: float = 0.1,
     vi_batch_size: int = 128,
     vi_init_std: float = 1.0,
+    vi_family: str = "gaussian",
     grid: int = 0,
     temperature: float = 1.0,
     prior_scale: float = 1.0,
@@ -706,8 +795,11 @@ def sample_subspace(
     **data_overrides: Any,
 ) -> SubspaceResult:
     """Sample the posterior over the subspace's coordinates by elliptical slice
-    sampling (``method="ess"``) or from a variational fit (``"vi"``), and
-    average the samples' predictions.
+    sampling (``method="ess"``), the No-U-Turn Sampler (``"nuts"``, at most
+    2^``max_depth`` - 1 gradient steps a sample, default 8; its burn-in also
+    adapts the step sizes; see :func:`_sample_nuts`) or from a variational
+    fit (``"vi"``; ``vi_family="realnvp"`` for a flow), and average the
+    samples' predictions.
 
     ESS: ``chains`` chains start at ``subspace.start`` (z = 0, the shift, unless
     it says otherwise: a curve's at its end t = 1) and take one step each per
@@ -734,6 +826,12 @@ def sample_subspace(
                         "independent samples")
     if max_depth is not None and method != "nuts":
         raise UserError("--max-depth is NUTS's (--method nuts)")
+    if vi_family not in VI_FAMILIES:
+        raise UserError(f"unknown --vi-family {vi_family!r}; choose one of: {', '.join(VI_FAMILIES)}")
+    if vi_family != "gaussian" and method != "vi":
+        raise UserError("--vi-family is VI's (--method vi)")
+    if vi_family == "realnvp" and subspace.dim < 2:
+        raise UserError(f"--vi-family realnvp needs a subspace of rank 2 or more; this one has {subspace.dim}")
     max_depth = NUTS_MAX_DEPTH if max_depth is None else max_depth
     for flag, value, least in (("--samples", samples, 1), ("--chains", chains, 1), ("--burn-in", burn_in, 0),
                                ("--vi-epochs", vi_epochs, 1), ("--vi-batch-size", vi_batch_size, 2),
@@ -764,6 +862,8 @@ def sample_subspace(
                 "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}
     settings.update({"chains": chains, "burn_in": burn_in} if method != "vi" else {
         "vi_epochs": vi_epochs, "vi_lr": vi_lr, "vi_batch_size": vi_batch_size, "vi_init_std": vi_init_std})
+    if vi_family != "gaussian":  # only then: a Gaussian fit keeps the request key of earlier builds
+        settings["vi_family"] = vi_family
     if method == "nuts":
         settings["max_depth"] = max_depth
     request = request_key([subspace.shift, subspace.basis], settings)
@@ -800,7 +900,8 @@ def sample_subspace(
         arrays.update({f"nuts_{name}": np.asarray(kept[name]) for name in _NUTS_PER_SAMPLE})
     else:
         shift_res, kept, fit, arrays = _sample_vi(run, write_config, samples=samples, epochs=vi_epochs, lr=vi_lr,
-                                                  batch_size=vi_batch_size, init_std=vi_init_std, seed=seed)
+                                                  batch_size=vi_batch_size, init_std=vi_init_std, seed=seed,
+                                                  family=vi_family)
     z = np.stack(kept["z"]).reshape(samples, k)
     if grid:
         arrays.update(_grid(run, z, grid))
@@ -835,8 +936,10 @@ def sample_subspace(
                     "nuts": "the No-U-Turn Sampler (Hoffman & Gelman 2014), chains from start, step sizes adapted "
                             "by dual averaging during burn-in, gradients by " + (
                                 "autograd" if nuts_info.get("gradient") == "autograd" else "central differences"),
-                    "vi": "VI: q = N(mu, diag sigma^2) fitted by SGD on mean NLL + T KL / N (train-mode batch "
-                          "norm), independent draws from q"}[method]
+                    "vi": ("VI: q = N(mu, diag sigma^2) fitted by SGD on mean NLL + T KL / N (train-mode batch "
+                           "norm), independent draws from q" if vi_family == "gaussian" else
+                           "VI: q = mu + sigma g(N(0, I)), g a RealNVP flow, fitted by SGD on mean NLL + T KL / N "
+                           "(KL by one draw per batch; train-mode batch norm), independent draws from q")}[method]
                  + "; bma = averaged predicted probabilities of the samples; train_loss = NLL + wd/2 ||w||^2; "
                    "errors in percent",
     }

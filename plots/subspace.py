@@ -51,7 +51,7 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
             ax.plot(r * prior * np.cos(angle), r * prior * np.sin(angle), color=PRIOR_COLOR, lw=1, ls=ls, alpha=0.6,
                     label=f"prior {r} sd")
         vi = summary.get("method") == "vi"
-        if vi:  # independent draws from q = N(mu, diag sigma^2): its 1 and 2 sd ellipses
+        if vi and summary["vi"].get("family", "gaussian") == "gaussian":  # q = N(mu, diag sigma^2): 1, 2 sd ellipses
             mu, sd = np.asarray(summary["vi"]["mu"]), np.asarray(summary["vi"]["sigma"])
             for r, ls in ((1, "-"), (2, "--")):
                 ax.plot(mu[0] + r * sd[0] * np.cos(angle), mu[1] + r * sd[1] * np.sin(angle), color=VI_COLOR, lw=1.2,
@@ -101,6 +101,8 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     ax.legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
     bma = summary["bma"]
     method = {"vi": "VI", "nuts": "NUTS"}.get(summary.get("method"), "ESS")
+    if summary.get("method") == "vi" and summary["vi"].get("family") == "realnvp":
+        method = "VI (RealNVP flow)"
     fig.suptitle(f"{summary.get('basis')} subspace, rank {summary.get('rank')}, {method}, "
                  f"T = {summary.get('temperature'):g}: "
                  f"{bma['members']} samples, {split} NLL {bma['test_nll']:.4f}, error {bma['test_error']:.2f}%"

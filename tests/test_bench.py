@@ -81,3 +81,20 @@ def test_vgg_plane_script_runs_and_reports(tmp_path):
     assert "strategy loop" in done.stdout and "points per pass: " in done.stdout  # the CPU's default
     assert "of peak; lower bound at peak" in done.stdout
     assert "train loss finite at every point: True" in done.stdout
+
+
+def test_effective_sample_size_of_independent_and_of_autocorrelated_chains():
+    from samplers import effective_size
+
+    rng = np.random.default_rng(0)
+    chains, length = 4, 2000
+    iid = rng.standard_normal((chains * length, 2))
+    label = np.tile(np.arange(chains), length)  # kept round-robin, as the samplers keep them
+    assert effective_size(iid, label) == pytest.approx([chains * length] * 2, rel=0.15)
+    # AR(1) with coefficient phi: the integrated autocorrelation time is (1 + phi) / (1 - phi)
+    phi = 0.8
+    x = np.zeros((length, chains))
+    for t in range(1, length):
+        x[t] = phi * x[t - 1] + rng.standard_normal(chains)
+    ar = np.stack([x.ravel(), x.ravel()], 1)  # row t * chains + c: step t of chain c
+    assert effective_size(ar, label) == pytest.approx([chains * length * (1 - phi) / (1 + phi)] * 2, rel=0.2)

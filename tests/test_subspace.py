@@ -437,3 +437,112 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs, capsys
         err = capsys.readouterr().err
         assert code == 2 and err.strip() == f"landscape: error: {said}", err
     assert not (tmp_path / "x").exists()
+
+
+def randomised_flow(k, seed):
+    torch.manual_seed(seed)
+    flow = subspace_module.RealNVP(k)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0.0, 0.5)  # away from the identity it starts at
+    return flow
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_realnvp_log_det_is_the_jacobians_and_q_is_the_density_of_its_draws(k):
+    flow = randomised_flow(k, k)
+    eps = torch.randn(5, k, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x, log_det = flow(eps)
+    assert not torch.allclose(x, eps)
+    for i in range(5):
+        jac = torch.autograd.functional.jacobian(lambda e: flow(e[None])[0][0], eps[i])
+        assert float(log_det[i].detach()) == pytest.approx(float(torch.linalg.slogdet(jac)[1]), abs=1e-10)
+    # q(z) by the change of variables, at the draws (k = 2): for any region B, E_q[1_B / q] is B's area, so
+    # over the draws in each well-filled bin of a grid, the sum of 1 / (n q) is the bin's area
+    mu, sigma = torch.tensor([0.2, -0.4, 0.1][:k], dtype=torch.float64), torch.tensor([0.7, 1.3, 0.9][:k],
+                                                                                          dtype=torch.float64)
+    draws = torch.randn(200_000, k, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        z, est = subspace_module.flow_kl(draws, mu, sigma, flow, 1.0)
+    assert float(est.mean()) > 0  # the KL estimate: E_q[log q - log prior] >= 0
+    if k == 2:
+        # log q = est + log prior; the prior N(0, I) with its constant
+        q = np.exp((est - 0.5 * (z * z).sum(1)).numpy() - np.log(2 * np.pi))
+        zn = z.numpy()
+        box = [np.quantile(zn[:, i], [0.05, 0.95]) for i in range(2)]
+        hist, xe, ye = np.histogram2d(zn[:, 0], zn[:, 1], bins=15, range=box)
+        ix, iy = np.digitize(zn[:, 0], xe) - 1, np.digitize(zn[:, 1], ye) - 1
+        inside = (ix >= 0) & (ix < 15) & (iy >= 0) & (iy < 15)
+        inverse = np.zeros((15, 15))
+        np.add.at(inverse, (ix[inside], iy[inside]), 1.0 / (len(zn) * q[inside]))
+        filled = hist > 2000
+        assert filled.sum() >= 10
+        assert inverse[filled] == pytest.approx(np.full(filled.sum(), (xe[1] - xe[0]) * (ye[1] - ye[0])), rel=0.05)
+
+
+def test_a_realnvp_fit_follows_its_elbos_gradient_and_its_draws_go_through_the_flow(runs, small_digits):
+    sub = vi_subspace(runs)
+    n, lr, temperature, prior, init = len(small_digits.y_train), 0.05, 20.0, 0.7, 0.4
+    res = sample_subspace(sub, method="vi", vi_family="realnvp", vi_epochs=1, vi_batch_size=n, vi_lr=lr,
+                          vi_init_std=init, samples=3, temperature=temperature, prior_scale=prior, seed=5,
+                          data=small_digits)
+    eps = torch.randn(2, generator=torch.Generator().manual_seed(subspace_module.vi_seeds(5, 0)[1]),
+                      dtype=torch.float64).numpy()
+    net = copy.deepcopy(sub.model).train()
+    space = ParamSpace.of(net)
+
+    def objective(mu):  # the flow starts as the identity: z = mu + sigma eps, KL by the one draw
+        sigma = np.log1p(np.exp(np.log(np.expm1(init)))) + 1e-6
+        z = mu + sigma * eps
+        net.load_state_dict(space.unflatten(sub.weights(z)), strict=False)
+        with torch.no_grad():
+            nll = torch.nn.functional.cross_entropy(net(small_digits.x_train), small_digits.y_train).double().item()
+        kl = -0.5 * eps @ eps - 2 * np.log(sigma) + 0.5 * z @ z / prior ** 2 + 2 * np.log(prior)
+        return nll + temperature * kl / n
+
+    mu0, h = np.array([0.5, -0.3]), 1e-3
+    grad = np.array([(objective(mu0 + h * e) - objective(mu0 - h * e)) / (2 * h) for e in np.eye(2)])
+    vi = res.summary["vi"]
+    assert vi["family"] == "realnvp" and vi["mu"] == pytest.approx(mu0 - lr * grad, abs=2e-5)
+    # the flow moved off the identity, and the draws are mu + sigma g(eps), eps from the seed
+    flow = subspace_module.RealNVP(2)
+    torch.nn.utils.vector_to_parameters(torch.from_numpy(res.arrays["vi_flow"]), flow.parameters())
+    assert np.abs(res.arrays["vi_flow"][-8:]).max() > 0
+    e = torch.from_numpy(np.random.default_rng(5).standard_normal((3, 2)))
+    want = subspace_module.flow_kl(e, torch.tensor(vi["mu"], dtype=torch.float64),
+                                   torch.tensor(vi["sigma"], dtype=torch.float64), flow, prior)[0]
+    assert res.arrays["z"] == pytest.approx(want.detach().numpy(), abs=1e-12)
+    assert not np.allclose(res.arrays["z"], np.asarray(vi["mu"]) + np.asarray(vi["sigma"]) * e.numpy(), atol=1e-9)
+
+
+def test_an_interrupted_realnvp_fit_resumes_exactly_and_the_family_is_checked(tmp_path, runs, small_digits,
+                                                                               monkeypatch):
+    sub = vi_subspace(runs)
+    kw = dict(method="vi", vi_family="realnvp", vi_epochs=3, vi_lr=0.05, samples=3, data=small_digits, seed=2)
+    whole = sample_subspace(sub, tmp_path / "whole", **kw)
+    original = subspace_module.vi_seeds
+
+    class Stop(Exception):
+        pass
+
+    def stopping(seed, epoch):
+        if epoch == 2:
+            raise Stop
+        return original(seed, epoch)
+
+    monkeypatch.setattr(subspace_module, "vi_seeds", stopping)
+    with pytest.raises(Stop):
+        sample_subspace(sub, tmp_path / "cut", **kw)
+    monkeypatch.setattr(subspace_module, "vi_seeds", original)
+    with pytest.raises(UserError, match="with other inputs or settings"):
+        sample_subspace(sub, tmp_path / "cut", **dict(kw, vi_family="gaussian"), resume=True)
+    resumed = sample_subspace(sub, tmp_path / "cut", **kw, resume=True)
+    for key in whole.arrays:
+        assert np.array_equal(resumed.arrays[key], whole.arrays[key]), key
+    with pytest.raises(UserError, match="unknown --vi-family 'iaf'"):
+        sample_subspace(sub, **dict(kw, vi_family="iaf"))
+    with pytest.raises(UserError, match="--vi-family is VI's"):
+        sample_subspace(sub, samples=2, vi_family="realnvp", data=small_digits)
+    line = swag_subspace(runs / "swa" / "swag.pt", "pca", 1)
+    with pytest.raises(UserError, match="realnvp needs a subspace of rank 2 or more; this one has 1"):
+        sample_subspace(line, **kw)

@@ -1,0 +1,108 @@
+"""Subspace samplers side by side, in one process: elliptical slice sampling
+(the subspace paper's sampler, the baseline) against the No-U-Turn Sampler.
+
+Trains a digits endpoint and SWA with SWAG from it (cached under --work),
+then samples the rank-k PCA subspace around the SWA mean (or, with
+--subspace curve, the plane of a Bezier curve between two endpoints, as
+bench/engine_vs_loop.py caches it) with each sampler, with the same
+chains, burn-in and number of kept samples. Prints, for each:
+seconds, evaluations per sample (ESS: likelihood evaluations; NUTS: gradient
+steps), the effective sample size of every coordinate (from the chains'
+autocorrelations, Geyer's initial positive sequence), effective samples per
+minute and its ratio NUTS / ESS, and the model average's test NLL and error.
+
+    python bench/samplers.py [--work runs/bench] [--subspace pca|curve] [--rank 2] [--samples 120] [--chains 4]
+                             [--burn-in 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from curves import curve_subspace
+from engine_vs_loop import endpoints_and_curve
+from landscape.averaging import run_swa
+from landscape.data import load_dataset
+from landscape.subspace import sample_subspace, swag_subspace
+from landscape.train import train
+from protocol import machine
+
+
+def effective_size(z: np.ndarray, chain: np.ndarray) -> np.ndarray:
+    """Effective sample size of each coordinate of samples z (n, k) kept
+    round-robin from the chains ``chain`` (n,): the chains' autocorrelations
+    averaged, summed over the initial positive sequence of pair sums."""
+    chains = [z[chain == c] for c in np.unique(chain)]
+    length = min(len(c) for c in chains)
+    x = np.stack([c[:length] for c in chains])  # (C, T, k)
+    x = x - x.mean(1, keepdims=True)
+    var = (x ** 2).mean((0, 1))
+    rho = np.array([(x[:, :length - t] * x[:, t:]).mean((0, 1)) * length / (length - t) / var
+                    for t in range(length)])  # (T, k)
+    out = []
+    for i in range(z.shape[1]):
+        total = 0.0
+        for m in range(0, length - 1, 2):
+            pair = rho[m, i] + rho[m + 1, i]
+            if pair <= 0:
+                break
+            total += pair
+        tau = max(2.0 * total - 1.0, 1.0 / len(chains) / length)  # -1: rho_0 counted once
+        out.append(len(chains) * length / tau)
+    return np.array(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("runs/bench"))
+    ap.add_argument("--subspace", choices=["pca", "curve"], default="pca")
+    ap.add_argument("--rank", type=int, default=2, help="of the PCA subspace")
+    ap.add_argument("--samples", type=int, default=120)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--burn-in", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    data = load_dataset("digits")
+    end, swa = args.work / "end1", args.work / "swag"
+    if not (end / "model.pt").exists():
+        train(out=end, data=data, epochs=20, seed=1, progress=False, resume=True)
+    if not (swa / "swag.pt").exists():
+        run_swa(None, swa, from_ckpt=str(end / "model.pt"), epochs=10, swa_lr=0.05, swag_rank=10, data=data,
+                progress=False, resume=True)
+    if args.subspace == "pca":
+        sub = swag_subspace(swa / "swag.pt", "pca", args.rank)
+        what = f"PCA subspace of rank {args.rank} around the SWA mean"
+    else:
+        endpoints_and_curve(args.work, data)
+        sub = curve_subspace(args.work / "curve" / "model.pt")
+        what = "plane of the Bezier curve's points at t = 0, 1/2, 1 (chains from t = 1)"
+    print(f"machine: {machine()}")
+    print(f"digits convnet, {what}; {args.samples} samples kept from "
+          f"{args.chains} chains after {args.burn_in} burn-in transitions each; T 1, prior N(0, 1)")
+    rows = {}
+    for method in ("ess", "nuts"):
+        start = time.perf_counter()
+        res = sample_subspace(sub, samples=args.samples, method=method, chains=args.chains, burn_in=args.burn_in,
+                              data=data, seed=args.seed)
+        seconds = time.perf_counter() - start
+        a, s = res.arrays, res.summary
+        n_eff = effective_size(a["z"], a["chain"])
+        rows[method] = (seconds, n_eff)
+        extra = (f"; step sizes {', '.join(f'{x:.3g}' for x in s['nuts']['step_size'])}, mean accept "
+                 f"{s['nuts']['accept_mean']:.2f}, {s['nuts']['divergent']} divergent, mean depth "
+                 f"{s['nuts']['depth_mean']:.2f}" if method == "nuts" else "")
+        print(f"{method:>4}: {seconds:7.1f} s, {s['evaluations_per_sample']:.2f} evaluations per sample; effective "
+              f"samples {', '.join(f'{x:.0f}' for x in n_eff)} of {args.samples} (min {n_eff.min():.0f}, "
+              f"{60 * n_eff.min() / seconds:.1f} a minute); z sd {', '.join(f'{x:.3f}' for x in s['z_std'])}; "
+              f"model average test NLL {s['bma']['test_nll']:.4f}, error {s['bma']['test_error']:.2f}%{extra}")
+    (t_ess, e_ess), (t_nuts, e_nuts) = rows["ess"], rows["nuts"]
+    print(f"NUTS / ESS: time {t_nuts / t_ess:.2f}x, effective samples (min) {e_nuts.min() / e_ess.min():.2f}x, "
+          f"effective samples per second {(e_nuts.min() / t_nuts) / (e_ess.min() / t_ess):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
