@@ -4,7 +4,8 @@ and several chains whose log-density evaluations are made together.
 
 The target is given as ``fn(points) -> (log_density (n,), gradient (n, k))``
 for a batch of points (n, k): every chain's pending leapfrog step goes into
-one call, so C chains cost one engine pass per step, not C. Each chain's
+one call, which may evaluate them together (one engine pass for C chains).
+Each chain's
 transition is a generator that yields the point it needs and receives its
 value and gradient, which keeps the recursive tree building of the paper as
 it is written there.
@@ -16,6 +17,10 @@ acceptance uses the exact joint density. So an approximate gradient (finite
 differences, or one that holds batch-norm statistics still) leaves the
 chain's target exact; only its efficiency suffers. The mass matrix is the
 identity: the subspaces' coordinates are already on comparable scales.
+
+One departure from Algorithm 6, as Stan: the acceptance statistic that dual
+averaging adapts is the mean of min(1, exp(H0 - H)) over every step of the
+transition's trajectory, not over the last doubling's only.
 """
 
 from __future__ import annotations
@@ -143,8 +148,9 @@ def _step_search(theta: np.ndarray, logp: float, grad: np.ndarray, eps: float,
 
 def _drive(gens: list[_Request], fn: LogDensityGrad) -> list:
     """Run the chains' generators to the end, their pending points evaluated
-    together by ``fn`` (a non-finite value or gradient makes the point's log
-    density -inf). Returns each generator's result."""
+    together by ``fn`` (a non-finite value makes the point's log density
+    -inf; a non-finite gradient at a finite value is taken as zero force,
+    which keeps the target as it is). Returns each generator's result."""
     results: list = [None] * len(gens)
     pending: dict[int, np.ndarray] = {}
     for i, g in enumerate(gens):
@@ -158,8 +164,10 @@ def _drive(gens: list[_Request], fn: LogDensityGrad) -> list:
         logp, grad = np.asarray(logp, dtype=np.float64), np.asarray(grad, dtype=np.float64)
         for j, i in enumerate(idx):
             value, g = float(logp[j]), grad[j]
-            if not (np.isfinite(value) and np.isfinite(g).all()):
+            if not np.isfinite(value):
                 value, g = -math.inf, np.zeros_like(g)
+            elif not np.isfinite(g).all():
+                g = np.zeros_like(g)
             try:
                 pending[i] = gens[i].send((value, g))
             except StopIteration as stop:
@@ -240,8 +248,8 @@ class DualAveraging:
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray], target: float = TARGET_ACCEPT) -> "DualAveraging":
-        da = cls(np.exp(np.asarray(state["da_log_step"], dtype=np.float64)), target)
-        da.mu, da.log_bar, da.h_bar = (np.asarray(state[k], dtype=np.float64) for k in ("da_mu", "da_log_bar",
-                                                                                        "da_h_bar"))
+        da = cls(np.ones_like(np.asarray(state["da_mu"], dtype=np.float64)), target)
+        da.mu, da.log_step, da.log_bar, da.h_bar = (np.asarray(state[k], dtype=np.float64).copy() for k in (
+            "da_mu", "da_log_step", "da_log_bar", "da_h_bar"))
         da.m = int(state["da_m"])
         return da

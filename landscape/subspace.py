@@ -36,6 +36,7 @@ after every round, so ``resume`` continues an interrupted run exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -43,7 +44,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ from .bn import bn_modules
 from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
 from .errors import UserError
-from .evaluate import METRICS, evaluate_points, precision_amp, resolve_bn_stats
+from .evaluate import METRICS, _memory_budget, _probe_forward, evaluate_points, precision_amp, resolve_bn_stats
 from .inputs import stored_data
 from .metrics import running_ensemble
 from .nuts import TARGET_ACCEPT, DualAveraging, initial_step_size, nuts_round
@@ -66,7 +67,7 @@ from .weights import ParamSpace
 
 __all__ = ["BASES", "METHODS", "VI_FAMILIES", "RealNVP", "flow_kl", "Subspace", "SubspaceResult", "pca_basis",
            "random_basis", "plane_of_points", "swag_subspace", "elliptical_slice_round", "gaussian_kl",
-           "sample_subspace"]
+           "sample_subspace", "LogPosterior", "gradient_kind"]
 
 BASES = ("pca", "random", "curve")
 METHODS = ("ess", "nuts", "vi")
@@ -561,69 +562,103 @@ def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, ch
 
 def gradient_kind(run: "_Run") -> str:
     """How NUTS gets the log-likelihood's gradient: ``"autograd"`` when the
-    likelihood is one differentiable function of z (batch norm's statistics
-    those of the whole training set in one pass, ``bn_stats="population"``,
-    or no batch norm at all), else ``"fd"``: central differences of the
+    likelihood is one differentiable function of z that fits a backward
+    pass: without batch norm (batch by batch), or with population batch-norm
+    statistics (``bn_stats="population"``: the whole training set as one
+    batch) when three times the layer outputs of the whole set fit the
+    engine's memory budget; else ``"fd"``: central differences of the
     engine's likelihood, the 2k displaced points of every chain in one call."""
-    population = run.eval_options["bn_stats"] == "population"
-    return "autograd" if population or not bn_modules(run.net) else "fd"
+    if not bn_modules(run.net):
+        return "autograd"
+    if run.eval_options["bn_stats"] != "population":
+        return "fd"
+    probe = _probe_forward(run.net, run.data)
+    fits = 3 * probe.output_bytes * len(run.data.y_train) <= _memory_budget(run.data.device)
+    return "autograd" if fits else "fd"
 
 
-def log_posterior_fn(run: "_Run") -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """The sampler's target: points z (n, k) -> log posterior (n,) and its
-    gradient (n, k), -N x train NLL / T - |z|² / (2σ²), in fp32 whatever the
-    evaluation's precision. With autograd (see :func:`gradient_kind`) the
-    likelihood is the engine's definition computed directly: the network in
-    eval mode but for batch norm, which in the population case normalises the
-    whole training set, as one batch, by its own statistics."""
-    sub, data, k = run.subspace, run.data, run.subspace.dim
-    n = len(data.y_train)
+@contextlib.contextmanager
+def _full_float32() -> Iterator[None]:
+    """TF32 off on CUDA (its 10-bit mantissa would be noise in N x NLL and its differences)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
-    def with_prior(ll: np.ndarray, grad: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return ll + run.log_prior(z), grad - z / run.prior_scale ** 2
 
-    if gradient_kind(run) == "fd":
-        h = FD_STEP * run.prior_scale
-        options = dict(run.eval_options, amp=False)
+class LogPosterior:
+    """NUTS's target: points z (n, k) -> log posterior (n,) and its gradient
+    (n, k), -N x train NLL / T - |z|² / (2σ²), in fp32 (TF32 off) whatever the
+    evaluation's precision. ``kind`` is :func:`gradient_kind`'s.
 
-        def fd(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            shifts = np.concatenate([np.zeros((1, k)), h * np.eye(k), -h * np.eye(k)])  # (2k + 1, k)
-            at = (points[:, None, :] + shifts[None]).reshape(-1, k)
-            res = evaluate_points(run.net, sub.anchors(), coefficients(at), data, **options)
-            ll = run.log_likelihood(res["train_nll"]).reshape(len(points), 2 * k + 1)
-            grad = (ll[:, 1:k + 1] - ll[:, k + 1:]) / (2 * h)
-            return with_prior(ll[:, 0], np.where(np.isfinite(grad), grad, np.nan), points)
-        return fd
+    autograd: the engine's likelihood computed directly, the network in eval
+    mode but for batch norm, which in the population case normalises the
+    whole training set, as one batch, by its own statistics; the points one
+    after another. fd: the engine's value at z, and central differences at
+    z ± h e_i, all the points of a call in one engine call; ``h`` is set by
+    :meth:`set_scale` to a tenth of the smallest step size (the posterior's
+    scale, not the prior's), first ``FD_STEP`` x the prior's scale."""
 
-    device = data.device
-    net = copy.deepcopy(run.net).to(device).eval()
-    population = run.eval_options["bn_stats"] == "population"
-    if population:
-        for _, m in bn_modules(net):
-            m.train()  # batch statistics, of the whole training set: the population estimate
-    space = ParamSpace.of(net)
-    shift, basis = sub.shift.double(), sub.basis.double()
+    FD_FRACTION = 0.1
 
-    def autograd(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lls, grads = np.empty(len(points)), np.empty((len(points), k))
+    def __init__(self, run: "_Run"):
+        self.run, self.kind = run, gradient_kind(run)
+        self.h = FD_STEP * run.prior_scale
+        sub, data = run.subspace, run.data
+        self.n, self.k = len(data.y_train), sub.dim
+        if self.kind == "autograd":
+            self.population = run.eval_options["bn_stats"] == "population" and bool(bn_modules(run.net))
+            self.net = copy.deepcopy(run.net).to(data.device).eval()
+            if self.population:
+                for _, m in bn_modules(self.net):
+                    m.train()  # batch statistics, of the whole training set: the population estimate
+            self.space = ParamSpace.of(self.net)
+            self.shift, self.basis = sub.shift.double(), sub.basis.double()
+
+    def set_scale(self, step_sizes: np.ndarray) -> bool:
+        """For finite differences: h from the step sizes about to be used. True when h changed."""
+        h = self.FD_FRACTION * float(np.min(step_sizes))
+        if self.kind != "fd" or h == self.h:
+            return False
+        self.h = h
+        return True
+
+    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with _full_float32():
+            ll, grad = self._fd(points) if self.kind == "fd" else self._autograd(points)
+        return ll + self.run.log_prior(points), grad - points / self.run.prior_scale ** 2
+
+    def _fd(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k, h, run = self.k, self.h, self.run
+        shifts = np.concatenate([np.zeros((1, k)), h * np.eye(k), -h * np.eye(k)])  # (2k + 1, k)
+        at = (points[:, None, :] + shifts[None]).reshape(-1, k)
+        res = evaluate_points(run.net, run.subspace.anchors(), coefficients(at), run.data,
+                              **dict(run.eval_options, amp=False))
+        ll = run.log_likelihood(res["train_nll"]).reshape(len(points), 2 * k + 1)
+        return ll[:, 0], (ll[:, 1:k + 1] - ll[:, k + 1:]) / (2 * h)  # a non-finite slope: zero force (nuts._drive)
+
+    def _autograd(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        data, device = self.run.data, self.run.data.device
+        lls, grads = np.empty(len(points)), np.empty((len(points), self.k))
         for i, z in enumerate(points):
             zt = torch.tensor(z, dtype=torch.float64, device=device, requires_grad=True)
             total = torch.zeros((), dtype=torch.float64, device=device)
-            batches = [(data.x_train, data.y_train)] if population else data.batches(
-                "train", run.eval_options["batch_size"])
+            batches = [(data.x_train, data.y_train)] if self.population else data.batches(
+                "train", self.run.eval_options["batch_size"])
             for x, y in batches:  # one backward per batch: the graph of one batch in memory at a time
                 params = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
-                          for name, p in space.unflatten((shift + zt @ basis).float()).items()}
+                          for name, p in self.space.unflatten((self.shift + zt @ self.basis).float()).items()}
                 if x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)  # as the engine: faster convolutions
-                logits = functional_call(net, params, (x,))
+                logits = functional_call(self.net, params, (x,))
                 nll = -torch.log_softmax(logits.float(), dim=-1).gather(1, y[:, None]).double().sum()
-                (nll * (1.0 / (n * 1.0))).backward()
+                (nll / self.n).backward()
                 total += nll.detach()
-            lls[i] = -float(total) / run.temperature
-            grads[i] = -zt.grad.cpu().numpy() * n / run.temperature
-        return with_prior(lls, grads, points)
-    return autograd
+            lls[i] = -float(total) / self.run.temperature
+            grads[i] = -zt.grad.cpu().numpy() * self.n / self.run.temperature
+        return lls, grads
 
 
 _NUTS_PER_SAMPLE = ("step_size", "accept", "depth", "divergent")
@@ -641,7 +676,15 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
     centre's values, the samples' (``_PER_SAMPLE`` and ``_NUTS_PER_SAMPLE``)
     and the sampler's summary."""
     k = run.subspace.dim
-    fn = log_posterior_fn(run)
+    fn = LogPosterior(run)
+
+    def rescale(steps: np.ndarray) -> None:
+        """Finite differences' h follows the step sizes of the next round; the
+        chains' gradients are recomputed with it, so that each trajectory's
+        force is one function of the position."""
+        nonlocal current_lp, current_grad
+        if fn.set_scale(steps):
+            current_lp, current_grad = fn(current)
 
     def save() -> None:
         if run.store is not None:
@@ -680,6 +723,7 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
                desc="NUTS transitions", unit="sample", leave=False, dynamic_ncols=True)
     try:
         while burned < burn_in:  # every chain's first transitions: step-size adaptation, discarded
+            rescale(adapt.step)
             r = nuts_round(current, current_lp, current_grad, fn, rng, adapt.step, max_depth)
             adapt.update(r.accept)
             current, current_lp, current_grad = r.theta, r.logp, r.grad
@@ -687,6 +731,7 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
             save()
             bar.update(1)
         step = adapt.final
+        rescale(step)
         while len(kept["z"]) < samples:
             active = min(chains, samples - len(kept["z"]))
             r = nuts_round(current[:active], current_lp[:active], current_grad[:active], fn, rng, step[:active],
@@ -703,7 +748,7 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
             bar.update(active)
     finally:
         bar.close()
-    info = {"gradient": gradient_kind(run), "max_depth": max_depth, "target_accept": TARGET_ACCEPT,
+    info = {"gradient": fn.kind, "max_depth": max_depth, "target_accept": TARGET_ACCEPT,
             "step_size": [float(x) for x in adapt.final], "accept_mean": float(np.mean(kept["accept"])),
             "divergent": int(np.sum(kept["divergent"])), "depth_mean": float(np.mean(kept["depth"])),
             "max_depth_hits": int(np.sum(np.asarray(kept["depth"]) >= max_depth))}
@@ -836,7 +881,9 @@ def sample_subspace(
     for flag, value, least in (("--samples", samples, 1), ("--chains", chains, 1), ("--burn-in", burn_in, 0),
                                ("--vi-epochs", vi_epochs, 1), ("--vi-batch-size", vi_batch_size, 2),
                                ("--max-depth", max_depth, 1)):
-        if isinstance(value, bool) or int(value) != value or value < least:
+        whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating))
+                                                          and math.isfinite(value) and int(value) == value)
+        if isinstance(value, bool) or not whole or value < least:
             raise UserError(f"{flag} must be a whole number of at least {least}, got {value}")
     if max_depth > 20:
         raise UserError(f"--max-depth {max_depth}: a tree of 2^{max_depth} leapfrog steps; at most 20")

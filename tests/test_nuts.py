@@ -18,7 +18,7 @@ import landscape.subspace as subspace_module
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, evaluate_points_sequential
 from landscape.nuts import DualAveraging, initial_step_size, nuts_round
-from landscape.subspace import _Run, gradient_kind, log_posterior_fn, sample_subspace, swag_subspace
+from landscape.subspace import LogPosterior, _Run, gradient_kind, sample_subspace, swag_subspace
 from landscape.averaging import run_swa
 from landscape.train import train
 
@@ -123,9 +123,52 @@ def test_dual_averaging_moves_the_step_towards_the_target():
         da.update(np.array([0.2, 1.0]))  # too low an acceptance: smaller steps; too high: larger
     assert da.final[0] < 1.0 < da.final[1]
     copy = DualAveraging.from_state(da.state())
+    assert np.array_equal(copy.step, da.step) and np.array_equal(copy.final, da.final)  # exactly, before and after
     copy.update(np.array([0.5, 0.5]))
     da.update(np.array([0.5, 0.5]))
     assert np.array_equal(copy.final, da.final) and np.array_equal(copy.step, da.step)
+
+
+def test_one_dimension_and_the_first_step_size_follows_the_targets_scale():
+    def normal(sd):
+        return lambda x: (-0.5 * (x[:, 0] / sd) ** 2, -x / sd ** 2)
+
+    kept, _, _ = run_chains_1d(normal(0.3))
+    assert kept.std() == pytest.approx(0.3, rel=0.06) and abs(kept.mean()) < 0.03
+    rng = np.random.default_rng(5)
+    wide, narrow = (initial_step_size(np.zeros((20, 1)), np.zeros(20), np.zeros((20, 1)), normal(sd), rng)
+                    for sd in (1.0, 0.01))
+    # Algorithm 4 doubles or halves from 1: powers of two, about as large as the target is wide
+    assert np.allclose(np.log2(wide), np.round(np.log2(wide))) and np.allclose(np.log2(narrow), np.round(np.log2(narrow)))
+    assert 0.25 <= np.median(wide) <= 4 and 0.0025 <= np.median(narrow) <= 0.04
+
+
+def run_chains_1d(fn, chains=100, warmup=30, rounds=100):
+    rng = np.random.default_rng(6)
+    theta = np.zeros((chains, 1))
+    logp, grad = fn(theta)
+    adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng))
+    kept = []
+    for i in range(warmup + rounds):
+        r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < warmup else adapt.final, 10)
+        theta, logp, grad = r.theta, r.logp, r.grad
+        if i < warmup:
+            adapt.update(r.accept)
+        else:
+            kept.append(theta.copy())
+    return np.stack(kept), None, adapt
+
+
+def test_a_non_finite_gradient_at_a_finite_value_is_zero_force_not_a_rejection():
+    seen = []
+
+    def fn(x):
+        seen.append(x.copy())
+        return -0.5 * (x ** 2).sum(1), np.full_like(x, np.nan)
+
+    r = nuts_round(np.zeros((4, 2)), np.zeros(4), np.zeros((4, 2)), fn, np.random.default_rng(7), np.full(4, 0.5), 3)
+    assert np.isfinite(r.logp).all() and not r.divergent.any() and (r.grad == 0).all()
+    assert not np.array_equal(r.theta, np.zeros((4, 2)))  # straight lines through the density, still accepted
 
 
 # ---------------------------------------------------------------- in a subspace
@@ -158,7 +201,7 @@ def test_the_target_is_the_engines_posterior_and_its_gradient_its_slope(swag, sm
     run = make_run(sub, small_digits, bn_stats)
     assert gradient_kind(run) == ("autograd" if bn_stats == "population" else "fd")
     z = np.array([[0.0, 0.0], [0.7, -1.1], [-1.5, 0.4]])
-    lp, grad = log_posterior_fn(run)(z)
+    lp, grad = LogPosterior(run)(z)
     assert lp == pytest.approx(engine_log_posterior(sub, small_digits, z, bn_stats), rel=1e-5)
     h = 1e-2  # the engine's own central differences, on a wider step than the sampler's
     for i in range(2):
@@ -185,34 +228,76 @@ def test_nuts_samples_match_a_sequential_evaluation_and_burn_in_is_discarded(tmp
     s = res.summary["nuts"]
     assert s["gradient"] == "autograd" and s["max_depth"] == 4 and len(s["step_size"]) == 2
     assert np.allclose(a["nuts_step_size"], np.array(s["step_size"])[a["chain"]])  # the adapted size, fixed
-    # burn-in's transitions are each chain's first: a run without it keeps them
-    whole = sample_subspace(sub, samples=9, burn_in=0, **kw).arrays
-    assert not np.array_equal(whole["z"][4:], a["z"])  # the step sizes differ (adapted or not)
     stored = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert stored["method"] == "nuts" and "No-U-Turn" in stored["notes"]
 
 
-def test_an_interrupted_nuts_run_resumes_to_the_same_samples(tmp_path, swag, small_digits, monkeypatch):
+def test_burn_in_discards_each_chains_first_transitions(swag, small_digits, monkeypatch):
+    sub = swag_subspace(swag, "pca", 2)
+    monkeypatch.setattr(DualAveraging, "update", lambda self, accept: None)  # one step size throughout
+    kw = dict(method="nuts", chains=2, seed=3, data=small_digits, max_depth=3)
+    whole = sample_subspace(sub, samples=8, **kw).arrays
+    burnt = sample_subspace(sub, samples=4, burn_in=2, **kw).arrays
+    assert np.array_equal(burnt["z"], whole["z"][4:]) and np.array_equal(burnt["chain"], whole["chain"][4:])
+    assert np.array_equal(burnt["sample_test_nll"], whole["sample_test_nll"][4:])
+
+
+def test_the_gradient_falls_back_to_finite_differences_when_a_backward_pass_would_not_fit(swag, small_digits,
+                                                                                         monkeypatch):
+    sub = swag_subspace(swag, "pca", 2)
+    run = make_run(sub, small_digits, "population")
+    assert gradient_kind(run) == "autograd"
+    monkeypatch.setattr(subspace_module, "_memory_budget", lambda device: 1e3)
+    assert gradient_kind(run) == "fd"
+
+
+def test_without_batch_norm_the_gradient_is_autograd_batch_by_batch(tmp_path, small_digits):
+    train(out=tmp_path / "m", data=small_digits, model="mlp", epochs=2, seed=1, progress=False)
+    run_swa(None, tmp_path / "swa", from_ckpt=str(tmp_path / "m" / "model.pt"), epochs=3, swa_lr=0.05, swag_rank=3,
+            data=small_digits, progress=False)
+    sub = swag_subspace(tmp_path / "swa" / "swag.pt", "pca", 2)
+    run = make_run(sub, small_digits, "batches")
+    assert gradient_kind(run) == "autograd"
+    z = np.array([[0.3, -0.2], [-1.0, 0.8]])
+    lp, grad = LogPosterior(run)(z)
+    assert lp == pytest.approx(engine_log_posterior(sub, small_digits, z, "batches"), rel=1e-6)
+    h = 1e-2  # float32 NLLs: a narrower step's difference is rounding
+    for i in range(2):
+        e = np.zeros(2)
+        e[i] = h
+        slope = (engine_log_posterior(sub, small_digits, z + e, "batches")
+                 - engine_log_posterior(sub, small_digits, z - e, "batches")) / (2 * h)
+        assert grad[:, i] == pytest.approx(slope, rel=0.01, abs=0.01 * np.abs(slope).max())
+
+
+@pytest.mark.parametrize("bn_stats", ["population", "batches"])
+def test_an_interrupted_nuts_run_resumes_to_the_same_samples(bn_stats, tmp_path, swag, small_digits, monkeypatch):
     sub = swag_subspace(swag, "random", 3, seed=2)
-    kw = dict(method="nuts", samples=6, chains=2, burn_in=2, data=small_digits, seed=4, max_depth=3)
-    whole = sample_subspace(sub, tmp_path / "whole", **kw).arrays
-    original = subspace_module.evaluate_points
+    kw = dict(method="nuts", samples=6, chains=2, burn_in=2, data=small_digits, seed=4, max_depth=3,
+              bn_stats=bn_stats)
+    whole = sample_subspace(sub, tmp_path / "whole", **kw)
+    assert whole.summary["nuts"]["gradient"] == ("autograd" if bn_stats == "population" else "fd")
+    whole = whole.arrays
+    original_round = subspace_module.nuts_round
     state = tmp_path / "cut" / "sweep.partial.npz"
 
     class Stop(Exception):
         pass
 
-    def stopping(*args, **kwargs):  # once a sampling round is saved, in the middle of the next
-        if state.exists():
-            with np.load(state) as saved:
-                if len(saved["z"]) >= 2:
-                    raise Stop
-        return original(*args, **kwargs)
+    def stopping(*args, **kwargs):  # in the middle of the second burn-in round, then of the second sampling round
+        with np.load(state) as saved:
+            if (int(saved["burned"]) == 1 and not stops) or (len(saved["z"]) >= 2 and len(stops) == 1):
+                stops.append(int(saved["burned"]))
+                raise Stop
+        return original_round(*args, **kwargs)
 
-    monkeypatch.setattr(subspace_module, "evaluate_points", stopping)
-    with pytest.raises(Stop):
-        sample_subspace(sub, tmp_path / "cut", **kw)
-    monkeypatch.setattr(subspace_module, "evaluate_points", original)
+    stops = []
+    monkeypatch.setattr(subspace_module, "nuts_round", stopping)
+    for _ in range(2):
+        with pytest.raises(Stop):
+            sample_subspace(sub, tmp_path / "cut", **kw, resume=(tmp_path / "cut").exists())
+    assert stops == [1, 2]
+    monkeypatch.setattr(subspace_module, "nuts_round", original_round)
     shutil.copytree(tmp_path / "cut", tmp_path / "torn")
     with pytest.raises(UserError, match="with other inputs or settings"):
         sample_subspace(sub, tmp_path / "cut", **dict(kw, max_depth=4), resume=True)
@@ -231,7 +316,7 @@ def test_nuts_options_are_checked(swag, small_digits):
     sub = swag_subspace(swag, "pca", 2)
     with pytest.raises(UserError, match="--max-depth is NUTS's"):
         sample_subspace(sub, samples=2, max_depth=3, data=small_digits)
-    for depth in (0, 21, 2.5):
+    for depth in (0, 21, 2.5, float("nan"), float("inf"), "3"):
         with pytest.raises(UserError, match="--max-depth"):
             sample_subspace(sub, samples=2, method="nuts", max_depth=depth, data=small_digits)
 

@@ -403,6 +403,11 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs, capsys
     done = run_cli("subspace", "--ckpt", swag, "--method", "vi", "--vi-epochs", 2, "--samples", 2, "--out",
                    tmp_path / "v", "--quiet")
     assert done.returncode == 0 and "pca subspace, rank 2: 2 samples, T 1, VI, sigma" in done.stdout, done.stderr
+    done = run_cli("subspace", "--ckpt", swag, "--method", "vi", "--vi-family", "realnvp", "--vi-epochs", 2,
+                   "--samples", 2, "--out", tmp_path / "f", "--quiet")
+    assert done.returncode == 0 and "T 1, VI with a RealNVP flow, z sd" in done.stdout, done.stderr
+    assert json.loads((tmp_path / "f" / "summary.json").read_text())["vi"]["family"] == "realnvp"
+    assert (tmp_path / "f" / "subspace.png").exists()
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     assert config["command"] == "subspace" and config["basis"] == "curve" and config["grid"] == 3
     assert (tmp_path / "c" / "subspace.png").exists() and not (tmp_path / "c" / "grid.partial.npz").exists()
