@@ -152,6 +152,32 @@ def test_subspace_sampling_and_vi_on_the_gpu(tmp_path, cpu_data, gpu_data, no_tf
         assert res.arrays[f"sample_{key}"] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
     vi = sample_subspace(sub, method="vi", vi_epochs=1, samples=2, data=gpu_data)
     assert np.isfinite(vi.arrays["sample_test_nll"]).all() and np.isfinite(vi.summary["vi"]["sigma"]).all()
+    flow = sample_subspace(sub, method="vi", vi_family="realnvp", vi_epochs=1, samples=2, data=gpu_data)
+    assert np.isfinite(flow.arrays["sample_test_nll"]).all()
+    # NUTS on the GPU, both gradients: its target and gradient those of the CPU at the same z, its samples' values
+    # the sequential reference's
+    from landscape.subspace import LogPosterior, _Run
+
+    def target(space, data, bn_stats):
+        run = _Run(subspace=space, net=space.model, data=data, temperature=1.0, prior_scale=2.0,
+                   eval_options=dict(wd=0.0, batch_size=128, bn_batches=None, bn_stats=bn_stats, points_per_pass=None,
+                                     amp=False), progress=False, resume=False, out=None, key="")
+        return LogPosterior(run)
+
+    zs = np.array([[0.2, -0.5], [-1.0, 0.3]])
+    for bn_stats in ("population", "batches"):
+        on_gpu, on_cpu = target(sub, gpu_data, bn_stats), target(ref, cpu_data, bn_stats)
+        assert on_gpu.kind == on_cpu.kind == ("autograd" if bn_stats == "population" else "fd")
+        (lp_g, g_g), (lp_c, g_c) = on_gpu(zs), on_cpu(zs)
+        tol = 1e-3 if bn_stats == "population" else 1e-2  # finite differences amplify the last digits
+        assert lp_g == pytest.approx(lp_c, rel=1e-5) and g_g == pytest.approx(g_c, rel=tol, abs=tol * np.abs(g_c).max())
+        nuts = sample_subspace(sub, method="nuts", samples=4, chains=2, burn_in=2, max_depth=4, prior_scale=2.0,
+                               data=gpu_data, bn_stats=bn_stats)
+        z = nuts.arrays["z"]
+        want = evaluate_points_sequential(ref.model, ref.anchors(), np.concatenate([np.ones((4, 1)), z], 1), cpu_data,
+                                          wd=nuts.summary["wd"], bn_stats=bn_stats)
+        for key in ("train_nll", "test_nll", "test_error"):
+            assert nuts.arrays[f"sample_{key}"] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
 
 
 def test_variational_training_and_its_schemes_on_the_gpu(tmp_path, cpu_data, gpu_data, no_tf32):
