@@ -1105,7 +1105,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Subspace inference (Izmailov et al. 2019): the posterior over z in w = shift + "
                                    "P^T z (prior N(0, prior-scale^2 I), likelihood exp(-N train NLL / T), batch norm "
                                    "re-estimated at every point) sampled by elliptical slice sampling (--method ess) "
-                                   "or the No-U-Turn Sampler (--method nuts), or approximated by a Gaussian fitted by VI (--method vi), then the model average "
+                                   "or the No-U-Turn Sampler (--method nuts), or approximated by VI (--method vi: a Gaussian or a RealNVP flow), "
+                                   "then the model average "
                                    "of the samples. Subspaces: pca or random around the SWA mean of swag.pt, or the "
                                    "plane of a fitted curve.")
     p.add_argument("--ckpt", required=True, type=Path,
@@ -1116,7 +1117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=30, help="posterior samples averaged (default 30)")
     p.add_argument("--method", default="ess", choices=["ess", "nuts", "vi"],
                    help="ess (default): elliptical slice sampling; nuts: the No-U-Turn Sampler (Hamiltonian Monte "
-                        "Carlo); vi: fit q(z) = N(mu, diag sigma^2) by SGD on the ELBO, then sample it")
+                        "Carlo); vi: fit q(z) (N(mu, diag sigma^2), or a flow: --vi-family) by SGD on the ELBO, "
+                        "then sample it")
     p.add_argument("--chains", type=int, default=1,
                    help="chains, their proposals evaluated together (default 1, as the paper)")
     p.add_argument("--burn-in", type=int, default=0, metavar="B",

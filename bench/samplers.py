@@ -18,6 +18,7 @@ minute and its ratio NUTS / ESS, and the model average's test NLL and error.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -34,25 +35,33 @@ from protocol import machine
 
 def effective_size(z: np.ndarray, chain: np.ndarray) -> np.ndarray:
     """Effective sample size of each coordinate of samples z (n, k) kept
-    round-robin from the chains ``chain`` (n,): the chains' autocorrelations
-    averaged, summed over the initial positive sequence of pair sums."""
+    round-robin from the chains ``chain`` (n,), as Stan's multi-chain
+    estimate: the autocorrelation at lag t is 1 - (W - mean autocovariance_t)
+    / var+, where W is the mean within-chain variance and var+ = (n - 1) / n
+    W + B / n adds the variance between the chains' means (so chains stuck in
+    different places count as few samples); the autocorrelations are summed
+    over Geyer's initial positive sequence of pair sums, and the
+    autocorrelation time is at least 1 / log10(C n)."""
     chains = [z[chain == c] for c in np.unique(chain)]
-    length = min(len(c) for c in chains)
-    x = np.stack([c[:length] for c in chains])  # (C, T, k)
-    x = x - x.mean(1, keepdims=True)
-    var = (x ** 2).mean((0, 1))
-    rho = np.array([(x[:, :length - t] * x[:, t:]).mean((0, 1)) * length / (length - t) / var
-                    for t in range(length)])  # (T, k)
+    n = min(len(c) for c in chains)
+    x = np.stack([c[:n] for c in chains])  # (C, n, k)
+    count = x.shape[0]
+    centred = x - x.mean(1, keepdims=True)
+    within = (centred ** 2).sum(1).mean(0) / (n - 1)  # W
+    between = n * x.mean(1).var(0, ddof=1) if count > 1 else np.zeros(x.shape[2])  # B
+    var_plus = (n - 1) / n * within + between / n
     out = []
-    for i in range(z.shape[1]):
+    for i in range(x.shape[2]):
+        acov = np.array([(centred[:, :n - t, i] * centred[:, t:, i]).sum(1).mean() / n for t in range(n)])
+        rho = 1.0 - (within[i] - acov) / var_plus[i]
         total = 0.0
-        for m in range(0, length - 1, 2):
-            pair = rho[m, i] + rho[m + 1, i]
+        for m in range(0, n - 1, 2):
+            pair = rho[m] + rho[m + 1]
             if pair <= 0:
                 break
             total += pair
-        tau = max(2.0 * total - 1.0, 1.0 / len(chains) / length)  # -1: rho_0 counted once
-        out.append(len(chains) * length / tau)
+        tau = max(2.0 * total - 1.0, 1.0 / math.log10(count * n))  # -1: rho_0 counted once
+        out.append(count * n / tau)
     return np.array(out)
 
 
@@ -92,7 +101,8 @@ def main() -> None:
         a, s = res.arrays, res.summary
         n_eff = effective_size(a["z"], a["chain"])
         rows[method] = (seconds, n_eff)
-        extra = (f"; step sizes {', '.join(f'{x:.3g}' for x in s['nuts']['step_size'])}, mean accept "
+        extra = (f"; {s['nuts']['gradient']} gradients, step sizes "
+                 f"{', '.join(f'{x:.3g}' for x in s['nuts']['step_size'])}, mean accept "
                  f"{s['nuts']['accept_mean']:.2f}, {s['nuts']['divergent']} divergent, mean depth "
                  f"{s['nuts']['depth_mean']:.2f}" if method == "nuts" else "")
         print(f"{method:>4}: {seconds:7.1f} s, {s['evaluations_per_sample']:.2f} evaluations per sample; effective "

@@ -344,12 +344,18 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
     flow = None
     if family == "realnvp":
         with torch.random.fork_rng(devices=[]):  # the flow's first weights from the seed, the global RNG untouched
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             flow = RealNVP(k).to(device)
     flow_params = list(flow.parameters()) if flow is not None else []
     optimizer = torch.optim.SGD([mu, rho, *flow_params], lr=lr, momentum=0.9)
     records: list[dict[str, Any]] = []
     if state is not None:
+        sizes = {"flow": sum(p.numel() for p in flow_params)} if flow is not None else {}
+        if flow is not None and "buf_flow" in state:
+            sizes["buf_flow"] = sizes["flow"]
+        if any(np.asarray(state[name]).size != size for name, size in sizes.items()):
+            raise UserError(f"{run.store}: the variational fit's saved state does not fit its flow; delete it to "
+                            f"start again")
         with torch.no_grad():
             mu.copy_(torch.as_tensor(state["mu"])), rho.copy_(torch.as_tensor(state["rho"]))
             if flow is not None:
@@ -910,7 +916,7 @@ def sample_subspace(
     settings.update({"chains": chains, "burn_in": burn_in} if method != "vi" else {
         "vi_epochs": vi_epochs, "vi_lr": vi_lr, "vi_batch_size": vi_batch_size, "vi_init_std": vi_init_std})
     if vi_family != "gaussian":  # only then: a Gaussian fit keeps the request key of earlier builds
-        settings["vi_family"] = vi_family
+        settings.update(vi_family=vi_family, vi_flow={"layers": FLOW_LAYERS, "hidden": FLOW_HIDDEN})
     if method == "nuts":
         settings["max_depth"] = max_depth
     request = request_key([subspace.shift, subspace.basis], settings)

@@ -98,3 +98,6 @@ def test_effective_sample_size_of_independent_and_of_autocorrelated_chains():
         x[t] = phi * x[t - 1] + rng.standard_normal(chains)
     ar = np.stack([x.ravel(), x.ravel()], 1)  # row t * chains + c: step t of chain c
     assert effective_size(ar, label) == pytest.approx([chains * length * (1 - phi) / (1 + phi)] * 2, rel=0.2)
+    # two chains each stuck in its own mode (well mixed within it) describe about one sample of the whole
+    stuck = rng.standard_normal((2 * 200, 1)) * 0.1 + np.tile([-3.0, 3.0], 200)[:, None]
+    assert effective_size(stuck, np.tile([0, 1], 200))[0] < 5

@@ -521,9 +521,27 @@ def test_a_realnvp_fit_follows_its_elbos_gradient_and_its_draws_go_through_the_f
     assert not np.allclose(res.arrays["z"], np.asarray(vi["mu"]) + np.asarray(vi["sigma"]) * e.numpy(), atol=1e-9)
 
 
-def test_the_vi_family_is_checked(runs, small_digits):
+def test_the_vi_family_is_checked(tmp_path, runs, small_digits, monkeypatch):
     sub = vi_subspace(runs)
     kw = dict(method="vi", vi_family="realnvp", vi_epochs=3, vi_lr=0.05, samples=3, data=small_digits, seed=2)
+    # a stopped fit whose saved flow has another size than this build's flow: one line, not a misaligned load
+    original = subspace_module.vi_seeds
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(subspace_module, "vi_seeds", lambda seed, epoch: (_ for _ in ()).throw(Stop()) if epoch == 1
+                        else original(seed, epoch))
+    with pytest.raises(Stop):
+        sample_subspace(sub, tmp_path / "cut", **kw)
+    monkeypatch.setattr(subspace_module, "vi_seeds", original)
+    store = tmp_path / "cut" / "sweep.partial.npz"
+    with np.load(store) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    arrays["flow"] = np.concatenate([arrays["flow"], [0.0]])
+    np.savez(store, **arrays)
+    with pytest.raises(UserError, match="saved state does not fit its flow; delete it to start again"):
+        sample_subspace(sub, tmp_path / "cut", **kw, resume=True)
     with pytest.raises(UserError, match="unknown --vi-family 'iaf'"):
         sample_subspace(sub, **dict(kw, vi_family="iaf"))
     with pytest.raises(UserError, match="--vi-family is VI's"):
