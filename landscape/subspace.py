@@ -453,15 +453,44 @@ def _read_state(path: Path, key: str, needed: Sequence[str], what: str) -> dict[
     return state
 
 
-def _save_ess_state(run: "_Run", rng: np.random.Generator, current: np.ndarray, current_ll: np.ndarray,
-                    shift_res: dict[str, Any], kept: dict[str, list], burned: int) -> None:
+def _save_sampler(run: "_Run", rng: np.random.Generator, shift_res: dict[str, Any], kept: dict[str, list],
+                  burned: int, **chains: np.ndarray) -> None:
+    """A sampler's state after a round: its generator, the centre's values, the
+    kept samples, the burn-in rounds done and the chains' arrays (``chains``)."""
     if run.store is None:
         return
     arrays: dict[str, Any] = {"key": np.array(run.key), "rng": np.array(json.dumps(rng.bit_generator.state)),
-                              "current": current, "current_ll": current_ll, "burned": np.array(burned)}
+                              "burned": np.array(burned), **chains}
     arrays.update({f"shift_{m}": np.asarray(v) for m, v in shift_res.items()})
     arrays.update({name: np.asarray(values) for name, values in kept.items()})
     write_npz(run.store, arrays)
+
+
+def _resume_sampler(run: "_Run", needed: Sequence[str], kept_names: Sequence[str], samples: int
+                    ) -> tuple[dict[str, Any], np.random.Generator, dict[str, Any], dict[str, list]] | None:
+    """A stopped sampler's saved state (None when there is none): the state,
+    its generator, the centre's values and the kept samples."""
+    if run.store is None or not run.store.exists():
+        return None
+    state = _read_state(run.store, run.key, needed, "the sampler's saved state")
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]
+    shift_res = {m: state[f"shift_{m}"] for m in (*METRICS, "probs")}
+    kept = {name: list(state[name]) for name in kept_names}
+    print(f"{run.out}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
+    return state, rng, shift_res, kept
+
+
+def _keep(run: "_Run", kept: dict[str, list], z: np.ndarray, ll: np.ndarray, extra: dict[str, np.ndarray],
+          **columns: np.ndarray) -> None:
+    """Append the new samples of a round's chains (rows of ``z``), their
+    log-likelihoods ``ll``, metrics and test probabilities ``extra`` and the
+    sampler's own per-sample ``columns``."""
+    for c in range(len(z)):
+        for name, value in (("z", z[c]), ("chain", c), ("log_likelihood", ll[c]),
+                            ("log_posterior", ll[c] + run.log_prior(z[c])), *((n, v[c]) for n, v in columns.items()),
+                            *((m, extra[m][c]) for m in (*METRICS, "probs"))):
+            kept[name].append(value)
 
 
 # ---------------------------------------------------------------- the run
@@ -520,14 +549,10 @@ def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, ch
                 seed: int) -> tuple[dict[str, Any], dict[str, list]]:
     """Elliptical slice sampling: the centre's values and the kept samples' (``_PER_SAMPLE``)."""
     k = run.subspace.dim
-    if run.store is not None and run.store.exists():
-        state = _read_state(run.store, run.key, _ESS_STATE, "the sampler's saved state")
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state["rng"]
+    resumed = _resume_sampler(run, _ESS_STATE, _PER_SAMPLE, samples)
+    if resumed is not None:
+        state, rng, shift_res, kept = resumed
         current, current_ll, burned = state["current"], state["current_ll"], int(state["burned"])
-        shift_res = {m: state[f"shift_{m}"] for m in (*METRICS, "probs")}
-        kept = {name: list(state[name]) for name in _PER_SAMPLE}
-        print(f"{run.out}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
     else:
         rng = np.random.default_rng(seed)
         start = run.subspace.start_point()
@@ -539,7 +564,7 @@ def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, ch
         current, current_ll = np.tile(start, (chains, 1)), np.full(chains, ll0[1])
         kept = {name: [] for name in _PER_SAMPLE}
         burned = 0
-        _save_ess_state(run, rng, current, current_ll, shift_res, kept, burned)
+        _save_sampler(run, rng, shift_res, kept, burned, current=current, current_ll=current_ll)
     write_config()
     bar = tqdm(total=samples, initial=len(kept["z"]), disable=not run.progress, desc="samples", unit="sample",
                leave=False, dynamic_ncols=True)
@@ -548,18 +573,14 @@ def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, ch
             current, current_ll, _, _ = elliptical_slice_round(current, current_ll, run.evaluate, rng,
                                                                run.prior_scale)
             burned += 1
-            _save_ess_state(run, rng, current, current_ll, shift_res, kept, burned)
+            _save_sampler(run, rng, shift_res, kept, burned, current=current, current_ll=current_ll)
         while len(kept["z"]) < samples:
             active = min(chains, samples - len(kept["z"]))
             z, ll, evals, extra = elliptical_slice_round(current[:active], current_ll[:active], run.evaluate, rng,
                                                          run.prior_scale)
-            for c in range(active):
-                for name, value in (("z", z[c]), ("chain", c), ("log_likelihood", ll[c]),
-                                    ("log_posterior", ll[c] + run.log_prior(z[c])), ("evaluations", evals[c]),
-                                    *((m, extra[m][c]) for m in (*METRICS, "probs"))):
-                    kept[name].append(value)
+            _keep(run, kept, z, ll, extra, evaluations=evals)
             current[:active], current_ll[:active] = z, ll
-            _save_ess_state(run, rng, current, current_ll, shift_res, kept, burned)
+            _save_sampler(run, rng, shift_res, kept, burned, current=current, current_ll=current_ll)
             bar.update(active)
     finally:
         bar.close()
@@ -693,30 +714,22 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
             current_lp, current_grad = fn(current)
 
     def save() -> None:
-        if run.store is not None:
-            write_npz(run.store, {"key": np.array(run.key), "rng": np.array(json.dumps(rng.bit_generator.state)),
-                                  "current": current, "current_lp": current_lp, "current_grad": current_grad,
-                                  "burned": np.array(burned), **adapt.state(),
-                                  **{f"shift_{m}": np.asarray(v) for m, v in shift_res.items()},
-                                  **{name: np.asarray(values) for name, values in kept.items()}})
+        _save_sampler(run, rng, shift_res, kept, burned, current=current, current_lp=current_lp,
+                      current_grad=current_grad, **adapt.state())
 
-    if run.store is not None and run.store.exists():
-        state = _read_state(run.store, run.key, _NUTS_STATE, "the sampler's saved state")
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state["rng"]
+    resumed = _resume_sampler(run, _NUTS_STATE, (*_PER_SAMPLE, *_NUTS_PER_SAMPLE), samples)
+    if resumed is not None:
+        state, rng, shift_res, kept = resumed
         current, current_lp, current_grad = state["current"], state["current_lp"], state["current_grad"]
         burned, adapt = int(state["burned"]), DualAveraging.from_state(state)
-        shift_res = {m: state[f"shift_{m}"] for m in (*METRICS, "probs")}
-        kept = {name: list(state[name]) for name in (*_PER_SAMPLE, *_NUTS_PER_SAMPLE)}
-        print(f"{run.out}: resuming: kept {len(kept['z'])} of {samples} samples", file=sys.stderr)
     else:
         rng = np.random.default_rng(seed)
         start = run.subspace.start_point()
-        ll0, first = run.evaluate(np.stack([np.zeros(k), start]))  # the centre, for the table; where chains start
-        lp, grad = fn(start[None])
-        if not (np.isfinite(ll0[1]) and np.isfinite(lp[0]) and np.isfinite(grad).all()):
-            raise UserError(f"{run.subspace.source or 'the subspace'}: the train NLL where the chains start is not "
-                            f"finite ({first['train_nll'][1]}), or its gradient is not; nothing to sample around")
+        _, first = run.evaluate(np.zeros((1, k)))  # the centre, for the table
+        lp, grad = fn(start[None])  # where the chains start
+        if not (np.isfinite(lp[0]) and np.isfinite(grad).all()):
+            raise UserError(f"{run.subspace.source or 'the subspace'}: the log posterior where the chains start is "
+                            f"not finite ({lp[0]}), or its gradient is not; nothing to sample around")
         shift_res = {m: v[0] for m, v in first.items()}
         current, current_lp, current_grad = np.tile(start, (chains, 1)), np.repeat(lp, chains), np.tile(grad,
                                                                                                          (chains, 1))
@@ -743,12 +756,8 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
             r = nuts_round(current[:active], current_lp[:active], current_grad[:active], fn, rng, step[:active],
                            max_depth)
             ll, extra = run.evaluate(r.theta)  # the engine's metrics and test probabilities of the new samples
-            for c in range(active):
-                for name, value in (("z", r.theta[c]), ("chain", c), ("log_likelihood", ll[c]),
-                                    ("log_posterior", ll[c] + run.log_prior(r.theta[c])), ("evaluations", r.steps[c]),
-                                    ("step_size", step[c]), ("accept", r.accept[c]), ("depth", r.depth[c]),
-                                    ("divergent", r.divergent[c]), *((m, extra[m][c]) for m in (*METRICS, "probs"))):
-                    kept[name].append(value)
+            _keep(run, kept, r.theta, ll, extra, evaluations=r.steps, step_size=step[:active], accept=r.accept,
+                  depth=r.depth, divergent=r.divergent)
             current[:active], current_lp[:active], current_grad[:active] = r.theta, r.logp, r.grad
             save()
             bar.update(active)
