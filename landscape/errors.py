@@ -6,7 +6,18 @@ line and exits with status 2; Python callers can catch it like any
 ``ValueError``.
 """
 
-__all__ = ["UserError", "first_line"]
+import math
+import numbers
+
+__all__ = ["UserError", "first_line", "is_whole"]
+
+
+def is_whole(value: object) -> bool:
+    """Whether ``value`` is a whole number (an int, or a finite float with no
+    fraction; not a bool, a string or NaN): what a count option must be."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return isinstance(value, numbers.Integral) or bool(math.isfinite(value) and int(value) == value)
 
 
 class UserError(ValueError):

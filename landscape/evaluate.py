@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .bn import bn_collecting, bn_modules, population_bn, reestimate_bn
-from .errors import UserError, first_line
+from .errors import UserError, first_line, is_whole
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
@@ -226,7 +226,7 @@ def check_eval_options(batch_size: int, bn_batches: int | None, points_per_pass:
     a weight decay that is negative or not finite."""
     for flag, value in (("--batch-size", batch_size), ("--bn-batches", bn_batches),
                         ("--points-per-pass", points_per_pass)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+        if value is not None and (not is_whole(value) or value < 1):
             raise UserError(f"{flag} must be a whole number of at least 1, got {value}")
     if not (wd >= 0 and np.isfinite(wd)):
         raise UserError(f"--wd must be a finite number >= 0, got {wd}")

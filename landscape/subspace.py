@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from .bn import bn_modules
 from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
-from .errors import UserError
+from .errors import UserError, is_whole
 from .evaluate import METRICS, _memory_budget, _probe_forward, evaluate_points, precision_amp, resolve_bn_stats
 from .inputs import stored_data
 from .metrics import running_ensemble
@@ -131,7 +131,7 @@ def _deviation_spectrum(post: SwagPosterior) -> tuple[torch.Tensor, torch.Tensor
 
 
 def check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2 ** 63:
+    if not is_whole(seed) or not 0 <= seed < 2 ** 63:
         raise UserError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}")
 
 
@@ -183,7 +183,7 @@ def swag_subspace(path: str | Path | Checkpoint, basis: str = "pca", rank: int =
     if basis not in ("pca", "random"):
         raise UserError(f"swag.pt gives a 'pca' or 'random' subspace, not {basis!r} (the 'curve' subspace "
                         f"needs a curve checkpoint)")
-    if isinstance(rank, bool) or int(rank) != rank or rank < 1:
+    if not is_whole(rank) or rank < 1:
         raise UserError(f"--rank must be a whole number of at least 1, got {rank}")
     check_seed(seed)
     post, net, ck = load_swag(path, device, model)
@@ -896,13 +896,11 @@ def sample_subspace(
     for flag, value, least in (("--samples", samples, 1), ("--chains", chains, 1), ("--burn-in", burn_in, 0),
                                ("--vi-epochs", vi_epochs, 1), ("--vi-batch-size", vi_batch_size, 2),
                                ("--max-depth", max_depth, 1)):
-        whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating))
-                                                          and math.isfinite(value) and int(value) == value)
-        if isinstance(value, bool) or not whole or value < least:
+        if not is_whole(value) or value < least:
             raise UserError(f"{flag} must be a whole number of at least {least}, got {value}")
     if max_depth > 20:
         raise UserError(f"--max-depth {max_depth}: a tree of 2^{max_depth} leapfrog steps; at most 20")
-    if isinstance(grid, bool) or int(grid) != grid or grid < 0 or grid == 1:
+    if not is_whole(grid) or grid < 0 or grid == 1:
         raise UserError(f"--grid must be 0 (none) or a whole number of at least 2, got {grid}")
     if grid and subspace.dim < 2:
         raise UserError(f"--grid draws the first two coordinates; this subspace has {subspace.dim}")

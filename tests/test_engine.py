@@ -390,7 +390,8 @@ def test_counts_below_one_are_refused_before_any_work(small, monkeypatch):
     net = convnet(3)
     monkeypatch.setattr(sweep_module, "evaluate_points", lambda *a, **k: pytest.fail("evaluated"))
     for kw, flag in ((dict(bn_batches=0), "--bn-batches"), (dict(points_per_pass=-3), "--points-per-pass"),
-                     (dict(points_per_pass=0), "--points-per-pass"), (dict(batch_size=0), "--batch-size")):
+                     (dict(points_per_pass=0), "--points-per-pass"), (dict(batch_size=0), "--batch-size"),
+                     (dict(points_per_pass=float("nan")), "--points-per-pass"), (dict(bn_batches=2.5), "--bn-batches")):
         with pytest.raises(UserError, match=f"{flag} must be a whole number of at least 1"):
             evaluate_points(net, [net, convnet(4)], LINE, small, **kw)
         with pytest.raises(UserError, match=f"{flag} must be a whole number of at least 1"):
@@ -553,3 +554,10 @@ def test_repeated_points_get_the_same_metrics_as_a_single_evaluation(small):
                             return_probs=True)
     for key in once:
         assert np.array_equal(twice[key][[1, 0, 2]], once[key][[0, 1, 1]]), key
+
+
+def test_is_whole_accepts_counts_and_nothing_else():
+    from landscape.errors import is_whole
+
+    assert [is_whole(v) for v in (3, np.int64(3), 3.0, np.float32(2.0), 0)] == [True] * 5
+    assert [is_whole(v) for v in (True, 2.5, float("nan"), float("inf"), "3", None)] == [False] * 6
