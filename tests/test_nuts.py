@@ -37,9 +37,9 @@ def gaussian(force=None):
     return fn
 
 
-def run_chains(fn, chains, warmup, rounds, seed=0, start=None, max_depth=10):
+def run_chains(fn, chains, warmup, rounds, seed=0, start=None, max_depth=10, dim=2):
     rng = np.random.default_rng(seed)
-    theta = np.zeros((chains, 2)) if start is None else np.tile(start, (chains, 1))
+    theta = np.zeros((chains, dim)) if start is None else np.tile(start, (chains, 1))
     logp, grad = fn(theta)
     adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng))
     kept, accept = [], []
@@ -133,7 +133,7 @@ def test_one_dimension_and_the_first_step_size_follows_the_targets_scale():
     def normal(sd):
         return lambda x: (-0.5 * (x[:, 0] / sd) ** 2, -x / sd ** 2)
 
-    kept, _, _ = run_chains_1d(normal(0.3))
+    kept, _, _ = run_chains(normal(0.3), chains=100, warmup=30, rounds=100, seed=6, dim=1)
     assert kept.std() == pytest.approx(0.3, rel=0.06) and abs(kept.mean()) < 0.03
     rng = np.random.default_rng(5)
     wide, narrow = (initial_step_size(np.zeros((20, 1)), np.zeros(20), np.zeros((20, 1)), normal(sd), rng)
@@ -141,22 +141,6 @@ def test_one_dimension_and_the_first_step_size_follows_the_targets_scale():
     # Algorithm 4 doubles or halves from 1: powers of two, about as large as the target is wide
     assert np.allclose(np.log2(wide), np.round(np.log2(wide))) and np.allclose(np.log2(narrow), np.round(np.log2(narrow)))
     assert 0.25 <= np.median(wide) <= 4 and 0.0025 <= np.median(narrow) <= 0.04
-
-
-def run_chains_1d(fn, chains=100, warmup=30, rounds=100):
-    rng = np.random.default_rng(6)
-    theta = np.zeros((chains, 1))
-    logp, grad = fn(theta)
-    adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng))
-    kept = []
-    for i in range(warmup + rounds):
-        r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < warmup else adapt.final, 10)
-        theta, logp, grad = r.theta, r.logp, r.grad
-        if i < warmup:
-            adapt.update(r.accept)
-        else:
-            kept.append(theta.copy())
-    return np.stack(kept), None, adapt
 
 
 def test_a_non_finite_gradient_at_a_finite_value_is_zero_force_not_a_rejection():
