@@ -180,19 +180,16 @@ def evaluate_swag(
     data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
     rank = post.deviations.shape[0]
     low_rank = not diag and rank >= 2
-    request = request_key([post.mean, post.sq_mean, post.deviations], {
-        "kind": "swag", "samples": samples, "scale": scale, "diag": diag, "seed": seed, "wd": wd,
-        "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
-        "dataset": data.describe()})
+    options = {"samples": samples, "scale": scale, "diag": diag, "seed": seed, "wd": wd, "batch_size": batch_size,
+               "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}
+    request = request_key([post.mean, post.sq_mean, post.deviations], {"kind": "swag", **options})
     finished = begin_result(out_path, "swag.npz", resume, "swag", request)
     if finished is not None:
         arrays, summary = finished
         return SwagEvaluation(summary=summary, arrays=arrays, out=out_path)
 
     config = {"command": "swag", "argv": list(argv) if argv is not None else None, "checkpoint": str(ck.path),
-              "samples": samples, "scale": scale, "diag": diag, "seed": seed, "wd": wd, "batch_size": batch_size,
-              "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision, "device": str(device),
-              "dataset": data.describe()}
+              **options, "device": str(device)}
     arrays, summary = average_of_draws(net, post.mean, post.sample(samples, seed, scale, diag), data, out_path,
                                        "swag", config, resume=resume, wd=wd, batch_size=batch_size,
                                        bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
