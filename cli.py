@@ -315,15 +315,29 @@ def _eval_wd(args: argparse.Namespace, pts) -> float:
 def cmd_plane(args: argparse.Namespace) -> int:
     import torch
 
-    from landscape.inputs import load_points, refuse_same_weights, stored_data
-    from landscape.plane import evaluate_plane
+    from landscape.inputs import load_points, load_trajectory, refuse_same_weights, stored_data
+    from landscape.plane import evaluate_plane, evaluate_random_plane, evaluate_trajectory_plane
     from landscape.sweep import is_main, process_device
     from landscape.weights import ParamSpace
 
-    if bool(args.ckpt) == bool(args.points):
-        raise UserError("give either --ckpt CURVE.pt or --points A.pt B.pt C.pt")
+    given = [flag for flag, value in (("--ckpt", args.ckpt), ("--points", args.points), ("--center", args.center),
+                                      ("--trajectory", args.trajectory)) if value]
+    if len(given) != 1:
+        raise UserError("give one of --ckpt CURVE.pt, --points A.pt B.pt C.pt, --center A.pt or --trajectory RUN"
+                        + (f" (got {' and '.join(given)})" if given else ""))
+    if args.center and args.margin is not None:
+        raise UserError("--margin: a random plane's grid spans [-span, span] around --center "
+                        "(set --span, or --xrange / --yrange)")
+    margin = 0.2 if args.margin is None else args.margin
+    if not args.center:
+        extra = [flag for flag, value in (("--normalize", args.normalize), ("--seed", args.seed),
+                                          ("--span", args.span)) if value is not None]
+        if extra:
+            raise UserError(f"{', '.join(extra)} set{'s' if len(extra) == 1 else ''} the random plane around "
+                            f"--center; {given[0]} spans its own plane")
     device = process_device(args.device)
     path = path_label = None
+    files: list = []
     if args.ckpt:
         from curves.fit import load_curve
 
@@ -340,23 +354,38 @@ def cmd_plane(args: argparse.Namespace) -> int:
             path = loaded.curve.points(torch.linspace(0, 1, 61, dtype=torch.float64, device=W.device))
         path_label = f"{loaded.curve.name} curve"
     else:
-        pts = load_points(args.points, model=args.model, model_kwargs=dict(args.model_kwargs),
-                          data_overrides=_data_overrides(args), device=device)
+        load, files = ((load_trajectory, args.trajectory) if args.trajectory else
+                       (load_points, [args.center]) if args.center else (load_points, args.points))
+        pts = load(files, model=args.model, model_kwargs=dict(args.model_kwargs),
+                   data_overrides=_data_overrides(args), device=device)
         model, points, labels, data, wd = pts.model, pts.vectors, pts.labels, pts.data, _eval_wd(args, pts)
-        if len(points) != 3:
-            raise UserError(f"--points needs three checkpoints, got {len(points)}")
-        refuse_same_weights(points, args.points, "a plane needs three different points (an SWA run's swa.pt and "
-                                                 "swag.pt are one network)")
+        files = [ck.path for ck in pts.checkpoints]
+        if args.points:
+            if len(points) != 3:
+                raise UserError(f"--points needs three checkpoints, got {len(points)}")
+            refuse_same_weights(points, args.points, "a plane needs three different points (an SWA run's swa.pt "
+                                                     "and swag.pt are one network)")
+    if args.trajectory:
+        evaluate, first = evaluate_trajectory_plane, points
+        kind_options = {"labels": [labels[0], labels[-1]], "margin": margin}
+    elif args.center:
+        evaluate, first = evaluate_random_plane, points[0]
+        kind_options = {"normalize": args.normalize or "filter", "seed": 0 if args.seed is None else args.seed,
+                        "span": args.span, "label": labels[0]}
+    else:
+        evaluate, first = evaluate_plane, points
+        kind_options = {"labels": labels, "path": path, "path_label": path_label, "margin": margin}
     marks, mark_labels = _marks(args.mark, model, ParamSpace.of(model), device)
-    result = evaluate_plane(model, points, data, args.out, labels=labels, path=path, path_label=path_label,
-                            marks=marks, mark_labels=mark_labels, grid=args.grid, margin=args.margin,
-                            xrange=args.xrange, yrange=args.yrange, wd=wd,
-                            batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
-                            points_per_pass=args.points_per_pass, precision=args.precision, resume=args.resume,
-                            progress=_progress(args) is not False and sys.stderr.isatty(),
-                            config={"argv": sys.argv, "ckpt": str(args.ckpt) if args.ckpt else None,
-                                    "points": [str(p) for p in args.points or []],
-                                    "mark": [str(p) for p in args.mark or []]})
+    result = evaluate(model, first, data, args.out, **kind_options, marks=marks, mark_labels=mark_labels,
+                      grid=args.grid, xrange=args.xrange, yrange=args.yrange, wd=wd,
+                      batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
+                      points_per_pass=args.points_per_pass, precision=args.precision, resume=args.resume,
+                      progress=_progress(args) is not False and sys.stderr.isatty(),
+                      config={"argv": sys.argv, "ckpt": str(args.ckpt) if args.ckpt else None,
+                              "points": [str(p) for p in args.points or []],
+                              "center": str(args.center) if args.center else None,
+                              "trajectory": [str(p) for p in files] if args.trajectory else [],
+                              "mark": [str(p) for p in args.mark or []]})
     if not is_main():
         return 0
     from plots.plane import draw_plane_figures
@@ -371,6 +400,14 @@ def cmd_plane(args: argparse.Namespace) -> int:
         off = p.get("distance_from_plane")
         print(f"{p['label']:<12}{p['x']:>9.2f}{p['y']:>9.2f}{p['train_loss']:>12.4f}{p['test_error']:>12.2f}"
               + (f"   (itself; {off:.2f} from the plane)" if off is not None else ""))
+    if s.get("plane") == "trajectory":
+        far = max(s["trajectory_distance_from_plane"])
+        print(f"trajectory: {s['checkpoints']} checkpoints from {s['start_label']}; PC1 and PC2 explain "
+              f"{100 * s['explained_variance'][0]:.1f} % and {100 * s['explained_variance'][1]:.1f} % of its "
+              f"variance; farthest checkpoint {far:.3g} from the plane")
+    elif s.get("plane") == "random":
+        print(f"random directions: {s['normalize']}, seed {s['seed']}; norms {s['direction_norms'][0]:.3g} and "
+              f"{s['direction_norms'][1]:.3g}, cosine {s['direction_cosine']:.2g}")
     lo = s["grid_min"]["train_loss"]
     print(f"grid: train loss from {lo['value']:.4f} (at {lo['x']:.2f}, {lo['y']:.2f}) to {s['grid_max']['train_loss']:.4f}"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
@@ -845,7 +882,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from curves.subspace import curve_subspace
     from landscape.averaging import run_fge, run_swa
     from landscape.device import resolve_device
-    from landscape.plane import evaluate_plane
+    from landscape.inputs import load_points, load_trajectory
+    from landscape.plane import evaluate_plane, evaluate_random_plane, evaluate_trajectory_plane
     from landscape.rays import width_report
     from landscape.subspace import sample_subspace, swag_subspace
     from landscape.swag import evaluate_swag
@@ -872,7 +910,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ends = {}
     for name, seed in (("a", 1), ("b", 2)):
         step(f"endpoint {name}: convnet on digits, seed {seed}, {cfg.epochs} epochs")
-        ends[name] = train(cfg, out / name, seed=seed, resume=again(out / name), data=data, progress=quiet).summary
+        ends[name] = train(cfg, out / name, seed=seed, resume=again(out / name), data=data, progress=quiet,
+                           save_every=1 if name == "a" else 0).summary  # a keeps its trajectory
     a, b = out / "a" / "model.pt", out / "b" / "model.pt"
     curves = {}
     for kind in ("bezier", "polychain"):
@@ -915,6 +954,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          steps=6,
                          device=str(device), resume=again(out / "width", "rays.npz")).summary
     figures += draw_rays_figures(out / "width")
+    step(f"Li et al.'s planes, {args.grid}x{args.grid}: around SWA and around SGD in two filter-normalised random "
+         f"directions (the same draws), and endpoint a's training trajectory")
+    for name in ("swa", "sgd"):
+        pts = load_points([out / "swa" / f"{name}.pt"], device=device)
+        evaluate_random_plane(pts.model, pts.vectors[0], data, out / f"around-{name}", label=name.upper(),
+                              grid=args.grid, wd=cfg.wd, resume=again(out / f"around-{name}", "plane.npz"))
+        figures += draw_plane_figures(out / f"around-{name}")
+    if list((out / "a").glob("checkpoint-*.pt")):  # a run of an earlier demo kept none
+        pts = load_trajectory([out / "a"], device=device)
+        evaluate_trajectory_plane(pts.model, pts.vectors, data, out / "trajectory",
+                                  labels=[pts.labels[0], pts.labels[-1]], grid=args.grid, wd=cfg.wd,
+                                  resume=again(out / "trajectory", "plane.npz"))
+        figures += draw_plane_figures(out / "trajectory")
     step("FGE from endpoint b: 4 cycles of 2 epochs, rate 0.05 -> 0.0005")
     fge = run_fge(None, out / "fge", from_ckpt=str(b), epochs=8, cycle=2, lr=0.05, lr_min=0.0005, data=data,
                   device=str(device), resume=again(out / "fge"), progress=quiet).summary
@@ -1013,9 +1065,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_stored_eval_args(p)
     p.set_defaults(func=cmd_curve)
 
-    p = sub.add_parser("plane", help="the loss surface in the plane of a curve or of three networks",
+    p = sub.add_parser("plane", help="the loss surface in the plane of a curve or of three networks, around one "
+                                     "network, or of a training trajectory",
                        description="Evaluate every metric on a grid in the plane through a curve's endpoints and "
-                                   "bend, or through three checkpoints (Garipov et al. 2018, figs. 1-2).")
+                                   "bend, or through three checkpoints (Garipov et al. 2018, figs. 1-2); around "
+                                   "one checkpoint in two random filter-normalised directions, or in the plane of a "
+                                   "training run's trajectory (Li et al. 2018).")
     g = p.add_argument_group("plane")
     g.add_argument("--ckpt", type=Path, help="curve checkpoint: the plane of its endpoints and middle bend, "
                                              "with the curve drawn in")
@@ -1023,7 +1078,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="three checkpoints: origin A, x towards B, y towards C")
     g.add_argument("--mark", type=Path, nargs="+", metavar="D.pt", help="further checkpoints to project and mark")
     g.add_argument("--grid", type=int, default=21, help="grid points per axis (default 21)")
-    g.add_argument("--margin", type=float, default=0.2, help="margin around the points, as a fraction of their extent")
+    g.add_argument("--center", type=Path, metavar="A.pt",
+                   help="one checkpoint: the plane around it of two random directions (Li et al. 2018)")
+    g.add_argument("--trajectory", type=Path, nargs="+", metavar="RUN",
+                   help="a training run's folder (its checkpoint-NNN.pt, from --save-every, then model.pt) or "
+                        "checkpoints in training order: the plane of the trajectory's first two principal "
+                        "directions around its end, the trajectory drawn in (Li et al. 2018)")
+    g.add_argument("--normalize", default=None,
+                   help="with --center: filter (default; Li et al.'s filter normalisation) or gaussian "
+                        "(unit-norm directions, as rays)")
+    g.add_argument("--seed", type=int, default=None, help="with --center: seed of the two directions (default 0; "
+                                                         "rays --directions 2 draws the same with the same seed)")
+    g.add_argument("--span", type=float, default=None,
+                   help="with --center: the grid spans [-SPAN, SPAN] on both axes (default: 1 with filter, half "
+                        "the centre's norm with gaussian)")
+    g.add_argument("--margin", type=float, default=None,
+                   help="margin around the points, as a fraction of their extent (default: 0.2)")
     g.add_argument("--xrange", type=float, nargs=2, metavar=("LO", "HI"), help="explicit x range (weight-space units)")
     g.add_argument("--yrange", type=float, nargs=2, metavar=("LO", "HI"), help="explicit y range")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
@@ -1281,8 +1351,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded digits data",
                        description="Two endpoints, a Bezier curve and a polygonal chain between them, curve and line "
-                                   "evaluation, a plane through the curve, SWA vs SGD and their widths, SWAG's model "
-                                   "average, an FGE ensemble; a table of the headline numbers. A rerun reuses "
+                                   "evaluation, a plane through the curve, SWA vs SGD and their widths, random planes "
+                                   "around them and a training trajectory's plane, SWAG's model average, subspace "
+                                   "inference, an FGE ensemble, variational dropout; a table of the headline "
+                                   "numbers. A rerun reuses "
                                    "finished steps.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="folder of every run the demo makes")
     p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default 30)")

@@ -4,6 +4,10 @@ Every landscape is ``points = coefficients @ anchors``:
 
 - a plane through a, b, c: anchors (a, u, v), coefficients (1, x, y), with
   u, v an orthonormal basis (Gram-Schmidt, float64) of span(b - a, c - a);
+- a random plane around w (Li et al. 2018): anchors (w, d_1, d_2), two random
+  (filter-normalised) directions, not orthogonalised;
+- a training trajectory's plane (Li et al. 2018): anchors (w_final, p_1, p_2),
+  the first two principal directions of the checkpoints' w_i - w_final;
 - rays from a centre w: anchors (w, d_1 .. d_n), coefficients (1, 0.., s, ..0);
 - the line through X and Y: anchors (X, Y), coefficients (1 - s/L, s/L).
 """
@@ -18,13 +22,25 @@ import torch
 from .errors import UserError
 from .weights import ParamSpace, gram_schmidt
 
-__all__ = ["PlaneBasis", "plane_basis", "project", "plane_grid", "plane_coefficients",
-           "random_directions", "filter_normalize", "ray_coefficients", "line_coefficients"]
+__all__ = ["PlaneBasis", "plane_basis", "random_plane_basis", "trajectory_basis", "project", "plane_grid",
+           "plane_coefficients", "random_directions", "filter_normalize", "ray_coefficients", "line_coefficients",
+           "NORMALIZATIONS", "check_normalize"]
+
+NORMALIZATIONS = ("gaussian", "filter")
+
+
+def check_normalize(normalize: str) -> None:
+    """One line for a normalisation of random directions that is not one of :data:`NORMALIZATIONS`."""
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"unknown normalisation {normalize!r}; choose one of: {', '.join(NORMALIZATIONS)}")
 
 
 @dataclass
 class PlaneBasis:
-    """Origin (P,) and orthonormal axes u, v (P,), all float64."""
+    """Origin (P,) and axes u, v (P,), all float64: the plane's points are
+    origin + x u + y v. The axes of :func:`plane_basis` and
+    :func:`trajectory_basis` are orthonormal, those of
+    :func:`random_plane_basis` are two random directions as drawn."""
 
     origin: torch.Tensor
     u: torch.Tensor
@@ -48,10 +64,74 @@ def plane_basis(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> PlaneBasis
     return PlaneBasis(origin=a64, u=u, v=v)
 
 
+def random_plane_basis(center: torch.Tensor, space: ParamSpace, normalize: str = "filter",
+                       seed: int = 0) -> PlaneBasis:
+    """The plane around ``center`` (P,) spanned by two random directions (Li
+    et al. 2018, "Visualizing the loss landscape of neural nets"):
+    :func:`random_directions` ``(P, 2, seed)`` (the directions of ``rays
+    --directions 2`` with the same seed), filter-normalised to ``center`` with
+    ``normalize="filter"`` (biases and batch-norm parameters stay put).
+    The directions are not orthogonalised; in many dimensions they are
+    nearly orthogonal anyway."""
+    check_normalize(normalize)
+    c = center.detach().reshape(-1)
+    d = random_directions(c.numel(), 2, seed).to(c.device)
+    if normalize == "filter":
+        d = filter_normalize(d, c, space)
+    if not bool((d.norm(dim=1) > 0).all()):
+        raise UserError("filter normalisation left a zero direction: the model has no weight with two or more "
+                        "dimensions (use --normalize gaussian)")
+    c64, d64 = c.double(), d.double()
+    if torch.linalg.matrix_rank(d64 @ d64.T) < 2:
+        raise UserError("the two random directions are parallel: they span no plane")
+    return PlaneBasis(origin=c64, u=d64[0], v=d64[1])
+
+
+def trajectory_basis(points: torch.Tensor, chunk: int = 1 << 20) -> tuple[PlaneBasis, np.ndarray]:
+    """The plane of a training trajectory (Li et al. 2018, sec. 7): origin
+    the last point of ``points`` (n, P), axes the first two principal
+    directions of the rows ``w_i - w_last`` (centred, as their PCA), and the
+    fraction of the rows' variance each explains (2,).
+
+    Computed in float64 from the n x n Gram matrix, ``chunk`` columns at a
+    time, so a long trajectory of a large model needs no float64 copy of
+    it. Signs are fixed so that the first point has non-negative
+    coordinates."""
+    points = points.detach()
+    n, numel = points.shape
+    if n < 3:
+        raise UserError(f"a trajectory's plane needs at least 3 checkpoints, got {n}")
+    last = points[-1].double()
+
+    def centred(j: int) -> torch.Tensor:  # (n, chunk) columns of the centred rows w_i - w_last
+        x = points[:, j:j + chunk].double() - last[j:j + chunk]
+        return x - x.mean(dim=0)
+
+    gram = torch.zeros(n, n, dtype=torch.float64, device=points.device)
+    for j in range(0, numel, chunk):
+        x = centred(j)
+        gram += x @ x.T
+    eig, vec = torch.linalg.eigh(gram)  # ascending
+    eig, vec = eig.flip(0), vec.flip(1)[:, :2]
+    total = float(eig.clamp(min=0).sum())
+    if not (total > 0 and float(eig[1]) > 1e-10 * float(eig[0])):
+        raise UserError("the trajectory's checkpoints span fewer than two directions: they give no plane")
+    axes = torch.cat([vec.T @ centred(j) for j in range(0, numel, chunk)], dim=1)  # (2, P)
+    u, v = gram_schmidt(axes)  # unit length and orthogonal despite rounding
+    first = points[0].double() - last
+    u, v = (a if float(first @ a) >= 0 else -a for a in (u, v))
+    ratio = (eig[:2] / total).cpu().numpy()
+    return PlaneBasis(origin=last, u=u, v=v), ratio
+
+
 def project(basis: PlaneBasis, points: torch.Tensor) -> np.ndarray:
-    """Plane coordinates (M, 2) of points (M, P): ((p - origin) . u, (p - origin) . v)."""
+    """Plane coordinates (M, 2) of points (M, P): the (x, y) whose
+    origin + x u + y v is nearest p, i.e. G^-1 ((p - origin) . u, (p - origin) . v)
+    with G the Gram matrix of u, v (the identity for an orthonormal basis)."""
     d = points.detach().double().to(basis.origin.device) - basis.origin
-    return torch.stack([d @ basis.u, d @ basis.v], dim=-1).cpu().numpy()
+    uv = torch.stack([basis.u, basis.v])  # (2, P)
+    gram = uv @ uv.T
+    return torch.linalg.solve(gram, uv @ d.T).T.cpu().numpy()
 
 
 def plane_grid(xy: np.ndarray, grid: int = 21, margin: float = 0.2,

@@ -4,7 +4,7 @@ vectors, the dataset they were trained on, and their weight decay."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +22,7 @@ from .weights import ParamSpace
 
 __all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "note_split_leak",
            "refuse_infinite", "refuse_same_weights", "require_architecture", "own_network", "merged_data_settings", "named_model", "Points",
-           "load_points", "stored_data"]
+           "load_points", "load_trajectory", "stored_data", "trajectory_files"]
 
 DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
                "synthetic_sizes")
@@ -229,6 +229,34 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
         refuse_infinite(v, ck.path)
     return Points(model=net.to(device), vectors=vectors, data=data, wd=float(stored.get("wd", 0.0)),
                   labels=_labels(paths), checkpoints=ckpts)
+
+
+def trajectory_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The checkpoints of a training trajectory, in order: a run folder gives
+    its ``checkpoint-NNN.pt`` (saved every ``--save-every`` epochs) by
+    epoch, then its ``model.pt`` when there is one; a file is itself."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)  # a missing file is named when it is read
+            continue
+        saved = sorted(path.glob("checkpoint-*.pt"), key=lambda p: (len(p.stem), p.stem))
+        if not saved:
+            raise UserError(f"{path} holds no checkpoint-NNN.pt: train with --save-every N to keep a trajectory, "
+                            f"or list its checkpoints")
+        files += saved + ([path / "model.pt"] if (path / "model.pt").exists() else [])
+    return files
+
+
+def load_trajectory(paths: Sequence[str | Path], **options: Any) -> Points:
+    """:func:`load_points` of a training trajectory's checkpoints
+    (:func:`trajectory_files`), with a checkpoint that repeats the one before
+    it (a run's ``model.pt`` after its last ``checkpoint-NNN.pt``) dropped.
+    ``options`` are :func:`load_points`'."""
+    pts = load_points(trajectory_files(paths), **options)
+    keep = [i for i, v in enumerate(pts.vectors) if i == 0 or not torch.equal(v, pts.vectors[i - 1])]
+    return replace(pts, vectors=[pts.vectors[i] for i in keep], labels=[pts.labels[i] for i in keep],
+                   checkpoints=[pts.checkpoints[i] for i in keep])
 
 
 def _label(path: str | Path) -> str:

@@ -1,4 +1,6 @@
-"""The loss surface in the plane through three points (Garipov et al. 2018, figs. 1-2).
+"""The loss surface in a plane of weight space: through three points (Garipov
+et al. 2018, figs. 1-2), around one point along two random directions, or
+through a training trajectory's principal directions (Li et al. 2018).
 
 Writes ``plane.npz`` (grid axes, every metric on the grid, the anchors' and
 the path's coordinates), ``summary.json`` and ``config.json``; figures come
@@ -7,7 +9,7 @@ from ``plots.plane``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,11 +20,20 @@ from torch import nn
 from .errors import UserError
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
-from .geometry import plane_basis, plane_coefficients, plane_grid, project
+from .geometry import (
+    PlaneBasis,
+    check_normalize,
+    plane_basis,
+    plane_coefficients,
+    plane_grid,
+    project,
+    random_plane_basis,
+    trajectory_basis,
+)
 from .sweep import STORE, begin_result, finish_result, request_key, run_sweep
 from .weights import ParamSpace
 
-__all__ = ["PlaneResult", "evaluate_plane"]
+__all__ = ["PlaneResult", "evaluate_plane", "evaluate_random_plane", "evaluate_trajectory_plane"]
 
 
 @dataclass
@@ -41,6 +52,143 @@ def evaluate_plane(
     labels: Sequence[str] = ("A", "B", "C"),
     path: torch.Tensor | None = None,
     path_label: str | None = None,
+    **options: Any,
+) -> PlaneResult:
+    """Evaluate ``model``'s metrics on a ``grid`` x ``grid`` grid in the plane
+    through three flat weight vectors ``points`` (P,) — origin the first, x
+    axis towards the second, y towards the third.
+
+    ``path`` (M, P) is projected and stored (e.g. a curve's points). Every
+    grid point gets train loss (NLL + wd/2 ||w||^2), train NLL, train error,
+    test NLL and test error with batch norm re-estimated. ``options``, for
+    every kind of plane:
+
+    - ``marks`` (further points, e.g. an SWA average: drawn at their
+      projections onto the plane and evaluated as they are; the summary
+      gives each one's distance from the plane) and ``mark_labels``;
+    - ``grid`` (21), ``margin`` (0.2 of the points' extent on each side) or
+      ``xrange`` / ``yrange`` (LO, HI);
+    - the evaluation's ``wd`` (0), ``batch_size`` (1000), ``bn_batches``,
+      ``bn_stats`` ("auto"), ``points_per_pass``, ``strategy`` (the
+      engine's, :func:`~landscape.evaluate.evaluate_points`), ``precision``
+      ("fp32"), ``progress``;
+    - with ``out`` the sweep is resumable (``resume=True``) and the result is
+      written there, with ``config`` added to its config.json.
+    """
+    if len(points) != 3:
+        raise UserError(f"a plane needs exactly three points, got {len(points)}")
+    vecs = _vectors(model, points, data.device, "a plane point")
+    layout = _Layout(basis=plane_basis(*vecs), anchors=vecs, labels=list(labels), path=path, path_label=path_label,
+                     inputs=list(points), request={})
+    return _sweep_in_plane(model, layout, data, out, **options)
+
+
+def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str | Path | None = None, *,
+                          normalize: str = "filter", seed: int = 0, label: str = "center",
+                          span: float | None = None, **options) -> PlaneResult:
+    """The loss surface around one network ``center`` (P,) in the plane of two
+    random directions, as Li et al. (2018) draw it: grid point (a, b) is
+    ``center + a d_1 + b d_2``, with d_1, d_2 Gaussian and, by default,
+    filter-normalised (:func:`~landscape.geometry.random_plane_basis`; the
+    same seed gives ``evaluate_rays``' directions when it draws two).
+
+    The grid spans [-span, span] on both axes unless ``xrange`` / ``yrange``
+    say otherwise; ``span`` defaults to 1 for filter-normalised directions
+    (Li et al.'s [-1, 1]) and to half the centre's norm for unit Gaussian
+    ones (as ``rays``). ``options`` are :func:`evaluate_plane`'s (``marks``,
+    ``grid``, ``wd``, ``batch_size``, ``resume``, ...; not ``margin``)."""
+    (c,) = _vectors(model, [center], data.device, "the centre")
+    check_normalize(normalize)
+    if span is None:
+        span = 1.0 if normalize == "filter" else 0.5 * float(c.norm())
+    if not (np.isfinite(span) and span > 0):
+        raise UserError(f"the random plane's span must be a positive number, got {span}")
+    if "margin" in options:
+        raise UserError("a random plane has no margin: its grid spans [-span, span] (or xrange, yrange)")
+    basis = random_plane_basis(c, ParamSpace.of(model), normalize, seed)
+    cos = float(basis.u @ basis.v / (basis.u.norm() * basis.v.norm()))
+    axis = "filter-normalised" if normalize == "filter" else "unit Gaussian"
+    layout = _Layout(
+        basis=basis, anchors=[c], labels=[label], inputs=[center],
+        request={"plane": "random", "normalize": normalize, "seed": seed, "span": span},
+        default_range=(-span, span),
+        summary={"plane": "random", "normalize": normalize, "seed": seed, "span": span,
+                 "axis_labels": [f"random direction 1 ({axis})", f"random direction 2 ({axis})"],
+                 "direction_norms": [float(basis.u.norm()), float(basis.v.norm())], "direction_cosine": cos,
+                 "notes": f"grid point (x, y) is the centre + x d1 + y d2, d1 and d2 {axis} random directions "
+                          f"(Li et al. 2018; not orthogonalised: their cosine is {cos:.3g}); batch norm "
+                          f"re-estimated at every grid point"})
+    return _sweep_in_plane(model, layout, data, out, **options)
+
+
+def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tensor], data,
+                              out: str | Path | None = None, *, labels: Sequence[str] | None = None,
+                              **options) -> PlaneResult:
+    """The loss surface in the plane of a training trajectory (Li et al.
+    2018, sec. 7): ``trajectory`` is the checkpoints' flat weights in
+    training order; the plane's origin is the last, its axes the first two
+    principal directions of ``w_i - w_last``
+    (:func:`~landscape.geometry.trajectory_basis`), and the trajectory is
+    projected onto it and drawn in. The summary gives the fraction of the
+    trajectory's variance each axis explains and, for every checkpoint, its
+    distance from the plane. ``labels`` name the first and the last
+    checkpoint; ``options`` are :func:`evaluate_plane`'s."""
+    vecs = _vectors(model, trajectory, data.device, "a trajectory checkpoint")
+    path = torch.stack(vecs)
+    basis, ratio = trajectory_basis(path)
+    xy = project(basis, path)
+    in_plane = basis.origin + torch.as_tensor(xy, device=path.device) @ torch.stack([basis.u, basis.v])
+    off = (path.double() - in_plane).norm(dim=1)
+    if labels is not None and len(labels) != 2:
+        raise UserError(f"a trajectory's labels name its first and last checkpoint: two, got {len(labels)}")
+    first, last = (list(labels) if labels is not None else ["start", "end"])
+    layout = _Layout(  # the path is the request's input
+        basis=basis, anchors=[vecs[-1]], labels=[last], path=path, path_label="trajectory", inputs=[],
+        request={"plane": "trajectory"},
+        summary={"plane": "trajectory", "checkpoints": len(vecs), "start_label": first,
+                 "explained_variance": [float(r) for r in ratio],
+                 "axis_labels": [f"PC1 ({100 * ratio[0]:.1f} % of the trajectory's variance)",
+                                 f"PC2 ({100 * ratio[1]:.1f} %)"],
+                 "trajectory_distance_from_plane": [float(d) for d in off],
+                 "notes": "origin: the last checkpoint; x, y along the first two principal directions of the "
+                          "checkpoints' differences from it (Li et al. 2018), in weight-space units; the "
+                          "trajectory is drawn at its projection; batch norm re-estimated at every grid point"})
+    return _sweep_in_plane(model, layout, data, out, **options)
+
+
+@dataclass
+class _Layout:
+    """What a kind of plane contributes: its basis, the points evaluated
+    exactly and labelled (in the plane), a projected path, the input
+    vectors and settings that identify the request, a default range, and
+    summary entries."""
+
+    basis: PlaneBasis
+    anchors: list[torch.Tensor]
+    labels: list[str]
+    inputs: list[torch.Tensor]
+    request: dict[str, Any]
+    path: torch.Tensor | None = None
+    path_label: str | None = None
+    default_range: tuple[float, float] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _vectors(model: nn.Module, points: Sequence[torch.Tensor], device, what: str) -> list[torch.Tensor]:
+    numel = ParamSpace.of(model).numel
+    vecs = [p.detach().reshape(-1).to(device) for p in points]
+    for v in vecs:
+        if v.numel() != numel:
+            raise UserError(f"{what} has {v.numel()} values, the model {numel} parameters")
+    return vecs
+
+
+def _sweep_in_plane(
+    model: nn.Module,
+    layout: _Layout,
+    data,
+    out: str | Path | None = None,
+    *,
     marks: Sequence[torch.Tensor] = (),
     mark_labels: Sequence[str] = (),
     grid: int = 21,
@@ -58,58 +206,42 @@ def evaluate_plane(
     progress: bool = False,
     config: dict[str, Any] | None = None,
 ) -> PlaneResult:
-    """Evaluate ``model``'s metrics on a ``grid`` x ``grid`` grid in the plane
-    through three flat weight vectors ``points`` (P,) — origin the first, x
-    axis towards the second, y towards the third.
-
-    ``path`` (M, P) is projected and stored (e.g. a curve's points), ``marks``
-    are further points (e.g. an SWA average), drawn at their projections onto
-    the plane and evaluated as they are (the summary gives each one's
-    distance from the plane). Every
-    grid point gets train loss (NLL + wd/2 ||w||^2), train NLL, train error,
-    test NLL and test error with batch norm re-estimated. With ``out`` the
-    sweep is resumable (``resume=True``) and the result is written there.
-    ``strategy`` is the engine's (:func:`~landscape.evaluate.evaluate_points`).
-    """
     out = Path(out) if out is not None else None
     _bf16(precision)  # an unknown precision fails before anything is written
-    if len(points) != 3:
-        raise UserError(f"a plane needs exactly three points, got {len(points)}")
-    request = request_key([*points, *marks, *([path] if path is not None else [])], {
+    path = layout.path
+    request = request_key([*layout.inputs, *marks, *([path] if path is not None else [])], {
         "kind": "plane", "marks": len(marks), "grid": grid, "margin": margin, "xrange": xrange, "yrange": yrange,
         "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,
-        "dataset": data.describe(),
+        "dataset": data.describe(), **layout.request,
         # Marks are evaluated as themselves (earlier versions reported their projection onto the plane):
         # a result stored the old way is not handed back as this one.
         **({"marks_evaluated": "themselves"} if marks else {})})
     finished = begin_result(out, "plane.npz", resume, "plane", request)
     if finished is not None:
         return PlaneResult(*finished, out=out)
-    space = ParamSpace.of(model)
-    vecs = [p.detach().reshape(-1).to(data.device) for p in points]
-    for v in vecs:
-        if v.numel() != space.numel:
-            raise UserError(f"a plane point has {v.numel()} values, the model {space.numel} parameters")
-    basis = plane_basis(*vecs)
-    anchor_xy = project(basis, torch.stack(vecs))
+    basis = layout.basis
+    anchor_xy = project(basis, torch.stack(layout.anchors))
     path_xy = project(basis, path.to(data.device)) if path is not None else np.zeros((0, 2))
-    mark_vecs = [m.detach().reshape(-1).to(data.device) for m in marks]
+    mark_vecs = _vectors(model, marks, data.device, "a marked point")
     mark_xy = project(basis, torch.stack(mark_vecs)) if mark_vecs else np.zeros((0, 2))
-    x, y = plane_grid(np.concatenate([anchor_xy, path_xy, mark_xy]), grid, margin, xrange, yrange)
+    if layout.default_range is not None:
+        x, y = plane_grid(np.zeros((1, 2)), grid, 0.0, xrange or layout.default_range, yrange or layout.default_range)
+    else:
+        x, y = plane_grid(np.concatenate([anchor_xy, path_xy, mark_xy]), grid, margin, xrange, yrange)
 
     # Grid points, then the anchors (in the plane), then the marks themselves: a mark
     # off the plane is drawn at its projection, but its values are the network's own.
     W = basis.anchors().to(data.device)  # (3, P): origin, u, v
-    k = len(mark_vecs)
+    k, n_anchor = len(mark_vecs), len(layout.anchors)
     mark_distance = [float((m - W[0] - float(xy[0]) * W[1] - float(xy[1]) * W[2]).norm())
                      for m, xy in zip(mark_vecs, mark_xy)]
     if k:
         W = torch.cat([W, torch.stack(mark_vecs).to(W.dtype)])  # (3 + k, P)
-    in_plane = np.concatenate([plane_coefficients(x, y), np.concatenate([np.ones((3, 1)), anchor_xy], axis=1)])
+    in_plane = np.concatenate([plane_coefficients(x, y), np.concatenate([np.ones((n_anchor, 1)), anchor_xy], axis=1)])
     coeffs = np.block([[in_plane, np.zeros((len(in_plane), k))], [np.zeros((k, 3)), np.eye(k)]])
     run_config = dict(config or {}, command="plane", grid=grid, margin=margin, xrange=list(x[[0, -1]]),
                       yrange=list(y[[0, -1]]), wd=wd, batch_size=batch_size, bn_batches=bn_batches,
-                      bn_stats=bn_stats, precision=precision, dataset=data.describe())
+                      bn_stats=bn_stats, precision=precision, dataset=data.describe(), **layout.request)
     values = run_sweep(model, W, coeffs, data, store=out / STORE if out is not None else None, resume=resume,
                        settings={"kind": "plane", "dataset": data.describe()}, config=run_config, wd=wd,
                        batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
@@ -124,8 +256,9 @@ def evaluate_plane(
     for m in METRICS:
         arrays[m] = values[m][:g2].reshape(grid, grid)
     exact = {m: values[m][g2:] for m in METRICS}
-    summary = _plane_summary(arrays, exact, list(labels), list(mark_labels), mark_distance, path_label, data, wd,
-                             grid)
+    summary = _plane_summary(arrays, exact, layout.labels, list(mark_labels), mark_distance, layout.path_label, data,
+                             wd, grid)
+    summary.update(layout.summary)
     finish_result(out, "plane.npz", arrays, summary, request)
     return PlaneResult(arrays=arrays, summary=summary, out=out)
 

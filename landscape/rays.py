@@ -26,6 +26,8 @@ from .errors import UserError
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
+    NORMALIZATIONS,
+    check_normalize,
     filter_normalize,
     line_coefficients,
     random_directions,
@@ -35,8 +37,6 @@ from .sweep import STORE, begin_result, finish_result, request_key, run_sweep
 from .weights import ParamSpace
 
 __all__ = ["NORMALIZATIONS", "RaysResult", "evaluate_rays", "side_widths", "width_report"]
-
-NORMALIZATIONS = ("gaussian", "filter")
 
 
 @dataclass
@@ -110,8 +110,7 @@ def evaluate_rays(
     1 (filter). Returns per-ray profiles, widths and asymmetries."""
     out = Path(out) if out is not None else None
     _bf16(precision)  # an unknown precision fails before anything is written
-    if normalize not in NORMALIZATIONS:
-        raise UserError(f"unknown normalisation {normalize!r}; choose one of: {', '.join(NORMALIZATIONS)}")
+    check_normalize(normalize)
     if directions < 1 or steps < 1:
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
     if line and len(centers) < 2:

@@ -1,7 +1,7 @@
-"""Contour figures of a plane through three points in weight space (Garipov et
-al. 2018, figs. 1-2): train loss and test error over the plane, contour levels
+"""Contour figures of a plane in weight space (Garipov et al. 2018, figs. 1-2;
+Li et al. 2018): train loss and test error over the plane, contour levels
 log-spaced so that they crowd near the minimum, the anchors, a projected curve
-and further projected points marked. Drawn from ``plane.npz`` and
+or training trajectory and further projected points marked. Drawn from ``plane.npz`` and
 ``summary.json`` alone."""
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ def _level_labels(levels: np.ndarray) -> list[str]:
 
 def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: float | None = None,
                log_alpha: float = -5.0, levels: int = 7, cmap: str = "jet_r", label: str = "",
-               colorbar: bool = True):
+               colorbar: bool = True, axis_labels: tuple[str, str] = ("distance along u", "distance along v"),
+               equal_aspect: bool | None = None):
     """Draw the contour plot of ``values`` over the plane on ``ax``.
 
     ``x`` (G,), ``y`` (H,): grid coordinates (distance along the plane's axes
@@ -160,7 +161,9 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     contour lines, as in Garipov et al. 2018, figs. 1-2. The colorbar (when
     ``colorbar``) is labelled ``label`` and its top tick reads ``> <clip>``.
     NaNs are left blank; data with no finite value draws an empty, annotated
-    plane. Returns ``(ax, colorbar)``; the colorbar is None when not drawn."""
+    plane. ``axis_labels`` name x and y; ``equal_aspect`` None draws both
+    axes to one scale when their extents are within a factor of 3. Returns
+    ``(ax, colorbar)``; the colorbar is None when not drawn."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     values = np.asarray(values, dtype=float)
     if values.shape != (x.size, y.size):
@@ -168,10 +171,10 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     # Equal scales when the two extents are comparable; a plane much longer
     # than wide (a nearly straight curve) would otherwise be a thin strip.
     ratio = np.ptp(y) / max(np.ptp(x), 1e-300) if x.size > 1 and y.size > 1 else 1.0
-    if 1 / 3 <= ratio <= 3:
+    if equal_aspect or (equal_aspect is None and 1 / 3 <= ratio <= 3):
         ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("distance along u")
-    ax.set_ylabel("distance along v")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
     if x.size > 1 and y.size > 1:
         ax.set_xlim(x.min(), x.max())
         ax.set_ylim(y.min(), y.max())
@@ -199,15 +202,22 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
 
 
 def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy: np.ndarray | None = None,
-                      path_label: str | None = None, mark_xy: np.ndarray | None = None, mark_labels=None):
-    """Mark the plane's points on ``ax``: anchors (3, 2) as white-edged black
+                      path_label: str | None = None, mark_xy: np.ndarray | None = None, mark_labels=None,
+                      path_start: str | None = None):
+    """Mark the plane's points on ``ax``: anchors (k, 2) as white-edged black
     dots, ``path_xy`` (M, 2) as a solid line (in the legend as ``path_label``),
     ``mark_xy`` (k, 2) as stars; anchors and marks labelled beside them.
-    Adds a legend when any artist is labelled. Returns ``ax``."""
+    With ``path_start`` (a training trajectory) the path's points are
+    dotted and its first one labelled so. Adds a legend when any artist is
+    labelled. Returns ``ax``."""
     if path_xy is not None and len(path_xy):
         path_xy = np.asarray(path_xy, dtype=float)
+        dots = dict(marker="o", ms=4, mfc="white", mec=PATH_COLOR) if path_start is not None else {}
         ax.plot(path_xy[:, 0], path_xy[:, 1], color=PATH_COLOR, lw=2.0, zorder=3,
-                path_effects=_OUTLINE, label=path_label or None)
+                path_effects=_OUTLINE, label=path_label or None, **dots)
+        if path_start is not None:
+            ax.annotate(str(path_start), tuple(path_xy[0]), xytext=(7, 6), textcoords="offset points",
+                        va="bottom", fontsize=10, zorder=5, path_effects=_OUTLINE)
     # Anchor labels above right, mark labels below right: an average (SWA)
     # often lies close to an anchor.
     groups = [(anchor_xy, anchor_labels, (7, 6), "bottom",
@@ -222,7 +232,7 @@ def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy:
             ax.annotate(str(text), (px, py), xytext=offset, textcoords="offset points", va=va, fontsize=10,
                         zorder=5, path_effects=_OUTLINE)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize=9, framealpha=0.8)
+        ax.legend(loc="best", fontsize=9, framealpha=0.8)
     return ax
 
 
@@ -242,10 +252,14 @@ def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png"
     written = []
     for metric, label, vmax, log_alpha in figures:
         fig, ax = new_figure(width=6.0, height=5.0)
-        plot_plane(ax, arrays["x"], arrays["y"], arrays[metric], vmax=vmax, log_alpha=log_alpha, label=label)
+        # A trajectory's axes explain very different shares of its variance: each gets its own scale (Li et al.).
+        plot_plane(ax, arrays["x"], arrays["y"], arrays[metric], vmax=vmax, log_alpha=log_alpha, label=label,
+                   equal_aspect=False if summary.get("plane") == "trajectory" else None,
+                   **({"axis_labels": tuple(summary["axis_labels"])} if summary.get("axis_labels") else {}))
         plot_plane_points(ax, arrays["anchor_xy"], summary.get("anchor_labels"),
                           path_xy=arrays.get("path_xy"), path_label=summary.get("path_label"),
-                          mark_xy=arrays.get("mark_xy"), mark_labels=summary.get("mark_labels"))
+                          mark_xy=arrays.get("mark_xy"), mark_labels=summary.get("mark_labels"),
+                          path_start=summary.get("start_label") if summary.get("plane") == "trajectory" else None)
         ax.set_title(label)
         if summary.get("synthetic"):
             fig.suptitle("synthetic data — benchmark only", color="gray")

@@ -314,7 +314,11 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
                    "ESS, curve plane (30)", "VD last, deterministic", "VD HWA avg, ensemble (30)", "median width"):
         assert needle in out, needle
     figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
-    assert len(figures) == 12 and all(Path(f).exists() for f in figures)
+    assert len(figures) == 18 and all(Path(f).exists() for f in figures)
+    for name in ("around-swa", "around-sgd", "trajectory"):  # Li et al.'s planes
+        assert str(tmp_path / "demo" / name / "plane_train_loss.png") in figures, name
+    trajectory = json.loads((tmp_path / "demo" / "trajectory" / "summary.json").read_text())
+    assert trajectory["checkpoints"] == 3 and trajectory["start_label"] == "checkpoint-001"
     # Every number in the line row is the stored summary's.
     line = json.loads((tmp_path / "demo" / "bezier-eval" / "summary.json").read_text())["line"]
     assert f"{line['train_loss_barrier']:.4f}" in out
