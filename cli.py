@@ -367,7 +367,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
                                                      "and swag.pt are one network)")
     if args.trajectory:
         evaluate, first = evaluate_trajectory_plane, points
-        kind_options = {"labels": [labels[0], labels[-1]], "margin": margin}
+        kind_options = {"labels": labels, "margin": margin}
     elif args.center:
         evaluate, first = evaluate_random_plane, points[0]
         kind_options = {"normalize": args.normalize or "filter", "seed": 0 if args.seed is None else args.seed,
@@ -765,6 +765,39 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sharpness(args: argparse.Namespace) -> int:
+    from landscape.inputs import load_points
+    from landscape.sharpness import evaluate_sharpness
+    from landscape.sweep import process_device
+
+    pts = load_points(args.checkpoints, model=args.model, model_kwargs=dict(args.model_kwargs),
+                      data_overrides=_data_overrides(args), device=process_device(args.device))
+    quiet = _progress(args) is False
+
+    def report(label, s) -> None:
+        if not quiet:
+            print(f"{label}: top eigenvalue {s.ritz[0]:.4g}, trace {s.trace:.4g} ± {s.trace_se:.2g} "
+                  f"({s.hvps} Hessian-vector products, {s.seconds:.0f} s)", file=sys.stderr, flush=True)
+
+    result = evaluate_sharpness(pts.model, pts.vectors, pts.data, args.out, labels=pts.labels, top=args.top,
+                                iters=args.iters, trace_samples=args.trace_samples, seed=args.seed,
+                                bn_stats=args.bn_stats, batch_size=args.batch_size, wd=_eval_wd(args, pts),
+                                resume=args.resume, on_network=report,
+                                config={"argv": sys.argv, "checkpoints": [str(p) for p in args.checkpoints]})
+    s = result.summary
+    print(f"Hessian of the mean train NLL ({s['iters']} Lanczos steps, trace from {s['trace_samples']} "
+          f"Rademacher vectors, seed {s['seed']}; batch norm: {s['bn'] or 'none'}); "
+          f"each Ritz value's residual in brackets")
+    for n in s["networks"]:
+        top = ", ".join(f"{x:.4g} [{r:.1g}]" for x, r in zip(n["top_eigenvalues"], n["top_residuals"]))
+        print(f"{n['label']}: train nll {n['train_nll']:.4f}; trace {n['trace']:.4g} ± {n['trace_se']:.2g}; "
+              f"top eigenvalues {top}; lowest Ritz value {n['lowest_ritz_value']:.3g} [{n['lowest_residual']:.1g}]")
+    print(f"(the weight-decay term adds {s['wd']:g} to every eigenvalue; the lowest Ritz value bounds the smallest "
+          f"eigenvalue from above, and is it only when its residual is small)")
+    print(f"summary: {args.out / 'summary.json'}")
+    return 0
+
+
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from landscape.ensemble import evaluate_ensemble
 
@@ -964,7 +997,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if list((out / "a").glob("checkpoint-*.pt")):  # a run of an earlier demo kept none
         pts = load_trajectory([out / "a"], device=device)
         evaluate_trajectory_plane(pts.model, pts.vectors, data, out / "trajectory",
-                                  labels=[pts.labels[0], pts.labels[-1]], grid=args.grid, wd=cfg.wd,
+                                  labels=pts.labels, grid=args.grid, wd=cfg.wd,
                                   resume=again(out / "trajectory", "plane.npz"))
         figures += draw_plane_figures(out / "trajectory")
     step("FGE from endpoint b: 4 cycles of 2 epochs, rate 0.05 -> 0.0005")
@@ -1094,7 +1127,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the centre's norm with gaussian)")
     g.add_argument("--margin", type=float, default=None,
                    help="margin around the points, as a fraction of their extent (default: 0.2)")
-    g.add_argument("--xrange", type=float, nargs=2, metavar=("LO", "HI"), help="explicit x range (weight-space units)")
+    g.add_argument("--xrange", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="explicit x range (weight-space units; with --center, multiples of the first direction)")
     g.add_argument("--yrange", type=float, nargs=2, metavar=("LO", "HI"), help="explicit y range")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
@@ -1300,6 +1334,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("sharpness", help="curvature at solutions: the train loss's top Hessian eigenvalues and trace",
+                       description="The Hessian of the mean train NLL at each checkpoint: its largest and smallest "
+                                   "eigenvalues by Lanczos (Ritz values with residuals) and its trace by "
+                                   "Hutchinson's estimator, batch norm as the planes re-estimate it.")
+    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--resume", action="store_true", help="continue after the networks already done in --out")
+    g = p.add_argument_group("sharpness")
+    g.add_argument("--top", type=int, default=5, help="eigenvalues reported, largest first (default 5)")
+    g.add_argument("--iters", type=int, default=20, help="Lanczos steps, one Hessian-vector product each (default 20)")
+    g.add_argument("--trace-samples", type=int, default=20,
+                   help="Rademacher vectors of the trace estimate, one product each (default 20)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start and the Rademacher vectors")
+    g.add_argument("--bn-stats", default="auto", choices=["auto", "population", "batches"],
+                   help="population: the whole training set as one batch (the planes' loss); batches: each batch "
+                        "by its own statistics (less memory); auto (default): population when it fits")
+    g.add_argument("--batch-size", type=int, default=1000, help="images per pass with --bn-stats batches")
+    g.add_argument("--wd", type=float, default=None, help="weight decay to report (default: as trained)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--quiet", action="store_true", help="no per-network lines on stderr")
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    p.set_defaults(func=cmd_sharpness)
 
     p = sub.add_parser("width", help="SWA vs SGD: the line through them and random rays from each",
                        description="The SWA paper's width figures in one command: train loss and test error along "

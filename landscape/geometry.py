@@ -24,7 +24,7 @@ from .weights import ParamSpace, gram_schmidt
 
 __all__ = ["PlaneBasis", "plane_basis", "random_plane_basis", "trajectory_basis", "project", "plane_grid",
            "plane_coefficients", "random_directions", "filter_normalize", "ray_coefficients", "line_coefficients",
-           "NORMALIZATIONS", "check_normalize"]
+           "NORMALIZATIONS", "check_normalize", "project_with_distance"]
 
 NORMALIZATIONS = ("gaussian", "filter")
 
@@ -45,6 +45,7 @@ class PlaneBasis:
     origin: torch.Tensor
     u: torch.Tensor
     v: torch.Tensor
+    orthonormal: bool = True
 
     def anchors(self, dtype=torch.float32) -> torch.Tensor:
         """(3, P) anchor matrix (origin, u, v) for coefficients (1, x, y)."""
@@ -84,21 +85,25 @@ def random_plane_basis(center: torch.Tensor, space: ParamSpace, normalize: str =
     c64, d64 = c.double(), d.double()
     if torch.linalg.matrix_rank(d64 @ d64.T) < 2:
         raise UserError("the two random directions are parallel: they span no plane")
-    return PlaneBasis(origin=c64, u=d64[0], v=d64[1])
+    return PlaneBasis(origin=c64, u=d64[0], v=d64[1], orthonormal=False)
 
 
-def trajectory_basis(points: torch.Tensor, chunk: int = 1 << 20) -> tuple[PlaneBasis, np.ndarray]:
+def trajectory_basis(points: torch.Tensor, chunk: int | None = None) -> tuple[PlaneBasis, np.ndarray]:
     """The plane of a training trajectory (Li et al. 2018, sec. 7): origin
     the last point of ``points`` (n, P), axes the first two principal
     directions of the rows ``w_i - w_last`` (centred, as their PCA), and the
     fraction of the rows' variance each explains (2,).
 
     Computed in float64 from the n x n Gram matrix, ``chunk`` columns at a
-    time, so a long trajectory of a large model needs no float64 copy of
-    it. Signs are fixed so that the first point has non-negative
-    coordinates."""
+    time (by default as many as make 2^22 float64 entries), so a long
+    trajectory of a large model needs no float64 copy of it. Signs are
+    fixed so that the first point has non-negative coordinates. The shares
+    are of the variance about the points' mean (the PCA's plane passes
+    through it; the plane returned is the parallel one through the last
+    point, as Li et al. draw it)."""
     points = points.detach()
     n, numel = points.shape
+    chunk = chunk or max(1, (1 << 22) // n)
     if n < 3:
         raise UserError(f"a trajectory's plane needs at least 3 checkpoints, got {n}")
     last = points[-1].double()
@@ -124,14 +129,30 @@ def trajectory_basis(points: torch.Tensor, chunk: int = 1 << 20) -> tuple[PlaneB
     return PlaneBasis(origin=last, u=u, v=v), ratio
 
 
-def project(basis: PlaneBasis, points: torch.Tensor) -> np.ndarray:
+def project(basis: PlaneBasis, points: torch.Tensor, rows: int | None = None) -> np.ndarray:
     """Plane coordinates (M, 2) of points (M, P): the (x, y) whose
-    origin + x u + y v is nearest p, i.e. G^-1 ((p - origin) . u, (p - origin) . v)
-    with G the Gram matrix of u, v (the identity for an orthonormal basis)."""
-    d = points.detach().double().to(basis.origin.device) - basis.origin
+    origin + x u + y v is nearest p, ((p - origin) . u, (p - origin) . v)
+    for an orthonormal basis, G^-1 times that for skew axes (G the Gram
+    matrix of u, v). In float64, ``rows`` points at a time (all at once by
+    default)."""
+    return project_with_distance(basis, points, rows)[0]
+
+
+def project_with_distance(basis: PlaneBasis, points: torch.Tensor,
+                          rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`project`'s coordinates (M, 2) and each point's distance from
+    the plane (M,)."""
+    rows = rows or max(1, points.shape[0])
     uv = torch.stack([basis.u, basis.v])  # (2, P)
-    gram = uv @ uv.T
-    return torch.linalg.solve(gram, uv @ d.T).T.cpu().numpy()
+    coords, dist = [np.zeros((0, 2))], [np.zeros(0)]
+    for i in range(0, points.shape[0], rows):
+        d = points[i:i + rows].detach().double().to(basis.origin.device) - basis.origin
+        xy = torch.stack([d @ basis.u, d @ basis.v], dim=-1)  # (r, 2)
+        if not basis.orthonormal:
+            xy = torch.linalg.solve(uv @ uv.T, xy.T).T
+        coords.append(xy.cpu().numpy())
+        dist.append((d - xy @ uv).norm(dim=1).cpu().numpy())
+    return np.concatenate(coords), np.concatenate(dist)
 
 
 def plane_grid(xy: np.ndarray, grid: int = 21, margin: float = 0.2,

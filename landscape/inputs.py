@@ -250,11 +250,26 @@ def trajectory_files(paths: Sequence[str | Path]) -> list[Path]:
 
 def load_trajectory(paths: Sequence[str | Path], **options: Any) -> Points:
     """:func:`load_points` of a training trajectory's checkpoints
-    (:func:`trajectory_files`), with a checkpoint that repeats the one before
-    it (a run's ``model.pt`` after its last ``checkpoint-NNN.pt``) dropped.
-    ``options`` are :func:`load_points`'."""
-    pts = load_points(trajectory_files(paths), **options)
+    (:func:`trajectory_files`). A checkpoint with the weights of the one
+    before it (a run's ``model.pt`` after its last ``checkpoint-NNN.pt``)
+    is dropped, with a note when it was not a folder's ``model.pt``; the
+    checkpoints of one folder must come in the order of the epochs they
+    record. ``options`` are :func:`load_points`'."""
+    files = trajectory_files(paths)
+    pts = load_points(files, **options)
+    last: dict[Path, tuple[int, Path]] = {}
+    for path, ck in zip(files, pts.checkpoints):
+        epoch = (ck.meta or {}).get("epoch")
+        folder = Path(path).resolve().parent
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            if folder in last and epoch < last[folder][0]:
+                raise UserError(f"the trajectory's checkpoints are not in training order: {path} (epoch {epoch}) "
+                                f"comes after {last[folder][1]} (epoch {last[folder][0]})")
+            last[folder] = (epoch, Path(path))
     keep = [i for i, v in enumerate(pts.vectors) if i == 0 or not torch.equal(v, pts.vectors[i - 1])]
+    dropped = [str(files[i]) for i in range(len(files)) if i not in keep and Path(files[i]).name != "model.pt"]
+    if dropped and is_main():
+        print(f"note: left out {', '.join(dropped)}: the same weights as the checkpoint before", file=sys.stderr)
     return replace(pts, vectors=[pts.vectors[i] for i in keep], labels=[pts.labels[i] for i in keep],
                    checkpoints=[pts.checkpoints[i] for i in keep])
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, is_whole
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
@@ -27,6 +27,7 @@ from .geometry import (
     plane_coefficients,
     plane_grid,
     project,
+    project_with_distance,
     random_plane_basis,
     trajectory_basis,
 )
@@ -99,10 +100,13 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
     ``grid``, ``wd``, ``batch_size``, ``resume``, ...; not ``margin``)."""
     (c,) = _vectors(model, [center], data.device, "the centre")
     check_normalize(normalize)
+    if not is_whole(seed) or not 0 <= seed < 2 ** 63:
+        raise UserError(f"--seed must be a whole number in [0, 2^63), got {seed}")
+    asked = span
     if span is None:
         span = 1.0 if normalize == "filter" else 0.5 * float(c.norm())
-    if not (np.isfinite(span) and span > 0):
-        raise UserError(f"the random plane's span must be a positive number, got {span}")
+    if not (np.isfinite(span) and 0 < span < 1e30):
+        raise UserError(f"the random plane's span must be a positive number below 1e30, got {span}")
     if "margin" in options:
         raise UserError("a random plane has no margin: its grid spans [-span, span] (or xrange, yrange)")
     basis = random_plane_basis(c, ParamSpace.of(model), normalize, seed)
@@ -110,7 +114,7 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
     axis = "filter-normalised" if normalize == "filter" else "unit Gaussian"
     layout = _Layout(
         basis=basis, anchors=[c], labels=[label], inputs=[center],
-        request={"plane": "random", "normalize": normalize, "seed": seed, "span": span},
+        request={"plane": "random", "normalize": normalize, "seed": seed, "span": asked},
         default_range=(-span, span),
         summary={"plane": "random", "normalize": normalize, "seed": seed, "span": span,
                  "axis_labels": [f"random direction 1 ({axis})", f"random direction 2 ({axis})"],
@@ -126,34 +130,52 @@ def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tenso
                               **options) -> PlaneResult:
     """The loss surface in the plane of a training trajectory (Li et al.
     2018, sec. 7): ``trajectory`` is the checkpoints' flat weights in
-    training order; the plane's origin is the last, its axes the first two
-    principal directions of ``w_i - w_last``
+    training order (each once); the plane's origin is the last, its axes the
+    first two principal directions of ``w_i - w_last``
     (:func:`~landscape.geometry.trajectory_basis`), and the trajectory is
     projected onto it and drawn in. The summary gives the fraction of the
-    trajectory's variance each axis explains and, for every checkpoint, its
-    distance from the plane. ``labels`` name the first and the last
-    checkpoint; ``options`` are :func:`evaluate_plane`'s."""
+    trajectory's variance (about its mean) each axis explains and, for
+    every checkpoint, its distance from the plane. ``labels`` name the
+    checkpoints; ``options`` are :func:`evaluate_plane`'s. Memory: the
+    trajectory stacked (checkpoints x parameters floats) besides the
+    vectors given, and float64 work of at most 2^22 entries at a time."""
+    if labels is not None and len(labels) != len(trajectory):
+        raise UserError(f"give one label per checkpoint: {len(labels)} labels for {len(trajectory)} checkpoints")
+    labels = list(labels) if labels is not None else [f"checkpoint {i + 1}" for i in range(len(trajectory))]
     vecs = _vectors(model, trajectory, data.device, "a trajectory checkpoint")
+    _refuse_repeats(vecs, labels)
     path = torch.stack(vecs)
+    del vecs  # the stacked copy is the one kept
     basis, ratio = trajectory_basis(path)
-    xy = project(basis, path)
-    in_plane = basis.origin + torch.as_tensor(xy, device=path.device) @ torch.stack([basis.u, basis.v])
-    off = (path.double() - in_plane).norm(dim=1)
-    if labels is not None and len(labels) != 2:
-        raise UserError(f"a trajectory's labels name its first and last checkpoint: two, got {len(labels)}")
-    first, last = (list(labels) if labels is not None else ["start", "end"])
+    xy, off = project_with_distance(basis, path, rows=max(1, (1 << 22) // path.shape[1]))
     layout = _Layout(  # the path is the request's input
-        basis=basis, anchors=[vecs[-1]], labels=[last], path=path, path_label="trajectory", inputs=[],
-        request={"plane": "trajectory"},
-        summary={"plane": "trajectory", "checkpoints": len(vecs), "start_label": first,
+        basis=basis, anchors=[path[-1]], labels=[labels[-1]], path=path, path_xy=xy, path_label="trajectory",
+        inputs=[], request={"plane": "trajectory"},
+        summary={"plane": "trajectory", "checkpoints": len(labels), "start_label": labels[0],
+                 "trajectory_labels": labels,
                  "explained_variance": [float(r) for r in ratio],
                  "axis_labels": [f"PC1 ({100 * ratio[0]:.1f} % of the trajectory's variance)",
                                  f"PC2 ({100 * ratio[1]:.1f} %)"],
                  "trajectory_distance_from_plane": [float(d) for d in off],
                  "notes": "origin: the last checkpoint; x, y along the first two principal directions of the "
-                          "checkpoints' differences from it (Li et al. 2018), in weight-space units; the "
-                          "trajectory is drawn at its projection; batch norm re-estimated at every grid point"})
+                          "checkpoints' differences from it (Li et al. 2018), in weight-space units; the shares of "
+                          "variance are about the checkpoints' mean (the PCA's plane through it, parallel to this "
+                          "one), the distances from this plane; the trajectory is drawn at its projection; batch "
+                          "norm re-estimated at every grid point"})
     return _sweep_in_plane(model, layout, data, out, **options)
+
+
+def _refuse_repeats(vectors: Sequence[torch.Tensor], labels: Sequence[str]) -> None:
+    """One line for a checkpoint given twice: a trajectory passes each once."""
+    probe = torch.randn(vectors[0].numel(), generator=torch.Generator().manual_seed(0)).to(vectors[0].device)
+    seen: dict[float, list[int]] = {}
+    for i, v in enumerate(vectors):
+        key = float(v.float() @ probe)
+        for j in seen.get(key, []):
+            if torch.equal(v, vectors[j]):
+                raise UserError(f"{labels[i]} has the weights of {labels[j]}: a trajectory passes each checkpoint "
+                                f"once")
+        seen.setdefault(key, []).append(i)
 
 
 @dataclass
@@ -169,6 +191,7 @@ class _Layout:
     inputs: list[torch.Tensor]
     request: dict[str, Any]
     path: torch.Tensor | None = None
+    path_xy: np.ndarray | None = None  # the path's coordinates, when the layout has them already
     path_label: str | None = None
     default_range: tuple[float, float] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -221,7 +244,8 @@ def _sweep_in_plane(
         return PlaneResult(*finished, out=out)
     basis = layout.basis
     anchor_xy = project(basis, torch.stack(layout.anchors))
-    path_xy = project(basis, path.to(data.device)) if path is not None else np.zeros((0, 2))
+    path_xy = (layout.path_xy if layout.path_xy is not None else
+               project(basis, path.to(data.device)) if path is not None else np.zeros((0, 2)))
     mark_vecs = _vectors(model, marks, data.device, "a marked point")
     mark_xy = project(basis, torch.stack(mark_vecs)) if mark_vecs else np.zeros((0, 2))
     if layout.default_range is not None:

@@ -19,8 +19,8 @@ from landscape.checkpoint import load_checkpoint, load_model
 from landscape.data import Dataset
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points_sequential
-from landscape.geometry import (PlaneBasis, filter_normalize, project, random_directions, random_plane_basis,
-                                trajectory_basis)
+from landscape.geometry import (PlaneBasis, filter_normalize, plane_basis, project, random_directions,
+                                random_plane_basis, trajectory_basis)
 from landscape.inputs import trajectory_files
 from landscape.plane import evaluate_random_plane, evaluate_trajectory_plane
 from landscape.train import train
@@ -57,11 +57,22 @@ def sequential_at(model, data, points: torch.Tensor, wd: float) -> dict[str, np.
 
 
 # ------------------------------------------------------------- the geometry
+def test_project_onto_an_orthonormal_basis_keeps_its_dot_products_bit_for_bit():
+    """A sweep's partial store is keyed by the bytes of its coefficients, which come from these coordinates:
+    an interrupted plane of an earlier version resumes only if they are computed as they were."""
+    g = torch.Generator().manual_seed(2)
+    a, b, c = (torch.randn(300, generator=g) for _ in range(3))
+    basis = plane_basis(a, b, c)
+    pts = torch.randn(7, 300, generator=g)
+    d = pts.double() - basis.origin
+    np.testing.assert_array_equal(project(basis, pts), torch.stack([d @ basis.u, d @ basis.v], dim=-1).numpy())
+
+
 def test_project_onto_a_skew_basis_is_least_squares():
     g = torch.Generator().manual_seed(1)
     origin, u, v = (torch.randn(20, generator=g, dtype=torch.float64) for _ in range(3))
     v = v + 0.7 * u  # far from orthogonal
-    basis = PlaneBasis(origin=origin, u=u, v=v)
+    basis = PlaneBasis(origin=origin, u=u, v=v, orthonormal=False)
     pts = torch.randn(5, 20, generator=g, dtype=torch.float64)
     want = np.linalg.lstsq(torch.stack([u, v]).T.numpy(), (pts - origin).T.numpy(), rcond=None)[0].T
     np.testing.assert_allclose(project(basis, pts), want, rtol=1e-10, atol=1e-12)
@@ -175,7 +186,8 @@ def test_trajectory_plane_grid_path_and_distances(tiny):
     walk = [start]
     for _ in range(4):
         walk.append(walk[-1] + 0.3 * torch.randn(space.numel, generator=g))
-    result = evaluate_trajectory_plane(model, walk, data, grid=3, labels=["first", "last"], bn_stats="population")
+    result = evaluate_trajectory_plane(model, walk, data, grid=3, labels=["first", "b", "c", "d", "last"],
+                                       bn_stats="population")
     points = torch.stack(walk)
     axes, ratio = numpy_pca(points.double().numpy())
     s = result.summary
@@ -195,6 +207,12 @@ def test_trajectory_plane_grid_path_and_distances(tiny):
     for m in METRICS:
         np.testing.assert_allclose(result.arrays[m].ravel(), want[m], rtol=2e-5, atol=1e-6, err_msg=m)
     assert s["anchor_labels"] == ["last"] and s["start_label"] == "first" and s["checkpoints"] == 5
+    assert s["trajectory_labels"] == ["first", "b", "c", "d", "last"]
+    with pytest.raises(UserError, match="c has the weights of first: a trajectory passes each checkpoint once"):
+        evaluate_trajectory_plane(model, [walk[0], walk[1], walk[0].clone(), walk[3]], data, grid=2,
+                                  labels=["first", "b", "c", "d"])
+    with pytest.raises(UserError, match="one label per checkpoint: 2 labels for 5"):
+        evaluate_trajectory_plane(model, walk, data, grid=2, labels=["first", "last"])
 
 
 # ------------------------------------------------------------------- CLI
@@ -271,3 +289,18 @@ def test_cli_random_plane_refuses_bad_options_in_one_line(run_dir, tmp_path, cap
         assert code != 0 and message in one_line(err), extra
     code, _, err = run_cli(capsys, "plane", "--trajectory", tmp_path, "--out", tmp_path / "y")
     assert code != 0 and "holds no checkpoint-NNN.pt" in one_line(err)
+
+
+def test_cli_trajectory_checkpoints_pass_once_in_training_order(run_dir, tmp_path, capsys):
+    c = [run_dir / f"checkpoint-00{k}.pt" for k in range(1, 5)]
+    code, out, err = run_cli(capsys, "plane", "--trajectory", c[0], c[1], c[1], c[2], "--grid", 2,
+                             "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert f"note: left out {c[1]}: the same weights as the checkpoint before" in err
+    assert json.loads((tmp_path / "rep" / "summary.json").read_text())["checkpoints"] == 3
+    code, _, err = run_cli(capsys, "plane", "--trajectory", run_dir, run_dir, "--out", tmp_path / "twice")
+    assert code != 0 and "not in training order" in one_line(err) and "(epoch 1) comes after" in err
+    code, _, err = run_cli(capsys, "plane", "--trajectory", c[2], c[0], c[1], "--out", tmp_path / "order")
+    assert code != 0 and f"{c[0]} (epoch 1) comes after {c[2]} (epoch 3)" in one_line(err)
+    code, _, err = run_cli(capsys, "plane", "--trajectory", c[0], c[1], c[0], "--out", tmp_path / "back")
+    assert code != 0 and "not in training order" in one_line(err)

@@ -1,0 +1,411 @@
+"""Sharpness at a solution: the curvature of the train loss.
+
+How wide is an optimum? Along lines and rays (``rays``, ``width``) width is
+read off loss profiles; here it is the Hessian H of the mean training NLL
+at the network's weights (Keskar et al. 2017; Li et al. 2018; Yao et al.
+2020, PyHessian):
+
+- its largest eigenvalues by the Lanczos iteration with full
+  reorthogonalisation, ``iters`` Hessian-vector products from a seeded
+  start, and the smallest Ritz value, an upper bound on its smallest
+  eigenvalue (the most negative curvature once converged); each reported
+  Ritz value theta, with Ritz vector y, comes with its residual
+  ||H y - theta y||, measured by one more product: an eigenvalue of H lies
+  within it of theta (up to the products' own float32 error, about 1e-5 of
+  ||H y|| here), and a small one says the value has converged;
+- its trace by Hutchinson's estimator, the mean of v^T H v over
+  ``trace_samples`` Rademacher vectors v, with its standard error.
+
+Hessian-vector products are double backward passes through
+``functional_call`` on the flat weights. Batch norm is the engine's: with
+``bn_stats="population"`` the whole training set goes through the network
+as one batch, normalised by its own statistics, so the loss is the one the
+planes and curves report and H includes how the statistics move with the
+weights; that needs about six times the set's layer outputs in memory
+(:func:`hessian_bn`). Otherwise (``"batches"``) each batch of
+``batch_size`` is normalised by its own statistics and the loss is their
+size-weighted mean: the minibatch loss, a slightly different function.
+Without batch norm the two are the same. The weight-decay term wd/2 |w|^2
+adds wd to every eigenvalue and wd x P to the trace; the numbers here are
+the NLL's alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .bn import bn_modules
+from .checkpoint import write_json, write_npz
+from .errors import UserError, is_whole
+from .evaluate import _memory_budget, _probe_forward
+from .sweep import STORE, begin_result, finish_result, is_main, rank_and_world, request_key
+from .weights import ParamSpace
+
+__all__ = ["TrainLoss", "check_settings", "hessian_bn", "lanczos", "hutchinson_trace", "hessian_spectrum", "evaluate_sharpness"]
+
+# Memory of a double backward through the whole training set, in its layer outputs (forward, backward,
+# and the graph of the gradient kept for the second backward).
+HVP_MEMORY_FACTOR = 6
+
+
+def hessian_bn(model: nn.Module, data, bn_stats: str = "auto") -> str:
+    """The batch-norm handling of :class:`TrainLoss`: "population" or
+    "batches" as asked; "auto" takes population when the network has
+    batch norm and a double backward through the whole training set fits
+    the engine's memory budget (``HVP_MEMORY_FACTOR`` times its layer
+    outputs), else batches. Without batch norm, "batches" (the same loss,
+    in less memory)."""
+    if bn_stats not in ("auto", "population", "batches"):
+        raise UserError(f"unknown --bn-stats {bn_stats!r}; choose auto, population or batches")
+    if not bn_modules(model):
+        return "batches"
+    if bn_stats != "auto":
+        return bn_stats
+    probe = _probe_forward(model, data)
+    fits = HVP_MEMORY_FACTOR * probe.output_bytes * len(data.y_train) <= _memory_budget(data.device)
+    return "population" if fits else "batches"
+
+
+class TrainLoss:
+    """The mean training NLL of ``model`` as a function of its flat weights
+    (P,): its value and Hessian-vector products, in fp32 (TF32 off on CUDA)
+    with sums in float64. ``bn`` is :func:`hessian_bn`'s; dropout is off."""
+
+    def __init__(self, model: nn.Module, data, bn: str = "batches", batch_size: int = 1000):
+        if not is_whole(batch_size) or batch_size < 1:
+            raise UserError(f"--batch-size must be a positive whole number, got {batch_size}")
+        self.data, self.bn, self.batch_size = data, bn, int(batch_size)
+        self.net = copy.deepcopy(model).to(data.device).eval()
+        for _, m in bn_modules(self.net):
+            m.train()  # each pass normalised by its own statistics (the running ones are never read)
+        self.space = ParamSpace.of(self.net)
+        self.n = len(data.y_train)
+        self.hvps = 0
+
+    def _batches(self):
+        if self.bn == "population":
+            return [(self.data.x_train, self.data.y_train)]
+        batches = list(self.data.batches("train", self.batch_size))
+        if len(batches) > 1 and len(batches[-1][1]) == 1:  # batch norm cannot normalise one sample by itself
+            (x0, y0), (x1, y1) = batches[-2], batches.pop()
+            batches[-1] = (torch.cat([x0, x1]), torch.cat([y0, y1]))
+        return batches
+
+    def _nll(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Sum of the batch's NLL / N, differentiable in w (P,)."""
+        params = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
+                  for name, p in self.space.unflatten(w).items()}
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = functional_call(self.net, params, (x,))
+        return F.cross_entropy(logits.float(), y, reduction="sum") / self.n
+
+    def value(self, w: torch.Tensor) -> tuple[float, float]:
+        """(mean train NLL, train error in %) at w."""
+        total, wrong = 0.0, 0
+        with torch.no_grad(), _full_float32():
+            for x, y in self._batches():
+                params = self.space.unflatten(w.float())
+                logits = functional_call(self.net, params, (x,)).float()
+                total += float(F.cross_entropy(logits, y, reduction="sum"))
+                wrong += int((logits.argmax(1) != y).sum())
+        return total / self.n, 100.0 * wrong / self.n
+
+    def hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """H v (P,) float64 at w (P,), by a double backward per batch."""
+        out = torch.zeros(self.space.numel, dtype=torch.float64, device=self.data.device)
+        v32 = v.to(self.data.device, torch.float32)
+        with _full_float32():
+            for x, y in self._batches():
+                wr = w.detach().to(self.data.device, torch.float32).requires_grad_(True)
+                (g,) = torch.autograd.grad(self._nll(wr, x, y), wr, create_graph=True)
+                (hv,) = torch.autograd.grad(g @ v32, wr)
+                out += hv.double()
+        self.hvps += 1
+        return out
+
+
+def _full_float32():
+    from .subspace import _full_float32 as tf32_off  # one definition of "TF32 off"
+
+    return tf32_off()
+
+
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, iters: int, seed: int = 0,
+            device: torch.device | str = "cpu", vectors: bool = False):
+    """The Lanczos iteration for a symmetric operator ``matvec`` on R^numel,
+    with full reorthogonalisation (twice, modified Gram-Schmidt), from a
+    Gaussian start drawn with ``seed``: ``iters`` products (fewer if the
+    Krylov space closes). Returns the Ritz values (m,), descending, and
+    their residuals by the recurrence, |beta_m s_m| (m,), which equal
+    ||A y - theta y|| for exact products; with ``vectors`` also a function
+    of i giving the i-th Ritz vector y (P,). Keeps the m basis vectors
+    (m x P float64)."""
+    if not is_whole(iters) or iters < 1:
+        raise UserError(f"--iters must be a positive whole number, got {iters}")
+    gen = torch.Generator().manual_seed(int(seed))
+    v = torch.randn(numel, generator=gen, dtype=torch.float64).to(device)
+    v = v / v.norm()
+    basis: list[torch.Tensor] = []
+    alphas: list[float] = []
+    betas: list[float] = []
+    beta = 0.0
+    for _ in range(min(int(iters), numel)):
+        basis.append(v)
+        w = matvec(v).to(torch.float64)
+        alpha = float(w @ v)
+        if not np.isfinite(alpha):
+            raise UserError("a Hessian-vector product was not finite (the loss overflows near these weights)")
+        alphas.append(alpha)
+        for _ in range(2):
+            for u in basis:
+                w = w - (w @ u) * u
+        beta = float(w.norm())
+        betas.append(beta)
+        if beta <= 1e-10 * max(1.0, max(abs(a) for a in alphas)):
+            break
+        v = w / beta
+    m = len(alphas)
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[:m - 1], dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    theta, s = torch.linalg.eigh(t)  # ascending
+    residual = (betas[m - 1] * s[-1, :]).abs()
+    order = torch.argsort(theta, descending=True)
+    if not vectors:
+        return theta[order].numpy(), residual[order].numpy()
+
+    def ritz_vector(i: int) -> torch.Tensor:
+        coef = s[:, order[i]].to(basis[0].device)
+        return sum(float(coef[j]) * basis[j] for j in range(m))
+
+    return theta[order].numpy(), residual[order].numpy(), ritz_vector
+
+
+def hutchinson_trace(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, samples: int, seed: int = 0,
+                     device: torch.device | str = "cpu") -> tuple[float, float, np.ndarray]:
+    """Hutchinson's estimate of tr(A): the mean of v^T A v over ``samples``
+    Rademacher vectors drawn with ``seed``; returns (estimate, its standard
+    error, the samples)."""
+    if not is_whole(samples) or samples < 2:
+        raise UserError(f"--trace-samples must be a whole number of at least 2, got {samples}")
+    gen = torch.Generator().manual_seed(int(seed) + 1)  # not the Lanczos start's stream
+    draws = np.empty(int(samples))
+    for i in range(int(samples)):
+        v = (torch.randint(0, 2, (numel,), generator=gen, dtype=torch.int8).double() * 2 - 1).to(device)
+        draws[i] = float(v @ matvec(v).to(torch.float64))
+    return float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(len(draws))), draws
+
+
+@dataclass
+class Spectrum:
+    """The curvature at one point: the Ritz values (descending) and their
+    residuals, the trace estimate, its standard error and samples, the
+    train NLL and error there, the Hessian-vector products it took."""
+
+    ritz: np.ndarray
+    residual: np.ndarray
+    trace: float
+    trace_se: float
+    trace_draws: np.ndarray
+    train_nll: float
+    train_error: float
+    hvps: int
+    seconds: float
+
+
+def check_settings(top: int, iters: int, trace_samples: int, seed: int) -> None:
+    """One line for a setting of the sharpness estimates that cannot be used."""
+    for name, v, least in (("--top", top, 1), ("--iters", iters, 1), ("--trace-samples", trace_samples, 2)):
+        if not is_whole(v) or v < least:
+            raise UserError(f"{name} must be a whole number of at least {least}, got {v}")
+    if top > iters:
+        raise UserError(f"--top {top} is more than the --iters {iters} Lanczos steps give")
+    if not is_whole(seed) or not 0 <= seed < 2 ** 63:
+        raise UserError(f"--seed must be a whole number in [0, 2^63), got {seed}")
+
+
+def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int = 5, iters: int = 20,
+                     trace_samples: int = 20, seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000,
+                     label: str = "the network") -> Spectrum:
+    """The train NLL's Hessian at ``weights`` (P,) for ``model``'s
+    architecture: Lanczos' Ritz values (the ``top`` largest and the
+    smallest with residuals measured by one more product each, the others
+    by the recurrence) and Hutchinson's trace (module docstring)."""
+    check_settings(top, iters, trace_samples, seed)
+    t0 = time.perf_counter()
+    loss = TrainLoss(model, data, hessian_bn(model, data, bn_stats), batch_size)
+    w = weights.detach().reshape(-1).to(data.device, torch.float32)
+    if w.numel() != loss.space.numel:
+        raise UserError(f"{label}: the weights have {w.numel()} values, the model {loss.space.numel} parameters")
+    nll, err = loss.value(w)
+    if not np.isfinite(nll):
+        raise UserError(f"{label}: the train NLL is {nll}: no curvature to measure")
+    op = lambda v: loss.hvp(w, v)  # noqa: E731
+    try:
+        ritz, residual, vector = lanczos(op, loss.space.numel, iters, seed, data.device, vectors=True)
+        for i in sorted({*range(min(top, len(ritz))), len(ritz) - 1}):
+            y = vector(i)
+            residual[i] = float((op(y) - float(ritz[i]) * y).norm() / y.norm())
+        trace, se, draws = hutchinson_trace(op, loss.space.numel, trace_samples, seed, data.device)
+    except UserError as e:
+        raise UserError(f"{label}: {e}") from None
+    if not (np.isfinite(ritz).all() and np.isfinite(residual).all() and np.isfinite(trace)):
+        raise UserError(f"{label}: a Hessian-vector product was not finite (the loss overflows near these weights)")
+    return Spectrum(ritz=ritz, residual=residual, trace=trace, trace_se=se, trace_draws=draws, train_nll=nll,
+                    train_error=err, hvps=loss.hvps, seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class SharpnessResult:
+    arrays: dict[str, np.ndarray]
+    summary: dict[str, Any]
+    out: Path | None
+
+
+_PER_NETWORK = ("ritz", "residual", "trace", "trace_se", "trace_draws", "train_nll", "train_error", "hvps", "seconds")
+
+
+def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, out: str | Path | None = None, *,
+                       labels: Sequence[str] | None = None, top: int = 5, iters: int = 30, trace_samples: int = 30,
+                       seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000, wd: float = 0.0,
+                       resume: bool = False, config: dict[str, Any] | None = None,
+                       on_network: Callable[[str, Spectrum], None] | None = None) -> SharpnessResult:
+    """:func:`hessian_spectrum` of each flat weight vector in ``vectors``
+    (same architecture), the same seed for all (so the same Lanczos start
+    and Rademacher draws). With ``out`` each network's result is stored as
+    it finishes (``sweep.partial.npz``), ``resume=True`` continues after the
+    last one, and ``sharpness.npz`` / ``summary.json`` hold the result.
+    ``top`` of the Ritz values are reported as the top eigenvalues."""
+    out = Path(out) if out is not None else None
+    if rank_and_world()[1] > 1:
+        raise UserError("sharpness runs in one process; run it without torchrun")
+    labels = list(labels) if labels is not None else [f"network {i + 1}" for i in range(len(vectors))]
+    if not vectors or len(labels) != len(vectors):
+        raise UserError(f"give one label per network: {len(labels)} labels for {len(vectors)} networks")
+    check_settings(top, iters, trace_samples, seed)
+    bn = hessian_bn(model, data, bn_stats)
+    settings = {"kind": "sharpness", "top": top, "iters": iters, "trace_samples": trace_samples, "seed": seed,
+                "bn": bn, "batch_size": batch_size if bn == "batches" else None, "dataset": data.describe()}
+    request = request_key(list(vectors), settings)
+    finished = begin_result(out, "sharpness.npz", resume, "sharpness", request)
+    if finished is not None:
+        return SharpnessResult(*finished, out=out)
+    n = len(vectors)
+    done, stored = _read_store(out, request, n) if out is not None and (out / STORE).exists() else (
+        np.zeros(n, dtype=bool), {})
+    if out is not None and is_main():
+        write_json(out / "config.json", dict(config or {}, command="sharpness", **settings, wd=wd))
+    spectra: list[Spectrum | None] = [None] * n
+    for i in range(n):
+        if done[i]:
+            spectra[i] = _stored_spectrum(stored, i)
+            continue
+        spectra[i] = hessian_spectrum(model, vectors[i], data, top=top, iters=iters, trace_samples=trace_samples,
+                                      seed=seed, bn_stats=bn, batch_size=batch_size, label=labels[i])
+        done[i] = True
+        if out is not None:
+            _write_store(out, request, done, spectra)
+        if on_network is not None:
+            on_network(labels[i], spectra[i])
+    arrays = _arrays(spectra)
+    summary = _summary(spectra, labels, top, iters, trace_samples, seed, bn, bool(bn_modules(model)), wd, data)
+    finish_result(out, "sharpness.npz", arrays, summary, request)
+    return SharpnessResult(arrays=arrays, summary=summary, out=out)
+
+
+def _arrays(spectra: Sequence[Spectrum | None]) -> dict[str, np.ndarray]:
+    """Per-network arrays, Ritz values padded with NaN where a Krylov space closed early."""
+    m = max(len(s.ritz) for s in spectra if s is not None)
+    pad = lambda a: np.concatenate([a, np.full(m - len(a), np.nan)])  # noqa: E731
+    out = {}
+    for key in _PER_NETWORK:
+        rows = [getattr(s, key) if s is not None else np.nan for s in spectra]
+        if key in ("ritz", "residual"):
+            rows = [pad(np.asarray(r, dtype=float)) if s is not None else np.full(m, np.nan)
+                    for r, s in zip(rows, spectra)]
+        elif key == "trace_draws":
+            width = max(len(s.trace_draws) for s in spectra if s is not None)
+            rows = [np.asarray(r, dtype=float) if s is not None else np.full(width, np.nan)
+                    for r, s in zip(rows, spectra)]
+        out[key] = np.array(rows, dtype=float)
+    return out
+
+
+def _write_store(out: Path, request: str, done: np.ndarray, spectra: Sequence[Spectrum | None]) -> None:
+    if is_main():
+        write_npz(out / STORE, dict(_arrays(spectra), key=np.array(request), done=done))
+
+
+def _read_store(out: Path, request: str, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    path = out / STORE
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            key, done = str(z["key"]), z["done"].astype(bool)
+            stored = {k: z[k] for k in _PER_NETWORK}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path}: unreadable partial results ({e}); delete it to start over") from None
+    if key != request or done.shape != (n,):
+        raise UserError(f"{path}: partial results of other networks or settings; delete it or choose another --out")
+    return done, stored
+
+
+def _stored_spectrum(stored: dict[str, np.ndarray], i: int) -> Spectrum:
+    """Network ``i``'s :class:`Spectrum` from the partial store's rows (NaN padding dropped)."""
+    ritz = stored["ritz"][i]
+    return Spectrum(ritz=ritz[np.isfinite(ritz)], residual=stored["residual"][i][np.isfinite(ritz)],
+                    trace=float(stored["trace"][i]), trace_se=float(stored["trace_se"][i]),
+                    trace_draws=stored["trace_draws"][i], train_nll=float(stored["train_nll"][i]),
+                    train_error=float(stored["train_error"][i]), hvps=int(stored["hvps"][i]),
+                    seconds=float(stored["seconds"][i]))
+
+
+def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, data) -> dict[str, Any]:
+    networks = []
+    for label, s in zip(labels, spectra):
+        k = min(top, len(s.ritz))
+        networks.append({
+            "label": label,
+            "train_nll": float(s.train_nll),
+            "train_error": float(s.train_error),
+            "top_eigenvalues": [float(x) for x in s.ritz[:k]],
+            "top_residuals": [float(x) for x in s.residual[:k]],
+            "lowest_ritz_value": float(s.ritz[-1]),
+            "lowest_residual": float(s.residual[-1]),
+            "trace": float(s.trace),
+            "trace_se": float(s.trace_se),
+            "hessian_vector_products": int(s.hvps),
+            "seconds": round(float(s.seconds), 2),
+        })
+    return {
+        "networks": networks,
+        "top": top,
+        "iters": iters,
+        "trace_samples": trace_samples,
+        "seed": seed,
+        "bn": bn if has_bn else None,
+        "wd": wd,
+        "eval_split": data.eval_split,
+        "synthetic": data.synthetic,
+        "dataset": data.describe(),
+        "notes": "eigenvalues and trace of the Hessian of the mean train NLL (without the weight-decay term, which "
+                 "adds wd to every eigenvalue and wd x P to the trace); the top eigenvalues are Lanczos Ritz values "
+                 "with their residuals ||H y - theta y|| / ||y|| (an eigenvalue of H lies within the residual, up "
+                 "to the float32 products' own error; a small residual means converged); the lowest Ritz value is "
+                 "an upper bound on the smallest eigenvalue, equal to it only when its residual is small; trace: "
+                 "Hutchinson's estimate with its standard error; batch norm: " +
+                 ("the whole training set as one batch (the planes' population statistics)" if bn == "population"
+                  else "each batch normalised by its own statistics" if has_bn else "none in this network"),
+    }

@@ -1,0 +1,256 @@
+"""Sharpness: Hessian-vector products against the explicit Hessian, Lanczos
+against a full eigendecomposition, Hutchinson against closed forms, and the
+command's storing, resuming and refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+import landscape.sharpness as sharpness_module
+from landscape.data import Dataset
+from landscape.errors import UserError
+from landscape.sharpness import (TrainLoss, evaluate_sharpness, hessian_bn, hessian_spectrum, hutchinson_trace,
+                                 lanczos)
+from landscape.train import train
+from landscape.weights import ParamSpace
+from tests.test_plane_rays import one_line, run_cli
+
+
+def small_data(seed: int = 0, n: int = 48) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    return Dataset(name="t", x_train=torch.randn(n, 4, generator=g), y_train=torch.randint(0, 3, (n,), generator=g),
+                   x_test=torch.randn(20, 4, generator=g), y_test=torch.randint(0, 3, (20,), generator=g),
+                   num_classes=3, mean=(0.0,), std=(1.0,))
+
+
+def bn_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def explicit_hessian(net: nn.Module, data: Dataset, w: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """The Hessian of the mean train NLL in float64 by torch.autograd.functional.hessian: the whole set as
+    one batch normalised by its own statistics, or batches of ``batch`` each by their own."""
+    net64 = __import__("copy").deepcopy(net).double().train()
+    for m in net64.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()  # the loss is the network's without dropout
+    space = ParamSpace.of(net64)
+    x, y = data.x_train.double(), data.y_train
+    size = batch or len(y)
+
+    def f(w):
+        total = 0.0
+        for i in range(0, len(y), size):
+            logits = functional_call(net64, space.unflatten(w), (x[i:i + size],))
+            total = total + F.cross_entropy(logits, y[i:i + size], reduction="sum")
+        return total / len(y)
+
+    return torch.autograd.functional.hessian(f, w.double())
+
+
+# ------------------------------------------------------------ H v
+@pytest.mark.parametrize("bn,batch", [("population", None), ("batches", 16)])
+def test_hessian_vector_products_are_the_explicit_hessians(bn, batch):
+    data, net = small_data(), bn_net()
+    w = ParamSpace.of(net).flatten(net).detach()
+    H = explicit_hessian(net, data, w, batch)
+    loss = TrainLoss(net, data, bn, batch_size=batch or 1000)
+    for seed in range(3):
+        v = torch.randn(w.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        torch.testing.assert_close(loss.hvp(w, v), H @ v, rtol=2e-5, atol=2e-6)
+    assert loss.hvps == 3
+
+
+def test_dropout_is_off_and_a_one_sample_last_batch_joins_the_one_before():
+    data = small_data()
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Dropout(0.5), nn.Linear(5, 3))
+    w = ParamSpace.of(net).flatten(net).detach()
+    v = torch.randn(w.numel(), dtype=torch.float64)
+    # 48 samples in batches of 47: the last one (1 sample) is normalised with the 47 before it, i.e. the whole set
+    want = explicit_hessian(net, data, w, None)
+    got = TrainLoss(net, data, "batches", batch_size=47).hvp(w, v)
+    torch.testing.assert_close(got, want @ v, rtol=2e-5, atol=2e-6)
+
+
+def test_a_non_finite_product_is_one_line():
+    with pytest.raises(UserError, match="Hessian-vector product was not finite"):
+        lanczos(lambda v: v * float("nan"), 5, 3)
+
+
+def test_without_batch_norm_batches_give_the_whole_sets_hessian():
+    data = small_data()
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    w = ParamSpace.of(net).flatten(net).detach()
+    H = explicit_hessian(net, data, w, None)
+    assert hessian_bn(net, data, "auto") == "batches"
+    v = torch.randn(w.numel(), dtype=torch.float64)
+    torch.testing.assert_close(TrainLoss(net, data, "batches", batch_size=7).hvp(w, v), H @ v, rtol=2e-5, atol=2e-6)
+
+
+def test_auto_batch_norm_falls_back_to_batches_when_the_double_backward_does_not_fit(monkeypatch):
+    data, net = small_data(), bn_net()
+    assert hessian_bn(net, data, "auto") == "population"
+    monkeypatch.setattr(sharpness_module, "_memory_budget", lambda device: 1.0)
+    assert hessian_bn(net, data, "auto") == "batches"
+    assert hessian_bn(net, data, "population") == "population"  # asked for: kept
+    with pytest.raises(UserError, match="unknown --bn-stats 'exact'"):
+        hessian_bn(net, data, "exact")
+
+
+# ------------------------------------------------------------ Lanczos, Hutchinson
+def random_symmetric(n: int, seed: int) -> torch.Tensor:
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (a + a.T) / 2
+
+
+def test_lanczos_with_as_many_steps_as_dimensions_finds_every_eigenvalue():
+    A = random_symmetric(12, 0)
+    ritz, residual = lanczos(lambda v: A @ v, 12, 12, seed=3)
+    np.testing.assert_allclose(ritz, torch.linalg.eigvalsh(A).flip(0).numpy(), atol=1e-9)
+    assert residual.max() < 1e-6
+
+
+def test_lanczos_ritz_values_lie_within_their_residual_of_an_eigenvalue():
+    A = random_symmetric(60, 1)
+    A[0, 0] += 30.0  # one well-separated top eigenvalue, which converges first
+    eig = torch.linalg.eigvalsh(A).numpy()
+    ritz, residual = lanczos(lambda v: A @ v, 60, 15, seed=0)
+    assert len(ritz) == 15
+    for theta, r in zip(ritz, residual):
+        assert np.abs(eig - theta).min() <= r + 1e-9
+    assert ritz[0] <= eig[-1] + 1e-9 and ritz[0] == pytest.approx(eig[-1], rel=1e-8)  # from below, converged
+    assert residual[0] < 1e-3 < residual[1:].max()  # the converged one says so, the others do not
+    assert ritz[-1] >= eig[0] - 1e-9  # interlacing: inside the spectrum
+
+
+def test_lanczos_stops_when_the_krylov_space_closes():
+    A = torch.diag(torch.tensor([3.0, 3.0, 1.0, 1.0], dtype=torch.float64))  # two distinct eigenvalues
+    ritz, residual = lanczos(lambda v: A @ v, 4, 4, seed=0)
+    np.testing.assert_allclose(ritz, [3.0, 1.0], atol=1e-12)
+
+
+def test_hutchinson_is_exact_for_a_diagonal_and_unbiased_for_any_matrix():
+    d = torch.arange(1.0, 9.0, dtype=torch.float64)
+    trace, se, draws = hutchinson_trace(lambda v: d * v, 8, 5, seed=0)
+    assert trace == pytest.approx(36.0) and se == pytest.approx(0.0, abs=1e-12)  # v_i^2 = 1
+    A = random_symmetric(30, 2)
+    trace, se, draws = hutchinson_trace(lambda v: A @ v, 30, 400, seed=1)
+    assert abs(trace - float(A.trace())) < 4 * se
+    assert (trace, se) == (pytest.approx(draws.mean()), pytest.approx(draws.std(ddof=1) / 20))
+    # the variance is 2 * sum of squared off-diagonal entries (Hutchinson 1990)
+    off = A - torch.diag(torch.diag(A))
+    assert draws.var(ddof=1) == pytest.approx(2 * float((off ** 2).sum()), rel=0.25)
+
+
+def test_the_spectrum_of_a_network_matches_its_explicit_hessian():
+    data, net = small_data(3), bn_net(3)
+    w = ParamSpace.of(net).flatten(net).detach()
+    eig = torch.linalg.eigvalsh(explicit_hessian(net, data, w, None)).numpy()
+    s = hessian_spectrum(net, w, data, iters=ParamSpace.of(net).numel, trace_samples=300, seed=2,
+                         bn_stats="population")
+    np.testing.assert_allclose(s.ritz[:3], eig[::-1][:3], rtol=1e-4, atol=1e-5)
+    assert s.ritz[-1] == pytest.approx(eig[0], abs=1e-4)
+    assert s.residual[0] < 1e-4  # measured with one more product: converged, up to float32
+    # a few steps: not converged, and the measured residuals say so and still bound the distance
+    few = hessian_spectrum(net, w, data, top=2, iters=4, trace_samples=2, seed=2, bn_stats="population")
+    for i in (0, 1, len(few.ritz) - 1):
+        assert np.abs(eig - few.ritz[i]).min() <= few.residual[i] + 1e-5
+    assert few.residual[-1] > 1e-3 and few.ritz[-1] > eig[0] + 1e-3  # the lowest Ritz value: only an upper bound
+    assert abs(s.trace - eig.sum()) < 4 * s.trace_se
+    assert s.hvps == len(s.ritz) + 6 + 300  # Lanczos, the residuals of the top 5 and the lowest, the trace; the Krylov space may close early: batch norm leaves flat directions
+    with torch.no_grad():
+        logits = net.train()(data.x_train)
+    assert s.train_nll == pytest.approx(float(F.cross_entropy(logits, data.y_train)), rel=1e-5)
+
+
+def test_weights_where_the_loss_overflows_are_refused():
+    data, net = small_data(), bn_net()
+    w = ParamSpace.of(net).flatten(net).detach()
+    w[-3:] = 1e38  # the head's bias: logits overflow
+    w[-4] = -1e38
+    with pytest.raises(UserError, match="train NLL is (nan|inf)"):
+        hessian_spectrum(net, w, data, top=1, iters=2, trace_samples=2)
+
+
+# ------------------------------------------------------------ the result folder
+def test_results_are_stored_per_network_and_resume_after_an_interruption(tmp_path, monkeypatch):
+    data = small_data()
+    net = bn_net()
+    space = ParamSpace.of(net)
+    vectors = [space.flatten(bn_net(s)).detach() for s in (0, 1, 2)]
+    kw = dict(labels=["a", "b", "c"], iters=6, trace_samples=3, seed=4, wd=0.01)
+    whole = evaluate_sharpness(net, vectors, data, tmp_path / "whole", **kw)
+
+    def stop_after_b(label, spectrum):
+        if label == "b":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_sharpness(net, vectors, data, tmp_path / "cut", on_network=stop_after_b, **kw)
+    assert not (tmp_path / "cut" / "sharpness.npz").exists()
+    with pytest.raises(UserError, match="unfinished sweep; pass --resume"):
+        evaluate_sharpness(net, vectors, data, tmp_path / "cut", **kw)
+    calls = []
+    real = sharpness_module.hessian_spectrum
+    monkeypatch.setattr(sharpness_module, "hessian_spectrum", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = evaluate_sharpness(net, vectors, data, tmp_path / "cut", resume=True, **kw)
+    assert len(calls) == 1  # only c: a was stored before b, and b's store was written before the interruption
+    for key in ("ritz", "residual", "trace", "trace_draws", "train_nll"):
+        np.testing.assert_array_equal(resumed.arrays[key], whole.arrays[key], err_msg=key)
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert [n["label"] for n in summary["networks"]] == ["a", "b", "c"]
+    assert summary["networks"][2]["top_eigenvalues"] == whole.summary["networks"][2]["top_eigenvalues"]
+    assert summary["networks"][1]["lowest_ritz_value"] == float(np.nanmin(whole.arrays["ritz"][1]))
+    assert not (tmp_path / "cut" / "sweep.partial.npz").exists()
+    with pytest.raises(UserError, match="finished sharpness result of other inputs or settings"):
+        evaluate_sharpness(net, vectors, data, tmp_path / "cut", resume=True, **dict(kw, seed=5))
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(top=7, iters=6), "--top 7 is more than the --iters 6"),
+    (dict(iters=0), "--iters must be a whole number of at least 1, got 0"),
+    (dict(trace_samples=1), "--trace-samples must be a whole number of at least 2, got 1"),
+    (dict(iters=2.5), "--iters must be a whole number of at least 1, got 2.5"),
+    (dict(seed=-1), "--seed must be a whole number in [0, 2^63), got -1"),
+    (dict(seed=2 ** 70), "--seed must be a whole number in [0, 2^63)"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, monkeypatch, options, message):
+    data, net = small_data(), bn_net()
+    w = ParamSpace.of(net).flatten(net).detach()
+    monkeypatch.setattr(sharpness_module, "lanczos", lambda *a, **k: pytest.fail("work began"))
+    with pytest.raises(UserError, match=re.escape(message)):
+        evaluate_sharpness(net, [w, w + 1], data, tmp_path / "x", **dict(dict(iters=6, trace_samples=3), **options))
+    assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------ CLI
+@pytest.mark.slow
+def test_cli_sharpness_of_two_trained_networks(tmp_path, capsys):
+    for seed in (1, 2):
+        train(out=tmp_path / f"r{seed}", epochs=2, seed=seed, progress=False, model="convnet",
+              model_kwargs={"width": 4}, device="cpu")
+    code, out, err = run_cli(capsys, "sharpness", tmp_path / "r1" / "model.pt", tmp_path / "r2" / "model.pt",
+                             "--iters", 4, "--trace-samples", 2, "--top", 2, "--out", tmp_path / "s")
+    assert code == 0, err
+    s = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert [n["label"] for n in s["networks"]] == ["r1", "r2"] and s["bn"] == "population"
+    for n in s["networks"]:
+        assert len(n["top_eigenvalues"]) == 2 and n["top_eigenvalues"][0] >= n["top_eigenvalues"][1]
+        assert n["hessian_vector_products"] == 4 + 3 + 2  # Lanczos, the residuals of 2 top and the lowest, trace
+        assert f"trace {n['trace']:.4g}" in out
+    assert "r1: top eigenvalue" in err and "r2: top eigenvalue" in err
+    code, _, err = run_cli(capsys, "sharpness", tmp_path / "nothere.pt", "--out", tmp_path / "t")
+    assert code != 0 and "no such checkpoint file" in one_line(err)
+    code, _, err = run_cli(capsys, "sharpness", tmp_path / "r1" / "model.pt", "--top", 30, "--out", tmp_path / "u")
+    assert code != 0 and "--top 30 is more than the --iters 20" in one_line(err)
