@@ -142,7 +142,8 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; on CPU it helps only with AMX)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
-    g.add_argument("--save-every", type=int, default=0, metavar="N", help="keep a checkpoint every N epochs (0: only the last)")
+    g.add_argument("--save-every", type=int, default=0, metavar="N", help="keep a checkpoint every N epochs, and (train) the initial weights as checkpoint-000.pt "
+                        "(0: only the last)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -1114,7 +1115,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--center", type=Path, metavar="A.pt",
                    help="one checkpoint: the plane around it of two random directions (Li et al. 2018)")
     g.add_argument("--trajectory", type=Path, nargs="+", metavar="RUN",
-                   help="a training run's folder (its checkpoint-NNN.pt, from --save-every, then model.pt) or "
+                   help="a training run's folder (its checkpoint-NNN.pt from --save-every, then model.pt) or "
                         "checkpoints in training order: the plane of the trajectory's first two principal "
                         "directions around its end, the trajectory drawn in (Li et al. 2018)")
     g.add_argument("--normalize", default=None,

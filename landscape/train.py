@@ -5,7 +5,8 @@ The run folder (``out``) holds::
     config.json         the resolved settings (what to pass to repeat the run)
     metrics.jsonl       one JSON record per epoch
     last.pt             the state after the latest epoch (weights + optimiser), for --resume
-    checkpoint-NNN.pt   every ``save_every`` epochs (when set)
+    checkpoint-NNN.pt   every ``save_every`` epochs (when set; ``train`` also keeps
+                        its initial weights as checkpoint-000.pt)
     model.pt            the final network
     summary.json        final train loss / error and test NLL / error
 
@@ -424,6 +425,9 @@ def run_training(
         })
         if data.synthetic:
             _say("note: synthetic data (random tensors) — for benchmarks only, not a real result")
+
+    if out is not None and cfg.save_every and start_epoch == 0 and task.command == "train":
+        save(out / "checkpoint-000.pt", 0, task.kind)  # the initial weights: where a trajectory starts
 
     # A resumed run's clock goes on from its last kept epoch, so time_s and seconds cover the whole run.
     t0 = time.perf_counter() - (float(metrics[-1].get("time_s", 0.0)) if metrics else 0.0)

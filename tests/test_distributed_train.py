@@ -163,7 +163,8 @@ def test_two_rank_train_equals_one_process_averaging_the_halves(tmp_path, digits
     assert done.stdout.count("test error") == 1, done.stdout  # only rank 0 reports
     assert done.stderr.count("train: data parallel on 2 processes (gloo), 50 samples per process and step") == 1
     run = tmp_path / "ddp"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-001.pt", "checkpoint-002.pt", "config.json",
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-000.pt", "checkpoint-001.pt", "checkpoint-002.pt",
+                                                     "config.json",
                                                      "last.pt", "metrics.jsonl", "model.pt", "summary.json"]
     ckpt = torch.load(run / "model.pt", weights_only=True)
     assert ckpt["meta"]["world_size"] == 2

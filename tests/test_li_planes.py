@@ -226,7 +226,7 @@ def run_dir(tmp_path_factory):
 
 def test_trajectory_files_of_a_run_folder(run_dir, tmp_path):
     files = trajectory_files([run_dir])
-    assert [f.name for f in files] == [f"checkpoint-00{k}.pt" for k in range(1, 5)] + ["model.pt"]
+    assert [f.name for f in files] == [f"checkpoint-00{k}.pt" for k in range(0, 5)] + ["model.pt"]
     for k in (10, 2):  # sorted by epoch, not as strings
         (tmp_path / f"checkpoint-{k:04d}.pt").write_bytes(b"")
     (tmp_path / "checkpoint-0100.pt").write_bytes(b"")
@@ -241,9 +241,9 @@ def test_cli_trajectory_plane_of_a_run(run_dir, tmp_path, capsys):
     code, out, err = run_cli(capsys, "plane", "--trajectory", run_dir, "--grid", 3, "--out", tmp_path / "t")
     assert code == 0, err
     s = json.loads((tmp_path / "t" / "summary.json").read_text())
-    assert s["checkpoints"] == 4  # model.pt repeats checkpoint-004.pt and is dropped
-    assert s["start_label"] == "checkpoint-001" and s["anchor_labels"] == ["checkpoint-004"]
-    assert "trajectory: 4 checkpoints" in out and "PC1" in out
+    assert s["checkpoints"] == 5  # the initial weights, 4 epochs; model.pt repeats checkpoint-004.pt, dropped
+    assert s["start_label"] == "checkpoint-000" and s["anchor_labels"] == ["checkpoint-004"]
+    assert "trajectory: 5 checkpoints" in out and "PC1" in out
     assert (tmp_path / "t" / "plane_train_loss.png").exists()
     final = load_checkpoint(run_dir / "model.pt")
     space = ParamSpace.of(load_model(run_dir / "model.pt"))
@@ -299,7 +299,7 @@ def test_cli_trajectory_checkpoints_pass_once_in_training_order(run_dir, tmp_pat
     assert f"note: left out {c[1]}: the same weights as the checkpoint before" in err
     assert json.loads((tmp_path / "rep" / "summary.json").read_text())["checkpoints"] == 3
     code, _, err = run_cli(capsys, "plane", "--trajectory", run_dir, run_dir, "--out", tmp_path / "twice")
-    assert code != 0 and "not in training order" in one_line(err) and "(epoch 1) comes after" in err
+    assert code != 0 and "not in training order" in one_line(err) and "(epoch 0) comes after" in err
     code, _, err = run_cli(capsys, "plane", "--trajectory", c[2], c[0], c[1], "--out", tmp_path / "order")
     assert code != 0 and f"{c[0]} (epoch 1) comes after {c[2]} (epoch 3)" in one_line(err)
     code, _, err = run_cli(capsys, "plane", "--trajectory", c[0], c[1], c[0], "--out", tmp_path / "back")

@@ -10,7 +10,8 @@ from landscape.checkpoint import load_checkpoint, load_model, read_jsonl
 from landscape.data import load_dataset
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_model, l2_penalty
-from landscape.train import TrainConfig, learning_rate, schedule_factor, train
+from landscape.models import create_model
+from landscape.train import TrainConfig, learning_rate, schedule_factor, seed_everything, train
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,12 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, digits):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["epoch"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3, 4]
     assert (tmp_path / "cut" / "checkpoint-002.pt").exists() and (tmp_path / "cut" / "checkpoint-004.pt").exists()
+    # checkpoint-000.pt: the initial weights, as the seed makes them (a trajectory's start), kept by a resumed run
+    init = load_checkpoint(tmp_path / "cut" / "checkpoint-000.pt")
+    assert init.meta["epoch"] == 0
+    seed_everything(3)
+    fresh = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=8).state_dict()
+    assert all(torch.equal(init.state_dict[k], fresh[k]) for k in fresh)
     # Resuming with other settings is refused, naming the setting.
     with pytest.raises(UserError, match="lr="):
         train(out=tmp_path / "cut", resume=True, **{**kw, "lr": 0.1})
