@@ -352,6 +352,27 @@ def _memory_budget(device: torch.device) -> float:
     return 2 * 2**30
 
 
+def whole_set_fits(model: nn.Module, data, factor: float) -> bool:
+    """Whether ``factor`` times the layer outputs of the whole training set,
+    run as one batch, fit :func:`_memory_budget`: a backward pass through it
+    keeps about 3 (NUTS's gradient), a double backward about 6 (the
+    Hessian-vector products of ``sharpness``)."""
+    probe = _probe_forward(model, data)
+    return factor * probe.output_bytes * len(data.y_train) <= _memory_budget(data.device)
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """TF32 off on CUDA, for gradients that must be fp32 (its 10-bit mantissa
+    would be noise in N x NLL, its differences and its curvature)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def keep_freed_memory() -> None:
     """Make glibc serve large blocks from a heap that keeps its freed memory
     (on Linux; elsewhere nothing happens). Done once per process.

@@ -47,8 +47,8 @@ from torch.func import functional_call
 
 from .bn import bn_modules
 from .checkpoint import write_json, write_npz
-from .errors import UserError, is_whole
-from .evaluate import _memory_budget, _probe_forward
+from .errors import UserError, check_seed, is_whole
+from .evaluate import full_float32, whole_set_fits
 from .sweep import STORE, begin_result, finish_result, is_main, rank_and_world, request_key
 from .weights import ParamSpace
 
@@ -72,15 +72,15 @@ def hessian_bn(model: nn.Module, data, bn_stats: str = "auto") -> str:
         return "batches"
     if bn_stats != "auto":
         return bn_stats
-    probe = _probe_forward(model, data)
-    fits = HVP_MEMORY_FACTOR * probe.output_bytes * len(data.y_train) <= _memory_budget(data.device)
-    return "population" if fits else "batches"
+    return "population" if whole_set_fits(model, data, HVP_MEMORY_FACTOR) else "batches"
 
 
 class TrainLoss:
     """The mean training NLL of ``model`` as a function of its flat weights
     (P,): its value and Hessian-vector products, in fp32 (TF32 off on CUDA)
-    with sums in float64. ``bn`` is :func:`hessian_bn`'s; dropout is off."""
+    with sums in float64. ``bn`` is :func:`hessian_bn`'s; dropout is off.
+    NUTS's gradient (``subspace.LogPosterior``) differentiates the same
+    :meth:`nll_sum` over the same :meth:`batches`."""
 
     def __init__(self, model: nn.Module, data, bn: str = "batches", batch_size: int = 1000):
         if not is_whole(batch_size) or batch_size < 1:
@@ -93,7 +93,9 @@ class TrainLoss:
         self.n = len(data.y_train)
         self.hvps = 0
 
-    def _batches(self):
+    def batches(self):
+        """The training set as one batch ("population"), or in batches of ``batch_size`` (a last one of one
+        sample joined to the one before)."""
         if self.bn == "population":
             return [(self.data.x_train, self.data.y_train)]
         batches = list(self.data.batches("train", self.batch_size))
@@ -102,20 +104,20 @@ class TrainLoss:
             batches[-1] = (torch.cat([x0, x1]), torch.cat([y0, y1]))
         return batches
 
-    def _nll(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Sum of the batch's NLL / N, differentiable in w (P,)."""
+    def nll_sum(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's summed NLL (float64), differentiable in the float32 weights w (P,)."""
         params = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
                   for name, p in self.space.unflatten(w).items()}
         if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)  # as the engine: faster convolutions
         logits = functional_call(self.net, params, (x,))
-        return F.cross_entropy(logits.float(), y, reduction="sum") / self.n
+        return -torch.log_softmax(logits.float(), dim=-1).gather(1, y[:, None]).double().sum()
 
     def value(self, w: torch.Tensor) -> tuple[float, float]:
         """(mean train NLL, train error in %) at w."""
         total, wrong = 0.0, 0
-        with torch.no_grad(), _full_float32():
-            for x, y in self._batches():
+        with torch.no_grad(), full_float32():
+            for x, y in self.batches():
                 params = self.space.unflatten(w.float())
                 logits = functional_call(self.net, params, (x,)).float()
                 total += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -126,20 +128,14 @@ class TrainLoss:
         """H v (P,) float64 at w (P,), by a double backward per batch."""
         out = torch.zeros(self.space.numel, dtype=torch.float64, device=self.data.device)
         v32 = v.to(self.data.device, torch.float32)
-        with _full_float32():
-            for x, y in self._batches():
+        with full_float32():
+            for x, y in self.batches():
                 wr = w.detach().to(self.data.device, torch.float32).requires_grad_(True)
-                (g,) = torch.autograd.grad(self._nll(wr, x, y), wr, create_graph=True)
+                (g,) = torch.autograd.grad(self.nll_sum(wr, x, y) / self.n, wr, create_graph=True)
                 (hv,) = torch.autograd.grad(g @ v32, wr)
                 out += hv.double()
         self.hvps += 1
         return out
-
-
-def _full_float32():
-    from .subspace import _full_float32 as tf32_off  # one definition of "TF32 off"
-
-    return tf32_off()
 
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, iters: int, seed: int = 0,
@@ -233,8 +229,7 @@ def check_settings(top: int, iters: int, trace_samples: int, seed: int) -> None:
             raise UserError(f"{name} must be a whole number of at least {least}, got {v}")
     if top > iters:
         raise UserError(f"--top {top} is more than the --iters {iters} Lanczos steps give")
-    if not is_whole(seed) or not 0 <= seed < 2 ** 63:
-        raise UserError(f"--seed must be a whole number in [0, 2^63), got {seed}")
+    check_seed(seed)
 
 
 def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int = 5, iters: int = 20,
@@ -279,7 +274,7 @@ _PER_NETWORK = ("ritz", "residual", "trace", "trace_se", "trace_draws", "train_n
 
 
 def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, out: str | Path | None = None, *,
-                       labels: Sequence[str] | None = None, top: int = 5, iters: int = 30, trace_samples: int = 30,
+                       labels: Sequence[str] | None = None, top: int = 5, iters: int = 20, trace_samples: int = 20,
                        seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000, wd: float = 0.0,
                        resume: bool = False, config: dict[str, Any] | None = None,
                        on_network: Callable[[str, Spectrum], None] | None = None) -> SharpnessResult:

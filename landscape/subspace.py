@@ -36,7 +36,6 @@ after every round, so ``resume`` continues an interrupted run exactly.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -44,7 +43,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,11 +55,12 @@ from tqdm.auto import tqdm
 from .bn import bn_modules
 from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
-from .errors import UserError, is_whole
-from .evaluate import METRICS, _memory_budget, _probe_forward, evaluate_points, precision_amp, resolve_bn_stats
+from .errors import UserError, check_seed, is_whole
+from .evaluate import METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, whole_set_fits
 from .inputs import stored_data
 from .metrics import running_ensemble
 from .nuts import TARGET_ACCEPT, DualAveraging, initial_step_size, nuts_round
+from .sharpness import TrainLoss
 from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep, stored_bn_stats
 from .swag import SwagPosterior, load_swag
 from .weights import ParamSpace
@@ -128,11 +128,6 @@ def _deviation_spectrum(post: SwagPosterior) -> tuple[torch.Tensor, torch.Tensor
     evals, evecs = evals.flip(0), evecs.flip(1)
     kept = int((evals > evals[0] * 1e-10).sum()) if k and float(evals[0]) > 0 else 0
     return d, evals, evecs, kept
-
-
-def check_seed(seed: int) -> None:
-    if not is_whole(seed) or not 0 <= seed < 2 ** 63:
-        raise UserError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}")
 
 
 def pca_basis(post: SwagPosterior, rank: int) -> torch.Tensor:
@@ -599,20 +594,7 @@ def gradient_kind(run: "_Run") -> str:
         return "autograd"
     if run.eval_options["bn_stats"] != "population":
         return "fd"
-    probe = _probe_forward(run.net, run.data)
-    fits = 3 * probe.output_bytes * len(run.data.y_train) <= _memory_budget(run.data.device)
-    return "autograd" if fits else "fd"
-
-
-@contextlib.contextmanager
-def _full_float32() -> Iterator[None]:
-    """TF32 off on CUDA (its 10-bit mantissa would be noise in N x NLL and its differences)."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+    return "autograd" if whole_set_fits(run.net, run.data, 3) else "fd"
 
 
 class LogPosterior:
@@ -635,13 +617,10 @@ class LogPosterior:
         self.h = FD_STEP * run.prior_scale
         sub, data = run.subspace, run.data
         self.n, self.k = len(data.y_train), sub.dim
-        if self.kind == "autograd":
-            self.population = run.eval_options["bn_stats"] == "population" and bool(bn_modules(run.net))
-            self.net = copy.deepcopy(run.net).to(data.device).eval()
-            if self.population:
-                for _, m in bn_modules(self.net):
-                    m.train()  # batch statistics, of the whole training set: the population estimate
-            self.space = ParamSpace.of(self.net)
+        if self.kind == "autograd":  # batch norm (then in population mode) normalises the whole set by itself
+            population = run.eval_options["bn_stats"] == "population" and bool(bn_modules(run.net))
+            self.loss = TrainLoss(run.net, data, "population" if population else "batches",
+                                  run.eval_options["batch_size"])
             self.shift, self.basis = sub.shift.double(), sub.basis.double()
 
     def set_scale(self, step_sizes: np.ndarray) -> bool:
@@ -653,7 +632,7 @@ class LogPosterior:
         return True
 
     def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with _full_float32():
+        with full_float32():
             ll, grad = self._fd(points) if self.kind == "fd" else self._autograd(points)
         return ll + self.run.log_prior(points), grad - points / self.run.prior_scale ** 2
 
@@ -667,20 +646,13 @@ class LogPosterior:
         return ll[:, 0], (ll[:, 1:k + 1] - ll[:, k + 1:]) / (2 * h)  # a non-finite slope: zero force (nuts._drive)
 
     def _autograd(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        data, device = self.run.data, self.run.data.device
+        device = self.run.data.device
         lls, grads = np.empty(len(points)), np.empty((len(points), self.k))
         for i, z in enumerate(points):
             zt = torch.tensor(z, dtype=torch.float64, device=device, requires_grad=True)
             total = torch.zeros((), dtype=torch.float64, device=device)
-            batches = [(data.x_train, data.y_train)] if self.population else data.batches(
-                "train", self.run.eval_options["batch_size"])
-            for x, y in batches:  # one backward per batch: the graph of one batch in memory at a time
-                params = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
-                          for name, p in self.space.unflatten((self.shift + zt @ self.basis).float()).items()}
-                if x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)  # as the engine: faster convolutions
-                logits = functional_call(self.net, params, (x,))
-                nll = -torch.log_softmax(logits.float(), dim=-1).gather(1, y[:, None]).double().sum()
+            for x, y in self.loss.batches():  # one backward per batch: the graph of one batch in memory at a time
+                nll = self.loss.nll_sum((self.shift + zt @ self.basis).float(), x, y)
                 (nll / self.n).backward()
                 total += nll.detach()
             lls[i] = -float(total) / self.run.temperature

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import landscape.evaluate as engine_module
 import landscape.subspace as subspace_module
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, evaluate_points_sequential
@@ -231,7 +232,7 @@ def test_the_gradient_falls_back_to_finite_differences_when_a_backward_pass_woul
     sub = swag_subspace(swag, "pca", 2)
     run = make_run(sub, small_digits, "population")
     assert gradient_kind(run) == "autograd"
-    monkeypatch.setattr(subspace_module, "_memory_budget", lambda device: 1e3)
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 1e3)
     assert gradient_kind(run) == "fd"
 
 
