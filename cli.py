@@ -338,7 +338,6 @@ def cmd_plane(args: argparse.Namespace) -> int:
                             f"--center; {given[0]} spans its own plane")
     device = process_device(args.device)
     path = path_label = None
-    files: list = []
     if args.ckpt:
         from curves.fit import load_curve
 
@@ -360,7 +359,6 @@ def cmd_plane(args: argparse.Namespace) -> int:
         pts = load(files, model=args.model, model_kwargs=dict(args.model_kwargs),
                    data_overrides=_data_overrides(args), device=device)
         model, points, labels, data, wd = pts.model, pts.vectors, pts.labels, pts.data, _eval_wd(args, pts)
-        files = [ck.path for ck in pts.checkpoints]
         if args.points:
             if len(points) != 3:
                 raise UserError(f"--points needs three checkpoints, got {len(points)}")
@@ -385,7 +383,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
                       config={"argv": sys.argv, "ckpt": str(args.ckpt) if args.ckpt else None,
                               "points": [str(p) for p in args.points or []],
                               "center": str(args.center) if args.center else None,
-                              "trajectory": [str(p) for p in files] if args.trajectory else [],
+                              "trajectory": [str(ck.path) for ck in pts.checkpoints] if args.trajectory else [],
                               "mark": [str(p) for p in args.mark or []]})
     if not is_main():
         return 0

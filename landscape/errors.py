@@ -9,7 +9,7 @@ line and exits with status 2; Python callers can catch it like any
 import math
 import numbers
 
-__all__ = ["UserError", "first_line", "is_whole"]
+__all__ = ["UserError", "check_seed", "first_line", "is_whole"]
 
 
 def is_whole(value: object) -> bool:
@@ -18,6 +18,12 @@ def is_whole(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return isinstance(value, numbers.Integral) or bool(math.isfinite(value) and int(value) == value)
+
+
+def check_seed(seed: object) -> None:
+    """One line for a ``--seed`` that a generator cannot take: a whole number from 0 to 2^63 - 1."""
+    if not is_whole(seed) or not 0 <= seed < 2 ** 63:
+        raise UserError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}")
 
 
 class UserError(ValueError):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError, is_whole
+from .errors import UserError, check_seed
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
@@ -100,8 +100,7 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
     ``grid``, ``wd``, ``batch_size``, ``resume``, ...; not ``margin``)."""
     (c,) = _vectors(model, [center], data.device, "the centre")
     check_normalize(normalize)
-    if not is_whole(seed) or not 0 <= seed < 2 ** 63:
-        raise UserError(f"--seed must be a whole number in [0, 2^63), got {seed}")
+    check_seed(seed)
     asked = span
     if span is None:
         span = 1.0 if normalize == "filter" else 0.5 * float(c.norm())
