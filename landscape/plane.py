@@ -246,7 +246,8 @@ def _sweep_in_plane(
     path_xy = (layout.path_xy if layout.path_xy is not None else
                project(basis, path.to(data.device)) if path is not None else np.zeros((0, 2)))
     mark_vecs = _vectors(model, marks, data.device, "a marked point")
-    mark_xy = project(basis, torch.stack(mark_vecs)) if mark_vecs else np.zeros((0, 2))
+    mark_xy, mark_distance = project_with_distance(basis, torch.stack(mark_vecs)) if mark_vecs else (
+        np.zeros((0, 2)), np.zeros(0))
     if layout.default_range is not None:
         x, y = plane_grid(np.zeros((1, 2)), grid, 0.0, xrange or layout.default_range, yrange or layout.default_range)
     else:
@@ -256,8 +257,6 @@ def _sweep_in_plane(
     # off the plane is drawn at its projection, but its values are the network's own.
     W = basis.anchors().to(data.device)  # (3, P): origin, u, v
     k, n_anchor = len(mark_vecs), len(layout.anchors)
-    mark_distance = [float((m - W[0] - float(xy[0]) * W[1] - float(xy[1]) * W[2]).norm())
-                     for m, xy in zip(mark_vecs, mark_xy)]
     if k:
         W = torch.cat([W, torch.stack(mark_vecs).to(W.dtype)])  # (3 + k, P)
     in_plane = np.concatenate([plane_coefficients(x, y), np.concatenate([np.ones((n_anchor, 1)), anchor_xy], axis=1)])
@@ -279,8 +278,8 @@ def _sweep_in_plane(
     for m in METRICS:
         arrays[m] = values[m][:g2].reshape(grid, grid)
     exact = {m: values[m][g2:] for m in METRICS}
-    summary = _plane_summary(arrays, exact, layout.labels, list(mark_labels), mark_distance, layout.path_label, data,
-                             wd, grid)
+    summary = _plane_summary(arrays, exact, layout.labels, list(mark_labels), mark_distance.tolist(),
+                             layout.path_label, data, wd, grid)
     summary.update(layout.summary)
     finish_result(out, "plane.npz", arrays, summary, request)
     return PlaneResult(arrays=arrays, summary=summary, out=out)

@@ -75,6 +75,11 @@ def hessian_bn(model: nn.Module, data, bn_stats: str = "auto") -> str:
     return "population" if whole_set_fits(model, data, HVP_MEMORY_FACTOR) else "batches"
 
 
+def _summed_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of -log softmax(logits)[y], in float64."""
+    return -torch.log_softmax(logits, dim=-1).gather(1, y[:, None]).double().sum()
+
+
 class TrainLoss:
     """The mean training NLL of ``model`` as a function of its flat weights
     (P,): its value and Hessian-vector products, in fp32 (TF32 off on CUDA)
@@ -104,23 +109,25 @@ class TrainLoss:
             batches[-1] = (torch.cat([x0, x1]), torch.cat([y0, y1]))
         return batches
 
-    def nll_sum(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The batch's summed NLL (float64), differentiable in the float32 weights w (P,)."""
+    def _logits(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The network's fp32 logits on x at the float32 weights w (P,), differentiable in w."""
         params = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
                   for name, p in self.space.unflatten(w).items()}
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # as the engine: faster convolutions
-        logits = functional_call(self.net, params, (x,))
-        return -torch.log_softmax(logits.float(), dim=-1).gather(1, y[:, None]).double().sum()
+        return functional_call(self.net, params, (x,)).float()
+
+    def nll_sum(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's summed NLL (float64), differentiable in the float32 weights w (P,)."""
+        return _summed_nll(self._logits(w, x), y)
 
     def value(self, w: torch.Tensor) -> tuple[float, float]:
         """(mean train NLL, train error in %) at w."""
         total, wrong = 0.0, 0
         with torch.no_grad(), full_float32():
             for x, y in self.batches():
-                params = self.space.unflatten(w.float())
-                logits = functional_call(self.net, params, (x,)).float()
-                total += float(F.cross_entropy(logits, y, reduction="sum"))
+                logits = self._logits(w.float(), x)
+                total += float(F.cross_entropy(logits, y, reduction="sum"))  # fp32: overflowing logits give inf
                 wrong += int((logits.argmax(1) != y).sum())
         return total / self.n, 100.0 * wrong / self.n
 
