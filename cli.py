@@ -336,6 +336,10 @@ def cmd_plane(args: argparse.Namespace) -> int:
         if extra:
             raise UserError(f"{', '.join(extra)} set{'s' if len(extra) == 1 else ''} the random plane around "
                             f"--center; {given[0]} spans its own plane")
+    if args.ignore and not args.trajectory:
+        raise UserError(f"--ignore sets what a trajectory's PCA leaves out (--trajectory); {given[0]} spans its own "
+                        f"plane" + (" (filter normalisation already leaves biases and batch norm at the centre's)"
+                                    if args.center else ""))
     device = process_device(args.device)
     path = path_label = None
     if args.ckpt:
@@ -366,7 +370,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
                                                      "and swag.pt are one network)")
     if args.trajectory:
         evaluate, first = evaluate_trajectory_plane, points
-        kind_options = {"labels": labels, "margin": margin}
+        kind_options = {"labels": labels, "margin": margin, "ignore": args.ignore}
     elif args.center:
         evaluate, first = evaluate_random_plane, points[0]
         kind_options = {"normalize": args.normalize or "filter", "seed": 0 if args.seed is None else args.seed,
@@ -520,11 +524,16 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         written = [f for part in parts for f in draw_simplex_figure(part, formats)]  # ESPRO: one per component
         if not written:
             print(f"{d}: no figure: a simplex of two vertices has no triangular face to draw", file=sys.stderr)
+    elif (d / "sharpness.npz").exists():
+        from plots.sharpness import draw_sharpness_figure
+
+        written = draw_sharpness_figure(d, formats)
     elif (d / "sweep.partial.npz").exists():
         raise UserError(f"{d}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
                         f"command with --resume, then plot")
     else:
-        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, simplex.npz, swag.npz, subspace.npz or variational.npz)")
+        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, sharpness.npz, simplex.npz, swag.npz, "
+                        f"subspace.npz or variational.npz)")
     return written
 
 
@@ -768,6 +777,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     from landscape.inputs import load_points
     from landscape.sharpness import evaluate_sharpness
     from landscape.sweep import process_device
+    from plots.sharpness import draw_sharpness_figure
 
     pts = load_points(args.checkpoints, model=args.model, model_kwargs=dict(args.model_kwargs),
                       data_overrides=_data_overrides(args), device=process_device(args.device))
@@ -780,7 +790,8 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
 
     result = evaluate_sharpness(pts.model, pts.vectors, pts.data, args.out, labels=pts.labels, top=args.top,
                                 iters=args.iters, trace_samples=args.trace_samples, seed=args.seed,
-                                bn_stats=args.bn_stats, batch_size=args.batch_size, wd=_eval_wd(args, pts),
+                                bn_stats=args.bn_stats, batch_size=args.batch_size,
+                                density_runs=args.density_runs, wd=_eval_wd(args, pts),
                                 resume=args.resume, on_network=report,
                                 config={"argv": sys.argv, "checkpoints": [str(p) for p in args.checkpoints]})
     s = result.summary
@@ -794,6 +805,8 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     print(f"(the weight-decay term adds {s['wd']:g} to every eigenvalue; the lowest Ritz value bounds the smallest "
           f"eigenvalue from above, and is it only when its residual is small)")
     print(f"summary: {args.out / 'summary.json'}")
+    for f in draw_sharpness_figure(args.out, tuple(args.format)):
+        print(f"figure: {f}")
     return 0
 
 
@@ -1116,6 +1129,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a training run's folder (its checkpoint-NNN.pt from --save-every, then model.pt) or "
                         "checkpoints in training order: the plane of the trajectory's first two principal "
                         "directions around its end, the trajectory drawn in (Li et al. 2018)")
+    g.add_argument("--ignore", default=None, choices=["biasbn"],
+                   help="with --trajectory: leave biases and batch-norm parameters out of the PCA (Li et al.'s "
+                        "--ignore biasbn)")
     g.add_argument("--normalize", default=None,
                    help="with --center: filter (default; Li et al.'s filter normalisation) or gaussian "
                         "(unit-norm directions, as rays)")
@@ -1346,13 +1362,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--iters", type=int, default=20, help="Lanczos steps, one Hessian-vector product each (default 20)")
     g.add_argument("--trace-samples", type=int, default=20,
                    help="Rademacher vectors of the trace estimate, one product each (default 20)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start and the Rademacher vectors")
+    g.add_argument("--density-runs", type=int, default=1,
+                   help="Lanczos runs averaged in the spectral density (stochastic Lanczos quadrature); the first "
+                        "is the eigenvalues' run, each further one costs --iters products (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starts and the Rademacher vectors")
     g.add_argument("--bn-stats", default="auto", choices=["auto", "population", "batches"],
                    help="population: the whole training set as one batch (the planes' loss); batches: each batch "
                         "by its own statistics (less memory); auto (default): population when it fits")
     g.add_argument("--batch-size", type=int, default=1000, help="images per pass with --bn-stats batches")
     g.add_argument("--wd", type=float, default=None, help="weight decay to report (default: as trained)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     g.add_argument("--quiet", action="store_true", help="no per-network lines on stderr")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)

@@ -24,7 +24,7 @@ from .weights import ParamSpace, gram_schmidt
 
 __all__ = ["PlaneBasis", "plane_basis", "random_plane_basis", "trajectory_basis", "project", "plane_grid",
            "plane_coefficients", "random_directions", "filter_normalize", "ray_coefficients", "line_coefficients",
-           "NORMALIZATIONS", "check_normalize", "project_with_distance"]
+           "NORMALIZATIONS", "check_normalize", "project_with_distance", "weight_mask"]
 
 NORMALIZATIONS = ("gaussian", "filter")
 
@@ -88,7 +88,8 @@ def random_plane_basis(center: torch.Tensor, space: ParamSpace, normalize: str =
     return PlaneBasis(origin=c64, u=d64[0], v=d64[1], orthonormal=False)
 
 
-def trajectory_basis(points: torch.Tensor, chunk: int | None = None) -> tuple[PlaneBasis, np.ndarray]:
+def trajectory_basis(points: torch.Tensor, chunk: int | None = None,
+                     mask: torch.Tensor | None = None) -> tuple[PlaneBasis, np.ndarray]:
     """The plane of a training trajectory (Li et al. 2018, sec. 7): origin
     the last point of ``points`` (n, P), axes the first two principal
     directions of the rows ``w_i - w_last`` (centred, as their PCA), and the
@@ -100,7 +101,9 @@ def trajectory_basis(points: torch.Tensor, chunk: int | None = None) -> tuple[Pl
     fixed so that the first point has non-negative coordinates. The shares
     are of the variance about the points' mean (the PCA's plane passes
     through it; the plane returned is the parallel one through the last
-    point, as Li et al. draw it)."""
+    point, as Li et al. draw it). With ``mask`` (P,) bool, only the
+    coordinates it keeps enter the PCA, and the axes are zero elsewhere
+    (Li et al.'s ``--ignore biasbn``: :func:`weight_mask`)."""
     points = points.detach()
     n, numel = points.shape
     chunk = chunk or max(1, (1 << 22) // n)
@@ -108,9 +111,12 @@ def trajectory_basis(points: torch.Tensor, chunk: int | None = None) -> tuple[Pl
         raise UserError(f"a trajectory's plane needs at least 3 checkpoints, got {n}")
     last = points[-1].double()
 
+    keep = None if mask is None else mask.to(points.device, torch.float64)
+
     def centred(j: int) -> torch.Tensor:  # (n, chunk) columns of the centred rows w_i - w_last
         x = points[:, j:j + chunk].double() - last[j:j + chunk]
-        return x - x.mean(dim=0)
+        x = x - x.mean(dim=0)
+        return x if keep is None else x * keep[j:j + chunk]
 
     gram = torch.zeros(n, n, dtype=torch.float64, device=points.device)
     for j in range(0, numel, chunk):
@@ -124,7 +130,7 @@ def trajectory_basis(points: torch.Tensor, chunk: int | None = None) -> tuple[Pl
     axes = torch.cat([vec.T @ centred(j) for j in range(0, numel, chunk)], dim=1)  # (2, P)
     u, v = gram_schmidt(axes)  # unit length and orthogonal despite rounding
     first = points[0].double() - last
-    u, v = (a if float(first @ a) >= 0 else -a for a in (u, v))
+    u, v = (a if float(first @ a) >= 0 else -a for a in (u, v))  # masked coordinates: zero in u and v
     ratio = (eig[:2] / total).cpu().numpy()
     return PlaneBasis(origin=last, u=u, v=v), ratio
 
@@ -189,6 +195,15 @@ def random_directions(numel: int, n: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     d = torch.randn(n, numel, generator=gen, dtype=torch.float32)
     return d / d.norm(dim=1, keepdim=True)
+
+
+def weight_mask(space: ParamSpace) -> torch.Tensor:
+    """(P,) bool: True on the coordinates of weight tensors of two or more
+    dimensions, False on biases and batch-norm parameters (one-dimensional
+    tensors), as Li et al.'s ``ignore biasbn`` and filter normalisation
+    tell them apart."""
+    return torch.cat([torch.full((size,), len(shape) >= 2, dtype=torch.bool)
+                      for size, shape in zip(space.sizes, space.shapes)])
 
 
 def filter_normalize(directions: torch.Tensor, center: torch.Tensor, space: ParamSpace) -> torch.Tensor:

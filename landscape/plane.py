@@ -30,6 +30,7 @@ from .geometry import (
     project_with_distance,
     random_plane_basis,
     trajectory_basis,
+    weight_mask,
 )
 from .sweep import STORE, begin_result, finish_result, request_key, run_sweep
 from .weights import ParamSpace
@@ -126,7 +127,7 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
 
 def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tensor], data,
                               out: str | Path | None = None, *, labels: Sequence[str] | None = None,
-                              **options) -> PlaneResult:
+                              ignore: str | None = None, **options) -> PlaneResult:
     """The loss surface in the plane of a training trajectory (Li et al.
     2018, sec. 7): ``trajectory`` is the checkpoints' flat weights in
     training order (each once); the plane's origin is the last, its axes the
@@ -135,32 +136,44 @@ def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tenso
     projected onto it and drawn in. The summary gives the fraction of the
     trajectory's variance (about its mean) each axis explains and, for
     every checkpoint, its distance from the plane. ``labels`` name the
-    checkpoints; ``options`` are :func:`evaluate_plane`'s. Memory: the
+    checkpoints. ``ignore="biasbn"`` leaves biases and batch-norm
+    parameters out of the PCA (Li et al.'s ``--ignore biasbn``): the axes
+    are zero there, so the grid keeps the last checkpoint's, and the
+    shares of variance are of the weights kept. ``options`` are
+    :func:`evaluate_plane`'s. Memory: the
     trajectory stacked (checkpoints x parameters floats) besides the
     vectors given, and float64 work of at most 2^22 entries at a time."""
     if labels is not None and len(labels) != len(trajectory):
         raise UserError(f"give one label per checkpoint: {len(labels)} labels for {len(trajectory)} checkpoints")
     labels = list(labels) if labels is not None else [f"checkpoint {i + 1}" for i in range(len(trajectory))]
+    if ignore not in (None, "biasbn"):
+        raise UserError(f"unknown --ignore {ignore!r}; the one choice is biasbn (biases and batch-norm parameters)")
     vecs = _vectors(model, trajectory, data.device, "a trajectory checkpoint")
     _refuse_repeats(vecs, labels)
     path = torch.stack(vecs)
     del vecs  # the stacked copy is the one kept
-    basis, ratio = trajectory_basis(path)
+    mask = weight_mask(ParamSpace.of(model)) if ignore else None
+    if mask is not None and not bool(mask.any()):
+        raise UserError("--ignore biasbn leaves nothing: the model has no weight with two or more dimensions")
+    basis, ratio = trajectory_basis(path, mask=mask)
     xy, off = project_with_distance(basis, path, rows=max(1, (1 << 22) // path.shape[1]))
     layout = _Layout(  # the path is the request's input
         basis=basis, anchors=[path[-1]], labels=[labels[-1]], path=path, path_xy=xy, path_label="trajectory",
-        inputs=[], request={"plane": "trajectory"},
-        summary={"plane": "trajectory", "checkpoints": len(labels), "start_label": labels[0],
+        inputs=[], request={"plane": "trajectory", **({"ignore": ignore} if ignore else {})},  # old keys unchanged
+        summary={"plane": "trajectory", "checkpoints": len(labels), "start_label": labels[0], "ignore": ignore,
                  "trajectory_labels": labels,
                  "explained_variance": [float(r) for r in ratio],
-                 "axis_labels": [f"PC1 ({100 * ratio[0]:.1f} % of the trajectory's variance)",
+                 "axis_labels": [f"PC1 ({100 * ratio[0]:.1f} % of the trajectory's variance"
+                                 f"{', biases and BN left out' if ignore else ''})",
                                  f"PC2 ({100 * ratio[1]:.1f} %)"],
                  "trajectory_distance_from_plane": [float(d) for d in off],
                  "notes": "origin: the last checkpoint; x, y along the first two principal directions of the "
                           "checkpoints' differences from it (Li et al. 2018), in weight-space units; the shares of "
                           "variance are about the checkpoints' mean (the PCA's plane through it, parallel to this "
                           "one), the distances from this plane; the trajectory is drawn at its projection; batch "
-                          "norm re-estimated at every grid point"})
+                          "norm re-estimated at every grid point" + (
+                              "; biases and batch-norm parameters left out of the PCA (zero along both axes: the "
+                              "grid keeps the last checkpoint's), but not out of the distances" if ignore else "")})
     return _sweep_in_plane(model, layout, data, out, **options)
 
 

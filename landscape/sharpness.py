@@ -14,7 +14,16 @@ at the network's weights (Keskar et al. 2017; Li et al. 2018; Yao et al.
   within it of theta (up to the products' own float32 error, about 1e-5 of
   ||H y|| here), and a small one says the value has converged;
 - its trace by Hutchinson's estimator, the mean of v^T H v over
-  ``trace_samples`` Rademacher vectors v, with its standard error.
+  ``trace_samples`` Rademacher vectors v, with its standard error;
+- its spectral density by stochastic Lanczos quadrature (Ghorbani et al.
+  2019): each Lanczos run's Ritz values are the nodes, and the squared
+  first components of the tridiagonal matrix's eigenvectors the weights,
+  of a Gauss quadrature of its start's spectral measure; their mean over
+  ``density_runs`` starts, smoothed by a Gaussian, estimates the density of
+  the eigenvalues. The first run is the one above. An m-step quadrature
+  matches the first 2m - 1 moments of its start's measure, so with few
+  steps the density is a coarse picture: resolve it with more ``iters``
+  (Ghorbani et al. use 90) and average out the start with more runs.
 
 Hessian-vector products are double backward passes through
 ``functional_call`` on the flat weights. Batch norm is the engine's: with
@@ -37,7 +46,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +61,8 @@ from .evaluate import full_float32, whole_set_fits
 from .sweep import STORE, begin_result, finish_result, is_main, rank_and_world, request_key
 from .weights import ParamSpace
 
-__all__ = ["TrainLoss", "check_settings", "hessian_bn", "lanczos", "hutchinson_trace", "hessian_spectrum", "evaluate_sharpness"]
+__all__ = ["TrainLoss", "check_settings", "hessian_bn", "lanczos", "LanczosRun", "spectral_density", "hutchinson_trace",
+           "hessian_spectrum", "evaluate_sharpness"]
 
 # Memory of a double backward through the whole training set, in its layer outputs (forward, backward,
 # and the graph of the gradient kept for the second backward).
@@ -145,20 +155,38 @@ class TrainLoss:
         return out
 
 
+class LanczosRun(NamedTuple):
+    """One Lanczos run: the Ritz values (m,), descending; their residuals by
+    the recurrence, |beta_m s_m| (m,), which equal ||A y - theta y|| for
+    exact products; their Gauss quadrature weights, the squared first
+    components s_1^2 of the tridiagonal matrix's eigenvectors (m,), summing
+    to 1; and, when asked, a function of i giving the i-th Ritz vector y."""
+
+    values: np.ndarray
+    residuals: np.ndarray
+    weights: np.ndarray
+    vector: Callable[[int], torch.Tensor] | None = None
+
+
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, iters: int, seed: int = 0,
-            device: torch.device | str = "cpu", vectors: bool = False):
+            device: torch.device | str = "cpu", vectors: bool = False, run: int = 0) -> LanczosRun:
     """The Lanczos iteration for a symmetric operator ``matvec`` on R^numel,
-    with full reorthogonalisation (twice, modified Gram-Schmidt), from a
-    Gaussian start drawn with ``seed``: ``iters`` products (fewer if the
-    Krylov space closes). Returns the Ritz values (m,), descending, and
-    their residuals by the recurrence, |beta_m s_m| (m,), which equal
-    ||A y - theta y|| for exact products; with ``vectors`` also a function
-    of i giving the i-th Ritz vector y (P,). Keeps the m basis vectors
-    (m x P float64)."""
+    with full reorthogonalisation (twice, modified Gram-Schmidt): ``iters``
+    products (fewer if the Krylov space closes) from a Gaussian start, the
+    ``run``-th draw (from 0) of a generator seeded with ``seed``. Keeps the
+    m basis vectors (m x P float64); ``vectors`` keeps the Ritz vectors'
+    function (:class:`LanczosRun`).
+
+    The nodes and weights are the m-point Gauss quadrature of the start's
+    spectral measure: for a unit start v, sum_j w_j theta_j^k = v^T A^k v
+    for every k < 2m (stochastic Lanczos quadrature, Golub & Meurant; the
+    spectral density of Ghorbani et al. 2019 averages it over starts)."""
     if not is_whole(iters) or iters < 1:
         raise UserError(f"--iters must be a positive whole number, got {iters}")
     gen = torch.Generator().manual_seed(int(seed))
-    v = torch.randn(numel, generator=gen, dtype=torch.float64).to(device)
+    for _ in range(int(run) + 1):
+        v = torch.randn(numel, generator=gen, dtype=torch.float64)
+    v = v.to(device)
     v = v / v.norm()
     basis: list[torch.Tensor] = []
     alphas: list[float] = []
@@ -187,14 +215,33 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, iters: i
     theta, s = torch.linalg.eigh(t)  # ascending
     residual = (betas[m - 1] * s[-1, :]).abs()
     order = torch.argsort(theta, descending=True)
+    run_result = LanczosRun(theta[order].numpy(), residual[order].numpy(), (s[0, order] ** 2).numpy())
     if not vectors:
-        return theta[order].numpy(), residual[order].numpy()
+        return run_result
 
     def ritz_vector(i: int) -> torch.Tensor:
         coef = s[:, order[i]].to(basis[0].device)
         return sum(float(coef[j]) * basis[j] for j in range(m))
 
-    return theta[order].numpy(), residual[order].numpy(), ritz_vector
+    return run_result._replace(vector=ritz_vector)
+
+
+def spectral_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """The smoothed spectral density of stochastic Lanczos quadrature at
+    ``grid``: the mean over runs (rows of ``nodes`` / ``weights``, NaN
+    padding ignored) of sum_j w_j N(t; theta_j, sigma^2). It integrates to 1
+    over the real line, as the eigenvalues' density (1/P) sum_i delta(t -
+    lambda_i) does."""
+    nodes, weights = np.atleast_2d(np.asarray(nodes, float)), np.atleast_2d(np.asarray(weights, float))
+    if sigma <= 0 or not np.isfinite(sigma):
+        raise UserError(f"the density's width must be positive, got {sigma}")
+    keep = np.isfinite(nodes) & np.isfinite(weights)
+    runs = int(np.any(keep, axis=1).sum())
+    if runs == 0:
+        return np.full(len(grid), np.nan)
+    t, w = nodes[keep], weights[keep]
+    z = (np.asarray(grid, float)[:, None] - t[None, :]) / sigma
+    return (np.exp(-0.5 * z * z) * w[None, :]).sum(1) / (sigma * np.sqrt(2 * np.pi) * runs)
 
 
 def hutchinson_trace(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, samples: int, seed: int = 0,
@@ -227,11 +274,14 @@ class Spectrum:
     train_error: float
     hvps: int
     seconds: float
+    density_nodes: np.ndarray  # (runs, m): each Lanczos run's Ritz values (run 0 is ``ritz``), NaN-padded
+    density_weights: np.ndarray  # (runs, m): their quadrature weights
 
 
-def check_settings(top: int, iters: int, trace_samples: int, seed: int) -> None:
+def check_settings(top: int, iters: int, trace_samples: int, seed: int, density_runs: int = 1) -> None:
     """One line for a setting of the sharpness estimates that cannot be used."""
-    for name, v, least in (("--top", top, 1), ("--iters", iters, 1), ("--trace-samples", trace_samples, 2)):
+    for name, v, least in (("--top", top, 1), ("--iters", iters, 1), ("--trace-samples", trace_samples, 2),
+                           ("--density-runs", density_runs, 1)):
         if not is_whole(v) or v < least:
             raise UserError(f"{name} must be a whole number of at least {least}, got {v}")
     if top > iters:
@@ -241,12 +291,15 @@ def check_settings(top: int, iters: int, trace_samples: int, seed: int) -> None:
 
 def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int = 5, iters: int = 20,
                      trace_samples: int = 20, seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000,
-                     label: str = "the network") -> Spectrum:
+                     density_runs: int = 1, label: str = "the network") -> Spectrum:
     """The train NLL's Hessian at ``weights`` (P,) for ``model``'s
     architecture: Lanczos' Ritz values (the ``top`` largest and the
     smallest with residuals measured by one more product each, the others
-    by the recurrence) and Hutchinson's trace (module docstring)."""
-    check_settings(top, iters, trace_samples, seed)
+    by the recurrence), Hutchinson's trace (module docstring), and the
+    quadrature nodes and weights of ``density_runs`` Lanczos runs for the
+    spectral density (the first is the run that gives the Ritz values; each
+    further one costs ``iters`` more products)."""
+    check_settings(top, iters, trace_samples, seed, density_runs)
     t0 = time.perf_counter()
     loss = TrainLoss(model, data, hessian_bn(model, data, bn_stats), batch_size)
     w = weights.detach().reshape(-1).to(data.device, torch.float32)
@@ -257,17 +310,28 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
         raise UserError(f"{label}: the train NLL is {nll}: no curvature to measure")
     op = lambda v: loss.hvp(w, v)  # noqa: E731
     try:
-        ritz, residual, vector = lanczos(op, loss.space.numel, iters, seed, data.device, vectors=True)
+        first = lanczos(op, loss.space.numel, iters, seed, data.device, vectors=True)
+        ritz, residual = first.values, first.residuals.copy()
         for i in sorted({*range(min(top, len(ritz))), len(ritz) - 1}):
-            y = vector(i)
+            y = first.vector(i)
             residual[i] = float((op(y) - float(ritz[i]) * y).norm() / y.norm())
+        runs = [first] + [lanczos(op, loss.space.numel, iters, seed, data.device, run=r)
+                          for r in range(1, int(density_runs))]
         trace, se, draws = hutchinson_trace(op, loss.space.numel, trace_samples, seed, data.device)
     except UserError as e:
         raise UserError(f"{label}: {e}") from None
+    nodes, weights = _padded([r.values for r in runs]), _padded([r.weights for r in runs])
     if not (np.isfinite(ritz).all() and np.isfinite(residual).all() and np.isfinite(trace)):
         raise UserError(f"{label}: a Hessian-vector product was not finite (the loss overflows near these weights)")
     return Spectrum(ritz=ritz, residual=residual, trace=trace, trace_se=se, trace_draws=draws, train_nll=nll,
-                    train_error=err, hvps=loss.hvps, seconds=time.perf_counter() - t0)
+                    train_error=err, hvps=loss.hvps, seconds=time.perf_counter() - t0, density_nodes=nodes,
+                    density_weights=weights)
+
+
+def _padded(rows: Sequence[np.ndarray], width: int | None = None) -> np.ndarray:
+    """The rows as one float array, each padded with NaN to ``width`` (default: the longest)."""
+    width = max(len(r) for r in rows) if width is None else width
+    return np.array([np.concatenate([np.asarray(r, float), np.full(width - len(r), np.nan)]) for r in rows])
 
 
 @dataclass
@@ -277,30 +341,36 @@ class SharpnessResult:
     out: Path | None
 
 
-_PER_NETWORK = ("ritz", "residual", "trace", "trace_se", "trace_draws", "train_nll", "train_error", "hvps", "seconds")
+_PER_NETWORK = ("ritz", "residual", "trace", "trace_se", "trace_draws", "train_nll", "train_error", "hvps", "seconds",
+                "density_nodes", "density_weights")
+_DENSITY = ("density_nodes", "density_weights")
 
 
 def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, out: str | Path | None = None, *,
                        labels: Sequence[str] | None = None, top: int = 5, iters: int = 20, trace_samples: int = 20,
-                       seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000, wd: float = 0.0,
-                       resume: bool = False, config: dict[str, Any] | None = None,
+                       seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000, density_runs: int = 1,
+                       wd: float = 0.0, resume: bool = False, config: dict[str, Any] | None = None,
                        on_network: Callable[[str, Spectrum], None] | None = None) -> SharpnessResult:
     """:func:`hessian_spectrum` of each flat weight vector in ``vectors``
     (same architecture), the same seed for all (so the same Lanczos start
     and Rademacher draws). With ``out`` each network's result is stored as
     it finishes (``sweep.partial.npz``), ``resume=True`` continues after the
     last one, and ``sharpness.npz`` / ``summary.json`` hold the result.
-    ``top`` of the Ritz values are reported as the top eigenvalues."""
+    ``top`` of the Ritz values are reported as the top eigenvalues;
+    ``density_runs`` Lanczos runs give the spectral density's quadrature
+    (``density_nodes`` / ``density_weights``, :func:`spectral_density`)."""
     out = Path(out) if out is not None else None
     if rank_and_world()[1] > 1:
         raise UserError("sharpness runs in one process; run it without torchrun")
     labels = list(labels) if labels is not None else [f"network {i + 1}" for i in range(len(vectors))]
     if not vectors or len(labels) != len(vectors):
         raise UserError(f"give one label per network: {len(labels)} labels for {len(vectors)} networks")
-    check_settings(top, iters, trace_samples, seed)
+    check_settings(top, iters, trace_samples, seed, density_runs)
     bn = hessian_bn(model, data, bn_stats)
     settings = {"kind": "sharpness", "top": top, "iters": iters, "trace_samples": trace_samples, "seed": seed,
                 "bn": bn, "batch_size": batch_size if bn == "batches" else None, "dataset": data.describe()}
+    if density_runs > 1:  # only then: a result stored before the density resumes under the default
+        settings["density_runs"] = int(density_runs)
     request = request_key(list(vectors), settings)
     finished = begin_result(out, "sharpness.npz", resume, "sharpness", request)
     if finished is not None:
@@ -316,33 +386,39 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
             spectra[i] = _stored_spectrum(stored, i)
             continue
         spectra[i] = hessian_spectrum(model, vectors[i], data, top=top, iters=iters, trace_samples=trace_samples,
-                                      seed=seed, bn_stats=bn, batch_size=batch_size, label=labels[i])
+                                      seed=seed, bn_stats=bn, batch_size=batch_size, density_runs=density_runs,
+                                      label=labels[i])
         done[i] = True
         if out is not None:
             _write_store(out, request, done, spectra)
         if on_network is not None:
             on_network(labels[i], spectra[i])
     arrays = _arrays(spectra)
-    summary = _summary(spectra, labels, top, iters, trace_samples, seed, bn, bool(bn_modules(model)), wd, data)
+    summary = _summary(spectra, labels, top, iters, trace_samples, seed, bn, bool(bn_modules(model)), wd, data,
+                       density_runs)
     finish_result(out, "sharpness.npz", arrays, summary, request)
     return SharpnessResult(arrays=arrays, summary=summary, out=out)
 
 
 def _arrays(spectra: Sequence[Spectrum | None]) -> dict[str, np.ndarray]:
-    """Per-network arrays, Ritz values padded with NaN where a Krylov space closed early."""
-    m = max(len(s.ritz) for s in spectra if s is not None)
-    pad = lambda a: np.concatenate([a, np.full(m - len(a), np.nan)])  # noqa: E731
+    """Per-network arrays (a network not done yet is NaN), Ritz values padded with NaN where a Krylov space
+    closed early."""
+    done = [s for s in spectra if s is not None]
     out = {}
     for key in _PER_NETWORK:
-        rows = [getattr(s, key) if s is not None else np.nan for s in spectra]
-        if key in ("ritz", "residual"):
-            rows = [pad(np.asarray(r, dtype=float)) if s is not None else np.full(m, np.nan)
-                    for r, s in zip(rows, spectra)]
-        elif key == "trace_draws":
-            width = max(len(s.trace_draws) for s in spectra if s is not None)
-            rows = [np.asarray(r, dtype=float) if s is not None else np.full(width, np.nan)
-                    for r, s in zip(rows, spectra)]
-        out[key] = np.array(rows, dtype=float)
+        if key in ("ritz", "residual", "trace_draws"):
+            width = max(len(getattr(s, key)) for s in done)
+            out[key] = np.array([_padded([getattr(s, key)], width)[0] if s is not None else np.full(width, np.nan)
+                                 for s in spectra])
+        elif key in _DENSITY:
+            runs, width = max(getattr(s, key).shape[0] for s in done), max(getattr(s, key).shape[1] for s in done)
+            out[key] = np.full((len(spectra), runs, width), np.nan)
+            for i, s in enumerate(spectra):
+                if s is not None:
+                    a = getattr(s, key)
+                    out[key][i, :a.shape[0], :a.shape[1]] = a
+        else:
+            out[key] = np.array([getattr(s, key) if s is not None else np.nan for s in spectra], dtype=float)
     return out
 
 
@@ -356,7 +432,9 @@ def _read_store(out: Path, request: str, n: int) -> tuple[np.ndarray, dict[str, 
     try:
         with np.load(path, allow_pickle=False) as z:
             key, done = str(z["key"]), z["done"].astype(bool)
-            stored = {k: z[k] for k in _PER_NETWORK}
+            stored = {k: z[k] for k in _PER_NETWORK if k not in _DENSITY}
+            for k in _DENSITY:  # a store from before the density has none: NaN (no density drawn for those)
+                stored[k] = z[k] if k in z.files else np.full((len(done), 1, 1), np.nan)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: unreadable partial results ({e}); delete it to start over") from None
     if key != request or done.shape != (n,):
@@ -371,10 +449,11 @@ def _stored_spectrum(stored: dict[str, np.ndarray], i: int) -> Spectrum:
                     trace=float(stored["trace"][i]), trace_se=float(stored["trace_se"][i]),
                     trace_draws=stored["trace_draws"][i], train_nll=float(stored["train_nll"][i]),
                     train_error=float(stored["train_error"][i]), hvps=int(stored["hvps"][i]),
-                    seconds=float(stored["seconds"][i]))
+                    seconds=float(stored["seconds"][i]), density_nodes=stored["density_nodes"][i],
+                    density_weights=stored["density_weights"][i])
 
 
-def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, data) -> dict[str, Any]:
+def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, data, density_runs) -> dict[str, Any]:
     networks = []
     for label, s in zip(labels, spectra):
         k = min(top, len(s.ritz))
@@ -396,6 +475,7 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
         "top": top,
         "iters": iters,
         "trace_samples": trace_samples,
+        "density_runs": density_runs,
         "seed": seed,
         "bn": bn if has_bn else None,
         "wd": wd,
@@ -407,7 +487,8 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
                  "with their residuals ||H y - theta y|| / ||y|| (an eigenvalue of H lies within the residual, up "
                  "to the float32 products' own error; a small residual means converged); the lowest Ritz value is "
                  "an upper bound on the smallest eigenvalue, equal to it only when its residual is small; trace: "
-                 "Hutchinson's estimate with its standard error; batch norm: " +
+                 "Hutchinson's estimate with its standard error; spectral density: stochastic Lanczos quadrature "
+                 "over density_runs starts (sharpness.npz's density_nodes and density_weights); batch norm: " +
                  ("the whole training set as one batch (the planes' population statistics)" if bn == "population"
                   else "each batch normalised by its own statistics" if has_bn else "none in this network"),
     }

@@ -427,7 +427,8 @@ def test_plot_of_an_unfinished_sweep_says_how_to_finish_it(tmp_path, capsys):
     (tmp_path / "sweep.partial.npz").unlink()
     code, _, err = run(capsys, "plot", tmp_path)
     assert code == 2 and _one_line_error(err).endswith("no stored results to draw (expected curve.npz, plane.npz, "
-                                                        "rays.npz, simplex.npz, swag.npz, subspace.npz or "
+                                                        "rays.npz, sharpness.npz, simplex.npz, swag.npz, "
+                                                        "subspace.npz or "
                                                         "variational.npz)")
 
 

@@ -20,7 +20,7 @@ from landscape.data import Dataset
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points_sequential
 from landscape.geometry import (PlaneBasis, filter_normalize, plane_basis, project, random_directions,
-                                random_plane_basis, trajectory_basis)
+                                random_plane_basis, trajectory_basis, weight_mask)
 from landscape.inputs import trajectory_files
 from landscape.plane import evaluate_random_plane, evaluate_trajectory_plane
 from landscape.train import train
@@ -133,6 +133,24 @@ def test_trajectory_basis_is_the_pca_of_the_differences_from_the_end(chunk):
     xy = project(basis, points)
     assert (xy[0] >= 0).all()  # the sign convention
     np.testing.assert_allclose(xy[-1], [0.0, 0.0], atol=1e-12)
+
+
+def test_ignoring_biases_and_batch_norm_is_the_pca_of_the_weights_alone(tiny):
+    model, _, space = tiny
+    mask = weight_mask(space)
+    assert [bool(mask[o]) for o in np.cumsum([0, *space.sizes[:-1]])] == [len(s) >= 2 for s in space.shapes]
+    assert int(mask.sum()) == 4 * 6 + 6 * 3  # the two Linear weights; their biases and BN's weight and bias out
+    g = torch.Generator().manual_seed(2)
+    points = torch.cumsum(torch.randn(6, space.numel, generator=g), dim=0)
+    points[:, ~mask] += 50.0 * torch.randn(6, int((~mask).sum()), generator=g)  # large moves that must not count
+    basis, ratio = trajectory_basis(points, chunk=5, mask=mask)
+    axes, want_ratio = numpy_pca(points[:, mask].double().numpy())
+    for got, want in zip((basis.u, basis.v), axes):
+        assert float(got[~mask].abs().max()) == 0.0
+        assert abs(float(got[mask] @ torch.from_numpy(want))) == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_allclose(ratio, want_ratio, rtol=1e-9)
+    unmasked, _ = trajectory_basis(points)
+    assert abs(float(unmasked.u[~mask].norm())) > 0.5  # without the mask the big moves lead PC1
 
 
 def test_a_trajectory_needs_three_points_spanning_a_plane():
@@ -253,6 +271,29 @@ def test_cli_trajectory_plane_of_a_run(run_dir, tmp_path, capsys):
     (tmp_path / "t" / "plane_train_loss.png").unlink()
     assert run_cli(capsys, "plot", tmp_path / "t")[0] == 0
     assert (tmp_path / "t" / "plane_train_loss.png").exists()
+
+
+def test_cli_trajectory_plane_without_biases_and_batch_norm(run_dir, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "plane", "--trajectory", run_dir, "--ignore", "biasbn", "--grid", 2,
+                             "--out", tmp_path / "t")
+    assert code == 0, err
+    s = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert s["ignore"] == "biasbn" and "biases and BN left out" in s["axis_labels"][0]
+    files = trajectory_files([run_dir])[:-1]  # model.pt repeats the last checkpoint
+    model = load_model(files[0])
+    space = ParamSpace.of(model)
+    points = torch.stack([space.flatten(load_checkpoint(f).state_dict) for f in files])
+    mask = weight_mask(space)
+    _, want = numpy_pca(points[:, mask].double().numpy())
+    np.testing.assert_allclose(s["explained_variance"], want, rtol=1e-6)
+    code, _, err = run_cli(capsys, "plane", "--center", run_dir / "model.pt", "--ignore", "biasbn", "--grid", 2,
+                           "--out", tmp_path / "c")
+    assert code != 0 and "--ignore sets what a trajectory's PCA leaves out (--trajectory)" in one_line(err)
+    # an earlier plane (no --ignore) in the same folder is another request
+    assert run_cli(capsys, "plane", "--trajectory", run_dir, "--grid", 2, "--out", tmp_path / "u")[0] == 0
+    code, _, err = run_cli(capsys, "plane", "--trajectory", run_dir, "--ignore", "biasbn", "--grid", 2,
+                           "--out", tmp_path / "u", "--resume")
+    assert code != 0 and "finished plane result of other inputs or settings" in one_line(err)
 
 
 def test_cli_random_plane_options_and_resume(run_dir, tmp_path, capsys):

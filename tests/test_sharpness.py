@@ -19,7 +19,7 @@ import landscape.sharpness as sharpness_module
 from landscape.data import Dataset
 from landscape.errors import UserError
 from landscape.sharpness import (TrainLoss, evaluate_sharpness, hessian_bn, hessian_spectrum, hutchinson_trace,
-                                 lanczos)
+                                 lanczos, spectral_density)
 from landscape.train import train
 from landscape.weights import ParamSpace
 from tests.test_plane_rays import one_line, run_cli
@@ -117,7 +117,7 @@ def random_symmetric(n: int, seed: int) -> torch.Tensor:
 
 def test_lanczos_with_as_many_steps_as_dimensions_finds_every_eigenvalue():
     A = random_symmetric(12, 0)
-    ritz, residual = lanczos(lambda v: A @ v, 12, 12, seed=3)
+    ritz, residual, _, _ = lanczos(lambda v: A @ v, 12, 12, seed=3)
     np.testing.assert_allclose(ritz, torch.linalg.eigvalsh(A).flip(0).numpy(), atol=1e-9)
     assert residual.max() < 1e-6
 
@@ -126,7 +126,7 @@ def test_lanczos_ritz_values_lie_within_their_residual_of_an_eigenvalue():
     A = random_symmetric(60, 1)
     A[0, 0] += 30.0  # one well-separated top eigenvalue, which converges first
     eig = torch.linalg.eigvalsh(A).numpy()
-    ritz, residual = lanczos(lambda v: A @ v, 60, 15, seed=0)
+    ritz, residual, _, _ = lanczos(lambda v: A @ v, 60, 15, seed=0)
     assert len(ritz) == 15
     for theta, r in zip(ritz, residual):
         assert np.abs(eig - theta).min() <= r + 1e-9
@@ -137,8 +137,70 @@ def test_lanczos_ritz_values_lie_within_their_residual_of_an_eigenvalue():
 
 def test_lanczos_stops_when_the_krylov_space_closes():
     A = torch.diag(torch.tensor([3.0, 3.0, 1.0, 1.0], dtype=torch.float64))  # two distinct eigenvalues
-    ritz, residual = lanczos(lambda v: A @ v, 4, 4, seed=0)
+    ritz, residual, weights, _ = lanczos(lambda v: A @ v, 4, 4, seed=0)
     np.testing.assert_allclose(ritz, [3.0, 1.0], atol=1e-12)
+    v = torch.randn(4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # the start: seed 0's first draw
+    np.testing.assert_allclose(weights, [float(v[:2] @ v[:2] / (v @ v)), float(v[2:] @ v[2:] / (v @ v))], rtol=1e-10)
+
+
+def test_lanczos_quadrature_weights_are_the_starts_share_of_each_eigenvector():
+    # all the steps: the Ritz pairs are A's eigenpairs, and the weight of each is (u_i . v)^2 for the unit start v
+    A = random_symmetric(10, 4)
+    lam, U = torch.linalg.eigh(A)
+    for run in (0, 2):
+        gen = torch.Generator().manual_seed(7)
+        v = [torch.randn(10, generator=gen, dtype=torch.float64) for _ in range(run + 1)][-1]
+        v = v / v.norm()
+        values, _, weights, _ = lanczos(lambda x: A @ x, 10, 10, seed=7, run=run)
+        np.testing.assert_allclose(values, lam.flip(0).numpy(), atol=1e-9)
+        np.testing.assert_allclose(weights, ((U.T @ v) ** 2).flip(0).numpy(), atol=1e-10)
+        assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_lanczos_quadrature_matches_the_starts_moments_up_to_degree_2m_minus_1():
+    # Gauss quadrature with m nodes is exact for polynomials of degree < 2m: sum_j w_j theta_j^k = v^T A^k v
+    A = random_symmetric(40, 5) / 6
+    m = 6
+    values, _, weights, _ = lanczos(lambda x: A @ x, 40, m, seed=1)
+    v = torch.randn(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    v = v / v.norm()
+    Akv = v.clone()
+    for k in range(2 * m + 2):
+        exact = float(v @ Akv)
+        quadrature = float((weights * values ** k).sum())
+        if k < 2 * m:
+            assert quadrature == pytest.approx(exact, rel=1e-8, abs=1e-12), k
+        elif k == 2 * m:
+            assert abs(quadrature - exact) > 1e-6  # degree 2m is no longer exact (the test can tell)
+        Akv = A @ Akv
+
+
+def test_the_spectral_density_averages_runs_and_integrates_to_one():
+    nodes = np.array([[1.0, -2.0, np.nan], [0.5, 0.5, 3.0]])
+    weights = np.array([[0.25, 0.75, np.nan], [0.5, 0.25, 0.25]])
+    grid = np.linspace(-6, 7, 20001)
+    sigma = 0.3
+    d = spectral_density(nodes, weights, grid, sigma)
+    assert np.trapezoid(d, grid) == pytest.approx(1.0, rel=1e-6)
+    # by hand at t = 0.5: half of each run's sum of w N(0.5; theta, sigma^2)
+    gauss = lambda t, m: np.exp(-0.5 * ((t - m) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))  # noqa: E731
+    want = 0.5 * (0.25 * gauss(0.5, 1.0) + 0.75 * gauss(0.5, -2.0)) + 0.5 * (0.75 * gauss(0.5, 0.5) + 0.25 * gauss(0.5, 3.0))
+    assert spectral_density(nodes, weights, np.array([0.5]), sigma)[0] == pytest.approx(want, rel=1e-12)
+    # the mean of the density is the mean over runs of sum w theta
+    assert np.trapezoid(grid * d, grid) == pytest.approx(0.5 * (0.25 - 1.5) + 0.5 * (0.25 + 0.125 + 0.75), rel=1e-6)
+    with pytest.raises(UserError, match="width must be positive"):
+        spectral_density(nodes, weights, grid, 0.0)
+
+
+def test_many_density_runs_estimate_the_eigenvalue_distribution():
+    # averaged over starts, the quadrature's k-th moment is tr(A^k) / n (Gaussian starts, normalised)
+    A = torch.diag(torch.tensor([-1.0] * 5 + [0.0] * 25 + [2.0] * 10, dtype=torch.float64))
+    runs = [lanczos(lambda x: A @ x, 40, 8, seed=3, run=r) for r in range(200)]
+    for k in (1, 2):
+        est = np.mean([(r.weights * r.values ** k).sum() for r in runs])
+        assert est == pytest.approx(float((torch.diag(A) ** k).mean()), abs=0.05)
+    negative = np.mean([r.weights[r.values < -0.5].sum() for r in runs])
+    assert negative == pytest.approx(5 / 40, abs=0.03)
 
 
 def test_hutchinson_is_exact_for_a_diagonal_and_unbiased_for_any_matrix():
@@ -168,6 +230,17 @@ def test_the_spectrum_of_a_network_matches_its_explicit_hessian():
     for i in (0, 1, len(few.ritz) - 1):
         assert np.abs(eig - few.ritz[i]).min() <= few.residual[i] + 1e-5
     assert few.residual[-1] > 1e-3 and few.ritz[-1] > eig[0] + 1e-3  # the lowest Ritz value: only an upper bound
+    # the density's runs: the first is the eigenvalues' run, the others Lanczos on H from the seed's later draws
+    dens = hessian_spectrum(net, w, data, top=2, iters=4, trace_samples=2, seed=2, bn_stats="population",
+                            density_runs=3)
+    assert dens.hvps == few.hvps + 2 * 4 and dens.density_nodes.shape == (3, 4)
+    np.testing.assert_array_equal(dens.density_nodes[0], few.ritz)
+    H = torch.from_numpy(explicit_hessian(net, data, w, None).numpy())
+    for r in range(3):
+        want = lanczos(lambda v: H @ v, len(w), 4, seed=2, run=r)
+        np.testing.assert_allclose(dens.density_nodes[r], want.values, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(dens.density_weights[r], want.weights, rtol=1e-3, atol=1e-5)
+    assert not np.allclose(dens.density_nodes[1], dens.density_nodes[2])  # other starts
     assert abs(s.trace - eig.sum()) < 4 * s.trace_se
     assert s.hvps == len(s.ritz) + 6 + 300  # Lanczos, the residuals of the top 5 and the lowest, the trace; the Krylov space may close early: batch norm leaves flat directions
     with torch.no_grad():
@@ -207,7 +280,7 @@ def test_results_are_stored_per_network_and_resume_after_an_interruption(tmp_pat
     monkeypatch.setattr(sharpness_module, "hessian_spectrum", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = evaluate_sharpness(net, vectors, data, tmp_path / "cut", resume=True, **kw)
     assert len(calls) == 1  # only c: a was stored before b, and b's store was written before the interruption
-    for key in ("ritz", "residual", "trace", "trace_draws", "train_nll"):
+    for key in ("ritz", "residual", "trace", "trace_draws", "train_nll", "density_nodes", "density_weights"):
         np.testing.assert_array_equal(resumed.arrays[key], whole.arrays[key], err_msg=key)
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert [n["label"] for n in summary["networks"]] == ["a", "b", "c"]
@@ -251,7 +324,42 @@ def test_cli_sharpness_of_two_trained_networks(tmp_path, capsys):
         assert n["hessian_vector_products"] == 4 + 3 + 2  # Lanczos, the residuals of 2 top and the lowest, trace
         assert f"trace {n['trace']:.4g}" in out
     assert "r1: top eigenvalue" in err and "r2: top eigenvalue" in err
+    assert f"figure: {tmp_path / 's' / 'sharpness.png'}" in out
+    (tmp_path / "s" / "sharpness.png").unlink()
+    code, out, err = run_cli(capsys, "plot", tmp_path / "s", "--format", "pdf")  # redrawn from the stored files
+    assert code == 0, err
+    assert (tmp_path / "s" / "sharpness.pdf").stat().st_size > 0
+    code, out, err = run_cli(capsys, "sharpness", tmp_path / "r1" / "model.pt", "--iters", 3, "--trace-samples", 2,
+                             "--top", 1, "--density-runs", 2, "--out", tmp_path / "d")
+    assert code == 0, err
+    z = np.load(tmp_path / "d" / "sharpness.npz")
+    assert z["density_nodes"].shape == (1, 2, 3) and np.allclose(np.nansum(z["density_weights"], -1), 1.0)
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["networks"][0]["hessian_vector_products"] == 3 + 3 + 2 + 2
     code, _, err = run_cli(capsys, "sharpness", tmp_path / "nothere.pt", "--out", tmp_path / "t")
     assert code != 0 and "no such checkpoint file" in one_line(err)
     code, _, err = run_cli(capsys, "sharpness", tmp_path / "r1" / "model.pt", "--top", 30, "--out", tmp_path / "u")
     assert code != 0 and "--top 30 is more than the --iters 20" in one_line(err)
+
+
+def test_a_partial_store_from_before_the_density_resumes(tmp_path):
+    data, net = small_data(), bn_net()
+    space = ParamSpace.of(net)
+    vectors = [space.flatten(bn_net(s)).detach() for s in (0, 1)]
+    kw = dict(labels=["a", "b"], iters=5, trace_samples=2, seed=1)
+    whole = evaluate_sharpness(net, vectors, data, tmp_path / "whole", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_sharpness(net, vectors, data, tmp_path / "old", on_network=lambda *a: (_ for _ in ()).throw(
+            KeyboardInterrupt), **kw)
+    store = tmp_path / "old" / "sweep.partial.npz"
+    with np.load(store) as z:  # as the version before the density wrote it
+        old = {k: z[k] for k in z.files if not k.startswith("density_")}
+    np.savez(store, **old)
+    resumed = evaluate_sharpness(net, vectors, data, tmp_path / "old", resume=True, **kw)
+    np.testing.assert_array_equal(resumed.arrays["ritz"], whole.arrays["ritz"])
+    assert np.isnan(resumed.arrays["density_nodes"][0]).all()  # a's was not stored: no density for it
+    np.testing.assert_array_equal(resumed.arrays["density_nodes"][1], whole.arrays["density_nodes"][1])
+    from plots.sharpness import draw_sharpness_figure
+
+    assert [p.name for p in draw_sharpness_figure(tmp_path / "old")] == ["sharpness.png"]
+    with pytest.raises(UserError, match="--density-runs must be a whole number of at least 1, got 0"):
+        evaluate_sharpness(net, vectors, data, tmp_path / "z", density_runs=0, **kw)

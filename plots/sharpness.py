@@ -1,0 +1,92 @@
+"""The figure of a sharpness result: each network's Hessian spectral density
+by stochastic Lanczos quadrature (log scale, as Ghorbani et al. 2019 and
+PyHessian draw it), its top eigenvalues and its trace with error bars.
+Drawn from ``sharpness.npz`` and ``summary.json`` alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from landscape.checkpoint import read_result
+from landscape.sharpness import spectral_density
+
+from .style import new_figure, save_figure
+
+__all__ = ["draw_sharpness_figure", "density_curves"]
+
+# The Gaussian that smooths the quadrature: this fraction of the span of all nodes.
+SIGMA_FRACTION = 0.01
+# The log axis shows this many decades below the highest density.
+DECADES = 6
+
+
+def density_curves(nodes: np.ndarray, weights: np.ndarray, points: int = 1000):
+    """The grid (points,), the smoothing width, and each network's smoothed density
+    (networks, points), from ``density_nodes`` / ``density_weights`` (networks, runs, m);
+    None where nothing finite is stored."""
+    finite = nodes[np.isfinite(nodes) & np.isfinite(weights)]
+    if finite.size == 0:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    span = max(hi - lo, 1e-3 * max(abs(lo), abs(hi), 1e-12))
+    sigma = SIGMA_FRACTION * span
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, points)
+    return grid, sigma, np.array([spectral_density(n, w, grid, sigma) for n, w in zip(nodes, weights)])
+
+
+def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Draw ``sharpness.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
+    result_dir = Path(result_dir)
+    arrays, summary = read_result(result_dir, "sharpness.npz")
+    networks = summary["networks"]
+    labels = [n["label"] for n in networks]
+    colors = [plt.get_cmap("tab10").colors[i % 10] for i in range(len(labels))]
+    fig, axes = new_figure(1, 3, width=14.0, height=4.0)
+
+    ax = axes[0]
+    curves = None
+    if "density_nodes" in arrays and "density_weights" in arrays:
+        curves = density_curves(arrays["density_nodes"], arrays["density_weights"])
+    if curves is None:
+        ax.text(0.5, 0.5, "no spectral density stored\n(a result from an earlier version)", ha="center",
+                va="center", transform=ax.transAxes)
+    else:
+        grid, sigma, dens = curves
+        for label, color, d in zip(labels, colors, dens):
+            if np.isfinite(d).any():
+                ax.semilogy(grid, np.maximum(d, 1e-300), color=color, lw=1.3, label=label)
+        top = np.nanmax(dens)
+        ax.set_ylim(top * 10.0 ** -DECADES, top * 3)
+        ax.set_xlim(grid[0], grid[-1])
+        ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+        ax.set_title(f"spectral density (SLQ, {summary.get('density_runs', 1)} run(s) of "
+                     f"{summary['iters']} steps; σ = {sigma:.2g})", fontsize=9)
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density")
+    ax.grid(alpha=0.3)
+
+    x = np.arange(len(networks))
+    ax = axes[1]
+    for i, (n, color) in enumerate(zip(networks, colors)):
+        values = np.asarray(n["top_eigenvalues"], float)
+        ax.errorbar(np.full(len(values), i), values, yerr=np.asarray(n["top_residuals"], float), fmt="o",
+                    color=color, ms=5, capsize=3)
+    ax.set_title(f"top {summary['top']} eigenvalues (bars: residuals)", fontsize=9)
+    ax.set_ylabel("eigenvalue")
+
+    ax = axes[2]
+    for i, (n, color) in enumerate(zip(networks, colors)):
+        ax.errorbar([i], [n["trace"]], yerr=[2 * n["trace_se"]], fmt="s", color=color, ms=6, capsize=4)
+    ax.set_title(f"trace (Hutchinson, {summary['trace_samples']} vectors; bars: ±2 s.e.)", fontsize=9)
+    ax.set_ylabel("trace")
+    for ax in axes[1:]:
+        ax.set_xticks(x, labels, rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
+                      fontsize=8)
+        ax.set_xlim(-0.5, len(networks) - 0.5)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Hessian of the mean train NLL" + (f" (batch norm: {summary['bn']})" if summary.get("bn") else "")
+                 + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=10)
+    return save_figure(fig, result_dir / "sharpness", formats)
