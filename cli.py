@@ -650,7 +650,7 @@ def cmd_subspace(args: argparse.Namespace) -> int:
     if vi and args.method != "vi":
         raise UserError(f"{', '.join('--' + name.replace('_', '-') for name in vi)}: for --method vi")
     result = sample_subspace(space, args.out, samples=args.samples, method=args.method, chains=args.chains,
-                             burn_in=args.burn_in, max_depth=args.max_depth, **vi, grid=args.grid, temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
+                             burn_in=args.burn_in, max_depth=args.max_depth, mass=args.mass, **vi, grid=args.grid, temperature=args.temperature, prior_scale=args.prior_scale, seed=args.seed, **kwargs)
     figures = draw_subspace_figure(args.out, tuple(args.format))
     s = result.summary
     if s.get("method") == "vi" and s["vi"].get("family") == "realnvp":
@@ -660,7 +660,9 @@ def cmd_subspace(args: argparse.Namespace) -> int:
     elif s.get("method") == "nuts":
         n = s["nuts"]
         how = (f"NUTS, {s['evaluations_per_sample']:.1f} gradient steps per sample ({n['gradient']}), mean accept "
-               f"{n['accept_mean']:.2f}, {n['divergent']} divergent")
+               f"{n['accept_mean']:.2f}, {n['divergent']} divergent"
+               + (f", inverse mass {', '.join(f'{v:.3g}' for v in n['inverse_mass'])}"
+                  if n.get("mass") == "diag" else ""))
     else:
         how = f"ESS, {s['evaluations_per_sample']:.1f} evaluations per sample"
     _print_model_average(s, "centre", s["shift"], f"{s['basis']} subspace, rank {s['rank']}: {s['bma']['members']} "
@@ -1245,6 +1247,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "nuts they also adapt the step size (without them the first size found is kept)")
     p.add_argument("--max-depth", type=int, default=None,
                    help="nuts: largest tree depth, at most 2^D - 1 leapfrog steps a sample (default 8)")
+    p.add_argument("--mass", default=None, choices=["diag", "identity"],
+                   help="nuts: diag (default) estimates a diagonal mass matrix from a --burn-in of 20 or more in "
+                        "Stan's windows; identity keeps the unit one")
     p.add_argument("--vi-epochs", type=int, default=None, help="vi: epochs of the fit (default 50)")
     p.add_argument("--vi-lr", type=float, default=None, help="vi: SGD rate, momentum 0.9 (default 0.1)")
     p.add_argument("--vi-batch-size", type=int, default=None,

@@ -59,7 +59,7 @@ from .errors import UserError, check_seed, is_whole
 from .evaluate import METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, whole_set_fits
 from .inputs import stored_data
 from .metrics import running_ensemble
-from .nuts import TARGET_ACCEPT, DualAveraging, initial_step_size, nuts_round
+from .nuts import TARGET_ACCEPT, DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round
 from .sharpness import TrainLoss
 from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep, stored_bn_stats
 from .swag import SwagPosterior, load_swag
@@ -661,21 +661,27 @@ class LogPosterior:
 
 
 _NUTS_PER_SAMPLE = ("step_size", "accept", "depth", "divergent")
+_MASS_STATE = ("mass_inv", "mass_count", "mass_mean", "mass_m2")
 _NUTS_STATE = ("rng", "current", "current_lp", "current_grad", "burned", "da_mu", "da_log_step", "da_log_bar",
                "da_h_bar", "da_m", *(f"shift_{m}" for m in (*METRICS, "probs")), *_PER_SAMPLE, *_NUTS_PER_SAMPLE)
 
 
 def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, chains: int, burn_in: int,
-                 max_depth: int, seed: int) -> tuple[dict[str, Any], dict[str, list], dict[str, Any]]:
+                 max_depth: int, seed: int, mass: str = "identity"
+                 ) -> tuple[dict[str, Any], dict[str, list], dict[str, Any]]:
     """The No-U-Turn Sampler (:mod:`landscape.nuts`): ``chains`` chains from the
     start, their step sizes adapted by dual averaging over the ``burn_in``
-    discarded transitions (without one, the first step size found is kept),
-    then transitions kept until ``samples`` are drawn; each round's new
-    points evaluated together by the engine for their metrics. Returns the
-    centre's values, the samples' (``_PER_SAMPLE`` and ``_NUTS_PER_SAMPLE``)
-    and the sampler's summary."""
+    discarded transitions (without one, the first step size found is kept)
+    and, with ``mass="diag"``, a diagonal mass matrix shared by the chains
+    estimated in Stan's windows (:class:`~landscape.nuts.MassAdaptation`;
+    the step sizes found again and their adaptation restarted after each
+    window), then transitions kept until ``samples`` are drawn; each
+    round's new points evaluated together by the engine for their metrics.
+    Returns the centre's values, the samples' (``_PER_SAMPLE`` and
+    ``_NUTS_PER_SAMPLE``) and the sampler's summary."""
     k = run.subspace.dim
     fn = LogPosterior(run)
+    adapting_mass = mass == "diag"
 
     def rescale(steps: np.ndarray) -> None:
         """Finite differences' h follows the step sizes of the next round; the
@@ -687,13 +693,17 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
 
     def save() -> None:
         _save_sampler(run, rng, shift_res, kept, burned, current=current, current_lp=current_lp,
-                      current_grad=current_grad, **adapt.state())
+                      current_grad=current_grad, **adapt.state(), **(metric.state() if adapting_mass else {}))
 
-    resumed = _resume_sampler(run, _NUTS_STATE, (*_PER_SAMPLE, *_NUTS_PER_SAMPLE), samples)
+    metric = MassAdaptation(burn_in, k)
+    resumed = _resume_sampler(run, (*_NUTS_STATE, *(_MASS_STATE if adapting_mass else ())),
+                              (*_PER_SAMPLE, *_NUTS_PER_SAMPLE), samples)
     if resumed is not None:
         state, rng, shift_res, kept = resumed
         current, current_lp, current_grad = state["current"], state["current_lp"], state["current_grad"]
         burned, adapt = int(state["burned"]), DualAveraging.from_state(state)
+        if adapting_mass:
+            metric = MassAdaptation.from_state(state, burn_in)
     else:
         rng = np.random.default_rng(seed)
         start = run.subspace.start_point()
@@ -715,9 +725,13 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
     try:
         while burned < burn_in:  # every chain's first transitions: step-size adaptation, discarded
             rescale(adapt.step)
-            r = nuts_round(current, current_lp, current_grad, fn, rng, adapt.step, max_depth)
+            r = nuts_round(current, current_lp, current_grad, fn, rng, adapt.step, max_depth, metric.inv_mass)
             adapt.update(r.accept)
             current, current_lp, current_grad = r.theta, r.logp, r.grad
+            if adapting_mass and metric.update(burned, current):  # a window ended: a new mass, a new step size
+                rescale(adapt.step)
+                adapt = DualAveraging(initial_step_size(current, current_lp, current_grad, fn, rng, adapt.step,
+                                                        metric.inv_mass))
             burned += 1
             save()
             bar.update(1)
@@ -726,7 +740,7 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
         while len(kept["z"]) < samples:
             active = min(chains, samples - len(kept["z"]))
             r = nuts_round(current[:active], current_lp[:active], current_grad[:active], fn, rng, step[:active],
-                           max_depth)
+                           max_depth, metric.inv_mass)
             ll, extra = run.evaluate(r.theta)  # the engine's metrics and test probabilities of the new samples
             _keep(run, kept, r.theta, ll, extra, evaluations=r.steps, step_size=step[:active], accept=r.accept,
                   depth=r.depth, divergent=r.divergent)
@@ -738,7 +752,8 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
     info = {"gradient": fn.kind, "max_depth": max_depth, "target_accept": TARGET_ACCEPT,
             "step_size": [float(x) for x in adapt.final], "accept_mean": float(np.mean(kept["accept"])),
             "divergent": int(np.sum(kept["divergent"])), "depth_mean": float(np.mean(kept["depth"])),
-            "max_depth_hits": int(np.sum(np.asarray(kept["depth"]) >= max_depth))}
+            "max_depth_hits": int(np.sum(np.asarray(kept["depth"]) >= max_depth)),
+            "mass": mass, "inverse_mass": [float(x) for x in metric.inv_mass]}
     return shift_res, kept, info
 
 
@@ -805,6 +820,7 @@ def sample_subspace(
     chains: int = 1,
     burn_in: int = 0,
     max_depth: int | None = None,
+    mass: str | None = None,
     vi_epochs: int = 50,
     vi_lr: float = 0.1,
     vi_batch_size: int = 128,
@@ -829,7 +845,9 @@ def sample_subspace(
     """Sample the posterior over the subspace's coordinates by elliptical slice
     sampling (``method="ess"``), the No-U-Turn Sampler (``"nuts"``, at most
     2^``max_depth`` - 1 gradient steps a sample, default 8; its burn-in also
-    adapts the step sizes; see :func:`_sample_nuts`) or from a variational
+    adapts the step sizes and, with ``mass="diag"`` (the default; or
+    ``"identity"``), a diagonal mass matrix in Stan's windows when it has
+    20 transitions or more; see :func:`_sample_nuts`) or from a variational
     fit (``"vi"``; ``vi_family="realnvp"`` for a flow), and average the
     samples' predictions.
 
@@ -858,6 +876,11 @@ def sample_subspace(
                         "independent samples")
     if max_depth is not None and method != "nuts":
         raise UserError("--max-depth is NUTS's (--method nuts)")
+    if mass is not None and method != "nuts":
+        raise UserError("--mass is NUTS's (--method nuts)")
+    mass = "diag" if mass is None else mass
+    if mass not in ("diag", "identity"):
+        raise UserError(f"unknown --mass {mass!r}; choose diag or identity")
     if vi_family not in VI_FAMILIES:
         raise UserError(f"unknown --vi-family {vi_family!r}; choose one of: {', '.join(VI_FAMILIES)}")
     if vi_family != "gaussian" and method != "vi":
@@ -898,6 +921,10 @@ def sample_subspace(
         settings.update(vi_family=vi_family, vi_flow={"layers": FLOW_LAYERS, "hidden": FLOW_HIDDEN})
     if method == "nuts":
         settings["max_depth"] = max_depth
+        if not adaptation_windows(burn_in):  # under 20 transitions no mass is estimated: the identity's run
+            mass = "identity"
+        if mass == "diag":  # only then: an identity run keeps the request key of earlier builds
+            settings["mass"] = mass
     request = request_key([subspace.shift, subspace.basis], settings)
     finished = begin_result(out_path, "subspace.npz", resume, "subspace", request, stores=STORES)
     if finished is not None:
@@ -928,7 +955,7 @@ def sample_subspace(
         shift_res, kept = _sample_ess(run, write_config, samples=samples, chains=chains, burn_in=burn_in, seed=seed)
     elif method == "nuts":
         shift_res, kept, nuts_info = _sample_nuts(run, write_config, samples=samples, chains=chains,
-                                                  burn_in=burn_in, max_depth=max_depth, seed=seed)
+                                                  burn_in=burn_in, max_depth=max_depth, seed=seed, mass=mass)
         arrays.update({f"nuts_{name}": np.asarray(kept[name]) for name in _NUTS_PER_SAMPLE})
     else:
         shift_res, kept, fit, arrays = _sample_vi(run, write_config, samples=samples, epochs=vi_epochs, lr=vi_lr,

@@ -18,7 +18,7 @@ import landscape.evaluate as engine_module
 import landscape.subspace as subspace_module
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, evaluate_points_sequential
-from landscape.nuts import DualAveraging, initial_step_size, nuts_round
+from landscape.nuts import DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round
 from landscape.subspace import LogPosterior, _Run, gradient_kind, sample_subspace, swag_subspace
 from landscape.averaging import run_swa
 from landscape.train import train
@@ -154,6 +154,82 @@ def test_a_non_finite_gradient_at_a_finite_value_is_zero_force_not_a_rejection()
     r = nuts_round(np.zeros((4, 2)), np.zeros(4), np.zeros((4, 2)), fn, np.random.default_rng(7), np.full(4, 0.5), 3)
     assert np.isfinite(r.logp).all() and not r.divergent.any() and (r.grad == 0).all()
     assert not np.array_equal(r.theta, np.zeros((4, 2)))  # straight lines through the density, still accepted
+
+
+def test_any_diagonal_mass_leaves_the_target_exact_and_the_identity_is_the_unit_mass():
+    fn = gaussian()
+    rng = np.random.default_rng(8)
+    theta = np.zeros((100, 2))
+    logp, grad = fn(theta)
+    inv = np.array([3.0, 0.5])
+    adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng, inv_mass=inv))
+    kept = []
+    for i in range(130):
+        r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < 30 else adapt.final, 10, inv)
+        theta, logp, grad = r.theta, r.logp, r.grad
+        adapt.update(r.accept) if i < 30 else kept.append(theta.copy())
+    check_moments(np.stack(kept), MEAN, COV)
+    # no mass and a mass of ones draw the same chains, number for number
+    a, b = (nuts_round(np.zeros((3, 2)), *fn(np.zeros((3, 2))), fn, np.random.default_rng(9), np.full(3, 0.4), 5, m)
+            for m in (None, np.ones(2)))
+    assert np.array_equal(a.theta, b.theta) and np.array_equal(a.accept, b.accept)
+
+
+def test_adaptation_windows_are_stans():
+    assert adaptation_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]  # Stan's default
+    assert adaptation_windows(200) == [(75, 100), (100, 150)]
+    assert adaptation_windows(100) == [(15, 90)]  # 15 % initial, 10 % terminal buffer
+    assert adaptation_windows(19) == [] and adaptation_windows(0) == []
+    for n in range(20, 400, 7):
+        w = adaptation_windows(n)
+        assert all(a < b for a, b in w) and all(w[i][1] == w[i + 1][0] for i in range(len(w) - 1))
+        assert w[-1][1] == n - (50 if n >= 150 else int(0.1 * n))
+
+
+def test_the_mass_is_the_pooled_windows_regularised_variance_and_survives_a_restart():
+    g = np.random.default_rng(0)
+    draws = g.normal(size=(40, 3, 2)) * [5.0, 0.2]  # 40 transitions of 3 chains
+    m = MassAdaptation(40, 2)
+    (first, end), = m.windows  # (6, 36)
+    changed = []
+    for t in range(40):
+        if t == 20:
+            m = MassAdaptation.from_state(m.state(), 40)
+        changed.append(m.update(t, draws[t]))
+    assert changed.index(True) == end - 1 and sum(changed) == 1
+    pooled = draws[first:end].reshape(-1, 2)
+    n = len(pooled)
+    want = n / (n + 5) * pooled.var(0, ddof=1) + 1e-3 * 5 / (n + 5)
+    np.testing.assert_allclose(m.inv_mass, want, rtol=1e-12)
+
+
+def test_adapting_the_mass_samples_a_badly_scaled_target_with_fewer_steps():
+    sd = np.array([20.0, 0.05])
+    fn = lambda x: (-0.5 * ((x / sd) ** 2).sum(1), -x / sd ** 2)  # noqa: E731
+    rng = np.random.default_rng(10)
+    theta = np.zeros((20, 2))
+    logp, grad = fn(theta)
+    burn_in = 150
+    metric = MassAdaptation(burn_in, 2)
+    adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng))
+    identity_step = adapt.step.copy()  # about the narrow scale: what the unit mass must step by
+    kept, steps = [], []
+    for i in range(burn_in + 100):
+        r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < burn_in else adapt.final, 8, metric.inv_mass)
+        theta, logp, grad = r.theta, r.logp, r.grad
+        if i < burn_in:
+            adapt.update(r.accept)
+            if metric.update(i, theta):
+                adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng, adapt.step, metric.inv_mass))
+        else:
+            kept.append(theta.copy())
+            steps.append(r.steps)
+    check_moments(np.stack(kept), np.zeros(2), np.diag(sd ** 2))
+    assert metric.inv_mass == pytest.approx(sd ** 2, rel=0.3)  # the mass learnt the scales
+    assert np.mean(steps) < 8 and np.abs(np.stack(kept)[:, :, 0]).max() > 2 * sd[0]
+    # with the unit mass, a step stable in the narrow direction (the heuristic's: at most a few times its 0.05
+    # scale) would need hundreds of steps to cross the wide one; the adapted chains cross it in a few
+    assert np.median(identity_step) < 0.1 and np.mean(steps) * np.median(identity_step) < 0.05 * sd[0]
 
 
 # ---------------------------------------------------------------- in a subspace
@@ -295,6 +371,50 @@ def test_an_interrupted_nuts_run_resumes_to_the_same_samples(bn_stats, tmp_path,
     np.savez(tmp_path / "torn" / "sweep.partial.npz", **kept)
     with pytest.raises(UserError, match="the sampler's saved state is incomplete; delete it to start again"):
         sample_subspace(sub, tmp_path / "torn", **kw, resume=True)
+
+
+def test_the_mass_adapted_in_the_burn_in_resumes_and_a_short_burn_in_keeps_the_unit_mass(tmp_path, swag, small_digits,
+                                                                                         monkeypatch):
+    sub = swag_subspace(swag, "random", 2, seed=2)
+    kw = dict(method="nuts", samples=2, chains=2, burn_in=20, data=small_digits, seed=4, max_depth=3)
+    whole = sample_subspace(sub, tmp_path / "whole", **kw)
+    inv = whole.summary["nuts"]["inverse_mass"]
+    assert whole.summary["nuts"]["mass"] == "diag" and len(inv) == 2 and not np.allclose(inv, 1.0)
+    state = tmp_path / "cut" / "sweep.partial.npz"
+    original_round = subspace_module.nuts_round
+    stops = []
+
+    class Stop(Exception):
+        pass
+
+    def stopping(*args, **kwargs):  # inside the window (3, 18), then in the terminal buffer after it
+        if state.exists():
+            with np.load(state) as saved:
+                burned = int(saved["burned"])
+            if burned in (10, 19) and burned not in stops:
+                stops.append(burned)
+                raise Stop
+        return original_round(*args, **kwargs)
+
+    monkeypatch.setattr(subspace_module, "nuts_round", stopping)
+    for _ in range(2):
+        with pytest.raises(Stop):
+            sample_subspace(sub, tmp_path / "cut", **kw, resume=(tmp_path / "cut").exists())
+    monkeypatch.setattr(subspace_module, "nuts_round", original_round)
+    assert stops == [10, 19]
+    resumed = sample_subspace(sub, tmp_path / "cut", **kw, resume=True)
+    for key in whole.arrays:
+        assert np.array_equal(resumed.arrays[key], whole.arrays[key]), key
+    assert resumed.summary["nuts"]["inverse_mass"] == inv
+    # under 20 burn-in transitions no mass is estimated: the run, and its request, are the unit mass's
+    short = dict(kw, burn_in=2)
+    sample_subspace(sub, tmp_path / "short", **short)
+    again = sample_subspace(sub, tmp_path / "short", **short, mass="identity", resume=True)  # the finished result
+    assert again.summary["nuts"]["mass"] == "identity" and again.summary["nuts"]["inverse_mass"] == [1.0, 1.0]
+    with pytest.raises(UserError, match="--mass is NUTS's"):
+        sample_subspace(sub, samples=2, mass="diag", data=small_digits)
+    with pytest.raises(UserError, match="unknown --mass 'full'"):
+        sample_subspace(sub, samples=2, method="nuts", mass="full", data=small_digits)
 
 
 def test_nuts_options_are_checked(swag, small_digits):
