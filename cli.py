@@ -482,9 +482,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UserError(f"{d}: no such result folder")
     try:
         written = _draw_stored(d, tuple(args.format))
+    except UserError:
+        raise
     except KeyError as e:  # a result file or summary without an entry the figure needs
         raise UserError(f"{d}: the stored results lack {e} (edited, or written by another version?); rerun the "
                         f"command that made them") from None
+    except (TypeError, AttributeError, ValueError, IndexError) as e:  # entries of the wrong kind or length
+        raise UserError(f"{d}: the stored results do not fit together ({type(e).__name__}: {first_line(e)[:160]}; "
+                        f"edited, or damaged?); rerun the command that made them") from None
     for f in written:
         print(f"figure: {f}")
     return 0
@@ -1248,7 +1253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-depth", type=int, default=None,
                    help="nuts: largest tree depth, at most 2^D - 1 leapfrog steps a sample (default 8)")
     p.add_argument("--mass", default=None, choices=["diag", "identity"],
-                   help="nuts: diag (default) estimates a diagonal mass matrix from a --burn-in of 20 or more in "
+                   help="nuts: diag (default) estimates a diagonal mass matrix from a --burn-in of 50 or more in "
                         "Stan's windows; identity keeps the unit one")
     p.add_argument("--vi-epochs", type=int, default=None, help="vi: epochs of the fit (default 50)")
     p.add_argument("--vi-lr", type=float, default=None, help="vi: SGD rate, momentum 0.9 (default 0.1)")
@@ -1517,8 +1522,8 @@ def _run_command(args: argparse.Namespace) -> int:
         if not _out_of_memory(e):
             raise
         args.failed_alone = True
-        first = first_line(e)[:120]
-        print(f"{PROG}: error: {where}out of memory ({first}); {_out_of_memory_advice(args)}", file=sys.stderr)
+        print(f"{PROG}: error: {where}out of memory ({_allocation(e)}); {_out_of_memory_advice(args)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Under torchrun a signal may reach one rank only (a scheduler, a kill): the others sit in
@@ -1545,12 +1550,36 @@ def _out_of_memory(e: RuntimeError) -> bool:
     return isinstance(e, cuda_oom) or "can't allocate memory" in str(e)
 
 
+def _allocation(e: BaseException) -> str:
+    """The failed allocation's size when the allocator says it, else its message's first line."""
+    import re
+
+    found = re.search(r"allocate (\d+)(?: bytes)?", str(e))
+    if found:
+        return f"an allocation of {int(found.group(1)) / 2 ** 30:.3g} GiB failed"
+    return first_line(e)[:120]
+
+
+# Options that set how much a command computes: a huge one may be why memory ran out.
+_SIZE_OPTIONS = ("points", "grid", "directions", "steps", "samples", "bends", "vertices", "iters", "chains")
+
+
 def _out_of_memory_advice(args: argparse.Namespace) -> str:
     """What to change after running out of memory, given the command's options.
     A resume must keep every setting of its sweep or run but the points per
-    pass; the others need a fresh --out."""
+    pass; the others need a fresh --out. Nothing stored yet: say so, and
+    name the size options given."""
     fresh = [o for o, ok in (("--bn-stats batches", getattr(args, "bn_stats", "batches") != "batches"),
                              ("a smaller --batch-size", hasattr(args, "batch_size"))) if ok]
+    sizes = [f"--{name}" for name in _SIZE_OPTIONS if isinstance(getattr(args, name, None), int)
+             and not isinstance(getattr(args, name), bool)]
+    out = getattr(args, "out", None)
+    stored = out is not None and Path(out).is_dir() and any(
+        (Path(out) / f).exists() for f in ("sweep.partial.npz", "last.pt"))
+    if hasattr(args, "resume") and not stored:
+        return ("nothing was stored yet: " + (f"check the sizes asked for ({', '.join(sizes)}), or rerun" if sizes
+                                               else "rerun")
+                + (f" with {' or '.join(fresh)}" if fresh else " on a machine with more memory"))
     if hasattr(args, "resume"):
         advice = "what was finished is kept: rerun with --resume"
         if hasattr(args, "points_per_pass"):

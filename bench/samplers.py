@@ -1,5 +1,6 @@
 """Subspace samplers side by side, in one process: elliptical slice sampling
-(the subspace paper's sampler, the baseline) against the No-U-Turn Sampler.
+(the subspace paper's sampler, the baseline) against the No-U-Turn Sampler,
+with the unit mass and with the diagonal mass adapted over the burn-in.
 
 Trains a digits endpoint and SWA with SWAG from it (cached under --work),
 then samples the rank-k PCA subspace around the SWA mean (or, with
@@ -10,6 +11,7 @@ seconds, evaluations per sample (ESS: likelihood evaluations; NUTS: gradient
 steps), the effective sample size of every coordinate (from the chains'
 autocorrelations, Geyer's initial positive sequence), effective samples per
 minute and its ratio NUTS / ESS, and the model average's test NLL and error.
+The diagonal mass is estimated only from a burn-in of 50 or more.
 
     python bench/samplers.py [--work runs/bench] [--subspace pca|curve] [--rank 2] [--samples 120] [--chains 4]
                              [--burn-in 20]
@@ -93,25 +95,29 @@ def main() -> None:
     print(f"digits convnet, {what}; {args.samples} samples kept from "
           f"{args.chains} chains after {args.burn_in} burn-in transitions each; T 1, prior N(0, 1)")
     rows = {}
-    for method in ("ess", "nuts"):
+    for name, method, mass in (("ess", "ess", None), ("nuts", "nuts", "identity"), ("nuts+mass", "nuts", "diag")):
         start = time.perf_counter()
         res = sample_subspace(sub, samples=args.samples, method=method, chains=args.chains, burn_in=args.burn_in,
-                              data=data, seed=args.seed)
+                              data=data, seed=args.seed, mass=mass)
         seconds = time.perf_counter() - start
         a, s = res.arrays, res.summary
         n_eff = effective_size(a["z"], a["chain"])
-        rows[method] = (seconds, n_eff)
+        rows[name] = (seconds, n_eff)
         extra = (f"; {s['nuts']['gradient']} gradients, step sizes "
                  f"{', '.join(f'{x:.3g}' for x in s['nuts']['step_size'])}, mean accept "
                  f"{s['nuts']['accept_mean']:.2f}, {s['nuts']['divergent']} divergent, mean depth "
-                 f"{s['nuts']['depth_mean']:.2f}" if method == "nuts" else "")
-        print(f"{method:>4}: {seconds:7.1f} s, {s['evaluations_per_sample']:.2f} evaluations per sample; effective "
+                 f"{s['nuts']['depth_mean']:.2f}, inverse mass "
+                 f"{', '.join(f'{x:.3g}' for x in s['nuts']['inverse_mass'])}" if method == "nuts" else "")
+        print(f"{name:>9}: {seconds:7.1f} s, {s['evaluations_per_sample']:.2f} evaluations per sample; effective "
               f"samples {', '.join(f'{x:.0f}' for x in n_eff)} of {args.samples} (min {n_eff.min():.0f}, "
               f"{60 * n_eff.min() / seconds:.1f} a minute); z sd {', '.join(f'{x:.3f}' for x in s['z_std'])}; "
               f"model average test NLL {s['bma']['test_nll']:.4f}, error {s['bma']['test_error']:.2f}%{extra}")
-    (t_ess, e_ess), (t_nuts, e_nuts) = rows["ess"], rows["nuts"]
-    print(f"NUTS / ESS: time {t_nuts / t_ess:.2f}x, effective samples (min) {e_nuts.min() / e_ess.min():.2f}x, "
-          f"effective samples per second {(e_nuts.min() / t_nuts) / (e_ess.min() / t_ess):.2f}x")
+    t_ess, e_ess = rows["ess"]
+    for name in ("nuts", "nuts+mass"):
+        t_nuts, e_nuts = rows[name]
+        print(f"{name.upper()} / ESS: time {t_nuts / t_ess:.2f}x, effective samples (min) "
+              f"{e_nuts.min() / e_ess.min():.2f}x, effective samples per second "
+              f"{(e_nuts.min() / t_nuts) / (e_ess.min() / t_ess):.2f}x")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ __all__ = [
     "write_json",
     "write_npz",
     "read_result",
+    "npz_reason",
     "read_json",
     "append_jsonl",
     "read_jsonl",
@@ -112,6 +113,9 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
     config = stored_config(out)
     if config is not None:
         owner = config.get("command")
+        if not config:
+            raise UserError(f"{out / 'config.json'}: unreadable (damaged, or not a JSON object), so whose results "
+                            f"the folder holds is unknown; choose another --out")
         if owner != command:
             raise UserError(f"{out} holds the results of another command ({owner or 'unknown'}, see its "
                             f"config.json); choose another --out")
@@ -153,8 +157,21 @@ def read_result(folder: str | os.PathLike, arrays_file: str,
     except FileNotFoundError:
         raise UserError(f"{folder / arrays_file}: no such file") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{folder / arrays_file}: not a readable result ({e})") from None
-    return arrays, read_json(folder / summary_file)
+        raise UserError(f"{folder / arrays_file}: not a readable result ({npz_reason(e)})") from None
+    summary = read_json(folder / summary_file)
+    if not isinstance(summary, dict):
+        raise UserError(f"{folder / summary_file}: not a result summary (a JSON object was expected, found "
+                        f"{type(summary).__name__}); rerun the command that made it")
+    return arrays, summary
+
+
+def npz_reason(e: BaseException) -> str:
+    """Why ``np.load(..., allow_pickle=False)`` failed, in words: anything
+    that is not a zip archive or an .npy file reads to numpy as a pickle,
+    which is refused, and its message would suggest loading it unsafely."""
+    if isinstance(e, ValueError) and "pickle" in str(e):
+        return "not an .npz archive"
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["resolve_device", "seed_everything"]
+__all__ = ["resolve_device", "seed_everything", "total_memory", "check_fits"]
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -36,6 +36,26 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     elif device.type != "cpu":
         raise UserError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
     return device
+
+
+def total_memory(device: torch.device | str) -> int:
+    """Bytes of memory the device has in all: the GPU's, or the host's physical memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_fits(nbytes: float, what: str, device: torch.device | str) -> None:
+    """One line, before any work, when ``what`` (an option and the array it
+    sets) needs more than all of the device's memory: a size asked for by
+    mistake should not run until the machine runs out."""
+    have = total_memory(device)
+    if nbytes > have:
+        raise UserError(f"{what} needs {nbytes / 2 ** 30:.3g} GiB, more than the {have / 2 ** 30:.3g} GiB this "
+                        f"{torch.device(device).type.upper()} has in all")
 
 
 def seed_everything(seed: int) -> None:

@@ -133,8 +133,8 @@ def evaluate_rays(
     labels = list(labels or [f"centre {k + 1}" for k in range(len(cs))])
     if distance is None:
         distance = 0.5 * float(cs[0].norm()) if normalize == "gaussian" else 1.0
-    if not distance > 0:
-        raise UserError(f"--distance must be positive, got {distance}")
+    if not (distance > 0 and distance < 1e30):  # NaN fails both; beyond 1e30 float32 weights overflow
+        raise UserError(f"--distance must be a positive number below 1e30, got {distance}")
     dist_grid = np.linspace(-distance, distance, 2 * steps + 1)
 
     gauss = random_directions(space.numel, directions, seed).to(device)  # (n, P)

@@ -55,7 +55,8 @@ from torch import nn
 from torch.func import functional_call
 
 from .bn import bn_modules
-from .checkpoint import write_json, write_npz
+from .checkpoint import npz_reason, write_json, write_npz
+from .device import check_fits
 from .errors import UserError, check_seed, is_whole
 from .evaluate import full_float32, whole_set_fits
 from .sweep import STORE, begin_result, finish_result, is_main, rank_and_world, request_key
@@ -366,6 +367,9 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     if not vectors or len(labels) != len(vectors):
         raise UserError(f"give one label per network: {len(labels)} labels for {len(vectors)} networks")
     check_settings(top, iters, trace_samples, seed, density_runs)
+    numel = ParamSpace.of(model).numel
+    check_fits(8.0 * min(iters, numel) * numel, f"--iters {iters} (the Lanczos basis, steps x parameters float64)",
+               data.device)
     bn = hessian_bn(model, data, bn_stats)
     settings = {"kind": "sharpness", "top": top, "iters": iters, "trace_samples": trace_samples, "seed": seed,
                 "bn": bn, "batch_size": batch_size if bn == "batches" else None, "dataset": data.describe()}
@@ -436,9 +440,12 @@ def _read_store(out: Path, request: str, n: int) -> tuple[np.ndarray, dict[str, 
             for k in _DENSITY:  # a store from before the density has none: NaN (no density drawn for those)
                 stored[k] = z[k] if k in z.files else np.full((len(done), 1, 1), np.nan)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path}: unreadable partial results ({e}); delete it to start over") from None
+        raise UserError(f"{path}: unreadable partial results ({npz_reason(e)}); delete it to start over") from None
     if key != request or done.shape != (n,):
         raise UserError(f"{path}: partial results of other networks or settings; delete it or choose another --out")
+    if any(np.shape(v)[:1] != (n,) for v in stored.values()):
+        raise UserError(f"{path}: damaged partial results (arrays of other lengths than its {n} networks); delete "
+                        f"it to start over")
     return done, stored
 
 

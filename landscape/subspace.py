@@ -921,7 +921,7 @@ def sample_subspace(
         settings.update(vi_family=vi_family, vi_flow={"layers": FLOW_LAYERS, "hidden": FLOW_HIDDEN})
     if method == "nuts":
         settings["max_depth"] = max_depth
-        if not adaptation_windows(burn_in):  # under 20 transitions no mass is estimated: the identity's run
+        if not adaptation_windows(burn_in):  # a short burn-in estimates no mass: the identity's run
             mass = "identity"
         if mass == "diag":  # only then: an identity run keeps the request key of earlier builds
             settings["mass"] = mass

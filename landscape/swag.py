@@ -36,7 +36,8 @@ from torch import nn
 
 from .checkpoint import Checkpoint, load_checkpoint, load_model
 from .data import Dataset
-from .errors import UserError
+from .device import check_fits
+from .errors import UserError, check_seed
 from .evaluate import METRICS, precision_amp
 from .inputs import own_network, stored_data
 from .metrics import running_ensemble
@@ -126,6 +127,10 @@ def load_swag(path: str | Path | Checkpoint, device: torch.device | str = "cpu",
                          averaged=int(info["averaged"]))
     if mean.shape != (space.numel,) or post.sq_mean.shape != mean.shape or post.deviations.shape[1:] != mean.shape:
         raise UserError(f"{ck.path}: the SWAG moments do not have the network's {space.numel} parameters")
+    for name, t in (("mean", post.mean), ("second moment", post.sq_mean), ("deviations", post.deviations)):
+        if not bool(torch.isfinite(t).all()):
+            raise UserError(f"{ck.path}: the SWAG {name} has {int((~torch.isfinite(t)).sum())} non-finite values "
+                            f"(the SWA run diverged?)")
     if post.averaged < 2:
         raise UserError(f"{ck.path}: SWAG moments of {post.averaged} iterate, a Gaussian of no spread; average at "
                         f"least 2 (more --epochs, or a smaller --cycle)")
@@ -176,7 +181,10 @@ def evaluate_swag(
         raise UserError(f"--scale must be a finite number >= 0, got {scale}")
     out_path = Path(out) if out is not None else None
     device = process_device(device)  # under torchrun: joins the process group
+    check_seed(seed)
     post, net, ck = load_swag(swag, device, model)
+    check_fits(4.0 * samples * post.mean.numel(), f"--samples {samples} (the draws, samples x parameters floats)",
+               device)
     data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
     rank = post.deviations.shape[0]
     low_rank = not diag and rank >= 2

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import claim_folder, read_result, stored_config, write_json, write_npz
+from .checkpoint import claim_folder, npz_reason, read_result, stored_config, write_json, write_npz
 from .device import resolve_device
 from .errors import UserError
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
@@ -108,10 +108,13 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.n
             if probs and "probs" in z.files:
                 values["probs"] = z["probs"]
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path}: unreadable partial results ({e}); delete it to start over") from None
+        raise UserError(f"{path}: unreadable partial results ({npz_reason(e)}); delete it to start over") from None
     if stored_key != key or done.shape != (n,) or (probs and done.any() and "probs" not in values):
         raise UserError(f"{path}: partial results of a different sweep (other points or settings); "
                         f"delete it or choose another --out")
+    if any(len(v) != n for v in values.values()) or any(v.ndim != 1 for m, v in values.items() if m != "probs"):
+        raise UserError(f"{path}: damaged partial results (arrays of other lengths than its {n} points); delete it "
+                        f"to start over")
     return done, values
 
 

@@ -432,6 +432,38 @@ def test_plot_of_an_unfinished_sweep_says_how_to_finish_it(tmp_path, capsys):
                                                         "variational.npz)")
 
 
+def test_damaged_stores_and_summaries_are_one_line(tmp_path, capsys):
+    import numpy as np
+
+    from landscape.errors import UserError
+    from landscape.evaluate import METRICS
+    from landscape.sweep import STORE, _load_store
+
+    store = tmp_path / STORE
+    np.savez(store, key=np.array("k"), done=np.zeros(5, dtype=bool), **{m: np.zeros(5) for m in METRICS})
+    assert _load_store(store, "k", 5)[0].shape == (5,)
+    np.savez(store, key=np.array("k"), done=np.zeros(5, dtype=bool), **{m: np.zeros(3) for m in METRICS})
+    with pytest.raises(UserError, match="damaged partial results \\(arrays of other lengths than its 5 points\\)"):
+        _load_store(store, "k", 5)
+    store.write_text("garbage")
+    with pytest.raises(UserError, match="unreadable partial results \\(not an .npz archive\\); delete it"):
+        _load_store(store, "k", 5)
+    store.unlink()
+    np.savez(tmp_path / "plane.npz", x=np.zeros(2))
+    for text in ("[]", "null"):
+        (tmp_path / "summary.json").write_text(text)
+        code, _, err = run(capsys, "plot", tmp_path)
+        assert code == 2 and "summary.json: not a result summary (a JSON object was expected" in _one_line_error(err)
+    (tmp_path / "plane.npz").write_text("garbage")
+    code, _, err = run(capsys, "plot", tmp_path)
+    assert code == 2 and _one_line_error(err).endswith("plane.npz: not a readable result (not an .npz archive)")
+    from landscape.checkpoint import claim_folder
+
+    (tmp_path / "config.json").write_text("{bad")
+    with pytest.raises(UserError, match="config.json: unreadable \\(damaged, or not a JSON object\\), so whose"):
+        claim_folder(tmp_path, "plane")
+
+
 def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, endpoints):
     """The README's second way to trust your own factory: --model package.module:factory.
     connect and swa refused it unless LANDSCAPE_TRUSTED_FACTORIES was set."""

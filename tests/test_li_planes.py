@@ -271,6 +271,12 @@ def test_cli_trajectory_plane_of_a_run(run_dir, tmp_path, capsys):
     (tmp_path / "t" / "plane_train_loss.png").unlink()
     assert run_cli(capsys, "plot", tmp_path / "t")[0] == 0
     assert (tmp_path / "t" / "plane_train_loss.png").exists()
+    # arrays cut short (edited, damaged): one line, no traceback
+    with np.load(tmp_path / "t" / "plane.npz") as z:
+        arrays = dict(z)
+    np.savez(tmp_path / "t" / "plane.npz", **dict(arrays, x=arrays["x"][:1]))
+    code, _, err = run_cli(capsys, "plot", tmp_path / "t")
+    assert code == 2 and "the stored results do not fit together (ValueError" in one_line(err)
 
 
 def test_cli_trajectory_plane_without_biases_and_batch_norm(run_dir, tmp_path, capsys):

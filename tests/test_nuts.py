@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import landscape.evaluate as engine_module
+import landscape.nuts as nuts_module
 import landscape.subspace as subspace_module
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, evaluate_points_sequential
@@ -179,8 +180,8 @@ def test_adaptation_windows_are_stans():
     assert adaptation_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]  # Stan's default
     assert adaptation_windows(200) == [(75, 100), (100, 150)]
     assert adaptation_windows(100) == [(15, 90)]  # 15 % initial, 10 % terminal buffer
-    assert adaptation_windows(19) == [] and adaptation_windows(0) == []
-    for n in range(20, 400, 7):
+    assert adaptation_windows(49) == [] and adaptation_windows(0) == [] and adaptation_windows(50) == [(7, 45)]
+    for n in range(50, 400, 7):
         w = adaptation_windows(n)
         assert all(a < b for a, b in w) and all(w[i][1] == w[i + 1][0] for i in range(len(w) - 1))
         assert w[-1][1] == n - (50 if n >= 150 else int(0.1 * n))
@@ -188,13 +189,13 @@ def test_adaptation_windows_are_stans():
 
 def test_the_mass_is_the_pooled_windows_regularised_variance_and_survives_a_restart():
     g = np.random.default_rng(0)
-    draws = g.normal(size=(40, 3, 2)) * [5.0, 0.2]  # 40 transitions of 3 chains
-    m = MassAdaptation(40, 2)
-    (first, end), = m.windows  # (6, 36)
+    draws = g.normal(size=(60, 3, 2)) * [5.0, 0.2]  # 60 transitions of 3 chains
+    m = MassAdaptation(60, 2)
+    (first, end), = m.windows  # (9, 54)
     changed = []
-    for t in range(40):
+    for t in range(60):
         if t == 20:
-            m = MassAdaptation.from_state(m.state(), 40)
+            m = MassAdaptation.from_state(m.state(), 60)
         changed.append(m.update(t, draws[t]))
     assert changed.index(True) == end - 1 and sum(changed) == 1
     pooled = draws[first:end].reshape(-1, 2)
@@ -375,6 +376,7 @@ def test_an_interrupted_nuts_run_resumes_to_the_same_samples(bn_stats, tmp_path,
 
 def test_the_mass_adapted_in_the_burn_in_resumes_and_a_short_burn_in_keeps_the_unit_mass(tmp_path, swag, small_digits,
                                                                                          monkeypatch):
+    monkeypatch.setattr(nuts_module, "MIN_MASS_BURN_IN", 20)  # Stan's floor: a shorter test, the same code
     sub = swag_subspace(swag, "random", 2, seed=2)
     kw = dict(method="nuts", samples=2, chains=2, burn_in=20, data=small_digits, seed=4, max_depth=3)
     whole = sample_subspace(sub, tmp_path / "whole", **kw)
@@ -406,7 +408,7 @@ def test_the_mass_adapted_in_the_burn_in_resumes_and_a_short_burn_in_keeps_the_u
     for key in whole.arrays:
         assert np.array_equal(resumed.arrays[key], whole.arrays[key]), key
     assert resumed.summary["nuts"]["inverse_mass"] == inv
-    # under 20 burn-in transitions no mass is estimated: the run, and its request, are the unit mass's
+    # a burn-in under MIN_MASS_BURN_IN estimates no mass: the run, and its request, are the unit mass's
     short = dict(kw, burn_in=2)
     sample_subspace(sub, tmp_path / "short", **short)
     again = sample_subspace(sub, tmp_path / "short", **short, mass="identity", resume=True)  # the finished result

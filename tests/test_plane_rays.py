@@ -477,6 +477,9 @@ def test_rays_refuse_a_rise_that_is_not_positive(tmp_path, endpoints):
     for rise in (0.0, -1.0, float("nan")):
         with pytest.raises(UserError, match=f"^--rise must be a positive train-loss increase, got {rise}$"):
             evaluate_rays(pts.model, pts.vectors, pts.data, tmp_path / "r", directions=1, steps=2, rise=rise)
+    for distance in (0.0, float("nan"), float("inf"), 1e300):  # 1e300: its grid's step overflows
+        with pytest.raises(UserError, match=re.escape(f"--distance must be a positive number below 1e30, got {distance}")):
+            evaluate_rays(pts.model, pts.vectors, pts.data, tmp_path / "r", directions=1, steps=2, distance=distance)
     assert not (tmp_path / "r").exists()
 
 
@@ -757,6 +760,15 @@ def test_running_out_of_memory_is_one_line_and_keeps_the_finished_points(tmp_pat
                                   "or in another --out with --bn-stats batches or a smaller --batch-size")
     with np.load(out / STORE) as z:
         assert int(z["done"].sum()) == 3
+    if isinstance(error, RuntimeError) and not isinstance(error, CUDA_OOM):
+        assert "(an allocation of 2 GiB failed)" in one_line(err)  # the allocator's byte count, readable
+    # failing in the first pass: nothing stored, and the sizes asked for may be the cause
+    calls.clear()
+    monkeypatch.setattr(sweep_module, "evaluate_points", lambda *a, **kw: (_ for _ in ()).throw(error))
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "first")
+    assert code == 2 and one_line(err).endswith(
+        "nothing was stored yet: check the sizes asked for (--grid), or rerun with --bn-stats batches or a smaller "
+        "--batch-size")
     monkeypatch.setattr(sweep_module, "evaluate_points", real)
     assert json.loads((out / "config.json").read_text())["bn_stats"] == "population"
     # Other settings than the points per pass make another sweep: refused as such, store kept.

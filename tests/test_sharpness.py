@@ -363,3 +363,21 @@ def test_a_partial_store_from_before_the_density_resumes(tmp_path):
     assert [p.name for p in draw_sharpness_figure(tmp_path / "old")] == ["sharpness.png"]
     with pytest.raises(UserError, match="--density-runs must be a whole number of at least 1, got 0"):
         evaluate_sharpness(net, vectors, data, tmp_path / "z", density_runs=0, **kw)
+
+
+def test_a_lanczos_basis_larger_than_the_machines_memory_is_refused_before_any_work(tmp_path, monkeypatch):
+    import landscape.device as device_module
+
+    data, net = small_data(), bn_net()
+    w = ParamSpace.of(net).flatten(net).detach()
+    numel = w.numel()
+    monkeypatch.setattr(device_module, "total_memory", lambda device: 8 * 10 * numel)  # room for 10 steps
+    monkeypatch.setattr(sharpness_module, "lanczos", lambda *a, **k: pytest.fail("work began"))
+    with pytest.raises(UserError, match=re.escape("--iters 11 (the Lanczos basis, steps x parameters float64) "
+                                                  "needs ")):
+        evaluate_sharpness(net, [w], data, tmp_path / "x", iters=11, trace_samples=2)
+    assert not (tmp_path / "x").exists()
+    # more steps than parameters cost only as many as there are parameters
+    monkeypatch.setattr(device_module, "total_memory", lambda device: 8 * numel * numel)
+    with pytest.raises(pytest.fail.Exception, match="work began"):
+        evaluate_sharpness(net, [w], data, tmp_path / "y", iters=10 ** 9, trace_samples=2, top=1)

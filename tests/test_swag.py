@@ -165,9 +165,20 @@ def test_swag_from_the_command_line_and_its_bad_input(tmp_path, swag_run):
             (["swag", "--ckpt", root / "swa" / "swag.pt", "--scale", -1, "--out", tmp_path / "x"],
              "--scale must be a finite number >= 0, got -1.0"),
             (["swa", "--from", root / "a" / "model.pt", "--swag-rank", 1, "--out", tmp_path / "x"],
-             "--swag-rank must be 0 (no SWAG moments) or at least 2 deviations, got 1")):
+             "--swag-rank must be 0 (no SWAG moments) or at least 2 deviations, got 1"),
+            (["swag", "--ckpt", root / "swa" / "swag.pt", "--seed", -5, "--out", tmp_path / "x"],
+             "--seed must be a whole number from 0 to 2^63 - 1, got -5"),
+            (["swag", "--ckpt", root / "swa" / "swag.pt", "--samples", 10 ** 12, "--out", tmp_path / "x"],
+             f"--samples {10 ** 12} (the draws, samples x parameters floats) needs "),
+            (["swag", "--ckpt", tmp_path / "nan.pt", "--out", tmp_path / "x"],
+             f"{tmp_path / 'nan.pt'}: the SWAG mean has ")):
+        if "nan.pt" in str(argv[2]) and not (tmp_path / "nan.pt").exists():
+            ck = torch.load(root / "swa" / "swag.pt", weights_only=True)
+            ck["swag"]["mean"][:10] = float("nan")
+            torch.save(ck, tmp_path / "nan.pt")
         bad = run_cli(*argv)
-        assert bad.returncode == 2 and bad.stderr.strip() == f"landscape: error: {said}", bad.stderr
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.strip().startswith(f"landscape: error: {said}"), bad.stderr
     assert not (tmp_path / "x").exists()
     # swag.pt is the SWA network: a plane through both was refused as "collinear"; an ensemble counts it twice
     swa, swag = root / "swa" / "swa.pt", root / "swa" / "swag.pt"
