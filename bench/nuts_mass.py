@@ -21,7 +21,7 @@ import argparse
 import numpy as np
 
 import landscape.nuts as nuts_module
-from landscape.nuts import DualAveraging, MassAdaptation, initial_step_size, nuts_round
+from landscape.nuts import DualAveraging, MassAdaptation, initial_step_size, nuts_round, warmup_step
 from samplers import effective_size
 
 
@@ -40,9 +40,7 @@ def run(sd: np.ndarray, burn_in: int, adapt_mass: bool, chains: int = 4, keep: i
         r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < burn_in else adapt.final, 8, metric.inv_mass)
         theta, logp, grad = r.theta, r.logp, r.grad
         if i < burn_in:
-            adapt.update(r.accept)
-            if metric.update(i, theta):
-                adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng, adapt.step, metric.inv_mass))
+            adapt = warmup_step(i, r, adapt, metric, fn, rng)
         else:
             kept.extend(theta.copy())
             chain.extend(range(chains))

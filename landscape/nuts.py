@@ -39,7 +39,7 @@ from typing import Callable, Generator
 import numpy as np
 
 __all__ = ["LogDensityGrad", "DualAveraging", "MassAdaptation", "adaptation_windows", "initial_step_size", "nuts_round",
-           "DELTA_MAX", "TARGET_ACCEPT", "MIN_MASS_BURN_IN"]
+           "warmup_step", "DELTA_MAX", "TARGET_ACCEPT", "MIN_MASS_BURN_IN"]
 
 LogDensityGrad = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 DELTA_MAX = 1000.0  # an energy error beyond this ends the tree: the trajectory has diverged
@@ -350,3 +350,20 @@ class MassAdaptation:
         adapt.inv_mass, adapt.count = inv.copy(), int(state["mass_count"])
         adapt.mean, adapt.m2 = (np.asarray(state[k], dtype=np.float64).copy() for k in ("mass_mean", "mass_m2"))
         return adapt
+
+
+def warmup_step(transition: int, r: NutsRound, adapt: DualAveraging, metric: MassAdaptation | None,
+                fn: LogDensityGrad, rng: np.random.Generator,
+                refresh: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> DualAveraging:
+    """The burn-in's adaptation after transition ``transition`` (from 0) gave
+    ``r``: dual averaging takes its acceptance; with ``metric``, its draws go
+    to the mass's window, and when a window ends the step sizes are found
+    again for the new mass (from the current ones) and their adaptation
+    restarts. ``refresh(step)`` may return the chains' log densities and
+    gradients anew first (a finite-difference gradient that follows the
+    step size). Returns the dual averaging to go on with."""
+    adapt.update(r.accept)
+    if metric is None or not metric.update(transition, r.theta):
+        return adapt
+    logp, grad = (r.logp, r.grad) if refresh is None else refresh(adapt.step)
+    return DualAveraging(initial_step_size(r.theta, logp, grad, fn, rng, adapt.step, metric.inv_mass))

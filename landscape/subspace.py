@@ -59,7 +59,8 @@ from .errors import UserError, check_seed, is_whole
 from .evaluate import METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, whole_set_fits
 from .inputs import stored_data
 from .metrics import running_ensemble
-from .nuts import TARGET_ACCEPT, DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round
+from .nuts import (TARGET_ACCEPT, DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round,
+                   warmup_step)
 from .sharpness import TrainLoss
 from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep, stored_bn_stats
 from .swag import SwagPosterior, load_swag
@@ -691,6 +692,11 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
         if fn.set_scale(steps):
             current_lp, current_grad = fn(current)
 
+    def refresh(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The chains' values and gradients for the step search after a mass window: :func:`rescale`'s."""
+        rescale(steps)
+        return current_lp, current_grad
+
     def save() -> None:
         _save_sampler(run, rng, shift_res, kept, burned, current=current, current_lp=current_lp,
                       current_grad=current_grad, **adapt.state(), **(metric.state() if adapting_mass else {}))
@@ -726,12 +732,8 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
         while burned < burn_in:  # every chain's first transitions: step-size adaptation, discarded
             rescale(adapt.step)
             r = nuts_round(current, current_lp, current_grad, fn, rng, adapt.step, max_depth, metric.inv_mass)
-            adapt.update(r.accept)
             current, current_lp, current_grad = r.theta, r.logp, r.grad
-            if adapting_mass and metric.update(burned, current):  # a window ended: a new mass, a new step size
-                rescale(adapt.step)
-                adapt = DualAveraging(initial_step_size(current, current_lp, current_grad, fn, rng, adapt.step,
-                                                        metric.inv_mass))
+            adapt = warmup_step(burned, r, adapt, metric if adapting_mass else None, fn, rng, refresh)
             burned += 1
             save()
             bar.update(1)

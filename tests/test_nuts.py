@@ -19,7 +19,8 @@ import landscape.nuts as nuts_module
 import landscape.subspace as subspace_module
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points, evaluate_points_sequential
-from landscape.nuts import DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round
+from landscape.nuts import (DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round,
+                            warmup_step)
 from landscape.subspace import LogPosterior, _Run, gradient_kind, sample_subspace, swag_subspace
 from landscape.averaging import run_swa
 from landscape.train import train
@@ -219,9 +220,7 @@ def test_adapting_the_mass_samples_a_badly_scaled_target_with_fewer_steps():
         r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < burn_in else adapt.final, 8, metric.inv_mass)
         theta, logp, grad = r.theta, r.logp, r.grad
         if i < burn_in:
-            adapt.update(r.accept)
-            if metric.update(i, theta):
-                adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng, adapt.step, metric.inv_mass))
+            adapt = warmup_step(i, r, adapt, metric, fn, rng)
         else:
             kept.append(theta.copy())
             steps.append(r.steps)
