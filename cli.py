@@ -481,7 +481,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not d.is_dir():
         raise UserError(f"{d}: no such result folder")
     try:
-        written = _draw_stored(d, tuple(args.format))
+        try:
+            written = _draw_stored(d, tuple(args.format))
+        except BaseException:  # a figure half drawn from damaged files is closed, not left open
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+            raise
     except UserError:
         raise
     except KeyError as e:  # a result file or summary without an entry the figure needs
@@ -1554,7 +1560,7 @@ def _allocation(e: BaseException) -> str:
     """The failed allocation's size when the allocator says it, else its message's first line."""
     import re
 
-    found = re.search(r"allocate (\d+)(?: bytes)?", str(e))
+    found = re.search(r"allocate (\d+) bytes", str(e))
     if found:
         return f"an allocation of {int(found.group(1)) / 2 ** 30:.3g} GiB failed"
     return first_line(e)[:120]

@@ -277,6 +277,9 @@ def test_cli_trajectory_plane_of_a_run(run_dir, tmp_path, capsys):
     np.savez(tmp_path / "t" / "plane.npz", **dict(arrays, x=arrays["x"][:1]))
     code, _, err = run_cli(capsys, "plot", tmp_path / "t")
     assert code == 2 and "the stored results do not fit together (ValueError" in one_line(err)
+    import matplotlib.pyplot as plt
+
+    assert not plt.get_fignums()  # the half-drawn figure was closed
 
 
 def test_cli_trajectory_plane_without_biases_and_batch_norm(run_dir, tmp_path, capsys):
