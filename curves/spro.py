@@ -81,13 +81,13 @@ class SimplexConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.lam < 0:
-            raise UserError(f"--lam must be >= 0, got {self.lam}")
+        if not 0 <= self.lam < float("inf"):  # NaN fails too: it would train, then report a NaN volume
+            raise UserError(f"--lam must be a finite number >= 0, got {self.lam}")
         if self.samples < 1:
             raise UserError(f"--samples must be at least 1, got {self.samples}")
         if self.init not in ("random", "centre"):
             raise UserError(f"unknown --init {self.init!r}; choose random or centre")
-        if self.init == "centre" and not self.init_scale > 0:
+        if self.init == "centre" and not 0 < self.init_scale < float("inf"):
             raise UserError(f"--init-scale must be positive (a new vertex at the centroid spans no volume), "
                             f"got {self.init_scale}")
 
@@ -182,6 +182,7 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
 
     task = Task(module=cx, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
                 weight_decay=cfg.wd, spec=spec, command="simplex", kind="simplex",
+                lr_flag="--lr" + (f" (or --lam {cfg.lam:g}, which scales the volume term)" if cfg.lam > 1 else ""),
                 sync_buffers=False)  # the complex's buffers are its frozen vertices, the same on every rank
     run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics, progress=progress)
     return cx.anchors()[-1].detach()

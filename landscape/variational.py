@@ -507,7 +507,8 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
 
     task = Task(module=vnet, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=epoch_eval,
                 weight_decay=0.0, spec=spec, command="vi", kind="variational", lr=rate, end_epoch=end_epoch,
-                lr_flag="--lr" if cfg.hwa_start is None else "--lr (or --hwa-lr-max, after --hwa-start)",
+                lr_flag=("--lr" if cfg.hwa_start is None else "--lr (or --hwa-lr-max, after --hwa-start)")
+                + (f" (or --temperature {cfg.temperature:g}, which scales the KL term)" if cfg.temperature > 1 else ""),
                 optimizer=make_optimizer)
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
                                     progress=progress, on_epoch_end=on_epoch_end, argv=argv)

@@ -189,14 +189,17 @@ def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, c
     for argv, msg in ((["--eval-samples", "0"], "--eval-samples must be at least 1, got 0"),
                       (["--face-grid", "-1"], "--face-grid must be at least 1, got -1"),
                       (["--init-scale", "0"], "--init-scale must be positive (a new vertex at the centroid spans "
-                                              "no volume), got 0.0")):
+                                              "no volume), got 0.0"),
+                      (["--lam", "nan"], "--lam must be a finite number >= 0, got nan"),
+                      (["--init-scale", "inf"], "--init-scale must be positive (a new vertex at the centroid spans "
+                                                "no volume), got inf")):
         code = cli.main(["simplex", "--base", str(ckpt), "--out", str(tmp_path / "s"), "--quiet", *argv])
         err = capsys.readouterr().err
         assert code == 2 and err.strip() == f"landscape: error: {msg}", err
         assert not (tmp_path / "s").exists()
     # ESPRO claimed its folder (config.json) before its settings were checked
     code = cli.main(["simplex", "--base", str(ckpt), str(ckpt), "--lam", "-1", "--out", str(tmp_path / "e"), "--quiet"])
-    assert code == 2 and capsys.readouterr().err.strip() == "landscape: error: --lam must be >= 0, got -1.0"
+    assert code == 2 and capsys.readouterr().err.strip() == "landscape: error: --lam must be a finite number >= 0, got -1.0"
     assert not (tmp_path / "e").exists()
 
 
