@@ -480,14 +480,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UserError(f"{d} is a file; plot takes the result folder that holds it ({d.parent})")
     if not d.is_dir():
         raise UserError(f"{d}: no such result folder")
-    try:
-        try:
-            written = _draw_stored(d, tuple(args.format))
-        except BaseException:  # a figure half drawn from damaged files is closed, not left open
-            import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
 
-            plt.close("all")
-            raise
+    try:
+        written = _draw_stored(d, tuple(args.format))
     except UserError:
         raise
     except KeyError as e:  # a result file or summary without an entry the figure needs
@@ -496,6 +492,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except (TypeError, AttributeError, ValueError, IndexError) as e:  # entries of the wrong kind or length
         raise UserError(f"{d}: the stored results do not fit together ({type(e).__name__}: {first_line(e)[:160]}; "
                         f"edited, or damaged?); rerun the command that made them") from None
+    finally:
+        plt.close("all")  # a figure half drawn from damaged files is not left open (drawn ones are closed already)
     for f in written:
         print(f"figure: {f}")
     return 0

@@ -187,7 +187,7 @@ def _drive(gens: list[_Request], fn: LogDensityGrad) -> list:
     return results
 
 
-def _unit_mass(theta: np.ndarray, inv_mass: np.ndarray | None) -> np.ndarray:
+def _chain_masses(theta: np.ndarray, inv_mass: np.ndarray | None) -> np.ndarray:
     """The inverse mass of each chain (C, k): the identity's ones when None, a (k,) shared by all chains."""
     if inv_mass is None:
         return np.ones_like(theta, dtype=np.float64)
@@ -201,7 +201,7 @@ def initial_step_size(theta: np.ndarray, logp: np.ndarray, grad: np.ndarray, fn:
     by the paper's heuristic, from ``start`` (one for all, or (C,)), with the
     diagonal inverse mass ``inv_mass`` ((k,) or (C, k); the identity when
     None)."""
-    m = _unit_mass(theta, inv_mass)
+    m = _chain_masses(theta, inv_mass)
     first = np.broadcast_to(np.asarray(start, dtype=np.float64), (len(theta),))
     return np.array(_drive([_step_search(theta[c], float(logp[c]), grad[c], float(first[c]), rng, m[c])
                             for c in range(len(theta))], fn))
@@ -225,7 +225,7 @@ def nuts_round(theta: np.ndarray, logp: np.ndarray, grad: np.ndarray, fn: LogDen
     ``step_size`` (C,), the diagonal inverse mass ``inv_mass`` ((k,) or
     (C, k); the identity when None) and at most 2^max_depth - 1 leapfrog
     steps each; the chains' pending steps are evaluated together by ``fn``."""
-    m = _unit_mass(theta, inv_mass)
+    m = _chain_masses(theta, inv_mass)
     out = _drive([_transition(theta[c], float(logp[c]), grad[c], float(step_size[c]), max_depth, rng, m[c])
                   for c in range(len(theta))], fn)
     return NutsRound(theta=np.stack([o[0][0] for o in out]), logp=np.array([o[0][1] for o in out]),

@@ -321,7 +321,7 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
         trace, se, draws = hutchinson_trace(op, loss.space.numel, trace_samples, seed, data.device)
     except UserError as e:
         raise UserError(f"{label}: {e}") from None
-    nodes, weights = _padded([r.values for r in runs]), _padded([r.weights for r in runs])
+    nodes, weights = _stacked([r.values for r in runs]), _stacked([r.weights for r in runs])
     if not (np.isfinite(ritz).all() and np.isfinite(residual).all() and np.isfinite(trace)):
         raise UserError(f"{label}: a Hessian-vector product was not finite (the loss overflows near these weights)")
     return Spectrum(ritz=ritz, residual=residual, trace=trace, trace_se=se, trace_draws=draws, train_nll=nll,
@@ -329,10 +329,16 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
                     density_weights=weights)
 
 
-def _padded(rows: Sequence[np.ndarray], width: int | None = None) -> np.ndarray:
-    """The rows as one float array, each padded with NaN to ``width`` (default: the longest)."""
-    width = max(len(r) for r in rows) if width is None else width
-    return np.array([np.concatenate([np.asarray(r, float), np.full(width - len(r), np.nan)]) for r in rows])
+def _stacked(rows: Sequence[np.ndarray | None]) -> np.ndarray:
+    """The rows (arrays of one number of dimensions, None for a row not there) as one float array (len(rows),
+    *largest shape), each padded with NaN: Ritz values of a Krylov space that closed early, networks not done."""
+    shape = tuple(max(sizes) for sizes in zip(*(np.shape(r) for r in rows if r is not None)))
+    out = np.full((len(rows), *shape), np.nan)
+    for i, r in enumerate(rows):
+        if r is not None:
+            r = np.asarray(r, dtype=float)
+            out[(i, *(slice(0, d) for d in r.shape))] = r
+    return out
 
 
 @dataclass
@@ -405,22 +411,11 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
 
 
 def _arrays(spectra: Sequence[Spectrum | None]) -> dict[str, np.ndarray]:
-    """Per-network arrays (a network not done yet is NaN), Ritz values padded with NaN where a Krylov space
-    closed early."""
-    done = [s for s in spectra if s is not None]
+    """Per-network arrays (a network not done yet is NaN), padded with NaN where a Krylov space closed early."""
     out = {}
     for key in _PER_NETWORK:
-        if key in ("ritz", "residual", "trace_draws"):
-            width = max(len(getattr(s, key)) for s in done)
-            out[key] = np.array([_padded([getattr(s, key)], width)[0] if s is not None else np.full(width, np.nan)
-                                 for s in spectra])
-        elif key in _DENSITY:
-            runs, width = max(getattr(s, key).shape[0] for s in done), max(getattr(s, key).shape[1] for s in done)
-            out[key] = np.full((len(spectra), runs, width), np.nan)
-            for i, s in enumerate(spectra):
-                if s is not None:
-                    a = getattr(s, key)
-                    out[key][i, :a.shape[0], :a.shape[1]] = a
+        if key in ("ritz", "residual", "trace_draws", *_DENSITY):
+            out[key] = _stacked([getattr(s, key) if s is not None else None for s in spectra])
         else:
             out[key] = np.array([getattr(s, key) if s is not None else np.nan for s in spectra], dtype=float)
     return out

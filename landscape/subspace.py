@@ -701,7 +701,7 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
         _save_sampler(run, rng, shift_res, kept, burned, current=current, current_lp=current_lp,
                       current_grad=current_grad, **adapt.state(), **(metric.state() if adapting_mass else {}))
 
-    metric = MassAdaptation(burn_in, k)
+    metric = MassAdaptation(burn_in if adapting_mass else 0, k)  # the unit mass: no windows, never updated
     resumed = _resume_sampler(run, (*_NUTS_STATE, *(_MASS_STATE if adapting_mass else ())),
                               (*_PER_SAMPLE, *_NUTS_PER_SAMPLE), samples)
     if resumed is not None:
@@ -733,7 +733,7 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
             rescale(adapt.step)
             r = nuts_round(current, current_lp, current_grad, fn, rng, adapt.step, max_depth, metric.inv_mass)
             current, current_lp, current_grad = r.theta, r.logp, r.grad
-            adapt = warmup_step(burned, r, adapt, metric if adapting_mass else None, fn, rng, refresh)
+            adapt = warmup_step(burned, r, adapt, metric, fn, rng, refresh)
             burned += 1
             save()
             bar.update(1)
