@@ -40,22 +40,26 @@ def gaussian(force=None):
     return fn
 
 
-def run_chains(fn, chains, warmup, rounds, seed=0, start=None, max_depth=10, dim=2):
+def run_chains(fn, chains, warmup, rounds, seed=0, start=None, max_depth=10, dim=2, metric=None):
+    """Warm-up (dual averaging; with ``metric``, a MassAdaptation, the mass too), then ``rounds`` kept
+    transitions: the kept points, acceptance statistics, the adaptation and each kept transition's steps."""
     rng = np.random.default_rng(seed)
     theta = np.zeros((chains, dim)) if start is None else np.tile(start, (chains, 1))
     logp, grad = fn(theta)
     adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng))
-    kept, accept = [], []
+    kept, accept, steps = [], [], []
     for i in range(warmup + rounds):
-        r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < warmup else adapt.final, max_depth)
+        r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < warmup else adapt.final, max_depth,
+                       None if metric is None else metric.inv_mass)
         assert np.allclose(fn(r.theta)[0], r.logp) and np.allclose(fn(r.theta)[1], r.grad)
         theta, logp, grad = r.theta, r.logp, r.grad
         if i < warmup:
-            adapt.update(r.accept)
+            adapt = warmup_step(i, r, adapt, metric, fn, rng)
         else:
             kept.append(theta.copy())
             accept.append(r.accept)
-    return np.stack(kept), np.concatenate(accept), adapt
+            steps.append(r.steps)
+    return np.stack(kept), np.concatenate(accept), adapt, np.stack(steps)
 
 
 def check_moments(kept, mean, cov):
@@ -68,7 +72,7 @@ def check_moments(kept, mean, cov):
 
 
 def test_nuts_samples_a_correlated_gaussian_and_adapts_to_the_target_acceptance():
-    kept, accept, adapt = run_chains(gaussian(), chains=100, warmup=40, rounds=120)
+    kept, accept, adapt, _ = run_chains(gaussian(), chains=100, warmup=40, rounds=120)
     check_moments(kept, MEAN, COV)
     assert 0.7 < accept.mean() < 0.95  # dual averaging aims at 0.8
     assert np.all(np.isfinite(adapt.final)) and np.all(adapt.final > 0)
@@ -76,7 +80,7 @@ def test_nuts_samples_a_correlated_gaussian_and_adapts_to_the_target_acceptance(
 
 def test_any_position_only_force_leaves_the_target_exact():
     # leapfrog maps keep volume and are reversible whatever the force: only acceptance sees the density
-    kept, _, _ = run_chains(gaussian(lambda x, g: 0.8 * g + 0.2 * np.sin(3 * x)), chains=100, warmup=30, rounds=100,
+    kept, _, _, _ = run_chains(gaussian(lambda x, g: 0.8 * g + 0.2 * np.sin(3 * x)), chains=100, warmup=30, rounds=100,
                             seed=1)
     check_moments(kept, MEAN, COV)
 
@@ -86,7 +90,7 @@ def test_a_region_of_minus_infinity_is_never_entered():
         logp = -0.5 * (x ** 2).sum(1)
         return np.where(x[:, 0] >= 0, logp, np.nan), -x
 
-    kept, _, _ = run_chains(half_normal, chains=100, warmup=30, rounds=100, seed=2, start=np.array([0.5, 0.0]))
+    kept, _, _, _ = run_chains(half_normal, chains=100, warmup=30, rounds=100, seed=2, start=np.array([0.5, 0.0]))
     flat = kept.reshape(-1, 2)
     assert flat[:, 0].min() >= 0
     assert flat.mean(0) == pytest.approx([math.sqrt(2 / math.pi), 0.0], abs=0.06)
@@ -136,7 +140,7 @@ def test_one_dimension_and_the_first_step_size_follows_the_targets_scale():
     def normal(sd):
         return lambda x: (-0.5 * (x[:, 0] / sd) ** 2, -x / sd ** 2)
 
-    kept, _, _ = run_chains(normal(0.3), chains=100, warmup=30, rounds=100, seed=6, dim=1)
+    kept, _, _, _ = run_chains(normal(0.3), chains=100, warmup=30, rounds=100, seed=6, dim=1)
     assert kept.std() == pytest.approx(0.3, rel=0.06) and abs(kept.mean()) < 0.03
     rng = np.random.default_rng(5)
     wide, narrow = (initial_step_size(np.zeros((20, 1)), np.zeros(20), np.zeros((20, 1)), normal(sd), rng)
@@ -208,25 +212,13 @@ def test_the_mass_is_the_pooled_windows_regularised_variance_and_survives_a_rest
 def test_adapting_the_mass_samples_a_badly_scaled_target_with_fewer_steps():
     sd = np.array([20.0, 0.05])
     fn = lambda x: (-0.5 * ((x / sd) ** 2).sum(1), -x / sd ** 2)  # noqa: E731
-    rng = np.random.default_rng(10)
-    theta = np.zeros((20, 2))
-    logp, grad = fn(theta)
-    burn_in = 150
-    metric = MassAdaptation(burn_in, 2)
-    adapt = DualAveraging(initial_step_size(theta, logp, grad, fn, rng))
-    identity_step = adapt.step.copy()  # about the narrow scale: what the unit mass must step by
-    kept, steps = [], []
-    for i in range(burn_in + 100):
-        r = nuts_round(theta, logp, grad, fn, rng, adapt.step if i < burn_in else adapt.final, 8, metric.inv_mass)
-        theta, logp, grad = r.theta, r.logp, r.grad
-        if i < burn_in:
-            adapt = warmup_step(i, r, adapt, metric, fn, rng)
-        else:
-            kept.append(theta.copy())
-            steps.append(r.steps)
-    check_moments(np.stack(kept), np.zeros(2), np.diag(sd ** 2))
+    metric = MassAdaptation(150, 2)
+    kept, _, _, steps = run_chains(fn, chains=20, warmup=150, rounds=100, seed=10, max_depth=8, metric=metric)
+    # the first step size, before any adaptation: about the narrow scale, what the unit mass must step by
+    identity_step = initial_step_size(np.zeros((20, 2)), *fn(np.zeros((20, 2))), fn, np.random.default_rng(10))
+    check_moments(kept, np.zeros(2), np.diag(sd ** 2))
     assert metric.inv_mass == pytest.approx(sd ** 2, rel=0.3)  # the mass learnt the scales
-    assert np.mean(steps) < 8 and np.abs(np.stack(kept)[:, :, 0]).max() > 2 * sd[0]
+    assert np.mean(steps) < 8 and np.abs(kept[:, :, 0]).max() > 2 * sd[0]
     # with the unit mass, a step stable in the narrow direction (the heuristic's: at most a few times its 0.05
     # scale) would need hundreds of steps to cross the wide one; the adapted chains cross it in a few
     assert np.median(identity_step) < 0.1 and np.mean(steps) * np.median(identity_step) < 0.05 * sd[0]
