@@ -47,6 +47,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _cell(value: float, width: int, decimals: int) -> str:
+    """A right-aligned table cell: fixed-point when it fits the column, else
+    in scientific notation (a loss of 1e25 at a far point keeps the table's
+    columns in place)."""
+    text = f"{value:>{width}.{decimals}f}"
+    return text if len(text) <= width else f"{value:>{width}.{max(1, min(decimals, width - 8))}e}"
+
+
 # ----------------------------------------------------------- value parsers
 def _kv(text: str) -> tuple[str, Any]:
     if "=" not in text:
@@ -276,8 +284,10 @@ def cmd_curve(args: argparse.Namespace) -> int:
           f"{f'{split}-err barrier %':>20}{f'max {split} err %':>16}{f'ensemble {split} err %':>20}")
     for name in ("curve", "line"):
         p = s[name]
-        print(f"{name:<8}{p['length']:>9.3f}{p['train_loss_barrier']:>20.4f}{p['train_loss_max']:>16.4f}"
-              f"{p['test_error_barrier']:>20.2f}{p['test_error_max']:>16.2f}{p['ensemble_test_error']:>20.2f}")
+        print(f"{name:<8}{_cell(p['length'], 9, 3)}{_cell(p['train_loss_barrier'], 20, 4)}"
+              f"{_cell(p['train_loss_max'], 16, 4)}"
+              f"{_cell(p['test_error_barrier'], 20, 2)}{_cell(p['test_error_max'], 16, 2)}"
+              f"{_cell(p['ensemble_test_error'], 20, 2)}")
     ends = s["curve"]["metrics"]["test_error"]
     print(f"endpoints' {split} error: {ends['start']:.2f}% and {ends['end']:.2f}%"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
@@ -401,7 +411,8 @@ def cmd_plane(args: argparse.Namespace) -> int:
     print(f"{'point':<12}{'x':>9}{'y':>9}{'train loss':>12}{f'{split} err %':>12}")
     for p in s["anchors"] + s["marks"]:
         off = p.get("distance_from_plane")
-        print(f"{p['label']:<12}{p['x']:>9.2f}{p['y']:>9.2f}{p['train_loss']:>12.4f}{p['test_error']:>12.2f}"
+        print(f"{p['label']:<12}{_cell(p['x'], 9, 2)}{_cell(p['y'], 9, 2)}{_cell(p['train_loss'], 12, 4)}"
+              f"{_cell(p['test_error'], 12, 2)}"
               + (f"   (itself; {off:.2f} from the plane)" if off is not None else ""))
     if s.get("plane") == "trajectory":
         far = max(s["trajectory_distance_from_plane"])
@@ -459,7 +470,7 @@ def _report_rays(args: argparse.Namespace) -> int:
     print(f"{'centre':<14}{'train loss':>12}{f'{split} err %':>12}{'median width':>14}{'full width':>12}"
           f"{'asymmetry':>11}")
     for c in s["centers"]:
-        print(f"{c['label']:<14}{c['center_train_loss']:>12.4f}{c['center_test_error']:>12.2f}"
+        print(f"{c['label']:<14}{_cell(c['center_train_loss'], 12, 4)}{_cell(c['center_test_error'], 12, 2)}"
               f"{fmt(c['median_width'], '>14.3f')}{fmt(c['median_full_width'], '>12.3f')}"
               f"{fmt(c['median_asymmetry'], '>11.2f', 'n/a')}")
     if "line" in s:
@@ -556,7 +567,8 @@ def _average_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_metrics_row(name: str, m: dict[str, Any]) -> None:
-    print(f"{name:<16}{m['train_loss']:>12.4f}{m['train_error']:>13.2f}{m['test_nll']:>10.4f}{m['test_error']:>12.2f}")
+    print(f"{name:<16}{_cell(m['train_loss'], 12, 4)}{_cell(m['train_error'], 13, 2)}{_cell(m['test_nll'], 10, 4)}"
+          f"{_cell(m['test_error'], 12, 2)}")
 
 
 def _metrics_header(split: str) -> None:
@@ -620,7 +632,7 @@ def _print_model_average(s: dict[str, Any], centre: str, centre_metrics: dict[st
     _print_metrics_row(sample_label, {k: m[f"{k}_mean"] for k in ("train_loss", "train_error", "test_nll",
                                                                   "test_error")})
     b = s[average]
-    print(f"{average_label:<16}{'':>12}{'':>13}{b['test_nll']:>10.4f}{b['test_error']:>12.2f}   ({how})"
+    print(f"{average_label:<16}{'':>12}{'':>13}{_cell(b['test_nll'], 10, 4)}{_cell(b['test_error'], 12, 2)}   ({how})"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
     if note:
         print(note)
@@ -684,9 +696,10 @@ def _print_ensemble(s: dict[str, Any]) -> None:
     print(f"{'member':<16}{f'{split} err %':>12}{f'{split} nll':>10}")
     for m in s["members"]:
         label = m.get("label") or f"snapshot-{m['snapshot']:03d}.pt"  # ensembles label members; fge / snapshots number them
-        print(f"{label:<16}{m['test_error']:>12.2f}{m['test_nll']:>10.4f}")
+        print(f"{label:<16}{_cell(m['test_error'], 12, 2)}{_cell(m['test_nll'], 10, 4)}")
     e = s["ensemble"]
-    print(f"{'ensemble':<16}{e['test_error']:>12.2f}{e['test_nll']:>10.4f}   ({e['members']} member{'s' if e['members'] != 1 else ''}; "
+    print(f"{'ensemble':<16}{_cell(e['test_error'], 12, 2)}"
+          f"{_cell(e['test_nll'], 10, 4)}   ({e['members']} member{'s' if e['members'] != 1 else ''}; "
           f"mean member error {s['member_test_error_mean']:.2f}%)")
     r = s.get("partial_cycle_epochs")
     if r:
@@ -726,8 +739,9 @@ def cmd_vi(args: argparse.Namespace) -> int:
         if key in s:
             m = s[key]
             share = m.get("noise_share")
-            print(f"{name:<16}{m['train_nll']:>12.4f}{m['train_error']:>13.2f}{m['test_nll']:>10.4f}"
-                  f"{m['test_error']:>12.2f}{m['kl_per_sample']:>10.3f}"
+            print(f"{name:<16}{_cell(m['train_nll'], 12, 4)}{_cell(m['train_error'], 13, 2)}"
+                  f"{_cell(m['test_nll'], 10, 4)}"
+                  f"{_cell(m['test_error'], 12, 2)}{_cell(m['kl_per_sample'], 10, 3)}"
                   f"{'-' if share is None else format(100 * share, '.1f'):>9}")
     print("noise %: stochastic weights with log(s^2 / m^2) > 3, mostly noise (sparse variational dropout prunes "
           "them)" if s["family"] != "variance" else "a variance network: its deterministic network (zero hidden "
@@ -829,7 +843,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     s = result.summary
     _print_ensemble(s)
     w = s["weight_average"]
-    print(f"{'weight average':<16}{w['test_error']:>12.2f}{w['test_nll']:>10.4f}   (batch norm re-estimated)")
+    print(f"{'weight average':<16}{_cell(w['test_error'], 12, 2)}"
+          f"{_cell(w['test_nll'], 10, 4)}   (batch norm re-estimated)")
     if args.out:
         print(f"summary: {args.out / 'summary.json'}")
     return 0
@@ -884,11 +899,11 @@ def cmd_simplex(args: argparse.Namespace) -> int:
         print(f"ESPRO: {s['components']} simplexes of {s['vertices']} vertices")
         print(f"{'':<28}{f'{split} err %':>12}{f'{split} nll':>10}")
         for i, m in enumerate(s["modes"]):
-            print(f"{'mode ' + str(i + 1):<28}{m['test_error']:>12.2f}{m['test_nll']:>10.4f}")
+            print(f"{'mode ' + str(i + 1):<28}{_cell(m['test_error'], 12, 2)}{_cell(m['test_nll'], 10, 4)}")
         for row in s["ensemble"]:
             if row["samples_per_component"] in (1, 2, 4, 8, 16, 32, 64) or row is s["ensemble"][-1]:
                 name = f"ensemble, {row['samples_per_component']} per simplex"
-                print(f"{name:<28}{row['test_error']:>12.2f}{row['test_nll']:>10.4f}")
+                print(f"{name:<28}{_cell(row['test_error'], 12, 2)}{_cell(row['test_nll'], 10, 4)}")
     else:
         if args.base:
             r = grow_simplex(args.base[0], args.out, vertices=args.vertices, **common, **o)
@@ -902,7 +917,7 @@ def cmd_simplex(args: argparse.Namespace) -> int:
         print(f"{s['kind']}: {len(s['labels'])} vertices, {len(s['simplexes'])} simplex(es), volume {s['volume']:.4g}")
         print(f"{'point':<16}{'train loss':>12}{f'{split} err %':>12}")
         for v in s["vertices"]:
-            print(f"{v['label']:<16}{v['train_loss']:>12.4f}{v['test_error']:>12.2f}")
+            print(f"{v['label']:<16}{_cell(v['train_loss'], 12, 4)}{_cell(v['test_error'], 12, 2)}")
         print(f"{s['samples']} samples: {split} error mean {s['test_error_mean']:.2f}%, max {s['test_error_max']:.2f}%; "
               f"train loss max {s['train_loss_max']:.4f}; ensemble {split} error {s['ensemble']['test_error']:.2f}%, "
               f"nll {s['ensemble']['test_nll']:.4f}")
@@ -1046,35 +1061,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = [("straight line", line), ("Bezier curve, 1 bend", curves["bezier"]["curve"]),
             ("polygonal chain, 1 bend", curves["polychain"]["curve"])]
     for name, p in rows:
-        print(f"{name:<26}{p['train_loss_barrier']:>20.4f}{p['test_error_barrier']:>18.2f}{p['test_error_max']:>16.2f}"
-              f"{p['length']:>9.2f}")
+        print(f"{name:<26}{_cell(p['train_loss_barrier'], 20, 4)}{_cell(p['test_error_barrier'], 18, 2)}"
+              f"{_cell(p['test_error_max'], 16, 2)}"
+              f"{_cell(p['length'], 9, 2)}")
     print()
     widths = {c["label"]: c for c in width["centers"]}
 
     def w(label: str) -> str:
         v = widths[label]["median_width"]
-        return f"{v:>14.3f}" if v is not None else f"{'> ' + format(width['distance'], '.3g'):>14}"
+        return _cell(v, 14, 3) if v is not None else f"{'> ' + format(width['distance'], '.3g'):>14}"
 
     print(f"{'model':<26}{'test err %':>12}{'test nll':>10}{'median width':>14}")
-    print(f"{'endpoint a':<26}{ends['a']['test_error']:>12.2f}{ends['a']['test_nll']:>10.4f}{'':>14}")
-    print(f"{'endpoint b':<26}{ends['b']['test_error']:>12.2f}{ends['b']['test_nll']:>10.4f}{'':>14}")
-    print(f"{'SGD (continued from a)':<26}{swa['sgd']['test_error']:>12.2f}{swa['sgd']['test_nll']:>10.4f}{w('SGD')}")
-    print(f"{'SWA (from a)':<26}{swa['swa']['test_error']:>12.2f}{swa['swa']['test_nll']:>10.4f}{w('SWA')}")
-    print(f"{'SWAG average (' + str(swag['bma']['members']) + ')':<26}{swag['bma']['test_error']:>12.2f}"
-          f"{swag['bma']['test_nll']:>10.4f}{'':>14}")
+    print(f"{'endpoint a':<26}{_cell(ends['a']['test_error'], 12, 2)}{_cell(ends['a']['test_nll'], 10, 4)}{'':>14}")
+    print(f"{'endpoint b':<26}{_cell(ends['b']['test_error'], 12, 2)}{_cell(ends['b']['test_nll'], 10, 4)}{'':>14}")
+    print(f"{'SGD (continued from a)':<26}{_cell(swa['sgd']['test_error'], 12, 2)}"
+          f"{_cell(swa['sgd']['test_nll'], 10, 4)}{w('SGD')}")
+    print(f"{'SWA (from a)':<26}{_cell(swa['swa']['test_error'], 12, 2)}{_cell(swa['swa']['test_nll'], 10, 4)}"
+          f"{w('SWA')}")
+    print(f"{'SWAG average (' + str(swag['bma']['members']) + ')':<26}{_cell(swag['bma']['test_error'], 12, 2)}"
+          f"{_cell(swag['bma']['test_nll'], 10, 4)}{'':>14}")
     for name, label in (("pca", "ESS, SWAG PCA plane"), ("curve", "ESS, curve plane")):
         b = subspaces[name]["bma"]
-        print(f"{label + ' (' + str(b['members']) + ')':<26}{b['test_error']:>12.2f}{b['test_nll']:>10.4f}{'':>14}")
+        print(f"{label + ' (' + str(b['members']) + ')':<26}{_cell(b['test_error'], 12, 2)}"
+              f"{_cell(b['test_nll'], 10, 4)}{'':>14}")
     for name, label in (("vi", "VD last"), ("hwa", "VD HWA avg")):
         e = schemes[name]
-        print(f"{label + ', deterministic':<26}{e['deterministic']['test_error']:>12.2f}"
-              f"{e['deterministic']['test_nll']:>10.4f}{'':>14}")
-        print(f"{label + ', ensemble (' + str(e['ensemble']['members']) + ')':<26}{e['ensemble']['test_error']:>12.2f}"
-              f"{e['ensemble']['test_nll']:>10.4f}{'':>14}")
-    print(f"{'FGE members (mean)':<26}{fge['member_test_error_mean']:>12.2f}"
-          f"{statistics.fmean(m['test_nll'] for m in fge['members']):>10.4f}{'':>14}")
-    print(f"{'FGE ensemble (' + str(fge['ensemble']['members']) + ')':<26}{fge['ensemble']['test_error']:>12.2f}"
-          f"{fge['ensemble']['test_nll']:>10.4f}{'':>14}")
+        print(f"{label + ', deterministic':<26}{_cell(e['deterministic']['test_error'], 12, 2)}"
+              f"{_cell(e['deterministic']['test_nll'], 10, 4)}{'':>14}")
+        print(f"{label + ', ensemble (' + str(e['ensemble']['members']) + ')':<26}"
+              f"{_cell(e['ensemble']['test_error'], 12, 2)}"
+              f"{_cell(e['ensemble']['test_nll'], 10, 4)}{'':>14}")
+    print(f"{'FGE members (mean)':<26}{_cell(fge['member_test_error_mean'], 12, 2)}"
+          f"{_cell(statistics.fmean(m['test_nll'] for m in fge['members']), 10, 4)}{'':>14}")
+    print(f"{'FGE ensemble (' + str(fge['ensemble']['members']) + ')':<26}{_cell(fge['ensemble']['test_error'], 12, 2)}"
+          f"{_cell(fge['ensemble']['test_nll'], 10, 4)}{'':>14}")
     print()
     print(f"width: distance along a random unit direction at which train loss rises by {width['rise']:g}")
     print(f"total {time.perf_counter() - t0:.0f} s; figures:")
@@ -1467,10 +1487,36 @@ def _version() -> str:
     return __version__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``, torchrun stopping the
+    others after one rank failed), met like Ctrl-C: files already written are
+    kept (every write is atomic), one line says so, and the exit status is
+    the shell's for the signal, 143."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, but an option the subcommand lacks is reported
+    by the subcommand's parser (its usage, its --help), not the top one's."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     args.failed_alone = False
+    import signal
+    import threading
+
+    watching = threading.current_thread() is threading.main_thread()  # handlers can be set there only
+    previous = signal.signal(signal.SIGTERM, _terminated) if watching else None
     try:
         return _run_command(args)
     except BaseException:
@@ -1480,7 +1526,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.failed_alone = True
         raise
     finally:
-        _leave_process_group(wait=not args.failed_alone)
+        try:
+            _leave_process_group(wait=not args.failed_alone)
+        finally:
+            if watching:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _leave_process_group(wait: bool = True) -> None:
@@ -1529,10 +1579,11 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {where}out of memory ({_allocation(e)}); {_out_of_memory_advice(args)}",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         # Under torchrun a signal may reach one rank only (a scheduler, a kill): the others sit in
         # a collective, so this rank does not wait for them at the final barrier; torchrun stops them.
         args.failed_alone = True
+        word, status = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
         if hasattr(args, "resume"):
             hint = " — rerun with --resume to continue"
         elif args.command == "demo":
@@ -1541,10 +1592,10 @@ def _run_command(args: argparse.Namespace) -> int:
             hint = ""
         out = getattr(args, "out", None)
         if out is not None and not Path(out).exists():
-            print(f"{PROG}: {where}interrupted before anything was written to {out}", file=sys.stderr)
+            print(f"{PROG}: {where}{word} before anything was written to {out}", file=sys.stderr)
         else:
-            print(f"{PROG}: {where}interrupted; files written so far are kept{hint}", file=sys.stderr)
-        return 130
+            print(f"{PROG}: {where}{word}; files written so far are kept{hint}", file=sys.stderr)
+        return status
 
 
 def _out_of_memory(e: RuntimeError) -> bool:

@@ -171,8 +171,6 @@ def fit_curve(
     cfg = ConnectConfig(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
     cfg.validate()
     device = process_device(cfg.device)  # under torchrun: joins the process group
-    for ck in (start_ckpt, end_ckpt):  # after joining it: rank 0 alone says it
-        note_split_leak((ck.meta or {}).get("train_config"), asdict(cfg), ck.path)
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "connect")
     if start_epoch == -1:
@@ -182,6 +180,8 @@ def fit_curve(
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         return CurveResult(loaded.curve, loaded.model, summary, read_jsonl(out / "metrics.jsonl"), out)
     data = load_data(cfg, device) if data is None else data.to(device)
+    for ck in (start_ckpt, end_ckpt):  # once the split is accepted; after joining the group: rank 0 alone says it
+        note_split_leak((ck.meta or {}).get("train_config"), asdict(cfg), ck.path)
 
     template, spec = _endpoint_model(start_ckpt, end_ckpt, cfg, data, user_named=user_named)
     space = ParamSpace.of(template)

@@ -39,6 +39,7 @@ from landscape.checkpoint import (
     load_checkpoint,
     load_model,
     read_json,
+    require_network,
     save_checkpoint,
     stored_config,
     write_json,
@@ -49,8 +50,8 @@ from landscape.device import resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import (data_settings, load_points, named_model, network_of, own_network, refuse_same_weights,
-                              require_architecture)
+from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, load_points, named_model, network_of,
+                              own_network, refuse_same_weights, require_architecture)
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
@@ -146,6 +147,8 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
         centre = fixed.mean(dim=0, keepdim=True)
         direction = torch.randn(init.shape, generator=torch.Generator().manual_seed(seed), dtype=init.dtype)
         init = centre + cfg.init_scale * centre.norm() * direction.to(init.device) / direction.norm()
+        if not bool(torch.isfinite(init).all()):  # checked up front on the modes; a centroid can still be larger
+            _check_init(cfg, [centre[0]])
     cx = SimplicialComplex(space, fixed, init, simplexes, labels).to(data.device)
     with torch.no_grad():
         v0 = float(cx.volumes().sum())
@@ -182,10 +185,31 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
 
     task = Task(module=cx, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
                 weight_decay=cfg.wd, spec=spec, command="simplex", kind="simplex",
-                lr_flag="--lr" + (f" (or --lam {cfg.lam:g}, which scales the volume term)" if cfg.lam > 1 else ""),
+                lr_flag=_rate_flags(cfg),
                 sync_buffers=False)  # the complex's buffers are its frozen vertices, the same on every rank
     run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics, progress=progress)
     return cx.anchors()[-1].detach()
+
+
+def _check_init(cfg: SimplexConfig, vectors: Sequence[torch.Tensor]) -> None:
+    """A new vertex starts at a centroid moved by --init-scale times its norm:
+    a scale that would put it at infinite weights (in the vectors' precision)
+    is refused in one line, before any training (it would diverge and blame
+    --lr)."""
+    if cfg.init != "centre" or not vectors:
+        return
+    norm = torch.stack([v.detach().norm() for v in vectors]).max()
+    if not bool(torch.isfinite(cfg.init_scale * norm)) or not bool(torch.isfinite(norm)):
+        raise UserError(f"--init-scale {cfg.init_scale:g} would move a new vertex to infinite weights (it is a "
+                        f"fraction of the centroid's norm, here up to {float(norm):.3g}; default 0.05)")
+
+
+def _rate_flags(cfg: SimplexConfig) -> str:
+    """What a divergence names beside --lr: the settings above 1 that may have caused it."""
+    others = [f"--lam {cfg.lam:g}, which scales the volume term"] if cfg.lam > 1 else []
+    if cfg.init == "centre" and cfg.init_scale > 1:
+        others.append(f"--init-scale {cfg.init_scale:g}, which places the new vertex")
+    return "--lr" + (f" (or {'; or '.join(others)})" if others else "")
 
 
 def _config(config: SimplexConfig | None, first: str | Path,
@@ -301,6 +325,7 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
     cfg, named = _config(config, base, overrides)
     out = Path(out) if out is not None else None
     pts, spec = _load_modes([base], cfg, named)  # before the folder is claimed: a refusal leaves nothing
+    _check_init(cfg, pts.vectors)
     _claim(out, {"kind": "simplex", "base": str(base), "vertices": vertices}, resume)
     template, data = pts.model, pts.data
     anchors = [pts.vectors[0]]
@@ -327,6 +352,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     out = Path(out) if out is not None else None
     pts, spec = _load_modes(modes, cfg, named)  # before the folder is claimed: a refusal leaves nothing
     refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
+    _check_init(cfg, pts.vectors)
     _claim(out, {"kind": "complex", "modes": [str(p) for p in modes], "connectors": connectors}, resume)
     template, data = pts.model, pts.data
     m = len(modes)
@@ -422,7 +448,16 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
-    _join(_config(config, bases[0], overrides)[0])  # settings refused before the folder is claimed
+    cfg = _config(config, bases[0], overrides)[0]
+    _join(cfg)  # settings refused before the folder is claimed
+    # The components' predictions are averaged image by image: their data must be the same (a base that held out a
+    # validation split would be evaluated on it, the others on the test set).
+    ckpts = [require_network(load_checkpoint(b)) for b in bases]
+    given = {**(asdict(config) if config is not None else {}), **overrides}
+    check_same_data(ckpts, {k: given.get(k) for k in DATA_FIELDS})
+    _check_init(cfg, [torch.cat([t.detach().flatten().float() for k, t in ck.state_dict.items()  # weights only
+                                 if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))])
+                      for ck in ckpts])
     _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices,
                  "eval_samples": eval_samples}, resume)
     comps, probs = [], []

@@ -247,8 +247,6 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
     user_named = named is not None
     cfg, source = _config(method, config, overrides, named)
     device = process_device(cfg.device)  # under torchrun: joins the process group
-    if source is not None:  # after joining it: rank 0 alone says it
-        note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, method)
     if start_epoch == -1:
@@ -257,6 +255,8 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
         trust = cfg.model if user_named else None
         return AverageResult(load_model(final, trust), load_model(out / "model.pt", trust), summary, metrics, out)
     data = load_data(cfg, device) if data is None else data.to(device)
+    if source is not None:  # once the split is accepted; after joining the group, so rank 0 alone says it
+        note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     model, spec = _start_model(cfg, data, user_named=user_named)
     model.to(device)
     hooks = build(cfg, model, spec, data, out if is_main() else None)  # under torchrun rank 0 writes

@@ -22,6 +22,8 @@ import torch
 from .errors import UserError
 from .weights import ParamSpace, gram_schmidt
 
+MIN_TRAJECTORY = 3  # checkpoints a trajectory's plane needs (two axes and a point off the line)
+
 __all__ = ["PlaneBasis", "plane_basis", "random_plane_basis", "trajectory_basis", "project", "plane_grid",
            "plane_coefficients", "random_directions", "filter_normalize", "ray_coefficients", "line_coefficients",
            "NORMALIZATIONS", "check_normalize", "project_with_distance", "weight_mask"]
@@ -107,8 +109,8 @@ def trajectory_basis(points: torch.Tensor, chunk: int | None = None,
     points = points.detach()
     n, numel = points.shape
     chunk = chunk or max(1, (1 << 22) // n)
-    if n < 3:
-        raise UserError(f"a trajectory's plane needs at least 3 checkpoints, got {n}")
+    if n < MIN_TRAJECTORY:
+        raise UserError(f"a trajectory's plane needs at least {MIN_TRAJECTORY} checkpoints, got {n}")
     last = points[-1].double()
 
     keep = None if mask is None else mask.to(points.device, torch.float64)

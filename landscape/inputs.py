@@ -15,6 +15,7 @@ from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_mode
 from .data import Dataset
 from .device import resolve_device
 from .errors import UserError
+from .geometry import MIN_TRAJECTORY
 from .models import check_spec_fits
 from .sweep import is_main
 from .train import TrainConfig, load_data, same_file
@@ -39,8 +40,9 @@ def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None
     """Load the dataset of ``stored`` settings (a run's train_config), with
     ``overrides`` (those not None) taking precedence; digits when neither says."""
     settings = merged_data_settings(stored, overrides)
-    note_split_leak(stored, settings, source)
-    return load_data(TrainConfig(**settings), resolve_device(device))
+    data = load_data(TrainConfig(**settings), resolve_device(device))
+    note_split_leak(stored, settings, source)  # after the split itself was accepted
+    return data
 
 
 def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: object, overrides: dict[str, Any] | None,
@@ -268,8 +270,12 @@ def load_trajectory(paths: Sequence[str | Path], **options: Any) -> Points:
             last[folder] = (epoch, Path(path))
     keep = [i for i, v in enumerate(pts.vectors) if i == 0 or not torch.equal(v, pts.vectors[i - 1])]
     dropped = [str(files[i]) for i in range(len(files)) if i not in keep and Path(files[i]).name != "model.pt"]
+    why = f"left out {', '.join(dropped)}: the same weights as the checkpoint before"
+    if len(keep) < MIN_TRAJECTORY:  # one line, which names what was left out
+        raise UserError(f"a trajectory's plane needs at least {MIN_TRAJECTORY} checkpoints with distinct weights, "
+                        f"got {len(keep)}" + (f" ({why})" if dropped else ""))
     if dropped and is_main():
-        print(f"note: left out {', '.join(dropped)}: the same weights as the checkpoint before", file=sys.stderr)
+        print(f"note: {why}", file=sys.stderr)
     return replace(pts, vectors=[pts.vectors[i] for i in keep], labels=[pts.labels[i] for i in keep],
                    checkpoints=[pts.checkpoints[i] for i in keep])
 

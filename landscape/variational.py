@@ -397,8 +397,6 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
     named = named_model(config, overrides)
     cfg, source = _config("vi", config, overrides, named, cls=VariationalConfig)
     device = process_device(cfg.device)
-    if source is not None:
-        note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "vi")
     if start_epoch == -1:
@@ -407,6 +405,8 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
         vnet = _posterior_net(load_checkpoint(out / "vi.pt"), "cpu", cfg.model if named is not None else None)
         return VariationalResult(vnet, summary, read_jsonl(out / "metrics.jsonl"), out)
     data = load_data(cfg, device) if data is None else data.to(device)
+    if source is not None:  # once the split is accepted
+        note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     model, spec = _start_model(cfg, data, user_named=named is not None)
     model.to(device)
     vnet = VariationalNet(model, cfg.family, prior=cfg.resolved_prior(), prior_scale=cfg.prior_scale,

@@ -120,6 +120,56 @@ def test_console_script_is_installed_and_reports_errors():
     assert "unknown dataset 'nosuch'" in _one_line_error(proc.stderr)
 
 
+def test_table_cells_keep_their_width_and_value():
+    """A loss of 1e25 (swag --scale 1e30, a far plane) stays in its column, in scientific notation."""
+    for width, decimals in ((9, 2), (10, 4), (12, 2), (20, 4)):
+        for value in (0.15, -3.25, 1234.5, 1.86e25, -1.86e25, 7e-9):
+            text = cli._cell(value, width, decimals)
+            assert len(text) == width and text[0] == " ", (value, width, text)
+            assert float(text) == pytest.approx(value, rel=0.06, abs=10 ** -decimals), (value, width, text)
+        assert cli._cell(1.86e25, width, decimals).strip().endswith("e+25")
+        assert cli._cell(0.15, width, decimals) == f"{0.15:>{width}.{decimals}f}"  # what fits is unchanged
+
+
+def test_an_option_the_subcommand_lacks_points_to_the_subcommands_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["curve", "--ckpt", "x.pt", "--out", "y", "--grid", "5"])
+    assert e.value.code == 2
+    assert _one_line_error(capsys.readouterr().err) == (
+        "landscape curve: error: unrecognized arguments: --grid 5 (see landscape curve --help)")
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_run_says_so_in_one_line_and_resumes(tmp_path):
+    """A scheduler's kill (SIGTERM) is met as Ctrl-C is: exit 143, one line, and
+    --resume finishes the run to the weights of one that was never stopped."""
+    import signal
+    import time
+
+    script = Path(sys.executable).with_name("landscape")
+    if not script.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    argv = [str(script), "train", "--epochs", "40", "--seed", "3", "--quiet", "--out"]
+    proc = subprocess.Popen([*argv, str(tmp_path / "cut")], stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert _one_line_error(err) == ("landscape: terminated; files written so far are kept — rerun with --resume "
+                                    "to continue")
+    done = metrics.read_text().count("\n")
+    assert 2 <= done < 40 and not (tmp_path / "cut" / "model.pt").exists()
+    for out, extra in (("cut", ["--resume"]), ("whole", [])):
+        finished = subprocess.run([*argv, str(tmp_path / out), *extra], capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr
+    weights = [torch.load(tmp_path / out / "model.pt", weights_only=True)["state_dict"] for out in ("cut", "whole")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+
+
 @pytest.fixture(scope="module")
 def endpoints(tmp_path_factory):
     """Two short digits endpoints trained through the CLI."""
@@ -569,6 +619,11 @@ def test_a_validation_split_the_networks_trained_on_is_noted(tmp_path, capsys, e
     code, _, err = run(capsys, "connect", "--start", a, "--end", b, "--val-size", 100, "--epochs", 1, "--quiet",
                        "--out", tmp_path / "c")
     assert code == 0 and note in err.splitlines() and note.replace(str(a), str(b)) in err.splitlines()
+    # a split that cannot be made is one line: no note on it comes first
+    for argv in (("curve", "--ckpt", tmp_path / "c" / "model.pt"), ("ensemble", a, b), ("swa", "--from", a),
+                 ("vi", "--from", a), ("connect", "--start", a, "--end", b)):
+        code, _, err = run(capsys, *argv, "--val-size", 1436, "--out", tmp_path / "cut")
+        assert code == 2 and "--val-size must be an integer in 0..1435" in _one_line_error(err), argv
 
 
 def test_foreign_and_infinite_checkpoints_are_refused_by_the_training_commands(tmp_path, capsys, endpoints):

@@ -354,3 +354,7 @@ def test_cli_trajectory_checkpoints_pass_once_in_training_order(run_dir, tmp_pat
     assert code != 0 and f"{c[0]} (epoch 1) comes after {c[2]} (epoch 3)" in one_line(err)
     code, _, err = run_cli(capsys, "plane", "--trajectory", c[0], c[1], c[0], "--out", tmp_path / "back")
     assert code != 0 and "not in training order" in one_line(err)
+    code, _, err = run_cli(capsys, "plane", "--trajectory", c[1], c[1], c[2], "--out", tmp_path / "two")
+    assert code != 0 and one_line(err).endswith(
+        f"a trajectory's plane needs at least 3 checkpoints with distinct weights, got 2 (left out {c[1]}: the same "
+        f"weights as the checkpoint before)")

@@ -203,6 +203,39 @@ def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, c
     assert not (tmp_path / "e").exists()
 
 
+def test_an_init_scale_that_overflows_and_espro_bases_on_other_data_are_refused_before_training(
+        tmp_path, capsys, modes):
+    """--init-scale 1e300 trained from infinite weights, then blamed --lr; ESPRO over a base that held out a
+    validation split trained every simplex, then failed in np.stack (one was scored on 100 images, one on 360)."""
+    import cli
+
+    a, b = modes
+    for argv in (["--base", a], ["--base", a, b], ["--modes", a, b]):
+        code = cli.main(["simplex", *map(str, argv), "--init-scale", "1e300", "--out", str(tmp_path / "s"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.strip().startswith(
+            "landscape: error: --init-scale 1e+300 would move a new vertex to infinite weights (it is a fraction of "
+            "the centroid's norm, here up to "), err
+        assert not (tmp_path / "s").exists()
+    train(out=tmp_path / "held", epochs=1, seed=3, val_size=100, progress=False, model_kwargs={"width": 8})
+    held = tmp_path / "held" / "model.pt"
+    code = cli.main(["simplex", "--base", str(a), str(held), "--out", str(tmp_path / "e"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == (f"landscape: error: {held} was trained on other data than {a} (val-size 100 "
+                                         f"vs 0); give the data options explicitly to use the same data for both")
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_divergence_names_the_settings_above_1_beside_the_rate():
+    from curves.spro import SimplexConfig, _rate_flags
+
+    assert _rate_flags(SimplexConfig()) == "--lr"
+    assert _rate_flags(SimplexConfig(lam=5.0)) == "--lr (or --lam 5, which scales the volume term)"
+    assert _rate_flags(SimplexConfig(lam=5.0, init_scale=20.0)) == (
+        "--lr (or --lam 5, which scales the volume term; or --init-scale 20, which places the new vertex)")
+    assert _rate_flags(SimplexConfig(init="random", init_scale=20.0)) == "--lr"
+
+
 def test_foreign_modes_need_and_take_model(tmp_path, modes):
     """simplex had no --model: a foreign mode ended in a TypeError (its spec was None)."""
     import shutil
