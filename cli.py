@@ -548,13 +548,28 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         from plots.sharpness import draw_sharpness_figure
 
         written = draw_sharpness_figure(d, formats)
+    elif (d / "swa.pt").exists() or (d / "metrics.jsonl").exists() and _command_of(d) == "swa":
+        from plots.swa import draw_swa_figure
+
+        written = draw_swa_figure(d, formats)
     elif (d / "sweep.partial.npz").exists():
         raise UserError(f"{d}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
                         f"command with --resume, then plot")
     else:
         raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, sharpness.npz, simplex.npz, swag.npz, "
-                        f"subspace.npz or variational.npz)")
+                        f"subspace.npz, variational.npz, or an SWA run's metrics.jsonl)")
     return written
+
+
+def _command_of(d: Path) -> str | None:
+    """The command a run folder's config.json names (None when it names none or cannot be read)."""
+    from landscape.checkpoint import read_json
+
+    try:
+        config = read_json(d / "config.json")
+    except UserError:
+        return None
+    return config.get("command") if isinstance(config, dict) else None
 
 
 def _average_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -587,7 +602,7 @@ def cmd_swa(args: argparse.Namespace) -> int:
     result = run_swa(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
                      lr=0.05 if args.lr is None else args.lr, swa_start=args.swa_start, swa_lr=args.swa_lr, swa_lr_max=args.swa_lr_max,
                      swa_schedule=args.schedule, cycle=args.cycle, keep_snapshots=args.keep_snapshots,
-                     swag_rank=args.swag_rank, **_average_overrides(args))
+                     swag_rank=args.swag_rank, eval_every=args.eval_every, **_average_overrides(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     s = result.summary
@@ -601,6 +616,11 @@ def cmd_swa(args: argparse.Namespace) -> int:
     if "swag" in s["files"]:
         print(f"SWAG moments ({s['averaged']} iterates, last {s['swag_deviations']} deviations): {args.out / 'swag.pt'}"
               f"   (its model average: landscape swag --ckpt {args.out / 'swag.pt'} --out DIR)")
+    from plots.swa import draw_swa_figure, has_swa_curve
+
+    if has_swa_curve(args.out):  # --eval-every, now or in the part before a resume
+        for f in draw_swa_figure(args.out, tuple(args.format)):
+            print(f"figure: {f}")
     return 0
 
 
@@ -634,6 +654,14 @@ def _print_model_average(s: dict[str, Any], centre: str, centre_metrics: dict[st
     b = s[average]
     print(f"{average_label:<16}{'':>12}{'':>13}{_cell(b['test_nll'], 10, 4)}{_cell(b['test_error'], 12, 2)}   ({how})"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
+    from landscape.metrics import ECE_BINS
+
+    eces = [(label, value) for label, value in ((centre, centre_metrics.get("test_ece")),
+                                                 (sample_label, m.get("test_ece_mean")), (average_label, b.get("test_ece")))
+            if value is not None]  # none in results stored before calibration was measured
+    if eces:
+        print(f"{s.get('eval_split', 'test')} calibration (ECE %, {ECE_BINS} bins of the top-label confidence): "
+              + "; ".join(f"{label} {value:.2f}" for label, value in eces))
     if note:
         print(note)
     for f in figures:
@@ -691,15 +719,20 @@ def cmd_subspace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ece_cell(m: dict[str, Any]) -> str:
+    """The ECE column's cell: blank for a result stored before calibration was measured."""
+    return _cell(m["test_ece"], 8, 2) if m.get("test_ece") is not None else f"{'':>8}"
+
+
 def _print_ensemble(s: dict[str, Any]) -> None:
     split = s.get("eval_split", "test")
-    print(f"{'member':<16}{f'{split} err %':>12}{f'{split} nll':>10}")
+    print(f"{'member':<16}{f'{split} err %':>12}{f'{split} nll':>10}{'ECE %':>8}")
     for m in s["members"]:
         label = m.get("label") or f"snapshot-{m['snapshot']:03d}.pt"  # ensembles label members; fge / snapshots number them
-        print(f"{label:<16}{_cell(m['test_error'], 12, 2)}{_cell(m['test_nll'], 10, 4)}")
+        print(f"{label:<16}{_cell(m['test_error'], 12, 2)}{_cell(m['test_nll'], 10, 4)}{_ece_cell(m)}".rstrip())
     e = s["ensemble"]
     print(f"{'ensemble':<16}{_cell(e['test_error'], 12, 2)}"
-          f"{_cell(e['test_nll'], 10, 4)}   ({e['members']} member{'s' if e['members'] != 1 else ''}; "
+          f"{_cell(e['test_nll'], 10, 4)}{_ece_cell(e)}   ({e['members']} member{'s' if e['members'] != 1 else ''}; "
           f"mean member error {s['member_test_error_mean']:.2f}%)")
     r = s.get("partial_cycle_epochs")
     if r:
@@ -769,6 +802,12 @@ def cmd_vi_eval(args: argparse.Namespace) -> int:
     _print_model_average(s, "deterministic", s["deterministic"], f"{s['method']}, {s['family']} posterior: "
                          f"{s['ensemble']['members']} samples", figures, average="ensemble",
                          sample_label="stochastic", average_label="ensemble", note=note)
+    e = s.get("elbo")
+    if e is not None:  # results stored by an earlier version have none
+        spread = f" ± {e['elbo_se']:.3g}" if e.get("elbo_se") is not None else ""
+        print(f"ELBO {e['elbo']:.7g}{spread} = -{e['train_size']} x E_q[train NLL] {e['expected_train_nll']:.4g} "
+              f"- KL {e['kl']:.7g} ({e['draws']} draws; per training sample {e['elbo_per_sample']:.6g}"
+              + ("; log-uniform prior: up to a constant" if s.get("prior") == "log-uniform" else "") + ")")
     return 0
 
 
@@ -829,10 +868,31 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
               f"top eigenvalues {top}; lowest Ritz value {n['lowest_ritz_value']:.3g} [{n['lowest_residual']:.1g}]")
     print(f"(the weight-decay term adds {s['wd']:g} to every eigenvalue; the lowest Ritz value bounds the smallest "
           f"eigenvalue from above, and is it only when its residual is small)")
+    _print_layer_traces(s)
     print(f"summary: {args.out / 'summary.json'}")
     for f in draw_sharpness_figure(args.out, tuple(args.format)):
         print(f"figure: {f}")
     return 0
+
+
+# Layers printed in the sharpness table; a deeper network's are in summary.json and the figure.
+MAX_LAYER_ROWS = 40
+
+
+def _print_layer_traces(s: dict) -> None:
+    """Each layer's share of the trace, per network (± one standard error)."""
+    layers, networks = s.get("layers") or [], [n for n in s["networks"] if n.get("layer_traces") is not None]
+    if not layers or not networks:
+        return
+    if len(layers) > MAX_LAYER_ROWS:
+        print(f"the trace by layer ({len(layers)} layers): summary.json's layer_traces, and the figure")
+        return
+    print("the trace by layer (the trace of each layer's diagonal block of the Hessian; they add up to the trace)")
+    name = max(12, *(len(layer["name"]) + 2 for layer in layers))
+    print(f"{'layer':<{name}}{'parameters':>11}" + "".join(f"{n['label']:>22}" for n in networks))
+    for i, layer in enumerate(layers):
+        print((f"{layer['name']:<{name}}{layer['parameters']:>11}"
+               + "".join(f"{n['layer_traces'][i]:>12.4g} ± {n['layer_trace_se'][i]:<7.2g}" for n in networks)).rstrip())
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
@@ -964,6 +1024,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from plots.plane import draw_plane_figures
     from plots.rays import draw_rays_figures
     from plots.subspace import draw_subspace_figure
+    from plots.swa import draw_swa_figure, has_swa_curve
     from plots.swag import draw_swag_figure, draw_variational_figure
 
     out, quiet, t0 = args.out, _progress(args), time.perf_counter()
@@ -1004,9 +1065,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     evaluate_plane(loaded.model, [W[0], W[-1], W[1]], data, out / "plane", labels=["a", "b", "bend"], path=path,
                    path_label="bezier curve", grid=args.grid, wd=cfg.wd, resume=again(out / "plane", "plane.npz"))
     figures += draw_plane_figures(out / "plane")
-    step("SWA and continued SGD from endpoint a (constant rate 0.05, 10 epochs), SWAG's moments collected")
-    swa = run_swa(None, out / "swa", from_ckpt=str(a), epochs=10, swa_lr=0.05, swag_rank=10, data=data,
+    step("SWA and continued SGD from endpoint a (constant rate 0.05, 10 epochs, the average evaluated every epoch), "
+         "SWAG's moments collected")
+    swa = run_swa(None, out / "swa", from_ckpt=str(a), epochs=10, swa_lr=0.05, swag_rank=10, eval_every=1, data=data,
                   device=str(device), resume=again(out / "swa"), progress=quiet).summary
+    if has_swa_curve(out / "swa"):  # a demo folder from before --eval-every has none
+        figures += draw_swa_figure(out / "swa")
     step("SWAG: the model average of 30 samples around the SWA solution")
     swag = evaluate_swag(out / "swa" / "swag.pt", out / "swag", samples=30, data=data, device=str(device),
                          resume=again(out / "swag", "swag.npz")).summary
@@ -1225,6 +1289,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", default="constant", help="constant or cyclic (after --swa-start)")
     g.add_argument("--cycle", type=int, default=1, help="epochs between averages / per cycle (default 1)")
     g.add_argument("--keep-snapshots", action="store_true", help="also save every averaged iterate")
+    g.add_argument("--eval-every", type=int, default=0, metavar="N",
+                   help="also evaluate the running average every N epochs and at the last (batch norm "
+                        "re-estimated for it), beside the SGD iterate in metrics.jsonl, and draw swa.png "
+                        "(default 0: only at the end)")
+    g.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"],
+                   help="formats of swa.png (with --eval-every)")
     g.add_argument("--swag-rank", type=int, default=0, metavar="K",
                    help="also collect SWAG's moments, keeping the last K deviations (20 in the paper), "
                         "into swag.pt for 'landscape swag' (default 0: none)")

@@ -38,7 +38,7 @@ from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_mod
                          save_checkpoint)
 from .data import Dataset
 from .device import seed_everything
-from .errors import UserError
+from .errors import UserError, is_whole
 from .evaluate import evaluate_model, l2_penalty
 from .inputs import (data_settings, named_model, network_of, note_split_leak, refuse_infinite,
                      require_architecture)
@@ -66,6 +66,12 @@ class AverageConfig(TrainConfig):
     in epochs: SWA averages every ``cycle`` epochs, FGE cycles over it,
     snapshots restart every ``cycle`` epochs. ``swag_rank`` K > 0: SWA also
     collects SWAG's moments, keeping the last K deviations (``swag.pt``).
+    ``eval_every`` N > 0: SWA also evaluates the running average every N
+    epochs and at the last (batch norm re-estimated for it), recording
+    ``swa_test_nll`` / ``swa_test_error`` beside the SGD iterate's
+    ``test_nll`` / ``test_error`` in metrics.jsonl: the papers' curves of SWA
+    against SGD over training. It changes nothing else (no random draws),
+    so a resumed run may change it.
     """
 
     method: str = "swa"
@@ -78,6 +84,9 @@ class AverageConfig(TrainConfig):
     cycle: int = 1
     keep_snapshots: bool = False
     swag_rank: int = 0
+    eval_every: int = 0
+
+    resume_free = ("eval_every",)  # only adds records (no random draws): a resumed run may change it
 
     @property
     def lr_flag(self) -> str:
@@ -112,6 +121,11 @@ class AverageConfig(TrainConfig):
                 check_rate("--swa-lr-max (by default 10 x --swa-lr)", 10 * self.swa_lr)
         if self.method != "swa" and self.swag_rank:
             raise UserError("SWAG's moments are collected by SWA: swag_rank applies to run_swa only")
+        if not is_whole(self.eval_every) or self.eval_every < 0:
+            raise UserError(f"--eval-every must be a whole number of epochs >= 0 (0: only at the end), "
+                            f"got {self.eval_every}")
+        if self.method != "swa" and self.eval_every:
+            raise UserError("eval_every evaluates SWA's running average: it applies to run_swa only")
         if self.method == "fge" and not 0 < self.lr_min <= self.lr:
             raise UserError(f"FGE needs 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr}")
         if self.method in ("fge", "snapshots") and self.epochs < self.cycle:
@@ -313,17 +327,20 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
         loss, save, restore = _model_hooks(model, spec, extra, load_extra)
 
         def end_epoch(epoch: int) -> dict[str, Any]:
-            if epoch <= cfg.swa_start or (epoch - cfg.swa_start) % cfg.cycle:
-                return {"swa_n": state["n"]}
-            w = space.flatten(model).double()
-            state["n"] += 1
-            state["avg"] += (w - state["avg"]) / state["n"]  # equal-weight running mean
-            if swag is not None:
-                swag.add(w, state["avg"], state["n"])
-            if cfg.keep_snapshots and out is not None:
-                save_checkpoint(out / f"snapshot-{epoch:03d}.pt", model.state_dict(), spec,
-                                meta={"epoch": epoch, "averaged": state["n"]})
-            return {"swa_n": state["n"]}
+            if epoch > cfg.swa_start and (epoch - cfg.swa_start) % cfg.cycle == 0:
+                w = space.flatten(model).double()
+                state["n"] += 1
+                state["avg"] += (w - state["avg"]) / state["n"]  # equal-weight running mean
+                if swag is not None:
+                    swag.add(w, state["avg"], state["n"])
+                if cfg.keep_snapshots and out is not None:
+                    save_checkpoint(out / f"snapshot-{epoch:03d}.pt", model.state_dict(), spec,
+                                    meta={"epoch": epoch, "averaged": state["n"]})
+            record: dict[str, Any] = {"swa_n": state["n"]}
+            if cfg.eval_every and state["n"] and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                m = evaluate_model(_averaged_model(model, space, state["avg"], data, cfg), data, "test", amp=cfg.amp)
+                record.update(swa_test_nll=m["nll"], swa_test_error=m["error"])
+            return record
 
         def finish() -> dict[str, Any]:
             if state["n"] == 0:
@@ -452,7 +469,7 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
             ens = ensemble_metrics((state["probs"] / k)[None].cpu().numpy(), data.y_test.cpu().numpy())
             errors = [mm["test_error"] for mm in members]
             partial = cfg.epochs % cfg.cycle
-            return {"ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "members": k},
+            return {"ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "test_ece": ens["ece"], "members": k},
                     "cycle": cfg.cycle, "partial_cycle_epochs": partial,
                     "partial_cycle_snapshot": bool(partial) and k > cfg.epochs // cfg.cycle,
                     "members": members, "member_test_error_mean": float(np.mean(errors)),

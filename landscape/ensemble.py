@@ -52,7 +52,8 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         p = predict_probs(net, data, batch_size=batch_size).cpu().numpy()
         probs.append(p)
         m = ensemble_metrics(p[None], labels)
-        members.append({"label": label, "path": str(path), "test_error": m["error"], "test_nll": m["nll"]})
+        members.append({"label": label, "path": str(path), "test_error": m["error"], "test_nll": m["nll"],
+                        "test_ece": m["ece"]})
     ens = ensemble_metrics(np.stack(probs), labels)
     n = len(paths)
     avg = evaluate_points(pts.model, torch.stack(pts.vectors), np.full((1, n), 1.0 / n), data, wd=pts.wd,
@@ -62,7 +63,7 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         "members": members,
         "member_test_error_mean": float(np.mean(errors)),
         "member_test_error_best": float(np.min(errors)),
-        "ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "members": n},
+        "ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "test_ece": ens["ece"], "members": n},
         "weight_average": {k: float(avg[k][0]) for k in ("train_loss", "train_error", "test_nll", "test_error")},
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["barrier", "path_stats", "arc_length_mean", "ensemble_metrics", "running_ensemble"]
+__all__ = ["barrier", "path_stats", "arc_length_mean", "ensemble_metrics", "running_ensemble",
+           "expected_calibration_error", "reliability", "ECE_BINS"]
+
+# Equal-width bins of the top-label confidence for the expected calibration error.
+ECE_BINS = 20
 
 
 def barrier(values: np.ndarray) -> float:
@@ -39,8 +43,36 @@ def path_stats(t: np.ndarray, values: np.ndarray, speed: np.ndarray) -> dict[str
     }
 
 
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[np.ndarray, ...]:
+    """The reliability diagram of predicted probabilities ``probs`` (M,
+    classes) against ``labels`` (M,): for each of ``bins`` equal-width bins of
+    the top-label confidence (the largest probability; a confidence on an
+    edge goes to the bin above, 1.0 to the last), the examples' mean
+    confidence, their accuracy (a fraction) and their count; NaN for an
+    empty bin."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / count
+        accuracy = np.bincount(which, weights=(predicted == labels).astype(np.float64), minlength=bins) / count
+    return mean_confidence, accuracy, count
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """The expected calibration error in percent (Guo et al. 2017): the
+    count-weighted mean over the :func:`reliability` bins of |accuracy -
+    mean confidence|."""
+    confidence, accuracy, count = reliability(probs, labels, bins)
+    filled = count > 0
+    return float(100.0 * (count[filled] * np.abs(accuracy[filled] - confidence[filled])).sum() / count.sum())
+
+
 def ensemble_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """NLL and error (percent) of the prediction averaged over members.
+    """NLL, error (percent) and expected calibration error (percent,
+    :func:`expected_calibration_error`) of the prediction averaged over
+    members.
 
     ``probs`` (N, M, classes): N members' predicted probabilities on M
     examples; ``labels`` (M,).
@@ -51,6 +83,7 @@ def ensemble_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {
         "nll": float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
         "error": float(100.0 * (mean.argmax(axis=1) != labels).mean()),
+        "ece": expected_calibration_error(mean, labels),
         "members": int(probs.shape[0]),
     }
 

@@ -14,7 +14,11 @@ at the network's weights (Keskar et al. 2017; Li et al. 2018; Yao et al.
   within it of theta (up to the products' own float32 error, about 1e-5 of
   ||H y|| here), and a small one says the value has converged;
 - its trace by Hutchinson's estimator, the mean of v^T H v over
-  ``trace_samples`` Rademacher vectors v, with its standard error;
+  ``trace_samples`` Rademacher vectors v, with its standard error, and
+  from the same products each layer's share: the trace of H's diagonal
+  block for the layer's parameters, the mean of v_b^T (H v)_b over the
+  same v (the other blocks' terms have mean zero), so the layers' traces
+  add up to the whole one draw by draw;
 - its spectral density by stochastic Lanczos quadrature (Ghorbani et al.
   2019): each Lanczos run's Ritz values are the nodes, and the squared
   first components of the tridiagonal matrix's eigenvectors the weights,
@@ -63,7 +67,7 @@ from .sweep import STORE, begin_result, finish_result, is_main, rank_and_world, 
 from .weights import ParamSpace
 
 __all__ = ["TrainLoss", "check_settings", "hessian_bn", "lanczos", "LanczosRun", "spectral_density", "hutchinson_trace",
-           "hessian_spectrum", "evaluate_sharpness"]
+           "Hutchinson", "hutchinson", "layer_blocks", "hessian_spectrum", "evaluate_sharpness"]
 
 # Memory of a double backward through the whole training set, in its layer outputs (forward, backward,
 # and the graph of the gradient kept for the second backward).
@@ -245,19 +249,58 @@ def spectral_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
     return (np.exp(-0.5 * z * z) * w[None, :]).sum(1) / (sigma * np.sqrt(2 * np.pi) * runs)
 
 
-def hutchinson_trace(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, samples: int, seed: int = 0,
-                     device: torch.device | str = "cpu") -> tuple[float, float, np.ndarray]:
+class Hutchinson(NamedTuple):
+    """Hutchinson's estimate: the trace, its standard error, the draws
+    v^T A v (samples,), and each block's draws v_b^T (A v)_b (samples,
+    blocks), whose means estimate the traces of A's diagonal blocks."""
+
+    trace: float
+    se: float
+    draws: np.ndarray
+    block_draws: np.ndarray
+
+
+def hutchinson(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, samples: int, seed: int = 0,
+               device: torch.device | str = "cpu", blocks: Sequence[tuple[int, int]] = ()) -> Hutchinson:
     """Hutchinson's estimate of tr(A): the mean of v^T A v over ``samples``
-    Rademacher vectors drawn with ``seed``; returns (estimate, its standard
-    error, the samples)."""
+    Rademacher vectors drawn with ``seed``; and, for each ``blocks`` range
+    [start, stop) of the coordinates, the draws v_b^T (A v)_b, unbiased for
+    the trace of A's diagonal block there (E[v_i v_j] = 0 for i != j), from
+    the same products."""
     if not is_whole(samples) or samples < 2:
         raise UserError(f"--trace-samples must be a whole number of at least 2, got {samples}")
     gen = torch.Generator().manual_seed(int(seed) + 1)  # not the Lanczos start's stream
-    draws = np.empty(int(samples))
+    draws, by_block = np.empty(int(samples)), np.empty((int(samples), len(blocks)))
     for i in range(int(samples)):
         v = (torch.randint(0, 2, (numel,), generator=gen, dtype=torch.int8).double() * 2 - 1).to(device)
-        draws[i] = float(v @ matvec(v).to(torch.float64))
-    return float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(len(draws))), draws
+        hv = matvec(v).to(torch.float64)
+        draws[i] = float(v @ hv)
+        by_block[i] = [float(v[start:stop] @ hv[start:stop]) for start, stop in blocks]
+    return Hutchinson(float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(len(draws))), draws, by_block)
+
+
+def hutchinson_trace(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, samples: int, seed: int = 0,
+                     device: torch.device | str = "cpu") -> tuple[float, float, np.ndarray]:
+    """Hutchinson's estimate of tr(A) (:func:`hutchinson`): (estimate, its standard error, the samples)."""
+    h = hutchinson(matvec, numel, samples, seed, device)
+    return h.trace, h.se, h.draws
+
+
+def layer_blocks(space: ParamSpace) -> list[tuple[str, int, int]]:
+    """The layers of a flat weight vector: (module name, start, stop) for
+    each run of consecutive parameters of one module (``features.0.weight``
+    and ``features.0.bias`` are ``features.0``; a parameter of the model
+    itself is its own), in the vector's order."""
+    layers: list[tuple[str, int, int]] = []
+    start = 0
+    for name, size in zip(space.names, space.sizes):
+        module = name.rsplit(".", 1)[0] if "." in name else name
+        if layers and layers[-1][0] == module and layers[-1][2] == start:
+            layers[-1] = (module, layers[-1][1], start + size)
+        else:
+            layers.append((module, start, start + size))
+        start += size
+    return layers
 
 
 @dataclass
@@ -277,6 +320,7 @@ class Spectrum:
     seconds: float
     density_nodes: np.ndarray  # (runs, m): each Lanczos run's Ritz values (run 0 is ``ritz``), NaN-padded
     density_weights: np.ndarray  # (runs, m): their quadrature weights
+    layer_trace_draws: np.ndarray  # (trace samples, layers): each layer's Hutchinson draws (:func:`layer_blocks`)
 
 
 def check_settings(top: int, iters: int, trace_samples: int, seed: int, density_runs: int = 1) -> None:
@@ -299,7 +343,8 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
     by the recurrence), Hutchinson's trace (module docstring), and the
     quadrature nodes and weights of ``density_runs`` Lanczos runs for the
     spectral density (the first is the run that gives the Ritz values; each
-    further one costs ``iters`` more products)."""
+    further one costs ``iters`` more products), and each layer's trace
+    draws from the trace's products (:func:`layer_blocks`)."""
     check_settings(top, iters, trace_samples, seed, density_runs)
     t0 = time.perf_counter()
     loss = TrainLoss(model, data, hessian_bn(model, data, bn_stats), batch_size)
@@ -318,7 +363,8 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
             residual[i] = float((op(y) - float(ritz[i]) * y).norm() / y.norm())
         runs = [first] + [lanczos(op, loss.space.numel, iters, seed, data.device, run=r)
                           for r in range(1, int(density_runs))]
-        trace, se, draws = hutchinson_trace(op, loss.space.numel, trace_samples, seed, data.device)
+        blocks = [(start, stop) for _, start, stop in layer_blocks(loss.space)]
+        trace, se, draws, by_layer = hutchinson(op, loss.space.numel, trace_samples, seed, data.device, blocks)
     except UserError as e:
         raise UserError(f"{label}: {e}") from None
     nodes, weights = _stacked([r.values for r in runs]), _stacked([r.weights for r in runs])
@@ -326,7 +372,7 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
         raise UserError(f"{label}: a Hessian-vector product was not finite (the loss overflows near these weights)")
     return Spectrum(ritz=ritz, residual=residual, trace=trace, trace_se=se, trace_draws=draws, train_nll=nll,
                     train_error=err, hvps=loss.hvps, seconds=time.perf_counter() - t0, density_nodes=nodes,
-                    density_weights=weights)
+                    density_weights=weights, layer_trace_draws=by_layer)
 
 
 def _stacked(rows: Sequence[np.ndarray | None]) -> np.ndarray:
@@ -349,8 +395,8 @@ class SharpnessResult:
 
 
 _PER_NETWORK = ("ritz", "residual", "trace", "trace_se", "trace_draws", "train_nll", "train_error", "hvps", "seconds",
-                "density_nodes", "density_weights")
-_DENSITY = ("density_nodes", "density_weights")
+                "density_nodes", "density_weights", "layer_trace_draws")
+_LATER = ("density_nodes", "density_weights", "layer_trace_draws")  # arrays a store from an earlier version lacks
 
 
 def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, out: str | Path | None = None, *,
@@ -403,9 +449,11 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
             _write_store(out, request, done, spectra)
         if on_network is not None:
             on_network(labels[i], spectra[i])
-    arrays = _arrays(spectra)
+    layers = layer_blocks(ParamSpace.of(model))
+    arrays = dict(_arrays(spectra), layer_names=np.array([name for name, _, _ in layers]),
+                  layer_sizes=np.array([stop - start for _, start, stop in layers]))
     summary = _summary(spectra, labels, top, iters, trace_samples, seed, bn, bool(bn_modules(model)), wd, data,
-                       density_runs)
+                       density_runs, layers)
     finish_result(out, "sharpness.npz", arrays, summary, request)
     return SharpnessResult(arrays=arrays, summary=summary, out=out)
 
@@ -414,7 +462,7 @@ def _arrays(spectra: Sequence[Spectrum | None]) -> dict[str, np.ndarray]:
     """Per-network arrays (a network not done yet is NaN), padded with NaN where a Krylov space closed early."""
     out = {}
     for key in _PER_NETWORK:
-        if key in ("ritz", "residual", "trace_draws", *_DENSITY):
+        if key in ("ritz", "residual", "trace_draws", *_LATER):
             out[key] = _stacked([getattr(s, key) if s is not None else None for s in spectra])
         else:
             out[key] = np.array([getattr(s, key) if s is not None else np.nan for s in spectra], dtype=float)
@@ -431,8 +479,8 @@ def _read_store(out: Path, request: str, n: int) -> tuple[np.ndarray, dict[str, 
     try:
         with np.load(path, allow_pickle=False) as z:
             key, done = str(z["key"]), z["done"].astype(bool)
-            stored = {k: z[k] for k in _PER_NETWORK if k not in _DENSITY}
-            for k in _DENSITY:  # a store from before the density has none: NaN (no density drawn for those)
+            stored = {k: z[k] for k in _PER_NETWORK if k not in _LATER}
+            for k in _LATER:  # a store from before the density or the layers has none: NaN (none for those)
                 stored[k] = z[k] if k in z.files else np.full((len(done), 1, 1), np.nan)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: unreadable partial results ({npz_reason(e)}); delete it to start over") from None
@@ -452,13 +500,25 @@ def _stored_spectrum(stored: dict[str, np.ndarray], i: int) -> Spectrum:
                     trace_draws=stored["trace_draws"][i], train_nll=float(stored["train_nll"][i]),
                     train_error=float(stored["train_error"][i]), hvps=int(stored["hvps"][i]),
                     seconds=float(stored["seconds"][i]), density_nodes=stored["density_nodes"][i],
-                    density_weights=stored["density_weights"][i])
+                    density_weights=stored["density_weights"][i], layer_trace_draws=stored["layer_trace_draws"][i])
 
 
-def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, data, density_runs) -> dict[str, Any]:
+def _layer_traces(draws: np.ndarray, layers: int) -> tuple[list[float] | None, list[float] | None]:
+    """Each layer's trace and its standard error from its Hutchinson draws
+    (samples, layers); None for a network stored before the layers were."""
+    draws = np.asarray(draws, float)
+    if draws.ndim != 2 or draws.shape[1] != layers or not np.isfinite(draws).all():
+        return None, None
+    se = draws.std(axis=0, ddof=1) / np.sqrt(len(draws))
+    return [float(x) for x in draws.mean(axis=0)], [float(x) for x in se]
+
+
+def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, data, density_runs,
+             layers) -> dict[str, Any]:
     networks = []
     for label, s in zip(labels, spectra):
         k = min(top, len(s.ritz))
+        layer_traces, layer_se = _layer_traces(s.layer_trace_draws, len(layers))
         networks.append({
             "label": label,
             "train_nll": float(s.train_nll),
@@ -469,6 +529,8 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
             "lowest_residual": float(s.residual[-1]),
             "trace": float(s.trace),
             "trace_se": float(s.trace_se),
+            "layer_traces": layer_traces,
+            "layer_trace_se": layer_se,
             "hessian_vector_products": int(s.hvps),
             "seconds": round(float(s.seconds), 2),
         })
@@ -478,6 +540,7 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
         "iters": iters,
         "trace_samples": trace_samples,
         "density_runs": density_runs,
+        "layers": [{"name": name, "parameters": stop - start} for name, start, stop in layers],
         "seed": seed,
         "bn": bn if has_bn else None,
         "wd": wd,
@@ -490,7 +553,10 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
                  "to the float32 products' own error; a small residual means converged); the lowest Ritz value is "
                  "an upper bound on the smallest eigenvalue, equal to it only when its residual is small; trace: "
                  "Hutchinson's estimate with its standard error; spectral density: stochastic Lanczos quadrature "
-                 "over density_runs starts (sharpness.npz's density_nodes and density_weights); batch norm: " +
+                 "over density_runs starts (sharpness.npz's density_nodes and density_weights); layer_traces: "
+                 "each layer's (module's) share of the trace, the trace of the Hessian's diagonal block for its "
+                 "parameters, from the same Rademacher vectors (they add up to the trace; null for a network "
+                 "stored by an earlier version); batch norm: " +
                  ("the whole training set as one batch (the planes' population statistics)" if bn == "population"
                   else "each batch normalised by its own statistics" if has_bn else "none in this network"),
     }

@@ -58,7 +58,7 @@ from .data import Dataset
 from .errors import UserError, check_seed, is_whole
 from .evaluate import METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, whole_set_fits
 from .inputs import stored_data
-from .metrics import running_ensemble
+from .metrics import expected_calibration_error, running_ensemble
 from .nuts import (TARGET_ACCEPT, DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round,
                    warmup_step)
 from .sharpness import TrainLoss
@@ -966,21 +966,25 @@ def sample_subspace(
     z = np.stack(kept["z"]).reshape(samples, k)
     if grid:
         arrays.update(_grid(run, z, grid))
-    bma_nll, bma_error = running_ensemble(np.stack(kept["probs"]), data.y_test.cpu().numpy())
+    labels = data.y_test.cpu().numpy()
+    bma_nll, bma_error = running_ensemble(np.stack(kept["probs"]), labels)
+    sample_ece = np.array([expected_calibration_error(p, labels) for p in kept["probs"]])
     arrays.update({
         "z": z, "chain": np.asarray(kept["chain"], dtype=np.int64),
         "log_likelihood": np.asarray(kept["log_likelihood"], dtype=np.float64),
         "log_posterior": np.asarray(kept["log_posterior"], dtype=np.float64),
         "evaluations": np.asarray(kept["evaluations"], dtype=np.int64),
-        "bma_test_nll": bma_nll, "bma_test_error": bma_error,
+        "bma_test_nll": bma_nll, "bma_test_error": bma_error, "sample_test_ece": sample_ece,
     })
     arrays.update({f"sample_{m}": np.asarray(kept[m], dtype=np.float64) for m in METRICS})
     arrays.update({f"shift_{m}": np.asarray(shift_res[m], dtype=np.float64) for m in METRICS})
     arrays.update({f"landmark_{name}": np.asarray(c, dtype=np.float64) for name, c in subspace.landmarks.items()})
     summary: dict[str, Any] = {
         "shift": {m: float(shift_res[m]) for m in METRICS},
-        "bma": {"test_error": float(bma_error[-1]), "test_nll": float(bma_nll[-1]), "members": samples},
-        "samples": {f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},
+        "bma": {"test_error": float(bma_error[-1]), "test_nll": float(bma_nll[-1]),
+                "test_ece": expected_calibration_error(np.stack(kept["probs"]).mean(0), labels), "members": samples},
+        "samples": {**{f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},
+                    "test_ece_mean": float(sample_ece.mean())},
         "basis": subspace.kind, "rank": k, "chains": chains, "burn_in": burn_in, "grid": grid,
         "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd,
         "train_size": len(data.y_train),

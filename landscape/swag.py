@@ -40,7 +40,7 @@ from .device import check_fits
 from .errors import UserError, check_seed
 from .evaluate import METRICS, precision_amp
 from .inputs import own_network, stored_data
-from .metrics import running_ensemble
+from .metrics import expected_calibration_error, running_ensemble
 from .sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from .weights import ParamSpace
 
@@ -225,9 +225,10 @@ def average_of_draws(net: nn.Module, centre: torch.Tensor, draws: torch.Tensor, 
     """A posterior's centre and weight draws (S, P) as the anchors of one sweep
     (resumable through ``out``'s partial store, shared out under torchrun):
     the arrays ``sample_<metric>`` (S,), ``mean_<metric>``, ``bma_test_nll`` /
-    ``bma_test_error`` (the model average after 1..S draws), and the summary's
-    ``centre``, ``bma`` and ``samples`` (the draws' mean metrics). Used by SWAG
-    and variational inference."""
+    ``bma_test_error`` (the model average after 1..S draws), ``sample_test_ece``
+    (each draw's expected calibration error), and the summary's ``centre``,
+    ``bma`` and ``samples`` (the draws' mean metrics), each with its
+    ``test_ece``. Used by SWAG and variational inference."""
     samples = draws.shape[0]
     anchors = torch.cat([centre.float()[None], draws.float()])  # (1 + S, P)
     res = run_sweep(net, anchors, np.eye(samples + 1), data, store=out / STORE if out is not None else None,
@@ -238,10 +239,13 @@ def average_of_draws(net: nn.Module, centre: torch.Tensor, draws: torch.Tensor, 
     arrays: dict[str, np.ndarray] = {f"sample_{m}": res[m][1:] for m in METRICS}
     arrays.update({f"mean_{m}": np.asarray(res[m][0]) for m in METRICS})
     arrays["bma_test_nll"], arrays["bma_test_error"] = running_ensemble(res["probs"][1:], labels)
+    arrays["sample_test_ece"] = np.array([expected_calibration_error(p, labels) for p in res["probs"][1:]])
     summary = {
-        "centre": {m: float(res[m][0]) for m in METRICS},
+        "centre": {**{m: float(res[m][0]) for m in METRICS},
+                   "test_ece": expected_calibration_error(res["probs"][0], labels)},
         "bma": {"test_error": float(arrays["bma_test_error"][-1]), "test_nll": float(arrays["bma_test_nll"][-1]),
-                "members": samples},
-        "samples": {f"{m}_mean": float(res[m][1:].mean()) for m in METRICS},
+                "test_ece": expected_calibration_error(res["probs"][1:].mean(0), labels), "members": samples},
+        "samples": {**{f"{m}_mean": float(res[m][1:].mean()) for m in METRICS},
+                    "test_ece_mean": float(arrays["sample_test_ece"].mean())},
     }
     return arrays, summary

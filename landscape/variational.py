@@ -527,6 +527,7 @@ class VariationalPosterior:
     mean: torch.Tensor  # (P,) float32
     std: torch.Tensor  # (P,) float32
     state: dict[str, Any]  # the checkpoint's posterior entry
+    kl: float | None = None  # KL(q || prior) (the log-uniform prior's: Molchanov et al.'s approximation)
 
     def sample(self, count: int, seed: int = 0) -> torch.Tensor:
         """``count`` draws (count, P), float32, on the mean's device; the normal
@@ -579,8 +580,9 @@ def load_variational(path: str | Path | Checkpoint, device: torch.device | str =
         for name in vnet.names:
             stds[name] = vnet.mean_and_var(name)[1].sqrt()
         mean, std = space.flatten(net), space.flatten(stds)
+        kl = float(copy.deepcopy(vnet).double().kl())  # a sum over every weight: float32 would round it by ~1e-7
     post = VariationalPosterior(family=vnet.family, prior=vnet.prior, mean=mean.float(), std=std.float(),
-                                state=ck.extra["variational"])
+                                state=ck.extra["variational"], kl=kl)
     return post, net, ck
 
 
@@ -651,11 +653,30 @@ def evaluate_variational(
         "notes": "deterministic = the network of the posterior means (E w); stochastic = one weight sample "
                  "(the mean of the samples' metrics); ensemble = averaged predicted probabilities of the samples; "
                  "batch norm re-estimated at the mean and at every sample; relative_std = the median of s / |m| "
-                 "over the stochastic weights; train_loss = NLL + wd/2 ||w||^2; errors in percent"})
+                 "over the stochastic weights; train_loss = NLL + wd/2 ||w||^2; errors in percent; elbo = "
+                 "-train_size x expected_train_nll - kl (the draws' mean train NLL, untempered; with the log-uniform "
+                 "prior the KL is Molchanov et al.'s approximation, so the ELBO is exact up to a constant)"})
     summary["deterministic"] = summary.pop("centre")
     summary["ensemble"] = summary.pop("bma")
+    summary["elbo"] = elbo(arrays["sample_train_nll"], post.kl, len(data.y_train))
     finish_result(out_path, "variational.npz", arrays, summary, request)
     return VariationalEvaluation(summary=summary, arrays=arrays, out=out_path)
+
+
+def elbo(sample_train_nll: np.ndarray, kl: float, n: int) -> dict[str, Any]:
+    """The evidence lower bound E_q[log p(D | w)] - KL(q || prior), estimated
+    from the draws' mean train NLLs (S,) over the ``n`` training samples:
+    -n x their mean - KL, with its standard error over the draws (None for
+    one draw), and per training sample. Untempered (T = 1) whatever the
+    training's temperature; batch norm as the draws were evaluated
+    (re-estimated at each). With the log-uniform prior the KL is Molchanov
+    et al.'s approximation, exact up to an additive constant, and so is
+    the bound."""
+    nll = np.asarray(sample_train_nll, dtype=float)
+    mean = float(nll.mean())
+    se = float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else None
+    return {"elbo": -n * mean - kl, "elbo_se": n * se if se is not None else None, "elbo_per_sample": -mean - kl / n,
+            "expected_train_nll": mean, "expected_train_nll_se": se, "kl": kl, "train_size": n, "draws": len(nll)}
 
 
 def _relative_std(post: VariationalPosterior) -> float | None:

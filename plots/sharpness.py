@@ -1,7 +1,8 @@
 """The figure of a sharpness result: each network's Hessian spectral density
 by stochastic Lanczos quadrature (log scale, as Ghorbani et al. 2019 and
-PyHessian draw it), its top eigenvalues and its trace with error bars.
-Drawn from ``sharpness.npz`` and ``summary.json`` alone."""
+PyHessian draw it), its top eigenvalues, its trace with error bars, and
+the trace by layer. Drawn from ``sharpness.npz`` and ``summary.json``
+alone."""
 
 from __future__ import annotations
 
@@ -37,6 +38,39 @@ def density_curves(nodes: np.ndarray, weights: np.ndarray, points: int = 1000):
     return grid, sigma, np.array([spectral_density(n, w, grid, sigma) for n, w in zip(nodes, weights)])
 
 
+# At most this many layer names label the layer axis (a deep network's are thinned).
+LAYER_TICKS = 24
+
+
+def _draw_layers(ax, summary: dict, colors) -> None:
+    """Each layer's trace (its diagonal Hessian block's) per network, ±2 s.e.,
+    on a symmetric log axis (an estimate near 0 can be negative)."""
+    layers = summary.get("layers") or []
+    drawn = [(n, c) for n, c in zip(summary["networks"], colors) if n.get("layer_traces") is not None]
+    if not layers or not drawn:
+        ax.text(0.5, 0.5, "no trace by layer stored\n(a result from an earlier version)", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    x = np.arange(len(layers))
+    shift = 0.6 / max(len(drawn), 1)
+    largest = 0.0
+    for k, (n, color) in enumerate(drawn):
+        values, se = np.asarray(n["layer_traces"], float), np.asarray(n["layer_trace_se"], float)
+        ax.errorbar(x + (k - (len(drawn) - 1) / 2) * shift, values, yerr=2 * se, fmt="o", ms=3.5, capsize=2,
+                    color=color, label=n["label"], lw=1)
+        largest = max(largest, float(np.nanmax(np.abs(values) + 2 * se)))
+    ax.set_yscale("symlog", linthresh=max(largest, 1e-12) * 1e-3)
+    step = max(1, int(np.ceil(len(layers) / LAYER_TICKS)))
+    ax.set_xticks(x[::step], [layer["name"] for layer in layers][::step], rotation=60, ha="right", fontsize=7)
+    ax.set_xlim(-0.5, len(layers) - 0.5)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_ylabel("trace of the layer's block")
+    ax.set_title("trace by layer (same vectors; bars: ±2 s.e.)", fontsize=9)
+    if len(drawn) > 1:
+        ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+
+
 def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``sharpness.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
     result_dir = Path(result_dir)
@@ -44,7 +78,7 @@ def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("p
     networks = summary["networks"]
     labels = [n["label"] for n in networks]
     colors = [plt.get_cmap("tab10").colors[i % 10] for i in range(len(labels))]
-    fig, axes = new_figure(1, 3, width=14.0, height=4.0)
+    fig, axes = new_figure(1, 4, width=19.0, height=4.2)
 
     ax = axes[0]
     curves = None
@@ -82,11 +116,12 @@ def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("p
         ax.errorbar([i], [n["trace"]], yerr=[2 * n["trace_se"]], fmt="s", color=color, ms=6, capsize=4)
     ax.set_title(f"trace (Hutchinson, {summary['trace_samples']} vectors; bars: ±2 s.e.)", fontsize=9)
     ax.set_ylabel("trace")
-    for ax in axes[1:]:
+    for ax in axes[1:3]:
         ax.set_xticks(x, labels, rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
                       fontsize=8)
         ax.set_xlim(-0.5, len(networks) - 0.5)
         ax.grid(alpha=0.3, axis="y")
+    _draw_layers(axes[3], summary, colors)
     fig.suptitle("Hessian of the mean train NLL" + (f" (batch norm: {summary['bn']})" if summary.get("bn") else "")
                  + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=10)
     return save_figure(fig, result_dir / "sharpness", formats)

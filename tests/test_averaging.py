@@ -113,6 +113,49 @@ def test_swa_average_equals_the_mean_of_the_collected_snapshots(tmp_path, small_
                                                                        small_digits, "test")["nll"], rel=1e-6)
 
 
+def test_swa_evaluated_over_training_is_the_average_of_the_iterates_so_far(tmp_path, small_digits, endpoint):
+    """--eval-every: the records' SWA metrics are those of the mean of the snapshots averaged by then (batch
+    norm re-estimated); the last is the summary's; training itself is unchanged, and a resume may change it."""
+    kw = dict(from_ckpt=str(endpoint), epochs=5, swa_start=1, lr=0.05, swa_lr=0.05, data=small_digits,
+              progress=False)
+
+    def stop(epoch, record):
+        if epoch == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_swa(None, tmp_path / "e", keep_snapshots=True, eval_every=1, on_epoch_end=stop, **kw)
+    res = run_swa(None, tmp_path / "e", keep_snapshots=True, eval_every=2, resume=True, **kw)  # another N: allowed
+    plain = run_swa(None, tmp_path / "plain", **kw)
+    # every epoch with an average before the stop, then every 2 epochs and the last
+    assert [r["epoch"] for r in res.metrics if "swa_test_error" in r] == [2, 3, 4, 5]
+    assert all("swa_test_error" not in r for r in plain.metrics)
+    for a, b in zip(res.model.state_dict().values(), plain.model.state_dict().values()):
+        assert torch.equal(a, b)  # the evaluations draw nothing: the same run
+    space = ParamSpace.of(res.model)
+    for record in res.metrics:
+        if "swa_test_error" not in record:
+            continue
+        snaps = [tmp_path / "e" / f"snapshot-{e:03d}.pt" for e in range(2, record["epoch"] + 1)]
+        assert record["swa_n"] == len(snaps)
+        mean = torch.stack([space.flatten(load_checkpoint(p).state_dict).double() for p in snaps]).mean(0)
+        net = load_model(snaps[0])
+        with torch.no_grad():
+            for name, value in space.unflatten(mean.float()).items():
+                net.get_parameter(name).copy_(value)
+        reestimate_bn(net, small_digits.batches("train", 1000))
+        m = evaluate_model(net.eval(), small_digits, "test")
+        assert record["swa_test_nll"] == pytest.approx(m["nll"], rel=1e-5)
+        assert record["swa_test_error"] == pytest.approx(m["error"])
+    last = res.metrics[-1]
+    assert (last["swa_test_nll"], last["swa_test_error"]) == (res.summary["swa"]["test_nll"],
+                                                              res.summary["swa"]["test_error"])
+    with pytest.raises(UserError, match=re.escape("--eval-every must be a whole number of epochs >= 0")):
+        run_swa(None, None, eval_every=-1, **kw)
+    with pytest.raises(UserError, match="eval_every evaluates SWA's running average"):
+        run_fge(None, None, from_ckpt=str(endpoint), epochs=2, eval_every=1, data=small_digits, progress=False)
+
+
 def test_a_model_option_that_contradicts_the_starting_checkpoint_is_refused(tmp_path, small_digits, endpoint):
     """--from X --model mlp used to train X's convnet and record mlp in config.json."""
     with pytest.raises(UserError, match=r"holds a 'convnet' network \(\{'width': 4\}\); --model mlp does not apply"):

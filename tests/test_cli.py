@@ -364,7 +364,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
                    "ESS, curve plane (30)", "VD last, deterministic", "VD HWA avg, ensemble (30)", "median width"):
         assert needle in out, needle
     figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
-    assert len(figures) == 18 and all(Path(f).exists() for f in figures)
+    assert len(figures) == 19 and all(Path(f).exists() for f in figures)
+    assert str(tmp_path / "demo" / "swa" / "swa.png") in figures  # SWA against SGD over its 10 epochs
     for name in ("around-swa", "around-sgd", "trajectory"):  # Li et al.'s planes
         assert str(tmp_path / "demo" / name / "plane_train_loss.png") in figures, name
     trajectory = json.loads((tmp_path / "demo" / "trajectory" / "summary.json").read_text())
@@ -478,8 +479,8 @@ def test_plot_of_an_unfinished_sweep_says_how_to_finish_it(tmp_path, capsys):
     code, _, err = run(capsys, "plot", tmp_path)
     assert code == 2 and _one_line_error(err).endswith("no stored results to draw (expected curve.npz, plane.npz, "
                                                         "rays.npz, sharpness.npz, simplex.npz, swag.npz, "
-                                                        "subspace.npz or "
-                                                        "variational.npz)")
+                                                        "subspace.npz, variational.npz, or an SWA run's "
+                                                        "metrics.jsonl)")
 
 
 def test_damaged_stores_and_summaries_are_one_line(tmp_path, capsys):
@@ -624,6 +625,21 @@ def test_a_validation_split_the_networks_trained_on_is_noted(tmp_path, capsys, e
                  ("vi", "--from", a), ("connect", "--start", a, "--end", b)):
         code, _, err = run(capsys, *argv, "--val-size", 1436, "--out", tmp_path / "cut")
         assert code == 2 and "--val-size must be an integer in 0..1435" in _one_line_error(err), argv
+
+
+def test_swa_eval_every_draws_swa_png_and_plot_redraws_it(tmp_path, capsys, endpoints):
+    a, _ = endpoints
+    code, out, err = run(capsys, "swa", "--from", a, "--epochs", 3, "--eval-every", 1, "--out", tmp_path / "s",
+                         "--quiet")
+    assert code == 0 and f"figure: {tmp_path / 's' / 'swa.png'}" in out, err
+    (tmp_path / "s" / "swa.png").unlink()
+    code, out, err = run(capsys, "plot", tmp_path / "s", "--format", "svg")
+    assert code == 0 and (tmp_path / "s" / "swa.svg").stat().st_size > 0, err
+    code, out, err = run(capsys, "swa", "--from", a, "--epochs", 2, "--out", tmp_path / "n", "--quiet")
+    assert code == 0 and "figure:" not in out
+    code, _, err = run(capsys, "plot", tmp_path / "n")
+    assert code == 2 and "no evaluation of the SWA average in metrics.jsonl (run 'landscape swa' with --eval-every" \
+        in _one_line_error(err)
 
 
 def test_foreign_and_infinite_checkpoints_are_refused_by_the_training_commands(tmp_path, capsys, endpoints):

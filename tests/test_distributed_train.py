@@ -484,7 +484,7 @@ def test_two_rank_swag_evaluation_equals_one_process(tmp_path, digits, ends):
     ckpt = tmp_path / "swa" / "swag.pt"
     done = torchrun("swag", "--ckpt", ckpt, "--samples", 5, "--points-per-pass", 2, "--out", tmp_path / "two")
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.count("model average") == 1, done.stdout  # only rank 0 reports
+    assert done.stdout.count("\nmodel average ") == 1, done.stdout  # only rank 0 reports (its table's row)
     one = one_thread(lambda: evaluate_swag(ckpt, tmp_path / "one", samples=5, points_per_pass=2))
     with np.load(tmp_path / "two" / "swag.npz") as z:
         two = {k: z[k] for k in z.files}

@@ -22,7 +22,8 @@ from landscape.errors import UserError
 import landscape.evaluate as engine_module
 from landscape.evaluate import (METRICS, evaluate_model, evaluate_points, evaluate_points_sequential,
                                  resolve_bn_stats)
-from landscape.metrics import arc_length_mean, barrier, ensemble_metrics
+from landscape.metrics import (arc_length_mean, barrier, ensemble_metrics, expected_calibration_error,
+                               reliability)
 from landscape.models import create_model
 from landscape.weights import ParamSpace
 
@@ -536,6 +537,29 @@ def test_ensemble_metrics_two_members_three_examples():
     assert got["nll"] == pytest.approx(-(np.log(0.6) + np.log(0.25) + np.log(0.2)) / 3, rel=1e-12)
     assert got["error"] == pytest.approx(200.0 / 3)
     assert got["members"] == 2
+    # confidences 0.6 (right), 0.45 (wrong), 0.6 (wrong): 20 bins put 0.6 in [0.6, 0.65) and 0.45 in [0.45, 0.5);
+    # |1/2 - 0.6| x 2/3 + |0 - 0.45| x 1/3 = 0.0667 + 0.15
+    assert got["ece"] == pytest.approx(100 * (0.1 * 2 / 3 + 0.45 / 3), rel=1e-9)
+    assert ensemble_metrics(probs[:1], labels)["ece"] == expected_calibration_error(probs[0], labels)
+
+
+def test_the_calibration_error_by_hand_and_of_calibrated_and_overconfident_predictions():
+    p = np.array([[0.92, 0.08], [0.91, 0.09], [0.6, 0.4], [0.3, 0.7]])
+    y = np.array([0, 1, 0, 1])
+    # 10 bins: [0.9, 1) holds 0.92 (right) and 0.91 (wrong), [0.6, 0.7) 0.6 (right), [0.7, 0.8) 0.7 (right)
+    assert expected_calibration_error(p, y, bins=10) == pytest.approx(
+        100 * (abs(0.5 - 0.915) * 2 + abs(1 - 0.6) + abs(1 - 0.7)) / 4, rel=1e-12)
+    confidence, accuracy, count = reliability(p, y, bins=10)
+    assert count.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 0, 2] and accuracy[9] == 0.5 and np.isnan(confidence[0])
+    assert reliability(np.array([[1.0, 0.0]]), np.array([0]), bins=10)[2][9] == 1  # a confidence of 1: the last bin
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.5, 1.0, 40000)  # two classes, each prediction right with its confidence: calibrated
+    right = rng.uniform(size=conf.size) < conf
+    probs = np.stack([conf, 1 - conf], 1)
+    labels = np.where(right, 0, 1)
+    assert expected_calibration_error(probs, labels) < 1.0
+    sharp = np.stack([np.full(conf.size, 0.99), np.full(conf.size, 0.01)], 1)  # always 99 % sure, right 75 %
+    assert expected_calibration_error(sharp, labels) == pytest.approx(100 * abs(0.99 - right.mean()), rel=1e-9)
 
 
 def test_unique_rows_keeps_first_appearance_order_and_inverts():

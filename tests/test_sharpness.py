@@ -18,8 +18,9 @@ import landscape.evaluate as engine_module
 import landscape.sharpness as sharpness_module
 from landscape.data import Dataset
 from landscape.errors import UserError
-from landscape.sharpness import (TrainLoss, evaluate_sharpness, hessian_bn, hessian_spectrum, hutchinson_trace,
-                                 lanczos, spectral_density)
+from landscape.checkpoint import load_model
+from landscape.sharpness import (TrainLoss, evaluate_sharpness, hessian_bn, hessian_spectrum, hutchinson,
+                                 hutchinson_trace, lanczos, layer_blocks, spectral_density)
 from landscape.train import train
 from landscape.weights import ParamSpace
 from tests.test_plane_rays import one_line, run_cli
@@ -216,6 +217,45 @@ def test_hutchinson_is_exact_for_a_diagonal_and_unbiased_for_any_matrix():
     assert draws.var(ddof=1) == pytest.approx(2 * float((off ** 2).sum()), rel=0.25)
 
 
+def rademacher(numel: int, samples: int, seed: int) -> torch.Tensor:
+    """The Rademacher vectors (samples, numel) Hutchinson's estimate draws with ``seed``, drawn again."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.stack([torch.randint(0, 2, (numel,), generator=gen, dtype=torch.int8).double() * 2 - 1
+                        for _ in range(samples)])
+
+
+def test_layer_blocks_are_each_modules_run_of_parameters():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(2))
+            self.body = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2), nn.Linear(2, 2, bias=False))
+
+        def forward(self, x):
+            return self.body(x) * self.scale
+
+    space = ParamSpace.of(Net())
+    assert layer_blocks(space) == [("scale", 0, 2), ("body.0", 2, 10), ("body.1", 10, 14), ("body.2", 14, 18)]
+    assert layer_blocks(space)[-1][2] == space.numel
+
+
+def test_hutchinson_by_block_splits_each_draw_and_is_unbiased_for_each_diagonal_block():
+    A = random_symmetric(30, 4)
+    blocks = [(0, 7), (7, 8), (8, 30)]
+    h = hutchinson(lambda v: A @ v, 30, 600, seed=3, blocks=blocks)
+    assert (h.trace, h.se) == hutchinson_trace(lambda v: A @ v, 30, 600, seed=3)[:2]  # the same draws
+    np.testing.assert_allclose(h.block_draws.sum(1), h.draws, rtol=1e-12, atol=1e-12)
+    V = rademacher(30, 600, 3)
+    want = torch.stack([(V[:, a:b] * (V @ A)[:, a:b]).sum(1) for a, b in blocks], 1).numpy()  # v_b^T (A v)_b
+    np.testing.assert_allclose(h.block_draws, want, rtol=1e-12, atol=1e-12)
+    for (a, b), draws in zip(blocks, h.block_draws.T):
+        se = draws.std(ddof=1) / np.sqrt(len(draws))
+        assert abs(draws.mean() - float(A[a:b, a:b].trace())) < 4 * se + 1e-12
+    d = torch.arange(1.0, 31.0, dtype=torch.float64)  # a diagonal matrix: every draw is each block's trace
+    exact = hutchinson(lambda v: d * v, 30, 3, seed=0, blocks=blocks).block_draws
+    np.testing.assert_allclose(exact, [[float(d[a:b].sum()) for a, b in blocks]] * 3, rtol=1e-15)
+
+
 def test_the_spectrum_of_a_network_matches_its_explicit_hessian():
     data, net = small_data(3), bn_net(3)
     w = ParamSpace.of(net).flatten(net).detach()
@@ -242,6 +282,13 @@ def test_the_spectrum_of_a_network_matches_its_explicit_hessian():
         np.testing.assert_allclose(dens.density_weights[r], want.weights, rtol=1e-3, atol=1e-5)
     assert not np.allclose(dens.density_nodes[1], dens.density_nodes[2])  # other starts
     assert abs(s.trace - eig.sum()) < 4 * s.trace_se
+    # the layers' trace draws are v_b^T (H v)_b for the explicit H and the trace's own Rademacher vectors
+    layers = layer_blocks(ParamSpace.of(net))
+    assert [name for name, _, _ in layers] == ["0", "1", "3"] and s.layer_trace_draws.shape == (300, 3)
+    V, H = rademacher(len(w), 300, 2), torch.from_numpy(explicit_hessian(net, data, w, None).numpy())
+    want = torch.stack([(V[:, a:b] * (V @ H)[:, a:b]).sum(1) for _, a, b in layers], 1).numpy()
+    np.testing.assert_allclose(s.layer_trace_draws, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(s.layer_trace_draws.sum(1), s.trace_draws, rtol=1e-12, atol=1e-12)
     assert s.hvps == len(s.ritz) + 6 + 300  # Lanczos, the residuals of the top 5 and the lowest, the trace; the Krylov space may close early: batch norm leaves flat directions
     with torch.no_grad():
         logits = net.train()(data.x_train)
@@ -280,7 +327,8 @@ def test_results_are_stored_per_network_and_resume_after_an_interruption(tmp_pat
     monkeypatch.setattr(sharpness_module, "hessian_spectrum", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = evaluate_sharpness(net, vectors, data, tmp_path / "cut", resume=True, **kw)
     assert len(calls) == 1  # only c: a was stored before b, and b's store was written before the interruption
-    for key in ("ritz", "residual", "trace", "trace_draws", "train_nll", "density_nodes", "density_weights"):
+    for key in ("ritz", "residual", "trace", "trace_draws", "train_nll", "density_nodes", "density_weights",
+                "layer_trace_draws", "layer_names", "layer_sizes"):
         np.testing.assert_array_equal(resumed.arrays[key], whole.arrays[key], err_msg=key)
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert [n["label"] for n in summary["networks"]] == ["a", "b", "c"]
@@ -323,6 +371,14 @@ def test_cli_sharpness_of_two_trained_networks(tmp_path, capsys):
         assert len(n["top_eigenvalues"]) == 2 and n["top_eigenvalues"][0] >= n["top_eigenvalues"][1]
         assert n["hessian_vector_products"] == 4 + 3 + 2  # Lanczos, the residuals of 2 top and the lowest, trace
         assert f"trace {n['trace']:.4g}" in out
+        assert sum(n["layer_traces"]) == pytest.approx(n["trace"], rel=1e-9)  # the layers' shares add up
+    assert [(x["name"], x["parameters"]) for x in s["layers"]] == [
+        (name, int(size)) for name, size in zip(np.load(tmp_path / "s" / "sharpness.npz")["layer_names"],
+                                                np.load(tmp_path / "s" / "sharpness.npz")["layer_sizes"])]
+    assert sum(x["parameters"] for x in s["layers"]) == sum(p.numel() for p in load_model(
+        tmp_path / "r1" / "model.pt").parameters())
+    first = s["networks"][0]
+    assert re.search(rf"^features\.0 +{s['layers'][0]['parameters']} +{first['layer_traces'][0]:.4g} ± ", out, re.M)
     assert "r1: top eigenvalue" in err and "r2: top eigenvalue" in err
     assert f"figure: {tmp_path / 's' / 'sharpness.png'}" in out
     (tmp_path / "s" / "sharpness.png").unlink()
@@ -351,16 +407,24 @@ def test_a_partial_store_from_before_the_density_resumes(tmp_path):
         evaluate_sharpness(net, vectors, data, tmp_path / "old", on_network=lambda *a: (_ for _ in ()).throw(
             KeyboardInterrupt), **kw)
     store = tmp_path / "old" / "sweep.partial.npz"
-    with np.load(store) as z:  # as the version before the density wrote it
-        old = {k: z[k] for k in z.files if not k.startswith("density_")}
+    with np.load(store) as z:  # as the version before the density (and the layers) wrote it
+        old = {k: z[k] for k in z.files if not k.startswith(("density_", "layer_"))}
     np.savez(store, **old)
     resumed = evaluate_sharpness(net, vectors, data, tmp_path / "old", resume=True, **kw)
     np.testing.assert_array_equal(resumed.arrays["ritz"], whole.arrays["ritz"])
     assert np.isnan(resumed.arrays["density_nodes"][0]).all()  # a's was not stored: no density for it
     np.testing.assert_array_equal(resumed.arrays["density_nodes"][1], whole.arrays["density_nodes"][1])
+    np.testing.assert_array_equal(resumed.arrays["layer_trace_draws"][1], whole.arrays["layer_trace_draws"][1])
+    a, b = resumed.summary["networks"]
+    assert a["layer_traces"] is None and a["layer_trace_se"] is None  # nor a trace by layer
+    assert b["layer_traces"] == whole.summary["networks"][1]["layer_traces"]
     from plots.sharpness import draw_sharpness_figure
 
     assert [p.name for p in draw_sharpness_figure(tmp_path / "old")] == ["sharpness.png"]
+    summary = json.loads((tmp_path / "old" / "summary.json").read_text())  # as an earlier version wrote it
+    del summary["layers"]
+    (tmp_path / "old" / "summary.json").write_text(json.dumps(summary))
+    assert [p.name for p in draw_sharpness_figure(tmp_path / "old", ("svg",))] == ["sharpness.svg"]
     with pytest.raises(UserError, match="--density-runs must be a whole number of at least 1, got 0"):
         evaluate_sharpness(net, vectors, data, tmp_path / "z", density_runs=0, **kw)
 

@@ -103,7 +103,9 @@ def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, s
     one = ensemble_metrics(probs[0][None].numpy(), labels)
     assert ev.arrays["sample_test_nll"][0] == pytest.approx(one["nll"], rel=1e-4)
     assert ev.summary["bma"] == {"test_error": ev.arrays["bma_test_error"][-1],
-                                 "test_nll": ev.arrays["bma_test_nll"][-1], "members": 3}
+                                 "test_nll": ev.arrays["bma_test_nll"][-1], "members": 3,
+                                 "test_ece": pytest.approx(want["ece"], abs=1e-3)}  # want: the 3 samples' average
+    assert ev.arrays["sample_test_ece"][0] == pytest.approx(one["ece"], abs=1e-3)
     assert ev.summary["method"] == "SWAG" and ev.summary["rank"] == 3
     # the samples are not the mean: their losses differ from it
     assert np.abs(ev.arrays["sample_train_loss"] - ev.arrays["mean_train_loss"]).max() > 1e-4

@@ -220,6 +220,12 @@ def test_three_schemes_match_the_sequential_reference(tmp_path, small_digits, fi
         assert ev.summary["deterministic"][m] == pytest.approx(float(ref[m][0]), rel=2e-5, abs=1e-6)
     probs = ref["probs"][1:].mean(0)
     labels = small_digits.y_test.numpy()
+    from landscape.metrics import expected_calibration_error as ece  # each scheme's calibration, from its probabilities
+
+    assert ev.summary["deterministic"]["test_ece"] == pytest.approx(ece(ref["probs"][0], labels), abs=1e-3)
+    assert ev.summary["ensemble"]["test_ece"] == pytest.approx(ece(probs, labels), abs=1e-3)
+    assert ev.summary["samples"]["test_ece_mean"] == pytest.approx(
+        np.mean([ece(q, labels) for q in ref["probs"][1:]]), abs=1e-3)
     assert ev.summary["ensemble"]["test_error"] == pytest.approx(100 * float((probs.argmax(1) != labels).mean()))
     assert ev.summary["ensemble"]["test_nll"] == pytest.approx(
         float(-np.log(probs[np.arange(len(labels)), labels]).mean()), rel=1e-4)
@@ -233,6 +239,16 @@ def test_three_schemes_match_the_sequential_reference(tmp_path, small_digits, fi
     assert torch.allclose(std, (alpha * net.classifier.weight.detach() ** 2).sqrt())
     again = evaluate_variational(out / "vi.pt", tmp_path / "ev", samples=4, seed=3, data=small_digits, resume=True)
     assert again.summary == ev.summary
+    # the ELBO: -N x the draws' mean train NLL - KL, the KL by Molchanov et al.'s formula written out here
+    k1, k2, k3 = 0.63576, 1.87320, 1.48695
+    log_alpha = torch.log(post.std[on].double() ** 2 / post.mean[on].double() ** 2)
+    kl = float((k1 - k1 * torch.sigmoid(k2 + k3 * log_alpha) + 0.5 * torch.log1p(torch.exp(-log_alpha))).sum())
+    n, nll = len(small_digits.y_train), ref["train_nll"][1:]
+    e = ev.summary["elbo"]
+    assert e["kl"] == pytest.approx(kl, rel=1e-4) and e["train_size"] == n and e["draws"] == 4
+    assert e["elbo"] == pytest.approx(-n * float(np.mean(nll)) - kl, rel=1e-4)
+    assert e["elbo_per_sample"] == pytest.approx(e["elbo"] / n, rel=1e-9)
+    assert e["elbo_se"] == pytest.approx(n * float(np.std(nll, ddof=1)) / 2, rel=1e-3)
 
 
 def test_a_variance_network_predicts_one_class_from_its_means(tmp_path, small_digits):
@@ -286,7 +302,10 @@ def test_cli_trains_evaluates_and_redraws(tmp_path, endpoint):
     png.unlink()
     assert run_cli("plot", tmp_path / "ev").returncode == 0 and png.exists()
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
-    assert set(summary) >= {"deterministic", "samples", "ensemble"}
+    assert set(summary) >= {"deterministic", "samples", "ensemble", "elbo"}
+    e = summary["elbo"]
+    assert (f"ELBO {e['elbo']:.7g} ± {e['elbo_se']:.3g} = -{e['train_size']} x E_q[train NLL] "
+            f"{e['expected_train_nll']:.4g} - KL {e['kl']:.7g} (3 draws; per training sample") in done.stdout
 
 
 @pytest.mark.parametrize("argv, says", [

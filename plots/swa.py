@@ -1,0 +1,68 @@
+"""The figure of an SWA run evaluated over training (``swa --eval-every N``):
+test error and NLL against the epoch for the SGD iterate and for SWA's
+running average (batch norm re-estimated for it), the start of averaging
+marked, as the SWA paper draws them. Drawn from ``metrics.jsonl`` and
+``config.json`` alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from landscape.checkpoint import read_json, read_jsonl
+from landscape.errors import UserError
+
+from .style import new_figure, save_figure
+
+__all__ = ["draw_swa_figure", "swa_curves", "has_swa_curve"]
+
+SGD_COLOR = "#2ca02c"
+SWA_COLOR = "#1f77b4"
+
+
+def swa_curves(records: list[dict]) -> dict[str, np.ndarray]:
+    """The epochs and the SGD iterate's test metrics of every record, and the
+    epochs and metrics of the records that evaluated the average."""
+    rows = [r for r in records if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
+    averaged = [r for r in rows if "swa_test_error" in r]
+    return {"epoch": np.array([r["epoch"] for r in rows]),
+            "test_error": np.array([r.get("test_error", np.nan) for r in rows], float),
+            "test_nll": np.array([r.get("test_nll", np.nan) for r in rows], float),
+            "swa_epoch": np.array([r["epoch"] for r in averaged]),
+            "swa_test_error": np.array([r["swa_test_error"] for r in averaged], float),
+            "swa_test_nll": np.array([r["swa_test_nll"] for r in averaged], float)}
+
+
+def has_swa_curve(run_dir: str | Path) -> bool:
+    """Whether ``run_dir``'s metrics.jsonl holds an evaluation of the SWA average (``--eval-every``)."""
+    return any(isinstance(r, dict) and "swa_test_error" in r for r in read_jsonl(Path(run_dir) / "metrics.jsonl"))
+
+
+def draw_swa_figure(run_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Draw ``swa.<fmt>`` in ``run_dir`` (an SWA run with ``--eval-every``); returns the files written."""
+    run_dir = Path(run_dir)
+    stored = read_json(run_dir / "config.json")
+    config = stored.get("config") if isinstance(stored, dict) else None
+    if not isinstance(config, dict):
+        raise UserError(f"{run_dir / 'config.json'}: holds no run settings (written by 'landscape swa')")
+    curves = swa_curves(read_jsonl(run_dir / "metrics.jsonl"))
+    if not len(curves["swa_epoch"]):
+        raise UserError(f"{run_dir}: no evaluation of the SWA average in metrics.jsonl (run 'landscape swa' with "
+                        f"--eval-every N to record one)")
+    split = "val" if config.get("val_size") else "test"  # the per-epoch records' split
+    fig, axes = new_figure(1, 2, width=11.0, height=4.0)
+    for ax, metric, label in ((axes[0], "test_error", f"{split} error (%)"), (axes[1], "test_nll", f"{split} NLL")):
+        ax.plot(curves["epoch"], curves[metric], color=SGD_COLOR, lw=1.5, marker=".", label="SGD iterate")
+        ax.plot(curves["swa_epoch"], curves[f"swa_{metric}"], color=SWA_COLOR, lw=2, marker="o", ms=4,
+                label="SWA average (BN re-estimated)")
+        start = config.get("swa_start")
+        if isinstance(start, int) and start > 0:
+            ax.axvline(start, color="gray", ls=":", lw=1, label="averaging starts")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, framealpha=0.9)
+    fig.suptitle(f"SWA against SGD over training ({config.get('swa_schedule', 'constant')} rate, "
+                 f"averaging every {config.get('cycle', 1)} epoch(s))", fontsize=10)
+    return save_figure(fig, run_dir / "swa", formats)
