@@ -1,5 +1,8 @@
 """Ensembles of checkpoints: each member, the averaged prediction, and the
-weight average with batch norm re-estimated (the SWA view of the same set)."""
+weight average with batch norm re-estimated (the SWA view of the same set),
+and how closely the weight average's predictions follow the ensemble's (the
+SWA papers' claim that averaging weights approximates ensembling
+predictions)."""
 
 from __future__ import annotations
 
@@ -16,15 +19,26 @@ from .checkpoint import claim_folder, load_model, write_json
 from .errors import UserError
 from .evaluate import evaluate_points
 from .inputs import load_points
-from .metrics import ensemble_metrics
+from .metrics import ensemble_metrics, expected_calibration_error
 
-__all__ = ["EnsembleResult", "evaluate_ensemble"]
+__all__ = ["EnsembleResult", "agreement", "evaluate_ensemble"]
 
 
 @dataclass
 class EnsembleResult:
     summary: dict[str, Any]
     out: Path | None
+
+
+def agreement(ensemble: np.ndarray, single: np.ndarray) -> dict[str, float]:
+    """How closely one network's predicted probabilities ``single`` (M,
+    classes) follow an ensemble's averaged ones ``ensemble`` (M, classes):
+    the share of examples (in percent) where their top classes agree, and
+    the mean KL(ensemble || single) in nats."""
+    p, q = np.asarray(ensemble, dtype=np.float64), np.asarray(single, dtype=np.float64)
+    tiny = 1e-12
+    kl = (p * (np.log(np.clip(p, tiny, None)) - np.log(np.clip(q, tiny, None)))).sum(axis=1)
+    return {"same_prediction": float(100.0 * (p.argmax(1) == q.argmax(1)).mean()), "kl": float(kl.mean())}
 
 
 def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None, *, model: str | None = None,
@@ -57,19 +71,23 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
     ens = ensemble_metrics(np.stack(probs), labels)
     n = len(paths)
     avg = evaluate_points(pts.model, torch.stack(pts.vectors), np.full((1, n), 1.0 / n), data, wd=pts.wd,
-                          batch_size=batch_size)
+                          batch_size=batch_size, return_probs=True)
     errors = [m["test_error"] for m in members]
     summary = {
         "members": members,
         "member_test_error_mean": float(np.mean(errors)),
         "member_test_error_best": float(np.min(errors)),
         "ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "test_ece": ens["ece"], "members": n},
-        "weight_average": {k: float(avg[k][0]) for k in ("train_loss", "train_error", "test_nll", "test_error")},
+        "weight_average": {**{k: float(avg[k][0]) for k in ("train_loss", "train_error", "test_nll", "test_error")},
+                           "test_ece": expected_calibration_error(avg["probs"][0], labels)},
+        "agreement": agreement(np.stack(probs).mean(0), avg["probs"][0]),
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
         "dataset": data.describe(),
         "notes": "members use their own batch-norm statistics; the ensemble averages predicted probabilities; "
-                 "the weight average re-estimates batch norm on the training data",
+                 "the weight average re-estimates batch norm on the training data; agreement: the share of test "
+                 "images (%) on which the weight average predicts the ensemble's class, and the mean KL from the "
+                 "ensemble's predicted distribution to the weight average's",
     }
     if out is not None:
         write_json(out / "summary.json", summary)

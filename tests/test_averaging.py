@@ -19,7 +19,7 @@ from landscape.averaging import (
     snapshot_learning_rate,
     swa_learning_rate,
 )
-from landscape.bn import reestimate_bn
+from landscape.bn import population_bn, reestimate_bn
 from landscape.checkpoint import load_checkpoint, load_model
 from landscape.data import load_dataset
 from landscape.ensemble import evaluate_ensemble
@@ -306,6 +306,26 @@ def test_ensemble_of_checkpoints(tmp_path, small_digits, endpoint):
         evaluate_ensemble(paths[::-1], tmp_path / "ens", data_overrides={"dataset": "digits"})
     assert (tmp_path / "ens" / "summary.json").read_bytes() == stored
     assert {"test_error", "test_nll", "train_loss"} <= s["weight_average"].keys()
+    assert s["ensemble"]["test_ece"] == pytest.approx(want["ece"], abs=1e-3)
+    # the weight average's own predictions, formed here: the mean of the weights, batch norm re-estimated
+    space = ParamSpace.of(load_model(endpoint))
+    avg = load_model(endpoint)
+    mean = torch.stack([space.flatten(load_checkpoint(p).state_dict) for p in paths]).mean(0)
+    with torch.no_grad():
+        for name, value in space.unflatten(mean).items():
+            avg.get_parameter(name).copy_(value)
+    population_bn(avg, full.x_train)  # the engine's estimator: the training set's exact statistics
+    with torch.no_grad():
+        q = torch.cat([torch.softmax(avg.eval()(x), -1) for x, _ in full.batches("test", 1000)]).double().numpy()
+    p_ens = np.stack(probs).mean(0).astype(np.float64)
+    kl = float((p_ens * (np.log(p_ens) - np.log(q))).sum(1).mean())
+    assert s["agreement"]["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-7)
+    assert s["agreement"]["same_prediction"] == pytest.approx(100 * float((p_ens.argmax(1) == q.argmax(1)).mean()))
+    assert s["weight_average"]["test_error"] == pytest.approx(100 * float((q.argmax(1) != full.y_test.numpy()).mean()))
+    from landscape.ensemble import agreement
+
+    same = agreement(p_ens, p_ens)
+    assert same == {"same_prediction": 100.0, "kl": pytest.approx(0.0, abs=1e-12)}
 
 
 def test_member_labels_are_told_apart_where_they_collide():
