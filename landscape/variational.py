@@ -198,12 +198,19 @@ class VariationalNet(nn.Module):
                 total = total + gaussian_kl(mu, var + _VAR_FLOOR, self.prior_scale)
             elif family == "variance":
                 continue  # KL(N(0, sigma²) || log-uniform) is a constant
-            elif family == "additive":
-                log_alpha = self._scale(name) - torch.log(mu * mu + 1e-16)
-                total = total + log_uniform_kl(log_alpha.clamp(*_LOG_ALPHA_RANGE))
             else:
-                total = total + log_uniform_kl(self._scale(name).expand_as(mu))
+                total = total + log_uniform_kl(self.log_alpha(name))
         return total
+
+    def log_alpha(self, name: str) -> torch.Tensor:
+        """log alpha = log(s² / m²) of stochastic weight ``name`` (its shape),
+        as the log-uniform prior's KL takes it: the parameter itself for the
+        weight / neuron / layer families; for additive noise log sigma² -
+        log m², floored and clamped to +-20 (a mean of 0 is all noise)."""
+        mu = self.net.get_parameter(name)
+        if self.family_of(name) in ("additive", "variance"):
+            return (self._scale(name) - torch.log(mu * mu + 1e-16)).clamp(*_LOG_ALPHA_RANGE)
+        return self._scale(name).expand_as(mu)
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -367,22 +374,23 @@ def _posterior_metrics(vnet: VariationalNet, net: nn.Module, data: Dataset, temp
     kl = float(vnet.kl().detach())
     return {"train_nll": tr["nll"], "train_error": tr["error"], "test_nll": te["nll"], "test_error": te["error"],
             "kl": kl, "kl_per_sample": kl / len(data.y_train), "temperature": temperature,
-            "noise_share": _noise_share(vnet)}
+            "noise_share": log_alpha_stats(vnet)["noise_share"]}
 
 
-def _noise_share(vnet: VariationalNet) -> float | None:
-    """The share of the stochastic weights with log alpha = log(s² / m²) > 3
-    (Molchanov et al. 2017's threshold: weights that are mostly noise, which
-    sparse variational dropout prunes). None for a variance network."""
+def log_alpha_stats(vnet: VariationalNet) -> dict[str, float | None]:
+    """The stochastic weights' log alpha = log(s² / m²), the inverse of the
+    signal-to-noise ratio m² / s² the talk follows as information flows from
+    the means to the variances: its median and 10th / 90th percentiles, and
+    the share above 3 (Molchanov et al. 2017's threshold: weights that are
+    mostly noise, which sparse variational dropout prunes). None for a
+    variance network, whose means are zero."""
     if vnet.family == "variance":
-        return None
-    noisy = total = 0
+        return {"noise_share": None, "log_alpha_median": None, "log_alpha_p10": None, "log_alpha_p90": None}
     with torch.no_grad():
-        for name in vnet.names:
-            mu, var = vnet.mean_and_var(name)
-            noisy += int((torch.log(var) - torch.log(mu * mu) > 3).sum())
-            total += mu.numel()
-    return noisy / total
+        log_alpha = torch.cat([vnet.log_alpha(name).reshape(-1).float().cpu() for name in vnet.names]).numpy()
+    p10, median, p90 = np.percentile(log_alpha, [10, 50, 90])
+    return {"noise_share": float((log_alpha > 3).mean()), "log_alpha_median": float(median),
+            "log_alpha_p10": float(p10), "log_alpha_p90": float(p90)}
 
 
 def run_variational(config: VariationalConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
@@ -449,7 +457,11 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
             hwa["avg"], hwa["n"] = avg["avg"].to(device=device, dtype=torch.float64), int(avg["n"])
 
     def end_epoch(epoch: int) -> dict[str, Any]:
-        record: dict[str, Any] = {"kl_per_sample": float(vnet.kl().detach()) / n_train}
+        stats = log_alpha_stats(vnet)  # per epoch: the talk's information flow from the means to the variances
+        record: dict[str, Any] = {"kl_per_sample": float(vnet.kl().detach()) / n_train,
+                                  **({} if stats["noise_share"] is None else
+                                     {"log_alpha_median": stats["log_alpha_median"],
+                                      "noise_share": stats["noise_share"]})}
         if cfg.hwa_start is not None:
             if epoch > cfg.hwa_start and (epoch - cfg.hwa_start) % cfg.cycle == 0:
                 hwa["n"] += 1

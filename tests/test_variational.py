@@ -176,6 +176,14 @@ def test_hwa_averages_the_means_at_cycle_ends_with_the_variances_frozen(fitted):
     assert [r["hwa_n"] for r in records] == [0, 0, 1, 2]
     assert records[2]["kl_per_sample"] == records[3]["kl_per_sample"] != records[0]["kl_per_sample"]
     assert [r["lr"] for r in records][:2] == [0.01, 0.01]
+    # each epoch records the talk's signal-to-noise ratio: log alpha's median and the share above 3, here (one
+    # log alpha per weight) the stored parameters' own
+    for epoch, record in enumerate(records, 1):
+        scales = load_checkpoint(out / f"checkpoint-{epoch:03d}.pt").extra["variational"]["scales"]
+        flat = torch.cat([v.reshape(-1) for v in scales.values()]).clamp(-20, 20).numpy()
+        assert record["log_alpha_median"] == pytest.approx(float(np.median(flat)), rel=1e-6)
+        assert record["noise_share"] == pytest.approx(float((flat > 3).mean()))
+    assert records[0]["log_alpha_median"] != records[1]["log_alpha_median"] == records[3]["log_alpha_median"]
 
 
 def test_resume_after_an_interruption_is_exact(tmp_path, small_digits, endpoint, fitted):
