@@ -1,12 +1,16 @@
 """SPRO and ESPRO (Benton et al. 2021): growing simplexes of low loss.
 
 Simplicial Pointwise Random Optimization adds vertices one at a time, the
-earlier ones frozen. Each new vertex starts at a fresh random initialisation
-of the network (the paper's; ``init="centre"``: at the frozen vertices'
-centroid moved by ``init_scale`` of its norm along a random direction) and
-is trained on
+earlier ones frozen. Each new vertex starts, by default (``init="centre"``),
+at the frozen vertices' centroid moved by ``init_scale`` of its norm along a
+random direction, or (``init="random"``, the paper's) at a fresh random
+initialisation of the network, and is trained on
 
     mean_s NLL(phi(b_s))  -  lambda_j * log V,     b_s ~ uniform on a simplex,
+
+a simplex of the complex chosen uniformly for each sample (the paper's
+uniform distribution over the whole complex chooses it in proportion to
+its volume: ``volume_weighted``),
 
 with weight decay on the vertex (the optimiser's), V the total volume of the
 complex's simplexes (Cayley-Menger) and lambda_j = lambda / |log V_0|, V_0 the
