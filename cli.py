@@ -478,6 +478,16 @@ def _report_rays(args: argparse.Namespace) -> int:
         if "between_train_loss_max" in ln:
             print(f"line through the centres: length {ln['length']:.3f}; between them: max train loss "
                   f"{ln['between_train_loss_max']:.4f}, barrier {ln['train_loss_barrier']:.4f}")
+        v = ln.get("valley")  # none in results stored before it
+        if v is not None:
+            a, b = v["points"]
+            span = " to ".join("beyond the line" if e is None else f"{e:.3g}" for e in (v["from"], v["to"]))
+            where = (f"offsets from its middle in half-widths: {a['label']} {a['relative_offset']:+.2f}, {b['label']} "
+                     f"{b['relative_offset']:+.2f}" if a["relative_offset"] is not None else "its ends not reached")
+            print(f"valley along the line from {a['label']} (0) to {b['label']} ({b['position']:.3g}) and beyond: "
+                  f"train loss within {v['rise']:g} of its minimum {v['minimum_train_loss']:.4f} (at "
+                  f"{v['minimum_at']:.3g}) from {span}; {where}; train loss at the line's ends "
+                  f"{a['loss_beyond']:.4g} beyond {a['label']}, {b['loss_beyond']:.4g} beyond {b['label']}")
         else:  # a result stored before the between-centres figures
             print(f"line through the centres: length {ln['length']:.3f}, max train loss {ln['train_loss_max']:.4f}")
     for f in figures:

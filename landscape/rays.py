@@ -69,6 +69,38 @@ def side_widths(distance: np.ndarray, values: np.ndarray, rise: float) -> tuple[
     return first_crossing(range(zero - 1, -1, -1)), first_crossing(range(zero + 1, len(distance)))
 
 
+def line_valley(distance: np.ndarray, values: np.ndarray, rise: float, marks: Sequence[float],
+                labels: Sequence[str]) -> dict[str, Any]:
+    """Where points sit in the valley of a line's loss profile (He et al.
+    2019's asymmetric valleys; the SWA paper's SGD-SWA line). ``distance``
+    (S,) increasing, ``values`` (S,) the train loss; the valley is the
+    interval around the profile's lowest sample where the loss stays below
+    that minimum + ``rise`` (:func:`side_widths` from the minimum; an end is
+    null where the loss never rises that much within the line). For each
+    mark (a centre's distance) its offset from the valley's middle, also
+    as a fraction of the half-width (-1 and 1: the valley's edges), and the
+    loss at the line's end beyond it (the lowest of several marks faces the
+    line's start, the others its end)."""
+    distance, values = np.asarray(distance, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    low = int(np.argmin(values))
+    neg, pos = side_widths(distance - distance[low], values, rise)
+    lo, hi = distance[low] - neg, distance[low] + pos
+    bounded = bool(np.isfinite(lo) and np.isfinite(hi))
+    middle, half = ((lo + hi) / 2, (hi - lo) / 2) if bounded else (None, None)
+    first, last = float(distance[0]), float(distance[-1])
+    points = []
+    for mark, label in zip(marks, labels):
+        beyond_end = first if len(marks) > 1 and mark == min(marks) else last  # the lowest mark faces the start
+        points.append({"label": label, "position": float(mark),
+                       "offset_from_middle": float(mark - middle) if bounded else None,
+                       "relative_offset": float((mark - middle) / half) if bounded and half > 0 else None,
+                       "loss_beyond": float(values[int(np.argmin(np.abs(distance - beyond_end)))]),
+                       "beyond_at": beyond_end})
+    return {"rise": float(rise), "minimum_at": float(distance[low]), "minimum_train_loss": float(values[low]),
+            "from": float(lo) if np.isfinite(lo) else None, "to": float(hi) if np.isfinite(hi) else None,
+            "points": points}
+
+
 def _finite_median(values: np.ndarray) -> float | None:
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
@@ -222,6 +254,7 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
         between = (d >= 0) & (d <= line_length)  # both centres are samples (see evaluate_rays)
         ends = tl[np.argmin(np.abs(d))], tl[np.argmin(np.abs(d - line_length))]
         summary["line"] = {"length": line_length,
+                           "valley": line_valley(d, tl, rise, [0.0, line_length], labels[:2]),
                            "between_train_loss_max": float(np.max(tl[between])),
                            "train_loss_barrier": float(np.max(tl[between]) - (ends[0] + ends[1]) / 2),
                            "between_test_error_max": float(np.max(arrays["line_test_error"][between])),
@@ -229,7 +262,10 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
                            "test_error_max": float(np.max(arrays["line_test_error"])),
                            "notes": "between_*: from one centre to the other; train_loss_max, test_error_max: "
                                     "the whole line, extended `distance` beyond each centre; barrier: the "
-                                    "maximum between them minus the mean of the two centres'"}
+                                    "maximum between them minus the mean of the two centres'; valley: the "
+                                    "interval around the line's lowest sample where the train loss stays within "
+                                    "`rise` of it, each centre's offset from its middle (relative: as a fraction "
+                                    "of the half-width) and the train loss at the line's end beyond it"}
     return summary
 
 

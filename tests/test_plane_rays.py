@@ -37,7 +37,7 @@ from landscape.geometry import (filter_normalize, line_coefficients, plane_basis
 from landscape.inputs import load_points
 from landscape.models import create_model
 from landscape.plane import evaluate_plane
-from landscape.rays import evaluate_rays, side_widths
+from landscape.rays import evaluate_rays, line_valley, side_widths
 from landscape.sweep import STORE
 from landscape.train import train
 from landscape.weights import ParamSpace
@@ -386,6 +386,24 @@ def test_side_widths_of_an_asymmetric_valley():
     assert side_widths(S13, v, 2.0) == pytest.approx((1.4, 0.5 + 0.5 / 3), abs=1e-12)
 
 
+def test_a_lines_valley_and_where_points_sit_in_it():
+    s = np.linspace(-4, 4, 8001)
+    v = np.where(s < 0, 0.1 * s ** 2, s ** 2) + 0.5  # flat on the left, steep on the right, minimum 0.5 at 0
+    got = line_valley(s, v, 0.4, [0.0, -1.0], ["a", "b"])
+    lo, hi = -2.0, 0.4 ** 0.5  # 0.1 s^2 = 0.4 and s^2 = 0.4
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    assert (got["from"], got["to"]) == (pytest.approx(lo, abs=1e-6), pytest.approx(hi, abs=1e-6))
+    assert got["minimum_at"] == 0.0 and got["minimum_train_loss"] == 0.5
+    a, b = got["points"]
+    assert a["relative_offset"] == pytest.approx((0 - mid) / half, abs=1e-5) and a["relative_offset"] > 0.5
+    assert b["offset_from_middle"] == pytest.approx(-1 - mid, abs=1e-6)
+    assert (a["beyond_at"], a["loss_beyond"]) == (4.0, pytest.approx(16.5))  # a sits right of the middle
+    assert (b["beyond_at"], b["loss_beyond"]) == (-4.0, pytest.approx(2.1))
+    open_left = line_valley(s, v, 3.0, [0.0], ["a"])  # 0.1 s^2 never reaches 3 within 4: that end is open
+    assert open_left["from"] is None and open_left["to"] == pytest.approx(3 ** 0.5, abs=1e-6)
+    assert open_left["points"][0]["relative_offset"] is None
+
+
 def test_side_widths_never_rising_is_infinite_and_the_first_crossing_counts():
     v = np.where(S13 < 0, S13 ** 2, 0.0)
     neg, pos = side_widths(S13, v, 1.0)
@@ -469,6 +487,10 @@ def test_rays_cli_arrays_widths_summary_and_line(tmp_path, capsys, endpoints):
         tl[steps:3 * steps + 1].max() - (tl[steps] + tl[3 * steps]) / 2, rel=1e-12)
     assert summary["line"]["train_loss_max"] == pytest.approx(tl.max(), rel=1e-12)
     assert f"between them: max train loss {summary['line']['between_train_loss_max']:.4f}" in stdout
+    valley = summary["line"]["valley"]
+    assert valley == line_valley(line, tl, summary["rise"], [0.0, summary["line"]["length"]],
+                                 [c["label"] for c in summary["centers"]])
+    assert valley["minimum_train_loss"] == tl.min() and "valley along the line from " in stdout
 
 
 def test_rays_refuse_a_rise_that_is_not_positive(tmp_path, endpoints):
