@@ -40,7 +40,7 @@ from .device import check_fits
 from .errors import UserError, check_seed
 from .evaluate import METRICS, precision_amp
 from .inputs import own_network, stored_data
-from .metrics import expected_calibration_error, running_ensemble
+from .metrics import expected_calibration_error, reliability, running_ensemble
 from .sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from .weights import ParamSpace
 
@@ -226,7 +226,9 @@ def average_of_draws(net: nn.Module, centre: torch.Tensor, draws: torch.Tensor, 
     (resumable through ``out``'s partial store, shared out under torchrun):
     the arrays ``sample_<metric>`` (S,), ``mean_<metric>``, ``bma_test_nll`` /
     ``bma_test_error`` (the model average after 1..S draws), ``sample_test_ece``
-    (each draw's expected calibration error), and the summary's ``centre``,
+    (each draw's expected calibration error), ``reliability_centre`` /
+    ``reliability_bma`` (3, bins: :func:`~landscape.metrics.reliability`'s
+    mean confidence, accuracy and count), and the summary's ``centre``,
     ``bma`` and ``samples`` (the draws' mean metrics), each with its
     ``test_ece``. Used by SWAG and variational inference."""
     samples = draws.shape[0]
@@ -240,6 +242,9 @@ def average_of_draws(net: nn.Module, centre: torch.Tensor, draws: torch.Tensor, 
     arrays.update({f"mean_{m}": np.asarray(res[m][0]) for m in METRICS})
     arrays["bma_test_nll"], arrays["bma_test_error"] = running_ensemble(res["probs"][1:], labels)
     arrays["sample_test_ece"] = np.array([expected_calibration_error(p, labels) for p in res["probs"][1:]])
+    # reliability diagrams (mean confidence, accuracy, count per bin) of the centre and of the model average
+    arrays["reliability_centre"] = np.stack(reliability(res["probs"][0], labels))
+    arrays["reliability_bma"] = np.stack(reliability(res["probs"][1:].mean(0), labels))
     summary = {
         "centre": {**{m: float(res[m][0]) for m in METRICS},
                    "test_ece": expected_calibration_error(res["probs"][0], labels)},

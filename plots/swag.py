@@ -63,15 +63,42 @@ def draw_variational_figure(result_dir: str | Path, formats: tuple[str, ...] = (
                          "deterministic (the means)", title, formats, log_when_spread=True)
 
 
+def plot_reliability(ax, diagrams: dict[str, tuple[np.ndarray, str]], eces: dict[str, float | None]) -> None:
+    """A reliability diagram as the SWAG paper draws it: accuracy minus mean
+    confidence against the confidence, per bin (a marker's area grows with
+    the bin's share of the images), 0 where calibrated; below 0:
+    overconfident."""
+    for name, (bins, color) in diagrams.items():
+        confidence, accuracy, count = bins
+        filled = count > 0
+        ece = eces.get(name)
+        gap = (accuracy - confidence)[filled]
+        ax.plot(confidence[filled], gap, color=color, lw=1, alpha=0.6)
+        ax.scatter(confidence[filled], gap, s=8 + 300 * count[filled] / count.sum(), color=color, alpha=0.8,
+                   label=name + (f" (ECE {ece:.2f} %)" if ece is not None else ""))
+    ax.axhline(0.0, color="gray", lw=1, ls="--")
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy - confidence")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=True, framealpha=0.9, fontsize=8, loc="best", markerscale=0.5)
+
+
 def _draw_average(stem: Path, arrays, summary, average, label: str, centre_label: str, title: str,
                   formats: tuple[str, ...], log_when_spread: bool = False) -> list[Path]:
     split = summary.get("eval_split", "test")
-    fig, axes = new_figure(1, 2, width=10.0, height=3.8)
+    calibrated = "reliability_centre" in arrays and "reliability_bma" in arrays  # none in older results
+    fig, axes = new_figure(1, 3 if calibrated else 2, width=15.0 if calibrated else 10.0, height=3.8)
     for ax, key, ylabel in ((axes[0], "test_nll", f"{split} NLL"), (axes[1], "test_error", f"{split} error (%)")):
         plot_model_average(ax, arrays[f"bma_{key}"], float(arrays[f"mean_{key}"]),
                            float(np.mean(arrays[f"sample_{key}"])), label=label, centre_label=centre_label,
                            ylabel=ylabel, log_when_spread=log_when_spread and key == "test_nll")
     axes[0].legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
+    if calibrated:
+        centre = summary.get("swa") or summary.get("deterministic") or {}
+        plot_reliability(axes[2], {centre_label: (arrays["reliability_centre"], SWA_COLOR),
+                                   label: (arrays["reliability_bma"], BMA_COLOR)},
+                         {centre_label: centre.get("test_ece"), label: average.get("test_ece")})
+        axes[2].set_title(f"{split} reliability", fontsize=9)
     fig.suptitle(f"{title}: {average['members']} samples, {split} NLL {average['test_nll']:.4f}, "
                  f"error {average['test_error']:.2f}%" + ("   [synthetic data]" if summary.get("synthetic") else ""),
                  fontsize=10)

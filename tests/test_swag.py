@@ -106,6 +106,21 @@ def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, s
                                  "test_nll": ev.arrays["bma_test_nll"][-1], "members": 3,
                                  "test_ece": pytest.approx(want["ece"], abs=1e-3)}  # want: the 3 samples' average
     assert ev.arrays["sample_test_ece"][0] == pytest.approx(one["ece"], abs=1e-3)
+    # the reliability diagrams: every test image in one bin, and the summary's ECE read off them
+    for name, summary_ece in (("reliability_bma", ev.summary["bma"]["test_ece"]),
+                              ("reliability_centre", ev.summary["swa"]["test_ece"])):
+        confidence, accuracy, count = ev.arrays[name]
+        assert count.sum() == len(labels) and ev.arrays[name].shape == (3, 20)
+        filled = count > 0
+        assert 100 * (count[filled] * np.abs(accuracy - confidence)[filled]).sum() / len(labels) == pytest.approx(
+            summary_ece, rel=1e-12)
+    # a result stored before the diagrams draws without their panel
+    from plots.swag import draw_swag_figure
+
+    with np.load(tmp_path / "ev" / "swag.npz") as z:
+        older = {k: z[k] for k in z.files if not k.startswith("reliability_")}
+    np.savez(tmp_path / "ev" / "swag.npz", **older)
+    assert [f.name for f in draw_swag_figure(tmp_path / "ev", ("svg",))] == ["swag.svg"]
     assert ev.summary["method"] == "SWAG" and ev.summary["rank"] == 3
     # the samples are not the mean: their losses differ from it
     assert np.abs(ev.arrays["sample_train_loss"] - ev.arrays["mean_train_loss"]).max() > 1e-4
