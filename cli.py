@@ -865,7 +865,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     result = evaluate_sharpness(pts.model, pts.vectors, pts.data, args.out, labels=pts.labels, top=args.top,
                                 iters=args.iters, trace_samples=args.trace_samples, seed=args.seed,
                                 bn_stats=args.bn_stats, batch_size=args.batch_size,
-                                density_runs=args.density_runs, wd=_eval_wd(args, pts),
+                                density_runs=args.density_runs, layer_iters=args.layer_iters, wd=_eval_wd(args, pts),
                                 resume=args.resume, on_network=report,
                                 config={"argv": sys.argv, "checkpoints": [str(p) for p in args.checkpoints]})
     s = result.summary
@@ -897,12 +897,16 @@ def _print_layer_traces(s: dict) -> None:
     if len(layers) > MAX_LAYER_ROWS:
         print(f"the trace by layer ({len(layers)} layers): summary.json's layer_traces, and the figure")
         return
-    print("the trace by layer (the trace of each layer's diagonal block of the Hessian; they add up to the trace)")
+    tops = all(n.get("layer_top_eigenvalues") is not None for n in networks)
+    print("the trace by layer (the trace of each layer's diagonal block of the Hessian; they add up to the trace)"
+          + (f", then the block's largest eigenvalue ({s['layer_iters']} Lanczos steps)" if tops else ""))
     name = max(12, *(len(layer["name"]) + 2 for layer in layers))
-    print(f"{'layer':<{name}}{'parameters':>11}" + "".join(f"{n['label']:>22}" for n in networks))
+    width = 32 if tops else 22
+    print(f"{'layer':<{name}}{'parameters':>11}" + "".join(f"{n['label']:>{width}}" for n in networks))
     for i, layer in enumerate(layers):
         print((f"{layer['name']:<{name}}{layer['parameters']:>11}"
-               + "".join(f"{n['layer_traces'][i]:>12.4g} ± {n['layer_trace_se'][i]:<7.2g}" for n in networks)).rstrip())
+               + "".join(f"{n['layer_traces'][i]:>12.4g} ± {n['layer_trace_se'][i]:<7.2g}"
+                         + (f"{n['layer_top_eigenvalues'][i]:>10.4g}" if tops else "") for n in networks)).rstrip())
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
@@ -1482,6 +1486,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--density-runs", type=int, default=1,
                    help="Lanczos runs averaged in the spectral density (stochastic Lanczos quadrature); the first "
                         "is the eigenvalues' run, each further one costs --iters products (default 1)")
+    g.add_argument("--layer-iters", type=int, default=0, metavar="K",
+                   help="also each layer's largest eigenvalue of its own diagonal Hessian block, by K Lanczos steps "
+                        "per layer (K Hessian-vector products each); 0: only the trace by layer (default 0)")
     g.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starts and the Rademacher vectors")
     g.add_argument("--bn-stats", default="auto", choices=["auto", "population", "batches"],
                    help="population: the whole training set as one batch (the planes' loss); batches: each batch "

@@ -321,12 +321,15 @@ class Spectrum:
     density_nodes: np.ndarray  # (runs, m): each Lanczos run's Ritz values (run 0 is ``ritz``), NaN-padded
     density_weights: np.ndarray  # (runs, m): their quadrature weights
     layer_trace_draws: np.ndarray  # (trace samples, layers): each layer's Hutchinson draws (:func:`layer_blocks`)
+    layer_top: np.ndarray  # (layers,): each layer's diagonal block's largest Ritz value (NaN: not asked for)
+    layer_top_residual: np.ndarray  # (layers,): its residual by the recurrence
 
 
-def check_settings(top: int, iters: int, trace_samples: int, seed: int, density_runs: int = 1) -> None:
+def check_settings(top: int, iters: int, trace_samples: int, seed: int, density_runs: int = 1,
+                   layer_iters: int = 0) -> None:
     """One line for a setting of the sharpness estimates that cannot be used."""
     for name, v, least in (("--top", top, 1), ("--iters", iters, 1), ("--trace-samples", trace_samples, 2),
-                           ("--density-runs", density_runs, 1)):
+                           ("--density-runs", density_runs, 1), ("--layer-iters", layer_iters, 0)):
         if not is_whole(v) or v < least:
             raise UserError(f"{name} must be a whole number of at least {least}, got {v}")
     if top > iters:
@@ -336,7 +339,7 @@ def check_settings(top: int, iters: int, trace_samples: int, seed: int, density_
 
 def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int = 5, iters: int = 20,
                      trace_samples: int = 20, seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000,
-                     density_runs: int = 1, label: str = "the network") -> Spectrum:
+                     density_runs: int = 1, layer_iters: int = 0, label: str = "the network") -> Spectrum:
     """The train NLL's Hessian at ``weights`` (P,) for ``model``'s
     architecture: Lanczos' Ritz values (the ``top`` largest and the
     smallest with residuals measured by one more product each, the others
@@ -344,8 +347,13 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
     quadrature nodes and weights of ``density_runs`` Lanczos runs for the
     spectral density (the first is the run that gives the Ritz values; each
     further one costs ``iters`` more products), and each layer's trace
-    draws from the trace's products (:func:`layer_blocks`)."""
-    check_settings(top, iters, trace_samples, seed, density_runs)
+    draws from the trace's products (:func:`layer_blocks`). With
+    ``layer_iters`` > 0, also each layer's largest eigenvalue of its own
+    diagonal block of H (its curvature with the other layers held fixed):
+    Lanczos on the block, ``layer_iters`` products per layer (at most its
+    parameter count), with the recurrence's residual; by Cauchy's
+    interlacing it is at most H's largest."""
+    check_settings(top, iters, trace_samples, seed, density_runs, layer_iters)
     t0 = time.perf_counter()
     loss = TrainLoss(model, data, hessian_bn(model, data, bn_stats), batch_size)
     w = weights.detach().reshape(-1).to(data.device, torch.float32)
@@ -365,6 +373,11 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
                           for r in range(1, int(density_runs))]
         blocks = [(start, stop) for _, start, stop in layer_blocks(loss.space)]
         trace, se, draws, by_layer = hutchinson(op, loss.space.numel, trace_samples, seed, data.device, blocks)
+        layer_top, layer_res = np.full(len(blocks), np.nan), np.full(len(blocks), np.nan)
+        for j, (start, stop) in enumerate(blocks if layer_iters else ()):
+            run = lanczos(_block_operator(op, loss.space.numel, start, stop, data.device), stop - start,
+                          layer_iters, seed, data.device)
+            layer_top[j], layer_res[j] = run.values[0], run.residuals[0]
     except UserError as e:
         raise UserError(f"{label}: {e}") from None
     nodes, weights = _stacked([r.values for r in runs]), _stacked([r.weights for r in runs])
@@ -372,7 +385,19 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
         raise UserError(f"{label}: a Hessian-vector product was not finite (the loss overflows near these weights)")
     return Spectrum(ritz=ritz, residual=residual, trace=trace, trace_se=se, trace_draws=draws, train_nll=nll,
                     train_error=err, hvps=loss.hvps, seconds=time.perf_counter() - t0, density_nodes=nodes,
-                    density_weights=weights, layer_trace_draws=by_layer)
+                    density_weights=weights, layer_trace_draws=by_layer, layer_top=layer_top,
+                    layer_top_residual=layer_res)
+
+
+def _block_operator(op: Callable[[torch.Tensor], torch.Tensor], numel: int, start: int, stop: int,
+                    device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The diagonal block [start, stop) of the operator ``op`` on R^numel: u -> (op([0, u, 0]))[start:stop]."""
+    def block(u: torch.Tensor) -> torch.Tensor:
+        full = torch.zeros(numel, dtype=torch.float64, device=device)
+        full[start:stop] = u
+        return op(full)[start:stop]
+
+    return block
 
 
 def _stacked(rows: Sequence[np.ndarray | None]) -> np.ndarray:
@@ -395,14 +420,15 @@ class SharpnessResult:
 
 
 _PER_NETWORK = ("ritz", "residual", "trace", "trace_se", "trace_draws", "train_nll", "train_error", "hvps", "seconds",
-                "density_nodes", "density_weights", "layer_trace_draws")
-_LATER = ("density_nodes", "density_weights", "layer_trace_draws")  # arrays a store from an earlier version lacks
+                "density_nodes", "density_weights", "layer_trace_draws", "layer_top", "layer_top_residual")
+# Arrays a store from an earlier version lacks, with the number of dimensions of one network's.
+_LATER = {"density_nodes": 2, "density_weights": 2, "layer_trace_draws": 2, "layer_top": 1, "layer_top_residual": 1}
 
 
 def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, out: str | Path | None = None, *,
                        labels: Sequence[str] | None = None, top: int = 5, iters: int = 20, trace_samples: int = 20,
                        seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000, density_runs: int = 1,
-                       wd: float = 0.0, resume: bool = False, config: dict[str, Any] | None = None,
+                       layer_iters: int = 0, wd: float = 0.0, resume: bool = False, config: dict[str, Any] | None = None,
                        on_network: Callable[[str, Spectrum], None] | None = None) -> SharpnessResult:
     """:func:`hessian_spectrum` of each flat weight vector in ``vectors``
     (same architecture), the same seed for all (so the same Lanczos start
@@ -411,22 +437,29 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     last one, and ``sharpness.npz`` / ``summary.json`` hold the result.
     ``top`` of the Ritz values are reported as the top eigenvalues;
     ``density_runs`` Lanczos runs give the spectral density's quadrature
-    (``density_nodes`` / ``density_weights``, :func:`spectral_density`)."""
+    (``density_nodes`` / ``density_weights``, :func:`spectral_density`);
+    ``layer_iters`` > 0 gives each layer's top eigenvalue (``layer_top``)."""
     out = Path(out) if out is not None else None
     if rank_and_world()[1] > 1:
         raise UserError("sharpness runs in one process; run it without torchrun")
     labels = list(labels) if labels is not None else [f"network {i + 1}" for i in range(len(vectors))]
     if not vectors or len(labels) != len(vectors):
         raise UserError(f"give one label per network: {len(labels)} labels for {len(vectors)} networks")
-    check_settings(top, iters, trace_samples, seed, density_runs)
+    check_settings(top, iters, trace_samples, seed, density_runs, layer_iters)
     numel = ParamSpace.of(model).numel
     check_fits(8.0 * min(iters, numel) * numel, f"--iters {iters} (the Lanczos basis, steps x parameters float64)",
+               data.device)
+    largest = max(stop - start for _, start, stop in layer_blocks(ParamSpace.of(model)))
+    check_fits(8.0 * min(layer_iters, largest) * largest,
+               f"--layer-iters {layer_iters} (the largest layer's Lanczos basis, steps x its parameters float64)",
                data.device)
     bn = hessian_bn(model, data, bn_stats)
     settings = {"kind": "sharpness", "top": top, "iters": iters, "trace_samples": trace_samples, "seed": seed,
                 "bn": bn, "batch_size": batch_size if bn == "batches" else None, "dataset": data.describe()}
     if density_runs > 1:  # only then: a result stored before the density resumes under the default
         settings["density_runs"] = int(density_runs)
+    if layer_iters:  # the same for the layers' eigenvalues
+        settings["layer_iters"] = int(layer_iters)
     request = request_key(list(vectors), settings)
     finished = begin_result(out, "sharpness.npz", resume, "sharpness", request)
     if finished is not None:
@@ -443,7 +476,7 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
             continue
         spectra[i] = hessian_spectrum(model, vectors[i], data, top=top, iters=iters, trace_samples=trace_samples,
                                       seed=seed, bn_stats=bn, batch_size=batch_size, density_runs=density_runs,
-                                      label=labels[i])
+                                      layer_iters=layer_iters, label=labels[i])
         done[i] = True
         if out is not None:
             _write_store(out, request, done, spectra)
@@ -453,7 +486,7 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     arrays = dict(_arrays(spectra), layer_names=np.array([name for name, _, _ in layers]),
                   layer_sizes=np.array([stop - start for _, start, stop in layers]))
     summary = _summary(spectra, labels, top, iters, trace_samples, seed, bn, bool(bn_modules(model)), wd, data,
-                       density_runs, layers)
+                       density_runs, layers, layer_iters)
     finish_result(out, "sharpness.npz", arrays, summary, request)
     return SharpnessResult(arrays=arrays, summary=summary, out=out)
 
@@ -480,8 +513,8 @@ def _read_store(out: Path, request: str, n: int) -> tuple[np.ndarray, dict[str, 
         with np.load(path, allow_pickle=False) as z:
             key, done = str(z["key"]), z["done"].astype(bool)
             stored = {k: z[k] for k in _PER_NETWORK if k not in _LATER}
-            for k in _LATER:  # a store from before the density or the layers has none: NaN (none for those)
-                stored[k] = z[k] if k in z.files else np.full((len(done), 1, 1), np.nan)
+            for k, dims in _LATER.items():  # a store from before the density or the layers has none: NaN
+                stored[k] = z[k] if k in z.files else np.full((len(done),) + (1,) * dims, np.nan)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: unreadable partial results ({npz_reason(e)}); delete it to start over") from None
     if key != request or done.shape != (n,):
@@ -500,7 +533,8 @@ def _stored_spectrum(stored: dict[str, np.ndarray], i: int) -> Spectrum:
                     trace_draws=stored["trace_draws"][i], train_nll=float(stored["train_nll"][i]),
                     train_error=float(stored["train_error"][i]), hvps=int(stored["hvps"][i]),
                     seconds=float(stored["seconds"][i]), density_nodes=stored["density_nodes"][i],
-                    density_weights=stored["density_weights"][i], layer_trace_draws=stored["layer_trace_draws"][i])
+                    density_weights=stored["density_weights"][i], layer_trace_draws=stored["layer_trace_draws"][i],
+                    layer_top=stored["layer_top"][i], layer_top_residual=stored["layer_top_residual"][i])
 
 
 def _layer_traces(draws: np.ndarray, layers: int) -> tuple[list[float] | None, list[float] | None]:
@@ -513,8 +547,14 @@ def _layer_traces(draws: np.ndarray, layers: int) -> tuple[list[float] | None, l
     return [float(x) for x in draws.mean(axis=0)], [float(x) for x in se]
 
 
+def _per_layer(values: np.ndarray, layers: int) -> list[float] | None:
+    """One number per layer as a list; None when they were not computed (or stored by an earlier version)."""
+    values = np.asarray(values, dtype=float).reshape(-1)
+    return [float(x) for x in values] if len(values) == layers and np.isfinite(values).all() else None
+
+
 def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, data, density_runs,
-             layers) -> dict[str, Any]:
+             layers, layer_iters) -> dict[str, Any]:
     networks = []
     for label, s in zip(labels, spectra):
         k = min(top, len(s.ritz))
@@ -531,6 +571,8 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
             "trace_se": float(s.trace_se),
             "layer_traces": layer_traces,
             "layer_trace_se": layer_se,
+            "layer_top_eigenvalues": _per_layer(s.layer_top, len(layers)),
+            "layer_top_residuals": _per_layer(s.layer_top_residual, len(layers)),
             "hessian_vector_products": int(s.hvps),
             "seconds": round(float(s.seconds), 2),
         })
@@ -540,6 +582,7 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
         "iters": iters,
         "trace_samples": trace_samples,
         "density_runs": density_runs,
+        "layer_iters": layer_iters,
         "layers": [{"name": name, "parameters": stop - start} for name, start, stop in layers],
         "seed": seed,
         "bn": bn if has_bn else None,
@@ -556,7 +599,9 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
                  "over density_runs starts (sharpness.npz's density_nodes and density_weights); layer_traces: "
                  "each layer's (module's) share of the trace, the trace of the Hessian's diagonal block for its "
                  "parameters, from the same Rademacher vectors (they add up to the trace; null for a network "
-                 "stored by an earlier version); batch norm: " +
+                 "stored by an earlier version); layer_top_eigenvalues: with layer_iters > 0, the largest Ritz "
+                 "value of each layer's diagonal block by Lanczos, with the recurrence's residual (at most the "
+                 "whole Hessian's largest eigenvalue); batch norm: " +
                  ("the whole training set as one batch (the planes' population statistics)" if bn == "population"
                   else "each batch normalised by its own statistics" if has_bn else "none in this network"),
     }

@@ -55,18 +55,24 @@ def _draw_layers(ax, summary: dict, colors) -> None:
     x = np.arange(len(layers))
     shift = 0.6 / max(len(drawn), 1)
     largest = 0.0
+    tops = False
     for k, (n, color) in enumerate(drawn):
         values, se = np.asarray(n["layer_traces"], float), np.asarray(n["layer_trace_se"], float)
-        ax.errorbar(x + (k - (len(drawn) - 1) / 2) * shift, values, yerr=2 * se, fmt="o", ms=3.5, capsize=2,
-                    color=color, label=n["label"], lw=1)
+        at = x + (k - (len(drawn) - 1) / 2) * shift
+        ax.errorbar(at, values, yerr=2 * se, fmt="o", ms=3.5, capsize=2, color=color, label=n["label"], lw=1)
         largest = max(largest, float(np.nanmax(np.abs(values) + 2 * se)))
+        if n.get("layer_top_eigenvalues") is not None:  # --layer-iters: the blocks' largest eigenvalues
+            top = np.asarray(n["layer_top_eigenvalues"], float)
+            ax.scatter(at, top, marker="x", s=22, color=color, lw=1.2)
+            largest, tops = max(largest, float(np.nanmax(np.abs(top)))), True
     ax.set_yscale("symlog", linthresh=max(largest, 1e-12) * 1e-3)
     step = max(1, int(np.ceil(len(layers) / LAYER_TICKS)))
     ax.set_xticks(x[::step], [layer["name"] for layer in layers][::step], rotation=60, ha="right", fontsize=7)
     ax.set_xlim(-0.5, len(layers) - 0.5)
     ax.grid(alpha=0.3, axis="y")
     ax.set_ylabel("trace of the layer's block")
-    ax.set_title("trace by layer (same vectors; bars: ±2 s.e.)", fontsize=9)
+    ax.set_title("trace by layer (same vectors; bars: ±2 s.e.)" + ("; ×: the block's top eigenvalue" if tops else ""),
+                 fontsize=9)
     if len(drawn) > 1:
         ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
 

@@ -289,6 +289,14 @@ def test_the_spectrum_of_a_network_matches_its_explicit_hessian():
     want = torch.stack([(V[:, a:b] * (V @ H)[:, a:b]).sum(1) for _, a, b in layers], 1).numpy()
     np.testing.assert_allclose(s.layer_trace_draws, want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(s.layer_trace_draws.sum(1), s.trace_draws, rtol=1e-12, atol=1e-12)
+    assert np.isnan(s.layer_top).all()  # not asked for
+    # each layer's top eigenvalue: its diagonal block's, found exactly with as many steps as its parameters
+    blocks = hessian_spectrum(net, w, data, top=1, iters=2, trace_samples=2, seed=2, bn_stats="population",
+                              layer_iters=25)
+    want = [float(torch.linalg.eigvalsh(H[a:b, a:b]).max()) for _, a, b in layers]
+    np.testing.assert_allclose(blocks.layer_top, want, rtol=1e-4, atol=1e-6)
+    assert (blocks.layer_top <= eig.max() + 1e-6).all()  # Cauchy's interlacing
+    assert blocks.hvps <= 2 + 2 + 2 + 25 + 10 + 18  # Lanczos, 2 residuals, the trace, then each block at most its size
     assert s.hvps == len(s.ritz) + 6 + 300  # Lanczos, the residuals of the top 5 and the lowest, the trace; the Krylov space may close early: batch norm leaves flat directions
     with torch.no_grad():
         logits = net.train()(data.x_train)
@@ -386,11 +394,18 @@ def test_cli_sharpness_of_two_trained_networks(tmp_path, capsys):
     assert code == 0, err
     assert (tmp_path / "s" / "sharpness.pdf").stat().st_size > 0
     code, out, err = run_cli(capsys, "sharpness", tmp_path / "r1" / "model.pt", "--iters", 3, "--trace-samples", 2,
-                             "--top", 1, "--density-runs", 2, "--out", tmp_path / "d")
+                             "--top", 1, "--density-runs", 2, "--layer-iters", 2, "--out", tmp_path / "d")
     assert code == 0, err
     z = np.load(tmp_path / "d" / "sharpness.npz")
     assert z["density_nodes"].shape == (1, 2, 3) and np.allclose(np.nansum(z["density_weights"], -1), 1.0)
-    assert json.loads((tmp_path / "d" / "summary.json").read_text())["networks"][0]["hessian_vector_products"] == 3 + 3 + 2 + 2
+    d = json.loads((tmp_path / "d" / "summary.json").read_text())
+    layers = len(d["layers"])  # 2 Lanczos steps on each layer's block
+    assert d["networks"][0]["hessian_vector_products"] == 3 + 3 + 2 + 2 + 2 * layers and d["layer_iters"] == 2
+    tops = d["networks"][0]["layer_top_eigenvalues"]
+    assert len(tops) == layers and z["layer_top"].shape == (1, layers)
+    assert max(tops) <= d["networks"][0]["top_eigenvalues"][0] * 1.01 + 1e-6  # interlacing, up to 2 steps' slack
+    assert re.search(rf"^features\.0 +{d['layers'][0]['parameters']} +[-0-9.e+]+ ± [0-9.e+-]+ +{tops[0]:.4g}$", out, re.M)
+    assert s["layer_iters"] == 0 and all(n["layer_top_eigenvalues"] is None for n in s["networks"])
     code, _, err = run_cli(capsys, "sharpness", tmp_path / "nothere.pt", "--out", tmp_path / "t")
     assert code != 0 and "no such checkpoint file" in one_line(err)
     code, _, err = run_cli(capsys, "sharpness", tmp_path / "r1" / "model.pt", "--top", 30, "--out", tmp_path / "u")
