@@ -478,21 +478,30 @@ def _report_rays(args: argparse.Namespace) -> int:
         if "between_train_loss_max" in ln:
             print(f"line through the centres: length {ln['length']:.3f}; between them: max train loss "
                   f"{ln['between_train_loss_max']:.4f}, barrier {ln['train_loss_barrier']:.4f}")
-        v = ln.get("valley")  # none in results stored before it
-        if v is not None:
-            a, b = v["points"]
-            span = " to ".join("beyond the line" if e is None else f"{e:.3g}" for e in (v["from"], v["to"]))
-            where = (f"offsets from its middle in half-widths: {a['label']} {a['relative_offset']:+.2f}, {b['label']} "
-                     f"{b['relative_offset']:+.2f}" if a["relative_offset"] is not None else "its ends not reached")
-            print(f"valley along the line from {a['label']} (0) to {b['label']} ({b['position']:.3g}) and beyond: "
-                  f"train loss within {v['rise']:g} of its minimum {v['minimum_train_loss']:.4f} (at "
-                  f"{v['minimum_at']:.3g}) from {span}; {where}; train loss at the line's ends "
-                  f"{a['loss_beyond']:.4g} beyond {a['label']}, {b['loss_beyond']:.4g} beyond {b['label']}")
         else:  # a result stored before the between-centres figures
             print(f"line through the centres: length {ln['length']:.3f}, max train loss {ln['train_loss_max']:.4f}")
+        if ln.get("valley") is not None:  # none in results stored before it
+            _print_valley(ln["valley"])
     for f in figures:
         print(f"figure: {f}")
     return 0
+
+
+def _print_valley(v: dict[str, Any]) -> None:
+    """The line's valley (rays.line_valley) and where the two centres sit in it."""
+    a, b = v["points"]
+    span = " to ".join("beyond the line" if e is None else f"{e:.3g}" for e in (v["from"], v["to"]))
+    if a["relative_offset"] is not None:
+        where = (f"offsets from its middle in half-widths: {a['label']} {a['relative_offset']:+.2f}, {b['label']} "
+                 f"{b['relative_offset']:+.2f}")
+    elif v["from"] is not None and v["to"] is not None:
+        where = "narrower than the line's steps"
+    else:
+        where = "it reaches past the line's end, so it has no middle"
+    print(f"valley along the line from {a['label']} (0) to {b['label']} ({b['position']:.3g}) and beyond: "
+          f"train loss within {v['rise']:g} of its minimum {v['minimum_train_loss']:.4f} (at "
+          f"{v['minimum_at']:.3g}) from {span}; {where}; train loss at the line's ends "
+          f"{a['loss_beyond']:.4g} beyond {a['label']}, {b['loss_beyond']:.4g} beyond {b['label']}")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -1619,7 +1628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             _leave_process_group(wait=not args.failed_alone)
         finally:
-            if watching:
+            if watching and previous is not None:  # None: a handler set outside Python, which cannot be put back
                 signal.signal(signal.SIGTERM, previous)
 
 

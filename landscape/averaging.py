@@ -337,7 +337,8 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
                     save_checkpoint(out / f"snapshot-{epoch:03d}.pt", model.state_dict(), spec,
                                     meta={"epoch": epoch, "averaged": state["n"]})
             record: dict[str, Any] = {"swa_n": state["n"]}
-            if cfg.eval_every and state["n"] and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            if (cfg.eval_every and state["n"] and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
+                    and is_main()):  # under torchrun rank 0's record is the one kept: the others skip the work
                 m = evaluate_model(_averaged_model(model, space, state["avg"], data, cfg), data, "test", amp=cfg.amp)
                 record.update(swa_test_nll=m["nll"], swa_test_error=m["error"])
             return record

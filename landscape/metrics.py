@@ -49,8 +49,10 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
     the top-label confidence (the largest probability; a confidence on an
     edge goes to the bin above, 1.0 to the last), the examples' mean
     confidence, their accuracy (a fraction) and their count; NaN for an
-    empty bin."""
+    empty bin, and every bin empty when a probability is not finite."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    if probs.size == 0 or not np.isfinite(probs).all():  # overflowing outputs: no calibration to measure
+        return np.full(bins, np.nan), np.full(bins, np.nan), np.zeros(bins)
     confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
     which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
     count = np.bincount(which, minlength=bins).astype(np.float64)
@@ -65,6 +67,8 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     count-weighted mean over the :func:`reliability` bins of |accuracy -
     mean confidence|."""
     confidence, accuracy, count = reliability(probs, labels, bins)
+    if count.sum() == 0:  # non-finite probabilities (or none): NaN, as their NLL is
+        return float("nan")
     filled = count > 0
     return float(100.0 * (count[filled] * np.abs(accuracy[filled] - confidence[filled])).sum() / count.sum())
 

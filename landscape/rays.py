@@ -70,7 +70,7 @@ def side_widths(distance: np.ndarray, values: np.ndarray, rise: float) -> tuple[
 
 
 def line_valley(distance: np.ndarray, values: np.ndarray, rise: float, marks: Sequence[float],
-                labels: Sequence[str]) -> dict[str, Any]:
+                labels: Sequence[str]) -> dict[str, Any] | None:
     """Where points sit in the valley of a line's loss profile (He et al.
     2019's asymmetric valleys; the SWA paper's SGD-SWA line). ``distance``
     (S,) increasing, ``values`` (S,) the train loss; the valley is the
@@ -80,9 +80,12 @@ def line_valley(distance: np.ndarray, values: np.ndarray, rise: float, marks: Se
     mark (a centre's distance) its offset from the valley's middle, also
     as a fraction of the half-width (-1 and 1: the valley's edges), and the
     loss at the line's end beyond it (the lowest of several marks faces the
-    line's start, the others its end)."""
+    line's start, the others its end). Points where the loss is not finite
+    are no minimum; None when it is finite nowhere."""
     distance, values = np.asarray(distance, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    low = int(np.argmin(values))
+    if not np.isfinite(values).any():
+        return None  # the loss overflowed everywhere on the line: no valley
+    low = int(np.argmin(np.where(np.isfinite(values), values, np.inf)))  # a point that overflowed is no minimum
     neg, pos = side_widths(distance - distance[low], values, rise)
     lo, hi = distance[low] - neg, distance[low] + pos
     bounded = bool(np.isfinite(lo) and np.isfinite(hi))

@@ -271,11 +271,17 @@ def hutchinson(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, sampl
         raise UserError(f"--trace-samples must be a whole number of at least 2, got {samples}")
     gen = torch.Generator().manual_seed(int(seed) + 1)  # not the Lanczos start's stream
     draws, by_block = np.empty(int(samples)), np.empty((int(samples), len(blocks)))
+    # each coordinate's block (a last, dropped bucket for those in none): one segment sum per draw, one transfer
+    which = torch.full((numel,), len(blocks), dtype=torch.int64)
+    for j, (start, stop) in enumerate(blocks):
+        which[start:stop] = j
+    which = which.to(device)
     for i in range(int(samples)):
         v = (torch.randint(0, 2, (numel,), generator=gen, dtype=torch.int8).double() * 2 - 1).to(device)
         hv = matvec(v).to(torch.float64)
         draws[i] = float(v @ hv)
-        by_block[i] = [float(v[start:stop] @ hv[start:stop]) for start, stop in blocks]
+        sums = torch.zeros(len(blocks) + 1, dtype=torch.float64, device=hv.device).index_add_(0, which, v * hv)
+        by_block[i] = sums[:-1].cpu().numpy()
     return Hutchinson(float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(len(draws))), draws, by_block)
 
 
@@ -289,12 +295,15 @@ def hutchinson_trace(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int,
 def layer_blocks(space: ParamSpace) -> list[tuple[str, int, int]]:
     """The layers of a flat weight vector: (module name, start, stop) for
     each run of consecutive parameters of one module (``features.0.weight``
-    and ``features.0.bias`` are ``features.0``; a parameter of the model
-    itself is its own), in the vector's order."""
+    and ``features.0.bias`` are ``features.0``; the model's own parameters
+    are ``(model)``; a parametrised weight, ``fc.parametrizations.weight
+    .original0``, is its module's, ``fc``), in the vector's order."""
     layers: list[tuple[str, int, int]] = []
     start = 0
     for name, size in zip(space.names, space.sizes):
-        module = name.rsplit(".", 1)[0] if "." in name else name
+        owner = ("" if name.startswith("parametrizations.") else name.split(".parametrizations.")[0]
+                 if ".parametrizations." in name else name.rsplit(".", 1)[0] if "." in name else "")
+        module = owner or "(model)"
         if layers and layers[-1][0] == module and layers[-1][2] == start:
             layers[-1] = (module, layers[-1][1], start + size)
         else:

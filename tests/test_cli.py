@@ -574,6 +574,21 @@ def test_the_rays_table_shows_undefined_asymmetry_as_n_a(tmp_path, capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("SGD", "SWA"))]
     assert rows[0][-5:] == [">", "2", ">", "2", "n/a"], rows
     assert rows[1][-3:] == ["1.500", "1.500", "0.25"], rows
+    # the line: a result from before the valley prints its line once; a valley narrower than the steps says so
+    line = {"length": 2.0, "between_train_loss_max": 0.5, "train_loss_barrier": 0.1, "train_loss_max": 0.9}
+    for valley, said in ((None, None), ({"rise": 0.1, "minimum_at": 1.0, "minimum_train_loss": 0.2, "from": 1.0,
+                                          "to": 1.0, "points": [
+                                              {"label": "SWA", "position": 0.0, "offset_from_middle": None,
+                                               "relative_offset": None, "loss_beyond": 3.0, "beyond_at": -1.0},
+                                              {"label": "SGD", "position": 2.0, "offset_from_middle": None,
+                                               "relative_offset": None, "loss_beyond": 4.0, "beyond_at": 3.0}]},
+                                         "narrower than the line's steps")):
+        summary["line"] = dict(line, **({"valley": valley} if valley else {}))
+        (folder / "summary.json").write_text(json.dumps(summary))
+        cli._report_rays(argparse.Namespace(out=folder, format=["png"]))
+        out = capsys.readouterr().out
+        assert out.count("line through the centres") == 1, out
+        assert (said in out) if said else "valley" not in out, out
 
 
 def test_plane_of_a_curve_without_bends_says_why_not(tmp_path, capsys):

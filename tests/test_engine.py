@@ -560,6 +560,12 @@ def test_the_calibration_error_by_hand_and_of_calibrated_and_overconfident_predi
     assert expected_calibration_error(probs, labels) < 1.0
     sharp = np.stack([np.full(conf.size, 0.99), np.full(conf.size, 0.01)], 1)  # always 99 % sure, right 75 %
     assert expected_calibration_error(sharp, labels) == pytest.approx(100 * abs(0.99 - right.mean()), rel=1e-9)
+    # outputs that overflowed: no calibration to measure, and no crash (their NLL is NaN too)
+    broken = np.full((3, 2), np.nan)
+    assert np.isnan(expected_calibration_error(broken, np.array([0, 1, 0])))
+    assert reliability(broken, np.array([0, 1, 0]))[2].sum() == 0
+    got = ensemble_metrics(broken[None], np.array([0, 1, 0]))
+    assert np.isnan(got["ece"]) and np.isnan(got["nll"])
 
 
 def test_unique_rows_keeps_first_appearance_order_and_inverts():

@@ -402,6 +402,14 @@ def test_a_lines_valley_and_where_points_sit_in_it():
     open_left = line_valley(s, v, 3.0, [0.0], ["a"])  # 0.1 s^2 never reaches 3 within 4: that end is open
     assert open_left["from"] is None and open_left["to"] == pytest.approx(3 ** 0.5, abs=1e-6)
     assert open_left["points"][0]["relative_offset"] is None
+    overflowed = v.copy()
+    overflowed[:10] = np.nan  # the far end overflowed: it is no minimum
+    assert line_valley(s, overflowed, 0.4, [0.0], ["a"])["minimum_at"] == 0.0
+    assert line_valley(s, np.full_like(v, np.nan), 0.4, [0.0], ["a"]) is None
+    walls = np.full(5, np.inf)
+    walls[2] = 1.0  # a valley narrower than one step: both neighbours rise past the rise
+    narrow = line_valley(np.arange(5.0) - 2, walls, 0.5, [0.0], ["a"])
+    assert narrow["from"] == narrow["to"] == 0.0 and narrow["points"][0]["relative_offset"] is None
 
 
 def test_side_widths_never_rising_is_infinite_and_the_first_crossing_counts():

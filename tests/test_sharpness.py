@@ -235,8 +235,11 @@ def test_layer_blocks_are_each_modules_run_of_parameters():
             return self.body(x) * self.scale
 
     space = ParamSpace.of(Net())
-    assert layer_blocks(space) == [("scale", 0, 2), ("body.0", 2, 10), ("body.1", 10, 14), ("body.2", 14, 18)]
+    assert layer_blocks(space) == [("(model)", 0, 2), ("body.0", 2, 10), ("body.1", 10, 14), ("body.2", 14, 18)]
     assert layer_blocks(space)[-1][2] == space.numel
+    assert layer_blocks(ParamSpace.of(nn.Linear(3, 2))) == [("(model)", 0, 8)]  # the model's own weight and bias
+    normed = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 2)), nn.Linear(2, 2))
+    assert layer_blocks(ParamSpace.of(normed)) == [("0", 0, 10), ("1", 10, 16)]  # bias, g and v: one layer
 
 
 def test_hutchinson_by_block_splits_each_draw_and_is_unbiased_for_each_diagonal_block():
