@@ -156,6 +156,19 @@ def test_swa_evaluated_over_training_is_the_average_of_the_iterates_so_far(tmp_p
         run_fge(None, None, from_ckpt=str(endpoint), epochs=2, eval_every=1, data=small_digits, progress=False)
 
 
+def test_swa_from_scratch_starts_where_train_with_the_same_seed_starts(tmp_path, small_digits):
+    """The talk's SGD-vs-SWA comparison runs both from the same initialization: the same --seed gives it."""
+    from landscape.averaging import _start_model
+
+    train(out=tmp_path / "sgd", data=small_digits, epochs=1, seed=7, save_every=1, progress=False,
+          model_kwargs=SMALL)
+    first = load_checkpoint(tmp_path / "sgd" / "checkpoint-000.pt").state_dict
+    for seed, same in ((7, True), (8, False)):
+        cfg = AverageConfig(model="convnet", model_kwargs=SMALL, seed=seed, epochs=2, swa_start=1)
+        start = _start_model(cfg, small_digits)[0].state_dict()
+        assert all(torch.equal(start[k], first[k]) for k in first) == same, seed
+
+
 def test_a_model_option_that_contradicts_the_starting_checkpoint_is_refused(tmp_path, small_digits, endpoint):
     """--from X --model mlp used to train X's convnet and record mlp in config.json."""
     with pytest.raises(UserError, match=r"holds a 'convnet' network \(\{'width': 4\}\); --model mlp does not apply"):
