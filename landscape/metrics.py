@@ -73,23 +73,25 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(100.0 * (count[filled] * np.abs(accuracy[filled] - confidence[filled])).sum() / count.sum())
 
 
-def ensemble_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def ensemble_metrics(probs: np.ndarray, labels: np.ndarray, calibration: bool = True) -> dict[str, float]:
     """NLL, error (percent) and expected calibration error (percent,
     :func:`expected_calibration_error`) of the prediction averaged over
     members.
 
     ``probs`` (N, M, classes): N members' predicted probabilities on M
-    examples; ``labels`` (M,).
+    examples; ``labels`` (M,). ``calibration=False`` leaves the ECE out.
     """
     mean = np.asarray(probs, dtype=np.float64).mean(axis=0)  # (M, classes)
     labels = np.asarray(labels)
     p_true = mean[np.arange(len(labels)), labels]
-    return {
+    out = {
         "nll": float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
         "error": float(100.0 * (mean.argmax(axis=1) != labels).mean()),
-        "ece": expected_calibration_error(mean, labels),
         "members": int(probs.shape[0]),
     }
+    if calibration:
+        out["ece"] = expected_calibration_error(mean, labels)
+    return out
 
 
 def running_ensemble(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,5 +100,5 @@ def running_ensemble(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
     number of samples in it."""
     probs = np.asarray(probs, dtype=np.float64)
     running = np.cumsum(probs, axis=0) / np.arange(1, len(probs) + 1)[:, None, None]
-    rows = [ensemble_metrics(r[None], labels) for r in running]
+    rows = [ensemble_metrics(r[None], labels, calibration=False) for r in running]
     return np.array([r["nll"] for r in rows]), np.array([r["error"] for r in rows])
