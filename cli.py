@@ -531,6 +531,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
     """The figures of the result folder ``d``, drawn from its stored files."""
+    from landscape.checkpoint import stored_config
+
     if (d / "curve.npz").exists():
         from plots.curve import draw_curve_figure
 
@@ -567,7 +569,7 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         from plots.sharpness import draw_sharpness_figure
 
         written = draw_sharpness_figure(d, formats)
-    elif (d / "swa.pt").exists() or (d / "metrics.jsonl").exists() and _command_of(d) == "swa":
+    elif (d / "swa.pt").exists() or (stored_config(d) or {}).get("command") == "swa":
         from plots.swa import draw_swa_figure
 
         written = draw_swa_figure(d, formats)
@@ -578,17 +580,6 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, sharpness.npz, simplex.npz, swag.npz, "
                         f"subspace.npz, variational.npz, or an SWA run's metrics.jsonl)")
     return written
-
-
-def _command_of(d: Path) -> str | None:
-    """The command a run folder's config.json names (None when it names none or cannot be read)."""
-    from landscape.checkpoint import read_json
-
-    try:
-        config = read_json(d / "config.json")
-    except UserError:
-        return None
-    return config.get("command") if isinstance(config, dict) else None
 
 
 def _average_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -849,7 +849,7 @@ def sample_subspace(
     2^``max_depth`` - 1 gradient steps a sample, default 8; its burn-in also
     adapts the step sizes and, with ``mass="diag"`` (the default; or
     ``"identity"``), a diagonal mass matrix in Stan's windows when it has
-    20 transitions or more; see :func:`_sample_nuts`) or from a variational
+    ``nuts.MIN_MASS_BURN_IN`` (50) transitions or more; see :func:`_sample_nuts`) or from a variational
     fit (``"vi"``; ``vi_family="realnvp"`` for a flow), and average the
     samples' predictions.
 
