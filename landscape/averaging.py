@@ -339,14 +339,17 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
             record: dict[str, Any] = {"swa_n": state["n"]}
             if (cfg.eval_every and state["n"] and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
                     and is_main()):  # under torchrun rank 0's record is the one kept: the others skip the work
-                m = evaluate_model(_averaged_model(model, space, state["avg"], data, cfg), data, "test", amp=cfg.amp)
+                swa = _averaged_model(model, space, state["avg"], data, cfg)
+                if epoch == cfg.epochs:
+                    average[0] = swa  # the final average: finish() takes it rather than forming it again
+                m = evaluate_model(swa, data, "test", amp=cfg.amp)
                 record.update(swa_test_nll=m["nll"], swa_test_error=m["error"])
             return record
 
         def finish() -> dict[str, Any]:
             if state["n"] == 0:
                 raise UserError("no iterate was averaged: --epochs must exceed --swa-start by at least --cycle")
-            swa = _averaged_model(model, space, state["avg"], data, cfg)
+            swa = average[0] if average[0] is not None else _averaged_model(model, space, state["avg"], data, cfg)
             average[0] = swa
             sgd_m, swa_m = _metrics_of(model, data, cfg.wd), _metrics_of(swa, data, cfg.wd)
             # The SGD iterate with batch norm recomputed as the average's was: the like-for-like comparison.

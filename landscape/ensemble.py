@@ -68,7 +68,8 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         m = ensemble_metrics(p[None], labels)
         members.append({"label": label, "path": str(path), "test_error": m["error"], "test_nll": m["nll"],
                         "test_ece": m["ece"]})
-    ens = ensemble_metrics(np.stack(probs), labels)
+    probs = np.stack(probs)  # (members, test images, classes)
+    ens = ensemble_metrics(probs, labels)
     n = len(paths)
     avg = evaluate_points(pts.model, torch.stack(pts.vectors), np.full((1, n), 1.0 / n), data, wd=pts.wd,
                           batch_size=batch_size, return_probs=True)
@@ -80,7 +81,7 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         "ensemble": {"test_error": ens["error"], "test_nll": ens["nll"], "test_ece": ens["ece"], "members": n},
         "weight_average": {**{k: float(avg[k][0]) for k in ("train_loss", "train_error", "test_nll", "test_error")},
                            "test_ece": expected_calibration_error(avg["probs"][0], labels)},
-        "agreement": agreement(np.stack(probs).mean(0), avg["probs"][0]),
+        "agreement": agreement(probs.mean(0), avg["probs"][0]),
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
         "dataset": data.describe(),

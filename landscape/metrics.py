@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 __all__ = ["barrier", "path_stats", "arc_length_mean", "ensemble_metrics", "running_ensemble",
-           "expected_calibration_error", "reliability", "ECE_BINS"]
+           "expected_calibration_error", "diagram_calibration_error", "reliability", "ECE_BINS"]
 
 # Equal-width bins of the top-label confidence for the expected calibration error.
 ECE_BINS = 20
@@ -65,8 +67,14 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """The expected calibration error in percent (Guo et al. 2017): the
     count-weighted mean over the :func:`reliability` bins of |accuracy -
-    mean confidence|."""
-    confidence, accuracy, count = reliability(probs, labels, bins)
+    mean confidence| (:func:`diagram_calibration_error`)."""
+    return diagram_calibration_error(reliability(probs, labels, bins))
+
+
+def diagram_calibration_error(diagram: Sequence[np.ndarray]) -> float:
+    """The expected calibration error (percent) of a :func:`reliability`
+    diagram (mean confidence, accuracy, count per bin)."""
+    confidence, accuracy, count = diagram
     if count.sum() == 0:  # non-finite probabilities (or none): NaN, as their NLL is
         return float("nan")
     filled = count > 0

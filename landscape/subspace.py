@@ -966,9 +966,9 @@ def sample_subspace(
     z = np.stack(kept["z"]).reshape(samples, k)
     if grid:
         arrays.update(_grid(run, z, grid))
-    labels = data.y_test.cpu().numpy()
-    bma_nll, bma_error = running_ensemble(np.stack(kept["probs"]), labels)
-    sample_ece = np.array([expected_calibration_error(p, labels) for p in kept["probs"]])
+    labels, probs = data.y_test.cpu().numpy(), np.stack(kept["probs"])  # (samples, test images, classes)
+    bma_nll, bma_error = running_ensemble(probs, labels)
+    sample_ece = np.array([expected_calibration_error(p, labels) for p in probs])
     arrays.update({
         "z": z, "chain": np.asarray(kept["chain"], dtype=np.int64),
         "log_likelihood": np.asarray(kept["log_likelihood"], dtype=np.float64),
@@ -982,7 +982,7 @@ def sample_subspace(
     summary: dict[str, Any] = {
         "shift": {m: float(shift_res[m]) for m in METRICS},
         "bma": {"test_error": float(bma_error[-1]), "test_nll": float(bma_nll[-1]),
-                "test_ece": expected_calibration_error(np.stack(kept["probs"]).mean(0), labels), "members": samples},
+                "test_ece": expected_calibration_error(probs.mean(0), labels), "members": samples},
         "samples": {**{f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},
                     "test_ece_mean": float(sample_ece.mean())},
         "basis": subspace.kind, "rank": k, "chains": chains, "burn_in": burn_in, "grid": grid,

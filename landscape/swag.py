@@ -40,7 +40,7 @@ from .device import check_fits
 from .errors import UserError, check_seed
 from .evaluate import METRICS, precision_amp
 from .inputs import own_network, stored_data
-from .metrics import expected_calibration_error, reliability, running_ensemble
+from .metrics import diagram_calibration_error, expected_calibration_error, reliability, running_ensemble
 from .sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from .weights import ParamSpace
 
@@ -247,9 +247,9 @@ def average_of_draws(net: nn.Module, centre: torch.Tensor, draws: torch.Tensor, 
     arrays["reliability_bma"] = np.stack(reliability(res["probs"][1:].mean(0), labels))
     summary = {
         "centre": {**{m: float(res[m][0]) for m in METRICS},
-                   "test_ece": expected_calibration_error(res["probs"][0], labels)},
+                   "test_ece": diagram_calibration_error(arrays["reliability_centre"])},
         "bma": {"test_error": float(arrays["bma_test_error"][-1]), "test_nll": float(arrays["bma_test_nll"][-1]),
-                "test_ece": expected_calibration_error(res["probs"][1:].mean(0), labels), "members": samples},
+                "test_ece": diagram_calibration_error(arrays["reliability_bma"]), "members": samples},
         "samples": {**{f"{m}_mean": float(res[m][1:].mean()) for m in METRICS},
                     "test_ece_mean": float(arrays["sample_test_ece"].mean())},
     }

@@ -48,8 +48,8 @@ def draw_swag_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)
     arrays, summary = read_result(result_dir, "swag.npz")
     method = summary.get("method", "SWAG")
     title = f"{method}, scale {summary.get('scale')}, rank {summary.get('rank')}"
-    return _draw_average(result_dir / "swag", arrays, summary, summary["bma"], f"{method} model average",
-                         "SWA (the mean)", title, formats)
+    return _draw_average(result_dir / "swag", arrays, summary, summary["swa"], summary["bma"],
+                         f"{method} model average", "SWA (the mean)", title, formats)
 
 
 def draw_variational_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -59,8 +59,8 @@ def draw_variational_figure(result_dir: str | Path, formats: tuple[str, ...] = (
     result_dir = Path(result_dir)
     arrays, summary = read_result(result_dir, "variational.npz")
     title = f"{summary.get('method', 'VI')}, {summary.get('family')} posterior, {summary.get('prior')} prior"
-    return _draw_average(result_dir / "variational", arrays, summary, summary["ensemble"], "ensemble",
-                         "deterministic (the means)", title, formats, log_when_spread=True)
+    return _draw_average(result_dir / "variational", arrays, summary, summary["deterministic"], summary["ensemble"],
+                         "ensemble", "deterministic (the means)", title, formats, log_when_spread=True)
 
 
 def plot_reliability(ax, diagrams: dict[str, tuple[np.ndarray, str]], eces: dict[str, float | None]) -> None:
@@ -83,7 +83,7 @@ def plot_reliability(ax, diagrams: dict[str, tuple[np.ndarray, str]], eces: dict
     ax.legend(frameon=True, framealpha=0.9, fontsize=8, loc="best", markerscale=0.5)
 
 
-def _draw_average(stem: Path, arrays, summary, average, label: str, centre_label: str, title: str,
+def _draw_average(stem: Path, arrays, summary, centre, average, label: str, centre_label: str, title: str,
                   formats: tuple[str, ...], log_when_spread: bool = False) -> list[Path]:
     split = summary.get("eval_split", "test")
     calibrated = "reliability_centre" in arrays and "reliability_bma" in arrays  # none in older results
@@ -94,7 +94,6 @@ def _draw_average(stem: Path, arrays, summary, average, label: str, centre_label
                            ylabel=ylabel, log_when_spread=log_when_spread and key == "test_nll")
     axes[0].legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
     if calibrated:
-        centre = summary.get("swa") or summary.get("deterministic") or {}
         plot_reliability(axes[2], {centre_label: (arrays["reliability_centre"], SWA_COLOR),
                                    label: (arrays["reliability_bma"], BMA_COLOR)},
                          {centre_label: centre.get("test_ece"), label: average.get("test_ece")})
