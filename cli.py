@@ -143,6 +143,20 @@ def add_optim_args(p: argparse.ArgumentParser, *, epochs: int = 20, lr: float | 
                        help="paper (constant, then linear decay to 1%% from 50%% to 90%% of training), cosine, constant")
 
 
+def add_curve_fit_args(p: argparse.ArgumentParser, start: str, end: str, what: str) -> argparse._ArgumentGroup:
+    """The curve options of ``connect`` and ``vi-connect``; returns their group."""
+    g = p.add_argument_group("curve")
+    g.add_argument("--start", required=True, type=Path, help=start)
+    g.add_argument("--end", required=True, type=Path, help=end)
+    g.add_argument("--curve", default="bezier", help="bezier or polychain")
+    g.add_argument("--bends", type=int, default=1, help="number of free control points (default 1)")
+    g.add_argument("--free-start", action="store_true", help=f"train the first {what} too")
+    g.add_argument("--free-end", action="store_true", help=f"train the second {what} too")
+    g.add_argument("--objective", default="uniform", help="uniform (t ~ U(0,1), the papers') or arclength")
+    g.add_argument("--t-samples", type=int, default=1, metavar="K", help="values of t per minibatch, evaluated together")
+    return g
+
+
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", required=out_required, type=Path, metavar="DIR", help="folder for every file this run writes")
@@ -255,6 +269,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
                      amp=args.amp, model_kwargs=dict(args.model_kwargs))
     if args.model:
         overrides["model"] = args.model
+    if is_main() and any(_holds_posterior(p) for p in (args.start, args.end)):
+        print(f"note: {args.start} or {args.end} holds a variational posterior; connect joins the networks of its "
+              f"means (to join the posteriors, means and variances, use 'landscape vi-connect')", file=sys.stderr)
     result = fit_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
                        **overrides)
     if not is_main():  # under torchrun, rank 0 reports
@@ -269,30 +286,110 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _holds_posterior(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint of ``landscape vi`` (unreadable files are left to the command to report)."""
+    from landscape.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path).kind == "variational"
+    except (UserError, OSError):
+        return False
+
+
+def cmd_vi_connect(args: argparse.Namespace) -> int:
+    from curves.posterior import fit_posterior_curve
+    from landscape.sweep import is_main
+
+    overrides = dict(_data_overrides(args), curve=args.curve, bends=args.bends, free_start=args.free_start,
+                     free_end=args.free_end, objective=args.objective, t_samples=args.t_samples,
+                     temperature=args.temperature, optimizer=args.optimizer, epochs=args.epochs, lr=args.lr,
+                     momentum=args.momentum, batch_size=args.batch_size, schedule=args.schedule, seed=args.seed,
+                     save_every=args.save_every, device=args.device, amp=args.amp,
+                     model_kwargs=dict(args.model_kwargs))
+    if args.model:
+        overrides["model"] = args.model
+    result = fit_posterior_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args),
+                                 argv=sys.argv, **overrides)
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
+    s = result.summary
+    c, l = s["curve"], s["line"]
+    split = s.get("eval_split", "test")
+    print(f"{args.out}: {c['type']} curve with {c['bends']} bend(s) between two {s['family']} posteriors, "
+          f"length {c['length']:.3f} (line {l['length']:.3f}), temperature {s['temperature']:g}")
+    print(f"  at t = 1/2, the network of the means: curve train loss {c['mean_train_loss_at'][1]:.4f}, "
+          f"{split} error {c['mean_test_error_at'][1]:.2f}%;  line train loss {l['mean_train_loss_at'][1]:.4f}, "
+          f"{split} error {l['mean_test_error_at'][1]:.2f}%")
+    print(f"  KL / N at t = 1/2: curve {c['kl_per_sample_at'][1]:.4g}, line {l['kl_per_sample_at'][1]:.4g} "
+          f"(ends {c['kl_per_sample_at'][0]:.4g} and {c['kl_per_sample_at'][2]:.4g})")
+    print(f"checkpoint: {args.out / 'model.pt'}   (evaluate it with: landscape curve --ckpt {args.out / 'model.pt'} "
+          f"--out DIR)")
+    return 0
+
+
 def cmd_curve(args: argparse.Namespace) -> int:
     from curves.evaluate import evaluate_curve
+    from curves.fit import is_posterior_curve
+    from landscape.checkpoint import load_checkpoint
     from landscape.sweep import is_main
     from plots.curve import draw_curve_figure
 
-    result = evaluate_curve(args.ckpt, args.out, points=args.points, **_stored_eval_kwargs(args))
+    if is_posterior_curve(load_checkpoint(args.ckpt)):
+        return _posterior_curve(args)
+    for flag, value in (("--samples", args.samples), ("--seed", args.seed)):
+        if value is not None:
+            raise UserError(f"{flag} applies to a curve between variational posteriors (vi-connect); "
+                            f"{args.ckpt} joins two networks")
+    result = evaluate_curve(args.ckpt, args.out, points=args.points or 61, **_stored_eval_kwargs(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
-    figures = draw_curve_figure(args.out, tuple(args.format))
     s = result.summary
     split = s.get("eval_split", "test")
-    print(f"{'path':<8}{'length':>9}{'train-loss barrier':>20}{'max train loss':>16}"
-          f"{f'{split}-err barrier %':>20}{f'max {split} err %':>16}{f'ensemble {split} err %':>20}")
+    _print_paths(s, [("train-loss barrier", "train_loss_barrier", 4), ("max train loss", "train_loss_max", 4),
+                     (f"{split}-err barrier %", "test_error_barrier", 2), (f"max {split} err %", "test_error_max", 2),
+                     (f"ensemble {split} err %", "ensemble_test_error", 2)],
+                 "test_error", f"{split} error", "", draw_curve_figure(args.out, tuple(args.format)))
+    return 0
+
+
+def _print_paths(s: dict[str, Any], columns: list[tuple[str, str, int]], ends_key: str, ends_label: str, tail: str,
+                 figures: list[Path]) -> None:
+    """A curve evaluation's table: one row per path (curve, line), its length
+    and ``columns`` (header, summary key, digits); the endpoints' ``ends_key``."""
+    print(f"{'path':<8}{'length':>9}" + "".join(f"{h:>{len(h) + 3}}" for h, _, _ in columns))
     for name in ("curve", "line"):
         p = s[name]
-        print(f"{name:<8}{_cell(p['length'], 9, 3)}{_cell(p['train_loss_barrier'], 20, 4)}"
-              f"{_cell(p['train_loss_max'], 16, 4)}"
-              f"{_cell(p['test_error_barrier'], 20, 2)}{_cell(p['test_error_max'], 16, 2)}"
-              f"{_cell(p['ensemble_test_error'], 20, 2)}")
-    ends = s["curve"]["metrics"]["test_error"]
-    print(f"endpoints' {split} error: {ends['start']:.2f}% and {ends['end']:.2f}%"
+        print(f"{name:<8}{_cell(p['length'], 9, 3)}" + "".join(_cell(p[k], len(h) + 3, d) for h, k, d in columns))
+    ends = s["curve"]["metrics"][ends_key]
+    print(f"endpoints' {ends_label}: {ends['start']:.2f}% and {ends['end']:.2f}%{tail}"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
     for f in figures:
         print(f"figure: {f}")
+
+
+def _posterior_curve(args: argparse.Namespace) -> int:
+    from curves.posterior import evaluate_posterior_curve
+    from landscape.sweep import is_main
+    from plots.posterior import draw_posterior_curve_figure
+
+    kwargs = _stored_eval_kwargs(args)
+    if kwargs.pop("wd") is not None:
+        raise UserError("--wd does not apply to a curve between variational posteriors: their prior regularises "
+                        "the weights, and the ELBO has no weight-decay term")
+    result = evaluate_posterior_curve(args.ckpt, args.out, points=args.points or 21, samples=args.samples or 10,
+                                      seed=args.seed or 0, **kwargs)
+    if not is_main():
+        return 0
+    s = result.summary
+    split = s.get("eval_split", "test")
+    print(f"{s['family']} posteriors, {s['points']} points per path, {s['samples']} weight draws per point "
+          f"(batch norm re-estimated for each)")
+    _print_paths(s, [("-ELBO/N barrier", "neg_elbo_barrier", 4), ("E_q NLL barrier", "expected_train_nll_barrier", 4),
+                     (f"means {split}-err barrier", "mean_test_error_barrier", 2),
+                     (f"ensemble {split}-err barrier", "ensemble_test_error_barrier", 2),
+                     ("ensemble NLL barrier", "ensemble_test_nll_barrier", 4)],
+                 "ensemble_test_error", f"ensemble {split} error", "; -ELBO/N in nats per training sample, untempered",
+                 draw_posterior_curve_figure(args.out, tuple(args.format)))
     return 0
 
 
@@ -533,7 +630,11 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
     """The figures of the result folder ``d``, drawn from its stored files."""
     from landscape.checkpoint import stored_config
 
-    if (d / "curve.npz").exists():
+    if (d / "posterior-curve.npz").exists():
+        from plots.posterior import draw_posterior_curve_figure
+
+        written = draw_posterior_curve_figure(d, formats)
+    elif (d / "curve.npz").exists():
         from plots.curve import draw_curve_figure
 
         written = draw_curve_figure(d, formats)
@@ -1199,15 +1300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("connect", help="fit a curve of low loss between two endpoints",
                        description="Fit a Bezier curve or polygonal chain between two trained networks "
                                    "(Garipov et al. 2018).")
-    g = p.add_argument_group("curve")
-    g.add_argument("--start", required=True, type=Path, help="checkpoint of the first endpoint")
-    g.add_argument("--end", required=True, type=Path, help="checkpoint of the second endpoint")
-    g.add_argument("--curve", default="bezier", help="bezier or polychain")
-    g.add_argument("--bends", type=int, default=1, help="number of free control points (default 1)")
-    g.add_argument("--free-start", action="store_true", help="train the first endpoint too")
-    g.add_argument("--free-end", action="store_true", help="train the second endpoint too")
-    g.add_argument("--objective", default="uniform", help="uniform (t ~ U(0,1), the papers') or arclength")
-    g.add_argument("--t-samples", type=int, default=1, metavar="K", help="values of t per minibatch, evaluated together")
+    add_curve_fit_args(p, "checkpoint of the first endpoint", "checkpoint of the second endpoint", "endpoint")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
     add_optim_args(p)
@@ -1218,7 +1311,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate train loss / error and test NLL / error along a fitted curve and "
                                    "the straight line, with batch norm re-estimated at every point.")
     p.add_argument("--ckpt", required=True, type=Path, help="curve checkpoint written by 'landscape connect'")
-    p.add_argument("--points", type=int, default=61, help="evenly spaced values of t (default 61)")
+    p.add_argument("--points", type=int, default=None,
+                   help="evenly spaced values of t (default 61; 21 for a curve between posteriors)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="a curve between variational posteriors (vi-connect): weight draws per point (default 10)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="a curve between variational posteriors: seed of the draws' noise, shared by every point "
+                        "(default 0, as vi-eval's)")
     add_stored_eval_args(p)
     p.set_defaults(func=cmd_curve)
 
@@ -1433,6 +1532,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_stored_eval_args(p)
     p.set_defaults(func=cmd_vi_eval)
 
+    p = sub.add_parser("vi-connect", help="fit a curve of low loss between two variational posteriors",
+                       description="Fit a Bezier curve or polygonal chain between two posteriors written by "
+                                   "'landscape vi' (one family, prior and network), over their means and "
+                                   "log-variance parameters, minimising the negative ELBO per sample along it "
+                                   "(E_t[E_q NLL + T KL / N], t ~ U(0, 1)): mode connectivity for Bayesian networks. "
+                                   "Evaluate it with 'landscape curve'.")
+    g = add_curve_fit_args(p, "the first posterior (vi.pt or hwa.pt)", "the second posterior", "posterior")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="T in NLL + T KL / N (default: the temperature the start posterior was trained with)")
+    g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="adam (default, as 'vi') or sgd")
+    add_data_args(p, inherit=True)
+    add_model_args(p, default=None)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=20, help="passes over the training set")
+    g.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (--optimizer sgd)")
+    g.add_argument("--batch-size", type=int, default=128, help="training minibatch size")
+    g.add_argument("--schedule", default="paper",
+                   help="paper (constant, then linear decay to 1%% from 50%% to 90%% of training), cosine, constant")
+    add_run_args(p)
+    p.set_defaults(func=cmd_vi_connect)
+
     p = sub.add_parser("fge", help="fast geometric ensembling from a trained network",
                        description="FGE (Garipov et al. 2018): a piecewise-linear cyclical rate updated every "
                                    "iteration, a snapshot at each minimum of the rate, their ensemble.")
@@ -1640,7 +1761,8 @@ def _leave_process_group(wait: bool = True) -> None:
 
 # Commands that share their work out under torchrun; the others would run
 # whole on every rank and write the same files, so they refuse.
-DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "simplex", "curve", "swag", "plane", "rays", "width", "vi", "vi-eval")
+DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "simplex", "curve", "swag", "plane", "rays", "width", "vi",
+               "vi-eval", "vi-connect")
 
 
 def _run_command(args: argparse.Namespace) -> int:

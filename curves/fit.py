@@ -136,6 +136,41 @@ def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data
     return model, spec
 
 
+def connect_config(cls: type[ConnectConfig], start_ckpt: Checkpoint, end_ckpt: Checkpoint, start: str | Path,
+                   end: str | Path, config: ConnectConfig | None,
+                   overrides: dict[str, Any]) -> tuple[ConnectConfig, bool]:
+    """The settings of a fit between two endpoints, validated: ``config``
+    and ``overrides`` over the data settings the start endpoint was trained
+    with (the same on both ends, or refused), its architecture recorded.
+    Also whether the user named the network (``--model``), which makes a
+    factory the checkpoints name theirs to trust."""
+    named = named_model(config, overrides)  # before the checkpoint's own name joins the overrides
+    require_architecture(start_ckpt, named)
+    if start_ckpt.model is not None:  # the architecture is the start endpoint's, and the config records it
+        overrides = dict(overrides, **network_of(start_ckpt, named, overrides.get("model_kwargs")))
+    given = {f.name for f in fields(cls)} & set(overrides)
+    base = asdict(config) if config is not None else {}
+    check_same_data([start_ckpt, end_ckpt], {**{k: v for k, v in base.items() if k in DATA_FIELDS}, **overrides})
+    inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
+    cfg = cls(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
+    cfg.validate()
+    return cfg, named is not None
+
+
+def restore_anchors(curve: Curve, ckpt: Checkpoint, space: ParamSpace, cfg: ConnectConfig) -> None:
+    """A resumed fit's control points from its ``last.pt``, after checking
+    that each fixed end is still the endpoint file's weights: a file replaced
+    since the run began would leave a curve that no longer ends at the
+    network (or posterior) the results name."""
+    stored = stored_anchors(ckpt, space)
+    now = curve.anchors().detach()
+    for name, path, i, fixed in (("start", cfg.start, 0, not cfg.free_start), ("end", cfg.end, -1, not cfg.free_end)):
+        if fixed and not torch.equal(stored[i].to(now.device, now.dtype), now[i]):
+            raise UserError(f"{path} is not the network this run's curve {name}s at (the file changed since "
+                            f"it began); start again with another --out")
+    curve.load_anchors(stored)
+
+
 def fit_curve(
     start: str | Path,
     end: str | Path,
@@ -159,17 +194,7 @@ def fit_curve(
     metrics.
     """
     start_ckpt, end_ckpt = require_network(load_checkpoint(start)), require_network(load_checkpoint(end))
-    named = named_model(config, overrides)  # before the checkpoint's own name joins the overrides
-    user_named = named is not None
-    require_architecture(start_ckpt, named)
-    if start_ckpt.model is not None:  # the architecture is the start endpoint's, and the config records it
-        overrides = dict(overrides, **network_of(start_ckpt, named, overrides.get("model_kwargs")))
-    given = {f.name for f in fields(ConnectConfig)} & set(overrides)
-    base = asdict(config) if config is not None else {}
-    check_same_data([start_ckpt, end_ckpt], {**{k: v for k, v in base.items() if k in DATA_FIELDS}, **overrides})
-    inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
-    cfg = ConnectConfig(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
-    cfg.validate()
+    cfg, user_named = connect_config(ConnectConfig, start_ckpt, end_ckpt, start, end, config, overrides)
     device = process_device(cfg.device)  # under torchrun: joins the process group
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "connect")
@@ -219,15 +244,7 @@ def fit_curve(
         save_curve(path, curve, template, spec, **extra)
 
     def restore(ckpt: Checkpoint) -> None:
-        stored = _stored_anchors(ckpt, space)
-        now = curve.anchors().detach()
-        for name, path, i, fixed in (("start", start, 0, not cfg.free_start), ("end", end, -1, not cfg.free_end)):
-            # A fixed end is the endpoint file's weights: a file replaced since the run began would
-            # leave a curve that no longer ends at the network the results name.
-            if fixed and not torch.equal(stored[i].to(now.device, now.dtype), now[i]):
-                raise UserError(f"{path} is not the network this run's curve {name}s at (the file changed since "
-                                f"it began); start again with another --out")
-        curve.load_anchors(stored)
+        restore_anchors(curve, ckpt, space, cfg)
 
     def finish() -> dict[str, Any]:
         return _fit_summary(curve, template, data, cfg)
@@ -294,7 +311,12 @@ def save_curve(path: str | Path, curve: Curve, template: nn.Module, spec: dict[s
     return save_checkpoint(path, template.state_dict(), spec, kind="curve", curve=info, **extra)
 
 
-def _stored_anchors(ckpt: Checkpoint, space: ParamSpace) -> torch.Tensor:
+def is_posterior_curve(ckpt: Checkpoint) -> bool:
+    """Whether a curve checkpoint joins two variational posteriors (``landscape vi-connect``)."""
+    return ckpt.kind == "curve" and "variational" in ckpt.extra
+
+
+def stored_anchors(ckpt: Checkpoint, space: ParamSpace) -> torch.Tensor:
     info = ckpt.extra.get("curve")
     if ckpt.kind != "curve" or not isinstance(info, dict) or "anchors" not in info:
         raise UserError(f"{ckpt.path}: not a curve checkpoint (written by 'landscape connect')")
@@ -315,9 +337,12 @@ def load_curve(path: str | Path | Checkpoint, device: str | torch.device = "cpu"
     ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
     if ckpt.kind != "curve":
         raise UserError(f"{ckpt.path}: a '{ckpt.kind}' checkpoint, not a curve; make one with 'landscape connect'")
+    if is_posterior_curve(ckpt):
+        raise UserError(f"{ckpt.path}: a curve between variational posteriors (written by 'landscape vi-connect'); "
+                        f"'landscape curve' evaluates it, the planes and subspaces take curves between networks")
     template = load_model(ckpt, own_network(ckpt, model, model_kwargs))
     space = ParamSpace.of(template)
-    anchors = _stored_anchors(ckpt, space)
+    anchors = stored_anchors(ckpt, space)
     info = ckpt.extra["curve"]
     curve = create_curve(info["type"], space, anchors[0], anchors[-1], bends=int(info["bends"]),
                          fix_start=bool(info["fix_start"]), fix_end=bool(info["fix_end"]))

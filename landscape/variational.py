@@ -69,7 +69,7 @@ from .weights import ParamSpace
 
 __all__ = ["FAMILIES", "PRIORS", "VariationalConfig", "VariationalNet", "VariationalPosterior", "VariationalResult",
            "VariationalEvaluation", "stochastic_names", "gaussian_kl", "log_uniform_kl", "run_variational",
-           "load_variational", "evaluate_variational"]
+           "load_variational", "posterior_net", "posterior_moments", "evaluate_variational"]
 
 FAMILIES = ("additive", "weight", "neuron", "layer", "variance")
 PRIORS = ("log-uniform", "gaussian")
@@ -180,9 +180,16 @@ class VariationalNet(nn.Module):
     def _scale(self, name: str) -> torch.Tensor:
         return self.scales[_key(name)].clamp(*_LOG_ALPHA_RANGE)
 
+    def _mean(self, name: str) -> torch.Tensor:
+        """The means of stochastic weight ``name``: looked up by attribute, so
+        that under ``torch.func.functional_call`` (a curve's point) it is the
+        tensor swapped in, which ``get_parameter`` would refuse."""
+        owner, _, leaf = name.rpartition(".")
+        return getattr(self.net.get_submodule(owner), leaf)
+
     def mean_and_var(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior mean and variance of stochastic weight ``name`` (its shape)."""
-        mu = self.net.get_parameter(name)
+        mu = self._mean(name)
         s = self._scale(name)
         if self.family_of(name) in ("additive", "variance"):
             return mu, torch.exp(s).expand_as(mu)
@@ -190,7 +197,7 @@ class VariationalNet(nn.Module):
 
     def kl(self) -> torch.Tensor:
         """KL(q || prior), summed over the stochastic weights."""
-        total = torch.zeros((), device=self.net.get_parameter(self.names[0]).device)
+        total = torch.zeros((), device=self._mean(self.names[0]).device)
         for name in self.names:
             mu, var = self.mean_and_var(name)
             family = self.family_of(name)
@@ -207,7 +214,7 @@ class VariationalNet(nn.Module):
         as the log-uniform prior's KL takes it: the parameter itself for the
         weight / neuron / layer families; for additive noise log sigma² -
         log m², floored and clamped to +-20 (a mean of 0 is all noise)."""
-        mu = self.net.get_parameter(name)
+        mu = self._mean(name)
         if self.family_of(name) in ("additive", "variance"):
             return (self._scale(name) - torch.log(mu * mu + 1e-16)).clamp(*_LOG_ALPHA_RANGE)
         return self._scale(name).expand_as(mu)
@@ -227,8 +234,11 @@ class VariationalNet(nn.Module):
 
         return hook
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, with_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The logits; with ``with_kl`` also KL(q || prior), so that one
+        ``functional_call`` gives both terms of the ELBO at a point."""
+        logits = self.net(x)
+        return (logits, self.kl()) if with_kl else logits
 
     def mean_network(self) -> nn.Module:
         """A copy of ``net`` (the means) without this posterior's hooks."""
@@ -410,7 +420,7 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
     if start_epoch == -1:
         _say(f"{out}: run already finished; nothing to do")
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
-        vnet = _posterior_net(load_checkpoint(out / "vi.pt"), "cpu", cfg.model if named is not None else None)
+        vnet = posterior_net(load_checkpoint(out / "vi.pt"), "cpu", cfg.model if named is not None else None)
         return VariationalResult(vnet, summary, read_jsonl(out / "metrics.jsonl"), out)
     data = load_data(cfg, device) if data is None else data.to(device)
     if source is not None:  # once the split is accepted
@@ -420,7 +430,7 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
     vnet = VariationalNet(model, cfg.family, prior=cfg.resolved_prior(), prior_scale=cfg.prior_scale,
                           init_alpha=cfg.init_alpha)
     if source is not None and source.kind == "variational":  # a warm start: its variances too
-        earlier = _posterior_net(source, device, cfg.model if named is not None else None)
+        earlier = posterior_net(source, device, cfg.model if named is not None else None)
         if (earlier.family, earlier.prior) != (vnet.family, vnet.prior):
             raise UserError(f"{source.path} holds a {earlier.family} posterior with a {earlier.prior} prior; "
                             f"continuing it needs the same --family and --prior (or start from a network)")
@@ -551,7 +561,7 @@ class VariationalPosterior:
         return torch.stack(rows) if rows else self.mean.new_zeros(0, self.mean.numel())
 
 
-def _posterior_net(ck: Checkpoint, device: torch.device | str, model: str | None) -> VariationalNet:
+def posterior_net(ck: Checkpoint, device: torch.device | str, model: str | None) -> VariationalNet:
     """The posterior a ``variational`` checkpoint holds, around the network of its means (no hooks)."""
     info = ck.extra.get("variational")
     if ck.kind != "variational" or not isinstance(info, dict) or not {"family", "prior", "names", "scales"} <= set(info):
@@ -584,18 +594,26 @@ def load_variational(path: str | Path | Checkpoint, device: torch.device | str =
     """Read ``vi.pt`` / ``hwa.pt`` (written by ``landscape vi``; or take it
     already read): the posterior and the network of its means."""
     ck = path if isinstance(path, Checkpoint) else load_checkpoint(path)
-    vnet = _posterior_net(ck, device, model)
-    net = vnet.net
-    space = ParamSpace.of(net)
-    with torch.no_grad():
-        stds = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
-        for name in vnet.names:
-            stds[name] = vnet.mean_and_var(name)[1].sqrt()
-        mean, std = space.flatten(net), space.flatten(stds)
-        kl = float(copy.deepcopy(vnet).double().kl())  # a sum over every weight: float32 would round it by ~1e-7
-    post = VariationalPosterior(family=vnet.family, prior=vnet.prior, mean=mean.float(), std=std.float(),
+    vnet = posterior_net(ck, device, model)
+    mean, std, kl = posterior_moments(vnet)
+    post = VariationalPosterior(family=vnet.family, prior=vnet.prior, mean=mean, std=std,
                                 state=ck.extra["variational"], kl=kl)
-    return post, net, ck
+    return post, vnet.net, ck
+
+
+@torch.no_grad()
+def posterior_moments(vnet: VariationalNet, space: ParamSpace | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The posterior's means and standard deviations as flat float32 vectors
+    over ``space`` (default ``ParamSpace.of(vnet.net)``; std 0 for the point
+    estimates), and KL(q || prior) summed in float64 (float32 would round a
+    sum over every weight by ~1e-7 relative)."""
+    net = vnet.net
+    space = space or ParamSpace.of(net)
+    stds = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+    for name in vnet.names:
+        stds[name] = vnet.mean_and_var(name)[1].sqrt()
+    kl = float(copy.deepcopy(vnet).double().kl())
+    return space.flatten(net).float(), space.flatten(stds).float(), kl
 
 
 @dataclass

@@ -519,3 +519,34 @@ def test_two_rank_vi_with_hwa_trains_and_its_schemes_share_out(tmp_path, digits,
     for scheme in ("deterministic", "ensemble"):
         for k, v in one.summary[scheme].items():
             assert two[scheme][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (scheme, k)
+
+
+@pytest.mark.slow
+def test_two_rank_vi_connect_fits_a_curve_between_posteriors_and_curve_shares_it_out(tmp_path, digits, ends):
+    """`vi-connect` data parallel (each rank samples its own noise on its
+    slice, as `vi` does; rank 0 draws t): both ranks end with one curve,
+    rank 0 saves it, and the fit has already pulled its middle below the
+    line's. `curve` shares the posterior curve's networks out and equals one
+    process."""
+    for i, end in enumerate(ends):
+        done = torchrun("vi", "--from", end, "--family", "weight", "--epochs", 1, "--out", tmp_path / f"vi{i}")
+        assert done.returncode == 0, done.stderr[-4000:]
+    done = torchrun("vi-connect", "--start", tmp_path / "vi0" / "vi.pt", "--end", tmp_path / "vi1" / "vi.pt",
+                    "--epochs", 2, "--t-samples", 2, "--out", tmp_path / "curve")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("between two weight posteriors") == 1, done.stdout
+    assert done.stderr.count("vi-connect: data parallel on 2 processes (gloo), 64 samples per process and step") == 1
+    ckpt = torch.load(tmp_path / "curve" / "model.pt", weights_only=True)
+    assert ckpt["kind"] == "curve" and ckpt["meta"]["world_size"] == 2 and ckpt["variational"]["family"] == "weight"
+    summary = json.loads((tmp_path / "curve" / "summary.json").read_text())
+    assert summary["curve"]["mean_train_loss_at"][1] < summary["line"]["mean_train_loss_at"][1], summary
+    done = torchrun("curve", "--ckpt", tmp_path / "curve" / "model.pt", "--points", 3, "--samples", 2,
+                    "--points-per-pass", 1, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-4000:]
+    from curves.posterior import evaluate_posterior_curve
+
+    one = one_thread(lambda: evaluate_posterior_curve(tmp_path / "curve" / "model.pt", tmp_path / "one", points=3,
+                                                      samples=2, points_per_pass=1))
+    with np.load(tmp_path / "two" / "posterior-curve.npz") as two:
+        for key, value in one.arrays.items():
+            np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)

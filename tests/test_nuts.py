@@ -63,12 +63,23 @@ def run_chains(fn, chains, warmup, rounds, seed=0, start=None, max_depth=10, dim
 
 
 def check_moments(kept, mean, cov):
-    """Mean within 4 standard errors estimated from the per-chain means (independent chains), covariance 8%."""
+    """The mean and the covariance (about the true mean) of ``kept`` (rounds,
+    chains, d) each within 4 standard errors, estimated from the spread of the
+    chains' own estimates (the chains are independent), and the covariance
+    within 20 % besides. A fixed relative bound alone fails by chance for
+    some seeds: the wide target's variance from 2000 correlated draws has a
+    standard error near 4 %, and numpy does not promise the same draws
+    across versions."""
     per_chain = kept.mean(0)
-    se = per_chain.std(0, ddof=1) / math.sqrt(len(per_chain))
+    chains = len(per_chain)
+    se = per_chain.std(0, ddof=1) / math.sqrt(chains)
     flat = kept.reshape(-1, kept.shape[-1])
     assert np.all(np.abs(flat.mean(0) - mean) < 4 * se + 1e-12), (flat.mean(0), se)
-    assert np.cov(flat.T) == pytest.approx(cov, rel=0.08, abs=0.08)
+    dev = kept - mean
+    chain_cov = np.einsum("rci,rcj->cij", dev, dev) / kept.shape[0]  # (chains, d, d)
+    estimate, cov_se = chain_cov.mean(0), chain_cov.std(0, ddof=1) / math.sqrt(chains)
+    assert np.all(np.abs(estimate - cov) < 4 * cov_se + 1e-12), (estimate, cov_se)
+    assert estimate == pytest.approx(cov, rel=0.2, abs=0.08)
 
 
 def test_nuts_samples_a_correlated_gaussian_and_adapts_to_the_target_acceptance():

@@ -1,0 +1,71 @@
+"""Figure of a curve between two variational posteriors (``vi-connect``,
+evaluated by ``curve``): along t, the two terms of the negative ELBO per
+sample (the expected train NLL of the weight draws, and KL / N), the test
+error of the draws' ensemble and of the network of the means,
+the fitted curve beside the straight line. Drawn from
+``posterior-curve.npz`` and ``summary.json`` alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from landscape.checkpoint import read_result
+
+from .curve import CURVE_COLOR, LINE_COLOR
+from .style import new_figure, save_figure
+
+__all__ = ["draw_posterior_curve_figure"]
+
+RESULT = "posterior-curve.npz"  # curves.posterior.RESULT (plots does not import curves)
+
+
+def _paths(ax, t: np.ndarray, arrays: dict[str, np.ndarray], key: str, curve_label: str, *,
+           secondary: bool = False, band: str | None = None) -> None:
+    """``key`` along t for the line (dashed) and the curve (solid); a
+    ``secondary`` metric thin and dotted, unlabelled; ``band``: +-2 standard
+    errors shaded."""
+    for name, color, label, style in (("line", LINE_COLOR, "straight line", "--"),
+                                      ("curve", CURVE_COLOR, curve_label, "-")):
+        values = arrays[f"{name}_{key}"]
+        ax.plot(t, values, color=color, lw=1.2 if secondary else 2, ls=":" if secondary else style,
+                label=None if secondary else label)
+        if band is not None and np.isfinite(arrays[f"{name}_{band}"]).all():
+            se = arrays[f"{name}_{band}"]
+            ax.fill_between(t, values - 2 * se, values + 2 * se, color=color, alpha=0.15, lw=0)
+
+
+def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Draw ``posterior-curve.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
+    result_dir = Path(result_dir)
+    arrays, summary = read_result(result_dir, RESULT)
+    t = arrays["t"]
+    bends = summary.get("bends")
+    curve_label = f"{summary.get('curve_type', 'curve')} ({bends} bend{'s' if bends != 1 else ''})"
+    split = summary.get("eval_split", "test")
+    samples = summary.get("samples")
+    fig, (ax_elbo, ax_err, ax_kl) = new_figure(1, 3, width=14.0, height=3.8)
+    _paths(ax_elbo, t, arrays, "expected_train_nll", curve_label, band="expected_train_nll_se")
+    ax_elbo.set_ylabel(f"E_q train NLL ({samples} draws, ±2 s.e.)")
+    _paths(ax_err, t, arrays, "ensemble_test_error", curve_label)
+    _paths(ax_err, t, arrays, "mean_test_error", curve_label, secondary=True)
+    ax_err.set_ylabel(f"{split} error (%); dotted: the means")
+    _paths(ax_kl, t, arrays, "kl_per_sample", curve_label)
+    ax_kl.set_ylabel("KL(q || prior) / N")
+    c, l = summary["curve"], summary["line"]
+    ax_elbo.set_title(f"-ELBO / N = E_q NLL + KL / N; its barrier: curve {c['neg_elbo_barrier']:.3g}, "
+                      f"line {l['neg_elbo_barrier']:.3g}", fontsize=10)
+    ax_err.set_title(f"ensemble of {samples}, its barrier: curve {c['ensemble_test_error_barrier']:.2f}%, "
+                     f"line {l['ensemble_test_error_barrier']:.2f}%", fontsize=10)
+    ax_kl.set_title(f"{summary.get('family', '')} posteriors, {summary.get('prior', '')} prior", fontsize=10)
+    for ax, key in ((ax_elbo, "expected_train_nll"), (ax_err, "ensemble_test_error"), (ax_kl, "kl_per_sample")):
+        ends = [0, -1]
+        ax.scatter(t[ends], arrays[f"curve_{key}"][ends], s=50, color="black", zorder=5, label="endpoints")
+        ax.set_xlabel("t")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+    ax_elbo.legend(frameon=False, fontsize=9)
+    if summary.get("synthetic"):
+        fig.suptitle("synthetic data — benchmark only", color="gray")
+    return save_figure(fig, result_dir / "posterior-curve", formats)
