@@ -269,7 +269,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
                      amp=args.amp, model_kwargs=dict(args.model_kwargs))
     if args.model:
         overrides["model"] = args.model
-    if is_main() and any(_holds_posterior(p) for p in (args.start, args.end)):
+    if int(os.environ.get("RANK", "0")) == 0 and any(_holds_posterior(p) for p in (args.start, args.end)):
         print(f"note: {args.start} or {args.end} holds a variational posterior; connect joins the networks of its "
               f"means (to join the posteriors, means and variances, use 'landscape vi-connect')", file=sys.stderr)
     result = fit_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
@@ -340,26 +340,28 @@ def cmd_curve(args: argparse.Namespace) -> int:
         if value is not None:
             raise UserError(f"{flag} applies to a curve between variational posteriors (vi-connect); "
                             f"{args.ckpt} joins two networks")
-    result = evaluate_curve(args.ckpt, args.out, points=args.points or 61, **_stored_eval_kwargs(args))
+    points = args.points if args.points is not None else 61
+    result = evaluate_curve(args.ckpt, args.out, points=points, **_stored_eval_kwargs(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     s = result.summary
     split = s.get("eval_split", "test")
-    _print_paths(s, [("train-loss barrier", "train_loss_barrier", 4), ("max train loss", "train_loss_max", 4),
-                     (f"{split}-err barrier %", "test_error_barrier", 2), (f"max {split} err %", "test_error_max", 2),
-                     (f"ensemble {split} err %", "ensemble_test_error", 2)],
+    _print_paths(s, [("train-loss barrier", "train_loss_barrier", 4, 20), ("max train loss", "train_loss_max", 4, 16),
+                     (f"{split}-err barrier %", "test_error_barrier", 2, 20),
+                     (f"max {split} err %", "test_error_max", 2, 16),
+                     (f"ensemble {split} err %", "ensemble_test_error", 2, 20)],
                  "test_error", f"{split} error", "", draw_curve_figure(args.out, tuple(args.format)))
     return 0
 
 
-def _print_paths(s: dict[str, Any], columns: list[tuple[str, str, int]], ends_key: str, ends_label: str, tail: str,
-                 figures: list[Path]) -> None:
+def _print_paths(s: dict[str, Any], columns: list[tuple[str, str, int, int]], ends_key: str, ends_label: str,
+                 tail: str, figures: list[Path]) -> None:
     """A curve evaluation's table: one row per path (curve, line), its length
-    and ``columns`` (header, summary key, digits); the endpoints' ``ends_key``."""
-    print(f"{'path':<8}{'length':>9}" + "".join(f"{h:>{len(h) + 3}}" for h, _, _ in columns))
+    and ``columns`` (header, summary key, digits, width); the endpoints' ``ends_key``."""
+    print(f"{'path':<8}{'length':>9}" + "".join(f"{h:>{w}}" for h, _, _, w in columns))
     for name in ("curve", "line"):
         p = s[name]
-        print(f"{name:<8}{_cell(p['length'], 9, 3)}" + "".join(_cell(p[k], len(h) + 3, d) for h, k, d in columns))
+        print(f"{name:<8}{_cell(p['length'], 9, 3)}" + "".join(_cell(p[k], w, d) for _, k, d, w in columns))
     ends = s["curve"]["metrics"][ends_key]
     print(f"endpoints' {ends_label}: {ends['start']:.2f}% and {ends['end']:.2f}%{tail}"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
@@ -376,18 +378,20 @@ def _posterior_curve(args: argparse.Namespace) -> int:
     if kwargs.pop("wd") is not None:
         raise UserError("--wd does not apply to a curve between variational posteriors: their prior regularises "
                         "the weights, and the ELBO has no weight-decay term")
-    result = evaluate_posterior_curve(args.ckpt, args.out, points=args.points or 21, samples=args.samples or 10,
-                                      seed=args.seed or 0, **kwargs)
+    result = evaluate_posterior_curve(args.ckpt, args.out, points=args.points if args.points is not None else 21,
+                                      samples=args.samples if args.samples is not None else 10,
+                                      seed=args.seed if args.seed is not None else 0, **kwargs)
     if not is_main():
         return 0
     s = result.summary
     split = s.get("eval_split", "test")
     print(f"{s['family']} posteriors, {s['points']} points per path, {s['samples']} weight draws per point "
           f"(batch norm re-estimated for each)")
-    _print_paths(s, [("-ELBO/N barrier", "neg_elbo_barrier", 4), ("E_q NLL barrier", "expected_train_nll_barrier", 4),
-                     (f"means {split}-err barrier", "mean_test_error_barrier", 2),
-                     (f"ensemble {split}-err barrier", "ensemble_test_error_barrier", 2),
-                     ("ensemble NLL barrier", "ensemble_test_nll_barrier", 4)],
+    _print_paths(s, [("-ELBO/N barrier", "neg_elbo_barrier", 4, 17),
+                     ("E_q NLL barrier", "expected_train_nll_barrier", 4, 17),
+                     (f"means {split}-err barrier", "mean_test_error_barrier", 2, 24),
+                     (f"ensemble {split}-err barrier", "ensemble_test_error_barrier", 2, 27),
+                     ("ensemble NLL barrier", "ensemble_test_nll_barrier", 4, 22)],
                  "ensemble_test_error", f"ensemble {split} error", "; -ELBO/N in nats per training sample, untempered",
                  draw_posterior_curve_figure(args.out, tuple(args.format)))
     return 0

@@ -157,7 +157,8 @@ def connect_config(cls: type[ConnectConfig], start_ckpt: Checkpoint, end_ckpt: C
     return cfg, named is not None
 
 
-def restore_anchors(curve: Curve, ckpt: Checkpoint, space: ParamSpace, cfg: ConnectConfig) -> None:
+def restore_anchors(curve: Curve, ckpt: Checkpoint, space: ParamSpace, cfg: ConnectConfig,
+                    what: str = "network") -> None:
     """A resumed fit's control points from its ``last.pt``, after checking
     that each fixed end is still the endpoint file's weights: a file replaced
     since the run began would leave a curve that no longer ends at the
@@ -166,7 +167,7 @@ def restore_anchors(curve: Curve, ckpt: Checkpoint, space: ParamSpace, cfg: Conn
     now = curve.anchors().detach()
     for name, path, i, fixed in (("start", cfg.start, 0, not cfg.free_start), ("end", cfg.end, -1, not cfg.free_end)):
         if fixed and not torch.equal(stored[i].to(now.device, now.dtype), now[i]):
-            raise UserError(f"{path} is not the network this run's curve {name}s at (the file changed since "
+            raise UserError(f"{path} is not the {what} this run's curve {name}s at (the file changed since "
                             f"it began); start again with another --out")
     curve.load_anchors(stored)
 

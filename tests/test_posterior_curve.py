@@ -6,6 +6,7 @@ a variance network's frozen means, exact resume, and the command line."""
 
 import copy
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from landscape.checkpoint import load_checkpoint, read_jsonl
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points_sequential
 from landscape.train import train
-from landscape.variational import VariationalNet, evaluate_variational, load_variational, posterior_net, run_variational
+from landscape.variational import (VariationalNet, VariationalPosterior, evaluate_variational, load_variational,
+                                   posterior_moments, posterior_net, run_variational)
 from landscape.weights import ParamSpace
 
 
@@ -73,13 +75,14 @@ def fitted(posteriors, small_digits, tmp_path_factory):
     return out, result
 
 
-def test_the_ends_of_the_paths_are_the_posteriors_vi_eval_evaluates(fitted, posteriors, small_digits, tmp_path):
-    out, _ = fitted
-    ev = evaluate_posterior_curve(out / "model.pt", tmp_path / "ev", points=3, samples=3, seed=5, data=small_digits)
-    n = len(small_digits.y_train)
-    for i, which in ((0, 1), (-1, 2)):
-        ref = evaluate_variational(posteriors[which], samples=3, seed=5, data=small_digits)
-        post, _, _ = load_variational(posteriors[which])
+def assert_ends_are_vi_evals(ev, starts, data):
+    """Both paths of a posterior curve evaluation begin and end at the
+    posteriors ``starts`` (two files), with vi-eval's draws and metrics."""
+    n = len(data.y_train)
+    samples, seed = ev.summary["samples"], ev.summary["seed"]
+    for i, path_of in ((0, starts[0]), (-1, starts[1])):
+        ref = evaluate_variational(path_of, samples=samples, seed=seed, data=data)
+        post, _, _ = load_variational(path_of)
         for path in ("curve", "line"):  # both paths end at the posteriors: the same draws, the same metrics
             np.testing.assert_allclose(ev.arrays[f"{path}_sample_train_nll"][i], ref.arrays["sample_train_nll"],
                                        rtol=1e-5, atol=1e-7)
@@ -87,12 +90,31 @@ def test_the_ends_of_the_paths_are_the_posteriors_vi_eval_evaluates(fitted, post
             np.testing.assert_allclose(ev.arrays[f"{path}_mean_test_nll"][i], ref.summary["deterministic"]["test_nll"],
                                        rtol=1e-5)
             assert ev.arrays[f"{path}_kl_per_sample"][i] == pytest.approx(post.kl / n, rel=1e-9)
-            # the ensemble of the 3 draws, and the ELBO vi-eval reports
+            # the ensemble of the draws, and the ELBO vi-eval reports
             assert ev.arrays[f"{path}_ensemble_test_nll"][i] == pytest.approx(ref.arrays["bma_test_nll"][-1], rel=1e-5)
             assert -ev.arrays[f"{path}_neg_elbo"][i] == pytest.approx(ref.summary["elbo"]["elbo_per_sample"], rel=1e-6)
+
+
+def test_the_ends_of_the_paths_are_the_posteriors_vi_eval_evaluates(fitted, posteriors, small_digits, tmp_path):
+    out, _ = fitted
+    ev = evaluate_posterior_curve(out / "model.pt", tmp_path / "ev", points=3, samples=3, seed=5, data=small_digits)
+    assert_ends_are_vi_evals(ev, [posteriors[1], posteriors[2]], small_digits)
     s = ev.summary
     assert s["line"]["neg_elbo_barrier"] == pytest.approx(
         ev.arrays["line_neg_elbo"].max() - ev.arrays["line_neg_elbo"][[0, -1]].mean())
+
+
+@pytest.mark.parametrize("family", ["additive", "neuron", "layer", "variance"])
+def test_every_family_fits_and_its_ends_are_vi_evals(family, posteriors, small_digits, tmp_path):
+    for seed in (1, 2):
+        run_variational(out=tmp_path / f"v{seed}", data=small_digits,
+                        from_ckpt=str(posteriors[seed].parent.parent / f"net{seed}" / "model.pt"), family=family,
+                        epochs=1, progress=False)
+    starts = [tmp_path / "v1" / "vi.pt", tmp_path / "v2" / "vi.pt"]
+    fit_posterior_curve(*starts, tmp_path / "c", data=small_digits, epochs=1, progress=False)
+    ev = evaluate_posterior_curve(tmp_path / "c" / "model.pt", points=3, samples=2, seed=1, data=small_digits)
+    assert_ends_are_vi_evals(ev, starts, small_digits)
+    assert np.isfinite(ev.arrays["curve_neg_elbo"]).all()
 
 
 def test_the_line_midpoint_is_the_posterior_of_the_averaged_parameters(fitted, posteriors, small_digits, tmp_path):
@@ -105,11 +127,16 @@ def test_the_line_midpoint_is_the_posterior_of_the_averaged_parameters(fitted, p
             p.copy_((dict(a.named_parameters())[name] + q) / 2)
     n = len(small_digits.y_train)
     assert ev.arrays["line_kl_per_sample"][1] == pytest.approx(float(copy.deepcopy(mid).double().kl().detach()) / n, rel=1e-6)
-    # the network of the midpoint's means by the written-out sequential loop
-    space = ParamSpace.of(mid.net)
-    ref = evaluate_points_sequential(mid.net, space.flatten(mid.net)[None], [[1.0]], small_digits)
+    # the network of the midpoint's means and its two draws, by the written-out sequential loop
+    mean, std, _ = posterior_moments(mid)
+    draws = VariationalPosterior(mid.family, mid.prior, mean, std, {}).sample(2, seed=0)
+    ref = evaluate_points_sequential(mid.net, torch.cat([mean[None], draws]), np.eye(3), small_digits)
     assert ev.arrays["line_mean_test_nll"][1] == pytest.approx(ref["test_nll"][0], rel=1e-4)
     assert ev.arrays["line_mean_train_error"][1] == pytest.approx(ref["train_error"][0])
+    np.testing.assert_allclose(ev.arrays["line_sample_train_nll"][1], ref["train_nll"][1:], rtol=1e-4)
+    np.testing.assert_allclose(ev.arrays["line_sample_test_error"][1], ref["test_error"][1:])
+    assert ev.arrays["line_neg_elbo"][1] == pytest.approx(ref["train_nll"][1:].mean() + ev.arrays[
+        "line_kl_per_sample"][1], rel=1e-5)
 
 
 def test_a_fitted_curve_has_a_lower_barrier_than_the_line(fitted, small_digits, tmp_path):
@@ -161,6 +188,16 @@ def test_a_resumed_fit_gives_identical_anchors(posteriors, small_digits, tmp_pat
     assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in full.metrics]
     with pytest.raises(UserError, match="started with"):  # another temperature is another run
         fit_posterior_curve(posteriors[1], posteriors[2], tmp_path / "cut", resume=True, temperature=0.5, **kw)
+    # a posterior replaced since the run began, here in its variances alone, is not resumed from
+    end = tmp_path / "b.pt"
+    shutil.copy(posteriors[2], end)
+    with pytest.raises(_Interrupt):
+        fit_posterior_curve(posteriors[1], end, tmp_path / "cut2", on_epoch_end=stop, **kw)
+    ck = torch.load(end, weights_only=True)
+    ck["variational"]["scales"] = {k: v + 0.5 for k, v in ck["variational"]["scales"].items()}
+    torch.save(ck, end)
+    with pytest.raises(UserError, match="is not the posterior this run's curve ends at"):
+        fit_posterior_curve(posteriors[1], end, tmp_path / "cut2", resume=True, **kw)
 
 
 def test_posterior_curves_from_the_command_line_and_their_bad_input(fitted, posteriors, tmp_path, capsys):
@@ -193,10 +230,16 @@ def test_posterior_curves_from_the_command_line_and_their_bad_input(fitted, post
     assert "--wd does not apply" in refused("curve", "--ckpt", out / "model.pt", "--out", tmp_path / "wd", "--wd",
                                             1e-4)
     assert "-1" in refused("curve", "--ckpt", out / "model.pt", "--out", tmp_path / "s", "--samples", -1)
+    assert "--samples must be at least 1, got 0" in refused("curve", "--ckpt", out / "model.pt", "--out",
+                                                            tmp_path / "s0", "--samples", 0)
+    assert "--points must be at least 2, got 0" in refused("curve", "--ckpt", out / "model.pt", "--out",
+                                                           tmp_path / "p0", "--points", 0)
     # connect takes the posteriors' means, and says so
     code, o, e = run("connect", "--start", posteriors[1], "--end", posteriors[2], "--out", tmp_path / "means",
                      "--epochs", 1, "--quiet")
     assert code == 0 and "landscape vi-connect" in e
     assert "applies to a curve between variational posteriors" in refused(
         "curve", "--ckpt", tmp_path / "means" / "model.pt", "--out", tmp_path / "m", "--samples", 3)
+    assert "--points must be at least 2, got 0" in refused("curve", "--ckpt", tmp_path / "means" / "model.pt",
+                                                           "--out", tmp_path / "m0", "--points", 0)
     assert not math.isnan(float(np.load(tmp_path / "ev" / "posterior-curve.npz")["curve_neg_elbo"][0]))
