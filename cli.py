@@ -1733,19 +1733,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     watching = threading.current_thread() is threading.main_thread()  # handlers can be set there only
     previous = signal.signal(signal.SIGTERM, _terminated) if watching else None
     try:
-        return _run_command(args)
-    except BaseException:
-        # An unexpected error (a bug, a failing user model) may be this rank's alone: waiting at the
-        # final barrier while the others sit in another collective would hang the job without a word.
-        # Its traceback is printed and the rank exits; torchrun then stops the others.
-        args.failed_alone = True
-        raise
-    finally:
         try:
-            _leave_process_group(wait=not args.failed_alone)
+            return _run_command(args)
+        except BaseException:
+            # An unexpected error (a bug, a failing user model) may be this rank's alone: waiting at the
+            # final barrier while the others sit in another collective would hang the job without a word.
+            # Its traceback is printed and the rank exits; torchrun then stops the others.
+            args.failed_alone = True
+            raise
         finally:
-            if watching and previous is not None:  # None: a handler set outside Python, which cannot be put back
-                signal.signal(signal.SIGTERM, previous)
+            _leave_process_group(wait=not args.failed_alone)
+    except KeyboardInterrupt as stop:  # _run_command reports its own: this one came while leaving the group
+        word, status = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        print(f"{PROG}: {word} while waiting for the other processes to finish; files written so far are kept",
+              file=sys.stderr)
+        return status
+    finally:
+        if watching and previous is not None:  # None: a handler set outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _leave_process_group(wait: bool = True) -> None:

@@ -170,6 +170,23 @@ def test_sigterm_keeps_the_run_says_so_in_one_line_and_resumes(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
 
 
+@pytest.mark.parametrize("stop, status, word", [(cli.Terminated, 143, "terminated"), (KeyboardInterrupt, 130,
+                                                                                       "interrupted")])
+def test_a_signal_while_leaving_the_process_group_is_one_line(monkeypatch, capsys, stop, status, word):
+    """Under torchrun a rank that finished waits for the others at a final
+    barrier; a SIGTERM or Ctrl-C there is one line and the signal's status,
+    not a traceback (the command's own work is done and written)."""
+    def interrupted(wait=True):
+        raise stop
+
+    monkeypatch.setattr(cli, "_leave_process_group", interrupted)
+    code = cli.main(["models"])
+    out, err = capsys.readouterr()
+    assert code == status and "convnet" in out
+    assert _one_line_error(err) == (f"landscape: {word} while waiting for the other processes to finish; files "
+                                    f"written so far are kept")
+
+
 @pytest.fixture(scope="module")
 def endpoints(tmp_path_factory):
     """Two short digits endpoints trained through the CLI."""
