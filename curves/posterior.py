@@ -48,7 +48,7 @@ from torch.func import functional_call
 from landscape.bn import reestimate_bn
 from landscape.checkpoint import (Checkpoint, load_checkpoint, load_model, read_json, read_jsonl, save_checkpoint)
 from landscape.data import Dataset
-from landscape.device import resolve_device, seed_everything
+from landscape.device import check_fits, resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
 from landscape.geometry import line_coefficients
@@ -369,6 +369,14 @@ def evaluate_posterior_curve(
     loaded = curve if isinstance(curve, LoadedCurve) else load_posterior_curve(curve, device, model)
     data, _ = stored_data(loaded.meta, loaded.spec, loaded.path or "the curve", data_overrides, device, data, 0.0)
     vnet, crv = loaded.model.to(device), loaded.curve.to(device)
+    net_space = ParamSpace.of(vnet.net)
+    networks = 2 * points * (1 + samples)
+    check_fits(4.0 * networks * net_space.numel,
+               f"--points {points} x --samples {samples} (every network's weights: 2 x points x (1 + samples) x "
+               f"parameters floats)", device)
+    check_fits(4.0 * networks * len(data.y_test) * data.num_classes,
+               f"--points {points} x --samples {samples} (every network's test-set probabilities, kept for the "
+               f"ensembles)", "cpu")
     options = {"points": points, "samples": samples, "seed": seed, "batch_size": batch_size,
                "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}
     request = request_key([crv.anchors().detach()], {"kind": "posterior-curve", **options})
@@ -377,10 +385,9 @@ def evaluate_posterior_curve(
         arrays, summary = finished
         return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)
 
-    t = torch.linspace(0, 1, points, dtype=torch.float64, device=device)
     probe = copy.deepcopy(vnet)
     space = ParamSpace.of(probe)
-    net_space = ParamSpace.of(probe.net)
+    t = torch.linspace(0, 1, points, dtype=torch.float64, device=device)
     gen = torch.Generator().manual_seed(seed)  # row by row, as VariationalPosterior.sample draws them
     noise = torch.stack([torch.randn(net_space.numel, generator=gen) for _ in range(samples)]).to(device)
     with torch.no_grad():

@@ -50,7 +50,7 @@ from landscape.checkpoint import (
     write_npz,
 )
 from landscape.data import Dataset
-from landscape.device import resolve_device
+from landscape.device import check_fits, resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
@@ -330,6 +330,8 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
     out = Path(out) if out is not None else None
     pts, spec = _load_modes([base], cfg, named)  # before the folder is claimed: a refusal leaves nothing
     _check_init(cfg, pts.vectors)
+    check_fits(4.0 * vertices * pts.vectors[0].numel(), f"--vertices {vertices} (the vertices, vertices x parameters "
+               f"floats)", pts.vectors[0].device)
     _claim(out, {"kind": "simplex", "base": str(base), "vertices": vertices}, resume)
     template, data = pts.model, pts.data
     anchors = [pts.vectors[0]]
@@ -357,6 +359,8 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     pts, spec = _load_modes(modes, cfg, named)  # before the folder is claimed: a refusal leaves nothing
     refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
     _check_init(cfg, pts.vectors)
+    check_fits(4.0 * (len(modes) + connectors) * pts.vectors[0].numel(), f"--connectors {connectors} (the modes and "
+               f"connectors, vertices x parameters floats)", pts.vectors[0].device)
     _claim(out, {"kind": "complex", "modes": [str(p) for p in modes], "connectors": connectors}, resume)
     template, data = pts.model, pts.data
     m = len(modes)

@@ -234,6 +234,10 @@ def test_posterior_curves_from_the_command_line_and_their_bad_input(fitted, post
                                                             tmp_path / "s0", "--samples", 0)
     assert "--points must be at least 2, got 0" in refused("curve", "--ckpt", out / "model.pt", "--out",
                                                            tmp_path / "p0", "--points", 0)
+    huge = refused("curve", "--ckpt", out / "model.pt", "--out", tmp_path / "huge", "--points", 10 ** 6,
+                   "--samples", 10 ** 4)
+    assert huge.startswith("landscape: error: --points 1000000 x --samples 10000 (every network's weights") and \
+        "GiB, more than the" in huge and not (tmp_path / "huge").exists()
     # connect takes the posteriors' means, and says so
     code, o, e = run("connect", "--start", posteriors[1], "--end", posteriors[2], "--out", tmp_path / "means",
                      "--epochs", 1, "--quiet")
@@ -242,4 +246,8 @@ def test_posterior_curves_from_the_command_line_and_their_bad_input(fitted, post
         "curve", "--ckpt", tmp_path / "means" / "model.pt", "--out", tmp_path / "m", "--samples", 3)
     assert "--points must be at least 2, got 0" in refused("curve", "--ckpt", tmp_path / "means" / "model.pt",
                                                            "--out", tmp_path / "m0", "--points", 0)
+    huge = refused("curve", "--ckpt", tmp_path / "means" / "model.pt", "--out", tmp_path / "mhuge", "--points",
+                   10 ** 9)  # sized before any work, not when the probabilities outgrow the memory
+    assert huge.startswith("landscape: error: --points 1000000000 (the test-set probabilities of every point") and \
+        "GiB, more than the" in huge and not (tmp_path / "mhuge").exists()
     assert not math.isnan(float(np.load(tmp_path / "ev" / "posterior-curve.npz")["curve_neg_elbo"][0]))

@@ -197,6 +197,20 @@ def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, c
         err = capsys.readouterr().err
         assert code == 2 and err.strip() == f"landscape: error: {msg}", err
         assert not (tmp_path / "s").exists()
+    # a count that could never fit is refused before the first vertex trains, not when memory runs out
+    for argv, flag in ((["--vertices", str(10 ** 9)], "--vertices 1000000000"),
+                       (["--modes", str(ckpt), str(tmp_path / "other.pt"), "--connectors", str(10 ** 9)],
+                        "--connectors 1000000000")):
+        if "--modes" in argv:
+            torch.manual_seed(1)
+            save_checkpoint(tmp_path / "other.pt", create_model("convnet", num_classes=10, input_shape=(1, 8, 8),
+                                                                width=4).state_dict(), spec)
+            code = cli.main(["simplex", *argv, "--out", str(tmp_path / "s"), "--quiet"])
+        else:
+            code = cli.main(["simplex", "--base", str(ckpt), "--out", str(tmp_path / "s"), "--quiet", *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith(f"landscape: error: {flag} (the ") and "GiB, more than the" in err, err
+        assert "\n" not in err and not (tmp_path / "s").exists()
     # ESPRO claimed its folder (config.json) before its settings were checked
     code = cli.main(["simplex", "--base", str(ckpt), str(ckpt), "--lam", "-1", "--out", str(tmp_path / "e"), "--quiet"])
     assert code == 2 and capsys.readouterr().err.strip() == "landscape: error: --lam must be a finite number >= 0, got -1.0"
