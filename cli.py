@@ -1142,7 +1142,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from landscape.swag import evaluate_swag
     from landscape.train import TrainConfig, load_data, train
     from landscape.variational import evaluate_variational, run_variational
+    from curves.posterior import evaluate_posterior_curve, fit_posterior_curve
     from plots.curve import draw_curve_figure
+    from plots.posterior import draw_posterior_curve_figure
     from plots.plane import draw_plane_figures
     from plots.rays import draw_rays_figures
     from plots.subspace import draw_subspace_figure
@@ -1239,6 +1241,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         schemes[name] = evaluate_variational(out / "vi" / f"{name}.pt", folder, samples=30, data=data,
                                              device=str(device), resume=again(folder, "variational.npz")).summary
         figures += draw_variational_figure(folder)
+    bnn_points = min(args.points, 21)
+    step(f"variational dropout from endpoint b (as from a), and a Bezier curve between the two posteriors, "
+         f"{cfg.epochs} epochs: the expected train NLL and the ensemble of 5 draws along it and the line, "
+         f"{bnn_points} points")
+    run_variational(None, out / "vi-b", from_ckpt=str(b), family="weight", epochs=cfg.epochs,
+                    hwa_start=cfg.epochs - last, cycle=2 if last >= 2 else 1,
+                    data=data, device=str(device), resume=again(out / "vi-b"), progress=quiet)
+    fit_posterior_curve(out / "vi" / "vi.pt", out / "vi-b" / "vi.pt", out / "vi-bezier", data=data, epochs=cfg.epochs,
+                        device=str(device), resume=again(out / "vi-bezier"), progress=quiet)
+    folder = out / "vi-bezier-eval"
+    bnn = evaluate_posterior_curve(out / "vi-bezier" / "model.pt", folder, points=bnn_points, samples=5, data=data,
+                                   device=str(device), resume=again(folder, "posterior-curve.npz")).summary
+    figures += draw_posterior_curve_figure(folder)
     step("done")
 
     print()
@@ -1250,6 +1265,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{name:<26}{_cell(p['train_loss_barrier'], 20, 4)}{_cell(p['test_error_barrier'], 18, 2)}"
               f"{_cell(p['test_error_max'], 16, 2)}"
               f"{_cell(p['length'], 9, 2)}")
+    for name, key in (("VD posteriors, line", "line"), ("VD posteriors, Bezier", "curve")):
+        p = bnn[key]
+        print(f"{name:<26}{_cell(p['expected_train_nll_barrier'], 20, 4)}{_cell(p['ensemble_test_error_barrier'], 18, 2)}"
+              f"{_cell(p['ensemble_test_error_max'], 16, 2)}{_cell(p['length'], 9, 2)}")
+    print("(VD posteriors: between the variational-dropout posteriors of a and b; the expected train NLL of 5 weight "
+          "draws, their ensemble's test error)")
     print()
     widths = {c["label"]: c for c in width["centers"]}
 

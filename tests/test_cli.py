@@ -378,10 +378,12 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     assert code == 0, err
     for needle in ("straight line", "Bezier curve, 1 bend", "polygonal chain, 1 bend", "SWA (from a)",
                    "SGD (continued from a)", "FGE ensemble (4)", "SWAG average (30)", "ESS, SWAG PCA plane (30)",
-                   "ESS, curve plane (30)", "VD last, deterministic", "VD HWA avg, ensemble (30)", "median width"):
+                   "ESS, curve plane (30)", "VD last, deterministic", "VD HWA avg, ensemble (30)", "median width",
+                   "VD posteriors, line", "VD posteriors, Bezier"):
         assert needle in out, needle
     figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
-    assert len(figures) == 19 and all(Path(f).exists() for f in figures)
+    assert len(figures) == 20 and all(Path(f).exists() for f in figures)
+    assert str(tmp_path / "demo" / "vi-bezier-eval" / "posterior-curve.png") in figures
     assert str(tmp_path / "demo" / "swa" / "swa.png") in figures  # SWA against SGD over its 10 epochs
     for name in ("around-swa", "around-sgd", "trajectory"):  # Li et al.'s planes
         assert str(tmp_path / "demo" / name / "plane_train_loss.png") in figures, name
