@@ -1364,7 +1364,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trajectory", type=Path, nargs="+", metavar="RUN",
                    help="a training run's folder (its checkpoint-NNN.pt from --save-every, then model.pt) or "
                         "checkpoints in training order: the plane of the trajectory's first two principal "
-                        "directions around its end, the trajectory drawn in (Li et al. 2018)")
+                        "directions around its end, the trajectory drawn in (Li et al. 2018). Several folders "
+                        "(and files) are one trajectory in the order given, e.g. a run and its continuation "
+                        "('swa --from') in another folder")
     g.add_argument("--ignore", default=None, choices=["biasbn"],
                    help="with --trajectory: leave biases and batch-norm parameters out of the PCA (Li et al.'s "
                         "--ignore biasbn)")
