@@ -1781,6 +1781,8 @@ def _leave_process_group(wait: bool = True) -> None:
     exits with it open can be aborted by gloo). A rank that failed on its own
     (a full disk, out of memory) does not wait: the others may be blocked in
     a collective it will never join, and its exit makes torchrun stop them."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -1788,6 +1790,11 @@ def _leave_process_group(wait: bool = True) -> None:
             if wait:
                 dist.barrier()
         finally:
+            # Objects that still hold the group (a DistributedDataParallel wrapper in a reference cycle
+            # of a task's closures) are freed now, while the interpreter is whole: freed during its
+            # teardown, gloo's threads were seen to abort the process ("terminate called without an
+            # active exception") after its work was done.
+            gc.collect()
             dist.destroy_process_group()
 
 
