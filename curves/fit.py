@@ -157,6 +157,37 @@ def connect_config(cls: type[ConnectConfig], start_ckpt: Checkpoint, end_ckpt: C
     return cfg, named is not None
 
 
+def start_curve(cfg: ConnectConfig, space: ParamSpace, ends: Sequence[torch.Tensor], ckpts: Sequence[Checkpoint],
+                point: str, what: str, device: torch.device) -> Curve:
+    """The curve a fit starts from, between the flat ``ends`` read from
+    ``ckpts`` (infinite values and two equal ends refused, naming the
+    files), on ``device``."""
+    for v, ck in zip(ends, ckpts):
+        refuse_infinite(v, ck.path)
+    refuse_same_weights(ends, [cfg.start, cfg.end], f"a curve between them would join a {point} to itself; give two "
+                                                    f"different {what}")
+    curve = create_curve(cfg.curve, space, ends[0], ends[1], bends=cfg.bends,
+                         fix_start=not cfg.free_start, fix_end=not cfg.free_end)
+    return curve.to(device)
+
+
+def draw_t(k: int, device: torch.device) -> torch.Tensor:
+    """K values of t ~ U(0, 1) for a minibatch; under torchrun rank 0's, so
+    every rank fits the same points on its slice of the batch."""
+    t = torch.rand(k, device=device, dtype=torch.float64)
+    if rank_and_world()[1] > 1:
+        dist.broadcast(t, src=0)
+    return t
+
+
+def path_objective(cfg: ConnectConfig, curve: Curve, t: torch.Tensor, per_t: torch.Tensor) -> torch.Tensor:
+    """The minibatch's objective from the loss at each sampled t: their mean
+    (uniform), or weighted by the speed over the length (arclength)."""
+    if cfg.objective == "arclength":
+        return (per_t * curve.speed(t)).mean() / curve.length()
+    return per_t.mean()
+
+
 def restore_anchors(curve: Curve, ckpt: Checkpoint, space: ParamSpace, cfg: ConnectConfig,
                     what: str = "network") -> None:
     """A resumed fit's control points from its ``last.pt``, after checking
@@ -212,33 +243,22 @@ def fit_curve(
     template, spec = _endpoint_model(start_ckpt, end_ckpt, cfg, data, user_named=user_named)
     space = ParamSpace.of(template)
     seed_everything(cfg.seed)
-    ends = [space.flatten(ck.state_dict, source=str(ck.path)) for ck in (start_ckpt, end_ckpt)]
-    for v, ck in zip(ends, (start_ckpt, end_ckpt)):
-        refuse_infinite(v, ck.path)
     # the weights: batch-norm buffers alone make no second point
-    refuse_same_weights(ends, [start, end], "a curve between them would join a point to itself; give two different "
-                                            "endpoints")
-    curve = create_curve(cfg.curve, space, ends[0], ends[1], bends=cfg.bends,
-                         fix_start=not cfg.free_start, fix_end=not cfg.free_end)
+    ends = [space.flatten(ck.state_dict, source=str(ck.path)) for ck in (start_ckpt, end_ckpt)]
+    curve = start_curve(cfg, space, ends, [start_ckpt, end_ckpt], "point", "endpoints", device)
     template.to(device)
-    curve.to(device)
     buffers = {n: b.detach() for n, b in template.named_buffers()}
     k = cfg.t_samples
-    world = rank_and_world()[1]
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         template.train()
-        t = torch.rand(k, device=device, dtype=torch.float64)
-        if world > 1:
-            dist.broadcast(t, src=0)  # every rank fits the same points on its slice of the batch
+        t = draw_t(k, device)
         points = curve.points(t)  # (K, P)
         batched = {n: b.unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in buffers.items()}
         logits = forward_points(template, space.unflatten(points), batched, x)  # (K, B, classes)
         nll = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(k), reduction="none").view(k, -1).mean(dim=1)
         per_t = nll + 0.5 * cfg.wd * points.pow(2).sum(dim=1)  # (K,)
-        if cfg.objective == "arclength":
-            return (per_t * curve.speed(t)).mean() / curve.length(), logits
-        return per_t.mean(), logits
+        return path_objective(cfg, curve, t, per_t), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
         extra["meta"] = dict(extra["meta"], start=str(start), end=str(end))

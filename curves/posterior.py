@@ -41,7 +41,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.func import functional_call
 
@@ -52,9 +51,9 @@ from landscape.device import check_fits, resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
 from landscape.geometry import line_coefficients
-from landscape.inputs import note_split_leak, own_network, refuse_infinite, refuse_same_weights, stored_data
+from landscape.inputs import note_split_leak, own_network, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
-from landscape.sweep import STORE, begin_result, finish_result, process_device, rank_and_world, request_key, run_sweep
+from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from landscape.train import Task, _say, load_data, prepare_run, run_training
 from landscape.variational import FAMILIES, PRIORS, VariationalNet, posterior_moments, posterior_net
 from landscape.weights import ParamSpace
@@ -62,7 +61,7 @@ from landscape.weights import ParamSpace
 from .base import Curve, create_curve
 from .evaluate import CurveEvaluation
 from .fit import (ConnectConfig, CurveResult, LoadedCurve, MIDPOINT_BN_BATCHES, _endpoint_model, connect_config,
-                  is_posterior_curve, restore_anchors, stored_anchors)
+                  draw_t, is_posterior_curve, path_objective, restore_anchors, start_curve, stored_anchors)
 
 __all__ = ["PosteriorConnectConfig", "fit_posterior_curve", "load_posterior_curve", "evaluate_posterior_curve",
            "RESULT"]
@@ -169,23 +168,15 @@ def fit_posterior_curve(
     space = ParamSpace.of(template)
     seed_everything(cfg.seed)
     ends = [space.flatten(v, source=str(ck.path)).cpu() for v, ck in zip(posteriors, ckpts)]
-    for v, ck in zip(ends, ckpts):
-        refuse_infinite(v, ck.path)
-    refuse_same_weights(ends, [start, end], "a curve between them would join a posterior to itself; give two "
-                                            "different posteriors")
+    curve = start_curve(cfg, space, ends, ckpts, "posterior", "posteriors", device)
     held = _held(template)
-    curve = create_curve(cfg.curve, space, ends[0], ends[1], bends=cfg.bends,
-                         fix_start=not cfg.free_start, fix_end=not cfg.free_end)
     template.to(device)
-    curve.to(device)
     held = held.to(device) if held is not None else None
-    n_train, k, world = len(data.y_train), cfg.t_samples, rank_and_world()[1]
+    n_train, k = len(data.y_train), cfg.t_samples
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         template.train()
-        t = torch.rand(k, device=device, dtype=torch.float64)
-        if world > 1:
-            dist.broadcast(t, src=0)
+        t = draw_t(k, device)
         points = curve.points(t)  # (K, P)
         if held is not None:  # a variance network's means stay zero along the curve, as in training
             points = torch.where(held, points.detach(), points)
@@ -195,10 +186,7 @@ def fit_posterior_curve(
         logits = torch.stack([logit for logit, _ in terms])  # (K, B, classes)
         kl = torch.stack([d for _, d in terms]).float()
         nll = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(k), reduction="none").view(k, -1).mean(dim=1)
-        per_t = nll + cfg.temperature * kl / n_train
-        if cfg.objective == "arclength":
-            return (per_t * curve.speed(t)).mean() / curve.length(), logits
-        return per_t.mean(), logits
+        return path_objective(cfg, curve, t, nll + cfg.temperature * kl / n_train), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
         extra["meta"] = dict(extra["meta"], start=str(start), end=str(end))
