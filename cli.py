@@ -269,9 +269,6 @@ def cmd_connect(args: argparse.Namespace) -> int:
                      amp=args.amp, model_kwargs=dict(args.model_kwargs))
     if args.model:
         overrides["model"] = args.model
-    if int(os.environ.get("RANK", "0")) == 0 and any(_holds_posterior(p) for p in (args.start, args.end)):
-        print(f"note: {args.start} or {args.end} holds a variational posterior; connect joins the networks of its "
-              f"means (to join the posteriors, means and variances, use 'landscape vi-connect')", file=sys.stderr)
     result = fit_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
                        **overrides)
     if not is_main():  # under torchrun, rank 0 reports
@@ -284,16 +281,6 @@ def cmd_connect(args: argparse.Namespace) -> int:
           f"  line train loss {l['train_loss_at'][1]:.4f}, {split} error {l['test_error_at'][1]:.2f}%")
     print(f"checkpoint: {args.out / 'model.pt'}   (evaluate it with: landscape curve --ckpt {args.out / 'model.pt'} --out DIR)")
     return 0
-
-
-def _holds_posterior(path: Path) -> bool:
-    """Whether ``path`` is a checkpoint of ``landscape vi`` (unreadable files are left to the command to report)."""
-    from landscape.checkpoint import load_checkpoint
-
-    try:
-        return load_checkpoint(path).kind == "variational"
-    except (UserError, OSError):
-        return False
 
 
 def cmd_vi_connect(args: argparse.Namespace) -> int:
@@ -334,14 +321,15 @@ def cmd_curve(args: argparse.Namespace) -> int:
     from landscape.sweep import is_main
     from plots.curve import draw_curve_figure
 
-    if is_posterior_curve(load_checkpoint(args.ckpt)):
-        return _posterior_curve(args)
+    ck = load_checkpoint(args.ckpt)  # read once: the evaluations take it as read
+    if is_posterior_curve(ck):
+        return _posterior_curve(args, ck)
     for flag, value in (("--samples", args.samples), ("--seed", args.seed)):
         if value is not None:
             raise UserError(f"{flag} applies to a curve between variational posteriors (vi-connect); "
                             f"{args.ckpt} joins two networks")
     points = args.points if args.points is not None else 61
-    result = evaluate_curve(args.ckpt, args.out, points=points, **_stored_eval_kwargs(args))
+    result = evaluate_curve(ck, args.out, points=points, **_stored_eval_kwargs(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     s = result.summary
@@ -369,7 +357,7 @@ def _print_paths(s: dict[str, Any], columns: list[tuple[str, str, int, int]], en
         print(f"figure: {f}")
 
 
-def _posterior_curve(args: argparse.Namespace) -> int:
+def _posterior_curve(args: argparse.Namespace, ck) -> int:
     from curves.posterior import evaluate_posterior_curve
     from landscape.sweep import is_main
     from plots.posterior import draw_posterior_curve_figure
@@ -378,7 +366,7 @@ def _posterior_curve(args: argparse.Namespace) -> int:
     if kwargs.pop("wd") is not None:
         raise UserError("--wd does not apply to a curve between variational posteriors: their prior regularises "
                         "the weights, and the ELBO has no weight-decay term")
-    result = evaluate_posterior_curve(args.ckpt, args.out, points=args.points if args.points is not None else 21,
+    result = evaluate_posterior_curve(ck, args.out, points=args.points if args.points is not None else 21,
                                       samples=args.samples if args.samples is not None else 10,
                                       seed=args.seed if args.seed is not None else 0, **kwargs)
     if not is_main():

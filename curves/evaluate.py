@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
 from landscape.device import check_fits
 from landscape.errors import UserError
@@ -36,7 +37,7 @@ class CurveEvaluation:
 
 
 def evaluate_curve(
-    curve: str | Path | LoadedCurve,
+    curve: str | Path | Checkpoint | LoadedCurve,
     out: str | Path | None = None,
     *,
     points: int = 61,

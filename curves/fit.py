@@ -61,7 +61,7 @@ from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, named
                               require_architecture)
 from landscape.models import check_spec_fits, from_spec, model_spec
 from landscape.sweep import process_device, rank_and_world
-from landscape.train import Task, TrainConfig, load_data, prepare_run, run_training
+from landscape.train import Task, TrainConfig, _say, load_data, prepare_run, run_training
 from landscape.weights import ParamSpace
 
 from .base import CURVES, Curve, create_curve
@@ -228,6 +228,9 @@ def fit_curve(
     start_ckpt, end_ckpt = require_network(load_checkpoint(start)), require_network(load_checkpoint(end))
     cfg, user_named = connect_config(ConnectConfig, start_ckpt, end_ckpt, start, end, config, overrides)
     device = process_device(cfg.device)  # under torchrun: joins the process group
+    if any(ck.kind == "variational" for ck in (start_ckpt, end_ckpt)):
+        _say(f"note: {start} or {end} holds a variational posterior; connect joins the networks of its means (to "
+             f"join the posteriors, means and variances, use 'landscape vi-connect')")
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "connect")
     if start_epoch == -1:

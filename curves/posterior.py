@@ -315,7 +315,7 @@ def load_posterior_curve(path: str | Path | Checkpoint, device: str | torch.devi
 
 # ---------------------------------------------------------------------------- evaluation
 def evaluate_posterior_curve(
-    curve: str | Path | LoadedCurve,
+    curve: str | Path | Checkpoint | LoadedCurve,
     out: str | Path | None = None,
     *,
     points: int = 21,
