@@ -258,17 +258,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curve_fit_overrides(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The settings ``connect`` and ``vi-connect`` share (:func:`add_curve_fit_args`, data, model,
+    optimisation, run), and ``extra``, as the fits take them."""
+    overrides = dict(_data_overrides(args), curve=args.curve, bends=args.bends, free_start=args.free_start,
+                     free_end=args.free_end, objective=args.objective, t_samples=args.t_samples,
+                     epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.batch_size,
+                     schedule=args.schedule, seed=args.seed, save_every=args.save_every, device=args.device,
+                     amp=args.amp, model_kwargs=dict(args.model_kwargs), **extra)
+    if args.model:
+        overrides["model"] = args.model
+    return overrides
+
+
 def cmd_connect(args: argparse.Namespace) -> int:
     from curves.fit import fit_curve
     from landscape.sweep import is_main
 
-    overrides = dict(_data_overrides(args), curve=args.curve, bends=args.bends, free_start=args.free_start,
-                     free_end=args.free_end, objective=args.objective, t_samples=args.t_samples,
-                     epochs=args.epochs, lr=args.lr, momentum=args.momentum, wd=args.wd, batch_size=args.batch_size,
-                     schedule=args.schedule, seed=args.seed, save_every=args.save_every, device=args.device,
-                     amp=args.amp, model_kwargs=dict(args.model_kwargs))
-    if args.model:
-        overrides["model"] = args.model
+    overrides = _curve_fit_overrides(args, wd=args.wd)
     result = fit_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
                        **overrides)
     if not is_main():  # under torchrun, rank 0 reports
@@ -287,14 +294,7 @@ def cmd_vi_connect(args: argparse.Namespace) -> int:
     from curves.posterior import fit_posterior_curve
     from landscape.sweep import is_main
 
-    overrides = dict(_data_overrides(args), curve=args.curve, bends=args.bends, free_start=args.free_start,
-                     free_end=args.free_end, objective=args.objective, t_samples=args.t_samples,
-                     temperature=args.temperature, optimizer=args.optimizer, epochs=args.epochs, lr=args.lr,
-                     momentum=args.momentum, batch_size=args.batch_size, schedule=args.schedule, seed=args.seed,
-                     save_every=args.save_every, device=args.device, amp=args.amp,
-                     model_kwargs=dict(args.model_kwargs))
-    if args.model:
-        overrides["model"] = args.model
+    overrides = _curve_fit_overrides(args, temperature=args.temperature, optimizer=args.optimizer)
     result = fit_posterior_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args),
                                  argv=sys.argv, **overrides)
     if not is_main():  # under torchrun, rank 0 reports

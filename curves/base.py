@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from landscape.errors import UserError
+from landscape.geometry import line_coefficients
 from landscape.weights import ParamSpace
 
 __all__ = ["Curve", "CURVES", "register_curve", "create_curve"]
@@ -81,6 +82,13 @@ class Curve(nn.Module):
     def coefficients(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (K,) in [0, 1] -> coefficients (K, A), each row summing to one."""
         raise NotImplementedError
+
+    def line_coefficients(self, t: torch.Tensor) -> torch.Tensor:
+        """The straight line between the curve's two ends at ``t``: (K,) ->
+        (K, A) float64 on ``t``'s device, 1 - t and t on the first and last
+        control points."""
+        a = self.num_anchors
+        return torch.as_tensor(line_coefficients(a, 0, a - 1, 1.0, t.cpu().numpy()), device=t.device)
 
     def derivative_coefficients(self, t: torch.Tensor) -> torch.Tensor:
         """d/dt of :meth:`coefficients`: (K,) -> (K, A)."""

@@ -19,7 +19,6 @@ from landscape.data import Dataset
 from landscape.device import check_fits
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, precision_amp
-from landscape.geometry import line_coefficients
 from landscape.inputs import stored_data
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
@@ -97,9 +96,7 @@ def evaluate_curve(
     with torch.no_grad():
         W = crv.anchors().detach()  # (A, P)
         curve_coeffs = crv.coefficients(t)  # (N, A)
-        n_anchors = W.shape[0]
-        line_coeffs = torch.as_tensor(line_coefficients(n_anchors, 0, n_anchors - 1, 1.0, t.cpu().numpy()),
-                                      device=W.device)
+        line_coeffs = crv.line_coefficients(t)
         speed_curve = crv.speed(t).double().cpu().numpy()
         line_length = float((W[-1] - W[0]).double().norm())
         curve_length = float(crv.length())

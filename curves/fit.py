@@ -55,7 +55,6 @@ from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.bn import reestimate_bn
 from landscape.evaluate import evaluate_model, evaluate_points, forward_points
-from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, named_model, network_of,
                               note_split_leak, own_network, refuse_infinite, refuse_same_weights,
                               require_architecture)
@@ -305,8 +304,7 @@ def _fit_summary(curve: Curve, template: nn.Module, data: Dataset, cfg: ConnectC
     with torch.no_grad():
         t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, device=data.device)
         W = curve.anchors().detach()
-        line = line_coefficients(W.shape[0], 0, W.shape[0] - 1, 1.0, t.cpu().numpy())
-        coeffs = torch.cat([curve.coefficients(t), torch.as_tensor(line, device=t.device)])
+        coeffs = torch.cat([curve.coefficients(t), curve.line_coefficients(t)])
         m = evaluate_points(template, W, coeffs, data, wd=cfg.wd)
         length = float(curve.length())
         line_length = float((W[-1] - W[0]).double().norm())

@@ -50,7 +50,6 @@ from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
-from landscape.geometry import line_coefficients
 from landscape.inputs import note_split_leak, own_network, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
@@ -251,9 +250,7 @@ def _fit_summary(curve: Curve, probe: VariationalNet, data: Dataset, cfg: Poster
     with torch.no_grad():
         t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, device=data.device)
         W = curve.anchors().detach()
-        line = torch.as_tensor(line_coefficients(W.shape[0], 0, W.shape[0] - 1, 1.0, t.cpu().numpy()),
-                               device=W.device)
-        thetas = torch.cat([curve.coefficients(t), line]).to(W.dtype) @ W
+        thetas = torch.cat([curve.coefficients(t), curve.line_coefficients(t)]).to(W.dtype) @ W
         means, kls = _posterior_rows(probe, space, thetas)
         m = evaluate_points(probe.net, means, np.eye(len(means)), data, wd=0.0)
         lengths = (float(curve.length()), float((W[-1] - W[0]).double().norm()))
@@ -380,9 +377,7 @@ def evaluate_posterior_curve(
     noise = torch.stack([torch.randn(net_space.numel, generator=gen) for _ in range(samples)]).to(device)
     with torch.no_grad():
         W = crv.anchors().detach()
-        n_anchors = W.shape[0]
-        line = torch.as_tensor(line_coefficients(n_anchors, 0, n_anchors - 1, 1.0, t.cpu().numpy()), device=W.device)
-        thetas = torch.cat([crv.coefficients(t), line]).to(W.dtype) @ W  # (2T, P_theta)
+        thetas = torch.cat([crv.coefficients(t), crv.line_coefficients(t)]).to(W.dtype) @ W  # (2T, P_theta)
         # a point of the line that is the curve's (their ends, when fixed) is evaluated once
         owner = list(range(2 * points))
         for j in range(points):
