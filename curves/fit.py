@@ -278,7 +278,8 @@ def fit_curve(
         return _midpoint_test(curve, space, midpoint, data, cfg.amp)
 
     task = Task(module=curve, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=epoch_eval,
-                weight_decay=0.0, spec=spec, command="connect", kind="curve", sync_buffers=False)
+                weight_decay=0.0, spec=spec, command="connect", kind="curve", sync_buffers=False,
+                network=template)
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
                                     progress=progress, on_epoch_end=on_epoch_end, argv=argv)
     return CurveResult(curve=curve, model=template.eval(), summary=summary, metrics=metrics, out=out)

@@ -214,7 +214,7 @@ def fit_posterior_curve(
                 torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum))
 
     task = Task(module=curve, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=epoch_eval,
-                weight_decay=0.0, spec=spec, command="vi-connect", kind="curve", sync_buffers=False,
+                weight_decay=0.0, spec=spec, command="vi-connect", kind="curve", sync_buffers=False, network=template,
                 optimizer=make_optimizer,
                 lr_flag="--lr" + (f" (or --temperature {cfg.temperature:g}, which scales the KL term)"
                                   if cfg.temperature > 1 else ""))

@@ -189,7 +189,7 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
 
     task = Task(module=cx, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
                 weight_decay=cfg.wd, spec=spec, command="simplex", kind="simplex",
-                lr_flag=_rate_flags(cfg),
+                lr_flag=_rate_flags(cfg), network=template,
                 sync_buffers=False)  # the complex's buffers are its frozen vertices, the same on every rank
     run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics, progress=progress)
     return cx.anchors()[-1].detach()

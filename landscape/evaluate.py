@@ -145,7 +145,8 @@ def evaluate_points(
     (grouped) convolutions run slower than plain ones and bf16 autocast does
     not reach them (``amp`` with vmap on the CPU is refused). Image batches are fed
     in channels-last layout (``channels_last``), which the CPU's convolutions
-    run about 1.3x faster; results agree to rounding.
+    run about 1.3x faster; results agree to rounding. A network that cannot
+    take that layout (:func:`takes_channels_last`) is fed NCHW batches.
 
     Returns arrays of shape (N,): ``train_loss`` (NLL + 0.5 * wd * ||w||^2),
     ``train_nll``, ``train_error``, ``test_nll``, ``test_error`` (errors in
@@ -168,6 +169,7 @@ def evaluate_points(
         raise UserError("bf16 with strategy vmap on the CPU would run the convolutions in fp32 "
                         "(CPU autocast does not reach vmap's batched convolutions); use strategy loop")
     probe = _probe_forward(model, data)  # also refuses data the network cannot take, in one line
+    channels_last = channels_last and takes_channels_last(model, data.x_train[:2])
     population = resolve_bn_stats(bn_stats, model, data, bn_batches, probe=probe) == "population"
     # A batch-norm layer called several times per forward keeps only its last call's
     # statistics in a momentum-1 pass; such models average every call as update_bn does,
@@ -499,17 +501,47 @@ def forward_points(model: nn.Module, params: dict[str, torch.Tensor], buffers: d
     return torch.stack(outs)
 
 
-def _channels_last_points(p: torch.Tensor) -> torch.Tensor:
-    """(K, O, I, kh, kw) conv weights whose per-point slices are channels-last.
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (..., C, H, W) with channels-last strides in its last three
+    dimensions: 4-D images or weights, or (K, O, I, kh, kw) stacks of K
+    points' conv weights, each slice channels-last.
 
-    Copied into fresh storage rather than with ``contiguous()``, which keeps a
-    tensor's strides when a size-1 dimension makes it count as contiguous
-    already (K = 1, or one input channel): the convolution picks its output
-    layout from these strides, and batch norm's rounding follows the layout,
-    so a point's values would depend on how many points share its pass."""
-    out = p.new_empty(p.shape[0], p.shape[1], p.shape[3], p.shape[4], p.shape[2])
-    out.copy_(p.permute(0, 1, 3, 4, 2))
-    return out.permute(0, 1, 4, 2, 3)
+    Copied into fresh storage whenever the strides are not exactly these,
+    where ``contiguous(memory_format=channels_last)`` keeps a tensor's strides
+    when a size-1 dimension makes it count as channels-last already (one input
+    channel, as digits and MNIST images and a first layer's weights; K = 1).
+    The convolution picks its output layout from these strides: a batch of
+    one-channel images left in NCHW strides made the digits convnet's first
+    convolution, its batch norm and the next convolution run in NCHW, 1.3x to
+    3.6x slower in bf16 (``docs/benchmarks.md``). Batch norm's rounding also
+    follows the layout, so a point's values would otherwise depend on how many
+    points share its pass."""
+    n = x.dim()
+    lead = tuple(range(n - 3))
+    out = x.new_empty(*x.shape[:-3], x.shape[-2], x.shape[-1], x.shape[-3]).permute(*lead, n - 1, n - 3, n - 2)
+    if x.stride() == out.stride():
+        return x
+    return out.copy_(x)
+
+
+def takes_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` runs on the images ``x`` (a few) laid out channels-last:
+    False for inputs that are not (N, C, H, W) images, and for a network that
+    reads an activation's memory as NCHW (``x.view(x.size(0), -1)`` after a
+    convolution, common in research code), which fails on channels-last
+    strides. One forward in eval mode without gradients, on the model's
+    device (modes kept): no batch-norm statistics or weights change."""
+    if x.dim() != 4:
+        return False
+    where = next(iter(model.parameters()), None)
+    x = x if where is None else x.to(where.device)
+    with modes_kept(model), torch.inference_mode():
+        model.eval()
+        try:
+            model(to_channels_last(x))
+        except RuntimeError:
+            return False
+    return True
 
 
 class _BnCounts:
@@ -539,7 +571,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
     model = template.model
 
     def layout(x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+        return to_channels_last(x) if channels_last and x.dim() == 4 else x
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -549,7 +581,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
     k = points.shape[0]
     params = space.unflatten(points)  # {name: (K, *shape)}
     if channels_last:
-        params = {n: _channels_last_points(p) if p.dim() == 5 else p for n, p in params.items()}
+        params = {n: to_channels_last(p) if p.dim() == 5 else p for n, p in params.items()}
     buffers = {n: b.detach().to(device).unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in template.buffers.items()}
     sums = {split: _Sums(k, device, return_probs and split == "test") for split in ("train", "test")}
 

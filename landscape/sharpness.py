@@ -62,7 +62,7 @@ from .bn import bn_modules
 from .checkpoint import npz_reason, write_json, write_npz
 from .device import check_fits
 from .errors import UserError, check_seed, is_whole
-from .evaluate import full_float32, whole_set_fits
+from .evaluate import full_float32, takes_channels_last, to_channels_last, whole_set_fits
 from .sweep import STORE, begin_result, finish_result, is_main, rank_and_world, request_key
 from .weights import ParamSpace
 
@@ -112,6 +112,7 @@ class TrainLoss:
         self.space = ParamSpace.of(self.net)
         self.n = len(data.y_train)
         self.hvps = 0
+        self.channels_last = takes_channels_last(self.net, data.x_train[:2])  # as the engine: faster convolutions
 
     def batches(self):
         """The training set as one batch ("population"), or in batches of ``batch_size`` (a last one of one
@@ -126,10 +127,10 @@ class TrainLoss:
 
     def _logits(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The network's fp32 logits on x at the float32 weights w (P,), differentiable in w."""
-        params = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
-                  for name, p in self.space.unflatten(w).items()}
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)  # as the engine: faster convolutions
+        params = self.space.unflatten(w)
+        if self.channels_last:
+            params = {name: to_channels_last(p) if p.dim() == 4 else p for name, p in params.items()}
+            x = to_channels_last(x)
         return functional_call(self.net, params, (x,)).float()
 
     def nll_sum(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,7 @@ from .checkpoint import (
 from .data import Dataset, load_dataset
 from .device import seed_everything
 from .errors import UserError
-from .evaluate import evaluate_model, l2_penalty
+from .evaluate import evaluate_model, l2_penalty, takes_channels_last, to_channels_last
 from .models import create_model, model_spec
 from .sweep import barrier, is_main, process_device, rank_and_world
 
@@ -298,7 +298,9 @@ config's schedule; ``after_step(epoch, it, steps)`` runs after every
 optimiser step; ``end_epoch(epoch)`` (1-based) runs after each epoch's
 updates (averaging, snapshots) and adds to its record. ``optimizer(params)``
 (optional) builds the optimiser instead of SGD; a parameter group's
-``lr_scale`` (default 1) multiplies the rate the loop sets.
+``lr_scale`` (default 1) multiplies the rate the loop sets. ``network``
+(default ``module``) is the network the loss runs, which decides whether
+image batches come in channels-last layout (:func:`_takes_channels_last`).
     """
 
     module: nn.Module
@@ -318,6 +320,8 @@ updates (averaging, snapshots) and adds to its record. ``optimizer(params)``
     lr_flag: str = "--lr"  # the option that sets the rate, named when training diverges
     # the optimiser of the trainable parameters (default: SGD with the config's momentum and the task's weight decay)
     optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None
+    # the network the loss runs (a curve's template; default: module), tried on channels-last images
+    network: nn.Module | None = None
 
 
 class Diverged(Exception):
@@ -361,6 +365,14 @@ def _from_main(obj: Any) -> Any:
     return box[0]
 
 
+def _takes_channels_last(task: Task, data: Dataset) -> bool:
+    """Whether the task is fed its image batches in channels-last layout, on
+    which the CPU's convolutions train about 1.2x-1.3x faster (PreResNet-20,
+    the digits convnet; ``docs/benchmarks.md``): when its network takes them
+    (:func:`landscape.evaluate.takes_channels_last`); otherwise NCHW."""
+    return takes_channels_last(task.network if task.network is not None else task.module, data.x_train[:2])
+
+
 def check_world(batch_size: int, world: int) -> None:
     if world > 1 and (batch_size % world or batch_size // world < 2):
         raise UserError(f"--batch-size {batch_size} must be a multiple of the {world} processes, "
@@ -396,6 +408,7 @@ def run_training(
         task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
     forward = _data_parallel(task, device)
+    channels_last = _takes_channels_last(task, data)
     out = out if rank == 0 else None  # only rank 0 writes
 
     def save(path: Path, epoch: int, kind: str) -> None:
@@ -436,7 +449,7 @@ def run_training(
     bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, show, task.command)
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            record = _train_epoch(task, forward, optimizer, data, cfg, epoch, device, bar)
+            record = _train_epoch(task, forward, optimizer, data, cfg, epoch, device, bar, channels_last)
             if task.end_epoch is not None:
                 record.update(task.end_epoch(epoch + 1))
             if task.epoch_eval is not None and rank == 0:
@@ -595,7 +608,7 @@ def _finished_result(out: Path, model: str) -> TrainResult:
 
 
 def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig, epoch: int,
-                 device: torch.device, bar) -> dict[str, Any]:
+                 device: torch.device, bar, channels_last: bool = False) -> dict[str, Any]:
     lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
     _set_rate(optimizer, lr)
     rank, world = rank_and_world()
@@ -613,6 +626,8 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
         if task.lr is not None:
             lr = task.lr(epoch, it, steps)
             _set_rate(optimizer, lr)
+        if channels_last:
+            x = to_channels_last(x)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             loss, logits = forward(x, y)  # logits (..., B, classes)
         with torch.no_grad():  # the record's terms, at the weights this step's loss saw

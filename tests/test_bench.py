@@ -83,6 +83,19 @@ def test_vgg_plane_script_runs_and_reports(tmp_path):
     assert "train loss finite at every point: True" in done.stdout
 
 
+def test_train_layout_script_times_both_layouts():
+    import re
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "train_layout.py"
+    done = subprocess.run([sys.executable, str(script), "--epochs", "1", "--rounds", "1"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(NCHW|channels-last) +[\d.]+ +([\d.]+) ", done.stdout, re.M)}
+    assert rows.keys() == {"NCHW", "channels-last"} and rows["NCHW"] == 1.0 and rows["channels-last"] > 0
+    assert "final train losses" in done.stdout
+
+
 def test_effective_sample_size_of_independent_and_of_autocorrelated_chains():
     from samplers import effective_size
 

@@ -24,7 +24,7 @@ from landscape.checkpoint import load_checkpoint, read_jsonl
 from landscape.data import load_dataset
 from landscape.device import seed_everything
 from landscape.errors import UserError
-from landscape.evaluate import forward_points
+from landscape.evaluate import forward_points, to_channels_last
 from landscape.metrics import ensemble_metrics
 from landscape.models import create_model, from_spec
 from landscape.train import check_world, _epoch_seed, learning_rate, steps_per_epoch, train
@@ -125,6 +125,7 @@ def reference_sgd(model, data, *, seed, epochs, batch_size, lr_at, snapshot_afte
     for epoch in range(epochs):
         model.train()
         for it, (x, y) in enumerate(data.train_batches(batch_size, torch.Generator().manual_seed(_epoch_seed(seed, epoch)))):
+            x = to_channels_last(x)  # as the trainer feeds a network that takes it
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch, it, steps)
             opt.zero_grad()
@@ -218,6 +219,7 @@ def reference_connect(start, end, data, *, seed, batch_size, k, wd=5e-4):
     torch.manual_seed(_epoch_seed(seed, 0))
 
     for x, y in data.train_batches(batch_size, torch.Generator().manual_seed(_epoch_seed(seed, 0))):
+        x = to_channels_last(x)  # as the trainer feeds a network that takes it
         t = torch.rand(k, dtype=torch.float64)
 
         def loss(xs, ys):
