@@ -1,11 +1,13 @@
 """Training on channels-last image batches against NCHW ones, in one process.
 
-``train`` feeds a network its image batches channels-last when the network
-takes them (``landscape.evaluate.takes_channels_last``). This times the same
-runs with that choice forced each way, alternating the two --rounds times,
-and prints the best time of each, their ratio, and how far apart the final
-train losses are (the layouts round differently, and a max pool's backward
-may pick another of several tied maxima).
+Every pass over image data feeds a network its batches channels-last when
+the network takes them (``landscape.layout``): training steps, batch-norm
+re-estimation, ``evaluate_model``. This times the same runs with
+``landscape.layout.ENABLED`` on and off (as ``LANDSCAPE_CHANNELS_LAST=0``
+sets it), alternating the two --rounds times, and prints the best time of
+each, their ratio, and how far apart the final train losses are (the
+layouts round differently, and a max pool's backward may pick another of
+several tied maxima).
 
     python bench/train_layout.py [--model convnet|preresnet] [--epochs 6] [--rounds 3] [--connect]
 
@@ -18,35 +20,33 @@ one-epoch endpoints, trained first and not timed) instead of ``train``.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import landscape.layout as layout
 from curves.fit import fit_curve
 from landscape.data import load_dataset
 from landscape.train import train
 from protocol import machine
 
-TRAIN = sys.modules["landscape.train"]  # the module (the package exports the function under its name)
-
 
 def alternate(run, rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Seconds of ``run()`` with the layout forced NCHW and channels-last in turn, ``rounds`` times each,
-    and the last run's final train loss of each; the trainer's own choice is put back."""
-    chosen = TRAIN._takes_channels_last
+    """Seconds of ``run()`` with channels-last batches off and on in turn, ``rounds`` times each, and the
+    last run's final train loss of each; the setting is put back."""
+    chosen = layout.ENABLED
     seconds: dict[str, list[float]] = {"NCHW": [], "channels-last": []}
     losses: dict[str, float] = {}
     try:
         for _ in range(rounds):
-            for label, layout in (("NCHW", False), ("channels-last", True)):
-                TRAIN._takes_channels_last = lambda task, data, layout=layout: layout
+            for label, on in (("NCHW", False), ("channels-last", True)):
+                layout.ENABLED = on
                 t0 = time.perf_counter()
                 result = run()
                 seconds[label].append(time.perf_counter() - t0)
                 losses[label] = result.metrics[-1]["train_loss"]
     finally:
-        TRAIN._takes_channels_last = chosen
+        layout.ENABLED = chosen
     return seconds, losses
 
 

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .layout import image_layout
+
 __all__ = ["bn_modules", "has_batch_norm", "reestimate_bn", "population_bn", "bn_collecting"]
 
 
@@ -58,7 +60,8 @@ def reestimate_bn(model: nn.Module, batches: Iterable, max_batches: int | None =
 
     ``batches`` yields inputs or ``(inputs, targets)`` pairs (training data,
     unaugmented). Statistics are reset, then averaged with equal weight per
-    batch (momentum ``None``), over at most ``max_batches`` batches. The
+    batch (momentum ``None``), over at most ``max_batches`` batches, fed
+    channels-last where the model takes them (:mod:`landscape.layout`). The
     model's modes and momenta are restored. Returns the number of batches used.
     """
     layers = bn_modules(model)
@@ -67,12 +70,14 @@ def reestimate_bn(model: nn.Module, batches: Iterable, max_batches: int | None =
     for _, m in layers:
         m.reset_running_stats()
     used = 0
+    layout = None
     with bn_collecting(model, momentum=None):
         for batch in batches:
             if max_batches is not None and used >= max_batches:
                 break
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x)
+            layout = layout or image_layout(model, x)  # channels-last where the model takes it
+            model(layout(x))
             used += 1
     return used
 

@@ -22,6 +22,7 @@ from torch.func import functional_call, vmap
 
 from .bn import bn_collecting, bn_modules, population_bn, reestimate_bn
 from .errors import UserError, first_line, is_whole
+from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
@@ -41,7 +42,9 @@ def evaluate_model(
     """Mean NLL and error (percent) of ``model`` on one split of ``data``.
 
     Runs in eval mode (batch norm uses its running statistics) without
-    augmentation, and restores every module's train/eval mode afterwards.
+    augmentation, on channels-last image batches where the model takes them
+    (:mod:`landscape.layout`), and restores every module's train/eval mode
+    afterwards.
     Returns ``{"nll", "error", "n"}``; sums are kept on the device so there is
     one host synchronisation per call.
     """
@@ -49,11 +52,13 @@ def evaluate_model(
     nll = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
+    layout = None
     with modes_kept(model):
         model.eval()
         for x, y in data.batches(split, batch_size):
+            layout = layout or image_layout(model, x)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)  # (B, classes)
+                logits = model(layout(x))  # (B, classes)
             logits = logits.float()
             nll += F.cross_entropy(logits, y, reduction="sum").double()
             wrong += (logits.argmax(dim=1) != y).sum()
@@ -499,49 +504,6 @@ def forward_points(model: nn.Module, params: dict[str, torch.Tensor], buffers: d
     outs = [functional_call(model, ({n: p[i] for n, p in params.items()}, {n: b[i] for n, b in buffers.items()}), (x,))
             for i in range(k)]
     return torch.stack(outs)
-
-
-def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (..., C, H, W) with channels-last strides in its last three
-    dimensions: 4-D images or weights, or (K, O, I, kh, kw) stacks of K
-    points' conv weights, each slice channels-last.
-
-    Copied into fresh storage whenever the strides are not exactly these,
-    where ``contiguous(memory_format=channels_last)`` keeps a tensor's strides
-    when a size-1 dimension makes it count as channels-last already (one input
-    channel, as digits and MNIST images and a first layer's weights; K = 1).
-    The convolution picks its output layout from these strides: a batch of
-    one-channel images left in NCHW strides made the digits convnet's first
-    convolution, its batch norm and the next convolution run in NCHW, 1.3x to
-    3.6x slower in bf16 (``docs/benchmarks.md``). Batch norm's rounding also
-    follows the layout, so a point's values would otherwise depend on how many
-    points share its pass."""
-    n = x.dim()
-    lead = tuple(range(n - 3))
-    out = x.new_empty(*x.shape[:-3], x.shape[-2], x.shape[-1], x.shape[-3]).permute(*lead, n - 1, n - 3, n - 2)
-    if x.stride() == out.stride():
-        return x
-    return out.copy_(x)
-
-
-def takes_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` runs on the images ``x`` (a few) laid out channels-last:
-    False for inputs that are not (N, C, H, W) images, and for a network that
-    reads an activation's memory as NCHW (``x.view(x.size(0), -1)`` after a
-    convolution, common in research code), which fails on channels-last
-    strides. One forward in eval mode without gradients, on the model's
-    device (modes kept): no batch-norm statistics or weights change."""
-    if x.dim() != 4:
-        return False
-    where = next(iter(model.parameters()), None)
-    x = x if where is None else x.to(where.device)
-    with modes_kept(model), torch.inference_mode():
-        model.eval()
-        try:
-            model(to_channels_last(x))
-        except RuntimeError:
-            return False
-    return True
 
 
 class _BnCounts:

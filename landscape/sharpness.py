@@ -62,7 +62,8 @@ from .bn import bn_modules
 from .checkpoint import npz_reason, write_json, write_npz
 from .device import check_fits
 from .errors import UserError, check_seed, is_whole
-from .evaluate import full_float32, takes_channels_last, to_channels_last, whole_set_fits
+from .evaluate import full_float32, whole_set_fits
+from .layout import takes_channels_last, to_channels_last
 from .sweep import STORE, begin_result, finish_result, is_main, rank_and_world, request_key
 from .weights import ParamSpace
 

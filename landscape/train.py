@@ -62,7 +62,8 @@ from .checkpoint import (
 from .data import Dataset, load_dataset
 from .device import seed_everything
 from .errors import UserError
-from .evaluate import evaluate_model, l2_penalty, takes_channels_last, to_channels_last
+from .evaluate import evaluate_model, keep_freed_memory, l2_penalty
+from .layout import takes_channels_last, to_channels_last
 from .models import create_model, model_spec
 from .sweep import barrier, is_main, process_device, rank_and_world
 
@@ -409,6 +410,8 @@ def run_training(
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
     forward = _data_parallel(task, device)
     channels_last = _takes_channels_last(task, data)
+    if device.type == "cpu":
+        keep_freed_memory()  # as the engine: pages of freed activations reused, not mapped afresh
     out = out if rank == 0 else None  # only rank 0 writes
 
     def save(path: Path, epoch: int, kind: str) -> None:

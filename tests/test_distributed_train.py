@@ -24,7 +24,8 @@ from landscape.checkpoint import load_checkpoint, read_jsonl
 from landscape.data import load_dataset
 from landscape.device import seed_everything
 from landscape.errors import UserError
-from landscape.evaluate import forward_points, to_channels_last
+from landscape.evaluate import forward_points
+from landscape.layout import to_channels_last
 from landscape.metrics import ensemble_metrics
 from landscape.models import create_model, from_spec
 from landscape.train import check_world, _epoch_seed, learning_rate, steps_per_epoch, train

@@ -5,6 +5,7 @@ curvature measured, on NCHW batches."""
 
 import dataclasses
 import math
+import os
 import sys
 
 import pytest
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.data import load_dataset
-from landscape.evaluate import evaluate_points, evaluate_points_sequential, takes_channels_last, to_channels_last
+from landscape.evaluate import evaluate_points, evaluate_points_sequential
+from landscape.layout import image_layout, takes_channels_last, to_channels_last
 from landscape.models import MODELS, create_model, register_model
 from landscape.sharpness import TrainLoss
 from landscape.train import train
@@ -29,13 +31,14 @@ class ViewNet(nn.Module):
         super().__init__()
         c, h, w = input_shape
         self.conv = nn.Conv2d(c, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
         self.fc = nn.Linear(4 * h * w, num_classes)
         self.seen: list[tuple[int, ...]] = []  # the strides of the images each training forward got
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self.seen.append(x.stride())
-        out = torch.relu(self.conv(x))
+        out = torch.relu(self.bn(self.conv(x)))
         return self.fc(out.view(out.size(0), -1))
 
 
@@ -79,6 +82,7 @@ def test_which_networks_take_channels_last(cifar_shaped):
     assert not takes_channels_last(view, x)
     assert takes_channels_last(convnet, x)
     assert not takes_channels_last(mlp, x.flatten(1))  # not images
+    assert image_layout(view, x)(x) is x and image_layout(convnet, x)(x).stride() == (192, 1, 24, 3)
     convnet.train()
     before = [b.clone() for b in convnet.buffers()]
     takes_channels_last(convnet, x)
@@ -93,10 +97,25 @@ def test_a_network_that_views_activations_as_nchw_is_evaluated_on_nchw_batches(c
     w0 = space.flatten(net)
     anchors = torch.stack([w0, w0 + 0.05 * torch.randn_like(w0)])
     coeffs = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
-    got = evaluate_points(net, anchors, coeffs, cifar_shaped, wd=1e-3, batch_size=40)
+    got = evaluate_points(net, anchors, coeffs, cifar_shaped, wd=1e-3, batch_size=40, bn_stats="batches")
     ref = evaluate_points_sequential(net, anchors, coeffs, cifar_shaped, wd=1e-3, batch_size=40)
     for key in ref:
         assert got[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+
+
+def test_channels_last_can_be_turned_off(monkeypatch, cifar_shaped):
+    import subprocess
+
+    convnet = create_model("convnet", num_classes=10, input_shape=(3, 8, 8), width=4)
+    monkeypatch.setattr("landscape.layout.ENABLED", False)
+    assert not takes_channels_last(convnet, cifar_shaped.x_train[:2])
+    code = "import landscape.layout as l; print(l.ENABLED)"
+    for value, want in (("0", "False"), ("1", "True"), (None, "True")):
+        env = {k: v for k, v in os.environ.items() if k != "LANDSCAPE_CHANNELS_LAST"}
+        if value is not None:
+            env["LANDSCAPE_CHANNELS_LAST"] = value
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == want, (value, done.stderr[-500:])
 
 
 def test_sharpness_of_a_network_that_views_activations_as_nchw(cifar_shaped):
@@ -146,7 +165,7 @@ def test_channels_last_training_follows_nchw_training(monkeypatch):
     data = dataclasses.replace(data, x_train=data.x_train[:300], y_train=data.y_train[:300])
     runs = {}
     for layout in (True, False):
-        monkeypatch.setattr(sys.modules["landscape.train"], "_takes_channels_last", lambda task, data, layout=layout: layout)
+        monkeypatch.setattr("landscape.layout.ENABLED", layout)
         runs[layout] = train(data=data, model="convnet", epochs=1, seed=1, progress=False)
     a, b = (ParamSpace.of(runs[k].model).flatten(runs[k].model) for k in (True, False))
     assert not torch.equal(a, b)  # the layouts did differ
