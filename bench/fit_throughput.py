@@ -6,7 +6,10 @@ data, batch size and device, and prints training images per second for each
 and their ratio. An epoch's time is taken between ``on_epoch_end`` calls;
 the first epoch (warm-up) is dropped and the median of the rest is used.
 ``train``'s epochs include its per-epoch test evaluation (the test split is
-a fifth of the training split or less); ``fit_curve`` has none.
+a fifth of the training split or less); ``fit_curve``'s include its
+per-epoch evaluation of the curve's midpoint (batch norm re-estimated from
+up to 5000 training images, then the test split), which on digits costs
+about half a training epoch.
 
     python bench/fit_throughput.py [--model convnet|preresnet] [--epochs 6] [--t-samples 1]
 
