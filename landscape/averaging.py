@@ -42,6 +42,7 @@ from .errors import UserError, is_whole
 from .evaluate import evaluate_model, l2_penalty
 from .inputs import (data_settings, named_model, network_of, note_split_leak, refuse_infinite,
                      require_architecture)
+from .layout import image_layout
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec
 from .swag import SwagMoments
@@ -201,12 +202,14 @@ def snapshot_learning_rate(lr: float, cycle: int, epoch: int, it: int, steps: in
 # ------------------------------------------------------------------ helpers
 @torch.inference_mode()
 def predict_probs(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000) -> torch.Tensor:
-    """Predicted probabilities (M, classes) of ``model`` in eval mode; modes restored."""
+    """Predicted probabilities (M, classes) of ``model`` in eval mode, on
+    channels-last image batches where it takes them; modes restored."""
     from .evaluate import modes_kept
 
     with modes_kept(model):
+        layout = image_layout(model, data.x_train[:2])
         model.eval()
-        return torch.cat([F.softmax(model(x).float(), dim=-1) for x, _ in data.batches(split, batch_size)])
+        return torch.cat([F.softmax(model(layout(x)).float(), dim=-1) for x, _ in data.batches(split, batch_size)])
 
 
 def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) -> tuple[nn.Module, dict[str, Any]]:

@@ -58,6 +58,7 @@ from .data import Dataset
 from .errors import UserError, check_seed, is_whole
 from .evaluate import METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, whole_set_fits
 from .inputs import stored_data
+from .layout import image_layout
 from .metrics import expected_calibration_error, running_ensemble
 from .nuts import (TARGET_ACCEPT, DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round,
                    warmup_step)
@@ -369,6 +370,7 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
     space = ParamSpace.of(net)
     bar = tqdm(total=epochs, initial=len(records), disable=not run.progress, desc="VI epochs", unit="epoch",
                leave=False, dynamic_ncols=True)
+    layout = image_layout(net, data.x_train[:2])  # channels-last batches where the network takes them
     try:
         for epoch in range(len(records), epochs):
             data_seed, noise_seed = vi_seeds(seed, epoch)
@@ -385,7 +387,7 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
                 else:
                     zs, kls = flow_kl(eps[None], mu, sigma, flow, run.prior_scale)
                     z, kl = zs[0], kls[0]
-                logits = functional_call(net, space.unflatten((shift + z @ basis).float()), (x,))
+                logits = functional_call(net, space.unflatten((shift + z @ basis).float()), (layout(x),))
                 nll = F.cross_entropy(logits.float(), y)
                 loss = nll + run.temperature * kl / n
                 optimizer.zero_grad(set_to_none=True)

@@ -103,6 +103,19 @@ def test_a_network_that_views_activations_as_nchw_is_evaluated_on_nchw_batches(c
         assert got[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
 
 
+def test_ensemble_probabilities_of_either_kind_of_network_by_hand(cifar_shaped):
+    from landscape.averaging import predict_probs
+
+    torch.manual_seed(0)
+    for net in (ViewNet(10, (3, 8, 8)), create_model("convnet", num_classes=10, input_shape=(3, 8, 8), width=4)):
+        net.train()
+        got = predict_probs(net, cifar_shaped, batch_size=10)
+        assert net.training  # mode restored
+        with torch.no_grad():
+            want = torch.softmax(net.eval()(cifar_shaped.x_test), dim=-1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_channels_last_can_be_turned_off(monkeypatch, cifar_shaped):
     import subprocess
 
