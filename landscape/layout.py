@@ -55,7 +55,8 @@ def takes_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
     False when :data:`ENABLED` is off, for inputs that are not (N, C, H, W)
     images, and for a network that reads an activation's memory as NCHW
     (``x.view(x.size(0), -1)`` after a convolution, common in research code),
-    which fails on channels-last strides. One forward in eval mode without gradients, on the model's
+    which fails on channels-last strides, or that fails on them in any other
+    way (a check of its own that its input is contiguous, say). One forward in eval mode without gradients, on the model's
     device, every module's mode restored: no batch-norm statistics or weights
     change."""
     if not ENABLED or x.dim() != 4:
@@ -67,7 +68,7 @@ def takes_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
         with torch.inference_mode():
             model.eval()
             model(to_channels_last(x))
-    except RuntimeError:
+    except Exception:  # noqa: BLE001  (any failure: the NCHW passes then meet it, or not, as before)
         return False
     finally:
         for m, mode in modes.items():

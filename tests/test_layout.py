@@ -42,6 +42,14 @@ class ViewNet(nn.Module):
         return self.fc(out.view(out.size(0), -1))
 
 
+class ContiguousOnly(ViewNet):
+    """Refuses any input that is not NCHW-contiguous, with an error of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.is_contiguous(), "NCHW only"
+        return super().forward(x)
+
+
 class StridesConvNet(nn.Module):
     """The digits convnet, recording the strides of the images each training forward got."""
 
@@ -80,6 +88,7 @@ def test_which_networks_take_channels_last(cifar_shaped):
     mlp = create_model("mlp", num_classes=10, input_shape=(3 * 8 * 8,))
     x = cifar_shaped.x_train[:2]
     assert not takes_channels_last(view, x)
+    assert not takes_channels_last(ContiguousOnly(10, (3, 8, 8)), x)
     assert takes_channels_last(convnet, x)
     assert not takes_channels_last(mlp, x.flatten(1))  # not images
     assert image_layout(view, x)(x) is x and image_layout(convnet, x)(x).stride() == (192, 1, 24, 3)
