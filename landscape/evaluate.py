@@ -52,11 +52,10 @@ def evaluate_model(
     nll = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
-    layout = None
+    layout = image_layout(model, data.x_train[:2])
     with modes_kept(model):
         model.eval()
         for x, y in data.batches(split, batch_size):
-            layout = layout or image_layout(model, x)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(layout(x))  # (B, classes)
             logits = logits.float()
@@ -533,7 +532,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
     model = template.model
 
     def layout(x: torch.Tensor) -> torch.Tensor:
-        return to_channels_last(x) if channels_last and x.dim() == 4 else x
+        return to_channels_last(x) if channels_last else x  # images: takes_channels_last said so
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

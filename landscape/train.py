@@ -63,7 +63,7 @@ from .data import Dataset, load_dataset
 from .device import seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, keep_freed_memory, l2_penalty
-from .layout import takes_channels_last, to_channels_last
+from .layout import image_layout
 from .models import create_model, model_spec
 from .sweep import barrier, is_main, process_device, rank_and_world
 
@@ -301,7 +301,7 @@ updates (averaging, snapshots) and adds to its record. ``optimizer(params)``
 (optional) builds the optimiser instead of SGD; a parameter group's
 ``lr_scale`` (default 1) multiplies the rate the loop sets. ``network``
 (default ``module``) is the network the loss runs, which decides whether
-image batches come in channels-last layout (:func:`_takes_channels_last`).
+image batches come in channels-last layout (:func:`landscape.layout.image_layout`).
     """
 
     module: nn.Module
@@ -366,14 +366,6 @@ def _from_main(obj: Any) -> Any:
     return box[0]
 
 
-def _takes_channels_last(task: Task, data: Dataset) -> bool:
-    """Whether the task is fed its image batches in channels-last layout, on
-    which the CPU's convolutions train about 1.2x-1.3x faster (PreResNet-20,
-    the digits convnet; ``docs/benchmarks.md``): when its network takes them
-    (:func:`landscape.evaluate.takes_channels_last`); otherwise NCHW."""
-    return takes_channels_last(task.network if task.network is not None else task.module, data.x_train[:2])
-
-
 def check_world(batch_size: int, world: int) -> None:
     if world > 1 and (batch_size % world or batch_size // world < 2):
         raise UserError(f"--batch-size {batch_size} must be a multiple of the {world} processes, "
@@ -409,7 +401,8 @@ def run_training(
         task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
     forward = _data_parallel(task, device)
-    channels_last = _takes_channels_last(task, data)
+    # channels-last batches where the network the loss runs takes them (landscape.layout)
+    layout = image_layout(task.network if task.network is not None else task.module, data.x_train[:2])
     if device.type == "cpu":
         keep_freed_memory()  # as the engine: pages of freed activations reused, not mapped afresh
     out = out if rank == 0 else None  # only rank 0 writes
@@ -452,7 +445,7 @@ def run_training(
     bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, show, task.command)
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            record = _train_epoch(task, forward, optimizer, data, cfg, epoch, device, bar, channels_last)
+            record = _train_epoch(task, forward, optimizer, data, cfg, epoch, device, bar, layout)
             if task.end_epoch is not None:
                 record.update(task.end_epoch(epoch + 1))
             if task.epoch_eval is not None and rank == 0:
@@ -611,7 +604,7 @@ def _finished_result(out: Path, model: str) -> TrainResult:
 
 
 def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig, epoch: int,
-                 device: torch.device, bar, channels_last: bool = False) -> dict[str, Any]:
+                 device: torch.device, bar, layout: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
     lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
     _set_rate(optimizer, lr)
     rank, world = rank_and_world()
@@ -629,8 +622,7 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
         if task.lr is not None:
             lr = task.lr(epoch, it, steps)
             _set_rate(optimizer, lr)
-        if channels_last:
-            x = to_channels_last(x)
+        x = layout(x)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             loss, logits = forward(x, y)  # logits (..., B, classes)
         with torch.no_grad():  # the record's terms, at the weights this step's loss saw
