@@ -1811,8 +1811,8 @@ def _run_command(args: argparse.Namespace) -> int:
         args.failed_alone = True
         print(f"{PROG}: error: {where}{e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), file=sys.stderr)
         return 2
-    except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) or the CPU allocator's failure
-        if not _out_of_memory(e):
+    except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA), the CPU allocator's failure, numpy's
+        if isinstance(e, RuntimeError) and not _out_of_memory(e):
             raise
         args.failed_alone = True
         print(f"{PROG}: error: {where}out of memory ({_allocation(e)}); {_out_of_memory_advice(args)}",
@@ -1851,6 +1851,9 @@ def _allocation(e: BaseException) -> str:
     found = re.search(r"allocate (\d+) bytes", str(e))
     if found:
         return f"an allocation of {int(found.group(1)) / 2 ** 30:.3g} GiB failed"
+    found = re.search(r"Unable to allocate ([\d.]+ [KMGTPE]?i?B)", str(e))  # numpy's words
+    if found:
+        return f"an allocation of {found.group(1)} failed"
     return first_line(e)[:120]
 
 

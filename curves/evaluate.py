@@ -81,9 +81,9 @@ def evaluate_curve(
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device, model)
     data, wd = stored_data(loaded.meta, loaded.spec, loaded.path or "the curve", data_overrides, device, data, wd)
     model, crv = loaded.model.to(device), loaded.curve.to(device)
-    check_fits(4.0 * 2 * points * len(data.y_test) * data.num_classes,
+    check_fits(8.0 * 2 * points * len(data.y_test) * data.num_classes,
                f"--points {points} (the test-set probabilities of every point, kept for the ensembles: 2 x points x "
-               f"test images x classes floats)", "cpu")
+               f"test images x classes float64)", "cpu")
     request = request_key([crv.anchors().detach()], {
         "kind": "curve", "points": points, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
         "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()})

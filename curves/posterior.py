@@ -359,9 +359,9 @@ def evaluate_posterior_curve(
     check_fits(4.0 * networks * net_space.numel,
                f"--points {points} x --samples {samples} (every network's weights: 2 x points x (1 + samples) x "
                f"parameters floats)", device)
-    check_fits(4.0 * networks * len(data.y_test) * data.num_classes,
-               f"--points {points} x --samples {samples} (every network's test-set probabilities, kept for the "
-               f"ensembles)", "cpu")
+    check_fits(8.0 * networks * len(data.y_test) * data.num_classes,
+               f"--points {points} x --samples {samples} (every network's test-set probabilities, float64, kept "
+               f"for the ensembles)", "cpu")
     options = {"points": points, "samples": samples, "seed": seed, "batch_size": batch_size,
                "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}
     request = request_key([crv.anchors().detach()], {"kind": "posterior-curve", **options})

@@ -114,6 +114,8 @@ class AverageConfig(TrainConfig):
                 raise UserError(f"SWAG needs at least 2 averaged iterates (one gives a Gaussian of no spread), and "
                                 f"--epochs {self.epochs} with --swa-start {self.swa_start} and --cycle {self.cycle} "
                                 f"averages {(self.epochs - self.swa_start) // self.cycle}")
+            if self.swa_lr_max is not None and self.swa_schedule != "cyclic":
+                raise UserError("--swa-lr-max: for --schedule cyclic (the constant schedule runs at --swa-lr)")
             if self.swa_lr_max is not None:
                 check_rate("--swa-lr-max", self.swa_lr_max)
                 if self.swa_lr_max < self.swa_lr:
@@ -202,14 +204,15 @@ def snapshot_learning_rate(lr: float, cycle: int, epoch: int, it: int, steps: in
 # ------------------------------------------------------------------ helpers
 @torch.inference_mode()
 def predict_probs(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000) -> torch.Tensor:
-    """Predicted probabilities (M, classes) of ``model`` in eval mode, on
-    channels-last image batches where it takes them; modes restored."""
-    from .evaluate import modes_kept
+    """Predicted probabilities (M, classes, float64: :func:`~landscape.evaluate.probs_of`)
+    of ``model`` in eval mode, on channels-last image batches where it takes
+    them; modes restored."""
+    from .evaluate import modes_kept, probs_of
 
     with modes_kept(model):
         layout = image_layout(model, data.x_train[:2])
         model.eval()
-        return torch.cat([F.softmax(model(layout(x)).float(), dim=-1) for x, _ in data.batches(split, batch_size)])
+        return torch.cat([probs_of(model(layout(x))) for x, _ in data.batches(split, batch_size)])
 
 
 def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) -> tuple[nn.Module, dict[str, Any]]:

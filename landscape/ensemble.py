@@ -19,7 +19,7 @@ from .checkpoint import claim_folder, load_model, write_json
 from .errors import UserError
 from .evaluate import evaluate_points
 from .inputs import load_points
-from .metrics import ensemble_metrics, expected_calibration_error
+from .metrics import PROB_FLOOR, ensemble_metrics, expected_calibration_error
 
 __all__ = ["EnsembleResult", "agreement", "evaluate_ensemble"]
 
@@ -36,8 +36,7 @@ def agreement(ensemble: np.ndarray, single: np.ndarray) -> dict[str, float]:
     the share of examples (in percent) where their top classes agree, and
     the mean KL(ensemble || single) in nats."""
     p, q = np.asarray(ensemble, dtype=np.float64), np.asarray(single, dtype=np.float64)
-    tiny = 1e-12
-    kl = (p * (np.log(np.clip(p, tiny, None)) - np.log(np.clip(q, tiny, None)))).sum(axis=1)
+    kl = (p * (np.log(np.clip(p, PROB_FLOOR, None)) - np.log(np.clip(q, PROB_FLOOR, None)))).sum(axis=1)
     return {"same_prediction": float(100.0 * (p.argmax(1) == q.argmax(1)).mean()), "kl": float(kl.mean())}
 
 

@@ -26,7 +26,7 @@ from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
-           "choose_points_per_pass", "default_points_per_pass", "forward_points", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
+           "choose_points_per_pass", "default_points_per_pass", "forward_points", "probs_of", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
            "keep_freed_memory"]
 
 
@@ -620,6 +620,18 @@ def _statistics_batches(data, batch_size: int, bn_batches: int | None) -> Iterat
         yield x
 
 
+def probs_of(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted probabilities of ``logits`` (..., classes), in float64.
+
+    A model average's NLL is -log of its members' mean probability of the
+    true class. In float32 a probability underflows to 0 at about 1e-45
+    (a member 104 nats wrong); in float64 it stays exact to about 1e-308
+    (708 nats), so the average's NLL agrees with its members' own NLLs
+    wherever they are finite in any sense that matters.
+    """
+    return torch.log_softmax(logits.double(), dim=-1).exp()
+
+
 class _Sums:
     """Running NLL and error sums of K points over the batches of one split,
     kept on the device (one host synchronisation at the end)."""
@@ -638,8 +650,8 @@ class _Sums:
         self.nll += -logp.gather(-1, y.expand(self.k, -1).unsqueeze(-1)).squeeze(-1).double().sum(dim=1)
         self.wrong += (logits.argmax(dim=-1) != y).sum(dim=1)
         self.count += y.numel()
-        if self.keep:
-            self.kept.append(logp.exp())  # stays on the device: no synchronisation per batch
+        if self.keep:  # float64: a true class's probability stays exact down to 1e-308 (probs_of)
+            self.kept.append(probs_of(logits))  # stays on the device: no synchronisation per batch
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         n = max(self.count, 1)
@@ -696,6 +708,6 @@ def evaluate_points_sequential(
             results["test_error"].append(m_test["error"])
             if return_probs:
                 net.eval()
-                results["probs"].append(torch.cat([torch.softmax(net(x).float(), -1).cpu()
+                results["probs"].append(torch.cat([probs_of(net(x)).cpu()
                                                    for x, _ in data.batches("test", batch_size)]).numpy())
     return {k: np.stack(v) if k == "probs" else np.asarray(v, dtype=np.float64) for k, v in results.items()}

@@ -7,7 +7,11 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["barrier", "path_stats", "arc_length_mean", "ensemble_metrics", "running_ensemble",
-           "expected_calibration_error", "diagram_calibration_error", "reliability", "ECE_BINS"]
+           "expected_calibration_error", "diagram_calibration_error", "reliability", "ECE_BINS", "PROB_FLOOR"]
+
+# The smallest probability a log is taken of: members' probabilities are
+# float64 (landscape.evaluate.probs_of), and exact down to it.
+PROB_FLOOR = float(np.finfo(np.float64).tiny)
 
 # Equal-width bins of the top-label confidence for the expected calibration error.
 ECE_BINS = 20
@@ -88,12 +92,15 @@ def ensemble_metrics(probs: np.ndarray, labels: np.ndarray, calibration: bool = 
 
     ``probs`` (N, M, classes): N members' predicted probabilities on M
     examples; ``labels`` (M,). ``calibration=False`` leaves the ECE out.
+    The NLL is exact while the averaged probability of every true class is
+    above :data:`PROB_FLOOR` (float64's smallest normal number, 2.2e-308):
+    up to 708 nats an example. Below it, an example counts 708 nats.
     """
     mean = np.asarray(probs, dtype=np.float64).mean(axis=0)  # (M, classes)
     labels = np.asarray(labels)
     p_true = mean[np.arange(len(labels)), labels]
     out = {
-        "nll": float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
+        "nll": float(-np.log(np.clip(p_true, PROB_FLOOR, None)).mean()),
         "error": float(100.0 * (mean.argmax(axis=1) != labels).mean()),
         "members": int(probs.shape[0]),
     }

@@ -32,7 +32,7 @@ from .geometry import (
     trajectory_basis,
     weight_mask,
 )
-from .sweep import STORE, begin_result, finish_result, request_key, run_sweep
+from .sweep import STORE, begin_result, check_sweep_fits, finish_result, request_key, run_sweep
 from .weights import ParamSpace
 
 __all__ = ["PlaneResult", "evaluate_plane", "evaluate_random_plane", "evaluate_trajectory_plane"]
@@ -254,6 +254,8 @@ def _sweep_in_plane(
     finished = begin_result(out, "plane.npz", resume, "plane", request)
     if finished is not None:
         return PlaneResult(*finished, out=out)
+    if isinstance(grid, int) and grid >= 2:  # plane_grid says why a smaller one is refused
+        check_sweep_fits(grid * grid + len(layout.anchors) + len(marks), 3 + len(marks), f"--grid {grid}")
     basis = layout.basis
     anchor_xy = project(basis, torch.stack(layout.anchors))
     path_xy = (layout.path_xy if layout.path_xy is not None else

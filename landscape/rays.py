@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import check_fits
 from .errors import UserError
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
@@ -33,7 +34,7 @@ from .geometry import (
     random_directions,
     ray_coefficients,
 )
-from .sweep import STORE, begin_result, finish_result, request_key, run_sweep
+from .sweep import STORE, begin_result, check_sweep_fits, finish_result, request_key, run_sweep
 from .weights import ParamSpace
 
 __all__ = ["NORMALIZATIONS", "RaysResult", "evaluate_rays", "side_widths", "width_report"]
@@ -150,6 +151,9 @@ def evaluate_rays(
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
     if line and len(centers) < 2:
         raise UserError("--line needs two centres (--center and --compare)")
+    m = len(centers)
+    check_sweep_fits(m * directions * (2 * steps + 1) + (4 * steps + 1 if line else 0), m * (1 + directions),
+                     f"--directions {directions} x --steps {steps}")
     if not (rise > 0 and np.isfinite(rise)):
         raise UserError(f"--rise must be a positive train-loss increase, got {rise}")
     request = request_key(list(centers), {
@@ -161,6 +165,8 @@ def evaluate_rays(
         return RaysResult(*finished, out=out)
     space = ParamSpace.of(model)
     device = data.device
+    check_fits(4.0 * 3 * m * (1 + directions) * space.numel, f"--directions {directions} (the centres and their "
+               f"directions, about three float32 copies of rays x parameters)", device)
     cs = [c.detach().reshape(-1).float().to(device) for c in centers]
     for c in cs:
         if c.numel() != space.numel:

@@ -27,12 +27,12 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import claim_folder, npz_reason, read_result, stored_config, write_json, write_npz
-from .device import resolve_device
+from .device import check_fits, resolve_device
 from .errors import UserError
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
                        unique_rows)
 
-__all__ = ["STORE", "init_distributed", "process_device", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
+__all__ = ["STORE", "check_sweep_fits", "init_distributed", "process_device", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
            "begin_result", "finish_result", "request_key"]
 
 STORE = "sweep.partial.npz"
@@ -106,7 +106,7 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.n
             done = z["done"].astype(bool)
             values = {m: z[m].astype(np.float64) for m in METRICS}
             if probs and "probs" in z.files:
-                values["probs"] = z["probs"]
+                values["probs"] = z["probs"].astype(np.float64)  # float32 in runs of earlier builds
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: unreadable partial results ({npz_reason(e)}); delete it to start over") from None
     if stored_key != key or done.shape != (n,) or (probs and done.any() and "probs" not in values):
@@ -182,6 +182,15 @@ def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarr
         write_npz(out / result_file, arrays)
         for name in stores:
             (out / name).unlink(missing_ok=True)
+
+
+def check_sweep_fits(points: int, anchors: int, what: str) -> None:
+    """One line before any work when a sweep of ``points`` points over
+    ``anchors`` anchors (a size asked for by mistake: ``--grid 100000``)
+    would need more than all of the host's memory: its coefficients (a few
+    float64 copies of points x anchors) and its metrics (float64 per point)."""
+    nbytes = 8.0 * points * (3 * anchors + 2 * len(METRICS) + 2)
+    check_fits(nbytes, f"{what} ({points:,} points)", "cpu")
 
 
 def run_sweep(
@@ -264,7 +273,7 @@ def run_sweep(
             for idx, res in gathered:
                 if len(idx):
                     if return_probs and "probs" not in values:
-                        values["probs"] = np.zeros((n, *res["probs"].shape[1:]), dtype=np.float32)
+                        values["probs"] = np.zeros((n, *res["probs"].shape[1:]), dtype=np.float64)
                     for m, v in res.items():
                         values[m][idx] = v
                     done[idx] = True

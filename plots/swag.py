@@ -85,6 +85,9 @@ def plot_reliability(ax, diagrams: dict[str, tuple[np.ndarray, str]], eces: dict
 
 def _draw_average(stem: Path, arrays, summary, centre, average, label: str, centre_label: str, title: str,
                   formats: tuple[str, ...], log_when_spread: bool = False) -> list[Path]:
+    for key in ("bma_test_nll", "bma_test_error"):  # one value per number of samples averaged
+        if np.shape(arrays[key]) != (average["members"],):
+            raise ValueError(f"{key} has shape {np.shape(arrays[key])} for {average['members']} samples")
     split = summary.get("eval_split", "test")
     calibrated = "reliability_centre" in arrays and "reliability_bma" in arrays  # none in older results
     fig, axes = new_figure(1, 3 if calibrated else 2, width=15.0 if calibrated else 10.0, height=3.8)

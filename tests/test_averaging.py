@@ -187,8 +187,13 @@ def test_swa_averages_every_cycle_after_the_start(tmp_path, small_digits, endpoi
         run_swa(None, None, epochs=3, swa_start=3, model="convnet", data=small_digits, progress=False)
     for bad, said in (({"swa_lr": float("nan")}, "--swa-lr must be a finite number > 0, got nan"),
                       ({"swa_lr": 0.0}, "--swa-lr must be a finite number > 0, got 0.0"),
-                      ({"swa_lr_max": float("inf")}, "--swa-lr-max must be a finite number > 0, got inf"),
-                      ({"swa_lr_max": 0.001}, "--swa-lr-max must be at least --swa-lr, got 0.001 and 0.01"),
+                      ({"swa_lr_max": float("inf"), "swa_schedule": "cyclic"},
+                       "--swa-lr-max must be a finite number > 0, got inf"),
+                      ({"swa_lr_max": 0.001, "swa_schedule": "cyclic"},
+                       "--swa-lr-max must be at least --swa-lr, got 0.001 and 0.01"),
+                      # the constant schedule has no high end: the option would be silently ignored
+                      ({"swa_lr_max": 0.1}, "--swa-lr-max: for --schedule cyclic (the constant schedule runs at "
+                                            "--swa-lr)"),
                       ({"swa_lr": 1e38, "swa_schedule": "cyclic"},
                        "--swa-lr-max (by default 10 x --swa-lr) must be a finite number > 0, got 1e+39 (above "
                        "3.4e+38, the float32 limit)")):

@@ -60,6 +60,20 @@ def test_atomic_save_leaves_old_file_when_write_fails(tmp_path):
     assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_are_as_readable_as_the_umask_makes_new_files(tmp_path, umask):
+    # mkstemp makes its temporary file 0600: moved into place as it is, a checkpoint on a shared
+    # machine would be unreadable to the group whatever the user's umask says.
+    before = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "m.pt", _net().state_dict(), SPEC)
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # a file made the ordinary way
+    finally:
+        os.umask(before)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask == os.stat(plain).st_mode & 0o777
+
+
 @pytest.mark.parametrize("wrap", ["bare", "model_state", "state_dict", "module_prefix", "compile_prefix", "ddp_compile"])
 def test_foreign_formats_load(tmp_path, wrap):
     net = _net()

@@ -543,6 +543,35 @@ def test_ensemble_metrics_two_members_three_examples():
     assert ensemble_metrics(probs[:1], labels)["ece"] == expected_calibration_error(probs[0], labels)
 
 
+def test_a_model_average_of_far_off_members_keeps_their_nll_by_hand():
+    # Members that give the true class e^-30, e^-200 and e^-600: in float32 these probabilities
+    # underflow (below ~1e-45) and a 1e-12 floor would report 27.6 nats for each.
+    gaps = torch.tensor([30.0, 200.0, 600.0], dtype=torch.float64)
+    logits = torch.stack([torch.zeros(3, dtype=torch.float64), gaps], dim=1)  # class 1 wins by the gap
+    labels = np.zeros(3, dtype=np.int64)  # ... and class 0 is true
+    nll = np.log1p(np.exp(-gaps.numpy())) + gaps.numpy()  # -log softmax(logits)[0] by hand
+    probs = engine_module.probs_of(logits).numpy()
+    assert probs.dtype == np.float64
+    got = ensemble_metrics(probs[None], labels)
+    assert got["nll"] == pytest.approx(nll.mean(), rel=1e-12)
+    # an average of two equal members is either member; of e^-30 and e^-600, -log((e^-30 + e^-600) / 2)
+    assert ensemble_metrics(np.stack([probs, probs]), labels)["nll"] == pytest.approx(nll.mean(), rel=1e-12)
+    two = ensemble_metrics(np.stack([probs[:1], probs[2:]]), labels[:1])["nll"]
+    assert two == pytest.approx(30.0 + np.log(2.0), rel=1e-12)
+
+
+def test_a_one_point_average_has_the_engines_nll_at_a_far_off_point(small):
+    # 5 x the weights: the logits grow with every layer's scale, far past float32 probabilities
+    model = convnet(0)
+    res = evaluate_points(model, [model], [[5.0]], small, return_probs=True)
+    labels = small.y_test.cpu().numpy()
+    p_true = res["probs"][0][np.arange(len(labels)), labels]
+    assert p_true.min() < 1e-30  # far below the old floor (1e-12) and float32's reach
+    assert ensemble_metrics(res["probs"][:1], labels)["nll"] == pytest.approx(res["test_nll"][0], rel=1e-5)
+    seq = evaluate_points_sequential(model, [model], [[5.0]], small, return_probs=True, bn_stats="population")
+    assert ensemble_metrics(seq["probs"][:1], labels)["nll"] == pytest.approx(seq["test_nll"][0], rel=1e-5)
+
+
 def test_the_calibration_error_by_hand_and_of_calibrated_and_overconfident_predictions():
     p = np.array([[0.92, 0.08], [0.91, 0.09], [0.6, 0.4], [0.3, 0.7]])
     y = np.array([0, 1, 0, 1])

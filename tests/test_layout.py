@@ -121,7 +121,8 @@ def test_ensemble_probabilities_of_either_kind_of_network_by_hand(cifar_shaped):
         got = predict_probs(net, cifar_shaped, batch_size=10)
         assert net.training  # mode restored
         with torch.no_grad():
-            want = torch.softmax(net.eval()(cifar_shaped.x_test), dim=-1)
+            want = torch.softmax(net.eval()(cifar_shaped.x_test).double(), dim=-1)
+        assert got.dtype == torch.float64  # a far-off member's tiny probabilities survive
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 

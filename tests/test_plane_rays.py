@@ -30,6 +30,7 @@ import landscape.evaluate as engine_module
 from landscape import sweep as sweep_module
 from landscape.checkpoint import load_checkpoint, load_model, save_checkpoint
 from landscape.data import Dataset, load_dataset
+from landscape.device import total_memory
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_points
 from landscape.geometry import (filter_normalize, line_coefficients, plane_basis, plane_coefficients, plane_grid,
@@ -640,6 +641,23 @@ def test_plane_sweep_resumes_after_sigkill_and_matches_an_uninterrupted_run(tmp_
     assert code == 2 and "plane.npz" in one_line(err)
 
 
+def test_a_sweep_larger_than_the_machine_is_refused_in_one_line_before_any_work(tmp_path, capsys, endpoints):
+    A, B, _ = endpoints
+    gib = total_memory("cpu") / 2 ** 30
+    # 1e10 grid points of 3 coefficients and 5 metrics: hundreds of GiB, whatever this machine has
+    for argv, what in ((["plane", "--center", A, "--grid", 100000], "--grid 100000 (10,000,000,001 points) needs "),
+                       (["rays", "--center", A, "--steps", 10 ** 9, "--directions", 2],
+                        "--directions 2 x --steps 1000000000 (4,000,000,002 points) needs "),
+                       (["rays", "--center", A, "--compare", B, "--directions", 10 ** 6, "--steps", 1],
+                        "--directions 1000000 x --steps 1 (6,000,000 points) needs ")):  # points x anchors
+        out = tmp_path / argv[0]
+        code, _, err = run_cli(capsys, *argv, "--out", out, "--quiet")
+        line = one_line(err)
+        assert code == 2 and line.startswith(f"landscape: error: {what}"), line
+        assert line.endswith(f"GiB, more than the {gib:.3g} GiB this CPU has in all")
+        assert not (out / STORE).exists() and not (out / "summary.json").exists()
+
+
 def test_a_checkpoint_with_nan_or_inf_weights_is_refused_in_one_line(tmp_path, capsys, endpoints):
     """Evaluated beside good points it would turn theirs NaN (0 x NaN):
     refused before any work, naming the file; nothing is written."""
@@ -765,13 +783,16 @@ def test_the_engine_refuses_a_non_finite_anchor_or_coefficient(data, endpoints):
         evaluate_points(model, [wa.float(), wa.float()], [[0.5, 0.5], [float("inf"), 0.0]], data)
 
 
-@pytest.mark.parametrize("error", [
-    CUDA_OOM("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                 "you tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)"),
-], ids=["cuda", "cpu"])
+@pytest.mark.parametrize("error, said", [
+    (CUDA_OOM("CUDA out of memory. Tried to allocate 2.00 GiB"), "(CUDA out of memory. Tried to allocate 2.00 GiB)"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)"),
+     "(an allocation of 2 GiB failed)"),  # the allocator's byte count, made readable
+    (MemoryError("Unable to allocate 74.5 GiB for an array with shape (100000, 100000) and data type float64"),
+     "(an allocation of 74.5 GiB failed)"),  # numpy's
+], ids=["cuda", "cpu", "numpy"])
 def test_running_out_of_memory_is_one_line_and_keeps_the_finished_points(tmp_path, capsys, endpoints, monkeypatch,
-                                                                        error):
+                                                                        error, said):
     args = ["plane", "--points", *endpoints, "--grid", 3, "--points-per-pass", 3, "--quiet"]
     real, calls = sweep_module.evaluate_points, []
 
@@ -790,10 +811,7 @@ def test_running_out_of_memory_is_one_line_and_keeps_the_finished_points(tmp_pat
                                   "or in another --out with --bn-stats batches or a smaller --batch-size")
     with np.load(out / STORE) as z:
         assert int(z["done"].sum()) == 3
-    if isinstance(error, RuntimeError) and not isinstance(error, CUDA_OOM):
-        assert "(an allocation of 2 GiB failed)" in one_line(err)  # the allocator's byte count, readable
-    else:
-        assert "(CUDA out of memory. Tried to allocate 2.00 GiB)" in one_line(err)  # already readable: kept
+    assert said in one_line(err)
     # failing in the first pass: nothing stored, and the sizes asked for may be the cause
     calls.clear()
     monkeypatch.setattr(sweep_module, "evaluate_points", lambda *a, **kw: (_ for _ in ()).throw(error))

@@ -173,6 +173,15 @@ def test_swag_from_the_command_line_and_its_bad_input(tmp_path, swag_run):
     (tmp_path / "d" / "swag.png").unlink()
     redrawn = run_cli("plot", tmp_path / "d")
     assert redrawn.returncode == 0 and (tmp_path / "d" / "swag.png").exists(), redrawn.stderr
+    # a model-average curve cut short no longer matches the samples the summary counts: refused
+    with np.load(tmp_path / "d" / "swag.npz") as z:
+        cut = {k: z[k] for k in z.files}
+    cut["bma_test_nll"] = cut["bma_test_nll"][:1]
+    np.savez(tmp_path / "d" / "swag.npz", **cut)
+    refused = run_cli("plot", tmp_path / "d")
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"landscape: error: {tmp_path / 'd'}: the stored results do not fit together (ValueError: bma_test_nll has "
+        f"shape (1,) for 2 samples; edited, or damaged?); rerun the command that made them")
     for argv, said in (
             (["swag", "--ckpt", root / "swa" / "swa.pt", "--out", tmp_path / "x"],
              f"{root / 'swa' / 'swa.pt'}: holds no SWAG moments; make them with 'landscape swa --swag-rank K' "
