@@ -463,9 +463,16 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     ckpts = [require_network(load_checkpoint(b)) for b in bases]
     given = {**(asdict(config) if config is not None else {}), **overrides}
     check_same_data(ckpts, {k: given.get(k) for k in DATA_FIELDS})
-    _check_init(cfg, [torch.cat([t.detach().flatten().float() for k, t in ck.state_dict.items()  # weights only
-                                 if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))])
-                      for ck in ckpts])
+    weights = [torch.cat([t.detach().flatten().float() for k, t in ck.state_dict.items()  # weights only
+                          if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))])
+               for ck in ckpts]
+    _check_init(cfg, weights)
+    for i in range(len(bases)):  # allowed (its simplex grows twice, from other seeds), but rarely meant
+        same = [str(bases[j]) for j in range(i) if weights[i].shape == weights[j].shape
+                and torch.equal(weights[i], weights[j])]
+        if same:
+            print(f"note: {bases[i]} holds the same weights as {same[0]}: that mode counts twice in the ensemble",
+                  file=sys.stderr)
     _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices,
                  "eval_samples": eval_samples}, resume)
     comps, probs = [], []

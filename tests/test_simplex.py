@@ -238,6 +238,11 @@ def test_an_init_scale_that_overflows_and_espro_bases_on_other_data_are_refused_
     assert code == 2 and err.strip() == (f"landscape: error: {held} was trained on other data than {a} (val-size 100 "
                                          f"vs 0); give the data options explicitly to use the same data for both")
     assert not (tmp_path / "e").exists()
+    # The same mode twice is allowed, and said (here before the folder, a training run's, is refused).
+    code = cli.main(["simplex", "--base", str(a), str(b), str(a), "--out", str(tmp_path / "held"), "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines[0] == f"note: {a} holds the same weights as {a}: that mode counts twice in the ensemble"
+    assert len(lines) == 2 and lines[1].startswith(f"landscape: error: {tmp_path / 'held'} ")
 
 
 def test_a_divergence_names_the_settings_above_1_beside_the_rate():
