@@ -63,7 +63,7 @@ from .data import Dataset, load_dataset
 from .device import seed_everything
 from .errors import UserError
 from .evaluate import evaluate_model, keep_freed_memory, l2_penalty
-from .layout import image_layout
+from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
 from .sweep import barrier, is_main, process_device, rank_and_world
 
@@ -343,11 +343,22 @@ class _Objective(nn.Module):
         return self.loss(x, y)
 
 
-def _data_parallel(task: Task, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], Any]:
-    """The task's loss; on many processes, run through DistributedDataParallel."""
+def _data_parallel(task: Task, device: torch.device, channels_last: bool = False) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """The task's loss; on many processes, run through DistributedDataParallel.
+
+    With ``channels_last`` batches, a conv weight with a size-1 dimension
+    (one input channel, a 1x1 kernel) gets its gradient in channels-last
+    strides, which describe the same memory as its NCHW ones; DDP compares
+    strides, not memory, and would warn on every rank that the gradient does
+    not fit its bucket. Such weights are given those strides first."""
     if rank_and_world()[1] == 1:
         return task.loss
     from torch.nn.parallel import DistributedDataParallel
+
+    if channels_last:
+        for p in task.module.parameters():
+            if p.dim() == 4 and 1 in p.shape[1:]:
+                p.data = to_channels_last(p.data)  # the same values and memory order; strides only
 
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     sync = {}
@@ -400,9 +411,9 @@ def run_training(
     if state is not None:
         task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
-    forward = _data_parallel(task, device)
     # channels-last batches where the network the loss runs takes them (landscape.layout)
     layout = image_layout(task.network if task.network is not None else task.module, data.x_train[:2])
+    forward = _data_parallel(task, device, channels_last=layout is to_channels_last)
     if device.type == "cpu":
         keep_freed_memory()  # as the engine: pages of freed activations reused, not mapped afresh
     out = out if rank == 0 else None  # only rank 0 writes

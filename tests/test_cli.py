@@ -139,6 +139,19 @@ def test_an_option_the_subcommand_lacks_points_to_the_subcommands_help(capsys):
         "landscape curve: error: unrecognized arguments: --grid 5 (see landscape curve --help)")
 
 
+@pytest.mark.parametrize("rank, said", [("0", True), ("1", False)])
+def test_under_torchrun_rank_0_alone_says_a_usage_error(capsys, monkeypatch, rank, said):
+    # every rank parses the same command line; one line from rank 0, as for any other bad input
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--epochs", "x"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert (_one_line_error(err).startswith("landscape train: error: argument --epochs: invalid int value: 'x'")
+            if said else err == "")
+
+
 @pytest.mark.slow
 def test_sigterm_keeps_the_run_says_so_in_one_line_and_resumes(tmp_path):
     """A scheduler's kill (SIGTERM) is met as Ctrl-C is: exit 143, one line, and
