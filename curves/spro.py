@@ -55,7 +55,7 @@ from landscape.errors import UserError
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, load_points, named_model, network_of,
-                              own_network, refuse_same_weights, require_architecture)
+                              note_same_weights, own_network, refuse_same_weights, require_architecture)
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
@@ -467,12 +467,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
                           if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))])
                for ck in ckpts]
     _check_init(cfg, weights)
-    for i in range(len(bases)):  # allowed (its simplex grows twice, from other seeds), but rarely meant
-        same = [str(bases[j]) for j in range(i) if weights[i].shape == weights[j].shape
-                and torch.equal(weights[i], weights[j])]
-        if same:
-            print(f"note: {bases[i]} holds the same weights as {same[0]}: that mode counts twice in the ensemble",
-                  file=sys.stderr)
+    note_same_weights(weights, bases, "that mode counts twice in the ensemble")  # its simplex grows twice
     _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices,
                  "eval_samples": eval_samples}, resume)
     comps, probs = [], []

@@ -6,7 +6,6 @@ predictions)."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,7 +17,7 @@ from .averaging import predict_probs
 from .checkpoint import claim_folder, load_model, write_json
 from .errors import UserError
 from .evaluate import evaluate_points
-from .inputs import load_points
+from .inputs import load_points, note_same_weights
 from .metrics import PROB_FLOOR, ensemble_metrics, expected_calibration_error
 
 __all__ = ["EnsembleResult", "agreement", "evaluate_ensemble"]
@@ -52,11 +51,7 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         raise UserError(f"{out} already holds an ensemble result (summary.json); choose another --out")
     pts = load_points(paths, model=model, model_kwargs=model_kwargs, data_overrides=data_overrides, device=device)
     data, labels = pts.data, pts.data.y_test.cpu().numpy()
-    for i in range(len(paths)):  # allowed (a member may be weighted twice), but rarely meant
-        same = [str(paths[j]) for j in range(i) if torch.equal(pts.vectors[i], pts.vectors[j])]
-        if same:
-            print(f"note: {paths[i]} holds the same weights as {same[0]}: that network counts twice in the "
-                  f"ensemble", file=sys.stderr)
+    note_same_weights(pts.vectors, paths, "that network counts twice in the ensemble")
     members, probs = [], []
     for path, label, ck in zip(paths, pts.labels, pts.checkpoints):
         net = (load_model(ck) if ck.model is not None and model is None else

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -132,13 +132,28 @@ def own_network(ckpt: Checkpoint, model: str | None, model_kwargs: dict | None =
     return model
 
 
+def _repeats(vectors: Sequence[torch.Tensor], paths: Sequence[object]) -> Iterator[tuple[object, object]]:
+    """``(first, again)`` for every network (flat weights, in the order of
+    ``paths``) whose weights an earlier one holds: the earliest such path, its own."""
+    for i in range(len(vectors)):
+        first = next((paths[j] for j in range(i) if torch.equal(vectors[i], vectors[j])), None)
+        if first is not None:
+            yield first, paths[i]
+
+
 def refuse_same_weights(vectors: Sequence[torch.Tensor], paths: Sequence[object], why: str) -> None:
     """One line when two of the networks (flat weights, in the order of ``paths``)
     are the same point; ``why`` says why the command needs them apart."""
-    for i in range(len(vectors)):
-        for j in range(i):
-            if torch.equal(vectors[i], vectors[j]):
-                raise UserError(f"{paths[j]} and {paths[i]} hold the same weights: {why}")
+    for first, again in _repeats(vectors, paths):
+        raise UserError(f"{first} and {again} hold the same weights: {why}")
+
+
+def note_same_weights(vectors: Sequence[torch.Tensor], paths: Sequence[object], what: str) -> None:
+    """A note on stderr for every network whose weights an earlier one holds:
+    allowed (it counts twice), but rarely meant; ``what`` says what it counts
+    in. Weights of other shapes are never the same."""
+    for first, again in _repeats(vectors, paths):
+        print(f"note: {again} holds the same weights as {first}: {what}", file=sys.stderr)
 
 
 def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:
