@@ -114,9 +114,9 @@ class AverageConfig(TrainConfig):
                 raise UserError(f"SWAG needs at least 2 averaged iterates (one gives a Gaussian of no spread), and "
                                 f"--epochs {self.epochs} with --swa-start {self.swa_start} and --cycle {self.cycle} "
                                 f"averages {(self.epochs - self.swa_start) // self.cycle}")
-            if self.swa_lr_max is not None and self.swa_schedule != "cyclic":
-                raise UserError("--swa-lr-max: for --schedule cyclic (the constant schedule runs at --swa-lr)")
             if self.swa_lr_max is not None:
+                if self.swa_schedule != "cyclic":
+                    raise UserError("--swa-lr-max: for --schedule cyclic (the constant schedule runs at --swa-lr)")
                 check_rate("--swa-lr-max", self.swa_lr_max)
                 if self.swa_lr_max < self.swa_lr:
                     raise UserError(f"--swa-lr-max must be at least --swa-lr, got {self.swa_lr_max} and {self.swa_lr}")

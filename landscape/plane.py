@@ -254,8 +254,6 @@ def _sweep_in_plane(
     finished = begin_result(out, "plane.npz", resume, "plane", request)
     if finished is not None:
         return PlaneResult(*finished, out=out)
-    if isinstance(grid, int) and grid >= 2:  # plane_grid says why a smaller one is refused
-        check_sweep_fits(grid * grid + len(layout.anchors) + len(marks), 3 + len(marks), f"--grid {grid}")
     basis = layout.basis
     anchor_xy = project(basis, torch.stack(layout.anchors))
     path_xy = (layout.path_xy if layout.path_xy is not None else
@@ -267,6 +265,8 @@ def _sweep_in_plane(
         x, y = plane_grid(np.zeros((1, 2)), grid, 0.0, xrange or layout.default_range, yrange or layout.default_range)
     else:
         x, y = plane_grid(np.concatenate([anchor_xy, path_xy, mark_xy]), grid, margin, xrange, yrange)
+    # plane_grid gave the axes (and refused a grid below 2); the grid's G x G points come next
+    check_sweep_fits(grid * grid + len(layout.anchors) + len(marks), 3 + len(marks), f"--grid {grid}")
 
     # Grid points, then the anchors (in the plane), then the marks themselves: a mark
     # off the plane is drawn at its projection, but its values are the network's own.
