@@ -595,15 +595,27 @@ def _print_valley(v: dict[str, Any]) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    d = args.result_dir
-    if d.is_file():
-        raise UserError(f"{d} is a file; plot takes the result folder that holds it ({d.parent})")
-    if not d.is_dir():
-        raise UserError(f"{d}: no such result folder")
+    dirs = args.result_dir
+    for d in dirs:
+        if d.is_file():
+            raise UserError(f"{d} is a file; plot takes the result folder that holds it ({d.parent})")
+        if not d.is_dir():
+            raise UserError(f"{d}: no such result folder")
+    if len(dirs) == 1 and (args.out is not None or args.labels is not None):
+        raise UserError("--out and --labels are for a figure comparing several result folders; one folder's "
+                        "figures are redrawn in it")
+    if len(dirs) > 1 and args.out is None:
+        raise UserError("several result folders make one comparison figure: give --out FOLDER for it")
     import matplotlib.pyplot as plt
 
+    d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
     try:
-        written = _draw_stored(d, tuple(args.format))
+        if len(dirs) == 1:
+            written = _draw_stored(dirs[0], tuple(args.format))
+        else:
+            from plots.compare import draw_comparison
+
+            written = draw_comparison(dirs, args.out, args.labels, tuple(args.format))
     except UserError:
         raise
     except KeyError as e:  # a result file or summary without an entry the figure needs
@@ -1168,6 +1180,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         curves[kind] = evaluate_curve(out / kind / "model.pt", ev_dir, points=args.points, data=data,
                                       device=str(device), resume=again(ev_dir, "curve.npz")).summary
         figures += draw_curve_figure(ev_dir)
+    from plots.compare import draw_comparison
+
+    figures += draw_comparison([out / "bezier-eval", out / "polychain-eval"], out / "compare")  # one figure, both
     step(f"plane through the Bezier curve, {args.grid}x{args.grid}")
     loaded = load_curve(out / "bezier" / "model.pt", device)
     import torch
@@ -1682,8 +1697,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p)
     p.set_defaults(func=cmd_simplex)
 
-    p = sub.add_parser("plot", help="redraw the figures of a result folder from its stored files")
-    p.add_argument("result_dir", type=Path, metavar="RESULT_DIR")
+    p = sub.add_parser("plot", help="redraw the figures of a result folder from its stored files, or compare "
+                                    "several curves or planes in one figure",
+                       description="With one RESULT_DIR: redraw its figures there, from its stored files. With "
+                                   "several: one figure comparing them, written to --out: curve results as "
+                                   "curves.<fmt> (every curve's train loss and test error against t on the same "
+                                   "axes, one straight line when they share endpoints), plane results as "
+                                   "planes.<fmt> (side by side, train loss above test error).")
+    p.add_argument("result_dir", type=Path, nargs="+", metavar="RESULT_DIR")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="folder of the comparison figure (several RESULT_DIRs)")
+    p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                   help="the compared results' names in the figure, one per RESULT_DIR (default: a curve's type "
+                        "and bends, a plane's curve, else the folder's name)")
     p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     p.set_defaults(func=cmd_plot)
 

@@ -4,6 +4,7 @@ fig. 2). Drawn from ``curve.npz`` and ``summary.json`` alone."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,13 @@ from landscape.checkpoint import read_result
 
 from .style import new_figure, save_figure
 
-__all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result"]
+__all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result", "compare_curves", "curve_label"]
 
 CURVE_COLOR = "#1f77b4"
 LINE_COLOR = "#d62728"
+# Compared curves: matplotlib's tab10 without its red, which is the line's.
+COMPARE_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                  "#17becf")
 
 
 def load_curve_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -23,14 +27,18 @@ def load_curve_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], di
     return read_result(result_dir, "curve.npz")
 
 
+def curve_label(summary: dict | None) -> str:
+    """A curve result's name in a legend: its type and bends, as "bezier (1 bend)"."""
+    curve_name = (summary or {}).get("curve_type", "curve")
+    bends = (summary or {}).get("bends")
+    return f"{curve_name} ({bends} bend{'s' if bends != 1 else ''})" if bends is not None else curve_name
+
+
 def plot_curve_metric(ax, arrays: dict[str, np.ndarray], metric: str, label: str, summary: dict | None = None):
     """Draw one metric against t for the curve and the line on ``ax``; returns ``ax``."""
     t = arrays["t"]
-    curve_name = (summary or {}).get("curve_type", "curve")
-    bends = (summary or {}).get("bends")
-    curve_label = f"{curve_name} ({bends} bend{'s' if bends != 1 else ''})" if bends is not None else curve_name
     ax.plot(t, arrays[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
-    ax.plot(t, arrays[f"curve_{metric}"], color=CURVE_COLOR, lw=2, label=curve_label)
+    ax.plot(t, arrays[f"curve_{metric}"], color=CURVE_COLOR, lw=2, label=curve_label(summary))
     ends = [0, -1]
     ax.scatter(t[ends], arrays[f"curve_{metric}"][ends], s=60, color="black", zorder=5, label="endpoints")
     ax.set_xlabel("t")
@@ -57,3 +65,45 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     if summary.get("synthetic"):
         fig.suptitle("synthetic data — benchmark only", color="gray")
     return save_figure(fig, result_dir / "curve", formats)
+
+
+def same_line(results: Sequence[tuple[dict[str, np.ndarray], dict]]) -> bool:
+    """Whether the results' straight lines join the same two networks: their
+    metrics at t = 0 and t = 1 agree (to float32 rounding), which two other
+    pairs of networks would not."""
+    ends = [np.array([a[f"line_{m}"][[0, -1]] for m in ("train_loss", "test_nll", "test_error")], dtype=float)
+            for a, _ in results]
+    return all(np.allclose(e, ends[0], rtol=1e-6, atol=1e-9) for e in ends[1:])
+
+
+def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):
+    """Several curve results on one pair of axes per metric (train loss,
+    test error against t), each curve in its own colour and labelled
+    ``labels[i]``. Curves between the same endpoints (:func:`same_line`)
+    share one straight line, drawn dashed from the result with the most
+    points; otherwise each curve's line is dashed in its colour. Returns the
+    figure (not saved)."""
+    split = results[0][1].get("eval_split", "test")
+    fig, axes = new_figure(1, 2, width=10.0, height=3.8)
+    shared = same_line(results)
+    densest = max(range(len(results)), key=lambda i: results[i][0]["t"].size)
+    for ax, metric, metric_label in zip(axes, ("train_loss", "test_error"), ("train loss", f"{split} error (%)")):
+        if shared:
+            a = results[densest][0]
+            ax.plot(a["t"], a[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
+        for i, ((a, _), label) in enumerate(zip(results, labels)):
+            color = COMPARE_COLORS[i % len(COMPARE_COLORS)]
+            if not shared:
+                ax.plot(a["t"], a[f"line_{metric}"], color=color, lw=1.5, ls="--", label=f"{label}: straight line")
+            ax.plot(a["t"], a[f"curve_{metric}"], color=color, lw=2, label=label)
+        for i, (a, _) in enumerate(results):  # after the curves, so the legend lists the paths first
+            ax.scatter(a["t"][[0, -1]], a[f"curve_{metric}"][[0, -1]], s=60, color="black", zorder=5,
+                       label="endpoints" if i == 0 else None)
+        ax.set_xlabel("t")
+        ax.set_ylabel(metric_label)
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(frameon=False, fontsize=9)
+    if any(summary.get("synthetic") for _, summary in results):
+        fig.suptitle("synthetic data — benchmark only", color="gray")
+    return fig

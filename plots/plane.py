@@ -6,6 +6,7 @@ or training trajectory and further projected points marked. Drawn from ``plane.n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.colors as mcolors
@@ -23,6 +24,8 @@ __all__ = [
     "plot_plane",
     "plot_plane_points",
     "draw_plane_figures",
+    "compare_planes",
+    "plot_plane_result",
     "load_plane_result",
 ]
 
@@ -241,27 +244,58 @@ def load_plane_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], di
     return read_result(result_dir, "plane.npz")
 
 
+def plane_metrics(summary: dict) -> list[tuple[str, str, float, float]]:
+    """The metrics a plane figure draws: (key, label, clip, log_alpha)."""
+    split = summary.get("eval_split", "test")
+    return [("train_loss", "train loss", TRAIN_LOSS_VMAX, TRAIN_LOSS_LOG_ALPHA),
+            ("test_error", f"{split} error (%)", TEST_ERROR_VMAX, TEST_ERROR_LOG_ALPHA)]
+
+
+def plot_plane_result(ax, arrays: dict[str, np.ndarray], summary: dict, metric: str, label: str, vmax: float,
+                      log_alpha: float):
+    """One metric of a stored plane result on ``ax``: its contours with the
+    anchors, path and marks the result records. Returns ``ax``."""
+    # A trajectory's axes explain very different shares of its variance: each gets its own scale (Li et al.).
+    plot_plane(ax, arrays["x"], arrays["y"], arrays[metric], vmax=vmax, log_alpha=log_alpha, label=label,
+               equal_aspect=False if summary.get("plane") == "trajectory" else None,
+               **({"axis_labels": tuple(summary["axis_labels"])} if summary.get("axis_labels") else {}))
+    plot_plane_points(ax, arrays["anchor_xy"], summary.get("anchor_labels"),
+                      path_xy=arrays.get("path_xy"), path_label=summary.get("path_label"),
+                      mark_xy=arrays.get("mark_xy"), mark_labels=summary.get("mark_labels"),
+                      path_start=summary.get("start_label") if summary.get("plane") == "trajectory" else None)
+    return ax
+
+
 def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``plane_train_loss.<fmt>`` and ``plane_test_error.<fmt>`` in
     ``result_dir`` from its stored results; returns the files written."""
     result_dir = Path(result_dir)
     arrays, summary = load_plane_result(result_dir)
-    split = summary.get("eval_split", "test")
-    figures = [("train_loss", "train loss", TRAIN_LOSS_VMAX, TRAIN_LOSS_LOG_ALPHA),
-               ("test_error", f"{split} error (%)", TEST_ERROR_VMAX, TEST_ERROR_LOG_ALPHA)]
     written = []
-    for metric, label, vmax, log_alpha in figures:
+    for metric, label, vmax, log_alpha in plane_metrics(summary):
         fig, ax = new_figure(width=6.0, height=5.0)
-        # A trajectory's axes explain very different shares of its variance: each gets its own scale (Li et al.).
-        plot_plane(ax, arrays["x"], arrays["y"], arrays[metric], vmax=vmax, log_alpha=log_alpha, label=label,
-                   equal_aspect=False if summary.get("plane") == "trajectory" else None,
-                   **({"axis_labels": tuple(summary["axis_labels"])} if summary.get("axis_labels") else {}))
-        plot_plane_points(ax, arrays["anchor_xy"], summary.get("anchor_labels"),
-                          path_xy=arrays.get("path_xy"), path_label=summary.get("path_label"),
-                          mark_xy=arrays.get("mark_xy"), mark_labels=summary.get("mark_labels"),
-                          path_start=summary.get("start_label") if summary.get("plane") == "trajectory" else None)
+        plot_plane_result(ax, arrays, summary, metric, label, vmax, log_alpha)
         ax.set_title(label)
         if summary.get("synthetic"):
             fig.suptitle("synthetic data — benchmark only", color="gray")
         written += save_figure(fig, result_dir / f"plane_{metric}", formats)
     return written
+
+
+def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):
+    """Several plane results side by side, as Garipov et al. 2018 (fig. 2)
+    show the planes of independent optima, a Bezier curve and a polygonal
+    chain: one column per result (titled by its label), train loss above
+    and test error below, each panel with its own levels and colorbar.
+    Returns the figure (not saved)."""
+    n = len(results)
+    fig, axes = new_figure(2, n, width=5.4 * n, height=9.0)
+    axes = np.asarray(axes).reshape(2, n)
+    for col, ((arrays, summary), label) in enumerate(zip(results, labels)):
+        for row, (metric, metric_label, vmax, log_alpha) in enumerate(plane_metrics(summary)):
+            ax = axes[row, col]
+            plot_plane_result(ax, arrays, summary, metric, metric_label, vmax, log_alpha)
+            ax.set_title(f"{label}: {metric_label}" if row == 0 else metric_label)
+    if any(summary.get("synthetic") for _, summary in results):
+        fig.suptitle("synthetic data — benchmark only", color="gray")
+    return fig

@@ -292,3 +292,153 @@ def test_plot_redraws_every_espro_component_and_says_why_a_segment_has_no_figure
     assert cli.main(["plot", str(tmp_path / "segment")]) == 0
     assert capsys.readouterr().err.strip() == (f"{tmp_path / 'segment'}: no figure: a simplex of two vertices has no "
                                                f"triangular face to draw")
+
+
+# ------------------------------------------------------------ comparisons
+def write_curve(folder, *, kind="bezier", bends=1, points=21, bump=0.02, line_scale=1.0, split="test"):
+    """A stored curve result: the line's train loss 0.1 + 0.8 line_scale sin(pi t)^2, the
+    curve's 0.1 + bump sin(pi t)^2 (errors 5 + 20 x loss), as ``landscape curve`` writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.linspace(0, 1, points)
+    hump = np.sin(np.pi * t) ** 2
+    arrays = {"t": t}
+    for path, height in (("curve", bump), ("line", 0.8 * line_scale)):
+        loss = 0.1 + height * hump
+        arrays.update({f"{path}_train_loss": loss, f"{path}_train_nll": loss, f"{path}_train_error": 2 + 10 * loss,
+                       f"{path}_test_nll": 1.1 * loss, f"{path}_test_error": 5 + 20 * loss})
+    np.savez(folder / "curve.npz", **arrays)
+    summary = {"curve_type": kind, "bends": bends, "eval_split": split, "synthetic": False,
+               "curve": {"train_loss_barrier": bump, "test_error_barrier": 20 * bump},
+               "line": {"train_loss_barrier": 0.8 * line_scale, "test_error_barrier": 16 * line_scale}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def _lines(ax):
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_curves_between_the_same_endpoints_share_one_line_drawn_from_the_densest_result(tmp_path):
+    from plots.compare import _load
+    from plots.curve import compare_curves
+
+    a = write_curve(tmp_path / "bezier", points=21, bump=0.02)
+    b = write_curve(tmp_path / "chain", kind="polychain", bends=3, points=41, bump=0.05)
+    results = [_load(a, "curve"), _load(b, "curve")]
+    fig = compare_curves(results, ["bezier (1 bend)", "polychain (3 bends)"])
+    try:
+        for ax, metric in zip(fig.axes[:2], ("train_loss", "test_error")):
+            lines = _lines(ax)
+            assert sorted(lines) == ["bezier (1 bend)", "polychain (3 bends)", "straight line"]
+            shared = lines["straight line"]
+            np.testing.assert_array_equal(shared.get_xdata(), results[1][0]["t"])  # the 41-point line
+            np.testing.assert_array_equal(shared.get_ydata(), results[1][0][f"line_{metric}"])
+            for label, (arrays, _) in zip(("bezier (1 bend)", "polychain (3 bends)"), results):
+                np.testing.assert_array_equal(lines[label].get_ydata(), arrays[f"curve_{metric}"])
+            assert lines["bezier (1 bend)"].get_color() != lines["polychain (3 bends)"].get_color()
+        assert fig.axes[1].get_ylabel() == "test error (%)"
+    finally:
+        plt.close(fig)
+
+
+def test_curves_between_other_endpoints_each_get_their_own_line(tmp_path):
+    from plots.compare import _load
+    from plots.curve import compare_curves, same_line
+
+    a = write_curve(tmp_path / "a")
+    b = write_curve(tmp_path / "b", line_scale=1.5)  # same ends, another line between them ...
+    assert same_line([_load(a, "curve"), _load(b, "curve")])  # ... is the same pair of ends
+    arrays = dict(np.load(b / "curve.npz"))
+    arrays["line_test_nll"] = arrays["line_test_nll"] * 1.01  # other networks at the ends
+    np.savez(b / "curve.npz", **arrays)
+    results = [_load(a, "curve"), _load(b, "curve")]
+    assert not same_line(results)
+    fig = compare_curves(results, ["A", "B"])
+    try:
+        lines = _lines(fig.axes[0])
+        assert sorted(lines) == ["A", "A: straight line", "B", "B: straight line"]
+        np.testing.assert_array_equal(lines["B: straight line"].get_ydata(), results[1][0]["line_train_loss"])
+        assert lines["A: straight line"].get_color() == lines["A"].get_color()
+    finally:
+        plt.close(fig)
+
+
+def test_planes_side_by_side_one_column_per_result(tmp_path):
+    from plots.compare import _load
+    from plots.plane import compare_planes
+
+    a = write_plane(tmp_path / "bezier", synthetic=False)
+    b = write_plane(tmp_path / "line", synthetic=False, with_extras=False)
+    arrays = dict(np.load(b / "plane.npz"))
+    arrays["x"] = arrays["x"] * 2  # another extent, so the panels tell the results apart
+    np.savez(b / "plane.npz", **arrays)
+    results = [_load(a, "plane"), _load(b, "plane")]
+    fig = compare_planes(results, ["Bezier", "independent optima"])
+    try:
+        panels = [ax for ax in fig.axes if ax.get_title()]
+        assert [ax.get_title() for ax in panels] == ["Bezier: train loss", "independent optima: train loss",
+                                                     "test error (%)", "test error (%)"]  # row by row
+        for ax, (res, _) in zip(panels, results * 2):
+            assert ax.get_xlim() == pytest.approx((res["x"].min(), res["x"].max()))
+        # the first result's curve is drawn in both its panels, the second has none
+        assert [bool(_lines(ax).get("Bezier curve")) for ax in panels] == [True, False, True, False]
+        assert len(fig.axes) == 8  # four panels, four colorbars
+    finally:
+        plt.close(fig)
+
+
+def test_default_labels_fall_back_to_the_folders_when_they_would_repeat(tmp_path):
+    from plots.compare import default_labels
+
+    folders = [tmp_path / "x" / "run1", tmp_path / "y" / "run1", tmp_path / "run2"]
+    bezier = {"curve_type": "bezier", "bends": 1}
+    assert default_labels(folders[1:], [bezier, {"curve_type": "polychain", "bends": 2}], "curve") == [
+        "bezier (1 bend)", "polychain (2 bends)"]
+    assert default_labels(folders[1:], [bezier, bezier], "curve") == ["run1", "run2"]
+    assert default_labels(folders[:2], [bezier, bezier], "curve") == [str(f) for f in folders[:2]]
+    assert default_labels(folders[1:], [{"path_label": "bezier curve"}, {}], "plane") == ["bezier curve", "run2"]
+
+
+def test_plot_compares_several_folders_from_the_command_line(tmp_path, capsys):
+    import cli
+
+    a = write_curve(tmp_path / "bezier")
+    b = write_curve(tmp_path / "chain", kind="polychain", bends=2)
+    out = tmp_path / "figs" / "ab"
+    assert cli.main(["plot", str(a), str(b), "--out", str(out), "--format", "png", "pdf"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"figure: {out / 'curves.png'}", f"figure: {out / 'curves.pdf'}"]
+    assert_valid_files([out / "curves.png", out / "curves.pdf"], ["curves.png", "curves.pdf"], out)
+    p, q = write_plane(tmp_path / "p1"), write_plane(tmp_path / "p2")
+    assert cli.main(["plot", str(p), str(q), "--out", str(out), "--labels", "one", "two"]) == 0
+    assert_valid_files([out / "planes.png"], ["planes.png"], out)
+    assert not plt.get_fignums(), "figures left open"
+
+
+def test_plot_refuses_a_comparison_it_cannot_draw_in_one_line(tmp_path, capsys):
+    import cli
+
+    a, b = write_curve(tmp_path / "a"), write_curve(tmp_path / "b", kind="polychain")
+    p = write_plane(tmp_path / "p")
+    v = write_curve(tmp_path / "v", split="validation")
+    (tmp_path / "file").write_text("x")
+    out = str(tmp_path / "out")
+    cases = [
+        ([str(a), str(b)], "several result folders make one comparison figure: give --out FOLDER for it"),
+        ([str(a), "--out", out], "--out and --labels are for a figure comparing several result folders"),
+        ([str(a), str(b), "--out", out, "--labels", "x"], "--labels gives 1 label for 2 result folders"),
+        ([str(a), str(tmp_path / "a"), "--out", out], f"{tmp_path / 'a'} is given twice"),
+        ([str(a), str(p), "--out", out], f"{a} holds a curve and {p} a plane"),
+        ([str(a), str(v), "--out", out], f"{a} was evaluated on the test split and {v} on the validation split"),
+        ([str(a), str(b), "--out", str(tmp_path / "file")], "is a file; give a folder for the figure"),
+        ([str(a), str(tmp_path), "--out", out], f"{tmp_path}: no curve.npz or plane.npz"),
+    ]
+    for argv, message in cases:
+        assert cli.main(["plot", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    assert not (tmp_path / "out").exists()  # nothing written by a refused comparison
+    arrays = dict(np.load(b / "curve.npz"))
+    del arrays["line_test_error"]
+    np.savez(b / "curve.npz", **arrays)
+    assert cli.main(["plot", str(a), str(b), "--out", out]) == 2
+    assert f"{b / 'curve.npz'}: lacks 'line_test_error'" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""One figure from several result folders of one kind, for a paper: curves
+(train loss and test error against t, every curve on the same axes) or
+planes (side by side, as Garipov et al. 2018 show the planes of independent
+optima, a Bezier curve and a polygonal chain). Drawn from the stored results
+alone: ``landscape plot A B ... --out FIG``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from landscape.errors import UserError
+
+from .curve import compare_curves, curve_label, load_curve_result
+from .plane import compare_planes, load_plane_result
+from .style import save_figure
+
+__all__ = ["draw_comparison", "COMPARABLE"]
+
+# kind -> (result file, arrays every figure needs, figure name)
+COMPARABLE = {
+    "curve": ("curve.npz", ("t", "curve_train_loss", "curve_test_error", "line_train_loss", "line_test_nll",
+                            "line_test_error"), "curves"),
+    "plane": ("plane.npz", ("x", "y", "train_loss", "test_error", "anchor_xy"), "planes"),
+}
+
+
+def result_kind(folder: Path) -> str:
+    """Which comparable result ``folder`` holds; one line when none."""
+    if (folder / "posterior-curve.npz").exists():
+        raise UserError(f"{folder}: a curve between posteriors; only curves between networks (curve.npz) and "
+                        f"planes (plane.npz) are compared in one figure")
+    for kind, (file, _, _) in COMPARABLE.items():
+        if (folder / file).exists():
+            return kind
+    if (folder / "sweep.partial.npz").exists():
+        raise UserError(f"{folder}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
+                        f"command with --resume, then plot")
+    raise UserError(f"{folder}: no curve.npz or plane.npz; several folders are compared only as curves or as planes")
+
+
+def _load(folder: Path, kind: str) -> tuple[dict[str, np.ndarray], dict]:
+    arrays, summary = (load_curve_result if kind == "curve" else load_plane_result)(folder)
+    file, needed, _ = COMPARABLE[kind]
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise UserError(f"{folder / file}: lacks {missing[0]!r} (edited, or written by another version?); rerun the "
+                        f"command that made it")
+    return arrays, summary
+
+
+def default_labels(folders: Sequence[Path], summaries: Sequence[dict], kind: str) -> list[str]:
+    """A curve's type and bends, a plane's path (its curve) or the folder's
+    name; the folders' names (or paths) when those would repeat."""
+    if kind == "curve":
+        labels = [curve_label(s) for s in summaries]
+    else:
+        labels = [str(s.get("path_label") or f.name) for f, s in zip(folders, summaries)]
+    for candidate in (labels, [f.name for f in folders], [str(f) for f in folders]):
+        if len(set(candidate)) == len(candidate):
+            return list(candidate)
+    return [str(f) for f in folders]
+
+
+def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None,
+                    formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Draw ``curves.<fmt>`` or ``planes.<fmt>`` in ``out`` from two or more
+    result folders of one kind (all curves or all planes, evaluated on one
+    split); ``labels`` name them in the figure (default
+    :func:`default_labels`). Returns the files written."""
+    folders = [Path(f) for f in folders]
+    if len(folders) < 2:
+        raise UserError("a comparison needs two or more result folders")
+    seen = set()
+    for f in folders:
+        key = f.resolve()
+        if key in seen:
+            raise UserError(f"{f} is given twice")
+        seen.add(key)
+    if labels is not None and len(labels) != len(folders):
+        raise UserError(f"--labels gives {len(labels)} label{'s' if len(labels) != 1 else ''} for "
+                        f"{len(folders)} result folders")
+    kinds = [result_kind(f) for f in folders]
+    if len(set(kinds)) > 1:
+        i = kinds.index(next(k for k in kinds if k != kinds[0]))
+        raise UserError(f"{folders[0]} holds a {kinds[0]} and {folders[i]} a {kinds[i]}; "
+                        f"one figure compares results of one kind")
+    kind = kinds[0]
+    results = [_load(f, kind) for f in folders]
+    splits = [s.get("eval_split", "test") for _, s in results]
+    if len(set(splits)) > 1:
+        i = splits.index(next(s for s in splits if s != splits[0]))
+        raise UserError(f"{folders[0]} was evaluated on the {splits[0]} split and {folders[i]} on the {splits[i]} "
+                        f"split; compare results on one split")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the figure")
+    labels = list(labels) if labels is not None else default_labels(folders, [s for _, s in results], kind)
+    fig = (compare_curves if kind == "curve" else compare_planes)(results, labels)
+    out.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, out / COMPARABLE[kind][2], formats)
