@@ -126,17 +126,19 @@ class TrainLoss:
             batches[-1] = (torch.cat([x0, x1]), torch.cat([y0, y1]))
         return batches
 
-    def _logits(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The network's fp32 logits on x at the float32 weights w (P,), differentiable in w."""
+    def _logits(self, w: torch.Tensor, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
+        """The network's fp32 logits on x at the float32 weights w (P,), differentiable in w;
+        ``channels_last`` None: as :func:`takes_channels_last` found."""
         params = self.space.unflatten(w)
-        if self.channels_last:
+        if self.channels_last if channels_last is None else channels_last:
             params = {name: to_channels_last(p) if p.dim() == 4 else p for name, p in params.items()}
             x = to_channels_last(x)
         return functional_call(self.net, params, (x,)).float()
 
-    def nll_sum(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def nll_sum(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                channels_last: bool | None = None) -> torch.Tensor:
         """The batch's summed NLL (float64), differentiable in the float32 weights w (P,)."""
-        return _summed_nll(self._logits(w, x), y)
+        return _summed_nll(self._logits(w, x, channels_last), y)
 
     def value(self, w: torch.Tensor) -> tuple[float, float]:
         """(mean train NLL, train error in %) at w."""
@@ -149,13 +151,22 @@ class TrainLoss:
         return total / self.n, 100.0 * wrong / self.n
 
     def hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """H v (P,) float64 at w (P,), by a double backward per batch."""
+        """H v (P,) float64 at w (P,), by a double backward per batch.
+
+        Always on NCHW batches: on the CPU the channels-last backward of
+        batch norm sums in a way that loses digits where the terms cancel,
+        as they do at a minimum (a trained digits convnet: H v 2.2e-3 from
+        float64 channels-last, 1.5e-5 NCHW), and the double backward ran
+        slower too (0.97 s against 0.57 s). A plain gradient
+        (:meth:`nll_sum`, NUTS's force) keeps the faster layout: an
+        approximate force costs NUTS only efficiency."""
         out = torch.zeros(self.space.numel, dtype=torch.float64, device=self.data.device)
         v32 = v.to(self.data.device, torch.float32)
         with full_float32():
             for x, y in self.batches():
                 wr = w.detach().to(self.data.device, torch.float32).requires_grad_(True)
-                (g,) = torch.autograd.grad(self.nll_sum(wr, x, y) / self.n, wr, create_graph=True)
+                (g,) = torch.autograd.grad(self.nll_sum(wr, x, y, channels_last=False) / self.n, wr,
+                                           create_graph=True)
                 (hv,) = torch.autograd.grad(g @ v32, wr)
                 out += hv.double()
         self.hvps += 1
