@@ -1708,8 +1708,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder of the comparison figure (several RESULT_DIRs)")
     p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
-                   help="the compared results' names in the figure, one per RESULT_DIR (default: a curve's type "
-                        "and bends, a plane's curve, else the folder's name)")
+                   help="the compared results' names in the figure, one per RESULT_DIR, given after them (default: a "
+                        "curve's type and bends, a plane's curve, else the folder's name; $...$ is mathtext)")
     p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     p.set_defaults(func=cmd_plot)
 

@@ -153,19 +153,21 @@ class TrainLoss:
     def hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """H v (P,) float64 at w (P,), by a double backward per batch.
 
-        Always on NCHW batches: on the CPU the channels-last backward of
-        batch norm sums in a way that loses digits where the terms cancel,
-        as they do at a minimum (a trained digits convnet: H v 2.2e-3 from
-        float64 channels-last, 1.5e-5 NCHW), and the double backward ran
-        slower too (0.97 s against 0.57 s). A plain gradient
-        (:meth:`nll_sum`, NUTS's force) keeps the faster layout: an
-        approximate force costs NUTS only efficiency."""
+        On the CPU always on NCHW batches: there the channels-last backward
+        of batch norm sums in a way that loses digits where the terms
+        cancel, as they do at a minimum (a trained digits convnet's H v,
+        ``bench/hvp_layout.py``: 1.2e-3 from float64 channels-last, 1.6e-5
+        NCHW), and the double backward runs slower too (1.04 s against
+        0.66 s). On CUDA (unmeasured) the layout :func:`takes_channels_last`
+        chose. A plain gradient (:meth:`nll_sum`, NUTS's force) keeps the
+        faster layout: an approximate force costs NUTS only efficiency."""
         out = torch.zeros(self.space.numel, dtype=torch.float64, device=self.data.device)
         v32 = v.to(self.data.device, torch.float32)
+        layout = False if self.data.device.type == "cpu" else None
         with full_float32():
             for x, y in self.batches():
                 wr = w.detach().to(self.data.device, torch.float32).requires_grad_(True)
-                (g,) = torch.autograd.grad(self.nll_sum(wr, x, y, channels_last=False) / self.n, wr,
+                (g,) = torch.autograd.grad(self.nll_sum(wr, x, y, channels_last=layout) / self.n, wr,
                                            create_graph=True)
                 (hv,) = torch.autograd.grad(g @ v32, wr)
                 out += hv.double()

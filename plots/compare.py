@@ -79,9 +79,8 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
         if key in seen:
             raise UserError(f"{f} is given twice")
         seen.add(key)
-    if labels is not None and len(labels) != len(folders):
-        raise UserError(f"--labels gives {len(labels)} label{'s' if len(labels) != 1 else ''} for "
-                        f"{len(folders)} result folders")
+    if labels is not None:
+        check_labels(labels, len(folders))
     kinds = [result_kind(f) for f in folders]
     if len(set(kinds)) > 1:
         i = kinds.index(next(k for k in kinds if k != kinds[0]))
@@ -89,11 +88,7 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
                         f"one figure compares results of one kind")
     kind = kinds[0]
     results = [_load(f, kind) for f in folders]
-    splits = [s.get("eval_split", "test") for _, s in results]
-    if len(set(splits)) > 1:
-        i = splits.index(next(s for s in splits if s != splits[0]))
-        raise UserError(f"{folders[0]} was evaluated on the {splits[0]} split and {folders[i]} on the {splits[i]} "
-                        f"split; compare results on one split")
+    check_comparable(folders, [s for _, s in results])
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the figure")
@@ -101,3 +96,54 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
     fig = (compare_curves if kind == "curve" else compare_planes)(results, labels)
     out.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, out / COMPARABLE[kind][2], formats)
+
+
+def check_labels(labels: Sequence[str], count: int) -> None:
+    """One label per folder, each shown in the legend as written: none empty
+    or starting with "_" (matplotlib leaves those out of a legend), no two
+    alike, and any $...$ in them valid mathtext (checked here, so a bad one
+    is not found only when the figure is saved)."""
+    from matplotlib.cbook import is_math_text
+    from matplotlib.mathtext import MathTextParser
+
+    if len(labels) != count:
+        raise UserError(f"--labels gives {len(labels)} label{'s' if len(labels) != 1 else ''} for {count} result "
+                        f"folders (give --labels after the folders)")
+    for label in labels:
+        if not label.strip() or label.startswith("_"):
+            raise UserError(f"--labels {label!r}: a legend leaves out an empty label or one starting with '_'")
+        if is_math_text(label):
+            try:
+                MathTextParser("path").parse(label)
+            except ValueError:
+                raise UserError(f"--labels {label!r}: its $...$ is not valid mathtext (write a literal $ as \\$)") from None
+    if len(set(labels)) < len(labels):
+        raise UserError(f"--labels names two results alike ({', '.join(labels)})")
+
+
+def check_comparable(folders: Sequence[Path], summaries: Sequence[dict]) -> None:
+    """Results drawn on one axis must be measured alike: on one split of one
+    dataset (as far as their summaries record it) and, since the train loss
+    is NLL + wd/2 ||w||^2, with one weight decay."""
+    splits = [s.get("eval_split", "test") for s in summaries]
+    for i, split in enumerate(splits[1:], 1):
+        if split != splits[0]:
+            raise UserError(f"{folders[0]} was evaluated on the {splits[0]} split and {folders[i]} on the {split} "
+                            f"split; compare results on one split")
+
+    def data(s: dict) -> dict | None:
+        d = s.get("dataset")
+        return {k: v for k, v in d.items() if k != "augment"} if isinstance(d, dict) else None  # training only
+
+    def words(d: dict) -> str:
+        return f"{d.get('name')} ({d.get('n_train')} train / {d.get('n_test')} {d.get('eval_split', 'test')} images)"
+
+    first = data(summaries[0])
+    for i, s in enumerate(summaries[1:], 1):
+        d = data(s)
+        if first is not None and d is not None and d != first:
+            raise UserError(f"{folders[0]} was evaluated on {words(first)} and {folders[i]} on {words(d)}; "
+                            f"compare results on the same data")
+        if summaries[0].get("wd") is not None and s.get("wd") is not None and s["wd"] != summaries[0]["wd"]:
+            raise UserError(f"{folders[0]}'s train loss has weight decay {summaries[0]['wd']:g} and {folders[i]}'s "
+                            f"{s['wd']:g}: not comparable (evaluate them with one --wd)")

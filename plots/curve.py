@@ -67,35 +67,54 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     return save_figure(fig, result_dir / "curve", formats)
 
 
+def _ends(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return np.array([arrays[f"line_{m}"][[0, -1]] for m in ("train_loss", "test_nll", "test_error")], dtype=float)
+
+
 def same_line(results: Sequence[tuple[dict[str, np.ndarray], dict]]) -> bool:
     """Whether the results' straight lines join the same two networks: their
     metrics at t = 0 and t = 1 agree (to float32 rounding), which two other
     pairs of networks would not."""
-    ends = [np.array([a[f"line_{m}"][[0, -1]] for m in ("train_loss", "test_nll", "test_error")], dtype=float)
-            for a, _ in results]
-    return all(np.allclose(e, ends[0], rtol=1e-6, atol=1e-9) for e in ends[1:])
+    return len(line_groups(results)) == 1
+
+
+def line_groups(results: Sequence[tuple[dict[str, np.ndarray], dict]]) -> list[list[int]]:
+    """The results grouped by the straight line they share (:func:`same_line`'s
+    test), in order of first appearance: lists of indices."""
+    groups: list[list[int]] = []
+    for i, (arrays, _) in enumerate(results):
+        ends = _ends(arrays)
+        for g in groups:
+            if np.allclose(ends, _ends(results[g[0]][0]), rtol=1e-6, atol=1e-9):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
 
 
 def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):
     """Several curve results on one pair of axes per metric (train loss,
     test error against t), each curve in its own colour and labelled
-    ``labels[i]``. Curves between the same endpoints (:func:`same_line`)
-    share one straight line, drawn dashed from the result with the most
-    points; otherwise each curve's line is dashed in its colour. Returns the
-    figure (not saved)."""
+    ``labels[i]``. Curves between the same endpoints (:func:`line_groups`)
+    share one straight line, drawn dashed from the group's result with the
+    most points: red and labelled "straight line" when every curve shares
+    it, else in the colour of the group's first curve and labelled with the
+    group's curves. Returns the figure (not saved)."""
     split = results[0][1].get("eval_split", "test")
     fig, axes = new_figure(1, 2, width=10.0, height=3.8)
-    shared = same_line(results)
-    densest = max(range(len(results)), key=lambda i: results[i][0]["t"].size)
+    groups = line_groups(results)
+    colors = [COMPARE_COLORS[i % len(COMPARE_COLORS)] for i in range(len(results))]
     for ax, metric, metric_label in zip(axes, ("train_loss", "test_error"), ("train loss", f"{split} error (%)")):
-        if shared:
-            a = results[densest][0]
-            ax.plot(a["t"], a[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
+        for g in groups:
+            a = results[max(g, key=lambda i: results[i][0]["t"].size)][0]
+            if len(groups) == 1:
+                ax.plot(a["t"], a[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
+            else:
+                ax.plot(a["t"], a[f"line_{metric}"], color=colors[g[0]], lw=1.5, ls="--",
+                        label=f"straight line: {', '.join(labels[i] for i in g)}")
         for i, ((a, _), label) in enumerate(zip(results, labels)):
-            color = COMPARE_COLORS[i % len(COMPARE_COLORS)]
-            if not shared:
-                ax.plot(a["t"], a[f"line_{metric}"], color=color, lw=1.5, ls="--", label=f"{label}: straight line")
-            ax.plot(a["t"], a[f"curve_{metric}"], color=color, lw=2, label=label)
+            ax.plot(a["t"], a[f"curve_{metric}"], color=colors[i], lw=2, label=label)
         for i, (a, _) in enumerate(results):  # after the curves, so the legend lists the paths first
             ax.scatter(a["t"][[0, -1]], a[f"curve_{metric}"][[0, -1]], s=60, color="black", zorder=5,
                        label="endpoints" if i == 0 else None)

@@ -356,9 +356,19 @@ def test_curves_between_other_endpoints_each_get_their_own_line(tmp_path):
     fig = compare_curves(results, ["A", "B"])
     try:
         lines = _lines(fig.axes[0])
-        assert sorted(lines) == ["A", "A: straight line", "B", "B: straight line"]
-        np.testing.assert_array_equal(lines["B: straight line"].get_ydata(), results[1][0]["line_train_loss"])
-        assert lines["A: straight line"].get_color() == lines["A"].get_color()
+        assert sorted(lines) == ["A", "B", "straight line: A", "straight line: B"]
+        np.testing.assert_array_equal(lines["straight line: B"].get_ydata(), results[1][0]["line_train_loss"])
+        assert lines["straight line: A"].get_color() == lines["A"].get_color()
+    finally:
+        plt.close(fig)
+    # A third curve between A's endpoints shares A's line: one line per pair of endpoints, from the densest
+    c = write_curve(tmp_path / "c", kind="polychain", points=41)
+    results.append(_load(c, "curve"))
+    fig = compare_curves(results, ["A", "B", "C"])
+    try:
+        lines = _lines(fig.axes[1])
+        assert sorted(lines) == ["A", "B", "C", "straight line: A, C", "straight line: B"]
+        np.testing.assert_array_equal(lines["straight line: A, C"].get_ydata(), results[2][0]["line_test_error"])
     finally:
         plt.close(fig)
 
@@ -422,8 +432,24 @@ def test_plot_refuses_a_comparison_it_cannot_draw_in_one_line(tmp_path, capsys):
     v = write_curve(tmp_path / "v", split="validation")
     (tmp_path / "file").write_text("x")
     out = str(tmp_path / "out")
+    w = write_curve(tmp_path / "w")
+    summary = json.loads((w / "summary.json").read_text())
+    (w / "summary.json").write_text(json.dumps(dict(summary, wd=5e-4)))
+    (a / "summary.json").write_text(json.dumps(dict(json.loads((a / "summary.json").read_text()), wd=3e-4)))
+    digits = {"name": "digits", "eval_split": "test", "n_train": 1437, "n_test": 360, "augment": False}
+    m = write_curve(tmp_path / "m")
+    (m / "summary.json").write_text(json.dumps(dict(summary, dataset=dict(digits, name="mnist", n_train=60000))))
+    (b / "summary.json").write_text(json.dumps(dict(json.loads((b / "summary.json").read_text()),
+                                                    dataset=dict(digits, augment=True))))  # augment: training only
     cases = [
         ([str(a), str(b)], "several result folders make one comparison figure: give --out FOLDER for it"),
+        ([str(a), str(b), "--out", out, "--labels", "x", "x"], "--labels names two results alike (x, x)"),
+        ([str(a), str(b), "--out", out, "--labels", "x", ""], "--labels '': a legend leaves out an empty label"),
+        ([str(a), str(b), "--out", out, "--labels", "_x", "y"], "--labels '_x': a legend leaves out"),
+        ([str(a), str(b), "--out", out, "--labels", "$a_$", "y"], "--labels '$a_$': its $...$ is not valid mathtext"),
+        ([str(a), str(w), "--out", out], f"{a}'s train loss has weight decay 0.0003 and {w}'s 0.0005: not comparable"),
+        ([str(b), str(m), "--out", out], f"{b} was evaluated on digits (1437 train / 360 test images) and {m} on "
+                                         f"mnist (60000 train / 360 test images)"),
         ([str(a), "--out", out], "--out and --labels are for a figure comparing several result folders"),
         ([str(a), str(b), "--out", out, "--labels", "x"], "--labels gives 1 label for 2 result folders"),
         ([str(a), str(tmp_path / "a"), "--out", out], f"{tmp_path / 'a'} is given twice"),
@@ -437,6 +463,8 @@ def test_plot_refuses_a_comparison_it_cannot_draw_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
     assert not (tmp_path / "out").exists()  # nothing written by a refused comparison
+    assert cli.main(["plot", str(a), str(b), "--out", out, "--labels", "cost $5", r"$\theta_1$"]) == 0  # a lone $ is text
+    capsys.readouterr()
     arrays = dict(np.load(b / "curve.npz"))
     del arrays["line_test_error"]
     np.savez(b / "curve.npz", **arrays)
