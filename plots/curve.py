@@ -100,7 +100,8 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
     share one straight line, drawn dashed from the group's result with the
     most points: red and labelled "straight line" when every curve shares
     it, else in the colour of the group's first curve and labelled with the
-    group's curves. Returns the figure (not saved)."""
+    group's curves; one legend below both panels. Returns the figure (not
+    saved)."""
     split = results[0][1].get("eval_split", "test")
     fig, axes = new_figure(1, 2, width=10.0, height=3.8)
     groups = line_groups(results)
@@ -122,7 +123,8 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
         ax.set_ylabel(metric_label)
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].legend(frameon=False, fontsize=9)
+    handles, names = axes[0].get_legend_handles_labels()  # one legend for both panels, below them
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False, fontsize=9)
     if any(summary.get("synthetic") for _, summary in results):
         fig.suptitle("synthetic data — benchmark only", color="gray")
     return fig
