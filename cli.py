@@ -1245,6 +1245,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         schemes[name] = evaluate_variational(out / "vi" / f"{name}.pt", folder, samples=30, data=data,
                                              device=str(device), resume=again(folder, "variational.npz")).summary
         figures += draw_variational_figure(folder)
+    averages = [out / name for name in ("swag", "subspace-pca", "subspace-curve", "vi-eval", "hwa-eval")]
+    figures += draw_comparison(averages, out / "compare")  # every model average in one figure
     bnn_points = min(args.points, 21)
     step(f"variational dropout from endpoint b (as from a), and a Bezier curve between the two posteriors, "
          f"{cfg.epochs} epochs: the expected train NLL and the ensemble of 5 draws along it and the line, "
@@ -1698,12 +1700,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simplex)
 
     p = sub.add_parser("plot", help="redraw the figures of a result folder from its stored files, or compare "
-                                    "several curves or planes in one figure",
+                                    "several curves, planes or model averages in one figure",
                        description="With one RESULT_DIR: redraw its figures there, from its stored files. With "
                                    "several: one figure comparing them, written to --out: curve results as "
                                    "curves.<fmt> (every curve's train loss and test error against t on the same "
-                                   "axes, one straight line when they share endpoints), plane results as "
-                                   "planes.<fmt> (side by side, train loss above test error).")
+                                   "axes, one straight line per pair of endpoints), plane results as planes.<fmt> "
+                                   "(side by side, train loss above test error), model averages (swag, subspace, "
+                                   "vi-eval results) as averages.<fmt> (test NLL and error against the number of "
+                                   "samples, each centre dashed).")
     p.add_argument("result_dir", type=Path, nargs="+", metavar="RESULT_DIR")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder of the comparison figure (several RESULT_DIRs)")

@@ -1,8 +1,10 @@
 """One figure from several result folders of one kind, for a paper: curves
-(train loss and test error against t, every curve on the same axes) or
+(train loss and test error against t, every curve on the same axes),
 planes (side by side, as Garipov et al. 2018 show the planes of independent
-optima, a Bezier curve and a polygonal chain). Drawn from the stored results
-alone: ``landscape plot A B ... --out FIG``."""
+optima, a Bezier curve and a polygonal chain) or model averages (SWAG,
+subspace inference, a variational posterior's ensemble: test NLL and error
+against the number of samples, as Maddox et al. 2019 compare them). Drawn
+from the stored results alone: ``landscape plot A B ... --out DIR``."""
 
 from __future__ import annotations
 
@@ -13,37 +15,44 @@ import numpy as np
 
 from landscape.errors import UserError
 
-from .curve import compare_curves, curve_label, load_curve_result
-from .plane import compare_planes, load_plane_result
+from landscape.checkpoint import read_result
+
+from .curve import compare_curves, curve_label
+from .plane import compare_planes
 from .style import save_figure
+from .swag import average_label, compare_averages
 
 __all__ = ["draw_comparison", "COMPARABLE"]
 
-# kind -> (result file, arrays every figure needs, figure name)
+# kind -> (result files, arrays every figure needs, figure name)
 COMPARABLE = {
-    "curve": ("curve.npz", ("t", "curve_train_loss", "curve_test_error", "line_train_loss", "line_test_nll",
-                            "line_test_error"), "curves"),
-    "plane": ("plane.npz", ("x", "y", "train_loss", "test_error", "anchor_xy"), "planes"),
+    "curve": (("curve.npz",), ("t", "curve_train_loss", "curve_test_error", "line_train_loss", "line_test_nll",
+                               "line_test_error"), "curves"),
+    "plane": (("plane.npz",), ("x", "y", "train_loss", "test_error", "anchor_xy"), "planes"),
+    "average": (("swag.npz", "subspace.npz", "variational.npz"), ("bma_test_nll", "bma_test_error"), "averages"),
 }
 
 
-def result_kind(folder: Path) -> str:
-    """Which comparable result ``folder`` holds; one line when none."""
+def result_kind(folder: Path) -> tuple[str, str]:
+    """Which comparable result ``folder`` holds, and its file; one line when none."""
     if (folder / "posterior-curve.npz").exists():
-        raise UserError(f"{folder}: a curve between posteriors; only curves between networks (curve.npz) and "
-                        f"planes (plane.npz) are compared in one figure")
-    for kind, (file, _, _) in COMPARABLE.items():
-        if (folder / file).exists():
-            return kind
+        raise UserError(f"{folder}: a curve between posteriors; only curves between networks (curve.npz), planes "
+                        f"and model averages are compared in one figure")
+    for kind, (files, _, _) in COMPARABLE.items():
+        for file in files:
+            if (folder / file).exists():
+                return kind, file
     if (folder / "sweep.partial.npz").exists():
         raise UserError(f"{folder}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
                         f"command with --resume, then plot")
-    raise UserError(f"{folder}: no curve.npz or plane.npz; several folders are compared only as curves or as planes")
+    raise UserError(f"{folder}: no curve.npz, plane.npz or model average (swag.npz, subspace.npz, "
+                    f"variational.npz); several folders are compared only as curves, planes or model averages")
 
 
-def _load(folder: Path, kind: str) -> tuple[dict[str, np.ndarray], dict]:
-    arrays, summary = (load_curve_result if kind == "curve" else load_plane_result)(folder)
-    file, needed, _ = COMPARABLE[kind]
+def _load(folder: Path, kind: str, file: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    files, needed, _ = COMPARABLE[kind]
+    file = file or files[0]
+    arrays, summary = read_result(folder, file)
     missing = [k for k in needed if k not in arrays]
     if missing:
         raise UserError(f"{folder / file}: lacks {missing[0]!r} (edited, or written by another version?); rerun the "
@@ -56,6 +65,8 @@ def default_labels(folders: Sequence[Path], summaries: Sequence[dict], kind: str
     name; the folders' names (or paths) when those would repeat."""
     if kind == "curve":
         labels = [curve_label(s) for s in summaries]
+    elif kind == "average":
+        labels = [average_label(s) for s in summaries]
     else:
         labels = [str(s.get("path_label") or f.name) for f, s in zip(folders, summaries)]
     for candidate in (labels, [f.name for f in folders], [str(f) for f in folders]):
@@ -66,10 +77,11 @@ def default_labels(folders: Sequence[Path], summaries: Sequence[dict], kind: str
 
 def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None,
                     formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """Draw ``curves.<fmt>`` or ``planes.<fmt>`` in ``out`` from two or more
-    result folders of one kind (all curves or all planes, evaluated on one
-    split); ``labels`` name them in the figure (default
-    :func:`default_labels`). Returns the files written."""
+    """Draw ``curves.<fmt>``, ``planes.<fmt>`` or ``averages.<fmt>`` in
+    ``out`` from two or more result folders of one kind (all curves, all
+    planes, or all model averages: swag, subspace, vi-eval results), measured
+    alike (:func:`check_comparable`); ``labels`` name them in the figure
+    (default :func:`default_labels`). Returns the files written."""
     folders = [Path(f) for f in folders]
     if len(folders) < 2:
         raise UserError("a comparison needs two or more result folders")
@@ -81,19 +93,21 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
         seen.add(key)
     if labels is not None:
         check_labels(labels, len(folders))
-    kinds = [result_kind(f) for f in folders]
+    found = [result_kind(f) for f in folders]
+    kinds = [k for k, _ in found]
     if len(set(kinds)) > 1:
         i = kinds.index(next(k for k in kinds if k != kinds[0]))
-        raise UserError(f"{folders[0]} holds a {kinds[0]} and {folders[i]} a {kinds[i]}; "
+        name = {"curve": "curve", "plane": "plane", "average": "model average"}
+        raise UserError(f"{folders[0]} holds a {name[kinds[0]]} and {folders[i]} a {name[kinds[i]]}; "
                         f"one figure compares results of one kind")
     kind = kinds[0]
-    results = [_load(f, kind) for f in folders]
-    check_comparable(folders, [s for _, s in results])
+    results = [_load(f, kind, file) for f, (_, file) in zip(folders, found)]
+    check_comparable(folders, [s for _, s in results], train_loss=kind != "average")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the figure")
     labels = list(labels) if labels is not None else default_labels(folders, [s for _, s in results], kind)
-    fig = (compare_curves if kind == "curve" else compare_planes)(results, labels)
+    fig = {"curve": compare_curves, "plane": compare_planes, "average": compare_averages}[kind](results, labels)
     out.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, out / COMPARABLE[kind][2], formats)
 
@@ -121,10 +135,10 @@ def check_labels(labels: Sequence[str], count: int) -> None:
         raise UserError(f"--labels names two results alike ({', '.join(labels)})")
 
 
-def check_comparable(folders: Sequence[Path], summaries: Sequence[dict]) -> None:
+def check_comparable(folders: Sequence[Path], summaries: Sequence[dict], train_loss: bool = True) -> None:
     """Results drawn on one axis must be measured alike: on one split of one
-    dataset (as far as their summaries record it) and, since the train loss
-    is NLL + wd/2 ||w||^2, with one weight decay."""
+    dataset (as far as their summaries record it) and, when the figure draws
+    the train loss (NLL + wd/2 ||w||^2), with one weight decay."""
     splits = [s.get("eval_split", "test") for s in summaries]
     for i, split in enumerate(splits[1:], 1):
         if split != splits[0]:
@@ -144,6 +158,7 @@ def check_comparable(folders: Sequence[Path], summaries: Sequence[dict]) -> None
         if first is not None and d is not None and d != first:
             raise UserError(f"{folders[0]} was evaluated on {words(first)} and {folders[i]} on {words(d)}; "
                             f"compare results on the same data")
-        if summaries[0].get("wd") is not None and s.get("wd") is not None and s["wd"] != summaries[0]["wd"]:
-            raise UserError(f"{folders[0]}'s train loss has weight decay {summaries[0]['wd']:g} and {folders[i]}'s "
-                            f"{s['wd']:g}: not comparable (evaluate them with one --wd)")
+        wd0, wd = summaries[0].get("wd"), s.get("wd")
+        if train_loss and wd0 is not None and wd is not None and wd != wd0:
+            raise UserError(f"{folders[0]}'s train loss has weight decay {wd0:g} and {folders[i]}'s {wd:g}: not "
+                            f"comparable (evaluate them with one --wd)")

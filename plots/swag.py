@@ -6,6 +6,7 @@ Drawn from ``swag.npz`` / ``variational.npz`` and ``summary.json`` alone."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from landscape.checkpoint import read_result
 
 from .style import new_figure, save_figure
 
-__all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average"]
+__all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
+           "average_label"]
 
 BMA_COLOR = "#1f77b4"
 SWA_COLOR = "#d62728"
@@ -105,3 +107,61 @@ def _draw_average(stem: Path, arrays, summary, centre, average, label: str, cent
                  f"error {average['test_error']:.2f}%" + ("   [synthetic data]" if summary.get("synthetic") else ""),
                  fontsize=10)
     return save_figure(fig, stem, formats)
+
+
+def average_label(summary: dict) -> str:
+    """A model average's name in a legend, from its summary: "SWAG (rank 10,
+    scale 0.5)", "SWAG-diag (scale 0.5)", "ESS in the pca subspace", "VI
+    (weight)"."""
+    method = str(summary.get("method", "average"))
+    if "basis" in summary:  # subspace inference
+        return f"{method.upper()} in the {'PCA' if summary['basis'] == 'pca' else summary['basis']} subspace"
+    if "family" in summary:  # a variational posterior's ensemble
+        return f"{method} ({summary['family']})"
+    if summary.get("diag"):
+        return f"{method}-diag (scale {summary.get('scale')})"
+    return f"{method} (rank {summary.get('rank')}, scale {summary.get('scale')})"
+
+
+def centre_name(summary: dict) -> str:
+    """What a model average is centred on: SWAG's SWA solution, or a
+    variational posterior's means (its deterministic network)."""
+    return "the means" if "family" in summary else "SWA"
+
+
+def compare_averages(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):
+    """Several model averages (SWAG, subspace inference, a variational
+    posterior's ensemble) on one pair of axes per metric: test NLL and error
+    after 1..S samples, each in its own colour and labelled ``labels[i]``,
+    with its centre (:func:`centre_name`: SWA, the posterior's means;
+    subspace results keep none) as a dashed line in the same colour. NLL on a log axis when the
+    values drawn differ more than 5-fold. One legend below both panels.
+    Returns the figure (not saved)."""
+    from .curve import COMPARE_COLORS
+
+    split = results[0][1].get("eval_split", "test")
+    fig, axes = new_figure(1, 2, width=10.0, height=3.8)
+    for ax, key, ylabel in zip(axes, ("test_nll", "test_error"), (f"{split} NLL", f"{split} error (%)")):
+        shown = []
+        for i, ((a, summary), label) in enumerate(zip(results, labels)):
+            color = COMPARE_COLORS[i % len(COMPARE_COLORS)]
+            bma = np.asarray(a[f"bma_{key}"], dtype=float)
+            ax.plot(np.arange(1, len(bma) + 1), bma, color=color, lw=2, marker="o", ms=3, label=label)
+            shown.append(bma)
+            if f"mean_{key}" in a:
+                centre = float(a[f"mean_{key}"])
+                ax.axhline(centre, color=color, lw=1.2, ls="--", label=f"{label}: {centre_name(summary)}")
+                shown.append(np.array([centre]))
+        values = np.concatenate(shown)
+        if key == "test_nll" and np.all(values > 0) and values.max() > 5 * values.min():
+            ax.set_yscale("log")
+        ax.set_xlabel("samples averaged")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(1, max(2, max(len(a[f"bma_{key}"]) for a, _ in results)))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False, fontsize=9)
+    if any(summary.get("synthetic") for _, summary in results):
+        fig.suptitle("synthetic data — benchmark only", color="gray")
+    return fig

@@ -395,8 +395,9 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
                    "VD posteriors, line", "VD posteriors, Bezier"):
         assert needle in out, needle
     figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
-    assert len(figures) == 21 and all(Path(f).exists() for f in figures)
+    assert len(figures) == 22 and all(Path(f).exists() for f in figures)
     assert str(tmp_path / "demo" / "compare" / "curves.png") in figures  # the Bezier curve and the chain together
+    assert str(tmp_path / "demo" / "compare" / "averages.png") in figures  # SWAG, subspaces, VI, HWA together
     assert str(tmp_path / "demo" / "vi-bezier-eval" / "posterior-curve.png") in figures
     assert str(tmp_path / "demo" / "swa" / "swa.png") in figures  # SWA against SGD over its 10 epochs
     for name in ("around-swa", "around-sgd", "trajectory"):  # Li et al.'s planes

@@ -456,7 +456,7 @@ def test_plot_refuses_a_comparison_it_cannot_draw_in_one_line(tmp_path, capsys):
         ([str(a), str(p), "--out", out], f"{a} holds a curve and {p} a plane"),
         ([str(a), str(v), "--out", out], f"{a} was evaluated on the test split and {v} on the validation split"),
         ([str(a), str(b), "--out", str(tmp_path / "file")], "is a file; give a folder for the figure"),
-        ([str(a), str(tmp_path), "--out", out], f"{tmp_path}: no curve.npz or plane.npz"),
+        ([str(a), str(tmp_path), "--out", out], f"{tmp_path}: no curve.npz, plane.npz or model average"),
     ]
     for argv, message in cases:
         assert cli.main(["plot", *argv]) == 2, argv
@@ -470,3 +470,61 @@ def test_plot_refuses_a_comparison_it_cannot_draw_in_one_line(tmp_path, capsys):
     np.savez(b / "curve.npz", **arrays)
     assert cli.main(["plot", str(a), str(b), "--out", out]) == 2
     assert f"{b / 'curve.npz'}: lacks 'line_test_error'" in capsys.readouterr().err
+
+
+def write_average(folder, file, summary, *, samples=6, nll0=0.05, centre=True):
+    """A stored model average (swag.npz, subspace.npz, variational.npz): test NLL
+    nll0 (1 + 1/s) and error 2 + 1/s after s samples; a centre's metrics unless
+    ``centre`` is False (subspace results keep none)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    s = np.arange(1, samples + 1)
+    arrays = {"bma_test_nll": nll0 * (1 + 1 / s), "bma_test_error": 2 + 1 / s,
+              "sample_test_nll": np.full(samples, 3 * nll0), "sample_test_error": np.full(samples, 4.0)}
+    if centre:
+        arrays.update(mean_test_nll=np.array(1.5 * nll0), mean_test_error=np.array(3.0))
+    np.savez(folder / file, **arrays)
+    (folder / "summary.json").write_text(json.dumps(dict(summary, eval_split="test", synthetic=False)))
+    return folder
+
+
+def test_model_averages_compared_on_one_pair_of_axes(tmp_path):
+    from plots.compare import _load, default_labels
+    from plots.swag import average_label, compare_averages
+
+    swag = write_average(tmp_path / "swag", "swag.npz", {"method": "SWAG", "rank": 10, "scale": 0.5, "diag": False})
+    sub = write_average(tmp_path / "sub", "subspace.npz", {"method": "ess", "basis": "pca", "rank": 2},
+                        samples=4, nll0=0.04, centre=False)
+    vi = write_average(tmp_path / "vi", "variational.npz", {"method": "VI", "family": "weight"}, nll0=0.5)
+    results = [_load(swag, "average", "swag.npz"), _load(sub, "average", "subspace.npz"),
+               _load(vi, "average", "variational.npz")]
+    labels = default_labels([swag, sub, vi], [s for _, s in results], "average")
+    assert labels == ["SWAG (rank 10, scale 0.5)", "ESS in the PCA subspace", "VI (weight)"]
+    assert average_label({"method": "SWAG", "scale": 1.0, "diag": True}) == "SWAG-diag (scale 1.0)"
+    fig = compare_averages(results, labels)
+    try:
+        for ax, key in zip(fig.axes[:2], ("test_nll", "test_error")):
+            lines = _lines(ax)
+            assert sorted(lines) == sorted(labels + ["SWAG (rank 10, scale 0.5): SWA", "VI (weight): the means"])
+            for label, (arrays, _) in zip(labels, results):
+                np.testing.assert_array_equal(lines[label].get_ydata(), arrays[f"bma_{key}"])
+                np.testing.assert_array_equal(lines[label].get_xdata(), np.arange(1, len(arrays[f"bma_{key}"]) + 1))
+            assert lines["VI (weight): the means"].get_ydata()[0] == pytest.approx(float(results[2][0][f"mean_{key}"]))
+        assert fig.axes[0].get_yscale() == "log"  # NLLs 0.04 .. 1.0 differ more than 5-fold
+        assert fig.axes[1].get_yscale() == "linear"
+    finally:
+        plt.close(fig)
+
+
+def test_plot_compares_model_averages_and_refuses_them_beside_a_curve(tmp_path, capsys):
+    import cli
+
+    swag = write_average(tmp_path / "swag", "swag.npz", {"method": "SWAG", "rank": 10, "scale": 0.5, "diag": False})
+    vi = write_average(tmp_path / "vi", "variational.npz", {"method": "HWA", "family": "weight"})
+    out = tmp_path / "fig"
+    assert cli.main(["plot", str(swag), str(vi), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"figure: {out / 'averages.png'}"
+    assert_valid_files([out / "averages.png"], ["averages.png"], out)
+    curve = write_curve(tmp_path / "curve")
+    assert cli.main(["plot", str(swag), str(curve), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"{swag} holds a model average and {curve} a curve; one figure compares results of one kind")
