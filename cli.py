@@ -683,8 +683,13 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         raise UserError(f"{d}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
                         f"command with --resume, then plot")
     else:
-        raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, sharpness.npz, simplex.npz, swag.npz, "
-                        f"subspace.npz, variational.npz, or an SWA run's metrics.jsonl)")
+        from plots.compare import redraw_comparisons
+
+        written = redraw_comparisons(d, formats)  # a folder of comparison figures (plot A B ... --out d)
+        if not written:
+            raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, sharpness.npz, "
+                            f"simplex.npz, swag.npz, subspace.npz, variational.npz, an SWA run's metrics.jsonl, or "
+                            f"the record of a comparison, curves.json, planes.json, averages.json)")
     return written
 
 

@@ -8,6 +8,7 @@ from the stored results alone: ``landscape plot A B ... --out DIR``."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,14 +16,14 @@ import numpy as np
 
 from landscape.errors import UserError
 
-from landscape.checkpoint import read_result
+from landscape.checkpoint import read_json, read_result, write_json
 
 from .curve import compare_curves, curve_label
 from .plane import compare_planes
 from .style import save_figure
 from .swag import average_label, compare_averages
 
-__all__ = ["draw_comparison", "COMPARABLE"]
+__all__ = ["draw_comparison", "redraw_comparisons", "COMPARABLE"]
 
 # kind -> (result files, arrays every figure needs, figure name)
 COMPARABLE = {
@@ -109,7 +110,39 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
     labels = list(labels) if labels is not None else default_labels(folders, [s for _, s in results], kind)
     fig = {"curve": compare_curves, "plane": compare_planes, "average": compare_averages}[kind](results, labels)
     out.mkdir(parents=True, exist_ok=True)
-    return save_figure(fig, out / COMPARABLE[kind][2], formats)
+    name = COMPARABLE[kind][2]
+    written = save_figure(fig, out / name, formats)
+    # What the figure was drawn from, so `landscape plot OUT` redraws it: the folders relative to OUT
+    # (the tree can move), and the labels.
+    write_json(out / f"{name}.json", {"kind": kind, "results": [os.path.relpath(f.resolve(), out.resolve())
+                                                                  for f in folders], "labels": labels})
+    return written
+
+
+def redraw_comparisons(folder: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Redraw every comparison figure ``folder`` holds (``curves.json``,
+    ``planes.json``, ``averages.json``, written beside the figures), from the
+    result folders they name; [] when it holds none."""
+    folder = Path(folder)
+    written = []
+    for kind, (_, _, name) in COMPARABLE.items():
+        path = folder / f"{name}.json"
+        if not path.exists():
+            continue
+        record = read_json(path)
+        results = record.get("results") if isinstance(record, dict) else None
+        labels = record.get("labels") if isinstance(record, dict) else None
+        if (record.get("kind") if isinstance(record, dict) else None) != kind or not isinstance(results, list) or \
+                not all(isinstance(r, str) for r in results) or not (
+                    labels is None or isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            raise UserError(f"{path}: not a record of a comparison (edited, or damaged?); draw it again with "
+                            f"'landscape plot A B ... --out {folder}'")
+        folders = [folder / r for r in results]
+        for f in folders:
+            if not f.is_dir():
+                raise UserError(f"{path} names {os.path.normpath(f)}, which is not a folder (moved or removed?)")
+        written += draw_comparison(folders, folder, labels, formats)
+    return written
 
 
 def check_labels(labels: Sequence[str], count: int) -> None:

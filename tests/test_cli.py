@@ -513,8 +513,9 @@ def test_plot_of_an_unfinished_sweep_says_how_to_finish_it(tmp_path, capsys):
     code, _, err = run(capsys, "plot", tmp_path)
     assert code == 2 and _one_line_error(err).endswith("no stored results to draw (expected curve.npz, plane.npz, "
                                                         "rays.npz, sharpness.npz, simplex.npz, swag.npz, "
-                                                        "subspace.npz, variational.npz, or an SWA run's "
-                                                        "metrics.jsonl)")
+                                                        "subspace.npz, variational.npz, an SWA run's "
+                                                        "metrics.jsonl, or the record of a comparison, curves.json, "
+                                                        "planes.json, averages.json)")
 
 
 def test_damaged_stores_and_summaries_are_one_line(tmp_path, capsys):

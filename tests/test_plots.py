@@ -528,3 +528,35 @@ def test_plot_compares_model_averages_and_refuses_them_beside_a_curve(tmp_path, 
     assert cli.main(["plot", str(swag), str(curve), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().endswith(
         f"{swag} holds a model average and {curve} a curve; one figure compares results of one kind")
+
+
+def test_a_comparison_folder_is_redrawn_by_plot_from_its_record(tmp_path, capsys):
+    """plot A B --out DIR records what it drew (DIR/curves.json, the folders relative to DIR), so
+    `plot DIR` redraws it, after the whole tree has moved too; a damaged record or a folder gone is one line."""
+    import cli
+
+    a = write_curve(tmp_path / "runs" / "a")
+    b = write_curve(tmp_path / "runs" / "b", kind="polychain")
+    p, q = write_plane(tmp_path / "runs" / "p"), write_plane(tmp_path / "runs" / "q")
+    fig = tmp_path / "runs" / "fig"
+    assert cli.main(["plot", str(a), str(b), "--out", str(fig), "--labels", "A", "B"]) == 0
+    assert cli.main(["plot", str(p), str(q), "--out", str(fig)]) == 0
+    record = json.loads((fig / "curves.json").read_text())
+    assert record == {"kind": "curve", "results": ["../a", "../b"], "labels": ["A", "B"]}
+    (tmp_path / "runs").rename(tmp_path / "moved")
+    fig = tmp_path / "moved" / "fig"
+    for f in fig.glob("*.png"):
+        f.unlink()
+    capsys.readouterr()
+    assert cli.main(["plot", str(fig), "--format", "pdf"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"figure: {fig / 'curves.pdf'}", f"figure: {fig / 'planes.pdf'}"]
+    assert_valid_files([fig / "curves.pdf", fig / "planes.pdf"], ["curves.pdf", "planes.pdf"], fig)
+    assert json.loads((fig / "curves.json").read_text()) == record  # the redraw keeps the labels
+    (fig / "planes.json").write_text(json.dumps({"kind": "plane", "results": "../p"}))
+    assert cli.main(["plot", str(fig)]) == 2
+    assert "planes.json: not a record of a comparison" in capsys.readouterr().err
+    (fig / "planes.json").unlink()
+    (tmp_path / "moved" / "b").rename(tmp_path / "moved" / "b2")
+    assert cli.main(["plot", str(fig)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"curves.json names {tmp_path / 'moved' / 'b'}, which is not a folder" in err
