@@ -107,15 +107,16 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the figure")
-    labels = list(labels) if labels is not None else default_labels(folders, [s for _, s in results], kind)
+    given = list(labels) if labels is not None else None
+    labels = given or default_labels(folders, [s for _, s in results], kind)
     fig = {"curve": compare_curves, "plane": compare_planes, "average": compare_averages}[kind](results, labels)
     out.mkdir(parents=True, exist_ok=True)
     name = COMPARABLE[kind][2]
     written = save_figure(fig, out / name, formats)
     # What the figure was drawn from, so `landscape plot OUT` redraws it: the folders relative to OUT
-    # (the tree can move), and the labels.
+    # (the tree can move), and the labels given (None: the defaults, found again from the results).
     write_json(out / f"{name}.json", {"kind": kind, "results": [os.path.relpath(f.resolve(), out.resolve())
-                                                                  for f in folders], "labels": labels})
+                                                                  for f in folders], "labels": given})
     return written
 
 

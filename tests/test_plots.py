@@ -543,6 +543,7 @@ def test_a_comparison_folder_is_redrawn_by_plot_from_its_record(tmp_path, capsys
     assert cli.main(["plot", str(p), str(q), "--out", str(fig)]) == 0
     record = json.loads((fig / "curves.json").read_text())
     assert record == {"kind": "curve", "results": ["../a", "../b"], "labels": ["A", "B"]}
+    assert json.loads((fig / "planes.json").read_text())["labels"] is None  # the defaults, found again
     (tmp_path / "runs").rename(tmp_path / "moved")
     fig = tmp_path / "moved" / "fig"
     for f in fig.glob("*.png"):
