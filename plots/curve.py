@@ -11,15 +11,13 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import new_figure, save_figure
+from .style import compare_color, legend_below, new_figure, save_figure
 
-__all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result", "compare_curves", "curve_label"]
+__all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result", "compare_curves", "curve_label",
+           "line_groups"]
 
 CURVE_COLOR = "#1f77b4"
 LINE_COLOR = "#d62728"
-# Compared curves: matplotlib's tab10 without its red, which is the line's.
-COMPARE_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-                  "#17becf")
 
 
 def load_curve_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -71,16 +69,11 @@ def _ends(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return np.array([arrays[f"line_{m}"][[0, -1]] for m in ("train_loss", "test_nll", "test_error")], dtype=float)
 
 
-def same_line(results: Sequence[tuple[dict[str, np.ndarray], dict]]) -> bool:
-    """Whether the results' straight lines join the same two networks: their
-    metrics at t = 0 and t = 1 agree (to float32 rounding), which two other
-    pairs of networks would not."""
-    return len(line_groups(results)) == 1
-
-
 def line_groups(results: Sequence[tuple[dict[str, np.ndarray], dict]]) -> list[list[int]]:
-    """The results grouped by the straight line they share (:func:`same_line`'s
-    test), in order of first appearance: lists of indices."""
+    """The results grouped by the straight line they share, in order of first
+    appearance (lists of indices): two lines join the same two networks when
+    their metrics at t = 0 and t = 1 agree (to float32 rounding), which two
+    other pairs of networks would not."""
     groups: list[list[int]] = []
     for i, (arrays, _) in enumerate(results):
         ends = _ends(arrays)
@@ -105,17 +98,16 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
     split = results[0][1].get("eval_split", "test")
     fig, axes = new_figure(1, 2, width=10.0, height=3.8)
     groups = line_groups(results)
-    colors = [COMPARE_COLORS[i % len(COMPARE_COLORS)] for i in range(len(results))]
     for ax, metric, metric_label in zip(axes, ("train_loss", "test_error"), ("train loss", f"{split} error (%)")):
         for g in groups:
             a = results[max(g, key=lambda i: results[i][0]["t"].size)][0]
             if len(groups) == 1:
                 ax.plot(a["t"], a[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
             else:
-                ax.plot(a["t"], a[f"line_{metric}"], color=colors[g[0]], lw=1.5, ls="--",
+                ax.plot(a["t"], a[f"line_{metric}"], color=compare_color(g[0]), lw=1.5, ls="--",
                         label=f"straight line: {', '.join(labels[i] for i in g)}")
         for i, ((a, _), label) in enumerate(zip(results, labels)):
-            ax.plot(a["t"], a[f"curve_{metric}"], color=colors[i], lw=2, label=label)
+            ax.plot(a["t"], a[f"curve_{metric}"], color=compare_color(i), lw=2, label=label)
         for i, (a, _) in enumerate(results):  # after the curves, so the legend lists the paths first
             ax.scatter(a["t"][[0, -1]], a[f"curve_{metric}"][[0, -1]], s=60, color="black", zorder=5,
                        label="endpoints" if i == 0 else None)
@@ -123,8 +115,7 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
         ax.set_ylabel(metric_label)
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-    handles, names = axes[0].get_legend_handles_labels()  # one legend for both panels, below them
-    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False, fontsize=9)
+    legend_below(fig, axes[0])
     if any(summary.get("synthetic") for _, summary in results):
         fig.suptitle("synthetic data — benchmark only", color="gray")
     return fig

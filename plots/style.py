@@ -12,9 +12,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from landscape.checkpoint import atomic_save  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "FORMATS"]
+__all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "FORMATS"]
 
 FORMATS = ("png", "pdf", "svg")
+# Results compared in one figure: matplotlib's tab10 without its red (a curve figure's straight line).
+COMPARE_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                  "#17becf")
+
+
+def compare_color(i: int) -> str:
+    """The colour of the i-th result in a comparison figure."""
+    return COMPARE_COLORS[i % len(COMPARE_COLORS)]
+
+
+def legend_below(fig, ax) -> None:
+    """One legend of ``ax``'s labelled artists below every panel of ``fig`` (up to 4 columns), clear of the data."""
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False, fontsize=9)
 
 
 def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: float = 4.0):

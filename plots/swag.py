@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from landscape.checkpoint import read_result
 
-from .style import new_figure, save_figure
+from .style import compare_color, legend_below, new_figure, save_figure
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
            "average_label"]
@@ -137,14 +137,12 @@ def compare_averages(results: Sequence[tuple[dict[str, np.ndarray], dict]], labe
     subspace results keep none) as a dashed line in the same colour. NLL on a log axis when the
     values drawn differ more than 5-fold. One legend below both panels.
     Returns the figure (not saved)."""
-    from .curve import COMPARE_COLORS
-
     split = results[0][1].get("eval_split", "test")
     fig, axes = new_figure(1, 2, width=10.0, height=3.8)
     for ax, key, ylabel in zip(axes, ("test_nll", "test_error"), (f"{split} NLL", f"{split} error (%)")):
         shown = []
         for i, ((a, summary), label) in enumerate(zip(results, labels)):
-            color = COMPARE_COLORS[i % len(COMPARE_COLORS)]
+            color = compare_color(i)
             bma = np.asarray(a[f"bma_{key}"], dtype=float)
             ax.plot(np.arange(1, len(bma) + 1), bma, color=color, lw=2, marker="o", ms=3, label=label)
             shown.append(bma)
@@ -160,8 +158,7 @@ def compare_averages(results: Sequence[tuple[dict[str, np.ndarray], dict]], labe
         ax.set_xlim(1, max(2, max(len(a[f"bma_{key}"]) for a, _ in results)))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False, fontsize=9)
+    legend_below(fig, axes[0])
     if any(summary.get("synthetic") for _, summary in results):
         fig.suptitle("synthetic data — benchmark only", color="gray")
     return fig

@@ -343,16 +343,16 @@ def test_curves_between_the_same_endpoints_share_one_line_drawn_from_the_densest
 
 def test_curves_between_other_endpoints_each_get_their_own_line(tmp_path):
     from plots.compare import _load
-    from plots.curve import compare_curves, same_line
+    from plots.curve import compare_curves, line_groups
 
     a = write_curve(tmp_path / "a")
     b = write_curve(tmp_path / "b", line_scale=1.5)  # same ends, another line between them ...
-    assert same_line([_load(a, "curve"), _load(b, "curve")])  # ... is the same pair of ends
+    assert line_groups([_load(a, "curve"), _load(b, "curve")]) == [[0, 1]]  # ... is the same pair of ends
     arrays = dict(np.load(b / "curve.npz"))
     arrays["line_test_nll"] = arrays["line_test_nll"] * 1.01  # other networks at the ends
     np.savez(b / "curve.npz", **arrays)
     results = [_load(a, "curve"), _load(b, "curve")]
-    assert not same_line(results)
+    assert line_groups(results) == [[0], [1]]
     fig = compare_curves(results, ["A", "B"])
     try:
         lines = _lines(fig.axes[0])
