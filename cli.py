@@ -679,12 +679,11 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         from plots.swa import draw_swa_figure
 
         written = draw_swa_figure(d, formats)
-    elif (d / "sweep.partial.npz").exists():
-        raise UserError(f"{d}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
-                        f"command with --resume, then plot")
     else:
+        from landscape.sweep import refuse_unfinished
         from plots.compare import redraw_comparisons
 
+        refuse_unfinished(d)
         written = redraw_comparisons(d, formats)  # a folder of comparison figures (plot A B ... --out d)
         if not written:
             raise UserError(f"{d}: no stored results to draw (expected curve.npz, plane.npz, rays.npz, sharpness.npz, "

@@ -32,7 +32,7 @@ from .errors import UserError
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
                        unique_rows)
 
-__all__ = ["STORE", "check_sweep_fits", "init_distributed", "process_device", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
+__all__ = ["STORE", "check_sweep_fits", "refuse_unfinished", "init_distributed", "process_device", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
            "begin_result", "finish_result", "request_key"]
 
 STORE = "sweep.partial.npz"
@@ -182,6 +182,14 @@ def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarr
         write_npz(out / result_file, arrays)
         for name in stores:
             (out / name).unlink(missing_ok=True)
+
+
+def refuse_unfinished(folder: Path) -> None:
+    """One line when ``folder`` holds an unfinished sweep (its partial store,
+    :data:`STORE`) where finished results were expected, as by ``plot``."""
+    if (Path(folder) / STORE).exists():
+        raise UserError(f"{folder}: the sweep there is unfinished ({STORE}); finish it by rerunning its command "
+                        f"with --resume, then plot")
 
 
 def check_sweep_fits(points: int, anchors: int, what: str) -> None:

@@ -9,14 +9,17 @@ from the stored results alone: ``landscape plot A B ... --out DIR``."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from landscape.errors import UserError
 
 from landscape.checkpoint import read_json, read_result, write_json
+
+from landscape.sweep import refuse_unfinished
 
 from .curve import compare_curves, curve_label
 from .plane import compare_planes
@@ -25,12 +28,21 @@ from .swag import average_label, compare_averages
 
 __all__ = ["draw_comparison", "redraw_comparisons", "COMPARABLE"]
 
-# kind -> (result files, arrays every figure needs, figure name)
+class _Kind(NamedTuple):
+    files: tuple[str, ...]  # the result files that make a folder this kind
+    needed: tuple[str, ...]  # arrays every figure of it draws
+    figure: str  # the figure's (and its record's) name in --out
+    words: str  # the kind in a message
+    draw: Callable  # (results, labels) -> the figure
+
+
 COMPARABLE = {
-    "curve": (("curve.npz",), ("t", "curve_train_loss", "curve_test_error", "line_train_loss", "line_test_nll",
-                               "line_test_error"), "curves"),
-    "plane": (("plane.npz",), ("x", "y", "train_loss", "test_error", "anchor_xy"), "planes"),
-    "average": (("swag.npz", "subspace.npz", "variational.npz"), ("bma_test_nll", "bma_test_error"), "averages"),
+    "curve": _Kind(("curve.npz",), ("t", "curve_train_loss", "curve_test_error", "line_train_loss", "line_test_nll",
+                                    "line_test_error"), "curves", "curve", compare_curves),
+    "plane": _Kind(("plane.npz",), ("x", "y", "train_loss", "test_error", "anchor_xy"), "planes", "plane",
+                   compare_planes),
+    "average": _Kind(("swag.npz", "subspace.npz", "variational.npz"), ("bma_test_nll", "bma_test_error"), "averages",
+                     "model average", compare_averages),
 }
 
 
@@ -39,22 +51,19 @@ def result_kind(folder: Path) -> tuple[str, str]:
     if (folder / "posterior-curve.npz").exists():
         raise UserError(f"{folder}: a curve between posteriors; only curves between networks (curve.npz), planes "
                         f"and model averages are compared in one figure")
-    for kind, (files, _, _) in COMPARABLE.items():
-        for file in files:
+    for kind, spec in COMPARABLE.items():
+        for file in spec.files:
             if (folder / file).exists():
                 return kind, file
-    if (folder / "sweep.partial.npz").exists():
-        raise UserError(f"{folder}: the sweep there is unfinished (sweep.partial.npz); finish it by rerunning its "
-                        f"command with --resume, then plot")
+    refuse_unfinished(folder)
     raise UserError(f"{folder}: no curve.npz, plane.npz or model average (swag.npz, subspace.npz, "
                     f"variational.npz); several folders are compared only as curves, planes or model averages")
 
 
 def _load(folder: Path, kind: str, file: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    files, needed, _ = COMPARABLE[kind]
-    file = file or files[0]
+    file = file or COMPARABLE[kind].files[0]
     arrays, summary = read_result(folder, file)
-    missing = [k for k in needed if k not in arrays]
+    missing = [k for k in COMPARABLE[kind].needed if k not in arrays]
     if missing:
         raise UserError(f"{folder / file}: lacks {missing[0]!r} (edited, or written by another version?); rerun the "
                         f"command that made it")
@@ -86,38 +95,45 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
     folders = [Path(f) for f in folders]
     if len(folders) < 2:
         raise UserError("a comparison needs two or more result folders")
-    seen = set()
-    for f in folders:
-        key = f.resolve()
-        if key in seen:
-            raise UserError(f"{f} is given twice")
-        seen.add(key)
+    resolved = [f.resolve() for f in folders]
+    twice = next((f for i, f in enumerate(folders) if resolved[i] in resolved[:i]), None)
+    if twice is not None:
+        raise UserError(f"{twice} is given twice")
     if labels is not None:
         check_labels(labels, len(folders))
     found = [result_kind(f) for f in folders]
-    kinds = [k for k, _ in found]
-    if len(set(kinds)) > 1:
-        i = kinds.index(next(k for k in kinds if k != kinds[0]))
-        name = {"curve": "curve", "plane": "plane", "average": "model average"}
-        raise UserError(f"{folders[0]} holds a {name[kinds[0]]} and {folders[i]} a {name[kinds[i]]}; "
-                        f"one figure compares results of one kind")
-    kind = kinds[0]
+    kind = found[0][0]
+    other = next((i for i, (k, _) in enumerate(found) if k != kind), None)
+    if other is not None:
+        raise UserError(f"{folders[0]} holds a {COMPARABLE[kind].words} and {folders[other]} a "
+                        f"{COMPARABLE[found[other][0]].words}; one figure compares results of one kind")
     results = [_load(f, kind, file) for f, (_, file) in zip(folders, found)]
     check_comparable(folders, [s for _, s in results], train_loss=kind != "average")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the figure")
-    given = list(labels) if labels is not None else None
-    labels = given or default_labels(folders, [s for _, s in results], kind)
-    fig = {"curve": compare_curves, "plane": compare_planes, "average": compare_averages}[kind](results, labels)
+    fig = COMPARABLE[kind].draw(results, labels or default_labels(folders, [s for _, s in results], kind))
     out.mkdir(parents=True, exist_ok=True)
-    name = COMPARABLE[kind][2]
+    name = COMPARABLE[kind].figure
     written = save_figure(fig, out / name, formats)
     # What the figure was drawn from, so `landscape plot OUT` redraws it: the folders relative to OUT
     # (the tree can move), and the labels given (None: the defaults, found again from the results).
-    write_json(out / f"{name}.json", {"kind": kind, "results": [os.path.relpath(f.resolve(), out.resolve())
-                                                                  for f in folders], "labels": given})
+    write_json(out / f"{name}.json", {"kind": kind, "results": [os.path.relpath(r, out.resolve()) for r in resolved],
+                                      "labels": list(labels) if labels is not None else None})
     return written
+
+
+def _record(path: Path, kind: str) -> tuple[list[str], list[str] | None]:
+    """The folders (relative to the record's folder) and labels a comparison's record names; one line when
+    it is not such a record."""
+    record = read_json(path)
+    if isinstance(record, dict) and record.get("kind") == kind:
+        results, labels = record.get("results"), record.get("labels")
+        if isinstance(results, list) and all(isinstance(r, str) for r in results) and (
+                labels is None or isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            return results, labels
+    raise UserError(f"{path}: not a record of a comparison (edited, or damaged?); draw it again with "
+                    f"'landscape plot A B ... --out {path.parent}'")
 
 
 def redraw_comparisons(folder: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -126,18 +142,11 @@ def redraw_comparisons(folder: str | Path, formats: tuple[str, ...] = ("png",)) 
     result folders they name; [] when it holds none."""
     folder = Path(folder)
     written = []
-    for kind, (_, _, name) in COMPARABLE.items():
-        path = folder / f"{name}.json"
+    for kind, spec in COMPARABLE.items():
+        path = folder / f"{spec.figure}.json"
         if not path.exists():
             continue
-        record = read_json(path)
-        results = record.get("results") if isinstance(record, dict) else None
-        labels = record.get("labels") if isinstance(record, dict) else None
-        if (record.get("kind") if isinstance(record, dict) else None) != kind or not isinstance(results, list) or \
-                not all(isinstance(r, str) for r in results) or not (
-                    labels is None or isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
-            raise UserError(f"{path}: not a record of a comparison (edited, or damaged?); draw it again with "
-                            f"'landscape plot A B ... --out {folder}'")
+        results, labels = _record(path, kind)
         folders = [folder / r for r in results]
         for f in folders:
             if not f.is_dir():
@@ -173,12 +182,6 @@ def check_comparable(folders: Sequence[Path], summaries: Sequence[dict], train_l
     """Results drawn on one axis must be measured alike: on one split of one
     dataset (as far as their summaries record it) and, when the figure draws
     the train loss (NLL + wd/2 ||w||^2), with one weight decay."""
-    splits = [s.get("eval_split", "test") for s in summaries]
-    for i, split in enumerate(splits[1:], 1):
-        if split != splits[0]:
-            raise UserError(f"{folders[0]} was evaluated on the {splits[0]} split and {folders[i]} on the {split} "
-                            f"split; compare results on one split")
-
     def data(s: dict) -> dict | None:
         d = s.get("dataset")
         return {k: v for k, v in d.items() if k != "augment"} if isinstance(d, dict) else None  # training only
@@ -186,13 +189,15 @@ def check_comparable(folders: Sequence[Path], summaries: Sequence[dict], train_l
     def words(d: dict) -> str:
         return f"{d.get('name')} ({d.get('n_train')} train / {d.get('n_test')} {d.get('eval_split', 'test')} images)"
 
-    first = data(summaries[0])
-    for i, s in enumerate(summaries[1:], 1):
-        d = data(s)
+    first, split0, wd0 = data(summaries[0]), summaries[0].get("eval_split", "test"), summaries[0].get("wd")
+    for folder, s in zip(folders[1:], summaries[1:]):
+        split, d, wd = s.get("eval_split", "test"), data(s), s.get("wd")
+        if split != split0:
+            raise UserError(f"{folders[0]} was evaluated on the {split0} split and {folder} on the {split} split; "
+                            f"compare results on one split")
         if first is not None and d is not None and d != first:
-            raise UserError(f"{folders[0]} was evaluated on {words(first)} and {folders[i]} on {words(d)}; "
-                            f"compare results on the same data")
-        wd0, wd = summaries[0].get("wd"), s.get("wd")
+            raise UserError(f"{folders[0]} was evaluated on {words(first)} and {folder} on {words(d)}; compare "
+                            f"results on the same data")
         if train_loss and wd0 is not None and wd is not None and wd != wd0:
-            raise UserError(f"{folders[0]}'s train loss has weight decay {wd0:g} and {folders[i]}'s {wd:g}: not "
+            raise UserError(f"{folders[0]}'s train loss has weight decay {wd0:g} and {folder}'s {wd:g}: not "
                             f"comparable (evaluate them with one --wd)")
