@@ -150,20 +150,21 @@ class TrainLoss:
                 wrong += int((logits.argmax(1) != y).sum())
         return total / self.n, 100.0 * wrong / self.n
 
-    def hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def hvp(self, w: torch.Tensor, v: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
         """H v (P,) float64 at w (P,), by a double backward per batch.
 
-        On the CPU always on NCHW batches: there the channels-last backward
-        of batch norm sums in a way that loses digits where the terms
-        cancel, as they do at a minimum (a trained digits convnet's H v,
-        ``bench/hvp_layout.py``: 1.2e-3 from float64 channels-last, 1.6e-5
-        NCHW), and the double backward runs slower too (1.04 s against
-        0.66 s). On CUDA (unmeasured) the layout :func:`takes_channels_last`
-        chose. A plain gradient (:meth:`nll_sum`, NUTS's force) keeps the
-        faster layout: an approximate force costs NUTS only efficiency."""
+        The batches' layout: ``channels_last`` if given (``bench/hvp_layout.py``
+        compares the two), else NCHW on the CPU, where the channels-last
+        backward of batch norm sums in a way that loses digits where the
+        terms cancel, as they do at a minimum (a trained digits convnet's
+        H v: 1.2e-3 from float64 channels-last, 1.6e-5 NCHW), and the double
+        backward runs slower too (1.04 s against 0.66 s); on CUDA
+        (unmeasured) the layout :func:`takes_channels_last` chose. A plain
+        gradient (:meth:`nll_sum`, NUTS's force) keeps the faster layout: an
+        approximate force costs NUTS only efficiency."""
         out = torch.zeros(self.space.numel, dtype=torch.float64, device=self.data.device)
         v32 = v.to(self.data.device, torch.float32)
-        layout = False if self.data.device.type == "cpu" else None
+        layout = channels_last if channels_last is not None else False if self.data.device.type == "cpu" else None
         with full_float32():
             for x, y in self.batches():
                 wr = w.detach().to(self.data.device, torch.float32).requires_grad_(True)
