@@ -58,7 +58,7 @@ from landscape.evaluate import evaluate_model, evaluate_points, forward_points
 from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, named_model, network_of,
                               note_split_leak, own_network, refuse_infinite, refuse_same_weights,
                               require_architecture)
-from landscape.models import check_spec_fits, from_spec, model_spec
+from landscape.models import check_spec_fits, from_spec, model_spec, stored_spec
 from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, _say, load_data, prepare_run, run_training
 from landscape.weights import ParamSpace
@@ -121,7 +121,7 @@ def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data
     ``user_named``: the user named the network (``--model``), so a factory the
     checkpoint names is theirs to trust."""
     if start.model is not None:
-        spec = {"name": start.model["name"], "kwargs": dict(start.model["kwargs"])}
+        spec = stored_spec(start.model, cfg.model)  # cfg.model: the user's factory for a name not built here
     else:
         spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
     model = from_spec(spec, trusted=start.model is None or user_named, source=start.path)
@@ -295,7 +295,7 @@ def _midpoint_test(curve: Curve, space: ParamSpace, net: nn.Module, data: Datase
     CIFAR epoch's cost; the summary's evaluation uses them all)."""
     t = torch.tensor([0.5], dtype=torch.float64, device=data.device)
     net.load_state_dict(space.unflatten(curve.points(t)[0].detach()), strict=False)
-    reestimate_bn(net, data.batches("train", 1000), max_batches=MIDPOINT_BN_BATCHES)
+    reestimate_bn(net, data.statistics_batches(1000), max_batches=MIDPOINT_BN_BATCHES)
     m = evaluate_model(net, data, "test", amp=amp)
     return {"mid_test_nll": m["nll"], "mid_test_error": m["error"]}
 

@@ -202,7 +202,7 @@ def fit_posterior_curve(
             point = curve.points(torch.tensor([0.5], dtype=torch.float64, device=device))[0]
             _load_point(probe, space, point)
             kl = float(probe.kl())
-            reestimate_bn(probe.net, data.batches("train", 1000), max_batches=MIDPOINT_BN_BATCHES)
+            reestimate_bn(probe.net, data.statistics_batches(1000), max_batches=MIDPOINT_BN_BATCHES)
             m = evaluate_model(probe.net, data, "test", amp=cfg.amp)
         return {"mid_test_nll": m["nll"], "mid_test_error": m["error"], "mid_kl_per_sample": kl / n_train}
 

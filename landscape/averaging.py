@@ -44,7 +44,7 @@ from .inputs import (data_settings, named_model, network_of, note_split_leak, re
                      require_architecture)
 from .layout import image_layout
 from .metrics import ensemble_metrics
-from .models import check_spec_fits, from_spec, model_spec
+from .models import check_spec_fits, from_spec, model_spec, stored_spec
 from .swag import SwagMoments
 from .sweep import is_main, process_device
 from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_test_metrics, load_data, non_finite,
@@ -222,7 +222,7 @@ def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) ->
     if cfg.from_ckpt:
         ckpt = require_network(load_checkpoint(cfg.from_ckpt))
         if ckpt.model is not None:
-            spec = {"name": ckpt.model["name"], "kwargs": dict(ckpt.model["kwargs"])}
+            spec = stored_spec(ckpt.model, cfg.model)  # cfg.model: the user's factory for a name not built here
             model = load_model(ckpt, spec["name"] if user_named else None)
         else:
             spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
@@ -360,7 +360,7 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
             sgd_m, swa_m = _metrics_of(model, data, cfg.wd), _metrics_of(swa, data, cfg.wd)
             # The SGD iterate with batch norm recomputed as the average's was: the like-for-like comparison.
             sgd_bn = copy.deepcopy(model)
-            reestimate_bn(sgd_bn, data.batches("train", 1000))
+            reestimate_bn(sgd_bn, data.statistics_batches(1000))
             sgd_re = _metrics_of(sgd_bn.eval(), data, cfg.wd)
             del sgd_bn
             bad = non_finite({"swa": swa_m, "sgd": sgd_m})
@@ -398,7 +398,7 @@ def _averaged_model(model: nn.Module, space: ParamSpace, avg: torch.Tensor, data
     with torch.no_grad():
         for name, value in space.unflatten(avg.to(torch.float32)).items():
             swa.get_parameter(name).copy_(value)
-    reestimate_bn(swa, data.batches("train", 1000))
+    reestimate_bn(swa, data.statistics_batches(1000))
     return swa.eval()
 
 

@@ -41,8 +41,8 @@ class Dataset:
     """A classification dataset held as tensors on one device.
 
     ``x_train`` (N, *input_shape) and ``x_test`` (M, *input_shape) are float32
-    and already normalised with ``mean``/``std`` (one value per channel, or a
-    single value); ``y_train`` (N,) and ``y_test`` (M,) are int64 class ids.
+    and already normalised with ``mean``/``std`` (one value per image channel or
+    per feature, or a single value); ``y_train`` (N,) and ``y_test`` (M,) are int64 class ids.
     When ``eval_split == "val"``, ``x_test``/``y_test`` hold a validation set
     carved out of the training split, not the real test set.
     """
@@ -156,6 +156,20 @@ class Dataset:
             raise UserError(f"unknown split {split!r}; choose train or test")
         for start in range(0, len(y), batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
+
+    def statistics_batches(self, batch_size: int) -> Iterator[Tensor]:
+        """The training images in order, unaugmented, in batches of
+        ``batch_size`` for batch-norm statistics: a last batch of a single
+        sample is joined to the one before, since batch norm cannot normalise
+        one sample by itself (``BatchNorm1d`` refuses it)."""
+        _check_batch_size(batch_size)
+        n = len(self.y_train)
+        cut = n - 1 if n % batch_size == 1 and n > 1 else n  # where the last batch (of two or more) begins
+        for start in range(0, n, batch_size):
+            stop = n if start + batch_size >= cut else start + batch_size
+            yield self.x_train[start:stop]
+            if stop == n:
+                return
 
     def _black(self) -> Tensor:
         """Normalised value of a black pixel per channel, shape (C,)."""
@@ -314,9 +328,11 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
 
 
 def _statistics(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of (N, C, H, W) images, or one scalar pair for other
-    shapes; a constant channel gets std 1 so normalising never divides by 0."""
-    dims = (0, 2, 3) if x.dim() == 4 else tuple(range(x.dim()))
+    """Per-channel mean/std of (N, C, H, W) images, per-feature of (N, D)
+    feature vectors (standardised column by column: features on other scales
+    would otherwise be drowned by the largest); a constant channel or feature
+    gets std 1 so normalising never divides by 0."""
+    dims = {4: (0, 2, 3), 2: (0,)}.get(x.dim(), tuple(range(x.dim())))
     std, mean = torch.std_mean(x.double(), dim=dims, correction=0)  # float64: sums over millions of pixels
     std = torch.where(std > 0, std, torch.ones_like(std))
     return tuple(mean.reshape(-1).tolist()), tuple(std.reshape(-1).tolist())
@@ -653,13 +669,17 @@ def _npz_layout(archive, path: Path) -> str | None:
 def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) -> Tensor:
     """(N, H, W) -> (N, 1, H, W); (N, H, W, C) -> (N, C, H, W); (N, C, H, W), (N, D) as is.
 
-    Four-dimensional inputs are NHWC when their last size is a channel count (1, 3
-    or 4) and the second is not; when both are, the archive's ``layout`` decides."""
+    Without the archive's ``layout`` entry, four-dimensional inputs are read the
+    one way that gives them a usual channel count (1, 3 or 4): NHWC when the last
+    size is one and the second is not, NCHW the other way round. When both or
+    neither are (4x4 RGB images or 4-channel 4x3 ones; 2-channel images), the
+    ``layout`` entry must say which."""
     if x.dtype.kind not in "biuf":
         raise UserError(f"{path}: {key} has dtype {x.dtype}; expected a numeric array")
-    if x.ndim == 4 and layout is None and x.shape[3] in (1, 3, 4) and x.shape[1] in (1, 3, 4):
-        raise UserError(f"{path}: {key} has shape {x.shape}, which may be NCHW or NHWC; store layout='NCHW' "
-                        f"or layout='NHWC' in the npz (np.savez(..., layout='NHWC'))")
+    if x.ndim == 4 and layout is None and (x.shape[3] in (1, 3, 4)) == (x.shape[1] in (1, 3, 4)):
+        raise UserError(f"{path}: {key} has shape {x.shape}, which may be NCHW ({x.shape[1]} channels of "
+                        f"{x.shape[2]}x{x.shape[3]}) or NHWC ({x.shape[3]} channels of {x.shape[1]}x{x.shape[2]}); "
+                        f"store layout='NCHW' or layout='NHWC' in the npz (np.savez(..., layout='NHWC'))")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and (layout == "NHWC" or (layout is None and x.shape[3] in (1, 3, 4))):

@@ -349,6 +349,15 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
     return _Probe(largest // images, total / images, [name for name, c in calls.items() if c > 1])
 
 
+def check_network(model: nn.Module, data) -> None:
+    """One line (:class:`UserError`) when ``model`` cannot take the data's
+    inputs or does not give (batch, classes) logits with at least the data's
+    classes: one eval-mode forward of two training images, modes kept. Run
+    before training, so that a user's own network that does not fit its data
+    stops with the reason, not a loss function's traceback."""
+    _probe_forward(model, data)
+
+
 def _memory_budget(device: torch.device) -> float:
     """Bytes one pass may hold: half the free memory on CUDA, 2 GiB on the CPU."""
     if device.type == "cuda":
@@ -613,8 +622,9 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
 
 
 def _statistics_batches(data, batch_size: int, bn_batches: int | None) -> Iterator[torch.Tensor]:
-    """The training images of a batch-norm pass: batches of ``batch_size``, the first ``bn_batches`` only."""
-    for used, (x, _) in enumerate(data.batches("train", batch_size)):
+    """The training images of a batch-norm pass: batches of ``batch_size`` (no batch of one sample:
+    :meth:`Dataset.statistics_batches`), the first ``bn_batches`` only."""
+    for used, x in enumerate(data.statistics_batches(batch_size)):
         if bn_batches is not None and used >= bn_batches:
             return
         yield x
@@ -698,7 +708,7 @@ def evaluate_points_sequential(
             if population:
                 population_bn(net, data.x_train)
             else:
-                reestimate_bn(net, data.batches("train", batch_size), bn_batches)
+                reestimate_bn(net, data.statistics_batches(batch_size), bn_batches)
             m_train = evaluate_model(net, data, "train", batch_size=batch_size)
             m_test = evaluate_model(net, data, "test", batch_size=batch_size)
             results["train_nll"].append(m_train["nll"])

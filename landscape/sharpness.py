@@ -120,10 +120,10 @@ class TrainLoss:
         sample joined to the one before)."""
         if self.bn == "population":
             return [(self.data.x_train, self.data.y_train)]
-        batches = list(self.data.batches("train", self.batch_size))
-        if len(batches) > 1 and len(batches[-1][1]) == 1:  # batch norm cannot normalise one sample by itself
-            (x0, y0), (x1, y1) = batches[-2], batches.pop()
-            batches[-1] = (torch.cat([x0, x1]), torch.cat([y0, y1]))
+        y, batches, start = self.data.y_train, [], 0
+        for x in self.data.statistics_batches(self.batch_size):
+            batches.append((x, y[start:start + len(x)]))
+            start += len(x)
         return batches
 
     def _logits(self, w: torch.Tensor, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:

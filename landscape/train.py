@@ -62,7 +62,7 @@ from .checkpoint import (
 from .data import Dataset, load_dataset
 from .device import seed_everything
 from .errors import UserError
-from .evaluate import evaluate_model, keep_freed_memory, l2_penalty
+from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
 from .sweep import barrier, is_main, process_device, rank_and_world
@@ -411,8 +411,10 @@ def run_training(
     if state is not None:
         task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
+    network = task.network if task.network is not None else task.module
+    check_network(network, data)  # a network that cannot take the data, or gives too few outputs: one line
     # channels-last batches where the network the loss runs takes them (landscape.layout)
-    layout = image_layout(task.network if task.network is not None else task.module, data.x_train[:2])
+    layout = image_layout(network, data.x_train[:2])
     forward = _data_parallel(task, device, channels_last=layout is to_channels_last)
     if device.type == "cpu":
         keep_freed_memory()  # as the engine: pages of freed activations reused, not mapped afresh

@@ -374,7 +374,7 @@ def _mean_network(vnet: VariationalNet, data: Dataset) -> nn.Module:
     """The deterministic network of ``vnet``'s means, batch norm recomputed for them (training's running
     statistics came from noisy weights), in eval mode: what vi.pt / hwa.pt hold and the summary measures."""
     net = vnet.mean_network()
-    reestimate_bn(net, data.batches("train", 1000))
+    reestimate_bn(net, data.statistics_batches(1000))
     return net.eval()
 
 

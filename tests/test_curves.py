@@ -288,6 +288,37 @@ def test_resumed_fit_gives_identical_anchors(tmp_path, narrow, small_digits):
         bends=2).anchors()[1])
 
 
+def test_endpoints_of_a_model_registered_in_another_process_connect_with_its_factory_named(tmp_path, small_digits,
+                                                                                             monkeypatch):
+    """Endpoints trained under a name registered from Python record that name,
+    which the CLI's process does not know: --model names the factory instead
+    (the stored options kept), and the curve records the name it was built by."""
+    import landscape.models as models
+    from landscape.averaging import run_swa
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("mlp_elsewhere")(models.MODELS["mlp"])
+    kw = dict(data=small_digits, epochs=1, progress=False, model_kwargs={"hidden": 16})
+    for seed in (1, 2):
+        train(out=tmp_path / f"e{seed}", model="mlp_elsewhere", seed=seed, **kw)
+    del models.MODELS["mlp_elsewhere"]  # as in another process
+    a, b = tmp_path / "e1" / "model.pt", tmp_path / "e2" / "model.pt"
+    fit = dict(data=small_digits, epochs=1, progress=False)
+    with pytest.raises(UserError, match="'mlp_elsewhere', which is not registered in this process"):
+        fit_curve(a, b, tmp_path / "refused", **fit)
+    result = fit_curve(a, b, tmp_path / "ab", model="mlp", **fit)
+    assert load_curve(tmp_path / "ab" / "model.pt").spec == {"name": "mlp", "kwargs": {
+        "hidden": 16, "num_classes": 10, "input_shape": [1, 8, 8]}}
+    assert torch.equal(result.curve.anchors()[0], ParamSpace.of(result.model).flatten(
+        torch.load(a, weights_only=True)["state_dict"]).to(result.curve.anchors().dtype))
+    run_swa(from_ckpt=str(a), out=tmp_path / "swa", model="mlp", epochs=2, swa_start=1, lr=0.05, swa_lr=0.05,
+            **{k: v for k, v in fit.items() if k != "epochs"})
+    assert torch.load(tmp_path / "swa" / "swa.pt", weights_only=True)["model"]["name"] == "mlp"
+    # A name this process can build is never replaced: --model then contradicts the checkpoint.
+    with pytest.raises(UserError, match="holds a 'mlp' network .*; --model convnet does not apply to it"):
+        fit_curve(tmp_path / "swa" / "swa.pt", b, tmp_path / "no", model="convnet", **fit)
+
+
 def test_arclength_objective_on_a_straight_curve_equals_the_uniform_one(narrow, small_digits):
     """A straight, evenly parametrised curve has constant speed equal to its
     length, so the arc-length weights speed/length are all one and the first

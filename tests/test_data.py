@@ -326,7 +326,8 @@ def test_npz_ambiguous_image_layout_needs_the_layout_entry(tmp_path):
     arrays = dict(x_train=x_train, y_train=np.arange(6) % 2, x_test=x_test, y_test=np.array([0, 1]))
     path = tmp_path / "small.npz"
     np.savez(path, **arrays)
-    with pytest.raises(UserError, match=re.escape("may be NCHW or NHWC; store layout='NCHW'")):
+    with pytest.raises(UserError, match=re.escape("may be NCHW (4 channels of 4x3) or NHWC (3 channels of 4x4); "
+                                                  "store layout='NCHW'")):
         load_dataset("npz", str(path))
     np.savez(path, **arrays, layout="NHWC")
     data = load_dataset("npz", str(path))
@@ -340,6 +341,24 @@ def test_npz_ambiguous_image_layout_needs_the_layout_entry(tmp_path):
         load_dataset("npz", str(path))
 
 
+def test_npz_image_layout_is_guessed_only_where_one_reading_has_usual_channels(tmp_path):
+    rng = np.random.default_rng(10)
+
+    def shape_read(x, **extra):
+        path = tmp_path / "l.npz"
+        np.savez(path, x_train=x, y_train=np.arange(len(x)) % 2, x_test=x[:2], y_test=np.array([0, 1]), **extra)
+        return load_dataset("npz", str(path)).input_shape
+
+    assert shape_read(rng.random((4, 5, 6, 3))) == (3, 5, 6)  # NHWC: only the last size is a channel count
+    assert shape_read(rng.random((4, 1, 5, 6))) == (1, 5, 6)  # NCHW: only the second is
+    # 2-channel images have no usual channel count either way: 16 channels of 16x2 was a silent misreading.
+    with pytest.raises(UserError, match=re.escape("may be NCHW (16 channels of 16x2) or NHWC (2 channels of 16x16); "
+                                                  "store layout='NCHW' or layout='NHWC'")):
+        shape_read(rng.random((4, 16, 16, 2)))
+    assert shape_read(rng.random((4, 16, 16, 2)), layout="NHWC") == (2, 16, 16)
+    assert shape_read(rng.random((4, 64, 8, 8)), layout="NCHW") == (64, 8, 8)
+
+
 def test_npz_feature_vectors_float(tmp_path):
     rng = np.random.default_rng(7)
     x_train = rng.normal(3.0, 2.0, (30, 7))
@@ -348,9 +367,26 @@ def test_npz_feature_vectors_float(tmp_path):
     np.savez(path, x_train=x_train, y_train=np.arange(30) % 6, x_test=x_test, y_test=np.full(10, 2))
     data = load_dataset("npz", str(path))
     assert data.input_shape == (7,) and data.num_classes == 6  # max label + 1
-    assert len(data.mean) == 1 and abs(data.mean[0] - x_train.mean()) < 1e-6
-    assert abs(data.std[0] - x_train.std()) < 1e-6
+    # Standardised feature by feature, from the training split's own columns (numpy's mean and std).
+    assert np.allclose(data.mean, x_train.mean(axis=0), atol=1e-6) and np.allclose(data.std, x_train.std(axis=0))
+    assert torch.allclose(data.x_train.mean(dim=0), torch.zeros(7), atol=1e-5)
+    assert torch.allclose(data.x_train.std(dim=0, correction=0), torch.ones(7), atol=1e-5)
     assert torch.allclose(unnormalise(data, data.x_test), torch.from_numpy(x_test).float(), atol=1e-5)
+
+
+def test_npz_features_on_other_scales_are_each_standardised(tmp_path):
+    # One column 1000x the others and shifted: one mean and std for all values would squash the rest
+    # to a std of about 1e-3; each column gets its own. A constant column gets std 1, not a division by 0.
+    rng = np.random.default_rng(9)
+    x_train = rng.normal(0.0, 1.0, (40, 3))
+    x_train[:, 1] = x_train[:, 1] * 1000 + 5000
+    x_train[:, 2] = 7.0
+    path = tmp_path / "scaled.npz"
+    np.savez(path, x_train=x_train, y_train=np.arange(40) % 2, x_test=x_train[:4], y_test=np.arange(4) % 2)
+    data = load_dataset("npz", str(path))
+    assert data.std[2] == 1.0 and abs(data.mean[2] - 7.0) < 1e-9
+    spread = data.x_train.std(dim=0, correction=0)
+    assert torch.allclose(spread[:2], torch.ones(2), atol=1e-5) and float(spread[2]) == 0.0
 
 
 def test_npz_bad_inputs(tmp_path):
@@ -464,6 +500,14 @@ def test_train_batches_drop_single_sample_batch():
     batches = epoch(index_dataset(37), 9, seed=0)
     assert [len(b) for b in batches] == [9, 9, 9, 9]
     assert len(set(torch.cat(batches).tolist())) == 36
+
+
+@pytest.mark.parametrize("n, sizes", [(10, [4, 4, 2]), (9, [4, 5]), (5, [5]), (4, [4]), (3, [3]), (1, [1])])
+def test_statistics_batches_never_end_in_one_sample(n, sizes):
+    # A last batch of one sample joins the one before (BatchNorm1d cannot normalise one sample);
+    # every training sample is used once, in order.
+    xs = [x[:, 0].long() for x in index_dataset(n).statistics_batches(4)]
+    assert [len(x) for x in xs] == sizes and torch.cat(xs).tolist() == list(range(n))
 
 
 def test_batches_in_order_all_samples():

@@ -461,6 +461,33 @@ def test_a_batch_norm_layer_called_twice_is_estimated_by_batches(small):
     assert got["train_nll"][0] == pytest.approx(evaluate_model(fixed, small, "train", batch_size=64)["nll"], rel=1e-5)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["per-batch", "every-call"])
+def test_a_last_batch_of_one_sample_joins_the_one_before(small, shared):
+    """129 training samples in batches of 64: the last batch would hold one
+    sample, which BatchNorm1d refuses to normalise. Both batch estimators use
+    batches of 64 and 65 instead; by hand: update_bn over those two batches."""
+    data = dataclasses.replace(small, x_train=small.x_train[:129], y_train=small.y_train[:129])
+
+    def net(seed):
+        torch.manual_seed(seed)
+        if shared:
+            return SharedBn()
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.BatchNorm1d(12),
+                                   torch.nn.ReLU(), torch.nn.Linear(12, 10))
+
+    nets = [net(6), net(7)]
+    got = evaluate_points(nets[0], nets, LINE[[0, 2]], data, batch_size=64, bn_stats="batches")
+    by_hand = copy.deepcopy(nets[0])
+    with torch.no_grad():
+        for p, a, b in zip(by_hand.parameters(), nets[0].parameters(), nets[1].parameters()):
+            p.copy_(0.5 * a + 0.5 * b)
+    update_bn([data.x_train[:64], data.x_train[64:]], by_hand)
+    want = evaluate_model(by_hand, data, "test", batch_size=64)
+    assert got["test_nll"][1] == pytest.approx(want["nll"], rel=1e-5)
+    assert got["test_error"][1] == pytest.approx(want["error"])
+    assert [len(x) for x in data.statistics_batches(64)] == [64, 65]
+
+
 def test_auto_takes_batches_when_the_whole_training_set_does_not_fit(small, monkeypatch):
     net = convnet(3)
     assert resolve_bn_stats("auto", net, small) == "population"

@@ -344,6 +344,9 @@ def user_module(tmp_path, monkeypatch):
         def not_a_module(num_classes, input_shape):
             return 42
 
+        def raises(num_classes, input_shape, hidden=4):
+            return nn.Linear(input_shape[0], hidden * 1.5)  # a float size: torch's TypeError deep inside
+
         constant = 3
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -370,10 +373,44 @@ def test_user_factory_gets_only_what_its_signature_takes(user_module: str) -> No
     ("my_user_models:not_a_module", {}, "not a torch.nn.Module"),
     ("my_user_models:full", {"width": 1}, "takes no argument 'width'; it takes: hidden"),
     (":full", {}, "package.module:factory"),
+    ("my_user_models:raises", {"hidden": 3}, r"^model 'my_user_models:raises' could not be built with hidden=3: "
+                                              r"TypeError: .*float"),
 ])
 def test_user_factory_failures_are_user_errors(user_module: str, spec: str, kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         create_model(spec, num_classes=7, input_shape=(5,), **kwargs)
+
+
+def test_a_module_in_the_current_folder_is_found(tmp_path, monkeypatch) -> None:
+    """The `landscape` script's folder, not the user's, heads sys.path: a model
+    file beside the user must still be found, as `python -m` would find it."""
+    (tmp_path / "beside_me_models.py").write_text("from torch import nn\n"
+                                                  "def net(num_classes, input_shape):\n"
+                                                  "    return nn.Linear(input_shape[0], num_classes)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    try:
+        assert create_model("beside_me_models:net", num_classes=3, input_shape=(4,)).out_features == 3
+    finally:
+        sys.modules.pop("beside_me_models", None)
+    # A module that is found but imports something missing keeps its own error.
+    (tmp_path / "broken_models.py").write_text("import no_such_dependency_xyz\n")
+    with pytest.raises(UserError, match="No module named 'no_such_dependency_xyz'"):
+        create_model("broken_models:net", num_classes=3, input_shape=(4,))
+
+
+def test_a_checkpoints_model_registered_elsewhere_names_the_way_out(monkeypatch) -> None:
+    from landscape.models import buildable, from_spec, stored_spec
+
+    spec = {"name": "registered_in_another_process", "kwargs": {"num_classes": 3, "input_shape": [4]}}
+    assert not buildable(spec["name"]) and buildable("convnet") and buildable("pkg.mod:f")
+    with pytest.raises(UserError, match="which is not registered in this process .* name its factory with --model"):
+        from_spec(spec, source="run/model.pt")
+    # The user's --model stands in for a name this process cannot build, with the stored options; never for one
+    # it can build.
+    assert stored_spec(spec, "mlp") == {"name": "mlp", "kwargs": spec["kwargs"]}
+    assert stored_spec({**spec, "name": "convnet"}, "mlp")["name"] == "convnet"
+    assert stored_spec(spec, None)["name"] == "registered_in_another_process"
 
 
 def test_register_model_adds_a_factory_and_refuses_a_second_one(monkeypatch) -> None:

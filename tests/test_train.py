@@ -210,6 +210,34 @@ def test_bad_settings_are_user_errors(digits):
         TrainConfig(nosuch=1)
 
 
+def test_a_network_that_does_not_fit_its_data_stops_before_training_in_one_line(tmp_path, digits, monkeypatch):
+    """A user's own network with too few outputs, a tuple for logits, or a
+    first layer for other inputs used to end in the loss function's traceback."""
+    import landscape.models as models
+    from torch import nn
+
+    class Pair(nn.Module):
+        def __init__(self, num_classes, input_shape):
+            super().__init__()
+            self.lin = nn.Linear(64, num_classes)
+
+        def forward(self, x):
+            return self.lin(x.flatten(1)), None
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("seven_outputs")(lambda num_classes, input_shape: nn.Sequential(nn.Flatten(), nn.Linear(64, 7)))
+    models.register_model("pair_of_outputs")(Pair)
+    models.register_model("other_inputs")(lambda num_classes, input_shape: nn.Sequential(nn.Flatten(),
+                                                                                          nn.Linear(10, num_classes)))
+    for name, message in (("seven_outputs", "the network gives 7 outputs, but the data has 10 classes"),
+                          ("pair_of_outputs", "the network should give (batch, classes) logits, but gave tuple"),
+                          ("other_inputs", "the network does not accept this data's inputs of shape (1, 8, 8): "
+                                           "mat1 and mat2 shapes cannot be multiplied")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            train(out=tmp_path / name, data=digits, model=name, epochs=1, progress=False)
+        assert not (tmp_path / name / "config.json").exists()
+
+
 def test_a_relative_data_path_is_stored_absolute(tmp_path, monkeypatch):
     """Later commands, run from another folder, read the path from the checkpoint."""
     monkeypatch.chdir(tmp_path)

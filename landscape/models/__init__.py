@@ -18,14 +18,15 @@ import importlib
 import inspect
 import operator
 import os
+import sys
 from typing import Callable
 
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from . import preresnet, simple, vgg, wide_resnet
 
-__all__ = ["MODELS", "register_model", "list_models", "create_model", "model_spec", "from_spec", "check_spec_fits"]
+__all__ = ["MODELS", "register_model", "list_models", "buildable", "stored_spec", "create_model", "model_spec", "from_spec", "check_spec_fits"]
 
 Factory = Callable[..., nn.Module]
 
@@ -54,6 +55,22 @@ def register_model(name: str) -> Callable[[Factory], Factory]:
     return decorator
 
 
+def buildable(name: object) -> bool:
+    """Whether this process can build model ``name``: registered here, or a
+    ``module:factory`` (imported when trusted). A name registered from Python
+    by another process (the one that trained a checkpoint) is not."""
+    return isinstance(name, str) and (":" in name or name in MODELS)
+
+
+def stored_spec(stored: dict, model: str | None = None) -> dict:
+    """A copy of a checkpoint's ``{"name", "kwargs"}``, its name replaced by
+    the user's ``model`` when this process cannot build the stored one
+    (:func:`buildable`): the user's word for which factory builds it, with
+    the stored options; the weights' names and shapes are checked on loading."""
+    name = stored["name"]
+    return {"name": model if model is not None and not buildable(name) else name, "kwargs": dict(stored["kwargs"])}
+
+
 def list_models() -> list[str]:
     """Names of the registered models, sorted."""
     return sorted(MODELS)
@@ -69,7 +86,10 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
     value, or a user factory that does not return an ``nn.Module``.
     """
     if not isinstance(name, str):
-        raise UserError(f"model name must be a string; got {name!r}")
+        got = f"a {type(name).__name__} instance" if isinstance(name, nn.Module) else repr(name)
+        raise UserError(f"model must be a registered name or 'package.module:factory' (a run rebuilds its network "
+                        f"from the name); got {got}: register a factory that builds it with "
+                        f"landscape.models.register_model")
     if ":" in name:
         factory = _import_factory(name)
     elif name in MODELS:
@@ -86,7 +106,14 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
     if ":" in name and signature is not None:
         # A user factory may not need the data arguments; pass only what it accepts.
         data = {k: v for k, v in data.items() if _accepts(signature, k)}
-    model = factory(**data, **kwargs)
+    try:
+        model = factory(**data, **kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # a bad option value fails deep inside the factory or torch, in any way
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise UserError(f"model {name!r} could not be built{f' with {shown}' if shown else ''}: "
+                        f"{type(e).__name__}{': ' + first_line(e) if str(e).strip() else ''}") from e
     if not isinstance(model, nn.Module):
         raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -119,6 +146,10 @@ def from_spec(spec: dict, *, trusted: bool = False, source: object = "a checkpoi
         if not any(module == m or module.startswith(m + ".") for m in allowed):
             raise UserError(f"{source} names the model factory '{name}'; a checkpoint may name only a registered "
                             f"model, so it is not imported: if you trust it, set {TRUST_ENV}={module}")
+    if not buildable(name):
+        raise UserError(f"{source} holds a model named {name!r}, which is not registered in this process (a name "
+                        f"registered from Python is known only where it was registered): register it before loading, "
+                        f"or name its factory with --model package.module:factory")
     kwargs = dict(spec["kwargs"])
     kwargs["input_shape"] = tuple(kwargs["input_shape"])
     return create_model(name, **kwargs)
@@ -152,9 +183,10 @@ def _import_factory(name: str) -> Factory:
     if not module_name or not attr_path:
         raise UserError(f"model {name!r} is not of the form package.module:factory")
     try:
-        obj = importlib.import_module(module_name)
+        obj = _import_user_module(module_name)
     except Exception as exc:  # a user's module may fail in any way while importing
-        raise UserError(f"cannot import module {module_name!r} for model {name!r}: {exc}") from exc
+        raise UserError(f"cannot import module {module_name!r} for model {name!r} (it must be importable: in "
+                        f"the current folder or on PYTHONPATH): {exc}") from exc
     for attr in attr_path.split("."):
         if not hasattr(obj, attr):
             raise UserError(f"module {module_name!r} has no attribute {attr_path!r} (model {name!r})")
@@ -162,6 +194,21 @@ def _import_factory(name: str) -> Factory:
     if not callable(obj):
         raise UserError(f"model {name!r} names a {type(obj).__name__}, not a callable factory")
     return obj
+
+
+def _import_user_module(module_name: str):
+    """``importlib.import_module``, with the current folder searched as
+    ``python -m`` would: the ``landscape`` script's own folder, not the
+    user's, is first on ``sys.path``, so ``--model mymodels:net`` next to
+    ``mymodels.py`` would otherwise not be found."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        here = os.getcwd()
+        if e.name is None or module_name.partition(".")[0] != e.name.partition(".")[0] or here in sys.path:
+            raise  # the module itself was found; something it imports was not
+        sys.path.append(here)
+        return importlib.import_module(module_name)
 
 
 def _signature(factory: Factory) -> inspect.Signature | None:
