@@ -118,6 +118,9 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"--out {out} cannot be made: {above} is a file, not a folder")
     config = stored_config(out)
     if config is not None:
         owner = config.get("command")
@@ -129,6 +132,9 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
                             f"config.json); choose another --out")
     elif (out / "model.pt").exists():
         raise UserError(f"{out} holds a network (model.pt) of another run; choose another --out")
+    if out.is_dir() and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes, so only it cleans
+        for stale in out.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)  # an atomic write's temporary file, left by a process killed while writing
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -151,7 +151,8 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
             raise UserError(f"{out} holds {result_file} but neither summary.json nor the sweep's partial store to "
                             f"finish it from; choose another --out")
         if done and not resume:
-            raise UserError(f"{out} already holds a finished result ({result_file}); choose another --out")
+            raise UserError(f"{out} already holds a finished result ({result_file}); choose another --out (to "
+                            f"redraw its figures: landscape plot {out})")
         if (out / STORE).exists() and not resume:
             raise UserError(f"{out} holds an unfinished sweep; pass --resume to continue it, or choose another --out")
         if done:  # finished before: nothing to resume

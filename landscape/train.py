@@ -510,8 +510,10 @@ def run_training(
 def diverged(reason: str, lr_flag: str, out: Path | None, kept_epochs: int) -> UserError:
     """The one line for a run that diverged: why, what ``last.pt`` holds (``kept_epochs``
     finished epochs), and the rate option to lower."""
-    kept = ("" if out is None else f"{out / 'last.pt'} holds epoch {kept_epochs}; " if kept_epochs > 0
-            else "no epoch finished; ")
+    if kept_epochs == 0:  # nothing was kept that a rerun would replace: the same --out takes it
+        return UserError(f"training diverged: {reason}; no epoch finished; lower {lr_flag} and run it again"
+                         + ("" if out is None else " (the same --out will do)"))
+    kept = "" if out is None else f"{out / 'last.pt'} holds epoch {kept_epochs}; "
     return UserError(f"training diverged: {reason}; {kept}lower {lr_flag} and start again"
                      + ("" if out is None else " with another --out"))
 

@@ -255,7 +255,7 @@ def test_divergence_names_each_methods_rate_and_keeps_no_non_finite_weights(tmp_
     never taken, and an SWA iterate made NaN by an epoch's last step is never averaged."""
     poison_step(1)  # FGE with cycles of 1 epoch (4 steps) snapshots after its 2nd step: the weights are NaN then
     with pytest.raises(UserError, match=re.escape("the weights became non-finite in epoch 1, before snapshot 1; "
-                                                  "no epoch finished; lower --lr-max and start again")):
+                                                  "no epoch finished; lower --lr-max and run it again")):
         run_fge(None, tmp_path / "f", from_ckpt=str(endpoint), epochs=2, cycle=1, data=small_digits, progress=False)
     assert not list((tmp_path / "f").glob("snapshot-*.pt"))
     steps = steps_per_epoch(400, 128)

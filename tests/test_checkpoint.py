@@ -262,3 +262,28 @@ def test_a_model_entry_without_its_data_shape_is_one_line(tmp_path):
     save_checkpoint(tmp_path / "m.pt", _net().state_dict(), {"name": "convnet", "kwargs": {"width": 8}})
     with pytest.raises(UserError, match="without a valid 'model' entry"):
         load_checkpoint(tmp_path / "m.pt")
+
+
+def test_claiming_a_folder_removes_temporary_files_a_killed_write_left(tmp_path, monkeypatch):
+    from landscape.checkpoint import claim_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".curve.png.dz4q03_f.tmp").write_bytes(b"half a figure")  # a process killed inside atomic_save
+    (out / "curve.npz").write_bytes(b"kept")
+    (out / "notes.tmp").write_text("the user's own file: not one of ours (no leading dot)")
+    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 writes, so another rank must not clean
+    claim_folder(out, "curve")
+    assert (out / ".curve.png.dz4q03_f.tmp").exists()
+    monkeypatch.delenv("RANK")
+    claim_folder(out, "curve")
+    assert sorted(p.name for p in out.iterdir()) == ["curve.npz", "notes.tmp"]
+
+
+def test_an_out_below_a_file_is_one_line(tmp_path):
+    from landscape.checkpoint import claim_folder
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=f"^--out {tmp_path}/file/sub/run cannot be made: {tmp_path}/file is a "
+                                        f"file, not a folder$"):
+        claim_folder(tmp_path / "file" / "sub" / "run", "train")

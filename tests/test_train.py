@@ -122,9 +122,12 @@ def test_seeded_runs_are_reproducible_and_seeds_differ(digits):
 
 
 def test_divergence_is_reported_and_keeps_earlier_files(tmp_path, digits):
-    with pytest.raises(UserError, match="diverged.*lower --lr and start again with another --out"):
+    with pytest.raises(UserError, match=r"diverged.*no epoch finished; lower --lr and run it again \(the same --out "
+                                        r"will do\)"):
         train(out=tmp_path / "run", data=digits, epochs=3, lr=1e6, seed=0, progress=False)
     assert not (tmp_path / "run" / "model.pt").exists()
+    # as the message says: nothing was kept that a rerun would replace
+    assert train(out=tmp_path / "run", data=digits, epochs=1, lr=0.05, seed=0, progress=False).summary["epochs"] == 1
 
 
 def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(tmp_path, digits, poison_step):

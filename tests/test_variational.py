@@ -37,7 +37,7 @@ def endpoint(tmp_path_factory, small_digits):
 def test_a_temperature_that_makes_the_loss_overflow_is_named_when_training_diverges(tmp_path, small_digits,
                                                                                     endpoint):
     with pytest.raises(UserError, match=r"training diverged: .*lower --lr \(or --temperature 1e\+300, which scales "
-                                        r"the KL term\) and start again"):
+                                        r"the KL term\) and run it again"):
         run_variational(out=tmp_path / "hot", data=small_digits, from_ckpt=str(endpoint), family="weight",
                         epochs=1, temperature=1e300, progress=False)
 
