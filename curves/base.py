@@ -14,7 +14,7 @@ architecture: parameters are matched by name through the ParamSpace.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from landscape.errors import UserError
 from landscape.geometry import line_coefficients
 from landscape.weights import ParamSpace
 
-__all__ = ["Curve", "CURVES", "register_curve", "create_curve"]
+__all__ = ["Curve", "CURVES", "register_curve", "create_curve", "frozen_pin"]
 
 CURVES: dict[str, type["Curve"]] = {}
 
@@ -137,3 +137,22 @@ def create_curve(name: str, space: ParamSpace, start: torch.Tensor, end: torch.T
     if name not in CURVES:
         raise UserError(f"unknown curve {name!r}; choose one of: {', '.join(sorted(CURVES))}")
     return CURVES[name](space, start, end, bends=bends, fix_start=fix_start, fix_end=fix_end)
+
+
+def frozen_pin(free: nn.Parameter, space: ParamSpace) -> Callable[..., None] | None:
+    """What keeps the parameters the network does not train
+    (``space.frozen``) where the trainable control points or vertices
+    ``free`` (n, P) hold them now: called after every optimiser step, it puts
+    their coordinates back (momentum and weight decay move them otherwise).
+    None when the network trains every parameter."""
+    mask = space.trainable_mask(free.device)
+    if mask is None or free.numel() == 0:
+        return None
+    keep = ~mask
+    held = free.detach()[:, keep].clone()
+
+    def pin(*_step) -> None:
+        with torch.no_grad():
+            free[:, keep] = held
+
+    return pin

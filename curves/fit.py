@@ -63,7 +63,7 @@ from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, _say, load_data, prepare_run, run_training
 from landscape.weights import ParamSpace
 
-from .base import CURVES, Curve, create_curve
+from .base import CURVES, Curve, create_curve, frozen_pin
 
 __all__ = ["ConnectConfig", "CurveResult", "LoadedCurve", "fit_curve", "load_curve", "save_curve", "OBJECTIVES"]
 
@@ -259,7 +259,7 @@ def fit_curve(
         batched = {n: b.unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in buffers.items()}
         logits = forward_points(template, space.unflatten(points), batched, x)  # (K, B, classes)
         nll = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(k), reduction="none").view(k, -1).mean(dim=1)
-        per_t = nll + 0.5 * cfg.wd * points.pow(2).sum(dim=1)  # (K,)
+        per_t = nll + 0.5 * cfg.wd * space.squared_norm(points)  # (K,); frozen parameters are not decayed
         return path_objective(cfg, curve, t, per_t), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
@@ -279,7 +279,7 @@ def fit_curve(
 
     task = Task(module=curve, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=epoch_eval,
                 weight_decay=0.0, spec=spec, command="connect", kind="curve", sync_buffers=False,
-                network=template)
+                network=template, after_step=frozen_pin(curve.free, space))  # frozen parameters stay on the line
     summary, metrics = run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics,
                                     progress=progress, on_epoch_end=on_epoch_end, argv=argv)
     return CurveResult(curve=curve, model=template.eval(), summary=summary, metrics=metrics, out=out)

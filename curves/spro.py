@@ -62,6 +62,7 @@ from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, 
 from landscape.train import Task, TrainConfig, check_world, prepare_run, run_training
 from landscape.weights import ParamSpace
 
+from .base import frozen_pin
 from .simplex import SimplicialComplex, face_grid
 
 __all__ = ["SimplexConfig", "SimplexResult", "grow_simplex", "connect_modes", "espro", "evaluate_simplex",
@@ -153,6 +154,9 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
         init = centre + cfg.init_scale * centre.norm() * direction.to(init.device) / direction.norm()
         if not bool(torch.isfinite(init).all()):  # checked up front on the modes; a centroid can still be larger
             _check_init(cfg, [centre[0]])
+    mask = space.trainable_mask(init.device)
+    if mask is not None:  # parameters the network does not train: the centroid's, kept there (frozen_pin)
+        init[:, ~mask] = fixed.mean(dim=0, keepdim=True)[:, ~mask]
     cx = SimplicialComplex(space, fixed, init, simplexes, labels).to(data.device)
     with torch.no_grad():
         v0 = float(cx.volumes().sum())
@@ -189,7 +193,7 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
 
     task = Task(module=cx, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
                 weight_decay=cfg.wd, spec=spec, command="simplex", kind="simplex",
-                lr_flag=_rate_flags(cfg), network=template,
+                lr_flag=_rate_flags(cfg), network=template, after_step=frozen_pin(cx.free, space),
                 sync_buffers=False)  # the complex's buffers are its frozen vertices, the same on every rank
     run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics, progress=progress)
     return cx.anchors()[-1].detach()

@@ -616,7 +616,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
         out[f"{split}_nll"], out[f"{split}_error"] = acc.result()
     if return_probs:
         out["probs"] = sums["test"].probs()
-    sq = points.double().pow(2).sum(dim=1)
+    sq = space.squared_norm(points.double())  # over the trained parameters, as training decays them
     out["train_loss"] = out["train_nll"] + (0.5 * wd * sq).cpu().numpy()
     return out
 
@@ -713,7 +713,7 @@ def evaluate_points_sequential(
             m_test = evaluate_model(net, data, "test", batch_size=batch_size)
             results["train_nll"].append(m_train["nll"])
             results["train_error"].append(m_train["error"])
-            results["train_loss"].append(m_train["nll"] + 0.5 * wd * float(point.double().pow(2).sum()))
+            results["train_loss"].append(m_train["nll"] + 0.5 * wd * float(space.squared_norm(point.double())))
             results["test_nll"].append(m_test["nll"])
             results["test_error"].append(m_test["error"])
             if return_probs:

@@ -26,20 +26,27 @@ class ParamSpace:
 
     ``flatten`` turns a state dict (or module) into a ``(P,)`` vector,
     ``unflatten`` turns ``(..., P)`` into named views ``(..., *shape)``.
+    ``frozen`` names the parameters the model does not train
+    (``requires_grad=False``): they are part of every point, but curves and
+    simplexes keep them where they start and the weight-decay term leaves
+    them out, as training does.
     """
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
+    frozen: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, model: nn.Module) -> "ParamSpace":
-        names, shapes = [], []
+        names, shapes, frozen = [], [], []
         for name, p in model.named_parameters():
             names.append(name)
             shapes.append(tuple(p.shape))
+            if not p.requires_grad:
+                frozen.append(name)
         if not names:
             raise UserError(f"{type(model).__name__} has no parameters")
-        return cls(tuple(names), tuple(shapes))
+        return cls(tuple(names), tuple(shapes), tuple(frozen))
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -71,6 +78,21 @@ class ParamSpace:
             raise ValueError(f"expected a last dimension of {self.numel}, got {flat.shape[-1]}")
         pieces = torch.split(flat, self.sizes, dim=-1)
         return {n: p.reshape(*lead, *s) for n, p, s in zip(self.names, pieces, self.shapes)}
+
+    def trainable_mask(self, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """``(P,)`` bool, True at the coordinates of trained parameters; None
+        when every parameter is trained (the usual case)."""
+        if not self.frozen:
+            return None
+        frozen = set(self.frozen)
+        return torch.cat([torch.full((n,), name not in frozen, dtype=torch.bool, device=device)
+                          for name, n in zip(self.names, self.sizes)])
+
+    def squared_norm(self, points: torch.Tensor) -> torch.Tensor:
+        """``(..., P) -> (...)``: the squared norm over the trained
+        parameters, which the weight-decay term 0.5 * wd * ||w||^2 decays."""
+        mask = self.trainable_mask(points.device)
+        return points.pow(2).sum(dim=-1) if mask is None else points.pow(2).mul(mask).sum(dim=-1)
 
     def describe(self) -> dict:
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}

@@ -319,6 +319,58 @@ def test_endpoints_of_a_model_registered_in_another_process_connect_with_its_fac
         fit_curve(tmp_path / "swa" / "swa.pt", b, tmp_path / "no", model="convnet", **fit)
 
 
+def _frozen_stem(num_classes, input_shape):
+    """A fixed first layer (the same weights in every network, not trained: a frozen
+    pretrained stem) under a trained head."""
+    stem = torch.nn.Linear(64, 24)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(123)
+        stem.weight.copy_(torch.randn(24, 64, generator=g) / 8)
+        stem.bias.copy_(torch.randn(24, generator=g) / 8)
+    stem.requires_grad_(False)
+    return torch.nn.Sequential(torch.nn.Flatten(), stem, torch.nn.ReLU(), torch.nn.Linear(24, num_classes))
+
+
+def test_parameters_the_network_does_not_train_stay_put_and_are_not_decayed(tmp_path, small_digits, monkeypatch):
+    """train leaves a frozen parameter alone and out of its weight decay; a curve
+    and a simplex do the same: its coordinates keep their start on the bends and on
+    a new vertex, and the engine's train loss at an end is the endpoint's own."""
+    import landscape.models as models
+    from curves.spro import connect_modes
+    from landscape.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("frozen_stem")(_frozen_stem)
+    wd = 5e-3
+    runs = [train(out=tmp_path / f"e{seed}", model="frozen_stem", seed=seed, data=small_digits, epochs=2, wd=wd,
+                  progress=False) for seed in (1, 2)]
+    a, b = tmp_path / "e1" / "model.pt", tmp_path / "e2" / "model.pt"
+    space = ParamSpace.of(runs[0].model)
+    assert space.frozen == ("1.weight", "1.bias")
+    mask = space.trainable_mask()
+    assert int((~mask).sum()) == 24 * 64 + 24 and bool(mask[-10:].all())
+    ends = [space.flatten(load_checkpoint(p).state_dict) for p in (a, b)]
+    assert torch.equal(ends[0][~mask], ends[1][~mask])  # not trained: the stem as built
+    # The squared norm of the trained coordinates only, by hand.
+    head = sum(float(p.detach().double().pow(2).sum()) for p in runs[0].model[3].parameters())
+    assert float(space.squared_norm(ends[0].double())) == pytest.approx(head, rel=1e-12)
+
+    fit = fit_curve(a, b, tmp_path / "ab", data=small_digits, epochs=2, bends=2, curve="polychain", wd=wd,
+                    progress=False)
+    bends = fit.curve.anchors().detach()[1:-1]
+    assert torch.equal(bends[:, ~mask], ends[0][~mask].expand(2, -1))  # kept where they started
+    line = torch.stack([(1 - s) * ends[0] + s * ends[1] for s in (1 / 3, 2 / 3)])
+    assert not torch.allclose(bends[:, mask], line[:, mask])  # the head's coordinates were fitted
+    # The curve's start is the endpoint: the same train loss as train's summary (NLL + the head's decay).
+    got = evaluate_points(fit.model, fit.curve.anchors().detach(), [[1, 0, 0, 0]], small_digits, wd=wd)
+    assert got["train_loss"][0] == pytest.approx(runs[0].summary["train_loss"], rel=1e-5)
+    assert got["train_loss"][0] - got["train_nll"][0] == pytest.approx(0.5 * wd * head, rel=1e-6)
+
+    cx = connect_modes([a, b], tmp_path / "sx", connectors=1, epochs=1, eval_samples=4,
+                       face_resolution=2, progress=False).complex.anchors().detach()
+    assert torch.equal(cx[-1][~mask], ends[0][~mask]) and not torch.equal(cx[-1][mask], (ends[0] + ends[1])[mask] / 2)
+
+
 def test_arclength_objective_on_a_straight_curve_equals_the_uniform_one(narrow, small_digits):
     """A straight, evenly parametrised curve has constant speed equal to its
     length, so the arc-length weights speed/length are all one and the first
