@@ -412,6 +412,25 @@ def _read_mnist(name: str, root: Path) -> _Raw:
     return _Raw(images(train_x), labels(train_y), images(test_x), labels(test_y), 10, mean, std)
 
 
+def data_location(name: str, data_path: str | None) -> Path | None:
+    """The folder (or, for npz, the file) the reader of dataset ``name``
+    reads under ``data_path``: ``root`` and ``root/cifar-10-batches-py`` are
+    one CIFAR-10, ``root`` and ``root/raw`` one MNIST. None when it cannot
+    be found (the reader's own error says why)."""
+    if data_path is None or name not in DATASETS or not Path(data_path).expanduser().exists():
+        return None
+    root = Path(data_path).expanduser()
+    try:
+        if name in _CIFAR:
+            folder = _CIFAR[name][0]
+            return (root / folder if (root / folder).is_dir() else root).resolve()
+        if name in _MNIST_CONSTANTS:
+            return _find_idx_files(root, _MNIST_CONSTANTS[name][2])[0].parent.resolve()
+    except UserError:
+        return None
+    return root.resolve()
+
+
 def _need_folder(root: Path, what: str) -> None:
     """A --data-path naming a file where a folder is read (an archive, one of the files)."""
     if root.is_file():

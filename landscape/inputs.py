@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network
-from .data import Dataset
+from .data import Dataset, data_location
 from .device import resolve_device
 from .errors import UserError
 from .geometry import MIN_TRAJECTORY
@@ -190,10 +190,22 @@ def check_same_data(ckpts: Sequence[Checkpoint], overrides: dict[str, Any] | Non
         for key in DATA_FIELDS:
             if key in given or not _applies(key, dataset):
                 continue
-            if mine.get(key) != ref.get(key) and not (key == "data_path" and same_file(mine.get(key), ref.get(key))):
+            if mine.get(key) != ref.get(key) and not (key == "data_path" and same_data(dataset, mine.get(key),
+                                                                                   ref.get(key))):
                 raise UserError(f"{ck.path} was trained on other data than {first.path} ({key.replace('_', '-')} "
                                 f"{mine.get(key)} vs {ref.get(key)}); give the data options explicitly to use "
                                 f"the same data for both")
+
+
+def same_data(dataset: str | None, a: Any, b: Any) -> bool:
+    """Whether two ``data_path`` settings read the same files of ``dataset``
+    (one written differently, or a dataset's folder and the folder holding it)."""
+    if same_file(a, b):
+        return True
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    where = [data_location(dataset or "", p) for p in (a, b)]
+    return where[0] is not None and where[0] == where[1]
 
 
 def _applies(key: str, dataset: str | None) -> bool:

@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,6 +208,23 @@ def test_cifar10_round_trip(tmp_path, point_at_folder):
     assert_pixels(data, data.x_test, [test], b"data")
     assert data.y_train.tolist() == sum((b[b"labels"] for b in train), [])
     assert data.y_test.tolist() == test[b"labels"]
+
+
+def test_a_datasets_folder_and_the_folder_holding_it_are_the_same_data(tmp_path):
+    """Endpoints trained with --data-path root and root/cifar-10-batches-py read the
+    same batches; a curve between them was refused as trained on other data."""
+    from landscape.data import data_location
+    from landscape.inputs import same_data
+
+    write_cifar10(tmp_path / "c" / "cifar-10-batches-py", np.random.default_rng(3))
+    write_idx(tmp_path / "m" / "MNIST" / "raw", mnist_arrays(), gz=True)
+    write_cifar10(tmp_path / "other" / "cifar-10-batches-py", np.random.default_rng(4))
+    root, inner = str(tmp_path / "c"), str(tmp_path / "c" / "cifar-10-batches-py")
+    assert data_location("cifar10", root) == data_location("cifar10", inner) == Path(inner).resolve()
+    assert same_data("cifar10", root, inner) and same_data("cifar10", inner + "/", root)
+    assert not same_data("cifar10", root, str(tmp_path / "other"))
+    assert not same_data("cifar10", root, str(tmp_path / "nowhere"))
+    assert same_data("mnist", str(tmp_path / "m"), str(tmp_path / "m" / "MNIST" / "raw"))
 
 
 def test_cifar100_round_trip_with_str_keys(tmp_path):
