@@ -595,6 +595,10 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
         return -1, None, []
     epoch = int(state.extra["train_state"]["epoch"])
     kept = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("epoch", 0) <= epoch]
+    lost = sorted(set(range(1, epoch + 1)) - {r.get("epoch") for r in kept})
+    if lost:  # appended before last.pt is saved, so only a crash that lost written data can drop one
+        _say(f"note: {out / 'metrics.jsonl'} has no record of epoch(s) {', '.join(map(str, lost))} (lost in a "
+             f"crash); the run resumes from last.pt, and its records will miss them")
     barrier()
     if is_main():
         atomic_write_text(out / "metrics.jsonl", "".join(_jsonl_line(r) for r in kept))

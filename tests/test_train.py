@@ -97,6 +97,21 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, digits):
         train(out=tmp_path / "cut", resume=True, **{**kw, "lr": 0.1})
 
 
+def test_a_resume_says_when_a_kept_epochs_record_was_lost(tmp_path, digits, capsys):
+    """A record is appended before last.pt is saved, so only a crash that lost
+    written data drops one; the resume then says which, instead of silently
+    finishing with a record short."""
+    kw = dict(data=digits, epochs=3, seed=3, model_kwargs={"width": 8})
+    with pytest.raises(_Interrupt):
+        train(out=tmp_path / "cut", on_epoch_end=_interrupt_at(2), progress=False, **kw)
+    path = tmp_path / "cut" / "metrics.jsonl"
+    path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if '"epoch": 1,' not in line))
+    capsys.readouterr()
+    train(out=tmp_path / "cut", resume=True, progress=False, **kw)
+    assert f"note: {path} has no record of epoch(s) 1 (lost in a crash)" in capsys.readouterr().err
+    assert [r["epoch"] for r in read_jsonl(path)] == [2, 3]
+
+
 def test_epoch_records_train_loss_is_the_nll_plus_the_weight_decay_term(tmp_path, digits):
     """As summary.json defines it (there on the whole set in eval mode; here the
     minibatch mean). With one batch per epoch, epoch 2's terms are those of the
