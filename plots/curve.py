@@ -38,7 +38,8 @@ def plot_curve_metric(ax, arrays: dict[str, np.ndarray], metric: str, label: str
     ax.plot(t, arrays[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
     ax.plot(t, arrays[f"curve_{metric}"], color=CURVE_COLOR, lw=2, label=curve_label(summary))
     ends = [0, -1]
-    ax.scatter(t[ends], arrays[f"curve_{metric}"][ends], s=60, color="black", zorder=5, label="endpoints")
+    ax.scatter(t[ends], arrays[f"curve_{metric}"][ends], s=60, color="black", zorder=5, label="endpoints",
+               clip_on=False)  # whole at t = 0 and 1, not cut by the axes' edge
     ax.set_xlabel("t")
     ax.set_ylabel(label)
     ax.set_xlim(0, 1)
@@ -55,9 +56,10 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     plot_curve_metric(ax_loss, arrays, "train_loss", "train loss", summary)
     plot_curve_metric(ax_err, arrays, "test_error", f"{split} error (%)", summary)
     c, l = summary["curve"], summary["line"]
-    ax_loss.set_title(f"train loss barrier: curve {c['train_loss_barrier']:.3f}, line {l['train_loss_barrier']:.3f}",
+    # three significant digits: a barrier of 1e-4 is not "0.000"
+    ax_loss.set_title(f"train loss barrier: curve {c['train_loss_barrier']:.3g}, line {l['train_loss_barrier']:.3g}",
                       fontsize=10)
-    ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.2f}%, line {l['test_error_barrier']:.2f}%",
+    ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.3g}%, line {l['test_error_barrier']:.3g}%",
                      fontsize=10)
     ax_loss.legend(frameon=False, fontsize=9)
     if summary.get("synthetic"):

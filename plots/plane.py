@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import matplotlib.colors as mcolors
 import matplotlib.patheffects as pe
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from landscape.checkpoint import read_result
@@ -37,6 +39,7 @@ TRAIN_LOSS_VMAX, TRAIN_LOSS_LOG_ALPHA = 5.0, -5.0
 TEST_ERROR_VMAX, TEST_ERROR_LOG_ALPHA = 50.0, -1.0
 # Far above any clipped value, so the region above the clip is filled too.
 TOP_LEVEL = 1e10
+CLIPPED_COLOR = "0.75"  # the band of values above the clip: grey, apart from every colour of the map
 PATH_COLOR = "black"
 _OUTLINE = [pe.withStroke(linewidth=3, foreground="white")]
 
@@ -161,8 +164,11 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     for test error here); ``log_alpha`` is the log of the first level's
     offset above the minimum (-5 suits losses, -1 errors in percent); ``levels + 2`` contour levels come from :func:`log_levels`
     and colours from :class:`LogOffsetNorm`. Filled contours (alpha 0.55) under
-    contour lines, as in Garipov et al. 2018, figs. 1-2. The colorbar (when
-    ``colorbar``) is labelled ``label`` and its top tick reads ``> <clip>``.
+    contour lines (none at the minimum, where a plateau such as 0 % error
+    would draw its edge), as in Garipov et al. 2018, figs. 1-2. Values above
+    ``vmax`` fill a grey top band whose colorbar tick reads ``> <clip>``;
+    without any, there is no such band. The colorbar (when ``colorbar``) is
+    labelled ``label``.
     NaNs are left blank; data with no finite value draws an empty, annotated
     plane. ``axis_labels`` name x and y; ``equal_aspect`` None draws both
     axes to one scale when their extents are within a factor of 3. Returns
@@ -191,14 +197,23 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
 
     lev, alpha_eff = contour_levels(clipped, log_alpha, levels)
     norm = LogOffsetNorm(lev[0], lev[-2], alpha_eff)
-    z = np.ma.masked_invalid(clipped.T)  # contour wants z[row = y, column = x]
-    filled = ax.contourf(x, y, z, levels=lev, cmap=cmap, norm=norm, alpha=0.55, zorder=0)
-    if rng[1] > rng[0]:  # constant data has no contour line to draw
-        ax.contour(x, y, z, levels=lev[:-1], cmap=cmap, norm=norm, linewidths=2.5, zorder=1)
+    with np.errstate(invalid="ignore"):
+        over = np.isfinite(values) & (values > vmax) if vmax is not None else np.zeros(values.shape, bool)
+    clipping = bool(over.any())
+    # Clipped values get the top band, grey, labelled "> clip"; without any, the band is left out.
+    shown = np.where(over, 0.5 * (lev[-2] + lev[-1]), clipped) if clipping else clipped
+    bands = lev if clipping else lev[:-1]
+    cm = matplotlib.colormaps[cmap]
+    colors = [cm(norm(0.5 * (a + b))) for a, b in zip(bands[:-2], bands[1:-1])]
+    colors.append(CLIPPED_COLOR if clipping else cm(norm(0.5 * (bands[-2] + bands[-1]))))
+    z = np.ma.masked_invalid(shown.T)  # contour wants z[row = y, column = x]
+    filled = ax.contourf(x, y, z, levels=bands, colors=colors, alpha=0.55, zorder=0)
+    if rng[1] > rng[0]:  # constant data has no contour line to draw; none at the minimum (a plateau's edge)
+        ax.contour(x, y, z, levels=lev[1:-1], cmap=cmap, norm=norm, linewidths=2.5, zorder=1)
     cbar = None
     if colorbar:
         cbar = ax.figure.colorbar(filled, ax=ax)
-        cbar.set_ticks(lev, labels=_level_labels(lev))
+        cbar.set_ticks(bands, labels=_level_labels(lev) if clipping else level_names(bands))
         if label:
             cbar.set_label(label)
     return ax, cbar
@@ -295,6 +310,7 @@ def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
         for row, (metric, metric_label, vmax, log_alpha) in enumerate(plane_metrics(summary)):
             ax = axes[row, col]
             plot_plane_result(ax, arrays, summary, metric, metric_label, vmax, log_alpha)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # narrow panels: tick labels would run together
             ax.set_title(f"{label}: {metric_label}" if row == 0 else metric_label)
     if any(summary.get("synthetic") for _, summary in results):
         fig.suptitle("synthetic data — benchmark only", color="gray")

@@ -10,6 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# TrueType (Type 42) fonts in PDF and PostScript: the Type 3 default is refused by some venues' checks.
+matplotlib.rcParams["pdf.fonttype"] = 42
+matplotlib.rcParams["ps.fonttype"] = 42
+
 from landscape.checkpoint import atomic_save  # noqa: E402
 
 __all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "FORMATS"]

@@ -4,6 +4,7 @@ Garipov et al. 2018, clipping, degenerate data, shared axes."""
 
 import json
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -199,6 +200,25 @@ def test_plane_colorbar_top_label_reads_greater_than_the_clip():
     assert labels[-1] == "> " + labels[-2] == "> 5"
     assert cbar.ax.get_ylabel() == "train loss"
     plt.close(fig)
+
+
+def test_only_clipped_values_get_the_grey_top_band_and_no_line_traces_the_minimum():
+    from plots.plane import CLIPPED_COLOR
+
+    x, y = np.linspace(0, 1, 11), np.linspace(0, 1, 11)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    error = np.maximum(0.0, 60 * (X + Y) - 20)  # a plateau of 0 % error, then up to 100 %
+    for vmax, clipped in ((50.0, True), (None, False)):
+        fig, ax = plt.subplots()
+        _, cbar = plot_plane(ax, x, y, error, vmax=vmax, log_alpha=-1.0)
+        fig.canvas.draw()
+        labels = [t.get_text() for t in cbar.ax.get_yticklabels()]
+        filled, lines = ax.collections[0], ax.collections[1]
+        assert (labels[-1] == "> 50") is clipped and not any(">" in t for t in labels[:-1])
+        top = filled.get_facecolor()[-1][:3]
+        assert np.allclose(top, matplotlib.colors.to_rgb(CLIPPED_COLOR)) is clipped
+        assert min(lines.levels) > 0.0  # the 0 % plateau's edge is not drawn as a contour line
+        plt.close(fig)
 
 
 def test_plane_is_drawn_with_x_along_the_first_index():
