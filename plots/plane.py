@@ -155,7 +155,7 @@ def _level_labels(levels: np.ndarray) -> list[str]:
 def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: float | None = None,
                log_alpha: float = -5.0, levels: int = 7, cmap: str = "jet_r", label: str = "",
                colorbar: bool = True, axis_labels: tuple[str, str] = ("distance along u", "distance along v"),
-               equal_aspect: bool | None = None):
+               equal_aspect: bool | None = None, span: tuple[float, float] | None = None):
     """Draw the contour plot of ``values`` over the plane on ``ax``.
 
     ``x`` (G,), ``y`` (H,): grid coordinates (distance along the plane's axes
@@ -171,7 +171,9 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     labelled ``label``.
     NaNs are left blank; data with no finite value draws an empty, annotated
     plane. ``axis_labels`` name x and y; ``equal_aspect`` None draws both
-    axes to one scale when their extents are within a factor of 3. Returns
+    axes to one scale when their extents are within a factor of 3; ``span``
+    (lowest, highest) sets the levels' range instead of the data's own, so
+    that panels drawn with one span share their levels. Returns
     ``(ax, colorbar)``; the colorbar is None when not drawn."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     values = np.asarray(values, dtype=float)
@@ -195,7 +197,7 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
                 transform=ax.transAxes, ha="center", va="center", color="gray")
         return ax, None
 
-    lev, alpha_eff = contour_levels(clipped, log_alpha, levels)
+    lev, alpha_eff = contour_levels(clipped if span is None else np.asarray(span, dtype=float), log_alpha, levels)
     norm = LogOffsetNorm(lev[0], lev[-2], alpha_eff)
     with np.errstate(invalid="ignore"):
         over = np.isfinite(values) & (values > vmax) if vmax is not None else np.zeros(values.shape, bool)
@@ -267,11 +269,12 @@ def plane_metrics(summary: dict) -> list[tuple[str, str, float, float]]:
 
 
 def plot_plane_result(ax, arrays: dict[str, np.ndarray], summary: dict, metric: str, label: str, vmax: float,
-                      log_alpha: float):
+                      log_alpha: float, span: tuple[float, float] | None = None):
     """One metric of a stored plane result on ``ax``: its contours with the
-    anchors, path and marks the result records. Returns ``ax``."""
+    anchors, path and marks the result records (``span``: as
+    :func:`plot_plane`'s). Returns ``ax``."""
     # A trajectory's axes explain very different shares of its variance: each gets its own scale (Li et al.).
-    plot_plane(ax, arrays["x"], arrays["y"], arrays[metric], vmax=vmax, log_alpha=log_alpha, label=label,
+    plot_plane(ax, arrays["x"], arrays["y"], arrays[metric], vmax=vmax, log_alpha=log_alpha, label=label, span=span,
                equal_aspect=False if summary.get("plane") == "trajectory" else None,
                **({"axis_labels": tuple(summary["axis_labels"])} if summary.get("axis_labels") else {}))
     plot_plane_points(ax, arrays["anchor_xy"], summary.get("anchor_labels"),
@@ -301,15 +304,21 @@ def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
     """Several plane results side by side, as Garipov et al. 2018 (fig. 2)
     show the planes of independent optima, a Bezier curve and a polygonal
     chain: one column per result (titled by its label), train loss above
-    and test error below, each panel with its own levels and colorbar.
-    Returns the figure (not saved)."""
+    and test error below. The panels of one metric share their levels (one
+    colour is one value in every panel: a flatter optimum shows as wider
+    bands), each with its colorbar. Returns the figure (not saved)."""
     n = len(results)
     fig, axes = new_figure(2, n, width=5.4 * n, height=9.0)
     axes = np.asarray(axes).reshape(2, n)
+    spans = []
+    for metric, _, vmax, _ in plane_metrics(results[0][1]):
+        ranges = [_finite_range(clip_values(arrays[metric], vmax)) for arrays, _ in results]
+        ranges = [r for r in ranges if r is not None]
+        spans.append((min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None)
     for col, ((arrays, summary), label) in enumerate(zip(results, labels)):
         for row, (metric, metric_label, vmax, log_alpha) in enumerate(plane_metrics(summary)):
             ax = axes[row, col]
-            plot_plane_result(ax, arrays, summary, metric, metric_label, vmax, log_alpha)
+            plot_plane_result(ax, arrays, summary, metric, metric_label, vmax, log_alpha, span=spans[row])
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # narrow panels: tick labels would run together
             ax.set_title(f"{label}: {metric_label}" if row == 0 else metric_label)
     if any(summary.get("synthetic") for _, summary in results):

@@ -401,10 +401,18 @@ def test_planes_side_by_side_one_column_per_result(tmp_path):
     b = write_plane(tmp_path / "line", synthetic=False, with_extras=False)
     arrays = dict(np.load(b / "plane.npz"))
     arrays["x"] = arrays["x"] * 2  # another extent, so the panels tell the results apart
+    arrays["train_loss"] = 0.5 * arrays["train_loss"] + 0.01  # another range: the levels must still be shared
     np.savez(b / "plane.npz", **arrays)
     results = [_load(a, "plane"), _load(b, "plane")]
     fig = compare_planes(results, ["Bezier", "independent optima"])
     try:
+        fig.canvas.draw()
+        bars = [ax for ax in fig.axes if not ax.get_title()]  # the colorbars, column by column
+        ticks = [[t.get_text() for t in bar.get_yticklabels()] for bar in bars]
+        assert ticks[0] == ticks[2] and ticks[1] == ticks[3]  # one colour is one value in both panels of a metric
+        assert ticks[0] != ticks[1]
+        low = min(float(r["train_loss"].min()) for r, _ in results)
+        assert float(ticks[0][0]) == pytest.approx(low, rel=0.05)  # the levels start at the lower of the two
         panels = [ax for ax in fig.axes if ax.get_title()]
         assert [ax.get_title() for ax in panels] == ["Bezier: train loss", "independent optima: train loss",
                                                      "test error (%)", "test error (%)"]  # row by row
