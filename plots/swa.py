@@ -53,9 +53,11 @@ def draw_swa_figure(run_dir: str | Path, formats: tuple[str, ...] = ("png",)) ->
     split = "val" if config.get("val_size") else "test"  # the per-epoch records' split
     fig, axes = new_figure(1, 2, width=11.0, height=4.0)
     for ax, metric, label in ((axes[0], "test_error", f"{split} error (%)"), (axes[1], "test_nll", f"{split} NLL")):
-        ax.plot(curves["epoch"], curves[metric], color=SGD_COLOR, lw=1.5, marker=".", label="SGD iterate")
-        ax.plot(curves["swa_epoch"], curves[f"swa_{metric}"], color=SWA_COLOR, lw=2, marker="o", ms=4,
-                label="SWA average (BN re-estimated)")
+        # SWA wide and below, SGD dashed on top: where the two agree (an error of one image) both still show.
+        ax.plot(curves["swa_epoch"], curves[f"swa_{metric}"], color=SWA_COLOR, lw=3.5, marker="o", ms=6, alpha=0.8,
+                label="SWA average (BN re-estimated)", zorder=2)
+        ax.plot(curves["epoch"], curves[metric], color=SGD_COLOR, lw=1.5, ls="--", marker=".", label="SGD iterate",
+                zorder=3)
         start = config.get("swa_start")
         if isinstance(start, int) and start > 0:
             ax.axvline(start, color="gray", ls=":", lw=1, label="averaging starts")
@@ -63,6 +65,9 @@ def draw_swa_figure(run_dir: str | Path, formats: tuple[str, ...] = ("png",)) ->
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, framealpha=0.9)
-    fig.suptitle(f"SWA against SGD over training ({config.get('swa_schedule', 'constant')} rate, "
-                 f"averaging every {config.get('cycle', 1)} epoch(s))", fontsize=10)
+    low, high, cycle = config.get("swa_lr"), config.get("swa_lr_max"), config.get("cycle", 1)
+    rate = ("" if not isinstance(low, (int, float)) else f" {high:g}-{low:g}" if isinstance(high, (int, float))
+            else f" {low:g}")
+    fig.suptitle(f"SWA against SGD over training ({config.get('swa_schedule', 'constant')} rate{rate}, averaging every "
+                 f"{'epoch' if cycle == 1 else f'{cycle} epochs'})", fontsize=10)
     return save_figure(fig, run_dir / "swa", formats)

@@ -25,21 +25,27 @@ SAMPLE_COLOR = "#7f7f7f"
 
 
 def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *, label: str, centre_label: str,
-                       ylabel: str, log_when_spread: bool = False) -> None:
+                       ylabel: str, log_when_spread: bool = False, from_zero: bool = False) -> None:
     """One panel of a model average of samples (swag, subspace): its metric after
-    1..S samples, against the centre's and a single sample's mean as lines.
-    ``log_when_spread``: a log axis when the values differ more than 5-fold
-    (a poor centre would flatten the rest)."""
+    1..S samples, against the centre's and a single sample's mean as lines
+    (the lines wide and below the average's, so that all show where they
+    agree). ``log_when_spread``: a log axis when the values differ more than
+    5-fold (a poor centre would flatten the rest); ``from_zero``: the axis
+    starts at 0 (an error in percent: one image's difference is not drawn
+    as a trend)."""
     s = np.arange(1, len(bma) + 1)
-    ax.plot(s, bma, color=BMA_COLOR, lw=2, marker="o", ms=3, label=label)
-    ax.axhline(centre, color=SWA_COLOR, lw=1.5, ls="--", label=centre_label)
-    ax.axhline(sample_mean, color=SAMPLE_COLOR, lw=1.5, ls=":", label="single sample (mean)")
+    ax.axhline(centre, color=SWA_COLOR, lw=3, ls="--", alpha=0.8, label=centre_label, zorder=1)
+    ax.axhline(sample_mean, color=SAMPLE_COLOR, lw=3, ls=":", label="single sample (mean)", zorder=1)
+    ax.plot(s, bma, color=BMA_COLOR, lw=1.5, marker="o", ms=3, label=label, zorder=2)
     shown = np.append(bma, centre)
     if log_when_spread and np.all(shown > 0) and shown.max() > 5 * shown.min():
         ax.set_yscale("log")
+    elif from_zero:
+        top = float(np.nanmax(np.append(shown, sample_mean)))
+        ax.set_ylim(0, max(1.0, 1.15 * top) if np.isfinite(top) else 1.0)
     ax.set_xlabel("samples averaged")
     ax.set_ylabel(ylabel)
-    ax.set_xlim(1, max(2, len(s)))
+    ax.set_xlim(0.5, max(2, len(s)) + 0.5)  # the first and last markers whole
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 
@@ -96,7 +102,8 @@ def _draw_average(stem: Path, arrays, summary, centre, average, label: str, cent
     for ax, key, ylabel in ((axes[0], "test_nll", f"{split} NLL"), (axes[1], "test_error", f"{split} error (%)")):
         plot_model_average(ax, arrays[f"bma_{key}"], float(arrays[f"mean_{key}"]),
                            float(np.mean(arrays[f"sample_{key}"])), label=label, centre_label=centre_label,
-                           ylabel=ylabel, log_when_spread=log_when_spread and key == "test_nll")
+                           ylabel=ylabel, log_when_spread=log_when_spread and key == "test_nll",
+                           from_zero=key == "test_error")
     axes[0].legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
     if calibrated:
         plot_reliability(axes[2], {centre_label: (arrays["reliability_centre"], SWA_COLOR),

@@ -589,3 +589,18 @@ def test_a_comparison_folder_is_redrawn_by_plot_from_its_record(tmp_path, capsys
     assert cli.main(["plot", str(fig)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"curves.json names {tmp_path / 'moved' / 'b'}, which is not a folder" in err
+
+
+def test_a_model_average_panel_keeps_every_line_visible_and_errors_from_zero():
+    from plots.swag import plot_model_average
+
+    fig, ax = plt.subplots()
+    same = np.full(5, 0.28)  # the average, the centre and a sample all at one image wrong in 360
+    plot_model_average(ax, same, 0.28, 0.28, label="average", centre_label="centre", ylabel="error (%)",
+                       from_zero=True)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["average"].get_zorder() > lines["centre"].get_zorder()  # drawn over the centre's line
+    assert lines["average"].get_linewidth() < lines["centre"].get_linewidth()  # which still shows around it
+    assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] >= 1.0  # not a 0.265-0.29 axis of rounding
+    assert ax.get_xlim() == (0.5, 5.5)  # the first and last markers whole
+    plt.close(fig)
