@@ -16,9 +16,17 @@ matplotlib.rcParams["ps.fonttype"] = 42
 
 from landscape.checkpoint import atomic_save  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "FORMATS"]
+__all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "FORMATS", "SWA_COLOR", "SGD_COLOR",
+           "AVERAGE_COLOR", "SAMPLE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
+# One colour per thing in every figure: SWA (or a posterior's centre) blue and SGD orange, as the first and
+# second centre of a width report (tab10's order); a model average of samples green, a single sample grey.
+# Red is a curve figure's straight line, and nothing else.
+SWA_COLOR = "#1f77b4"
+SGD_COLOR = "#ff7f0e"
+AVERAGE_COLOR = "#2ca02c"
+SAMPLE_COLOR = "#7f7f7f"
 # Results compared in one figure: matplotlib's tab10 without its red (a curve figure's straight line).
 COMPARE_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
                   "#17becf")

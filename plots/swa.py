@@ -13,12 +13,10 @@ import numpy as np
 from landscape.checkpoint import read_json, read_jsonl
 from landscape.errors import UserError
 
-from .style import new_figure, save_figure
+from .style import SGD_COLOR, SWA_COLOR, new_figure, save_figure
 
 __all__ = ["draw_swa_figure", "swa_curves", "has_swa_curve"]
 
-SGD_COLOR = "#2ca02c"
-SWA_COLOR = "#1f77b4"
 
 
 def swa_curves(records: list[dict]) -> dict[str, np.ndarray]:

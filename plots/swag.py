@@ -14,14 +14,12 @@ from matplotlib.ticker import MaxNLocator
 
 from landscape.checkpoint import read_result
 
-from .style import compare_color, legend_below, new_figure, save_figure
+from .style import AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, compare_color, legend_below, new_figure, save_figure
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
            "average_label"]
 
-BMA_COLOR = "#1f77b4"
-SWA_COLOR = "#d62728"
-SAMPLE_COLOR = "#7f7f7f"
+BMA_COLOR = AVERAGE_COLOR
 
 
 def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *, label: str, centre_label: str,
