@@ -20,6 +20,7 @@ __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", 
            "average_label"]
 
 BMA_COLOR = AVERAGE_COLOR
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")  # one per result compared
 
 
 def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *, label: str, centre_label: str,
@@ -146,10 +147,14 @@ def compare_averages(results: Sequence[tuple[dict[str, np.ndarray], dict]], labe
     fig, axes = new_figure(1, 2, width=10.0, height=3.8)
     for ax, key, ylabel in zip(axes, ("test_nll", "test_error"), (f"{split} NLL", f"{split} error (%)")):
         shown = []
+        n = len(results)
         for i, ((a, summary), label) in enumerate(zip(results, labels)):
             color = compare_color(i)
             bma = np.asarray(a[f"bma_{key}"], dtype=float)
-            ax.plot(np.arange(1, len(bma) + 1), bma, color=color, lw=2, marker="o", ms=3, label=label)
+            # Each result a little narrower than the one before and drawn over it, with its own marker:
+            # results that agree (the same test errors) all still show.
+            ax.plot(np.arange(1, len(bma) + 1), bma, color=color, lw=1.2 + 0.8 * (n - 1 - i), marker=MARKERS[i % len(MARKERS)],
+                    ms=4, label=label, zorder=2 + i)
             shown.append(bma)
             if f"mean_{key}" in a:
                 centre = float(a[f"mean_{key}"])
@@ -160,7 +165,7 @@ def compare_averages(results: Sequence[tuple[dict[str, np.ndarray], dict]], labe
             ax.set_yscale("log")
         ax.set_xlabel("samples averaged")
         ax.set_ylabel(ylabel)
-        ax.set_xlim(1, max(2, max(len(a[f"bma_{key}"]) for a, _ in results)))
+        ax.set_xlim(0.5, max(2, max(len(a[f"bma_{key}"]) for a, _ in results)) + 0.5)  # end markers whole
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     legend_below(fig, axes[0])
