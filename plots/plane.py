@@ -236,8 +236,7 @@ def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy:
         ax.plot(path_xy[:, 0], path_xy[:, 1], color=PATH_COLOR, lw=2.0, zorder=3,
                 path_effects=_OUTLINE, label=path_label or None, **dots)
         if path_start is not None:
-            ax.annotate(str(path_start), tuple(path_xy[0]), xytext=(7, 6), textcoords="offset points",
-                        va="bottom", fontsize=10, zorder=5, path_effects=_OUTLINE)
+            _label(ax, path_start, path_xy[0], (7, 6), "bottom")
     # Anchor labels above right, mark labels below right: an average (SWA)
     # often lies close to an anchor.
     groups = [(anchor_xy, anchor_labels, (7, 6), "bottom",
@@ -248,12 +247,21 @@ def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy:
     for points, labels, offset, va, style in groups:
         points = np.asarray(points, dtype=float).reshape(-1, 2)
         ax.scatter(points[:, 0], points[:, 1], zorder=4, **style)
-        for (px, py), text in zip(points, labels or []):
-            ax.annotate(str(text), (px, py), xytext=offset, textcoords="offset points", va=va, fontsize=10,
-                        zorder=5, path_effects=_OUTLINE)
+        for xy, text in zip(points, labels or []):
+            _label(ax, text, xy, offset, va)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=9, framealpha=0.8)
     return ax
+
+
+def _label(ax, text, xy, offset: tuple[float, float], va: str) -> None:
+    """``text`` beside the point ``xy``, ``offset`` points away: to its right,
+    or to its left in the right third of the axes, where it would run out."""
+    lo, hi = ax.get_xlim()
+    right_third = hi > lo and (float(xy[0]) - lo) / (hi - lo) > 2 / 3
+    ax.annotate(str(text), (float(xy[0]), float(xy[1])), xytext=(-offset[0] if right_third else offset[0], offset[1]),
+                textcoords="offset points", ha="right" if right_third else "left", va=va, fontsize=10, zorder=5,
+                path_effects=_OUTLINE)
 
 
 def load_plane_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
