@@ -82,7 +82,7 @@ def plot_reliability(ax, diagrams: dict[str, tuple[np.ndarray, str]], eces: dict
         gap = (accuracy - confidence)[filled]
         ax.plot(confidence[filled], gap, color=color, lw=1, alpha=0.6)
         ax.scatter(confidence[filled], gap, s=8 + 300 * count[filled] / count.sum(), color=color, alpha=0.8,
-                   label=name + (f" (ECE {ece:.2f} %)" if ece is not None else ""))
+                   label=name + (f", ECE {ece:.2f} %" if ece is not None else ""))
     ax.axhline(0.0, color="gray", lw=1, ls="--")
     ax.set_xlabel("confidence (top-label probability)")
     ax.set_ylabel("accuracy - confidence")
