@@ -130,9 +130,13 @@ def _draw_metric(arrays: dict, summary: dict, metric: str, ylabel: str):
     return fig, axes
 
 
-def _suptitle(fig, summary: dict) -> None:
+def _suptitle(fig, summary: dict, note: str = "") -> None:
+    """The figure's title line: ``note``, and a warning for synthetic data."""
+    lines = [note] if note else []
     if summary.get("synthetic"):
-        fig.suptitle("synthetic data — benchmark only", color="gray")
+        lines.append("synthetic data — benchmark only")
+    if lines:
+        fig.suptitle("\n".join(lines), color="gray" if summary.get("synthetic") else "black", fontsize=9)
 
 
 def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -146,7 +150,9 @@ def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     written = []
     for metric, ylabel in ylabels.items():
         fig, _ = _draw_metric(arrays, summary, metric, ylabel)
-        _suptitle(fig, summary)
+        rise = summary.get("rise")
+        _suptitle(fig, summary, "" if rise is None else f"width of a ray's side: the distance at which train loss first "
+                                                       f"rises {rise:g} above the centre's; median over all sides")
         written += save_figure(fig, result_dir / f"rays_{metric}", formats)
     if "line_distance" in arrays:
         marks = arrays["line_marks"]
