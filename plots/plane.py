@@ -141,10 +141,19 @@ def level_names(levels: np.ndarray) -> list[str]:
     """Tick labels for contour levels: two significant digits, or as many more
     (up to six) as it takes for no two labels to read the same."""
     for digits in range(2, 7):
-        names = [f"{v:.{digits}g}" for v in levels]
+        names = [_significant(v, digits) for v in levels]
         if len(set(names)) == len(names):
             break
     return names
+
+
+def _significant(v: float, digits: int) -> str:
+    """``v`` to ``digits`` significant digits, written out in full below a
+    million (3800, not 3.8e+03 beside a 72), in e-notation beyond that."""
+    text = f"{v:.{digits}g}"
+    if "e+" in text and abs(v) < 1e6:
+        return f"{float(text):.0f}"
+    return text
 
 
 def _level_labels(levels: np.ndarray) -> list[str]:

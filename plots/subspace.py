@@ -33,6 +33,7 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     split = summary.get("eval_split", "test")
     z, chain = arrays["z"], arrays["chain"]
     fig, axes = new_figure(1, 2, width=10.5, height=4.2)
+    fig.get_layout_engine().set(wspace=0.12)  # the colorbar's label clear of the second panel's axis label
     ax = axes[0]
     prior = float(summary.get("prior_scale", 1.0))
     if "grid_log_posterior" in arrays:  # the posterior's log-density over the plane, from its maximum down

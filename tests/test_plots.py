@@ -158,6 +158,8 @@ def test_levels_spread_over_a_small_range_and_their_labels_differ():
     names = level_names(levels[:-1])
     assert len(set(names)) == len(names) and names[0] == "0.159"
     assert level_names(np.array([0.2, 1.0, 3.0])) == ["0.2", "1", "3"]  # two digits where they suffice
+    # one notation on one colorbar: 3800 beside 72, not 3.8e+03; e-notation only from a million
+    assert level_names(np.array([19.0, 72.0, 270.0, 3812.0, 2.1e7])) == ["19", "72", "270", "3800", "2.1e+07"]
 
 
 def test_a_face_of_little_variation_gets_spread_levels_and_both_colorbars():
