@@ -13,9 +13,10 @@ uniform distribution over the whole complex chooses it in proportion to
 its volume: ``volume_weighted``),
 
 with weight decay on the vertex (the optimiser's), V the total volume of the
-complex's simplexes (Cayley-Menger) and lambda_j = lambda / |log V_0|, V_0 the
-volume when the new vertex is at its random start — the paper's scaling,
-which makes one ``lambda`` fit complexes of any size.
+complex's simplexes (Cayley-Menger) and lambda_j = lambda / max(|log V_0|, 1),
+V_0 the volume when the new vertex is at its random start — the paper's
+scaling, which makes one ``lambda`` fit complexes of any size; the floor of 1
+keeps a starting volume near 1 from making the weight unbounded.
 
 - Around one mode: the simplex {mode, v_1, .., v_k} (``grow_simplex``).
 - Joining modes: connectors c_1..c_m shared by the simplexes {mode_i, c_1..c_m}
