@@ -607,7 +607,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if len(dirs) > 1 and args.out is None:
         raise UserError("several result folders make one comparison figure: give --out FOLDER for it")
     import matplotlib.pyplot as plt
+    from plots.style import set_figure_width
 
+    if args.width is not None and not 1.0 <= args.width <= 20.0:  # also NaN
+        raise UserError(f"--width must be between 1 and 20 inches, got {args.width}")
+    set_figure_width(args.width)
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
     try:
         if len(dirs) == 1:
@@ -626,6 +630,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                         f"edited, or damaged?); rerun the command that made them") from None
     finally:
         plt.close("all")  # a figure half drawn from damaged files is not left open (drawn ones are closed already)
+        set_figure_width(None)  # the next figures of this process at their own size
     for f in written:
         print(f"figure: {f}")
     return 0
@@ -1719,6 +1724,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the compared results' names in the figure, one per RESULT_DIR, given after them (default: a "
                         "curve's type and bends, a plane's curve, else the folder's name; $...$ is mathtext)")
     p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
+    p.add_argument("--width", type=float, default=None, metavar="INCHES",
+                   help="draw every figure this wide, its text at 8 pt as printed: 3.25 for a paper's column, "
+                        "6.75 for its page (default: each figure's own size, for the screen)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded digits data",

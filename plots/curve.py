@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import compare_color, legend_below, new_figure, save_figure
+from .style import compare_color, legend_below, fs, new_figure, save_figure
 
 __all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result", "compare_curves", "curve_label",
            "line_groups"]
@@ -58,10 +58,10 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     c, l = summary["curve"], summary["line"]
     # three significant digits: a barrier of 1e-4 is not "0.000"
     ax_loss.set_title(f"train loss barrier: curve {c['train_loss_barrier']:.3g}, line {l['train_loss_barrier']:.3g}",
-                      fontsize=10)
+                      fontsize=fs(10))
     ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.3g}%, line {l['test_error_barrier']:.3g}%",
-                     fontsize=10)
-    ax_loss.legend(frameon=False, fontsize=9)
+                     fontsize=fs(10))
+    ax_loss.legend(frameon=False, fontsize=fs(9))
     if summary.get("synthetic"):
         fig.suptitle("synthetic data — benchmark only", color="gray")
     return save_figure(fig, result_dir / "curve", formats)

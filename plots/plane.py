@@ -17,7 +17,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import new_figure, save_figure
+from .style import fs, new_figure, save_figure
 
 __all__ = [
     "LogOffsetNorm",
@@ -259,7 +259,7 @@ def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy:
         for xy, text in zip(points, labels or []):
             _label(ax, text, xy, offset, va)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=9, framealpha=0.8)
+        ax.legend(loc="best", fontsize=fs(9), framealpha=0.8)
     return ax
 
 
@@ -269,7 +269,7 @@ def _label(ax, text, xy, offset: tuple[float, float], va: str) -> None:
     lo, hi = ax.get_xlim()
     right_third = hi > lo and (float(xy[0]) - lo) / (hi - lo) > 2 / 3
     ax.annotate(str(text), (float(xy[0]), float(xy[1])), xytext=(-offset[0] if right_third else offset[0], offset[1]),
-                textcoords="offset points", ha="right" if right_third else "left", va=va, fontsize=10, zorder=5,
+                textcoords="offset points", ha="right" if right_third else "left", va=va, fontsize=fs(10), zorder=5,
                 path_effects=_OUTLINE)
 
 

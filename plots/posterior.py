@@ -14,7 +14,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .curve import CURVE_COLOR, LINE_COLOR
-from .style import new_figure, save_figure
+from .style import fs, new_figure, save_figure
 
 __all__ = ["draw_posterior_curve_figure"]
 
@@ -56,10 +56,10 @@ def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...]
     c, l = summary["curve"], summary["line"]
     # The panel shows the NLL term; the barrier quoted is of the whole -ELBO / N (this panel plus the KL one).
     ax_elbo.set_title(f"expected train NLL; -ELBO / N (+ the KL panel)\nbarrier: curve {c['neg_elbo_barrier']:.3g}, "
-                      f"line {l['neg_elbo_barrier']:.3g}", fontsize=10)
+                      f"line {l['neg_elbo_barrier']:.3g}", fontsize=fs(10))
     ax_err.set_title(f"ensemble of {samples}\nbarrier: curve {c['ensemble_test_error_barrier']:.3g}%, "
-                     f"line {l['ensemble_test_error_barrier']:.3g}%", fontsize=10)
-    ax_kl.set_title(f"{summary.get('family', '')} posteriors, {summary.get('prior', '')} prior", fontsize=10)
+                     f"line {l['ensemble_test_error_barrier']:.3g}%", fontsize=fs(10))
+    ax_kl.set_title(f"{summary.get('family', '')} posteriors, {summary.get('prior', '')} prior", fontsize=fs(10))
     for ax, key in ((ax_elbo, "expected_train_nll"), (ax_err, "ensemble_test_error"), (ax_kl, "kl_per_sample")):
         ends = [0, -1]
         ax.scatter(t[ends], arrays[f"curve_{key}"][ends], s=50, color="black", zorder=5, label="endpoints",
@@ -67,7 +67,7 @@ def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...]
         ax.set_xlabel("t")
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-    ax_elbo.legend(frameon=False, fontsize=9)
+    ax_elbo.legend(frameon=False, fontsize=fs(9))
     if summary.get("synthetic"):
         fig.suptitle("synthetic data — benchmark only", color="gray")
     return save_figure(fig, result_dir / "posterior-curve", formats)

@@ -12,7 +12,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import new_figure, save_figure
+from .style import fs, new_figure, save_figure
 
 __all__ = ["plot_rays", "plot_line_metric", "draw_rays_figures", "load_rays_result", "shared_limits"]
 
@@ -122,10 +122,10 @@ def _draw_metric(arrays: dict, summary: dict, metric: str, ylabel: str):
         center = arrays["center_train_loss"][i] if metric == "train_loss" and "center_train_loss" in arrays else None
         plot_rays(ax, distance, values[i], color=colors[i], center_value=center, rise=rise)
         width = centres[i].get("median_width") if i < len(centres) else None
-        ax.set_title(f"{labels[i]}\n{_width_text(width, float(np.max(np.abs(distance))))}", fontsize=10)
+        ax.set_title(f"{labels[i]}\n{_width_text(width, float(np.max(np.abs(distance))))}", fontsize=fs(10))
     axes[0].set_ylabel(ylabel)
     if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(frameon=False, fontsize=9, loc="upper center")
+        axes[0].legend(frameon=False, fontsize=fs(9), loc="upper center")
     axes[0].set_ylim(*shared_limits(values, Y_CAPS.get(metric)))
     return fig, axes
 
@@ -136,7 +136,7 @@ def _suptitle(fig, summary: dict, note: str = "") -> None:
     if summary.get("synthetic"):
         lines.append("synthetic data — benchmark only")
     if lines:
-        fig.suptitle("\n".join(lines), color="gray" if summary.get("synthetic") else "black", fontsize=9)
+        fig.suptitle("\n".join(lines), color="gray" if summary.get("synthetic") else "black", fontsize=fs(9))
 
 
 def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -160,8 +160,8 @@ def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",
         fig, axes = new_figure(1, 2, width=10.0, height=3.8)
         for ax, (metric, ylabel) in zip(axes, ylabels.items()):
             plot_line_metric(ax, arrays["line_distance"], arrays[f"line_{metric}"], marks, labels, colors, ylabel)
-        axes[0].legend(frameon=False, fontsize=9)
-        axes[0].set_title("line through the centres", fontsize=10)
+        axes[0].legend(frameon=False, fontsize=fs(9))
+        axes[0].set_title("line through the centres", fontsize=fs(10))
         _suptitle(fig, summary)
         written += save_figure(fig, result_dir / "line", formats)
     return written

@@ -14,7 +14,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 from landscape.sharpness import spectral_density
 
-from .style import new_figure, save_figure
+from .style import fs, new_figure, save_figure
 
 __all__ = ["draw_sharpness_figure", "density_curves"]
 
@@ -67,14 +67,14 @@ def _draw_layers(ax, summary: dict, colors) -> None:
             largest, tops = max(largest, float(np.nanmax(np.abs(top)))), True
     ax.set_yscale("symlog", linthresh=max(largest, 1e-12) * 1e-3)
     step = max(1, int(np.ceil(len(layers) / LAYER_TICKS)))
-    ax.set_xticks(x[::step], [layer["name"] for layer in layers][::step], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(x[::step], [layer["name"] for layer in layers][::step], rotation=60, ha="right", fontsize=fs(7))
     ax.set_xlim(-0.5, len(layers) - 0.5)
     ax.grid(alpha=0.3, axis="y")
     ax.set_ylabel("trace of the layer's block")
     ax.set_title("trace by layer (same vectors; bars: ±2 s.e.)" + ("; ×: the block's top eigenvalue" if tops else ""),
-                 fontsize=9)
+                 fontsize=fs(9))
     if len(drawn) > 1:
-        ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+        ax.legend(fontsize=fs(8), loc="upper right", framealpha=0.9)
 
 
 def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -101,9 +101,9 @@ def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("p
         top = np.nanmax(dens)
         ax.set_ylim(top * 10.0 ** -DECADES, top * 3)
         ax.set_xlim(grid[0], grid[-1])
-        ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+        ax.legend(fontsize=fs(8), loc="upper right", framealpha=0.9)
         ax.set_title(f"spectral density (SLQ, {summary.get('density_runs', 1)} run(s) of "
-                     f"{summary['iters']} steps; σ = {sigma:.2g})", fontsize=9)
+                     f"{summary['iters']} steps; σ = {sigma:.2g})", fontsize=fs(9))
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
     ax.grid(alpha=0.3)
@@ -114,20 +114,20 @@ def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("p
         values = np.asarray(n["top_eigenvalues"], float)
         ax.errorbar(np.full(len(values), i), values, yerr=np.asarray(n["top_residuals"], float), fmt="o",
                     color=color, ms=5, capsize=3)
-    ax.set_title(f"top {summary['top']} eigenvalues (bars: residuals)", fontsize=9)
+    ax.set_title(f"top {summary['top']} eigenvalues (bars: residuals)", fontsize=fs(9))
     ax.set_ylabel("eigenvalue")
 
     ax = axes[2]
     for i, (n, color) in enumerate(zip(networks, colors)):
         ax.errorbar([i], [n["trace"]], yerr=[2 * n["trace_se"]], fmt="s", color=color, ms=6, capsize=4)
-    ax.set_title(f"trace (Hutchinson, {summary['trace_samples']} vectors; bars: ±2 s.e.)", fontsize=9)
+    ax.set_title(f"trace (Hutchinson, {summary['trace_samples']} vectors; bars: ±2 s.e.)", fontsize=fs(9))
     ax.set_ylabel("trace")
     for ax in axes[1:3]:
         ax.set_xticks(x, labels, rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
-                      fontsize=8)
+                      fontsize=fs(8))
         ax.set_xlim(-0.5, len(networks) - 0.5)
         ax.grid(alpha=0.3, axis="y")
     _draw_layers(axes[3], summary, colors)
     fig.suptitle("Hessian of the mean train NLL" + (f" (batch norm: {summary['bn']})" if summary.get("bn") else "")
-                 + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=10)
+                 + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=fs(10))
     return save_figure(fig, result_dir / "sharpness", formats)

@@ -16,8 +16,8 @@ matplotlib.rcParams["ps.fonttype"] = 42
 
 from landscape.checkpoint import atomic_save  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "FORMATS", "SWA_COLOR", "SGD_COLOR",
-           "AVERAGE_COLOR", "SAMPLE_COLOR"]
+__all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "fs", "set_figure_width", "FORMATS",
+           "SWA_COLOR", "SGD_COLOR", "AVERAGE_COLOR", "SAMPLE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
 # One colour per thing in every figure: SWA (or a posterior's centre) blue and SGD orange, as the first and
@@ -40,10 +40,34 @@ def compare_color(i: int) -> str:
 def legend_below(fig, ax) -> None:
     """One legend of ``ax``'s labelled artists below every panel of ``fig`` (up to 4 columns), clear of the data."""
     handles, names = ax.get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False, fontsize=9)
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False, fontsize=fs(9))
+
+
+# Every figure's own width (None), or one width in inches for all (set_figure_width: a paper's column or page).
+_WIDTH: list[float | None] = [None]
+BASE_FONT = 10.0  # matplotlib's default size, which the sizes written in the figures' code assume
+PAPER_FONT = 8.0  # the text size of figures drawn to a paper's width
+
+
+def set_figure_width(width: float | None) -> None:
+    """Draw every later figure ``width`` inches wide (its height scaled with
+    it) with text at 8 pt, as it will be printed: 3.25 for a column, 6.75 for
+    a page; None puts back each figure's own size and 10-pt text."""
+    if width is not None and not (isinstance(width, (int, float)) and 1.0 <= width <= 20.0):
+        raise ValueError(f"a figure width must be between 1 and 20 inches, got {width!r}")
+    _WIDTH[0] = None if width is None else float(width)
+    matplotlib.rcParams["font.size"] = BASE_FONT if width is None else PAPER_FONT
+
+
+def fs(points: float) -> float:
+    """A text size written for a figure's own size (10-pt text), at the current
+    text size: the same, or 8/10 of it when figures are drawn to a paper's width."""
+    return points * matplotlib.rcParams["font.size"] / BASE_FONT
 
 
 def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: float = 4.0):
+    if _WIDTH[0] is not None:
+        width, height = _WIDTH[0], height * _WIDTH[0] / width
     fig, axes = plt.subplots(rows, cols, figsize=(width, height), constrained_layout=True)
     return fig, axes
 

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from landscape.checkpoint import read_result
 
 from .plane import plot_plane
-from .style import new_figure, save_figure
+from .style import fs, new_figure, save_figure
 from .swag import BMA_COLOR, plot_model_average
 
 __all__ = ["draw_subspace_figure"]
@@ -66,7 +66,7 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         for name in summary.get("landmarks", {}):
             p = arrays[f"landmark_{name}"]
             ax.scatter([p[0]], [p[1]], marker="*", s=120, color="black", zorder=5)
-            ax.annotate(f"curve {name}", (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.annotate(f"curve {name}", (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize=fs(8))
         of = f" (of {k})" if k > 2 else ""
         ax.set_xlabel(f"z1{of}")
         ax.set_ylabel(f"z2{of}")
@@ -91,15 +91,16 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         ax.set_ylabel("z1")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    if k >= 2:  # below the plane, which the samples, ellipses and contours fill
-        ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4)
+    if k >= 2:  # below the panels (the plane is full of samples, ellipses and contours), clear of the axis labels
+        handles, names = ax.get_legend_handles_labels()
+        fig.legend(handles, names, frameon=False, fontsize=fs(8), loc="outside lower left", ncol=4)
     else:
-        ax.legend(frameon=True, framealpha=0.9, fontsize=8, loc="best")
+        ax.legend(frameon=True, framealpha=0.9, fontsize=fs(8), loc="best")
     ax = axes[1]
     plot_model_average(ax, arrays["bma_test_nll"], float(arrays["shift_test_nll"]),
                        float(np.mean(arrays["sample_test_nll"])), label="model average",
                        centre_label="centre of the subspace", ylabel=f"{split} NLL", log_when_spread=True)
-    ax.legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
+    ax.legend(frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")
     bma = summary["bma"]
     method = {"vi": "VI", "nuts": "NUTS"}.get(summary.get("method"), "ESS")
     if summary.get("method") == "vi" and summary["vi"].get("family") == "realnvp":
@@ -107,5 +108,5 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     fig.suptitle(f"{summary.get('basis')} subspace, rank {summary.get('rank')}, {method}, "
                  f"T = {summary.get('temperature'):g}: "
                  f"{bma['members']} samples, {split} NLL {bma['test_nll']:.4f}, error {bma['test_error']:.2f}%"
-                 + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=10)
+                 + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=fs(10))
     return save_figure(fig, result_dir / "subspace", formats)

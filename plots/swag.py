@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from landscape.checkpoint import read_result
 
-from .style import AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, compare_color, legend_below, new_figure, save_figure
+from .style import AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, compare_color, legend_below, fs, new_figure, save_figure
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
            "average_label"]
@@ -87,7 +87,7 @@ def plot_reliability(ax, diagrams: dict[str, tuple[np.ndarray, str]], eces: dict
     ax.set_xlabel("confidence (top-label probability)")
     ax.set_ylabel("accuracy - confidence")
     ax.grid(alpha=0.3)
-    ax.legend(frameon=True, framealpha=0.9, fontsize=8, loc="best", markerscale=0.5)
+    ax.legend(frameon=True, framealpha=0.9, fontsize=fs(8), loc="best", markerscale=0.5)
 
 
 def _draw_average(stem: Path, arrays, summary, centre, average, label: str, centre_label: str, title: str,
@@ -103,15 +103,15 @@ def _draw_average(stem: Path, arrays, summary, centre, average, label: str, cent
                            float(np.mean(arrays[f"sample_{key}"])), label=label, centre_label=centre_label,
                            ylabel=ylabel, log_when_spread=log_when_spread and key == "test_nll",
                            from_zero=key == "test_error")
-    axes[0].legend(frameon=True, framealpha=0.9, fontsize=9, loc="best")
+    axes[0].legend(frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")
     if calibrated:
         plot_reliability(axes[2], {centre_label: (arrays["reliability_centre"], SWA_COLOR),
                                    label: (arrays["reliability_bma"], BMA_COLOR)},
                          {centre_label: centre.get("test_ece"), label: average.get("test_ece")})
-        axes[2].set_title(f"{split} reliability", fontsize=9)
+        axes[2].set_title(f"{split} reliability", fontsize=fs(9))
     fig.suptitle(f"{title}: {average['members']} samples, {split} NLL {average['test_nll']:.4f}, "
                  f"error {average['test_error']:.2f}%" + ("   [synthetic data]" if summary.get("synthetic") else ""),
-                 fontsize=10)
+                 fontsize=fs(10))
     return save_figure(fig, stem, formats)
 
 

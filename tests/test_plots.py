@@ -606,3 +606,25 @@ def test_a_model_average_panel_keeps_every_line_visible_and_errors_from_zero():
     assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] >= 1.0  # not a 0.265-0.29 axis of rounding
     assert ax.get_xlim() == (0.5, 5.5)  # the first and last markers whole
     plt.close(fig)
+
+
+def test_plot_width_draws_figures_to_a_papers_width_with_8_pt_text(tmp_path, capsys):
+    import cli
+
+    folder = write_curve(tmp_path / "c")
+    assert cli.main(["plot", str(folder), "--width", "3.25"]) == 0
+    image = matplotlib.image.imread(folder / "curve.png")
+    assert abs(image.shape[1] - 3.25 * 150) <= 1  # 3.25 inches at the figures' 150 dpi
+    assert matplotlib.rcParams["font.size"] == 10.0  # put back for the figures drawn after
+    assert cli.main(["plot", str(folder)]) == 0
+    assert abs(matplotlib.image.imread(folder / "curve.png").shape[1] - 10.0 * 150) <= 1  # the figure's own size
+    from plots.style import fs, set_figure_width
+
+    set_figure_width(6.75)
+    try:
+        assert fs(10) == 8.0 and fs(9) == pytest.approx(7.2)  # every size written for 10-pt text scales with it
+    finally:
+        set_figure_width(None)
+    assert fs(10) == 10.0
+    assert cli.main(["plot", str(folder), "--width", "0.5"]) == 2
+    assert "--width must be between 1 and 20 inches, got 0.5" in capsys.readouterr().err
