@@ -157,19 +157,18 @@ class Dataset:
         for start in range(0, len(y), batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
 
-    def statistics_batches(self, batch_size: int) -> Iterator[Tensor]:
-        """The training images in order, unaugmented, in batches of
-        ``batch_size`` for batch-norm statistics: a last batch of a single
-        sample is joined to the one before, since batch norm cannot normalise
-        one sample by itself (``BatchNorm1d`` refuses it)."""
+    def statistics_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The training split in order, unaugmented, as :meth:`batches` gives
+        it, for batch-norm statistics: a last batch of a single sample is
+        joined to the one before, since batch norm cannot normalise one sample
+        by itself (``BatchNorm1d`` refuses it)."""
         _check_batch_size(batch_size)
         n = len(self.y_train)
-        cut = n - 1 if n % batch_size == 1 and n > 1 else n  # where the last batch (of two or more) begins
-        for start in range(0, n, batch_size):
-            stop = n if start + batch_size >= cut else start + batch_size
-            yield self.x_train[start:stop]
-            if stop == n:
-                return
+        starts = list(range(0, n, batch_size))
+        if len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()
+        for start, stop in zip(starts, starts[1:] + [n]):
+            yield self.x_train[start:stop], self.y_train[start:stop]
 
     def _black(self) -> Tensor:
         """Normalised value of a black pixel per channel, shape (C,)."""

@@ -624,7 +624,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
 def _statistics_batches(data, batch_size: int, bn_batches: int | None) -> Iterator[torch.Tensor]:
     """The training images of a batch-norm pass: batches of ``batch_size`` (no batch of one sample:
     :meth:`Dataset.statistics_batches`), the first ``bn_batches`` only."""
-    for used, x in enumerate(data.statistics_batches(batch_size)):
+    for used, (x, _) in enumerate(data.statistics_batches(batch_size)):
         if bn_batches is not None and used >= bn_batches:
             return
         yield x

@@ -120,11 +120,7 @@ class TrainLoss:
         sample joined to the one before)."""
         if self.bn == "population":
             return [(self.data.x_train, self.data.y_train)]
-        y, batches, start = self.data.y_train, [], 0
-        for x in self.data.statistics_batches(self.batch_size):
-            batches.append((x, y[start:start + len(x)]))
-            start += len(x)
-        return batches
+        return list(self.data.statistics_batches(self.batch_size))
 
     def _logits(self, w: torch.Tensor, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
         """The network's fp32 logits on x at the float32 weights w (P,), differentiable in w;

@@ -524,8 +524,10 @@ def test_train_batches_drop_single_sample_batch():
 def test_statistics_batches_never_end_in_one_sample(n, sizes):
     # A last batch of one sample joins the one before (BatchNorm1d cannot normalise one sample);
     # every training sample is used once, in order.
-    xs = [x[:, 0].long() for x in index_dataset(n).statistics_batches(4)]
+    pairs = list(index_dataset(n).statistics_batches(4))
+    xs = [x[:, 0].long() for x, _ in pairs]
     assert [len(x) for x in xs] == sizes and torch.cat(xs).tolist() == list(range(n))
+    assert all(torch.equal(y, x % 3) for x, (_, y) in zip(xs, pairs))  # each sample with its own label
 
 
 def test_batches_in_order_all_samples():

@@ -485,7 +485,7 @@ def test_a_last_batch_of_one_sample_joins_the_one_before(small, shared):
     want = evaluate_model(by_hand, data, "test", batch_size=64)
     assert got["test_nll"][1] == pytest.approx(want["nll"], rel=1e-5)
     assert got["test_error"][1] == pytest.approx(want["error"])
-    assert [len(x) for x in data.statistics_batches(64)] == [64, 65]
+    assert [len(x) for x, _ in data.statistics_batches(64)] == [64, 65]
 
 
 def test_auto_takes_batches_when_the_whole_training_set_does_not_fit(small, monkeypatch):
