@@ -16,7 +16,7 @@ from .data import Dataset, data_location
 from .device import resolve_device
 from .errors import UserError
 from .geometry import MIN_TRAJECTORY
-from .models import buildable, check_spec_fits
+from .models import check_spec_fits, stored_spec
 from .sweep import is_main
 from .train import TrainConfig, load_data, same_file
 from .weights import ParamSpace
@@ -164,9 +164,7 @@ def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | 
     One exception: a name this process cannot build (registered from Python by
     the process that trained it) may be given its factory by ``model``."""
     kwargs = {k: v for k, v in ckpt.model["kwargs"].items() if k not in ("num_classes", "input_shape")}
-    name = ckpt.model["name"]
-    if model is not None and model != name and not buildable(name):
-        name = model  # the user's word for which factory builds it; the weights' shapes are checked on loading
+    name = stored_spec(ckpt.model, model)["name"]  # the user's factory for a name this process cannot build
     if (model is not None and model != name) or any(kwargs.get(k) != v for k, v in (model_kwargs or {}).items()):
         shown = f"--model {model}" if model is not None and model != name else "--model-kwargs"
         described = f"'{name}' network" + (f" ({kwargs})" if kwargs else "")
