@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -79,14 +80,19 @@ class ParamSpace:
         pieces = torch.split(flat, self.sizes, dim=-1)
         return {n: p.reshape(*lead, *s) for n, p, s in zip(self.names, pieces, self.shapes)}
 
-    def trainable_mask(self, device: torch.device | str | None = None) -> torch.Tensor | None:
-        """``(P,)`` bool, True at the coordinates of trained parameters; None
-        when every parameter is trained (the usual case)."""
+    @cached_property
+    def _trainable(self) -> torch.Tensor | None:
         if not self.frozen:
             return None
         frozen = set(self.frozen)
-        return torch.cat([torch.full((n,), name not in frozen, dtype=torch.bool, device=device)
-                          for name, n in zip(self.names, self.sizes)])
+        return torch.cat([torch.full((n,), name not in frozen, dtype=torch.bool) for name, n in zip(self.names, self.sizes)])
+
+    def trainable_mask(self, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """``(P,)`` bool, True at the coordinates of trained parameters; None
+        when every parameter is trained (the usual case). Built once per
+        space: the curve fit's weight-decay term asks for it every step."""
+        mask = self._trainable
+        return None if mask is None else mask.to(device)
 
     def squared_norm(self, points: torch.Tensor) -> torch.Tensor:
         """``(..., P) -> (...)``: the squared norm over the trained
