@@ -609,8 +609,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     from plots.style import set_figure_width
 
-    if args.width is not None and not 1.0 <= args.width <= 20.0:  # also NaN
-        raise UserError(f"--width must be between 1 and 20 inches, got {args.width}")
     set_figure_width(args.width)
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
     try:

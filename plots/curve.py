@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import compare_color, legend_below, fs, new_figure, save_figure
+from .style import compare_color, fs, legend_below, mark_endpoints, new_figure, note_synthetic, save_figure
 
 __all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result", "compare_curves", "curve_label",
            "line_groups"]
@@ -37,9 +37,7 @@ def plot_curve_metric(ax, arrays: dict[str, np.ndarray], metric: str, label: str
     t = arrays["t"]
     ax.plot(t, arrays[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
     ax.plot(t, arrays[f"curve_{metric}"], color=CURVE_COLOR, lw=2, label=curve_label(summary))
-    ends = [0, -1]
-    ax.scatter(t[ends], arrays[f"curve_{metric}"][ends], s=60, color="black", zorder=5, label="endpoints",
-               clip_on=False)  # whole at t = 0 and 1, not cut by the axes' edge
+    mark_endpoints(ax, t, arrays[f"curve_{metric}"])
     ax.set_xlabel("t")
     ax.set_ylabel(label)
     ax.set_xlim(0, 1)
@@ -62,8 +60,7 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.3g}%, line {l['test_error_barrier']:.3g}%",
                      fontsize=fs(10))
     ax_loss.legend(frameon=False, fontsize=fs(9))
-    if summary.get("synthetic"):
-        fig.suptitle("synthetic data — benchmark only", color="gray")
+    note_synthetic(fig, [summary])
     return save_figure(fig, result_dir / "curve", formats)
 
 
@@ -111,13 +108,11 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
         for i, ((a, _), label) in enumerate(zip(results, labels)):
             ax.plot(a["t"], a[f"curve_{metric}"], color=compare_color(i), lw=2, label=label)
         for i, (a, _) in enumerate(results):  # after the curves, so the legend lists the paths first
-            ax.scatter(a["t"][[0, -1]], a[f"curve_{metric}"][[0, -1]], s=60, color="black", zorder=5,
-                       label="endpoints" if i == 0 else None)
+            mark_endpoints(ax, a["t"], a[f"curve_{metric}"], "endpoints" if i == 0 else None)
         ax.set_xlabel("t")
         ax.set_ylabel(metric_label)
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
     legend_below(fig, axes[0])
-    if any(summary.get("synthetic") for _, summary in results):
-        fig.suptitle("synthetic data — benchmark only", color="gray")
+    note_synthetic(fig, [summary for _, summary in results])
     return fig

@@ -17,7 +17,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import fs, new_figure, save_figure
+from .style import fs, new_figure, note_synthetic, save_figure
 
 __all__ = [
     "LogOffsetNorm",
@@ -215,8 +215,9 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     shown = np.where(over, 0.5 * (lev[-2] + lev[-1]), clipped) if clipping else clipped
     bands = lev if clipping else lev[:-1]
     cm = matplotlib.colormaps[cmap]
-    colors = [cm(norm(0.5 * (a + b))) for a, b in zip(bands[:-2], bands[1:-1])]
-    colors.append(CLIPPED_COLOR if clipping else cm(norm(0.5 * (bands[-2] + bands[-1]))))
+    colors = [cm(norm(0.5 * (a + b))) for a, b in zip(bands[:-1], bands[1:])]
+    if clipping:
+        colors[-1] = CLIPPED_COLOR
     z = np.ma.masked_invalid(shown.T)  # contour wants z[row = y, column = x]
     filled = ax.contourf(x, y, z, levels=bands, colors=colors, alpha=0.55, zorder=0)
     if rng[1] > rng[0]:  # constant data has no contour line to draw; none at the minimum (a plateau's edge)
@@ -311,8 +312,7 @@ def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png"
         fig, ax = new_figure(width=6.0, height=5.0)
         plot_plane_result(ax, arrays, summary, metric, label, vmax, log_alpha)
         ax.set_title(label)
-        if summary.get("synthetic"):
-            fig.suptitle("synthetic data — benchmark only", color="gray")
+        note_synthetic(fig, [summary])
         written += save_figure(fig, result_dir / f"plane_{metric}", formats)
     return written
 
@@ -338,6 +338,5 @@ def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
             plot_plane_result(ax, arrays, summary, metric, metric_label, vmax, log_alpha, span=spans[row])
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # narrow panels: tick labels would run together
             ax.set_title(f"{label}: {metric_label}" if row == 0 else metric_label)
-    if any(summary.get("synthetic") for _, summary in results):
-        fig.suptitle("synthetic data — benchmark only", color="gray")
+    note_synthetic(fig, [summary for _, summary in results])
     return fig

@@ -13,21 +13,21 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .curve import CURVE_COLOR, LINE_COLOR
-from .style import fs, new_figure, save_figure
+from .curve import CURVE_COLOR, LINE_COLOR, curve_label
+from .style import fs, mark_endpoints, new_figure, note_synthetic, save_figure
 
 __all__ = ["draw_posterior_curve_figure"]
 
 RESULT = "posterior-curve.npz"  # curves.posterior.RESULT (plots does not import curves)
 
 
-def _paths(ax, t: np.ndarray, arrays: dict[str, np.ndarray], key: str, curve_label: str, *,
+def _paths(ax, t: np.ndarray, arrays: dict[str, np.ndarray], key: str, path_label: str, *,
            secondary: bool = False, band: str | None = None) -> None:
     """``key`` along t for the line (dashed) and the curve (solid); a
     ``secondary`` metric thin and dotted, unlabelled; ``band``: +-2 standard
     errors shaded."""
     for name, color, label, style in (("line", LINE_COLOR, "straight line", "--"),
-                                      ("curve", CURVE_COLOR, curve_label, "-")):
+                                      ("curve", CURVE_COLOR, path_label, "-")):
         values = arrays[f"{name}_{key}"]
         ax.plot(t, values, color=color, lw=1.2 if secondary else 2, ls=":" if secondary else style,
                 label=None if secondary else label)
@@ -41,17 +41,16 @@ def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...]
     result_dir = Path(result_dir)
     arrays, summary = read_result(result_dir, RESULT)
     t = arrays["t"]
-    bends = summary.get("bends")
-    curve_label = f"{summary.get('curve_type', 'curve')} ({bends} bend{'s' if bends != 1 else ''})"
+    path_label = curve_label(summary)
     split = summary.get("eval_split", "test")
     samples = summary.get("samples")
     fig, (ax_elbo, ax_err, ax_kl) = new_figure(1, 3, width=14.0, height=3.8)
-    _paths(ax_elbo, t, arrays, "expected_train_nll", curve_label, band="expected_train_nll_se")
+    _paths(ax_elbo, t, arrays, "expected_train_nll", path_label, band="expected_train_nll_se")
     ax_elbo.set_ylabel(f"E_q train NLL ({samples} draws, ±2 s.e.)")
-    _paths(ax_err, t, arrays, "ensemble_test_error", curve_label)
-    _paths(ax_err, t, arrays, "mean_test_error", curve_label, secondary=True)
+    _paths(ax_err, t, arrays, "ensemble_test_error", path_label)
+    _paths(ax_err, t, arrays, "mean_test_error", path_label, secondary=True)
     ax_err.set_ylabel(f"{split} error (%); dotted: the means")
-    _paths(ax_kl, t, arrays, "kl_per_sample", curve_label)
+    _paths(ax_kl, t, arrays, "kl_per_sample", path_label)
     ax_kl.set_ylabel("KL(q || prior) / N")
     c, l = summary["curve"], summary["line"]
     # The panel shows the NLL term; the barrier quoted is of the whole -ELBO / N (this panel plus the KL one).
@@ -61,13 +60,10 @@ def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...]
                      f"line {l['ensemble_test_error_barrier']:.3g}%", fontsize=fs(10))
     ax_kl.set_title(f"{summary.get('family', '')} posteriors, {summary.get('prior', '')} prior", fontsize=fs(10))
     for ax, key in ((ax_elbo, "expected_train_nll"), (ax_err, "ensemble_test_error"), (ax_kl, "kl_per_sample")):
-        ends = [0, -1]
-        ax.scatter(t[ends], arrays[f"curve_{key}"][ends], s=50, color="black", zorder=5, label="endpoints",
-                   clip_on=False)
+        mark_endpoints(ax, t, arrays[f"curve_{key}"], size=50)
         ax.set_xlabel("t")
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
     ax_elbo.legend(frameon=False, fontsize=fs(9))
-    if summary.get("synthetic"):
-        fig.suptitle("synthetic data — benchmark only", color="gray")
+    note_synthetic(fig, [summary])
     return save_figure(fig, result_dir / "posterior-curve", formats)

@@ -12,7 +12,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .plane import LogOffsetNorm, clip_values, contour_levels, level_names
-from .style import new_figure, save_figure
+from .style import new_figure, note_synthetic, save_figure
 
 __all__ = ["face_xy", "plot_face", "draw_simplex_figure"]
 
@@ -70,6 +70,5 @@ def draw_simplex_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png
     plot_face(a, arrays["face_barycentric"], arrays["face_train_loss"], labels, vmax=5.0, label="train loss")
     plot_face(b, arrays["face_barycentric"], arrays["face_test_error"], labels, vmax=50.0, log_alpha=-1.0,
               label=f"{split} error (%)")
-    if summary.get("synthetic"):
-        fig.suptitle("synthetic data — benchmark only", color="gray")
+    note_synthetic(fig, [summary])
     return save_figure(fig, result_dir / "simplex_face", formats)

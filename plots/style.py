@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -15,9 +16,10 @@ matplotlib.rcParams["pdf.fonttype"] = 42
 matplotlib.rcParams["ps.fonttype"] = 42
 
 from landscape.checkpoint import atomic_save  # noqa: E402
+from landscape.errors import UserError  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "fs", "set_figure_width", "FORMATS",
-           "SWA_COLOR", "SGD_COLOR", "AVERAGE_COLOR", "SAMPLE_COLOR"]
+__all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "fs", "set_figure_width", "note_synthetic",
+           "mark_endpoints", "log_scale_when_spread", "FORMATS", "SWA_COLOR", "SGD_COLOR", "AVERAGE_COLOR", "SAMPLE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
 # One colour per thing in every figure: SWA (or a posterior's centre) blue and SGD orange, as the first and
@@ -53,8 +55,8 @@ def set_figure_width(width: float | None) -> None:
     """Draw every later figure ``width`` inches wide (its height scaled with
     it) with text at 8 pt, as it will be printed: 3.25 for a column, 6.75 for
     a page; None puts back each figure's own size and 10-pt text."""
-    if width is not None and not (isinstance(width, (int, float)) and 1.0 <= width <= 20.0):
-        raise ValueError(f"a figure width must be between 1 and 20 inches, got {width!r}")
+    if width is not None and not (isinstance(width, (int, float)) and 1.0 <= width <= 20.0):  # also NaN
+        raise UserError(f"--width must be between 1 and 20 inches, got {width}")
     _WIDTH[0] = None if width is None else float(width)
     matplotlib.rcParams["font.size"] = BASE_FONT if width is None else PAPER_FONT
 
@@ -63,6 +65,27 @@ def fs(points: float) -> float:
     """A text size written for a figure's own size (10-pt text), at the current
     text size: the same, or 8/10 of it when figures are drawn to a paper's width."""
     return points * matplotlib.rcParams["font.size"] / BASE_FONT
+
+
+def note_synthetic(fig, summaries) -> None:
+    """The figure's title says so when any of the results drawn (their
+    summaries) came from synthetic data."""
+    if any(s.get("synthetic") for s in summaries):
+        fig.suptitle("synthetic data — benchmark only", color="gray")
+
+
+def mark_endpoints(ax, t, values, label: str | None = "endpoints", size: float = 60) -> None:
+    """A path's two ends (t = 0 and 1) as black dots, whole at the axes' edges."""
+    t, values = np.asarray(t), np.asarray(values)
+    ax.scatter(t[[0, -1]], values[[0, -1]], s=size, color="black", zorder=5, label=label, clip_on=False)
+
+
+def log_scale_when_spread(ax, values) -> None:
+    """A log y axis when the positive ``values`` drawn differ more than 5-fold (a poor centre or sample would
+    flatten the rest on a linear one)."""
+    values = np.asarray(values, dtype=float)
+    if np.all(values > 0) and values.max() > 5 * values.min():
+        ax.set_yscale("log")
 
 
 def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: float = 4.0):

@@ -14,7 +14,8 @@ from matplotlib.ticker import MaxNLocator
 
 from landscape.checkpoint import read_result
 
-from .style import AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, compare_color, legend_below, fs, new_figure, save_figure
+from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, compare_color, fs, legend_below, log_scale_when_spread,
+                    new_figure, note_synthetic, save_figure)
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
            "average_label"]
@@ -37,9 +38,9 @@ def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *
     ax.axhline(sample_mean, color=SAMPLE_COLOR, lw=3, ls=":", label="single sample (mean)", zorder=1)
     ax.plot(s, bma, color=BMA_COLOR, lw=1.5, marker="o", ms=3, label=label, zorder=2)
     shown = np.append(bma, centre)
-    if log_when_spread and np.all(shown > 0) and shown.max() > 5 * shown.min():
-        ax.set_yscale("log")
-    elif from_zero:
+    if log_when_spread:
+        log_scale_when_spread(ax, shown)
+    if from_zero and ax.get_yscale() == "linear":
         top = float(np.nanmax(np.append(shown, sample_mean)))
         ax.set_ylim(0, max(1.0, 1.15 * top) if np.isfinite(top) else 1.0)
     ax.set_xlabel("samples averaged")
@@ -160,15 +161,13 @@ def compare_averages(results: Sequence[tuple[dict[str, np.ndarray], dict]], labe
                 centre = float(a[f"mean_{key}"])
                 ax.axhline(centre, color=color, lw=1.2, ls="--", label=f"{label}: {centre_name(summary)}")
                 shown.append(np.array([centre]))
-        values = np.concatenate(shown)
-        if key == "test_nll" and np.all(values > 0) and values.max() > 5 * values.min():
-            ax.set_yscale("log")
+        if key == "test_nll":
+            log_scale_when_spread(ax, np.concatenate(shown))
         ax.set_xlabel("samples averaged")
         ax.set_ylabel(ylabel)
         ax.set_xlim(0.5, max(2, max(len(a[f"bma_{key}"]) for a, _ in results)) + 0.5)  # end markers whole
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     legend_below(fig, axes[0])
-    if any(summary.get("synthetic") for _, summary in results):
-        fig.suptitle("synthetic data — benchmark only", color="gray")
+    note_synthetic(fig, [summary for _, summary in results])
     return fig
