@@ -55,9 +55,9 @@ from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.bn import reestimate_bn
 from landscape.evaluate import evaluate_model, evaluate_points, forward_points
-from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, named_model, network_of,
-                              note_split_leak, own_network, refuse_infinite, refuse_same_weights,
-                              require_architecture)
+from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
+                              named_model, network_of, note_other_buffers, note_split_leak, own_network,
+                              refuse_infinite, refuse_same_weights, require_architecture)
 from landscape.models import check_spec_fits, from_spec, model_spec, stored_spec
 from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, _say, load_data, prepare_run, run_training
@@ -131,6 +131,7 @@ def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data
     if end.model is not None and start.model is not None and end.model["name"] != start.model["name"]:
         raise UserError(f"{start.path} holds a '{start.model['name']}' but {end.path} a '{end.model['name']}'")
     check_spec_fits(spec, data.num_classes, data.input_shape, start.path, f"dataset '{data.name}'")
+    note_other_buffers(model, [start, end])
     model.load_state_dict(start.state_dict)
     return model, spec
 
@@ -238,7 +239,10 @@ def fit_curve(
 
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         return CurveResult(loaded.curve, loaded.model, summary, read_jsonl(out / "metrics.jsonl"), out)
-    data = load_data(cfg, device) if data is None else data.to(device)
+    if data is None:
+        data = load_data(cfg, device)
+        check_sources_data([start_ckpt, end_ckpt], data, asked=asks_for_data(config, overrides))
+    data = data.to(device)
     for ck in (start_ckpt, end_ckpt):  # once the split is accepted; after joining the group: rank 0 alone says it
         note_split_leak((ck.meta or {}).get("train_config"), asdict(cfg), ck.path)
 

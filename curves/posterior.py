@@ -50,7 +50,7 @@ from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
-from landscape.inputs import note_split_leak, own_network, stored_data
+from landscape.inputs import asks_for_data, check_sources_data, note_split_leak, own_network, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from landscape.train import Task, _say, load_data, prepare_run, run_training
@@ -156,7 +156,10 @@ def fit_posterior_curve(
         loaded = load_posterior_curve(out / "model.pt", model=named)
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         return CurveResult(loaded.curve, loaded.model, summary, read_jsonl(out / "metrics.jsonl"), out)
-    data = load_data(cfg, device) if data is None else data.to(device)
+    if data is None:
+        data = load_data(cfg, device)
+        check_sources_data(ckpts, data, asked=asks_for_data(config, overrides))
+    data = data.to(device)
     for ck in ckpts:  # once the split is accepted
         note_split_leak((ck.meta or {}).get("train_config"), cfg.to_json(), ck.path)
     posteriors = [posterior_net(ck, device, named) for ck in ckpts]

@@ -40,7 +40,7 @@ from .data import Dataset
 from .device import seed_everything
 from .errors import UserError, is_whole
 from .evaluate import evaluate_model, l2_penalty
-from .inputs import (data_settings, named_model, network_of, note_split_leak, refuse_infinite,
+from .inputs import (asks_for_data, check_sources_data, data_settings, named_model, network_of, note_split_leak, refuse_infinite,
                      require_architecture)
 from .layout import image_layout
 from .metrics import ensemble_metrics
@@ -274,7 +274,10 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
         final = out / ("swa.pt" if method == "swa" else "model.pt")
         trust = cfg.model if user_named else None
         return AverageResult(load_model(final, trust), load_model(out / "model.pt", trust), summary, metrics, out)
-    data = load_data(cfg, device) if data is None else data.to(device)
+    if data is None:
+        data = load_data(cfg, device)
+        check_sources_data([source], data, asked=asks_for_data(config, overrides))
+    data = data.to(device)
     if source is not None:  # once the split is accepted; after joining the group, so rank 0 alone says it
         note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     model, spec = _start_model(cfg, data, user_named=user_named)

@@ -41,13 +41,15 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Mean NLL and error (percent) of ``model`` on one split of ``data``.
 
-    Runs in eval mode (batch norm uses its running statistics) without
+    A network that cannot take the data or gives too few logits is one line
+    (:func:`check_network`). Runs in eval mode (batch norm uses its running statistics) without
     augmentation, on channels-last image batches where the model takes them
     (:mod:`landscape.layout`), and restores every module's train/eval mode
     afterwards.
     Returns ``{"nll", "error", "n"}``; sums are kept on the device so there is
     one host synchronisation per call.
     """
+    check_network(model, data)
     device = data.device
     nll = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.int64, device=device)
@@ -330,6 +332,10 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
         with modes_kept(model), torch.inference_mode():
             model.eval()
             where = next(iter(model.parameters()), None)
+            floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
+            if floats - {torch.float32}:
+                raise UserError(f"the network's parameters are {', '.join(sorted(str(d) for d in floats))}; "
+                                f"landscape runs float32 networks (bf16 by --precision bf16): call model.float()")
             x = data.x_train[:n] if where is None else data.x_train[:n].to(where.device)
             try:
                 out = model(x)

@@ -73,12 +73,13 @@ def random_plane_basis(center: torch.Tensor, space: ParamSpace, normalize: str =
     et al. 2018, "Visualizing the loss landscape of neural nets"):
     :func:`random_directions` ``(P, 2, seed)`` (the directions of ``rays
     --directions 2`` with the same seed), filter-normalised to ``center`` with
-    ``normalize="filter"`` (biases and batch-norm parameters stay put).
+    ``normalize="filter"`` (biases and batch-norm parameters stay put), zero on
+    the parameters the network does not train.
     The directions are not orthogonalised; in many dimensions they are
     nearly orthogonal anyway."""
     check_normalize(normalize)
     c = center.detach().reshape(-1)
-    d = random_directions(c.numel(), 2, seed).to(c.device)
+    d = random_directions(c.numel(), 2, seed, space.trainable_mask()).to(c.device)
     if normalize == "filter":
         d = filter_normalize(d, c, space)
     if not bool((d.norm(dim=1) > 0).all()):
@@ -191,11 +192,18 @@ def plane_coefficients(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.stack([np.ones(xx.size), xx.ravel(), yy.ravel()], axis=1)
 
 
-def random_directions(numel: int, n: int, seed: int) -> torch.Tensor:
+def random_directions(numel: int, n: int, seed: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """n Gaussian directions (n, P) from N(0, I), each scaled to unit norm
-    (Izmailov et al. 2018: w(t) = w + t d / ||d||)."""
+    (Izmailov et al. 2018: w(t) = w + t d / ||d||). With ``mask`` (P,) bool
+    (:meth:`ParamSpace.trainable_mask`) the draws are zeroed where it is
+    False before the scaling, so parameters the network does not train stay
+    put; the kept coordinates are the same draws as without it."""
     gen = torch.Generator().manual_seed(seed)
     d = torch.randn(n, numel, generator=gen, dtype=torch.float32)
+    if mask is not None:
+        if not bool(mask.any()):
+            raise UserError("the network trains none of its parameters: no direction to move along")
+        d = d * mask.to(d.dtype).cpu()
     return d / d.norm(dim=1, keepdim=True)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from .bn import bn_modules
 from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network
 from .data import Dataset, data_location
 from .device import resolve_device
@@ -36,13 +37,58 @@ def data_settings(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None,
-                 device: torch.device | str = "cpu", source: object = "the checkpoint") -> Dataset:
+                 device: torch.device | str = "cpu", source: object = "the checkpoint",
+                 recorded: dict[str, Any] | None = None) -> Dataset:
     """Load the dataset of ``stored`` settings (a run's train_config), with
-    ``overrides`` (those not None) taking precedence; digits when neither says."""
+    ``overrides`` (those not None) taking precedence; digits when neither says.
+    ``recorded``: the checkpoint's description of its data (its meta's
+    ``dataset``), checked by :func:`check_recorded_data`."""
     settings = merged_data_settings(stored, overrides)
     data = load_data(TrainConfig(**settings), resolve_device(device))
+    if not any(v is not None for k, v in (overrides or {}).items() if k in DATA_FIELDS):
+        check_recorded_data(recorded, data, source)  # the stored settings: the data it was trained on
     note_split_leak(stored, settings, source)  # after the split itself was accepted
     return data
+
+
+_DESCRIBED = ("name", "n_train", "n_test", "input_shape", "num_classes")
+
+
+def asks_for_data(config: object, overrides: dict[str, Any]) -> bool:
+    """Whether a run's caller chose its data (a config object, or a data
+    option not None) rather than inheriting its source checkpoints'."""
+    return config is not None or any(overrides.get(k) is not None for k in DATA_FIELDS)
+
+
+def check_sources_data(ckpts: Sequence[Checkpoint | None], data: Dataset, asked: bool = False) -> None:
+    """:func:`check_recorded_data` for each checkpoint a run starts from, once
+    ``data`` was loaded by the settings the run inherited from them; nothing
+    when the caller ``asked`` for data of its own (a data option given)."""
+    if asked:
+        return
+    for ck in ckpts:
+        if ck is not None:
+            check_recorded_data((ck.meta or {}).get("dataset"), data, ck.path)
+
+
+def check_recorded_data(recorded: dict[str, Any] | None, data: Dataset, source: object) -> None:
+    """One line when the data a run's own stored settings load is not what it
+    records having been trained on (``recorded``, ``Dataset.describe()`` in
+    its checkpoint's meta): data passed from Python (``data=``) is not
+    stored with a run, and a file may have changed since."""
+    if not isinstance(recorded, dict):
+        return  # a foreign checkpoint, or one from before runs recorded their data
+    now = data.describe()
+    if all(_plain(recorded.get(k)) == _plain(now.get(k)) for k in _DESCRIBED if k in recorded):
+        return
+
+    def said(d: dict[str, Any]) -> str:
+        return (f"'{d.get('name')}' ({d.get('n_train')} train / {d.get('n_test')} test, input "
+                f"{tuple(d.get('input_shape') or ())}, {d.get('num_classes')} classes)")
+
+    raise UserError(f"{source} was trained on {said(recorded)}, but its stored data settings now give {said(now)}: "
+                    f"data passed from Python is not stored with a run (pass the same data=), or the data's files "
+                    f"changed (give the data options)")
 
 
 def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: object, overrides: dict[str, Any] | None,
@@ -53,7 +99,8 @@ def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: objec
     train_config) unless ``overrides`` / ``data`` / ``wd`` say otherwise; data
     that does not fit the network ``spec`` is refused naming ``source``."""
     stored = (meta or {}).get("train_config") or {}
-    data = resolve_data(stored, overrides, device, source) if data is None else data.to(device)
+    data = (resolve_data(stored, overrides, device, source, (meta or {}).get("dataset")) if data is None
+            else data.to(device))
     check_spec_fits(spec, data.num_classes, data.input_shape, source, f"dataset '{data.name}'")
     return data, float(stored.get("wd", 0.0)) if wd is None else wd
 
@@ -156,6 +203,25 @@ def note_same_weights(vectors: Sequence[torch.Tensor], paths: Sequence[object], 
         print(f"note: {again} holds the same weights as {first}: {what}", file=sys.stderr)
 
 
+def note_other_buffers(model: nn.Module, ckpts: Sequence[Checkpoint]) -> None:
+    """A note on stderr when the checkpoints' buffers other than batch-norm
+    statistics differ (a fixed random projection drawn per seed, a mask):
+    points between the networks move their parameters alone, so they all
+    keep the first network's buffers (the engine's template)."""
+    bn = {f"{name}.{b}" if name else b for name, _ in bn_modules(model)
+          for b in ("running_mean", "running_var", "num_batches_tracked")}
+    first = ckpts[0]
+    names = [name for name, _ in model.named_buffers() if name not in bn and name in first.state_dict]
+    differ = [(name, ck) for name in names for ck in ckpts[1:]
+              if name in ck.state_dict and not torch.equal(first.state_dict[name], ck.state_dict[name])]
+    if differ and is_main():
+        shown = sorted({name for name, _ in differ})
+        print(f"note: buffer{'s' if len(shown) > 1 else ''} {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''} "
+              f"differ{'' if len(shown) > 1 else 's'} between {first.path} and {differ[0][1].path}: only parameters "
+              f"move between networks, so every point keeps {first.path}'s (to move one, make it a parameter with "
+              f"requires_grad=False)", file=sys.stderr)
+
+
 def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:
     """``{"model", "model_kwargs"}`` of the network a landscape checkpoint holds,
     for a run that continues from it (swa, fge, snapshots, connect): the
@@ -241,7 +307,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     check_same_data(ckpts, data_overrides)
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}
-    data = resolve_data(stored, data_overrides, device, first.path)
+    data = resolve_data(stored, data_overrides, device, first.path, (first.meta or {}).get("dataset"))
     for ck in ckpts[1:]:  # the first was noted on loading
         note_split_leak((ck.meta or {}).get("train_config"), merged_data_settings(stored, data_overrides), ck.path)
     require_architecture(first, model)
@@ -254,6 +320,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     name = f"model '{first.model['name']}' of {first.path}" if first.model is not None else f"model '{model}' (--model)"
     for ck in ckpts[1:]:
         check_state_dict(net, ck.state_dict, str(ck.path), name)
+    note_other_buffers(net, ckpts)
     space = ParamSpace.of(net)
     vectors = [space.flatten(ck.state_dict, source=str(ck.path)).to(device) for ck in ckpts]
     for ck, v in zip(ckpts, vectors):

@@ -178,7 +178,7 @@ def evaluate_rays(
         raise UserError(f"--distance must be a positive number below 1e30, got {distance}")
     dist_grid = np.linspace(-distance, distance, 2 * steps + 1)
 
-    gauss = random_directions(space.numel, directions, seed).to(device)  # (n, P)
+    gauss = random_directions(space.numel, directions, seed, space.trainable_mask()).to(device)  # (n, P)
     dirs = [filter_normalize(gauss, c, space) if normalize == "filter" else gauss for c in cs]
     W = torch.cat([torch.stack(cs)] + dirs)  # (m + m*n, P): centres, then each centre's directions
     m, n_anchor = len(cs), len(cs) * (1 + directions)

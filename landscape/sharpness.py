@@ -29,6 +29,10 @@ at the network's weights (Keskar et al. 2017; Li et al. 2018; Yao et al.
   steps the density is a coarse picture: resolve it with more ``iters``
   (Ghorbani et al. use 90) and average out the start with more runs.
 
+H is over the parameters the network trains: those with
+``requires_grad=False`` are held fixed (the block of H over the others),
+since no training moves them.
+
 Hessian-vector products are double backward passes through
 ``functional_call`` on the flat weights. Batch norm is the engine's: with
 ``bn_stats="population"`` the whole training set goes through the network
@@ -383,20 +387,20 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
     nll, err = loss.value(w)
     if not np.isfinite(nll):
         raise UserError(f"{label}: the train NLL is {nll}: no curvature to measure")
-    op = lambda v: loss.hvp(w, v)  # noqa: E731
+    op, numel = _trained_operator(lambda v: loss.hvp(w, v), loss.space, data.device)
     try:
-        first = lanczos(op, loss.space.numel, iters, seed, data.device, vectors=True)
+        first = lanczos(op, numel, iters, seed, data.device, vectors=True)
         ritz, residual = first.values, first.residuals.copy()
         for i in sorted({*range(min(top, len(ritz))), len(ritz) - 1}):
             y = first.vector(i)
             residual[i] = float((op(y) - float(ritz[i]) * y).norm() / y.norm())
-        runs = [first] + [lanczos(op, loss.space.numel, iters, seed, data.device, run=r)
+        runs = [first] + [lanczos(op, numel, iters, seed, data.device, run=r)
                           for r in range(1, int(density_runs))]
-        blocks = [(start, stop) for _, start, stop in layer_blocks(loss.space)]
-        trace, se, draws, by_layer = hutchinson(op, loss.space.numel, trace_samples, seed, data.device, blocks)
+        blocks = [(start, stop) for _, start, stop in layer_blocks(loss.space.trained())]
+        trace, se, draws, by_layer = hutchinson(op, numel, trace_samples, seed, data.device, blocks)
         layer_top, layer_res = np.full(len(blocks), np.nan), np.full(len(blocks), np.nan)
         for j, (start, stop) in enumerate(blocks if layer_iters else ()):
-            run = lanczos(_block_operator(op, loss.space.numel, start, stop, data.device), stop - start,
+            run = lanczos(_block_operator(op, numel, start, stop, data.device), stop - start,
                           layer_iters, seed, data.device)
             layer_top[j], layer_res[j] = run.values[0], run.residuals[0]
     except UserError as e:
@@ -408,6 +412,25 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
                     train_error=err, hvps=loss.hvps, seconds=time.perf_counter() - t0, density_nodes=nodes,
                     density_weights=weights, layer_trace_draws=by_layer, layer_top=layer_top,
                     layer_top_residual=layer_res)
+
+
+def _trained_operator(op: Callable[[torch.Tensor], torch.Tensor], space: ParamSpace,
+                      device) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """``op`` on R^P restricted to the trained parameters' coordinates (the
+    Hessian's block over what the network trains: a frozen parameter is no
+    direction training can move), and their number; ``op`` itself when
+    every parameter is trained."""
+    mask = space.trainable_mask(device)
+    if mask is None:
+        return op, space.numel
+    index = mask.nonzero().squeeze(1)
+
+    def trained(u: torch.Tensor) -> torch.Tensor:
+        full = torch.zeros(space.numel, dtype=torch.float64, device=device)
+        full[index] = u.to(device, torch.float64)
+        return op(full)[index]
+
+    return trained, int(index.numel())
 
 
 def _block_operator(op: Callable[[torch.Tensor], torch.Tensor], numel: int, start: int, stop: int,
@@ -467,10 +490,11 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     if not vectors or len(labels) != len(vectors):
         raise UserError(f"give one label per network: {len(labels)} labels for {len(vectors)} networks")
     check_settings(top, iters, trace_samples, seed, density_runs, layer_iters)
-    numel = ParamSpace.of(model).numel
+    trained = ParamSpace.of(model).trained()  # the Hessian is over what the network trains
+    numel = trained.numel
     check_fits(8.0 * min(iters, numel) * numel, f"--iters {iters} (the Lanczos basis, steps x parameters float64)",
                data.device)
-    largest = max(stop - start for _, start, stop in layer_blocks(ParamSpace.of(model)))
+    largest = max(stop - start for _, start, stop in layer_blocks(trained))
     check_fits(8.0 * min(layer_iters, largest) * largest,
                f"--layer-iters {layer_iters} (the largest layer's Lanczos basis, steps x its parameters float64)",
                data.device)
@@ -503,7 +527,7 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
             _write_store(out, request, done, spectra)
         if on_network is not None:
             on_network(labels[i], spectra[i])
-    layers = layer_blocks(ParamSpace.of(model))
+    layers = layer_blocks(trained)
     arrays = dict(_arrays(spectra), layer_names=np.array([name for name, _, _ in layers]),
                   layer_sizes=np.array([stop - start for _, start, stop in layers]))
     summary = _summary(spectra, labels, top, iters, trace_samples, seed, bn, bool(bn_modules(model)), wd, data,

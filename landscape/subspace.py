@@ -145,12 +145,18 @@ def pca_basis(post: SwagPosterior, rank: int) -> torch.Tensor:
     return (evecs[:, :rank].T @ d).float()
 
 
-def random_basis(numel: int, rank: int, length: float, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def random_basis(numel: int, rank: int, length: float, seed: int, device: torch.device | str = "cpu",
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """``rank`` orthogonal directions, each of norm ``length``, spanning a
-    Gaussian random subspace (from a CPU generator seeded with ``seed``)."""
+    Gaussian random subspace (from a CPU generator seeded with ``seed``);
+    with ``mask`` (P,) bool, one of the coordinates it keeps (the trained
+    parameters: :meth:`ParamSpace.trainable_mask`)."""
     gen = torch.Generator().manual_seed(seed)
     g = torch.randn(numel, rank, generator=gen, dtype=torch.float64)
-    q, _ = torch.linalg.qr(g)  # (P, rank), orthonormal columns
+    keep = None if mask is None else mask.cpu().to(g.dtype)[:, None]
+    q, _ = torch.linalg.qr(g if keep is None else g * keep)  # (P, rank), orthonormal columns
+    if keep is not None:
+        q = q * keep  # exact zeros where the reflections left rounding
     return (length * q.T).float().to(device)
 
 
@@ -191,7 +197,8 @@ def swag_subspace(path: str | Path | Checkpoint, basis: str = "pca", rank: int =
         if spanned == 0:
             raise UserError(f"{ck.path}: the SWAG deviations span no direction, so a random subspace has no scale")
         length = float(evals[:min(2, spanned)].sqrt().mean())  # a PCA direction's length is sqrt(its eigenvalue)
-        directions = random_basis(post.mean.numel(), rank, length, seed, post.mean.device)
+        directions = random_basis(post.mean.numel(), rank, length, seed, post.mean.device,
+                                  ParamSpace.of(net).trainable_mask())
     return Subspace(kind=basis, shift=post.mean.float(), basis=directions, model=net, spec=ck.model,
                     meta=ck.meta, source=ck.path)
 

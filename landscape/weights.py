@@ -30,7 +30,8 @@ class ParamSpace:
     ``frozen`` names the parameters the model does not train
     (``requires_grad=False``): they are part of every point, but curves and
     simplexes keep them where they start and the weight-decay term leaves
-    them out, as training does.
+    them out, as training does; random directions (planes, rays, random
+    subspaces) and the Hessian (sharpness) leave them out too.
     """
 
     names: tuple[str, ...]
@@ -59,9 +60,14 @@ class ParamSpace:
 
     def flatten(self, state: Mapping[str, torch.Tensor] | nn.Module, *, source: str = "state dict",
                 dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``(P,)`` vector of the named parameters in ``state`` (extra keys, e.g. buffers, are ignored)."""
+        """``(P,)`` vector of the named parameters in ``state`` (a state dict's
+        extra keys, e.g. buffers, are ignored; a module's parameters must be
+        this space's, none more)."""
         if isinstance(state, nn.Module):
             state = dict(state.named_parameters())
+            extra = [name for name in state if name not in set(self.names)]
+            if extra:
+                raise UserError(f"{source}: parameter '{extra[0]}' is not one of the model's (another architecture)")
         parts = []
         for name, shape in zip(self.names, self.shapes):
             if name not in state:
@@ -93,6 +99,17 @@ class ParamSpace:
         space: the curve fit's weight-decay term asks for it every step."""
         mask = self._trainable
         return None if mask is None else mask.to(device)
+
+    def trained(self) -> "ParamSpace":
+        """The space of the trained parameters alone, in order (this space when
+        none is frozen): the coordinates of :meth:`trainable_mask`."""
+        if not self.frozen:
+            return self
+        frozen = set(self.frozen)
+        kept = [(n, s) for n, s in zip(self.names, self.shapes) if n not in frozen]
+        if not kept:
+            raise UserError("the network trains none of its parameters (all have requires_grad=False)")
+        return ParamSpace(tuple(n for n, _ in kept), tuple(s for _, s in kept))
 
     def squared_norm(self, points: torch.Tensor) -> torch.Tensor:
         """``(..., P) -> (...)``: the squared norm over the trained

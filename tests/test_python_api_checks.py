@@ -1,0 +1,116 @@
+"""What the Python API checks for a researcher's own networks and data: a
+module of another architecture given as an anchor, a network that does not
+fit the data in evaluate_model, data passed from Python that a later call
+would silently replace, and buffers that differ between networks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import landscape.models as models
+from curves import evaluate_curve, fit_curve
+from landscape.errors import UserError
+from landscape.evaluate import evaluate_model, evaluate_points
+from landscape.inputs import load_points
+from landscape.train import train
+from landscape.weights import ParamSpace
+
+
+def mlp(norm: bool) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Flatten(), nn.Linear(64, 16)] + ([nn.LayerNorm(16)] if norm else []) + [nn.ReLU(), nn.Linear(16, 10)]
+    return nn.Sequential(*layers)
+
+
+def test_an_anchor_module_of_another_architecture_is_refused(small_digits):
+    plain, normed = mlp(False), mlp(True)
+    # normed's first Linear is "1", its head "4"; plain's head is "3": give them the same names but one more layer
+    extra = nn.Sequential(*plain, nn.Identity())
+    extra.add_module("5", nn.Linear(10, 10))
+    with pytest.raises(UserError, match="parameter '5.weight' is not one of the model's"):
+        ParamSpace.of(plain).flatten(extra, source="anchor 1")
+    with pytest.raises(UserError, match="anchor 1: parameter '5.weight'"):
+        evaluate_points(plain, [plain, extra], [[0.5, 0.5]], small_digits)
+    with pytest.raises(UserError):  # another shape under the same name
+        evaluate_points(plain, [plain, normed], [[0.5, 0.5]], small_digits)
+
+
+def test_evaluate_model_says_why_a_network_does_not_fit_its_data(small_digits):
+    few = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+    with pytest.raises(UserError, match="gives 5 outputs, but the data has 10 classes"):
+        evaluate_model(few, small_digits)
+    with pytest.raises(UserError, match="does not accept this data's inputs"):
+        evaluate_model(nn.Linear(10, 10), small_digits)
+    with pytest.raises(UserError, match=r"parameters are torch.float64; .*model.float\(\)"):
+        evaluate_model(mlp(False).double(), small_digits)
+    # a network that fits: the hand-written loop's numbers
+    net = mlp(False).eval()
+    got = evaluate_model(net, small_digits, "test")
+    with torch.no_grad():
+        logits = net(small_digits.x_test)
+    assert got["nll"] == pytest.approx(float(nn.functional.cross_entropy(logits, small_digits.y_test)), rel=1e-5)
+    assert got["error"] == pytest.approx(100.0 * float((logits.argmax(1) != small_digits.y_test).float().mean()))
+
+
+def _projection(num_classes, input_shape):
+    """A fixed random projection kept as a buffer: each seed draws its own."""
+
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("proj", torch.randn(64, 64) / 8)
+            self.head = nn.Linear(64, num_classes)
+
+        def forward(self, x):
+            return self.head(x.flatten(1) @ self.proj)
+
+    return Projected()
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("projected")(_projection)
+    models.register_model("plain_mlp")(lambda num_classes, input_shape: mlp(False))
+
+
+def test_data_passed_from_python_is_not_silently_replaced(tmp_path, small_digits, registered):
+    """A run trained on data= records its description; a later call that would load
+    the run's stored settings (the digits' full training set here) is refused."""
+    mine = dataclasses.replace(small_digits, name="mydigits", x_train=small_digits.x_train[:300],
+                               y_train=small_digits.y_train[:300])
+    for seed in (1, 2):
+        train(out=tmp_path / f"e{seed}", model="plain_mlp", seed=seed, data=mine, epochs=1, progress=False)
+    a, b = tmp_path / "e1" / "model.pt", tmp_path / "e2" / "model.pt"
+    with pytest.raises(UserError, match=r"was trained on 'mydigits' \(300 train / 360 test.* now give 'digits' "
+                                        r"\(1437 train.*pass the same data="):
+        fit_curve(a, b, tmp_path / "ab", epochs=1, progress=False)
+    with pytest.raises(UserError, match="was trained on 'mydigits'"):
+        load_points([a, b])
+    fit_curve(a, b, tmp_path / "ab", epochs=1, data=mine, progress=False)
+    with pytest.raises(UserError, match="was trained on 'mydigits'"):
+        evaluate_curve(tmp_path / "ab" / "model.pt", None, points=3)
+    ev = evaluate_curve(tmp_path / "ab" / "model.pt", None, points=3, data=mine)
+    assert ev.summary["dataset"]["n_train"] == 300
+    # asking for other data explicitly is the user's choice
+    assert load_points([a, b], data_overrides={"dataset": "digits"}).data.describe()["n_train"] == 1437
+
+
+def test_buffers_that_differ_between_networks_are_noted(tmp_path, small_digits, registered, capsys):
+    for seed in (1, 2):
+        train(out=tmp_path / f"p{seed}", model="projected", seed=seed, data=small_digits, epochs=1,
+              progress=False)
+    a, b = tmp_path / "p1" / "model.pt", tmp_path / "p2" / "model.pt"
+    capsys.readouterr()
+    pts = load_points([a, a], data_overrides={"dataset": "digits"})
+    assert "buffer" not in capsys.readouterr().err  # the same network twice: nothing to say
+    pts = load_points([a, b], data_overrides={"dataset": "digits"})
+    err = capsys.readouterr().err
+    assert f"note: buffer proj differs between {a} and {b}" in err and "requires_grad=False" in err
+    assert torch.equal(pts.model.proj, torch.load(a, weights_only=True)["state_dict"]["proj"])
+    fit_curve(a, b, tmp_path / "ab", epochs=1, data=small_digits, progress=False)
+    assert "note: buffer proj differs" in capsys.readouterr().err
