@@ -13,13 +13,13 @@ from torch import nn
 
 from .bn import bn_modules
 from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network
-from .data import Dataset, data_location
+from .data import Dataset, data_differs, data_location
 from .device import resolve_device
 from .errors import UserError
 from .geometry import MIN_TRAJECTORY
 from .models import check_spec_fits, stored_spec
 from .sweep import is_main
-from .train import TrainConfig, load_data, same_file
+from .train import TrainConfig, _described, load_data, same_file
 from .weights import ParamSpace
 
 __all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "note_split_leak",
@@ -51,9 +51,6 @@ def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None
     return data
 
 
-_DESCRIBED = ("name", "n_train", "n_test", "input_shape", "num_classes")
-
-
 def asks_for_data(config: object, overrides: dict[str, Any]) -> bool:
     """Whether a run's caller chose its data (a config object, or a data
     option not None) rather than inheriting its source checkpoints'."""
@@ -79,14 +76,11 @@ def check_recorded_data(recorded: dict[str, Any] | None, data: Dataset, source: 
     if not isinstance(recorded, dict):
         return  # a foreign checkpoint, or one from before runs recorded their data
     now = data.describe()
-    if all(_plain(recorded.get(k)) == _plain(now.get(k)) for k in _DESCRIBED if k in recorded):
+    if not data_differs(recorded, now):
         return
 
-    def said(d: dict[str, Any]) -> str:
-        return (f"'{d.get('name')}' ({d.get('n_train')} train / {d.get('n_test')} test, input "
-                f"{tuple(d.get('input_shape') or ())}, {d.get('num_classes')} classes)")
-
-    raise UserError(f"{source} was trained on {said(recorded)}, but its stored data settings now give {said(now)}: "
+    raise UserError(f"{source} was trained on {_described(recorded)}, but its stored data settings now give "
+                    f"{_described(now)}: "
                     f"data passed from Python is not stored with a run (pass the same data=), or the data's files "
                     f"changed (give the data options)")
 

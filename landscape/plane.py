@@ -62,7 +62,9 @@ def evaluate_plane(
 
     ``path`` (M, P) is projected and stored (e.g. a curve's points). Every
     grid point gets train loss (NLL + wd/2 ||w||^2), train NLL, train error,
-    test NLL and test error with batch norm re-estimated. ``options``, for
+    test NLL and test error with batch norm re-estimated: arrays (grid,
+    grid) indexed ``[i, j]`` at (``x[i]``, ``y[j]``), so matplotlib's
+    ``contourf(x, y, Z)`` takes ``Z.T``. ``options``, for
     every kind of plane:
 
     - ``marks`` (further points, e.g. an SWA average: drawn at their

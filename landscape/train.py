@@ -59,7 +59,7 @@ from .checkpoint import (
     write_json,
     atomic_write_text,
 )
-from .data import Dataset, load_dataset
+from .data import Dataset, data_differs, data_location, load_dataset
 from .device import seed_everything
 from .errors import UserError
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty
@@ -206,6 +206,13 @@ def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
     return model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
 
 
+def _described(d: dict[str, Any]) -> str:
+    """A :meth:`Dataset.describe` record in a few words, for messages."""
+    fingerprint = f", fingerprint {d['fingerprint']}" if d.get("fingerprint") else ""
+    return (f"'{d.get('name')}': {d.get('n_train')} train / {d.get('n_test')} test, input "
+            f"{tuple(d.get('input_shape') or ())}, {d.get('num_classes')} classes{fingerprint}")
+
+
 def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> None:
     new = cfg.to_json()
     # A setting added after the run was started (absent from its config) had its default then.
@@ -214,7 +221,9 @@ def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> Non
         if key in _RESUME_FREE or key in getattr(cfg, "resume_free", ()):
             continue
         old = stored.get(key, defaults.get(key))
-        if old != value and not (key in _RESUME_PATHS and same_file(old, value)):
+        if old != value and not (key in _RESUME_PATHS and same_file(old, value)) and not (
+                key == "data_path" and old is not None and value is not None
+                and data_location(cfg.dataset, old) == data_location(cfg.dataset, value) is not None):
             raise UserError(
                 f"{out} was started with {key}={old!r}, now {key}={value!r}; "
                 f"--resume needs the same settings (or choose another --out)"
@@ -409,6 +418,11 @@ def run_training(
     optimizer = (task.optimizer(params) if task.optimizer is not None else
                  torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=task.weight_decay))
     if state is not None:
+        recorded = (state.meta or {}).get("dataset")
+        if isinstance(recorded, dict) and data_differs(recorded, data.describe()):
+            raise UserError(f"{out}: the data is not the data the run began with (then {_described(recorded)}; "
+                            f"now {_described(data.describe())}: its files changed, or other data= was passed); "
+                            f"--resume needs the same data (or choose another --out)")
         task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
     network = task.network if task.network is not None else task.module

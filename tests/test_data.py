@@ -635,3 +635,87 @@ def test_the_split_note_speaks_only_of_overlapping_data(tmp_path, capsys):
     assert "overlaps" in noted(npz, dict(npz, val_size=8))
     assert noted(npz, dict(npz, val_size=8, data_path=str(tmp_path / "b.npz"))) == ""
     assert noted({}, dict(digits, val_size=100)) == ""  # a foreign checkpoint records nothing
+
+
+def _npz(path, seed: int, flip: bool = False) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.random((60, 12)).astype(np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    if flip:
+        x = 1 - x
+    np.savez(path, x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
+
+
+def test_the_fingerprint_is_of_the_files_contents():
+    from landscape.data import data_differs, data_fingerprint
+
+    a = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    assert data_fingerprint(a) == data_fingerprint(a.clone()) != data_fingerprint(a.reshape(4, 3))
+    assert data_fingerprint(a) != data_fingerprint(a.double()) and data_fingerprint(a) != data_fingerprint(a + 1e-6)
+    digits = load_dataset("digits")
+    assert digits.describe()["fingerprint"] == load_dataset("digits", val_size=100, seed=3).fingerprint
+    assert not data_differs(digits.describe(), digits.to("cpu").describe())
+    mine = Dataset(name="digits", x_train=digits.x_train, y_train=digits.y_train, x_test=digits.x_test,
+                   y_test=digits.y_test, num_classes=10, mean=digits.mean, std=digits.std)
+    assert "fingerprint" not in mine.describe() and not data_differs(digits.describe(), mine.describe())
+    assert data_differs(digits.describe(), dict(digits.describe(), fingerprint="0"))
+
+
+def test_resuming_on_changed_data_files_is_refused(tmp_path, capsys):
+    """A run or a sweep interrupted, its npz file changed, then resumed: refused in
+    one line, where it used to mix the old data's epochs or points with the new."""
+    import cli
+    from tests.test_plane_rays import one_line, run_cli
+
+    path = tmp_path / "d.npz"
+    _npz(path, 1)
+    common = ["--model", "mlp", "--dataset", "npz", "--data-path", path, "--quiet"]
+    assert run_cli(capsys, "train", *common, "--epochs", "1", "--out", tmp_path / "a", "--save-every", "1")[0] == 0
+    # an unfinished run: stopped after epoch 1 of 2
+    from landscape.train import train
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, record):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(out=tmp_path / "b", model="mlp", dataset="npz", data_path=str(path), epochs=2, progress=False,
+              on_epoch_end=stop)
+    rays = ["rays", "--center", tmp_path / "a" / "model.pt", "--directions", "1", "--steps", "1", "--quiet",
+            "--dataset", "npz", "--data-path", path, "--out", tmp_path / "r2"]
+    assert run_cli(capsys, *rays)[0] == 0
+    _npz(path, 1, flip=True)
+    code, _, err = run_cli(capsys, *rays, "--resume")  # the same options, other data: another sweep
+    assert code == 2 and "holds a finished rays result of other inputs or settings" in one_line(err)
+    code, _, err = run_cli(capsys, "train", *common, "--epochs", "2", "--out", tmp_path / "b", "--resume")
+    assert code == 2 and "the data is not the data the run began with" in err.splitlines()[-1]
+    assert "Traceback" not in err
+    # evaluating a finished run's network on the changed file without saying so
+    code, _, err = run_cli(capsys, "rays", "--center", tmp_path / "a" / "model.pt", "--directions", "1", "--steps",
+                           "1", "--out", tmp_path / "r", "--quiet")
+    assert code == 2 and "was trained on 'npz'" in one_line(err) and "the data's files changed" in err
+    assert cli  # the command line module, imported by run_cli
+
+
+def test_a_cifar_run_resumes_with_its_folder_or_the_folder_holding_it(tmp_path, capsys):
+    from landscape.train import train
+    from tests.test_plane_rays import run_cli
+
+    write_cifar10(tmp_path / "c" / "cifar-10-batches-py", np.random.default_rng(5))
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, record):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(out=tmp_path / "run", model="mlp", dataset="cifar10", data_path=str(tmp_path / "c"), epochs=2,
+              batch_size=8, progress=False, on_epoch_end=stop)
+    code, _, err = run_cli(capsys, "train", "--model", "mlp", "--dataset", "cifar10", "--data-path",
+                           tmp_path / "c" / "cifar-10-batches-py", "--epochs", "2", "--batch-size", "8",
+                           "--out", tmp_path / "run", "--resume", "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "run" / "model.pt").exists()

@@ -86,8 +86,8 @@ def test_data_passed_from_python_is_not_silently_replaced(tmp_path, small_digits
     for seed in (1, 2):
         train(out=tmp_path / f"e{seed}", model="plain_mlp", seed=seed, data=mine, epochs=1, progress=False)
     a, b = tmp_path / "e1" / "model.pt", tmp_path / "e2" / "model.pt"
-    with pytest.raises(UserError, match=r"was trained on 'mydigits' \(300 train / 360 test.* now give 'digits' "
-                                        r"\(1437 train.*pass the same data="):
+    with pytest.raises(UserError, match=r"was trained on 'mydigits': 300 train / 360 test.* now give 'digits': "
+                                        r"1437 train.*pass the same data="):
         fit_curve(a, b, tmp_path / "ab", epochs=1, progress=False)
     with pytest.raises(UserError, match="was trained on 'mydigits'"):
         load_points([a, b])
