@@ -989,7 +989,9 @@ def sample_subspace(
     arrays.update({f"shift_{m}": np.asarray(shift_res[m], dtype=np.float64) for m in METRICS})
     arrays.update({f"landmark_{name}": np.asarray(c, dtype=np.float64) for name, c in subspace.landmarks.items()})
     summary: dict[str, Any] = {
-        "shift": {m: float(shift_res[m]) for m in METRICS},
+        "shift": {**{m: float(shift_res[m]) for m in METRICS},
+                  **({"test_ece": expected_calibration_error(np.asarray(shift_res["probs"]), labels)}
+                     if "probs" in shift_res else {})},
         "bma": {"test_error": float(bma_error[-1]), "test_nll": float(bma_nll[-1]),
                 "test_ece": expected_calibration_error(probs.mean(0), labels), "members": samples},
         "samples": {**{f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},

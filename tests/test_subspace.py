@@ -197,6 +197,11 @@ def test_every_likelihood_and_the_model_average_match_a_sequential_evaluation(tm
         bma = ensemble_metrics(want["probs"][1:s + 1].astype(np.float64).mean(0)[None], labels)
         assert a["bma_test_nll"][s - 1] == pytest.approx(bma["nll"], rel=1e-4)
         assert a["bma_test_error"][s - 1] == pytest.approx(bma["error"], abs=1e-9)
+    from landscape.metrics import expected_calibration_error as ece  # the centre's calibration, as the samples'
+    assert res.summary["shift"]["test_ece"] == pytest.approx(ece(want["probs"][0].astype(np.float64), labels),
+                                                             abs=1e-4)
+    assert res.summary["bma"]["test_ece"] == pytest.approx(ece(want["probs"][1:].astype(np.float64).mean(0), labels),
+                                                           abs=1e-4)
     assert np.abs(a["z"]).min() > 0  # every sample moved off the centre
     # the grid: a square around the samples and the prior's sd, row i, column j at (axis[i], axis[j])
     axis = a["grid_axis"]
