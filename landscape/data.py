@@ -299,7 +299,7 @@ def load_dataset(
             raw = _read_cifar(key, path)
         else:
             raw = _read_npz(path)
-        return _assemble(key, raw, val_size, seed, device, f" ({path})")
+        return _assemble(key, raw, val_size, seed, device, f" in {path}")
     return _assemble(key, raw, val_size, seed, device)
 
 
@@ -318,7 +318,7 @@ MAX_CLASSES = 100_000  # labels are class ids; a larger one is a mistake, not a 
 
 def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.device, where: str = "") -> Dataset:
     """The Dataset of a reader's output: the validation split carved out, the
-    inputs normalised, on ``device``; ``where`` (" (path)") names the files in
+    inputs normalised, on ``device``; ``where`` (" in PATH") names the files in
     messages."""
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     fingerprint = data_fingerprint(x_train, y_train, x_test, y_test)

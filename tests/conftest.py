@@ -37,3 +37,17 @@ def small_digits():
     averaging, SWAG and subspace tests train on it in seconds."""
     d = load_dataset("digits")
     return dataclasses.replace(d, x_train=d.x_train[:400], y_train=d.y_train[:400])
+
+
+# Subcommands that take the data options.
+_DATA_COMMANDS = {"train", "connect", "curve", "plane", "rays", "width", "swa", "fge", "snapshots", "swag", "subspace",
+                  "vi", "vi-eval", "vi-connect", "ensemble", "sharpness", "simplex"}
+
+
+def naming_digits(argv):
+    """``argv`` for a run on checkpoints trained on ``small_digits`` (the digits'
+    first 400 training images, passed from Python): the command line names no
+    such data, so it is told to evaluate on the digits (all of them), as a user
+    would be told to by the refusal."""
+    argv = [str(a) for a in argv]
+    return argv + ["--dataset", "digits"] if argv and argv[0] in _DATA_COMMANDS else argv

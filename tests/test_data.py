@@ -439,19 +439,20 @@ def test_npz_bad_inputs(tmp_path):
                          "labels must be class ids 0..K-1, each in y_train; 92 of 0..95 (0, 1, 2, 3, 4, ... "
                          "(92 in all)) never occur: renumber them"),
                         (dict(x_train=np.zeros((1, 3)), y_train=np.array([0]), y_test=np.array([0, 0])),
-                         "the npz training split has 1 sample; at least 2 are needed")):
+                         "the npz training split in PATH has 1 sample; at least 2 are needed")):
         np.savez(path, **{**good, **arrays})
-        with pytest.raises(UserError, match=re.escape(msg)):
+        with pytest.raises(UserError, match=re.escape(msg.replace("PATH", str(path)))):
             load_dataset("npz", str(path))
     path.write_text("not a zip file at all\n")  # np.load would call it a pickle
     with pytest.raises(UserError, match=re.escape("bad.npz: not an .npz file (it does not start as a zip")):
         load_dataset("npz", str(path))
     np.savez(path, **good)
-    with pytest.raises(UserError, match=re.escape("--val-size must be an integer in 0..2 (the npz training split has "
-                                                  "4 samples, and 2 must remain to train on), got 3")):
+    with pytest.raises(UserError, match=re.escape(f"--val-size must be an integer in 0..2 (the npz training split "
+                                                  f"in {path} has 4 samples, and 2 must remain to train on), got 3")):
         load_dataset("npz", str(path), val_size=3)
     # A validation split that takes every sample of a class leaves a class the network never trains on.
-    with pytest.raises(UserError, match=re.escape("--val-size 2 leaves the npz training split without classes ")):
+    with pytest.raises(UserError, match=re.escape(f"--val-size 2 leaves the npz training split in {path} without "
+                                                  f"classes ")):
         load_dataset("npz", str(path), val_size=2)
 
 
@@ -557,8 +558,10 @@ def test_describe_is_json_and_to_copies():
     d = json.loads(json.dumps(data.describe()))
     assert d == {
         "name": "synthetic", "synthetic": True, "eval_split": "test", "n_train": 6, "n_test": 3,
-        "input_shape": [3, 4, 4], "num_classes": 10, "augment": False,
+        "input_shape": [3, 4, 4], "num_classes": 10, "augment": False, "fingerprint": data.fingerprint,
     }
+    assert len(data.fingerprint) == 8 and data.fingerprint != load_dataset(
+        "synthetic", synthetic_shape=(3, 4, 4), synthetic_sizes=(6, 3), seed=1).fingerprint
     moved = data.to("cpu")
     assert moved is not data and moved.device == torch.device("cpu")
 

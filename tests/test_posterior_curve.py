@@ -22,6 +22,7 @@ from landscape.train import train
 from landscape.variational import (VariationalNet, VariationalPosterior, evaluate_variational, load_variational,
                                    posterior_moments, posterior_net, run_variational)
 from landscape.weights import ParamSpace
+from tests.conftest import naming_digits
 
 
 class _Interrupt(Exception):
@@ -204,7 +205,7 @@ def test_posterior_curves_from_the_command_line_and_their_bad_input(fitted, post
     out, _ = fitted
 
     def run(*argv):
-        code = cli.main([str(a) for a in argv])
+        code = cli.main(naming_digits(argv))
         o, e = capsys.readouterr()
         return code, o, e
 

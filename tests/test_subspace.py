@@ -26,6 +26,7 @@ from landscape.subspace import (elliptical_slice_round, gaussian_kl, pca_basis, 
 from landscape.swag import SwagPosterior
 from landscape.train import train
 from landscape.weights import ParamSpace
+from tests.conftest import naming_digits
 
 LANDSCAPE = Path(sys.executable).with_name("landscape")
 SMALL = {"width": 4}
@@ -389,7 +390,7 @@ def test_a_diverging_vi_fit_is_refused_in_one_line(tmp_path, runs, small_digits)
 
 
 def run_cli(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LANDSCAPE), *map(str, argv)], capture_output=True, text=True, timeout=240)
+    return subprocess.run([str(LANDSCAPE), *naming_digits(argv)], capture_output=True, text=True, timeout=240)
 
 
 @pytest.mark.slow
@@ -444,7 +445,7 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs, capsys
             (["--ckpt", swag, "--seed", -1], "--seed must be a whole number from 0 to 2^63 - 1, got -1"),
             (["--ckpt", curve, "--seed", 2 ** 64], f"--seed must be a whole number from 0 to 2^63 - 1, got {2 ** 64}"),
             (["--ckpt", swag, "--rank", 1, "--grid", 5], "--grid draws the first two coordinates; this subspace has 1")):
-        code = cli.main([str(a) for a in ("subspace", *argv, "--out", tmp_path / "x")])  # in process: quicker
+        code = cli.main(naming_digits(("subspace", *argv, "--out", tmp_path / "x")))  # in process: quicker
         err = capsys.readouterr().err
         assert code == 2 and err.strip() == f"landscape: error: {said}", err
     assert not (tmp_path / "x").exists()

@@ -20,6 +20,7 @@ from landscape.metrics import ensemble_metrics
 from landscape.swag import SwagPosterior, evaluate_swag, load_swag
 from landscape.train import train
 from landscape.weights import ParamSpace
+from tests.conftest import naming_digits
 
 LANDSCAPE = Path(sys.executable).with_name("landscape")
 SMALL = {"width": 4}
@@ -158,7 +159,7 @@ def test_swa_with_swag_moments_resumes_exactly(tmp_path, swag_run):
 
 
 def run_cli(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LANDSCAPE), *map(str, argv)], capture_output=True, text=True, timeout=240)
+    return subprocess.run([str(LANDSCAPE), *naming_digits(argv)], capture_output=True, text=True, timeout=240)
 
 
 @pytest.mark.slow

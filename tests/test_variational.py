@@ -23,6 +23,7 @@ from landscape.train import train
 from landscape.variational import (VariationalNet, evaluate_variational, gaussian_kl, load_variational,
                                    log_uniform_kl, run_variational, stochastic_names)
 from landscape.weights import ParamSpace
+from tests.conftest import naming_digits
 
 LANDSCAPE = Path(sys.executable).with_name("landscape")
 
@@ -290,7 +291,7 @@ def test_a_posterior_whose_variances_do_not_fit_is_refused(tmp_path, fitted):
 
 
 def run_cli(*argv):
-    return subprocess.run([str(LANDSCAPE), *map(str, argv)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(LANDSCAPE), *naming_digits(argv)], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_trains_evaluates_and_redraws(tmp_path, endpoint):
