@@ -55,8 +55,9 @@ from landscape.device import check_fits, resolve_device
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings, load_points, named_model, network_of,
-                              note_same_weights, own_network, refuse_same_weights, require_architecture)
+from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
+                              load_points, named_model, network_of, note_same_weights, own_network,
+                              refuse_same_weights, require_architecture)
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
@@ -249,12 +250,15 @@ def _join(cfg: SimplexConfig) -> torch.device:
     return device
 
 
-def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None):
-    """The modes as points of one network, and that network's spec."""
+def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None, asked: bool):
+    """The modes as points of one network, and that network's spec; ``asked``:
+    the caller gave data of its own (:func:`~landscape.inputs.asks_for_data`),
+    else the modes' stored settings must still give the data they record."""
     device = _join(cfg)
     pts = load_points(list(paths), model=named, model_kwargs=cfg.model_kwargs if named else None,
                       data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size", "data_seed")},
                       device=device)
+    check_sources_data(pts.checkpoints, pts.data, asked=asked)
     first = pts.checkpoints[0].model
     spec = (dict(first) if first is not None else
             model_spec(cfg.model, pts.data.num_classes, pts.data.input_shape, **cfg.model_kwargs))
@@ -333,7 +337,7 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
         raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
     cfg, named = _config(config, base, overrides)
     out = Path(out) if out is not None else None
-    pts, spec = _load_modes([base], cfg, named)  # before the folder is claimed: a refusal leaves nothing
+    pts, spec = _load_modes([base], cfg, named, asks_for_data(config, overrides))  # before the folder is claimed
     _check_init(cfg, pts.vectors)
     check_fits(4.0 * vertices * pts.vectors[0].numel(), f"--vertices {vertices} (the vertices, vertices x parameters "
                f"floats)", pts.vectors[0].device)
@@ -361,7 +365,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
         raise UserError("a complex needs two or more --modes and at least one connector")
     cfg, named = _config(config, modes[0], overrides)
     out = Path(out) if out is not None else None
-    pts, spec = _load_modes(modes, cfg, named)  # before the folder is claimed: a refusal leaves nothing
+    pts, spec = _load_modes(modes, cfg, named, asks_for_data(config, overrides))  # before the folder is claimed
     refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
     _check_init(cfg, pts.vectors)
     check_fits(4.0 * (len(modes) + connectors) * pts.vectors[0].numel(), f"--connectors {connectors} (the modes and "

@@ -58,7 +58,9 @@ class Dataset:
     augment: bool = False
     synthetic: bool = False
     eval_split: str = "test"
-    fingerprint: str | None = None  # of the files read, by load_dataset (:func:`data_fingerprint`); None: from Python
+    # Of the files read (:func:`data_fingerprint`), set by load_dataset; None for synthetic data (its settings
+    # define it) and for data made or changed in Python: not an argument, so dataclasses.replace drops it.
+    fingerprint: str | None = dataclasses.field(default=None, init=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -72,13 +74,15 @@ class Dataset:
     def to(self, device: torch.device | str) -> Dataset:
         """A new Dataset with every tensor on ``device`` (this one is unchanged)."""
         device = resolve_device(device)
-        return dataclasses.replace(
+        moved = dataclasses.replace(
             self,
             x_train=self.x_train.to(device),
             y_train=self.y_train.to(device),
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
+        moved.fingerprint = self.fingerprint  # the same data
+        return moved
 
     def describe(self) -> dict:
         """A JSON-able summary for result files and logs."""
@@ -91,7 +95,7 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "augment": self.augment,
-            **({"fingerprint": self.fingerprint} if self.fingerprint is not None else {}),
+            "fingerprint": self.fingerprint,
         }
 
     def train_batches(
@@ -183,15 +187,34 @@ class Dataset:
 _IDENTITY = ("name", "n_train", "n_test", "input_shape", "num_classes", "fingerprint")
 
 
-def data_differs(recorded: dict, now: dict) -> bool:
-    """Whether two :meth:`Dataset.describe` records are of other data: another
-    name, size, input shape, class count, or fingerprint of the source data
-    (compared where both have one: data made in Python has none, and records
-    from before fingerprints lack it)."""
+def data_differs(recorded: dict, now: dict) -> list[str]:
+    """The fields in which two :meth:`Dataset.describe` records differ (none:
+    the same data): name, sizes, input shape, class count, or the
+    fingerprint of the files read (None for data made in Python, which so
+    differs from any files'). A field one record lacks is not compared: records
+    from before fingerprints have none."""
     def plain(v):
         return list(v) if isinstance(v, tuple) else v
 
-    return any(plain(recorded[k]) != plain(now[k]) for k in _IDENTITY if k in recorded and k in now)
+    return [k for k in _IDENTITY if k in recorded and k in now and plain(recorded[k]) != plain(now[k])]
+
+
+def described(d: dict) -> str:
+    """A :meth:`Dataset.describe` record in a few words, for messages."""
+    held = "validation" if d.get("eval_split") == "val" else "test"
+    fingerprint = f", files {d['fingerprint']}" if d.get("fingerprint") else ""
+    return (f"'{d.get('name')}' ({d.get('n_train')} train / {d.get('n_test')} {held}, input "
+            f"{tuple(d.get('input_shape') or ())}, {d.get('num_classes')} classes{fingerprint})")
+
+
+def why_data_differs(recorded: dict, now: dict) -> str:
+    """What two records that :func:`data_differs` tells apart most likely mean."""
+    fields = data_differs(recorded, now)
+    if "fingerprint" in recorded and recorded["fingerprint"] is None and now.get("fingerprint") is not None:
+        return "the first was passed from Python (or changed there), and a run does not store such data"
+    if fields == ["fingerprint"]:
+        return "the files' contents changed"
+    return f"they differ in {', '.join(f.replace('_', ' ') for f in fields)}"
 
 
 def data_fingerprint(*tensors: Tensor) -> str:
@@ -321,7 +344,7 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
     inputs normalised, on ``device``; ``where`` (" in PATH") names the files in
     messages."""
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
-    fingerprint = data_fingerprint(x_train, y_train, x_test, y_test)
+    fingerprint = None if name == "synthetic" else data_fingerprint(x_train, y_train, x_test, y_test)
     eval_split = "test"
     if val_size:
         n = len(y_train)
@@ -347,7 +370,7 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
         raise UserError(f"the {name} test split{where} is empty; evaluation needs at least one test sample")
     mean, std = (raw.mean, raw.std) if raw.mean is not None else _statistics(x_train)
     x_train, x_test = (_normalise(x.to(device), mean, std) for x in (x_train, x_test))
-    return Dataset(
+    data = Dataset(
         name=name,
         x_train=x_train,
         y_train=y_train.to(device),
@@ -359,8 +382,9 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
         augment=raw.augment,
         synthetic=name == "synthetic",
         eval_split=eval_split,
-        fingerprint=fingerprint,
     )
+    data.fingerprint = fingerprint
+    return data
 
 
 def _statistics(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -13,13 +13,13 @@ from torch import nn
 
 from .bn import bn_modules
 from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network
-from .data import Dataset, data_differs, data_location
+from .data import Dataset, data_differs, data_location, described, why_data_differs
 from .device import resolve_device
 from .errors import UserError
 from .geometry import MIN_TRAJECTORY
 from .models import check_spec_fits, stored_spec
 from .sweep import is_main
-from .train import TrainConfig, _described, load_data, same_file
+from .train import TrainConfig, load_data, same_file
 from .weights import ParamSpace
 
 __all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "resolve_data", "note_split_leak",
@@ -79,10 +79,9 @@ def check_recorded_data(recorded: dict[str, Any] | None, data: Dataset, source: 
     if not data_differs(recorded, now):
         return
 
-    raise UserError(f"{source} was trained on {_described(recorded)}, but its stored data settings now give "
-                    f"{_described(now)}: "
-                    f"data passed from Python is not stored with a run (pass the same data=), or the data's files "
-                    f"changed (give the data options)")
+    raise UserError(f"{source} was trained on {described(recorded)}, but its stored data settings now give "
+                    f"{described(now)}: {why_data_differs(recorded, now)}; pass the same data (data= in Python), or "
+                    f"give the data options to choose the data")
 
 
 def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: object, overrides: dict[str, Any] | None,
@@ -301,7 +300,9 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     check_same_data(ckpts, data_overrides)
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}
-    data = resolve_data(stored, data_overrides, device, first.path, (first.meta or {}).get("dataset"))
+    data = resolve_data(stored, data_overrides, device, first.path)
+    check_sources_data(ckpts, data, asked=any(v is not None for k, v in (data_overrides or {}).items()
+                                              if k in DATA_FIELDS))
     for ck in ckpts[1:]:  # the first was noted on loading
         note_split_leak((ck.meta or {}).get("train_config"), merged_data_settings(stored, data_overrides), ck.path)
     require_architecture(first, model)

@@ -68,7 +68,7 @@ from .device import check_fits
 from .errors import UserError, check_seed, is_whole
 from .evaluate import full_float32, whole_set_fits
 from .layout import takes_channels_last, to_channels_last
-from .sweep import STORE, begin_result, finish_result, is_main, rank_and_world, request_key
+from .sweep import STORE, begin_result, compare_keys, finish_result, is_main, rank_and_world, request_key
 from .weights import ParamSpace
 
 __all__ = ["TrainLoss", "check_settings", "hessian_bn", "lanczos", "LanczosRun", "spectral_density", "hutchinson_trace",
@@ -562,7 +562,11 @@ def _read_store(out: Path, request: str, n: int) -> tuple[np.ndarray, dict[str, 
                 stored[k] = z[k] if k in z.files else np.full((len(done),) + (1,) * dims, np.nan)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: unreadable partial results ({npz_reason(e)}); delete it to start over") from None
-    if key != request or done.shape != (n,):
+    differs = compare_keys(key, request)
+    if differs == "data":
+        raise UserError(f"{path}: partial results on other data (the data's files changed since); delete it or "
+                        f"choose another --out")
+    if differs or done.shape != (n,):
         raise UserError(f"{path}: partial results of other networks or settings; delete it or choose another --out")
     if any(np.shape(v)[:1] != (n,) for v in stored.values()):
         raise UserError(f"{path}: damaged partial results (arrays of other lengths than its {n} networks); delete "

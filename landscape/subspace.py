@@ -63,7 +63,8 @@ from .metrics import expected_calibration_error, running_ensemble
 from .nuts import (TARGET_ACCEPT, DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round,
                    warmup_step)
 from .sharpness import TrainLoss
-from .sweep import STORE, begin_result, finish_result, rank_and_world, request_key, run_sweep, stored_bn_stats
+from .sweep import (STORE, begin_result, compare_keys, finish_result, rank_and_world, request_key, run_sweep,
+                    stored_bn_stats)
 from .swag import SwagPosterior, load_swag
 from .weights import ParamSpace
 
@@ -449,9 +450,11 @@ def _read_state(path: Path, key: str, needed: Sequence[str], what: str) -> dict[
                 state[name] = json.loads(str(state[name]))
     except Exception as exc:  # a torn or foreign file
         raise UserError(f"{path}: cannot read {what} ({type(exc).__name__}); delete it to start again") from None
-    if stored != key:
-        raise UserError(f"{path.parent} holds an unfinished subspace run with other inputs or settings; "
-                        f"choose another --out")
+    differs = compare_keys(stored, key)
+    if differs:
+        what = "on other data (the data's files changed since)" if differs == "data" else \
+            "with other inputs or settings"
+        raise UserError(f"{path.parent} holds an unfinished subspace run {what}; choose another --out")
     lengths = {len(state[name]) for name in _PER_SAMPLE if name in state}
     if any(name not in state for name in needed) or len(lengths) > 1:
         raise UserError(f"{path}: {what} is incomplete; delete it to start again")

@@ -82,12 +82,42 @@ def barrier() -> None:
 
 
 def _digest(arrays: Sequence[np.ndarray], settings: dict[str, Any]) -> str:
-    """SHA-256 of the arrays' bytes, in order, then of ``settings`` as sorted JSON."""
+    """SHA-256 of the arrays' bytes, in order, then of ``settings`` as sorted
+    JSON; then, after a colon, the data's fingerprint when ``settings`` hold
+    one (a ``Dataset.describe()`` record's). The fingerprint is kept out of
+    the hash, so that keys stored before data had fingerprints still match
+    (:func:`compare_keys`)."""
     h = hashlib.sha256()
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
-    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    plain, data = _without_fingerprint(settings)
+    h.update(json.dumps(plain, sort_keys=True, default=str).encode())
+    return h.hexdigest() + (f":{data}" if data else "")
+
+
+def _without_fingerprint(settings: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``settings`` without the ``fingerprint`` of the data records among its
+    values, and that fingerprint (None when there is none)."""
+    found = None
+    plain = {}
+    for k, v in settings.items():
+        if isinstance(v, dict) and "fingerprint" in v:
+            found = found or v["fingerprint"]
+            v = {kk: vv for kk, vv in v.items() if kk != "fingerprint"}
+        plain[k] = v
+    return plain, found
+
+
+def compare_keys(stored: str, key: str) -> str | None:
+    """None when a stored sweep or result key answers the same request as
+    ``key``; "settings" when its inputs or settings differ, "data" when only
+    the data's fingerprint does (a key without one, from an earlier build or
+    of data made in Python, is not compared on it)."""
+    old, _, old_data = stored.partition(":")
+    new, _, new_data = key.partition(":")
+    if old != new:
+        return "settings"
+    return "data" if old_data and new_data and old_data != new_data else None
 
 
 def _float32(v: torch.Tensor) -> np.ndarray:
@@ -109,7 +139,11 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.n
                 values["probs"] = z["probs"].astype(np.float64)  # float32 in runs of earlier builds
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: unreadable partial results ({npz_reason(e)}); delete it to start over") from None
-    if stored_key != key or done.shape != (n,) or (probs and done.any() and "probs" not in values):
+    differs = compare_keys(stored_key, key)
+    if differs == "data":
+        raise UserError(f"{path}: partial results on other data (the data's files changed since the sweep began); "
+                        f"delete it or choose another --out")
+    if differs or done.shape != (n,) or (probs and done.any() and "probs" not in values):
         raise UserError(f"{path}: partial results of a different sweep (other points or settings); "
                         f"delete it or choose another --out")
     if any(len(v) != n for v in values.values()) or any(v.ndim != 1 for m, v in values.items() if m != "probs"):
@@ -161,9 +195,11 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
                     (out / name).unlink(missing_ok=True)
             arrays, summary = read_result(out, result_file)
             stored = summary.get("request") if isinstance(summary, dict) else None
-            if request is not None and stored is not None and stored != request:
-                raise UserError(f"{out} holds a finished {command} result of other inputs or settings; "
-                                f"choose another --out")
+            differs = compare_keys(str(stored), request) if request is not None and stored is not None else None
+            if differs:
+                what = "other data (the data's files changed since)" if differs == "data" else \
+                    "other inputs or settings"
+                raise UserError(f"{out} holds a finished {command} result of {what}; choose another --out")
             return arrays, summary
     barrier()
     return None

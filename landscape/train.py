@@ -59,7 +59,7 @@ from .checkpoint import (
     write_json,
     atomic_write_text,
 )
-from .data import Dataset, data_differs, data_location, load_dataset
+from .data import Dataset, data_differs, data_location, described, load_dataset, why_data_differs
 from .device import seed_everything
 from .errors import UserError
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty
@@ -204,13 +204,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
     return model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
-
-
-def _described(d: dict[str, Any]) -> str:
-    """A :meth:`Dataset.describe` record in a few words, for messages."""
-    fingerprint = f", fingerprint {d['fingerprint']}" if d.get("fingerprint") else ""
-    return (f"'{d.get('name')}': {d.get('n_train')} train / {d.get('n_test')} test, input "
-            f"{tuple(d.get('input_shape') or ())}, {d.get('num_classes')} classes{fingerprint}")
 
 
 def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> None:
@@ -420,9 +413,10 @@ def run_training(
     if state is not None:
         recorded = (state.meta or {}).get("dataset")
         if isinstance(recorded, dict) and data_differs(recorded, data.describe()):
-            raise UserError(f"{out}: the data is not the data the run began with (then {_described(recorded)}; "
-                            f"now {_described(data.describe())}: its files changed, or other data= was passed); "
-                            f"--resume needs the same data (or choose another --out)")
+            now = data.describe()
+            raise UserError(f"{out}: the run began on {described(recorded)}, now {described(now)}: "
+                            f"{why_data_differs(recorded, now)}; --resume needs the same data (or choose another "
+                            f"--out)")
         task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
     network = task.network if task.network is not None else task.module

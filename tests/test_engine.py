@@ -647,3 +647,21 @@ def test_is_whole_accepts_counts_and_nothing_else():
 
     assert [is_whole(v) for v in (3, np.int64(3), 3.0, np.float32(2.0), 0)] == [True] * 5
     assert [is_whole(v) for v in (True, 2.5, float("nan"), float("inf"), "3", None)] == [False] * 6
+
+
+def test_sweep_keys_keep_the_data_fingerprint_apart():
+    """A key hashes the settings without the data's fingerprint and appends it, so
+    that a result stored before fingerprints (the same hash, no suffix) still
+    matches, and one of changed files is told apart from one of other settings."""
+    from landscape.sweep import compare_keys, request_key
+
+    v = [torch.arange(4.0)]
+    data = {"name": "d", "n_train": 3}
+    old = request_key(v, {"kind": "plane", "dataset": data})
+    new = request_key(v, {"kind": "plane", "dataset": dict(data, fingerprint="0badf00d")})
+    assert new == old + ":0badf00d"
+    assert compare_keys(old, new) is None and compare_keys(new, new) is None
+    assert compare_keys(new, request_key(v, {"kind": "plane", "dataset": dict(data, fingerprint="12345678")})) == "data"
+    assert compare_keys(new, request_key(v, {"kind": "rays", "dataset": dict(data, fingerprint="0badf00d")})) == \
+        "settings"
+    assert compare_keys(new, request_key([torch.arange(5.0)], {"kind": "plane", "dataset": data})) == "settings"

@@ -13,6 +13,8 @@ from torch import nn
 
 import landscape.models as models
 from curves import evaluate_curve, fit_curve
+from curves.spro import grow_simplex
+from landscape.data import load_dataset
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_model, evaluate_points
 from landscape.inputs import load_points
@@ -86,11 +88,22 @@ def test_data_passed_from_python_is_not_silently_replaced(tmp_path, small_digits
     for seed in (1, 2):
         train(out=tmp_path / f"e{seed}", model="plain_mlp", seed=seed, data=mine, epochs=1, progress=False)
     a, b = tmp_path / "e1" / "model.pt", tmp_path / "e2" / "model.pt"
-    with pytest.raises(UserError, match=r"was trained on 'mydigits': 300 train / 360 test.* now give 'digits': "
-                                        r"1437 train.*pass the same data="):
+    with pytest.raises(UserError, match=r"was trained on 'mydigits' \(300 train / 360 test.* now give 'digits' "
+                                        r"\(1437 train.*the first was passed from Python.*pass the same data"):
         fit_curve(a, b, tmp_path / "ab", epochs=1, progress=False)
     with pytest.raises(UserError, match="was trained on 'mydigits'"):
         load_points([a, b])
+    # every checkpoint is checked, not the first alone
+    train(out=tmp_path / "files", model="plain_mlp", seed=3, epochs=1, progress=False)
+    with pytest.raises(UserError, match=f"{b} was trained on 'mydigits'"):
+        load_points([tmp_path / "files" / "model.pt", b])
+    with pytest.raises(UserError, match=f"{a} was trained on 'mydigits'"):
+        grow_simplex(a, tmp_path / "sx", vertices=2, epochs=1, progress=False)
+    # the same sizes, changed in Python: no longer taken for the files' data
+    relabelled = dataclasses.replace(load_dataset("digits"))
+    train(out=tmp_path / "relabelled", model="plain_mlp", seed=4, epochs=1, data=relabelled, progress=False)
+    with pytest.raises(UserError, match="the first was passed from Python"):
+        load_points([tmp_path / "relabelled" / "model.pt"])
     fit_curve(a, b, tmp_path / "ab", epochs=1, data=mine, progress=False)
     with pytest.raises(UserError, match="was trained on 'mydigits'"):
         evaluate_curve(tmp_path / "ab" / "model.pt", None, points=3)
