@@ -438,6 +438,7 @@ def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, 
 
 
 LOOP_POINTS_PER_PASS = 8
+LOOP_PASS_BYTES = 64 * 2 ** 30  # layer outputs one loop pass may write: 15-30 s on 2 CPU cores
 
 
 def default_points_per_pass(model: nn.Module, data, bn_stats: str, batch_size: int, strategy: str) -> int:
@@ -446,12 +447,20 @@ def default_points_per_pass(model: nn.Module, data, bn_stats: str, batch_size: i
 
     The loop strategy runs each point's own forwards, so a larger K saves it
     nothing (measured on the digits CNN: 64 points take the same time at K
-    = 1, 8 and 256): it takes at most :data:`LOOP_POINTS_PER_PASS`, so that a
-    sweep stores its progress every few points."""
+    = 1, 8 and 256): it takes at most :data:`LOOP_POINTS_PER_PASS`, and no
+    more than keep a pass's layer outputs (every image's, train and test) under
+    :data:`LOOP_PASS_BYTES`, so that a sweep stores its progress every few
+    points, or every point where a point takes a minute (8 on the digits, 4
+    for PreResNet-20 on 6,000 CIFAR-sized images, 1 for the convnet on
+    MNIST-sized data)."""
     pass_size = len(data.y_train) if bn_stats == "population" else batch_size
     strategy = resolve_strategy(strategy, data.device)
     k = choose_points_per_pass(model, data, pass_size, ParamSpace.of(model).numel, strategy)
-    return min(k, LOOP_POINTS_PER_PASS) if strategy == "loop" else k
+    if strategy != "loop":
+        return k
+    images = len(data.y_train) * (2 if bn_stats == "batches" else 1) + len(data.y_test)
+    per_point = _probe_forward(model, data).output_bytes * images
+    return max(1, min(k, LOOP_POINTS_PER_PASS, int(LOOP_PASS_BYTES // max(per_point, 1.0))))
 
 
 def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:

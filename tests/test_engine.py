@@ -532,6 +532,19 @@ def test_the_loop_strategy_takes_at_most_8_points_per_pass_vmap_what_memory_allo
     assert engine_module.default_points_per_pass(net, small, "batches", 64, "vmap") == 256
     monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 12 * ParamSpace.of(net).numel * 3)
     assert engine_module.default_points_per_pass(net, small, "batches", 64, "loop") == 3
+    # where one point writes much (many or large images), fewer points a pass, so that progress is stored often
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 1e12)
+    per_image = engine_module._probe_forward(net, small).output_bytes
+    images = len(small.y_train) + len(small.y_test)
+    for points in (1, 3):
+        monkeypatch.setattr(engine_module, "LOOP_PASS_BYTES", points * per_image * images)
+        assert engine_module.default_points_per_pass(net, small, "population", 64, "loop") == points
+    monkeypatch.setattr(engine_module, "LOOP_PASS_BYTES", per_image * images / 10)
+    assert engine_module.default_points_per_pass(net, small, "population", 64, "loop") == 1  # never 0
+    # the batches estimator passes the training images twice (statistics, then the train metrics)
+    monkeypatch.setattr(engine_module, "LOOP_PASS_BYTES", 2 * per_image * images)
+    assert engine_module.default_points_per_pass(net, small, "batches", 64, "loop") == int(
+        2 * images // (2 * len(small.y_train) + len(small.y_test)))
 
 
 # --------------------------------------------------------------------------- metrics
