@@ -240,6 +240,12 @@ def _progress(args: argparse.Namespace) -> bool | None:
     return False if args.quiet else None
 
 
+def _sweep_progress(args: argparse.Namespace) -> bool | str:
+    """A sweep's progress: a bar on a terminal, a line a pass ("log") when stderr
+    is a file or a pipe, nothing with --quiet."""
+    return False if args.quiet else True if sys.stderr.isatty() else "log"
+
+
 def _format_run(name: str, s: dict[str, Any]) -> str:
     split = s.get("eval_split", "test")
     tag = "  [synthetic data]" if s.get("synthetic") else ""
@@ -483,7 +489,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
                       grid=args.grid, xrange=args.xrange, yrange=args.yrange, wd=wd,
                       batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
                       points_per_pass=args.points_per_pass, precision=args.precision, resume=args.resume,
-                      progress=_progress(args) is not False and sys.stderr.isatty(),
+                      progress=_sweep_progress(args),
                       config={"argv": sys.argv, "ckpt": str(args.ckpt) if args.ckpt else None,
                               "points": [str(p) for p in args.points or []],
                               "center": str(args.center) if args.center else None,
@@ -535,7 +541,7 @@ def cmd_rays(args: argparse.Namespace) -> int:
                            seed=args.seed, wd=_eval_wd(args, pts), batch_size=args.batch_size,
                            bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass,
                            precision=args.precision, resume=args.resume,
-                           progress=_progress(args) is not False and sys.stderr.isatty(),
+                           progress=_sweep_progress(args),
                            config={"argv": sys.argv})
     if not is_main():
         return 0
@@ -1053,7 +1059,7 @@ def cmd_width(args: argparse.Namespace) -> int:
                   steps=args.steps, normalize=args.normalize, line=True, rise=args.rise, seed=args.seed,
                   wd=_eval_wd(args, pts), batch_size=args.batch_size,
                   bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass, precision=args.precision,
-                  resume=args.resume, progress=_progress(args) is not False and sys.stderr.isatty(),
+                  resume=args.resume, progress=_sweep_progress(args),
                   config={"argv": sys.argv})
     if not is_main():
         return 0

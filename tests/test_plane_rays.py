@@ -992,3 +992,18 @@ def test_plane_of_a_curve_holds_its_path_and_exact_anchor_losses(tmp_path, capsy
         assert code == 2 and one_line(err).endswith(
             f"{ckpt} was built for input (1, 8, 8) and 10 classes, but dataset 'synthetic' has (3, 8, 8) and 10")
         assert not bad.exists() or not any(bad.iterdir())
+
+
+def test_a_sweep_logged_to_a_file_prints_a_line_a_pass(tmp_path, capsys, endpoints):
+    """Where stderr is no terminal (a log file, a batch job) a bar cannot redraw
+    itself: a sweep prints one progress line per pass instead; --quiet none."""
+    A, B, C = endpoints
+    base = ["plane", "--points", A, B, C, "--grid", 2, "--points-per-pass", 3, "--bn-batches", 1]
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "p")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("points ")]
+    # 4 grid points + the 3 anchors (the grid's corners are not among them): 7 points in passes of 3
+    assert [line.split(" (")[0] for line in lines] == ["points 3 of 7", "points 6 of 7", "points 7 of 7"], err
+    assert "left" in lines[0] and lines[-1].startswith("points 7 of 7 (100 %) after ") and "left" not in lines[-1]
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "q", "--quiet")
+    assert code == 0 and "points " not in err
