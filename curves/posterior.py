@@ -50,10 +50,10 @@ from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
-from landscape.inputs import asks_for_data, check_sources_data, note_split_leak, own_network, stored_data
+from landscape.inputs import asks_for_data, note_split_leak, own_network, run_data, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
-from landscape.train import Task, _say, load_data, prepare_run, run_training
+from landscape.train import Task, _say, prepare_run, run_training
 from landscape.variational import FAMILIES, PRIORS, VariationalNet, posterior_moments, posterior_net
 from landscape.weights import ParamSpace
 
@@ -156,10 +156,7 @@ def fit_posterior_curve(
         loaded = load_posterior_curve(out / "model.pt", model=named)
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         return CurveResult(loaded.curve, loaded.model, summary, read_jsonl(out / "metrics.jsonl"), out)
-    if data is None:
-        data = load_data(cfg, device)
-        check_sources_data(ckpts, data, asked=asks_for_data(config, overrides))
-    data = data.to(device)
+    data = run_data(cfg, device, data, ckpts, asks_for_data(config, overrides))
     for ck in ckpts:  # once the split is accepted
         note_split_leak((ck.meta or {}).get("train_config"), cfg.to_json(), ck.path)
     posteriors = [posterior_net(ck, device, named) for ck in ckpts]

@@ -40,14 +40,14 @@ from .data import Dataset
 from .device import seed_everything
 from .errors import UserError, is_whole
 from .evaluate import evaluate_model, l2_penalty
-from .inputs import (asks_for_data, check_sources_data, data_settings, named_model, network_of, note_split_leak, refuse_infinite,
-                     require_architecture)
+from .inputs import (asks_for_data, data_settings, named_model, network_of, note_split_leak, refuse_infinite,
+                     require_architecture, run_data)
 from .layout import image_layout
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec, stored_spec
 from .swag import SwagMoments
 from .sweep import is_main, process_device
-from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_test_metrics, load_data, non_finite,
+from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_test_metrics, non_finite,
                     prepare_run, run_training, weights_finite)
 from .weights import ParamSpace
 
@@ -274,10 +274,7 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
         final = out / ("swa.pt" if method == "swa" else "model.pt")
         trust = cfg.model if user_named else None
         return AverageResult(load_model(final, trust), load_model(out / "model.pt", trust), summary, metrics, out)
-    if data is None:
-        data = load_data(cfg, device)
-        check_sources_data([source], data, asked=asks_for_data(config, overrides))
-    data = data.to(device)
+    data = run_data(cfg, device, data, [source], asks_for_data(config, overrides))
     if source is not None:  # once the split is accepted; after joining the group, so rank 0 alone says it
         note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     model, spec = _start_model(cfg, data, user_named=user_named)

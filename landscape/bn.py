@@ -22,12 +22,19 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .layout import image_layout
 
-__all__ = ["bn_modules", "has_batch_norm", "reestimate_bn", "population_bn", "bn_collecting"]
+__all__ = ["bn_modules", "bn_buffer_names", "has_batch_norm", "reestimate_bn", "population_bn", "bn_collecting"]
 
 
 def bn_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     """The batch-norm layers of ``model`` that keep running statistics, with their names."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+def bn_buffer_names(model: nn.Module) -> set[str]:
+    """The names (as ``named_buffers`` gives them) of the running statistics of
+    :func:`bn_modules`: ``running_mean``, ``running_var``, ``num_batches_tracked``."""
+    return {f"{name}.{b}" if name else b for name, _ in bn_modules(model)
+            for b in ("running_mean", "running_var", "num_batches_tracked")}
 
 
 def has_batch_norm(model: nn.Module) -> bool:

@@ -193,10 +193,7 @@ def data_differs(recorded: dict, now: dict) -> list[str]:
     fingerprint of the files read (None for data made in Python, which so
     differs from any files'). A field one record lacks is not compared: records
     from before fingerprints have none."""
-    def plain(v):
-        return list(v) if isinstance(v, tuple) else v
-
-    return [k for k in _IDENTITY if k in recorded and k in now and plain(recorded[k]) != plain(now[k])]
+    return [k for k in _IDENTITY if k in recorded and k in now and recorded[k] != now[k]]  # shapes: lists in both
 
 
 def described(d: dict) -> str:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .bn import bn_collecting, bn_modules, population_bn, reestimate_bn
+from .bn import bn_buffer_names, bn_collecting, bn_modules, population_bn, reestimate_bn
 from .errors import UserError, first_line, is_whole
 from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
@@ -501,8 +501,7 @@ class _Template:
         self.modes = {m: m.training for m in model.modules()}
         self.buffers = dict(model.named_buffers())
         self.bn = bn_modules(model)
-        self.bn_names = {f"{name}.{b}" if name else b
-                         for name, _ in self.bn for b in ("running_mean", "running_var", "num_batches_tracked")}
+        self.bn_names = bn_buffer_names(model)
 
     def restore(self) -> None:
         for m, mode in self.modes.items():

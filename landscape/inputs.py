@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from .bn import bn_modules
+from .bn import bn_buffer_names
 from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network
 from .data import Dataset, data_differs, data_location, described, why_data_differs
 from .device import resolve_device
@@ -37,24 +37,30 @@ def data_settings(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None,
-                 device: torch.device | str = "cpu", source: object = "the checkpoint",
-                 recorded: dict[str, Any] | None = None) -> Dataset:
+                 device: torch.device | str = "cpu", source: object = "the checkpoint") -> Dataset:
     """Load the dataset of ``stored`` settings (a run's train_config), with
-    ``overrides`` (those not None) taking precedence; digits when neither says.
-    ``recorded``: the checkpoint's description of its data (its meta's
-    ``dataset``), checked by :func:`check_recorded_data`."""
+    ``overrides`` (those not None) taking precedence; digits when neither says."""
     settings = merged_data_settings(stored, overrides)
     data = load_data(TrainConfig(**settings), resolve_device(device))
-    if not any(v is not None for k, v in (overrides or {}).items() if k in DATA_FIELDS):
-        check_recorded_data(recorded, data, source)  # the stored settings: the data it was trained on
     note_split_leak(stored, settings, source)  # after the split itself was accepted
     return data
 
 
-def asks_for_data(config: object, overrides: dict[str, Any]) -> bool:
+def asks_for_data(config: object, overrides: dict[str, Any] | None) -> bool:
     """Whether a run's caller chose its data (a config object, or a data
     option not None) rather than inheriting its source checkpoints'."""
-    return config is not None or any(overrides.get(k) is not None for k in DATA_FIELDS)
+    return config is not None or any((overrides or {}).get(k) is not None for k in DATA_FIELDS)
+
+
+def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sources: Sequence[Checkpoint | None],
+             asked: bool) -> Dataset:
+    """The data a run that starts from ``sources`` trains on, on ``device``:
+    ``data`` when given, else what ``cfg``'s data settings load, checked
+    against what the sources record (:func:`check_sources_data`)."""
+    if data is None:
+        data = load_data(cfg, device)
+        check_sources_data(sources, data, asked)
+    return data.to(device)
 
 
 def check_sources_data(ckpts: Sequence[Checkpoint | None], data: Dataset, asked: bool = False) -> None:
@@ -92,8 +98,11 @@ def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: objec
     train_config) unless ``overrides`` / ``data`` / ``wd`` say otherwise; data
     that does not fit the network ``spec`` is refused naming ``source``."""
     stored = (meta or {}).get("train_config") or {}
-    data = (resolve_data(stored, overrides, device, source, (meta or {}).get("dataset")) if data is None
-            else data.to(device))
+    if data is None:
+        data = resolve_data(stored, overrides, device, source)
+        if not asks_for_data(None, overrides):  # the stored settings: they should give the data it was trained on
+            check_recorded_data((meta or {}).get("dataset"), data, source)
+    data = data.to(device)
     check_spec_fits(spec, data.num_classes, data.input_shape, source, f"dataset '{data.name}'")
     return data, float(stored.get("wd", 0.0)) if wd is None else wd
 
@@ -201,8 +210,7 @@ def note_other_buffers(model: nn.Module, ckpts: Sequence[Checkpoint]) -> None:
     statistics differ (a fixed random projection drawn per seed, a mask):
     points between the networks move their parameters alone, so they all
     keep the first network's buffers (the engine's template)."""
-    bn = {f"{name}.{b}" if name else b for name, _ in bn_modules(model)
-          for b in ("running_mean", "running_var", "num_batches_tracked")}
+    bn = bn_buffer_names(model)
     first = ckpts[0]
     names = [name for name, _ in model.named_buffers() if name not in bn and name in first.state_dict]
     differ = [(name, ck) for name in names for ck in ckpts[1:]
@@ -301,8 +309,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}
     data = resolve_data(stored, data_overrides, device, first.path)
-    check_sources_data(ckpts, data, asked=any(v is not None for k, v in (data_overrides or {}).items()
-                                              if k in DATA_FIELDS))
+    check_sources_data(ckpts, data, asked=asks_for_data(None, data_overrides))
     for ck in ckpts[1:]:  # the first was noted on loading
         note_split_leak((ck.meta or {}).get("train_config"), merged_data_settings(stored, data_overrides), ck.path)
     require_architecture(first, model)

@@ -61,9 +61,9 @@ from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_mod
 from .data import Dataset
 from .errors import UserError
 from .evaluate import evaluate_model, precision_amp
-from .inputs import asks_for_data, check_sources_data, named_model, note_split_leak, own_network, stored_data
+from .inputs import asks_for_data, named_model, note_split_leak, own_network, run_data, stored_data
 from .sweep import begin_result, finish_result, process_device, request_key
-from .train import (Task, TrainConfig, _say, check_rate, learning_rate, load_data, prepare_run, run_training,
+from .train import (Task, TrainConfig, _say, check_rate, learning_rate, prepare_run, run_training,
                     weights_finite)
 from .weights import ParamSpace
 
@@ -422,10 +422,7 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         vnet = posterior_net(load_checkpoint(out / "vi.pt"), "cpu", cfg.model if named is not None else None)
         return VariationalResult(vnet, summary, read_jsonl(out / "metrics.jsonl"), out)
-    if data is None:
-        data = load_data(cfg, device)
-        check_sources_data([source], data, asked=asks_for_data(config, overrides))
-    data = data.to(device)
+    data = run_data(cfg, device, data, [source], asks_for_data(config, overrides))
     if source is not None:  # once the split is accepted
         note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     model, spec = _start_model(cfg, data, user_named=named is not None)
