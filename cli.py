@@ -167,7 +167,7 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     g.add_argument("--save-every", type=int, default=0, metavar="N", help="keep a checkpoint every N epochs, and (train) the initial weights as checkpoint-000.pt "
                         "(0: only the last)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
 
 def add_stored_eval_args(p: argparse.ArgumentParser) -> None:
@@ -184,7 +184,7 @@ def _stored_eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The options :func:`add_stored_eval_args` adds, as the evaluation functions take them."""
     return dict(wd=args.wd, batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
                 points_per_pass=args.points_per_pass, precision=args.precision, device=args.device,
-                resume=args.resume, progress=_progress(args) is not False and sys.stderr.isatty(), argv=sys.argv,
+                resume=args.resume, progress=_progress(args), argv=sys.argv,
                 model=args.model, **_data_overrides(args))
 
 
@@ -206,7 +206,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "batch-norm statistics and sums stay fp32")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
 
 # ------------------------------------------------------------- subcommands
@@ -236,13 +236,10 @@ def _train_config(args: argparse.Namespace):
     )
 
 
-def _progress(args: argparse.Namespace) -> bool | None:
-    return False if args.quiet else None
-
-
-def _sweep_progress(args: argparse.Namespace) -> bool | str:
-    """A sweep's progress: a bar on a terminal, a line a pass ("log") when stderr
-    is a file or a pipe, nothing with --quiet."""
+def _progress(args: argparse.Namespace) -> bool | str:
+    """Progress as every command shows it (:func:`landscape.progress.progress_mode`):
+    a bar on a terminal, a line now and then ("log": an epoch, a pass of a sweep)
+    where stderr is a file or a pipe, nothing with --quiet."""
     return False if args.quiet else True if sys.stderr.isatty() else "log"
 
 
@@ -489,7 +486,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
                       grid=args.grid, xrange=args.xrange, yrange=args.yrange, wd=wd,
                       batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
                       points_per_pass=args.points_per_pass, precision=args.precision, resume=args.resume,
-                      progress=_sweep_progress(args),
+                      progress=_progress(args),
                       config={"argv": sys.argv, "ckpt": str(args.ckpt) if args.ckpt else None,
                               "points": [str(p) for p in args.points or []],
                               "center": str(args.center) if args.center else None,
@@ -541,7 +538,7 @@ def cmd_rays(args: argparse.Namespace) -> int:
                            seed=args.seed, wd=_eval_wd(args, pts), batch_size=args.batch_size,
                            bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass,
                            precision=args.precision, resume=args.resume,
-                           progress=_sweep_progress(args),
+                           progress=_progress(args),
                            config={"argv": sys.argv})
     if not is_main():
         return 0
@@ -1059,7 +1056,7 @@ def cmd_width(args: argparse.Namespace) -> int:
                   steps=args.steps, normalize=args.normalize, line=True, rise=args.rise, seed=args.seed,
                   wd=_eval_wd(args, pts), batch_size=args.batch_size,
                   bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass, precision=args.precision,
-                  resume=args.resume, progress=_sweep_progress(args),
+                  resume=args.resume, progress=_progress(args),
                   config={"argv": sys.argv})
     if not is_main():
         return 0
@@ -1165,7 +1162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from plots.swa import draw_swa_figure, has_swa_curve
     from plots.swag import draw_swag_figure, draw_variational_figure
 
-    out, quiet, t0 = args.out, _progress(args), time.perf_counter()
+    out, bars, t0 = args.out, _progress(args) is True, time.perf_counter()  # a log has the steps' lines
     device = resolve_device(args.device)
     cfg = TrainConfig(dataset="digits", model="convnet", epochs=args.epochs, device=str(device))
     data = load_data(cfg, device)
@@ -1180,14 +1177,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ends = {}
     for name, seed in (("a", 1), ("b", 2)):
         step(f"endpoint {name}: convnet on digits, seed {seed}, {cfg.epochs} epochs")
-        ends[name] = train(cfg, out / name, seed=seed, resume=again(out / name), data=data, progress=quiet,
+        ends[name] = train(cfg, out / name, seed=seed, resume=again(out / name), data=data, progress=bars,
                            save_every=1 if name == "a" else 0).summary  # a keeps its trajectory
     a, b = out / "a" / "model.pt", out / "b" / "model.pt"
     curves = {}
     for kind in ("bezier", "polychain"):
         step(f"{kind} curve with 1 bend between a and b, {cfg.epochs} epochs")
         fit_curve(a, b, out / kind, data=data, curve=kind, bends=1, epochs=cfg.epochs, device=str(device),
-                  resume=again(out / kind), progress=quiet)
+                  resume=again(out / kind), progress=bars)
         ev_dir = out / f"{kind}-eval"
         step(f"{kind}: curve and straight line at {args.points} points")
         curves[kind] = evaluate_curve(out / kind / "model.pt", ev_dir, points=args.points, data=data,
@@ -1209,7 +1206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     step("SWA and continued SGD from endpoint a (constant rate 0.05, 10 epochs, the average evaluated every epoch), "
          "SWAG's moments collected")
     swa = run_swa(None, out / "swa", from_ckpt=str(a), epochs=10, swa_lr=0.05, swag_rank=10, eval_every=1, data=data,
-                  device=str(device), resume=again(out / "swa"), progress=quiet).summary
+                  device=str(device), resume=again(out / "swa"), progress=bars).summary
     if has_swa_curve(out / "swa"):  # a demo folder from before --eval-every has none
         figures += draw_swa_figure(out / "swa")
     step("SWAG: the model average of 30 samples around the SWA solution")
@@ -1245,13 +1242,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         figures += draw_plane_figures(out / "trajectory")
     step("FGE from endpoint b: 4 cycles of 2 epochs, rate 0.05 -> 0.0005")
     fge = run_fge(None, out / "fge", from_ckpt=str(b), epochs=8, cycle=2, lr=0.05, lr_min=0.0005, data=data,
-                  device=str(device), resume=again(out / "fge"), progress=quiet).summary
+                  device=str(device), resume=again(out / "fge"), progress=bars).summary
     last = max(1, cfg.epochs // 3)  # HWA over the last third, a mean averaged every 2 epochs
     step(f"variational dropout from endpoint a (one alpha per weight, log-uniform prior), {cfg.epochs} epochs, HWA "
          f"over the last {last}; the three prediction schemes of vi.pt and hwa.pt, 30 samples each")
     run_variational(None, out / "vi", from_ckpt=str(a), family="weight", epochs=cfg.epochs,
                     hwa_start=cfg.epochs - last, cycle=2 if last >= 2 else 1,
-                    data=data, device=str(device), resume=again(out / "vi"), progress=quiet)
+                    data=data, device=str(device), resume=again(out / "vi"), progress=bars)
     schemes = {}
     for name in ("vi", "hwa"):
         folder = out / f"{name}-eval"
@@ -1266,9 +1263,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
          f"{bnn_points} points")
     run_variational(None, out / "vi-b", from_ckpt=str(b), family="weight", epochs=cfg.epochs,
                     hwa_start=cfg.epochs - last, cycle=2 if last >= 2 else 1,
-                    data=data, device=str(device), resume=again(out / "vi-b"), progress=quiet)
+                    data=data, device=str(device), resume=again(out / "vi-b"), progress=bars)
     fit_posterior_curve(out / "vi" / "vi.pt", out / "vi-b" / "vi.pt", out / "vi-bezier", data=data, epochs=cfg.epochs,
-                        device=str(device), resume=again(out / "vi-bezier"), progress=quiet)
+                        device=str(device), resume=again(out / "vi-bezier"), progress=bars)
     folder = out / "vi-bezier-eval"
     bnn = evaluate_posterior_curve(out / "vi-bezier" / "model.pt", folder, points=bnn_points, samples=5, data=data,
                                    device=str(device), resume=again(folder, "posterior-curve.npz")).summary
@@ -1746,7 +1743,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, default=61, help="points along each curve and line (default 61)")
     p.add_argument("--directions", type=int, default=6, help="random rays per centre in the width report (default 6)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the steps' lines stay)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the registered models")

@@ -194,9 +194,9 @@ def evaluate_points(
     results: dict[str, list] = {m: [] for m in METRICS}
     if return_probs:
         results["probs"] = []
-    from tqdm.auto import tqdm
+    from .progress import Progress
 
-    bar = tqdm(total=n, disable=not progress, desc="points", unit="pt", leave=False, dynamic_ncols=True)
+    bar = Progress(n, desc="points", unit="pt", progress=progress)
     template = _Template(model)
     try:
         for lo in range(0, n, k):

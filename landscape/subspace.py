@@ -50,7 +50,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from .bn import bn_modules
 from .checkpoint import Checkpoint, write_json, write_npz
@@ -62,6 +61,7 @@ from .layout import image_layout
 from .metrics import expected_calibration_error, running_ensemble
 from .nuts import (TARGET_ACCEPT, DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round,
                    warmup_step)
+from .progress import Progress
 from .sharpness import TrainLoss
 from .sweep import (STORE, begin_result, compare_keys, finish_result, rank_and_world, request_key, run_sweep,
                     stored_bn_stats)
@@ -376,8 +376,7 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
     shift, basis = sub.shift.double(), sub.basis.double()
     net = copy.deepcopy(run.net).to(device).train()
     space = ParamSpace.of(net)
-    bar = tqdm(total=epochs, initial=len(records), disable=not run.progress, desc="VI epochs", unit="epoch",
-               leave=False, dynamic_ncols=True)
+    bar = Progress(epochs, len(records), desc="VI epochs", unit="epoch", progress=run.progress, every=10.0)
     layout = image_layout(net, data.x_train[:2])  # channels-last batches where the network takes them
     try:
         for epoch in range(len(records), epochs):
@@ -574,8 +573,7 @@ def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, ch
         burned = 0
         _save_sampler(run, rng, shift_res, kept, burned, current=current, current_ll=current_ll)
     write_config()
-    bar = tqdm(total=samples, initial=len(kept["z"]), disable=not run.progress, desc="samples", unit="sample",
-               leave=False, dynamic_ncols=True)
+    bar = Progress(samples, len(kept["z"]), desc="samples", unit="sample", progress=run.progress, every=10.0)
     try:
         while burned < burn_in:  # every chain's first steps, discarded
             current, current_ll, _, _ = elliptical_slice_round(current, current_ll, run.evaluate, rng,
@@ -738,8 +736,8 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
         burned = 0
         save()
     write_config()
-    bar = tqdm(total=burn_in + samples, initial=burned + len(kept["z"]), disable=not run.progress,
-               desc="NUTS transitions", unit="sample", leave=False, dynamic_ncols=True)
+    bar = Progress(burn_in + samples, burned + len(kept["z"]), desc="NUTS transitions", unit="sample",
+                   progress=run.progress, every=10.0)
     try:
         while burned < burn_in:  # every chain's first transitions: step-size adaptation, discarded
             rescale(adapt.step)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +31,7 @@ from .device import check_fits, resolve_device
 from .errors import UserError
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
                        unique_rows)
+from .progress import Progress
 
 __all__ = ["STORE", "check_sweep_fits", "refuse_unfinished", "init_distributed", "process_device", "rank_and_world", "is_main", "barrier", "fingerprint", "run_sweep",
            "begin_result", "finish_result", "request_key"]
@@ -222,20 +222,6 @@ def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarr
             (out / name).unlink(missing_ok=True)
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds >= 3600 else \
-        f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
-def _progress_line(done: int, n: int, kept: int, elapsed: float) -> str:
-    """'points 16 of 25 (64 %) after 2 min 10 s; about 1 min 13 s left', the
-    rate from the points this run evaluated (``kept`` were stored before)."""
-    rate = (done - kept) / elapsed if elapsed > 0 else 0.0
-    left = f"; about {_clock((n - done) / rate)} left" if rate > 0 and done < n else ""
-    return f"points {done} of {n} ({100 * done // n} %) after {_clock(elapsed)}{left}"
-
-
 def refuse_unfinished(folder: Path) -> None:
     """One line when ``folder`` holds an unfinished sweep (its partial store,
     :data:`STORE`) where finished results were expected, as by ``plot``."""
@@ -270,7 +256,7 @@ def run_sweep(
     points_per_pass: int | None = None,
     strategy: str = "auto",
     amp: bool = False,
-    progress: bool = False,
+    progress: bool | str | None = False,
     return_probs: bool = False,
 ) -> dict[str, np.ndarray]:
     """Evaluate every point of ``coefficients @ anchors``; returns per-point metric arrays (N,)
@@ -278,9 +264,10 @@ def run_sweep(
 
     ``store`` is the partial-results file (None: keep nothing on disk).
     ``settings`` (JSON-able) joins the fingerprint, so a store is only
-    resumed by the same sweep. ``progress``: a bar (True), nothing (False), or
+    resumed by the same sweep. ``progress``: a bar (True), nothing (False),
     ``"log"``: a line on stderr after every pass, for a log file or a batch
-    job, where a bar cannot redraw itself. ``config`` (JSON-able) is written to
+    job, where a bar cannot redraw itself, or None: a bar on a terminal
+    (:func:`~landscape.progress.progress_mode`). ``config`` (JSON-able) is written to
     ``config.json`` beside ``store`` once the store is known to belong to this
     sweep (a refused resume leaves the folder as it was). ``bn_stats`` is resolved once
     (:func:`~landscape.evaluate.resolve_bn_stats`) and the resolved name
@@ -316,12 +303,7 @@ def run_sweep(
 
     todo = np.flatnonzero(~done)
     chunks = [todo[i:i + k] for i in range(0, len(todo), k)]
-    from tqdm.auto import tqdm
-
-    log = progress == "log" and rank == 0
-    bar = tqdm(total=n, initial=int(done.sum()), disable=not (progress and not log and rank == 0), desc="points",
-               unit="pt", leave=False, dynamic_ncols=True)
-    began, kept = time.perf_counter(), int(done.sum())
+    bar = Progress(n, int(done.sum()), desc="points", unit="pt", progress=progress, show=rank == 0)
     try:
         for start in range(0, len(chunks), world):
             mine = chunks[start + rank] if start + rank < len(chunks) else np.zeros(0, dtype=np.int64)
@@ -341,12 +323,9 @@ def run_sweep(
                     for m, v in res.items():
                         values[m][idx] = v
                     done[idx] = True
-                    bar.update(len(idx))
             if store is not None and rank == 0:
                 _write_store(store, key, done, values)
-            if log:
-                print(_progress_line(int(done.sum()), n, kept, time.perf_counter() - began), file=sys.stderr,
-                      flush=True)
+            bar.update(int(done.sum()) - bar.done)  # after the store: a line says what is kept
     finally:
         bar.close()
     return {m: v[expand] for m, v in values.items()}  # metrics (and probs) in the caller's order

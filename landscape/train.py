@@ -65,6 +65,7 @@ from .errors import UserError
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
+from .progress import LogLines, progress_mode
 from .sweep import barrier, is_main, process_device, rank_and_world
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
@@ -462,8 +463,9 @@ def run_training(
     # A resumed run's clock goes on from its last kept epoch, so time_s and seconds cover the whole run.
     t0 = time.perf_counter() - (float(metrics[-1].get("time_s", 0.0)) if metrics else 0.0)
     steps = max(1, math.ceil(len(data.y_train) / cfg.batch_size))
-    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
-    bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, show, task.command)
+    mode = progress_mode(progress) if rank == 0 else "off"
+    bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, mode == "bar", task.command)
+    lines = LogLines(f"{task.command}: epoch", cfg.epochs, start_epoch) if mode == "log" else None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             record = _train_epoch(task, forward, optimizer, data, cfg, epoch, device, bar, layout)
@@ -482,8 +484,11 @@ def run_training(
                 if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
                     save(out / f"checkpoint-{epoch + 1:03d}.pt", epoch + 1, task.kind)
             metrics.append(record)
+            test_error = record.get("test_error", record.get("mid_test_error", float("nan")))
             bar.set_postfix(epoch=epoch + 1, loss=f"{record['train_loss']:.4f}",
-                            err=f"{record['train_error']:.2f}%", test_err=f"{record.get('test_error', record.get('mid_test_error', float('nan'))):.2f}%")
+                            err=f"{record['train_error']:.2f}%", test_err=f"{test_error:.2f}%")
+            if lines is not None:
+                lines.at(epoch + 1, _epoch_note(record))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
     except Diverged as e:
@@ -547,6 +552,17 @@ def non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
 def _say(msg: str) -> None:
     if is_main():
         print(msg, file=sys.stderr)
+
+
+def _epoch_note(record: dict[str, Any]) -> str:
+    """An epoch's figures for its log line: 'train loss 0.1234, train error 2.10 %,
+    test error 3.61 %' (a curve's test error is its midpoint's, so named)."""
+    parts = [f"train loss {record['train_loss']:.4f}", f"train error {record['train_error']:.2f} %"]
+    for key, name in (("test_error", "test error"), ("mid_test_error", "test error at t = 0.5"),
+                      ("swa_test_error", "SWA test error")):
+        if key in record:
+            parts.append(f"{name} {record[key]:.2f} %")
+    return ", ".join(parts)
 
 
 def _progress_bar(total: int, initial: int, show: bool, desc: str = "train"):

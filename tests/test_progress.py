@@ -1,0 +1,139 @@
+"""Progress where no bar can redraw itself (a log file, a batch job): a line an
+epoch for the training commands, a line a pass for the sweeps, nothing with
+--quiet; the lines' numbers checked against the run's stored records and a
+hand-computed rate."""
+
+import json
+import re
+import sys
+
+import pytest
+
+import cli
+from landscape import progress as prog
+from landscape.train import train
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = _Clock()
+    monkeypatch.setattr(prog.time, "perf_counter", c)
+    return c
+
+
+def test_progress_argument_is_read_alike_everywhere(monkeypatch):
+    assert prog.progress_mode(True) == "bar" and prog.progress_mode(False) == "off"
+    assert prog.progress_mode("log") == "log"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert prog.progress_mode(None) == "bar"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert prog.progress_mode(None) == "off"
+    with pytest.raises(ValueError, match="'lines'"):
+        prog.progress_mode("lines")
+
+
+def test_durations_read_as_people_read_them():
+    assert [prog.clock(s) for s in (0.4, 42, 59.6, 125, 3599, 3600, 11220)] == \
+        ["0 s", "42 s", "1 min 00 s", "2 min 05 s", "59 min 59 s", "1 h 00 min", "3 h 07 min"]
+
+
+def test_time_left_comes_from_this_runs_rate(clock, capsys):
+    """8 of 20 units were kept by an earlier run; this run did 4 more in 10 s
+    (0.4 a second), so the 8 left take 20 s; a resumed run's kept units do
+    not count as fast ones."""
+    lines = prog.LogLines("points", 20, initial=8)
+    clock.now += 10.0
+    lines.at(12, "note")
+    assert capsys.readouterr().err == "points 12 of 20 (60 %) after 10 s; about 20 s left; note\n"
+    clock.now += 20.0
+    lines.at(20)
+    assert capsys.readouterr().err == "points 20 of 20 (100 %) after 30 s\n"  # nothing left: no estimate
+    fast = prog.LogLines("epoch", 10)
+    clock.now += 1.0
+    fast.at(9)  # 9 a second: the last one in 0.11 s
+    assert capsys.readouterr().err == "epoch 9 of 10 (90 %) after 1 s; under 1 s left\n"
+
+
+def test_lines_are_spaced_but_the_last_one_always_comes(clock, capsys):
+    bar = prog.Progress(10, desc="samples", unit="sample", progress="log", every=10.0)
+    for _ in range(10):
+        clock.now += 3.0
+        bar.update(1)
+    said = [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()]
+    # lines at 3 s, then the first update at least 10 s after the last line (15 s, 27 s), and the end (30 s)
+    assert said == ["samples 1 of 10", "samples 5 of 10", "samples 9 of 10", "samples 10 of 10"]
+    assert prog.Progress(10, desc="x", unit="x", progress="log", show=False).log is None  # another rank: nothing
+    assert prog.Progress(10, desc="x", unit="x", progress=False).log is None
+
+
+_EPOCH = re.compile(r"^(\w[\w-]*): epoch (\d+) of (\d+) \((\d+) %\) after [^;]+(; (?:about [^;]+|under 1 s) left)?; (.*)$")
+
+
+def _epoch_lines(err: str) -> list[re.Match]:
+    return [m for m in map(_EPOCH.match, err.splitlines()) if m]
+
+
+def test_train_logs_a_line_an_epoch_with_its_stored_figures(tmp_path, capsys):
+    out = tmp_path / "a"
+    code, _, err = run(capsys, "train", "--epochs", 3, "--seed", 1, "--out", out, "--model-kwargs", "width=8")
+    assert code == 0, err
+    said = _epoch_lines(err)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m[1], int(m[2]), int(m[3])) for m in said] == [("train", 1, 3), ("train", 2, 3), ("train", 3, 3)]
+    assert said[0][5] and not said[-1][5]  # the time left, until nothing is
+    for m, r in zip(said, records):
+        assert m[6] == (f"train loss {r['train_loss']:.4f}, train error {r['train_error']:.2f} %, "
+                        f"test error {r['test_error']:.2f} %")
+    code, _, err = run(capsys, "train", "--epochs", 2, "--seed", 1, "--out", tmp_path / "q", "--quiet",
+                       "--model-kwargs", "width=8")
+    assert code == 0 and not _epoch_lines(err) and "epoch" not in err
+
+
+def test_a_resumed_run_logs_from_its_next_epoch(tmp_path, small_digits, capsys):
+    def stop(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    kw = dict(out=tmp_path / "a", data=small_digits, epochs=4, seed=1, model_kwargs={"width": 8})
+    with pytest.raises(KeyboardInterrupt):
+        train(**kw, progress="log", on_epoch_end=stop)
+    assert [int(m[2]) for m in _epoch_lines(capsys.readouterr().err)] == [1, 2]
+    train(**kw, progress="log", resume=True)
+    assert [int(m[2]) for m in _epoch_lines(capsys.readouterr().err)] == [3, 4]
+    train(out=tmp_path / "b", data=small_digits, epochs=1, seed=1, model_kwargs={"width": 8})  # None: no terminal
+    assert not _epoch_lines(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_connect_and_swa_log_their_own_figures(tmp_path, capsys):
+    for seed in (1, 2):
+        assert run(capsys, "train", "--epochs", 2, "--seed", seed, "--out", tmp_path / str(seed), "--quiet",
+                   "--model-kwargs", "width=8")[0] == 0
+    a, b = tmp_path / "1" / "model.pt", tmp_path / "2" / "model.pt"
+    code, _, err = run(capsys, "connect", "--start", a, "--end", b, "--epochs", 2, "--out", tmp_path / "ab")
+    assert code == 0, err
+    said = _epoch_lines(err)
+    records = [json.loads(line) for line in (tmp_path / "ab" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m[1], int(m[2])) for m in said] == [("connect", 1), ("connect", 2)]
+    assert said[1][6].endswith(f"test error at t = 0.5 {records[1]['mid_test_error']:.2f} %")
+    code, _, err = run(capsys, "swa", "--from", a, "--epochs", 2, "--swa-start", 1, "--eval-every", 1,
+                       "--out", tmp_path / "swa")
+    assert code == 0, err
+    said = _epoch_lines(err)
+    records = [json.loads(line) for line in (tmp_path / "swa" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m[1], int(m[2])) for m in said] == [("swa", 1), ("swa", 2)]
+    assert said[1][6].endswith(f"SWA test error {records[1]['swa_test_error']:.2f} %")
