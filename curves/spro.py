@@ -250,15 +250,17 @@ def _join(cfg: SimplexConfig) -> torch.device:
     return device
 
 
-def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None, asked: bool):
-    """The modes as points of one network, and that network's spec; ``asked``:
-    the caller gave data of its own (:func:`~landscape.inputs.asks_for_data`),
-    else the modes' stored settings must still give the data they record."""
+def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None, asked: bool,
+                data: Dataset | None):
+    """The modes as points of one network, and that network's spec; ``data``
+    (made in Python) is taken as given; ``asked``: the caller gave data
+    options of its own (:func:`~landscape.inputs.asks_for_data`), else the
+    modes' stored settings must still give the data they record."""
     device = _join(cfg)
     pts = load_points(list(paths), model=named, model_kwargs=cfg.model_kwargs if named else None,
                       data_overrides={k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size", "data_seed")},
-                      device=device)
-    check_sources_data(pts.checkpoints, pts.data, asked=asked)
+                      device=device, data=data)
+    check_sources_data(pts.checkpoints, pts.data, asked=asked or data is not None)
     first = pts.checkpoints[0].model
     spec = (dict(first) if first is not None else
             model_spec(cfg.model, pts.data.num_classes, pts.data.input_shape, **cfg.model_kwargs))
@@ -329,15 +331,16 @@ def _describe(stored: dict[str, Any]) -> str:
 def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: int = 3,
                  config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
                  eval_samples: int = 32, face_resolution: int = 10, sample_seed: int | None = None,
-                 **overrides: Any) -> SimplexResult:
+                 data: Dataset | None = None, **overrides: Any) -> SimplexResult:
     """SPRO around one mode: the simplex {mode, v_1, .., v_(vertices-1)}, vertices
     added one at a time (each trained ``epochs`` epochs, the earlier frozen).
-    ``sample_seed`` (default: the config's seed) draws the evaluated samples."""
+    ``sample_seed`` (default: the config's seed) draws the evaluated samples.
+    ``data``: a Dataset made in Python (default: what the mode records)."""
     if vertices < 2:
         raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
     cfg, named = _config(config, base, overrides)
     out = Path(out) if out is not None else None
-    pts, spec = _load_modes([base], cfg, named, asks_for_data(config, overrides))  # before the folder is claimed
+    pts, spec = _load_modes([base], cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
     _check_init(cfg, pts.vectors)
     check_fits(4.0 * vertices * pts.vectors[0].numel(), f"--vertices {vertices} (the vertices, vertices x parameters "
                f"floats)", pts.vectors[0].device)
@@ -358,14 +361,16 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
 
 def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *, connectors: int = 2,
                   config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
-                  eval_samples: int = 32, face_resolution: int = 10, **overrides: Any) -> SimplexResult:
+                  eval_samples: int = 32, face_resolution: int = 10, data: Dataset | None = None,
+                  **overrides: Any) -> SimplexResult:
     """SPRO joining fixed modes through shared connectors: simplexes
-    {mode_i, c_1, .., c_m}, connectors added one at a time."""
+    {mode_i, c_1, .., c_m}, connectors added one at a time. ``data``: a
+    Dataset made in Python (default: what the modes record)."""
     if len(modes) < 2 or connectors < 1:
         raise UserError("a complex needs two or more --modes and at least one connector")
     cfg, named = _config(config, modes[0], overrides)
     out = Path(out) if out is not None else None
-    pts, spec = _load_modes(modes, cfg, named, asks_for_data(config, overrides))  # before the folder is claimed
+    pts, spec = _load_modes(modes, cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
     refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
     _check_init(cfg, pts.vectors)
     check_fits(4.0 * (len(modes) + connectors) * pts.vectors[0].numel(), f"--connectors {connectors} (the modes and "
@@ -459,9 +464,12 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
 
 def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertices: int = 3,
           config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
-          eval_samples: int = 16, face_resolution: int = 10, **overrides: Any) -> dict[str, Any]:
+          eval_samples: int = 16, face_resolution: int = 10, data: Dataset | None = None,
+          **overrides: Any) -> dict[str, Any]:
     """ESPRO: grow a simplex around each mode, then ensemble samples across the
-    components; test error and NLL against the number of samples per component."""
+    components; test error and NLL against the number of samples per component.
+    ``data``: a Dataset made in Python, every component's (default: what the
+    modes record, which must then be the same)."""
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
@@ -471,7 +479,8 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     # validation split would be evaluated on it, the others on the test set).
     ckpts = [require_network(load_checkpoint(b)) for b in bases]
     given = {**(asdict(config) if config is not None else {}), **overrides}
-    check_same_data(ckpts, {k: given.get(k) for k in DATA_FIELDS})
+    if data is None:  # else every component is evaluated on the data given
+        check_same_data(ckpts, {k: given.get(k) for k in DATA_FIELDS})
     weights = [torch.cat([t.detach().flatten().float() for k, t in ck.state_dict.items()  # weights only
                           if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))])
                for ck in ckpts]
@@ -484,7 +493,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
         # Each component's own evaluation draws the samples the ensemble averages.
         r = grow_simplex(b, out / f"component-{i + 1}" if out is not None else None, vertices=vertices,
                          config=config, resume=resume, progress=progress, eval_samples=eval_samples,
-                         face_resolution=face_resolution, sample_seed=1000 + i, **overrides)
+                         face_resolution=face_resolution, sample_seed=1000 + i, data=data, **overrides)
         comps.append(r)
         probs.append(r.sample_probs)  # (S, M, classes)
     data = comps[0].data
@@ -507,6 +516,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
         "component_volumes": [c.summary["volume"] for c in comps],
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
+        "dataset": data.describe(),
         "notes": "modes evaluated with batch norm re-estimated, like every sampled point",
     }
     if out is not None and is_main():

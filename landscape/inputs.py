@@ -294,24 +294,31 @@ class Points:
 
 
 def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_kwargs: dict | None = None,
-                data_overrides: dict[str, Any] | None = None, device: str | torch.device = "auto") -> Points:
+                data_overrides: dict[str, Any] | None = None, device: str | torch.device = "auto",
+                data: Dataset | None = None) -> Points:
     """Read checkpoints of one architecture (matched by parameter name).
 
     The first rebuilds the model (a foreign one needs ``model``); every other
     one must fit it, else one line names the first mismatched key. Data and
-    weight decay default to what the first was trained with.
+    weight decay default to what the first was trained with; ``data`` (a
+    :class:`~landscape.data.Dataset` made in Python, as the networks were
+    trained on with ``data=``) is taken as given, and ``data_overrides`` are
+    then not read.
     """
     if not paths:
         raise UserError("no checkpoints given")
     device = resolve_device(device)
     ckpts = [require_network(load_checkpoint(p)) for p in paths]
-    check_same_data(ckpts, data_overrides)
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}
-    data = resolve_data(stored, data_overrides, device, first.path)
-    check_sources_data(ckpts, data, asked=asks_for_data(None, data_overrides))
-    for ck in ckpts[1:]:  # the first was noted on loading
-        note_split_leak((ck.meta or {}).get("train_config"), merged_data_settings(stored, data_overrides), ck.path)
+    if data is not None:
+        data = data.to(device)
+    else:
+        check_same_data(ckpts, data_overrides)
+        data = resolve_data(stored, data_overrides, device, first.path)
+        check_sources_data(ckpts, data, asked=asks_for_data(None, data_overrides))
+        for ck in ckpts[1:]:  # the first was noted on loading
+            note_split_leak((ck.meta or {}).get("train_config"), merged_data_settings(stored, data_overrides), ck.path)
     require_architecture(first, model)
     if model is None:
         check_spec_fits(first.model, data.num_classes, data.input_shape, first.path, f"dataset '{data.name}'")

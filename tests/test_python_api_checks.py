@@ -13,7 +13,7 @@ from torch import nn
 
 import landscape.models as models
 from curves import evaluate_curve, fit_curve
-from curves.spro import grow_simplex
+from curves.spro import espro, grow_simplex
 from landscape.data import load_dataset
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_model, evaluate_points
@@ -111,6 +111,18 @@ def test_data_passed_from_python_is_not_silently_replaced(tmp_path, small_digits
     assert ev.summary["dataset"]["n_train"] == 300
     # asking for other data explicitly is the user's choice
     assert load_points([a, b], data_overrides={"dataset": "digits"}).data.describe()["n_train"] == 1437
+    # the same data given again goes on, through load_points and the simplex functions too
+    pts = load_points([a, b], data=mine)
+    assert pts.data.describe()["n_train"] == 300
+    sx = grow_simplex(a, tmp_path / "sx", vertices=2, epochs=1, eval_samples=2, face_resolution=2, data=mine,
+                      progress=False)
+    assert sx.summary["dataset"]["n_train"] == 300 and sx.summary["dataset"]["name"] == "mydigits"
+    mode = evaluate_points(pts.model, [pts.vectors[0]], [[1.0]], mine, wd=pts.wd)  # the mode, on the data given
+    assert sx.summary["vertices"][0]["test_error"] == pytest.approx(float(mode["test_error"][0]))
+    assert sx.summary["vertices"][0]["train_loss"] == pytest.approx(float(mode["train_loss"][0]), rel=1e-5)
+    ens = espro([a, b], tmp_path / "espro", vertices=2, epochs=1, eval_samples=2, face_resolution=2, data=mine,
+                progress=False)
+    assert ens["components"] == 2 and ens["dataset"]["n_train"] == 300
 
 
 def test_buffers_that_differ_between_networks_are_noted(tmp_path, small_digits, registered, capsys):
