@@ -1472,8 +1472,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "average their predictions; against the SWA mean.")
     p.add_argument("--ckpt", required=True, type=Path, help="swag.pt written by 'landscape swa --swag-rank K'")
     p.add_argument("--samples", type=int, default=30, help="weight samples averaged (default 30)")
-    p.add_argument("--scale", type=float, default=0.5,
-                   help="covariance scale (default 0.5: the paper's (diagonal + low-rank) / 2)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="covariance scale (default: the paper's, 0.5 for SWAG: (diagonal + low-rank) / 2; "
+                        "1 with --diag: SWAG-Diagonal's N(mean, diagonal))")
     p.add_argument("--diag", action="store_true", help="SWAG-Diagonal: leave out the low-rank term")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
     add_stored_eval_args(p)
@@ -1699,7 +1700,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--volume-weighted", action="store_true", help="choose simplexes in proportion to volume")
     g.add_argument("--init", default="centre",
                    help="start of a new vertex: centre (the frozen vertices' centroid, moved by --init-scale of its "
-                        "norm along a random direction; default) or random (a fresh network, as in the paper)")
+                        "norm along a random direction; default; the reference code starts at the centroid itself) or random (a fresh network)")
     g.add_argument("--init-scale", type=float, default=0.05, help="see --init (default 0.05)")
     g.add_argument("--eval-samples", type=int, default=32, help="uniform samples evaluated at the end")
     g.add_argument("--face-grid", type=int, default=10, help="resolution of the face figure's triangular grid")

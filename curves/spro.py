@@ -2,8 +2,9 @@
 
 Simplicial Pointwise Random Optimization adds vertices one at a time, the
 earlier ones frozen. Each new vertex starts, by default (``init="centre"``),
-at the frozen vertices' centroid moved by ``init_scale`` of its norm along a
-random direction, or (``init="random"``, the paper's) at a fresh random
+at the frozen vertices' centroid (where the reference code starts it) moved
+by ``init_scale`` of its norm along a random direction, so that the volume
+does not start at zero, or (``init="random"``) at a fresh random
 initialisation of the network, and is trained on
 
     mean_s NLL(phi(b_s))  -  lambda_j * log V,     b_s ~ uniform on a simplex,
@@ -14,9 +15,11 @@ its volume: ``volume_weighted``),
 
 with weight decay on the vertex (the optimiser's), V the total volume of the
 complex's simplexes (Cayley-Menger) and lambda_j = lambda / max(|log V_0|, 1),
-V_0 the volume when the new vertex is at its random start — the paper's
-scaling, which makes one ``lambda`` fit complexes of any size; the floor of 1
-keeps a starting volume near 1 from making the weight unbounded.
+V_0 the volume when the new vertex is at its start: a scaling that makes one
+``lambda`` fit complexes of any size; the floor of 1 keeps a starting volume
+near 1 from making the weight unbounded. (The reference code divides by the
+log volume of a freshly initialised simplex and sums, not averages, its
+samples' losses, so its lambda values do not carry over.)
 
 - Around one mode: the simplex {mode, v_1, .., v_k} (``grow_simplex``).
 - Joining modes: connectors c_1..c_m shared by the simplexes {mode_i, c_1..c_m}

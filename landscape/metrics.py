@@ -18,8 +18,8 @@ ECE_BINS = 20
 
 
 def barrier(values: np.ndarray) -> float:
-    """Maximum along the path minus the mean of its two endpoints (Garipov et al. 2018;
-    Frankle et al. 2020 call the same quantity the error barrier)."""
+    """Maximum along the path minus the mean of its two endpoints: Frankle et al.
+    (2020)'s barrier (Garipov et al. 2018 plot the path without naming a scalar)."""
     values = np.asarray(values, dtype=np.float64)
     return float(values.max() - 0.5 * (values[0] + values[-1]))
 

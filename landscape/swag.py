@@ -17,7 +17,8 @@ While fewer are, the first deviation kept is w_1 - w_1 = 0, as there.) A sample:
     w = w̄ + sqrt(scale) (Σ_diag^½ z_1 + D z_2 / sqrt(K - 1)),  z_1 ~ N(0, I_P), z_2 ~ N(0, I_K)
 
 ``scale`` 0.5 is the paper's ½ (Σ_diag + Σ_low-rank); ``diag=True`` drops the
-low-rank term (SWAG-Diagonal). The Bayesian model average (BMA) averages the
+low-rank term (SWAG-Diagonal, N(w̄, Σ_diag) in the paper: its default scale is
+1, as in the reference code's evaluation). The Bayesian model average (BMA) averages the
 test-set probabilities of S samples, each with batch norm re-estimated on
 the training data. The samples are points of the engine (anchors: the mean
 and the samples; coefficients: one-hot rows), so the evaluation is a sweep:
@@ -83,10 +84,12 @@ class SwagPosterior:
         """Σ_diag, clamped at 0 (the difference of two float64 means can round below 0)."""
         return (self.sq_mean - self.mean * self.mean).clamp(min=0.0)
 
-    def sample(self, count: int, seed: int = 0, scale: float = 0.5, diag: bool = False) -> torch.Tensor:
+    def sample(self, count: int, seed: int = 0, scale: float | None = None, diag: bool = False) -> torch.Tensor:
         """``count`` draws (count, P), float32, on the mean's device; the normal
         draws come from a CPU generator seeded with ``seed``, so a seed gives
-        the same samples on every device."""
+        the same samples on every device. ``scale`` defaults to the paper's
+        (:func:`default_scale`)."""
+        scale = default_scale(diag) if scale is None else scale
         gen = torch.Generator().manual_seed(seed)
         p, k = self.mean.numel(), self.deviations.shape[0]
         if count < 1:
@@ -144,12 +147,18 @@ class SwagEvaluation:
     out: Path | None
 
 
+def default_scale(diag: bool) -> float:
+    """The paper's covariance scale: 0.5 for SWAG (½ (Σ_diag + Σ_low-rank)),
+    1 for SWAG-Diagonal (N(w̄, Σ_diag))."""
+    return 1.0 if diag else 0.5
+
+
 def evaluate_swag(
     swag: str | Path,
     out: str | Path | None = None,
     *,
     samples: int = 30,
-    scale: float = 0.5,
+    scale: float | None = None,
     diag: bool = False,
     seed: int = 0,
     data: Dataset | None = None,
@@ -177,6 +186,7 @@ def evaluate_swag(
     amp = precision_amp(precision)
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
+    scale = default_scale(diag) if scale is None else scale
     if not (np.isfinite(scale) and scale >= 0):
         raise UserError(f"--scale must be a finite number >= 0, got {scale}")
     out_path = Path(out) if out is not None else None

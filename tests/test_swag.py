@@ -74,6 +74,12 @@ def test_samples_follow_the_formula_and_the_closed_form_covariance():
     want = mean + 0.5 ** 0.5 * (var.sqrt() * z1 + dev.double().T @ z2 / 2 ** 0.5)
     torch.testing.assert_close(post.sample(1, seed=7)[0], want.float())
     assert torch.equal(post.sample(4, seed=3), post.sample(4, seed=3))
+    # the paper's scales by default: 1/2 for SWAG, 1 for SWAG-Diagonal's N(mean, diag(var))
+    assert torch.equal(post.sample(4, seed=3), post.sample(4, seed=3, scale=0.5))
+    assert torch.equal(post.sample(4, seed=3, diag=True), post.sample(4, seed=3, scale=1.0, diag=True))
+    gen = torch.Generator().manual_seed(7)
+    torch.testing.assert_close(post.sample(1, seed=7, diag=True)[0],
+                               (mean + var.sqrt() * torch.randn(3, generator=gen, dtype=torch.float64)).float())
     # many draws: covariance scale (diag(var) + D^T D / (K - 1)), and scale diag(var) without the low-rank term
     for scale, diag in ((0.5, False), (1.0, True)):
         draws = post.sample(40000, seed=1, scale=scale, diag=diag).double()
@@ -169,7 +175,7 @@ def test_swag_from_the_command_line_and_its_bad_input(tmp_path, swag_run):
         pytest.skip("console script not installed next to this interpreter")
     done = run_cli("swag", "--ckpt", root / "swa" / "swag.pt", "--samples", 2, "--diag", "--out", tmp_path / "d", "--quiet")
     assert done.returncode == 0, done.stderr
-    assert "model average" in done.stdout and "SWAG-Diagonal: 2 samples, scale 0.5, 3 deviations" in done.stdout
+    assert "model average" in done.stdout and "SWAG-Diagonal: 2 samples, scale 1, 3 deviations" in done.stdout
     assert (tmp_path / "d" / "swag.png").exists()
     (tmp_path / "d" / "swag.png").unlink()
     redrawn = run_cli("plot", tmp_path / "d")
