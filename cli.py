@@ -56,6 +56,12 @@ def _cell(value: float, width: int, decimals: int) -> str:
     return text if len(text) <= width else f"{value:>{width}.{max(1, min(decimals, width - 8))}e}"
 
 
+def _fixed(value: float, decimals: int) -> str:
+    from landscape.progress import fixed
+
+    return fixed(value, decimals)
+
+
 # ----------------------------------------------------------- value parsers
 def _kv(text: str) -> tuple[str, Any]:
     if "=" not in text:
@@ -246,8 +252,8 @@ def _progress(args: argparse.Namespace) -> bool | str:
 def _format_run(name: str, s: dict[str, Any]) -> str:
     split = s.get("eval_split", "test")
     tag = "  [synthetic data]" if s.get("synthetic") else ""
-    return (f"{name}: train loss {s['train_loss']:.4f}  train error {s['train_error']:.2f}%  "
-            f"{split} nll {s['test_nll']:.4f}  {split} error {s['test_error']:.2f}%{tag}")
+    return (f"{name}: train loss {_fixed(s['train_loss'], 4)}  train error {s['train_error']:.2f}%  "
+            f"{split} nll {_fixed(s['test_nll'], 4)}  {split} error {s['test_error']:.2f}%{tag}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -287,9 +293,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
     s = result.summary
     c, l = s["curve"], s["line"]
     split = s.get("eval_split", "test")
-    print(f"{args.out}: {c['type']} curve with {c['bends']} bend(s), length {c['length']:.3f} (line {l['length']:.3f})")
-    print(f"  at t = 1/2: curve train loss {c['train_loss_at'][1]:.4f}, {split} error {c['test_error_at'][1]:.2f}%;"
-          f"  line train loss {l['train_loss_at'][1]:.4f}, {split} error {l['test_error_at'][1]:.2f}%")
+    print(f"{args.out}: {c['type']} curve with {c['bends']} bend(s), length {_fixed(c['length'], 3)} (line {_fixed(l['length'], 3)})")
+    print(f"  at t = 1/2: curve train loss {_fixed(c['train_loss_at'][1], 4)}, {split} error {c['test_error_at'][1]:.2f}%;"
+          f"  line train loss {_fixed(l['train_loss_at'][1], 4)}, {split} error {l['test_error_at'][1]:.2f}%")
     print(f"checkpoint: {args.out / 'model.pt'}   (evaluate it with: landscape curve --ckpt {args.out / 'model.pt'} --out DIR)")
     return 0
 
@@ -307,9 +313,9 @@ def cmd_vi_connect(args: argparse.Namespace) -> int:
     c, l = s["curve"], s["line"]
     split = s.get("eval_split", "test")
     print(f"{args.out}: {c['type']} curve with {c['bends']} bend(s) between two {s['family']} posteriors, "
-          f"length {c['length']:.3f} (line {l['length']:.3f}), temperature {s['temperature']:g}")
-    print(f"  at t = 1/2, the network of the means: curve train loss {c['mean_train_loss_at'][1]:.4f}, "
-          f"{split} error {c['mean_test_error_at'][1]:.2f}%;  line train loss {l['mean_train_loss_at'][1]:.4f}, "
+          f"length {_fixed(c['length'], 3)} (line {_fixed(l['length'], 3)}), temperature {s['temperature']:g}")
+    print(f"  at t = 1/2, the network of the means: curve train loss {_fixed(c['mean_train_loss_at'][1], 4)}, "
+          f"{split} error {c['mean_test_error_at'][1]:.2f}%;  line train loss {_fixed(l['mean_train_loss_at'][1], 4)}, "
           f"{split} error {l['mean_test_error_at'][1]:.2f}%")
     print(f"  KL / N at t = 1/2: curve {c['kl_per_sample_at'][1]:.4g}, line {l['kl_per_sample_at'][1]:.4g} "
           f"(ends {c['kl_per_sample_at'][0]:.4g} and {c['kl_per_sample_at'][2]:.4g})")
@@ -516,7 +522,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
         print(f"random directions: {s['normalize']}, seed {s['seed']}; norms {s['direction_norms'][0]:.3g} and "
               f"{s['direction_norms'][1]:.3g}, cosine {s['direction_cosine']:.2g}")
     lo = s["grid_min"]["train_loss"]
-    print(f"grid: train loss from {lo['value']:.4f} (at {lo['x']:.2f}, {lo['y']:.2f}) to {s['grid_max']['train_loss']:.4f}"
+    print(f"grid: train loss from {_fixed(lo['value'], 4)} (at {lo['x']:.2f}, {lo['y']:.2f}) to {_fixed(s['grid_max']['train_loss'], 4)}"
           + ("   [synthetic data]" if s.get("synthetic") else ""))
     for f in figures:
         print(f"figure: {f}")
@@ -569,10 +575,10 @@ def _report_rays(args: argparse.Namespace) -> int:
     if "line" in s:
         ln = s["line"]
         if "between_train_loss_max" in ln:
-            print(f"line through the centres: length {ln['length']:.3f}; between them: max train loss "
-                  f"{ln['between_train_loss_max']:.4f}, barrier {ln['train_loss_barrier']:.4f}")
+            print(f"line through the centres: length {_fixed(ln['length'], 3)}; between them: max train loss "
+                  f"{_fixed(ln['between_train_loss_max'], 4)}, barrier {_fixed(ln['train_loss_barrier'], 4)}")
         else:  # a result stored before the between-centres figures
-            print(f"line through the centres: length {ln['length']:.3f}, max train loss {ln['train_loss_max']:.4f}")
+            print(f"line through the centres: length {_fixed(ln['length'], 3)}, max train loss {_fixed(ln['train_loss_max'], 4)}")
         if ln.get("valley") is not None:  # none in results stored before it
             _print_valley(ln["valley"])
     for f in figures:
@@ -592,7 +598,7 @@ def _print_valley(v: dict[str, Any]) -> None:
     else:
         where = "it reaches past the line's end, so it has no middle"
     print(f"valley along the line from {a['label']} (0) to {b['label']} ({b['position']:.3g}) and beyond: "
-          f"train loss within {v['rise']:g} of its minimum {v['minimum_train_loss']:.4f} (at "
+          f"train loss within {v['rise']:g} of its minimum {_fixed(v['minimum_train_loss'], 4)} (at "
           f"{v['minimum_at']:.3g}) from {span}; {where}; train loss at the line's ends "
           f"{a['loss_beyond']:.4g} beyond {a['label']}, {b['loss_beyond']:.4g} beyond {b['label']}")
 
@@ -990,7 +996,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
           f"each Ritz value's residual in brackets")
     for n in s["networks"]:
         top = ", ".join(f"{x:.4g} [{r:.1g}]" for x, r in zip(n["top_eigenvalues"], n["top_residuals"]))
-        print(f"{n['label']}: train nll {n['train_nll']:.4f}; trace {n['trace']:.4g} ± {n['trace_se']:.2g}; "
+        print(f"{n['label']}: train nll {_fixed(n['train_nll'], 4)}; trace {n['trace']:.4g} ± {n['trace_se']:.2g}; "
               f"top eigenvalues {top}; lowest Ritz value {n['lowest_ritz_value']:.3g} [{n['lowest_residual']:.1g}]")
     print(f"(the weight-decay term adds {s['wd']:g} to every eigenvalue; the lowest Ritz value bounds the smallest "
           f"eigenvalue from above, and is it only when its residual is small)")
@@ -1112,11 +1118,11 @@ def cmd_simplex(args: argparse.Namespace) -> int:
         for v in s["vertices"]:
             print(f"{v['label']:<16}{_cell(v['train_loss'], 12, 4)}{_cell(v['test_error'], 12, 2)}")
         print(f"{s['samples']} samples: {split} error mean {s['test_error_mean']:.2f}%, max {s['test_error_max']:.2f}%; "
-              f"train loss max {s['train_loss_max']:.4f}; ensemble {split} error {s['ensemble']['test_error']:.2f}%, "
-              f"nll {s['ensemble']['test_nll']:.4f}")
+              f"train loss max {_fixed(s['train_loss_max'], 4)}; ensemble {split} error {s['ensemble']['test_error']:.2f}%, "
+              f"nll {_fixed(s['ensemble']['test_nll'], 4)}")
         if "line" in s:
-            print(f"straight line between the first two modes: train-loss barrier {s['line']['train_loss_barrier']:.4f}, "
-                  f"max train loss {s['line']['train_loss_max']:.4f}")
+            print(f"straight line between the first two modes: train-loss barrier {_fixed(s['line']['train_loss_barrier'], 4)}, "
+                  f"max train loss {_fixed(s['line']['train_loss_max'], 4)}")
     for f in figures:
         print(f"figure: {f}")
     return 0

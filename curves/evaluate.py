@@ -109,7 +109,8 @@ def evaluate_curve(
                     store=out_path / STORE if out_path is not None else None, resume=resume,
                     settings={"kind": "curve", "dataset": data.describe()}, config=config, wd=wd,
                     batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
-                    progress=progress, amp=amp, return_probs=True)
+                    progress=progress, amp=amp, return_probs=True,
+                    what=f"{points} along the curve and {points} along the line, the shared ends once")
     n = points
     arrays: dict[str, np.ndarray] = {"t": t.cpu().numpy()}
     for key in METRICS:

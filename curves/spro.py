@@ -140,8 +140,9 @@ def load_simplex(path: str | Path, device="cpu", model: str | None = None) -> tu
 # ---------------------------------------------------------------------------- one phase
 def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: list[str],
                   simplexes: list[tuple[int, ...]], cfg: SimplexConfig, data: Dataset, out: Path | None,
-                  resume: bool, progress, seed: int) -> torch.Tensor:
-    """Train one new vertex (index len(fixed)) against the frozen ones; returns its (P,) vector."""
+                  resume: bool, progress, seed: int, stage: str) -> torch.Tensor:
+    """Train one new vertex (index len(fixed)) against the frozen ones; returns its (P,) vector.
+    ``stage`` names it in the log lines ("vertex 2 of 3")."""
     space = ParamSpace.of(template)
     # A phase not begun before is simply started (no "nothing to resume" line per vertex).
     start_epoch, state, metrics = prepare_run(out, cfg, resume and out is not None and out.exists(), "simplex")
@@ -199,7 +200,7 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
     task = Task(module=cx, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
                 weight_decay=cfg.wd, spec=spec, command="simplex", kind="simplex",
                 lr_flag=_rate_flags(cfg), network=template, after_step=frozen_pin(cx.free, space),
-                sync_buffers=False)  # the complex's buffers are its frozen vertices, the same on every rank
+                sync_buffers=False, stage=stage)  # the complex's buffers: its frozen vertices, alike on every rank
     run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics, progress=progress)
     return cx.anchors()[-1].detach()
 
@@ -272,7 +273,7 @@ def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | No
 
 def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Dataset, cfg: SimplexConfig,
             out: Path | None, eval_samples: int, face_resolution: int, extra_summary: dict,
-            sample_seed: int | None = None) -> SimplexResult:
+            sample_seed: int | None = None, progress=None) -> SimplexResult:
     if out is not None and (out / "summary.json").exists() and is_main():  # a finished run, resumed
         try:
             stored = read_json(out / "summary.json")
@@ -283,7 +284,7 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
             print(f"note: {out}: evaluating again with {eval_samples} samples (the stored results used {before}); "
                   f"they are replaced", file=sys.stderr)
     ev = evaluate_simplex(cx, template, data, out, samples=eval_samples, face_resolution=face_resolution,
-                          wd=cfg.wd, seed=cfg.seed if sample_seed is None else sample_seed)
+                          wd=cfg.wd, seed=cfg.seed if sample_seed is None else sample_seed, progress=progress)
     summary = {**ev["summary"], **extra_summary, "config": cfg.to_json()}
     if out is not None and is_main():  # the summary first, as every run writes it (model.pt marks the run finished)
         write_json(out / "summary.json", summary)
@@ -334,7 +335,7 @@ def _describe(stored: dict[str, Any]) -> str:
 def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: int = 3,
                  config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
                  eval_samples: int = 32, face_resolution: int = 10, sample_seed: int | None = None,
-                 data: Dataset | None = None, **overrides: Any) -> SimplexResult:
+                 data: Dataset | None = None, _stage: str = "", **overrides: Any) -> SimplexResult:
     """SPRO around one mode: the simplex {mode, v_1, .., v_(vertices-1)}, vertices
     added one at a time (each trained ``epochs`` epochs, the earlier frozen).
     ``sample_seed`` (default: the config's seed) draws the evaluated samples.
@@ -354,12 +355,13 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
     for j in range(1, vertices):
         labels.append(f"v{j}")
         phase = out / f"vertex-{j}" if out is not None else None
+        stage = ", ".join(filter(None, [_stage, f"vertex {j + 1} of {vertices}"]))  # the mode is vertex 1
         new = _train_vertex(template, spec, torch.stack(anchors), labels, [tuple(range(j + 1))], cfg, data, phase,
-                            resume, progress, seed=cfg.seed * 1000 + j)
+                            resume, progress, seed=cfg.seed * 1000 + j, stage=stage)
         anchors.append(new)
     cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, [tuple(range(vertices))], labels)
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
-                   {"kind": "simplex", "base": str(base), "lam": cfg.lam}, sample_seed)
+                   {"kind": "simplex", "base": str(base), "lam": cfg.lam}, sample_seed, progress)
 
 
 def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *, connectors: int = 2,
@@ -388,22 +390,25 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
         simplexes = [(i, *range(m, m + j)) for i in range(m)]
         phase = out / f"connector-{j}" if out is not None else None
         anchors.append(_train_vertex(template, spec, torch.stack(anchors), labels, simplexes, cfg, data, phase,
-                                     resume, progress, seed=cfg.seed * 1000 + j))
+                                     resume, progress, seed=cfg.seed * 1000 + j,
+                                     stage=f"connector {j} of {connectors}"))
     simplexes = [(i, *range(m, m + connectors)) for i in range(m)]
     cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, simplexes, labels)
     # The straight segment between the first two modes, for comparison.
     line = line_coefficients(cx.num_anchors, 0, 1, 1.0, np.linspace(0, 1, 21))
-    lm = run_sweep(template, cx.anchors().detach(), line, data, wd=cfg.wd)  # under torchrun: shared out
+    lm = run_sweep(template, cx.anchors().detach(), line, data, wd=cfg.wd,  # under torchrun: shared out
+                   progress=progress)
     line_summary = {"train_loss_max": float(lm["train_loss"].max()), "train_loss_barrier": barrier(lm["train_loss"]),
                     "test_error_max": float(lm["test_error"].max())}
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
-                   {"kind": "complex", "modes": [str(p) for p in modes], "lam": cfg.lam, "line": line_summary})
+                   {"kind": "complex", "modes": [str(p) for p in modes], "lam": cfg.lam, "line": line_summary},
+                   progress=progress)
 
 
 # ---------------------------------------------------------------------------- evaluation
 def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, out: Path | None = None, *,
                      samples: int = 32, face_resolution: int = 10, wd: float = 0.0, seed: int = 0,
-                     batch_size: int = 1000) -> dict[str, Any]:
+                     batch_size: int = 1000, progress=False) -> dict[str, Any]:
     """Metrics at the vertices, each simplex's barycentre and ``samples``
     uniform samples (batch norm re-estimated at each), the ensemble of the
     samples, and a triangular grid over the face of the first simplex's first
@@ -424,7 +429,8 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
             rows.append(face_c)
         coeffs = torch.cat(rows)
     # under torchrun the ranks share the points out, and every rank gets them all
-    res = run_sweep(template, W, coeffs.cpu().numpy(), data, wd=wd, batch_size=batch_size, return_probs=True)
+    res = run_sweep(template, W, coeffs.cpu().numpy(), data, wd=wd, batch_size=batch_size, return_probs=True,
+                    progress=progress)
     sl_v = slice(0, n_a)
     sl_s = slice(n_a + n_s, n_a + n_s + samples)
     labels_y = data.y_test.cpu().numpy()
@@ -496,7 +502,8 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
         # Each component's own evaluation draws the samples the ensemble averages.
         r = grow_simplex(b, out / f"component-{i + 1}" if out is not None else None, vertices=vertices,
                          config=config, resume=resume, progress=progress, eval_samples=eval_samples,
-                         face_resolution=face_resolution, sample_seed=1000 + i, data=data, **overrides)
+                         face_resolution=face_resolution, sample_seed=1000 + i, data=data,
+                         _stage=f"component {i + 1} of {len(bases)}", **overrides)
         comps.append(r)
         probs.append(r.sample_probs)  # (S, M, classes)
     data = comps[0].data

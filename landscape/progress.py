@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["progress_mode", "clock", "LogLines", "Progress"]
+__all__ = ["progress_mode", "clock", "fixed", "LogLines", "Progress"]
 
 
 def progress_mode(progress: Any) -> str:
@@ -35,6 +35,12 @@ def clock(seconds: float) -> str:
         f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+def fixed(value: float, decimals: int = 4) -> str:
+    """``value`` with ``decimals`` decimals, or in scientific notation once it
+    is 1e6 or more in size: a diverging run's loss of 1.2e+29 stays readable."""
+    return f"{value:.{decimals}f}" if not abs(value) >= 1e6 else f"{value:.{min(decimals, 3)}e}"
+
+
 class LogLines:
     """Lines such as 'points 16 of 25 (64 %) after 2 min 10 s; about 1 min 13 s
     left', the rate from the units this run did (``initial`` were done by an
@@ -52,7 +58,8 @@ class LogLines:
         left = "" if rate <= 0 or done >= self.total else "; under 1 s left" if (self.total - done) / rate < 0.5 \
             else f"; about {clock((self.total - done) / rate)} left"
         pct = 100 * done // self.total if self.total else 100
-        return f"{self.what} {done} of {self.total} ({pct} %) after {clock(elapsed)}{left}" + \
+        this = " (this run)" if self.initial else ""  # a resumed run's clock starts again
+        return f"{self.what} {done} of {self.total} ({pct} %) after {clock(elapsed)}{this}{left}" + \
             (f"; {note}" if note else "")
 
     def at(self, done: int, note: str = "") -> None:

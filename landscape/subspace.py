@@ -746,7 +746,7 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
             adapt = warmup_step(burned, r, adapt, metric, fn, rng, refresh)
             burned += 1
             save()
-            bar.update(1)
+            bar.update(1, note="burn-in")
         step = adapt.final
         rescale(step)
         while len(kept["z"]) < samples:
@@ -758,7 +758,7 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
                   depth=r.depth, divergent=r.divergent)
             current[:active], current_lp[:active], current_grad[:active] = r.theta, r.logp, r.grad
             save()
-            bar.update(active)
+            bar.update(active, note="sampling")
     finally:
         bar.close()
     info = {"gradient": fn.kind, "max_depth": max_depth, "target_accept": TARGET_ACCEPT,

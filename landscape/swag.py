@@ -246,7 +246,7 @@ def average_of_draws(net: nn.Module, centre: torch.Tensor, draws: torch.Tensor, 
     res = run_sweep(net, anchors, np.eye(samples + 1), data, store=out / STORE if out is not None else None,
                     resume=resume, settings={"kind": kind, "dataset": data.describe()}, config=config, wd=wd,
                     batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
-                    progress=progress, amp=amp, return_probs=True)
+                    progress=progress, amp=amp, return_probs=True, what=f"the centre and {samples} samples")
     labels = data.y_test.cpu().numpy()
     arrays: dict[str, np.ndarray] = {f"sample_{m}": res[m][1:] for m in METRICS}
     arrays.update({f"mean_{m}": np.asarray(res[m][0]) for m in METRICS})

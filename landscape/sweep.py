@@ -258,6 +258,7 @@ def run_sweep(
     amp: bool = False,
     progress: bool | str | None = False,
     return_probs: bool = False,
+    what: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Evaluate every point of ``coefficients @ anchors``; returns per-point metric arrays (N,)
     (and with ``return_probs`` the test-set probabilities ``probs`` (N, M, classes), stored too).
@@ -267,7 +268,9 @@ def run_sweep(
     resumed by the same sweep. ``progress``: a bar (True), nothing (False),
     ``"log"``: a line on stderr after every pass, for a log file or a batch
     job, where a bar cannot redraw itself, or None: a bar on a terminal
-    (:func:`~landscape.progress.progress_mode`). ``config`` (JSON-able) is written to
+    (:func:`~landscape.progress.progress_mode`); the lines begin with the
+    number of distinct points and ``what`` they are ("the 21 x 21 grid and
+    3 anchors"). ``config`` (JSON-able) is written to
     ``config.json`` beside ``store`` once the store is known to belong to this
     sweep (a refused resume leaves the folder as it was). ``bn_stats`` is resolved once
     (:func:`~landscape.evaluate.resolve_bn_stats`) and the resolved name
@@ -304,6 +307,9 @@ def run_sweep(
     todo = np.flatnonzero(~done)
     chunks = [todo[i:i + k] for i in range(0, len(todo), k)]
     bar = Progress(n, int(done.sum()), desc="points", unit="pt", progress=progress, show=rank == 0)
+    if bar.log is not None and not done.all():  # what the lines count, once
+        print(f"{n} distinct points to evaluate{f' ({what})' if what else ''}, {k} a pass over the data"
+              + (f" on each of {world} processes" if world > 1 else ""), file=sys.stderr, flush=True)
     try:
         for start in range(0, len(chunks), world):
             mine = chunks[start + rank] if start + rank < len(chunks) else np.zeros(0, dtype=np.int64)

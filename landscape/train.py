@@ -65,7 +65,7 @@ from .errors import UserError
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
-from .progress import LogLines, progress_mode
+from .progress import LogLines, fixed, progress_mode
 from .sweep import barrier, is_main, process_device, rank_and_world
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
@@ -322,10 +322,16 @@ image batches come in channels-last layout (:func:`landscape.layout.image_layout
     after_step: Callable[[int, int, int], None] | None = None
     sync_buffers: bool = True
     lr_flag: str = "--lr"  # the option that sets the rate, named when training diverges
+    stage: str = ""  # a part of a longer command, named in its log lines after the command ("vertex 2 of 3")
     # the optimiser of the trainable parameters (default: SGD with the config's momentum and the task's weight decay)
     optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None
     # the network the loss runs (a curve's template; default: module), tried on channels-last images
     network: nn.Module | None = None
+
+
+# A mean train NLL above this is divergence though finite: a network that is merely bad (chance, or
+# confidently wrong) stays below 100 nats; 1e6 takes logits a million apart.
+DIVERGED_NLL = 1e6
 
 
 class Diverged(Exception):
@@ -465,7 +471,8 @@ def run_training(
     steps = max(1, math.ceil(len(data.y_train) / cfg.batch_size))
     mode = progress_mode(progress) if rank == 0 else "off"
     bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, mode == "bar", task.command)
-    lines = LogLines(f"{task.command}: epoch", cfg.epochs, start_epoch) if mode == "log" else None
+    name = f"{task.command}, {task.stage}" if task.stage else task.command
+    lines = LogLines(f"{name}: epoch", cfg.epochs, start_epoch) if mode == "log" else None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             record = _train_epoch(task, forward, optimizer, data, cfg, epoch, device, bar, layout)
@@ -555,9 +562,12 @@ def _say(msg: str) -> None:
 
 
 def _epoch_note(record: dict[str, Any]) -> str:
-    """An epoch's figures for its log line: 'train loss 0.1234, train error 2.10 %,
-    test error 3.61 %' (a curve's test error is its midpoint's, so named)."""
-    parts = [f"train loss {record['train_loss']:.4f}", f"train error {record['train_error']:.2f} %"]
+    """An epoch's figures for its log line: 'train loss 0.1234, train error 2.10 %
+    (over the epoch's batches), test error 3.61 %' (a curve's test error is its
+    midpoint's, so named). The train figures are the running ones of the
+    epoch's steps, not the final network's (the summary's)."""
+    parts = [f"train loss {fixed(record['train_loss'])}",
+             f"train error {record['train_error']:.2f} % (over the epoch's batches)"]
     for key, name in (("test_error", "test error"), ("mid_test_error", "test error at t = 0.5"),
                       ("swa_test_error", "SWA test error")):
         if key in record:
@@ -699,6 +709,9 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
     # here, before they are saved to last.pt or averaged (one reduction per epoch, no per-step sync).
     if not weights_finite(task.module):
         raise Diverged(f"the weights became non-finite by the end of epoch {epoch + 1} (lr {lr:g})")
+    if nll_sum / seen > DIVERGED_NLL:  # finite, but only weights blown up give outputs this far off
+        raise Diverged(f"the train NLL reached {nll_sum / seen:.3g} in epoch {epoch + 1} (lr {lr:g}), past "
+                       f"{DIVERGED_NLL:g}: the weights blew up")
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_nll": nll_sum / seen,
             "train_error": 100.0 * wrong / seen}
 

@@ -58,10 +58,10 @@ def test_time_left_comes_from_this_runs_rate(clock, capsys):
     lines = prog.LogLines("points", 20, initial=8)
     clock.now += 10.0
     lines.at(12, "note")
-    assert capsys.readouterr().err == "points 12 of 20 (60 %) after 10 s; about 20 s left; note\n"
+    assert capsys.readouterr().err == "points 12 of 20 (60 %) after 10 s (this run); about 20 s left; note\n"
     clock.now += 20.0
     lines.at(20)
-    assert capsys.readouterr().err == "points 20 of 20 (100 %) after 30 s\n"  # nothing left: no estimate
+    assert capsys.readouterr().err == "points 20 of 20 (100 %) after 30 s (this run)\n"  # nothing left
     fast = prog.LogLines("epoch", 10)
     clock.now += 1.0
     fast.at(9)  # 9 a second: the last one in 0.11 s
@@ -96,8 +96,8 @@ def test_train_logs_a_line_an_epoch_with_its_stored_figures(tmp_path, capsys):
     assert [(m[1], int(m[2]), int(m[3])) for m in said] == [("train", 1, 3), ("train", 2, 3), ("train", 3, 3)]
     assert said[0][5] and not said[-1][5]  # the time left, until nothing is
     for m, r in zip(said, records):
-        assert m[6] == (f"train loss {r['train_loss']:.4f}, train error {r['train_error']:.2f} %, "
-                        f"test error {r['test_error']:.2f} %")
+        assert m[6] == (f"train loss {r['train_loss']:.4f}, train error {r['train_error']:.2f} % (over the epoch's "
+                        f"batches), test error {r['test_error']:.2f} %")
     code, _, err = run(capsys, "train", "--epochs", 2, "--seed", 1, "--out", tmp_path / "q", "--quiet",
                        "--model-kwargs", "width=8")
     assert code == 0 and not _epoch_lines(err) and "epoch" not in err
@@ -137,3 +137,34 @@ def test_connect_and_swa_log_their_own_figures(tmp_path, capsys):
     records = [json.loads(line) for line in (tmp_path / "swa" / "metrics.jsonl").read_text().splitlines()]
     assert [(m[1], int(m[2])) for m in said] == [("swa", 1), ("swa", 2)]
     assert said[1][6].endswith(f"SWA test error {records[1]['swa_test_error']:.2f} %")
+
+
+def test_numbers_stay_readable_when_a_run_blows_up():
+    assert prog.fixed(0.123456) == "0.1235" and prog.fixed(21.5163, 3) == "21.516"
+    assert prog.fixed(999999.0) == "999999.0000"
+    assert prog.fixed(1.1750998e28) == "1.175e+28" and prog.fixed(-4.4e16, 3) == "-4.400e+16"
+    assert prog.fixed(float("inf")) == "inf" and prog.fixed(float("nan")) == "nan"
+
+
+def test_a_huge_but_finite_nll_is_divergence(tmp_path, monkeypatch, capsys):
+    """A loss of 1e29 is finite, yet no network short of blown-up weights gives it: the run stops
+    with the divergence line (here the bound is lowered so that a normal first epoch passes it)."""
+    monkeypatch.setattr(sys.modules["landscape.train"], "DIVERGED_NLL", 0.5)
+    code = cli.main(["train", "--epochs", "2", "--out", str(tmp_path / "a"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "training diverged: the train NLL reached " in err and "in epoch 1 (lr 0.05), past 0.5: " \
+        "the weights blew up; no epoch finished" in err, err
+    assert not (tmp_path / "a" / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_simplex_lines_name_the_vertex_and_the_final_evaluation_is_counted(tmp_path, capsys):
+    assert run(capsys, "train", "--epochs", 2, "--out", tmp_path / "a", "--quiet", "--model-kwargs", "width=8")[0] == 0
+    code, _, err = run(capsys, "simplex", "--base", tmp_path / "a" / "model.pt", "--vertices", 3, "--epochs", 2,
+                       "--eval-samples", 2, "--face-grid", 2, "--out", tmp_path / "sx")
+    assert code == 0, err
+    assert [line.split(" (")[0] for line in err.splitlines() if ": epoch" in line] == [
+        "simplex, vertex 2 of 3: epoch 1 of 2", "simplex, vertex 2 of 3: epoch 2 of 2",
+        "simplex, vertex 3 of 3: epoch 1 of 2", "simplex, vertex 3 of 3: epoch 2 of 2"], err
+    assert re.search(r"^\d+ distinct points to evaluate, \d+ a pass over the data$", err, re.M), err
+    assert re.search(r"^points (\d+) of \1 \(100 %\)", err, re.M), err
