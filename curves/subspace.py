@@ -16,6 +16,8 @@ from .fit import LoadedCurve, load_curve
 
 __all__ = ["curve_subspace"]
 
+PATH_POINTS = 61  # the curve drawn in the subspace figure
+
 
 def curve_subspace(curve: str | Path | Checkpoint | LoadedCurve, device: torch.device | str = "cpu",
                    model: str | None = None) -> Subspace:
@@ -24,7 +26,15 @@ def curve_subspace(curve: str | Path | Checkpoint | LoadedCurve, device: torch.d
     with torch.no_grad():
         w0, wm, w1 = loaded.curve.points(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64,
                                                       device=loaded.curve.fixed.device)).detach()
-    shift, basis, landmarks = plane_of_points(w0, wm, w1)
+        shift, basis, landmarks = plane_of_points(w0, wm, w1)
+        # the whole curve in the plane's coordinates, for the figure; a curve of more bends leaves the plane
+        pts = loaded.curve.points(torch.linspace(0, 1, PATH_POINTS, dtype=torch.float64,
+                                                 device=loaded.curve.fixed.device)).detach().double()
+        b = basis.double().to(pts.device)
+        centred = pts - shift.double().to(pts.device)
+        coords = (centred @ b.T) / (b * b).sum(1)  # the rows are orthogonal
+        off = float((centred - coords @ b).norm(dim=1).max() / max(float((pts[-1] - pts[0]).norm()), 1e-30))
     # the chains start at the curve's end t = 1, as the reference's (the plane's centre is a poor network)
     return Subspace(kind="curve", shift=shift, basis=basis, model=loaded.model, spec=loaded.spec, meta=loaded.meta,
-                    source=loaded.path, landmarks=landmarks, start=landmarks["t=1"])
+                    source=loaded.path, landmarks=landmarks, start=landmarks["t=1"], path=coords.cpu().numpy(),
+                    path_off=off)

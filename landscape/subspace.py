@@ -95,6 +95,10 @@ class Subspace:
     source: Path | None = None
     landmarks: dict[str, list[float]] = field(default_factory=dict)  # named points' coordinates (curve: t=0, ½, 1)
     start: list[float] | None = None  # where the chains start (None: z = 0, the shift)
+    # a curve's points projected on the subspace (n, k), and how far off it the curve strays at most,
+    # relative to its length (0 for a one-bend Bezier curve or polygonal chain: they lie in the plane)
+    path: np.ndarray | None = None
+    path_off: float = 0.0
 
     @property
     def dim(self) -> int:
@@ -989,6 +993,8 @@ def sample_subspace(
     arrays.update({f"sample_{m}": np.asarray(kept[m], dtype=np.float64) for m in METRICS})
     arrays.update({f"shift_{m}": np.asarray(shift_res[m], dtype=np.float64) for m in METRICS})
     arrays.update({f"landmark_{name}": np.asarray(c, dtype=np.float64) for name, c in subspace.landmarks.items()})
+    if subspace.path is not None:
+        arrays["path_z"] = np.asarray(subspace.path, dtype=np.float64)
     summary: dict[str, Any] = {
         "shift": {**{m: float(shift_res[m]) for m in METRICS},
                   **({"test_ece": expected_calibration_error(np.asarray(shift_res["probs"]), labels)}
@@ -998,6 +1004,7 @@ def sample_subspace(
         "samples": {**{f"{m}_mean": float(arrays[f"sample_{m}"].mean()) for m in METRICS},
                     "test_ece_mean": float(sample_ece.mean())},
         "basis": subspace.kind, "rank": k, "chains": chains, "burn_in": burn_in, "grid": grid,
+        **({"path_off_plane": subspace.path_off} if subspace.path is not None else {}),
         "temperature": temperature, "prior_scale": prior_scale, "seed": seed, "wd": wd,
         "train_size": len(data.y_train),
         "z_mean": [float(x) for x in z.mean(0)], "z_std": [float(x) for x in z.std(0)],

@@ -11,7 +11,8 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import compare_color, fs, legend_below, mark_endpoints, new_figure, note_synthetic, save_figure
+from .style import (compare_color, fs, legend_below, mark_endpoints, new_figure, note_synthetic, save_figure,
+                    train_loss_label)
 
 __all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result", "compare_curves", "curve_label",
            "line_groups"]
@@ -51,7 +52,7 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     arrays, summary = load_curve_result(result_dir)
     fig, (ax_loss, ax_err) = new_figure(1, 2, width=10.0, height=3.8)
     split = summary.get("eval_split", "test")
-    plot_curve_metric(ax_loss, arrays, "train_loss", "train loss", summary)
+    plot_curve_metric(ax_loss, arrays, "train_loss", train_loss_label(summary), summary)
     plot_curve_metric(ax_err, arrays, "test_error", f"{split} error (%)", summary)
     c, l = summary["curve"], summary["line"]
     # three significant digits: a barrier of 1e-4 is not "0.000"
@@ -97,7 +98,8 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
     split = results[0][1].get("eval_split", "test")
     fig, axes = new_figure(1, 2, width=10.0, height=3.8)
     groups = line_groups(results)
-    for ax, metric, metric_label in zip(axes, ("train_loss", "test_error"), ("train loss", f"{split} error (%)")):
+    for ax, metric, metric_label in zip(axes, ("train_loss", "test_error"),
+                                        (train_loss_label(*(r[1] for r in results)), f"{split} error (%)")):
         for g in groups:
             a = results[max(g, key=lambda i: results[i][0]["t"].size)][0]
             if len(groups) == 1:

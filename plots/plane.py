@@ -17,7 +17,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import fs, new_figure, note_synthetic, save_figure
+from .style import fs, new_figure, note_synthetic, save_figure, train_loss_label
 
 __all__ = [
     "LogOffsetNorm",
@@ -193,6 +193,15 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     ratio = np.ptp(y) / max(np.ptp(x), 1e-300) if x.size > 1 and y.size > 1 else 1.0
     if equal_aspect or (equal_aspect is None and 1 / 3 <= ratio <= 3):
         ax.set_aspect("equal", adjustable="box")
+    elif x.size > 1 and y.size > 1:  # a distance up is not one across: the reader is told how far
+        box = ax.get_position()
+        width, height = box.width * ax.figure.get_figwidth(), box.height * ax.figure.get_figheight()
+        stretch = (height / np.ptp(y)) / (width / np.ptp(x))  # inches per unit up over inches per unit across
+        if not 0.8 <= stretch <= 1.25:
+            name = "vertical" if stretch > 1 else "horizontal"
+            ax.text(0.99, 0.01, f"not to scale: {name} axis stretched {max(stretch, 1 / stretch):.2g}x",
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=fs(7), color="dimgray", zorder=6,
+                    bbox=dict(facecolor="white", alpha=0.7, lw=0, pad=1.5))
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     if x.size > 1 and y.size > 1:
@@ -282,7 +291,7 @@ def load_plane_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], di
 def plane_metrics(summary: dict) -> list[tuple[str, str, float, float]]:
     """The metrics a plane figure draws: (key, label, clip, log_alpha)."""
     split = summary.get("eval_split", "test")
-    return [("train_loss", "train loss", TRAIN_LOSS_VMAX, TRAIN_LOSS_LOG_ALPHA),
+    return [("train_loss", train_loss_label(summary), TRAIN_LOSS_VMAX, TRAIN_LOSS_LOG_ALPHA),
             ("test_error", f"{split} error (%)", TEST_ERROR_VMAX, TEST_ERROR_LOG_ALPHA)]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import fs, new_figure, save_figure
+from .style import fs, new_figure, save_figure, train_loss_label
 
 __all__ = ["plot_rays", "plot_line_metric", "draw_rays_figures", "load_rays_result", "shared_limits"]
 
@@ -70,13 +70,15 @@ def shared_limits(values: np.ndarray, cap: float | None = None, pad: float = 0.0
     return lo - margin, hi + margin
 
 
-def _width_text(width, max_distance: float) -> str:
+def _width_text(width, max_distance: float, metric: str) -> str:
+    """A centre's median width (always the train loss's), named so on a figure of another metric."""
+    name = "median width" if metric == "train_loss" else "median train-loss width"
     if width is None:
-        return "median width n/a"
+        return f"{name} n/a"
     width = float(width)
     if not np.isfinite(width):
-        return f"median width: no rise within ±{max_distance:.3g}"
-    return f"median width {width:.3g}"
+        return f"{name}: no rise within ±{max_distance:.3g}"
+    return f"{name} {width:.3g}"
 
 
 def plot_line_metric(ax, distance: np.ndarray, values: np.ndarray, marks: np.ndarray, labels, colors, ylabel: str):
@@ -122,7 +124,7 @@ def _draw_metric(arrays: dict, summary: dict, metric: str, ylabel: str):
         center = arrays["center_train_loss"][i] if metric == "train_loss" and "center_train_loss" in arrays else None
         plot_rays(ax, distance, values[i], color=colors[i], center_value=center, rise=rise)
         width = centres[i].get("median_width") if i < len(centres) else None
-        ax.set_title(f"{labels[i]}\n{_width_text(width, float(np.max(np.abs(distance))))}", fontsize=fs(10))
+        ax.set_title(f"{labels[i]}\n{_width_text(width, float(np.max(np.abs(distance))), metric)}", fontsize=fs(10))
     axes[0].set_ylabel(ylabel)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(frameon=False, fontsize=fs(9), loc="upper center")
@@ -146,7 +148,7 @@ def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     result_dir = Path(result_dir)
     arrays, summary = load_rays_result(result_dir)
     split = summary.get("eval_split", "test")
-    ylabels = {"train_loss": "train loss", "test_error": f"{split} error (%)"}
+    ylabels = {"train_loss": train_loss_label(summary), "test_error": f"{split} error (%)"}
     written = []
     for metric, ylabel in ylabels.items():
         fig, _ = _draw_metric(arrays, summary, metric, ylabel)

@@ -12,7 +12,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .plane import LogOffsetNorm, clip_values, contour_levels, level_names
-from .style import new_figure, note_synthetic, save_figure
+from .style import new_figure, note_synthetic, save_figure, train_loss_label
 
 __all__ = ["face_xy", "plot_face", "draw_simplex_figure"]
 
@@ -67,7 +67,8 @@ def draw_simplex_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png
     fig, (a, b) = new_figure(1, 2, width=10.0, height=4.2)
     split = summary.get("eval_split", "test")
     labels = summary.get("face_labels") or ["v0", "v1", "v2"]
-    plot_face(a, arrays["face_barycentric"], arrays["face_train_loss"], labels, vmax=5.0, label="train loss")
+    plot_face(a, arrays["face_barycentric"], arrays["face_train_loss"], labels, vmax=5.0,
+              label=train_loss_label(summary))
     plot_face(b, arrays["face_barycentric"], arrays["face_test_error"], labels, vmax=50.0, log_alpha=-1.0,
               label=f"{split} error (%)")
     note_synthetic(fig, [summary])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +20,7 @@ from landscape.checkpoint import atomic_save  # noqa: E402
 from landscape.errors import UserError  # noqa: E402
 
 __all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "fs", "set_figure_width", "note_synthetic",
-           "mark_endpoints", "log_scale_when_spread", "FORMATS", "SWA_COLOR", "SGD_COLOR", "AVERAGE_COLOR", "SAMPLE_COLOR"]
+           "mark_endpoints", "log_scale_when_spread", "train_loss_label", "FORMATS", "SWA_COLOR", "SGD_COLOR", "AVERAGE_COLOR", "SAMPLE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
 # One colour per thing in every figure: SWA (or a posterior's centre) blue and SGD orange, as the first and
@@ -39,10 +40,14 @@ def compare_color(i: int) -> str:
     return COMPARE_COLORS[i % len(COMPARE_COLORS)]
 
 
-def legend_below(fig, ax) -> None:
-    """One legend of ``ax``'s labelled artists below every panel of ``fig`` (up to 4 columns), clear of the data."""
+def legend_below(fig, ax, size: float = 9, loc: str = "outside lower center") -> None:
+    """One legend of ``ax``'s labelled artists below every panel of ``fig``,
+    clear of the data: up to 4 columns, as many as fit the figure's width."""
     handles, names = ax.get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False, fontsize=fs(9))
+    size = fs(size)
+    entry = (max(map(len, names), default=1) + 5) * 0.58 * size / 72  # inches: the marker, the text, a gap
+    columns = max(1, min(len(names), 4, int(0.95 * fig.get_figwidth() / entry)))  # as many as fit the width
+    fig.legend(handles, names, loc=loc, ncol=columns, frameon=False, fontsize=size)
 
 
 # Every figure's own width (None), or one width in inches for all (set_figure_width: a paper's column or page).
@@ -74,6 +79,17 @@ def note_synthetic(fig, summaries) -> None:
         fig.suptitle("synthetic data — benchmark only", color="gray")
 
 
+def train_loss_label(*summaries: dict) -> str:
+    """The axis label of a train loss: the NLL plus the weight-decay term
+    wd/2 ||w||^2 the results were evaluated with (as the papers' train loss),
+    which near a minimum can be most of it, so the figure says so."""
+    wds = {s.get("wd", s.get("config", {}).get("wd") if isinstance(s.get("config"), dict) else None)
+           for s in summaries}
+    if wds <= {0, 0.0, None}:
+        return "train loss"
+    return f"train loss (NLL + L2, wd {wds.pop():g})" if len(wds) == 1 else "train loss (NLL + L2)"
+
+
 def mark_endpoints(ax, t, values, label: str | None = "endpoints", size: float = 60) -> None:
     """A path's two ends (t = 0 and 1) as black dots, whole at the axes' edges."""
     t, values = np.asarray(t), np.asarray(values)
@@ -88,15 +104,63 @@ def log_scale_when_spread(ax, values) -> None:
         ax.set_yscale("log")
 
 
+# Drawn to a paper's width, a row of panels narrower than this wraps into more rows (a column's 3.25 inches
+# stacks them; a page's 6.75 takes two a row), each panel keeping its own shape, the whole at most a page tall.
+MIN_PANEL = 3.0
+MAX_HEIGHT = 9.0
+MIN_PANEL_HEIGHT = 1.6
+
+
 def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: float = 4.0):
-    if _WIDTH[0] is not None:
-        width, height = _WIDTH[0], height * _WIDTH[0] / width
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height), constrained_layout=True)
-    return fig, axes
+    """A figure of rows x cols panels, ``width`` x ``height`` inches at its own
+    size. Drawn to a paper's width (:func:`set_figure_width`) it is scaled to
+    that width; a single row of panels that would each be narrower than
+    :data:`MIN_PANEL` wraps into rows, and the panels come back as a flat array
+    in their order (as a single row's are)."""
+    paper = _WIDTH[0]
+    if paper is None or rows != 1 or cols == 1 or paper / cols >= MIN_PANEL:
+        if paper is not None:
+            width, height = paper, height * paper / width
+        return plt.subplots(rows, cols, figsize=(width, height), constrained_layout=True)
+    per_row = max(1, int(paper // MIN_PANEL))
+    n_rows = -(-cols // per_row)
+    panel_height = (paper / per_row) * height / (width / cols)  # each panel's own shape
+    panel_height = max(MIN_PANEL_HEIGHT, min(panel_height, MAX_HEIGHT / n_rows))
+    fig, grid = plt.subplots(n_rows, per_row, figsize=(paper, panel_height * n_rows), constrained_layout=True,
+                             squeeze=False)
+    panels = list(grid.ravel())
+    for ax in panels[cols:]:  # the last row's empty places
+        fig.delaxes(ax)
+    return fig, np.array(panels[:cols], dtype=object)
+
+
+def _wrapped(text: str, inches: float, points: float) -> str:
+    """``text`` broken into lines that fit ``inches`` at ``points`` (an average
+    character of the sans-serif font is about 0.58 of its size)."""
+    chars = max(12, int(inches * 72 / (0.58 * points)))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) if len(line) > chars else line
+                     for line in text.split("\n"))
+
+
+def wrap_titles(fig) -> None:
+    """Break the figure's title and every panel's title into lines that fit
+    their width: a title written for a figure's own size stays whole when
+    the figure is drawn to a column or a page, instead of running off it."""
+    width = fig.get_figwidth()
+    title = getattr(fig, "_suptitle", None)
+    if title is not None and title.get_text():
+        title.set_text(_wrapped(title.get_text(), 0.96 * width, title.get_fontsize()))
+    for ax in fig.axes:
+        inches = 1.1 * ax.get_position().width * width  # before the layout: the default margins, a bit wider after
+        for text in (ax.title, ax._left_title, ax._right_title):
+            if text.get_text():
+                text.set_text(_wrapped(text.get_text(), inches, text.get_fontsize()))
 
 
 def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int = 150) -> list[Path]:
-    """Save ``fig`` as ``stem.<fmt>`` for each format (atomically) and close it."""
+    """Save ``fig`` as ``stem.<fmt>`` for each format (atomically) and close
+    it, its titles broken to fit (:func:`wrap_titles`)."""
+    wrap_titles(fig)
     written = []
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from landscape.checkpoint import read_result
 
 from .plane import plot_plane
-from .style import fs, new_figure, save_figure
+from .style import fs, legend_below, new_figure, save_figure
 from .swag import BMA_COLOR, plot_model_average
 
 __all__ = ["draw_subspace_figure"]
@@ -63,6 +63,10 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
             ax.scatter(z[chain == c, 0], z[chain == c, 1], s=14, color=f"C{c % 10}", zorder=3,
                        label="samples" if c == 0 else None)
         ax.scatter([0], [0], marker="x", s=60, color=SHIFT_COLOR, zorder=4, label="centre")
+        if "path_z" in arrays and k == 2:  # the curve itself: in its plane, or projected on it
+            projected = float(summary.get("path_off_plane", 0.0)) > 1e-3
+            ax.plot(arrays["path_z"][:, 0], arrays["path_z"][:, 1], color="black", lw=1.2, zorder=4,
+                    label="curve (projected)" if projected else "curve")
         for name in summary.get("landmarks", {}):
             p = arrays[f"landmark_{name}"]
             ax.scatter([p[0]], [p[1]], marker="*", s=120, color="black", zorder=5)
@@ -92,8 +96,7 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if k >= 2:  # below the panels (the plane is full of samples, ellipses and contours), clear of the axis labels
-        handles, names = ax.get_legend_handles_labels()
-        fig.legend(handles, names, frameon=False, fontsize=fs(8), loc="outside lower left", ncol=4)
+        legend_below(fig, ax, size=8, loc="outside lower left")
     else:
         ax.legend(frameon=True, framealpha=0.9, fontsize=fs(8), loc="best")
     ax = axes[1]

@@ -29,17 +29,32 @@ def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *
     """One panel of a model average of samples (swag, subspace): its metric after
     1..S samples, against the centre's and a single sample's mean as lines
     (the lines wide and below the average's, so that all show where they
-    agree). ``log_when_spread``: a log axis when the values differ more than
-    5-fold (a poor centre would flatten the rest); ``from_zero``: the axis
-    starts at 0 (an error in percent: one image's difference is not drawn
-    as a trend)."""
+    agree). ``log_when_spread``: a centre more than 5-fold off the samples'
+    values (a poor centre, as a curve subspace's) is left off the axis, its
+    value in the legend, so that the average and the samples it exists to
+    compare keep the axis; a log axis when those still differ more than
+    5-fold; ``from_zero``: the axis starts at 0 (an error in percent: one
+    image's difference is not drawn as a trend)."""
     s = np.arange(1, len(bma) + 1)
-    ax.axhline(centre, color=SWA_COLOR, lw=3, ls="--", alpha=0.8, label=centre_label, zorder=1)
+    others = np.append(bma, sample_mean)
+    positive = others[np.isfinite(others) & (others > 0)]
+    off = (log_when_spread and len(positive) and np.isfinite(centre) and centre > 0
+           and not positive.min() / 5 <= centre <= 5 * positive.max())
+    if off:  # a legend entry alone: the line would squeeze the rest into a sliver
+        where = "above" if centre > positive.max() else "below"
+        ax.plot([], [], color=SWA_COLOR, lw=3, ls="--", alpha=0.8,
+                label=f"{centre_label}: {centre:.3g}, {where} the axis")
+    else:
+        ax.axhline(centre, color=SWA_COLOR, lw=3, ls="--", alpha=0.8, label=centre_label, zorder=1)
     ax.axhline(sample_mean, color=SAMPLE_COLOR, lw=3, ls=":", label="single sample (mean)", zorder=1)
     ax.plot(s, bma, color=BMA_COLOR, lw=1.5, marker="o", ms=3, label=label, zorder=2)
-    shown = np.append(bma, centre)
+    shown = bma if off else np.append(bma, centre)
     if log_when_spread:
-        log_scale_when_spread(ax, shown)
+        log_scale_when_spread(ax, np.append(shown, sample_mean) if off else shown)
+    if off and ax.get_yscale() == "linear":  # the single sample's line inside the axis, not on its edge
+        lo, hi = float(np.nanmin(others)), float(np.nanmax(others))
+        pad = 0.1 * (hi - lo) if hi > lo else 0.05 * abs(hi) or 1.0
+        ax.set_ylim(lo - pad, hi + pad)
     if from_zero and ax.get_yscale() == "linear":
         top = float(np.nanmax(np.append(shown, sample_mean)))
         ax.set_ylim(0, max(1.0, 1.15 * top) if np.isfinite(top) else 1.0)

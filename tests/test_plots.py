@@ -628,3 +628,94 @@ def test_plot_width_draws_figures_to_a_papers_width_with_8_pt_text(tmp_path, cap
     assert fs(10) == 10.0
     assert cli.main(["plot", str(folder), "--width", "0.5"]) == 2
     assert "--width must be between 1 and 20 inches, got 0.5" in capsys.readouterr().err
+
+
+def test_a_row_of_panels_wraps_at_a_papers_width_and_keeps_its_order():
+    from plots.style import new_figure, set_figure_width
+
+    fig, axes = new_figure(1, 3, width=15.0, height=3.8)  # its own size: one row
+    assert fig.get_size_inches() == pytest.approx((15.0, 3.8)) and len(axes) == 3
+    plt.close(fig)
+    try:
+        set_figure_width(3.25)  # a column: stacked, each panel as shaped as at its own size (5 x 3.8)
+        fig, axes = new_figure(1, 3, width=15.0, height=3.8)
+        boxes = [ax.get_position() for ax in axes]
+        assert fig.get_size_inches() == pytest.approx((3.25, 3 * 3.25 * 3.8 / 5.0))
+        assert [b.x0 for b in boxes] == pytest.approx([boxes[0].x0] * 3) and boxes[0].y0 > boxes[1].y0 > boxes[2].y0
+        plt.close(fig)
+        set_figure_width(6.75)  # a page: two a row, the empty place removed; four panels in 2 x 2
+        fig, axes = new_figure(1, 3, width=15.0, height=3.8)
+        assert len(axes) == 3 and len(fig.axes) == 3
+        b = [ax.get_position() for ax in axes]
+        assert b[0].y0 == pytest.approx(b[1].y0) and b[2].y0 < b[0].y0 and b[2].x0 == pytest.approx(b[0].x0)
+        plt.close(fig)
+        fig, axes = new_figure(1, 2, width=10.0, height=3.8)  # two panels fit a page's width: one row, as before
+        assert fig.get_size_inches() == pytest.approx((6.75, 3.8 * 6.75 / 10.0))
+        plt.close(fig)
+        fig, _ = new_figure(1, 4, width=4.0, height=8.0)  # tall panels: the whole at most a page tall
+        assert fig.get_size_inches()[1] <= 9.0 + 1e-9
+        plt.close(fig)
+    finally:
+        set_figure_width(None)
+
+
+def test_titles_and_legends_fit_the_figures_width():
+    from plots.style import legend_below, wrap_titles
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(3.25, 2.0))
+    a.set_title("train loss barrier: curve 0.0277, line 0.857, and more words than fit")
+    b.set_title("short")
+    fig.suptitle("SWAG, scale 0.5, rank 10: 30 samples, test NLL 0.0236, error 0.28% and more")
+    for i in range(4):
+        a.plot([0, 1], [i, i], label=f"a rather long legend entry number {i}")
+    wrap_titles(fig)
+    assert "\n" in a.get_title() and b.get_title() == "short" and "\n" in fig._suptitle.get_text()
+    assert a.get_title().replace("\n", " ") == "train loss barrier: curve 0.0277, line 0.857, and more words than fit"
+    legend_below(fig, a)
+    assert fig.legends[-1]._ncols == 1  # entries this long: one a row in a column's width
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(10, 3))
+    for i in range(4):
+        ax.plot([0, 1], [i, i], label=f"entry {i}")
+    legend_below(fig, ax)
+    assert fig.legends[-1]._ncols == 4
+    plt.close(fig)
+
+
+def test_a_centre_far_off_the_samples_is_named_not_drawn():
+    from plots.swag import plot_model_average
+
+    fig, ax = plt.subplots()
+    plot_model_average(ax, np.array([0.022, 0.0218, 0.0221]), 0.364, 0.0233, label="average",
+                       centre_label="centre of the subspace", ylabel="NLL", log_when_spread=True)
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "centre of the subspace: 0.364, above the axis" in labels and ax.get_yscale() == "linear"
+    lo, hi = ax.get_ylim()
+    assert lo < 0.0218 and 0.0233 < hi < 0.03  # the average and the single sample fill the axis
+    plt.close(fig)
+    fig, ax = plt.subplots()  # within 5-fold: drawn as a line
+    plot_model_average(ax, np.array([0.022, 0.0218]), 0.05, 0.0233, label="average", centre_label="centre",
+                       ylabel="NLL", log_when_spread=True)
+    assert "centre" in [line.get_label() for line in ax.get_lines()]
+    plt.close(fig)
+
+
+def test_the_train_loss_label_says_it_holds_the_weight_decay_term():
+    from plots.style import train_loss_label
+
+    assert train_loss_label({"wd": 5e-4}) == "train loss (NLL + L2, wd 0.0005)"
+    assert train_loss_label({"wd": 0.0}) == "train loss" and train_loss_label({}) == "train loss"
+    assert train_loss_label({"config": {"wd": 1e-4}}) == "train loss (NLL + L2, wd 0.0001)"
+    assert train_loss_label({"wd": 5e-4}, {"wd": 1e-4}) == "train loss (NLL + L2)"
+
+
+def test_a_plane_not_drawn_to_scale_says_so():
+    texts = []
+    for extent in (1.0, 10.0):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        x, y = np.linspace(0, extent, 11), np.linspace(0, 1, 9)
+        plot_plane(ax, x, y, np.add.outer(x, y), label="loss")
+        texts.append([t.get_text() for t in ax.texts if "not to scale" in t.get_text()])
+        plt.close(fig)
+    assert texts[0] == []  # comparable extents: one scale, nothing to say
+    assert len(texts[1]) == 1 and texts[1][0].startswith("not to scale: vertical axis stretched ")

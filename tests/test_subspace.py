@@ -156,6 +156,12 @@ def test_the_curve_plane_passes_through_the_curves_points(runs):
     assert torch.allclose(u, (w[2] - w[0]) / 3 ** 0.5, atol=1e-5) and abs(float(u @ v)) < 1e-6 * float(u.norm() * v.norm())
     for name, point in by_hand.items():
         assert torch.allclose(sub.weights(sub.landmarks[name]).double(), point, atol=1e-4), name
+    # the whole curve, for the figure: in the plane, the quadratic through the three landmarks' coordinates
+    z0, zh, z1 = (np.asarray(sub.landmarks[n]) for n in ("t=0", "t=0.5", "t=1"))
+    zb = 2 * zh - (z0 + z1) / 2  # the bend's coordinates: zh = (z0 + 2 zb + z1) / 4
+    t = np.linspace(0, 1, len(sub.path))[:, None]
+    assert sub.path.shape == (61, 2) and sub.path_off < 1e-5
+    assert sub.path == pytest.approx((1 - t) ** 2 * z0 + 2 * t * (1 - t) * zb + t ** 2 * z1, abs=1e-4)
     with pytest.raises(UserError, match="midpoint lies on the line"):
         plane_of_points(w[0], (w[0] + w[2]) / 2, w[2])
 
