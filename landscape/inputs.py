@@ -381,8 +381,26 @@ def load_trajectory(paths: Sequence[str | Path], **options: Any) -> Points:
                         f"got {len(keep)}" + (f" ({why})" if dropped else ""))
     if dropped and is_main():
         print(f"note: {why}", file=sys.stderr)
-    return replace(pts, vectors=[pts.vectors[i] for i in keep], labels=[pts.labels[i] for i in keep],
+    return replace(pts, vectors=[pts.vectors[i] for i in keep],
+                   labels=_epoch_labels([files[i] for i in keep], [pts.checkpoints[i] for i in keep],
+                                        [pts.labels[i] for i in keep]),
                    checkpoints=[pts.checkpoints[i] for i in keep])
+
+
+def _epoch_labels(files: Sequence[Path], ckpts: Sequence[Checkpoint], names: Sequence[str]) -> list[str]:
+    """A trajectory's points named by the epoch they record ("init", "epoch 10"),
+    led by their run folder when there are several; a checkpoint that records
+    no epoch (another tool's) keeps its file's name."""
+    folders = {Path(f).resolve().parent for f in files}
+    labels = []
+    for f, ck, name in zip(files, ckpts, names):
+        epoch = (ck.meta or {}).get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            labels.append(name)
+            continue
+        label = "init" if epoch == 0 else f"epoch {epoch}"
+        labels.append(f"{Path(f).parent.name}: {label}" if len(folders) > 1 else label)
+    return labels if len(set(labels)) == len(labels) else list(names)  # told apart, or the files' names
 
 
 def _label(path: str | Path) -> str:

@@ -260,7 +260,8 @@ def test_cli_trajectory_plane_of_a_run(run_dir, tmp_path, capsys):
     assert code == 0, err
     s = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert s["checkpoints"] == 5  # the initial weights, 4 epochs; model.pt repeats checkpoint-004.pt, dropped
-    assert s["start_label"] == "checkpoint-000" and s["anchor_labels"] == ["checkpoint-004"]
+    assert s["start_label"] == "init" and s["anchor_labels"] == ["epoch 4"]  # named by the epochs they record
+    assert s["trajectory_labels"] == ["init", "epoch 1", "epoch 2", "epoch 3", "epoch 4"]
     assert "trajectory: 5 checkpoints" in out and "PC1" in out
     assert (tmp_path / "t" / "plane_train_loss.png").exists()
     final = load_checkpoint(run_dir / "model.pt")
