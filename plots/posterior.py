@@ -46,19 +46,23 @@ def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...]
     samples = summary.get("samples")
     fig, (ax_elbo, ax_err, ax_kl) = new_figure(1, 3, width=14.0, height=3.8)
     _paths(ax_elbo, t, arrays, "expected_train_nll", path_label, band="expected_train_nll_se")
-    ax_elbo.set_ylabel(f"E_q train NLL ({samples} draws, ±2 s.e.)")
+    ax_elbo.set_ylabel(f"expected train NLL ({samples} draws, ±2 s.e.)")
     _paths(ax_err, t, arrays, "ensemble_test_error", path_label)
     _paths(ax_err, t, arrays, "mean_test_error", path_label, secondary=True)
-    ax_err.set_ylabel(f"{split} error (%); dotted: the means")
+    ax_err.set_ylabel(f"{split} error (%)")
+    ax_err.plot([], [], color="gray", ls=":", label="the means' network")  # the dotted lines, in the legend
+    ax_err.plot([], [], color="gray", ls="-", label=f"ensemble of {samples}")
+    ax_err.legend(frameon=False, fontsize=fs(8))
     _paths(ax_kl, t, arrays, "kl_per_sample", path_label)
     ax_kl.set_ylabel("KL(q || prior) / N")
     c, l = summary["curve"], summary["line"]
     # The panel shows the NLL term; the barrier quoted is of the whole -ELBO / N (this panel plus the KL one).
-    ax_elbo.set_title(f"expected train NLL; -ELBO / N (+ the KL panel)\nbarrier: curve {c['neg_elbo_barrier']:.3g}, "
+    ax_elbo.set_title(f"-ELBO / N barrier (this panel + the KL one): curve {c['neg_elbo_barrier']:.3g}, "
                       f"line {l['neg_elbo_barrier']:.3g}", fontsize=fs(10))
-    ax_err.set_title(f"ensemble of {samples}\nbarrier: curve {c['ensemble_test_error_barrier']:.3g}%, "
+    ax_err.set_title(f"ensemble's error barrier: curve {c['ensemble_test_error_barrier']:.3g}%, "
                      f"line {l['ensemble_test_error_barrier']:.3g}%", fontsize=fs(10))
-    ax_kl.set_title(f"{summary.get('family', '')} posteriors, {summary.get('prior', '')} prior", fontsize=fs(10))
+    ax_kl.set_title(f"KL of the {summary.get('family', '')} posteriors to the {summary.get('prior', '')} prior",
+                    fontsize=fs(10))
     for ax, key in ((ax_elbo, "expected_train_nll"), (ax_err, "ensemble_test_error"), (ax_kl, "kl_per_sample")):
         mark_endpoints(ax, t, arrays[f"curve_{key}"], size=50)
         ax.set_xlabel("t")

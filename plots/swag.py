@@ -100,6 +100,7 @@ def plot_reliability(ax, diagrams: dict[str, tuple[np.ndarray, str]], eces: dict
         ax.scatter(confidence[filled], gap, s=8 + 300 * count[filled] / count.sum(), color=color, alpha=0.8,
                    label=name + (f", ECE {ece:.2f} %" if ece is not None else ""))
     ax.axhline(0.0, color="gray", lw=1, ls="--")
+    ax.margins(x=0.06, y=0.1)  # the largest bin's marker (at confidence 1) whole inside the frame
     ax.set_xlabel("confidence (top-label probability)")
     ax.set_ylabel("accuracy - confidence")
     ax.grid(alpha=0.3)
