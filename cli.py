@@ -988,7 +988,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
                                 iters=args.iters, trace_samples=args.trace_samples, seed=args.seed,
                                 bn_stats=args.bn_stats, batch_size=args.batch_size,
                                 density_runs=args.density_runs, layer_iters=args.layer_iters, wd=_eval_wd(args, pts),
-                                resume=args.resume, on_network=report,
+                                resume=args.resume, on_network=report, progress=_progress(args),
                                 config={"argv": sys.argv, "checkpoints": [str(p) for p in args.checkpoints]})
     s = result.summary
     print(f"Hessian of the mean train NLL ({s['iters']} Lanczos steps, trace from {s['trace_samples']} "

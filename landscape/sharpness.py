@@ -68,6 +68,7 @@ from .device import check_fits
 from .errors import UserError, check_seed, is_whole
 from .evaluate import full_float32, whole_set_fits
 from .layout import takes_channels_last, to_channels_last
+from .progress import Progress
 from .sweep import STORE, begin_result, compare_keys, finish_result, is_main, rank_and_world, request_key
 from .weights import ParamSpace
 
@@ -364,7 +365,8 @@ def check_settings(top: int, iters: int, trace_samples: int, seed: int, density_
 
 def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int = 5, iters: int = 20,
                      trace_samples: int = 20, seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000,
-                     density_runs: int = 1, layer_iters: int = 0, label: str = "the network") -> Spectrum:
+                     density_runs: int = 1, layer_iters: int = 0, label: str = "the network",
+                     progress: Any = False) -> Spectrum:
     """The train NLL's Hessian at ``weights`` (P,) for ``model``'s
     architecture: Lanczos' Ritz values (the ``top`` largest and the
     smallest with residuals measured by one more product each, the others
@@ -377,7 +379,9 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
     diagonal block of H (its curvature with the other layers held fixed):
     Lanczos on the block, ``layer_iters`` products per layer (at most its
     parameter count), with the recurrence's residual; by Cauchy's
-    interlacing it is at most H's largest."""
+    interlacing it is at most H's largest. ``progress``: the products as
+    :class:`~landscape.progress.Progress` shows them (a line every 10 s or
+    so in a log)."""
     check_settings(top, iters, trace_samples, seed, density_runs, layer_iters)
     t0 = time.perf_counter()
     loss = TrainLoss(model, data, hessian_bn(model, data, bn_stats), batch_size)
@@ -388,6 +392,19 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
     if not np.isfinite(nll):
         raise UserError(f"{label}: the train NLL is {nll}: no curvature to measure")
     op, numel = _trained_operator(lambda v: loss.hvp(w, v), loss.space, data.device)
+    blocks = [(start, stop) for _, start, stop in layer_blocks(loss.space.trained())]
+    steps = min(iters, numel)  # the products planned (Lanczos may stop sooner on a small network)
+    planned = (steps * int(density_runs) + len({*range(min(top, steps)), steps - 1}) + trace_samples
+               + sum(min(layer_iters, stop - start) for start, stop in blocks))
+    bar = Progress(planned, desc=f"{label}: Hessian-vector products", unit="hvp", progress=progress, every=10.0,
+                   show=is_main())
+    counted = op
+
+    def op(v):
+        out = counted(v)
+        bar.update(1)
+        return out
+
     try:
         first = lanczos(op, numel, iters, seed, data.device, vectors=True)
         ritz, residual = first.values, first.residuals.copy()
@@ -396,7 +413,6 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
             residual[i] = float((op(y) - float(ritz[i]) * y).norm() / y.norm())
         runs = [first] + [lanczos(op, numel, iters, seed, data.device, run=r)
                           for r in range(1, int(density_runs))]
-        blocks = [(start, stop) for _, start, stop in layer_blocks(loss.space.trained())]
         trace, se, draws, by_layer = hutchinson(op, numel, trace_samples, seed, data.device, blocks)
         layer_top, layer_res = np.full(len(blocks), np.nan), np.full(len(blocks), np.nan)
         for j, (start, stop) in enumerate(blocks if layer_iters else ()):
@@ -405,6 +421,8 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
             layer_top[j], layer_res[j] = run.values[0], run.residuals[0]
     except UserError as e:
         raise UserError(f"{label}: {e}") from None
+    finally:
+        bar.close()
     nodes, weights = _stacked([r.values for r in runs]), _stacked([r.weights for r in runs])
     if not (np.isfinite(ritz).all() and np.isfinite(residual).all() and np.isfinite(trace)):
         raise UserError(f"{label}: a Hessian-vector product was not finite (the loss overflows near these weights)")
@@ -473,7 +491,8 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
                        labels: Sequence[str] | None = None, top: int = 5, iters: int = 20, trace_samples: int = 20,
                        seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000, density_runs: int = 1,
                        layer_iters: int = 0, wd: float = 0.0, resume: bool = False, config: dict[str, Any] | None = None,
-                       on_network: Callable[[str, Spectrum], None] | None = None) -> SharpnessResult:
+                       on_network: Callable[[str, Spectrum], None] | None = None,
+                       progress: Any = False) -> SharpnessResult:
     """:func:`hessian_spectrum` of each flat weight vector in ``vectors``
     (same architecture), the same seed for all (so the same Lanczos start
     and Rademacher draws). With ``out`` each network's result is stored as
@@ -482,7 +501,9 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     ``top`` of the Ritz values are reported as the top eigenvalues;
     ``density_runs`` Lanczos runs give the spectral density's quadrature
     (``density_nodes`` / ``density_weights``, :func:`spectral_density`);
-    ``layer_iters`` > 0 gives each layer's top eigenvalue (``layer_top``)."""
+    ``layer_iters`` > 0 gives each layer's top eigenvalue (``layer_top``).
+    ``progress`` shows each network's products as they go
+    (:func:`~landscape.progress.progress_mode`; "log": a line every 10 s)."""
     out = Path(out) if out is not None else None
     if rank_and_world()[1] > 1:
         raise UserError("sharpness runs in one process; run it without torchrun")
@@ -521,7 +542,7 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
             continue
         spectra[i] = hessian_spectrum(model, vectors[i], data, top=top, iters=iters, trace_samples=trace_samples,
                                       seed=seed, bn_stats=bn, batch_size=batch_size, density_runs=density_runs,
-                                      layer_iters=layer_iters, label=labels[i])
+                                      layer_iters=layer_iters, label=labels[i], progress=progress)
         done[i] = True
         if out is not None:
             _write_store(out, request, done, spectra)

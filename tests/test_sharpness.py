@@ -404,6 +404,8 @@ def test_cli_sharpness_of_two_trained_networks(tmp_path, capsys):
     for n in s["networks"]:
         assert len(n["top_eigenvalues"]) == 2 and n["top_eigenvalues"][0] >= n["top_eigenvalues"][1]
         assert n["hessian_vector_products"] == 4 + 3 + 2  # Lanczos, the residuals of 2 top and the lowest, trace
+        # in a log (stderr no terminal), the products counted as they go, the plan met exactly
+        assert f"{n['label']}: Hessian-vector products 9 of 9 (100 %) after " in err, err
         assert f"trace {n['trace']:.4g}" in out
         assert sum(n["layer_traces"]) == pytest.approx(n["trace"], rel=1e-9)  # the layers' shares add up
     assert [(x["name"], x["parameters"]) for x in s["layers"]] == [
