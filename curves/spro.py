@@ -335,11 +335,20 @@ def _describe(stored: dict[str, Any]) -> str:
 def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: int = 3,
                  config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
                  eval_samples: int = 32, face_resolution: int = 10, sample_seed: int | None = None,
-                 data: Dataset | None = None, _stage: str = "", **overrides: Any) -> SimplexResult:
+                 data: Dataset | None = None, **overrides: Any) -> SimplexResult:
     """SPRO around one mode: the simplex {mode, v_1, .., v_(vertices-1)}, vertices
     added one at a time (each trained ``epochs`` epochs, the earlier frozen).
     ``sample_seed`` (default: the config's seed) draws the evaluated samples.
     ``data``: a Dataset made in Python (default: what the mode records)."""
+    return _grow_simplex(base, out, vertices=vertices, config=config, resume=resume, progress=progress,
+                         eval_samples=eval_samples, face_resolution=face_resolution, sample_seed=sample_seed,
+                         data=data, stage="", overrides=overrides)
+
+
+def _grow_simplex(base: str | Path, out: str | Path | None, *, vertices: int, config: SimplexConfig | None,
+                  resume: bool, progress, eval_samples: int, face_resolution: int, sample_seed: int | None,
+                  data: Dataset | None, stage: str, overrides: dict[str, Any]) -> SimplexResult:
+    """:func:`grow_simplex`; ``stage`` leads its log lines' names (ESPRO's "component 2 of 3")."""
     if vertices < 2:
         raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
     cfg, named = _config(config, base, overrides)
@@ -355,9 +364,9 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
     for j in range(1, vertices):
         labels.append(f"v{j}")
         phase = out / f"vertex-{j}" if out is not None else None
-        stage = ", ".join(filter(None, [_stage, f"vertex {j + 1} of {vertices}"]))  # the mode is vertex 1
+        vertex = ", ".join(filter(None, [stage, f"vertex {j + 1} of {vertices}"]))  # the mode is vertex 1
         new = _train_vertex(template, spec, torch.stack(anchors), labels, [tuple(range(j + 1))], cfg, data, phase,
-                            resume, progress, seed=cfg.seed * 1000 + j, stage=stage)
+                            resume, progress, seed=cfg.seed * 1000 + j, stage=vertex)
         anchors.append(new)
     cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, [tuple(range(vertices))], labels)
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
@@ -500,10 +509,10 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     comps, probs = [], []
     for i, b in enumerate(bases):
         # Each component's own evaluation draws the samples the ensemble averages.
-        r = grow_simplex(b, out / f"component-{i + 1}" if out is not None else None, vertices=vertices,
-                         config=config, resume=resume, progress=progress, eval_samples=eval_samples,
-                         face_resolution=face_resolution, sample_seed=1000 + i, data=data,
-                         _stage=f"component {i + 1} of {len(bases)}", **overrides)
+        r = _grow_simplex(b, out / f"component-{i + 1}" if out is not None else None, vertices=vertices,
+                          config=config, resume=resume, progress=progress, eval_samples=eval_samples,
+                          face_resolution=face_resolution, sample_seed=1000 + i, data=data,
+                          stage=f"component {i + 1} of {len(bases)}", overrides=overrides)
         comps.append(r)
         probs.append(r.sample_probs)  # (S, M, classes)
     data = comps[0].data

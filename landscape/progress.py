@@ -4,7 +4,8 @@ line now and then where stderr is a log file or a pipe (a batch job,
 
 Every function that takes ``progress`` reads it alike (:func:`progress_mode`):
 ``True`` a bar, ``False`` nothing, ``"log"`` lines, ``None`` a bar when stderr
-is a terminal and nothing otherwise (the Python API's default). The CLI passes
+is a terminal and nothing otherwise (the default of ``train`` and the other
+training functions; the evaluation functions default to ``False``). The CLI passes
 ``"log"`` when stderr is no terminal, so a job's log shows how far it got and
 about how long is left; ``--quiet`` passes ``False``.
 """

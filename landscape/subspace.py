@@ -96,7 +96,7 @@ class Subspace:
     landmarks: dict[str, list[float]] = field(default_factory=dict)  # named points' coordinates (curve: t=0, ½, 1)
     start: list[float] | None = None  # where the chains start (None: z = 0, the shift)
     # a curve's points projected on the subspace (n, k), and how far off it the curve strays at most,
-    # relative to its length (0 for a one-bend Bezier curve or polygonal chain: they lie in the plane)
+    # relative to the distance between its ends (0 for one bend, Bezier or polygonal: the plane holds it)
     path: np.ndarray | None = None
     path_off: float = 0.0
 
@@ -577,13 +577,16 @@ def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, ch
         burned = 0
         _save_sampler(run, rng, shift_res, kept, burned, current=current, current_ll=current_ll)
     write_config()
-    bar = Progress(samples, len(kept["z"]), desc="samples", unit="sample", progress=run.progress, every=10.0)
+    # every chain's steps, the burn-in's (a step of each chain a round) and then the kept samples'
+    bar = Progress(burn_in * chains + samples, burned * chains + len(kept["z"]), desc="ESS steps", unit="step",
+                   progress=run.progress, every=10.0)
     try:
         while burned < burn_in:  # every chain's first steps, discarded
             current, current_ll, _, _ = elliptical_slice_round(current, current_ll, run.evaluate, rng,
                                                                run.prior_scale)
             burned += 1
             _save_sampler(run, rng, shift_res, kept, burned, current=current, current_ll=current_ll)
+            bar.update(chains, note="burn-in")
         while len(kept["z"]) < samples:
             active = min(chains, samples - len(kept["z"]))
             z, ll, evals, extra = elliptical_slice_round(current[:active], current_ll[:active], run.evaluate, rng,
@@ -591,7 +594,7 @@ def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, ch
             _keep(run, kept, z, ll, extra, evaluations=evals)
             current[:active], current_ll[:active] = z, ll
             _save_sampler(run, rng, shift_res, kept, burned, current=current, current_ll=current_ll)
-            bar.update(active)
+            bar.update(active, note="sampling")
     finally:
         bar.close()
     return shift_res, kept
@@ -740,8 +743,8 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
         burned = 0
         save()
     write_config()
-    bar = Progress(burn_in + samples, burned + len(kept["z"]), desc="NUTS transitions", unit="sample",
-                   progress=run.progress, every=10.0)
+    bar = Progress(burn_in * chains + samples, burned * chains + len(kept["z"]), desc="NUTS transitions",
+                   unit="transition", progress=run.progress, every=10.0)  # each chain's, as ESS's steps
     try:
         while burned < burn_in:  # every chain's first transitions: step-size adaptation, discarded
             rescale(adapt.step)
@@ -750,7 +753,7 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
             adapt = warmup_step(burned, r, adapt, metric, fn, rng, refresh)
             burned += 1
             save()
-            bar.update(1, note="burn-in")
+            bar.update(chains, note="burn-in")
         step = adapt.final
         rescale(step)
         while len(kept["z"]) < samples:

@@ -308,7 +308,7 @@ def run_sweep(
     chunks = [todo[i:i + k] for i in range(0, len(todo), k)]
     bar = Progress(n, int(done.sum()), desc="points", unit="pt", progress=progress, show=rank == 0)
     if bar.log is not None and not done.all():  # what the lines count, once
-        print(f"{n} distinct points to evaluate{f' ({what})' if what else ''}, {k} a pass over the data"
+        print(f"{n} distinct points{f' ({what})' if what else ''}, {k} a pass over the data"
               + (f" on each of {world} processes" if world > 1 else ""), file=sys.stderr, flush=True)
     try:
         for start in range(0, len(chunks), world):

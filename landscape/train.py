@@ -65,7 +65,7 @@ from .errors import UserError
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
-from .progress import LogLines, fixed, progress_mode
+from .progress import LogLines, Progress, fixed, progress_mode
 from .sweep import barrier, is_main, process_device, rank_and_world
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
@@ -470,7 +470,7 @@ def run_training(
     t0 = time.perf_counter() - (float(metrics[-1].get("time_s", 0.0)) if metrics else 0.0)
     steps = max(1, math.ceil(len(data.y_train) / cfg.batch_size))
     mode = progress_mode(progress) if rank == 0 else "off"
-    bar = _progress_bar(cfg.epochs * steps, start_epoch * steps, mode == "bar", task.command)
+    bar = Progress(cfg.epochs * steps, start_epoch * steps, desc=task.command, unit="it", progress=mode == "bar")
     name = f"{task.command}, {task.stage}" if task.stage else task.command
     lines = LogLines(f"{name}: epoch", cfg.epochs, start_epoch) if mode == "log" else None
     try:
@@ -573,12 +573,6 @@ def _epoch_note(record: dict[str, Any]) -> str:
         if key in record:
             parts.append(f"{name} {record[key]:.2f} %")
     return ", ".join(parts)
-
-
-def _progress_bar(total: int, initial: int, show: bool, desc: str = "train"):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not show, desc=desc, unit="it", dynamic_ncols=True, leave=False)
 
 
 def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,

@@ -17,7 +17,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import fs, new_figure, note_synthetic, save_figure, train_loss_label
+from .style import after_layout, fs, new_figure, note_synthetic, save_figure, train_loss_label
 
 __all__ = [
     "LogOffsetNorm",
@@ -161,6 +161,21 @@ def _level_labels(levels: np.ndarray) -> list[str]:
     return labels + [f"> {labels[-1]}"]
 
 
+def scale_note(ax) -> str:
+    """'not to scale: vertical axis stretched 5.7x' for ``ax`` as drawn (its
+    box and limits once the layout is done), or nothing within 1.25x."""
+    box = ax.get_window_extent()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    if box.width <= 0 or box.height <= 0 or x1 == x0 or y1 == y0:
+        return ""
+    stretch = (box.height / abs(y1 - y0)) / (box.width / abs(x1 - x0))  # pixels per unit up over across
+    if 0.8 <= stretch <= 1.25:
+        return ""
+    factor = max(stretch, 1 / stretch)
+    times = f"{factor:.0f}x" if factor >= 10 else f"{factor:.1f}x"
+    return f"not to scale: {'vertical' if stretch > 1 else 'horizontal'} axis stretched {times}"
+
+
 def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: float | None = None,
                log_alpha: float = -5.0, levels: int = 7, cmap: str = "jet_r", label: str = "",
                colorbar: bool = True, axis_labels: tuple[str, str] = ("distance along u", "distance along v"),
@@ -194,14 +209,9 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     if equal_aspect or (equal_aspect is None and 1 / 3 <= ratio <= 3):
         ax.set_aspect("equal", adjustable="box")
     elif x.size > 1 and y.size > 1:  # a distance up is not one across: the reader is told how far
-        box = ax.get_position()
-        width, height = box.width * ax.figure.get_figwidth(), box.height * ax.figure.get_figheight()
-        stretch = (height / np.ptp(y)) / (width / np.ptp(x))  # inches per unit up over inches per unit across
-        if not 0.8 <= stretch <= 1.25:
-            name = "vertical" if stretch > 1 else "horizontal"
-            ax.text(0.99, 0.01, f"not to scale: {name} axis stretched {max(stretch, 1 / stretch):.2g}x",
-                    transform=ax.transAxes, ha="right", va="bottom", fontsize=fs(7), color="dimgray", zorder=6,
-                    bbox=dict(facecolor="white", alpha=0.7, lw=0, pad=1.5))
+        note = ax.text(0.99, 0.01, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=fs(7),
+                       color="dimgray", zorder=6, bbox=dict(facecolor="white", alpha=0.7, lw=0, pad=1.5))
+        after_layout(ax.figure, lambda: note.set_text(scale_note(ax)))
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     if x.size > 1 and y.size > 1:

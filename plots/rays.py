@@ -118,14 +118,17 @@ def _draw_metric(arrays: dict, summary: dict, metric: str, ylabel: str):
     fig, axes = new_figure(1, n, width=3.6 * n + 0.6, height=3.8)
     axes = np.atleast_1d(axes)
     for i, ax in enumerate(axes):
+        first_col = ax.get_subplotspec().is_first_col()  # a row's first panel: one per row once panels wrap
         if i:
             ax.sharey(axes[0])
-            ax.tick_params(labelleft=False)
+            if not first_col:
+                ax.tick_params(labelleft=False)
+        if first_col:
+            ax.set_ylabel(ylabel)
         center = arrays["center_train_loss"][i] if metric == "train_loss" and "center_train_loss" in arrays else None
         plot_rays(ax, distance, values[i], color=colors[i], center_value=center, rise=rise)
         width = centres[i].get("median_width") if i < len(centres) else None
         ax.set_title(f"{labels[i]}\n{_width_text(width, float(np.max(np.abs(distance))), metric)}", fontsize=fs(10))
-    axes[0].set_ylabel(ylabel)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(frameon=False, fontsize=fs(9), loc="upper center")
     axes[0].set_ylim(*shared_limits(values, Y_CAPS.get(metric)))

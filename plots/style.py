@@ -136,10 +136,12 @@ def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: floa
 
 def _wrapped(text: str, inches: float, points: float) -> str:
     """``text`` broken into lines that fit ``inches`` at ``points`` (an average
-    character of the sans-serif font is about 0.58 of its size)."""
+    character of the sans-serif font is about 0.58 of its size), between
+    words only; a line with mathtext (``$...$``, as ``--labels`` may give) is
+    left whole, since a break inside it would show the raw TeX."""
     chars = max(12, int(inches * 72 / (0.58 * points)))
-    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) if len(line) > chars else line
-                     for line in text.split("\n"))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False, break_long_words=False)
+                     if len(line) > chars and "$" not in line else line for line in text.split("\n"))
 
 
 def wrap_titles(fig) -> None:
@@ -157,10 +159,28 @@ def wrap_titles(fig) -> None:
                 text.set_text(_wrapped(text.get_text(), inches, text.get_fontsize()))
 
 
+def after_layout(fig, fn) -> None:
+    """Run ``fn()`` once ``fig``'s layout is final (:func:`finish_layout`):
+    for what depends on the axes' drawn size, such as a plane's stretch."""
+    fig.__dict__.setdefault("_landscape_after_layout", []).append(fn)
+
+
+def finish_layout(fig) -> None:
+    """Break the titles to fit (:func:`wrap_titles`), then, when something
+    waits on the layout (:func:`after_layout`), draw the figure once so the
+    layout is done and run it; :func:`save_figure` calls this."""
+    wrap_titles(fig)
+    waiting = fig.__dict__.pop("_landscape_after_layout", [])
+    if waiting:
+        fig.canvas.draw()
+        for fn in waiting:
+            fn()
+
+
 def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int = 150) -> list[Path]:
     """Save ``fig`` as ``stem.<fmt>`` for each format (atomically) and close
-    it, its titles broken to fit (:func:`wrap_titles`)."""
-    wrap_titles(fig)
+    it, its layout finished first (:func:`finish_layout`)."""
+    finish_layout(fig)
     written = []
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")

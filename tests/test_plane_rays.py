@@ -1005,6 +1005,6 @@ def test_a_sweep_logged_to_a_file_prints_a_line_a_pass(tmp_path, capsys, endpoin
     # 4 grid points + the 3 anchors (the grid's corners are not among them): 7 points in passes of 3
     assert [line.split(" (")[0] for line in lines] == ["points 3 of 7", "points 6 of 7", "points 7 of 7"], err
     assert "left" in lines[0] and lines[-1].startswith("points 7 of 7 (100 %) after ") and "left" not in lines[-1]
-    assert "7 distinct points to evaluate (the 2 x 2 grid and 3 anchors), 3 a pass over the data\n" in err
+    assert "7 distinct points (the 2 x 2 grid and 3 anchors), 3 a pass over the data\n" in err
     code, _, err = run_cli(capsys, *base, "--out", tmp_path / "q", "--quiet")
     assert code == 0 and "points " not in err

@@ -267,7 +267,22 @@ def test_rays_panels_share_the_y_axis(tmp_path):
     axes[1].set_ylim(0, 123)  # shared, not just equal
     assert axes[0].get_ylim() == (0, 123)
     assert "median width" in axes[0].get_title()
+    assert axes[1].get_ylabel() == "" and not axes[1].yaxis.get_tick_params()["labelleft"]  # a row: one y axis
     plt.close(fig)
+    fig, axes = _draw_metric(arrays, summary, "test_error", "test error (%)")
+    assert "median train-loss width" in axes[0].get_title()  # the width is the train loss's, on every figure
+    plt.close(fig)
+    from plots.style import set_figure_width
+
+    set_figure_width(3.25)  # a column: the panels stacked, each with its own y axis
+    try:
+        fig, axes = _draw_metric(arrays, summary, "train_loss", "train loss")
+        assert [ax.get_ylabel() for ax in axes] == ["train loss", "train loss"]
+        assert all(ax.yaxis.get_tick_params()["labelleft"] for ax in axes)
+        assert axes[0].get_ylim() == axes[1].get_ylim()
+        plt.close(fig)
+    finally:
+        set_figure_width(None)
 
 
 def test_plot_rays_draws_one_line_per_ray_and_the_rise_level():
@@ -671,6 +686,10 @@ def test_titles_and_legends_fit_the_figures_width():
     wrap_titles(fig)
     assert "\n" in a.get_title() and b.get_title() == "short" and "\n" in fig._suptitle.get_text()
     assert a.get_title().replace("\n", " ") == "train loss barrier: curve 0.0277, line 0.857, and more words than fit"
+    math = r"$\lambda = 0.5 \cdot 10^{-3} + \alpha$: train loss of a run with a label in mathtext, long"
+    a.set_title(math)
+    wrap_titles(fig)
+    assert a.get_title() == math  # not broken inside $...$, which would show the raw TeX
     legend_below(fig, a)
     assert fig.legends[-1]._ncols == 1  # entries this long: one a row in a column's width
     plt.close(fig)
@@ -709,13 +728,21 @@ def test_the_train_loss_label_says_it_holds_the_weight_decay_term():
     assert train_loss_label({"wd": 5e-4}, {"wd": 1e-4}) == "train loss (NLL + L2)"
 
 
-def test_a_plane_not_drawn_to_scale_says_so():
+def test_a_plane_not_drawn_to_scale_says_by_how_much_as_drawn():
+    from plots.style import finish_layout
+
     texts = []
-    for extent in (1.0, 10.0):
-        fig, ax = plt.subplots(figsize=(5, 4))
+    for extent in (1.0, 4.0, 300.0):
+        fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)
         x, y = np.linspace(0, extent, 11), np.linspace(0, 1, 9)
         plot_plane(ax, x, y, np.add.outer(x, y), label="loss")
-        texts.append([t.get_text() for t in ax.texts if "not to scale" in t.get_text()])
+        finish_layout(fig)  # the layout done (the colorbar took its width), the note measured on it
+        box = ax.get_window_extent()
+        stretch = (box.height / np.ptp(ax.get_ylim())) / (box.width / np.ptp(ax.get_xlim()))
+        texts.append(([t.get_text() for t in ax.texts if "not to scale" in t.get_text()], stretch))
         plt.close(fig)
-    assert texts[0] == []  # comparable extents: one scale, nothing to say
-    assert len(texts[1]) == 1 and texts[1][0].startswith("not to scale: vertical axis stretched ")
+    assert texts[0][0] == []  # comparable extents: one scale, nothing to say
+    (said,), stretch = texts[1]
+    assert said == f"not to scale: vertical axis stretched {stretch:.1f}x" and 2 < stretch < 10
+    (said,), stretch = texts[2]
+    assert said == f"not to scale: vertical axis stretched {stretch:.0f}x" and stretch > 10

@@ -166,6 +166,35 @@ def test_the_curve_plane_passes_through_the_curves_points(runs):
         plane_of_points(w[0], (w[0] + w[2]) / 2, w[2])
 
 
+def test_a_curve_off_the_plane_is_projected_as_its_points_would_be(runs):
+    """Against another plane (through the ends and a random direction), the curve
+    leaves it: its projection and greatest distance, computed from the control
+    points alone, equal those of the curve's points one by one."""
+    from curves.subspace import PATH_POINTS, _curve_in_plane
+
+    loaded = load_curve(runs / "curve" / "model.pt")
+    w = loaded.curve.anchors().detach().double()
+    other = w[0] + torch.randn(w.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shift, basis, _ = plane_of_points(w[0], other, w[2])
+    path, off = _curve_in_plane(loaded, shift, basis)
+    pts = loaded.curve.points(torch.linspace(0, 1, PATH_POINTS, dtype=torch.float64)).detach().double()
+    b = basis.double()
+    coords = ((pts - shift.double()) @ b.T) / (b * b).sum(1)
+    distance = (pts - shift.double() - coords @ b).norm(dim=1).max() / (w[2] - w[0]).norm()
+    assert path == pytest.approx(coords.numpy(), abs=1e-6)
+    assert off == pytest.approx(float(distance), rel=1e-6) and off > 1e-3
+
+
+def test_sampler_log_lines_count_every_chains_steps_burn_in_included(runs, small_digits, capsys):
+    sub = curve_subspace(runs / "curve" / "model.pt")
+    capsys.readouterr()
+    sample_subspace(sub, samples=3, chains=2, burn_in=2, data=small_digits, seed=0, progress="log")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ESS steps")]
+    # 2 chains x 2 burn-in rounds, then 3 kept samples: 7 steps; the first line and the last always come
+    assert lines[0].startswith("ESS steps 2 of 7 (28 %) after ") and lines[0].endswith("; burn-in"), lines
+    assert lines[-1].startswith("ESS steps 7 of 7 (100 %) after ") and lines[-1].endswith("; sampling"), lines
+
+
 def test_curve_chains_start_at_the_curves_end(runs, small_digits, monkeypatch):
     sub = curve_subspace(runs / "curve" / "model.pt")
     original, asked = subspace_module.evaluate_points, []
