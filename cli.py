@@ -767,8 +767,9 @@ def cmd_swag(args: argparse.Namespace) -> int:
         return 0
     figures = draw_swag_figure(args.out, tuple(args.format))
     s = result.summary
+    kept = "" if s["method"] == "SWAG-Diagonal" else f", {s['rank']} deviations"  # the diagonal uses none
     _print_model_average(s, "SWA (the mean)", s["swa"], f"{s['method']}: {s['bma']['members']} samples, scale "
-                         f"{s['scale']:g}, {s['rank']} deviations", figures)
+                         f"{s['scale']:g}{kept}", figures)
     return 0
 
 

@@ -60,7 +60,7 @@ from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
                               load_points, named_model, network_of, note_same_weights, own_network,
-                              refuse_same_weights, require_architecture)
+                              refuse_same_weights, require_architecture, run_data)
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
@@ -406,7 +406,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     # The straight segment between the first two modes, for comparison.
     line = line_coefficients(cx.num_anchors, 0, 1, 1.0, np.linspace(0, 1, 21))
     lm = run_sweep(template, cx.anchors().detach(), line, data, wd=cfg.wd,  # under torchrun: shared out
-                   progress=progress)
+                   progress=progress, what="the straight line between the first two modes")
     line_summary = {"train_loss_max": float(lm["train_loss"].max()), "train_loss_barrier": barrier(lm["train_loss"]),
                     "test_error_max": float(lm["test_error"].max())}
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
@@ -439,7 +439,8 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
         coeffs = torch.cat(rows)
     # under torchrun the ranks share the points out, and every rank gets them all
     res = run_sweep(template, W, coeffs.cpu().numpy(), data, wd=wd, batch_size=batch_size, return_probs=True,
-                    progress=progress)
+                    progress=progress, what=f"{n_a} vertices, {n_s} barycentre(s), {samples} samples"
+                    + (f", the face's {face_c.shape[0]} grid points" if face_c is not None else ""))
     sl_v = slice(0, n_a)
     sl_s = slice(n_a + n_s, n_a + n_s + samples)
     labels_y = data.y_test.cpu().numpy()
@@ -459,6 +460,7 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
         "simplexes": [list(s) for s in cx.simplexes],
         "labels": cx.labels,
         "face_labels": [cx.labels[i] for i in first[:3]] if face_c is not None else None,
+        "wd": wd,
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
         "dataset": data.describe(),
@@ -492,13 +494,16 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
     cfg = _config(config, bases[0], overrides)[0]
-    _join(cfg)  # settings refused before the folder is claimed
+    device = _join(cfg)  # settings refused before the folder is claimed
     # The components' predictions are averaged image by image: their data must be the same (a base that held out a
     # validation split would be evaluated on it, the others on the test set).
     ckpts = [require_network(load_checkpoint(b)) for b in bases]
     given = {**(asdict(config) if config is not None else {}), **overrides}
     if data is None:  # else every component is evaluated on the data given
         check_same_data(ckpts, {k: given.get(k) for k in DATA_FIELDS})
+        # loaded and checked against what every base records before the folder is claimed (a refusal
+        # left a config.json that made the rerun look like a run to resume); the components take it
+        data = run_data(cfg, device, None, ckpts, asks_for_data(config, overrides))
     weights = [torch.cat([t.detach().flatten().float() for k, t in ck.state_dict.items()  # weights only
                           if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))])
                for ck in ckpts]

@@ -58,7 +58,7 @@ class LogLines:
         rate = (done - self.initial) / elapsed if elapsed > 0 else 0.0
         left = "" if rate <= 0 or done >= self.total else "; under 1 s left" if (self.total - done) / rate < 0.5 \
             else f"; about {clock((self.total - done) / rate)} left"
-        pct = 100 * done // self.total if self.total else 100
+        pct = min(round(100 * done / self.total), 99 if done < self.total else 100) if self.total else 100
         this = " (this run)" if self.initial else ""  # a resumed run's clock starts again
         return f"{self.what} {done} of {self.total} ({pct} %) after {clock(elapsed)}{this}{left}" + \
             (f"; {note}" if note else "")

@@ -548,12 +548,13 @@ class _Run:
                               **self.eval_options)
         return self.log_likelihood(res["train_nll"]), res
 
-    def sweep(self, z: np.ndarray, store: str, kind: str, probs: bool) -> dict[str, np.ndarray]:
-        """The points z as a resumable sweep, its partial store ``store`` beside the sampler's."""
+    def sweep(self, z: np.ndarray, store: str, kind: str, probs: bool, what: str) -> dict[str, np.ndarray]:
+        """The points z (``what`` they are, for the log) as a resumable sweep, its
+        partial store ``store`` beside the sampler's."""
         return run_sweep(self.net, self.subspace.anchors(), coefficients(z), self.data,
                          store=self.out / store if self.out is not None else None, resume=self.resume,
                          settings={"kind": kind, "dataset": self.data.describe()}, progress=self.progress,
-                         return_probs=probs, **self.eval_options)
+                         return_probs=probs, what=what, **self.eval_options)
 
 
 def _sample_ess(run: _Run, write_config: Callable[[], None], *, samples: int, chains: int, burn_in: int,
@@ -796,7 +797,8 @@ def _sample_vi(run: _Run, write_config: Callable[[], None], *, samples: int, epo
         with torch.no_grad():
             z = flow_kl(torch.from_numpy(eps), mu, sigma, flow, run.prior_scale)[0].numpy()
     # the centre (the table's row), then the samples
-    res = run.sweep(np.concatenate([np.zeros((1, k)), z]), POINTS_STORE, "subspace-vi-samples", probs=True)
+    res = run.sweep(np.concatenate([np.zeros((1, k)), z]), POINTS_STORE, "subspace-vi-samples", probs=True,
+                    what=f"the centre and {len(z)} samples of q")
     ll = run.log_likelihood(res["train_nll"][1:])
     kept = {"z": list(z), "chain": [0] * samples, "log_likelihood": list(ll),
             "log_posterior": list(ll + run.log_prior(z)), "evaluations": [1] * samples,
@@ -823,7 +825,8 @@ def _grid(run: _Run, z: np.ndarray, grid: int) -> dict[str, np.ndarray]:
     axis = np.linspace(-r, r, grid)
     gz = np.zeros((grid * grid, k))
     gz[:, 0], gz[:, 1] = np.repeat(axis, grid), np.tile(axis, grid)  # row i * G + j is (axis[i], axis[j])
-    res = run.sweep(gz, GRID_STORE, "subspace-grid", probs=False)
+    res = run.sweep(gz, GRID_STORE, "subspace-grid", probs=False,
+                    what=f"the {grid} x {grid} grid of the log-posterior over z1, z2")
     arrays = {"grid_axis": axis,
               "grid_log_posterior": (run.log_likelihood(res["train_nll"]) + run.log_prior(gz)).reshape(grid, grid)}
     arrays.update({f"grid_{m}": res[m].reshape(grid, grid) for m in METRICS})

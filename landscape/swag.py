@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, load_checkpoint, load_model
+from .checkpoint import Checkpoint, load_checkpoint, load_model, stored_config
 from .data import Dataset
 from .device import check_fits
 from .errors import UserError, check_seed
@@ -201,6 +201,12 @@ def evaluate_swag(
     options = {"samples": samples, "scale": scale, "diag": diag, "seed": seed, "wd": wd, "batch_size": batch_size,
                "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}
     request = request_key([post.mean, post.sq_mean, post.deviations], {"kind": "swag", **options})
+    before = stored_config(out_path) if out_path is not None else None
+    if (before and before.get("command") == "swag" and before.get("diag") == diag
+            and isinstance(before.get("scale"), (int, float)) and before["scale"] != scale):
+        # --diag's default scale moved from 0.5 to the paper's 1: say which the folder's run used
+        raise UserError(f"{out_path} holds a swag run of --scale {before['scale']:g}, not {scale:g}; pass "
+                        f"--scale {before['scale']:g} to resume or repeat it, or choose another --out")
     finished = begin_result(out_path, "swag.npz", resume, "swag", request)
     if finished is not None:
         arrays, summary = finished

@@ -503,6 +503,8 @@ def run_training(
     finally:
         bar.close()
 
+    if lines is not None:  # what the wait before the summary is (for a curve: 4 passes over the data)
+        print(f"{name}: {cfg.epochs} epochs done; the final evaluation", file=sys.stderr, flush=True)
     if world > 1 and task.sync_buffers:  # every rank ends with rank 0's batch-norm statistics
         for b in task.module.buffers():
             dist.broadcast(b, src=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -19,7 +20,7 @@ matplotlib.rcParams["ps.fonttype"] = 42
 from landscape.checkpoint import atomic_save  # noqa: E402
 from landscape.errors import UserError  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "legend_below", "compare_color", "fs", "set_figure_width", "note_synthetic",
+__all__ = ["new_figure", "save_figure", "legend_below", "paper_width", "compare_color", "fs", "set_figure_width", "note_synthetic",
            "mark_endpoints", "log_scale_when_spread", "train_loss_label", "FORMATS", "SWA_COLOR", "SGD_COLOR", "AVERAGE_COLOR", "SAMPLE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -64,6 +65,11 @@ def set_figure_width(width: float | None) -> None:
         raise UserError(f"--width must be between 1 and 20 inches, got {width}")
     _WIDTH[0] = None if width is None else float(width)
     matplotlib.rcParams["font.size"] = BASE_FONT if width is None else PAPER_FONT
+
+
+def paper_width() -> float | None:
+    """The width every figure is drawn to (:func:`set_figure_width`), or None: each its own."""
+    return _WIDTH[0]
 
 
 def fs(points: float) -> float:
@@ -140,8 +146,21 @@ def _wrapped(text: str, inches: float, points: float) -> str:
     words only; a line with mathtext (``$...$``, as ``--labels`` may give) is
     left whole, since a break inside it would show the raw TeX."""
     chars = max(12, int(inches * 72 / (0.58 * points)))
-    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False, break_long_words=False)
-                     if len(line) > chars and "$" not in line else line for line in text.split("\n"))
+    return "\n".join(textwrap.fill(_glued(line), chars, break_on_hyphens=False, break_long_words=False)
+                     .replace(_GLUE, " ") if len(line) > chars and "$" not in line else line
+                     for line in text.split("\n"))
+
+
+_GLUE = "\u00a0"  # a no-break space: textwrap does not break at it, and it is put back as a space
+
+
+def _glued(line: str) -> str:
+    """``line`` with the spaces a break would read badly at made unbreakable:
+    before a number or an "=" / "±" and after one ("line 61.2%", "σ = 0.051"),
+    and inside a short parenthesis ("(NLL + L2, wd 0.0005)")."""
+    line = re.sub(r"\((?=[^()]{0,30}\))[^()]*\)", lambda m: m.group(0).replace(" ", _GLUE), line)
+    line = re.sub(r" (?=[-+±=]?\d|[=±])", _GLUE, line)
+    return re.sub(r"(?<=[=±]) ", _GLUE, line)
 
 
 def wrap_titles(fig) -> None:

@@ -403,7 +403,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     for name in ("around-swa", "around-sgd", "trajectory"):  # Li et al.'s planes
         assert str(tmp_path / "demo" / name / "plane_train_loss.png") in figures, name
     trajectory = json.loads((tmp_path / "demo" / "trajectory" / "summary.json").read_text())
-    assert trajectory["checkpoints"] == 4 and trajectory["start_label"] == "checkpoint-000"
+    assert trajectory["checkpoints"] == 4 and trajectory["start_label"] == "init"
     # Every number in the line row is the stored summary's.
     line = json.loads((tmp_path / "demo" / "bezier-eval" / "summary.json").read_text())["line"]
     assert f"{line['train_loss_barrier']:.4f}" in out

@@ -690,6 +690,12 @@ def test_titles_and_legends_fit_the_figures_width():
     a.set_title(math)
     wrap_titles(fig)
     assert a.get_title() == math  # not broken inside $...$, which would show the raw TeX
+    from plots.style import _wrapped
+
+    lines = _wrapped("train loss barrier: curve 5.97%, line 61.2% and more words to wrap", 1.6, 8).split("\n")
+    assert "curve 5.97%, line 61.2%" in lines  # never "line" at a line's end and its value on the next
+    assert _wrapped("train loss (NLL + L2, wd 0.0005)", 1.2, 8).split("\n") == ["train loss", "(NLL + L2, wd 0.0005)"]
+    assert "\u00a0" not in _wrapped("a σ = 0.051 b " * 6, 1.0, 8)  # the glue is put back as spaces
     legend_below(fig, a)
     assert fig.legends[-1]._ncols == 1  # entries this long: one a row in a column's width
     plt.close(fig)

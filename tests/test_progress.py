@@ -66,6 +66,10 @@ def test_time_left_comes_from_this_runs_rate(clock, capsys):
     clock.now += 1.0
     fast.at(9)  # 9 a second: the last one in 0.11 s
     assert capsys.readouterr().err == "epoch 9 of 10 (90 %) after 1 s; under 1 s left\n"
+    thirds = prog.LogLines("x", 3)
+    assert [thirds.line(d).split(" after")[0] for d in (1, 2, 3)] == ["x 1 of 3 (33 %)", "x 2 of 3 (67 %)",
+                                                                       "x 3 of 3 (100 %)"]
+    assert prog.LogLines("x", 1000).line(999).startswith("x 999 of 1000 (99 %)")  # 100 % only when done
 
 
 def test_lines_are_spaced_but_the_last_one_always_comes(clock, capsys):
@@ -95,6 +99,7 @@ def test_train_logs_a_line_an_epoch_with_its_stored_figures(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(m[1], int(m[2]), int(m[3])) for m in said] == [("train", 1, 3), ("train", 2, 3), ("train", 3, 3)]
     assert said[0][5] and not said[-1][5]  # the time left, until nothing is
+    assert err.splitlines()[-1] == "train: 3 epochs done; the final evaluation"  # what the wait after is
     for m, r in zip(said, records):
         assert m[6] == (f"train loss {r['train_loss']:.4f}, train error {r['train_error']:.2f} % (over the epoch's "
                         f"batches), test error {r['test_error']:.2f} %")

@@ -120,6 +120,9 @@ def test_data_passed_from_python_is_not_silently_replaced(tmp_path, small_digits
     mode = evaluate_points(pts.model, [pts.vectors[0]], [[1.0]], mine, wd=pts.wd)  # the mode, on the data given
     assert sx.summary["vertices"][0]["test_error"] == pytest.approx(float(mode["test_error"][0]))
     assert sx.summary["vertices"][0]["train_loss"] == pytest.approx(float(mode["train_loss"][0]), rel=1e-5)
+    with pytest.raises(UserError, match="was trained on 'mydigits'"):  # refused before its folder is made
+        espro([a, b], tmp_path / "espro", vertices=2, epochs=1, eval_samples=2, face_resolution=2, progress=False)
+    assert not (tmp_path / "espro").exists()  # so the same --out takes the rerun
     ens = espro([a, b], tmp_path / "espro", vertices=2, epochs=1, eval_samples=2, face_resolution=2, data=mine,
                 progress=False)
     assert ens["components"] == 2 and ens["dataset"]["n_train"] == 300

@@ -175,8 +175,14 @@ def test_swag_from_the_command_line_and_its_bad_input(tmp_path, swag_run):
         pytest.skip("console script not installed next to this interpreter")
     done = run_cli("swag", "--ckpt", root / "swa" / "swag.pt", "--samples", 2, "--diag", "--out", tmp_path / "d", "--quiet")
     assert done.returncode == 0, done.stderr
-    assert "model average" in done.stdout and "SWAG-Diagonal: 2 samples, scale 1, 3 deviations" in done.stdout
+    assert "model average" in done.stdout and "(SWAG-Diagonal: 2 samples, scale 1)" in done.stdout
     assert (tmp_path / "d" / "swag.png").exists()
+    # another scale in the same folder (as a run from when --diag took 0.5 by default): which one, said
+    other = run_cli("swag", "--ckpt", root / "swa" / "swag.pt", "--samples", 2, "--diag", "--scale", 0.5, "--resume",
+                    "--out", tmp_path / "d", "--quiet")
+    assert other.returncode == 2 and other.stderr.strip().endswith(
+        f"{tmp_path / 'd'} holds a swag run of --scale 1, not 0.5; pass --scale 1 to resume or repeat it, "
+        f"or choose another --out"), other.stderr
     (tmp_path / "d" / "swag.png").unlink()
     redrawn = run_cli("plot", tmp_path / "d")
     assert redrawn.returncode == 0 and (tmp_path / "d" / "swag.png").exists(), redrawn.stderr
