@@ -171,5 +171,6 @@ def test_simplex_lines_name_the_vertex_and_the_final_evaluation_is_counted(tmp_p
     assert [line.split(" (")[0] for line in err.splitlines() if ": epoch" in line] == [
         "simplex, vertex 2 of 3: epoch 1 of 2", "simplex, vertex 2 of 3: epoch 2 of 2",
         "simplex, vertex 3 of 3: epoch 1 of 2", "simplex, vertex 3 of 3: epoch 2 of 2"], err
-    assert re.search(r"^\d+ distinct points, \d+ a pass over the data$", err, re.M), err
+    assert re.search(r"^\d+ distinct points \(3 vertices, 1 barycentre\(s\), 2 samples, the face's \d+ grid "
+                     r"points\), \d+ a pass over the data$", err, re.M), err
     assert re.search(r"^points (\d+) of \1 \(100 %\)", err, re.M), err
