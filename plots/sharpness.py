@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FixedLocator
 import numpy as np
 
 from landscape.checkpoint import read_result
@@ -54,18 +55,25 @@ def _draw_layers(ax, summary: dict, colors) -> None:
         return
     x = np.arange(len(layers))
     shift = 0.6 / max(len(drawn), 1)
-    largest = 0.0
+    largest, lowest = 0.0, 0.0
     tops = False
     for k, (n, color) in enumerate(drawn):
         values, se = np.asarray(n["layer_traces"], float), np.asarray(n["layer_trace_se"], float)
         at = x + (k - (len(drawn) - 1) / 2) * shift
         ax.errorbar(at, values, yerr=2 * se, fmt="o", ms=3.5, capsize=2, color=color, label=n["label"], lw=1)
         largest = max(largest, float(np.nanmax(np.abs(values) + 2 * se)))
+        lowest = min(lowest, float(np.nanmin(values - 2 * se)))
         if n.get("layer_top_eigenvalues") is not None:  # --layer-iters: the blocks' largest eigenvalues
             top = np.asarray(n["layer_top_eigenvalues"], float)
             ax.scatter(at, top, marker="x", s=22, color=color, lw=1.2)
             largest, tops = max(largest, float(np.nanmax(np.abs(top)))), True
-    ax.set_yscale("symlog", linthresh=max(largest, 1e-12) * 1e-3)
+    linthresh = max(largest, 1e-12) * 1e-3
+    ax.set_yscale("symlog", linthresh=linthresh)
+    # ticks at 0 and at whole decades from ten times the linear region's edge up: the default's ticks at
+    # +-linthresh sit on 0's in the narrow linear band and their labels overlap
+    decades = [10.0 ** k for k in range(int(np.ceil(np.log10(10 * linthresh))),
+                                        int(np.ceil(np.log10(max(largest, 10 * linthresh)))) + 1)]
+    ax.yaxis.set_major_locator(FixedLocator(sorted([-d for d in decades if -d >= lowest] + [0.0] + decades)))
     step = max(1, int(np.ceil(len(layers) / LAYER_TICKS)))
     ax.set_xticks(x[::step], [layer["name"] for layer in layers][::step], rotation=60, ha="right", fontsize=fs(7))
     ax.set_xlim(-0.5, len(layers) - 0.5)
@@ -74,7 +82,7 @@ def _draw_layers(ax, summary: dict, colors) -> None:
     ax.set_title("trace by layer (same vectors; bars: ±2 s.e.)" + ("; ×: the block's top eigenvalue" if tops else ""),
                  fontsize=fs(9))
     if len(drawn) > 1:
-        ax.legend(fontsize=fs(8), loc="upper right", framealpha=0.9)
+        ax.legend(fontsize=fs(8), loc="best", framealpha=0.9)
 
 
 def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -101,7 +109,7 @@ def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("p
         top = np.nanmax(dens)
         ax.set_ylim(top * 10.0 ** -DECADES, top * 3)
         ax.set_xlim(grid[0], grid[-1])
-        ax.legend(fontsize=fs(8), loc="upper right", framealpha=0.9)
+        ax.legend(fontsize=fs(8), loc="best", framealpha=0.9)
         ax.set_title(f"spectral density (SLQ, {summary.get('density_runs', 1)} run(s) of "
                      f"{summary['iters']} steps; σ = {sigma:.2g})", fontsize=fs(9))
     ax.set_xlabel("eigenvalue")
