@@ -348,8 +348,36 @@ def cmd_curve(args: argparse.Namespace) -> int:
                      (f"{split}-err barrier %", "test_error_barrier", 2, 20),
                      (f"max {split} err %", "test_error_max", 2, 16),
                      (f"ensemble {split} err %", "ensemble_test_error", 2, 20)],
-                 "test_error", f"{split} error", "", draw_curve_figure(args.out, tuple(args.format)))
+                 "test_error", f"{split} error", _ends_as_trained(ck.meta, s), draw_curve_figure(args.out, tuple(args.format)))
     return 0
+
+
+def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
+    """Where the endpoints' errors here (batch norm re-estimated on the
+    training images as they are) differ from their own runs' summaries
+    (the running statistics of training, of augmented batches where the
+    run augmented), both: else a researcher reads the change as a lost
+    checkpoint. Nothing when a run's summary is not beside its model.pt."""
+    from landscape.checkpoint import read_json
+
+    ends = s["curve"]["metrics"]["test_error"]
+    own = []
+    for key in ("start", "end"):
+        path = Path(str((meta or {}).get(key, "")))
+        summary = path.parent / "summary.json"
+        if path.name != "model.pt" or not summary.exists():
+            return ""
+        try:
+            stored = read_json(summary)
+        except UserError:
+            return ""
+        if stored.get("eval_split", "test") != s.get("eval_split", "test") or "test_error" not in stored:
+            return ""
+        own.append(float(stored["test_error"]))
+    if all(abs(a - b) < 0.005 for a, b in zip(own, (ends["start"], ends["end"]))):
+        return ""
+    return (f" (batch norm re-estimated; their runs' summaries, with the statistics they trained with, say "
+            f"{own[0]:.2f}% and {own[1]:.2f}%)")
 
 
 def _print_paths(s: dict[str, Any], columns: list[tuple[str, str, int, int]], ends_key: str, ends_label: str,

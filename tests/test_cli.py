@@ -229,6 +229,14 @@ def test_connect_curve_and_plot_end_to_end(tmp_path, capsys, endpoints):
             assert key in summary[path]
     # The printed table carries the stored numbers.
     assert f"{summary['line']['train_loss_barrier']:.4f}" in out
+    # The endpoints' errors with batch norm re-estimated, beside their own runs' (running statistics) where they differ
+    own = [json.loads((p.parent / "summary.json").read_text())["test_error"] for p in (a, b)]
+    here = summary["curve"]["metrics"]["test_error"]
+    line = next(x for x in out.splitlines() if x.startswith("endpoints' test error"))
+    assert line.startswith(f"endpoints' test error: {here['start']:.2f}% and {here['end']:.2f}%")
+    differ = any(abs(x - y) >= 0.005 for x, y in zip(own, (here["start"], here["end"])))
+    assert (f"their runs' summaries, with the statistics they trained with, say {own[0]:.2f}% and {own[1]:.2f}%"
+            in line) == differ, line
     with __import__("numpy").load(tmp_path / "eval" / "curve.npz") as z:
         assert z["t"].shape == (11,) and z["curve_train_loss"].shape == (11,) and "line_test_error" in z.files
         # barrier recomputed from the stored per-t values
