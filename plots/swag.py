@@ -70,8 +70,10 @@ def draw_swag_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)
     result_dir = Path(result_dir)
     arrays, summary = read_result(result_dir, "swag.npz")
     method = summary.get("method", "SWAG")
-    title = f"{method}, scale {summary.get('scale'):g}" + ("" if method == "SWAG-Diagonal" else
-                                                          f", rank {summary.get('rank')}")
+    scale = summary.get("scale")
+    title = method + (f", scale {scale:g}" if isinstance(scale, (int, float)) else "")
+    if method != "SWAG-Diagonal":  # the diagonal uses no deviations
+        title += f", rank {summary.get('rank')}"
     return _draw_average(result_dir / "swag", arrays, summary, summary["swa"], summary["bma"],
                          f"{method} model average", "SWA (the mean)", title, formats)
 
