@@ -348,7 +348,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
                      (f"{split}-err barrier %", "test_error_barrier", 2, 20),
                      (f"max {split} err %", "test_error_max", 2, 16),
                      (f"ensemble {split} err %", "ensemble_test_error", 2, 20)],
-                 "test_error", f"{split} error", _ends_as_trained(ck.meta, s), draw_curve_figure(args.out, tuple(args.format)))
+                 "test_error", f"{split} error", _ends_as_trained(ck.meta, s),
+                 draw_curve_figure(args.out, tuple(args.format)))
     return 0
 
 
@@ -1735,7 +1736,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--volume-weighted", action="store_true", help="choose simplexes in proportion to volume")
     g.add_argument("--init", default="centre",
                    help="start of a new vertex: centre (the frozen vertices' centroid, moved by --init-scale of its "
-                        "norm along a random direction; default; the reference code starts at the centroid itself) or random (a fresh network)")
+                        "norm along a random direction; default; the reference code starts at the centroid "
+                        "itself) or random (a fresh network)")
     g.add_argument("--init-scale", type=float, default=0.05, help="see --init (default 0.05)")
     g.add_argument("--eval-samples", type=int, default=32, help="uniform samples evaluated at the end")
     g.add_argument("--face-grid", type=int, default=10, help="resolution of the face figure's triangular grid")

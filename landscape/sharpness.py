@@ -398,10 +398,10 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
                + sum(min(layer_iters, stop - start) for start, stop in blocks))
     bar = Progress(planned, desc=f"{label}: Hessian-vector products", unit="hvp", progress=progress, every=10.0,
                    show=is_main())
-    counted = op
+    product = op
 
-    def op(v):
-        out = counted(v)
+    def op(v):  # each product counted as it is made
+        out = product(v)
         bar.update(1)
         return out
 
