@@ -17,7 +17,8 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import after_layout, fs, new_figure, note_synthetic, save_figure, train_loss_label
+from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, paper_width, save_figure,
+                    train_loss_label)
 
 __all__ = [
     "LogOffsetNorm",
@@ -343,10 +344,19 @@ def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
     chain: one column per result (titled by its label), train loss above
     and test error below. The panels of one metric share their levels (one
     colour is one value in every panel: a flatter optimum shows as wider
-    bands), each with its colorbar. Returns the figure (not saved)."""
+    bands), each with its colorbar. At a paper's width too narrow for a
+    column per result (:func:`plots.style.set_figure_width`), each result
+    takes a row instead (train loss, test error), or, in a single column,
+    two panels one above the other. Returns the figure (not saved)."""
     n = len(results)
-    fig, axes = new_figure(2, n, width=5.4 * n, height=9.0)
-    axes = np.asarray(axes).reshape(2, n)
+    paper = paper_width()
+    by_column = paper is None or paper / n >= MIN_PANEL
+    if by_column:
+        fig, axes = new_figure(2, n, width=5.4 * n, height=9.0)
+        axes = np.asarray(axes).reshape(2, n)
+    else:  # the panels in reading order, a result's two together: new_figure wraps them into rows
+        fig, axes = new_figure(1, 2 * n, width=10.8 * n, height=4.5)
+        axes = np.asarray(axes).reshape(n, 2).T
     spans = []
     for metric, _, vmax, _ in plane_metrics(results[0][1]):
         ranges = [_finite_range(clip_values(arrays[metric], vmax)) for arrays, _ in results]
@@ -357,6 +367,6 @@ def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
             ax = axes[row, col]
             plot_plane_result(ax, arrays, summary, metric, metric_label, vmax, log_alpha, span=spans[row])
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # narrow panels: tick labels would run together
-            ax.set_title(f"{label}: {metric_label}" if row == 0 else metric_label)
+            ax.set_title(f"{label}: {metric_label}" if row == 0 or not by_column else metric_label)
     note_synthetic(fig, [summary for _, summary in results])
     return fig

@@ -157,8 +157,10 @@ _GLUE = "\u00a0"  # a no-break space: textwrap does not break at it, and it is p
 def _glued(line: str) -> str:
     """``line`` with the spaces a break would read badly at made unbreakable:
     before a number or an "=" / "±" and after one ("line 61.2%", "σ = 0.051"),
-    and inside a short parenthesis ("(NLL + L2, wd 0.0005)")."""
+    inside a short parenthesis ("(NLL + L2, wd 0.0005)") and before a unit's
+    ("error (%)")."""
     line = re.sub(r"\((?=[^()]{0,30}\))[^()]*\)", lambda m: m.group(0).replace(" ", _GLUE), line)
+    line = re.sub(r" (?=\([^()\s]{1,3}\))", _GLUE, line)
     line = re.sub(r" (?=[-+±=]?\d|[=±])", _GLUE, line)
     return re.sub(r"(?<=[=±]) ", _GLUE, line)
 

@@ -442,6 +442,35 @@ def test_planes_side_by_side_one_column_per_result(tmp_path):
         plt.close(fig)
 
 
+def test_planes_compared_at_a_papers_width_take_a_row_each(tmp_path):
+    from plots.compare import _load
+    from plots.plane import compare_planes
+    from plots.style import set_figure_width
+
+    every = [_load(write_plane(tmp_path / name, synthetic=False), "plane") for name in ("a", "b", "c")]
+    try:
+        for width, per_row, n in ((6.75, 2, 3), (3.25, 1, 2)):  # a page: a row per result; a column: stacked
+            set_figure_width(width)
+            results, labels = every[:n], ["A", "B", "C"][:n]
+            fig = compare_planes(results, labels)
+            try:
+                fig.canvas.draw()
+                assert fig.get_size_inches()[0] == pytest.approx(width) and fig.get_size_inches()[1] <= 9.0 + 1e-9
+                panels = [ax for ax in fig.axes if ax.get_title()]
+                # reading order: each result's train loss, then its test error, every title naming its result
+                assert [ax.get_title() for ax in panels] == [f"{x}: {m}" for x in labels
+                                                             for m in ("train loss", "test error (%)")]
+                boxes = [ax.get_position() for ax in panels]
+                rows = [boxes[i:i + per_row] for i in range(0, 2 * n, per_row)]
+                for row in rows:  # one row of the grid: side by side
+                    assert [b.y0 for b in row] == pytest.approx([row[0].y0] * len(row), abs=0.02)
+                assert all(r[0].y0 > below[0].y0 for r, below in zip(rows, rows[1:]))  # rows top to bottom
+            finally:
+                plt.close(fig)
+    finally:
+        set_figure_width(None)
+
+
 def test_default_labels_fall_back_to_the_folders_when_they_would_repeat(tmp_path):
     from plots.compare import default_labels
 
@@ -696,6 +725,8 @@ def test_titles_and_legends_fit_the_figures_width():
     assert "curve 5.97%, line 61.2%" in lines  # never "line" at a line's end and its value on the next
     assert _wrapped("train loss (NLL + L2, wd 0.0005)", 1.2, 8).split("\n") == ["train loss", "(NLL + L2, wd 0.0005)"]
     assert "\u00a0" not in _wrapped("a σ = 0.051 b " * 6, 1.0, 8)  # the glue is put back as spaces
+    assert _wrapped("independent optima: test error (%)", 2.0, 10).split("\n") == [
+        "independent optima: test", "error (%)"]  # a unit stays with its quantity
     legend_below(fig, a)
     assert fig.legends[-1]._ncols == 1  # entries this long: one a row in a column's width
     plt.close(fig)
