@@ -12,6 +12,8 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import Collection, PathCollection  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 # TrueType (Type 42) fonts in PDF and PostScript: the Type 3 default is refused by some venues' checks.
 matplotlib.rcParams["pdf.fonttype"] = 42
@@ -186,11 +188,35 @@ def after_layout(fig, fn) -> None:
     fig.__dict__.setdefault("_landscape_after_layout", []).append(fn)
 
 
+def thin_lines(fig, factor: float) -> None:
+    """Every line width and marker size in ``fig`` (panels and legends)
+    times ``factor`` (a scatter's marker area times its square): a figure
+    drawn to a paper's width keeps its lines in proportion to its 8-pt text."""
+    if factor == 1.0 or fig.__dict__.get("_landscape_thinned"):
+        return
+    fig._landscape_thinned = True
+    legends = [ax.get_legend() for ax in fig.axes] + list(fig.legends)
+    artists = [a for ax in fig.axes for a in (*ax.get_lines(), *ax.collections)]
+    artists += [h for leg in legends if leg is not None for h in leg.legend_handles if h is not None]
+    for a in artists:
+        if isinstance(a, Line2D):
+            a.set_linewidth(a.get_linewidth() * factor)
+            a.set_markersize(a.get_markersize() * factor)
+            a.set_markeredgewidth(a.get_markeredgewidth() * factor)
+        elif isinstance(a, Collection):
+            a.set_linewidths(np.asarray(a.get_linewidths(), dtype=float) * factor)
+            if isinstance(a, PathCollection):  # scatter markers, sized by area
+                a.set_sizes(np.asarray(a.get_sizes(), dtype=float) * factor ** 2)
+
+
 def finish_layout(fig) -> None:
-    """Break the titles to fit (:func:`wrap_titles`), then, when something
+    """Break the titles to fit (:func:`wrap_titles`) and, at a paper's width,
+    thin the lines with the text (:func:`thin_lines`); then, when something
     waits on the layout (:func:`after_layout`), draw the figure once so the
     layout is done and run it; :func:`save_figure` calls this."""
     wrap_titles(fig)
+    if paper_width() is not None:
+        thin_lines(fig, PAPER_FONT / BASE_FONT)
     waiting = fig.__dict__.pop("_landscape_after_layout", [])
     if waiting:
         fig.canvas.draw()

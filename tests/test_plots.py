@@ -674,6 +674,38 @@ def test_plot_width_draws_figures_to_a_papers_width_with_8_pt_text(tmp_path, cap
     assert "--width must be between 1 and 20 inches, got 0.5" in capsys.readouterr().err
 
 
+def test_lines_and_markers_thin_with_the_text_at_a_papers_width(tmp_path):
+    from plots.style import legend_below, new_figure, save_figure, set_figure_width
+
+    def draw():
+        fig, ax = new_figure(width=6.0, height=4.0)
+        ax.plot([0, 1], [0, 1], lw=2, marker="o", ms=6, label="line")
+        ax.scatter([0.5], [0.5], s=60, linewidths=1.5, label="dot")
+        ax.contour(np.arange(4), np.arange(3), np.arange(12.0).reshape(3, 4), linewidths=2.5)
+        legend_below(fig, ax)
+        return fig, ax
+
+    def widths(fig, ax):
+        line, dot, contour = ax.get_lines()[0], ax.collections[0], ax.collections[1]
+        handles = fig.legends[0].legend_handles
+        return (line.get_linewidth(), line.get_markersize(), float(dot.get_sizes()[0]),
+                float(dot.get_linewidths()[0]), float(contour.get_linewidths()[0]), handles[0].get_linewidth(),
+                float(handles[1].get_sizes()[0]))
+
+    fig, ax = draw()
+    save_figure(fig, tmp_path / "own", ("png",))
+    own = widths(fig, ax)
+    assert own[:5] == pytest.approx((2.0, 6.0, 60.0, 1.5, 2.5))  # at its own size: as written
+    try:
+        set_figure_width(3.25)
+        fig, ax = draw()
+        save_figure(fig, tmp_path / "paper", ("png", "pdf"))  # two formats: thinned once
+        scale = [0.8, 0.8, 0.64, 0.8, 0.8, 0.8, 0.64]  # with the text, 8 pt of 10; a marker's area squared
+        assert widths(fig, ax) == pytest.approx([w * k for w, k in zip(own, scale)])
+    finally:
+        set_figure_width(None)
+
+
 def test_a_row_of_panels_wraps_at_a_papers_width_and_keeps_its_order():
     from plots.style import new_figure, set_figure_width
 
