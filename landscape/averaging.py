@@ -39,7 +39,7 @@ from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_mod
 from .data import Dataset
 from .device import seed_everything
 from .errors import UserError, is_whole
-from .evaluate import evaluate_model, l2_penalty
+from .evaluate import evaluate_model, l2_penalty, train_logits
 from .inputs import (asks_for_data, data_settings, named_model, network_of, note_split_leak, refuse_infinite,
                      require_architecture, run_data)
 from .layout import image_layout
@@ -292,7 +292,7 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
 
 def _model_hooks(model: nn.Module, spec: dict[str, Any], extra_state: Callable[[], dict], load_extra):
     def loss(x, y):
-        logits = model(x)
+        logits = train_logits(model(x))
         return F.cross_entropy(logits.float(), y), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:

@@ -468,11 +468,13 @@ def load_model(
     them), and ``num_classes`` / ``input_shape``, if given, must agree with
     them. The model is returned on the CPU in eval mode.
     """
-    from .models import check_spec_fits, create_model, from_spec  # local: models import nothing from here
+    from .models import check_spec_fits, create_model, from_spec, materialize  # local: models import nothing from here
 
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else load_checkpoint(path_or_ckpt)
     if isinstance(model, nn.Module):
         net, name = model, type(model).__name__
+        shape = input_shape if input_shape is not None else (ckpt.model or {}).get("kwargs", {}).get("input_shape")
+        materialize(net, None if shape is None else tuple(shape), f"the network given for {ckpt.path}")
     elif model is not None and ckpt.model is not None and ckpt.model["name"] == model:
         spec = {"name": model, "kwargs": {**ckpt.model["kwargs"], **model_kwargs}}
         if num_classes is not None and input_shape is not None:

@@ -10,6 +10,7 @@ one-point-at-a-time loop it is checked against.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
-           "choose_points_per_pass", "default_points_per_pass", "forward_points", "probs_of", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
+           "choose_points_per_pass", "default_points_per_pass", "forward_points", "train_logits", "probs_of", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
            "keep_freed_memory"]
 
 
@@ -168,8 +169,8 @@ def evaluate_points(
     if C.dim() != 2 or C.shape[1] != W.shape[0]:
         raise ValueError(f"coefficients must be (N, {W.shape[0]}), got {tuple(C.shape)}")
     check_finite(W, C)
-    strategy = resolve_strategy(strategy, device)
-    if amp and strategy == "vmap" and device.type == "cpu":
+    chosen = resolve_strategy(strategy, device)  # auto stays auto below: a network vmap cannot batch loops
+    if amp and chosen == "vmap" and device.type == "cpu":
         # vmap runs a convolution as aten::convolution, which CUDA's autocast lowers
         # and the CPU's does not: the "bf16" result would be fp32 convolutions.
         raise UserError("bf16 with strategy vmap on the CPU would run the convolutions in fp32 "
@@ -182,7 +183,7 @@ def evaluate_points(
     # one point at a time (momentum None cannot be batched by vmap).
     every_call = not population and bool(probe.reused_bn)
     if every_call:
-        strategy = "loop"
+        strategy = chosen = "loop"
     if device.type == "cpu":
         keep_freed_memory()
     # Identical points (a path's shared ends, the centre of every ray) are evaluated once.
@@ -190,7 +191,7 @@ def evaluate_points(
     C = torch.as_tensor(rows, device=device, dtype=W.dtype)
     n = C.shape[0]
     k = points_per_pass or default_points_per_pass(model, data, "population" if population else "batches",
-                                                    batch_size, strategy)
+                                                    batch_size, chosen)
     results: dict[str, list] = {m: [] for m in METRICS}
     if return_probs:
         results["probs"] = []
@@ -312,7 +313,7 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
     """One eval-mode forward of the first ``n`` training images, moved to the
     model's device (the caller's model may sit elsewhere than the data: the
     engine evaluates copies of its weights), with hooks on the leaf modules
-    (modes kept). A batch-norm layer that one forward calls twice
+    and the batch-norm layers (modes kept). A batch-norm layer that one forward calls twice
     matters to population statistics: their pass normalises every call by the
     statistics the layer keeps, which are only its last call's."""
     bn = {m: name or "(the model)" for name, m in bn_modules(model)}
@@ -327,7 +328,8 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
             largest = max(largest, out.numel())
             total += out.numel() * out.element_size()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    # The leaf modules, and every batch-norm layer: one may have children (a parametrized weight).
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m in bn or not list(m.children())]
     try:
         with modes_kept(model), torch.inference_mode():
             model.eval()
@@ -339,7 +341,7 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
             x = data.x_train[:n] if where is None else data.x_train[:n].to(where.device)
             try:
                 out = model(x)
-            except (RuntimeError, ValueError, IndexError) as e:
+            except (RuntimeError, ValueError, IndexError, TypeError) as e:
                 raise UserError(f"the network does not accept this data's inputs of shape "
                                 f"{tuple(x.shape[1:])}: {first_line(e)}") from None
     finally:
@@ -515,17 +517,64 @@ def forward_points(model: nn.Module, params: dict[str, torch.Tensor], buffers: d
     ``params`` and ``buffers`` map names to (K, *shape) tensors; batch-norm
     layers in train mode update the buffers in place (one copy per point).
     ``strategy``: ``vmap`` (one batched call), ``loop`` (one call per point),
-    ``auto`` (vmap on CUDA, loop on the CPU). Differentiable.
+    ``auto`` (vmap on CUDA, loop on the CPU). A network torch cannot batch
+    (an operation without a batching rule, such as ``nn.LSTM``, or a layout
+    vmap does not take) is found by a two-image trial once per network and
+    mode: ``auto`` then loops, ``vmap`` is refused in one line. Differentiable.
     """
     if resolve_strategy(strategy, x.device) == "vmap":
-        def f(p, b, xb):
-            return functional_call(model, (p, b), (xb,))
-
-        return vmap(f, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+        failure = _vmap_failure(model, params, buffers, x)
+        if failure is None:
+            return train_logits(vmap(_call(model), in_dims=(0, 0, None), randomness="different")(params, buffers, x))
+        if strategy == "vmap":
+            raise UserError(f"strategy vmap: torch cannot batch this network's points ({failure}); use strategy loop")
     k = next(iter(params.values())).shape[0]
-    outs = [functional_call(model, ({n: p[i] for n, p in params.items()}, {n: b[i] for n, b in buffers.items()}), (x,))
+    outs = [train_logits(functional_call(model, ({n: p[i] for n, p in params.items()},
+                                                 {n: b[i] for n, b in buffers.items()}), (x,)))
             for i in range(k)]
     return torch.stack(outs)
+
+
+def train_logits(out: object) -> torch.Tensor:
+    """``out``, a network's output in train mode, when it is a tensor of
+    logits; else one line (:class:`UserError`), since a network such as
+    Inception may give a tuple (its auxiliary heads) only in train mode,
+    where the eval-mode check before training does not see it."""
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"the network gave a {type(out).__name__} in train mode; landscape needs (batch, classes) "
+                        f"logits in train and eval mode alike: return the main output only (no auxiliary heads)")
+    return out
+
+
+def _call(model: nn.Module):
+    def f(p, b, xb):
+        return functional_call(model, (p, b), (xb,))
+    return f
+
+
+# model -> {(modes, layout, dtype, device, autocast): None when vmap runs the network, else why not}
+_VMAP_TRIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _vmap_failure(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                  x: torch.Tensor) -> str | None:
+    """Why ``vmap`` cannot run ``model`` on such inputs, or None: tried once per
+    network, mode, input layout and autocast setting, on two points (copies
+    of the buffers, no graph) and two images."""
+    layout = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    modes = tuple(m.training for m in model.modules())  # batch norm may be in train mode in an eval-mode model
+    key = (modes, layout, x.dtype, x.device.type, torch.is_autocast_enabled(x.device.type))
+    tried = _VMAP_TRIED.setdefault(model, {})
+    if key not in tried:
+        p = {n: v[:2].detach() for n, v in params.items()}
+        b = {n: v[:2].clone() for n, v in buffers.items()}
+        try:
+            with torch.no_grad():
+                vmap(_call(model), in_dims=(0, 0, None), randomness="different")(p, b, x[:2])
+            tried[key] = None
+        except (RuntimeError, NotImplementedError) as e:
+            tried[key] = first_line(e)
+    return tried[key]
 
 
 class _BnCounts:

@@ -55,7 +55,8 @@ from .bn import bn_modules
 from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
 from .errors import UserError, check_seed, is_whole
-from .evaluate import METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, whole_set_fits
+from .evaluate import (METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, train_logits,
+                       whole_set_fits)
 from .inputs import stored_data
 from .layout import image_layout
 from .metrics import expected_calibration_error, running_ensemble
@@ -398,7 +399,7 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
                 else:
                     zs, kls = flow_kl(eps[None], mu, sigma, flow, run.prior_scale)
                     z, kl = zs[0], kls[0]
-                logits = functional_call(net, space.unflatten((shift + z @ basis).float()), (layout(x),))
+                logits = train_logits(functional_call(net, space.unflatten((shift + z @ basis).float()), (layout(x),)))
                 nll = F.cross_entropy(logits.float(), y)
                 loss = nll + run.temperature * kl / n
                 optimizer.zero_grad(set_to_none=True)

@@ -62,7 +62,7 @@ from .checkpoint import (
 from .data import Dataset, data_differs, data_location, described, load_dataset, why_data_differs
 from .device import seed_everything
 from .errors import UserError
-from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty
+from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
 from .progress import LogLines, Progress, fixed, progress_mode
@@ -261,7 +261,7 @@ def train(
     model.to(device)
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(x)  # (B, classes)
+        logits = train_logits(model(x))  # (B, classes)
         return F.cross_entropy(logits.float(), y), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
@@ -415,6 +415,8 @@ def run_training(
     check_world(cfg.batch_size, world)
     metrics = list(metrics or [])
     params = [p for p in task.module.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("the network trains none of its parameters (all have requires_grad=False)")
     optimizer = (task.optimizer(params) if task.optimizer is not None else
                  torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=task.weight_decay))
     if state is not None:

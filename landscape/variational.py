@@ -60,7 +60,7 @@ from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_mod
                          save_checkpoint)
 from .data import Dataset
 from .errors import UserError
-from .evaluate import evaluate_model, precision_amp
+from .evaluate import evaluate_model, precision_amp, train_logits
 from .inputs import asks_for_data, named_model, note_split_leak, own_network, run_data, stored_data
 from .sweep import begin_result, finish_result, process_device, request_key
 from .train import (Task, TrainConfig, _say, check_rate, learning_rate, prepare_run, run_training,
@@ -442,7 +442,7 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
     optimizer: list[torch.optim.Optimizer] = []  # its second group holds the variance parameters
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = vnet(x)
+        logits = train_logits(vnet(x))
         return F.cross_entropy(logits.float(), y) + beta[0] * vnet.kl() / n_train, logits
 
     def rate(epoch: int, it: int, steps: int) -> float:

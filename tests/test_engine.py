@@ -461,6 +461,60 @@ def test_a_batch_norm_layer_called_twice_is_estimated_by_batches(small):
     assert got["train_nll"][0] == pytest.approx(evaluate_model(fixed, small, "train", batch_size=64)["nll"], rel=1e-5)
 
 
+class Same(torch.nn.Module):
+    """An identity parametrization: the same function, the same weights; it makes its layer a module with children."""
+
+    def forward(self, w):
+        return w
+
+
+def test_a_parametrized_batch_norm_layer_called_twice_is_still_found(small):
+    """A parametrized weight gives the batch-norm layer child modules: its calls are counted all the same."""
+    import torch.nn.utils.parametrize as parametrize
+
+    torch.manual_seed(4)
+    plain = SharedBn()
+    param = copy.deepcopy(plain)
+    parametrize.register_parametrization(param.bn, "weight", Same())
+    assert list(param.bn.children())
+    assert resolve_bn_stats("auto", param, small) == "batches"
+    with pytest.raises(UserError, match=r"bn runs more than once"):
+        resolve_bn_stats("population", param, small)
+    got = evaluate_points(param, [param], [[1.0]], small, batch_size=64)
+    ref = evaluate_points(plain, [plain], [[1.0]], small, batch_size=64)
+    for key in METRICS:
+        assert_close(got[key], ref[key])
+
+
+class RowLstm(torch.nn.Module):
+    """An LSTM over the image's rows: torch has no vmap batching rule for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.out = torch.nn.LSTM(8, 16, batch_first=True), torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.out(self.rnn(x.reshape(-1, 8, 8))[0][:, -1])
+
+
+def test_a_network_vmap_cannot_batch_loops_under_auto_and_is_refused_under_vmap(small, monkeypatch):
+    torch.manual_seed(0)
+    nets = [RowLstm(), RowLstm()]
+    with pytest.raises(UserError, match=r"^strategy vmap: torch cannot batch this network's points \(Batching "
+                                        r"rule not implemented for aten::lstm.*\); use strategy loop$"):
+        evaluate_points(nets[0], nets, LINE, small, strategy="vmap")
+    ref = evaluate_points_sequential(nets[0], nets, LINE, small)
+    # auto picks vmap on CUDA: there it tries the network on two points first, and loops when vmap fails
+    monkeypatch.setattr(engine_module, "resolve_strategy", lambda strategy, device: "vmap")
+    got = evaluate_points(nets[0], nets, LINE, small, strategy="auto", points_per_pass=3)
+    for key in METRICS:
+        assert_close(got[key], ref[key])
+    # a network vmap runs is batched as before: the trial is remembered per network and mode
+    net = convnet(0)
+    got = evaluate_points(net, [net, convnet(1)], LINE, small, strategy="auto", channels_last=False)
+    assert list(engine_module._VMAP_TRIED[net].values()) == [None, None]  # train mode (statistics), eval mode
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["per-batch", "every-call"])
 def test_a_last_batch_of_one_sample_joins_the_one_before(small, shared):
     """129 training samples in batches of 64: the last batch would hold one

@@ -142,3 +142,65 @@ def test_buffers_that_differ_between_networks_are_noted(tmp_path, small_digits, 
     assert torch.equal(pts.model.proj, torch.load(a, weights_only=True)["state_dict"]["proj"])
     fit_curve(a, b, tmp_path / "ab", epochs=1, data=small_digits, progress=False)
     assert "note: buffer proj differs" in capsys.readouterr().err
+
+
+def _lazy(num_classes, input_shape):
+    return nn.Sequential(nn.Conv2d(input_shape[0], 4, 3, padding=1), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(),
+                         nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+class _Aux(nn.Module):
+    """Inception's pattern: (logits, auxiliary logits) in train mode, logits in eval mode."""
+
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        self.body, self.out, self.aux = nn.Linear(64, 16), nn.Linear(16, num_classes), nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        h = self.body(x.flatten(1)).relu()
+        return (self.out(h), self.aux(h)) if self.training else self.out(h)
+
+
+def _frozen(num_classes, input_shape):
+    net = mlp(False)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+class _Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+
+    def forward(self, x, mask):
+        return self.lin(x.flatten(1) * mask)
+
+
+def test_lazy_layers_take_their_shapes_from_the_data(tmp_path, small_digits, monkeypatch):
+    import landscape
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("lazy")(_lazy)
+    built = models.create_model("lazy", num_classes=10, input_shape=(1, 8, 8))
+    assert not models.has_lazy(built) and built[4].weight.shape == (16, 256) and built.training
+    run = train(out=tmp_path / "lazy", model="lazy", data=small_digits, epochs=1, progress=False)
+    net = landscape.load_model(tmp_path / "lazy" / "model.pt")
+    assert evaluate_model(net, small_digits, "test")["error"] == pytest.approx(run.summary["test_error"])
+    given = landscape.load_model(tmp_path / "lazy" / "model.pt", _lazy(10, (1, 8, 8)))  # an instance not yet shaped
+    for (name, a), (_, b) in zip(net.state_dict().items(), given.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(UserError, match=r"lazy layers, and a forward of zeros of shape \(3, 8, 8\) .*failed"):
+        models.materialize(_lazy(10, (1, 8, 8)), (3, 8, 8), "the network")
+
+
+def test_networks_training_cannot_use_are_refused_in_one_line(tmp_path, small_digits, monkeypatch):
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("aux")(_Aux)
+    models.register_model("frozen")(_frozen)
+    with pytest.raises(UserError, match=r"^the network gave a tuple in train mode; .*return the main output only"):
+        train(out=tmp_path / "aux", model="aux", data=small_digits, epochs=1, progress=False)
+    with pytest.raises(UserError, match=r"^the network trains none of its parameters"):
+        train(out=tmp_path / "frozen", model="frozen", data=small_digits, epochs=1, progress=False)
+    with pytest.raises(UserError, match=r"does not accept this data's inputs of shape \(1, 8, 8\): .*mask"):
+        evaluate_model(_Masked(), small_digits)

@@ -21,12 +21,16 @@ import os
 import sys
 from typing import Callable
 
+import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
 from ..errors import UserError, first_line
 from . import preresnet, simple, vgg, wide_resnet
 
-__all__ = ["MODELS", "register_model", "list_models", "buildable", "stored_spec", "create_model", "model_spec", "from_spec", "check_spec_fits"]
+__all__ = ["MODELS", "register_model", "list_models", "buildable", "stored_spec", "create_model", "model_spec", "from_spec", "check_spec_fits",
+           "has_lazy", "materialize"]
 
 Factory = Callable[..., nn.Module]
 
@@ -116,6 +120,36 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
                         f"{type(e).__name__}{': ' + first_line(e) if str(e).strip() else ''}") from e
     if not isinstance(model, nn.Module):
         raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return materialize(model, input_shape, f"model {name!r}")
+
+
+def has_lazy(model: nn.Module) -> bool:
+    """Whether ``model`` has lazy layers (``nn.LazyLinear`` ...) whose shapes are not set yet."""
+    return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules())
+
+
+def materialize(model: nn.Module, input_shape: tuple[int, ...] | None, source: object) -> nn.Module:
+    """``model`` with its lazy layers' shapes set by one eval-mode forward of two
+    zero inputs of ``input_shape`` (modes kept, no graph): every later step,
+    from a checkpoint's shape check to a batch of points, needs the shapes.
+    A model without lazy layers is returned as it is."""
+    if not has_lazy(model):
+        return model
+    if input_shape is None:
+        raise UserError(f"{source} has lazy layers whose shapes are not set yet, and the input shape is unknown: "
+                        f"run one forward on an input batch first")
+    modes = {m: m.training for m in model.modules()}
+    where = next((t.device for t in (*model.parameters(), *model.buffers()) if not isinstance(t, UninitializedParameter)),
+                 torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *input_shape, device=where))
+    except Exception as e:  # a user's network fails in any way
+        raise UserError(f"{source} has lazy layers, and a forward of zeros of shape {tuple(input_shape)} to set "
+                        f"their shapes failed: {type(e).__name__}: {first_line(e)}") from e
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
     return model
 
 
