@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedParameter
+from torch.nn.parameter import is_lazy
 
 from ..errors import UserError, first_line
 from . import preresnet, simple, vgg, wide_resnet
@@ -139,7 +139,7 @@ def materialize(model: nn.Module, input_shape: tuple[int, ...] | None, source: o
         raise UserError(f"{source} has lazy layers whose shapes are not set yet, and the input shape is unknown: "
                         f"run one forward on an input batch first")
     modes = {m: m.training for m in model.modules()}
-    where = next((t.device for t in (*model.parameters(), *model.buffers()) if not isinstance(t, UninitializedParameter)),
+    where = next((t.device for t in (*model.parameters(), *model.buffers()) if not is_lazy(t)),
                  torch.device("cpu"))
     try:
         with torch.no_grad():
