@@ -127,6 +127,7 @@ def evaluate_curve(
         summary[path] = {
             "length": length,
             "train_loss_barrier": stats["train_loss"]["barrier"],
+            "train_nll_barrier": stats["train_nll"]["barrier"],  # without the weight-decay term, which may fall
             "test_error_barrier": stats["test_error"]["barrier"],
             "train_loss_max": stats["train_loss"]["max"],
             "test_error_max": stats["test_error"]["max"],

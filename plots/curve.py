@@ -56,8 +56,11 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     plot_curve_metric(ax_err, arrays, "test_error", f"{split} error (%)", summary)
     c, l = summary["curve"], summary["line"]
     # three significant digits: a barrier of 1e-4 is not "0.000"
-    ax_loss.set_title(f"train loss barrier: curve {c['train_loss_barrier']:.3g}, line {l['train_loss_barrier']:.3g}",
-                      fontsize=fs(10))
+    title = f"train loss barrier: curve {c['train_loss_barrier']:.3g}, line {l['train_loss_barrier']:.3g}"
+    if summary.get("wd"):  # the weight-decay term may fall along the curve and hide a rise in NLL
+        nll = [p["metrics"]["train_nll"]["barrier"] for p in (c, l)]
+        title += f"\nNLL alone: curve {nll[0]:.3g}, line {nll[1]:.3g}"
+    ax_loss.set_title(title, fontsize=fs(10))
     ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.3g}%, line {l['test_error_barrier']:.3g}%",
                      fontsize=fs(10))
     if paper_width() is None:

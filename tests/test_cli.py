@@ -227,8 +227,9 @@ def test_connect_curve_and_plot_end_to_end(tmp_path, capsys, endpoints):
     for path in ("curve", "line"):
         for key in ("train_loss_barrier", "test_error_barrier", "train_loss_max", "test_error_max", "length"):
             assert key in summary[path]
-    # The printed table carries the stored numbers.
+    # The printed table carries the stored numbers: the train NLL's barrier beside the train loss's (wd 5e-4)
     assert f"{summary['line']['train_loss_barrier']:.4f}" in out
+    assert "train-NLL barrier" in out and f"{summary['curve']['train_nll_barrier']:.4f}" in out
     # The endpoints' errors with batch norm re-estimated, beside their own runs' (running statistics) where they differ
     own = [json.loads((p.parent / "summary.json").read_text())["test_error"] for p in (a, b)]
     here = summary["curve"]["metrics"]["test_error"]
@@ -242,6 +243,9 @@ def test_connect_curve_and_plot_end_to_end(tmp_path, capsys, endpoints):
         # barrier recomputed from the stored per-t values
         tl = z["line_train_loss"]
         assert summary["line"]["train_loss_barrier"] == pytest.approx(tl.max() - (tl[0] + tl[-1]) / 2)
+        nll = z["curve_train_nll"]
+        assert summary["curve"]["train_nll_barrier"] == pytest.approx(nll.max() - (nll[0] + nll[-1]) / 2)
+        assert abs(summary["curve"]["train_nll_barrier"] - summary["curve"]["train_loss_barrier"]) > 1e-6  # wd's term
     assert (tmp_path / "eval" / "curve.png").stat().st_size > 10_000
     code, out, _ = run(capsys, "plot", tmp_path / "eval", "--format", "pdf", "svg")
     assert code == 0 and (tmp_path / "eval" / "curve.pdf").exists() and (tmp_path / "eval" / "curve.svg").exists()
@@ -400,7 +404,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     for needle in ("straight line", "Bezier curve, 1 bend", "polygonal chain, 1 bend", "SWA (from a)",
                    "SGD (continued from a)", "FGE ensemble (4)", "SWAG average (30)", "ESS, SWAG PCA plane (30)",
                    "ESS, curve plane (30)", "VD last, deterministic", "VD HWA avg, ensemble (30)", "median width",
-                   "VD posteriors, line", "VD posteriors, Bezier"):
+                   "VD posteriors, line", "VD posteriors, Bezier", "train-NLL barrier"):
         assert needle in out, needle
     figures = [line.strip() for line in out.splitlines() if line.strip().endswith(".png")]
     assert len(figures) == 22 and all(Path(f).exists() for f in figures)
@@ -414,7 +418,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     assert trajectory["checkpoints"] == 4 and trajectory["start_label"] == "init"
     # Every number in the line row is the stored summary's.
     line = json.loads((tmp_path / "demo" / "bezier-eval" / "summary.json").read_text())["line"]
-    assert f"{line['train_loss_barrier']:.4f}" in out
+    assert f"{line['train_loss_barrier']:.4f}" in out and f"{line['train_nll_barrier']:.4f}" in out
     # A rerun reuses every finished step and prints the same table.
     code, again, _ = run(capsys, *argv)
     assert code == 0
