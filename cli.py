@@ -1157,8 +1157,10 @@ def cmd_simplex(args: argparse.Namespace) -> int:
               f"train loss max {_fixed(s['train_loss_max'], 4)}; ensemble {split} error {s['ensemble']['test_error']:.2f}%, "
               f"nll {_fixed(s['ensemble']['test_nll'], 4)}")
         if "line" in s:
-            print(f"straight line between the first two modes: train-loss barrier {_fixed(s['line']['train_loss_barrier'], 4)}, "
-                  f"max train loss {_fixed(s['line']['train_loss_max'], 4)}")
+            line = s["line"]
+            nll = f" (NLL alone {_fixed(line['train_nll_barrier'], 4)})" if "train_nll_barrier" in line else ""
+            print(f"straight line between the first two modes: train-loss barrier "
+                  f"{_fixed(line['train_loss_barrier'], 4)}{nll}, max train loss {_fixed(line['train_loss_max'], 4)}")
     for f in figures:
         print(f"figure: {f}")
     return 0

@@ -408,7 +408,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     lm = run_sweep(template, cx.anchors().detach(), line, data, wd=cfg.wd,  # under torchrun: shared out
                    progress=progress, what="the straight line between the first two modes")
     line_summary = {"train_loss_max": float(lm["train_loss"].max()), "train_loss_barrier": barrier(lm["train_loss"]),
-                    "test_error_max": float(lm["test_error"].max())}
+                    "train_nll_barrier": barrier(lm["train_nll"]), "test_error_max": float(lm["test_error"].max())}
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
                    {"kind": "complex", "modes": [str(p) for p in modes], "lam": cfg.lam, "line": line_summary},
                    progress=progress)

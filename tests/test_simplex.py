@@ -3,6 +3,7 @@ shared connectors, SPRO on digits."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -170,6 +171,13 @@ def test_complex_between_two_modes_stays_below_the_line_barrier(tmp_path, modes)
     s = r.summary
     assert s["kind"] == "complex" and s["simplexes"] == [[0, 2], [1, 2]]
     assert s["train_loss_max"] < s["line"]["train_loss_max"]
+    # the line's NLL barrier beside its train loss's, from the line's own points (wd/2 ||w||^2 taken off)
+    from landscape.evaluate import evaluate_points
+    from landscape.geometry import line_coefficients
+    t = np.linspace(0, 1, 21)
+    ref = evaluate_points(r.model, r.complex.anchors().detach(), line_coefficients(3, 0, 1, 1.0, t), r.data)
+    assert s["line"]["train_nll_barrier"] == pytest.approx(ref["train_nll"].max() - ref["train_nll"][[0, -1]].mean(),
+                                                           rel=1e-4)
     space = ParamSpace.of(r.model)
     for i, path in enumerate(modes):
         assert torch.equal(r.complex.anchors()[i].cpu(), space.flatten(load_checkpoint(path).state_dict))
