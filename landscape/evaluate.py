@@ -10,7 +10,6 @@ one-point-at-a-time loop it is checked against.
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -552,26 +551,32 @@ def _call(model: nn.Module):
     return f
 
 
-# model -> {(modes, layout, dtype, device, autocast): None when vmap runs the network, else why not}
-_VMAP_TRIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Kept on the network itself ({(modes, layout, dtype, device, autocast): None when vmap runs it, else why not}):
+# a module that defines __eq__ without __hash__ could not key a dictionary.
+_VMAP_TRIED = "_landscape_vmap_tried"
 
 
 def _vmap_failure(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                   x: torch.Tensor) -> str | None:
     """Why ``vmap`` cannot run ``model`` on such inputs, or None: tried once per
     network, mode, input layout and autocast setting, on two points (copies
-    of the buffers, no graph) and two images."""
+    of the buffers, no graph) and two images, with the random number
+    generators put back after it (a dropout layer's draws, and so a seeded
+    or resumed run, are those of the run without the trial). Running out of
+    memory is raised, not remembered."""
     layout = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     modes = tuple(m.training for m in model.modules())  # batch norm may be in train mode in an eval-mode model
     key = (modes, layout, x.dtype, x.device.type, torch.is_autocast_enabled(x.device.type))
-    tried = _VMAP_TRIED.setdefault(model, {})
+    tried = model.__dict__.setdefault(_VMAP_TRIED, {})
     if key not in tried:
         p = {n: v[:2].detach() for n, v in params.items()}
         b = {n: v[:2].clone() for n, v in buffers.items()}
         try:
-            with torch.no_grad():
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
                 vmap(_call(model), in_dims=(0, 0, None), randomness="different")(p, b, x[:2])
             tried[key] = None
+        except torch.OutOfMemoryError:
+            raise
         except (RuntimeError, NotImplementedError) as e:
             tried[key] = first_line(e)
     return tried[key]

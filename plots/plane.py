@@ -355,7 +355,7 @@ def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
         fig, axes = new_figure(2, n, width=5.4 * n, height=9.0)
         axes = np.asarray(axes).reshape(2, n)
     else:  # the panels in reading order, a result's two together: new_figure wraps them into rows
-        fig, axes = new_figure(1, 2 * n, width=10.8 * n, height=4.5)
+        fig, axes = new_figure(1, 2 * n, width=10.8 * n, height=4.5, group=2)
         axes = np.asarray(axes).reshape(n, 2).T
     spans = []
     for metric, _, vmax, _ in plane_metrics(results[0][1]):

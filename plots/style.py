@@ -119,18 +119,21 @@ MAX_HEIGHT = 9.0
 MIN_PANEL_HEIGHT = 1.6
 
 
-def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: float = 4.0):
+def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: float = 4.0, group: int = 1):
     """A figure of rows x cols panels, ``width`` x ``height`` inches at its own
     size. Drawn to a paper's width (:func:`set_figure_width`) it is scaled to
     that width; a single row of panels that would each be narrower than
     :data:`MIN_PANEL` wraps into rows, and the panels come back as a flat array
-    in their order (as a single row's are)."""
+    in their order (as a single row's are). ``group``: a wrapped row holds a
+    whole number of such runs of panels (one result's pair), where one fits."""
     paper = _WIDTH[0]
     if paper is None or rows != 1 or cols == 1 or paper / cols >= MIN_PANEL:
         if paper is not None:
             width, height = paper, height * paper / width
         return plt.subplots(rows, cols, figsize=(width, height), constrained_layout=True)
     per_row = max(1, int(paper // MIN_PANEL))
+    if per_row >= group:
+        per_row -= per_row % group
     n_rows = -(-cols // per_row)
     panel_height = (paper / per_row) * height / (width / cols)  # each panel's own shape
     panel_height = max(MIN_PANEL_HEIGHT, min(panel_height, MAX_HEIGHT / n_rows))

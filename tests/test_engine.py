@@ -512,8 +512,26 @@ def test_a_network_vmap_cannot_batch_loops_under_auto_and_is_refused_under_vmap(
     # a network vmap runs is batched as before: the trial is remembered per network and mode
     net = convnet(0)
     got = evaluate_points(net, [net, convnet(1)], LINE, small, strategy="auto", channels_last=False)
-    assert list(engine_module._VMAP_TRIED[net].values()) == [None, None]  # train mode (statistics), eval mode
+    assert list(net.__dict__[engine_module._VMAP_TRIED].values()) == [None, None]  # train mode (statistics), eval
 
+
+def test_the_vmap_trial_draws_no_random_numbers_of_the_run(small):
+    """A dropout network under vmap gives the same draws whether its trial runs first or was run before:
+    a seeded or resumed run does not depend on the trial."""
+    from landscape.evaluate import forward_points
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(32, 10)).train()
+    space = ParamSpace.of(net)
+    params = space.unflatten(torch.stack([space.flatten(net)] * 3))
+    outs = []
+    for _ in range(2):  # the first call tries vmap, the second finds the trial's answer
+        torch.manual_seed(1)
+        outs.append(forward_points(net, params, {}, small.x_train[:8], strategy="vmap"))
+        outs.append(torch.rand(3))  # the generator's state after the call
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
+    assert not torch.equal(outs[0][0], outs[0][1])  # each point its own dropout mask: the draws are there
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-batch", "every-call"])
 def test_a_last_batch_of_one_sample_joins_the_one_before(small, shared):

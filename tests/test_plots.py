@@ -447,11 +447,12 @@ def test_planes_compared_at_a_papers_width_take_a_row_each(tmp_path):
     from plots.plane import compare_planes
     from plots.style import set_figure_width
 
-    every = [_load(write_plane(tmp_path / name, synthetic=False), "plane") for name in ("a", "b", "c")]
+    every = [_load(write_plane(tmp_path / name, synthetic=False), "plane") for name in ("a", "b", "c", "d")]
     try:
-        for width, per_row, n in ((6.75, 2, 3), (3.25, 1, 2)):  # a page: a row per result; a column: stacked
+        # a page: a row per result; a column: stacked; 9.5 inches (three panels would fit): still a row per result
+        for width, per_row, n in ((6.75, 2, 3), (3.25, 1, 2), (9.5, 2, 4)):
             set_figure_width(width)
-            results, labels = every[:n], ["A", "B", "C"][:n]
+            results, labels = every[:n], ["A", "B", "C", "D"][:n]
             fig = compare_planes(results, labels)
             try:
                 fig.canvas.draw()
@@ -675,7 +676,7 @@ def test_plot_width_draws_figures_to_a_papers_width_with_8_pt_text(tmp_path, cap
 
 
 def test_lines_and_markers_thin_with_the_text_at_a_papers_width(tmp_path):
-    from plots.style import legend_below, new_figure, save_figure, set_figure_width
+    from plots.style import finish_layout, legend_below, new_figure, save_figure, set_figure_width
 
     def draw():
         fig, ax = new_figure(width=6.0, height=4.0)
@@ -699,8 +700,10 @@ def test_lines_and_markers_thin_with_the_text_at_a_papers_width(tmp_path):
     try:
         set_figure_width(3.25)
         fig, ax = draw()
-        save_figure(fig, tmp_path / "paper", ("png", "pdf"))  # two formats: thinned once
+        save_figure(fig, tmp_path / "paper", ("png", "pdf"))
         scale = [0.8, 0.8, 0.64, 0.8, 0.8, 0.8, 0.64]  # with the text, 8 pt of 10; a marker's area squared
+        assert widths(fig, ax) == pytest.approx([w * k for w, k in zip(own, scale)])
+        finish_layout(fig)  # a figure's layout finished again (a caller saving it once more): thinned once
         assert widths(fig, ax) == pytest.approx([w * k for w, k in zip(own, scale)])
     finally:
         set_figure_width(None)
