@@ -62,6 +62,21 @@ class Dataset:
     # define it) and for data made or changed in Python: not an argument, so dataclasses.replace drops it.
     fingerprint: str | None = dataclasses.field(default=None, init=False)
 
+    def __post_init__(self) -> None:
+        # Data made in Python fails here in one line, not at a training step deep inside torch.
+        for split, want in (("x_train", torch.float32), ("y_train", torch.int64), ("x_test", torch.float32),
+                            ("y_test", torch.int64)):
+            value = getattr(self, split)
+            if not isinstance(value, Tensor):
+                raise UserError(f"Dataset {split} must be a torch tensor ({want}), got a {type(value).__name__}: "
+                                f"torch.as_tensor(...) makes one")
+            if value.dtype != want:
+                raise UserError(f"Dataset {split} must be {want}, got {value.dtype}: .to({want}) converts it")
+        for x, y in (("x_train", "y_train"), ("x_test", "y_test")):
+            if len(getattr(self, x)) != len(getattr(self, y)):
+                raise UserError(f"Dataset {x} holds {len(getattr(self, x))} samples but {y} "
+                                f"{len(getattr(self, y))} labels")
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, e.g. (3, 32, 32) or (D,)."""

@@ -15,6 +15,7 @@ import torch
 
 from .averaging import predict_probs
 from .checkpoint import claim_folder, load_model, write_json
+from .data import Dataset
 from .errors import UserError
 from .evaluate import evaluate_points
 from .inputs import load_points, note_same_weights
@@ -41,15 +42,18 @@ def agreement(ensemble: np.ndarray, single: np.ndarray) -> dict[str, float]:
 
 def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None, *, model: str | None = None,
                       model_kwargs: dict | None = None, data_overrides: dict | None = None,
-                      device: str = "auto", batch_size: int = 1000) -> EnsembleResult:
+                      device: str = "auto", batch_size: int = 1000, data: Dataset | None = None) -> EnsembleResult:
     """Test error and NLL of every member (with its own batch-norm statistics),
     of their averaged predicted probabilities, and of their weight average
-    (batch norm re-estimated on the training data)."""
+    (batch norm re-estimated on the training data). ``data``: the
+    :class:`~landscape.data.Dataset` the networks were trained on with
+    ``data=`` (:func:`~landscape.inputs.load_points`)."""
     out = Path(out) if out is not None else None
     claim_folder(out, "ensemble")  # before the work: a bad --out loses nothing
     if out is not None and (out / "summary.json").exists():
         raise UserError(f"{out} already holds an ensemble result (summary.json); choose another --out")
-    pts = load_points(paths, model=model, model_kwargs=model_kwargs, data_overrides=data_overrides, device=device)
+    pts = load_points(paths, model=model, model_kwargs=model_kwargs, data_overrides=data_overrides, device=device,
+                      data=data)
     data, labels = pts.data, pts.data.y_test.cpu().numpy()
     note_same_weights(pts.vectors, paths, "that network counts twice in the ensemble")
     members, probs = [], []

@@ -281,14 +281,17 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
 
 
 def width_report(swa: str | Path, sgd: str | Path, out: str | Path | None = None, *,
-                 data_overrides: dict[str, Any] | None = None, device: str = "auto", **kwargs: Any) -> RaysResult:
+                 data_overrides: dict[str, Any] | None = None, device: str = "auto", data=None,
+                 **kwargs: Any) -> RaysResult:
     """The SWA paper's width figures (Izmailov et al. 2018, fig. 5) for two
     checkpoints: the line through SGD and SWA extended both ways, and random
-    unit rays from each with the same directions. ``kwargs`` go to
+    unit rays from each with the same directions. ``data``: the
+    :class:`~landscape.data.Dataset` the networks were trained on with
+    ``data=`` (:func:`~landscape.inputs.load_points`). ``kwargs`` go to
     :func:`evaluate_rays` (directions, distance, steps, normalize, rise, ...)."""
     from .inputs import load_points
 
-    pts = load_points([swa, sgd], data_overrides=data_overrides, device=device)
+    pts = load_points([swa, sgd], data_overrides=data_overrides, device=device, data=data)
     kwargs.setdefault("wd", pts.wd)
     return evaluate_rays(pts.model, pts.vectors, pts.data, out, labels=["SWA", "SGD"], paths=[str(swa), str(sgd)],
                          line=True, **kwargs)

@@ -126,6 +126,20 @@ def test_data_passed_from_python_is_not_silently_replaced(tmp_path, small_digits
     ens = espro([a, b], tmp_path / "espro", vertices=2, epochs=1, eval_samples=2, face_resolution=2, data=mine,
                 progress=False)
     assert ens["components"] == 2 and ens["dataset"]["n_train"] == 300
+    # the ensemble and the width report take it too; without it they are refused
+    from landscape.ensemble import evaluate_ensemble
+    from landscape.rays import width_report
+
+    with pytest.raises(UserError, match="was trained on 'mydigits'"):
+        evaluate_ensemble([a, b])
+    with pytest.raises(UserError, match="was trained on 'mydigits'"):
+        width_report(a, b, None, directions=1, steps=3)
+    together = evaluate_ensemble([a, b], data=mine)
+    assert together.summary["dataset"]["n_train"] == 300
+    assert together.summary["weight_average"]["test_error"] == pytest.approx(
+        float(evaluate_points(pts.model, pts.vectors, [[0.5, 0.5]], mine)["test_error"][0]))
+    width = width_report(a, b, None, directions=1, steps=3, data=mine)
+    assert width.summary["dataset"]["n_train"] == 300
 
 
 def test_buffers_that_differ_between_networks_are_noted(tmp_path, small_digits, registered, capsys):
@@ -204,3 +218,19 @@ def test_networks_training_cannot_use_are_refused_in_one_line(tmp_path, small_di
         train(out=tmp_path / "frozen", model="frozen", data=small_digits, epochs=1, progress=False)
     with pytest.raises(UserError, match=r"does not accept this data's inputs of shape \(1, 8, 8\): .*mask"):
         evaluate_model(_Masked(), small_digits)
+
+
+def test_a_dataset_made_in_python_is_checked_when_made(small_digits):
+    import landscape
+
+    d = small_digits
+    parts = dict(name="mine", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test, num_classes=10,
+                 mean=d.mean, std=d.std)
+    assert landscape.Dataset(**parts).input_shape == (1, 8, 8)
+    for key, value, message in (
+            ("x_train", d.x_train.numpy(), r"x_train must be a torch tensor \(torch.float32\), got a ndarray"),
+            ("x_test", d.x_test.double(), r"x_test must be torch.float32, got torch.float64"),
+            ("y_train", d.y_train.int(), r"y_train must be torch.int64, got torch.int32"),
+            ("y_test", d.y_test[:5], r"x_test holds 360 samples but y_test 5 labels")):
+        with pytest.raises(UserError, match=f"^Dataset {message}"):
+            landscape.Dataset(**{**parts, key: value})
