@@ -32,7 +32,6 @@ fixed endpoints, the same on every rank).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -54,7 +53,7 @@ from landscape.data import Dataset
 from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError
 from landscape.bn import reestimate_bn
-from landscape.evaluate import evaluate_model, evaluate_points, forward_points
+from landscape.evaluate import copy_network, evaluate_model, evaluate_points, forward_points
 from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, data_settings,
                               named_model, network_of, note_other_buffers, note_split_leak, own_network,
                               refuse_infinite, refuse_same_weights, require_architecture, run_data)
@@ -273,7 +272,7 @@ def fit_curve(
     def finish() -> dict[str, Any]:
         return _fit_summary(curve, template, data, cfg)
 
-    midpoint = copy.deepcopy(template)
+    midpoint = copy_network(template)
 
     def epoch_eval() -> dict[str, Any]:
         return _midpoint_test(curve, space, midpoint, data, cfg.amp)

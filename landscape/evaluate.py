@@ -26,7 +26,7 @@ from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
-           "choose_points_per_pass", "default_points_per_pass", "forward_points", "train_logits", "probs_of", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
+           "choose_points_per_pass", "default_points_per_pass", "forward_points", "train_logits", "copy_network", "probs_of", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
            "keep_freed_memory"]
 
 
@@ -532,6 +532,20 @@ def forward_points(model: nn.Module, params: dict[str, torch.Tensor], buffers: d
                                                  {n: b[i] for n, b in buffers.items()}), (x,)))
             for i in range(k)]
     return torch.stack(outs)
+
+
+def copy_network(net: nn.Module) -> nn.Module:
+    """A deep copy of ``net``, or one line (:class:`UserError`) where torch
+    cannot copy it: the deprecated ``torch.nn.utils.weight_norm`` keeps its
+    computed weight as a non-leaf tensor, which ``copy.deepcopy`` refuses."""
+    try:
+        return copy.deepcopy(net)
+    except RuntimeError as e:
+        if "deepcopy protocol" not in str(e):
+            raise
+        raise UserError("the network cannot be copied: a weight computed from others (the deprecated "
+                        "torch.nn.utils.weight_norm keeps one) is not a leaf tensor; use "
+                        "torch.nn.utils.parametrizations.weight_norm") from None
 
 
 def train_logits(out: object) -> torch.Tensor:

@@ -234,3 +234,18 @@ def test_a_dataset_made_in_python_is_checked_when_made(small_digits):
             ("y_test", d.y_test[:5], r"x_test holds 360 samples but y_test 5 labels")):
         with pytest.raises(UserError, match=f"^Dataset {message}"):
             landscape.Dataset(**{**parts, key: value})
+
+
+def test_a_network_torch_cannot_copy_is_refused_in_one_line():
+    import warnings
+
+    from landscape.evaluate import copy_network
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        net = nn.Sequential(nn.Flatten(), nn.utils.weight_norm(nn.Linear(64, 10)))
+    net(torch.zeros(2, 1, 8, 8)).sum().backward()  # its weight now a non-leaf tensor of the graph
+    with pytest.raises(UserError, match=r"^the network cannot be copied: .*parametrizations.weight_norm$"):
+        copy_network(net)
+    plain = mlp(False)
+    assert torch.equal(copy_network(plain)[1].weight, plain[1].weight)
