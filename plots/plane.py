@@ -210,7 +210,7 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     if equal_aspect or (equal_aspect is None and 1 / 3 <= ratio <= 3):
         ax.set_aspect("equal", adjustable="box")
     elif x.size > 1 and y.size > 1:  # a distance up is not one across: the reader is told how far
-        note = ax.text(0.99, 0.01, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=fs(7),
+        note = ax.text(0.99, 0.01, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=fs(9),
                        color="dimgray", zorder=2.5,  # over the contours, under the paths and points
                        bbox=dict(facecolor="white", alpha=0.6, lw=0, pad=1.5))
         after_layout(ax.figure, lambda: note.set_text(scale_note(ax)))

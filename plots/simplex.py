@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import matplotlib.tri as mtri
 import numpy as np
 
 from landscape.checkpoint import read_result
 
 from .plane import LogOffsetNorm, clip_values, contour_levels, level_names
-from .style import new_figure, note_synthetic, save_figure, train_loss_label
+from .style import fs, new_figure, note_synthetic, save_figure, train_loss_label
 
 __all__ = ["face_xy", "plot_face", "draw_simplex_figure"]
 
@@ -32,7 +33,11 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
     tri = mtri.Triangulation(xy[:, 0], xy[:, 1])
     clipped = clip_values(np.asarray(values, dtype=float), vmax)
     finite = clipped[np.isfinite(clipped)]
-    if finite.size:
+    if finite.size and np.ptp(finite) == 0 and finite.size == clipped.size:
+        # One value over the whole face: one colour, and the value said, not a colour bar of equal labels.
+        ax.fill(*CORNERS.T, color=plt.get_cmap("jet_r")(0.0), alpha=0.8)
+        label = f"{label}: {level_names(finite[:1])[0]} everywhere" if label else f"{finite[0]:.3g} everywhere"
+    elif finite.size:
         # A face of low loss varies little: the levels then spread over the range there is.
         levels, alpha_eff = contour_levels(clipped, log_alpha, 7)
         norm = LogOffsetNorm(levels[0], levels[-2], alpha_eff)
@@ -44,6 +49,10 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
         names[-1] = f"> {names[-1]}" if np.nanmax(np.asarray(values, dtype=float)) > levels[-2] else names[-1]
         bar.ax.set_yticklabels(names)
         bar.set_label(label)
+        spread = np.ptp(finite) / max(abs(float(np.mean(finite))), 1e-300)
+        if spread < 0.05:  # the colours spread over a narrow range: the reader is told how narrow
+            ax.text(0.5, -0.04, f"values within {100 * spread:.2g}% of each other", transform=ax.transAxes,
+                    ha="center", va="top", fontsize=fs(8), color="dimgray")
     else:
         ax.text(0.5, 0.4, "no finite values", ha="center", va="center", color="gray")
     ax.plot(*np.vstack([CORNERS, CORNERS[:1]]).T, color="black", lw=1)

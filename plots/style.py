@@ -191,23 +191,31 @@ def after_layout(fig, fn) -> None:
     fig.__dict__.setdefault("_landscape_after_layout", []).append(fn)
 
 
+THINNEST = 0.8  # points: the thinnest line thin_lines draws where it thins one
+
+
 def thin_lines(fig, factor: float) -> None:
     """Every line width and marker size in ``fig`` (panels and legends)
     times ``factor`` (a scatter's marker area times its square): a figure
-    drawn to a paper's width keeps its lines in proportion to its 8-pt text."""
+    drawn to a paper's width keeps its lines in proportion to its 8-pt text.
+    A line is not thinned below :data:`THINNEST` points (one drawn thinner
+    stays as it is): thinner, it would vanish in print."""
     if factor == 1.0 or fig.__dict__.get("_landscape_thinned"):
         return
     fig._landscape_thinned = True
     legends = [ax.get_legend() for ax in fig.axes] + list(fig.legends)
     artists = [a for ax in fig.axes for a in (*ax.get_lines(), *ax.collections)]
     artists += [h for leg in legends if leg is not None for h in leg.legend_handles if h is not None]
+    def thinned(width: float) -> float:
+        return max(width * factor, min(width, THINNEST))
+
     for a in artists:
         if isinstance(a, Line2D):
-            a.set_linewidth(a.get_linewidth() * factor)
+            a.set_linewidth(thinned(a.get_linewidth()))
             a.set_markersize(a.get_markersize() * factor)
             a.set_markeredgewidth(a.get_markeredgewidth() * factor)
         elif isinstance(a, Collection):
-            a.set_linewidths(np.asarray(a.get_linewidths(), dtype=float) * factor)
+            a.set_linewidths([thinned(w) for w in np.atleast_1d(np.asarray(a.get_linewidths(), dtype=float))])
             if isinstance(a, PathCollection):  # scatter markers, sized by area
                 a.set_sizes(np.asarray(a.get_sizes(), dtype=float) * factor ** 2)
 

@@ -176,6 +176,17 @@ def test_a_face_of_little_variation_gets_spread_levels_and_both_colorbars():
     for bar in bars:
         names = [t.get_text() for t in bar.get_yticklabels()]
         assert len(names) == 8 and len(set(names)) == 8, names
+    notes = [t.get_text() for t in a.texts if "of each other" in t.get_text()]  # 0.159 to 0.169: 6 %
+    assert notes == [] and [t.get_text() for t in b.texts if "of each other" in t.get_text()] == []
+    plt.close(fig)
+    # a face of one value: one colour and the value in the title; a narrow range: how narrow, said
+    fig, (a, b) = new_figure(1, 2)
+    plot_face(a, bary, np.full(len(bary), 0.2777), ["v0", "v1", "v2"], label="test error (%)")
+    plot_face(b, bary, 0.1092 + 0.0006 * bary[:, 0], ["v0", "v1", "v2"], label="train loss")
+    assert a.get_title() == "test error (%): 0.28 everywhere"
+    assert len([ax for ax in fig.axes if ax not in (a, b)]) == 1  # b's colorbar alone
+    assert [t.get_text() for t in b.texts if "of each other" in t.get_text()] == ["values within 0.55% of each other"]
+    plt.close(fig)
 
 
 def test_norm_is_logarithmic_above_the_minimum():
@@ -705,6 +716,10 @@ def test_lines_and_markers_thin_with_the_text_at_a_papers_width(tmp_path):
         assert widths(fig, ax) == pytest.approx([w * k for w, k in zip(own, scale)])
         finish_layout(fig)  # a figure's layout finished again (a caller saving it once more): thinned once
         assert widths(fig, ax) == pytest.approx([w * k for w, k in zip(own, scale)])
+        fig, ax = new_figure(width=6.0, height=4.0)
+        thin, fine = ax.plot([0, 1], [0, 1], lw=0.6)[0], ax.plot([0, 1], [1, 0], lw=0.9)[0]
+        save_figure(fig, tmp_path / "thin", ("png",))
+        assert (thin.get_linewidth(), fine.get_linewidth()) == pytest.approx((0.6, 0.8))  # none below 0.8 pt
     finally:
         set_figure_width(None)
 
