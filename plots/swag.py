@@ -33,8 +33,9 @@ def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *
     values (a poor centre, as a curve subspace's) is left off the axis, its
     value in the legend, so that the average and the samples it exists to
     compare keep the axis; a log axis when those still differ more than
-    5-fold; ``from_zero``: the axis starts at 0 (an error in percent: one
-    image's difference is not drawn as a trend)."""
+    5-fold; ``from_zero``: the axis starts at 0, a hair below so that a
+    line at 0 shows (an error in percent: one image's difference is not
+    drawn as a trend)."""
     s = np.arange(1, len(bma) + 1)
     others = np.append(bma, sample_mean)
     positive = others[np.isfinite(others) & (others > 0)]
@@ -57,7 +58,8 @@ def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *
         ax.set_ylim(lo - pad, hi + pad)
     if from_zero and ax.get_yscale() == "linear":
         top = float(np.nanmax(np.append(shown, sample_mean)))
-        ax.set_ylim(0, max(1.0, 1.15 * top) if np.isfinite(top) else 1.0)
+        top = max(1.0, 1.15 * top) if np.isfinite(top) else 1.0
+        ax.set_ylim(-0.03 * top, top)  # a hair below 0: an error of 0 % is a line above the axis, not on it
     ax.set_xlabel("samples averaged")
     ax.set_ylabel(ylabel)
     ax.set_xlim(0.5, max(2, len(s)) + 0.5)  # the first and last markers whole
