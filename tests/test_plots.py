@@ -834,3 +834,32 @@ def test_a_plane_not_drawn_to_scale_says_by_how_much_as_drawn():
     assert said == f"not to scale: vertical axis stretched {stretch:.1f}x" and 2 < stretch < 10
     (said,), stretch = texts[2]
     assert said == f"not to scale: vertical axis stretched {stretch:.0f}x" and stretch > 10
+
+
+def test_a_model_average_figure_puts_its_legend_below_at_a_papers_width(tmp_path, monkeypatch):
+    import plots.swag as swag_plots
+    from plots.style import set_figure_width
+
+    drawn = []
+    monkeypatch.setattr(swag_plots, "save_figure", lambda fig, stem, formats: drawn.append(fig) or [])
+    n = 6
+    arrays = {"bma_test_nll": np.linspace(0.03, 0.02, n), "bma_test_error": np.full(n, 0.28),
+              "mean_test_nll": np.array(0.021), "mean_test_error": np.array(0.28),
+              "sample_test_nll": np.full(4, 0.025), "sample_test_error": np.full(4, 0.56)}
+    average = {"members": n, "test_nll": 0.02, "test_error": 0.28}
+    try:
+        for width in (None, 3.25):
+            set_figure_width(width)
+            swag_plots._draw_average(tmp_path / "x", arrays, {}, {}, average, "model average", "the mean", "SWAG",
+                                     ("png",))
+            fig = drawn[-1]
+            legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+            if width is None:  # inside the first panel
+                assert len(legends) == 1 and not fig.legends
+            else:  # below the panels, clear of the lines
+                assert not legends and len(fig.legends) == 1
+                assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+                    "the mean", "single sample (mean)", "model average"]
+            plt.close(fig)
+    finally:
+        set_figure_width(None)
