@@ -177,6 +177,14 @@ def scale_note(ax) -> str:
     return f"not to scale: {'vertical' if stretch > 1 else 'horizontal'} axis stretched {times}"
 
 
+def _set_note(note, ax) -> None:
+    """``note`` says :func:`scale_note`, in two lines where one would not fit the panel's width."""
+    note.set_text(scale_note(ax))
+    renderer = ax.figure.canvas.get_renderer()
+    if note.get_text() and note.get_window_extent(renderer).width > 0.9 * ax.get_window_extent(renderer).width:
+        note.set_text(note.get_text().replace(": ", ":\n", 1))
+
+
 def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: float | None = None,
                log_alpha: float = -5.0, levels: int = 7, cmap: str = "jet_r", label: str = "",
                colorbar: bool = True, axis_labels: tuple[str, str] = ("distance along u", "distance along v"),
@@ -213,7 +221,7 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
         note = ax.text(0.99, 0.01, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=fs(9),
                        color="dimgray", zorder=2.5,  # over the contours, under the paths and points
                        bbox=dict(facecolor="white", alpha=0.6, lw=0, pad=1.5))
-        after_layout(ax.figure, lambda: note.set_text(scale_note(ax)))
+        after_layout(ax.figure, lambda: _set_note(note, ax))
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     if x.size > 1 and y.size > 1:
@@ -357,6 +365,7 @@ def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
     else:  # the panels in reading order, a result's two together: new_figure wraps them into rows
         fig, axes = new_figure(1, 2 * n, width=10.8 * n, height=4.5, group=2)
         axes = np.asarray(axes).reshape(n, 2).T
+    fig.get_layout_engine().set(wspace=0.1)  # each colorbar's label clear of the next panel's axis label
     spans = []
     for metric, _, vmax, _ in plane_metrics(results[0][1]):
         ranges = [_finite_range(clip_values(arrays[metric], vmax)) for arrays, _ in results]

@@ -52,7 +52,7 @@ def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...]
     ax_err.set_ylabel(f"{split} error (%)")
     ax_err.plot([], [], color="gray", ls=":", label="the means' network")  # the dotted lines, in the legend
     ax_err.plot([], [], color="gray", ls="-", label=f"ensemble of {samples}")
-    ax_err.legend(frameon=False, fontsize=fs(8))
+    ax_err.legend(frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")  # a frame: it may sit on a path
     _paths(ax_kl, t, arrays, "kl_per_sample", path_label)
     ax_kl.set_ylabel("KL(q || prior) / N")
     c, l = summary["curve"], summary["line"]

@@ -834,6 +834,15 @@ def test_a_plane_not_drawn_to_scale_says_by_how_much_as_drawn():
     assert said == f"not to scale: vertical axis stretched {stretch:.1f}x" and 2 < stretch < 10
     (said,), stretch = texts[2]
     assert said == f"not to scale: vertical axis stretched {stretch:.0f}x" and stretch > 10
+    # a panel too narrow for the note on one line: two lines, inside it
+    fig, ax = plt.subplots(figsize=(3.4, 3.0), constrained_layout=True)
+    x, y = np.linspace(0, 4.0, 11), np.linspace(0, 1, 9)
+    plot_plane(ax, x, y, np.add.outer(x, y), label="loss")
+    finish_layout(fig)
+    (note,) = [t for t in ax.texts if "not to scale" in t.get_text()]
+    assert note.get_text().startswith("not to scale:\nvertical axis stretched")
+    assert note.get_window_extent().width < ax.get_window_extent().width
+    plt.close(fig)
 
 
 def test_a_model_average_figure_puts_its_legend_below_at_a_papers_width(tmp_path, monkeypatch):
