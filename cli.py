@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import os
 import statistics
 import sys
@@ -137,9 +138,9 @@ def add_curve_model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_optim_args(p: argparse.ArgumentParser, *, epochs: int = 20, lr: float | None = 0.05, wd: float = 5e-4,
-                   schedule: bool = True) -> None:
+                   schedule: bool = True, epochs_help: str = "passes over the training set") -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=epochs, help="passes over the training set")
+    g.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     if lr is not None:
         g.add_argument("--lr", type=float, default=lr, help="initial learning rate")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -179,7 +180,7 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
 def add_stored_eval_args(p: argparse.ArgumentParser) -> None:
     """--out, --resume, the evaluation and data options and --model of a
     command that evaluates a checkpoint holding its own network (curve, swag)."""
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
@@ -208,8 +209,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "(default: from free memory; at most 8 where points run one after another, as on the CPU)")
     g.add_argument("--wd", type=float, default=None, help="weight decay in the reported train loss (default: as fitted)")
     g.add_argument("--precision", default="fp32",
-                   help="fp32 (default) or bf16: bf16 autocast, about 2x faster on CPUs with bf16 units; "
-                        "batch-norm statistics and sums stay fp32")
+                   help="fp32 (default) or bf16: bf16 autocast, about 2x faster on CPUs with bf16 units (AMX), "
+                        "several times slower where bf16 is emulated (AVX2 only); batch-norm statistics and sums "
+                        "stay fp32")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     g.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
@@ -446,6 +448,8 @@ def _eval_wd(args: argparse.Namespace, pts) -> float:
     """The weight decay of the reported train loss: --wd, else the first
     checkpoint's; a foreign checkpoint records none, and the user is told."""
     if args.wd is not None:
+        if not (args.wd >= 0 and math.isfinite(args.wd)):
+            raise UserError(f"--wd must be a finite number >= 0, got {args.wd}")
         return args.wd
     first = pts.checkpoints[0]
     if ((first.meta or {}).get("train_config") or {}).get("wd") is None:
@@ -1112,6 +1116,14 @@ def cmd_simplex(args: argparse.Namespace) -> int:
 
     if bool(args.base) == bool(args.modes):
         raise UserError("give --base A.pt [B.pt ...] (simplexes around modes) or --modes A.pt B.pt (a complex)")
+    if args.base and args.connectors is not None:
+        raise UserError("--connectors applies to a complex (--modes); simplexes around modes (--base) take --vertices")
+    if args.modes and args.vertices is not None:
+        raise UserError("--vertices applies to simplexes around modes (--base); a complex (--modes) takes "
+                        "--connectors")
+    vertices = args.vertices if args.vertices is not None else 3
+    connectors = args.connectors if args.connectors is not None else 2
+    formats = tuple(args.format)
     o = dict(_data_overrides(args), lam=args.lam, samples=args.samples, volume_weighted=args.volume_weighted,
              init=args.init, init_scale=args.init_scale,
              epochs=args.epochs, lr=args.lr, momentum=args.momentum, wd=args.wd, batch_size=args.batch_size,
@@ -1126,10 +1138,11 @@ def cmd_simplex(args: argparse.Namespace) -> int:
     common = dict(resume=args.resume, progress=_progress(args), eval_samples=args.eval_samples,
                   face_resolution=args.face_grid)
     if args.base and len(args.base) > 1:
-        s = espro(args.base, args.out, vertices=args.vertices, **common, **o)
+        s = espro(args.base, args.out, vertices=vertices, **common, **o)
         if not is_main():  # under torchrun, rank 0 reports
             return 0
-        figures = [f for i in range(len(args.base)) for f in draw_simplex_figure(args.out / f"component-{i + 1}")]
+        figures = [f for i in range(len(args.base))
+                   for f in draw_simplex_figure(args.out / f"component-{i + 1}", formats)]
         split = s.get("eval_split", "test")
         print(f"ESPRO: {s['components']} simplexes of {s['vertices']} vertices")
         print(f"{'':<28}{f'{split} err %':>12}{f'{split} nll':>10}")
@@ -1141,13 +1154,13 @@ def cmd_simplex(args: argparse.Namespace) -> int:
                 print(f"{name:<28}{_cell(row['test_error'], 12, 2)}{_cell(row['test_nll'], 10, 4)}")
     else:
         if args.base:
-            r = grow_simplex(args.base[0], args.out, vertices=args.vertices, **common, **o)
+            r = grow_simplex(args.base[0], args.out, vertices=vertices, **common, **o)
         else:
-            r = connect_modes(args.modes, args.out, connectors=args.connectors, **common, **o)
+            r = connect_modes(args.modes, args.out, connectors=connectors, **common, **o)
         if not is_main():  # under torchrun, rank 0 reports
             return 0
         s = r.summary
-        figures = draw_simplex_figure(args.out)
+        figures = draw_simplex_figure(args.out, formats)
         split = s.get("eval_split", "test")
         print(f"{s['kind']}: {len(s['labels'])} vertices, {len(s['simplexes'])} simplex(es), volume {s['volume']:.4g}")
         print(f"{'point':<16}{'train loss':>12}{f'{split} err %':>12}")
@@ -1445,7 +1458,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--xrange", type=float, nargs=2, metavar=("LO", "HI"),
                    help="explicit x range (weight-space units; with --center, multiples of the first direction)")
     g.add_argument("--yrange", type=float, nargs=2, metavar=("LO", "HI"), help="explicit y range")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
@@ -1466,7 +1479,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--line", action="store_true", help="also the line through the two centres, extended both ways")
     g.add_argument("--rise", type=float, default=0.1, help="train-loss rise that defines the width (default 0.1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the directions")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
@@ -1687,7 +1700,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "eigenvalues by Lanczos (Ritz values with residuals) and its trace by "
                                    "Hutchinson's estimator, batch norm as the planes re-estimate it.")
     p.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue after the networks already done in --out")
     g = p.add_argument_group("sharpness")
     g.add_argument("--top", type=int, default=5, help="eigenvalues reported, largest first (default 5)")
@@ -1720,13 +1733,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swa", required=True, type=Path, help="the SWA checkpoint")
     p.add_argument("--sgd", required=True, type=Path, help="the SGD checkpoint")
     g = p.add_argument_group("rays")
-    g.add_argument("--directions", type=int, default=10, help="random unit directions, the same from each centre")
-    g.add_argument("--distance", type=float, default=None, help="default: half the SWA point's norm")
+    g.add_argument("--directions", type=int, default=10,
+                   help="random directions, the same from each centre (default 10)")
+    g.add_argument("--distance", type=float, default=None,
+                   help="how far each ray goes on each side (default: half the SWA point's norm; 1 with "
+                        "--normalize filter)")
     g.add_argument("--steps", type=int, default=10, help="points per side of each ray")
     g.add_argument("--normalize", default="gaussian", help="gaussian or filter")
     g.add_argument("--rise", type=float, default=0.1, help="train-loss rise above the centre that defines the width")
     g.add_argument("--seed", type=int, default=0, help="seed of the directions")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
@@ -1739,9 +1755,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("simplex")
     g.add_argument("--base", type=Path, nargs="+", metavar="A.pt", help="mode(s) to grow simplexes around")
     g.add_argument("--modes", type=Path, nargs="+", metavar="A.pt", help="modes to join through connectors")
-    g.add_argument("--vertices", type=int, default=3, help="vertices of each simplex around a mode, the mode included")
-    g.add_argument("--connectors", type=int, default=2, help="shared connecting vertices of a complex")
-    g.add_argument("--lam", type=float, default=0.1, help="volume regularisation lambda (scaled by 1/|log V0|; default 0.1)")
+    g.add_argument("--vertices", type=int, default=None,
+                   help="vertices of each simplex around a mode, the mode included (with --base; default 3)")
+    g.add_argument("--connectors", type=int, default=None,
+                   help="shared connecting vertices of a complex (with --modes; default 2)")
+    g.add_argument("--lam", type=float, default=0.1,
+                   help="volume regularisation lambda (scaled by 1/|log V0|, or by 1 where |log V0| is below 1; "
+                        "default 0.1)")
     g.add_argument("--samples", type=int, default=5, help="points sampled from the simplex per minibatch")
     g.add_argument("--volume-weighted", action="store_true", help="choose simplexes in proportion to volume")
     g.add_argument("--init", default="centre",
@@ -1750,10 +1770,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "itself) or random (a fresh network)")
     g.add_argument("--init-scale", type=float, default=0.05, help="see --init (default 0.05)")
     g.add_argument("--eval-samples", type=int, default=32, help="uniform samples evaluated at the end")
-    g.add_argument("--face-grid", type=int, default=10, help="resolution of the face figure's triangular grid")
+    g.add_argument("--face-grid", type=int, default=10,
+                   help="points a side of the face figure's triangular grid (default 10)")
+    g.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
-    add_optim_args(p, epochs=10, lr=0.01)
+    add_optim_args(p, epochs=10, lr=0.01, epochs_help="passes over the training set for each new vertex")
     add_run_args(p)
     p.set_defaults(func=cmd_simplex)
 

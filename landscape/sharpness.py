@@ -50,6 +50,7 @@ the NLL's alone.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import zipfile
 from dataclasses import dataclass
@@ -511,6 +512,8 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     if not vectors or len(labels) != len(vectors):
         raise UserError(f"give one label per network: {len(labels)} labels for {len(vectors)} networks")
     check_settings(top, iters, trace_samples, seed, density_runs, layer_iters)
+    if not (wd >= 0 and math.isfinite(wd)):  # the weight-decay term added to every eigenvalue
+        raise UserError(f"--wd must be a finite number >= 0, got {wd}")
     trained = ParamSpace.of(model).trained()  # the Hessian is over what the network trains
     numel = trained.numel
     check_fits(8.0 * min(iters, numel) * numel, f"--iters {iters} (the Lanczos basis, steps x parameters float64)",

@@ -380,6 +380,7 @@ def test_results_are_stored_per_network_and_resume_after_an_interruption(tmp_pat
     (dict(iters=2.5), "--iters must be a whole number of at least 1, got 2.5"),
     (dict(seed=-1), "--seed must be a whole number from 0 to 2^63 - 1, got -1"),
     (dict(seed=2 ** 70), "--seed must be a whole number from 0 to 2^63 - 1"),
+    (dict(wd=-1.0), "--wd must be a finite number >= 0, got -1.0"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, monkeypatch, options, message):
     data, net = small_data(), bn_net()

@@ -194,7 +194,9 @@ def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, c
     ckpt = tmp_path / "untrained.pt"
     spec = {"name": "convnet", "kwargs": {"num_classes": 10, "input_shape": [1, 8, 8], "width": 4}}
     save_checkpoint(ckpt, create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4).state_dict(), spec)
-    for argv, msg in ((["--eval-samples", "0"], "--eval-samples must be at least 1, got 0"),
+    for argv, msg in ((["--connectors", "1"], "--connectors applies to a complex (--modes); simplexes around modes "
+                                             "(--base) take --vertices"),
+                      (["--eval-samples", "0"], "--eval-samples must be at least 1, got 0"),
                       (["--face-grid", "-1"], "--face-grid must be at least 1, got -1"),
                       (["--init-scale", "0"], "--init-scale must be positive (a new vertex at the centroid spans "
                                               "no volume), got 0.0"),
@@ -223,6 +225,9 @@ def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, c
     code = cli.main(["simplex", "--base", str(ckpt), str(ckpt), "--lam", "-1", "--out", str(tmp_path / "e"), "--quiet"])
     assert code == 2 and capsys.readouterr().err.strip() == "landscape: error: --lam must be a finite number >= 0, got -1.0"
     assert not (tmp_path / "e").exists()
+    code = cli.main(["simplex", "--modes", str(ckpt), str(ckpt), "--vertices", "3", "--out", str(tmp_path / "e")])
+    assert code == 2 and capsys.readouterr().err.strip() == (
+        "landscape: error: --vertices applies to simplexes around modes (--base); a complex (--modes) takes --connectors")
 
 
 def test_an_init_scale_that_overflows_and_espro_bases_on_other_data_are_refused_before_training(
