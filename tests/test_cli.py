@@ -588,12 +588,11 @@ def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, end
                  ["curve", "--ckpt", tmp_path / "c" / "model.pt", "--points", 3, "--out", tmp_path / "cv"],
                  ["plane", "--ckpt", tmp_path / "c" / "model.pt", "--grid", 3, "--out", tmp_path / "pl"],
                  ["simplex", "--base", mine[0], "--vertices", 2, "--epochs", 1, "--eval-samples", 2,
-                  "--face-grid", 2, "--quiet", "--out", tmp_path / "sx", "--format", "svg"]):
+                  "--face-grid", 2, "--quiet", "--out", tmp_path / "sx"]):
         code, _, err = run(capsys, *argv)
         assert code == 2 and "set LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple" in _one_line_error(err), argv
         code, _, err = run(capsys, *argv, "--model", factory)
         assert code == 0, (argv, err)
-    assert (tmp_path / "sx" / "simplex_face.svg").exists()  # simplex takes --format as the other commands do
     code, _, err = run(capsys, "curve", "--ckpt", tmp_path / "c" / "model.pt", "--model", "mlp", "--out",
                        tmp_path / "cv2")
     assert code == 2 and re.search(rf"holds a '{re.escape(factory)}' network( \(.*\))?; --model mlp does not apply "

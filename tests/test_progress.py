@@ -166,8 +166,9 @@ def test_a_huge_but_finite_nll_is_divergence(tmp_path, monkeypatch, capsys):
 def test_simplex_lines_name_the_vertex_and_the_final_evaluation_is_counted(tmp_path, capsys):
     assert run(capsys, "train", "--epochs", 2, "--out", tmp_path / "a", "--quiet", "--model-kwargs", "width=8")[0] == 0
     code, _, err = run(capsys, "simplex", "--base", tmp_path / "a" / "model.pt", "--vertices", 3, "--epochs", 2,
-                       "--eval-samples", 2, "--face-grid", 2, "--out", tmp_path / "sx")
+                       "--eval-samples", 2, "--face-grid", 2, "--out", tmp_path / "sx", "--format", "svg")
     assert code == 0, err
+    assert (tmp_path / "sx" / "simplex_face.svg").exists()  # simplex takes --format as the other commands do
     assert [line.split(" (")[0] for line in err.splitlines() if ": epoch" in line] == [
         "simplex, vertex 2 of 3: epoch 1 of 2", "simplex, vertex 2 of 3: epoch 2 of 2",
         "simplex, vertex 3 of 3: epoch 1 of 2", "simplex, vertex 3 of 3: epoch 2 of 2"], err
