@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import math
 import os
 import statistics
 import sys
@@ -447,9 +446,7 @@ def _marks(paths, model, space, device):
 def _eval_wd(args: argparse.Namespace, pts) -> float:
     """The weight decay of the reported train loss: --wd, else the first
     checkpoint's; a foreign checkpoint records none, and the user is told."""
-    if args.wd is not None:
-        if not (args.wd >= 0 and math.isfinite(args.wd)):
-            raise UserError(f"--wd must be a finite number >= 0, got {args.wd}")
+    if args.wd is not None:  # checked where it is used (check_eval_options, evaluate_sharpness)
         return args.wd
     first = pts.checkpoints[0]
     if ((first.meta or {}).get("train_config") or {}).get("wd") is None:

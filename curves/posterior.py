@@ -48,7 +48,7 @@ from landscape.bn import reestimate_bn
 from landscape.checkpoint import (Checkpoint, load_checkpoint, load_model, read_json, read_jsonl, save_checkpoint)
 from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device, seed_everything
-from landscape.errors import UserError
+from landscape.errors import UserError, check_nonnegative
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
 from landscape.inputs import asks_for_data, note_split_leak, own_network, run_data, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
@@ -85,8 +85,8 @@ class PosteriorConnectConfig(ConnectConfig):
             raise UserError("--wd is not used between posteriors: the prior regularises the weights (the KL term)")
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
-        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise UserError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if self.temperature is not None:
+            check_nonnegative("--temperature", self.temperature)
 
 
 def _require_posterior(ck: Checkpoint) -> Checkpoint:

@@ -55,7 +55,7 @@ from landscape.checkpoint import (
 )
 from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device
-from landscape.errors import UserError
+from landscape.errors import UserError, check_nonnegative
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
@@ -92,8 +92,7 @@ class SimplexConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.lam < float("inf"):  # NaN fails too: it would train, then report a NaN volume
-            raise UserError(f"--lam must be a finite number >= 0, got {self.lam}")
+        check_nonnegative("--lam", self.lam)  # NaN fails too: it would train, then report a NaN volume
         if self.samples < 1:
             raise UserError(f"--samples must be at least 1, got {self.samples}")
         if self.init not in ("random", "centre"):

@@ -9,7 +9,7 @@ line and exits with status 2; Python callers can catch it like any
 import math
 import numbers
 
-__all__ = ["UserError", "check_seed", "first_line", "is_whole"]
+__all__ = ["UserError", "check_nonnegative", "check_seed", "first_line", "is_whole"]
 
 
 def is_whole(value: object) -> bool:
@@ -24,6 +24,12 @@ def check_seed(seed: object) -> None:
     """One line for a ``--seed`` that a generator cannot take: a whole number from 0 to 2^63 - 1."""
     if not is_whole(seed) or not 0 <= seed < 2 ** 63:
         raise UserError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}")
+
+
+def check_nonnegative(flag: str, value: float) -> None:
+    """One line for an option that must be a finite number >= 0 (``--wd``, ``--lam``, ...); NaN fails too."""
+    if not (math.isfinite(value) and value >= 0):
+        raise UserError(f"{flag} must be a finite number >= 0, got {value}")
 
 
 class UserError(ValueError):

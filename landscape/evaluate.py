@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .bn import bn_buffer_names, bn_collecting, bn_modules, population_bn, reestimate_bn
-from .errors import UserError, first_line, is_whole
+from .errors import UserError, check_nonnegative, first_line, is_whole
 from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
 
@@ -236,8 +236,7 @@ def check_eval_options(batch_size: int, bn_batches: int | None, points_per_pass:
                         ("--points-per-pass", points_per_pass)):
         if value is not None and (not is_whole(value) or value < 1):
             raise UserError(f"{flag} must be a whole number of at least 1, got {value}")
-    if not (wd >= 0 and np.isfinite(wd)):
-        raise UserError(f"--wd must be a finite number >= 0, got {wd}")
+    check_nonnegative("--wd", wd)
 
 
 def unique_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,6 @@ the NLL's alone.
 from __future__ import annotations
 
 import copy
-import math
 import time
 import zipfile
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ from torch.func import functional_call
 from .bn import bn_modules
 from .checkpoint import npz_reason, write_json, write_npz
 from .device import check_fits
-from .errors import UserError, check_seed, is_whole
+from .errors import UserError, check_nonnegative, check_seed, is_whole
 from .evaluate import full_float32, whole_set_fits
 from .layout import takes_channels_last, to_channels_last
 from .progress import Progress
@@ -512,8 +511,7 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     if not vectors or len(labels) != len(vectors):
         raise UserError(f"give one label per network: {len(labels)} labels for {len(vectors)} networks")
     check_settings(top, iters, trace_samples, seed, density_runs, layer_iters)
-    if not (wd >= 0 and math.isfinite(wd)):  # the weight-decay term added to every eigenvalue
-        raise UserError(f"--wd must be a finite number >= 0, got {wd}")
+    check_nonnegative("--wd", wd)  # the weight-decay term added to every eigenvalue
     trained = ParamSpace.of(model).trained()  # the Hessian is over what the network trains
     numel = trained.numel
     check_fits(8.0 * min(iters, numel) * numel, f"--iters {iters} (the Lanczos basis, steps x parameters float64)",

@@ -38,7 +38,7 @@ from torch import nn
 from .checkpoint import Checkpoint, load_checkpoint, load_model, stored_config
 from .data import Dataset
 from .device import check_fits
-from .errors import UserError, check_seed
+from .errors import UserError, check_nonnegative, check_seed
 from .evaluate import METRICS, precision_amp
 from .inputs import own_network, stored_data
 from .metrics import diagram_calibration_error, expected_calibration_error, reliability, running_ensemble
@@ -187,8 +187,7 @@ def evaluate_swag(
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
     scale = default_scale(diag) if scale is None else scale
-    if not (np.isfinite(scale) and scale >= 0):
-        raise UserError(f"--scale must be a finite number >= 0, got {scale}")
+    check_nonnegative("--scale", scale)
     out_path = Path(out) if out is not None else None
     device = process_device(device)  # under torchrun: joins the process group
     check_seed(seed)

@@ -61,7 +61,7 @@ from .checkpoint import (
 )
 from .data import Dataset, data_differs, data_location, described, load_dataset, why_data_differs
 from .device import seed_everything
-from .errors import UserError
+from .errors import UserError, check_nonnegative
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
@@ -162,8 +162,7 @@ class TrainConfig:
         if self.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2 (batch norm needs two samples), got {self.batch_size}")
         check_rate(self.lr_flag, self.lr)
-        if not math.isfinite(self.wd) or self.wd < 0:
-            raise UserError(f"--wd must be a finite number >= 0, got {self.wd}")
+        check_nonnegative("--wd", self.wd)
         if not 0 <= self.momentum < 1:  # also refuses NaN; momentum 1 or more never forgets a step and diverges
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.save_every < 0:

@@ -59,7 +59,7 @@ from .bn import reestimate_bn
 from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, read_jsonl,
                          save_checkpoint)
 from .data import Dataset
-from .errors import UserError
+from .errors import UserError, check_nonnegative
 from .evaluate import evaluate_model, precision_amp, train_logits
 from .inputs import asks_for_data, named_model, note_split_leak, own_network, run_data, stored_data
 from .sweep import begin_result, finish_result, process_device, request_key
@@ -322,8 +322,7 @@ class VariationalConfig(TrainConfig):
             raise UserError(f"unknown prior {self.prior!r}; choose one of: auto, {', '.join(PRIORS)}")
         if not (math.isfinite(self.prior_scale) and self.prior_scale > 0):
             raise UserError(f"--prior-scale must be a finite number > 0, got {self.prior_scale}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise UserError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        check_nonnegative("--temperature", self.temperature)
         if not (math.isfinite(self.init_alpha) and 0 < self.init_alpha <= 1e6):
             raise UserError(f"--init-alpha must be a number in (0, 1e6], got {self.init_alpha}")
         if self.kl_warmup < 0:

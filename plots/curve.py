@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (compare_color, fs, legend_below, mark_endpoints, new_figure, note_synthetic, paper_width,
+from .style import (compare_color, fs, legend_below, mark_endpoints, new_figure, note_synthetic, panel_legend,
                     save_figure, train_loss_label)
 
 __all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result", "compare_curves", "curve_label",
@@ -63,10 +63,7 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     ax_loss.set_title(title, fontsize=fs(10))
     ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.3g}%, line {l['test_error_barrier']:.3g}%",
                      fontsize=fs(10))
-    if paper_width() is None:
-        ax_loss.legend(frameon=False, fontsize=fs(9))
-    else:  # a narrow panel has no room clear of the paths: below them
-        legend_below(fig, ax_loss)
+    panel_legend(fig, ax_loss, frameon=False, fontsize=fs(9))
     note_synthetic(fig, [summary])
     return save_figure(fig, result_dir / "curve", formats)
 

@@ -22,7 +22,7 @@ matplotlib.rcParams["ps.fonttype"] = 42
 from landscape.checkpoint import atomic_save  # noqa: E402
 from landscape.errors import UserError  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "legend_below", "paper_width", "compare_color", "fs", "set_figure_width", "note_synthetic",
+__all__ = ["new_figure", "save_figure", "legend_below", "panel_legend", "paper_width", "compare_color", "fs", "set_figure_width", "note_synthetic",
            "mark_endpoints", "log_scale_when_spread", "train_loss_label", "FORMATS", "SWA_COLOR", "SGD_COLOR", "AVERAGE_COLOR", "SAMPLE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -51,6 +51,16 @@ def legend_below(fig, ax, size: float = 9, loc: str = "outside lower center") ->
     entry = (max(map(len, names), default=1) + 5) * 0.58 * size / 72  # inches: the marker, the text, a gap
     columns = max(1, min(len(names), 4, int(0.95 * fig.get_figwidth() / entry)))  # as many as fit the width
     fig.legend(handles, names, loc=loc, ncol=columns, frameon=False, fontsize=size)
+
+
+def panel_legend(fig, ax, **kwargs) -> None:
+    """``ax``'s legend inside it (``kwargs`` as ``ax.legend`` takes them) at
+    the figure's own size; at a paper's width, whose narrow panels have no
+    room clear of the data, one legend below every panel (:func:`legend_below`)."""
+    if paper_width() is None:
+        ax.legend(**kwargs)
+    else:
+        legend_below(fig, ax)
 
 
 # Every figure's own width (None), or one width in inches for all (set_figure_width: a paper's column or page).
@@ -206,6 +216,7 @@ def thin_lines(fig, factor: float) -> None:
     legends = [ax.get_legend() for ax in fig.axes] + list(fig.legends)
     artists = [a for ax in fig.axes for a in (*ax.get_lines(), *ax.collections)]
     artists += [h for leg in legends if leg is not None for h in leg.legend_handles if h is not None]
+
     def thinned(width: float) -> float:
         return max(width * factor, min(width, THINNEST))
 

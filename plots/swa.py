@@ -13,7 +13,7 @@ import numpy as np
 from landscape.checkpoint import read_json, read_jsonl
 from landscape.errors import UserError
 
-from .style import SGD_COLOR, SWA_COLOR, fs, legend_below, new_figure, paper_width, save_figure
+from .style import SGD_COLOR, SWA_COLOR, fs, new_figure, panel_legend, paper_width, save_figure
 
 __all__ = ["draw_swa_figure", "swa_curves", "has_swa_curve"]
 
@@ -62,10 +62,8 @@ def draw_swa_figure(run_dir: str | Path, formats: tuple[str, ...] = ("png",)) ->
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if paper_width() is None:
-            ax.legend(fontsize=fs(8), framealpha=0.9)
-    if paper_width() is not None:  # narrow panels have no room clear of the curves: one legend below both
-        legend_below(fig, axes[0])
+    for ax in axes if paper_width() is None else axes[:1]:  # at a paper's width one legend, below both panels
+        panel_legend(fig, ax, fontsize=fs(8), framealpha=0.9)
     low, high, cycle = config.get("swa_lr"), config.get("swa_lr_max"), config.get("cycle", 1)
     rate = ("" if not isinstance(low, (int, float)) else f" {high:g}-{low:g}" if isinstance(high, (int, float))
             else f" {low:g}")

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from landscape.checkpoint import read_result
 
 from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, compare_color, fs, legend_below, log_scale_when_spread,
-                    new_figure, note_synthetic, paper_width, save_figure)
+                    new_figure, note_synthetic, panel_legend, save_figure)
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
            "average_label"]
@@ -125,10 +125,7 @@ def _draw_average(stem: Path, arrays, summary, centre, average, label: str, cent
                            float(np.mean(arrays[f"sample_{key}"])), label=label, centre_label=centre_label,
                            ylabel=ylabel, log_when_spread=log_when_spread and key == "test_nll",
                            from_zero=key == "test_error")
-    if paper_width() is None:
-        axes[0].legend(frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")
-    else:  # narrow panels have no room clear of the lines: below them
-        legend_below(fig, axes[0])
+    panel_legend(fig, axes[0], frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")
     if calibrated:
         plot_reliability(axes[2], {centre_label: (arrays["reliability_centre"], SWA_COLOR),
                                    label: (arrays["reliability_bma"], BMA_COLOR)},
