@@ -156,7 +156,7 @@ def add_curve_fit_args(p: argparse.ArgumentParser, start: str, end: str, what: s
     g.add_argument("--start", required=True, type=Path, help=start)
     g.add_argument("--end", required=True, type=Path, help=end)
     g.add_argument("--curve", default="bezier", help="bezier or polychain")
-    g.add_argument("--bends", type=int, default=1, help="number of free control points (default 1)")
+    g.add_argument("--bends", type=int, default=1, help="number of free control points (default: 1)")
     g.add_argument("--free-start", action="store_true", help=f"train the first {what} too")
     g.add_argument("--free-end", action="store_true", help=f"train the second {what} too")
     g.add_argument("--objective", default="uniform", help="uniform (t ~ U(0,1), the papers') or arclength")
@@ -406,12 +406,12 @@ def _print_paths(s: dict[str, Any], columns: list[tuple[str, str, int, int]], en
 def _posterior_curve(args: argparse.Namespace, ck) -> int:
     from curves.posterior import evaluate_posterior_curve
     from landscape.sweep import is_main
+    from landscape.variational import WD_REFUSED
     from plots.posterior import draw_posterior_curve_figure
 
     kwargs = _stored_eval_kwargs(args)
     if kwargs.pop("wd") is not None:
-        raise UserError("--wd does not apply to a curve between variational posteriors: their prior regularises "
-                        "the weights, and the ELBO has no weight-decay term")
+        raise UserError(WD_REFUSED)
     result = evaluate_posterior_curve(ck, args.out, points=args.points if args.points is not None else 21,
                                       samples=args.samples if args.samples is not None else 10,
                                       seed=args.seed if args.seed is not None else 0, **kwargs)
@@ -1409,12 +1409,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the straight line, with batch norm re-estimated at every point.")
     p.add_argument("--ckpt", required=True, type=Path, help="curve checkpoint written by 'landscape connect'")
     p.add_argument("--points", type=int, default=None,
-                   help="evenly spaced values of t (default 61; 21 for a curve between posteriors)")
+                   help="evenly spaced values of t (default: 61; 21 for a curve between posteriors)")
     p.add_argument("--samples", type=int, default=None,
-                   help="a curve between variational posteriors (vi-connect): weight draws per point (default 10)")
+                   help="a curve between variational posteriors (vi-connect): weight draws per point (default: 10)")
     p.add_argument("--seed", type=int, default=None,
                    help="a curve between variational posteriors: seed of the draws' noise, shared by every point "
-                        "(default 0, as vi-eval's)")
+                        "(default: 0, as vi-eval's)")
     add_stored_eval_args(p)
     p.set_defaults(func=cmd_curve)
 
@@ -1430,7 +1430,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--points", type=Path, nargs=3, metavar=("A.pt", "B.pt", "C.pt"),
                    help="three checkpoints: origin A, x towards B, y towards C")
     g.add_argument("--mark", type=Path, nargs="+", metavar="D.pt", help="further checkpoints to project and mark")
-    g.add_argument("--grid", type=int, default=21, help="grid points per axis (default 21)")
+    g.add_argument("--grid", type=int, default=21, help="grid points per axis (default: 21)")
     g.add_argument("--center", type=Path, metavar="A.pt",
                    help="one checkpoint: the plane around it of two random directions (Li et al. 2018)")
     g.add_argument("--trajectory", type=Path, nargs="+", metavar="RUN",
@@ -1445,7 +1445,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--normalize", default=None,
                    help="with --center: filter (default; Li et al.'s filter normalisation) or gaussian "
                         "(unit-norm directions, as rays)")
-    g.add_argument("--seed", type=int, default=None, help="with --center: seed of the two directions (default 0; "
+    g.add_argument("--seed", type=int, default=None, help="with --center: seed of the two directions (default: 0; "
                                                          "rays --directions 2 draws the same with the same seed)")
     g.add_argument("--span", type=float, default=None,
                    help="with --center: the grid spans [-SPAN, SPAN] on both axes (default: 1 with filter, half "
@@ -1468,13 +1468,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("rays")
     g.add_argument("--center", required=True, type=Path, help="checkpoint at the centre of the rays")
     g.add_argument("--compare", type=Path, help="a second centre, with the same directions")
-    g.add_argument("--directions", type=int, default=10, help="number of random directions (default 10)")
+    g.add_argument("--directions", type=int, default=10, help="number of random directions (default: 10)")
     g.add_argument("--distance", type=float, default=None,
                    help="how far each ray goes on each side (default: half the centre's norm; 1 with --normalize filter)")
-    g.add_argument("--steps", type=int, default=10, help="points per side of each ray (default 10)")
+    g.add_argument("--steps", type=int, default=10, help="points per side of each ray (default: 10)")
     g.add_argument("--normalize", default="gaussian", help="gaussian (unit norm, the SWA paper) or filter (Li et al.)")
     g.add_argument("--line", action="store_true", help="also the line through the two centres, extended both ways")
-    g.add_argument("--rise", type=float, default=0.1, help="train-loss rise that defines the width (default 0.1)")
+    g.add_argument("--rise", type=float, default=0.1, help="train-loss rise that defines the width (default: 0.1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the directions")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
@@ -1498,23 +1498,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(constant rate) or at the end of each cycle (cyclic rate).")
     add_start(p, scratch=True)
     g = p.add_argument_group("SWA")
-    g.add_argument("--swa-start", type=int, default=0, help="epochs before averaging starts (default 0)")
+    g.add_argument("--swa-start", type=int, default=0, help="epochs before averaging starts (default: 0)")
     g.add_argument("--swa-lr", type=float, default=0.01, help="the SWA rate (cyclic: its low end)")
-    g.add_argument("--swa-lr-max", type=float, default=None, help="cyclic: the high end (default 10 x --swa-lr)")
+    g.add_argument("--swa-lr-max", type=float, default=None, help="cyclic: the high end (default: 10 x --swa-lr)")
     g.add_argument("--schedule", default="constant", help="constant or cyclic (after --swa-start)")
-    g.add_argument("--cycle", type=int, default=1, help="epochs between averages / per cycle (default 1)")
+    g.add_argument("--cycle", type=int, default=1, help="epochs between averages / per cycle (default: 1)")
     g.add_argument("--keep-snapshots", action="store_true", help="also save every averaged iterate")
     g.add_argument("--eval-every", type=int, default=0, metavar="N",
                    help="also evaluate the running average every N epochs and at the last (batch norm "
                         "re-estimated for it), beside the SGD iterate in metrics.jsonl, and draw swa.png "
-                        "(default 0: only at the end)")
+                        "(default: 0: only at the end)")
     g.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"],
                    help="formats of swa.png (with --eval-every)")
     g.add_argument("--swag-rank", type=int, default=0, metavar="K",
                    help="also collect SWAG's moments, keeping the last K deviations (20 in the paper), "
-                        "into swag.pt for 'landscape swag' (default 0: none)")
+                        "into swag.pt for 'landscape swag' (default: 0: none)")
     g.add_argument("--lr", type=float, default=None,
-                   help="the rate before --swa-start, which then decays to --swa-lr (default 0.05); "
+                   help="the rate before --swa-start, which then decays to --swa-lr (default: 0.05); "
                         "with --swa-start 0 it would be unused, and is refused")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
@@ -1527,7 +1527,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--swag-rank K' fitted to the SGD iterates, re-estimate batch norm for each, and "
                                    "average their predictions; against the SWA mean.")
     p.add_argument("--ckpt", required=True, type=Path, help="swag.pt written by 'landscape swa --swag-rank K'")
-    p.add_argument("--samples", type=int, default=30, help="weight samples averaged (default 30)")
+    p.add_argument("--samples", type=int, default=30, help="weight samples averaged (default: 30)")
     p.add_argument("--scale", type=float, default=None,
                    help="covariance scale (default: the paper's, 0.5 for SWAG: (diagonal + low-rank) / 2; "
                         "1 with --diag: SWAG-Diagonal's N(mean, diagonal))")
@@ -1549,34 +1549,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="swag.pt (from 'landscape swa --swag-rank K') or a curve (from 'landscape connect')")
     p.add_argument("--basis", default="auto", choices=["auto", "pca", "random", "curve"],
                    help="auto (default): pca for swag.pt, curve for a curve")
-    p.add_argument("--rank", type=int, default=None, help="dimension of a pca or random subspace (default 2)")
-    p.add_argument("--samples", type=int, default=30, help="posterior samples averaged (default 30)")
+    p.add_argument("--rank", type=int, default=None, help="dimension of a pca or random subspace (default: 2)")
+    p.add_argument("--samples", type=int, default=30, help="posterior samples averaged (default: 30)")
     p.add_argument("--method", default="ess", choices=["ess", "nuts", "vi"],
                    help="ess (default): elliptical slice sampling; nuts: the No-U-Turn Sampler (Hamiltonian Monte "
                         "Carlo); vi: fit q(z) (N(mu, diag sigma^2), or a flow: --vi-family) by SGD on the ELBO, "
                         "then sample it")
     p.add_argument("--chains", type=int, default=1,
-                   help="chains, their proposals evaluated together (default 1, as the paper)")
+                   help="chains, their proposals evaluated together (default: 1, as the paper)")
     p.add_argument("--burn-in", type=int, default=0, metavar="B",
-                   help="steps of every chain discarded before samples are kept (default 0, as the paper); with "
+                   help="steps of every chain discarded before samples are kept (default: 0, as the paper); with "
                         "nuts they also adapt the step size (without them the first size found is kept)")
     p.add_argument("--max-depth", type=int, default=None,
-                   help="nuts: largest tree depth, at most 2^D - 1 leapfrog steps a sample (default 8)")
+                   help="nuts: largest tree depth, at most 2^D - 1 leapfrog steps a sample (default: 8)")
     p.add_argument("--mass", default=None, choices=["diag", "identity"],
                    help="nuts: diag (default) estimates a diagonal mass matrix from a --burn-in of 50 or more in "
                         "Stan's windows; identity keeps the unit one")
-    p.add_argument("--vi-epochs", type=int, default=None, help="vi: epochs of the fit (default 50)")
-    p.add_argument("--vi-lr", type=float, default=None, help="vi: SGD rate, momentum 0.9 (default 0.1)")
+    p.add_argument("--vi-epochs", type=int, default=None, help="vi: epochs of the fit (default: 50)")
+    p.add_argument("--vi-lr", type=float, default=None, help="vi: SGD rate, momentum 0.9 (default: 0.1)")
     p.add_argument("--vi-batch-size", type=int, default=None,
-                   help="vi: training batch of the fit, which runs in fp32 with batch statistics (default 128)")
-    p.add_argument("--vi-init-std", type=float, default=None, help="vi: sigma's starting value (default 1)")
+                   help="vi: training batch of the fit, which runs in fp32 with batch statistics (default: 128)")
+    p.add_argument("--vi-init-std", type=float, default=None, help="vi: sigma's starting value (default: 1)")
     p.add_argument("--vi-family", default=None, choices=["gaussian", "realnvp"],
                    help="vi: q's family: gaussian (default), N(mu, diag sigma^2); realnvp, mu + sigma g(eps) with g a "
                         "RealNVP flow (4 affine couplings; rank 2 or more)")
     p.add_argument("--grid", type=int, default=0, metavar="G",
-                   help="also evaluate the log-posterior on a G x G grid over z_1, z_2 for the figure (default 0: none)")
-    p.add_argument("--temperature", type=float, default=1.0, help="posterior temperature T (default 1)")
-    p.add_argument("--prior-scale", type=float, default=1.0, help="prior standard deviation of z (default 1)")
+                   help="also evaluate the log-posterior on a G x G grid over z_1, z_2 for the figure (default: 0: none)")
+    p.add_argument("--temperature", type=float, default=1.0, help="posterior temperature T (default: 1)")
+    p.add_argument("--prior-scale", type=float, default=1.0, help="prior standard deviation of z (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (and of a random basis)")
     add_stored_eval_args(p)
     p.set_defaults(func=cmd_subspace)
@@ -1606,13 +1606,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="from epoch E freeze the variances and average the means every --cycle epochs "
                         "(default: no HWA)")
     g.add_argument("--hwa-lr", type=float, default=0.001, help="the cyclical rate's low end, where means are averaged")
-    g.add_argument("--hwa-lr-max", type=float, default=None, help="its high end (default 10 x --hwa-lr)")
+    g.add_argument("--hwa-lr-max", type=float, default=None, help="its high end (default: 10 x --hwa-lr)")
     g.add_argument("--cycle", type=int, default=1, help="epochs per cycle")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=50, help="passes over the training set")
-    g.add_argument("--lr", type=float, default=None, help="initial learning rate (default 0.01)")
+    g.add_argument("--lr", type=float, default=None, help="initial learning rate (default: 0.01)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (--optimizer sgd)")
     g.add_argument("--batch-size", type=int, default=128, help="training minibatch size")
     g.add_argument("--schedule", default=None,
@@ -1627,7 +1627,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "posterior means, single weight samples, and the ensemble of --samples draws; "
                                    "batch norm re-estimated for each.")
     p.add_argument("--ckpt", required=True, type=Path, help="vi.pt or hwa.pt written by 'landscape vi'")
-    p.add_argument("--samples", type=int, default=30, help="weight samples averaged (default 30)")
+    p.add_argument("--samples", type=int, default=30, help="weight samples averaged (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
     add_stored_eval_args(p)
     p.set_defaults(func=cmd_vi_eval)
@@ -1646,7 +1646,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p, default=None)
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=20, help="passes over the training set")
-    g.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
+    g.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default: 0.01)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (--optimizer sgd)")
     g.add_argument("--batch-size", type=int, default=128, help="training minibatch size")
     g.add_argument("--schedule", default="paper",
@@ -1673,7 +1673,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--cycle epochs, a snapshot at the end of each cycle.")
     add_start(p, scratch=True)
     g = p.add_argument_group("snapshots")
-    g.add_argument("--cycle", type=int, default=10, help="epochs per cosine cycle (default 10)")
+    g.add_argument("--cycle", type=int, default=10, help="epochs per cosine cycle (default: 10)")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
     add_optim_args(p, epochs=40, schedule=False)
@@ -1700,16 +1700,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue after the networks already done in --out")
     g = p.add_argument_group("sharpness")
-    g.add_argument("--top", type=int, default=5, help="eigenvalues reported, largest first (default 5)")
-    g.add_argument("--iters", type=int, default=20, help="Lanczos steps, one Hessian-vector product each (default 20)")
+    g.add_argument("--top", type=int, default=5, help="eigenvalues reported, largest first (default: 5)")
+    g.add_argument("--iters", type=int, default=20, help="Lanczos steps, one Hessian-vector product each (default: 20)")
     g.add_argument("--trace-samples", type=int, default=20,
-                   help="Rademacher vectors of the trace estimate, one product each (default 20)")
+                   help="Rademacher vectors of the trace estimate, one product each (default: 20)")
     g.add_argument("--density-runs", type=int, default=1,
                    help="Lanczos runs averaged in the spectral density (stochastic Lanczos quadrature); the first "
-                        "is the eigenvalues' run, each further one costs --iters products (default 1)")
+                        "is the eigenvalues' run, each further one costs --iters products (default: 1)")
     g.add_argument("--layer-iters", type=int, default=0, metavar="K",
                    help="also each layer's largest eigenvalue of its own diagonal Hessian block, by K Lanczos steps "
-                        "per layer (K Hessian-vector products each); 0: only the trace by layer (default 0)")
+                        "per layer (K Hessian-vector products each); 0: only the trace by layer (default: 0)")
     g.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starts and the Rademacher vectors")
     g.add_argument("--bn-stats", default="auto", choices=["auto", "population", "batches"],
                    help="population: the whole training set as one batch (the planes' loss); batches: each batch "
@@ -1731,7 +1731,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sgd", required=True, type=Path, help="the SGD checkpoint")
     g = p.add_argument_group("rays")
     g.add_argument("--directions", type=int, default=10,
-                   help="random directions, the same from each centre (default 10)")
+                   help="random directions, the same from each centre (default: 10)")
     g.add_argument("--distance", type=float, default=None,
                    help="how far each ray goes on each side (default: half the SWA point's norm; 1 with "
                         "--normalize filter)")
@@ -1765,10 +1765,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start of a new vertex: centre (the frozen vertices' centroid, moved by --init-scale of its "
                         "norm along a random direction; default; the reference code starts at the centroid "
                         "itself) or random (a fresh network)")
-    g.add_argument("--init-scale", type=float, default=0.05, help="see --init (default 0.05)")
+    g.add_argument("--init-scale", type=float, default=0.05, help="see --init (default: 0.05)")
     g.add_argument("--eval-samples", type=int, default=32, help="uniform samples evaluated at the end")
     g.add_argument("--face-grid", type=int, default=10,
-                   help="points a side of the face figure's triangular grid (default 10)")
+                   help="points a side of the face figure's triangular grid (default: 10)")
     g.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
@@ -1805,10 +1805,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "numbers. A rerun reuses "
                                    "finished steps.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="folder of every run the demo makes")
-    p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default 30)")
-    p.add_argument("--grid", type=int, default=17, help="grid points per axis of the plane and of the curve subspace's posterior (default 17)")
-    p.add_argument("--points", type=int, default=61, help="points along each curve and line (default 61)")
-    p.add_argument("--directions", type=int, default=6, help="random rays per centre in the width report (default 6)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default: 30)")
+    p.add_argument("--grid", type=int, default=17, help="grid points per axis of the plane and of the curve subspace's posterior (default: 17)")
+    p.add_argument("--points", type=int, default=61, help="points along each curve and line (default: 61)")
+    p.add_argument("--directions", type=int, default=6, help="random rays per centre in the width report (default: 6)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the steps' lines stay)")
     p.set_defaults(func=cmd_demo)

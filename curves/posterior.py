@@ -54,7 +54,7 @@ from landscape.inputs import asks_for_data, note_split_leak, own_network, run_da
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from landscape.train import Task, _say, prepare_run, run_training
-from landscape.variational import FAMILIES, PRIORS, VariationalNet, posterior_moments, posterior_net
+from landscape.variational import FAMILIES, PRIORS, WD_REFUSED, VariationalNet, posterior_moments, posterior_net
 from landscape.weights import ParamSpace
 
 from .base import Curve, create_curve
@@ -82,7 +82,7 @@ class PosteriorConnectConfig(ConnectConfig):
     def validate(self) -> None:
         super().validate()
         if self.wd:
-            raise UserError("--wd is not used between posteriors: the prior regularises the weights (the KL term)")
+            raise UserError(WD_REFUSED)
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
         if self.temperature is not None:

@@ -69,7 +69,7 @@ from .weights import ParamSpace
 
 __all__ = ["FAMILIES", "PRIORS", "VariationalConfig", "VariationalNet", "VariationalPosterior", "VariationalResult",
            "VariationalEvaluation", "stochastic_names", "gaussian_kl", "log_uniform_kl", "run_variational",
-           "load_variational", "posterior_net", "posterior_moments", "evaluate_variational"]
+           "load_variational", "posterior_net", "posterior_moments", "evaluate_variational", "WD_REFUSED"]
 
 FAMILIES = ("additive", "weight", "neuron", "layer", "variance")
 PRIORS = ("log-uniform", "gaussian")
@@ -77,6 +77,9 @@ _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Molchanov et al. 2017, eq. 14: the fitted approximation of -KL(q || log-uniform).
 _K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
 _LOG_ALPHA_RANGE = (-20.0, 20.0)  # exp() of the log-variance parameters stays finite
+# Fitting, evaluating or joining posteriors: a weight decay would be a second prior.
+WD_REFUSED = ("--wd does not apply to a variational posterior: its prior regularises the weights (the KL term), "
+              "and the ELBO has no weight-decay term")
 _VAR_FLOOR = 1e-16  # sqrt() of a pre-activation variance of 0 (an input of zeros) keeps a finite gradient
 
 
@@ -330,7 +333,7 @@ class VariationalConfig(TrainConfig):
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
         if self.wd:
-            raise UserError("--wd is not used by variational inference: the prior regularises the weights")
+            raise UserError(WD_REFUSED)
         if self.hwa_start is not None:
             if not 0 <= self.hwa_start < self.epochs:
                 raise UserError(f"--hwa-start must be in [0, --epochs), got {self.hwa_start} of {self.epochs}")
@@ -654,6 +657,8 @@ def evaluate_variational(
     amp = precision_amp(precision)
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
+    if wd:
+        raise UserError(WD_REFUSED)
     out_path = Path(out) if out is not None else None
     device = process_device(device)
     post, net, ck = load_variational(ckpt, device, model)

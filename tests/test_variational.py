@@ -21,7 +21,7 @@ from landscape.errors import UserError
 from landscape.evaluate import evaluate_points_sequential
 from landscape.train import train
 from landscape.variational import (VariationalNet, evaluate_variational, gaussian_kl, load_variational,
-                                   log_uniform_kl, run_variational, stochastic_names)
+                                   log_uniform_kl, run_variational, stochastic_names, WD_REFUSED)
 from landscape.weights import ParamSpace
 from tests.conftest import naming_digits
 
@@ -301,6 +301,9 @@ def test_cli_trains_evaluates_and_redraws(tmp_path, endpoint):
                    tmp_path / "vi", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "HWA (2 avg)" in done.stdout and (tmp_path / "vi" / "hwa.pt").exists()
+    refused = run_cli("vi-eval", "--ckpt", tmp_path / "vi" / "hwa.pt", "--wd", "5e-4", "--out", tmp_path / "ev")
+    assert refused.returncode == 2 and refused.stderr.strip() == f"landscape: error: {WD_REFUSED}", refused.stderr
+    assert not (tmp_path / "ev").exists()
     done = run_cli("vi-eval", "--ckpt", tmp_path / "vi" / "hwa.pt", "--samples", 3, "--out", tmp_path / "ev")
     assert done.returncode == 0, done.stderr
     assert "ensemble" in done.stdout and "HWA, neuron posterior: 3 samples" in done.stdout
@@ -355,6 +358,18 @@ def test_vi_pt_loads_as_the_network_its_summary_measured(fitted, small_digits):
     for name, key in (("vi.pt", "vi"), ("hwa.pt", "hwa")):
         m = evaluate_model(load_model(out / name).eval(), small_digits, "test")
         assert m["nll"] == pytest.approx(result.summary[key]["test_nll"], rel=1e-5)
+
+
+def test_a_weight_decay_is_refused_for_a_posterior(fitted, small_digits):
+    """The prior is the posterior's regulariser: a weight decay is refused when fitting and when
+    evaluating, in the Python API as on the command line, before anything is written."""
+    out, _ = fitted
+    with pytest.raises(UserError, match="--wd does not apply to a variational posterior"):
+        evaluate_variational(out / "vi.pt", out / "wd-eval", data=small_digits, wd=5e-4)
+    assert not (out / "wd-eval").exists()
+    with pytest.raises(UserError, match="--wd does not apply to a variational posterior"):
+        run_variational(out=out / "wd-fit", data=small_digits, from_ckpt=str(out / "vi.pt"), wd=5e-4, epochs=1)
+    assert not (out / "wd-fit").exists()
 
 
 def test_a_finished_run_resumed_returns_it(fitted, small_digits, endpoint):
