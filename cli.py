@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from landscape.errors import UserError, first_line
+from landscape.errors import UserError, first_line, is_out_of_memory
 
 PROG = "landscape"
 
@@ -1922,8 +1922,8 @@ def _run_command(args: argparse.Namespace) -> int:
         args.failed_alone = True
         print(f"{PROG}: error: {where}{e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), file=sys.stderr)
         return 2
-    except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA), the CPU allocator's failure, numpy's
-        if isinstance(e, RuntimeError) and not _out_of_memory(e):
+    except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA), the CPU allocator's failure, numpy's, cuBLAS's
+        if not is_out_of_memory(e):
             raise
         args.failed_alone = True
         print(f"{PROG}: error: {where}out of memory ({_allocation(e)}); {_out_of_memory_advice(args)}",
@@ -1946,13 +1946,6 @@ def _run_command(args: argparse.Namespace) -> int:
         else:
             print(f"{PROG}: {where}{word}; files written so far are kept{hint}", file=sys.stderr)
         return status
-
-
-def _out_of_memory(e: RuntimeError) -> bool:
-    import torch
-
-    cuda_oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: only the latter
-    return isinstance(e, cuda_oom) or "can't allocate memory" in str(e)
 
 
 def _allocation(e: BaseException) -> str:

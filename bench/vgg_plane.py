@@ -117,6 +117,14 @@ def main() -> None:
               f"for the papers' three passes per point")
     else:
         print("peak: unknown for this device (pass --peak-tflops)")
+    # What the engine did, not what was asked: a vmap trial that failed means the loop ran; a pass that ran
+    # out of memory was split (evaluate_points remembers both on the network).
+    failed = [why for why in nets[0].__dict__.get("_landscape_vmap_tried", {}).values() if why]
+    if strategy == "vmap":
+        print("vmap ran every pass" if not failed else f"vmap could not run, the loop ran instead: {failed[0]}")
+    split = nets[0].__dict__.get("_landscape_points_fit", {})
+    if split:
+        print(f"a pass ran out of memory: split to {min(split.values())} points per pass")
     finite = bool(torch.isfinite(torch.as_tensor(result.arrays["train_loss"])).all())
     print(f"train loss finite at every point: {finite}")
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.device import device_constant
 from landscape.errors import UserError
 from landscape.geometry import line_coefficients
 from landscape.weights import ParamSpace
@@ -121,14 +122,19 @@ class Curve(nn.Module):
 
 
 def quadrature(breaks: list[float], nodes: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composite Gauss-Legendre nodes and weights on [0, 1] split at ``breaks``."""
-    x, w = np.polynomial.legendre.leggauss(nodes)
-    ts, ws = [], []
-    for a, b in zip(breaks[:-1], breaks[1:]):
-        ts.append(0.5 * (b - a) * x + 0.5 * (a + b))
-        ws.append(0.5 * (b - a) * w)
-    return (torch.tensor(np.concatenate(ts), device=device, dtype=torch.float64),
-            torch.tensor(np.concatenate(ws), device=device, dtype=torch.float64))
+    """Composite Gauss-Legendre nodes and weights on [0, 1] split at ``breaks``
+    (made once per breaks, nodes and device: the arc-length objective asks every step)."""
+
+    def make() -> torch.Tensor:
+        x, w = np.polynomial.legendre.leggauss(nodes)
+        ts, ws = [], []
+        for a, b in zip(breaks[:-1], breaks[1:]):
+            ts.append(0.5 * (b - a) * x + 0.5 * (a + b))
+            ws.append(0.5 * (b - a) * w)
+        return torch.tensor(np.stack([np.concatenate(ts), np.concatenate(ws)]), dtype=torch.float64)
+
+    both = device_constant(("gauss-legendre", tuple(float(b) for b in breaks), nodes), device, make)
+    return both[0], both[1]
 
 
 def create_curve(name: str, space: ParamSpace, start: torch.Tensor, end: torch.Tensor, bends: int = 1,
@@ -148,11 +154,11 @@ def frozen_pin(free: nn.Parameter, space: ParamSpace) -> Callable[..., None] | N
     mask = space.trainable_mask(free.device)
     if mask is None or free.numel() == 0:
         return None
-    keep = ~mask
-    held = free.detach()[:, keep].clone()
+    keep = torch.nonzero(~mask).squeeze(1)  # indices, once: a boolean mask would wait for the GPU every step
+    held = free.detach().index_select(1, keep)
 
     def pin(*_step) -> None:
         with torch.no_grad():
-            free[:, keep] = held
+            free.index_copy_(1, keep, held)
 
     return pin

@@ -10,6 +10,8 @@ from math import comb
 
 import torch
 
+from landscape.device import device_constant
+
 from .base import Curve, register_curve
 
 __all__ = ["Bezier", "bernstein"]
@@ -19,7 +21,8 @@ def bernstein(t: torch.Tensor, n: int) -> torch.Tensor:
     """Bernstein basis of degree n: (K,) -> (K, n + 1), in float64."""
     t = t.double()[:, None]
     a = torch.arange(n + 1, dtype=torch.float64, device=t.device)
-    binom = torch.tensor([comb(n, i) for i in range(n + 1)], dtype=torch.float64, device=t.device)
+    binom = device_constant(("binomial", n), t.device,
+                            lambda: torch.tensor([comb(n, i) for i in range(n + 1)], dtype=torch.float64))
     return binom * t.pow(a) * (1 - t).pow(n - a)  # 0^0 = 1 keeps the ends exact
 
 

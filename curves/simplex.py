@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from landscape.device import host_to_device
 from landscape.errors import UserError
 from landscape.weights import ParamSpace
 
@@ -109,7 +110,7 @@ class SimplicialComplex(nn.Module):
         for row, j in enumerate(which.tolist()):
             verts = self.simplexes[j]
             coeffs[row, list(verts)] = sample_barycentric(1, len(verts), generator)[0]
-        return coeffs.to(self.fixed.device)
+        return host_to_device(coeffs, self.fixed.device)
 
     def barycentres(self) -> torch.Tensor:
         """Coefficients (S, A) of each simplex's barycentre."""

@@ -7,9 +7,11 @@ import random
 import numpy as np
 import torch
 
+from collections.abc import Callable
+
 from .errors import UserError
 
-__all__ = ["resolve_device", "seed_everything", "total_memory", "check_fits"]
+__all__ = ["resolve_device", "seed_everything", "total_memory", "check_fits", "device_constant", "host_to_device"]
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -63,3 +65,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def device_constant(key: tuple, device: torch.device | str | None, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor ``make()`` (built on the CPU from Python numbers), made once
+    per ``key`` and kept on ``device``. A training step that built it anew on a
+    GPU would copy it from the host every step, and torch makes such a copy
+    wait for everything queued on the GPU. Callers must not change it in place."""
+    where = torch.device(device) if device is not None else torch.device("cpu")
+    found = _CONSTANTS.get((key, str(where)))
+    if found is None:
+        found = _CONSTANTS[(key, str(where))] = make().to(where)
+    return found
+
+
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A fresh CPU tensor (random draws made on the CPU so that every device
+    sees the same numbers) moved to ``device``; to a GPU through pinned memory
+    without waiting for its queue, where a plain copy would wait."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

@@ -9,7 +9,7 @@ line and exits with status 2; Python callers can catch it like any
 import math
 import numbers
 
-__all__ = ["UserError", "check_nonnegative", "check_seed", "first_line", "is_whole"]
+__all__ = ["UserError", "check_nonnegative", "check_seed", "first_line", "is_whole", "is_out_of_memory"]
 
 
 def is_whole(value: object) -> bool:
@@ -50,3 +50,18 @@ def first_line(e: BaseException) -> str:
     """The first non-blank line of an exception's message (its type's name if it has none)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says that memory ran out: torch's ``OutOfMemoryError``
+    (CUDA's caching allocator), the CPU allocator's failure, numpy's
+    ``MemoryError``, and the CUDA libraries' own allocation failures (cuBLAS's
+    and cuDNN's ``..._ALLOC_FAILED``, a CUDA call's "out of memory"), which
+    torch raises as plain ``RuntimeError``."""
+    import torch
+
+    if isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "ALLOC_FAILED" in text
+                                            or "CUDA error: out of memory" in text)

@@ -10,6 +10,7 @@ one-point-at-a-time loop it is checked against.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .bn import bn_buffer_names, bn_collecting, bn_modules, population_bn, reestimate_bn
-from .errors import UserError, check_nonnegative, first_line, is_whole
+from .errors import UserError, check_nonnegative, first_line, is_out_of_memory, is_whole
 from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
 
@@ -191,6 +192,11 @@ def evaluate_points(
     n = C.shape[0]
     k = points_per_pass or default_points_per_pass(model, data, "population" if population else "batches",
                                                     batch_size, chosen)
+    # A pass that ran out of memory is split in halves until it fits, and that many points are
+    # remembered for the network and these settings (a sweep calls once per pass).
+    fits = model.__dict__.setdefault(_POINTS_FIT, {})
+    setting = (str(device), batch_size, bn_batches, population, amp, chosen, channels_last, return_probs)
+    k = min(k, fits.get(setting, k))
     results: dict[str, list] = {m: [] for m in METRICS}
     if return_probs:
         results["probs"] = []
@@ -199,13 +205,29 @@ def evaluate_points(
     bar = Progress(n, desc="points", unit="pt", progress=progress)
     template = _Template(model)
     try:
-        for lo in range(0, n, k):
+        lo = 0
+        while lo < n:
             points = combine(C[lo:lo + k], W)  # (K, P)
-            chunk = _evaluate_chunk(template, space, points, data, wd=wd, batch_size=batch_size,
-                                    bn_batches=bn_batches, return_probs=return_probs, strategy=strategy, amp=amp,
-                                    channels_last=channels_last, population=population, every_call=every_call)
+            try:
+                chunk = _evaluate_chunk(template, space, points, data, wd=wd, batch_size=batch_size,
+                                        bn_batches=bn_batches, return_probs=return_probs, strategy=strategy,
+                                        amp=amp, channels_last=channels_last, population=population,
+                                        every_call=every_call)
+            except (RuntimeError, MemoryError) as e:
+                if points.shape[0] == 1 or not is_out_of_memory(e):
+                    raise
+                chunk = None  # split below, once this handler has let go of the failed pass's tensors
+            if chunk is None:
+                tried = points.shape[0]
+                del points
+                k = fits[setting] = tried // 2
+                _release_cached_memory(device)
+                print(f"landscape: out of memory with {tried} points per pass; going on with {k}",
+                      file=sys.stderr, flush=True)
+                continue
             for key, value in chunk.items():
                 results[key].append(value)
+            lo += points.shape[0]
             bar.update(points.shape[0])
     finally:
         template.restore()
@@ -364,6 +386,16 @@ def check_network(model: nn.Module, data) -> None:
     _probe_forward(model, data)
 
 
+_POINTS_FIT = "_landscape_points_fit"  # model.__dict__ key: points per pass that fit, by settings
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    """Give the caching allocator's free blocks back (CUDA), so that a smaller pass after a failed
+    one is not refused for fragments."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _memory_budget(device: torch.device) -> float:
     """Bytes one pass may hold: half the free memory on CUDA, 2 GiB on the CPU."""
     if device.type == "cuda":
@@ -428,12 +460,14 @@ def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, 
     """Points per data pass from the free memory and the model's size.
 
     The loop strategy holds K copies of the weights; vmap also holds K sets
-    of activations, measured with one probe forward pass.
+    of the activations alive at once, :func:`_live_bytes` of a probe forward.
+    A pass that runs out of memory all the same is split
+    (:func:`evaluate_points`).
     """
     budget = _memory_budget(data.device)
     per_point = 4 * numel * 3  # the point's weights, its batched view, headroom
     if strategy == "vmap":
-        per_point += _activation_bytes(model, data, batch_size)
+        per_point += _live_bytes(_probe_forward(model, data), batch_size)
     return int(max(1, min(256, budget // max(per_point, 1))))
 
 
@@ -463,12 +497,18 @@ def default_points_per_pass(model: nn.Module, data, bn_stats: str, batch_size: i
     return max(1, min(k, LOOP_POINTS_PER_PASS, int(LOOP_PASS_BYTES // max(per_point, 1.0))))
 
 
-def _activation_bytes(model: nn.Module, data, batch_size: int) -> int:
-    """Bytes of every layer output of one inference forward of ``batch_size``
-    training images, twice over; measured on at most 64 images and scaled
-    (a probe of the whole batch would need the memory it is sizing)."""
-    probe = _probe_forward(model, data, min(batch_size, len(data.x_train), 64))
-    return int(probe.output_bytes * batch_size * 2)
+LIVE_COPIES = 8
+
+
+def _live_bytes(probe: _Probe, images: int) -> int:
+    """Bytes one point's forward of ``images`` images holds at once, without
+    a graph: :data:`LIVE_COPIES` float32 copies of its largest layer output
+    (a layer's input and output, a residual, batch norm's temporaries; under
+    ``vmap`` a point's share was measured at 3 (VGG16-BN) to 6 (PreResNet-20)
+    such copies, a lone point's at up to 9). Earlier outputs are freed as the
+    forward goes, so the sum of every layer's output (what a backward keeps)
+    would size K several times too small."""
+    return int(LIVE_COPIES * 4 * probe.largest * images)
 
 
 def combine(coefficients: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -576,7 +616,7 @@ def _vmap_failure(model: nn.Module, params: dict[str, torch.Tensor], buffers: di
     of the buffers, no graph) and two images, with the random number
     generators put back after it (a dropout layer's draws, and so a seeded
     or resumed run, are those of the run without the trial). Running out of
-    memory is raised, not remembered."""
+    memory, and a CUDA error, are raised, not remembered."""
     layout = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     modes = tuple(m.training for m in model.modules())  # batch norm may be in train mode in an eval-mode model
     key = (modes, layout, x.dtype, x.device.type, torch.is_autocast_enabled(x.device.type))
@@ -588,9 +628,10 @@ def _vmap_failure(model: nn.Module, params: dict[str, torch.Tensor], buffers: di
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
                 vmap(_call(model), in_dims=(0, 0, None), randomness="different")(p, b, x[:2])
             tried[key] = None
-        except torch.OutOfMemoryError:
-            raise
         except (RuntimeError, NotImplementedError) as e:
+            # Memory, and a CUDA error (a broken context, a library's failure), say nothing of batching.
+            if is_out_of_memory(e) or isinstance(e, getattr(torch, "AcceleratorError", ())):
+                raise
             tried[key] = first_line(e)
     return tried[key]
 

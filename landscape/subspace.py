@@ -54,6 +54,7 @@ from torch.func import functional_call
 from .bn import bn_modules
 from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
+from .device import host_to_device
 from .errors import UserError, check_seed, is_whole
 from .evaluate import (METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, train_logits,
                        whole_set_fits)
@@ -391,7 +392,7 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
             torch.manual_seed(noise_seed + 1)  # dropout and any other global draw: an epoch resumes exactly
             sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, nll, kl (x samples), samples
             for x, y in data.train_batches(batch_size, order):
-                eps = torch.randn(k, generator=noise, dtype=torch.float64).to(device)
+                eps = host_to_device(torch.randn(k, generator=noise, dtype=torch.float64), device)
                 sigma = vi_sigma(rho)
                 if flow is None:
                     z = mu + sigma * eps

@@ -51,11 +51,17 @@ def init_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
 def process_device(spec: str | torch.device | None = "auto") -> torch.device:
     """The device of this process (``resolve_device``). Under torchrun
     (WORLD_SIZE > 1) this also joins the process group (gloo on the CPU, NCCL
-    on CUDA), and on CUDA each rank takes the GPU of its LOCAL_RANK unless
-    ``spec`` names one."""
+    on CUDA), and on CUDA each rank takes the GPU of its LOCAL_RANK; ``spec``
+    may name one (``cuda:N``) only where one process runs per node."""
     device = resolve_device(spec)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        if device.type == "cuda" and device.index is not None and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+            raise UserError(f"--device {device} under torchrun would put every process of this node on one GPU; "
+                            f"pass --device cuda (each process takes the GPU of its LOCAL_RANK), and choose the "
+                            f"GPUs with CUDA_VISIBLE_DEVICES")
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # one process on this node: the GPU named
+        elif device.type == "cuda" and "LOCAL_RANK" in os.environ:
             local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
             if local >= count:
                 raise UserError(f"local process {local} has no GPU of its own: this node has {count} CUDA "

@@ -98,7 +98,16 @@ class ParamSpace:
         when every parameter is trained (the usual case). Built once per
         space: the curve fit's weight-decay term asks for it every step."""
         mask = self._trainable
-        return None if mask is None else mask.to(device)
+        if mask is None:
+            return None
+        where = str(torch.device(device) if device is not None else torch.device("cpu"))
+        if where not in self._masks:  # one copy per device, not one a step
+            self._masks[where] = mask.to(where)
+        return self._masks[where]
+
+    @cached_property
+    def _masks(self) -> dict[str, torch.Tensor]:
+        return {}
 
     def trained(self) -> "ParamSpace":
         """The space of the trained parameters alone, in order (this space when

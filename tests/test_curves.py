@@ -93,6 +93,28 @@ def test_bezier_derivative_coefficients_match_finite_differences(bends):
     torch.testing.assert_close(curve.derivative_coefficients(t), fd, rtol=0, atol=1e-7)
 
 
+def test_constants_of_a_fit_step_are_made_once_per_device():
+    """The Bernstein basis's binomial coefficients and the arc length's Gauss-Legendre rule are built once and
+    reused (on a GPU, building them every step copied them from the host, which waits for the GPU), with the
+    values of their definitions."""
+    from curves.base import quadrature
+    from curves.bezier import bernstein
+
+    t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    for n in (1, 3, 6):
+        by_hand = torch.tensor([[math.comb(n, i) * s ** i * (1 - s) ** (n - i) for i in range(n + 1)] for s in t.tolist()],
+                               dtype=torch.float64)
+        assert torch.equal(bernstein(t, n), by_hand)
+    first, again = quadrature([0.0, 0.5, 1.0], 4), quadrature([0.0, 0.5, 1.0], 4)
+    assert [a.data_ptr() for a in first] == [a.data_ptr() for a in again]  # the same memory: nothing copied per step
+    x, w = np.polynomial.legendre.leggauss(4)
+    np.testing.assert_array_equal(first[0].numpy(), np.concatenate([0.25 * x + 0.25, 0.25 * x + 0.75]))
+    np.testing.assert_array_equal(first[1].numpy(), np.concatenate([0.25 * w, 0.25 * w]))
+    assert float(first[1].sum()) == pytest.approx(1.0, abs=1e-15)
+    other = quadrature([0.0, 1.0], 4)
+    assert other[0].shape == (4,) and other[0].data_ptr() != first[0].data_ptr()
+
+
 def test_polychain_is_piecewise_linear_through_its_anchors():
     a, b = endpoints()
     curve = PolyChain(SPACE, a, b, bends=2)

@@ -102,6 +102,26 @@ def test_shards_of_a_step_are_disjoint_and_make_the_global_batch(digits):
         next(data.train_batches(20, shard=(2, 2)))
 
 
+def test_a_gpu_named_under_torchrun_with_several_processes_a_node_is_refused(monkeypatch):
+    """cuda:1 under `torchrun --nproc-per-node 2` would put both processes on one GPU (NCCL then fails on a
+    duplicate GPU): one line before the process group is joined. One process a node may name its GPU."""
+    from landscape import sweep
+
+    monkeypatch.setattr(sweep, "resolve_device", lambda spec: torch.device("cuda", 1))
+    monkeypatch.setattr(sweep, "init_distributed", lambda device: pytest.fail("joined the process group"))
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match=r"^--device cuda:1 under torchrun would put every process of this node on "
+                                        r"one GPU; pass --device cuda \(each process takes the GPU of its LOCAL_RANK\)"):
+        sweep.process_device("cuda:1")
+    chosen, joined = [], []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(sweep, "init_distributed", joined.append)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # two nodes, one process each
+    assert sweep.process_device("cuda:1") == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)] and joined == [torch.device("cuda", 1)]
+
+
 def test_batch_size_must_split_evenly_over_the_ranks():
     check_world(128, 1)
     check_world(128, 2)

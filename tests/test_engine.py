@@ -583,15 +583,55 @@ def test_auto_keeps_every_layer_output_under_2_to_the_31_elements(small, monkeyp
     assert resolve_bn_stats("auto", net, small, probe=at) == "batches"
 
 
-def test_activation_bytes_by_hand_from_a_probe_of_at_most_64_images(small):
-    """vmap's points per pass are sized from every layer output of one forward
-    (twice over): Flatten 64 + Linear 12 + ReLU 12 + Linear 10 floats per image."""
+def test_vmap_sizes_a_pass_by_the_activations_alive_at_once(small, monkeypatch):
+    """vmap's points per pass: each point's weights three times over, and LIVE_COPIES float32 copies of the
+    largest layer output (Linear 12 of Flatten 64, Linear 12, ReLU 12, Linear 10 floats per image: 64)
+    for every image of the pass; not the sum of every layer's output, which only a backward keeps."""
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.ReLU(), torch.nn.Linear(12, 10))
-    seen = []
-    net.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
-    assert engine_module._activation_bytes(net, small, 1000) == 1000 * (64 + 12 + 12 + 10) * 4 * 2
-    assert engine_module._activation_bytes(net, small, 10) == 10 * (64 + 12 + 12 + 10) * 4 * 2
-    assert seen == [64, 10]  # never the whole batch: that would need the memory being sized
+    numel = ParamSpace.of(net).numel
+    assert engine_module._live_bytes(engine_module._probe_forward(net, small), 1000) == 8 * 4 * 64 * 1000
+    per_point = 12 * numel + 8 * 4 * 64 * 1000
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 7.5 * per_point)
+    assert engine_module.choose_points_per_pass(net, small, 1000, numel, "vmap") == 7
+    assert engine_module.choose_points_per_pass(net, small, 1000, numel, "loop") == 256  # weights only, at most 256
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 0.5 * per_point)
+    assert engine_module.choose_points_per_pass(net, small, 1000, numel, "vmap") == 1  # never 0
+
+
+def test_a_pass_that_runs_out_of_memory_is_split_until_it_fits(small, monkeypatch, capsys):
+    """A pass of more than two points fails as CUDA's allocator would: the engine halves it (5 -> 2),
+    gives the same numbers as one pass of every point, and remembers what fit for the next call."""
+    nets = [convnet(20), convnet(21), convnet(22)]
+    coefficients = np.array([[1 - a - b, a, b] for a in (0.0, 0.3, 0.6) for b in (0.0, 0.4)] + [[0.2, 0.2, 0.6]])
+    whole = evaluate_points(nets[0], nets, coefficients, small, points_per_pass=7)
+    real, sizes = engine_module._evaluate_chunk, []
+
+    def small_memory(template, space, points, *a, **kw):
+        sizes.append(points.shape[0])
+        if points.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(template, space, points, *a, **kw)
+
+    monkeypatch.setattr(engine_module, "_evaluate_chunk", small_memory)
+    got = evaluate_points(nets[0], nets, coefficients, small, points_per_pass=5)
+    assert sizes == [5, 2, 2, 2, 1]
+    for key in METRICS:
+        np.testing.assert_array_equal(got[key], whole[key])
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["landscape: out of memory with 5 points per pass; going on with 2"]
+    sizes.clear()  # the next call with these settings starts from what fit
+    evaluate_points(nets[0], nets, coefficients[:3], small, points_per_pass=5)
+    assert sizes == [2, 1] and capsys.readouterr().err == ""
+    # a single point that does not fit, and any other error, are raised as they are
+    monkeypatch.setattr(engine_module, "_evaluate_chunk",
+                        lambda *a, **kw: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+    with pytest.raises(torch.OutOfMemoryError):
+        evaluate_points(nets[1], nets, coefficients[:1], small)
+    monkeypatch.setattr(engine_module, "_evaluate_chunk",
+                        lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("mat1 and mat2 shapes cannot be multiplied")))
+    with pytest.raises(RuntimeError, match="shapes"):
+        evaluate_points(nets[2], nets, coefficients, small, points_per_pass=4)
+    assert "out of memory" not in capsys.readouterr().err
 
 
 def test_the_loop_strategy_takes_at_most_8_points_per_pass_vmap_what_memory_allows(small, monkeypatch):
