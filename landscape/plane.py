@@ -285,7 +285,7 @@ def _sweep_in_plane(
                        settings={"kind": "plane", "dataset": data.describe()}, config=run_config, wd=wd,
                        batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
                        points_per_pass=points_per_pass, strategy=strategy, progress=progress,
-                       amp=_bf16(precision), what=f"the {grid} x {grid} grid and {n_anchor} anchor{'s' if n_anchor != 1 else ''}"
+                       amp=_bf16(precision), identity=request, what=f"the {grid} x {grid} grid and {n_anchor} anchor{'s' if n_anchor != 1 else ''}"
                        + (f" and {k} marked points" if k else ""))
     g2 = grid * grid
     arrays: dict[str, np.ndarray] = {"x": x, "y": y, "anchor_xy": anchor_xy}

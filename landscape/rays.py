@@ -201,7 +201,7 @@ def evaluate_rays(
     values = run_sweep(model, W, coeffs, data, store=out / STORE if out is not None else None, resume=resume,
                        settings={"kind": "rays", "dataset": data.describe()}, config=run_config, wd=wd,
                        batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats,
-                       points_per_pass=points_per_pass, progress=progress, amp=_bf16(precision),
+                       points_per_pass=points_per_pass, progress=progress, amp=_bf16(precision), identity=request,
                        what=f"{m} centre(s), {directions} ray(s) each at {len(dist_grid)} distances"
                        + (f", {len(line_dist)} on the line" if line else ""))
 

@@ -136,7 +136,10 @@ def fingerprint(anchors: torch.Tensor, coefficients: np.ndarray, settings: dict[
     return _digest([_float32(anchors), np.asarray(coefficients, dtype=np.float64)], settings)
 
 
-def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _load_store(path: Path, key: str, n: int, probs: bool = False,
+                also: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A partial store's done flags and values, when its key answers ``key``
+    (or ``also``: the same sweep keyed as an earlier build keyed it)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             stored_key = str(z["key"])
@@ -147,6 +150,9 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False) -> tuple[np.n
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: unreadable partial results ({npz_reason(e)}); delete it to start over") from None
     differs = compare_keys(stored_key, key)
+    if differs and also is not None:
+        closeness = {None: 0, "data": 1, "settings": 2}
+        differs = min(differs, compare_keys(stored_key, also), key=closeness.get)
     if differs == "data":
         raise UserError(f"{path}: partial results on other data (the data's files changed since the sweep began); "
                         f"delete it or choose another --out")
@@ -265,6 +271,7 @@ def run_sweep(
     progress: bool | str | None = False,
     return_probs: bool = False,
     what: str | None = None,
+    identity: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Evaluate every point of ``coefficients @ anchors``; returns per-point metric arrays (N,)
     (and with ``return_probs`` the test-set probabilities ``probs`` (N, M, classes), stored too).
@@ -280,7 +287,11 @@ def run_sweep(
     ``config.json`` beside ``store`` once the store is known to belong to this
     sweep (a refused resume leaves the folder as it was). ``bn_stats`` is resolved once
     (:func:`~landscape.evaluate.resolve_bn_stats`) and the resolved name
-    joins the fingerprint too.
+    joins the fingerprint too. ``identity``: the :func:`request_key` of the
+    inputs the anchors and coefficients were computed from (a plane's basis and
+    grid), which then stands for them in the fingerprint: their last bits
+    change with the number of threads (torchrun runs one a process) and the
+    device, and a resume must not be refused for that.
     """
     check_eval_options(batch_size, bn_batches, points_per_pass, wd)
     coefficients, expand = unique_rows(np.asarray(coefficients, dtype=np.float64))  # identical points once
@@ -296,14 +307,16 @@ def run_sweep(
         decided = [bn_stats, k]
         dist.broadcast_object_list(decided, src=0)
         bn_stats, k = decided
-    key = fingerprint(anchors, coefficients, dict(settings or {}, wd=wd, batch_size=batch_size,
-                                                  bn_batches=bn_batches, bn_stats=bn_stats, amp=amp))
+    decided = dict(settings or {}, wd=wd, batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats, amp=amp)
+    key = legacy = fingerprint(anchors, coefficients, decided)
+    if identity is not None:  # the inputs' key stands for anchors and coefficients computed from them
+        key = _digest([], dict(decided, inputs=identity.partition(":")[0]))
     done = np.zeros(n, dtype=bool)
     values = {m: np.full(n, np.nan) for m in METRICS}
     if store is not None and store.exists():
         if not resume:
             raise UserError(f"{store.parent} holds an unfinished sweep; pass --resume to continue it")
-        done, values = _load_store(store, key, n, probs=return_probs)
+        done, values = _load_store(store, key, n, probs=return_probs, also=legacy)
         if rank == 0:
             print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "
                   f"{n - int(done.sum())} to evaluate", file=sys.stderr)

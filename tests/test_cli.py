@@ -745,3 +745,15 @@ def test_plot_of_results_missing_an_entry_is_one_line(tmp_path, capsys):
     assert code == 2 and _one_line_error(err) == (f"landscape: error: {folder}: the stored results lack 'train_loss' "
                                                   f"(edited, or written by another version?); rerun the command that "
                                                   f"made them")
+
+
+def test_python_m_landscape_is_the_command_line(tmp_path):
+    """`python -m landscape` (and so `torchrun -m landscape`) runs the CLI without the script on PATH,
+    from any folder."""
+    done = subprocess.run([sys.executable, "-m", "landscape", "models"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].split()[0] == "convnet"
+    bad = subprocess.run([sys.executable, "-m", "landscape", "plane", "--grid", "0"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

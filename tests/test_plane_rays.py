@@ -296,6 +296,67 @@ def test_plane_weight_decay_term_is_the_hand_quadratic_for_a_linear_model():
     np.testing.assert_allclose(arrays["train_loss"] - arrays["train_nll"], 0.5 * wd * (points ** 2).sum(-1), rtol=1e-6)
 
 
+def test_a_plane_resumes_when_its_basis_comes_out_a_few_bits_apart(tmp_path, monkeypatch):
+    """A plane's basis and grid are computed from its three points, and their last bits change with the number
+    of threads (torchrun runs one per process) or the device: a sweep begun in one process and resumed under
+    torchrun was refused as "a different sweep". Its key is now that of the points and settings asked for;
+    other points are still refused, and a store keyed as earlier builds keyed it still resumes."""
+    from landscape import plane as plane_module
+
+    g = torch.Generator().manual_seed(7)
+    data = Dataset(name="t", x_train=torch.randn(40, 4, generator=g), y_train=torch.randint(0, 3, (40,), generator=g),
+                   x_test=torch.randn(20, 4, generator=g), y_test=torch.randint(0, 3, (20,), generator=g),
+                   num_classes=3, mean=(0.0,), std=(1.0,))
+    model = nn.Linear(4, 3)
+    P = ParamSpace.of(model).numel
+    a, b, c = (torch.randn(P, generator=g) for _ in range(3))
+    kw = dict(grid=3, points_per_pass=2, wd=0.01)
+    real, calls = sweep_module.evaluate_points, []
+
+    def stop_at_the_third_pass(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    def started(folder):
+        calls.clear()
+        monkeypatch.setattr(sweep_module, "evaluate_points", stop_at_the_third_pass)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_plane(model, [a, b, c], data, folder, **kw)
+        monkeypatch.setattr(sweep_module, "evaluate_points", real)
+        with np.load(folder / STORE) as z:
+            assert int(z["done"].sum()) == 4
+        return folder
+
+    whole = evaluate_plane(model, [a, b, c], data, **kw).arrays
+    first = started(tmp_path / "p")
+    real_basis = plane_module.plane_basis
+
+    def a_few_bits_apart(*vectors):
+        basis = real_basis(*vectors)
+        return dataclasses.replace(basis, u=basis.u * (1 + 2.0 ** -20))  # some float32 bits change
+
+    monkeypatch.setattr(plane_module, "plane_basis", a_few_bits_apart)
+    got = evaluate_plane(model, [a, b, c], data, first, resume=True, **kw).arrays
+    for m in METRICS:
+        np.testing.assert_allclose(got[m], whole[m], rtol=1e-5, atol=1e-7, err_msg=m)
+    monkeypatch.setattr(plane_module, "plane_basis", real_basis)
+    # other points: refused, the store kept
+    other = started(tmp_path / "q")
+    with pytest.raises(UserError, match="partial results of a different sweep"):
+        evaluate_plane(model, [a, b, c * 1.5], data, other, resume=True, **kw)
+    assert (other / STORE).exists()
+    # a store keyed by the anchors and coefficients themselves, as before: resumed
+    monkeypatch.setattr(plane_module, "run_sweep", lambda *args, identity=None, real=plane_module.run_sweep, **kwargs:
+                        real(*args, **kwargs))  # the sweep keyed without the inputs' identity
+    old = started(tmp_path / "r")
+    monkeypatch.undo()
+    got = evaluate_plane(model, [a, b, c], data, old, resume=True, **kw).arrays
+    for m in METRICS:
+        np.testing.assert_array_equal(got[m], whole[m])
+
+
 def test_a_mark_off_the_plane_is_drawn_at_its_projection_and_evaluated_as_itself():
     """plane --mark D printed D's projection's values under D's name; now D's own, and its distance."""
     g = torch.Generator().manual_seed(6)
