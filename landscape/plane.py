@@ -165,9 +165,9 @@ def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tenso
         summary={"plane": "trajectory", "checkpoints": len(labels), "start_label": labels[0], "ignore": ignore,
                  "trajectory_labels": labels,
                  "explained_variance": [float(r) for r in ratio],
-                 "axis_labels": [f"PC1 ({100 * ratio[0]:.1f} % of the trajectory's variance"
+                 "axis_labels": [f"PC1 ({100 * ratio[0]:.1f}% of the trajectory's variance"
                                  f"{', biases and BN left out' if ignore else ''})",
-                                 f"PC2 ({100 * ratio[1]:.1f} %)"],
+                                 f"PC2 ({100 * ratio[1]:.1f}%)"],
                  "trajectory_distance_from_plane": [float(d) for d in off],
                  "notes": "origin: the last checkpoint; x, y along the first two principal directions of the "
                           "checkpoints' differences from it (Li et al. 2018), in weight-space units; the shares of "

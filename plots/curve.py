@@ -11,14 +11,13 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (compare_color, fs, legend_below, mark_endpoints, new_figure, note_synthetic, panel_legend,
-                    save_figure, train_loss_label)
+from .style import (LINE_COLOR, compare_color, fs, legend_below, mark_endpoints, new_figure, note_synthetic,
+                    panel_legend, result_color, result_colors, save_figure, train_loss_label)
 
 __all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result", "compare_curves", "curve_label",
-           "line_groups"]
+           "curve_color", "line_groups"]
 
-CURVE_COLOR = "#1f77b4"
-LINE_COLOR = "#d62728"
+CURVE_COLOR = compare_color(0)  # a curve of a type the colour table (style.RESULT_COLORS) does not name
 
 
 def load_curve_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -33,11 +32,17 @@ def curve_label(summary: dict | None) -> str:
     return f"{curve_name} ({bends} bend{'s' if bends != 1 else ''})" if bends is not None else curve_name
 
 
+def curve_color(summary: dict | None) -> str:
+    """A curve result's colour, by its type (style.RESULT_COLORS: a Bezier
+    curve's is one colour in its own figure and in every comparison)."""
+    return result_color((summary or {}).get("curve_type")) or CURVE_COLOR
+
+
 def plot_curve_metric(ax, arrays: dict[str, np.ndarray], metric: str, label: str, summary: dict | None = None):
     """Draw one metric against t for the curve and the line on ``ax``; returns ``ax``."""
     t = arrays["t"]
     ax.plot(t, arrays[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
-    ax.plot(t, arrays[f"curve_{metric}"], color=CURVE_COLOR, lw=2, label=curve_label(summary))
+    ax.plot(t, arrays[f"curve_{metric}"], color=curve_color(summary), lw=2, label=curve_label(summary))
     mark_endpoints(ax, t, arrays[f"curve_{metric}"])
     ax.set_xlabel("t")
     ax.set_ylabel(label)
@@ -91,7 +96,8 @@ def line_groups(results: Sequence[tuple[dict[str, np.ndarray], dict]]) -> list[l
 
 def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):
     """Several curve results on one pair of axes per metric (train loss,
-    test error against t), each curve in its own colour and labelled
+    test error against t), each curve in its type's colour, as in its own
+    figure (:func:`curve_color`; another where two share a type), labelled
     ``labels[i]``. Curves between the same endpoints (:func:`line_groups`)
     share one straight line, drawn dashed from the group's result with the
     most points: red and labelled "straight line" when every curve shares
@@ -101,6 +107,7 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
     split = results[0][1].get("eval_split", "test")
     fig, axes = new_figure(1, 2, width=10.0, height=3.8)
     groups = line_groups(results)
+    colors = result_colors(s.get("curve_type") for _, s in results)  # each in its own figure's colour
     for ax, metric, metric_label in zip(axes, ("train_loss", "test_error"),
                                         (train_loss_label(*(r[1] for r in results)), f"{split} error (%)")):
         for g in groups:
@@ -108,10 +115,10 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
             if len(groups) == 1:
                 ax.plot(a["t"], a[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
             else:
-                ax.plot(a["t"], a[f"line_{metric}"], color=compare_color(g[0]), lw=1.5, ls="--",
+                ax.plot(a["t"], a[f"line_{metric}"], color=colors[g[0]], lw=1.5, ls="--",
                         label=f"straight line: {', '.join(labels[i] for i in g)}")
         for i, ((a, _), label) in enumerate(zip(results, labels)):
-            ax.plot(a["t"], a[f"curve_{metric}"], color=compare_color(i), lw=2, label=label)
+            ax.plot(a["t"], a[f"curve_{metric}"], color=colors[i], lw=2, label=label)
         for i, (a, _) in enumerate(results):  # after the curves, so the legend lists the paths first
             mark_endpoints(ax, a["t"], a[f"curve_{metric}"], "endpoints" if i == 0 else None)
         ax.set_xlabel("t")

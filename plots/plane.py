@@ -11,13 +11,12 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.colors as mcolors
-import matplotlib.patheffects as pe
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, paper_width, save_figure,
+from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure,
                     train_loss_label)
 
 __all__ = [
@@ -42,7 +41,7 @@ TEST_ERROR_VMAX, TEST_ERROR_LOG_ALPHA = 50.0, -1.0
 TOP_LEVEL = 1e10
 CLIPPED_COLOR = "0.75"  # the band of values above the clip: grey, apart from every colour of the map
 PATH_COLOR = "black"
-_OUTLINE = [pe.withStroke(linewidth=3, foreground="white")]
+_OUTLINE = outline(3.0, "white")  # under the path and the labels: thinned with them at a paper's width
 
 
 def clip_values(values: np.ndarray, vmax: float | None) -> np.ndarray:
@@ -193,11 +192,11 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
 
     ``x`` (G,), ``y`` (H,): grid coordinates (distance along the plane's axes
     u and v); ``values`` (G, H) with ``values[i, j]`` at ``(x[i], y[j])``.
-    Values are clipped at ``vmax`` (5.0 for train loss as in the papers, 50 %
+    Values are clipped at ``vmax`` (5.0 for train loss as in the papers, 50%
     for test error here); ``log_alpha`` is the log of the first level's
     offset above the minimum (-5 suits losses, -1 errors in percent); ``levels + 2`` contour levels come from :func:`log_levels`
     and colours from :class:`LogOffsetNorm`. Filled contours (alpha 0.55) under
-    contour lines (none at the minimum, where a plateau such as 0 % error
+    contour lines (none at the minimum, where a plateau such as 0% error
     would draw its edge), as in Garipov et al. 2018, figs. 1-2. Values above
     ``vmax`` fill a grey top band whose colorbar tick reads ``> <clip>``;
     without any, there is no such band. The colorbar (when ``colorbar``) is
@@ -290,7 +289,105 @@ def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy:
             _label(ax, text, xy, offset, va)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=fs(9), framealpha=0.8)
+        after_layout(ax.figure, lambda: place_legend(ax))
     return ax
+
+
+# Where a plane's legend may go, in this order of preference (the first clear of every label, marker and line
+# wins); then the same box slid along the axes' edges (SLIDE_STEPS places an edge); then below the axes.
+LEGEND_PLACES = ("upper right", "upper left", "lower left", "lower right", "upper center", "lower center",
+                 "center left", "center right", "center")
+SLIDE_STEPS = 9
+
+
+def _obstacles(ax, renderer) -> tuple[list, list]:
+    """What a legend on ``ax`` must not cover, in display units: the boxes
+    of its texts (the points' labels, a scale note) and of its markers (the
+    anchors, marks, a trajectory's dots), two points clear, and the paths of
+    its lines (the curve or trajectory)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.transforms import Bbox
+
+    scale = ax.figure.dpi / 72  # pixels a point
+    pad = 2.0 * scale
+    boxes = [t.get_window_extent(renderer).padded(pad) for t in ax.texts if t.get_visible() and t.get_text()]
+    for c in ax.collections:
+        if isinstance(c, PathCollection) and c.get_visible() and len(c.get_offsets()):
+            xy = c.get_offset_transform().transform(c.get_offsets())
+            sizes = np.resize(np.sqrt(np.asarray(c.get_sizes(), dtype=float)) / 2 * scale, len(xy))
+            boxes += [Bbox.from_extents(x - r, y - r, x + r, y + r).padded(pad) for (x, y), r in zip(xy, sizes)]
+    paths = []
+    for line in ax.get_lines():
+        if not line.get_visible():
+            continue
+        path = line.get_transform().transform_path(line.get_path())
+        paths.append(path)
+        if line.get_marker() not in (None, "None", "", " "):
+            r = line.get_markersize() / 2 * scale
+            boxes += [Bbox.from_extents(x - r, y - r, x + r, y + r).padded(pad) for x, y in path.vertices]
+    return boxes, paths
+
+
+def _overlap(a, b) -> float:
+    """The area two boxes share."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+
+def _places(legend, frame, renderer):
+    """The places tried for ``legend`` inside the axes box ``frame`` (display
+    units): matplotlib's named ones, then the lower-left corners (axes
+    fractions) of the same box slid along each edge."""
+    yield from LEGEND_PLACES
+    legend.set_loc("upper right")
+    box = legend.get_window_extent(renderer)
+    pad = frame.x1 - box.x1  # the legend's own distance from the axes' edge
+    w, h = box.width / frame.width, box.height / frame.height
+    px, py = pad / frame.width, pad / frame.height
+    if w + 2 * px > 1 or h + 2 * py > 1:
+        return
+    for f in np.linspace(0.0, 1.0, SLIDE_STEPS):
+        x, y = px + f * (1 - w - 2 * px), py + f * (1 - h - 2 * py)
+        yield from ((x, 1 - py - h), (x, py), (px, y), (1 - px - w, y))
+
+
+def place_legend(ax) -> str | tuple | None:
+    """Put ``ax``'s legend where it covers no label, no marker and no line
+    (its anchors, marks and their labels, a scale note, the path), measured
+    on the figure as drawn: the first of :data:`LEGEND_PLACES` clear of them,
+    else the first clear place along the axes' edges, else (a narrow panel)
+    below the axes, under their axis label. Matplotlib's ``loc="best"``
+    counts a label as one point of a path's many, and puts the legend on it.
+    Returns the place chosen ("below": under the axes; None: no legend)."""
+    legend = ax.get_legend()
+    if legend is None:
+        return None
+    renderer = ax.figure.canvas.get_renderer()
+    boxes, paths = _obstacles(ax, renderer)
+    frame = ax.get_window_extent(renderer)
+    for place in _places(legend, frame, renderer):
+        legend.set_loc(place)
+        box = legend.get_window_extent(renderer)
+        inside = _overlap(box, frame) >= box.width * box.height - 1.0
+        if inside and not any(_overlap(box, b) > 0 for b in boxes) and not any(
+                p.intersects_bbox(box, filled=False) or box.count_contains(p.vertices) for p in paths):
+            return place
+    _legend_below(ax, legend, renderer)
+    return "below"
+
+
+def _legend_below(ax, legend, renderer) -> None:
+    """``legend`` under ``ax``'s axis label and tick labels, a fixed distance
+    in points below the axes (so that the layout, making room for it, does
+    not move it onto them)."""
+    from matplotlib.transforms import ScaledTranslation
+
+    legend.set_visible(False)  # not part of what is measured
+    under = min(ax.xaxis.get_tightbbox(renderer).y0, ax.get_window_extent(renderer).y0)
+    legend.set_visible(True)
+    fig = ax.figure
+    drop = (ax.get_window_extent(renderer).y0 - under) / fig.dpi + 2.0 / 72  # inches, and two points clear
+    legend.set_bbox_to_anchor((0.5, 0.0), transform=ax.transAxes + ScaledTranslation(0, -drop, fig.dpi_scale_trans))
+    legend.set_loc("upper center")
 
 
 def _label(ax, text, xy, offset: tuple[float, float], va: str) -> None:

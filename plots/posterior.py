@@ -13,8 +13,8 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .curve import CURVE_COLOR, LINE_COLOR, curve_label
-from .style import fs, mark_endpoints, new_figure, note_synthetic, save_figure
+from .curve import curve_color, curve_label
+from .style import LINE_COLOR, fs, mark_endpoints, new_figure, note_synthetic, save_figure
 
 __all__ = ["draw_posterior_curve_figure"]
 
@@ -22,18 +22,18 @@ RESULT = "posterior-curve.npz"  # curves.posterior.RESULT (plots does not import
 
 
 def _paths(ax, t: np.ndarray, arrays: dict[str, np.ndarray], key: str, path_label: str, *,
-           secondary: bool = False, band: str | None = None) -> None:
+           secondary: bool = False, band: str | None = None, color: str | None = None) -> None:
     """``key`` along t for the line (dashed) and the curve (solid); a
     ``secondary`` metric thin and dotted, unlabelled; ``band``: +-2 standard
-    errors shaded."""
-    for name, color, label, style in (("line", LINE_COLOR, "straight line", "--"),
-                                      ("curve", CURVE_COLOR, path_label, "-")):
+    errors shaded; ``color``: the curve's (:func:`plots.curve.curve_color`)."""
+    for name, shade, label, style in (("line", LINE_COLOR, "straight line", "--"),
+                                      ("curve", color or curve_color(None), path_label, "-")):
         values = arrays[f"{name}_{key}"]
-        ax.plot(t, values, color=color, lw=1.2 if secondary else 2, ls=":" if secondary else style,
+        ax.plot(t, values, color=shade, lw=1.2 if secondary else 2, ls=":" if secondary else style,
                 label=None if secondary else label)
         if band is not None and np.isfinite(arrays[f"{name}_{band}"]).all():
             se = arrays[f"{name}_{band}"]
-            ax.fill_between(t, values - 2 * se, values + 2 * se, color=color, alpha=0.15, lw=0)
+            ax.fill_between(t, values - 2 * se, values + 2 * se, color=shade, alpha=0.15, lw=0)
 
 
 def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -41,19 +41,19 @@ def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...]
     result_dir = Path(result_dir)
     arrays, summary = read_result(result_dir, RESULT)
     t = arrays["t"]
-    path_label = curve_label(summary)
+    path_label, color = curve_label(summary), curve_color(summary)
     split = summary.get("eval_split", "test")
     samples = summary.get("samples")
     fig, (ax_elbo, ax_err, ax_kl) = new_figure(1, 3, width=14.0, height=3.8)
-    _paths(ax_elbo, t, arrays, "expected_train_nll", path_label, band="expected_train_nll_se")
+    _paths(ax_elbo, t, arrays, "expected_train_nll", path_label, band="expected_train_nll_se", color=color)
     ax_elbo.set_ylabel(f"expected train NLL ({samples} draws, ±2 s.e.)")
-    _paths(ax_err, t, arrays, "ensemble_test_error", path_label)
-    _paths(ax_err, t, arrays, "mean_test_error", path_label, secondary=True)
+    _paths(ax_err, t, arrays, "ensemble_test_error", path_label, color=color)
+    _paths(ax_err, t, arrays, "mean_test_error", path_label, secondary=True, color=color)
     ax_err.set_ylabel(f"{split} error (%)")
     ax_err.plot([], [], color="gray", ls=":", label="the means' network")  # the dotted lines, in the legend
     ax_err.plot([], [], color="gray", ls="-", label=f"ensemble of {samples}")
     ax_err.legend(frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")  # a frame: it may sit on a path
-    _paths(ax_kl, t, arrays, "kl_per_sample", path_label)
+    _paths(ax_kl, t, arrays, "kl_per_sample", path_label, color=color)
     ax_kl.set_ylabel("KL(q || prior) / N")
     c, l = summary["curve"], summary["line"]
     # The panel shows the NLL term; the barrier quoted is of the whole -ELBO / N (this panel plus the KL one).

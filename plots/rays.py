@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import fs, new_figure, save_figure, train_loss_label
+from .style import fs, new_figure, result_colors, save_figure, train_loss_label
 
 __all__ = ["plot_rays", "plot_line_metric", "draw_rays_figures", "load_rays_result", "shared_limits"]
 
@@ -21,9 +20,10 @@ __all__ = ["plot_rays", "plot_line_metric", "draw_rays_figures", "load_rays_resu
 Y_CAPS = {"train_loss": 5.0, "test_error": 100.0}
 
 
-def _colors(n: int) -> list:
-    cycle = plt.get_cmap("tab10").colors
-    return [cycle[i % len(cycle)] for i in range(n)]
+def _colors(labels) -> list:
+    """The centres' colours: a centre named in style.RESULT_COLORS ("SWA",
+    "SGD") in its colour there, as every figure draws it; the rest in turn."""
+    return result_colors(labels)
 
 
 def _finite(values) -> np.ndarray:
@@ -112,7 +112,8 @@ def _draw_metric(arrays: dict, summary: dict, metric: str, ylabel: str):
     values = arrays[metric]  # (n_centres, n_directions, S)
     distance = arrays["distance"]
     n = values.shape[0]
-    labels, colors = _centre_labels(summary, n), _colors(n)
+    labels = _centre_labels(summary, n)
+    colors = _colors(labels)
     centres = summary.get("centers") or []
     rise = summary.get("rise")
     fig, axes = new_figure(1, n, width=3.6 * n + 0.6, height=3.8)
@@ -161,7 +162,8 @@ def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",
         written += save_figure(fig, result_dir / f"rays_{metric}", formats)
     if "line_distance" in arrays:
         marks = arrays["line_marks"]
-        labels, colors = _centre_labels(summary, len(marks)), _colors(len(marks))
+        labels = _centre_labels(summary, len(marks))
+        colors = _colors(labels)
         fig, axes = new_figure(1, 2, width=10.0, height=3.8)
         for ax, (metric, ylabel) in zip(axes, ylabels.items()):
             plot_line_metric(ax, arrays["line_distance"], arrays[f"line_{metric}"], marks, labels, colors, ylabel)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 from matplotlib.ticker import FixedLocator
 import numpy as np
 
 from landscape.checkpoint import read_result
 from landscape.sharpness import spectral_density
 
-from .style import fs, new_figure, save_figure
+from .style import fs, new_figure, result_colors, save_figure
 
 __all__ = ["draw_sharpness_figure", "density_curves"]
 
@@ -91,7 +90,7 @@ def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("p
     arrays, summary = read_result(result_dir, "sharpness.npz")
     networks = summary["networks"]
     labels = [n["label"] for n in networks]
-    colors = [plt.get_cmap("tab10").colors[i % 10] for i in range(len(labels))]
+    colors = result_colors(labels)  # a network named in style.RESULT_COLORS ("SWA", "SGD") as every figure draws it
     fig, axes = new_figure(1, 4, width=19.0, height=4.2)
 
     ax = axes[0]

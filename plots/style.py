@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
-import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +12,9 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.patheffects as patheffects  # noqa: E402
 from matplotlib.collections import Collection, PathCollection  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 # TrueType (Type 42) fonts in PDF and PostScript: the Type 3 default is refused by some venues' checks.
@@ -22,31 +24,75 @@ matplotlib.rcParams["ps.fonttype"] = 42
 from landscape.checkpoint import atomic_save  # noqa: E402
 from landscape.errors import UserError  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "legend_below", "panel_legend", "paper_width", "compare_color", "fs", "set_figure_width", "note_synthetic",
-           "mark_endpoints", "log_scale_when_spread", "train_loss_label", "FORMATS", "SWA_COLOR", "SGD_COLOR", "AVERAGE_COLOR", "SAMPLE_COLOR"]
+__all__ = ["new_figure", "save_figure", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
+           "result_colors", "fs", "set_figure_width", "note_synthetic", "mark_endpoints", "log_scale_when_spread",
+           "train_loss_label", "outline", "percent_signs", "FORMATS", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
+           "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
-# One colour per thing in every figure: SWA (or a posterior's centre) blue and SGD orange, as the first and
-# second centre of a width report (tab10's order); a model average of samples green, a single sample grey.
-# Red is a curve figure's straight line, and nothing else.
+# One colour per method or result in every figure, its own and the comparisons (plots/compare.py): SWA (or
+# the centre a model average is drawn around) blue and SGD orange, as the first and second centre of a width
+# report (tab10's order); SWAG's model average green, a single sample grey; a curve by its type. Red is a
+# curve's straight line, and nothing else. Keys are matched without regard to case (result_color).
 SWA_COLOR = "#1f77b4"
 SGD_COLOR = "#ff7f0e"
 AVERAGE_COLOR = "#2ca02c"
 SAMPLE_COLOR = "#7f7f7f"
-# Results compared in one figure: matplotlib's tab10 without its red (a curve figure's straight line).
+LINE_COLOR = "#d62728"
+RESULT_COLORS = {
+    # networks, and the model averages of samples around them
+    "SWA": SWA_COLOR, "SGD": SGD_COLOR, "SWAG": AVERAGE_COLOR, "SWAG-Diagonal": "#17becf",
+    "VI": "#9467bd", "HWA": "#8c564b",
+    # subspace inference, by the subspace (its samples are averaged as SWAG's are)
+    "PCA subspace": "#e377c2", "curve subspace": "#bcbd22", "random subspace": "#17becf",
+    "single sample": SAMPLE_COLOR,
+    # paths between two networks (never in one figure with the averages)
+    "bezier": "#1f77b4", "polychain": "#2ca02c", "straight line": LINE_COLOR,
+}
+# What is not in the table, and a second result of one kind in a comparison: matplotlib's tab10 in this
+# order, without its red.
 COMPARE_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
                   "#17becf")
 
 
 def compare_color(i: int) -> str:
-    """The colour of the i-th result in a comparison figure."""
+    """The i-th colour of the palette for what :data:`RESULT_COLORS` does not name."""
     return COMPARE_COLORS[i % len(COMPARE_COLORS)]
 
 
-def legend_below(fig, ax, size: float = 9, loc: str = "outside lower center") -> None:
-    """One legend of ``ax``'s labelled artists below every panel of ``fig``,
-    clear of the data: up to 4 columns, as many as fit the figure's width."""
+def result_color(key: str | None) -> str | None:
+    """The colour :data:`RESULT_COLORS` gives the method or result ``key``
+    (its name, any case), or None when it names none."""
+    if not key:
+        return None
+    folded = {k.casefold(): c for k, c in RESULT_COLORS.items()}
+    return folded.get(str(key).casefold())
+
+
+def result_colors(keys, reserved=()) -> list[str]:
+    """One colour per result of a figure, from its key (:func:`result_color`):
+    the table's colour where it has one and no earlier result took it, else
+    the first colour of the palette that no result of the figure has (nor
+    ``reserved``: what else the figure draws, as SWA), so that a result is
+    drawn in its own figure's colour in every comparison."""
+    keys = list(keys)
+    named = [result_color(k) for k in keys]
+    colors: list[str | None] = []
+    for c in named:
+        colors.append(c if c is not None and c not in colors and c not in reserved else None)
+    free = [c for c in COMPARE_COLORS if c not in colors and c not in reserved]
+    free = [c for c in free if c not in named] + [c for c in free if c in named]  # others' own colours last
+    return [c if c is not None else free.pop(0) if free else compare_color(i) for i, c in enumerate(colors)]
+
+
+def legend_below(fig, ax, size: float = 9, loc: str = "outside lower center", also=()) -> None:
+    """One legend of ``ax``'s labelled artists (then those of the axes
+    ``also``) below every panel of ``fig``, clear of the data: up to 4
+    columns, as many as fit the figure's width."""
     handles, names = ax.get_legend_handles_labels()
+    for other in also:
+        more, more_names = other.get_legend_handles_labels()
+        handles, names = handles + more, names + more_names
     size = fs(size)
     entry = (max(map(len, names), default=1) + 5) * 0.58 * size / 72  # inches: the marker, the text, a gap
     columns = max(1, min(len(names), 4, int(0.95 * fig.get_figwidth() / entry)))  # as many as fit the width
@@ -155,18 +201,53 @@ def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: floa
     return fig, np.array(panels[:cols], dtype=object)
 
 
-def _wrapped(text: str, inches: float, points: float) -> str:
-    """``text`` broken into lines that fit ``inches`` at ``points`` (an average
-    character of the sans-serif font is about 0.58 of its size), between
-    words only; a line with mathtext (``$...$``, as ``--labels`` may give) is
-    left whole, since a break inside it would show the raw TeX."""
-    chars = max(12, int(inches * 72 / (0.58 * points)))
-    return "\n".join(textwrap.fill(_glued(line), chars, break_on_hyphens=False, break_long_words=False)
-                     .replace(_GLUE, " ") if len(line) > chars and "$" not in line else line
-                     for line in text.split("\n"))
+def _wrapped(text: str, inches: float, points: float, font=None, renderer=None) -> str:
+    """``text`` broken into lines that fit ``inches`` in ``font`` (a
+    ``FontProperties``; matplotlib's default family) at ``points``, each
+    line's width measured by ``renderer`` (a figure's; an Agg renderer when
+    None): each line takes as many words as fit, breaking between words only
+    (:func:`_glued`: not between a number and its word, nor inside a unit's
+    parenthesis); a line with mathtext (``$...$``, as ``--labels`` may give)
+    is left whole, since a break inside it would show the raw TeX."""
+    font = (FontProperties() if font is None else font).copy()
+    font.set_size(points)
+    renderer = renderer if renderer is not None else _measuring_renderer()
+    limit = inches * 72.0
+
+    def width(line: str) -> float:  # points
+        pixels = renderer.get_text_width_height_descent(line.replace(_GLUE, " "), font, ismath=False)[0]
+        return pixels * 72.0 / renderer.dpi
+
+    out = []
+    for line in text.split("\n"):
+        if "$" in line or width(line) <= limit:
+            out.append(line)
+            continue
+        words = [w for w in re.split(r" +", _glued(line).strip(" ")) if w]
+        current = words[0] if words else ""
+        for word in words[1:]:
+            if width(f"{current} {word}") <= limit:
+                current = f"{current} {word}"
+            else:
+                out.append(current)
+                current = word
+        out.append(current)
+    return "\n".join(line.replace(_GLUE, " ") for line in out)
 
 
-_GLUE = "\u00a0"  # a no-break space: textwrap does not break at it, and it is put back as a space
+def _measuring_renderer():
+    """A renderer that measures text for :func:`_wrapped` outside a figure, in points (72 dpi)."""
+    if not _RENDERER:
+        from matplotlib.backends.backend_agg import RendererAgg
+
+        _RENDERER.append(RendererAgg(1, 1, 72))
+    return _RENDERER[0]
+
+
+_RENDERER: list = []
+
+
+_GLUE = "\u00a0"  # a no-break space: _wrapped does not break at it, and it is put back as a space
 
 
 def _glued(line: str) -> str:
@@ -182,17 +263,31 @@ def _glued(line: str) -> str:
 
 def wrap_titles(fig) -> None:
     """Break the figure's title and every panel's title into lines that fit
-    their width: a title written for a figure's own size stays whole when
-    the figure is drawn to a column or a page, instead of running off it."""
-    width = fig.get_figwidth()
-    title = getattr(fig, "_suptitle", None)
-    if title is not None and title.get_text():
-        title.set_text(_wrapped(title.get_text(), 0.96 * width, title.get_fontsize()))
-    for ax in fig.axes:
-        inches = 1.1 * ax.get_position().width * width  # before the layout: the default margins, a bit wider after
-        for text in (ax.title, ax._left_title, ax._right_title):
-            if text.get_text():
-                text.set_text(_wrapped(text.get_text(), inches, text.get_fontsize()))
+    their width (:func:`_wrapped`): a panel's title the width of its axes as
+    the layout draws them, measured in the title's own font; the figure's
+    title 0.96 of the figure's width. A title written for a figure's own
+    size stays whole when the figure is drawn to a column or a page, instead
+    of running off it, and is broken only where it does not fit."""
+    suptitle = getattr(fig, "_suptitle", None)
+    titles = [(ax, t) for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
+    if not titles and (suptitle is None or not suptitle.get_text()):
+        return
+    if titles:  # the axes as the layout makes them without their titles (one wider would narrow them)
+        texts = [(t, t.get_text()) for _, t in titles]
+        for t, _ in texts:
+            t.set_text("")
+        try:
+            fig.draw_without_rendering()
+        finally:
+            for t, text in texts:
+                t.set_text(text)
+    renderer = fig.canvas.get_renderer()
+    if suptitle is not None and suptitle.get_text():
+        suptitle.set_text(_wrapped(suptitle.get_text(), 0.96 * fig.get_figwidth(), suptitle.get_fontsize(),
+                                   suptitle.get_fontproperties(), renderer))
+    for ax, text in titles:
+        inches = ax.get_window_extent(renderer).width / fig.dpi
+        text.set_text(_wrapped(text.get_text(), inches, text.get_fontsize(), text.get_fontproperties(), renderer))
 
 
 def after_layout(fig, fn) -> None:
@@ -204,12 +299,21 @@ def after_layout(fig, fn) -> None:
 THINNEST = 0.8  # points: the thinnest line thin_lines draws where it thins one
 
 
+def outline(width: float = 3.0, color: str = "white") -> list:
+    """Path effects that draw an edge ``width`` points wide in ``color``
+    under a line or a text, for contrast over contours: a path's (a curve,
+    a trajectory) and its labels'. :func:`thin_lines` thins it with the line."""
+    return [patheffects.withStroke(linewidth=width, foreground=color)]
+
+
 def thin_lines(fig, factor: float) -> None:
     """Every line width and marker size in ``fig`` (panels and legends)
     times ``factor`` (a scatter's marker area times its square): a figure
     drawn to a paper's width keeps its lines in proportion to its 8-pt text.
     A line is not thinned below :data:`THINNEST` points (one drawn thinner
-    stays as it is): thinner, it would vanish in print."""
+    stays as it is): thinner, it would vanish in print. The outlines drawn
+    under lines and texts (:func:`outline`, a ``Stroke`` path effect) thin
+    by the same rule, an outline staying wider than its line by its share."""
     if factor == 1.0 or fig.__dict__.get("_landscape_thinned"):
         return
     fig._landscape_thinned = True
@@ -220,28 +324,77 @@ def thin_lines(fig, factor: float) -> None:
     def thinned(width: float) -> float:
         return max(width * factor, min(width, THINNEST))
 
+    widths = {}  # each line's width before thinning, for its outline
     for a in artists:
         if isinstance(a, Line2D):
-            a.set_linewidth(thinned(a.get_linewidth()))
+            widths[id(a)] = (a.get_linewidth(), thinned(a.get_linewidth()))
+            a.set_linewidth(widths[id(a)][1])
             a.set_markersize(a.get_markersize() * factor)
             a.set_markeredgewidth(a.get_markeredgewidth() * factor)
         elif isinstance(a, Collection):
             a.set_linewidths([thinned(w) for w in np.atleast_1d(np.asarray(a.get_linewidths(), dtype=float))])
             if isinstance(a, PathCollection):  # scatter markers, sized by area
                 a.set_sizes(np.asarray(a.get_sizes(), dtype=float) * factor ** 2)
+    seen = set()
+    for a in fig.findobj(lambda a: bool(getattr(a, "get_path_effects", lambda: [])())):
+        if id(a) in seen:
+            continue
+        seen.add(id(a))
+        a.set_path_effects([_thinned_stroke(e, thinned, factor, widths.get(id(a))) for e in a.get_path_effects()])
+
+
+def _thinned_stroke(effect, thinned, factor: float, line: tuple[float, float] | None):
+    """A ``Stroke`` path effect with its width thinned (:func:`thin_lines`);
+    ``line``: the width of the line it is drawn under, before and after, so
+    that the outline stays wider than the line by its share. Other effects,
+    and a stroke of the artist's own width, as they are."""
+    if not isinstance(effect, patheffects.Stroke) or "linewidth" not in effect._gc:
+        return effect
+    width = float(effect._gc["linewidth"])
+    new = thinned(width)
+    if line is not None and width > line[0]:
+        new = max(new, line[1] + (width - line[0]) * factor)
+    thin = copy.copy(effect)
+    thin._gc = dict(effect._gc, linewidth=new)
+    return thin
+
+
+_SPACED_PERCENT = re.compile(r"(?<=\d)\s+%")
+
+
+def percent_signs(text: str) -> str:
+    """``text`` with a number's percent sign written right after it, as
+    every figure writes it ("94.4%", English typesetting; no space or thin
+    space between), a unit in parentheses staying "(%)"; mathtext is left
+    as written."""
+    return text if "$" in text else _SPACED_PERCENT.sub("%", text)
+
+
+def _percent_signs(fig) -> None:
+    """Every text of ``fig`` by :func:`percent_signs`: also what a figure takes from a result (a
+    trajectory's axis labels, which give the share of its variance each explains) or a caller
+    (``--labels``)."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        written = text.get_text()
+        if "%" in written and percent_signs(written) != written:
+            text.set_text(percent_signs(written))
 
 
 def finish_layout(fig) -> None:
     """Break the titles to fit (:func:`wrap_titles`) and, at a paper's width,
     thin the lines with the text (:func:`thin_lines`); then, when something
     waits on the layout (:func:`after_layout`), draw the figure once so the
-    layout is done and run it; :func:`save_figure` calls this."""
+    layout is done and run it; :func:`save_figure` calls this. Every
+    text's percent signs are written one way first (:func:`percent_signs`)."""
+    _percent_signs(fig)
     wrap_titles(fig)
     if paper_width() is not None:
         thin_lines(fig, PAPER_FONT / BASE_FONT)
     waiting = fig.__dict__.pop("_landscape_after_layout", [])
     if waiting:
-        fig.canvas.draw()
+        fig.draw_without_rendering()
         for fn in waiting:
             fn()
 

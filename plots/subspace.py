@@ -16,14 +16,12 @@ from matplotlib.ticker import MaxNLocator
 from landscape.checkpoint import read_result
 
 from .plane import plot_plane
-from .style import fs, legend_below, new_figure, save_figure
-from .swag import BMA_COLOR, plot_model_average
+from .style import COMPARE_COLORS, fs, legend_below, new_figure, paper_width, save_figure
+from .swag import average_colors, plot_model_average
 
 __all__ = ["draw_subspace_figure"]
 
-SHIFT_COLOR = "#d62728"
-PRIOR_COLOR = "#9467bd"
-VI_COLOR = "#ff7f0e"
+PRIOR_COLOR = "0.3"  # the prior's circles: no result's colour (style.RESULT_COLORS)
 
 
 def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -35,6 +33,10 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     fig, axes = new_figure(1, 2, width=10.5, height=4.2)
     fig.get_layout_engine().set(wspace=0.12)  # the colorbar's label clear of the second panel's axis label
     ax = axes[0]
+    # the average and its centre as every figure draws them (the centre also marked in the plane), the
+    # posterior q whose draws are averaged in the average's colour, the chains in the others
+    color, centre_color = average_colors([summary])[0]
+    chain_colors = [c for c in COMPARE_COLORS if c not in (centre_color, color)]
     prior = float(summary.get("prior_scale", 1.0))
     if "grid_log_posterior" in arrays:  # the posterior's log-density over the plane, from its maximum down
         axis, lp = arrays["grid_axis"], arrays["grid_log_posterior"]
@@ -55,14 +57,15 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         if vi and summary["vi"].get("family", "gaussian") == "gaussian":  # q = N(mu, diag sigma^2): 1, 2 sd ellipses
             mu, sd = np.asarray(summary["vi"]["mu"]), np.asarray(summary["vi"]["sigma"])
             for r, ls in ((1, "-"), (2, "--")):
-                ax.plot(mu[0] + r * sd[0] * np.cos(angle), mu[1] + r * sd[1] * np.sin(angle), color=VI_COLOR, lw=1.2,
+                ax.plot(mu[0] + r * sd[0] * np.cos(angle), mu[1] + r * sd[1] * np.sin(angle), color=color, lw=1.2,
                         ls=ls, label=f"q {r} sd")
         for c, zc in paths.items():
             if not vi:  # a chain's steps in order
-                ax.plot(zc[:, 0], zc[:, 1], lw=0.6, alpha=0.5, color=f"C{c % 10}")
-            ax.scatter(z[chain == c, 0], z[chain == c, 1], s=14, color=f"C{c % 10}", zorder=3,
+                ax.plot(zc[:, 0], zc[:, 1], lw=0.6, alpha=0.5, color=chain_colors[c % len(chain_colors)])
+            ax.scatter(z[chain == c, 0], z[chain == c, 1], s=14, color=chain_colors[c % len(chain_colors)], zorder=3,
                        label="samples" if c == 0 else None)
-        ax.scatter([0], [0], marker="x", s=60, color=SHIFT_COLOR, zorder=4, label="centre")
+        ax.scatter([0], [0], marker="X", s=70, color=centre_color, edgecolors="black", linewidths=0.6, zorder=4,
+                   label="centre")
         if "path_z" in arrays and k == 2:  # the curve itself: in its plane, or projected on it
             projected = float(summary.get("path_off_plane", 0.0)) > 1e-3
             ax.plot(arrays["path_z"][:, 0], arrays["path_z"][:, 1], color="black", lw=1.2, zorder=4,
@@ -77,33 +80,37 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         if "grid_log_posterior" not in arrays:  # else the grid's square sets the axes
             ax.set_aspect("equal", adjustable="datalim")
     elif summary.get("method") == "vi":  # one coordinate, independent draws: their histogram, q and the prior
-        ax.hist(z[:, 0], bins=max(5, len(z) // 3), color=BMA_COLOR, alpha=0.7, density=True, label="samples")
+        ax.hist(z[:, 0], bins=max(5, len(z) // 3), color=chain_colors[0], alpha=0.7, density=True, label="samples")
         mu, sd = float(summary["vi"]["mu"][0]), float(summary["vi"]["sigma"][0])
         lo, hi = min(mu - 3 * sd, -2 * prior, z.min()), max(mu + 3 * sd, 2 * prior, z.max())
         grid = np.linspace(lo, hi, 300)
-        for m, s_, color, label in ((mu, sd, VI_COLOR, "q"), (0.0, prior, PRIOR_COLOR, "prior")):
-            ax.plot(grid, np.exp(-0.5 * ((grid - m) / s_) ** 2) / (s_ * np.sqrt(2 * np.pi)), color=color, lw=1.5,
+        for m, s_, shade, label in ((mu, sd, color, "q"), (0.0, prior, PRIOR_COLOR, "prior")):
+            ax.plot(grid, np.exp(-0.5 * ((grid - m) / s_) ** 2) / (s_ * np.sqrt(2 * np.pi)), color=shade, lw=1.5,
                     label=label)
         ax.set_xlabel("z1")
         ax.set_ylabel("density")
     else:  # one coordinate: each chain's trace
         for c, zc in paths.items():
             steps = np.arange(len(zc)) + (1 - len(first))  # step 0 is the start
-            ax.plot(steps, zc[:, 0], marker="o", ms=3, lw=1, color=f"C{c % 10}", label=f"chain {c + 1}")
-        ax.axhline(0.0, color=SHIFT_COLOR, lw=1, ls="--", label="centre")
+            ax.plot(steps, zc[:, 0], marker="o", ms=3, lw=1, color=chain_colors[c % len(chain_colors)],
+                    label=f"chain {c + 1}")
+        ax.axhline(0.0, color=centre_color, lw=1, ls="--", label="centre")
         ax.set_xlabel("step of the chain (after burn-in)" if summary.get("burn_in") else "step of the chain")
         ax.set_ylabel("z1")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    if k >= 2:  # below the panels (the plane is full of samples, ellipses and contours), clear of the axis labels
-        legend_below(fig, ax, size=8, loc="outside lower left")
-    else:
-        ax.legend(frameon=True, framealpha=0.9, fontsize=fs(8), loc="best")
-    ax = axes[1]
-    plot_model_average(ax, arrays["bma_test_nll"], float(arrays["shift_test_nll"]),
+    plot_model_average(axes[1], arrays["bma_test_nll"], float(arrays["shift_test_nll"]),
                        float(np.mean(arrays["sample_test_nll"])), label="model average",
-                       centre_label="centre of the subspace", ylabel=f"{split} NLL", log_when_spread=True)
-    ax.legend(frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")
+                       centre_label="centre of the subspace", ylabel=f"{split} NLL", log_when_spread=True,
+                       color=color, centre_color=centre_color)
+    if paper_width() is not None:  # narrow panels, no room clear of the data: one legend below both
+        legend_below(fig, axes[0], size=8, also=axes[1:])
+    else:
+        if k >= 2:  # below the panels (the plane is full of samples, ellipses and contours), clear of the axis labels
+            legend_below(fig, axes[0], size=8, loc="outside lower left")
+        else:
+            axes[0].legend(frameon=True, framealpha=0.9, fontsize=fs(8), loc="best")
+        axes[1].legend(frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")
     bma = summary["bma"]
     method = {"vi": "VI", "nuts": "NUTS"}.get(summary.get("method"), "ESS")
     if summary.get("method") == "vi" and summary["vi"].get("family") == "realnvp":

@@ -872,3 +872,333 @@ def test_a_model_average_figure_puts_its_legend_below_at_a_papers_width(tmp_path
             plt.close(fig)
     finally:
         set_figure_width(None)
+
+
+# ------------------------------------------------------------ legends, outlines, colours, units, titles
+def write_trajectory_plane(folder):
+    """A training trajectory's plane as ``landscape plane --trajectory`` writes it: four epochs from 'init'
+    (upper right) down and back to the final network (an anchor, 'epoch 3'), axes not to one scale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = np.linspace(-1.03, 6.2, 9), np.linspace(-1.33, 0.37, 9)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    loss = 0.16 + 0.1 * X ** 2 + 0.5 * (Y + 0.2) ** 2
+    arrays = dict(x=x, y=y, train_loss=loss, train_nll=loss, train_error=5 * loss, test_nll=loss,
+                  test_error=10 * loss, anchor_xy=np.array([[0.0, 0.0]]),
+                  path_xy=np.array([[5.16, 0.13], [3.14, -1.09], [0.62, -0.38], [0.0, 0.0]]))
+    np.savez(folder / "plane.npz", **arrays)
+    summary = {"plane": "trajectory", "anchor_labels": ["epoch 3"], "start_label": "init", "path_label": "trajectory",
+               "axis_labels": ["PC1 (94.4 % of the trajectory's variance)", "PC2 (5.0 %)"], "eval_split": "test",
+               "wd": 5e-4}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def _marker_boxes(ax, renderer):
+    """The display boxes of ``ax``'s scatter markers and of its lines' markers."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.transforms import Bbox
+
+    scale, boxes = ax.figure.dpi / 72, []
+    for c in ax.collections:
+        if isinstance(c, PathCollection):
+            xy = c.get_offset_transform().transform(c.get_offsets())
+            r = np.resize(np.sqrt(c.get_sizes()) / 2 * scale, len(xy))
+            boxes += [Bbox.from_extents(px - s, py - s, px + s, py + s) for (px, py), s in zip(xy, r)]
+    for line in ax.get_lines():
+        if line.get_marker() not in (None, "None", ""):
+            r = line.get_markersize() / 2 * scale
+            xy = line.get_transform().transform(line.get_xydata())
+            boxes += [Bbox.from_extents(px - r, py - r, px + r, py + r) for px, py in xy]
+    return boxes
+
+
+@pytest.mark.parametrize("width", [None, 3.3])
+@pytest.mark.parametrize("kind", ["curve", "trajectory"])
+def test_a_planes_legend_covers_none_of_its_labels_or_markers(tmp_path, width, kind):
+    """matplotlib's loc="best" counts a label as one point of a path's many: at a column's width it put a
+    trajectory's legend on its 'init' label. The legend now goes where it covers no label and no marker."""
+    from plots.plane import load_plane_result, plane_metrics, plot_plane_result
+    from plots.style import finish_layout, new_figure, set_figure_width
+
+    folder = write_plane(tmp_path / "p") if kind == "curve" else write_trajectory_plane(tmp_path / "p")
+    arrays, summary = load_plane_result(folder)
+    try:
+        set_figure_width(width)
+        for metric, label, vmax, log_alpha in plane_metrics(summary):
+            fig, ax = new_figure(width=6.0, height=5.0)
+            plot_plane_result(ax, arrays, summary, metric, label, vmax, log_alpha)
+            ax.set_title(label)
+            finish_layout(fig)
+            fig.draw_without_rendering()  # as saved: the layout made once more with the legend where it is
+            renderer = fig.canvas.get_renderer()
+            box = ax.get_legend().get_window_extent(renderer)
+            labels = [t for t in ax.texts if t.get_text()]
+            assert len(labels) >= 2
+            for text in labels:
+                assert not box.overlaps(text.get_window_extent(renderer)), (width, metric, text.get_text())
+            for marker in _marker_boxes(ax, renderer):
+                assert not box.overlaps(marker), (width, metric)
+            figure_box = fig.bbox
+            assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and figure_box.y0 <= box.y0  # whole
+            plt.close(fig)
+    finally:
+        set_figure_width(None)
+
+
+def test_path_outlines_thin_with_their_lines_at_a_papers_width(tmp_path):
+    """The white edge under a plane's path and its labels (a Stroke path effect) is thinned with the
+    lines at a paper's width, and stays wider than the line it edges."""
+    from matplotlib.patheffects import Stroke
+    from plots.plane import load_plane_result, plane_metrics, plot_plane_result
+    from plots.style import finish_layout, new_figure, set_figure_width
+
+    arrays, summary = load_plane_result(write_plane(tmp_path / "p"))
+    metric, label, vmax, log_alpha = plane_metrics(summary)[0]
+
+    def strokes(artist):
+        return [e._gc["linewidth"] for e in artist.get_path_effects() if isinstance(e, Stroke)]
+
+    drawn = {}
+    try:
+        for width in (None, 3.3):
+            set_figure_width(width)
+            fig, ax = new_figure(width=6.0, height=5.0)
+            plot_plane_result(ax, arrays, summary, metric, label, vmax, log_alpha)
+            finish_layout(fig)
+            (path,) = [line for line in ax.get_lines() if line.get_label() == "Bezier curve"]
+            (handle,) = ax.get_legend().legend_handles
+            texts = [t for t in ax.texts if t.get_text() in ("w1", "w2", "θ", "SWA")]
+            assert len(texts) == 4
+            drawn[width] = (path.get_linewidth(), strokes(path), handle.get_linewidth(), strokes(handle),
+                            [strokes(t) for t in texts])
+            plt.close(fig)
+    finally:
+        set_figure_width(None)
+    own, paper = drawn[None], drawn[3.3]
+    assert own[0] == 2.0 and own[1] == [3.0]  # at the figure's own size, as drawn
+    assert paper[0] == pytest.approx(1.6) and paper[1] == [pytest.approx(2.4)]  # 8 pt of 10, as the line
+    assert paper[1][0] > paper[0]  # the outline still shows on both sides of the line
+    assert paper[2] == pytest.approx(1.6) and paper[3] == [pytest.approx(2.4)]  # its legend entry alike
+    assert paper[4] == [[pytest.approx(2.4)]] * 4  # the labels' white edges too
+
+
+def write_subspace(folder, *, samples=12, centre=0.0336):
+    """A stored subspace-inference result (``landscape subspace``): ESS in SWAG's PCA subspace, one chain,
+    the model average's test NLL falling from 0.0337 to 0.0244; the centre's ``centre``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    s = np.arange(1, samples + 1)
+    arrays = {"z": rng.normal(size=(samples, 2)), "chain": np.zeros(samples, dtype=int),
+              "bma_test_nll": 0.0235 + 0.0102 / s, "bma_test_error": np.full(samples, 0.28),
+              "sample_test_nll": np.full(samples, 0.0236), "sample_test_error": np.full(samples, 0.56),
+              "shift_test_nll": np.array(centre), "shift_test_error": np.array(0.56)}
+    np.savez(folder / "subspace.npz", **arrays)
+    summary = {"basis": "pca", "rank": 2, "method": "ess", "temperature": 1.0, "prior_scale": 1.0, "burn_in": 0,
+               "start": [0.0, 0.0], "landmarks": {}, "eval_split": "test", "synthetic": False,
+               "bma": {"members": samples, "test_nll": 0.0243, "test_error": 0.28}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+@pytest.mark.parametrize("centre", [0.0336, 0.336])  # on the axis; far above it, named in the legend alone
+@pytest.mark.parametrize("width", [None, 3.3, 6.75])
+def test_the_subspace_figures_legends_cover_no_line_and_stay_inside_the_figure(tmp_path, monkeypatch, width, centre):
+    """At a column's width the NLL panel's legend, inside the panel, ran off the figure's edge (an entry
+    naming a centre far off the axis is long) or over the model average's line."""
+    import plots.subspace as subspace_plots
+    from plots.style import finish_layout, set_figure_width
+
+    drawn = []
+    monkeypatch.setattr(subspace_plots, "save_figure", lambda fig, stem, formats: drawn.append(fig) or [])
+    try:
+        set_figure_width(width)
+        subspace_plots.draw_subspace_figure(write_subspace(tmp_path / "s", centre=centre))
+        fig = drawn[-1]
+        finish_layout(fig)
+        fig.draw_without_rendering()
+        renderer = fig.canvas.get_renderer()
+        nll = fig.axes[-1]  # the model average's panel
+        assert nll.get_ylabel() == "test NLL"
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
+        entries = [t.get_text() for leg in legends for t in leg.get_texts()]
+        assert {"model average", "single sample (mean)"} <= set(entries)
+        assert any(e.startswith("centre of the subspace") for e in entries)
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            assert fig.bbox.x0 - 1 <= box.x0 and box.x1 <= fig.bbox.x1 + 1, (width, box)  # inside the figure
+            assert fig.bbox.y0 - 1 <= box.y0 and box.y1 <= fig.bbox.y1 + 1, (width, box)
+            for line in nll.get_lines():  # the NLL panel's lines all show
+                path = line.get_transform().transform_path(line.get_path())
+                assert not path.intersects_bbox(box, filled=False), (width, line.get_label())
+        plt.close(fig)
+    finally:
+        set_figure_width(None)
+
+
+def test_a_result_has_one_colour_in_its_own_figure_and_in_comparisons(tmp_path, monkeypatch):
+    """A Bezier curve, a polygonal chain, SWAG, SWA, SGD or a variational posterior: the same colour in the
+    figure of its own result and in every comparison it is drawn in, whatever its place there."""
+    import matplotlib.colors as mcolors
+    import plots.curve as curve_plots
+    import plots.rays as rays_plots
+    import plots.swa as swa_plots
+    import plots.swag as swag_plots
+    from plots.compare import _load
+
+    def same(a, b):
+        return mcolors.same_color(a, b)
+
+    drawn = []
+    for module in (curve_plots, swag_plots, swa_plots):
+        monkeypatch.setattr(module, "save_figure", lambda fig, stem, formats: drawn.append(fig) or [])
+    chain = write_curve(tmp_path / "chain", kind="polychain", bends=2)
+    bezier = write_curve(tmp_path / "bezier")
+    own = {}
+    for folder, label in ((chain, "polychain (2 bends)"), (bezier, "bezier (1 bend)")):
+        curve_plots.draw_curve_figure(folder)
+        own[label] = _lines(drawn[-1].axes[0])[label].get_color()
+        own["straight line"] = _lines(drawn[-1].axes[0])["straight line"].get_color()
+        plt.close(drawn[-1])
+    assert not same(own["polychain (2 bends)"], own["bezier (1 bend)"])
+    for order in ([chain, bezier], [bezier, chain]):  # either first: each in its own figure's colour
+        results = [_load(f, "curve") for f in order]
+        labels = [curve_plots.curve_label(s) for _, s in results]
+        fig = curve_plots.compare_curves(results, labels)
+        for label in [*labels, "straight line"]:
+            assert same(_lines(fig.axes[0])[label].get_color(), own[label]), (order, label)
+        plt.close(fig)
+    # model averages: SWAG's average and its centre (SWA), a variational posterior's ensemble and its means
+    stats = {"members": 6, "test_nll": 0.05, "test_error": 2.0}
+    swag = write_average(tmp_path / "swag", "swag.npz", {"method": "SWAG", "rank": 10, "scale": 0.5, "diag": False,
+                                                         "swa": stats, "bma": stats})
+    vi = write_average(tmp_path / "vi", "variational.npz", {"method": "VI", "family": "weight", "prior": "log-uniform",
+                                                            "deterministic": stats, "ensemble": stats})
+    swag_plots.draw_swag_figure(swag)
+    lines = _lines(drawn[-1].axes[0])
+    own["swag"] = (lines["SWAG model average"].get_color(), lines["SWA (the mean)"].get_color())
+    plt.close(drawn[-1])
+    swag_plots.draw_variational_figure(vi)
+    lines = _lines(drawn[-1].axes[0])
+    own["vi"] = (lines["ensemble"].get_color(), lines["deterministic (the means)"].get_color())
+    plt.close(drawn[-1])
+    assert not same(own["swag"][0], own["vi"][0])
+    results = {"swag": _load(swag, "average", "swag.npz"), "vi": _load(vi, "average", "variational.npz")}
+    for order in (["swag", "vi"], ["vi", "swag"]):
+        pair = [results[k] for k in order]
+        labels = [swag_plots.average_label(s) for _, s in pair]
+        fig = swag_plots.compare_averages(pair, labels)
+        lines = _lines(fig.axes[0])
+        for name, label in zip(order, labels):
+            centre = f"{label}: {swag_plots.centre_name(results[name][1])}"
+            assert same(lines[label].get_color(), own[name][0]), (order, name)
+            assert same(lines[centre].get_color(), own[name][1]), (order, name)
+        plt.close(fig)
+    # SWA and SGD: the SWA run's figure, the width report's centres (SGD listed first here), SWAG's centre
+    run = tmp_path / "swa"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"swa_start": 1, "swa_lr": 0.05}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "test_error": 2.0, "test_nll": 0.1,
+                                                           "swa_test_error": 1.5, "swa_test_nll": 0.08}) + "\n"
+                                               for e in (1, 2, 3)))
+    swa_plots.draw_swa_figure(run)
+    lines = _lines(drawn[-1].axes[0])
+    own["SWA"], own["SGD"] = lines["SWA average (BN re-estimated)"].get_color(), lines["SGD iterate"].get_color()
+    plt.close(drawn[-1])
+    assert same(own["SWA"], own["swag"][1])
+    arrays, summary = rays_plots.load_rays_result(write_rays(tmp_path / "rays"))
+    fig, axes = rays_plots._draw_metric(arrays, summary, "train_loss", "train loss")
+    assert [c["label"] for c in summary["centers"]] == ["SGD", "SWA"]
+    assert same(axes[0].get_lines()[0].get_color(), own["SGD"])
+    assert same(axes[1].get_lines()[0].get_color(), own["SWA"])
+    plt.close(fig)
+
+
+def _figure_texts(fig):
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+def test_percent_is_written_one_way_in_every_label_and_title(tmp_path, monkeypatch):
+    """A number's percent sign follows it without a space ("0.28%", as English typesetting writes it), a
+    unit in parentheses reads "(%)": in what the figures write, what they take from a result (a
+    trajectory's axis labels), and every string of plots/."""
+    import re
+    from pathlib import Path
+
+    import plots
+    import plots.swag as swag_plots
+    from plots.plane import draw_plane_figures
+    from plots.style import finish_layout
+
+    drawn = []
+
+    def keep(fig, stem, formats):  # the figure as it would be saved, kept
+        finish_layout(fig)
+        drawn.append(fig)
+        return []
+
+    monkeypatch.setattr(swag_plots, "save_figure", keep)
+    n = 6
+    bins = np.array([[0.5, 0.7, 0.9], [0.55, 0.72, 0.93], [10.0, 40.0, 300.0]])
+    arrays = {"bma_test_nll": np.linspace(0.03, 0.02, n), "bma_test_error": np.full(n, 0.28),
+              "mean_test_nll": np.array(0.021), "mean_test_error": np.array(0.28),
+              "sample_test_nll": np.full(4, 0.025), "sample_test_error": np.full(4, 0.56),
+              "reliability_centre": bins, "reliability_bma": bins}
+    average = {"members": n, "test_nll": 0.02, "test_error": 0.28, "test_ece": 1.2}
+    swag_plots._draw_average(tmp_path / "x", arrays, {}, {"test_ece": 1.5}, average, "model average", "the mean",
+                             "SWAG", ("png",))
+    texts = _figure_texts(drawn[-1])
+    plt.close(drawn[-1])
+    assert "the mean, ECE 1.50%" in texts and "model average, ECE 1.20%" in texts
+    import plots.plane as plane_plots
+
+    monkeypatch.setattr(plane_plots, "save_figure", keep)
+    draw_plane_figures(write_trajectory_plane(tmp_path / "t"))
+    texts += [t for fig in drawn[-2:] for t in _figure_texts(fig)]
+    for fig in drawn[-2:]:
+        plt.close(fig)
+    assert "PC1 (94.4% of the trajectory's variance)" in texts and "test error (%)" in texts
+    spaced = re.compile(r"\d\s+%|(?<![\d(])%")  # "3 %", "3\u2009%"; a "%" neither after a number nor in "(%)"
+    assert [t for t in texts if spaced.search(t)] == []
+    for path in sorted(Path(plots.__file__).parent.glob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not re.search(r"(\d|\})\s+%", line), f"{path.name}:{n}: {line.strip()}"
+
+
+def test_a_title_wraps_only_where_it_does_not_fit_its_axes():
+    """A title is broken where the axes, as the layout draws them, are too narrow for it in its own font,
+    and only there: each line takes as many words as fit."""
+    from plots.style import _glued, finish_layout, new_figure, set_figure_width
+
+    words = ("test error barrier: curve 0.694%, line 38.2% and a few more words here to make it long enough "
+             "to need three lines in a column").split()
+    try:
+        set_figure_width(3.3)
+        for n in range(3, len(words) + 1):
+            title = " ".join(words[:n])
+            fig, axes = new_figure(1, 2, width=10.0, height=3.8)  # stacked in a column
+            for ax in axes:
+                ax.plot([0, 1], [0, 1])
+                ax.set_ylabel("train loss (NLL + L2, wd 0.0005)")
+            axes[0].set_title(title, fontsize=8)
+            finish_layout(fig)
+            fig.draw_without_rendering()
+            renderer = fig.canvas.get_renderer()
+            room = axes[0].get_window_extent(renderer).width
+            lines = axes[0].get_title().split("\n")
+            assert " ".join(lines) == title
+            font = axes[0].title.get_fontproperties()
+
+            def width(text, renderer=renderer, font=font):
+                return renderer.get_text_width_height_descent(text, font, ismath=False)[0]
+
+            if width(title) <= room:
+                assert len(lines) == 1, (title, width(title), room)  # it fits: one line
+            for line, after in zip(lines, lines[1:]):
+                assert width(line) <= room
+                first = _glued(after).split(" ")[0].replace("\u00a0", " ")  # the next line's first unbreakable run
+                assert width(f"{line} {first}") > room, (lines, room)  # would not have fit on this line
+            plt.close(fig)
+    finally:
+        set_figure_width(None)
