@@ -201,7 +201,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="re-estimate batch norm from the first N training batches only (default: all)")
     g.add_argument("--bn-stats", default="auto", choices=["auto", "population", "batches"],
                    help="population: exact training-set statistics from one pass that also gives the train metrics; "
-                        "batches: the papers' update_bn (average of per-batch statistics, then a second pass); "
+                        "batches: the papers' update_bn (per-batch statistics averaged, each batch weighted by its size, then a "
+                        "second pass); "
                         "auto (default): population when the whole training set fits in one pass")
     g.add_argument("--points-per-pass", type=int, default=None, metavar="K",
                    help="points evaluated per pass over the data; a sweep stores its progress after each pass "
@@ -602,12 +603,18 @@ def _report_rays(args: argparse.Namespace) -> int:
 
     print(f"{s['directions']} {s['normalize']} rays to distance {s['distance']:.3g}, width at a train-loss rise "
           f"of {s['rise']:g}")
+    nll = all("median_nll_width" in c for c in s["centers"])  # with wd > 0 (and not in older results)
     print(f"{'centre':<14}{'train loss':>12}{f'{split} err %':>12}{'median width':>14}{'full width':>12}"
-          f"{'asymmetry':>11}")
+          f"{'asymmetry':>11}" + (f"{'NLL width':>12}" if nll else ""))
     for c in s["centers"]:
         print(f"{c['label']:<14}{_cell(c['center_train_loss'], 12, 4)}{_cell(c['center_test_error'], 12, 2)}"
               f"{fmt(c['median_width'], '>14.3f')}{fmt(c['median_full_width'], '>12.3f')}"
-              f"{fmt(c['median_asymmetry'], '>11.2f', 'n/a')}")
+              f"{fmt(c['median_asymmetry'], '>11.2f', 'n/a')}" + (fmt(c['median_nll_width'], '>12.3f') if nll else ""))
+    if nll:
+        cap = (f": along a unit ray it rises by about wd/2 t^2 whatever the network, so the train loss's widths stay "
+               f"below sqrt(2 rise / wd) = {(2 * s['rise'] / s['wd']) ** 0.5:.3g}" if s["normalize"] == "gaussian"
+               else "")
+        print(f"(NLL width: the median width of the train NLL alone, without the weight-decay term{cap})")
     if "line" in s:
         ln = s["line"]
         if "between_train_loss_max" in ln:

@@ -18,8 +18,9 @@ complex's simplexes (Cayley-Menger) and lambda_j = lambda / max(|log V_0|, 1),
 V_0 the volume when the new vertex is at its start: a scaling that makes one
 ``lambda`` fit complexes of any size; the floor of 1 keeps a starting volume
 near 1 from making the weight unbounded. (The reference code divides by the
-log volume of a freshly initialised simplex and sums, not averages, its
-samples' losses, so its lambda values do not carry over.)
+log volume of a freshly initialised simplex, sums, not averages, its
+samples' losses, and takes log(V^2 + 1e-4), about twice log V, so its lambda
+values do not carry over.)
 
 - Around one mode: the simplex {mode, v_1, .., v_k} (``grow_simplex``).
 - Joining modes: connectors c_1..c_m shared by the simplexes {mode_i, c_1..c_m}
@@ -283,7 +284,8 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
             print(f"note: {out}: evaluating again with {eval_samples} samples (the stored results used {before}); "
                   f"they are replaced", file=sys.stderr)
     ev = evaluate_simplex(cx, template, data, out, samples=eval_samples, face_resolution=face_resolution,
-                          wd=cfg.wd, seed=cfg.seed if sample_seed is None else sample_seed, progress=progress)
+                          wd=cfg.wd, seed=cfg.seed if sample_seed is None else sample_seed, progress=progress,
+                          volume_weighted=cfg.volume_weighted)
     summary = {**ev["summary"], **extra_summary, "config": cfg.to_json()}
     if out is not None and is_main():  # the summary first, as every run writes it (model.pt marks the run finished)
         write_json(out / "summary.json", summary)
@@ -416,9 +418,11 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
 # ---------------------------------------------------------------------------- evaluation
 def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, out: Path | None = None, *,
                      samples: int = 32, face_resolution: int = 10, wd: float = 0.0, seed: int = 0,
-                     batch_size: int = 1000, progress=False) -> dict[str, Any]:
+                     batch_size: int = 1000, progress=False, volume_weighted: bool = False) -> dict[str, Any]:
     """Metrics at the vertices, each simplex's barycentre and ``samples``
-    uniform samples (batch norm re-estimated at each), the ensemble of the
+    uniform samples (batch norm re-estimated at each; a simplex of the
+    complex chosen uniformly, or in proportion to its volume with
+    ``volume_weighted``, as the fit sampled), the ensemble of the
     samples, and a triangular grid over the face of the first simplex's first
     three vertices. Writes ``simplex.npz`` and returns {"summary", "arrays"}."""
     gen = torch.Generator().manual_seed(seed)
@@ -426,7 +430,7 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
         W = cx.anchors().detach()
         vols = cx.volumes()
         n_a, n_s = cx.num_anchors, len(cx.simplexes)
-        sample_c = cx.sample(samples, gen)
+        sample_c = cx.sample(samples, gen, volume_weighted=volume_weighted)
         rows = [torch.eye(n_a, dtype=torch.float64, device=W.device), cx.barycentres(), sample_c]
         face_c = None
         first = cx.simplexes[0]

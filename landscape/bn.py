@@ -2,9 +2,12 @@
 
 A point that was never trained (the middle of a curve, a grid point of a
 plane) has no running statistics of its own, so they are recomputed from one
-pass over the training data without augmentation, as a cumulative average of
-the per-batch statistics — what ``torch.optim.swa_utils.update_bn`` does
-(Izmailov et al. 2018; Garipov et al. 2018).
+pass over the training data without augmentation, as the average of the
+per-batch statistics weighted by each batch's size — what the papers' code
+does (``update_bn`` of dnn-mode-connectivity, ``bn_update`` of swa and
+swa_gaussian: momentum b / (n + b); Izmailov et al. 2018; Garipov et al.
+2018). ``torch.optim.swa_utils.update_bn`` (momentum None) weighs every
+batch alike instead, which gives a short last batch too much say.
 
 One deliberate difference: only the batch-norm layers are put in train mode.
 Dropout stays off, so the statistics describe the network as it is then
@@ -22,7 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .layout import image_layout
 
-__all__ = ["bn_modules", "bn_buffer_names", "has_batch_norm", "reestimate_bn", "population_bn", "bn_collecting"]
+__all__ = ["bn_modules", "bn_buffer_names", "has_batch_norm", "reestimate_bn", "population_bn", "bn_collecting",
+           "sample_weighted"]
 
 
 def bn_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
@@ -61,13 +65,40 @@ def bn_collecting(model: nn.Module, momentum: float | None) -> Iterator[list[tup
             m.momentum = mom
 
 
+@contextmanager
+def sample_weighted(layers: list[tuple[str, _BatchNorm]]) -> Iterator[None]:
+    """Within it, each train-mode call of a batch-norm layer of ``layers``
+    weighs its batch's statistics by the batch's size: momentum b / (n + b),
+    n the samples the layer's statistics already hold (the first call, with
+    n = 0, replaces the reset ones), counted for each copy of the statistics
+    (the engine's points each have theirs, swapped in by ``functional_call``).
+    A layer called twice per forward counts both calls; eval-mode calls count
+    none. The caller restores the momenta (:func:`bn_collecting`)."""
+    held: dict[int, int] = {}  # by the statistics' storage: the engine swaps in one copy a point
+
+    def weigh(m, args):
+        if not m.training:  # an eval-mode call (a probe of the input layout) leaves the statistics alone
+            return
+        b, key = args[0].shape[0], m.running_mean.data_ptr()
+        m.momentum = b / (held.get(key, 0) + b)
+        held[key] = held.get(key, 0) + b
+
+    handles = [m.register_forward_pre_hook(weigh) for _, m in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, batches: Iterable, max_batches: int | None = None) -> int:
     """Recompute ``model``'s batch-norm running statistics in place.
 
     ``batches`` yields inputs or ``(inputs, targets)`` pairs (training data,
-    unaugmented). Statistics are reset, then averaged with equal weight per
-    batch (momentum ``None``), over at most ``max_batches`` batches, fed
+    unaugmented). Statistics are reset, then averaged with each batch
+    weighted by its size (:func:`sample_weighted`, as the papers' code), over
+    at most ``max_batches`` batches, fed
     channels-last where the model takes them (:mod:`landscape.layout`). The
     model's modes and momenta are restored. Returns the number of batches used.
     """
@@ -78,7 +109,7 @@ def reestimate_bn(model: nn.Module, batches: Iterable, max_batches: int | None =
         m.reset_running_stats()
     used = 0
     layout = None
-    with bn_collecting(model, momentum=None):
+    with bn_collecting(model, momentum=None), sample_weighted(layers):
         for batch in batches:
             if max_batches is not None and used >= max_batches:
                 break

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .bn import bn_buffer_names, bn_collecting, bn_modules, population_bn, reestimate_bn
+from .bn import bn_buffer_names, bn_collecting, bn_modules, population_bn, reestimate_bn, sample_weighted
 from .errors import UserError, check_nonnegative, first_line, is_out_of_memory, is_whole
 from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
@@ -136,7 +136,7 @@ def evaluate_points(
 
     ``bn_stats`` says how the statistics are estimated (:data:`BN_STATS`):
     ``"batches"`` is the papers' ``update_bn``: the average of per-batch
-    statistics over batches of ``batch_size``, then a second pass for the
+    statistics over batches of ``batch_size``, each weighted by its size, then a second pass for the
     training metrics. ``"population"`` takes the whole training set as one
     batch: each layer's statistics are then the exact training-set mean and
     (population) variance of its input, with every earlier layer normalised
@@ -179,7 +179,7 @@ def evaluate_points(
     channels_last = channels_last and takes_channels_last(model, data.x_train[:2])
     population = resolve_bn_stats(bn_stats, model, data, bn_batches, probe=probe) == "population"
     # A batch-norm layer called several times per forward keeps only its last call's
-    # statistics in a momentum-1 pass; such models average every call as update_bn does,
+    # statistics in a momentum-1 pass; such models average every call as update_bn does (by size),
     # one point at a time (momentum None cannot be batched by vmap).
     every_call = not population and bool(probe.reused_bn)
     if every_call:
@@ -702,24 +702,25 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
             if n.endswith("num_batches_tracked") and n in template.bn_names:
                 buffers[n].fill_(1)
     elif template.bn and every_call:
-        # Cumulative average over every call of every layer (momentum None), from the reset statistics.
-        with bn_collecting(model, momentum=None):
+        # Every call of every layer averaged, each weighted by its batch's size, from the reset statistics.
+        with bn_collecting(model, momentum=None), sample_weighted(template.bn):
             for x in _statistics_batches(data, batch_size, bn_batches):
                 forward(x)
     elif template.bn:
-        # Per-batch statistics (momentum 1 makes the running stats equal the
-        # batch's), averaged with equal weight per batch, as update_bn does.
+        # Per-batch statistics (momentum 1 makes the running stats equal the batch's),
+        # averaged with each batch weighted by its size, as the papers' update_bn does.
         stats = {n: torch.zeros_like(buffers[n], dtype=torch.float64) for n in buffers
                  if n in template.bn_names and not n.endswith("num_batches_tracked")}
-        used = 0
+        used = images = 0
         with bn_collecting(model, momentum=1.0):
             for x in _statistics_batches(data, batch_size, bn_batches):
                 forward(x)
                 for n in stats:
-                    stats[n] += buffers[n].double()
+                    stats[n] += x.shape[0] * buffers[n].double()
                 used += 1
+                images += x.shape[0]
         for n, s in stats.items():
-            buffers[n].copy_((s / max(used, 1)).to(buffers[n].dtype))
+            buffers[n].copy_((s / max(images, 1)).to(buffers[n].dtype))
         for n in buffers:
             if n.endswith("num_batches_tracked") and n in template.bn_names:
                 buffers[n].fill_(used)

@@ -215,6 +215,10 @@ def evaluate_rays(
     widths = np.array([[side_widths(dist_grid, arrays["train_loss"][k, i], rise) for i in range(directions)]
                        for k in range(m)])  # (m, n, 2)
     arrays["width_neg"], arrays["width_pos"] = widths[..., 0], widths[..., 1]
+    if wd:  # the weight-decay term alone rises by about wd/2 t^2 along a unit ray: widths on the NLL too
+        nll = np.array([[side_widths(dist_grid, arrays["train_nll"][k, i], rise) for i in range(directions)]
+                        for k in range(m)])
+        arrays["nll_width_neg"], arrays["nll_width_pos"] = nll[..., 0], nll[..., 1]
     if line:
         arrays["line_distance"] = line_dist
         for key in METRICS:
@@ -241,6 +245,9 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
             "median_width": _finite_median(np.concatenate([neg, pos])),
             "median_full_width": _finite_median(neg + pos),
             "median_asymmetry": _finite_median(asym),
+            **({"median_nll_width": _finite_median(np.concatenate([arrays["nll_width_neg"][k],
+                                                                  arrays["nll_width_pos"][k]]))}
+               if "nll_width_neg" in arrays else {}),
             "widths_beyond_distance": int(np.isinf(neg).sum() + np.isinf(pos).sum()),
             "max_train_loss": float(arrays["train_loss"][k].max()),
             "max_test_error": float(arrays["test_error"][k].max()),
@@ -258,7 +265,9 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
         "dataset": data.describe(),
         "notes": "width: distance on each side of the centre where train loss first rises by `rise` above the "
                  "centre's (null median: most rays never rise that much within `distance`); asymmetry: larger "
-                 "side / smaller side; the same Gaussian draws for every centre",
+                 "side / smaller side; the same Gaussian draws for every centre; nll width (with wd > 0): the same "
+                 "on the train NLL alone, since the weight-decay term rises by about wd/2 t^2 along a unit ray "
+                 "whatever the network, which keeps the train loss's widths below sqrt(2 rise / wd)",
     }
     if line_length is not None:
         d, tl = arrays["line_distance"], arrays["line_train_loss"]

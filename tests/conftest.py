@@ -8,6 +8,30 @@ import torch
 from landscape.data import load_dataset
 
 
+@torch.no_grad()
+def papers_update_bn(loader, model) -> None:
+    """The papers' batch-norm re-estimation (dnn-mode-connectivity's ``utils.update_bn``, swa's and
+    swa_gaussian's ``bn_update``), written out as they write it: the model in train mode, every batch-norm
+    layer reset, then each batch with momentum b / (n + b), so each batch weighs by its size. (torch's
+    ``swa_utils.update_bn`` uses momentum None, which weighs every batch alike.) Modes and momenta restored."""
+    was = model.training
+    model.train()
+    momenta = {m: m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    for m in momenta:
+        m.reset_running_stats()
+    n = 0
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        b = x.shape[0]
+        for m in momenta:
+            m.momentum = b / (n + b)
+        model(x)
+        n += b
+    for m, momentum in momenta.items():
+        m.momentum = momentum
+    model.train(was)
+
+
 @pytest.fixture
 def poison_step(monkeypatch):
     """``poison_step(n)``: the n-th SGD step from now (1-based) leaves its first

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import update_bn
 
 from curves import create_curve
 from curves.evaluate import evaluate_curve
+from tests.conftest import papers_update_bn
 from landscape.averaging import fge_learning_rate, fge_snapshot_iteration, predict_probs, snapshot_learning_rate
 from landscape.checkpoint import load_checkpoint, read_jsonl
 from landscape.data import load_dataset
@@ -319,7 +319,7 @@ def test_average_commands_share_out_under_torchrun_by_name():
 @pytest.mark.slow
 def test_two_rank_swa_equals_one_process_averaging_the_halves(tmp_path, digits, ends):
     """Two epochs at the constant SWA rate from an endpoint, the iterate averaged
-    after each, batch norm recomputed for the average (here by torch's
+    after each, batch norm recomputed for the average (here by the papers'
     update_bn); then a resume from epoch 1 reaches the same files."""
     args = ["swa", "--from", ends[0], "--epochs", 2, "--swa-lr", 0.02, "--batch-size", 100, "--seed", 4,
             "--save-every", 1, "--keep-snapshots"]
@@ -343,7 +343,7 @@ def test_two_rank_swa_equals_one_process_averaging_the_halves(tmp_path, digits, 
     names = [n for n, _ in model.named_parameters()]
     model.load_state_dict({**at_ends[-1], **{n: (at_ends[0][n].double() + at_ends[1][n].double()).div(2).float()
                                              for n in names}})
-    one_thread(lambda: update_bn(digits.batches("train", 1000), model))
+    one_thread(lambda: papers_update_bn(digits.batches("train", 1000), model))
     got = torch.load(run / "swa.pt", weights_only=True)["state_dict"]
     assert any((got[n] - at_ends[1][n]).abs().max() > 1e-3 for n in names)  # the average is not the last iterate
     for k, v in model.state_dict().items():

@@ -1,6 +1,6 @@
 """The evaluation engine against independent computations.
 
-ParamSpace by name, batch-norm re-estimation against torch's ``update_bn``,
+ParamSpace by name, batch-norm re-estimation against the papers' ``update_bn``,
 the batched engine against the sequential reference loop (both strategies,
 with and without batch norm, chunked), the weight-decay term by hand, the
 caller's model left untouched, and the path metrics on hand-made values.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.optim.swa_utils import update_bn
 
+from tests.conftest import papers_update_bn
 from landscape.bn import population_bn, reestimate_bn
 from landscape.data import load_dataset
 from landscape.errors import UserError
@@ -115,7 +115,7 @@ def test_flatten_names_a_missing_or_misshapen_key():
 
 
 # --------------------------------------------------------------------------- batch norm
-def test_reestimate_bn_equals_update_bn_and_restores_modes_and_momenta(small):
+def test_reestimate_bn_equals_the_papers_update_bn_and_restores_modes_and_momenta(small):
     batches = list(small.batches("train", 128))
     assert len(batches) == 3
     ours, ref = convnet(1), convnet(1)
@@ -124,7 +124,7 @@ def test_reestimate_bn_equals_update_bn_and_restores_modes_and_momenta(small):
     ours.eval()
     bn_layers(ours)[1].momentum = 0.3
     used = reestimate_bn(ours, iter(batches))
-    update_bn(batches, ref)
+    papers_update_bn(batches, ref)
     assert used == 3
     ref_state = ref.state_dict()
     checked = 0
@@ -142,12 +142,36 @@ def test_reestimate_bn_equals_update_bn_and_restores_modes_and_momenta(small):
     assert all(m.training for m in ours.modules())
 
 
+def test_batches_weigh_by_their_size_so_the_first_layers_mean_is_the_training_sets(small):
+    """Batches of 128, 128 and a short last one: weighted by size, the first batch-norm layer's mean is the exact
+    mean of its input over every image (torch's swa_utils.update_bn, which weighs the batches alike, is not).
+    The engine's batch estimator gives the same statistics, so the same numbers as the reference."""
+    from torch.optim.swa_utils import update_bn
+
+    batches = list(small.batches("train", 128))
+    assert [len(x) for x, _ in batches][-1] < 128
+    net, alike = convnet(4), convnet(4)
+    reestimate_bn(net, iter(batches))
+    update_bn(batches, alike)
+    first = bn_layers(net)[0]
+    with torch.no_grad():
+        into = net.features[0](small.x_train).double()  # the first batch-norm layer's input
+    exact = into.mean(dim=(0, 2, 3))
+    torch.testing.assert_close(first.running_mean.double(), exact, rtol=1e-5, atol=1e-6)
+    assert (bn_layers(alike)[0].running_mean.double() - exact).abs().max() > 1e-4
+    anchors = [convnet(4), convnet(5)]
+    got = evaluate_points(anchors[0], anchors, LINE, small, batch_size=128, bn_stats="batches")
+    ref = evaluate_points_sequential(anchors[0], anchors, LINE, small, batch_size=128, bn_stats="batches")
+    for key in METRICS:
+        assert_close(got[key], ref[key])
+
+
 def test_reestimate_bn_max_batches_uses_only_the_first_batches(small):
     batches = list(small.batches("train", 64))
     ours, ref, full = convnet(2), convnet(2), convnet(2)
     assert reestimate_bn(ours, iter(batches), max_batches=2) == 2
-    update_bn(batches[:2], ref)
-    update_bn(batches, full)
+    papers_update_bn(batches[:2], ref)
+    papers_update_bn(batches, full)
     for (name, a), b, c in zip(ours.state_dict().items(), ref.state_dict().values(), full.state_dict().values()):
         if name.endswith(("running_mean", "running_var")):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
@@ -167,9 +191,9 @@ def test_reestimate_bn_keeps_dropout_off(small):
     batches = list(small.batches("train", 128))
     net.train()
     reestimate_bn(net, iter(batches))
-    update_bn(batches, no_dropout)
+    papers_update_bn(batches, no_dropout)
     torch.manual_seed(0)
-    update_bn(batches, with_dropout)
+    papers_update_bn(batches, with_dropout)
     torch.testing.assert_close(net[3].running_mean, no_dropout[3].running_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(net[3].running_var, no_dropout[3].running_var, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(net[3].running_var, with_dropout[3].running_var, rtol=1e-2)
@@ -537,7 +561,8 @@ def test_the_vmap_trial_draws_no_random_numbers_of_the_run(small):
 def test_a_last_batch_of_one_sample_joins_the_one_before(small, shared):
     """129 training samples in batches of 64: the last batch would hold one
     sample, which BatchNorm1d refuses to normalise. Both batch estimators use
-    batches of 64 and 65 instead; by hand: update_bn over those two batches."""
+    batches of 64 and 65 instead; by hand: the papers' update_bn over those two batches (for a layer called
+    twice, each call's statistics weighted by its size)."""
     data = dataclasses.replace(small, x_train=small.x_train[:129], y_train=small.y_train[:129])
 
     def net(seed):
@@ -553,7 +578,20 @@ def test_a_last_batch_of_one_sample_joins_the_one_before(small, shared):
     with torch.no_grad():
         for p, a, b in zip(by_hand.parameters(), nets[0].parameters(), nets[1].parameters()):
             p.copy_(0.5 * a + 0.5 * b)
-    update_bn([data.x_train[:64], data.x_train[64:]], by_hand)
+    batches = [data.x_train[:64], data.x_train[64:]]
+    if shared:  # every call a batch of its own, weighted by its size (the papers' code sets one momentum a forward)
+        calls = []
+        hook = by_hand.bn.register_forward_pre_hook(lambda m, args: calls.append(args[0].detach().double()))
+        with torch.no_grad():
+            for x in batches:
+                by_hand.train()(x)
+        hook.remove()
+        n = sum(c.shape[0] for c in calls)
+        assert [c.shape[0] for c in calls] == [64, 64, 65, 65]
+        by_hand.bn.running_mean.copy_(sum(c.shape[0] * c.mean(0) for c in calls) / n)
+        by_hand.bn.running_var.copy_(sum(c.shape[0] * c.var(0) for c in calls) / n)
+    else:
+        papers_update_bn(batches, by_hand)
     want = evaluate_model(by_hand, data, "test", batch_size=64)
     assert got["test_nll"][1] == pytest.approx(want["nll"], rel=1e-5)
     assert got["test_error"][1] == pytest.approx(want["error"])

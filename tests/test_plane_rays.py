@@ -38,6 +38,7 @@ from landscape.geometry import (filter_normalize, line_coefficients, plane_basis
 from landscape.inputs import load_points
 from landscape.models import create_model
 from landscape.plane import evaluate_plane
+import landscape.rays as rays_module
 from landscape.rays import evaluate_rays, line_valley, side_widths
 from landscape.sweep import STORE
 from landscape.train import train
@@ -540,6 +541,13 @@ def test_rays_cli_arrays_widths_summary_and_line(tmp_path, capsys, endpoints):
         assert c["median_width"] == pytest.approx(float(np.median(np.concatenate([neg, pos]))), rel=1e-12)
         assert c["median_full_width"] == pytest.approx(float(np.median(neg + pos)), rel=1e-12)
         assert c["widths_beyond_distance"] == 0
+        # with weight decay the widths of the train NLL alone too (the wd/2 ||w||^2 term caps the train loss's)
+        assert summary["wd"] > 0
+        nll = [side_widths(arrays["distance"], arrays["train_nll"][k, i], rise) for i in range(dirs)]
+        np.testing.assert_array_equal(np.stack([arrays["nll_width_neg"][k], arrays["nll_width_pos"][k]], 1), nll)
+        assert c["median_nll_width"] == rays_module._finite_median(np.concatenate(
+            [arrays["nll_width_neg"][k], arrays["nll_width_pos"][k]]))
+    assert "NLL width" in stdout and "without the weight-decay term" in stdout
     # the line through the centres: its values at 0 and L are the centres'
     line = arrays["line_distance"]
     assert line.shape == (4 * steps + 1,)

@@ -101,6 +101,32 @@ def test_volume_weighted_sampling_prefers_the_larger_simplex():
     assert share == pytest.approx(5 / 5.5, abs=0.03)
 
 
+def test_the_evaluation_samples_the_complex_as_the_fit_did():
+    """spro --volume-weighted trained on samples drawn in proportion to each simplex's volume: its evaluation's
+    samples and ensemble are drawn the same way (they were drawn a simplex uniformly, whatever the fit did)."""
+    from curves.spro import evaluate_simplex
+    from landscape.data import Dataset
+
+    class TwoWeights(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self, x):
+            return x * self.w
+
+    g = torch.Generator().manual_seed(0)
+    data = Dataset(name="t", x_train=torch.randn(20, 2, generator=g), y_train=torch.randint(0, 2, (20,), generator=g),
+                   x_test=torch.randn(10, 2, generator=g), y_test=torch.randint(0, 2, (10,), generator=g),
+                   num_classes=2, mean=(0.0,), std=(1.0,))
+    anchors = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    cx = SimplicialComplex(_space(2), anchors, None, [(0, 1, 2), (0, 2, 3)])  # areas 5 and 0.5
+    for weighted, share in ((True, 5 / 5.5), (False, 0.5)):
+        ev = evaluate_simplex(cx, TwoWeights(), data, samples=600, face_resolution=2, volume_weighted=weighted)
+        c = ev["arrays"]["sample_coefficients"]
+        assert float((c[:, 1] > 0).mean()) == pytest.approx(share, abs=0.05), weighted
+
+
 @pytest.fixture(scope="module")
 def digits():
     d = load_dataset("digits")

@@ -1,6 +1,6 @@
 """SWAG: the moments SWA collects against hand computations from its saved
 iterates, the sampler against its closed-form covariance, the model average
-against one built by hand with torch's update_bn, resume, and bad input."""
+against one built by hand with the papers' update_bn, resume, and bad input."""
 
 import copy
 import json
@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.optim.swa_utils import update_bn
 
 from landscape.averaging import predict_probs, run_swa
 from landscape.checkpoint import load_checkpoint, load_model
@@ -20,7 +19,7 @@ from landscape.metrics import ensemble_metrics
 from landscape.swag import SwagPosterior, evaluate_swag, load_swag
 from landscape.train import train
 from landscape.weights import ParamSpace
-from tests.conftest import naming_digits
+from tests.conftest import naming_digits, papers_update_bn
 
 LANDSCAPE = Path(sys.executable).with_name("landscape")
 SMALL = {"width": 4}
@@ -100,7 +99,7 @@ def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, s
         with torch.no_grad():
             for name, value in space.unflatten(w).items():
                 m.get_parameter(name).copy_(value)
-        update_bn(small_digits.batches("train", 1000), m)
+        papers_update_bn(small_digits.batches("train", 1000), m)
         probs.append(predict_probs(m, small_digits).double())
     labels = small_digits.y_test.numpy()
     for s in (1, 3):
