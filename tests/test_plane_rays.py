@@ -283,11 +283,30 @@ def test_plane_of_a_bias_only_model_matches_closed_form_nll_and_weight_decay():
         assert entry["train_loss"] - entry["train_nll"] == pytest.approx(0.5 * wd * p @ p, rel=1e-6)
 
 
-def test_plane_weight_decay_term_is_the_hand_quadratic_for_a_linear_model():
-    g = torch.Generator().manual_seed(5)
-    data = Dataset(name="t", x_train=torch.randn(40, 4, generator=g), y_train=torch.randint(0, 3, (40,), generator=g),
+def four_features(g: torch.Generator) -> Dataset:
+    """40 training and 20 test samples of 4 Gaussian features, 3 classes: data for a linear model."""
+    return Dataset(name="t", x_train=torch.randn(40, 4, generator=g), y_train=torch.randint(0, 3, (40,), generator=g),
                    x_test=torch.randn(20, 4, generator=g), y_test=torch.randint(0, 3, (20,), generator=g),
                    num_classes=3, mean=(0.0,), std=(1.0,))
+
+
+def fail_at_pass(monkeypatch, n: int, error: BaseException) -> list:
+    """The sweep's n-th pass from now raises ``error``, the ones before it run; returns the calls' record."""
+    real, calls = sweep_module.evaluate_points, []
+
+    def failing(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise error
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sweep_module, "evaluate_points", failing)
+    return calls
+
+
+def test_plane_weight_decay_term_is_the_hand_quadratic_for_a_linear_model():
+    g = torch.Generator().manual_seed(5)
+    data = four_features(g)
     model = nn.Linear(4, 3)
     P = ParamSpace.of(model).numel
     a, b, c = (torch.randn(P, generator=g, dtype=torch.float64) for _ in range(3))
@@ -305,24 +324,15 @@ def test_a_plane_resumes_when_its_basis_comes_out_a_few_bits_apart(tmp_path, mon
     from landscape import plane as plane_module
 
     g = torch.Generator().manual_seed(7)
-    data = Dataset(name="t", x_train=torch.randn(40, 4, generator=g), y_train=torch.randint(0, 3, (40,), generator=g),
-                   x_test=torch.randn(20, 4, generator=g), y_test=torch.randint(0, 3, (20,), generator=g),
-                   num_classes=3, mean=(0.0,), std=(1.0,))
+    data = four_features(g)
     model = nn.Linear(4, 3)
     P = ParamSpace.of(model).numel
     a, b, c = (torch.randn(P, generator=g) for _ in range(3))
     kw = dict(grid=3, points_per_pass=2, wd=0.01)
-    real, calls = sweep_module.evaluate_points, []
-
-    def stop_at_the_third_pass(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    real = sweep_module.evaluate_points
 
     def started(folder):
-        calls.clear()
-        monkeypatch.setattr(sweep_module, "evaluate_points", stop_at_the_third_pass)
+        fail_at_pass(monkeypatch, 3, KeyboardInterrupt())
         with pytest.raises(KeyboardInterrupt):
             evaluate_plane(model, [a, b, c], data, folder, **kw)
         monkeypatch.setattr(sweep_module, "evaluate_points", real)
@@ -863,15 +873,8 @@ def test_the_engine_refuses_a_non_finite_anchor_or_coefficient(data, endpoints):
 def test_running_out_of_memory_is_one_line_and_keeps_the_finished_points(tmp_path, capsys, endpoints, monkeypatch,
                                                                         error, said):
     args = ["plane", "--points", *endpoints, "--grid", 3, "--points-per-pass", 3, "--quiet"]
-    real, calls = sweep_module.evaluate_points, []
-
-    def second_pass_fails(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise error
-        return real(*a, **kw)
-
-    monkeypatch.setattr(sweep_module, "evaluate_points", second_pass_fails)
+    real = sweep_module.evaluate_points
+    fail_at_pass(monkeypatch, 2, error)
     out = tmp_path / "oom"
     code, _, err = run_cli(capsys, *args, "--out", out)
     assert code == 2
@@ -882,8 +885,8 @@ def test_running_out_of_memory_is_one_line_and_keeps_the_finished_points(tmp_pat
         assert int(z["done"].sum()) == 3
     assert said in one_line(err)
     # failing in the first pass: nothing stored, and the sizes asked for may be the cause
-    calls.clear()
-    monkeypatch.setattr(sweep_module, "evaluate_points", lambda *a, **kw: (_ for _ in ()).throw(error))
+    monkeypatch.setattr(sweep_module, "evaluate_points", real)
+    fail_at_pass(monkeypatch, 1, error)
     code, _, err = run_cli(capsys, *args, "--out", tmp_path / "first")
     assert code == 2 and one_line(err).endswith(
         "nothing was stored yet: check the sizes asked for (--grid), or rerun with --bn-stats batches or a smaller "
