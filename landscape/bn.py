@@ -80,6 +80,8 @@ def sample_weighted(layers: list[tuple[str, _BatchNorm]]) -> Iterator[None]:
         if not m.training:  # an eval-mode call (a probe of the input layout) leaves the statistics alone
             return
         b, key = args[0].shape[0], m.running_mean.data_ptr()
+        if b == 0:  # an empty batch holds no statistics (torch leaves them as they are)
+            return
         m.momentum = b / (held.get(key, 0) + b)
         held[key] = held.get(key, 0) + b
 

@@ -78,7 +78,8 @@ def device_constant(key: tuple, device: torch.device | str | None, make: Callabl
     where = torch.device(device) if device is not None else torch.device("cpu")
     found = _CONSTANTS.get((key, str(where)))
     if found is None:
-        found = _CONSTANTS[(key, str(where))] = make().to(where)
+        with torch.inference_mode(False):  # made in an inference-mode call, it could not join a graph later
+            found = _CONSTANTS[(key, str(where))] = make().to(where)
     return found
 
 

@@ -195,7 +195,8 @@ def evaluate_points(
     # A pass that ran out of memory is split in halves until it fits, and that many points are
     # remembered for the network and these settings (a sweep calls once per pass).
     fits = model.__dict__.setdefault(_POINTS_FIT, {})
-    setting = (str(device), batch_size, bn_batches, population, amp, chosen, channels_last, return_probs)
+    setting = (str(device), len(data.y_train), len(data.y_test), batch_size, bn_batches, population, amp, chosen,
+               channels_last, return_probs)
     k = min(k, fits.get(setting, k))
     results: dict[str, list] = {m: [] for m in METRICS}
     if return_probs:
@@ -616,7 +617,8 @@ def _vmap_failure(model: nn.Module, params: dict[str, torch.Tensor], buffers: di
     of the buffers, no graph) and two images, with the random number
     generators put back after it (a dropout layer's draws, and so a seeded
     or resumed run, are those of the run without the trial). Running out of
-    memory, and a CUDA error, are raised, not remembered."""
+    memory is raised, and a CUDA error (which may be the launch's, or a broken
+    context's) is returned without being remembered."""
     layout = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     modes = tuple(m.training for m in model.modules())  # batch norm may be in train mode in an eval-mode model
     key = (modes, layout, x.dtype, x.device.type, torch.is_autocast_enabled(x.device.type))
@@ -629,9 +631,10 @@ def _vmap_failure(model: nn.Module, params: dict[str, torch.Tensor], buffers: di
                 vmap(_call(model), in_dims=(0, 0, None), randomness="different")(p, b, x[:2])
             tried[key] = None
         except (RuntimeError, NotImplementedError) as e:
-            # Memory, and a CUDA error (a broken context, a library's failure), say nothing of batching.
-            if is_out_of_memory(e) or isinstance(e, getattr(torch, "AcceleratorError", ())):
+            if is_out_of_memory(e):  # says nothing of batching: the caller splits the pass
                 raise
+            if isinstance(e, getattr(torch, "AcceleratorError", ())):
+                return first_line(e)  # a CUDA error may pass (a launch's limits) or not: this call loops, unremembered
             tried[key] = first_line(e)
     return tried[key]
 

@@ -91,7 +91,9 @@ class ParamSpace:
         if not self.frozen:
             return None
         frozen = set(self.frozen)
-        return torch.cat([torch.full((n,), name not in frozen, dtype=torch.bool) for name, n in zip(self.names, self.sizes)])
+        with torch.inference_mode(False):  # usable in a graph whichever call made it
+            return torch.cat([torch.full((n,), name not in frozen, dtype=torch.bool)
+                              for name, n in zip(self.names, self.sizes)])
 
     def trainable_mask(self, device: torch.device | str | None = None) -> torch.Tensor | None:
         """``(P,)`` bool, True at the coordinates of trained parameters; None
@@ -102,7 +104,8 @@ class ParamSpace:
             return None
         where = str(torch.device(device) if device is not None else torch.device("cpu"))
         if where not in self._masks:  # one copy per device, not one a step
-            self._masks[where] = mask.to(where)
+            with torch.inference_mode(False):  # usable in a graph whichever call made it
+                self._masks[where] = mask.to(where)
         return self._masks[where]
 
     @cached_property

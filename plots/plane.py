@@ -382,7 +382,8 @@ def _legend_below(ax, legend, renderer) -> None:
     from matplotlib.transforms import ScaledTranslation
 
     legend.set_visible(False)  # not part of what is measured
-    under = min(ax.xaxis.get_tightbbox(renderer).y0, ax.get_window_extent(renderer).y0)
+    axis = ax.xaxis.get_tightbbox(renderer)  # None: an x axis with no tick labels and no label
+    under = min(axis.y0 if axis is not None else np.inf, ax.get_window_extent(renderer).y0)
     legend.set_visible(True)
     fig = ax.figure
     drop = (ax.get_window_extent(renderer).y0 - under) / fig.dpi + 2.0 / 72  # inches, and two points clear

@@ -44,7 +44,7 @@ RESULT_COLORS = {
     "SWA": SWA_COLOR, "SGD": SGD_COLOR, "SWAG": AVERAGE_COLOR, "SWAG-Diagonal": "#17becf",
     "VI": "#9467bd", "HWA": "#8c564b",
     # subspace inference, by the subspace (its samples are averaged as SWAG's are)
-    "PCA subspace": "#e377c2", "curve subspace": "#bcbd22", "random subspace": "#17becf",
+    "PCA subspace": "#e377c2", "curve subspace": "#bcbd22", "random subspace": "#e7ba52",
     "single sample": SAMPLE_COLOR,
     # paths between two networks (never in one figure with the averages)
     "bezier": "#1f77b4", "polychain": "#2ca02c", "straight line": LINE_COLOR,

@@ -660,6 +660,25 @@ def test_a_pass_that_runs_out_of_memory_is_split_until_it_fits(small, monkeypatc
     sizes.clear()  # the next call with these settings starts from what fit
     evaluate_points(nets[0], nets, coefficients[:3], small, points_per_pass=5)
     assert sizes == [2, 1] and capsys.readouterr().err == ""
+    # failing in the middle of a pass (its third forward: statistics half gathered) gives the same numbers
+    monkeypatch.setattr(engine_module, "_evaluate_chunk", real)
+    real_forward, forwards = engine_module.forward_points, []
+
+    def mid_pass(model, params, buffers, x, strategy="auto"):
+        k = next(iter(params.values())).shape[0]
+        forwards.append(k)
+        if k > 2 and forwards.count(k) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(model, params, buffers, x, strategy)
+
+    monkeypatch.setattr(engine_module, "forward_points", mid_pass)
+    again = evaluate_points(nets[1], nets, coefficients, small, points_per_pass=4, batch_size=100, bn_stats="batches")
+    monkeypatch.setattr(engine_module, "forward_points", real_forward)
+    by_two = evaluate_points(nets[2], nets, coefficients, small, points_per_pass=2, batch_size=100, bn_stats="batches")
+    assert forwards[:3] == [4, 4, 4] and set(forwards[3:]) <= {1, 2}
+    for key in METRICS:
+        np.testing.assert_array_equal(again[key], by_two[key])
+    assert capsys.readouterr().err.splitlines() == ["landscape: out of memory with 4 points per pass; going on with 2"]
     # a single point that does not fit, and any other error, are raised as they are
     monkeypatch.setattr(engine_module, "_evaluate_chunk",
                         lambda *a, **kw: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))

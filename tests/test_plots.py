@@ -1202,3 +1202,14 @@ def test_a_title_wraps_only_where_it_does_not_fit_its_axes():
             plt.close(fig)
     finally:
         set_figure_width(None)
+
+
+def test_every_method_that_can_share_a_figure_has_a_colour_of_its_own():
+    """The averages (and the networks they are drawn around) meet in one comparison, the paths in another: within
+    each group no two share a colour (SWAG-Diagonal and the random subspace once did)."""
+    from plots.style import RESULT_COLORS
+
+    for group in (["SWA", "SGD", "SWAG", "SWAG-Diagonal", "VI", "HWA", "PCA subspace", "curve subspace",
+                   "random subspace", "single sample"], ["bezier", "polychain", "straight line"]):
+        colors = [RESULT_COLORS[k] for k in group]
+        assert len(set(colors)) == len(colors), group

@@ -209,6 +209,23 @@ def test_complex_between_two_modes_stays_below_the_line_barrier(tmp_path, modes)
         assert torch.equal(r.complex.anchors()[i].cpu(), space.flatten(load_checkpoint(path).state_dict))
 
 
+@pytest.mark.parametrize("weighted", [True, False])
+def test_a_fit_hands_its_sampling_to_its_evaluation(tmp_path, modes, monkeypatch, weighted):
+    """spro passes --volume-weighted on to the evaluation of the simplex it made."""
+    import curves.spro as spro_module
+
+    real, seen = spro_module.evaluate_simplex, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("volume_weighted"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spro_module, "evaluate_simplex", spy)
+    grow_simplex(modes[0], tmp_path / "s", vertices=2, epochs=1, eval_samples=2, face_resolution=2,
+                 volume_weighted=weighted, progress=False)
+    assert seen == [weighted]
+
+
 def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, capsys):
     """--eval-samples 0 and --face-grid 0 used to end in a traceback after every vertex was
     trained; --init-scale 0 put the new vertex on the mode and reported a diverged loss."""
