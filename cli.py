@@ -170,6 +170,8 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
     g.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; on CPU it helps only with AMX)")
+    g.add_argument("--precision", dest="train_precision", choices=["fp32", "bf16"], default=None,
+                   help="the evaluation commands' spelling: bf16 is --amp, fp32 (the default) is without it")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     g.add_argument("--save-every", type=int, default=0, metavar="N", help="keep a checkpoint every N epochs, and (train) the initial weights as checkpoint-000.pt "
                         "(0: only the last)")
@@ -1846,9 +1848,14 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     """``parser.parse_args``, but an option the subcommand lacks is reported
     by the subcommand's parser (its usage, its --help), not the top one's."""
     args, extra = parser.parse_known_args(argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if extra:
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    spelled = getattr(args, "train_precision", None)  # a training command's --precision: --amp spelled otherwise
+    if spelled is not None:
+        if spelled == "fp32" and args.amp:
+            commands.choices[args.command].error("--amp is bf16 autocast; it contradicts --precision fp32")
+        args.amp = args.amp or spelled == "bf16"
     return args
 
 

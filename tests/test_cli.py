@@ -757,3 +757,22 @@ def test_python_m_landscape_is_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "landscape", "plane", "--grid", "0"], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_training_takes_the_evaluation_commands_precision_spelling(capsys):
+    """`--precision bf16` on a training command is `--amp`; fp32 is the default; a contradiction is one line."""
+    parser = cli.build_parser()
+    needs = {"train": [], "connect": ["--start", "a.pt", "--end", "b.pt"], "swa": ["--from-scratch"],
+             "fge": ["--from", "a.pt"], "snapshots": ["--from-scratch"], "vi": ["--from-scratch"],
+             "simplex": ["--base", "a.pt"], "vi-connect": ["--start", "a.pt", "--end", "b.pt"]}
+    for command, required in needs.items():
+        base = [command, *required, "--out", "x"]
+        assert cli.parse(parser, [*base, "--precision", "bf16"]).amp is True, command
+        assert cli.parse(parser, [*base, "--precision", "fp32"]).amp is False, command
+        assert cli.parse(parser, base).amp is False and cli.parse(parser, [*base, "--amp"]).amp is True, command
+    with pytest.raises(SystemExit) as stop:
+        cli.parse(parser, ["train", "--out", "x", "--amp", "--precision", "fp32"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--amp is bf16 autocast; it contradicts --precision fp32" in err[0]
+    assert cli.parse(parser, ["plane", "--ckpt", "c.pt", "--out", "x", "--precision", "bf16"]).precision == "bf16"
