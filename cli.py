@@ -209,7 +209,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--points-per-pass", type=int, default=None, metavar="K",
                    help="points evaluated per pass over the data; a sweep stores its progress after each pass "
                         "(default: from free memory; at most 8 where points run one after another, as on the CPU)")
-    g.add_argument("--wd", type=float, default=None, help="weight decay in the reported train loss (default: as fitted)")
+    g.add_argument("--wd", type=float, default=None,
+                   help="weight decay in the reported train loss (default: as fitted; refused for a variational "
+                        "posterior, whose prior regularises)")
     g.add_argument("--precision", default="fp32",
                    help="fp32 (default) or bf16: bf16 autocast, about 2x faster on CPUs with bf16 units (AMX), "
                         "several times slower where bf16 is emulated (AVX2 only); batch-norm statistics and sums "
@@ -1777,7 +1779,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-scale", type=float, default=0.05, help="see --init (default: 0.05)")
     g.add_argument("--eval-samples", type=int, default=32, help="uniform samples evaluated at the end")
     g.add_argument("--face-grid", type=int, default=10,
-                   help="points a side of the face figure's triangular grid (default: 10)")
+                   help="steps a side of the face figure's triangular grid, which has (N + 1)(N + 2) / 2 points "
+                        "(default: 10: 66 points)")
     g.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)

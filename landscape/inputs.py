@@ -323,9 +323,10 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     if model is None:
         check_spec_fits(first.model, data.num_classes, data.input_shape, first.path, f"dataset '{data.name}'")
         net = load_model(first)
-    else:
+    else:  # a foreign checkpoint, or a name this process cannot build: the stored options stand, as on loading one
+        recorded = {k: v for k, v in (first.model or {}).get("kwargs", {}).items() if k not in ("num_classes", "input_shape")}
         net = load_model(first, model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                         **(model_kwargs or {}))
+                         **{**recorded, **(model_kwargs or {})})
     name = f"model '{first.model['name']}' of {first.path}" if first.model is not None else f"model '{model}' (--model)"
     for ck in ckpts[1:]:
         check_state_dict(net, ck.state_dict, str(ck.path), name)

@@ -336,6 +336,12 @@ def test_endpoints_of_a_model_registered_in_another_process_connect_with_its_fac
     run_swa(from_ckpt=str(a), out=tmp_path / "swa", model="mlp", epochs=2, swa_start=1, lr=0.05, swa_lr=0.05,
             **{k: v for k, v in fit.items() if k != "epochs"})
     assert torch.load(tmp_path / "swa" / "swa.pt", weights_only=True)["model"]["name"] == "mlp"
+    # the sweeps' loader too (plane, rays, ensemble): the factory named, built with the options recorded (hidden 16)
+    from landscape.inputs import load_points
+
+    pts = load_points([a, b], model="mlp", data=small_digits)
+    assert pts.model(small_digits.x_train[:2]).shape == (2, 10)
+    assert [tuple(p.shape) for p in pts.model.parameters()][0] == (16, 64)
     # A name this process can build is never replaced: --model then contradicts the checkpoint.
     with pytest.raises(UserError, match="holds a 'mlp' network .*; --model convnet does not apply to it"):
         fit_curve(tmp_path / "swa" / "swa.pt", b, tmp_path / "no", model="convnet", **fit)
