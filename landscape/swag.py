@@ -216,7 +216,7 @@ def evaluate_swag(
     arrays, summary = average_of_draws(net, post.mean, post.sample(samples, seed, scale, diag), data, out_path,
                                        "swag", config, resume=resume, wd=wd, batch_size=batch_size,
                                        bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
-                                       progress=progress, amp=amp)
+                                       progress=progress, amp=amp, identity=request)
     summary["swa"] = summary.pop("centre")
     summary.update({
         "method": "SWAG-Diagonal" if not low_rank else "SWAG",
@@ -236,7 +236,7 @@ def evaluate_swag(
 def average_of_draws(net: nn.Module, centre: torch.Tensor, draws: torch.Tensor, data: Dataset, out: Path | None,
                      kind: str, config: dict[str, Any], *, resume: bool, wd: float, batch_size: int,
                      bn_batches: int | None, bn_stats: str, points_per_pass: int | None, progress: bool,
-                     amp: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                     amp: bool, identity: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A posterior's centre and weight draws (S, P) as the anchors of one sweep
     (resumable through ``out``'s partial store, shared out under torchrun):
     the arrays ``sample_<metric>`` (S,), ``mean_<metric>``, ``bma_test_nll`` /
@@ -245,13 +245,16 @@ def average_of_draws(net: nn.Module, centre: torch.Tensor, draws: torch.Tensor, 
     ``reliability_bma`` (3, bins: :func:`~landscape.metrics.reliability`'s
     mean confidence, accuracy and count), and the summary's ``centre``,
     ``bma`` and ``samples`` (the draws' mean metrics), each with its
-    ``test_ece``. Used by SWAG and variational inference."""
+    ``test_ece``. Used by SWAG and variational inference. ``identity``: the
+    request key of the posterior and options the draws were made from, which
+    keys the partial store (:func:`~landscape.sweep.run_sweep`)."""
     samples = draws.shape[0]
     anchors = torch.cat([centre.float()[None], draws.float()])  # (1 + S, P)
     res = run_sweep(net, anchors, np.eye(samples + 1), data, store=out / STORE if out is not None else None,
                     resume=resume, settings={"kind": kind, "dataset": data.describe()}, config=config, wd=wd,
                     batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats, points_per_pass=points_per_pass,
-                    progress=progress, amp=amp, return_probs=True, what=f"the centre and {samples} samples")
+                    progress=progress, amp=amp, return_probs=True, what=f"the centre and {samples} samples",
+                    identity=identity)
     labels = data.y_test.cpu().numpy()
     arrays: dict[str, np.ndarray] = {f"sample_{m}": res[m][1:] for m in METRICS}
     arrays.update({f"mean_{m}": np.asarray(res[m][0]) for m in METRICS})

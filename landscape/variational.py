@@ -675,7 +675,7 @@ def evaluate_variational(
     arrays, summary = average_of_draws(net, post.mean, post.sample(samples, seed), data, out_path, "variational",
                                        config, resume=resume, wd=wd, batch_size=batch_size, bn_batches=bn_batches,
                                        bn_stats=bn_stats, points_per_pass=points_per_pass, progress=progress,
-                                       amp=amp)
+                                       amp=amp, identity=request)
     train_cfg = (ck.meta or {}).get("train_config") or {}
     summary.update({
         "method": {"hwa": "HWA"}.get((ck.meta or {}).get("method"), "VI"),

@@ -8,6 +8,23 @@ import torch
 from landscape.data import load_dataset
 
 
+def fail_at_pass(monkeypatch, n: int, error: BaseException) -> list:
+    """The sweep's n-th pass from now raises ``error`` (as an interruption or running out of memory would), the
+    ones before it run; returns the calls' record."""
+    from landscape import sweep as sweep_module
+
+    real, calls = sweep_module.evaluate_points, []
+
+    def failing(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise error
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sweep_module, "evaluate_points", failing)
+    return calls
+
+
 @torch.no_grad()
 def papers_update_bn(loader, model) -> None:
     """The papers' batch-norm re-estimation (dnn-mode-connectivity's ``utils.update_bn``, swa's and

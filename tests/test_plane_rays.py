@@ -43,6 +43,7 @@ from landscape.rays import evaluate_rays, line_valley, side_widths
 from landscape.sweep import STORE
 from landscape.train import train
 from landscape.weights import ParamSpace
+from tests.conftest import fail_at_pass
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: only the latter
@@ -288,20 +289,6 @@ def four_features(g: torch.Generator) -> Dataset:
     return Dataset(name="t", x_train=torch.randn(40, 4, generator=g), y_train=torch.randint(0, 3, (40,), generator=g),
                    x_test=torch.randn(20, 4, generator=g), y_test=torch.randint(0, 3, (20,), generator=g),
                    num_classes=3, mean=(0.0,), std=(1.0,))
-
-
-def fail_at_pass(monkeypatch, n: int, error: BaseException) -> list:
-    """The sweep's n-th pass from now raises ``error``, the ones before it run; returns the calls' record."""
-    real, calls = sweep_module.evaluate_points, []
-
-    def failing(*a, **kw):
-        calls.append(1)
-        if len(calls) == n:
-            raise error
-        return real(*a, **kw)
-
-    monkeypatch.setattr(sweep_module, "evaluate_points", failing)
-    return calls
 
 
 def test_plane_weight_decay_term_is_the_hand_quadratic_for_a_linear_model():

@@ -19,7 +19,7 @@ from landscape.metrics import ensemble_metrics
 from landscape.swag import SwagPosterior, evaluate_swag, load_swag
 from landscape.train import train
 from landscape.weights import ParamSpace
-from tests.conftest import naming_digits, papers_update_bn
+from tests.conftest import fail_at_pass, naming_digits, papers_update_bn
 
 LANDSCAPE = Path(sys.executable).with_name("landscape")
 SMALL = {"width": 4}
@@ -85,6 +85,33 @@ def test_samples_follow_the_formula_and_the_closed_form_covariance():
         want_cov = scale * (torch.diag(var) + (0 if diag else dev.double().T @ dev.double() / 2))
         torch.testing.assert_close(draws.mean(0), mean, rtol=0, atol=0.01)
         torch.testing.assert_close(torch.cov(draws.T), want_cov, rtol=0, atol=0.004)
+
+
+def test_an_evaluation_resumes_when_its_draws_come_out_a_few_bits_apart(tmp_path, swag_run, small_digits,
+                                                                        monkeypatch):
+    """The draws are computed from the posterior (a low-rank product whose last bits change with the thread count,
+    as under torchrun): the partial store is keyed by the posterior and options asked for, so a resume is not
+    refused for them; other options still are."""
+    from landscape import sweep as sweep_module
+
+    _, root, _ = swag_run
+    kw = dict(samples=3, seed=5, bn_stats="batches", data=small_digits, points_per_pass=1)
+    real = sweep_module.evaluate_points
+    fail_at_pass(monkeypatch, 3, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", **kw)
+    monkeypatch.setattr(sweep_module, "evaluate_points", real)
+    whole = evaluate_swag(root / "swa" / "swag.pt", tmp_path / "whole", **kw)
+    sample = SwagPosterior.sample
+    monkeypatch.setattr(SwagPosterior, "sample", lambda self, *a, **k: sample(self, *a, **k) * (1 + 2.0 ** -20))
+    got = evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", resume=True, **kw)
+    np.testing.assert_allclose(got.arrays["bma_test_nll"], whole.arrays["bma_test_nll"], rtol=1e-4)
+    fail_at_pass(monkeypatch, 3, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev2", **kw)
+    monkeypatch.setattr(sweep_module, "evaluate_points", real)
+    with pytest.raises(UserError, match="partial results of a different sweep"):
+        evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev2", resume=True, **dict(kw, bn_batches=1))
 
 
 def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, small_digits):
