@@ -17,7 +17,7 @@ from .data import Dataset, data_differs, data_location, described, why_data_diff
 from .device import resolve_device
 from .errors import UserError
 from .geometry import MIN_TRAJECTORY
-from .models import check_spec_fits, stored_spec
+from .models import check_spec_fits, model_options, stored_spec
 from .sweep import is_main
 from .train import TrainConfig, load_data, same_file
 from .weights import ParamSpace
@@ -230,7 +230,7 @@ def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | 
     otherwise would be ignored yet recorded in the run's config; it is refused.
     One exception: a name this process cannot build (registered from Python by
     the process that trained it) may be given its factory by ``model``."""
-    kwargs = {k: v for k, v in ckpt.model["kwargs"].items() if k not in ("num_classes", "input_shape")}
+    kwargs = model_options(ckpt.model)
     name = stored_spec(ckpt.model, model)["name"]  # the user's factory for a name this process cannot build
     if (model is not None and model != name) or any(kwargs.get(k) != v for k, v in (model_kwargs or {}).items()):
         shown = f"--model {model}" if model is not None and model != name else "--model-kwargs"
@@ -324,7 +324,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
         check_spec_fits(first.model, data.num_classes, data.input_shape, first.path, f"dataset '{data.name}'")
         net = load_model(first)
     else:  # a foreign checkpoint, or a name this process cannot build: the stored options stand, as on loading one
-        recorded = {k: v for k, v in (first.model or {}).get("kwargs", {}).items() if k not in ("num_classes", "input_shape")}
+        recorded = model_options(first.model) if first.model is not None else {}
         net = load_model(first, model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
                          **{**recorded, **(model_kwargs or {})})
     name = f"model '{first.model['name']}' of {first.path}" if first.model is not None else f"model '{model}' (--model)"

@@ -212,13 +212,9 @@ def evaluate_rays(
         arrays[key] = values[key][: m * per].reshape(m, directions, s)
     zero = steps
     arrays["center_train_loss"] = arrays["train_loss"][:, 0, zero]
-    widths = np.array([[side_widths(dist_grid, arrays["train_loss"][k, i], rise) for i in range(directions)]
-                       for k in range(m)])  # (m, n, 2)
-    arrays["width_neg"], arrays["width_pos"] = widths[..., 0], widths[..., 1]
+    arrays["width_neg"], arrays["width_pos"] = _ray_widths(dist_grid, arrays["train_loss"], rise)
     if wd:  # the weight-decay term alone rises by about wd/2 t^2 along a unit ray: widths on the NLL too
-        nll = np.array([[side_widths(dist_grid, arrays["train_nll"][k, i], rise) for i in range(directions)]
-                        for k in range(m)])
-        arrays["nll_width_neg"], arrays["nll_width_pos"] = nll[..., 0], nll[..., 1]
+        arrays["nll_width_neg"], arrays["nll_width_pos"] = _ray_widths(dist_grid, arrays["train_nll"], rise)
     if line:
         arrays["line_distance"] = line_dist
         for key in METRICS:
@@ -228,6 +224,13 @@ def evaluate_rays(
                             line_length, data, wd)
     finish_result(out, "rays.npz", arrays, summary, request)
     return RaysResult(arrays=arrays, summary=summary, out=out)
+
+
+def _ray_widths(distance: np.ndarray, profiles: np.ndarray, rise: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`side_widths` of every ray's profile (centres, rays, distances): the (centres, rays) widths on the
+    negative side and on the positive side."""
+    widths = np.array([[side_widths(distance, p, rise) for p in per_centre] for per_centre in profiles])
+    return widths[..., 0], widths[..., 1]
 
 
 def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, steps, line_length, data, wd):

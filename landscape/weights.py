@@ -16,6 +16,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
+from .device import device_constant
 from .errors import UserError
 
 __all__ = ["ParamSpace", "stack_anchors", "gram_schmidt"]
@@ -99,18 +100,9 @@ class ParamSpace:
         """``(P,)`` bool, True at the coordinates of trained parameters; None
         when every parameter is trained (the usual case). Built once per
         space: the curve fit's weight-decay term asks for it every step."""
-        mask = self._trainable
-        if mask is None:
+        if self._trainable is None:
             return None
-        where = str(torch.device(device) if device is not None else torch.device("cpu"))
-        if where not in self._masks:  # one copy per device, not one a step
-            with torch.inference_mode(False):  # usable in a graph whichever call made it
-                self._masks[where] = mask.to(where)
-        return self._masks[where]
-
-    @cached_property
-    def _masks(self) -> dict[str, torch.Tensor]:
-        return {}
+        return device_constant(("trainable mask", self), device, lambda: self._trainable)  # one copy a device
 
     def trained(self) -> "ParamSpace":
         """The space of the trained parameters alone, in order (this space when

@@ -29,7 +29,7 @@ from torch.nn.parameter import is_lazy
 from ..errors import UserError, first_line
 from . import preresnet, simple, vgg, wide_resnet
 
-__all__ = ["MODELS", "register_model", "list_models", "buildable", "stored_spec", "create_model", "model_spec", "from_spec", "check_spec_fits",
+__all__ = ["MODELS", "register_model", "list_models", "buildable", "stored_spec", "create_model", "model_spec", "model_options", "from_spec", "check_spec_fits",
            "has_lazy", "materialize"]
 
 Factory = Callable[..., nn.Module]
@@ -151,6 +151,12 @@ def materialize(model: nn.Module, input_shape: tuple[int, ...] | None, source: o
         for m, mode in modes.items():
             m.training = mode
     return model
+
+
+def model_options(spec: dict) -> dict:
+    """A stored ``{"name", "kwargs"}``'s own options: its kwargs without the
+    number of classes and the input shape, which come from the data."""
+    return {k: v for k, v in spec["kwargs"].items() if k not in _DATA_ARGS}
 
 
 def model_spec(name: str, num_classes: int, input_shape: tuple[int, ...], /, **kwargs: object) -> dict:
