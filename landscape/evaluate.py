@@ -180,7 +180,7 @@ def evaluate_points(
     population = resolve_bn_stats(bn_stats, model, data, bn_batches, probe=probe) == "population"
     # A batch-norm layer called several times per forward keeps only its last call's
     # statistics in a momentum-1 pass; such models average every call as update_bn does (by size),
-    # one point at a time (momentum None cannot be batched by vmap).
+    # one point at a time (the weighting counts each point's own statistics, which vmap does not show).
     every_call = not population and bool(probe.reused_bn)
     if every_call:
         strategy = chosen = "loop"

@@ -308,14 +308,16 @@ def run_sweep(
         dist.broadcast_object_list(decided, src=0)
         bn_stats, k = decided
     decided = dict(settings or {}, wd=wd, batch_size=batch_size, bn_batches=bn_batches, bn_stats=bn_stats, amp=amp)
-    key = legacy = fingerprint(anchors, coefficients, decided)
     if identity is not None:  # the inputs' key stands for anchors and coefficients computed from them
         key = _digest([], dict(decided, inputs=identity.partition(":")[0]))
+    else:
+        key = fingerprint(anchors, coefficients, decided)
     done = np.zeros(n, dtype=bool)
     values = {m: np.full(n, np.nan) for m in METRICS}
     if store is not None and store.exists():
         if not resume:
             raise UserError(f"{store.parent} holds an unfinished sweep; pass --resume to continue it")
+        legacy = fingerprint(anchors, coefficients, decided) if identity is not None else None  # as stored before
         done, values = _load_store(store, key, n, probs=return_probs, also=legacy)
         if rank == 0:
             print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "
