@@ -682,7 +682,7 @@ def _evaluate_chunk(template: _Template, space: ParamSpace, points: torch.Tensor
 
     # Every estimator starts from reset statistics: momentum 1 weighs the old ones by 0, and 0 x inf
     # (a corrupt stored running_var) is NaN, which would survive into every estimate; the
-    # cumulative average (momentum None) counts from num_batches_tracked = 0.
+    # size-weighted average's first call (momentum 1) would meet the same.
     for n, b in buffers.items():
         if n in template.bn_names:
             b.fill_(1 if n.endswith("running_var") else 0)
