@@ -42,6 +42,10 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if os.environ.get("RANK", "0") == "0":  # --help and --version: under torchrun rank 0 prints them, once
+            super()._print_message(message, file)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank parses the same words: rank 0 says it
             print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)

@@ -152,6 +152,20 @@ def test_under_torchrun_rank_0_alone_says_a_usage_error(capsys, monkeypatch, ran
             if said else err == "")
 
 
+@pytest.mark.parametrize("words", [["--help"], ["plane", "--help"], ["--version"]])
+def test_under_torchrun_help_and_version_are_printed_by_rank_0_alone(capsys, monkeypatch, words):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    printed = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            cli.main(words)
+        assert e.value.code == 0
+        out, err = capsys.readouterr()
+        printed[rank] = out + err
+    assert printed["1"] == "" and ("usage: landscape" in printed["0"] or printed["0"].startswith("landscape "))
+
+
 @pytest.mark.slow
 def test_sigterm_keeps_the_run_says_so_in_one_line_and_resumes(tmp_path):
     """A scheduler's kill (SIGTERM) is met as Ctrl-C is: exit 143, one line, and
