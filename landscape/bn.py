@@ -12,6 +12,20 @@ batch alike instead, which gives a short last batch too much say.
 One deliberate difference: only the batch-norm layers are put in train mode.
 Dropout stays off, so the statistics describe the network as it is then
 evaluated (for a network without dropout the results are identical).
+
+Instance norm that keeps running statistics (``track_running_stats=True``)
+reads them in eval mode as batch norm does, so it counts as a batch-norm
+layer here: its statistics are the mean over the training images of each
+image's own mean and (unbiased) variance, estimated batch by batch the same
+way. In that pass it normalises each image by itself (its train mode), as
+in training, so the layers after it get the statistics training gives
+them; and the engine's one-batch population estimate, which relies on
+train mode normalising by the statistics, does not apply to it
+(:func:`instance_norms`).
+
+A layer that the network keeps in eval mode when it is put in train mode
+(a frozen pretrained stem, by an override of ``train()``) is not one: its
+statistics are left as they are, as training leaves them.
 """
 
 from __future__ import annotations
@@ -22,16 +36,38 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .layout import image_layout
 
-__all__ = ["bn_modules", "bn_buffer_names", "has_batch_norm", "reestimate_bn", "population_bn", "bn_collecting",
+__all__ = ["bn_modules", "instance_norms", "bn_buffer_names", "has_batch_norm", "reestimate_bn", "population_bn", "bn_collecting",
            "sample_weighted"]
 
 
 def bn_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
-    """The batch-norm layers of ``model`` that keep running statistics, with their names."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    """The batch-norm layers of ``model`` that keep running statistics and
+    gather them in training, with their names: instance-norm layers that keep
+    them count too, and layers that ``model.train()`` leaves in eval mode do
+    not (above; every module's mode is put back)."""
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (_BatchNorm, _InstanceNorm)) and m.track_running_stats]
+    if not layers:
+        return layers
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.train()
+        return [(n, m) for n, m in layers if m.training]
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def instance_norms(model: nn.Module) -> list[str]:
+    """The names of ``model``'s instance-norm layers that keep running
+    statistics: whole-training-set passes in train mode normalise each image
+    by itself there, not by the statistics, so such a network's statistics
+    are estimated batch by batch and its curvature is not measured."""
+    return [n or "(the model)" for n, m in bn_modules(model) if isinstance(m, _InstanceNorm)]
 
 
 def bn_buffer_names(model: nn.Module) -> set[str]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .bn import bn_buffer_names, bn_collecting, bn_modules, population_bn, reestimate_bn, sample_weighted
+from .bn import bn_buffer_names, bn_collecting, bn_modules, instance_norms, population_bn, reestimate_bn, sample_weighted
 from .errors import UserError, check_nonnegative, first_line, is_out_of_memory, is_whole
 from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
@@ -292,8 +292,8 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
     ``auto`` chooses population when ``model`` has batch norm, ``bn_batches``
     is None, one forward of the whole training set fits the memory budget
     (half the free memory on CUDA, 2 GiB on the CPU) with every layer output
-    under 2^31 elements, and no batch-norm layer runs twice per forward;
-    otherwise batches.
+    under 2^31 elements, no batch-norm layer runs twice per forward and no
+    instance-norm layer keeps running statistics; otherwise batches.
     A model without batch norm resolves to ``"batches"`` (nothing is estimated).
     ``probe`` passes a :func:`_probe_forward` of ``model`` already made.
     """
@@ -304,6 +304,12 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
     if not bn_modules(model) or bn_stats == "batches":
         return "batches"
     if bn_stats == "auto" and bn_batches is not None:
+        return "batches"
+    instance = instance_norms(model)
+    if instance and bn_stats == "population":
+        raise UserError(f"bn-stats population normalises the whole training set as one batch, which instance norm "
+                        f"does not (layer {', '.join(instance)} keeps running statistics); use --bn-stats batches")
+    if instance:
         return "batches"
     probe = probe or _probe_forward(model, data)
     if bn_stats == "population":

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .bn import bn_modules
+from .bn import bn_modules, instance_norms
 from .checkpoint import npz_reason, write_json, write_npz
 from .device import check_fits
 from .errors import UserError, check_nonnegative, check_seed, is_whole
@@ -89,6 +89,11 @@ def hessian_bn(model: nn.Module, data, bn_stats: str = "auto") -> str:
     in less memory)."""
     if bn_stats not in ("auto", "population", "batches"):
         raise UserError(f"unknown --bn-stats {bn_stats!r}; choose auto, population or batches")
+    instance = instance_norms(model)
+    if instance:  # train mode would normalise each image by itself: another function than the evaluated one
+        raise UserError(f"sharpness differentiates batch norm in train mode, where instance norm normalises each "
+                        f"image by itself, not by the running statistics it keeps (layer {', '.join(instance)}): "
+                        f"not supported")
     if not bn_modules(model):
         return "batches"
     if bn_stats != "auto":

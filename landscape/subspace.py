@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .bn import bn_modules
+from .bn import bn_modules, instance_norms
 from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
 from .device import host_to_device
@@ -613,7 +613,7 @@ def gradient_kind(run: "_Run") -> str:
     engine's likelihood, the 2k displaced points of every chain in one call."""
     if not bn_modules(run.net):
         return "autograd"
-    if run.eval_options["bn_stats"] != "population":
+    if run.eval_options["bn_stats"] != "population" or instance_norms(run.net):
         return "fd"
     return "autograd" if whole_set_fits(run.net, run.data, 3) else "fd"
 

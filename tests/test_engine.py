@@ -485,6 +485,118 @@ def test_a_batch_norm_layer_called_twice_is_estimated_by_batches(small):
     assert got["train_nll"][0] == pytest.approx(evaluate_model(fixed, small, "train", batch_size=64)["nll"], rel=1e-5)
 
 
+class InstanceNet(torch.nn.Sequential):
+    """Instance norm that keeps running statistics (eval mode reads them), then batch norm."""
+
+    def __init__(self):
+        super().__init__(torch.nn.Conv2d(1, 6, 3, padding=1),
+                         torch.nn.InstanceNorm2d(6, affine=True, track_running_stats=True), torch.nn.ReLU(),
+                         torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+
+def instance_net_by_hand(net, x):
+    """``net``'s statistics set from the whole of ``x`` by hand: instance norm's, the mean over the images of
+    each image's own channel means and unbiased variances; batch norm's, its input's over all of them, with
+    each image normalised by itself before it, as in training (where batch norm's statistics are gathered)."""
+    net = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        h = net[0](x)
+        net[1].running_mean.copy_(h.mean((2, 3)).mean(0))
+        net[1].running_var.copy_(h.var((2, 3), unbiased=True).mean(0))
+        each = (h - h.mean((2, 3), keepdim=True)) / (h.var((2, 3), unbiased=False, keepdim=True) + net[1].eps).sqrt()
+        h = net[3](net[2](each * net[1].weight[:, None, None] + net[1].bias[:, None, None]))
+        net[4].running_mean.copy_(h.mean((0, 2, 3)))
+        net[4].running_var.copy_(h.var((0, 2, 3), unbiased=True))
+    return net
+
+
+def test_instance_norm_that_keeps_running_statistics_has_them_estimated_at_every_point(small):
+    """Its statistics are re-estimated as batch norm's are (the first network's never reach another point), by
+    batches: the one-batch population pass would normalise each image by itself."""
+    nets = []
+    for seed in (6, 7):
+        torch.manual_seed(seed)
+        nets.append(InstanceNet())
+        with torch.no_grad():
+            for p in nets[-1].parameters():
+                p.mul_(3)  # logits that tell the points apart
+        displace_bn_stats(nets[-1], small)
+        nets[-1][1].running_mean.uniform_(-1, 1)
+        nets[-1][1].running_var.uniform_(0.5, 2)
+    net = nets[0]
+    assert resolve_bn_stats("auto", net, small) == "batches"
+    with pytest.raises(UserError, match=r"instance norm does not \(layer 1 keeps running statistics\); use --bn-stats batches"):
+        resolve_bn_stats("population", net, small)
+    ends = np.array([[1.0, 0.0], [0.0, 1.0]])
+    got = evaluate_points(net, nets, ends, small, batch_size=len(small.y_train), strategy="loop")
+    for i, end in enumerate(nets):
+        want = instance_net_by_hand(end, small.x_train)
+        for split, x, y in (("train", small.x_train, small.y_train), ("test", small.x_test, small.y_test)):
+            with torch.no_grad():
+                nll = torch.nn.functional.cross_entropy(want(x), y).item()
+            assert got[f"{split}_nll"][i] == pytest.approx(nll, rel=1e-5)
+    stale = copy.deepcopy(nets[1]).eval()  # the second network with the first one's stored statistics
+    stale[1].load_state_dict(nets[0][1].state_dict())
+    with torch.no_grad():
+        assert abs(torch.nn.functional.cross_entropy(stale(small.x_test), small.y_test).item()
+                   - got["test_nll"][1]) > 1e-3
+    # By batches, each batch weighted by its size, as batch norm's: the engine and the sequential reference agree.
+    ref = evaluate_points_sequential(net, nets, LINE, small, batch_size=64)
+    for strategy in ("auto", "loop"):
+        got = evaluate_points(net, nets, LINE, small, batch_size=64, strategy=strategy, points_per_pass=2)
+        for key in METRICS:
+            assert_close(got[key], ref[key])
+    assert np.ptp(got["train_nll"]) > 1e-3
+
+
+class FrozenStem(torch.nn.Module):
+    """A pretrained stem whose batch norm the network keeps in eval mode, by overriding ``train()``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.stem_bn = torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16)
+        self.lin, self.bn, self.head = torch.nn.Linear(16, 12), torch.nn.BatchNorm1d(12), torch.nn.Linear(12, 10)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.stem_bn.eval()
+        return self
+
+    def forward(self, x):
+        h = torch.relu(self.stem_bn(self.stem(x.flatten(1))))
+        return self.head(torch.relu(self.bn(self.lin(h))))
+
+
+def test_a_batch_norm_layer_the_network_keeps_in_eval_mode_keeps_its_statistics(small):
+    """Training never moves a frozen stem's statistics, so neither does re-estimation: at each end the
+    network is itself, with only the other layer's statistics estimated (by hand here, over the whole set)."""
+    nets = []
+    for seed in (8, 9):
+        torch.manual_seed(seed)
+        nets.append(FrozenStem())
+        displace_bn_stats(nets[-1], small)
+    nets[1].stem.load_state_dict(nets[0].stem.state_dict())  # one pretrained stem, fine-tuned heads
+    nets[1].stem_bn.load_state_dict(nets[0].stem_bn.state_dict())
+    ends = np.array([[1.0, 0.0], [0.0, 1.0]])
+    for bn_stats in ("population", "batches"):
+        got = evaluate_points(nets[0], nets, ends, small, bn_stats=bn_stats, batch_size=len(small.y_train))
+        for i, net in enumerate(nets):
+            want = copy.deepcopy(net).eval()
+            with torch.no_grad():
+                h = want.lin(torch.relu(want.stem_bn(want.stem(small.x_train.flatten(1)))))
+                want.bn.running_mean.copy_(h.mean(0))
+                want.bn.running_var.copy_(h.var(0, unbiased=bn_stats == "batches"))
+                nll = torch.nn.functional.cross_entropy(want(small.x_test), small.y_test).item()
+            assert got["test_nll"][i] == pytest.approx(nll, rel=1e-5), bn_stats
+    assert resolve_bn_stats("auto", nets[0], small) == "population"
+    fixed = copy.deepcopy(nets[0])
+    reestimate_bn(fixed, small.batches("train", 64))
+    assert torch.equal(fixed.stem_bn.running_mean, nets[0].stem_bn.running_mean)
+    assert not torch.equal(fixed.bn.running_mean, nets[0].bn.running_mean)
+    assert fixed.training and not fixed.stem_bn.training  # modes put back
+
+
 class Same(torch.nn.Module):
     """An identity parametrization: the same function, the same weights; it makes its layer a module with children."""
 

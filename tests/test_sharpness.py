@@ -133,6 +133,19 @@ def test_auto_batch_norm_falls_back_to_batches_when_the_double_backward_does_not
         hessian_bn(net, data, "exact")
 
 
+def test_instance_norm_that_keeps_running_statistics_is_refused():
+    """In train mode (the Hessian's batch norm) it would normalise each image by itself: another function."""
+    data = small_data()
+    net = nn.Sequential(nn.Linear(4, 6), nn.Unflatten(1, (2, 3)), nn.InstanceNorm1d(2, track_running_stats=True),
+                        nn.Flatten(), nn.Linear(6, 3))
+    for bn_stats in ("auto", "batches", "population"):
+        with pytest.raises(UserError, match=r"instance norm normalises each image by itself.*\(layer 2\): not supported"):
+            hessian_bn(net, data, bn_stats)
+    net[2].track_running_stats = False  # normalised by each image in eval mode too: nothing to estimate
+    net[2].running_mean = net[2].running_var = net[2].num_batches_tracked = None
+    assert hessian_bn(net, data, "auto") == "batches"
+
+
 # ------------------------------------------------------------ Lanczos, Hutchinson
 def random_symmetric(n: int, seed: int) -> torch.Tensor:
     a = torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
