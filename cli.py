@@ -306,8 +306,18 @@ def cmd_connect(args: argparse.Namespace) -> int:
     print(f"{args.out}: {c['type']} curve with {c['bends']} bend(s), length {_fixed(c['length'], 3)} (line {_fixed(l['length'], 3)})")
     print(f"  at t = 1/2: curve train loss {_fixed(c['train_loss_at'][1], 4)}, {split} error {c['test_error_at'][1]:.2f}%;"
           f"  line train loss {_fixed(l['train_loss_at'][1], 4)}, {split} error {l['test_error_at'][1]:.2f}%")
-    print(f"checkpoint: {args.out / 'model.pt'}   (evaluate it with: landscape curve --ckpt {args.out / 'model.pt'} --out DIR)")
+    print(f"checkpoint: {args.out / 'model.pt'}   (evaluate it with: {_evaluate_hint(args.out)})")
     return 0
+
+
+def _evaluate_hint(out: Path) -> str:
+    """The ``curve`` command that evaluates a fitted curve; with ``--model`` when the network is the user's
+    ``package.module:factory``, which a checkpoint's reader imports only when named."""
+    from landscape.checkpoint import read_json
+
+    name = (read_json(out / "config.json").get("model") or {}).get("name", "")
+    named = f" --model {name}" if isinstance(name, str) and ":" in name else ""
+    return f"landscape curve --ckpt {out / 'model.pt'}{named} --out DIR"
 
 
 def cmd_vi_connect(args: argparse.Namespace) -> int:
@@ -329,8 +339,7 @@ def cmd_vi_connect(args: argparse.Namespace) -> int:
           f"{split} error {l['mean_test_error_at'][1]:.2f}%")
     print(f"  KL / N at t = 1/2: curve {c['kl_per_sample_at'][1]:.4g}, line {l['kl_per_sample_at'][1]:.4g} "
           f"(ends {c['kl_per_sample_at'][0]:.4g} and {c['kl_per_sample_at'][2]:.4g})")
-    print(f"checkpoint: {args.out / 'model.pt'}   (evaluate it with: landscape curve --ckpt {args.out / 'model.pt'} "
-          f"--out DIR)")
+    print(f"checkpoint: {args.out / 'model.pt'}   (evaluate it with: {_evaluate_hint(args.out)})")
     return 0
 
 

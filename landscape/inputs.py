@@ -235,7 +235,9 @@ def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | 
     if (model is not None and model != name) or any(kwargs.get(k) != v for k, v in (model_kwargs or {}).items()):
         shown = f"--model {model}" if model is not None and model != name else "--model-kwargs"
         described = f"'{name}' network" + (f" ({kwargs})" if kwargs else "")
-        raise UserError(f"{ckpt.path} holds a {described}; {shown} does not apply to it (leave it out)")
+        fix = (f"--model {name}, its own" if ":" in name and model is not None and model != name
+               else "leave it out")  # a factory the checkpoint names is imported only when the user names it
+        raise UserError(f"{ckpt.path} holds a {described}; {shown} does not apply to it ({fix})")
     return {"model": name, "model_kwargs": kwargs}
 
 

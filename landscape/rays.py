@@ -293,17 +293,21 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
 
 
 def width_report(swa: str | Path, sgd: str | Path, out: str | Path | None = None, *,
+                 model: str | None = None, model_kwargs: dict | None = None,
                  data_overrides: dict[str, Any] | None = None, device: str = "auto", data=None,
                  **kwargs: Any) -> RaysResult:
     """The SWA paper's width figures (Izmailov et al. 2018, fig. 5) for two
     checkpoints: the line through SGD and SWA extended both ways, and random
     unit rays from each with the same directions. ``data``: the
     :class:`~landscape.data.Dataset` the networks were trained on with
-    ``data=`` (:func:`~landscape.inputs.load_points`). ``kwargs`` go to
+    ``data=``, and ``model`` / ``model_kwargs`` the network they hold when it
+    is not one the checkpoints name (:func:`~landscape.inputs.load_points`:
+    a foreign checkpoint, or your ``package.module:factory``). ``kwargs`` go to
     :func:`evaluate_rays` (directions, distance, steps, normalize, rise, ...)."""
     from .inputs import load_points
 
-    pts = load_points([swa, sgd], data_overrides=data_overrides, device=device, data=data)
+    pts = load_points([swa, sgd], model=model, model_kwargs=model_kwargs, data_overrides=data_overrides,
+                      device=device, data=data)
     kwargs.setdefault("wd", pts.wd)
     return evaluate_rays(pts.model, pts.vectors, pts.data, out, labels=["SWA", "SGD"], paths=[str(swa), str(sgd)],
                          line=True, **kwargs)

@@ -225,7 +225,8 @@ def test_a_checkpoint_naming_a_factory_does_not_run_it_unless_trusted(tmp_path, 
     spec = {"name": "os:system", "kwargs": {"command": f"touch {marker}", "num_classes": 10, "input_shape": [1, 8, 8]}}
     save_checkpoint(tmp_path / "evil.pt", _net().state_dict(), spec)
     with pytest.raises(UserError, match=r"names the model factory 'os:system'; a checkpoint may name only a "
-                                        r"registered model, so it is not imported: if you trust it, set "
+                                        r"registered model, so it is not imported: if you trust it, name it "
+                                        r"yourself \(--model os:system; model= in Python\) or set "
                                         r"LANDSCAPE_TRUSTED_FACTORIES=os$"):
         load_model(tmp_path / "evil.pt")
     assert not marker.exists()

@@ -590,8 +590,10 @@ def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, end
     connect = ["connect", "--start", mine[0], "--end", mine[1], "--epochs", 1, "--quiet"]
     code, _, err = run(capsys, *connect, "--out", tmp_path / "refused")
     assert code == 2 and "set LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple" in _one_line_error(err)
-    code, _, err = run(capsys, *connect, "--model", factory, "--out", tmp_path / "c")
+    code, out, err = run(capsys, *connect, "--model", factory, "--out", tmp_path / "c")
     assert code == 0, err
+    # the command it prints to evaluate the curve names the factory, as the curve's reader needs
+    assert f"evaluate it with: landscape curve --ckpt {tmp_path / 'c' / 'model.pt'} --model {factory} --out DIR" in out
     swa = ["swa", "--from", mine[0], "--epochs", 1, "--quiet", "--out", tmp_path / "s"]
     code, _, err = run(capsys, *swa)
     assert code == 2 and "set LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple" in _one_line_error(err)
@@ -610,7 +612,7 @@ def test_naming_a_checkpoints_factory_with_model_trusts_it(tmp_path, capsys, end
     code, _, err = run(capsys, "curve", "--ckpt", tmp_path / "c" / "model.pt", "--model", "mlp", "--out",
                        tmp_path / "cv2")
     assert code == 2 and re.search(rf"holds a '{re.escape(factory)}' network( \(.*\))?; --model mlp does not apply "
-                                   rf"to it \(leave it out\)$", _one_line_error(err))
+                                   rf"to it \(--model {re.escape(factory)}, its own\)$", _one_line_error(err))
     code, _, err = run(capsys, "plane", "--ckpt", tmp_path / "c" / "model.pt", "--model-kwargs", "width=8", "--out",
                        tmp_path / "pl2")
     assert code == 2 and re.search(rf"{re.escape(str(tmp_path / 'c' / 'model.pt'))} holds a '{re.escape(factory)}' "

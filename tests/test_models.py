@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from landscape.errors import UserError
+from landscape.evaluate import evaluate_points
 from landscape.models import MODELS, create_model, list_models, register_model
 
 
@@ -436,3 +437,43 @@ def test_data_given_dimensions_are_not_model_kwargs() -> None:
     for key in ("num_classes", "input_shape"):
         with pytest.raises(UserError, match=f"^--model-kwargs {key}=... is not an option: {key} comes from the dataset$"):
             model_spec("convnet", 10, (1, 8, 8), **{key: 5})
+
+
+def test_a_factory_of_ones_own_is_named_by_model_in_every_reader(tmp_path, monkeypatch, small_digits) -> None:
+    """Checkpoints trained with a package.module:factory name it; a later reader imports it only when the
+    caller names it (model=, --model), and a refusal says how. The width report takes model= as the others do."""
+    from landscape.inputs import load_points, network_of
+    from landscape.checkpoint import load_checkpoint
+    from landscape.rays import width_report
+    from landscape.train import train
+
+    (tmp_path / "own_factory_models.py").write_text(textwrap.dedent("""
+        import math
+        from torch import nn
+
+        def net(num_classes, input_shape, hidden=12):
+            return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("LANDSCAPE_TRUSTED_FACTORIES", raising=False)
+    try:
+        for seed in (1, 2):
+            train(out=tmp_path / f"r{seed}", model="own_factory_models:net", model_kwargs={"hidden": 10},
+                  seed=seed, epochs=1, data=small_digits, progress=False)
+        a, b = tmp_path / "r1" / "model.pt", tmp_path / "r2" / "model.pt"
+        with pytest.raises(UserError, match=r"if you trust it, name it yourself \(--model own_factory_models:net; "
+                                            r"model= in Python\)"):
+            width_report(a, b, None, directions=1, steps=3, data=small_digits)
+        report = width_report(a, b, None, model="own_factory_models:net", directions=1, steps=3, data=small_digits)
+        pts = load_points([a, b], model="own_factory_models:net", data=small_digits)
+        assert pts.model[1].out_features == 10  # built with the stored options, not the factory's default
+        # the SWA end of the report is the first network: its metrics are the engine's at that point
+        assert report.summary["centers"][0]["center_test_error"] == pytest.approx(
+            float(evaluate_points(pts.model, [pts.vectors[0]], [[1.0]], small_digits)["test_error"][0]))
+        with pytest.raises(UserError, match=r"holds a 'own_factory_models:net' network \(\{'hidden': 10\}\); "
+                                            r"--model own_factory_models:other does not apply to it "
+                                            r"\(--model own_factory_models:net, its own\)$"):
+            network_of(load_checkpoint(a), "own_factory_models:other")
+    finally:
+        sys.modules.pop("own_factory_models", None)

@@ -185,7 +185,8 @@ def from_spec(spec: dict, *, trusted: bool = False, source: object = "a checkpoi
         allowed = [m.strip() for m in os.environ.get(TRUST_ENV, "").split(",") if m.strip()]
         if not any(module == m or module.startswith(m + ".") for m in allowed):
             raise UserError(f"{source} names the model factory '{name}'; a checkpoint may name only a registered "
-                            f"model, so it is not imported: if you trust it, set {TRUST_ENV}={module}")
+                            f"model, so it is not imported: if you trust it, name it yourself (--model {name}; "
+                            f"model= in Python) or set {TRUST_ENV}={module}")
     if not buildable(name):
         raise UserError(f"{source} holds a model named {name!r}, which is not registered in this process (a name "
                         f"registered from Python is known only where it was registered): register it before loading, "
