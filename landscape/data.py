@@ -76,6 +76,40 @@ class Dataset:
             if len(getattr(self, x)) != len(getattr(self, y)):
                 raise UserError(f"Dataset {x} holds {len(getattr(self, x))} samples but {y} "
                                 f"{len(getattr(self, y))} labels")
+        self._check_contents()
+
+    def _check_contents(self) -> None:
+        """What training and evaluation take for granted: one sample shape, samples in both splits, (N,) class
+        ids below ``num_classes``, finite inputs, a mean and a std of one value or one a channel (feature).
+        Each fails in one line naming the dataset."""
+        where = f"dataset {self.name!r}"
+        if self.x_train.dim() < 2 or self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise UserError(f"{where}: x_train samples are {tuple(self.x_train.shape[1:])} but x_test samples are "
+                            f"{tuple(self.x_test.shape[1:])}; both need one sample shape, (N, *shape)")
+        classes = self.num_classes
+        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
+            raise UserError(f"{where}: num_classes must be a positive whole number, got {classes!r}")
+        self.num_classes = classes = int(classes)
+        if len(self.y_train) == 0 or len(self.y_test) == 0:
+            raise UserError(f"{where}: {len(self.y_train)} training and {len(self.y_test)} test samples; training "
+                            f"and evaluation need at least one each")
+        for key in ("y_train", "y_test"):
+            y = getattr(self, key)
+            if y.dim() != 1:
+                raise UserError(f"{where}: {key} has shape {tuple(y.shape)}; expected (N,) class ids "
+                                f"(.view(-1), or .argmax(1) for one-hot labels)")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+                raise UserError(f"{where}: {key} has label {int(y.min()) if int(y.min()) < 0 else int(y.max())}; "
+                                f"labels must be class ids 0..{classes - 1} (num_classes {classes})")
+        for key in ("x_train", "x_test"):
+            bad = int((~torch.isfinite(getattr(self, key))).sum())
+            if bad:
+                raise UserError(f"{where}: {key} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
+        channels = self.x_train.shape[1]
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) not in (1, channels):
+                raise UserError(f"{where}: {key} has {len(getattr(self, key))} values; expected 1 or one for each "
+                                f"of the {channels} channels (features)")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -322,6 +356,9 @@ def load_dataset(
     if key not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     device = resolve_device(device)
+    if key in ("digits", "synthetic") and data_path is not None and str(data_path) != "":
+        raise UserError(f"dataset {key} reads no files, but --data-path {data_path} was given (data_path=): name "
+                        f"the files' dataset with --dataset npz, mnist, fashion-mnist, cifar10 or cifar100")
     if key == "digits":
         raw = _read_digits()
     elif key == "synthetic":
@@ -779,6 +816,12 @@ def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) 
     elif x.ndim not in (2, 4):
         raise UserError(f"{path}: {key} has shape {x.shape}; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")
     scale = 255.0 if x.dtype == np.uint8 else 1.0
+    if x.dtype.kind == "f" and x.size:
+        with np.errstate(invalid="ignore"):
+            largest = float(np.nanmax(np.abs(x), initial=0.0, where=np.isfinite(x)))
+        if largest > float(np.finfo(np.float32).max):
+            raise UserError(f"{path}: {key} holds values up to {largest:.3g}, beyond float32's range (3.4e38), in "
+                            f"which networks run: rescale them")
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale)
 
 

@@ -41,6 +41,11 @@ def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None
     """Load the dataset of ``stored`` settings (a run's train_config), with
     ``overrides`` (those not None) taking precedence; digits when neither says."""
     settings = merged_data_settings(stored, overrides)
+    path = settings.get("data_path")
+    if (path and not (overrides or {}).get("data_path") and _applies("data_path", settings.get("dataset"))
+            and not Path(str(path)).expanduser().exists()):
+        raise UserError(f"{source} was trained on the {settings.get('dataset')} data in {path}, which is not there any "
+                        f"more: give its new place with --data-path (data_path= in Python)")
     data = load_data(TrainConfig(**settings), resolve_device(device))
     note_split_leak(stored, settings, source)  # after the split itself was accepted
     return data
@@ -257,11 +262,18 @@ def check_same_data(ckpts: Sequence[Checkpoint], overrides: dict[str, Any] | Non
         for key in DATA_FIELDS:
             if key in given or not _applies(key, dataset):
                 continue
-            if mine.get(key) != ref.get(key) and not (key == "data_path" and same_data(dataset, mine.get(key),
-                                                                                   ref.get(key))):
+            if mine.get(key) != ref.get(key) and not (key == "data_path" and (
+                    same_data(dataset, mine.get(key), ref.get(key)) or _same_files_read(ck, first))):
                 raise UserError(f"{ck.path} was trained on other data than {first.path} ({key.replace('_', '-')} "
                                 f"{mine.get(key)} vs {ref.get(key)}); give the data options explicitly to use "
                                 f"the same data for both")
+
+
+def _same_files_read(a: Checkpoint, b: Checkpoint) -> bool:
+    """Whether two runs recorded reading files of the same contents (their data's fingerprint): the same data
+    in another place, a copy on scratch space."""
+    prints = [((ck.meta or {}).get("dataset") or {}).get("fingerprint") for ck in (a, b)]
+    return prints[0] is not None and prints[0] == prints[1]
 
 
 def same_data(dataset: str | None, a: Any, b: Any) -> bool:

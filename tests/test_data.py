@@ -731,3 +731,68 @@ def test_a_cifar_run_resumes_with_its_folder_or_the_folder_holding_it(tmp_path, 
                            "--out", tmp_path / "run", "--resume", "--quiet")
     assert code == 0, err
     assert (tmp_path / "run" / "model.pt").exists()
+
+
+def _mine(**changes) -> dict:
+    base = dict(name="mine", x_train=torch.randn(64, 1, 8, 8), y_train=torch.arange(64) % 4,
+                x_test=torch.randn(16, 1, 8, 8), y_test=torch.arange(16) % 4, num_classes=4, mean=(0.0,), std=(1.0,))
+    return {**base, **changes}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"y_train": torch.arange(64) % 6}, r"y_train has label 5; labels must be class ids 0\.\.3 \(num_classes 4\)"),
+    ({"y_test": -(torch.arange(16) % 4)}, r"y_test has label -3; labels must be class ids 0\.\.3"),
+    ({"y_train": (torch.arange(64) % 4)[:, None]}, r"y_train has shape \(64, 1\); expected \(N,\) class ids"),
+    ({"x_train": torch.full((64, 1, 8, 8), float("nan"))}, r"x_train holds 4096 non-finite values \(NaN or inf\)"),
+    ({"x_test": torch.randn(16, 1, 6, 6)}, r"x_train samples are \(1, 8, 8\) but x_test samples are \(1, 6, 6\)"),
+    ({"num_classes": 0}, r"num_classes must be a positive whole number, got 0"),
+    ({"mean": (0.0, 0.0, 0.0)}, r"mean has 3 values; expected 1 or one for each of the 1 channels"),
+    ({"x_test": torch.randn(0, 1, 8, 8), "y_test": torch.zeros(0, dtype=torch.long)},
+     r"64 training and 0 test samples; training and evaluation need at least one each"),
+])
+def test_data_made_in_python_is_checked_as_the_files_are(changes, message):
+    """Each of these used to reach torch deep inside a training step, or to train and report quietly."""
+    with pytest.raises(UserError, match=r"^dataset 'mine': " + message):
+        Dataset(**_mine(**changes))
+    assert Dataset(**_mine(num_classes=np.int64(4))).num_classes == 4  # what a reader computed with numpy
+
+
+def test_a_builtin_dataset_refuses_a_data_path():
+    """--data-path without --dataset used to train on the digits and record the path."""
+    for name in ("digits", "synthetic"):
+        with pytest.raises(UserError, match=rf"dataset {name} reads no files, but --data-path x.npz was given"):
+            load_dataset(name, "x.npz")
+
+
+def test_npz_values_beyond_float32_say_so(tmp_path):
+    path = tmp_path / "huge.npz"
+    x = np.full((6, 3), 1e300)
+    x[0, 0] = np.nan
+    np.savez(path, x_train=x, y_train=np.arange(6) % 2, x_test=x[:2], y_test=np.arange(2))
+    with pytest.raises(UserError, match=r"x_train holds values up to 1e\+300, beyond float32's range"):
+        load_dataset("npz", path)
+
+
+def test_the_same_files_in_another_place_are_the_same_data_and_moved_files_are_named(tmp_path, capsys):
+    """Runs trained on copies of one file (a scratch copy) connect; a file moved since gives one line that says
+    which run's data is missing, not an option the user never gave."""
+    from landscape.inputs import load_points
+    from landscape.train import train
+
+    for i, name in enumerate(("home.npz", "scratch.npz")):
+        _npz(tmp_path / name, 1)
+        train(out=tmp_path / f"r{i}", model="mlp", dataset="npz", data_path=str(tmp_path / name), seed=i,
+              epochs=1, progress=False)
+    a, b = tmp_path / "r0" / "model.pt", tmp_path / "r1" / "model.pt"
+    assert load_points([a, b]).data.describe()["n_train"] == 40
+    _npz(tmp_path / "other.npz", 2)  # other contents: still refused
+    train(out=tmp_path / "r2", model="mlp", dataset="npz", data_path=str(tmp_path / "other.npz"), epochs=1,
+          progress=False)
+    with pytest.raises(UserError, match=r"was trained on other data than .* \(data-path "):
+        load_points([a, tmp_path / "r2" / "model.pt"])
+    (tmp_path / "home.npz").rename(tmp_path / "moved.npz")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(a))} was trained on the npz data in "
+                                        rf"{re.escape(str(tmp_path / 'home.npz'))}, which is not there any more: "
+                                        rf"give its new place with --data-path"):
+        load_points([a])
+    assert load_points([a], data_overrides={"data_path": str(tmp_path / "moved.npz")}).data.describe()["n_train"] == 40
