@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curves.fit import fit_curve, load_curve
+from landscape.curves.fit import fit_curve, load_curve
 from landscape.data import load_dataset
 from landscape.evaluate import evaluate_points, evaluate_points_sequential
 from landscape.train import train

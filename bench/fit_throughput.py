@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from curves.fit import fit_curve
+from landscape.curves.fit import fit_curve
 from landscape.data import load_dataset
 from landscape.train import train
 from protocol import machine

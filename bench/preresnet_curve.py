@@ -23,7 +23,7 @@ import argparse
 import numpy as np
 import torch
 
-from curves.bezier import bernstein
+from landscape.curves.bezier import bernstein
 from landscape.evaluate import METRICS, evaluate_points
 from landscape.models import create_model
 from landscape.weights import ParamSpace

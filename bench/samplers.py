@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curves import curve_subspace
+from landscape.curves import curve_subspace
 from engine_vs_loop import endpoints_and_curve
 from landscape.averaging import run_swa
 from landscape.data import load_dataset

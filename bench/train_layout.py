@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import landscape.layout as layout
-from curves.fit import fit_curve
+from landscape.curves.fit import fit_curve
 from landscape.data import load_dataset
 from landscape.train import train
 from protocol import machine

@@ -4,7 +4,7 @@ needs no script on ``PATH``."""
 
 import sys
 
-from cli import main
+from landscape.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

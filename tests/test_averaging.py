@@ -290,8 +290,7 @@ def test_a_non_finite_swa_average_is_refused_before_its_files(tmp_path, small_di
 
 def test_snapshot_ensemble_from_scratch(tmp_path, small_digits, capsys):
     """A trailing partial cycle (5 epochs, cycles of 2) takes no snapshot, and the summary and the CLI say so."""
-    import cli
-
+    from landscape import cli
     res = run_snapshots(None, tmp_path / "snap", epochs=5, cycle=2, lr=0.05, model="convnet", model_kwargs=SMALL,
                         data=small_digits, progress=False)
     assert res.summary["ensemble"]["members"] == 2

@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
-
-
+from landscape import cli
 def run(capsys, *argv):
     code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -441,8 +439,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
 
 
 def test_multi_network_checkpoints_are_refused_where_one_network_is_expected(tmp_path, capsys):
-    from curves.base import create_curve
-    from curves.fit import save_curve
+    from landscape.curves.base import create_curve
+    from landscape.curves.fit import save_curve
     from landscape.models import create_model
     from landscape.weights import ParamSpace
 
@@ -655,8 +653,8 @@ def test_the_rays_table_shows_undefined_asymmetry_as_n_a(tmp_path, capsys):
 
 
 def test_plane_of_a_curve_without_bends_says_why_not(tmp_path, capsys):
-    from curves import create_curve
-    from curves.fit import save_curve
+    from landscape.curves import create_curve
+    from landscape.curves.fit import save_curve
     from landscape.models import create_model
     from landscape.weights import ParamSpace
 

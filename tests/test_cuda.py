@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import cli
+from landscape import cli
 from landscape.data import load_dataset
 from landscape.evaluate import (choose_points_per_pass, evaluate_points, evaluate_points_sequential,
                                 resolve_strategy)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from curves import Bezier, PolyChain, create_curve
-from curves.fit import fit_curve, load_curve
+from landscape.curves import Bezier, PolyChain, create_curve
+from landscape.curves.fit import fit_curve, load_curve
 from landscape.checkpoint import read_jsonl
 from landscape.data import load_dataset
 from landscape.errors import UserError
@@ -97,8 +97,8 @@ def test_constants_of_a_fit_step_are_made_once_per_device():
     """The Bernstein basis's binomial coefficients and the arc length's Gauss-Legendre rule are built once and
     reused (on a GPU, building them every step copied them from the host, which waits for the GPU), with the
     values of their definitions."""
-    from curves.base import quadrature
-    from curves.bezier import bernstein
+    from landscape.curves.base import quadrature
+    from landscape.curves.bezier import bernstein
 
     t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
     for n in (1, 3, 6):
@@ -364,7 +364,7 @@ def test_parameters_the_network_does_not_train_stay_put_and_are_not_decayed(tmp_
     and a simplex do the same: its coordinates keep their start on the bends and on
     a new vertex, and the engine's train loss at an end is the endpoint's own."""
     import landscape.models as models
-    from curves.spro import connect_modes
+    from landscape.curves.spro import connect_modes
     from landscape.checkpoint import load_checkpoint
 
     monkeypatch.setattr(models, "MODELS", dict(models.MODELS))

@@ -674,7 +674,7 @@ def test_the_fingerprint_is_of_the_files_contents():
 def test_resuming_on_changed_data_files_is_refused(tmp_path, capsys):
     """A run or a sweep interrupted, its npz file changed, then resumed: refused in
     one line, where it used to mix the old data's epochs or points with the new."""
-    import cli
+    from landscape import cli
     from tests.test_plane_rays import one_line, run_cli
 
     path = tmp_path / "d.npz"

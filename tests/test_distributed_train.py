@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from curves import create_curve
-from curves.evaluate import evaluate_curve
+from landscape.curves import create_curve
+from landscape.curves.evaluate import evaluate_curve
 from tests.conftest import papers_update_bn
 from landscape.averaging import fge_learning_rate, fge_snapshot_iteration, predict_probs, snapshot_learning_rate
 from landscape.checkpoint import load_checkpoint, read_jsonl
@@ -311,7 +311,7 @@ def assert_same_state(got: dict, want: dict) -> None:
 
 def test_average_commands_share_out_under_torchrun_by_name():
     """What makes the three commands data parallel: torchrun no longer refuses them."""
-    from cli import DISTRIBUTED
+    from landscape.cli import DISTRIBUTED
 
     assert {"swa", "fge", "snapshots", "curve"} <= set(DISTRIBUTED)
 
@@ -408,7 +408,7 @@ def test_two_rank_ensembles_equal_one_process_averaging_the_halves(tmp_path, dig
 def test_two_rank_curve_evaluation_equals_one_process(tmp_path, digits, ends):
     """`landscape curve` shares its points out over the ranks, as the sweeps do;
     rank 0 writes the same curve.npz and summary as one process does."""
-    from curves.fit import fit_curve
+    from landscape.curves.fit import fit_curve
 
     fit_curve(*ends, tmp_path / "fit", data=digits, epochs=1, progress=False)
     args = ["curve", "--ckpt", tmp_path / "fit" / "model.pt", "--points", 5, "--points-per-pass", 2]
@@ -433,7 +433,7 @@ def test_two_rank_simplex_equals_one_process_for_a_network_without_batch_norm(tm
     slices' mean gradients, weighted by their samples, average to the batch's),
     so SPRO on 2 ranks, each fitting rank 0's samples of the simplex, grows
     the simplex one process grows, and evaluates it the same."""
-    from curves.spro import grow_simplex
+    from landscape.curves.spro import grow_simplex
 
     train(out=tmp_path / "mode", data=digits, model="mlp", model_kwargs={"hidden": 32}, epochs=1, seed=1,
           progress=False)
@@ -567,7 +567,7 @@ def test_two_rank_vi_connect_fits_a_curve_between_posteriors_and_curve_shares_it
     done = torchrun("curve", "--ckpt", tmp_path / "curve" / "model.pt", "--points", 3, "--samples", 2,
                     "--points-per-pass", 1, "--out", tmp_path / "two")
     assert done.returncode == 0, done.stderr[-4000:]
-    from curves.posterior import evaluate_posterior_curve
+    from landscape.curves.posterior import evaluate_posterior_curve
 
     one = one_thread(lambda: evaluate_posterior_curve(tmp_path / "curve" / "model.pt", tmp_path / "one", points=3,
                                                       samples=2, points_per_pass=1))

@@ -477,3 +477,39 @@ def test_a_factory_of_ones_own_is_named_by_model_in_every_reader(tmp_path, monke
             network_of(load_checkpoint(a), "own_factory_models:other")
     finally:
         sys.modules.pop("own_factory_models", None)
+
+
+def test_the_core_never_imports_curves_plots_or_the_cli() -> None:
+    """The design's one-way dependencies, inside the one package: cli -> plots, curves -> the core."""
+    import pkgutil
+    import subprocess
+
+    import landscape
+
+    core = [m.name for m in pkgutil.walk_packages(landscape.__path__, "landscape.")
+            if not m.name.startswith(("landscape.curves", "landscape.plots", "landscape.cli", "landscape.__main__"))]
+    code = (f"import importlib, sys\nfor m in {core!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('landscape.curves', 'landscape.plots', "
+            "'landscape.cli'))))\n"
+            "import landscape.curves\n"
+            "print(sorted(m for m in sys.modules if m.startswith('landscape.plots')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out.splitlines() == ["[]", "[]"] and len(core) > 20
+
+
+def test_a_users_curves_plots_or_cli_folder_does_not_shadow_the_toolkit(tmp_path) -> None:
+    """A folder of figures named plots/ (a namespace package to Python), or a project's own curves/ or cli/,
+    in the current folder used to hide the toolkit's top-level modules of those names."""
+    import subprocess
+
+    for name in ("curves", "plots", "cli"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "curves" / "__init__.py").write_text("mine = True\n")
+    script = tmp_path / "analysis.py"
+    script.write_text("from landscape.curves import fit_curve\nfrom landscape.plots.style import set_figure_width\n"
+                      "import curves\nprint(curves.mine, callable(fit_curve), callable(set_figure_width))\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["True", "True", "True"], done.stderr
+    done = subprocess.run([sys.executable, "-m", "landscape", "models"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "convnet" in done.stdout, done.stderr

@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-import cli
+from landscape import cli
 import landscape.evaluate as engine_module
 from landscape import sweep as sweep_module
 from landscape.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -902,7 +902,7 @@ def test_running_out_of_memory_is_one_line_and_keeps_the_finished_points(tmp_pat
 DRIVER = """
 import os, sys
 import torch.distributed as dist
-import cli
+from landscape import cli
 {prelude}
 code = cli.main(sys.argv[1:])
 print(f"rank {{os.environ['RANK']}} returned {{code}}, group left alive: {{dist.is_initialized()}}", flush=True)
@@ -1017,7 +1017,7 @@ def test_a_failure_on_one_rank_ends_the_launch_with_its_message(tmp_path, endpoi
 # ------------------------------------------------------- 10. plane of a curve
 @pytest.mark.slow
 def test_plane_of_a_curve_holds_its_path_and_exact_anchor_losses(tmp_path, capsys, endpoints, data):
-    from curves.fit import fit_curve
+    from landscape.curves.fit import fit_curve
 
     A, B, _ = endpoints
     fit_curve(A, B, tmp_path / "curve", epochs=1, progress=False)

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from plots.plane import LogOffsetNorm, clip_values, draw_plane_figures, level_names, log_levels, plot_plane, plot_plane_points
-from plots.rays import draw_rays_figures, plot_rays, shared_limits
+from landscape.plots.plane import LogOffsetNorm, clip_values, draw_plane_figures, level_names, log_levels, plot_plane, plot_plane_points
+from landscape.plots.rays import draw_rays_figures, plot_rays, shared_limits
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF"}
 
@@ -163,9 +163,9 @@ def test_levels_spread_over_a_small_range_and_their_labels_differ():
 
 
 def test_a_face_of_little_variation_gets_spread_levels_and_both_colorbars():
-    from plots.simplex import plot_face
-    from plots.style import new_figure
-    from curves.simplex import face_grid
+    from landscape.plots.simplex import plot_face
+    from landscape.plots.style import new_figure
+    from landscape.curves.simplex import face_grid
 
     bary = face_grid(5).numpy()
     fig, (a, b) = new_figure(1, 2)
@@ -216,7 +216,7 @@ def test_plane_colorbar_top_label_reads_greater_than_the_clip():
 
 
 def test_only_clipped_values_get_the_grey_top_band_and_no_line_traces_the_minimum():
-    from plots.plane import CLIPPED_COLOR
+    from landscape.plots.plane import CLIPPED_COLOR
 
     x, y = np.linspace(0, 1, 11), np.linspace(0, 1, 11)
     X, Y = np.meshgrid(x, y, indexing="ij")
@@ -269,7 +269,7 @@ def test_plane_points_legend_only_with_labelled_artists():
 
 
 def test_rays_panels_share_the_y_axis(tmp_path):
-    from plots.rays import _draw_metric, load_rays_result
+    from landscape.plots.rays import _draw_metric, load_rays_result
 
     arrays, summary = load_rays_result(write_rays(tmp_path / "rays"))
     fig, axes = _draw_metric(arrays, summary, "train_loss", "train loss")
@@ -283,7 +283,7 @@ def test_rays_panels_share_the_y_axis(tmp_path):
     fig, axes = _draw_metric(arrays, summary, "test_error", "test error (%)")
     assert "median train-loss width" in axes[0].get_title()  # the width is the train loss's, on every figure
     plt.close(fig)
-    from plots.style import set_figure_width
+    from landscape.plots.style import set_figure_width
 
     set_figure_width(3.25)  # a column: the panels stacked, each with its own y axis
     try:
@@ -316,7 +316,7 @@ def test_shared_limits_cap_a_diverged_ray():
 
 def _write_simplex(folder, vertices):
     """A stored simplex result as landscape simplex writes it (face arrays only with a triangle)."""
-    from curves.simplex import face_grid
+    from landscape.curves.simplex import face_grid
     from landscape.checkpoint import write_json, write_npz
 
     folder.mkdir(parents=True)
@@ -329,8 +329,7 @@ def _write_simplex(folder, vertices):
 
 
 def test_plot_redraws_every_espro_component_and_says_why_a_segment_has_no_figure(tmp_path, capsys):
-    import cli
-
+    from landscape import cli
     for i in (1, 2, 10):
         _write_simplex(tmp_path / "espro" / f"component-{i}", 3)
     assert cli.main(["plot", str(tmp_path / "espro")]) == 0
@@ -367,8 +366,8 @@ def _lines(ax):
 
 
 def test_curves_between_the_same_endpoints_share_one_line_drawn_from_the_densest_result(tmp_path):
-    from plots.compare import _load
-    from plots.curve import compare_curves
+    from landscape.plots.compare import _load
+    from landscape.plots.curve import compare_curves
 
     a = write_curve(tmp_path / "bezier", points=21, bump=0.02)
     b = write_curve(tmp_path / "chain", kind="polychain", bends=3, points=41, bump=0.05)
@@ -390,8 +389,8 @@ def test_curves_between_the_same_endpoints_share_one_line_drawn_from_the_densest
 
 
 def test_curves_between_other_endpoints_each_get_their_own_line(tmp_path):
-    from plots.compare import _load
-    from plots.curve import compare_curves, line_groups
+    from landscape.plots.compare import _load
+    from landscape.plots.curve import compare_curves, line_groups
 
     a = write_curve(tmp_path / "a")
     b = write_curve(tmp_path / "b", line_scale=1.5)  # same ends, another line between them ...
@@ -422,8 +421,8 @@ def test_curves_between_other_endpoints_each_get_their_own_line(tmp_path):
 
 
 def test_planes_side_by_side_one_column_per_result(tmp_path):
-    from plots.compare import _load
-    from plots.plane import compare_planes
+    from landscape.plots.compare import _load
+    from landscape.plots.plane import compare_planes
 
     a = write_plane(tmp_path / "bezier", synthetic=False)
     b = write_plane(tmp_path / "line", synthetic=False, with_extras=False)
@@ -454,9 +453,9 @@ def test_planes_side_by_side_one_column_per_result(tmp_path):
 
 
 def test_planes_compared_at_a_papers_width_take_a_row_each(tmp_path):
-    from plots.compare import _load
-    from plots.plane import compare_planes
-    from plots.style import set_figure_width
+    from landscape.plots.compare import _load
+    from landscape.plots.plane import compare_planes
+    from landscape.plots.style import set_figure_width
 
     every = [_load(write_plane(tmp_path / name, synthetic=False), "plane") for name in ("a", "b", "c", "d")]
     try:
@@ -484,7 +483,7 @@ def test_planes_compared_at_a_papers_width_take_a_row_each(tmp_path):
 
 
 def test_default_labels_fall_back_to_the_folders_when_they_would_repeat(tmp_path):
-    from plots.compare import default_labels
+    from landscape.plots.compare import default_labels
 
     folders = [tmp_path / "x" / "run1", tmp_path / "y" / "run1", tmp_path / "run2"]
     bezier = {"curve_type": "bezier", "bends": 1}
@@ -496,8 +495,7 @@ def test_default_labels_fall_back_to_the_folders_when_they_would_repeat(tmp_path
 
 
 def test_plot_compares_several_folders_from_the_command_line(tmp_path, capsys):
-    import cli
-
+    from landscape import cli
     a = write_curve(tmp_path / "bezier")
     b = write_curve(tmp_path / "chain", kind="polychain", bends=2)
     out = tmp_path / "figs" / "ab"
@@ -511,8 +509,7 @@ def test_plot_compares_several_folders_from_the_command_line(tmp_path, capsys):
 
 
 def test_plot_refuses_a_comparison_it_cannot_draw_in_one_line(tmp_path, capsys):
-    import cli
-
+    from landscape import cli
     a, b = write_curve(tmp_path / "a"), write_curve(tmp_path / "b", kind="polychain")
     p = write_plane(tmp_path / "p")
     v = write_curve(tmp_path / "v", split="validation")
@@ -574,8 +571,8 @@ def write_average(folder, file, summary, *, samples=6, nll0=0.05, centre=True):
 
 
 def test_model_averages_compared_on_one_pair_of_axes(tmp_path):
-    from plots.compare import _load, default_labels
-    from plots.swag import average_label, compare_averages
+    from landscape.plots.compare import _load, default_labels
+    from landscape.plots.swag import average_label, compare_averages
 
     swag = write_average(tmp_path / "swag", "swag.npz", {"method": "SWAG", "rank": 10, "scale": 0.5, "diag": False})
     sub = write_average(tmp_path / "sub", "subspace.npz", {"method": "ess", "basis": "pca", "rank": 2},
@@ -602,8 +599,7 @@ def test_model_averages_compared_on_one_pair_of_axes(tmp_path):
 
 
 def test_plot_compares_model_averages_and_refuses_them_beside_a_curve(tmp_path, capsys):
-    import cli
-
+    from landscape import cli
     swag = write_average(tmp_path / "swag", "swag.npz", {"method": "SWAG", "rank": 10, "scale": 0.5, "diag": False})
     vi = write_average(tmp_path / "vi", "variational.npz", {"method": "HWA", "family": "weight"})
     out = tmp_path / "fig"
@@ -619,8 +615,7 @@ def test_plot_compares_model_averages_and_refuses_them_beside_a_curve(tmp_path, 
 def test_a_comparison_folder_is_redrawn_by_plot_from_its_record(tmp_path, capsys):
     """plot A B --out DIR records what it drew (DIR/curves.json, the folders relative to DIR), so
     `plot DIR` redraws it, after the whole tree has moved too; a damaged record or a folder gone is one line."""
-    import cli
-
+    from landscape import cli
     a = write_curve(tmp_path / "runs" / "a")
     b = write_curve(tmp_path / "runs" / "b", kind="polychain")
     p, q = write_plane(tmp_path / "runs" / "p"), write_plane(tmp_path / "runs" / "q")
@@ -650,7 +645,7 @@ def test_a_comparison_folder_is_redrawn_by_plot_from_its_record(tmp_path, capsys
 
 
 def test_a_model_average_panel_keeps_every_line_visible_and_errors_from_zero():
-    from plots.swag import plot_model_average
+    from landscape.plots.swag import plot_model_average
 
     fig, ax = plt.subplots()
     same = np.full(5, 0.28)  # the average, the centre and a sample all at one image wrong in 360
@@ -666,8 +661,7 @@ def test_a_model_average_panel_keeps_every_line_visible_and_errors_from_zero():
 
 
 def test_plot_width_draws_figures_to_a_papers_width_with_8_pt_text(tmp_path, capsys):
-    import cli
-
+    from landscape import cli
     folder = write_curve(tmp_path / "c")
     assert cli.main(["plot", str(folder), "--width", "3.25"]) == 0
     image = matplotlib.image.imread(folder / "curve.png")
@@ -675,7 +669,7 @@ def test_plot_width_draws_figures_to_a_papers_width_with_8_pt_text(tmp_path, cap
     assert matplotlib.rcParams["font.size"] == 10.0  # put back for the figures drawn after
     assert cli.main(["plot", str(folder)]) == 0
     assert abs(matplotlib.image.imread(folder / "curve.png").shape[1] - 10.0 * 150) <= 1  # the figure's own size
-    from plots.style import fs, set_figure_width
+    from landscape.plots.style import fs, set_figure_width
 
     set_figure_width(6.75)
     try:
@@ -688,7 +682,7 @@ def test_plot_width_draws_figures_to_a_papers_width_with_8_pt_text(tmp_path, cap
 
 
 def test_lines_and_markers_thin_with_the_text_at_a_papers_width(tmp_path):
-    from plots.style import finish_layout, legend_below, new_figure, save_figure, set_figure_width
+    from landscape.plots.style import finish_layout, legend_below, new_figure, save_figure, set_figure_width
 
     def draw():
         fig, ax = new_figure(width=6.0, height=4.0)
@@ -726,7 +720,7 @@ def test_lines_and_markers_thin_with_the_text_at_a_papers_width(tmp_path):
 
 
 def test_a_row_of_panels_wraps_at_a_papers_width_and_keeps_its_order():
-    from plots.style import new_figure, set_figure_width
+    from landscape.plots.style import new_figure, set_figure_width
 
     fig, axes = new_figure(1, 3, width=15.0, height=3.8)  # its own size: one row
     assert fig.get_size_inches() == pytest.approx((15.0, 3.8)) and len(axes) == 3
@@ -755,7 +749,7 @@ def test_a_row_of_panels_wraps_at_a_papers_width_and_keeps_its_order():
 
 
 def test_titles_and_legends_fit_the_figures_width():
-    from plots.style import legend_below, wrap_titles
+    from landscape.plots.style import legend_below, wrap_titles
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(3.25, 2.0))
     a.set_title("train loss barrier: curve 0.0277, line 0.857, and more words than fit")
@@ -770,7 +764,7 @@ def test_titles_and_legends_fit_the_figures_width():
     a.set_title(math)
     wrap_titles(fig)
     assert a.get_title() == math  # not broken inside $...$, which would show the raw TeX
-    from plots.style import _wrapped
+    from landscape.plots.style import _wrapped
 
     lines = _wrapped("train loss barrier: curve 5.97%, line 61.2% and more words to wrap", 1.6, 8).split("\n")
     assert "curve 5.97%, line 61.2%" in lines  # never "line" at a line's end and its value on the next
@@ -790,7 +784,7 @@ def test_titles_and_legends_fit_the_figures_width():
 
 
 def test_a_centre_far_off_the_samples_is_named_not_drawn():
-    from plots.swag import plot_model_average
+    from landscape.plots.swag import plot_model_average
 
     fig, ax = plt.subplots()
     plot_model_average(ax, np.array([0.022, 0.0218, 0.0221]), 0.364, 0.0233, label="average",
@@ -808,7 +802,7 @@ def test_a_centre_far_off_the_samples_is_named_not_drawn():
 
 
 def test_the_train_loss_label_says_it_holds_the_weight_decay_term():
-    from plots.style import train_loss_label
+    from landscape.plots.style import train_loss_label
 
     assert train_loss_label({"wd": 5e-4}) == "train loss (NLL + L2, wd 0.0005)"
     assert train_loss_label({"wd": 0.0}) == "train loss" and train_loss_label({}) == "train loss"
@@ -817,7 +811,7 @@ def test_the_train_loss_label_says_it_holds_the_weight_decay_term():
 
 
 def test_a_plane_not_drawn_to_scale_says_by_how_much_as_drawn():
-    from plots.style import finish_layout
+    from landscape.plots.style import finish_layout
 
     texts = []
     for extent in (1.0, 4.0, 300.0):
@@ -846,8 +840,8 @@ def test_a_plane_not_drawn_to_scale_says_by_how_much_as_drawn():
 
 
 def test_a_model_average_figure_puts_its_legend_below_at_a_papers_width(tmp_path, monkeypatch):
-    import plots.swag as swag_plots
-    from plots.style import set_figure_width
+    import landscape.plots.swag as swag_plots
+    from landscape.plots.style import set_figure_width
 
     drawn = []
     monkeypatch.setattr(swag_plots, "save_figure", lambda fig, stem, formats: drawn.append(fig) or [])
@@ -917,8 +911,8 @@ def _marker_boxes(ax, renderer):
 def test_a_planes_legend_covers_none_of_its_labels_or_markers(tmp_path, width, kind):
     """matplotlib's loc="best" counts a label as one point of a path's many: at a column's width it put a
     trajectory's legend on its 'init' label. The legend now goes where it covers no label and no marker."""
-    from plots.plane import load_plane_result, plane_metrics, plot_plane_result
-    from plots.style import finish_layout, new_figure, set_figure_width
+    from landscape.plots.plane import load_plane_result, plane_metrics, plot_plane_result
+    from landscape.plots.style import finish_layout, new_figure, set_figure_width
 
     folder = write_plane(tmp_path / "p") if kind == "curve" else write_trajectory_plane(tmp_path / "p")
     arrays, summary = load_plane_result(folder)
@@ -949,8 +943,8 @@ def test_path_outlines_thin_with_their_lines_at_a_papers_width(tmp_path):
     """The white edge under a plane's path and its labels (a Stroke path effect) is thinned with the
     lines at a paper's width, and stays wider than the line it edges."""
     from matplotlib.patheffects import Stroke
-    from plots.plane import load_plane_result, plane_metrics, plot_plane_result
-    from plots.style import finish_layout, new_figure, set_figure_width
+    from landscape.plots.plane import load_plane_result, plane_metrics, plot_plane_result
+    from landscape.plots.style import finish_layout, new_figure, set_figure_width
 
     arrays, summary = load_plane_result(write_plane(tmp_path / "p"))
     metric, label, vmax, log_alpha = plane_metrics(summary)[0]
@@ -1005,8 +999,8 @@ def write_subspace(folder, *, samples=12, centre=0.0336):
 def test_the_subspace_figures_legends_cover_no_line_and_stay_inside_the_figure(tmp_path, monkeypatch, width, centre):
     """At a column's width the NLL panel's legend, inside the panel, ran off the figure's edge (an entry
     naming a centre far off the axis is long) or over the model average's line."""
-    import plots.subspace as subspace_plots
-    from plots.style import finish_layout, set_figure_width
+    import landscape.plots.subspace as subspace_plots
+    from landscape.plots.style import finish_layout, set_figure_width
 
     drawn = []
     monkeypatch.setattr(subspace_plots, "save_figure", lambda fig, stem, formats: drawn.append(fig) or [])
@@ -1039,11 +1033,11 @@ def test_a_result_has_one_colour_in_its_own_figure_and_in_comparisons(tmp_path, 
     """A Bezier curve, a polygonal chain, SWAG, SWA, SGD or a variational posterior: the same colour in the
     figure of its own result and in every comparison it is drawn in, whatever its place there."""
     import matplotlib.colors as mcolors
-    import plots.curve as curve_plots
-    import plots.rays as rays_plots
-    import plots.swa as swa_plots
-    import plots.swag as swag_plots
-    from plots.compare import _load
+    import landscape.plots.curve as curve_plots
+    import landscape.plots.rays as rays_plots
+    import landscape.plots.swa as swa_plots
+    import landscape.plots.swag as swag_plots
+    from landscape.plots.compare import _load
 
     def same(a, b):
         return mcolors.same_color(a, b)
@@ -1126,10 +1120,10 @@ def test_percent_is_written_one_way_in_every_label_and_title(tmp_path, monkeypat
     import re
     from pathlib import Path
 
-    import plots
-    import plots.swag as swag_plots
-    from plots.plane import draw_plane_figures
-    from plots.style import finish_layout
+    from landscape import plots
+    import landscape.plots.swag as swag_plots
+    from landscape.plots.plane import draw_plane_figures
+    from landscape.plots.style import finish_layout
 
     drawn = []
 
@@ -1151,7 +1145,7 @@ def test_percent_is_written_one_way_in_every_label_and_title(tmp_path, monkeypat
     texts = _figure_texts(drawn[-1])
     plt.close(drawn[-1])
     assert "the mean, ECE 1.50%" in texts and "model average, ECE 1.20%" in texts
-    import plots.plane as plane_plots
+    import landscape.plots.plane as plane_plots
 
     monkeypatch.setattr(plane_plots, "save_figure", keep)
     draw_plane_figures(write_trajectory_plane(tmp_path / "t"))
@@ -1169,7 +1163,7 @@ def test_percent_is_written_one_way_in_every_label_and_title(tmp_path, monkeypat
 def test_a_title_wraps_only_where_it_does_not_fit_its_axes():
     """A title is broken where the axes, as the layout draws them, are too narrow for it in its own font,
     and only there: each line takes as many words as fit."""
-    from plots.style import _glued, finish_layout, new_figure, set_figure_width
+    from landscape.plots.style import _glued, finish_layout, new_figure, set_figure_width
 
     words = ("test error barrier: curve 0.694%, line 38.2% and a few more words here to make it long enough "
              "to need three lines in a column").split()
@@ -1207,7 +1201,7 @@ def test_a_title_wraps_only_where_it_does_not_fit_its_axes():
 def test_every_method_that_can_share_a_figure_has_a_colour_of_its_own():
     """The averages (and the networks they are drawn around) meet in one comparison, the paths in another: within
     each group no two share a colour (SWAG-Diagonal and the random subspace once did)."""
-    from plots.style import RESULT_COLORS
+    from landscape.plots.style import RESULT_COLORS
 
     for group in (["SWA", "SGD", "SWAG", "SWAG-Diagonal", "VI", "HWA", "PCA subspace", "curve subspace",
                    "random subspace", "single sample"], ["bezier", "polychain", "straight line"]):

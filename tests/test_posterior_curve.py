@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-import cli
-from curves.posterior import evaluate_posterior_curve, fit_posterior_curve, load_posterior_curve
+from landscape import cli
+from landscape.curves.posterior import evaluate_posterior_curve, fit_posterior_curve, load_posterior_curve
 from landscape.checkpoint import load_checkpoint, read_jsonl
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points_sequential

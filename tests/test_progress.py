@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import cli
+from landscape import cli
 from landscape import progress as prog
 from landscape.train import train
 

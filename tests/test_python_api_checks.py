@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import landscape.models as models
-from curves import evaluate_curve, fit_curve
-from curves.spro import espro, grow_simplex
+from landscape.curves import evaluate_curve, fit_curve
+from landscape.curves.spro import espro, grow_simplex
 from landscape.data import load_dataset
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_model, evaluate_points

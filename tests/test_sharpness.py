@@ -475,7 +475,7 @@ def test_a_partial_store_from_before_the_density_resumes(tmp_path):
     a, b = resumed.summary["networks"]
     assert a["layer_traces"] is None and a["layer_trace_se"] is None  # nor a trace by layer
     assert b["layer_traces"] == whole.summary["networks"][1]["layer_traces"]
-    from plots.sharpness import draw_sharpness_figure
+    from landscape.plots.sharpness import draw_sharpness_figure
 
     assert [p.name for p in draw_sharpness_figure(tmp_path / "old")] == ["sharpness.png"]
     summary = json.loads((tmp_path / "old" / "summary.json").read_text())  # as an earlier version wrote it

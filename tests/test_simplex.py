@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
-from curves.simplex import SimplicialComplex, cayley_menger_volume, face_grid, sample_barycentric
-from curves.spro import connect_modes, grow_simplex, load_simplex
+from landscape.curves.simplex import SimplicialComplex, cayley_menger_volume, face_grid, sample_barycentric
+from landscape.curves.spro import connect_modes, grow_simplex, load_simplex
 from landscape.checkpoint import load_checkpoint, read_json
 from landscape.data import load_dataset
 from landscape.errors import UserError
@@ -104,7 +104,7 @@ def test_volume_weighted_sampling_prefers_the_larger_simplex():
 def test_the_evaluation_samples_the_complex_as_the_fit_did():
     """spro --volume-weighted trained on samples drawn in proportion to each simplex's volume: its evaluation's
     samples and ensemble are drawn the same way (they were drawn a simplex uniformly, whatever the fit did)."""
-    from curves.spro import evaluate_simplex
+    from landscape.curves.spro import evaluate_simplex
     from landscape.data import Dataset
 
     class TwoWeights(torch.nn.Module):
@@ -212,7 +212,7 @@ def test_complex_between_two_modes_stays_below_the_line_barrier(tmp_path, modes)
 @pytest.mark.parametrize("weighted", [True, False])
 def test_a_fit_hands_its_sampling_to_its_evaluation(tmp_path, modes, monkeypatch, weighted):
     """spro passes --volume-weighted on to the evaluation of the simplex it made."""
-    import curves.spro as spro_module
+    import landscape.curves.spro as spro_module
 
     real, seen = spro_module.evaluate_simplex, []
 
@@ -229,8 +229,7 @@ def test_a_fit_hands_its_sampling_to_its_evaluation(tmp_path, modes, monkeypatch
 def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, capsys):
     """--eval-samples 0 and --face-grid 0 used to end in a traceback after every vertex was
     trained; --init-scale 0 put the new vertex on the mode and reported a diverged loss."""
-    import cli
-
+    from landscape import cli
     from landscape.checkpoint import save_checkpoint
     from landscape.models import create_model
 
@@ -277,8 +276,7 @@ def test_an_init_scale_that_overflows_and_espro_bases_on_other_data_are_refused_
         tmp_path, capsys, modes):
     """--init-scale 1e300 trained from infinite weights, then blamed --lr; ESPRO over a base that held out a
     validation split trained every simplex, then failed in np.stack (one was scored on 100 images, one on 360)."""
-    import cli
-
+    from landscape import cli
     a, b = modes
     for argv in (["--base", a], ["--base", a, b], ["--modes", a, b]):
         code = cli.main(["simplex", *map(str, argv), "--init-scale", "1e300", "--out", str(tmp_path / "s"), "--quiet"])
@@ -302,7 +300,7 @@ def test_an_init_scale_that_overflows_and_espro_bases_on_other_data_are_refused_
 
 
 def test_a_divergence_names_the_settings_above_1_beside_the_rate():
-    from curves.spro import SimplexConfig, _rate_flags
+    from landscape.curves.spro import SimplexConfig, _rate_flags
 
     assert _rate_flags(SimplexConfig()) == "--lr"
     assert _rate_flags(SimplexConfig(lam=5.0)) == "--lr (or --lam 5, which scales the volume term)"
@@ -317,7 +315,7 @@ def test_foreign_modes_need_and_take_model(tmp_path, modes):
 
     from landscape.train import TrainConfig
 
-    from curves.spro import SimplexConfig
+    from landscape.curves.spro import SimplexConfig
 
     sd = load_checkpoint(modes[0]).state_dict
     torch.save({"model_state": sd}, tmp_path / "foreign.pt")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import cli
+from landscape import cli
 import landscape.subspace as subspace_module
-from curves import curve_subspace, fit_curve, load_curve
+from landscape.curves import curve_subspace, fit_curve, load_curve
 from landscape.averaging import run_swa
 from landscape.errors import UserError
 from landscape.evaluate import evaluate_points_sequential
@@ -170,7 +170,7 @@ def test_a_curve_off_the_plane_is_projected_as_its_points_would_be(runs):
     """Against another plane (through the ends and a random direction), the curve
     leaves it: its projection and greatest distance, computed from the control
     points alone, equal those of the curve's points one by one."""
-    from curves.subspace import PATH_POINTS, _curve_in_plane
+    from landscape.curves.subspace import PATH_POINTS, _curve_in_plane
 
     loaded = load_curve(runs / "curve" / "model.pt")
     w = loaded.curve.anchors().detach().double()

@@ -148,7 +148,7 @@ def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, s
         assert 100 * (count[filled] * np.abs(accuracy - confidence)[filled]).sum() / len(labels) == pytest.approx(
             summary_ece, rel=1e-12)
     # a result stored before the diagrams draws without their panel
-    from plots.swag import draw_swag_figure
+    from landscape.plots.swag import draw_swag_figure
 
     with np.load(tmp_path / "ev" / "swag.npz") as z:
         older = {k: z[k] for k in z.files if not k.startswith("reliability_")}

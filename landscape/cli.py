@@ -292,7 +292,7 @@ def _curve_fit_overrides(args: argparse.Namespace, **extra: Any) -> dict[str, An
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    from curves.fit import fit_curve
+    from landscape.curves.fit import fit_curve
     from landscape.sweep import is_main
 
     overrides = _curve_fit_overrides(args, wd=args.wd)
@@ -321,7 +321,7 @@ def _evaluate_hint(out: Path) -> str:
 
 
 def cmd_vi_connect(args: argparse.Namespace) -> int:
-    from curves.posterior import fit_posterior_curve
+    from landscape.curves.posterior import fit_posterior_curve
     from landscape.sweep import is_main
 
     overrides = _curve_fit_overrides(args, temperature=args.temperature, optimizer=args.optimizer)
@@ -344,11 +344,11 @@ def cmd_vi_connect(args: argparse.Namespace) -> int:
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
-    from curves.evaluate import evaluate_curve
-    from curves.fit import is_posterior_curve
+    from landscape.curves.evaluate import evaluate_curve
+    from landscape.curves.fit import is_posterior_curve
     from landscape.checkpoint import load_checkpoint
     from landscape.sweep import is_main
-    from plots.curve import draw_curve_figure
+    from landscape.plots.curve import draw_curve_figure
 
     ck = load_checkpoint(args.ckpt)  # read once: the evaluations take it as read
     if is_posterior_curve(ck):
@@ -422,10 +422,10 @@ def _print_paths(s: dict[str, Any], columns: list[tuple[str, str, int, int]], en
 
 
 def _posterior_curve(args: argparse.Namespace, ck) -> int:
-    from curves.posterior import evaluate_posterior_curve
+    from landscape.curves.posterior import evaluate_posterior_curve
     from landscape.sweep import is_main
     from landscape.variational import WD_REFUSED
-    from plots.posterior import draw_posterior_curve_figure
+    from landscape.plots.posterior import draw_posterior_curve_figure
 
     kwargs = _stored_eval_kwargs(args)
     if kwargs.pop("wd") is not None:
@@ -506,7 +506,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
     device = process_device(args.device)
     path = path_label = None
     if args.ckpt:
-        from curves.fit import load_curve
+        from landscape.curves.fit import load_curve
 
         loaded = load_curve(args.ckpt, device, args.model, dict(args.model_kwargs))
         data, wd = stored_data(loaded.meta, loaded.spec, args.ckpt, _data_overrides(args), device, wd=args.wd)
@@ -554,7 +554,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
                               "mark": [str(p) for p in args.mark or []]})
     if not is_main():
         return 0
-    from plots.plane import draw_plane_figures
+    from landscape.plots.plane import draw_plane_figures
 
     figures = draw_plane_figures(args.out, tuple(args.format))
     s = result.summary
@@ -607,7 +607,7 @@ def cmd_rays(args: argparse.Namespace) -> int:
 
 def _report_rays(args: argparse.Namespace) -> int:
     from landscape.checkpoint import read_json
-    from plots.rays import draw_rays_figures
+    from landscape.plots.rays import draw_rays_figures
 
     figures = draw_rays_figures(args.out, tuple(args.format))
     s = read_json(args.out / "summary.json")
@@ -676,7 +676,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if len(dirs) > 1 and args.out is None:
         raise UserError("several result folders make one comparison figure: give --out FOLDER for it")
     import matplotlib.pyplot as plt
-    from plots.style import set_figure_width
+    from landscape.plots.style import set_figure_width
 
     set_figure_width(args.width)
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
@@ -684,7 +684,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if len(dirs) == 1:
             written = _draw_stored(dirs[0], tuple(args.format))
         else:
-            from plots.compare import draw_comparison
+            from landscape.plots.compare import draw_comparison
 
             written = draw_comparison(dirs, args.out, args.labels, tuple(args.format))
     except UserError:
@@ -708,35 +708,35 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
     from landscape.checkpoint import stored_config
 
     if (d / "posterior-curve.npz").exists():
-        from plots.posterior import draw_posterior_curve_figure
+        from landscape.plots.posterior import draw_posterior_curve_figure
 
         written = draw_posterior_curve_figure(d, formats)
     elif (d / "curve.npz").exists():
-        from plots.curve import draw_curve_figure
+        from landscape.plots.curve import draw_curve_figure
 
         written = draw_curve_figure(d, formats)
     elif (d / "swag.npz").exists():
-        from plots.swag import draw_swag_figure
+        from landscape.plots.swag import draw_swag_figure
 
         written = draw_swag_figure(d, formats)
     elif (d / "variational.npz").exists():
-        from plots.swag import draw_variational_figure
+        from landscape.plots.swag import draw_variational_figure
 
         written = draw_variational_figure(d, formats)
     elif (d / "subspace.npz").exists():
-        from plots.subspace import draw_subspace_figure
+        from landscape.plots.subspace import draw_subspace_figure
 
         written = draw_subspace_figure(d, formats)
     elif (d / "plane.npz").exists():
-        from plots.plane import draw_plane_figures
+        from landscape.plots.plane import draw_plane_figures
 
         written = draw_plane_figures(d, formats)
     elif (d / "rays.npz").exists():
-        from plots.rays import draw_rays_figures
+        from landscape.plots.rays import draw_rays_figures
 
         written = draw_rays_figures(d, formats)
     elif (d / "simplex.npz").exists() or (d / "component-1" / "simplex.npz").exists():
-        from plots.simplex import draw_simplex_figure
+        from landscape.plots.simplex import draw_simplex_figure
 
         parts = [d] if (d / "simplex.npz").exists() else sorted(
             (c for c in d.glob("component-*") if (c / "simplex.npz").exists()), key=lambda c: int(c.name.split("-")[1]))
@@ -744,16 +744,16 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
         if not written:
             print(f"{d}: no figure: a simplex of two vertices has no triangular face to draw", file=sys.stderr)
     elif (d / "sharpness.npz").exists():
-        from plots.sharpness import draw_sharpness_figure
+        from landscape.plots.sharpness import draw_sharpness_figure
 
         written = draw_sharpness_figure(d, formats)
     elif (d / "swa.pt").exists() or (stored_config(d) or {}).get("command") == "swa":
-        from plots.swa import draw_swa_figure
+        from landscape.plots.swa import draw_swa_figure
 
         written = draw_swa_figure(d, formats)
     else:
         from landscape.sweep import refuse_unfinished
-        from plots.compare import redraw_comparisons
+        from landscape.plots.compare import redraw_comparisons
 
         refuse_unfinished(d)
         written = redraw_comparisons(d, formats)  # a folder of comparison figures (plot A B ... --out d)
@@ -808,7 +808,7 @@ def cmd_swa(args: argparse.Namespace) -> int:
     if "swag" in s["files"]:
         print(f"SWAG moments ({s['averaged']} iterates, last {s['swag_deviations']} deviations): {args.out / 'swag.pt'}"
               f"   (its model average: landscape swag --ckpt {args.out / 'swag.pt'} --out DIR)")
-    from plots.swa import draw_swa_figure, has_swa_curve
+    from landscape.plots.swa import draw_swa_figure, has_swa_curve
 
     if has_swa_curve(args.out):  # --eval-every, now or in the part before a resume
         for f in draw_swa_figure(args.out, tuple(args.format)):
@@ -819,7 +819,7 @@ def cmd_swa(args: argparse.Namespace) -> int:
 def cmd_swag(args: argparse.Namespace) -> int:
     from landscape.swag import evaluate_swag
     from landscape.sweep import is_main
-    from plots.swag import draw_swag_figure
+    from landscape.plots.swag import draw_swag_figure
 
     result = evaluate_swag(args.ckpt, args.out, samples=args.samples, scale=args.scale, diag=args.diag,
                            seed=args.seed, **_stored_eval_kwargs(args))
@@ -865,7 +865,7 @@ def cmd_subspace(args: argparse.Namespace) -> int:
     from landscape.checkpoint import load_checkpoint
     from landscape.device import resolve_device
     from landscape.subspace import sample_subspace, swag_subspace
-    from plots.subspace import draw_subspace_figure
+    from landscape.plots.subspace import draw_subspace_figure
 
     device = resolve_device(args.device)
     ck = load_checkpoint(args.ckpt)
@@ -875,7 +875,7 @@ def cmd_subspace(args: argparse.Namespace) -> int:
                         f"--swag-rank K') or a curve (from 'landscape connect')")
     basis = args.basis if args.basis != "auto" else ("curve" if kind == "curve" else "pca")
     if kind == "curve":
-        from curves import curve_subspace
+        from landscape.curves import curve_subspace
 
         if basis != "curve":
             raise UserError(f"{args.ckpt}: a curve checkpoint gives the 'curve' subspace, not {basis!r} "
@@ -981,7 +981,7 @@ def cmd_vi(args: argparse.Namespace) -> int:
 def cmd_vi_eval(args: argparse.Namespace) -> int:
     from landscape.sweep import is_main
     from landscape.variational import evaluate_variational
-    from plots.swag import draw_variational_figure
+    from landscape.plots.swag import draw_variational_figure
 
     result = evaluate_variational(args.ckpt, args.out, samples=args.samples, seed=args.seed,
                                   **_stored_eval_kwargs(args))
@@ -1034,7 +1034,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     from landscape.inputs import load_points
     from landscape.sharpness import evaluate_sharpness
     from landscape.sweep import process_device
-    from plots.sharpness import draw_sharpness_figure
+    from landscape.plots.sharpness import draw_sharpness_figure
 
     pts = load_points(args.checkpoints, model=args.model, model_kwargs=dict(args.model_kwargs),
                       data_overrides=_data_overrides(args), device=process_device(args.device))
@@ -1131,9 +1131,9 @@ def cmd_width(args: argparse.Namespace) -> int:
 
 
 def cmd_simplex(args: argparse.Namespace) -> int:
-    from curves.spro import connect_modes, espro, grow_simplex
+    from landscape.curves.spro import connect_modes, espro, grow_simplex
     from landscape.sweep import is_main
-    from plots.simplex import draw_simplex_figure
+    from landscape.plots.simplex import draw_simplex_figure
 
     if bool(args.base) == bool(args.modes):
         raise UserError("give --base A.pt [B.pt ...] (simplexes around modes) or --modes A.pt B.pt (a complex)")
@@ -1219,9 +1219,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end on digits; every step reuses finished results."""
     import time
 
-    from curves.evaluate import evaluate_curve
-    from curves.fit import fit_curve, load_curve
-    from curves.subspace import curve_subspace
+    from landscape.curves.evaluate import evaluate_curve
+    from landscape.curves.fit import fit_curve, load_curve
+    from landscape.curves.subspace import curve_subspace
     from landscape.averaging import run_fge, run_swa
     from landscape.device import resolve_device
     from landscape.inputs import load_points, load_trajectory
@@ -1231,14 +1231,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from landscape.swag import evaluate_swag
     from landscape.train import TrainConfig, load_data, train
     from landscape.variational import evaluate_variational, run_variational
-    from curves.posterior import evaluate_posterior_curve, fit_posterior_curve
-    from plots.curve import draw_curve_figure
-    from plots.posterior import draw_posterior_curve_figure
-    from plots.plane import draw_plane_figures
-    from plots.rays import draw_rays_figures
-    from plots.subspace import draw_subspace_figure
-    from plots.swa import draw_swa_figure, has_swa_curve
-    from plots.swag import draw_swag_figure, draw_variational_figure
+    from landscape.curves.posterior import evaluate_posterior_curve, fit_posterior_curve
+    from landscape.plots.curve import draw_curve_figure
+    from landscape.plots.posterior import draw_posterior_curve_figure
+    from landscape.plots.plane import draw_plane_figures
+    from landscape.plots.rays import draw_rays_figures
+    from landscape.plots.subspace import draw_subspace_figure
+    from landscape.plots.swa import draw_swa_figure, has_swa_curve
+    from landscape.plots.swag import draw_swag_figure, draw_variational_figure
 
     out, bars, t0 = args.out, _progress(args) is True, time.perf_counter()  # a log has the steps' lines
     device = resolve_device(args.device)
@@ -1268,7 +1268,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         curves[kind] = evaluate_curve(out / kind / "model.pt", ev_dir, points=args.points, data=data,
                                       device=str(device), resume=again(ev_dir, "curve.npz")).summary
         figures += draw_curve_figure(ev_dir)
-    from plots.compare import draw_comparison
+    from landscape.plots.compare import draw_comparison
 
     figures += draw_comparison([out / "bezier-eval", out / "polychain-eval"], out / "compare")  # one figure, both
     step(f"plane through the Bezier curve, {args.grid}x{args.grid}")

@@ -1,6 +1,6 @@
 """Trainable anchor sets between endpoints: Bezier curves and polygonal chains.
 
-    from curves import fit_curve, evaluate_curve, load_curve
+    from landscape.curves import fit_curve, evaluate_curve, load_curve
 """
 
 from .base import CURVES, Curve, create_curve, register_curve
