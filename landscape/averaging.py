@@ -38,7 +38,7 @@ from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_mod
                          save_checkpoint)
 from .data import Dataset
 from .device import seed_everything
-from .errors import UserError, is_whole
+from .errors import UserError, check_keywords, is_whole
 from .evaluate import evaluate_model, l2_penalty, train_logits
 from .inputs import (asks_for_data, data_settings, named_model, network_of, note_split_leak, refuse_infinite,
                      require_architecture, run_data)
@@ -239,6 +239,7 @@ def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) ->
 def _config(method: str, config, overrides, named: str | None, cls: type = AverageConfig) -> tuple[Any, Checkpoint | None]:
     """The run's settings (a ``cls``), and the checkpoint it starts from (None:
     from scratch); ``named``: the network the caller named (:func:`named_model`)."""
+    check_keywords(cls, overrides, f"run_{method}")
     base = asdict(config) if config is not None else {}
     given = {f.name for f in fields(cls)} & set(overrides)
     cfg_from = overrides.get("from_ckpt", base.get("from_ckpt"))

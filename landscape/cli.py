@@ -1867,6 +1867,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if extra:
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        from landscape.data import refuse_data_path
+
+        refuse_data_path(getattr(args, "dataset", None), getattr(args, "data_path", None))
+    except UserError as e:
+        commands.choices[args.command].error(str(e))
     spelled = getattr(args, "train_precision", None)  # a training command's --precision: --amp spelled otherwise
     if spelled is not None:
         if spelled == "fp32" and args.amp:

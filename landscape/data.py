@@ -34,6 +34,16 @@ from .errors import UserError
 __all__ = ["DATASETS", "Dataset", "load_dataset", "augment_crop_flip"]
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "npz", "synthetic")
+BUILT_IN: tuple[str, ...] = ("digits", "synthetic")  # they read no files
+
+
+def refuse_data_path(dataset: str | None, data_path: object) -> None:
+    """A data path given for a dataset that reads no files: one line (it used to train on the digits and
+    record the path). Called where the user's own options are known; a path inherited from a checkpoint
+    trained on files, with another dataset named, is simply not read."""
+    if str(dataset).strip().lower() in BUILT_IN and data_path is not None and str(data_path) != "":
+        raise UserError(f"dataset {dataset} reads no files, but --data-path {data_path} was given (data_path=): "
+                        f"name the files' dataset with --dataset npz, mnist, fashion-mnist, cifar10 or cifar100")
 
 
 @dataclass
@@ -356,9 +366,6 @@ def load_dataset(
     if key not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     device = resolve_device(device)
-    if key in ("digits", "synthetic") and data_path is not None and str(data_path) != "":
-        raise UserError(f"dataset {key} reads no files, but --data-path {data_path} was given (data_path=): name "
-                        f"the files' dataset with --dataset npz, mnist, fashion-mnist, cifar10 or cifar100")
     if key == "digits":
         raw = _read_digits()
     elif key == "synthetic":

@@ -6,10 +6,28 @@ line and exits with status 2; Python callers can catch it like any
 ``ValueError``.
 """
 
+import dataclasses
+import difflib
 import math
 import numbers
 
-__all__ = ["UserError", "check_nonnegative", "check_seed", "first_line", "is_whole", "is_out_of_memory"]
+__all__ = ["UserError", "check_keywords", "check_nonnegative", "check_seed", "first_line", "is_whole",
+           "is_out_of_memory"]
+
+_SPELLED_OTHERWISE = {"quiet": "progress=False is --quiet", "out_dir": "the folder is out="}
+
+
+def check_keywords(config_class: type, options: dict, caller: str) -> None:
+    """One line for a keyword a run's settings (a config dataclass) do not have, with the nearest name:
+    ``train(quiet=True)`` used to end in a TypeError from the dataclass's __init__."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(options) - known)
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = _SPELLED_OTHERWISE.get(name) or (f"did you mean {close[0]}=?" if close else "")
+    raise UserError(f"{caller}() takes no keyword {name!r}{f' ({hint})' if hint else ''}")
 
 
 def is_whole(value: object) -> bool:

@@ -59,9 +59,9 @@ from .checkpoint import (
     write_json,
     atomic_write_text,
 )
-from .data import Dataset, data_differs, data_location, described, load_dataset, why_data_differs
+from .data import Dataset, data_differs, data_location, described, load_dataset, refuse_data_path, why_data_differs
 from .device import seed_everything
-from .errors import UserError, check_nonnegative
+from .errors import UserError, check_keywords, check_nonnegative
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
@@ -245,7 +245,9 @@ def train(
     Under torchrun every rank calls this and trains its slice of each batch
     (see the module's docstring); the process group stays open for the caller.
     """
+    check_keywords(TrainConfig, overrides, "train")
     cfg = TrainConfig(**{**asdict(config), **overrides}) if config is not None else TrainConfig(**overrides)
+    refuse_data_path(cfg.dataset, cfg.data_path)
     cfg.validate()
     device = process_device(cfg.device)
     out = Path(out) if out is not None else None

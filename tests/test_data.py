@@ -757,11 +757,23 @@ def test_data_made_in_python_is_checked_as_the_files_are(changes, message):
     assert Dataset(**_mine(num_classes=np.int64(4))).num_classes == 4  # what a reader computed with numpy
 
 
-def test_a_builtin_dataset_refuses_a_data_path():
+def test_a_builtin_dataset_refuses_a_data_path(tmp_path, capsys):
     """--data-path without --dataset used to train on the digits and record the path."""
-    for name in ("digits", "synthetic"):
-        with pytest.raises(UserError, match=rf"dataset {name} reads no files, but --data-path x.npz was given"):
-            load_dataset(name, "x.npz")
+    from landscape import cli
+    from landscape.train import train
+
+    for argv, said in ((["train", "--data-path", "x.npz", "--epochs", "1", "--out", str(tmp_path / "a")],
+                        "landscape train: error: dataset digits reads no files, but --data-path x.npz was given"),
+                       (["plane", "--points", "a.pt", "b.pt", "c.pt", "--dataset", "synthetic", "--data-path",
+                         "x.npz", "--out", str(tmp_path / "p")],
+                        "landscape plane: error: dataset synthetic reads no files")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(said)
+    with pytest.raises(UserError, match=r"dataset digits reads no files, but --data-path .*x.npz was given"):
+        train(out=tmp_path / "b", data_path="x.npz", epochs=1, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_npz_values_beyond_float32_say_so(tmp_path):

@@ -249,3 +249,22 @@ def test_a_network_torch_cannot_copy_is_refused_in_one_line():
         copy_network(net)
     plain = mlp(False)
     assert torch.equal(copy_network(plain)[1].weight, plain[1].weight)
+
+
+def test_a_keyword_the_settings_lack_is_one_line_with_the_nearest_name(tmp_path):
+    """train(quiet=True) ended in a TypeError from the settings' dataclass; the CLI's words differ here and there."""
+    from landscape.averaging import AverageConfig
+    from landscape.curves.fit import ConnectConfig
+    from landscape.curves.spro import SimplexConfig
+    from landscape.errors import check_keywords
+
+    with pytest.raises(UserError, match=r"^train\(\) takes no keyword 'quiet' \(progress=False is --quiet\)$"):
+        train(out=tmp_path / "a", quiet=True)
+    with pytest.raises(UserError, match=r"^train\(\) takes no keyword 'epoch' \(did you mean epochs=\?\)$"):
+        train(out=tmp_path / "a", epoch=3)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(UserError, match=r"^fit_curve\(\) takes no keyword 'bend' \(did you mean bends=\?\)$"):
+        check_keywords(ConnectConfig, {"bends": 2, "bend": 3}, "fit_curve")
+    with pytest.raises(UserError, match=r"^grow_simplex\(\) takes no keyword 'vertex_lr'$"):
+        check_keywords(SimplexConfig, {"vertex_lr": 0.1}, "grow_simplex")
+    check_keywords(AverageConfig, {"swa_lr": 0.05, "epochs": 3}, "run_swa")  # known keywords pass

@@ -51,7 +51,7 @@ from landscape.checkpoint import (
 )
 from landscape.data import Dataset
 from landscape.device import resolve_device, seed_everything
-from landscape.errors import UserError
+from landscape.errors import UserError, check_keywords
 from landscape.bn import reestimate_bn
 from landscape.evaluate import copy_network, evaluate_model, evaluate_points, forward_points
 from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, data_settings,
@@ -143,6 +143,7 @@ def connect_config(cls: type[ConnectConfig], start_ckpt: Checkpoint, end_ckpt: C
     with (the same on both ends, or refused), its architecture recorded.
     Also whether the user named the network (``--model``), which makes a
     factory the checkpoints name theirs to trust."""
+    check_keywords(cls, overrides, "fit_curve" if cls is ConnectConfig else "fit_posterior_curve")
     named = named_model(config, overrides)  # before the checkpoint's own name joins the overrides
     require_architecture(start_ckpt, named)
     if start_ckpt.model is not None:  # the architecture is the start endpoint's, and the config records it

@@ -56,7 +56,7 @@ from landscape.checkpoint import (
 )
 from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device
-from landscape.errors import UserError, check_nonnegative
+from landscape.errors import UserError, check_keywords, check_nonnegative
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
@@ -227,10 +227,11 @@ def _rate_flags(cfg: SimplexConfig) -> str:
 
 
 def _config(config: SimplexConfig | None, first: str | Path,
-            overrides: dict[str, Any]) -> tuple[SimplexConfig, str | None]:
+            overrides: dict[str, Any], caller: str = "grow_simplex") -> tuple[SimplexConfig, str | None]:
     """The run's settings, and the network name the user gave (``--model``:
     a foreign mode's architecture, or the word that a landscape mode's
     ``package.module:factory`` is trusted), else None."""
+    check_keywords(SimplexConfig, overrides, caller)
     named = named_model(config, overrides)
     base = asdict(config) if config is not None else {}
     source = load_checkpoint(first)
@@ -383,7 +384,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     Dataset made in Python (default: what the modes record)."""
     if len(modes) < 2 or connectors < 1:
         raise UserError("a complex needs two or more --modes and at least one connector")
-    cfg, named = _config(config, modes[0], overrides)
+    cfg, named = _config(config, modes[0], overrides, "connect_modes")
     out = Path(out) if out is not None else None
     pts, spec = _load_modes(modes, cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
     refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
@@ -496,7 +497,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
-    cfg = _config(config, bases[0], overrides)[0]
+    cfg = _config(config, bases[0], overrides, "espro")[0]
     device = _join(cfg)  # settings refused before the folder is claimed
     # The components' predictions are averaged image by image: their data must be the same (a base that held out a
     # validation split would be evaluated on it, the others on the test set).
