@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bn import reestimate_bn
+from .bn import bn_modules, reestimate_bn
 from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, require_network,
                          save_checkpoint)
 from .data import Dataset
@@ -359,11 +359,14 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
             swa = average[0] if average[0] is not None else _averaged_model(model, space, state["avg"], data, cfg)
             average[0] = swa
             sgd_m, swa_m = _metrics_of(model, data, cfg.wd), _metrics_of(swa, data, cfg.wd)
-            # The SGD iterate with batch norm recomputed as the average's was: the like-for-like comparison.
-            sgd_bn = copy.deepcopy(model)
-            reestimate_bn(sgd_bn, data.statistics_batches(1000))
-            sgd_re = _metrics_of(sgd_bn.eval(), data, cfg.wd)
-            del sgd_bn
+            # The SGD iterate with batch norm recomputed as the average's was: the like-for-like comparison
+            # (a network without batch norm has nothing to recompute: its row would repeat the SGD one).
+            sgd_re = None
+            if bn_modules(model):
+                sgd_bn = copy.deepcopy(model)
+                reestimate_bn(sgd_bn, data.statistics_batches(1000))
+                sgd_re = _metrics_of(sgd_bn.eval(), data, cfg.wd)
+                del sgd_bn
             bad = non_finite({"swa": swa_m, "sgd": sgd_m})
             if bad is not None:  # refused before swa.pt and sgd.pt would look like finished networks
                 raise diverged(f"the final network's {bad[0]} is {bad[1]}", _SWA_RATES, out, cfg.epochs)
@@ -378,7 +381,8 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
                                     swag={**swag.state(), "mean": state["avg"], "names": list(space.names),
                                           "averaged": state["n"], "rank": cfg.swag_rank})
             files = {"swa": "swa.pt", "sgd": "sgd.pt", **({"swag": "swag.pt"} if swag is not None else {})}
-            return {"swa": swa_m, "sgd": sgd_m, "sgd_bn_recomputed": sgd_re, "averaged": state["n"],
+            return {"swa": swa_m, "sgd": sgd_m, **({"sgd_bn_recomputed": sgd_re} if sgd_re is not None else {}),
+                    "averaged": state["n"],
                     **({"swag_deviations": int(swag.deviations.shape[0])} if swag is not None else {}),
                     **_common(cfg, data, spec), "files": files}
 

@@ -1101,7 +1101,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     _print_ensemble(s)
     w = s["weight_average"]
     print(f"{'weight average':<16}{_cell(w['test_error'], 12, 2)}"
-          f"{_cell(w['test_nll'], 10, 4)}{_ece_cell(w)}   (batch norm re-estimated)")
+          f"{_cell(w['test_nll'], 10, 4)}{_ece_cell(w)}{'   (batch norm re-estimated)' if s.get('batch_norm', True) else ''}")
     a = s["agreement"]
     print(f"the weight average predicts the ensemble's class on {a['same_prediction']:.2f} % of "
           f"{s.get('eval_split', 'test')} images; mean KL(ensemble || weight average) {a['kl']:.4g} nats")

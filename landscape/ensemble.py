@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .averaging import predict_probs
+from .bn import bn_modules
 from .checkpoint import claim_folder, load_model, write_json
 from .data import Dataset
 from .errors import UserError
@@ -80,6 +81,7 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         "weight_average": {**{k: float(avg[k][0]) for k in ("train_loss", "train_error", "test_nll", "test_error")},
                            "test_ece": expected_calibration_error(avg["probs"][0], labels)},
         "agreement": agreement(probs.mean(0), avg["probs"][0]),
+        "batch_norm": bool(bn_modules(pts.model)),  # whether the weight average's statistics were re-estimated
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
         "dataset": data.describe(),

@@ -376,8 +376,10 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
             h.remove()
     classes = getattr(data, "num_classes", None)
     if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == x.shape[0]):
-        raise UserError(f"the network should give (batch, classes) logits, but gave "
-                        f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        gave = (str(tuple(out.shape)) if isinstance(out, torch.Tensor) else
+                f"{type(out).__name__}: return the logits tensor from forward() (or wrap the network in a module "
+                f"that picks it out)")
+        raise UserError(f"the network should give (batch, classes) logits, but gave {gave}")
     if classes is not None and out.shape[1] < classes:
         raise UserError(f"the network gives {out.shape[1]} outputs, but the data has {classes} classes")
     images = max(1, x.shape[0])

@@ -352,3 +352,30 @@ def test_member_labels_are_told_apart_where_they_collide():
     assert _labels(["fge/snapshot-001.pt", "snap/snapshot-001.pt", "runs/a/model.pt", "x/a.pt"]) == [
         "fge/snapshot-001", "snap/snapshot-001", "a/model", "x/a"]
     assert _labels(["r1/x/m.pt", "r2/x/m.pt"]) == ["r1/x/m.pt", "r2/x/m.pt"]
+
+
+def test_a_network_without_batch_norm_reports_nothing_recomputed(tmp_path, small_digits, capsys):
+    """Its 'SGD, BN recomp.' row repeated the SGD row, and the ensemble called its weight average re-estimated."""
+    from landscape import cli
+
+    for seed in (1, 2):
+        train(out=tmp_path / f"m{seed}", model="mlp", data=small_digits, epochs=1, seed=seed, progress=False)
+    res = run_swa(None, tmp_path / "swa", from_ckpt=str(tmp_path / "m1" / "model.pt"), epochs=2, swa_lr=0.05,
+                  data=small_digits, progress=False)
+    assert {"swa", "sgd"} <= res.summary.keys() and "sgd_bn_recomputed" not in res.summary
+    with_bn = run_swa(None, tmp_path / "swa-bn", from_ckpt=str(train(out=tmp_path / "c", data=small_digits, epochs=1,
+                                                                     progress=False, model_kwargs=SMALL).out /
+                                                                   "model.pt"),
+                      epochs=1, swa_lr=0.05, data=small_digits, progress=False)
+    assert "sgd_bn_recomputed" in with_bn.summary
+    mine = tmp_path / "digits400.npz"  # the same 400 images as a file, so the CLI can read them
+    np.savez(mine, x_train=small_digits.x_train.numpy(), y_train=small_digits.y_train.numpy(),
+             x_test=small_digits.x_test.numpy(), y_test=small_digits.y_test.numpy())
+    s = evaluate_ensemble([tmp_path / "m1" / "model.pt", tmp_path / "m2" / "model.pt"], None,
+                          data=small_digits).summary
+    assert s["batch_norm"] is False
+    capsys.readouterr()
+    assert cli.main(["ensemble", str(tmp_path / "m1" / "model.pt"), str(tmp_path / "m2" / "model.pt"), "--dataset",
+                     "npz", "--data-path", str(mine)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("weight average")]
+    assert len(rows) == 1 and "re-estimated" not in rows[0]

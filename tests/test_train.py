@@ -248,7 +248,8 @@ def test_a_network_that_does_not_fit_its_data_stops_before_training_in_one_line(
     models.register_model("other_inputs")(lambda num_classes, input_shape: nn.Sequential(nn.Flatten(),
                                                                                           nn.Linear(10, num_classes)))
     for name, message in (("seven_outputs", "the network gives 7 outputs, but the data has 10 classes"),
-                          ("pair_of_outputs", "the network should give (batch, classes) logits, but gave tuple"),
+                          ("pair_of_outputs", "the network should give (batch, classes) logits, but gave tuple: "
+                                              "return the logits tensor from forward()"),
                           ("other_inputs", "the network does not accept this data's inputs of shape (1, 8, 8): "
                                            "mat1 and mat2 shapes cannot be multiplied")):
         with pytest.raises(UserError, match=re.escape(message)):
