@@ -36,7 +36,7 @@ from torch import nn
 from .bn import bn_modules, reestimate_bn
 from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, require_network,
                          save_checkpoint)
-from .data import Dataset
+from .data import Dataset, refuse_given_data_path
 from .device import seed_everything
 from .errors import UserError, check_keywords, is_whole
 from .evaluate import evaluate_model, l2_penalty, train_logits
@@ -239,7 +239,7 @@ def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) ->
 def _config(method: str, config, overrides, named: str | None, cls: type = AverageConfig) -> tuple[Any, Checkpoint | None]:
     """The run's settings (a ``cls``), and the checkpoint it starts from (None:
     from scratch); ``named``: the network the caller named (:func:`named_model`)."""
-    check_keywords(cls, overrides, f"run_{method}")
+    check_keywords(cls, overrides, {"vi": "run_variational"}.get(method, f"run_{method}"))
     base = asdict(config) if config is not None else {}
     given = {f.name for f in fields(cls)} & set(overrides)
     cfg_from = overrides.get("from_ckpt", base.get("from_ckpt"))
@@ -252,6 +252,7 @@ def _config(method: str, config, overrides, named: str | None, cls: type = Avera
             fixed = network_of(source, named, overrides.get("model_kwargs"))
     named_method = {"method": method} if "method" in {f.name for f in fields(cls)} else {}
     cfg = cls(**{**inherited, **base, **overrides, **fixed, **named_method})
+    refuse_given_data_path(cfg, overrides, base)
     cfg.validate()
     return cfg, (source if cfg_from else None)
 

@@ -54,12 +54,15 @@ def bn_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     if not layers:
         return layers
     modes = {m: m.training for m in model.modules()}
+    trained = {p: p.requires_grad for p in model.parameters()}  # an override of train() may freeze, too
     try:
         model.train()
         return [(n, m) for n, m in layers if m.training]
     finally:
         for m, mode in modes.items():
             m.training = mode
+        for p, flag in trained.items():
+            p.requires_grad_(flag)
 
 
 def instance_norms(model: nn.Module) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
+import numbers
 import pickle
 import struct
 import zlib
@@ -112,14 +113,20 @@ class Dataset:
                 raise UserError(f"{where}: {key} has label {int(y.min()) if int(y.min()) < 0 else int(y.max())}; "
                                 f"labels must be class ids 0..{classes - 1} (num_classes {classes})")
         for key in ("x_train", "x_test"):
-            bad = int((~torch.isfinite(getattr(self, key))).sum())
+            x = getattr(self, key)
+            bad = sum(int((~torch.isfinite(x[i:i + 4096])).sum()) for i in range(0, len(x), 4096))  # in slices
             if bad:
                 raise UserError(f"{where}: {key} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
-        channels = self.x_train.shape[1]
         for key in ("mean", "std"):
-            if len(getattr(self, key)) not in (1, channels):
-                raise UserError(f"{where}: {key} has {len(getattr(self, key))} values; expected 1 or one for each "
-                                f"of the {channels} channels (features)")
+            value = getattr(self, key)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                setattr(self, key, value := (float(value),))  # one number for every channel
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, numbers.Real) for v in value):
+                raise UserError(f"{where}: {key} must be a number or a tuple of numbers, got {value!r}")
+            channels = self.x_train.shape[1]
+            if self.x_train.dim() == 4 and len(value) not in (1, channels):  # images: augmentation pads with it
+                raise UserError(f"{where}: {key} has {len(value)} values; expected 1 or one for each of the "
+                                f"{channels} channels")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -328,6 +335,13 @@ def augment_crop_flip(x: Tensor, generator: torch.Generator | None, fill: Tensor
     # Two gathers (rows, then columns) select each sample's own window.
     out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * p))  # (B, C, H, W+2p)
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # (B, C, H, W)
+
+
+def refuse_given_data_path(cfg, *given: dict | None) -> None:
+    """:func:`refuse_data_path` for a run's settings ``cfg`` when the caller gave the path (it is in one of
+    ``given``: the overrides, a config's fields): a path inherited from a source checkpoint is not read."""
+    if any((g or {}).get("data_path") for g in given):
+        refuse_data_path(cfg.dataset, cfg.data_path)
 
 
 class _Raw(NamedTuple):

@@ -41,14 +41,20 @@ def resolve_data(stored: dict[str, Any] | None, overrides: dict[str, Any] | None
     """Load the dataset of ``stored`` settings (a run's train_config), with
     ``overrides`` (those not None) taking precedence; digits when neither says."""
     settings = merged_data_settings(stored, overrides)
-    path = settings.get("data_path")
-    if (path and not (overrides or {}).get("data_path") and _applies("data_path", settings.get("dataset"))
-            and not Path(str(path)).expanduser().exists()):
-        raise UserError(f"{source} was trained on the {settings.get('dataset')} data in {path}, which is not there any "
-                        f"more: give its new place with --data-path (data_path= in Python)")
+    if not (overrides or {}).get("data_path"):
+        refuse_moved_data(settings.get("dataset"), settings.get("data_path"), source)
     data = load_data(TrainConfig(**settings), resolve_device(device))
     note_split_leak(stored, settings, source)  # after the split itself was accepted
     return data
+
+
+def refuse_moved_data(dataset: str | None, path: object, source: object) -> None:
+    """One line when the files a checkpoint's run read (its stored data path, not one the user gave) are no
+    longer there: it names the run and asks for their new place, where the reader would name an option the
+    user never gave."""
+    if path and _applies("data_path", dataset) and not Path(str(path)).expanduser().exists():
+        raise UserError(f"{source} was trained on the {dataset} data in {path}, which is not there any more: give "
+                        f"its new place with --data-path (data_path= in Python)")
 
 
 def asks_for_data(config: object, overrides: dict[str, Any] | None) -> bool:
@@ -63,6 +69,9 @@ def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sourc
     ``data`` when given, else what ``cfg``'s data settings load, checked
     against what the sources record (:func:`check_sources_data`)."""
     if data is None:
+        source = next((ck for ck in sources if ck is not None), None)
+        if not asked and source is not None:  # the path is the source's, not the user's
+            refuse_moved_data(cfg.dataset, cfg.data_path, source.path)
         data = load_data(cfg, device)
         check_sources_data(sources, data, asked)
     return data.to(device)
@@ -222,10 +231,12 @@ def note_other_buffers(model: nn.Module, ckpts: Sequence[Checkpoint]) -> None:
               if name in ck.state_dict and not torch.equal(first.state_dict[name], ck.state_dict[name])]
     if differ and is_main():
         shown = sorted({name for name, _ in differ})
+        statistics = all(n.rpartition(".")[2] in ("running_mean", "running_var", "num_batches_tracked") for n in shown)
+        advice = ("statistics of batch-norm layers the network keeps in eval mode while it trains, which no point "
+                  "re-estimates" if statistics else "to move one, make it a parameter with requires_grad=False")
         print(f"note: buffer{'s' if len(shown) > 1 else ''} {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''} "
               f"differ{'' if len(shown) > 1 else 's'} between {first.path} and {differ[0][1].path}: only parameters "
-              f"move between networks, so every point keeps {first.path}'s (to move one, make it a parameter with "
-              f"requires_grad=False)", file=sys.stderr)
+              f"move between networks, so every point keeps {first.path}'s ({advice})", file=sys.stderr)
 
 
 def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:

@@ -4,7 +4,7 @@ through a training trajectory's principal directions (Li et al. 2018).
 
 Writes ``plane.npz`` (grid axes, every metric on the grid, the anchors' and
 the path's coordinates), ``summary.json`` and ``config.json``; figures come
-from ``plots.plane``.
+from ``landscape.plots.plane``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Width of a ray, on each side: the distance at which the train loss first
 rises by ``rise`` above the centre's (linear interpolation between steps;
 infinite when it never does within D). Asymmetry: the larger side over the
 smaller (He et al. 2019's asymmetric valleys). Writes ``rays.npz``,
-``summary.json`` and ``config.json``; figures come from ``plots.rays``.
+``summary.json`` and ``config.json``; figures come from ``landscape.plots.rays``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Subspaces (rows of P):
   SWAG standard deviation), as the reference code's PCA subspace;
 - ``random``: ŵ the SWA mean; k orthogonal Gaussian directions, each as long
   as the mean length of the top two PCA directions (the reference's scale);
-- ``curve`` (made by :func:`curves.subspace.curve_subspace`): the plane of a
+- ``curve`` (made by :func:`landscape.curves.subspace.curve_subspace`): the plane of a
   fitted curve's points at t = 0, 1/2, 1; ŵ their mean, u = (w_1 - w_0) / √3,
   v = the part of w_½ - w_0 orthogonal to u, / 1.5 (the reference's scales).
   Its chains start at the curve's end t = 1, as the reference's; the others'

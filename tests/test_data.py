@@ -757,6 +757,16 @@ def test_data_made_in_python_is_checked_as_the_files_are(changes, message):
     assert Dataset(**_mine(num_classes=np.int64(4))).num_classes == 4  # what a reader computed with numpy
 
 
+def test_a_datasets_mean_and_std_may_be_one_number_or_one_a_feature_of_sequences():
+    """Only images' channels are counted (augmentation pads with the mean): sequences' features are not."""
+    assert Dataset(**_mine(mean=0.5, std=2)).mean == (0.5,)
+    seq = Dataset(name="seq", x_train=torch.randn(8, 5, 3), y_train=torch.arange(8) % 2, x_test=torch.randn(4, 5, 3),
+                  y_test=torch.arange(4) % 2, num_classes=2, mean=(0.0, 0.1, 0.2), std=(1.0, 1.0, 1.0))
+    assert seq.std == (1.0, 1.0, 1.0)
+    with pytest.raises(UserError, match=r"mean must be a number or a tuple of numbers, got 'zero'"):
+        Dataset(**_mine(mean="zero"))
+
+
 def test_a_builtin_dataset_refuses_a_data_path(tmp_path, capsys):
     """--data-path without --dataset used to train on the digits and record the path."""
     from landscape import cli
@@ -773,7 +783,11 @@ def test_a_builtin_dataset_refuses_a_data_path(tmp_path, capsys):
         assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(said)
     with pytest.raises(UserError, match=r"dataset digits reads no files, but --data-path .*x.npz was given"):
         train(out=tmp_path / "b", data_path="x.npz", epochs=1, progress=False)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    from landscape.averaging import run_swa
+
+    with pytest.raises(UserError, match=r"dataset digits reads no files, but --data-path .*x.npz was given"):
+        run_swa(None, tmp_path / "c", data_path="x.npz", model="mlp", epochs=1, progress=False)  # from scratch
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 def test_npz_values_beyond_float32_say_so(tmp_path):
@@ -808,3 +822,11 @@ def test_the_same_files_in_another_place_are_the_same_data_and_moved_files_are_n
                                         rf"give its new place with --data-path"):
         load_points([a])
     assert load_points([a], data_overrides={"data_path": str(tmp_path / "moved.npz")}).data.describe()["n_train"] == 40
+    from landscape.averaging import run_swa
+    from landscape.curves import fit_curve
+
+    for run in (lambda: run_swa(None, tmp_path / "s", from_ckpt=str(a), epochs=1, progress=False),  # runs from it
+                lambda: fit_curve(a, b, tmp_path / "ab", epochs=1, progress=False)):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(a))} was trained on the npz data in .*home.npz, "
+                                            rf"which is not there any more"):
+            run()

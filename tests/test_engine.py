@@ -597,6 +597,28 @@ def test_a_batch_norm_layer_the_network_keeps_in_eval_mode_keeps_its_statistics(
     assert fixed.training and not fixed.stem_bn.training  # modes put back
 
 
+def test_finding_the_batch_norm_layers_leaves_modes_and_trained_parameters_as_they_were():
+    """bn_modules asks the network's own train() which layers gather statistics; an override that also freezes
+    parameters (or any mode) must leave no trace: ParamSpace reads requires_grad."""
+    from landscape.bn import bn_modules
+
+    class Freezing(FrozenStem):
+        def train(self, mode=True):
+            super().train(mode)
+            self.stem.requires_grad_(False)
+            return self
+
+    net = Freezing()
+    net.head = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(12, 10))
+    for m in net.modules():  # eval mode, every parameter trained (eval() would call the override)
+        m.training = False
+    before = ({n: m.training for n, m in net.named_modules()}, {n: p.requires_grad for n, p in net.named_parameters()})
+    assert [n for n, _ in bn_modules(net)] == ["bn"]
+    assert ({n: m.training for n, m in net.named_modules()}, {n: p.requires_grad for n, p in net.named_parameters()}) \
+        == before
+    assert not any(before[0].values()) and all(before[1].values())
+
+
 class Same(torch.nn.Module):
     """An identity parametrization: the same function, the same weights; it makes its layer a module with children."""
 

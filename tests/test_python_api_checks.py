@@ -6,6 +6,7 @@ would silently replace, and buffers that differ between networks."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -251,7 +252,7 @@ def test_a_network_torch_cannot_copy_is_refused_in_one_line():
     assert torch.equal(copy_network(plain)[1].weight, plain[1].weight)
 
 
-def test_a_keyword_the_settings_lack_is_one_line_with_the_nearest_name(tmp_path):
+def test_a_keyword_the_settings_lack_is_one_line_with_the_nearest_name(tmp_path, small_digits):
     """train(quiet=True) ended in a TypeError from the settings' dataclass; the CLI's words differ here and there."""
     from landscape.averaging import AverageConfig
     from landscape.curves.fit import ConnectConfig
@@ -268,3 +269,53 @@ def test_a_keyword_the_settings_lack_is_one_line_with_the_nearest_name(tmp_path)
     with pytest.raises(UserError, match=r"^grow_simplex\(\) takes no keyword 'vertex_lr'$"):
         check_keywords(SimplexConfig, {"vertex_lr": 0.1}, "grow_simplex")
     check_keywords(AverageConfig, {"swa_lr": 0.05, "epochs": 3}, "run_swa")  # known keywords pass
+    # each function checks them before any work, under its own name
+    from landscape.averaging import run_swa
+    from landscape.curves import fit_curve
+    from landscape.curves.spro import grow_simplex
+    from landscape.variational import run_variational
+
+    a = train(out=tmp_path / "e", model="mlp", epochs=1, progress=False, data=small_digits).out / "model.pt"
+    for call, said in ((lambda: run_swa(None, tmp_path / "s", from_ckpt=str(a), swa_lrr=0.1), "run_swa() takes no "
+                        "keyword 'swa_lrr' (did you mean swa_lr=?)"),
+                       (lambda: run_variational(None, tmp_path / "v", from_ckpt=str(a), epoch=3),
+                        "run_variational() takes no keyword 'epoch' (did you mean epochs=?)"),
+                       (lambda: fit_curve(a, a, tmp_path / "c", bend=3), "fit_curve() takes no keyword 'bend' "
+                        "(did you mean bends=?)"),
+                       (lambda: grow_simplex(a, tmp_path / "x", vertex_lr=0.1), "grow_simplex() takes no keyword "
+                        "'vertex_lr'")):
+        with pytest.raises(UserError, match="^" + re.escape(said)):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_the_note_on_differing_frozen_statistics_gives_no_advice_that_cannot_apply(capsys):
+    """Statistics of a batch-norm layer kept in eval mode are buffers no point re-estimates; making them parameters
+    (the advice for other buffers) is no way to move them."""
+    from types import SimpleNamespace
+
+    from landscape.inputs import note_other_buffers
+
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+            self.register_buffer("mask", torch.ones(4))
+
+        def train(self, mode=True):
+            super().train(mode)
+            self.bn.eval()
+            return self
+
+    net = Frozen()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    other = dict(state, **{"bn.running_mean": state["bn.running_mean"] + 1})
+    note_other_buffers(net, [SimpleNamespace(path="a.pt", state_dict=state), SimpleNamespace(path="b.pt",
+                                                                                              state_dict=other)])
+    said = capsys.readouterr().err
+    assert "bn.running_mean differs between a.pt and b.pt" in said and "which no point re-estimates" in said
+    assert "requires_grad" not in said
+    other["mask"] = state["mask"] * 2
+    note_other_buffers(net, [SimpleNamespace(path="a.pt", state_dict=state), SimpleNamespace(path="b.pt",
+                                                                                              state_dict=other)])
+    assert "make it a parameter with requires_grad=False" in capsys.readouterr().err

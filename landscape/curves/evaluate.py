@@ -2,7 +2,7 @@
 
 Writes (when ``out`` is given) ``curve.npz`` with every per-t array,
 ``summary.json`` with the headline numbers and ``config.json``; the figure
-``curve.png`` is drawn from those files by ``plots.curve``.
+``curve.png`` is drawn from those files by ``landscape.plots.curve``.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from landscape.checkpoint import (
     require_network,
     save_checkpoint,
 )
-from landscape.data import Dataset
+from landscape.data import Dataset, refuse_given_data_path
 from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError, check_keywords
 from landscape.bn import reestimate_bn
@@ -153,6 +153,7 @@ def connect_config(cls: type[ConnectConfig], start_ckpt: Checkpoint, end_ckpt: C
     check_same_data([start_ckpt, end_ckpt], {**{k: v for k, v in base.items() if k in DATA_FIELDS}, **overrides})
     inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
     cfg = cls(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
+    refuse_given_data_path(cfg, overrides, base)
     cfg.validate()
     return cfg, named is not None
 

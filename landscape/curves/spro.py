@@ -54,7 +54,7 @@ from landscape.checkpoint import (
     write_json,
     write_npz,
 )
-from landscape.data import Dataset
+from landscape.data import Dataset, refuse_given_data_path
 from landscape.device import check_fits, resolve_device
 from landscape.errors import UserError, check_keywords, check_nonnegative
 from landscape.evaluate import METRICS, forward_points
@@ -242,6 +242,7 @@ def _config(config: SimplexConfig | None, first: str | Path,
     given = {f.name for f in fields(SimplexConfig)} & set(overrides)
     inherited = {k: v for k, v in data_settings(source).items() if k not in given and k not in base}
     cfg = SimplexConfig(**{**inherited, **base, **overrides})
+    refuse_given_data_path(cfg, overrides, base)
     cfg.validate()
     return cfg, named
 

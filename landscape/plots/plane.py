@@ -451,7 +451,7 @@ def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
     and test error below. The panels of one metric share their levels (one
     colour is one value in every panel: a flatter optimum shows as wider
     bands), each with its colorbar. At a paper's width too narrow for a
-    column per result (:func:`plots.style.set_figure_width`), each result
+    column per result (:func:`landscape.plots.style.set_figure_width`), each result
     takes a row instead (train loss, test error), or, in a single column,
     two panels one above the other. Returns the figure (not saved)."""
     n = len(results)

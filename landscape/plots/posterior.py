@@ -25,7 +25,7 @@ def _paths(ax, t: np.ndarray, arrays: dict[str, np.ndarray], key: str, path_labe
            secondary: bool = False, band: str | None = None, color: str | None = None) -> None:
     """``key`` along t for the line (dashed) and the curve (solid); a
     ``secondary`` metric thin and dotted, unlabelled; ``band``: +-2 standard
-    errors shaded; ``color``: the curve's (:func:`plots.curve.curve_color`)."""
+    errors shaded; ``color``: the curve's (:func:`landscape.plots.curve.curve_color`)."""
     for name, shade, label, style in (("line", LINE_COLOR, "straight line", "--"),
                                       ("curve", color or curve_color(None), path_label, "-")):
         values = arrays[f"{name}_{key}"]
