@@ -1939,6 +1939,23 @@ DISTRIBUTED = ("train", "connect", "swa", "fge", "snapshots", "simplex", "curve"
                "vi-eval", "vi-connect")
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe nobody reads any more; if so it is pointed at /dev/null, so that
+    the interpreter's last flush does not print the same error again."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poll.poll(0))  # a pipe's reader gone: POLLERR
+    except (AttributeError, OSError, ValueError):  # not a file (a captured stream)
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
+
+
 def _run_command(args: argparse.Namespace) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     where = f"rank {rank}: " if world > 1 else ""  # for failures that may be one rank's own
@@ -1953,6 +1970,12 @@ def _run_command(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: {where}{e}", file=sys.stderr)
         elif rank == 0:  # bad input is the same on every rank: say it once
             print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError as e:
+        if _stdout_closed():  # piped into a reader that stopped (| head): quiet, as other tools are
+            return 141  # 128 + SIGPIPE
+        args.failed_alone = True
+        print(f"{PROG}: error: {where}{e.strerror or e}", file=sys.stderr)  # another pipe: a process group's
         return 2
     except OSError as e:  # unwritable --out, full disk, ... (may be one rank's own)
         args.failed_alone = True

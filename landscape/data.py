@@ -808,8 +808,9 @@ def _npz_layout(archive, path: Path) -> str | None:
     if "layout" not in archive.files:
         return None
     try:
-        value = str(archive["layout"].item()).upper()
-    except (ValueError, TypeError):
+        value = archive["layout"].item()
+        value = (value.decode("ascii") if isinstance(value, bytes) else str(value)).upper()  # np.bytes_ too
+    except (ValueError, TypeError, UnicodeDecodeError):
         value = None
     if value not in ("NCHW", "NHWC"):
         raise UserError(f"{path}: 'layout' must be the string NCHW or NHWC")

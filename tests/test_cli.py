@@ -790,3 +790,12 @@ def test_training_takes_the_evaluation_commands_precision_spelling(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--amp is bf16 autocast; it contradicts --precision fp32" in err[0]
     assert cli.parse(parser, ["plane", "--ckpt", "c.pt", "--out", "x", "--precision", "bf16"]).precision == "bf16"
+
+
+def test_output_piped_into_a_reader_that_stopped_ends_quietly():
+    """`landscape models | head -1` printed 'landscape: error: Broken pipe' when head left first."""
+    proc = subprocess.Popen([sys.executable, "-m", "landscape", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

@@ -355,6 +355,8 @@ def test_npz_ambiguous_image_layout_needs_the_layout_entry(tmp_path):
                           atol=1e-5)
     np.savez(path, **arrays, layout="nchw")
     assert load_dataset("npz", str(path)).input_shape == (4, 4, 3)
+    np.savez(path, **arrays, layout=b"NHWC")  # stored as bytes, as some writers do
+    assert load_dataset("npz", str(path)).input_shape == (3, 4, 4)
     np.savez(path, **arrays, layout="HWC")
     with pytest.raises(UserError, match="'layout' must be the string NCHW or NHWC"):
         load_dataset("npz", str(path))
