@@ -231,9 +231,14 @@ def note_other_buffers(model: nn.Module, ckpts: Sequence[Checkpoint]) -> None:
               if name in ck.state_dict and not torch.equal(first.state_dict[name], ck.state_dict[name])]
     if differ and is_main():
         shown = sorted({name for name, _ in differ})
-        statistics = all(n.rpartition(".")[2] in ("running_mean", "running_var", "num_batches_tracked") for n in shown)
-        advice = ("statistics of batch-norm layers the network keeps in eval mode while it trains, which no point "
-                  "re-estimates" if statistics else "to move one, make it a parameter with requires_grad=False")
+        last = {n.rpartition(".")[2] for n in shown}
+        if last <= {"running_mean", "running_var", "num_batches_tracked"}:
+            advice = ("statistics of batch-norm layers the network keeps in eval mode while it trains, which no "
+                      "point re-estimates")
+        elif last <= {"_u", "_v"} and all(".parametrizations." in f".{n}" for n in shown):
+            advice = "spectral norm's power-iteration vectors: a point between networks divides by u^T W v with these"
+        else:
+            advice = "to move one, make it a parameter with requires_grad=False"
         print(f"note: buffer{'s' if len(shown) > 1 else ''} {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''} "
               f"differ{'' if len(shown) > 1 else 's'} between {first.path} and {differ[0][1].path}: only parameters "
               f"move between networks, so every point keeps {first.path}'s ({advice})", file=sys.stderr)

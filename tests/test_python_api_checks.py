@@ -319,3 +319,13 @@ def test_the_note_on_differing_frozen_statistics_gives_no_advice_that_cannot_app
     note_other_buffers(net, [SimpleNamespace(path="a.pt", state_dict=state), SimpleNamespace(path="b.pt",
                                                                                               state_dict=other)])
     assert "make it a parameter with requires_grad=False" in capsys.readouterr().err
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    sn = nn.Sequential(spectral_norm(nn.Linear(4, 3)), nn.ReLU(), nn.Linear(3, 2))
+    state = {k: v.clone() for k, v in sn.state_dict().items()}
+    other = {k: v + 1 if k.endswith(("_u", "_v")) else v for k, v in state.items()}
+    note_other_buffers(sn, [SimpleNamespace(path="a.pt", state_dict=state), SimpleNamespace(path="b.pt",
+                                                                                             state_dict=other)])
+    said = capsys.readouterr().err
+    assert "0.parametrizations.weight.0._u, 0.parametrizations.weight.0._v differ" in said
+    assert "spectral norm's power-iteration vectors" in said and "requires_grad" not in said
