@@ -47,6 +47,22 @@ def refuse_data_path(dataset: str | None, data_path: object) -> None:
                         f"name the files' dataset with --dataset npz, mnist, fashion-mnist, cifar10 or cifar100")
 
 
+def refuse_given_data_path(cfg, *given: dict | None) -> None:
+    """:func:`refuse_data_path` for a run's settings ``cfg`` when the caller gave the path (it is in one of
+    ``given``: the overrides, a config's fields): a path inherited from a source checkpoint is not read."""
+    if any((g or {}).get("data_path") for g in given):
+        refuse_data_path(cfg.dataset, cfg.data_path)
+
+
+def _non_finite(x: Tensor) -> int:
+    """How many values of ``x`` are NaN or infinite, counted in slices of samples (no mask the size of x)."""
+    if not x.is_floating_point():
+        return 0
+    return sum(int((~torch.isfinite(x[i:i + 4096])).sum()) for i in range(0, len(x), 4096))
+
+
+
+
 @dataclass
 class Dataset:
     """A classification dataset held as tensors on one device.
@@ -109,21 +125,21 @@ class Dataset:
             if y.dim() != 1:
                 raise UserError(f"{where}: {key} has shape {tuple(y.shape)}; expected (N,) class ids "
                                 f"(.view(-1), or .argmax(1) for one-hot labels)")
-            if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
-                raise UserError(f"{where}: {key} has label {int(y.min()) if int(y.min()) < 0 else int(y.max())}; "
+            low, high = (int(v) for v in torch.aminmax(y))
+            if low < 0 or high >= classes:
+                raise UserError(f"{where}: {key} has label {low if low < 0 else high}; "
                                 f"labels must be class ids 0..{classes - 1} (num_classes {classes})")
         for key in ("x_train", "x_test"):
-            x = getattr(self, key)
-            bad = sum(int((~torch.isfinite(x[i:i + 4096])).sum()) for i in range(0, len(x), 4096))  # in slices
+            bad = _non_finite(getattr(self, key))
             if bad:
                 raise UserError(f"{where}: {key} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
+        channels = self.x_train.shape[1]
         for key in ("mean", "std"):
             value = getattr(self, key)
             if isinstance(value, numbers.Real) and not isinstance(value, bool):
                 setattr(self, key, value := (float(value),))  # one number for every channel
             if not isinstance(value, (tuple, list)) or not all(isinstance(v, numbers.Real) for v in value):
                 raise UserError(f"{where}: {key} must be a number or a tuple of numbers, got {value!r}")
-            channels = self.x_train.shape[1]
             if self.x_train.dim() == 4 and len(value) not in (1, channels):  # images: augmentation pads with it
                 raise UserError(f"{where}: {key} has {len(value)} values; expected 1 or one for each of the "
                                 f"{channels} channels")
@@ -335,13 +351,6 @@ def augment_crop_flip(x: Tensor, generator: torch.Generator | None, fill: Tensor
     # Two gathers (rows, then columns) select each sample's own window.
     out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * p))  # (B, C, H, W+2p)
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # (B, C, H, W)
-
-
-def refuse_given_data_path(cfg, *given: dict | None) -> None:
-    """:func:`refuse_data_path` for a run's settings ``cfg`` when the caller gave the path (it is in one of
-    ``given``: the overrides, a config's fields): a path inherited from a source checkpoint is not read."""
-    if any((g or {}).get("data_path") for g in given):
-        refuse_data_path(cfg.dataset, cfg.data_path)
 
 
 class _Raw(NamedTuple):
@@ -777,7 +786,12 @@ def _read_npz(path: Path) -> _Raw:
         if len(y) == 0:
             raise UserError(f"{path}: {key} is empty")
     for x, key in ((x_tr, "x_train"), (x_te, "x_test")):
-        bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+        bad = _non_finite(x)
+        stored = arrays[key]
+        if bad and stored.dtype.kind == "f" and (~np.isfinite(stored)).sum() < bad:
+            largest = float(np.abs(stored[np.isfinite(stored)]).max())  # finite as stored, infinite in float32
+            raise UserError(f"{path}: {key} holds values up to {largest:.3g}, beyond float32's range (3.4e38), in "
+                            f"which networks run: rescale them")
         if bad:
             raise UserError(f"{path}: {key} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
     top = 0
@@ -838,13 +852,8 @@ def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) 
     elif x.ndim not in (2, 4):
         raise UserError(f"{path}: {key} has shape {x.shape}; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")
     scale = 255.0 if x.dtype == np.uint8 else 1.0
-    if x.dtype.kind == "f" and x.size:
-        with np.errstate(invalid="ignore"):
-            largest = float(np.nanmax(np.abs(x), initial=0.0, where=np.isfinite(x)))
-        if largest > float(np.finfo(np.float32).max):
-            raise UserError(f"{path}: {key} holds values up to {largest:.3g}, beyond float32's range (3.4e38), in "
-                            f"which networks run: rescale them")
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale)
+    with np.errstate(over="ignore"):  # values beyond float32's range become inf: _read_npz tells them apart
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale)
 
 
 def _npz_labels(y: np.ndarray, key: str, path: Path) -> Tensor:
