@@ -73,10 +73,11 @@ def instance_norms(model: nn.Module) -> list[str]:
     return [n or "(the model)" for n, m in bn_modules(model) if isinstance(m, _InstanceNorm)]
 
 
-def bn_buffer_names(model: nn.Module) -> set[str]:
+def bn_buffer_names(model: nn.Module, layers: list[tuple[str, _BatchNorm]] | None = None) -> set[str]:
     """The names (as ``named_buffers`` gives them) of the running statistics of
-    :func:`bn_modules`: ``running_mean``, ``running_var``, ``num_batches_tracked``."""
-    return {f"{name}.{b}" if name else b for name, _ in bn_modules(model)
+    :func:`bn_modules` (``layers``, when the caller has them): ``running_mean``,
+    ``running_var``, ``num_batches_tracked``."""
+    return {f"{name}.{b}" if name else b for name, _ in (bn_modules(model) if layers is None else layers)
             for b in ("running_mean", "running_var", "num_batches_tracked")}
 
 

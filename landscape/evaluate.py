@@ -550,7 +550,7 @@ class _Template:
         self.modes = {m: m.training for m in model.modules()}
         self.buffers = dict(model.named_buffers())
         self.bn = bn_modules(model)
-        self.bn_names = bn_buffer_names(model)
+        self.bn_names = bn_buffer_names(model, self.bn)
 
     def restore(self) -> None:
         for m, mode in self.modes.items():
