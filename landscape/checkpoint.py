@@ -19,6 +19,7 @@ Nothing is ever unpickled beyond what ``weights_only=True`` allows.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -64,20 +65,67 @@ _STATE_KEYS = ("state_dict", "model_state", "model_state_dict", "model")
 
 # --------------------------------------------------------------------- writing
 def atomic_save(write, path: str | os.PathLike) -> Path:
-    """Call ``write(tmp_path)`` then move the file onto ``path`` atomically."""
+    """Call ``write(tmp_path)`` then move the file onto ``path`` atomically.
+
+    A write that fails for want of room or rights (a full disk, a quota, a
+    file size limit, a read-only folder) is an :class:`OSError` that names
+    ``path``, not the temporary file; torch.save's own words for a write cut
+    short (a RuntimeError from its zip writer) are turned into one too."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path) from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is 0600; a result is as readable as any new file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from None
+        if isinstance(e, RuntimeError) and _cut_short(e):
+            raise OSError(errno.EIO, _why_cut_short(path), str(path)) from None
         raise
     return path
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` naming ``path`` where it named no file or the temporary one."""
+    if e.filename is not None and not Path(e.filename).name.startswith(f".{path.name}."):
+        return e
+    return type(e)(e.errno, e.strerror or str(e), str(path)) if e.errno is not None else OSError(
+        errno.EIO, str(e), str(path))
+
+
+def _why_cut_short(path: Path) -> str:
+    """Why a write to ``path`` stopped short, as well as can be told afterwards."""
+    import shutil
+
+    try:
+        if shutil.disk_usage(path.parent).free < 2 ** 20:
+            return os.strerror(errno.ENOSPC)
+    except OSError:
+        pass
+    try:
+        import resource
+
+        if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+            return f"{os.strerror(errno.EFBIG)} (a file size limit is set: ulimit -f)"
+    except (ImportError, OSError, ValueError):
+        pass
+    return "the write stopped short (a full disk or a quota?)"
+
+
+def _cut_short(e: RuntimeError) -> bool:
+    """Whether ``e`` is torch.save's zip writer failing to write (its file
+    full or past a size limit): "PytorchStreamWriter failed writing file",
+    "[enforce fail at inline_container.cc] unexpected pos"."""
+    text = str(e)
+    return "PytorchStreamWriter" in text or "inline_container" in text
 
 
 def _umask() -> int:
@@ -190,25 +238,43 @@ def npz_reason(e: BaseException) -> str:
 
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Append one JSON record as a line (a crash can lose at most this line)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
-        f.flush()
+    line = json.dumps(record, default=_json_default) + "\n"
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+    except OSError as e:  # a full disk: name the file
+        raise _naming(e, Path(path)) from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file, skipping a torn last line left by a crash."""
+    """Read a JSON-lines file of records (JSON objects), skipping a torn last
+    line left by a crash. Any other damage (a line that is not UTF-8 text or
+    not a JSON object) is one :class:`UserError` line naming the file and the
+    line: a resume rewrites the file from what it read, and must not drop
+    records silently."""
     path = Path(path)
-    if not path.exists():
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
         return []
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
+    for i, line in enumerate(lines):
+        if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if i == last:  # written halfway when the run stopped
+                continue
+            record = None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: line {i + 1} is not a record (a JSON object); the file is damaged: "
+                            f"delete that line (its record is then missing), or the file, and rerun")
+        records.append(record)
     return records
 
 
@@ -303,6 +369,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         hint = path / "model.pt"
         more = f" (did you mean {hint}?)" if hint.exists() else ""
         raise UserError(f"{path}: is a folder, not a checkpoint file{more}")
+    damaged = _failed_checksum(path)
+    if damaged is not None:
+        raise UserError(f"{path}: damaged: its record {damaged} no longer matches the checksum stored when it was "
+                        f"written (a disk or copy error); use another copy, or rerun the command that wrote it")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -345,6 +415,33 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     sd = extract_state_dict(obj, path)
     _refuse_nan(path, sd)
     return Checkpoint(path=path, state_dict=sd, model=None, kind="model", meta={"foreign": True})
+
+
+def _failed_checksum(path: Path) -> str | None:
+    """The first member of a zip-format checkpoint whose bytes fail the CRC-32
+    stored beside them, or None. torch.load reads past a changed bit without
+    a word (its reader skips the check), so the weights would silently be
+    others. Members written with the checksum turned off (a CRC of 0:
+    ``torch.serialization.set_crc32_options(False)``) are not checked; a
+    file that is not a readable zip archive is left to torch.load to report."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.CRC == 0 or info.is_dir():
+                    continue
+                try:
+                    with z.open(info) as f:
+                        while f.read(1 << 24):
+                            pass
+                except zipfile.BadZipFile as e:
+                    if "CRC" in str(e):
+                        return info.filename.split("/", 1)[-1]  # without the archive's own folder
+                    return None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, RuntimeError):
+        return None
+    return None
 
 
 def _refuse_nan(path: Path, state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from landscape.errors import UserError, first_line, is_out_of_memory
+from landscape.errors import UserError, first_line, is_out_of_memory, on_terminate, stop_words
 
 PROG = "landscape"
 
@@ -1849,17 +1849,6 @@ def _version() -> str:
     return __version__
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit, ``kill``, torchrun stopping the
-    others after one rank failed), met like Ctrl-C: files already written are
-    kept (every write is atomic), one line says so, and the exit status is
-    the shell's for the signal, 143."""
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args``, but an option the subcommand lacks is reported
     by the subcommand's parser (its usage, its --help), not the top one's."""
@@ -1882,15 +1871,19 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parse(parser, argv)
-    args.failed_alone = False
     import signal
     import threading
 
     watching = threading.current_thread() is threading.main_thread()  # handlers can be set there only
-    previous = signal.signal(signal.SIGTERM, _terminated) if watching else None
+    previous = signal.signal(signal.SIGTERM, on_terminate) if watching else None
     try:
+        try:
+            args = parse(build_parser(), argv)
+        except KeyboardInterrupt as stop:
+            word, status = stop_words(stop)
+            print(f"{PROG}: {word} while starting; nothing was written", file=sys.stderr)
+            return status
+        args.failed_alone = False
         try:
             return _run_command(args)
         except BaseException:
@@ -1902,7 +1895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             _leave_process_group(wait=not args.failed_alone)
     except KeyboardInterrupt as stop:  # _run_command reports its own: this one came while leaving the group
-        word, status = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        word, status = stop_words(stop)
         print(f"{PROG}: {word} while waiting for the other processes to finish; files written so far are kept",
               file=sys.stderr)
         return status
@@ -1992,7 +1985,7 @@ def _run_command(args: argparse.Namespace) -> int:
         # Under torchrun a signal may reach one rank only (a scheduler, a kill): the others sit in
         # a collective, so this rank does not wait for them at the final barrier; torchrun stops them.
         args.failed_alone = True
-        word, status = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        word, status = stop_words(stop)
         if hasattr(args, "resume"):
             hint = " — rerun with --resume to continue"
         elif args.command == "demo":

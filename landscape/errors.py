@@ -11,8 +11,26 @@ import difflib
 import math
 import numbers
 
-__all__ = ["UserError", "check_keywords", "check_nonnegative", "check_seed", "first_line", "is_whole",
+__all__ = ["UserError", "Terminated", "on_terminate", "stop_words", "check_keywords", "check_nonnegative", "check_seed", "first_line", "is_whole",
            "is_out_of_memory"]
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``, torchrun stopping the
+    others after one rank failed), met like Ctrl-C: files already written are
+    kept (every write is atomic), one line says so, and the exit status is
+    the shell's for the signal, 143."""
+
+
+def on_terminate(signum: int, frame: object) -> None:
+    """The command's SIGTERM handler: raise :class:`Terminated`."""
+    raise Terminated
+
+
+def stop_words(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """What a stop is called and the exit status it gives: ("terminated", 143)
+    for SIGTERM, ("interrupted", 130) for Ctrl-C."""
+    return ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+
 
 _SPELLED_OTHERWISE = {"quiet": "progress=False is --quiet", "out_dir": "the folder is out="}
 

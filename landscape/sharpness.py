@@ -598,6 +598,10 @@ def _read_store(out: Path, request: str, n: int) -> tuple[np.ndarray, dict[str, 
     if any(np.shape(v)[:1] != (n,) for v in stored.values()):
         raise UserError(f"{path}: damaged partial results (arrays of other lengths than its {n} networks); delete "
                         f"it to start over")
+    missing = np.flatnonzero(done & ~np.isfinite(stored["train_error"]))
+    if len(missing):  # a network measured has a train error, finite whatever its logits; NaN: never measured
+        raise UserError(f"{path}: damaged partial results (network {int(missing[0])} is marked done but holds no "
+                        f"result); delete it to start over")
     return done, stored
 
 

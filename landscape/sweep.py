@@ -162,7 +162,30 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False,
     if any(len(v) != n for v in values.values()) or any(v.ndim != 1 for m, v in values.items() if m != "probs"):
         raise UserError(f"{path}: damaged partial results (arrays of other lengths than its {n} points); delete it "
                         f"to start over")
+    bad = _impossible(done, values)
+    if bad is not None:
+        raise UserError(f"{path}: damaged partial results (point {bad} is marked done but holds no result, or an "
+                        f"impossible one); delete it to start over")
     return done, values
+
+
+def _impossible(done: np.ndarray, values: dict[str, np.ndarray]) -> int | None:
+    """The first point marked done whose stored values no evaluation gives,
+    or None: an error rate that is not a number in [0, 100] (every evaluated
+    point has one, finite whatever its logits: the NaN an unevaluated point
+    is stored with fails), a negative loss or NLL, a probability outside
+    [0, 1]. A NaN NLL stays possible (logits that overflowed)."""
+    wrong = np.zeros(len(done), dtype=bool)
+    for m, v in values.items():
+        if m == "probs":
+            flat = v.reshape(len(v), -1)
+            wrong |= ~np.all(np.isfinite(flat) & (flat >= 0) & (flat <= 1 + 1e-6), axis=1)
+        elif m.endswith("_error"):
+            wrong |= ~((v >= 0) & (v <= 100))  # False for NaN
+        else:
+            wrong |= v < 0
+    found = np.flatnonzero(done & wrong)
+    return int(found[0]) if len(found) else None
 
 
 def stored_bn_stats(folder: Path) -> str:

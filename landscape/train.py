@@ -604,6 +604,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
             raise UserError(f"{out} already holds a finished run; choose another --out")
         if last.exists():
             raise UserError(f"{out} holds an unfinished run; pass --resume to continue it, or choose another --out")
+        _refuse_orphaned_records(out)
         barrier()
         if is_main():
             for stale in ("metrics.jsonl", "summary.json"):
@@ -611,6 +612,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
         return 0, None, []
     source = finished if done else last
     if not source.exists():
+        _refuse_orphaned_records(out)
         _say(f"{out}: nothing to resume, starting a new run")
         return prepare_run(out, cfg, resume=False, command=command)
     state = load_checkpoint(source)
@@ -627,16 +629,41 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
     if source is finished:
         return -1, None, []
     epoch = int(state.extra["train_state"]["epoch"])
-    kept = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("epoch", 0) <= epoch]
-    lost = sorted(set(range(1, epoch + 1)) - {r.get("epoch") for r in kept})
-    if lost:  # appended before last.pt is saved, so only a crash that lost written data can drop one
+    kept = [r for r in _epoch_records(out / "metrics.jsonl") if r["epoch"] <= epoch]
+    lost = sorted(set(range(1, epoch + 1)) - {r["epoch"] for r in kept})
+    if lost:  # appended before last.pt is saved, so only a crash that lost written data (or an edit) can drop one
         _say(f"note: {out / 'metrics.jsonl'} has no record of epoch(s) {', '.join(map(str, lost))} (lost in a "
-             f"crash); the run resumes from last.pt, and its records will miss them")
+             f"crash, or deleted); the run resumes from last.pt, and its records will miss them")
     barrier()
     if is_main():
         atomic_write_text(out / "metrics.jsonl", "".join(_jsonl_line(r) for r in kept))
     _say(f"{out}: resuming after epoch {epoch} of {cfg.epochs}")
     return epoch, state, kept
+
+
+def _refuse_orphaned_records(out: Path) -> None:
+    """One line when ``out`` holds what a run of more than one epoch wrote
+    (its records, its numbered checkpoints) but not the ``last.pt`` to go on
+    from (deleted or lost): a new run there would overwrite them. A record of
+    the first epoch alone is what a run stopped before its first ``last.pt``
+    leaves, and is started over."""
+    epochs = [r["epoch"] for r in _epoch_records(out / "metrics.jsonl")]
+    numbered = [p for p in out.glob("checkpoint-*.pt") if p.name != "checkpoint-000.pt"]  # 000: before epoch 1
+    if max(epochs, default=0) > 1 or numbered:
+        held = [f"records of {max(epochs)} epochs (metrics.jsonl)"] if epochs else []
+        held += [f"{len(numbered)} numbered checkpoint(s)"] if numbered else []
+        raise UserError(f"{out} holds a run's {' and '.join(held)} but not its last.pt to continue from; choose "
+                        f"another --out (or delete them to start over there)")
+
+
+def _epoch_records(path: Path) -> list[dict[str, Any]]:
+    """A run's per-epoch records (:func:`read_jsonl`), each with a whole epoch number."""
+    records = read_jsonl(path)
+    for i, r in enumerate(records):
+        if not isinstance(r.get("epoch"), int) or isinstance(r["epoch"], bool) or r["epoch"] < 1:
+            raise UserError(f"{path}: record {i + 1} has no epoch number (epoch {r.get('epoch')!r}); the file is "
+                            f"damaged: delete that record, or the file, and rerun")
+    return records
 
 
 def _jsonl_line(record: dict) -> str:
@@ -650,9 +677,11 @@ def _finished_result(out: Path, model: str) -> TrainResult:
     again by the user) rebuilds the network."""
     from .checkpoint import load_model, read_json
 
-    _say(f"{out}: run already finished; nothing to do")
     summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
-    return TrainResult(model=load_model(out / "model.pt", model), summary=summary, out=out, metrics=read_jsonl(out / "metrics.jsonl"))
+    result = TrainResult(model=load_model(out / "model.pt", model), summary=summary, out=out,
+                         metrics=read_jsonl(out / "metrics.jsonl"))
+    _say(f"{out}: run already finished; nothing to do")  # once its files are read: a damaged one is the one line
+    return result
 
 
 def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig, epoch: int,

@@ -420,10 +420,11 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
     out = Path(out) if out is not None else None
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "vi")
     if start_epoch == -1:
-        _say(f"{out}: run already finished; nothing to do")
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         vnet = posterior_net(load_checkpoint(out / "vi.pt"), "cpu", cfg.model if named is not None else None)
-        return VariationalResult(vnet, summary, read_jsonl(out / "metrics.jsonl"), out)
+        result = VariationalResult(vnet, summary, read_jsonl(out / "metrics.jsonl"), out)
+        _say(f"{out}: run already finished; nothing to do")  # once its files are read
+        return result
     data = run_data(cfg, device, data, [source], asks_for_data(config, overrides))
     if source is not None:  # once the split is accepted
         note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)

@@ -288,3 +288,98 @@ def test_an_out_below_a_file_is_one_line(tmp_path):
     with pytest.raises(UserError, match=f"^--out {tmp_path}/file/sub/run cannot be made: {tmp_path}/file is a "
                                         f"file, not a folder$"):
         claim_folder(tmp_path / "file" / "sub" / "run", "train")
+
+
+def _flip_a_weight_byte(path) -> None:
+    """Change one bit inside the first tensor record of a torch zip checkpoint."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 0)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.file_size // 2] ^= 0x04
+    path.write_bytes(bytes(raw))
+
+
+def test_a_changed_bit_in_a_checkpoint_is_refused_not_read_as_other_weights(tmp_path):
+    """torch.load reads past a flipped bit (its zip reader skips the CRC): the
+    checksum stored in the file is checked first."""
+    path = save_checkpoint(tmp_path / "m.pt", _net().state_dict(), SPEC)
+    assert load_checkpoint(path).state_dict  # intact: reads
+    _flip_a_weight_byte(path)
+    assert torch.load(path, weights_only=True)["state_dict"]  # what torch alone does: reads other weights
+    with pytest.raises(UserError, match=r"m\.pt: damaged: its record data/\d+ no longer matches the checksum"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_written_without_checksums_still_loads(tmp_path):
+    """torch.save can be told to skip the CRC (it then stores 0): such a file is not called damaged."""
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"model_state": _net().state_dict()}, tmp_path / "fast.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert _same(load_checkpoint(tmp_path / "fast.pt").state_dict, _net().state_dict())
+
+
+def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path):
+    import errno
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as f.write raises it: no file named
+
+    def torch_cut_short(tmp):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3904 vs 3792")
+
+    with pytest.raises(OSError) as raised:
+        atomic_save(full, tmp_path / "a.npz")
+    assert raised.value.filename == str(tmp_path / "a.npz") and raised.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as raised:
+        atomic_save(torch_cut_short, tmp_path / "last.pt")
+    assert raised.value.filename == str(tmp_path / "last.pt") and "inline_container" not in str(raised.value)
+    def read_only(tmp):  # as a folder without write rights refuses the temporary file
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), tmp)
+
+    with pytest.raises(PermissionError) as raised:
+        atomic_save(read_only, tmp_path / "summary.json")
+    assert raised.value.filename == str(tmp_path / "summary.json")
+    with pytest.raises(RuntimeError, match="something else"):  # any other error of the writer is its own
+        atomic_save(lambda tmp: (_ for _ in ()).throw(RuntimeError("something else")), tmp_path / "b.pt")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_checkpoint_cut_short_by_a_file_size_limit_is_one_line(tmp_path):
+    """A full disk, a quota or ``ulimit -f`` stops torch.save halfway: its
+    zip writer's RuntimeError (a 47-line traceback) becomes one line naming
+    the file, and the run goes on with --resume once there is room."""
+    import resource
+    import subprocess
+    import sys
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, resource.RLIM_INFINITY))
+
+    argv = [sys.executable, "-m", "landscape", "train", "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet"]
+    cut = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=limited)
+    assert cut.returncode == 2 and cut.stderr.count("\n") == 1, cut.stderr
+    assert cut.stderr.startswith(f"landscape: error: {tmp_path / 'run' / 'last.pt'}: File too large"), cut.stderr
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # no half-written temporary left
+    again = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and (tmp_path / "run" / "model.pt").exists(), again.stderr
+
+
+def test_read_jsonl_refuses_a_damaged_line_that_is_not_the_last(tmp_path):
+    """A resume rewrites metrics.jsonl from what it read: a damaged record in
+    the middle is one line naming the file and the line, not a crash
+    (UnicodeDecodeError, AttributeError) or a record silently dropped."""
+    p = tmp_path / "metrics.jsonl"
+    for middle in (b'\xff\xfe{"epoch": 2}', b'[2, 3]', b'"text"', b'{"epoch": 2'):
+        p.write_bytes(b'{"epoch": 1}\n' + middle + b'\n{"epoch": 3}\n')
+        with pytest.raises(UserError, match=r"metrics\.jsonl: line 2 is not a record"):
+            read_jsonl(p)
+    p.write_bytes(b'{"epoch": 1}\n\n{"epoch": 2}\n{"epoch": 3, "x": "\xc3')  # torn inside a character
+    assert read_jsonl(p) == [{"epoch": 1}, {"epoch": 2}]
+    assert read_jsonl(tmp_path / "none.jsonl") == []

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from landscape import cli
+from landscape.errors import Terminated
 def run(capsys, *argv):
     code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -195,7 +196,7 @@ def test_sigterm_keeps_the_run_says_so_in_one_line_and_resumes(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
 
 
-@pytest.mark.parametrize("stop, status, word", [(cli.Terminated, 143, "terminated"), (KeyboardInterrupt, 130,
+@pytest.mark.parametrize("stop, status, word", [(Terminated, 143, "terminated"), (KeyboardInterrupt, 130,
                                                                                        "interrupted")])
 def test_a_signal_while_leaving_the_process_group_is_one_line(monkeypatch, capsys, stop, status, word):
     """Under torchrun a rank that finished waits for the others at a final
@@ -799,3 +800,57 @@ def test_output_piped_into_a_reader_that_stopped_ends_quietly():
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == ""
+
+
+_STOP_AT_IMPORT = '''
+import os, signal, sys
+
+class _StopAt:
+    """Send this process a signal when the named module starts importing."""
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["STOP_AT"]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), getattr(signal, os.environ["STOP_WITH"]))
+        return None
+
+sys.meta_path.insert(0, _StopAt())
+'''
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+@pytest.mark.parametrize("stop_with, status, word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+@pytest.mark.parametrize("stop_at", ["torch", "landscape.cli"])
+def test_a_signal_while_the_command_starts_is_one_line(tmp_path, how, stop_with, status, word, stop_at):
+    """The command's first seconds go to importing torch: Ctrl-C there was a
+    KeyboardInterrupt traceback, and SIGTERM ended it without a word. The
+    signal is sent from an import hook, at the import named."""
+    import os
+    from pathlib import Path
+
+    (tmp_path / "sitecustomize.py").write_text(_STOP_AT_IMPORT)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), STOP_AT=stop_at, STOP_WITH=stop_with)
+    script = Path(sys.executable).parent / "landscape"
+    if how == "script" and not script.exists():
+        pytest.skip("no landscape script beside this Python")
+    argv = [str(script)] if how == "script" else [sys.executable, "-m", "landscape"]
+    done = subprocess.run([*argv, "train", "--out", str(tmp_path / "run"), "--epochs", "1"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == status, done.stderr
+    assert _one_line_error(done.stderr) == f"landscape: {word} while starting; nothing was written"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_program_importing_the_package_keeps_pythons_own_ctrl_c():
+    """The start-up guard is the command's: ``import landscape`` in a user's
+    program interrupted by Ctrl-C raises KeyboardInterrupt there as usual."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
+            f.write(_STOP_AT_IMPORT)
+        env = dict(os.environ, PYTHONPATH=folder, STOP_AT="torch", STOP_WITH="SIGINT")
+        done = subprocess.run([sys.executable, "-c", "import landscape"], env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode in (1, -2) and done.stderr.rstrip().endswith("KeyboardInterrupt"), done.stderr
+    assert "while starting" not in done.stderr

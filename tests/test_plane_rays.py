@@ -303,6 +303,45 @@ def test_plane_weight_decay_term_is_the_hand_quadratic_for_a_linear_model():
     np.testing.assert_allclose(arrays["train_loss"] - arrays["train_nll"], 0.5 * wd * (points ** 2).sum(-1), rtol=1e-6)
 
 
+@pytest.mark.parametrize("edit", ["done_never_evaluated", "nan_error", "negative_nll", "error_over_100"])
+def test_a_partial_store_edited_into_an_impossible_one_is_refused(tmp_path, monkeypatch, edit):
+    """A store still readable but marked done at points never evaluated (their
+    NaN), or holding values no evaluation gives, used to be resumed into a
+    result holding NaN with no word; it is now refused in one line and left
+    on disk. The untouched store still resumes to the uninterrupted result."""
+    g = torch.Generator().manual_seed(7)
+    data = four_features(g)
+    model = nn.Linear(4, 3)
+    a, b, c = (torch.randn(ParamSpace.of(model).numel, generator=g) for _ in range(3))
+    kw = dict(grid=3, points_per_pass=2)
+    fail_at_pass(monkeypatch, 3, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_plane(model, [a, b, c], data, tmp_path / "p", **kw)
+    monkeypatch.undo()
+    store = tmp_path / "p" / STORE
+    with np.load(store) as z:
+        arrays = {k: z[k] for k in z.files}
+    original = {k: v.copy() for k, v in arrays.items()}
+    kept = arrays["done"].copy()
+    first_done, first_todo = int(np.flatnonzero(kept)[0]), int(np.flatnonzero(~kept)[0])
+    if edit == "done_never_evaluated":
+        arrays["done"][first_todo] = True
+    else:
+        column, value = {"nan_error": ("test_error", np.nan), "negative_nll": ("train_nll", -0.5),
+                         "error_over_100": ("train_error", 250.0)}[edit]
+        arrays[column][first_done] = value
+    np.savez(store, **arrays)
+    bad = first_todo if edit == "done_never_evaluated" else first_done
+    with pytest.raises(UserError, match=rf"damaged partial results \(point {bad} is marked done but holds no result"):
+        evaluate_plane(model, [a, b, c], data, tmp_path / "p", resume=True, **kw)
+    assert store.exists()
+    np.savez(store, **original)  # the store as the sweep wrote it: resumed to the uninterrupted result
+    got = evaluate_plane(model, [a, b, c], data, tmp_path / "p", resume=True, **kw).arrays
+    whole = evaluate_plane(model, [a, b, c], data, **kw).arrays
+    for m in METRICS:
+        np.testing.assert_allclose(got[m], whole[m], rtol=1e-6, atol=1e-9, err_msg=m)
+
+
 def test_a_plane_resumes_when_its_basis_comes_out_a_few_bits_apart(tmp_path, monkeypatch):
     """A plane's basis and grid are computed from its three points, and their last bits change with the number
     of threads (torchrun runs one per process) or the device: a sweep begun in one process and resumed under

@@ -454,6 +454,27 @@ def test_cli_sharpness_of_two_trained_networks(tmp_path, capsys):
     assert code != 0 and "--top 30 is more than the --iters 20" in one_line(err)
 
 
+def test_a_partial_store_marked_done_for_a_network_never_measured_is_refused(tmp_path):
+    """An edited store whose done flags name a network it holds no result for
+    (its train error NaN, as unmeasured networks are stored) used to give a
+    result of NaN; it is refused in one line."""
+    data, net = small_data(), bn_net()
+    space = ParamSpace.of(net)
+    vectors = [space.flatten(bn_net(s)).detach() for s in (0, 1)]
+    kw = dict(labels=["a", "b"], iters=5, trace_samples=2, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_sharpness(net, vectors, data, tmp_path / "cut", on_network=lambda *a: (_ for _ in ()).throw(
+            KeyboardInterrupt), **kw)
+    store = tmp_path / "cut" / "sweep.partial.npz"
+    with np.load(store) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert arrays["done"].tolist() == [True, False]
+    arrays["done"][1] = True
+    np.savez(store, **arrays)
+    with pytest.raises(UserError, match=r"damaged partial results \(network 1 is marked done but holds no result\)"):
+        evaluate_sharpness(net, vectors, data, tmp_path / "cut", resume=True, **kw)
+
+
 def test_a_partial_store_from_before_the_density_resumes(tmp_path):
     data, net = small_data(), bn_net()
     space = ParamSpace.of(net)

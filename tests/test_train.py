@@ -108,8 +108,51 @@ def test_a_resume_says_when_a_kept_epochs_record_was_lost(tmp_path, digits, caps
     path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if '"epoch": 1,' not in line))
     capsys.readouterr()
     train(out=tmp_path / "cut", resume=True, progress=False, **kw)
-    assert f"note: {path} has no record of epoch(s) 1 (lost in a crash)" in capsys.readouterr().err
+    assert f"note: {path} has no record of epoch(s) 1 (lost in a crash, or deleted)" in capsys.readouterr().err
     assert [r["epoch"] for r in read_jsonl(path)] == [2, 3]
+
+
+def test_a_damaged_record_stops_a_resume_in_one_line_and_changes_nothing(tmp_path, digits):
+    """A record whose epoch is not a whole number (an edit, a damaged disk)
+    used to crash the resume with a TypeError; it is now a UserError naming
+    the file, and the file is left as it was for the user to mend."""
+    kw = dict(data=digits, epochs=3, seed=3, model_kwargs={"width": 8}, progress=False)
+    with pytest.raises(_Interrupt):
+        train(out=tmp_path / "cut", on_epoch_end=_interrupt_at(2), **kw)
+    path = tmp_path / "cut" / "metrics.jsonl"
+    for damaged in ('"2"', "null", "true", "0"):
+        lines = path.read_text().splitlines(keepends=True)
+        text = lines[0] + re.sub(r'"epoch": [^,]+,', f'"epoch": {damaged},', lines[1])
+        path.write_text(text)
+        with pytest.raises(UserError, match=r"metrics\.jsonl: record 2 has no epoch number"):
+            train(out=tmp_path / "cut", resume=True, **kw)
+        assert path.read_text() == text
+        path.write_text(lines[0] + re.sub(r'"epoch": [^,]+,', '"epoch": 2,', lines[1]))
+    assert train(out=tmp_path / "cut", resume=True, **kw).summary
+
+
+def test_records_without_their_last_pt_are_not_overwritten(tmp_path, digits, capsys):
+    """A run folder whose last.pt was deleted but whose records and numbered
+    checkpoints remain used to start a new run ("nothing to resume") over
+    them; it is now refused, with --resume or without. A record of the first
+    epoch alone (a run stopped before its first last.pt) is started over."""
+    kw = dict(data=digits, epochs=3, seed=3, model_kwargs={"width": 8}, progress=False, save_every=1)
+    with pytest.raises(_Interrupt):
+        train(out=tmp_path / "cut", on_epoch_end=_interrupt_at(2), **kw)
+    (tmp_path / "cut" / "last.pt").unlink()
+    before = (tmp_path / "cut" / "metrics.jsonl").read_text()
+    for resume in (True, False):
+        with pytest.raises(UserError, match=r"holds a run's records of 2 epochs \(metrics\.jsonl\) and 2 numbered "
+                                            r"checkpoint\(s\) but not its last\.pt"):
+            train(out=tmp_path / "cut", resume=resume, **kw)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == before
+    with pytest.raises(_Interrupt):
+        train(out=tmp_path / "first", on_epoch_end=_interrupt_at(1), **{**kw, "save_every": 0})
+    (tmp_path / "first" / "last.pt").unlink()
+    capsys.readouterr()
+    run = train(out=tmp_path / "first", resume=True, **{**kw, "save_every": 0})
+    assert "nothing to resume, starting a new run" in capsys.readouterr().err
+    assert [r["epoch"] for r in run.metrics] == [1, 2, 3]
 
 
 def test_epoch_records_train_loss_is_the_nll_plus_the_weight_decay_term(tmp_path, digits):
@@ -203,13 +246,19 @@ def test_a_rate_float32_cannot_hold_is_refused_before_training(tmp_path, digits)
     assert not (tmp_path / "run").exists()
 
 
-def test_finished_run_is_protected(tmp_path, digits):
+def test_finished_run_is_protected(tmp_path, digits, capsys):
     kw = dict(data=digits, epochs=1, progress=False, model_kwargs={"width": 8})
     first = train(out=tmp_path / "run", **kw)
     with pytest.raises(UserError, match="finished run"):
         train(out=tmp_path / "run", **kw)
+    capsys.readouterr()
     again = train(out=tmp_path / "run", resume=True, **kw)  # nothing to do, returns the stored result
     assert again.summary["test_error"] == first.summary["test_error"]
+    assert "run already finished; nothing to do" in capsys.readouterr().err
+    (tmp_path / "run" / "summary.json").write_text('{"test_error": ')  # damaged: its error alone, no "finished"
+    with pytest.raises(UserError, match=r"summary\.json: not valid JSON"):
+        train(out=tmp_path / "run", resume=True, **kw)
+    assert "already finished" not in capsys.readouterr().err
 
 
 def test_bad_settings_are_user_errors(digits):
