@@ -18,16 +18,18 @@ from .errors import Terminated as _Terminated, UserError, stop_words as _stop_wo
 def _started_as_command() -> bool:
     """Whether this process is the ``landscape`` command (its script, or
     ``python -m landscape`` as torchrun starts it), not a Python program
-    importing the package."""
-    argv = list(getattr(_sys, "orig_argv", ()))
-    by_module = any(a == "-m" and b == "landscape" for a, b in zip(argv, argv[1:]))
-    return by_module or _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("landscape", "landscape.exe")
+    importing the package (whose own arguments may well hold ``-m landscape``)."""
+    argv, args = list(getattr(_sys, "orig_argv", ())), list(_sys.argv)
+    at = len(argv) - len(args)  # the interpreter's options end here: ... -m landscape | the command's arguments
+    by_module = at >= 2 and (argv[at - 1:at + 1] == ["-m", "landscape"] or argv[at - 1] == "-mlandscape")
+    return by_module or _os.path.basename(args[0] if args else "") in ("landscape", "landscape.exe")
 
 
 # The command's first seconds go to importing torch: a Ctrl-C or SIGTERM then gets the command's one line
 # (nothing was written yet), not a traceback or a silent exit. A Python program keeps Python's own handling.
 _command = _started_as_command()
 _signalled: list[KeyboardInterrupt] = []  # a stop met inside a C extension's import reads as an ImportError
+_replaced: dict = {}  # signal: the handler it had, put back once the imports are done
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -35,13 +37,16 @@ def _stop(signum: int, frame: object) -> None:
     raise _signalled[-1]
 
 
-if _command:
-    import signal as _signal
-
-    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not where SIGINT is ignored (nohup, &)
-        _signal.signal(_signal.SIGINT, _stop)
-    _signal.signal(_signal.SIGTERM, _stop)
 try:
+    if _command:
+        import signal as _signal
+        import threading as _threading
+
+        if _threading.current_thread() is _threading.main_thread():  # where handlers can be set
+            for _number, _usual in ((_signal.SIGINT, _signal.default_int_handler), (_signal.SIGTERM, _signal.SIG_DFL)):
+                if _signal.getsignal(_number) is _usual:  # not where it is ignored (nohup, &, a parent's choice)
+                    _replaced[_number] = _usual
+                    _signal.signal(_number, _stop)
     from .checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint  # noqa: E402
     from .data import DATASETS, Dataset, load_dataset  # noqa: E402
     from .device import resolve_device, seed_everything  # noqa: E402
@@ -54,12 +59,15 @@ try:
 except (KeyboardInterrupt, ImportError) as _error:
     if not _command or not (isinstance(_error, KeyboardInterrupt) or _signalled):
         raise
+    for _number in _replaced:  # a second stop while this is said changes nothing
+        _signal.signal(_number, _signal.SIG_IGN)
     _word, _status = _stop_words(_signalled[-1] if _signalled else _error)
     print(f"landscape: {_word} while starting; nothing was written", file=_sys.stderr)
     raise SystemExit(_status) from None
 finally:
-    if _command and _signal.getsignal(_signal.SIGINT) is _stop:
-        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    for _number, _usual in _replaced.items():  # cli.main sets its own for the command's run
+        if _signal.getsignal(_number) is _stop:
+            _signal.signal(_number, _usual)
 
 __all__ = [
     "__version__",

@@ -83,12 +83,13 @@ def atomic_save(write, path: str | os.PathLike) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is 0600; a result is as readable as any new file
         os.replace(tmp, path)
     except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):
             raise _naming(e, path) from None
         if isinstance(e, RuntimeError) and _cut_short(e):
-            raise OSError(errno.EIO, _why_cut_short(path), str(path)) from None
+            raise OSError(errno.EIO, _why_cut_short(path, written), str(path)) from None
         raise
     return path
 
@@ -101,21 +102,24 @@ def _naming(e: OSError, path: Path) -> OSError:
         errno.EIO, str(e), str(path))
 
 
-def _why_cut_short(path: Path) -> str:
-    """Why a write to ``path`` stopped short, as well as can be told afterwards."""
+def _why_cut_short(path: Path, written: int) -> str:
+    """Why a write to ``path`` stopped short after ``written`` bytes, as well
+    as can be told afterwards: the file had reached the size limit (``ulimit
+    -f``), or the disk is full; else a quota, most likely."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and written >= limit - 2 ** 20:
+            return f"{os.strerror(errno.EFBIG)} (the file size limit, ulimit -f, is {limit:,} bytes)"
+    except (ImportError, OSError, ValueError):
+        pass
     import shutil
 
     try:
         if shutil.disk_usage(path.parent).free < 2 ** 20:
             return os.strerror(errno.ENOSPC)
     except OSError:
-        pass
-    try:
-        import resource
-
-        if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
-            return f"{os.strerror(errno.EFBIG)} (a file size limit is set: ulimit -f)"
-    except (ImportError, OSError, ValueError):
         pass
     return "the write stopped short (a full disk or a quota?)"
 

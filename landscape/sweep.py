@@ -174,12 +174,12 @@ def _impossible(done: np.ndarray, values: dict[str, np.ndarray]) -> int | None:
     or None: an error rate that is not a number in [0, 100] (every evaluated
     point has one, finite whatever its logits: the NaN an unevaluated point
     is stored with fails), a negative loss or NLL, a probability outside
-    [0, 1]. A NaN NLL stays possible (logits that overflowed)."""
+    [0, 1]. A NaN NLL or probability stays possible (logits that overflowed)."""
     wrong = np.zeros(len(done), dtype=bool)
     for m, v in values.items():
         if m == "probs":
             flat = v.reshape(len(v), -1)
-            wrong |= ~np.all(np.isfinite(flat) & (flat >= 0) & (flat <= 1 + 1e-6), axis=1)
+            wrong |= ~np.all(np.isnan(flat) | ((flat >= 0) & (flat <= 1 + 1e-6)), axis=1)
         elif m.endswith("_error"):
             wrong |= ~((v >= 0) & (v <= 100))  # False for NaN
         else:

@@ -842,7 +842,8 @@ def test_a_signal_while_the_command_starts_is_one_line(tmp_path, how, stop_with,
 
 def test_a_program_importing_the_package_keeps_pythons_own_ctrl_c():
     """The start-up guard is the command's: ``import landscape`` in a user's
-    program interrupted by Ctrl-C raises KeyboardInterrupt there as usual."""
+    program interrupted by Ctrl-C raises KeyboardInterrupt there as usual,
+    even when the program's own arguments read ``-m landscape``."""
     import os
     import tempfile
 
@@ -850,7 +851,27 @@ def test_a_program_importing_the_package_keeps_pythons_own_ctrl_c():
         with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
             f.write(_STOP_AT_IMPORT)
         env = dict(os.environ, PYTHONPATH=folder, STOP_AT="torch", STOP_WITH="SIGINT")
-        done = subprocess.run([sys.executable, "-c", "import landscape"], env=env, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run([sys.executable, "-c", "import landscape", "-m", "landscape"], env=env,
+                              capture_output=True, text=True, timeout=120)
     assert done.returncode in (1, -2) and done.stderr.rstrip().endswith("KeyboardInterrupt"), done.stderr
     assert "while starting" not in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["-m", "landscape", "--version"], ["-c", "import landscape", "-m", "landscape"]])
+def test_the_start_up_guard_leaves_the_signal_handlers_as_it_found_them(argv):
+    """Once the package is imported, SIGTERM and SIGINT have their usual
+    handlers again (the command's ``main`` sets its own for its run): a
+    SIGTERM while the interpreter shuts down is not a Python exception."""
+    probe = ("import atexit, signal, sys\n"
+             "atexit.register(lambda: print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "
+             "signal.getsignal(signal.SIGINT) is signal.default_int_handler, sys.modules['landscape']._command))\n")
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
+            f.write(probe)
+        done = subprocess.run([sys.executable, *argv], env=dict(os.environ, PYTHONPATH=folder), capture_output=True,
+                              text=True, timeout=120)
+    command = argv[1] == "landscape"
+    assert done.returncode == 0 and done.stdout.split()[-3:] == ["True", "True", str(command)], done

@@ -981,3 +981,21 @@ def test_sweep_keys_keep_the_data_fingerprint_apart():
     assert compare_keys(new, request_key(v, {"kind": "rays", "dataset": dict(data, fingerprint="0badf00d")})) == \
         "settings"
     assert compare_keys(new, request_key([torch.arange(5.0)], {"kind": "plane", "dataset": data})) == "settings"
+
+
+def test_a_stored_point_whose_logits_overflowed_still_resumes(tmp_path):
+    """Finite weights whose logits overflow give a NaN NLL and NaN
+    probabilities: a real result, which a resume must keep, not call the
+    store damaged (its error rate is a number, as every evaluated point's)."""
+    from landscape.sweep import run_sweep
+
+    data = load_dataset("synthetic", synthetic_shape=(4,), synthetic_classes=3, synthetic_sizes=(50, 20))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    w = ParamSpace.of(model).flatten(model).detach()
+    anchors, coefficients = torch.stack([w, w * 1e37]), np.array([[1.0, 0.0], [0.0, 30.0]])
+    store = tmp_path / "sweep.partial.npz"
+    first = run_sweep(model, anchors, coefficients, data, store=store, return_probs=True, points_per_pass=1)
+    assert np.isnan(first["test_nll"][1]) and np.isnan(first["probs"][1]).any() and np.isfinite(first["test_error"]).all()
+    again = run_sweep(model, anchors, coefficients, data, store=store, resume=True, return_probs=True, points_per_pass=1)
+    np.testing.assert_array_equal(again["probs"], first["probs"])
