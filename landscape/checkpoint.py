@@ -27,6 +27,7 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,9 +185,111 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
                             f"config.json); choose another --out")
     elif (out / "model.pt").exists():
         raise UserError(f"{out} holds a network (model.pt) of another run; choose another --out")
-    if out.is_dir() and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes, so only it cleans
-        for stale in out.glob(".*.tmp"):
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes, so only it locks and cleans
+        if _held is not None:
+            lock_folder(out)
+        for stale in out.glob(".*.tmp") if out.is_dir() else ():
             stale.unlink(missing_ok=True)  # an atomic write's temporary file, left by a process killed while writing
+
+
+LOCK = ".landscape.lock"
+_held: dict[str, tuple[int, Path, list[Path]]] | None = None  # within folder_locks(): folder -> (fd, path, made)
+
+
+@contextmanager
+def folder_locks():
+    """Within this block every folder a command claims (:func:`claim_folder`)
+    is locked to this process, and the locks are let go at its end: the lock
+    file is removed, and so is every folder the lock made that is still
+    empty (a command refused before writing leaves nothing). The command
+    line runs every command inside one; a Python program may too (without
+    one, two processes writing one folder is the program's affair)."""
+    global _held
+    if _held is not None:  # already inside one
+        yield
+        return
+    _held = {}
+    try:
+        yield
+    finally:
+        held, _held = _held, None
+        for fd, folder, made in held.values():
+            try:
+                (folder / LOCK).unlink(missing_ok=True)  # while still held: a taker checks it has the file's lock
+                for path in made:  # the deepest first
+                    path.rmdir()
+            except OSError:  # not empty: the command wrote there
+                pass
+            finally:
+                os.close(fd)  # closing the descriptor lets the lock go
+
+
+def writer_of(folder: Path) -> str | None:
+    """The pid (as text; "" if unknown) of another process that holds
+    ``folder``'s lock (:func:`lock_folder`) now, or None: it is being written."""
+    import fcntl
+
+    if _held is not None and str(Path(folder).resolve()) in _held:  # this process's own
+        return None
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # a shared lock taken here goes with it
+    return None
+
+
+def lock_folder(out: Path) -> None:
+    """Make ``out`` this process's to write: an exclusive lock on its
+    ``.landscape.lock`` (``flock``), held to the end of :func:`folder_locks`,
+    so that a second command started on the same folder (a rerun with
+    --resume while the first still runs, two jobs given one --out) is
+    refused in one line instead of both writing into it. Taken again by the
+    same process, it is already held. A file system without locks (some
+    network mounts) is written without one."""
+    import fcntl
+
+    if _held is None:
+        return
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    key = str(out.resolve())
+    if key in _held:
+        return
+    while True:
+        try:
+            fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise _naming(e, out / LOCK) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                owner = os.read(fd, 32).decode("ascii", "replace").strip()
+            finally:
+                os.close(fd)
+            raise UserError(f"{out} is in use by another landscape process{f' (pid {owner})' if owner else ''}; "
+                            f"wait for it to finish (then --resume, if it stopped), or choose another --out",
+                            rank_local=True) from None
+        except OSError:  # no locks here (ENOLCK, EOPNOTSUPP): as before locks existed
+            os.close(fd)
+            return
+        try:  # the file locked must still be the folder's: its holder removes it before letting go
+            if os.stat(out / LOCK).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[key] = (fd, out, made)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -1885,7 +1885,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status
         args.failed_alone = False
         try:
-            return _run_command(args)
+            from landscape.checkpoint import folder_locks
+
+            with folder_locks():  # --out is this process's while the command runs
+                return _run_command(args)
         except BaseException:
             # An unexpected error (a bug, a failing user model) may be this rank's alone: waiting at the
             # final barrier while the others sit in another collective would hang the job without a word.
@@ -1992,8 +1995,10 @@ def _run_command(args: argparse.Namespace) -> int:
             hint = " — rerun the same command: finished steps are reused"
         else:
             hint = ""
+        from landscape.checkpoint import LOCK
+
         out = getattr(args, "out", None)
-        if out is not None and not Path(out).exists():
+        if out is not None and not (Path(out).is_dir() and any(p.name != LOCK for p in Path(out).iterdir())):
             print(f"{PROG}: {where}{word} before anything was written to {out}", file=sys.stderr)
         else:
             print(f"{PROG}: {where}{word}; files written so far are kept{hint}", file=sys.stderr)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import claim_folder, npz_reason, read_result, stored_config, write_json, write_npz
+from .checkpoint import claim_folder, npz_reason, writer_of, read_result, stored_config, write_json, write_npz
 from .device import check_fits, resolve_device
 from .errors import UserError
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
@@ -261,6 +261,10 @@ def refuse_unfinished(folder: Path) -> None:
     """One line when ``folder`` holds an unfinished sweep (its partial store,
     :data:`STORE`) where finished results were expected, as by ``plot``."""
     if (Path(folder) / STORE).exists():
+        writer = writer_of(Path(folder))
+        if writer is not None:
+            raise UserError(f"{folder}: the sweep there is still running (landscape process"
+                            f"{f' {writer}' if writer else ''}); plot it when it has finished")
         raise UserError(f"{folder}: the sweep there is unfinished ({STORE}); finish it by rerunning its command "
                         f"with --resume, then plot")
 

@@ -383,3 +383,34 @@ def test_read_jsonl_refuses_a_damaged_line_that_is_not_the_last(tmp_path):
     p.write_bytes(b'{"epoch": 1}\n\n{"epoch": 2}\n{"epoch": 3, "x": "\xc3')  # torn inside a character
     assert read_jsonl(p) == [{"epoch": 1}, {"epoch": 2}]
     assert read_jsonl(tmp_path / "none.jsonl") == []
+
+
+def test_folder_locks_refuse_a_second_holder_and_leave_no_trace(tmp_path):
+    """Inside folder_locks() a claimed folder is this process's: another
+    process's claim is refused (here, a second descriptor on the same lock,
+    as flock counts it); at the end the lock file goes, and so do the
+    folders the claim made if nothing was written in them."""
+    import fcntl
+
+    from landscape.checkpoint import LOCK, claim_folder, folder_locks, writer_of
+
+    deep = tmp_path / "a" / "b" / "c"
+    kept = tmp_path / "kept"
+    with pytest.raises(UserError, match="refused later"):
+        with folder_locks():
+            claim_folder(deep, "train")
+            claim_folder(deep, "train")  # the same process again: already held
+            claim_folder(kept, "train")
+            (kept / "config.json").write_text("{}")
+            assert writer_of(deep) is None  # not another process's
+            other = os.open(deep / LOCK, os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):  # what a second process meets
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(other)
+            raise UserError("refused later")
+    assert not (tmp_path / "a").exists()  # made by the claim, nothing written: gone
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json"]  # written: kept, without the lock file
+    claim_folder(tmp_path / "free", "train")  # outside folder_locks: no lock taken
+    assert not (tmp_path / "free").exists()

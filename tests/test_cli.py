@@ -499,9 +499,11 @@ def test_ctrl_c_advises_resume_only_where_the_command_has_it(tmp_path, capsys, m
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
-    for folder in ("p", "runs/demo", "e"):
+    for folder in ("p", "runs/demo", "e", "locked"):
         (tmp_path / folder).mkdir(parents=True)
-    for argv, said in ((["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "p"],
+        (tmp_path / folder / ("config.json" if folder != "locked" else ".landscape.lock")).write_text("{}")
+    for argv, said in ((["train", "--out", "locked"], "interrupted before anything was written to locked"),
+                       (["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "p"],
                         "interrupted; files written so far are kept — rerun with --resume to continue"),
                        (["demo", "--out", "runs/demo"],
                         "interrupted; files written so far are kept — rerun the same command: finished steps are reused"),
@@ -875,3 +877,65 @@ def test_the_start_up_guard_leaves_the_signal_handlers_as_it_found_them(argv):
                               text=True, timeout=120)
     command = argv[1] == "landscape"
     assert done.returncode == 0 and done.stdout.split()[-3:] == ["True", "True", str(command)], done
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"4242\\n")
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_folder_another_process_is_writing_is_refused_and_left_alone(tmp_path, capsys):
+    """Two commands on one --out (a rerun with --resume while the first still
+    runs, two jobs given the same folder) both ran and mixed their files; the
+    second is now refused in one line before it touches anything (an atomic
+    write's temporary file of the running process included), and `plot`
+    says the sweep is still running rather than advising --resume."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".last.pt.abc.tmp").write_text("being written")
+    (out / "sweep.partial.npz").write_text("")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out / ".landscape.lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for argv in (["train", "--out", out, "--epochs", 1], ["train", "--out", out, "--epochs", 1, "--resume"]):
+            code, _, err = run(capsys, *argv)
+            assert code == 2 and _one_line_error(err) == (
+                f"landscape: error: {out} is in use by another landscape process (pid 4242); wait for it to "
+                f"finish (then --resume, if it stopped), or choose another --out")
+        assert (out / ".last.pt.abc.tmp").read_text() == "being written"
+        code, _, err = run(capsys, "plot", out)
+        assert code == 2 and _one_line_error(err) == (f"landscape: error: {out}: the sweep there is still running "
+                                                      f"(landscape process 4242); plot it when it has finished")
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run(capsys, "plot", out)  # the writer gone: the usual advice
+    assert code == 2 and "finish it by rerunning its command with --resume" in err
+
+
+def test_a_command_lets_its_folder_go_when_it_ends(tmp_path, capsys):
+    """The lock lasts while the command runs: afterwards (here, in the same
+    Python process, as a program calling cli.main would) another process
+    takes it at once, and the stale temporary file of a killed write is
+    cleaned by the command that holds the folder."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".summary.json.old.tmp").write_text("left by a kill")
+    held = []
+    code, _, _ = run(capsys, "train", "--out", out, "--epochs", 1, "--quiet", "--model-kwargs", "width=4")
+    assert code == 0 and not (out / ".summary.json.old.tmp").exists()
+    assert not (out / ".landscape.lock").exists()  # let go, and not left among the run's files
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out / ".landscape.lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:  # another process takes it at once
+        held.append(holder.stdout.readline().strip())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert held == ["held"]
