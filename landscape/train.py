@@ -206,15 +206,43 @@ def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
     return model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
 
 
-def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any]) -> None:
+def input_digests(cfg: TrainConfig) -> dict[str, str]:
+    """A digest of each checkpoint a run starts from (``start``, ``end``,
+    ``from_ckpt``), stored with its state: a resume that names the same file
+    another way (from another folder, or after the runs were moved) is known
+    by its contents."""
+    import hashlib
+
+    digests = {}
+    for key in _RESUME_PATHS:
+        value = getattr(cfg, key, None)
+        if key != "data_path" and isinstance(value, str) and os.path.isfile(value):
+            h = hashlib.sha256()
+            with open(value, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+            digests[key] = h.hexdigest()
+    return digests
+
+
+def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any],
+                     digests: dict[str, str] | None = None) -> None:
+    """Refuse a resume whose settings differ from the stored ones. A path
+    setting is the same when it names the same file, or one with the
+    contents the run started from (its ``digests``, by :func:`input_digests`)."""
     new = cfg.to_json()
+    if digests:
+        now = input_digests(cfg)
+        same_contents = {k for k, v in digests.items() if now.get(k) == v}
+    else:
+        same_contents = set()
     # A setting added after the run was started (absent from its config) had its default then.
     defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
     for key, value in new.items():
         if key in _RESUME_FREE or key in getattr(cfg, "resume_free", ()):
             continue
         old = stored.get(key, defaults.get(key))
-        if old != value and not (key in _RESUME_PATHS and same_file(old, value)) and not (
+        if old != value and not (key in _RESUME_PATHS and (same_file(old, value) or key in same_contents)) and not (
                 key == "data_path" and old is not None and value is not None
                 and data_location(cfg.dataset, old) == data_location(cfg.dataset, value) is not None):
             raise UserError(
@@ -438,9 +466,11 @@ def run_training(
         keep_freed_memory()  # as the engine: pages of freed activations reused, not mapped afresh
     out = out if rank == 0 else None  # only rank 0 writes
 
+    digests = input_digests(cfg) if out is not None else {}
+
     def save(path: Path, epoch: int, kind: str) -> None:
         meta = {"epoch": epoch, "train_config": cfg.to_json(), "dataset": data.describe(),
-                "world_size": world, "landscape_version": __version__}
+                "world_size": world, "landscape_version": __version__, "input_digests": digests}
         task.save(path, kind, {"meta": meta, "train_state": {"epoch": epoch, "optimizer": optimizer.state_dict()}})
 
     if world > 1:
@@ -619,7 +649,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
     stored = (state.meta or {}).get("train_config")
     if not isinstance(stored, dict) or "train_state" not in state.extra:
         raise UserError(f"{source}: not a training state written by landscape; cannot resume from it")
-    _check_resumable(out, cfg, stored)
+    _check_resumable(out, cfg, stored, (state.meta or {}).get("input_digests"))
     started_on, world = int((state.meta or {}).get("world_size", 1)), rank_and_world()[1]
     has_bn = any(k.endswith("running_var") for k in state.state_dict)
     if started_on != world and source is last and has_bn:

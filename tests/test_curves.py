@@ -463,3 +463,33 @@ def test_resume_refuses_an_endpoint_file_replaced_since_the_run_began(tmp_path, 
                                                   "(the file changed since it began)")):
         fit_curve(ends / "a.pt", ends / "b.pt", tmp_path / "c", resume=True, **kw)
     assert not (tmp_path / "c" / "model.pt").exists() and (tmp_path / "c" / "last.pt").exists()
+
+
+def test_a_run_resumes_after_its_folders_moved_or_from_another_folder(tmp_path, narrow, small_digits, monkeypatch):
+    """The endpoints named relative to where the run began no longer resolve
+    from another working folder, or after the runs were moved: the resume
+    was refused ("started with start='ends/a.pt'"). The files the run began
+    from are now known by their contents too; other contents stay refused."""
+    import shutil
+
+    (tmp_path / "old" / "ends").mkdir(parents=True)
+    for name in ("a", "b"):
+        shutil.copy(narrow[name], tmp_path / "old" / "ends" / f"{name}.pt")
+    kw = dict(data=small_digits, epochs=3, lr=0.05, batch_size=64, progress=False)
+    full = fit_curve(narrow["a"], narrow["b"], tmp_path / "full", **kw)
+
+    def stop(epoch, record):
+        if epoch == 1:
+            raise _Interrupt
+
+    monkeypatch.chdir(tmp_path / "old")
+    with pytest.raises(_Interrupt):
+        fit_curve("ends/a.pt", "ends/b.pt", "runs/ab", on_epoch_end=stop, **kw)
+    (tmp_path / "old").rename(tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=r"started with start='ends/a\.pt', now start='\.\./moved/ends/b\.pt'"):
+        fit_curve("../moved/ends/b.pt", "../moved/ends/a.pt", "../moved/runs/ab", resume=True, **kw)
+    resumed = fit_curve("../moved/ends/a.pt", "../moved/ends/b.pt", "../moved/runs/ab", resume=True, **kw)
+    assert torch.equal(resumed.curve.anchors(), full.curve.anchors())
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
