@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from landscape.errors import UserError, first_line, is_out_of_memory, on_terminate, stop_words
+from landscape.errors import UserError, first_line, is_out_of_memory, on_terminate, shell_word, stop_words
 
 PROG = "landscape"
 
@@ -317,7 +317,7 @@ def _evaluate_hint(out: Path) -> str:
 
     name = (read_json(out / "config.json").get("model") or {}).get("name", "")
     named = f" --model {name}" if isinstance(name, str) and ":" in name else ""
-    return f"landscape curve --ckpt {out / 'model.pt'}{named} --out DIR"
+    return f"landscape curve --ckpt {shell_word(out / 'model.pt')}{named} --out DIR"
 
 
 def cmd_vi_connect(args: argparse.Namespace) -> int:
@@ -804,10 +804,11 @@ def cmd_swa(args: argparse.Namespace) -> int:
     if "sgd_bn_recomputed" in s:
         _print_metrics_row("SGD, BN recomp.", s["sgd_bn_recomputed"])
     print(f"checkpoints: {args.out / 'swa.pt'} and {args.out / 'sgd.pt'}"
-          f"   (compare their widths: landscape width --swa {args.out / 'swa.pt'} --sgd {args.out / 'sgd.pt'} --out DIR)")
+          f"   (compare their widths: landscape width --swa {shell_word(args.out / 'swa.pt')} --sgd "
+          f"{shell_word(args.out / 'sgd.pt')} --out DIR)")
     if "swag" in s["files"]:
         print(f"SWAG moments ({s['averaged']} iterates, last {s['swag_deviations']} deviations): {args.out / 'swag.pt'}"
-              f"   (its model average: landscape swag --ckpt {args.out / 'swag.pt'} --out DIR)")
+              f"   (its model average: landscape swag --ckpt {shell_word(args.out / 'swag.pt')} --out DIR)")
     from landscape.plots.swa import draw_swa_figure, has_swa_curve
 
     if has_swa_curve(args.out):  # --eval-every, now or in the part before a resume

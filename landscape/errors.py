@@ -11,7 +11,7 @@ import difflib
 import math
 import numbers
 
-__all__ = ["UserError", "Terminated", "on_terminate", "stop_words", "check_keywords", "check_nonnegative", "check_seed", "first_line", "is_whole",
+__all__ = ["UserError", "Terminated", "shell_word", "on_terminate", "stop_words", "check_keywords", "check_nonnegative", "check_seed", "first_line", "is_whole",
            "is_out_of_memory"]
 
 class Terminated(KeyboardInterrupt):
@@ -24,6 +24,16 @@ class Terminated(KeyboardInterrupt):
 def on_terminate(signum: int, frame: object) -> None:
     """The command's SIGTERM handler: raise :class:`Terminated`."""
     raise Terminated
+
+
+def shell_word(path: object) -> str:
+    """``path`` as a command line suggested to the user must spell it: quoted
+    where the shell would split or expand it, and with ``./`` before a name
+    that would read as an option."""
+    import shlex
+
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def stop_words(stop: KeyboardInterrupt) -> tuple[str, int]:

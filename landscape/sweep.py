@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from .checkpoint import claim_folder, npz_reason, writer_of, read_result, stored_config, write_json, write_npz
 from .device import check_fits, resolve_device
-from .errors import UserError
+from .errors import UserError, shell_word
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
                        unique_rows)
 from .progress import Progress
@@ -222,7 +222,7 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
                             f"finish it from; choose another --out")
         if done and not resume:
             raise UserError(f"{out} already holds a finished result ({result_file}); choose another --out (to "
-                            f"redraw its figures: landscape plot {out})")
+                            f"redraw its figures: landscape plot {shell_word(out)})")
         if (out / STORE).exists() and not resume:
             raise UserError(f"{out} holds an unfinished sweep; pass --resume to continue it, or choose another --out")
         if done:  # finished before: nothing to resume

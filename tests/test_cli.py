@@ -939,3 +939,20 @@ def test_a_command_lets_its_folder_go_when_it_ends(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert held == ["held"]
+
+
+def test_suggested_command_lines_can_be_pasted():
+    """A path in a command the tool suggests is spelled for the shell: a
+    space or quote quoted, a name beginning with '-' written ./-name (argparse
+    would take it for an option), a plain path left as it is."""
+    import shlex
+
+    from landscape.errors import shell_word
+
+    for path, spelled in (("runs/a/model.pt", "runs/a/model.pt"), ("my runs/c d/model.pt", "'my runs/c d/model.pt'"),
+                          ("-conn/model.pt", "./-conn/model.pt"), ("it's/x.pt", "'it'\"'\"'s/x.pt'")):
+        assert shell_word(path) == spelled
+        assert shlex.split(f"landscape curve --ckpt {shell_word(path)}")[-1].endswith(path)
+    code = cli.build_parser().parse_args(["curve", "--ckpt", shlex.split(shell_word("-conn/model.pt"))[0],
+                                          "--out", "x"])
+    assert code.ckpt.endswith("-conn/model.pt")
