@@ -955,4 +955,4 @@ def test_suggested_command_lines_can_be_pasted():
         assert shlex.split(f"landscape curve --ckpt {shell_word(path)}")[-1].endswith(path)
     code = cli.build_parser().parse_args(["curve", "--ckpt", shlex.split(shell_word("-conn/model.pt"))[0],
                                           "--out", "x"])
-    assert code.ckpt.endswith("-conn/model.pt")
+    assert str(code.ckpt).endswith("-conn/model.pt")
