@@ -171,6 +171,9 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; make that folder, or "
+                        f"choose another --out")
     above = next((p for p in out.parents if p.exists()), None)
     if above is not None and not above.is_dir():
         raise UserError(f"--out {out} cannot be made: {above} is a file, not a folder")

@@ -368,6 +368,10 @@ def test_no_command_writes_into_another_commands_folder(tmp_path, capsys, endpoi
     (tmp_path / "file").write_text("x")
     code, _, err = run(capsys, "ensemble", a, b, "--out", tmp_path / "file")
     assert code == 2 and _one_line_error(err).endswith("is a file, not a folder")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # was "File exists", naming neither
+    code, _, err = run(capsys, "ensemble", a, b, "--out", tmp_path / "dangling")
+    assert code == 2 and _one_line_error(err).endswith(f"is a link to {tmp_path / 'nowhere'}, which does not "
+                                                       f"exist; make that folder, or choose another --out")
 
 
 def test_a_corrupt_result_file_is_one_line(tmp_path, capsys):
