@@ -270,6 +270,8 @@ def lock_folder(out: Path) -> None:
         try:
             fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a folder this process cannot write: nothing
+                return  # to guard (a finished run, resumed, only reads it; a write would fail in its own words)
             raise _naming(e, out / LOCK) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
