@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
@@ -188,15 +189,35 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
                             f"config.json); choose another --out")
     elif (out / "model.pt").exists():
         raise UserError(f"{out} holds a network (model.pt) of another run; choose another --out")
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes, so only it locks and cleans
-        if _held is not None:
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, so only it locks and cleans
+    refused = None
+    if main and _held is not None:
+        try:
             lock_folder(out)
+        except UserError as e:
+            refused = e
+    refused = _rank_zeros(refused)
+    if refused is not None:
+        raise refused
+    if main:
         for stale in out.glob(".*.tmp") if out.is_dir() else ():
             stale.unlink(missing_ok=True)  # an atomic write's temporary file, left by a process killed while writing
 
 
+def _rank_zeros(refused: UserError | None) -> UserError | None:
+    """Under torchrun (a process group joined), rank 0's refusal of a folder
+    for every rank, so that all stop alike and it is said once; else as it is."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return refused
+    shared = [str(refused) if refused is not None else None]
+    dist.broadcast_object_list(shared, src=0)
+    return UserError(shared[0]) if shared[0] is not None else None
+
+
 LOCK = ".landscape.lock"
-_held: dict[str, tuple[int, Path, list[Path]]] | None = None  # within folder_locks(): folder -> (fd, path, made)
+_held: dict[str, tuple[int | None, Path, list[Path]]] | None = None  # in folder_locks(): folder -> (fd, path, made)
 
 
 @contextmanager
@@ -218,13 +239,18 @@ def folder_locks():
         held, _held = _held, None
         for fd, folder, made in held.values():
             try:
-                (folder / LOCK).unlink(missing_ok=True)  # while still held: a taker checks it has the file's lock
-                for path in made:  # the deepest first
-                    path.rmdir()
-            except OSError:  # not empty: the command wrote there
+                if fd is not None:
+                    (folder / LOCK).unlink(missing_ok=True)  # while still held: a taker checks it has the file's lock
+            except OSError:
                 pass
             finally:
-                os.close(fd)  # closing the descriptor lets the lock go
+                if fd is not None:
+                    os.close(fd)  # closing the descriptor lets the lock go (and NFS drop the unlinked file)
+            try:
+                for path in made:  # the deepest first; rmdir removes only an empty folder
+                    path.rmdir()
+            except OSError:  # not empty: the command wrote there (or another took the folder since)
+                pass
 
 
 def writer_of(folder: Path) -> str | None:
@@ -266,12 +292,14 @@ def lock_folder(out: Path) -> None:
     key = str(out.resolve())
     if key in _held:
         return
+    tries = 0
     while True:
         try:
             fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a folder this process cannot write: nothing
-                return  # to guard (a finished run, resumed, only reads it; a write would fail in its own words)
+                _held[key] = (None, out, made)  # to guard (a finished run, resumed, only reads it)
+                return
             raise _naming(e, out / LOCK) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -280,11 +308,16 @@ def lock_folder(out: Path) -> None:
                 owner = os.read(fd, 32).decode("ascii", "replace").strip()
             finally:
                 os.close(fd)
+            tries += 1
+            if tries < 4:  # a reader's moment (writer_of's shared lock) passes: look again before refusing
+                time.sleep(0.05 * tries)
+                continue
             raise UserError(f"{out} is in use by another landscape process{f' (pid {owner})' if owner else ''}; "
                             f"wait for it to finish (then --resume, if it stopped), or choose another --out",
                             rank_local=True) from None
         except OSError:  # no locks here (ENOLCK, EOPNOTSUPP): as before locks existed
             os.close(fd)
+            _held[key] = (None, out, made)
             return
         try:  # the file locked must still be the folder's: its holder removes it before letting go
             if os.stat(out / LOCK).st_ino == os.fstat(fd).st_ino:
@@ -292,9 +325,12 @@ def lock_folder(out: Path) -> None:
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
     _held[key] = (fd, out, made)
+    try:  # who holds it, for the refusal another process meets
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

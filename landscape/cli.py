@@ -316,7 +316,7 @@ def _evaluate_hint(out: Path) -> str:
     from landscape.checkpoint import read_json
 
     name = (read_json(out / "config.json").get("model") or {}).get("name", "")
-    named = f" --model {name}" if isinstance(name, str) and ":" in name else ""
+    named = f" --model {shell_word(name)}" if isinstance(name, str) and ":" in name else ""
     return f"landscape curve --ckpt {shell_word(out / 'model.pt')}{named} --out DIR"
 
 
@@ -1999,7 +1999,9 @@ def _run_command(args: argparse.Namespace) -> int:
         from landscape.checkpoint import LOCK
 
         out = getattr(args, "out", None)
-        if out is not None and not (Path(out).is_dir() and any(p.name != LOCK for p in Path(out).iterdir())):
+        written = Path(out).is_dir() and any(p.name != LOCK and not p.is_dir() for p in Path(out).rglob("*")) \
+            if out is not None else True  # folders holding only locks are removed as the command ends
+        if not written:
             print(f"{PROG}: {where}{word} before anything was written to {out}", file=sys.stderr)
         else:
             print(f"{PROG}: {where}{word}; files written so far are kept{hint}", file=sys.stderr)

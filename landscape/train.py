@@ -206,15 +206,15 @@ def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
     return model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
 
 
-def input_digests(cfg: TrainConfig) -> dict[str, str]:
+def input_digests(cfg: TrainConfig, keys: Sequence[str] = _RESUME_PATHS) -> dict[str, str]:
     """A digest of each checkpoint a run starts from (``start``, ``end``,
-    ``from_ckpt``), stored with its state: a resume that names the same file
-    another way (from another folder, or after the runs were moved) is known
-    by its contents."""
+    ``from_ckpt``, those of ``keys``), stored with its state: a resume that
+    names the same file another way (from another folder, or after the runs
+    were moved) is known by its contents."""
     import hashlib
 
     digests = {}
-    for key in _RESUME_PATHS:
+    for key in keys:
         value = getattr(cfg, key, None)
         if key != "data_path" and isinstance(value, str) and os.path.isfile(value):
             h = hashlib.sha256()
@@ -231,11 +231,9 @@ def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any],
     setting is the same when it names the same file, or one with the
     contents the run started from (its ``digests``, by :func:`input_digests`)."""
     new = cfg.to_json()
-    if digests:
-        now = input_digests(cfg)
-        same_contents = {k for k, v in digests.items() if now.get(k) == v}
-    else:
-        same_contents = set()
+    moved = [k for k in (digests or {}) if stored.get(k) != new.get(k) and not same_file(stored.get(k), new.get(k))]
+    now = input_digests(cfg, moved)  # only the files named another way are read
+    same_contents = {k for k in moved if now.get(k) == digests[k]}
     # A setting added after the run was started (absent from its config) had its default then.
     defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
     for key, value in new.items():
@@ -466,7 +464,8 @@ def run_training(
         keep_freed_memory()  # as the engine: pages of freed activations reused, not mapped afresh
     out = out if rank == 0 else None  # only rank 0 writes
 
-    digests = input_digests(cfg) if out is not None else {}
+    stored = (state.meta or {}).get("input_digests") if state is not None else None  # checked on resuming
+    digests = (stored if isinstance(stored, dict) else input_digests(cfg)) if out is not None else {}
 
     def save(path: Path, epoch: int, kind: str) -> None:
         meta = {"epoch": epoch, "train_config": cfg.to_json(), "dataset": data.describe(),

@@ -506,7 +506,10 @@ def test_ctrl_c_advises_resume_only_where_the_command_has_it(tmp_path, capsys, m
     for folder in ("p", "runs/demo", "e", "locked"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / ("config.json" if folder != "locked" else ".landscape.lock")).write_text("{}")
+    (tmp_path / "demo-locked" / "a").mkdir(parents=True)  # demo's first step's folder, holding its lock alone
+    (tmp_path / "demo-locked" / "a" / ".landscape.lock").write_text("")
     for argv, said in ((["train", "--out", "locked"], "interrupted before anything was written to locked"),
+                       (["demo", "--out", "demo-locked"], "interrupted before anything was written to demo-locked"),
                        (["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "p"],
                         "interrupted; files written so far are kept — rerun with --resume to continue"),
                        (["demo", "--out", "runs/demo"],

@@ -6,6 +6,7 @@ averages their gradients; `curve` and `swag` shared out over 2 ranks against one
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -574,3 +575,28 @@ def test_two_rank_vi_connect_fits_a_curve_between_posteriors_and_curve_shares_it
     with np.load(tmp_path / "two" / "posterior-curve.npz") as two:
         for key, value in one.arrays.items():
             np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_a_folder_in_use_stops_every_rank_in_one_line(tmp_path):
+    """Under torchrun rank 0 holds the folder for the job: when another
+    process holds it, rank 0's refusal is every rank's, said once, and the
+    job ends with it (the other rank used to go on to a barrier rank 0 never
+    reached, and end in a gloo traceback)."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+                               "os.write(fd, b'4242\\n'); print('held', flush=True); time.sleep(200)",
+                               str(out / ".landscape.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = torchrun("train", "--out", out, "--epochs", 1)
+    finally:
+        holder.kill()
+        holder.wait()
+    said = [line for line in done.stderr.splitlines() if line.startswith("landscape")]
+    assert done.returncode != 0 and "Connection closed" not in done.stderr, done.stderr  # torchrun's own report aside
+    assert not re.search(r'File ".*/landscape/', done.stderr), done.stderr  # no rank's own traceback
+    assert said == [f"landscape: error: {out} is in use by another landscape process (pid 4242); wait for it to "
+                    f"finish (then --resume, if it stopped), or choose another --out"], done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".landscape.lock"]  # the holder's, nothing written

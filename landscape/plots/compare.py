@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from landscape.errors import UserError
+from landscape.errors import UserError, shell_word
 
 from landscape.checkpoint import read_json, read_result, write_json
 
@@ -132,8 +132,8 @@ def _record(path: Path, kind: str) -> tuple[list[str], list[str] | None]:
         if isinstance(results, list) and all(isinstance(r, str) for r in results) and (
                 labels is None or isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             return results, labels
-    raise UserError(f"{path}: not a record of a comparison (edited, or damaged?); draw it again with "
-                    f"'landscape plot A B ... --out {path.parent}'")
+    raise UserError(f"{path}: not a record of a comparison (edited, or damaged?); draw it again with: "
+                    f"landscape plot A B ... --out {shell_word(path.parent)}")
 
 
 def redraw_comparisons(folder: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
