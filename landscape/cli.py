@@ -157,8 +157,8 @@ def add_optim_args(p: argparse.ArgumentParser, *, epochs: int = 20, lr: float | 
 def add_curve_fit_args(p: argparse.ArgumentParser, start: str, end: str, what: str) -> argparse._ArgumentGroup:
     """The curve options of ``connect`` and ``vi-connect``; returns their group."""
     g = p.add_argument_group("curve")
-    g.add_argument("--start", required=True, type=Path, help=start)
-    g.add_argument("--end", required=True, type=Path, help=end)
+    g.add_argument("--start", required=True, type=user_path, help=start)
+    g.add_argument("--end", required=True, type=user_path, help=end)
     g.add_argument("--curve", default="bezier", help="bezier or polychain")
     g.add_argument("--bends", type=int, default=1, help="number of free control points (default: 1)")
     g.add_argument("--free-start", action="store_true", help=f"train the first {what} too")
@@ -170,7 +170,7 @@ def add_curve_fit_args(p: argparse.ArgumentParser, start: str, end: str, what: s
 
 def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--out", required=out_required, type=Path, metavar="DIR", help="folder for every file this run writes")
+    g.add_argument("--out", required=out_required, type=user_path, metavar="DIR", help="folder for every file this run writes")
     g.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; on CPU it helps only with AMX)")
@@ -185,7 +185,7 @@ def add_run_args(p: argparse.ArgumentParser, *, out_required: bool = True) -> No
 def add_stored_eval_args(p: argparse.ArgumentParser) -> None:
     """--out, --resume, the evaluation and data options and --model of a
     command that evaluates a checkpoint holding its own network (curve, swag)."""
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
+    p.add_argument("--out", required=True, type=user_path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
@@ -1432,7 +1432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curve", help="evaluate a curve and the straight line between its ends",
                        description="Evaluate train loss / error and test NLL / error along a fitted curve and "
                                    "the straight line, with batch norm re-estimated at every point.")
-    p.add_argument("--ckpt", required=True, type=Path, help="curve checkpoint written by 'landscape connect'")
+    p.add_argument("--ckpt", required=True, type=user_path, help="curve checkpoint written by 'landscape connect'")
     p.add_argument("--points", type=int, default=None,
                    help="evenly spaced values of t (default: 61; 21 for a curve between posteriors)")
     p.add_argument("--samples", type=int, default=None,
@@ -1450,15 +1450,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one checkpoint in two random filter-normalised directions, or in the plane of a "
                                    "training run's trajectory (Li et al. 2018).")
     g = p.add_argument_group("plane")
-    g.add_argument("--ckpt", type=Path, help="curve checkpoint: the plane of its endpoints and middle bend, "
+    g.add_argument("--ckpt", type=user_path, help="curve checkpoint: the plane of its endpoints and middle bend, "
                                              "with the curve drawn in")
-    g.add_argument("--points", type=Path, nargs=3, metavar=("A.pt", "B.pt", "C.pt"),
+    g.add_argument("--points", type=user_path, nargs=3, metavar=("A.pt", "B.pt", "C.pt"),
                    help="three checkpoints: origin A, x towards B, y towards C")
-    g.add_argument("--mark", type=Path, nargs="+", metavar="D.pt", help="further checkpoints to project and mark")
+    g.add_argument("--mark", type=user_path, nargs="+", metavar="D.pt", help="further checkpoints to project and mark")
     g.add_argument("--grid", type=int, default=21, help="grid points per axis (default: 21)")
-    g.add_argument("--center", type=Path, metavar="A.pt",
+    g.add_argument("--center", type=user_path, metavar="A.pt",
                    help="one checkpoint: the plane around it of two random directions (Li et al. 2018)")
-    g.add_argument("--trajectory", type=Path, nargs="+", metavar="RUN",
+    g.add_argument("--trajectory", type=user_path, nargs="+", metavar="RUN",
                    help="a training run's folder (its checkpoint-NNN.pt from --save-every, then model.pt) or "
                         "checkpoints in training order: the plane of the trajectory's first two principal "
                         "directions around its end, the trajectory drawn in (Li et al. 2018). Several folders "
@@ -1480,7 +1480,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--xrange", type=float, nargs=2, metavar=("LO", "HI"),
                    help="explicit x range (weight-space units; with --center, multiples of the first direction)")
     g.add_argument("--yrange", type=float, nargs=2, metavar=("LO", "HI"), help="explicit y range")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
+    p.add_argument("--out", required=True, type=user_path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
@@ -1491,8 +1491,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train loss and test error along random directions from a centre (and a "
                                    "compare point), widths and asymmetries (Izmailov et al. 2018; Li et al. 2018).")
     g = p.add_argument_group("rays")
-    g.add_argument("--center", required=True, type=Path, help="checkpoint at the centre of the rays")
-    g.add_argument("--compare", type=Path, help="a second centre, with the same directions")
+    g.add_argument("--center", required=True, type=user_path, help="checkpoint at the centre of the rays")
+    g.add_argument("--compare", type=user_path, help="a second centre, with the same directions")
     g.add_argument("--directions", type=int, default=10, help="number of random directions (default: 10)")
     g.add_argument("--distance", type=float, default=None,
                    help="how far each ray goes on each side (default: half the centre's norm; 1 with --normalize filter)")
@@ -1501,7 +1501,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--line", action="store_true", help="also the line through the two centres, extended both ways")
     g.add_argument("--rise", type=float, default=0.1, help="train-loss rise that defines the width (default: 0.1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the directions")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
+    p.add_argument("--out", required=True, type=user_path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
@@ -1512,10 +1512,10 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group("start")
         if scratch:
             m = g.add_mutually_exclusive_group(required=True)
-            m.add_argument("--from", dest="from_ckpt", type=Path, metavar="CKPT", help="continue from a trained network")
+            m.add_argument("--from", dest="from_ckpt", type=user_path, metavar="CKPT", help="continue from a trained network")
             m.add_argument("--from-scratch", action="store_true", help="train from a fresh initialisation")
         else:
-            g.add_argument("--from", dest="from_ckpt", type=Path, metavar="CKPT", required=True,
+            g.add_argument("--from", dest="from_ckpt", type=user_path, metavar="CKPT", required=True,
                            help="the trained network to start from")
 
     p = sub.add_parser("swa", help="stochastic weight averaging; saves the average and the final SGD iterate",
@@ -1551,7 +1551,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="SWAG (Maddox et al. 2019): sample weights from the Gaussian that 'landscape swa "
                                    "--swag-rank K' fitted to the SGD iterates, re-estimate batch norm for each, and "
                                    "average their predictions; against the SWA mean.")
-    p.add_argument("--ckpt", required=True, type=Path, help="swag.pt written by 'landscape swa --swag-rank K'")
+    p.add_argument("--ckpt", required=True, type=user_path, help="swag.pt written by 'landscape swa --swag-rank K'")
     p.add_argument("--samples", type=int, default=30, help="weight samples averaged (default: 30)")
     p.add_argument("--scale", type=float, default=None,
                    help="covariance scale (default: the paper's, 0.5 for SWAG: (diagonal + low-rank) / 2; "
@@ -1570,7 +1570,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "then the model average "
                                    "of the samples. Subspaces: pca or random around the SWA mean of swag.pt, or the "
                                    "plane of a fitted curve.")
-    p.add_argument("--ckpt", required=True, type=Path,
+    p.add_argument("--ckpt", required=True, type=user_path,
                    help="swag.pt (from 'landscape swa --swag-rank K') or a curve (from 'landscape connect')")
     p.add_argument("--basis", default="auto", choices=["auto", "pca", "random", "curve"],
                    help="auto (default): pca for swag.pt, curve for a curve")
@@ -1651,7 +1651,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate vi.pt / hwa.pt three ways (Molchanov's talk): the network of the "
                                    "posterior means, single weight samples, and the ensemble of --samples draws; "
                                    "batch norm re-estimated for each.")
-    p.add_argument("--ckpt", required=True, type=Path, help="vi.pt or hwa.pt written by 'landscape vi'")
+    p.add_argument("--ckpt", required=True, type=user_path, help="vi.pt or hwa.pt written by 'landscape vi'")
     p.add_argument("--samples", type=int, default=30, help="weight samples averaged (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
     add_stored_eval_args(p)
@@ -1708,8 +1708,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensemble", help="each member, their averaged prediction, and their weight average",
                        description="Test error and NLL of each checkpoint, of the averaged prediction, and of the "
                                    "weight average with batch norm re-estimated.")
-    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write summary.json here")
+    p.add_argument("checkpoints", nargs="+", type=user_path, metavar="CKPT")
+    p.add_argument("--out", type=user_path, default=None, metavar="DIR", help="write summary.json here")
     p.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="accepted as by every command (ensemble shows no progress)")
@@ -1721,8 +1721,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The Hessian of the mean train NLL at each checkpoint: its largest and smallest "
                                    "eigenvalues by Lanczos (Ritz values with residuals) and its trace by "
                                    "Hutchinson's estimator, batch norm as the planes re-estimate it.")
-    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
+    p.add_argument("checkpoints", nargs="+", type=user_path, metavar="CKPT")
+    p.add_argument("--out", required=True, type=user_path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue after the networks already done in --out")
     g = p.add_argument_group("sharpness")
     g.add_argument("--top", type=int, default=5, help="eigenvalues reported, largest first (default: 5)")
@@ -1752,8 +1752,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The SWA paper's width figures in one command: train loss and test error along "
                                    "the line through SGD and SWA extended both ways, and along random unit rays "
                                    "from each; per-centre widths.")
-    p.add_argument("--swa", required=True, type=Path, help="the SWA checkpoint")
-    p.add_argument("--sgd", required=True, type=Path, help="the SGD checkpoint")
+    p.add_argument("--swa", required=True, type=user_path, help="the SWA checkpoint")
+    p.add_argument("--sgd", required=True, type=user_path, help="the SGD checkpoint")
     g = p.add_argument_group("rays")
     g.add_argument("--directions", type=int, default=10,
                    help="random directions, the same from each centre (default: 10)")
@@ -1764,7 +1764,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--normalize", default="gaussian", help="gaussian or filter")
     g.add_argument("--rise", type=float, default=0.1, help="train-loss rise above the centre that defines the width")
     g.add_argument("--seed", type=int, default=0, help="seed of the directions")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the result files")
+    p.add_argument("--out", required=True, type=user_path, metavar="DIR", help="folder for the result files")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     add_eval_args(p)
     add_data_args(p, inherit=True)
@@ -1775,8 +1775,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Grow a simplex around a mode, a complex joining modes through shared "
                                    "connectors, or (several --base) an ESPRO ensemble (Benton et al. 2021).")
     g = p.add_argument_group("simplex")
-    g.add_argument("--base", type=Path, nargs="+", metavar="A.pt", help="mode(s) to grow simplexes around")
-    g.add_argument("--modes", type=Path, nargs="+", metavar="A.pt", help="modes to join through connectors")
+    g.add_argument("--base", type=user_path, nargs="+", metavar="A.pt", help="mode(s) to grow simplexes around")
+    g.add_argument("--modes", type=user_path, nargs="+", metavar="A.pt", help="modes to join through connectors")
     g.add_argument("--vertices", type=int, default=None,
                    help="vertices of each simplex around a mode, the mode included (with --base; default 3)")
     g.add_argument("--connectors", type=int, default=None,
@@ -1811,8 +1811,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(side by side, train loss above test error), model averages (swag, subspace, "
                                    "vi-eval results) as averages.<fmt> (test NLL and error against the number of "
                                    "samples, each centre dashed).")
-    p.add_argument("result_dir", type=Path, nargs="+", metavar="RESULT_DIR")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+    p.add_argument("result_dir", type=user_path, nargs="+", metavar="RESULT_DIR")
+    p.add_argument("--out", type=user_path, default=None, metavar="DIR",
                    help="folder of the comparison figure (several RESULT_DIRs)")
     p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                    help="the compared results' names in the figure, one per RESULT_DIR, given after them (default: a "
@@ -1830,7 +1830,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "inference, an FGE ensemble, variational dropout; a table of the headline "
                                    "numbers. A rerun reuses "
                                    "finished steps.")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="folder of every run the demo makes")
+    p.add_argument("--out", type=user_path, default=Path("runs/demo"), metavar="DIR", help="folder of every run the demo makes")
     p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default: 30)")
     p.add_argument("--grid", type=int, default=17, help="grid points per axis of the plane and of the curve subspace's posterior (default: 17)")
     p.add_argument("--points", type=int, default=61, help="points along each curve and line (default: 61)")
@@ -1842,6 +1842,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
     return parser
+
+
+def user_path(text: str) -> Path:
+    """A path option's value, with a leading ``~`` expanded as the shell would
+    have (it does not in ``--out=~/x`` or a quoted ``'~/x'``): else a folder
+    named ``~`` appears in the current one."""
+    return Path(os.path.expanduser(text))
 
 
 def _version() -> str:

@@ -963,3 +963,14 @@ def test_suggested_command_lines_can_be_pasted():
     code = cli.build_parser().parse_args(["curve", "--ckpt", shlex.split(shell_word("-conn/model.pt"))[0],
                                           "--out", "x"])
     assert str(code.ckpt).endswith("-conn/model.pt")
+
+
+def test_a_path_option_expands_a_leading_tilde_as_the_shell_would(monkeypatch, tmp_path):
+    """``--out=~/runs/a`` or a quoted '~/runs/a' reach the command unexpanded:
+    a folder named '~' used to appear in the current one."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    parser = cli.build_parser()
+    assert parser.parse_args(["train", "--out=~/runs/a"]).out == tmp_path / "runs" / "a"
+    args = parser.parse_args(["plane", "--points", "~/a.pt", "b.pt", "~/c.pt", "--out", "~/p"])
+    assert args.points == [tmp_path / "a.pt", Path("b.pt"), tmp_path / "c.pt"] and args.out == tmp_path / "p"
+    assert parser.parse_args(["plot", "~/p", "runs/~x"]).result_dir == [tmp_path / "p", Path("runs/~x")]
