@@ -873,7 +873,7 @@ def test_the_start_up_guard_leaves_the_signal_handlers_as_it_found_them(argv):
     SIGTERM while the interpreter shuts down is not a Python exception."""
     probe = ("import atexit, signal, sys\n"
              "atexit.register(lambda: print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "
-             "signal.getsignal(signal.SIGINT) is signal.default_int_handler, sys.modules['landscape']._command))\n")
+             "signal.getsignal(signal.SIGINT) is signal.default_int_handler, sys.modules['landscape']._startup.started_as_command()))\n")
     import os
     import tempfile
 
