@@ -85,8 +85,9 @@ def atomic_save(write, path: str | os.PathLike) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is 0600; a result is as readable as any new file
         os.replace(tmp, path)
     except BaseException as e:
-        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        written = 0  # how far the write got, for _why_cut_short
         if os.path.exists(tmp):
+            written = os.path.getsize(tmp)
             os.unlink(tmp)
         if isinstance(e, OSError):
             raise _naming(e, path) from None
@@ -238,14 +239,12 @@ def folder_locks():
     finally:
         held, _held = _held, None
         for fd, folder, made in held.values():
-            try:
-                if fd is not None:
+            if fd is not None:
+                try:
                     (folder / LOCK).unlink(missing_ok=True)  # while still held: a taker checks it has the file's lock
-            except OSError:
-                pass
-            finally:
-                if fd is not None:
-                    os.close(fd)  # closing the descriptor lets the lock go (and NFS drop the unlinked file)
+                except OSError:
+                    pass
+                os.close(fd)  # closing the descriptor lets the lock go (and NFS drop the unlinked file)
             try:
                 for path in made:  # the deepest first; rmdir removes only an empty folder
                     path.rmdir()
@@ -267,12 +266,23 @@ def writer_of(folder: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.read(fd, 32).decode("ascii", "replace").strip()
+        return _holder(fd)
     except OSError:
         return None
     finally:
         os.close(fd)  # a shared lock taken here goes with it
     return None
+
+
+def _holder(fd: int) -> str:
+    """The pid a lock file holds (as text; "" if none was written)."""
+    return os.read(fd, 32).decode("ascii", "replace").strip()
+
+
+def wrote_into(folder: Path) -> bool:
+    """Whether a command wrote anything into ``folder``: a file there or below
+    other than lock files (folders holding only those go as the command ends)."""
+    return Path(folder).is_dir() and any(p.name != LOCK and not p.is_dir() for p in Path(folder).rglob("*"))
 
 
 def lock_folder(out: Path) -> None:
@@ -305,7 +315,7 @@ def lock_folder(out: Path) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                owner = os.read(fd, 32).decode("ascii", "replace").strip()
+                owner = _holder(fd)
             finally:
                 os.close(fd)
             tries += 1
@@ -583,12 +593,10 @@ def _failed_checksum(path: Path) -> str | None:
                     with z.open(info) as f:
                         while f.read(1 << 24):
                             pass
-                except zipfile.BadZipFile as e:
-                    if "CRC" in str(e):
-                        return info.filename.split("/", 1)[-1]  # without the archive's own folder
-                    return None
+                except zipfile.BadZipFile as e:  # the name without the archive's own folder
+                    return info.filename.split("/", 1)[-1] if "CRC" in str(e) else None
     except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, RuntimeError):
-        return None
+        pass
     return None
 
 

@@ -1888,9 +1888,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args = parse(build_parser(), argv)
         except KeyboardInterrupt as stop:
-            word, status = stop_words(stop)
-            print(f"{PROG}: {word} while starting; nothing was written", file=sys.stderr)
-            return status
+            from landscape._startup import stopped_while_starting
+
+            return stopped_while_starting(stop)
         args.failed_alone = False
         try:
             from landscape.checkpoint import folder_locks
@@ -2003,12 +2003,10 @@ def _run_command(args: argparse.Namespace) -> int:
             hint = " — rerun the same command: finished steps are reused"
         else:
             hint = ""
-        from landscape.checkpoint import LOCK
+        from landscape.checkpoint import wrote_into
 
         out = getattr(args, "out", None)
-        written = Path(out).is_dir() and any(p.name != LOCK and not p.is_dir() for p in Path(out).rglob("*")) \
-            if out is not None else True  # folders holding only locks are removed as the command ends
-        if not written:
+        if out is not None and not wrote_into(out):
             print(f"{PROG}: {where}{word} before anything was written to {out}", file=sys.stderr)
         else:
             print(f"{PROG}: {where}{word}; files written so far are kept{hint}", file=sys.stderr)

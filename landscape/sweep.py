@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import claim_folder, npz_reason, writer_of, read_result, stored_config, write_json, write_npz
+from .checkpoint import claim_folder, npz_reason, read_result, stored_config, write_json, write_npz, writer_of
 from .device import check_fits, resolve_device
 from .errors import UserError, shell_word
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
