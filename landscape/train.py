@@ -74,8 +74,9 @@ __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor",
 SCHEDULES = ("paper", "cosine", "constant")
 # Settings that may change between a run and its --resume without changing the result.
 _RESUME_FREE = ("device", "save_every")
+_INPUT_FILES = ("start", "end", "from_ckpt")  # the checkpoints a run starts from (input_digests)
 # Settings naming a file or folder: the same one named another way (./a.pt, an absolute path) is the same setting.
-_RESUME_PATHS = ("data_path", "start", "end", "from_ckpt")
+_RESUME_PATHS = ("data_path", *_INPUT_FILES)
 
 
 def same_file(a: Any, b: Any) -> bool:
@@ -206,7 +207,7 @@ def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
     return model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
 
 
-def input_digests(cfg: TrainConfig, keys: Sequence[str] = _RESUME_PATHS) -> dict[str, str]:
+def input_digests(cfg: TrainConfig, keys: Sequence[str] = _INPUT_FILES) -> dict[str, str]:
     """A digest of each checkpoint a run starts from (``start``, ``end``,
     ``from_ckpt``, those of ``keys``), stored with its state: a resume that
     names the same file another way (from another folder, or after the runs
@@ -216,7 +217,7 @@ def input_digests(cfg: TrainConfig, keys: Sequence[str] = _RESUME_PATHS) -> dict
     digests = {}
     for key in keys:
         value = getattr(cfg, key, None)
-        if key != "data_path" and isinstance(value, str) and os.path.isfile(value):
+        if isinstance(value, str) and os.path.isfile(value):
             h = hashlib.sha256()
             with open(value, "rb") as f:
                 for block in iter(lambda: f.read(1 << 24), b""):
@@ -640,10 +641,10 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
                 (out / stale).unlink(missing_ok=True)
         return 0, None, []
     source = finished if done else last
-    if not source.exists():
-        _refuse_orphaned_records(out)
+    if not source.exists():  # a new run: refused there too when records without their last.pt remain
+        fresh = prepare_run(out, cfg, resume=False, command=command)
         _say(f"{out}: nothing to resume, starting a new run")
-        return prepare_run(out, cfg, resume=False, command=command)
+        return fresh
     state = load_checkpoint(source)
     stored = (state.meta or {}).get("train_config")
     if not isinstance(stored, dict) or "train_state" not in state.extra:
