@@ -61,8 +61,6 @@ def _non_finite(x: Tensor) -> int:
     return sum(int((~torch.isfinite(x[i:i + 4096])).sum()) for i in range(0, len(x), 4096))
 
 
-
-
 @dataclass
 class Dataset:
     """A classification dataset held as tensors on one device.

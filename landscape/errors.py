@@ -11,8 +11,9 @@ import difflib
 import math
 import numbers
 
-__all__ = ["UserError", "Terminated", "shell_word", "on_terminate", "stop_words", "check_keywords", "check_nonnegative", "check_seed", "first_line", "is_whole",
-           "is_out_of_memory"]
+__all__ = ["UserError", "Terminated", "on_terminate", "stop_words", "shell_word", "check_keywords", "check_nonnegative",
+           "check_seed", "first_line", "is_whole", "is_out_of_memory"]
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's time limit, ``kill``, torchrun stopping the
