@@ -369,7 +369,9 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
 
 def read_result(folder: str | os.PathLike, arrays_file: str,
                 summary_file: str = "summary.json") -> tuple[dict[str, np.ndarray], Any]:
-    """The arrays (``allow_pickle=False``) and summary of a result folder."""
+    """The arrays (``allow_pickle=False``) and summary of a result folder;
+    refused when the summary names another result file than ``arrays_file``
+    (one copied from another folder: the figures would draw without it)."""
     folder = Path(folder)
     try:
         with np.load(folder / arrays_file, allow_pickle=False) as z:
@@ -382,6 +384,10 @@ def read_result(folder: str | os.PathLike, arrays_file: str,
     if not isinstance(summary, dict):
         raise UserError(f"{folder / summary_file}: not a result summary (a JSON object was expected, found "
                         f"{type(summary).__name__}); rerun the command that made it")
+    written_for = summary.get("result")  # None: a summary written before results named their file
+    if written_for is not None and written_for != arrays_file:
+        raise UserError(f"{folder / summary_file} summarises {written_for}, not the {arrays_file} beside it (copied "
+                        f"from another result?); rerun the command that made them")
     return arrays, summary
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import os
 import statistics
 import sys
@@ -682,7 +683,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
     try:
         if len(dirs) == 1:
-            written = _draw_stored(dirs[0], tuple(args.format))
+            try:
+                written = _draw_stored(dirs[0], tuple(args.format))
+            except OSError as e:
+                if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                # a shared, read-only results folder: say how to draw its figures elsewhere
+                raise UserError(f"{e.filename or dirs[0]}: {e.strerror or e}; figures are drawn in the result folder: "
+                                f"copy its .npz and .json files to one you can write, and plot that") from None
         else:
             from landscape.plots.compare import draw_comparison
 
@@ -1820,7 +1828,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     p.add_argument("--width", type=float, default=None, metavar="INCHES",
                    help="draw every figure this wide, its text at 8 pt as printed: 3.25 for a paper's column, "
-                        "6.75 for its page (default: each figure's own size, for the screen)")
+                        "6.75 for its page; 2.5 to 20 (default: each figure's own size, for the screen)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded digits data",

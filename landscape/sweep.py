@@ -244,10 +244,12 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
 def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarray], summary: dict[str, Any],
                   request: str | None = None, stores: Sequence[str] = (STORE,)) -> None:
     """Rank 0 writes the result and the summary (with the ``request`` it
-    answers, for a later ``--resume`` to check), then drops the partial
+    answers, for a later ``--resume`` to check, and the name of the result
+    file it goes with, for :func:`~landscape.checkpoint.read_result`), then drops the partial
     ``stores`` (a command with several sweeps names them all)."""
     if request is not None:
         summary["request"] = request
+    summary["result"] = result_file  # which results it summarises: a summary copied beside others is told apart
     if out is not None and is_main():
         # The summary first: the result file marks the sweep finished, so one stopped between the
         # two still has its partial store, and --resume finishes it again.

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -262,6 +263,16 @@ def test_connect_curve_and_plot_end_to_end(tmp_path, capsys, endpoints):
     assert (tmp_path / "eval" / "curve.png").stat().st_size > 10_000
     code, out, _ = run(capsys, "plot", tmp_path / "eval", "--format", "pdf", "svg")
     assert code == 0 and (tmp_path / "eval" / "curve.pdf").exists() and (tmp_path / "eval" / "curve.svg").exists()
+    # A summary copied beside another kind of result was drawn from (a plane without its labels, exit 0): refused
+    assert summary["result"] == "curve.npz"
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(tmp_path / "eval" / "summary.json", mixed / "summary.json")
+    shutil.copy(tmp_path / "eval" / "curve.npz", mixed / "plane.npz")
+    code, _, err = run(capsys, "plot", mixed)
+    assert code == 2 and _one_line_error(err).endswith(
+        "summary.json summarises curve.npz, not the plane.npz beside it (copied from another result?); rerun the "
+        "command that made them")
 
 
 @pytest.mark.slow
@@ -769,6 +780,26 @@ def test_plot_of_results_missing_an_entry_is_one_line(tmp_path, capsys):
     assert code == 2 and _one_line_error(err) == (f"landscape: error: {folder}: the stored results lack 'train_loss' "
                                                   f"(edited, or written by another version?); rerun the command that "
                                                   f"made them")
+
+
+def test_plot_of_a_read_only_result_folder_says_how_to_draw_elsewhere(tmp_path, capsys, monkeypatch):
+    """Figures are drawn in the result folder: one that cannot be written (a shared, read-only mount) gave the
+    error alone. It now says what to do. (Run as root, a chmod would not stop the write: the failure is made.)"""
+    import errno
+
+    import landscape.plots.style as style
+    from tests.test_plots import write_rays
+
+    folder = write_rays(tmp_path / "r", line=False)
+
+    def refused(obj, path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(style, "atomic_save", refused)
+    code, _, err = run(capsys, "plot", folder)
+    assert code == 2 and _one_line_error(err) == (
+        f"landscape: error: {folder / 'rays_train_loss.png'}: Read-only file system; figures are drawn in the result "
+        f"folder: copy its .npz and .json files to one you can write, and plot that")
 
 
 def test_python_m_landscape_is_the_command_line(tmp_path):

@@ -158,6 +158,9 @@ def test_levels_spread_over_a_small_range_and_their_labels_differ():
     names = level_names(levels[:-1])
     assert len(set(names)) == len(names) and names[0] == "0.159"
     assert level_names(np.array([0.2, 1.0, 3.0])) == ["0.2", "1", "3"]  # two digits where they suffice
+    # each label within a tenth of the gap to its neighbour: 0.1850 read "0.18", and a node of 0.1835, drawn
+    # below it, looked inside the band above
+    assert level_names(np.array([0.169, 0.176, 0.185, 0.2, 0.24])) == ["0.169", "0.176", "0.185", "0.2", "0.24"]
     # one notation on one colorbar: 3800 beside 72, not 3.8e+03; e-notation only from a million
     assert level_names(np.array([19.0, 72.0, 270.0, 3812.0, 2.1e7])) == ["19", "72", "270", "3800", "2.1e+07"]
 
@@ -234,6 +237,88 @@ def test_only_clipped_values_get_the_grey_top_band_and_no_line_traces_the_minimu
         plt.close(fig)
 
 
+def _band_x_extent(filled, band: int) -> tuple[float, float]:
+    """The smallest and largest x of the filled contour's band ``band`` (0: the lowest)."""
+    vertices = filled.get_paths()[band].vertices
+    return float(vertices[:, 0].min()), float(vertices[:, 0].max())
+
+
+def test_the_band_above_the_clip_starts_where_the_values_cross_it():
+    """Values above the clip used to be drawn as about 5e9, so the grey band began at the node below
+    the clip beside them (anchors at 1 % error sat in the '> 50' area), and the bands under it vanished."""
+    x, y = np.arange(5.0), np.linspace(0, 1, 3)
+    error = np.repeat(np.array([0.0, 20.0, 40.0, 80.0, 100.0])[:, None], 3, axis=1)  # a ramp along x
+    fig, ax = plt.subplots()
+    _, cbar = plot_plane(ax, x, y, error, vmax=50.0, log_alpha=-1.0)
+    filled = ax.collections[0]
+    lo, hi = _band_x_extent(filled, len(filled.get_paths()) - 1)
+    assert lo == pytest.approx(2.25) and hi == pytest.approx(4.0)  # 50 crossed a quarter of the way from 40 to 80
+    # the band just under the clip reaches it there too, as linear interpolation of the values puts it
+    assert _band_x_extent(filled, len(filled.get_paths()) - 2)[1] == pytest.approx(2.25)
+    plt.close(fig)
+
+
+def test_infinite_values_join_the_band_above_the_clip_and_blanks_are_counted():
+    """+inf was drawn as the clip value itself (below finite values above the clip) and NaN left blank without
+    a word; +inf is above any clip, and the panel now says how many points are blank."""
+    from landscape.plots.plane import CLIPPED_COLOR
+    from landscape.plots.style import finish_layout
+
+    x, y = np.arange(5.0), np.arange(5.0)
+    loss = 0.2 + 0.1 * np.add.outer(x, y)  # 0.2 ... 1.0, under the clip
+    loss[2, 2] = np.inf
+    loss[0, 4], loss[4, 0] = np.nan, -np.inf
+    fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)
+    _, cbar = plot_plane(ax, x, y, loss, vmax=5.0)
+    finish_layout(fig)
+    filled = ax.collections[0]
+    assert np.allclose(filled.get_facecolor()[-1][:3], matplotlib.colors.to_rgb(CLIPPED_COLOR))
+    grey = filled.get_paths()[-1]
+    assert grey.contains_point((2.0, 2.0)) or np.any(np.all(np.isclose(grey.vertices, [2.0, 2.0]), axis=1))
+    assert cbar.ax.get_yticklabels()[-1].get_text() == "> 5"
+    notes = [t.get_text() for t in ax.texts if "blank" in t.get_text()]
+    assert notes == ["blank: 2 of 25 points not finite"]  # the NaN and the -inf; +inf is drawn, above the clip
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)  # without a clip +inf cannot be drawn
+    plot_plane(ax, x, y, loss, vmax=None)
+    finish_layout(fig)
+    assert [t.get_text() for t in ax.texts if "blank" in t.get_text()] == ["blank: 3 of 25 points not finite"]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("width", [None, 3.25])
+def test_a_planes_note_covers_none_of_its_points_or_labels(tmp_path, width):
+    """The note said where a plane is not to scale always sat in the lower right corner: at a column's width it
+    covered the 'end' anchor and its label."""
+    from landscape.plots.plane import load_plane_result, plane_metrics, plot_plane_result
+    from landscape.plots.style import finish_layout, new_figure, set_figure_width
+
+    folder = write_plane(tmp_path / "p")
+    arrays, summary = load_plane_result(folder)
+    arrays = dict(arrays, y=arrays["y"] / 8, anchor_xy=arrays["anchor_xy"] / [1, 8], mark_xy=arrays["mark_xy"] / [1, 8])
+    arrays["anchor_xy"][1] = [arrays["x"].max() * 0.9, arrays["y"].min() * 0.9]  # an anchor in the lower right
+    arrays["path_xy"] = None
+    try:
+        set_figure_width(width)
+        for metric, label, vmax, log_alpha in plane_metrics(summary):
+            fig, ax = new_figure(width=6.0, height=5.0)
+            plot_plane_result(ax, arrays, summary, metric, label, vmax, log_alpha)
+            finish_layout(fig)
+            fig.draw_without_rendering()
+            renderer = fig.canvas.get_renderer()
+            (note,) = [t for t in ax.texts if "not to scale" in t.get_text()]
+            box = note.get_window_extent(renderer)
+            others = [t for t in ax.texts if t.get_text() and t is not note]
+            assert len(others) >= 2
+            for text in others:
+                assert not box.overlaps(text.get_window_extent(renderer)), (width, metric, text.get_text())
+            for marker in _marker_boxes(ax, renderer):
+                assert not box.overlaps(marker), (width, metric)
+            plt.close(fig)
+    finally:
+        set_figure_width(None)
+
+
 def test_plane_is_drawn_with_x_along_the_first_index():
     x, y = np.linspace(-1, 1, 21), np.linspace(-2, 2, 41)
     X, Y = np.meshgrid(x, y, indexing="ij")
@@ -256,6 +341,17 @@ def test_plane_draws_degenerate_data(values, tmp_path):
     plot_plane_points(ax, np.array([[0, 0], [1, 0], [0.5, 1]]), ["a", "b", "c"])
     fig.savefig(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
+    plt.close(fig)
+
+
+def test_a_grid_of_two_a_side_is_not_contoured():
+    """A 2 x 2 plane drew clean bands, the bilinear blend of its corners, in which no anchor had its own
+    colour: it now says the grid is too small, and its points are still marked."""
+    x, y = np.array([0.0, 1.0]), np.array([0.0, 1.0])
+    fig, ax = plt.subplots()
+    _, cbar = plot_plane(ax, x, y, np.array([[0.1, 0.5], [0.3, 2.0]]), vmax=5.0)
+    assert cbar is None and not ax.collections
+    assert [t.get_text() for t in ax.texts] == ["grid too small to draw (2 x 2)"]
     plt.close(fig)
 
 
@@ -359,6 +455,67 @@ def write_curve(folder, *, kind="bezier", bends=1, points=21, bump=0.02, line_sc
                "line": {"train_loss_barrier": 0.8 * line_scale, "test_error_barrier": 16 * line_scale}}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
+
+
+def test_a_loss_along_a_path_spanning_decades_is_drawn_on_a_log_axis(tmp_path):
+    """A line rising 160-fold above its ends flattened the curve's own rise into the floor of a linear axis;
+    the papers' linear axis stays below 100-fold, and errors stay linear."""
+    from landscape.plots.curve import load_curve_result, plot_curve_metric
+    from landscape.plots.rays import plot_line_metric
+
+    scales = {}
+    for line_scale in (1.0, 20.0):  # the line's loss rises to 0.9 (9x its ends) or 16.1 (161x)
+        arrays, summary = load_curve_result(write_curve(tmp_path / f"c{line_scale}", line_scale=line_scale))
+        fig, (a, b) = plt.subplots(1, 2)
+        plot_curve_metric(a, arrays, "train_loss", "train loss", summary)
+        arrays["line_test_error"] = arrays["line_test_error"] * 50  # 300-fold: an error stays linear all the same
+        plot_curve_metric(b, arrays, "test_error", "test error (%)", summary)
+        scales[line_scale] = (a.get_yscale(), b.get_yscale())
+        plt.close(fig)
+    assert scales == {1.0: ("linear", "linear"), 20.0: ("log", "linear")}
+    fig, ax = plt.subplots()  # the width report's line through its centres, a NaN left out
+    d = np.linspace(-10, 10, 21)
+    plot_line_metric(ax, d, np.where(d == 5, np.nan, 0.01 + d ** 2), np.array([0.0]), ["SWA"], ["C0"], "loss",
+                     log_when_spread=True)
+    assert ax.get_yscale() == "log"
+    plt.close(fig)
+
+
+def test_a_curve_figure_says_how_many_points_are_not_finite(tmp_path, monkeypatch):
+    """NaN points drew gaps in the lines without a word."""
+    import landscape.plots.curve as curve_plots
+
+    folder = write_curve(tmp_path / "c")
+    with np.load(folder / "curve.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["line_train_loss"][[9, 10]] = [np.nan, np.inf]
+    np.savez(folder / "curve.npz", **arrays)
+    drawn = []
+    monkeypatch.setattr(curve_plots, "save_figure", lambda fig, stem, formats: drawn.append(fig) or [])
+    curve_plots.draw_curve_figure(folder)
+    loss, error = drawn[0].axes[:2]
+    assert loss.get_title().endswith("\n2 points not finite: gaps in the lines")
+    assert "not finite" not in error.get_title()
+    plt.close(drawn[0])
+
+
+def test_an_swa_figures_epoch_axis_has_whole_epochs_only(tmp_path, monkeypatch):
+    """Three epochs were ticked 1, 1.25, 1.5, ..."""
+    import landscape.plots.swa as swa_plots
+
+    (tmp_path / "config.json").write_text(json.dumps({"command": "swa", "config": {"swa_lr": 0.05}}))
+    records = [{"epoch": e, "test_error": 2.0 - 0.1 * e, "test_nll": 0.07, "swa_test_error": 1.4,
+                "swa_test_nll": 0.06} for e in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    drawn = []
+    monkeypatch.setattr(swa_plots, "save_figure", lambda fig, stem, formats: drawn.append(fig) or [])
+    swa_plots.draw_swa_figure(tmp_path)
+    (fig,) = drawn
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0, 2.0, 3.0], ticks
+    plt.close(fig)
 
 
 def _lines(ax):
@@ -678,7 +835,9 @@ def test_plot_width_draws_figures_to_a_papers_width_with_8_pt_text(tmp_path, cap
         set_figure_width(None)
     assert fs(10) == 10.0
     assert cli.main(["plot", str(folder), "--width", "0.5"]) == 2
-    assert "--width must be between 1 and 20 inches, got 0.5" in capsys.readouterr().err
+    assert "--width must be between 2.5 and 20 inches, got 0.5 (narrower, 8-pt" in capsys.readouterr().err
+    assert cli.main(["plot", str(folder), "--width", "2"]) == 2  # titles broke a word a line, labels were clipped
+    assert "got 2.0" in capsys.readouterr().err
 
 
 def test_lines_and_markers_thin_with_the_text_at_a_papers_width(tmp_path):

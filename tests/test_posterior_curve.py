@@ -233,8 +233,8 @@ def test_posterior_curves_from_the_command_line_and_their_bad_input(fitted, post
     assert "-1" in refused("curve", "--ckpt", out / "model.pt", "--out", tmp_path / "s", "--samples", -1)
     assert "--samples must be at least 1, got 0" in refused("curve", "--ckpt", out / "model.pt", "--out",
                                                             tmp_path / "s0", "--samples", 0)
-    assert "--points must be at least 2, got 0" in refused("curve", "--ckpt", out / "model.pt", "--out",
-                                                           tmp_path / "p0", "--points", 0)
+    assert "--points must be at least 3 (the ends and a point between them), got 2" in refused(
+        "curve", "--ckpt", out / "model.pt", "--out", tmp_path / "p2", "--points", 2)  # the ends alone: no barrier
     huge = refused("curve", "--ckpt", out / "model.pt", "--out", tmp_path / "huge", "--points", 10 ** 6,
                    "--samples", 10 ** 4)
     assert huge.startswith("landscape: error: --points 1000000 x --samples 10000 (every network's weights") and \
@@ -245,8 +245,8 @@ def test_posterior_curves_from_the_command_line_and_their_bad_input(fitted, post
     assert code == 0 and "landscape vi-connect" in e
     assert "applies to a curve between variational posteriors" in refused(
         "curve", "--ckpt", tmp_path / "means" / "model.pt", "--out", tmp_path / "m", "--samples", 3)
-    assert "--points must be at least 2, got 0" in refused("curve", "--ckpt", tmp_path / "means" / "model.pt",
-                                                           "--out", tmp_path / "m0", "--points", 0)
+    assert "--points must be at least 3 (the ends and a point between them), got 2" in refused(
+        "curve", "--ckpt", tmp_path / "means" / "model.pt", "--out", tmp_path / "m2", "--points", 2)
     huge = refused("curve", "--ckpt", tmp_path / "means" / "model.pt", "--out", tmp_path / "mhuge", "--points",
                    10 ** 9)  # sized before any work, not when the probabilities outgrow the memory
     assert huge.startswith("landscape: error: --points 1000000000 (the test-set probabilities of every point") and \

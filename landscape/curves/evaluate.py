@@ -74,8 +74,8 @@ def evaluate_curve(
     either is refused.
     """
     amp = precision_amp(precision)
-    if points < 2:
-        raise UserError(f"--points must be at least 2, got {points}")
+    if points < 3:  # the ends alone have no barrier: nothing between them would be measured
+        raise UserError(f"--points must be at least 3 (the ends and a point between them), got {points}")
     out_path = Path(out) if out is not None else None
     device = process_device(device)  # under torchrun: joins the process group
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device, model)

@@ -345,8 +345,8 @@ def evaluate_posterior_curve(
     of its two ends) of the negative ELBO per sample, of the means' and the
     ensemble's test error and of the ensemble's test NLL."""
     amp = precision_amp(precision)
-    if points < 2:
-        raise UserError(f"--points must be at least 2, got {points}")
+    if points < 3:  # the ends alone have no barrier: nothing between them would be measured
+        raise UserError(f"--points must be at least 3 (the ends and a point between them), got {points}")
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
     out_path = Path(out) if out is not None else None

@@ -11,8 +11,9 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (LINE_COLOR, compare_color, fs, legend_below, mark_endpoints, new_figure, note_synthetic,
-                    panel_legend, result_color, result_colors, save_figure, train_loss_label)
+from .style import (LINE_COLOR, PATH_LOG_FACTOR, compare_color, fs, legend_below, log_scale_when_spread,
+                    mark_endpoints, new_figure, note_synthetic, panel_legend, result_color, result_colors, save_figure,
+                    train_loss_label)
 
 __all__ = ["plot_curve_metric", "draw_curve_figure", "load_curve_result", "compare_curves", "curve_label",
            "curve_color", "line_groups"]
@@ -44,11 +45,18 @@ def plot_curve_metric(ax, arrays: dict[str, np.ndarray], metric: str, label: str
     ax.plot(t, arrays[f"line_{metric}"], color=LINE_COLOR, lw=2, ls="--", label="straight line")
     ax.plot(t, arrays[f"curve_{metric}"], color=curve_color(summary), lw=2, label=curve_label(summary))
     mark_endpoints(ax, t, arrays[f"curve_{metric}"])
+    _axes(ax, label, [arrays[f"{path}_{metric}"] for path in ("line", "curve")], metric)
+    return ax
+
+
+def _axes(ax, label: str, drawn, metric: str) -> None:
+    """A path figure's axes: t from 0 to 1, ``label`` up, a grid; a loss spanning decades on a log axis."""
     ax.set_xlabel("t")
     ax.set_ylabel(label)
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
-    return ax
+    if not metric.endswith("error"):  # errors stay linear, as the papers draw them
+        log_scale_when_spread(ax, np.concatenate([np.ravel(v) for v in drawn]), PATH_LOG_FACTOR)
 
 
 def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -65,12 +73,19 @@ def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     if summary.get("wd"):  # the weight-decay term may fall along the curve and hide a rise in NLL
         nll = [p["metrics"]["train_nll"]["barrier"] for p in (c, l)]
         title += f"\nNLL alone: curve {nll[0]:.3g}, line {nll[1]:.3g}"
-    ax_loss.set_title(title, fontsize=fs(10))
-    ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.3g}%, line {l['test_error_barrier']:.3g}%",
-                     fontsize=fs(10))
+    ax_loss.set_title(title + _gaps(arrays, "train_loss"), fontsize=fs(10))
+    ax_err.set_title(f"{split} error barrier: curve {c['test_error_barrier']:.3g}%, line {l['test_error_barrier']:.3g}%"
+                     + _gaps(arrays, "test_error"), fontsize=fs(10))
     panel_legend(fig, ax_loss, frameon=False, fontsize=fs(9))
     note_synthetic(fig, [summary])
     return save_figure(fig, result_dir / "curve", formats)
+
+
+def _gaps(arrays: dict[str, np.ndarray], metric: str) -> str:
+    """A title's last line when points of ``metric`` are not finite (a network whose loss overflowed): the
+    lines leave them out, and the reader is told."""
+    missing = sum(int(np.sum(~np.isfinite(np.asarray(arrays[f"{p}_{metric}"], dtype=float)))) for p in ("curve", "line"))
+    return f"\n{missing} point{'s' if missing != 1 else ''} not finite: gaps in the lines" if missing else ""
 
 
 def _ends(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -121,10 +136,7 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
             ax.plot(a["t"], a[f"curve_{metric}"], color=colors[i], lw=2, label=label)
         for i, (a, _) in enumerate(results):  # after the curves, so the legend lists the paths first
             mark_endpoints(ax, a["t"], a[f"curve_{metric}"], "endpoints" if i == 0 else None)
-        ax.set_xlabel("t")
-        ax.set_ylabel(metric_label)
-        ax.set_xlim(0, 1)
-        ax.grid(alpha=0.3)
+        _axes(ax, metric_label, [a[f"{path}_{metric}"] for a, _ in results for path in ("line", "curve")], metric)
     legend_below(fig, axes[0])
     note_synthetic(fig, [summary for _, summary in results])
     return fig

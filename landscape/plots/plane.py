@@ -137,13 +137,26 @@ class LogOffsetNorm(mcolors.Normalize):
         return self.vmin + np.exp(self.log_alpha + value * self._log_span())
 
 
+# A level's label reads within this share of the gap to its nearest neighbour level (else a value drawn in
+# a band could read as outside it: 0.1850 labelled "0.18" beside a node of 0.1835 drawn below it).
+LABEL_SLACK = 0.1
+
+
 def level_names(levels: np.ndarray) -> list[str]:
-    """Tick labels for contour levels: two significant digits, or as many more
-    (up to six) as it takes for no two labels to read the same."""
-    for digits in range(2, 7):
-        names = [_significant(v, digits) for v in levels]
-        if len(set(names)) == len(names):
-            break
+    """Tick labels for contour levels: each with two significant digits, or as
+    many more (up to six) as it takes to read within :data:`LABEL_SLACK` of
+    the gap to its nearest neighbour (where two still read the same, all
+    get six)."""
+    levels = np.asarray(levels, dtype=float)
+    names = []
+    for i, v in enumerate(levels):
+        gaps = np.abs(np.delete(levels, i) - v)
+        slack = LABEL_SLACK * gaps.min() if gaps.size else np.inf
+        name = next((n for n in (_significant(v, d) for d in range(2, 7)) if abs(float(n) - v) <= slack),
+                    _significant(v, 6))
+        names.append(name)
+    if len(set(names)) < len(names):  # levels closer than six digits can tell apart: all at six
+        names = [_significant(v, 6) for v in levels]
     return names
 
 
@@ -176,12 +189,51 @@ def scale_note(ax) -> str:
     return f"not to scale: {'vertical' if stretch > 1 else 'horizontal'} axis stretched {times}"
 
 
-def _set_note(note, ax) -> None:
-    """``note`` says :func:`scale_note`, in two lines where one would not fit the panel's width."""
-    note.set_text(scale_note(ax))
+# Where a panel's note may go (axes fractions and alignment), in this order: the first clear of the points,
+# their labels and the path wins; then the same box slid along the bottom and top edges.
+NOTE_PLACES = ((0.99, 0.01, "right", "bottom"), (0.01, 0.01, "left", "bottom"), (0.99, 0.99, "right", "top"),
+               (0.01, 0.99, "left", "top"))
+
+
+def _set_note(note, ax, lines: Sequence[str] = (), scale: bool = True) -> None:
+    """``note`` says ``lines`` and (``scale``) :func:`scale_note`, each of its
+    sentences in two lines where one would not fit the panel's width, in the
+    first corner of :data:`NOTE_PLACES` where it covers no point, label or
+    path (else where it covers least of them)."""
     renderer = ax.figure.canvas.get_renderer()
-    if note.get_text() and note.get_window_extent(renderer).width > 0.9 * ax.get_window_extent(renderer).width:
-        note.set_text(note.get_text().replace(": ", ":\n", 1))
+    width = ax.get_window_extent(renderer).width
+    texts = [t for t in (*lines, scale_note(ax) if scale else "") if t]
+    wrapped = []
+    for text in texts:
+        note.set_text(text)
+        wide = note.get_window_extent(renderer).width > 0.9 * width
+        wrapped.append(text.replace(": ", ":\n", 1) if wide else text)
+    note.set_text("\n".join(wrapped))
+    if not wrapped:
+        return
+    note.set_visible(False)  # not an obstacle of its own
+    boxes, paths = _obstacles(ax, renderer)
+    note.set_visible(True)
+
+    def put(place) -> float:
+        """Put the note at ``place``; the area of points and labels it covers there (a path's crossing: all)."""
+        x, y, ha, va = place
+        note.set_position((x, y))
+        note.set_ha(ha)
+        note.set_va(va)
+        box = note.get_window_extent(renderer)
+        return sum(_overlap(box, b) for b in boxes) + sum(
+            box.width * box.height for p in paths if p.intersects_bbox(box, filled=False) or box.count_contains(p.vertices))
+
+    share = min(1.0, note.get_window_extent(renderer).width / width)  # of the panel's width
+    slides = [(0.01 + f * max(0.0, 0.98 - share), y, "left", va) for f in np.linspace(0, 1, SLIDE_STEPS)
+              for y, va in ((0.01, "bottom"), (0.99, "top"))]
+    covered = []
+    for place in (*NOTE_PLACES, *slides):
+        covered.append((put(place), place))
+        if covered[-1][0] == 0:
+            return
+    put(min(covered, key=lambda c: c[0])[1])
 
 
 def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: float | None = None,
@@ -214,13 +266,17 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     # Equal scales when the two extents are comparable; a plane much longer
     # than wide (a nearly straight curve) would otherwise be a thin strip.
     ratio = np.ptp(y) / max(np.ptp(x), 1e-300) if x.size > 1 and y.size > 1 else 1.0
-    if equal_aspect or (equal_aspect is None and 1 / 3 <= ratio <= 3):
+    equal = bool(equal_aspect or (equal_aspect is None and 1 / 3 <= ratio <= 3))
+    if equal:
         ax.set_aspect("equal", adjustable="box")
-    elif x.size > 1 and y.size > 1:  # a distance up is not one across: the reader is told how far
+    # A distance up that is not one across, and values left blank, are said in a note in the panel.
+    missing = int(np.sum(~np.isfinite(values) & ~((values > vmax) if vmax is not None else False)))
+    lines = [f"blank: {missing} of {values.size} points not finite"] if missing else []
+    if lines or (not equal and x.size > 1 and y.size > 1):
         note = ax.text(0.99, 0.01, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=fs(9),
                        color="dimgray", zorder=2.5,  # over the contours, under the paths and points
                        bbox=dict(facecolor="white", alpha=0.6, lw=0, pad=1.5))
-        after_layout(ax.figure, lambda: _set_note(note, ax))
+        after_layout(ax.figure, lambda: _set_note(note, ax, lines, scale=not equal))
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     if x.size > 1 and y.size > 1:
@@ -229,18 +285,20 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     clipped = clip_values(values, vmax)
     clipped[np.isinf(clipped)] = np.nan  # -inf, or +inf without a clip: unplottable
     rng = _finite_range(clipped)
-    if rng is None or x.size < 2 or y.size < 2:
-        ax.text(0.5, 0.5, "no finite values" if rng is None else "grid too small",
+    if rng is None or x.size < 3 or y.size < 3:  # a 2 x 2 grid's contours would be its corners' bilinear blend
+        ax.text(0.5, 0.5, "no finite values" if rng is None else f"grid too small to draw ({x.size} x {y.size})",
                 transform=ax.transAxes, ha="center", va="center", color="gray")
         return ax, None
 
     lev, alpha_eff = contour_levels(clipped if span is None else np.asarray(span, dtype=float), log_alpha, levels)
     norm = LogOffsetNorm(lev[0], lev[-2], alpha_eff)
     with np.errstate(invalid="ignore"):
-        over = np.isfinite(values) & (values > vmax) if vmax is not None else np.zeros(values.shape, bool)
+        over = values > vmax if vmax is not None else np.zeros(values.shape, bool)  # +inf too; NaN never
     clipping = bool(over.any())
-    # Clipped values get the top band, grey, labelled "> clip"; without any, the band is left out.
-    shown = np.where(over, 0.5 * (lev[-2] + lev[-1]), clipped) if clipping else clipped
+    # Values above the clip get the top band, grey, labelled "> clip"; without any, the band is left out.
+    # They keep their own values (+inf the top band's middle), so that between a node above the clip and
+    # one below, the bands and lines fall where the values interpolated cross them, as everywhere else.
+    shown = np.where(over, np.minimum(values, 0.5 * (lev[-2] + lev[-1])), clipped) if clipping else clipped
     bands = lev if clipping else lev[:-1]
     cm = matplotlib.colormaps[cmap]
     colors = [cm(norm(0.5 * (a + b))) for a, b in zip(bands[:-1], bands[1:])]

@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import fs, new_figure, result_colors, save_figure, train_loss_label
+from .style import PATH_LOG_FACTOR, fs, log_scale_when_spread, new_figure, result_colors, save_figure, train_loss_label
 
 __all__ = ["plot_rays", "plot_line_metric", "draw_rays_figures", "load_rays_result", "shared_limits"]
 
@@ -81,10 +81,12 @@ def _width_text(width, max_distance: float, metric: str) -> str:
     return f"{name} {width:.3g}"
 
 
-def plot_line_metric(ax, distance: np.ndarray, values: np.ndarray, marks: np.ndarray, labels, colors, ylabel: str):
+def plot_line_metric(ax, distance: np.ndarray, values: np.ndarray, marks: np.ndarray, labels, colors, ylabel: str,
+                     log_when_spread: bool = False):
     """Draw a metric along the line through the centres on ``ax``, each centre
     (at ``marks``, its distance on the line) a vertical line, a dot and its
-    label. Returns ``ax``."""
+    label; with ``log_when_spread`` (a loss) on a log axis where it spans more
+    than :data:`~landscape.plots.style.PATH_LOG_FACTOR`. Returns ``ax``."""
     distance, values = np.asarray(distance, dtype=float), _finite(values)
     ax.plot(distance, values, color="black", lw=2)
     for mark, text, color in zip(np.asarray(marks, dtype=float), labels, colors):
@@ -95,6 +97,8 @@ def plot_line_metric(ax, distance: np.ndarray, values: np.ndarray, marks: np.nda
     ax.set_xlabel("distance")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    if log_when_spread:  # a loss spanning decades: the valley around each centre would be flat on a linear axis
+        log_scale_when_spread(ax, values, PATH_LOG_FACTOR)
     return ax
 
 
@@ -166,7 +170,8 @@ def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",
         colors = _colors(labels)
         fig, axes = new_figure(1, 2, width=10.0, height=3.8)
         for ax, (metric, ylabel) in zip(axes, ylabels.items()):
-            plot_line_metric(ax, arrays["line_distance"], arrays[f"line_{metric}"], marks, labels, colors, ylabel)
+            plot_line_metric(ax, arrays["line_distance"], arrays[f"line_{metric}"], marks, labels, colors, ylabel,
+                             log_when_spread=not metric.endswith("error"))
         axes[0].legend(frameon=False, fontsize=fs(9))
         axes[0].set_title("line through the centres", fontsize=fs(10))
         _suptitle(fig, summary)

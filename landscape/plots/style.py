@@ -26,7 +26,7 @@ from landscape.errors import UserError  # noqa: E402
 
 __all__ = ["new_figure", "save_figure", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
            "result_colors", "fs", "set_figure_width", "note_synthetic", "mark_endpoints", "log_scale_when_spread",
-           "train_loss_label", "outline", "percent_signs", "FORMATS", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
+           "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
            "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -111,6 +111,7 @@ def panel_legend(fig, ax, **kwargs) -> None:
 
 # Every figure's own width (None), or one width in inches for all (set_figure_width: a paper's column or page).
 _WIDTH: list[float | None] = [None]
+MIN_WIDTH = 2.5  # inches: the narrowest figure whose 8-pt labels fit (a 2-inch curve figure clips its axis label)
 BASE_FONT = 10.0  # matplotlib's default size, which the sizes written in the figures' code assume
 PAPER_FONT = 8.0  # the text size of figures drawn to a paper's width
 
@@ -119,8 +120,9 @@ def set_figure_width(width: float | None) -> None:
     """Draw every later figure ``width`` inches wide (its height scaled with
     it) with text at 8 pt, as it will be printed: 3.25 for a column, 6.75 for
     a page; None puts back each figure's own size and 10-pt text."""
-    if width is not None and not (isinstance(width, (int, float)) and 1.0 <= width <= 20.0):  # also NaN
-        raise UserError(f"--width must be between 1 and 20 inches, got {width}")
+    if width is not None and not (isinstance(width, (int, float)) and MIN_WIDTH <= width <= 20.0):  # also NaN
+        raise UserError(f"--width must be between {MIN_WIDTH:g} and 20 inches, got {width}"
+                        + (" (narrower, 8-pt titles and axis labels no longer fit)" if 0 < width < MIN_WIDTH else ""))
     _WIDTH[0] = None if width is None else float(width)
     matplotlib.rcParams["font.size"] = BASE_FONT if width is None else PAPER_FONT
 
@@ -160,11 +162,17 @@ def mark_endpoints(ax, t, values, label: str | None = "endpoints", size: float =
     ax.scatter(t[[0, -1]], values[[0, -1]], s=size, color="black", zorder=5, label=label, clip_on=False)
 
 
-def log_scale_when_spread(ax, values) -> None:
-    """A log y axis when the positive ``values`` drawn differ more than 5-fold (a poor centre or sample would
-    flatten the rest on a linear one)."""
+# A loss along a path spanning more than this factor is drawn on a log axis: a line rising to 2.3 from 0.002
+# flattened a curve's rise to 0.03 into its floor. Below it the papers' linear axes are kept.
+PATH_LOG_FACTOR = 100.0
+
+
+def log_scale_when_spread(ax, values, factor: float = 5.0) -> None:
+    """A log y axis when the positive ``values`` drawn differ more than ``factor``-fold (a poor centre or sample
+    would flatten the rest on a linear one); NaN and infinite values (left out of the drawing) do not count."""
     values = np.asarray(values, dtype=float)
-    if np.all(values > 0) and values.max() > 5 * values.min():
+    values = values[np.isfinite(values)]
+    if values.size and np.all(values > 0) and values.max() > factor * values.min():
         ax.set_yscale("log")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from landscape.checkpoint import read_json, read_jsonl
@@ -60,6 +61,7 @@ def draw_swa_figure(run_dir: str | Path, formats: tuple[str, ...] = ("png",)) ->
         if isinstance(start, int) and start > 0:
             ax.axvline(start, color="gray", ls=":", lw=1, label="averaging starts")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     for ax in axes if paper_width() is None else axes[:1]:  # at a paper's width one legend, below both panels
