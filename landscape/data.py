@@ -32,7 +32,7 @@ from torch import Tensor
 from .device import resolve_device
 from .errors import UserError
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "augment_crop_flip"]
+__all__ = ["DATASETS", "Dataset", "as_dataset", "load_dataset", "augment_crop_flip"]
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "npz", "synthetic")
 BUILT_IN: tuple[str, ...] = ("digits", "synthetic")  # they read no files
@@ -59,6 +59,16 @@ def _non_finite(x: Tensor) -> int:
     if not x.is_floating_point():
         return 0
     return sum(int((~torch.isfinite(x[i:i + 4096])).sum()) for i in range(0, len(x), 4096))
+
+
+def as_dataset(data: object) -> "Dataset":
+    """``data`` when it is a :class:`Dataset`; else one line saying how to make one (a tuple of tensors,
+    a torch DataLoader: the package keeps every split as tensors on one device)."""
+    if isinstance(data, Dataset):
+        return data
+    raise UserError(f"data must be a landscape.data.Dataset, got a {type(data).__name__}: wrap your tensors as "
+                    f"landscape.data.Dataset(name=..., x_train=..., y_train=..., x_test=..., y_test=..., "
+                    f"num_classes=..., mean=..., std=...), or use landscape.data.load_dataset")
 
 
 @dataclass

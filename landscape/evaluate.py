@@ -22,16 +22,16 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .bn import bn_buffer_names, bn_collecting, bn_modules, instance_norms, population_bn, reestimate_bn, sample_weighted
+from .data import as_dataset
 from .errors import UserError, check_nonnegative, first_line, is_out_of_memory, is_whole
 from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
            "choose_points_per_pass", "default_points_per_pass", "forward_points", "train_logits", "copy_network", "probs_of", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
-           "keep_freed_memory"]
+           "keep_freed_memory", "misclassified", "set_lazy_shapes"]
 
 
-@torch.inference_mode()
 def evaluate_model(
     model: nn.Module,
     data,
@@ -43,7 +43,10 @@ def evaluate_model(
     """Mean NLL and error (percent) of ``model`` on one split of ``data``.
 
     A network that cannot take the data or gives too few logits is one line
-    (:func:`check_network`). Runs in eval mode (batch norm uses its running statistics) without
+    (:func:`check_network`), and so are non-finite weights; a sample whose
+    logits hold a NaN predicts nothing and counts as an error. Lazy layers
+    get their shapes first (:func:`set_lazy_shapes`). Runs in eval mode
+    (batch norm uses its running statistics) without
     augmentation, on channels-last image batches where the model takes them
     (:mod:`landscape.layout`), and restores every module's train/eval mode
     afterwards.
@@ -51,23 +54,42 @@ def evaluate_model(
     one host synchronisation per call.
     """
     check_network(model, data)
+    bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())), None)
+    if bad is not None:
+        raise UserError(f"the network's parameter {bad} holds a NaN or infinite value; refusing to evaluate it")
     device = data.device
     nll = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
     layout = image_layout(model, data.x_train[:2])
-    with modes_kept(model):
+    with modes_kept(model), torch.inference_mode():
         model.eval()
         for x, y in data.batches(split, batch_size):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(layout(x))  # (B, classes)
             logits = logits.float()
             nll += F.cross_entropy(logits, y, reduction="sum").double()
-            wrong += (logits.argmax(dim=1) != y).sum()
+            wrong += misclassified(logits, y).sum()
             n += y.numel()
     if n == 0:
         return {"nll": float("nan"), "error": float("nan"), "n": 0}
     return {"nll": nll.item() / n, "error": 100.0 * wrong.item() / n, "n": n}
+
+
+def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Which samples ``logits`` (..., B, classes) get wrong: the top class is not ``y``, or the logits hold a
+    NaN (a network whose output overflowed predicts nothing; argmax would read NaN as a vote for class 0)."""
+    return (logits.argmax(dim=-1) != y) | torch.isnan(logits).any(dim=-1)
+
+
+def set_lazy_shapes(model: nn.Module, data) -> None:
+    """Give ``model``'s lazy layers (``nn.LazyLinear`` ...) their shapes from
+    one no-grad forward of zeros shaped as ``data``'s inputs, before any
+    inference-mode forward: weights made there would be inference tensors,
+    which the user's later training could not use. Nothing for other models."""
+    from .models import materialize
+
+    materialize(model, tuple(data.x_train.shape[1:]), "the network")
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -161,13 +183,18 @@ def evaluate_points(
     ``probs`` (N, M, classes) float32. ``model`` is left exactly as it was.
     """
     check_eval_options(batch_size, bn_batches, points_per_pass, wd)
+    data = as_dataset(data)
+    set_lazy_shapes(model, data)
     space = ParamSpace.of(model)
     device = data.device
     W = _anchor_matrix(space, anchors).to(device)  # (A, P)
     C = torch.as_tensor(np.asarray(coefficients, dtype=np.float64) if not isinstance(coefficients, torch.Tensor)
                         else coefficients).to(device=device, dtype=W.dtype)
     if C.dim() != 2 or C.shape[1] != W.shape[0]:
-        raise ValueError(f"coefficients must be (N, {W.shape[0]}), got {tuple(C.shape)}")
+        raise UserError(f"coefficients must be (N, {W.shape[0]}): a row of {W.shape[0]} per point, one per anchor; "
+                        f"got {tuple(C.shape)}")
+    if C.shape[0] == 0:
+        raise UserError("coefficients has no rows: no point to evaluate")
     check_finite(W, C)
     chosen = resolve_strategy(strategy, device)  # auto stays auto below: a network vmap cannot batch loops
     if amp and chosen == "vmap" and device.type == "cpu":
@@ -176,6 +203,9 @@ def evaluate_points(
         raise UserError("bf16 with strategy vmap on the CPU would run the convolutions in fp32 "
                         "(CPU autocast does not reach vmap's batched convolutions); use strategy loop")
     probe = _probe_forward(model, data)  # also refuses data the network cannot take, in one line
+    if bn_modules(model) and data.x_train.shape[0] < 2:
+        raise UserError(f"batch-norm statistics need at least 2 training images; the data has "
+                        f"{data.x_train.shape[0]}")
     channels_last = channels_last and takes_channels_last(model, data.x_train[:2])
     population = resolve_bn_stats(bn_stats, model, data, bn_batches, probe=probe) == "population"
     # A batch-norm layer called several times per forward keeps only its last call's
@@ -343,6 +373,8 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
     and the batch-norm layers (modes kept). A batch-norm layer that one forward calls twice
     matters to population statistics: their pass normalises every call by the
     statistics the layer keeps, which are only its last call's."""
+    data = as_dataset(data)
+    set_lazy_shapes(model, data)
     bn = {m: name or "(the model)" for name, m in bn_modules(model)}
     calls: dict[str, int] = {}
     largest, total = 0, 0
@@ -532,12 +564,19 @@ def combine(coefficients: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
 
 
 def _anchor_matrix(space: ParamSpace, anchors) -> torch.Tensor:
-    if isinstance(anchors, (list, tuple)) and anchors and all(isinstance(a, torch.Tensor) and a.dim() == 1
-                                                              for a in anchors):
+    if isinstance(anchors, (list, tuple)) and not anchors:
+        raise UserError("no anchors given: evaluate_points needs at least one network (a module, a state dict "
+                        "or a flat weight vector)")
+    if isinstance(anchors, (list, tuple)) and all(isinstance(a, torch.Tensor) and a.dim() == 1 for a in anchors):
+        wrong = next((i for i, a in enumerate(anchors) if a.numel() != space.numel), None)
+        if wrong is not None:
+            raise UserError(f"anchor {wrong} is a flat vector of {anchors[wrong].numel()} weights; the network has "
+                            f"{space.numel}")
         anchors = torch.stack([a.detach().to(anchors[0].device) for a in anchors])  # flat weight vectors
     if isinstance(anchors, torch.Tensor):
         if anchors.dim() != 2 or anchors.shape[1] != space.numel:
-            raise ValueError(f"anchors must be (A, {space.numel}), got {tuple(anchors.shape)}")
+            raise UserError(f"anchors must be (A, {space.numel}): a row of the network's {space.numel} weights per "
+                            f"anchor; got {tuple(anchors.shape)}")
         return anchors.detach().float()
     return stack_anchors(space, list(anchors)).float()
 
@@ -792,7 +831,7 @@ class _Sums:
         logits = logits.float()  # (K, B, classes)
         logp = torch.log_softmax(logits, dim=-1)
         self.nll += -logp.gather(-1, y.expand(self.k, -1).unsqueeze(-1)).squeeze(-1).double().sum(dim=1)
-        self.wrong += (logits.argmax(dim=-1) != y).sum(dim=1)
+        self.wrong += misclassified(logits, y).sum(dim=1)
         self.count += y.numel()
         if self.keep:  # float64: a true class's probability stays exact down to 1e-308 (probs_of)
             self.kept.append(probs_of(logits))  # stays on the device: no synchronisation per batch

@@ -13,7 +13,7 @@ from torch import nn
 
 from .bn import bn_buffer_names
 from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network
-from .data import Dataset, data_differs, data_location, described, why_data_differs
+from .data import Dataset, as_dataset, data_differs, data_location, described, why_data_differs
 from .device import resolve_device
 from .errors import UserError
 from .geometry import MIN_TRAJECTORY
@@ -74,7 +74,7 @@ def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sourc
             refuse_moved_data(cfg.dataset, cfg.data_path, source.path)
         data = load_data(cfg, device)
         check_sources_data(sources, data, asked)
-    return data.to(device)
+    return as_dataset(data).to(device)
 
 
 def check_sources_data(ckpts: Sequence[Checkpoint | None], data: Dataset, asked: bool = False) -> None:
@@ -104,6 +104,15 @@ def check_recorded_data(recorded: dict[str, Any] | None, data: Dataset, source: 
                     f"give the data options to choose the data")
 
 
+def note_given_data(recorded: dict[str, Any] | None, data: Dataset, source: object) -> None:
+    """A note on stderr when ``data`` passed from Python is not what ``source``
+    records having been trained on (``Dataset.describe()`` in its meta): taken
+    as given (another test set is a fair question), but rarely meant."""
+    if isinstance(recorded, dict) and data_differs(recorded, data.describe()) and is_main():
+        print(f"note: {source} was trained on {described(recorded)}; the data given is {described(data.describe())} "
+              f"({why_data_differs(recorded, data.describe())})", file=sys.stderr)
+
+
 def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: object, overrides: dict[str, Any] | None,
                 device: torch.device | str, data: Dataset | None = None,
                 wd: float | None = None) -> tuple[Dataset, float]:
@@ -116,7 +125,9 @@ def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: objec
         data = resolve_data(stored, overrides, device, source)
         if not asks_for_data(None, overrides):  # the stored settings: they should give the data it was trained on
             check_recorded_data((meta or {}).get("dataset"), data, source)
-    data = data.to(device)
+    else:
+        note_given_data((meta or {}).get("dataset"), as_dataset(data), source)
+    data = as_dataset(data).to(device)
     check_spec_fits(spec, data.num_classes, data.input_shape, source, f"dataset '{data.name}'")
     return data, float(stored.get("wd", 0.0)) if wd is None else wd
 
@@ -342,7 +353,8 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}
     if data is not None:
-        data = data.to(device)
+        data = as_dataset(data).to(device)
+        note_given_data((first.meta or {}).get("dataset"), data, first.path)
     else:
         check_same_data(ckpts, data_overrides)
         data = resolve_data(stored, data_overrides, device, first.path)

@@ -101,7 +101,8 @@ def ensemble_metrics(probs: np.ndarray, labels: np.ndarray, calibration: bool = 
     p_true = mean[np.arange(len(labels)), labels]
     out = {
         "nll": float(-np.log(np.clip(p_true, PROB_FLOOR, None)).mean()),
-        "error": float(100.0 * (mean.argmax(axis=1) != labels).mean()),
+        # a NaN probability (a member whose logits overflowed) predicts nothing: an error, as the engine counts it
+        "error": float(100.0 * ((mean.argmax(axis=1) != labels) | np.isnan(mean).any(axis=1)).mean()),
         "members": int(probs.shape[0]),
     }
     if calibration:

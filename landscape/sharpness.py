@@ -66,7 +66,7 @@ from .bn import bn_modules, instance_norms
 from .checkpoint import npz_reason, write_json, write_npz
 from .device import check_fits
 from .errors import UserError, check_nonnegative, check_seed, is_whole
-from .evaluate import full_float32, whole_set_fits
+from .evaluate import full_float32, misclassified, whole_set_fits
 from .layout import takes_channels_last, to_channels_last
 from .progress import Progress
 from .sweep import STORE, begin_result, compare_keys, finish_result, is_main, rank_and_world, request_key
@@ -153,7 +153,7 @@ class TrainLoss:
             for x, y in self.batches():
                 logits = self._logits(w.float(), x)
                 total += float(F.cross_entropy(logits, y, reduction="sum"))  # fp32: overflowing logits give inf
-                wrong += int((logits.argmax(1) != y).sum())
+                wrong += int(misclassified(logits, y).sum())
         return total / self.n, 100.0 * wrong / self.n
 
     def hvp(self, w: torch.Tensor, v: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:

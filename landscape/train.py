@@ -59,7 +59,7 @@ from .checkpoint import (
     write_json,
     atomic_write_text,
 )
-from .data import Dataset, data_differs, data_location, described, load_dataset, refuse_data_path, why_data_differs
+from .data import Dataset, as_dataset, data_differs, data_location, described, load_dataset, refuse_data_path, why_data_differs
 from .device import seed_everything
 from .errors import UserError, check_keywords, check_nonnegative
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits
@@ -281,7 +281,7 @@ def train(
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "train")
     if start_epoch == -1:  # finished before: report and return
         return _finished_result(out, cfg.model)
-    data = load_data(cfg, device) if data is None else data.to(device)
+    data = load_data(cfg, device) if data is None else as_dataset(data).to(device)
 
     seed_everything(cfg.seed)
     spec = _model_spec(cfg, data)

@@ -43,6 +43,9 @@ class ParamSpace:
     def of(cls, model: nn.Module) -> "ParamSpace":
         names, shapes, frozen = [], [], []
         for name, p in model.named_parameters():
+            if isinstance(p, nn.parameter.UninitializedParameter):
+                raise UserError(f"the network's lazy layer {name.rpartition('.')[0] or name} has no shape yet: run "
+                                f"one forward of an input batch first (under torch.no_grad())")
             names.append(name)
             shapes.append(tuple(p.shape))
             if not p.requires_grad:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -329,3 +330,132 @@ def test_the_note_on_differing_frozen_statistics_gives_no_advice_that_cannot_app
     said = capsys.readouterr().err
     assert "0.parametrizations.weight.0._u, 0.parametrizations.weight.0._v differ" in said
     assert "spectral norm's power-iteration vectors" in said and "requires_grad" not in said
+
+
+def test_a_lazy_network_evaluated_first_can_still_be_trained(small_digits):
+    """evaluate_model ran in inference mode, so a lazy layer's first forward made its weights inference
+    tensors: the user's next training step failed in torch ('Inference tensors cannot be saved for backward')."""
+    net = _lazy(10, (1, 8, 8))
+    assert models.has_lazy(net)
+    got = evaluate_model(net, small_digits)
+    assert not models.has_lazy(net) and not any(p.is_inference() for p in net.parameters())
+    with torch.no_grad():
+        logits = net.eval()(small_digits.x_test)
+    assert got["error"] == pytest.approx(100.0 * float((logits.argmax(1) != small_digits.y_test).float().mean()))
+    net.train()
+    loss = nn.functional.cross_entropy(net(small_digits.x_train[:32]), small_digits.y_train[:32])
+    loss.backward()  # trainable as before
+    assert all(p.grad is not None for p in net.parameters())
+    fresh = _lazy(10, (1, 8, 8))  # evaluate_points shapes it too, rather than failing on a lazy weight's shape
+    out = evaluate_points(fresh, [fresh], [[1.0]], small_digits)
+    assert not any(p.is_inference() for p in fresh.parameters()) and out["test_error"].shape == (1,)
+    with pytest.raises(UserError, match=r"lazy layer 1 has no shape yet"):
+        ParamSpace.of(_lazy(10, (1, 8, 8)))
+
+
+def test_a_notebook_cell_run_again_registers_its_model_again(monkeypatch):
+    """Running a cell that registers a model a second time was refused ('already registered to
+    __main__.bnmlp'): a factory of the same module and name now replaces the first."""
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    namespace: dict = {"__name__": "__main__", "nn": nn, "register_model": models.register_model}
+    cell = ("@register_model('cellnet')\ndef cellnet(num_classes, input_shape):\n"
+            "    return nn.Sequential(nn.Flatten(), nn.Linear({width}, num_classes))\n")
+    exec(cell.format(width=64), namespace)
+    first = models.MODELS["cellnet"]
+    exec(cell.format(width=64), namespace)  # the same cell again, then edited
+    assert models.MODELS["cellnet"] is not first and models.MODELS["cellnet"] is namespace["cellnet"]
+    with pytest.raises(UserError, match="model name 'cellnet' is already registered to __main__.cellnet"):
+        models.register_model("cellnet")(lambda num_classes, input_shape: mlp(False))  # another factory
+
+
+def test_networks_are_float32_whatever_the_sessions_default_dtype(tmp_path, small_digits):
+    """After torch.set_default_dtype(torch.float64) the package built float64 networks, then refused
+    them ('call model.float()'), even inside train, where the user holds no network to convert."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        net = models.create_model("convnet", num_classes=10, input_shape=(1, 8, 8))
+        assert {p.dtype for p in net.parameters()} == {torch.float32}
+        assert torch.get_default_dtype() == torch.float64  # the session's default is put back
+        run = train(out=tmp_path / "a", model="convnet", data=small_digits, epochs=1, progress=False)
+        assert run.summary["test_error"] >= 0
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_a_sample_whose_logits_hold_a_nan_counts_as_an_error(small_digits):
+    """argmax reads a NaN as the top class: a network whose logits overflowed was credited with every
+    sample of class 0 (an error of 90 % reported beside a NaN loss)."""
+    from landscape.evaluate import misclassified
+    from landscape.metrics import ensemble_metrics
+
+    logits = torch.tensor([[0.0, 5.0, 1.0], [float("nan"), 0.0, 0.0], [float("inf"), 0.0, 1.0], [1.0, 2.0, 0.5]])
+    y = torch.tensor([1, 0, 0, 0])
+    assert misclassified(logits, y).tolist() == [False, True, False, True]  # +inf alone still names a class
+    nan = float("nan")
+    probs = np.array([[[0.1, 0.8, 0.1], [nan, nan, nan], [0.7, 0.2, 0.1], [0.2, 0.5, 0.3]]])  # a member's
+    assert ensemble_metrics(probs, y.numpy(), calibration=False)["error"] == pytest.approx(50.0)
+    broken = mlp(False)
+    with torch.no_grad():
+        broken[1].weight[0, 0] = float("nan")
+    with pytest.raises(UserError, match=r"parameter 1.weight holds a NaN or infinite value"):
+        evaluate_model(broken, small_digits)
+    # weights finite, logits not (0/0 here, an overflow's inf - inf in practice): every sample is wrong
+    class Ratio(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.gain = nn.Linear(64, 10), nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x):
+            return self.lin(x.flatten(1)) * (self.gain / self.gain)
+
+    net = Ratio()
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+    zero_gain = torch.cat([torch.zeros(1), flat[1:]])  # the module's own parameter (gain) comes first
+    out = evaluate_points(net, [flat, zero_gain], [[1.0, 0.0], [0.0, 1.0]], small_digits)
+    assert float(out["test_error"][0]) == pytest.approx(
+        100.0 * float((net(small_digits.x_test).argmax(1) != small_digits.y_test).float().mean()))
+    assert np.isnan(out["test_nll"][1]) and out["test_error"][1] == 100.0 and out["train_error"][1] == 100.0
+    assert (small_digits.y_test != 0).float().mean() < 0.95  # argmax alone would have said about 90 %
+
+
+def test_malformed_input_from_python_is_one_line(small_digits):
+    """A tuple for data, flat anchors of unequal length, no anchors, no points, coefficients of the wrong
+    shape, and batch-norm data of one image were torch's or numpy's errors (AttributeError, RuntimeError)."""
+    net = mlp(False)
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+    xy = (small_digits.x_train, small_digits.y_train)
+    for call in (lambda: evaluate_model(net, xy), lambda: evaluate_points(net, [net], [[1.0]], xy),
+                 lambda: train(out=None, model="convnet", data=xy, epochs=1, progress=False)):
+        with pytest.raises(UserError, match=r"^data must be a landscape.data.Dataset, got a tuple: wrap your tensors"):
+            call()
+    cases = [
+        (([flat, torch.cat([flat, flat[:1]])], [[0.5, 0.5]]), rf"^anchor 1 is a flat vector of {flat.numel() + 1} "),
+        (([], [[]]), r"^no anchors given"),
+        (([net, net], torch.zeros(0, 2)), r"^coefficients has no rows"),
+        (([net, net], [0.5, 0.5]), r"^coefficients must be \(N, 2\): a row of 2 per point, one per anchor; got \(2,\)"),
+        ((flat[None, :10], [[1.0]]), rf"^anchors must be \(A, {flat.numel()}\)"),
+    ]
+    for (anchors, coefficients), message in cases:
+        with pytest.raises(UserError, match=message):
+            evaluate_points(net, anchors, coefficients, small_digits)
+    one = dataclasses.replace(small_digits, x_train=small_digits.x_train[:1], y_train=small_digits.y_train[:1])
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    with pytest.raises(UserError, match="^batch-norm statistics need at least 2 training images; the data has 1"):
+        evaluate_points(bn, [bn], [[1.0]], one)
+
+
+def test_other_data_given_for_a_runs_checkpoints_is_noted(tmp_path, small_digits, registered, capsys):
+    """load_points(..., data=) took data other than the run's without a word."""
+    mine = dataclasses.replace(small_digits, name="mine", x_train=small_digits.x_train[:300],
+                               y_train=small_digits.y_train[:300])
+    train(out=tmp_path / "a", model="plain_mlp", seed=1, data=mine, epochs=1, progress=False)
+    a = tmp_path / "a" / "model.pt"
+    capsys.readouterr()
+    load_points([a], data=mine)
+    assert "note:" not in capsys.readouterr().err  # the same data: nothing to say
+    fewer = dataclasses.replace(mine, x_train=mine.x_train[:200], y_train=mine.y_train[:200])
+    assert load_points([a], data=fewer).data.describe()["n_train"] == 200  # taken as given
+    assert (f"note: {a} was trained on 'mine' (300 train / 360 test, input (1, 8, 8), 10 classes); the data given "
+            f"is 'mine' (200 train / 360 test, input (1, 8, 8), 10 classes) (they differ in n train)"
+            in capsys.readouterr().err)

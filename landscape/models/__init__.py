@@ -44,14 +44,17 @@ def register_model(name: str) -> Callable[[Factory], Factory]:
     """Decorator that registers ``factory`` under ``name`` and returns it unchanged.
 
     Names may not contain ``:`` (that marks ``module:factory`` imports), and a
-    name cannot be taken over by a different factory.
+    name cannot be taken over by a different factory; a factory of the same
+    module and name (a notebook cell run again, edited or not) replaces it.
     """
     if not isinstance(name, str) or not name or ":" in name:
         raise UserError(f"model name must be a non-empty string without ':'; got {name!r}")
 
     def decorator(factory: Factory) -> Factory:
         existing = MODELS.get(name)
-        if existing is not None and existing is not factory:
+        rerun = existing is not None and (existing.__module__, existing.__qualname__) == (factory.__module__,
+                                                                                         factory.__qualname__)
+        if existing is not None and existing is not factory and not rerun:
             raise UserError(f"model name {name!r} is already registered to {existing.__module__}.{existing.__qualname__}")
         MODELS[name] = factory
         return factory
@@ -110,17 +113,22 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
     if ":" in name and signature is not None:
         # A user factory may not need the data arguments; pass only what it accepts.
         data = {k: v for k, v in data.items() if _accepts(signature, k)}
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # networks are float32, whatever default the user's session set
     try:
-        model = factory(**data, **kwargs)
-    except UserError:
-        raise
-    except Exception as e:  # a bad option value fails deep inside the factory or torch, in any way
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise UserError(f"model {name!r} could not be built{f' with {shown}' if shown else ''}: "
-                        f"{type(e).__name__}{': ' + first_line(e) if str(e).strip() else ''}") from e
-    if not isinstance(model, nn.Module):
-        raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
-    return materialize(model, input_shape, f"model {name!r}")
+        try:
+            model = factory(**data, **kwargs)
+        except UserError:
+            raise
+        except Exception as e:  # a bad option value fails deep inside the factory or torch, in any way
+            shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise UserError(f"model {name!r} could not be built{f' with {shown}' if shown else ''}: "
+                            f"{type(e).__name__}{': ' + first_line(e) if str(e).strip() else ''}") from e
+        if not isinstance(model, nn.Module):
+            raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        return materialize(model, input_shape, f"model {name!r}")
+    finally:
+        torch.set_default_dtype(default)
 
 
 def has_lazy(model: nn.Module) -> bool:
@@ -143,7 +151,7 @@ def materialize(model: nn.Module, input_shape: tuple[int, ...] | None, source: o
                  torch.device("cpu"))
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(2, *input_shape, device=where))
+            model.eval()(torch.zeros(2, *input_shape, device=where, dtype=torch.float32))  # inputs are float32
     except Exception as e:  # a user's network fails in any way
         raise UserError(f"{source} has lazy layers, and a forward of zeros of shape {tuple(input_shape)} to set "
                         f"their shapes failed: {type(e).__name__}: {first_line(e)}") from e
