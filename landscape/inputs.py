@@ -230,18 +230,19 @@ def note_same_weights(vectors: Sequence[torch.Tensor], paths: Sequence[object], 
         print(f"note: {again} holds the same weights as {first}: {what}", file=sys.stderr)
 
 
-def note_other_buffers(model: nn.Module, ckpts: Sequence[Checkpoint]) -> None:
+def note_other_buffers(model: nn.Module, ckpts: Sequence[Checkpoint]) -> list[str]:
     """A note on stderr when the checkpoints' buffers other than batch-norm
     statistics differ (a fixed random projection drawn per seed, a mask):
     points between the networks move their parameters alone, so they all
-    keep the first network's buffers (the engine's template)."""
+    keep the first network's buffers (the engine's template). Returns the
+    names of the buffers that differ (sorted; none: an empty list)."""
     bn = bn_buffer_names(model)
     first = ckpts[0]
     names = [name for name, _ in model.named_buffers() if name not in bn and name in first.state_dict]
     differ = [(name, ck) for name in names for ck in ckpts[1:]
               if name in ck.state_dict and not torch.equal(first.state_dict[name], ck.state_dict[name])]
+    shown = sorted({name for name, _ in differ})
     if differ and is_main():
-        shown = sorted({name for name, _ in differ})
         last = {n.rpartition(".")[2] for n in shown}
         if last <= {"running_mean", "running_var", "num_batches_tracked"}:
             advice = ("statistics of batch-norm layers the network keeps in eval mode while it trains, which no "
@@ -253,6 +254,7 @@ def note_other_buffers(model: nn.Module, ckpts: Sequence[Checkpoint]) -> None:
         print(f"note: buffer{'s' if len(shown) > 1 else ''} {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''} "
               f"differ{'' if len(shown) > 1 else 's'} between {first.path} and {differ[0][1].path}: only parameters "
               f"move between networks, so every point keeps {first.path}'s ({advice})", file=sys.stderr)
+    return shown
 
 
 def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:

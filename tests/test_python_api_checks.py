@@ -158,6 +158,17 @@ def test_buffers_that_differ_between_networks_are_noted(tmp_path, small_digits, 
     assert torch.equal(pts.model.proj, torch.load(a, weights_only=True)["state_dict"]["proj"])
     fit_curve(a, b, tmp_path / "ab", epochs=1, data=small_digits, progress=False)
     assert "note: buffer proj differs" in capsys.readouterr().err
+    # the curve's evaluation says it too (its t = 1 is not network b): it printed nothing, and recorded nothing
+    ev = evaluate_curve(tmp_path / "ab" / "model.pt", None, points=3, data=small_digits)
+    said = ("buffer proj of the end network differs from the start's, and every point, t = 1 included, keeps the "
+            "start's: only parameters move along a path")
+    assert f"note: {said}" in capsys.readouterr().err and ev.summary["notes"].endswith(said)
+    for seed in (1, 2):  # networks without such buffers: nothing to say
+        train(out=tmp_path / f"m{seed}", model="plain_mlp", seed=seed, data=small_digits, epochs=1, progress=False)
+    fit_curve(tmp_path / "m1" / "model.pt", tmp_path / "m2" / "model.pt", tmp_path / "mm", epochs=1,
+              data=small_digits, progress=False)
+    ev = evaluate_curve(tmp_path / "mm" / "model.pt", None, points=3, data=small_digits)
+    assert "buffer" not in capsys.readouterr().err and "buffer" not in ev.summary["notes"]
 
 
 def _lazy(num_classes, input_shape):

@@ -7,6 +7,7 @@ Writes (when ``out`` is given) ``curve.npz`` with every per-t array,
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,7 @@ from landscape.errors import UserError
 from landscape.evaluate import METRICS, precision_amp
 from landscape.inputs import stored_data
 from landscape.metrics import ensemble_metrics, path_stats
-from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
+from landscape.sweep import STORE, begin_result, finish_result, is_main, process_device, request_key, run_sweep
 
 from .fit import LoadedCurve, load_curve
 
@@ -91,6 +92,12 @@ def evaluate_curve(
     if finished is not None:
         arrays, summary = finished
         return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)
+    kept = (loaded.meta or {}).get("buffers_from_start") or []  # the fit found the end's buffers other
+    kept_note = (f"buffer{'s' if len(kept) > 1 else ''} {', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''} of "
+                 f"the end network differ{'' if len(kept) > 1 else 's'} from the start's, and every point, t = 1 "
+                 f"included, keeps the start's: only parameters move along a path" if kept else "")
+    if kept_note and is_main():
+        print(f"note: {kept_note}", file=sys.stderr)
 
     t = torch.linspace(0, 1, points, dtype=torch.float64, device=device)
     with torch.no_grad():
@@ -146,7 +153,7 @@ def evaluate_curve(
         "checkpoint": str(loaded.path) if loaded.path else None,
         "notes": "barrier = max along the path - mean of its two ends; train_loss = NLL + wd/2 ||w||^2; "
                  "errors in percent; batch norm re-estimated at every point; ensemble = averaged "
-                 "predicted probabilities of all points of the path",
+                 "predicted probabilities of all points of the path" + (f"; {kept_note}" if kept_note else ""),
     })
     finish_result(out_path, "curve.npz", arrays, summary, request)
     return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)

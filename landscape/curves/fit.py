@@ -115,8 +115,10 @@ class CurveResult:
 
 
 def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data: Dataset,
-                    user_named: bool = False) -> tuple[nn.Module, dict]:
-    """Build the architecture of the endpoints and check both fit it, by name.
+                    user_named: bool = False) -> tuple[nn.Module, dict, list[str]]:
+    """Build the architecture of the endpoints and check both fit it, by name;
+    also the names of the buffers other than batch-norm statistics in which
+    the end differs from the start (noted: every point keeps the start's).
     ``user_named``: the user named the network (``--model``), so a factory the
     checkpoint names is theirs to trust."""
     if start.model is not None:
@@ -130,9 +132,9 @@ def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data
     if end.model is not None and start.model is not None and end.model["name"] != start.model["name"]:
         raise UserError(f"{start.path} holds a '{start.model['name']}' but {end.path} a '{end.model['name']}'")
     check_spec_fits(spec, data.num_classes, data.input_shape, start.path, f"dataset '{data.name}'")
-    note_other_buffers(model, [start, end])
+    kept = note_other_buffers(model, [start, end])
     model.load_state_dict(start.state_dict)
-    return model, spec
+    return model, spec, kept
 
 
 def connect_config(cls: type[ConnectConfig], start_ckpt: Checkpoint, end_ckpt: Checkpoint, start: str | Path,
@@ -244,7 +246,7 @@ def fit_curve(
     for ck in (start_ckpt, end_ckpt):  # once the split is accepted; after joining the group: rank 0 alone says it
         note_split_leak((ck.meta or {}).get("train_config"), asdict(cfg), ck.path)
 
-    template, spec = _endpoint_model(start_ckpt, end_ckpt, cfg, data, user_named=user_named)
+    template, spec, kept = _endpoint_model(start_ckpt, end_ckpt, cfg, data, user_named=user_named)
     space = ParamSpace.of(template)
     seed_everything(cfg.seed)
     # the weights: batch-norm buffers alone make no second point
@@ -265,7 +267,8 @@ def fit_curve(
         return path_objective(cfg, curve, t, per_t), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
-        extra["meta"] = dict(extra["meta"], start=str(start), end=str(end))
+        extra["meta"] = dict(extra["meta"], start=str(start), end=str(end),
+                             **({"buffers_from_start": kept} if kept else {}))  # the end's, which no point has
         save_curve(path, curve, template, spec, **extra)
 
     def restore(ckpt: Checkpoint) -> None:

@@ -161,7 +161,7 @@ def fit_posterior_curve(
         note_split_leak((ck.meta or {}).get("train_config"), cfg.to_json(), ck.path)
     posteriors = [posterior_net(ck, device, named) for ck in ckpts]
     _same_posterior_kind(*posteriors, paths=[start, end])
-    net, spec = _endpoint_model(ckpts[0], ckpts[1], cfg, data, user_named=user_named)
+    net, spec, _ = _endpoint_model(ckpts[0], ckpts[1], cfg, data, user_named=user_named)
     a = posteriors[0]
     template = VariationalNet(net, a.family, prior=a.prior, prior_scale=a.prior_scale)  # its hooks sample the noise
     space = ParamSpace.of(template)
