@@ -686,11 +686,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
             try:
                 written = _draw_stored(dirs[0], tuple(args.format))
             except OSError as e:
-                if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                writing = str(e.filename or "").endswith((".png", ".pdf", ".svg"))  # a figure, not a result read
+                if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not writing:
                     raise
                 # a shared, read-only results folder: say how to draw its figures elsewhere
-                raise UserError(f"{e.filename or dirs[0]}: {e.strerror or e}; figures are drawn in the result folder: "
-                                f"copy its .npz and .json files to one you can write, and plot that") from None
+                raise UserError(f"{e.filename}: {e.strerror or e}; figures are drawn in the result folder: copy it "
+                                f"(its checkpoints, *.pt, are not needed) to one you can write, and plot that") from None
         else:
             from landscape.plots.compare import draw_comparison
 
@@ -1249,6 +1250,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from landscape.plots.swa import draw_swa_figure, has_swa_curve
     from landscape.plots.swag import draw_swag_figure, draw_variational_figure
 
+    if args.points < 3:  # said before anything is trained, not after the curves (evaluate_curve's own check)
+        raise UserError(f"--points must be at least 3 (the ends and a point between them), got {args.points}")
     out, bars, t0 = args.out, _progress(args) is True, time.perf_counter()  # a log has the steps' lines
     device = resolve_device(args.device)
     cfg = TrainConfig(dataset="digits", model="convnet", epochs=args.epochs, device=str(device))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.nn.parameter import is_lazy
 
 from .bn import bn_buffer_names, bn_collecting, bn_modules, instance_norms, population_bn, reestimate_bn, sample_weighted
 from .data import as_dataset
@@ -54,9 +55,16 @@ def evaluate_model(
     one host synchronisation per call.
     """
     check_network(model, data)
-    bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())), None)
-    if bad is not None:
+    params = [p.detach() for p in model.parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one synchronisation
+        bad = next(name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all()))
         raise UserError(f"the network's parameter {bad} holds a NaN or infinite value; refusing to evaluate it")
+    return _model_metrics(model, data, split, batch_size, amp)
+
+
+def _model_metrics(model: nn.Module, data, split: str, batch_size: int, amp: bool) -> dict[str, float]:
+    """:func:`evaluate_model`'s sums, unchecked: the sequential reference evaluates points whose weights
+    overflowed to inf, as the engine does, and reports NaN for them."""
     device = data.device
     nll = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.int64, device=device)
@@ -67,19 +75,22 @@ def evaluate_model(
         for x, y in data.batches(split, batch_size):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(layout(x))  # (B, classes)
-            logits = logits.float()
-            nll += F.cross_entropy(logits, y, reduction="sum").double()
-            wrong += misclassified(logits, y).sum()
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            nll += F.nll_loss(logp, y, reduction="sum").double()
+            wrong += misclassified(logits, y, logp).sum()
             n += y.numel()
     if n == 0:
         return {"nll": float("nan"), "error": float("nan"), "n": 0}
     return {"nll": nll.item() / n, "error": 100.0 * wrong.item() / n, "n": n}
 
 
-def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Which samples ``logits`` (..., B, classes) get wrong: the top class is not ``y``, or the logits hold a
-    NaN (a network whose output overflowed predicts nothing; argmax would read NaN as a vote for class 0)."""
-    return (logits.argmax(dim=-1) != y) | torch.isnan(logits).any(dim=-1)
+def misclassified(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor | None = None) -> torch.Tensor:
+    """Which samples ``logits`` (..., B, classes) get wrong: the top class is not ``y``, or the softmax is
+    undefined (a NaN logit, +inf, every logit -inf: a network whose output overflowed predicts nothing, and
+    argmax would read a NaN as a vote for class 0). The probabilities of such a sample are NaN, and the
+    ensembles count it wrong alike. ``logp``: the logits' log-softmax, where the caller has it."""
+    logp = torch.log_softmax(logits.float(), dim=-1) if logp is None else logp
+    return (logits.argmax(dim=-1) != y) | torch.isnan(logp).any(dim=-1)
 
 
 def set_lazy_shapes(model: nn.Module, data) -> None:
@@ -203,9 +214,6 @@ def evaluate_points(
         raise UserError("bf16 with strategy vmap on the CPU would run the convolutions in fp32 "
                         "(CPU autocast does not reach vmap's batched convolutions); use strategy loop")
     probe = _probe_forward(model, data)  # also refuses data the network cannot take, in one line
-    if bn_modules(model) and data.x_train.shape[0] < 2:
-        raise UserError(f"batch-norm statistics need at least 2 training images; the data has "
-                        f"{data.x_train.shape[0]}")
     channels_last = channels_last and takes_channels_last(model, data.x_train[:2])
     population = resolve_bn_stats(bn_stats, model, data, bn_batches, probe=probe) == "population"
     # A batch-norm layer called several times per forward keeps only its last call's
@@ -244,6 +252,11 @@ def evaluate_points(
                                         bn_batches=bn_batches, return_probs=return_probs, strategy=strategy,
                                         amp=amp, channels_last=channels_last, population=population,
                                         every_call=every_call)
+            except ValueError as e:  # F.batch_norm's refusal of one value per channel (BatchNorm1d, one image)
+                if "more than 1 value per channel" not in str(e):
+                    raise
+                raise UserError(f"batch norm cannot estimate statistics from one value per channel: "
+                                f"{first_line(e)} (the data has {len(data.y_train)} training images)") from None
             except (RuntimeError, MemoryError) as e:
                 if points.shape[0] == 1 or not is_out_of_memory(e):
                     raise
@@ -374,6 +387,10 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
     matters to population statistics: their pass normalises every call by the
     statistics the layer keeps, which are only its last call's."""
     data = as_dataset(data)
+    floats = {p.dtype for p in model.parameters() if p.is_floating_point() and not is_lazy(p)}
+    if floats - {torch.float32}:  # before a lazy layer's shapes are set: its forward of float32 zeros would fail
+        raise UserError(f"the network's parameters are {', '.join(sorted(str(d) for d in floats))}; "
+                        f"landscape runs float32 networks (bf16 by --precision bf16): call model.float()")
     set_lazy_shapes(model, data)
     bn = {m: name or "(the model)" for name, m in bn_modules(model)}
     calls: dict[str, int] = {}
@@ -393,10 +410,6 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
         with modes_kept(model), torch.inference_mode():
             model.eval()
             where = next(iter(model.parameters()), None)
-            floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
-            if floats - {torch.float32}:
-                raise UserError(f"the network's parameters are {', '.join(sorted(str(d) for d in floats))}; "
-                                f"landscape runs float32 networks (bf16 by --precision bf16): call model.float()")
             x = data.x_train[:n] if where is None else data.x_train[:n].to(where.device)
             try:
                 out = model(x)
@@ -574,6 +587,8 @@ def _anchor_matrix(space: ParamSpace, anchors) -> torch.Tensor:
                             f"{space.numel}")
         anchors = torch.stack([a.detach().to(anchors[0].device) for a in anchors])  # flat weight vectors
     if isinstance(anchors, torch.Tensor):
+        if anchors.dim() == 2 and anchors.shape[0] == 0:
+            raise UserError("no anchors given: the anchor matrix has no rows")
         if anchors.dim() != 2 or anchors.shape[1] != space.numel:
             raise UserError(f"anchors must be (A, {space.numel}): a row of the network's {space.numel} weights per "
                             f"anchor; got {tuple(anchors.shape)}")
@@ -831,7 +846,7 @@ class _Sums:
         logits = logits.float()  # (K, B, classes)
         logp = torch.log_softmax(logits, dim=-1)
         self.nll += -logp.gather(-1, y.expand(self.k, -1).unsqueeze(-1)).squeeze(-1).double().sum(dim=1)
-        self.wrong += misclassified(logits, y).sum(dim=1)
+        self.wrong += misclassified(logits, y, logp).sum(dim=1)
         self.count += y.numel()
         if self.keep:  # float64: a true class's probability stays exact down to 1e-308 (probs_of)
             self.kept.append(probs_of(logits))  # stays on the device: no synchronisation per batch
@@ -864,6 +879,8 @@ def evaluate_points_sequential(
     (:func:`landscape.bn.reestimate_bn`, or :func:`landscape.bn.population_bn`
     for ``bn_stats="population"``), evaluate train and test in eval mode.
     Same outputs as :func:`evaluate_points`."""
+    data = as_dataset(data)
+    set_lazy_shapes(model, data)
     population = resolve_bn_stats(bn_stats, model, data, bn_batches) == "population"
     space = ParamSpace.of(model)
     device = data.device
@@ -882,8 +899,8 @@ def evaluate_points_sequential(
                 population_bn(net, data.x_train)
             else:
                 reestimate_bn(net, data.statistics_batches(batch_size), bn_batches)
-            m_train = evaluate_model(net, data, "train", batch_size=batch_size)
-            m_test = evaluate_model(net, data, "test", batch_size=batch_size)
+            m_train = _model_metrics(net, data, "train", batch_size, False)
+            m_test = _model_metrics(net, data, "test", batch_size, False)
             results["train_nll"].append(m_train["nll"])
             results["train_error"].append(m_train["error"])
             results["train_loss"].append(m_train["nll"] + 0.5 * wd * float(space.squared_norm(point.double())))

@@ -74,6 +74,8 @@ def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sourc
             refuse_moved_data(cfg.dataset, cfg.data_path, source.path)
         data = load_data(cfg, device)
         check_sources_data(sources, data, asked)
+    else:
+        note_given_data(as_dataset(data), recorded_data(sources))
     return as_dataset(data).to(device)
 
 
@@ -104,13 +106,36 @@ def check_recorded_data(recorded: dict[str, Any] | None, data: Dataset, source: 
                     f"give the data options to choose the data")
 
 
-def note_given_data(recorded: dict[str, Any] | None, data: Dataset, source: object) -> None:
-    """A note on stderr when ``data`` passed from Python is not what ``source``
-    records having been trained on (``Dataset.describe()`` in its meta): taken
-    as given (another test set is a fair question), but rarely meant."""
-    if isinstance(recorded, dict) and data_differs(recorded, data.describe()) and is_main():
-        print(f"note: {source} was trained on {described(recorded)}; the data given is {described(data.describe())} "
-              f"({why_data_differs(recorded, data.describe())})", file=sys.stderr)
+_NOTED: set[str] = set()  # the notes on given data said in this process: each once (ESPRO loads per component)
+
+
+def recorded_data(ckpts: Sequence[Checkpoint | None]) -> list[tuple[Any, object]]:
+    """(the data each checkpoint records having been trained on, its path), for :func:`note_given_data`."""
+    return [((ck.meta or {}).get("dataset"), ck.path) for ck in ckpts if ck is not None]
+
+
+def note_given_data(data: Dataset, records: Sequence[tuple[Any, object]]) -> None:
+    """A note on stderr when ``data`` passed from Python is not what one of
+    ``records`` (``Dataset.describe()`` a checkpoint's meta holds, the
+    checkpoint; :func:`recorded_data`) says it was trained on (the first that
+    differs is named): taken as given (another test set
+    is a fair question), but rarely meant. Name, sizes, input shape and
+    classes are compared, and the files' fingerprint where the data given has
+    one: a copy made in Python (``dataclasses.replace``) has none, and may
+    well be the same data."""
+    now = data.describe()
+    if now.get("fingerprint") is None:
+        del now["fingerprint"]  # not compared (data_differs skips a field one record lacks)
+    for recorded, source in records:
+        if not isinstance(recorded, dict):
+            continue  # a foreign checkpoint, or one from before runs recorded their data
+        if data_differs(recorded, now):
+            note = (f"note: {source} was trained on {described(recorded)}; the data given is {described(now)} "
+                    f"({why_data_differs(recorded, now)})")
+            if note not in _NOTED and is_main():
+                _NOTED.add(note)
+                print(note, file=sys.stderr)
+            return
 
 
 def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: object, overrides: dict[str, Any] | None,
@@ -126,7 +151,7 @@ def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: objec
         if not asks_for_data(None, overrides):  # the stored settings: they should give the data it was trained on
             check_recorded_data((meta or {}).get("dataset"), data, source)
     else:
-        note_given_data((meta or {}).get("dataset"), as_dataset(data), source)
+        note_given_data(as_dataset(data), [((meta or {}).get("dataset"), source)])
     data = as_dataset(data).to(device)
     check_spec_fits(spec, data.num_classes, data.input_shape, source, f"dataset '{data.name}'")
     return data, float(stored.get("wd", 0.0)) if wd is None else wd
@@ -356,7 +381,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     stored = (first.meta or {}).get("train_config") or {}
     if data is not None:
         data = as_dataset(data).to(device)
-        note_given_data((first.meta or {}).get("dataset"), data, first.path)
+        note_given_data(data, recorded_data(ckpts))
     else:
         check_same_data(ckpts, data_overrides)
         data = resolve_data(stored, data_overrides, device, first.path)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import as_dataset
 from .errors import UserError, check_seed
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
@@ -81,6 +82,7 @@ def evaluate_plane(
     """
     if len(points) != 3:
         raise UserError(f"a plane needs exactly three points, got {len(points)}")
+    data = as_dataset(data)
     vecs = _vectors(model, points, data.device, "a plane point")
     layout = _Layout(basis=plane_basis(*vecs), anchors=vecs, labels=list(labels), path=path, path_label=path_label,
                      inputs=list(points), request={})
@@ -101,6 +103,7 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
     (Li et al.'s [-1, 1]) and to half the centre's norm for unit Gaussian
     ones (as ``rays``). ``options`` are :func:`evaluate_plane`'s (``marks``,
     ``grid``, ``wd``, ``batch_size``, ``resume``, ...; not ``margin``)."""
+    data = as_dataset(data)
     (c,) = _vectors(model, [center], data.device, "the centre")
     check_normalize(normalize)
     check_seed(seed)
@@ -150,6 +153,7 @@ def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tenso
     labels = list(labels) if labels is not None else [f"checkpoint {i + 1}" for i in range(len(trajectory))]
     if ignore not in (None, "biasbn"):
         raise UserError(f"unknown --ignore {ignore!r}; the one choice is biasbn (biases and batch-norm parameters)")
+    data = as_dataset(data)
     vecs = _vectors(model, trajectory, data.device, "a trajectory checkpoint")
     _refuse_repeats(vecs, labels)
     path = torch.stack(vecs)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import as_dataset
 from .device import check_fits
 from .errors import UserError
 from .evaluate import METRICS
@@ -145,6 +146,7 @@ def evaluate_rays(
     sides. ``distance`` defaults to half the first centre's norm (gaussian) or
     1 (filter). Returns per-ray profiles, widths and asymmetries."""
     out = Path(out) if out is not None else None
+    data = as_dataset(data)
     _bf16(precision)  # an unknown precision fails before anything is written
     check_normalize(normalize)
     if directions < 1 or steps < 1:

@@ -64,6 +64,7 @@ from torch.func import functional_call
 
 from .bn import bn_modules, instance_norms
 from .checkpoint import npz_reason, write_json, write_npz
+from .data import as_dataset
 from .device import check_fits
 from .errors import UserError, check_nonnegative, check_seed, is_whole
 from .evaluate import full_float32, misclassified, whole_set_fits
@@ -510,6 +511,7 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     ``progress`` shows each network's products as they go
     (:func:`~landscape.progress.progress_mode`; "log": a line every 10 s)."""
     out = Path(out) if out is not None else None
+    data = as_dataset(data)
     if rank_and_world()[1] > 1:
         raise UserError("sharpness runs in one process; run it without torchrun")
     labels = list(labels) if labels is not None else [f"network {i + 1}" for i in range(len(vectors))]

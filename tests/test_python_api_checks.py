@@ -357,6 +357,16 @@ def test_a_lazy_network_evaluated_first_can_still_be_trained(small_digits):
     loss = nn.functional.cross_entropy(net(small_digits.x_train[:32]), small_digits.y_train[:32])
     loss.backward()  # trainable as before
     assert all(p.grad is not None for p in net.parameters())
+    inside = _lazy(10, (1, 8, 8))  # called inside the user's own inference mode: still trainable afterwards
+    with torch.inference_mode():
+        evaluate_model(inside, small_digits)
+    assert not any(p.is_inference() for p in inside.parameters())
+    from landscape.evaluate import evaluate_points_sequential
+
+    seq = _lazy(10, (1, 8, 8))  # the sequential reference shapes it as the engine does
+    assert evaluate_points_sequential(seq, [seq], [[1.0]], small_digits)["test_error"].shape == (1,)
+    with pytest.raises(UserError, match=r"parameters are torch.float64; .*model.float\(\)"):  # said before shaping
+        evaluate_model(_lazy(10, (1, 8, 8)).double(), small_digits)
     fresh = _lazy(10, (1, 8, 8))  # evaluate_points shapes it too, rather than failing on a lazy weight's shape
     out = evaluate_points(fresh, [fresh], [[1.0]], small_digits)
     assert not any(p.is_inference() for p in fresh.parameters()) and out["test_error"].shape == (1,)
@@ -377,6 +387,21 @@ def test_a_notebook_cell_run_again_registers_its_model_again(monkeypatch):
     assert models.MODELS["cellnet"] is not first and models.MODELS["cellnet"] is namespace["cellnet"]
     with pytest.raises(UserError, match="model name 'cellnet' is already registered to __main__.cellnet"):
         models.register_model("cellnet")(lambda num_classes, input_shape: mlp(False))  # another factory
+    import functools
+
+    made = functools.partial(_projection)  # no __qualname__: registered twice as before, refused beside another
+    assert models.register_model("part")(made) is made and models.register_model("part")(made) is made
+    with pytest.raises(UserError, match="already registered"):
+        models.register_model("part")(functools.partial(_projection))
+
+    def maker(width):
+        def factory(num_classes, input_shape):
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.Linear(width, num_classes))
+        return factory
+
+    models.register_model("closure")(maker(4))
+    with pytest.raises(UserError, match="already registered"):  # two closures of one maker share a name only
+        models.register_model("closure")(maker(16))
 
 
 def test_networks_are_float32_whatever_the_sessions_default_dtype(tmp_path, small_digits):
@@ -402,7 +427,8 @@ def test_a_sample_whose_logits_hold_a_nan_counts_as_an_error(small_digits):
 
     logits = torch.tensor([[0.0, 5.0, 1.0], [float("nan"), 0.0, 0.0], [float("inf"), 0.0, 1.0], [1.0, 2.0, 0.5]])
     y = torch.tensor([1, 0, 0, 0])
-    assert misclassified(logits, y).tolist() == [False, True, False, True]  # +inf alone still names a class
+    # a NaN, or an overflow to +inf (whose softmax is NaN too, as its probabilities are): no prediction
+    assert misclassified(logits, y).tolist() == [False, True, True, True]
     nan = float("nan")
     probs = np.array([[[0.1, 0.8, 0.1], [nan, nan, nan], [0.7, 0.2, 0.1], [0.2, 0.5, 0.3]]])  # a member's
     assert ensemble_metrics(probs, y.numpy(), calibration=False)["error"] == pytest.approx(50.0)
@@ -450,10 +476,22 @@ def test_malformed_input_from_python_is_one_line(small_digits):
     for (anchors, coefficients), message in cases:
         with pytest.raises(UserError, match=message):
             evaluate_points(net, anchors, coefficients, small_digits)
+    with pytest.raises(UserError, match=r"^no anchors given: the anchor matrix has no rows"):
+        evaluate_points(net, torch.zeros(0, flat.numel()), [[]], small_digits)
+    from landscape.plane import evaluate_random_plane
+    from landscape.rays import evaluate_rays
+
+    for call in (lambda: evaluate_random_plane(net, flat, xy, grid=3),
+                 lambda: evaluate_rays(net, [flat], xy, directions=1, steps=1)):
+        with pytest.raises(UserError, match=r"^data must be a landscape.data.Dataset, got a tuple"):
+            call()
     one = dataclasses.replace(small_digits, x_train=small_digits.x_train[:1], y_train=small_digits.y_train[:1])
     bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
-    with pytest.raises(UserError, match="^batch-norm statistics need at least 2 training images; the data has 1"):
+    with pytest.raises(UserError, match=r"^batch norm cannot estimate statistics from one value per channel: "
+                                        r"Expected more than 1 value per channel .*\(the data has 1 training images\)"):
         evaluate_points(bn, [bn], [[1.0]], one)
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    assert evaluate_points(conv, [conv], [[1.0]], one)["test_error"].shape == (1,)  # 36 values a channel: fine
 
 
 def test_other_data_given_for_a_runs_checkpoints_is_noted(tmp_path, small_digits, registered, capsys):
@@ -467,6 +505,20 @@ def test_other_data_given_for_a_runs_checkpoints_is_noted(tmp_path, small_digits
     assert "note:" not in capsys.readouterr().err  # the same data: nothing to say
     fewer = dataclasses.replace(mine, x_train=mine.x_train[:200], y_train=mine.y_train[:200])
     assert load_points([a], data=fewer).data.describe()["n_train"] == 200  # taken as given
-    assert (f"note: {a} was trained on 'mine' (300 train / 360 test, input (1, 8, 8), 10 classes); the data given "
-            f"is 'mine' (200 train / 360 test, input (1, 8, 8), 10 classes) (they differ in n train)"
-            in capsys.readouterr().err)
+    said = (f"note: {a} was trained on 'mine' (300 train / 360 test, input (1, 8, 8), 10 classes); the data given "
+            f"is 'mine' (200 train / 360 test, input (1, 8, 8), 10 classes) (they differ in n train)")
+    assert said in capsys.readouterr().err
+    load_points([a], data=fewer)
+    assert said not in capsys.readouterr().err  # said once in a process (ESPRO loads once per component)
+    # a run that starts from the checkpoint says it too, naming the first checkpoint that differs
+    train(out=tmp_path / "b", model="plain_mlp", seed=2, data=mine, epochs=1, progress=False)
+    fewest = dataclasses.replace(mine, x_train=mine.x_train[:150], y_train=mine.y_train[:150])
+    fit_curve(a, tmp_path / "b" / "model.pt", tmp_path / "ab", epochs=1, data=fewest, progress=False)
+    assert f"note: {a} was trained on 'mine' (300 train" in capsys.readouterr().err
+    # data read from the files, copied in Python (dataclasses.replace drops its fingerprint): the same, no note
+    digits = load_dataset("digits")
+    train(out=tmp_path / "d", model="plain_mlp", seed=1, epochs=1, progress=False)
+    capsys.readouterr()
+    load_points([tmp_path / "d" / "model.pt"], data=dataclasses.replace(digits, augment=True))
+    load_points([tmp_path / "d" / "model.pt"], data=digits)
+    assert "note:" not in capsys.readouterr().err

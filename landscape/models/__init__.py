@@ -52,14 +52,20 @@ def register_model(name: str) -> Callable[[Factory], Factory]:
 
     def decorator(factory: Factory) -> Factory:
         existing = MODELS.get(name)
-        rerun = existing is not None and (existing.__module__, existing.__qualname__) == (factory.__module__,
-                                                                                         factory.__qualname__)
-        if existing is not None and existing is not factory and not rerun:
-            raise UserError(f"model name {name!r} is already registered to {existing.__module__}.{existing.__qualname__}")
+        if existing is not None and existing is not factory and not _same_definition(existing, factory):
+            raise UserError(f"model name {name!r} is already registered to {getattr(existing, '__module__', '?')}."
+                            f"{getattr(existing, '__qualname__', type(existing).__name__)}")
         MODELS[name] = factory
         return factory
 
     return decorator
+
+
+def _same_definition(a: object, b: object) -> bool:
+    """Whether two factories are one definition made again (a notebook cell run again): functions or classes
+    of the same module and qualified name, not a local one (two closures of one maker share their name)."""
+    names = [(getattr(f, "__module__", None), getattr(f, "__qualname__", None)) for f in (a, b)]
+    return names[0] == names[1] and names[0][1] is not None and "<locals>" not in names[0][1]
 
 
 def buildable(name: object) -> bool:
@@ -150,7 +156,8 @@ def materialize(model: nn.Module, input_shape: tuple[int, ...] | None, source: o
     where = next((t.device for t in (*model.parameters(), *model.buffers()) if not is_lazy(t)),
                  torch.device("cpu"))
     try:
-        with torch.no_grad():
+        # not inference mode, even inside a caller's: weights made there could never be trained
+        with torch.inference_mode(False), torch.no_grad():
             model.eval()(torch.zeros(2, *input_shape, device=where, dtype=torch.float32))  # inputs are float32
     except Exception as e:  # a user's network fails in any way
         raise UserError(f"{source} has lazy layers, and a forward of zeros of shape {tuple(input_shape)} to set "
