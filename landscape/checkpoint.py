@@ -171,6 +171,27 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
     if out is None:
         return
     out = Path(out)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, so only it locks and cleans
+    refused = None
+    try:
+        _check_out(out, command)
+    except UserError as e:
+        refused = e
+    if refused is None and main and _held is not None:
+        try:
+            lock_folder(out)
+        except UserError as e:
+            refused = e
+    refused = _ranks_agree(out, refused)
+    if refused is not None:
+        raise refused
+    if main:
+        for stale in out.glob(".*.tmp") if out.is_dir() else ():
+            stale.unlink(missing_ok=True)  # an atomic write's temporary file, left by a process killed while writing
+
+
+def _check_out(out: Path, command: str) -> None:
+    """:func:`claim_folder`'s checks of what ``out`` is and holds."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     if out.is_symlink() and not out.exists():
@@ -190,31 +211,42 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
                             f"config.json); choose another --out")
     elif (out / "model.pt").exists():
         raise UserError(f"{out} holds a network (model.pt) of another run; choose another --out")
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, so only it locks and cleans
-    refused = None
-    if main and _held is not None:
-        try:
-            lock_folder(out)
-        except UserError as e:
-            refused = e
-    refused = _rank_zeros(refused)
-    if refused is not None:
-        raise refused
-    if main:
-        for stale in out.glob(".*.tmp") if out.is_dir() else ():
-            stale.unlink(missing_ok=True)  # an atomic write's temporary file, left by a process killed while writing
 
 
-def _rank_zeros(refused: UserError | None) -> UserError | None:
-    """Under torchrun (a process group joined), rank 0's refusal of a folder
-    for every rank, so that all stop alike and it is said once; else as it is."""
+def _view(out: Path) -> list[str]:
+    """What a process sees in ``out``: the names of its files and folders (not the lock's, nor temporary ones)."""
+    try:
+        return sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    except OSError:  # not there (yet), or not a folder: said by the checks
+        return []
+
+
+def _ranks_agree(out: Path, refused: UserError | None) -> UserError | None:
+    """Under torchrun (a process group joined), one refusal for every rank, so
+    that all stop alike and it is said once: rank 0's; else another rank's
+    own; else, where the ranks see different files in ``out`` (a folder on
+    each node's own disk), a refusal naming the first that differs. Each
+    rank decides from what it sees whether to resume: seeing different
+    things they would wait in different collectives, without a word, until
+    the process group's timeout. Without a group: ``refused`` as it is."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return refused
-    shared = [str(refused) if refused is not None else None]
-    dist.broadcast_object_list(shared, src=0)
-    return UserError(shared[0]) if shared[0] is not None else None
+    views: list = [None] * dist.get_world_size()
+    dist.all_gather_object(views, (str(refused) if refused is not None else None, _view(out)))
+    first = next((i for i, (said, _) in enumerate(views) if said is not None), None)
+    if first is not None:
+        return UserError(views[first][0] if first == 0 else f"rank {first}: {views[first][0]}")
+    other = next((i for i, (_, seen) in enumerate(views) if seen != views[0][1]), None)
+    if other is not None:
+        def some(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") if names else "nothing"
+
+        return UserError(f"rank {other} sees {some(views[other][1])} in {out}, but rank 0 sees "
+                         f"{some(views[0][1])}: under torchrun every process must see --out alike (a folder on a "
+                         f"file system all nodes share)")
+    return None
 
 
 LOCK = ".landscape.lock"

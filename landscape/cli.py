@@ -12,7 +12,9 @@ import errno
 import os
 import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -1889,12 +1891,87 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# Seconds a stop (SIGTERM, Ctrl-C) may wait for the main thread to meet it: one blocked in a call that does not
+# return (a collective whose peer is gone, a rendezvous no peer joins) never does. Under torchrun and Slurm the
+# SIGKILL comes 30 s after the SIGTERM.
+STOP_GRACE = 10.0
+
+
+@contextmanager
+def _stops_met() -> Iterator[None]:
+    """The command's handlers for SIGTERM (:class:`~landscape.errors.Terminated`)
+    and Ctrl-C (KeyboardInterrupt), put back at the end. Python runs a handler
+    between bytecodes only: a process blocked in a C call ignored both (a
+    ``timeout``'s SIGTERM did nothing; torchrun waited 30 s, then killed it
+    without a word). A thread woken by the signal (``signal.set_wakeup_fd``)
+    gives the main thread :data:`STOP_GRACE` seconds to meet it, then says
+    the command's line itself and ends the process with the signal's status."""
     import signal
     import threading
 
-    watching = threading.current_thread() is threading.main_thread()  # handlers can be set there only
-    previous = signal.signal(signal.SIGTERM, on_terminate) if watching else None
+    if threading.current_thread() is not threading.main_thread():  # handlers can be set there only
+        yield
+        return
+    met = {signal.SIGTERM: 0, signal.SIGINT: 0}  # how many stops the main thread has met
+
+    def terminate(signum, frame):
+        met[signal.SIGTERM] += 1
+        on_terminate(signum, frame)
+
+    def interrupt(signum, frame):
+        met[signal.SIGINT] += 1
+        raise KeyboardInterrupt
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+                signal.SIGINT: signal.signal(signal.SIGINT, interrupt)}
+    wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        seen = dict.fromkeys(met, 0)
+        while True:
+            try:
+                got = os.read(read, 64)
+            except OSError:
+                return
+            if not got:  # the command is over
+                return
+            for signum in (n for n in got if n in met):
+                seen[signum] += 1
+                deadline = time.monotonic() + STOP_GRACE
+                while met[signum] < seen[signum] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if met[signum] < seen[signum]:
+                    word, status = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+                    rank = os.environ.get("RANK", "0")
+                    where = f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+                    os.write(2, f"{PROG}: {where}{word} while blocked in a call that did not return within "
+                                f"{STOP_GRACE:g} s (waiting for another process?); files written so far are "
+                                f"kept\n".encode())
+                    os._exit(status)
+
+    thread = threading.Thread(target=watch, name="landscape-stops", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(wakeup)
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(signum, handler)
+        os.close(write)
+        thread.join(timeout=1.0)
+        os.close(read)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    with _stops_met():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = None
     try:
         try:
             args = parse(build_parser(), argv)
@@ -1903,6 +1980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return stopped_while_starting(stop)
         args.failed_alone = False
+        args.reported = False  # the command said why it stopped: a signal while leaving adds nothing
         try:
             from landscape.checkpoint import folder_locks
 
@@ -1918,12 +1996,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _leave_process_group(wait=not args.failed_alone)
     except KeyboardInterrupt as stop:  # _run_command reports its own: this one came while leaving the group
         word, status = stop_words(stop)
-        print(f"{PROG}: {word} while waiting for the other processes to finish; files written so far are kept",
-              file=sys.stderr)
+        if not getattr(args, "reported", False):  # (torchrun stopping a rank that has said why it failed: quiet)
+            print(f"{PROG}: {word} while waiting for the other processes to finish; files written so far are kept",
+                  file=sys.stderr)
         return status
-    finally:
-        if watching and previous is not None:  # None: a handler set outside Python, which cannot be put back
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _leave_process_group(wait: bool = True) -> None:
@@ -1975,11 +2051,16 @@ def _run_command(args: argparse.Namespace) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     where = f"rank {rank}: " if world > 1 else ""  # for failures that may be one rank's own
     try:
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if world > 1 and missing:  # torch would stop in a traceback at its rendezvous
+            raise UserError(f"WORLD_SIZE={world} is set, but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
+                            f" not: this is no torchrun worker; start the command with torchrun, or unset WORLD_SIZE")
         if world > 1 and args.command not in DISTRIBUTED and args.command != "models":
             raise UserError(f"'{args.command}' runs on one process; start it without torchrun "
                             f"(under torchrun: {', '.join(DISTRIBUTED)})")
         return args.func(args)
     except UserError as e:
+        args.reported = True
         if e.rank_local:  # met by some ranks only: each says it, and none waits for the others
             args.failed_alone = True
             print(f"{PROG}: error: {where}{e}", file=sys.stderr)
@@ -1987,26 +2068,33 @@ def _run_command(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError as e:
+        args.reported = True
         if _stdout_closed():  # piped into a reader that stopped (| head): quiet, as other tools are
             return 141  # 128 + SIGPIPE
         args.failed_alone = True
         print(f"{PROG}: error: {where}{e.strerror or e}", file=sys.stderr)  # another pipe: a process group's
         return 2
     except OSError as e:  # unwritable --out, full disk, ... (may be one rank's own)
-        args.failed_alone = True
+        args.failed_alone = args.reported = True
         print(f"{PROG}: error: {where}{e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), file=sys.stderr)
         return 2
     except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA), the CPU allocator's failure, numpy's, cuBLAS's
+        gone = _peer_stopped(e) if world > 1 else None
+        if gone:  # another rank died (killed, out of memory): its connection closed under a collective
+            args.failed_alone = args.reported = True
+            print(f"{PROG}: {where}another process of this job stopped ({gone.lower()}); files written so far are "
+                  f"kept{' — rerun with --resume to continue' if hasattr(args, 'resume') else ''}", file=sys.stderr)
+            return 2
         if not is_out_of_memory(e):
             raise
-        args.failed_alone = True
+        args.failed_alone = args.reported = True
         print(f"{PROG}: error: {where}out of memory ({_allocation(e)}); {_out_of_memory_advice(args)}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         # Under torchrun a signal may reach one rank only (a scheduler, a kill): the others sit in
         # a collective, so this rank does not wait for them at the final barrier; torchrun stops them.
-        args.failed_alone = True
+        args.failed_alone = args.reported = True
         word, status = stop_words(stop)
         if hasattr(args, "resume"):
             hint = " — rerun with --resume to continue"
@@ -2022,6 +2110,15 @@ def _run_command(args: argparse.Namespace) -> int:
         else:
             print(f"{PROG}: {where}{word}; files written so far are kept{hint}", file=sys.stderr)
         return status
+
+
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+
+
+def _peer_stopped(e: BaseException) -> str | None:
+    """How a collective said it failed because another rank of the job is gone (gloo's and NCCL's words for
+    it), or None when it did not."""
+    return next((words for words in PEER_GONE if words in str(e)), None)
 
 
 def _allocation(e: BaseException) -> str:

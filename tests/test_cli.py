@@ -1007,3 +1007,69 @@ def test_a_path_option_expands_a_leading_tilde_as_the_shell_would(monkeypatch, t
     args = parser.parse_args(["plane", "--points", "~/a.pt", "b.pt", "~/c.pt", "--out", "~/p"])
     assert args.points == [tmp_path / "a.pt", Path("b.pt"), tmp_path / "c.pt"] and args.out == tmp_path / "p"
     assert parser.parse_args(["plot", "~/p", "runs/~x"]).result_dir == [tmp_path / "p", Path("runs/~x")]
+
+
+def test_world_size_without_torchrun_is_one_line(tmp_path, capsys, monkeypatch):
+    """WORLD_SIZE left in the environment (a job script, a shell) without torchrun's other variables ended
+    in torch's rendezvous traceback ('environment variable RANK expected, but not set')."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    code, _, err = run(capsys, "plane", "--ckpt", tmp_path / "x.pt", "--grid", 3, "--out", tmp_path / "p")
+    assert code == 2 and _one_line_error(err) == (
+        "landscape: error: WORLD_SIZE=2 is set, but RANK, MASTER_ADDR, MASTER_PORT are not: this is no torchrun "
+        "worker; start the command with torchrun, or unset WORLD_SIZE")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_rank_whose_peer_died_says_so_once(tmp_path, capsys, monkeypatch):
+    """A rank killed under torchrun (out of memory, a kill -9) left the other with gloo's 'Connection closed by
+    peer'; torchrun's SIGTERM then came while it left the process group, and it said 'terminated while waiting
+    for the other processes to finish', with no --resume hint. It now says what happened, once."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+
+    def peer_gone(args):
+        raise RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                           "[127.0.0.1]:7392. This is typically caused by a remote worker crashing.")
+
+    def terminated_while_leaving(wait=True):
+        raise Terminated()  # torchrun's SIGTERM to the ranks left
+
+    monkeypatch.setattr(cli, "cmd_train", peer_gone)
+    monkeypatch.setattr(cli, "_leave_process_group", terminated_while_leaving)
+    code, _, err = run(capsys, "train", "--out", tmp_path / "a", "--epochs", 1)
+    assert code == 143 and _one_line_error(err) == (
+        "landscape: rank 0: another process of this job stopped (connection closed by peer); files written so far "
+        "are kept — rerun with --resume to continue")
+
+
+def test_a_stop_reaches_a_command_blocked_in_a_call_that_does_not_return(tmp_path):
+    """Python meets a signal between bytecodes only: a rank blocked in torch's rendezvous (or in a collective
+    whose peer is gone) ignored SIGTERM for as long as it waited (30 minutes), and torchrun killed it without a
+    word. After STOP_GRACE seconds the watching thread says the line and ends the process."""
+    import os
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "landscape", "train", "--out", str(tmp_path / "a"), "--epochs", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(6)  # started, and waiting for rank 1, which never comes
+        assert proc.poll() is None
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=cli.STOP_GRACE + 30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and time.monotonic() - start >= cli.STOP_GRACE - 1
+    assert _one_line_error(err) == (f"landscape: rank 0: terminated while blocked in a call that did not return within "
+                                    f"{cli.STOP_GRACE:g} s (waiting for another process?); files written so far are "
+                                    f"kept")

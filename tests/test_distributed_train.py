@@ -600,3 +600,49 @@ def test_a_folder_in_use_stops_every_rank_in_one_line(tmp_path):
     assert said == [f"landscape: error: {out} is in use by another landscape process (pid 4242); wait for it to "
                     f"finish (then --resume, if it stopped), or choose another --out"], done.stderr
     assert sorted(p.name for p in out.iterdir()) == [".landscape.lock"]  # the holder's, nothing written
+
+
+def test_ranks_that_see_their_out_folder_differently_are_refused_alike(tmp_path):
+    """Each rank decides from what it sees in --out whether to resume: with a folder on each node's own disk,
+    rank 0 found last.pt, rank 1 nothing, and they waited in different collectives, without a word, until the
+    process group's timeout (30 minutes). The ranks now compare what they see first."""
+    script = tmp_path / "claim.py"
+    script.write_text(
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "import torch.distributed as dist\n"
+        "from landscape.checkpoint import claim_folder, folder_locks\n"
+        "from landscape.errors import UserError\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "base = Path(sys.argv[1])\n"
+        "out = base / f'node{rank}' / 'run'  # each rank's own disk: the same --out, other contents\n"
+        "said = 'claimed'\n"
+        "try:\n"
+        "    with folder_locks():\n"
+        "        claim_folder(out if sys.argv[2] == 'apart' else base / 'shared', 'train')\n"
+        "except UserError as e:\n"
+        "    said = str(e)\n"
+        "(base / f'said{rank}').write_text(said)\n"
+        "dist.destroy_process_group()\n")
+    for node, files in (("node0", ["config.json", "last.pt", "metrics.jsonl"]), ("node1", [])):
+        (tmp_path / node / "run").mkdir(parents=True)
+        for name in files:
+            (tmp_path / node / "run" / name).write_text('{"command": "train"}')
+    (tmp_path / "shared").mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    for mode in ("apart", "shared"):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                               str(WORLD), str(script), str(tmp_path), mode], env=env, capture_output=True, text=True,
+                              timeout=240)
+        assert done.returncode == 0, done.stderr
+        said = [(tmp_path / f"said{r}").read_text() for r in range(WORLD)]
+        if mode == "shared":
+            assert said == ["claimed"] * WORLD
+            continue
+        for r, text in enumerate(said):  # every rank refuses alike, each naming --out as it was given (one path)
+            assert text == (f"rank 1 sees nothing in {tmp_path / f'node{r}' / 'run'}, but rank 0 sees config.json, "
+                            f"last.pt, metrics.jsonl: under torchrun every process must see --out alike (a folder on "
+                            f"a file system all nodes share)")
