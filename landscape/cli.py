@@ -2051,10 +2051,6 @@ def _run_command(args: argparse.Namespace) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     where = f"rank {rank}: " if world > 1 else ""  # for failures that may be one rank's own
     try:
-        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-        if world > 1 and missing:  # torch would stop in a traceback at its rendezvous
-            raise UserError(f"WORLD_SIZE={world} is set, but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
-                            f" not: this is no torchrun worker; start the command with torchrun, or unset WORLD_SIZE")
         if world > 1 and args.command not in DISTRIBUTED and args.command != "models":
             raise UserError(f"'{args.command}' runs on one process; start it without torchrun "
                             f"(under torchrun: {', '.join(DISTRIBUTED)})")

@@ -43,6 +43,11 @@ def init_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
     """Join the torchrun process group when launched by torchrun; (rank, world size)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:  # torch would stop in a traceback at its rendezvous
+            raise UserError(f"WORLD_SIZE={world} is set, but {', '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} not: this is no torchrun worker; start the "
+                            f"command with torchrun, or unset WORLD_SIZE")
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return rank_and_world()

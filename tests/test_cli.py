@@ -1015,7 +1015,7 @@ def test_world_size_without_torchrun_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
-    code, _, err = run(capsys, "plane", "--ckpt", tmp_path / "x.pt", "--grid", 3, "--out", tmp_path / "p")
+    code, _, err = run(capsys, "train", "--epochs", 1, "--out", tmp_path / "p")
     assert code == 2 and _one_line_error(err) == (
         "landscape: error: WORLD_SIZE=2 is set, but RANK, MASTER_ADDR, MASTER_PORT are not: this is no torchrun "
         "worker; start the command with torchrun, or unset WORLD_SIZE")
