@@ -175,13 +175,12 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
     refused = None
     try:
         _check_out(out, command)
+        if main and _held is not None:
+            lock_folder(out)
     except UserError as e:
         refused = e
-    if refused is None and main and _held is not None:
-        try:
-            lock_folder(out)
-        except UserError as e:
-            refused = e
+    except OSError as e:  # a folder that cannot be made or locked (a missing mount, a full disk): for every rank
+        refused = UserError(f"{e.filename or out}: {e.strerror or e}")
     refused = _ranks_agree(out, refused)
     if refused is not None:
         raise refused
@@ -213,10 +212,16 @@ def _check_out(out: Path, command: str) -> None:
         raise UserError(f"{out} holds a network (model.pt) of another run; choose another --out")
 
 
+# The files whose presence decides what a command does in its --out: start, resume or return what is finished.
+DECIDING = ("config.json", "last.pt", "model.pt", "summary.json", "metrics.jsonl")
+
+
 def _view(out: Path) -> list[str]:
-    """What a process sees in ``out``: the names of its files and folders (not the lock's, nor temporary ones)."""
+    """What a process sees in ``out`` that decides what it does there: the files of :data:`DECIDING` and the
+    result files and partial stores (``*.npz``) present; figures and other files do not count (a shared file
+    system's caches may show one late)."""
     try:
-        return sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        return sorted(p.name for p in out.iterdir() if p.name in DECIDING or p.name.endswith(".npz"))
     except OSError:  # not there (yet), or not a folder: said by the checks
         return []
 

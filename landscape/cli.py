@@ -12,7 +12,6 @@ import errno
 import os
 import statistics
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -1891,78 +1890,82 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     return args
 
 
-# Seconds a stop (SIGTERM, Ctrl-C) may wait for the main thread to meet it: one blocked in a call that does not
-# return (a collective whose peer is gone, a rendezvous no peer joins) never does. Under torchrun and Slurm the
-# SIGKILL comes 30 s after the SIGTERM.
+# Seconds a SIGTERM may wait for the main thread to meet it under torchrun: one blocked in a call that does not
+# return (a collective whose peer is gone, a rendezvous no peer joins) never does. torchrun and Slurm send
+# SIGKILL 30 s after their SIGTERM.
 STOP_GRACE = 10.0
 
 
 @contextmanager
 def _stops_met() -> Iterator[None]:
-    """The command's handlers for SIGTERM (:class:`~landscape.errors.Terminated`)
-    and Ctrl-C (KeyboardInterrupt), put back at the end. Python runs a handler
-    between bytecodes only: a process blocked in a C call ignored both (a
-    ``timeout``'s SIGTERM did nothing; torchrun waited 30 s, then killed it
-    without a word). A thread woken by the signal (``signal.set_wakeup_fd``)
-    gives the main thread :data:`STOP_GRACE` seconds to meet it, then says
-    the command's line itself and ends the process with the signal's status."""
+    """The command's SIGTERM handler (:class:`~landscape.errors.Terminated`),
+    put back at the end. Python runs a handler between bytecodes only, so a
+    rank blocked in a C call (a rendezvous, a collective whose peer is gone)
+    ignored SIGTERM: a ``timeout`` did nothing, and torchrun killed it after
+    30 s without a word. Under torchrun (WORLD_SIZE > 1) a thread woken by
+    the signal (``signal.set_wakeup_fd``) gives the main thread
+    :data:`STOP_GRACE` seconds to meet it, then says the command's line
+    itself and ends the process with status 143. Once the main thread has
+    met one, the process is ending its own way and the thread stops
+    watching; it never acts after the command is over. Ctrl-C keeps
+    Python's own handling (or its being ignored)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():  # handlers can be set there only
         yield
         return
-    met = {signal.SIGTERM: 0, signal.SIGINT: 0}  # how many stops the main thread has met
+    met: list[bool] = []  # [True] once the main thread has met a SIGTERM
+    over = threading.Event()  # the command is over: the thread must not act
 
     def terminate(signum, frame):
-        met[signal.SIGTERM] += 1
+        met.append(True)
         on_terminate(signum, frame)
 
-    def interrupt(signum, frame):
-        met[signal.SIGINT] += 1
-        raise KeyboardInterrupt
-
-    read, write = os.pipe()
-    os.set_blocking(write, False)
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
-                signal.SIGINT: signal.signal(signal.SIGINT, interrupt)}
-    wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-
-    def watch() -> None:
-        seen = dict.fromkeys(met, 0)
-        while True:
-            try:
-                got = os.read(read, 64)
-            except OSError:
-                return
-            if not got:  # the command is over
-                return
-            for signum in (n for n in got if n in met):
-                seen[signum] += 1
-                deadline = time.monotonic() + STOP_GRACE
-                while met[signum] < seen[signum] and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if met[signum] < seen[signum]:
-                    word, status = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
-                    rank = os.environ.get("RANK", "0")
-                    where = f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-                    os.write(2, f"{PROG}: {where}{word} while blocked in a call that did not return within "
-                                f"{STOP_GRACE:g} s (waiting for another process?); files written so far are "
-                                f"kept\n".encode())
-                    os._exit(status)
-
-    thread = threading.Thread(target=watch, name="landscape-stops", daemon=True)
-    thread.start()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    pipe = wakeup = thread = None
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            pipe = os.pipe()
+            os.set_blocking(pipe[1], False)
+            wakeup = signal.set_wakeup_fd(pipe[1], warn_on_full_buffer=False)
+            thread = threading.Thread(target=_watch_stops, args=(pipe[0], met, over), name="landscape-stops",
+                                      daemon=True)
+            thread.start()
         yield
     finally:
-        signal.set_wakeup_fd(wakeup)
-        for signum, handler in previous.items():
-            if handler is not None:  # None: a handler set outside Python, which cannot be put back
-                signal.signal(signum, handler)
-        os.close(write)
-        thread.join(timeout=1.0)
-        os.close(read)
+        over.set()
+        if pipe is not None:
+            if wakeup is not None:
+                signal.set_wakeup_fd(wakeup)
+            os.close(pipe[1])  # the thread's read returns: it ends
+            if thread is not None:
+                thread.join(timeout=1.0)
+            os.close(pipe[0])
+        if previous is not None:  # None: a handler set outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _watch_stops(read: int, met: list, over) -> None:
+    """:func:`_stops_met`'s thread: on the first SIGTERM, wait :data:`STOP_GRACE` seconds for the main thread
+    to meet it; if it has not, and the command is not over, say so and end the process."""
+    import signal
+
+    while True:
+        try:
+            got = os.read(read, 64)
+        except OSError:
+            return
+        if not got or over.is_set() or met:  # the command is over, or ending its own way
+            return
+        if signal.SIGTERM not in got:
+            continue
+        if over.wait(STOP_GRACE) or met:
+            return
+        rank = os.environ.get("RANK", "0")
+        os.write(2, f"{PROG}: rank {rank}: terminated while blocked in a call that did not return within "
+                    f"{STOP_GRACE:g} s (waiting for another process?); files written so far are kept\n".encode())
+        os._exit(143)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2015,6 +2018,11 @@ def _leave_process_group(wait: bool = True) -> None:
         try:
             if wait:
                 dist.barrier()
+        except RuntimeError as e:  # a rank gone while this one waited at the end: its own work is done
+            if not _peer_stopped(e):
+                raise
+            print(f"{PROG}: rank {dist.get_rank()}: another process of this job stopped ({_peer_stopped(e).lower()}) "
+                  f"while this one waited for it at the end; this process's work is done", file=sys.stderr)
         finally:
             # Objects that still hold the group (a DistributedDataParallel wrapper in a reference cycle
             # of a task's closures) are freed now, while the interpreter is whole: freed during its
@@ -2052,8 +2060,9 @@ def _run_command(args: argparse.Namespace) -> int:
     where = f"rank {rank}: " if world > 1 else ""  # for failures that may be one rank's own
     try:
         if world > 1 and args.command not in DISTRIBUTED and args.command != "models":
+            stray = "" if "MASTER_ADDR" in os.environ else f"; WORLD_SIZE={world} is set here: unset it"
             raise UserError(f"'{args.command}' runs on one process; start it without torchrun "
-                            f"(under torchrun: {', '.join(DISTRIBUTED)})")
+                            f"(under torchrun: {', '.join(DISTRIBUTED)}){stray}")
         return args.func(args)
     except UserError as e:
         args.reported = True
@@ -2077,9 +2086,13 @@ def _run_command(args: argparse.Namespace) -> int:
     except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA), the CPU allocator's failure, numpy's, cuBLAS's
         gone = _peer_stopped(e) if world > 1 else None
         if gone:  # another rank died (killed, out of memory): its connection closed under a collective
+            from landscape.checkpoint import wrote_into
+
+            out = getattr(args, "out", None)
+            kept = ("nothing was written" if out is not None and not wrote_into(out) else
+                    f"files written so far are kept{' — rerun with --resume to continue' if hasattr(args, 'resume') else ''}")
+            print(f"{PROG}: {where}another process of this job stopped ({gone.lower()}); {kept}", file=sys.stderr)
             args.failed_alone = args.reported = True
-            print(f"{PROG}: {where}another process of this job stopped ({gone.lower()}); files written so far are "
-                  f"kept{' — rerun with --resume to continue' if hasattr(args, 'resume') else ''}", file=sys.stderr)
             return 2
         if not is_out_of_memory(e):
             raise
@@ -2108,7 +2121,7 @@ def _run_command(args: argparse.Namespace) -> int:
         return status
 
 
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Connection was likely closed")
 
 
 def _peer_stopped(e: BaseException) -> str | None:

@@ -47,7 +47,7 @@ def init_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
         if missing:  # torch would stop in a traceback at its rendezvous
             raise UserError(f"WORLD_SIZE={world} is set, but {', '.join(missing)} "
                             f"{'is' if len(missing) == 1 else 'are'} not: this is no torchrun worker; start the "
-                            f"command with torchrun, or unset WORLD_SIZE")
+                            f"command with torchrun, or unset WORLD_SIZE", rank_local=True)  # no group: each says it
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return rank_and_world()

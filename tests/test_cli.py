@@ -1017,8 +1017,8 @@ def test_world_size_without_torchrun_is_one_line(tmp_path, capsys, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     code, _, err = run(capsys, "train", "--epochs", 1, "--out", tmp_path / "p")
     assert code == 2 and _one_line_error(err) == (
-        "landscape: error: WORLD_SIZE=2 is set, but RANK, MASTER_ADDR, MASTER_PORT are not: this is no torchrun "
-        "worker; start the command with torchrun, or unset WORLD_SIZE")
+        "landscape: error: rank 0: WORLD_SIZE=2 is set, but RANK, MASTER_ADDR, MASTER_PORT are not: this is no "
+        "torchrun worker; start the command with torchrun, or unset WORLD_SIZE")
     assert not (tmp_path / "p").exists()
 
 
@@ -1032,6 +1032,9 @@ def test_a_rank_whose_peer_died_says_so_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "29999")
 
     def peer_gone(args):
+        if args.out.name == "a":
+            args.out.mkdir()
+            (args.out / "metrics.jsonl").write_text("{}\n")  # an epoch done
         raise RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                            "[127.0.0.1]:7392. This is typically caused by a remote worker crashing.")
 
@@ -1044,6 +1047,9 @@ def test_a_rank_whose_peer_died_says_so_once(tmp_path, capsys, monkeypatch):
     assert code == 143 and _one_line_error(err) == (
         "landscape: rank 0: another process of this job stopped (connection closed by peer); files written so far "
         "are kept — rerun with --resume to continue")
+    code, _, err = run(capsys, "train", "--out", tmp_path / "b", "--epochs", 1)  # gone before anything was written
+    assert _one_line_error(err) == ("landscape: rank 0: another process of this job stopped (connection closed by "
+                                    "peer); nothing was written")
 
 
 def test_a_stop_reaches_a_command_blocked_in_a_call_that_does_not_return(tmp_path):
@@ -1062,8 +1068,15 @@ def test_a_stop_reaches_a_command_blocked_in_a_call_that_does_not_return(tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "landscape", "train", "--out", str(tmp_path / "a"), "--epochs", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(6)  # started, and waiting for rank 1, which never comes
-        assert proc.poll() is None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # started: rank 0 serves the rendezvous, and waits for rank 1
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.2)
+        time.sleep(1)
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=cli.STOP_GRACE + 30)
@@ -1073,3 +1086,43 @@ def test_a_stop_reaches_a_command_blocked_in_a_call_that_does_not_return(tmp_pat
     assert _one_line_error(err) == (f"landscape: rank 0: terminated while blocked in a call that did not return within "
                                     f"{cli.STOP_GRACE:g} s (waiting for another process?); files written so far are "
                                     f"kept")
+
+
+def test_a_stop_the_command_met_is_not_followed_by_the_watchers_line(monkeypatch):
+    """The thread that ends a command blocked in a C call must never act on a SIGTERM the main thread met,
+    nor after the command is over (it used to count bytes against handler calls, and two signals met as one
+    ended the process later with a false line)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(cli, "STOP_GRACE", 1.0)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        with cli._stops_met():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # (the handler raises at once)
+    time.sleep(2)  # past the grace: this process is still here
+    assert signal.getsignal(signal.SIGTERM) is before and signal.set_wakeup_fd(-1) == -1
+    assert not [t for t in threading.enumerate() if t.name == "landscape-stops"]
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored Ctrl-C stays ignored
+    try:
+        with cli._stops_met():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+
+
+def test_world_size_without_torchrun_is_said_by_any_rank(tmp_path):
+    """With RANK=1 (no process group yet, so no rank 0 to say it) the refusal was printed by no one."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-m", "landscape", "train", "--epochs", "1", "--out", str(tmp_path / "a")],
+                          env=dict(env, WORLD_SIZE="2", RANK="1"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and _one_line_error(done.stderr) == (
+        "landscape: error: rank 1: WORLD_SIZE=2 is set, but MASTER_ADDR, MASTER_PORT are not: this is no torchrun "
+        "worker; start the command with torchrun, or unset WORLD_SIZE")
