@@ -1,11 +1,18 @@
 """Shared test helpers."""
 
 import dataclasses
+import signal
 
 import pytest
 import torch
 
 from landscape.data import load_dataset
+
+# A suite started in the background of a script (`bash .ci/run &`) inherits an ignored Ctrl-C, and so would
+# every command it starts: the tests that stop one with SIGINT need Python's own handling, which a handled
+# (not ignored) signal gives the processes started from here.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def fail_at_pass(monkeypatch, n: int, error: BaseException) -> list:
