@@ -216,14 +216,12 @@ def _set_note(note, ax, lines: Sequence[str] = (), scale: bool = True) -> None:
     note.set_visible(True)
 
     def put(place) -> float:
-        """Put the note at ``place``; the area of points and labels it covers there (a path's crossing: all)."""
+        """Put the note at ``place``; what it covers there (:func:`_covered`)."""
         x, y, ha, va = place
         note.set_position((x, y))
         note.set_ha(ha)
         note.set_va(va)
-        box = note.get_window_extent(renderer)
-        return sum(_overlap(box, b) for b in boxes) + sum(
-            box.width * box.height for p in paths if p.intersects_bbox(box, filled=False) or box.count_contains(p.vertices))
+        return _covered(note.get_window_extent(renderer), boxes, paths)
 
     share = min(1.0, note.get_window_extent(renderer).width / width)  # of the panel's width
     slides = [(0.01 + f * max(0.0, 0.98 - share), y, "left", va) for f in np.linspace(0, 1, SLIDE_STEPS)
@@ -269,8 +267,10 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     equal = bool(equal_aspect or (equal_aspect is None and 1 / 3 <= ratio <= 3))
     if equal:
         ax.set_aspect("equal", adjustable="box")
+    with np.errstate(invalid="ignore"):
+        over = values > vmax if vmax is not None else np.zeros(values.shape, bool)  # +inf too; NaN never
     # A distance up that is not one across, and values left blank, are said in a note in the panel.
-    missing = int(np.sum(~np.isfinite(values) & ~((values > vmax) if vmax is not None else False)))
+    missing = int(np.sum(~np.isfinite(values) & ~over))
     lines = [f"blank: {missing} of {values.size} points not finite"] if missing else []
     if lines or (not equal and x.size > 1 and y.size > 1):
         note = ax.text(0.99, 0.01, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=fs(9),
@@ -292,8 +292,6 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
 
     lev, alpha_eff = contour_levels(clipped if span is None else np.asarray(span, dtype=float), log_alpha, levels)
     norm = LogOffsetNorm(lev[0], lev[-2], alpha_eff)
-    with np.errstate(invalid="ignore"):
-        over = values > vmax if vmax is not None else np.zeros(values.shape, bool)  # +inf too; NaN never
     clipping = bool(over.any())
     # Values above the clip get the top band, grey, labelled "> clip"; without any, the band is left out.
     # They keep their own values (+inf the top band's middle), so that between a node above the clip and
@@ -391,6 +389,14 @@ def _overlap(a, b) -> float:
     return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
 
+def _covered(box, boxes, paths) -> float:
+    """How much of what must stay visible ``box`` covers: the area it shares
+    with ``boxes``, and its whole area for each of ``paths`` crossing it
+    (:func:`_obstacles`); 0 when it is clear of them all."""
+    return sum(_overlap(box, b) for b in boxes) + sum(
+        box.width * box.height for p in paths if p.intersects_bbox(box, filled=False) or box.count_contains(p.vertices))
+
+
 def _places(legend, frame, renderer):
     """The places tried for ``legend`` inside the axes box ``frame`` (display
     units): matplotlib's named ones, then the lower-left corners (axes
@@ -426,8 +432,7 @@ def place_legend(ax) -> str | tuple | None:
         legend.set_loc(place)
         box = legend.get_window_extent(renderer)
         inside = _overlap(box, frame) >= box.width * box.height - 1.0
-        if inside and not any(_overlap(box, b) > 0 for b in boxes) and not any(
-                p.intersects_bbox(box, filled=False) or box.count_contains(p.vertices) for p in paths):
+        if inside and _covered(box, boxes, paths) == 0:
             return place
     _legend_below(ax, legend, renderer)
     return "below"
