@@ -39,7 +39,7 @@ from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_mod
 from .data import Dataset, refuse_given_data_path
 from .device import seed_everything
 from .errors import UserError, check_keywords, is_whole
-from .evaluate import evaluate_model, l2_penalty, train_logits
+from .evaluate import evaluate_model, l2_penalty, train_logits, weights_finite
 from .inputs import (asks_for_data, data_settings, named_model, network_of, note_split_leak, refuse_infinite,
                      require_architecture, run_data)
 from .layout import image_layout
@@ -48,7 +48,7 @@ from .models import check_spec_fits, from_spec, model_spec, stored_spec
 from .swag import SwagMoments
 from .sweep import is_main, process_device
 from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_test_metrics, non_finite,
-                    prepare_run, run_training, weights_finite)
+                    prepare_run, run_training)
 from .weights import ParamSpace
 
 __all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "averaging_rate", "fge_learning_rate",

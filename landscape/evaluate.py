@@ -30,7 +30,7 @@ from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
            "choose_points_per_pass", "default_points_per_pass", "forward_points", "train_logits", "copy_network", "probs_of", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
-           "keep_freed_memory", "misclassified", "set_lazy_shapes"]
+           "keep_freed_memory", "misclassified", "set_lazy_shapes", "weights_finite"]
 
 
 def evaluate_model(
@@ -55,11 +55,16 @@ def evaluate_model(
     one host synchronisation per call.
     """
     check_network(model, data)
-    params = [p.detach() for p in model.parameters()]
-    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one synchronisation
+    if not weights_finite(model):  # then name the first (one synchronisation when all are finite)
         bad = next(name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all()))
         raise UserError(f"the network's parameter {bad} holds a NaN or infinite value; refusing to evaluate it")
     return _model_metrics(model, data, split, batch_size, amp)
+
+
+def weights_finite(module: nn.Module) -> bool:
+    """Whether every parameter of ``module`` is finite (one device sync)."""
+    params = [p.detach() for p in module.parameters()]
+    return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 def _model_metrics(model: nn.Module, data, split: str, batch_size: int, amp: bool) -> dict[str, float]:

@@ -75,8 +75,9 @@ def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sourc
         data = load_data(cfg, device)
         check_sources_data(sources, data, asked)
     else:
-        note_given_data(as_dataset(data), recorded_data(sources))
-    return as_dataset(data).to(device)
+        data = as_dataset(data)
+        note_given_data(data, recorded_data(sources))
+    return data.to(device)
 
 
 def check_sources_data(ckpts: Sequence[Checkpoint | None], data: Dataset, asked: bool = False) -> None:
@@ -151,8 +152,9 @@ def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: objec
         if not asks_for_data(None, overrides):  # the stored settings: they should give the data it was trained on
             check_recorded_data((meta or {}).get("dataset"), data, source)
     else:
-        note_given_data(as_dataset(data), [((meta or {}).get("dataset"), source)])
-    data = as_dataset(data).to(device)
+        data = as_dataset(data)
+        note_given_data(data, [((meta or {}).get("dataset"), source)])
+    data = data.to(device)
     check_spec_fits(spec, data.num_classes, data.input_shape, source, f"dataset '{data.name}'")
     return data, float(stored.get("wd", 0.0)) if wd is None else wd
 

@@ -62,7 +62,7 @@ from .checkpoint import (
 from .data import Dataset, as_dataset, data_differs, data_location, described, load_dataset, refuse_data_path, why_data_differs
 from .device import seed_everything
 from .errors import UserError, check_keywords, check_nonnegative
-from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits
+from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits, weights_finite
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
 from .progress import LogLines, Progress, fixed, progress_mode
@@ -571,12 +571,6 @@ def diverged(reason: str, lr_flag: str, out: Path | None, kept_epochs: int) -> U
     kept = "" if out is None else f"{out / 'last.pt'} holds epoch {kept_epochs}; "
     return UserError(f"training diverged: {reason}; {kept}lower {lr_flag} and start again"
                      + ("" if out is None else " with another --out"))
-
-
-def weights_finite(module: nn.Module) -> bool:
-    """Whether every parameter of ``module`` is finite (one device sync)."""
-    params = [p.detach() for p in module.parameters()]
-    return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 def non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:

@@ -60,11 +60,10 @@ from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_mod
                          save_checkpoint)
 from .data import Dataset
 from .errors import UserError, check_nonnegative
-from .evaluate import evaluate_model, precision_amp, train_logits
+from .evaluate import evaluate_model, precision_amp, train_logits, weights_finite
 from .inputs import asks_for_data, named_model, note_split_leak, own_network, run_data, stored_data
 from .sweep import begin_result, finish_result, process_device, request_key
-from .train import (Task, TrainConfig, _say, check_rate, learning_rate, prepare_run, run_training,
-                    weights_finite)
+from .train import Task, TrainConfig, _say, check_rate, learning_rate, prepare_run, run_training
 from .weights import ParamSpace
 
 __all__ = ["FAMILIES", "PRIORS", "VariationalConfig", "VariationalNet", "VariationalPosterior", "VariationalResult",

@@ -19,6 +19,8 @@ import inspect
 import operator
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -119,9 +121,7 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
     if ":" in name and signature is not None:
         # A user factory may not need the data arguments; pass only what it accepts.
         data = {k: v for k, v in data.items() if _accepts(signature, k)}
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)  # networks are float32, whatever default the user's session set
-    try:
+    with _float32_default():  # networks are float32, whatever default the user's session set
         try:
             model = factory(**data, **kwargs)
         except UserError:
@@ -133,6 +133,15 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
         if not isinstance(model, nn.Module):
             raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
         return materialize(model, input_shape, f"model {name!r}")
+
+
+@contextmanager
+def _float32_default() -> Iterator[None]:
+    """torch's default dtype float32 within, the caller's put back after."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
     finally:
         torch.set_default_dtype(default)
 
