@@ -1915,11 +1915,11 @@ def _stops_met() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # handlers can be set there only
         yield
         return
-    met: list[bool] = []  # [True] once the main thread has met a SIGTERM
+    met = threading.Event()  # the main thread has met a SIGTERM
     over = threading.Event()  # the command is over: the thread must not act
 
     def terminate(signum, frame):
-        met.append(True)
+        met.set()
         on_terminate(signum, frame)
 
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -1936,17 +1936,15 @@ def _stops_met() -> Iterator[None]:
     finally:
         over.set()
         if pipe is not None:
-            if wakeup is not None:
-                signal.set_wakeup_fd(wakeup)
+            signal.set_wakeup_fd(wakeup)
             os.close(pipe[1])  # the thread's read returns: it ends
-            if thread is not None:
-                thread.join(timeout=1.0)
+            thread.join(timeout=1.0)
             os.close(pipe[0])
         if previous is not None:  # None: a handler set outside Python, which cannot be put back
             signal.signal(signal.SIGTERM, previous)
 
 
-def _watch_stops(read: int, met: list, over) -> None:
+def _watch_stops(read: int, met, over) -> None:
     """:func:`_stops_met`'s thread: on the first SIGTERM, wait :data:`STOP_GRACE` seconds for the main thread
     to meet it; if it has not, and the command is not over, say so and end the process."""
     import signal
@@ -1956,11 +1954,11 @@ def _watch_stops(read: int, met: list, over) -> None:
             got = os.read(read, 64)
         except OSError:
             return
-        if not got or over.is_set() or met:  # the command is over, or ending its own way
+        if not got or over.is_set() or met.is_set():  # the command is over, or ending its own way
             return
         if signal.SIGTERM not in got:
             continue
-        if over.wait(STOP_GRACE) or met:
+        if over.wait(STOP_GRACE) or met.is_set():
             return
         rank = os.environ.get("RANK", "0")
         os.write(2, f"{PROG}: rank {rank}: terminated while blocked in a call that did not return within "
@@ -1974,7 +1972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = None
+    status = None  # the command's own: not 0, it has said why it stopped
     try:
         try:
             args = parse(build_parser(), argv)
@@ -1983,12 +1981,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
             return stopped_while_starting(stop)
         args.failed_alone = False
-        args.reported = False  # the command said why it stopped: a signal while leaving adds nothing
         try:
             from landscape.checkpoint import folder_locks
 
             with folder_locks():  # --out is this process's while the command runs
-                return _run_command(args)
+                status = _run_command(args)
+                return status
         except BaseException:
             # An unexpected error (a bug, a failing user model) may be this rank's alone: waiting at the
             # final barrier while the others sit in another collective would hang the job without a word.
@@ -1998,11 +1996,11 @@ def _main(argv: Sequence[str] | None) -> int:
         finally:
             _leave_process_group(wait=not args.failed_alone)
     except KeyboardInterrupt as stop:  # _run_command reports its own: this one came while leaving the group
-        word, status = stop_words(stop)
-        if not getattr(args, "reported", False):  # (torchrun stopping a rank that has said why it failed: quiet)
+        word, stopped = stop_words(stop)
+        if not status:  # (a rank that has said why it stopped, stopped by torchrun as it leaves: quiet)
             print(f"{PROG}: {word} while waiting for the other processes to finish; files written so far are kept",
                   file=sys.stderr)
-        return status
+        return stopped
 
 
 def _leave_process_group(wait: bool = True) -> None:
@@ -2019,10 +2017,11 @@ def _leave_process_group(wait: bool = True) -> None:
             if wait:
                 dist.barrier()
         except RuntimeError as e:  # a rank gone while this one waited at the end: its own work is done
-            if not _peer_stopped(e):
+            gone = _peer_stopped(e)
+            if not gone:
                 raise
-            print(f"{PROG}: rank {dist.get_rank()}: another process of this job stopped ({_peer_stopped(e).lower()}) "
-                  f"while this one waited for it at the end; this process's work is done", file=sys.stderr)
+            print(f"{PROG}: rank {dist.get_rank()}: another process of this job stopped ({gone.lower()}) while this "
+                  f"one waited for it at the end; this process's work is done", file=sys.stderr)
         finally:
             # Objects that still hold the group (a DistributedDataParallel wrapper in a reference cycle
             # of a task's closures) are freed now, while the interpreter is whole: freed during its
@@ -2065,7 +2064,6 @@ def _run_command(args: argparse.Namespace) -> int:
                             f"(under torchrun: {', '.join(DISTRIBUTED)}){stray}")
         return args.func(args)
     except UserError as e:
-        args.reported = True
         if e.rank_local:  # met by some ranks only: each says it, and none waits for the others
             args.failed_alone = True
             print(f"{PROG}: error: {where}{e}", file=sys.stderr)
@@ -2073,60 +2071,62 @@ def _run_command(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError as e:
-        args.reported = True
         if _stdout_closed():  # piped into a reader that stopped (| head): quiet, as other tools are
             return 141  # 128 + SIGPIPE
         args.failed_alone = True
         print(f"{PROG}: error: {where}{e.strerror or e}", file=sys.stderr)  # another pipe: a process group's
         return 2
     except OSError as e:  # unwritable --out, full disk, ... (may be one rank's own)
-        args.failed_alone = args.reported = True
+        args.failed_alone = True
         print(f"{PROG}: error: {where}{e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), file=sys.stderr)
         return 2
     except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError (CUDA), the CPU allocator's failure, numpy's, cuBLAS's
         gone = _peer_stopped(e) if world > 1 else None
         if gone:  # another rank died (killed, out of memory): its connection closed under a collective
-            from landscape.checkpoint import wrote_into
-
-            out = getattr(args, "out", None)
-            kept = ("nothing was written" if out is not None and not wrote_into(out) else
-                    f"files written so far are kept{' — rerun with --resume to continue' if hasattr(args, 'resume') else ''}")
-            print(f"{PROG}: {where}another process of this job stopped ({gone.lower()}); {kept}", file=sys.stderr)
-            args.failed_alone = args.reported = True
+            args.failed_alone = True
+            print(f"{PROG}: {where}another process of this job stopped ({gone.lower()}); "
+                  f"{_kept(args) or 'nothing was written'}", file=sys.stderr)
             return 2
         if not is_out_of_memory(e):
             raise
-        args.failed_alone = args.reported = True
+        args.failed_alone = True
         print(f"{PROG}: error: {where}out of memory ({_allocation(e)}); {_out_of_memory_advice(args)}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         # Under torchrun a signal may reach one rank only (a scheduler, a kill): the others sit in
         # a collective, so this rank does not wait for them at the final barrier; torchrun stops them.
-        args.failed_alone = args.reported = True
+        args.failed_alone = True
         word, status = stop_words(stop)
-        if hasattr(args, "resume"):
-            hint = " — rerun with --resume to continue"
-        elif args.command == "demo":
-            hint = " — rerun the same command: finished steps are reused"
+        kept = _kept(args)
+        if kept is None:
+            print(f"{PROG}: {where}{word} before anything was written to {args.out}", file=sys.stderr)
         else:
-            hint = ""
-        from landscape.checkpoint import wrote_into
-
-        out = getattr(args, "out", None)
-        if out is not None and not wrote_into(out):
-            print(f"{PROG}: {where}{word} before anything was written to {out}", file=sys.stderr)
-        else:
-            print(f"{PROG}: {where}{word}; files written so far are kept{hint}", file=sys.stderr)
+            print(f"{PROG}: {where}{word}; {kept}", file=sys.stderr)
         return status
+
+
+def _kept(args: argparse.Namespace) -> str | None:
+    """What a stopped command keeps, for its last line, with how to go on;
+    None when it wrote nothing to its --out."""
+    from landscape.checkpoint import wrote_into
+
+    out = getattr(args, "out", None)
+    if out is not None and not wrote_into(out):
+        return None
+    if hasattr(args, "resume"):
+        return "files written so far are kept — rerun with --resume to continue"
+    if args.command == "demo":
+        return "files written so far are kept — rerun the same command: finished steps are reused"
+    return "files written so far are kept"
 
 
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Connection was likely closed")
 
 
 def _peer_stopped(e: BaseException) -> str | None:
-    """How a collective said it failed because another rank of the job is gone (gloo's and NCCL's words for
-    it), or None when it did not."""
+    """How a collective said it failed because another rank of the job is gone (gloo's and the TCP store's
+    words for it), or None when it did not."""
     return next((words for words in PEER_GONE if words in str(e)), None)
 
 
