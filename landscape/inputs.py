@@ -278,10 +278,15 @@ def note_other_buffers(model: nn.Module, ckpts: Sequence[Checkpoint]) -> list[st
             advice = "spectral norm's power-iteration vectors: a point between networks divides by u^T W v with these"
         else:
             advice = "to move one, make it a parameter with requires_grad=False"
-        print(f"note: buffer{'s' if len(shown) > 1 else ''} {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''} "
-              f"differ{'' if len(shown) > 1 else 's'} between {first.path} and {differ[0][1].path}: only parameters "
-              f"move between networks, so every point keeps {first.path}'s ({advice})", file=sys.stderr)
+        print(f"note: {buffers_named(shown)} differ{'' if len(shown) > 1 else 's'} between {first.path} and "
+              f"{differ[0][1].path}: only parameters move between networks, so every point keeps {first.path}'s "
+              f"({advice})", file=sys.stderr)
     return shown
+
+
+def buffers_named(names: Sequence[str]) -> str:
+    """'buffer proj', or 'buffers a, b, c, ...' (the first three), for a note."""
+    return f"buffer{'s' if len(names) > 1 else ''} {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
 
 
 def network_of(ckpt: Checkpoint, model: str | None = None, model_kwargs: dict | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from landscape.data import Dataset
 from landscape.device import check_fits
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, precision_amp
-from landscape.inputs import stored_data
+from landscape.inputs import buffers_named, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.sweep import STORE, begin_result, finish_result, is_main, process_device, request_key, run_sweep
 
@@ -93,9 +93,9 @@ def evaluate_curve(
         arrays, summary = finished
         return CurveEvaluation(summary=summary, arrays=arrays, out=out_path)
     kept = (loaded.meta or {}).get("buffers_from_start") or []  # the fit found the end's buffers other
-    kept_note = (f"buffer{'s' if len(kept) > 1 else ''} {', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''} of "
-                 f"the end network differ{'' if len(kept) > 1 else 's'} from the start's, and every point, t = 1 "
-                 f"included, keeps the start's: only parameters move along a path" if kept else "")
+    kept_note = (f"{buffers_named(kept)} of the end network differ{'' if len(kept) > 1 else 's'} from the start's, "
+                 f"and every point, t = 1 included, keeps the start's: only parameters move along a path"
+                 if kept else "")
     if kept_note and is_main():
         print(f"note: {kept_note}", file=sys.stderr)
 
