@@ -1011,7 +1011,9 @@ def cmd_vi_eval(args: argparse.Namespace) -> int:
         spread = f" ± {e['elbo_se']:.3g}" if e.get("elbo_se") is not None else ""
         print(f"ELBO {e['elbo']:.7g}{spread} = -{e['train_size']} x E_q[train NLL] {e['expected_train_nll']:.4g} "
               f"- KL {e['kl']:.7g} ({e['draws']} draws; per training sample {e['elbo_per_sample']:.6g}"
-              + ("; log-uniform prior: up to a constant" if s.get("prior") == "log-uniform" else "") + ")")
+              + (("; log-uniform prior: exact up to a constant per weight" if e.get("kl_exact") else
+                  "; log-uniform prior: KL by Molchanov et al.'s approximation") if s.get("prior") == "log-uniform"
+                 else "") + ")")
     return 0
 
 

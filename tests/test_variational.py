@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import integrate
+from scipy import integrate, special, stats
 from torch import nn
 
 from landscape.checkpoint import load_checkpoint, save_checkpoint
@@ -21,7 +21,7 @@ from landscape.errors import UserError
 from landscape.evaluate import evaluate_points_sequential
 from landscape.train import train
 from landscape.variational import (VariationalNet, evaluate_variational, gaussian_kl, load_variational,
-                                   log_uniform_kl, run_variational, stochastic_names, WD_REFUSED)
+                                   log_uniform_kl, log_uniform_kl_exact, run_variational, stochastic_names, WD_REFUSED)
 from landscape.weights import ParamSpace
 from tests.conftest import naming_digits
 
@@ -83,6 +83,39 @@ def test_log_uniform_kl_follows_the_integral_up_to_its_constant():
         gaps.append(float(log_uniform_kl(torch.tensor([log_alpha]))) + exact_neg_kl)
     assert np.ptp(gaps) < 0.03
     assert float(log_uniform_kl(torch.tensor([20.0]))) < 1e-4  # a weight of pure noise costs nothing
+
+
+def _kl_by_quadrature(log_alpha: float) -> float:
+    """KL(N(m, alpha m²) || 1/|w|) = -0.5 log alpha + E_{e ~ N(1, alpha)} log|e| + (gamma + ln 2) / 2, the
+    constant making it 0 as alpha -> infinity (there E log|e| -> 0.5 log alpha + E log|N(0, 1)|)."""
+    sd = float(np.exp(0.5 * log_alpha))
+
+    def f(z):
+        return np.log(abs(1 + sd * z)) * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+
+    pieces = [(-40.0, -1 / sd), (-1 / sd, 40.0)] if sd > 1 / 40 else [(-40.0, 40.0)]
+    e_log = sum(integrate.quad(f, a, b, limit=400)[0] for a, b in pieces)
+    return -0.5 * log_alpha + e_log + 0.5 * (np.euler_gamma + np.log(2))
+
+
+def test_the_exact_log_uniform_kl_matches_the_integral_and_its_limits():
+    """The ELBO's KL: the integral at log alpha across [-7, 12] (the table and the expansion beyond it), its
+    two limits, the sum over entries, and the approximation within Molchanov et al.'s 0.01 nats of it."""
+    for log_alpha in [-7.0, -5.5, -3.6, -2.0, -0.7, 0.0, 0.3, 1.9, 4.0, 7.99, 8.01, 12.0]:
+        want = _kl_by_quadrature(log_alpha)
+        assert log_uniform_kl_exact(torch.tensor([log_alpha])) == pytest.approx(want, rel=1e-6, abs=1e-9), log_alpha
+    for log_alpha in (-20.0, -9.0):  # small alpha: -0.5 log alpha + (gamma + ln 2) / 2 - alpha / 2, quadrature-free
+        want = -0.5 * log_alpha + 0.5 * (np.euler_gamma + np.log(2)) - 0.5 * np.exp(log_alpha)
+        assert log_uniform_kl_exact(torch.tensor([log_alpha])) == pytest.approx(want, rel=1e-8)
+    assert log_uniform_kl_exact(torch.tensor([20.0])) == pytest.approx(0.5 * np.exp(-20.0), rel=1e-6)  # 1 / (2 alpha)
+    for edge in (-8.0, 8.0):  # no step where the table meets the expansions
+        a, b = (log_uniform_kl_exact(torch.tensor([edge + d], dtype=torch.float64)) for d in (-1e-9, 1e-9))
+        assert abs(a - b) < 1e-8
+    grid = torch.linspace(-6, 6, 240, dtype=torch.float64)
+    assert log_uniform_kl_exact(grid.reshape(3, -1)) == pytest.approx(
+        sum(log_uniform_kl_exact(v[None]) for v in grid), rel=1e-12)
+    gaps = [float(log_uniform_kl(v[None])) - log_uniform_kl_exact(v[None]) for v in grid]
+    assert 0.005 < max(abs(g) for g in gaps) < 0.01  # the fit's approximation: off, but within its 0.01 nats
 
 
 @pytest.mark.parametrize("layer", [nn.Linear(6, 4), nn.Conv2d(2, 3, 3, stride=2, padding=1)])
@@ -248,13 +281,18 @@ def test_three_schemes_match_the_sequential_reference(tmp_path, small_digits, fi
     assert torch.allclose(std, (alpha * net.classifier.weight.detach() ** 2).sqrt())
     again = evaluate_variational(out / "vi.pt", tmp_path / "ev", samples=4, seed=3, data=small_digits, resume=True)
     assert again.summary == ev.summary
-    # the ELBO: -N x the draws' mean train NLL - KL, the KL by Molchanov et al.'s formula written out here
-    k1, k2, k3 = 0.63576, 1.87320, 1.48695
-    log_alpha = torch.log(post.std[on].double() ** 2 / post.mean[on].double() ** 2)
-    kl = float((k1 - k1 * torch.sigmoid(k2 + k3 * log_alpha) + 0.5 * torch.log1p(torch.exp(-log_alpha))).sum())
+    # the ELBO: -N x the draws' mean train NLL - KL, the exact KL summed here by the noncentral chi-squared's
+    # Poisson mixture: E log|e| = 0.5 (log alpha + E_J[ln 2 + digamma(J + 1/2)]), J ~ Poisson(1 / (2 alpha))
+    log_alpha = torch.log(post.std[on].double() ** 2 / post.mean[on].double() ** 2).numpy()
+    lam = 0.5 * np.exp(-log_alpha)
+    assert lam.max() < 500  # the sum below reaches far enough
+    j = np.arange(2000)[None]
+    e_log = 0.5 * (log_alpha + np.log(2) + (stats.poisson.pmf(j, lam[:, None]) * special.digamma(j + 0.5)).sum(1))
+    kl = float((-0.5 * log_alpha + e_log + 0.5 * (np.euler_gamma + np.log(2))).sum())
     n, nll = len(small_digits.y_train), ref["train_nll"][1:]
     e = ev.summary["elbo"]
-    assert e["kl"] == pytest.approx(kl, rel=1e-4) and e["train_size"] == n and e["draws"] == 4
+    assert e["kl"] == pytest.approx(kl, rel=1e-6) and e["train_size"] == n and e["draws"] == 4 and e["kl_exact"]
+    assert e["kl"] != pytest.approx(float(log_uniform_kl(torch.from_numpy(log_alpha))), rel=1e-4)  # not the fit's
     assert e["elbo"] == pytest.approx(-n * float(np.mean(nll)) - kl, rel=1e-4)
     assert e["elbo_per_sample"] == pytest.approx(e["elbo"] / n, rel=1e-9)
     assert e["elbo_se"] == pytest.approx(n * float(np.std(nll, ddof=1)) / 2, rel=1e-3)
