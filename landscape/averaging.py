@@ -40,7 +40,7 @@ from .data import Dataset, refuse_given_data_path
 from .device import seed_everything
 from .errors import UserError, check_keywords, is_whole
 from .evaluate import evaluate_model, l2_penalty, train_logits, weights_finite
-from .inputs import (asks_for_data, data_settings, named_model, network_of, note_split_leak, refuse_infinite,
+from .inputs import (data_settings, named_model, network_of, note_split_leak, refuse_infinite,
                      require_architecture, run_data)
 from .layout import image_layout
 from .metrics import ensemble_metrics
@@ -276,7 +276,7 @@ def _run(method: str, config, out, resume, data, progress, on_epoch_end, argv, o
         final = out / ("swa.pt" if method == "swa" else "model.pt")
         trust = cfg.model if user_named else None
         return AverageResult(load_model(final, trust), load_model(out / "model.pt", trust), summary, metrics, out)
-    data = run_data(cfg, device, data, [source], asks_for_data(config, overrides))
+    data = run_data(cfg, device, data, [source], config, overrides)
     if source is not None:  # once the split is accepted; after joining the group, so rank 0 alone says it
         note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     model, spec = _start_model(cfg, data, user_named=user_named)

@@ -118,12 +118,21 @@ class Dataset:
         ids below ``num_classes``, finite inputs, a mean and a std of one value or one a channel (feature).
         Each fails in one line naming the dataset."""
         where = f"dataset {self.name!r}"
-        if self.x_train.dim() < 2 or self.x_train.shape[1:] != self.x_test.shape[1:]:
+        if self.x_train.is_meta or self.x_test.is_meta:
+            raise UserError(f"{where}: its tensors are on the meta device, which holds no values")
+        for key in ("x_train", "x_test"):
+            if getattr(self, key).dim() < 2:
+                raise UserError(f"{where}: {key} has shape {tuple(getattr(self, key).shape)}; expected (N, *shape) "
+                                f"samples (.view(-1, 1) for one feature a sample)")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise UserError(f"{where}: x_train samples are {tuple(self.x_train.shape[1:])} but x_test samples are "
                             f"{tuple(self.x_test.shape[1:])}; both need one sample shape, (N, *shape)")
         classes = self.num_classes
-        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
-            raise UserError(f"{where}: num_classes must be a positive whole number, got {classes!r}")
+        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or not 2 <= classes <= MAX_CLASSES:
+            raise UserError(f"{where}: num_classes must be a whole number in 2..{MAX_CLASSES} (a classifier needs "
+                            f"two classes), got {classes!r}")
+        if self.eval_split not in ("test", "val"):
+            raise UserError(f"{where}: eval_split must be 'test' or 'val', got {self.eval_split!r}")
         self.num_classes = classes = int(classes)
         if len(self.y_train) == 0 or len(self.y_test) == 0:
             raise UserError(f"{where}: {len(self.y_train)} training and {len(self.y_test)} test samples; training "
@@ -151,6 +160,9 @@ class Dataset:
             if self.x_train.dim() == 4 and len(value) not in (1, channels):  # images: augmentation pads with it
                 raise UserError(f"{where}: {key} has {len(value)} values; expected 1 or one for each of the "
                                 f"{channels} channels")
+            if not all(math.isfinite(v) and (key == "mean" or v > 0) for v in value):
+                raise UserError(f"{where}: {key} must be {'finite' if key == 'mean' else 'finite and positive'}, "
+                                f"got {tuple(value)!r}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -669,15 +681,28 @@ def _safe_globals() -> dict[tuple[str, str], object]:
             raise pickle.UnpicklingError("bytes(...) is allowed only without arguments")
         return b""
 
+    class NdarrayName:
+        """Stands for numpy.ndarray, which a pickle names only as _reconstruct's first argument: called itself,
+        ndarray(shape) would hand out memory of any size, uninitialised."""
+
+        def __init__(self, *args: object) -> None:
+            raise pickle.UnpicklingError("numpy.ndarray is allowed only as numpy pickles an array")
+
+    def reconstruct(cls: object, shape: object, code: object) -> np.ndarray:
+        # How an array is pickled: _reconstruct(ndarray, (0,), b'b'), an empty array its state then fills.
+        if cls is not NdarrayName or shape != (0,):
+            raise pickle.UnpicklingError("_reconstruct is allowed only as numpy pickles an array")
+        return multiarray._reconstruct(np.ndarray, (0,), code)
+
     table: dict[tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): NdarrayName,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): latin1_bytes,
         ("__builtin__", "bytes"): empty_bytes,  # the name as written; find_class sees it before fix_imports
         ("builtins", "bytes"): empty_bytes,
     }
     for pkg in ("numpy.core", "numpy._core"):
-        table[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        table[(f"{pkg}.multiarray", "_reconstruct")] = reconstruct
         table[(f"{pkg}.multiarray", "scalar")] = multiarray.scalar
         table[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer
     return table
@@ -783,6 +808,9 @@ def _read_npz(path: Path) -> _Raw:
             except ValueError as e:  # object arrays need pickle, which we never allow
                 raise UserError(f"{path}: array {key!r} cannot be loaded without pickle ({e})") from None
         layout = _npz_layout(archive, path)
+    if (arrays["x_train"].dtype == np.uint8) != (arrays["x_test"].dtype == np.uint8):  # one would be scaled by 1/255
+        raise UserError(f"{path}: x_train is {arrays['x_train'].dtype} but x_test is {arrays['x_test'].dtype}: uint8 "
+                        f"pixels are read as value / 255, other dtypes as they are; store both with one dtype")
     x_tr, x_te = (_npz_inputs(arrays[k], k, path, layout) for k in ("x_train", "x_test"))
     y_tr, y_te = (_npz_labels(arrays[k], k, path) for k in ("y_train", "y_test"))
     for x, y, kx, ky in ((x_tr, y_tr, "x_train", "y_train"), (x_te, y_te, "x_test", "y_test")):
@@ -802,11 +830,9 @@ def _read_npz(path: Path) -> _Raw:
                             f"which networks run: rescale them")
         if bad:
             raise UserError(f"{path}: {key} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
-    top = 0
-    for y, key in ((y_tr, "y_train"), (y_te, "y_test")):
-        if len(y) and int(y.max()) >= MAX_CLASSES:
-            raise UserError(f"{path}: {key} has label {int(y.max())}: labels must be class ids 0..{MAX_CLASSES - 1}")
-        top = max(top, int(y.max()) if len(y) else 0)
+    top = max(int(y_tr.max()), int(y_te.max()))
+    if top == 0:
+        raise UserError(f"{path}: every label is 0: a classifier needs at least two classes")
     trained = set(y_tr.tolist())
     untrained = sorted(set(y_te.tolist()) - trained)
     if untrained:
@@ -872,4 +898,6 @@ def _npz_labels(y: np.ndarray, key: str, path: Path) -> Tensor:
         raise UserError(f"{path}: {key} must hold integer class ids 0..K-1, got dtype {y.dtype} with non-integer values")
     if y.size and y.min() < 0:
         raise UserError(f"{path}: {key} has negative label {y.min()}; expected class ids 0..K-1")
+    if y.size and y.max() >= MAX_CLASSES:  # before int64, which a float 1e20 or a uint64 2**63 would overflow
+        raise UserError(f"{path}: {key} has label {y.max()}: labels must be class ids 0..{MAX_CLASSES - 1}")
     return torch.from_numpy(y.astype(np.int64))

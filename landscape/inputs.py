@@ -63,11 +63,34 @@ def asks_for_data(config: object, overrides: dict[str, Any] | None) -> bool:
     return config is not None or any((overrides or {}).get(k) is not None for k in DATA_FIELDS)
 
 
+def check_data_options(overrides: dict[str, Any] | None) -> None:
+    """One line for a keyword among a call's data options that is none
+    (``evaluate_curve(..., grd=21)``, ``data_overrides={"dataset_": ...}``):
+    it would be dropped without a word."""
+    unknown = sorted(set(overrides or {}) - set(DATA_FIELDS))
+    if unknown:
+        raise UserError(f"unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+                        f"the data options are {', '.join(DATA_FIELDS)}")
+
+
+def refuse_data_twice(data: object, overrides: dict[str, Any] | None) -> None:
+    """One line when a caller passes ``data=`` and data options too: the data
+    given would be used and the options recorded with the run, which later
+    commands would then read as its data."""
+    named = [k for k in DATA_FIELDS if (overrides or {}).get(k) is not None]
+    if data is not None and named:
+        raise UserError(f"data= was given, and {', '.join(f'{k}=' for k in named)} too: give the data one way "
+                        f"(data= is used as given; the options would be recorded as the run's data)")
+
+
 def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sources: Sequence[Checkpoint | None],
-             asked: bool) -> Dataset:
+             config: object, overrides: dict[str, Any]) -> Dataset:
     """The data a run that starts from ``sources`` trains on, on ``device``:
     ``data`` when given, else what ``cfg``'s data settings load, checked
-    against what the sources record (:func:`check_sources_data`)."""
+    against what the sources record (:func:`check_sources_data`) unless the
+    caller chose them (a ``config`` object, or data ``overrides``)."""
+    refuse_data_twice(data, overrides)
+    asked = asks_for_data(config, overrides)
     if data is None:
         source = next((ck for ck in sources if ck is not None), None)
         if not asked and source is not None:  # the path is the source's, not the user's
@@ -82,9 +105,11 @@ def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sourc
 
 def check_sources_data(ckpts: Sequence[Checkpoint | None], data: Dataset, asked: bool = False) -> None:
     """:func:`check_recorded_data` for each checkpoint a run starts from, once
-    ``data`` was loaded by the settings the run inherited from them; nothing
-    when the caller ``asked`` for data of its own (a data option given)."""
+    ``data`` was loaded by the settings the run inherited from them; when the
+    caller ``asked`` for data of its own (a data option given), only a note
+    where it differs from what they record (:func:`note_given_data`)."""
     if asked:
+        note_given_data(data, recorded_data(ckpts))
         return
     for ck in ckpts:
         if ck is not None:
@@ -116,7 +141,8 @@ def recorded_data(ckpts: Sequence[Checkpoint | None]) -> list[tuple[Any, object]
 
 
 def note_given_data(data: Dataset, records: Sequence[tuple[Any, object]]) -> None:
-    """A note on stderr when ``data`` passed from Python is not what one of
+    """A note on stderr when ``data`` given (passed from Python, or read by
+    data options the user gave) is not what one of
     ``records`` (``Dataset.describe()`` a checkpoint's meta holds, the
     checkpoint; :func:`recorded_data`) says it was trained on (the first that
     differs is named): taken as given (another test set
@@ -147,10 +173,14 @@ def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: objec
     train_config) unless ``overrides`` / ``data`` / ``wd`` say otherwise; data
     that does not fit the network ``spec`` is refused naming ``source``."""
     stored = (meta or {}).get("train_config") or {}
+    check_data_options(overrides)
+    refuse_data_twice(data, overrides)
     if data is None:
         data = resolve_data(stored, overrides, device, source)
         if not asks_for_data(None, overrides):  # the stored settings: they should give the data it was trained on
             check_recorded_data((meta or {}).get("dataset"), data, source)
+        else:  # the user's choice, taken as given
+            note_given_data(data, [((meta or {}).get("dataset"), source)])
     else:
         data = as_dataset(data)
         note_given_data(data, [((meta or {}).get("dataset"), source)])
@@ -377,12 +407,14 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     one must fit it, else one line names the first mismatched key. Data and
     weight decay default to what the first was trained with; ``data`` (a
     :class:`~landscape.data.Dataset` made in Python, as the networks were
-    trained on with ``data=``) is taken as given, and ``data_overrides`` are
-    then not read.
+    trained on with ``data=``) is taken as given (``data_overrides`` with it
+    are refused).
     """
     if not paths:
         raise UserError("no checkpoints given")
     device = resolve_device(device)
+    check_data_options(data_overrides)
+    refuse_data_twice(data, data_overrides)
     ckpts = [require_network(load_checkpoint(p)) for p in paths]
     first = ckpts[0]
     stored = (first.meta or {}).get("train_config") or {}

@@ -58,7 +58,7 @@ from .device import host_to_device
 from .errors import UserError, check_seed, is_whole
 from .evaluate import (METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, train_logits,
                        whole_set_fits)
-from .inputs import stored_data
+from .inputs import check_data_options, stored_data
 from .layout import image_layout
 from .metrics import expected_calibration_error, running_ensemble
 from .nuts import (TARGET_ACCEPT, DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round,
@@ -892,6 +892,7 @@ def sample_subspace(
     metrics; the shift's metrics; the model average's test NLL and error
     after 1..S samples. ``wd`` (in train_loss only: the prior is on z) and
     the data default to the checkpoint's run."""
+    check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")

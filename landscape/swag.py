@@ -40,7 +40,7 @@ from .data import Dataset
 from .device import check_fits
 from .errors import UserError, check_nonnegative, check_seed
 from .evaluate import METRICS, precision_amp
-from .inputs import own_network, stored_data
+from .inputs import check_data_options, own_network, stored_data
 from .metrics import diagram_calibration_error, expected_calibration_error, reliability, running_ensemble
 from .sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from .weights import ParamSpace
@@ -183,6 +183,7 @@ def evaluate_swag(
     NLL are given after 1, 2, .., S draws. ``wd`` and the data default to
     the SWA run's settings. With ``out``: ``swag.npz``, ``summary.json``,
     ``config.json``, and the sweep's partial store for ``resume``."""
+    check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")

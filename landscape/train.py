@@ -227,10 +227,13 @@ def input_digests(cfg: TrainConfig, keys: Sequence[str] = _INPUT_FILES) -> dict[
 
 
 def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any],
-                     digests: dict[str, str] | None = None) -> None:
+                     digests: dict[str, str] | None = None, data_record: dict | None = None) -> None:
     """Refuse a resume whose settings differ from the stored ones. A path
     setting is the same when it names the same file, or one with the
-    contents the run started from (its ``digests``, by :func:`input_digests`)."""
+    contents the run started from (its ``digests``, by :func:`input_digests`).
+    Data read from another ``data_path`` passes here when the run recorded
+    its files' fingerprint (``data_record``): the training loop compares the
+    data it then reads with that record (moved or copied data continues)."""
     new = cfg.to_json()
     moved = [k for k in (digests or {}) if stored.get(k) != new.get(k) and not same_file(stored.get(k), new.get(k))]
     now = input_digests(cfg, moved)  # only the files named another way are read
@@ -241,6 +244,8 @@ def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any],
         if key in _RESUME_FREE or key in getattr(cfg, "resume_free", ()):
             continue
         old = stored.get(key, defaults.get(key))
+        if key == "data_path" and value is not None and isinstance(data_record, dict) and data_record.get("fingerprint"):
+            continue
         if old != value and not (key in _RESUME_PATHS and (same_file(old, value) or key in same_contents)) and not (
                 key == "data_path" and old is not None and value is not None
                 and data_location(cfg.dataset, old) == data_location(cfg.dataset, value) is not None):
@@ -272,7 +277,10 @@ def train(
     Under torchrun every rank calls this and trains its slice of each batch
     (see the module's docstring); the process group stays open for the caller.
     """
+    from .inputs import refuse_data_twice  # inputs builds on this module
+
     check_keywords(TrainConfig, overrides, "train")
+    refuse_data_twice(data, overrides)
     cfg = TrainConfig(**{**asdict(config), **overrides}) if config is not None else TrainConfig(**overrides)
     refuse_data_path(cfg.dataset, cfg.data_path)
     cfg.validate()
@@ -441,6 +449,9 @@ def run_training(
     device = data.device
     rank, world = rank_and_world()
     check_world(cfg.batch_size, world)
+    if steps_per_epoch(len(data.y_train), cfg.batch_size, world) == 0:  # a batch of one sample is skipped
+        raise UserError(f"{data.name!r} has {len(data.y_train)} training sample(s): no training step would run "
+                        f"(a batch needs at least 2 samples{' per process' if world > 1 else ''}, for batch norm)")
     metrics = list(metrics or [])
     params = [p for p in task.module.parameters() if p.requires_grad]
     if not params:
@@ -643,7 +654,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
     stored = (state.meta or {}).get("train_config")
     if not isinstance(stored, dict) or "train_state" not in state.extra:
         raise UserError(f"{source}: not a training state written by landscape; cannot resume from it")
-    _check_resumable(out, cfg, stored, (state.meta or {}).get("input_digests"))
+    _check_resumable(out, cfg, stored, (state.meta or {}).get("input_digests"), (state.meta or {}).get("dataset"))
     started_on, world = int((state.meta or {}).get("world_size", 1)), rank_and_world()[1]
     has_bn = any(k.endswith("running_var") for k in state.state_dict)
     if started_on != world and source is last and has_bn:

@@ -63,7 +63,7 @@ from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_mod
 from .data import Dataset
 from .errors import UserError, check_nonnegative
 from .evaluate import evaluate_model, precision_amp, train_logits, weights_finite
-from .inputs import asks_for_data, named_model, note_split_leak, own_network, run_data, stored_data
+from .inputs import check_data_options, named_model, note_split_leak, own_network, run_data, stored_data
 from .sweep import begin_result, finish_result, process_device, request_key
 from .train import Task, TrainConfig, _say, check_rate, learning_rate, prepare_run, run_training
 from .weights import ParamSpace
@@ -467,7 +467,7 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
         result = VariationalResult(vnet, summary, read_jsonl(out / "metrics.jsonl"), out)
         _say(f"{out}: run already finished; nothing to do")  # once its files are read
         return result
-    data = run_data(cfg, device, data, [source], asks_for_data(config, overrides))
+    data = run_data(cfg, device, data, [source], config, overrides)
     if source is not None:  # once the split is accepted
         note_split_leak((source.meta or {}).get("train_config"), asdict(cfg), source.path)
     model, spec = _start_model(cfg, data, user_named=named is not None)
@@ -697,6 +697,7 @@ def evaluate_variational(
     partial store for ``resume``. Under torchrun the draws are shared out."""
     from .swag import average_of_draws
 
+    check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")

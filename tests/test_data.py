@@ -283,7 +283,13 @@ class Reduce:
 
 
 @pytest.mark.parametrize("obj, refusal", [(Reduce(bytes, 2 * 10**9), "bytes(...) is allowed only without arguments"),
-                                          (Reduce(codecs.encode, "x", "rot13"), "_codecs.encode is allowed only as")])
+                                          (Reduce(codecs.encode, "x", "rot13"), "_codecs.encode is allowed only as"),
+                                          # 4.3 GiB uninitialised (was: "out of memory ... a smaller --batch-size"),
+                                          # or small, passing as images
+                                          (Reduce(np.ndarray, (1_500_000, 3072)), "numpy.ndarray is allowed only as numpy "),
+                                          (Reduce(np.ndarray, (10, 3072)), "numpy.ndarray is allowed only as numpy "),
+                                          (Reduce(np.arange(1).__reduce__()[0], np.ndarray, (10, 3072), b"b"),
+                                           "_reconstruct is allowed only as numpy pickles an array")])
 def test_cifar_allows_bytes_only_as_protocol_2_writes_them(tmp_path, obj, refusal):
     write_cifar10(tmp_path, np.random.default_rng(4))
     dump(tmp_path / "test_batch", {b"data": obj}, 2)
@@ -442,7 +448,13 @@ def test_npz_bad_inputs(tmp_path):
                          "labels must be class ids 0..K-1, each in y_train; 92 of 0..95 (0, 1, 2, 3, 4, ... "
                          "(92 in all)) never occur: renumber them"),
                         (dict(x_train=np.zeros((1, 3)), y_train=np.array([0]), y_test=np.array([0, 0])),
-                         "the npz training split in PATH has 1 sample; at least 2 are needed")):
+                         "PATH: every label is 0: a classifier needs at least two classes"),  # was trained 'perfectly'
+                        (dict(x_train=np.zeros((2, 3), np.uint8), x_test=np.zeros((2, 3), np.float32)),
+                         "PATH: x_train is uint8 but x_test is float32: uint8 pixels are read as value / 255"),
+                        (dict(y_train=np.array([0, 1e20]), y_test=np.array([0.0, 1.0])),
+                         "PATH: y_train has label 1e+20: labels must be class ids 0..99999"),  # was int64's wrap
+                        (dict(y_train=np.array([0, 2 ** 63 + 5], np.uint64), y_test=np.array([0, 0])),
+                         "PATH: y_train has label 9223372036854775813: labels must be class ids")):
         np.savez(path, **{**good, **arrays})
         with pytest.raises(UserError, match=re.escape(msg.replace("PATH", str(path)))):
             load_dataset("npz", str(path))
@@ -546,7 +558,7 @@ def test_batches_in_order_all_samples():
 def test_train_batches_augment_pads_with_normalised_black():
     x = torch.full((64, 2, 4, 4), 1.0)
     y = torch.zeros(64, dtype=torch.long)
-    data = Dataset("img", x, y, x, y, 1, (0.5, 0.2), (0.25, 0.1), augment=True)
+    data = Dataset("img", x, y, x, y, 2, (0.5, 0.2), (0.25, 0.1), augment=True)
     black = torch.tensor([-2.0, -2.0])  # (0 - mean) / std per channel
     out = torch.cat([b for b, _ in data.train_batches(16, torch.Generator().manual_seed(0))])
     for c in range(2):
@@ -700,8 +712,9 @@ def test_resuming_on_changed_data_files_is_refused(tmp_path, capsys):
     assert run_cli(capsys, *rays)[0] == 0
     _npz(path, 1, flip=True)
     code, _, err = run_cli(capsys, *rays, "--resume")  # the same options, other data: another sweep
-    assert code == 2 and "holds a finished rays result of other data (the data's files changed since)" in one_line(
-        err)
+    note, refusal = err.splitlines()  # data the user named is taken as given, with a note where the run's differs
+    assert note.startswith(f"note: {tmp_path / 'a' / 'model.pt'} was trained on 'npz'") and "contents changed" in note
+    assert code == 2 and "holds a finished rays result of other data (the data's files changed since)" in refusal
     code, _, err = run_cli(capsys, "train", *common, "--epochs", "2", "--out", tmp_path / "b", "--resume")
     last = err.splitlines()[-1]
     assert code == 2 and "the run began on 'npz' (40 train / 20 test" in last and "the files' contents changed" in last
@@ -747,7 +760,17 @@ def _mine(**changes) -> dict:
     ({"y_train": (torch.arange(64) % 4)[:, None]}, r"y_train has shape \(64, 1\); expected \(N,\) class ids"),
     ({"x_train": torch.full((64, 1, 8, 8), float("nan"))}, r"x_train holds 4096 non-finite values \(NaN or inf\)"),
     ({"x_test": torch.randn(16, 1, 6, 6)}, r"x_train samples are \(1, 8, 8\) but x_test samples are \(1, 6, 6\)"),
-    ({"num_classes": 0}, r"num_classes must be a positive whole number, got 0"),
+    ({"num_classes": 0}, r"num_classes must be a whole number in 2\.\.100000 \(a classifier needs two classes\), got 0"),
+    ({"num_classes": 1, "y_train": torch.zeros(64, dtype=torch.long), "y_test": torch.zeros(16, dtype=torch.long)},
+     r"num_classes must be a whole number in 2\.\.100000 .*got 1"),  # trained to a 'perfect' 0 % error
+    ({"num_classes": 10 ** 9}, r"num_classes must be a whole number in 2\.\.100000 .*got 1000000000"),
+    ({"std": 0.0}, r"std must be finite and positive, got \(0\.0,\)"),  # augmentation divided by it
+    ({"std": (-1.0,)}, r"std must be finite and positive, got \(-1\.0,\)"),
+    ({"mean": float("nan")}, r"mean must be finite, got \(nan,\)"),
+    ({"eval_split": "banana"}, r"eval_split must be 'test' or 'val', got 'banana'"),
+    ({"x_train": torch.randn(64), "x_test": torch.randn(16)},
+     r"x_train has shape \(64,\); expected \(N, \*shape\) samples \(\.view\(-1, 1\) for one feature a sample\)"),
+    ({"x_train": torch.empty(64, 1, 8, 8, device="meta")}, r"its tensors are on the meta device, which holds no values"),
     ({"mean": (0.0, 0.0, 0.0)}, r"mean has 3 values; expected 1 or one for each of the 1 channels"),
     ({"x_test": torch.randn(0, 1, 8, 8), "y_test": torch.zeros(0, dtype=torch.long)},
      r"64 training and 0 test samples; training and evaluation need at least one each"),
@@ -832,3 +855,59 @@ def test_the_same_files_in_another_place_are_the_same_data_and_moved_files_are_n
         with pytest.raises(UserError, match=rf"^{re.escape(str(a))} was trained on the npz data in .*home.npz, "
                                             rf"which is not there any more"):
             run()
+
+
+def test_a_run_resumes_on_its_data_moved_or_copied_and_refuses_other_data(tmp_path, capsys):
+    """train --resume compared the data path: data moved (the old path gone) could not be resumed at all, and a
+    copy elsewhere was refused, though the run records its files' fingerprint, which decides."""
+    from landscape.train import train
+    from tests.test_plane_rays import run_cli
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, record):
+        raise Stop
+
+    first, moved = tmp_path / "d.npz", tmp_path / "elsewhere" / "d.npz"
+    _npz(first, 1)
+    common = ["--model", "mlp", "--dataset", "npz", "--epochs", "2", "--seed", "3", "--quiet"]
+    assert run_cli(capsys, "train", *common, "--data-path", first, "--out", tmp_path / "whole")[0] == 0
+    with pytest.raises(Stop):
+        train(out=tmp_path / "r", model="mlp", dataset="npz", data_path=str(first), epochs=2, seed=3, progress=False,
+              on_epoch_end=stop)
+    moved.parent.mkdir()
+    first.rename(moved)
+    assert run_cli(capsys, "train", *common, "--data-path", moved, "--out", tmp_path / "r", "--resume")[0] == 0
+    whole, resumed = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("whole", "r"))
+    assert all(torch.equal(whole["state_dict"][k], v) for k, v in resumed["state_dict"].items())
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["data_path"] == str(moved)  # found there next
+    # other contents at the new place: refused after reading them, naming the difference
+    with pytest.raises(Stop):
+        train(out=tmp_path / "s", model="mlp", dataset="npz", data_path=str(moved), epochs=2, seed=3, progress=False,
+              on_epoch_end=stop)
+    _npz(first, 1, flip=True)
+    code, _, err = run_cli(capsys, "train", *common, "--data-path", first, "--out", tmp_path / "s", "--resume")
+    assert code == 2 and "the run began on 'npz'" in err.splitlines()[-1] and "contents changed" in err
+
+
+def test_training_with_no_step_or_with_data_given_twice_is_refused(tmp_path, small_digits):
+    """One sample trained zero steps and recorded train loss 0; data= with dataset= trained on the first and
+    recorded the second, which later commands then read."""
+    from landscape.curves.evaluate import evaluate_curve
+    from landscape.inputs import load_points
+    from landscape.train import train
+
+    one = Dataset(**_mine(x_train=torch.randn(1, 1, 8, 8), y_train=torch.tensor([1])))
+    with pytest.raises(UserError, match=r"^'mine' has 1 training sample\(s\): no training step would run \(a batch "
+                                        r"needs at least 2 samples, for batch norm\)$"):
+        train(out=tmp_path / "one", data=one, model="mlp", epochs=1, progress=False)
+    assert not (tmp_path / "one" / "metrics.jsonl").exists()
+    with pytest.raises(UserError, match=r"^data= was given, and dataset=, data_path= too: give the data one way"):
+        train(out=tmp_path / "two", data=small_digits, dataset="npz", data_path="x.npz", epochs=1, progress=False)
+    with pytest.raises(UserError, match=r"^data= was given, and val_size= too"):
+        load_points(["a.pt"], data=small_digits, data_overrides={"val_size": 10})
+    with pytest.raises(UserError, match=r"^unknown keyword 'dataset_': the data options are dataset, data_path, "):
+        load_points(["a.pt"], data_overrides={"dataset_": "digits"})
+    with pytest.raises(UserError, match=r"^unknown keyword 'grd': the data options are dataset"):
+        evaluate_curve(tmp_path / "nothing.pt", grd=21)

@@ -20,7 +20,7 @@ from landscape.data import Dataset
 from landscape.device import check_fits
 from landscape.errors import UserError
 from landscape.evaluate import METRICS, precision_amp
-from landscape.inputs import buffers_named, stored_data
+from landscape.inputs import buffers_named, check_data_options, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.sweep import STORE, begin_result, finish_result, is_main, process_device, request_key, run_sweep
 
@@ -74,6 +74,7 @@ def evaluate_curve(
     ``out`` returns the stored result. Without ``resume`` a folder holding
     either is refused.
     """
+    check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
     if points < 3:  # the ends alone have no barrier: nothing between them would be measured
         raise UserError(f"--points must be at least 3 (the ends and a point between them), got {points}")

@@ -54,7 +54,7 @@ from landscape.device import resolve_device, seed_everything
 from landscape.errors import UserError, check_keywords
 from landscape.bn import reestimate_bn
 from landscape.evaluate import copy_network, evaluate_model, evaluate_points, forward_points
-from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, data_settings,
+from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings,
                               named_model, network_of, note_other_buffers, note_split_leak, own_network,
                               refuse_infinite, refuse_same_weights, require_architecture, run_data)
 from landscape.models import check_spec_fits, from_spec, model_spec, stored_spec
@@ -242,7 +242,7 @@ def fit_curve(
 
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         return CurveResult(loaded.curve, loaded.model, summary, read_jsonl(out / "metrics.jsonl"), out)
-    data = run_data(cfg, device, data, [start_ckpt, end_ckpt], asks_for_data(config, overrides))
+    data = run_data(cfg, device, data, [start_ckpt, end_ckpt], config, overrides)
     for ck in (start_ckpt, end_ckpt):  # once the split is accepted; after joining the group: rank 0 alone says it
         note_split_leak((ck.meta or {}).get("train_config"), asdict(cfg), ck.path)
 

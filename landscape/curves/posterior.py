@@ -50,7 +50,7 @@ from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device, seed_everything
 from landscape.errors import UserError, check_nonnegative
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
-from landscape.inputs import asks_for_data, note_split_leak, own_network, run_data, stored_data
+from landscape.inputs import check_data_options, note_split_leak, own_network, run_data, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
 from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from landscape.train import Task, _say, prepare_run, run_training
@@ -156,7 +156,7 @@ def fit_posterior_curve(
         loaded = load_posterior_curve(out / "model.pt", model=named)
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         return CurveResult(loaded.curve, loaded.model, summary, read_jsonl(out / "metrics.jsonl"), out)
-    data = run_data(cfg, device, data, ckpts, asks_for_data(config, overrides))
+    data = run_data(cfg, device, data, ckpts, config, overrides)
     for ck in ckpts:  # once the split is accepted
         note_split_leak((ck.meta or {}).get("train_config"), cfg.to_json(), ck.path)
     posteriors = [posterior_net(ck, device, named) for ck in ckpts]
@@ -344,6 +344,7 @@ def evaluate_posterior_curve(
     Per path the summary gives barriers (the maximum along it minus the mean
     of its two ends) of the negative ELBO per sample, of the means' and the
     ensemble's test error and of the ensemble's test NLL."""
+    check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
     if points < 3:  # the ends alone have no barrier: nothing between them would be measured
         raise UserError(f"--points must be at least 3 (the ends and a point between them), got {points}")

@@ -508,7 +508,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
         check_same_data(ckpts, {k: given.get(k) for k in DATA_FIELDS})
         # loaded and checked against what every base records before the folder is claimed (a refusal
         # left a config.json that made the rerun look like a run to resume); the components take it
-        data = run_data(cfg, device, None, ckpts, asks_for_data(config, overrides))
+        data = run_data(cfg, device, None, ckpts, config, overrides)
     weights = [torch.cat([t.detach().flatten().float() for k, t in ck.state_dict.items()  # weights only
                           if t.is_floating_point() and not k.endswith(("running_mean", "running_var"))])
                for ck in ckpts]
