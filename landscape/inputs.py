@@ -74,13 +74,15 @@ def check_data_options(overrides: dict[str, Any] | None) -> None:
 
 
 def refuse_data_twice(data: object, overrides: dict[str, Any] | None) -> None:
-    """One line when a caller passes ``data=`` and data options too: the data
-    given would be used and the options recorded with the run, which later
-    commands would then read as its data."""
-    named = [k for k in DATA_FIELDS if (overrides or {}).get(k) is not None]
-    if data is not None and named:
-        raise UserError(f"data= was given, and {', '.join(f'{k}=' for k in named)} too: give the data one way "
-                        f"(data= is used as given; the options would be recorded as the run's data)")
+    """One line when a caller passes ``data=`` and names another dataset
+    with ``dataset=``: the data given would be used and the other's settings
+    recorded with the run, which later commands would then read as its data.
+    The settings of the data given (``load_dataset("npz", path)`` with
+    ``dataset="npz", data_path=path``) may be passed with it, to be recorded."""
+    named = (overrides or {}).get("dataset")
+    if data is not None and named is not None and getattr(data, "name", None) != named:
+        raise UserError(f"data= is dataset {getattr(data, 'name', None)!r}, but dataset={named!r} was given too: "
+                        f"the run would record {named!r}'s settings for it; give the data one way")
 
 
 def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sources: Sequence[Checkpoint | None],
@@ -105,11 +107,9 @@ def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sourc
 
 def check_sources_data(ckpts: Sequence[Checkpoint | None], data: Dataset, asked: bool = False) -> None:
     """:func:`check_recorded_data` for each checkpoint a run starts from, once
-    ``data`` was loaded by the settings the run inherited from them; when the
-    caller ``asked`` for data of its own (a data option given), only a note
-    where it differs from what they record (:func:`note_given_data`)."""
+    ``data`` was loaded by the settings the run inherited from them; nothing
+    when the caller ``asked`` for data of its own (a data option given)."""
     if asked:
-        note_given_data(data, recorded_data(ckpts))
         return
     for ck in ckpts:
         if ck is not None:
@@ -141,8 +141,7 @@ def recorded_data(ckpts: Sequence[Checkpoint | None]) -> list[tuple[Any, object]
 
 
 def note_given_data(data: Dataset, records: Sequence[tuple[Any, object]]) -> None:
-    """A note on stderr when ``data`` given (passed from Python, or read by
-    data options the user gave) is not what one of
+    """A note on stderr when ``data`` passed from Python is not what one of
     ``records`` (``Dataset.describe()`` a checkpoint's meta holds, the
     checkpoint; :func:`recorded_data`) says it was trained on (the first that
     differs is named): taken as given (another test set
@@ -179,8 +178,6 @@ def stored_data(meta: dict[str, Any] | None, spec: dict[str, Any], source: objec
         data = resolve_data(stored, overrides, device, source)
         if not asks_for_data(None, overrides):  # the stored settings: they should give the data it was trained on
             check_recorded_data((meta or {}).get("dataset"), data, source)
-        else:  # the user's choice, taken as given
-            note_given_data(data, [((meta or {}).get("dataset"), source)])
     else:
         data = as_dataset(data)
         note_given_data(data, [((meta or {}).get("dataset"), source)])
@@ -407,8 +404,8 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     one must fit it, else one line names the first mismatched key. Data and
     weight decay default to what the first was trained with; ``data`` (a
     :class:`~landscape.data.Dataset` made in Python, as the networks were
-    trained on with ``data=``) is taken as given (``data_overrides`` with it
-    are refused).
+    trained on with ``data=``) is taken as given, and ``data_overrides`` are
+    then not read (one naming another dataset is refused).
     """
     if not paths:
         raise UserError("no checkpoints given")

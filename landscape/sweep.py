@@ -203,11 +203,52 @@ def _write_store(path: Path, key: str, done: np.ndarray, values: dict[str, np.nd
     write_npz(path, dict(values, key=np.array(key), done=done))
 
 
-def request_key(vectors: Sequence[torch.Tensor], settings: dict[str, Any]) -> str:
+class Request(str):
+    """A request key (:func:`request_key`) that also carries what it hashes in
+    a readable form: ``settings`` (as JSON stores them, without the data's
+    fingerprint) and ``inputs`` (a hash of the input vectors alone), which
+    :func:`finish_result` stores so that a later ``--resume`` with other
+    settings can name them."""
+
+    settings: dict[str, Any]
+    inputs: str
+
+
+def request_key(vectors: Sequence[torch.Tensor], settings: dict[str, Any]) -> Request:
     """A hash of what a sweep command was asked: its input weight vectors and
     the settings that determine its values (not how they are computed: the
     points per pass and the strategy change nothing)."""
-    return _digest([_float32(v) for v in vectors], settings)
+    arrays = [_float32(v) for v in vectors]
+    key = Request(_digest(arrays, settings))
+    key.settings = json.loads(json.dumps(_without_fingerprint(settings)[0], sort_keys=True, default=str))
+    key.inputs = _digest(arrays, {})
+    return key
+
+
+def _what_differs(summary: dict[str, Any], request: str) -> str:
+    """How a finished result's request differs from ``request``, in words:
+    the settings by name (stored, now), else "other inputs" (the weights
+    given); "other inputs or settings" for a result stored without them."""
+    stored = summary.get("request_settings")
+    if not isinstance(stored, dict) or not isinstance(request, Request):
+        return "other inputs or settings"
+    now = request.settings
+    changed = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+    if changed:
+        return "other settings: " + "; ".join(f"{k} {_brief(stored.get(k))}, now {_brief(now.get(k))}"
+                                              for k in changed)
+    return "other inputs (the weights given differ)" if summary.get("request_inputs") != request.inputs else \
+        "other inputs or settings"
+
+
+def _brief(value: Any) -> str:
+    """A setting for a message: a data record by its name and sizes, others as JSON writes them."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict) and "n_train" in value:
+        return f"{value.get('name')!r} ({value.get('n_train')} train / {value.get('n_test')} test)"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
@@ -237,9 +278,13 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
             arrays, summary = read_result(out, result_file)
             stored = summary.get("request") if isinstance(summary, dict) else None
             differs = compare_keys(str(stored), request) if request is not None and stored is not None else None
+            if request is not None and stored is None:  # damaged (or from a build before requests were stored)
+                raise UserError(f"{out}/summary.json does not record the request it answers (damaged, or written "
+                                f"by an early version); choose another --out (to redraw its figures: landscape "
+                                f"plot {shell_word(out)})")
             if differs:
                 what = "other data (the data's files changed since)" if differs == "data" else \
-                    "other inputs or settings"
+                    _what_differs(summary, request)
                 raise UserError(f"{out} holds a finished {command} result of {what}; choose another --out")
             return arrays, summary
     barrier()
@@ -253,7 +298,9 @@ def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarr
     file it goes with, for :func:`~landscape.checkpoint.read_result`), then drops the partial
     ``stores`` (a command with several sweeps names them all)."""
     if request is not None:
-        summary["request"] = request
+        summary["request"] = str(request)
+        if isinstance(request, Request):  # readable, for naming what a later --resume changed
+            summary["request_settings"], summary["request_inputs"] = request.settings, request.inputs
     summary["result"] = result_file  # which results it summarises: a summary copied beside others is told apart
     if out is not None and is_main():
         # The summary first: the result file marks the sweep finished, so one stopped between the

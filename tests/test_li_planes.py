@@ -303,7 +303,7 @@ def test_cli_trajectory_plane_without_biases_and_batch_norm(run_dir, tmp_path, c
     assert run_cli(capsys, "plane", "--trajectory", run_dir, "--grid", 2, "--out", tmp_path / "u")[0] == 0
     code, _, err = run_cli(capsys, "plane", "--trajectory", run_dir, "--ignore", "biasbn", "--grid", 2,
                            "--out", tmp_path / "u", "--resume")
-    assert code != 0 and "finished plane result of other inputs or settings" in one_line(err)
+    assert code != 0 and 'finished plane result of other settings: ignore none, now "biasbn"' in one_line(err)
 
 
 def test_cli_random_plane_options_and_resume(run_dir, tmp_path, capsys):
@@ -317,7 +317,7 @@ def test_cli_random_plane_options_and_resume(run_dir, tmp_path, capsys):
     assert "random directions: gaussian, seed 3" in text
     assert run_cli(capsys, *args, "--resume")[0] == 0  # finished: handed back
     code, _, err = run_cli(capsys, *args[:-6], "--seed", 4, "--span", 2, "--grid", 2, "--out", out, "--resume")
-    assert code != 0 and "holds a finished plane result of other inputs or settings" in one_line(err)
+    assert code != 0 and "holds a finished plane result of other settings: seed 3, now 4; choose" in one_line(err)
 
 
 @pytest.mark.parametrize("argv,message", [

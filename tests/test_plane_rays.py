@@ -838,18 +838,27 @@ def test_resume_of_a_finished_result_returns_it_only_for_the_same_request(tmp_pa
     stored = (out / "plane.npz").read_bytes()
     code, stdout, err = run_cli(capsys, *base, "--resume")
     assert code == 0 and "plane 3x3" in stdout, stdout + err
-    for changed in (["plane", "--points", A, B, C, "--grid", 4, "--bn-batches", 1],
-                    ["plane", "--points", A, C, B, "--grid", 3, "--bn-batches", 1],
-                    ["plane", "--points", A, B, C, "--grid", 3, "--bn-batches", 2]):
+    for changed, what in ((["plane", "--points", A, B, C, "--grid", 4, "--bn-batches", 1], "settings: grid 3, now 4"),
+                          (["plane", "--points", A, C, B, "--grid", 3, "--bn-batches", 1],
+                           "inputs (the weights given differ)"),
+                          (["plane", "--points", A, B, C, "--grid", 3, "--bn-batches", 2],
+                           "settings: bn_batches 1, now 2")):
         code, _, err = run_cli(capsys, *changed, "--out", out, "--quiet", "--resume")
         assert code == 2 and one_line(err) == (f"landscape: error: {out} holds a finished plane result of other "
-                                               f"inputs or settings; choose another --out"), err
+                                               f"{what}; choose another --out"), err
     assert (out / "plane.npz").read_bytes() == stored
     rays = ["rays", "--center", A, "--directions", 1, "--steps", 1, "--bn-batches", 1, "--out", tmp_path / "rays",
             "--quiet"]
     assert run_cli(capsys, *rays)[0] == 0
     code, _, err = run_cli(capsys, *rays, "--rise", 0.5, "--resume")
-    assert code == 2 and "holds a finished rays result of other inputs or settings" in one_line(err)
+    assert code == 2 and "holds a finished rays result of other settings: rise 0.1, now 0.5;" in one_line(err)
+    # a summary that is JSON but not a summary (emptied, or cut down by hand) was a KeyError's traceback
+    (out / "summary.json").write_text("{}")
+    code, _, err = run_cli(capsys, *base, "--resume")
+    assert code == 2 and one_line(err) == (f"landscape: error: {out}/summary.json does not record the request it "
+                                           f"answers (damaged, or written by an early version); choose another "
+                                           f"--out (to redraw its figures: landscape plot {out})")
+    assert (out / "plane.npz").read_bytes() == stored
 
 
 def test_checkpoints_trained_on_other_data_are_not_mixed_silently(tmp_path, capsys, endpoints):

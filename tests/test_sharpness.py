@@ -382,7 +382,7 @@ def test_results_are_stored_per_network_and_resume_after_an_interruption(tmp_pat
     assert summary["networks"][2]["top_eigenvalues"] == whole.summary["networks"][2]["top_eigenvalues"]
     assert summary["networks"][1]["lowest_ritz_value"] == float(np.nanmin(whole.arrays["ritz"][1]))
     assert not (tmp_path / "cut" / "sweep.partial.npz").exists()
-    with pytest.raises(UserError, match="finished sharpness result of other inputs or settings"):
+    with pytest.raises(UserError, match="finished sharpness result of other settings: seed 4, now 5; choose"):
         evaluate_sharpness(net, vectors, data, tmp_path / "cut", resume=True, **dict(kw, seed=5))
 
 

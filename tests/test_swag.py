@@ -166,7 +166,7 @@ def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, s
     again = evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=5, bn_stats="batches",
                           data=small_digits, resume=True)
     assert again.summary["bma"] == pytest.approx(ev.summary["bma"])
-    with pytest.raises(UserError, match="of other inputs or settings"):
+    with pytest.raises(UserError, match="of other settings: seed 5, now 6; choose"):
         evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev", samples=3, seed=6, bn_stats="batches",
                       data=small_digits, resume=True)
 
