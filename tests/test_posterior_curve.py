@@ -187,6 +187,14 @@ def test_a_resumed_fit_gives_identical_anchors(posteriors, small_digits, tmp_pat
     resumed = fit_posterior_curve(posteriors[1], posteriors[2], tmp_path / "cut", resume=True, **kw)
     assert torch.equal(resumed.curve.anchors(), full.curve.anchors())
     assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in full.metrics]
+    # the saved batch-norm buffers too: the fit's steps used to pile their statistics on the network itself,
+    # so a resumed fit saved other ones (fewer batches tracked) than an unbroken one
+    saved = [torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (tmp_path / "full", tmp_path / "cut")]
+    buffers = [k for k in saved[0] if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert buffers and all(torch.equal(saved[0][k], saved[1][k]) for k in buffers)
+    start = torch.load(posteriors[1], weights_only=True)["state_dict"]  # the start's, as connect keeps them
+    assert all(torch.equal(saved[0][k], start[k.removeprefix("net.")] if k.removeprefix("net.") in start else start[k])
+               for k in buffers)
     with pytest.raises(UserError, match="started with"):  # another temperature is another run
         fit_posterior_curve(posteriors[1], posteriors[2], tmp_path / "cut", resume=True, temperature=0.5, **kw)
     # a posterior replaced since the run began, here in its variances alone, is not resumed from

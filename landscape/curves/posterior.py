@@ -172,6 +172,9 @@ def fit_posterior_curve(
     template.to(device)
     held = held.to(device) if held is not None else None
     n_train, k = len(data.y_train), cfg.t_samples
+    # Batch norm in train mode updates the running statistics it is given: copies, as connect's, so that the
+    # template keeps the start's (what model.pt holds) and a resumed fit saves what an unbroken one does.
+    buffers = {n: b.detach() for n, b in template.named_buffers()}
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         template.train()
@@ -180,7 +183,8 @@ def fit_posterior_curve(
         if held is not None:  # a variance network's means stay zero along the curve, as in training
             points = torch.where(held, points.detach(), points)
         params = space.unflatten(points)
-        terms = [functional_call(template, {n: p[i] for n, p in params.items()}, (x,), {"with_kl": True})
+        terms = [functional_call(template, {**{n: p[i] for n, p in params.items()},
+                                            **{n: b.clone() for n, b in buffers.items()}}, (x,), {"with_kl": True})
                  for i in range(k)]
         logits = torch.stack([logit for logit, _ in terms])  # (K, B, classes)
         kl = torch.stack([d for _, d in terms]).float()
