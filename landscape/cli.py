@@ -2116,11 +2116,36 @@ def _kept(args: argparse.Namespace) -> str | None:
     out = getattr(args, "out", None)
     if out is not None and not wrote_into(out):
         return None
+    done = _done_so_far(Path(out), getattr(args, "epochs", None)) if out is not None else None
     if hasattr(args, "resume"):
-        return "files written so far are kept — rerun with --resume to continue"
+        return f"files written so far are kept{done or ''} — rerun with --resume to continue"
     if args.command == "demo":
         return "files written so far are kept — rerun the same command: finished steps are reused"
     return "files written so far are kept"
+
+
+def _done_so_far(out: Path, epochs: object) -> str | None:
+    """How far a stopped command got, from what its folder holds, for its
+    last line: " (epoch 2 of 4 in last.pt)", " (7 of 9 points)"; None when
+    that cannot be told (never raises: it is said while stopping)."""
+    import numpy as np
+    import torch
+
+    try:
+        if (out / "last.pt").exists():  # memory-mapped: only the few bytes read are loaded
+            state = torch.load(out / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+            epoch = state["train_state"]["epoch"]
+            if isinstance(epoch, int):
+                of = f" of {epochs}" if isinstance(epochs, int) else ""
+                return f" (epoch {epoch}{of} in last.pt)"
+        stores = sorted(out.glob("*.partial.npz"))
+        if len(stores) == 1:
+            with np.load(stores[0], allow_pickle=False) as z:
+                done = z["done"]
+            return f" ({int(done.sum())} of {done.size} points)"
+    except Exception:  # noqa: BLE001 - a folder being written, or torn: the line goes without
+        return None
+    return None
 
 
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Connection was likely closed")

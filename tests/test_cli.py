@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -186,10 +187,11 @@ def test_sigterm_keeps_the_run_says_so_in_one_line_and_resumes(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert _one_line_error(err) == ("landscape: terminated; files written so far are kept — rerun with --resume "
-                                    "to continue")
     done = metrics.read_text().count("\n")
     assert 2 <= done < 40 and not (tmp_path / "cut" / "model.pt").exists()
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["train_state"]["epoch"]
+    assert _one_line_error(err) == (f"landscape: terminated; files written so far are kept (epoch {saved} of 40 in "
+                                    f"last.pt) — rerun with --resume to continue")
     for out, extra in (("cut", ["--resume"]), ("whole", [])):
         finished = subprocess.run([*argv, str(tmp_path / out), *extra], capture_output=True, text=True, timeout=300)
         assert finished.returncode == 0, finished.stderr
@@ -514,9 +516,10 @@ def test_ctrl_c_advises_resume_only_where_the_command_has_it(tmp_path, capsys, m
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
-    for folder in ("p", "runs/demo", "e", "locked"):
+    for folder in ("p", "runs/demo", "e", "locked", "q"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / ("config.json" if folder != "locked" else ".landscape.lock")).write_text("{}")
+    np.savez(tmp_path / "q" / "sweep.partial.npz", done=np.array([True, True, False]), key="k")  # a sweep's store
     (tmp_path / "demo-locked" / "a").mkdir(parents=True)  # demo's first step's folder, holding its lock alone
     (tmp_path / "demo-locked" / "a" / ".landscape.lock").write_text("")
     for argv, said in ((["train", "--out", "locked"], "interrupted before anything was written to locked"),
@@ -526,6 +529,9 @@ def test_ctrl_c_advises_resume_only_where_the_command_has_it(tmp_path, capsys, m
                        (["demo", "--out", "runs/demo"],
                         "interrupted; files written so far are kept — rerun the same command: finished steps are reused"),
                        (["ensemble", "a.pt", "b.pt", "--out", "e"], "interrupted; files written so far are kept"),
+                       (["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "q"],
+                        "interrupted; files written so far are kept (2 of 3 points) — rerun with --resume to "
+                        "continue"),
                        (["train", "--out", "new"], "interrupted before anything was written to new")):
         args = cli.build_parser().parse_args(argv)
         monkeypatch.setattr(args, "func", interrupted)
