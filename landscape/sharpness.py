@@ -50,6 +50,7 @@ the NLL's alone.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 import zipfile
 from dataclasses import dataclass
@@ -541,6 +542,9 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     n = len(vectors)
     done, stored = _read_store(out, request, n) if out is not None and (out / STORE).exists() else (
         np.zeros(n, dtype=bool), {})
+    if done.any() and is_main():  # as a sweep's resume says
+        print(f"{out}: resuming: kept {int(done.sum())} of {n} networks, {n - int(done.sum())} to evaluate",
+              file=sys.stderr)
     if out is not None and is_main():
         write_json(out / "config.json", dict(config or {}, command="sharpness", **settings, wd=wd))
     spectra: list[Spectrum | None] = [None] * n

@@ -352,7 +352,7 @@ def test_weights_where_the_loss_overflows_are_refused():
 
 
 # ------------------------------------------------------------ the result folder
-def test_results_are_stored_per_network_and_resume_after_an_interruption(tmp_path, monkeypatch):
+def test_results_are_stored_per_network_and_resume_after_an_interruption(tmp_path, monkeypatch, capsys):
     data = small_data()
     net = bn_net()
     space = ParamSpace.of(net)
@@ -372,8 +372,10 @@ def test_results_are_stored_per_network_and_resume_after_an_interruption(tmp_pat
     calls = []
     real = sharpness_module.hessian_spectrum
     monkeypatch.setattr(sharpness_module, "hessian_spectrum", lambda *a, **k: calls.append(1) or real(*a, **k))
+    capsys.readouterr()
     resumed = evaluate_sharpness(net, vectors, data, tmp_path / "cut", resume=True, **kw)
     assert len(calls) == 1  # only c: a was stored before b, and b's store was written before the interruption
+    assert f"{tmp_path / 'cut'}: resuming: kept 2 of 3 networks, 1 to evaluate" in capsys.readouterr().err
     for key in ("ritz", "residual", "trace", "trace_draws", "train_nll", "density_nodes", "density_weights",
                 "layer_trace_draws", "layer_names", "layer_sizes"):
         np.testing.assert_array_equal(resumed.arrays[key], whole.arrays[key], err_msg=key)
