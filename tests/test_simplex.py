@@ -180,8 +180,13 @@ def test_spro_grows_a_low_loss_simplex_and_freezes_earlier_vertices(tmp_path, ca
     again = grow_simplex(a, tmp_path / "sx", vertices=3, lam=1.0, epochs=3, eval_samples=4, face_resolution=4,
                          resume=True, progress=False)
     assert again.summary["samples"] == 4 and torch.equal(again.complex.anchors().cpu(), anchors.cpu())
-    assert (f"note: {tmp_path / 'sx'}: evaluating again with 4 samples (the stored results used 8); they are "
-            f"replaced") in capsys.readouterr().err
+    assert (f"note: {tmp_path / 'sx'}: evaluating again with --eval-samples 4 (the stored results used 8); they "
+            f"are replaced") in capsys.readouterr().err
+    again = grow_simplex(a, tmp_path / "sx", vertices=3, lam=1.0, epochs=3, eval_samples=4, face_resolution=3,
+                         resume=True, progress=False)  # another face grid was replaced without a word
+    assert again.summary["face_grid"] == 3 and np.load(tmp_path / "sx" / "simplex.npz")["face_train_loss"].size == 10
+    assert (f"note: {tmp_path / 'sx'}: evaluating again with --face-grid 3 (the stored results used 4); they "
+            f"are replaced") in capsys.readouterr().err
     # a finished run whose summary was torn is finished again (under torchrun rank 0 alone read it, and
     # its error left the other ranks waiting for it)
     (tmp_path / "sx" / "summary.json").write_text('{"samples": 8,')

@@ -282,10 +282,13 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
             stored = read_json(out / "summary.json")
         except UserError:  # unreadable: it is about to be replaced anyway
             stored = None
-        before = stored.get("samples") if isinstance(stored, dict) else None
-        if before is not None and before != eval_samples:
-            print(f"note: {out}: evaluating again with {eval_samples} samples (the stored results used {before}); "
-                  f"they are replaced", file=sys.stderr)
+        stored = stored if isinstance(stored, dict) else {}
+        changed = [f"{what} {now} (the stored results used {stored[key]})"
+                   for key, what, now in (("samples", "--eval-samples", eval_samples),
+                                          ("face_grid", "--face-grid", face_resolution))
+                   if stored.get(key) is not None and stored[key] != now]
+        if changed:
+            print(f"note: {out}: evaluating again with {' and '.join(changed)}; they are replaced", file=sys.stderr)
     ev = evaluate_simplex(cx, template, data, out, samples=eval_samples, face_resolution=face_resolution,
                           wd=cfg.wd, seed=cfg.seed if sample_seed is None else sample_seed, progress=progress,
                           volume_weighted=cfg.volume_weighted)
@@ -466,6 +469,7 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
         "simplexes": [list(s) for s in cx.simplexes],
         "labels": cx.labels,
         "face_labels": [cx.labels[i] for i in first[:3]] if face_c is not None else None,
+        "face_grid": face_resolution if face_c is not None else None,
         "wd": wd,
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
