@@ -93,7 +93,8 @@ def _kl_by_quadrature(log_alpha: float) -> float:
     def f(z):
         return np.log(abs(1 + sd * z)) * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
 
-    pieces = [(-40.0, -1 / sd), (-1 / sd, 40.0)] if sd > 1 / 40 else [(-40.0, 40.0)]
+    s = -1 / sd  # the log's singularity, an end of each piece near it
+    pieces = [(-40.0, s - 1), (s - 1, s), (s, s + 1), (s + 1, 40.0)] if sd > 1 / 40 else [(-40.0, 40.0)]
     e_log = sum(integrate.quad(f, a, b, limit=400)[0] for a, b in pieces)
     return -0.5 * log_alpha + e_log + 0.5 * (np.euler_gamma + np.log(2))
 
