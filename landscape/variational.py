@@ -248,8 +248,9 @@ class VariationalNet(nn.Module):
                 total = total + gaussian_kl(mu, var + _VAR_FLOOR, self.prior_scale)
             elif family == "variance":
                 continue  # KL(N(0, sigma²) || log-uniform) is a constant
-            elif exact:
-                total = total + log_uniform_kl_exact(self.log_alpha(name))
+            elif exact:  # a float64 tensor: a Python float would be rounded to the float32 total's precision
+                total = total + torch.tensor(log_uniform_kl_exact(self.log_alpha(name)), dtype=torch.float64,
+                                             device=total.device)
             else:
                 total = total + log_uniform_kl(self.log_alpha(name))
         return total

@@ -294,6 +294,7 @@ def test_three_schemes_match_the_sequential_reference(tmp_path, small_digits, fi
     e = ev.summary["elbo"]
     assert e["kl"] == pytest.approx(kl, rel=1e-6) and e["train_size"] == n and e["draws"] == 4 and e["kl_exact"]
     assert e["kl"] != pytest.approx(float(log_uniform_kl(torch.from_numpy(log_alpha))), rel=1e-4)  # not the fit's
+    assert e["kl"] != float(np.float32(e["kl"]))  # summed in float64, not rounded to float32 on the way
     assert e["elbo"] == pytest.approx(-n * float(np.mean(nll)) - kl, rel=1e-4)
     assert e["elbo_per_sample"] == pytest.approx(e["elbo"] / n, rel=1e-9)
     assert e["elbo_se"] == pytest.approx(n * float(np.std(nll, ddof=1)) / 2, rel=1e-3)
