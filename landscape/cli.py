@@ -198,7 +198,7 @@ def _stored_eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The options :func:`add_stored_eval_args` adds, as the evaluation functions take them."""
     return dict(wd=args.wd, batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
                 points_per_pass=args.points_per_pass, precision=args.precision, device=args.device,
-                resume=args.resume, progress=_progress(args), argv=sys.argv,
+                resume=args.resume, progress=_progress(args), argv=_argv(args),
                 model=args.model, **_data_overrides(args))
 
 
@@ -272,7 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from landscape.sweep import is_main
     from landscape.train import train
 
-    result = train(_train_config(args), args.out, resume=args.resume, progress=_progress(args), argv=sys.argv)
+    result = train(_train_config(args), args.out, resume=args.resume, progress=_progress(args), argv=_argv(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     print(_format_run(str(args.out), result.summary))
@@ -298,7 +298,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from landscape.sweep import is_main
 
     overrides = _curve_fit_overrides(args, wd=args.wd)
-    result = fit_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+    result = fit_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args), argv=_argv(args),
                        **overrides)
     if not is_main():  # under torchrun, rank 0 reports
         return 0
@@ -328,7 +328,7 @@ def cmd_vi_connect(args: argparse.Namespace) -> int:
 
     overrides = _curve_fit_overrides(args, temperature=args.temperature, optimizer=args.optimizer)
     result = fit_posterior_curve(args.start, args.end, args.out, resume=args.resume, progress=_progress(args),
-                                 argv=sys.argv, **overrides)
+                                 argv=_argv(args), **overrides)
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     s = result.summary
@@ -549,7 +549,7 @@ def cmd_plane(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,
                       points_per_pass=args.points_per_pass, precision=args.precision, resume=args.resume,
                       progress=_progress(args),
-                      config={"argv": sys.argv, "ckpt": str(args.ckpt) if args.ckpt else None,
+                      config={"argv": _argv(args), "ckpt": str(args.ckpt) if args.ckpt else None,
                               "points": [str(p) for p in args.points or []],
                               "center": str(args.center) if args.center else None,
                               "trajectory": [str(ck.path) for ck in pts.checkpoints] if args.trajectory else [],
@@ -601,7 +601,7 @@ def cmd_rays(args: argparse.Namespace) -> int:
                            bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass,
                            precision=args.precision, resume=args.resume,
                            progress=_progress(args),
-                           config={"argv": sys.argv})
+                           config={"argv": _argv(args)})
     if not is_main():
         return 0
     return _report_rays(args)
@@ -801,7 +801,7 @@ def cmd_swa(args: argparse.Namespace) -> int:
     if args.lr is not None and args.swa_start == 0:
         raise UserError("--lr sets the rate before --swa-start; with --swa-start 0 the rate is --swa-lr "
                         "throughout (leave --lr out, or give --swa-start)")
-    result = run_swa(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+    result = run_swa(None, args.out, resume=args.resume, progress=_progress(args), argv=_argv(args),
                      lr=0.05 if args.lr is None else args.lr, swa_start=args.swa_start, swa_lr=args.swa_lr, swa_lr_max=args.swa_lr_max,
                      swa_schedule=args.schedule, cycle=args.cycle, keep_snapshots=args.keep_snapshots,
                      swag_rank=args.swag_rank, eval_every=args.eval_every, **_average_overrides(args))
@@ -959,7 +959,7 @@ def cmd_vi(args: argparse.Namespace) -> int:
                         "as SWA's does (leave --schedule out)")
     overrides = _average_overrides(args)
     overrides.pop("wd")
-    result = run_variational(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+    result = run_variational(None, args.out, resume=args.resume, progress=_progress(args), argv=_argv(args),
                              lr=0.01 if args.lr is None else args.lr, schedule=args.schedule or "paper", family=args.family, prior=args.prior,
                              prior_scale=args.prior_scale, temperature=args.temperature, init_alpha=args.init_alpha,
                              kl_warmup=args.kl_warmup, optimizer=args.optimizer, hwa_start=args.hwa_start,
@@ -1021,7 +1021,7 @@ def cmd_fge(args: argparse.Namespace) -> int:
     from landscape.averaging import run_fge
     from landscape.sweep import is_main
 
-    result = run_fge(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+    result = run_fge(None, args.out, resume=args.resume, progress=_progress(args), argv=_argv(args),
                      lr=args.lr_max, lr_min=args.lr_min, cycle=args.cycle, **_average_overrides(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
@@ -1035,7 +1035,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
     if not args.from_ckpt and not args.model:
         args.model = "convnet"
-    result = run_snapshots(None, args.out, resume=args.resume, progress=_progress(args), argv=sys.argv,
+    result = run_snapshots(None, args.out, resume=args.resume, progress=_progress(args), argv=_argv(args),
                            lr=args.lr, cycle=args.cycle, **_average_overrides(args))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
@@ -1063,7 +1063,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
                                 bn_stats=args.bn_stats, batch_size=args.batch_size,
                                 density_runs=args.density_runs, layer_iters=args.layer_iters, wd=_eval_wd(args, pts),
                                 resume=args.resume, on_network=report, progress=_progress(args),
-                                config={"argv": sys.argv, "checkpoints": [str(p) for p in args.checkpoints]})
+                                config={"argv": _argv(args), "checkpoints": [str(p) for p in args.checkpoints]})
     s = result.summary
     print(f"Hessian of the mean train NLL ({s['iters']} Lanczos steps, trace from {s['trace_samples']} "
           f"Rademacher vectors, seed {s['seed']}; batch norm: {s['bn'] or 'none'}); "
@@ -1137,7 +1137,7 @@ def cmd_width(args: argparse.Namespace) -> int:
                   wd=_eval_wd(args, pts), batch_size=args.batch_size,
                   bn_batches=args.bn_batches, bn_stats=args.bn_stats, points_per_pass=args.points_per_pass, precision=args.precision,
                   resume=args.resume, progress=_progress(args),
-                  config={"argv": sys.argv})
+                  config={"argv": _argv(args)})
     if not is_main():
         return 0
     return _report_rays(args)
@@ -1871,10 +1871,17 @@ def _version() -> str:
     return __version__
 
 
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line a run records in its config.json: the one parsed
+    (``main(argv)`` called from Python, the demo's steps), else the process's."""
+    return list(getattr(args, "argv", None) or sys.argv)
+
+
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args``, but an option the subcommand lacks is reported
     by the subcommand's parser (its usage, its --help), not the top one's."""
     args, extra = parser.parse_known_args(argv)
+    args.argv = [PROG, *map(str, argv)] if argv is not None else list(sys.argv)
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if extra:
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")

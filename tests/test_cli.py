@@ -1132,3 +1132,13 @@ def test_world_size_without_torchrun_is_said_by_any_rank(tmp_path):
     assert done.returncode == 2 and _one_line_error(done.stderr) == (
         "landscape: error: rank 1: WORLD_SIZE=2 is set, but MASTER_ADDR, MASTER_PORT are not: this is no torchrun "
         "worker; start the command with torchrun, or unset WORLD_SIZE")
+
+
+def test_a_run_records_the_command_line_it_was_given(tmp_path, capsys):
+    """cli.main(argv) from Python (a notebook, a script, the tests) recorded the process's own sys.argv (the
+    notebook kernel's, pytest's) in config.json, not the command it ran."""
+    out = tmp_path / "a"
+    code, _, err = run(capsys, "train", "--model", "mlp", "--epochs", 1, "--quiet", "--out", out)
+    assert code == 0, err
+    recorded = json.loads((out / "config.json").read_text())["argv"]
+    assert recorded == ["landscape", "train", "--model", "mlp", "--epochs", "1", "--quiet", "--out", str(out)]
