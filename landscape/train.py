@@ -465,6 +465,7 @@ def run_training(
             raise UserError(f"{out}: the run began on {described(recorded)}, now {described(now)}: "
                             f"{why_data_differs(recorded, now)}; --resume needs the same data (or choose another "
                             f"--out)")
+        _say(f"{out}: resuming after epoch {start_epoch} of {cfg.epochs}")
         task.restore(state)
         optimizer.load_state_dict(state.extra["train_state"]["optimizer"])
     network = task.network if task.network is not None else task.module
@@ -672,8 +673,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
     barrier()
     if is_main():
         atomic_write_text(out / "metrics.jsonl", "".join(_jsonl_line(r) for r in kept))
-    _say(f"{out}: resuming after epoch {epoch} of {cfg.epochs}")
-    return epoch, state, kept
+    return epoch, state, kept  # "resuming after epoch ..." is said by run_training, once the data is accepted
 
 
 def _refuse_orphaned_records(out: Path) -> None:

@@ -877,7 +877,8 @@ def test_a_run_resumes_on_its_data_moved_or_copied_and_refuses_other_data(tmp_pa
               on_epoch_end=stop)
     moved.parent.mkdir()
     first.rename(moved)
-    assert run_cli(capsys, "train", *common, "--data-path", moved, "--out", tmp_path / "r", "--resume")[0] == 0
+    code, _, err = run_cli(capsys, "train", *common, "--data-path", moved, "--out", tmp_path / "r", "--resume")
+    assert code == 0 and f"{tmp_path / 'r'}: resuming after epoch 1 of 2" in err
     whole, resumed = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("whole", "r"))
     assert all(torch.equal(whole["state_dict"][k], v) for k, v in resumed["state_dict"].items())
     assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["data_path"] == str(moved)  # found there next
@@ -888,6 +889,7 @@ def test_a_run_resumes_on_its_data_moved_or_copied_and_refuses_other_data(tmp_pa
     _npz(first, 1, flip=True)
     code, _, err = run_cli(capsys, "train", *common, "--data-path", first, "--out", tmp_path / "s", "--resume")
     assert code == 2 and "the run began on 'npz'" in err.splitlines()[-1] and "contents changed" in err
+    assert "resuming after" not in err  # said once the data is accepted, not before a refusal
 
 
 def test_training_with_no_step_or_with_data_given_twice_is_refused(tmp_path, small_digits):
