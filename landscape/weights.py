@@ -22,6 +22,36 @@ from .errors import UserError
 __all__ = ["ParamSpace", "stack_anchors", "gram_schmidt"]
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside ``torch.compile``'s and (Distributed)DataParallel's
+    wrappers, which a factory may return: checkpoints hold the plain
+    network's state dict, and the toolkit batches points itself."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def refuse_unusable(model: nn.Module, source: object = "the network") -> None:
+    """One line for a network the toolkit cannot evaluate at other weights:
+    a TorchScript module (no forward hooks, no torch.func), one still in a
+    DataParallel wrapper (torch.func refuses it), one on the meta device
+    (no values)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UserError(f"{source} is a TorchScript module (torch.jit.script / trace), which cannot be evaluated at "
+                        f"other weights (no forward hooks, no torch.func): pass the plain nn.Module")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise UserError(f"{source} is wrapped in {type(model).__name__}: pass the network inside it (.module); "
+                        f"landscape batches the points on one device itself")
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise UserError(f"{source} has tensors on the meta device, which hold no values: build it on a real "
+                        f"device (or model.to_empty(device='cpu') and load its weights)")
+
+
 @dataclass(frozen=True)
 class ParamSpace:
     """The ordered parameter names and shapes of a model.
@@ -41,6 +71,7 @@ class ParamSpace:
 
     @classmethod
     def of(cls, model: nn.Module) -> "ParamSpace":
+        refuse_unusable(model)
         names, shapes, frozen = [], [], []
         for name, p in model.named_parameters():
             if isinstance(p, nn.parameter.UninitializedParameter):

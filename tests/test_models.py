@@ -8,6 +8,7 @@ layer fails here.
 from __future__ import annotations
 
 import math
+import re
 import sys
 import textwrap
 
@@ -513,3 +514,46 @@ def test_a_users_curves_plots_or_cli_folder_does_not_shadow_the_toolkit(tmp_path
     done = subprocess.run([sys.executable, "-m", "landscape", "models"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and "convnet" in done.stdout, done.stderr
+
+
+def _bn_mlp(num_classes: int, input_shape: tuple[int, ...]) -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def test_a_factory_may_return_a_compiled_or_data_parallel_network(monkeypatch, tmp_path) -> None:
+    """Its run's checkpoints hold the plain network's keys (wrapper prefixes stripped), which the wrapped network
+    rebuilt from the factory did not take: every later step refused the run's own model.pt."""
+    from landscape.checkpoint import load_model
+    from landscape.train import train
+
+    monkeypatch.setattr("landscape.models.MODELS", dict(MODELS))
+    register_model("compiled_mlp")(lambda num_classes, input_shape: torch.compile(_bn_mlp(num_classes, input_shape)))
+    register_model("parallel_mlp")(lambda num_classes, input_shape: nn.DataParallel(_bn_mlp(num_classes, input_shape)))
+    for name in ("compiled_mlp", "parallel_mlp"):
+        built = create_model(name, num_classes=10, input_shape=(1, 8, 8))
+        assert type(built) is nn.Sequential  # the network inside
+        result = train(out=tmp_path / name, model=name, epochs=1, progress=False)
+        again = load_model(tmp_path / name / "model.pt")
+        assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), result.model.state_dict().values()))
+
+
+def test_networks_that_cannot_be_evaluated_at_other_weights_are_one_line() -> None:
+    """A TorchScript module, a DataParallel wrapper and a network on the meta device ended in torch's tracebacks
+    (forward hooks on a ScriptModule, the stateless API, copying out of meta tensors)."""
+    from landscape.data import load_dataset
+    from landscape.evaluate import evaluate_model, evaluate_points
+
+    data = load_dataset("digits")
+    plain = _bn_mlp(10, (1, 8, 8))
+    for network, said in ((torch.jit.script(_bn_mlp(10, (1, 8, 8))), "is a TorchScript module"),
+                          (nn.DataParallel(_bn_mlp(10, (1, 8, 8))), "is wrapped in DataParallel: pass the network "
+                                                                     "inside it (.module)"),
+                          (_bn_mlp(10, (1, 8, 8)).to("meta"), "has tensors on the meta device, which hold no values")):
+        for call in (lambda: evaluate_points(network, [plain, plain], [[1.0, 0.0]], data),
+                     lambda: evaluate_model(network, data)):
+            with pytest.raises(UserError, match=f"^the network {re.escape(said)}"):
+                call()
+    with pytest.raises(UserError, match=r"^model 'scripted' is a TorchScript module"):
+        from landscape.models import materialize
+
+        materialize(torch.jit.script(_bn_mlp(10, (1, 8, 8))), (1, 8, 8), "model 'scripted'")

@@ -29,6 +29,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
 from ..errors import UserError, first_line
+from ..weights import refuse_unusable, unwrap
 from . import preresnet, simple, vgg, wide_resnet
 
 __all__ = ["MODELS", "register_model", "list_models", "buildable", "stored_spec", "create_model", "model_spec", "model_options", "from_spec", "check_spec_fits",
@@ -132,7 +133,7 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
                             f"{type(e).__name__}{': ' + first_line(e) if str(e).strip() else ''}") from e
         if not isinstance(model, nn.Module):
             raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
-        return materialize(model, input_shape, f"model {name!r}")
+        return materialize(unwrap(model), input_shape, f"model {name!r}")
 
 
 @contextmanager
@@ -155,7 +156,9 @@ def materialize(model: nn.Module, input_shape: tuple[int, ...] | None, source: o
     """``model`` with its lazy layers' shapes set by one eval-mode forward of two
     zero inputs of ``input_shape`` (modes kept, no graph): every later step,
     from a checkpoint's shape check to a batch of points, needs the shapes.
-    A model without lazy layers is returned as it is."""
+    A model without lazy layers is returned as it is; one the toolkit cannot
+    use is refused (:func:`~landscape.weights.refuse_unusable`)."""
+    refuse_unusable(model, source)
     if not has_lazy(model):
         return model
     if input_shape is None:
