@@ -2123,7 +2123,8 @@ def _kept(args: argparse.Namespace) -> str | None:
     out = getattr(args, "out", None)
     if out is not None and not wrote_into(out):
         return None
-    done = _done_so_far(Path(out), getattr(args, "epochs", None)) if out is not None else None
+    done = _done_so_far(Path(out), getattr(args, "epochs", None),
+                        "networks" if args.command == "sharpness" else "points") if out is not None else None
     if hasattr(args, "resume"):
         return f"files written so far are kept{done or ''} — rerun with --resume to continue"
     if args.command == "demo":
@@ -2131,7 +2132,7 @@ def _kept(args: argparse.Namespace) -> str | None:
     return "files written so far are kept"
 
 
-def _done_so_far(out: Path, epochs: object) -> str | None:
+def _done_so_far(out: Path, epochs: object, unit: str = "points") -> str | None:
     """How far a stopped command got, from what its folder holds, for its
     last line: " (epoch 2 of 4 in last.pt)", " (7 of 9 points)"; None when
     that cannot be told (never raises: it is said while stopping)."""
@@ -2149,7 +2150,7 @@ def _done_so_far(out: Path, epochs: object) -> str | None:
         if len(stores) == 1:
             with np.load(stores[0], allow_pickle=False) as z:
                 done = z["done"]
-            return f" ({int(done.sum())} of {done.size} points)"
+            return f" ({int(done.sum())} of {done.size} {unit})"
     except Exception:  # noqa: BLE001 - a folder being written, or torn: the line goes without
         return None
     return None

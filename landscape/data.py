@@ -96,6 +96,8 @@ class Dataset:
     # Of the files read (:func:`data_fingerprint`), set by load_dataset; None for synthetic data (its settings
     # define it) and for data made or changed in Python: not an argument, so dataclasses.replace drops it.
     fingerprint: str | None = dataclasses.field(default=None, init=False)
+    # The seed that carved a validation split out of the training files (load_dataset's data_seed), else None.
+    split_seed: int | None = dataclasses.field(default=None, init=False)
 
     def __post_init__(self) -> None:
         # Data made in Python fails here in one line, not at a training step deep inside torch.
@@ -118,7 +120,7 @@ class Dataset:
         ids below ``num_classes``, finite inputs, a mean and a std of one value or one a channel (feature).
         Each fails in one line naming the dataset."""
         where = f"dataset {self.name!r}"
-        if self.x_train.is_meta or self.x_test.is_meta:
+        if any(getattr(self, k).is_meta for k in ("x_train", "y_train", "x_test", "y_test")):
             raise UserError(f"{where}: its tensors are on the meta device, which holds no values")
         for key in ("x_train", "x_test"):
             if getattr(self, key).dim() < 2:
@@ -183,7 +185,7 @@ class Dataset:
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
-        moved.fingerprint = self.fingerprint  # the same data
+        moved.fingerprint, moved.split_seed = self.fingerprint, self.split_seed  # the same data
         return moved
 
     def describe(self) -> dict:
@@ -198,6 +200,8 @@ class Dataset:
             "num_classes": self.num_classes,
             "augment": self.augment,
             "fingerprint": self.fingerprint,
+            # only for a validation split, so that other records (and the request keys holding them) stay as they were
+            **({"split_seed": self.split_seed} if self.split_seed is not None else {}),
         }
 
     def train_batches(
@@ -286,7 +290,7 @@ class Dataset:
         return fill.expand(channels) if len(black) == 1 else fill
 
 
-_IDENTITY = ("name", "n_train", "n_test", "input_shape", "num_classes", "fingerprint")
+_IDENTITY = ("name", "n_train", "n_test", "input_shape", "num_classes", "fingerprint", "split_seed")
 
 
 def data_differs(recorded: dict, now: dict) -> list[str]:
@@ -483,6 +487,7 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
         eval_split=eval_split,
     )
     data.fingerprint = fingerprint
+    data.split_seed = int(seed) if eval_split == "val" else None
     return data
 
 

@@ -80,7 +80,8 @@ def refuse_data_twice(data: object, overrides: dict[str, Any] | None) -> None:
     The settings of the data given (``load_dataset("npz", path)`` with
     ``dataset="npz", data_path=path``) may be passed with it, to be recorded."""
     named = (overrides or {}).get("dataset")
-    if data is not None and named is not None and getattr(data, "name", None) != named:
+    if data is not None and named is not None and str(getattr(data, "name", "")).strip().lower() != \
+            str(named).strip().lower():  # names are read so (load_dataset)
         raise UserError(f"data= is dataset {getattr(data, 'name', None)!r}, but dataset={named!r} was given too: "
                         f"the run would record {named!r}'s settings for it; give the data one way")
 

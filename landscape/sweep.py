@@ -246,7 +246,8 @@ def _brief(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, dict) and "n_train" in value:
-        return f"{value.get('name')!r} ({value.get('n_train')} train / {value.get('n_test')} test)"
+        seed = f", split seed {value['split_seed']}" if "split_seed" in value else ""
+        return f"{value.get('name')!r} ({value.get('n_train')} train / {value.get('n_test')} test{seed})"
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -257,7 +258,9 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
     command's results is refused (:func:`claim_folder`); a finished result is
     refused without ``resume`` and returned (arrays, summary) with it, when
     it answered the same ``request`` (:func:`request_key`; results stored
-    without one are taken as they are); a partial store needs ``resume``.
+    without one, by builds before requests were stored, are taken as they
+    are, but a summary that is not one, holding neither a request nor notes,
+    is refused); a partial store needs ``resume``.
     Every rank checks, then they wait for each other so that rank 0 writes
     only after all have looked."""
     if out is not None:
@@ -278,10 +281,10 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
             arrays, summary = read_result(out, result_file)
             stored = summary.get("request") if isinstance(summary, dict) else None
             differs = compare_keys(str(stored), request) if request is not None and stored is not None else None
-            if request is not None and stored is None:  # damaged (or from a build before requests were stored)
-                raise UserError(f"{out}/summary.json does not record the request it answers (damaged, or written "
-                                f"by an early version); choose another --out (to redraw its figures: landscape "
-                                f"plot {shell_word(out)})")
+            if request is not None and stored is None and not (isinstance(summary, dict) and "notes" in summary):
+                raise UserError(f"{out}/summary.json is damaged (it records neither the request it answers nor "
+                                f"notes); choose another --out (to redraw its figures: landscape plot "
+                                f"{shell_word(out)})")
             if differs:
                 what = "other data (the data's files changed since)" if differs == "data" else \
                     _what_differs(summary, request)

@@ -909,7 +909,28 @@ def test_training_with_no_step_or_with_data_given_twice_is_refused(tmp_path, sma
         train(out=tmp_path / "two", data=small_digits, dataset="npz", data_path="x.npz", epochs=1, progress=False)
     with pytest.raises(UserError, match=r"^data= is dataset 'digits', but dataset='mnist' was given too"):
         load_points(["a.pt"], data=small_digits, data_overrides={"dataset": "mnist"})
+    from landscape.curves.spro import espro, grow_simplex
+    from landscape.inputs import refuse_data_twice
+
+    for call in (lambda: grow_simplex("a.pt", tmp_path / "sx", data=small_digits, dataset="mnist"),
+                 lambda: espro(["a.pt", "b.pt"], tmp_path / "es", data=small_digits, dataset="mnist")):
+        with pytest.raises(UserError, match=r"^data= is dataset 'digits', but dataset='mnist' was given too"):
+            call()  # the simplex functions recorded mnist for the digits they ran on
+    refuse_data_twice(small_digits, {"dataset": " Digits"})  # the name as load_dataset reads it: the same
     with pytest.raises(UserError, match=r"^unknown keyword 'dataset_': the data options are dataset, data_path, "):
         load_points(["a.pt"], data_overrides={"dataset_": "digits"})
     with pytest.raises(UserError, match=r"^unknown keyword 'grd': the data options are dataset"):
         evaluate_curve(tmp_path / "nothing.pt", grd=21)
+
+
+def test_a_validation_split_records_its_seed():
+    """Two validation splits of one file by other --data-seed are other data: their records were alike, so a
+    finished plane on one was handed back for the other on --resume."""
+    from landscape.data import data_differs, why_data_differs
+
+    a, b = (load_dataset("digits", val_size=100, seed=s).describe() for s in (1, 2))
+    assert (a["split_seed"], b["split_seed"]) == (1, 2) and data_differs(a, b) == ["split_seed"]
+    assert why_data_differs(a, b) == "they differ in split seed"
+    assert "split_seed" not in load_dataset("digits").describe()  # the test split's record (and keys) unchanged
+    moved = load_dataset("digits", val_size=100, seed=1).to("cpu")
+    assert moved.describe() == a

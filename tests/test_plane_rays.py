@@ -855,9 +855,9 @@ def test_resume_of_a_finished_result_returns_it_only_for_the_same_request(tmp_pa
     # a summary that is JSON but not a summary (emptied, or cut down by hand) was a KeyError's traceback
     (out / "summary.json").write_text("{}")
     code, _, err = run_cli(capsys, *base, "--resume")
-    assert code == 2 and one_line(err) == (f"landscape: error: {out}/summary.json does not record the request it "
-                                           f"answers (damaged, or written by an early version); choose another "
-                                           f"--out (to redraw its figures: landscape plot {out})")
+    assert code == 2 and one_line(err) == (f"landscape: error: {out}/summary.json is damaged (it records neither "
+                                           f"the request it answers nor notes); choose another --out (to redraw its "
+                                           f"figures: landscape plot {out})")
     assert (out / "plane.npz").read_bytes() == stored
 
 

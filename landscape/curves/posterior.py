@@ -205,7 +205,7 @@ def fit_posterior_curve(
         with torch.no_grad():
             point = curve.points(torch.tensor([0.5], dtype=torch.float64, device=device))[0]
             _load_point(probe, space, point)
-            kl = float(probe.kl())
+            kl = float(probe.kl(exact=True))  # as the summary and the evaluation report it
             reestimate_bn(probe.net, data.statistics_batches(1000), max_batches=MIDPOINT_BN_BATCHES)
             m = evaluate_model(probe.net, data, "test", amp=cfg.amp)
         return {"mid_test_nll": m["nll"], "mid_test_error": m["error"], "mid_kl_per_sample": kl / n_train}

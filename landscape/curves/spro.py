@@ -31,6 +31,7 @@ values do not carry over.)
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -61,7 +62,7 @@ from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
                               load_points, named_model, network_of, note_same_weights, own_network,
-                              refuse_same_weights, require_architecture, run_data)
+                              refuse_data_twice, refuse_same_weights, require_architecture, run_data)
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
@@ -226,12 +227,14 @@ def _rate_flags(cfg: SimplexConfig) -> str:
     return "--lr" + (f" (or {'; or '.join(others)})" if others else "")
 
 
-def _config(config: SimplexConfig | None, first: str | Path,
-            overrides: dict[str, Any], caller: str = "grow_simplex") -> tuple[SimplexConfig, str | None]:
+def _config(config: SimplexConfig | None, first: str | Path, overrides: dict[str, Any], caller: str = "grow_simplex",
+            data: Dataset | None = None) -> tuple[SimplexConfig, str | None]:
     """The run's settings, and the network name the user gave (``--model``:
     a foreign mode's architecture, or the word that a landscape mode's
-    ``package.module:factory`` is trusted), else None."""
+    ``package.module:factory`` is trusted), else None. ``data`` given with
+    ``dataset=`` naming another is refused (:func:`refuse_data_twice`)."""
     check_keywords(SimplexConfig, overrides, caller)
+    refuse_data_twice(data, overrides)
     named = named_model(config, overrides)
     base = asdict(config) if config is not None else {}
     source = load_checkpoint(first)
@@ -283,6 +286,13 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
         except UserError:  # unreadable: it is about to be replaced anyway
             stored = None
         stored = stored if isinstance(stored, dict) else {}
+        if "face_grid" not in stored:  # a summary of an earlier build: the grid from its points, (N + 1)(N + 2) / 2
+            try:
+                with np.load(out / "simplex.npz", allow_pickle=False) as z:
+                    points = len(z["face_barycentric"])
+                stored["face_grid"] = round((math.sqrt(8 * points + 1) - 3) / 2)
+            except (OSError, KeyError, ValueError):
+                pass  # none stored (no face), or unreadable: replaced all the same
         changed = [f"{what} {now} (the stored results used {stored[key]})"
                    for key, what, now in (("samples", "--eval-samples", eval_samples),
                                           ("face_grid", "--face-grid", face_resolution))
@@ -358,7 +368,7 @@ def _grow_simplex(base: str | Path, out: str | Path | None, *, vertices: int, co
     """:func:`grow_simplex`; ``stage`` leads its log lines' names (ESPRO's "component 2 of 3")."""
     if vertices < 2:
         raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
-    cfg, named = _config(config, base, overrides)
+    cfg, named = _config(config, base, overrides, data=data)
     out = Path(out) if out is not None else None
     pts, spec = _load_modes([base], cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
     _check_init(cfg, pts.vectors)
@@ -389,7 +399,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     Dataset made in Python (default: what the modes record)."""
     if len(modes) < 2 or connectors < 1:
         raise UserError("a complex needs two or more --modes and at least one connector")
-    cfg, named = _config(config, modes[0], overrides, "connect_modes")
+    cfg, named = _config(config, modes[0], overrides, "connect_modes", data)
     out = Path(out) if out is not None else None
     pts, spec = _load_modes(modes, cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
     refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
@@ -503,7 +513,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     out = Path(out) if out is not None else None
-    cfg = _config(config, bases[0], overrides, "espro")[0]
+    cfg = _config(config, bases[0], overrides, "espro", data)[0]
     device = _join(cfg)  # settings refused before the folder is claimed
     # The components' predictions are averaged image by image: their data must be the same (a base that held out a
     # validation split would be evaluated on it, the others on the test set).
