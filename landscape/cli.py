@@ -980,6 +980,9 @@ def cmd_vi(args: argparse.Namespace) -> int:
                   f"{_cell(m['test_nll'], 10, 4)}"
                   f"{_cell(m['test_error'], 12, 2)}{_cell(m['kl_per_sample'], 10, 3)}"
                   f"{'-' if share is None else format(100 * share, '.1f'):>9}")
+    if s["prior"] == "log-uniform" and any(key in s and "kl_fit" not in s[key] for key in ("vi", "hwa")):
+        print("KL / N: Molchanov et al.'s approximation (stored by an earlier version; the exact KL is reported "
+              "now, and vi-eval gives it)")
     print("noise %: stochastic weights with log(s^2 / m^2) > 3, mostly noise (sparse variational dropout prunes "
           "them)" if s["family"] != "variance" else "a variance network: its deterministic network (zero hidden "
           "means) predicts one class; use its samples (vi-eval)")

@@ -96,40 +96,46 @@ def barrier() -> None:
 def _digest(arrays: Sequence[np.ndarray], settings: dict[str, Any]) -> str:
     """SHA-256 of the arrays' bytes, in order, then of ``settings`` as sorted
     JSON; then, after a colon, the data's fingerprint when ``settings`` hold
-    one (a ``Dataset.describe()`` record's). The fingerprint is kept out of
-    the hash, so that keys stored before data had fingerprints still match
+    one (a ``Dataset.describe()`` record's), and after another the seed of
+    its validation split where it has one. Both are kept out of the hash, so
+    that keys stored before data records held them still match
     (:func:`compare_keys`)."""
     h = hashlib.sha256()
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
-    plain, data = _without_fingerprint(settings)
+    plain, data, seed = _without_fingerprint(settings)
     h.update(json.dumps(plain, sort_keys=True, default=str).encode())
-    return h.hexdigest() + (f":{data}" if data else "")
+    return h.hexdigest() + (f":{data or ''}" if data or seed is not None else "") + (
+        f":{seed}" if seed is not None else "")
 
 
-def _without_fingerprint(settings: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """``settings`` without the ``fingerprint`` of the data records among its
-    values, and that fingerprint (None when there is none)."""
-    found = None
+def _without_fingerprint(settings: dict[str, Any]) -> tuple[dict[str, Any], str | None, int | None]:
+    """``settings`` without the ``fingerprint`` and ``split_seed`` of the data
+    records among its values, and those two (None when there are none)."""
+    found, seed = None, None
     plain = {}
     for k, v in settings.items():
         if isinstance(v, dict) and "fingerprint" in v:
             found = found or v["fingerprint"]
-            v = {kk: vv for kk, vv in v.items() if kk != "fingerprint"}
+            seed = seed if seed is not None else v.get("split_seed")
+            v = {kk: vv for kk, vv in v.items() if kk not in ("fingerprint", "split_seed")}
         plain[k] = v
-    return plain, found
+    return plain, found, seed
 
 
 def compare_keys(stored: str, key: str) -> str | None:
     """None when a stored sweep or result key answers the same request as
-    ``key``; "settings" when its inputs or settings differ, "data" when only
-    the data's fingerprint does (a key without one, from an earlier build or
-    of data made in Python, is not compared on it)."""
-    old, _, old_data = stored.partition(":")
-    new, _, new_data = key.partition(":")
+    ``key``; "settings" when its inputs or settings differ, "data" when the
+    data's fingerprint does, "split" when the seed of its validation split
+    does (a key without one or the other, from an earlier build or of data
+    made in Python, is not compared on it)."""
+    old, old_data, old_seed = (stored.split(":", 2) + ["", ""])[:3]
+    new, new_data, new_seed = (key.split(":", 2) + ["", ""])[:3]
     if old != new:
         return "settings"
-    return "data" if old_data and new_data and old_data != new_data else None
+    if old_data and new_data and old_data != new_data:
+        return "data"
+    return "split" if old_seed and new_seed and old_seed != new_seed else None
 
 
 def _float32(v: torch.Tensor) -> np.ndarray:
@@ -156,11 +162,12 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False,
         raise UserError(f"{path}: unreadable partial results ({npz_reason(e)}); delete it to start over") from None
     differs = compare_keys(stored_key, key)
     if differs and also is not None:
-        closeness = {None: 0, "data": 1, "settings": 2}
+        closeness = {None: 0, "data": 1, "split": 1, "settings": 2}
         differs = min(differs, compare_keys(stored_key, also), key=closeness.get)
-    if differs == "data":
-        raise UserError(f"{path}: partial results on other data (the data's files changed since the sweep began); "
-                        f"delete it or choose another --out")
+    if differs in ("data", "split"):
+        why = ("the data's files changed since the sweep began" if differs == "data" else
+               "another validation split, by --data-seed")
+        raise UserError(f"{path}: partial results on other data ({why}); delete it or choose another --out")
     if differs or done.shape != (n,) or (probs and done.any() and "probs" not in values):
         raise UserError(f"{path}: partial results of a different sweep (other points or settings); "
                         f"delete it or choose another --out")
@@ -220,7 +227,8 @@ def request_key(vectors: Sequence[torch.Tensor], settings: dict[str, Any]) -> Re
     points per pass and the strategy change nothing)."""
     arrays = [_float32(v) for v in vectors]
     key = Request(_digest(arrays, settings))
-    key.settings = json.loads(json.dumps(_without_fingerprint(settings)[0], sort_keys=True, default=str))
+    plain = _without_fingerprint(settings)[0]
+    key.settings = json.loads(json.dumps(plain, sort_keys=True, default=str))
     key.inputs = _digest(arrays, {})
     return key
 
@@ -286,7 +294,8 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
                                 f"notes); choose another --out (to redraw its figures: landscape plot "
                                 f"{shell_word(out)})")
             if differs:
-                what = "other data (the data's files changed since)" if differs == "data" else \
+                what = {"data": "other data (the data's files changed since)",
+                        "split": "another validation split (--data-seed)"}.get(differs) or \
                     _what_differs(summary, request)
                 raise UserError(f"{out} holds a finished {command} result of {what}; choose another --out")
             return arrays, summary

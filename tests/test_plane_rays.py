@@ -1115,3 +1115,21 @@ def test_a_sweep_logged_to_a_file_prints_a_line_a_pass(tmp_path, capsys, endpoin
     assert "7 distinct points (the 2 x 2 grid and 3 anchors), 3 a pass over the data\n" in err
     code, _, err = run_cli(capsys, *base, "--out", tmp_path / "q", "--quiet")
     assert code == 0 and "points " not in err
+
+
+def test_keys_of_a_validation_split_compare_its_seed_and_still_match_earlier_builds():
+    """The split's seed joined the data record (another --data-seed handed back the other split's plane), and so
+    every key of a validation split changed: results of earlier builds on such a split were refused on --resume.
+    The seed is kept out of the hash, as the fingerprint is, and compared only where both keys hold one."""
+    from landscape.sweep import compare_keys, request_key
+
+    vectors = [torch.arange(4.0)]
+    one, two, test = (load_dataset("digits", val_size=100, seed=1), load_dataset("digits", val_size=100, seed=2),
+                      load_dataset("digits"))
+    k1, k2 = (request_key(vectors, {"grid": 3, "dataset": d.describe()}) for d in (one, two))
+    earlier = request_key(vectors, {"grid": 3, "dataset": {k: v for k, v in one.describe().items()
+                                                           if k != "split_seed"}})  # as earlier builds keyed it
+    assert compare_keys(k1, k2) == "split" and compare_keys(k1, k1) is None
+    assert compare_keys(earlier, k1) is None and compare_keys(earlier, k2) is None
+    assert ":" not in request_key(vectors, {"grid": 3, "dataset": dict(test.describe(), fingerprint=None)})
+    assert compare_keys(request_key(vectors, {"grid": 4, "dataset": one.describe()}), k1) == "settings"
