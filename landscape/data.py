@@ -608,7 +608,10 @@ def _find_idx_files(root: Path, folder: str) -> list[Path]:
     for d in candidates:
         found = {stem: _first_existing(d / stem, d / f"{stem}.gz") for stem in _IDX_STEMS}
         if any(found.values()):
-            missing = [f"{stem}[.gz]" for stem, f in found.items() if f is None]
+            missing = [f"{stem}[.gz]" + (" (a folder of that name is there, not the file: some archives unpack the "
+                                         "file into a folder named as it; move the file out)"
+                                         if (d / stem).is_dir() or (d / f"{stem}.gz").is_dir() else "")
+                       for stem, f in found.items() if f is None]
             if missing:
                 raise UserError(f"{d}: idx files incomplete, missing {', '.join(missing)}")
             return [found[stem] for stem in _IDX_STEMS]

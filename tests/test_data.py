@@ -130,6 +130,19 @@ def test_idx_corrupt_header(tmp_path):
         load_dataset("mnist", str(tmp_path))
 
 
+def test_idx_file_unpacked_into_a_folder_of_its_name_is_told_apart_from_missing(tmp_path):
+    """Some archives unpack train-images-idx3-ubyte/train-images-idx3-ubyte: it was 'missing', as if never there."""
+    write_idx(tmp_path, mnist_arrays(), gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    inner = path.read_bytes()
+    path.unlink()
+    path.mkdir()
+    (path / "train-images-idx3-ubyte").write_bytes(inner)
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path}: idx files incomplete, missing train-images-idx3-ubyte"
+                                                  f"[.gz] (a folder of that name is there, not the file")):
+        load_dataset("mnist", str(tmp_path))
+
+
 def test_idx_truncated_raw_and_gz(tmp_path):
     write_idx(tmp_path, mnist_arrays(), gz=False)
     path = tmp_path / "t10k-images-idx3-ubyte"
