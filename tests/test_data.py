@@ -947,3 +947,22 @@ def test_a_validation_split_records_its_seed():
     assert "split_seed" not in load_dataset("digits").describe()  # the test split's record (and keys) unchanged
     moved = load_dataset("digits", val_size=100, seed=1).to("cpu")
     assert moved.describe() == a
+
+
+def test_running_out_of_memory_while_reading_the_data_says_so(tmp_path, capsys, monkeypatch):
+    """The advice named a smaller --batch-size, which changes nothing while the files are read."""
+    import landscape.data as data_module
+    from tests.test_plane_rays import one_line, run_cli
+
+    path = tmp_path / "d.npz"
+    _npz(path, 1)
+
+    def exhausted(x, key, path, layout=None):
+        raise MemoryError("Unable to allocate 4.29 GiB for an array with shape (1500000, 3072) and data type uint8")
+
+    monkeypatch.setattr(data_module, "_npz_inputs", exhausted)
+    code, _, err = run_cli(capsys, "train", "--model", "mlp", "--dataset", "npz", "--data-path", path, "--epochs", 1,
+                           "--out", tmp_path / "a", "--quiet")
+    assert code == 2 and one_line(err) == ("landscape: error: out of memory (an allocation of 4.29 GiB failed); while "
+                                           "reading the dataset, which is held in memory whole: a machine with more "
+                                           "memory, or a smaller dataset")
