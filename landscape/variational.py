@@ -228,10 +228,11 @@ class VariationalNet(nn.Module):
         owner, _, leaf = name.rpartition(".")
         return getattr(self.net.get_submodule(owner), leaf)
 
-    def mean_and_var(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior mean and variance of stochastic weight ``name`` (its shape)."""
-        mu = self._mean(name)
-        s = self._scale(name)
+    def mean_and_var(self, name: str, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior mean and variance of stochastic weight ``name`` (its
+        shape), computed in ``dtype`` (default: the parameters')."""
+        mu = self._mean(name).to(dtype)
+        s = self._scale(name).to(dtype)
         if self.family_of(name) in ("additive", "variance"):
             return mu, torch.exp(s).expand_as(mu)
         return mu, torch.exp(s) * mu * mu
@@ -239,35 +240,38 @@ class VariationalNet(nn.Module):
     def kl(self, exact: bool = False) -> torch.Tensor:
         """KL(q || prior), summed over the stochastic weights: with the
         log-uniform prior Molchanov et al.'s approximation (what training
-        minimises), or with ``exact`` the exact value (not differentiable;
-        for the ELBO a posterior reports)."""
-        total = torch.zeros((), device=self._mean(self.names[0]).device)
-        for name in self.names:
-            mu, var = self.mean_and_var(name)
-            family = self.family_of(name)
-            if self.prior == "gaussian":  # floored: s² = alpha mu² is 0 where a mean is exactly 0
-                total = total + gaussian_kl(mu, var + _VAR_FLOOR, self.prior_scale)
-            elif family == "variance":
-                continue  # KL(N(0, sigma²) || log-uniform) is a constant
-            elif exact:  # a float64 tensor: a Python float would be rounded to the float32 total's precision
-                total = total + torch.tensor(log_uniform_kl_exact(self.log_alpha(name, clamp=False)),
-                                             dtype=torch.float64, device=total.device)
-            else:
-                total = total + log_uniform_kl(self.log_alpha(name))
+        minimises), or with ``exact`` the exact value, computed in float64
+        (float32 would round a sum over every weight by ~1e-7 relative; not
+        differentiable; for the KL and the ELBO a posterior reports)."""
+        dtype = torch.float64 if exact else None
+        total = torch.zeros((), device=self._mean(self.names[0]).device, dtype=dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not exact):
+            for name in self.names:
+                mu, var = self.mean_and_var(name, dtype)
+                family = self.family_of(name)
+                if self.prior == "gaussian":  # floored: s² = alpha mu² is 0 where a mean is exactly 0
+                    total = total + gaussian_kl(mu, var + _VAR_FLOOR, self.prior_scale)
+                elif family == "variance":
+                    continue  # KL(N(0, sigma²) || log-uniform) is a constant
+                elif exact:
+                    total = total + log_uniform_kl_exact(self.log_alpha(name, clamp=False, dtype=dtype))
+                else:
+                    total = total + log_uniform_kl(self.log_alpha(name))
         return total
 
-    def log_alpha(self, name: str, clamp: bool = True) -> torch.Tensor:
+    def log_alpha(self, name: str, clamp: bool = True, dtype: torch.dtype | None = None) -> torch.Tensor:
         """log alpha = log(s² / m²) of stochastic weight ``name`` (its shape),
         as the log-uniform prior's KL takes it: the parameter itself for the
         weight / neuron / layer families; for additive noise log sigma² -
         log m², floored and clamped to +-20 (a mean of 0 is all noise), or
-        without ``clamp`` as it is (+inf where a mean is 0)."""
-        mu = self._mean(name)
+        without ``clamp`` as it is (+inf where a mean is 0); in ``dtype``
+        (default: the parameters')."""
+        mu, s = self._mean(name).to(dtype), self._scale(name).to(dtype)
         if self.family_of(name) in ("additive", "variance"):
             if not clamp:
-                return self._scale(name) - torch.log(mu * mu)
-            return (self._scale(name) - torch.log(mu * mu + 1e-16)).clamp(*_LOG_ALPHA_RANGE)
-        return self._scale(name).expand_as(mu)
+                return s - torch.log(mu * mu)
+            return (s - torch.log(mu * mu + 1e-16)).clamp(*_LOG_ALPHA_RANGE)
+        return s.expand_as(mu)
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -430,7 +434,7 @@ def _mean_network(vnet: VariationalNet, data: Dataset) -> nn.Module:
 def _posterior_metrics(vnet: VariationalNet, net: nn.Module, data: Dataset, temperature: float) -> dict[str, float]:
     """The metrics of ``net``, the deterministic network (:func:`_mean_network`), and the KL."""
     tr, te = evaluate_model(net, data, "train"), evaluate_model(net, data, "test")
-    kl = float(copy.deepcopy(vnet).double().kl(exact=True))  # the posterior's, as vi-eval reports it
+    kl = float(vnet.kl(exact=True))  # the posterior's, as vi-eval reports it
     return {"train_nll": tr["nll"], "train_error": tr["error"], "test_nll": te["nll"], "test_error": te["error"],
             "kl": kl, "kl_per_sample": kl / len(data.y_train), "kl_fit": float(vnet.kl().detach()),
             "temperature": temperature,
@@ -656,14 +660,13 @@ def load_variational(path: str | Path | Checkpoint, device: torch.device | str =
 def posterior_moments(vnet: VariationalNet, space: ParamSpace | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The posterior's means and standard deviations as flat float32 vectors
     over ``space`` (default ``ParamSpace.of(vnet.net)``; std 0 for the point
-    estimates), and the exact KL(q || prior) summed in float64 (float32 would
-    round a sum over every weight by ~1e-7 relative)."""
+    estimates), and the exact KL(q || prior) in float64 (:meth:`VariationalNet.kl`)."""
     net = vnet.net
     space = space or ParamSpace.of(net)
     stds = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
     for name in vnet.names:
         stds[name] = vnet.mean_and_var(name)[1].sqrt()
-    kl = float(copy.deepcopy(vnet).double().kl(exact=True))
+    kl = float(vnet.kl(exact=True))
     return space.flatten(net).float(), space.flatten(stds).float(), kl
 
 
