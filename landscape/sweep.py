@@ -100,16 +100,29 @@ def _digest(arrays: Sequence[np.ndarray], settings: dict[str, Any]) -> str:
     its validation split where it has one. Both are kept out of the hash, so
     that keys stored before data records held them still match
     (:func:`compare_keys`)."""
+    return _keyed(_hashed(arrays), *_data_apart(settings))
+
+
+def _hashed(arrays: Sequence[np.ndarray]) -> Any:
+    """A SHA-256 object fed the arrays' bytes, in order (``.copy()`` it to key several settings)."""
     h = hashlib.sha256()
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
-    plain, data, seed = _without_fingerprint(settings)
+    return h
+
+
+def _keyed(h: Any, plain: dict[str, Any], data: str | None, seed: int | None) -> str:
+    """:func:`_digest`'s key from an array hash ``h`` (fed on) and settings taken apart by :func:`_data_apart`."""
     h.update(json.dumps(plain, sort_keys=True, default=str).encode())
-    return h.hexdigest() + (f":{data or ''}" if data or seed is not None else "") + (
-        f":{seed}" if seed is not None else "")
+    parts = [h.hexdigest()]
+    if data or seed is not None:
+        parts.append(data or "")
+    if seed is not None:
+        parts.append(str(seed))
+    return ":".join(parts)
 
 
-def _without_fingerprint(settings: dict[str, Any]) -> tuple[dict[str, Any], str | None, int | None]:
+def _data_apart(settings: dict[str, Any]) -> tuple[dict[str, Any], str | None, int | None]:
     """``settings`` without the ``fingerprint`` and ``split_seed`` of the data
     records among its values, and those two (None when there are none)."""
     found, seed = None, None
@@ -225,11 +238,11 @@ def request_key(vectors: Sequence[torch.Tensor], settings: dict[str, Any]) -> Re
     """A hash of what a sweep command was asked: its input weight vectors and
     the settings that determine its values (not how they are computed: the
     points per pass and the strategy change nothing)."""
-    arrays = [_float32(v) for v in vectors]
-    key = Request(_digest(arrays, settings))
-    plain = _without_fingerprint(settings)[0]
+    h = _hashed([_float32(v) for v in vectors])  # hashed once: the vectors may be large
+    plain, data, seed = _data_apart(settings)
+    key = Request(_keyed(h.copy(), plain, data, seed))
     key.settings = json.loads(json.dumps(plain, sort_keys=True, default=str))
-    key.inputs = _digest(arrays, {})
+    key.inputs = _keyed(h, {}, None, None)
     return key
 
 
