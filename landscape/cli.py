@@ -2102,8 +2102,10 @@ def _run_command(args: argparse.Namespace) -> int:
         if not is_out_of_memory(e):
             raise
         args.failed_alone = True
+        from landscape.data import READING_DATA
+
         advice = ("while reading the dataset, which is held in memory whole: a machine with more memory, or a "
-                  "smaller dataset" if _while_reading_data(e) else _out_of_memory_advice(args))
+                  "smaller dataset" if getattr(e, READING_DATA, False) else _out_of_memory_advice(args))
         print(f"{PROG}: error: {where}out of memory ({_allocation(e)}); {advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
@@ -2127,9 +2129,9 @@ def _kept(args: argparse.Namespace) -> str | None:
     out = getattr(args, "out", None)
     if out is not None and not wrote_into(out):
         return None
-    done = _done_so_far(Path(out), getattr(args, "epochs", None),
-                        "networks" if args.command == "sharpness" else "points") if out is not None else None
     if hasattr(args, "resume"):
+        done = _done_so_far(Path(out), getattr(args, "epochs", None),
+                            "networks" if args.command == "sharpness" else "points") if out is not None else None
         return f"files written so far are kept{done or ''} — rerun with --resume to continue"
     if args.command == "demo":
         return "files written so far are kept — rerun the same command: finished steps are reused"
@@ -2184,20 +2186,6 @@ def _allocation(e: BaseException) -> str:
 
 # Options that set how much a command computes: a huge one may be why memory ran out.
 _SIZE_OPTIONS = ("points", "grid", "directions", "steps", "samples", "bends", "vertices", "iters", "chains")
-
-
-def _while_reading_data(error: BaseException) -> bool:
-    """Whether ``error`` came from reading a dataset's files (a batch size or
-    points per pass would change nothing there)."""
-    readers = {"load_dataset", "_read_npz", "_read_idx", "_read_cifar", "_read_cifar_batch", "_npz_inputs",
-               "_read_mnist", "_assemble"}
-    tb = error.__traceback__
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        if code.co_name in readers and Path(code.co_filename).name == "data.py":
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _out_of_memory_advice(args: argparse.Namespace) -> str:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .device import resolve_device
-from .errors import UserError
+from .errors import UserError, is_out_of_memory
 
 __all__ = ["DATASETS", "Dataset", "as_dataset", "load_dataset", "augment_crop_flip"]
 
@@ -45,6 +45,19 @@ def refuse_data_path(dataset: str | None, data_path: object) -> None:
     if str(dataset).strip().lower() in BUILT_IN and data_path is not None and str(data_path) != "":
         raise UserError(f"dataset {dataset} reads no files, but --data-path {data_path} was given (data_path=): "
                         f"name the files' dataset with --dataset npz, mnist, fashion-mnist, cifar10 or cifar100")
+
+
+def refuse_data_twice(data: object, overrides: dict | None) -> None:
+    """One line when a caller passes ``data=`` and names another dataset
+    with ``dataset=``: the data given would be used and the other's settings
+    recorded with the run, which later commands would then read as its data.
+    The settings of the data given (``load_dataset("npz", path)`` with
+    ``dataset="npz", data_path=path``) may be passed with it, to be recorded."""
+    named = (overrides or {}).get("dataset")
+    if data is not None and named is not None and str(getattr(data, "name", "")).strip().lower() != \
+            str(named).strip().lower():  # names are read so (load_dataset)
+        raise UserError(f"data= is dataset {getattr(data, 'name', None)!r}, but dataset={named!r} was given too: "
+                        f"the run would record {named!r}'s settings for it; give the data one way")
 
 
 def refuse_given_data_path(cfg, *given: dict | None) -> None:
@@ -408,7 +421,24 @@ def load_dataset(
     training samples, chosen by a permutation seeded with ``seed``, into
     ``x_test``/``y_test`` and sets ``eval_split="val"``. ``seed`` also seeds
     the ``synthetic`` generator; the ``digits`` train/test split is fixed.
+    Running out of memory here is marked as such (:data:`READING_DATA`), for
+    the advice the command line gives.
     """
+    try:
+        return _load_dataset(name, data_path, val_size, seed, device, synthetic_shape, synthetic_classes,
+                             synthetic_sizes)
+    except (MemoryError, RuntimeError) as e:
+        if is_out_of_memory(e):
+            setattr(e, READING_DATA, True)
+        raise
+
+
+# The attribute load_dataset sets on an out-of-memory error it lets through: a batch size would change nothing.
+READING_DATA = "landscape_reading_data"
+
+
+def _load_dataset(name, data_path, val_size, seed, device, synthetic_shape, synthetic_classes,
+                  synthetic_sizes) -> Dataset:
     key = str(name).strip().lower()
     if key not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

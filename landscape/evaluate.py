@@ -26,7 +26,7 @@ from .bn import bn_buffer_names, bn_collecting, bn_modules, instance_norms, popu
 from .data import as_dataset
 from .errors import UserError, check_nonnegative, first_line, is_out_of_memory, is_whole
 from .layout import image_layout, takes_channels_last, to_channels_last
-from .weights import ParamSpace, refuse_unusable, stack_anchors
+from .weights import ParamSpace, stack_anchors
 
 __all__ = ["METRICS", "PRECISIONS", "check_eval_options", "precision_amp", "evaluate_model", "l2_penalty", "evaluate_points", "evaluate_points_sequential",
            "choose_points_per_pass", "default_points_per_pass", "forward_points", "train_logits", "copy_network", "probs_of", "resolve_strategy", "unique_rows", "BN_STATS", "resolve_bn_stats",
@@ -441,8 +441,9 @@ def check_network(model: nn.Module, data) -> None:
     inputs or does not give (batch, classes) logits with at least the data's
     classes: one eval-mode forward of two training images, modes kept. Run
     before training, so that a user's own network that does not fit its data
-    stops with the reason, not a loss function's traceback."""
-    refuse_unusable(model)
+    stops with the reason, not a loss function's traceback (a network the
+    toolkit cannot use at all is refused where its lazy shapes are set,
+    :func:`set_lazy_shapes`)."""
     _probe_forward(model, data)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from .bn import bn_buffer_names
 from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network
-from .data import Dataset, as_dataset, data_differs, data_location, described, why_data_differs
+from .data import Dataset, as_dataset, data_differs, data_location, described, refuse_data_twice, why_data_differs
 from .device import resolve_device
 from .errors import UserError
 from .geometry import MIN_TRAJECTORY
@@ -71,19 +71,6 @@ def check_data_options(overrides: dict[str, Any] | None) -> None:
     if unknown:
         raise UserError(f"unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
                         f"the data options are {', '.join(DATA_FIELDS)}")
-
-
-def refuse_data_twice(data: object, overrides: dict[str, Any] | None) -> None:
-    """One line when a caller passes ``data=`` and names another dataset
-    with ``dataset=``: the data given would be used and the other's settings
-    recorded with the run, which later commands would then read as its data.
-    The settings of the data given (``load_dataset("npz", path)`` with
-    ``dataset="npz", data_path=path``) may be passed with it, to be recorded."""
-    named = (overrides or {}).get("dataset")
-    if data is not None and named is not None and str(getattr(data, "name", "")).strip().lower() != \
-            str(named).strip().lower():  # names are read so (load_dataset)
-        raise UserError(f"data= is dataset {getattr(data, 'name', None)!r}, but dataset={named!r} was given too: "
-                        f"the run would record {named!r}'s settings for it; give the data one way")
 
 
 def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sources: Sequence[Checkpoint | None],

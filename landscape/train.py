@@ -59,7 +59,7 @@ from .checkpoint import (
     write_json,
     atomic_write_text,
 )
-from .data import Dataset, as_dataset, data_differs, data_location, described, load_dataset, refuse_data_path, why_data_differs
+from .data import Dataset, as_dataset, data_differs, data_location, described, load_dataset, refuse_data_path, refuse_data_twice, why_data_differs
 from .device import seed_everything
 from .errors import UserError, check_keywords, check_nonnegative
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits, weights_finite
@@ -277,8 +277,6 @@ def train(
     Under torchrun every rank calls this and trains its slice of each batch
     (see the module's docstring); the process group stays open for the caller.
     """
-    from .inputs import refuse_data_twice  # inputs builds on this module
-
     check_keywords(TrainConfig, overrides, "train")
     refuse_data_twice(data, overrides)
     cfg = TrainConfig(**{**asdict(config), **overrides}) if config is not None else TrainConfig(**overrides)

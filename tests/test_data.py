@@ -923,7 +923,7 @@ def test_training_with_no_step_or_with_data_given_twice_is_refused(tmp_path, sma
     with pytest.raises(UserError, match=r"^data= is dataset 'digits', but dataset='mnist' was given too"):
         load_points(["a.pt"], data=small_digits, data_overrides={"dataset": "mnist"})
     from landscape.curves.spro import espro, grow_simplex
-    from landscape.inputs import refuse_data_twice
+    from landscape.data import refuse_data_twice
 
     for call in (lambda: grow_simplex("a.pt", tmp_path / "sx", data=small_digits, dataset="mnist"),
                  lambda: espro(["a.pt", "b.pt"], tmp_path / "es", data=small_digits, dataset="mnist")):

@@ -55,14 +55,14 @@ from landscape.checkpoint import (
     write_json,
     write_npz,
 )
-from landscape.data import Dataset, refuse_given_data_path
+from landscape.data import Dataset, refuse_data_twice, refuse_given_data_path
 from landscape.device import check_fits, resolve_device
 from landscape.errors import UserError, check_keywords, check_nonnegative
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
                               load_points, named_model, network_of, note_same_weights, own_network,
-                              refuse_data_twice, refuse_same_weights, require_architecture, run_data)
+                              refuse_same_weights, require_architecture, run_data)
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
