@@ -14,6 +14,7 @@
 # The exit status is non-zero when any command of the parts failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1  # a part cut short by a time limit still leaves its log (python buffers a pipe)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 out=${OUT:-bench-gpu}
 mkdir -p "$out"

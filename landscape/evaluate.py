@@ -133,9 +133,13 @@ def modes_kept(model: nn.Module) -> Iterator[nn.Module]:
 def l2_penalty(model: nn.Module, wd: float) -> float:
     """``0.5 * wd * sum ||p||^2`` over trainable parameters: the weight-decay
     term the papers add to the training NLL when they report "train loss"."""
-    with torch.no_grad():
-        total = sum(float(p.detach().double().pow(2).sum()) for p in model.parameters() if p.requires_grad)
-    return 0.5 * wd * total
+    total = None
+    with torch.no_grad():  # summed where the weights are, in order, read once (a GPU waits once, not per tensor)
+        for p in model.parameters():
+            if p.requires_grad:
+                square = p.detach().double().pow(2).sum()
+                total = square if total is None else total.add_(square)
+    return 0.5 * wd * (0.0 if total is None else float(total))
 
 
 # ---------------------------------------------------------------------------
@@ -367,12 +371,21 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
         return "population"
     if probe.reused_bn:
         return "batches"
-    # One forward of the whole training set must fit (four float32 copies of its largest layer
-    # output: the output being written, its input, a residual and a spare), and that output must
-    # stay under 2^31 elements (kernels index with 32 bits; some split such tensors, some fail).
+    # One forward of the whole training set must fit, and its largest layer output must stay under
+    # 2^31 elements (kernels index with 32 bits; some split such tensors, some fail). On CUDA, where
+    # a pass that does not fit fails, a lone point holds up to LIVE_COPIES + 1 float32 copies of
+    # that output (_live_bytes); the CPU's budget is a pass size, not its memory (24 GiB here), and
+    # four copies (the output being written, its input, a residual and a spare) keep population
+    # statistics for PreResNet-20 on 5,000 CIFAR-sized images, where they are the faster.
     largest = probe.largest * len(data.y_train)
-    fits = 4 * 4 * largest <= _memory_budget(data.device) and largest < 2**31
+    fits = _whole_set_bytes(probe, len(data.y_train), data.device) <= _memory_budget(data.device) and largest < 2**31
     return "population" if fits else "batches"
+
+
+def _whole_set_bytes(probe: "_Probe", images: int, device: torch.device) -> int:
+    """Bytes a population pass of ``images`` images is taken to hold at one point."""
+    copies = LIVE_COPIES + 1 if device.type == "cuda" else 4
+    return copies * 4 * probe.largest * images
 
 
 @dataclass(frozen=True)
@@ -475,10 +488,33 @@ def whole_set_fits(model: nn.Module, data, factor: float) -> bool:
     return factor * probe.output_bytes * len(data.y_train) <= _memory_budget(data.device)
 
 
+_FP32_SETTINGS = ("cuda.matmul", "cudnn.conv", "cudnn.rnn")
+
+
+def _backend(name: str):
+    target = torch.backends
+    for part in name.split("."):
+        target = getattr(target, part)
+    return target
+
+
 @contextmanager
 def full_float32() -> Iterator[None]:
     """TF32 off on CUDA, for gradients that must be fp32 (its 10-bit mantissa
-    would be noise in N x NLL, its differences and its curvature)."""
+    would be noise in N x NLL, its differences and its curvature). Set and
+    put back through the per-backend ``fp32_precision`` settings where torch
+    has them (2.9 on): there, reading the older ``allow_tf32`` flags raises
+    once a program has set the newer ones."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        saved = [(_backend(name), _backend(name).fp32_precision) for name in _FP32_SETTINGS]
+        try:
+            for backend, _ in saved:
+                backend.fp32_precision = "ieee"
+            yield
+        finally:
+            for backend, value in saved:
+                backend.fp32_precision = value
+        return
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -527,9 +563,13 @@ def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, 
     """
     budget = _memory_budget(data.device)
     per_point = 4 * numel * 3  # the point's weights, its batched view, headroom
+    most = 256
     if strategy == "vmap":
-        per_point += _live_bytes(_probe_forward(model, data), batch_size)
-    return int(max(1, min(256, budget // max(per_point, 1))))
+        probe = _probe_forward(model, data)
+        per_point += _live_bytes(probe, batch_size)
+        # vmap makes the K points' largest layer outputs one tensor: under 2^31 elements (32-bit indexing)
+        most = min(most, (2**31 - 1) // max(probe.largest * batch_size, 1))
+    return int(max(1, min(most, budget // max(per_point, 1))))
 
 
 LOOP_POINTS_PER_PASS = 8

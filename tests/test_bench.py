@@ -78,6 +78,7 @@ def test_vgg_plane_script_runs_and_reports(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "plane 2x2 + 3 anchors = 7 points" in done.stdout
     assert "24 images per point" in done.stdout  # population statistics: 16 train + 8 test
+    assert done.stdout.index("warm-up (not counted): ") < done.stdout.index("time: ")
     assert "strategy loop" in done.stdout and "points per pass: " in done.stdout  # the CPU's default
     assert "of peak; lower bound at peak" in done.stdout
     assert "train loss finite at every point: True" in done.stdout

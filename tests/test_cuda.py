@@ -18,7 +18,7 @@ import torch
 
 from landscape import cli
 from landscape.data import load_dataset
-from landscape.evaluate import (choose_points_per_pass, evaluate_points, evaluate_points_sequential,
+from landscape.evaluate import (choose_points_per_pass, evaluate_points, evaluate_points_sequential, full_float32,
                                 resolve_strategy)
 from landscape.models import create_model
 from landscape.weights import ParamSpace
@@ -42,10 +42,8 @@ def gpu_data(cpu_data):
 
 @pytest.fixture()
 def no_tf32():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    with full_float32():
+        yield
 
 
 def convnet(seed):
@@ -108,7 +106,17 @@ def test_points_per_pass_come_from_the_free_memory(gpu_data):
 def test_bf16_on_cuda_is_within_1_percent_or_1e3_of_fp32(gpu_data):
     anchors = [convnet(10), convnet(11), convnet(12)]
     fp32 = evaluate_points(anchors[0], anchors, COMBO, gpu_data, wd=5e-4)
-    bf16 = evaluate_points(anchors[0], anchors, COMBO, gpu_data, wd=5e-4, amp=True)
+    # The convolutions' output dtypes under autocast (the engine's probe forwards run outside it): bf16
+    # must reach vmap's batched convolutions, not only the linear layers.
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.dtype) if torch.is_autocast_enabled("cuda")
+                                     else None) for m in anchors[0].modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        bf16 = evaluate_points(anchors[0], anchors, COMBO, gpu_data, wd=5e-4, amp=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and set(seen) == {torch.bfloat16}, set(seen)
     assert not np.array_equal(bf16["train_nll"], fp32["train_nll"])  # bf16 did run
     for key in ("train_loss", "train_nll", "test_nll"):
         d = np.abs(bf16[key] - fp32[key])

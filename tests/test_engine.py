@@ -768,6 +768,10 @@ def test_vmap_sizes_a_pass_by_the_activations_alive_at_once(small, monkeypatch):
     assert engine_module.choose_points_per_pass(net, small, 1000, numel, "loop") == 256  # weights only, at most 256
     monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 0.5 * per_point)
     assert engine_module.choose_points_per_pass(net, small, 1000, numel, "vmap") == 1  # never 0
+    # vmap makes the K points' largest outputs one tensor, kept under 2^31 elements whatever the memory:
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: 1e30)
+    assert engine_module.choose_points_per_pass(net, small, 2**20, numel, "vmap") == (2**31 - 1) // (64 * 2**20) == 31
+    assert engine_module.choose_points_per_pass(net, small, 2**20, numel, "loop") == 256  # one point at a time
 
 
 def test_a_pass_that_runs_out_of_memory_is_split_until_it_fits(small, monkeypatch, capsys):
@@ -999,3 +1003,67 @@ def test_a_stored_point_whose_logits_overflowed_still_resumes(tmp_path):
     assert np.isnan(first["test_nll"][1]) and np.isnan(first["probs"][1]).any() and np.isfinite(first["test_error"]).all()
     again = run_sweep(model, anchors, coefficients, data, store=store, resume=True, return_probs=True, points_per_pass=1)
     np.testing.assert_array_equal(again["probs"], first["probs"])
+
+
+@pytest.mark.parametrize("before", ["", "torch.backends.cuda.matmul.fp32_precision = 'tf32'",
+                                    "torch.backends.cudnn.conv.fp32_precision = 'tf32'",
+                                    "torch.backends.cuda.matmul.allow_tf32 = True"])
+def test_full_float32_sets_ieee_and_puts_back_what_the_program_set(before):
+    """TF32 off inside, the program's own settings back after, whichever of
+    torch's two ways it used (mixing them makes the old flags raise on read).
+    In a fresh process: these settings are the process's."""
+    import subprocess
+    import sys
+    script = f"""
+import torch
+from landscape.evaluate import full_float32
+{before}
+b = torch.backends
+if hasattr(b.cuda.matmul, "fp32_precision"):
+    names = ("cuda.matmul", "cudnn.conv", "cudnn.rnn")
+    get = lambda: [eval("b." + n + ".fp32_precision") for n in names]
+    start = get()
+    with full_float32():
+        assert get() == ["ieee"] * 3, get()
+    assert get() == start, (get(), start)
+else:
+    start = b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32
+    with full_float32():
+        assert not b.cuda.matmul.allow_tf32 and not b.cudnn.allow_tf32
+    assert (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32) == start
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_population_statistics_are_chosen_on_cuda_only_where_the_engines_own_estimate_of_a_point_fits(small,
+                                                                                                       monkeypatch):
+    """A population pass that does not fit one point fails (there is no
+    smaller pass): on CUDA the auto choice counts what the engine sizes a
+    lone point's forward at, not fewer copies; the CPU's 2 GiB is a pass
+    size, where four copies keep the faster population statistics."""
+    net = convnet(3)
+    probe = engine_module._probe_forward(net, small)
+    n = len(small.y_train)
+    cuda = engine_module._whole_set_bytes(probe, n, torch.device("cuda"))
+    assert cuda > engine_module._live_bytes(probe, n)
+    cpu = engine_module._whole_set_bytes(probe, n, torch.device("cpu"))
+    assert cpu == 4 * 4 * probe.largest * n < cuda
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: cpu)
+    assert resolve_bn_stats("auto", net, small) == "population"
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: cpu - 1)
+    assert resolve_bn_stats("auto", net, small) == "batches"
+
+
+def test_l2_penalty_is_half_wd_times_the_sum_of_squares_of_the_trained_parameters_in_order():
+    from landscape.evaluate import l2_penalty
+
+    net = convnet(5)
+    next(net.parameters()).requires_grad_(False)  # a frozen layer is left out
+    total = 0.0
+    for p in net.parameters():
+        if p.requires_grad:
+            total += float((p.detach().double() ** 2).sum())
+    assert l2_penalty(net, 3e-4) == 0.5 * 3e-4 * total  # the same sums in the same order: bit for bit
+    assert l2_penalty(torch.nn.Sequential(torch.nn.ReLU()), 1e-4) == 0.0
