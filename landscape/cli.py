@@ -760,6 +760,8 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
     elif (d / "swa.pt").exists() or (stored_config(d) or {}).get("command") == "swa":
         from landscape.plots.swa import draw_swa_figure
 
+        if not (d / "summary.json").exists() and (d / "last.pt").exists():  # a run stopped, or still going
+            _refuse_unfinished_run(d, "SWA run")
         written = draw_swa_figure(d, formats)
     else:
         from landscape.sweep import refuse_unfinished
@@ -772,6 +774,22 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
                             f"simplex.npz, swag.npz, subspace.npz, variational.npz, an SWA run's metrics.jsonl, or "
                             f"the record of a comparison, curves.json, planes.json, averages.json)")
     return written
+
+
+def _refuse_unfinished_run(d: Path, what: str) -> None:
+    """One line for a run folder whose training has not finished (its last.pt
+    without the summary.json a finished run writes): its figure would show
+    the epochs so far as the run's, as unfinished sweeps are refused too."""
+    from landscape.checkpoint import stored_config, writer_of
+
+    writer = writer_of(d)
+    if writer is not None:
+        raise UserError(f"{d}: the {what} there is still running (landscape process{f' {writer}' if writer else ''}); "
+                        f"plot it when it has finished")
+    config = (stored_config(d) or {}).get("config")
+    so_far = _done_so_far(d, config.get("epochs") if isinstance(config, dict) else None) or ""
+    raise UserError(f"{d}: the {what} there is unfinished{so_far}; finish it by rerunning its command with --resume, "
+                    f"then plot")
 
 
 def _average_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -1515,7 +1533,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how far each ray goes on each side (default: half the centre's norm; 1 with --normalize filter)")
     g.add_argument("--steps", type=int, default=10, help="points per side of each ray (default: 10)")
     g.add_argument("--normalize", default="gaussian", help="gaussian (unit norm, the SWA paper) or filter (Li et al.)")
-    g.add_argument("--line", action="store_true", help="also the line through the two centres, extended both ways")
+    g.add_argument("--line", action="store_true", help="also the line through the two centres, extended both ways by --distance in weight space (with "
+                        "--normalize filter: 1 by default, short beside the line)")
     g.add_argument("--rise", type=float, default=0.1, help="train-loss rise that defines the width (default: 0.1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the directions")
     p.add_argument("--out", required=True, type=user_path, metavar="DIR", help="folder for the result files")

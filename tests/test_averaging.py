@@ -113,9 +113,11 @@ def test_swa_average_equals_the_mean_of_the_collected_snapshots(tmp_path, small_
                                                                        small_digits, "test")["nll"], rel=1e-6)
 
 
-def test_swa_evaluated_over_training_is_the_average_of_the_iterates_so_far(tmp_path, small_digits, endpoint):
+def test_swa_evaluated_over_training_is_the_average_of_the_iterates_so_far(tmp_path, small_digits, endpoint,
+                                                                           capsys):
     """--eval-every: the records' SWA metrics are those of the mean of the snapshots averaged by then (batch
-    norm re-estimated); the last is the summary's; training itself is unchanged, and a resume may change it."""
+    norm re-estimated); the last is the summary's; training itself is unchanged, and a resume may change it.
+    The stopped run's figure is refused (it would show 3 epochs as the run), the finished one's drawn."""
     kw = dict(from_ckpt=str(endpoint), epochs=5, swa_start=1, lr=0.05, swa_lr=0.05, data=small_digits,
               progress=False)
 
@@ -125,6 +127,14 @@ def test_swa_evaluated_over_training_is_the_average_of_the_iterates_so_far(tmp_p
 
     with pytest.raises(_Stop):
         run_swa(None, tmp_path / "e", keep_snapshots=True, eval_every=1, on_epoch_end=stop, **kw)
+    from landscape import cli
+
+    capsys.readouterr()
+    assert cli.main(["plot", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "the SWA run there is unfinished (epoch 3 of 5 in last.pt); finish it by rerunning its command with "
+        "--resume, then plot")
+    assert not (tmp_path / "e" / "swa.png").exists()
     res = run_swa(None, tmp_path / "e", keep_snapshots=True, eval_every=2, resume=True, **kw)  # another N: allowed
     plain = run_swa(None, tmp_path / "plain", **kw)
     # every epoch with an average before the stop, then every 2 epochs and the last
@@ -150,6 +160,7 @@ def test_swa_evaluated_over_training_is_the_average_of_the_iterates_so_far(tmp_p
     last = res.metrics[-1]
     assert (last["swa_test_nll"], last["swa_test_error"]) == (res.summary["swa"]["test_nll"],
                                                               res.summary["swa"]["test_error"])
+    assert cli.main(["plot", str(tmp_path / "e")]) == 0 and (tmp_path / "e" / "swa.png").exists()
     with pytest.raises(UserError, match=re.escape("--eval-every must be a whole number of epochs >= 0")):
         run_swa(None, None, eval_every=-1, **kw)
     with pytest.raises(UserError, match="eval_every evaluates SWA's running average"):

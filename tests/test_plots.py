@@ -11,6 +11,7 @@ import pytest
 
 from landscape.plots.plane import LogOffsetNorm, clip_values, draw_plane_figures, level_names, log_levels, plot_plane, plot_plane_points
 from landscape.plots.rays import draw_rays_figures, plot_rays, shared_limits
+from landscape.errors import UserError
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF"}
 
@@ -110,6 +111,26 @@ def test_rays_figures_without_line_skip_the_line_figure(tmp_path):
     folder = write_rays(tmp_path / "rays", line=False)
     paths = draw_rays_figures(folder)
     assert_valid_files(paths, ["rays_train_loss.png", "rays_test_error.png"], folder)
+
+
+def test_rays_axes_name_their_unit(tmp_path, monkeypatch):
+    """Filter-normalised rays go in multiples of their direction (about the centre's norm), the line
+    through the centres in weight space: one label \"distance\" for both would say one unit."""
+    import landscape.plots.rays as rays_plots
+
+    drawn = {}
+    monkeypatch.setattr(rays_plots, "save_figure", lambda fig, stem, formats: drawn.__setitem__(stem.name, fig) or [])
+    folder = write_rays(tmp_path / "rays")
+    draw_rays_figures(folder)
+    for stem in ("rays_train_loss", "rays_test_error"):
+        assert {ax.get_xlabel() for ax in drawn[stem].axes if ax.get_xlabel()} == {
+            "distance (multiples of a filter-normalised direction)"}
+    assert {ax.get_xlabel() for ax in drawn["line"].axes} == {"distance along the line (weight space)"}
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps(dict(summary, normalize="gaussian")))
+    draw_rays_figures(folder)
+    assert {ax.get_xlabel() for ax in drawn["rays_train_loss"].axes if ax.get_xlabel()} == {"distance (weight space)"}
+    plt.close("all")
 
 
 # ------------------------------------------------------------------ contour levels
@@ -515,6 +536,30 @@ def test_an_swa_figures_epoch_axis_has_whole_epochs_only(tmp_path, monkeypatch):
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks == [1.0, 2.0, 3.0], ticks
+    plt.close(fig)
+
+
+def test_error_axes_start_at_zero_where_a_difference_is_an_image_or_two(tmp_path, monkeypatch):
+    """SWA's figure and a comparison of model averages drew 0.28 % against 0.83 % (two images) as the
+    panel's whole height, and a constant error with ticks 0.265 ... 0.290."""
+    import landscape.plots.swa as swa_plots
+    from landscape.plots.swag import compare_averages
+
+    (tmp_path / "config.json").write_text(json.dumps({"command": "swa", "config": {"swa_lr": 0.05}}))
+    records = [{"epoch": e, "test_error": 0.83 if e == 2 else 0.28, "test_nll": 0.07, "swa_test_error": 0.28,
+                "swa_test_nll": 0.06} for e in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    drawn = []
+    monkeypatch.setattr(swa_plots, "save_figure", lambda fig, stem, formats: drawn.append(fig) or [])
+    swa_plots.draw_swa_figure(tmp_path)
+    error = drawn[0].axes[0]
+    assert error.get_ylabel() == "test error (%)" and error.get_ylim() == pytest.approx((-0.03, 1.0))
+    plt.close(drawn[0])
+    arrays = {"bma_test_nll": np.array([0.3, 0.25]), "bma_test_error": np.array([0.28, 0.56]),
+              "mean_test_nll": 0.2, "mean_test_error": 0.28}
+    fig = compare_averages([(arrays, {"method": "swag"}), (dict(arrays, bma_test_error=np.array([2.0, 2.2])),
+                                                          {"method": "subspace"})], ["a", "b"])
+    assert fig.axes[1].get_ylim() == pytest.approx((-0.03 * 2.53, 2.53))  # 1.15 x the largest, 2.2
     plt.close(fig)
 
 
@@ -1366,3 +1411,70 @@ def test_every_method_that_can_share_a_figure_has_a_colour_of_its_own():
                    "random subspace", "single sample"], ["bezier", "polychain", "straight line"]):
         colors = [RESULT_COLORS[k] for k in group]
         assert len(set(colors)) == len(colors), group
+
+
+def test_folder_names_as_default_labels_are_shown_as_written():
+    """A folder named $x$ is no formula and one named _hidden is not left out of the legend."""
+    from landscape.plots.compare import check_labels, default_labels
+
+    from pathlib import Path
+
+    folders = [Path("runs/$x$"), Path("runs/_hidden"), Path("runs/$\\frac")]
+    labels = default_labels(folders, [{}, {}, {}], "plane")
+    assert labels == ["\\$x\\$", "\u200b_hidden", "\\$\\frac"]
+    check_labels(labels, 3)  # no mathtext, none a legend leaves out
+    fig, ax = plt.subplots()
+    for label in labels:
+        ax.plot([0, 1], [0, 1], label=label)
+    shown = [t.get_text() for t in ax.legend().get_texts()]
+    fig.canvas.draw()  # mathtext would fail here on "$\frac"
+    assert shown == labels
+    plt.close(fig)
+
+
+def test_figure_options_given_from_python_as_one_string_or_twice(tmp_path, capsys):
+    """formats="pdf" is one format (not "p", "d", "f"), a format given twice is written once, a label
+    string is no list of labels, a width is a number; each refused before any folder is made."""
+    from landscape.plots.compare import draw_comparison
+    from landscape.plots.curve import draw_curve_figure
+    from landscape.plots.style import set_figure_width
+
+    a, b = write_curve(tmp_path / "a"), write_curve(tmp_path / "b", kind="polychain")
+    assert [p.name for p in draw_curve_figure(a, formats="pdf")] == ["curve.pdf"]
+    assert [p.name for p in draw_curve_figure(a, formats=("png", "png"))] == ["curve.png"]
+    with pytest.raises(UserError, match="^unknown figure format 'jpg'; choose from png, pdf, svg$"):
+        draw_comparison([a, b], tmp_path / "cmp", formats=("png", "jpg"))
+    with pytest.raises(UserError, match="^labels must be a list of labels, one per folder, not one string"):
+        draw_comparison([a, b], tmp_path / "cmp", labels="ab")
+    assert not (tmp_path / "cmp").exists()
+    assert [p.name for p in draw_comparison([a, b], tmp_path / "cmp", formats="svg")] == ["curves.svg"]
+    with pytest.raises(UserError, match=r"^--width must be between 2.5 and 20 inches, got '3'$"):
+        set_figure_width("3")
+
+
+def test_a_comparison_is_not_written_into_a_result_folder(tmp_path, capsys):
+    """`plot A B --out A` put curves.png beside A's own figures, where `plot A` never redraws it."""
+    from landscape import cli
+
+    a, b = write_curve(tmp_path / "a"), write_curve(tmp_path / "b", kind="polychain")
+    (a / "config.json").write_text(json.dumps({"command": "curve", "config": {}}))
+    assert cli.main(["plot", str(a), str(b), "--out", str(a)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"--out {a} holds a result (config.json); give a folder of its own for the comparison")
+    assert not (a / "curves.png").exists() and not (a / "curves.json").exists()
+
+
+def test_a_redraw_that_fails_leaves_the_figures_it_had(tmp_path, capsys):
+    """A damaged test_error array: the redraw is refused, and plane_train_loss.png is still the pair's old one
+    (it was redrawn before the error, beside an old test-error figure)."""
+    from landscape import cli
+
+    folder = write_plane(tmp_path / "plane")
+    draw_plane_figures(folder)
+    before = (folder / "plane_train_loss.png").read_bytes()
+    with np.load(folder / "plane.npz") as z:
+        arrays = dict(z)
+    np.savez(folder / "plane.npz", **dict(arrays, train_loss=arrays["train_loss"] * 2, test_error=np.zeros(3)))
+    assert cli.main(["plot", str(folder)]) == 2
+    assert "the stored results do not fit together" in capsys.readouterr().err
+    assert (folder / "plane_train_loss.png").read_bytes() == before

@@ -23,7 +23,7 @@ from landscape.sweep import refuse_unfinished
 
 from .curve import compare_curves, curve_label
 from .plane import compare_planes
-from .style import save_figure
+from .style import check_formats, save_figure
 from .swag import average_label, compare_averages
 
 __all__ = ["draw_comparison", "redraw_comparisons", "COMPARABLE"]
@@ -78,11 +78,18 @@ def default_labels(folders: Sequence[Path], summaries: Sequence[dict], kind: str
     elif kind == "average":
         labels = [average_label(s) for s in summaries]
     else:
-        labels = [str(s.get("path_label") or f.name) for f, s in zip(folders, summaries)]
-    for candidate in (labels, [f.name for f in folders], [str(f) for f in folders]):
+        labels = [str(s.get("path_label") or _literal(f.name)) for f, s in zip(folders, summaries)]
+    for candidate in (labels, [_literal(f.name) for f in folders], [_literal(str(f)) for f in folders]):
         if len(set(candidate)) == len(candidate):
             return list(candidate)
-    return [str(f) for f in folders]
+    return [_literal(str(f)) for f in folders]
+
+
+def _literal(name: str) -> str:
+    """A folder's name as a legend shows it: a $ written as \\$ (not mathtext), and a leading _ (which a
+    legend leaves out) after a zero-width space."""
+    name = name.replace("$", "\\$")
+    return "\u200b" + name if name.startswith("_") else name
 
 
 def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None,
@@ -99,6 +106,9 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
     twice = next((f for i, f in enumerate(folders) if resolved[i] in resolved[:i]), None)
     if twice is not None:
         raise UserError(f"{twice} is given twice")
+    formats = check_formats(formats)
+    if isinstance(labels, str):
+        raise UserError(f"labels must be a list of labels, one per folder, not one string ({labels!r})")
     if labels is not None:
         check_labels(labels, len(folders))
     found = [result_kind(f) for f in folders]
@@ -112,6 +122,8 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the figure")
+    if (out / "config.json").exists():  # `plot OUT` redraws a result's own figures, not a comparison beside them
+        raise UserError(f"--out {out} holds a result (config.json); give a folder of its own for the comparison")
     fig = COMPARABLE[kind].draw(results, labels or default_labels(folders, [s for _, s in results], kind))
     out.mkdir(parents=True, exist_ok=True)
     name = COMPARABLE[kind].figure

@@ -497,14 +497,14 @@ def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png"
     ``result_dir`` from its stored results; returns the files written."""
     result_dir = Path(result_dir)
     arrays, summary = load_plane_result(result_dir)
-    written = []
+    figures = []  # both drawn before either is saved: damaged results leave the old pair, not half a new one
     for metric, label, vmax, log_alpha in plane_metrics(summary):
         fig, ax = new_figure(width=6.0, height=5.0)
         plot_plane_result(ax, arrays, summary, metric, label, vmax, log_alpha)
         ax.set_title(label)
         note_synthetic(fig, [summary])
-        written += save_figure(fig, result_dir / f"plane_{metric}", formats)
-    return written
+        figures.append((fig, result_dir / f"plane_{metric}"))
+    return [path for fig, stem in figures for path in save_figure(fig, stem, formats)]
 
 
 def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):

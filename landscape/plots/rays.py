@@ -132,12 +132,20 @@ def _draw_metric(arrays: dict, summary: dict, metric: str, ylabel: str):
             ax.set_ylabel(ylabel)
         center = arrays["center_train_loss"][i] if metric == "train_loss" and "center_train_loss" in arrays else None
         plot_rays(ax, distance, values[i], color=colors[i], center_value=center, rise=rise)
+        ax.set_xlabel(_ray_unit(summary))
         width = centres[i].get("median_width") if i < len(centres) else None
         ax.set_title(f"{labels[i]}\n{_width_text(width, float(np.max(np.abs(distance))), metric)}", fontsize=fs(10))
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(frameon=False, fontsize=fs(9), loc="upper center")
     axes[0].set_ylim(*shared_limits(values, Y_CAPS.get(metric)))
     return fig, axes
+
+
+def _ray_unit(summary: dict) -> str:
+    """The rays' x label: a filter-normalised direction's multiples are no weight-space distance (its norm is
+    about the centre's)."""
+    return ("distance (multiples of a filter-normalised direction)" if summary.get("normalize") == "filter"
+            else "distance (weight space)")
 
 
 def _suptitle(fig, summary: dict, note: str = "") -> None:
@@ -157,13 +165,13 @@ def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",
     arrays, summary = load_rays_result(result_dir)
     split = summary.get("eval_split", "test")
     ylabels = {"train_loss": train_loss_label(summary), "test_error": f"{split} error (%)"}
-    written = []
+    figures = []  # every figure drawn before any is saved: damaged results leave the old set, not part of a new one
     for metric, ylabel in ylabels.items():
         fig, _ = _draw_metric(arrays, summary, metric, ylabel)
         rise = summary.get("rise")
         _suptitle(fig, summary, "" if rise is None else f"width of a ray's side: the distance at which train loss first "
                                                        f"rises {rise:g} above the centre's; median over all sides")
-        written += save_figure(fig, result_dir / f"rays_{metric}", formats)
+        figures.append((fig, result_dir / f"rays_{metric}"))
     if "line_distance" in arrays:
         marks = arrays["line_marks"]
         labels = _centre_labels(summary, len(marks))
@@ -172,8 +180,9 @@ def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",
         for ax, (metric, ylabel) in zip(axes, ylabels.items()):
             plot_line_metric(ax, arrays["line_distance"], arrays[f"line_{metric}"], marks, labels, colors, ylabel,
                              log_when_spread=not metric.endswith("error"))
+            ax.set_xlabel("distance along the line (weight space)")
         axes[0].legend(frameon=False, fontsize=fs(9))
         axes[0].set_title("line through the centres", fontsize=fs(10))
         _suptitle(fig, summary)
-        written += save_figure(fig, result_dir / "line", formats)
-    return written
+        figures.append((fig, result_dir / "line"))
+    return [path for fig, stem in figures for path in save_figure(fig, stem, formats)]

@@ -26,7 +26,7 @@ from landscape.errors import UserError  # noqa: E402
 
 __all__ = ["new_figure", "save_figure", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
            "result_colors", "fs", "set_figure_width", "note_synthetic", "mark_endpoints", "log_scale_when_spread",
-           "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
+           "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
            "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -120,9 +120,11 @@ def set_figure_width(width: float | None) -> None:
     """Draw every later figure ``width`` inches wide (its height scaled with
     it) with text at 8 pt, as it will be printed: 3.25 for a column, 6.75 for
     a page; None puts back each figure's own size and 10-pt text."""
-    if width is not None and not (isinstance(width, (int, float)) and MIN_WIDTH <= width <= 20.0):  # also NaN
-        raise UserError(f"--width must be between {MIN_WIDTH:g} and 20 inches, got {width}"
-                        + (" (narrower, 8-pt titles and axis labels no longer fit)" if 0 < width < MIN_WIDTH else ""))
+    number = isinstance(width, (int, float)) and not isinstance(width, bool)
+    if width is not None and not (number and MIN_WIDTH <= width <= 20.0):  # also NaN
+        raise UserError(f"--width must be between {MIN_WIDTH:g} and 20 inches, got {width!r}"
+                        + (" (narrower, 8-pt titles and axis labels no longer fit)" if number and 0 < width < MIN_WIDTH
+                           else ""))
     _WIDTH[0] = None if width is None else float(width)
     matplotlib.rcParams["font.size"] = BASE_FONT if width is None else PAPER_FONT
 
@@ -407,9 +409,39 @@ def finish_layout(fig) -> None:
             fn()
 
 
+def error_axis_from_zero(ax, values) -> None:
+    """An error axis (percent) from a hair below 0 to above the largest of
+    ``values``, 1 point at the least: one image's difference is not drawn as
+    a trend filling the panel, and an error of 0% is a line above the axis."""
+    top = float(np.nanmax(np.asarray(values, dtype=float))) if np.size(values) else np.nan
+    top = max(1.0, 1.15 * top) if np.isfinite(top) else 1.0
+    ax.set_ylim(-0.03 * top, top)
+
+
+def check_formats(formats) -> tuple[str, ...]:
+    """The figure formats asked for, each once, in order: one name (``"pdf"``)
+    or several; one line for a format not among :data:`FORMATS`."""
+    if isinstance(formats, str):
+        formats = (formats,)
+    try:
+        formats = tuple(dict.fromkeys(formats))
+    except TypeError:
+        raise UserError(f"formats must be names among {', '.join(FORMATS)}, got {formats!r}") from None
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserError(f"unknown figure format {unknown[0]!r}; choose from {', '.join(FORMATS)}" if unknown
+                        else f"no figure format given; choose from {', '.join(FORMATS)}")
+    return formats
+
+
 def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int = 150) -> list[Path]:
-    """Save ``fig`` as ``stem.<fmt>`` for each format (atomically) and close
-    it, its layout finished first (:func:`finish_layout`)."""
+    """Save ``fig`` as ``stem.<fmt>`` for each format (:func:`check_formats`;
+    atomically) and close it, its layout finished first (:func:`finish_layout`)."""
+    try:
+        formats = check_formats(formats)
+    except UserError:
+        plt.close(fig)
+        raise
     finish_layout(fig)
     written = []
     for fmt in formats:

@@ -14,7 +14,7 @@ import numpy as np
 from landscape.checkpoint import read_json, read_jsonl
 from landscape.errors import UserError
 
-from .style import SGD_COLOR, SWA_COLOR, fs, new_figure, panel_legend, paper_width, save_figure
+from .style import SGD_COLOR, SWA_COLOR, error_axis_from_zero, fs, new_figure, panel_legend, paper_width, save_figure
 
 __all__ = ["draw_swa_figure", "swa_curves", "has_swa_curve"]
 
@@ -60,6 +60,8 @@ def draw_swa_figure(run_dir: str | Path, formats: tuple[str, ...] = ("png",)) ->
         start = config.get("swa_start")
         if isinstance(start, int) and start > 0:
             ax.axvline(start, color="gray", ls=":", lw=1, label="averaging starts")
+        if metric == "test_error":
+            error_axis_from_zero(ax, np.append(curves[metric], curves[f"swa_{metric}"]))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
         ax.set_ylabel(label)

@@ -14,8 +14,8 @@ from matplotlib.ticker import MaxNLocator
 
 from landscape.checkpoint import read_result
 
-from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, fs, legend_below, log_scale_when_spread, new_figure,
-                    note_synthetic, panel_legend, result_colors, save_figure)
+from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, error_axis_from_zero, fs, legend_below,
+                    log_scale_when_spread, new_figure, note_synthetic, panel_legend, result_colors, save_figure)
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
            "average_label", "average_key", "average_colors"]
@@ -60,9 +60,7 @@ def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *
         pad = 0.1 * (hi - lo) if hi > lo else 0.05 * abs(hi) or 1.0
         ax.set_ylim(lo - pad, hi + pad)
     if from_zero and ax.get_yscale() == "linear":
-        top = float(np.nanmax(np.append(shown, sample_mean)))
-        top = max(1.0, 1.15 * top) if np.isfinite(top) else 1.0
-        ax.set_ylim(-0.03 * top, top)  # a hair below 0: an error of 0% is a line above the axis, not on it
+        error_axis_from_zero(ax, np.append(shown, sample_mean))
     ax.set_xlabel("samples averaged")
     ax.set_ylabel(ylabel)
     ax.set_xlim(0.5, max(2, len(s)) + 0.5)  # the first and last markers whole
@@ -217,10 +215,14 @@ def compare_averages(results: Sequence[tuple[dict[str, np.ndarray], dict]], labe
             shown.append(bma)
             if f"mean_{key}" in a:
                 centre = float(a[f"mean_{key}"])
-                ax.axhline(centre, color=centre_color, lw=1.2, ls="--", label=f"{label}: {centre_name(summary)}")
+                # over every result's line: a wider line of another result at the same value would hide it
+                ax.axhline(centre, color=centre_color, lw=1.2, ls="--", label=f"{label}: {centre_name(summary)}",
+                           zorder=2 + n)
                 shown.append(np.array([centre]))
         if key == "test_nll":
             log_scale_when_spread(ax, np.concatenate(shown))
+        else:
+            error_axis_from_zero(ax, np.concatenate(shown))
         ax.set_xlabel("samples averaged")
         ax.set_ylabel(ylabel)
         ax.set_xlim(0.5, max(2, max(len(a[f"bma_{key}"]) for a, _ in results)) + 0.5)  # end markers whole
