@@ -213,6 +213,31 @@ def test_a_face_of_little_variation_gets_spread_levels_and_both_colorbars():
     plt.close(fig)
 
 
+def test_a_faces_colour_bar_has_a_grey_band_above_the_clip_only_where_values_are_there():
+    """As a plane's: the face drew an unlabelled band up to 1e10 always, and wrote "> 5" on the tick at 5
+    with a colour of the map above it."""
+    import matplotlib.colors as mcolors
+
+    from landscape.curves.simplex import face_grid
+    from landscape.plots.plane import CLIPPED_COLOR
+    from landscape.plots.simplex import plot_face
+    from landscape.plots.style import new_figure
+
+    bary = face_grid(6).numpy()
+    fig, (a, b) = new_figure(1, 2)
+    plot_face(a, bary, 0.2 + 3.0 * bary[:, 0], ["v0", "v1", "v2"], vmax=5.0, label="train loss")  # 0.2 to 3.2
+    plot_face(b, bary, 0.2 + 9.0 * bary[:, 0], ["v0", "v1", "v2"], vmax=5.0, label="train loss")  # up to 9.2
+    bar_a, bar_b = [ax for ax in fig.axes if ax not in (a, b)]
+    names_a = [t.get_text() for t in bar_a.get_yticklabels()]
+    assert bar_a.get_ylim()[1] == pytest.approx(3.2) and names_a[-1] == "3.2" and not any(">" in n for n in names_a)
+    names_b = [t.get_text() for t in bar_b.get_yticklabels()]
+    assert names_b[-2:] == ["5", "> 5"]
+    filled = [c for c in b.collections if c.get_array() is not None or hasattr(c, "get_facecolor")]
+    top = b.collections[0].get_facecolor()[-1]  # the filled contours' last band
+    assert mcolors.to_hex(top[:3]) == mcolors.to_hex(CLIPPED_COLOR) and filled
+    plt.close(fig)
+
+
 def test_norm_is_logarithmic_above_the_minimum():
     norm = LogOffsetNorm(1.0, 1.0 + np.exp(2.0), log_alpha=-2.0)
     assert norm(1.0 + np.exp(-2.0)) == pytest.approx(0.0)
@@ -1478,3 +1503,22 @@ def test_a_redraw_that_fails_leaves_the_figures_it_had(tmp_path, capsys):
     assert cli.main(["plot", str(folder)]) == 2
     assert "the stored results do not fit together" in capsys.readouterr().err
     assert (folder / "plane_train_loss.png").read_bytes() == before
+
+
+def test_plot_dpi_sets_the_pngs_resolution_and_only_for_that_command(tmp_path, capsys):
+    import struct
+
+    from landscape import cli
+
+    def png_width(path):
+        return struct.unpack(">I", path.read_bytes()[16:20])[0]  # IHDR: width, height
+
+    folder = write_plane(tmp_path / "plane")
+    assert cli.main(["plot", str(folder)]) == 0
+    default = png_width(folder / "plane_train_loss.png")
+    assert cli.main(["plot", str(folder), "--dpi", "300"]) == 0
+    assert abs(png_width(folder / "plane_train_loss.png") - 2 * default) <= 2
+    draw_plane_figures(folder)  # the next figures of this process: 150 dpi again
+    assert png_width(folder / "plane_train_loss.png") == default
+    assert cli.main(["plot", str(folder), "--dpi", "10"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--dpi must be a whole number from 50 to 1200, got 10")

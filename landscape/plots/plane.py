@@ -19,7 +19,7 @@ from landscape.checkpoint import read_result
 from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure,
                     train_loss_label)
 
-__all__ = [
+__all__ = ["contour_bands", 
     "LogOffsetNorm",
     "clip_values",
     "log_levels",
@@ -234,6 +234,25 @@ def _set_note(note, ax, lines: Sequence[str] = (), scale: bool = True) -> None:
     put(min(covered, key=lambda c: c[0])[1])
 
 
+def contour_bands(values: np.ndarray, clipped: np.ndarray, over: np.ndarray, lev: np.ndarray, norm,
+                  cmap: str) -> tuple[np.ndarray, np.ndarray, list, list[str]]:
+    """What filled contours draw of ``values`` over :func:`contour_levels`'s
+    ``lev``: (the values drawn, the bands' edges, their colours, the colour
+    bar's tick labels at the edges). Values above the clip (``over``) get the
+    top band, grey, labelled "> clip"; without any, that band is left out.
+    They keep their own values (+inf the top band's middle), so that between
+    a node above the clip and one below, the bands and lines fall where the
+    values interpolated cross them, as everywhere else."""
+    clipping = bool(np.any(over))
+    shown = np.where(over, np.minimum(values, 0.5 * (lev[-2] + lev[-1])), clipped) if clipping else clipped
+    bands = lev if clipping else lev[:-1]
+    cm = matplotlib.colormaps[cmap]
+    colors = [cm(norm(0.5 * (a + b))) for a, b in zip(bands[:-1], bands[1:])]
+    if clipping:
+        colors[-1] = CLIPPED_COLOR
+    return shown, bands, colors, _level_labels(lev) if clipping else level_names(bands)
+
+
 def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: float | None = None,
                log_alpha: float = -5.0, levels: int = 7, cmap: str = "jet_r", label: str = "",
                colorbar: bool = True, axis_labels: tuple[str, str] = ("distance along u", "distance along v"),
@@ -292,16 +311,7 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
 
     lev, alpha_eff = contour_levels(clipped if span is None else np.asarray(span, dtype=float), log_alpha, levels)
     norm = LogOffsetNorm(lev[0], lev[-2], alpha_eff)
-    clipping = bool(over.any())
-    # Values above the clip get the top band, grey, labelled "> clip"; without any, the band is left out.
-    # They keep their own values (+inf the top band's middle), so that between a node above the clip and
-    # one below, the bands and lines fall where the values interpolated cross them, as everywhere else.
-    shown = np.where(over, np.minimum(values, 0.5 * (lev[-2] + lev[-1])), clipped) if clipping else clipped
-    bands = lev if clipping else lev[:-1]
-    cm = matplotlib.colormaps[cmap]
-    colors = [cm(norm(0.5 * (a + b))) for a, b in zip(bands[:-1], bands[1:])]
-    if clipping:
-        colors[-1] = CLIPPED_COLOR
+    shown, bands, colors, ticks = contour_bands(values, clipped, over, lev, norm, cmap)
     z = np.ma.masked_invalid(shown.T)  # contour wants z[row = y, column = x]
     filled = ax.contourf(x, y, z, levels=bands, colors=colors, alpha=0.55, zorder=0)
     if rng[1] > rng[0]:  # constant data has no contour line to draw; none at the minimum (a plateau's edge)
@@ -309,7 +319,7 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     cbar = None
     if colorbar:
         cbar = ax.figure.colorbar(filled, ax=ax)
-        cbar.set_ticks(bands, labels=_level_labels(lev) if clipping else level_names(bands))
+        cbar.set_ticks(bands, labels=ticks)
         if label:
             cbar.set_label(label)
     return ax, cbar

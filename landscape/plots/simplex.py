@@ -12,7 +12,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .plane import LogOffsetNorm, clip_values, contour_levels, level_names
+from .plane import LogOffsetNorm, clip_values, contour_bands, contour_levels, level_names
 from .style import fs, new_figure, note_synthetic, save_figure, train_loss_label
 
 __all__ = ["face_xy", "plot_face", "draw_simplex_figure"]
@@ -31,7 +31,10 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
     planes, vertices marked and labelled. Returns ``ax``."""
     xy = face_xy(barycentric)
     tri = mtri.Triangulation(xy[:, 0], xy[:, 1])
-    clipped = clip_values(np.asarray(values, dtype=float), vmax)
+    values = np.asarray(values, dtype=float)
+    clipped = clip_values(values, vmax)
+    with np.errstate(invalid="ignore"):
+        over = values > vmax if vmax is not None else np.zeros(values.shape, bool)  # +inf too; NaN never
     finite = clipped[np.isfinite(clipped)]
     if finite.size and np.ptp(finite) == 0 and finite.size == clipped.size:
         # One value over the whole face: one colour, and the value said, not a colour bar of equal labels.
@@ -39,15 +42,16 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
         label = f"{label}: {level_names(finite[:1])[0]} everywhere" if label else f"{finite[0]:.3g} everywhere"
     elif finite.size:
         # A face of low loss varies little: the levels then spread over the range there is.
+        # The bands as a plane's: above the clip (5 for train loss, 50% error) one grey band "> clip", only
+        # when something is there.
         levels, alpha_eff = contour_levels(clipped, log_alpha, 7)
         norm = LogOffsetNorm(levels[0], levels[-2], alpha_eff)
-        cs = ax.tricontourf(tri, clipped, levels=levels, cmap="jet_r", norm=norm, alpha=0.8)
-        if np.ptp(finite) > 0:
-            ax.tricontour(tri, clipped, levels=levels[:-1], cmap="jet_r", norm=norm, linewidths=1.5)
-        bar = ax.figure.colorbar(cs, ax=ax, shrink=0.8, ticks=levels[:-1])
-        names = level_names(levels[:-1])
-        names[-1] = f"> {names[-1]}" if np.nanmax(np.asarray(values, dtype=float)) > levels[-2] else names[-1]
-        bar.ax.set_yticklabels(names)
+        shown, bands, colors, ticks = contour_bands(values, clipped, over, levels, norm, "jet_r")
+        cs = ax.tricontourf(tri, shown, levels=bands, colors=colors, alpha=0.8)
+        if np.ptp(finite) > 0:  # none at the minimum (a plateau's edge), as on a plane
+            ax.tricontour(tri, shown, levels=levels[1:-1], cmap="jet_r", norm=norm, linewidths=1.5)
+        bar = ax.figure.colorbar(cs, ax=ax, shrink=0.8)
+        bar.set_ticks(bands, labels=ticks)
         bar.set_label(label)
         spread = np.ptp(finite) / max(abs(float(np.mean(finite))), 1e-300)
         if spread < 0.05:  # the colours spread over a narrow range: the reader is told how narrow

@@ -24,7 +24,7 @@ matplotlib.rcParams["ps.fonttype"] = 42
 from landscape.checkpoint import atomic_save  # noqa: E402
 from landscape.errors import UserError  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
+__all__ = ["new_figure", "save_figure", "set_figure_dpi", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
            "result_colors", "fs", "set_figure_width", "note_synthetic", "mark_endpoints", "log_scale_when_spread",
            "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
            "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR"]
@@ -127,6 +127,19 @@ def set_figure_width(width: float | None) -> None:
                            else ""))
     _WIDTH[0] = None if width is None else float(width)
     matplotlib.rcParams["font.size"] = BASE_FONT if width is None else PAPER_FONT
+
+
+_DPI: list[int] = [150]
+DPI_RANGE = (50, 1200)
+
+
+def set_figure_dpi(dpi: int | None) -> None:
+    """Save every later PNG at ``dpi`` dots per inch (None: 150, the
+    default; 300 or 600 for print); PDF and SVG are vector figures."""
+    lo, hi = DPI_RANGE
+    if dpi is not None and not (isinstance(dpi, int) and not isinstance(dpi, bool) and lo <= dpi <= hi):
+        raise UserError(f"--dpi must be a whole number from {lo} to {hi}, got {dpi!r}")
+    _DPI[0] = 150 if dpi is None else dpi
 
 
 def paper_width() -> float | None:
@@ -434,9 +447,11 @@ def check_formats(formats) -> tuple[str, ...]:
     return formats
 
 
-def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int = 150) -> list[Path]:
+def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int | None = None) -> list[Path]:
     """Save ``fig`` as ``stem.<fmt>`` for each format (:func:`check_formats`;
-    atomically) and close it, its layout finished first (:func:`finish_layout`)."""
+    atomically) and close it, its layout finished first (:func:`finish_layout`);
+    ``dpi`` by default :func:`set_figure_dpi`'s."""
+    dpi = _DPI[0] if dpi is None else dpi
     try:
         formats = check_formats(formats)
     except UserError:
