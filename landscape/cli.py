@@ -1848,7 +1848,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "axes, one straight line per pair of endpoints), plane results as planes.<fmt> "
                                    "(side by side, train loss above test error), model averages (swag, subspace, "
                                    "vi-eval results) as averages.<fmt> (test NLL and error against the number of "
-                                   "samples, each centre dashed).")
+                                   "samples, SWAG's SWA and a posterior's means dashed).")
     p.add_argument("result_dir", type=user_path, nargs="+", metavar="RESULT_DIR")
     p.add_argument("--out", type=user_path, default=None, metavar="DIR",
                    help="folder of the comparison figure (several RESULT_DIRs)")
@@ -1857,7 +1857,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "curve's type and bends, a plane's curve, else the folder's name; $...$ is mathtext)")
     p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     p.add_argument("--width", type=float, default=None, metavar="INCHES",
-                   help="draw every figure this wide, its text at 8 pt as printed: 3.25 for a paper's column, "
+                   help="draw every figure this wide, its labels at 8 pt as printed (legends and notes smaller): 3.25 "
+                        "for a paper's column, "
                         "6.75 for its page; 2.5 to 20 (default: each figure's own size, for the screen)")
     p.add_argument("--dpi", type=int, default=None,
                    help="PNG resolution in dots per inch, 50 to 1200 (default: 150; 300 or 600 for print)")

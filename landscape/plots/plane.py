@@ -306,7 +306,8 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     rng = _finite_range(clipped)
     if rng is None or x.size < 3 or y.size < 3:  # a 2 x 2 grid's contours would be its corners' bilinear blend
         ax.text(0.5, 0.5, "no finite values" if rng is None else f"grid too small to draw ({x.size} x {y.size})",
-                transform=ax.transAxes, ha="center", va="center", color="gray")
+                transform=ax.transAxes, ha="center", va="center", color="gray", zorder=6,  # over the paths
+                bbox=dict(facecolor="white", alpha=0.85, lw=0, pad=2))
         return ax, None
 
     lev, alpha_eff = contour_levels(clipped if span is None else np.asarray(span, dtype=float), log_alpha, levels)
