@@ -19,7 +19,7 @@ from landscape.checkpoint import read_result
 from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure,
                     train_loss_label)
 
-__all__ = ["contour_bands", 
+__all__ = ["contour_bands", "label_point", "OUTLINE", 
     "LogOffsetNorm",
     "clip_values",
     "log_levels",
@@ -41,7 +41,7 @@ TEST_ERROR_VMAX, TEST_ERROR_LOG_ALPHA = 50.0, -1.0
 TOP_LEVEL = 1e10
 CLIPPED_COLOR = "0.75"  # the band of values above the clip: grey, apart from every colour of the map
 PATH_COLOR = "black"
-_OUTLINE = outline(3.0, "white")  # under the path and the labels: thinned with them at a paper's width
+OUTLINE = outline(3.0, "white")  # under the path and the labels: thinned with them at a paper's width
 
 
 def clip_values(values: np.ndarray, vmax: float | None) -> np.ndarray:
@@ -339,9 +339,9 @@ def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy:
         path_xy = np.asarray(path_xy, dtype=float)
         dots = dict(marker="o", ms=4, mfc="white", mec=PATH_COLOR) if path_start is not None else {}
         ax.plot(path_xy[:, 0], path_xy[:, 1], color=PATH_COLOR, lw=2.0, zorder=3,
-                path_effects=_OUTLINE, label=path_label or None, **dots)
+                path_effects=OUTLINE, label=path_label or None, **dots)
         if path_start is not None:
-            _label(ax, path_start, path_xy[0], (7, 6), "bottom")
+            label_point(ax, path_start, path_xy[0], (7, 6), "bottom")
     # Anchor labels above right, mark labels below right: an average (SWA)
     # often lies close to an anchor.
     groups = [(anchor_xy, anchor_labels, (7, 6), "bottom",
@@ -353,7 +353,7 @@ def plot_plane_points(ax, anchor_xy: np.ndarray, anchor_labels=None, *, path_xy:
         points = np.asarray(points, dtype=float).reshape(-1, 2)
         ax.scatter(points[:, 0], points[:, 1], zorder=4, **style)
         for xy, text in zip(points, labels or []):
-            _label(ax, text, xy, offset, va)
+            label_point(ax, text, xy, offset, va)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=fs(9), framealpha=0.8)
         after_layout(ax.figure, lambda: place_legend(ax))
@@ -465,14 +465,14 @@ def _legend_below(ax, legend, renderer) -> None:
     legend.set_loc("upper center")
 
 
-def _label(ax, text, xy, offset: tuple[float, float], va: str) -> None:
+def label_point(ax, text, xy, offset: tuple[float, float], va: str) -> None:
     """``text`` beside the point ``xy``, ``offset`` points away: to its right,
     or to its left in the right third of the axes, where it would run out."""
     lo, hi = ax.get_xlim()
     right_third = hi > lo and (float(xy[0]) - lo) / (hi - lo) > 2 / 3
     ax.annotate(str(text), (float(xy[0]), float(xy[1])), xytext=(-offset[0] if right_third else offset[0], offset[1]),
                 textcoords="offset points", ha="right" if right_third else "left", va=va, fontsize=fs(10), zorder=5,
-                path_effects=_OUTLINE)
+                path_effects=OUTLINE)
 
 
 def load_plane_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:

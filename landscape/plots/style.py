@@ -26,7 +26,7 @@ from landscape.errors import UserError  # noqa: E402
 
 __all__ = ["new_figure", "save_figure", "set_figure_dpi", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
            "result_colors", "fs", "set_figure_width", "note_synthetic", "mark_endpoints", "log_scale_when_spread",
-           "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
+           "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero", "whole_number_ticks", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
            "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -420,6 +420,14 @@ def finish_layout(fig) -> None:
         fig.draw_without_rendering()
         for fn in waiting:
             fn()
+
+
+def whole_number_ticks(ax) -> None:
+    """x ticks at whole numbers only (epochs, samples), at most about six of
+    them: a narrow panel's ten ticks ran together."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
 
 
 def error_axis_from_zero(ax, values) -> None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
 from landscape.checkpoint import read_result
 
-from .plane import plot_plane
-from .style import COMPARE_COLORS, fs, legend_below, new_figure, paper_width, save_figure
+from .plane import OUTLINE, plot_plane
+from .style import COMPARE_COLORS, fs, legend_below, new_figure, paper_width, save_figure, whole_number_ticks
 from .swag import average_colors, plot_model_average
 
 __all__ = ["draw_subspace_figure"]
@@ -73,7 +72,10 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         for name in summary.get("landmarks", {}):
             p = arrays[f"landmark_{name}"]
             ax.scatter([p[0]], [p[1]], marker="*", s=120, color="black", zorder=5)
-            ax.annotate(f"curve {name}", (p[0], p[1]), textcoords="offset points", xytext=(5, 5), fontsize=fs(8))
+            # centred above its star, short (the legend says "curve"), outlined over the samples and
+            # contours: "curve t=1" to the right of its star ran past a narrow panel's edge
+            ax.annotate(str(name), (float(p[0]), float(p[1])), xytext=(0, 7), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=fs(9), zorder=5, path_effects=OUTLINE)
         of = f" (of {k})" if k > 2 else ""
         ax.set_xlabel(f"z1{of}")
         ax.set_ylabel(f"z2{of}")
@@ -97,7 +99,7 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
         ax.axhline(0.0, color=centre_color, lw=1, ls="--", label="centre")
         ax.set_xlabel("step of the chain (after burn-in)" if summary.get("burn_in") else "step of the chain")
         ax.set_ylabel("z1")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        whole_number_ticks(ax)
     ax.grid(alpha=0.3)
     plot_model_average(axes[1], arrays["bma_test_nll"], float(arrays["shift_test_nll"]),
                        float(np.mean(arrays["sample_test_nll"])), label="model average",

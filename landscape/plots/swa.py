@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from landscape.checkpoint import read_json, read_jsonl
 from landscape.errors import UserError
 
-from .style import SGD_COLOR, SWA_COLOR, error_axis_from_zero, fs, new_figure, panel_legend, paper_width, save_figure
+from .style import (SGD_COLOR, SWA_COLOR, error_axis_from_zero, fs, new_figure, panel_legend, paper_width, save_figure,
+                    whole_number_ticks)
 
 __all__ = ["draw_swa_figure", "swa_curves", "has_swa_curve"]
 
@@ -63,7 +63,7 @@ def draw_swa_figure(run_dir: str | Path, formats: tuple[str, ...] = ("png",)) ->
         if metric == "test_error":
             error_axis_from_zero(ax, np.append(curves[metric], curves[f"swa_{metric}"]))
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
+        whole_number_ticks(ax)  # epochs are whole: no tick at 1.5
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     for ax in axes if paper_width() is None else axes[:1]:  # at a paper's width one legend, below both panels

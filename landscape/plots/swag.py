@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
 from landscape.checkpoint import read_result
 
 from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, error_axis_from_zero, fs, legend_below,
-                    log_scale_when_spread, new_figure, note_synthetic, panel_legend, result_colors, save_figure)
+                    log_scale_when_spread, new_figure, note_synthetic, panel_legend, result_colors, save_figure,
+                    whole_number_ticks)
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
            "average_label", "average_key", "average_colors"]
@@ -64,7 +64,7 @@ def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *
     ax.set_xlabel("samples averaged")
     ax.set_ylabel(ylabel)
     ax.set_xlim(0.5, max(2, len(s)) + 0.5)  # the first and last markers whole
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    whole_number_ticks(ax)
     ax.grid(alpha=0.3)
 
 
@@ -226,7 +226,7 @@ def compare_averages(results: Sequence[tuple[dict[str, np.ndarray], dict]], labe
         ax.set_xlabel("samples averaged")
         ax.set_ylabel(ylabel)
         ax.set_xlim(0.5, max(2, max(len(a[f"bma_{key}"]) for a, _ in results)) + 0.5)  # end markers whole
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        whole_number_ticks(ax)
         ax.grid(alpha=0.3)
     legend_below(fig, axes[0])
     note_synthetic(fig, [summary for _, summary in results])
