@@ -1068,7 +1068,8 @@ def test_a_plane_not_drawn_to_scale_says_by_how_much_as_drawn():
     plt.close(fig)
 
 
-def test_a_model_average_figure_puts_its_legend_below_at_a_papers_width(tmp_path, monkeypatch):
+def test_a_model_average_figure_puts_its_legend_below_the_panels(tmp_path, monkeypatch):
+    """At every width: inside the first panel it hid the single sample's line (horizontal, at its top)."""
     import landscape.plots.swag as swag_plots
     from landscape.plots.style import set_figure_width
 
@@ -1086,12 +1087,9 @@ def test_a_model_average_figure_puts_its_legend_below_at_a_papers_width(tmp_path
                                      ("png",))
             fig = drawn[-1]
             legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
-            if width is None:  # inside the first panel
-                assert len(legends) == 1 and not fig.legends
-            else:  # below the panels, clear of the lines
-                assert not legends and len(fig.legends) == 1
-                assert [t.get_text() for t in fig.legends[0].get_texts()] == [
-                    "the mean", "single sample (mean)", "model average"]
+            assert not legends and len(fig.legends) == 1  # below the panels, clear of the lines
+            assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+                "the mean", "single sample (mean)", "model average"]
             plt.close(fig)
     finally:
         set_figure_width(None)

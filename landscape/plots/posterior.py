@@ -14,7 +14,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .curve import curve_color, curve_label
-from .style import LINE_COLOR, fs, mark_endpoints, new_figure, note_synthetic, save_figure
+from .style import LINE_COLOR, fs, legend_below, mark_endpoints, new_figure, note_synthetic, save_figure
 
 __all__ = ["draw_posterior_curve_figure"]
 
@@ -52,7 +52,6 @@ def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...]
     ax_err.set_ylabel(f"{split} error (%)")
     ax_err.plot([], [], color="gray", ls=":", label="the means' network")  # the dotted lines, in the legend
     ax_err.plot([], [], color="gray", ls="-", label=f"ensemble of {samples}")
-    ax_err.legend(frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")  # a frame: it may sit on a path
     _paths(ax_kl, t, arrays, "kl_per_sample", path_label, color=color)
     ax_kl.set_ylabel("KL(q || prior) / N")
     c, l = summary["curve"], summary["line"]
@@ -68,6 +67,6 @@ def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...]
         ax.set_xlabel("t")
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-    ax_elbo.legend(frameon=False, fontsize=fs(9))
+    legend_below(fig, ax_elbo, also=[ax_err])  # in a panel it sat on the straight line's rise
     note_synthetic(fig, [summary])
     return save_figure(fig, result_dir / "posterior-curve", formats)

@@ -93,6 +93,10 @@ def legend_below(fig, ax, size: float = 9, loc: str = "outside lower center", al
     for other in also:
         more, more_names = other.get_legend_handles_labels()
         handles, names = handles + more, names + more_names
+    first = {}  # a name once: panels that draw the same lines label them alike
+    for handle, name in zip(handles, names):
+        first.setdefault(name, handle)
+    handles, names = list(first.values()), list(first)
     size = fs(size)
     entry = (max(map(len, names), default=1) + 5) * 0.58 * size / 72  # inches: the marker, the text, a gap
     columns = max(1, min(len(names), 4, int(0.95 * fig.get_figwidth() / entry)))  # as many as fit the width

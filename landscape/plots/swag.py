@@ -14,7 +14,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, error_axis_from_zero, fs, legend_below,
-                    log_scale_when_spread, new_figure, note_synthetic, panel_legend, result_colors, save_figure,
+                    log_scale_when_spread, new_figure, note_synthetic, result_colors, save_figure,
                     whole_number_ticks)
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
@@ -133,7 +133,7 @@ def _draw_average(stem: Path, arrays, summary, centre, average, label: str, cent
                            float(np.mean(arrays[f"sample_{key}"])), label=label, centre_label=centre_label,
                            ylabel=ylabel, log_when_spread=log_when_spread and key == "test_nll",
                            from_zero=key == "test_error", color=color, centre_color=centre_color)
-    panel_legend(fig, axes[0], frameon=True, framealpha=0.9, fontsize=fs(9), loc="best")
+    legend_below(fig, axes[0])  # in the panel it hid the single sample's line (a horizontal line at its top)
     if calibrated:
         plot_reliability(axes[2], {centre_label: (arrays["reliability_centre"], centre_color),
                                    label: (arrays["reliability_bma"], color)},
