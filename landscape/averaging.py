@@ -38,7 +38,7 @@ from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_mod
                          save_checkpoint)
 from .data import Dataset, refuse_given_data_path
 from .device import seed_everything
-from .errors import UserError, check_keywords, is_whole
+from .errors import UserError, check_keywords, check_number, check_whole, is_whole
 from .evaluate import evaluate_model, l2_penalty, train_logits, weights_finite
 from .inputs import (data_settings, named_model, network_of, note_split_leak, refuse_infinite,
                      require_architecture, run_data)
@@ -46,9 +46,9 @@ from .layout import image_layout
 from .metrics import ensemble_metrics
 from .models import check_spec_fits, from_spec, model_spec, stored_spec
 from .swag import SwagMoments
-from .sweep import is_main, process_device
+from .sweep import is_main, process_device, rank_and_world
 from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_test_metrics, non_finite,
-                    prepare_run, run_training)
+                    prepare_run, run_training, steps_per_epoch)
 from .weights import ParamSpace
 
 __all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "averaging_rate", "fge_learning_rate",
@@ -97,6 +97,9 @@ class AverageConfig(TrainConfig):
         super().validate()
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}")
+        self.cycle, self.swa_start, self.swag_rank = (
+            check_whole(flag, value) for flag, value in (("--cycle", self.cycle), ("--swa-start", self.swa_start),
+                                                         ("--swag-rank", self.swag_rank)))
         if self.cycle < 1:
             raise UserError(f"--cycle must be at least 1 epoch, got {self.cycle}")
         if self.method == "swa":
@@ -129,6 +132,8 @@ class AverageConfig(TrainConfig):
                             f"got {self.eval_every}")
         if self.method != "swa" and self.eval_every:
             raise UserError("eval_every evaluates SWA's running average: it applies to run_swa only")
+        if self.method == "fge":
+            check_number("--lr-min", self.lr_min)
         if self.method == "fge" and not 0 < self.lr_min <= self.lr:
             raise UserError(f"FGE needs 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr}")
         if self.method in ("fge", "snapshots") and self.epochs < self.cycle:
@@ -424,15 +429,20 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
     accumulated as they are taken (no weights kept in memory)."""
 
     def build(cfg: AverageConfig, model: nn.Module, spec, data: Dataset, out: Path | None):
-        m = len(data.y_test)
-        state = {"probs": torch.zeros(m, data.num_classes, dtype=torch.float64, device=data.device),
-                 "members": []}
+        steps = steps_per_epoch(len(data.y_train), cfg.batch_size, rank_and_world()[1])
+        if 0 < cfg.cycle * steps < 2:  # (no step at all is train's refusal)
+            raise UserError(f"a cycle of {cfg.cycle} epoch is 1 step ({len(data.y_train)} training images in batches "
+                            f"of {cfg.batch_size}): the rate never anneals and every snapshot is taken at its top; "
+                            f"use a longer --cycle or a smaller --batch-size")
+        # The members' summed test probabilities, from the first member on: as wide as the network's
+        # output (a network may give more logits than the data has classes).
+        state = {"probs": None, "members": []}
 
         def extra() -> dict:
             return {"probs": state["probs"], "members": list(state["members"])}
 
         def load_extra(d: dict) -> None:
-            if "probs" in d:
+            if d.get("probs") is not None:
                 state["probs"] = d["probs"].to(device=data.device, dtype=torch.float64)
                 state["members"] = list(d["members"])
 
@@ -447,12 +457,13 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
             if not is_main():  # under torchrun rank 0 keeps the ensemble (its batch-norm statistics are saved)
                 return
             probs = predict_probs(model, data)
-            state["probs"] += probs.double()
+            state["probs"] = probs.double() if state["probs"] is None else state["probs"] + probs.double()
             k = len(state["members"]) + 1
             member = {"snapshot": k, "epoch": number,
                       "iteration": it, **{f"test_{a}": b for a, b in
                                           ensemble_metrics(probs[None].cpu().numpy(), data.y_test.cpu().numpy()).items()
                                           if a != "members"}}
+            member["test_nll"] = evaluate_model(model, data, "test")["nll"]  # from the logits (probabilities floor)
             ens = ensemble_metrics((state["probs"] / k)[None].cpu().numpy(), data.y_test.cpu().numpy())
             member.update(ensemble_test_error=ens["error"], ensemble_test_nll=ens["nll"])
             state["members"].append(member)

@@ -18,7 +18,7 @@ from .bn import bn_modules
 from .checkpoint import claim_folder, load_model, write_json
 from .data import Dataset
 from .errors import UserError
-from .evaluate import evaluate_points
+from .evaluate import evaluate_model, evaluate_points
 from .inputs import load_points, note_same_weights
 from .metrics import PROB_FLOOR, ensemble_metrics, expected_calibration_error
 
@@ -65,7 +65,9 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         p = predict_probs(net, data, batch_size=batch_size).cpu().numpy()
         probs.append(p)
         m = ensemble_metrics(p[None], labels)
-        members.append({"label": label, "path": str(path), "test_error": m["error"], "test_nll": m["nll"],
+        # A member's NLL from its logits, as its own runs report it (probabilities floor at 708 nats an image)
+        nll = evaluate_model(net, data, "test", batch_size=batch_size)["nll"]
+        members.append({"label": label, "path": str(path), "test_error": m["error"], "test_nll": nll,
                         "test_ece": m["ece"]})
     probs = np.stack(probs)  # (members, test images, classes)
     ens = ensemble_metrics(probs, labels)

@@ -73,8 +73,23 @@ def check_seed(seed: object) -> None:
         raise UserError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}")
 
 
+def check_number(flag: str, value: object) -> None:
+    """One line for an option given (from Python) as something other than a number: a string, None, a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UserError(f"{flag} must be a number, got {value!r}")
+
+
+def check_whole(flag: str, value: object) -> int:
+    """``value`` as an int, or one line where it is no whole number (4.5, "2", None, True, NaN): what a count
+    option given from Python must be (the command line parses them as ints)."""
+    if not is_whole(value):
+        raise UserError(f"{flag} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def check_nonnegative(flag: str, value: float) -> None:
     """One line for an option that must be a finite number >= 0 (``--wd``, ``--lam``, ...); NaN fails too."""
+    check_number(flag, value)
     if not (math.isfinite(value) and value >= 0):
         raise UserError(f"{flag} must be a finite number >= 0, got {value}")
 

@@ -414,6 +414,8 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
             note_split_leak((ck.meta or {}).get("train_config"), merged_data_settings(stored, data_overrides), ck.path)
     require_architecture(first, model)
     if model is None:
+        if model_kwargs:  # the checkpoint's network is built with its own options: others given are refused
+            network_of(first, None, model_kwargs)
         check_spec_fits(first.model, data.num_classes, data.input_shape, first.path, f"dataset '{data.name}'")
         net = load_model(first)
     else:  # a foreign checkpoint, or a name this process cannot build: the stored options stand, as on loading one

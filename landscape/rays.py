@@ -24,7 +24,7 @@ from torch import nn
 
 from .data import as_dataset
 from .device import check_fits
-from .errors import UserError
+from .errors import UserError, check_number, check_whole
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
@@ -149,6 +149,10 @@ def evaluate_rays(
     data = as_dataset(data)
     _bf16(precision)  # an unknown precision fails before anything is written
     check_normalize(normalize)
+    directions, steps = check_whole("--directions", directions), check_whole("--steps", steps)
+    check_number("--rise", rise)
+    if distance is not None:
+        check_number("--distance", distance)
     if directions < 1 or steps < 1:
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
     if line and len(centers) < 2:
@@ -269,7 +273,7 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
         "synthetic": data.synthetic,
         "dataset": data.describe(),
         "notes": "width: distance on each side of the centre where train loss first rises by `rise` above the "
-                 "centre's (null median: most rays never rise that much within `distance`); asymmetry: larger "
+                 "centre's (null median: half the sides or more never rise that much within `distance`); asymmetry: larger "
                  "side / smaller side; the same Gaussian draws for every centre; nll width (with wd > 0): the same "
                  "on the train NLL alone, since the weight-decay term rises by about wd/2 t^2 along a unit ray "
                  "whatever the network, which keeps the train loss's widths below sqrt(2 rise / wd)",

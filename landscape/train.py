@@ -61,7 +61,7 @@ from .checkpoint import (
 )
 from .data import Dataset, as_dataset, data_differs, data_location, described, load_dataset, refuse_data_path, refuse_data_twice, why_data_differs
 from .device import seed_everything
-from .errors import UserError, check_keywords, check_nonnegative
+from .errors import UserError, check_keywords, check_nonnegative, check_number, check_whole
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits, weights_finite
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
@@ -118,6 +118,7 @@ _MAX_RATE = float(torch.finfo(torch.float32).max)
 
 def check_rate(flag: str, value: float) -> None:
     """One line unless ``value`` is a rate SGD can apply: finite, positive, and one float32 holds."""
+    check_number(flag, value)
     if not (math.isfinite(value) and 0 < value <= _MAX_RATE):
         raise UserError(f"{flag} must be a finite number > 0, got {value}"
                         + (f" (above {_MAX_RATE:.3g}, the float32 limit)" if math.isfinite(value) and value > 0 else ""))
@@ -158,6 +159,10 @@ class TrainConfig:
         return "--lr"
 
     def validate(self) -> None:
+        # counts given from Python: whole numbers (4.0 taken as 4), else one line before any work
+        self.epochs, self.batch_size, self.save_every = (
+            check_whole(flag, value) for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
+                                                         ("--save-every", self.save_every)))
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:

@@ -390,3 +390,103 @@ def test_a_network_without_batch_norm_reports_nothing_recomputed(tmp_path, small
                      "npz", "--data-path", str(mine)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("weight average")]
     assert len(rows) == 1 and "re-estimated" not in rows[0]
+
+
+def _wide_logits(num_classes, input_shape, extra=2):
+    """A network giving more logits than the data has classes (the README allows it)."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16),
+                               torch.nn.ReLU(), torch.nn.Linear(16, num_classes + extra))
+
+
+@pytest.mark.parametrize("method", ["fge", "snapshots"])
+def test_fge_and_snapshots_of_a_network_with_more_logits_than_classes(tmp_path, small_digits, monkeypatch, method):
+    """Their ensemble's probabilities were sized by the data's classes: a traceback at the first snapshot,
+    after the training, and again on --resume."""
+    import landscape.models as models
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("wide_logits")(_wide_logits)
+    train(out=tmp_path / "e", model="wide_logits", data=small_digits, epochs=1, progress=False)
+    kw = dict(epochs=2, cycle=1, lr=0.05, lr_min=0.001, data=small_digits, progress=False)
+    if method == "fge":
+        res = run_fge(None, tmp_path / method, from_ckpt=str(tmp_path / "e" / "model.pt"), **kw)
+    else:
+        res = run_snapshots(None, tmp_path / method, model="wide_logits", **dict(kw, lr_min=0.0))
+    snaps = sorted((tmp_path / method).glob("snapshot-*.pt"))
+    assert len(snaps) == 2 == res.summary["ensemble"]["members"]
+    probs = []
+    for p in snaps:
+        net = load_model(p, "wide_logits")
+        with torch.no_grad():
+            probs.append(torch.cat([torch.softmax(net.eval()(x), -1) for x, _ in small_digits.batches("test", 1000)]))
+    assert probs[0].shape[1] == 12
+    want = ensemble_metrics(torch.stack(probs).double().numpy(), small_digits.y_test.numpy())
+    assert res.summary["ensemble"]["test_nll"] == pytest.approx(want["nll"], rel=1e-5)
+
+
+def test_options_given_from_python_are_checked_before_any_training(tmp_path, small_digits, endpoint):
+    """The command line parses counts as ints; from Python 4.5, "2", None or NaN trained first and failed
+    after (swa_start=0.5: three epochs, then "no iterate was averaged"), or raised a TypeError."""
+    kw = dict(from_ckpt=str(endpoint), data=small_digits, progress=False)
+    cases = [(run_swa, dict(epochs=3, swa_start=0.5), "--swa-start must be a whole number, got 0.5"),
+             (run_fge, dict(epochs=4.5), "--epochs must be a whole number, got 4.5"),
+             (run_fge, dict(epochs=2, cycle=2.5), "--cycle must be a whole number, got 2.5"),
+             (run_fge, dict(epochs=2, cycle=float("nan")), "--cycle must be a whole number, got nan"),
+             (run_fge, dict(epochs=2, lr_min=None), "--lr-min must be a number, got None"),
+             (run_snapshots, dict(epochs=2, cycle="2"), "--cycle must be a whole number, got '2'"),
+             (run_snapshots, dict(epochs=2, cycle=True), "--cycle must be a whole number, got True"),
+             (run_swa, dict(epochs=3, swag_rank=2.5), "--swag-rank must be a whole number, got 2.5"),
+             (run_swa, dict(epochs=3, batch_size=None), "--batch-size must be a whole number, got None"),
+             (run_swa, dict(epochs=3, lr="0.1"), "must be a number, got '0.1'")]
+    for run, options, message in cases:
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(UserError, match=re.escape(message)):
+            run(None, out, **kw, **options)
+        assert not (out / "last.pt").exists(), (options, message)
+    res = run_fge(None, None, epochs=2.0, cycle=2.0, **kw)  # whole floats are whole numbers
+    assert res.summary["ensemble"]["members"] == 1 and res.summary["cycle"] == 2
+
+
+@pytest.mark.parametrize("method", ["fge", "snapshots"])
+def test_a_cycle_of_one_step_is_refused(tmp_path, small_digits, endpoint, method):
+    """With one step per cycle the rate never leaves its top (cos 0; FGE's t = 0): every snapshot was taken
+    at --lr, and --lr-min never used."""
+    run = run_fge if method == "fge" else run_snapshots
+    with pytest.raises(UserError, match=r"^a cycle of 1 epoch is 1 step \(400 training images in batches of 400\)"):
+        run(None, tmp_path / method, from_ckpt=str(endpoint), epochs=2, cycle=1, batch_size=400, data=small_digits,
+            progress=False)
+    assert not list((tmp_path / method).glob("*.pt"))
+
+
+def test_model_kwargs_that_contradict_the_checkpoints_network_are_refused_not_ignored(tmp_path, small_digits,
+                                                                                     endpoint, capsys):
+    """ensemble, rays and width built the checkpoint's own network and dropped --model-kwargs without a word
+    (width=16 of a width-8 network, or foo=bar, gave the width-8 network's numbers); its own options pass."""
+    from landscape import cli
+
+    own = load_checkpoint(endpoint).model["kwargs"]["width"]
+    for argv in (["ensemble", str(endpoint), str(endpoint), "--dataset", "digits", "--out", str(tmp_path / "e")],
+                 ["rays", "--center", str(endpoint), "--directions", "1", "--steps", "1", "--dataset", "digits",
+                  "--out", str(tmp_path / "r")]):
+        for kwargs in (f"width={own + 8}", "foo=bar"):
+            assert cli.main([*argv, "--model-kwargs", kwargs, "--quiet"]) == 2
+            assert "--model-kwargs does not apply to it (leave it out)" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--model-kwargs does not apply to it"):
+        evaluate_ensemble([endpoint, endpoint], None, model_kwargs={"width": own + 8}, data=small_digits)
+    s = evaluate_ensemble([endpoint, endpoint], None, model_kwargs={"width": own}, data=small_digits).summary
+    assert s["ensemble"]["members"] == 2
+
+
+def test_an_ensemble_members_nll_is_its_own_not_floored(tmp_path, small_digits, endpoint):
+    """A member whose last layer is scaled by 1e30 is wrong on some images by ~1e29 nats: its row said about
+    2 (each such image counted at the 708-nat floor of averaged probabilities) beside its network's 1e27."""
+    ck = load_checkpoint(endpoint)
+    state = dict(ck.state_dict)
+    last = [k for k in state if k.endswith("weight")][-1]
+    state[last] = state[last] * 1e30
+    torch.save({**torch.load(endpoint, weights_only=True), "state_dict": state}, tmp_path / "huge.pt")
+    s = evaluate_ensemble([endpoint, tmp_path / "huge.pt"], None, data=small_digits).summary
+    for member, path in zip(s["members"], (endpoint, tmp_path / "huge.pt")):
+        own = evaluate_model(load_model(path), small_digits, "test")["nll"]
+        assert member["test_nll"] == pytest.approx(own, rel=1e-9)
+    assert s["members"][1]["test_nll"] > 1e20

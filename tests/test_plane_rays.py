@@ -616,6 +616,13 @@ def test_rays_refuse_a_rise_that_is_not_positive(tmp_path, endpoints):
     for distance in (0.0, float("nan"), float("inf"), 1e300):  # 1e300: its grid's step overflows
         with pytest.raises(UserError, match=re.escape(f"--distance must be a positive number below 1e30, got {distance}")):
             evaluate_rays(pts.model, pts.vectors, pts.data, tmp_path / "r", directions=1, steps=2, distance=distance)
+    # from Python, counts and numbers of the wrong type: one line, not a TypeError
+    for options, message in ((dict(steps=2.5), "--steps must be a whole number, got 2.5"),
+                             (dict(directions=1.5), "--directions must be a whole number, got 1.5"),
+                             (dict(rise="0.1"), "--rise must be a number, got '0.1'"),
+                             (dict(distance="1"), "--distance must be a number, got '1'")):
+        with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+            evaluate_rays(pts.model, pts.vectors, pts.data, tmp_path / "r", **{"directions": 1, "steps": 2, **options})
     assert not (tmp_path / "r").exists()
 
 
