@@ -182,7 +182,6 @@ def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",
                              log_when_spread=not metric.endswith("error"))
             ax.set_xlabel("distance along the line (weight space)")
         axes[0].legend(frameon=False, fontsize=fs(9))
-        axes[0].set_title("line through the centres", fontsize=fs(10))
-        _suptitle(fig, summary)
+        _suptitle(fig, summary, "the line through the centres, extended beyond them")  # both panels'
         figures.append((fig, result_dir / "line"))
     return [path for fig, stem in figures for path in save_figure(fig, stem, formats)]
