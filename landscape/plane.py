@@ -9,6 +9,7 @@ from ``landscape.plots.plane``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -183,6 +184,29 @@ def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tenso
     return _sweep_in_plane(model, layout, data, out, **options)
 
 
+def _note_outside(x: np.ndarray, y: np.ndarray, points: Sequence[tuple[str, np.ndarray]], path_xy: np.ndarray) -> None:
+    """A note naming the points (and how much of the path) that an explicit
+    --xrange / --yrange leaves outside the grid, where the figure does not
+    draw them."""
+    def inside(xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+        tol = 1e-9 * max(np.ptp(x), np.ptp(y), 1.0)
+        return ((xy[:, 0] >= x[0] - tol) & (xy[:, 0] <= x[-1] + tol) & (xy[:, 1] >= y[0] - tol)
+                & (xy[:, 1] <= y[-1] + tol))
+
+    scale = max(np.ptp(x), np.ptp(y), 1.0)
+    def shown(v: float) -> str:  # a coordinate 1e-12 off an axis is on it
+        return f"{v if abs(v) > 1e-9 * scale else 0.0:.3g}"
+
+    out = [f"{label} ({shown(xy[0])}, {shown(xy[1])})" for label, xy in points if not inside(xy)[0]]
+    path_out = int((~inside(path_xy)).sum()) if len(path_xy) else 0
+    if path_out:
+        out.append(f"{path_out} of the path's {len(path_xy)} points")
+    if out:
+        print(f"note: outside --xrange/--yrange ([{x[0]:.3g}, {x[-1]:.3g}] x [{y[0]:.3g}, {y[-1]:.3g}]), not drawn: "
+              f"{', '.join(out)}", file=sys.stderr)
+
+
 def _refuse_repeats(vectors: Sequence[torch.Tensor], labels: Sequence[str]) -> None:
     """One line for a checkpoint given twice: a trajectory passes each once."""
     probe = torch.randn(vectors[0].numel(), generator=torch.Generator().manual_seed(0)).to(vectors[0].device)
@@ -271,6 +295,10 @@ def _sweep_in_plane(
         x, y = plane_grid(np.zeros((1, 2)), grid, 0.0, xrange or layout.default_range, yrange or layout.default_range)
     else:
         x, y = plane_grid(np.concatenate([anchor_xy, path_xy, mark_xy]), grid, margin, xrange, yrange)
+    if xrange is not None or yrange is not None:  # the figure's axes are the grid's: what lies outside is not drawn
+        _note_outside(x, y, [*zip(layout.labels, anchor_xy), *zip(list(mark_labels) or
+                                                                 [f"mark {i + 1}" for i in range(len(mark_xy))],
+                                                                 mark_xy)], path_xy)
     # plane_grid gave the axes (and refused a grid below 2); the grid's G x G points come next
     check_sweep_fits(grid * grid + len(layout.anchors) + len(marks), 3 + len(marks), f"--grid {grid}")
 

@@ -1140,3 +1140,17 @@ def test_keys_of_a_validation_split_compare_its_seed_and_still_match_earlier_bui
     assert compare_keys(earlier, k1) is None and compare_keys(earlier, k2) is None
     assert ":" not in request_key(vectors, {"grid": 3, "dataset": dict(test.describe(), fingerprint=None)})
     assert compare_keys(request_key(vectors, {"grid": 4, "dataset": one.describe()}), k1) == "settings"
+
+
+def test_points_an_explicit_range_leaves_out_are_named(capsys):
+    """--xrange / --yrange cut the figure to the grid: an anchor beyond it vanished without a word."""
+    from landscape.plane import _note_outside
+
+    x, y = np.linspace(-0.2, 0.6, 5), np.linspace(-0.5, 0.5, 5)
+    path = np.stack([np.linspace(0, 1, 11), np.zeros(11)], axis=1)  # 0.0 .. 1.0: 6 of 11 within 0.6
+    _note_outside(x, y, [("A", np.array([0.0, 0.0])), ("B", np.array([1.0, 0.0])), ("SWA", np.array([0.3, 0.7]))],
+                  path)
+    assert capsys.readouterr().err == ("note: outside --xrange/--yrange ([-0.2, 0.6] x [-0.5, 0.5]), not drawn: "
+                                       "B (1, 0), SWA (0.3, 0.7), 4 of the path's 11 points\n")
+    _note_outside(x, y, [("A", np.array([0.0, 0.0])), ("C", np.array([0.6, 0.5]))], np.zeros((0, 2)))  # on the edge
+    assert capsys.readouterr().err == ""
