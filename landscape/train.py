@@ -641,7 +641,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
         # last.pt holds the last epoch: the run is finished again from it
     if not resume:
         if done:
-            raise UserError(f"{out} already holds a finished run; choose another --out")
+            raise UserError(f"{out} already holds a finished run; choose another --out (or pass --resume to use it)")
         if last.exists():
             raise UserError(f"{out} holds an unfinished run; pass --resume to continue it, or choose another --out")
         _refuse_orphaned_records(out)
