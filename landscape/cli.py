@@ -389,6 +389,9 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
     from landscape.checkpoint import read_json
 
     ends = s["curve"]["metrics"]["test_error"]
+    trained = ((meta or {}).get("train_config") or {})
+    if trained.get("free_start") or trained.get("free_end"):  # that end moved: its run's summary is not of it
+        return ""
     own = []
     for key in ("start", "end"):
         path = Path(str((meta or {}).get(key, "")))
@@ -2209,7 +2212,8 @@ def _allocation(e: BaseException) -> str:
 
 
 # Options that set how much a command computes: a huge one may be why memory ran out.
-_SIZE_OPTIONS = ("points", "grid", "directions", "steps", "samples", "bends", "vertices", "iters", "chains")
+_SIZE_OPTIONS = ("points", "grid", "directions", "steps", "samples", "bends", "t_samples", "vertices", "iters",
+                 "chains")
 
 
 def _out_of_memory_advice(args: argparse.Namespace) -> str:
@@ -2219,7 +2223,7 @@ def _out_of_memory_advice(args: argparse.Namespace) -> str:
     name the size options given."""
     fresh = [o for o, ok in (("--bn-stats batches", getattr(args, "bn_stats", "batches") != "batches"),
                              ("a smaller --batch-size", hasattr(args, "batch_size"))) if ok]
-    sizes = [f"--{name}" for name in _SIZE_OPTIONS if isinstance(getattr(args, name, None), int)
+    sizes = [f"--{name.replace('_', '-')}" for name in _SIZE_OPTIONS if isinstance(getattr(args, name, None), int)
              and not isinstance(getattr(args, name), bool)]
     out = getattr(args, "out", None)
     stored = out is not None and Path(out).is_dir() and any(

@@ -14,12 +14,13 @@ Every landscape is ``points = coefficients @ anchors``:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, check_number, check_whole
 from .weights import ParamSpace, gram_schmidt
 
 MIN_TRAJECTORY = 3  # checkpoints a trajectory's plane needs (two axes and a point off the line)
@@ -164,19 +165,33 @@ def project_with_distance(basis: PlaneBasis, points: torch.Tensor,
     return np.concatenate(coords), np.concatenate(dist)
 
 
+def check_grid_options(grid: object, margin: object, xrange: object, yrange: object) -> int:
+    """The grid size as an int; one line for a plane's grid options that cannot make one: a grid of fewer
+    than 2 (or no whole number), a negative margin, a range that is not two finite numbers LO < HI."""
+    grid = check_whole("--grid", grid)
+    if grid < 2:
+        raise UserError(f"--grid must be at least 2, got {grid}")
+    check_number("--margin", margin)
+    if not margin >= 0:
+        raise UserError(f"--margin must be at least 0 (a fraction of the points' extent), got {margin}")
+    for flag, given in (("--xrange", xrange), ("--yrange", yrange)):
+        if given is None:
+            continue
+        pair = list(given) if isinstance(given, (tuple, list, np.ndarray)) else None
+        if pair is None or len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in pair):
+            raise UserError(f"{flag} must be two numbers LO HI, got {given!r}")
+        if not (np.all(np.isfinite(pair)) and pair[1] > pair[0]):
+            raise UserError(f"{flag} needs finite LO < HI, got {pair[0]} {pair[1]}")
+    return grid
+
+
 def plane_grid(xy: np.ndarray, grid: int = 21, margin: float = 0.2,
                xrange: tuple[float, float] | None = None,
                yrange: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grid axes x (G,), y (G,) covering the points ``xy`` (M, 2) with a margin
     of ``margin`` times their extent on each side (the papers' 0.2), unless
     explicit ranges are given."""
-    if grid < 2:
-        raise UserError(f"--grid must be at least 2, got {grid}")
-    if not margin >= 0:
-        raise UserError(f"--margin must be at least 0 (a fraction of the points' extent), got {margin}")
-    for flag, given in (("--xrange", xrange), ("--yrange", yrange)):
-        if given is not None and not (np.all(np.isfinite(given)) and given[1] > given[0]):
-            raise UserError(f"{flag} needs finite LO < HI, got {given[0]} {given[1]}")
+    grid = check_grid_options(grid, margin, xrange, yrange)
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     ext = np.maximum(hi - lo, 1e-12)
     x0, x1 = xrange if xrange is not None else (lo[0] - margin * ext[0], hi[0] + margin * ext[0])

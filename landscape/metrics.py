@@ -27,7 +27,8 @@ def barrier(values: np.ndarray) -> float:
 def arc_length_mean(t: np.ndarray, values: np.ndarray, speed: np.ndarray) -> float:
     """integral m(phi(t)) ||phi'(t)|| dt / integral ||phi'(t)|| dt on the grid ``t``
     (trapezoid rule): the average of the metric over the path's length, which
-    the papers' objective weights by. Equals the plain mean for a line."""
+    the papers' objective weights by. For a line (constant speed) it is the trapezoid rule's time average,
+    not the plain mean of the samples (which weighs the two ends as fully as the points between)."""
     t, values, speed = (np.asarray(a, dtype=np.float64) for a in (t, values, speed))
     den = np.trapezoid(speed, t)
     if den <= 0:

@@ -24,6 +24,7 @@ from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
     PlaneBasis,
+    check_grid_options,
     check_normalize,
     plane_basis,
     plane_coefficients,
@@ -242,10 +243,19 @@ class _Layout:
 def _vectors(model: nn.Module, points: Sequence[torch.Tensor], device, what: str) -> list[torch.Tensor]:
     numel = ParamSpace.of(model).numel
     vecs = [p.detach().reshape(-1).to(device) for p in points]
-    for v in vecs:
+    for i, v in enumerate(vecs):
         if v.numel() != numel:
             raise UserError(f"{what} has {v.numel()} values, the model {numel} parameters")
+        bad = int((~torch.isfinite(v)).sum())
+        if bad:  # the basis and every point through it would be NaN (an "empty plane range x [nan, nan]")
+            which = f" (the {_ordinal(i + 1)} given)" if len(vecs) > 1 else ""
+            raise UserError(f"{what}{which} has {bad} non-finite weight{'s' if bad > 1 else ''}; no plane "
+                            f"can pass through it")
     return vecs
+
+
+def _ordinal(n: int) -> str:
+    return {1: "first", 2: "second", 3: "third"}.get(n, f"{n}th")
 
 
 def _sweep_in_plane(
@@ -273,6 +283,7 @@ def _sweep_in_plane(
 ) -> PlaneResult:
     out = Path(out) if out is not None else None
     _bf16(precision)  # an unknown precision fails before anything is written
+    grid = check_grid_options(grid, margin, xrange, yrange)  # before the request is keyed by them
     path = layout.path
     request = request_key([*layout.inputs, *marks, *([path] if path is not None else [])], {
         "kind": "plane", "marks": len(marks), "grid": grid, "margin": margin, "xrange": xrange, "yrange": yrange,

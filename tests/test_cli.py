@@ -1142,3 +1142,26 @@ def test_a_run_records_the_command_line_it_was_given(tmp_path, capsys):
     assert code == 0, err
     recorded = json.loads((out / "config.json").read_text())["argv"]
     assert recorded == ["landscape", "train", "--model", "mlp", "--epochs", "1", "--quiet", "--out", str(out)]
+
+
+def test_out_of_memory_advice_names_connects_t_samples(tmp_path):
+    """connect --t-samples 100000 ran out of memory and was told to check --bends."""
+    import argparse
+
+    args = argparse.Namespace(t_samples=100000, bends=1, epochs=1, resume=False, out=tmp_path / "h", batch_size=128)
+    assert cli._out_of_memory_advice(args) == ("nothing was stored yet: check the sizes asked for (--bends, "
+                                               "--t-samples), or rerun with a smaller --batch-size")
+
+
+def test_a_free_ends_error_is_not_compared_with_its_runs_summary(tmp_path):
+    """connect --free-end trains the end: the curve's end is not b.pt, and its error differing from b's run
+    was put down to batch norm."""
+    for name, error in (("a", 0.28), ("b", 0.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.pt").write_bytes(b"")
+        (tmp_path / name / "summary.json").write_text(json.dumps({"test_error": error}))
+    s = {"curve": {"metrics": {"test_error": {"start": 0.28, "end": 0.28}}}}
+    meta = {"start": str(tmp_path / "a" / "model.pt"), "end": str(tmp_path / "b" / "model.pt"), "train_config": {}}
+    assert "say 0.28% and 0.00%" in cli._ends_as_trained(meta, s)  # both ends fixed: the difference is told
+    meta["train_config"] = {"free_end": True}
+    assert cli._ends_as_trained(meta, s) == ""

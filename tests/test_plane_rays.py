@@ -902,6 +902,14 @@ def test_the_engine_refuses_a_non_finite_anchor_or_coefficient(data, endpoints):
         evaluate_points(model, [wa.float(), wb.float()], [[0.5, 0.5]], data)
     with pytest.raises(UserError, match="coefficient row 1 is not finite"):
         evaluate_points(model, [wa.float(), wa.float()], [[0.5, 0.5], [float("inf"), 0.0]], data)
+    # planes: the basis through such a point was NaN ("empty plane range x [nan, nan]", or eigh's traceback)
+    from landscape.plane import evaluate_trajectory_plane
+
+    _, wc = flat_weights(endpoints[2])
+    with pytest.raises(UserError, match=r"^a plane point \(the second given\) has 1 non-finite weight; no plane"):
+        evaluate_plane(model, [wa.float(), wb.float(), wc.float()], data, grid=3)
+    with pytest.raises(UserError, match=r"^a trajectory checkpoint \(the third given\) has 1 non-finite weight"):
+        evaluate_trajectory_plane(model, [wa.float(), wc.float(), wb.float()], data, grid=3)
 
 
 @pytest.mark.parametrize("error, said", [
@@ -1154,3 +1162,29 @@ def test_points_an_explicit_range_leaves_out_are_named(capsys):
                                        "B (1, 0), SWA (0.3, 0.7), 4 of the path's 11 points\n")
     _note_outside(x, y, [("A", np.array([0.0, 0.0])), ("C", np.array([0.6, 0.5]))], np.zeros((0, 2)))  # on the edge
     assert capsys.readouterr().err == ""
+
+
+def test_curve_and_plane_options_given_from_python_are_checked(tmp_path, data, endpoints):
+    """bends=1.5, points=3.5, grid=2.5 and xrange=(1,) were TypeErrors and an IndexError from deep inside."""
+    from landscape.curves import evaluate_curve, fit_curve
+
+    a, b, c = endpoints
+    for options, message in ((dict(bends=1.5), "--bends must be a whole number, got 1.5"),
+                             (dict(bends="2"), "--bends must be a whole number, got '2'"),
+                             (dict(t_samples=None), "--t-samples must be a whole number, got None")):
+        with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+            fit_curve(a, b, tmp_path / "c", data=data, epochs=1, progress=False, **options)
+    assert not (tmp_path / "c" / "last.pt").exists()
+    model, wa = flat_weights(a)
+    vecs = [wa.float(), flat_weights(b)[1].float(), flat_weights(c)[1].float()]
+    for options, message in ((dict(grid=2.5), "--grid must be a whole number, got 2.5"),
+                             (dict(xrange=(1,)), "--xrange must be two numbers LO HI, got (1,)"),
+                             (dict(yrange="0 1"), "--yrange must be two numbers LO HI, got '0 1'"),
+                             (dict(margin=None), "--margin must be a number, got None")):
+        with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+            evaluate_plane(model, vecs, data, tmp_path / "p", **options)
+    assert not (tmp_path / "p").exists()
+    result = evaluate_plane(model, vecs, data, grid=3.0, xrange=[-0.1, 1.1])  # whole floats, a list: taken
+    assert result.arrays["train_loss"].shape == (3, 3) and result.arrays["x"][0] == -0.1
+    with pytest.raises(UserError, match=r"^--points must be a whole number, got 3\.5$"):
+        evaluate_curve(tmp_path / "nothing.pt", None, points=3.5)

@@ -18,7 +18,7 @@ import torch
 from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
 from landscape.device import check_fits
-from landscape.errors import UserError
+from landscape.errors import UserError, check_whole
 from landscape.evaluate import METRICS, precision_amp
 from landscape.inputs import buffers_named, check_data_options, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
@@ -76,6 +76,7 @@ def evaluate_curve(
     """
     check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
+    points = check_whole("--points", points)
     if points < 3:  # the ends alone have no barrier: nothing between them would be measured
         raise UserError(f"--points must be at least 3 (the ends and a point between them), got {points}")
     out_path = Path(out) if out is not None else None

@@ -51,7 +51,7 @@ from landscape.checkpoint import (
 )
 from landscape.data import Dataset, refuse_given_data_path
 from landscape.device import resolve_device, seed_everything
-from landscape.errors import UserError, check_keywords
+from landscape.errors import UserError, check_keywords, check_whole
 from landscape.bn import reestimate_bn
 from landscape.evaluate import copy_network, evaluate_model, evaluate_points, forward_points
 from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings,
@@ -88,6 +88,7 @@ class ConnectConfig(TrainConfig):
             raise UserError(f"unknown curve {self.curve!r}; choose one of: {', '.join(sorted(CURVES))}")
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+        self.t_samples, self.bends = check_whole("--t-samples", self.t_samples), check_whole("--bends", self.bends)
         if self.t_samples < 1:
             raise UserError(f"--t-samples must be at least 1, got {self.t_samples}")
         if self.bends < 0:

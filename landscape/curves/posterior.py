@@ -48,7 +48,7 @@ from landscape.bn import reestimate_bn
 from landscape.checkpoint import (Checkpoint, load_checkpoint, load_model, read_json, read_jsonl, save_checkpoint)
 from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device, seed_everything
-from landscape.errors import UserError, check_nonnegative
+from landscape.errors import UserError, check_nonnegative, check_whole
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
 from landscape.inputs import check_data_options, note_split_leak, own_network, run_data, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
@@ -350,6 +350,7 @@ def evaluate_posterior_curve(
     ensemble's test error and of the ensemble's test NLL."""
     check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
+    points = check_whole("--points", points)
     if points < 3:  # the ends alone have no barrier: nothing between them would be measured
         raise UserError(f"--points must be at least 3 (the ends and a point between them), got {points}")
     if samples < 1:
