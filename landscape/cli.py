@@ -49,6 +49,8 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if getattr(self, "labels_given", False) and "required: RESULT_DIR" in message:  # --labels took the folders
+            message += " (give --labels after the result folders: it takes every word after it)"
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank parses the same words: rank 0 says it
             print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
@@ -1910,9 +1912,11 @@ def _argv(args: argparse.Namespace) -> list[str]:
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args``, but an option the subcommand lacks is reported
     by the subcommand's parser (its usage, its --help), not the top one's."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    words = list(map(str, argv)) if argv is not None else sys.argv[1:]
+    commands.choices["plot"].labels_given = "--labels" in words  # for its error when --labels took the folders
     args, extra = parser.parse_known_args(argv)
     args.argv = [PROG, *map(str, argv)] if argv is not None else list(sys.argv)
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if extra:
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -1165,3 +1165,15 @@ def test_a_free_ends_error_is_not_compared_with_its_runs_summary(tmp_path):
     assert "say 0.28% and 0.00%" in cli._ends_as_trained(meta, s)  # both ends fixed: the difference is told
     meta["train_config"] = {"free_end": True}
     assert cli._ends_as_trained(meta, s) == ""
+
+
+def test_labels_before_the_folders_are_told_where_they_go(capsys):
+    """--labels takes every word after it: given first, it took the folders too ("RESULT_DIR required")."""
+    with pytest.raises(SystemExit):
+        cli.main(["plot", "--labels", "a", "b", "x-eval", "y-eval", "--out", "cmp"])
+    assert capsys.readouterr().err.strip() == (
+        "landscape plot: error: the following arguments are required: RESULT_DIR (give --labels after the result "
+        "folders: it takes every word after it) (see landscape plot --help)")
+    with pytest.raises(SystemExit):
+        cli.main(["plot"])
+    assert "--labels" not in capsys.readouterr().err
