@@ -392,10 +392,10 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
 
     ends = s["curve"]["metrics"]["test_error"]
     trained = ((meta or {}).get("train_config") or {})
-    if trained.get("free_start") or trained.get("free_end"):  # that end moved: its run's summary is not of it
-        return ""
-    own = []
+    own = {}
     for key in ("start", "end"):
+        if trained.get(f"free_{key}"):  # that end moved (--free-start/--free-end): its run's summary is not of it
+            continue
         path = Path(str((meta or {}).get(key, "")))
         summary = path.parent / "summary.json"
         if path.name != "model.pt" or not summary.exists():
@@ -406,11 +406,15 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
             return ""
         if stored.get("eval_split", "test") != s.get("eval_split", "test") or "test_error" not in stored:
             return ""
-        own.append(float(stored["test_error"]))
-    if all(abs(a - b) < 0.005 for a, b in zip(own, (ends["start"], ends["end"]))):
+        own[key] = float(stored["test_error"])
+    if all(abs(value - ends[key]) < 0.005 for key, value in own.items()):
         return ""
+    if len(own) == 1:
+        (key, value), = own.items()
+        return (f" (batch norm re-estimated; the {key}'s run's summary, with the statistics it trained with, says "
+                f"{value:.2f}%; the {'end' if key == 'start' else 'start'} was trained with the curve)")
     return (f" (batch norm re-estimated; their runs' summaries, with the statistics they trained with, say "
-            f"{own[0]:.2f}% and {own[1]:.2f}%)")
+            f"{own['start']:.2f}% and {own['end']:.2f}%)")
 
 
 def _print_paths(s: dict[str, Any], columns: list[tuple[str, str, int, int]], ends_key: str, ends_label: str,
@@ -787,16 +791,11 @@ def _refuse_unfinished_run(d: Path, what: str) -> None:
     """One line for a run folder whose training has not finished (its last.pt
     without the summary.json a finished run writes): its figure would show
     the epochs so far as the run's, as unfinished sweeps are refused too."""
-    from landscape.checkpoint import stored_config, writer_of
+    from landscape.checkpoint import stored_config
+    from landscape.sweep import refuse_stopped
 
-    writer = writer_of(d)
-    if writer is not None:
-        raise UserError(f"{d}: the {what} there is still running (landscape process{f' {writer}' if writer else ''}); "
-                        f"plot it when it has finished")
     config = (stored_config(d) or {}).get("config")
-    so_far = _done_so_far(d, config.get("epochs") if isinstance(config, dict) else None) or ""
-    raise UserError(f"{d}: the {what} there is unfinished{so_far}; finish it by rerunning its command with --resume, "
-                    f"then plot")
+    refuse_stopped(d, what, _done_so_far(d, config.get("epochs") if isinstance(config, dict) else None) or "")
 
 
 def _average_overrides(args: argparse.Namespace) -> dict[str, Any]:

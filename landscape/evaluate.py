@@ -374,7 +374,7 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
     # One forward of the whole training set must fit, and its largest layer output must stay under
     # 2^31 elements (kernels index with 32 bits; some split such tensors, some fail). On CUDA, where
     # a pass that does not fit fails, a lone point holds up to LIVE_COPIES + 1 float32 copies of
-    # that output (_live_bytes); the CPU's budget is a pass size, not its memory (24 GiB here), and
+    # that output (one more than _live_bytes sizes a point of a pass at: a lone point's measured peak); the CPU's budget is a pass size, not its memory (24 GiB here), and
     # four copies (the output being written, its input, a residual and a spare) keep population
     # statistics for PreResNet-20 on 5,000 CIFAR-sized images, where they are the faster.
     largest = probe.largest * len(data.y_train)
@@ -504,7 +504,9 @@ def full_float32() -> Iterator[None]:
     would be noise in N x NLL, its differences and its curvature). Set and
     put back through the per-backend ``fp32_precision`` settings where torch
     has them (2.9 on): there, reading the older ``allow_tf32`` flags raises
-    once a program has set the newer ones."""
+    once a program has set the newer ones (so, inside this block, code that
+    reads ``torch.backends.cudnn.allow_tf32`` would fail). CUDA's matmul and
+    cuDNN only: the CPU's oneDNN setting (``mkldnn``) is left as it is."""
     if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
         saved = [(_backend(name), _backend(name).fp32_precision) for name in _FP32_SETTINGS]
         try:

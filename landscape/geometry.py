@@ -172,8 +172,8 @@ def check_grid_options(grid: object, margin: object, xrange: object, yrange: obj
     if grid < 2:
         raise UserError(f"--grid must be at least 2, got {grid}")
     check_number("--margin", margin)
-    if not margin >= 0:
-        raise UserError(f"--margin must be at least 0 (a fraction of the points' extent), got {margin}")
+    if not (margin >= 0 and np.isfinite(margin)):
+        raise UserError(f"--margin must be a finite number >= 0 (a fraction of the points' extent), got {margin}")
     for flag, given in (("--xrange", xrange), ("--yrange", yrange)):
         if given is None:
             continue

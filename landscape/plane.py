@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .data import as_dataset
-from .errors import UserError, check_seed
+from .errors import UserError, check_number, check_seed
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
@@ -85,6 +85,7 @@ def evaluate_plane(
     if len(points) != 3:
         raise UserError(f"a plane needs exactly three points, got {len(points)}")
     data = as_dataset(data)
+    _check_options(model, data, options)  # before a basis is worked out, or a folder claimed
     vecs = _vectors(model, points, data.device, "a plane point")
     layout = _Layout(basis=plane_basis(*vecs), anchors=vecs, labels=list(labels), path=path, path_label=path_label,
                      inputs=list(points), request={})
@@ -106,6 +107,9 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
     ones (as ``rays``). ``options`` are :func:`evaluate_plane`'s (``marks``,
     ``grid``, ``wd``, ``batch_size``, ``resume``, ...; not ``margin``)."""
     data = as_dataset(data)
+    _check_options(model, data, options)  # before a basis is worked out, or a folder claimed
+    if span is not None:
+        check_number("--span", span)
     (c,) = _vectors(model, [center], data.device, "the centre")
     check_normalize(normalize)
     check_seed(seed)
@@ -156,6 +160,7 @@ def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tenso
     if ignore not in (None, "biasbn"):
         raise UserError(f"unknown --ignore {ignore!r}; the one choice is biasbn (biases and batch-norm parameters)")
     data = as_dataset(data)
+    _check_options(model, data, options)  # before a basis is worked out, or a folder claimed
     vecs = _vectors(model, trajectory, data.device, "a trajectory checkpoint")
     _refuse_repeats(vecs, labels)
     path = torch.stack(vecs)
@@ -240,6 +245,14 @@ class _Layout:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def _check_options(model: nn.Module, data, options: dict[str, Any]) -> None:
+    """One line for grid options that make no grid and for marks that are no networks' weights, before any
+    work (a trajectory's PCA) and before the result folder is claimed."""
+    check_grid_options(options.get("grid", 21), options.get("margin", 0.2), options.get("xrange"),
+                       options.get("yrange"))
+    _vectors(model, options.get("marks", ()), data.device, "a marked point")
+
+
 def _vectors(model: nn.Module, points: Sequence[torch.Tensor], device, what: str) -> list[torch.Tensor]:
     numel = ParamSpace.of(model).numel
     vecs = [p.detach().reshape(-1).to(device) for p in points]
@@ -248,14 +261,11 @@ def _vectors(model: nn.Module, points: Sequence[torch.Tensor], device, what: str
             raise UserError(f"{what} has {v.numel()} values, the model {numel} parameters")
         bad = int((~torch.isfinite(v)).sum())
         if bad:  # the basis and every point through it would be NaN (an "empty plane range x [nan, nan]")
-            which = f" (the {_ordinal(i + 1)} given)" if len(vecs) > 1 else ""
+            which = f" (number {i + 1} of the {len(vecs)} given)" if len(vecs) > 1 else ""
             raise UserError(f"{what}{which} has {bad} non-finite weight{'s' if bad > 1 else ''}; no plane "
                             f"can pass through it")
     return vecs
 
-
-def _ordinal(n: int) -> str:
-    return {1: "first", 2: "second", 3: "third"}.get(n, f"{n}th")
 
 
 def _sweep_in_plane(

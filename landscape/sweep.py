@@ -340,12 +340,19 @@ def refuse_unfinished(folder: Path) -> None:
     """One line when ``folder`` holds an unfinished sweep (its partial store,
     :data:`STORE`) where finished results were expected, as by ``plot``."""
     if (Path(folder) / STORE).exists():
-        writer = writer_of(Path(folder))
-        if writer is not None:
-            raise UserError(f"{folder}: the sweep there is still running (landscape process"
-                            f"{f' {writer}' if writer else ''}); plot it when it has finished")
-        raise UserError(f"{folder}: the sweep there is unfinished ({STORE}); finish it by rerunning its command "
-                        f"with --resume, then plot")
+        refuse_stopped(folder, "sweep", f" ({STORE})")
+
+
+def refuse_stopped(folder: Path, what: str, detail: str = "") -> None:
+    """One line for ``folder``, whose ``what`` (a sweep, an SWA run) has not
+    finished: still being written by a landscape process, or stopped
+    (``detail``: how far it got); its figures would show it as done."""
+    writer = writer_of(Path(folder))
+    if writer is not None:
+        raise UserError(f"{folder}: the {what} there is still running (landscape process"
+                        f"{f' {writer}' if writer else ''}); plot it when it has finished")
+    raise UserError(f"{folder}: the {what} there is unfinished{detail}; finish it by rerunning its command with "
+                    f"--resume, then plot")
 
 
 def check_sweep_fits(points: int, anchors: int, what: str) -> None:

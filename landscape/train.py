@@ -169,6 +169,7 @@ class TrainConfig:
             raise UserError(f"--batch-size must be at least 2 (batch norm needs two samples), got {self.batch_size}")
         check_rate(self.lr_flag, self.lr)
         check_nonnegative("--wd", self.wd)
+        check_number("--momentum", self.momentum)
         if not 0 <= self.momentum < 1:  # also refuses NaN; momentum 1 or more never forgets a step and diverges
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.save_every < 0:

@@ -61,7 +61,7 @@ from .bn import reestimate_bn
 from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, read_jsonl,
                          save_checkpoint)
 from .data import Dataset
-from .errors import UserError, check_nonnegative
+from .errors import UserError, check_nonnegative, check_whole
 from .evaluate import evaluate_model, precision_amp, train_logits, weights_finite
 from .inputs import check_data_options, named_model, note_split_leak, own_network, run_data, stored_data
 from .sweep import begin_result, finish_result, process_device, request_key
@@ -379,6 +379,9 @@ class VariationalConfig(TrainConfig):
         check_nonnegative("--temperature", self.temperature)
         if not (math.isfinite(self.init_alpha) and 0 < self.init_alpha <= 1e6):
             raise UserError(f"--init-alpha must be a number in (0, 1e6], got {self.init_alpha}")
+        self.kl_warmup, self.cycle = check_whole("--kl-warmup", self.kl_warmup), check_whole("--cycle", self.cycle)
+        if self.hwa_start is not None:
+            self.hwa_start = check_whole("--hwa-start", self.hwa_start)
         if self.kl_warmup < 0:
             raise UserError(f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
         if self.optimizer not in ("adam", "sgd"):

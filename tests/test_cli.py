@@ -1164,7 +1164,11 @@ def test_a_free_ends_error_is_not_compared_with_its_runs_summary(tmp_path):
     meta = {"start": str(tmp_path / "a" / "model.pt"), "end": str(tmp_path / "b" / "model.pt"), "train_config": {}}
     assert "say 0.28% and 0.00%" in cli._ends_as_trained(meta, s)  # both ends fixed: the difference is told
     meta["train_config"] = {"free_end": True}
-    assert cli._ends_as_trained(meta, s) == ""
+    assert cli._ends_as_trained(meta, s) == ""  # the start agrees with its run; the end is not b's
+    meta["train_config"] = {"free_start": True}  # the end, fixed, is compared alone
+    assert cli._ends_as_trained(meta, s) == (" (batch norm re-estimated; the end's run's summary, with the "
+                                             "statistics it trained with, says 0.00%; the start was trained with "
+                                             "the curve)")
 
 
 def test_labels_before_the_folders_are_told_where_they_go(capsys):

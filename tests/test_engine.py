@@ -1054,6 +1054,15 @@ def test_population_statistics_are_chosen_on_cuda_only_where_the_engines_own_est
     assert resolve_bn_stats("auto", net, small) == "population"
     monkeypatch.setattr(engine_module, "_memory_budget", lambda device: cpu - 1)
     assert resolve_bn_stats("auto", net, small) == "batches"
+    # The same choice for data on CUDA (a stand-in: the choice reads the device and the number of images):
+    # four copies' budget no longer makes it population there, nine copies' does.
+    from types import SimpleNamespace
+
+    on_cuda = SimpleNamespace(device=torch.device("cuda"), y_train=small.y_train)
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: cpu if device.type == "cuda" else 0)
+    assert resolve_bn_stats("auto", net, on_cuda, probe=probe) == "batches"
+    monkeypatch.setattr(engine_module, "_memory_budget", lambda device: cuda if device.type == "cuda" else 0)
+    assert resolve_bn_stats("auto", net, on_cuda, probe=probe) == "population"
 
 
 def test_l2_penalty_is_half_wd_times_the_sum_of_squares_of_the_trained_parameters_in_order():

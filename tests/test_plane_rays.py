@@ -215,8 +215,10 @@ def test_plane_grid_covers_the_points_with_the_margin():
     assert (y[0] < xy[:, 1]).all() and (xy[:, 1] < y[-1]).all()
     x0, y0 = plane_grid(xy, grid=5, margin=0.0)
     assert (x0[0], x0[-1], y0[0], y0[-1]) == (0.0, 3.0, 0.0, 2.0)
-    with pytest.raises(UserError, match=r"^--margin must be at least 0 \(a fraction of the points' extent\), got -1"):
+    with pytest.raises(UserError, match=r"^--margin must be a finite number >= 0 \(a fraction of the points' extent\), got -1"):
         plane_grid(xy, margin=-1.0)
+    with pytest.raises(UserError, match=r"^--margin must be a finite number >= 0 .*, got inf$"):  # axes of nan
+        plane_grid(xy, margin=float("inf"))
     with pytest.raises(UserError, match="^--yrange needs finite LO < HI, got 2.0 -1.0$"):
         plane_grid(xy, yrange=(2.0, -1.0))
 
@@ -906,9 +908,9 @@ def test_the_engine_refuses_a_non_finite_anchor_or_coefficient(data, endpoints):
     from landscape.plane import evaluate_trajectory_plane
 
     _, wc = flat_weights(endpoints[2])
-    with pytest.raises(UserError, match=r"^a plane point \(the second given\) has 1 non-finite weight; no plane"):
+    with pytest.raises(UserError, match=r"^a plane point \(number 2 of the 3 given\) has 1 non-finite weight; no plane"):
         evaluate_plane(model, [wa.float(), wb.float(), wc.float()], data, grid=3)
-    with pytest.raises(UserError, match=r"^a trajectory checkpoint \(the third given\) has 1 non-finite weight"):
+    with pytest.raises(UserError, match=r"^a trajectory checkpoint \(number 3 of the 3 given\) has 1 non-finite weight"):
         evaluate_trajectory_plane(model, [wa.float(), wc.float(), wb.float()], data, grid=3)
 
 
@@ -1183,6 +1185,10 @@ def test_curve_and_plane_options_given_from_python_are_checked(tmp_path, data, e
                              (dict(margin=None), "--margin must be a number, got None")):
         with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
             evaluate_plane(model, vecs, data, tmp_path / "p", **options)
+    bad_mark = vecs[0].clone()
+    bad_mark[3] = float("inf")
+    with pytest.raises(UserError, match=r"^a marked point has 1 non-finite weight"):
+        evaluate_plane(model, vecs, data, tmp_path / "p", marks=[bad_mark])
     assert not (tmp_path / "p").exists()
     result = evaluate_plane(model, vecs, data, grid=3.0, xrange=[-0.1, 1.1])  # whole floats, a list: taken
     assert result.arrays["train_loss"].shape == (3, 3) and result.arrays["x"][0] == -0.1

@@ -1520,3 +1520,21 @@ def test_plot_dpi_sets_the_pngs_resolution_and_only_for_that_command(tmp_path, c
     assert png_width(folder / "plane_train_loss.png") == default
     assert cli.main(["plot", str(folder), "--dpi", "10"]) == 2
     assert capsys.readouterr().err.strip().endswith("--dpi must be a whole number from 50 to 1200, got 10")
+    from landscape.plots.style import set_figure_dpi, set_figure_width
+
+    try:  # from Python, whole floats and numpy's numbers are numbers too
+        set_figure_dpi(300.0)
+        set_figure_width(np.float32(3.25))
+        assert abs(png_width(draw_plane_figures(folder)[0]) - 3.25 * 300) <= 2
+    finally:
+        set_figure_dpi(None)
+        set_figure_width(None)
+
+
+def test_figures_not_saved_are_closed_when_one_cannot_be(tmp_path):
+    """A plane's two figures are drawn before either is saved: when saving fails (a format from Python that
+    does not exist), none is left open in the calling process."""
+    folder = write_plane(tmp_path / "plane")
+    with pytest.raises(UserError, match="unknown figure format 'jpg'"):
+        draw_plane_figures(folder, formats=("jpg",))
+    assert not plt.get_fignums()

@@ -522,3 +522,23 @@ def test_other_data_given_for_a_runs_checkpoints_is_noted(tmp_path, small_digits
     load_points([tmp_path / "d" / "model.pt"], data=dataclasses.replace(digits, augment=True))
     load_points([tmp_path / "d" / "model.pt"], data=digits)
     assert "note:" not in capsys.readouterr().err
+
+
+def test_config_counts_and_numbers_given_from_python_are_one_line():
+    """A config's counts are whole numbers and its rates numbers: from Python, 2.5, "0.9" or None were taken
+    and failed later (a TypeError in a comparison, or epochs spent first)."""
+    from landscape.curves.spro import SimplexConfig
+    from landscape.train import TrainConfig
+    from landscape.variational import VariationalConfig
+
+    cases = [(VariationalConfig(epochs=10, hwa_start=2.5), "--hwa-start must be a whole number, got 2.5"),
+             (VariationalConfig(epochs=10, kl_warmup=None), "--kl-warmup must be a whole number, got None"),
+             (SimplexConfig(samples=1.5), "--samples must be a whole number, got 1.5"),
+             (TrainConfig(momentum="0.9"), "--momentum must be a number, got '0.9'"),
+             (TrainConfig(epochs=4.5), "--epochs must be a whole number, got 4.5")]
+    for config, message in cases:
+        with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+            config.validate()
+    config = VariationalConfig(epochs=10.0, hwa_start=4.0, cycle=2.0)
+    config.validate()  # whole floats are whole numbers, kept as ints
+    assert (config.epochs, config.hwa_start, config.cycle) == (10, 4, 2) and isinstance(config.hwa_start, int)

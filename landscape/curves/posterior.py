@@ -353,6 +353,7 @@ def evaluate_posterior_curve(
     points = check_whole("--points", points)
     if points < 3:  # the ends alone have no barrier: nothing between them would be measured
         raise UserError(f"--points must be at least 3 (the ends and a point between them), got {points}")
+    samples = check_whole("--samples", samples)
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
     out_path = Path(out) if out is not None else None

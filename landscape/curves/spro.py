@@ -57,7 +57,7 @@ from landscape.checkpoint import (
 )
 from landscape.data import Dataset, refuse_data_twice, refuse_given_data_path
 from landscape.device import check_fits, resolve_device
-from landscape.errors import UserError, check_keywords, check_nonnegative
+from landscape.errors import UserError, check_keywords, check_nonnegative, check_whole
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
@@ -95,6 +95,7 @@ class SimplexConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         check_nonnegative("--lam", self.lam)  # NaN fails too: it would train, then report a NaN volume
+        self.samples = check_whole("--samples", self.samples)
         if self.samples < 1:
             raise UserError(f"--samples must be at least 1, got {self.samples}")
         if self.init not in ("random", "centre"):

@@ -16,10 +16,13 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure,
+from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure, save_figures,
                     train_loss_label)
 
-__all__ = ["contour_bands", "label_point", "OUTLINE", 
+__all__ = [
+    "contour_bands",
+    "label_point",
+    "OUTLINE",
     "LogOffsetNorm",
     "clip_values",
     "log_levels",
@@ -515,7 +518,7 @@ def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png"
         ax.set_title(label)
         note_synthetic(fig, [summary])
         figures.append((fig, result_dir / f"plane_{metric}"))
-    return [path for fig, stem in figures for path in save_figure(fig, stem, formats)]
+    return save_figures(figures, formats, save_figure)
 
 
 def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 import re
 from pathlib import Path
@@ -22,9 +23,9 @@ matplotlib.rcParams["pdf.fonttype"] = 42
 matplotlib.rcParams["ps.fonttype"] = 42
 
 from landscape.checkpoint import atomic_save  # noqa: E402
-from landscape.errors import UserError  # noqa: E402
+from landscape.errors import UserError, is_whole  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "set_figure_dpi", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
+__all__ = ["new_figure", "save_figure", "save_figures", "set_figure_dpi", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
            "result_colors", "fs", "set_figure_width", "note_synthetic", "mark_endpoints", "log_scale_when_spread",
            "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero", "whole_number_ticks", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
            "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR"]
@@ -124,7 +125,7 @@ def set_figure_width(width: float | None) -> None:
     """Draw every later figure ``width`` inches wide (its height scaled with
     it) with text at 8 pt, as it will be printed: 3.25 for a column, 6.75 for
     a page; None puts back each figure's own size and 10-pt text."""
-    number = isinstance(width, (int, float)) and not isinstance(width, bool)
+    number = isinstance(width, numbers.Real) and not isinstance(width, bool)  # numpy's floats too
     if width is not None and not (number and MIN_WIDTH <= width <= 20.0):  # also NaN
         raise UserError(f"--width must be between {MIN_WIDTH:g} and 20 inches, got {width!r}"
                         + (" (narrower, 8-pt titles and axis labels no longer fit)" if number and 0 < width < MIN_WIDTH
@@ -141,9 +142,9 @@ def set_figure_dpi(dpi: int | None) -> None:
     """Save every later PNG at ``dpi`` dots per inch (None: 150, the
     default; 300 or 600 for print); PDF and SVG are vector figures."""
     lo, hi = DPI_RANGE
-    if dpi is not None and not (isinstance(dpi, int) and not isinstance(dpi, bool) and lo <= dpi <= hi):
+    if dpi is not None and not (is_whole(dpi) and lo <= dpi <= hi):  # 300.0 and numpy's ints are whole too
         raise UserError(f"--dpi must be a whole number from {lo} to {hi}, got {dpi!r}")
-    _DPI[0] = 150 if dpi is None else dpi
+    _DPI[0] = 150 if dpi is None else int(dpi)
 
 
 def paper_width() -> float | None:
@@ -457,6 +458,21 @@ def check_formats(formats) -> tuple[str, ...]:
         raise UserError(f"unknown figure format {unknown[0]!r}; choose from {', '.join(FORMATS)}" if unknown
                         else f"no figure format given; choose from {', '.join(FORMATS)}")
     return formats
+
+
+def save_figures(figures, formats=("png",), save=None) -> list[Path]:
+    """Save ``figures`` [(fig, stem), ...] (``save``, by default
+    :func:`save_figure`), all drawn before any is saved; if one cannot be
+    saved the rest are closed too."""
+    save = save or save_figure
+    written: list[Path] = []
+    try:
+        for fig, stem in figures:
+            written += save(fig, stem, formats)
+    finally:
+        for fig, _ in figures:  # closing a saved one again does nothing
+            plt.close(fig)
+    return written
 
 
 def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int | None = None) -> list[Path]:
