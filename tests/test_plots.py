@@ -1538,3 +1538,26 @@ def test_figures_not_saved_are_closed_when_one_cannot_be(tmp_path):
     with pytest.raises(UserError, match="unknown figure format 'jpg'"):
         draw_plane_figures(folder, formats=("jpg",))
     assert not plt.get_fignums()
+
+
+def test_stored_labels_a_figure_cannot_show_as_they_are_are_shown_literally(tmp_path, monkeypatch):
+    """A rays centre named _a (a run folder's name) vanished from the legend, one named $\\frac$ failed the
+    figure's save; a plane anchor named so failed too. Valid mathtext stays: it may be meant."""
+    import landscape.plots.rays as rays_plots
+    from landscape.plots.style import shown_label
+
+    assert shown_label("_a") == "\u200b_a" and shown_label("$\\frac$") == "\\$\\frac\\$" and shown_label("$w_1$") == "$w_1$"
+    folder = write_rays(tmp_path / "rays")
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["centers"][0]["label"], summary["centers"][1]["label"] = "_a", "$\\frac$"
+    (folder / "summary.json").write_text(json.dumps(summary))
+    kept = []
+    real = rays_plots.save_figure
+    monkeypatch.setattr(rays_plots, "save_figure", lambda fig, stem, formats: kept.append(fig) or real(fig, stem, formats))
+    assert len(draw_rays_figures(folder)) == 3  # saved: the bad mathtext no longer fails
+    legend = kept[-1].axes[0].get_legend()  # the line figure's: both centres named
+    assert [t.get_text() for t in legend.get_texts()] == ["\u200b_a", "\\$\\frac\\$"]
+    plane = write_plane(tmp_path / "plane")
+    summary = json.loads((plane / "summary.json").read_text())
+    (plane / "summary.json").write_text(json.dumps(dict(summary, anchor_labels=["$\\frac$", "_b", "$w$"])))
+    assert len(draw_plane_figures(plane)) == 2

@@ -23,7 +23,7 @@ from landscape.sweep import refuse_unfinished
 
 from .curve import compare_curves, curve_label
 from .plane import compare_planes
-from .style import check_formats, save_figure
+from .style import check_formats, save_figure, shown_label
 from .swag import average_label, compare_averages
 
 __all__ = ["draw_comparison", "redraw_comparisons", "COMPARABLE"]
@@ -88,8 +88,7 @@ def default_labels(folders: Sequence[Path], summaries: Sequence[dict], kind: str
 def _literal(name: str) -> str:
     """A folder's name as a legend shows it: a $ written as \\$ (not mathtext), and a leading _ (which a
     legend leaves out) after a zero-width space."""
-    name = name.replace("$", "\\$")
-    return "\u200b" + name if name.startswith("_") else name
+    return shown_label(name.replace("$", "\\$"))
 
 
 def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None,

@@ -16,8 +16,8 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure, save_figures,
-                    train_loss_label)
+from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure,
+                    save_figures, shown_label, train_loss_label)
 
 __all__ = [
     "contour_bands",
@@ -473,7 +473,7 @@ def label_point(ax, text, xy, offset: tuple[float, float], va: str) -> None:
     or to its left in the right third of the axes, where it would run out."""
     lo, hi = ax.get_xlim()
     right_third = hi > lo and (float(xy[0]) - lo) / (hi - lo) > 2 / 3
-    ax.annotate(str(text), (float(xy[0]), float(xy[1])), xytext=(-offset[0] if right_third else offset[0], offset[1]),
+    ax.annotate(shown_label(text), (float(xy[0]), float(xy[1])), xytext=(-offset[0] if right_third else offset[0], offset[1]),
                 textcoords="offset points", ha="right" if right_third else "left", va=va, fontsize=fs(10), zorder=5,
                 path_effects=OUTLINE)
 

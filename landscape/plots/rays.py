@@ -12,7 +12,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .style import (PATH_LOG_FACTOR, fs, log_scale_when_spread, new_figure, result_colors, save_figure, save_figures,
-                    train_loss_label)
+                    shown_label, train_loss_label)
 
 __all__ = ["plot_rays", "plot_line_metric", "draw_rays_figures", "load_rays_result", "shared_limits"]
 
@@ -110,7 +110,8 @@ def load_rays_result(result_dir: str | Path) -> tuple[dict[str, np.ndarray], dic
 
 def _centre_labels(summary: dict, n: int) -> list[str]:
     centres = summary.get("centers") or []
-    return [centres[i].get("label", f"centre {i}") if i < len(centres) else f"centre {i}" for i in range(n)]
+    return [shown_label(centres[i].get("label", f"centre {i}")) if i < len(centres) else f"centre {i}"
+            for i in range(n)]
 
 
 def _draw_metric(arrays: dict, summary: dict, metric: str, ylabel: str):

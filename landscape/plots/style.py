@@ -27,7 +27,7 @@ from landscape.errors import UserError, is_whole  # noqa: E402
 
 __all__ = ["new_figure", "save_figure", "save_figures", "set_figure_dpi", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
            "result_colors", "fs", "set_figure_width", "note_synthetic", "mark_endpoints", "log_scale_when_spread",
-           "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero", "whole_number_ticks", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
+           "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero", "whole_number_ticks", "shown_label", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
            "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -425,6 +425,24 @@ def finish_layout(fig) -> None:
         fig.draw_without_rendering()
         for fn in waiting:
             fn()
+
+
+def shown_label(text: object) -> str:
+    """A stored label (a checkpoint's or a folder's name, or one given) as a
+    figure can show it: after a zero-width space where it starts with "_"
+    (which a legend leaves out), and with its $ signs literal where they
+    are no valid mathtext (which would fail when the figure is saved);
+    valid mathtext stays (a label may be written as one)."""
+    from matplotlib.cbook import is_math_text
+    from matplotlib.mathtext import MathTextParser
+
+    text = str(text)
+    if is_math_text(text):
+        try:
+            MathTextParser("path").parse(text)
+        except ValueError:
+            text = text.replace("$", "\\$")
+    return "\u200b" + text if text.startswith("_") else text
 
 
 def whole_number_ticks(ax) -> None:
