@@ -53,7 +53,8 @@ from .weights import ParamSpace
 
 __all__ = ["AverageConfig", "AverageResult", "swa_learning_rate", "averaging_rate", "fge_learning_rate",
            "snapshot_learning_rate",
-           "fge_snapshot_iteration", "run_swa", "run_fge", "run_snapshots", "predict_probs"]
+           "fge_snapshot_iteration", "run_swa", "run_fge", "run_snapshots", "predict_probs",
+           "predict_log_probs", "nll_of"]
 
 METHODS = ("swa", "fge", "snapshots")
 
@@ -208,16 +209,30 @@ def snapshot_learning_rate(lr: float, cycle: int, epoch: int, it: int, steps: in
 
 # ------------------------------------------------------------------ helpers
 @torch.inference_mode()
-def predict_probs(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000) -> torch.Tensor:
-    """Predicted probabilities (M, classes, float64: :func:`~landscape.evaluate.probs_of`)
-    of ``model`` in eval mode, on channels-last image batches where it takes
-    them; modes restored."""
-    from .evaluate import modes_kept, probs_of
+def predict_log_probs(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000) -> torch.Tensor:
+    """Predicted log-probabilities (M, classes, float64) of ``model`` in eval
+    mode, on channels-last image batches where it takes them; modes restored.
+    Their exp is :func:`predict_probs`; with :func:`nll_of` they give the
+    network's own NLL from the same pass (no floor at float64's smallest
+    probability, which an average of probabilities has)."""
+    from .evaluate import modes_kept
 
     with modes_kept(model):
         layout = image_layout(model, data.x_train[:2])
         model.eval()
-        return torch.cat([probs_of(model(layout(x))) for x, _ in data.batches(split, batch_size)])
+        return torch.cat([torch.log_softmax(model(layout(x)).double(), dim=-1)
+                          for x, _ in data.batches(split, batch_size)])
+
+
+def predict_probs(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000) -> torch.Tensor:
+    """Predicted probabilities (M, classes, float64: :func:`~landscape.evaluate.probs_of`)
+    of ``model`` in eval mode (:func:`predict_log_probs`)."""
+    return predict_log_probs(model, data, split, batch_size).exp()
+
+
+def nll_of(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean NLL of log-probabilities (M, classes) at ``labels`` (M,)."""
+    return float(-log_probs.gather(1, labels.to(log_probs.device)[:, None]).mean())
 
 
 def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) -> tuple[nn.Module, dict[str, Any]]:
@@ -456,14 +471,15 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
                                f"{len(state['members']) + 1}")
             if not is_main():  # under torchrun rank 0 keeps the ensemble (its batch-norm statistics are saved)
                 return
-            probs = predict_probs(model, data)
-            state["probs"] = probs.double() if state["probs"] is None else state["probs"] + probs.double()
+            log_probs = predict_log_probs(model, data)
+            probs = log_probs.exp()
+            state["probs"] = probs if state["probs"] is None else state["probs"] + probs
             k = len(state["members"]) + 1
             member = {"snapshot": k, "epoch": number,
                       "iteration": it, **{f"test_{a}": b for a, b in
                                           ensemble_metrics(probs[None].cpu().numpy(), data.y_test.cpu().numpy()).items()
                                           if a != "members"}}
-            member["test_nll"] = evaluate_model(model, data, "test")["nll"]  # from the logits (probabilities floor)
+            member["test_nll"] = nll_of(log_probs, data.y_test)  # its own: the probabilities' mean floors
             ens = ensemble_metrics((state["probs"] / k)[None].cpu().numpy(), data.y_test.cpu().numpy())
             member.update(ensemble_test_error=ens["error"], ensemble_test_nll=ens["nll"])
             state["members"].append(member)

@@ -13,12 +13,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .averaging import predict_probs
+from .averaging import nll_of, predict_log_probs
 from .bn import bn_modules
 from .checkpoint import claim_folder, load_model, write_json
 from .data import Dataset
 from .errors import UserError
-from .evaluate import evaluate_model, evaluate_points
+from .evaluate import evaluate_points
 from .inputs import load_points, note_same_weights
 from .metrics import PROB_FLOOR, ensemble_metrics, expected_calibration_error
 
@@ -62,11 +62,11 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         net = (load_model(ck) if ck.model is not None and model is None else
                load_model(ck, model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
                           **(model_kwargs or {}))).to(data.device)
-        p = predict_probs(net, data, batch_size=batch_size).cpu().numpy()
+        log_p = predict_log_probs(net, data, batch_size=batch_size)
+        p = log_p.exp().cpu().numpy()
         probs.append(p)
         m = ensemble_metrics(p[None], labels)
-        # A member's NLL from its logits, as its own runs report it (probabilities floor at 708 nats an image)
-        nll = evaluate_model(net, data, "test", batch_size=batch_size)["nll"]
+        nll = nll_of(log_p, data.y_test)  # its own NLL (an average of probabilities floors at 708 nats an image)
         members.append({"label": label, "path": str(path), "test_error": m["error"], "test_nll": nll,
                         "test_ece": m["ece"]})
     probs = np.stack(probs)  # (members, test images, classes)

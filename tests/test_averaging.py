@@ -488,5 +488,5 @@ def test_an_ensemble_members_nll_is_its_own_not_floored(tmp_path, small_digits, 
     s = evaluate_ensemble([endpoint, tmp_path / "huge.pt"], None, data=small_digits).summary
     for member, path in zip(s["members"], (endpoint, tmp_path / "huge.pt")):
         own = evaluate_model(load_model(path), small_digits, "test")["nll"]
-        assert member["test_nll"] == pytest.approx(own, rel=1e-9)
+        assert member["test_nll"] == pytest.approx(own, rel=1e-6)  # float64 log-softmax against its float32
     assert s["members"][1]["test_nll"] > 1e20
