@@ -1539,8 +1539,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how far each ray goes on each side (default: half the centre's norm; 1 with --normalize filter)")
     g.add_argument("--steps", type=int, default=10, help="points per side of each ray (default: 10)")
     g.add_argument("--normalize", default="gaussian", help="gaussian (unit norm, the SWA paper) or filter (Li et al.)")
-    g.add_argument("--line", action="store_true", help="also the line through the two centres, extended both ways by --distance in weight space (with "
-                        "--normalize filter: 1 by default, short beside the line)")
+    g.add_argument("--line", action="store_true",
+                   help="also the line through the two centres, extended both ways by --distance in weight space "
+                        "(with --normalize filter: 1 by default, short beside the line)")
     g.add_argument("--rise", type=float, default=0.1, help="train-loss rise that defines the width (default: 0.1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the directions")
     p.add_argument("--out", required=True, type=user_path, metavar="DIR", help="folder for the result files")
@@ -1861,9 +1862,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "curve's type and bends, a plane's curve, else the folder's name; $...$ is mathtext)")
     p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     p.add_argument("--width", type=float, default=None, metavar="INCHES",
-                   help="draw every figure this wide, its labels at 8 pt as printed (legends and notes smaller): 3.25 "
-                        "for a paper's column, "
-                        "6.75 for its page; 2.5 to 20 (default: each figure's own size, for the screen)")
+                   help="draw every figure this wide, its labels at 8 pt as printed (legends and notes smaller): "
+                        "3.25 for a paper's column, 6.75 for its page; 2.5 to 20 (default: each figure's own size, "
+                        "for the screen)")
     p.add_argument("--dpi", type=int, default=None,
                    help="PNG resolution in dots per inch, 50 to 1200 (default: 150; 300 or 600 for print)")
     p.set_defaults(func=cmd_plot)
@@ -1915,7 +1916,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     words = list(map(str, argv)) if argv is not None else sys.argv[1:]
     commands.choices["plot"].labels_given = "--labels" in words  # for its error when --labels took the folders
     args, extra = parser.parse_known_args(argv)
-    args.argv = [PROG, *map(str, argv)] if argv is not None else list(sys.argv)
+    args.argv = [PROG, *words] if argv is not None else list(sys.argv)
     if extra:
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:

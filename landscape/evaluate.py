@@ -371,19 +371,19 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
         return "population"
     if probe.reused_bn:
         return "batches"
-    # One forward of the whole training set must fit, and its largest layer output must stay under
-    # 2^31 elements (kernels index with 32 bits; some split such tensors, some fail). On CUDA, where
-    # a pass that does not fit fails, a lone point holds up to LIVE_COPIES + 1 float32 copies of
-    # that output (one more than _live_bytes sizes a point of a pass at: a lone point's measured peak); the CPU's budget is a pass size, not its memory (24 GiB here), and
-    # four copies (the output being written, its input, a residual and a spare) keep population
-    # statistics for PreResNet-20 on 5,000 CIFAR-sized images, where they are the faster.
+    # One forward of the whole training set must fit (_whole_set_bytes), and its largest layer output
+    # must stay under 2^31 elements (kernels index with 32 bits; some split such tensors, some fail).
     largest = probe.largest * len(data.y_train)
     fits = _whole_set_bytes(probe, len(data.y_train), data.device) <= _memory_budget(data.device) and largest < 2**31
     return "population" if fits else "batches"
 
 
 def _whole_set_bytes(probe: "_Probe", images: int, device: torch.device) -> int:
-    """Bytes a population pass of ``images`` images is taken to hold at one point."""
+    """Bytes a population pass of ``images`` images is taken to hold at one point. On CUDA, where a pass
+    that does not fit fails, LIVE_COPIES + 1 float32 copies of the largest layer output (one more than
+    :func:`_live_bytes` sizes a point of a pass at: a lone point's measured peak); the CPU's budget is a
+    pass size, not its memory, and four copies (the output being written, its input, a residual and a
+    spare) keep population statistics for PreResNet-20 on 5,000 CIFAR-sized images, where they are faster."""
     copies = LIVE_COPIES + 1 if device.type == "cuda" else 4
     return copies * 4 * probe.largest * images
 

@@ -194,15 +194,15 @@ def _note_outside(x: np.ndarray, y: np.ndarray, points: Sequence[tuple[str, np.n
     """A note naming the points (and how much of the path) that an explicit
     --xrange / --yrange leaves outside the grid, where the figure does not
     draw them."""
+    tol = 1e-9 * max(np.ptp(x), np.ptp(y), 1.0)  # a coordinate this far off an edge or an axis is on it
+
     def inside(xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, dtype=float).reshape(-1, 2)
-        tol = 1e-9 * max(np.ptp(x), np.ptp(y), 1.0)
         return ((xy[:, 0] >= x[0] - tol) & (xy[:, 0] <= x[-1] + tol) & (xy[:, 1] >= y[0] - tol)
                 & (xy[:, 1] <= y[-1] + tol))
 
-    scale = max(np.ptp(x), np.ptp(y), 1.0)
-    def shown(v: float) -> str:  # a coordinate 1e-12 off an axis is on it
-        return f"{v if abs(v) > 1e-9 * scale else 0.0:.3g}"
+    def shown(v: float) -> str:
+        return f"{v if abs(v) > tol else 0.0:.3g}"
 
     out = [f"{label} ({shown(xy[0])}, {shown(xy[1])})" for label, xy in points if not inside(xy)[0]]
     path_out = int((~inside(path_xy)).sum()) if len(path_xy) else 0
@@ -247,9 +247,9 @@ class _Layout:
 
 def _check_options(model: nn.Module, data, options: dict[str, Any]) -> None:
     """One line for grid options that make no grid and for marks that are no networks' weights, before any
-    work (a trajectory's PCA) and before the result folder is claimed."""
-    check_grid_options(options.get("grid", 21), options.get("margin", 0.2), options.get("xrange"),
-                       options.get("yrange"))
+    work (a trajectory's PCA) and before the result folder is claimed; ``options["grid"]`` made an int."""
+    options["grid"] = check_grid_options(options.get("grid", 21), options.get("margin", 0.2), options.get("xrange"),
+                                         options.get("yrange"))
     _vectors(model, options.get("marks", ()), data.device, "a marked point")
 
 
@@ -265,7 +265,6 @@ def _vectors(model: nn.Module, points: Sequence[torch.Tensor], device, what: str
             raise UserError(f"{what}{which} has {bad} non-finite weight{'s' if bad > 1 else ''}; no plane "
                             f"can pass through it")
     return vecs
-
 
 
 def _sweep_in_plane(
@@ -293,8 +292,7 @@ def _sweep_in_plane(
 ) -> PlaneResult:
     out = Path(out) if out is not None else None
     _bf16(precision)  # an unknown precision fails before anything is written
-    grid = check_grid_options(grid, margin, xrange, yrange)  # before the request is keyed by them
-    path = layout.path
+    path = layout.path  # the grid options were checked by the caller (_check_options), before any work
     request = request_key([*layout.inputs, *marks, *([path] if path is not None else [])], {
         "kind": "plane", "marks": len(marks), "grid": grid, "margin": margin, "xrange": xrange, "yrange": yrange,
         "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision,

@@ -459,7 +459,7 @@ def run_training(
     metrics = list(metrics or [])
     params = [p for p in task.module.parameters() if p.requires_grad]
     if not params:
-        raise UserError("the network has no parameters to train" if not any(True for _ in task.module.parameters())
+        raise UserError("the network has no parameters to train" if next(task.module.parameters(), None) is None
                         else "the network trains none of its parameters (all have requires_grad=False)")
     optimizer = (task.optimizer(params) if task.optimizer is not None else
                  torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=task.weight_decay))

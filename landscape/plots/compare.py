@@ -23,7 +23,7 @@ from landscape.sweep import refuse_unfinished
 
 from .curve import compare_curves, curve_label
 from .plane import compare_planes
-from .style import check_formats, save_figure, shown_label
+from .style import bad_mathtext, check_formats, save_figure, shown_label
 from .swag import average_label, compare_averages
 
 __all__ = ["draw_comparison", "redraw_comparisons", "COMPARABLE"]
@@ -171,20 +171,14 @@ def check_labels(labels: Sequence[str], count: int) -> None:
     or starting with "_" (matplotlib leaves those out of a legend), no two
     alike, and any $...$ in them valid mathtext (checked here, so a bad one
     is not found only when the figure is saved)."""
-    from matplotlib.cbook import is_math_text
-    from matplotlib.mathtext import MathTextParser
-
     if len(labels) != count:
         raise UserError(f"--labels gives {len(labels)} label{'s' if len(labels) != 1 else ''} for {count} result "
                         f"folders (give --labels after the folders)")
     for label in labels:
         if not label.strip() or label.startswith("_"):
             raise UserError(f"--labels {label!r}: a legend leaves out an empty label or one starting with '_'")
-        if is_math_text(label):
-            try:
-                MathTextParser("path").parse(label)
-            except ValueError:
-                raise UserError(f"--labels {label!r}: its $...$ is not valid mathtext (write a literal $ as \\$)") from None
+        if bad_mathtext(label):
+            raise UserError(f"--labels {label!r}: its $...$ is not valid mathtext (write a literal $ as \\$)")
     if len(set(labels)) < len(labels):
         raise UserError(f"--labels names two results alike ({', '.join(labels)})")
 

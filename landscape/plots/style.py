@@ -25,9 +25,11 @@ matplotlib.rcParams["ps.fonttype"] = 42
 from landscape.checkpoint import atomic_save  # noqa: E402
 from landscape.errors import UserError, is_whole  # noqa: E402
 
-__all__ = ["new_figure", "save_figure", "save_figures", "set_figure_dpi", "legend_below", "panel_legend", "paper_width", "compare_color", "result_color",
-           "result_colors", "fs", "set_figure_width", "note_synthetic", "mark_endpoints", "log_scale_when_spread",
-           "train_loss_label", "outline", "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero", "whole_number_ticks", "shown_label", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
+__all__ = ["new_figure", "save_figure", "save_figures", "set_figure_dpi", "legend_below", "panel_legend",
+           "paper_width", "compare_color", "result_color", "result_colors", "fs", "set_figure_width",
+           "note_synthetic", "mark_endpoints", "log_scale_when_spread", "train_loss_label", "outline",
+           "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero",
+           "whole_number_ticks", "bad_mathtext", "shown_label", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
            "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -427,21 +429,29 @@ def finish_layout(fig) -> None:
             fn()
 
 
+def bad_mathtext(text: str) -> bool:
+    """Whether ``text`` holds a $...$ that is no valid mathtext: saving a figure that shows it would fail."""
+    from matplotlib.cbook import is_math_text
+    from matplotlib.mathtext import MathTextParser
+
+    if not is_math_text(text):
+        return False
+    try:
+        MathTextParser("path").parse(text)
+    except ValueError:
+        return True
+    return False
+
+
 def shown_label(text: object) -> str:
     """A stored label (a checkpoint's or a folder's name, or one given) as a
     figure can show it: after a zero-width space where it starts with "_"
     (which a legend leaves out), and with its $ signs literal where they
-    are no valid mathtext (which would fail when the figure is saved);
-    valid mathtext stays (a label may be written as one)."""
-    from matplotlib.cbook import is_math_text
-    from matplotlib.mathtext import MathTextParser
-
+    are no valid mathtext (:func:`bad_mathtext`); valid mathtext stays (a
+    label may be written as one)."""
     text = str(text)
-    if is_math_text(text):
-        try:
-            MathTextParser("path").parse(text)
-        except ValueError:
-            text = text.replace("$", "\\$")
+    if bad_mathtext(text):
+        text = text.replace("$", "\\$")
     return "\u200b" + text if text.startswith("_") else text
 
 
