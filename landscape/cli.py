@@ -763,7 +763,7 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
             (c for c in d.glob("component-*") if (c / "simplex.npz").exists()), key=lambda c: int(c.name.split("-")[1]))
         written = [f for part in parts for f in draw_simplex_figure(part, formats)]  # ESPRO: one per component
         if not written:
-            print(f"{d}: no figure: a simplex of two vertices has no triangular face to draw", file=sys.stderr)
+            _note_no_face(d)
     elif (d / "sharpness.npz").exists():
         from landscape.plots.sharpness import draw_sharpness_figure
 
@@ -1170,6 +1170,10 @@ def cmd_width(args: argparse.Namespace) -> int:
     return _report_rays(args)
 
 
+def _note_no_face(d: Path) -> None:
+    print(f"{d}: no figure: a simplex of two vertices has no triangular face to draw", file=sys.stderr)
+
+
 def cmd_simplex(args: argparse.Namespace) -> int:
     from landscape.curves.spro import connect_modes, espro, grow_simplex
     from landscape.sweep import is_main
@@ -1193,9 +1197,6 @@ def cmd_simplex(args: argparse.Namespace) -> int:
         o["model"] = args.model
     if args.model_kwargs:
         o["model_kwargs"] = dict(args.model_kwargs)
-    for flag, value in (("--eval-samples", args.eval_samples), ("--face-grid", args.face_grid)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
     common = dict(resume=args.resume, progress=_progress(args), eval_samples=args.eval_samples,
                   face_resolution=args.face_grid)
     if args.base and len(args.base) > 1:
@@ -1237,6 +1238,8 @@ def cmd_simplex(args: argparse.Namespace) -> int:
                   f"{_fixed(line['train_loss_barrier'], 4)}{nll}, max train loss {_fixed(line['train_loss_max'], 4)}")
     for f in figures:
         print(f"figure: {f}")
+    if not figures:
+        _note_no_face(args.out)
     return 0
 
 

@@ -205,7 +205,11 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Dataset:
     )
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def _epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """The seed of an epoch's random numbers; ``stream`` (a :class:`Task`'s)
+    gives another sequence for the same run seed (0: the runs' own)."""
+    if stream:
+        return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0]) % (2**63 - 1)
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
@@ -367,6 +371,9 @@ image batches come in channels-last layout (:func:`landscape.layout.image_layout
     optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None
     # the network the loss runs (a curve's template; default: module), tried on channels-last images
     network: nn.Module | None = None
+    # another sequence of the epochs' random numbers (batch order, augmentation, the global RNG) for the same
+    # seed: ESPRO's components, grown with one config, are drawn independently (0: the run's own)
+    stream: int = 0
 
 
 # A mean train NLL above this is divergence though finite: a network that is merely bad (chance, or
@@ -732,9 +739,10 @@ def _train_epoch(task: Task, forward, optimizer, data: Dataset, cfg: TrainConfig
     n = len(data.y_train)
     steps = steps_per_epoch(n, cfg.batch_size, world)
     # dropout, t samples, any other global-RNG use; per rank, so ranks drop out differently
-    torch.manual_seed(_epoch_seed(cfg.seed, epoch) + rank)
+    seed = _epoch_seed(cfg.seed, epoch, task.stream)
+    torch.manual_seed(seed + rank)
     gen = torch.Generator(device=device)  # batch order and augmentation: the same on every rank
-    gen.manual_seed(_epoch_seed(cfg.seed, epoch))
+    gen.manual_seed(seed)
     task.module.train()
     # loss * samples, wrong, samples, NLL * samples, the optimiser's weight-decay term * samples
     sums = torch.zeros(5, dtype=torch.float64, device=device)

@@ -44,6 +44,20 @@ def test_cayley_menger_volume_of_known_simplexes():
     assert float(cayley_menger_volume(col)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_a_small_simplex_far_from_the_origin_keeps_its_volume():
+    """The vertices' own Gram matrix gave |a|^2 + |b|^2 - 2 a.b, which lost edges small beside the weights'
+    norm to cancellation (an edge of 2e-6 of float32 weights of norm 21 read 3.5e-6)."""
+    g = torch.Generator().manual_seed(0)
+    mode = 0.07 * torch.randn(100_000, generator=g)
+    for scale in (1e-3, 1e-5, 1e-6):
+        steps = torch.randn(3, 100_000, generator=g)
+        steps = scale * float(mode.norm()) * steps / steps.norm(dim=1, keepdim=True)
+        v = torch.cat([mode[None], mode + steps]).float()  # as the weights are held
+        e = v[1:].double() - v[0].double()  # the edges exactly, by the Gram determinant of the edges
+        expected = math.sqrt(float(torch.linalg.det(e @ e.T))) / math.factorial(3)
+        assert float(cayley_menger_volume(v)) == pytest.approx(expected, rel=1e-6)
+
+
 def test_barycentric_samples_are_in_the_simplex_and_uniform():
     b = sample_barycentric(20_000, 3, torch.Generator().manual_seed(0))
     assert torch.all(b >= 0) and torch.allclose(b.sum(1), torch.ones(len(b), dtype=b.dtype))
@@ -170,6 +184,9 @@ def test_spro_grows_a_low_loss_simplex_and_freezes_earlier_vertices(tmp_path, ca
         connect_modes(list(modes), tmp_path / "sx", connectors=1, progress=False)
     with pytest.raises(UserError, match="holds a simplex run of other checkpoints or settings"):
         connect_modes(list(modes), tmp_path / "sx", connectors=1, resume=True, progress=False)
+    with pytest.raises(UserError, match=r"holds a simplex run of the same checkpoints with --vertices 3, not 4; "
+                                        r"choose another --out, or resume it with its own count"):
+        grow_simplex(a, tmp_path / "sx", vertices=4, resume=True, progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "sx").iterdir() if p.is_file()} == before
     # the same run resumed: its finished vertices are reused
     again = grow_simplex(a, tmp_path / "sx", vertices=3, lam=1.0, epochs=3, eval_samples=8, face_resolution=4,
@@ -277,6 +294,79 @@ def test_bad_evaluation_and_init_options_are_refused_before_training(tmp_path, c
         "landscape: error: --vertices applies to simplexes around modes (--base); a complex (--modes) takes --connectors")
 
 
+def test_counts_from_python_are_checked_before_any_work(tmp_path, modes):
+    """From Python, face_resolution=0 ended in a ZeroDivisionError and eval_samples=0 in a ValueError after every
+    vertex was trained, vertices=2.5 in a TypeError; and espro(vertices=1) claimed its folder first, so that the
+    corrected command was refused as another run."""
+    from landscape.curves.spro import espro
+
+    a, b = modes
+    for call, msg in ((lambda out: grow_simplex(a, out, face_resolution=0), "--face-grid must be at least 1, got 0"),
+                      (lambda out: grow_simplex(a, out, eval_samples=0), "--eval-samples must be at least 1, got 0"),
+                      (lambda out: grow_simplex(a, out, eval_samples=-2), "--eval-samples must be at least 1, got -2"),
+                      (lambda out: grow_simplex(a, out, vertices=2.5), "--vertices must be a whole number, got 2.5"),
+                      (lambda out: grow_simplex(a, out, vertices="3"), "--vertices must be a whole number, got '3'"),
+                      (lambda out: connect_modes([a, b], out, connectors=1.5),
+                       "--connectors must be a whole number, got 1.5"),
+                      (lambda out: connect_modes([a, b], out, connectors=0), "--connectors must be at least 1, got 0"),
+                      (lambda out: espro([a, b], out, vertices=1),
+                       r"--vertices must be at least 2 \(the mode and one more\), got 1"),
+                      (lambda out: espro([a, b], out, eval_samples=0), "--eval-samples must be at least 1, got 0")):
+        with pytest.raises(UserError, match=f"^{msg}$"):
+            call(tmp_path / "s")
+        assert not (tmp_path / "s").exists()
+
+
+def test_an_init_scale_below_the_weights_precision_is_refused_and_a_small_one_noted(tmp_path, capsys, modes):
+    """--init-scale 1e-9 started the vertex at the mode's float32 neighbour, 5.8e-9 from it, not 2.1e-8, and
+    1e-7 ran to a vertex thrown 99 away (92 % test error) without a word: the log-volume term's gradient is
+    1 / the vertex's height."""
+    from landscape import cli
+    from landscape.curves.spro import SimplexConfig, _note_first_step
+
+    a, _ = modes
+    code = cli.main(["simplex", "--base", str(a), "--init-scale", "1e-9", "--out", str(tmp_path / "s"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("landscape: error: --init-scale 1e-09 is below what the weights' "
+                                        "torch.float32 resolves around the centroid (norm ") and "\n" not in err, err
+    assert not (tmp_path / "s").exists()
+    # the first step of the volume term, lr x weight / height, against the height
+    _note_first_step(SimplexConfig(), weight=0.1, edge=1.0, stage="")
+    assert capsys.readouterr().err == ""
+    _note_first_step(SimplexConfig(lr=0.01), weight=0.1, edge=1e-2, stage="vertex 2 of 3")
+    assert capsys.readouterr().err.strip() == (
+        "note: vertex 2 of 3: the volume term's first step (about --lr x weight / distance = 0.1) is 10 times the "
+        "new vertex's distance from the centroid (0.01): its first steps may throw it far; a larger --init-scale, "
+        "or a smaller --lam or --lr, avoids it")
+    _note_first_step(SimplexConfig(init="random"), weight=0.1, edge=1e-2, stage="")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_espro_components_are_grown_independently_and_resume_with_other_samples(tmp_path, capsys, modes):
+    """Every ESPRO component drew its vertices' starts, batch orders and samples from the same seeds: the same
+    mode grown twice gave one simplex twice (its v1s 0.28 apart, 5 from the mode). The first component is the
+    simplex grown alone; other --eval-samples on --resume re-evaluate, as for one simplex."""
+    from landscape import cli
+
+    a, _ = modes
+    argv = ["simplex", "--base", str(a), str(a), "--vertices", "2", "--epochs", "1", "--eval-samples", "2",
+            "--face-grid", "1", "--out", str(tmp_path / "e"), "--quiet"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'e'}: no figure: a simplex of two vertices has no triangular face to draw" in err
+    first, second = (load_simplex(tmp_path / "e" / f"component-{i}" / "model.pt")[0].anchors() for i in (1, 2))
+    assert torch.equal(first[0], second[0])  # the same mode
+    apart, away = float((first[1] - second[1]).norm()), float((first[1] - first[0]).norm())
+    assert apart > 0.5 * away, (apart, away)
+    alone = grow_simplex(a, tmp_path / "alone", vertices=2, epochs=1, eval_samples=2, face_resolution=1,
+                         progress=False)
+    assert torch.equal(alone.complex.anchors().cpu(), first.cpu())
+    assert cli.main([*argv, "--resume", "--eval-samples", "3"]) == 0
+    assert "evaluating again with --eval-samples 3 (the stored results used 2)" in capsys.readouterr().err
+    assert [row["samples_per_component"] for row in read_json(tmp_path / "e" / "summary.json")["ensemble"]] == [1, 2, 3]
+
+
 def test_an_init_scale_that_overflows_and_espro_bases_on_other_data_are_refused_before_training(
         tmp_path, capsys, modes):
     """--init-scale 1e300 trained from infinite weights, then blamed --lr; ESPRO over a base that held out a
@@ -288,7 +378,7 @@ def test_an_init_scale_that_overflows_and_espro_bases_on_other_data_are_refused_
         err = capsys.readouterr().err
         assert code == 2 and err.strip().startswith(
             "landscape: error: --init-scale 1e+300 would move a new vertex to infinite weights (it is a fraction of "
-            "the centroid's norm, here up to "), err
+            "the centroid's norm, here "), err
         assert not (tmp_path / "s").exists()
     train(out=tmp_path / "held", epochs=1, seed=3, val_size=100, progress=False, model_kwargs={"width": 8})
     held = tmp_path / "held" / "model.pt"

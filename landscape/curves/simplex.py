@@ -9,7 +9,9 @@ through shared connectors are simplexes {mode_i, c_1, .., c_m}.
 
 Volumes come from the Cayley-Menger determinant of the vertices' pairwise
 squared distances, themselves from the (k+1) x (k+1) Gram matrix of the
-vertices (dot products of the flat parameter vectors; no P x P matrix).
+edges from the first vertex (dot products of flat parameter vectors; no
+P x P matrix): the vertices' own Gram matrix would lose small edges to
+cancellation against the weights' norm.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def cayley_menger_volume(vertices: torch.Tensor) -> torch.Tensor:
     if n < 2:
         return torch.zeros((), dtype=torch.float64, device=v.device)
     k = n - 1
-    gram = v @ v.T  # (n, n)
+    edges = v - v[:1]  # from the first vertex, in float64: exact differences of float32 weights
+    gram = edges @ edges.T  # (n, n); row and column 0 are zero
     sq = gram.diagonal()
     d = (sq[:, None] + sq[None, :] - 2 * gram).clamp(min=0)  # pairwise squared distances
     cm = torch.ones(n + 1, n + 1, dtype=torch.float64, device=v.device)

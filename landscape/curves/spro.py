@@ -142,9 +142,10 @@ def load_simplex(path: str | Path, device="cpu", model: str | None = None) -> tu
 # ---------------------------------------------------------------------------- one phase
 def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: list[str],
                   simplexes: list[tuple[int, ...]], cfg: SimplexConfig, data: Dataset, out: Path | None,
-                  resume: bool, progress, seed: int, stage: str) -> torch.Tensor:
+                  resume: bool, progress, seed: int, stage: str, stream: int = 0) -> torch.Tensor:
     """Train one new vertex (index len(fixed)) against the frozen ones; returns its (P,) vector.
-    ``stage`` names it in the log lines ("vertex 2 of 3")."""
+    ``stage`` names it in the log lines ("vertex 2 of 3"); ``seed`` draws its start, ``stream``
+    its training's random numbers (:class:`~landscape.train.Task`)."""
     space = ParamSpace.of(template)
     # A phase not begun before is simply started (no "nothing to resume" line per vertex).
     start_epoch, state, metrics = prepare_run(out, cfg, resume and out is not None and out.exists(), "simplex")
@@ -170,6 +171,8 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
         v0 = float(cx.volumes().sum())
     log_v0 = abs(float(np.log(v0))) if v0 > 0 else 1.0
     weight = float(cfg.lam / max(log_v0, 1.0))
+    if start_epoch == 0 and is_main():
+        _note_first_step(cfg, weight, float((init[0] - fixed.mean(dim=0)).norm()), stage)
     buffers = {n: b.detach() for n, b in template.named_buffers()}
     k = cfg.samples
     world = rank_and_world()[1]
@@ -202,22 +205,51 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
     task = Task(module=cx, loss=loss, save=save, restore=restore, finish=finish, epoch_eval=None,
                 weight_decay=cfg.wd, spec=spec, command="simplex", kind="simplex",
                 lr_flag=_rate_flags(cfg), network=template, after_step=frozen_pin(cx.free, space),
-                sync_buffers=False, stage=stage)  # the complex's buffers: its frozen vertices, alike on every rank
+                # the complex's buffers: its frozen vertices, alike on every rank
+                sync_buffers=False, stage=stage, stream=stream)
     run_training(task, cfg, data, out, start_epoch=start_epoch, state=state, metrics=metrics, progress=progress)
     return cx.anchors()[-1].detach()
 
 
-def _check_init(cfg: SimplexConfig, vectors: Sequence[torch.Tensor]) -> None:
-    """A new vertex starts at a centroid moved by --init-scale times its norm:
-    a scale that would put it at infinite weights (in the vectors' precision)
-    is refused in one line, before any training (it would diverge and blame
-    --lr)."""
-    if cfg.init != "centre" or not vectors:
+def _check_init(cfg: SimplexConfig, centres: Sequence[torch.Tensor]) -> None:
+    """A new vertex starts at a centroid moved by --init-scale times its norm
+    (``centres``: the first vertices' centroids). Refused in one line, before
+    any training: a scale that would put it at infinite weights in the
+    weights' precision (it would diverge and blame --lr), weights whose norm
+    is beyond it, and a scale too small for that precision to resolve around
+    the centroid (the start would be another distance away, or the centroid
+    itself: no volume)."""
+    if cfg.init != "centre" or not centres:
         return
-    norm = torch.stack([v.detach().norm() for v in vectors]).max()
-    if not bool(torch.isfinite(cfg.init_scale * norm)) or not bool(torch.isfinite(norm)):
-        raise UserError(f"--init-scale {cfg.init_scale:g} would move a new vertex to infinite weights (it is a "
-                        f"fraction of the centroid's norm, here up to {float(norm):.3g}; default 0.05)")
+    for c in centres:
+        c = c.detach()
+        norm = float(c.double().norm())
+        limit = torch.finfo(c.dtype).max
+        if not norm <= limit:  # NaN too
+            raise UserError(f"the modes' weights have norm {norm:.3g}, beyond what their {c.dtype} holds: a simplex "
+                            f"around them cannot be grown")
+        if not cfg.init_scale * norm <= limit:
+            raise UserError(f"--init-scale {cfg.init_scale:g} would move a new vertex to infinite weights (it is a "
+                            f"fraction of the centroid's norm, here {norm:.3g}; default 0.05)")
+        direction = torch.randn(c.shape, generator=torch.Generator().manual_seed(0), dtype=c.dtype).to(c.device)
+        target = cfg.init_scale * norm
+        moved = float(((c + target * direction / direction.norm()) - c).double().norm())
+        if not abs(moved - target) <= 0.01 * target:
+            raise UserError(f"--init-scale {cfg.init_scale:g} is below what the weights' {c.dtype} resolves around "
+                            f"the centroid (norm {norm:.3g}): a new vertex would start {moved:.3g} from it, not "
+                            f"{target:.3g}; use a larger one (default 0.05)")
+
+
+def _note_first_step(cfg: SimplexConfig, weight: float, edge: float, stage: str) -> None:
+    """A note where the volume term's first step is longer than the new vertex's distance from the centroid:
+    the gradient of -weight x log V at a vertex a height h above the others' hull is weight / h, so a start
+    close to them (a small --init-scale) throws the vertex far on its first steps."""
+    step = cfg.lr * weight / edge if edge > 0 else float("inf")
+    if cfg.init == "centre" and step > edge:
+        where = f"{stage}: " if stage else ""
+        print(f"note: {where}the volume term's first step (about --lr x weight / distance = {step:.3g}) is "
+              f"{step / edge:.3g} times the new vertex's distance from the centroid ({edge:.3g}): its first steps "
+              f"may throw it far; a larger --init-scale, or a smaller --lam or --lr, avoids it", file=sys.stderr)
 
 
 def _rate_flags(cfg: SimplexConfig) -> str:
@@ -312,6 +344,29 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
                          sample_probs=ev["probs"])
 
 
+def _check_counts(eval_samples: object, face_resolution: object, **counts: object) -> tuple[int, ...]:
+    """The evaluation's counts and a fit's (``vertices`` at least 2, ``connectors`` at least 1) as ints, or
+    one line before any work (from Python they are not parsed: 2.5, "3", 0)."""
+    least = {"vertices": 2, "connectors": 1, "eval_samples": 1, "face_resolution": 1}
+    flags = {"vertices": "--vertices", "connectors": "--connectors", "eval_samples": "--eval-samples",
+             "face_resolution": "--face-grid"}
+    checked = []
+    for key, value in (*counts.items(), ("eval_samples", eval_samples), ("face_resolution", face_resolution)):
+        n = check_whole(flags[key], value)
+        if n < least[key]:
+            raise UserError(f"{flags[key]} must be at least {least[key]}"
+                            + (" (the mode and one more)" if key == "vertices" else "") + f", got {value}")
+        checked.append(n)
+    return tuple(checked)
+
+
+def _vertex_seed(seed: int, j: int, component: int = 0) -> int:
+    """The seed of vertex ``j``'s start; ESPRO's components other than the first draw theirs independently."""
+    if component:
+        return int(np.random.SeedSequence([seed, component, j]).generate_state(1, np.uint64)[0]) % (2**63 - 1)
+    return (seed * 1000 + j) % (2**63 - 1)
+
+
 def _claim(out: Path | None, what: dict[str, Any], resume: bool) -> None:
     """Take ``out`` for a simplex run before any work: refused when it holds another
     command's results, when it holds a simplex run and ``resume`` is not given,
@@ -326,7 +381,15 @@ def _claim(out: Path | None, what: dict[str, Any], resume: bool) -> None:
     if stored is not None and stored.get("command") == "simplex":
         if not resume:
             raise UserError(f"{out} already holds a simplex run; pass --resume to continue it, or choose another --out")
-        if _comparable(stored) != _comparable({"command": "simplex", **what}):
+        held, now = _comparable(stored), _comparable({"command": "simplex", **what})
+        if held != now:
+            counts = {key: flag for key, flag in (("vertices", "--vertices"), ("connectors", "--connectors"))
+                      if held.get(key) != now.get(key)}
+            others = {k: v for k, v in held.items() if k not in counts}
+            if counts and others == {k: v for k, v in now.items() if k not in counts}:
+                asked = ", ".join(f"{flag} {held.get(k)}, not {now.get(k)}" for k, flag in counts.items())
+                raise UserError(f"{out} holds a simplex run of the same checkpoints with {asked}; choose another "
+                                f"--out, or resume it with its own count")
             raise UserError(f"{out} holds a simplex run of other checkpoints or settings "
                             f"({_describe(stored)}); choose another --out")
     wait_for_ranks()
@@ -335,9 +398,12 @@ def _claim(out: Path | None, what: dict[str, Any], resume: bool) -> None:
 
 
 def _comparable(what: dict[str, Any]) -> dict[str, Any]:
-    """A simplex folder's claim with its checkpoint paths made absolute."""
+    """A simplex folder's claim with its checkpoint paths made absolute (and without the evaluation's samples
+    that earlier builds' ESPRO claims held: other --eval-samples re-evaluate a run)."""
     out = {}
     for key, value in what.items():
+        if key == "eval_samples":
+            continue
         if key in ("base", "modes", "bases"):
             value = [str(Path(v).resolve()) for v in value] if isinstance(value, list) else str(Path(value).resolve())
         out[key] = value
@@ -365,10 +431,10 @@ def grow_simplex(base: str | Path, out: str | Path | None = None, *, vertices: i
 
 def _grow_simplex(base: str | Path, out: str | Path | None, *, vertices: int, config: SimplexConfig | None,
                   resume: bool, progress, eval_samples: int, face_resolution: int, sample_seed: int | None,
-                  data: Dataset | None, stage: str, overrides: dict[str, Any]) -> SimplexResult:
-    """:func:`grow_simplex`; ``stage`` leads its log lines' names (ESPRO's "component 2 of 3")."""
-    if vertices < 2:
-        raise UserError(f"--vertices must be at least 2 (the mode and one more), got {vertices}")
+                  data: Dataset | None, stage: str, overrides: dict[str, Any], component: int = 0) -> SimplexResult:
+    """:func:`grow_simplex`; ``stage`` leads its log lines' names (ESPRO's "component 2 of 3"), ``component``
+    its place among ESPRO's (0: the first, or a simplex alone)."""
+    vertices, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, vertices=vertices)
     cfg, named = _config(config, base, overrides, data=data)
     out = Path(out) if out is not None else None
     pts, spec = _load_modes([base], cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
@@ -384,7 +450,8 @@ def _grow_simplex(base: str | Path, out: str | Path | None, *, vertices: int, co
         phase = out / f"vertex-{j}" if out is not None else None
         vertex = ", ".join(filter(None, [stage, f"vertex {j + 1} of {vertices}"]))  # the mode is vertex 1
         new = _train_vertex(template, spec, torch.stack(anchors), labels, [tuple(range(j + 1))], cfg, data, phase,
-                            resume, progress, seed=cfg.seed * 1000 + j, stage=vertex)
+                            resume, progress, seed=_vertex_seed(cfg.seed, j, component), stage=vertex,
+                            stream=component)
         anchors.append(new)
     cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, [tuple(range(vertices))], labels)
     return _finish(cx, template, spec, data, cfg, out, eval_samples, face_resolution,
@@ -398,13 +465,14 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     """SPRO joining fixed modes through shared connectors: simplexes
     {mode_i, c_1, .., c_m}, connectors added one at a time. ``data``: a
     Dataset made in Python (default: what the modes record)."""
-    if len(modes) < 2 or connectors < 1:
-        raise UserError("a complex needs two or more --modes and at least one connector")
+    if len(modes) < 2:
+        raise UserError("a complex needs two or more --modes")
+    connectors, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, connectors=connectors)
     cfg, named = _config(config, modes[0], overrides, "connect_modes", data)
     out = Path(out) if out is not None else None
     pts, spec = _load_modes(modes, cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
     refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
-    _check_init(cfg, pts.vectors)
+    _check_init(cfg, [torch.stack(pts.vectors).mean(dim=0)])
     check_fits(4.0 * (len(modes) + connectors) * pts.vectors[0].numel(), f"--connectors {connectors} (the modes and "
                f"connectors, vertices x parameters floats)", pts.vectors[0].device)
     _claim(out, {"kind": "complex", "modes": [str(p) for p in modes], "connectors": connectors}, resume)
@@ -417,7 +485,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
         simplexes = [(i, *range(m, m + j)) for i in range(m)]
         phase = out / f"connector-{j}" if out is not None else None
         anchors.append(_train_vertex(template, spec, torch.stack(anchors), labels, simplexes, cfg, data, phase,
-                                     resume, progress, seed=cfg.seed * 1000 + j,
+                                     resume, progress, seed=_vertex_seed(cfg.seed, j),
                                      stage=f"connector {j} of {connectors}"))
     simplexes = [(i, *range(m, m + connectors)) for i in range(m)]
     cx = SimplicialComplex(ParamSpace.of(template), torch.stack(anchors), None, simplexes, labels)
@@ -505,7 +573,7 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
 
 def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertices: int = 3,
           config: SimplexConfig | None = None, resume: bool = False, progress: bool | None = None,
-          eval_samples: int = 16, face_resolution: int = 10, data: Dataset | None = None,
+          eval_samples: int = 32, face_resolution: int = 10, data: Dataset | None = None,
           **overrides: Any) -> dict[str, Any]:
     """ESPRO: grow a simplex around each mode, then ensemble samples across the
     components; test error and NLL against the number of samples per component.
@@ -513,6 +581,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     modes record, which must then be the same)."""
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
+    vertices, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, vertices=vertices)
     out = Path(out) if out is not None else None
     cfg = _config(config, bases[0], overrides, "espro", data)[0]
     device = _join(cfg)  # settings refused before the folder is claimed
@@ -530,15 +599,14 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
                for ck in ckpts]
     _check_init(cfg, weights)
     note_same_weights(weights, bases, "that mode counts twice in the ensemble")  # its simplex grows twice
-    _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices,
-                 "eval_samples": eval_samples}, resume)
+    _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices}, resume)
     comps, probs = [], []
     for i, b in enumerate(bases):
         # Each component's own evaluation draws the samples the ensemble averages.
         r = _grow_simplex(b, out / f"component-{i + 1}" if out is not None else None, vertices=vertices,
                           config=config, resume=resume, progress=progress, eval_samples=eval_samples,
-                          face_resolution=face_resolution, sample_seed=1000 + i, data=data,
-                          stage=f"component {i + 1} of {len(bases)}", overrides=overrides)
+                          face_resolution=face_resolution, sample_seed=_vertex_seed(cfg.seed + 1, i), data=data,
+                          stage=f"component {i + 1} of {len(bases)}", overrides=overrides, component=i)
         comps.append(r)
         probs.append(r.sample_probs)  # (S, M, classes)
     data = comps[0].data
