@@ -686,7 +686,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
                         "figures are redrawn in it")
     if len(dirs) > 1 and args.out is None:
         raise UserError("several result folders make one comparison figure: give --out FOLDER for it")
-    import matplotlib.pyplot as plt
     from landscape.plots.style import set_figure_dpi, set_figure_width
 
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
@@ -716,7 +715,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UserError(f"{d}: the stored results do not fit together ({type(e).__name__}: {first_line(e)[:160]}; "
                         f"edited, or damaged?); rerun the command that made them") from None
     finally:
-        plt.close("all")  # a figure half drawn from damaged files is not left open (drawn ones are closed already)
         set_figure_width(None)  # the next figures of this process at their own size
         set_figure_dpi(None)
     for f in written:

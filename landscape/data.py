@@ -122,6 +122,8 @@ class Dataset:
                                 f"torch.as_tensor(...) makes one")
             if value.dtype != want:
                 raise UserError(f"Dataset {split} must be {want}, got {value.dtype}: .to({want}) converts it")
+            if value.requires_grad:  # features from a network outside no_grad: data, not a graph to train through
+                setattr(self, split, value.detach())
         for x, y in (("x_train", "y_train"), ("x_test", "y_test")):
             if len(getattr(self, x)) != len(getattr(self, y)):
                 raise UserError(f"Dataset {x} holds {len(getattr(self, x))} samples but {y} "
@@ -502,7 +504,7 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
     if len(y_test) == 0:
         raise UserError(f"the {name} test split{where} is empty; evaluation needs at least one test sample")
     mean, std = (raw.mean, raw.std) if raw.mean is not None else _statistics(x_train)
-    x_train, x_test = (_normalise(x.to(device), mean, std) for x in (x_train, x_test))
+    x_train, x_test = (_normalise(x.to(device), mean, std) for x in (x_train, x_test))  # the reader's, in place
     data = Dataset(
         name=name,
         x_train=x_train,
@@ -521,22 +523,37 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
     return data
 
 
+# Sets up to this many values get their statistics in one float64 pass (bit for bit as before slices); larger
+# ones in slices of this many samples.
+STATISTICS_WHOLE = 1 << 24
+STATISTICS_SLICE = 4096
+
+
 def _statistics(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std of (N, C, H, W) images, per-feature of (N, D)
     feature vectors (standardised column by column: features on other scales
     would otherwise be drowned by the largest); a constant channel or feature
     gets std 1 so normalising never divides by 0."""
     dims = {4: (0, 2, 3), 2: (0,)}.get(x.dim(), tuple(range(x.dim())))
-    std, mean = torch.std_mean(x.double(), dim=dims, correction=0)  # float64: sums over millions of pixels
+    if x.numel() <= STATISTICS_WHOLE:
+        std, mean = torch.std_mean(x.double(), dim=dims, correction=0)  # float64: sums over millions of pixels
+    else:  # in slices of samples, each in float64 (not a float64 copy of the set): the mean, then the deviations
+        keep = [d for d in range(x.dim()) if d not in dims]
+        count = x.numel() // math.prod(x.shape[d] for d in keep)
+        mean = sum(part.double().sum(dim=dims) for part in x.split(STATISTICS_SLICE)) / count
+        centre = mean.reshape([x.shape[d] if d in keep else 1 for d in range(x.dim())])
+        std = (sum((part.double() - centre).square().sum(dim=dims) for part in x.split(STATISTICS_SLICE))
+               / count).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))
     return tuple(mean.reshape(-1).tolist()), tuple(std.reshape(-1).tolist())
 
 
 def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """``x`` normalised in place (a reader's own tensor, used for nothing else: no second copy of the set)."""
     shape = (1, -1, 1, 1) if x.dim() == 4 and len(mean) > 1 else (-1,)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).reshape(shape)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).reshape(shape)
-    return (x - m) / s
+    return x.sub_(m).div_(s)
 
 
 # --- digits -------------------------------------------------------------------
@@ -598,7 +615,9 @@ def _read_mnist(name: str, root: Path) -> _Raw:
         raise UserError(f"{files[0]} images are {train_x.shape[1:]} but {files[2]} images are {test_x.shape[1:]}")
 
     def images(a: np.ndarray) -> Tensor:
-        return torch.from_numpy(a.astype(np.float32)[:, None] / 255.0)  # (N, 1, H, W)
+        x = a.astype(np.float32)
+        x /= 255.0  # in place: no second copy of the set
+        return torch.from_numpy(x[:, None])  # (N, 1, H, W)
 
     def labels(a: np.ndarray) -> Tensor:
         return torch.from_numpy(a.astype(np.int64))
@@ -654,28 +673,47 @@ def _first_existing(*paths: Path) -> Path | None:
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An idx file of unsigned bytes: magic 00 00 08 <ndim>, big-endian int32 sizes, data."""
+    """An idx file of unsigned bytes: magic 00 00 08 <ndim>, big-endian int32 sizes, data. A gzipped one is
+    decompressed as it is read, no further than its header's sizes and one byte more (a small .gz can hold
+    gigabytes)."""
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = _read_upto(f, 4)
+            if len(head) < 4 or head[:2] != b"\x00\x00":
+                raise UserError(f"{path}: not an idx file; expected magic bytes 00 00 08 {ndim:02x}, got "
+                                f"{head[:4].hex(' ') or 'nothing'}")
+            if head[2] != 0x08:
+                raise UserError(f"{path}: idx type code 0x{head[2]:02x}; expected 0x08 (unsigned byte)")
+            if head[3] != ndim:
+                raise UserError(f"{path}: idx file has {head[3]} dimensions; expected {ndim}")
+            sizes = _read_upto(f, 4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise UserError(f"{path}: truncated idx header ({4 + len(sizes)} bytes, need {4 + 4 * ndim})")
+            dims = struct.unpack(f">{ndim}i", sizes)
+            if any(d < 0 for d in dims):
+                raise UserError(f"{path}: negative size in idx header {dims}")
+            want = math.prod(dims)
+            data = _read_upto(f, want + 1)
+            have = len(data) if len(data) <= want or path.suffix == ".gz" else path.stat().st_size - 4 - 4 * ndim
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut .gz is an EOFError
         raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    if len(data) < 4 or data[:2] != b"\x00\x00":
-        raise UserError(f"{path}: not an idx file; expected magic bytes 00 00 08 {ndim:02x}, got {data[:4].hex(' ') or 'nothing'}")
-    if data[2] != 0x08:
-        raise UserError(f"{path}: idx type code 0x{data[2]:02x}; expected 0x08 (unsigned byte)")
-    if data[3] != ndim:
-        raise UserError(f"{path}: idx file has {data[3]} dimensions; expected {ndim}")
-    start = 4 + 4 * ndim
-    if len(data) < start:
-        raise UserError(f"{path}: truncated idx header ({len(data)} bytes, need {start})")
-    dims = struct.unpack(f">{ndim}i", data[4:start])
-    if any(d < 0 for d in dims):
-        raise UserError(f"{path}: negative size in idx header {dims}")
-    want, have = math.prod(dims), len(data) - start
     if have != want:
         kind = "truncated" if have < want else "has trailing bytes"
-        raise UserError(f"{path}: {kind}; header promises {want} data bytes for shape {dims}, file holds {have}")
-    return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(dims)
+        holds = f"more than {want}" if have > want and path.suffix == ".gz" else f"{have}"
+        raise UserError(f"{path}: {kind}; header promises {want} data bytes for shape {dims}, file holds {holds}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _read_upto(f, n: int) -> bytes:
+    """At most ``n`` bytes of ``f`` (fewer at its end), read in slices: no buffer of a size a header claims."""
+    parts, left = [], n
+    while left > 0:
+        part = f.read(min(left, 1 << 24))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # --- CIFAR (python pickles, restricted) -------------------------------------------
@@ -775,8 +813,9 @@ def _read_cifar(name: str, root: Path) -> _Raw:
     def split(files: list[str]) -> tuple[Tensor, Tensor]:
         parts = [_read_cifar_batch(base / f, label_key, classes) for f in files]
         data = np.concatenate([d for d, _ in parts])  # uint8 until here: a quarter of the memory
-        x = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)  # rows are channel-major RGB
-        return x, torch.from_numpy(np.concatenate([lab for _, lab in parts]))
+        x = data.reshape(-1, 3, 32, 32).astype(np.float32)  # rows are channel-major RGB
+        x /= 255.0  # in place: no second copy of the set
+        return torch.from_numpy(x), torch.from_numpy(np.concatenate([lab for _, lab in parts]))
 
     x_tr, y_tr = split(train_files)
     x_te, y_te = split(test_files)
@@ -925,7 +964,10 @@ def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) 
         raise UserError(f"{path}: {key} has shape {x.shape}; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     with np.errstate(over="ignore"):  # values beyond float32's range become inf: _read_npz tells them apart
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale)
+        out = np.ascontiguousarray(x, dtype=np.float32)
+    if scale != 1.0:  # uint8 pixels: out is a copy, scaled in place
+        out /= scale
+    return torch.from_numpy(out)
 
 
 def _npz_labels(y: np.ndarray, key: str, path: Path) -> Tensor:

@@ -333,6 +333,10 @@ def check_same_data(ckpts: Sequence[Checkpoint], overrides: dict[str, Any] | Non
     for ck in ckpts[1:]:
         if ck.model is None or first.model is None:
             continue  # foreign checkpoints record no data
+        records = [(c.meta or {}).get("dataset") for c in (ck, first)]
+        if all(isinstance(r, dict) for r in records) and records[0].get("fingerprint") is not None \
+                and not data_differs(*records):
+            continue  # the same files read and split alike, whatever settings a run trained with data= records
         mine = data_settings(ck)
         dataset = (overrides or {}).get("dataset") or ref.get("dataset")
         for key in DATA_FIELDS:
@@ -340,9 +344,14 @@ def check_same_data(ckpts: Sequence[Checkpoint], overrides: dict[str, Any] | Non
                 continue
             if mine.get(key) != ref.get(key) and not (key == "data_path" and (
                     same_data(dataset, mine.get(key), ref.get(key)) or _same_files_read(ck, first))):
-                raise UserError(f"{ck.path} was trained on other data than {first.path} ({key.replace('_', '-')} "
-                                f"{mine.get(key)} vs {ref.get(key)}); give the data options explicitly to use "
-                                f"the same data for both")
+                # a run trained on data= records settings that do not say what it read: its record does
+                passed = any(isinstance(r, dict) and r.get("name") != settings.get("dataset", "digits")
+                             for r, settings in zip(records, (mine, ref)))
+                which = (f"{described(records[0])} and {described(records[1])}" if passed and
+                         all(isinstance(r, dict) for r in records) else
+                         f"{key.replace('_', '-')} {mine.get(key)} vs {ref.get(key)}")
+                raise UserError(f"{ck.path} was trained on other data than {first.path} ({which}); give the data "
+                                f"options explicitly to use the same data for both")
 
 
 def _same_files_read(a: Checkpoint, b: Checkpoint) -> bool:

@@ -158,6 +158,36 @@ def test_idx_truncated_raw_and_gz(tmp_path):
         load_dataset("mnist", str(gz_dir))
 
 
+def test_idx_trailing_bytes_raw_and_a_gz_that_holds_far_more_than_its_header_says(tmp_path):
+    """A .gz was decompressed whole before its header was read: a 7 MB file holding 1.6 GB of zeros took 3.4 GB
+    of memory before its one-line refusal (a larger one, the process)."""
+    import gzip
+    import tracemalloc
+
+    write_idx(tmp_path, mnist_arrays(), gz=False)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes() + b"\0" * 7)
+    with pytest.raises(UserError, match=r"t10k-images-idx3-ubyte: has trailing bytes; header promises 7840 data "
+                                        r"bytes for shape \(10, 28, 28\), file holds 7847$"):
+        load_dataset("mnist", str(tmp_path))
+
+    gz_dir = tmp_path / "gz"
+    write_idx(gz_dir, mnist_arrays(), gz=True)
+    with gzip.open(gz_dir / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(idx_bytes(mnist_arrays()["train-images-idx3-ubyte"]))  # 20 images promised, then 256 MiB more
+        for _ in range(16):
+            f.write(bytes(1 << 24))
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"train-images-idx3-ubyte.gz: has trailing bytes; header promises 15680 "
+                                            r"data bytes for shape \(20, 28, 28\), file holds more than 15680$"):
+            load_dataset("mnist", str(gz_dir))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak  # not the 256 MiB it holds
+
+
 def test_idx_count_mismatch_and_missing_file(tmp_path):
     arrays = mnist_arrays()
     arrays["train-labels-idx1-ubyte"] = arrays["train-labels-idx1-ubyte"][:19]
@@ -794,6 +824,45 @@ def test_data_made_in_python_is_checked_as_the_files_are(changes, message):
     assert Dataset(**_mine(num_classes=np.int64(4))).num_classes == 4  # what a reader computed with numpy
 
 
+def test_features_with_autograd_history_are_taken_as_data(tmp_path):
+    """Features from a network outside no_grad made training fail in torch ("backward through the graph a second
+    time"); a leaf that requires grad had its .grad filled by every step."""
+    from landscape.train import train
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Linear(20, 16)
+    x, leaf = torch.randn(80, 20), torch.randn(20, 16).requires_grad_(True)
+    y = torch.arange(80) % 4
+    data = Dataset(name="feat", x_train=backbone(x[:60]), y_train=y[:60], x_test=x[60:] @ leaf, y_test=y[60:],
+                   num_classes=4, mean=0.0, std=1.0)
+    assert not data.x_train.requires_grad and not data.x_test.requires_grad
+    train(out=tmp_path / "run", data=data, model="mlp", epochs=1, batch_size=16, progress=False)
+    assert backbone.weight.grad is None and leaf.grad is None
+
+
+def test_runs_trained_on_the_same_files_passed_from_python_are_the_same_data(tmp_path):
+    """A run trained with data= records the default settings (digits) beside what it read: load_points refused
+    two runs on one npz as "trained on other data (dataset digits vs npz)"; runs on other data passed from Python
+    are named by what they read."""
+    from landscape.inputs import load_points
+    from landscape.train import train
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", x_train=rng.normal(size=(60, 6)).astype(np.float32),
+                 y_train=np.arange(60) % 3, x_test=rng.normal(size=(30, 6)).astype(np.float32), y_test=np.arange(30) % 3)
+    data = load_dataset("npz", str(tmp_path / "a.npz"))
+    kw = dict(model="mlp", epochs=1, batch_size=20, progress=False)
+    train(out=tmp_path / "named", data=data, dataset="npz", data_path=str(tmp_path / "a.npz"), **kw)
+    train(out=tmp_path / "given", data=data, seed=1, **kw)
+    train(out=tmp_path / "other", data=load_dataset("npz", str(tmp_path / "b.npz")), seed=2, **kw)
+    pts = load_points([tmp_path / "named" / "model.pt", tmp_path / "given" / "model.pt"])
+    assert pts.data.fingerprint == data.fingerprint
+    with pytest.raises(UserError, match=r"other/model.pt was trained on other data than .*named/model.pt \('npz' "
+                                        r"\(60 train / 30 test, input \(6,\), 3 classes, files [0-9a-f]{8}\) and 'npz' "):
+        load_points([tmp_path / "named" / "model.pt", tmp_path / "other" / "model.pt"])
+
+
 def test_a_datasets_mean_and_std_may_be_one_number_or_one_a_feature_of_sequences():
     """Only images' channels are counted (augmentation pads with the mean): sequences' features are not."""
     assert Dataset(**_mine(mean=0.5, std=2)).mean == (0.5,)
@@ -966,3 +1035,18 @@ def test_running_out_of_memory_while_reading_the_data_says_so(tmp_path, capsys, 
     assert code == 2 and one_line(err) == ("landscape: error: out of memory (an allocation of 4.29 GiB failed); while "
                                            "reading the dataset, which is held in memory whole: a machine with more "
                                            "memory, or a smaller dataset")
+
+
+@pytest.mark.parametrize("shape, axes", [((9000, 3, 4, 4), (0, 2, 3)), ((9000, 5), (0,)), ((9000, 5, 3), (0, 1, 2))])
+def test_statistics_of_a_large_set_in_slices_are_its_statistics(monkeypatch, shape, axes):
+    """A set's float64 copy for its statistics was twice the set in memory (1.2 GB for CIFAR-10's): large sets
+    are summed in slices of samples, to the same values as numpy's in float64."""
+    import landscape.data as data_module
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    monkeypatch.setattr(data_module, "STATISTICS_WHOLE", 0)
+    monkeypatch.setattr(data_module, "STATISTICS_SLICE", 1000)  # 9 slices
+    mean, std = data_module._statistics(x)
+    ref = x.numpy().astype(np.float64)
+    np.testing.assert_allclose(mean, ref.mean(axis=axes).reshape(-1), rtol=1e-12)
+    np.testing.assert_allclose(std, ref.std(axis=axes).reshape(-1), rtol=1e-12)

@@ -1561,3 +1561,40 @@ def test_stored_labels_a_figure_cannot_show_as_they_are_are_shown_literally(tmp_
     summary = json.loads((plane / "summary.json").read_text())
     (plane / "summary.json").write_text(json.dumps(dict(summary, anchor_labels=["$\\frac$", "_b", "$w$"])))
     assert len(draw_plane_figures(plane)) == 2
+
+
+def test_drawing_leaves_the_callers_backend_and_settings_and_ignores_them(tmp_path):
+    """style.py set matplotlib's backend to Agg and wrote pdf.fonttype and font.size into the process's
+    settings on import: a notebook's inline figures stopped showing, and its own figures changed size. A
+    figure drawn under a user's settings (a 13-pt style) is the one drawn under matplotlib's defaults."""
+    import subprocess
+    import sys
+
+    write_plane(tmp_path / "plain")
+    write_plane(tmp_path / "styled")
+    script = f"""
+import matplotlib
+matplotlib.use("svg")
+matplotlib.rcParams.update({{"font.size": 13, "pdf.fonttype": 3, "lines.linewidth": 4}})
+import matplotlib.pyplot as plt
+from landscape.plots.style import set_figure_width
+from landscape.plots.plane import draw_plane_figures
+set_figure_width(3.25)
+draw_plane_figures({str(tmp_path / "styled")!r}, ("png", "pdf"))
+print(matplotlib.get_backend(), matplotlib.rcParams["font.size"], matplotlib.rcParams["pdf.fonttype"],
+      matplotlib.rcParams["lines.linewidth"], plt.get_fignums())
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["svg", "13.0", "3", "4.0", "[]"]
+    from landscape.plots.style import set_figure_width
+
+    set_figure_width(3.25)
+    try:
+        draw_plane_figures(tmp_path / "plain", ("png", "pdf"))
+    finally:
+        set_figure_width(None)
+    for name in ("plane_train_loss.png", "plane_test_error.png"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "styled" / name).read_bytes(), name
+    pdf = (tmp_path / "styled" / "plane_train_loss.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType fonts, as venues' checks ask

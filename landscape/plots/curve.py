@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (LINE_COLOR, PATH_LOG_FACTOR, compare_color, fs, legend_below, log_scale_when_spread,
+from .style import (drawing, LINE_COLOR, PATH_LOG_FACTOR, compare_color, fs, legend_below, log_scale_when_spread,
                     mark_endpoints, new_figure, note_synthetic, panel_legend, result_color, result_colors, save_figure,
                     train_loss_label)
 
@@ -59,6 +59,7 @@ def _axes(ax, label: str, drawn, metric: str) -> None:
         log_scale_when_spread(ax, np.concatenate([np.ravel(v) for v in drawn]), PATH_LOG_FACTOR)
 
 
+@drawing
 def draw_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``curve.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
     result_dir = Path(result_dir)
@@ -109,6 +110,7 @@ def line_groups(results: Sequence[tuple[dict[str, np.ndarray], dict]]) -> list[l
     return groups
 
 
+@drawing
 def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):
     """Several curve results on one pair of axes per metric (train loss,
     test error against t), each curve in its type's colour, as in its own

@@ -16,7 +16,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure,
+from .style import (drawing, MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure,
                     save_figures, shown_label, train_loss_label)
 
 __all__ = [
@@ -506,6 +506,7 @@ def plot_plane_result(ax, arrays: dict[str, np.ndarray], summary: dict, metric: 
     return ax
 
 
+@drawing
 def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``plane_train_loss.<fmt>`` and ``plane_test_error.<fmt>`` in
     ``result_dir`` from its stored results; returns the files written."""
@@ -521,6 +522,7 @@ def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png"
     return save_figures(figures, formats, save_figure)
 
 
+@drawing
 def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):
     """Several plane results side by side, as Garipov et al. 2018 (fig. 2)
     show the planes of independent optima, a Bezier curve and a polygonal

@@ -14,7 +14,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .curve import curve_color, curve_label
-from .style import LINE_COLOR, fs, legend_below, mark_endpoints, new_figure, note_synthetic, save_figure
+from .style import drawing, LINE_COLOR, fs, legend_below, mark_endpoints, new_figure, note_synthetic, save_figure
 
 __all__ = ["draw_posterior_curve_figure"]
 
@@ -36,6 +36,7 @@ def _paths(ax, t: np.ndarray, arrays: dict[str, np.ndarray], key: str, path_labe
             ax.fill_between(t, values - 2 * se, values + 2 * se, color=shade, alpha=0.15, lw=0)
 
 
+@drawing
 def draw_posterior_curve_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``posterior-curve.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
     result_dir = Path(result_dir)

@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (PATH_LOG_FACTOR, fs, log_scale_when_spread, new_figure, result_colors, save_figure, save_figures,
+from .style import (drawing, PATH_LOG_FACTOR, fs, log_scale_when_spread, new_figure, result_colors, save_figure, save_figures,
                     shown_label, train_loss_label)
 
 __all__ = ["plot_rays", "plot_line_metric", "draw_rays_figures", "load_rays_result", "shared_limits"]
@@ -159,6 +159,7 @@ def _suptitle(fig, summary: dict, note: str = "") -> None:
         fig.suptitle("\n".join(lines), color="gray" if summary.get("synthetic") else "black", fontsize=fs(9))
 
 
+@drawing
 def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``rays_train_loss.<fmt>``, ``rays_test_error.<fmt>`` and, when the
     run stored the line through two centres, ``line.<fmt>`` in ``result_dir``

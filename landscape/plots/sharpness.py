@@ -14,7 +14,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 from landscape.sharpness import spectral_density
 
-from .style import fs, new_figure, result_colors, save_figure
+from .style import drawing, fs, new_figure, result_colors, save_figure
 
 __all__ = ["draw_sharpness_figure", "density_curves"]
 
@@ -84,6 +84,7 @@ def _draw_layers(ax, summary: dict, colors) -> None:
         ax.legend(fontsize=fs(8), loc="best", framealpha=0.9)
 
 
+@drawing
 def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``sharpness.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
     result_dir = Path(result_dir)

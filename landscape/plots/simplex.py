@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+import matplotlib
 import matplotlib.tri as mtri
 import numpy as np
 
 from landscape.checkpoint import read_result
 
 from .plane import LogOffsetNorm, clip_values, contour_bands, contour_levels, level_names
-from .style import fs, new_figure, note_synthetic, save_figure, train_loss_label
+from .style import drawing, fs, new_figure, note_synthetic, save_figure, train_loss_label
 
 __all__ = ["face_xy", "plot_face", "draw_simplex_figure"]
 
@@ -38,7 +38,7 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
     finite = clipped[np.isfinite(clipped)]
     if finite.size and np.ptp(finite) == 0 and finite.size == clipped.size:
         # One value over the whole face: one colour, and the value said, not a colour bar of equal labels.
-        ax.fill(*CORNERS.T, color=plt.get_cmap("jet_r")(0.0), alpha=0.8)
+        ax.fill(*CORNERS.T, color=matplotlib.colormaps["jet_r"](0.0), alpha=0.8)
         label = f"{label}: {level_names(finite[:1])[0]} everywhere" if label else f"{finite[0]:.3g} everywhere"
     elif finite.size:
         # A face of low loss varies little: the levels then spread over the range there is.
@@ -71,6 +71,7 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
     return ax
 
 
+@drawing
 def draw_simplex_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Write ``simplex_face.<fmt>`` (train loss and test error over the face)."""
     result_dir = Path(result_dir)

@@ -1,31 +1,29 @@
-"""Shared figure set-up: a non-interactive backend, sizes, atomic saving."""
+"""Shared figure set-up: figures of their own (not pyplot's: a notebook's
+backend and settings are left as they are), sizes, atomic saving."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import numbers
 import os
 import re
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patheffects as patheffects
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import Collection, PathCollection
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.patheffects as patheffects  # noqa: E402
-from matplotlib.collections import Collection, PathCollection  # noqa: E402
-from matplotlib.font_manager import FontProperties  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+from landscape.checkpoint import atomic_save
+from landscape.errors import UserError, is_whole
 
-# TrueType (Type 42) fonts in PDF and PostScript: the Type 3 default is refused by some venues' checks.
-matplotlib.rcParams["pdf.fonttype"] = 42
-matplotlib.rcParams["ps.fonttype"] = 42
-
-from landscape.checkpoint import atomic_save  # noqa: E402
-from landscape.errors import UserError, is_whole  # noqa: E402
-
-__all__ = ["new_figure", "save_figure", "save_figures", "set_figure_dpi", "legend_below", "panel_legend",
+__all__ = ["drawing", "figure_style", "new_figure", "save_figure", "save_figures", "set_figure_dpi", "legend_below", "panel_legend",
            "paper_width", "compare_color", "result_color", "result_colors", "fs", "set_figure_width",
            "note_synthetic", "mark_endpoints", "log_scale_when_spread", "train_loss_label", "outline",
            "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero",
@@ -133,7 +131,32 @@ def set_figure_width(width: float | None) -> None:
                         + (" (narrower, 8-pt titles and axis labels no longer fit)" if number and 0 < width < MIN_WIDTH
                            else ""))
     _WIDTH[0] = None if width is None else float(width)
-    matplotlib.rcParams["font.size"] = BASE_FONT if width is None else PAPER_FONT
+
+
+@contextlib.contextmanager
+def figure_style():
+    """matplotlib's default settings and the figures' own, while a figure is
+    drawn and saved; the caller's settings (a notebook's, a style sheet's) as
+    they were after, and none of them in the figures: the text size (10 pt,
+    8 at a paper's width) and TrueType (Type 42) fonts in PDF and PostScript,
+    since the Type 3 default is refused by some venues' checks."""
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()  # the backend is not among the settings it resets
+        matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": _font_size()})
+        yield
+
+
+def drawing(fn):
+    """``fn`` (a function that draws figures) run in :func:`figure_style`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with figure_style():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _font_size() -> float:
+    return BASE_FONT if _WIDTH[0] is None else PAPER_FONT
 
 
 _DPI: list[int] = [150]
@@ -157,7 +180,7 @@ def paper_width() -> float | None:
 def fs(points: float) -> float:
     """A text size written for a figure's own size (10-pt text), at the current
     text size: the same, or 8/10 of it when figures are drawn to a paper's width."""
-    return points * matplotlib.rcParams["font.size"] / BASE_FONT
+    return points * _font_size() / BASE_FONT
 
 
 def note_synthetic(fig, summaries) -> None:
@@ -216,19 +239,28 @@ def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: floa
     if paper is None or rows != 1 or cols == 1 or paper / cols >= MIN_PANEL:
         if paper is not None:
             width, height = paper, height * paper / width
-        return plt.subplots(rows, cols, figsize=(width, height), constrained_layout=True)
+        fig = _figure(width, height)
+        return fig, fig.subplots(rows, cols)
     per_row = max(1, int(paper // MIN_PANEL))
     if per_row >= group:
         per_row -= per_row % group
     n_rows = -(-cols // per_row)
     panel_height = (paper / per_row) * height / (width / cols)  # each panel's own shape
     panel_height = max(MIN_PANEL_HEIGHT, min(panel_height, MAX_HEIGHT / n_rows))
-    fig, grid = plt.subplots(n_rows, per_row, figsize=(paper, panel_height * n_rows), constrained_layout=True,
-                             squeeze=False)
+    fig = _figure(paper, panel_height * n_rows)
+    grid = fig.subplots(n_rows, per_row, squeeze=False)
     panels = list(grid.ravel())
     for ax in panels[cols:]:  # the last row's empty places
         fig.delaxes(ax)
     return fig, np.array(panels[:cols], dtype=object)
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure outside pyplot (drawn by Agg whatever the process's backend; nothing to close), laid out by
+    constrained layout."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _wrapped(text: str, inches: float, points: float, font=None, renderer=None) -> str:
@@ -490,34 +522,24 @@ def check_formats(formats) -> tuple[str, ...]:
 
 def save_figures(figures, formats=("png",), save=None) -> list[Path]:
     """Save ``figures`` [(fig, stem), ...] (``save``, by default
-    :func:`save_figure`), all drawn before any is saved; if one cannot be
-    saved the rest are closed too."""
+    :func:`save_figure`), all drawn before any is saved."""
     save = save or save_figure
     written: list[Path] = []
-    try:
-        for fig, stem in figures:
-            written += save(fig, stem, formats)
-    finally:
-        for fig, _ in figures:  # closing a saved one again does nothing
-            plt.close(fig)
+    for fig, stem in figures:
+        written += save(fig, stem, formats)
     return written
 
 
 def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int | None = None) -> list[Path]:
     """Save ``fig`` as ``stem.<fmt>`` for each format (:func:`check_formats`;
-    atomically) and close it, its layout finished first (:func:`finish_layout`);
-    ``dpi`` by default :func:`set_figure_dpi`'s."""
+    atomically), its layout finished first (:func:`finish_layout`); ``dpi``
+    by default :func:`set_figure_dpi`'s."""
     dpi = _DPI[0] if dpi is None else dpi
-    try:
-        formats = check_formats(formats)
-    except UserError:
-        plt.close(fig)
-        raise
+    formats = check_formats(formats)
     finish_layout(fig)
     written = []
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")
         atomic_save(lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi), path)
         written.append(path)
-    plt.close(fig)
     return written

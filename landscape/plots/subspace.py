@@ -15,7 +15,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .plane import OUTLINE, plot_plane
-from .style import COMPARE_COLORS, fs, legend_below, new_figure, paper_width, save_figure, whole_number_ticks
+from .style import drawing, COMPARE_COLORS, fs, legend_below, new_figure, paper_width, save_figure, whole_number_ticks
 from .swag import average_colors, plot_model_average
 
 __all__ = ["draw_subspace_figure"]
@@ -23,6 +23,7 @@ __all__ = ["draw_subspace_figure"]
 PRIOR_COLOR = "0.3"  # the prior's circles: no result's colour (style.RESULT_COLORS)
 
 
+@drawing
 def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``subspace.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
     result_dir = Path(result_dir)

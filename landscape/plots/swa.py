@@ -13,7 +13,7 @@ import numpy as np
 from landscape.checkpoint import read_json, read_jsonl
 from landscape.errors import UserError
 
-from .style import (SGD_COLOR, SWA_COLOR, error_axis_from_zero, fs, new_figure, panel_legend, paper_width, save_figure,
+from .style import (drawing, SGD_COLOR, SWA_COLOR, error_axis_from_zero, fs, new_figure, panel_legend, paper_width, save_figure,
                     whole_number_ticks)
 
 __all__ = ["draw_swa_figure", "swa_curves", "has_swa_curve"]
@@ -38,6 +38,7 @@ def has_swa_curve(run_dir: str | Path) -> bool:
     return any(isinstance(r, dict) and "swa_test_error" in r for r in read_jsonl(Path(run_dir) / "metrics.jsonl"))
 
 
+@drawing
 def draw_swa_figure(run_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``swa.<fmt>`` in ``run_dir`` (an SWA run with ``--eval-every``); returns the files written."""
     run_dir = Path(run_dir)

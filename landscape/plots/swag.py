@@ -13,7 +13,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, error_axis_from_zero, fs, legend_below,
+from .style import (drawing, AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, error_axis_from_zero, fs, legend_below,
                     log_scale_when_spread, new_figure, note_synthetic, result_colors, save_figure,
                     whole_number_ticks)
 
@@ -68,6 +68,7 @@ def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *
     ax.grid(alpha=0.3)
 
 
+@drawing
 def draw_swag_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``swag.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
     result_dir = Path(result_dir)
@@ -81,6 +82,7 @@ def draw_swag_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)
                          f"{method} model average", "SWA (the mean)", title, formats, *average_colors([summary])[0])
 
 
+@drawing
 def draw_variational_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``variational.<fmt>``: the three prediction schemes of a variational
     posterior (the ensemble after 1..S samples, the deterministic network of
@@ -190,6 +192,7 @@ def centre_name(summary: dict) -> str:
     return "the means" if "family" in summary else "SWA"
 
 
+@drawing
 def compare_averages(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):
     """Several model averages (SWAG, subspace inference, a variational
     posterior's ensemble) on one pair of axes per metric: test NLL and error
