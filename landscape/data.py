@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .device import resolve_device
-from .errors import UserError, is_out_of_memory
+from .errors import UserError, check_seed, is_out_of_memory
 
 __all__ = ["DATASETS", "Dataset", "as_dataset", "load_dataset", "augment_crop_flip"]
 
@@ -426,6 +426,7 @@ def load_dataset(
     Running out of memory here is marked as such (:data:`READING_DATA`), for
     the advice the command line gives.
     """
+    check_seed(seed, "--data-seed")
     try:
         return _load_dataset(name, data_path, val_size, seed, device, synthetic_shape, synthetic_classes,
                              synthetic_sizes)

@@ -67,10 +67,11 @@ def is_whole(value: object) -> bool:
     return isinstance(value, numbers.Integral) or bool(math.isfinite(value) and int(value) == value)
 
 
-def check_seed(seed: object) -> None:
-    """One line for a ``--seed`` that a generator cannot take: a whole number from 0 to 2^63 - 1."""
+def check_seed(seed: object, flag: str = "--seed") -> None:
+    """One line for a ``--seed`` that a generator cannot take: a whole number from 0 to 2^63 - 1 (torch wraps a
+    negative one onto another's draws and fails in a traceback beyond 2^64)."""
     if not is_whole(seed) or not 0 <= seed < 2 ** 63:
-        raise UserError(f"--seed must be a whole number from 0 to 2^63 - 1, got {seed}")
+        raise UserError(f"{flag} must be a whole number from 0 to 2^63 - 1, got {seed}")
 
 
 def check_number(flag: str, value: object) -> None:

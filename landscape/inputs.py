@@ -333,22 +333,21 @@ def check_same_data(ckpts: Sequence[Checkpoint], overrides: dict[str, Any] | Non
     for ck in ckpts[1:]:
         if ck.model is None or first.model is None:
             continue  # foreign checkpoints record no data
-        records = [(c.meta or {}).get("dataset") for c in (ck, first)]
-        if all(isinstance(r, dict) for r in records) and records[0].get("fingerprint") is not None \
-                and not data_differs(*records):
-            continue  # the same files read and split alike, whatever settings a run trained with data= records
         mine = data_settings(ck)
+        # a run trained on data= records settings that do not say what it read (the default digits): its record
+        # of the data does; the same files read and split alike are the same data
+        records = [(c.meta or {}).get("dataset") for c in (ck, first)]
+        passed = all(isinstance(r, dict) for r in records) and any(
+            r.get("name") != settings.get("dataset", "digits") for r, settings in zip(records, (mine, ref)))
+        if passed and records[0].get("fingerprint") is not None and not data_differs(*records):
+            continue
         dataset = (overrides or {}).get("dataset") or ref.get("dataset")
         for key in DATA_FIELDS:
             if key in given or not _applies(key, dataset):
                 continue
             if mine.get(key) != ref.get(key) and not (key == "data_path" and (
                     same_data(dataset, mine.get(key), ref.get(key)) or _same_files_read(ck, first))):
-                # a run trained on data= records settings that do not say what it read: its record does
-                passed = any(isinstance(r, dict) and r.get("name") != settings.get("dataset", "digits")
-                             for r, settings in zip(records, (mine, ref)))
-                which = (f"{described(records[0])} and {described(records[1])}" if passed and
-                         all(isinstance(r, dict) for r in records) else
+                which = (f"{described(records[0])} and {described(records[1])}" if passed else
                          f"{key.replace('_', '-')} {mine.get(key)} vs {ref.get(key)}")
                 raise UserError(f"{ck.path} was trained on other data than {first.path} ({which}); give the data "
                                 f"options explicitly to use the same data for both")

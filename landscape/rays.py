@@ -24,7 +24,7 @@ from torch import nn
 
 from .data import as_dataset
 from .device import check_fits
-from .errors import UserError, check_number, check_whole
+from .errors import UserError, check_number, check_seed, check_whole
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
@@ -150,6 +150,7 @@ def evaluate_rays(
     _bf16(precision)  # an unknown precision fails before anything is written
     check_normalize(normalize)
     directions, steps = check_whole("--directions", directions), check_whole("--steps", steps)
+    check_seed(seed)
     check_number("--rise", rise)
     if distance is not None:
         check_number("--distance", distance)

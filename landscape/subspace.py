@@ -61,11 +61,12 @@ from .evaluate import (METRICS, evaluate_points, full_float32, precision_amp, re
 from .inputs import check_data_options, stored_data
 from .layout import image_layout
 from .metrics import expected_calibration_error, running_ensemble
+from . import nuts as nuts_module
 from .nuts import (TARGET_ACCEPT, DualAveraging, MassAdaptation, adaptation_windows, initial_step_size, nuts_round,
                    warmup_step)
 from .progress import Progress
 from .sharpness import TrainLoss
-from .sweep import (STORE, begin_result, compare_keys, finish_result, rank_and_world, request_key, run_sweep,
+from .sweep import (STORE, begin_result, compare_keys, finish_result, is_main, rank_and_world, request_key, run_sweep,
                     stored_bn_stats)
 from .swag import SwagPosterior, load_swag
 from .weights import ParamSpace
@@ -195,6 +196,7 @@ def swag_subspace(path: str | Path | Checkpoint, basis: str = "pca", rank: int =
                         f"needs a curve checkpoint)")
     if not is_whole(rank) or rank < 1:
         raise UserError(f"--rank must be a whole number of at least 1, got {rank}")
+    rank = int(rank)  # 2.0 from Python: a slice's bound
     check_seed(seed)
     post, net, ck = load_swag(path, device, model)
     if basis == "pca":
@@ -414,8 +416,10 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
                 record = {"epoch": epoch + 1, "loss": total[0] / total[3], "nll": total[1] / total[3],
                           "kl": total[2] / total[3], "mu": mu.tolist(), "sigma": vi_sigma(rho).tolist()}
             if not all(np.isfinite([record["loss"], *record["mu"], *record["sigma"]])):
+                wide = (f" (or a smaller --vi-init-std than {init_std:g}, the starting spread)"
+                        if init_std > 1 else "")
                 raise UserError(f"variational inference diverged in epoch {epoch + 1} (loss {record['loss']}); "
-                                f"start again with a lower --vi-lr than {lr:g} in another --out")
+                                f"start again with a lower --vi-lr than {lr:g}{wide} in another --out")
             records.append(record)
             if run.store is not None:
                 saved = {"key": np.array(run.key), "mu": mu.detach().cpu().numpy(),
@@ -903,7 +907,7 @@ def sample_subspace(
         raise UserError("--max-depth is NUTS's (--method nuts)")
     if mass is not None and method != "nuts":
         raise UserError("--mass is NUTS's (--method nuts)")
-    mass = "diag" if mass is None else mass
+    asked_mass, mass = mass, "diag" if mass is None else mass
     if mass not in ("diag", "identity"):
         raise UserError(f"unknown --mass {mass!r}; choose diag or identity")
     if vi_family not in VI_FAMILIES:
@@ -947,6 +951,9 @@ def sample_subspace(
     if method == "nuts":
         settings["max_depth"] = max_depth
         if not adaptation_windows(burn_in):  # a short burn-in estimates no mass: the identity's run
+            if asked_mass == "diag" and is_main():
+                print(f"note: --mass diag is estimated from a --burn-in of {nuts_module.MIN_MASS_BURN_IN} or more; "
+                      f"this run's {burn_in} leaves the identity", file=sys.stderr)
             mass = "identity"
         if mass == "diag":  # only then: an identity run keeps the request key of earlier builds
             settings["mass"] = mass

@@ -38,7 +38,7 @@ from torch import nn
 from .checkpoint import Checkpoint, load_checkpoint, load_model, stored_config
 from .data import Dataset
 from .device import check_fits
-from .errors import UserError, check_nonnegative, check_seed
+from .errors import UserError, check_nonnegative, check_seed, check_whole
 from .evaluate import METRICS, precision_amp
 from .inputs import check_data_options, own_network, stored_data
 from .metrics import diagram_calibration_error, expected_calibration_error, reliability, running_ensemble
@@ -153,6 +153,19 @@ def default_scale(diag: bool) -> float:
     return 1.0 if diag else 0.5
 
 
+def check_draws(samples: object, seed: object, parameters: int | None = None, device=None) -> int:
+    """``--samples`` as an int (a whole number, at least 1) and ``--seed``, or one line; with ``parameters``,
+    that the draws, samples x parameters floats, fit ``device`` (they are drawn at once)."""
+    samples = check_whole("--samples", samples)
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    check_seed(seed)
+    if parameters is not None:
+        check_fits(4.0 * samples * parameters, f"--samples {samples} (the draws, samples x parameters floats)",
+                   device)
+    return samples
+
+
 def evaluate_swag(
     swag: str | Path,
     out: str | Path | None = None,
@@ -185,16 +198,13 @@ def evaluate_swag(
     ``config.json``, and the sweep's partial store for ``resume``."""
     check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
-    if samples < 1:
-        raise UserError(f"--samples must be at least 1, got {samples}")
+    samples = check_draws(samples, seed)
     scale = default_scale(diag) if scale is None else scale
     check_nonnegative("--scale", scale)
     out_path = Path(out) if out is not None else None
     device = process_device(device)  # under torchrun: joins the process group
-    check_seed(seed)
     post, net, ck = load_swag(swag, device, model)
-    check_fits(4.0 * samples * post.mean.numel(), f"--samples {samples} (the draws, samples x parameters floats)",
-               device)
+    check_draws(samples, seed, post.mean.numel(), device)
     data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
     rank = post.deviations.shape[0]
     low_rank = not diag and rank >= 2

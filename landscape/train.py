@@ -61,7 +61,7 @@ from .checkpoint import (
 )
 from .data import Dataset, as_dataset, data_differs, data_location, described, load_dataset, refuse_data_path, refuse_data_twice, why_data_differs
 from .device import seed_everything
-from .errors import UserError, check_keywords, check_nonnegative, check_number, check_whole
+from .errors import UserError, check_keywords, check_nonnegative, check_number, check_seed, check_whole
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits, weights_finite
 from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
@@ -175,6 +175,8 @@ class TrainConfig:
         if self.save_every < 0:
             raise UserError(f"--save-every must be >= 0, got {self.save_every}")
         schedule_factor(self.schedule, 0.0)
+        check_seed(self.seed)
+        check_seed(self.data_seed, "--data-seed")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

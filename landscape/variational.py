@@ -384,6 +384,10 @@ class VariationalConfig(TrainConfig):
             self.hwa_start = check_whole("--hwa-start", self.hwa_start)
         if self.kl_warmup < 0:
             raise UserError(f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
+        if self.kl_warmup > self.epochs:  # the ramp would end below the full weight the posterior is fitted at
+            raise UserError(f"--kl-warmup {self.kl_warmup} is longer than --epochs {self.epochs}: the KL term would "
+                            f"never reach its full weight (it would end at {self.epochs / self.kl_warmup:.2g} of it); "
+                            f"use at most --kl-warmup {self.epochs}")
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
         if self.wd:
@@ -707,17 +711,17 @@ def evaluate_variational(
     every draw are evaluated with batch norm re-estimated. With ``out``:
     ``variational.npz``, ``summary.json``, ``config.json`` and the sweep's
     partial store for ``resume``. Under torchrun the draws are shared out."""
-    from .swag import average_of_draws
+    from .swag import average_of_draws, check_draws
 
     check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
-    if samples < 1:
-        raise UserError(f"--samples must be at least 1, got {samples}")
+    samples = check_draws(samples, seed)
     if wd:
         raise UserError(WD_REFUSED)
     out_path = Path(out) if out is not None else None
     device = process_device(device)
     post, net, ck = load_variational(ckpt, device, model)
+    check_draws(samples, seed, post.mean.numel(), device)  # drawn at once, as SWAG's are
     data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
     options = {"samples": samples, "seed": seed, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
                "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}

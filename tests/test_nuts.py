@@ -377,7 +377,7 @@ def test_an_interrupted_nuts_run_resumes_to_the_same_samples(bn_stats, tmp_path,
 
 
 def test_the_mass_adapted_in_the_burn_in_resumes_and_a_short_burn_in_keeps_the_unit_mass(tmp_path, swag, small_digits,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, capsys):
     monkeypatch.setattr(nuts_module, "MIN_MASS_BURN_IN", 20)  # Stan's floor: a shorter test, the same code
     sub = swag_subspace(swag, "random", 2, seed=2)
     kw = dict(method="nuts", samples=2, chains=2, burn_in=20, data=small_digits, seed=4, max_depth=3)
@@ -412,8 +412,12 @@ def test_the_mass_adapted_in_the_burn_in_resumes_and_a_short_burn_in_keeps_the_u
     assert resumed.summary["nuts"]["inverse_mass"] == inv
     # a burn-in under MIN_MASS_BURN_IN estimates no mass: the run, and its request, are the unit mass's
     short = dict(kw, burn_in=2)
+    capsys.readouterr()
     sample_subspace(sub, tmp_path / "short", **short)
-    again = sample_subspace(sub, tmp_path / "short", **short, mass="identity", resume=True)  # the finished result
+    assert "--mass diag" not in capsys.readouterr().err  # the default: no word
+    again = sample_subspace(sub, tmp_path / "short", **short, mass="diag", resume=True)  # the finished result
+    assert capsys.readouterr().err.count("note: --mass diag is estimated from a --burn-in of 20 or more; this run's "
+                                         "2 leaves the identity") == 1
     assert again.summary["nuts"]["mass"] == "identity" and again.summary["nuts"]["inverse_mass"] == [1.0, 1.0]
     with pytest.raises(UserError, match="--mass is NUTS's"):
         sample_subspace(sub, samples=2, mass="diag", data=small_digits)

@@ -542,3 +542,38 @@ def test_config_counts_and_numbers_given_from_python_are_one_line():
     config = VariationalConfig(epochs=10.0, hwa_start=4.0, cycle=2.0)
     config.validate()  # whole floats are whole numbers, kept as ints
     assert (config.epochs, config.hwa_start, config.cycle) == (10, 4, 2) and isinstance(config.hwa_start, int)
+
+
+def test_seeds_draw_counts_and_a_warm_up_past_the_training_are_one_line(tmp_path, small_digits):
+    """Seeds were checked by swag, subspace, plane and sharpness only: elsewhere -1 ran on the draws of 2^64 - 1
+    and 2^70 ended in an OverflowError; samples=2.5 was a TypeError, a rank of 2.0 a slicing error; a KL warm-up
+    longer than the training fitted at a fraction of the KL term and recorded the full weight."""
+    from landscape.curves.posterior import evaluate_posterior_curve
+    from landscape.rays import evaluate_rays
+    from landscape.swag import evaluate_swag
+    from landscape.train import TrainConfig
+    from landscape.variational import VariationalConfig, evaluate_variational
+
+    missing = tmp_path / "none.pt"  # each refusal comes before any file is read
+    cases = [(lambda: TrainConfig(seed=-1).validate(), "--seed must be a whole number from 0 to 2^63 - 1, got -1"),
+             (lambda: TrainConfig(seed=2 ** 70).validate(), f"--seed must be a whole number from 0 to 2^63 - 1, "
+                                                            f"got {2 ** 70}"),
+             (lambda: TrainConfig(data_seed=-3).validate(), "--data-seed must be a whole number from 0 to 2^63 - 1, "
+                                                            "got -3"),
+             (lambda: load_dataset("digits", seed=-3), "--data-seed must be a whole number from 0 to 2^63 - 1, got -3"),
+             (lambda: evaluate_rays(mlp(False), [torch.zeros(3)], small_digits, seed=-1), "--seed must be a whole number from 0 to 2^63 "
+                                                                      "- 1, got -1"),
+             (lambda: evaluate_variational(missing, seed=-1), "--seed must be a whole number from 0 to 2^63 - 1, "
+                                                              "got -1"),
+             (lambda: evaluate_variational(missing, samples=2.5), "--samples must be a whole number, got 2.5"),
+             (lambda: evaluate_swag(missing, samples=2.5), "--samples must be a whole number, got 2.5"),
+             (lambda: evaluate_swag(missing, samples=0), "--samples must be at least 1, got 0"),
+             (lambda: evaluate_posterior_curve(missing, seed=2 ** 64), f"--seed must be a whole number from 0 to "
+                                                                       f"2^63 - 1, got {2 ** 64}"),
+             (lambda: VariationalConfig(epochs=2, kl_warmup=5).validate(),
+              "--kl-warmup 5 is longer than --epochs 2: the KL term would never reach its full weight (it would end "
+              "at 0.4 of it); use at most --kl-warmup 2")]
+    for call, message in cases:
+        with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+            call()
+    VariationalConfig(epochs=2, kl_warmup=2).validate()  # a ramp that ends with the training

@@ -106,7 +106,7 @@ def test_a_bracket_shrunk_onto_the_current_point_returns_it_evaluated():
 
 
 def test_burn_in_discards_each_chains_first_steps(runs, small_digits):
-    sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2)
+    sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2.0)  # a whole float from Python: a slice's bound failed
     kw = dict(chains=2, data=small_digits, seed=3, prior_scale=2.0)
     whole = sample_subspace(sub, samples=6, **kw).arrays
     burnt = sample_subspace(sub, samples=4, burn_in=1, **kw).arrays
@@ -422,6 +422,10 @@ def test_a_diverging_vi_fit_is_refused_in_one_line(tmp_path, runs, small_digits)
     with pytest.raises(UserError, match=r"variational inference diverged in epoch 1 \(loss nan\); start again with a "
                                          r"lower --vi-lr than 1e\+09 in another --out"):
         sample_subspace(sub, tmp_path / "d", method="vi", vi_epochs=2, vi_lr=1e9, samples=2, data=small_digits)
+    # a wide start names its spread too (1e300 diverged "with a lower --vi-lr")
+    with pytest.raises(UserError, match=r"start again with a lower --vi-lr than 0\.1 \(or a smaller --vi-init-std "
+                                         r"than 1e\+300, the starting spread\) in another --out"):
+        sample_subspace(sub, tmp_path / "w", method="vi", vi_epochs=1, vi_init_std=1e300, samples=1, data=small_digits)
 
 
 def run_cli(*argv) -> subprocess.CompletedProcess:

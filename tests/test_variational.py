@@ -423,6 +423,14 @@ def test_a_weight_decay_is_refused_for_a_posterior(fitted, small_digits):
     assert not (out / "wd-fit").exists()
 
 
+def test_draws_that_cannot_fit_are_refused_before_any_is_drawn(tmp_path, fitted, small_digits):
+    """vi-eval drew --samples 100000 until memory ran out, then advised --bn-stats; swag refused such a count."""
+    out, _ = fitted
+    with pytest.raises(UserError, match=r"^--samples 1000000000 \(the draws, samples x parameters floats\) needs "):
+        evaluate_variational(out / "vi.pt", tmp_path / "huge", data=small_digits, samples=10 ** 9)
+    assert not (tmp_path / "huge").exists()
+
+
 def test_a_finished_run_resumed_returns_it(fitted, small_digits, endpoint):
     out, result = fitted
     again = run_variational(out=out, resume=True, data=small_digits, from_ckpt=str(endpoint), family="weight",

@@ -48,7 +48,7 @@ from landscape.bn import reestimate_bn
 from landscape.checkpoint import (Checkpoint, load_checkpoint, load_model, read_json, read_jsonl, save_checkpoint)
 from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device, seed_everything
-from landscape.errors import UserError, check_nonnegative, check_whole
+from landscape.errors import UserError, check_nonnegative, check_seed, check_whole
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
 from landscape.inputs import check_data_options, note_split_leak, own_network, run_data, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
@@ -356,6 +356,7 @@ def evaluate_posterior_curve(
     samples = check_whole("--samples", samples)
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
+    check_seed(seed)
     out_path = Path(out) if out is not None else None
     device = process_device(device)
     loaded = curve if isinstance(curve, LoadedCurve) else load_posterior_curve(curve, device, model)
