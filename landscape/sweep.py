@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import claim_folder, npz_reason, read_result, stored_config, write_json, write_npz, writer_of
+from .checkpoint import claim_folder, npz_reason, read_json, read_result, stored_config, write_json, write_npz, writer_of
 from .device import check_fits, resolve_device
 from .errors import UserError, shell_word
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
@@ -160,10 +160,13 @@ def fingerprint(anchors: torch.Tensor, coefficients: np.ndarray, settings: dict[
     return _digest([_float32(anchors), np.asarray(coefficients, dtype=np.float64)], settings)
 
 
-def _load_store(path: Path, key: str, n: int, probs: bool = False,
-                also: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _load_store(path: Path, key: str, n: int, probs: bool = False, also: str | None = None,
+                config: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A partial store's done flags and values, when its key answers ``key``
-    (or ``also``: the same sweep keyed as an earlier build keyed it)."""
+    (or ``also``: the same sweep keyed as an earlier build keyed it); a store
+    of another sweep is refused naming the settings that differ from those the
+    folder's config.json recorded when it began (``config``: this run's, as
+    JSON holds it)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             stored_key = str(z["key"])
@@ -182,8 +185,8 @@ def _load_store(path: Path, key: str, n: int, probs: bool = False,
                "another validation split, by --data-seed")
         raise UserError(f"{path}: partial results on other data ({why}); delete it or choose another --out")
     if differs or done.shape != (n,) or (probs and done.any() and "probs" not in values):
-        raise UserError(f"{path}: partial results of a different sweep (other points or settings); "
-                        f"delete it or choose another --out")
+        raise UserError(f"{path}: partial results of a different sweep ({_config_changes(path.parent, config)}); "
+                        f"rerun with the settings it began with to continue it, or choose another --out")
     if any(len(v) != n for v in values.values()) or any(v.ndim != 1 for m, v in values.items() if m != "probs"):
         raise UserError(f"{path}: damaged partial results (arrays of other lengths than its {n} points); delete it "
                         f"to start over")
@@ -260,6 +263,25 @@ def _what_differs(summary: dict[str, Any], request: str) -> str:
                                               for k in changed)
     return "other inputs (the weights given differ)" if summary.get("request_inputs") != request.inputs else \
         "other inputs or settings"
+
+
+# Settings of a sweep's config.json that do not decide its results (how it runs), or that name it.
+_HOW = ("argv", "command", "device", "points_per_pass", "progress")
+
+
+def _config_changes(folder: Path, config: dict[str, Any] | None) -> str:
+    """How ``config`` differs from the one ``folder``'s config.json recorded, in words ("seed 1, now 0"), else
+    "other points or settings" (none recorded, or the points themselves differ)."""
+    try:
+        stored = read_json(folder / "config.json")
+    except UserError:
+        stored = None
+    if not isinstance(stored, dict) or not isinstance(config, dict):
+        return "other points or settings"
+    changed = [k for k in sorted(set(stored) & set(config)) if k not in _HOW and stored[k] != config[k]]
+    if not changed:
+        return "other points or settings"
+    return "other settings: " + "; ".join(f"{k} {_brief(stored[k])}, now {_brief(config[k])}" for k in changed)
 
 
 def _brief(value: Any) -> str:
@@ -431,7 +453,8 @@ def run_sweep(
         if not resume:
             raise UserError(f"{store.parent} holds an unfinished sweep; pass --resume to continue it")
         legacy = fingerprint(anchors, coefficients, decided) if identity is not None else None  # as stored before
-        done, values = _load_store(store, key, n, probs=return_probs, also=legacy)
+        now = None if config is None else json.loads(json.dumps(dict(config, bn_stats=bn_stats), default=str))
+        done, values = _load_store(store, key, n, probs=return_probs, also=legacy, config=now)
         if rank == 0:
             print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "
                   f"{n - int(done.sum())} to evaluate", file=sys.stderr)

@@ -110,8 +110,14 @@ def test_an_evaluation_resumes_when_its_draws_come_out_a_few_bits_apart(tmp_path
     with pytest.raises(KeyboardInterrupt):
         evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev2", **kw)
     monkeypatch.setattr(sweep_module, "evaluate_points", real)
-    with pytest.raises(UserError, match="partial results of a different sweep"):
+    # the settings that differ named (the unfinished store said "other points or settings; delete it")
+    with pytest.raises(UserError, match=r"partial results of a different sweep \(other settings: bn_batches none, "
+                                        r"now 1\); rerun with the settings it began with to continue it, or choose "
+                                        r"another --out$"):
         evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev2", resume=True, **dict(kw, bn_batches=1))
+    with pytest.raises(UserError, match=r"\(other settings: seed 5, now 6\)"):
+        evaluate_swag(root / "swa" / "swag.pt", tmp_path / "ev2", resume=True, **dict(kw, seed=6))
+    assert (tmp_path / "ev2" / "sweep.partial.npz").exists()
 
 
 def test_the_model_average_is_the_samples_averaged_by_hand(tmp_path, swag_run, small_digits):
