@@ -477,12 +477,20 @@ def _eval_wd(args: argparse.Namespace, pts) -> float:
     checkpoint's; a foreign checkpoint records none, and the user is told."""
     if args.wd is not None:  # checked where it is used (check_eval_options, evaluate_sharpness)
         return args.wd
-    first = pts.checkpoints[0]
-    if ((first.meta or {}).get("train_config") or {}).get("wd") is None:
-        from landscape.sweep import is_main
+    from landscape.sweep import is_main
 
+    first = pts.checkpoints[0]
+    recorded = [((ck.meta or {}).get("train_config") or {}).get("wd") for ck in pts.checkpoints]
+    if recorded[0] is None:
         if is_main():
             print(f"note: {first.path} records no weight decay; train loss is reported without it (give --wd)",
+                  file=sys.stderr)
+    else:
+        other = next(((ck, wd) for ck, wd in zip(pts.checkpoints, recorded) if wd is not None and wd != recorded[0]),
+                     None)
+        if other is not None and is_main():  # one train loss for all: the first's weight decay, said
+            print(f"note: {other[0].path} was trained with weight decay {other[1]:g}, {first.path} with "
+                  f"{recorded[0]:g}; train loss is reported with {pts.wd:g} at every point (give --wd to choose)",
                   file=sys.stderr)
     return pts.wd
 

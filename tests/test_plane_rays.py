@@ -896,6 +896,23 @@ def test_checkpoints_trained_on_other_data_are_not_mixed_silently(tmp_path, caps
     assert code == 0, err
 
 
+def test_points_trained_with_other_weight_decays_are_noted(tmp_path, capsys, endpoints):
+    """A plane through a run of wd 0 and runs of wd 5e-4 reported every train loss with the first's 0, unsaid."""
+    A, B, C = endpoints
+    ck = load_checkpoint(C)
+    wd = ck.meta["train_config"]["wd"]
+    other = tmp_path / "wd0.pt"
+    save_checkpoint(other, ck.state_dict, ck.model, meta=dict(ck.meta, train_config=dict(ck.meta["train_config"],
+                                                                                         wd=0.0)))
+    code, _, err = run_cli(capsys, "plane", "--points", other, A, B, "--grid", 3, "--bn-batches", 1, "--out",
+                           tmp_path / "p", "--quiet")
+    assert code == 0 and (f"note: {A} was trained with weight decay {wd:g}, {other} with 0; train loss is reported "
+                          f"with 0 at every point (give --wd to choose)") in err, err
+    code, _, err = run_cli(capsys, "plane", "--points", other, A, B, "--grid", 3, "--bn-batches", 1, "--wd", wd,
+                           "--out", tmp_path / "q", "--quiet")
+    assert code == 0 and "weight decay" not in err, err
+
+
 def test_the_engine_refuses_a_non_finite_anchor_or_coefficient(data, endpoints):
     model, wa = flat_weights(endpoints[0])
     _, wb = flat_weights(endpoints[1])
