@@ -3,6 +3,8 @@ vectors, the dataset they were trained on, and their weight decay."""
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,8 +71,13 @@ def check_data_options(overrides: dict[str, Any] | None) -> None:
     it would be dropped without a word."""
     unknown = sorted(set(overrides or {}) - set(DATA_FIELDS))
     if unknown:
-        raise UserError(f"unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
-                        f"the data options are {', '.join(DATA_FIELDS)}")
+        # the nearest of the calling function's own keywords and the data options: evaluate_curve(pionts=3)
+        code = inspect.currentframe().f_back.f_code
+        own = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+        close = difflib.get_close_matches(unknown[0], [*own, *DATA_FIELDS], n=1)
+        raise UserError(f"unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                        f"{f' (did you mean {close[0]}=?)' if close else ''}: the data options are "
+                        f"{', '.join(DATA_FIELDS)}")
 
 
 def run_data(cfg: TrainConfig, device: torch.device, data: Dataset | None, sources: Sequence[Checkpoint | None],

@@ -999,10 +999,14 @@ def test_training_with_no_step_or_with_data_given_twice_is_refused(tmp_path, sma
         with pytest.raises(UserError, match=r"^data= is dataset 'digits', but dataset='mnist' was given too"):
             call()  # the simplex functions recorded mnist for the digits they ran on
     refuse_data_twice(small_digits, {"dataset": " Digits"})  # the name as load_dataset reads it: the same
-    with pytest.raises(UserError, match=r"^unknown keyword 'dataset_': the data options are dataset, data_path, "):
+    with pytest.raises(UserError, match=r"^unknown keyword 'dataset_' \(did you mean dataset=\?\): the data options "
+                                        r"are dataset, data_path, "):
         load_points(["a.pt"], data_overrides={"dataset_": "digits"})
     with pytest.raises(UserError, match=r"^unknown keyword 'grd': the data options are dataset"):
         evaluate_curve(tmp_path / "nothing.pt", grd=21)
+    # the function's own keywords are suggested too: only the data options were
+    with pytest.raises(UserError, match=r"^unknown keyword 'pionts' \(did you mean points=\?\): the data options"):
+        evaluate_curve(tmp_path / "nothing.pt", pionts=21)
 
 
 def test_a_validation_split_records_its_seed():
