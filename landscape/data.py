@@ -426,7 +426,7 @@ def load_dataset(
     Running out of memory here is marked as such (:data:`READING_DATA`), for
     the advice the command line gives.
     """
-    check_seed(seed, "--data-seed")
+    seed = check_seed(seed, "--data-seed")
     try:
         return _load_dataset(name, data_path, val_size, seed, device, synthetic_shape, synthetic_classes,
                              synthetic_sizes)
@@ -525,9 +525,9 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
 
 
 # Sets up to this many values get their statistics in one float64 pass (bit for bit as before slices); larger
-# ones in slices of this many samples.
+# ones in slices of samples of about this many values (at least one sample).
 STATISTICS_WHOLE = 1 << 24
-STATISTICS_SLICE = 4096
+STATISTICS_SLICE = 1 << 22
 
 
 def _statistics(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -541,10 +541,10 @@ def _statistics(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     else:  # in slices of samples, each in float64 (not a float64 copy of the set): the mean, then the deviations
         keep = [d for d in range(x.dim()) if d not in dims]
         count = x.numel() // math.prod(x.shape[d] for d in keep)
-        mean = sum(part.double().sum(dim=dims) for part in x.split(STATISTICS_SLICE)) / count
+        rows = max(1, STATISTICS_SLICE // max(1, x[0].numel()))
+        mean = sum(part.double().sum(dim=dims) for part in x.split(rows)) / count
         centre = mean.reshape([x.shape[d] if d in keep else 1 for d in range(x.dim())])
-        std = (sum((part.double() - centre).square().sum(dim=dims) for part in x.split(STATISTICS_SLICE))
-               / count).sqrt()
+        std = (sum((part.double() - centre).square().sum(dim=dims) for part in x.split(rows)) / count).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))
     return tuple(mean.reshape(-1).tolist()), tuple(std.reshape(-1).tolist())
 
@@ -673,13 +673,21 @@ def _first_existing(*paths: Path) -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
 
+# DEFLATE's largest ratio is about 1032:1: a .gz whose header promises more than this many bytes for each of its
+# own cannot hold them (refused as truncated before a buffer of the promised size is made).
+GZIP_MAX_RATIO = 1100
+
+
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An idx file of unsigned bytes: magic 00 00 08 <ndim>, big-endian int32 sizes, data. A gzipped one is
-    decompressed as it is read, no further than its header's sizes and one byte more (a small .gz can hold
-    gigabytes)."""
+    """An idx file of unsigned bytes: magic 00 00 08 <ndim>, big-endian int32 sizes, data. Read into one
+    buffer of the size its header gives, no further than that and one byte more: a gzipped one is
+    decompressed as it is read (a small .gz can hold gigabytes), and a header promising more than the file
+    can hold is refused before the buffer is made."""
+    gz = path.suffix == ".gz"
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            head = _read_upto(f, 4)
+        size = path.stat().st_size
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(4)
             if len(head) < 4 or head[:2] != b"\x00\x00":
                 raise UserError(f"{path}: not an idx file; expected magic bytes 00 00 08 {ndim:02x}, got "
                                 f"{head[:4].hex(' ') or 'nothing'}")
@@ -687,34 +695,42 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
                 raise UserError(f"{path}: idx type code 0x{head[2]:02x}; expected 0x08 (unsigned byte)")
             if head[3] != ndim:
                 raise UserError(f"{path}: idx file has {head[3]} dimensions; expected {ndim}")
-            sizes = _read_upto(f, 4 * ndim)
+            sizes = f.read(4 * ndim)
             if len(sizes) < 4 * ndim:
                 raise UserError(f"{path}: truncated idx header ({4 + len(sizes)} bytes, need {4 + 4 * ndim})")
             dims = struct.unpack(f">{ndim}i", sizes)
             if any(d < 0 for d in dims):
                 raise UserError(f"{path}: negative size in idx header {dims}")
             want = math.prod(dims)
-            data = _read_upto(f, want + 1)
-            have = len(data) if len(data) <= want or path.suffix == ".gz" else path.stat().st_size - 4 - 4 * ndim
+            if not gz:  # the file's size says it all before it is read
+                have = size - 4 - 4 * ndim
+                if have == want:
+                    data = bytearray(want)
+                    have = _read_into(f, memoryview(data))
+            elif want > GZIP_MAX_RATIO * size:
+                have = None  # more than a .gz of this size can hold
+            else:
+                data = bytearray(want + 1)
+                have = _read_into(f, memoryview(data))
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut .gz is an EOFError
         raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
     if have != want:
-        kind = "truncated" if have < want else "has trailing bytes"
-        holds = f"more than {want}" if have > want and path.suffix == ".gz" else f"{have}"
+        kind = "truncated" if have is None or have < want else "has trailing bytes"
+        holds = ("too few bytes to decompress to them" if have is None else
+                 f"more than {want}" if gz and have > want else f"{have}")
         raise UserError(f"{path}: {kind}; header promises {want} data bytes for shape {dims}, file holds {holds}")
-    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+    return np.frombuffer(data, dtype=np.uint8, count=want).reshape(dims)
 
 
-def _read_upto(f, n: int) -> bytes:
-    """At most ``n`` bytes of ``f`` (fewer at its end), read in slices: no buffer of a size a header claims."""
-    parts, left = [], n
-    while left > 0:
-        part = f.read(min(left, 1 << 24))
-        if not part:
+def _read_into(f, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``f`` as far as it goes; how many bytes it read."""
+    done = 0
+    while done < len(buffer):
+        n = f.readinto(buffer[done:done + (1 << 24)])
+        if not n:
             break
-        parts.append(part)
-        left -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        done += n
+    return done
 
 
 # --- CIFAR (python pickles, restricted) -------------------------------------------

@@ -67,11 +67,13 @@ def is_whole(value: object) -> bool:
     return isinstance(value, numbers.Integral) or bool(math.isfinite(value) and int(value) == value)
 
 
-def check_seed(seed: object, flag: str = "--seed") -> None:
-    """One line for a ``--seed`` that a generator cannot take: a whole number from 0 to 2^63 - 1 (torch wraps a
-    negative one onto another's draws and fails in a traceback beyond 2^64)."""
+def check_seed(seed: object, flag: str = "--seed") -> int:
+    """``seed`` as an int (1.0 from Python too: generators take ints only), or one line where a generator cannot
+    take it: a whole number from 0 to 2^63 - 1 (torch wraps a negative one onto another's draws and fails in a
+    traceback beyond 2^64)."""
     if not is_whole(seed) or not 0 <= seed < 2 ** 63:
         raise UserError(f"{flag} must be a whole number from 0 to 2^63 - 1, got {seed}")
+    return int(seed)
 
 
 def check_number(flag: str, value: object) -> None:

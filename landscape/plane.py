@@ -112,7 +112,7 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
         check_number("--span", span)
     (c,) = _vectors(model, [center], data.device, "the centre")
     check_normalize(normalize)
-    check_seed(seed)
+    seed = check_seed(seed)
     asked = span
     if span is None:
         span = 1.0 if normalize == "filter" else 0.5 * float(c.norm())

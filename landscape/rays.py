@@ -150,7 +150,7 @@ def evaluate_rays(
     _bf16(precision)  # an unknown precision fails before anything is written
     check_normalize(normalize)
     directions, steps = check_whole("--directions", directions), check_whole("--steps", steps)
-    check_seed(seed)
+    seed = check_seed(seed)
     check_number("--rise", rise)
     if distance is not None:
         check_number("--distance", distance)

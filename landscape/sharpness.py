@@ -367,7 +367,7 @@ def check_settings(top: int, iters: int, trace_samples: int, seed: int, density_
             raise UserError(f"{name} must be a whole number of at least {least}, got {v}")
     if top > iters:
         raise UserError(f"--top {top} is more than the --iters {iters} Lanczos steps give")
-    check_seed(seed)
+    seed = check_seed(seed)
 
 
 def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int = 5, iters: int = 20,

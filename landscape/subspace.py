@@ -197,7 +197,7 @@ def swag_subspace(path: str | Path | Checkpoint, basis: str = "pca", rank: int =
     if not is_whole(rank) or rank < 1:
         raise UserError(f"--rank must be a whole number of at least 1, got {rank}")
     rank = int(rank)  # 2.0 from Python: a slice's bound
-    check_seed(seed)
+    seed = check_seed(seed)
     post, net, ck = load_swag(path, device, model)
     if basis == "pca":
         directions = pca_basis(post, rank)
@@ -932,7 +932,7 @@ def sample_subspace(
                         ("--vi-init-std", vi_init_std)):
         if not (np.isfinite(value) and value > 0):
             raise UserError(f"{flag} must be a finite number > 0, got {value}")
-    check_seed(seed)
+    seed = check_seed(seed)
     if rank_and_world()[1] > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("subspace sampling runs in one process (its chains are sequential); run it without torchrun")
     out_path = Path(out) if out is not None else None

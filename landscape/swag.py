@@ -153,17 +153,17 @@ def default_scale(diag: bool) -> float:
     return 1.0 if diag else 0.5
 
 
-def check_draws(samples: object, seed: object, parameters: int | None = None, device=None) -> int:
-    """``--samples`` as an int (a whole number, at least 1) and ``--seed``, or one line; with ``parameters``,
+def check_draws(samples: object, seed: object, parameters: int | None = None, device=None) -> tuple[int, int]:
+    """``--samples`` (a whole number, at least 1) and ``--seed`` as ints, or one line; with ``parameters``,
     that the draws, samples x parameters floats, fit ``device`` (they are drawn at once)."""
     samples = check_whole("--samples", samples)
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
-    check_seed(seed)
+    seed = check_seed(seed)
     if parameters is not None:
         check_fits(4.0 * samples * parameters, f"--samples {samples} (the draws, samples x parameters floats)",
                    device)
-    return samples
+    return samples, seed
 
 
 def evaluate_swag(
@@ -198,7 +198,7 @@ def evaluate_swag(
     ``config.json``, and the sweep's partial store for ``resume``."""
     check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
-    samples = check_draws(samples, seed)
+    samples, seed = check_draws(samples, seed)
     scale = default_scale(diag) if scale is None else scale
     check_nonnegative("--scale", scale)
     out_path = Path(out) if out is not None else None

@@ -386,8 +386,8 @@ class VariationalConfig(TrainConfig):
             raise UserError(f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
         if self.kl_warmup > self.epochs:  # the ramp would end below the full weight the posterior is fitted at
             raise UserError(f"--kl-warmup {self.kl_warmup} is longer than --epochs {self.epochs}: the KL term would "
-                            f"never reach its full weight (it would end at {self.epochs / self.kl_warmup:.2g} of it); "
-                            f"use at most --kl-warmup {self.epochs}")
+                            f"never come near its full weight (it would end at {self.epochs / self.kl_warmup:.2g} of "
+                            f"it); a warm-up of at most --epochs - 1 leaves an epoch or more at full weight")
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
         if self.wd:
@@ -715,7 +715,7 @@ def evaluate_variational(
 
     check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
-    samples = check_draws(samples, seed)
+    samples, seed = check_draws(samples, seed)
     if wd:
         raise UserError(WD_REFUSED)
     out_path = Path(out) if out is not None else None

@@ -6,6 +6,7 @@ import codecs
 import dataclasses
 import gzip
 import json
+import math
 import os
 import pickle
 import re
@@ -186,6 +187,19 @@ def test_idx_trailing_bytes_raw_and_a_gz_that_holds_far_more_than_its_header_say
     finally:
         tracemalloc.stop()
     assert peak < 32 << 20, peak  # not the 256 MiB it holds
+    # a header promising more than the file could decompress to: refused before a buffer of that size is made
+    with gzip.open(gz_dir / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + struct.pack(">3i", 1 << 20, 28, 28) + bytes(100))
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"train-images-idx3-ubyte.gz: truncated; header promises 822083584 data "
+                                            r"bytes for shape \(1048576, 28, 28\), file holds too few bytes to "
+                                            r"decompress to them$"):
+            load_dataset("mnist", str(gz_dir))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
 
 
 def test_idx_count_mismatch_and_missing_file(tmp_path):
@@ -1049,7 +1063,7 @@ def test_statistics_of_a_large_set_in_slices_are_its_statistics(monkeypatch, sha
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 3 + 1
     monkeypatch.setattr(data_module, "STATISTICS_WHOLE", 0)
-    monkeypatch.setattr(data_module, "STATISTICS_SLICE", 1000)  # 9 slices
+    monkeypatch.setattr(data_module, "STATISTICS_SLICE", 1000 * math.prod(shape[1:]))  # 9 slices of 1000 samples
     mean, std = data_module._statistics(x)
     ref = x.numpy().astype(np.float64)
     np.testing.assert_allclose(mean, ref.mean(axis=axes).reshape(-1), rtol=1e-12)

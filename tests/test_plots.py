@@ -1581,6 +1581,10 @@ from landscape.plots.style import set_figure_width
 from landscape.plots.plane import draw_plane_figures
 set_figure_width(3.25)
 draw_plane_figures({str(tmp_path / "styled")!r}, ("png", "pdf"))
+from landscape.plots.style import new_figure, save_figure
+fig, ax = new_figure()  # a figure of the caller's (as a compare_* function returns), saved by save_figure
+ax.set_title("mine")
+save_figure(fig, {str(tmp_path / "own")!r}, ("pdf",))
 print(matplotlib.get_backend(), matplotlib.rcParams["font.size"], matplotlib.rcParams["pdf.fonttype"],
       matplotlib.rcParams["lines.linewidth"], plt.get_fignums())
 """
@@ -1598,3 +1602,5 @@ print(matplotlib.get_backend(), matplotlib.rcParams["font.size"], matplotlib.rcP
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "styled" / name).read_bytes(), name
     pdf = (tmp_path / "styled" / "plane_train_loss.pdf").read_bytes()
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType fonts, as venues' checks ask
+    pdf = (tmp_path / "own.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf

@@ -1,6 +1,7 @@
 """Simplexes: volumes against known values, uniform sampling, frozen vertices,
 shared connectors, SPRO on digits."""
 
+import json
 import math
 
 import numpy as np
@@ -49,13 +50,14 @@ def test_a_small_simplex_far_from_the_origin_keeps_its_volume():
     norm to cancellation (an edge of 2e-6 of float32 weights of norm 21 read 3.5e-6)."""
     g = torch.Generator().manual_seed(0)
     mode = 0.07 * torch.randn(100_000, generator=g)
-    for scale in (1e-3, 1e-5, 1e-6):
-        steps = torch.randn(3, 100_000, generator=g)
-        steps = scale * float(mode.norm()) * steps / steps.norm(dim=1, keepdim=True)
-        v = torch.cat([mode[None], mode + steps]).float()  # as the weights are held
-        e = v[1:].double() - v[0].double()  # the edges exactly, by the Gram determinant of the edges
-        expected = math.sqrt(float(torch.linalg.det(e @ e.T))) / math.factorial(3)
-        assert float(cayley_menger_volume(v)) == pytest.approx(expected, rel=1e-6)
+    for scale in (1e-3, 1e-5, 1e-6, 1e-7):
+        for k in (1, 3):  # an edge (read 2.26e-5 for 2.22e-5 at 1e-6), a tetrahedron (16 % off at 1e-7)
+            steps = torch.randn(k, 100_000, generator=g)
+            steps = scale * float(mode.norm()) * steps / steps.norm(dim=1, keepdim=True)
+            v = torch.cat([mode[None], mode + steps]).float()  # as the weights are held
+            e = (v[1:].numpy().astype(np.float64) - v[0].numpy().astype(np.float64))  # the edges exactly
+            expected = math.sqrt(np.linalg.det(e @ e.T)) / math.factorial(k)  # numpy's, not the function's
+            assert float(cayley_menger_volume(v)) == pytest.approx(expected, rel=1e-6, abs=0), (scale, k)
 
 
 def test_barycentric_samples_are_in_the_simplex_and_uniform():
@@ -298,7 +300,7 @@ def test_counts_from_python_are_checked_before_any_work(tmp_path, modes):
     """From Python, face_resolution=0 ended in a ZeroDivisionError and eval_samples=0 in a ValueError after every
     vertex was trained, vertices=2.5 in a TypeError; and espro(vertices=1) claimed its folder first, so that the
     corrected command was refused as another run."""
-    from landscape.curves.spro import espro
+    from landscape.curves.spro import espro, evaluate_simplex
 
     a, b = modes
     for call, msg in ((lambda out: grow_simplex(a, out, face_resolution=0), "--face-grid must be at least 1, got 0"),
@@ -311,7 +313,11 @@ def test_counts_from_python_are_checked_before_any_work(tmp_path, modes):
                       (lambda out: connect_modes([a, b], out, connectors=0), "--connectors must be at least 1, got 0"),
                       (lambda out: espro([a, b], out, vertices=1),
                        r"--vertices must be at least 2 \(the mode and one more\), got 1"),
-                      (lambda out: espro([a, b], out, eval_samples=0), "--eval-samples must be at least 1, got 0")):
+                      (lambda out: espro([a, b], out, eval_samples=0), "--eval-samples must be at least 1, got 0"),
+                      (lambda out: evaluate_simplex(None, None, None, face_resolution=0),
+                       "--face-grid must be at least 1, got 0"),
+                      (lambda out: evaluate_simplex(None, None, None, seed=-1),
+                       r"--seed must be a whole number from 0 to 2\^63 - 1, got -1")):
         with pytest.raises(UserError, match=f"^{msg}$"):
             call(tmp_path / "s")
         assert not (tmp_path / "s").exists()
@@ -362,9 +368,22 @@ def test_espro_components_are_grown_independently_and_resume_with_other_samples(
     alone = grow_simplex(a, tmp_path / "alone", vertices=2, epochs=1, eval_samples=2, face_resolution=1,
                          progress=False)
     assert torch.equal(alone.complex.anchors().cpu(), first.cpu())
+    with np.load(tmp_path / "alone" / "simplex.npz") as lone, \
+            np.load(tmp_path / "e" / "component-1" / "simplex.npz") as component:
+        assert np.array_equal(lone["sample_coefficients"], component["sample_coefficients"])
+        assert np.array_equal(lone["sample_test_nll"], component["sample_test_nll"])
     assert cli.main([*argv, "--resume", "--eval-samples", "3"]) == 0
     assert "evaluating again with --eval-samples 3 (the stored results used 2)" in capsys.readouterr().err
     assert [row["samples_per_component"] for row in read_json(tmp_path / "e" / "summary.json")["ensemble"]] == [1, 2, 3]
+    # an ESPRO folder an earlier build began (its claim without "draws") resumes with that build's shared draws:
+    # not half one build's run and half the other's
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"command": "simplex", "espro": True, "bases": [str(a), str(a)],
+                                                 "vertices": 2, "eval_samples": 2}))
+    assert cli.main([*argv[:-3], "--out", str(old), "--quiet", "--resume"]) == 0
+    first, second = (load_simplex(old / f"component-{i}" / "model.pt")[0].anchors() for i in (1, 2))
+    assert torch.equal(first, second) and "draws" not in read_json(old / "config.json")
 
 
 def test_an_init_scale_that_overflows_and_espro_bases_on_other_data_are_refused_before_training(

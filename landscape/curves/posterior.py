@@ -356,7 +356,7 @@ def evaluate_posterior_curve(
     samples = check_whole("--samples", samples)
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
-    check_seed(seed)
+    seed = check_seed(seed)
     out_path = Path(out) if out is not None else None
     device = process_device(device)
     loaded = curve if isinstance(curve, LoadedCurve) else load_posterior_curve(curve, device, model)

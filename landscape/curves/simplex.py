@@ -7,10 +7,10 @@ weights b on the probability simplex; uniform samples are Dirichlet(1). One
 simplex around a mode is the complex with a single simplex; modes joined
 through shared connectors are simplexes {mode_i, c_1, .., c_m}.
 
-Volumes come from the Cayley-Menger determinant of the vertices' pairwise
-squared distances, themselves from the (k+1) x (k+1) Gram matrix of the
-edges from the first vertex (dot products of flat parameter vectors; no
-P x P matrix): the vertices' own Gram matrix would lose small edges to
+Volumes come from the k x k Gram matrix G of the edges from the first
+vertex (dot products of flat parameter vectors, in float64; no P x P
+matrix): V = sqrt(det G) / k!, which equals the Cayley-Menger determinant's
+volume. The vertices' own Gram matrix would lose small edges to
 cancellation against the weights' norm.
 """
 
@@ -32,22 +32,17 @@ __all__ = ["SimplicialComplex", "cayley_menger_volume", "sample_barycentric", "f
 def cayley_menger_volume(vertices: torch.Tensor) -> torch.Tensor:
     """Volume of the simplex spanned by the rows of ``vertices`` (k+1, P), in float64.
 
-    V^2 = (-1)^(k+1) / (2^k (k!)^2) det(CM), CM = [[0, 1^T], [1, D]] with D the
-    pairwise squared distances. Differentiable; 0 for a degenerate simplex.
+    V^2 = det(E E^T) / (k!)^2 with E (k, P) the edges from the first vertex,
+    which is the Cayley-Menger determinant's (-1)^(k+1) / (2^k (k!)^2) det(CM),
+    CM = [[0, 1^T], [1, D]] with D the pairwise squared distances.
+    Differentiable; 0 for a degenerate simplex.
     """
-    v = vertices.double()
-    n = v.shape[0]
+    n = vertices.shape[0]
     if n < 2:
-        return torch.zeros((), dtype=torch.float64, device=v.device)
+        return torch.zeros((), dtype=torch.float64, device=vertices.device)
     k = n - 1
-    edges = v - v[:1]  # from the first vertex, in float64: exact differences of float32 weights
-    gram = edges @ edges.T  # (n, n); row and column 0 are zero
-    sq = gram.diagonal()
-    d = (sq[:, None] + sq[None, :] - 2 * gram).clamp(min=0)  # pairwise squared distances
-    cm = torch.ones(n + 1, n + 1, dtype=torch.float64, device=v.device)
-    cm[0, 0] = 0
-    cm[1:, 1:] = d
-    v2 = (-1) ** (k + 1) / (2**k * factorial(k) ** 2) * torch.linalg.det(cm)
+    edges = vertices[1:].double() - vertices[:1].double()  # exact differences of float32 weights
+    v2 = torch.linalg.det(edges @ edges.T) / factorial(k) ** 2
     return v2.clamp(min=0).sqrt()
 
 

@@ -57,7 +57,7 @@ from landscape.checkpoint import (
 )
 from landscape.data import Dataset, refuse_data_twice, refuse_given_data_path
 from landscape.device import check_fits, resolve_device
-from landscape.errors import UserError, check_keywords, check_nonnegative, check_whole
+from landscape.errors import UserError, check_keywords, check_nonnegative, check_seed, check_whole
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
@@ -361,10 +361,30 @@ def _check_counts(eval_samples: object, face_resolution: object, **counts: objec
 
 
 def _vertex_seed(seed: int, j: int, component: int = 0) -> int:
-    """The seed of vertex ``j``'s start; ESPRO's components other than the first draw theirs independently."""
+    """The seed of vertex ``j``'s start; ESPRO's components other than the first draw theirs independently
+    (tagged 1: the epochs' streams are tagged 2, the evaluated samples 3)."""
     if component:
-        return int(np.random.SeedSequence([seed, component, j]).generate_state(1, np.uint64)[0]) % (2**63 - 1)
+        return _derived(seed, 1, component, j)
     return (seed * 1000 + j) % (2**63 - 1)
+
+
+def _sample_seed(seed: int, component: int) -> int:
+    """The seed of ESPRO component ``component``'s evaluated samples: the first's as a simplex grown alone draws
+    them (the run's seed), the others' their own."""
+    return _derived(seed, 3, component) if component else seed
+
+
+def _derived(*words: int) -> int:
+    return int(np.random.SeedSequence(list(words)).generate_state(1, np.uint64)[0]) % (2**63 - 1)
+
+
+def _began_before_own_draws(out: Path | None, resume: bool) -> bool:
+    """Whether ``out`` holds an ESPRO run begun by a build whose components shared their draws (its claim has
+    no "draws"): resumed, it keeps them (every component's vertices seeded as the first's, evaluated samples
+    seeded 1000 + its index), so that it is neither build's run half and half."""
+    stored = stored_config(out) if out is not None and resume else None
+    return isinstance(stored, dict) and stored.get("command") == "simplex" and bool(stored.get("espro")) \
+        and "draws" not in stored
 
 
 def _claim(out: Path | None, what: dict[str, Any], resume: bool) -> None:
@@ -398,11 +418,12 @@ def _claim(out: Path | None, what: dict[str, Any], resume: bool) -> None:
 
 
 def _comparable(what: dict[str, Any]) -> dict[str, Any]:
-    """A simplex folder's claim with its checkpoint paths made absolute (and without the evaluation's samples
-    that earlier builds' ESPRO claims held: other --eval-samples re-evaluate a run)."""
+    """A simplex folder's claim with its checkpoint paths made absolute, without the evaluation's samples
+    that earlier builds' ESPRO claims held (other --eval-samples re-evaluate a run) and without the mark of
+    components drawing their own random numbers (:func:`_began_before_own_draws`)."""
     out = {}
     for key, value in what.items():
-        if key == "eval_samples":
+        if key in ("eval_samples", "draws"):
             continue
         if key in ("base", "modes", "bases"):
             value = [str(Path(v).resolve()) for v in value] if isinstance(value, list) else str(Path(value).resolve())
@@ -510,6 +531,8 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
     ``volume_weighted``, as the fit sampled), the ensemble of the
     samples, and a triangular grid over the face of the first simplex's first
     three vertices. Writes ``simplex.npz`` and returns {"summary", "arrays"}."""
+    samples, face_resolution = _check_counts(samples, face_resolution)
+    seed = check_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         W = cx.anchors().detach()
@@ -599,14 +622,17 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
                for ck in ckpts]
     _check_init(cfg, weights)
     note_same_weights(weights, bases, "that mode counts twice in the ensemble")  # its simplex grows twice
-    _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices}, resume)
+    shared = _began_before_own_draws(out, resume)
+    _claim(out, {"espro": True, "bases": [str(b) for b in bases], "vertices": vertices,
+                 **({} if shared else {"draws": "own"})}, resume)
     comps, probs = [], []
     for i, b in enumerate(bases):
         # Each component's own evaluation draws the samples the ensemble averages.
         r = _grow_simplex(b, out / f"component-{i + 1}" if out is not None else None, vertices=vertices,
                           config=config, resume=resume, progress=progress, eval_samples=eval_samples,
-                          face_resolution=face_resolution, sample_seed=_vertex_seed(cfg.seed + 1, i), data=data,
-                          stage=f"component {i + 1} of {len(bases)}", overrides=overrides, component=i)
+                          face_resolution=face_resolution, sample_seed=1000 + i if shared else _sample_seed(cfg.seed, i),
+                          data=data, stage=f"component {i + 1} of {len(bases)}", overrides=overrides,
+                          component=0 if shared else i)
         comps.append(r)
         probs.append(r.sample_probs)  # (S, M, classes)
     data = comps[0].data

@@ -228,6 +228,7 @@ MAX_HEIGHT = 9.0
 MIN_PANEL_HEIGHT = 1.6
 
 
+@drawing
 def new_figure(rows: int = 1, cols: int = 1, *, width: float = 5.0, height: float = 4.0, group: int = 1):
     """A figure of rows x cols panels, ``width`` x ``height`` inches at its own
     size. Drawn to a paper's width (:func:`set_figure_width`) it is scaled to
@@ -520,6 +521,7 @@ def check_formats(formats) -> tuple[str, ...]:
     return formats
 
 
+@drawing
 def save_figures(figures, formats=("png",), save=None) -> list[Path]:
     """Save ``figures`` [(fig, stem), ...] (``save``, by default
     :func:`save_figure`), all drawn before any is saved."""
@@ -530,6 +532,7 @@ def save_figures(figures, formats=("png",), save=None) -> list[Path]:
     return written
 
 
+@drawing  # a figure a compare_* function returned, saved by the caller: TrueType fonts in its PDF all the same
 def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int | None = None) -> list[Path]:
     """Save ``fig`` as ``stem.<fmt>`` for each format (:func:`check_formats`;
     atomically), its layout finished first (:func:`finish_layout`); ``dpi``
