@@ -1098,7 +1098,9 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
                                 resume=args.resume, on_network=report, progress=_progress(args),
                                 config={"argv": _argv(args), "checkpoints": [str(p) for p in args.checkpoints]})
     s = result.summary
-    print(f"Hessian of the mean train NLL ({s['iters']} Lanczos steps, trace from {s['trace_samples']} "
+    from landscape.plots.sharpness import steps_taken
+
+    print(f"Hessian of the mean train NLL ({steps_taken(s)} Lanczos steps, trace from {s['trace_samples']} "
           f"Rademacher vectors, seed {s['seed']}; batch norm: {s['bn'] or 'none'}); "
           f"each Ritz value's residual in brackets")
     for n in s["networks"]:

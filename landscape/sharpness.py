@@ -64,11 +64,11 @@ from torch import nn
 from torch.func import functional_call
 
 from .bn import bn_modules, instance_norms
-from .checkpoint import npz_reason, write_json, write_npz
+from .checkpoint import npz_reason, read_json, write_json, write_npz
 from .data import as_dataset
 from .device import check_fits
 from .errors import UserError, check_nonnegative, check_seed, is_whole
-from .evaluate import full_float32, misclassified, whole_set_fits
+from .evaluate import _probe_forward, full_float32, misclassified, whole_set_fits
 from .layout import takes_channels_last, to_channels_last
 from .progress import Progress
 from .sweep import STORE, begin_result, compare_keys, finish_result, is_main, rank_and_world, request_key
@@ -88,7 +88,8 @@ def hessian_bn(model: nn.Module, data, bn_stats: str = "auto") -> str:
     batch norm and a double backward through the whole training set fits
     the engine's memory budget (``HVP_MEMORY_FACTOR`` times its layer
     outputs), else batches. Without batch norm, "batches" (the same loss,
-    in less memory)."""
+    in less memory); with a batch-norm layer called twice in a forward,
+    "batches" (population refused, as the engine refuses it)."""
     if bn_stats not in ("auto", "population", "batches"):
         raise UserError(f"unknown --bn-stats {bn_stats!r}; choose auto, population or batches")
     instance = instance_norms(model)
@@ -98,8 +99,12 @@ def hessian_bn(model: nn.Module, data, bn_stats: str = "auto") -> str:
                         f"not supported")
     if not bn_modules(model):
         return "batches"
-    if bn_stats != "auto":
-        return bn_stats
+    reused = _probe_forward(model, data).reused_bn  # a layer called twice: the whole set is no one batch for it
+    if reused and bn_stats == "population":
+        raise UserError(f"--bn-stats population needs each batch-norm layer to run once per forward, but "
+                        f"{', '.join(reused)} runs more than once; use --bn-stats batches")
+    if bn_stats != "auto" or reused:
+        return "batches" if reused else bn_stats
     return "population" if whole_set_fits(model, data, HVP_MEMORY_FACTOR) else "batches"
 
 
@@ -276,12 +281,16 @@ def spectral_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
 class Hutchinson(NamedTuple):
     """Hutchinson's estimate: the trace, its standard error, the draws
     v^T A v (samples,), and each block's draws v_b^T (A v)_b (samples,
-    blocks), whose means estimate the traces of A's diagonal blocks."""
+    blocks), whose means estimate the traces of A's diagonal blocks; and
+    from the first two draws' products, how far A is from symmetric:
+    |v1^T A v2 - v2^T A v1| / (|v1| |A v2| + |v2| |A v1|), rounding's size
+    (1e-7) for a Hessian that torch differentiates right."""
 
     trace: float
     se: float
     draws: np.ndarray
     block_draws: np.ndarray
+    asymmetry: float = 0.0
 
 
 def hutchinson(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, samples: int, seed: int = 0,
@@ -300,13 +309,26 @@ def hutchinson(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, sampl
     for j, (start, stop) in enumerate(blocks):
         which[start:stop] = j
     which = which.to(device)
+    asymmetry = 0.0
     for i in range(int(samples)):
         v = (torch.randint(0, 2, (numel,), generator=gen, dtype=torch.int8).double() * 2 - 1).to(device)
         hv = matvec(v).to(torch.float64)
         draws[i] = float(v @ hv)
         sums = torch.zeros(len(blocks) + 1, dtype=torch.float64, device=hv.device).index_add_(0, which, v * hv)
         by_block[i] = sums[:-1].cpu().numpy()
-    return Hutchinson(float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(len(draws))), draws, by_block)
+        if i == 0:
+            first = (v, hv)
+        elif i == 1:
+            scale = float(first[0].norm() * hv.norm() + v.norm() * first[1].norm())
+            asymmetry = abs(float(first[0] @ hv - v @ first[1])) / scale if scale > 0 else 0.0
+            del first
+    return Hutchinson(float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(len(draws))), draws, by_block,
+                      asymmetry)
+
+
+# The asymmetry of the products (:class:`Hutchinson`) above which the Hessian is not the network's: float32
+# products with float64 sums give 1e-7 to 1e-8; weight_norm's wrong double backward (torch 2.13) 2e-3 and more.
+ASYMMETRY_LIMIT = 1e-4
 
 
 def hutchinson_trace(matvec: Callable[[torch.Tensor], torch.Tensor], numel: int, samples: int, seed: int = 0,
@@ -413,6 +435,12 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
         return out
 
     try:
+        # the trace's products first: they tell whether torch differentiates this network twice right
+        trace, se, draws, by_layer, asymmetry = hutchinson(op, numel, trace_samples, seed, data.device, blocks)
+        if asymmetry > ASYMMETRY_LIMIT:
+            raise UserError(f"its Hessian-vector products are not symmetric ({asymmetry:.2g} of their size, where "
+                            f"rounding gives 1e-7): torch's double backward through some layer of it is wrong "
+                            f"(weight_norm's is, in torch 2.13); its curvature cannot be measured")
         first = lanczos(op, numel, iters, seed, data.device, vectors=True)
         ritz, residual = first.values, first.residuals.copy()
         for i in sorted({*range(min(top, len(ritz))), len(ritz) - 1}):
@@ -420,7 +448,6 @@ def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int 
             residual[i] = float((op(y) - float(ritz[i]) * y).norm() / y.norm())
         runs = [first] + [lanczos(op, numel, iters, seed, data.device, run=r)
                           for r in range(1, int(density_runs))]
-        trace, se, draws, by_layer = hutchinson(op, numel, trace_samples, seed, data.device, blocks)
         layer_top, layer_res = np.full(len(blocks), np.nan), np.full(len(blocks), np.nan)
         for j, (start, stop) in enumerate(blocks if layer_iters else ()):
             run = lanczos(_block_operator(op, numel, start, stop, data.device), stop - start,
@@ -516,7 +543,9 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     if rank_and_world()[1] > 1:
         raise UserError("sharpness runs in one process; run it without torchrun")
     labels = list(labels) if labels is not None else [f"network {i + 1}" for i in range(len(vectors))]
-    if not vectors or len(labels) != len(vectors):
+    if not len(vectors):
+        raise UserError("no networks given: sharpness measures the curvature at one or more")
+    if len(labels) != len(vectors):
         raise UserError(f"give one label per network: {len(labels)} labels for {len(vectors)} networks")
     check_settings(top, iters, trace_samples, seed, density_runs, layer_iters)
     check_nonnegative("--wd", wd)  # the weight-decay term added to every eigenvalue
@@ -538,7 +567,13 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     request = request_key(list(vectors), settings)
     finished = begin_result(out, "sharpness.npz", resume, "sharpness", request)
     if finished is not None:
-        return SharpnessResult(*finished, out=out)
+        arrays, summary = finished
+        if summary.get("wd") != wd:  # not the Hessian's (the NLL's alone): the term reported beside it, as given
+            summary["wd"] = wd
+            if out is not None and is_main():
+                write_json(out / "summary.json", summary)
+                write_json(out / "config.json", dict(read_json(out / "config.json"), wd=wd))
+        return SharpnessResult(arrays, summary, out=out)
     n = len(vectors)
     done, stored = _read_store(out, request, n) if out is not None and (out / STORE).exists() else (
         np.zeros(n, dtype=bool), {})
@@ -659,6 +694,7 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
             "layer_trace_se": layer_se,
             "layer_top_eigenvalues": _per_layer(s.layer_top, len(layers)),
             "layer_top_residuals": _per_layer(s.layer_top_residual, len(layers)),
+            "lanczos_steps": int(len(s.ritz)),  # fewer than --iters on a network of fewer trained parameters
             "hessian_vector_products": int(s.hvps),
             "seconds": round(float(s.seconds), 2),
         })

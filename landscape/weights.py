@@ -119,7 +119,8 @@ class ParamSpace:
         if flat.shape[-1] != self.numel:
             raise ValueError(f"expected a last dimension of {self.numel}, got {flat.shape[-1]}")
         pieces = torch.split(flat, self.sizes, dim=-1)
-        return {n: p.reshape(*lead, *s) for n, p, s in zip(self.names, pieces, self.shapes)}
+        # the shape as a tuple: a 0-dim parameter of a 1-D vector is reshape(()), which reshape() is not
+        return {n: p.reshape((*lead, *s)) for n, p, s in zip(self.names, pieces, self.shapes)}
 
     @cached_property
     def _trainable(self) -> torch.Tensor | None:

@@ -84,6 +84,13 @@ def _draw_layers(ax, summary: dict, colors) -> None:
         ax.legend(fontsize=fs(8), loc="best", framealpha=0.9)
 
 
+
+def steps_taken(summary: dict) -> str:
+    """The Lanczos steps the networks ran: --iters, or fewer where a network has fewer trained parameters
+    (results stored before the count was kept: --iters)."""
+    steps = sorted({n.get("lanczos_steps", summary["iters"]) for n in summary["networks"]})
+    return "/".join(map(str, steps))
+
 @drawing
 def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Draw ``sharpness.<fmt>`` in ``result_dir`` from its stored results; returns the files written."""
@@ -111,7 +118,7 @@ def draw_sharpness_figure(result_dir: str | Path, formats: tuple[str, ...] = ("p
         ax.set_xlim(grid[0], grid[-1])
         ax.legend(fontsize=fs(8), loc="best", framealpha=0.9)
         ax.set_title(f"spectral density (SLQ, {summary.get('density_runs', 1)} run(s) of "
-                     f"{summary['iters']} steps; σ = {sigma:.2g})", fontsize=fs(9))
+                     f"{steps_taken(summary)} steps; σ = {sigma:.2g})", fontsize=fs(9))
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
     ax.grid(alpha=0.3)
