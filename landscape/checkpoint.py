@@ -130,9 +130,10 @@ def _why_cut_short(path: Path, written: int) -> str:
 def _cut_short(e: RuntimeError) -> bool:
     """Whether ``e`` is torch.save's zip writer failing to write (its file
     full or past a size limit): "PytorchStreamWriter failed writing file",
-    "[enforce fail at inline_container.cc] unexpected pos"."""
+    "[enforce fail at inline_container.cc] unexpected pos", or its stream
+    failing on the last bytes, "basic_ios::clear: iostream error"."""
     text = str(e)
-    return "PytorchStreamWriter" in text or "inline_container" in text
+    return "PytorchStreamWriter" in text or "inline_container" in text or "basic_ios" in text
 
 
 def _umask() -> int:
@@ -156,7 +157,7 @@ def stored_config(folder: str | os.PathLike) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))  # an editor's byte-order mark too
     except (OSError, ValueError):
         return {}
     return obj if isinstance(obj, dict) else {}
@@ -186,7 +187,15 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
         raise refused
     if main:
         for stale in out.glob(".*.tmp") if out.is_dir() else ():
-            stale.unlink(missing_ok=True)  # an atomic write's temporary file, left by a process killed while writing
+            if _TEMPORARY.fullmatch(stale.name):  # an atomic write's, left by a process killed while writing;
+                try:  # not a file of the user's that happens to end in .tmp
+                    stale.unlink(missing_ok=True)
+                except OSError:  # a read-only folder: left there, harmless
+                    pass
+
+
+# The name atomic_save's temporary files have: "." + the file's name + "." + mkstemp's 8 characters + ".tmp".
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def _check_out(out: Path, command: str) -> None:
@@ -210,6 +219,18 @@ def _check_out(out: Path, command: str) -> None:
                             f"config.json); choose another --out")
     elif (out / "model.pt").exists():
         raise UserError(f"{out} holds a network (model.pt) of another run; choose another --out")
+    else:  # results copied without their config.json: another command's would be replaced (its summary.json)
+        held = next(((name, owner) for name, owner in RESULT_OWNERS.items()
+                     if owner != command and (out / name).exists()), None)
+        if held is not None:
+            raise UserError(f"{out} holds the results of another command ({held[0]}, {held[1]}'s); choose another "
+                            f"--out")
+
+
+# The result file each sweep command writes (a folder without config.json holding one is that command's).
+RESULT_OWNERS = {"plane.npz": "plane", "curve.npz": "curve", "posterior-curve.npz": "curve", "rays.npz": "rays",
+                 "swag.npz": "swag", "subspace.npz": "subspace", "variational.npz": "vi-eval",
+                 "sharpness.npz": "sharpness", "simplex.npz": "simplex"}
 
 
 # The files whose presence decides what a command does in its --out: start, resume or return what is finished.
@@ -322,6 +343,25 @@ def wrote_into(folder: Path) -> bool:
     return Path(folder).is_dir() and any(p.name != LOCK and not p.is_dir() for p in Path(folder).rglob("*"))
 
 
+def _held_by_other(lock: Path) -> bool:
+    """Whether a process holds ``lock`` (opened read-only, a shared lock cannot be taken)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks on this file system
+        return False
+    finally:
+        os.close(fd)
+
+
 def lock_folder(out: Path) -> None:
     """Make ``out`` this process's to write: an exclusive lock on its
     ``.landscape.lock`` (``flock``), held to the end of :func:`folder_locks`,
@@ -344,6 +384,19 @@ def lock_folder(out: Path) -> None:
         try:
             fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM) and os.access(out, os.W_OK | os.X_OK):
+                # a lock file another user left (killed), or one another user's process holds: a shared lock
+                # on it tells the two apart; a stale one is replaced, a held one refused
+                if _held_by_other(out / LOCK):
+                    raise UserError(f"{out} is in use by another landscape process; wait for it to finish (then "
+                                    f"--resume, if it stopped), or choose another --out", rank_local=True) from None
+                try:
+                    (out / LOCK).unlink()
+                except OSError:
+                    raise UserError(f"{out / LOCK}: a lock file this process can neither open nor replace "
+                                    f"({e.strerror}); remove it if no landscape process uses {out}",
+                                    rank_local=True) from None
+                continue
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a folder this process cannot write: nothing
                 _held[key] = (None, out, made)  # to guard (a finished run, resumed, only reads it)
                 return
@@ -388,7 +441,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # an editor's byte-order mark too
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -456,7 +509,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     records silently."""
     path = Path(path)
     try:
-        lines = path.read_bytes().splitlines()
+        lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines()  # an editor's byte-order mark
     except FileNotFoundError:
         return []
     except OSError as e:

@@ -1904,7 +1904,10 @@ def build_parser() -> argparse.ArgumentParser:
 def user_path(text: str) -> Path:
     """A path option's value, with a leading ``~`` expanded as the shell would
     have (it does not in ``--out=~/x`` or a quoted ``'~/x'``): else a folder
-    named ``~`` appears in the current one."""
+    named ``~`` appears in the current one. An empty one (an unset shell
+    variable) is refused: it would name the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?); give a file or folder")
     return Path(os.path.expanduser(text))
 
 

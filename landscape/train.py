@@ -545,9 +545,11 @@ def run_training(
                 raise Diverged(f"the {bad[0]} became {bad[1]} in epoch {epoch + 1}")
             if out is not None:
                 append_jsonl(out / "metrics.jsonl", record)
-                save(out / "last.pt", epoch + 1, task.kind)
+                # the numbered checkpoint before last.pt: a stop between them resumes from the epoch before and
+                # writes it again, where the other order left a trajectory without it
                 if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
                     save(out / f"checkpoint-{epoch + 1:03d}.pt", epoch + 1, task.kind)
+                save(out / "last.pt", epoch + 1, task.kind)
             metrics.append(record)
             test_error = record.get("test_error", record.get("mid_test_error", float("nan")))
             bar.set_postfix(epoch=epoch + 1, loss=f"{record['train_loss']:.4f}",
@@ -694,9 +696,10 @@ def _refuse_orphaned_records(out: Path) -> None:
     (its records, its numbered checkpoints) but not the ``last.pt`` to go on
     from (deleted or lost): a new run there would overwrite them. A record of
     the first epoch alone is what a run stopped before its first ``last.pt``
-    leaves, and is started over."""
+    leaves, and is started over (with the first epoch's numbered checkpoint,
+    written just before the first ``last.pt``)."""
     epochs = [r["epoch"] for r in _epoch_records(out / "metrics.jsonl")]
-    numbered = [p for p in out.glob("checkpoint-*.pt") if p.name != "checkpoint-000.pt"]  # 000: before epoch 1
+    numbered = [p for p in out.glob("checkpoint-*.pt") if p.name not in ("checkpoint-000.pt", "checkpoint-001.pt")]
     if max(epochs, default=0) > 1 or numbered:
         held = [f"records of {max(epochs)} epochs (metrics.jsonl)"] if epochs else []
         held += [f"{len(numbered)} numbered checkpoint(s)"] if numbered else []

@@ -414,3 +414,68 @@ def test_folder_locks_refuse_a_second_holder_and_leave_no_trace(tmp_path):
     assert sorted(p.name for p in kept.iterdir()) == ["config.json"]  # written: kept, without the lock file
     claim_folder(tmp_path / "free", "train")  # outside folder_locks: no lock taken
     assert not (tmp_path / "free").exists()
+
+
+def test_a_folders_files_the_package_did_not_write_are_left_and_a_stale_lock_of_another_user_replaced(
+        tmp_path, monkeypatch):
+    """Any .*.tmp in --out was deleted (a user's own .notes.tmp, even when the command was then refused); a lock
+    file this process could not open (another user's, left by a kill) made it write unlocked beside a second
+    run; a folder of another command's results without its config.json was taken over; a byte-order mark made
+    config.json 'damaged'."""
+    import errno
+    import fcntl
+    import json
+
+    import landscape.checkpoint as checkpoint_module
+    from landscape.checkpoint import LOCK, claim_folder, folder_locks, read_json, stored_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".notes.tmp").write_text("mine")
+    (out / ".model.pt.k2x_9abq.tmp").write_bytes(b"half")  # what atomic_save leaves when killed
+    claim_folder(out, "train")
+    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp"]
+
+    real_open = os.open
+    denied = []
+
+    def open_denied_once(path, flags, *args):  # the lock file is another user's, mode 644: not ours to write
+        if str(path).endswith(LOCK) and flags & os.O_RDWR and not denied:
+            denied.append(path)
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(checkpoint_module.os, "open", open_denied_once)
+    (out / LOCK).write_text("4242\n")  # stale: nobody holds it
+    with folder_locks():
+        claim_folder(out, "train")
+        assert denied and (out / LOCK).read_text().strip() == str(os.getpid())  # replaced, and held by us
+    denied.clear()
+    (out / LOCK).write_text("4242\n")
+    holder = real_open(out / LOCK, os.O_RDWR)  # held, as another user's running process holds it
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(UserError, match=r"is in use by another landscape process"):
+            with folder_locks():
+                claim_folder(out, "train")
+    finally:
+        os.close(holder)
+    monkeypatch.undo()
+
+    copied = tmp_path / "copied"  # a plane's results copied without their config.json
+    copied.mkdir()
+    (copied / "plane.npz").write_bytes(b"x")
+    (copied / "summary.json").write_text("{}")
+    with pytest.raises(UserError, match=r"holds the results of another command \(plane.npz, plane's\)"):
+        claim_folder(copied, "curve")
+    claim_folder(copied, "plane")  # its own command's: left to its checks
+
+    (out / "config.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"command": "train"}).encode())
+    assert stored_config(out) == {"command": "train"} and read_json(out / "config.json") == {"command": "train"}
+
+
+def test_a_checkpoint_write_that_torch_cuts_short_on_its_last_bytes_is_a_full_disk():
+    from landscape.checkpoint import _cut_short
+
+    assert _cut_short(RuntimeError("basic_ios::clear: iostream error"))  # a traceback, where the others were one line
+    assert not _cut_short(RuntimeError("CUDA error: out of memory"))

@@ -5,8 +5,10 @@ the arc-length objective)."""
 import dataclasses
 import json
 import math
+import os
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -493,3 +495,17 @@ def test_a_run_resumes_after_its_folders_moved_or_from_another_folder(tmp_path, 
     resumed = fit_curve("../moved/ends/a.pt", "../moved/ends/b.pt", "../moved/runs/ab", resume=True, **kw)
     assert torch.equal(resumed.curve.anchors(), full.curve.anchors())
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
+
+
+def test_a_curve_records_its_ends_by_absolute_paths(tmp_path, monkeypatch, narrow, small_digits):
+    """Relative end paths were stored as given, and read later against another working folder: curve quoted an
+    unrelated run's test errors as the ends' own."""
+    from landscape.checkpoint import load_checkpoint
+
+    monkeypatch.chdir(narrow["a"].parent.parent)
+    relative = [Path(os.path.relpath(narrow[k])) for k in ("a", "b")]
+    fit_curve(*relative, tmp_path / "c", data=small_digits, epochs=1, progress=False)
+    stored = load_checkpoint(tmp_path / "c" / "model.pt").meta["train_config"]
+    assert [stored["start"], stored["end"]] == [str(narrow["a"].resolve()), str(narrow["b"].resolve())]
+    # resumed by the relative names again: the same files, so the same run
+    fit_curve(*relative, tmp_path / "c", data=small_digits, epochs=1, progress=False, resume=True)

@@ -311,3 +311,32 @@ def test_a_relative_data_path_is_stored_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert TrainConfig(dataset="npz", data_path="data/d.npz").data_path == str(tmp_path / "data" / "d.npz")
     assert TrainConfig().data_path is None
+
+
+def test_a_numbered_checkpoint_is_written_before_last_pt(tmp_path, monkeypatch, digits):
+    """last.pt came first: a stop between the two resumed after the epoch and never wrote its numbered checkpoint,
+    leaving a trajectory with a silent gap."""
+    import sys
+
+    train_module = sys.modules["landscape.train"]  # the package's train is the function
+    real, written = train_module.save_checkpoint, []
+
+    def recording(path, *args, **kwargs):
+        written.append(path.name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording)
+    train(out=tmp_path / "r", data=digits, epochs=2, save_every=1, model_kwargs={"width": 4}, progress=False)
+    assert written[:5] == ["checkpoint-000.pt", "checkpoint-001.pt", "last.pt", "checkpoint-002.pt", "last.pt"]
+
+
+def test_an_empty_path_is_refused_not_the_current_folder(tmp_path, monkeypatch, capsys):
+    """--out "$UNSET" trained into the current folder."""
+    from landscape import cli
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error
+        cli.main(["train", "--out", "", "--epochs", "1"])
+    assert stop.value.code == 2
+    assert "argument --out: an empty path (an unset shell variable?); give a file or folder" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -32,6 +32,7 @@ fixed endpoints, the same on every rank).
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -155,7 +156,9 @@ def connect_config(cls: type[ConnectConfig], start_ckpt: Checkpoint, end_ckpt: C
     base = asdict(config) if config is not None else {}
     check_same_data([start_ckpt, end_ckpt], {**{k: v for k, v in base.items() if k in DATA_FIELDS}, **overrides})
     inherited = {k: v for k, v in data_settings(start_ckpt).items() if k not in given and k not in base}
-    cfg = cls(**{**inherited, **base, **overrides, "start": str(start), "end": str(end)})
+    # absolute: a later command run from another folder finds the same files (curve's note of the ends' own
+    # errors read another run's summary through a relative path)
+    cfg = cls(**{**inherited, **base, **overrides, "start": os.path.abspath(start), "end": os.path.abspath(end)})
     refuse_given_data_path(cfg, overrides, base)
     cfg.validate()
     return cfg, named is not None
