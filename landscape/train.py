@@ -699,8 +699,8 @@ def _refuse_orphaned_records(out: Path) -> None:
     leaves, and is started over (with the first epoch's numbered checkpoint,
     written just before the first ``last.pt``)."""
     epochs = [r["epoch"] for r in _epoch_records(out / "metrics.jsonl")]
-    numbered = [p for p in out.glob("checkpoint-*.pt") if p.name not in ("checkpoint-000.pt", "checkpoint-001.pt")]
-    if max(epochs, default=0) > 1 or numbered:
+    numbered = [p for p in out.glob("checkpoint-*.pt") if p.name != "checkpoint-000.pt"]  # 000: before epoch 1
+    if max(epochs, default=0) > 1 or any(p.name != "checkpoint-001.pt" for p in numbered):
         held = [f"records of {max(epochs)} epochs (metrics.jsonl)"] if epochs else []
         held += [f"{len(numbered)} numbered checkpoint(s)"] if numbered else []
         raise UserError(f"{out} holds a run's {' and '.join(held)} but not its last.pt to continue from; choose "

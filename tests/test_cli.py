@@ -972,10 +972,10 @@ def test_a_command_lets_its_folder_go_when_it_ends(tmp_path, capsys):
     cleaned by the command that holds the folder."""
     out = tmp_path / "run"
     out.mkdir()
-    (out / ".summary.json.old.tmp").write_text("left by a kill")
+    (out / ".summary.json.x1_y2z3w.tmp").write_text("left by a kill")
     held = []
     code, _, _ = run(capsys, "train", "--out", out, "--epochs", 1, "--quiet", "--model-kwargs", "width=4")
-    assert code == 0 and not (out / ".summary.json.old.tmp").exists()
+    assert code == 0 and not (out / ".summary.json.x1_y2z3w.tmp").exists()
     assert not (out / ".landscape.lock").exists()  # let go, and not left among the run's files
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out / ".landscape.lock")], stdout=subprocess.PIPE,
                               text=True)
