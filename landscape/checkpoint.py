@@ -194,8 +194,9 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
                     pass
 
 
-# The name atomic_save's temporary files have: "." + the file's name + "." + mkstemp's 8 characters + ".tmp".
-_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# The name atomic_save's temporary files have: "." + the file's name (a kind the package writes) + "." +
+# mkstemp's 8 characters + ".tmp"; a user's ".notes.20240101.tmp" is none.
+_TEMPORARY = re.compile(r"\..+\.(pt|json|jsonl|npz|png|pdf|svg)\.[a-z0-9_]{8}\.tmp")
 
 
 def _check_out(out: Path, command: str) -> None:
@@ -343,21 +344,35 @@ def wrote_into(folder: Path) -> bool:
     return Path(folder).is_dir() and any(p.name != LOCK and not p.is_dir() for p in Path(folder).rglob("*"))
 
 
-def _held_by_other(lock: Path) -> bool:
-    """Whether a process holds ``lock`` (opened read-only, a shared lock cannot be taken)."""
+def _replace_stale_lock(lock: Path) -> bool:
+    """Remove ``lock``, a lock file this process cannot open to write (another user's), when no process holds
+    it: locked exclusively through a read-only descriptor, it is unlinked only while it is still the file at
+    that path, so two processes replacing it at once cannot both end up with a lock of their own. False where
+    a process holds it (or held it a moment ago: the caller looks again); raises where it cannot be checked."""
     import fcntl
 
     try:
         fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
+    except FileNotFoundError:
+        return True  # gone already: look again
+    except OSError as e:  # not even readable (its owner's umask 077): whether it is held cannot be told
+        raise UserError(f"{lock}: another user's lock file, which this process can neither open nor check "
+                        f"({e.strerror}); remove it if no landscape process uses {lock.parent}",
+                        rank_local=True) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                lock.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise UserError(f"{lock}: a stale lock file this process cannot replace ({e.strerror}); remove it if "
+                            f"no landscape process uses {lock.parent}", rank_local=True) from None
         return True
-    except OSError:  # no locks on this file system
-        return False
     finally:
         os.close(fd)
 
@@ -385,18 +400,16 @@ def lock_folder(out: Path) -> None:
             fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM) and os.access(out, os.W_OK | os.X_OK):
-                # a lock file another user left (killed), or one another user's process holds: a shared lock
-                # on it tells the two apart; a stale one is replaced, a held one refused
-                if _held_by_other(out / LOCK):
-                    raise UserError(f"{out} is in use by another landscape process; wait for it to finish (then "
-                                    f"--resume, if it stopped), or choose another --out", rank_local=True) from None
-                try:
-                    (out / LOCK).unlink()
-                except OSError:
-                    raise UserError(f"{out / LOCK}: a lock file this process can neither open nor replace "
-                                    f"({e.strerror}); remove it if no landscape process uses {out}",
-                                    rank_local=True) from None
-                continue
+                # a lock file another user left (killed), or one another user's process holds: a stale one is
+                # replaced, a held one refused as in use
+                if _replace_stale_lock(out / LOCK):
+                    continue
+                tries += 1
+                if tries < 4:
+                    time.sleep(0.05 * tries)
+                    continue
+                raise UserError(f"{out} is in use by another landscape process; wait for it to finish (then "
+                                f"--resume, if it stopped), or choose another --out", rank_local=True) from None
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a folder this process cannot write: nothing
                 _held[key] = (None, out, made)  # to guard (a finished run, resumed, only reads it)
                 return

@@ -388,7 +388,10 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
     (the running statistics of training, of augmented batches where the
     run augmented), both: else a researcher reads the change as a lost
     checkpoint. Nothing when a run's summary is not beside its model.pt."""
+    from types import SimpleNamespace
+
     from landscape.checkpoint import read_json
+    from landscape.train import input_digests
 
     ends = s["curve"]["metrics"]["test_error"]
     trained = ((meta or {}).get("train_config") or {})
@@ -400,6 +403,9 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
         summary = path.parent / "summary.json"
         if path.name != "model.pt" or not summary.exists():
             return ""
+        recorded = ((meta or {}).get("input_digests") or {}).get(key)
+        if recorded is not None and input_digests(SimpleNamespace(**{key: str(path)}), [key]).get(key) != recorded:
+            return ""  # another file at that path (a relative one an earlier build stored, read from elsewhere)
         try:
             stored = read_json(summary)
         except UserError:
@@ -1085,6 +1091,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     pts = load_points(args.checkpoints, model=args.model, model_kwargs=dict(args.model_kwargs),
                       data_overrides=_data_overrides(args), device=process_device(args.device))
     quiet = _progress(args) is False
+    finished = args.resume and (args.out / "sharpness.npz").exists()
 
     def report(label, s) -> None:
         if not quiet:
@@ -1094,7 +1101,9 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     result = evaluate_sharpness(pts.model, pts.vectors, pts.data, args.out, labels=pts.labels, top=args.top,
                                 iters=args.iters, trace_samples=args.trace_samples, seed=args.seed,
                                 bn_stats=args.bn_stats, batch_size=args.batch_size,
-                                density_runs=args.density_runs, layer_iters=args.layer_iters, wd=_eval_wd(args, pts),
+                                density_runs=args.density_runs, layer_iters=args.layer_iters,
+                                # a finished result resumed keeps its own term unless --wd is given
+                                wd=args.wd if args.wd is not None or finished else _eval_wd(args, pts),
                                 resume=args.resume, on_network=report, progress=_progress(args),
                                 config={"argv": _argv(args), "checkpoints": [str(p) for p in args.checkpoints]})
     s = result.summary

@@ -705,12 +705,12 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             if not gz:  # the file's size says it all before it is read
                 have = size - 4 - 4 * ndim
                 if have == want:
-                    data = bytearray(want)
+                    data = np.empty(want, dtype=np.uint8)
                     have = _read_into(f, memoryview(data))
             elif want > GZIP_MAX_RATIO * size:
                 have = None  # more than a .gz of this size can hold
-            else:
-                data = bytearray(want + 1)
+            else:  # not filled in advance: memory is taken as the data comes (a lying header costs nothing)
+                data = np.empty(want + 1, dtype=np.uint8)
                 have = _read_into(f, memoryview(data))
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut .gz is an EOFError
         raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
@@ -719,7 +719,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         holds = ("too few bytes to decompress to them" if have is None else
                  f"more than {want}" if gz and have > want else f"{have}")
         raise UserError(f"{path}: {kind}; header promises {want} data bytes for shape {dims}, file holds {holds}")
-    return np.frombuffer(data, dtype=np.uint8, count=want).reshape(dims)
+    return data[:want].reshape(dims)
 
 
 def _read_into(f, buffer: memoryview) -> int:

@@ -72,8 +72,9 @@ def check_data_options(overrides: dict[str, Any] | None) -> None:
     unknown = sorted(set(overrides or {}) - set(DATA_FIELDS))
     if unknown:
         # the nearest of the calling function's own keywords and the data options: evaluate_curve(pionts=3)
-        code = inspect.currentframe().f_back.f_code
-        own = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+        frame = inspect.currentframe()
+        code = frame.f_back.f_code if frame is not None and frame.f_back is not None else None
+        own = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount] if code is not None else ()
         close = difflib.get_close_matches(unknown[0], [*own, *DATA_FIELDS], n=1)
         raise UserError(f"unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
                         f"{f' (did you mean {close[0]}=?)' if close else ''}: the data options are "

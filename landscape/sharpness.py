@@ -64,7 +64,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .bn import bn_modules, instance_norms
-from .checkpoint import npz_reason, read_json, write_json, write_npz
+from .checkpoint import npz_reason, write_json, write_npz
 from .data import as_dataset
 from .device import check_fits
 from .errors import UserError, check_nonnegative, check_seed, is_whole
@@ -524,7 +524,7 @@ _LATER = {"density_nodes": 2, "density_weights": 2, "layer_trace_draws": 2, "lay
 def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, out: str | Path | None = None, *,
                        labels: Sequence[str] | None = None, top: int = 5, iters: int = 20, trace_samples: int = 20,
                        seed: int = 0, bn_stats: str = "auto", batch_size: int = 1000, density_runs: int = 1,
-                       layer_iters: int = 0, wd: float = 0.0, resume: bool = False, config: dict[str, Any] | None = None,
+                       layer_iters: int = 0, wd: float | None = None, resume: bool = False, config: dict[str, Any] | None = None,
                        on_network: Callable[[str, Spectrum], None] | None = None,
                        progress: Any = False) -> SharpnessResult:
     """:func:`hessian_spectrum` of each flat weight vector in ``vectors``
@@ -537,7 +537,9 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     (``density_nodes`` / ``density_weights``, :func:`spectral_density`);
     ``layer_iters`` > 0 gives each layer's top eigenvalue (``layer_top``).
     ``progress`` shows each network's products as they go
-    (:func:`~landscape.progress.progress_mode`; "log": a line every 10 s)."""
+    (:func:`~landscape.progress.progress_mode`; "log": a line every 10 s).
+    ``wd`` is the weight-decay term reported beside the NLL's Hessian (None:
+    0, or a finished result's own when it is resumed)."""
     out = Path(out) if out is not None else None
     data = as_dataset(data)
     if rank_and_world()[1] > 1:
@@ -548,7 +550,8 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     if len(labels) != len(vectors):
         raise UserError(f"give one label per network: {len(labels)} labels for {len(vectors)} networks")
     check_settings(top, iters, trace_samples, seed, density_runs, layer_iters)
-    check_nonnegative("--wd", wd)  # the weight-decay term added to every eigenvalue
+    if wd is not None:
+        check_nonnegative("--wd", wd)  # the weight-decay term added to every eigenvalue
     trained = ParamSpace.of(model).trained()  # the Hessian is over what the network trains
     numel = trained.numel
     check_fits(8.0 * min(iters, numel) * numel, f"--iters {iters} (the Lanczos basis, steps x parameters float64)",
@@ -568,12 +571,10 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     finished = begin_result(out, "sharpness.npz", resume, "sharpness", request)
     if finished is not None:
         arrays, summary = finished
-        if summary.get("wd") != wd:  # not the Hessian's (the NLL's alone): the term reported beside it, as given
-            summary["wd"] = wd
-            if out is not None and is_main():
-                write_json(out / "summary.json", summary)
-                write_json(out / "config.json", dict(read_json(out / "config.json"), wd=wd))
+        if wd is not None and summary.get("wd") != wd:  # not the Hessian's (the NLL's alone): the term reported
+            summary = dict(summary, wd=wd)  # beside it, as given now (the stored result is left as it is)
         return SharpnessResult(arrays, summary, out=out)
+    wd = 0.0 if wd is None else wd
     n = len(vectors)
     done, stored = _read_store(out, request, n) if out is not None and (out / STORE).exists() else (
         np.zeros(n, dtype=bool), {})

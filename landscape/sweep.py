@@ -278,10 +278,21 @@ def _config_changes(folder: Path, config: dict[str, Any] | None) -> str:
         stored = None
     if not isinstance(stored, dict) or not isinstance(config, dict):
         return "other points or settings"
-    changed = [k for k in sorted(set(stored) & set(config)) if k not in _HOW and stored[k] != config[k]]
+    changed = [k for k in sorted(set(stored) & set(config))
+               if k not in _HOW and stored[k] != config[k] and not _same_files(stored[k], config[k])]
     if not changed:
         return "other points or settings"
     return "other settings: " + "; ".join(f"{k} {_brief(stored[k])}, now {_brief(config[k])}" for k in changed)
+
+
+def _same_files(a: Any, b: Any) -> bool:
+    """Whether two settings name the same existing files (one path, or lists of them), written differently."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_files(x, y) for x, y in zip(a, b))
+    try:
+        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _brief(value: Any) -> str:

@@ -432,9 +432,10 @@ def test_a_folders_files_the_package_did_not_write_are_left_and_a_stale_lock_of_
     out = tmp_path / "run"
     out.mkdir()
     (out / ".notes.tmp").write_text("mine")
+    (out / ".notes.20240101.tmp").write_text("mine too")
     (out / ".model.pt.k2x_9abq.tmp").write_bytes(b"half")  # what atomic_save leaves when killed
     claim_folder(out, "train")
-    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp"]
+    assert sorted(p.name for p in out.iterdir()) == [".notes.20240101.tmp", ".notes.tmp"]
 
     real_open = os.open
     denied = []
@@ -460,6 +461,18 @@ def test_a_folders_files_the_package_did_not_write_are_left_and_a_stale_lock_of_
                 claim_folder(out, "train")
     finally:
         os.close(holder)
+
+    def open_denied(path, flags, *args):  # not even readable (its owner's umask 077): whether held is unknown
+        if str(path).endswith(LOCK):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(checkpoint_module.os, "open", open_denied)
+    with pytest.raises(UserError, match=r"another user's lock file, which this process can neither open nor check "
+                                        r"\(Permission denied\); remove it if no landscape process uses"):
+        with folder_locks():
+            claim_folder(out, "train")
+    assert (out / LOCK).exists()  # not removed: it may be held
     monkeypatch.undo()
 
     copied = tmp_path / "copied"  # a plane's results copied without their config.json

@@ -1156,6 +1156,8 @@ def test_out_of_memory_advice_names_connects_t_samples(tmp_path):
 def test_a_free_ends_error_is_not_compared_with_its_runs_summary(tmp_path):
     """connect --free-end trains the end: the curve's end is not b.pt, and its error differing from b's run
     was put down to batch norm."""
+    import argparse
+
     for name, error in (("a", 0.28), ("b", 0.0)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.pt").write_bytes(b"")
@@ -1169,6 +1171,15 @@ def test_a_free_ends_error_is_not_compared_with_its_runs_summary(tmp_path):
     assert cli._ends_as_trained(meta, s) == (" (batch norm re-estimated; the end's run's summary, with the "
                                              "statistics it trained with, says 0.00%; the start was trained with "
                                              "the curve)")
+    # an end recorded by a path (relative, as an earlier build stored it) that now names another file: its run's
+    # summary is not the end's, and is not quoted (curve run from another folder quoted an unrelated run's)
+    from landscape.train import input_digests
+
+    digests = input_digests(argparse.Namespace(start=meta["start"], end=meta["end"]), ["start", "end"])
+    meta = dict(meta, train_config={}, input_digests=digests)
+    assert "say 0.28% and 0.00%" in cli._ends_as_trained(meta, s)  # the files the curve began from
+    (tmp_path / "b" / "model.pt").write_bytes(b"another network")
+    assert cli._ends_as_trained(meta, s) == ""
 
 
 def test_labels_before_the_folders_are_told_where_they_go(capsys):

@@ -271,7 +271,7 @@ def fit_curve(
         return path_objective(cfg, curve, t, per_t), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
-        extra["meta"] = dict(extra["meta"], start=str(start), end=str(end),
+        extra["meta"] = dict(extra["meta"], start=cfg.start, end=cfg.end,
                              **({"buffers_from_start": kept} if kept else {}))  # the end's, which no point has
         save_curve(path, curve, template, spec, **extra)
 

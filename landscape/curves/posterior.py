@@ -192,7 +192,7 @@ def fit_posterior_curve(
         return path_objective(cfg, curve, t, nll + cfg.temperature * kl / n_train), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
-        extra["meta"] = dict(extra["meta"], start=str(start), end=str(end))
+        extra["meta"] = dict(extra["meta"], start=cfg.start, end=cfg.end)  # absolute (connect_config)
         _save(path, curve, template, spec, **extra)
 
     def restore(ckpt: Checkpoint) -> None:
