@@ -225,8 +225,8 @@ def predict_log_probs(model: nn.Module, data: Dataset, split: str = "test", batc
 
 
 def predict_probs(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000) -> torch.Tensor:
-    """Predicted probabilities (M, classes, float64: :func:`~landscape.evaluate.probs_of`)
-    of ``model`` in eval mode (:func:`predict_log_probs`)."""
+    """Predicted probabilities (M, classes, float64) of ``model`` in eval
+    mode: the exp of :func:`predict_log_probs`."""
     return predict_log_probs(model, data, split, batch_size).exp()
 
 

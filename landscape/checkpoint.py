@@ -151,6 +151,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_save(write, path)
 
 
+def same_file(a: Any, b: Any) -> bool:
+    """Whether two settings name one existing file or folder (paths written differently)."""
+    try:
+        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def stored_config(folder: str | os.PathLike) -> dict[str, Any] | None:
     """A result folder's ``config.json``: None when it has none, {} when it cannot be read."""
     path = Path(folder) / "config.json"

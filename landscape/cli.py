@@ -388,10 +388,8 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
     (the running statistics of training, of augmented batches where the
     run augmented), both: else a researcher reads the change as a lost
     checkpoint. Nothing when a run's summary is not beside its model.pt."""
-    from types import SimpleNamespace
-
     from landscape.checkpoint import read_json
-    from landscape.train import input_digests
+    from landscape.train import file_digest
 
     ends = s["curve"]["metrics"]["test_error"]
     trained = ((meta or {}).get("train_config") or {})
@@ -404,7 +402,7 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
         if path.name != "model.pt" or not summary.exists():
             return ""
         recorded = ((meta or {}).get("input_digests") or {}).get(key)
-        if recorded is not None and input_digests(SimpleNamespace(**{key: str(path)}), [key]).get(key) != recorded:
+        if recorded is not None and file_digest(path) != recorded:
             return ""  # another file at that path (a relative one an earlier build stored, read from elsewhere)
         try:
             stored = read_json(summary)

@@ -100,11 +100,13 @@ def hessian_bn(model: nn.Module, data, bn_stats: str = "auto") -> str:
     if not bn_modules(model):
         return "batches"
     reused = _probe_forward(model, data).reused_bn  # a layer called twice: the whole set is no one batch for it
-    if reused and bn_stats == "population":
-        raise UserError(f"--bn-stats population needs each batch-norm layer to run once per forward, but "
-                        f"{', '.join(reused)} runs more than once; use --bn-stats batches")
-    if bn_stats != "auto" or reused:
-        return "batches" if reused else bn_stats
+    if reused:
+        if bn_stats == "population":
+            raise UserError(f"--bn-stats population needs each batch-norm layer to run once per forward, but "
+                            f"{', '.join(reused)} runs more than once; use --bn-stats batches")
+        return "batches"
+    if bn_stats != "auto":
+        return bn_stats
     return "population" if whole_set_fits(model, data, HVP_MEMORY_FACTOR) else "batches"
 
 
@@ -389,7 +391,7 @@ def check_settings(top: int, iters: int, trace_samples: int, seed: int, density_
             raise UserError(f"{name} must be a whole number of at least {least}, got {v}")
     if top > iters:
         raise UserError(f"--top {top} is more than the --iters {iters} Lanczos steps give")
-    seed = check_seed(seed)
+    check_seed(seed)
 
 
 def hessian_spectrum(model: nn.Module, weights: torch.Tensor, data, *, top: int = 5, iters: int = 20,

@@ -153,17 +153,17 @@ def default_scale(diag: bool) -> float:
     return 1.0 if diag else 0.5
 
 
-def check_draws(samples: object, seed: object, parameters: int | None = None, device=None) -> tuple[int, int]:
-    """``--samples`` (a whole number, at least 1) and ``--seed`` as ints, or one line; with ``parameters``,
-    that the draws, samples x parameters floats, fit ``device`` (they are drawn at once)."""
+def check_draws(samples: object, seed: object) -> tuple[int, int]:
+    """``--samples`` (a whole number, at least 1) and ``--seed`` as ints, or one line."""
     samples = check_whole("--samples", samples)
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
-    seed = check_seed(seed)
-    if parameters is not None:
-        check_fits(4.0 * samples * parameters, f"--samples {samples} (the draws, samples x parameters floats)",
-                   device)
-    return samples, seed
+    return samples, check_seed(seed)
+
+
+def check_draws_fit(samples: int, parameters: int, device) -> None:
+    """One line where ``samples`` draws of ``parameters`` floats, drawn at once, cannot fit ``device``."""
+    check_fits(4.0 * samples * parameters, f"--samples {samples} (the draws, samples x parameters floats)", device)
 
 
 def evaluate_swag(
@@ -204,7 +204,7 @@ def evaluate_swag(
     out_path = Path(out) if out is not None else None
     device = process_device(device)  # under torchrun: joins the process group
     post, net, ck = load_swag(swag, device, model)
-    check_draws(samples, seed, post.mean.numel(), device)
+    check_draws_fit(samples, post.mean.numel(), device)
     data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
     rank = post.deviations.shape[0]
     low_rank = not diag and rank >= 2

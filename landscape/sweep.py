@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import claim_folder, npz_reason, read_json, read_result, stored_config, write_json, write_npz, writer_of
+from .checkpoint import (claim_folder, npz_reason, read_json, read_result, same_file, stored_config, write_json,
+                         write_npz, writer_of)
 from .device import check_fits, resolve_device
 from .errors import UserError, shell_word
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
@@ -289,10 +290,7 @@ def _same_files(a: Any, b: Any) -> bool:
     """Whether two settings name the same existing files (one path, or lists of them), written differently."""
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same_files(x, y) for x, y in zip(a, b))
-    try:
-        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
-    except OSError:
-        return False
+    return same_file(a, b)
 
 
 def _brief(value: Any) -> str:
@@ -459,18 +457,19 @@ def run_sweep(
     else:
         key = fingerprint(anchors, coefficients, decided)
     done = np.zeros(n, dtype=bool)
+    recorded = None if config is None else dict(config, bn_stats=bn_stats)  # the sweep's config.json
     values = {m: np.full(n, np.nan) for m in METRICS}
     if store is not None and store.exists():
         if not resume:
             raise UserError(f"{store.parent} holds an unfinished sweep; pass --resume to continue it")
         legacy = fingerprint(anchors, coefficients, decided) if identity is not None else None  # as stored before
-        now = None if config is None else json.loads(json.dumps(dict(config, bn_stats=bn_stats), default=str))
+        now = None if recorded is None else json.loads(json.dumps(recorded, default=str))  # as config.json holds it
         done, values = _load_store(store, key, n, probs=return_probs, also=legacy, config=now)
         if rank == 0:
             print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "
                   f"{n - int(done.sum())} to evaluate", file=sys.stderr)
-    if store is not None and config is not None and rank == 0:
-        write_json(store.parent / "config.json", dict(config, bn_stats=bn_stats))
+    if store is not None and recorded is not None and rank == 0:
+        write_json(store.parent / "config.json", recorded)
 
     todo = np.flatnonzero(~done)
     chunks = [todo[i:i + k] for i in range(0, len(todo), k)]

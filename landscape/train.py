@@ -55,6 +55,7 @@ from .checkpoint import (
     claim_folder,
     load_checkpoint,
     read_jsonl,
+    same_file,
     save_checkpoint,
     write_json,
     atomic_write_text,
@@ -78,13 +79,6 @@ _INPUT_FILES = ("start", "end", "from_ckpt")  # the checkpoints a run starts fro
 # Settings naming a file or folder: the same one named another way (./a.pt, an absolute path) is the same setting.
 _RESUME_PATHS = ("data_path", *_INPUT_FILES)
 
-
-def same_file(a: Any, b: Any) -> bool:
-    """Whether two settings name one existing file or folder (paths written differently)."""
-    try:
-        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def schedule_factor(schedule: str, progress: float) -> float:
@@ -210,8 +204,14 @@ def _epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """The seed of an epoch's random numbers; ``stream`` (a :class:`Task`'s)
     gives another sequence for the same run seed (0: the runs' own)."""
     if stream:  # tagged 2: no other derived seed (a simplex vertex's start, tagged 1) meets these
-        return int(np.random.SeedSequence([seed, 2, epoch, stream]).generate_state(1, np.uint64)[0]) % (2**63 - 1)
+        return derived_seed(seed, 2, epoch, stream)
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+def derived_seed(*words: int) -> int:
+    """A seed drawn from ``words`` (a run's seed, a tag naming what it seeds, indices) by numpy's
+    SeedSequence: other words, another seed, in 0..2^63 - 2."""
+    return int(np.random.SeedSequence(list(words)).generate_state(1, np.uint64)[0]) % (2**63 - 1)
 
 
 def _model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
@@ -223,18 +223,23 @@ def input_digests(cfg: TrainConfig, keys: Sequence[str] = _INPUT_FILES) -> dict[
     ``from_ckpt``, those of ``keys``), stored with its state: a resume that
     names the same file another way (from another folder, or after the runs
     were moved) is known by its contents."""
-    import hashlib
-
     digests = {}
     for key in keys:
         value = getattr(cfg, key, None)
         if isinstance(value, str) and os.path.isfile(value):
-            h = hashlib.sha256()
-            with open(value, "rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    h.update(block)
-            digests[key] = h.hexdigest()
+            digests[key] = file_digest(value)
     return digests
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's contents (hex): how a run knows the checkpoints it started from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any],

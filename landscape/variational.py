@@ -711,7 +711,7 @@ def evaluate_variational(
     every draw are evaluated with batch norm re-estimated. With ``out``:
     ``variational.npz``, ``summary.json``, ``config.json`` and the sweep's
     partial store for ``resume``. Under torchrun the draws are shared out."""
-    from .swag import average_of_draws, check_draws
+    from .swag import average_of_draws, check_draws, check_draws_fit
 
     check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
@@ -721,7 +721,7 @@ def evaluate_variational(
     out_path = Path(out) if out is not None else None
     device = process_device(device)
     post, net, ck = load_variational(ckpt, device, model)
-    check_draws(samples, seed, post.mean.numel(), device)  # drawn at once, as SWAG's are
+    check_draws_fit(samples, post.mean.numel(), device)  # drawn at once, as SWAG's are
     data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
     options = {"samples": samples, "seed": seed, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
                "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}

@@ -48,10 +48,11 @@ from landscape.bn import reestimate_bn
 from landscape.checkpoint import (Checkpoint, load_checkpoint, load_model, read_json, read_jsonl, save_checkpoint)
 from landscape.data import Dataset
 from landscape.device import check_fits, resolve_device, seed_everything
-from landscape.errors import UserError, check_nonnegative, check_seed, check_whole
+from landscape.errors import UserError, check_nonnegative, check_whole
 from landscape.evaluate import METRICS, evaluate_model, evaluate_points, precision_amp
 from landscape.inputs import check_data_options, note_split_leak, own_network, run_data, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
+from landscape.swag import check_draws
 from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from landscape.train import Task, _say, prepare_run, run_training
 from landscape.variational import FAMILIES, PRIORS, WD_REFUSED, VariationalNet, posterior_moments, posterior_net
@@ -353,10 +354,7 @@ def evaluate_posterior_curve(
     points = check_whole("--points", points)
     if points < 3:  # the ends alone have no barrier: nothing between them would be measured
         raise UserError(f"--points must be at least 3 (the ends and a point between them), got {points}")
-    samples = check_whole("--samples", samples)
-    if samples < 1:
-        raise UserError(f"--samples must be at least 1, got {samples}")
-    seed = check_seed(seed)
+    samples, seed = check_draws(samples, seed)
     out_path = Path(out) if out is not None else None
     device = process_device(device)
     loaded = curve if isinstance(curve, LoadedCurve) else load_posterior_curve(curve, device, model)

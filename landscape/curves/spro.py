@@ -66,7 +66,7 @@ from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
-from landscape.train import Task, TrainConfig, check_world, prepare_run, run_training
+from landscape.train import Task, TrainConfig, check_world, derived_seed, prepare_run, run_training
 from landscape.weights import ParamSpace
 
 from .base import frozen_pin
@@ -364,18 +364,14 @@ def _vertex_seed(seed: int, j: int, component: int = 0) -> int:
     """The seed of vertex ``j``'s start; ESPRO's components other than the first draw theirs independently
     (tagged 1: the epochs' streams are tagged 2, the evaluated samples 3)."""
     if component:
-        return _derived(seed, 1, component, j)
+        return derived_seed(seed, 1, component, j)
     return (seed * 1000 + j) % (2**63 - 1)
 
 
 def _sample_seed(seed: int, component: int) -> int:
     """The seed of ESPRO component ``component``'s evaluated samples: the first's as a simplex grown alone draws
     them (the run's seed), the others' their own."""
-    return _derived(seed, 3, component) if component else seed
-
-
-def _derived(*words: int) -> int:
-    return int(np.random.SeedSequence(list(words)).generate_state(1, np.uint64)[0]) % (2**63 - 1)
+    return derived_seed(seed, 3, component) if component else seed
 
 
 def _began_before_own_draws(out: Path | None, resume: bool) -> bool:
