@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+import landscape.plots.style as style
 from landscape.plots.plane import LogOffsetNorm, clip_values, draw_plane_figures, level_names, log_levels, plot_plane, plot_plane_points
 from landscape.plots.rays import draw_rays_figures, plot_rays, shared_limits
 from landscape.errors import UserError
@@ -116,10 +117,9 @@ def test_rays_figures_without_line_skip_the_line_figure(tmp_path):
 def test_rays_axes_name_their_unit(tmp_path, monkeypatch):
     """Filter-normalised rays go in multiples of their direction (about the centre's norm), the line
     through the centres in weight space: one label \"distance\" for both would say one unit."""
-    import landscape.plots.rays as rays_plots
 
     drawn = {}
-    monkeypatch.setattr(rays_plots, "save_figure", lambda fig, stem, formats: drawn.__setitem__(stem.name, fig) or [])
+    monkeypatch.setattr(style, "save_figure", lambda fig, stem, formats: drawn.__setitem__(stem.name, fig) or [])
     folder = write_rays(tmp_path / "rays")
     draw_rays_figures(folder)
     for stem in ("rays_train_loss", "rays_test_error"):
@@ -1372,9 +1372,8 @@ def test_percent_is_written_one_way_in_every_label_and_title(tmp_path, monkeypat
     texts = _figure_texts(drawn[-1])
     plt.close(drawn[-1])
     assert "the mean, ECE 1.50%" in texts and "model average, ECE 1.20%" in texts
-    import landscape.plots.plane as plane_plots
 
-    monkeypatch.setattr(plane_plots, "save_figure", keep)
+    monkeypatch.setattr(style, "save_figure", keep)  # the plane's figures go through style.save_figures
     draw_plane_figures(write_trajectory_plane(tmp_path / "t"))
     texts += [t for fig in drawn[-2:] for t in _figure_texts(fig)]
     for fig in drawn[-2:]:
@@ -1543,7 +1542,6 @@ def test_figures_not_saved_are_closed_when_one_cannot_be(tmp_path):
 def test_stored_labels_a_figure_cannot_show_as_they_are_are_shown_literally(tmp_path, monkeypatch):
     """A rays centre named _a (a run folder's name) vanished from the legend, one named $\\frac$ failed the
     figure's save; a plane anchor named so failed too. Valid mathtext stays: it may be meant."""
-    import landscape.plots.rays as rays_plots
     from landscape.plots.style import shown_label
 
     assert shown_label("_a") == "\u200b_a" and shown_label("$\\frac$") == "\\$\\frac\\$" and shown_label("$w_1$") == "$w_1$"
@@ -1552,8 +1550,8 @@ def test_stored_labels_a_figure_cannot_show_as_they_are_are_shown_literally(tmp_
     summary["centers"][0]["label"], summary["centers"][1]["label"] = "_a", "$\\frac$"
     (folder / "summary.json").write_text(json.dumps(summary))
     kept = []
-    real = rays_plots.save_figure
-    monkeypatch.setattr(rays_plots, "save_figure", lambda fig, stem, formats: kept.append(fig) or real(fig, stem, formats))
+    real = style.save_figure
+    monkeypatch.setattr(style, "save_figure", lambda fig, stem, formats: kept.append(fig) or real(fig, stem, formats))
     assert len(draw_rays_figures(folder)) == 3  # saved: the bad mathtext no longer fails
     legend = kept[-1].axes[0].get_legend()  # the line figure's: both centres named
     assert [t.get_text() for t in legend.get_texts()] == ["\u200b_a", "\\$\\frac\\$"]

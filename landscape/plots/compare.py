@@ -23,7 +23,7 @@ from landscape.sweep import refuse_unfinished
 
 from .curve import compare_curves, curve_label
 from .plane import compare_planes
-from .style import drawing, bad_mathtext, check_formats, save_figure, shown_label
+from .style import bad_mathtext, check_formats, drawing, save_figure, shown_label
 from .swag import average_label, compare_averages
 
 __all__ = ["draw_comparison", "redraw_comparisons", "COMPARABLE"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (drawing, LINE_COLOR, PATH_LOG_FACTOR, compare_color, fs, legend_below, log_scale_when_spread,
+from .style import (LINE_COLOR, PATH_LOG_FACTOR, compare_color, drawing, fs, legend_below, log_scale_when_spread,
                     mark_endpoints, new_figure, note_synthetic, panel_legend, result_color, result_colors, save_figure,
                     train_loss_label)
 

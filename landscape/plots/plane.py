@@ -16,7 +16,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (drawing, MIN_PANEL, after_layout, fs, new_figure, note_synthetic, outline, paper_width, save_figure,
+from .style import (MIN_PANEL, after_layout, drawing, fs, new_figure, note_synthetic, outline, paper_width,
                     save_figures, shown_label, train_loss_label)
 
 __all__ = [
@@ -473,7 +473,8 @@ def label_point(ax, text, xy, offset: tuple[float, float], va: str) -> None:
     or to its left in the right third of the axes, where it would run out."""
     lo, hi = ax.get_xlim()
     right_third = hi > lo and (float(xy[0]) - lo) / (hi - lo) > 2 / 3
-    ax.annotate(shown_label(text), (float(xy[0]), float(xy[1])), xytext=(-offset[0] if right_third else offset[0], offset[1]),
+    ax.annotate(shown_label(text), (float(xy[0]), float(xy[1])),
+                xytext=(-offset[0] if right_third else offset[0], offset[1]),
                 textcoords="offset points", ha="right" if right_third else "left", va=va, fontsize=fs(10), zorder=5,
                 path_effects=OUTLINE)
 
@@ -519,7 +520,7 @@ def draw_plane_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png"
         ax.set_title(label)
         note_synthetic(fig, [summary])
         figures.append((fig, result_dir / f"plane_{metric}"))
-    return save_figures(figures, formats, save_figure)
+    return save_figures(figures, formats)
 
 
 @drawing

@@ -14,7 +14,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .curve import curve_color, curve_label
-from .style import drawing, LINE_COLOR, fs, legend_below, mark_endpoints, new_figure, note_synthetic, save_figure
+from .style import LINE_COLOR, drawing, fs, legend_below, mark_endpoints, new_figure, note_synthetic, save_figure
 
 __all__ = ["draw_posterior_curve_figure"]
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (drawing, PATH_LOG_FACTOR, fs, log_scale_when_spread, new_figure, result_colors, save_figure, save_figures,
+from .style import (PATH_LOG_FACTOR, drawing, fs, log_scale_when_spread, new_figure, result_colors, save_figures,
                     shown_label, train_loss_label)
 
 __all__ = ["plot_rays", "plot_line_metric", "draw_rays_figures", "load_rays_result", "shared_limits"]
@@ -187,4 +187,4 @@ def draw_rays_figures(result_dir: str | Path, formats: tuple[str, ...] = ("png",
         axes[0].legend(frameon=False, fontsize=fs(9))
         _suptitle(fig, summary, "the line through the centres, extended beyond them")  # both panels'
         figures.append((fig, result_dir / "line"))
-    return save_figures(figures, formats, save_figure)
+    return save_figures(figures, formats)

@@ -23,8 +23,8 @@ from matplotlib.lines import Line2D
 from landscape.checkpoint import atomic_save
 from landscape.errors import UserError, is_whole
 
-__all__ = ["drawing", "figure_style", "new_figure", "save_figure", "save_figures", "set_figure_dpi", "legend_below", "panel_legend",
-           "paper_width", "compare_color", "result_color", "result_colors", "fs", "set_figure_width",
+__all__ = ["drawing", "figure_style", "new_figure", "save_figure", "save_figures", "set_figure_dpi", "legend_below",
+           "panel_legend", "paper_width", "compare_color", "result_color", "result_colors", "fs", "set_figure_width",
            "note_synthetic", "mark_endpoints", "log_scale_when_spread", "train_loss_label", "outline",
            "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero",
            "whole_number_ticks", "bad_mathtext", "shown_label", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
@@ -133,17 +133,28 @@ def set_figure_width(width: float | None) -> None:
     _WIDTH[0] = None if width is None else float(width)
 
 
+_STYLED = [0]  # how deep in figure_style this process is: the outermost sets the style
+
+
 @contextlib.contextmanager
 def figure_style():
     """matplotlib's default settings and the figures' own, while a figure is
     drawn and saved; the caller's settings (a notebook's, a style sheet's) as
     they were after, and none of them in the figures: the text size (10 pt,
     8 at a paper's width) and TrueType (Type 42) fonts in PDF and PostScript,
-    since the Type 3 default is refused by some venues' checks."""
+    since the Type 3 default is refused by some venues' checks. Inside one
+    already (a figure drawn by a draw_* function), it holds."""
+    if _STYLED[0]:
+        yield
+        return
     with matplotlib.rc_context():
         matplotlib.rcdefaults()  # the backend is not among the settings it resets
         matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": _font_size()})
-        yield
+        _STYLED[0] += 1
+        try:
+            yield
+        finally:
+            _STYLED[0] -= 1
 
 
 def drawing(fn):
@@ -522,14 +533,10 @@ def check_formats(formats) -> tuple[str, ...]:
 
 
 @drawing
-def save_figures(figures, formats=("png",), save=None) -> list[Path]:
-    """Save ``figures`` [(fig, stem), ...] (``save``, by default
-    :func:`save_figure`), all drawn before any is saved."""
-    save = save or save_figure
-    written: list[Path] = []
-    for fig, stem in figures:
-        written += save(fig, stem, formats)
-    return written
+def save_figures(figures, formats=("png",)) -> list[Path]:
+    """Save ``figures`` [(fig, stem), ...], all drawn before (so that one
+    that fails to draw leaves none of them half new), by :func:`save_figure`."""
+    return [path for fig, stem in figures for path in save_figure(fig, stem, formats)]
 
 
 @drawing  # a figure a compare_* function returned, saved by the caller: TrueType fonts in its PDF all the same

@@ -15,7 +15,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .plane import OUTLINE, plot_plane
-from .style import drawing, COMPARE_COLORS, fs, legend_below, new_figure, paper_width, save_figure, whole_number_ticks
+from .style import COMPARE_COLORS, drawing, fs, legend_below, new_figure, paper_width, save_figure, whole_number_ticks
 from .swag import average_colors, plot_model_average
 
 __all__ = ["draw_subspace_figure"]

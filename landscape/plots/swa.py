@@ -13,8 +13,8 @@ import numpy as np
 from landscape.checkpoint import read_json, read_jsonl
 from landscape.errors import UserError
 
-from .style import (drawing, SGD_COLOR, SWA_COLOR, error_axis_from_zero, fs, new_figure, panel_legend, paper_width, save_figure,
-                    whole_number_ticks)
+from .style import (SGD_COLOR, SWA_COLOR, drawing, error_axis_from_zero, fs, new_figure, panel_legend, paper_width,
+                    save_figure, whole_number_ticks)
 
 __all__ = ["draw_swa_figure", "swa_curves", "has_swa_curve"]
 

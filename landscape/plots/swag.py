@@ -13,9 +13,8 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (drawing, AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, error_axis_from_zero, fs, legend_below,
-                    log_scale_when_spread, new_figure, note_synthetic, result_colors, save_figure,
-                    whole_number_ticks)
+from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, drawing, error_axis_from_zero, fs, legend_below,
+                    log_scale_when_spread, new_figure, note_synthetic, result_colors, save_figure, whole_number_ticks)
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
            "average_label", "average_key", "average_colors"]
