@@ -836,11 +836,25 @@ def load_model(
     records is the user's word that its factory is trusted: the network is
     built with the checkpoint's stored options (``model_kwargs`` override
     them), and ``num_classes`` / ``input_shape``, if given, must agree with
-    them. The model is returned on the CPU in eval mode.
+    them. The model is returned on the CPU in eval mode; torch's global random
+    state is as it was.
     """
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else load_checkpoint(path_or_ckpt)
+    # The weights about to be loaded replace the new network's first ones: building it must not move
+    # the caller's random stream (a notebook's next draw is the same with or without this call).
+    with torch.random.fork_rng(devices=[]):
+        net, name = _build_for(ckpt, model, num_classes, input_shape, model_kwargs)
+    check_state_dict(net, ckpt.state_dict, str(ckpt.path), f"model '{name}'")
+    # Every key was checked above; only num_batches_tracked may be missing (older PyTorch), and keeps its value.
+    net.load_state_dict(ckpt.state_dict, strict=False)
+    return net.eval()
+
+
+def _build_for(ckpt: Checkpoint, model: str | nn.Module | None, num_classes: int | None,
+               input_shape: tuple[int, ...] | None, model_kwargs: dict[str, Any]) -> tuple[nn.Module, str]:
+    """The network ``load_model`` loads ``ckpt`` into, and the name its messages give it."""
     from .models import check_spec_fits, create_model, from_spec, materialize  # local: models import nothing from here
 
-    ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else load_checkpoint(path_or_ckpt)
     if isinstance(model, nn.Module):
         net, name = model, type(model).__name__
         shape = input_shape if input_shape is not None else (ckpt.model or {}).get("kwargs", {}).get("input_shape")
@@ -864,7 +878,4 @@ def load_model(
         net, name = from_spec(ckpt.model, source=ckpt.path), ckpt.model["name"]
     else:
         raise UserError(f"{ckpt.path}: foreign checkpoint without architecture; name it with --model")
-    check_state_dict(net, ckpt.state_dict, str(ckpt.path), f"model '{name}'")
-    # Every key was checked above; only num_batches_tracked may be missing (older PyTorch), and keeps its value.
-    net.load_state_dict(ckpt.state_dict, strict=False)
-    return net.eval()
+    return net, name

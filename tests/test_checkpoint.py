@@ -45,6 +45,21 @@ def test_round_trip_rebuilds_model_and_loads_weights_only(tmp_path):
     assert torch.equal(rebuilt(x), net(x))
 
 
+def test_load_model_leaves_the_callers_random_stream_alone(tmp_path):
+    # Building the network initialises weights that the checkpoint's then replace; a notebook's
+    # next draw must be the same whether or not it loaded a network first (every way of naming it).
+    path = save_checkpoint(tmp_path / "m.pt", _net().state_dict(), SPEC)
+    torch.save(_net().state_dict(), tmp_path / "bare.pt")
+    torch.manual_seed(7)
+    expected = torch.rand(5)
+    for load in (lambda: load_model(path), lambda: load_model(path, "convnet"),
+                 lambda: load_model(tmp_path / "bare.pt", "convnet", num_classes=10, input_shape=(1, 8, 8), width=8)):
+        torch.manual_seed(7)
+        net = load()
+        assert torch.equal(torch.rand(5), expected)
+        assert _same(net.state_dict(), _net().state_dict())
+
+
 def test_atomic_save_leaves_old_file_when_write_fails(tmp_path):
     target = tmp_path / "m.pt"
     target.write_text("old")
