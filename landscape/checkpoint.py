@@ -24,6 +24,7 @@ import json
 import os
 import pickle
 import re
+import sys
 import tempfile
 import time
 import zipfile
@@ -687,9 +688,28 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             meta=dict(obj.get("meta") or {}),
             extra=extra,
         )
+    if isinstance(obj, Mapping) and obj.get("swa_state_dict") is not None and obj.get("state_dict") is not None:
+        raise UserError(
+            f"{path}: a checkpoint of the SWA code (timgaripov/swa) holding two networks, the SGD iterate "
+            f"('state_dict') and the SWA average ('swa_state_dict'); save the one you mean alone, e.g. python -c "
+            f"\"import torch; c = torch.load('{path}', weights_only=True); torch.save(c['swa_state_dict'], 'swa.pt')\"")
     sd = extract_state_dict(obj, path)
+    _refuse_papers_format(path, sd)
     _refuse_nan(path, sd)
     return Checkpoint(path=path, state_dict=sd, model=None, kind="model", meta={"foreign": True})
+
+
+def _refuse_papers_format(path: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """One line for the papers' checkpoints that hold more than a network's
+    weights (they would otherwise fail later as a network that does not fit
+    with a missing key): dnn-mode-connectivity's curves, swa_gaussian's SWAG."""
+    if any(k.startswith("coeff_layer.") for k in state_dict) and any(k.startswith("net.") for k in state_dict):
+        raise UserError(f"{path}: a curve of dnn-mode-connectivity's code (its CurveNet: 'coeff_layer' and the "
+                        f"bends' 'net.*_<i>' weights), which landscape does not read yet; its endpoint checkpoints "
+                        f"load, so fit the curve again with 'landscape connect'")
+    if any(k.endswith(("_sq_mean", "_cov_mat_sqrt")) for k in state_dict):
+        raise UserError(f"{path}: SWAG moments of swa_gaussian's code ('*_mean', '*_sq_mean', '*_cov_mat_sqrt'), "
+                        f"which landscape does not read yet; fit SWAG here with 'landscape swa --swag-rank K'")
 
 
 def _failed_checksum(path: Path) -> str | None:
@@ -798,13 +818,16 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], prefixes: Iterable[st
     return out
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", model_name: str = "the model") -> None:
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint", model_name: str = "the model") -> None:
     """Raise one clear :class:`UserError` line if ``state_dict`` does not fit ``model``.
 
     Names the first key whose shape differs (with both shapes), else the first
-    key missing from the checkpoint, else the first unexpected one.
+    key missing from the checkpoint, else the first unexpected one. Keys that
+    all carry one more leading name than the model's (a Lightning module's
+    ``model.``) lose it first, in ``state_dict`` itself, with a note.
     """
     expected = model.state_dict()
+    _strip_wrapper_name(state_dict, expected, source)
     for key, want in expected.items():
         if key in state_dict and tuple(state_dict[key].shape) != tuple(want.shape):
             raise UserError(
@@ -879,3 +902,23 @@ def _build_for(ckpt: Checkpoint, model: str | nn.Module | None, num_classes: int
     else:
         raise UserError(f"{ckpt.path}: foreign checkpoint without architecture; name it with --model")
     return net, name
+
+
+def _strip_wrapper_name(state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
+    """Where every key of ``state_dict`` is a model key behind one shared
+    leading name (``model.conv1.weight`` for ``conv1.weight``: a Lightning
+    module's attribute, a wrapper of the user's own), drop that name in place
+    and say so; a dict that fits, or that dropping it would not fit, is left."""
+    if not state_dict or set(state_dict) <= set(expected):
+        return
+    heads = {k.split(".", 1)[0] for k in state_dict}
+    if len(heads) != 1 or not all("." in k for k in state_dict):
+        return
+    head = heads.pop()
+    stripped = {k[len(head) + 1:]: v for k, v in state_dict.items()}
+    needed = {k for k in expected if not k.endswith("num_batches_tracked")}
+    if needed <= set(stripped) <= set(expected):
+        state_dict.clear()
+        state_dict.update(stripped)
+        print(f"note: {source}: every key began with '{head}.' (a Lightning module's or a wrapper's attribute); "
+              f"read without it", file=sys.stderr)

@@ -10,6 +10,7 @@ import argparse
 import ast
 import errno
 import os
+import re
 import statistics
 import sys
 from collections.abc import Iterator, Sequence
@@ -1930,12 +1931,57 @@ def _argv(args: argparse.Namespace) -> list[str]:
     return list(getattr(args, "argv", None) or sys.argv)
 
 
+# The options of the papers' scripts (dnn-mode-connectivity, swa, swa_gaussian) that landscape names otherwise.
+_PAPERS_OPTIONS = {
+    "--num_bends": "--bends counts only the free points between the ends: the papers' --num_bends N is --bends N-2",
+    "--fix_start": "the ends are fixed by default (--free-start / --free-end train them)",
+    "--fix_end": "the ends are fixed by default (--free-start / --free-end train them)",
+    "--init_start": "the ends are --start and --end",
+    "--init_end": "the ends are --start and --end",
+    "--init_linear": "the bends start on the straight line by default",
+    "--num_points": "the points along the curve are --points",
+    "--dir": "the run's folder is --out",
+    "--lr_init": "the initial learning rate is --lr",
+    "--use_test": "the test set is used by default; --val-size N holds N training images out instead",
+    "--transform": "augmentation and normalisation follow --dataset (README, Datasets)",
+    "--cov_mat": "SWAG's low-rank part is --swag-rank K (0: diagonal only)",
+    "--max_num_models": "SWAG's rank is --swag-rank K",
+    "--swa_c_epochs": "the epochs between SWA's averages are --cycle",
+    "--eval_freq": "the evaluation interval is --eval-every",
+    "--save_freq": "checkpoints are kept with --save-every N",
+}
+
+
+def _option_hint(parser: argparse.ArgumentParser, word: str) -> str:
+    """What an unrecognised option a user of the papers' scripts would type is
+    called here: their snake_case spellings, and the options named otherwise."""
+    name = word.split("=", 1)[0]
+    if not name.startswith("--"):
+        return ""
+    known = {o for a in parser._actions for o in a.option_strings}
+    dashed = name.replace("_", "-")
+    if name in _PAPERS_OPTIONS:
+        hint = _PAPERS_OPTIONS[name]
+        mentioned = [o for o in re.findall(r"--[a-z][a-z_-]*", hint) if o not in _PAPERS_OPTIONS]
+        if all(o in known for o in mentioned):  # not a hint that names options this command lacks
+            return f"{name}: {hint}"
+    if dashed != name and dashed in known:
+        return f"did you mean {dashed}?"
+    return ""
+
+
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args``, but an option the subcommand lacks is reported
     by the subcommand's parser (its usage, its --help), not the top one's."""
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     words = list(map(str, argv)) if argv is not None else sys.argv[1:]
     commands.choices["plot"].labels_given = "--labels" in words  # for its error when --labels took the folders
+    sub = commands.choices.get(words[0]) if words else None
+    if sub is not None:  # the papers' spellings first: a --dir for --out would otherwise read "--out is required"
+        spelled = [(word, _option_hint(sub, word)) for word in words[1:]]
+        if any(hint for _, hint in spelled):
+            sub.error(f"unrecognized arguments: {' '.join(w for w, h in spelled if h)} "
+                      f"({'; '.join(h for _, h in spelled if h)})")
     args, extra = parser.parse_known_args(argv)
     args.argv = [PROG, *words] if argv is not None else list(sys.argv)
     if extra:

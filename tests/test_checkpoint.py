@@ -60,6 +60,36 @@ def test_load_model_leaves_the_callers_random_stream_alone(tmp_path):
         assert _same(net.state_dict(), _net().state_dict())
 
 
+def test_a_lightning_checkpoint_loses_its_modules_attribute_name(tmp_path, capsys):
+    sd = _net().state_dict()
+    torch.save({"pytorch-lightning_version": "2.1.0", "epoch": 4,
+                "state_dict": {f"model.{k}": v for k, v in sd.items()}}, tmp_path / "l.ckpt")
+    net = load_model(tmp_path / "l.ckpt", "convnet", num_classes=10, input_shape=(1, 8, 8), width=8)
+    assert _same(net.state_dict(), sd)
+    assert "every key began with 'model.'" in capsys.readouterr().err
+    # a dict whose keys would not all fit without the shared name is still refused, naming the key
+    torch.save({"model.conv.weight": torch.zeros(1), **{f"model.{k}": v for k, v in sd.items()}}, tmp_path / "x.pt")
+    with pytest.raises(UserError, match="key '.*' is missing"):
+        load_model(tmp_path / "x.pt", "convnet", num_classes=10, input_shape=(1, 8, 8), width=8)
+
+
+def test_the_papers_checkpoints_that_are_not_one_network_are_named(tmp_path):
+    sd = _net().state_dict()
+    torch.save({"epoch": 10, "state_dict": sd, "swa_state_dict": sd, "swa_n": 3}, tmp_path / "swa.pt")
+    with pytest.raises(UserError, match=r"SWA code .* two networks.*torch.save\(c\['swa_state_dict'\]"):
+        load_checkpoint(tmp_path / "swa.pt")
+    torch.save({"epoch": 10, "state_dict": sd, "swa_state_dict": None}, tmp_path / "sgd.pt")  # a run without --swa
+    assert _same(load_checkpoint(tmp_path / "sgd.pt").state_dict, sd)
+    curve = {"coeff_layer.binom": torch.ones(3), **{f"net.{k}_{i}": v for k, v in sd.items() for i in range(3)}}
+    torch.save({"epoch": 600, "model_state": curve}, tmp_path / "curve.pt")
+    with pytest.raises(UserError, match="a curve of dnn-mode-connectivity's code"):
+        load_checkpoint(tmp_path / "curve.pt")
+    swag = {f"base.{k}{s}": v for k, v in sd.items() for s in ("_mean", "_sq_mean")}
+    torch.save({"state_dict": {**swag, "n_models": torch.tensor(5)}}, tmp_path / "swag.pt")
+    with pytest.raises(UserError, match="SWAG moments of swa_gaussian's code"):
+        load_checkpoint(tmp_path / "swag.pt")
+
+
 def test_atomic_save_leaves_old_file_when_write_fails(tmp_path):
     target = tmp_path / "m.pt"
     target.write_text("old")

@@ -140,6 +140,31 @@ def test_an_option_the_subcommand_lacks_points_to_the_subcommands_help(capsys):
         "landscape curve: error: unrecognized arguments: --grid 5 (see landscape curve --help)")
 
 
+@pytest.mark.parametrize("argv, hint", [
+    # the papers' spellings: named before argparse's "--out is required", with what they are called here
+    (["connect", "--start", "a.pt", "--end", "b.pt", "--num_bends", "3"], "--num_bends N is --bends N-2"),
+    (["connect", "--init_start", "a.pt", "--init_end", "b.pt", "--out", "x"], "the ends are --start and --end"),
+    (["train", "--dir", "runs/a"], "--dir: the run's folder is --out"),
+    (["train", "--batch_size", "64", "--out", "x"], "did you mean --batch-size?"),
+    (["curve", "--ckpt", "c.pt", "--num_points", "61"], "the points along the curve are --points"),
+    (["swa", "--from", "a.pt", "--max_num_models", "20"], "SWAG's rank is --swag-rank K"),
+])
+def test_the_papers_option_names_get_the_name_used_here(capsys, argv, hint):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = _one_line_error(capsys.readouterr().err)
+    assert err.startswith(f"landscape {argv[0]}: error: unrecognized arguments: --") and hint in err, err
+
+
+def test_a_papers_hint_naming_options_the_command_lacks_is_not_given(capsys):
+    # train has no --free-start: the hint for --fix_start would send the user to an option it lacks
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--fix_start", "--out", "x"])
+    err = _one_line_error(capsys.readouterr().err)
+    assert "unrecognized arguments: --fix_start" in err and "--free-start" not in err
+
+
 @pytest.mark.parametrize("rank, said", [("0", True), ("1", False)])
 def test_under_torchrun_rank_0_alone_says_a_usage_error(capsys, monkeypatch, rank, said):
     # every rank parses the same command line; one line from rank 0, as for any other bad input

@@ -35,6 +35,19 @@ def endpoints(seed=0):
     return torch.randn(P, generator=g), 2 + torch.randn(P, generator=g)
 
 
+def test_the_papers_curve_names_are_taken_in_either_case():
+    from landscape.curves.fit import ConnectConfig
+
+    a, b = endpoints()
+    assert isinstance(create_curve("Bezier", SPACE, a, b), Bezier)
+    assert isinstance(create_curve("PolyChain", SPACE, a, b, bends=2), PolyChain)
+    cfg = ConnectConfig(start="a.pt", end="b.pt", curve="PolyChain")
+    cfg.validate()
+    assert cfg.curve == "polychain"  # recorded as the name the rest of the package and a resume compare
+    with pytest.raises(UserError, match="unknown curve 'spline'"):
+        create_curve("spline", SPACE, a, b)
+
+
 def perturb(curve, seed=1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

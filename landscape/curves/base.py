@@ -140,6 +140,7 @@ def quadrature(breaks: list[float], nodes: int, device=None) -> tuple[torch.Tens
 def create_curve(name: str, space: ParamSpace, start: torch.Tensor, end: torch.Tensor, bends: int = 1,
                  fix_start: bool = True, fix_end: bool = True) -> Curve:
     """Build a registered curve (``bezier``, ``polychain``) between two flat endpoints."""
+    name = name.lower() if isinstance(name, str) and name.lower() in CURVES else name  # Bezier, PolyChain too
     if name not in CURVES:
         raise UserError(f"unknown curve {name!r}; choose one of: {', '.join(sorted(CURVES))}")
     return CURVES[name](space, start, end, bends=bends, fix_start=fix_start, fix_end=fix_end)

@@ -85,6 +85,8 @@ class ConnectConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if isinstance(self.curve, str) and self.curve.lower() in CURVES:  # the papers' code says Bezier, PolyChain
+            self.curve = self.curve.lower()
         if self.curve not in CURVES:
             raise UserError(f"unknown curve {self.curve!r}; choose one of: {', '.join(sorted(CURVES))}")
         if self.objective not in OBJECTIVES:
