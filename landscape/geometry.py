@@ -24,6 +24,7 @@ from .errors import UserError, check_number, check_whole
 from .weights import ParamSpace, gram_schmidt
 
 MIN_TRAJECTORY = 3  # checkpoints a trajectory's plane needs (two axes and a point off the line)
+PATH_OFF_SHARE = 0.01  # a path farther than this share of a plane's grid from the plane is said to be projected
 
 __all__ = ["PlaneBasis", "plane_basis", "random_plane_basis", "trajectory_basis", "project", "plane_grid",
            "plane_coefficients", "random_directions", "filter_normalize", "ray_coefficients", "line_coefficients",

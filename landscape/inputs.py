@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .bn import bn_buffer_names
-from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network
+from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network, writer_of
 from .data import Dataset, as_dataset, data_differs, data_location, described, refuse_data_twice, why_data_differs
 from .device import resolve_device
 from .errors import UserError
@@ -459,11 +459,19 @@ def trajectory_files(paths: Sequence[str | Path]) -> list[Path]:
         if not path.is_dir():
             files.append(path)  # a missing file is named when it is read
             continue
+        writer = writer_of(path)
+        if writer is not None:  # its checkpoints so far would be drawn as the whole run, ending where it is now
+            raise UserError(f"{path}: its run is still training (landscape process{f' {writer}' if writer else ''}); "
+                            f"draw its trajectory when it has finished, or list the checkpoints written so far")
         saved = sorted(path.glob("checkpoint-*.pt"), key=lambda p: (len(p.stem), p.stem))
         if not saved:
             raise UserError(f"{path} holds no checkpoint-NNN.pt: train with --save-every N to keep a trajectory, "
                             f"or list its checkpoints")
-        files += saved + ([path / "model.pt"] if (path / "model.pt").exists() else [])
+        finished = (path / "model.pt").exists()
+        if not finished and (path / "config.json").exists() and is_main():
+            print(f"note: {path} has no model.pt: its run stopped before its last epoch (--resume finishes it); "
+                  f"the trajectory drawn ends at {saved[-1].name}", file=sys.stderr)
+        files += saved + ([path / "model.pt"] if finished else [])
     return files
 
 
@@ -490,7 +498,8 @@ def load_trajectory(paths: Sequence[str | Path], **options: Any) -> Points:
     why = f"left out {', '.join(dropped)}: the same weights as the checkpoint before"
     if len(keep) < MIN_TRAJECTORY:  # one line, which names what was left out
         raise UserError(f"a trajectory's plane needs at least {MIN_TRAJECTORY} checkpoints with distinct weights, "
-                        f"got {len(keep)}" + (f" ({why})" if dropped else ""))
+                        f"got {len(keep)}" + (f" ({why})" if dropped else "")
+                        + "; a run keeps more with a smaller --save-every")
     if dropped and is_main():
         print(f"note: {why}", file=sys.stderr)
     return replace(pts, vectors=[pts.vectors[i] for i in keep],

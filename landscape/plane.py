@@ -23,6 +23,7 @@ from .errors import UserError, check_number, check_seed
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
+    PATH_OFF_SHARE,
     PlaneBasis,
     check_grid_options,
     check_normalize,
@@ -35,7 +36,7 @@ from .geometry import (
     trajectory_basis,
     weight_mask,
 )
-from .sweep import STORE, begin_result, check_sweep_fits, finish_result, request_key, run_sweep
+from .sweep import STORE, begin_result, check_sweep_fits, finish_result, is_main, request_key, run_sweep
 from .weights import ParamSpace
 
 __all__ = ["PlaneResult", "evaluate_plane", "evaluate_random_plane", "evaluate_trajectory_plane"]
@@ -190,6 +191,17 @@ def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tenso
     return _sweep_in_plane(model, layout, data, out, **options)
 
 
+def _note_path_off(label: str, off: float, x: np.ndarray, y: np.ndarray) -> None:
+    """A note when a path (a curve of more bends than a plane holds) leaves the
+    plane by more than :data:`PATH_OFF_SHARE` of the grid's extent: it is drawn
+    at its projection, over the plane's values, which are not the path's own."""
+    extent = max(float(np.ptp(x)), float(np.ptp(y)))
+    if off > PATH_OFF_SHARE * extent and is_main():
+        print(f"note: the {label} leaves this plane by up to {off:.3g} (the grid spans {extent:.3g}): it is drawn "
+              f"at its projection, over the plane's values, not its own ('landscape curve' gives those)",
+              file=sys.stderr)
+
+
 def _note_outside(x: np.ndarray, y: np.ndarray, points: Sequence[tuple[str, np.ndarray]], path_xy: np.ndarray) -> None:
     """A note naming the points (and how much of the path) that an explicit
     --xrange / --yrange leaves outside the grid, where the figure does not
@@ -305,8 +317,8 @@ def _sweep_in_plane(
         return PlaneResult(*finished, out=out)
     basis = layout.basis
     anchor_xy = project(basis, torch.stack(layout.anchors))
-    path_xy = (layout.path_xy if layout.path_xy is not None else
-               project(basis, path.to(data.device)) if path is not None else np.zeros((0, 2)))
+    path_xy, path_off = (layout.path_xy, None) if layout.path_xy is not None else (
+        project_with_distance(basis, path.to(data.device)) if path is not None else (np.zeros((0, 2)), None))
     mark_vecs = _vectors(model, marks, data.device, "a marked point")
     mark_xy, mark_distance = project_with_distance(basis, torch.stack(mark_vecs)) if mark_vecs else (
         np.zeros((0, 2)), np.zeros(0))
@@ -349,6 +361,9 @@ def _sweep_in_plane(
     exact = {m: values[m][g2:] for m in METRICS}
     summary = _plane_summary(arrays, exact, layout.labels, list(mark_labels), mark_distance.tolist(),
                              layout.path_label, data, wd, grid)
+    if path_off is not None and len(path_off):
+        summary["path_distance_from_plane_max"] = float(path_off.max())
+        _note_path_off(layout.path_label or "path", float(path_off.max()), x, y)
     summary.update(layout.summary)
     finish_result(out, "plane.npz", arrays, summary, request)
     return PlaneResult(arrays=arrays, summary=summary, out=out)

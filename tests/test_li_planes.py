@@ -255,6 +255,24 @@ def test_trajectory_files_of_a_run_folder(run_dir, tmp_path):
         trajectory_files([tmp_path / "empty"])
 
 
+def test_a_trajectory_of_a_run_still_training_is_refused_and_of_a_stopped_one_noted(run_dir, tmp_path, capsys):
+    import fcntl
+    import shutil
+
+    from landscape.checkpoint import LOCK
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run_dir, stopped)
+    (stopped / "model.pt").unlink()  # stopped after its last checkpoint, before the end
+    assert [f.name for f in trajectory_files([stopped])][-1] == "checkpoint-004.pt"
+    assert "stopped has no model.pt: its run stopped before its last epoch" in capsys.readouterr().err
+    with open(stopped / LOCK, "w") as held:  # a training process holds the folder (another open file: a conflict)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="its run is still training .*draw its trajectory when it has finished"):
+            trajectory_files([stopped])
+    assert trajectory_files([run_dir])[-1].name == "model.pt" and "no model.pt" not in capsys.readouterr().err
+
+
 def test_cli_trajectory_plane_of_a_run(run_dir, tmp_path, capsys):
     code, out, err = run_cli(capsys, "plane", "--trajectory", run_dir, "--grid", 3, "--out", tmp_path / "t")
     assert code == 0, err
@@ -358,4 +376,4 @@ def test_cli_trajectory_checkpoints_pass_once_in_training_order(run_dir, tmp_pat
     code, _, err = run_cli(capsys, "plane", "--trajectory", c[1], c[1], c[2], "--out", tmp_path / "two")
     assert code != 0 and one_line(err).endswith(
         f"a trajectory's plane needs at least 3 checkpoints with distinct weights, got 2 (left out {c[1]}: the same "
-        f"weights as the checkpoint before)")
+        f"weights as the checkpoint before); a run keeps more with a smaller --save-every")

@@ -286,6 +286,31 @@ def test_plane_of_a_bias_only_model_matches_closed_form_nll_and_weight_decay():
         assert entry["train_loss"] - entry["train_nll"] == pytest.approx(0.5 * wd * p @ p, rel=1e-6)
 
 
+def test_a_path_that_leaves_the_plane_is_measured_noted_and_labelled_projected(capsys):
+    """A polychain of two bends through the plane of its ends and one bend: the other bend is off the plane,
+    and its segment was drawn over values that are not the path's own, without a word."""
+    from landscape.plots.plane import plot_plane_result
+    from landscape.plots.style import new_figure
+
+    data = Dataset(name="t", x_train=torch.zeros(10, 1), y_train=labels_with_counts([5, 3, 2], 0),
+                   x_test=torch.zeros(8, 1), y_test=labels_with_counts([1, 2, 5], 1), num_classes=3,
+                   mean=(0.0,), std=(1.0,))
+    a, b, c = np.array([0.5, -1.0, 0.3]), np.array([2.0, 0.5, -1.0]), np.array([-1.0, 1.5, 0.5])
+    normal = np.cross(b - a, c - a)
+    normal /= np.linalg.norm(normal)
+    off = 0.4 * a + 0.3 * b + 0.3 * c + 0.7 * normal  # 0.7 from the plane
+    for path, expected in (([a, off, c, b], 0.7), ([a, 0.5 * (a + c), c, b], 0.0)):
+        result = evaluate_plane(BiasOnly(3), [torch.tensor(p, dtype=torch.float32) for p in (a, b, c)], data,
+                                grid=3, path=torch.tensor(np.stack(path), dtype=torch.float32), path_label="curve")
+        assert result.summary["path_distance_from_plane_max"] == pytest.approx(expected, abs=1e-6)
+        err = capsys.readouterr().err
+        assert ("note: the curve leaves this plane by up to 0.7" in err) == (expected > 0), err
+        fig, ax = new_figure(1, 1)
+        plot_plane_result(ax, result.arrays, result.summary, "train_loss", "train loss", 5.0, -5.0)
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend == (["curve (projected: up to 0.7 off the plane)"] if expected else ["curve"])
+
+
 def four_features(g: torch.Generator) -> Dataset:
     """40 training and 20 test samples of 4 Gaussian features, 3 classes: data for a linear model."""
     return Dataset(name="t", x_train=torch.randn(40, 4, generator=g), y_train=torch.randint(0, 3, (40,), generator=g),

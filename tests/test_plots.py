@@ -213,6 +213,29 @@ def test_a_face_of_little_variation_gets_spread_levels_and_both_colorbars():
     plt.close(fig)
 
 
+def test_a_face_with_a_plateau_at_its_maximum_is_filled_everywhere():
+    """Test errors come in steps: on a 3-grid face the nodes of half the triangle held the maximum, and
+    tricontourf left every triangle lying wholly on its top level blank (read as no data)."""
+    from landscape.curves.simplex import face_grid
+    from landscape.plots.simplex import plot_face
+    from landscape.plots.style import new_figure
+
+    bary = face_grid(3).numpy()
+    values = np.where(bary[:, 2] < 0.4, 1.3889, 1.1111)  # the half away from the third vertex at the maximum
+    values[np.argmax(bary[:, 2])] = 1.3333
+    fig, ax = new_figure(1, 1)
+    plot_face(ax, bary, values, ["mode", "v1", "v2"], label="test error (%)")
+    filled = [c for c in ax.collections if hasattr(c, "get_paths") and c.get_paths()
+              and type(c).__name__ in ("ContourSet", "TriContourSet")]
+    area = 0.0
+    for path in filled[0].get_paths():
+        for poly in path.to_polygons(closed_only=True):
+            x, y = poly[:, 0], poly[:, 1]
+            area += 0.5 * (np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    assert abs(area) == pytest.approx(np.sqrt(3) / 4, rel=1e-6)  # the whole face (unit-side triangle)
+    plt.close(fig)
+
+
 def test_a_faces_colour_bar_has_a_grey_band_above_the_clip_only_where_values_are_there():
     """As a plane's: the face drew an unlabelled band up to 1e10 always, and wrote "> 5" on the tick at 5
     with a colour of the map above it."""

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from landscape.checkpoint import read_result
+from landscape.geometry import PATH_OFF_SHARE
 
 from .style import (MIN_PANEL, after_layout, drawing, fs, new_figure, note_synthetic, outline, paper_width,
                     save_figures, shown_label, train_loss_label)
@@ -500,8 +501,12 @@ def plot_plane_result(ax, arrays: dict[str, np.ndarray], summary: dict, metric: 
     plot_plane(ax, arrays["x"], arrays["y"], arrays[metric], vmax=vmax, log_alpha=log_alpha, label=label, span=span,
                equal_aspect=False if summary.get("plane") == "trajectory" else None,
                **({"axis_labels": tuple(summary["axis_labels"])} if summary.get("axis_labels") else {}))
+    path_label, off = summary.get("path_label"), summary.get("path_distance_from_plane_max")
+    extent = max(float(np.ptp(arrays["x"])), float(np.ptp(arrays["y"])))
+    if path_label and isinstance(off, (int, float)) and off > PATH_OFF_SHARE * extent:  # bends the plane lacks
+        path_label = f"{path_label} (projected: up to {off:.2g} off the plane)"
     plot_plane_points(ax, arrays["anchor_xy"], summary.get("anchor_labels"),
-                      path_xy=arrays.get("path_xy"), path_label=summary.get("path_label"),
+                      path_xy=arrays.get("path_xy"), path_label=path_label,
                       mark_xy=arrays.get("mark_xy"), mark_labels=summary.get("mark_labels"),
                       path_start=summary.get("start_label") if summary.get("plane") == "trajectory" else None)
     return ax

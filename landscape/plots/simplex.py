@@ -47,7 +47,10 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
         levels, alpha_eff = contour_levels(clipped, log_alpha, 7)
         norm = LogOffsetNorm(levels[0], levels[-2], alpha_eff)
         shown, bands, colors, ticks = contour_bands(values, clipped, over, levels, norm, "jet_r")
-        cs = ax.tricontourf(tri, shown, levels=bands, colors=colors, alpha=0.8)
+        # The top edge a hair above the highest value: tricontourf leaves out a triangle lying wholly on its
+        # top level (a plateau at the maximum, common for test errors' steps), which would read as no data.
+        fill = np.append(bands[:-1], np.nextafter(bands[-1], np.inf))
+        cs = ax.tricontourf(tri, shown, levels=fill, colors=colors, alpha=0.8)
         if np.ptp(finite) > 0:  # none at the minimum (a plateau's edge), as on a plane
             ax.tricontour(tri, shown, levels=levels[1:-1], cmap="jet_r", norm=norm, linewidths=1.5)
         bar = ax.figure.colorbar(cs, ax=ax, shrink=0.8)
