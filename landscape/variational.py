@@ -84,10 +84,13 @@ WD_REFUSED = ("--wd does not apply to a variational posterior: its prior regular
 _VAR_FLOOR = 1e-16  # sqrt() of a pre-activation variance of 0 (an input of zeros) keeps a finite gradient
 
 
-def stochastic_names(model: nn.Module) -> list[str]:
+def stochastic_names(model: nn.Module, frozen: bool = False) -> list[str]:
     """The parameters that get a posterior: the ``weight`` of every linear and
-    (1-3 d) convolution layer, in the model's order. A weight tied between
-    layers is refused (one tensor, two posteriors)."""
+    (1-3 d) convolution layer the network trains, in the model's order (with
+    ``frozen``, those it does not train too: what builds before this rule
+    gave them). A weight the network does not train (``requires_grad=False``,
+    a frozen pretrained layer) stays a point, as everywhere else. A weight
+    tied between layers is refused (one tensor, two posteriors)."""
     names, seen = [], {}
     for name, m in model.named_modules():
         w = getattr(m, "weight", None)
@@ -98,7 +101,8 @@ def stochastic_names(model: nn.Module) -> list[str]:
                                 f"inference here gives each weight tensor one posterior, so tied weights are "
                                 f"not supported")
             seen[id(w)] = full
-            names.append(full)
+            if w.requires_grad or frozen:
+                names.append(full)
     return names
 
 
@@ -168,16 +172,18 @@ class VariationalNet(nn.Module):
     """
 
     def __init__(self, net: nn.Module, family: str, *, prior: str = "log-uniform", prior_scale: float = 1.0,
-                 init_alpha: float = 0.01) -> None:
+                 init_alpha: float = 0.01, names: Sequence[str] | None = None) -> None:
         super().__init__()
         if family not in FAMILIES:
             raise UserError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
         if prior not in PRIORS:
             raise UserError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIORS)}")
         self.net, self.family, self.prior, self.prior_scale = net, family, prior, float(prior_scale)
-        self.names = stochastic_names(net)
+        # ``names``: a posterior's own (a copy of its means, where a variance network's are frozen by it)
+        self.names = list(names) if names is not None else stochastic_names(net)
         if not self.names:
-            raise UserError("the network has no linear or convolution weights to put a posterior on")
+            raise UserError("the network has no linear or convolution weights to put a posterior on"
+                            + (" that it trains" if stochastic_names(net, frozen=True) else ""))
         if family == "variance" and len(self.names) < 2:
             raise UserError("a variance network needs a hidden linear or convolution layer: its output layer keeps "
                             "its means (zero-mean logits would carry no class)")
@@ -192,8 +198,10 @@ class VariationalNet(nn.Module):
                     mu.zero_()
                     mu.requires_grad_(False)
         self.noisy = True
+        self._drawn: set[str] = set()  # the layers whose noise this forward of the network has drawn
         self._handles = [net.get_submodule(name.rpartition(".")[0]).register_forward_hook(self._hook(name))
                          for name in self.names]
+        self._handles.append(net.register_forward_pre_hook(lambda *_: self._drawn.clear()))
 
     def family_of(self, name: str) -> str:
         """The parameterisation of stochastic weight ``name``: the network's
@@ -277,6 +285,13 @@ class VariationalNet(nn.Module):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
             if not (self.noisy and module.training):
                 return None
+            if name in self._drawn:  # a second call would draw a second, independent sample of the same weight
+                owner = name.rpartition(".")[0] or "the network"
+                raise UserError(f"the layer {owner} runs more than once in one forward pass; the local "
+                                f"reparameterisation draws its noise per call, so its uses would get independent "
+                                f"weight samples (and evaluation one shared draw): a layer used twice is not "
+                                f"supported, as tied weights are not")
+            self._drawn.add(name)
             x = inputs[0]
             _, var = self.mean_and_var(name)
             var = var.to(x.dtype)
@@ -299,13 +314,14 @@ class VariationalNet(nn.Module):
         net = copy.deepcopy(self.net)
         ids = {h.id for h in self._handles}
         for m in net.modules():
-            for i in ids & set(m._forward_hooks):
-                del m._forward_hooks[i]
+            for hooks in (m._forward_hooks, m._forward_pre_hooks):
+                for i in ids & set(hooks):
+                    del hooks[i]
         return net
 
     def like(self, net: nn.Module) -> "VariationalNet":
         """The posterior with this one's variances around the means of ``net``, without hooks."""
-        other = VariationalNet(net, self.family, prior=self.prior, prior_scale=self.prior_scale)
+        other = VariationalNet(net, self.family, prior=self.prior, prior_scale=self.prior_scale, names=self.names)
         other.load_scales(self.posterior_state()["scales"])
         other.remove_hooks()
         return other
@@ -636,10 +652,12 @@ def posterior_net(ck: Checkpoint, device: torch.device | str, model: str | None)
     if not isinstance(info["names"], (list, tuple)) or not isinstance(info["scales"], dict):
         raise UserError(f"{ck.path}: the posterior's entry is damaged (names or scales of the wrong type)")
     net = load_model(ck, own_network(ck, model)).to(device)
-    vnet = VariationalNet(net, info["family"], prior=info["prior"], prior_scale=float(scale))
-    vnet.remove_hooks()
-    if list(info["names"]) != vnet.names or set(info["scales"]) != set(vnet.names):
+    names = list(info["names"])
+    if names not in (stochastic_names(net), stochastic_names(net, frozen=True)) or set(info["scales"]) != set(names):
         raise UserError(f"{ck.path}: the posterior's weights do not match its network's layers")
+    # frozen layers' posteriors, from a build that gave them one, are kept: the posterior as it was fitted
+    vnet = VariationalNet(net, info["family"], prior=info["prior"], prior_scale=float(scale), names=names)
+    vnet.remove_hooks()
     for name in vnet.names:
         value, want = info["scales"][name], vnet.scales[_key(name)]
         if not isinstance(value, torch.Tensor) or value.shape != want.shape:

@@ -459,6 +459,36 @@ def test_edge_cases_of_the_parameterisation():
     b.weight = a.weight
     with pytest.raises(UserError, match="share one weight"):
         stochastic_names(nn.Sequential(a, b))
+    # a frozen layer (a pretrained projection) stays a point: no posterior, no noise, no KL term
+    frozen = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    frozen[0].weight.requires_grad_(False)
+    assert stochastic_names(frozen) == ["2.weight"]
+    assert stochastic_names(frozen, frozen=True) == ["0.weight", "2.weight"]  # what an earlier build gave
+    v = VariationalNet(frozen, "weight").train()
+    x = torch.randn(64, 3)
+    h = frozen[1](frozen[0](x))  # the hidden units, the same draw after draw: the noise is after them only
+    assert torch.equal(frozen[0](x), frozen[0](x)) and "0__weight" not in v.scales
+    alone = VariationalNet(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), frozen[2]), "weight", names=["2.weight"])
+    alone.remove_hooks()  # it shares the output layer: its hooks would act on v's forwards too
+    assert torch.equal(v.kl(), alone.kl())
+    assert h.shape == (64, 4)
+    # a layer run twice in one forward would get two independent samples of one weight: refused
+    block = nn.Linear(3, 3)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.out = block, nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.out(self.block(torch.relu(self.block(x))))
+
+    twice = VariationalNet(Twice(), "weight").train()
+    with pytest.raises(UserError, match="the layer block runs more than once in one forward pass"):
+        twice(x)
+    twice.eval()
+    assert twice(x).shape == (64, 2)  # the means: one network, used as it is
+    v(x), v(x)  # two forwards, each drawing once: no refusal
     # a tiny mean starts inside the clamp, where its variance still gets a gradient
     net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     with torch.no_grad():

@@ -55,7 +55,8 @@ from landscape.metrics import ensemble_metrics, path_stats
 from landscape.swag import check_draws
 from landscape.sweep import STORE, begin_result, finish_result, process_device, request_key, run_sweep
 from landscape.train import Task, _say, prepare_run, run_training
-from landscape.variational import FAMILIES, PRIORS, WD_REFUSED, VariationalNet, posterior_moments, posterior_net
+from landscape.variational import (FAMILIES, PRIORS, WD_REFUSED, VariationalNet, posterior_moments, posterior_net,
+                                   stochastic_names)
 from landscape.weights import ParamSpace
 
 from .base import Curve, create_curve
@@ -102,6 +103,9 @@ def _same_posterior_kind(a: VariationalNet, b: VariationalNet, paths: Sequence[o
         raise UserError(f"{paths[0]} holds a {a.family} posterior with a {a.prior} prior (scale {a.prior_scale:g}), "
                         f"{paths[1]} a {b.family} one with a {b.prior} prior (scale {b.prior_scale:g}); a curve "
                         f"joins posteriors of one family and prior")
+    if a.names != b.names:  # one fitted by a build that gave frozen layers a posterior, one after
+        raise UserError(f"{paths[0]} puts a posterior on the weights {', '.join(a.names)}, {paths[1]} on "
+                        f"{', '.join(b.names)}; a curve joins posteriors over the same weights")
 
 
 def _held(vnet: VariationalNet) -> torch.Tensor | None:
@@ -164,7 +168,8 @@ def fit_posterior_curve(
     _same_posterior_kind(*posteriors, paths=[start, end])
     net, spec, _ = _endpoint_model(ckpts[0], ckpts[1], cfg, data, user_named=user_named)
     a = posteriors[0]
-    template = VariationalNet(net, a.family, prior=a.prior, prior_scale=a.prior_scale)  # its hooks sample the noise
+    template = VariationalNet(net, a.family, prior=a.prior, prior_scale=a.prior_scale,  # its hooks sample the noise
+                              names=a.names)
     space = ParamSpace.of(template)
     seed_everything(cfg.seed)
     ends = [space.flatten(v, source=str(ck.path)).cpu() for v, ck in zip(posteriors, ckpts)]
@@ -302,7 +307,11 @@ def load_posterior_curve(path: str | Path | Checkpoint, device: str | torch.devi
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise UserError(f"{ckpt.path}: the posterior's prior_scale is {scale!r}, not a finite number > 0")
     net = load_model(ckpt, own_network(ckpt, model, model_kwargs))
-    vnet = VariationalNet(net, info["family"], prior=info["prior"], prior_scale=float(scale))
+    names = info.get("names")
+    if names is not None and list(names) not in (stochastic_names(net), stochastic_names(net, frozen=True)):
+        raise UserError(f"{ckpt.path}: the posterior's weights do not match its network's layers")
+    vnet = VariationalNet(net, info["family"], prior=info["prior"], prior_scale=float(scale),
+                          names=None if names is None else list(names))
     vnet.remove_hooks()
     space = ParamSpace.of(vnet)
     anchors = stored_anchors(ckpt, space)
