@@ -40,7 +40,8 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .layout import image_layout
 
-__all__ = ["bn_modules", "instance_norms", "bn_buffer_names", "has_batch_norm", "reestimate_bn", "population_bn", "bn_collecting",
+__all__ = ["bn_modules", "instance_norms", "bn_buffer_names", "has_batch_norm", "per_batch_norms", "note_per_batch_norms",
+           "reestimate_bn", "population_bn", "bn_collecting",
            "sample_weighted"]
 
 
@@ -83,6 +84,35 @@ def bn_buffer_names(model: nn.Module, layers: list[tuple[str, _BatchNorm]] | Non
 
 def has_batch_norm(model: nn.Module) -> bool:
     return bool(bn_modules(model))
+
+
+def per_batch_norms(model: nn.Module) -> list[str]:
+    """The batch-norm layers without running statistics
+    (``track_running_stats=False``): in eval mode too they normalise every
+    batch by its own statistics, so what the network gives an image depends
+    on the batch it is in (its size, its other images). Instance norm
+    normalises each image alone and is not among them."""
+    return [name or "(the model)" for name, m in model.named_modules()
+            if isinstance(m, _BatchNorm) and not m.track_running_stats]
+
+
+_NOTED_PER_BATCH: set[tuple[str, ...]] = set()
+
+
+def note_per_batch_norms(model: nn.Module, batch_size: int) -> None:
+    """Once per process and network: a note on stderr that ``model``'s
+    :func:`per_batch_norms` make every metric depend on ``--batch-size``."""
+    import os
+    import sys
+
+    names = tuple(per_batch_norms(model))
+    if not names or (type(model).__qualname__, *names) in _NOTED_PER_BATCH or os.environ.get("RANK", "0") != "0":
+        return
+    _NOTED_PER_BATCH.add((type(model).__qualname__, *names))
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    print(f"note: {shown} normalise{'s' if len(names) == 1 else ''} each batch by its own statistics (batch norm "
+          f"with track_running_stats=False, in evaluation too): the metrics depend on --batch-size ({batch_size}) "
+          f"and on which images share a batch", file=sys.stderr)
 
 
 @contextmanager

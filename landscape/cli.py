@@ -414,11 +414,15 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
         own[key] = float(stored["test_error"])
     if all(abs(value - ends[key]) < 0.005 for key, value in own.items()):
         return ""
+    norm = s.get("normalisation", "batch norm re-estimated")  # a summary of an earlier build: a network with it
+    cause, stats = ((f"{norm}; ", ", with the statistics {} trained with,") if norm == "batch norm re-estimated" else
+                    (f"each batch normalised by its own statistics, batches of {norm.rsplit(' ', 1)[-1]}; ", "")
+                    if norm.startswith("per batch") else ("", ""))
     if len(own) == 1:
         (key, value), = own.items()
-        return (f" (batch norm re-estimated; the {key}'s run's summary, with the statistics it trained with, says "
+        return (f" ({cause}the {key}'s run's summary{stats.format('it')} says "
                 f"{value:.2f}%; the {'end' if key == 'start' else 'start'} was trained with the curve)")
-    return (f" (batch norm re-estimated; their runs' summaries, with the statistics they trained with, say "
+    return (f" ({cause}their runs' summaries{stats.format('they')} say "
             f"{own['start']:.2f}% and {own['end']:.2f}%)")
 
 

@@ -22,7 +22,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn.parameter import is_lazy
 
-from .bn import bn_buffer_names, bn_collecting, bn_modules, instance_norms, population_bn, reestimate_bn, sample_weighted
+from .bn import (bn_buffer_names, bn_collecting, bn_modules, instance_norms, note_per_batch_norms, population_bn,
+                 reestimate_bn, sample_weighted)
 from .data import as_dataset
 from .errors import UserError, check_nonnegative, first_line, is_out_of_memory, is_whole
 from .layout import image_layout, takes_channels_last, to_channels_last
@@ -205,6 +206,7 @@ def evaluate_points(
     check_eval_options(batch_size, bn_batches, points_per_pass, wd)
     data = as_dataset(data)
     set_lazy_shapes(model, data)
+    note_per_batch_norms(model, batch_size)
     space = ParamSpace.of(model)
     device = data.device
     W = _anchor_matrix(space, anchors).to(device)  # (A, P)

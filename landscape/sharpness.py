@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .bn import bn_modules, instance_norms
+from .bn import bn_modules, instance_norms, note_per_batch_norms, per_batch_norms
 from .checkpoint import npz_reason, write_json, write_npz
 from .data import as_dataset
 from .device import check_fits
@@ -80,6 +80,7 @@ __all__ = ["TrainLoss", "check_settings", "hessian_bn", "lanczos", "LanczosRun",
 # Memory of a double backward through the whole training set, in its layer outputs (forward, backward,
 # and the graph of the gradient kept for the second backward).
 HVP_MEMORY_FACTOR = 6
+PER_BATCH = "per batch (track_running_stats=False)"  # the summary's bn for batch norm without running statistics
 
 
 def hessian_bn(model: nn.Module, data, bn_stats: str = "auto") -> str:
@@ -563,6 +564,7 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
                f"--layer-iters {layer_iters} (the largest layer's Lanczos basis, steps x its parameters float64)",
                data.device)
     bn = hessian_bn(model, data, bn_stats)
+    note_per_batch_norms(model, batch_size)  # without running statistics bn is "batches": the batch size is kept
     settings = {"kind": "sharpness", "top": top, "iters": iters, "trace_samples": trace_samples, "seed": seed,
                 "bn": bn, "batch_size": batch_size if bn == "batches" else None, "dataset": data.describe()}
     if density_runs > 1:  # only then: a result stored before the density resumes under the default
@@ -601,7 +603,9 @@ def evaluate_sharpness(model: nn.Module, vectors: Sequence[torch.Tensor], data, 
     layers = layer_blocks(trained)
     arrays = dict(_arrays(spectra), layer_names=np.array([name for name, _, _ in layers]),
                   layer_sizes=np.array([stop - start for _, start, stop in layers]))
-    summary = _summary(spectra, labels, top, iters, trace_samples, seed, bn, bool(bn_modules(model)), wd, data,
+    has_bn = bool(bn_modules(model))
+    summary = _summary(spectra, labels, top, iters, trace_samples, seed,
+                       bn if has_bn else PER_BATCH if per_batch_norms(model) else bn, has_bn, wd, data,
                        density_runs, layers, layer_iters)
     finish_result(out, "sharpness.npz", arrays, summary, request)
     return SharpnessResult(arrays=arrays, summary=summary, out=out)
@@ -710,7 +714,7 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
         "layer_iters": layer_iters,
         "layers": [{"name": name, "parameters": stop - start} for name, start, stop in layers],
         "seed": seed,
-        "bn": bn if has_bn else None,
+        "bn": bn if has_bn or bn == PER_BATCH else None,
         "wd": wd,
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
@@ -728,5 +732,8 @@ def _summary(spectra, labels, top, iters, trace_samples, seed, bn, has_bn, wd, d
                  "value of each layer's diagonal block by Lanczos, with the recurrence's residual (at most the "
                  "whole Hessian's largest eigenvalue); batch norm: " +
                  ("the whole training set as one batch (the planes' population statistics)" if bn == "population"
-                  else "each batch normalised by its own statistics" if has_bn else "none in this network"),
+                  else "each batch normalised by its own statistics" if has_bn
+                  else "layers without running statistics (track_running_stats=False) normalise each batch of "
+                       "batch_size by its own, so the loss and its Hessian depend on the batch size"
+                  if bn == PER_BATCH else "none in this network"),
     }

@@ -1196,6 +1196,12 @@ def test_a_free_ends_error_is_not_compared_with_its_runs_summary(tmp_path):
     assert cli._ends_as_trained(meta, s) == (" (batch norm re-estimated; the end's run's summary, with the "
                                              "statistics it trained with, says 0.00%; the start was trained with "
                                              "the curve)")
+    # the cause said is the network's: batch norm without running statistics, or none at all (a buffer that
+    # differs between the ends, noted above the table), was put down to batch norm re-estimated
+    for norm, said in (("per batch of 100", " (each batch normalised by its own statistics, batches of 100; the end's "
+                                            "run's summary says 0.00%; the start was trained with the curve)"),
+                       ("none", " (the end's run's summary says 0.00%; the start was trained with the curve)")):
+        assert cli._ends_as_trained(meta, dict(s, normalisation=norm)) == said
     # an end recorded by a path (relative, as an earlier build stored it) that now names another file: its run's
     # summary is not the end's, and is not quoted (curve run from another folder quoted an unrelated run's)
     from landscape.train import input_digests

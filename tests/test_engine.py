@@ -1076,3 +1076,25 @@ def test_l2_penalty_is_half_wd_times_the_sum_of_squares_of_the_trained_parameter
             total += float((p.detach().double() ** 2).sum())
     assert l2_penalty(net, 3e-4) == 0.5 * 3e-4 * total  # the same sums in the same order: bit for bit
     assert l2_penalty(torch.nn.Sequential(torch.nn.ReLU()), 1e-4) == 0.0
+
+
+def test_batch_norm_without_running_statistics_is_noted_once_as_depending_on_the_batch_size(small_digits, capsys):
+    """Such a layer normalises every batch by its own statistics in eval mode too: the numbers change with
+    --batch-size, and the network was treated as one without batch norm, without a word."""
+    import landscape.bn as bn_module
+    from landscape.bn import bn_modules, per_batch_norms
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16),
+                              torch.nn.BatchNorm1d(16, track_running_stats=False), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 10))
+    assert per_batch_norms(net) == ["2"] and bn_modules(net) == []
+    assert per_batch_norms(torch.nn.Sequential(torch.nn.InstanceNorm2d(3))) == []  # each image alone
+    bn_module._NOTED_PER_BATCH.clear()
+    w = ParamSpace.of(net).flatten(net.state_dict())[None]
+    big = evaluate_points(net, w, [[1.0]], small_digits, batch_size=1000)
+    small = evaluate_points(net, w, [[1.0]], small_digits, batch_size=50)
+    assert abs(big["train_nll"][0] - small["train_nll"][0]) > 1e-4  # what the note says is so
+    err = capsys.readouterr().err
+    assert err.count("note: 2 normalises each batch by its own statistics") == 1, err
+    assert "depend on --batch-size (1000)" in err

@@ -604,3 +604,18 @@ def test_a_lanczos_basis_larger_than_the_machines_memory_is_refused_before_any_w
     monkeypatch.setattr(device_module, "total_memory", lambda device: 8 * numel * numel)
     with pytest.raises(pytest.fail.Exception, match="work began"):
         evaluate_sharpness(net, [w], data, tmp_path / "y", iters=10 ** 9, trace_samples=2, top=1)
+
+
+def test_batch_norm_without_running_statistics_is_named_not_none(small_digits):
+    """Such a layer normalises each batch by its own statistics: the summary said "batch norm: none"."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(),
+                        nn.Linear(8, 10))
+    w = ParamSpace.of(net).flatten(net.state_dict())
+    s = evaluate_sharpness(net, [w], small_digits, top=2, iters=4, trace_samples=2, batch_size=100).summary
+    assert s["bn"] == sharpness_module.PER_BATCH
+    assert "track_running_stats=False) normalise each batch of batch_size" in s["notes"]
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    s = evaluate_sharpness(plain, [ParamSpace.of(plain).flatten(plain.state_dict())], small_digits, top=2, iters=4,
+                           trace_samples=2).summary
+    assert s["bn"] is None and "batch norm: none in this network" in s["notes"]

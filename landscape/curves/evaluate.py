@@ -19,6 +19,7 @@ from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
 from landscape.device import check_fits
 from landscape.errors import UserError, check_whole
+from landscape.bn import bn_modules, per_batch_norms
 from landscape.evaluate import METRICS, precision_amp
 from landscape.inputs import buffers_named, check_data_options, stored_data
 from landscape.metrics import ensemble_metrics, path_stats
@@ -153,6 +154,9 @@ def evaluate_curve(
         "synthetic": data.synthetic,
         "dataset": data.describe(),
         "checkpoint": str(loaded.path) if loaded.path else None,
+        # what makes a point's numbers differ from its network's as trained, where they do
+        "normalisation": ("batch norm re-estimated" if bn_modules(model) else
+                          f"per batch of {batch_size}" if per_batch_norms(model) else "none"),
         "notes": "barrier = max along the path - mean of its two ends; train_loss = NLL + wd/2 ||w||^2; "
                  "errors in percent; batch norm re-estimated at every point; ensemble = averaged "
                  "predicted probabilities of all points of the path" + (f"; {kept_note}" if kept_note else ""),
