@@ -3,6 +3,7 @@ are known in closed form: files written and valid, contour levels as in
 Garipov et al. 2018, clipping, degenerate data, shared axes."""
 
 import json
+import re
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -386,6 +387,25 @@ def test_a_planes_note_covers_none_of_its_points_or_labels(tmp_path, width):
             plt.close(fig)
     finally:
         set_figure_width(None)
+
+
+def test_a_note_with_no_clear_place_goes_to_the_stretched_axis_label():
+    """A path over the whole panel leaves no corner or edge clear: the note sat on the start marker and the
+    path (the least covered place); the stretch belongs on the stretched axis's label then."""
+    from landscape.plots.plane import plot_plane_points
+    from landscape.plots.style import finish_layout, new_figure
+
+    x, y = np.linspace(0, 20, 11), np.linspace(-0.3, 1.7, 11)  # 20 across, 2 up: stretched about 10x
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    fig, ax = new_figure(width=6.0, height=5.0)
+    plot_plane(ax, x, y, (X - 10) ** 2 / 100 + Y ** 2)
+    t = np.linspace(0, 1, 400)
+    zigzag = np.stack([20 * t, -0.3 + 2.0 * np.abs((t * 12) % 2 - 1)], axis=1)  # over every part of the panel
+    plot_plane_points(ax, np.array([[0.0, 0.0], [20.0, 0.0]]), ["start", "end"], path_xy=zigzag, path_label="curve")
+    finish_layout(fig)
+    notes = [t.get_text() for t in ax.texts if "stretched" in t.get_text()]
+    assert notes == [] and re.fullmatch(r"distance along v \(stretched \d+x\)", ax.get_ylabel()), ax.get_ylabel()
+    plt.close(fig)
 
 
 def test_plane_is_drawn_with_x_along_the_first_index():

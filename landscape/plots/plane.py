@@ -178,19 +178,26 @@ def _level_labels(levels: np.ndarray) -> list[str]:
     return labels + [f"> {labels[-1]}"]
 
 
-def scale_note(ax) -> str:
-    """'not to scale: vertical axis stretched 5.7x' for ``ax`` as drawn (its
-    box and limits once the layout is done), or nothing within 1.25x."""
+def _stretch(ax) -> tuple[str, str] | None:
+    """Which axis of ``ax`` as drawn (its box and limits once the layout is
+    done) is stretched against the other, and how much ("vertical", "5.7x"),
+    or None within 1.25x."""
     box = ax.get_window_extent()
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     if box.width <= 0 or box.height <= 0 or x1 == x0 or y1 == y0:
-        return ""
+        return None
     stretch = (box.height / abs(y1 - y0)) / (box.width / abs(x1 - x0))  # pixels per unit up over across
     if 0.8 <= stretch <= 1.25:
-        return ""
+        return None
     factor = max(stretch, 1 / stretch)
-    times = f"{factor:.0f}x" if factor >= 10 else f"{factor:.1f}x"
-    return f"not to scale: {'vertical' if stretch > 1 else 'horizontal'} axis stretched {times}"
+    return ("vertical" if stretch > 1 else "horizontal"), (f"{factor:.0f}x" if factor >= 10 else f"{factor:.1f}x")
+
+
+def scale_note(ax) -> str:
+    """'not to scale: vertical axis stretched 5.7x' for ``ax`` as drawn, or
+    nothing within 1.25x (:func:`_stretch`)."""
+    stretch = _stretch(ax)
+    return "" if stretch is None else f"not to scale: {stretch[0]} axis stretched {stretch[1]}"
 
 
 # Where a panel's note may go (axes fractions and alignment), in this order: the first clear of the points,
@@ -203,7 +210,9 @@ def _set_note(note, ax, lines: Sequence[str] = (), scale: bool = True) -> None:
     """``note`` says ``lines`` and (``scale``) :func:`scale_note`, each of its
     sentences in two lines where one would not fit the panel's width, in the
     first corner of :data:`NOTE_PLACES` where it covers no point, label or
-    path (else where it covers least of them)."""
+    path. Where every place covers one (a small panel at a paper's width),
+    the stretch is said on the stretched axis's label instead and what
+    remains is placed again; else it goes where it covers least."""
     renderer = ax.figure.canvas.get_renderer()
     width = ax.get_window_extent(renderer).width
     texts = [t for t in (*lines, scale_note(ax) if scale else "") if t]
@@ -235,6 +244,12 @@ def _set_note(note, ax, lines: Sequence[str] = (), scale: bool = True) -> None:
         covered.append((put(place), place))
         if covered[-1][0] == 0:
             return
+    stretch = _stretch(ax) if scale else None
+    if stretch is not None:  # on its axis's label, outside the panel: it covers nothing there
+        label = ax.yaxis.label if stretch[0] == "vertical" else ax.xaxis.label
+        label.set_text(f"{label.get_text()} (stretched {stretch[1]})")
+        _set_note(note, ax, lines, scale=False)
+        return
     put(min(covered, key=lambda c: c[0])[1])
 
 
