@@ -448,7 +448,7 @@ def _posterior_curve(args: argparse.Namespace, ck) -> int:
     from landscape.plots.posterior import draw_posterior_curve_figure
 
     kwargs = _stored_eval_kwargs(args)
-    if kwargs.pop("wd") is not None:
+    if kwargs.pop("wd") not in (None, 0.0):  # --wd 0 says what the ELBO is anyway
         raise UserError(WD_REFUSED)
     result = evaluate_posterior_curve(ck, args.out, points=args.points if args.points is not None else 21,
                                       samples=args.samples if args.samples is not None else 10,
@@ -1278,6 +1278,37 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_OPTIONS = ("epochs", "grid", "points", "directions")  # what the demo's results depend on (demo.json)
+
+
+def _check_demo(args: argparse.Namespace) -> None:
+    """One line before any training for a demo option that some step would
+    refuse only when it comes to it, and for a rerun in a demo folder made
+    with other options (whose steps would refuse them one by one, with
+    advice the demo cannot follow: --resume); then ``demo.json`` records
+    the options, and the steps reuse what is finished."""
+    from landscape.checkpoint import read_json, write_json
+    from landscape.geometry import check_grid_options
+
+    if args.points < 3:
+        raise UserError(f"--points must be at least 3 (the ends and a point between them), got {args.points}")
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.directions < 1:
+        raise UserError(f"--directions must be at least 1 (random rays per centre), got {args.directions}")
+    check_grid_options(args.grid, 0.2, None, None)
+    asked = {key: getattr(args, key) for key in DEMO_OPTIONS}
+    record = args.out / "demo.json"
+    if record.exists():
+        before = read_json(record)
+        changed = [f"--{key} {before.get(key)}, now {asked[key]}" for key in DEMO_OPTIONS if before.get(key) != asked[key]]
+        if changed:
+            raise UserError(f"{args.out} holds a demo run with other options ({'; '.join(changed)}); rerun it with "
+                            f"those to reuse its finished steps, or choose another --out")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(record, {"command": "demo", **asked})
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end on digits; every step reuses finished results."""
     import time
@@ -1303,8 +1334,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from landscape.plots.swa import draw_swa_figure, has_swa_curve
     from landscape.plots.swag import draw_swag_figure, draw_variational_figure
 
-    if args.points < 3:  # said before anything is trained, not after the curves (evaluate_curve's own check)
-        raise UserError(f"--points must be at least 3 (the ends and a point between them), got {args.points}")
+    _check_demo(args)  # said before anything is trained, not at the step that uses an option
     out, bars, t0 = args.out, _progress(args) is True, time.perf_counter()  # a log has the steps' lines
     device = resolve_device(args.device)
     cfg = TrainConfig(dataset="digits", model="convnet", epochs=args.epochs, device=str(device))

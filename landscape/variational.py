@@ -510,7 +510,7 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
     if source is not None and source.kind == "variational":  # a warm start: its variances too
         earlier = posterior_net(source, device, cfg.model if named is not None else None)
         if (earlier.family, earlier.prior) != (vnet.family, vnet.prior):
-            raise UserError(f"{source.path} holds a {earlier.family} posterior with a {earlier.prior} prior; "
+            raise UserError(f"{source.path} holds a posterior of family {earlier.family} with a {earlier.prior} prior; "
                             f"continuing it needs the same --family and --prior (or start from a network)")
         vnet.load_scales(earlier.posterior_state()["scales"])
     n_train = len(data.y_train)

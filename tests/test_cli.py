@@ -479,6 +479,21 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
     assert code == 0
     table = lambda text: [l for l in text.splitlines() if not l.startswith("[") and "total" not in l]
     assert table(again) == table(out)
+    # a rerun with other options is told so before any step, with the options it was made with
+    code, _, err = run(capsys, *argv[:4], 4, *argv[5:])
+    assert code == 2 and _one_line_error(err) == (
+        f"landscape: error: {tmp_path / 'demo'} holds a demo run with other options (--epochs 3, now 4); rerun "
+        f"it with those to reuse its finished steps, or choose another --out")
+
+
+@pytest.mark.parametrize("option, value, said", [("--grid", 1, "--grid must be at least 2, got 1"),
+                                                 ("--directions", 0, "--directions must be at least 1"),
+                                                 ("--epochs", 0, "--epochs must be at least 1, got 0"),
+                                                 ("--points", 2, "--points must be at least 3")])
+def test_demo_options_a_later_step_would_refuse_are_refused_before_training(tmp_path, capsys, option, value, said):
+    code, _, err = run(capsys, "demo", "--out", tmp_path / "d", option, value, "--quiet")
+    assert code == 2 and said in _one_line_error(err)
+    assert not (tmp_path / "d").exists()  # nothing trained, nothing recorded
 
 
 def test_multi_network_checkpoints_are_refused_where_one_network_is_expected(tmp_path, capsys):

@@ -373,7 +373,8 @@ def load_curve(path: str | Path | Checkpoint, device: str | torch.device = "cpu"
         raise UserError(f"{ckpt.path}: a '{ckpt.kind}' checkpoint, not a curve; make one with 'landscape connect'")
     if is_posterior_curve(ckpt):
         raise UserError(f"{ckpt.path}: a curve between variational posteriors (written by 'landscape vi-connect'); "
-                        f"'landscape curve' evaluates it, the planes and subspaces take curves between networks")
+                        f"'landscape curve' (evaluate_posterior_curve from Python) evaluates it, the planes and subspaces "
+                        f"take curves between networks")
     template = load_model(ckpt, own_network(ckpt, model, model_kwargs))
     space = ParamSpace.of(template)
     anchors = stored_anchors(ckpt, space)

@@ -100,8 +100,9 @@ def _require_posterior(ck: Checkpoint) -> Checkpoint:
 
 def _same_posterior_kind(a: VariationalNet, b: VariationalNet, paths: Sequence[object]) -> None:
     if (a.family, a.prior, a.prior_scale) != (b.family, b.prior, b.prior_scale):
-        raise UserError(f"{paths[0]} holds a {a.family} posterior with a {a.prior} prior (scale {a.prior_scale:g}), "
-                        f"{paths[1]} a {b.family} one with a {b.prior} prior (scale {b.prior_scale:g}); a curve "
+        raise UserError(f"{paths[0]} holds a posterior of family {a.family} with a {a.prior} prior (scale "
+                        f"{a.prior_scale:g}), {paths[1]} one of family {b.family} with a {b.prior} prior (scale "
+                        f"{b.prior_scale:g}); a curve "
                         f"joins posteriors of one family and prior")
     if a.names != b.names:  # one fitted by a build that gave frozen layers a posterior, one after
         raise UserError(f"{paths[0]} puts a posterior on the weights {', '.join(a.names)}, {paths[1]} on "
