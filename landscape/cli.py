@@ -1927,7 +1927,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "evaluation, a plane through the curve, SWA vs SGD and their widths, random planes "
                                    "around them and a training trajectory's plane, SWAG's model average, subspace "
                                    "inference, an FGE ensemble, variational dropout; a table of the headline "
-                                   "numbers. A rerun reuses "
+                                   "numbers. A rerun with the same options (demo.json records them) reuses "
                                    "finished steps.")
     p.add_argument("--out", type=user_path, default=Path("runs/demo"), metavar="DIR", help="folder of every run the demo makes")
     p.add_argument("--epochs", type=int, default=30, help="epochs of each endpoint and curve (default: 30)")
