@@ -17,6 +17,7 @@ with _guarded_start():  # the command's first seconds, importing torch: a Ctrl-C
     from .data import DATASETS, Dataset, load_dataset  # noqa: E402
     from .device import resolve_device, seed_everything  # noqa: E402
     from .evaluate import evaluate_model  # noqa: E402
+    from .importing import import_checkpoint  # noqa: E402
     from .models import create_model, list_models, register_model  # noqa: E402
     from .train import TrainConfig, TrainResult, train  # noqa: E402
 
@@ -30,6 +31,7 @@ __all__ = [
     "UserError",
     "create_model",
     "evaluate_model",
+    "import_checkpoint",
     "list_models",
     "load_checkpoint",
     "load_dataset",

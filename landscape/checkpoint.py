@@ -638,7 +638,13 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     is not a torch checkpoint, one that would need arbitrary unpickling, or
     one with no recognisable state dict.
     """
-    path = Path(path)
+    return _recognised(Path(path), read_torch_file(Path(path)))
+
+
+def read_torch_file(path: Path) -> Any:
+    """What ``torch.load(path, weights_only=True)`` gives, on the CPU; one
+    line for a missing file, a folder, a damaged archive, a file torch did
+    not write, or one that would need arbitrary unpickling."""
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint file")
     if path.is_dir():
@@ -664,7 +670,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         # what torch's legacy (non-zip) reader raises on text and other garbage
         raise UserError(f"{path}: not a readable torch checkpoint (not a file torch.save wrote)") from None
+    return obj
 
+
+def _recognised(path: Path, obj: Any) -> Checkpoint:
+    """:func:`load_checkpoint` of what :func:`read_torch_file` read."""
     stamp = obj.get("format") if isinstance(obj, Mapping) else None
     if isinstance(stamp, str) and stamp.startswith("landscape/") and stamp != FORMAT:
         raise UserError(f"{path}: written by another version of landscape (format {stamp}; this one reads {FORMAT})")
@@ -691,22 +701,27 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if isinstance(obj, Mapping) and obj.get("swa_state_dict") is not None and obj.get("state_dict") is not None:
         raise UserError(
             f"{path}: a checkpoint of the SWA code (timgaripov/swa) holding two networks, the SGD iterate "
-            f"('state_dict') and the SWA average ('swa_state_dict'); save the one you mean alone, e.g. python -c "
-            f"\"import torch; c = torch.load('{path}', weights_only=True); torch.save(c['swa_state_dict'], 'swa.pt')\"")
+            f"('state_dict') and the SWA average ('swa_state_dict'); take the one you mean with 'landscape import "
+            f"{path} --key swa_state_dict --model NAME --out swa.pt'")
     sd = extract_state_dict(obj, path)
     _refuse_papers_format(path, sd)
     _refuse_nan(path, sd)
     return Checkpoint(path=path, state_dict=sd, model=None, kind="model", meta={"foreign": True})
 
 
+def is_papers_curve(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict is a dnn-mode-connectivity ``CurveNet``'s."""
+    return any(k.startswith("coeff_layer.") for k in state_dict) and any(k.startswith("net.") for k in state_dict)
+
+
 def _refuse_papers_format(path: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
     """One line for the papers' checkpoints that hold more than a network's
     weights (they would otherwise fail later as a network that does not fit
     with a missing key): dnn-mode-connectivity's curves, swa_gaussian's SWAG."""
-    if any(k.startswith("coeff_layer.") for k in state_dict) and any(k.startswith("net.") for k in state_dict):
+    if is_papers_curve(state_dict):
         raise UserError(f"{path}: a curve of dnn-mode-connectivity's code (its CurveNet: 'coeff_layer' and the "
-                        f"bends' 'net.*_<i>' weights), which landscape does not read yet; its endpoint checkpoints "
-                        f"load, so fit the curve again with 'landscape connect'")
+                        f"bends' 'net.*_<i>' weights); convert it with 'landscape import {path} --model NAME "
+                        f"--out curve.pt' (with the data options it was trained with)")
     if any(k.endswith(("_sq_mean", "_cov_mat_sqrt")) for k in state_dict):
         raise UserError(f"{path}: SWAG moments of swa_gaussian's code ('*_mean', '*_sq_mean', '*_cov_mat_sqrt'), "
                         f"which landscape does not read yet; fit SWAG here with 'landscape swa --swag-rank K'")

@@ -1152,6 +1152,20 @@ def _print_layer_traces(s: dict) -> None:
                          + (f"{n['layer_top_eigenvalues'][i]:>10.4g}" if tops else "") for n in networks)).rstrip())
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from landscape.checkpoint import load_checkpoint
+    from landscape.importing import import_checkpoint
+
+    out = import_checkpoint(args.source, args.out, model=args.model, model_kwargs=dict(args.model_kwargs),
+                            key=args.key, **_data_overrides(args))
+    ck = load_checkpoint(out)
+    what = (f"a {ck.extra['curve']['type']} curve with {ck.extra['curve']['bends']} bend"
+            f"{'s' if ck.extra['curve']['bends'] != 1 else ''} (evaluate it: landscape curve --ckpt {out} --out DIR)"
+            if ck.kind == "curve" else "a network (every command reads it without --model)")
+    print(f"{out}: {what}; model '{args.model}', data {ck.meta['dataset']['name']}")
+    return 0
+
+
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from landscape.ensemble import evaluate_ensemble
 
@@ -1800,6 +1814,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_optim_args(p, epochs=40, schedule=False)
     add_run_args(p)
     p.set_defaults(func=cmd_snapshots)
+
+    p = sub.add_parser("import", help="make a checkpoint of the papers' code (a dnn-mode-connectivity curve, a "
+                                      "network) a landscape one",
+                       description="Write a landscape checkpoint of SRC: a curve of dnn-mode-connectivity's code "
+                                   "(its CurveNet; num_bends N is --bends N-2 here) as a curve checkpoint, which "
+                                   "'curve' and 'plane --ckpt' evaluate, or a network (a bare state dict, "
+                                   "model_state, state_dict, or the one under --key). It records --model and the "
+                                   "data options, so later commands need neither.")
+    p.add_argument("source", type=user_path, metavar="SRC")
+    p.add_argument("--out", type=user_path, required=True, metavar="FILE", help="the checkpoint to write (a new file)")
+    p.add_argument("--key", default=None, help="the entry holding the network's state dict, e.g. swa_state_dict "
+                                               "(the swa code's average beside its SGD iterate)")
+    add_data_args(p)
+    p.add_argument_group("model").add_argument(
+        "--model", required=True, help="the network's architecture: a registered model or package.module:factory")
+    p._action_groups[-1].add_argument("--model-kwargs", type=_kv, nargs="*", default=[], metavar="K=V",
+                                      help="constructor options, e.g. depth=110")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("ensemble", help="each member, their averaged prediction, and their weight average",
                        description="Test error and NLL of each checkpoint, of the averaged prediction, and of the "

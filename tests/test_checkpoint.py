@@ -1,5 +1,6 @@
 """Checkpoints: round trip, atomic writes, foreign formats, clear errors."""
 
+import math
 import os
 import pickle
 
@@ -76,7 +77,7 @@ def test_a_lightning_checkpoint_loses_its_modules_attribute_name(tmp_path, capsy
 def test_the_papers_checkpoints_that_are_not_one_network_are_named(tmp_path):
     sd = _net().state_dict()
     torch.save({"epoch": 10, "state_dict": sd, "swa_state_dict": sd, "swa_n": 3}, tmp_path / "swa.pt")
-    with pytest.raises(UserError, match=r"SWA code .* two networks.*torch.save\(c\['swa_state_dict'\]"):
+    with pytest.raises(UserError, match=r"SWA code .* two networks.*landscape import .* --key swa_state_dict"):
         load_checkpoint(tmp_path / "swa.pt")
     torch.save({"epoch": 10, "state_dict": sd, "swa_state_dict": None}, tmp_path / "sgd.pt")  # a run without --swa
     assert _same(load_checkpoint(tmp_path / "sgd.pt").state_dict, sd)
@@ -537,3 +538,100 @@ def test_a_checkpoint_write_that_torch_cuts_short_on_its_last_bytes_is_a_full_di
 
     assert _cut_short(RuntimeError("basic_ios::clear: iostream error"))  # a traceback, where the others were one line
     assert not _cut_short(RuntimeError("CUDA error: out of memory"))
+
+
+def _papers_curve(anchors: list[dict], net: nn.Module, bezier: bool) -> dict:
+    """A dnn-mode-connectivity CurveNet state dict of ``net``'s architecture with bends ``anchors``: per module
+    its weights of every bend, then its biases, then its buffers (their curve modules' order), under names of
+    its own (``block<k>``: VGG's curve network names its classifier fc1, fc2, fc3)."""
+    n = len(anchors)
+    state = {"coeff_layer.range": torch.arange(0.0, n)}
+    if bezier:
+        state = {"coeff_layer.binom": torch.tensor([math.comb(n - 1, k) for k in range(n)], dtype=torch.float32),
+                 **state, "coeff_layer.rev_range": torch.arange(n - 1.0, -1, -1)}
+    for k, (name, module) in enumerate(net.named_modules()):
+        own = dict(module.named_parameters(recurse=False))
+        for p in own:
+            for i, anchor in enumerate(anchors):
+                state[f"net.block{k}.{p}_{i}"] = anchor[f"{name}.{p}" if name else p].clone()
+        for b, value in module.named_buffers(recurse=False):
+            state[f"net.block{k}.{b}"] = value.clone() + (1.0 if value.is_floating_point() else 0)
+    return state
+
+
+@pytest.mark.parametrize("bezier", [True, False])
+def test_import_makes_a_papers_curve_a_curve_checkpoint_matched_by_position(tmp_path, bezier):
+    from landscape.curves.fit import load_curve
+    from landscape.importing import import_checkpoint
+    from landscape.weights import ParamSpace
+
+    nets = []
+    for seed in (1, 2, 3, 4):
+        torch.manual_seed(seed)
+        nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
+    anchors = [n.state_dict() for n in nets]  # start, two bends, end: their num_bends 4
+    torch.save({"epoch": 600, "model_state": _papers_curve(anchors, nets[0], bezier)}, tmp_path / "curve-600.pt")
+    with pytest.raises(UserError, match="a curve of dnn-mode-connectivity's code.*landscape import"):
+        load_checkpoint(tmp_path / "curve-600.pt")
+    out = import_checkpoint(tmp_path / "curve-600.pt", tmp_path / "c.pt", model="convnet", model_kwargs={"width": 4},
+                            dataset="digits")
+    loaded = load_curve(out)
+    space = ParamSpace.of(loaded.model)
+    assert loaded.curve.name == ("bezier" if bezier else "polychain") and loaded.curve.bends == 2
+    expected = torch.stack([space.flatten(a) for a in anchors])
+    assert torch.equal(loaded.curve.anchors().detach(), expected)  # every bend where the file had it
+    t = torch.tensor([0.3], dtype=torch.float64)
+    if bezier:  # their Bernstein basis, written out
+        c = [math.comb(3, k) * 0.3 ** k * 0.7 ** (3 - k) for k in range(4)]
+    else:  # their polygonal chain: t = 0.3 lies between the bends at 0 and 1/3
+        c = [0.1, 0.9, 0.0, 0.0]
+    point = sum(ci * a.double() for ci, a in zip(c, expected))
+    torch.testing.assert_close(loaded.curve.points(t)[0].double(), point, rtol=0, atol=1e-6)
+    bn = next(k for k in anchors[0] if k.endswith("running_mean"))
+    assert torch.equal(loaded.model.state_dict()[bn], anchors[0][bn] + 1)  # buffers by position too
+    assert load_checkpoint(out).meta["train_config"] == {"dataset": "digits"}  # later commands' data
+    # another architecture: one line, before anything is written; an existing --out is not overwritten
+    with pytest.raises(UserError, match="bend 0 holds 11 parameters, model 'mlp' has 6: is --model the curve's"):
+        import_checkpoint(tmp_path / "curve-600.pt", tmp_path / "x.pt", model="mlp", dataset="digits")
+    with pytest.raises(UserError, match=r"net.block2.weight_0 has shape \(4, 1, 3, 3\), and the parameter in its place in model 'convnet', "
+                       r"features.0.weight, \(8, 1, 3, 3\)"):
+        import_checkpoint(tmp_path / "curve-600.pt", tmp_path / "x.pt", model="convnet", model_kwargs={"width": 8},
+                          dataset="digits")
+    assert not (tmp_path / "x.pt").exists()
+    with pytest.raises(UserError, match="already exists"):
+        import_checkpoint(tmp_path / "curve-600.pt", out, model="convnet", model_kwargs={"width": 4})
+
+
+def test_import_takes_the_network_under_key_and_records_its_model(tmp_path):
+    from landscape.importing import import_checkpoint
+
+    sgd, swa = _net().state_dict(), {k: v + 1 if v.is_floating_point() else v for k, v in _net().state_dict().items()}
+    torch.save({"epoch": 10, "state_dict": sgd, "swa_state_dict": swa, "swa_n": 3}, tmp_path / "checkpoint-10.pt")
+    with pytest.raises(UserError, match="two networks.*name the one to import with --key"):
+        import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet", model_kwargs={"width": 8})
+    with pytest.raises(UserError, match="no state dict under --key 'swa'; the file holds 'epoch', 'state_dict'"):
+        import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet", key="swa")
+    out = import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet",
+                            model_kwargs={"width": 8}, key="swa_state_dict")
+    assert _same(load_model(out).state_dict(), swa)  # rebuilt without naming the model
+    with pytest.raises(UserError, match="already a landscape checkpoint"):
+        import_checkpoint(out, tmp_path / "b.pt", model="convnet")
+
+
+def test_import_from_the_command_line_then_curve_reads_it_alone(tmp_path, capsys):
+    from landscape import cli
+
+    nets = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
+    torch.save({"model_state": _papers_curve([n.state_dict() for n in nets], nets[0], True)}, tmp_path / "c.pt")
+    assert cli.main(["import", str(tmp_path / "c.pt"), "--model", "convnet", "--model-kwargs", "width=4",
+                     "--out", str(tmp_path / "mine.pt")]) == 0
+    assert "a bezier curve with 1 bend (evaluate it: landscape curve --ckpt" in capsys.readouterr().out
+    assert cli.main(["curve", "--ckpt", str(tmp_path / "mine.pt"), "--points", "3", "--out", str(tmp_path / "ev"),
+                     "--quiet"]) == 0  # no --model, no data options: the import recorded them
+    import json
+
+    s = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert s["bends"] == 1 and s["dataset"]["name"] == "digits" and s["points"] == 3
