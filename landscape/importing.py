@@ -8,10 +8,12 @@ or data options. ``import_checkpoint`` writes one from:
   buffers and per-bend ``net.<module>.<param>_<i>`` parameters) as a curve
   checkpoint. Its curve modules register a layer's weights of every bend,
   then its biases, and its ``import_base_parameters`` maps bend ``i``'s
-  parameters onto a plain network's by position; this does the same, so
-  the curve network's own names (VGG's ``fc1`` for ``classifier.1``,
+  parameters onto a plain network's by position. Here a tensor the curve
+  network names as the model does is matched by name (a file re-saved
+  with sorted keys is read right), and the rest by position, so the
+  curve network's own names (VGG's ``fc1`` for ``classifier.1``,
   PreResNet's ``downsample`` for ``downsample.0``) need not match, while
-  every shape must. Its ``num_bends`` counts the ends: ``bends`` here is
+  every count and shape must. Its ``num_bends`` counts the ends: ``bends`` here is
   ``num_bends - 2``. Bezier when ``coeff_layer.binom`` is there (its
   Bernstein basis), else a polygonal chain (``coeff_layer.range`` alone).
 - any network checkpoint landscape reads (a bare state dict, ``model_state``,
@@ -97,20 +99,21 @@ def _state(source: Path, obj: Any, key: str | None) -> dict[str, torch.Tensor]:
 def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], net: nn.Module, spec: dict,
                   meta: dict) -> Path:
     """A dnn-mode-connectivity ``CurveNet`` state dict as a curve checkpoint
-    of ``net``'s architecture (its parameters and buffers matched by position)."""
+    of ``net``'s architecture (its parameters and buffers matched by
+    :func:`_matched`)."""
     from .curves.base import create_curve
     from .curves.fit import save_curve
 
-    bends: dict[int, list[tuple[str, torch.Tensor]]] = {}
-    buffers: list[tuple[str, torch.Tensor]] = []
+    bends: dict[int, list[tuple[str, str, torch.Tensor]]] = {}
+    buffers: list[tuple[str, str, torch.Tensor]] = []
     for name, value in state.items():
         if not name.startswith("net."):
             continue
         match = _BEND.fullmatch(name[4:])
         if match and value.is_floating_point():
-            bends.setdefault(int(match.group(2)), []).append((name, value))
+            bends.setdefault(int(match.group(2)), []).append((name, match.group(1), value))
         elif not name.endswith("num_batches_tracked"):
-            buffers.append((name, value))
+            buffers.append((name, name[4:], value))
     count = len(bends)
     if sorted(bends) != list(range(count)) or count < 2:
         raise UserError(f"{source}: the curve's bends are numbered {sorted(bends)}; a CurveNet numbers them 0 to "
@@ -119,26 +122,16 @@ def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], ne
         raise UserError(f"{source}: its coeff_layer has {state['coeff_layer.range'].numel()} bends, its network "
                         f"{count}")
     params = list(net.named_parameters())
-    for i, held in bends.items():
-        if len(held) != len(params):
-            raise UserError(f"{source}: bend {i} holds {len(held)} parameters, model '{spec['name']}' has "
-                            f"{len(params)}: is --model the curve's architecture (with its --model-kwargs)?")
-        for (theirs, value), (ours, p) in zip(held, params):
-            if value.shape != p.shape:
-                raise UserError(f"{source}: {theirs} has shape {tuple(value.shape)}, and the parameter in its place "
-                                f"in model '{spec['name']}', {ours}, {tuple(p.shape)}: is --model the curve's "
-                                f"architecture?")
     own = [(n, b) for n, b in net.state_dict().items()
            if n not in dict(params) and not n.endswith("num_batches_tracked")]
-    if len(own) != len(buffers) or any(v.shape != b.shape for (_, v), (_, b) in zip(buffers, own)):
-        raise UserError(f"{source}: its {len(buffers)} buffers (batch-norm statistics) do not fit the "
-                        f"{len(own)} of model '{spec['name']}': is --model the curve's architecture?")
+    anchors_by_name = [_matched(source, bends[i], params, spec["name"], f"bend {i}'s parameters")
+                       for i in range(count)]
+    held_buffers = _matched(source, buffers, own, spec["name"], "buffers (batch-norm statistics)")
     space = ParamSpace.of(net)
-    anchors = torch.stack([space.flatten({ours: value for (_, value), (ours, _) in zip(bends[i], params)},
-                                         source=str(source)) for i in range(count)])
+    anchors = torch.stack([space.flatten(a, source=str(source)) for a in anchors_by_name])
     template = net.state_dict()
-    template.update({ours: value for (_, value), (ours, _) in zip(bends[0], params)})  # the start, as connect's
-    template.update({ours: value for (_, value), (ours, _) in zip(buffers, own)})
+    template.update(anchors_by_name[0])  # the start, as connect's curves hold it
+    template.update(held_buffers)
     net.load_state_dict(template)
     kind = "bezier" if "coeff_layer.binom" in state else "polychain"
     curve = create_curve(kind, space, anchors[0], anchors[-1], bends=count - 2)
@@ -146,3 +139,26 @@ def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], ne
     meta = {**meta, "format": f"dnn-mode-connectivity {kind}, num_bends {count}"}
     return save_curve(out, curve, net, spec, meta=meta)
 
+
+def _matched(source: Path, theirs: list[tuple[str, str, torch.Tensor]], ours: list[tuple[str, torch.Tensor]],
+             model: str, what: str) -> dict[str, torch.Tensor]:
+    """``ours``' names with the values of ``theirs`` ((key, name, value)):
+    by name where the curve network names a tensor as the model does (the
+    order of a file re-saved with its keys sorted does not matter there),
+    the rest by position in the file, as ``import_base_parameters`` does
+    (VGG's ``fc1`` for ``classifier.1``); the counts and every shape must
+    agree, else one line."""
+    if len(theirs) != len(ours):
+        raise UserError(f"{source}: {what}: {len(theirs)} in the file, {len(ours)} in model '{model}': is --model "
+                        f"the curve's architecture (with its --model-kwargs)?")
+    by_name = {name: (key, value) for key, name, value in theirs}
+    out = {name: by_name[name][1] for name, _ in ours if name in by_name}
+    rest = [(key, value) for key, name, value in theirs if name not in out]
+    for (key, value), (name, _) in zip(rest, [(n, t) for n, t in ours if n not in out]):
+        out[name] = value
+    for name, tensor in ours:
+        if out[name].shape != tensor.shape:
+            key = next(k for k, n, v in theirs if v is out[name])
+            raise UserError(f"{source}: {key} has shape {tuple(out[name].shape)}, and the tensor it stands for in "
+                            f"model '{model}', {name}, {tuple(tensor.shape)}: is --model the curve's architecture?")
+    return out

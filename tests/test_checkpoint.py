@@ -540,7 +540,7 @@ def test_a_checkpoint_write_that_torch_cuts_short_on_its_last_bytes_is_a_full_di
     assert not _cut_short(RuntimeError("CUDA error: out of memory"))
 
 
-def _papers_curve(anchors: list[dict], net: nn.Module, bezier: bool) -> dict:
+def _papers_curve(anchors: list[dict], net: nn.Module, bezier: bool, own_names: bool = False) -> dict:
     """A dnn-mode-connectivity CurveNet state dict of ``net``'s architecture with bends ``anchors``: per module
     its weights of every bend, then its biases, then its buffers (their curve modules' order), under names of
     its own (``block<k>``: VGG's curve network names its classifier fc1, fc2, fc3)."""
@@ -551,11 +551,12 @@ def _papers_curve(anchors: list[dict], net: nn.Module, bezier: bool) -> dict:
                  **state, "coeff_layer.rev_range": torch.arange(n - 1.0, -1, -1)}
     for k, (name, module) in enumerate(net.named_modules()):
         own = dict(module.named_parameters(recurse=False))
+        called = name if own_names else f"block{k}"
         for p in own:
             for i, anchor in enumerate(anchors):
-                state[f"net.block{k}.{p}_{i}"] = anchor[f"{name}.{p}" if name else p].clone()
+                state[f"net.{called}.{p}_{i}"] = anchor[f"{name}.{p}" if name else p].clone()
         for b, value in module.named_buffers(recurse=False):
-            state[f"net.block{k}.{b}"] = value.clone() + (1.0 if value.is_floating_point() else 0)
+            state[f"net.{called}.{b}"] = value.clone() + (1.0 if value.is_floating_point() else 0)
     return state
 
 
@@ -591,9 +592,9 @@ def test_import_makes_a_papers_curve_a_curve_checkpoint_matched_by_position(tmp_
     assert torch.equal(loaded.model.state_dict()[bn], anchors[0][bn] + 1)  # buffers by position too
     assert load_checkpoint(out).meta["train_config"] == {"dataset": "digits"}  # later commands' data
     # another architecture: one line, before anything is written; an existing --out is not overwritten
-    with pytest.raises(UserError, match="bend 0 holds 11 parameters, model 'mlp' has 6: is --model the curve's"):
+    with pytest.raises(UserError, match="bend 0's parameters: 11 in the file, 6 in model 'mlp': is --model the curve's"):
         import_checkpoint(tmp_path / "curve-600.pt", tmp_path / "x.pt", model="mlp", dataset="digits")
-    with pytest.raises(UserError, match=r"net.block2.weight_0 has shape \(4, 1, 3, 3\), and the parameter in its place in model 'convnet', "
+    with pytest.raises(UserError, match=r"net.block2.weight_0 has shape \(4, 1, 3, 3\), and the tensor it stands for in model 'convnet', "
                        r"features.0.weight, \(8, 1, 3, 3\)"):
         import_checkpoint(tmp_path / "curve-600.pt", tmp_path / "x.pt", model="convnet", model_kwargs={"width": 8},
                           dataset="digits")
@@ -635,3 +636,23 @@ def test_import_from_the_command_line_then_curve_reads_it_alone(tmp_path, capsys
 
     s = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert s["bends"] == 1 and s["dataset"]["name"] == "digits" and s["points"] == 3
+
+
+def test_import_matches_by_name_first_so_a_file_resaved_with_sorted_keys_is_read_right(tmp_path):
+    """Keys sorted alphabetically put a batch-norm layer's bias before its weight (the same shape): matched by
+    position alone they were swapped without a word."""
+    from landscape.curves.fit import load_curve
+    from landscape.importing import import_checkpoint
+    from landscape.weights import ParamSpace
+
+    nets = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
+    anchors = [n.state_dict() for n in nets]
+    state = _papers_curve(anchors, nets[0], True, own_names=True)
+    torch.save({"model_state": dict(sorted(state.items()))}, tmp_path / "sorted.pt")
+    loaded = load_curve(import_checkpoint(tmp_path / "sorted.pt", tmp_path / "c.pt", model="convnet",
+                                          model_kwargs={"width": 4}))
+    space = ParamSpace.of(loaded.model)
+    assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in anchors]))
