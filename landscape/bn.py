@@ -174,6 +174,13 @@ def reestimate_bn(model: nn.Module, batches: Iterable, max_batches: int | None =
     channels-last where the model takes them (:mod:`landscape.layout`). The
     model's modes and momenta are restored. Returns the number of batches used.
     """
+    if hasattr(batches, "x_train") or not hasattr(batches, "__iter__"):  # before the statistics are reset
+        from .errors import UserError
+
+        hint = (": give its training batches, e.g. data.statistics_batches(1000)" if hasattr(batches, "x_train")
+                else "")
+        raise UserError(f"reestimate_bn takes batches (an iterable of inputs or (inputs, targets)), not a "
+                        f"{type(batches).__name__}{hint}")
     layers = bn_modules(model)
     if not layers:
         return 0

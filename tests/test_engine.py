@@ -1098,3 +1098,12 @@ def test_batch_norm_without_running_statistics_is_noted_once_as_depending_on_the
     err = capsys.readouterr().err
     assert err.count("note: 2 normalises each batch by its own statistics") == 1, err
     assert "depend on --batch-size (1000)" in err
+
+
+def test_reestimate_bn_given_a_dataset_is_one_line_and_leaves_the_statistics(small_digits):
+    net = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(UserError, match="not a Dataset: give its training batches, e.g. data.statistics_batches"):
+        reestimate_bn(net, small_digits)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert reestimate_bn(net, small_digits.statistics_batches(1000)) == 1  # 400 images: one batch
