@@ -723,8 +723,9 @@ def _refuse_papers_format(path: Path, state_dict: Mapping[str, torch.Tensor]) ->
                         f"bends' 'net.*_<i>' weights); convert it with 'landscape import {path} --model NAME "
                         f"--out curve.pt' (with the data options it was trained with)")
     if any(k.endswith(("_sq_mean", "_cov_mat_sqrt")) for k in state_dict):
-        raise UserError(f"{path}: SWAG moments of swa_gaussian's code ('*_mean', '*_sq_mean', '*_cov_mat_sqrt'), "
-                        f"which landscape does not read yet; fit SWAG here with 'landscape swa --swag-rank K'")
+        raise UserError(f"{path}: SWAG moments of swa_gaussian's code ('*_mean', '*_sq_mean', '*_cov_mat_sqrt'); "
+                        f"convert them with 'landscape import {path} --model NAME --out swag.pt' (with the data "
+                        f"options it was trained with)")
 
 
 def _failed_checksum(path: Path) -> str | None:

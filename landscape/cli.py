@@ -1159,9 +1159,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     out = import_checkpoint(args.source, args.out, model=args.model, model_kwargs=dict(args.model_kwargs),
                             key=args.key, **_data_overrides(args))
     ck = load_checkpoint(out)
-    what = (f"a {ck.extra['curve']['type']} curve with {ck.extra['curve']['bends']} bend"
-            f"{'s' if ck.extra['curve']['bends'] != 1 else ''} (evaluate it: landscape curve --ckpt {out} --out DIR)"
-            if ck.kind == "curve" else "a network (every command reads it without --model)")
+    if ck.kind == "curve":
+        bends = ck.extra["curve"]["bends"]
+        what = (f"a {ck.extra['curve']['type']} curve with {bends} bend{'s' if bends != 1 else ''} (evaluate it: "
+                f"landscape curve --ckpt {out} --out DIR)")
+    elif ck.kind == "swag":
+        what = (f"SWAG moments of {ck.extra['swag']['averaged']} iterates, {ck.extra['swag']['rank']} deviations "
+                f"(their model average: landscape swag --ckpt {out} --out DIR)")
+    else:
+        what = "a network (every command reads it without --model)"
     print(f"{out}: {what}; model '{args.model}', data {ck.meta['dataset']['name']}")
     return 0
 
@@ -1815,11 +1821,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p)
     p.set_defaults(func=cmd_snapshots)
 
-    p = sub.add_parser("import", help="make a checkpoint of the papers' code (a dnn-mode-connectivity curve, a "
-                                      "network) a landscape one",
+    p = sub.add_parser("import", help="make a checkpoint of the papers' code (a dnn-mode-connectivity curve, "
+                                      "swa_gaussian's SWAG, a network) a landscape one",
                        description="Write a landscape checkpoint of SRC: a curve of dnn-mode-connectivity's code "
                                    "(its CurveNet; num_bends N is --bends N-2 here) as a curve checkpoint, which "
-                                   "'curve' and 'plane --ckpt' evaluate, or a network (a bare state dict, "
+                                   "'curve' and 'plane --ckpt' evaluate, swa_gaussian's SWAG moments as a swag.pt "
+                                   "('swag', 'subspace'), or a network (a bare state dict, "
                                    "model_state, state_dict, or the one under --key). It records --model and the "
                                    "data options, so later commands need neither.")
     p.add_argument("source", type=user_path, metavar="SRC")

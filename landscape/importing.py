@@ -16,6 +16,8 @@ or data options. ``import_checkpoint`` writes one from:
   every count and shape must. Its ``num_bends`` counts the ends: ``bends`` here is
   ``num_bends - 2``. Bezier when ``coeff_layer.binom`` is there (its
   Bernstein basis), else a polygonal chain (``coeff_layer.range`` alone).
+- swa_gaussian's SWAG moments (its ``SWAG`` module's state dict) as a
+  ``swag.pt``, the moments ``swa --swag-rank K`` keeps.
 - any network checkpoint landscape reads (a bare state dict, ``model_state``,
   ``state_dict``, with wrapper prefixes), or the state dict under ``key``
   (the swa code's ``swa_state_dict`` beside its ``state_dict``).
@@ -71,6 +73,8 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     out.parent.mkdir(parents=True, exist_ok=True)
     if is_papers_curve(state):
         return _import_curve(source, out, state, net, spec, meta)
+    if any(k.endswith("_sq_mean") for k in state):
+        return _import_swag(source, out, state, net, spec, meta)
     _refuse_papers_format(source, state)
     check_state_dict(net, state, str(source), f"model '{model}'")
     net.load_state_dict(state, strict=False)
@@ -142,6 +146,14 @@ def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], ne
 
 def _matched(source: Path, theirs: list[tuple[str, str, torch.Tensor]], ours: list[tuple[str, torch.Tensor]],
              model: str, what: str) -> dict[str, torch.Tensor]:
+    """``ours``' names with the values of ``theirs`` ((key, name, value)) that :func:`_pairing` pairs them with."""
+    return {name: state for name, state in
+            ((name, next(v for k, _, v in theirs if k == key)) for name, key in
+             _pairing(source, theirs, ours, model, what).items())}
+
+
+def _pairing(source: Path, theirs: list[tuple[str, str, torch.Tensor]], ours: list[tuple[str, torch.Tensor]],
+             model: str, what: str) -> dict[str, str]:
     """``ours``' names with the values of ``theirs`` ((key, name, value)):
     by name where the curve network names a tensor as the model does (the
     order of a file re-saved with its keys sorted does not matter there),
@@ -151,14 +163,60 @@ def _matched(source: Path, theirs: list[tuple[str, str, torch.Tensor]], ours: li
     if len(theirs) != len(ours):
         raise UserError(f"{source}: {what}: {len(theirs)} in the file, {len(ours)} in model '{model}': is --model "
                         f"the curve's architecture (with its --model-kwargs)?")
-    by_name = {name: (key, value) for key, name, value in theirs}
-    out = {name: by_name[name][1] for name, _ in ours if name in by_name}
-    rest = [(key, value) for key, name, value in theirs if name not in out]
-    for (key, value), (name, _) in zip(rest, [(n, t) for n, t in ours if n not in out]):
-        out[name] = value
+    keys = {name: key for key, name, _ in theirs}
+    paired = {name: keys[name] for name, _ in ours if name in keys}
+    rest = [key for key, name, _ in theirs if name not in paired]
+    for key, (name, _) in zip(rest, [(n, t) for n, t in ours if n not in paired]):
+        paired[name] = key
+    shapes = {key: value.shape for key, _, value in theirs}
     for name, tensor in ours:
-        if out[name].shape != tensor.shape:
-            key = next(k for k, n, v in theirs if v is out[name])
-            raise UserError(f"{source}: {key} has shape {tuple(out[name].shape)}, and the tensor it stands for in "
-                            f"model '{model}', {name}, {tuple(tensor.shape)}: is --model the curve's architecture?")
-    return out
+        if shapes[paired[name]] != tensor.shape:
+            raise UserError(f"{source}: {paired[name]} has shape {tuple(shapes[paired[name]])}, and the tensor it "
+                            f"stands for in model '{model}', {name}, {tuple(tensor.shape)}: is --model the "
+                            f"architecture it was trained with?")
+    return paired
+
+
+def _import_swag(source: Path, out: Path, state: Mapping[str, torch.Tensor], net: nn.Module, spec: dict,
+                 meta: dict) -> Path:
+    """swa_gaussian's SWAG moments (its ``SWAG`` module's state dict: per
+    parameter ``base.<module>.<param>_mean``, ``_sq_mean`` and, with its
+    covariance, ``_cov_mat_sqrt`` (K, numel), the last K deviations from the
+    running mean; ``n_models``; the base network's buffers) as a ``swag.pt``
+    of ``net``'s architecture, matched as :func:`_pairing` does."""
+    stems = [k[:-len("_sq_mean")] for k in state if k.endswith("_sq_mean")]
+    if any(f"{stem}_mean" not in state for stem in stems):
+        raise UserError(f"{source}: SWAG moments with a '_sq_mean' but no '_mean' of the same parameter")
+    plain = lambda key: key[len("base."):] if key.startswith("base.") else key  # noqa: E731
+    params = list(net.named_parameters())
+    pairs = _pairing(source, [(f"{stem}_mean", plain(stem), state[f"{stem}_mean"]) for stem in stems], params,
+                     spec["name"], "parameters (their '_mean')")
+    taken = {f"{stem}{end}" for stem in stems for end in ("_mean", "_sq_mean", "_cov_mat_sqrt")} | {"n_models"}
+    buffers = [(k, plain(k), v) for k, v in state.items() if k not in taken and not k.endswith("num_batches_tracked")]
+    own = [(n, b) for n, b in net.state_dict().items()
+           if n not in dict(params) and not n.endswith("num_batches_tracked")]
+    held_buffers = _matched(source, buffers, own, spec["name"], "buffers (batch-norm statistics)")
+    n = state.get("n_models")
+    averaged = int(n.reshape(-1)[0]) if isinstance(n, torch.Tensor) and n.numel() else 0
+    space = ParamSpace.of(net)
+    mean = space.flatten({name: state[key] for name, key in pairs.items()}, dtype=torch.float64)
+    sq_mean = space.flatten({name: state[key[:-len("_mean")] + "_sq_mean"] for name, key in pairs.items()},
+                            dtype=torch.float64)
+    covs = [state.get(pairs[name][:-len("_mean")] + "_cov_mat_sqrt") for name in space.names]
+    if all(c is None for c in covs):
+        deviations = torch.zeros(0, space.numel)
+    elif any(c is None for c in covs) or len({c.shape[0] for c in covs}) != 1 or any(
+            c.dim() != 2 or c.shape[1] != shape.numel() for c, shape in zip(covs, map(torch.Size, space.shapes))):
+        raise UserError(f"{source}: its '_cov_mat_sqrt' entries are not K deviations of every parameter (one K, "
+                        f"each its parameter's size)")
+    else:
+        deviations = torch.cat([c.float() for c in covs], dim=1)
+    template = net.state_dict()
+    template.update({name: state[key].to(template[name].dtype) for name, key in pairs.items()})
+    template.update(held_buffers)
+    net.load_state_dict(template)
+    swag = {"mean": mean, "sq_mean": sq_mean, "deviations": deviations, "names": list(space.names),
+            "averaged": averaged, "rank": int(deviations.shape[0])}
+    meta = {**meta, "format": f"swa_gaussian SWAG, {averaged} models, rank {deviations.shape[0]}", "method": "swag",
+            "averaged": averaged}
+    return save_checkpoint(out, net.state_dict(), spec, kind="swag", meta=meta, swag=swag)

@@ -656,3 +656,41 @@ def test_import_matches_by_name_first_so_a_file_resaved_with_sorted_keys_is_read
                                           model_kwargs={"width": 4}))
     space = ParamSpace.of(loaded.model)
     assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in anchors]))
+
+
+def test_import_makes_swa_gaussians_swag_moments_a_swag_checkpoint(tmp_path):
+    """Its SWAG module's state dict, written out here by its collect_model's recipe (running means, the
+    deviation from the mean just updated, the last K kept), read back as the moments swa --swag-rank keeps."""
+    from landscape.importing import import_checkpoint
+    from landscape.swag import load_swag
+    from landscape.weights import ParamSpace
+
+    torch.manual_seed(0)
+    net = create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4)
+    space = ParamSpace.of(net)
+    iterates = [space.flatten(net.state_dict()).double() + 0.1 * torch.randn(space.numel, dtype=torch.float64)
+                for _ in range(6)]
+    mean, sq, devs, k = torch.zeros(space.numel, dtype=torch.float64), torch.zeros(space.numel, dtype=torch.float64), [], 4
+    for n, w in enumerate(iterates):
+        mean = mean * n / (n + 1) + w / (n + 1)
+        sq = sq * n / (n + 1) + w ** 2 / (n + 1)
+        devs = (devs + [w - mean])[-k:]
+    state, at = {"n_models": torch.tensor([6])}, 0
+    for name, shape in zip(space.names, space.shapes):
+        size = int(torch.Size(shape).numel())
+        state[f"base.{name}_mean"] = mean[at:at + size].float().reshape(shape)
+        state[f"base.{name}_sq_mean"] = sq[at:at + size].float().reshape(shape)
+        state[f"base.{name}_cov_mat_sqrt"] = torch.stack([d[at:at + size] for d in devs]).float()
+        at += size
+    for name, value in net.named_buffers():
+        state[f"base.{name}"] = value.clone()
+    torch.save({"epoch": 300, "state_dict": state}, tmp_path / "swag-300.pt")
+    with pytest.raises(UserError, match="SWAG moments of swa_gaussian's code.*landscape import"):
+        load_checkpoint(tmp_path / "swag-300.pt")
+    out = import_checkpoint(tmp_path / "swag-300.pt", tmp_path / "swag.pt", model="convnet", model_kwargs={"width": 4})
+    post, swa_net, _ = load_swag(out)
+    assert post.averaged == 6 and post.deviations.shape == (4, space.numel)
+    torch.testing.assert_close(post.mean, mean.float().double(), rtol=0, atol=0)
+    torch.testing.assert_close(post.sq_mean, sq.float().double(), rtol=0, atol=0)
+    torch.testing.assert_close(post.deviations, torch.stack(devs).float(), rtol=0, atol=0)
+    torch.testing.assert_close(space.flatten(swa_net.state_dict()), mean.float(), rtol=0, atol=0)  # the SWA network
