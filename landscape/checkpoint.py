@@ -702,7 +702,7 @@ def _recognised(path: Path, obj: Any) -> Checkpoint:
         raise UserError(
             f"{path}: a checkpoint of the SWA code (timgaripov/swa) holding two networks, the SGD iterate "
             f"('state_dict') and the SWA average ('swa_state_dict'); take the one you mean with 'landscape import "
-            f"{path} --key swa_state_dict --model NAME --out swa.pt'")
+            f"{path} --key swa_state_dict --model NAME --out swa.pt' (with the data options it was trained with)")
     sd = extract_state_dict(obj, path)
     _refuse_papers_format(path, sd)
     _refuse_nan(path, sd)

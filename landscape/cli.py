@@ -1306,7 +1306,9 @@ def _check_demo(args: argparse.Namespace) -> None:
     refuse only when it comes to it, and for a rerun in a demo folder made
     with other options (whose steps would refuse them one by one, with
     advice the demo cannot follow: --resume); then ``demo.json`` records
-    the options, and the steps reuse what is finished."""
+    the options (in a folder an earlier build began, once every step has
+    taken them), and the steps reuse what is finished. A record whose run
+    has not begun (no endpoint yet) is replaced."""
     from landscape.checkpoint import read_json, write_json
     from landscape.geometry import check_grid_options
 
@@ -1319,14 +1321,18 @@ def _check_demo(args: argparse.Namespace) -> None:
     check_grid_options(args.grid, 0.2, None, None)
     asked = {key: getattr(args, key) for key in DEMO_OPTIONS}
     record = args.out / "demo.json"
-    if record.exists():
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder")
+    begun = (args.out / "a").exists()  # the first step has run: its options are the run's
+    if record.exists() and begun:
         before = read_json(record)
         changed = [f"--{key} {before.get(key)}, now {asked[key]}" for key in DEMO_OPTIONS if before.get(key) != asked[key]]
         if changed:
             raise UserError(f"{args.out} holds a demo run with other options ({'; '.join(changed)}); rerun it with "
                             f"those to reuse its finished steps, or choose another --out")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(record, {"command": "demo", **asked})
+    if record.exists() or not begun:  # a folder an earlier build began is recorded once its steps took the options
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(record, {"command": "demo", **asked})
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1518,6 +1524,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"total {time.perf_counter() - t0:.0f} s; figures:")
     for f in figures:
         print(f"  {f}")
+    from landscape.checkpoint import write_json
+
+    write_json(out / "demo.json", {"command": "demo", **{key: getattr(args, key) for key in DEMO_OPTIONS}})
     return 0
 
 
@@ -2032,6 +2041,8 @@ def _option_hint(parser: argparse.ArgumentParser, word: str) -> str:
     if not name.startswith("--"):
         return ""
     known = {o for a in parser._actions for o in a.option_strings}
+    if any(o.startswith(name) for o in known):  # argparse takes it as an abbreviation (--dir for --directions)
+        return ""
     dashed = name.replace("_", "-")
     if name in _PAPERS_OPTIONS:
         hint = _PAPERS_OPTIONS[name]

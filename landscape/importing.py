@@ -8,12 +8,12 @@ or data options. ``import_checkpoint`` writes one from:
   buffers and per-bend ``net.<module>.<param>_<i>`` parameters) as a curve
   checkpoint. Its curve modules register a layer's weights of every bend,
   then its biases, and its ``import_base_parameters`` maps bend ``i``'s
-  parameters onto a plain network's by position. Here a tensor the curve
-  network names as the model does is matched by name (a file re-saved
-  with sorted keys is read right), and the rest by position, so the
-  curve network's own names (VGG's ``fc1`` for ``classifier.1``,
-  PreResNet's ``downsample`` for ``downsample.0``) need not match, while
-  every count and shape must. Its ``num_bends`` counts the ends: ``bends`` here is
+  parameters onto a plain network's by position. Here a file that names
+  every tensor as the model does is matched by name (one re-saved with
+  sorted keys is read right); else by position, as there, so the curve
+  network's own names (VGG's ``fc1`` for ``classifier.1``, PreResNet's
+  ``downsample`` for ``downsample.0``) need not match, while every count
+  and shape must (and sorted keys, whose order is lost, are refused). Its ``num_bends`` counts the ends: ``bends`` here is
   ``num_bends - 2``. Bezier when ``coeff_layer.binom`` is there (its
   Bernstein basis), else a polygonal chain (``coeff_layer.range`` alone).
 - swa_gaussian's SWAG moments (its ``SWAG`` module's state dict) as a
@@ -126,8 +126,7 @@ def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], ne
         raise UserError(f"{source}: its coeff_layer has {state['coeff_layer.range'].numel()} bends, its network "
                         f"{count}")
     params = list(net.named_parameters())
-    own = [(n, b) for n, b in net.state_dict().items()
-           if n not in dict(params) and not n.endswith("num_batches_tracked")]
+    own = _buffers(net)
     anchors_by_name = [_matched(source, bends[i], params, spec["name"], f"bend {i}'s parameters")
                        for i in range(count)]
     held_buffers = _matched(source, buffers, own, spec["name"], "buffers (batch-norm statistics)")
@@ -163,11 +162,16 @@ def _pairing(source: Path, theirs: list[tuple[str, str, torch.Tensor]], ours: li
     if len(theirs) != len(ours):
         raise UserError(f"{source}: {what}: {len(theirs)} in the file, {len(ours)} in model '{model}': is --model "
                         f"the curve's architecture (with its --model-kwargs)?")
-    keys = {name: key for key, name, _ in theirs}
-    paired = {name: keys[name] for name, _ in ours if name in keys}
-    rest = [key for key, name, _ in theirs if name not in paired]
-    for key, (name, _) in zip(rest, [(n, t) for n, t in ours if n not in paired]):
-        paired[name] = key
+    names = [name for _, name, _ in theirs]
+    if sorted(names) == sorted(name for name, _ in ours):  # named as the model names them: any order is read
+        keys = {name: key for key, name, _ in theirs}
+        paired = {name: keys[name] for name, _ in ours}
+    else:  # named otherwise (VGG's fc1): by order, which a file re-saved with sorted keys has lost
+        if _resorted(names):
+            raise UserError(f"{source}: its {what} are named otherwise than model '{model}''s and stored in "
+                            f"alphabetical order (a file re-saved with sorted keys?), so their order, which "
+                            f"would match them, is lost; save the state dict in the order the network gives")
+        paired = {name: key for (name, _), (key, _, _) in zip(ours, theirs)}
     shapes = {key: value.shape for key, _, value in theirs}
     for name, tensor in ours:
         if shapes[paired[name]] != tensor.shape:
@@ -175,6 +179,25 @@ def _pairing(source: Path, theirs: list[tuple[str, str, torch.Tensor]], ours: li
                             f"stands for in model '{model}', {name}, {tuple(tensor.shape)}: is --model the "
                             f"architecture it was trained with?")
     return paired
+
+
+def _buffers(net: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``net``'s state-dict entries that are no parameter (a tied weight's
+    second name is one) and no ``num_batches_tracked``: its batch-norm
+    statistics, in order."""
+    params = {name for name, _ in net.named_parameters(remove_duplicate=False)}
+    return [(n, b) for n, b in net.state_dict().items() if n not in params and not n.endswith("num_batches_tracked")]
+
+
+def _resorted(names: list[str]) -> bool:
+    """Whether tensor names are in alphabetical order where a network's own
+    order would not be: a module's ``bias`` before its ``weight`` (modules
+    register their weight first)."""
+    layers: dict[str, list[str]] = {}
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        layers.setdefault(owner, []).append(leaf)
+    return names == sorted(names) and any({"weight", "bias"} <= set(leaves) for leaves in layers.values())
 
 
 def _import_swag(source: Path, out: Path, state: Mapping[str, torch.Tensor], net: nn.Module, spec: dict,
@@ -193,8 +216,7 @@ def _import_swag(source: Path, out: Path, state: Mapping[str, torch.Tensor], net
                      spec["name"], "parameters (their '_mean')")
     taken = {f"{stem}{end}" for stem in stems for end in ("_mean", "_sq_mean", "_cov_mat_sqrt")} | {"n_models"}
     buffers = [(k, plain(k), v) for k, v in state.items() if k not in taken and not k.endswith("num_batches_tracked")]
-    own = [(n, b) for n, b in net.state_dict().items()
-           if n not in dict(params) and not n.endswith("num_batches_tracked")]
+    own = _buffers(net)
     held_buffers = _matched(source, buffers, own, spec["name"], "buffers (batch-norm statistics)")
     n = state.get("n_models")
     averaged = int(n.reshape(-1)[0]) if isinstance(n, torch.Tensor) and n.numel() else 0

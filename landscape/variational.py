@@ -106,6 +106,13 @@ def stochastic_names(model: nn.Module, frozen: bool = False) -> list[str]:
     return names
 
 
+def _in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass on this thread
+    (where ``torch.utils.checkpoint`` recomputes a forward)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
 def gaussian_kl(mean: torch.Tensor, var: torch.Tensor, prior_scale: float) -> torch.Tensor:
     """Sum over the entries of KL(N(mean, var) || N(0, prior_scale²))."""
     ratio = var / prior_scale ** 2
@@ -285,7 +292,9 @@ class VariationalNet(nn.Module):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
             if not (self.noisy and module.training):
                 return None
-            if name in self._drawn:  # a second call would draw a second, independent sample of the same weight
+            # A second call would draw a second, independent sample of the same weight; one made while a
+            # backward pass runs is activation checkpointing's recomputation (the same draw: it replays the RNG).
+            if name in self._drawn and not _in_backward():
                 owner = name.rpartition(".")[0] or "the network"
                 raise UserError(f"the layer {owner} runs more than once in one forward pass; the local "
                                 f"reparameterisation draws its noise per call, so its uses would get independent "

@@ -656,6 +656,18 @@ def test_import_matches_by_name_first_so_a_file_resaved_with_sorted_keys_is_read
                                           model_kwargs={"width": 4}))
     space = ParamSpace.of(loaded.model)
     assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in anchors]))
+    # named otherwise and sorted: the order that would match them is lost, and said so
+    renamed = _papers_curve(anchors, nets[0], True)
+    torch.save({"model_state": dict(sorted(renamed.items()))}, tmp_path / "renamed-sorted.pt")
+    with pytest.raises(UserError, match="named otherwise than model 'convnet''s and stored in alphabetical order"):
+        import_checkpoint(tmp_path / "renamed-sorted.pt", tmp_path / "d.pt", model="convnet", model_kwargs={"width": 4})
+    # some names the same as the model's but of other layers (indices shifted): the file's order decides, as in
+    # the papers' import_base_parameters (a name taken first refused this curve, or could swap layers)
+    shifted = {k.replace("net.block", "net.features."): v for k, v in renamed.items()}
+    torch.save({"model_state": shifted}, tmp_path / "shifted.pt")
+    loaded = load_curve(import_checkpoint(tmp_path / "shifted.pt", tmp_path / "e.pt", model="convnet",
+                                          model_kwargs={"width": 4}))
+    assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in anchors]))
 
 
 def test_import_makes_swa_gaussians_swag_moments_a_swag_checkpoint(tmp_path):

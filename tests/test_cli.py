@@ -486,6 +486,42 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
         f"it with those to reuse its finished steps, or choose another --out")
 
 
+def test_demo_json_records_options_only_where_they_are_the_runs(tmp_path):
+    """A folder an earlier build began (no demo.json) is not recorded with options its steps may refuse (the
+    record then refused its own options); a record whose run never began is replaced; --out a file: one line."""
+    import argparse
+
+    from landscape.errors import UserError
+
+    def args(out, epochs):
+        return argparse.Namespace(out=out, epochs=epochs, grid=3, points=3, directions=1)
+
+    old = tmp_path / "old"
+    (old / "a").mkdir(parents=True)
+    cli._check_demo(args(old, 2))
+    assert not (old / "demo.json").exists()
+    fresh = tmp_path / "fresh"
+    cli._check_demo(args(fresh, 2))
+    cli._check_demo(args(fresh, 3))  # nothing ran yet: the new options stand
+    assert json.loads((fresh / "demo.json").read_text())["epochs"] == 3
+    (fresh / "a").mkdir()
+    with pytest.raises(UserError, match="holds a demo run with other options \\(--epochs 3, now 4\\)"):
+        cli._check_demo(args(fresh, 4))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        cli._check_demo(args(tmp_path / "file", 2))
+
+
+@pytest.mark.parametrize("command", ["width", "rays", "demo"])
+def test_an_abbreviation_argparse_takes_gets_no_papers_hint(capsys, command):
+    import argparse
+
+    # --dir abbreviates --directions in these: it is the user's option, not the papers' --dir
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert cli._option_hint(sub.choices[command], "--dir") == ""
+    assert cli._option_hint(sub.choices["train"], "--dir").startswith("--dir: the run's folder is --out")
+
+
 @pytest.mark.parametrize("option, value, said", [("--grid", 1, "--grid must be at least 2, got 1"),
                                                  ("--directions", 0, "--directions must be at least 1"),
                                                  ("--epochs", 0, "--epochs must be at least 1, got 0"),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from scipy import integrate, special, stats
 from torch import nn
 
@@ -489,6 +490,18 @@ def test_edge_cases_of_the_parameterisation():
     twice.eval()
     assert twice(x).shape == (64, 2)  # the means: one network, used as it is
     v(x), v(x)  # two forwards, each drawing once: no refusal
+
+    class Checkpointed(nn.Module):  # activation checkpointing runs the layer again in backward: the same draw
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(torch.utils.checkpoint.checkpoint(lambda t: torch.relu(self.a(t)), x, use_reentrant=False))
+
+    saved = VariationalNet(Checkpointed(), "weight").train()
+    saved(x).sum().backward()
+    assert saved.scales["a__weight"].grad is not None
     # a tiny mean starts inside the clamp, where its variance still gets a gradient
     net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     with torch.no_grad():
