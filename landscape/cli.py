@@ -1842,7 +1842,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=user_path, required=True, metavar="FILE", help="the checkpoint to write (a new file)")
     p.add_argument("--key", default=None, help="the entry holding the network's state dict, e.g. swa_state_dict "
                                                "(the swa code's average beside its SGD iterate)")
-    add_data_args(p)
+    add_data_args(p, inherit=True)  # no default dataset: the data it was trained on is recorded, not guessed
     p.add_argument_group("model").add_argument(
         "--model", required=True, help="the network's architecture: a registered model or package.module:factory")
     p._action_groups[-1].add_argument("--model-kwargs", type=_kv, nargs="*", default=[], metavar="K=V",

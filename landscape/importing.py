@@ -26,6 +26,7 @@ or data options. ``import_checkpoint`` writes one from:
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from .checkpoint import (_refuse_nan, _refuse_papers_format, check_state_dict, e
 from .errors import UserError
 from .inputs import check_data_options, merged_data_settings, resolve_data
 from .models import create_model, model_spec
+from .sweep import is_main
 from .weights import ParamSpace
 
 __all__ = ["import_checkpoint"]
@@ -55,8 +57,16 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     ``out`` that exists. Returns ``out``."""
     source, out = Path(source), Path(out)
     check_data_options(data_options)
+    if not isinstance(model_kwargs, (dict, type(None))):
+        raise UserError(f"model_kwargs must be a dict of the model's options, got a {type(model_kwargs).__name__}")
     if not str(out).strip() or out.exists():
         raise UserError(f"{out}: already exists; choose another --out (import writes a new file)")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"--out {out}: {above} is a file, not a folder")
+    if data_options.get("dataset") is None:  # what later commands evaluate it on: a default would be a guess
+        raise UserError("import records the data the network was trained on: give --dataset (and --data-path, "
+                        "--val-size ... as it was trained; dataset= in Python)")
     obj = read_torch_file(source)
     if isinstance(obj, Mapping) and isinstance(obj.get("format"), str) and obj["format"].startswith("landscape/"):
         raise UserError(f"{source}: already a landscape checkpoint ({obj['format']}); every command reads it")
@@ -69,8 +79,8 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     settings = merged_data_settings({}, data_options)
     if settings.get("data_path"):  # later commands may run from elsewhere
         settings["data_path"] = str(Path(settings["data_path"]).expanduser().resolve())
-    meta = {"imported_from": str(source.resolve()), "dataset": data.describe(), "train_config": settings}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"imported_from": str(source.resolve()), **({"key": key} if key is not None else {}),
+            "dataset": data.describe(), "train_config": settings}
     if is_papers_curve(state):
         return _import_curve(source, out, state, net, spec, meta)
     if any(k.endswith("_sq_mean") for k in state):
@@ -78,6 +88,7 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     _refuse_papers_format(source, state)
     check_state_dict(net, state, str(source), f"model '{model}'")
     net.load_state_dict(state, strict=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(out, net.state_dict(), spec, kind="model", meta={**meta, "format": "network"})
 
 
@@ -96,6 +107,15 @@ def _state(source: Path, obj: Any, key: str | None) -> dict[str, torch.Tensor]:
             raise UserError(f"{source}: holds two networks, the SGD iterate ('state_dict') and the SWA average "
                             f"('swa_state_dict'); name the one to import with --key")
         state = extract_state_dict(obj, source)
+    heads = {k.split(".", 1)[0] for k in state}
+    if not is_papers_curve(state) and len(heads) == 1 and all("." in k for k in state):
+        inner = {k.split(".", 1)[1]: v for k, v in state.items()}  # a CurveNet inside a wrapper (Lightning's model.)
+        if is_papers_curve(inner):
+            state = inner
+    if not is_papers_curve(state) and any(_BEND.fullmatch(k) and k.rsplit("_", 1)[0].endswith(("weight", "bias"))
+                                          for k in state):
+        raise UserError(f"{source}: holds per-bend weights ('*.weight_<i>') without a CurveNet's 'coeff_layer': save "
+                        f"the whole CurveNet's state dict (its 'net' alone does not say the curve's type)")
     _refuse_nan(source, state)
     return state
 
@@ -127,7 +147,7 @@ def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], ne
                         f"{count}")
     params = list(net.named_parameters())
     own = _buffers(net)
-    anchors_by_name = [_matched(source, bends[i], params, spec["name"], f"bend {i}'s parameters")
+    anchors_by_name = [_matched(source, bends[i], params, spec["name"], f"bend {i}'s parameters", quiet=i > 0)
                        for i in range(count)]
     held_buffers = _matched(source, buffers, own, spec["name"], "buffers (batch-norm statistics)")
     space = ParamSpace.of(net)
@@ -137,48 +157,74 @@ def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], ne
     template.update(held_buffers)
     net.load_state_dict(template)
     kind = "bezier" if "coeff_layer.binom" in state else "polychain"
-    curve = create_curve(kind, space, anchors[0], anchors[-1], bends=count - 2)
+    free = count == 2  # a line: its ends may not both be held (nothing would train); nothing trains here anyway
+    curve = create_curve(kind, space, anchors[0], anchors[-1], bends=count - 2, fix_start=not free, fix_end=not free)
     curve.load_anchors(anchors)
     meta = {**meta, "format": f"dnn-mode-connectivity {kind}, num_bends {count}"}
+    out.parent.mkdir(parents=True, exist_ok=True)
     return save_curve(out, curve, net, spec, meta=meta)
 
 
 def _matched(source: Path, theirs: list[tuple[str, str, torch.Tensor]], ours: list[tuple[str, torch.Tensor]],
-             model: str, what: str) -> dict[str, torch.Tensor]:
+             model: str, what: str, quiet: bool = False) -> dict[str, torch.Tensor]:
     """``ours``' names with the values of ``theirs`` ((key, name, value)) that :func:`_pairing` pairs them with."""
-    return {name: state for name, state in
-            ((name, next(v for k, _, v in theirs if k == key)) for name, key in
-             _pairing(source, theirs, ours, model, what).items())}
+    values = {key: value for key, _, value in theirs}
+    return {name: values[key] for name, key in _pairing(source, theirs, ours, model, what, quiet).items()}
 
 
 def _pairing(source: Path, theirs: list[tuple[str, str, torch.Tensor]], ours: list[tuple[str, torch.Tensor]],
-             model: str, what: str) -> dict[str, str]:
-    """``ours``' names with the values of ``theirs`` ((key, name, value)):
-    by name where the curve network names a tensor as the model does (the
-    order of a file re-saved with its keys sorted does not matter there),
-    the rest by position in the file, as ``import_base_parameters`` does
-    (VGG's ``fc1`` for ``classifier.1``); the counts and every shape must
-    agree, else one line."""
+             model: str, what: str, quiet: bool = False) -> dict[str, str]:
+    """``ours``' names paired with keys of ``theirs`` ((key, name, value)).
+
+    Where the names ``theirs`` shares with the model come in the model's
+    order, the file keeps the network's order: every tensor is paired by
+    position, as ``import_base_parameters`` does (VGG's ``fc1`` is
+    ``classifier.1``, and a name the model has may be another layer's).
+    Where they do not (a file re-saved with sorted keys, or partly
+    re-ordered), those names are paired by name and the rest by the natural
+    order of their names (``fc2`` before ``fc10``, a weight before its bias),
+    with a note. The counts and every shape must agree, and an order that
+    is lost (sorted keys, nothing named as the model does) is refused."""
     if len(theirs) != len(ours):
         raise UserError(f"{source}: {what}: {len(theirs)} in the file, {len(ours)} in model '{model}': is --model "
-                        f"the curve's architecture (with its --model-kwargs)?")
-    names = [name for _, name, _ in theirs]
-    if sorted(names) == sorted(name for name, _ in ours):  # named as the model names them: any order is read
-        keys = {name: key for key, name, _ in theirs}
-        paired = {name: keys[name] for name, _ in ours}
-    else:  # named otherwise (VGG's fc1): by order, which a file re-saved with sorted keys has lost
-        if _resorted(names):
-            raise UserError(f"{source}: its {what} are named otherwise than model '{model}''s and stored in "
+                        f"the architecture it was trained with (and its --model-kwargs)?")
+    place = {name: i for i, (name, _) in enumerate(ours)}
+    common = [place[name] for _, name, _ in theirs if name in place]
+    if all(a < b for a, b in zip(common, common[1:])):  # the network's order, where names tell
+        if _resorted([name for _, name, _ in theirs]):
+            raise UserError(f"{source}: its {what} are named otherwise than in model '{model}' and stored in "
                             f"alphabetical order (a file re-saved with sorted keys?), so their order, which "
                             f"would match them, is lost; save the state dict in the order the network gives")
         paired = {name: key for (name, _), (key, _, _) in zip(ours, theirs)}
+        reordered = False
+    else:
+        keys = {name: key for key, name, _ in theirs}
+        paired = {name: keys[name] for name, _ in ours if name in keys}
+        rest = sorted(((key, name) for key, name, _ in theirs if name not in paired), key=lambda kn: _natural(kn[1]))
+        paired.update({name: key for (name, _), (key, _) in zip([o for o in ours if o[0] not in paired], rest)})
+        reordered = True
     shapes = {key: value.shape for key, _, value in theirs}
     for name, tensor in ours:
         if shapes[paired[name]] != tensor.shape:
             raise UserError(f"{source}: {paired[name]} has shape {tuple(shapes[paired[name]])}, and the tensor it "
-                            f"stands for in model '{model}', {name}, {tuple(tensor.shape)}: is --model the "
-                            f"architecture it was trained with?")
+                            f"stands for in model '{model}', {name}, {tuple(tensor.shape)}"
+                            + (" (its keys are not in the network's order: matched by name and, where named "
+                               "otherwise, by the order of their names)" if reordered else "")
+                            + ": is --model the architecture it was trained with?")
+    if reordered and not quiet and is_main():
+        others = len(ours) - sum(1 for _, name, _ in theirs if name in place)
+        print(f"note: {source}: its {what} are not in the network's order (a re-saved file?): matched by name"
+              + (f", and the {others} named otherwise by the order of their names" if others else ""),
+              file=sys.stderr)
     return paired
+
+
+def _natural(name: str) -> tuple:
+    """A sort key of a tensor's name in the order a network registers it:
+    its module path with numbers as numbers, then its weight before its bias."""
+    owner, _, leaf = name.rpartition(".")
+    path = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.findall(r"\d+|[^\d._]+", owner))
+    return path, {"weight": 0, "bias": 1}.get(leaf, 2), leaf
 
 
 def _buffers(net: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -192,12 +238,13 @@ def _buffers(net: nn.Module) -> list[tuple[str, torch.Tensor]]:
 def _resorted(names: list[str]) -> bool:
     """Whether tensor names are in alphabetical order where a network's own
     order would not be: a module's ``bias`` before its ``weight`` (modules
-    register their weight first)."""
+    register their weight first), or ``fc10`` before ``fc2``."""
     layers: dict[str, list[str]] = {}
     for name in names:
         owner, _, leaf = name.rpartition(".")
         layers.setdefault(owner, []).append(leaf)
-    return names == sorted(names) and any({"weight", "bias"} <= set(leaves) for leaves in layers.values())
+    return names == sorted(names) and (any({"weight", "bias"} <= set(leaves) for leaves in layers.values())
+                                       or names != sorted(names, key=_natural))
 
 
 def _import_swag(source: Path, out: Path, state: Mapping[str, torch.Tensor], net: nn.Module, spec: dict,
@@ -241,4 +288,5 @@ def _import_swag(source: Path, out: Path, state: Mapping[str, torch.Tensor], net
             "averaged": averaged, "rank": int(deviations.shape[0])}
     meta = {**meta, "format": f"swa_gaussian SWAG, {averaged} models, rank {deviations.shape[0]}", "method": "swag",
             "averaged": averaged}
+    out.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(out, net.state_dict(), spec, kind="swag", meta=meta, swag=swag)

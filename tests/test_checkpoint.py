@@ -592,7 +592,7 @@ def test_import_makes_a_papers_curve_a_curve_checkpoint_matched_by_position(tmp_
     assert torch.equal(loaded.model.state_dict()[bn], anchors[0][bn] + 1)  # buffers by position too
     assert load_checkpoint(out).meta["train_config"] == {"dataset": "digits"}  # later commands' data
     # another architecture: one line, before anything is written; an existing --out is not overwritten
-    with pytest.raises(UserError, match="bend 0's parameters: 11 in the file, 6 in model 'mlp': is --model the curve's"):
+    with pytest.raises(UserError, match="bend 0's parameters: 11 in the file, 6 in model 'mlp': is --model the architecture"):
         import_checkpoint(tmp_path / "curve-600.pt", tmp_path / "x.pt", model="mlp", dataset="digits")
     with pytest.raises(UserError, match=r"net.block2.weight_0 has shape \(4, 1, 3, 3\), and the tensor it stands for in model 'convnet', "
                        r"features.0.weight, \(8, 1, 3, 3\)"):
@@ -600,7 +600,7 @@ def test_import_makes_a_papers_curve_a_curve_checkpoint_matched_by_position(tmp_
                           dataset="digits")
     assert not (tmp_path / "x.pt").exists()
     with pytest.raises(UserError, match="already exists"):
-        import_checkpoint(tmp_path / "curve-600.pt", out, model="convnet", model_kwargs={"width": 4})
+        import_checkpoint(tmp_path / "curve-600.pt", out, model="convnet", model_kwargs={"width": 4}, dataset="digits")
 
 
 def test_import_takes_the_network_under_key_and_records_its_model(tmp_path):
@@ -609,14 +609,18 @@ def test_import_takes_the_network_under_key_and_records_its_model(tmp_path):
     sgd, swa = _net().state_dict(), {k: v + 1 if v.is_floating_point() else v for k, v in _net().state_dict().items()}
     torch.save({"epoch": 10, "state_dict": sgd, "swa_state_dict": swa, "swa_n": 3}, tmp_path / "checkpoint-10.pt")
     with pytest.raises(UserError, match="two networks.*name the one to import with --key"):
-        import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet", model_kwargs={"width": 8})
+        import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet", model_kwargs={"width": 8},
+                          dataset="digits")
     with pytest.raises(UserError, match="no state dict under --key 'swa'; the file holds 'epoch', 'state_dict'"):
-        import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet", key="swa")
+        import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet", key="swa", dataset="digits")
+    with pytest.raises(UserError, match="import records the data the network was trained on: give --dataset"):
+        import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet", key="swa_state_dict")
     out = import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet",
-                            model_kwargs={"width": 8}, key="swa_state_dict")
+                            model_kwargs={"width": 8}, key="swa_state_dict", dataset="digits")
+    assert load_checkpoint(out).meta["key"] == "swa_state_dict"
     assert _same(load_model(out).state_dict(), swa)  # rebuilt without naming the model
     with pytest.raises(UserError, match="already a landscape checkpoint"):
-        import_checkpoint(out, tmp_path / "b.pt", model="convnet")
+        import_checkpoint(out, tmp_path / "b.pt", model="convnet", dataset="digits")
 
 
 def test_import_from_the_command_line_then_curve_reads_it_alone(tmp_path, capsys):
@@ -628,8 +632,12 @@ def test_import_from_the_command_line_then_curve_reads_it_alone(tmp_path, capsys
         nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
     torch.save({"model_state": _papers_curve([n.state_dict() for n in nets], nets[0], True)}, tmp_path / "c.pt")
     assert cli.main(["import", str(tmp_path / "c.pt"), "--model", "convnet", "--model-kwargs", "width=4",
-                     "--out", str(tmp_path / "mine.pt")]) == 0
+                     "--out", str(tmp_path / "mine.pt")]) == 2  # the data it was trained on is not guessed
+    assert "give --dataset" in capsys.readouterr().err
+    assert cli.main(["import", str(tmp_path / "c.pt"), "--model", "convnet", "--model-kwargs", "width=4",
+                     "--dataset", "digits", "--out", str(tmp_path / "mine.pt")]) == 0
     assert "a bezier curve with 1 bend (evaluate it: landscape curve --ckpt" in capsys.readouterr().out
+    assert not (tmp_path / "nowhere").exists()
     assert cli.main(["curve", "--ckpt", str(tmp_path / "mine.pt"), "--points", "3", "--out", str(tmp_path / "ev"),
                      "--quiet"]) == 0  # no --model, no data options: the import recorded them
     import json
@@ -653,21 +661,40 @@ def test_import_matches_by_name_first_so_a_file_resaved_with_sorted_keys_is_read
     state = _papers_curve(anchors, nets[0], True, own_names=True)
     torch.save({"model_state": dict(sorted(state.items()))}, tmp_path / "sorted.pt")
     loaded = load_curve(import_checkpoint(tmp_path / "sorted.pt", tmp_path / "c.pt", model="convnet",
-                                          model_kwargs={"width": 4}))
+                                          model_kwargs={"width": 4}, dataset="digits"))
     space = ParamSpace.of(loaded.model)
     assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in anchors]))
     # named otherwise and sorted: the order that would match them is lost, and said so
     renamed = _papers_curve(anchors, nets[0], True)
     torch.save({"model_state": dict(sorted(renamed.items()))}, tmp_path / "renamed-sorted.pt")
-    with pytest.raises(UserError, match="named otherwise than model 'convnet''s and stored in alphabetical order"):
-        import_checkpoint(tmp_path / "renamed-sorted.pt", tmp_path / "d.pt", model="convnet", model_kwargs={"width": 4})
+    with pytest.raises(UserError, match="named otherwise than in model 'convnet' and stored in alphabetical order"):
+        import_checkpoint(tmp_path / "renamed-sorted.pt", tmp_path / "d.pt", model="convnet", model_kwargs={"width": 4},
+                          dataset="digits")
     # some names the same as the model's but of other layers (indices shifted): the file's order decides, as in
     # the papers' import_base_parameters (a name taken first refused this curve, or could swap layers)
     shifted = {k.replace("net.block", "net.features."): v for k, v in renamed.items()}
     torch.save({"model_state": shifted}, tmp_path / "shifted.pt")
     loaded = load_curve(import_checkpoint(tmp_path / "shifted.pt", tmp_path / "e.pt", model="convnet",
-                                          model_kwargs={"width": 4}))
+                                          model_kwargs={"width": 4}, dataset="digits"))
     assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in anchors]))
+    # partly re-ordered (each batch-norm layer's biases before its weights, of one shape), named otherwise in
+    # places: matched by name where named alike, the rest by the order of their names (positions swapped them)
+    mixed = {k.replace("net.block1.", "net.features.1."): v for k, v in state.items()}  # one layer renamed
+    order = sorted(mixed, key=lambda k: (k.rsplit(".", 1)[0], "weight" in k))  # biases first, per module
+    torch.save({"model_state": {k: mixed[k] for k in order}}, tmp_path / "partly.pt")
+    loaded = load_curve(import_checkpoint(tmp_path / "partly.pt", tmp_path / "f.pt", model="convnet",
+                                          model_kwargs={"width": 4}, dataset="digits"))
+    assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in anchors]))
+    # a CurveNet inside a wrapper (a Lightning module's model.), and one of two bends (a line)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, tmp_path / "wrapped.pt")
+    loaded = load_curve(import_checkpoint(tmp_path / "wrapped.pt", tmp_path / "g.pt", model="convnet",
+                                          model_kwargs={"width": 4}, dataset="digits"))
+    assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in anchors]))
+    line = _papers_curve([anchors[0], anchors[-1]], nets[0], False, own_names=True)
+    torch.save({"model_state": line}, tmp_path / "line.pt")
+    loaded = load_curve(import_checkpoint(tmp_path / "line.pt", tmp_path / "h.pt", model="convnet",
+                                          model_kwargs={"width": 4}, dataset="digits"))
+    assert loaded.curve.bends == 0 and loaded.curve.anchors().shape[0] == 2
 
 
 def test_import_makes_swa_gaussians_swag_moments_a_swag_checkpoint(tmp_path):
@@ -699,7 +726,8 @@ def test_import_makes_swa_gaussians_swag_moments_a_swag_checkpoint(tmp_path):
     torch.save({"epoch": 300, "state_dict": state}, tmp_path / "swag-300.pt")
     with pytest.raises(UserError, match="SWAG moments of swa_gaussian's code.*landscape import"):
         load_checkpoint(tmp_path / "swag-300.pt")
-    out = import_checkpoint(tmp_path / "swag-300.pt", tmp_path / "swag.pt", model="convnet", model_kwargs={"width": 4})
+    out = import_checkpoint(tmp_path / "swag-300.pt", tmp_path / "swag.pt", model="convnet", model_kwargs={"width": 4},
+                            dataset="digits")
     post, swa_net, _ = load_swag(out)
     assert post.averaged == 6 and post.deviations.shape == (4, space.numel)
     torch.testing.assert_close(post.mean, mean.float().double(), rtol=0, atol=0)
