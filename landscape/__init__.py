@@ -17,7 +17,6 @@ with _guarded_start():  # the command's first seconds, importing torch: a Ctrl-C
     from .data import DATASETS, Dataset, load_dataset  # noqa: E402
     from .device import resolve_device, seed_everything  # noqa: E402
     from .evaluate import evaluate_model  # noqa: E402
-    from .importing import import_checkpoint  # noqa: E402
     from .models import create_model, list_models, register_model  # noqa: E402
     from .train import TrainConfig, TrainResult, train  # noqa: E402
 
@@ -42,3 +41,12 @@ __all__ = [
     "seed_everything",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    """``import_checkpoint`` on first use: its module reads the papers' files and is not needed to start."""
+    if name == "import_checkpoint":
+        from .importing import import_checkpoint
+
+        return import_checkpoint
+    raise AttributeError(f"module 'landscape' has no attribute {name!r}")
