@@ -97,10 +97,12 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------ shared option groups
-def add_data_args(p: argparse.ArgumentParser, *, inherit: bool = False) -> None:
+def add_data_args(p: argparse.ArgumentParser, *, inherit: bool = False, title: str | None = None) -> None:
     """Dataset options. With ``inherit``, every default is None: the settings
-    the input checkpoints were trained with are used unless given."""
-    g = p.add_argument_group("data" + (" (default: what the input checkpoint was trained on)" if inherit else ""))
+    the input checkpoints were trained with are used unless given (``title``
+    says otherwise where they are not)."""
+    g = p.add_argument_group(title or ("data" + (" (default: what the input checkpoint was trained on)"
+                                                 if inherit else "")))
 
     def d(value):
         return None if inherit else value
@@ -1319,20 +1321,26 @@ def _check_demo(args: argparse.Namespace) -> None:
     if args.directions < 1:
         raise UserError(f"--directions must be at least 1 (random rays per centre), got {args.directions}")
     check_grid_options(args.grid, 0.2, None, None)
-    asked = {key: getattr(args, key) for key in DEMO_OPTIONS}
+    asked = _demo_record(args)
     record = args.out / "demo.json"
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder")
     begun = (args.out / "a").exists()  # the first step has run: its options are the run's
     if record.exists() and begun:
         before = read_json(record)
-        changed = [f"--{key} {before.get(key)}, now {asked[key]}" for key in DEMO_OPTIONS if before.get(key) != asked[key]]
+        changed = [f"--{key} {before.get(key)}, now {asked[key]}" for key in DEMO_OPTIONS
+                   if before.get(key) != asked[key]]
         if changed:
             raise UserError(f"{args.out} holds a demo run with other options ({'; '.join(changed)}); rerun it with "
                             f"those to reuse its finished steps, or choose another --out")
     if record.exists() or not begun:  # a folder an earlier build began is recorded once its steps took the options
         args.out.mkdir(parents=True, exist_ok=True)
-        write_json(record, {"command": "demo", **asked})
+        write_json(record, asked)
+
+
+def _demo_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``demo.json`` holds: the options the demo's results depend on."""
+    return {"command": "demo", **{key: getattr(args, key) for key in DEMO_OPTIONS}}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1526,7 +1534,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {f}")
     from landscape.checkpoint import write_json
 
-    write_json(out / "demo.json", {"command": "demo", **{key: getattr(args, key) for key in DEMO_OPTIONS}})
+    write_json(out / "demo.json", _demo_record(args))  # every step took these options
     return 0
 
 
@@ -1842,7 +1850,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=user_path, required=True, metavar="FILE", help="the checkpoint to write (a new file)")
     p.add_argument("--key", default=None, help="the entry holding the network's state dict, e.g. swa_state_dict "
                                                "(the swa code's average beside its SGD iterate)")
-    add_data_args(p, inherit=True)  # no default dataset: the data it was trained on is recorded, not guessed
+    add_data_args(p, inherit=True, title="data (--dataset required: what SRC was trained on, recorded)")
     p.add_argument_group("model").add_argument(
         "--model", required=True, help="the network's architecture: a registered model or package.module:factory")
     p._action_groups[-1].add_argument("--model-kwargs", type=_kv, nargs="*", default=[], metavar="K=V",

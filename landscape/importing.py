@@ -8,12 +8,14 @@ or data options. ``import_checkpoint`` writes one from:
   buffers and per-bend ``net.<module>.<param>_<i>`` parameters) as a curve
   checkpoint. Its curve modules register a layer's weights of every bend,
   then its biases, and its ``import_base_parameters`` maps bend ``i``'s
-  parameters onto a plain network's by position. Here a file that names
-  every tensor as the model does is matched by name (one re-saved with
-  sorted keys is read right); else by position, as there, so the curve
-  network's own names (VGG's ``fc1`` for ``classifier.1``, PreResNet's
-  ``downsample`` for ``downsample.0``) need not match, while every count
-  and shape must (and sorted keys, whose order is lost, are refused). Its ``num_bends`` counts the ends: ``bends`` here is
+  parameters onto a plain network's by position. So does this where the
+  file keeps the network's order (the names it shares with the model come
+  in the model's order): the curve network's own names (VGG's ``fc1`` for
+  ``classifier.1``, PreResNet's ``downsample`` for ``downsample.0``) need
+  not match. A re-ordered file (re-saved with sorted keys) is matched by
+  name and, where named otherwise, by the natural order of the names
+  (:func:`_pairing`); every count and shape must agree, and a lost order is
+  refused. Its ``num_bends`` counts the ends: ``bends`` here is
   ``num_bends - 2``. Bezier when ``coeff_layer.binom`` is there (its
   Bernstein basis), else a polygonal chain (``coeff_layer.range`` alone).
 - swa_gaussian's SWAG moments (its ``SWAG`` module's state dict) as a
