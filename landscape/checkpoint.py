@@ -702,7 +702,8 @@ def _recognised(path: Path, obj: Any) -> Checkpoint:
         raise UserError(
             f"{path}: a checkpoint of the SWA code (timgaripov/swa) holding two networks, the SGD iterate "
             f"('state_dict') and the SWA average ('swa_state_dict'); take the one you mean with 'landscape import "
-            f"{path} --key swa_state_dict --model NAME --out swa.pt' (with the data options it was trained with)")
+            f"{path} --key swa_state_dict --model NAME --dataset DATASET --out swa.pt' (and the other data options it "
+            f"was trained with)")
     sd = extract_state_dict(obj, path)
     _refuse_papers_format(path, sd)
     _refuse_nan(path, sd)
@@ -721,11 +722,11 @@ def _refuse_papers_format(path: Path, state_dict: Mapping[str, torch.Tensor]) ->
     if is_papers_curve(state_dict):
         raise UserError(f"{path}: a curve of dnn-mode-connectivity's code (its CurveNet: 'coeff_layer' and the "
                         f"bends' 'net.*_<i>' weights); convert it with 'landscape import {path} --model NAME "
-                        f"--out curve.pt' (with the data options it was trained with)")
+                        f"--dataset DATASET --out curve.pt' (and the other data options it was trained with)")
     if any(k.endswith(("_sq_mean", "_cov_mat_sqrt")) for k in state_dict):
         raise UserError(f"{path}: SWAG moments of swa_gaussian's code ('*_mean', '*_sq_mean', '*_cov_mat_sqrt'); "
-                        f"convert them with 'landscape import {path} --model NAME --out swag.pt' (with the data "
-                        f"options it was trained with)")
+                        f"convert them with 'landscape import {path} --model NAME --dataset DATASET --out swag.pt' (and "
+                        f"the other data options it was trained with)")
 
 
 def _failed_checksum(path: Path) -> str | None:

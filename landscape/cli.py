@@ -1159,7 +1159,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from landscape.importing import import_checkpoint
 
     out = import_checkpoint(args.source, args.out, model=args.model, model_kwargs=dict(args.model_kwargs),
-                            key=args.key, **_data_overrides(args))
+                            key=args.key, wd=args.wd, **_data_overrides(args))
     ck = load_checkpoint(out)
     if ck.kind == "curve":
         bends = ck.extra["curve"]["bends"]
@@ -1170,7 +1170,9 @@ def cmd_import(args: argparse.Namespace) -> int:
                 f"(their model average: landscape swag --ckpt {out} --out DIR)")
     else:
         what = "a network (every command reads it without --model)"
-    print(f"{out}: {what}; model '{args.model}', data {ck.meta['dataset']['name']}")
+    wd = ck.meta["train_config"].get("wd")
+    print(f"{out}: {what}; model '{args.model}', data {ck.meta['dataset']['name']}, "
+          + (f"weight decay {wd:g}" if wd is not None else "no weight decay recorded (--wd gives the train loss's term)"))
     return 0
 
 
@@ -1311,7 +1313,7 @@ def _check_demo(args: argparse.Namespace) -> None:
     the options (in a folder an earlier build began, once every step has
     taken them), and the steps reuse what is finished. A record whose run
     has not begun (no endpoint yet) is replaced."""
-    from landscape.checkpoint import read_json, write_json
+    from landscape.checkpoint import read_json, stored_config, write_json
     from landscape.geometry import check_grid_options
 
     if args.points < 3:
@@ -1326,6 +1328,10 @@ def _check_demo(args: argparse.Namespace) -> None:
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder")
     begun = (args.out / "a").exists()  # the first step has run: its options are the run's
+    trained = stored_config(args.out / "a") if begun and not record.exists() else None  # an earlier build's folder
+    if trained and trained.get("epochs") not in (None, args.epochs):  # its first step would say "--resume"
+        raise UserError(f"{args.out} holds a demo run with other options (--epochs {trained['epochs']}, now "
+                        f"{args.epochs}); rerun it with those to reuse its finished steps, or choose another --out")
     if record.exists() and begun:
         before = read_json(record)
         changed = [f"--{key} {before.get(key)}, now {asked[key]}" for key in DEMO_OPTIONS
@@ -1850,6 +1856,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=user_path, required=True, metavar="FILE", help="the checkpoint to write (a new file)")
     p.add_argument("--key", default=None, help="the entry holding the network's state dict, e.g. swa_state_dict "
                                                "(the swa code's average beside its SGD iterate)")
+    p.add_argument("--wd", type=float, default=None, help="the weight decay it was trained with: later evaluations "
+                                                          "add its term to the train loss, as the papers' do")
     add_data_args(p, inherit=True, title="data (--dataset required: what SRC was trained on, recorded)")
     p.add_argument_group("model").add_argument(
         "--model", required=True, help="the network's architecture: a registered model or package.module:factory")
@@ -2033,7 +2041,7 @@ _PAPERS_OPTIONS = {
     "--dir": "the run's folder is --out",
     "--lr_init": "the initial learning rate is --lr",
     "--use_test": "the test set is used by default; --val-size N holds N training images out instead",
-    "--transform": "augmentation and normalisation follow --dataset (README, Datasets)",
+    "--transform": "augmentation and normalisation follow --dataset (README, Coming from the papers' code)",
     "--cov_mat": "SWAG's low-rank part is --swag-rank K (0: diagonal only)",
     "--max_num_models": "SWAG's rank is --swag-rank K",
     "--swa_c_epochs": "the epochs between SWA's averages are --cycle",

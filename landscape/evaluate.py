@@ -56,6 +56,7 @@ def evaluate_model(
     one host synchronisation per call.
     """
     check_network(model, data)
+    note_per_batch_norms(model, batch_size)  # once per process: train's epochs and ensemble's members too
     if not weights_finite(model):  # then name the first (one synchronisation when all are finite)
         bad = next(name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all()))
         raise UserError(f"the network's parameter {bad} holds a NaN or infinite value; refusing to evaluate it")

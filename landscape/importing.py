@@ -38,10 +38,11 @@ from torch import nn
 
 from .checkpoint import (_refuse_nan, _refuse_papers_format, check_state_dict, extract_state_dict,
                          is_papers_curve, read_torch_file, save_checkpoint)
-from .errors import UserError
-from .inputs import check_data_options, merged_data_settings, resolve_data
+from .errors import UserError, check_nonnegative
+from .inputs import DATA_FIELDS, check_data_options, merged_data_settings, resolve_data
 from .models import create_model, model_spec
 from .sweep import is_main
+from .train import TrainConfig
 from .weights import ParamSpace
 
 __all__ = ["import_checkpoint"]
@@ -50,13 +51,16 @@ _BEND = re.compile(r"(.+)_(\d+)")
 
 
 def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_kwargs: dict | None = None,
-                      key: str | None = None, **data_options: Any) -> Path:
+                      key: str | None = None, wd: float | None = None, **data_options: Any) -> Path:
     """Write ``out``, a landscape checkpoint of ``source`` (a curve or a
     network of the papers' code, above) built as ``model`` (a registered
     name or ``package.module:factory``, with ``model_kwargs``) for the data
     ``data_options`` name (``dataset``, ``data_path``, ...: the data it was
-    trained on, which later commands then use by default). Refuses an
-    ``out`` that exists. Returns ``out``."""
+    trained on, which later commands then use by default, recorded as a
+    run here records it, defaults included, so that it counts as the same
+    data as runs trained here) and the weight decay ``wd`` it was trained
+    with (the train loss's term in later evaluations; none if not given).
+    Refuses an ``out`` that exists. Returns ``out``."""
     source, out = Path(source), Path(out)
     check_data_options(data_options)
     if not isinstance(model_kwargs, (dict, type(None))):
@@ -66,6 +70,8 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     above = next((p for p in out.parents if p.exists()), None)
     if above is not None and not above.is_dir():
         raise UserError(f"--out {out}: {above} is a file, not a folder")
+    if wd is not None:
+        check_nonnegative("--wd", wd)
     if data_options.get("dataset") is None:  # what later commands evaluate it on: a default would be a guess
         raise UserError("import records the data the network was trained on: give --dataset (and --data-path, "
                         "--val-size ... as it was trained; dataset= in Python)")
@@ -81,6 +87,8 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     settings = merged_data_settings({}, data_options)
     if settings.get("data_path"):  # later commands may run from elsewhere
         settings["data_path"] = str(Path(settings["data_path"]).expanduser().resolve())
+    recorded = TrainConfig(**settings).to_json()  # as train records it: a missing val_size is not another split
+    settings = {k: recorded[k] for k in DATA_FIELDS} | ({"wd": float(wd)} if wd is not None else {})
     meta = {"imported_from": str(source.resolve()), **({"key": key} if key is not None else {}),
             "dataset": data.describe(), "train_config": settings}
     if is_papers_curve(state):

@@ -146,9 +146,13 @@ def pca_basis(post: SwagPosterior, rank: int) -> torch.Tensor:
     computed as Uᵀ (D / sqrt(K - 1)) from the K x K Gram matrix (float64)."""
     d, _evals, evecs, kept = _deviation_spectrum(post)
     k = d.shape[0]
+    if rank > kept and kept == 0:
+        raise UserError(f"the SWAG moments hold {'no deviations' if k == 0 else f'{k} deviation(s) spanning nothing'}"
+                        f" (collected without a low-rank part: swa --swag-rank 0, or swa_gaussian without "
+                        f"--cov_mat): a PCA subspace needs them; collect them with swa --swag-rank K")
     if rank > kept:
         raise UserError(f"--rank {rank}: the SWAG deviations span only {kept} direction(s) "
-                        f"({k} deviation(s) kept); use --rank {max(1, kept)} or collect more with a larger "
+                        f"({k} deviation(s) kept); use --rank {kept} or collect more with a larger "
                         f"--swag-rank")
     return (evecs[:, :rank].T @ d).float()
 
@@ -179,7 +183,8 @@ def plane_of_points(w0: torch.Tensor, wm: torch.Tensor, w1: torch.Tensor) -> tup
         raise UserError("the curve's endpoints are the same weights; it spans no plane")
     v = pts[1] - pts[0]
     v = v - u * (u @ v) / (u @ u)
-    if float(v.norm()) <= 1e-9 * float(u.norm()):
+    # float32 weights hold a point on the line only to about 6e-8 of their norm: within 1e-6 of it, no plane
+    if float(v.norm()) <= max(1e-9 * float(u.norm()), 1e-6 * float(pts.norm(dim=1).max())):
         raise UserError("the curve's midpoint lies on the line between its endpoints; it spans no plane "
                         "(a straight line: fit a curve with 'landscape connect')")
     basis = torch.stack([u / math.sqrt(3.0), v / 1.5])

@@ -89,9 +89,9 @@ class SwagPosterior:
         draws come from a CPU generator seeded with ``seed``, so a seed gives
         the same samples on every device. ``scale`` defaults to the paper's
         (:func:`default_scale`)."""
-        scale = default_scale(diag) if scale is None else scale
-        gen = torch.Generator().manual_seed(seed)
         p, k = self.mean.numel(), self.deviations.shape[0]
+        scale = default_scale(diag or k < 2) if scale is None else scale  # no low-rank part: SWAG-Diagonal's
+        gen = torch.Generator().manual_seed(seed)
         if count < 1:
             return torch.zeros(0, p, dtype=torch.float32, device=self.mean.device)
         low_rank = not diag and k >= 2
@@ -199,8 +199,8 @@ def evaluate_swag(
     check_data_options(data_overrides)  # a misspelt keyword lands among them
     amp = precision_amp(precision)
     samples, seed = check_draws(samples, seed)
-    scale = default_scale(diag) if scale is None else scale
-    check_nonnegative("--scale", scale)
+    if scale is not None:
+        check_nonnegative("--scale", scale)
     out_path = Path(out) if out is not None else None
     device = process_device(device)  # under torchrun: joins the process group
     post, net, ck = load_swag(swag, device, model)
@@ -208,6 +208,8 @@ def evaluate_swag(
     data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
     rank = post.deviations.shape[0]
     low_rank = not diag and rank >= 2
+    # moments with fewer than 2 deviations have no low-rank part: SWAG-Diagonal, and its scale
+    scale = default_scale(not low_rank) if scale is None else scale
     options = {"samples": samples, "scale": scale, "diag": diag, "seed": seed, "wd": wd, "batch_size": batch_size,
                "bn_batches": bn_batches, "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()}
     request = request_key([post.mean, post.sq_mean, post.deviations], {"kind": "swag", **options})

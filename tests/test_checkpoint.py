@@ -590,7 +590,16 @@ def test_import_makes_a_papers_curve_a_curve_checkpoint_matched_by_position(tmp_
     torch.testing.assert_close(loaded.curve.points(t)[0].double(), point, rtol=0, atol=1e-6)
     bn = next(k for k in anchors[0] if k.endswith("running_mean"))
     assert torch.equal(loaded.model.state_dict()[bn], anchors[0][bn] + 1)  # buffers by position too
-    assert load_checkpoint(out).meta["train_config"] == {"dataset": "digits"}  # later commands' data
+    from landscape.inputs import DATA_FIELDS, check_same_data
+    from landscape.train import TrainConfig
+
+    trained_here = {k: TrainConfig().to_json()[k] for k in DATA_FIELDS}  # as train records digits
+    assert load_checkpoint(out).meta["train_config"] == trained_here  # later commands' data
+    # the same data as a network trained here on digits (val-size 0 against None refused them as other data)
+    run = save_checkpoint(tmp_path / "run.pt", nets[0].state_dict(), SPEC | {"kwargs": {**SPEC["kwargs"], "width": 4}},
+                          meta={"train_config": TrainConfig().to_json()})
+    check_same_data([load_checkpoint(out), load_checkpoint(run)])
+    check_same_data([load_checkpoint(run), load_checkpoint(out)])
     # another architecture: one line, before anything is written; an existing --out is not overwritten
     with pytest.raises(UserError, match="bend 0's parameters: 11 in the file, 6 in model 'mlp': is --model the architecture"):
         import_checkpoint(tmp_path / "curve-600.pt", tmp_path / "x.pt", model="mlp", dataset="digits")
@@ -617,7 +626,10 @@ def test_import_takes_the_network_under_key_and_records_its_model(tmp_path):
         import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet", key="swa_state_dict")
     out = import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "a.pt", model="convnet",
                             model_kwargs={"width": 8}, key="swa_state_dict", dataset="digits")
-    assert load_checkpoint(out).meta["key"] == "swa_state_dict"
+    assert load_checkpoint(out).meta["key"] == "swa_state_dict" and "wd" not in load_checkpoint(out).meta["train_config"]
+    weighed = import_checkpoint(tmp_path / "checkpoint-10.pt", tmp_path / "w.pt", model="convnet",
+                                model_kwargs={"width": 8}, key="swa_state_dict", dataset="digits", wd=3e-4)
+    assert load_checkpoint(weighed).meta["train_config"]["wd"] == 3e-4  # the train loss's term in evaluations
     assert _same(load_model(out).state_dict(), swa)  # rebuilt without naming the model
     with pytest.raises(UserError, match="already a landscape checkpoint"):
         import_checkpoint(out, tmp_path / "b.pt", model="convnet", dataset="digits")

@@ -498,8 +498,11 @@ def test_demo_json_records_options_only_where_they_are_the_runs(tmp_path):
 
     old = tmp_path / "old"
     (old / "a").mkdir(parents=True)
+    (old / "a" / "config.json").write_text(json.dumps({"command": "train", "epochs": 2}))
     cli._check_demo(args(old, 2))
     assert not (old / "demo.json").exists()
+    with pytest.raises(UserError, match="holds a demo run with other options \\(--epochs 2, now 5\\)"):
+        cli._check_demo(args(old, 5))  # its endpoint's config says which: not its step's "--resume" advice
     fresh = tmp_path / "fresh"
     cli._check_demo(args(fresh, 2))
     cli._check_demo(args(fresh, 3))  # nothing ran yet: the new options stand

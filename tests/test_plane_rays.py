@@ -308,7 +308,7 @@ def test_a_path_that_leaves_the_plane_is_measured_noted_and_labelled_projected(c
         fig, ax = new_figure(1, 1)
         plot_plane_result(ax, result.arrays, result.summary, "train_loss", "train loss", 5.0, -5.0)
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert legend == (["curve (projected: up to 0.7 off the plane)"] if expected else ["curve"])
+        assert legend == (["curve\n(projected: up to 0.7 off the plane)"] if expected else ["curve"])
 
 
 def four_features(g: torch.Generator) -> Dataset:

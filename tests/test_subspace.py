@@ -129,6 +129,10 @@ def test_pca_basis_is_the_svd_of_the_deviations_and_a_rank_they_do_not_span_is_r
     assert pca_basis(post, 2).shape == (2, 40)
     with pytest.raises(UserError, match=r"--rank 3: the SWAG deviations span only 2 direction\(s\)"):
         pca_basis(post, 3)
+    # none at all (swa_gaussian without --cov_mat): said so, not "use --rank 1" (which fails the same way)
+    post.deviations = torch.zeros(0, 40)
+    with pytest.raises(UserError, match=r"the SWAG moments hold no deviations \(collected without a low-rank part"):
+        pca_basis(post, 1)
 
 
 def test_random_basis_is_orthogonal_with_the_given_length_and_seeded():
@@ -164,6 +168,17 @@ def test_the_curve_plane_passes_through_the_curves_points(runs):
     assert sub.path == pytest.approx((1 - t) ** 2 * z0 + 2 * t * (1 - t) * zb + t ** 2 * z1, abs=1e-4)
     with pytest.raises(UserError, match="midpoint lies on the line"):
         plane_of_points(w[0], (w[0] + w[2]) / 2, w[2])
+    # a curve lying on its line (its bend where connect starts it, or an imported line): refused, as plane does;
+    # its points in float32 put the midpoint 3e-8 of the length off the line, a "plane" of rounding noise
+    import dataclasses
+
+    from landscape.curves import create_curve
+
+    loaded = load_curve(runs / "curve" / "model.pt")
+    space, anchors = loaded.curve.space, loaded.curve.anchors().detach()
+    straight = create_curve("bezier", space, anchors[0], anchors[-1], bends=1)
+    with pytest.raises(UserError, match="midpoint lies on the line"):
+        curve_subspace(dataclasses.replace(loaded, curve=straight))
 
 
 def test_a_curve_off_the_plane_is_projected_as_its_points_would_be(runs):

@@ -76,6 +76,11 @@ def test_samples_follow_the_formula_and_the_closed_form_covariance():
     # the paper's scales by default: 1/2 for SWAG, 1 for SWAG-Diagonal's N(mean, diag(var))
     assert torch.equal(post.sample(4, seed=3), post.sample(4, seed=3, scale=0.5))
     assert torch.equal(post.sample(4, seed=3, diag=True), post.sample(4, seed=3, scale=1.0, diag=True))
+    # moments with fewer than 2 deviations (swa_gaussian without --cov_mat) have no low-rank part: they are
+    # SWAG-Diagonal, at its scale 1 (they drew at 0.5, half the variance, as "SWAG-Diagonal")
+    for kept in (0, 1):
+        thin = SwagPosterior(mean=mean, sq_mean=var + mean * mean, deviations=dev[:kept], averaged=10)
+        assert torch.equal(thin.sample(4, seed=3), post.sample(4, seed=3, diag=True))
     gen = torch.Generator().manual_seed(7)
     torch.testing.assert_close(post.sample(1, seed=7, diag=True)[0],
                                (mean + var.sqrt() * torch.randn(3, generator=gen, dtype=torch.float64)).float())

@@ -37,6 +37,15 @@ class CurveEvaluation:
     out: Path | None
 
 
+def _normalisation_note(normalisation: str) -> str:
+    """The summary notes' words for a curve network's ``normalisation``."""
+    if normalisation == "batch norm re-estimated":
+        return "batch norm re-estimated at every point"
+    if normalisation == "none":
+        return "no batch norm: every point's network as it is"
+    return f"each batch normalised by its own statistics ({normalisation}: track_running_stats=False)"
+
+
 def evaluate_curve(
     curve: str | Path | Checkpoint | LoadedCurve,
     out: str | Path | None = None,
@@ -145,6 +154,8 @@ def evaluate_curve(
             "ensemble_test_nll": ens["nll"],
             "metrics": stats,
         }
+    normalisation = ("batch norm re-estimated" if bn_modules(model) else
+                     f"per batch of {batch_size}" if per_batch_norms(model) else "none")
     summary.update({
         "points": n,
         "curve_type": crv.name,
@@ -155,10 +166,9 @@ def evaluate_curve(
         "dataset": data.describe(),
         "checkpoint": str(loaded.path) if loaded.path else None,
         # what makes a point's numbers differ from its network's as trained, where they do
-        "normalisation": ("batch norm re-estimated" if bn_modules(model) else
-                          f"per batch of {batch_size}" if per_batch_norms(model) else "none"),
+        "normalisation": normalisation,
         "notes": "barrier = max along the path - mean of its two ends; train_loss = NLL + wd/2 ||w||^2; "
-                 "errors in percent; batch norm re-estimated at every point; ensemble = averaged "
+                 f"errors in percent; {_normalisation_note(normalisation)}; ensemble = averaged "
                  "predicted probabilities of all points of the path" + (f"; {kept_note}" if kept_note else ""),
     })
     finish_result(out_path, "curve.npz", arrays, summary, request)

@@ -25,8 +25,9 @@ def curve_subspace(curve: str | Path | Checkpoint | LoadedCurve, device: torch.d
     """The ``curve`` subspace of a curve checkpoint (written by ``landscape connect``)."""
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device, model)
     with torch.no_grad():
-        w0, wm, w1 = loaded.curve.points(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64,
-                                                      device=loaded.curve.fixed.device)).detach()
+        crv = loaded.curve  # the three points in float64: a straight line's midpoint rounded in float32 lay 3e-8 of
+        t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, device=crv.fixed.device)  # its length off it
+        w0, wm, w1 = crv.coefficients(t).double() @ crv.anchors().detach().double()
         shift, basis, landmarks = plane_of_points(w0, wm, w1)
         path, off = _curve_in_plane(loaded, shift, basis)
     # the chains start at the curve's end t = 1, as the reference's (the plane's centre is a poor network)

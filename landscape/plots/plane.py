@@ -519,7 +519,7 @@ def plot_plane_result(ax, arrays: dict[str, np.ndarray], summary: dict, metric: 
     path_label, off = summary.get("path_label"), summary.get("path_distance_from_plane_max")
     extent = max(float(np.ptp(arrays["x"])), float(np.ptp(arrays["y"])))
     if path_label and isinstance(off, (int, float)) and off > PATH_OFF_SHARE * extent:  # bends the plane lacks
-        path_label = f"{path_label} (projected: up to {off:.2g} off the plane)"
+        path_label = f"{path_label}\n(projected: up to {off:.2g} off the plane)"  # two lines: a column's width
     plot_plane_points(ax, arrays["anchor_xy"], summary.get("anchor_labels"),
                       path_xy=arrays.get("path_xy"), path_label=path_label,
                       mark_xy=arrays.get("mark_xy"), mark_labels=summary.get("mark_labels"),
