@@ -2029,7 +2029,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     return list(getattr(args, "argv", None) or sys.argv)
 
 
-# The options of the papers' scripts (dnn-mode-connectivity, swa, swa_gaussian) that landscape names otherwise.
+# The options of the papers' scripts (dnn-mode-connectivity, swa, swa_gaussian) that landscape names otherwise,
+# and training's --amp given to an evaluation.
 _PAPERS_OPTIONS = {
     "--num_bends": "--bends counts only the free points between the ends: the papers' --num_bends N is --bends N-2",
     "--fix_start": "the ends are fixed by default (--free-start / --free-end train them)",
@@ -2047,6 +2048,7 @@ _PAPERS_OPTIONS = {
     "--swa_c_epochs": "the epochs between SWA's averages are --cycle",
     "--eval_freq": "the evaluation interval is --eval-every",
     "--save_freq": "checkpoints are kept with --save-every N",
+    "--amp": "evaluations take --precision bf16; --amp is training's spelling",
 }
 
 

@@ -578,6 +578,7 @@ def run_training(
         try:
             summary = task.finish()
             summary["seconds"] = round(time.perf_counter() - t0, 3)
+            summary.setdefault("precision", "bf16" if cfg.amp else "fp32")  # its final metrics' too
         except UserError as e:  # e.g. SWA's non-finite average: rank 0 alone met it, every rank stops alike
             refused = e
     said = _from_main(str(refused) if refused is not None else None)

@@ -148,6 +148,7 @@ def test_an_option_the_subcommand_lacks_points_to_the_subcommands_help(capsys):
     (["train", "--batch_size", "64", "--out", "x"], "did you mean --batch-size?"),
     (["curve", "--ckpt", "c.pt", "--num_points", "61"], "the points along the curve are --points"),
     (["swa", "--from", "a.pt", "--max_num_models", "20"], "SWAG's rank is --swag-rank K"),
+    (["plane", "--ckpt", "c.pt", "--amp"], "--amp: evaluations take --precision bf16"),
 ])
 def test_the_papers_option_names_get_the_name_used_here(capsys, argv, hint):
     with pytest.raises(SystemExit) as e:

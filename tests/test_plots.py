@@ -1645,3 +1645,21 @@ print(matplotlib.get_backend(), matplotlib.rcParams["font.size"], matplotlib.rcP
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType fonts, as venues' checks ask
     pdf = (tmp_path / "own.pdf").read_bytes()
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf
+
+
+def test_figures_of_bf16_results_say_so_and_a_mixed_comparison_counts_them():
+    """Nothing in a figure told a bf16 evaluation from an fp32 one, nor a comparison mixing them."""
+    from landscape.plots.style import new_figure, note_synthetic
+
+    fig, _ = new_figure(1, 1)
+    note_synthetic(fig, [{"precision": "bf16"}])
+    assert fig._suptitle.get_text() == "evaluated in bf16"
+    fig, _ = new_figure(1, 1)
+    fig.suptitle("SWAG: 30 samples")
+    note_synthetic(fig, [{"precision": "fp32"}, {"precision": "bf16", "synthetic": True}])
+    assert fig._suptitle.get_text() == ("SWAG: 30 samples\n(synthetic data — benchmark only; 1 of the 2 results "
+                                        "evaluated in bf16)")
+    fig, _ = new_figure(1, 1)
+    note_synthetic(fig, [{"precision": "fp32"}, {}])
+    assert fig._suptitle is None or fig._suptitle.get_text() == ""
+    plt.close("all")

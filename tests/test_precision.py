@@ -51,3 +51,21 @@ def test_bf16_with_vmap_on_the_cpu_is_refused(points):
         evaluate_points(points.model, points.vectors, [[1.0, 0.0, 0.0]], points.data, strategy="vmap", amp=True)
     loop = evaluate_points(points.model, points.vectors, [[1.0, 0.0, 0.0]], points.data, strategy="loop", amp=True)
     assert np.isfinite(loop["train_loss"]).all()
+
+
+def test_curve_and_simplex_fits_train_in_bf16_on_a_batch_norm_network(points, tmp_path):
+    """connect, simplex and vi-connect crashed on their first step under --amp with batch norm ("expected scalar
+    type BFloat16 but found Float"): the weights at a point were formed by a bf16 matmul inside autocast (and, on
+    networks without batch norm, silently rounded to bf16). They are formed in fp32 now."""
+    from landscape.curves.fit import fit_curve
+    from landscape.curves.spro import grow_simplex
+
+    a, b = (str(ck.path) for ck in points.checkpoints[:2])
+    runs = {amp: fit_curve(a, b, tmp_path / f"c{amp}", data=points.data, epochs=1, amp=amp, device="cpu",
+                           progress=False) for amp in (False, True)}
+    for key in ("train_loss_at", "test_error_at"):  # t = 0, 1/2, 1 after one epoch: bf16 near fp32
+        fp32, bf16 = (np.asarray(runs[amp].summary["curve"][key]) for amp in (False, True))
+        assert np.all(np.abs(bf16 - fp32) <= np.maximum(0.05 * np.abs(fp32), 1.0 if "error" in key else 0.02)), key
+    sx = grow_simplex(a, tmp_path / "sx", vertices=2, epochs=1, eval_samples=2, face_resolution=2, amp=True,
+                      data=points.data, device="cpu", progress=False)
+    assert np.isfinite(sx.summary["train_loss_mean"]) and sx.summary["volume"] > 0

@@ -101,8 +101,11 @@ class Curve(nn.Module):
 
     # -- points, speed, length ---------------------------------------------------------
     def points(self, t: torch.Tensor) -> torch.Tensor:
-        """phi(t): (K,) -> (K, P)."""
-        return self.coefficients(t).to(self.fixed.dtype) @ self.anchors()
+        """phi(t): (K,) -> (K, P), in the anchors' dtype: under autocast (``--amp``) too, where a bf16 matmul
+        would round every weight and give batch norm bf16 parameters its CPU kernel refuses."""
+        c = self.coefficients(t).to(self.fixed.dtype)
+        with torch.autocast(self.fixed.device.type, enabled=False):
+            return c @ self.anchors()
 
     def speed(self, t: torch.Tensor) -> torch.Tensor:
         """||phi'(t)||: (K,) -> (K,), in the anchors' dtype; differentiable.

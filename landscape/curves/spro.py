@@ -182,7 +182,8 @@ def _train_vertex(template: nn.Module, spec: dict, fixed: torch.Tensor, labels: 
         coeffs = cx.sample(k, volume_weighted=cfg.volume_weighted).to(fixed.dtype)  # (K, A)
         if world > 1:
             dist.broadcast(coeffs, src=0)  # every rank fits the same points on its slice of the batch
-        points = coeffs @ cx.anchors()  # (K, P)
+        with torch.autocast(fixed.device.type, enabled=False):  # the weights stay fp32 under --amp (Curve.points)
+            points = coeffs @ cx.anchors()  # (K, P)
         batched = {n: b.unsqueeze(0).repeat(k, *([1] * b.dim())) for n, b in buffers.items()}
         logits = forward_points(template, space.unflatten(points), batched, x)  # (K, B, classes)
         nll = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(k))

@@ -11,8 +11,8 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (PATH_LOG_FACTOR, drawing, fs, log_scale_when_spread, new_figure, result_colors, save_figures,
-                    shown_label, train_loss_label)
+from .style import (PATH_LOG_FACTOR, drawing, fs, log_scale_when_spread, new_figure, precision_note, result_colors,
+                    save_figures, shown_label, train_loss_label)
 
 __all__ = ["plot_rays", "plot_line_metric", "draw_rays_figures", "load_rays_result", "shared_limits"]
 
@@ -155,6 +155,8 @@ def _suptitle(fig, summary: dict, note: str = "") -> None:
     lines = [note] if note else []
     if summary.get("synthetic"):
         lines.append("synthetic data — benchmark only")
+    if precision_note([summary]):
+        lines.append(precision_note([summary]))
     if lines:
         fig.suptitle("\n".join(lines), color="gray" if summary.get("synthetic") else "black", fontsize=fs(9))
 

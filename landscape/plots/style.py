@@ -196,9 +196,29 @@ def fs(points: float) -> float:
 
 def note_synthetic(fig, summaries) -> None:
     """The figure's title says so when any of the results drawn (their
-    summaries) came from synthetic data."""
-    if any(s.get("synthetic") for s in summaries):
-        fig.suptitle("synthetic data — benchmark only", color="gray")
+    summaries) came from synthetic data, and when any were evaluated in bf16
+    (``--precision bf16``: within about 1e-3 of fp32, but not fp32's
+    numbers), below a title the figure has, or as its title."""
+    summaries = list(summaries)
+    notes = ["synthetic data — benchmark only"] if any(s.get("synthetic") for s in summaries) else []
+    notes += [precision_note(summaries)] if precision_note(summaries) else []
+    if not notes:
+        return
+    title = getattr(fig, "_suptitle", None)
+    if title is not None and title.get_text():
+        title.set_text(f"{title.get_text()}\n({'; '.join(notes)})")
+    else:
+        fig.suptitle("; ".join(notes), color="gray")
+
+
+def precision_note(summaries) -> str:
+    """"evaluated in bf16" when the results drawn (their summaries) were, "2
+    of the 3 results evaluated in bf16" when some were, else ""."""
+    precisions = [s.get("precision") for s in summaries]
+    if "bf16" not in precisions:
+        return ""
+    return ("evaluated in bf16" if all(p == "bf16" for p in precisions) else
+            f"{precisions.count('bf16')} of the {len(precisions)} results evaluated in bf16")
 
 
 def train_loss_label(*summaries: dict) -> str:

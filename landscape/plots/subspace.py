@@ -15,7 +15,8 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .plane import OUTLINE, plot_plane
-from .style import COMPARE_COLORS, drawing, fs, legend_below, new_figure, paper_width, save_figure, whole_number_ticks
+from .style import (COMPARE_COLORS, drawing, fs, legend_below, new_figure, paper_width, precision_note, save_figure,
+                    whole_number_ticks)
 from .swag import average_colors, plot_model_average
 
 __all__ = ["draw_subspace_figure"]
@@ -121,5 +122,6 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
     fig.suptitle(f"{summary.get('basis')} subspace, rank {summary.get('rank')}, {method}, "
                  f"T = {summary.get('temperature'):g}: "
                  f"{bma['members']} samples, {split} NLL {bma['test_nll']:.4f}, error {bma['test_error']:.2f}%"
-                 + ("   [synthetic data]" if summary.get("synthetic") else ""), fontsize=fs(10))
+                 + ("   [synthetic data]" if summary.get("synthetic") else "")
+                 + (f"   [{precision_note([summary])}]" if precision_note([summary]) else ""), fontsize=fs(10))
     return save_figure(fig, result_dir / "subspace", formats)

@@ -73,5 +73,6 @@ def draw_swa_figure(run_dir: str | Path, formats: tuple[str, ...] = ("png",)) ->
     rate = ("" if not isinstance(low, (int, float)) else f" {high:g}-{low:g}" if isinstance(high, (int, float))
             else f" {low:g}")
     fig.suptitle(f"SWA against SGD over training ({config.get('swa_schedule', 'constant')} rate{rate}, averaging every "
-                 f"{'epoch' if cycle == 1 else f'{cycle} epochs'})", fontsize=fs(10))
+                 f"{'epoch' if cycle == 1 else f'{cycle} epochs'})"
+                 + ("   [trained and evaluated in bf16]" if config.get("amp") else ""), fontsize=fs(10))
     return save_figure(fig, run_dir / "swa", formats)

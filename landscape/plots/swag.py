@@ -14,7 +14,8 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, drawing, error_axis_from_zero, fs, legend_below,
-                    log_scale_when_spread, new_figure, note_synthetic, result_colors, save_figure, whole_number_ticks)
+                    log_scale_when_spread, new_figure, note_synthetic, precision_note, result_colors, save_figure,
+                    whole_number_ticks)
 
 __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", "compare_averages",
            "average_label", "average_key", "average_colors"]
@@ -141,8 +142,8 @@ def _draw_average(stem: Path, arrays, summary, centre, average, label: str, cent
                          {centre_label: centre.get("test_ece"), label: average.get("test_ece")})
         axes[2].set_title(f"{split} reliability", fontsize=fs(10))
     fig.suptitle(f"{title}: {average['members']} samples, {split} NLL {average['test_nll']:.4f}, "
-                 f"error {average['test_error']:.2f}%" + ("   [synthetic data]" if summary.get("synthetic") else ""),
-                 fontsize=fs(10))
+                 f"error {average['test_error']:.2f}%" + ("   [synthetic data]" if summary.get("synthetic") else "")
+                 + (f"   [{precision_note([summary])}]" if precision_note([summary]) else ""), fontsize=fs(10))
     return save_figure(fig, stem, formats)
 
 
