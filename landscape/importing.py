@@ -200,7 +200,7 @@ def _pairing(source: Path, theirs: list[tuple[str, str, torch.Tensor]], ours: li
                         f"the architecture it was trained with (and its --model-kwargs)?")
     place = {name: i for i, (name, _) in enumerate(ours)}
     common = [place[name] for _, name, _ in theirs if name in place]
-    if all(a < b for a, b in zip(common, common[1:])):  # the network's order, where names tell
+    if all(a < b for a, b in zip(common, common[1:])) and _weights_first([name for _, name, _ in theirs]):
         if _resorted([name for _, name, _ in theirs]):
             raise UserError(f"{source}: its {what} are named otherwise than in model '{model}' and stored in "
                             f"alphabetical order (a file re-saved with sorted keys?), so their order, which "
@@ -243,6 +243,19 @@ def _buffers(net: nn.Module) -> list[tuple[str, torch.Tensor]]:
     statistics, in order."""
     params = {name for name, _ in net.named_parameters(remove_duplicate=False)}
     return [(n, b) for n, b in net.state_dict().items() if n not in params and not n.endswith("num_batches_tracked")]
+
+
+def _weights_first(names: list[str]) -> bool:
+    """Whether every module in ``names`` (in the file's order) has its
+    ``weight`` before its ``bias``, as modules register them: a file that
+    keeps the network's order does, whatever its layers are called."""
+    seen: dict[str, set[str]] = {}
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        if leaf == "bias" and "weight" not in seen.get(owner, set()) and f"{owner}.weight" in names:
+            return False
+        seen.setdefault(owner, set()).add(leaf)
+    return True
 
 
 def _resorted(names: list[str]) -> bool:

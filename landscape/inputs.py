@@ -337,12 +337,17 @@ def check_same_data(ckpts: Sequence[Checkpoint], overrides: dict[str, Any] | Non
     split of one run may be training data of the other."""
     given = {k for k, v in (overrides or {}).items() if v is not None}
     first = ckpts[0]
-    defaults = TrainConfig().to_json()  # a setting a record leaves out is the default it was read with
-    ref = {k: defaults[k] for k in DATA_FIELDS} | data_settings(first)
+    defaults = TrainConfig().to_json()
+
+    def settings(ck: Checkpoint) -> dict[str, Any]:  # a setting a run's record leaves out: the default it read
+        recorded = (ck.meta or {}).get("train_config")  # none at all (a checkpoint saved from Python): unknown
+        return ({k: defaults[k] for k in DATA_FIELDS} if recorded else {}) | data_settings(ck)
+
+    ref = settings(first)
     for ck in ckpts[1:]:
         if ck.model is None or first.model is None:
             continue  # foreign checkpoints record no data
-        mine = {k: defaults[k] for k in DATA_FIELDS} | data_settings(ck)
+        mine = settings(ck)
         # a run trained on data= records settings that do not say what it read (the default digits): its record
         # of the data does; the same files read and split alike are the same data
         records = [(c.meta or {}).get("dataset") for c in (ck, first)]

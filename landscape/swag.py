@@ -216,7 +216,8 @@ def evaluate_swag(
     before = stored_config(out_path) if out_path is not None else None
     if (before and before.get("command") == "swag" and before.get("diag") == diag
             and isinstance(before.get("scale"), (int, float)) and before["scale"] != scale):
-        # --diag's default scale moved from 0.5 to the paper's 1: say which the folder's run used
+        # --diag's default scale moved from 0.5 to the paper's 1 (and so did moments of fewer than 2
+        # deviations', SWAG-Diagonal too): say which the folder's run used
         raise UserError(f"{out_path} holds a swag run of --scale {before['scale']:g}, not {scale:g}; pass "
                         f"--scale {before['scale']:g} to resume or repeat it, or choose another --out")
     finished = begin_result(out_path, "swag.npz", resume, "swag", request)

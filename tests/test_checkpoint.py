@@ -746,3 +746,58 @@ def test_import_makes_swa_gaussians_swag_moments_a_swag_checkpoint(tmp_path):
     torch.testing.assert_close(post.sq_mean, sq.float().double(), rtol=0, atol=0)
     torch.testing.assert_close(post.deviations, torch.stack(devs).float(), rtol=0, atol=0)
     torch.testing.assert_close(space.flatten(swa_net.state_dict()), mean.float(), rtol=0, atol=0)  # the SWA network
+
+
+def test_import_reads_a_file_whose_batch_norm_layers_are_renamed_and_keep_biases_first(tmp_path):
+    """The names shared with the model (bias-free convolutions) came in the model's order, so the file was
+    taken as in order and paired by position, while every renamed batch-norm layer held its biases before
+    its weights (one shape): swapped without a word. A module's bias before its weight means re-ordered."""
+    from landscape.curves.fit import load_curve
+    from landscape.importing import import_checkpoint
+    from landscape.weights import ParamSpace
+
+    nets = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
+    anchors = [n.state_dict() for n in nets]
+    state = _papers_curve(anchors, nets[0], True, own_names=True)
+    bns = {k.split(".")[2] for k in state if k.startswith("net.features.") and "running_mean" in k}
+    renamed = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        renamed[f"net.bn{parts[2]}.{'.'.join(parts[3:])}" if parts[1:2] == ["features"] and parts[2] in bns
+                else k] = v
+    by_module: dict[str, list[str]] = {}
+    for k in renamed:
+        by_module.setdefault(k.rsplit(".", 1)[0], []).append(k)
+    keys = [k for m, ks in by_module.items() for k in (sorted(ks) if m.startswith("net.bn") else ks)]  # bias_ first
+    torch.save({"model_state": {k: renamed[k] for k in keys}}, tmp_path / "bn-renamed.pt")
+    loaded = load_curve(import_checkpoint(tmp_path / "bn-renamed.pt", tmp_path / "c.pt", model="convnet",
+                                          model_kwargs={"width": 4}, dataset="digits"))
+    space = ParamSpace.of(loaded.model)
+    assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in anchors]))
+
+
+def test_a_checkpoint_recording_no_settings_is_not_taken_as_trained_on_the_defaults(tmp_path):
+    """Settings a run's record leaves out are read as their defaults (an import's, or an older build's), but a
+    checkpoint with no train_config at all (saved from Python) is unknown data, not digits. (A run trained
+    with data= records the defaults and its data's own record: check_sources_data names that one, with the
+    data it records, once the data is loaded.)"""
+    from landscape.data import load_dataset
+    from landscape.inputs import check_same_data
+    from landscape.train import TrainConfig
+
+    digits = load_dataset("digits").describe()
+    mine = dict(digits, name="mine", n_train=200, n_test=50, fingerprint=None)
+    a = save_checkpoint(tmp_path / "a.pt", _net().state_dict(), SPEC,
+                        meta={"train_config": TrainConfig().to_json(), "dataset": mine})
+    b = save_checkpoint(tmp_path / "b.pt", _net().state_dict(), SPEC,
+                        meta={"train_config": TrainConfig().to_json(), "dataset": digits})
+    bare = save_checkpoint(tmp_path / "c.pt", _net().state_dict(), SPEC, meta={"dataset": dict(digits, name="cifar10")})
+    with pytest.raises(UserError, match="c.pt was trained on other data than .*b.pt"):
+        check_same_data([load_checkpoint(b), load_checkpoint(bare)])
+    partial = save_checkpoint(tmp_path / "d.pt", _net().state_dict(), SPEC,
+                              meta={"train_config": {"dataset": "digits"}, "dataset": digits})
+    check_same_data([load_checkpoint(b), load_checkpoint(partial)])  # val-size 0 left out: the default
+    check_same_data([load_checkpoint(a), load_checkpoint(a)])

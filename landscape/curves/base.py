@@ -31,6 +31,10 @@ CURVES: dict[str, type["Curve"]] = {}
 
 
 def register_curve(cls: type["Curve"]) -> type["Curve"]:
+    """Register a :class:`Curve` kind under its ``name``. Its coefficients
+    must sum to 1 at every t (a point is an affine combination of the
+    control points, so the ends are the networks): :meth:`Curve.speed`
+    relies on their derivatives summing to 0."""
     CURVES[cls.name] = cls
     return cls
 
