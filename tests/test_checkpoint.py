@@ -540,6 +540,15 @@ def test_a_checkpoint_write_that_torch_cuts_short_on_its_last_bytes_is_a_full_di
     assert not _cut_short(RuntimeError("CUDA error: out of memory"))
 
 
+def _convnets(count: int) -> list[nn.Module]:
+    """``count`` width-4 digits convnets from seeds 1, 2, ...: a curve's start, bends and end."""
+    nets = []
+    for seed in range(1, count + 1):
+        torch.manual_seed(seed)
+        nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
+    return nets
+
+
 def _papers_curve(anchors: list[dict], net: nn.Module, bezier: bool, own_names: bool = False) -> dict:
     """A dnn-mode-connectivity CurveNet state dict of ``net``'s architecture with bends ``anchors``: per module
     its weights of every bend, then its biases, then its buffers (their curve modules' order), under names of
@@ -566,10 +575,7 @@ def test_import_makes_a_papers_curve_a_curve_checkpoint_matched_by_position(tmp_
     from landscape.importing import import_checkpoint
     from landscape.weights import ParamSpace
 
-    nets = []
-    for seed in (1, 2, 3, 4):
-        torch.manual_seed(seed)
-        nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
+    nets = _convnets(4)
     anchors = [n.state_dict() for n in nets]  # start, two bends, end: their num_bends 4
     torch.save({"epoch": 600, "model_state": _papers_curve(anchors, nets[0], bezier)}, tmp_path / "curve-600.pt")
     with pytest.raises(UserError, match="a curve of dnn-mode-connectivity's code.*landscape import"):
@@ -638,10 +644,7 @@ def test_import_takes_the_network_under_key_and_records_its_model(tmp_path):
 def test_import_from_the_command_line_then_curve_reads_it_alone(tmp_path, capsys):
     from landscape import cli
 
-    nets = []
-    for seed in (1, 2, 3):
-        torch.manual_seed(seed)
-        nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
+    nets = _convnets(3)
     torch.save({"model_state": _papers_curve([n.state_dict() for n in nets], nets[0], True)}, tmp_path / "c.pt")
     assert cli.main(["import", str(tmp_path / "c.pt"), "--model", "convnet", "--model-kwargs", "width=4",
                      "--out", str(tmp_path / "mine.pt")]) == 2  # the data it was trained on is not guessed
@@ -665,10 +668,7 @@ def test_import_matches_by_name_first_so_a_file_resaved_with_sorted_keys_is_read
     from landscape.importing import import_checkpoint
     from landscape.weights import ParamSpace
 
-    nets = []
-    for seed in (1, 2, 3):
-        torch.manual_seed(seed)
-        nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
+    nets = _convnets(3)
     anchors = [n.state_dict() for n in nets]
     state = _papers_curve(anchors, nets[0], True, own_names=True)
     torch.save({"model_state": dict(sorted(state.items()))}, tmp_path / "sorted.pt")
@@ -756,10 +756,7 @@ def test_import_reads_a_file_whose_batch_norm_layers_are_renamed_and_keep_biases
     from landscape.importing import import_checkpoint
     from landscape.weights import ParamSpace
 
-    nets = []
-    for seed in (1, 2, 3):
-        torch.manual_seed(seed)
-        nets.append(create_model("convnet", num_classes=10, input_shape=(1, 8, 8), width=4))
+    nets = _convnets(3)
     anchors = [n.state_dict() for n in nets]
     state = _papers_curve(anchors, nets[0], True, own_names=True)
     bns = {k.split(".")[2] for k in state if k.startswith("net.features.") and "running_mean" in k}
