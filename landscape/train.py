@@ -265,8 +265,10 @@ def _check_resumable(out: Path, cfg: TrainConfig, stored: dict[str, Any],
         if old != value and not (key in _RESUME_PATHS and (same_file(old, value) or key in same_contents)) and not (
                 key == "data_path" and old is not None and value is not None
                 and data_location(cfg.dataset, old) == data_location(cfg.dataset, value) is not None):
+            said = (f"in {'bf16' if old else 'fp32'}, now in {'bf16' if value else 'fp32'} (--amp, or --precision "
+                    f"bf16)" if key == "amp" else f"with {key}={old!r}, now {key}={value!r}")
             raise UserError(
-                f"{out} was started with {key}={old!r}, now {key}={value!r}; "
+                f"{out} was started {said}; "
                 f"--resume needs the same settings (or choose another --out)"
             )
 

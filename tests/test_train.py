@@ -340,3 +340,17 @@ def test_an_empty_path_is_refused_not_the_current_folder(tmp_path, monkeypatch, 
     assert stop.value.code == 2
     assert "argument --out: an empty path (an unset shell variable?); give a file or folder" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_resume_in_another_precision_says_so_in_words_the_user_typed(tmp_path):
+    """A bf16 run resumed without it said "was started with amp=True, now amp=False" to a user who typed
+    --precision bf16."""
+    from landscape.errors import UserError
+    from landscape.train import TrainConfig, _check_resumable
+
+    started = TrainConfig(amp=True).to_json()
+    with pytest.raises(UserError, match=r"was started in bf16, now in fp32 \(--amp, or --precision bf16\); "
+                                        r"--resume needs the same settings"):
+        _check_resumable(tmp_path, TrainConfig(amp=False), started)
+    with pytest.raises(UserError, match="was started with epochs=20, now epochs=3"):  # other settings as before
+        _check_resumable(tmp_path, TrainConfig(amp=True, epochs=3), started)
