@@ -928,14 +928,23 @@ def _strip_wrapper_name(state_dict: dict[str, torch.Tensor], expected: Mapping[s
     and say so; a dict that fits, or that dropping it would not fit, is left."""
     if not state_dict or set(state_dict) <= set(expected):
         return
-    heads = {k.split(".", 1)[0] for k in state_dict}
-    if len(heads) != 1 or not all("." in k for k in state_dict):
+    head, stripped = unwrapped(state_dict)
+    if head is None:
         return
-    head = heads.pop()
-    stripped = {k[len(head) + 1:]: v for k, v in state_dict.items()}
     needed = {k for k in expected if not k.endswith("num_batches_tracked")}
     if needed <= set(stripped) <= set(expected):
         state_dict.clear()
         state_dict.update(stripped)
         print(f"note: {source}: every key began with '{head}.' (a Lightning module's or a wrapper's attribute); "
               f"read without it", file=sys.stderr)
+
+
+def unwrapped(state_dict: Mapping[str, torch.Tensor]) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """The one leading name every key of ``state_dict`` shares (a wrapper's
+    attribute: Lightning's ``model.``) and the dict without it; ``(None,
+    {})`` when the keys share none."""
+    heads = {k.split(".", 1)[0] for k in state_dict}
+    if len(heads) != 1 or not all("." in k for k in state_dict):
+        return None, {}
+    head = heads.pop()
+    return head, {k[len(head) + 1:]: v for k, v in state_dict.items()}

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .checkpoint import (_refuse_nan, _refuse_papers_format, check_state_dict, extract_state_dict,
-                         is_papers_curve, read_torch_file, save_checkpoint)
+                         is_papers_curve, read_torch_file, save_checkpoint, unwrapped)
 from .errors import UserError, check_nonnegative
 from .inputs import DATA_FIELDS, check_data_options, merged_data_settings, resolve_data
 from .models import create_model, model_spec
@@ -117,9 +117,8 @@ def _state(source: Path, obj: Any, key: str | None) -> dict[str, torch.Tensor]:
             raise UserError(f"{source}: holds two networks, the SGD iterate ('state_dict') and the SWA average "
                             f"('swa_state_dict'); name the one to import with --key")
         state = extract_state_dict(obj, source)
-    heads = {k.split(".", 1)[0] for k in state}
-    if not is_papers_curve(state) and len(heads) == 1 and all("." in k for k in state):
-        inner = {k.split(".", 1)[1]: v for k, v in state.items()}  # a CurveNet inside a wrapper (Lightning's model.)
+    if not is_papers_curve(state):
+        _, inner = unwrapped(state)  # a CurveNet inside a wrapper (Lightning's model.)
         if is_papers_curve(inner):
             state = inner
     if not is_papers_curve(state) and any(_BEND.fullmatch(k) and k.rsplit("_", 1)[0].endswith(("weight", "bias"))
@@ -260,14 +259,9 @@ def _weights_first(names: list[str]) -> bool:
 
 def _resorted(names: list[str]) -> bool:
     """Whether tensor names are in alphabetical order where a network's own
-    order would not be: a module's ``bias`` before its ``weight`` (modules
-    register their weight first), or ``fc10`` before ``fc2``."""
-    layers: dict[str, list[str]] = {}
-    for name in names:
-        owner, _, leaf = name.rpartition(".")
-        layers.setdefault(owner, []).append(leaf)
-    return names == sorted(names) and (any({"weight", "bias"} <= set(leaves) for leaves in layers.values())
-                                       or names != sorted(names, key=_natural))
+    order would not be: ``fc10`` before ``fc2``. (A module's bias before its
+    weight, the other sign, :func:`_weights_first` tells.)"""
+    return names == sorted(names) != sorted(names, key=_natural)
 
 
 def _import_swag(source: Path, out: Path, state: Mapping[str, torch.Tensor], net: nn.Module, spec: dict,
