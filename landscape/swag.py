@@ -84,17 +84,22 @@ class SwagPosterior:
         """Σ_diag, clamped at 0 (the difference of two float64 means can round below 0)."""
         return (self.sq_mean - self.mean * self.mean).clamp(min=0.0)
 
+    def low_rank(self, diag: bool = False) -> bool:
+        """Whether draws have the low-rank term: not ``diag`` (SWAG-Diagonal),
+        and at least 2 deviations kept (fewer span nothing)."""
+        return not diag and self.deviations.shape[0] >= 2
+
     def sample(self, count: int, seed: int = 0, scale: float | None = None, diag: bool = False) -> torch.Tensor:
         """``count`` draws (count, P), float32, on the mean's device; the normal
         draws come from a CPU generator seeded with ``seed``, so a seed gives
         the same samples on every device. ``scale`` defaults to the paper's
         (:func:`default_scale`)."""
         p, k = self.mean.numel(), self.deviations.shape[0]
-        scale = default_scale(diag or k < 2) if scale is None else scale  # no low-rank part: SWAG-Diagonal's
+        low_rank = self.low_rank(diag)
+        scale = default_scale(not low_rank) if scale is None else scale  # no low-rank part: SWAG-Diagonal's
         gen = torch.Generator().manual_seed(seed)
         if count < 1:
             return torch.zeros(0, p, dtype=torch.float32, device=self.mean.device)
-        low_rank = not diag and k >= 2
         std = self.variance().sqrt()
         rows = []
         for _ in range(count):  # one at a time: each draw's z_1 is P numbers
@@ -207,7 +212,7 @@ def evaluate_swag(
     check_draws_fit(samples, post.mean.numel(), device)
     data, wd = stored_data(ck.meta, ck.model, ck.path, data_overrides, device, data, wd)
     rank = post.deviations.shape[0]
-    low_rank = not diag and rank >= 2
+    low_rank = post.low_rank(diag)
     # moments with fewer than 2 deviations have no low-rank part: SWAG-Diagonal, and its scale
     scale = default_scale(not low_rank) if scale is None else scale
     options = {"samples": samples, "scale": scale, "diag": diag, "seed": seed, "wd": wd, "batch_size": batch_size,
