@@ -102,11 +102,12 @@ _NOTED_PER_BATCH: set[tuple[str, ...]] = set()
 def note_per_batch_norms(model: nn.Module, batch_size: int) -> None:
     """Once per process and network: a note on stderr that ``model``'s
     :func:`per_batch_norms` make every metric depend on ``--batch-size``."""
-    import os
     import sys
 
+    from .sweep import is_main  # local: the sweep imports the engine, which imports this
+
     names = tuple(per_batch_norms(model))
-    if not names or (type(model).__qualname__, *names) in _NOTED_PER_BATCH or os.environ.get("RANK", "0") != "0":
+    if not names or (type(model).__qualname__, *names) in _NOTED_PER_BATCH or not is_main():
         return
     _NOTED_PER_BATCH.add((type(model).__qualname__, *names))
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

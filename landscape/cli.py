@@ -417,9 +417,11 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
     if all(abs(value - ends[key]) < 0.005 for key, value in own.items()):
         return ""
     norm = s.get("normalisation", "batch norm re-estimated")  # a summary of an earlier build: a network with it
-    cause, stats = ((f"{norm}; ", ", with the statistics {} trained with,") if norm == "batch norm re-estimated" else
-                    (f"each batch normalised by its own statistics, batches of {norm.rsplit(' ', 1)[-1]}; ", "")
-                    if norm.startswith("per batch") else ("", ""))
+    cause, stats = "", ""  # no batch norm: the difference is the buffers noted above the table
+    if norm == "batch norm re-estimated":
+        cause, stats = f"{norm}; ", ", with the statistics {} trained with,"
+    elif norm.startswith("per batch"):
+        cause = f"each batch normalised by its own statistics, batches of {norm.rsplit(' ', 1)[-1]}; "
     if len(own) == 1:
         (key, value), = own.items()
         return (f" ({cause}the {key}'s run's summary{stats.format('it')} says "

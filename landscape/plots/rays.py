@@ -155,8 +155,7 @@ def _suptitle(fig, summary: dict, note: str = "") -> None:
     lines = [note] if note else []
     if summary.get("synthetic"):
         lines.append("synthetic data — benchmark only")
-    if precision_note([summary]):
-        lines.append(precision_note([summary]))
+    lines += [note for note in (precision_note([summary]),) if note]
     if lines:
         fig.suptitle("\n".join(lines), color="gray" if summary.get("synthetic") else "black", fontsize=fs(9))
 

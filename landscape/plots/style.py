@@ -201,7 +201,7 @@ def note_synthetic(fig, summaries) -> None:
     numbers), below a title the figure has, or as its title."""
     summaries = list(summaries)
     notes = ["synthetic data — benchmark only"] if any(s.get("synthetic") for s in summaries) else []
-    notes += [precision_note(summaries)] if precision_note(summaries) else []
+    notes += [note for note in (precision_note(summaries),) if note]
     if not notes:
         return
     title = getattr(fig, "_suptitle", None)

@@ -123,5 +123,5 @@ def draw_subspace_figure(result_dir: str | Path, formats: tuple[str, ...] = ("pn
                  f"T = {summary.get('temperature'):g}: "
                  f"{bma['members']} samples, {split} NLL {bma['test_nll']:.4f}, error {bma['test_error']:.2f}%"
                  + ("   [synthetic data]" if summary.get("synthetic") else "")
-                 + (f"   [{precision_note([summary])}]" if precision_note([summary]) else ""), fontsize=fs(10))
+                 + "".join(f"   [{note}]" for note in (precision_note([summary]),) if note), fontsize=fs(10))
     return save_figure(fig, result_dir / "subspace", formats)

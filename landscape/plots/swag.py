@@ -143,7 +143,7 @@ def _draw_average(stem: Path, arrays, summary, centre, average, label: str, cent
         axes[2].set_title(f"{split} reliability", fontsize=fs(10))
     fig.suptitle(f"{title}: {average['members']} samples, {split} NLL {average['test_nll']:.4f}, "
                  f"error {average['test_error']:.2f}%" + ("   [synthetic data]" if summary.get("synthetic") else "")
-                 + (f"   [{precision_note([summary])}]" if precision_note([summary]) else ""), fontsize=fs(10))
+                 + "".join(f"   [{note}]" for note in (precision_note([summary]),) if note), fontsize=fs(10))
     return save_figure(fig, stem, formats)
 
 
