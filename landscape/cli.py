@@ -120,6 +120,10 @@ def add_data_args(p: argparse.ArgumentParser, *, inherit: bool = False, title: s
     g.add_argument("--synthetic-classes", type=int, default=d(10), help="classes of --dataset synthetic")
     g.add_argument("--synthetic-size", type=_int_tuple, default=d((5000, 1000)), metavar="TRAIN,TEST",
                    help="train and test sizes of --dataset synthetic")
+    g.add_argument("--data-normalization", default=d("standard"), metavar="NAME|MEAN/STD",
+                   help="input normalisation: standard (MNIST's and CIFAR's usual constants, other data by its "
+                        "training split's statistics), resnet or vgg (the papers' code's CIFAR constants, its "
+                        "--transform ResNet and VGG; imagenet is vgg), or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25")
 
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,6 +132,7 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": args.dataset, "data_path": args.data_path, "val_size": args.val_size,
         "data_seed": args.data_seed, "synthetic_shape": args.synthetic_shape,
         "synthetic_classes": args.synthetic_classes, "synthetic_sizes": args.synthetic_size,
+        "data_normalization": args.data_normalization,
     }
     return {k: (tuple(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
 
@@ -244,6 +249,7 @@ def _train_config(args: argparse.Namespace):
         synthetic_shape=tuple(args.synthetic_shape),
         synthetic_classes=args.synthetic_classes,
         synthetic_sizes=tuple(args.synthetic_size),
+        data_normalization=args.data_normalization,
         model=args.model,
         model_kwargs=dict(args.model_kwargs),
         epochs=args.epochs,
@@ -390,27 +396,34 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
     training images as they are) differ from their own runs' summaries
     (the running statistics of training, of augmented batches where the
     run augmented), both: else a researcher reads the change as a lost
-    checkpoint. Nothing when a run's summary is not beside its model.pt."""
+    checkpoint. The runs' figures as the fit stored them (``input_summaries``), else (a curve of an earlier
+    build) as the summary.json beside each model.pt says; nothing when a run had none."""
     from landscape.checkpoint import read_json
     from landscape.train import file_digest
 
     ends = s["curve"]["metrics"]["test_error"]
     trained = ((meta or {}).get("train_config") or {})
+    kept = (meta or {}).get("input_summaries")  # read when the curve was fitted: the runs may have moved since
     own = {}
     for key in ("start", "end"):
         if trained.get(f"free_{key}"):  # that end moved (--free-start/--free-end): its run's summary is not of it
             continue
-        path = Path(str((meta or {}).get(key, "")))
-        summary = path.parent / "summary.json"
-        if path.name != "model.pt" or not summary.exists():
-            return ""
-        recorded = ((meta or {}).get("input_digests") or {}).get(key)
-        if recorded is not None and file_digest(path) != recorded:
-            return ""  # another file at that path (a relative one an earlier build stored, read from elsewhere)
-        try:
-            stored = read_json(summary)
-        except UserError:
-            return ""
+        if isinstance(kept, dict):
+            stored = kept.get(key)
+            if not isinstance(stored, dict):
+                return ""
+        else:
+            path = Path(str((meta or {}).get(key, "")))
+            summary = path.parent / "summary.json"
+            if path.name != "model.pt" or not summary.exists():
+                return ""
+            recorded = ((meta or {}).get("input_digests") or {}).get(key)
+            if recorded is not None and file_digest(path) != recorded:
+                return ""  # another file at that path (a relative one an earlier build stored, read from elsewhere)
+            try:
+                stored = read_json(summary)
+            except UserError:
+                return ""
         if stored.get("eval_split", "test") != s.get("eval_split", "test") or "test_error" not in stored:
             return ""
         own[key] = float(stored["test_error"])
@@ -2044,7 +2057,8 @@ _PAPERS_OPTIONS = {
     "--dir": "the run's folder is --out",
     "--lr_init": "the initial learning rate is --lr",
     "--use_test": "the test set is used by default; --val-size N holds N training images out instead",
-    "--transform": "augmentation and normalisation follow --dataset (README, Coming from the papers' code)",
+    "--transform": "the inputs' normalisation is --data-normalization (their --transform ResNet is resnet, VGG is "
+                   "vgg); augmentation follows --dataset",
     "--cov_mat": "SWAG's low-rank part is --swag-rank K (0: diagonal only)",
     "--max_num_models": "SWAG's rank is --swag-rank K",
     "--swa_c_epochs": "the epochs between SWA's averages are --cycle",

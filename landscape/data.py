@@ -32,9 +32,57 @@ from torch import Tensor
 from .device import resolve_device
 from .errors import UserError, check_seed, is_out_of_memory
 
-__all__ = ["DATASETS", "Dataset", "as_dataset", "load_dataset", "augment_crop_flip"]
+__all__ = ["DATASETS", "NORMALIZATIONS", "Dataset", "as_dataset", "load_dataset", "augment_crop_flip"]
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "npz", "synthetic")
+
+# The input normalisations load_dataset takes besides "standard" (each dataset's usual constants, or its training
+# split's statistics), as (mean, std) per channel: the papers' code's transforms (dnn-mode-connectivity's
+# --transform ResNet and VGG, the swa code's PreResNet/WideResNet and VGG models), for their CIFAR networks.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "resnet": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "vgg": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
+}
+_NORMALIZATION_NAMES = {"standard": "standard", "resnet": "resnet", "vgg": "vgg", "imagenet": "vgg"}
+
+
+def check_normalization(value: object) -> str:
+    """``value`` (``--data-normalization``) as recorded: ``standard``, a name of
+    :data:`NORMALIZATIONS` (``imagenet`` is ``vgg``), or ``M,M,M/S,S,S`` (a
+    mean and a standard deviation, one value for all channels or one a
+    channel), its numbers as Python writes them; one line for anything else."""
+    text = str(value).strip().lower().replace(" ", "")
+    if text in _NORMALIZATION_NAMES:
+        return _NORMALIZATION_NAMES[text]
+    mean, std = _constants(text, value)
+    return f"{','.join(map(repr, mean))}/{','.join(map(repr, std))}"
+
+
+def _constants(text: str, given: object) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) of an explicit ``M,M/S,S`` normalisation."""
+    how = (f"--data-normalization must be standard, resnet, vgg (imagenet) or MEAN/STD with one value or one a "
+           f"channel each (e.g. 0.5,0.5,0.5/0.25,0.25,0.25), got {given!r}")
+    parts = text.split("/")
+    if len(parts) != 2:
+        raise UserError(how)
+    try:
+        mean, std = (tuple(float(v) for v in part.split(",")) for part in parts)
+    except ValueError:
+        raise UserError(how) from None
+    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        raise UserError(f"--data-normalization: the mean must be finite and the standard deviation finite and "
+                        f"positive, got {given!r}")
+    if len(mean) != len(std) and 1 not in (len(mean), len(std)):
+        raise UserError(f"--data-normalization gives {len(mean)} means and {len(std)} standard deviations, got "
+                        f"{given!r}")
+    return mean, std
+
+
+def normalization_constants(normalization: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) a checked ``normalization`` names; None for ``standard``."""
+    if normalization == "standard":
+        return None
+    return NORMALIZATIONS.get(normalization) or _constants(normalization, normalization)
 BUILT_IN: tuple[str, ...] = ("digits", "synthetic")  # they read no files
 
 
@@ -111,6 +159,8 @@ class Dataset:
     fingerprint: str | None = dataclasses.field(default=None, init=False)
     # The seed that carved a validation split out of the training files (load_dataset's data_seed), else None.
     split_seed: int | None = dataclasses.field(default=None, init=False)
+    # The load_dataset normalization that gave mean and std (checked, as recorded); "standard" for data made in Python.
+    normalization: str = dataclasses.field(default="standard", init=False)
 
     def __post_init__(self) -> None:
         # Data made in Python fails here in one line, not at a training step deep inside torch.
@@ -201,6 +251,7 @@ class Dataset:
             y_test=self.y_test.to(device),
         )
         moved.fingerprint, moved.split_seed = self.fingerprint, self.split_seed  # the same data
+        moved.normalization = self.normalization
         return moved
 
     def describe(self) -> dict:
@@ -217,6 +268,7 @@ class Dataset:
             "fingerprint": self.fingerprint,
             # only for a validation split, so that other records (and the request keys holding them) stay as they were
             **({"split_seed": self.split_seed} if self.split_seed is not None else {}),
+            **({"normalization": self.normalization} if self.normalization != "standard" else {}),
         }
 
     def train_batches(
@@ -314,7 +366,11 @@ def data_differs(recorded: dict, now: dict) -> list[str]:
     fingerprint of the files read (None for data made in Python, which so
     differs from any files'). A field one record lacks is not compared: records
     from before fingerprints have none."""
-    return [k for k in _IDENTITY if k in recorded and k in now and recorded[k] != now[k]]  # shapes: lists in both
+    differ = [k for k in _IDENTITY if k in recorded and k in now and recorded[k] != now[k]]  # shapes: lists in both
+    # a record without one is of the standard normalisation (the only one before records named it)
+    if recorded.get("normalization", "standard") != now.get("normalization", "standard"):
+        differ.append("normalization")
+    return differ
 
 
 def described(d: dict) -> str:
@@ -415,6 +471,7 @@ def load_dataset(
     synthetic_shape: Sequence[int] = (3, 32, 32),
     synthetic_classes: int = 10,
     synthetic_sizes: Sequence[int] = (5000, 1000),
+    normalization: str = "standard",
 ) -> Dataset:
     """Read dataset ``name`` (one of :data:`DATASETS`) onto ``device``.
 
@@ -423,13 +480,18 @@ def load_dataset(
     training samples, chosen by a permutation seeded with ``seed``, into
     ``x_test``/``y_test`` and sets ``eval_split="val"``. ``seed`` also seeds
     the ``synthetic`` generator; the ``digits`` train/test split is fixed.
+    ``normalization``: ``standard`` (MNIST's and CIFAR's usual constants;
+    other data by its training split's mean and standard deviation),
+    ``resnet`` or ``vgg`` (the papers' code's CIFAR constants,
+    :data:`NORMALIZATIONS`), or ``"M,M,M/S,S,S"``.
     Running out of memory here is marked as such (:data:`READING_DATA`), for
     the advice the command line gives.
     """
     seed = check_seed(seed, "--data-seed")
+    normalization = check_normalization(normalization)
     try:
         return _load_dataset(name, data_path, val_size, seed, device, synthetic_shape, synthetic_classes,
-                             synthetic_sizes)
+                             synthetic_sizes, normalization)
     except (MemoryError, RuntimeError) as e:
         if is_out_of_memory(e):
             setattr(e, READING_DATA, True)
@@ -441,7 +503,7 @@ READING_DATA = "landscape_reading_data"
 
 
 def _load_dataset(name, data_path, val_size, seed, device, synthetic_shape, synthetic_classes,
-                  synthetic_sizes) -> Dataset:
+                  synthetic_sizes, normalization="standard") -> Dataset:
     key = str(name).strip().lower()
     if key not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -458,8 +520,8 @@ def _load_dataset(name, data_path, val_size, seed, device, synthetic_shape, synt
             raw = _read_cifar(key, path)
         else:
             raw = _read_npz(path)
-        return _assemble(key, raw, val_size, seed, device, f" in {path}")
-    return _assemble(key, raw, val_size, seed, device)
+        return _assemble(key, raw, val_size, seed, device, f" in {path}", normalization)
+    return _assemble(key, raw, val_size, seed, device, normalization=normalization)
 
 
 def _data_path(name: str, data_path: str | None) -> Path:
@@ -475,10 +537,11 @@ def _data_path(name: str, data_path: str | None) -> Path:
 MAX_CLASSES = 100_000  # labels are class ids; a larger one is a mistake, not a class
 
 
-def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.device, where: str = "") -> Dataset:
+def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.device, where: str = "",
+              normalization: str = "standard") -> Dataset:
     """The Dataset of a reader's output: the validation split carved out, the
-    inputs normalised, on ``device``; ``where`` (" in PATH") names the files in
-    messages."""
+    inputs normalised (by ``normalization``, checked), on ``device``;
+    ``where`` (" in PATH") names the files in messages."""
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     fingerprint = None if name == "synthetic" else data_fingerprint(x_train, y_train, x_test, y_test)
     eval_split = "test"
@@ -504,7 +567,11 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
                         f"{' after --val-size' if eval_split == 'val' else ''}; at least 2 are needed")
     if len(y_test) == 0:
         raise UserError(f"the {name} test split{where} is empty; evaluation needs at least one test sample")
-    mean, std = (raw.mean, raw.std) if raw.mean is not None else _statistics(x_train)
+    constants = normalization_constants(normalization)
+    if constants is not None:
+        mean, std = _fitting(constants, x_train, normalization, name, where)
+    else:
+        mean, std = (raw.mean, raw.std) if raw.mean is not None else _statistics(x_train)
     x_train, x_test = (_normalise(x.to(device), mean, std) for x in (x_train, x_test))  # the reader's, in place
     data = Dataset(
         name=name,
@@ -521,7 +588,24 @@ def _assemble(name: str, raw: _Raw, val_size: int, seed: int, device: torch.devi
     )
     data.fingerprint = fingerprint
     data.split_seed = int(seed) if eval_split == "val" else None
+    data.normalization = normalization
     return data
+
+
+def _fitting(constants: tuple[tuple[float, ...], tuple[float, ...]], x: Tensor, normalization: str, name: str,
+             where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``constants`` (mean, std) for inputs like ``x`` (N, C, H, W) or (N, D): one value for all channels
+    (features) or one a channel, a single value repeated to the other's length; one line otherwise."""
+    channels = x.shape[1] if x.dim() in (2, 4) else 1  # other shapes: one value for all, as their statistics
+    mean, std = constants
+    if any(len(v) not in (1, channels) for v in constants):
+        kind = ("channel" if x.dim() == 4 else "feature") + ("s" if channels > 1 else "")
+        what = (f"has {channels} {kind}: give one value or one for each"
+                if x.dim() in (2, 4) else "holds neither images nor feature vectors: give one value")
+        raise UserError(f"--data-normalization {normalization} has {max(map(len, constants))} values, but the "
+                        f"{name} data{where} {what}")
+    width = max(len(mean), len(std))
+    return tuple(mean * width if len(mean) == 1 else mean), tuple(std * width if len(std) == 1 else std)
 
 
 # Sets up to this many values get their statistics in one float64 pass (bit for bit as before slices); larger

@@ -29,7 +29,7 @@ __all__ = ["DATA_FIELDS", "data_settings", "network_of", "check_same_data", "res
            "load_points", "load_trajectory", "stored_data", "trajectory_files"]
 
 DATA_FIELDS = ("dataset", "data_path", "val_size", "data_seed", "synthetic_shape", "synthetic_classes",
-               "synthetic_sizes")
+               "synthetic_sizes", "data_normalization")
 
 
 def data_settings(ckpt: Checkpoint) -> dict[str, Any]:

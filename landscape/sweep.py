@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import zipfile
@@ -137,15 +138,16 @@ def _data_apart(settings: dict[str, Any]) -> tuple[dict[str, Any], str | None, i
     return plain, found, seed
 
 
-def compare_keys(stored: str, key: str) -> str | None:
+def compare_keys(stored: str, key: str, same_settings: bool = False) -> str | None:
     """None when a stored sweep or result key answers the same request as
-    ``key``; "settings" when its inputs or settings differ, "data" when the
+    ``key``; "settings" when its inputs or settings differ (unless the caller
+    knows them the same: ``same_settings``), "data" when the
     data's fingerprint does, "split" when the seed of its validation split
     does (a key without one or the other, from an earlier build or of data
     made in Python, is not compared on it)."""
     old, old_data, old_seed = (stored.split(":", 2) + ["", ""])[:3]
     new, new_data, new_seed = (key.split(":", 2) + ["", ""])[:3]
-    if old != new:
+    if old != new and not same_settings:
         return "settings"
     if old_data and new_data and old_data != new_data:
         return "data"
@@ -250,6 +252,29 @@ def request_key(vectors: Sequence[torch.Tensor], settings: dict[str, Any]) -> Re
     return key
 
 
+def _rounding_apart(summary: dict[str, Any], request: str) -> bool:
+    """Whether a finished result's request differs from ``request`` only in
+    numbers derived from the same inputs that another build's arithmetic
+    moved by rounding (a subspace's start, 1e-11 apart once it was computed
+    in float64): the same inputs, every setting equal but floats within
+    1e-9 relative."""
+    stored = summary.get("request_settings")
+    return (isinstance(stored, dict) and isinstance(request, Request) and summary.get("request_inputs") is not None
+            and summary.get("request_inputs") == request.inputs and _close(stored, request.settings))
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Two settings as JSON holds them equal, floats within 1e-9 relative (1e-12 absolute near 0)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return (all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+                and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    return a == b
+
+
 def _what_differs(summary: dict[str, Any], request: str) -> str:
     """How a finished result's request differs from ``request``, in words:
     the settings by name (stored, now), else "other inputs" (the weights
@@ -258,7 +283,7 @@ def _what_differs(summary: dict[str, Any], request: str) -> str:
     if not isinstance(stored, dict) or not isinstance(request, Request):
         return "other inputs or settings"
     now = request.settings
-    changed = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+    changed = [k for k in sorted(set(stored) | set(now)) if not _close(stored.get(k), now.get(k))]  # not rounding
     if changed:
         return "other settings: " + "; ".join(f"{k} {_brief(stored.get(k))}, now {_brief(now.get(k))}"
                                               for k in changed)
@@ -299,7 +324,8 @@ def _brief(value: Any) -> str:
         return "none"
     if isinstance(value, dict) and "n_train" in value:
         seed = f", split seed {value['split_seed']}" if "split_seed" in value else ""
-        return f"{value.get('name')!r} ({value.get('n_train')} train / {value.get('n_test')} test{seed})"
+        norm = f", normalization {value['normalization']}" if "normalization" in value else ""
+        return f"{value.get('name')!r} ({value.get('n_train')} train / {value.get('n_test')} test{seed}{norm})"
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -333,6 +359,8 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
             arrays, summary = read_result(out, result_file)
             stored = summary.get("request") if isinstance(summary, dict) else None
             differs = compare_keys(str(stored), request) if request is not None and stored is not None else None
+            if differs == "settings" and _rounding_apart(summary, request):  # the data still compared
+                differs = compare_keys(str(stored), request, same_settings=True)
             if request is not None and stored is None and not (isinstance(summary, dict) and "notes" in summary):
                 raise UserError(f"{out}/summary.json is damaged (it records neither the request it answers nor "
                                 f"notes); choose another --out (to redraw its figures: landscape plot "

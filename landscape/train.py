@@ -60,7 +60,7 @@ from .checkpoint import (
     write_json,
     atomic_write_text,
 )
-from .data import Dataset, as_dataset, data_differs, data_location, described, load_dataset, refuse_data_path, refuse_data_twice, why_data_differs
+from .data import Dataset, as_dataset, check_normalization, data_differs, data_location, described, load_dataset, refuse_data_path, refuse_data_twice, why_data_differs
 from .device import seed_everything
 from .errors import UserError, check_keywords, check_nonnegative, check_number, check_seed, check_whole
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits, weights_finite
@@ -129,6 +129,7 @@ class TrainConfig:
     synthetic_shape: tuple[int, ...] = (3, 32, 32)
     synthetic_classes: int = 10
     synthetic_sizes: tuple[int, int] = (5000, 1000)
+    data_normalization: str = "standard"
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 20
@@ -146,6 +147,7 @@ class TrainConfig:
         # Stored absolute, so that later commands run from another folder find the data.
         if self.data_path:
             self.data_path = str(Path(self.data_path).expanduser().absolute())
+        self.data_normalization = check_normalization(self.data_normalization)  # as recorded: "ResNet" is resnet
 
     @property
     def lr_flag(self) -> str:
@@ -197,6 +199,7 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Dataset:
         synthetic_shape=tuple(cfg.synthetic_shape),
         synthetic_classes=cfg.synthetic_classes,
         synthetic_sizes=tuple(cfg.synthetic_sizes),
+        normalization=cfg.data_normalization,
     )
 
 
@@ -229,6 +232,29 @@ def input_digests(cfg: TrainConfig, keys: Sequence[str] = _INPUT_FILES) -> dict[
         if isinstance(value, str) and os.path.isfile(value):
             digests[key] = file_digest(value)
     return digests
+
+
+def input_summaries(cfg: TrainConfig, keys: Sequence[str] = _INPUT_FILES) -> dict[str, dict[str, Any]]:
+    """The test error (and its split) that each run a run starts from reports
+    in the summary.json beside its model.pt (those of ``keys`` that have one),
+    stored with the run's state as :func:`input_digests` is: a later
+    evaluation sets its own figures beside them after the runs were moved."""
+    from .checkpoint import read_json
+
+    found = {}
+    for key in keys:
+        value = getattr(cfg, key, None)
+        summary = Path(value).parent / "summary.json" if isinstance(value, str) else None
+        if summary is None or Path(value).name != "model.pt" or not summary.is_file():
+            continue
+        try:
+            stored = read_json(summary)
+        except UserError:
+            continue
+        error = stored.get("test_error") if isinstance(stored, dict) else None
+        if isinstance(error, (int, float)) and not isinstance(error, bool):
+            found[key] = {"test_error": float(error), "eval_split": str(stored.get("eval_split", "test"))}
+    return found
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -499,10 +525,13 @@ def run_training(
 
     stored = (state.meta or {}).get("input_digests") if state is not None else None  # checked on resuming
     digests = (stored if isinstance(stored, dict) else input_digests(cfg)) if out is not None else {}
+    stored = (state.meta or {}).get("input_summaries") if state is not None else None
+    summaries = (stored if isinstance(stored, dict) else input_summaries(cfg)) if out is not None else {}
 
     def save(path: Path, epoch: int, kind: str) -> None:
         meta = {"epoch": epoch, "train_config": cfg.to_json(), "dataset": data.describe(),
-                "world_size": world, "landscape_version": __version__, "input_digests": digests}
+                "world_size": world, "landscape_version": __version__, "input_digests": digests,
+                "input_summaries": summaries}
         task.save(path, kind, {"meta": meta, "train_state": {"epoch": epoch, "optimizer": optimizer.state_dict()}})
 
     if world > 1:

@@ -650,7 +650,8 @@ def test_import_from_the_command_line_then_curve_reads_it_alone(tmp_path, capsys
                      "--out", str(tmp_path / "mine.pt")]) == 2  # the data it was trained on is not guessed
     assert "give --dataset" in capsys.readouterr().err
     assert cli.main(["import", str(tmp_path / "c.pt"), "--model", "convnet", "--model-kwargs", "width=4",
-                     "--dataset", "digits", "--out", str(tmp_path / "mine.pt")]) == 0
+                     "--dataset", "digits", "--data-normalization", "0.5/0.25", "--out",
+                     str(tmp_path / "mine.pt")]) == 0
     assert "a bezier curve with 1 bend (evaluate it: landscape curve --ckpt" in capsys.readouterr().out
     assert not (tmp_path / "nowhere").exists()
     assert cli.main(["curve", "--ckpt", str(tmp_path / "mine.pt"), "--points", "3", "--out", str(tmp_path / "ev"),
@@ -659,6 +660,7 @@ def test_import_from_the_command_line_then_curve_reads_it_alone(tmp_path, capsys
 
     s = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert s["bends"] == 1 and s["dataset"]["name"] == "digits" and s["points"] == 3
+    assert s["dataset"]["normalization"] == "0.5/0.25"  # as it was trained: recorded by the import
 
 
 def test_import_matches_by_name_first_so_a_file_resaved_with_sorted_keys_is_read_right(tmp_path):

@@ -149,6 +149,8 @@ def test_an_option_the_subcommand_lacks_points_to_the_subcommands_help(capsys):
     (["curve", "--ckpt", "c.pt", "--num_points", "61"], "the points along the curve are --points"),
     (["swa", "--from", "a.pt", "--max_num_models", "20"], "SWAG's rank is --swag-rank K"),
     (["plane", "--ckpt", "c.pt", "--amp"], "--amp: evaluations take --precision bf16"),
+    (["train", "--transform", "ResNet"], "--transform: the inputs' normalisation is --data-normalization (their "
+                                         "--transform ResNet is resnet, VGG is vgg)"),
 ])
 def test_the_papers_option_names_get_the_name_used_here(capsys, argv, hint):
     with pytest.raises(SystemExit) as e:
@@ -280,6 +282,17 @@ def test_connect_curve_and_plot_end_to_end(tmp_path, capsys, endpoints):
     differ = any(abs(x - y) >= 0.005 for x, y in zip(own, (here["start"], here["end"])))
     assert (f"their runs' summaries, with the statistics they trained with, say {own[0]:.2f}% and {own[1]:.2f}%"
             in line) == differ, line
+    # the runs' figures are kept with the curve: a curve whose runs were moved since still sets them beside its own
+    assert saved["meta"]["input_summaries"] == {k: {"test_error": e, "eval_split": "test"}
+                                                for k, e in zip(("start", "end"), own)}
+    for key in ("start", "end"):
+        saved["meta"][key] = str(tmp_path / "moved" / key / "model.pt")
+    (tmp_path / "ab-moved").mkdir()
+    torch.save(saved, tmp_path / "ab-moved" / "model.pt")
+    code, out, err = run(capsys, "curve", "--ckpt", tmp_path / "ab-moved" / "model.pt", "--points", 3,
+                         "--out", tmp_path / "eval-moved", "--quiet")
+    assert code == 0, err
+    assert next(x for x in out.splitlines() if x.startswith("endpoints' test error")) == line
     with __import__("numpy").load(tmp_path / "eval" / "curve.npz") as z:
         assert z["t"].shape == (11,) and z["curve_train_loss"].shape == (11,) and "line_test_error" in z.files
         # barrier recomputed from the stored per-t values

@@ -1068,3 +1068,79 @@ def test_statistics_of_a_large_set_in_slices_are_its_statistics(monkeypatch, sha
     ref = x.numpy().astype(np.float64)
     np.testing.assert_allclose(mean, ref.mean(axis=axes).reshape(-1), rtol=1e-12)
     np.testing.assert_allclose(std, ref.std(axis=axes).reshape(-1), rtol=1e-12)
+
+
+def test_the_papers_normalisations_give_their_inputs(tmp_path):
+    """normalization="resnet" / "vgg" give the inputs the papers' --transform ResNet / VGG give (ToTensor's
+    pixel / 255, then (x - mean) / std per channel), computed here by hand; the explicit form by its own numbers."""
+    train, _ = write_cifar10(tmp_path / "cifar-10-batches-py", np.random.default_rng(5))
+    pixels = torch.from_numpy(np.concatenate([b[b"data"] for b in train]).reshape(-1, 3, 32, 32)).double() / 255
+    for given, recorded, mean, std in (("ResNet", "resnet", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+                                       ("imagenet", "vgg", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                                       ("0.5/0.25,0.5,1", "0.5/0.25,0.5,1.0", (0.5,) * 3, (0.25, 0.5, 1.0))):
+        data = load_dataset("cifar10", str(tmp_path), normalization=given)
+        m, s = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (mean, std))
+        assert torch.allclose(data.x_train.double(), (pixels - m) / s, atol=1e-5, rtol=0)
+        assert (data.mean, data.std) == (mean, std) and data.augment
+        assert data.normalization == recorded == data.describe()["normalization"]
+        assert data.to("cpu").describe()["normalization"] == recorded
+    standard = load_dataset("cifar10", str(tmp_path))
+    assert standard.normalization == "standard" and "normalization" not in standard.describe()
+    assert standard.mean == (0.4914, 0.4822, 0.4465) and standard.std == (0.2470, 0.2435, 0.2616)
+    digits, mine = load_dataset("digits"), load_dataset("digits", normalization="0.5/0.25")
+    raw = digits.x_train * torch.tensor(digits.std).view(1, -1, 1, 1) + torch.tensor(digits.mean).view(1, -1, 1, 1)
+    assert torch.allclose(mine.x_train, (raw - 0.5) / 0.25, atol=1e-5, rtol=0)
+
+
+def test_a_normalisation_is_refused_in_one_line_where_it_cannot_apply(tmp_path):
+    from landscape.data import check_normalization
+
+    assert [check_normalization(v) for v in ("Standard", " imageNet", "VGG", "0.50 / 0.25", "1,2,3/4")] == [
+        "standard", "vgg", "vgg", "0.5/0.25", "1.0,2.0,3.0/4.0"]
+    for bad, said in (("foo", r"must be standard, resnet, vgg \(imagenet\) or MEAN/STD"),
+                      ("1/2/3", r"must be standard, resnet"), ("a/1", r"must be standard, resnet"),
+                      ("1,2/0", r"the mean must be finite and the standard deviation finite and positive"),
+                      ("nan/1", r"the mean must be finite"), ("0/inf", r"finite and positive"),
+                      ("1,2/1,2,3", r"gives 2 means and 3 standard deviations")):
+        with pytest.raises(UserError, match=r"^--data-normalization" + (": " if "mean must" in said else ".*") + said):
+            load_dataset("digits", normalization=bad)
+    with pytest.raises(UserError, match=r"^--data-normalization resnet has 3 values, but the digits data has 1 "
+                                        r"channel: give one value or one for each$"):
+        load_dataset("digits", normalization="resnet")
+    np.savez(tmp_path / "f.npz", x_train=np.random.rand(6, 4).astype(np.float32), y_train=np.arange(6) % 2,
+             x_test=np.random.rand(3, 4).astype(np.float32), y_test=np.arange(3) % 2)
+    with pytest.raises(UserError, match=r"has 3 values, but the npz data in .*f\.npz has 4 features"):
+        load_dataset("npz", str(tmp_path / "f.npz"), normalization="resnet")
+    data = load_dataset("npz", str(tmp_path / "f.npz"), normalization="0,1,2,3/1")
+    assert data.mean == (0.0, 1.0, 2.0, 3.0) and data.std == (1.0,) * 4
+
+
+def test_runs_normalised_otherwise_are_other_data(tmp_path, capsys):
+    """--data-normalization is recorded with the run, used by every later command on it, and tells runs apart:
+    a record from before it existed reads as the standard one."""
+    from landscape import cli
+    from landscape.checkpoint import load_model
+    from landscape.data import data_differs, why_data_differs
+    from landscape.evaluate import evaluate_model
+
+    a, b = (load_dataset("digits", normalization=n).describe() for n in ("0.5/0.25", "standard"))
+    assert data_differs(a, b) == ["normalization"] and why_data_differs(a, b) == "they differ in normalization"
+    assert data_differs(b, {k: v for k, v in b.items()}) == []
+    for seed, norm in ((0, "0.5/0.25"), (1, "0.5/0.25"), (2, "standard")):
+        cli.main(["train", "--out", str(tmp_path / str(seed)), "--epochs", "1", "--seed", str(seed), "--quiet",
+                  "--data-normalization", norm])
+    config = json.loads((tmp_path / "0" / "config.json").read_text())
+    assert config["config"]["data_normalization"] == config["dataset"]["normalization"] == "0.5/0.25"
+    cli.main(["ensemble", str(tmp_path / "0" / "model.pt"), str(tmp_path / "1" / "model.pt"), "--out",
+              str(tmp_path / "e"), "--quiet"])
+    member = json.loads((tmp_path / "e" / "summary.json").read_text())["members"][0]
+    net = load_model(tmp_path / "0" / "model.pt")
+    mine = evaluate_model(net, load_dataset("digits", normalization="0.5/0.25"), "test")
+    standard = evaluate_model(net, load_dataset("digits"), "test")
+    assert member["test_nll"] == pytest.approx(mine["nll"], abs=1e-6) and abs(mine["nll"] - standard["nll"]) > 1e-3
+    capsys.readouterr()
+    assert cli.main(["ensemble", str(tmp_path / "0" / "model.pt"), str(tmp_path / "2" / "model.pt"), "--out",
+                     str(tmp_path / "e2"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "e2").exists()
+    assert "was trained on other data than" in err and "(data-normalization standard vs 0.5/0.25)" in err

@@ -987,6 +987,31 @@ def test_sweep_keys_keep_the_data_fingerprint_apart():
     assert compare_keys(new, request_key([torch.arange(5.0)], {"kind": "plane", "dataset": data})) == "settings"
 
 
+def test_a_finished_result_whose_derived_settings_moved_by_rounding_is_still_its_answer(tmp_path):
+    """A subspace's start, derived from the checkpoint, moved by 5e-11 once computed in float64: a demo folder
+    of the earlier build was refused ("other settings: start [0.8650496722743196, ...], now [0.865049672328763,
+    ...]") though its inputs and options were the same. A real change of a setting, the inputs or the data is
+    still refused."""
+    from landscape.sweep import begin_result, finish_result, request_key
+
+    v = [torch.arange(4.0)]
+    data = {"name": "d", "n_train": 3, "fingerprint": "0badf00d"}
+    settings = {"kind": "subspace", "start": [0.8650496722743196, -0.4999999999998878], "dataset": data, "k": 3}
+    out = tmp_path / "sub"
+    out.mkdir()
+    arrays = {"x": np.arange(3.0)}
+    finish_result(out, "r.npz", arrays, {"notes": []}, request=request_key(v, settings))
+    moved = dict(settings, start=[0.865049672328763, -0.4999999999998684])
+    got, summary = begin_result(out, "r.npz", True, "subspace", request=request_key(v, moved))
+    assert np.array_equal(got["x"], arrays["x"]) and summary["request_settings"]["start"] == settings["start"]
+    for other, said in ((request_key(v, dict(settings, start=[0.8650497, -0.5])), "other settings: start"),
+                        (request_key(v, dict(moved, k=4)), "other settings: k 3, now 4"),
+                        (request_key([torch.arange(4.0) + 1], moved), "other inputs"),
+                        (request_key(v, dict(moved, dataset=dict(data, fingerprint="12345678"))), "other data")):
+        with pytest.raises(UserError, match=f"holds a finished subspace result of {said}"):
+            begin_result(out, "r.npz", True, "subspace", request=other)
+
+
 def test_a_stored_point_whose_logits_overflowed_still_resumes(tmp_path):
     """Finite weights whose logits overflow give a NaN NLL and NaN
     probabilities: a real result, which a resume must keep, not call the
