@@ -471,10 +471,16 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
-    """Write arrays as one ``.npz``, atomically (no pickled objects)."""
+    """Write arrays as one ``.npz`` (``np.load`` reads it as ``np.savez``'s),
+    atomically, with no pickled objects; the same arrays give the same bytes
+    (``np.savez`` stamps each member with the time of writing)."""
     def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, value in arrays.items():
+                member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                member.external_attr = 0o600 << 16
+                with archive.open(member, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
 
     return atomic_save(write, path)
 
@@ -612,7 +618,14 @@ def save_checkpoint(
         "meta": _to_cpu(dict(meta or {})),
     }
     obj.update(_to_cpu(extra))
-    return atomic_save(lambda tmp: torch.save(obj, tmp), path)
+    return atomic_save(lambda tmp: _torch_save(obj, tmp), path)
+
+
+def _torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` through a file object: its archive's folder is then always "archive", not the
+    temporary file's random name, so the same checkpoint gives the same bytes (and the same digest)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _to_cpu(obj: Any) -> Any:

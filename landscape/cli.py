@@ -2348,10 +2348,22 @@ def _kept(args: argparse.Namespace) -> str | None:
     if hasattr(args, "resume"):
         done = _done_so_far(Path(out), getattr(args, "epochs", None),
                             "networks" if args.command == "sharpness" else "points") if out is not None else None
+        if done is None and out is not None and _only_config(Path(out)):  # its settings, no result yet
+            return "nothing was computed yet (only config.json was written) — rerun with --resume to start it"
         return f"files written so far are kept{done or ''} — rerun with --resume to continue"
     if args.command == "demo":
         return "files written so far are kept — rerun the same command: finished steps are reused"
     return "files written so far are kept"
+
+
+def _only_config(out: Path) -> bool:
+    """Whether a stopped command's folder holds nothing but its config.json (and lock files)."""
+    from landscape.checkpoint import LOCK
+
+    try:
+        return {p.name for p in out.rglob("*") if p.name != LOCK} == {"config.json"}
+    except OSError:
+        return False
 
 
 def _done_so_far(out: Path, epochs: object, unit: str = "points") -> str | None:

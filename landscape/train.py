@@ -548,6 +548,7 @@ def run_training(
             "argv": list(argv) if argv is not None else None,
             "config": cfg.to_json(),
             "device": str(device),
+            "threads": torch.get_num_threads(),  # training rounds otherwise on another number
             "world_size": world,
             "dataset": data.describe(),
             "model": task.spec,

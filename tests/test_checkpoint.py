@@ -800,3 +800,34 @@ def test_a_checkpoint_recording_no_settings_is_not_taken_as_trained_on_the_defau
                               meta={"train_config": {"dataset": "digits"}, "dataset": digits})
     check_same_data([load_checkpoint(b), load_checkpoint(partial)])  # val-size 0 left out: the default
     check_same_data([load_checkpoint(a), load_checkpoint(a)])
+
+
+def test_the_same_checkpoint_and_results_give_the_same_bytes(tmp_path, monkeypatch):
+    """A rerun with the same seed gave equal tensors but other bytes (torch.save named its archive's folder
+    after the temporary file; np.savez stamped the time), so sha256sum, and the digests runs record of the
+    checkpoints they start from, told identical results apart."""
+    import hashlib
+    import time
+
+    import numpy as np
+
+    from landscape.checkpoint import write_npz
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    net = torch.nn.Linear(3, 2)
+    for name in ("a", "b"):
+        save_checkpoint(tmp_path / name / "model.pt", net.state_dict(),
+                        {"name": "mlp", "kwargs": {"num_classes": 2, "input_shape": [3]}}, meta={"epoch": 1})
+    assert digest(tmp_path / "a" / "model.pt") == digest(tmp_path / "b" / "model.pt")
+    assert _same(load_checkpoint(tmp_path / "a" / "model.pt").state_dict, net.state_dict())
+    arrays = {"t": np.linspace(0, 1, 5), "key": np.array("k"), "done": np.array([True, False])}
+    for name, now in (("a", 1.7e9), ("b", 1.7e9 + 3600)):
+        monkeypatch.setattr(time, "time", lambda now=now: now)  # np.savez's stamp: the zip member's time
+        write_npz(tmp_path / name / "r.npz", arrays)
+    monkeypatch.undo()
+    assert digest(tmp_path / "a" / "r.npz") == digest(tmp_path / "b" / "r.npz")
+    with np.load(tmp_path / "a" / "r.npz", allow_pickle=False) as z:
+        assert sorted(z.files) == sorted(arrays) and all(
+            np.array_equal(z[k], v) and z[k].dtype == v.dtype for k, v in arrays.items())

@@ -609,22 +609,26 @@ def test_ctrl_c_advises_resume_only_where_the_command_has_it(tmp_path, capsys, m
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
-    for folder in ("p", "runs/demo", "e", "locked", "q"):
+    for folder in ("p", "runs/demo", "e", "locked", "q", "r"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / ("config.json" if folder != "locked" else ".landscape.lock")).write_text("{}")
     np.savez(tmp_path / "q" / "sweep.partial.npz", done=np.array([True, True, False]), key="k")  # a sweep's store
+    (tmp_path / "r" / "metrics.jsonl").write_text("")  # more than its settings, but nothing telling how far
     (tmp_path / "demo-locked" / "a").mkdir(parents=True)  # demo's first step's folder, holding its lock alone
     (tmp_path / "demo-locked" / "a" / ".landscape.lock").write_text("")
     for argv, said in ((["train", "--out", "locked"], "interrupted before anything was written to locked"),
                        (["demo", "--out", "demo-locked"], "interrupted before anything was written to demo-locked"),
-                       (["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "p"],
-                        "interrupted; files written so far are kept — rerun with --resume to continue"),
+                       (["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "p"],  # its settings alone
+                        "interrupted; nothing was computed yet (only config.json was written) — rerun with --resume "
+                        "to start it"),
                        (["demo", "--out", "runs/demo"],
                         "interrupted; files written so far are kept — rerun the same command: finished steps are reused"),
                        (["ensemble", "a.pt", "b.pt", "--out", "e"], "interrupted; files written so far are kept"),
                        (["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "q"],
                         "interrupted; files written so far are kept (2 of 3 points) — rerun with --resume to "
                         "continue"),
+                       (["train", "--out", "r"],
+                        "interrupted; files written so far are kept — rerun with --resume to continue"),
                        (["train", "--out", "new"], "interrupted before anything was written to new")):
         args = cli.build_parser().parse_args(argv)
         monkeypatch.setattr(args, "func", interrupted)

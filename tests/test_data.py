@@ -1131,6 +1131,7 @@ def test_runs_normalised_otherwise_are_other_data(tmp_path, capsys):
                   "--data-normalization", norm])
     config = json.loads((tmp_path / "0" / "config.json").read_text())
     assert config["config"]["data_normalization"] == config["dataset"]["normalization"] == "0.5/0.25"
+    assert config["threads"] == torch.get_num_threads()  # training rounds otherwise on another number of threads
     cli.main(["ensemble", str(tmp_path / "0" / "model.pt"), str(tmp_path / "1" / "model.pt"), "--out",
               str(tmp_path / "e"), "--quiet"])
     member = json.loads((tmp_path / "e" / "summary.json").read_text())["members"][0]
