@@ -65,6 +65,11 @@ def _cell(value: float, width: int, decimals: int) -> str:
     return text if len(text) <= width else f"{value:>{width}.{max(1, min(decimals, width - 8))}e}"
 
 
+def _coord(value: float) -> str:
+    """A plane coordinate for the console: two decimals, in powers of ten from a million (--span 1e25)."""
+    return f"{value:.2f}" if abs(value) < 1e6 else f"{value:.3g}"
+
+
 def _fixed(value: float, decimals: int) -> str:
     from landscape.progress import fixed
 
@@ -604,8 +609,8 @@ def cmd_plane(args: argparse.Namespace) -> int:
     figures = draw_plane_figures(args.out, tuple(args.format))
     s = result.summary
     split = s.get("eval_split", "test")
-    print(f"plane {s['grid']}x{s['grid']}: x in [{s['x_range'][0]:.2f}, {s['x_range'][1]:.2f}], "
-          f"y in [{s['y_range'][0]:.2f}, {s['y_range'][1]:.2f}]")
+    print(f"plane {s['grid']}x{s['grid']}: x in [{_coord(s['x_range'][0])}, {_coord(s['x_range'][1])}], "
+          f"y in [{_coord(s['y_range'][0])}, {_coord(s['y_range'][1])}]")
     print(f"{'point':<12}{'x':>9}{'y':>9}{'train loss':>12}{f'{split} err %':>12}")
     for p in s["anchors"] + s["marks"]:
         off = p.get("distance_from_plane")
@@ -620,8 +625,12 @@ def cmd_plane(args: argparse.Namespace) -> int:
     elif s.get("plane") == "random":
         print(f"random directions: {s['normalize']}, seed {s['seed']}; norms {s['direction_norms'][0]:.3g} and "
               f"{s['direction_norms'][1]:.3g}, cosine {s['direction_cosine']:.2g}")
-    lo = s["grid_min"]["train_loss"]
-    print(f"grid: train loss from {_fixed(lo['value'], 4)} (at {lo['x']:.2f}, {lo['y']:.2f}) to {_fixed(s['grid_max']['train_loss'], 4)}"
+    lo, points = s["grid_min"]["train_loss"], s["grid"] ** 2
+    bad = s.get("non_finite_points") or 0  # none in a summary of an earlier build
+    print((f"grid: train loss from {_fixed(lo['value'], 4)} (at {_coord(lo['x'])}, {_coord(lo['y'])}) to "
+           f"{_fixed(s['grid_max']['train_loss'], 4)}" if lo is not None else
+           "grid: the train loss is not a number at any point")
+          + (f" ({bad} of {points} points not finite: the logits overflowed)" if 0 < bad else "")
           + ("   [synthetic data]" if s.get("synthetic") else ""))
     for f in figures:
         print(f"figure: {f}")

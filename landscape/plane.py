@@ -373,10 +373,16 @@ def _plane_summary(arrays, exact, labels, mark_labels, mark_distance, path_label
     def point(values_at: dict[str, np.ndarray], i: int) -> dict[str, float]:
         return {m: float(values_at[m][i]) for m in METRICS}
 
-    minima = {}
+    minima, maxima = {}, {}
     for m in ("train_loss", "test_error"):
+        if np.isnan(arrays[m]).all():  # every point's loss overflowed (a span far too wide): no extremes
+            minima[m] = maxima[m] = None
+            continue
         i, j = np.unravel_index(np.nanargmin(arrays[m]), arrays[m].shape)
         minima[m] = {"value": float(arrays[m][i, j]), "x": float(arrays["x"][i]), "y": float(arrays["y"][j])}
+        maxima[m] = float(np.nanmax(arrays[m]))
+    # grid points whose train loss or test NLL is not finite (logits that overflowed): left out of the extremes
+    non_finite = int((~np.isfinite(arrays["train_loss"]) | ~np.isfinite(arrays["test_nll"])).sum())
     n_anchor = len(labels)
     return {
         "grid": grid,
@@ -391,7 +397,8 @@ def _plane_summary(arrays, exact, labels, mark_labels, mark_distance, path_label
                   for k, lab in enumerate(mark_labels)],
         "path_label": path_label,
         "grid_min": minima,
-        "grid_max": {m: float(np.nanmax(arrays[m])) for m in ("train_loss", "test_error")},
+        "grid_max": maxima,
+        "non_finite_points": non_finite,
         "wd": wd,
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,

@@ -53,16 +53,23 @@ def side_widths(distance: np.ndarray, values: np.ndarray, rise: float) -> tuple[
 
     ``distance`` (S,) increasing and containing 0; ``values`` (S,). The width
     on a side is the distance from 0 at which ``values`` first reaches
-    values(0) + rise, linearly interpolated; ``inf`` if it never does.
+    values(0) + rise, linearly interpolated; ``inf`` if it never does. A
+    point whose value is not finite (a loss that overflowed: inf, or NaN from
+    inf - inf) counts as reached, at the last finite point before it; NaN
+    widths where values(0) is not finite.
     """
     zero = int(np.argmin(np.abs(distance)))
     target = values[zero] + rise
+    if not np.isfinite(target):
+        return float("nan"), float("nan")
 
     def first_crossing(idx: range) -> float:
         prev = zero
         for i in idx:
-            if values[i] >= target:
+            if not values[i] < target:  # NaN too: a scan past it reported a valley wider than the overflow
                 d0, d1, v0, v1 = abs(distance[prev]), abs(distance[i]), values[prev], values[i]
+                if not np.isfinite(v1):
+                    return float(d0)
                 frac = (target - v0) / (v1 - v0) if v1 != v0 else 1.0
                 return float(d0 + frac * (d1 - d0))
             prev = i

@@ -252,6 +252,35 @@ def _hand_plane(a, b, c, grid, margin=0.2):
     return xy, x, y, points
 
 
+class Cubed(BiasOnly):
+    """Logits b**3: float32 overflows to +-inf from |b| ~ 7e12, and log-softmax of infinite logits is NaN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.b ** 3).expand(x.shape[0], -1)
+
+
+def test_a_plane_whose_loss_overflowed_at_some_or_all_points_is_summarised(tmp_path, capsys):
+    """Every point's loss NaN (a span far too wide) crashed the summary (np.nanargmin: "All-NaN slice"), and
+    --resume again, so the points computed never became a result; some points NaN went uncounted."""
+    data = Dataset(name="t", x_train=torch.zeros(10, 1), y_train=labels_with_counts([5, 3, 2], 0),
+                   x_test=torch.zeros(8, 1), y_test=labels_with_counts([1, 2, 5], 1), num_classes=3,
+                   mean=(0.0,), std=(1.0,))
+    a, b, c = (torch.tensor(p, dtype=torch.float32) for p in ([0.1, 0.2, 0.3], [1e13, 0, 0], [0, 1e13, 0]))
+    some = evaluate_plane(Cubed(3), [a, b, c], data, grid=5, wd=0.0, out=tmp_path / "some")
+    lost = ~np.isfinite(some.arrays["train_loss"]) | ~np.isfinite(some.arrays["test_nll"])
+    assert 0 < lost.sum() < 25 and some.summary["non_finite_points"] == int(lost.sum())
+    finite = np.where(np.isnan(some.arrays["train_loss"]), np.inf, some.arrays["train_loss"])
+    assert some.summary["grid_min"]["train_loss"]["value"] == pytest.approx(float(finite.min()))
+    far = [torch.tensor(p, dtype=torch.float32) for p in ([1e13, 2e13, 1e13], [3e13, 1e13, 2e13], [2e13, 3e13, 1e13])]
+    every = evaluate_plane(Cubed(3), far, data, grid=3, wd=0.0, out=tmp_path / "all")
+    assert np.isnan(every.arrays["train_loss"]).all()
+    assert every.summary["grid_min"]["train_loss"] is None is every.summary["grid_max"]["train_loss"]
+    assert every.summary["grid_max"]["test_error"] == 100.0  # an overflowed prediction counts as an error
+    assert every.summary["non_finite_points"] == 9
+    again = evaluate_plane(Cubed(3), far, data, grid=3, wd=0.0, out=tmp_path / "all", resume=True)
+    assert again.summary["non_finite_points"] == 9
+
+
 def test_plane_of_a_bias_only_model_matches_closed_form_nll_and_weight_decay():
     train_counts, test_counts = [5, 3, 2], [1, 2, 5]
     f_train = np.array(train_counts) / sum(train_counts)
@@ -510,6 +539,21 @@ def test_side_widths_of_an_asymmetric_valley():
     assert side_widths(S13, v, 1.0) == pytest.approx((1.0, 0.5), abs=1e-12)
     # rise 2 on the steep side: between s = 0.5 (v 1) and 1 (v 4): 0.5 + 0.5 (2 - 1) / (4 - 1)
     assert side_widths(S13, v, 2.0) == pytest.approx((1.4, 0.5 + 0.5 / 3), abs=1e-12)
+
+
+def test_a_loss_that_overflowed_to_nan_bounds_the_width():
+    """log-softmax of overflowing logits gives NaN (inf - inf): the scan walked past NaN points (NaN >= target is
+    False) and reported the valley as wider than the whole ray (inf, "> 1e+20"). An overflow counts as reached at
+    the last finite point before it, as inf already did."""
+    v = S13 ** 2
+    for bad in (np.nan, np.inf):
+        w = np.where(np.abs(S13) >= 1.0, bad, v)  # finite within |s| < 1 (v < 1), overflowed from |s| = 1 on
+        assert side_widths(S13, w, 2.0) == (0.5, 0.5)  # the last finite points, s = -0.5 and 0.5
+        assert side_widths(S13, w, 0.1) == pytest.approx((0.5 * 0.1 / 0.25, 0.5 * 0.1 / 0.25), abs=1e-12)
+    assert all(np.isnan(side_widths(S13, np.where(S13 == 0, np.nan, v), 1.0)))  # no centre value: no width
+    s = np.linspace(-4, 4, 9)
+    got = line_valley(s, np.where(np.abs(s) > 2, np.nan, s ** 2), 10.0, [0.0], ["a"])
+    assert (got["from"], got["to"]) == (-2.0, 2.0)  # bounded by the overflow, not open
 
 
 def test_a_lines_valley_and_where_points_sit_in_it():
