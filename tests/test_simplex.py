@@ -449,3 +449,13 @@ def test_foreign_modes_need_and_take_model(tmp_path, modes):
     with pytest.raises(UserError, match="hold the same weights: a complex joins different modes"):
         connect_modes([modes[0], tmp_path / "copy.pt"], tmp_path / "cx", connectors=1, epochs=1, progress=False)
     assert not (tmp_path / "cx").exists()
+
+
+def test_a_simplex_trains_on_the_data_normalisation_it_is_given(tmp_path, modes):
+    """grow_simplex passed four of the data settings on to the data it loads: a given --data-normalization was
+    recorded in its config but the mode's standard inputs were used."""
+    a, _ = modes
+    r = grow_simplex(a, tmp_path / "sx", vertices=2, epochs=1, eval_samples=2, face_resolution=2, progress=False,
+                     data_normalization="0.5/0.25")
+    assert r.data.normalization == r.summary["config"]["data_normalization"] == "0.5/0.25"
+    assert r.data.mean == (0.5,) and r.summary["dataset"]["normalization"] == "0.5/0.25"

@@ -302,7 +302,7 @@ def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | No
     device = _join(cfg)
     pts = load_points(list(paths), model=named, model_kwargs=cfg.model_kwargs if named else None,
                       data_overrides=None if data is not None else
-                      {k: getattr(cfg, k) for k in ("dataset", "data_path", "val_size", "data_seed")},
+                      {k: getattr(cfg, k) for k in DATA_FIELDS},  # all of them: --data-normalization was dropped
                       device=device, data=data)
     check_sources_data(pts.checkpoints, pts.data, asked=asked or data is not None)
     first = pts.checkpoints[0].model
