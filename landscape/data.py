@@ -32,14 +32,14 @@ from torch import Tensor
 from .device import resolve_device
 from .errors import UserError, check_seed, is_out_of_memory
 
-__all__ = ["DATASETS", "NORMALIZATIONS", "Dataset", "as_dataset", "load_dataset", "augment_crop_flip"]
+__all__ = ["DATASETS", "INPUT_NORMALIZATIONS", "Dataset", "as_dataset", "load_dataset", "augment_crop_flip"]
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "npz", "synthetic")
 
 # The input normalisations load_dataset takes besides "standard" (each dataset's usual constants, or its training
 # split's statistics), as (mean, std) per channel: the papers' code's transforms (dnn-mode-connectivity's
 # --transform ResNet and VGG, the swa code's PreResNet/WideResNet and VGG models), for their CIFAR networks.
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+INPUT_NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "resnet": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "vgg": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
 }
@@ -48,13 +48,17 @@ _NORMALIZATION_NAMES = {"standard": "standard", "resnet": "resnet", "vgg": "vgg"
 
 def check_normalization(value: object) -> str:
     """``value`` (``--data-normalization``) as recorded: ``standard``, a name of
-    :data:`NORMALIZATIONS` (``imagenet`` is ``vgg``), or ``M,M,M/S,S,S`` (a
+    :data:`INPUT_NORMALIZATIONS` (``imagenet`` is ``vgg``), or ``M,M,M/S,S,S`` (a
     mean and a standard deviation, one value for all channels or one a
     channel), its numbers as Python writes them; one line for anything else."""
     text = str(value).strip().lower().replace(" ", "")
     if text in _NORMALIZATION_NAMES:
         return _NORMALIZATION_NAMES[text]
-    mean, std = _constants(text, value)
+    mean, std = (tuple(v + 0.0 for v in part) for part in _constants(text, value))  # -0 is 0
+    named = next((name for name, constants in INPUT_NORMALIZATIONS.items() if constants == (mean, std)), None)
+    if named is not None:  # the same inputs are recorded alike, however they were written
+        return named
+    mean, std = (part[:1] if len(set(part)) == 1 else part for part in (mean, std))
     return f"{','.join(map(repr, mean))}/{','.join(map(repr, std))}"
 
 
@@ -82,7 +86,7 @@ def normalization_constants(normalization: str) -> tuple[tuple[float, ...], tupl
     """The (mean, std) a checked ``normalization`` names; None for ``standard``."""
     if normalization == "standard":
         return None
-    return NORMALIZATIONS.get(normalization) or _constants(normalization, normalization)
+    return INPUT_NORMALIZATIONS.get(normalization) or _constants(normalization, normalization)
 BUILT_IN: tuple[str, ...] = ("digits", "synthetic")  # they read no files
 
 
@@ -377,8 +381,9 @@ def described(d: dict) -> str:
     """A :meth:`Dataset.describe` record in a few words, for messages."""
     held = "validation" if d.get("eval_split") == "val" else "test"
     fingerprint = f", files {d['fingerprint']}" if d.get("fingerprint") else ""
+    norm = f", normalization {d['normalization']}" if d.get("normalization", "standard") != "standard" else ""
     return (f"'{d.get('name')}' ({d.get('n_train')} train / {d.get('n_test')} {held}, input "
-            f"{tuple(d.get('input_shape') or ())}, {d.get('num_classes')} classes{fingerprint})")
+            f"{tuple(d.get('input_shape') or ())}, {d.get('num_classes')} classes{fingerprint}{norm})")
 
 
 def why_data_differs(recorded: dict, now: dict) -> str:
@@ -483,7 +488,7 @@ def load_dataset(
     ``normalization``: ``standard`` (MNIST's and CIFAR's usual constants;
     other data by its training split's mean and standard deviation),
     ``resnet`` or ``vgg`` (the papers' code's CIFAR constants,
-    :data:`NORMALIZATIONS`), or ``"M,M,M/S,S,S"``.
+    :data:`INPUT_NORMALIZATIONS`), or ``"M,M,M/S,S,S"``.
     Running out of memory here is marked as such (:data:`READING_DATA`), for
     the advice the command line gives.
     """

@@ -264,10 +264,13 @@ def _rounding_apart(summary: dict[str, Any], request: str) -> bool:
 
 
 def _close(a: Any, b: Any) -> bool:
-    """Two settings as JSON holds them equal, floats within 1e-9 relative (1e-12 absolute near 0)."""
+    """Two settings as JSON holds them equal, floats within 1e-9 relative (1e-15 absolute near 0: a coordinate
+    computed as 1e-17 where it was 0); a bool equals only a bool."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
     if isinstance(a, float) or isinstance(b, float):
-        return (all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
-                and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+        return (all(isinstance(v, (int, float)) for v in (a, b))
+                and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15))
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):

@@ -1097,6 +1097,10 @@ def test_a_normalisation_is_refused_in_one_line_where_it_cannot_apply(tmp_path):
 
     assert [check_normalization(v) for v in ("Standard", " imageNet", "VGG", "0.50 / 0.25", "1,2,3/4")] == [
         "standard", "vgg", "vgg", "0.5/0.25", "1.0,2.0,3.0/4.0"]
+    # the same inputs written otherwise are recorded alike (else refused as other data on resuming or mixing)
+    assert [check_normalization(v) for v in ("0.5,0.5,0.5/0.25,0.25,0.25", "-0/1", "0.4914,0.4822,0.4465/0.2023,"
+                                             "0.1994,0.2010", "0.485,0.456,0.406/0.229,0.224,0.225")] == [
+        "0.5/0.25", "0.0/1.0", "resnet", "vgg"]
     for bad, said in (("foo", r"must be standard, resnet, vgg \(imagenet\) or MEAN/STD"),
                       ("1/2/3", r"must be standard, resnet"), ("a/1", r"must be standard, resnet"),
                       ("1,2/0", r"the mean must be finite and the standard deviation finite and positive"),
@@ -1123,8 +1127,11 @@ def test_runs_normalised_otherwise_are_other_data(tmp_path, capsys):
     from landscape.data import data_differs, why_data_differs
     from landscape.evaluate import evaluate_model
 
+    from landscape.data import described
+
     a, b = (load_dataset("digits", normalization=n).describe() for n in ("0.5/0.25", "standard"))
     assert data_differs(a, b) == ["normalization"] and why_data_differs(a, b) == "they differ in normalization"
+    assert described(a) == described(b)[:-1] + ", normalization 0.5/0.25)"  # messages tell the two apart
     assert data_differs(b, {k: v for k, v in b.items()}) == []
     for seed, norm in ((0, "0.5/0.25"), (1, "0.5/0.25"), (2, "standard")):
         cli.main(["train", "--out", str(tmp_path / str(seed)), "--epochs", "1", "--seed", str(seed), "--quiet",

@@ -1004,12 +1004,20 @@ def test_a_finished_result_whose_derived_settings_moved_by_rounding_is_still_its
     moved = dict(settings, start=[0.865049672328763, -0.4999999999998684])
     got, summary = begin_result(out, "r.npz", True, "subspace", request=request_key(v, moved))
     assert np.array_equal(got["x"], arrays["x"]) and summary["request_settings"]["start"] == settings["start"]
-    for other, said in ((request_key(v, dict(settings, start=[0.8650497, -0.5])), "other settings: start"),
-                        (request_key(v, dict(moved, k=4)), "other settings: k 3, now 4"),
-                        (request_key([torch.arange(4.0) + 1], moved), "other inputs"),
-                        (request_key(v, dict(moved, dataset=dict(data, fingerprint="12345678"))), "other data")):
-        with pytest.raises(UserError, match=f"holds a finished subspace result of {said}"):
+    for other, said in ((request_key(v, dict(settings, start=[0.8650497, -0.5])), r"other settings: start \[0\.8650496722743196, -0\.4999999999998878\], now \[0\.8650497, -0\.5\]"),
+                        (request_key(v, dict(moved, k=4)), "other settings: k 3, now 4"),  # start not named
+                        (request_key(v, dict(moved, k=3.0000001)), "other settings: k 3, now 3.0000001"),
+                        (request_key(v, dict(moved, flag=True, k=1)), "other settings: flag none, now true; k 3, "
+                                                                     "now 1"),
+                        (request_key([torch.arange(4.0) + 1], moved), r"other inputs \(the weights given differ\)"),
+                        (request_key(v, dict(moved, dataset=dict(data, fingerprint="12345678"))),
+                         r"other data \(the data's files changed since\)")):
+        with pytest.raises(UserError, match=f"holds a finished subspace result of {said}; choose another --out$"):
             begin_result(out, "r.npz", True, "subspace", request=other)
+    from landscape.sweep import _close
+
+    assert not _close(True, 1) and not _close([False], [0]) and _close(True, True) and _close(1, 1.0)
+    assert not _close(1e-13, 0.0) and _close(1e-17, 0.0) and not _close(5e-4, 5.0001e-4)
 
 
 def test_a_stored_point_whose_logits_overflowed_still_resumes(tmp_path):

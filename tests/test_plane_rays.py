@@ -281,6 +281,26 @@ def test_a_plane_whose_loss_overflowed_at_some_or_all_points_is_summarised(tmp_p
     assert again.summary["non_finite_points"] == 9
 
 
+def test_the_plane_command_says_how_many_points_overflowed(tmp_path, capsys, subset, data):
+    """The printed line read "train loss from 0.27 to 0.27" for a grid of 48 NaN points in 49, and with every
+    point NaN the command crashed; a span of 1e20 printed its range as 20-digit fixed-point numbers."""
+    train(out=tmp_path / "m", data=data, dataset="npz", data_path=str(subset), epochs=1, progress=False,
+          model="mlp", device="cpu")
+    common = ["plane", "--center", tmp_path / "m" / "model.pt", "--normalize", "gaussian", "--quiet"]
+    code, out, err = run_cli(capsys, *common, "--grid", 3, "--xrange", 1e20, 2e20, "--yrange", 1e20, 2e20,
+                             "--out", tmp_path / "all")
+    assert code == 0, err
+    assert "plane 3x3: x in [1e+20, 2e+20], y in [1e+20, 2e+20]" in out
+    assert "grid: the train loss is not a number at any point (9 of 9 points not finite: the logits overflowed)" in out
+    code, out, err = run_cli(capsys, *common, "--grid", 3, "--span", 1e20, "--out", tmp_path / "some")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "some" / "summary.json").read_text())
+    assert summary["non_finite_points"] == 8  # all but the centre, where the loss is the network's own
+    line = next(x for x in out.splitlines() if x.startswith("grid: "))
+    assert line.startswith("grid: train loss from ") and line.endswith(" (8 of 9 points not finite: the logits "
+                                                                       "overflowed)")
+
+
 def test_plane_of_a_bias_only_model_matches_closed_form_nll_and_weight_decay():
     train_counts, test_counts = [5, 3, 2], [1, 2, 5]
     f_train = np.array(train_counts) / sum(train_counts)
