@@ -9,7 +9,7 @@ import torch
 
 from collections.abc import Callable
 
-from .errors import UserError
+from .errors import UserError, check_seed
 
 __all__ = ["resolve_device", "seed_everything", "total_memory", "check_fits", "device_constant", "host_to_device"]
 
@@ -61,7 +61,8 @@ def check_fits(nbytes: float, what: str, device: torch.device | str) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
+    """Seed Python, NumPy and torch (all devices); ``seed`` a whole number in 0..2^63 - 1."""
+    seed = check_seed(seed, "seed")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

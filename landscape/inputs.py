@@ -417,6 +417,8 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     trained on with ``data=``) is taken as given, and ``data_overrides`` are
     then not read (one naming another dataset is refused).
     """
+    if isinstance(paths, (str, Path)):  # its characters were read as checkpoints ("r: no such checkpoint file")
+        raise UserError(f"paths is a list of checkpoints, got the single path {str(paths)!r} (one: [path])")
     if not paths:
         raise UserError("no checkpoints given")
     device = resolve_device(device)

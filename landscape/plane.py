@@ -9,6 +9,8 @@ from ``landscape.plots.plane``.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,11 +87,13 @@ def evaluate_plane(
     """
     if len(points) != 3:
         raise UserError(f"a plane needs exactly three points, got {len(points)}")
+    if len(labels) != 3:  # the summary would drop the points without one
+        raise UserError(f"labels has {len(labels)} entries for the plane's 3 points: give one a point")
     data = as_dataset(data)
-    _check_options(model, data, options)  # before a basis is worked out, or a folder claimed
+    _check_options(model, data, options, "evaluate_plane")  # before a basis is worked out, or a folder claimed
     vecs = _vectors(model, points, data.device, "a plane point")
     layout = _Layout(basis=plane_basis(*vecs), anchors=vecs, labels=list(labels), path=path, path_label=path_label,
-                     inputs=list(points), request={})
+                     inputs=[torch.as_tensor(p) for p in points], request={})
     return _sweep_in_plane(model, layout, data, out, **options)
 
 
@@ -108,7 +112,7 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
     ones (as ``rays``). ``options`` are :func:`evaluate_plane`'s (``marks``,
     ``grid``, ``wd``, ``batch_size``, ``resume``, ...; not ``margin``)."""
     data = as_dataset(data)
-    _check_options(model, data, options)  # before a basis is worked out, or a folder claimed
+    _check_options(model, data, options, "evaluate_random_plane")  # before a basis is worked out, or a folder claimed
     if span is not None:
         check_number("--span", span)
     (c,) = _vectors(model, [center], data.device, "the centre")
@@ -125,7 +129,7 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
     cos = float(basis.u @ basis.v / (basis.u.norm() * basis.v.norm()))
     axis = "filter-normalised" if normalize == "filter" else "unit Gaussian"
     layout = _Layout(
-        basis=basis, anchors=[c], labels=[label], inputs=[center],
+        basis=basis, anchors=[c], labels=[label], inputs=[torch.as_tensor(center)],
         request={"plane": "random", "normalize": normalize, "seed": seed, "span": asked},
         default_range=(-span, span),
         summary={"plane": "random", "normalize": normalize, "seed": seed, "span": span,
@@ -161,7 +165,7 @@ def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tenso
     if ignore not in (None, "biasbn"):
         raise UserError(f"unknown --ignore {ignore!r}; the one choice is biasbn (biases and batch-norm parameters)")
     data = as_dataset(data)
-    _check_options(model, data, options)  # before a basis is worked out, or a folder claimed
+    _check_options(model, data, options, "evaluate_trajectory_plane")  # before a basis is worked out, or a folder
     vecs = _vectors(model, trajectory, data.device, "a trajectory checkpoint")
     _refuse_repeats(vecs, labels)
     path = torch.stack(vecs)
@@ -257,17 +261,26 @@ class _Layout:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_options(model: nn.Module, data, options: dict[str, Any]) -> None:
-    """One line for grid options that make no grid and for marks that are no networks' weights, before any
-    work (a trajectory's PCA) and before the result folder is claimed; ``options["grid"]`` made an int."""
+def _check_options(model: nn.Module, data, options: dict[str, Any], caller: str) -> None:
+    """One line for a keyword no plane takes (``grd=21``: a TypeError naming a private function), grid
+    options that make no grid, marks that are no networks' weights or labelled otherwise, before any work (a
+    trajectory's PCA) and before the result folder is claimed; ``options["grid"]`` made an int."""
+    known = [name for name, p in inspect.signature(_sweep_in_plane).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise UserError(f"{caller}() takes no keyword {unknown[0]!r}{f' (did you mean {close[0]}=?)' if close else ''}")
     options["grid"] = check_grid_options(options.get("grid", 21), options.get("margin", 0.2), options.get("xrange"),
                                          options.get("yrange"))
-    _vectors(model, options.get("marks", ()), data.device, "a marked point")
+    marks = _vectors(model, options.get("marks", ()), data.device, "a marked point")
+    named = options.get("mark_labels") or ()
+    if named and len(named) != len(marks):
+        raise UserError(f"mark_labels has {len(named)} entries for {len(marks)} marks: give one a mark")
 
 
 def _vectors(model: nn.Module, points: Sequence[torch.Tensor], device, what: str) -> list[torch.Tensor]:
     numel = ParamSpace.of(model).numel
-    vecs = [p.detach().reshape(-1).to(device) for p in points]
+    vecs = [torch.as_tensor(p).detach().reshape(-1).to(device) for p in points]  # numpy arrays too
     for i, v in enumerate(vecs):
         if v.numel() != numel:
             raise UserError(f"{what} has {v.numel()} values, the model {numel} parameters")

@@ -163,6 +163,14 @@ def evaluate_rays(
         check_number("--distance", distance)
     if directions < 1 or steps < 1:
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
+    if isinstance(centers, torch.Tensor) and centers.dim() < 2 or isinstance(centers, (str, Path)):
+        got = f"a tensor of shape {tuple(centers.shape)}" if isinstance(centers, torch.Tensor) else repr(str(centers))
+        raise UserError(f"centers is a list of flat weight vectors (P,), one a centre, or a (centres, P) tensor; got "
+                        f"{got} (one centre: [vector])")
+    for name, given in (("labels", labels), ("paths", paths)):
+        if given is not None and len(given) != len(centers):  # the summary would drop the centres without one
+            raise UserError(f"{name} has {len(given)} entr{'y' if len(given) == 1 else 'ies'} for {len(centers)} "
+                            f"centre{'s' if len(centers) != 1 else ''}: give one a centre")
     if line and len(centers) < 2:
         raise UserError("--line needs two centres (--center and --compare)")
     m = len(centers)
@@ -170,7 +178,7 @@ def evaluate_rays(
                      f"--directions {directions} x --steps {steps}")
     if not (rise > 0 and np.isfinite(rise)):
         raise UserError(f"--rise must be a positive train-loss increase, got {rise}")
-    request = request_key(list(centers), {
+    request = request_key([torch.as_tensor(c) for c in centers], {
         "kind": "rays", "directions": directions, "distance": distance, "steps": steps, "normalize": normalize,
         "line": line, "rise": rise, "seed": seed, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
         "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()})
@@ -181,7 +189,7 @@ def evaluate_rays(
     device = data.device
     check_fits(4.0 * 3 * m * (1 + directions) * space.numel, f"--directions {directions} (the centres and their "
                f"directions, about three float32 copies of rays x parameters)", device)
-    cs = [c.detach().reshape(-1).float().to(device) for c in centers]
+    cs = [torch.as_tensor(c).detach().reshape(-1).float().to(device) for c in centers]  # numpy arrays too
     for c in cs:
         if c.numel() != space.numel:
             raise UserError(f"a centre has {c.numel()} values, the model {space.numel} parameters")

@@ -582,3 +582,42 @@ def test_seeds_draw_counts_and_a_warm_up_past_the_training_are_one_line(tmp_path
     config = TrainConfig(seed=3.0, data_seed=2.0)
     config.validate()  # whole floats are seeds, kept as ints (a generator takes ints only)
     assert (config.seed, config.data_seed) == (3, 2) and isinstance(config.seed, int)
+
+
+def test_the_plane_and_rays_functions_check_what_a_notebook_passes(small_digits, tmp_path):
+    """A labels list shorter than the centres or points silently dropped their results from the summary; a
+    mistyped keyword was a TypeError naming a private function; one tensor given as the centres was read as
+    94,186 centres (a memory refusal), one path as its characters; numpy points failed on .detach()."""
+    from landscape import seed_everything
+    from landscape.plane import evaluate_plane, evaluate_random_plane, evaluate_trajectory_plane
+    from landscape.rays import evaluate_rays
+
+    net = mlp(False)
+    space = ParamSpace.of(net)
+    w = space.flatten(net)
+    pts = [w, w + 0.1 * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)),
+           w + 0.1 * torch.randn(w.shape, generator=torch.Generator().manual_seed(2))]
+    with pytest.raises(UserError, match=r"^labels has 1 entry for 2 centres: give one a centre$"):
+        evaluate_rays(net, pts[:2], small_digits, labels=["x"], directions=1, steps=1)
+    with pytest.raises(UserError, match=r"^paths has 3 entries for 2 centres"):
+        evaluate_rays(net, pts[:2], small_digits, paths=["a", "b", "c"], directions=1, steps=1)
+    with pytest.raises(UserError, match=r"^centers is a list of flat weight vectors .* got a tensor of shape "):
+        evaluate_rays(net, pts[0], small_digits, directions=1, steps=1)
+    with pytest.raises(UserError, match=r"^labels has 2 entries for the plane's 3 points"):
+        evaluate_plane(net, pts, small_digits, labels=["a", "b"], grid=2)
+    with pytest.raises(UserError, match=r"^mark_labels has 2 entries for 1 marks"):
+        evaluate_plane(net, pts, small_digits, grid=2, marks=[w], mark_labels=["s", "t"])
+    for call, name in ((lambda: evaluate_plane(net, pts, small_digits, grd=3), "evaluate_plane"),
+                       (lambda: evaluate_random_plane(net, w, small_digits, grd=3), "evaluate_random_plane"),
+                       (lambda: evaluate_trajectory_plane(net, pts, small_digits, grd=3), "evaluate_trajectory_plane")):
+        with pytest.raises(UserError, match=rf"^{name}\(\) takes no keyword 'grd' \(did you mean grid=\?\)$"):
+            call()
+    with pytest.raises(UserError, match=r"^paths is a list of checkpoints, got the single path 'a/model.pt'"):
+        load_points("a/model.pt")
+    with pytest.raises(UserError, match=r"^seed must be a whole number"):
+        seed_everything(-1)
+    as_numpy = evaluate_plane(net, [p.numpy() for p in pts], small_digits, grid=2)
+    as_tensors = evaluate_plane(net, pts, small_digits, grid=2)
+    assert np.array_equal(as_numpy.arrays["train_loss"], as_tensors.arrays["train_loss"])
+    rays = evaluate_rays(net, [p.numpy() for p in pts[:2]], small_digits, directions=1, steps=1, labels=["a", "b"])
+    assert [c["label"] for c in rays.summary["centers"]] == ["a", "b"]
