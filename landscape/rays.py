@@ -211,10 +211,14 @@ def evaluate_rays(
         line_length = float((cs[1] - cs[0]).double().norm())
         if line_length == 0:
             raise UserError("the two centres are identical: no line through them")
+        # As far beyond each centre, in weight space, as the rays reach: filter-normalised directions are as long
+        # as the weights' filters (15 for the digits convnet), and a line extended by `distance` in weight units
+        # covered a fifteenth of them, its valley cut off (He et al.'s analysis lost, the slope misread)
+        reach = distance if normalize != "filter" else distance * float(torch.cat([d.norm(dim=1) for d in dirs]).mean())
         # Samples that include both centres exactly: steps per side beyond them, 2 * steps between.
-        line_dist = np.unique(np.concatenate([np.linspace(-distance, 0, steps + 1),
+        line_dist = np.unique(np.concatenate([np.linspace(-reach, 0, steps + 1),
                                               np.linspace(0, line_length, 2 * steps + 1),
-                                              np.linspace(line_length, line_length + distance, steps + 1)]))
+                                              np.linspace(line_length, line_length + reach, steps + 1)]))
         blocks.append(line_coefficients(n_anchor, 0, 1, line_length, line_dist))
     coeffs = np.concatenate(blocks)
     run_config = dict(config or {}, command="rays", directions=directions, distance=distance, steps=steps,
@@ -298,7 +302,7 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
         d, tl = arrays["line_distance"], arrays["line_train_loss"]
         between = (d >= 0) & (d <= line_length)  # both centres are samples (see evaluate_rays)
         ends = tl[np.argmin(np.abs(d))], tl[np.argmin(np.abs(d - line_length))]
-        summary["line"] = {"length": line_length,
+        summary["line"] = {"length": line_length, "extension": float(-d[0]),
                            "valley": line_valley(d, tl, rise, [0.0, line_length], labels[:2]),
                            "between_train_loss_max": float(np.max(tl[between])),
                            "train_loss_barrier": float(np.max(tl[between]) - (ends[0] + ends[1]) / 2),
@@ -306,7 +310,9 @@ def _rays_summary(arrays, labels, paths, rise, normalize, distance, directions, 
                            "train_loss_max": float(np.max(tl)),
                            "test_error_max": float(np.max(arrays["line_test_error"])),
                            "notes": "between_*: from one centre to the other; train_loss_max, test_error_max: "
-                                    "the whole line, extended `distance` beyond each centre; barrier: the "
+                                    "the whole line, extended beyond each centre by `extension`, the rays' reach "
+                                    "in weight space (`distance`; with filter-normalised directions, `distance` "
+                                    "times their mean norm); barrier: the "
                                     "maximum between them minus the mean of the two centres'; valley: the "
                                     "interval around the line's lowest sample where the train loss stays within "
                                     "`rise` of it, each centre's offset from its middle (relative: as a fraction "

@@ -561,6 +561,27 @@ def test_side_widths_of_an_asymmetric_valley():
     assert side_widths(S13, v, 2.0) == pytest.approx((1.4, 0.5 + 0.5 / 3), abs=1e-12)
 
 
+def test_the_line_reaches_as_far_as_filter_normalised_rays(endpoints, data):
+    """With filter-normalised directions --distance counts multiples of directions as long as the weights'
+    filters (about 15 for the digits convnet), but the line was extended by --distance in weight units: a
+    fifteenth of the rays' reach, its valley cut off and its slope misread. It reaches as far as the rays."""
+    model, a = flat_weights(endpoints[0])
+    _, b = flat_weights(endpoints[1])
+    space = ParamSpace.of(model)
+    r = evaluate_rays(model, [a.float(), b.float()], data, normalize="filter", line=True, directions=2, steps=2,
+                      distance=0.5, seed=3)
+    gauss = random_directions(space.numel, 2, 3, space.trainable_mask())
+    norms = torch.cat([filter_normalize(gauss, c.float(), space).norm(dim=1) for c in (a, b)])
+    reach = 0.5 * float(norms.mean())
+    assert reach > 2  # many times --distance: the case that was cut short
+    d = r.arrays["line_distance"]
+    length = float((b - a).norm())
+    assert d[0] == pytest.approx(-reach, rel=1e-6) and d[-1] == pytest.approx(length + reach, rel=1e-6)
+    assert r.summary["line"]["extension"] == pytest.approx(reach, rel=1e-6)
+    gaussian = evaluate_rays(model, [a.float(), b.float()], data, line=True, directions=1, steps=2, distance=0.5)
+    assert gaussian.arrays["line_distance"][0] == -0.5 and gaussian.summary["line"]["extension"] == 0.5
+
+
 def test_a_loss_that_overflowed_to_nan_bounds_the_width():
     """log-softmax of overflowing logits gives NaN (inf - inf): the scan walked past NaN points (NaN >= target is
     False) and reported the valley as wider than the whole ray (inf, "> 1e+20"). An overflow counts as reached at
