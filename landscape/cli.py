@@ -1660,8 +1660,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=10, help="points per side of each ray (default: 10)")
     g.add_argument("--normalize", default="gaussian", help="gaussian (unit norm, the SWA paper) or filter (Li et al.)")
     g.add_argument("--line", action="store_true",
-                   help="also the line through the two centres, extended both ways by --distance in weight space "
-                        "(with --normalize filter: 1 by default, short beside the line)")
+                   help="also the line through the two centres, extended both ways as far in weight space as the "
+                        "rays reach (--distance; with --normalize filter, --distance times the directions' mean norm)")
     g.add_argument("--rise", type=float, default=0.1, help="train-loss rise that defines the width (default: 0.1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the directions")
     p.add_argument("--out", required=True, type=user_path, metavar="DIR", help="folder for the result files")
