@@ -128,7 +128,8 @@ def add_data_args(p: argparse.ArgumentParser, *, inherit: bool = False, title: s
     g.add_argument("--data-normalization", default=d("standard"), metavar="NAME|MEAN/STD",
                    help="input normalisation: standard (MNIST's and CIFAR's usual constants, other data by its "
                         "training split's statistics), resnet or vgg (the papers' code's CIFAR constants, its "
-                        "--transform ResNet and VGG; imagenet is vgg), or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25")
+                        "--transform ResNet and VGG; imagenet is vgg), or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25 (a "
+                        "negative mean after an =: --data-normalization=-0.5/0.25)")
 
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -406,8 +407,13 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
     from landscape.checkpoint import read_json
     from landscape.train import file_digest
 
+    from landscape.data import data_differs
+
     ends = s["curve"]["metrics"]["test_error"]
     trained = ((meta or {}).get("train_config") or {})
+    fitted_on = (meta or {}).get("dataset")
+    if isinstance(fitted_on, dict) and isinstance(s.get("dataset"), dict) and data_differs(fitted_on, s["dataset"]):
+        return ""  # evaluated on other data than the runs reported on (another normalisation): not comparable
     kept = (meta or {}).get("input_summaries")  # read when the curve was fitted: the runs may have moved since
     own = {}
     for key in ("start", "end"):
@@ -491,15 +497,22 @@ def _posterior_curve(args: argparse.Namespace, ck) -> int:
     return 0
 
 
-def _marks(paths, model, space, device):
+def _marks(paths, model, space, device, first, overrides):
+    """The marked networks' weights and labels; refused in one line where one was trained on other data than
+    the plane's ``first`` checkpoint (its metrics, evaluated on the plane's data, would be another network's)
+    unless the data options were given (``overrides``)."""
     from landscape.checkpoint import check_state_dict, load_checkpoint, require_network
+    from landscape.inputs import check_same_data
 
-    vectors, labels = [], []
+    vectors, labels, ckpts = [], [], []
     for path in paths or []:
         ck = require_network(load_checkpoint(path))
         check_state_dict(model, ck.state_dict, str(ck.path), "the plane's model")
         vectors.append(space.flatten(ck.state_dict, source=str(path)).to(device))
         labels.append(Path(path).parent.name if Path(path).stem == "model" else Path(path).stem)
+        ckpts.append(ck)
+    if ckpts:
+        check_same_data([first, *ckpts], overrides)
     return vectors, labels
 
 
@@ -529,6 +542,7 @@ def _eval_wd(args: argparse.Namespace, pts) -> float:
 def cmd_plane(args: argparse.Namespace) -> int:
     import torch
 
+    from landscape.checkpoint import load_checkpoint
     from landscape.inputs import load_points, load_trajectory, refuse_same_weights, stored_data
     from landscape.plane import evaluate_plane, evaluate_random_plane, evaluate_trajectory_plane
     from landscape.sweep import is_main, process_device
@@ -591,7 +605,8 @@ def cmd_plane(args: argparse.Namespace) -> int:
     else:
         evaluate, first = evaluate_plane, points
         kind_options = {"labels": labels, "path": path, "path_label": path_label, "margin": margin}
-    marks, mark_labels = _marks(args.mark, model, ParamSpace.of(model), device)
+    first_ckpt = load_checkpoint(args.ckpt) if args.ckpt else pts.checkpoints[-1 if args.trajectory else 0]
+    marks, mark_labels = _marks(args.mark, model, ParamSpace.of(model), device, first_ckpt, _data_overrides(args))
     result = evaluate(model, first, data, args.out, **kind_options, marks=marks, mark_labels=mark_labels,
                       grid=args.grid, xrange=args.xrange, yrange=args.yrange, wd=wd,
                       batch_size=args.batch_size, bn_batches=args.bn_batches, bn_stats=args.bn_stats,

@@ -73,9 +73,11 @@ def _constants(text: str, given: object) -> tuple[tuple[float, ...], tuple[float
         mean, std = (tuple(float(v) for v in part.split(",")) for part in parts)
     except ValueError:
         raise UserError(how) from None
-    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+    # in float32, as the inputs are divided: a std of 1e-300 is 0 there, and every input inf
+    top = float(np.finfo(np.float32).max)
+    if not all(abs(v) <= top for v in mean) or not all(0 < v <= top and np.float32(v) > 0 for v in std):
         raise UserError(f"--data-normalization: the mean must be finite and the standard deviation finite and "
-                        f"positive, got {given!r}")
+                        f"positive, in float32 (about 1e-38 to 3e38), got {given!r}")
     if len(mean) != len(std) and 1 not in (len(mean), len(std)):
         raise UserError(f"--data-normalization gives {len(mean)} means and {len(std)} standard deviations, got "
                         f"{given!r}")
@@ -605,10 +607,11 @@ def _fitting(constants: tuple[tuple[float, ...], tuple[float, ...]], x: Tensor, 
     mean, std = constants
     if any(len(v) not in (1, channels) for v in constants):
         kind = ("channel" if x.dim() == 4 else "feature") + ("s" if channels > 1 else "")
-        what = (f"has {channels} {kind}: give one value or one for each"
-                if x.dim() in (2, 4) else "holds neither images nor feature vectors: give one value")
-        raise UserError(f"--data-normalization {normalization} has {max(map(len, constants))} values, but the "
-                        f"{name} data{where} {what}")
+        what = (f"has {channels} {kind}: give --data-normalization with one value or one for each"
+                if x.dim() in (2, 4) else "holds neither images nor feature vectors: give --data-normalization "
+                                          "with one value")
+        raise UserError(f"--data-normalization {normalization} (given, or recorded with the run) has "
+                        f"{max(map(len, constants))} values, but the {name} data{where} {what}")
     width = max(len(mean), len(std))
     return tuple(mean * width if len(mean) == 1 else mean), tuple(std * width if len(std) == 1 else std)
 

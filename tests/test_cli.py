@@ -1295,3 +1295,15 @@ def test_labels_before_the_folders_are_told_where_they_go(capsys):
     with pytest.raises(SystemExit):
         cli.main(["plot"])
     assert "--labels" not in capsys.readouterr().err
+
+
+def test_the_endpoints_runs_errors_are_quoted_only_for_the_data_they_were_measured_on():
+    """A curve evaluated with another --data-normalization quoted its runs' own errors beside its own, the
+    difference put down to batch norm: the inputs were scaled otherwise."""
+    record = {"name": "digits", "n_train": 1437, "n_test": 360, "fingerprint": "0badf00d"}
+    meta = {"dataset": record, "input_summaries": {k: {"test_error": 9.0, "eval_split": "test"}
+                                                   for k in ("start", "end")}}
+    summary = {"curve": {"metrics": {"test_error": {"start": 2.0, "end": 3.0}}}, "dataset": dict(record)}
+    assert "their runs' summaries, with the statistics they trained with, say 9.00% and 9.00%" in \
+        cli._ends_as_trained(meta, summary)
+    assert cli._ends_as_trained(meta, dict(summary, dataset=dict(record, normalization="0.5/0.25"))) == ""

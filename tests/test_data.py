@@ -1105,11 +1105,13 @@ def test_a_normalisation_is_refused_in_one_line_where_it_cannot_apply(tmp_path):
                       ("1/2/3", r"must be standard, resnet"), ("a/1", r"must be standard, resnet"),
                       ("1,2/0", r"the mean must be finite and the standard deviation finite and positive"),
                       ("nan/1", r"the mean must be finite"), ("0/inf", r"finite and positive"),
+                      ("1/1e-300", r"finite and positive, in float32"), ("1e39/1", r"the mean must be finite"),
                       ("1,2/1,2,3", r"gives 2 means and 3 standard deviations")):
         with pytest.raises(UserError, match=r"^--data-normalization" + (": " if "mean must" in said else ".*") + said):
             load_dataset("digits", normalization=bad)
-    with pytest.raises(UserError, match=r"^--data-normalization resnet has 3 values, but the digits data has 1 "
-                                        r"channel: give one value or one for each$"):
+    with pytest.raises(UserError, match=r"^--data-normalization resnet \(given, or recorded with the run\) has 3 "
+                                        r"values, but the digits data has 1 channel: give --data-normalization with "
+                                        r"one value or one for each$"):
         load_dataset("digits", normalization="resnet")
     np.savez(tmp_path / "f.npz", x_train=np.random.rand(6, 4).astype(np.float32), y_train=np.arange(6) % 2,
              x_test=np.random.rand(3, 4).astype(np.float32), y_test=np.arange(3) % 2)
@@ -1152,3 +1154,14 @@ def test_runs_normalised_otherwise_are_other_data(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and not (tmp_path / "e2").exists()
     assert "was trained on other data than" in err and "(data-normalization standard vs 0.5/0.25)" in err
+    # a marked network's metrics were reported on the plane's data without a word; a complex's modes were
+    # refused with the first mode's settings put down to the second
+    for argv in (["plane", "--center", str(tmp_path / "0" / "model.pt"), "--mark", str(tmp_path / "2" / "model.pt"),
+                  "--grid", "3", "--out", str(tmp_path / "p"), "--quiet"],
+                 ["simplex", "--modes", str(tmp_path / "0" / "model.pt"), str(tmp_path / "2" / "model.pt"),
+                  "--connectors", "1", "--epochs", "1", "--out", str(tmp_path / "sx"), "--quiet"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (f"landscape: error: {tmp_path / '2' / 'model.pt'} was trained on other data than "
+                       f"{tmp_path / '0' / 'model.pt'} (data-normalization standard vs 0.5/0.25); give the data "
+                       f"options explicitly to use the same data for both\n"), err

@@ -488,6 +488,9 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     connectors, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, connectors=connectors)
     cfg, named = _config(config, modes[0], overrides, "connect_modes", data)
     out = Path(out) if out is not None else None
+    if data is None:  # modes trained on other data than the first named as such (as every command names them)
+        given = {**(asdict(config) if config is not None else {}), **overrides}
+        check_same_data([require_network(load_checkpoint(p)) for p in modes], {k: given.get(k) for k in DATA_FIELDS})
     pts, spec = _load_modes(modes, cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
     refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
     _check_init(cfg, [torch.stack(pts.vectors).mean(dim=0)])

@@ -18,6 +18,7 @@ import numpy as np
 from landscape.errors import UserError, shell_word
 
 from landscape.checkpoint import read_json, read_result, write_json
+from landscape.data import described
 
 from landscape.sweep import refuse_unfinished
 
@@ -192,8 +193,8 @@ def check_comparable(folders: Sequence[Path], summaries: Sequence[dict], train_l
         d = s.get("dataset")
         return {k: v for k, v in d.items() if k != "augment"} if isinstance(d, dict) else None  # training only
 
-    def words(d: dict) -> str:
-        return f"{d.get('name')} ({d.get('n_train')} train / {d.get('n_test')} {d.get('eval_split', 'test')} images)"
+    def words(d: dict) -> str:  # the files' fingerprint and a normalisation too: what tells such data apart
+        return described(d)
 
     first, split0, wd0 = data(summaries[0]), summaries[0].get("eval_split", "test"), summaries[0].get("wd")
     for folder, s in zip(folders[1:], summaries[1:]):
