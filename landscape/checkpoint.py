@@ -879,6 +879,7 @@ def load_model(
     *,
     num_classes: int | None = None,
     input_shape: tuple[int, ...] | None = None,
+    template: bool = False,
     **model_kwargs: Any,
 ) -> nn.Module:
     """Rebuild the network a checkpoint holds and load its weights.
@@ -890,9 +891,16 @@ def load_model(
     built with the checkpoint's stored options (``model_kwargs`` override
     them), and ``num_classes`` / ``input_shape``, if given, must agree with
     them. The model is returned on the CPU in eval mode; torch's global random
-    state is as it was.
+    state is as it was. A curve or simplex checkpoint holds several networks:
+    refused (it gave its first anchor), unless ``template`` (the network its
+    points are evaluated in, with that anchor's weights and buffers).
     """
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else load_checkpoint(path_or_ckpt)
+    if not template and ckpt.kind in ("curve", "simplex"):
+        where = ("landscape.curves.load_curve(path): its .curve.points(t) gives the weights at t" if ckpt.kind ==
+                 "curve" else "landscape.curves.spro.load_simplex(path)")
+        raise UserError(f"{ckpt.path}: a {ckpt.kind} checkpoint, which holds several networks, not one; load it "
+                        f"with {where}")
     # The weights about to be loaded replace the new network's first ones: building it must not move
     # the caller's random stream (a notebook's next draw is the same with or without this call).
     with torch.random.fork_rng(devices=[]):

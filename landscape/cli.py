@@ -1352,7 +1352,7 @@ def _check_demo(args: argparse.Namespace) -> None:
     the options (in a folder an earlier build began, once every step has
     taken them), and the steps reuse what is finished. A record whose run
     has not begun (no endpoint yet) is replaced."""
-    from landscape.checkpoint import read_json, stored_config, write_json
+    from landscape.checkpoint import _check_out, read_json, stored_config, write_json
     from landscape.geometry import check_grid_options
 
     if args.points < 3:
@@ -1364,12 +1364,12 @@ def _check_demo(args: argparse.Namespace) -> None:
     check_grid_options(args.grid, 0.2, None, None)
     asked = _demo_record(args)
     record = args.out / "demo.json"
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} is a file, not a folder")
+    _check_out(args.out, "demo")  # a file, or another command's run (its steps' folders would go inside it)
     begun = (args.out / "a").exists()  # the first step has run: its options are the run's
     trained = stored_config(args.out / "a") if begun and not record.exists() else None  # an earlier build's folder
-    if trained and trained.get("epochs") not in (None, args.epochs):  # its first step would say "--resume"
-        raise UserError(f"{args.out} holds a demo run with other options (--epochs {trained['epochs']}, now "
+    epochs = ((trained or {}).get("config") or {}).get("epochs")  # a train run's config.json keeps them there
+    if epochs not in (None, args.epochs):  # its first step would say "--resume"
+        raise UserError(f"{args.out} holds a demo run with other options (--epochs {epochs}, now "
                         f"{args.epochs}); rerun it with those to reuse its finished steps, or choose another --out")
     if record.exists() and begun:
         before = read_json(record)

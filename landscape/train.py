@@ -592,7 +592,7 @@ def run_training(
             bar.set_postfix(epoch=epoch + 1, loss=f"{record['train_loss']:.4f}",
                             err=f"{record['train_error']:.2f}%", test_err=f"{test_error:.2f}%")
             if lines is not None:
-                lines.at(epoch + 1, _epoch_note(record))
+                lines.at(epoch + 1, _epoch_note(record, data.eval_split))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
     except Diverged as e:
@@ -601,7 +601,8 @@ def run_training(
         bar.close()
 
     if lines is not None:  # what the wait before the summary is (for a curve: 4 passes over the data)
-        print(f"{name}: {cfg.epochs} epochs done; the final evaluation", file=sys.stderr, flush=True)
+        print(f"{name}: {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} done; the final evaluation",
+              file=sys.stderr, flush=True)
     if world > 1 and task.sync_buffers:  # every rank ends with rank 0's batch-norm statistics
         for b in task.module.buffers():
             dist.broadcast(b, src=0)
@@ -655,15 +656,17 @@ def _say(msg: str) -> None:
         print(msg, file=sys.stderr)
 
 
-def _epoch_note(record: dict[str, Any]) -> str:
+def _epoch_note(record: dict[str, Any], split: str = "test") -> str:
     """An epoch's figures for its log line: 'train loss 0.1234, train error 2.10 %
     (over the epoch's batches), test error 3.61 %' (a curve's test error is its
-    midpoint's, so named). The train figures are the running ones of the
-    epoch's steps, not the final network's (the summary's)."""
+    midpoint's, so named; "val error" where ``split`` is a validation split,
+    as the record's ``test_error`` then is). The train figures are the
+    running ones of the epoch's steps, not the final network's (the summary's)."""
     parts = [f"train loss {fixed(record['train_loss'])}",
              f"train error {record['train_error']:.2f} % (over the epoch's batches)"]
-    for key, name in (("test_error", "test error"), ("mid_test_error", "test error at t = 0.5"),
-                      ("swa_test_error", "SWA test error")):
+    held = "val" if split == "val" else "test"
+    for key, name in (("test_error", f"{held} error"), ("mid_test_error", f"{held} error at t = 0.5"),
+                      ("swa_test_error", f"SWA {held} error")):
         if key in record:
             parts.append(f"{name} {record[key]:.2f} %")
     return ", ".join(parts)

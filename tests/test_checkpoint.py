@@ -661,6 +661,10 @@ def test_import_from_the_command_line_then_curve_reads_it_alone(tmp_path, capsys
     s = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert s["bends"] == 1 and s["dataset"]["name"] == "digits" and s["points"] == 3
     assert s["dataset"]["normalization"] == "0.5/0.25"  # as it was trained: recorded by the import
+    # a curve in a notebook's load_model gave its start network without a word
+    with pytest.raises(UserError, match=r"mine\.pt: a curve checkpoint, which holds several networks, not one; load "
+                                        r"it with landscape\.curves\.load_curve\(path\)"):
+        load_model(tmp_path / "mine.pt")
 
 
 def test_import_matches_by_name_first_so_a_file_resaved_with_sorted_keys_is_read_right(tmp_path):

@@ -512,7 +512,7 @@ def test_demo_json_records_options_only_where_they_are_the_runs(tmp_path):
 
     old = tmp_path / "old"
     (old / "a").mkdir(parents=True)
-    (old / "a" / "config.json").write_text(json.dumps({"command": "train", "epochs": 2}))
+    (old / "a" / "config.json").write_text(json.dumps({"command": "train", "config": {"epochs": 2}}))  # as train
     cli._check_demo(args(old, 2))
     assert not (old / "demo.json").exists()
     with pytest.raises(UserError, match="holds a demo run with other options \\(--epochs 2, now 5\\)"):
@@ -527,6 +527,11 @@ def test_demo_json_records_options_only_where_they_are_the_runs(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="is a file, not a folder"):
         cli._check_demo(args(tmp_path / "file", 2))
+    (tmp_path / "run").mkdir()  # another command's run: the demo's twenty folders went inside it
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"command": "train", "config": {"epochs": 2}}))
+    with pytest.raises(UserError, match=r"run holds the results of another command \(train, see its config.json\)"):
+        cli._check_demo(args(tmp_path / "run", 2))
+    assert not (tmp_path / "run" / "demo.json").exists()
 
 
 @pytest.mark.parametrize("command", ["width", "rays", "demo"])

@@ -175,3 +175,13 @@ def test_simplex_lines_name_the_vertex_and_the_final_evaluation_is_counted(tmp_p
     assert re.search(r"^\d+ distinct points \(3 vertices, 1 barycentre\(s\), 2 samples, the face's \d+ grid "
                      r"points\), \d+ a pass over the data$", err, re.M), err
     assert re.search(r"^points (\d+) of \1 \(100 %\)", err, re.M), err
+
+
+def test_an_epochs_line_names_the_split_it_was_measured_on():
+    """With --val-size the epoch line said "test error" for the validation error the summary then called
+    "val error"."""
+    from landscape.train import _epoch_note
+
+    record = {"train_loss": 0.5, "train_error": 2.0, "test_error": 20.0, "mid_test_error": 3.0}
+    assert _epoch_note(record, "val").endswith("val error 20.00 %, val error at t = 0.5 3.00 %")
+    assert _epoch_note(record).endswith("test error 20.00 %, test error at t = 0.5 3.00 %")

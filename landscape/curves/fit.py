@@ -375,7 +375,7 @@ def load_curve(path: str | Path | Checkpoint, device: str | torch.device = "cpu"
         raise UserError(f"{ckpt.path}: a curve between variational posteriors (written by 'landscape vi-connect'); "
                         f"'landscape curve' (evaluate_posterior_curve from Python) evaluates it, the planes and subspaces "
                         f"take curves between networks")
-    template = load_model(ckpt, own_network(ckpt, model, model_kwargs))
+    template = load_model(ckpt, own_network(ckpt, model, model_kwargs), template=True)
     space = ParamSpace.of(template)
     anchors = stored_anchors(ckpt, space)
     info = ckpt.extra["curve"]

@@ -307,7 +307,7 @@ def load_posterior_curve(path: str | Path | Checkpoint, device: str | torch.devi
     scale = info.get("prior_scale", 1.0)
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise UserError(f"{ckpt.path}: the posterior's prior_scale is {scale!r}, not a finite number > 0")
-    net = load_model(ckpt, own_network(ckpt, model, model_kwargs))
+    net = load_model(ckpt, own_network(ckpt, model, model_kwargs), template=True)
     names = info.get("names")
     if names is not None and list(names) not in (stochastic_names(net), stochastic_names(net, frozen=True)):
         raise UserError(f"{ckpt.path}: the posterior's weights do not match its network's layers")

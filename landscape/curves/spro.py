@@ -130,7 +130,7 @@ def load_simplex(path: str | Path, device="cpu", model: str | None = None) -> tu
     info = ck.extra.get("simplex")
     if ck.kind != "simplex" or not isinstance(info, dict):
         raise UserError(f"{ck.path}: a '{ck.kind}' checkpoint, not a simplex; make one with 'landscape simplex'")
-    template = load_model(ck, own_network(ck, model))
+    template = load_model(ck, own_network(ck, model), template=True)
     space = ParamSpace.of(template)
     if list(info["names"]) != list(space.names):
         raise UserError(f"{ck.path}: the simplex's parameter names do not match its model")
