@@ -151,9 +151,12 @@ def pca_basis(post: SwagPosterior, rank: int) -> torch.Tensor:
                         f" (collected without a low-rank part: swa --swag-rank 0, or swa_gaussian without "
                         f"--cov_mat): a PCA subspace needs them; collect them with swa --swag-rank K")
     if rank > kept:
+        # every iterate averaged kept a deviation: a larger --swag-rank keeps no more, more iterates do
+        more = ("more SWA epochs after --swa-start (each average adds one)" if k >= post.averaged else
+                "a larger --swag-rank")
         raise UserError(f"--rank {rank}: the SWAG deviations span only {kept} direction(s) "
-                        f"({k} deviation(s) kept); use --rank {kept} or collect more with a larger "
-                        f"--swag-rank")
+                        f"({k} deviation(s) kept of the {post.averaged} iterates averaged); use --rank {kept} or "
+                        f"collect more with {more}")
     return (evecs[:, :rank].T @ d).float()
 
 

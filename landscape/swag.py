@@ -121,6 +121,9 @@ def load_swag(path: str | Path | Checkpoint, device: torch.device | str = "cpu",
     ck = path if isinstance(path, Checkpoint) else load_checkpoint(path)
     info = ck.extra.get("swag")
     if not isinstance(info, dict) or not {"mean", "sq_mean", "deviations", "names", "averaged"} <= set(info):
+        beside = Path(ck.path).parent / "swag.pt"
+        if Path(ck.path).name != "swag.pt" and beside.exists():  # swa.pt given: its run wrote the moments beside it
+            raise UserError(f"{ck.path}: holds no SWAG moments; did you mean {beside}?")
         raise UserError(f"{ck.path}: holds no SWAG moments; make them with 'landscape swa --swag-rank K' "
                         f"(it writes swag.pt)")
     net = load_model(ck, own_network(ck, model))

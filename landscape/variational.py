@@ -401,6 +401,9 @@ class VariationalConfig(TrainConfig):
             raise UserError(f"unknown prior {self.prior!r}; choose one of: auto, {', '.join(PRIORS)}")
         if not (math.isfinite(self.prior_scale) and self.prior_scale > 0):
             raise UserError(f"--prior-scale must be a finite number > 0, got {self.prior_scale}")
+        if self.prior_scale != 1.0 and self.resolved_prior() != "gaussian":  # read by nothing, yet recorded
+            raise UserError(f"--prior-scale is the Gaussian prior's standard deviation; the {self.family} family's "
+                            f"prior here is {self.resolved_prior()} (give --prior gaussian to use it)")
         check_nonnegative("--temperature", self.temperature)
         if not (math.isfinite(self.init_alpha) and 0 < self.init_alpha <= 1e6):
             raise UserError(f"--init-alpha must be a number in (0, 1e6], got {self.init_alpha}")
@@ -412,7 +415,7 @@ class VariationalConfig(TrainConfig):
         if self.kl_warmup > self.epochs:  # the ramp would end below the full weight the posterior is fitted at
             raise UserError(f"--kl-warmup {self.kl_warmup} is longer than --epochs {self.epochs}: the KL term would "
                             f"never come near its full weight (it would end at {self.epochs / self.kl_warmup:.2g} of "
-                            f"it); a warm-up of at most --epochs - 1 leaves an epoch or more at full weight")
+                            f"it); a warm-up of at most --epochs (--epochs - 1 or less leaves an epoch or more at full weight)")
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
         if self.wd:

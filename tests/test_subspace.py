@@ -129,6 +129,12 @@ def test_pca_basis_is_the_svd_of_the_deviations_and_a_rank_they_do_not_span_is_r
     assert pca_basis(post, 2).shape == (2, 40)
     with pytest.raises(UserError, match=r"--rank 3: the SWAG deviations span only 2 direction\(s\)"):
         pca_basis(post, 3)
+    # every iterate averaged kept its deviation: a larger --swag-rank would keep no more (the advice was that)
+    post.averaged = 4
+    with pytest.raises(UserError, match=r"\(4 deviation\(s\) kept of the 4 iterates averaged\); use --rank 2 or "
+                                        r"collect more with more SWA epochs after --swa-start \(each average adds "
+                                        r"one\)$"):
+        pca_basis(post, 3)
     # none at all (swa_gaussian without --cov_mat): said so, not "use --rank 1" (which fails the same way)
     post.deviations = torch.zeros(0, 40)
     with pytest.raises(UserError, match=r"the SWAG moments hold no deviations \(collected without a low-rank part"):
@@ -483,8 +489,8 @@ def test_subspace_from_the_command_line_and_its_bad_input(tmp_path, runs, capsys
             (["--ckpt", swag, "--basis", "curve"],
              "swag.pt gives a 'pca' or 'random' subspace, not 'curve' (the 'curve' subspace needs a curve checkpoint)"),
             (["--ckpt", swag, "--rank", 9],
-             "--rank 9: the SWAG deviations span only 4 direction(s) (4 deviation(s) kept); use --rank 4 or collect "
-             "more with a larger --swag-rank"),
+             "--rank 9: the SWAG deviations span only 4 direction(s) (4 deviation(s) kept of the 5 iterates "
+             "averaged); use --rank 4 or collect more with a larger --swag-rank"),
             (["--ckpt", swag, "--temperature", 0], "--temperature must be a finite number > 0, got 0.0"),
             (["--ckpt", swag, "--chains", 0], "--chains must be a whole number of at least 1, got 0"),
             (["--ckpt", swag, "--burn-in", -1], "--burn-in must be a whole number of at least 0, got -1"),

@@ -301,3 +301,19 @@ def test_swag_needs_two_averaged_iterates(tmp_path, swag_run, small_digits):
         run_swa(None, tmp_path / "one", from_ckpt=str(root / "a" / "model.pt"), epochs=3, swa_start=1, cycle=2,
                 swag_rank=4, data=small_digits, progress=False)
     assert not (tmp_path / "one").exists()
+
+
+def test_swa_pt_given_for_its_swag_pt_is_pointed_at_it(tmp_path):
+    """"holds no SWAG moments; make them with 'landscape swa --swag-rank K'" to a user who had: swag.pt was beside."""
+    from landscape.checkpoint import save_checkpoint
+    from landscape.errors import UserError
+    from landscape.swag import load_swag
+
+    net = torch.nn.Linear(3, 2)
+    spec = {"name": "mlp", "kwargs": {"num_classes": 2, "input_shape": [3]}}
+    save_checkpoint(tmp_path / "swa.pt", net.state_dict(), spec)
+    with pytest.raises(UserError, match=r"swa\.pt: holds no SWAG moments; make them with 'landscape swa --swag-rank"):
+        load_swag(tmp_path / "swa.pt")
+    save_checkpoint(tmp_path / "swag.pt", net.state_dict(), spec)
+    with pytest.raises(UserError, match=rf"swa\.pt: holds no SWAG moments; did you mean {tmp_path / 'swag.pt'}\?$"):
+        load_swag(tmp_path / "swa.pt")

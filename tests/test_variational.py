@@ -378,6 +378,8 @@ def test_cli_trains_evaluates_and_redraws(tmp_path, endpoint):
     (["--temperature", "-1"], "--temperature must be"),
     (["--init-alpha", "0"], "--init-alpha must be"),
     (["--prior-scale", "0"], "--prior-scale must be"),
+    (["--family", "weight", "--prior-scale", "5"], "--prior-scale is the Gaussian prior's standard deviation; the weight family's prior "
+                             "here is log-uniform (give --prior gaussian to use it)"),  # was recorded, read by nothing
     (["--kl-warmup", "-2"], "--kl-warmup must be"),
     (["--hwa-start", "1", "--hwa-lr", "0.1", "--hwa-lr-max", "0.01"], "--hwa-lr-max must be at least"),
     (["--hwa-start", "0", "--lr", "0.1"], "with --hwa-start 0 the rate is HWA's"),
