@@ -355,7 +355,7 @@ def resolve_bn_stats(bn_stats: str, model: nn.Module, data, bn_batches: int | No
     if bn_stats not in BN_STATS:
         raise UserError(f"unknown bn-stats {bn_stats!r}; choose one of: {', '.join(BN_STATS)}")
     if bn_stats == "population" and bn_batches is not None:
-        raise UserError("bn-stats population uses the whole training set; it cannot be combined with bn-batches")
+        raise UserError("--bn-stats population uses the whole training set; it cannot be combined with --bn-batches")
     if not bn_modules(model) or bn_stats == "batches":
         return "batches"
     if bn_stats == "auto" and bn_batches is not None:

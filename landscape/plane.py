@@ -122,7 +122,7 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
     if span is None:
         span = 1.0 if normalize == "filter" else 0.5 * float(c.norm())
     if not (np.isfinite(span) and 0 < span < 1e30):
-        raise UserError(f"the random plane's span must be a positive number below 1e30, got {span}")
+        raise UserError(f"--span (the random plane's) must be a positive number below 1e30, got {span}")
     if "margin" in options:
         raise UserError("a random plane has no margin: its grid spans [-span, span] (or xrange, yrange)")
     basis = random_plane_basis(c, ParamSpace.of(model), normalize, seed)

@@ -61,7 +61,7 @@ from .bn import reestimate_bn
 from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, read_jsonl,
                          save_checkpoint)
 from .data import Dataset
-from .errors import UserError, check_nonnegative, check_whole
+from .errors import UserError, check_nonnegative, check_whole, shell_word
 from .evaluate import evaluate_model, precision_amp, train_logits, weights_finite
 from .inputs import check_data_options, named_model, note_split_leak, own_network, run_data, stored_data
 from .sweep import begin_result, finish_result, process_device, request_key
@@ -655,6 +655,9 @@ def posterior_net(ck: Checkpoint, device: torch.device | str, model: str | None)
     """The posterior a ``variational`` checkpoint holds, around the network of its means (no hooks)."""
     info = ck.extra.get("variational")
     if ck.kind != "variational" or not isinstance(info, dict) or not {"family", "prior", "names", "scales"} <= set(info):
+        if ck.kind == "curve":  # vi-connect's: its points are posteriors, evaluated along it by curve
+            raise UserError(f"{ck.path}: a curve (between posteriors, from vi-connect, or between networks), not "
+                            f"one posterior; evaluate it with landscape curve --ckpt {shell_word(ck.path)}")
         raise UserError(f"{ck.path}: holds no variational posterior; make one with 'landscape vi' (it writes vi.pt)")
     if info["family"] not in FAMILIES or info["prior"] not in PRIORS:
         raise UserError(f"{ck.path}: unknown posterior family {info['family']!r} or prior {info['prior']!r}")

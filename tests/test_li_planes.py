@@ -98,7 +98,7 @@ def test_random_plane_basis_is_the_rays_two_directions(tiny):
     torch.testing.assert_close(d["body.0.weight"].norm(dim=1), w.norm(dim=1))
     assert float(d["body.0.bias"].abs().max()) == 0.0 and float(d["body.1.weight"].abs().max()) == 0.0
     assert not torch.equal(random_plane_basis(center, space, "gaussian", seed=5).u, basis.u)
-    with pytest.raises(UserError, match="unknown normalisation 'layer'"):
+    with pytest.raises(UserError, match="--normalize 'layer': unknown normalisation"):
         random_plane_basis(center, space, "layer")
 
 
@@ -191,7 +191,7 @@ def test_random_plane_span_defaults_and_ranges(tiny):
     np.testing.assert_allclose(wide.arrays["x"], [-3, 3])
     np.testing.assert_allclose(wide.arrays["y"], [0, 0.5])
     for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(UserError, match="span must be a positive number"):
+        with pytest.raises(UserError, match=r"--span \(the random plane's\) must be a positive number"):
             evaluate_random_plane(model, center, data, grid=2, span=bad)
     with pytest.raises(UserError, match="no margin"):
         evaluate_random_plane(model, center, data, grid=2, margin=0.1)
@@ -352,8 +352,8 @@ def test_cli_plane_refuses_mixed_inputs_in_one_line(run_dir, tmp_path, capsys, a
 def test_cli_random_plane_refuses_bad_options_in_one_line(run_dir, tmp_path, capsys):
     center = run_dir / "model.pt"
     for extra, message in ((["--margin", "0.1"], "--margin: a random plane's grid spans [-span, span]"),
-                           (["--normalize", "layer"], "unknown normalisation 'layer'"),
-                           (["--span", "-1"], "span must be a positive number")):
+                           (["--normalize", "layer"], "--normalize 'layer': unknown normalisation"),
+                           (["--span", "-1"], "--span (the random plane's) must be a positive number")):
         code, _, err = run_cli(capsys, "plane", "--center", center, *extra, "--grid", 2, "--out", tmp_path / "x")
         assert code != 0 and message in one_line(err), extra
     code, _, err = run_cli(capsys, "plane", "--trajectory", tmp_path, "--out", tmp_path / "y")
