@@ -2134,6 +2134,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
         refuse_data_path(getattr(args, "dataset", None), getattr(args, "data_path", None))
     except UserError as e:
         commands.choices[args.command].error(str(e))
+    dataset = getattr(args, "dataset", None)  # None: inherited from a checkpoint, known later
+    shaped = sorted({w.split("=", 1)[0] for w in words if w.startswith("--synthetic-")})
+    if shaped and dataset is not None and str(dataset).strip().lower() != "synthetic":  # trained on it silently
+        commands.choices[args.command].error(f"{', '.join(shaped)} appl{'ies' if len(shaped) == 1 else 'y'} to "
+                                             f"--dataset synthetic only; the {dataset} data has its own shape, "
+                                             f"classes and sizes")
     spelled = getattr(args, "train_precision", None)  # a training command's --precision: --amp spelled otherwise
     if spelled is not None:
         if spelled == "fp32" and args.amp:

@@ -887,6 +887,24 @@ def test_a_datasets_mean_and_std_may_be_one_number_or_one_a_feature_of_sequences
         Dataset(**_mine(mean="zero"))
 
 
+def test_synthetic_options_for_other_data_are_refused(tmp_path, capsys):
+    """--synthetic-shape on the digits trained on the digits without a word."""
+    from landscape import cli
+
+    for argv, said in ((["train", "--synthetic-shape", "3,8,8", "--out", str(tmp_path / "a")],
+                        "landscape train: error: --synthetic-shape applies to --dataset synthetic only; the digits "
+                        "data has its own shape, classes and sizes"),
+                       (["plane", "--points", "a.pt", "b.pt", "c.pt", "--dataset", "mnist", "--synthetic-classes=3",
+                         "--synthetic-size", "9,9", "--out", str(tmp_path / "p")],
+                        "landscape plane: error: --synthetic-classes, --synthetic-size apply to --dataset synthetic "
+                        "only; the mnist data")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(said), err
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_builtin_dataset_refuses_a_data_path(tmp_path, capsys):
     """--data-path without --dataset used to train on the digits and record the path."""
     from landscape import cli
