@@ -281,11 +281,6 @@ def test_a_checkpoint_naming_a_factory_does_not_run_it_unless_trusted(tmp_path, 
     save_checkpoint(tmp_path / "mine.pt", _net().state_dict(), factory)
     with pytest.raises(UserError, match="LANDSCAPE_TRUSTED_FACTORIES=landscape.models.simple"):
         load_model(tmp_path / "mine.pt")
-    from landscape.variational import posterior_net  # vi-eval's: a curve was "no posterior; make one with vi"
-
-    with pytest.raises(UserError, match=r"mine\.pt: a curve \(between posteriors, from vi-connect, or between "
-                                        r"networks\), not one posterior; evaluate it with landscape curve --ckpt "):
-        posterior_net(load_checkpoint(tmp_path / "mine.pt"), "cpu", None)
     # Naming the checkpoint's own factory (--model) trusts it, and keeps its stored options (width 8, not
     # the factory's default), as a caller that passes the dataset's shape does (plane, rays, ensemble).
     for shape in ({}, {"num_classes": 10, "input_shape": (1, 8, 8)}):
@@ -670,6 +665,11 @@ def test_import_from_the_command_line_then_curve_reads_it_alone(tmp_path, capsys
     with pytest.raises(UserError, match=r"mine\.pt: a curve checkpoint, which holds several networks, not one; load "
                                         r"it with landscape\.curves\.load_curve\(path\)"):
         load_model(tmp_path / "mine.pt")
+    from landscape.variational import posterior_net  # vi-eval's: a curve was "no posterior; make one with vi"
+
+    with pytest.raises(UserError, match=r"mine\.pt: a curve \(between posteriors, from vi-connect, or between "
+                                        r"networks\), not one posterior; evaluate it with landscape curve --ckpt "):
+        posterior_net(load_checkpoint(tmp_path / "mine.pt"), "cpu", None)
 
 
 def test_import_matches_by_name_first_so_a_file_resaved_with_sorted_keys_is_read_right(tmp_path):

@@ -572,7 +572,8 @@ def test_seeds_draw_counts_and_a_warm_up_past_the_training_are_one_line(tmp_path
                                                                        f"2^63 - 1, got {2 ** 64}"),
              (lambda: VariationalConfig(epochs=2, kl_warmup=5).validate(),
               "--kl-warmup 5 is longer than --epochs 2: the KL term would never come near its full weight (it would "
-              "end at 0.4 of it); a warm-up of at most --epochs - 1 leaves an epoch or more at full weight"),
+              "end at 0.4 of it); a warm-up of at most --epochs (--epochs - 1 or less leaves an epoch or more at full "
+              "weight)"),
              (lambda: TrainConfig(seed=1.0).validate() or TrainConfig(seed=1.5).validate(),
               "--seed must be a whole number from 0 to 2^63 - 1, got 1.5")]
     for call, message in cases:

@@ -234,8 +234,7 @@ def test_swag_from_the_command_line_and_its_bad_input(tmp_path, swag_run):
         f"shape (1,) for 2 samples; edited, or damaged?); rerun the command that made them")
     for argv, said in (
             (["swag", "--ckpt", root / "swa" / "swa.pt", "--out", tmp_path / "x"],
-             f"{root / 'swa' / 'swa.pt'}: holds no SWAG moments; make them with 'landscape swa --swag-rank K' "
-             f"(it writes swag.pt)"),
+             f"{root / 'swa' / 'swa.pt'}: holds no SWAG moments; did you mean {root / 'swa' / 'swag.pt'}?"),
             (["swag", "--ckpt", root / "swa" / "swag.pt", "--samples", 0, "--out", tmp_path / "x"],
              "--samples must be at least 1, got 0"),
             (["swag", "--ckpt", root / "swa" / "swag.pt", "--scale", -1, "--out", tmp_path / "x"],
