@@ -128,8 +128,8 @@ def add_data_args(p: argparse.ArgumentParser, *, inherit: bool = False, title: s
     g.add_argument("--data-normalization", default=d("standard"), metavar="NAME|MEAN/STD",
                    help="input normalisation: standard (MNIST's and CIFAR's usual constants, other data by its "
                         "training split's statistics), resnet or vgg (the papers' code's CIFAR constants, its "
-                        "--transform ResNet and VGG; imagenet is vgg), or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25 (a "
-                        "negative mean after an =: --data-normalization=-0.5/0.25)")
+                        "--transform ResNet and VGG; imagenet is vgg), or MEAN/STD such as "
+                        "0.5,0.5,0.5/0.25,0.25,0.25 (a negative mean after an =: --data-normalization=-0.5/0.25)")
 
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -405,9 +405,8 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
     checkpoint. The runs' figures as the fit stored them (``input_summaries``), else (a curve of an earlier
     build) as the summary.json beside each model.pt says; nothing when a run had none."""
     from landscape.checkpoint import read_json
-    from landscape.train import file_digest
-
     from landscape.data import data_differs
+    from landscape.train import file_digest
 
     ends = s["curve"]["metrics"]["test_error"]
     trained = ((meta or {}).get("train_config") or {})

@@ -36,7 +36,8 @@ NORMALIZATIONS = ("gaussian", "filter")
 def check_normalize(normalize: str) -> None:
     """One line for a normalisation of random directions that is not one of :data:`NORMALIZATIONS`."""
     if normalize not in NORMALIZATIONS:
-        raise UserError(f"--normalize {normalize!r}: unknown normalisation; choose one of: {', '.join(NORMALIZATIONS)}")
+        raise UserError(f"--normalize {normalize!r}: unknown normalisation; choose one of: "
+                        f"{', '.join(NORMALIZATIONS)}")
 
 
 @dataclass

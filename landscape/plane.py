@@ -269,7 +269,8 @@ def _check_options(model: nn.Module, data, options: dict[str, Any], caller: str)
     unknown = sorted(set(options) - set(known))
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=1)
-        raise UserError(f"{caller}() takes no keyword {unknown[0]!r}{f' (did you mean {close[0]}=?)' if close else ''}")
+        hint = f" (did you mean {close[0]}=?)" if close else ""
+        raise UserError(f"{caller}() takes no keyword {unknown[0]!r}{hint}")
     options["grid"] = check_grid_options(options.get("grid", 21), options.get("margin", 0.2), options.get("xrange"),
                                          options.get("yrange"))
     marks = _vectors(model, options.get("marks", ()), data.device, "a marked point")

@@ -210,7 +210,8 @@ def evaluate_rays(
     if line:
         line_length = float((cs[1] - cs[0]).double().norm())
         if line_length == 0:
-            raise UserError(f"the two centres ({labels[0]} and {labels[1]}) hold the same weights: no line through them")
+            raise UserError(f"the two centres ({labels[0]} and {labels[1]}) hold the same weights: no line "
+                            f"through them")
         # As far beyond each centre, in weight space, as the rays reach: filter-normalised directions are as long
         # as the weights' filters (15 for the digits convnet), and a line extended by `distance` in weight units
         # covered a fifteenth of them, its valley cut off (He et al.'s analysis lost, the slope misread)

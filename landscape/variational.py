@@ -415,7 +415,8 @@ class VariationalConfig(TrainConfig):
         if self.kl_warmup > self.epochs:  # the ramp would end below the full weight the posterior is fitted at
             raise UserError(f"--kl-warmup {self.kl_warmup} is longer than --epochs {self.epochs}: the KL term would "
                             f"never come near its full weight (it would end at {self.epochs / self.kl_warmup:.2g} of "
-                            f"it); a warm-up of at most --epochs (--epochs - 1 or less leaves an epoch or more at full weight)")
+                            f"it); a warm-up of at most --epochs (--epochs - 1 or less leaves an epoch or more at full "
+                            f"weight)")
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
         if self.wd:
