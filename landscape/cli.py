@@ -410,9 +410,6 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
 
     ends = s["curve"]["metrics"]["test_error"]
     trained = ((meta or {}).get("train_config") or {})
-    fitted_on = (meta or {}).get("dataset")
-    if isinstance(fitted_on, dict) and isinstance(s.get("dataset"), dict) and data_differs(fitted_on, s["dataset"]):
-        return ""  # evaluated on other data than the runs reported on (another normalisation): not comparable
     kept = (meta or {}).get("input_summaries")  # read when the curve was fitted: the runs may have moved since
     own = {}
     for key in ("start", "end"):
@@ -435,6 +432,10 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
             except UserError:
                 return ""
         if stored.get("eval_split", "test") != s.get("eval_split", "test") or "test_error" not in stored:
+            return ""
+        measured_on = stored.get("dataset")  # the run's own data: another normalisation is not comparable
+        if isinstance(measured_on, dict) and isinstance(s.get("dataset"), dict) and data_differs(measured_on,
+                                                                                                s["dataset"]):
             return ""
         own[key] = float(stored["test_error"])
     if all(abs(value - ends[key]) < 0.005 for key, value in own.items()):

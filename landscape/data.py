@@ -75,7 +75,8 @@ def _constants(text: str, given: object) -> tuple[tuple[float, ...], tuple[float
         raise UserError(how) from None
     # in float32, as the inputs are divided: a std of 1e-300 is 0 there, and every input inf
     top = float(np.finfo(np.float32).max)
-    if not all(abs(v) <= top for v in mean) or not all(0 < v <= top and np.float32(v) > 0 for v in std):
+    tiny = float(np.finfo(np.float32).tiny)  # below it, 1 / std overflows float32
+    if not all(abs(v) <= top for v in mean) or not all(tiny <= v <= top for v in std):
         raise UserError(f"--data-normalization: the mean must be finite and the standard deviation finite and "
                         f"positive, in float32 (about 1e-38 to 3e38), got {given!r}")
     if len(mean) != len(std) and 1 not in (len(mean), len(std)):

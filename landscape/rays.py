@@ -163,8 +163,9 @@ def evaluate_rays(
         check_number("--distance", distance)
     if directions < 1 or steps < 1:
         raise UserError(f"--directions and --steps must be at least 1, got {directions} and {steps}")
-    if isinstance(centers, torch.Tensor) and centers.dim() < 2 or isinstance(centers, (str, Path)):
-        got = f"a tensor of shape {tuple(centers.shape)}" if isinstance(centers, torch.Tensor) else repr(str(centers))
+    if isinstance(centers, (torch.Tensor, np.ndarray)) and centers.ndim < 2 or isinstance(centers, (str, Path)):
+        got = (f"an array of shape {tuple(centers.shape)}" if isinstance(centers, (torch.Tensor, np.ndarray)) else
+               repr(str(centers)))
         raise UserError(f"centers is a list of flat weight vectors (P,), one a centre, or a (centres, P) tensor; got "
                         f"{got} (one centre: [vector])")
     for name, given in (("labels", labels), ("paths", paths)):
@@ -181,7 +182,9 @@ def evaluate_rays(
     request = request_key([torch.as_tensor(c) for c in centers], {
         "kind": "rays", "directions": directions, "distance": distance, "steps": steps, "normalize": normalize,
         "line": line, "rise": rise, "seed": seed, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
-        "bn_stats": bn_stats, "precision": precision, "dataset": data.describe()})
+        "bn_stats": bn_stats, "precision": precision, "dataset": data.describe(),
+        # the line's reach with filter directions: the rays', not --distance (an earlier build's result is another)
+        **({"line_reach": "rays"} if line and normalize == "filter" else {})})
     finished = begin_result(out, "rays.npz", resume, "rays", request)
     if finished is not None:
         return RaysResult(*finished, out=out)

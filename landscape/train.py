@@ -235,7 +235,7 @@ def input_digests(cfg: TrainConfig, keys: Sequence[str] = _INPUT_FILES) -> dict[
 
 
 def input_summaries(cfg: TrainConfig, keys: Sequence[str] = _INPUT_FILES) -> dict[str, dict[str, Any]]:
-    """The test error (and its split) that each run a run starts from reports
+    """The test error (its split and data record) that each run a run starts from reports
     in the summary.json beside its model.pt (those of ``keys`` that have one),
     stored with the run's state as :func:`input_digests` is: a later
     evaluation sets its own figures beside them after the runs were moved."""
@@ -253,7 +253,8 @@ def input_summaries(cfg: TrainConfig, keys: Sequence[str] = _INPUT_FILES) -> dic
             continue
         error = stored.get("test_error") if isinstance(stored, dict) else None
         if isinstance(error, (int, float)) and not isinstance(error, bool):
-            found[key] = {"test_error": float(error), "eval_split": str(stored.get("eval_split", "test"))}
+            found[key] = {"test_error": float(error), "eval_split": str(stored.get("eval_split", "test")),
+                          **({"dataset": stored["dataset"]} if isinstance(stored.get("dataset"), dict) else {})}
     return found
 
 

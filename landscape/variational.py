@@ -401,9 +401,6 @@ class VariationalConfig(TrainConfig):
             raise UserError(f"unknown prior {self.prior!r}; choose one of: auto, {', '.join(PRIORS)}")
         if not (math.isfinite(self.prior_scale) and self.prior_scale > 0):
             raise UserError(f"--prior-scale must be a finite number > 0, got {self.prior_scale}")
-        if self.prior_scale != 1.0 and self.resolved_prior() != "gaussian":  # read by nothing, yet recorded
-            raise UserError(f"--prior-scale is the Gaussian prior's standard deviation; the {self.family} family's "
-                            f"prior here is {self.resolved_prior()} (give --prior gaussian to use it)")
         check_nonnegative("--temperature", self.temperature)
         if not (math.isfinite(self.init_alpha) and 0 < self.init_alpha <= 1e6):
             raise UserError(f"--init-alpha must be a number in (0, 1e6], got {self.init_alpha}")
@@ -506,6 +503,11 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
     cfg, source = _config("vi", config, overrides, named, cls=VariationalConfig)
     device = process_device(cfg.device)
     out = Path(out) if out is not None else None
+    begun = resume and out is not None and any((out / f).exists() for f in ("last.pt", "vi.pt"))
+    if cfg.prior_scale != 1.0 and cfg.resolved_prior() != "gaussian" and not begun:  # read by nothing, yet recorded
+        # (a run an earlier build began with it resumes: its settings are its own)
+        raise UserError(f"--prior-scale is the Gaussian prior's standard deviation; the {cfg.family} family's "
+                        f"prior here is {cfg.resolved_prior()} (give --prior gaussian to use it)")
     start_epoch, state, metrics = prepare_run(out, cfg, resume, "vi")
     if start_epoch == -1:
         summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}

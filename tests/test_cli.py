@@ -283,8 +283,9 @@ def test_connect_curve_and_plot_end_to_end(tmp_path, capsys, endpoints):
     assert (f"their runs' summaries, with the statistics they trained with, say {own[0]:.2f}% and {own[1]:.2f}%"
             in line) == differ, line
     # the runs' figures are kept with the curve: a curve whose runs were moved since still sets them beside its own
-    assert saved["meta"]["input_summaries"] == {k: {"test_error": e, "eval_split": "test"}
-                                                for k, e in zip(("start", "end"), own)}
+    runs = [json.loads((p.parent / "summary.json").read_text()) for p in (a, b)]
+    assert saved["meta"]["input_summaries"] == {k: {"test_error": r["test_error"], "eval_split": "test",
+                                                    "dataset": r["dataset"]} for k, r in zip(("start", "end"), runs)}
     for key in ("start", "end"):
         saved["meta"][key] = str(tmp_path / "moved" / key / "model.pt")
     (tmp_path / "ab-moved").mkdir()
@@ -1306,9 +1307,13 @@ def test_the_endpoints_runs_errors_are_quoted_only_for_the_data_they_were_measur
     """A curve evaluated with another --data-normalization quoted its runs' own errors beside its own, the
     difference put down to batch norm: the inputs were scaled otherwise."""
     record = {"name": "digits", "n_train": 1437, "n_test": 360, "fingerprint": "0badf00d"}
-    meta = {"dataset": record, "input_summaries": {k: {"test_error": 9.0, "eval_split": "test"}
+    meta = {"dataset": record, "input_summaries": {k: {"test_error": 9.0, "eval_split": "test", "dataset": record}
                                                    for k in ("start", "end")}}
     summary = {"curve": {"metrics": {"test_error": {"start": 2.0, "end": 3.0}}}, "dataset": dict(record)}
     assert "their runs' summaries, with the statistics they trained with, say 9.00% and 9.00%" in \
         cli._ends_as_trained(meta, summary)
     assert cli._ends_as_trained(meta, dict(summary, dataset=dict(record, normalization="0.5/0.25"))) == ""
+    # the curve fitted and evaluated with a normalisation its runs were not trained with: their figures are not
+    # of this data either (the fit's data was compared, not the runs')
+    normalised = dict(record, normalization="0.5/0.25")
+    assert cli._ends_as_trained(dict(meta, dataset=normalised), dict(summary, dataset=normalised)) == ""

@@ -237,6 +237,7 @@ def test_gradients_reach_only_the_free_anchors(kind, free_start, free_end):
     assert torch.equal(ends[0], a + 1.0 if free_start else a)
     assert torch.equal(ends[1], b + 1.0 if free_end else b)
     assert torch.equal(curve.points([0.0, 1.0]).detach(), ends)  # a list, as a notebook passes it
+    assert torch.equal(curve.points(1.0).detach(), ends[1:])  # one number: one point
 
 
 # --------------------------------------------------------------------------- fitting on digits

@@ -1124,6 +1124,7 @@ def test_a_normalisation_is_refused_in_one_line_where_it_cannot_apply(tmp_path):
                       ("1,2/0", r"the mean must be finite and the standard deviation finite and positive"),
                       ("nan/1", r"the mean must be finite"), ("0/inf", r"finite and positive"),
                       ("1/1e-300", r"finite and positive, in float32"), ("1e39/1", r"the mean must be finite"),
+                      ("1/1e-45", r"finite and positive, in float32"),
                       ("1,2/1,2,3", r"gives 2 means and 3 standard deviations")):
         with pytest.raises(UserError, match=r"^--data-normalization" + (": " if "mean must" in said else ".*") + said):
             load_dataset("digits", normalization=bad)

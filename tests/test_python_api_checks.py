@@ -602,8 +602,9 @@ def test_the_plane_and_rays_functions_check_what_a_notebook_passes(small_digits,
         evaluate_rays(net, pts[:2], small_digits, labels=["x"], directions=1, steps=1)
     with pytest.raises(UserError, match=r"^paths has 3 entries for 2 centres"):
         evaluate_rays(net, pts[:2], small_digits, paths=["a", "b", "c"], directions=1, steps=1)
-    with pytest.raises(UserError, match=r"^centers is a list of flat weight vectors .* got a tensor of shape "):
-        evaluate_rays(net, pts[0], small_digits, directions=1, steps=1)
+    for one in (pts[0], pts[0].numpy()):
+        with pytest.raises(UserError, match=r"^centers is a list of flat weight vectors .* got an array of shape "):
+            evaluate_rays(net, one, small_digits, directions=1, steps=1)
     with pytest.raises(UserError, match=r"^labels has 2 entries for the plane's 3 points"):
         evaluate_plane(net, pts, small_digits, labels=["a", "b"], grid=2)
     with pytest.raises(UserError, match=r"^mark_labels has 2 entries for 1 marks"):

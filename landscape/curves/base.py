@@ -107,9 +107,9 @@ class Curve(nn.Module):
     def points(self, t: torch.Tensor) -> torch.Tensor:
         """phi(t): (K,) -> (K, P), in the anchors' dtype: under autocast (``--amp``) too, where a bf16 matmul
         would round every weight and give batch norm bf16 parameters its CPU kernel refuses. ``t`` a list or an
-        array is taken as float64."""
-        if not isinstance(t, torch.Tensor):
-            t = torch.as_tensor(t, dtype=torch.float64, device=self.fixed.device)
+        array is taken as float64, one number as one point."""
+        if not isinstance(t, torch.Tensor):  # one number is one point
+            t = torch.atleast_1d(torch.as_tensor(t, dtype=torch.float64, device=self.fixed.device))
         c = self.coefficients(t).to(self.fixed.dtype)
         with torch.autocast(self.fixed.device.type, enabled=False):
             return c @ self.anchors()
