@@ -6,6 +6,7 @@ predictions)."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,6 +58,11 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
                       data=data)
     data, labels = pts.data, pts.data.y_test.cpu().numpy()
     note_same_weights(pts.vectors, paths, "that network counts twice in the ensemble")
+    posteriors = [str(p) for p, ck in zip(paths, pts.checkpoints) if ck.kind == "variational"]
+    if posteriors:  # as connect says it: the member is one network, not the posterior's average
+        print(f"note: {', '.join(posteriors)} hold{'s' if len(posteriors) == 1 else ''} a variational posterior; "
+              f"the ensemble takes the network of its means (its model average: landscape vi-eval)",
+              file=sys.stderr)
     members, probs = [], []
     for path, label, ck in zip(paths, pts.labels, pts.checkpoints):
         net = (load_model(ck) if ck.model is not None and model is None else

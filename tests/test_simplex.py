@@ -459,3 +459,14 @@ def test_a_simplex_trains_on_the_data_normalisation_it_is_given(tmp_path, modes)
                      data_normalization="0.5/0.25")
     assert r.data.normalization == r.summary["config"]["data_normalization"] == "0.5/0.25"
     assert r.data.mean == (0.5,) and r.summary["dataset"]["normalization"] == "0.5/0.25"
+
+
+def test_one_path_where_a_list_of_modes_is_expected_is_refused():
+    """connect_modes("a.pt") read the string's characters as checkpoints ("a: no such checkpoint file")."""
+    from landscape.curves.spro import espro
+    from landscape.errors import UserError
+
+    with pytest.raises(UserError, match=r"^modes is a list of checkpoints, got the single path 'runs/a/model\.pt'$"):
+        connect_modes("runs/a/model.pt")
+    with pytest.raises(UserError, match=r"^bases is a list of checkpoints, got the single path 'a\.pt' \(one: "):
+        espro("a.pt")

@@ -525,3 +525,16 @@ def test_a_damaged_posterior_entry_is_one_line(tmp_path, fitted):
                         variational={**ck.extra["variational"], **change}, meta=ck.meta)
         with pytest.raises(UserError, match=says):
             load_variational(tmp_path / "d.pt")
+
+
+def test_an_ensemble_member_that_is_a_posterior_is_said_to_be_its_means(small_digits, endpoint, fitted, capsys):
+    """ensemble took a posterior's means network without a word (connect says it)."""
+    from landscape.ensemble import evaluate_ensemble
+
+    out, _ = fitted
+    capsys.readouterr()
+    evaluate_ensemble([endpoint, out / "vi.pt"], data=small_digits)
+    assert (f"note: {out / 'vi.pt'} holds a variational posterior; the ensemble takes the network of its means "
+            f"(its model average: landscape vi-eval)") in capsys.readouterr().err
+    evaluate_ensemble([endpoint, endpoint], data=small_digits)
+    assert "variational posterior" not in capsys.readouterr().err

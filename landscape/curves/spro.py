@@ -483,6 +483,8 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     """SPRO joining fixed modes through shared connectors: simplexes
     {mode_i, c_1, .., c_m}, connectors added one at a time. ``data``: a
     Dataset made in Python (default: what the modes record)."""
+    if isinstance(modes, (str, Path)):  # its characters were read as checkpoints
+        raise UserError(f"modes is a list of checkpoints, got the single path {str(modes)!r}")
     if len(modes) < 2:
         raise UserError("a complex needs two or more --modes")
     connectors, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, connectors=connectors)
@@ -602,6 +604,8 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     components; test error and NLL against the number of samples per component.
     ``data``: a Dataset made in Python, every component's (default: what the
     modes record, which must then be the same)."""
+    if isinstance(bases, (str, Path)):  # its characters were read as checkpoints
+        raise UserError(f"bases is a list of checkpoints, got the single path {str(bases)!r} (one: grow_simplex)")
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     vertices, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, vertices=vertices)
