@@ -385,8 +385,9 @@ def described(d: dict) -> str:
     held = "validation" if d.get("eval_split") == "val" else "test"
     fingerprint = f", files {d['fingerprint']}" if d.get("fingerprint") else ""
     norm = f", normalization {d['normalization']}" if d.get("normalization", "standard") != "standard" else ""
-    return (f"'{d.get('name')}' ({d.get('n_train')} train / {d.get('n_test')} {held}, input "
-            f"{tuple(d.get('input_shape') or ())}, {d.get('num_classes')} classes{fingerprint}{norm})")
+    shape = f", input {tuple(d['input_shape'])}" if d.get("input_shape") else ""  # a summary's record may lack them
+    classes = f", {d['num_classes']} classes" if d.get("num_classes") is not None else ""
+    return f"'{d.get('name')}' ({d.get('n_train')} train / {d.get('n_test')} {held}{shape}{classes}{fingerprint}{norm})"
 
 
 def why_data_differs(recorded: dict, now: dict) -> str:

@@ -803,12 +803,10 @@ def test_plot_refuses_a_comparison_it_cannot_draw_in_one_line(tmp_path, capsys):
         ([str(a), str(b), "--out", out, "--labels", "_x", "y"], "--labels '_x': a legend leaves out"),
         ([str(a), str(b), "--out", out, "--labels", "$a_$", "y"], "--labels '$a_$': its $...$ is not valid mathtext"),
         ([str(a), str(w), "--out", out], f"{a}'s train loss has weight decay 0.0003 and {w}'s 0.0005: not comparable"),
-        ([str(b), str(m), "--out", out], f"{b} was evaluated on 'digits' (1437 train / 360 test, input (), None "
-                                         f"classes) and {m} on 'mnist' (60000 train / 360 test, input (), None "
-                                         f"classes)"),
-        ([str(b), str(n), "--out", out], f"{b} was evaluated on 'digits' (1437 train / 360 test, input (), None "
-                                         f"classes) and {n} on 'digits' (1437 train / 360 test, input (), None "
-                                         f"classes, normalization 0.5/0.25)"),
+        ([str(b), str(m), "--out", out], f"{b} was evaluated on 'digits' (1437 train / 360 test) and {m} on "
+                                         f"'mnist' (60000 train / 360 test)"),
+        ([str(b), str(n), "--out", out], f"{b} was evaluated on 'digits' (1437 train / 360 test) and {n} on "
+                                         f"'digits' (1437 train / 360 test, normalization 0.5/0.25)"),
         ([str(a), "--out", out], "--out and --labels are for a figure comparing several result folders"),
         ([str(a), str(b), "--out", out, "--labels", "x"], "--labels gives 1 label for 2 result folders"),
         ([str(a), str(tmp_path / "a"), "--out", out], f"{tmp_path / 'a'} is given twice"),
