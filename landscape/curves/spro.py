@@ -60,7 +60,7 @@ from landscape.device import check_fits, resolve_device
 from landscape.errors import UserError, check_keywords, check_nonnegative, check_seed, check_whole
 from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
-from landscape.inputs import (DATA_FIELDS, asks_for_data, check_same_data, check_sources_data, data_settings,
+from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings,
                               load_points, named_model, network_of, note_same_weights, own_network,
                               refuse_same_weights, require_architecture, run_data)
 from landscape.metrics import barrier, ensemble_metrics
@@ -293,18 +293,23 @@ def _join(cfg: SimplexConfig) -> torch.device:
     return device
 
 
-def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None, asked: bool,
+def _given_data(config: SimplexConfig | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The data options the caller chose (a config object's, and the keywords given); the modes' stored
+    settings give the rest."""
+    given = {**(asdict(config) if config is not None else {}), **overrides}
+    return {k: given[k] for k in DATA_FIELDS if given.get(k) is not None}
+
+
+def _load_modes(paths: Sequence[str | Path], cfg: SimplexConfig, named: str | None, given: dict[str, Any],
                 data: Dataset | None):
     """The modes as points of one network, and that network's spec; ``data``
-    (made in Python) is taken as given; ``asked``: the caller gave data
-    options of its own (:func:`~landscape.inputs.asks_for_data`), else the
-    modes' stored settings must still give the data they record."""
+    (made in Python) is taken as given, else the modes' stored data settings
+    with the caller's ``given`` options (:func:`_given_data`), checked by
+    :func:`~landscape.inputs.load_points` as every command checks its
+    inputs: a mode trained on other data named, and the data each records."""
     device = _join(cfg)
     pts = load_points(list(paths), model=named, model_kwargs=cfg.model_kwargs if named else None,
-                      data_overrides=None if data is not None else
-                      {k: getattr(cfg, k) for k in DATA_FIELDS},  # all of them: --data-normalization was dropped
-                      device=device, data=data)
-    check_sources_data(pts.checkpoints, pts.data, asked=asked or data is not None)
+                      data_overrides=None if data is not None else given, device=device, data=data)
     first = pts.checkpoints[0].model
     spec = (dict(first) if first is not None else
             model_spec(cfg.model, pts.data.num_classes, pts.data.input_shape, **cfg.model_kwargs))
@@ -455,7 +460,7 @@ def _grow_simplex(base: str | Path, out: str | Path | None, *, vertices: int, co
     vertices, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, vertices=vertices)
     cfg, named = _config(config, base, overrides, data=data)
     out = Path(out) if out is not None else None
-    pts, spec = _load_modes([base], cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
+    pts, spec = _load_modes([base], cfg, named, _given_data(config, overrides), data)  # before the folder is claimed
     _check_init(cfg, pts.vectors)
     check_fits(4.0 * vertices * pts.vectors[0].numel(), f"--vertices {vertices} (the vertices, vertices x parameters "
                f"floats)", pts.vectors[0].device)
@@ -490,10 +495,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     connectors, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, connectors=connectors)
     cfg, named = _config(config, modes[0], overrides, "connect_modes", data)
     out = Path(out) if out is not None else None
-    if data is None:  # modes trained on other data than the first named as such (as every command names them)
-        given = {**(asdict(config) if config is not None else {}), **overrides}
-        check_same_data([require_network(load_checkpoint(p)) for p in modes], {k: given.get(k) for k in DATA_FIELDS})
-    pts, spec = _load_modes(modes, cfg, named, asks_for_data(config, overrides), data)  # before the folder is claimed
+    pts, spec = _load_modes(modes, cfg, named, _given_data(config, overrides), data)  # before the folder is claimed
     refuse_same_weights(pts.vectors, modes, "a complex joins different modes")
     _check_init(cfg, [torch.stack(pts.vectors).mean(dim=0)])
     check_fits(4.0 * (len(modes) + connectors) * pts.vectors[0].numel(), f"--connectors {connectors} (the modes and "
@@ -615,9 +617,8 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     # The components' predictions are averaged image by image: their data must be the same (a base that held out a
     # validation split would be evaluated on it, the others on the test set).
     ckpts = [require_network(load_checkpoint(b)) for b in bases]
-    given = {**(asdict(config) if config is not None else {}), **overrides}
     if data is None:  # else every component is evaluated on the data given
-        check_same_data(ckpts, {k: given.get(k) for k in DATA_FIELDS})
+        check_same_data(ckpts, _given_data(config, overrides))
         # loaded and checked against what every base records before the folder is claimed (a refusal
         # left a config.json that made the rerun look like a run to resume); the components take it
         data = run_data(cfg, device, None, ckpts, config, overrides)
