@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import numbers
+from collections.abc import Iterable
 
 __all__ = ["UserError", "Terminated", "on_terminate", "stop_words", "shell_word", "check_keywords", "check_nonnegative",
            "check_seed", "first_line", "is_whole", "is_out_of_memory"]
@@ -46,10 +47,10 @@ def stop_words(stop: KeyboardInterrupt) -> tuple[str, int]:
 _SPELLED_OTHERWISE = {"quiet": "progress=False is --quiet", "out_dir": "the folder is out="}
 
 
-def check_keywords(config_class: type, options: dict, caller: str) -> None:
-    """One line for a keyword a run's settings (a config dataclass) do not have, with the nearest name:
-    ``train(quiet=True)`` used to end in a TypeError from the dataclass's __init__."""
-    known = {f.name for f in dataclasses.fields(config_class)}
+def check_keywords(known: type | Iterable[str], options: dict, caller: str) -> None:
+    """One line for a keyword a run's settings (a config dataclass, or the names ``known``) do not have, with the
+    nearest name: ``train(quiet=True)`` used to end in a TypeError from the dataclass's __init__."""
+    known = {f.name for f in dataclasses.fields(known)} if isinstance(known, type) else set(known)
     unknown = sorted(set(options) - known)
     if not unknown:
         return

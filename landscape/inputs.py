@@ -405,6 +405,14 @@ class Points:
     checkpoints: list[Checkpoint]  # as read, in the order given (for their own buffers and specs)
 
 
+def refuse_single_path(value: object, name: str, one: str | None = "[path]") -> None:
+    """One line for a str or Path given where a list of checkpoints is expected: its characters were read as
+    checkpoints ("r: no such checkpoint file"); ``one`` says how to give one checkpoint, where one will do."""
+    if isinstance(value, (str, Path)):
+        raise UserError(f"{name} is a list of checkpoints, got the single path {str(value)!r}"
+                        + (f" (one: {one})" if one else ""))
+
+
 def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_kwargs: dict | None = None,
                 data_overrides: dict[str, Any] | None = None, device: str | torch.device = "auto",
                 data: Dataset | None = None) -> Points:
@@ -417,8 +425,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     trained on with ``data=``) is taken as given, and ``data_overrides`` are
     then not read (one naming another dataset is refused).
     """
-    if isinstance(paths, (str, Path)):  # its characters were read as checkpoints ("r: no such checkpoint file")
-        raise UserError(f"paths is a list of checkpoints, got the single path {str(paths)!r} (one: [path])")
+    refuse_single_path(paths, "paths")
     if not paths:
         raise UserError("no checkpoints given")
     device = resolve_device(device)

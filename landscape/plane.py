@@ -9,7 +9,6 @@ from ``landscape.plots.plane``.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from .data import as_dataset
-from .errors import UserError, check_number, check_seed
+from .errors import UserError, check_keywords, check_number, check_seed
 from .evaluate import METRICS
 from .evaluate import precision_amp as _bf16
 from .geometry import (
@@ -265,12 +264,8 @@ def _check_options(model: nn.Module, data, options: dict[str, Any], caller: str)
     """One line for a keyword no plane takes (``grd=21``: a TypeError naming a private function), grid
     options that make no grid, marks that are no networks' weights or labelled otherwise, before any work (a
     trajectory's PCA) and before the result folder is claimed; ``options["grid"]`` made an int."""
-    known = [name for name, p in inspect.signature(_sweep_in_plane).parameters.items() if p.kind == p.KEYWORD_ONLY]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f" (did you mean {close[0]}=?)" if close else ""
-        raise UserError(f"{caller}() takes no keyword {unknown[0]!r}{hint}")
+    check_keywords([name for name, p in inspect.signature(_sweep_in_plane).parameters.items()
+                    if p.kind == p.KEYWORD_ONLY], options, caller)
     options["grid"] = check_grid_options(options.get("grid", 21), options.get("margin", 0.2), options.get("xrange"),
                                          options.get("yrange"))
     marks = _vectors(model, options.get("marks", ()), data.device, "a marked point")

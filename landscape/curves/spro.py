@@ -62,7 +62,7 @@ from landscape.evaluate import METRICS, forward_points
 from landscape.geometry import line_coefficients
 from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings,
                               load_points, named_model, network_of, note_same_weights, own_network,
-                              refuse_same_weights, require_architecture, run_data)
+                              refuse_same_weights, refuse_single_path, require_architecture, run_data)
 from landscape.metrics import barrier, ensemble_metrics
 from landscape.models import from_spec, model_spec
 from landscape.sweep import barrier as wait_for_ranks, is_main, process_device, rank_and_world, run_sweep
@@ -488,8 +488,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     """SPRO joining fixed modes through shared connectors: simplexes
     {mode_i, c_1, .., c_m}, connectors added one at a time. ``data``: a
     Dataset made in Python (default: what the modes record)."""
-    if isinstance(modes, (str, Path)):  # its characters were read as checkpoints
-        raise UserError(f"modes is a list of checkpoints, got the single path {str(modes)!r}")
+    refuse_single_path(modes, "modes", None)  # a complex joins two or more
     if len(modes) < 2:
         raise UserError("a complex needs two or more --modes")
     connectors, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, connectors=connectors)
@@ -606,8 +605,7 @@ def espro(bases: Sequence[str | Path], out: str | Path | None = None, *, vertice
     components; test error and NLL against the number of samples per component.
     ``data``: a Dataset made in Python, every component's (default: what the
     modes record, which must then be the same)."""
-    if isinstance(bases, (str, Path)):  # its characters were read as checkpoints
-        raise UserError(f"bases is a list of checkpoints, got the single path {str(bases)!r} (one: grow_simplex)")
+    refuse_single_path(bases, "bases", "grow_simplex")
     if len(bases) < 2:
         raise UserError("ESPRO needs two or more --base checkpoints")
     vertices, eval_samples, face_resolution = _check_counts(eval_samples, face_resolution, vertices=vertices)
