@@ -404,9 +404,8 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
     run augmented), both: else a researcher reads the change as a lost
     checkpoint. The runs' figures as the fit stored them (``input_summaries``), else (a curve of an earlier
     build) as the summary.json beside each model.pt says; nothing when a run had none."""
-    from landscape.checkpoint import read_json
     from landscape.data import data_differs
-    from landscape.train import file_digest
+    from landscape.train import file_digest, run_reported
 
     ends = s["curve"]["metrics"]["test_error"]
     trained = ((meta or {}).get("train_config") or {})
@@ -417,21 +416,13 @@ def _ends_as_trained(meta: dict[str, Any] | None, s: dict[str, Any]) -> str:
             continue
         if isinstance(kept, dict):
             stored = kept.get(key)
-            if not isinstance(stored, dict):
-                return ""
-        else:
+        else:  # a curve of an earlier build: the runs' summaries where they are still the files it started from
             path = Path(str((meta or {}).get(key, "")))
-            summary = path.parent / "summary.json"
-            if path.name != "model.pt" or not summary.exists():
-                return ""
             recorded = ((meta or {}).get("input_digests") or {}).get(key)
-            if recorded is not None and file_digest(path) != recorded:
-                return ""  # another file at that path (a relative one an earlier build stored, read from elsewhere)
-            try:
-                stored = read_json(summary)
-            except UserError:
-                return ""
-        if stored.get("eval_split", "test") != s.get("eval_split", "test") or "test_error" not in stored:
+            moved = recorded is not None and path.is_file() and file_digest(path) != recorded  # another file there
+            stored = None if moved else run_reported(path)
+        if not isinstance(stored, dict) or stored.get("eval_split", "test") != s.get("eval_split", "test") or \
+                "test_error" not in stored:
             return ""
         measured_on = stored.get("dataset")  # the run's own data: another normalisation is not comparable
         if isinstance(measured_on, dict) and isinstance(s.get("dataset"), dict) and data_differs(measured_on,

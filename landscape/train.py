@@ -239,23 +239,27 @@ def input_summaries(cfg: TrainConfig, keys: Sequence[str] = _INPUT_FILES) -> dic
     in the summary.json beside its model.pt (those of ``keys`` that have one),
     stored with the run's state as :func:`input_digests` is: a later
     evaluation sets its own figures beside them after the runs were moved."""
+    reported = {key: run_reported(getattr(cfg, key)) for key in keys if isinstance(getattr(cfg, key, None), str)}
+    return {key: value for key, value in reported.items() if value is not None}
+
+
+def run_reported(model: str | os.PathLike) -> dict[str, Any] | None:
+    """What the run whose network is ``model`` (a ``model.pt``) reports in the summary.json beside it: its
+    test error, the split it was measured on and the data's record; None where there is no such summary."""
     from .checkpoint import read_json
 
-    found = {}
-    for key in keys:
-        value = getattr(cfg, key, None)
-        summary = Path(value).parent / "summary.json" if isinstance(value, str) else None
-        if summary is None or Path(value).name != "model.pt" or not summary.is_file():
-            continue
-        try:
-            stored = read_json(summary)
-        except UserError:
-            continue
-        error = stored.get("test_error") if isinstance(stored, dict) else None
-        if isinstance(error, (int, float)) and not isinstance(error, bool):
-            found[key] = {"test_error": float(error), "eval_split": str(stored.get("eval_split", "test")),
-                          **({"dataset": stored["dataset"]} if isinstance(stored.get("dataset"), dict) else {})}
-    return found
+    summary = Path(model).parent / "summary.json"
+    if Path(model).name != "model.pt" or not summary.is_file():
+        return None
+    try:
+        stored = read_json(summary)
+    except UserError:
+        return None
+    error = stored.get("test_error") if isinstance(stored, dict) else None
+    if not isinstance(error, (int, float)) or isinstance(error, bool):
+        return None
+    return {"test_error": float(error), "eval_split": str(stored.get("eval_split", "test")),
+            **({"dataset": stored["dataset"]} if isinstance(stored.get("dataset"), dict) else {})}
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -1303,6 +1303,28 @@ def test_labels_before_the_folders_are_told_where_they_go(capsys):
     assert "--labels" not in capsys.readouterr().err
 
 
+def test_a_curve_of_an_earlier_build_quotes_its_runs_from_their_summaries(tmp_path):
+    """A curve fitted before input_summaries: the summary.json beside each endpoint's model.pt, unless the file
+    there is no longer the one it started from (its digest), or the summary is gone."""
+    from landscape.train import file_digest
+
+    record = {"name": "digits", "n_train": 1437, "n_test": 360}
+    for key, error in (("start", 9.0), ("end", 8.0)):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "model.pt").write_bytes(key.encode())
+        (tmp_path / key / "summary.json").write_text(json.dumps({"test_error": error, "dataset": record}))
+    meta = {k: str(tmp_path / k / "model.pt") for k in ("start", "end")}
+    summary = {"curve": {"metrics": {"test_error": {"start": 2.0, "end": 3.0}}}, "dataset": dict(record)}
+    said = "their runs' summaries, with the statistics they trained with, say 9.00% and 8.00%"
+    assert said in cli._ends_as_trained(meta, summary)
+    digests = {k: file_digest(tmp_path / k / "model.pt") for k in ("start", "end")}
+    assert said in cli._ends_as_trained(dict(meta, input_digests=digests), summary)
+    (tmp_path / "end" / "model.pt").write_bytes(b"another network")
+    assert cli._ends_as_trained(dict(meta, input_digests=digests), summary) == ""
+    (tmp_path / "start" / "summary.json").unlink()
+    assert cli._ends_as_trained(meta, summary) == ""
+
+
 def test_the_endpoints_runs_errors_are_quoted_only_for_the_data_they_were_measured_on():
     """A curve evaluated with another --data-normalization quoted its runs' own errors beside its own, the
     difference put down to batch norm: the inputs were scaled otherwise."""
