@@ -257,8 +257,9 @@ class Dataset:
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
-        moved.fingerprint, moved.split_seed = self.fingerprint, self.split_seed  # the same data
-        moved.normalization = self.normalization
+        for f in dataclasses.fields(self):  # the same data: what load_dataset recorded of it (not arguments)
+            if not f.init:
+                setattr(moved, f.name, getattr(self, f.name))
         return moved
 
     def describe(self) -> dict:
