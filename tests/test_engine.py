@@ -865,11 +865,44 @@ def test_arc_length_mean_constant_and_varying_speed():
     t = np.array([0.0, 0.1, 0.4, 0.6, 1.0])
     values = np.array([1.0, 4.0, 2.0, 3.0, 0.5])
     plain = sum((t[i + 1] - t[i]) * (values[i] + values[i + 1]) / 2 for i in range(4)) / (t[-1] - t[0])
-    assert arc_length_mean(t, values, np.full(5, 3.7)) == pytest.approx(plain, rel=1e-12)
-    # t = 0, 1/2, 1; values 1, 2, 3; speed 1, 1, 3:
-    # numerator 1/2 (1 + 2)/2 + 1/2 (2 + 9)/2 = 3.5, denominator 1/2 (1 + 1)/2 + 1/2 (1 + 3)/2 = 1.5
-    got = arc_length_mean(np.array([0.0, 0.5, 1.0]), np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 3.0]))
-    assert got == pytest.approx(3.5 / 1.5, rel=1e-12)
+    assert arc_length_mean(t, values, 3.7 * t) == pytest.approx(plain, rel=1e-12)  # a line: the time average
+    # t = 0, 1/2, 1; values 1, 2, 3; arc length 0, 1, 4 (the second half three times as long):
+    # (1 + 2)/2 * 1 + (2 + 3)/2 * 3 = 9 over the length 4
+    got = arc_length_mean(np.array([0.0, 0.5, 1.0]), np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0, 4.0]))
+    assert got == pytest.approx(9 / 4, rel=1e-12)
+    assert arc_length_mean(t, values, np.zeros(5)) == pytest.approx(plain, rel=1e-12)  # no length: time average
+
+
+def test_arc_lengths_of_a_polychain_are_exact_across_its_bend():
+    """A one-bend chain's speed jumps at t = 1/2: the arc length to each t is
+    the segments' lengths by hand, whether a t falls on the bend or not (a
+    trapezoid of the speed sampled at the bend takes one side's)."""
+    from landscape.curves import create_curve
+    from landscape.weights import ParamSpace
+
+    space = ParamSpace.of(torch.nn.Linear(3, 2))
+    g = torch.Generator().manual_seed(0)
+    start, end = torch.randn(space.numel, generator=g), torch.randn(space.numel, generator=g)
+    crv = create_curve("polychain", space, start, end, bends=1)
+    with torch.no_grad():
+        crv.free.copy_(((start + end) / 2 + 3.0 * torch.randn(space.numel, generator=g))[None])
+    bend = crv.anchors()[1].double()
+    l1, l2 = float((bend - start.double()).norm()), float((end.double() - bend).norm())
+    for t, want in (([0.0, 0.5, 1.0], [0, l1, l1 + l2]),
+                    ([0.0, 1 / 3, 2 / 3, 1.0], [0, l1 * 2 / 3, l1 + l2 / 3, l1 + l2]),
+                    ([0.25, 0.75], [0, (l1 + l2) / 2])):
+        assert crv.arc_lengths(t) == pytest.approx(want, rel=1e-6)
+    # the arc-length mean of a metric linear in arc length s is its value at half the length
+    t = np.linspace(0, 1, 5)
+    s = crv.arc_lengths(t)
+    assert arc_length_mean(t, 2.0 + 5.0 * s, s) == pytest.approx(2.0 + 5.0 * (l1 + l2) / 2, rel=1e-6)
+    assert s[-1] == pytest.approx(float(crv.length()), rel=1e-6)
+    bez = create_curve("bezier", space, start, end, bends=2)
+    with torch.no_grad():
+        bez.free.add_(torch.randn(bez.free.shape, generator=g))
+    assert bez.arc_lengths(np.linspace(0, 1, 7))[-1] == pytest.approx(float(bez.length()), rel=1e-6)
+    with pytest.raises(ValueError, match="increasing"):
+        crv.arc_lengths([0.5, 0.2])
 
 
 def test_ensemble_metrics_two_members_three_examples():

@@ -117,6 +117,7 @@ def evaluate_curve(
         curve_coeffs = crv.coefficients(t)  # (N, A)
         line_coeffs = crv.line_coefficients(t)
         speed_curve = crv.speed(t).double().cpu().numpy()
+        arc_curve = crv.arc_lengths(t.cpu().numpy())  # exact at a polygonal chain's bends, where the speed jumps
         line_length = float((W[-1] - W[0]).double().norm())
         curve_length = float(crv.length())
     # Both paths in one sweep: they share the passes over the data.
@@ -137,11 +138,13 @@ def evaluate_curve(
         arrays[f"line_{key}"] = res[key][n:]
     arrays["curve_speed"] = speed_curve
     arrays["line_speed"] = np.full(n, line_length)
+    arrays["curve_arc_length"] = arc_curve  # from t = 0: the arc_mean weights
+    arrays["line_arc_length"] = line_length * arrays["t"]
     labels = data.y_test.cpu().numpy()
     summary: dict[str, Any] = {}
     for path, sl, length in (("curve", slice(0, n), curve_length), ("line", slice(n, 2 * n), line_length)):
-        speed = arrays[f"{path}_speed"]
-        stats = {key: path_stats(arrays["t"], res[key][sl], speed) for key in METRICS}
+        arc = arrays[f"{path}_arc_length"]
+        stats = {key: path_stats(arrays["t"], res[key][sl], arc) for key in METRICS}
         ens = ensemble_metrics(res["probs"][sl], labels)
         summary[path] = {
             "length": length,

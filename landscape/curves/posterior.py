@@ -405,6 +405,8 @@ def evaluate_posterior_curve(
         kls = unique_kls[block]
         speeds = {"curve": crv.speed(t).double().cpu().numpy(),
                   "line": np.full(points, float((W[-1] - W[0]).double().norm()))}
+        arcs = {"curve": crv.arc_lengths(t.cpu().numpy()),  # the arc_mean weights, exact at a chain's bends
+                "line": float((W[-1] - W[0]).double().norm()) * t.double().cpu().numpy()}
         lengths = {"curve": float(crv.length()), "line": float((W[-1] - W[0]).double().norm())}
     config = {"command": "curve", "argv": list(argv) if argv is not None else None,
               "checkpoint": str(loaded.path) if loaded.path else None, **options, "points_per_pass": points_per_pass,
@@ -435,7 +437,8 @@ def evaluate_posterior_curve(
         arrays[f"{name}_ensemble_test_nll"] = np.array([e["nll"] for e in ens])
         arrays[f"{name}_ensemble_test_error"] = np.array([e["error"] for e in ens])
         arrays[f"{name}_speed"] = speeds[name]
-        stats = {key: path_stats(arrays["t"], arrays[f"{name}_{key}"], speeds[name])
+        arrays[f"{name}_arc_length"] = arcs[name]
+        stats = {key: path_stats(arrays["t"], arrays[f"{name}_{key}"], arcs[name])
                  for key in ("neg_elbo", "expected_train_nll", "kl_per_sample", "mean_train_loss", "mean_test_error", "ensemble_test_nll",
                              "ensemble_test_error")}
         summary[name] = {
