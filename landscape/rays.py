@@ -250,7 +250,7 @@ def evaluate_rays(
         for key in METRICS:
             arrays[f"line_{key}"] = values[key][m * per:]
         arrays["line_marks"] = np.array([0.0, line_length])
-    summary = _rays_summary(arrays, labels, list(paths or [""] * m), rise, normalize, distance, directions, steps,
+    summary = _rays_summary(arrays, labels, list(paths or [None] * m), rise, normalize, distance, directions, steps,
                             line_length, data, wd)
     finish_result(out, "rays.npz", arrays, summary, request)
     return RaysResult(arrays=arrays, summary=summary, out=out)

@@ -581,6 +581,8 @@ def test_the_line_reaches_as_far_as_filter_normalised_rays(endpoints, data):
     assert r.summary["request_settings"]["line_reach"] == "rays"  # an earlier build's shorter line is another result
     gaussian = evaluate_rays(model, [a.float(), b.float()], data, line=True, directions=1, steps=2, distance=0.5)
     assert gaussian.arrays["line_distance"][0] == -0.5 and gaussian.summary["line"]["extension"] == 0.5
+    # centres given as weights name no file: no path (not an empty one, which reads as a path)
+    assert [c["path"] for c in gaussian.summary["centers"]] == [None, None]
 
 
 def test_a_loss_that_overflowed_to_nan_bounds_the_width():
