@@ -720,7 +720,40 @@ def _recognised(path: Path, obj: Any) -> Checkpoint:
     sd = extract_state_dict(obj, path)
     _refuse_papers_format(path, sd)
     _refuse_nan(path, sd)
-    return Checkpoint(path=path, state_dict=sd, model=None, kind="model", meta={"foreign": True})
+    return Checkpoint(path=path, state_dict=sd, model=None, kind="model",
+                      meta={"foreign": True, **({"written_by": DNNMC} if written_by_dnnmc(obj) else {})})
+
+
+DNNMC = "dnn-mode-connectivity"
+
+
+def written_by_dnnmc(obj: Any) -> bool:
+    """Whether a foreign checkpoint object is one dnn-mode-connectivity's scripts save
+    (``{"epoch", "model_state", ...}``: ``utils.save_checkpoint``)."""
+    return isinstance(obj, Mapping) and "epoch" in obj and isinstance(obj.get("model_state"), Mapping)
+
+
+def refuse_dnnmc_vgg_bn(source: str | os.PathLike, model_name: str, keys: Iterable[str]) -> None:
+    """One line for a dnn-mode-connectivity VGG-BN file (its networks' ``layer_blocks``) read as ``vgg16bn`` or
+    ``vgg19bn``: its code's forward runs another network, which ``vgg16bn_dnnmc`` / ``vgg19bn_dnnmc`` are."""
+    if model_name in ("vgg16bn", "vgg19bn") and any(k.removeprefix("net.").startswith("layer_blocks.")
+                                                    for k in keys):  # a network's, or a CurveNet's
+        raise UserError(f"{source}: a {model_name.upper()} of dnn-mode-connectivity's code, whose forward runs "
+                        f"only part of each block (it zips a block's convs and batch norms with one ReLU per conv: "
+                        f"conv, ReLU, BN, ReLU, conv, ReLU; 8 of the 13 convs in VGG16, their issue #2); give "
+                        f"--model {model_name}_dnnmc, the network it trained")
+
+
+def drop_unrun_layers(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Leave out, in place and with a note, the tensors of a reference file's layers that ``model`` (a
+    ``*_dnnmc`` VGG) does not hold because the reference code's forward never ran them."""
+    unrun = getattr(model, "unrun_reference_key", None)
+    dropped = [k for k in state_dict if unrun is not None and unrun(k)]
+    for k in dropped:
+        del state_dict[k]
+    if dropped and os.environ.get("RANK", "0") == "0":  # said once under torchrun
+        print(f"note: {source}: {len(dropped)} tensors of layers dnn-mode-connectivity's forward never runs "
+              f"(e.g. {dropped[0]}) are left out", file=sys.stderr)
 
 
 def is_papers_curve(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -858,6 +891,7 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     """
     expected = model.state_dict()
     _strip_wrapper_name(state_dict, expected, source)
+    drop_unrun_layers(model, state_dict, source)
     for key, want in expected.items():
         if key in state_dict and tuple(state_dict[key].shape) != tuple(want.shape):
             raise UserError(
@@ -905,6 +939,8 @@ def load_model(
     # the caller's random stream (a notebook's next draw is the same with or without this call).
     with torch.random.fork_rng(devices=[]):
         net, name = _build_for(ckpt, model, num_classes, input_shape, model_kwargs)
+    if (ckpt.meta or {}).get("written_by") == DNNMC:
+        refuse_dnnmc_vgg_bn(ckpt.path, name, ckpt.state_dict)
     check_state_dict(net, ckpt.state_dict, str(ckpt.path), f"model '{name}'")
     # Every key was checked above; only num_batches_tracked may be missing (older PyTorch), and keeps its value.
     net.load_state_dict(ckpt.state_dict, strict=False)

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from .checkpoint import (_refuse_nan, _refuse_papers_format, check_state_dict, extract_state_dict,
-                         is_papers_curve, read_torch_file, save_checkpoint, unwrapped)
+                         is_papers_curve, read_torch_file, refuse_dnnmc_vgg_bn, save_checkpoint, unwrapped,
+                         written_by_dnnmc)
 from .errors import UserError, check_nonnegative
 from .inputs import DATA_FIELDS, check_data_options, merged_data_settings, resolve_data
 from .models import create_model, model_spec
@@ -79,6 +80,8 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     if isinstance(obj, Mapping) and isinstance(obj.get("format"), str) and obj["format"].startswith("landscape/"):
         raise UserError(f"{source}: already a landscape checkpoint ({obj['format']}); every command reads it")
     state = _state(source, obj, key)
+    if written_by_dnnmc(obj):
+        refuse_dnnmc_vgg_bn(source, model, state)
     data = resolve_data({}, data_options, torch.device("cpu"), source)
     spec = model_spec(model, data.num_classes, tuple(data.input_shape), **(model_kwargs or {}))
     with torch.random.fork_rng(devices=[]):  # its first weights are replaced: the caller's stream stays
@@ -96,7 +99,10 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     if any(k.endswith("_sq_mean") for k in state):
         return _import_swag(source, out, state, net, spec, meta)
     _refuse_papers_format(source, state)
-    check_state_dict(net, state, str(source), f"model '{model}'")
+    try:
+        check_state_dict(net, state, str(source), f"model '{model}'")
+    except UserError as names_differ:
+        state = _network_by_position(source, state, net, model, names_differ)
     net.load_state_dict(state, strict=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(out, net.state_dict(), spec, kind="model", meta={**meta, "format": "network"})
@@ -129,6 +135,24 @@ def _state(source: Path, obj: Any, key: str | None) -> dict[str, torch.Tensor]:
     return state
 
 
+def _network_by_position(source: Path, state: Mapping[str, torch.Tensor], net: nn.Module, model: str,
+                         names_differ: UserError) -> dict[str, torch.Tensor]:
+    """A network whose tensors are named otherwise than the model's (the swa code's VGG: ``features.<i>`` for
+    ``layer_blocks.<block>.<j>``), read by position as a curve's are (:func:`_pairing`: every shape must agree),
+    with a note; ``names_differ`` (the names' mismatch) is raised where the counts differ."""
+    counted = [(k, v) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")]
+    theirs = [(k, k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    if len(theirs) != len(counted) or not theirs:
+        raise names_differ
+    paired = _pairing(source, theirs, counted, model, "tensors")
+    values = dict(state)
+    first = next((name, key) for name, key in paired.items() if name != key)
+    if is_main():
+        print(f"note: {source}: its tensors are named otherwise than model '{model}''s ({first[1]} for {first[0]}, "
+              f"...): matched by their order in the file, every shape agreeing", file=sys.stderr)
+    return {name: values[key] for name, key in paired.items()}
+
+
 def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], net: nn.Module, spec: dict,
                   meta: dict) -> Path:
     """A dnn-mode-connectivity ``CurveNet`` state dict as a curve checkpoint
@@ -147,6 +171,14 @@ def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], ne
             bends.setdefault(int(match.group(2)), []).append((name, match.group(1), value))
         elif not name.endswith("num_batches_tracked"):
             buffers.append((name, name[4:], value))
+    unrun = getattr(net, "unrun_reference_key", None)  # a *_dnnmc VGG: the layers its code never ran are not held
+    if unrun is not None:
+        left = sum(unrun(b[1]) for held in bends.values() for b in held) + sum(unrun(b[1]) for b in buffers)
+        bends = {i: [b for b in held if not unrun(b[1])] for i, held in bends.items()}
+        buffers = [b for b in buffers if not unrun(b[1])]
+        if left and is_main():
+            print(f"note: {source}: {left} tensors of layers dnn-mode-connectivity's forward never runs are left "
+                  f"out", file=sys.stderr)
     count = len(bends)
     if sorted(bends) != list(range(count)) or count < 2:
         raise UserError(f"{source}: the curve's bends are numbered {sorted(bends)}; a CurveNet numbers them 0 to "

@@ -840,3 +840,105 @@ def test_the_same_checkpoint_and_results_give_the_same_bytes(tmp_path, monkeypat
     with np.load(tmp_path / "a" / "r.npz", allow_pickle=False) as z:
         assert sorted(z.files) == sorted(arrays) and all(
             np.array_equal(z[k], v) and z[k].dtype == v.dtype for k, v in arrays.items())
+
+
+def _their_vgg_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """dnn-mode-connectivity's VGGBase.forward written out over a full ``vgg16bn``'s modules: each block's
+    layers zipped with its activations, one per conv, so with batch norm the first half of the layers run."""
+    for layers, activations, pooling in zip(net.layer_blocks, net.activation_blocks, net.poolings):
+        for layer, activation in zip(layers, activations):
+            x = activation(layer(x))
+        if x.shape[-1] >= 2:
+            x = pooling(x)
+    return net.classifier(x.flatten(1))
+
+
+def _vgg16bn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = create_model("vgg16bn", num_classes=10, input_shape=(1, 8, 8))
+    for m in net.modules():  # statistics and affine parameters of their own, so that every tensor matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_()
+    return net.eval()
+
+
+def test_a_dnnmc_vgg_bn_is_read_as_the_network_their_forward_runs(tmp_path, capsys):
+    """dnn-mode-connectivity's VGG16BN zips a block's convs and batch norms with one ReLU per conv: it trains
+    conv, ReLU, BN, ReLU, conv, ReLU and never runs the rest. Its files loaded into vgg16bn, which runs every
+    layer, were another network without a word; vgg16bn_dnnmc is theirs, and vgg16bn refuses their files."""
+    from landscape.curves.fit import load_curve
+    from landscape.importing import import_checkpoint
+    from landscape.weights import ParamSpace
+
+    full = _vgg16bn(1)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        want = _their_vgg_forward(full, x)
+        assert not torch.allclose(full(x), want, atol=1e-3)  # every layer run: another function
+    torch.save({"epoch": 200, "model_state": full.state_dict(), "optimizer_state": {}}, tmp_path / "checkpoint-200.pt")
+    with pytest.raises(UserError, match=r"checkpoint-200\.pt: a VGG16BN of dnn-mode-connectivity's code, whose forward "
+                                        r"runs only part of each block .* give --model vgg16bn_dnnmc"):
+        load_model(tmp_path / "checkpoint-200.pt", "vgg16bn", num_classes=10, input_shape=(1, 8, 8))
+    theirs = load_model(tmp_path / "checkpoint-200.pt", "vgg16bn_dnnmc", num_classes=10, input_shape=(1, 8, 8))
+    assert "50 tensors of layers dnn-mode-connectivity's forward never runs" in capsys.readouterr().err
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), want, rtol=0, atol=1e-6)
+    assert sum(isinstance(m, nn.Conv2d) for m in theirs.modules()) == 8  # of VGG16's 13
+    # a state dict of this tool's own vgg16bn, saved bare, is not theirs: it loads as it is
+    torch.save(full.state_dict(), tmp_path / "mine.pt")
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "mine.pt", "vgg16bn", num_classes=10, input_shape=(1, 8, 8))(x), full(x))
+    # their curves: refused as vgg16bn, read as vgg16bn_dnnmc, every bend the network their CurveNet runs at it
+    ends = [_vgg16bn(s).state_dict() for s in (1, 2, 3)]
+    torch.save({"epoch": 600, "model_state": _papers_curve(ends, full, True, own_names=True)}, tmp_path / "curve.pt")
+    with pytest.raises(UserError, match="give --model vgg16bn_dnnmc"):
+        import_checkpoint(tmp_path / "curve.pt", tmp_path / "c.pt", model="vgg16bn", dataset="digits")
+    out = import_checkpoint(tmp_path / "curve.pt", tmp_path / "c.pt", model="vgg16bn_dnnmc", dataset="digits")
+    assert "tensors of layers dnn-mode-connectivity's forward never runs are left out" in capsys.readouterr().err
+    loaded = load_curve(out)
+    space = ParamSpace.of(loaded.model)
+    kept = [{k: v for k, v in e.items() if k in loaded.model.state_dict()} for e in ends]
+    assert torch.equal(loaded.curve.anchors().detach(), torch.stack([space.flatten(a) for a in kept]))
+    with pytest.raises(UserError, match="give --model vgg16bn_dnnmc"):
+        import_checkpoint(tmp_path / "checkpoint-200.pt", tmp_path / "n.pt", model="vgg16bn", dataset="digits")
+
+
+def test_the_swa_codes_vgg_named_features_imports_by_position(tmp_path, capsys):
+    """The swa and swa_gaussian code's VGG16BN is an nn.Sequential 'features' (conv, BN, ReLU, ..., pools) and a
+    'classifier': the network vgg16bn is, under other names. Its files were refused ("key
+    'layer_blocks.0.0.weight' is missing"); they are read by position, every shape agreeing, with a note."""
+    import copy
+
+    from landscape.importing import import_checkpoint
+
+    full = _vgg16bn(4)
+    layers: list[nn.Module] = []
+    for block in full.layer_blocks:
+        for j in range(0, len(block), 2):
+            layers += [copy.deepcopy(block[j]), copy.deepcopy(block[j + 1]), nn.ReLU()]
+        layers.append(nn.MaxPool2d(2))
+    theirs = nn.Module()
+    theirs.features = nn.Sequential(*layers)
+    theirs.classifier = copy.deepcopy(full.classifier)
+    sgd = {k: v + 1 if v.is_floating_point() else v for k, v in theirs.state_dict().items()}
+    assert "features.1.running_var" in sgd and "layer_blocks.0.1.running_var" not in sgd
+    torch.save({"epoch": 300, "state_dict": sgd, "swa_state_dict": theirs.state_dict(), "swa_n": 3},
+               tmp_path / "checkpoint-300.pt")
+    out = import_checkpoint(tmp_path / "checkpoint-300.pt", tmp_path / "swa.pt", model="vgg16bn",
+                            key="swa_state_dict", dataset="digits")
+    assert ("its tensors are named otherwise than model 'vgg16bn''s (features.0.weight for layer_blocks.0.0.weight"
+            in capsys.readouterr().err)
+    assert _same(load_model(out).state_dict(), full.state_dict())
+    # another architecture, with other counts: the names' mismatch, as before
+    with pytest.raises(UserError, match="does not fit model 'vgg19bn': key 'layer_blocks.0.0.weight' is missing"):
+        import_checkpoint(tmp_path / "checkpoint-300.pt", tmp_path / "x.pt", model="vgg19bn", key="swa_state_dict",
+                          dataset="digits")
+    five = {k: v[:5] if k.startswith("classifier.6") else v for k, v in theirs.state_dict().items()}  # 5 classes
+    torch.save({"epoch": 300, "state_dict": five}, tmp_path / "five.pt")
+    with pytest.raises(UserError, match=r"five\.pt: classifier\.6\.weight has shape \(5, 512\), and the tensor it "
+                                        r"stands for in model 'vgg16bn', classifier\.6\.weight, \(10, 512\)"):
+        import_checkpoint(tmp_path / "five.pt", tmp_path / "x.pt", model="vgg16bn", dataset="digits")
+    assert not (tmp_path / "x.pt").exists()

@@ -276,6 +276,8 @@ def test_unknown_model_lists_valid_names() -> None:
         create_model("foo", num_classes=10, input_shape=(3, 8, 8))
     for name in list_models():
         assert name in str(info.value)
+    with pytest.raises(UserError, match="unknown model 'VGG16BN'; did you mean 'vgg16bn'"):  # the papers' spelling
+        create_model("VGG16BN", num_classes=10, input_shape=(3, 8, 8))
 
 
 def test_unknown_kwarg_names_model_argument_and_options() -> None:

@@ -111,7 +111,9 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
     elif name in MODELS:
         factory = MODELS[name]
     else:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+        cased = [m for m in MODELS if m.lower() == name.lower().replace("-", "_")]  # the papers' VGG16BN
+        hint = f"did you mean {cased[0]!r}? " if cased else ""
+        raise UserError(f"unknown model {name!r}; {hint}choose one of: {', '.join(list_models())}")
 
     num_classes = simple.check_int(name, "num_classes", num_classes, 1)
     input_shape = _check_input_shape(name, input_shape)
@@ -323,6 +325,8 @@ register_model("vgg16")(vgg.vgg16)
 register_model("vgg16bn")(vgg.vgg16bn)
 register_model("vgg19")(vgg.vgg19)
 register_model("vgg19bn")(vgg.vgg19bn)
+register_model("vgg16bn_dnnmc")(vgg.vgg16bn_dnnmc)
+register_model("vgg19bn_dnnmc")(vgg.vgg19bn_dnnmc)
 register_model("preresnet")(preresnet.preresnet)
 register_model("preresnet20")(preresnet.preresnet20)
 register_model("preresnet56")(preresnet.preresnet56)

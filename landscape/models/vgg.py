@@ -20,7 +20,7 @@ from torch import nn
 
 from .simple import he_normal_conv_, image_shape
 
-__all__ = ["VGG", "vgg16", "vgg16bn", "vgg19", "vgg19bn"]
+__all__ = ["VGG", "vgg16", "vgg16bn", "vgg19", "vgg19bn", "vgg16bn_dnnmc", "vgg19bn_dnnmc"]
 
 # Output channels of each conv, grouped into the blocks that end in a 2x2 max pool.
 CONFIGS: dict[int, list[list[int]]] = {
@@ -38,9 +38,15 @@ class VGG(nn.Module):
     layout; they have no parameters.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, depth: int = 16, batch_norm: bool = False) -> None:
+    def __init__(self, num_classes: int, in_channels: int, depth: int = 16, batch_norm: bool = False,
+                 reference_zip: bool = False) -> None:
         super().__init__()
         self.batch_norm = batch_norm
+        # dnn-mode-connectivity's forward zips a block's layers with its activations, one per conv: with batch
+        # norm it runs the first half of the layers only (conv, ReLU, BN, ReLU, conv, ReLU, ... : its issue #2).
+        # ``reference_zip`` builds that network: the layers it runs, under the names they have there.
+        self.reference_zip = reference_zip and batch_norm
+        self.depth = depth
         self.layer_blocks = nn.ModuleList()
         self.activation_blocks = nn.ModuleList()
         self.poolings = nn.ModuleList()
@@ -54,6 +60,8 @@ class VGG(nn.Module):
                     layers.append(nn.BatchNorm2d(out_channels))
                 activations.append(nn.ReLU())
                 channels = out_channels
+            if self.reference_zip:
+                del layers[len(activations):]  # never run there; the first layers keep their indices
             self.layer_blocks.append(layers)
             self.activation_blocks.append(activations)
             self.poolings.append(nn.MaxPool2d(kernel_size=2, stride=2))
@@ -73,7 +81,7 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, num_classes)``."""
-        per_conv = 2 if self.batch_norm else 1
+        per_conv = 1 if self.reference_zip or not self.batch_norm else 2
         for layers, activations, pooling in zip(self.layer_blocks, self.activation_blocks, self.poolings):
             for i, activation in enumerate(activations):
                 for layer in layers[i * per_conv:(i + 1) * per_conv]:  # conv, then BN if any
@@ -90,9 +98,20 @@ class VGG(nn.Module):
         return self.classifier(x)
 
 
-def _vgg(name: str, num_classes: int, input_shape: tuple[int, ...], depth: int, batch_norm: bool) -> nn.Module:
+    def unrun_reference_key(self, key: str) -> bool:
+        """Whether ``key`` of a dnn-mode-connectivity VGG-BN state dict is a layer its forward never runs
+        (left out of this network with ``reference_zip``)."""
+        parts = key.split(".")
+        if not (self.reference_zip and len(parts) > 3 and parts[0] == "layer_blocks" and parts[1].isdigit()
+                and parts[2].isdigit() and int(parts[1]) < len(self.layer_blocks)):
+            return False
+        return int(parts[2]) >= len(CONFIGS[self.depth][int(parts[1])])
+
+
+def _vgg(name: str, num_classes: int, input_shape: tuple[int, ...], depth: int, batch_norm: bool,
+         reference_zip: bool = False) -> nn.Module:
     channels, _, _ = image_shape(name, input_shape)
-    return VGG(num_classes, channels, depth=depth, batch_norm=batch_norm)
+    return VGG(num_classes, channels, depth=depth, batch_norm=batch_norm, reference_zip=reference_zip)
 
 
 def vgg16(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
@@ -113,3 +132,15 @@ def vgg19(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
 def vgg19bn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """VGG-19 with a BatchNorm after every conv."""
     return _vgg("vgg19bn", num_classes, input_shape, 19, True)
+
+
+def vgg16bn_dnnmc(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """VGG-16 with batch norm as dnn-mode-connectivity's code runs it: in each block the first conv, ReLU,
+    its BatchNorm, ReLU, then the next convs, each with a ReLU (8 of the 13 convs and 5 of the 13 batch norms;
+    its forward zips a block's layers with one activation per conv). Its VGG16BN checkpoints are this network."""
+    return _vgg("vgg16bn_dnnmc", num_classes, input_shape, 16, True, reference_zip=True)
+
+
+def vgg19bn_dnnmc(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """VGG-19 with batch norm as dnn-mode-connectivity's code runs it (as :func:`vgg16bn_dnnmc`)."""
+    return _vgg("vgg19bn_dnnmc", num_classes, input_shape, 19, True, reference_zip=True)
