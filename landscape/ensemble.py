@@ -78,8 +78,20 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
     probs = np.stack(probs)  # (members, test images, classes)
     ens = ensemble_metrics(probs, labels)
     n = len(paths)
-    avg = evaluate_points(pts.model, torch.stack(pts.vectors), np.full((1, n), 1.0 / n), data, wd=pts.wd,
-                          batch_size=batch_size, return_probs=True)
+    has_bn = bool(bn_modules(pts.model))
+    # With batch norm, the members too with their statistics re-estimated as the weight average's are (in the
+    # same passes): their own running statistics may lag far behind a short run's weights, and the comparison
+    # of the weight average with the ensemble would then be of two estimators, not of two models.
+    rows = np.vstack([np.eye(n), np.full((1, n), 1.0 / n)]) if has_bn else np.full((1, n), 1.0 / n)
+    swept = evaluate_points(pts.model, torch.stack(pts.vectors), rows, data, wd=pts.wd, batch_size=batch_size,
+                            return_probs=True)
+    avg = {k: v[-1:] for k, v in swept.items()}
+    reestimated = None
+    if has_bn:
+        ens_bn = ensemble_metrics(swept["probs"][:n], labels)
+        reestimated = {"members": [{"label": m["label"], "test_error": float(swept["test_error"][i]),
+                                    "test_nll": float(swept["test_nll"][i])} for i, m in enumerate(members)],
+                       "ensemble": {"test_error": ens_bn["error"], "test_nll": ens_bn["nll"], "test_ece": ens_bn["ece"]}}
     errors = [m["test_error"] for m in members]
     summary = {
         "members": members,
@@ -89,12 +101,14 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         "weight_average": {**{k: float(avg[k][0]) for k in ("train_loss", "train_error", "test_nll", "test_error")},
                            "test_ece": expected_calibration_error(avg["probs"][0], labels)},
         "agreement": agreement(probs.mean(0), avg["probs"][0]),
-        "batch_norm": bool(bn_modules(pts.model)),  # whether the weight average's statistics were re-estimated
+        "batch_norm": has_bn,  # whether the weight average's statistics were re-estimated
+        **({"bn_reestimated": reestimated} if reestimated is not None else {}),  # members and ensemble, likewise
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
         "dataset": data.describe(),
         "notes": "members use their own batch-norm statistics; the ensemble averages predicted probabilities; "
-                 "the weight average re-estimates batch norm on the training data; agreement: the share of test "
+                 "the weight average re-estimates batch norm on the training data (bn_reestimated: the members and "
+                 "their ensemble with it re-estimated likewise); agreement: the share of test "
                  "images (%) on which the weight average predicts the ensemble's class, and the mean KL from the "
                  "ensemble's predicted distribution to the weight average's",
     }

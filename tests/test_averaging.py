@@ -354,6 +354,22 @@ def test_ensemble_of_checkpoints(tmp_path, small_digits, endpoint):
 
     same = agreement(p_ens, p_ens)
     assert same == {"same_prediction": 100.0, "kl": pytest.approx(0.0, abs=1e-12)}
+    # the members and their ensemble with batch norm re-estimated as the weight average's is, formed here: the
+    # like-for-like rows (a short run's own running statistics lag its weights)
+    fresh = []
+    for p in paths:
+        net = load_model(p)
+        population_bn(net, full.x_train)
+        with torch.no_grad():
+            fresh.append(torch.cat([torch.softmax(net.eval()(x), -1) for x, _ in full.batches("test", 1000)]).numpy())
+    r = s["bn_reestimated"]
+    for m, p in zip(r["members"], fresh):
+        own = ensemble_metrics(p[None].astype(np.float64), full.y_test.numpy())
+        assert m["test_error"] == pytest.approx(own["error"]) and m["test_nll"] == pytest.approx(own["nll"], rel=1e-4)
+    both = ensemble_metrics(np.stack(fresh).astype(np.float64), full.y_test.numpy())
+    assert r["ensemble"]["test_error"] == pytest.approx(both["error"])
+    assert r["ensemble"]["test_nll"] == pytest.approx(both["nll"], rel=1e-4)
+    assert [m["label"] for m in r["members"]] == [m["label"] for m in s["members"]]
 
 
 def test_member_labels_are_told_apart_where_they_collide():
