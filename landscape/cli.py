@@ -2451,8 +2451,9 @@ def _out_of_memory_advice(args: argparse.Namespace) -> str:
     A resume must keep every setting of its sweep or run but the points per
     pass; the others need a fresh --out. Nothing stored yet: say so, and
     name the size options given."""
+    population = getattr(args, "bn_stats", None) == "population"  # the whole training set as one batch:
     fresh = [o for o, ok in (("--bn-stats batches", getattr(args, "bn_stats", "batches") != "batches"),
-                             ("a smaller --batch-size", hasattr(args, "batch_size"))) if ok]
+                             ("a smaller --batch-size", hasattr(args, "batch_size") and not population)) if ok]
     sizes = [f"--{name.replace('_', '-')}" for name in _SIZE_OPTIONS if isinstance(getattr(args, name, None), int)
              and not isinstance(getattr(args, name), bool)]
     out = getattr(args, "out", None)

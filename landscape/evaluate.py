@@ -579,6 +579,10 @@ def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, 
 
 LOOP_POINTS_PER_PASS = 8
 LOOP_PASS_BYTES = 64 * 2 ** 30  # layer outputs one loop pass may write: 15-30 s on 2 CPU cores
+# The K points' weights a loop pass holds (each in the anchors' dtype, float64 for a plane's basis, and as the
+# network's float32 parameters): K saves the loop no time, so it takes no more than these bytes of them.
+LOOP_WEIGHT_BYTES = 2 ** 30
+LOOP_BYTES_PER_WEIGHT = 16
 
 
 def default_points_per_pass(model: nn.Module, data, bn_stats: str, batch_size: int, strategy: str) -> int:
@@ -587,7 +591,9 @@ def default_points_per_pass(model: nn.Module, data, bn_stats: str, batch_size: i
 
     The loop strategy runs each point's own forwards, so a larger K saves it
     nothing (measured on the digits CNN: 64 points take the same time at K
-    = 1, 8 and 256): it takes at most :data:`LOOP_POINTS_PER_PASS`, and no
+    = 1, 8 and 256): it takes at most :data:`LOOP_POINTS_PER_PASS`, no more
+    than keep the points' weights under :data:`LOOP_WEIGHT_BYTES` (a 25M-parameter
+    network: 2 points, not 8 at 350 MB each), and no
     more than keep a pass's layer outputs (every image's, train and test) under
     :data:`LOOP_PASS_BYTES`, so that a sweep stores its progress every few
     points, or every point where a point takes a minute (8 on the digits, 4
@@ -600,7 +606,8 @@ def default_points_per_pass(model: nn.Module, data, bn_stats: str, batch_size: i
         return k
     images = len(data.y_train) * (2 if bn_stats == "batches" else 1) + len(data.y_test)
     per_point = _probe_forward(model, data).output_bytes * images
-    return max(1, min(k, LOOP_POINTS_PER_PASS, int(LOOP_PASS_BYTES // max(per_point, 1.0))))
+    weights = LOOP_WEIGHT_BYTES // (LOOP_BYTES_PER_WEIGHT * max(ParamSpace.of(model).numel, 1))
+    return max(1, min(k, LOOP_POINTS_PER_PASS, int(LOOP_PASS_BYTES // max(per_point, 1.0)), int(weights)))
 
 
 LIVE_COPIES = 8

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -454,7 +455,8 @@ def run_sweep(
     ``store`` is the partial-results file (None: keep nothing on disk).
     ``settings`` (JSON-able) joins the fingerprint, so a store is only
     resumed by the same sweep. ``progress``: a bar (True), nothing (False),
-    ``"log"``: a line on stderr after every pass, for a log file or a batch
+    ``"log"``: a line on stderr after a pass, at most one every 10 s and
+    always the last, for a log file or a batch
     job, where a bar cannot redraw itself, or None: a bar on a terminal
     (:func:`~landscape.progress.progress_mode`); the lines begin with the
     number of distinct points and ``what`` they are ("the 21 x 21 grid and
@@ -504,10 +506,14 @@ def run_sweep(
 
     todo = np.flatnonzero(~done)
     chunks = [todo[i:i + k] for i in range(0, len(todo), k)]
-    bar = Progress(n, int(done.sum()), desc="points", unit="pt", progress=progress, show=rank == 0)
+    bar = Progress(n, int(done.sum()), desc="points", unit="pt", progress=progress, show=rank == 0, every=10.0)
     if bar.log is not None and not done.all():  # what the lines count, once
         print(f"{n} distinct points{f' ({what})' if what else ''}, {k} a pass over the data"
               + (f" on each of {world} processes" if world > 1 else ""), file=sys.stderr, flush=True)
+    # A store is written after a pass unless its last write took more than a tenth of the time since: a large
+    # one (a curve's probabilities over many classes) was rewritten whole after every pass. A stop (Ctrl-C,
+    # a signal) writes what is unsaved on its way out.
+    written_at, write_took, unsaved = time.monotonic(), 0.0, False
     try:
         for start in range(0, len(chunks), world):
             mine = chunks[start + rank] if start + rank < len(chunks) else np.zeros(0, dtype=np.int64)
@@ -528,8 +534,20 @@ def run_sweep(
                         values[m][idx] = v
                     done[idx] = True
             if store is not None and rank == 0:
-                _write_store(store, key, done, values)
+                unsaved = True
+                if time.monotonic() - written_at >= 10 * write_took:
+                    began = time.monotonic()
+                    _write_store(store, key, done, values)
+                    written_at, unsaved = time.monotonic(), False
+                    write_took = written_at - began
             bar.update(int(done.sum()) - bar.done)  # after the store: a line says what is kept
+    except BaseException:
+        if unsaved:  # stopped between writes: keep what is done (the points' values are set before done)
+            try:
+                _write_store(store, key, done, values)
+            except Exception:  # noqa: BLE001 - the stop's own cause is what is said (a full disk fails again)
+                pass
+        raise
     finally:
         bar.close()
     return {m: v[expand] for m, v in values.items()}  # metrics (and probs) in the caller's order

@@ -1254,6 +1254,12 @@ def test_out_of_memory_advice_names_connects_t_samples(tmp_path):
     args = argparse.Namespace(t_samples=100000, bends=1, epochs=1, resume=False, out=tmp_path / "h", batch_size=128)
     assert cli._out_of_memory_advice(args) == ("nothing was stored yet: check the sizes asked for (--bends, "
                                                "--t-samples), or rerun with a smaller --batch-size")
+    # the population statistics run the whole training set as one batch: a smaller --batch-size does not help
+    args = argparse.Namespace(grid=2, resume=False, out=tmp_path / "p", batch_size=1000, bn_stats="population")
+    assert cli._out_of_memory_advice(args) == ("nothing was stored yet: check the sizes asked for (--grid), or rerun "
+                                               "with --bn-stats batches")
+    args.bn_stats = "auto"
+    assert cli._out_of_memory_advice(args).endswith("with --bn-stats batches or a smaller --batch-size")
 
 
 def test_a_free_ends_error_is_not_compared_with_its_runs_summary(tmp_path):

@@ -852,6 +852,16 @@ def test_the_loop_strategy_takes_at_most_8_points_per_pass_vmap_what_memory_allo
     monkeypatch.setattr(engine_module, "LOOP_PASS_BYTES", 2 * per_image * images)
     assert engine_module.default_points_per_pass(net, small, "batches", 64, "loop") == int(
         2 * images // (2 * len(small.y_train) + len(small.y_test)))
+    # nor more points than keep their weights (float64 points of a plane's basis, float32 parameters) under
+    # LOOP_WEIGHT_BYTES: a 25M-parameter network held 8 points' 350 MB each for no gain
+    monkeypatch.setattr(engine_module, "LOOP_PASS_BYTES", 64 * 2 ** 30)
+    numel = ParamSpace.of(net).numel
+    for points in (1, 2, 5):
+        monkeypatch.setattr(engine_module, "LOOP_WEIGHT_BYTES", points * 16 * numel + 1)
+        assert engine_module.default_points_per_pass(net, small, "population", 64, "loop") == points
+    monkeypatch.setattr(engine_module, "LOOP_WEIGHT_BYTES", numel)
+    assert engine_module.default_points_per_pass(net, small, "population", 64, "loop") == 1  # never 0
+    assert engine_module.default_points_per_pass(net, small, "batches", 64, "vmap") == 256  # vmap: its own rule
 
 
 # --------------------------------------------------------------------------- metrics

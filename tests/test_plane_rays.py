@@ -418,6 +418,39 @@ def test_a_partial_store_edited_into_an_impossible_one_is_refused(tmp_path, monk
         np.testing.assert_allclose(got[m], whole[m], rtol=1e-6, atol=1e-9, err_msg=m)
 
 
+def test_a_store_slow_to_write_is_written_less_often_and_a_stop_keeps_every_finished_point(tmp_path, monkeypatch):
+    """The partial store was rewritten whole after every pass: a curve's probabilities over 1000 classes made
+    each write a second and the writes grew with the square of the points. A pass writes it unless the last
+    write took more than a tenth of the time since; a stop between writes writes what is unsaved."""
+    from landscape import sweep as sweep_module
+
+    g = torch.Generator().manual_seed(7)
+    data = four_features(g)
+    model = nn.Linear(4, 3)
+    a, b, c = (torch.randn(ParamSpace.of(model).numel, generator=g) for _ in range(3))
+    clock = [0.0]
+    monkeypatch.setattr(sweep_module.time, "monotonic", lambda: clock[0])
+    real_write, writes = sweep_module._write_store, []
+
+    def slow_write(path, key, done, values):  # a write "takes" 5 s; passes take no time on this clock
+        writes.append(int(done.sum()))
+        clock[0] += 5.0
+        real_write(path, key, done, values)
+
+    monkeypatch.setattr(sweep_module, "_write_store", slow_write)
+    fail_at_pass(monkeypatch, 4, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_plane(model, [a, b, c], data, tmp_path / "p", grid=3, points_per_pass=2)
+    assert writes == [2, 6]  # after the first pass; not after the next two (0 s since a 5 s write); then the stop's
+    with np.load(tmp_path / "p" / STORE) as z:
+        assert int(z["done"].sum()) == 6  # every finished point kept
+    monkeypatch.undo()
+    got = evaluate_plane(model, [a, b, c], data, tmp_path / "p", grid=3, points_per_pass=2, resume=True).arrays
+    whole = evaluate_plane(model, [a, b, c], data, grid=3, points_per_pass=2).arrays
+    for m in METRICS:
+        np.testing.assert_array_equal(got[m], whole[m], err_msg=m)
+
+
 def test_a_plane_resumes_when_its_basis_comes_out_a_few_bits_apart(tmp_path, monkeypatch):
     """A plane's basis and grid are computed from its three points, and their last bits change with the number
     of threads (torchrun runs one per process) or the device: a sweep begun in one process and resumed under
@@ -1248,16 +1281,26 @@ def test_plane_of_a_curve_holds_its_path_and_exact_anchor_losses(tmp_path, capsy
         assert not bad.exists() or not any(bad.iterdir())
 
 
-def test_a_sweep_logged_to_a_file_prints_a_line_a_pass(tmp_path, capsys, endpoints):
+def test_a_sweep_logged_to_a_file_prints_a_line_a_pass(tmp_path, capsys, endpoints, monkeypatch):
     """Where stderr is no terminal (a log file, a batch job) a bar cannot redraw
-    itself: a sweep prints one progress line per pass instead; --quiet none."""
+    itself: a sweep prints progress lines after its passes instead, at most one
+    every 10 s (a 101 x 101 plane printed 1,275, one every 2-3 s) and always
+    the last; --quiet none."""
+    from landscape import progress as progress_module
+
     A, B, C = endpoints
     base = ["plane", "--points", A, B, C, "--grid", 2, "--points-per-pass", 3, "--bn-batches", 1]
+    import types
+
+    clock = iter(range(0, 10 ** 6, 3))  # each reading of the lines' clock 3 s after the last
+    monkeypatch.setattr(progress_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
     code, _, err = run_cli(capsys, *base, "--out", tmp_path / "p")
+    monkeypatch.undo()
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.startswith("points ")]
-    # 4 grid points + the 3 anchors (the grid's corners are not among them): 7 points in passes of 3
-    assert [line.split(" (")[0] for line in lines] == ["points 3 of 7", "points 6 of 7", "points 7 of 7"], err
+    # 4 grid points + the 3 anchors (the grid's corners are not among them): 7 points in passes of 3: the first
+    # pass's line (at 3 s), not the second's (6 s after it), the last always
+    assert [line.split(" (")[0] for line in lines] == ["points 3 of 7", "points 7 of 7"], err
     assert "left" in lines[0] and lines[-1].startswith("points 7 of 7 (100 %) after ") and "left" not in lines[-1]
     assert "7 distinct points (the 2 x 2 grid and 3 anchors), 3 a pass over the data\n" in err
     code, _, err = run_cli(capsys, *base, "--out", tmp_path / "q", "--quiet")
