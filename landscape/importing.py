@@ -146,7 +146,9 @@ def _network_by_position(source: Path, state: Mapping[str, torch.Tensor], net: n
         raise names_differ
     paired = _pairing(source, theirs, counted, model, "tensors")
     values = dict(state)
-    first = next((name, key) for name, key in paired.items() if name != key)
+    first = next(((name, key) for name, key in paired.items() if name != key), None)
+    if first is None:  # the names fit after all: what check_state_dict refused is still wrong
+        raise names_differ
     if is_main():
         print(f"note: {source}: its tensors are named otherwise than model '{model}''s ({first[1]} for {first[0]}, "
               f"...): matched by their order in the file, every shape agreeing", file=sys.stderr)
