@@ -2397,26 +2397,33 @@ def _only_config(out: Path) -> bool:
 
 def _done_so_far(out: Path, epochs: object, unit: str = "points") -> str | None:
     """How far a stopped command got, from what its folder holds, for its
-    last line: " (epoch 2 of 4 in last.pt)", " (7 of 9 points)"; None when
-    that cannot be told (never raises: it is said while stopping)."""
+    last line: " (epoch 2 of 4 in last.pt)", " (7 of 9 points)" (each store's
+    where it keeps several), " (epoch 3 of 5 in vertex-2/last.pt)" (simplex:
+    the latest phase); None when that cannot be told (never raises: it is
+    said while stopping)."""
     import numpy as np
     import torch
 
+    def epoch_in(last: Path) -> str | None:  # memory-mapped: only the few bytes read are loaded
+        epoch = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["train_state"]["epoch"]
+        of = f" of {epochs}" if isinstance(epochs, int) else ""
+        return f" (epoch {epoch}{of} in {last.relative_to(out)})" if isinstance(epoch, int) else None
+
     try:
-        if (out / "last.pt").exists():  # memory-mapped: only the few bytes read are loaded
-            state = torch.load(out / "last.pt", map_location="cpu", weights_only=True, mmap=True)
-            epoch = state["train_state"]["epoch"]
-            if isinstance(epoch, int):
-                of = f" of {epochs}" if isinstance(epochs, int) else ""
-                return f" (epoch {epoch}{of} in last.pt)"
+        if (out / "last.pt").exists():
+            return epoch_in(out / "last.pt")
         stores = sorted(out.glob("*.partial.npz"))
-        if len(stores) == 1:
-            with np.load(stores[0], allow_pickle=False) as z:
+        counts = []
+        for store in stores:  # several where a command keeps one a sweep (subspace: its sampler's and grid's)
+            with np.load(store, allow_pickle=False) as z:
                 done = z["done"]
-            return f" ({int(done.sum())} of {done.size} {unit})"
+            counts.append(f"{int(done.sum())} of {done.size} {unit}" + (f" in {store.name}" if len(stores) > 1 else ""))
+        if counts:
+            return f" ({'; '.join(counts)})"
+        phases = sorted(out.glob("*/last.pt"), key=lambda p: p.stat().st_mtime)  # simplex: a vertex a folder
+        return epoch_in(phases[-1]) if phases else None
     except Exception:  # noqa: BLE001 - a folder being written, or torn: the line goes without
         return None
-    return None
 
 
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Connection was likely closed")

@@ -1345,3 +1345,24 @@ def test_the_endpoints_runs_errors_are_quoted_only_for_the_data_they_were_measur
     # of this data either (the fit's data was compared, not the runs')
     normalised = dict(record, normalization="0.5/0.25")
     assert cli._ends_as_trained(dict(meta, dataset=normalised), dict(summary, dataset=normalised)) == ""
+
+
+def test_the_stop_line_counts_every_store_and_a_simplex_vertexs_epoch(tmp_path):
+    """The stop line gave no count where a command keeps several stores (subspace's sampler and grid) or its
+    epochs in a phase's folder (simplex: vertex-<j>/last.pt)."""
+    import numpy as np
+    import torch
+
+    np.savez(tmp_path / "sweep.partial.npz", done=np.array([True, True, False]))
+    assert cli._done_so_far(tmp_path, 4) == " (2 of 3 points)"
+    np.savez(tmp_path / "grid.partial.npz", done=np.array([True, False, False, False]))
+    assert cli._done_so_far(tmp_path, 4) == " (1 of 4 points in grid.partial.npz; 2 of 3 points in sweep.partial.npz)"
+    sx = tmp_path / "sx"
+    for j, epoch in ((1, 5), (2, 3)):  # vertex 1 done, vertex 2 stopped at epoch 3, written last
+        (sx / f"vertex-{j}").mkdir(parents=True)
+        torch.save({"train_state": {"epoch": epoch}}, sx / f"vertex-{j}" / "last.pt")
+        os.utime(sx / f"vertex-{j}" / "last.pt", (1000.0 * j, 1000.0 * j))
+    assert cli._done_so_far(sx, 5) == " (epoch 3 of 5 in vertex-2/last.pt)"
+    torch.save({"train_state": {"epoch": 2}}, sx / "last.pt")  # a run's own last.pt comes first
+    assert cli._done_so_far(sx, None) == " (epoch 2 in last.pt)"
+    assert cli._done_so_far(tmp_path / "nothing", 4) is None
