@@ -1,6 +1,7 @@
 """The command line as a user runs it: exit codes, one-line errors, files written."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -1350,8 +1351,6 @@ def test_the_endpoints_runs_errors_are_quoted_only_for_the_data_they_were_measur
 def test_the_stop_line_counts_every_store_and_a_simplex_vertexs_epoch(tmp_path):
     """The stop line gave no count where a command keeps several stores (subspace's sampler and grid) or its
     epochs in a phase's folder (simplex: vertex-<j>/last.pt)."""
-    import numpy as np
-    import torch
 
     np.savez(tmp_path / "sweep.partial.npz", done=np.array([True, True, False]))
     assert cli._done_so_far(tmp_path, 4) == " (2 of 3 points)"
