@@ -720,38 +720,46 @@ def _recognised(path: Path, obj: Any) -> Checkpoint:
     sd = extract_state_dict(obj, path)
     _refuse_papers_format(path, sd)
     _refuse_nan(path, sd)
-    return Checkpoint(path=path, state_dict=sd, model=None, kind="model",
-                      meta={"foreign": True, **({"written_by": DNNMC} if written_by_dnnmc(obj) else {})})
+    return Checkpoint(path=path, state_dict=sd, model=None, kind="model", meta={"foreign": True})
 
 
-DNNMC = "dnn-mode-connectivity"
+def refuse_reference_vgg_bn(source: str | os.PathLike, model_name: str, state: Mapping[str, torch.Tensor],
+                            imported: bool = False) -> None:
+    """One line for dnn-mode-connectivity's VGG16BN / VGG19BN (a network's state dict, or a CurveNet's) read
+    as ``vgg16bn`` / ``vgg19bn``: its forward zips a block's layers with one ReLU per conv and never runs the
+    rest, whose batch norms keep the statistics they started with (what tells its files from a network that
+    ran every layer, whatever wrapper saved it). ``imported``: a checkpoint an earlier build imported so."""
+    from .models.vgg import reference_zip_state  # local: the models import nothing from here
 
-
-def written_by_dnnmc(obj: Any) -> bool:
-    """Whether a foreign checkpoint object is one dnn-mode-connectivity's scripts save
-    (``{"epoch", "model_state", ...}``: ``utils.save_checkpoint``)."""
-    return isinstance(obj, Mapping) and "epoch" in obj and isinstance(obj.get("model_state"), Mapping)
-
-
-def refuse_dnnmc_vgg_bn(source: str | os.PathLike, model_name: str, keys: Iterable[str]) -> None:
-    """One line for a dnn-mode-connectivity VGG-BN file (its networks' ``layer_blocks``) read as ``vgg16bn`` or
-    ``vgg19bn``: its code's forward runs another network, which ``vgg16bn_dnnmc`` / ``vgg19bn_dnnmc`` are."""
-    if model_name in ("vgg16bn", "vgg19bn") and any(k.removeprefix("net.").startswith("layer_blocks.")
-                                                    for k in keys):  # a network's, or a CurveNet's
-        raise UserError(f"{source}: a {model_name.upper()} of dnn-mode-connectivity's code, whose forward runs "
-                        f"only part of each block (it zips a block's convs and batch norms with one ReLU per conv: "
-                        f"conv, ReLU, BN, ReLU, conv, ReLU; 8 of the 13 convs in VGG16, their issue #2); give "
-                        f"--model {model_name}_dnnmc, the network it trained")
+    depth = {"vgg16bn": 16, "vgg19bn": 19}.get(model_name)
+    if depth is None or reference_zip_state(depth, dict(state)) is not True:
+        return
+    why = (f"dnn-mode-connectivity's {model_name.upper()}, whose forward runs only part of each block (it zips "
+           f"a block's convs and batch norms with one ReLU per conv: conv, ReLU, BN, ReLU, conv, ReLU; its issue "
+           f"#2), and the batch norms it never runs still hold their first statistics")
+    if imported:
+        raise UserError(f"{source}: imported as {model_name} from {why}: results computed from it are of another "
+                        f"network; import its source again with --model {model_name}_dnnmc")
+    raise UserError(f"{source}: {why}; give --model {model_name}_dnnmc, the network it trained")
 
 
 def drop_unrun_layers(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Leave out, in place and with a note, the tensors of a reference file's layers that ``model`` (a
-    ``*_dnnmc`` VGG) does not hold because the reference code's forward never ran them."""
+    ``*_dnnmc`` VGG) does not hold because the reference code's forward never ran them; refused where their
+    batch norms hold trained statistics (a network that ran every layer)."""
     unrun = getattr(model, "unrun_reference_key", None)
     dropped = [k for k in state_dict if unrun is not None and unrun(k)]
+    if not dropped:
+        return
+    from .models.vgg import reference_zip_state
+
+    if reference_zip_state(model.depth, {k: state_dict[k] for k in dropped}) is False:
+        raise UserError(f"{source}: the layers dnn-mode-connectivity's VGG{model.depth}BN never runs hold trained "
+                        f"batch-norm statistics here (e.g. {dropped[0]}): a VGG-BN that ran every layer; give "
+                        f"--model vgg{model.depth}bn")
     for k in dropped:
         del state_dict[k]
-    if dropped and os.environ.get("RANK", "0") == "0":  # said once under torchrun
+    if os.environ.get("RANK", "0") == "0":  # said once under torchrun
         print(f"note: {source}: {len(dropped)} tensors of layers dnn-mode-connectivity's forward never runs "
               f"(e.g. {dropped[0]}) are left out", file=sys.stderr)
 
@@ -939,8 +947,9 @@ def load_model(
     # the caller's random stream (a notebook's next draw is the same with or without this call).
     with torch.random.fork_rng(devices=[]):
         net, name = _build_for(ckpt, model, num_classes, input_shape, model_kwargs)
-    if (ckpt.meta or {}).get("written_by") == DNNMC:
-        refuse_dnnmc_vgg_bn(ckpt.path, name, ckpt.state_dict)
+    meta = ckpt.meta or {}
+    if meta.get("foreign") or "imported_from" in meta:  # a network trained here ran every layer
+        refuse_reference_vgg_bn(ckpt.path, name, ckpt.state_dict, imported="imported_from" in meta)
     check_state_dict(net, ckpt.state_dict, str(ckpt.path), f"model '{name}'")
     # Every key was checked above; only num_batches_tracked may be missing (older PyTorch), and keeps its value.
     net.load_state_dict(ckpt.state_dict, strict=False)

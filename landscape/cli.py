@@ -1218,15 +1218,16 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     if r:  # like for like with the weight average: the members' own running statistics may lag their weights
         print("batch norm re-estimated on the training data:")
         for m in r["members"]:
-            print(f"{m['label']:<16}{_cell(m['test_error'], 12, 2)}{_cell(m['test_nll'], 10, 4)}")
+            print(f"{m['label']:<16}{_cell(m['test_error'], 12, 2)}{_cell(m['test_nll'], 10, 4)}{_ece_cell(m)}")
         e = r["ensemble"]
         print(f"{'ensemble':<16}{_cell(e['test_error'], 12, 2)}{_cell(e['test_nll'], 10, 4)}{_ece_cell(e)}")
     print(f"{'weight average':<16}{_cell(w['test_error'], 12, 2)}"
           f"{_cell(w['test_nll'], 10, 4)}{_ece_cell(w)}"
           f"{'   (batch norm re-estimated)' if s.get('batch_norm', True) and not r else ''}")
-    a = s["agreement"]
-    print(f"the weight average predicts the ensemble's class on {a['same_prediction']:.2f} % of "
-          f"{s.get('eval_split', 'test')} images; mean KL(ensemble || weight average) {a['kl']:.4g} nats")
+    for a, which in ((s["agreement"], "ensemble's"), ((r or {}).get("agreement"), "re-estimated ensemble's")):
+        if a:
+            print(f"the weight average predicts the {which} class on {a['same_prediction']:.2f} % of "
+                  f"{s.get('eval_split', 'test')} images; mean KL(ensemble || weight average) {a['kl']:.4g} nats")
     if args.out:
         print(f"summary: {args.out / 'summary.json'}")
     return 0

@@ -90,8 +90,11 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
     if has_bn:
         ens_bn = ensemble_metrics(swept["probs"][:n], labels)
         reestimated = {"members": [{"label": m["label"], "test_error": float(swept["test_error"][i]),
-                                    "test_nll": float(swept["test_nll"][i])} for i, m in enumerate(members)],
-                       "ensemble": {"test_error": ens_bn["error"], "test_nll": ens_bn["nll"], "test_ece": ens_bn["ece"]}}
+                                    "test_nll": float(swept["test_nll"][i]),
+                                    "test_ece": expected_calibration_error(swept["probs"][i], labels)}
+                                   for i, m in enumerate(members)],
+                       "ensemble": {"test_error": ens_bn["error"], "test_nll": ens_bn["nll"], "test_ece": ens_bn["ece"]},
+                       "agreement": agreement(swept["probs"][:n].mean(0), avg["probs"][0])}
     errors = [m["test_error"] for m in members]
     summary = {
         "members": members,

@@ -37,11 +37,11 @@ import torch
 from torch import nn
 
 from .checkpoint import (_refuse_nan, _refuse_papers_format, check_state_dict, extract_state_dict,
-                         is_papers_curve, read_torch_file, refuse_dnnmc_vgg_bn, save_checkpoint, unwrapped,
-                         written_by_dnnmc)
+                         is_papers_curve, read_torch_file, refuse_reference_vgg_bn, save_checkpoint, unwrapped)
 from .errors import UserError, check_nonnegative
 from .inputs import DATA_FIELDS, check_data_options, merged_data_settings, resolve_data
 from .models import create_model, model_spec
+from .models.vgg import reference_zip_state
 from .sweep import is_main
 from .train import TrainConfig
 from .weights import ParamSpace
@@ -80,8 +80,7 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     if isinstance(obj, Mapping) and isinstance(obj.get("format"), str) and obj["format"].startswith("landscape/"):
         raise UserError(f"{source}: already a landscape checkpoint ({obj['format']}); every command reads it")
     state = _state(source, obj, key)
-    if written_by_dnnmc(obj):
-        refuse_dnnmc_vgg_bn(source, model, state)
+    refuse_reference_vgg_bn(source, model, state)
     data = resolve_data({}, data_options, torch.device("cpu"), source)
     spec = model_spec(model, data.num_classes, tuple(data.input_shape), **(model_kwargs or {}))
     with torch.random.fork_rng(devices=[]):  # its first weights are replaced: the caller's stream stays
@@ -150,8 +149,8 @@ def _network_by_position(source: Path, state: Mapping[str, torch.Tensor], net: n
     if first is None:  # the names fit after all: what check_state_dict refused is still wrong
         raise names_differ
     if is_main():
-        print(f"note: {source}: its tensors are named otherwise than model '{model}''s ({first[1]} for {first[0]}, "
-              f"...): matched by their order in the file, every shape agreeing", file=sys.stderr)
+        print(f"note: {source}: its tensors are named otherwise than in model '{model}' ({first[1]} for "
+              f"{first[0]}, ...): matched by their order in the file, every shape agreeing", file=sys.stderr)
     return {name: values[key] for name, key in paired.items()}
 
 
@@ -176,6 +175,10 @@ def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], ne
     unrun = getattr(net, "unrun_reference_key", None)  # a *_dnnmc VGG: the layers its code never ran are not held
     if unrun is not None:
         left = sum(unrun(b[1]) for held in bends.values() for b in held) + sum(unrun(b[1]) for b in buffers)
+        if reference_zip_state(net.depth, {name: value for _, name, value in buffers if unrun(name)}) is False:
+            raise UserError(f"{source}: the layers dnn-mode-connectivity's VGG{net.depth}BN never runs hold trained "
+                            f"batch-norm statistics here: a curve of a VGG-BN that ran every layer; give --model "
+                            f"vgg{net.depth}bn")
         bends = {i: [b for b in held if not unrun(b[1])] for i, held in bends.items()}
         buffers = [b for b in buffers if not unrun(b[1])]
         if left and is_main():

@@ -24,17 +24,21 @@ def barrier(values: np.ndarray) -> float:
     return float(values.max() - 0.5 * (values[0] + values[-1]))
 
 
-def arc_length_mean(t: np.ndarray, values: np.ndarray, arc: np.ndarray) -> float:
+def arc_length_mean(t: np.ndarray, values: np.ndarray, *, arc: np.ndarray) -> float:
     """integral m ds / integral ds over the path, s its arc length, by the
     trapezoid rule in s: the average of the metric over the path's length,
     which the papers' objective weights by (their ``int`` column, whose
     intervals weigh the chord between their points; here the arc length).
     ``arc``: the arc length from ``t[0]`` to each ``t``
-    (:meth:`~landscape.curves.base.Curve.arc_lengths`). For a line it is the
+    (:meth:`~landscape.curves.base.Curve.arc_lengths`), keyword-only (it
+    was the speed ||phi'(t)|| in earlier builds); one that is not 0, then
+    non-decreasing, is refused. For a line it is the
     trapezoid rule's time average, not the plain mean of the samples (which
     weighs the two ends as fully as the points between); a path of no
     length (its ends one network) gets that time average too."""
     t, values, arc = (np.asarray(a, dtype=np.float64) for a in (t, values, arc))
+    if arc[0] != 0 or (np.diff(arc) < 0).any():
+        raise ValueError("arc: the arc length from t[0] to each t (0, then non-decreasing), not the speed")
     den = arc[-1] - arc[0]
     if not den > 0:
         return float(np.trapezoid(values, t) / max(t[-1] - t[0], 1e-300))
@@ -50,7 +54,7 @@ def path_stats(t: np.ndarray, values: np.ndarray, arc: np.ndarray) -> dict[str, 
         "min": float(values.min()),
         "max": float(values.max()),
         "mean": float(values.mean()),
-        "arc_mean": arc_length_mean(t, values, arc),
+        "arc_mean": arc_length_mean(t, values, arc=arc),
         "barrier": barrier(values),
     }
 

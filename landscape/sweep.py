@@ -512,7 +512,8 @@ def run_sweep(
               + (f" on each of {world} processes" if world > 1 else ""), file=sys.stderr, flush=True)
     # A store is written after a pass unless its last write took more than a tenth of the time since: a large
     # one (a curve's probabilities over many classes) was rewritten whole after every pass. A stop (Ctrl-C,
-    # a signal) writes what is unsaved on its way out.
+    # a signal) writes what is unsaved on its way out, and so does the end. Under torchrun after every pass:
+    # a stop may find rank 0 waiting for the others, and end it before it could write.
     written_at, write_took, unsaved = time.monotonic(), 0.0, False
     try:
         for start in range(0, len(chunks), world):
@@ -535,12 +536,14 @@ def run_sweep(
                     done[idx] = True
             if store is not None and rank == 0:
                 unsaved = True
-                if time.monotonic() - written_at >= 10 * write_took:
+                if world > 1 or time.monotonic() - written_at >= 10 * write_took:
                     began = time.monotonic()
                     _write_store(store, key, done, values)
                     written_at, unsaved = time.monotonic(), False
                     write_took = written_at - began
-            bar.update(int(done.sum()) - bar.done)  # after the store: a line says what is kept
+            bar.update(int(done.sum()) - bar.done)
+        if unsaved:  # the caller's work on the result may still be stopped
+            _write_store(store, key, done, values)
     except BaseException:
         if unsaved:  # stopped between writes: keep what is done (the points' values are set before done)
             try:

@@ -370,6 +370,11 @@ def test_ensemble_of_checkpoints(tmp_path, small_digits, endpoint):
     assert r["ensemble"]["test_error"] == pytest.approx(both["error"])
     assert r["ensemble"]["test_nll"] == pytest.approx(both["nll"], rel=1e-4)
     assert [m["label"] for m in r["members"]] == [m["label"] for m in s["members"]]
+    both_p = np.stack(fresh).mean(0).astype(np.float64)  # the re-estimated ensemble's, against the weight average
+    kl_bn = float((both_p * (np.log(both_p) - np.log(q))).sum(1).mean())
+    assert r["agreement"]["kl"] == pytest.approx(kl_bn, rel=1e-4, abs=1e-7)
+    assert r["members"][0]["test_ece"] == pytest.approx(
+        ensemble_metrics(fresh[0][None].astype(np.float64), full.y_test.numpy())["ece"], abs=1e-3)
 
 
 def test_member_labels_are_told_apart_where_they_collide():

@@ -853,15 +853,20 @@ def _their_vgg_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net.classifier(x.flatten(1))
 
 
-def _vgg16bn(seed: int) -> nn.Module:
+def _vgg16bn(seed: int, theirs: bool = False) -> nn.Module:
+    """A vgg16bn whose every batch norm has statistics and affine parameters of its own, so that every tensor
+    matters; ``theirs``: as dnn-mode-connectivity's code leaves one, the batch norms it never runs untouched."""
+    from landscape.models.vgg import never_run_by_reference
+
     torch.manual_seed(seed)
     net = create_model("vgg16bn", num_classes=10, input_shape=(1, 8, 8))
-    for m in net.modules():  # statistics and affine parameters of their own, so that every tensor matters
+    for name, m in net.named_modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.normal_()
+            if not (theirs and never_run_by_reference(16, f"{name}.running_mean")):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
     return net.eval()
 
 
@@ -873,27 +878,64 @@ def test_a_dnnmc_vgg_bn_is_read_as_the_network_their_forward_runs(tmp_path, caps
     from landscape.importing import import_checkpoint
     from landscape.weights import ParamSpace
 
-    full = _vgg16bn(1)
+    full = _vgg16bn(1, theirs=True)
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         want = _their_vgg_forward(full, x)
         assert not torch.allclose(full(x), want, atol=1e-3)  # every layer run: another function
     torch.save({"epoch": 200, "model_state": full.state_dict(), "optimizer_state": {}}, tmp_path / "checkpoint-200.pt")
-    with pytest.raises(UserError, match=r"checkpoint-200\.pt: a VGG16BN of dnn-mode-connectivity's code, whose forward "
-                                        r"runs only part of each block .* give --model vgg16bn_dnnmc"):
+    with pytest.raises(UserError, match=r"checkpoint-200\.pt: dnn-mode-connectivity's VGG16BN, whose forward runs only "
+                                        r"part of each block .* the batch norms it never runs still hold their first "
+                                        r"statistics; give --model vgg16bn_dnnmc, the network it trained"):
         load_model(tmp_path / "checkpoint-200.pt", "vgg16bn", num_classes=10, input_shape=(1, 8, 8))
     theirs = load_model(tmp_path / "checkpoint-200.pt", "vgg16bn_dnnmc", num_classes=10, input_shape=(1, 8, 8))
     assert "50 tensors of layers dnn-mode-connectivity's forward never runs" in capsys.readouterr().err
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), want, rtol=0, atol=1e-6)
     assert sum(isinstance(m, nn.Conv2d) for m in theirs.modules()) == 8  # of VGG16's 13
-    # a state dict of this tool's own vgg16bn, saved bare, is not theirs: it loads as it is
-    torch.save(full.state_dict(), tmp_path / "mine.pt")
+    # told apart by contents, not by the file's wrapper: the same file saved bare is refused as vgg16bn too
+    torch.save(full.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(UserError, match="give --model vgg16bn_dnnmc"):
+        load_model(tmp_path / "bare.pt", "vgg16bn", num_classes=10, input_shape=(1, 8, 8))
+    # a VGG-BN that ran every layer (this tool's own, the swa code's) loads as vgg16bn, in their wrapper too, and
+    # is refused as vgg16bn_dnnmc, which would drop trained layers
+    mine = _vgg16bn(5)
+    torch.save({"epoch": 5, "model_state": mine.state_dict()}, tmp_path / "mine.pt")
     with torch.no_grad():
-        assert torch.equal(load_model(tmp_path / "mine.pt", "vgg16bn", num_classes=10, input_shape=(1, 8, 8))(x), full(x))
+        assert torch.equal(load_model(tmp_path / "mine.pt", "vgg16bn", num_classes=10, input_shape=(1, 8, 8))(x), mine(x))
+    with pytest.raises(UserError, match=r"mine\.pt: the layers dnn-mode-connectivity's VGG16BN never runs hold trained "
+                                        r"batch-norm statistics here .* give --model vgg16bn$"):
+        load_model(tmp_path / "mine.pt", "vgg16bn_dnnmc", num_classes=10, input_shape=(1, 8, 8))
+    # their VGG16 without batch norm is not this case: the ordinary mismatch, not a pointer to vgg16bn_dnnmc
+    plain = create_model("vgg16", num_classes=10, input_shape=(1, 8, 8))
+    torch.save({"epoch": 5, "model_state": plain.state_dict()}, tmp_path / "plain.pt")
+    with pytest.raises(UserError, match="does not fit model 'vgg16bn'"):
+        load_model(tmp_path / "plain.pt", "vgg16bn", num_classes=10, input_shape=(1, 8, 8))
+    # a checkpoint an earlier build imported from their file as vgg16bn: another network, said so
+    spec = {"name": "vgg16bn", "kwargs": {"num_classes": 10, "input_shape": [1, 8, 8]}}
+    save_checkpoint(tmp_path / "old-import.pt", full.state_dict(), spec,
+                    meta={"imported_from": str(tmp_path / "checkpoint-200.pt")})
+    with pytest.raises(UserError, match=r"old-import\.pt: imported as vgg16bn from dnn-mode-connectivity's VGG16BN.*"
+                                        r"results computed from it are of another network; import its source again "
+                                        r"with --model vgg16bn_dnnmc"):
+        load_model(tmp_path / "old-import.pt")
     # their curves: refused as vgg16bn, read as vgg16bn_dnnmc, every bend the network their CurveNet runs at it
-    ends = [_vgg16bn(s).state_dict() for s in (1, 2, 3)]
-    torch.save({"epoch": 600, "model_state": _papers_curve(ends, full, True, own_names=True)}, tmp_path / "curve.pt")
+    ends = [_vgg16bn(s, theirs=True).state_dict() for s in (1, 2, 3)]
+    curve = _papers_curve(ends, full, True, own_names=True)
+    from landscape.models.vgg import never_run_by_reference
+
+    for key in curve:  # _papers_curve moves every buffer by 1; their CurveNet never touches these
+        if key.endswith(("running_mean", "running_var")) and never_run_by_reference(16, key[4:]):
+            curve[key].fill_(0.0 if key.endswith("running_mean") else 1.0)
+    torch.save({"epoch": 600, "model_state": curve}, tmp_path / "curve.pt")
+    ran_all = _papers_curve([_vgg16bn(s).state_dict() for s in (1, 2, 3)], full, True, own_names=True)
+    torch.save({"epoch": 600, "model_state": ran_all}, tmp_path / "full-curve.pt")
+    with pytest.raises(UserError, match="a curve of a VGG-BN that ran every layer; give --model vgg16bn$"):
+        import_checkpoint(tmp_path / "full-curve.pt", tmp_path / "f.pt", model="vgg16bn_dnnmc", dataset="digits")
+    ran_all = _papers_curve([_vgg16bn(s).state_dict() for s in (1, 2, 3)], full, True, own_names=True)
+    torch.save({"epoch": 600, "model_state": ran_all}, tmp_path / "full-curve.pt")
+    with pytest.raises(UserError, match="a curve of a VGG-BN that ran every layer; give --model vgg16bn$"):
+        import_checkpoint(tmp_path / "full-curve.pt", tmp_path / "f.pt", model="vgg16bn_dnnmc", dataset="digits")
     with pytest.raises(UserError, match="give --model vgg16bn_dnnmc"):
         import_checkpoint(tmp_path / "curve.pt", tmp_path / "c.pt", model="vgg16bn", dataset="digits")
     out = import_checkpoint(tmp_path / "curve.pt", tmp_path / "c.pt", model="vgg16bn_dnnmc", dataset="digits")
@@ -929,7 +971,7 @@ def test_the_swa_codes_vgg_named_features_imports_by_position(tmp_path, capsys):
                tmp_path / "checkpoint-300.pt")
     out = import_checkpoint(tmp_path / "checkpoint-300.pt", tmp_path / "swa.pt", model="vgg16bn",
                             key="swa_state_dict", dataset="digits")
-    assert ("its tensors are named otherwise than model 'vgg16bn''s (features.0.weight for layer_blocks.0.0.weight"
+    assert ("its tensors are named otherwise than in model 'vgg16bn' (features.0.weight for layer_blocks.0.0.weight"
             in capsys.readouterr().err)
     assert _same(load_model(out).state_dict(), full.state_dict())
     # another architecture, with other counts: the names' mismatch, as before

@@ -875,12 +875,16 @@ def test_arc_length_mean_constant_and_varying_speed():
     t = np.array([0.0, 0.1, 0.4, 0.6, 1.0])
     values = np.array([1.0, 4.0, 2.0, 3.0, 0.5])
     plain = sum((t[i + 1] - t[i]) * (values[i] + values[i + 1]) / 2 for i in range(4)) / (t[-1] - t[0])
-    assert arc_length_mean(t, values, 3.7 * t) == pytest.approx(plain, rel=1e-12)  # a line: the time average
+    assert arc_length_mean(t, values, arc=3.7 * t) == pytest.approx(plain, rel=1e-12)  # a line: the time average
     # t = 0, 1/2, 1; values 1, 2, 3; arc length 0, 1, 4 (the second half three times as long):
     # (1 + 2)/2 * 1 + (2 + 3)/2 * 3 = 9 over the length 4
-    got = arc_length_mean(np.array([0.0, 0.5, 1.0]), np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0, 4.0]))
+    got = arc_length_mean(np.array([0.0, 0.5, 1.0]), np.array([1.0, 2.0, 3.0]), arc=np.array([0.0, 1.0, 4.0]))
     assert got == pytest.approx(9 / 4, rel=1e-12)
-    assert arc_length_mean(t, values, np.zeros(5)) == pytest.approx(plain, rel=1e-12)  # no length: time average
+    assert arc_length_mean(t, values, arc=np.zeros(5)) == pytest.approx(plain, rel=1e-12)  # no length: time average
+    with pytest.raises(TypeError):  # the speed, as earlier builds took it third, is not taken for the arc length
+        arc_length_mean(t, values, np.full(5, 3.7))
+    with pytest.raises(ValueError, match="not the speed"):
+        arc_length_mean(t, values, arc=np.full(5, 3.7))
 
 
 def test_arc_lengths_of_a_polychain_are_exact_across_its_bend():
@@ -905,7 +909,7 @@ def test_arc_lengths_of_a_polychain_are_exact_across_its_bend():
     # the arc-length mean of a metric linear in arc length s is its value at half the length
     t = np.linspace(0, 1, 5)
     s = crv.arc_lengths(t)
-    assert arc_length_mean(t, 2.0 + 5.0 * s, s) == pytest.approx(2.0 + 5.0 * (l1 + l2) / 2, rel=1e-6)
+    assert arc_length_mean(t, 2.0 + 5.0 * s, arc=s) == pytest.approx(2.0 + 5.0 * (l1 + l2) / 2, rel=1e-6)
     assert s[-1] == pytest.approx(float(crv.length()), rel=1e-6)
     bez = create_curve("bezier", space, start, end, bends=2)
     with torch.no_grad():

@@ -444,6 +444,15 @@ def test_a_store_slow_to_write_is_written_less_often_and_a_stop_keeps_every_fini
     assert writes == [2, 6]  # after the first pass; not after the next two (0 s since a 5 s write); then the stop's
     with np.load(tmp_path / "p" / STORE) as z:
         assert int(z["done"].sum()) == 6  # every finished point kept
+    writes.clear()  # a sweep that ends writes what is unsaved (its caller's own work may yet be stopped)
+    from landscape import plane as plane_module
+
+    monkeypatch.setattr(plane_module, "finish_result", lambda *a, **k: None)  # keep the store to look at
+    evaluate_plane(model, [a, b, c], data, tmp_path / "q", grid=3, points_per_pass=2)
+    with np.load(tmp_path / "q" / STORE) as z:
+        total = int(z["done"].size)
+        assert bool(z["done"].all())
+    assert writes == [2, total]
     monkeypatch.undo()
     got = evaluate_plane(model, [a, b, c], data, tmp_path / "p", grid=3, points_per_pass=2, resume=True).arrays
     whole = evaluate_plane(model, [a, b, c], data, grid=3, points_per_pass=2).arrays

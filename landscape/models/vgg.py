@@ -101,11 +101,34 @@ class VGG(nn.Module):
     def unrun_reference_key(self, key: str) -> bool:
         """Whether ``key`` of a dnn-mode-connectivity VGG-BN state dict is a layer its forward never runs
         (left out of this network with ``reference_zip``)."""
-        parts = key.split(".")
-        if not (self.reference_zip and len(parts) > 3 and parts[0] == "layer_blocks" and parts[1].isdigit()
-                and parts[2].isdigit() and int(parts[1]) < len(self.layer_blocks)):
+        return self.reference_zip and never_run_by_reference(self.depth, key)
+
+
+def never_run_by_reference(depth: int, key: str) -> bool:
+    """Whether ``key`` of a VGG-BN state dict (``layer_blocks.<block>.<j>.*``) is a layer dnn-mode-connectivity's
+    forward never runs: its block's layers past the first, one per conv."""
+    parts = key.split(".")
+    if not (len(parts) > 3 and parts[0] == "layer_blocks" and parts[1].isdigit() and parts[2].isdigit()
+            and int(parts[1]) < len(CONFIGS[depth])):
+        return False
+    return int(parts[2]) >= len(CONFIGS[depth][int(parts[1])])
+
+
+def reference_zip_state(depth: int, state: dict[str, torch.Tensor]) -> bool | None:
+    """Whether a VGG-BN state dict (keys optionally behind a CurveNet's ``net.``) is dnn-mode-connectivity's:
+    True when every batch norm its forward never runs still holds the statistics a batch norm starts with
+    (running mean 0, variance 1), False when one holds others (a network that ran every layer), None when
+    it has none of those batch norms' statistics (no batch norm, or other names)."""
+    untouched = None
+    for key, value in state.items():
+        name = key.removeprefix("net.")
+        if not (name.endswith(("running_mean", "running_var")) and never_run_by_reference(depth, name)):
+            continue
+        first = 0.0 if name.endswith("running_mean") else 1.0
+        if not bool((value == first).all()):
             return False
-        return int(parts[2]) >= len(CONFIGS[self.depth][int(parts[1])])
+        untouched = True
+    return untouched
 
 
 def _vgg(name: str, num_classes: int, input_shape: tuple[int, ...], depth: int, batch_norm: bool,
