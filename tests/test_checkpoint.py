@@ -932,10 +932,6 @@ def test_a_dnnmc_vgg_bn_is_read_as_the_network_their_forward_runs(tmp_path, caps
     torch.save({"epoch": 600, "model_state": ran_all}, tmp_path / "full-curve.pt")
     with pytest.raises(UserError, match="a curve of a VGG-BN that ran every layer; give --model vgg16bn$"):
         import_checkpoint(tmp_path / "full-curve.pt", tmp_path / "f.pt", model="vgg16bn_dnnmc", dataset="digits")
-    ran_all = _papers_curve([_vgg16bn(s).state_dict() for s in (1, 2, 3)], full, True, own_names=True)
-    torch.save({"epoch": 600, "model_state": ran_all}, tmp_path / "full-curve.pt")
-    with pytest.raises(UserError, match="a curve of a VGG-BN that ran every layer; give --model vgg16bn$"):
-        import_checkpoint(tmp_path / "full-curve.pt", tmp_path / "f.pt", model="vgg16bn_dnnmc", dataset="digits")
     with pytest.raises(UserError, match="give --model vgg16bn_dnnmc"):
         import_checkpoint(tmp_path / "curve.pt", tmp_path / "c.pt", model="vgg16bn", dataset="digits")
     out = import_checkpoint(tmp_path / "curve.pt", tmp_path / "c.pt", model="vgg16bn_dnnmc", dataset="digits")
