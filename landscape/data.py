@@ -1074,12 +1074,33 @@ def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) 
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim not in (2, 4):
         raise UserError(f"{path}: {key} has shape {x.shape}; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")
+    if x.ndim == 2 and x.dtype.itemsize >= 4 and x.dtype != np.float32:  # float64, wide integers: features
+        _refuse_lost_spread(x, key, path)
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     with np.errstate(over="ignore"):  # values beyond float32's range become inf: _read_npz tells them apart
         out = np.ascontiguousarray(x, dtype=np.float32)
     if scale != 1.0:  # uint8 pixels: out is a copy, scaled in place
         out /= scale
     return torch.from_numpy(out)
+
+
+def _refuse_lost_spread(x: np.ndarray, key: str, path: Path) -> None:
+    """One line for a feature whose values float32 (what the networks take, and what is normalised) cannot tell
+    apart: a large offset with a small spread (timestamps, coordinates), stored in float64 or wide integers,
+    would become a constant column without a word."""
+    if not len(x):
+        return
+    with np.errstate(all="ignore"):
+        wide = x.astype(np.float64)
+        spread = wide.std(axis=0)
+        level = np.abs(wide).max(axis=0)
+    lost = np.flatnonzero(np.isfinite(spread) & (spread > 0) & (level * 2.0 ** -24 > 1e-3 * spread))
+    if len(lost):
+        j = int(lost[0])
+        raise UserError(f"{path}: {key} column {j} holds values up to {level[j]:.6g} that vary by {spread[j]:.3g}, "
+                        f"finer than float32 (what the networks take) resolves there ({level[j] * 2.0 ** -24:.2g}); "
+                        f"subtract its mean in float64 before saving"
+                        + (f" ({len(lost)} such columns)" if len(lost) > 1 else ""))
 
 
 def _npz_labels(y: np.ndarray, key: str, path: Path) -> Tensor:
