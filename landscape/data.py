@@ -224,6 +224,9 @@ class Dataset:
             bad = _non_finite(getattr(self, key))
             if bad:
                 raise UserError(f"{where}: {key} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
+        if self.augment and self.x_train.dim() != 4:  # said when it is made, not at a run's first batch
+            raise UserError(f"{where}: augment=True needs (N, C, H, W) images; the inputs have shape "
+                            f"{tuple(self.x_train.shape[1:])}")
         channels = self.x_train.shape[1]
         for key in ("mean", "std"):
             value = getattr(self, key)
@@ -231,9 +234,12 @@ class Dataset:
                 setattr(self, key, value := (float(value),))  # one number for every channel
             if not isinstance(value, (tuple, list)) or not all(isinstance(v, numbers.Real) for v in value):
                 raise UserError(f"{where}: {key} must be a number or a tuple of numbers, got {value!r}")
-            if self.x_train.dim() == 4 and len(value) not in (1, channels):  # images: augmentation pads with it
+            # one a channel of images (augmentation pads with it) or a feature of vectors; sequences made in Python
+            # may record one a feature of their last dimension
+            if self.x_train.dim() in (2, 4) and len(value) not in (1, channels):
+                kind = "features" if self.x_train.dim() == 2 else "channels"
                 raise UserError(f"{where}: {key} has {len(value)} values; expected 1 or one for each of the "
-                                f"{channels} channels")
+                                f"{channels} {kind}")
             if not all(math.isfinite(v) and (key == "mean" or v > 0) for v in value):
                 raise UserError(f"{where}: {key} must be {'finite' if key == 'mean' else 'finite and positive'}, "
                                 f"got {tuple(value)!r}")
@@ -606,12 +612,12 @@ def _fitting(constants: tuple[tuple[float, ...], tuple[float, ...]], x: Tensor, 
              where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``constants`` (mean, std) for inputs like ``x`` (N, C, H, W) or (N, D): one value for all channels
     (features) or one a channel, a single value repeated to the other's length; one line otherwise."""
-    channels = x.shape[1] if x.dim() in (2, 4) else 1  # other shapes: one value for all, as their statistics
+    channels = x.shape[1] if x.dim() in (2, 3, 4) else 1  # other shapes: one value for all, as their statistics
     mean, std = constants
     if any(len(v) not in (1, channels) for v in constants):
-        kind = ("channel" if x.dim() == 4 else "feature") + ("s" if channels > 1 else "")
+        kind = ("channel" if x.dim() in (3, 4) else "feature") + ("s" if channels > 1 else "")
         what = (f"has {channels} {kind}: give --data-normalization with one value or one for each"
-                if x.dim() in (2, 4) else "holds neither images nor feature vectors: give --data-normalization "
+                if x.dim() in (2, 3, 4) else "holds neither images nor feature vectors: give --data-normalization "
                                           "with one value")
         raise UserError(f"--data-normalization {normalization} (given, or recorded with the run) has "
                         f"{max(map(len, constants))} values, but the {name} data{where} {what}")
@@ -626,11 +632,11 @@ STATISTICS_SLICE = 1 << 22
 
 
 def _statistics(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of (N, C, H, W) images, per-feature of (N, D)
+    """Per-channel mean/std of (N, C, H, W) images and (N, C, L) signals, per-feature of (N, D)
     feature vectors (standardised column by column: features on other scales
     would otherwise be drowned by the largest); a constant channel or feature
     gets std 1 so normalising never divides by 0."""
-    dims = {4: (0, 2, 3), 2: (0,)}.get(x.dim(), tuple(range(x.dim())))
+    dims = {4: (0, 2, 3), 3: (0, 2), 2: (0,)}.get(x.dim(), tuple(range(x.dim())))
     if x.numel() <= STATISTICS_WHOLE:
         std, mean = torch.std_mean(x.double(), dim=dims, correction=0)  # float64: sums over millions of pixels
     else:  # in slices of samples, each in float64 (not a float64 copy of the set): the mean, then the deviations
@@ -646,7 +652,7 @@ def _statistics(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """``x`` normalised in place (a reader's own tensor, used for nothing else: no second copy of the set)."""
-    shape = (1, -1, 1, 1) if x.dim() == 4 and len(mean) > 1 else (-1,)
+    shape = {4: (1, -1, 1, 1), 3: (1, -1, 1)}.get(x.dim(), (-1,)) if len(mean) > 1 else (-1,)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).reshape(shape)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).reshape(shape)
     return x.sub_(m).div_(s)
@@ -1041,7 +1047,8 @@ def _some(values: Sequence[int], shown: int = 5) -> str:
 
 
 def _npz_layout(archive, path: Path) -> str | None:
-    """The optional ``layout`` entry of an npz: "NCHW" or "NHWC" (None when absent)."""
+    """The optional ``layout`` entry of an npz: "NCHW" or "NHWC" for images, "NCL" or "NLC" for signals
+    (None when absent)."""
     if "layout" not in archive.files:
         return None
     try:
@@ -1049,13 +1056,14 @@ def _npz_layout(archive, path: Path) -> str | None:
         value = (value.decode("ascii") if isinstance(value, bytes) else str(value)).upper()  # np.bytes_ too
     except (ValueError, TypeError, UnicodeDecodeError):
         value = None
-    if value not in ("NCHW", "NHWC"):
-        raise UserError(f"{path}: 'layout' must be the string NCHW or NHWC")
+    if value not in ("NCHW", "NHWC", "NCL", "NLC"):
+        raise UserError(f"{path}: 'layout' must be the string NCHW or NHWC (images), NCL or NLC (signals)")
     return value
 
 
 def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) -> Tensor:
-    """(N, H, W) -> (N, 1, H, W); (N, H, W, C) -> (N, C, H, W); (N, C, H, W), (N, D) as is.
+    """(N, H, W) -> (N, 1, H, W); (N, H, W, C) -> (N, C, H, W); (N, C, H, W), (N, D) as is; with the
+    ``layout`` entry NCL or NLC, a three-dimensional array is signals: (N, C, L) as is, (N, L, C) -> (N, C, L).
 
     Without the archive's ``layout`` entry, four-dimensional inputs are read the
     one way that gives them a usual channel count (1, 3 or 4): NHWC when the last
@@ -1068,7 +1076,11 @@ def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) 
         raise UserError(f"{path}: {key} has shape {x.shape}, which may be NCHW ({x.shape[1]} channels of "
                         f"{x.shape[2]}x{x.shape[3]}) or NHWC ({x.shape[3]} channels of {x.shape[1]}x{x.shape[2]}); "
                         f"store layout='NCHW' or layout='NHWC' in the npz (np.savez(..., layout='NHWC'))")
-    if x.ndim == 3:
+    if layout in ("NCL", "NLC") and x.ndim != 3:
+        raise UserError(f"{path}: layout {layout} is for (N, C, L) signals; {key} has shape {x.shape}")
+    if x.ndim == 3 and layout in ("NCL", "NLC"):  # signals: channels, then the length
+        x = x.transpose(0, 2, 1) if layout == "NLC" else x
+    elif x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and (layout == "NHWC" or (layout is None and x.shape[3] in (1, 3, 4))):
         x = x.transpose(0, 3, 1, 2)

@@ -960,6 +960,42 @@ def test_npz_features_float32_cannot_resolve_are_refused(tmp_path):
         load_dataset("npz", tmp_path / "ids.npz")
 
 
+def test_npz_signals_with_an_ncl_or_nlc_layout_stay_signals_normalised_per_channel(tmp_path):
+    """(N, C, L) arrays were always read as (N, H, W) images: a Conv1d network got (N, 1, C, L) and the error
+    showed a shape the user never had, and a multi-channel signal shared one mean. With layout NCL / NLC they
+    are (N, C, L) signals, each channel standardised on its own; other layouts are refused in one line."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 2, 16)) * np.array([[1.0], [4.0]]) + np.array([[5.0], [-2.0]])
+    y = np.arange(50) % 3
+    np.savez(tmp_path / "ncl.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:], layout="NCL")
+    np.savez(tmp_path / "nlc.npz", x_train=x[:40].transpose(0, 2, 1), y_train=y[:40],
+             x_test=x[40:].transpose(0, 2, 1), y_test=y[40:], layout="nlc")
+    ncl, nlc = load_dataset("npz", tmp_path / "ncl.npz"), load_dataset("npz", tmp_path / "nlc.npz")
+    assert ncl.input_shape == nlc.input_shape == (2, 16) and torch.equal(ncl.x_train, nlc.x_train)
+    np.testing.assert_allclose(ncl.mean, x[:40].mean(axis=(0, 2)), rtol=1e-6)
+    np.testing.assert_allclose(ncl.std, x[:40].std(axis=(0, 2)), rtol=1e-6)
+    by_hand = (x[40:] - x[:40].mean(axis=(0, 2))[:, None]) / x[:40].std(axis=(0, 2))[:, None]
+    np.testing.assert_allclose(ncl.x_test.numpy(), by_hand, rtol=1e-5, atol=1e-5)
+    explicit = load_dataset("npz", tmp_path / "ncl.npz", normalization="1,2/3,4")  # one value a channel
+    np.testing.assert_allclose(explicit.x_test[:, 1].numpy(), (x[40:, 1] - 2) / 4, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="has 2 channels: give --data-normalization with one value or one for each"):
+        load_dataset("npz", tmp_path / "ncl.npz", normalization="1,2,3/1,1,1")
+    with pytest.raises(UserError, match=r"augment=True needs \(N, C, H, W\) images; the inputs have shape \(2, 16\)"):
+        dataclasses.replace(ncl, augment=True)
+    np.savez(tmp_path / "bad.npz", x_train=x[:40, 0], y_train=y[:40], x_test=x[40:, 0], y_test=y[40:], layout="NCL")
+    with pytest.raises(UserError, match=r"layout NCL is for \(N, C, L\) signals; x_train has shape \(40, 16\)"):
+        load_dataset("npz", tmp_path / "bad.npz")
+    np.savez(tmp_path / "odd.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:], layout="CL")
+    with pytest.raises(UserError, match="'layout' must be the string NCHW or NHWC \\(images\\), NCL or NLC"):
+        load_dataset("npz", tmp_path / "odd.npz")
+    np.savez(tmp_path / "plain.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
+    assert load_dataset("npz", tmp_path / "plain.npz").input_shape == (1, 2, 16)  # without it: images, as before
+    flat = Dataset(name="flat", x_train=torch.zeros(4, 20), y_train=torch.tensor([0, 1, 0, 1]), x_test=torch.zeros(2, 20),
+                   y_test=torch.tensor([0, 1]), num_classes=2, mean=(0.0,), std=(1.0,))
+    with pytest.raises(UserError, match="mean has 3 values; expected 1 or one for each of the 20 features"):
+        dataclasses.replace(flat, mean=(0.0, 1.0, 2.0))  # accepted before: the length was checked for images only
+
+
 def test_the_same_files_in_another_place_are_the_same_data_and_moved_files_are_named(tmp_path, capsys):
     """Runs trained on copies of one file (a scratch copy) connect; a file moved since gives one line that says
     which run's data is missing, not an option the user never gave."""
@@ -1096,7 +1132,8 @@ def test_running_out_of_memory_while_reading_the_data_says_so(tmp_path, capsys, 
                                            "memory, or a smaller dataset")
 
 
-@pytest.mark.parametrize("shape, axes", [((9000, 3, 4, 4), (0, 2, 3)), ((9000, 5), (0,)), ((9000, 5, 3), (0, 1, 2))])
+@pytest.mark.parametrize("shape, axes", [((9000, 3, 4, 4), (0, 2, 3)), ((9000, 5), (0,)), ((9000, 5, 3), (0, 2)),
+                                         ((9000, 2, 2, 2, 2), (0, 1, 2, 3, 4))])
 def test_statistics_of_a_large_set_in_slices_are_its_statistics(monkeypatch, shape, axes):
     """A set's float64 copy for its statistics was twice the set in memory (1.2 GB for CIFAR-10's): large sets
     are summed in slices of samples, to the same values as numpy's in float64."""
