@@ -898,7 +898,7 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     ``model.``) lose it first, in ``state_dict`` itself, with a note.
     """
     expected = model.state_dict()
-    _strip_wrapper_name(state_dict, expected, source)
+    _strip_wrapper_name(state_dict, expected, source, getattr(model, "unrun_reference_key", None))
     drop_unrun_layers(model, state_dict, source)
     for key, want in expected.items():
         if key in state_dict and tuple(state_dict[key].shape) != tuple(want.shape):
@@ -987,7 +987,8 @@ def _build_for(ckpt: Checkpoint, model: str | nn.Module | None, num_classes: int
     return net, name
 
 
-def _strip_wrapper_name(state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
+def _strip_wrapper_name(state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str,
+                        unrun=None) -> None:
     """Where every key of ``state_dict`` is a model key behind one shared
     leading name (``model.conv1.weight`` for ``conv1.weight``: a Lightning
     module's attribute, a wrapper of the user's own), drop that name in place
@@ -998,7 +999,8 @@ def _strip_wrapper_name(state_dict: dict[str, torch.Tensor], expected: Mapping[s
     if head is None:
         return
     needed = {k for k in expected if not k.endswith("num_batches_tracked")}
-    if needed <= set(stripped) <= set(expected):
+    held = {k for k in stripped if unrun is None or not unrun(k)}  # a *_dnnmc VGG: less the layers never run
+    if needed <= held <= set(expected):
         state_dict.clear()
         state_dict.update(stripped)
         print(f"note: {source}: every key began with '{head}.' (a Lightning module's or a wrapper's attribute); "

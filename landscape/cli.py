@@ -2417,11 +2417,14 @@ def _done_so_far(out: Path, epochs: object, unit: str = "points") -> str | None:
         counts = []
         for store in stores:  # several where a command keeps one a sweep (subspace: its sampler's and grid's)
             with np.load(store, allow_pickle=False) as z:
+                if "done" not in z.files:  # a sampler's state (subspace), not a sweep's points
+                    continue
                 done = z["done"]
             counts.append(f"{int(done.sum())} of {done.size} {unit}" + (f" in {store.name}" if len(stores) > 1 else ""))
         if counts:
             return f" ({'; '.join(counts)})"
-        phases = sorted(out.glob("*/last.pt"), key=lambda p: p.stat().st_mtime)  # simplex: a vertex a folder
+        # simplex: a vertex a folder (ESPRO: in a component's folder)
+        phases = sorted(out.rglob("last.pt"), key=lambda p: p.stat().st_mtime)
         return epoch_in(phases[-1]) if phases else None
     except Exception:  # noqa: BLE001 - a folder being written, or torn: the line goes without
         return None

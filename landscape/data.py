@@ -224,9 +224,6 @@ class Dataset:
             bad = _non_finite(getattr(self, key))
             if bad:
                 raise UserError(f"{where}: {key} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
-        if self.augment and self.x_train.dim() != 4:  # said when it is made, not at a run's first batch
-            raise UserError(f"{where}: augment=True needs (N, C, H, W) images; the inputs have shape "
-                            f"{tuple(self.x_train.shape[1:])}")
         channels = self.x_train.shape[1]
         for key in ("mean", "std"):
             value = getattr(self, key)
@@ -234,12 +231,9 @@ class Dataset:
                 setattr(self, key, value := (float(value),))  # one number for every channel
             if not isinstance(value, (tuple, list)) or not all(isinstance(v, numbers.Real) for v in value):
                 raise UserError(f"{where}: {key} must be a number or a tuple of numbers, got {value!r}")
-            # one a channel of images (augmentation pads with it) or a feature of vectors; sequences made in Python
-            # may record one a feature of their last dimension
-            if self.x_train.dim() in (2, 4) and len(value) not in (1, channels):
-                kind = "features" if self.x_train.dim() == 2 else "channels"
+            if self.x_train.dim() == 4 and len(value) not in (1, channels):  # images: augmentation pads with it
                 raise UserError(f"{where}: {key} has {len(value)} values; expected 1 or one for each of the "
-                                f"{channels} {kind}")
+                                f"{channels} channels")
             if not all(math.isfinite(v) and (key == "mean" or v > 0) for v in value):
                 raise UserError(f"{where}: {key} must be {'finite' if key == 'mean' else 'finite and positive'}, "
                                 f"got {tuple(value)!r}")
@@ -1006,6 +1000,7 @@ def _read_npz(path: Path) -> _Raw:
     if (arrays["x_train"].dtype == np.uint8) != (arrays["x_test"].dtype == np.uint8):  # one would be scaled by 1/255
         raise UserError(f"{path}: x_train is {arrays['x_train'].dtype} but x_test is {arrays['x_test'].dtype}: uint8 "
                         f"pixels are read as value / 255, other dtypes as they are; store both with one dtype")
+    _refuse_lost_spread(arrays["x_train"], arrays["x_test"], path, layout)  # before float32 loses it
     x_tr, x_te = (_npz_inputs(arrays[k], k, path, layout) for k in ("x_train", "x_test"))
     y_tr, y_te = (_npz_labels(arrays[k], k, path) for k in ("y_train", "y_test"))
     for x, y, kx, ky in ((x_tr, y_tr, "x_train", "y_train"), (x_te, y_te, "x_test", "y_test")):
@@ -1086,8 +1081,6 @@ def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) 
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim not in (2, 4):
         raise UserError(f"{path}: {key} has shape {x.shape}; expected (N, D), (N, H, W), (N, C, H, W) or (N, H, W, C)")
-    if x.ndim == 2 and x.dtype.itemsize >= 4 and x.dtype != np.float32:  # float64, wide integers: features
-        _refuse_lost_spread(x, key, path)
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     with np.errstate(over="ignore"):  # values beyond float32's range become inf: _read_npz tells them apart
         out = np.ascontiguousarray(x, dtype=np.float32)
@@ -1096,23 +1089,36 @@ def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) 
     return torch.from_numpy(out)
 
 
-def _refuse_lost_spread(x: np.ndarray, key: str, path: Path) -> None:
-    """One line for a feature whose values float32 (what the networks take, and what is normalised) cannot tell
-    apart: a large offset with a small spread (timestamps, coordinates), stored in float64 or wide integers,
-    would become a constant column without a word."""
-    if not len(x):
-        return
+def _refuse_lost_spread(x_train: np.ndarray, x_test: np.ndarray, path: Path, layout: str | None) -> None:
+    """One line for a feature (a signal's channel) whose values float32, what the networks take and what is
+    normalised, would lose: stored in float64 or wide integers with a large offset and a small spread (a
+    timestamp around 1e9 varying by seconds), it became a constant column without a word. Lost: float32's
+    step at the values' size (both splits') above a tenth of the training split's spread, which the inputs
+    are normalised by. Summed in slices of samples, without a float64 copy of the set."""
+    wide = [x for x in (x_train, x_test) if x.dtype.itemsize >= 4 and x.dtype != np.float32 and x.dtype.kind in "iuf"]
+    axis = {2: 1, 3: {"NCL": 1, "NLC": 2}.get(layout or "")}.get(x_train.ndim)
+    if not wide or axis is None or not len(x_train) or x_test.shape[1:] != x_train.shape[1:]:
+        return  # (other sample shapes are refused after)
+    rest = tuple(a for a in range(x_train.ndim) if a != axis)
+    rows = max(1, (1 << 22) // max(1, x_train[0].size))
     with np.errstate(all="ignore"):
-        wide = x.astype(np.float64)
-        spread = wide.std(axis=0)
-        level = np.abs(wide).max(axis=0)
-    lost = np.flatnonzero(np.isfinite(spread) & (spread > 0) & (level * 2.0 ** -24 > 1e-3 * spread))
+        parts = [np.asarray(x_train[i:i + rows], dtype=np.float64) for i in range(0, len(x_train), rows)]
+        count = len(x_train) * (x_train[0].size // x_train.shape[axis])
+        mean = sum(part.sum(axis=rest) for part in parts) / count
+        centre = np.expand_dims(mean, rest)
+        spread = np.sqrt(sum(np.square(part - centre).sum(axis=rest) for part in parts) / count)
+        level = np.maximum.reduce([np.abs(np.asarray(x[i:i + rows], dtype=np.float64)).max(axis=rest)
+                                   for x in (x_train, x_test) for i in range(0, len(x), rows) if len(x)])
+    step = level * 2.0 ** -23  # float32's spacing at that size (at most)
+    lost = np.flatnonzero(np.isfinite(spread) & (spread > 0) & (step > spread / 10))
     if len(lost):
         j = int(lost[0])
-        raise UserError(f"{path}: {key} column {j} holds values up to {level[j]:.6g} that vary by {spread[j]:.3g}, "
-                        f"finer than float32 (what the networks take) resolves there ({level[j] * 2.0 ** -24:.2g}); "
-                        f"subtract its mean in float64 before saving"
-                        + (f" ({len(lost)} such columns)" if len(lost) > 1 else ""))
+        what = "column" if x_train.ndim == 2 else "channel"
+        raise UserError(f"{path}: {what} {j} of the inputs holds values up to {level[j]:.6g} in size that vary by "
+                        f"{spread[j]:.3g} in x_train; float32, which the networks take, steps by {step[j]:.2g} there "
+                        f"and would lose them: subtract one constant from that {what} in both splits (its x_train "
+                        f"mean, in float64) before saving"
+                        + (f" ({len(lost)} such {what}s)" if len(lost) > 1 else ""))
 
 
 def _npz_labels(y: np.ndarray, key: str, path: Path) -> Tensor:

@@ -906,6 +906,17 @@ def test_a_dnnmc_vgg_bn_is_read_as_the_network_their_forward_runs(tmp_path, caps
     with pytest.raises(UserError, match=r"mine\.pt: the layers dnn-mode-connectivity's VGG16BN never runs hold trained "
                                         r"batch-norm statistics here .* give --model vgg16bn$"):
         load_model(tmp_path / "mine.pt", "vgg16bn_dnnmc", num_classes=10, input_shape=(1, 8, 8))
+    # a vgg16bn never trained (every batch norm as it started) cannot be told by contents: read as named
+    fresh = create_model("vgg16bn", num_classes=10, input_shape=(1, 8, 8)).eval()
+    torch.save({"epoch": 0, "model_state": fresh.state_dict()}, tmp_path / "fresh.pt")
+    load_model(tmp_path / "fresh.pt", "vgg16bn", num_classes=10, input_shape=(1, 8, 8))
+    # behind a wrapper's leading name (Lightning's model.): told and read alike
+    torch.save({"state_dict": {f"model.{k}": v for k, v in full.state_dict().items()}}, tmp_path / "wrapped.pt")
+    with pytest.raises(UserError, match="give --model vgg16bn_dnnmc"):
+        load_model(tmp_path / "wrapped.pt", "vgg16bn", num_classes=10, input_shape=(1, 8, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "wrapped.pt", "vgg16bn_dnnmc", num_classes=10,
+                                              input_shape=(1, 8, 8))(x), want, rtol=0, atol=1e-6)
     # their VGG16 without batch norm is not this case: the ordinary mismatch, not a pointer to vgg16bn_dnnmc
     plain = create_model("vgg16", num_classes=10, input_shape=(1, 8, 8))
     torch.save({"epoch": 5, "model_state": plain.state_dict()}, tmp_path / "plain.pt")

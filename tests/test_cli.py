@@ -1365,3 +1365,13 @@ def test_the_stop_line_counts_every_store_and_a_simplex_vertexs_epoch(tmp_path):
     torch.save({"train_state": {"epoch": 2}}, sx / "last.pt")  # a run's own last.pt comes first
     assert cli._done_so_far(sx, None) == " (epoch 2 in last.pt)"
     assert cli._done_so_far(tmp_path / "nothing", 4) is None
+    sub = tmp_path / "sub"  # subspace: its sampler's store holds no points' flags, its grid's does
+    sub.mkdir()
+    np.savez(sub / "sweep.partial.npz", key=np.array("k"), z=np.zeros((3, 2)))
+    assert cli._done_so_far(sub, None) is None
+    np.savez(sub / "grid.partial.npz", done=np.array([True, False]))
+    assert cli._done_so_far(sub, None) == " (1 of 2 points in grid.partial.npz)"
+    espro = tmp_path / "espro" / "component-2" / "vertex-1"
+    espro.mkdir(parents=True)
+    torch.save({"train_state": {"epoch": 4}}, espro / "last.pt")
+    assert cli._done_so_far(tmp_path / "espro", 6) == " (epoch 4 of 6 in component-2/vertex-1/last.pt)"

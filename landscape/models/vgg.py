@@ -115,20 +115,23 @@ def never_run_by_reference(depth: int, key: str) -> bool:
 
 
 def reference_zip_state(depth: int, state: dict[str, torch.Tensor]) -> bool | None:
-    """Whether a VGG-BN state dict (keys optionally behind a CurveNet's ``net.``) is dnn-mode-connectivity's:
-    True when every batch norm its forward never runs still holds the statistics a batch norm starts with
-    (running mean 0, variance 1), False when one holds others (a network that ran every layer), None when
-    it has none of those batch norms' statistics (no batch norm, or other names)."""
-    untouched = None
+    """Whether a VGG-BN state dict is dnn-mode-connectivity's (keys optionally behind one leading name: a
+    CurveNet's ``net.``, a wrapper's ``model.``): True when every batch norm its forward never runs still holds
+    the statistics a batch norm starts with (running mean 0, variance 1) while one it runs holds others, False
+    when a never-run one holds others (a network that ran every layer), None when that cannot be told (no
+    such statistics, other names, or a network never trained, every batch norm as it started)."""
+    never, ran = [], []
     for key, value in state.items():
-        name = key.removeprefix("net.")
-        if not (name.endswith(("running_mean", "running_var")) and never_run_by_reference(depth, name)):
+        name = key if key.startswith("layer_blocks.") else key.split(".", 1)[-1]
+        if not (name.startswith("layer_blocks.") and name.endswith(("running_mean", "running_var"))):
             continue
         first = 0.0 if name.endswith("running_mean") else 1.0
-        if not bool((value == first).all()):
-            return False
-        untouched = True
-    return untouched
+        (never if never_run_by_reference(depth, name) else ran).append(bool((value == first).all()))
+    if not never:
+        return None
+    if not all(never):
+        return False
+    return True if ran and not all(ran) else None
 
 
 def _vgg(name: str, num_classes: int, input_shape: tuple[int, ...], depth: int, batch_norm: bool,
