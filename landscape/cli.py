@@ -1210,7 +1210,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from landscape.ensemble import evaluate_ensemble
 
     result = evaluate_ensemble(args.checkpoints, args.out, model=args.model, model_kwargs=dict(args.model_kwargs),
-                               data_overrides=_data_overrides(args), device=args.device, batch_size=args.batch_size)
+                               data_overrides=_data_overrides(args), device=args.device, batch_size=args.batch_size,
+                               resume=args.resume)
     s = result.summary
     _print_ensemble(s)
     w = s["weight_average"]
@@ -1912,6 +1913,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="accepted as by every command (ensemble shows no progress)")
+    p.add_argument("--resume", action="store_true", help="show the result --out holds for the same members and data")
     add_data_args(p, inherit=True)
     add_model_args(p, default=None)
     p.set_defaults(func=cmd_ensemble)

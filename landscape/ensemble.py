@@ -16,12 +16,13 @@ import torch
 
 from .averaging import nll_of, predict_log_probs
 from .bn import bn_modules
-from .checkpoint import claim_folder, load_model, write_json
+from .checkpoint import claim_folder, load_model, read_json, stored_config, write_json
 from .data import Dataset
 from .errors import UserError
 from .evaluate import evaluate_points
 from .inputs import load_points, note_same_weights
 from .metrics import PROB_FLOOR, ensemble_metrics, expected_calibration_error
+from .sweep import request_key
 
 __all__ = ["EnsembleResult", "agreement", "evaluate_ensemble"]
 
@@ -44,19 +45,34 @@ def agreement(ensemble: np.ndarray, single: np.ndarray) -> dict[str, float]:
 
 def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None, *, model: str | None = None,
                       model_kwargs: dict | None = None, data_overrides: dict | None = None,
-                      device: str = "auto", batch_size: int = 1000, data: Dataset | None = None) -> EnsembleResult:
+                      device: str = "auto", batch_size: int = 1000, data: Dataset | None = None,
+                      resume: bool = False) -> EnsembleResult:
     """Test error and NLL of every member (with its own batch-norm statistics),
     of their averaged predicted probabilities, and of their weight average
     (batch norm re-estimated on the training data). ``data``: the
     :class:`~landscape.data.Dataset` the networks were trained on with
-    ``data=`` (:func:`~landscape.inputs.load_points`)."""
+    ``data=`` (:func:`~landscape.inputs.load_points`). ``resume``: a folder
+    holding the result of the same members (their weights) on the same data
+    returns it as stored; of others, it is refused."""
     out = Path(out) if out is not None else None
     claim_folder(out, "ensemble")  # before the work: a bad --out loses nothing
-    if out is not None and (out / "summary.json").exists():
-        raise UserError(f"{out} already holds an ensemble result (summary.json); choose another --out")
+    finished = out is not None and (out / "summary.json").exists()
+    if finished and not resume:
+        raise UserError(f"{out} already holds an ensemble result (summary.json); choose another --out (--resume "
+                        f"shows it)")
     pts = load_points(paths, model=model, model_kwargs=model_kwargs, data_overrides=data_overrides, device=device,
                       data=data)
     data, labels = pts.data, pts.data.y_test.cpu().numpy()
+    request = request_key(pts.vectors, {"kind": "ensemble", "dataset": data.describe()})
+    if finished:
+        stored = read_json(out / "summary.json")
+        same = isinstance(stored, dict) and stored.get("request") == str(request)
+        if isinstance(stored, dict) and "request" not in stored:  # an earlier build's: the same files, the same data
+            config = stored_config(out) or {}
+            same = config.get("checkpoints") == [str(p) for p in paths] and stored.get("dataset") == data.describe()
+        if not same:
+            raise UserError(f"{out} holds an ensemble result of other members or other data; choose another --out")
+        return EnsembleResult(summary=stored, out=out)
     note_same_weights(pts.vectors, paths, "that network counts twice in the ensemble")
     posteriors = [str(p) for p, ck in zip(paths, pts.checkpoints) if ck.kind == "variational"]
     if posteriors:  # as connect says it: the member is one network, not the posterior's average
@@ -109,6 +125,7 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
         "dataset": data.describe(),
+        "request": str(request),  # the members' weights and the data: what --resume answers
         "notes": "members use their own batch-norm statistics; the ensemble averages predicted probabilities; "
                  "the weight average re-estimates batch norm on the training data (bn_reestimated: the members and "
                  "their ensemble with it re-estimated likewise); agreement: the share of test "

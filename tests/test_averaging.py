@@ -330,9 +330,17 @@ def test_ensemble_of_checkpoints(tmp_path, small_digits, endpoint):
         assert m["test_error"] == pytest.approx(ensemble_metrics(p[None], full.y_test.numpy())["error"])
     assert (tmp_path / "ens" / "summary.json").exists()
     stored = (tmp_path / "ens" / "summary.json").read_bytes()
-    with pytest.raises(UserError, match="already holds an ensemble result"):  # not silently replaced
+    with pytest.raises(UserError, match=r"already holds an ensemble result \(summary.json\); choose another --out "
+                                        r"\(--resume shows it\)"):  # not silently replaced
         evaluate_ensemble(paths[::-1], tmp_path / "ens", data_overrides={"dataset": "digits"})
     assert (tmp_path / "ens" / "summary.json").read_bytes() == stored
+    # --resume shows the stored result of the same members on the same data, and refuses other members
+    again = evaluate_ensemble(paths, tmp_path / "ens", data_overrides={"dataset": "digits"}, resume=True).summary
+    assert again == s and (tmp_path / "ens" / "summary.json").read_bytes() == stored
+    with pytest.raises(UserError, match="holds an ensemble result of other members or other data"):
+        evaluate_ensemble([paths[0], paths[0]], tmp_path / "ens", data_overrides={"dataset": "digits"}, resume=True)
+    with pytest.raises(UserError, match="holds an ensemble result of other members or other data"):
+        evaluate_ensemble(paths, tmp_path / "ens", data_overrides={"dataset": "digits", "val_size": 100}, resume=True)
     assert {"test_error", "test_nll", "train_loss"} <= s["weight_average"].keys()
     assert s["ensemble"]["test_ece"] == pytest.approx(want["ece"], abs=1e-3)
     # the weight average's own predictions, formed here: the mean of the weights, batch norm re-estimated

@@ -616,7 +616,7 @@ def test_ctrl_c_advises_resume_only_where_the_command_has_it(tmp_path, capsys, m
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
-    for folder in ("p", "runs/demo", "e", "locked", "q", "r"):
+    for folder in ("p", "runs/demo", "e", "locked", "q", "r", "e2"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / ("config.json" if folder != "locked" else ".landscape.lock")).write_text("{}")
     np.savez(tmp_path / "q" / "sweep.partial.npz", done=np.array([True, True, False]), key="k")  # a sweep's store
@@ -630,7 +630,10 @@ def test_ctrl_c_advises_resume_only_where_the_command_has_it(tmp_path, capsys, m
                         "to start it"),
                        (["demo", "--out", "runs/demo"],
                         "interrupted; files written so far are kept — rerun the same command: finished steps are reused"),
-                       (["ensemble", "a.pt", "b.pt", "--out", "e"], "interrupted; files written so far are kept"),
+                       (["ensemble", "a.pt", "b.pt", "--out", "e"],  # it takes --resume (shows a finished one)
+                        "interrupted; nothing was computed yet (only config.json was written) — rerun with --resume "
+                        "to start it"),
+                       (["plot", "x", "y", "--out", "e2"], "interrupted; files written so far are kept"),
                        (["plane", "--points", "a.pt", "b.pt", "c.pt", "--out", "q"],
                         "interrupted; files written so far are kept (2 of 3 points) — rerun with --resume to "
                         "continue"),
