@@ -706,6 +706,9 @@ def _report_rays(args: argparse.Namespace) -> int:
     return 0
 
 
+VALLEY_SAMPLES = 10  # samples further apart than a tenth of the valley: its figures are the sampling's too
+
+
 def _print_valley(v: dict[str, Any]) -> None:
     """The line's valley (rays.line_valley) and where the two centres sit in it."""
     a, b = v["points"]
@@ -721,6 +724,10 @@ def _print_valley(v: dict[str, Any]) -> None:
           f"train loss within {v['rise']:g} of its minimum {_fixed(v['minimum_train_loss'], 4)} (at "
           f"{v['minimum_at']:.3g}) from {span}; {where}; train loss at the line's ends "
           f"{a['loss_beyond']:.4g} beyond {a['label']}, {b['loss_beyond']:.4g} beyond {b['label']}")
+    gap, lo, hi = v.get("largest_gap"), v["from"], v["to"]
+    if isinstance(gap, float) and lo is not None and hi is not None and gap > (hi - lo) / VALLEY_SAMPLES:
+        print(f"note: the line's samples are up to {gap:.3g} apart across the valley, {hi - lo:.3g} wide: its edges, "
+              f"the offsets and its lowest point move with the sampling; more --steps resolve it")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -85,7 +85,9 @@ def line_valley(distance: np.ndarray, values: np.ndarray, rise: float, marks: Se
     (S,) increasing, ``values`` (S,) the train loss; the valley is the
     interval around the profile's lowest sample where the loss stays below
     that minimum + ``rise`` (:func:`side_widths` from the minimum; an end is
-    null where the loss never rises that much within the line). For each
+    null where the loss never rises that much within the line), with the
+    number of samples in it and the largest gap between samples across it
+    (its edges are interpolated, its minimum a sample: the resolution). For each
     mark (a centre's distance) its offset from the valley's middle, also
     as a fraction of the half-width (-1 and 1: the valley's edges), and the
     loss at the line's end beyond it (the lowest of several marks faces the
@@ -108,9 +110,15 @@ def line_valley(distance: np.ndarray, values: np.ndarray, rise: float, marks: Se
                        "relative_offset": float((mark - middle) / half) if bounded and half > 0 else None,
                        "loss_beyond": float(values[int(np.argmin(np.abs(distance - beyond_end)))]),
                        "beyond_at": beyond_end})
+    # how finely the line resolves it: its edges are interpolated between samples, its lowest point is one
+    inside = (distance >= lo) & (distance <= hi)
+    cover = np.flatnonzero(inside)
+    if len(cover):
+        cover = np.arange(max(cover[0] - 1, 0), min(cover[-1] + 1, len(distance) - 1) + 1)  # a sample past each edge
+    gap = float(np.diff(distance[cover]).max()) if len(cover) > 1 else None
     return {"rise": float(rise), "minimum_at": float(distance[low]), "minimum_train_loss": float(values[low]),
             "from": float(lo) if np.isfinite(lo) else None, "to": float(hi) if np.isfinite(hi) else None,
-            "points": points}
+            "samples": int(inside.sum()), "largest_gap": gap, "points": points}
 
 
 def _finite_median(values: np.ndarray) -> float | None:

@@ -663,6 +663,7 @@ def test_a_lines_valley_and_where_points_sit_in_it():
     assert b["offset_from_middle"] == pytest.approx(-1 - mid, abs=1e-6)
     assert (a["beyond_at"], a["loss_beyond"]) == (4.0, pytest.approx(16.5))  # a sits right of the middle
     assert (b["beyond_at"], b["loss_beyond"]) == (-4.0, pytest.approx(2.1))
+    assert got["largest_gap"] == pytest.approx(0.001) and got["samples"] == int(((s >= lo) & (s <= hi)).sum())
     open_left = line_valley(s, v, 3.0, [0.0], ["a"])  # 0.1 s^2 never reaches 3 within 4: that end is open
     assert open_left["from"] is None and open_left["to"] == pytest.approx(3 ** 0.5, abs=1e-6)
     assert open_left["points"][0]["relative_offset"] is None
@@ -674,6 +675,20 @@ def test_a_lines_valley_and_where_points_sit_in_it():
     walls[2] = 1.0  # a valley narrower than one step: both neighbours rise past the rise
     narrow = line_valley(np.arange(5.0) - 2, walls, 0.5, [0.0], ["a"])
     assert narrow["from"] == narrow["to"] == 0.0 and narrow["points"][0]["relative_offset"] is None
+
+
+def test_a_valley_the_line_samples_coarsely_says_so(capsys):
+    """width's valley came out -0.50 to 1.19 at --steps 5 and -1.28 to 1.97 at 60, its offsets moving too, with no
+    word: its edges are interpolated between samples 2.1 apart. The summary keeps the largest gap across the
+    valley, and the printout notes a gap over a tenth of its width."""
+    for n, noted in ((9, True), (801, False)):
+        s = np.linspace(-4, 4, n)  # samples 1.0 apart, then 0.01
+        got = line_valley(s, s ** 2 + 0.5, 2.0, [0.0, 1.0], ["SWA", "SGD"])
+        gap = float(np.diff(s).max())
+        assert got["largest_gap"] == pytest.approx(gap)
+        cli._print_valley(got)
+        out = capsys.readouterr().out
+        assert ("note: the line's samples are up to 1 apart across the valley, " in out) == noted, out
 
 
 def test_side_widths_never_rising_is_infinite_and_the_first_crossing_counts():
