@@ -1101,16 +1101,23 @@ def _refuse_lost_spread(x_train: np.ndarray, x_test: np.ndarray, path: Path, lay
         return  # (other sample shapes are refused after)
     rest = tuple(a for a in range(x_train.ndim) if a != axis)
     rows = max(1, (1 << 22) // max(1, x_train[0].size))
+
+    def slices(x: np.ndarray):  # one float64 slice at a time
+        return (np.asarray(x[i:i + rows], dtype=np.float64) for i in range(0, len(x), rows))
+
     with np.errstate(all="ignore"):
-        parts = [np.asarray(x_train[i:i + rows], dtype=np.float64) for i in range(0, len(x_train), rows)]
         count = len(x_train) * (x_train[0].size // x_train.shape[axis])
-        mean = sum(part.sum(axis=rest) for part in parts) / count
+        mean = sum(part.sum(axis=rest) for part in slices(x_train)) / count
         centre = np.expand_dims(mean, rest)
-        spread = np.sqrt(sum(np.square(part - centre).sum(axis=rest) for part in parts) / count)
-        level = np.maximum.reduce([np.abs(np.asarray(x[i:i + rows], dtype=np.float64)).max(axis=rest)
-                                   for x in (x_train, x_test) for i in range(0, len(x), rows) if len(x)])
-    step = level * 2.0 ** -23  # float32's spacing at that size (at most)
-    lost = np.flatnonzero(np.isfinite(spread) & (spread > 0) & (step > spread / 10))
+        spread = np.sqrt(sum(np.square(part - centre).sum(axis=rest) for part in slices(x_train)) / count)
+        level = np.maximum.reduce([np.abs(part).max(axis=rest) for x in (x_train, x_test) if len(x)
+                                   for part in slices(x)])
+        step = np.spacing(level.astype(np.float32)).astype(np.float64)  # float32's spacing at that size
+    # non-finite values and values beyond float32's range get their own lines later; integers float32 holds
+    # exactly (below 2**24) lose nothing
+    fits = np.isfinite(level) & (level < np.finfo(np.float32).max)
+    exact = all(x.dtype.kind in "iu" for x in wide) & (level <= 2 ** 24)
+    lost = np.flatnonzero(fits & ~exact & np.isfinite(spread) & (spread > 0) & (step > spread / 10))
     if len(lost):
         j = int(lost[0])
         what = "column" if x_train.ndim == 2 else "channel"

@@ -63,7 +63,12 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
     pts = load_points(paths, model=model, model_kwargs=model_kwargs, data_overrides=data_overrides, device=device,
                       data=data)
     data, labels = pts.data, pts.data.y_test.cpu().numpy()
-    request = request_key(pts.vectors, {"kind": "ensemble", "dataset": data.describe()})
+    # every member's tensors, batch-norm statistics included (its own statistics give its rows), and its network
+    held = [torch.cat([t.detach().flatten().float().cpu() for t in ck.state_dict.values() if t.is_floating_point()])
+            for ck in pts.checkpoints]
+    request = request_key(held, {"kind": "ensemble", "dataset": data.describe(),
+                                 "models": [ck.model if ck.model is not None else model for ck in pts.checkpoints],
+                                 "model_kwargs": model_kwargs or {}})
     if finished:
         stored = read_json(out / "summary.json")
         same = isinstance(stored, dict) and stored.get("request") == str(request)

@@ -341,6 +341,14 @@ def test_ensemble_of_checkpoints(tmp_path, small_digits, endpoint):
         evaluate_ensemble([paths[0], paths[0]], tmp_path / "ens", data_overrides={"dataset": "digits"}, resume=True)
     with pytest.raises(UserError, match="holds an ensemble result of other members or other data"):
         evaluate_ensemble(paths, tmp_path / "ens", data_overrides={"dataset": "digits", "val_size": 100}, resume=True)
+    ck = load_checkpoint(paths[0])  # the same weights with other batch-norm statistics: other members' rows
+    moved = {k: v + 3 if k.endswith("running_mean") else v for k, v in ck.state_dict.items()}
+    from landscape.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "moved.pt", moved, ck.model, meta=ck.meta)
+    with pytest.raises(UserError, match="holds an ensemble result of other members or other data"):
+        evaluate_ensemble([tmp_path / "moved.pt", paths[1]], tmp_path / "ens", data_overrides={"dataset": "digits"},
+                          resume=True)
     assert {"test_error", "test_nll", "train_loss"} <= s["weight_average"].keys()
     assert s["ensemble"]["test_ece"] == pytest.approx(want["ece"], abs=1e-3)
     # the weight average's own predictions, formed here: the mean of the weights, batch norm re-estimated

@@ -949,7 +949,7 @@ def test_npz_features_float32_would_lose_are_refused_and_the_others_read(tmp_pat
     x[:, 2] = 1e8 + 3.0 * (2 * y - 1) + 0.3 * rng.normal(size=200)
     np.savez(tmp_path / "big.npz", x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
     with pytest.raises(UserError, match=r"big\.npz: column 2 of the inputs holds values up to 1e\+08 in size that "
-                                        r"vary by 3 in x_train; float32, which the networks take, steps by 12 there "
+                                        r"vary by 3 in x_train; float32, which the networks take, steps by 8 there "
                                         r"and would lose them: subtract one constant from that column in both splits"):
         load_dataset("npz", tmp_path / "big.npz")
     x[:, 2] -= 1e8
@@ -967,6 +967,18 @@ def test_npz_features_float32_would_lose_are_refused_and_the_others_read(tmp_pat
     year[:, 1] = 1.7e9 + rng.uniform(0, 3.2e7, 200)
     np.savez(tmp_path / "kept.npz", x_train=year, y_train=y, x_test=kept, y_test=y)
     assert load_dataset("npz", tmp_path / "kept.npz").input_shape == (2,)
+    # ids float32 holds exactly (below 2**24) however close; a column at 1e6 varying by 1 (float32 steps by 0.0625)
+    close = np.stack([16_000_000 + np.arange(200) % 10, 9_000_000 + np.arange(200) % 5], axis=1).astype(np.int64)
+    np.savez(tmp_path / "close.npz", x_train=close, y_train=y, x_test=close[:20], y_test=y[:20])
+    assert load_dataset("npz", tmp_path / "close.npz").input_shape == (2,)
+    near = np.stack([1e6 + rng.normal(size=200), rng.normal(size=200)], axis=1)
+    np.savez(tmp_path / "near.npz", x_train=near, y_train=y, x_test=near[:20], y_test=y[:20])
+    assert load_dataset("npz", tmp_path / "near.npz").input_shape == (2,)
+    inf_test = near[:20].copy()
+    inf_test[0, 1] = np.inf  # the non-finite value's own line, not this one's
+    np.savez(tmp_path / "inf.npz", x_train=near, y_train=y, x_test=inf_test, y_test=y[:20])
+    with pytest.raises(UserError, match="non-finite"):
+        load_dataset("npz", tmp_path / "inf.npz")
     signals = rng.normal(size=(200, 2, 8))
     signals[:, 0] += 1e8
     np.savez(tmp_path / "sig.npz", x_train=signals, y_train=y, x_test=signals[:20], y_test=y[:20], layout="NCL")

@@ -521,11 +521,11 @@ def plot_plane_result(ax, arrays: dict[str, np.ndarray], summary: dict, metric: 
     if path_label and isinstance(off, (int, float)) and off > PATH_OFF_SHARE * extent:  # bends the plane lacks
         path_label = f"{path_label}\n(projected: up to {off:.2g} off the plane)"  # two lines: a column's width
     mark_labels = summary.get("mark_labels")
-    if mark_labels:  # a mark off the plane is drawn at its projection, where the contours are not its loss
-        away = {m.get("label"): m.get("distance_from_plane") for m in summary.get("marks") or []
-                if isinstance(m, dict)}
-        mark_labels = [f"{name} ({away[name]:.3g} off the plane)" if isinstance(away.get(name), (int, float))
-                       and away[name] > PATH_OFF_SHARE * extent else name for name in mark_labels]
+    marks = summary.get("marks") or []
+    if mark_labels and len(marks) == len(mark_labels):  # off the plane: drawn at its projection, not at its loss
+        away = [m.get("distance_from_plane") if isinstance(m, dict) else None for m in marks]  # by position:
+        mark_labels = [f"{name}\n({d:.3g} off the plane)" if isinstance(d, (int, float))  # labels may repeat
+                       and d > PATH_OFF_SHARE * extent else name for name, d in zip(mark_labels, away)]
     plot_plane_points(ax, arrays["anchor_xy"], summary.get("anchor_labels"),
                       path_xy=arrays.get("path_xy"), path_label=path_label,
                       mark_xy=arrays.get("mark_xy"), mark_labels=mark_labels,
