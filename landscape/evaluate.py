@@ -561,7 +561,8 @@ _MALLOC_TUNED = False
 def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, strategy: str) -> int:
     """Points per data pass from the free memory and the model's size.
 
-    The loop strategy holds K copies of the weights; vmap also holds K sets
+    The loop strategy holds K copies of the weights, which save it no time:
+    no more than keep them under :data:`LOOP_WEIGHT_BYTES`; vmap also holds K sets
     of the activations alive at once, :func:`_live_bytes` of a probe forward.
     A pass that runs out of memory all the same is split
     (:func:`evaluate_points`).
@@ -569,6 +570,8 @@ def choose_points_per_pass(model: nn.Module, data, batch_size: int, numel: int, 
     budget = _memory_budget(data.device)
     per_point = 4 * numel * 3  # the point's weights, its batched view, headroom
     most = 256
+    if strategy == "loop":
+        most = min(most, LOOP_WEIGHT_BYTES // (LOOP_BYTES_PER_WEIGHT * max(numel, 1)))
     if strategy == "vmap":
         probe = _probe_forward(model, data)
         per_point += _live_bytes(probe, batch_size)
@@ -593,7 +596,7 @@ def default_points_per_pass(model: nn.Module, data, bn_stats: str, batch_size: i
     nothing (measured on the digits CNN: 64 points take the same time at K
     = 1, 8 and 256): it takes at most :data:`LOOP_POINTS_PER_PASS`, no more
     than keep the points' weights under :data:`LOOP_WEIGHT_BYTES` (a 25M-parameter
-    network: 2 points, not 8 at 350 MB each), and no
+    network: 2 points, not 8 at 350 MB each: :func:`choose_points_per_pass`), and no
     more than keep a pass's layer outputs (every image's, train and test) under
     :data:`LOOP_PASS_BYTES`, so that a sweep stores its progress every few
     points, or every point where a point takes a minute (8 on the digits, 4
@@ -606,8 +609,7 @@ def default_points_per_pass(model: nn.Module, data, bn_stats: str, batch_size: i
         return k
     images = len(data.y_train) * (2 if bn_stats == "batches" else 1) + len(data.y_test)
     per_point = _probe_forward(model, data).output_bytes * images
-    weights = LOOP_WEIGHT_BYTES // (LOOP_BYTES_PER_WEIGHT * max(ParamSpace.of(model).numel, 1))
-    return max(1, min(k, LOOP_POINTS_PER_PASS, int(LOOP_PASS_BYTES // max(per_point, 1.0)), int(weights)))
+    return max(1, min(k, LOOP_POINTS_PER_PASS, int(LOOP_PASS_BYTES // max(per_point, 1.0))))
 
 
 LIVE_COPIES = 8
