@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -743,25 +743,31 @@ def refuse_reference_vgg_bn(source: str | os.PathLike, model_name: str, state: M
     raise UserError(f"{source}: {why}; give --model {model_name}_dnnmc, the network it trained")
 
 
-def drop_unrun_layers(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Leave out, in place and with a note, the tensors of a reference file's layers that ``model`` (a
-    ``*_dnnmc`` VGG) does not hold because the reference code's forward never ran them; refused where their
-    batch norms hold trained statistics (a network that ran every layer)."""
+def unrun_layers(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike,
+                 what: str = "") -> list[str]:
+    """The keys of ``state`` (a reference file's tensors, by the model's names) that ``model``, a ``*_dnnmc``
+    VGG, does not hold because dnn-mode-connectivity's forward never ran them, said in a note; refused where
+    their batch norms hold trained statistics (``what`` a VGG-BN that ran every layer: "a curve of ")."""
     unrun = getattr(model, "unrun_reference_key", None)
-    dropped = [k for k in state_dict if unrun is not None and unrun(k)]
-    if not dropped:
-        return
-    from .models.vgg import reference_zip_state
+    left = [k for k in state if unrun is not None and unrun(k)]
+    if not left:
+        return left
+    from .models.vgg import reference_zip_state  # local: the models import nothing from here
 
-    if reference_zip_state(model.depth, {k: state_dict[k] for k in dropped}) is False:
+    if reference_zip_state(model.depth, {k: state[k] for k in left}) is False:
         raise UserError(f"{source}: the layers dnn-mode-connectivity's VGG{model.depth}BN never runs hold trained "
-                        f"batch-norm statistics here (e.g. {dropped[0]}): a VGG-BN that ran every layer; give "
+                        f"batch-norm statistics here (e.g. {left[0]}): {what}a VGG-BN that ran every layer; give "
                         f"--model vgg{model.depth}bn")
-    for k in dropped:
-        del state_dict[k]
     if os.environ.get("RANK", "0") == "0":  # said once under torchrun
-        print(f"note: {source}: {len(dropped)} tensors of layers dnn-mode-connectivity's forward never runs "
-              f"(e.g. {dropped[0]}) are left out", file=sys.stderr)
+        print(f"note: {source}: {len(left)} tensors of layers dnn-mode-connectivity's forward never runs "
+              f"(e.g. {left[0]}) are left out", file=sys.stderr)
+    return left
+
+
+def drop_unrun_layers(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """:func:`unrun_layers` left out of ``state_dict``, in place."""
+    for k in unrun_layers(model, state_dict, source):
+        del state_dict[k]
 
 
 def is_papers_curve(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -988,11 +994,13 @@ def _build_for(ckpt: Checkpoint, model: str | nn.Module | None, num_classes: int
 
 
 def _strip_wrapper_name(state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str,
-                        unrun=None) -> None:
+                        unrun: Callable[[str], bool] | None = None) -> None:
     """Where every key of ``state_dict`` is a model key behind one shared
     leading name (``model.conv1.weight`` for ``conv1.weight``: a Lightning
     module's attribute, a wrapper of the user's own), drop that name in place
-    and say so; a dict that fits, or that dropping it would not fit, is left."""
+    and say so; a dict that fits, or that dropping it would not fit, is left.
+    ``unrun``: keys the model does not hold that may be held all the same (a
+    ``*_dnnmc`` VGG's :meth:`unrun_reference_key`, left out after)."""
     if not state_dict or set(state_dict) <= set(expected):
         return
     head, stripped = unwrapped(state_dict)

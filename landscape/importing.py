@@ -37,11 +37,11 @@ import torch
 from torch import nn
 
 from .checkpoint import (_refuse_nan, _refuse_papers_format, check_state_dict, extract_state_dict,
-                         is_papers_curve, read_torch_file, refuse_reference_vgg_bn, save_checkpoint, unwrapped)
+                         is_papers_curve, read_torch_file, refuse_reference_vgg_bn, save_checkpoint, unrun_layers,
+                         unwrapped)
 from .errors import UserError, check_nonnegative
 from .inputs import DATA_FIELDS, check_data_options, merged_data_settings, resolve_data
 from .models import create_model, model_spec
-from .models.vgg import reference_zip_state
 from .sweep import is_main
 from .train import TrainConfig
 from .weights import ParamSpace
@@ -172,18 +172,11 @@ def _import_curve(source: Path, out: Path, state: Mapping[str, torch.Tensor], ne
             bends.setdefault(int(match.group(2)), []).append((name, match.group(1), value))
         elif not name.endswith("num_batches_tracked"):
             buffers.append((name, name[4:], value))
-    unrun = getattr(net, "unrun_reference_key", None)  # a *_dnnmc VGG: the layers its code never ran are not held
-    if unrun is not None:
-        left = sum(unrun(b[1]) for held in bends.values() for b in held) + sum(unrun(b[1]) for b in buffers)
-        if reference_zip_state(net.depth, {name: value for _, name, value in buffers if unrun(name)}) is False:
-            raise UserError(f"{source}: the layers dnn-mode-connectivity's VGG{net.depth}BN never runs hold trained "
-                            f"batch-norm statistics here: a curve of a VGG-BN that ran every layer; give --model "
-                            f"vgg{net.depth}bn")
-        bends = {i: [b for b in held if not unrun(b[1])] for i, held in bends.items()}
-        buffers = [b for b in buffers if not unrun(b[1])]
-        if left and is_main():
-            print(f"note: {source}: {left} tensors of layers dnn-mode-connectivity's forward never runs are left "
-                  f"out", file=sys.stderr)
+    # a *_dnnmc VGG: the layers its code never ran are not held (their statistics are the buffers')
+    named = {name: value for held in [*bends.values(), buffers] for _, name, value in held}
+    left = set(unrun_layers(net, named, source, "a curve of "))
+    bends = {i: [b for b in held if b[1] not in left] for i, held in bends.items()}
+    buffers = [b for b in buffers if b[1] not in left]
     count = len(bends)
     if sorted(bends) != list(range(count)) or count < 2:
         raise UserError(f"{source}: the curve's bends are numbered {sorted(bends)}; a CurveNet numbers them 0 to "

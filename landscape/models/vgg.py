@@ -97,7 +97,6 @@ class VGG(nn.Module):
         x = x.flatten(start_dim=-3)  # (B, 512)
         return self.classifier(x)
 
-
     def unrun_reference_key(self, key: str) -> bool:
         """Whether ``key`` of a dnn-mode-connectivity VGG-BN state dict is a layer its forward never runs
         (left out of this network with ``reference_zip``)."""
