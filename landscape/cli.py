@@ -1006,15 +1006,19 @@ def _ece_cell(m: dict[str, Any]) -> str:
     return _cell(m["test_ece"], 8, 2) if m.get("test_ece") is not None else f"{'':>8}"
 
 
+def _ensemble_row(label: str, m: dict[str, Any]) -> str:
+    """A row of the ensemble tables: test error, NLL and ECE (where measured)."""
+    return f"{label:<16}{_cell(m['test_error'], 12, 2)}{_cell(m['test_nll'], 10, 4)}{_ece_cell(m)}"
+
+
 def _print_ensemble(s: dict[str, Any]) -> None:
     split = s.get("eval_split", "test")
     print(f"{'member':<16}{f'{split} err %':>12}{f'{split} nll':>10}{'ECE %':>8}")
     for m in s["members"]:
         label = m.get("label") or f"snapshot-{m['snapshot']:03d}.pt"  # ensembles label members; fge / snapshots number them
-        print(f"{label:<16}{_cell(m['test_error'], 12, 2)}{_cell(m['test_nll'], 10, 4)}{_ece_cell(m)}".rstrip())
+        print(_ensemble_row(label, m).rstrip())
     e = s["ensemble"]
-    print(f"{'ensemble':<16}{_cell(e['test_error'], 12, 2)}"
-          f"{_cell(e['test_nll'], 10, 4)}{_ece_cell(e)}   ({e['members']} member{'s' if e['members'] != 1 else ''}; "
+    print(f"{_ensemble_row('ensemble', e)}   ({e['members']} member{'s' if e['members'] != 1 else ''}; "
           f"mean member error {s['member_test_error_mean']:.2f}%)")
     r = s.get("partial_cycle_epochs")
     if r:
@@ -1226,12 +1230,10 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     if r:  # like for like with the weight average: the members' own running statistics may lag their weights
         print("batch norm re-estimated on the training data:")
         for m in r["members"]:
-            print(f"{m['label']:<16}{_cell(m['test_error'], 12, 2)}{_cell(m['test_nll'], 10, 4)}{_ece_cell(m)}")
-        e = r["ensemble"]
-        print(f"{'ensemble':<16}{_cell(e['test_error'], 12, 2)}{_cell(e['test_nll'], 10, 4)}{_ece_cell(e)}")
-    print(f"{'weight average':<16}{_cell(w['test_error'], 12, 2)}"
-          f"{_cell(w['test_nll'], 10, 4)}{_ece_cell(w)}"
-          f"{'   (batch norm re-estimated)' if s.get('batch_norm', True) and not r else ''}")
+            print(_ensemble_row(m["label"], m))
+        print(_ensemble_row("ensemble", r["ensemble"]))
+    print(_ensemble_row("weight average", w)
+          + ("   (batch norm re-estimated)" if s.get("batch_norm", True) and not r else ""))
     for a, which in ((s["agreement"], "ensemble's"), ((r or {}).get("agreement"), "re-estimated ensemble's")):
         if a:
             print(f"the weight average predicts the {which} class on {a['same_prediction']:.2f} % of "

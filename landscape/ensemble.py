@@ -52,8 +52,11 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
     (batch norm re-estimated on the training data). ``data``: the
     :class:`~landscape.data.Dataset` the networks were trained on with
     ``data=`` (:func:`~landscape.inputs.load_points`). ``resume``: a folder
-    holding the result of the same members (their weights) on the same data
-    returns it as stored; of others, it is refused."""
+    holding the result of the same members (their tensors, batch-norm
+    statistics included, and networks) on the same data returns it as stored;
+    of others, it is refused. With batch norm, the members and their ensemble
+    are also given with statistics re-estimated as the weight average's are
+    (``bn_reestimated``, in the same passes)."""
     out = Path(out) if out is not None else None
     claim_folder(out, "ensemble")  # before the work: a bad --out loses nothing
     finished = out is not None and (out / "summary.json").exists()
@@ -130,7 +133,7 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
         "eval_split": data.eval_split,
         "synthetic": data.synthetic,
         "dataset": data.describe(),
-        "request": str(request),  # the members' weights and the data: what --resume answers
+        "request": str(request),  # the members' tensors and networks, and the data: what --resume answers
         "notes": "members use their own batch-norm statistics; the ensemble averages predicted probabilities; "
                  "the weight average re-estimates batch norm on the training data (bn_reestimated: the members and "
                  "their ensemble with it re-estimated likewise); agreement: the share of test "
