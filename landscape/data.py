@@ -1106,13 +1106,15 @@ def _refuse_lost_spread(x_train: np.ndarray, x_test: np.ndarray, path: Path, lay
         return (np.asarray(x[i:i + rows], dtype=np.float64) for i in range(0, len(x), rows))
 
     with np.errstate(all="ignore"):
+        total = level = 0.0
+        for x, train in ((x_train, True), (x_test, False)):  # the sums and the largest sizes in one pass
+            for part in slices(x):
+                level = np.maximum(level, np.abs(part).max(axis=rest))
+                total = total + part.sum(axis=rest) if train else total
         count = len(x_train) * (x_train[0].size // x_train.shape[axis])
-        mean = sum(part.sum(axis=rest) for part in slices(x_train)) / count
-        centre = np.expand_dims(mean, rest)
+        centre = np.expand_dims(total / count, rest)
         spread = np.sqrt(sum(np.square(part - centre).sum(axis=rest) for part in slices(x_train)) / count)
-        level = np.maximum.reduce([np.abs(part).max(axis=rest) for x in (x_train, x_test) if len(x)
-                                   for part in slices(x)])
-        step = np.spacing(level.astype(np.float32)).astype(np.float64)  # float32's spacing at that size
+        step = np.spacing(np.float32(level)).astype(np.float64)  # float32's spacing at that size
     # non-finite values and values beyond float32's range get their own lines later; integers float32 holds
     # exactly (below 2**24) lose nothing
     fits = np.isfinite(level) & (level < np.finfo(np.float32).max)
