@@ -228,22 +228,29 @@ def weight_mask(space: ParamSpace) -> torch.Tensor:
     """(P,) bool: True on the coordinates of weight tensors of two or more
     dimensions, False on biases and batch-norm parameters (one-dimensional
     tensors), as Li et al.'s ``ignore biasbn`` and filter normalisation
-    tell them apart."""
-    return torch.cat([torch.full((size,), len(shape) >= 2, dtype=torch.bool)
-                      for size, shape in zip(space.sizes, space.shapes)])
+    tell them apart, and on weight norm's magnitudes (``space.gains``: a
+    scale a filter like batch norm's, shaped (filters, 1, ...))."""
+    return torch.cat([torch.full((size,), _is_filters(name, shape, space), dtype=torch.bool)
+                      for name, size, shape in zip(space.names, space.sizes, space.shapes)])
+
+
+def _is_filters(name: str, shape: tuple[int, ...], space: ParamSpace) -> bool:
+    """Whether the parameter ``name`` holds filters (slices along dim 0) to normalise."""
+    return len(shape) >= 2 and name not in space.gains
 
 
 def filter_normalize(directions: torch.Tensor, center: torch.Tensor, space: ParamSpace) -> torch.Tensor:
     """Filter normalisation (Li et al. 2018): in every weight tensor with two or
     more dimensions, each filter (slice along dim 0) of a direction is scaled
-    to the norm of the matching filter of ``center``; biases and batch-norm
-    parameters (one-dimensional tensors) are zeroed. (n, P) -> (n, P)."""
+    to the norm of the matching filter of ``center``; biases, batch-norm
+    parameters (one-dimensional tensors) and weight norm's magnitudes
+    (:func:`weight_mask`) are zeroed. (n, P) -> (n, P)."""
     out = directions.clone()
     pieces = dict(zip(space.names, torch.split(out, space.sizes, dim=1)))  # views (n, size)
     weights = space.unflatten(center.to(out.dtype))
     for name, shape in zip(space.names, space.shapes):
         piece = pieces[name]
-        if len(shape) < 2:
+        if not _is_filters(name, shape, space):
             piece.zero_()
             continue
         d = piece.view(out.shape[0], shape[0], -1)  # (n, filters, rest)

@@ -19,7 +19,7 @@ from torch import nn
 from .device import device_constant
 from .errors import UserError
 
-__all__ = ["ParamSpace", "stack_anchors", "gram_schmidt"]
+__all__ = ["ParamSpace", "stack_anchors", "gram_schmidt", "weight_norm_gains"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -39,17 +39,43 @@ def unwrap(model: nn.Module) -> nn.Module:
 def refuse_unusable(model: nn.Module, source: object = "the network") -> None:
     """One line for a network the toolkit cannot evaluate at other weights:
     a TorchScript module (no forward hooks, no torch.func), one still in a
-    DataParallel wrapper (torch.func refuses it), one on the meta device
-    (no values)."""
+    DataParallel wrapper (torch.func refuses it) or torch.compile's (its
+    parameters are named for the wrapper), one on the meta device (no
+    values)."""
     if isinstance(model, torch.jit.ScriptModule):
         raise UserError(f"{source} is a TorchScript module (torch.jit.script / trace), which cannot be evaluated at "
                         f"other weights (no forward hooks, no torch.func): pass the plain nn.Module")
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise UserError(f"{source} is wrapped in {type(model).__name__}: pass the network inside it (.module); "
                         f"landscape batches the points on one device itself")
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+        raise UserError(f"{source} is compiled by torch.compile, whose parameter names ('_orig_mod.' ...) no "
+                        f"checkpoint or other network has: pass the network inside it (._orig_mod)")
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise UserError(f"{source} has tensors on the meta device, which hold no values: build it on a real "
                         f"device (or model.to_empty(device='cpu') and load its weights)")
+
+
+def weight_norm_gains(model: nn.Module) -> tuple[str, ...]:
+    """The names of ``model``'s weight-norm magnitudes: g of
+    ``torch.nn.utils.parametrizations.weight_norm`` (``...parametrizations.
+    weight.original0``) and of the older ``torch.nn.utils.weight_norm``
+    (``weight_g``). Shaped like the weight with every dimension but one of
+    size 1, they are a gain a filter, not a filter of weights."""
+    from torch.nn.utils.parametrizations import _WeightNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    gains = []
+    for prefix, module in model.named_modules():
+        head = f"{prefix}." if prefix else ""
+        for tensor, chain in getattr(module, "parametrizations", {}).items():
+            if any(isinstance(p, _WeightNorm) for p in chain) and hasattr(chain, "original0"):
+                gains.append(f"{head}parametrizations.{tensor}.original0")
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                gains.append(f"{head}{hook.name}_g")
+    named = {n for n, _ in model.named_parameters()}
+    return tuple(n for n in gains if n in named)
 
 
 @dataclass(frozen=True)
@@ -63,11 +89,15 @@ class ParamSpace:
     simplexes keep them where they start and the weight-decay term leaves
     them out, as training does; random directions (planes, rays, random
     subspaces) and the Hessian (sharpness) leave them out too.
+    ``gains`` names the magnitudes of weight-normalised weights (weight
+    norm's g, one scale a filter): filter normalisation and ``--ignore
+    biasbn`` treat them as they treat batch-norm scales.
     """
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     frozen: tuple[str, ...] = ()
+    gains: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, model: nn.Module) -> "ParamSpace":
@@ -83,7 +113,7 @@ class ParamSpace:
                 frozen.append(name)
         if not names:
             raise UserError(f"{type(model).__name__} has no parameters")
-        return cls(tuple(names), tuple(shapes), tuple(frozen))
+        return cls(tuple(names), tuple(shapes), tuple(frozen), weight_norm_gains(model))
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -148,7 +178,8 @@ class ParamSpace:
         kept = [(n, s) for n, s in zip(self.names, self.shapes) if n not in frozen]
         if not kept:
             raise UserError("the network trains none of its parameters (all have requires_grad=False)")
-        return ParamSpace(tuple(n for n, _ in kept), tuple(s for _, s in kept))
+        return ParamSpace(tuple(n for n, _ in kept), tuple(s for _, s in kept),
+                          gains=tuple(n for n in self.gains if n not in frozen))
 
     def squared_norm(self, points: torch.Tensor) -> torch.Tensor:
         """``(..., P) -> (...)``: the squared norm over the trained

@@ -110,6 +110,33 @@ def test_filter_normalising_a_model_without_weight_matrices_is_refused():
         random_plane_basis(torch.ones(3), space, "filter")
 
 
+@pytest.mark.parametrize("style", ["parametrization", "hook"])
+def test_weight_norm_magnitudes_are_gains_not_filters(style):
+    """weight_norm's g, shaped (out, 1), was normalised as out one-element filters: each entry of a direction
+    was +-|g_i|, so a step of 1 zeroed or doubled every output's scale, and a weight-normalised network's
+    random plane looked 2.6x sharper than the same function without weight norm. g is a gain a filter, as a
+    batch-norm scale is: zeroed by filter normalisation and left out by --ignore biasbn; v's filters are
+    normalised as a plain weight's."""
+    from torch.nn.utils import parametrizations, weight_norm
+
+    torch.manual_seed(0)
+    wrap = parametrizations.weight_norm if style == "parametrization" else weight_norm
+    model = nn.Sequential(nn.Flatten(), wrap(nn.Linear(6, 4)), nn.ReLU(), nn.Linear(4, 3))
+    space = ParamSpace.of(model)
+    g, v = (("1.parametrizations.weight.original0", "1.parametrizations.weight.original1")
+            if style == "parametrization" else ("1.weight_g", "1.weight_v"))
+    assert space.gains == (g,) and dict(zip(space.names, space.shapes))[g] == (4, 1)
+    center = space.flatten(model)
+    d = filter_normalize(torch.randn(2, space.numel), center, space)
+    parts, weights = space.unflatten(d), space.unflatten(center)
+    assert torch.count_nonzero(parts[g]) == 0
+    assert torch.allclose(parts[v].norm(dim=2), weights[v].norm(dim=1).expand(2, 4), rtol=1e-5)
+    assert torch.allclose(parts["3.weight"].norm(dim=2), weights["3.weight"].norm(dim=1).expand(2, 3), rtol=1e-5)
+    mask = space.unflatten(weight_mask(space))
+    assert not mask[g].any() and mask[v].all() and mask["3.weight"].all() and not mask["3.bias"].any()
+    assert space.trained().gains == (g,)
+
+
 def numpy_pca(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Principal directions (2, P) and explained ratios of the centred w_i - w_last, by an SVD."""
     diffs = points - points[-1]

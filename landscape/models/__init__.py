@@ -33,7 +33,7 @@ from ..weights import refuse_unusable, unwrap
 from . import preresnet, simple, vgg, wide_resnet
 
 __all__ = ["MODELS", "register_model", "list_models", "buildable", "stored_spec", "create_model", "model_spec", "model_options", "from_spec", "check_spec_fits",
-           "has_lazy", "materialize"]
+           "has_lazy", "materialize", "unsaved_buffers"]
 
 Factory = Callable[..., nn.Module]
 
@@ -135,7 +135,67 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
                             f"{type(e).__name__}{': ' + first_line(e) if str(e).strip() else ''}") from e
         if not isinstance(model, nn.Module):
             raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
-        return materialize(unwrap(model), input_shape, f"model {name!r}")
+        model = unwrap(model)
+        _refuse_random_unsaved(name, model, lambda: unwrap(factory(**data, **kwargs)))
+        return materialize(model, input_shape, f"model {name!r}")
+
+
+def unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s buffers its state dict leaves out (``persistent=False``): a
+    checkpoint does not hold them, so a loaded network has them as its
+    factory builds them."""
+    kept = set(model.state_dict())
+    return {n: b for n, b in model.named_buffers() if n not in kept and not is_lazy(b)}
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """torch's, NumPy's and Python's generators seeded with ``seed`` inside, as they were after."""
+    import random
+
+    import numpy as np
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _refuse_random_unsaved(name: str, model: nn.Module, build: Factory) -> None:
+    """:class:`UserError` when a buffer the state dict leaves out is drawn at
+    random as the network is built: no checkpoint holds it, so every load would
+    draw another one and a saved network could never be rebuilt (a fixed
+    random projection registered ``persistent=False``). Told by building the
+    network again under two seeds and once more under the first: the buffer
+    differs between the seeds and is the same under one (one that differs
+    under one seed too is filled some other way, e.g. ``torch.empty``, and is
+    left alone). The extra builds draw from generators of their own; networks
+    without such buffers are built once."""
+    if not unsaved_buffers(model):
+        return
+    builds = []
+    for seed in (1, 2, 1):
+        with _float32_default(), _seeded(seed):
+            builds.append(unsaved_buffers(build()))
+        if len(builds) == 2 and all(_same(b, builds[1].get(n)) for n, b in builds[0].items()):
+            return
+    first, other, again = builds
+    random = [n for n, b in first.items() if not _same(b, other.get(n)) and _same(b, again.get(n))]
+    if random:
+        raise UserError(f"model {name!r}: its buffer {random[0]!r} is drawn at random when the network is built but "
+                        f"registered with persistent=False, so no checkpoint holds it and every load would draw "
+                        f"another: register it as persistent (register_buffer(..., persistent=True)) or draw it "
+                        f"from a generator of its own with a fixed seed")
+
+
+def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    return b is not None and a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a.cpu(), b.cpu()))
 
 
 @contextmanager
