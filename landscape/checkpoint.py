@@ -44,6 +44,7 @@ __all__ = [
     "FORMAT",
     "Checkpoint",
     "atomic_save",
+    "clear_temporaries",
     "atomic_write_text",
     "write_json",
     "write_npz",
@@ -87,9 +88,16 @@ def atomic_save(write, path: str | os.PathLike) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         written = 0  # how far the write got, for _why_cut_short
-        if os.path.exists(tmp):
+        gone = not os.path.exists(tmp)
+        if not gone:
             written = os.path.getsize(tmp)
             os.unlink(tmp)
+        if isinstance(e, FileNotFoundError) and gone and path.parent.is_dir():  # the file, not the folder, went:
+            # another process cleared it as a stale temporary (a command started on the folder while a writer
+            # that took no lock, the Python API's, wrote there)
+            raise OSError(errno.ENOENT, f"another process removed the temporary file this write was filling (a "
+                          f"command started on {path.parent} meanwhile?); nothing was replaced: run this again",
+                          str(path)) from None
         if isinstance(e, OSError):
             raise _naming(e, path) from None
         if isinstance(e, RuntimeError) and _cut_short(e):
@@ -195,12 +203,21 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
     if refused is not None:
         raise refused
     if main:
-        for stale in out.glob(".*.tmp") if out.is_dir() else ():
-            if _TEMPORARY.fullmatch(stale.name):  # an atomic write's, left by a process killed while writing;
-                try:  # not a file of the user's that happens to end in .tmp
-                    stale.unlink(missing_ok=True)
-                except OSError:  # a read-only folder: left there, harmless
-                    pass
+        clear_temporaries(out)
+
+
+def clear_temporaries(out: Path) -> None:
+    """Remove from ``out`` the temporary files of atomic writes that a process
+    killed while writing left (not a file of the user's that happens to end in
+    .tmp). Only for the holder of ``out``'s lock (:func:`lock_folder`): every
+    other writer there (a command, ``plot``) takes it first, so none is
+    writing one now."""
+    for stale in out.glob(".*.tmp") if out.is_dir() else ():
+        if _TEMPORARY.fullmatch(stale.name):
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError:  # a read-only folder: left there, harmless
+                pass
 
 
 # The name atomic_save's temporary files have: "." + the file's name (a kind the package writes) + "." +

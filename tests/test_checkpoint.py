@@ -107,6 +107,29 @@ def test_atomic_save_leaves_old_file_when_write_fails(tmp_path):
     assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
 
 
+def test_a_temporary_file_another_process_cleared_is_said_so(tmp_path):
+    """A writer without the folder's lock whose temporary file a command starting there cleared as stale
+    failed with "<figure>: No such file or directory", as if the figure were the missing file."""
+    target = tmp_path / "fig.png"
+    target.write_text("old")
+
+    def cleared(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        os.unlink(tmp)  # what claim_folder's clean-up did to it
+
+    with pytest.raises(OSError, match="another process removed the temporary file this write was filling") as e:
+        atomic_save(cleared, target)
+    assert e.value.filename == str(target) and target.read_text() == "old"
+
+    def missing(tmp):
+        open(tmp_path / "no" / "such", "rb")  # a file of the write's own that is missing: said as it is
+
+    with pytest.raises(FileNotFoundError, match="No such file or directory") as e:
+        atomic_save(missing, target)
+    assert e.value.filename == str(tmp_path / "no" / "such") and os.listdir(tmp_path) == ["fig.png"]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_saved_files_are_as_readable_as_the_umask_makes_new_files(tmp_path, umask):
     # mkstemp makes its temporary file 0600: moved into place as it is, a checkpoint on a shared

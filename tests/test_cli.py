@@ -917,6 +917,32 @@ def test_plot_of_a_read_only_result_folder_says_how_to_draw_elsewhere(tmp_path, 
     assert code == 2 and "--points must be at least 3" in _one_line_error(err) and not (tmp_path / "demo").exists()
 
 
+def test_plot_holds_its_folder_while_it_draws_and_clears_a_killed_plots_temporaries(tmp_path, capsys, monkeypatch):
+    """`plot` wrote figures without the folder's lock: a --resume started meanwhile cleared the figures'
+    temporary files as stale ones, and the plot failed with "plane_train_loss.pdf: No such file or directory";
+    a plot killed while saving left its temporary file for good. It now holds the lock while drawing (a command
+    started on the folder then is refused) and clears such files."""
+    from tests.test_plots import write_rays
+
+    folder = write_rays(tmp_path / "r", line=False)
+    stale = folder / ".rays_train_loss.png.ab12cd34.tmp"
+    stale.write_bytes(b"half a figure")
+    seen = []
+    drawn = cli._draw_stored
+
+    def draw(d, formats):
+        ask = "import sys; from pathlib import Path; from landscape.checkpoint import writer_of; print(writer_of(Path(sys.argv[1])))"
+        seen.append(subprocess.run([sys.executable, "-c", ask, str(d)], capture_output=True, text=True,
+                                   timeout=120).stdout.strip())
+        return drawn(d, formats)
+
+    monkeypatch.setattr(cli, "_draw_stored", draw)
+    code, out, _ = run(capsys, "plot", folder)
+    assert code == 0 and "rays_train_loss.png" in out
+    assert seen == [str(os.getpid())]
+    assert not stale.exists() and not (folder / ".landscape.lock").exists()
+
+
 def test_python_m_landscape_is_the_command_line(tmp_path):
     """`python -m landscape` (and so `torchrun -m landscape`) runs the CLI without the script on PATH,
     from any folder."""
