@@ -394,55 +394,59 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
     space = ParamSpace.of(net)
     bar = Progress(epochs, len(records), desc="VI epochs", unit="epoch", progress=run.progress, every=10.0)
     layout = image_layout(net, data.x_train[:2])  # channels-last batches where the network takes them
-    try:
-        for epoch in range(len(records), epochs):
-            data_seed, noise_seed = vi_seeds(seed, epoch)
-            order = torch.Generator(device=device).manual_seed(data_seed)
-            noise = torch.Generator().manual_seed(noise_seed)  # on the CPU: the same z on every device
-            torch.manual_seed(noise_seed + 1)  # dropout and any other global draw: an epoch resumes exactly
-            sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, nll, kl (x samples), samples
-            for x, y in data.train_batches(batch_size, order):
-                eps = host_to_device(torch.randn(k, generator=noise, dtype=torch.float64), device)
-                sigma = vi_sigma(rho)
-                if flow is None:
-                    z = mu + sigma * eps
-                    kl = gaussian_kl(mu, sigma, run.prior_scale)
-                else:
-                    zs, kls = flow_kl(eps[None], mu, sigma, flow, run.prior_scale)
-                    z, kl = zs[0], kls[0]
-                logits = train_logits(functional_call(net, space.unflatten((shift + z @ basis).float()), (layout(x),)))
-                nll = F.cross_entropy(logits.float(), y)
-                loss = nll + run.temperature * kl / n
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():  # summed on the device: no host synchronisation per step
-                    sums += torch.stack([loss.double(), nll.double(), kl, torch.ones((), dtype=torch.float64,
-                                                                                      device=device)]) * len(y)
-            total = sums.tolist()
-            with torch.no_grad():
-                record = {"epoch": epoch + 1, "loss": total[0] / total[3], "nll": total[1] / total[3],
-                          "kl": total[2] / total[3], "mu": mu.tolist(), "sigma": vi_sigma(rho).tolist()}
-            if not all(np.isfinite([record["loss"], *record["mu"], *record["sigma"]])):
-                wide = (f" (or a smaller --vi-init-std than {init_std:g}, the starting spread)"
-                        if init_std > 1 else "")
-                raise UserError(f"variational inference diverged in epoch {epoch + 1} (loss {record['loss']}); "
-                                f"start again with a lower --vi-lr than {lr:g}{wide} in another --out")
-            records.append(record)
-            if run.store is not None:
-                saved = {"key": np.array(run.key), "mu": mu.detach().cpu().numpy(),
-                         "rho": rho.detach().cpu().numpy(), "records": np.array(json.dumps(records)),
-                         **{name: optimizer.state[p]["momentum_buffer"].cpu().numpy()
-                            for p, name in ((mu, "buf_mu"), (rho, "buf_rho")) if "momentum_buffer" in optimizer.state[p]}}
-                if flow is not None:
-                    saved["flow"] = torch.nn.utils.parameters_to_vector(flow_params).detach().cpu().numpy()
-                    if all("momentum_buffer" in optimizer.state[p] for p in flow_params):
-                        saved["buf_flow"] = torch.cat([optimizer.state[p]["momentum_buffer"].reshape(-1)
-                                                       for p in flow_params]).cpu().numpy()
-                write_npz(run.store, saved)
-            bar.update(1)
-    finally:
-        bar.close()
+    # each epoch seeds the global generator (below): forked, the caller's is as it was after
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            for epoch in range(len(records), epochs):
+                data_seed, noise_seed = vi_seeds(seed, epoch)
+                order = torch.Generator(device=device).manual_seed(data_seed)
+                noise = torch.Generator().manual_seed(noise_seed)  # on the CPU: the same z on every device
+                torch.manual_seed(noise_seed + 1)  # dropout and any other global draw: an epoch resumes exactly
+                sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, nll, kl (x samples), samples
+                for x, y in data.train_batches(batch_size, order):
+                    eps = host_to_device(torch.randn(k, generator=noise, dtype=torch.float64), device)
+                    sigma = vi_sigma(rho)
+                    if flow is None:
+                        z = mu + sigma * eps
+                        kl = gaussian_kl(mu, sigma, run.prior_scale)
+                    else:
+                        zs, kls = flow_kl(eps[None], mu, sigma, flow, run.prior_scale)
+                        z, kl = zs[0], kls[0]
+                    weights = space.unflatten((shift + z @ basis).float())
+                    logits = train_logits(functional_call(net, weights, (layout(x),)))
+                    nll = F.cross_entropy(logits.float(), y)
+                    loss = nll + run.temperature * kl / n
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    with torch.no_grad():  # summed on the device: no host synchronisation per step
+                        sums += torch.stack([loss.double(), nll.double(), kl, torch.ones((), dtype=torch.float64,
+                                                                                          device=device)]) * len(y)
+                total = sums.tolist()
+                with torch.no_grad():
+                    record = {"epoch": epoch + 1, "loss": total[0] / total[3], "nll": total[1] / total[3],
+                              "kl": total[2] / total[3], "mu": mu.tolist(), "sigma": vi_sigma(rho).tolist()}
+                if not all(np.isfinite([record["loss"], *record["mu"], *record["sigma"]])):
+                    wide = (f" (or a smaller --vi-init-std than {init_std:g}, the starting spread)"
+                            if init_std > 1 else "")
+                    raise UserError(f"variational inference diverged in epoch {epoch + 1} (loss {record['loss']}); "
+                                    f"start again with a lower --vi-lr than {lr:g}{wide} in another --out")
+                records.append(record)
+                if run.store is not None:
+                    saved = {"key": np.array(run.key), "mu": mu.detach().cpu().numpy(),
+                             "rho": rho.detach().cpu().numpy(), "records": np.array(json.dumps(records)),
+                             **{name: optimizer.state[p]["momentum_buffer"].cpu().numpy()
+                                for p, name in ((mu, "buf_mu"), (rho, "buf_rho"))
+                                if "momentum_buffer" in optimizer.state[p]}}
+                    if flow is not None:
+                        saved["flow"] = torch.nn.utils.parameters_to_vector(flow_params).detach().cpu().numpy()
+                        if all("momentum_buffer" in optimizer.state[p] for p in flow_params):
+                            saved["buf_flow"] = torch.cat([optimizer.state[p]["momentum_buffer"].reshape(-1)
+                                                           for p in flow_params]).cpu().numpy()
+                    write_npz(run.store, saved)
+                bar.update(1)
+        finally:
+            bar.close()
     if flow is not None:
         flow = flow.cpu().eval().requires_grad_(False)
     return mu.detach().cpu().clone(), vi_sigma(rho).detach().cpu().clone(), flow, records

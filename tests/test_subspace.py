@@ -422,13 +422,16 @@ def test_an_interrupted_vi_fit_resumes_exactly(tmp_path, runs, small_digits, mon
     assert len(whole.arrays["vi_loss"]) == 3 and not (tmp_path / "cut" / "sweep.partial.npz").exists()
 
 
-def test_a_vi_fit_with_dropout_does_not_depend_on_the_global_rng(runs, small_digits):
+def test_a_vi_fit_with_dropout_does_not_depend_on_the_global_rng_nor_change_it(runs, small_digits):
     sub = vi_subspace(runs)
     sub.model.register_forward_pre_hook(lambda m, args: (torch.nn.functional.dropout(args[0], 0.3, m.training),))
     fits = []
     for global_seed in (1, 2):  # what an earlier command, or a resumed process, left the global RNG at
         torch.manual_seed(global_seed)
         fits.append(sample_subspace(sub, method="vi", vi_epochs=1, samples=1, data=small_digits).summary["vi"]["mu"])
+        after = torch.rand(3)
+        torch.manual_seed(global_seed)
+        assert torch.equal(after, torch.rand(3))  # and leaves the caller's as it found it (each epoch seeded it)
     assert fits[0] == fits[1]
 
 
