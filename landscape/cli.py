@@ -235,7 +235,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="weight decay in the reported train loss (default: as fitted; refused for a variational "
                         "posterior, whose prior regularises)")
     g.add_argument("--precision", default="fp32",
-                   help="fp32 (default) or bf16: bf16 autocast, about 2x faster on CPUs with bf16 units (AMX), "
+                   help="fp32 (default) or bf16: bf16 autocast, about 1.6-3x faster on CPUs with bf16 units (AMX, avx512_bf16), "
                         "several times slower where bf16 is emulated (AVX2 only); batch-norm statistics and sums "
                         "stay fp32")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
