@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -640,9 +641,24 @@ def save_checkpoint(
 
 def _torch_save(obj: Any, path: str) -> None:
     """``torch.save`` through a file object: its archive's folder is then always "archive", not the
-    temporary file's random name, so the same checkpoint gives the same bytes (and the same digest)."""
+    temporary file's random name; and every string interned (:func:`_interned`): so the same checkpoint
+    gives the same bytes (and the same digest)."""
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        torch.save(_interned(obj), f)
+
+
+def _interned(obj: Any) -> Any:
+    """``obj`` with every string in its dicts, lists and tuples (keys too) interned. Pickle writes a string
+    met a second time as a reference only where it is the same object: a run's own names often are, the
+    same names read back from its ``last.pt`` are not, so a resumed run's files differed from an
+    uninterrupted one's by those bytes."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if type(obj) in (dict, OrderedDict):
+        return type(obj)((_interned(k), _interned(v)) for k, v in obj.items())
+    if type(obj) in (list, tuple):
+        return type(obj)(_interned(v) for v in obj)
+    return obj
 
 
 def _to_cpu(obj: Any) -> Any:

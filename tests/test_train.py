@@ -84,6 +84,9 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, digits):
     resumed = train(out=tmp_path / "cut", resume=True, **kw)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("model.pt", "checkpoint-004.pt"):  # byte for byte: the names read back from last.pt are
+        # pickled as the uninterrupted run's (a sha256 check of a resumed run's files failed)
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
     assert [r["epoch"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3, 4]
     assert (tmp_path / "cut" / "checkpoint-002.pt").exists() and (tmp_path / "cut" / "checkpoint-004.pt").exists()
     # checkpoint-000.pt: the initial weights, as the seed makes them (a trajectory's start), kept by a resumed run
