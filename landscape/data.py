@@ -1001,6 +1001,10 @@ def _read_npz(path: Path) -> _Raw:
         raise UserError(f"{path}: x_train is {arrays['x_train'].dtype} but x_test is {arrays['x_test'].dtype}: uint8 "
                         f"pixels are read as value / 255, other dtypes as they are; store both with one dtype")
     _refuse_lost_spread(arrays["x_train"], arrays["x_test"], path, layout)  # before float32 loses it
+    if arrays["x_train"].dtype == np.uint8 and (arrays["x_train"].ndim == 2 or layout in ("NCL", "NLC")):
+        _note(("uint8", str(path)), f"{path}: the inputs are uint8, which is read as pixels, value / 255, before "
+              f"--data-normalization; token ids or counts stored as uint8 become fractions: store them as int16, "
+              f"int32 or int64 to keep them as they are")
     x_tr, x_te = (_npz_inputs(arrays[k], k, path, layout) for k in ("x_train", "x_test"))
     y_tr, y_te = (_npz_labels(arrays[k], k, path) for k in ("y_train", "y_test"))
     for x, y, kx, ky in ((x_tr, y_tr, "x_train", "y_train"), (x_te, y_te, "x_test", "y_test")):
@@ -1120,14 +1124,35 @@ def _refuse_lost_spread(x_train: np.ndarray, x_test: np.ndarray, path: Path, lay
     fits = np.isfinite(level) & (level < np.finfo(np.float32).max)
     exact = all(x.dtype.kind in "iu" for x in wide) & (level <= 2 ** 24)
     lost = np.flatnonzero(fits & ~exact & np.isfinite(spread) & (spread > 0) & (step > spread / 10))
+    what = "column" if x_train.ndim == 2 else "channel"
     if len(lost):
         j = int(lost[0])
-        what = "column" if x_train.ndim == 2 else "channel"
         raise UserError(f"{path}: {what} {j} of the inputs holds values up to {level[j]:.6g} in size that vary by "
                         f"{spread[j]:.3g} in x_train; float32, which the networks take, steps by {step[j]:.2g} there "
                         f"and would lose them: subtract one constant from that {what} in both splits (its x_train "
                         f"mean, in float64) before saving"
                         + (f" ({len(lost)} such {what}s)" if len(lost) > 1 else ""))
+    rounded = np.flatnonzero(fits & (level > 2 ** 24)) if all(x.dtype.kind in "iu" for x in wide) else []
+    if len(rounded):  # kept as features (float32's precision at their size), but ids would be altered
+        j = int(rounded[0])
+        _note(("ids", str(path)), f"{path}: {what} {j} of the inputs holds integers up to {level[j]:.0f}, above "
+              f"2**24 = 16,777,216, where float32, which the networks take, rounds them (to steps of {step[j]:.0f} "
+              f"there): as features that is float32's precision, but ids (users, items, hashes) would be altered: "
+              f"remap them to 0..K-1 before saving (np.unique(x, return_inverse=True))")
+
+
+_NOTED: set[tuple[str, str]] = set()
+
+
+def _note(key: tuple[str, str], text: str) -> None:
+    """``text`` as a note on stderr, once a process for ``key`` (rank 0 alone under torchrun)."""
+    import os
+    import sys
+
+    if key in _NOTED or os.environ.get("RANK", "0") != "0":
+        return
+    _NOTED.add(key)
+    print(f"note: {text}", file=sys.stderr)
 
 
 def _npz_labels(y: np.ndarray, key: str, path: Path) -> Tensor:

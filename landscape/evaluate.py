@@ -435,8 +435,11 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
             try:
                 out = model(x)
             except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                ids = ("; an embedding given standardised inputs? integer inputs (token ids) need "
+                       "--data-normalization 0/1, stored as int16/int32/int64 (uint8 is read as pixels, value / "
+                       "255): see the README's data section") if "index out of range" in str(e) else ""
                 raise UserError(f"the network does not accept this data's inputs of shape "
-                                f"{tuple(x.shape[1:])}: {first_line(e)}") from None
+                                f"{tuple(x.shape[1:])}: {first_line(e)}{ids}") from None
     finally:
         for h in handles:
             h.remove()
@@ -448,8 +451,32 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
         raise UserError(f"the network should give (batch, classes) logits, but gave {gave}")
     if classes is not None and out.shape[1] < classes:
         raise UserError(f"the network gives {out.shape[1]} outputs, but the data has {classes} classes")
+    _note_probabilities(model, out)
     images = max(1, x.shape[0])
     return _Probe(largest // images, total / images, [name for name, c in calls.items() if c > 1])
+
+
+_NOTED_PROBABILITIES: set[str] = set()
+
+
+def _note_probabilities(model: nn.Module, out: torch.Tensor) -> None:
+    """Once per process and network class: a note on stderr where ``out``, the
+    network's outputs for a few images, are probabilities (non-negative, every
+    row summing to 1): taken as logits, they are put through a second softmax,
+    and every NLL (and the training loss) is of those, not of the network's
+    probabilities. Logits summing to 1 in every row by chance are not met."""
+    import os
+
+    name = type(model).__qualname__
+    if out.shape[1] < 2 or name in _NOTED_PROBABILITIES or os.environ.get("RANK", "0") != "0":
+        return
+    rows = out.detach().double()
+    if not (bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1).abs() < 1e-4).all())):
+        return
+    _NOTED_PROBABILITIES.add(name)
+    print("note: the network's outputs are non-negative and sum to 1 in every row, as probabilities do; landscape "
+          "takes them as logits and applies the softmax itself, so its NLL (and training) would be of a second "
+          "softmax: end the network before its softmax (or with log_softmax)", file=sys.stderr)
 
 
 def check_network(model: nn.Module, data) -> None:

@@ -72,7 +72,7 @@ from .evaluate import _probe_forward, full_float32, misclassified, whole_set_fit
 from .layout import takes_channels_last, to_channels_last
 from .progress import Progress
 from .sweep import STORE, begin_result, compare_keys, finish_result, is_main, rank_and_world, request_key
-from .weights import ParamSpace
+from .weights import ParamSpace, refuse_for_gradients
 
 __all__ = ["TrainLoss", "check_settings", "hessian_bn", "lanczos", "LanczosRun", "spectral_density", "hutchinson_trace",
            "Hutchinson", "hutchinson", "layer_blocks", "hessian_spectrum", "evaluate_sharpness"]
@@ -131,6 +131,7 @@ class TrainLoss:
         for _, m in bn_modules(self.net):
             m.train()  # each pass normalised by its own statistics (the running ones are never read)
         self.space = ParamSpace.of(self.net)
+        refuse_for_gradients(self.net, "the Hessian's products")
         self.n = len(data.y_train)
         self.hvps = 0
         self.channels_last = takes_channels_last(self.net, data.x_train[:2])  # as the engine: faster convolutions

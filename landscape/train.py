@@ -68,6 +68,7 @@ from .layout import image_layout, to_channels_last
 from .models import create_model, model_spec
 from .progress import LogLines, Progress, fixed, progress_mode
 from .sweep import barrier, is_main, process_device, rank_and_world
+from .weights import refuse_for_gradients
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "Task", "schedule_factor", "learning_rate", "load_data",
            "prepare_run", "run_training", "steps_per_epoch", "check_world", "train"]
@@ -503,6 +504,8 @@ def run_training(
         raise UserError(f"{data.name!r} has {len(data.y_train)} training sample(s): no training step would run "
                         f"(a batch needs at least 2 samples{' per process' if world > 1 else ''}, for batch norm)")
     metrics = list(metrics or [])
+    refuse_for_gradients(task.network if task.network is not None else task.module,
+                         "training" if task.network is None else "a curve's (or simplex's) fit")
     params = [p for p in task.module.parameters() if p.requires_grad]
     if not params:
         raise UserError("the network has no parameters to train" if next(task.module.parameters(), None) is None

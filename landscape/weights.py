@@ -19,7 +19,7 @@ from torch import nn
 from .device import device_constant
 from .errors import UserError
 
-__all__ = ["ParamSpace", "stack_anchors", "gram_schmidt", "weight_norm_gains"]
+__all__ = ["ParamSpace", "stack_anchors", "gram_schmidt", "weight_norm_gains", "refuse_for_gradients"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -76,6 +76,26 @@ def weight_norm_gains(model: nn.Module) -> tuple[str, ...]:
                 gains.append(f"{head}{hook.name}_g")
     named = {n for n, _ in model.named_parameters()}
     return tuple(n for n in gains if n in named)
+
+
+def refuse_for_gradients(model: nn.Module, what: str) -> None:
+    """One line for a layer whose weights ``what`` (training, a curve's fit, the
+    Hessian) cannot differentiate as the toolkit does: an embedding with
+    ``sparse=True`` (sparse gradients: weight decay, momentum, curves and
+    Hessian products take dense ones only), and one with ``max_norm`` (its
+    forward renormalises the weight in place, which a curve's point, a
+    computed tensor, cannot take)."""
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            kind = f"the network's {name or 'embedding'} ({type(m).__name__})"
+            if m.sparse:
+                raise UserError(f"{kind} has sparse=True, whose sparse gradients {what} cannot take: build it "
+                                f"with sparse=False (the same results, dense gradients)")
+            if m.max_norm is not None and what != "training":
+                raise UserError(f"{kind} has max_norm={m.max_norm:g}, which renormalises its weight in place in "
+                                f"every forward; {what} forms the weights as computed tensors, which cannot be "
+                                f"changed in place: build it without max_norm (or renormalise in forward, "
+                                f"out of place)")
 
 
 @dataclass(frozen=True)

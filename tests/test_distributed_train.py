@@ -348,8 +348,11 @@ def test_two_rank_swa_equals_one_process_averaging_the_halves(tmp_path, digits, 
     got = torch.load(run / "swa.pt", weights_only=True)["state_dict"]
     assert any((got[n] - at_ends[1][n]).abs().max() > 1e-3 for n in names)  # the average is not the last iterate
     for k, v in model.state_dict().items():
-        if not k.endswith("num_batches_tracked"):
-            torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-5, msg=k)
+        if not k.endswith("num_batches_tracked"):  # the weights exactly; batch norm's statistics are float32 sums
+            # over the training set, in another order in each process (on an AVX-512 EPYC 1.4e-5 apart)
+            exact = not k.endswith(("running_mean", "running_var"))
+            torch.testing.assert_close(got[k], v, rtol=1e-5 if exact else 1e-4, atol=1e-5 if exact else 5e-5,
+                                       msg=k)
 
     # Stopped after epoch 1: both ranks resume from the average kept in checkpoint-001.pt.
     cut = tmp_path / "cut"

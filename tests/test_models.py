@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from landscape.errors import UserError
+from landscape.weights import ParamSpace
 from landscape.evaluate import evaluate_points
 from landscape.models import MODELS, create_model, list_models, register_model
 
@@ -619,3 +620,75 @@ def test_networks_that_cannot_be_evaluated_at_other_weights_are_one_line() -> No
         from landscape.models import materialize
 
         materialize(torch.jit.script(_bn_mlp(10, (1, 8, 8))), (1, 8, 8), "model 'scripted'")
+
+
+class _Embedded(nn.Module):
+    """An embedding over the digits' 64 pixels, each rounded to one of 17 ids (what a token model does)."""
+
+    def __init__(self, **embedding):
+        super().__init__()
+        self.emb = nn.Embedding(17, 8, **embedding)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        ids = x.flatten(1).clamp(-8, 8).round().long() + 8
+        return self.fc(self.emb(ids).mean(1))
+
+
+def test_embeddings_the_runs_cannot_differentiate_are_one_line(monkeypatch, tmp_path, small_digits):
+    """sparse=True ended training in "add(sparse, dense) is not supported" (weight decay) and a curve's fit in
+    a hundred lines of SparseCPU traceback; max_norm (which renormalises the weight in place) ended a curve's
+    fit in "a view ... modified inplace". Training with max_norm works and is kept."""
+    from landscape.curves import fit_curve
+    from landscape.sharpness import evaluate_sharpness
+    from landscape.train import train
+
+    monkeypatch.setattr("landscape.models.MODELS", dict(MODELS))
+    register_model("sparse_emb")(lambda num_classes, input_shape: _Embedded(sparse=True))
+    register_model("renormed_emb")(lambda num_classes, input_shape: _Embedded(max_norm=1.0))
+    with pytest.raises(UserError, match=r"^the network's emb \(Embedding\) has sparse=True, whose sparse gradients "
+                                        r"training cannot take: build it with sparse=False"):
+        train(out=tmp_path / "s", model="sparse_emb", data=small_digits, epochs=1, progress=False)
+    with pytest.raises(UserError, match=r"sparse gradients the Hessian's products cannot take"):
+        sparse = _Embedded(sparse=True)
+        evaluate_sharpness(sparse, [ParamSpace.of(sparse).flatten(sparse)], small_digits, top=1, iters=2)
+    for seed in (1, 2):
+        train(out=tmp_path / f"r{seed}", model="renormed_emb", data=small_digits, epochs=1, seed=seed, progress=False)
+    with pytest.raises(UserError, match=r"^the network's emb \(Embedding\) has max_norm=1, which renormalises its "
+                                        r"weight in place in every forward; a curve's \(or simplex's\) fit forms"):
+        fit_curve(tmp_path / "r1" / "model.pt", tmp_path / "r2" / "model.pt", tmp_path / "c", data=small_digits,
+                  epochs=1, progress=False)
+
+
+def test_a_network_ending_in_a_softmax_gets_a_note(small_digits, capsys):
+    """Probabilities taken as logits went through a second softmax: every NLL, and the training loss, was of
+    those, without a word (a probe: 1.0505 reported against 0.9903 of the network's own probabilities)."""
+    import landscape.evaluate as engine
+    from landscape.evaluate import evaluate_model
+
+    torch.manual_seed(0)
+    logits = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    engine._NOTED_PROBABILITIES.clear()
+    evaluate_model(logits, small_digits)
+    assert capsys.readouterr().err == ""
+    probs = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(dim=1))
+    for _ in range(2):  # once a process
+        evaluate_model(probs, small_digits)
+    err = capsys.readouterr().err
+    assert err.count("note: the network's outputs are non-negative and sum to 1 in every row") == 1
+
+
+def test_an_embedding_given_standardised_inputs_says_how_ids_are_read(small_digits):
+    from landscape.evaluate import evaluate_model
+
+    class Ids(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(17, 10)
+
+        def forward(self, x):
+            return self.emb((x.flatten(1) * 100).long()).mean(1)  # standardised inputs: ids out of range
+
+    with pytest.raises(UserError, match=r"index out of range in self; an embedding given standardised inputs\? "
+                                        r"integer inputs \(token ids\) need --data-normalization 0/1"):
+        evaluate_model(Ids(), small_digits)
