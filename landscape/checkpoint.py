@@ -207,18 +207,29 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
         clear_temporaries(out)
 
 
-def clear_temporaries(out: Path) -> None:
+def clear_temporaries(out: Path, figures_only: bool = False) -> None:
     """Remove from ``out`` the temporary files of atomic writes that a process
     killed while writing left (not a file of the user's that happens to end in
-    .tmp). Only for the holder of ``out``'s lock (:func:`lock_folder`): every
-    other writer there (a command, ``plot``) takes it first, so none is
-    writing one now."""
+    .tmp); ``figures_only``: of figures alone. A command calls it holding
+    ``out``'s lock (:func:`lock_folder`), so no other command writes there;
+    ``plot``, which takes no lock, may be drawing into a result folder, so a
+    figure's temporary file younger than :data:`FRESH_FIGURE_S` is left (and
+    ``plot`` clears only those older)."""
+    now = time.time()
     for stale in out.glob(".*.tmp") if out.is_dir() else ():
-        if _TEMPORARY.fullmatch(stale.name):
-            try:
-                stale.unlink(missing_ok=True)
-            except OSError:  # a read-only folder: left there, harmless
-                pass
+        kind = _TEMPORARY.fullmatch(stale.name)
+        if not kind or (figures_only and kind.group(1) not in _FIGURES):
+            continue
+        try:
+            if kind.group(1) in _FIGURES and now - stale.stat().st_mtime < FRESH_FIGURE_S:
+                continue
+            stale.unlink(missing_ok=True)
+        except OSError:  # gone meanwhile, or a read-only folder: left there, harmless
+            pass
+
+
+FRESH_FIGURE_S = 600  # a figure's temporary file younger than this may be a running plot's
+_FIGURES = ("png", "pdf", "svg")
 
 
 # The name atomic_save's temporary files have: "." + the file's name (a kind the package writes) + "." +
@@ -1001,7 +1012,9 @@ def _build_for(ckpt: Checkpoint, model: str | nn.Module | None, num_classes: int
     from .models import check_spec_fits, create_model, from_spec, materialize  # local: models import nothing from here
 
     if isinstance(model, nn.Module):
-        net, name = model, type(model).__name__
+        inner = getattr(model, "_orig_mod", None)  # a torch.compile'd network: the module inside, by its own names
+        net = inner if isinstance(inner, nn.Module) else model
+        name = type(net).__name__
         shape = input_shape if input_shape is not None else (ckpt.model or {}).get("kwargs", {}).get("input_shape")
         materialize(net, None if shape is None else tuple(shape), f"the network given for {ckpt.path}")
     elif model is not None and ckpt.model is not None and ckpt.model["name"] == model:

@@ -745,7 +745,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from landscape.plots.style import set_figure_dpi, set_figure_width
 
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
-    _hold_for_figures(dirs[0] if len(dirs) == 1 else args.out)
+    _clear_stale_figures(dirs[0] if len(dirs) == 1 else args.out)
     try:
         set_figure_width(args.width)
         set_figure_dpi(args.dpi)
@@ -779,25 +779,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hold_for_figures(folder: Path) -> None:
-    """Take ``folder``'s lock while ``plot`` writes figures there, as a command
-    takes its ``--out``'s: a command started on it meanwhile is refused, where
-    it would clear the figures' temporary files as ones a killed process left;
-    held, it clears those (a plot killed while saving). Where another landscape
-    process holds it the figures are drawn all the same (a sweep still running
-    is refused by the folder's own checks, a finished one's holder cleared the
-    folder as it started), and where the folder cannot be written there is no
-    lock (and the figures' write says so)."""
-    from landscape.checkpoint import clear_temporaries, lock_folder
+def _clear_stale_figures(folder: Path) -> None:
+    """Remove the temporary files of figures that a ``plot`` killed while
+    saving left in ``folder`` (ones older than :data:`checkpoint.FRESH_FIGURE_S`:
+    a plot drawing there now writes newer ones). ``plot`` takes no lock: a
+    command's run or resume there goes on meanwhile, and leaves a figure's
+    fresh temporary file alone (:func:`checkpoint.clear_temporaries`)."""
+    from landscape.checkpoint import clear_temporaries
 
-    try:
-        lock_folder(folder)
-    except UserError:  # another landscape process writes there
-        return
-    except OSError:  # a folder that cannot be made: the figures' own write names it
-        return
-    if folder.is_dir() and os.access(folder, os.W_OK):
-        clear_temporaries(folder)
+    if folder is not None and folder.is_dir() and os.access(folder, os.W_OK):
+        clear_temporaries(folder, figures_only=True)
 
 
 def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:

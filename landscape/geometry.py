@@ -28,7 +28,7 @@ PATH_OFF_SHARE = 0.01  # a path farther than this share of a plane's grid from t
 
 __all__ = ["PlaneBasis", "plane_basis", "random_plane_basis", "trajectory_basis", "project", "plane_grid",
            "plane_coefficients", "random_directions", "filter_normalize", "ray_coefficients", "line_coefficients",
-           "NORMALIZATIONS", "check_normalize", "project_with_distance", "weight_mask"]
+           "NORMALIZATIONS", "check_normalize", "project_with_distance", "weight_mask", "gains_fixed"]
 
 NORMALIZATIONS = ("gaussian", "filter")
 
@@ -232,6 +232,15 @@ def weight_mask(space: ParamSpace) -> torch.Tensor:
     scale a filter like batch norm's, shaped (filters, 1, ...))."""
     return torch.cat([torch.full((size,), _is_filters(name, shape, space), dtype=torch.bool)
                       for name, size, shape in zip(space.names, space.sizes, space.shapes)])
+
+
+def gains_fixed(model: torch.nn.Module, applies: bool) -> dict[str, str]:
+    """The request entry of a sweep whose directions or axes treat weight
+    norm's magnitudes as gains (``applies``: filter normalisation, ``--ignore
+    biasbn``) on a network that has them: an earlier build's result, which
+    took them for filters, is another request. Empty otherwise, so other
+    networks' stored results keep their keys."""
+    return {"gains": "fixed"} if applies and ParamSpace.of(model).gains else {}
 
 
 def _is_filters(name: str, shape: tuple[int, ...], space: ParamSpace) -> bool:

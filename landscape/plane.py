@@ -28,6 +28,7 @@ from .geometry import (
     PlaneBasis,
     check_grid_options,
     check_normalize,
+    gains_fixed,
     plane_basis,
     plane_coefficients,
     plane_grid,
@@ -129,7 +130,8 @@ def evaluate_random_plane(model: nn.Module, center: torch.Tensor, data, out: str
     axis = "filter-normalised" if normalize == "filter" else "unit Gaussian"
     layout = _Layout(
         basis=basis, anchors=[c], labels=[label], inputs=[torch.as_tensor(center)],
-        request={"plane": "random", "normalize": normalize, "seed": seed, "span": asked},
+        request={"plane": "random", "normalize": normalize, "seed": seed, "span": asked,
+                 **gains_fixed(model, normalize == "filter")},
         default_range=(-span, span),
         summary={"plane": "random", "normalize": normalize, "seed": seed, "span": span,
                  "axis_labels": [f"random direction 1 ({axis})", f"random direction 2 ({axis})"],
@@ -176,7 +178,8 @@ def evaluate_trajectory_plane(model: nn.Module, trajectory: Sequence[torch.Tenso
     xy, off = project_with_distance(basis, path, rows=max(1, (1 << 22) // path.shape[1]))
     layout = _Layout(  # the path is the request's input
         basis=basis, anchors=[path[-1]], labels=[labels[-1]], path=path, path_xy=xy, path_label="trajectory",
-        inputs=[], request={"plane": "trajectory", **({"ignore": ignore} if ignore else {})},  # old keys unchanged
+        inputs=[], request={"plane": "trajectory", **({"ignore": ignore} if ignore else {}),  # old keys unchanged
+                            **gains_fixed(model, bool(ignore))},
         summary={"plane": "trajectory", "checkpoints": len(labels), "start_label": labels[0], "ignore": ignore,
                  "trajectory_labels": labels,
                  "explained_variance": [float(r) for r in ratio],

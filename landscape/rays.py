@@ -31,6 +31,7 @@ from .geometry import (
     NORMALIZATIONS,
     check_normalize,
     filter_normalize,
+    gains_fixed,
     line_coefficients,
     random_directions,
     ray_coefficients,
@@ -192,7 +193,7 @@ def evaluate_rays(
         "line": line, "rise": rise, "seed": seed, "wd": wd, "batch_size": batch_size, "bn_batches": bn_batches,
         "bn_stats": bn_stats, "precision": precision, "dataset": data.describe(),
         # the line's reach with filter directions: the rays', not --distance (an earlier build's result is another)
-        **({"line_reach": "rays"} if line and normalize == "filter" else {})})
+        **({"line_reach": "rays"} if line and normalize == "filter" else {}), **gains_fixed(model, normalize == "filter")})
     finished = begin_result(out, "rays.npz", resume, "rays", request)
     if finished is not None:
         return RaysResult(*finished, out=out)

@@ -39,18 +39,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 def refuse_unusable(model: nn.Module, source: object = "the network") -> None:
     """One line for a network the toolkit cannot evaluate at other weights:
     a TorchScript module (no forward hooks, no torch.func), one still in a
-    DataParallel wrapper (torch.func refuses it) or torch.compile's (its
-    parameters are named for the wrapper), one on the meta device (no
-    values)."""
+    DataParallel wrapper (torch.func refuses it), one on the meta device
+    (no values)."""
     if isinstance(model, torch.jit.ScriptModule):
         raise UserError(f"{source} is a TorchScript module (torch.jit.script / trace), which cannot be evaluated at "
                         f"other weights (no forward hooks, no torch.func): pass the plain nn.Module")
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise UserError(f"{source} is wrapped in {type(model).__name__}: pass the network inside it (.module); "
                         f"landscape batches the points on one device itself")
-    if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-        raise UserError(f"{source} is compiled by torch.compile, whose parameter names ('_orig_mod.' ...) no "
-                        f"checkpoint or other network has: pass the network inside it (._orig_mod)")
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise UserError(f"{source} has tensors on the meta device, which hold no values: build it on a real "
                         f"device (or model.to_empty(device='cpu') and load its weights)")

@@ -917,30 +917,36 @@ def test_plot_of_a_read_only_result_folder_says_how_to_draw_elsewhere(tmp_path, 
     assert code == 2 and "--points must be at least 3" in _one_line_error(err) and not (tmp_path / "demo").exists()
 
 
-def test_plot_holds_its_folder_while_it_draws_and_clears_a_killed_plots_temporaries(tmp_path, capsys, monkeypatch):
-    """`plot` wrote figures without the folder's lock: a --resume started meanwhile cleared the figures'
-    temporary files as stale ones, and the plot failed with "plane_train_loss.pdf: No such file or directory";
-    a plot killed while saving left its temporary file for good. It now holds the lock while drawing (a command
-    started on the folder then is refused) and clears such files."""
+def test_a_figure_being_drawn_is_left_to_its_plot_and_a_killed_plots_is_cleared(tmp_path, capsys):
+    """A command started on a result folder cleared every temporary file there as a killed writer's, a
+    running `plot`'s too, which then failed with "plane_train_loss.pdf: No such file or directory"; and a
+    plot killed while saving left its temporary file for good. A command now leaves a figure's temporary
+    file younger than ten minutes (a plot drawing now), and `plot` clears figures' older ones (and no
+    other kind: it holds no lock, and a notebook may be writing a sweep's store there)."""
+    import time
+
+    from landscape.checkpoint import FRESH_FIGURE_S, claim_folder, folder_locks
     from tests.test_plots import write_rays
 
     folder = write_rays(tmp_path / "r", line=False)
-    stale = folder / ".rays_train_loss.png.ab12cd34.tmp"
-    stale.write_bytes(b"half a figure")
-    seen = []
-    drawn = cli._draw_stored
-
-    def draw(d, formats):
-        ask = "import sys; from pathlib import Path; from landscape.checkpoint import writer_of; print(writer_of(Path(sys.argv[1])))"
-        seen.append(subprocess.run([sys.executable, "-c", ask, str(d)], capture_output=True, text=True,
-                                   timeout=120).stdout.strip())
-        return drawn(d, formats)
-
-    monkeypatch.setattr(cli, "_draw_stored", draw)
+    old = time.time() - FRESH_FIGURE_S - 60
+    drawing = folder / ".rays_train_loss.png.ab12cd34.tmp"
+    killed = folder / ".rays_train_loss.pdf.ef56gh78.tmp"
+    store = folder / ".sweep.partial.npz.ij90kl12.tmp"
+    for f in (drawing, killed, store):
+        f.write_bytes(b"half")
+    for f in (killed, store):
+        os.utime(f, (old, old))
     code, out, _ = run(capsys, "plot", folder)
     assert code == 0 and "rays_train_loss.png" in out
-    assert seen == [str(os.getpid())]
-    assert not stale.exists() and not (folder / ".landscape.lock").exists()
+    assert drawing.exists() and not killed.exists() and store.exists()
+    with folder_locks():  # a command claiming the folder: the store's stale file goes, the figure being drawn stays
+        claim_folder(folder, "rays")
+    assert drawing.exists() and not store.exists()
+    os.utime(drawing, (old, old))
+    with folder_locks():
+        claim_folder(folder, "rays")
+    assert not drawing.exists()
 
 
 def test_python_m_landscape_is_the_command_line(tmp_path):

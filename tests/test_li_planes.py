@@ -135,6 +135,11 @@ def test_weight_norm_magnitudes_are_gains_not_filters(style):
     mask = space.unflatten(weight_mask(space))
     assert not mask[g].any() and mask[v].all() and mask["3.weight"].all() and not mask["3.bias"].any()
     assert space.trained().gains == (g,)
+    # a stored result of an earlier build, which took g for filters, is another request; other networks' keys stay
+    from landscape.geometry import gains_fixed
+
+    assert gains_fixed(model, True) == {"gains": "fixed"} and gains_fixed(model, False) == {}
+    assert gains_fixed(nn.Sequential(nn.Linear(6, 3)), True) == {}
 
 
 def numpy_pca(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -577,6 +577,19 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
 
         def counted(num_classes, input_shape):
             return Net(torch.eye(64) * next(counter))
+
+        def nan_drawn(num_classes, input_shape):
+            proj = torch.randn(64, 64)
+            proj[0, 0] = float("nan")
+            return Net(proj)
+
+        calls = []
+
+        def once(num_classes, input_shape):  # a one-shot resource: a second call fails
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("already taken")
+            return Net(torch.randn(64, 64))
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
@@ -584,6 +597,9 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
         with pytest.raises(UserError, match=r"^model 'buffered_nets:drawn': its buffer 'proj' is drawn at random "
                                             r"when the network is built but registered with persistent=False"):
             create_model("buffered_nets:drawn", num_classes=10, input_shape=(1, 8, 8))
+        with pytest.raises(UserError, match=r"its buffer 'proj' is drawn at random"):  # NaN equal to NaN
+            create_model("buffered_nets:nan_drawn", num_classes=10, input_shape=(1, 8, 8))
+        create_model("buffered_nets:once", num_classes=10, input_shape=(1, 8, 8))  # cannot tell: built as before
         assert cli.main(["train", "--model", "buffered_nets:drawn", "--epochs", "1", "--out", "run"]) == 2
         assert "its buffer 'proj' is drawn at random" in capsys.readouterr().err
         assert not (tmp_path / "run" / "model.pt").exists()
@@ -599,6 +615,23 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
         sys.modules.pop("buffered_nets", None)
 
 
+def test_a_compiled_network_given_to_load_model_is_loaded_through_the_module_inside(tmp_path) -> None:
+    """It was refused as not fitting its checkpoint ("key '_orig_mod.1.weight' is missing")."""
+    from landscape.checkpoint import load_model, save_checkpoint
+    from landscape.data import load_dataset
+    from landscape.evaluate import evaluate_model
+
+    torch.manual_seed(0)
+    trained = _bn_mlp(10, (1, 8, 8))
+    save_checkpoint(tmp_path / "m.pt", trained.state_dict(), {"name": "elsewhere", "kwargs": {"num_classes": 10, "input_shape": [1, 8, 8]}})
+    compiled = torch.compile(_bn_mlp(10, (1, 8, 8)))
+    loaded = load_model(tmp_path / "m.pt", compiled)
+    assert loaded is compiled._orig_mod
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trained.state_dict().values()))
+    data = load_dataset("digits")
+    assert evaluate_model(compiled, data) == evaluate_model(trained, data)
+
+
 def test_networks_that_cannot_be_evaluated_at_other_weights_are_one_line() -> None:
     """A TorchScript module, a DataParallel wrapper and a network on the meta device ended in torch's tracebacks
     (forward hooks on a ScriptModule, the stateless API, copying out of meta tensors)."""
@@ -610,7 +643,6 @@ def test_networks_that_cannot_be_evaluated_at_other_weights_are_one_line() -> No
     for network, said in ((torch.jit.script(_bn_mlp(10, (1, 8, 8))), "is a TorchScript module"),
                           (nn.DataParallel(_bn_mlp(10, (1, 8, 8))), "is wrapped in DataParallel: pass the network "
                                                                      "inside it (.module)"),
-                          (torch.compile(_bn_mlp(10, (1, 8, 8))), "is compiled by torch.compile"),
                           (_bn_mlp(10, (1, 8, 8)).to("meta"), "has tensors on the meta device, which hold no values")):
         for call in (lambda: evaluate_points(network, [plain, plain], [[1.0, 0.0]], data),
                      lambda: evaluate_model(network, data)):

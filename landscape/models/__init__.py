@@ -135,9 +135,9 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
                             f"{type(e).__name__}{': ' + first_line(e) if str(e).strip() else ''}") from e
         if not isinstance(model, nn.Module):
             raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
-        model = unwrap(model)
+        model = materialize(unwrap(model), input_shape, f"model {name!r}")
         _refuse_random_unsaved(name, model, lambda: unwrap(factory(**data, **kwargs)))
-        return materialize(model, input_shape, f"model {name!r}")
+        return model
 
 
 def unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -146,6 +146,11 @@ def unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     factory builds them."""
     kept = set(model.state_dict())
     return {n: b for n, b in model.named_buffers() if n not in kept and not is_lazy(b)}
+
+
+def _comparable(buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Those of ``buffers`` with values to compare: dense, not on the meta device."""
+    return {n: b for n, b in buffers.items() if b.layout == torch.strided and not b.is_meta}
 
 
 @contextmanager
@@ -172,21 +177,29 @@ def _refuse_random_unsaved(name: str, model: nn.Module, build: Factory) -> None:
     random as the network is built: no checkpoint holds it, so every load would
     draw another one and a saved network could never be rebuilt (a fixed
     random projection registered ``persistent=False``). Told by building the
-    network again under two seeds and once more under the first: the buffer
-    differs between the seeds and is the same under one (one that differs
+    network once more, its generators seeded with :data:`_CHECK_SEED`: a buffer
+    that differs from the first build's is built a third time under that seed,
+    and is drawn at random where it is the same in both (one that differs
     under one seed too is filled some other way, e.g. ``torch.empty``, and is
     left alone). The extra builds draw from generators of their own; networks
-    without such buffers are built once."""
-    if not unsaved_buffers(model):
+    without such buffers are built once, and a factory that fails when called
+    again is left as it is (nothing is told). A draw from a generator that
+    ignores the global seeds (``np.random.default_rng()`` unseeded) looks like
+    ``torch.empty`` here and is not caught."""
+    first = _comparable(unsaved_buffers(model))
+    if not first:
         return
     builds = []
-    for seed in (1, 2, 1):
-        with _float32_default(), _seeded(seed):
-            builds.append(unsaved_buffers(build()))
-        if len(builds) == 2 and all(_same(b, builds[1].get(n)) for n, b in builds[0].items()):
+    for _ in range(2):
+        try:
+            with _float32_default(), _seeded(_CHECK_SEED):
+                builds.append(_comparable(unsaved_buffers(build())))
+        except Exception:  # a factory that cannot be called twice (a one-shot resource, memory): cannot tell
             return
-    first, other, again = builds
-    random = [n for n, b in first.items() if not _same(b, other.get(n)) and _same(b, again.get(n))]
+        differ = [n for n, b in first.items() if not _same(b, builds[0].get(n))]
+        if not differ:
+            return
+    random = [n for n in differ if _same(builds[0][n], builds[1].get(n))]
     if random:
         raise UserError(f"model {name!r}: its buffer {random[0]!r} is drawn at random when the network is built but "
                         f"registered with persistent=False, so no checkpoint holds it and every load would draw "
@@ -194,8 +207,16 @@ def _refuse_random_unsaved(name: str, model: nn.Module, build: Factory) -> None:
                         f"from a generator of its own with a fixed seed")
 
 
+_CHECK_SEED = 0x5EED_C0DE  # not a seed a run is likely given: the first build's draw is another
+
+
 def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
-    return b is not None and a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a.cpu(), b.cpu()))
+    """Whether ``b`` holds ``a``'s values (NaN equal to NaN)."""
+    if b is None or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    a, b = a.detach().cpu(), b.detach().cpu()
+    return bool(torch.equal(a, b)) if not a.is_floating_point() and not a.is_complex() else bool(
+        torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)))
 
 
 @contextmanager
