@@ -340,12 +340,19 @@ def test_claiming_a_folder_removes_temporary_files_a_killed_write_left(tmp_path,
 
     out = tmp_path / "run"
     out.mkdir()
+    import time
+
+    from landscape.checkpoint import FRESH_FIGURE_S
+
     (out / ".curve.png.dz4q03_f.tmp").write_bytes(b"half a figure")  # a process killed inside atomic_save
+    old = time.time() - FRESH_FIGURE_S - 1  # a figure's younger one may be a plot's drawing now (no lock)
+    os.utime(out / ".curve.png.dz4q03_f.tmp", (old, old))
+    (out / ".last.pt.k1ll3d0a.tmp").write_bytes(b"half a checkpoint")  # any age: only lock holders write those
     (out / "curve.npz").write_bytes(b"kept")
     (out / "notes.tmp").write_text("the user's own file: not one of ours (no leading dot)")
     monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 writes, so another rank must not clean
     claim_folder(out, "curve")
-    assert (out / ".curve.png.dz4q03_f.tmp").exists()
+    assert (out / ".curve.png.dz4q03_f.tmp").exists() and (out / ".last.pt.k1ll3d0a.tmp").exists()
     monkeypatch.delenv("RANK")
     claim_folder(out, "curve")
     assert sorted(p.name for p in out.iterdir()) == ["curve.npz", "notes.tmp"]
