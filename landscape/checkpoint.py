@@ -663,7 +663,7 @@ def _interned(obj: Any) -> Any:
     met a second time as a reference only where it is the same object: a run's own names often are, the
     same names read back from its ``last.pt`` are not, so a resumed run's files differed from an
     uninterrupted one's by those bytes."""
-    if isinstance(obj, str):
+    if type(obj) is str:  # a subclass (a str Enum) cannot be interned: left as it is
         return sys.intern(obj)
     if type(obj) in (dict, OrderedDict):
         return type(obj)((_interned(k), _interned(v)) for k, v in obj.items())

@@ -469,6 +469,9 @@ class _Raw(NamedTuple):
     mean: tuple[float, ...] | None = None  # None: use the training split's statistics
     std: tuple[float, ...] | None = None
     augment: bool = False
+    # (key, text) notes that hold where the inputs reach the network as stored (--data-normalization other
+    # than standard: token ids); under standard normalisation ids would not survive anyway
+    id_notes: tuple[tuple[tuple[str, str], str], ...] = ()
 
 
 def load_dataset(
@@ -530,6 +533,9 @@ def _load_dataset(name, data_path, val_size, seed, device, synthetic_shape, synt
             raw = _read_cifar(key, path)
         else:
             raw = _read_npz(path)
+            if normalization != "standard":
+                for note_key, text in raw.id_notes:
+                    _note(note_key, text)
         return _assemble(key, raw, val_size, seed, device, f" in {path}", normalization)
     return _assemble(key, raw, val_size, seed, device, normalization=normalization)
 
@@ -1000,11 +1006,11 @@ def _read_npz(path: Path) -> _Raw:
     if (arrays["x_train"].dtype == np.uint8) != (arrays["x_test"].dtype == np.uint8):  # one would be scaled by 1/255
         raise UserError(f"{path}: x_train is {arrays['x_train'].dtype} but x_test is {arrays['x_test'].dtype}: uint8 "
                         f"pixels are read as value / 255, other dtypes as they are; store both with one dtype")
-    _refuse_lost_spread(arrays["x_train"], arrays["x_test"], path, layout)  # before float32 loses it
+    notes = _refuse_lost_spread(arrays["x_train"], arrays["x_test"], path, layout)  # before float32 loses it
     if arrays["x_train"].dtype == np.uint8 and (arrays["x_train"].ndim == 2 or layout in ("NCL", "NLC")):
-        _note(("uint8", str(path)), f"{path}: the inputs are uint8, which is read as pixels, value / 255, before "
-              f"--data-normalization; token ids or counts stored as uint8 become fractions: store them as int16, "
-              f"int32 or int64 to keep them as they are")
+        notes.append((("uint8", str(path)), f"{path}: the inputs are uint8, which is read as pixels, value / 255, "
+                      f"before --data-normalization; if they are token ids or counts, they become fractions: store "
+                      f"them as int16, int32 or int64 to keep them as they are"))
     x_tr, x_te = (_npz_inputs(arrays[k], k, path, layout) for k in ("x_train", "x_test"))
     y_tr, y_te = (_npz_labels(arrays[k], k, path) for k in ("y_train", "y_test"))
     for x, y, kx, ky in ((x_tr, y_tr, "x_train", "y_train"), (x_te, y_te, "x_test", "y_test")):
@@ -1036,7 +1042,7 @@ def _read_npz(path: Path) -> _Raw:
     if gaps:  # the network gets one output per id up to the largest: unused ones would be classes too
         raise UserError(f"{path}: labels must be class ids 0..K-1, each in y_train; {len(gaps)} of 0..{top} "
                         f"({_some(gaps)}) never occur: renumber them, e.g. with np.unique(y, return_inverse=True)")
-    return _Raw(x_tr, y_tr, x_te, y_te, top + 1)
+    return _Raw(x_tr, y_tr, x_te, y_te, top + 1, id_notes=tuple(notes))
 
 
 def _some(values: Sequence[int], shown: int = 5) -> str:
@@ -1093,16 +1099,18 @@ def _npz_inputs(x: np.ndarray, key: str, path: Path, layout: str | None = None) 
     return torch.from_numpy(out)
 
 
-def _refuse_lost_spread(x_train: np.ndarray, x_test: np.ndarray, path: Path, layout: str | None) -> None:
+def _refuse_lost_spread(x_train: np.ndarray, x_test: np.ndarray, path: Path, layout: str | None
+                        ) -> list[tuple[tuple[str, str], str]]:
     """One line for a feature (a signal's channel) whose values float32, what the networks take and what is
     normalised, would lose: stored in float64 or wide integers with a large offset and a small spread (a
     timestamp around 1e9 varying by seconds), it became a constant column without a word. Lost: float32's
     step at the values' size (both splits') above a tenth of the training split's spread, which the inputs
-    are normalised by. Summed in slices of samples, without a float64 copy of the set."""
+    are normalised by. Summed in slices of samples, without a float64 copy of the set. Returns the note for
+    integers above 2**24, which float32 rounds (ids would be altered), for :class:`_Raw`'s ``id_notes``."""
     wide = [x for x in (x_train, x_test) if x.dtype.itemsize >= 4 and x.dtype != np.float32 and x.dtype.kind in "iuf"]
     axis = {2: 1, 3: {"NCL": 1, "NLC": 2}.get(layout or "")}.get(x_train.ndim)
     if not wide or axis is None or not len(x_train) or x_test.shape[1:] != x_train.shape[1:]:
-        return  # (other sample shapes are refused after)
+        return []  # (other sample shapes are refused after)
     rest = tuple(a for a in range(x_train.ndim) if a != axis)
     rows = max(1, (1 << 22) // max(1, x_train[0].size))
 
@@ -1133,12 +1141,13 @@ def _refuse_lost_spread(x_train: np.ndarray, x_test: np.ndarray, path: Path, lay
                         f"mean, in float64) before saving"
                         + (f" ({len(lost)} such {what}s)" if len(lost) > 1 else ""))
     rounded = np.flatnonzero(fits & (level > 2 ** 24)) if all(x.dtype.kind in "iu" for x in wide) else []
-    if len(rounded):  # kept as features (float32's precision at their size), but ids would be altered
-        j = int(rounded[0])
-        _note(("ids", str(path)), f"{path}: {what} {j} of the inputs holds integers up to {level[j]:.0f}, above "
-              f"2**24 = 16,777,216, where float32, which the networks take, rounds them (to steps of {step[j]:.0f} "
-              f"there): as features that is float32's precision, but ids (users, items, hashes) would be altered: "
-              f"remap them to 0..K-1 before saving (np.unique(x, return_inverse=True))")
+    if not len(rounded):  # kept as features (float32's precision at their size), but ids would be altered
+        return []
+    j = int(rounded[0])
+    return [(("ids", str(path)), f"{path}: {what} {j} of the inputs holds integers up to {level[j]:.0f}, above "
+             f"2**24 = 16,777,216, where float32, which the networks take, rounds them (to steps of "
+             f"{step[j]:.0f} there): if they are ids (users, items, hashes), they are altered: remap them to "
+             f"0..K-1 before saving (np.unique(x, return_inverse=True))")]
 
 
 _NOTED: set[tuple[str, str]] = set()

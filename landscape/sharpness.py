@@ -123,7 +123,8 @@ class TrainLoss:
     NUTS's gradient (``subspace.LogPosterior``) differentiates the same
     :meth:`nll_sum` over the same :meth:`batches`."""
 
-    def __init__(self, model: nn.Module, data, bn: str = "batches", batch_size: int = 1000):
+    def __init__(self, model: nn.Module, data, bn: str = "batches", batch_size: int = 1000,
+                 purpose: str = "the Hessian's products"):
         if not is_whole(batch_size) or batch_size < 1:
             raise UserError(f"--batch-size must be a positive whole number, got {batch_size}")
         self.data, self.bn, self.batch_size = data, bn, int(batch_size)
@@ -131,7 +132,7 @@ class TrainLoss:
         for _, m in bn_modules(self.net):
             m.train()  # each pass normalised by its own statistics (the running ones are never read)
         self.space = ParamSpace.of(self.net)
-        refuse_for_gradients(self.net, "the Hessian's products")
+        refuse_for_gradients(self.net, purpose)  # purpose: what the gradients are for, in its one line
         self.n = len(data.y_train)
         self.hvps = 0
         self.channels_last = takes_channels_last(self.net, data.x_train[:2])  # as the engine: faster convolutions

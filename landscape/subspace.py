@@ -69,7 +69,7 @@ from .sharpness import TrainLoss
 from .sweep import (STORE, begin_result, compare_keys, finish_result, is_main, rank_and_world, request_key, run_sweep,
                     stored_bn_stats)
 from .swag import SwagPosterior, load_swag
-from .weights import ParamSpace
+from .weights import ParamSpace, refuse_for_gradients
 
 __all__ = ["BASES", "METHODS", "VI_FAMILIES", "RealNVP", "flow_kl", "Subspace", "SubspaceResult", "pca_basis",
            "random_basis", "plane_of_points", "swag_subspace", "elliptical_slice_round", "gaussian_kl",
@@ -391,6 +391,7 @@ def _fit_vi(run: "_Run", state: dict[str, np.ndarray] | None, *, epochs: int, lr
         records = list(state["records"])
     shift, basis = sub.shift.double(), sub.basis.double()
     net = copy.deepcopy(run.net).to(device).train()
+    refuse_for_gradients(net, "variational inference in the subspace")
     space = ParamSpace.of(net)
     bar = Progress(epochs, len(records), desc="VI epochs", unit="epoch", progress=run.progress, every=10.0)
     layout = image_layout(net, data.x_train[:2])  # channels-last batches where the network takes them
@@ -657,7 +658,7 @@ class LogPosterior:
         if self.kind == "autograd":  # batch norm (then in population mode) normalises the whole set by itself
             population = run.eval_options["bn_stats"] == "population" and bool(bn_modules(run.net))
             self.loss = TrainLoss(run.net, data, "population" if population else "batches",
-                                  run.eval_options["batch_size"])
+                                  run.eval_options["batch_size"], purpose="NUTS's gradients in the subspace")
             self.shift, self.basis = sub.shift.double(), sub.basis.double()
 
     def set_scale(self, step_sizes: np.ndarray) -> bool:

@@ -504,8 +504,12 @@ def run_training(
         raise UserError(f"{data.name!r} has {len(data.y_train)} training sample(s): no training step would run "
                         f"(a batch needs at least 2 samples{' per process' if world > 1 else ''}, for batch norm)")
     metrics = list(metrics or [])
-    refuse_for_gradients(task.network if task.network is not None else task.module,
-                         "training" if task.network is None else "a curve's (or simplex's) fit")
+    if task.network is not None:
+        refuse_for_gradients(task.network, "a curve's (or simplex's) fit")
+    else:  # plain SGD without weight decay takes sparse gradients
+        plain = not task.weight_decay and task.optimizer is None
+        refuse_for_gradients(task.module, "training" if task.optimizer is not None else "training with weight decay "
+                             "(--wd 0 takes them)", sparse_ok=plain)
     params = [p for p in task.module.parameters() if p.requires_grad]
     if not params:
         raise UserError("the network has no parameters to train" if next(task.module.parameters(), None) is None

@@ -39,14 +39,20 @@ def unwrap(model: nn.Module) -> nn.Module:
 def refuse_unusable(model: nn.Module, source: object = "the network") -> None:
     """One line for a network the toolkit cannot evaluate at other weights:
     a TorchScript module (no forward hooks, no torch.func), one still in a
-    DataParallel wrapper (torch.func refuses it), one on the meta device
-    (no values)."""
+    DataParallel wrapper (torch.func refuses it) or torch.compile's (its
+    parameters are named for the wrapper), one on the meta device (no
+    values). ``load_model`` loads a compiled network through the module
+    inside."""
     if isinstance(model, torch.jit.ScriptModule):
         raise UserError(f"{source} is a TorchScript module (torch.jit.script / trace), which cannot be evaluated at "
                         f"other weights (no forward hooks, no torch.func): pass the plain nn.Module")
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise UserError(f"{source} is wrapped in {type(model).__name__}: pass the network inside it (.module); "
                         f"landscape batches the points on one device itself")
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+        raise UserError(f"{source} is compiled by torch.compile, whose parameters are named for the wrapper "
+                        f"('_orig_mod.' ...) and whose backward takes no Hessian products: pass the network inside "
+                        f"it (._orig_mod)")
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise UserError(f"{source} has tensors on the meta device, which hold no values: build it on a real "
                         f"device (or model.to_empty(device='cpu') and load its weights)")
@@ -74,20 +80,22 @@ def weight_norm_gains(model: nn.Module) -> tuple[str, ...]:
     return tuple(n for n in gains if n in named)
 
 
-def refuse_for_gradients(model: nn.Module, what: str) -> None:
+def refuse_for_gradients(model: nn.Module, what: str, sparse_ok: bool = False) -> None:
     """One line for a layer whose weights ``what`` (training, a curve's fit, the
     Hessian) cannot differentiate as the toolkit does: an embedding with
     ``sparse=True`` (sparse gradients: weight decay, momentum, curves and
     Hessian products take dense ones only), and one with ``max_norm`` (its
     forward renormalises the weight in place, which a curve's point, a
-    computed tensor, cannot take)."""
+    computed tensor, cannot take). ``sparse_ok``: plain SGD without weight
+    decay, which takes sparse gradients. ``what == "training"``: max_norm is
+    fine (the weights are the module's own)."""
     for name, m in model.named_modules():
         if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
             kind = f"the network's {name or 'embedding'} ({type(m).__name__})"
-            if m.sparse:
+            if m.sparse and not sparse_ok:
                 raise UserError(f"{kind} has sparse=True, whose sparse gradients {what} cannot take: build it "
                                 f"with sparse=False (the same results, dense gradients)")
-            if m.max_norm is not None and what != "training":
+            if m.max_norm is not None and not what.startswith("training"):
                 raise UserError(f"{kind} has max_norm={m.max_norm:g}, which renormalises its weight in place in "
                                 f"every forward; {what} forms the weights as computed tensors, which cannot be "
                                 f"changed in place: build it without max_norm (or renormalise in forward, "

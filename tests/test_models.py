@@ -583,6 +583,19 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
             proj[0, 0] = float("nan")
             return Net(proj)
 
+        class Cache(nn.Module):  # a positional table made on the first forward
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("table", torch.zeros(0), persistent=False)
+
+            def forward(self, x):
+                if self.table.numel() == 0:
+                    self.table = torch.arange(float(x.shape[1]))
+                return x + self.table
+
+        def cached(num_classes, input_shape):  # lazy: the cache is filled by the forward that sets the shapes
+            return nn.Sequential(nn.Flatten(), nn.LazyLinear(32), Cache(), nn.Linear(32, num_classes))
+
         calls = []
 
         def once(num_classes, input_shape):  # a one-shot resource: a second call fails
@@ -603,6 +616,7 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
         assert cli.main(["train", "--model", "buffered_nets:drawn", "--epochs", "1", "--out", "run"]) == 2
         assert "its buffer 'proj' is drawn at random" in capsys.readouterr().err
         assert not (tmp_path / "run" / "model.pt").exists()
+        create_model("buffered_nets:cached", num_classes=10, input_shape=(1, 8, 8))  # every build materialised
         for name in ("fixed", "seeded", "counted"):
             torch.manual_seed(5)
             built = create_model(f"buffered_nets:{name}", num_classes=10, input_shape=(1, 8, 8))
@@ -629,7 +643,7 @@ def test_a_compiled_network_given_to_load_model_is_loaded_through_the_module_ins
     assert loaded is compiled._orig_mod
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trained.state_dict().values()))
     data = load_dataset("digits")
-    assert evaluate_model(compiled, data) == evaluate_model(trained, data)
+    assert evaluate_model(loaded, data) == evaluate_model(trained, data)
 
 
 def test_networks_that_cannot_be_evaluated_at_other_weights_are_one_line() -> None:
@@ -643,6 +657,7 @@ def test_networks_that_cannot_be_evaluated_at_other_weights_are_one_line() -> No
     for network, said in ((torch.jit.script(_bn_mlp(10, (1, 8, 8))), "is a TorchScript module"),
                           (nn.DataParallel(_bn_mlp(10, (1, 8, 8))), "is wrapped in DataParallel: pass the network "
                                                                      "inside it (.module)"),
+                          (torch.compile(_bn_mlp(10, (1, 8, 8))), "is compiled by torch.compile"),
                           (_bn_mlp(10, (1, 8, 8)).to("meta"), "has tensors on the meta device, which hold no values")):
         for call in (lambda: evaluate_points(network, [plain, plain], [[1.0, 0.0]], data),
                      lambda: evaluate_model(network, data)):
@@ -679,8 +694,10 @@ def test_embeddings_the_runs_cannot_differentiate_are_one_line(monkeypatch, tmp_
     register_model("sparse_emb")(lambda num_classes, input_shape: _Embedded(sparse=True))
     register_model("renormed_emb")(lambda num_classes, input_shape: _Embedded(max_norm=1.0))
     with pytest.raises(UserError, match=r"^the network's emb \(Embedding\) has sparse=True, whose sparse gradients "
-                                        r"training cannot take: build it with sparse=False"):
+                                        r"training with weight decay \(--wd 0 takes them\) cannot take: build it "
+                                        r"with sparse=False"):
         train(out=tmp_path / "s", model="sparse_emb", data=small_digits, epochs=1, progress=False)
+    train(out=tmp_path / "s0", model="sparse_emb", data=small_digits, epochs=1, wd=0.0, progress=False)  # kept
     with pytest.raises(UserError, match=r"sparse gradients the Hessian's products cannot take"):
         sparse = _Embedded(sparse=True)
         evaluate_sharpness(sparse, [ParamSpace.of(sparse).flatten(sparse)], small_digits, top=1, iters=2)

@@ -136,7 +136,8 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
         if not isinstance(model, nn.Module):
             raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
         model = materialize(unwrap(model), input_shape, f"model {name!r}")
-        _refuse_random_unsaved(name, model, lambda: unwrap(factory(**data, **kwargs)))
+        _refuse_random_unsaved(name, model, lambda: materialize(unwrap(factory(**data, **kwargs)), input_shape,
+                                                                f"model {name!r}"))
         return model
 
 
@@ -199,7 +200,7 @@ def _refuse_random_unsaved(name: str, model: nn.Module, build: Factory) -> None:
         differ = [n for n, b in first.items() if not _same(b, builds[0].get(n))]
         if not differ:
             return
-    random = [n for n in differ if _same(builds[0][n], builds[1].get(n))]
+    random = [n for n in differ if n in builds[0] and _same(builds[0][n], builds[1].get(n))]
     if random:
         raise UserError(f"model {name!r}: its buffer {random[0]!r} is drawn at random when the network is built but "
                         f"registered with persistent=False, so no checkpoint holds it and every load would draw "
