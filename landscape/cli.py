@@ -742,11 +742,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
                         "figures are redrawn in it")
     if len(dirs) > 1 and args.out is None:
         raise UserError("several result folders make one comparison figure: give --out FOLDER for it")
-    from landscape.plots.style import set_figure_dpi, set_figure_width
+    from landscape.plots.style import keep_unwritable_figures, set_figure_dpi, set_figure_width
 
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
     _clear_stale_figures(dirs[0] if len(dirs) == 1 else args.out)
     try:
+        keep_unwritable_figures(False)  # asked to redraw: a folder that cannot be written is said so
         set_figure_width(args.width)
         set_figure_dpi(args.dpi)
         if len(dirs) == 1:
@@ -774,6 +775,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     finally:
         set_figure_width(None)  # the next figures of this process at their own size
         set_figure_dpi(None)
+        keep_unwritable_figures(True)
     for f in written:
         print(f"figure: {f}")
     return 0

@@ -1667,3 +1667,35 @@ def test_figures_of_bf16_results_say_so_and_a_mixed_comparison_counts_them():
     note_synthetic(fig, [{"precision": "fp32"}, {}])
     assert fig._suptitle is None or fig._suptitle.get_text() == ""
     plt.close("all")
+
+
+def test_a_finished_results_figures_in_a_folder_that_cannot_be_written_are_kept(tmp_path, monkeypatch, capsys):
+    """--resume of a finished result copied to a read-only folder ended in "plane_train_loss.png: Permission
+    denied" and printed no table: redrawing its figures is no part of showing it. A command keeps the figures
+    there as they are, with one note; `plot`, asked to redraw, still says the folder cannot be written; a
+    figure that does not exist yet is an error either way."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    (png,) = style.save_figure(fig, tmp_path / "f")
+    drawn = png.read_bytes()
+
+    def refused(write, path):
+        raise OSError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(style, "atomic_save", refused)
+    style._KEPT_NOTED.clear()
+    for _ in range(2):
+        assert style.save_figure(fig, tmp_path / "f") == [png] and png.read_bytes() == drawn
+    assert capsys.readouterr().err.count(f"note: {tmp_path} cannot be written; its figures are left as they were") == 1
+    with pytest.raises(OSError, match="Permission denied"):
+        style.save_figure(fig, tmp_path / "f", formats=("pdf",))  # none there to keep
+    style.keep_unwritable_figures(False)
+    try:
+        with pytest.raises(OSError, match="Permission denied"):
+            style.save_figure(fig, tmp_path / "f")
+    finally:
+        style.keep_unwritable_figures(True)

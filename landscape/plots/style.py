@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import numbers
 import os
@@ -570,6 +571,31 @@ def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int | None 
     written = []
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")
-        atomic_save(lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi), path)
+        try:
+            atomic_save(lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi), path)
+        except OSError as e:
+            if not (_KEEP_UNWRITABLE[0] and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and path.exists()):
+                raise
+            _note_kept(path.parent)  # a finished result resumed where it cannot be written: its figure stays
         written.append(path)
     return written
+
+
+# Whether a figure that cannot be rewritten in a folder that cannot be written is kept as it is (a command's
+# --resume of a finished result there: the stored result is shown) or an error (`plot`, which is asked to redraw).
+_KEEP_UNWRITABLE = [True]
+_KEPT_NOTED: set[str] = set()
+
+
+def keep_unwritable_figures(keep: bool) -> None:
+    """Whether :func:`save_figure` keeps a figure it cannot rewrite in a folder that cannot be written (True,
+    the default: a finished result resumed there is shown with its figures as they are), or raises (``plot``)."""
+    _KEEP_UNWRITABLE[0] = bool(keep)
+
+
+def _note_kept(folder: Path) -> None:
+    import sys
+
+    if str(folder) not in _KEPT_NOTED:
+        _KEPT_NOTED.add(str(folder))
+        print(f"note: {folder} cannot be written; its figures are left as they were drawn", file=sys.stderr)
