@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .device import resolve_device
-from .errors import UserError, check_seed, is_out_of_memory
+from .errors import UserError, check_seed, is_out_of_memory, note_once
 
 __all__ = ["DATASETS", "INPUT_NORMALIZATIONS", "Dataset", "as_dataset", "load_dataset", "augment_crop_flip"]
 
@@ -535,7 +535,7 @@ def _load_dataset(name, data_path, val_size, seed, device, synthetic_shape, synt
             raw = _read_npz(path)
             if normalization != "standard":
                 for note_key, text in raw.id_notes:
-                    _note(note_key, text)
+                    note_once(note_key, text)
         return _assemble(key, raw, val_size, seed, device, f" in {path}", normalization)
     return _assemble(key, raw, val_size, seed, device, normalization=normalization)
 
@@ -1148,20 +1148,6 @@ def _refuse_lost_spread(x_train: np.ndarray, x_test: np.ndarray, path: Path, lay
              f"2**24 = 16,777,216, where float32, which the networks take, rounds them (to steps of "
              f"{step[j]:.0f} there): if they are ids (users, items, hashes), they are altered: remap them to "
              f"0..K-1 before saving (np.unique(x, return_inverse=True))")]
-
-
-_NOTED: set[tuple[str, str]] = set()
-
-
-def _note(key: tuple[str, str], text: str) -> None:
-    """``text`` as a note on stderr, once a process for ``key`` (rank 0 alone under torchrun)."""
-    import os
-    import sys
-
-    if key in _NOTED or os.environ.get("RANK", "0") != "0":
-        return
-    _NOTED.add(key)
-    print(f"note: {text}", file=sys.stderr)
 
 
 def _npz_labels(y: np.ndarray, key: str, path: Path) -> Tensor:

@@ -12,7 +12,7 @@ import math
 import numbers
 from collections.abc import Iterable
 
-__all__ = ["UserError", "Terminated", "on_terminate", "stop_words", "shell_word", "check_keywords", "check_nonnegative",
+__all__ = ["note_once", "UserError", "Terminated", "on_terminate", "stop_words", "shell_word", "check_keywords", "check_nonnegative",
            "check_seed", "first_line", "is_whole", "is_out_of_memory"]
 
 
@@ -131,3 +131,19 @@ def is_out_of_memory(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "ALLOC_FAILED" in text
                                             or "CUDA error: out of memory" in text)
+
+
+_NOTES_SAID: set[tuple[str, str]] = set()
+
+
+def note_once(key: tuple[str, str], text: str) -> None:
+    """``note: text`` on stderr, once a process for ``key`` (a kind of note and
+    what it is about), and under torchrun on rank 0 alone (told by ``RANK``,
+    which torchrun sets before any process group exists)."""
+    import os
+    import sys
+
+    if key in _NOTES_SAID or os.environ.get("RANK", "0") != "0":
+        return
+    _NOTES_SAID.add(key)
+    print(f"note: {text}", file=sys.stderr)

@@ -25,7 +25,7 @@ from torch.nn.parameter import is_lazy
 from .bn import (bn_buffer_names, bn_collecting, bn_modules, instance_norms, note_per_batch_norms, population_bn,
                  reestimate_bn, sample_weighted)
 from .data import as_dataset
-from .errors import UserError, check_nonnegative, first_line, is_out_of_memory, is_whole
+from .errors import UserError, check_nonnegative, first_line, is_out_of_memory, is_whole, note_once
 from .layout import image_layout, takes_channels_last, to_channels_last
 from .weights import ParamSpace, stack_anchors
 
@@ -456,27 +456,19 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
     return _Probe(largest // images, total / images, [name for name, c in calls.items() if c > 1])
 
 
-_NOTED_PROBABILITIES: set[str] = set()
-
-
 def _note_probabilities(model: nn.Module, out: torch.Tensor) -> None:
     """Once per process and network class: a note on stderr where ``out``, the
     network's outputs for a few images, are probabilities (non-negative, every
     row summing to 1): taken as logits, they are put through a second softmax,
     and every NLL (and the training loss) is of those, not of the network's
     probabilities. Logits summing to 1 in every row by chance are not met."""
-    import os
-
-    name = type(model).__qualname__
-    if out.shape[1] < 2 or name in _NOTED_PROBABILITIES or os.environ.get("RANK", "0") != "0":
-        return
     rows = out.detach().double()
-    if not (bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1).abs() < 1e-4).all())):
+    if out.shape[1] < 2 or not (bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1).abs() < 1e-4).all())):
         return
-    _NOTED_PROBABILITIES.add(name)
-    print("note: the network's outputs are non-negative and sum to 1 in every row, as probabilities do; landscape "
-          "takes them as logits and applies the softmax itself, so its NLL (and training) would be of a second "
-          "softmax: end the network before its softmax (or with log_softmax)", file=sys.stderr)
+    note_once(("probabilities", type(model).__qualname__),
+              "the network's outputs are non-negative and sum to 1 in every row, as probabilities do; landscape "
+              "takes them as logits and applies the softmax itself, so its NLL (and training) would be of a second "
+              "softmax: end the network before its softmax (or with log_softmax)")
 
 
 def check_network(model: nn.Module, data) -> None:

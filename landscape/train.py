@@ -509,7 +509,7 @@ def run_training(
     else:  # plain SGD without weight decay takes sparse gradients
         plain = not task.weight_decay and task.optimizer is None
         refuse_for_gradients(task.module, "training" if task.optimizer is not None else "training with weight decay "
-                             "(--wd 0 takes them)", sparse_ok=plain)
+                             "(--wd 0 takes them)", sparse_ok=plain, computed=False)
     params = [p for p in task.module.parameters() if p.requires_grad]
     if not params:
         raise UserError("the network has no parameters to train" if next(task.module.parameters(), None) is None

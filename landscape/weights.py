@@ -80,22 +80,22 @@ def weight_norm_gains(model: nn.Module) -> tuple[str, ...]:
     return tuple(n for n in gains if n in named)
 
 
-def refuse_for_gradients(model: nn.Module, what: str, sparse_ok: bool = False) -> None:
+def refuse_for_gradients(model: nn.Module, what: str, *, sparse_ok: bool = False, computed: bool = True) -> None:
     """One line for a layer whose weights ``what`` (training, a curve's fit, the
     Hessian) cannot differentiate as the toolkit does: an embedding with
     ``sparse=True`` (sparse gradients: weight decay, momentum, curves and
     Hessian products take dense ones only), and one with ``max_norm`` (its
     forward renormalises the weight in place, which a curve's point, a
     computed tensor, cannot take). ``sparse_ok``: plain SGD without weight
-    decay, which takes sparse gradients. ``what == "training"``: max_norm is
-    fine (the weights are the module's own)."""
+    decay, which takes sparse gradients. ``computed=False``: the weights are
+    the module's own (training), where max_norm is fine."""
     for name, m in model.named_modules():
         if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
             kind = f"the network's {name or 'embedding'} ({type(m).__name__})"
             if m.sparse and not sparse_ok:
                 raise UserError(f"{kind} has sparse=True, whose sparse gradients {what} cannot take: build it "
                                 f"with sparse=False (the same results, dense gradients)")
-            if m.max_norm is not None and not what.startswith("training"):
+            if m.max_norm is not None and computed:
                 raise UserError(f"{kind} has max_norm={m.max_norm:g}, which renormalises its weight in place in "
                                 f"every forward; {what} forms the weights as computed tensors, which cannot be "
                                 f"changed in place: build it without max_norm (or renormalise in forward, "

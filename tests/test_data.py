@@ -1273,14 +1273,14 @@ def test_ids_the_npz_route_would_alter_get_a_note(tmp_path, capsys):
     cast to long) and int64 ids above 2**24 rounded by float32, both without a word: 68 % test error where
     int64 ids gave 16 %, and an NLL of other inputs than the file's. Each now gets a note; pixels (uint8
     images) and integers float32 holds exactly get none."""
-    import landscape.data as data_module
+    import landscape.errors as errors
 
     rng = np.random.default_rng(0)
     y = np.arange(40) % 2
 
     def read(name, x, **extra):
         np.savez(tmp_path / name, x_train=x, y_train=y, x_test=x[:10], y_test=y[:10], **extra)
-        data_module._NOTED.clear()
+        errors._NOTES_SAID.clear()
         ds = load_dataset("npz", data_path=tmp_path / name, normalization="0/1")
         return ds, capsys.readouterr().err
 
@@ -1300,6 +1300,6 @@ def test_ids_the_npz_route_would_alter_get_a_note(tmp_path, capsys):
     assert err == ""
     for name in ("u8.npz", "big.npz"):  # standardised, ids would not survive anyway: features (flattened
         # pixels, timestamps) get no note
-        data_module._NOTED.clear()
+        errors._NOTES_SAID.clear()
         load_dataset("npz", data_path=tmp_path / name)
         assert capsys.readouterr().err == ""

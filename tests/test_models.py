@@ -712,12 +712,12 @@ def test_embeddings_the_runs_cannot_differentiate_are_one_line(monkeypatch, tmp_
 def test_a_network_ending_in_a_softmax_gets_a_note(small_digits, capsys):
     """Probabilities taken as logits went through a second softmax: every NLL, and the training loss, was of
     those, without a word (a probe: 1.0505 reported against 0.9903 of the network's own probabilities)."""
-    import landscape.evaluate as engine
+    import landscape.errors as errors
     from landscape.evaluate import evaluate_model
 
     torch.manual_seed(0)
     logits = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    engine._NOTED_PROBABILITIES.clear()
+    errors._NOTES_SAID.clear()
     evaluate_model(logits, small_digits)
     assert capsys.readouterr().err == ""
     probs = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(dim=1))

@@ -1678,6 +1678,8 @@ def test_a_finished_results_figures_in_a_folder_that_cannot_be_written_are_kept(
 
     from matplotlib.figure import Figure
 
+    import landscape.errors as errors
+
     fig = Figure()
     fig.add_subplot().plot([0, 1], [1, 0])
     (png,) = style.save_figure(fig, tmp_path / "f")
@@ -1687,7 +1689,7 @@ def test_a_finished_results_figures_in_a_folder_that_cannot_be_written_are_kept(
         raise OSError(errno.EACCES, "Permission denied", str(path))
 
     monkeypatch.setattr(style, "atomic_save", refused)
-    style._KEPT_NOTED.clear()
+    errors._NOTES_SAID.clear()
     for _ in range(2):
         assert style.save_figure(fig, tmp_path / "f") == [png] and png.read_bytes() == drawn
     assert capsys.readouterr().err.count(f"note: {tmp_path} cannot be written; its figures are left as they were") == 1

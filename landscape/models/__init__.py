@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
+from ..device import seed_everything
 from ..errors import UserError, first_line
 from ..weights import refuse_unusable, unwrap
 from . import preresnet, simple, vgg, wide_resnet
@@ -156,7 +157,8 @@ def _comparable(buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """torch's, NumPy's and Python's generators seeded with ``seed`` inside, as they were after."""
+    """torch's, NumPy's and Python's generators seeded with ``seed`` inside
+    (:func:`~landscape.device.seed_everything`), as they were after."""
     import random
 
     import numpy as np
@@ -164,9 +166,7 @@ def _seeded(seed: int) -> Iterator[None]:
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            random.seed(seed)
+            seed_everything(seed)
             yield
     finally:
         np.random.set_state(np_state)

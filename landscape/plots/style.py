@@ -22,7 +22,7 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 
 from landscape.checkpoint import atomic_save
-from landscape.errors import UserError, is_whole
+from landscape.errors import UserError, is_whole, note_once
 
 __all__ = ["drawing", "figure_style", "new_figure", "save_figure", "save_figures", "set_figure_dpi", "legend_below",
            "panel_legend", "paper_width", "compare_color", "result_color", "result_colors", "fs", "set_figure_width",
@@ -576,7 +576,9 @@ def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int | None 
         except OSError as e:
             if not (_KEEP_UNWRITABLE[0] and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and path.exists()):
                 raise
-            _note_kept(path.parent)  # a finished result resumed where it cannot be written: its figure stays
+            # a finished result resumed where it cannot be written: its figure stays
+            note_once(("kept figures", str(path.parent)),
+                      f"{path.parent} cannot be written; its figures are left as they were drawn")
         written.append(path)
     return written
 
@@ -584,18 +586,9 @@ def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int | None 
 # Whether a figure that cannot be rewritten in a folder that cannot be written is kept as it is (a command's
 # --resume of a finished result there: the stored result is shown) or an error (`plot`, which is asked to redraw).
 _KEEP_UNWRITABLE = [True]
-_KEPT_NOTED: set[str] = set()
 
 
 def keep_unwritable_figures(keep: bool) -> None:
     """Whether :func:`save_figure` keeps a figure it cannot rewrite in a folder that cannot be written (True,
     the default: a finished result resumed there is shown with its figures as they are), or raises (``plot``)."""
     _KEEP_UNWRITABLE[0] = bool(keep)
-
-
-def _note_kept(folder: Path) -> None:
-    import sys
-
-    if str(folder) not in _KEPT_NOTED:
-        _KEPT_NOTED.add(str(folder))
-        print(f"note: {folder} cannot be written; its figures are left as they were drawn", file=sys.stderr)
