@@ -101,6 +101,8 @@ def atomic_save(write, path: str | os.PathLike) -> Path:
                           str(path)) from None
         if isinstance(e, OSError):
             raise _naming(e, path) from None
+        if isinstance(e, RuntimeError) and isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None  # a stop (Ctrl-C, SIGTERM) inside torch.save's writer: the stop, not a full disk
         if isinstance(e, RuntimeError) and _cut_short(e):
             raise OSError(errno.EIO, _why_cut_short(path, written), str(path)) from None
         raise

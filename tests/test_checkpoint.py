@@ -2,6 +2,7 @@
 
 import math
 import re
+import io
 import os
 import pickle
 
@@ -105,6 +106,32 @@ def test_atomic_save_leaves_old_file_when_write_fails(tmp_path):
         atomic_save(failing, target)
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
+
+
+def test_a_stop_inside_torch_save_is_the_stop_not_a_full_disk(tmp_path):
+    """A SIGTERM met inside torch.save's zip writer came out as its RuntimeError ("unexpected pos"), which
+    was read as a write cut short: "the write stopped short (a full disk or a quota?)", exit 2, not 143."""
+    from landscape.errors import Terminated
+
+    target = tmp_path / "last.pt"
+    target.write_text("old")
+
+    class Stopping(io.FileIO):
+        writes = 0
+
+        def write(self, b):  # the signal met a few records into the archive
+            Stopping.writes += 1
+            if Stopping.writes == 3:
+                raise Terminated()
+            return super().write(b)
+
+    def write(tmp):
+        with Stopping(tmp, "wb") as f:
+            torch.save({"a": torch.zeros(1000)}, f)
+
+    with pytest.raises(Terminated):
+        atomic_save(write, target)
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["last.pt"]
 
 
 def test_a_temporary_file_another_process_cleared_is_said_so(tmp_path):
