@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from .errors import note_once
 from .layout import image_layout
 
 __all__ = ["bn_modules", "instance_norms", "bn_buffer_names", "has_batch_norm", "per_batch_norms", "note_per_batch_norms",
@@ -96,24 +97,17 @@ def per_batch_norms(model: nn.Module) -> list[str]:
             if isinstance(m, _BatchNorm) and not m.track_running_stats]
 
 
-_NOTED_PER_BATCH: set[tuple[str, ...]] = set()
-
-
 def note_per_batch_norms(model: nn.Module, batch_size: int) -> None:
     """Once per process and network: a note on stderr that ``model``'s
     :func:`per_batch_norms` make every metric depend on ``--batch-size``."""
-    import sys
-
-    from .sweep import is_main  # local: the sweep imports the engine, which imports this
-
-    names = tuple(per_batch_norms(model))
-    if not names or (type(model).__qualname__, *names) in _NOTED_PER_BATCH or not is_main():
+    names = per_batch_norms(model)
+    if not names:
         return
-    _NOTED_PER_BATCH.add((type(model).__qualname__, *names))
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    print(f"note: {shown} normalise{'s' if len(names) == 1 else ''} each batch by its own statistics (batch norm "
-          f"with track_running_stats=False, in evaluation too): the metrics depend on --batch-size ({batch_size}) "
-          f"and on which images share a batch", file=sys.stderr)
+    note_once(("per-batch norms", "\0".join((type(model).__qualname__, *names))),
+              f"{shown} normalise{'s' if len(names) == 1 else ''} each batch by its own statistics (batch norm "
+              f"with track_running_stats=False, in evaluation too): the metrics depend on --batch-size ({batch_size}) "
+              f"and on which images share a batch")
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from .bn import bn_buffer_names
 from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network, writer_of
 from .data import Dataset, as_dataset, data_differs, data_location, described, refuse_data_twice, why_data_differs
 from .device import resolve_device
-from .errors import UserError
+from .errors import UserError, note_once
 from .geometry import MIN_TRAJECTORY
 from .models import check_spec_fits, model_options, stored_spec
 from .sweep import is_main
@@ -128,9 +128,6 @@ def check_recorded_data(recorded: dict[str, Any] | None, data: Dataset, source: 
                     f"give the data options to choose the data")
 
 
-_NOTED: set[str] = set()  # the notes on given data said in this process: each once (ESPRO loads per component)
-
-
 def recorded_data(ckpts: Sequence[Checkpoint | None]) -> list[tuple[Any, object]]:
     """(the data each checkpoint records having been trained on, its path), for :func:`note_given_data`."""
     return [((ck.meta or {}).get("dataset"), ck.path) for ck in ckpts if ck is not None]
@@ -152,11 +149,9 @@ def note_given_data(data: Dataset, records: Sequence[tuple[Any, object]]) -> Non
         if not isinstance(recorded, dict):
             continue  # a foreign checkpoint, or one from before runs recorded their data
         if data_differs(recorded, now):
-            note = (f"note: {source} was trained on {described(recorded)}; the data given is {described(now)} "
+            note = (f"{source} was trained on {described(recorded)}; the data given is {described(now)} "
                     f"({why_data_differs(recorded, now)})")
-            if note not in _NOTED and is_main():
-                _NOTED.add(note)
-                print(note, file=sys.stderr)
+            note_once(("given data", note), note)  # each once: ESPRO loads per component
             return
 
 

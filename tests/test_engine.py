@@ -1161,7 +1161,7 @@ def test_l2_penalty_is_half_wd_times_the_sum_of_squares_of_the_trained_parameter
 def test_batch_norm_without_running_statistics_is_noted_once_as_depending_on_the_batch_size(small_digits, capsys):
     """Such a layer normalises every batch by its own statistics in eval mode too: the numbers change with
     --batch-size, and the network was treated as one without batch norm, without a word."""
-    import landscape.bn as bn_module
+    from landscape import errors
     from landscape.bn import bn_modules, per_batch_norms
 
     torch.manual_seed(0)
@@ -1170,7 +1170,7 @@ def test_batch_norm_without_running_statistics_is_noted_once_as_depending_on_the
                               torch.nn.Linear(16, 10))
     assert per_batch_norms(net) == ["2"] and bn_modules(net) == []
     assert per_batch_norms(torch.nn.Sequential(torch.nn.InstanceNorm2d(3))) == []  # each image alone
-    bn_module._NOTED_PER_BATCH.clear()
+    errors._NOTES_SAID.clear()
     w = ParamSpace.of(net).flatten(net.state_dict())[None]
     big = evaluate_points(net, w, [[1.0]], small_digits, batch_size=1000)
     small = evaluate_points(net, w, [[1.0]], small_digits, batch_size=50)
