@@ -44,7 +44,7 @@ from .inputs import (data_settings, named_model, network_of, note_split_leak, re
                      require_architecture, run_data)
 from .layout import image_layout
 from .metrics import ensemble_metrics
-from .models import check_spec_fits, from_spec, model_spec, stored_spec
+from .models import check_spec_fits, check_unsaved, from_spec, model_spec, refuse_random_unsaved, stored_spec
 from .swag import SwagMoments
 from .sweep import is_main, process_device, rank_and_world
 from .train import (Diverged, Task, TrainConfig, check_rate, diverged, epoch_test_metrics, non_finite,
@@ -253,7 +253,9 @@ def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) ->
         return model, spec
     seed_everything(cfg.seed)
     spec = model_spec(cfg.model, data.num_classes, data.input_shape, **cfg.model_kwargs)
-    return from_spec(spec, trusted=True), spec  # built from the user's own --model
+    model = from_spec(spec, trusted=True)  # built from the user's own --model
+    refuse_random_unsaved(spec["name"], model, lambda: from_spec(spec, trusted=True))  # before any training
+    return model, spec
 
 
 def _config(method: str, config, overrides, named: str | None, cls: type = AverageConfig) -> tuple[Any, Checkpoint | None]:
@@ -318,10 +320,11 @@ def _model_hooks(model: nn.Module, spec: dict[str, Any], extra_state: Callable[[
         return F.cross_entropy(logits.float(), y), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
-        save_checkpoint(path, model.state_dict(), spec, kind=kind, average_state=extra_state(), **extra)
+        save_checkpoint(path, model, spec, kind=kind, average_state=extra_state(), **extra)
 
     def restore(ckpt: Checkpoint) -> None:
         check_state_dict(model, ckpt.state_dict, str(ckpt.path), f"model '{spec['name']}'")
+        check_unsaved(model, [ckpt])
         model.load_state_dict(ckpt.state_dict)
         load_extra(ckpt.extra.get("average_state") or {})
 
@@ -362,7 +365,7 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
                 if swag is not None:
                     swag.add(w, state["avg"], state["n"])
                 if cfg.keep_snapshots and out is not None:
-                    save_checkpoint(out / f"snapshot-{epoch:03d}.pt", model.state_dict(), spec,
+                    save_checkpoint(out / f"snapshot-{epoch:03d}.pt", model, spec,
                                     meta={"epoch": epoch, "averaged": state["n"]})
             record: dict[str, Any] = {"swa_n": state["n"]}
             if (cfg.eval_every and state["n"] and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
@@ -394,11 +397,11 @@ def run_swa(config: AverageConfig | None = None, out: str | Path | None = None, 
             if out is not None:
                 meta = {"method": "swa", "averaged": state["n"], "train_config": cfg.to_json(),
                         "dataset": data.describe()}
-                save_checkpoint(out / "swa.pt", swa.state_dict(), spec, meta=meta)
+                save_checkpoint(out / "swa.pt", swa, spec, meta=meta)
                 sgd_meta = {k: v for k, v in meta.items() if k != "averaged"}  # one iterate, nothing averaged
-                save_checkpoint(out / "sgd.pt", model.state_dict(), spec, meta=dict(sgd_meta, method="sgd"))
+                save_checkpoint(out / "sgd.pt", model, spec, meta=dict(sgd_meta, method="sgd"))
                 if swag is not None:  # the SWA network again, with the moments around it
-                    save_checkpoint(out / "swag.pt", swa.state_dict(), spec, kind="swag", meta=dict(meta, method="swag"),
+                    save_checkpoint(out / "swag.pt", swa, spec, kind="swag", meta=dict(meta, method="swag"),
                                     swag={**swag.state(), "mean": state["avg"], "names": list(space.names),
                                           "averaged": state["n"], "rank": cfg.swag_rank})
             files = {"swa": "swa.pt", "sgd": "sgd.pt", **({"swag": "swag.pt"} if swag is not None else {})}
@@ -484,7 +487,7 @@ def _ensemble_build(method: str, lr_fn, snapshot_when_step=None, snapshot_when_e
             member.update(ensemble_test_error=ens["error"], ensemble_test_nll=ens["nll"])
             state["members"].append(member)
             if out is not None:
-                save_checkpoint(out / f"snapshot-{k:03d}.pt", model.state_dict(), spec,
+                save_checkpoint(out / f"snapshot-{k:03d}.pt", model, spec,
                                 meta={"method": method, **{a: b for a, b in member.items() if b is not None},
                                       "train_config": cfg.to_json(), "dataset": data.describe()})
 

@@ -626,7 +626,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | os.PathLike,
-    state_dict: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor] | nn.Module,
     model: Mapping[str, Any],
     *,
     kind: str = "model",
@@ -636,11 +636,21 @@ def save_checkpoint(
     """Save a landscape checkpoint atomically; tensors are moved to the CPU.
 
     ``model`` is ``{"name": str, "kwargs": dict}``, enough for
-    :func:`landscape.models.create_model` to rebuild the network. ``extra``
-    entries (e.g. ``train_state``) are stored beside the standard keys and
-    must themselves be ``weights_only``-loadable (tensors, numbers, strings,
-    lists, dicts).
+    :func:`landscape.models.create_model` to rebuild the network. Given the
+    network itself for ``state_dict``, its state dict is saved with a record
+    of the buffers that leaves out (``unsaved_buffers``:
+    :func:`~landscape.models.unsaved_record`), which loading checks against
+    the network it builds. ``extra`` entries (e.g. ``train_state``) are stored
+    beside the standard keys and must themselves be ``weights_only``-loadable
+    (tensors, numbers, strings, lists, dicts).
     """
+    if isinstance(state_dict, nn.Module):
+        from .models import UNSAVED_KEY, unsaved_record  # local: models import nothing from here
+
+        record = unsaved_record(state_dict)
+        if record:
+            extra = {UNSAVED_KEY: record, **extra}
+        state_dict = state_dict.state_dict()
     obj = {
         "format": FORMAT,
         "kind": kind,
@@ -1003,6 +1013,9 @@ def load_model(
     if meta.get("foreign") or "imported_from" in meta:  # a network trained here ran every layer
         refuse_reference_vgg_bn(ckpt.path, name, ckpt.state_dict, imported="imported_from" in meta)
     check_state_dict(net, ckpt.state_dict, str(ckpt.path), f"model '{name}'")
+    from .models import check_unsaved  # local: models import nothing from here
+
+    check_unsaved(net, [ckpt])
     # Every key was checked above; only num_batches_tracked may be missing (older PyTorch), and keeps its value.
     net.load_state_dict(ckpt.state_dict, strict=False)
     return net.eval()

@@ -457,15 +457,17 @@ def _probe_forward(model: nn.Module, data, n: int = 2) -> _Probe:
 
 
 def _note_probabilities(model: nn.Module, out: torch.Tensor) -> None:
-    """Once per process and network class: a note on stderr where ``out``, the
-    network's outputs for a few images, are probabilities (non-negative, every
-    row summing to 1): taken as logits, they are put through a second softmax,
-    and every NLL (and the training loss) is of those, not of the network's
-    probabilities. Logits summing to 1 in every row by chance are not met."""
+    """Once per process and network (its class and layers): a note on stderr
+    where ``out``, the network's outputs for a few images, are probabilities
+    (non-negative, every row summing to 1 within 2e-3, which a softmax taken
+    in half precision meets): taken as logits, they are put through a second
+    softmax, and every NLL (and the training loss) is of those, not of the
+    network's probabilities. Logits summing to 1 in every row by chance are
+    not met."""
     rows = out.detach().double()
-    if out.shape[1] < 2 or not (bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1).abs() < 1e-4).all())):
+    if out.shape[1] < 2 or not (bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1).abs() < 2e-3).all())):
         return
-    note_once(("probabilities", type(model).__qualname__),
+    note_once(("probabilities", f"{type(model).__qualname__} {hash(repr(model))}"),
               "the network's outputs are non-negative and sum to 1 in every row, as probabilities do; landscape "
               "takes them as logits and applies the softmax itself, so its NLL (and training) would be of a second "
               "softmax: end the network before its softmax (or with log_softmax)")

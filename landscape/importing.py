@@ -104,7 +104,7 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
         state = _network_by_position(source, state, net, model, names_differ)
     net.load_state_dict(state, strict=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(out, net.state_dict(), spec, kind="model", meta={**meta, "format": "network"})
+    return save_checkpoint(out, net, spec, kind="model", meta={**meta, "format": "network"})
 
 
 def _state(source: Path, obj: Any, key: str | None) -> dict[str, torch.Tensor]:
@@ -336,4 +336,4 @@ def _import_swag(source: Path, out: Path, state: Mapping[str, torch.Tensor], net
     meta = {**meta, "format": f"swa_gaussian SWAG, {averaged} models, rank {deviations.shape[0]}", "method": "swag",
             "averaged": averaged}
     out.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(out, net.state_dict(), spec, kind="swag", meta=meta, swag=swag)
+    return save_checkpoint(out, net, spec, kind="swag", meta=meta, swag=swag)

@@ -19,7 +19,7 @@ from .data import Dataset, as_dataset, data_differs, data_location, described, r
 from .device import resolve_device
 from .errors import UserError, note_once
 from .geometry import MIN_TRAJECTORY
-from .models import check_spec_fits, model_options, stored_spec
+from .models import check_spec_fits, check_unsaved, model_options, stored_spec
 from .sweep import is_main
 from .train import TrainConfig, load_data, same_file
 from .weights import ParamSpace
@@ -451,6 +451,7 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     name = f"model '{first.model['name']}' of {first.path}" if first.model is not None else f"model '{model}' (--model)"
     for ck in ckpts[1:]:
         check_state_dict(net, ck.state_dict, str(ck.path), name)
+    check_unsaved(net, ckpts[1:])  # the first was checked on loading
     note_other_buffers(net, ckpts)
     space = ParamSpace.of(net)
     vectors = [space.flatten(ck.state_dict, source=str(ck.path)).to(device) for ck in ckpts]

@@ -65,7 +65,7 @@ from .device import seed_everything
 from .errors import UserError, check_keywords, check_nonnegative, check_number, check_seed, check_whole
 from .evaluate import check_network, evaluate_model, keep_freed_memory, l2_penalty, train_logits, weights_finite
 from .layout import image_layout, to_channels_last
-from .models import create_model, model_spec
+from .models import check_unsaved, create_model, model_spec, refuse_random_unsaved
 from .progress import LogLines, Progress, fixed, progress_mode
 from .sweep import barrier, is_main, process_device, rank_and_world
 from .weights import refuse_for_gradients
@@ -341,7 +341,12 @@ def train(
 
     seed_everything(cfg.seed)
     spec = _model_spec(cfg, data)
-    model = create_model(cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape), **cfg.model_kwargs)
+    def build() -> nn.Module:
+        return create_model(cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                            **cfg.model_kwargs)
+
+    model = build()
+    refuse_random_unsaved(cfg.model, model, build)  # before any training, not on loading what it saved
     model.to(device)
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,10 +354,11 @@ def train(
         return F.cross_entropy(logits.float(), y), logits
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
-        save_checkpoint(path, model.state_dict(), spec, kind=kind, **extra)
+        save_checkpoint(path, model, spec, kind=kind, **extra)
 
     def restore(ckpt) -> None:
         check_state_dict(model, ckpt.state_dict, str(ckpt.path), f"model '{cfg.model}'")
+        check_unsaved(model, [ckpt])
         model.load_state_dict(ckpt.state_dict)
 
     def finish() -> dict[str, Any]:

@@ -64,6 +64,7 @@ from .data import Dataset
 from .errors import UserError, check_nonnegative, check_whole, shell_word
 from .evaluate import evaluate_model, precision_amp, train_logits, weights_finite
 from .inputs import check_data_options, named_model, note_split_leak, own_network, run_data, stored_data
+from .models import check_unsaved
 from .sweep import begin_result, finish_result, process_device, request_key
 from .train import Task, TrainConfig, _say, check_rate, learning_rate, prepare_run, run_training
 from .weights import ParamSpace
@@ -548,11 +549,12 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
         return cfg.rate(epoch, it, steps)
 
     def save(path: Path, kind: str, extra: dict[str, Any]) -> None:
-        save_checkpoint(path, model.state_dict(), spec, kind="variational", variational=vnet.posterior_state(),
+        save_checkpoint(path, model, spec, kind="variational", variational=vnet.posterior_state(),
                         average_state={"avg": hwa["avg"], "n": hwa["n"]}, **extra)
 
     def restore(ckpt: Checkpoint) -> None:
         check_state_dict(model, ckpt.state_dict, str(ckpt.path), f"model '{spec['name']}'")
+        check_unsaved(model, [ckpt])
         model.load_state_dict(ckpt.state_dict)
         vnet.load_scales(ckpt.extra["variational"]["scales"])
         avg = ckpt.extra.get("average_state") or {}
@@ -582,7 +584,7 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
         files = {"vi": "vi.pt"}
         meta = {"train_config": cfg.to_json(), "dataset": data.describe(), "epochs": cfg.epochs}
         if out is not None:
-            save_checkpoint(out / "vi.pt", means.state_dict(), spec, kind="variational",
+            save_checkpoint(out / "vi.pt", means, spec, kind="variational",
                             variational=vnet.posterior_state(), meta=dict(meta, method="vi"))
         if cfg.hwa_start is not None:
             if hwa["n"] == 0:
@@ -597,7 +599,7 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
             summary["hwa"] = dict(_posterior_metrics(averaged, averaged_means, data, cfg.temperature),
                                   averaged=hwa["n"])
             if out is not None:
-                save_checkpoint(out / "hwa.pt", averaged_means.state_dict(), spec, kind="variational",
+                save_checkpoint(out / "hwa.pt", averaged_means, spec, kind="variational",
                                 variational=averaged.posterior_state(), meta=dict(meta, method="hwa",
                                                                                   averaged=hwa["n"]))
             files["hwa"] = "hwa.pt"

@@ -544,10 +544,15 @@ def test_a_factory_may_return_a_compiled_or_data_parallel_network(monkeypatch, t
 def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_path, monkeypatch, capsys) -> None:
     """A fixed random projection registered persistent=False is in no checkpoint, so every load drew another:
     a network trained to 12.8 % test error was scored at 84-99 % by every later command, differently each run.
-    Buffers left out but built the same every time (positions, a seeded generator's draw) are kept, and
-    so is one that differs even under one seed (filled some other way): the extra builds tell them apart
-    without touching the caller's generators."""
+    `train` refuses it before training (by building it again); loading refuses a network whose left-out
+    buffers are not what its checkpoint recorded (a generator made once for the module draws anew at every
+    build). Buffers left out but built the same every time (positions, a seeded generator's draw) are kept,
+    and so is one that differs even under one seed (filled some other way). Loading builds the network once
+    (it was built three times, doubling the memory of a big network with a rotary table), and the check
+    leaves every generator as it found it, the GPUs' too (it seeded them all)."""
     from landscape import cli
+    from landscape.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from landscape.models import refuse_random_unsaved
 
     (tmp_path / "buffered_nets.py").write_text(textwrap.dedent("""
         import itertools
@@ -556,10 +561,13 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
         from torch import nn
 
         counter = itertools.count()
+        calls = []
+        shared = torch.Generator().manual_seed(0)  # made once for the module: each build draws anew
 
         class Net(nn.Module):
             def __init__(self, proj):
                 super().__init__()
+                calls.append(1)
                 self.register_buffer("proj", proj, persistent=False)
                 self.fc = nn.Linear(64, 10)
 
@@ -574,6 +582,12 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
 
         def seeded(num_classes, input_shape):
             return Net(torch.randn(64, 64, generator=torch.Generator().manual_seed(3)))
+
+        def module_generator(num_classes, input_shape):
+            return Net(torch.randn(64, 64, generator=shared))
+
+        def permuted(num_classes, input_shape):  # the same values in another order
+            return Net(torch.eye(64)[torch.randperm(64)])
 
         def counted(num_classes, input_shape):
             return Net(torch.eye(64) * next(counter))
@@ -596,37 +610,106 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
         def cached(num_classes, input_shape):  # lazy: the cache is filled by the forward that sets the shapes
             return nn.Sequential(nn.Flatten(), nn.LazyLinear(32), Cache(), nn.Linear(32, num_classes))
 
-        calls = []
-
         def once(num_classes, input_shape):  # a one-shot resource: a second call fails
-            calls.append(1)
-            if len(calls) > 1:
+            if calls:
                 raise RuntimeError("already taken")
             return Net(torch.randn(64, 64))
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
+    shape = {"num_classes": 10, "input_shape": (1, 8, 8)}
+    spec = {"name": "", "kwargs": {"num_classes": 10, "input_shape": [1, 8, 8]}}
+    seeded_gpus = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded_gpus.append(seed))
     try:
-        with pytest.raises(UserError, match=r"^model 'buffered_nets:drawn': its buffer 'proj' is drawn at random "
-                                            r"when the network is built but registered with persistent=False"):
-            create_model("buffered_nets:drawn", num_classes=10, input_shape=(1, 8, 8))
-        with pytest.raises(UserError, match=r"its buffer 'proj' is drawn at random"):  # NaN equal to NaN
-            create_model("buffered_nets:nan_drawn", num_classes=10, input_shape=(1, 8, 8))
-        create_model("buffered_nets:once", num_classes=10, input_shape=(1, 8, 8))  # cannot tell: built as before
+        nets = importlib.import_module("buffered_nets")
+        for name, refused in (("drawn", True), ("nan_drawn", True), ("fixed", False), ("seeded", False),
+                              ("counted", False), ("module_generator", False)):
+            built = create_model(f"buffered_nets:{name}", **shape)
+            assert len(nets.calls) == 1  # one build, whatever its buffers
+            rebuild = lambda: create_model(f"buffered_nets:{name}", **shape)  # noqa: E731
+            if refused:  # NaN equal to NaN
+                with pytest.raises(UserError, match=rf"^model 'buffered_nets:{name}': its buffer 'proj' is drawn at "
+                                                    rf"random \(or computed from the initial weights\) when the "
+                                                    rf"network is built but registered with persistent=False"):
+                    refuse_random_unsaved(f"buffered_nets:{name}", built, rebuild)
+            else:
+                torch.manual_seed(5)
+                before = torch.rand(3)
+                seeded_gpus.clear()
+                refuse_random_unsaved(f"buffered_nets:{name}", built, rebuild)
+                assert seeded_gpus == []  # its torch.manual_seed reseeded every GPU to the check's seed
+                torch.manual_seed(5)
+                assert torch.equal(torch.rand(3), before)  # the extra builds drew from generators of their own
+            nets.calls.clear()
+        refuse_random_unsaved("buffered_nets:once", create_model("buffered_nets:once", **shape),
+                              lambda: create_model("buffered_nets:once", **shape))  # cannot tell: taken as it is
+        create_model("buffered_nets:cached", **shape)  # every build materialised
         assert cli.main(["train", "--model", "buffered_nets:drawn", "--epochs", "1", "--out", "run"]) == 2
         assert "its buffer 'proj' is drawn at random" in capsys.readouterr().err
         assert not (tmp_path / "run" / "model.pt").exists()
-        create_model("buffered_nets:cached", num_classes=10, input_shape=(1, 8, 8))  # every build materialised
-        for name in ("fixed", "seeded", "counted"):
-            torch.manual_seed(5)
-            built = create_model(f"buffered_nets:{name}", num_classes=10, input_shape=(1, 8, 8))
-            after = torch.rand(3)
-            torch.manual_seed(5)
-            direct = importlib.import_module("buffered_nets").__dict__[name](10, (1, 8, 8))
-            assert torch.equal(torch.rand(3), after)  # the extra builds drew from generators of their own
-            assert torch.equal(built.fc.weight, direct.fc.weight)
+
+        # Loading: the record a checkpoint keeps of the left-out buffers, against the network built again.
+        for name, agrees in (("drawn", False), ("permuted", False), ("fixed", True), ("seeded", True)):
+            save_checkpoint(tmp_path / f"{name}.pt", create_model(f"buffered_nets:{name}", **shape),
+                            {**spec, "name": f"buffered_nets:{name}"})
+            nets.calls.clear()
+            if agrees:
+                load_model(tmp_path / f"{name}.pt", f"buffered_nets:{name}")
+                assert len(nets.calls) == 1
+            else:
+                with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path / name))}\.pt: the network's buffer "
+                                                    rf"'proj' is registered with persistent=False, so no checkpoint "
+                                                    rf"holds it, and built again it holds other values"):
+                    load_model(tmp_path / f"{name}.pt", f"buffered_nets:{name}")
+        first = create_model("buffered_nets:module_generator", **shape)
+        save_checkpoint(tmp_path / "mg.pt", first, {**spec, "name": "buffered_nets:module_generator"})
+        with pytest.raises(UserError, match="built again it holds other values"):  # the next draw of the module's
+            load_model(tmp_path / "mg.pt", "buffered_nets:module_generator")
+        assert cli.main(["train", "--model", "buffered_nets:fixed", "--epochs", "1", "--out", "ok"]) == 0
+        assert cli.main(["ensemble", "ok/model.pt", "ok/model.pt", "--model", "buffered_nets:fixed", "--out", "ens"]) == 0
+        assert "unsaved_buffers" in load_checkpoint(tmp_path / "ok" / "model.pt").extra
     finally:
         sys.modules.pop("buffered_nets", None)
+
+
+def test_the_record_of_left_out_buffers_is_their_sums_and_tolerates_only_the_last_bits() -> None:
+    """The sums against a loop by hand; a buffer computed again on another CPU (its last bits differ) agrees;
+    the same values drawn again, permuted, or one value changed by more than 1e-5 of their sum of magnitudes
+    do not; integers are compared exactly."""
+    from landscape.models import _agree, _sums, unsaved_record
+
+    x = torch.tensor([[1.5, -2.0, float("nan")], [float("inf"), 0.25, -float("inf")]])
+    golden = 0.6180339887498949
+    finite = [(i, v) for i, v in enumerate([1.5, -2.0, None, None, 0.25, None]) if v is not None]
+    by_hand = [1.0, 1.0, 1.0, sum(v for _, v in finite), sum(abs(v) for _, v in finite),
+               sum(v * ((i * golden) % 1.0 - 0.5) for i, v in finite)]
+    assert _sums(x) == pytest.approx(by_hand, abs=1e-12)
+    assert _sums(x, chunk=4) == pytest.approx(by_hand, abs=1e-12)  # in chunks as at once
+
+    class Held(nn.Module):
+        def __init__(self, buf):
+            super().__init__()
+            self.register_buffer("b", buf, persistent=False)
+            self.register_buffer("kept", torch.ones(2))  # in the state dict: not recorded
+
+    def record(buf):
+        return unsaved_record(Held(buf))["b"]
+
+    torch.manual_seed(0)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 512, 2, dtype=torch.float32) / 512))
+    assert list(unsaved_record(Held(inv_freq))) == ["b"]
+    last_bits = inv_freq * (1 + 2 * torch.finfo(torch.float32).eps * torch.randint(-1, 2, inv_freq.shape))
+    assert not torch.equal(last_bits, inv_freq) and _agree(record(last_bits), record(inv_freq))
+    drawn = torch.randn(256, 256)
+    assert not _agree(record(torch.randn(256, 256)), record(drawn))
+    assert not _agree(record(drawn.flip(0)), record(drawn))
+    changed = drawn.clone()
+    changed[7, 9] += 2.0  # seen above 1e-5 of the sum of magnitudes (52274 here): a redraw moves ~60x that
+    assert not _agree(record(changed), record(drawn))
+    assert not _agree(record(drawn[:255]), record(drawn)) and not _agree(record(drawn.double()), record(drawn))
+    ids = torch.randperm(1000)
+    assert _agree(record(ids), record(ids.clone())) and not _agree(record(ids.flip(0)), record(ids))
 
 
 def test_a_compiled_network_given_to_load_model_is_loaded_through_the_module_inside(tmp_path) -> None:
@@ -725,6 +808,17 @@ def test_a_network_ending_in_a_softmax_gets_a_note(small_digits, capsys):
         evaluate_model(probs, small_digits)
     err = capsys.readouterr().err
     assert err.count("note: the network's outputs are non-negative and sum to 1 in every row") == 1
+
+    class HalfSoftmax(nn.Module):  # rows sum to 1 within ~1e-3 only
+        def forward(self, x):
+            return torch.softmax(x.half(), 1).float()
+
+    half = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), HalfSoftmax())  # another Sequential: noted too
+    evaluate_model(half, small_digits)
+    assert "note: the network's outputs are non-negative and sum to 1" in capsys.readouterr().err
+    log_probs = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.LogSoftmax(dim=1))
+    evaluate_model(log_probs, small_digits)
+    assert capsys.readouterr().err == ""
 
 
 def test_an_embedding_given_standardised_inputs_says_how_ids_are_read(small_digits):

@@ -58,7 +58,7 @@ from landscape.evaluate import copy_network, evaluate_model, evaluate_points, fo
 from landscape.inputs import (DATA_FIELDS, check_same_data, data_settings,
                               named_model, network_of, note_other_buffers, note_split_leak, own_network,
                               refuse_infinite, refuse_same_weights, require_architecture, run_data)
-from landscape.models import check_spec_fits, from_spec, model_spec, stored_spec
+from landscape.models import check_spec_fits, check_unsaved, from_spec, model_spec, stored_spec
 from landscape.sweep import process_device, rank_and_world
 from landscape.train import Task, TrainConfig, _say, prepare_run, run_training
 from landscape.weights import ParamSpace
@@ -133,6 +133,7 @@ def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data
     name = f"model '{spec['name']}'" + (f" of {start.path}" if start.model is not None else " (--model)")
     check_state_dict(model, start.state_dict, str(start.path), name)
     check_state_dict(model, end.state_dict, str(end.path), name)
+    check_unsaved(model, [start, end])
     if end.model is not None and start.model is not None and end.model["name"] != start.model["name"]:
         raise UserError(f"{start.path} holds a '{start.model['name']}' but {end.path} a '{end.model['name']}'")
     check_spec_fits(spec, data.num_classes, data.input_shape, start.path, f"dataset '{data.name}'")
@@ -342,7 +343,7 @@ def save_curve(path: str | Path, curve: Curve, template: nn.Module, spec: dict[s
     endpoint, so ``load_model`` gives that network), the model spec, and
     ``curve`` = {type, bends, fix_start, fix_end, names, anchors (A, P)}."""
     info = dict(curve.describe(), names=list(curve.space.names), anchors=curve.anchors().detach().cpu().clone())
-    return save_checkpoint(path, template.state_dict(), spec, kind="curve", curve=info, **extra)
+    return save_checkpoint(path, template, spec, kind="curve", curve=info, **extra)
 
 
 def is_posterior_curve(ckpt: Checkpoint) -> bool:

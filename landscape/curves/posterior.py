@@ -288,7 +288,7 @@ def _save(path: Path, curve: Curve, vnet: VariationalNet, spec: dict[str, Any], 
     info = dict(curve.describe(), names=list(curve.space.names), anchors=curve.anchors().detach().cpu().clone())
     posterior = {"family": vnet.family, "prior": vnet.prior, "prior_scale": vnet.prior_scale,
                  "names": list(vnet.names)}
-    return save_checkpoint(path, vnet.net.state_dict(), spec, kind="curve", curve=info, variational=posterior,
+    return save_checkpoint(path, vnet.net, spec, kind="curve", curve=info, variational=posterior,
                            **extra)
 
 

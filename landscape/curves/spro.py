@@ -118,7 +118,7 @@ class SimplexResult:
 # ---------------------------------------------------------------------------- files
 def save_simplex(path: Path, cx: SimplicialComplex, template: nn.Module, spec: dict, **extra: Any) -> Path:
     info = dict(cx.describe(), names=list(cx.space.names), anchors=cx.anchors().detach().cpu().clone())
-    return save_checkpoint(path, template.state_dict(), spec, kind="simplex", simplex=info, **extra)
+    return save_checkpoint(path, template, spec, kind="simplex", simplex=info, **extra)
 
 
 def load_simplex(path: str | Path, device="cpu", model: str | None = None) -> tuple[SimplicialComplex, nn.Module,

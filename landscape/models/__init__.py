@@ -28,7 +28,6 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
-from ..device import seed_everything
 from ..errors import UserError, first_line
 from ..weights import refuse_unusable, unwrap
 from . import preresnet, simple, vgg, wide_resnet
@@ -136,10 +135,7 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
                             f"{type(e).__name__}{': ' + first_line(e) if str(e).strip() else ''}") from e
         if not isinstance(model, nn.Module):
             raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
-        model = materialize(unwrap(model), input_shape, f"model {name!r}")
-        _refuse_random_unsaved(name, model, lambda: materialize(unwrap(factory(**data, **kwargs)), input_shape,
-                                                                f"model {name!r}"))
-        return model
+        return materialize(unwrap(model), input_shape, f"model {name!r}")
 
 
 def unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -157,8 +153,10 @@ def _comparable(buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """torch's, NumPy's and Python's generators seeded with ``seed`` inside
-    (:func:`~landscape.device.seed_everything`), as they were after."""
+    """The CPU's torch generator, NumPy's and Python's seeded with ``seed``
+    inside, all three as they were after. Not ``torch.manual_seed``: that
+    seeds every GPU too (queued, where CUDA has not started yet), and a
+    training run's GPU draws (dropout) would follow this seed, not its own."""
     import random
 
     import numpy as np
@@ -166,27 +164,34 @@ def _seeded(seed: int) -> Iterator[None]:
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
         with torch.random.fork_rng(devices=[]):
-            seed_everything(seed)
+            torch.default_generator.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
             yield
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
 
 
-def _refuse_random_unsaved(name: str, model: nn.Module, build: Factory) -> None:
+def refuse_random_unsaved(name: str, model: nn.Module, build: Factory) -> None:
     """:class:`UserError` when a buffer the state dict leaves out is drawn at
     random as the network is built: no checkpoint holds it, so every load would
     draw another one and a saved network could never be rebuilt (a fixed
-    random projection registered ``persistent=False``). Told by building the
-    network once more, its generators seeded with :data:`_CHECK_SEED`: a buffer
-    that differs from the first build's is built a third time under that seed,
-    and is drawn at random where it is the same in both (one that differs
-    under one seed too is filled some other way, e.g. ``torch.empty``, and is
-    left alone). The extra builds draw from generators of their own; networks
-    without such buffers are built once, and a factory that fails when called
-    again is left as it is (nothing is told). A draw from a generator that
-    ignores the global seeds (``np.random.default_rng()`` unseeded) looks like
-    ``torch.empty`` here and is not caught."""
+    random projection registered ``persistent=False``). For a run about to
+    train a new network (``train``; ``swa`` / ``fge`` without a starting
+    checkpoint), before any training: loading checks a checkpoint's record
+    instead (:func:`check_unsaved`), which builds nothing more. Told by
+    building the network once more (``build``), its generators seeded with
+    :data:`_CHECK_SEED`: a buffer that differs from the first build's is built
+    a third time under that seed, and is drawn at random where it is the same
+    in both (one that differs under one seed too is filled some other way,
+    e.g. ``torch.empty``, and is left alone). The extra builds draw from
+    generators of their own; networks without such buffers are built once,
+    and a factory that fails when called again is left as it is (nothing is
+    told). A draw from a generator that ignores the global seeds
+    (``np.random.default_rng()`` unseeded, a generator made once for the
+    module) looks like ``torch.empty`` here: :func:`check_unsaved` tells it
+    when a checkpoint is loaded."""
     first = _comparable(unsaved_buffers(model))
     if not first:
         return
@@ -202,10 +207,11 @@ def _refuse_random_unsaved(name: str, model: nn.Module, build: Factory) -> None:
             return
     random = [n for n in differ if n in builds[0] and _same(builds[0][n], builds[1].get(n))]
     if random:
-        raise UserError(f"model {name!r}: its buffer {random[0]!r} is drawn at random when the network is built but "
-                        f"registered with persistent=False, so no checkpoint holds it and every load would draw "
-                        f"another: register it as persistent (register_buffer(..., persistent=True)) or draw it "
-                        f"from a generator of its own with a fixed seed")
+        raise UserError(f"model {name!r}: its buffer {random[0]!r} is drawn at random (or computed from the initial "
+                        f"weights) when the network is built but registered with persistent=False, so no checkpoint "
+                        f"holds it and every load would build another: register it as persistent "
+                        f"(register_buffer(..., persistent=True)) or draw it from a torch.Generator made inside the "
+                        f"factory with a fixed seed")
 
 
 _CHECK_SEED = 0x5EED_C0DE  # not a seed a run is likely given: the first build's draw is another
@@ -218,6 +224,84 @@ def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
     a, b = a.detach().cpu(), b.detach().cpu()
     return bool(torch.equal(a, b)) if not a.is_floating_point() and not a.is_complex() else bool(
         torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)))
+
+
+UNSAVED_KEY = "unsaved_buffers"  # a checkpoint's record of its network's buffers the state dict leaves out
+
+
+def unsaved_record(model: nn.Module) -> dict[str, dict]:
+    """What a checkpoint keeps of ``model``'s buffers that its state dict
+    leaves out (:func:`unsaved_buffers`), for :func:`check_unsaved`: each
+    one's shape, dtype and :func:`_sums`, not its values (a big random
+    projection would double the file)."""
+    return {n: {"shape": list(b.shape), "dtype": str(b.dtype).removeprefix("torch."), "sums": _sums(b)}
+            for n, b in _comparable(unsaved_buffers(model)).items()}
+
+
+def _sums(b: torch.Tensor, chunk: int = 1 << 20) -> list[float]:
+    """Counts of NaN, +inf and -inf, then the sum, the sum of magnitudes and a
+    sum weighted by fixed weights in -0.5..0.5 (the fractional parts of i
+    times the golden ratio: the same on every machine and torch version) of
+    ``b``'s finite values, in float64 (complex as its real and imaginary
+    parts). The weighted sum tells a permutation or another draw of the same
+    distribution: for n values drawn again it moves by about sqrt(n / 12)
+    times their scale, against a sum of magnitudes near n times it."""
+    x = b.detach().cpu()
+    x = (torch.view_as_real(x) if x.is_complex() else x).reshape(-1)
+    sums = [0.0] * 6
+    for start in range(0, x.numel(), chunk):
+        part = x[start:start + chunk].to(torch.float64)
+        finite = torch.isfinite(part)
+        sums[0] += float(torch.isnan(part).sum())
+        sums[1] += float((part == float("inf")).sum())
+        sums[2] += float((part == float("-inf")).sum())
+        part = torch.where(finite, part, torch.zeros((), dtype=torch.float64))
+        weights = (torch.arange(start, start + part.numel(), dtype=torch.float64) * 0.6180339887498949) % 1.0 - 0.5
+        sums[3] += float(part.sum())
+        sums[4] += float(part.abs().sum())
+        sums[5] += float((part * weights).sum())
+    return sums
+
+
+def _agree(now: dict, then: dict) -> bool:
+    """Whether two :func:`unsaved_record` entries are one buffer built again:
+    the same shape, dtype and counts of non-finite values, and sums within
+    1e-5 (or the dtype's epsilon, if larger) of the sum of magnitudes; exact
+    for integers. A deterministic buffer computed on another CPU may differ
+    in its last bits; one drawn again differs by far more."""
+    if now["shape"] != list(then.get("shape", ())) or now["dtype"] != then.get("dtype"):
+        return False
+    a, b = now["sums"], list(then.get("sums", ()))
+    if len(b) != len(a) or a[:3] != b[:3]:
+        return False
+    dtype = getattr(torch, now["dtype"], None)
+    exact = not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex)
+    tol = 0.0 if exact else max(1e-5, torch.finfo(dtype).eps) * max(abs(a[4]), abs(b[4]))
+    return all(abs(x - y) <= tol for x, y in zip(a[3:], b[3:]))
+
+
+def check_unsaved(model: nn.Module, ckpts) -> None:
+    """:class:`UserError` when a buffer of ``model`` that its state dict leaves
+    out is not what one of ``ckpts`` (:class:`~landscape.checkpoint.Checkpoint`)
+    recorded of it when saved (:func:`unsaved_record`): built again, the
+    network is not the one that was trained (a buffer drawn at random, from a
+    generator shared between builds, or computed from the initial weights).
+    Checkpoints without a record (foreign ones, older ones) are taken as they
+    are."""
+    now = None
+    for ck in ckpts:
+        record = (getattr(ck, "extra", None) or {}).get(UNSAVED_KEY)
+        if not isinstance(record, dict) or not record:
+            continue
+        now = unsaved_record(model) if now is None else now
+        for name, then in record.items():
+            if name in now and isinstance(then, dict) and not _agree(now[name], then):
+                raise UserError(f"{ck.path}: the network's buffer {name!r} is registered with persistent=False, so "
+                                f"no checkpoint holds it, and built again it holds other values than when this file "
+                                f"was saved (drawn at random, from a generator shared between builds, or computed "
+                                f"from the initial weights): it would not be the network trained; register it as "
+                                f"persistent (register_buffer(..., persistent=True)) or build it the same way every "
+                                f"time")
 
 
 @contextmanager
