@@ -69,6 +69,20 @@ _STATE_KEYS = ("state_dict", "model_state", "model_state_dict", "model")
 
 
 # --------------------------------------------------------------------- writing
+def remove_file(path: Path) -> None:
+    """Remove ``path`` if it is there. ``unlink(missing_ok=True)`` is not
+    enough: on a read-only file system the kernel says so (EROFS) before it
+    looks the name up, so a file that is not there raised there too; only a
+    file that is there and cannot be removed does now."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if os.path.lexists(path):
+            raise
+
+
 def atomic_save(write, path: str | os.PathLike) -> Path:
     """Call ``write(tmp_path)`` then move the file onto ``path`` atomically.
 
@@ -225,7 +239,7 @@ def clear_temporaries(out: Path, figures_only: bool = False) -> None:
         try:
             if kind.group(1) in _FIGURES and now - stale.stat().st_mtime < FRESH_FIGURE_S:
                 continue
-            stale.unlink(missing_ok=True)
+            stale.unlink()
         except OSError:  # gone meanwhile, or a read-only folder: left there, harmless
             pass
 

@@ -14,6 +14,7 @@ uses gloo on the CPU and NCCL on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import (claim_folder, npz_reason, read_json, read_result, same_file, stored_config, write_json,
-                         write_npz, writer_of)
+from .checkpoint import (claim_folder, npz_reason, read_json, read_result, remove_file, same_file, stored_config,
+                         write_json, write_npz, writer_of)
 from .device import check_fits, resolve_device
 from .errors import UserError, shell_word
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
@@ -359,7 +360,8 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
         if done:  # finished before: nothing to resume
             if is_main():  # stores left by a stop just after the result was written
                 for name in stores:
-                    (out / name).unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # a read-only copy: left there, harmless
+                        remove_file(out / name)
             arrays, summary = read_result(out, result_file)
             stored = summary.get("request") if isinstance(summary, dict) else None
             differs = compare_keys(str(stored), request) if request is not None and stored is not None else None
@@ -396,7 +398,7 @@ def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarr
         write_json(out / "summary.json", summary)
         write_npz(out / result_file, arrays)
         for name in stores:
-            (out / name).unlink(missing_ok=True)
+            remove_file(out / name)
 
 
 def refuse_unfinished(folder: Path) -> None:

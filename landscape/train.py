@@ -51,6 +51,7 @@ from torch import nn
 from . import __version__
 from .checkpoint import (
     append_jsonl,
+    remove_file,
     check_state_dict,
     claim_folder,
     load_checkpoint,
@@ -718,7 +719,7 @@ def prepare_run(out: Path | None, cfg: TrainConfig, resume: bool,
         barrier()
         if is_main():
             for stale in ("metrics.jsonl", "summary.json"):
-                (out / stale).unlink(missing_ok=True)
+                remove_file(out / stale)
         return 0, None, []
     source = finished if done else last
     if not source.exists():  # a new run: refused there too when records without their last.pt remain

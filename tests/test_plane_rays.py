@@ -1048,6 +1048,34 @@ def test_resume_of_a_finished_result_returns_it_only_for_the_same_request(tmp_pa
     assert (out / "plane.npz").read_bytes() == stored
 
 
+def test_resume_of_a_finished_sweep_on_a_read_only_file_system_shows_it(tmp_path, capsys, endpoints, monkeypatch):
+    """On a read-only mount, --resume of a finished plane ended in "sweep.partial.npz: Read-only file system"
+    and showed nothing: the kernel answers EROFS before it looks a name up, so unlink(missing_ok=True) of a
+    store that was not there raised. (Run as root, a chmod stops no write: the file system's answers are made.)"""
+    import errno
+
+    import landscape.plots.style as style
+
+    A, B, C = endpoints
+    out = tmp_path / "plane"
+    base = ["plane", "--points", A, B, C, "--grid", 3, "--bn-batches", 1, "--out", out, "--quiet"]
+    assert run_cli(capsys, *base)[0] == 0
+    unlink = Path.unlink
+
+    def read_only(path, missing_ok=False):
+        if path.parent == out:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return unlink(path, missing_ok)
+
+    def refused(write, path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    monkeypatch.setattr(style, "atomic_save", refused)
+    code, stdout, err = run_cli(capsys, *base, "--resume")
+    assert code == 0 and "plane 3x3" in stdout and "cannot be written; its figures are left as they were" in err, err
+
+
 def test_checkpoints_trained_on_other_data_are_not_mixed_silently(tmp_path, capsys, endpoints):
     """One run's validation split may be the other's training data: the first
     checkpoint's data would silently be used for both. Refused in one line,
