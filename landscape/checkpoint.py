@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, launch_rank
 
 __all__ = [
     "FORMAT",
@@ -206,7 +206,7 @@ def claim_folder(out: str | os.PathLike | None, command: str) -> None:
     if out is None:
         return
     out = Path(out)
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, so only it locks and cleans
+    main = launch_rank() == 0  # under torchrun only rank 0 writes, so only it locks and cleans
     refused = None
     try:
         _check_out(out, command)
@@ -828,7 +828,7 @@ def unrun_layers(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
         raise UserError(f"{source}: the layers dnn-mode-connectivity's VGG{model.depth}BN never runs hold trained "
                         f"batch-norm statistics here (e.g. {left[0]}): {what}a VGG-BN that ran every layer; give "
                         f"--model vgg{model.depth}bn")
-    if os.environ.get("RANK", "0") == "0":  # said once under torchrun
+    if launch_rank(strict=False) == 0:  # said once under torchrun
         print(f"note: {source}: {len(left)} tensors of layers dnn-mode-connectivity's forward never runs "
               f"(e.g. {left[0]}) are left out", file=sys.stderr)
     return left

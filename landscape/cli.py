@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from landscape.errors import UserError, first_line, is_out_of_memory, on_terminate, shell_word, stop_words
+from landscape.errors import (UserError, first_line, is_out_of_memory, launch_rank, on_terminate, shell_word,
+                              stop_words, world_size)
 
 PROG = "landscape"
 
@@ -46,13 +47,13 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def _print_message(self, message: str, file: Any = None) -> None:
-        if os.environ.get("RANK", "0") == "0":  # --help and --version: under torchrun rank 0 prints them, once
+        if launch_rank(strict=False) == 0:  # --help and --version: under torchrun rank 0 prints them, once
             super()._print_message(message, file)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         if getattr(self, "labels_given", False) and "required: RESULT_DIR" in message:  # --labels took the folders
             message += " (give --labels after the result folders: it takes every word after it)"
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank parses the same words: rank 0 says it
+        if launch_rank(strict=False) == 0:  # under torchrun every rank parses the same words: rank 0 says it
             print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
@@ -758,8 +759,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not writing:
                     raise
                 # a shared, read-only results folder: say how to draw its figures elsewhere
-                raise UserError(f"{e.filename}: {e.strerror or e}; figures are drawn in the result folder: copy it "
-                                f"(its checkpoints, *.pt, are not needed) to one you can write, and plot that") from None
+                raise UserError(f"{e.filename}: {e.strerror or e}; {_elsewhere(dirs[0])}") from None
         else:
             from landscape.plots.compare import draw_comparison
 
@@ -791,6 +791,28 @@ def _clear_stale_figures(folder: Path) -> None:
 
     if folder is not None and folder.is_dir() and os.access(folder, os.W_OK):
         clear_temporaries(folder, figures_only=True)
+
+
+def _elsewhere(d: Path) -> str:
+    """How to draw the figures of ``d``, a folder that cannot be written, somewhere else: a result folder
+    copied (not its checkpoints); a folder of comparison figures drawn again from the results its records
+    name (a copy of it alone would not find them: they are named relative to it)."""
+    from landscape.plots.compare import COMPARABLE, _record
+
+    commands = []
+    for kind, spec in COMPARABLE.items():
+        if (d / f"{spec.figure}.json").exists():
+            try:
+                folders, labels = _record(d / f"{spec.figure}.json", kind)
+            except UserError:
+                continue
+            commands.append(" ".join(["landscape plot", *(shell_word(os.path.relpath(f)) for f in folders),
+                                      *(["--labels", *map(shell_word, labels)] if labels else []),
+                                      "--out", "NEW_FOLDER"]))
+    if commands:
+        return f"draw the comparison in a folder you can write: {'; '.join(commands)}"
+    return ("figures are drawn in the result folder: copy it (its checkpoints, *.pt, are not needed) to one you "
+            "can write, and plot that")
 
 
 def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -840,7 +862,7 @@ def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
     elif (d / "swa.pt").exists() or (stored_config(d) or {}).get("command") == "swa":
         from landscape.plots.swa import draw_swa_figure
 
-        if not (d / "summary.json").exists() and (d / "last.pt").exists():  # a run stopped, or still going
+        if not (d / "summary.json").exists():  # a run stopped (before its first epoch too), or still going
             _refuse_unfinished_run(d, "SWA run")
         written = draw_swa_figure(d, formats)
     else:
@@ -1356,7 +1378,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from landscape.models import MODELS, list_models
 
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun (it joins no process group): one list
+    if launch_rank() != 0:  # under torchrun (it joins no process group): one list
         return 0
     for name in list_models():
         # The options --model-kwargs can set (the dataset gives num_classes and input_shape).
@@ -2209,7 +2231,7 @@ def _stops_met() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, terminate)
     pipe = wakeup = thread = None
     try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if world_size(strict=False) > 1:
             pipe = os.pipe()
             os.set_blocking(pipe[1], False)
             wakeup = signal.set_wakeup_fd(pipe[1], warn_on_full_buffer=False)
@@ -2244,13 +2266,32 @@ def _watch_stops(read: int, met, over) -> None:
             continue
         if over.wait(STOP_GRACE) or met.is_set():
             return
-        rank = os.environ.get("RANK", "0")
+        rank = launch_rank(strict=False)
         os.write(2, f"{PROG}: rank {rank}: terminated while blocked in a call that did not return within "
                     f"{STOP_GRACE:g} s (waiting for another process?); files written so far are kept\n".encode())
         os._exit(143)
 
 
+def _reopen_closed_streams() -> None:
+    """Standard output or error closed by the shell (``2>&-``): Python sets
+    ``sys.stderr`` to None, so the command's first message or progress
+    check failed (exit 1, nothing said, nothing written), and the next file
+    opened would have taken descriptor 2 (C libraries' warnings written into
+    it). Each such stream is pointed at /dev/null."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "w", closefd=False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _reopen_closed_streams()
     with _stops_met():
         return _main(argv)
 
@@ -2339,9 +2380,10 @@ def _stdout_closed() -> bool:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = launch_rank(strict=False), world_size(strict=False)
     where = f"rank {rank}: " if world > 1 else ""  # for failures that may be one rank's own
     try:
+        launch_rank()  # a RANK or WORLD_SIZE that is not a whole number: one line
         if world > 1 and args.command not in DISTRIBUTED and args.command != "models":
             stray = "" if "MASTER_ADDR" in os.environ else f"; WORLD_SIZE={world} is set here: unset it"
             raise UserError(f"'{args.command}' runs on one process; start it without torchrun "

@@ -133,17 +133,53 @@ def is_out_of_memory(e: BaseException) -> bool:
                                             or "CUDA error: out of memory" in text)
 
 
+def launch_number(name: str, default: int, *, strict: bool = True) -> int:
+    """A whole number torchrun (or srun) sets in the environment: ``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``; ``default`` where it
+    is unset. One line (:class:`UserError`) where it is not a whole number >= 0
+    (``export RANK=$UNSET``): torch's ``int()`` gave a traceback; ``strict=False``
+    (where a message is being printed) takes ``default`` instead."""
+    import os
+
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+        if value >= 0:
+            return value
+    except ValueError:
+        pass
+    if not strict:
+        return default
+    raise UserError(f"{name}={raw!r} is set in the environment, which is not a whole number >= 0 (torchrun sets "
+                    f"it for each process it starts): unset it, or start the command with torchrun")
+
+
+def world_size(*, strict: bool = True) -> int:
+    """The number of processes launched together: ``WORLD_SIZE``, 1 where it is unset (or 0)."""
+    return max(1, launch_number("WORLD_SIZE", 1, strict=strict))
+
+
+def launch_rank(*, strict: bool = True) -> int:
+    """This process's rank as launched, before any process group exists:
+    ``RANK`` where ``WORLD_SIZE`` > 1, else 0. A ``RANK`` a job script left
+    set without ``WORLD_SIZE`` (``export RANK=$SLURM_PROCID``) is no torchrun
+    worker's: the process is the only one, and rank 0 (it took the process
+    for rank 1, and printed no error, note or help, and locked no folder)."""
+    return launch_number("RANK", 0, strict=strict) if world_size(strict=strict) > 1 else 0
+
+
 _NOTES_SAID: set[tuple[str, str]] = set()
 
 
 def note_once(key: tuple[str, str], text: str) -> None:
     """``note: text`` on stderr, once a process for ``key`` (a kind of note and
-    what it is about), and under torchrun on rank 0 alone (told by ``RANK``,
-    which torchrun sets before any process group exists)."""
-    import os
+    what it is about), and under torchrun on rank 0 alone (:func:`launch_rank`:
+    torchrun sets ``RANK`` before any process group exists)."""
     import sys
 
-    if key in _NOTES_SAID or os.environ.get("RANK", "0") != "0":
+    if key in _NOTES_SAID or launch_rank(strict=False) != 0:
         return
     _NOTES_SAID.add(key)
     print(f"note: {text}", file=sys.stderr)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +54,7 @@ from .bn import bn_modules, instance_norms
 from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
 from .device import host_to_device
-from .errors import UserError, check_seed, is_whole
+from .errors import UserError, check_seed, is_whole, world_size
 from .evaluate import (METRICS, evaluate_points, full_float32, precision_amp, resolve_bn_stats, train_logits,
                        whole_set_fits)
 from .inputs import check_data_options, stored_data
@@ -946,7 +945,7 @@ def sample_subspace(
         if not (np.isfinite(value) and value > 0):
             raise UserError(f"{flag} must be a finite number > 0, got {value}")
     seed = check_seed(seed)
-    if rank_and_world()[1] > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if rank_and_world()[1] > 1 or world_size() > 1:
         raise UserError("subspace sampling runs in one process (its chains are sequential); run it without torchrun")
     out_path = Path(out) if out is not None else None
     device = subspace.shift.device

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch.distributed as dist
 from .checkpoint import (claim_folder, npz_reason, read_json, read_result, remove_file, same_file, stored_config,
                          write_json, write_npz, writer_of)
 from .device import check_fits, resolve_device
-from .errors import UserError, shell_word
+from .errors import UserError, launch_number, shell_word, world_size
 from .evaluate import (METRICS, check_eval_options, default_points_per_pass, evaluate_points, resolve_bn_stats,
                        unique_rows)
 from .progress import Progress
@@ -45,7 +46,7 @@ STORE = "sweep.partial.npz"
 
 def init_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
     """Join the torchrun process group when launched by torchrun; (rank, world size)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world > 1 and not dist.is_initialized():
         missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:  # torch would stop in a traceback at its rendezvous
@@ -53,8 +54,28 @@ def init_distributed(device: torch.device | str = "cpu") -> tuple[int, int]:
                             f"{'is' if len(missing) == 1 else 'are'} not: this is no torchrun worker; start the "
                             f"command with torchrun, or unset WORLD_SIZE", rank_local=True)  # no group: each says it
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        waiting = threading.Timer(WAIT_NOTE_S, _say_waiting, (world,))  # a process missing: said, not silent
+        waiting.daemon = True
+        waiting.start()
+        try:
+            dist.init_process_group(backend=backend)
+        finally:
+            waiting.cancel()
     return rank_and_world()
+
+
+WAIT_NOTE_S = 20.0  # torchrun's processes meet within seconds; torch itself waits up to 30 minutes
+
+
+def _say_waiting(world: int) -> None:
+    """Rank 0's line while it waits to meet the others, which torch does in silence for up to 30 minutes: a
+    job script that set WORLD_SIZE (or an srun that started fewer processes) would burn its allocation
+    without a word."""
+    if launch_number("RANK", 0, strict=False) == 0:
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        print(f"note: still waiting, after {WAIT_NOTE_S:g} s, for the other {world - 1} of WORLD_SIZE={world} "
+              f"processes at {where} (torch waits up to 30 minutes): started without torchrun, or did another "
+              f"process fail to start?", file=sys.stderr, flush=True)
 
 
 def process_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -63,15 +84,15 @@ def process_device(spec: str | torch.device | None = "auto") -> torch.device:
     on CUDA), and on CUDA each rank takes the GPU of its LOCAL_RANK; ``spec``
     may name one (``cuda:N``) only where one process runs per node."""
     device = resolve_device(spec)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if device.type == "cuda" and device.index is not None and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
+        if device.type == "cuda" and device.index is not None and launch_number("LOCAL_WORLD_SIZE", 1) > 1:
             raise UserError(f"--device {device} under torchrun would put every process of this node on one GPU; "
                             f"pass --device cuda (each process takes the GPU of its LOCAL_RANK), and choose the "
                             f"GPUs with CUDA_VISIBLE_DEVICES")
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # one process on this node: the GPU named
         elif device.type == "cuda" and "LOCAL_RANK" in os.environ:
-            local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+            local, count = launch_number("LOCAL_RANK", 0), torch.cuda.device_count()
             if local >= count:
                 raise UserError(f"local process {local} has no GPU of its own: this node has {count} CUDA "
                                 f"device(s); start at most {count} per node (torchrun --nproc-per-node) "

@@ -51,13 +51,14 @@ from torch import nn
 from . import __version__
 from .checkpoint import (
     append_jsonl,
-    remove_file,
     check_state_dict,
     claim_folder,
     load_checkpoint,
     read_jsonl,
+    remove_file,
     same_file,
     save_checkpoint,
+    stored_config,
     write_json,
     atomic_write_text,
 )
@@ -562,12 +563,15 @@ def run_training(
                  f"it would give a slice under 2 samples (a run on one process trains on it, so the results "
                  f"differ from one)")
     if out is not None:
+        threads = torch.get_num_threads()  # training rounds otherwise on another number
+        earlier = _earlier_threads(out, threads, device) if start_epoch > 0 else []
         write_json(out / "config.json", {
             "command": task.command,
             "argv": list(argv) if argv is not None else None,
             "config": cfg.to_json(),
             "device": str(device),
-            "threads": torch.get_num_threads(),  # training rounds otherwise on another number
+            "threads": threads,
+            **({"threads_before": earlier} if earlier else {}),
             "world_size": world,
             "dataset": data.describe(),
             "model": task.spec,
@@ -668,6 +672,22 @@ def non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
         if found is not None:
             return found
     return None
+
+
+def _earlier_threads(out: Path, threads: int, device: torch.device) -> list[int]:
+    """The thread counts a resumed run trained on in its earlier sessions where any differs from
+    ``threads`` (kept in ``config.json`` as ``threads_before``); a note where the last one does, on
+    the CPU: the sums round otherwise, so the weights are not those of a run left uninterrupted."""
+    stored = stored_config(out) or {}
+    earlier = [n for n in stored.get("threads_before") or [] if isinstance(n, int)]
+    last = stored.get("threads")
+    if isinstance(last, int) and not isinstance(last, bool):
+        earlier = earlier if earlier and earlier[-1] == last else [*earlier, last]
+        if last != threads and device.type == "cpu":
+            _say(f"note: this run trained on {last} thread{'s' if last != 1 else ''} before and on {threads} now: "
+                 f"sums over threads round otherwise, so its weights will not be bit for bit those of a run left "
+                 f"uninterrupted (OMP_NUM_THREADS={last} resumes it exactly)")
+    return earlier if any(n != threads for n in earlier) else []
 
 
 def _say(msg: str) -> None:

@@ -4,6 +4,7 @@ iterations, averages equal to independently computed means, resume."""
 import dataclasses
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -135,6 +136,12 @@ def test_swa_evaluated_over_training_is_the_average_of_the_iterates_so_far(tmp_p
         "the SWA run there is unfinished (epoch 3 of 5 in last.pt); finish it by rerunning its command with "
         "--resume, then plot")
     assert not (tmp_path / "e" / "swa.png").exists()
+    early = tmp_path / "early"  # stopped before its first epoch ended: its config alone (it said to rerun with
+    early.mkdir()               # --eval-every N, which it had been given)
+    shutil.copy(tmp_path / "e" / "config.json", early / "config.json")
+    assert cli.main(["plot", str(early)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "the SWA run there is unfinished; finish it by rerunning its command with --resume, then plot")
     res = run_swa(None, tmp_path / "e", keep_snapshots=True, eval_every=2, resume=True, **kw)  # another N: allowed
     plain = run_swa(None, tmp_path / "plain", **kw)
     # every epoch with an average before the stop, then every 2 epochs and the last

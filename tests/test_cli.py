@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -1165,6 +1166,62 @@ def test_world_size_without_torchrun_is_one_line(tmp_path, capsys, monkeypatch):
         "landscape: error: rank 0: WORLD_SIZE=2 is set, but RANK, MASTER_ADDR, MASTER_PORT are not: this is no "
         "torchrun worker; start the command with torchrun, or unset WORLD_SIZE")
     assert not (tmp_path / "p").exists()
+
+
+def test_a_rank_left_set_without_a_world_size_is_rank_0_and_a_bad_one_is_one_line(tmp_path, capsys, monkeypatch):
+    """A job script's `export RANK=$SLURM_PROCID`, with no WORLD_SIZE, made the one process take itself for
+    rank 1: it printed no error, note or help, and locked no folder (two tasks given one --out both wrote
+    there). Such a RANK is no torchrun worker's. A RANK or WORLD_SIZE that is not a whole number was
+    int()'s traceback."""
+    from landscape.checkpoint import claim_folder, folder_locks
+    from landscape.errors import UserError
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code, _, err = run(capsys, "train", "--epochs", 0, "--out", tmp_path / "e")
+    assert code == 2 and "landscape: error: --epochs must be at least 1" in err, err
+    with folder_locks():
+        claim_folder(tmp_path / "held", "train")
+        assert (tmp_path / "held" / ".landscape.lock").exists()  # locked, as rank 0 locks
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "convnet" in out
+    for key, value in (("RANK", "abc"), ("WORLD_SIZE", ""), ("WORLD_SIZE", "-1")):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv(key, value)
+        code, _, err = run(capsys, "train", "--epochs", 1, "--out", tmp_path / "bad")
+        assert code == 2 and _one_line_error(err) == (
+            f"landscape: error: {key}={value!r} is set in the environment, which is not a whole number >= 0 "
+            f"(torchrun sets it for each process it starts): unset it, or start the command with torchrun"), err
+    assert not (tmp_path / "bad").exists()
+    monkeypatch.setenv("WORLD_SIZE", "x")
+    with pytest.raises(UserError, match="WORLD_SIZE='x' is set in the environment"):
+        claim_folder(tmp_path / "bad", "train")
+
+
+def test_a_process_waiting_for_its_peers_says_so_and_a_closed_stderr_is_no_failure(tmp_path):
+    """A job that set torchrun's variables but started one process waited in silence (torch waits 30
+    minutes); `2>&-` ended a command in exit 1 with nothing said or written (sys.stderr None)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    code = ("import sys, landscape.sweep as s; s.WAIT_NOTE_S = 1.0; from landscape import cli; "
+            f"sys.exit(cli.main(['train', '--epochs', '1', '--out', {str(tmp_path / 'w')!r}]))")
+    try:
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+    else:
+        raise AssertionError("the process did not wait for its peer")
+    assert "note: still waiting, after 1 s, for the other 1 of WORLD_SIZE=2 processes at 127.0.0.1:" in err, err
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    done = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m landscape train --epochs 1 --out "
+                                         f"{shlex.quote(str(tmp_path / 'closed'))} 2>&-"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (tmp_path / "closed" / "model.pt").exists(), done.stdout
 
 
 def test_a_rank_whose_peer_died_says_so_once(tmp_path, capsys, monkeypatch):

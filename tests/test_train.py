@@ -100,6 +100,30 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, digits):
         train(out=tmp_path / "cut", resume=True, **{**kw, "lr": 0.1})
 
 
+def test_a_resume_on_another_number_of_threads_says_it_will_not_be_bit_for_bit(tmp_path, digits, capsys):
+    """A requeued job on a node with another CPU allocation resumed on another number of threads: its
+    weights were not the uninterrupted run's, without a word, and config.json's threads was overwritten."""
+    kw = dict(data=digits, epochs=3, seed=3, model_kwargs={"width": 8}, progress=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(_Interrupt):
+            train(out=tmp_path / "cut", on_epoch_end=_interrupt_at(1), **kw)
+        with pytest.raises(_Interrupt):
+            train(out=tmp_path / "cut", on_epoch_end=_interrupt_at(2), resume=True, **kw)
+        assert "threads_before" not in json.loads((tmp_path / "cut" / "config.json").read_text())
+        capsys.readouterr()
+        torch.set_num_threads(2)
+        train(out=tmp_path / "cut", resume=True, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert ("note: this run trained on 1 thread before and on 2 now: sums over threads round otherwise, so its "
+            "weights will not be bit for bit those of a run left uninterrupted (OMP_NUM_THREADS=1 resumes it "
+            "exactly)") in capsys.readouterr().err
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert config["threads"] == 2 and config["threads_before"] == [1]
+
+
 def test_a_resume_says_when_a_kept_epochs_record_was_lost(tmp_path, digits, capsys):
     """A record is appended before last.pt is saved, so only a crash that lost
     written data drops one; the resume then says which, instead of silently

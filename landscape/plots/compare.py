@@ -125,26 +125,42 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
         raise UserError(f"--out {out} is a file; give a folder for the figure")
     if (out / "config.json").exists():  # `plot OUT` redraws a result's own figures, not a comparison beside them
         raise UserError(f"--out {out} holds a result (config.json); give a folder of its own for the comparison")
-    fig = COMPARABLE[kind].draw(results, labels or default_labels(folders, [s for _, s in results], kind))
+    shown = list(labels) if labels is not None else default_labels(folders, [s for _, s in results], kind)
+    fig = COMPARABLE[kind].draw(results, shown)
     out.mkdir(parents=True, exist_ok=True)
     name = COMPARABLE[kind].figure
     written = save_figure(fig, out / name, formats)
     # What the figure was drawn from, so `landscape plot OUT` redraws it: the folders relative to OUT
-    # (the tree can move), and the labels given (None: the defaults, found again from the results).
+    # (the tree can move) as given ("given": a link stays a link, so a copy that followed the links
+    # still finds them) and as resolved ("results", read where the other is not a folder), the labels
+    # given (None: the defaults) and those drawn, which a redraw keeps.
     write_json(out / f"{name}.json", {"kind": kind, "results": [os.path.relpath(r, out.resolve()) for r in resolved],
-                                      "labels": list(labels) if labels is not None else None})
+                                      "given": [os.path.relpath(os.path.abspath(f), os.path.abspath(out))
+                                                for f in folders],
+                                      "labels": list(labels) if labels is not None else None, "shown": shown})
     return written
 
 
-def _record(path: Path, kind: str) -> tuple[list[str], list[str] | None]:
-    """The folders (relative to the record's folder) and labels a comparison's record names; one line when
-    it is not such a record."""
+def _record(path: Path, kind: str) -> tuple[list[Path], list[str] | None]:
+    """The folders and labels a comparison's record names (the labels drawn, where none were given); one
+    line when it is not such a record. Each folder is the one given, joined to the record's folder
+    without following links, where that is a folder, else the resolved one (a record from before
+    "given" was kept has that alone)."""
     record = read_json(path)
+
+    def strings(x: object, count: int | None = None) -> bool:
+        return isinstance(x, list) and all(isinstance(s, str) for s in x) and count in (None, len(x))
+
     if isinstance(record, dict) and record.get("kind") == kind:
         results, labels = record.get("results"), record.get("labels")
-        if isinstance(results, list) and all(isinstance(r, str) for r in results) and (
-                labels is None or isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
-            return results, labels
+        if strings(results) and (labels is None or strings(labels)):
+            given = record.get("given") if strings(record.get("given"), len(results)) else [None] * len(results)
+            shown = record.get("shown")
+            here = os.path.abspath(path.parent)
+            folders = [Path(os.path.normpath(os.path.join(here, g))) if g is not None and
+                       os.path.isdir(os.path.normpath(os.path.join(here, g))) else path.parent / r
+                       for g, r in zip(given, results)]
+            return folders, labels if labels is not None or not strings(shown, len(results)) else shown
     raise UserError(f"{path}: not a record of a comparison (edited, or damaged?); draw it again with: "
                     f"landscape plot A B ... --out {shell_word(path.parent)}")
 
@@ -159,8 +175,7 @@ def redraw_comparisons(folder: str | Path, formats: tuple[str, ...] = ("png",)) 
         path = folder / f"{spec.figure}.json"
         if not path.exists():
             continue
-        results, labels = _record(path, kind)
-        folders = [folder / r for r in results]
+        folders, labels = _record(path, kind)
         for f in folders:
             if not f.is_dir():
                 raise UserError(f"{path} names {os.path.normpath(f)}, which is not a folder (moved or removed?)")
