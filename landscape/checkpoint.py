@@ -651,17 +651,17 @@ def save_checkpoint(
 
     ``model`` is ``{"name": str, "kwargs": dict}``, enough for
     :func:`landscape.models.create_model` to rebuild the network. Given the
-    network itself for ``state_dict``, its state dict is saved with a record
-    of the buffers that leaves out (``unsaved_buffers``:
-    :func:`~landscape.models.unsaved_record`), which loading checks against
-    the network it builds. ``extra`` entries (e.g. ``train_state``) are stored
+    network itself for ``state_dict``, its state dict is saved with the record
+    of the buffers that leaves out, as the network was built
+    (``unsaved_buffers``: :func:`~landscape.models.remember_built`), which
+    loading checks against the network it builds. ``extra`` entries (e.g. ``train_state``) are stored
     beside the standard keys and must themselves be ``weights_only``-loadable
     (tensors, numbers, strings, lists, dicts).
     """
     if isinstance(state_dict, nn.Module):
-        from .models import UNSAVED_KEY, unsaved_record  # local: models import nothing from here
+        from .models import UNSAVED_KEY, built_record  # local: models import nothing from here
 
-        record = unsaved_record(state_dict)
+        record = built_record(state_dict)
         if record:
             extra = {UNSAVED_KEY: record, **extra}
         state_dict = state_dict.state_dict()
@@ -1029,7 +1029,9 @@ def load_model(
     check_state_dict(net, ckpt.state_dict, str(ckpt.path), f"model '{name}'")
     from .models import check_unsaved  # local: models import nothing from here
 
-    check_unsaved(net, [ckpt])
+    if not isinstance(model, nn.Module):  # a network built here: its record (or one more build) tells
+        check_unsaved(net, [ckpt], name=name,
+                      rebuild=lambda: _build_for(ckpt, model, num_classes, input_shape, dict(model_kwargs))[0])
     # Every key was checked above; only num_batches_tracked may be missing (older PyTorch), and keeps its value.
     net.load_state_dict(ckpt.state_dict, strict=False)
     return net.eval()

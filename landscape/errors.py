@@ -176,10 +176,14 @@ _NOTES_SAID: set[tuple[str, str]] = set()
 def note_once(key: tuple[str, str], text: str) -> None:
     """``note: text`` on stderr, once a process for ``key`` (a kind of note and
     what it is about), and under torchrun on rank 0 alone (:func:`launch_rank`:
-    torchrun sets ``RANK`` before any process group exists)."""
+    torchrun sets ``RANK`` before any process group exists; and in a process
+    group of the caller's own, started without it, its rank 0)."""
     import sys
 
-    if key in _NOTES_SAID or launch_rank(strict=False) != 0:
+    import torch.distributed as dist
+
+    if key in _NOTES_SAID or launch_rank(strict=False) != 0 or (
+            dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
         return
     _NOTES_SAID.add(key)
     print(f"note: {text}", file=sys.stderr)

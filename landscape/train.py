@@ -58,7 +58,6 @@ from .checkpoint import (
     remove_file,
     same_file,
     save_checkpoint,
-    stored_config,
     write_json,
     atomic_write_text,
 )
@@ -548,10 +547,13 @@ def run_training(
     stored = (state.meta or {}).get("input_summaries") if state is not None else None
     summaries = (stored if isinstance(stored, dict) else input_summaries(cfg)) if out is not None else {}
 
+    threads = torch.get_num_threads()  # training rounds otherwise on another number
+    earlier = _earlier_threads(state, threads, device) if state is not None and start_epoch > 0 else []
+
     def save(path: Path, epoch: int, kind: str) -> None:
         meta = {"epoch": epoch, "train_config": cfg.to_json(), "dataset": data.describe(),
                 "world_size": world, "landscape_version": __version__, "input_digests": digests,
-                "input_summaries": summaries}
+                "input_summaries": summaries, "threads": threads, **({"threads_before": earlier} if earlier else {})}
         task.save(path, kind, {"meta": meta, "train_state": {"epoch": epoch, "optimizer": optimizer.state_dict()}})
 
     if world > 1:
@@ -563,8 +565,6 @@ def run_training(
                  f"it would give a slice under 2 samples (a run on one process trains on it, so the results "
                  f"differ from one)")
     if out is not None:
-        threads = torch.get_num_threads()  # training rounds otherwise on another number
-        earlier = _earlier_threads(out, threads, device) if start_epoch > 0 else []
         write_json(out / "config.json", {
             "command": task.command,
             "argv": list(argv) if argv is not None else None,
@@ -674,11 +674,13 @@ def non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
     return None
 
 
-def _earlier_threads(out: Path, threads: int, device: torch.device) -> list[int]:
-    """The thread counts a resumed run trained on in its earlier sessions where any differs from
-    ``threads`` (kept in ``config.json`` as ``threads_before``); a note where the last one does, on
-    the CPU: the sums round otherwise, so the weights are not those of a run left uninterrupted."""
-    stored = stored_config(out) or {}
+def _earlier_threads(state, threads: int, device: torch.device) -> list[int]:
+    """The thread counts a resumed run trained its kept epochs on in its earlier sessions, where any
+    differs from ``threads`` (from ``state``, the checkpoint it resumes from: each records the number
+    of the session that saved it, and the earlier ones'; kept as ``threads_before``); a note where the
+    last one differs, on the CPU: the sums round otherwise, so the weights are not those of a run left
+    uninterrupted. A checkpoint from before these were kept gives none."""
+    stored = state.meta or {}
     earlier = [n for n in stored.get("threads_before") or [] if isinstance(n, int)]
     last = stored.get("threads")
     if isinstance(last, int) and not isinstance(last, bool):

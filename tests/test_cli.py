@@ -1222,6 +1222,13 @@ def test_a_process_waiting_for_its_peers_says_so_and_a_closed_stderr_is_no_failu
                                          f"{shlex.quote(str(tmp_path / 'closed'))} 2>&-"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and (tmp_path / "closed" / "model.pt").exists(), done.stdout
+    # A SIGTERM in the interpreter's teardown, after the command's work (a job's time running out just then),
+    # killed it by the signal without a word: it now ends with the command's own status.
+    code = ("import atexit, os, signal, sys, time; sys.argv = ['landscape', 'models']; "
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5))); "
+            "from landscape import cli; sys.exit(cli.main())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "convnet" in done.stdout, (done.returncode, done.stderr)
 
 
 def test_a_rank_whose_peer_died_says_so_once(tmp_path, capsys, monkeypatch):

@@ -610,6 +610,9 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
         def cached(num_classes, input_shape):  # lazy: the cache is filled by the forward that sets the shapes
             return nn.Sequential(nn.Flatten(), nn.LazyLinear(32), Cache(), nn.Linear(32, num_classes))
 
+        def growing(num_classes, input_shape):  # a cache the first forward fills: empty as built
+            return nn.Sequential(nn.Flatten(), Cache(), nn.Linear(64, num_classes))
+
         def once(num_classes, input_shape):  # a one-shot resource: a second call fails
             if calls:
                 raise RuntimeError("already taken")
@@ -666,6 +669,15 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
         save_checkpoint(tmp_path / "mg.pt", first, {**spec, "name": "buffered_nets:module_generator"})
         with pytest.raises(UserError, match="built again it holds other values"):  # the next draw of the module's
             load_model(tmp_path / "mg.pt", "buffered_nets:module_generator")
+        grown = create_model("buffered_nets:growing", **shape)
+        grown(torch.zeros(2, 1, 8, 8))  # trained: the cache filled
+        save_checkpoint(tmp_path / "grown.pt", grown, {**spec, "name": "buffered_nets:growing"})
+        load_model(tmp_path / "grown.pt", "buffered_nets:growing")  # compared as built, not as trained
+        torch.save(create_model("buffered_nets:drawn", **shape).state_dict(), tmp_path / "foreign.pt")
+        with pytest.raises(UserError, match="its buffer 'proj' is drawn at random"):  # no record: built again
+            load_model(tmp_path / "foreign.pt", "buffered_nets:drawn", **shape)
+        torch.save(create_model("buffered_nets:fixed", **shape).state_dict(), tmp_path / "foreign_fixed.pt")
+        load_model(tmp_path / "foreign_fixed.pt", "buffered_nets:fixed", **shape)
         assert cli.main(["train", "--model", "buffered_nets:fixed", "--epochs", "1", "--out", "ok"]) == 0
         assert cli.main(["ensemble", "ok/model.pt", "ok/model.pt", "--model", "buffered_nets:fixed", "--out", "ens"]) == 0
         assert "unsaved_buffers" in load_checkpoint(tmp_path / "ok" / "model.pt").extra
@@ -680,8 +692,8 @@ def test_the_record_of_left_out_buffers_is_their_sums_and_tolerates_only_the_las
     from landscape.models import _agree, _sums, unsaved_record
 
     x = torch.tensor([[1.5, -2.0, float("nan")], [float("inf"), 0.25, -float("inf")]])
-    golden = 0.6180339887498949
-    finite = [(i, v) for i, v in enumerate([1.5, -2.0, None, None, 0.25, None]) if v is not None]
+    golden, scale = 0.6180339887498949, 2.0 ** -60
+    finite = [(i, v * scale) for i, v in enumerate([1.5, -2.0, None, None, 0.25, None]) if v is not None]
     by_hand = [1.0, 1.0, 1.0, sum(v for _, v in finite), sum(abs(v) for _, v in finite),
                sum(v * ((i * golden) % 1.0 - 0.5) for i, v in finite)]
     assert _sums(x) == pytest.approx(by_hand, abs=1e-12)
@@ -710,6 +722,18 @@ def test_the_record_of_left_out_buffers_is_their_sums_and_tolerates_only_the_las
     assert not _agree(record(drawn[:255]), record(drawn)) and not _agree(record(drawn.double()), record(drawn))
     ids = torch.randperm(1000)
     assert _agree(record(ids), record(ids.clone())) and not _agree(record(ids.flip(0)), record(ids))
+    threads = torch.get_num_threads()
+    try:  # integers by their bytes: a float sum of 65536 of them changed with the number of threads
+        torch.set_num_threads(1)
+        one = record(torch.arange(65536)[None])
+        torch.set_num_threads(2)
+        assert _agree(record(torch.arange(65536)[None]), one)
+    finally:
+        torch.set_num_threads(threads)
+    mask = torch.full((8, 8), torch.finfo(torch.float64).min, dtype=torch.float64).triu(1)  # sums overflowed
+    assert _agree(record(mask), record(mask.clone())) and not _agree(record(mask.T.contiguous()), record(mask))
+    assert _agree(record(torch.zeros(0)), record(torch.zeros(0))) and _agree(record(torch.ones(3, dtype=torch.bool)),
+                                                                           record(torch.ones(3, dtype=torch.bool)))
 
 
 def test_a_compiled_network_given_to_load_model_is_loaded_through_the_module_inside(tmp_path) -> None:
@@ -792,7 +816,7 @@ def test_embeddings_the_runs_cannot_differentiate_are_one_line(monkeypatch, tmp_
                   epochs=1, progress=False)
 
 
-def test_a_network_ending_in_a_softmax_gets_a_note(small_digits, capsys):
+def test_a_network_ending_in_a_softmax_gets_a_note(small_digits, capsys, monkeypatch):
     """Probabilities taken as logits went through a second softmax: every NLL, and the training loss, was of
     those, without a word (a probe: 1.0505 reported against 0.9903 of the network's own probabilities)."""
     import landscape.errors as errors
@@ -818,6 +842,13 @@ def test_a_network_ending_in_a_softmax_gets_a_note(small_digits, capsys):
     assert "note: the network's outputs are non-negative and sum to 1" in capsys.readouterr().err
     log_probs = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.LogSoftmax(dim=1))
     evaluate_model(log_probs, small_digits)
+    assert capsys.readouterr().err == ""
+    errors._NOTES_SAID.clear()  # a process group of the caller's own (no RANK set): its rank 1 says nothing
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    evaluate_model(probs, small_digits)
     assert capsys.readouterr().err == ""
 
 

@@ -897,9 +897,8 @@ def test_a_comparison_folder_is_redrawn_by_plot_from_its_record(tmp_path, capsys
     assert cli.main(["plot", str(a), str(b), "--out", str(fig), "--labels", "A", "B"]) == 0
     assert cli.main(["plot", str(p), str(q), "--out", str(fig)]) == 0
     record = json.loads((fig / "curves.json").read_text())
-    assert record == {"kind": "curve", "results": ["../a", "../b"], "given": ["../a", "../b"], "labels": ["A", "B"],
-                      "shown": ["A", "B"]}
-    assert json.loads((fig / "planes.json").read_text())["labels"] is None  # none given: the defaults drawn
+    assert record == {"kind": "curve", "results": ["../a", "../b"], "given": ["../a", "../b"], "labels": ["A", "B"]}
+    assert json.loads((fig / "planes.json").read_text())["labels"] is None  # the defaults, found again
     (tmp_path / "runs").rename(tmp_path / "moved")
     fig = tmp_path / "moved" / "fig"
     for f in fig.glob("*.png"):
@@ -923,16 +922,25 @@ def test_a_comparison_of_linked_or_like_named_folders_redraws_as_drawn_in_a_copy
         tmp_path, capsys, monkeypatch):
     """The record named the folders' link targets: a paper's folder of links to results, zipped (which
     follows the links), said "curves.json names moved_runs/ab-eval, which is not a folder", and a redraw
-    titled the panels by the targets' names, or by "fig/../../r1/ab" where two folders share a name. The
-    folders are recorded as given too, and the labels drawn are kept. A comparison folder that cannot be
-    written is told the command that draws it elsewhere (a copy of it alone would not find its results)."""
+    titled the panels by the targets' names, or by "fig/../../r1/ab" where two folders share a name
+    (labels that depended on where plot ran). The folders are recorded as given too, and the default
+    labels are the folders' last parts that tell them apart ("." its folder's name, not an empty label),
+    so a redraw finds them again, and follows the results (a curve replaced by another kind is labelled
+    as it is now). A comparison folder that cannot be written is told the command that draws it
+    elsewhere (a copy of it alone would not find its results)."""
     import errno
     import shutil
     from pathlib import Path
 
+    import landscape.plots.compare as compare
     import landscape.plots.style as style
     from landscape import cli
 
+    drawn = []
+    for kind in ("curve", "plane"):
+        spec = compare.COMPARABLE[kind]
+        monkeypatch.setitem(compare.COMPARABLE, kind, spec._replace(
+            draw=lambda results, labels, draw=spec.draw: (drawn.append(list(labels)), draw(results, labels))[1]))
     write_curve(tmp_path / "store" / "new")
     write_curve(tmp_path / "store" / "old", kind="polychain")
     (tmp_path / "paper" / "results").mkdir(parents=True)
@@ -940,21 +948,28 @@ def test_a_comparison_of_linked_or_like_named_folders_redraws_as_drawn_in_a_copy
         (tmp_path / "paper" / "results" / name).symlink_to(Path("../../store") / target)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["plot", "paper/results/ours", "paper/results/theirs", "--out", "paper/fig"]) == 0
-    drawn = json.loads(Path("paper/fig/curves.json").read_text())
-    assert drawn["given"] == ["../results/ours", "../results/theirs"] and drawn["labels"] is None
+    record = json.loads(Path("paper/fig/curves.json").read_text())
+    assert record["given"] == ["../results/ours", "../results/theirs"] and record["labels"] is None
     shutil.copytree("paper", "laptop/paper")  # following the links, as zip does
     capsys.readouterr()
     assert cli.main(["plot", "laptop/paper/fig"]) == 0, capsys.readouterr().err
-    assert json.loads(Path("laptop/paper/fig/curves.json").read_text())["labels"] == drawn["shown"]
+    assert drawn[-1] == drawn[0]
+    write_curve(tmp_path / "laptop" / "paper" / "results" / "theirs", kind="bezier", bends=2)  # replaced
+    assert cli.main(["plot", "laptop/paper/fig"]) == 0
+    assert drawn[-1][1] != drawn[0][1]
 
     for run in ("r1", "r2"):
         write_plane(tmp_path / run / "ab")
     assert cli.main(["plot", "r1/ab", "r2/ab", "--out", "figs/cmp"]) == 0
-    shown = json.loads(Path("figs/cmp/planes.json").read_text())["shown"]
-    assert shown == ["r1/ab", "r2/ab"]
+    assert drawn[-1] == ["r1/ab", "r2/ab"]
     monkeypatch.chdir(tmp_path / "figs")  # redrawn from elsewhere
     assert cli.main(["plot", "cmp"]) == 0
-    assert json.loads(Path("cmp/planes.json").read_text())["labels"] == shown  # not "cmp/../../r1/ab"
+    assert drawn[-1] == ["r1/ab", "r2/ab"]  # not "cmp/../../r1/ab"
+    monkeypatch.chdir(tmp_path / "r1" / "ab")
+    assert cli.main(["plot", ".", "../../r2/ab", "--out", "../../figs/dot"]) == 0
+    assert drawn[-1] == ["r1/ab", "r2/ab"]  # "." by its name: an empty label was refused on redrawing
+    assert cli.main(["plot", "../../figs/dot"]) == 0 and drawn[-1] == ["r1/ab", "r2/ab"]
+    monkeypatch.chdir(tmp_path / "figs")
 
     def read_only(write, path):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
@@ -964,7 +979,7 @@ def test_a_comparison_of_linked_or_like_named_folders_redraws_as_drawn_in_a_copy
     assert cli.main(["plot", "cmp"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("landscape: error: cmp/planes.png: Read-only file system; draw the comparison in a folder you "
-                   "can write: landscape plot ../r1/ab ../r2/ab --labels r1/ab r2/ab --out NEW_FOLDER"), err
+                   "can write: landscape plot ../r1/ab ../r2/ab --out NEW_FOLDER"), err
 
 
 def test_a_model_average_panel_keeps_every_line_visible_and_errors_from_zero():

@@ -133,7 +133,8 @@ def _endpoint_model(start: Checkpoint, end: Checkpoint, cfg: ConnectConfig, data
     name = f"model '{spec['name']}'" + (f" of {start.path}" if start.model is not None else " (--model)")
     check_state_dict(model, start.state_dict, str(start.path), name)
     check_state_dict(model, end.state_dict, str(end.path), name)
-    check_unsaved(model, [start, end])
+    check_unsaved(model, [start, end], name=spec["name"],
+                  rebuild=lambda: from_spec(spec, trusted=start.model is None or user_named, source=start.path))
     if end.model is not None and start.model is not None and end.model["name"] != start.model["name"]:
         raise UserError(f"{start.path} holds a '{start.model['name']}' but {end.path} a '{end.model['name']}'")
     check_spec_fits(spec, data.num_classes, data.input_shape, start.path, f"dataset '{data.name}'")

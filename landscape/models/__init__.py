@@ -135,7 +135,7 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], *
                             f"{type(e).__name__}{': ' + first_line(e) if str(e).strip() else ''}") from e
         if not isinstance(model, nn.Module):
             raise UserError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
-        return materialize(unwrap(model), input_shape, f"model {name!r}")
+        return remember_built(materialize(unwrap(model), input_shape, f"model {name!r}"))
 
 
 def unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -227,6 +227,29 @@ def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
 
 
 UNSAVED_KEY = "unsaved_buffers"  # a checkpoint's record of its network's buffers the state dict leaves out
+_BUILT = "_landscape_built_buffers"  # a built network's attribute: unsaved_record as its factory built it
+
+
+def remember_built(model: nn.Module) -> nn.Module:
+    """Keep on ``model`` (an attribute, which a deepcopy keeps too) the
+    :func:`unsaved_record` of its buffers as built, for every checkpoint saved
+    from it and for :func:`check_unsaved`: a cache a forward fills later
+    (a rotary table grown to the inputs' length) is compared as the factory
+    builds it, not as training left it."""
+    record = unsaved_record(model)
+    if record:
+        try:
+            setattr(model, _BUILT, record)
+        except (AttributeError, TypeError):  # a module that takes no new attributes: its buffers go unrecorded
+            pass
+    return model
+
+
+def built_record(model: nn.Module) -> dict[str, dict] | None:
+    """The record :func:`remember_built` kept on ``model``; None for a network
+    built elsewhere (given by a caller) or without such buffers."""
+    record = getattr(model, _BUILT, None)
+    return record if isinstance(record, dict) else None
 
 
 def unsaved_record(model: nn.Module) -> dict[str, dict]:
@@ -238,16 +261,26 @@ def unsaved_record(model: nn.Module) -> dict[str, dict]:
             for n, b in _comparable(unsaved_buffers(model)).items()}
 
 
-def _sums(b: torch.Tensor, chunk: int = 1 << 20) -> list[float]:
-    """Counts of NaN, +inf and -inf, then the sum, the sum of magnitudes and a
-    sum weighted by fixed weights in -0.5..0.5 (the fractional parts of i
-    times the golden ratio: the same on every machine and torch version) of
-    ``b``'s finite values, in float64 (complex as its real and imaginary
-    parts). The weighted sum tells a permutation or another draw of the same
-    distribution: for n values drawn again it moves by about sqrt(n / 12)
-    times their scale, against a sum of magnitudes near n times it."""
+_SCALE = 2.0 ** -60  # exact, and far from float64's overflow for any float buffer (finfo(float64).min masks)
+
+
+def _sums(b: torch.Tensor, chunk: int = 1 << 20) -> list:
+    """For integer and bool buffers, the SHA-256 of their bytes (exact, and
+    free of the summation order, which the number of threads changes). For
+    floating ones: counts of NaN, +inf and -inf, then the sum, the sum of
+    magnitudes and a sum weighted by fixed weights in -0.5..0.5 (the
+    fractional parts of i times the golden ratio: the same on every machine
+    and torch version) of the finite values times 2^-60, in float64 (complex
+    as its real and imaginary parts). The weighted sum tells a permutation or
+    another draw of the same distribution: for n values drawn again it moves
+    by about sqrt(n / 12) times their scale, against a sum of magnitudes near
+    n times it."""
+    import hashlib
+
     x = b.detach().cpu()
     x = (torch.view_as_real(x) if x.is_complex() else x).reshape(-1)
+    if not x.is_floating_point():
+        return [hashlib.sha256(x.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()]
     sums = [0.0] * 6
     for start in range(0, x.numel(), chunk):
         part = x[start:start + chunk].to(torch.float64)
@@ -255,53 +288,63 @@ def _sums(b: torch.Tensor, chunk: int = 1 << 20) -> list[float]:
         sums[0] += float(torch.isnan(part).sum())
         sums[1] += float((part == float("inf")).sum())
         sums[2] += float((part == float("-inf")).sum())
-        part = torch.where(finite, part, torch.zeros((), dtype=torch.float64))
-        weights = (torch.arange(start, start + part.numel(), dtype=torch.float64) * 0.6180339887498949) % 1.0 - 0.5
+        part = torch.where(finite, part * _SCALE, torch.zeros((), dtype=torch.float64))
+        weights = torch.arange(start, start + part.numel(), dtype=torch.float64).mul_(0.6180339887498949).frac_()
         sums[3] += float(part.sum())
         sums[4] += float(part.abs().sum())
-        sums[5] += float((part * weights).sum())
+        sums[5] += float(part.dot(weights.sub_(0.5)))
     return sums
 
 
 def _agree(now: dict, then: dict) -> bool:
     """Whether two :func:`unsaved_record` entries are one buffer built again:
-    the same shape, dtype and counts of non-finite values, and sums within
-    1e-5 (or the dtype's epsilon, if larger) of the sum of magnitudes; exact
-    for integers. A deterministic buffer computed on another CPU may differ
-    in its last bits; one drawn again differs by far more."""
+    the same shape and dtype; for integers the same bytes; for floats the
+    same counts of non-finite values, and sums within 1e-5 (or the dtype's
+    epsilon, if larger) of the sum of magnitudes. A deterministic buffer
+    computed on another CPU may differ in its last bits; one drawn again
+    differs by far more."""
     if now["shape"] != list(then.get("shape", ())) or now["dtype"] != then.get("dtype"):
         return False
     a, b = now["sums"], list(then.get("sums", ()))
-    if len(b) != len(a) or a[:3] != b[:3]:
-        return False
+    if len(b) != len(a) or a[:-3] != b[:-3] or len(a) == 1:  # the digest, or the counts
+        return len(a) == len(b) and a == b
     dtype = getattr(torch, now["dtype"], None)
-    exact = not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex)
-    tol = 0.0 if exact else max(1e-5, torch.finfo(dtype).eps) * max(abs(a[4]), abs(b[4]))
-    return all(abs(x - y) <= tol for x, y in zip(a[3:], b[3:]))
+    eps = torch.finfo(dtype).eps if isinstance(dtype, torch.dtype) and (dtype.is_floating_point or dtype.is_complex) \
+        else 0.0
+    tol = max(1e-5, eps) * max(abs(a[4]), abs(b[4]))
+    return all(x == y or abs(x - y) <= tol for x, y in zip(a[3:], b[3:]))
 
 
-def check_unsaved(model: nn.Module, ckpts) -> None:
+def check_unsaved(model: nn.Module, ckpts, *, name: str = "", rebuild: Factory | None = None) -> None:
     """:class:`UserError` when a buffer of ``model`` that its state dict leaves
-    out is not what one of ``ckpts`` (:class:`~landscape.checkpoint.Checkpoint`)
-    recorded of it when saved (:func:`unsaved_record`): built again, the
-    network is not the one that was trained (a buffer drawn at random, from a
-    generator shared between builds, or computed from the initial weights).
-    Checkpoints without a record (foreign ones, older ones) are taken as they
-    are."""
-    now = None
+    out was not built as one of ``ckpts``
+    (:class:`~landscape.checkpoint.Checkpoint`) records it was when its
+    network was built (:func:`remember_built`): built again, the network is
+    not the one that was trained (a buffer drawn at random, from a generator
+    shared between builds, or computed from the initial weights). Only for a
+    network built here (a caller's own network is theirs). Where a checkpoint
+    has no record (a foreign one, one saved before records were kept) and
+    ``rebuild`` is given, the network is built again to tell a random draw
+    (:func:`refuse_random_unsaved`)."""
+    now = built_record(model)
+    if not now:
+        return
+    unrecorded = False
     for ck in ckpts:
         record = (getattr(ck, "extra", None) or {}).get(UNSAVED_KEY)
-        if not isinstance(record, dict) or not record:
+        if not isinstance(record, dict):
+            unrecorded = True
             continue
-        now = unsaved_record(model) if now is None else now
-        for name, then in record.items():
-            if name in now and isinstance(then, dict) and not _agree(now[name], then):
-                raise UserError(f"{ck.path}: the network's buffer {name!r} is registered with persistent=False, so "
-                                f"no checkpoint holds it, and built again it holds other values than when this file "
-                                f"was saved (drawn at random, from a generator shared between builds, or computed "
-                                f"from the initial weights): it would not be the network trained; register it as "
-                                f"persistent (register_buffer(..., persistent=True)) or build it the same way every "
-                                f"time")
+        for buffer, then in record.items():
+            if buffer in now and isinstance(then, dict) and not _agree(now[buffer], then):
+                raise UserError(f"{ck.path}: the network's buffer {buffer!r} is registered with persistent=False, "
+                                f"so no checkpoint holds it, and built again it holds other values than when the "
+                                f"network saved there was built (drawn at random, from a generator shared between "
+                                f"builds, or computed from the initial weights): it would not be the network "
+                                f"trained; register it as persistent (register_buffer(..., persistent=True)) or "
+                                f"build it the same way every time")
+    if unrecorded and rebuild is not None:
+        refuse_random_unsaved(name, model, rebuild)
 
 
 @contextmanager

@@ -73,17 +73,25 @@ def _load(folder: Path, kind: str, file: str | None = None) -> tuple[dict[str, n
 
 def default_labels(folders: Sequence[Path], summaries: Sequence[dict], kind: str) -> list[str]:
     """A curve's type and bends, a plane's path (its curve) or the folder's
-    name; the folders' names (or paths) when those would repeat."""
+    name; where those would repeat, the folders' names, or as many of their
+    paths' last parts as tell them apart (``r1/ab``, ``r2/ab``). Names are
+    taken without following links (a link's own name) from the absolute
+    path, so ``.`` is its folder's name, and the labels do not depend on
+    where the command runs: a redraw finds them again."""
+    paths = [Path(os.path.abspath(f)) for f in folders]
     if kind == "curve":
         labels = [curve_label(s) for s in summaries]
     elif kind == "average":
         labels = [average_label(s) for s in summaries]
     else:
-        labels = [str(s.get("path_label") or _literal(f.name)) for f, s in zip(folders, summaries)]
-    for candidate in (labels, [_literal(f.name) for f in folders], [_literal(str(f)) for f in folders]):
+        labels = [str(s.get("path_label") or _literal(p.name)) for p, s in zip(paths, summaries)]
+    if len(set(labels)) == len(labels):
+        return list(labels)
+    for k in range(1, max(len(p.parts) for p in paths) + 1):
+        candidate = [_literal(str(Path(*p.parts[-k:]))) for p in paths]
         if len(set(candidate)) == len(candidate):
-            return list(candidate)
-    return [_literal(str(f)) for f in folders]
+            return candidate
+    return [_literal(str(p)) for p in paths]
 
 
 def _literal(name: str) -> str:
@@ -125,27 +133,25 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
         raise UserError(f"--out {out} is a file; give a folder for the figure")
     if (out / "config.json").exists():  # `plot OUT` redraws a result's own figures, not a comparison beside them
         raise UserError(f"--out {out} holds a result (config.json); give a folder of its own for the comparison")
-    shown = list(labels) if labels is not None else default_labels(folders, [s for _, s in results], kind)
-    fig = COMPARABLE[kind].draw(results, shown)
+    fig = COMPARABLE[kind].draw(results, labels or default_labels(folders, [s for _, s in results], kind))
     out.mkdir(parents=True, exist_ok=True)
     name = COMPARABLE[kind].figure
     written = save_figure(fig, out / name, formats)
     # What the figure was drawn from, so `landscape plot OUT` redraws it: the folders relative to OUT
     # (the tree can move) as given ("given": a link stays a link, so a copy that followed the links
-    # still finds them) and as resolved ("results", read where the other is not a folder), the labels
-    # given (None: the defaults) and those drawn, which a redraw keeps.
+    # still finds them, and the default labels are found again) and as resolved ("results", read where
+    # the other is not a folder), and the labels given (None: the defaults, found again from the results).
     write_json(out / f"{name}.json", {"kind": kind, "results": [os.path.relpath(r, out.resolve()) for r in resolved],
                                       "given": [os.path.relpath(os.path.abspath(f), os.path.abspath(out))
                                                 for f in folders],
-                                      "labels": list(labels) if labels is not None else None, "shown": shown})
+                                      "labels": list(labels) if labels is not None else None})
     return written
 
 
 def _record(path: Path, kind: str) -> tuple[list[Path], list[str] | None]:
-    """The folders and labels a comparison's record names (the labels drawn, where none were given); one
-    line when it is not such a record. Each folder is the one given, joined to the record's folder
-    without following links, where that is a folder, else the resolved one (a record from before
-    "given" was kept has that alone)."""
+    """The folders and labels (None: the defaults) a comparison's record names; one line when it is not
+    such a record. Each folder is the one given, joined to the record's folder without following links,
+    where that is a folder, else the resolved one (a record from before "given" was kept has that alone)."""
     record = read_json(path)
 
     def strings(x: object, count: int | None = None) -> bool:
@@ -155,12 +161,11 @@ def _record(path: Path, kind: str) -> tuple[list[Path], list[str] | None]:
         results, labels = record.get("results"), record.get("labels")
         if strings(results) and (labels is None or strings(labels)):
             given = record.get("given") if strings(record.get("given"), len(results)) else [None] * len(results)
-            shown = record.get("shown")
             here = os.path.abspath(path.parent)
             folders = [Path(os.path.normpath(os.path.join(here, g))) if g is not None and
                        os.path.isdir(os.path.normpath(os.path.join(here, g))) else path.parent / r
                        for g, r in zip(given, results)]
-            return folders, labels if labels is not None or not strings(shown, len(results)) else shown
+            return folders, labels
     raise UserError(f"{path}: not a record of a comparison (edited, or damaged?); draw it again with: "
                     f"landscape plot A B ... --out {shell_word(path.parent)}")
 
