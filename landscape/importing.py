@@ -41,7 +41,7 @@ from .checkpoint import (_refuse_nan, _refuse_papers_format, check_state_dict, e
                          unwrapped)
 from .errors import UserError, check_nonnegative
 from .inputs import DATA_FIELDS, check_data_options, merged_data_settings, resolve_data
-from .models import create_model, model_spec
+from .models import create_model, model_spec, refuse_random_unsaved
 from .sweep import is_main
 from .train import TrainConfig
 from .weights import ParamSpace
@@ -83,9 +83,13 @@ def import_checkpoint(source: str | Path, out: str | Path, *, model: str, model_
     refuse_reference_vgg_bn(source, model, state)
     data = resolve_data({}, data_options, torch.device("cpu"), source)
     spec = model_spec(model, data.num_classes, tuple(data.input_shape), **(model_kwargs or {}))
+    def build() -> torch.nn.Module:
+        return create_model(model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                            **(model_kwargs or {}))
+
     with torch.random.fork_rng(devices=[]):  # its first weights are replaced: the caller's stream stays
-        net = create_model(model, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                           **(model_kwargs or {}))
+        net = build()
+    refuse_random_unsaved(model, net, build)  # the file holds no such buffer: one drawn here would be stamped in
     settings = merged_data_settings({}, data_options)
     if settings.get("data_path"):  # later commands may run from elsewhere
         settings["data_path"] = str(Path(settings["data_path"]).expanduser().resolve())

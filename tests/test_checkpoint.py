@@ -378,9 +378,10 @@ def test_claiming_a_folder_removes_temporary_files_a_killed_write_left(tmp_path,
     (out / "curve.npz").write_bytes(b"kept")
     (out / "notes.tmp").write_text("the user's own file: not one of ours (no leading dot)")
     monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 writes, so another rank must not clean
+    monkeypatch.setenv("WORLD_SIZE", "2")
     claim_folder(out, "curve")
     assert (out / ".curve.png.dz4q03_f.tmp").exists() and (out / ".last.pt.k1ll3d0a.tmp").exists()
-    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")  # a RANK left without WORLD_SIZE is no torchrun worker's: rank 0
     claim_folder(out, "curve")
     assert sorted(p.name for p in out.iterdir()) == ["curve.npz", "notes.tmp"]
 

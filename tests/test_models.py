@@ -678,6 +678,20 @@ def test_a_buffer_left_out_of_checkpoints_and_drawn_at_random_is_refused(tmp_pat
             load_model(tmp_path / "foreign.pt", "buffered_nets:drawn", **shape)
         torch.save(create_model("buffered_nets:fixed", **shape).state_dict(), tmp_path / "foreign_fixed.pt")
         load_model(tmp_path / "foreign_fixed.pt", "buffered_nets:fixed", **shape)
+        assert cli.main(["import", "foreign.pt", "--model", "buffered_nets:drawn", "--dataset", "digits",
+                         "--out", "imported.pt"]) == 2
+        assert "its buffer 'proj' is drawn at random" in capsys.readouterr().err  # not stamped with one draw
+        assert not (tmp_path / "imported.pt").exists()
+        # filled some other way than the seeds (torch.empty's memory; here a counter): left alone when
+        # training starts, so not recorded, and its checkpoints load (each load refused them)
+        counted = create_model("buffered_nets:counted", **shape)
+        refuse_random_unsaved("buffered_nets:counted", counted,
+                              lambda: create_model("buffered_nets:counted", **shape))
+        save_checkpoint(tmp_path / "counted.pt", counted, {**spec, "name": "buffered_nets:counted"})
+        assert "proj" not in load_checkpoint(tmp_path / "counted.pt").extra.get("unsaved_buffers", {})
+        loaded = load_model(tmp_path / "counted.pt", "buffered_nets:counted")
+        save_checkpoint(tmp_path / "again.pt", loaded, {**spec, "name": "buffered_nets:counted"})
+        load_model(tmp_path / "again.pt", "buffered_nets:counted")  # nor recorded from a network loaded
         assert cli.main(["train", "--model", "buffered_nets:fixed", "--epochs", "1", "--out", "ok"]) == 0
         assert cli.main(["ensemble", "ok/model.pt", "ok/model.pt", "--model", "buffered_nets:fixed", "--out", "ens"]) == 0
         assert "unsaved_buffers" in load_checkpoint(tmp_path / "ok" / "model.pt").extra

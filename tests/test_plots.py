@@ -969,6 +969,12 @@ def test_a_comparison_of_linked_or_like_named_folders_redraws_as_drawn_in_a_copy
     assert cli.main(["plot", ".", "../../r2/ab", "--out", "../../figs/dot"]) == 0
     assert drawn[-1] == ["r1/ab", "r2/ab"]  # "." by its name: an empty label was refused on redrawing
     assert cli.main(["plot", "../../figs/dot"]) == 0 and drawn[-1] == ["r1/ab", "r2/ab"]
+    monkeypatch.chdir(tmp_path)  # a link then "..": the kernel goes to the link's target's parent, the text not
+    write_curve(tmp_path / "links" / "old", kind="bezier", bends=2)  # what the text names
+    (tmp_path / "links" / "x").symlink_to("../store/new")
+    assert cli.main(["plot", "links/x/../old", "store/new", "--out", "figs/lk"]) == 0
+    first = drawn[-1]
+    assert cli.main(["plot", "figs/lk"]) == 0 and drawn[-1] == first  # the folder read, not links/old
     monkeypatch.chdir(tmp_path / "figs")
 
     def read_only(write, path):

@@ -206,6 +206,7 @@ def refuse_random_unsaved(name: str, model: nn.Module, build: Factory) -> None:
         if not differ:
             return
     random = [n for n in differ if n in builds[0] and _same(builds[0][n], builds[1].get(n))]
+    _keep_built(model, [n for n in built_record(model) or {} if n not in differ or n in random])  # torch.empty's
     if random:
         raise UserError(f"model {name!r}: its buffer {random[0]!r} is drawn at random (or computed from the initial "
                         f"weights) when the network is built but registered with persistent=False, so no checkpoint "
@@ -243,6 +244,17 @@ def remember_built(model: nn.Module) -> nn.Module:
         except (AttributeError, TypeError):  # a module that takes no new attributes: its buffers go unrecorded
             pass
     return model
+
+
+def _keep_built(model: nn.Module, names) -> None:
+    """Keep only ``names`` in ``model``'s built record: a buffer filled some
+    other way than its factory's seeds (``torch.empty``'s uninitialised
+    memory, told by :func:`refuse_random_unsaved`), or one the checkpoint a
+    network was loaded from did not record, is not compared, and a checkpoint
+    saved from the network does not record it either."""
+    record = built_record(model)
+    if record is not None:
+        setattr(model, _BUILT, {n: record[n] for n in names if n in record})
 
 
 def built_record(model: nn.Module) -> dict[str, dict] | None:
@@ -335,6 +347,7 @@ def check_unsaved(model: nn.Module, ckpts, *, name: str = "", rebuild: Factory |
         if not isinstance(record, dict):
             unrecorded = True
             continue
+        _keep_built(model, [n for n in now if n in record])  # one the record leaves out (torch.empty's) is not told
         for buffer, then in record.items():
             if buffer in now and isinstance(then, dict) and not _agree(now[buffer], then):
                 raise UserError(f"{ck.path}: the network's buffer {buffer!r} is registered with persistent=False, "

@@ -143,7 +143,8 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
     # the other is not a folder), and the labels given (None: the defaults, found again from the results).
     write_json(out / f"{name}.json", {"kind": kind, "results": [os.path.relpath(r, out.resolve()) for r in resolved],
                                       "given": [os.path.relpath(os.path.abspath(f), os.path.abspath(out))
-                                                for f in folders],
+                                                if Path(os.path.abspath(f)).resolve() == r else None
+                                                for f, r in zip(folders, resolved)],
                                       "labels": list(labels) if labels is not None else None})
     return written
 
@@ -160,7 +161,11 @@ def _record(path: Path, kind: str) -> tuple[list[Path], list[str] | None]:
     if isinstance(record, dict) and record.get("kind") == kind:
         results, labels = record.get("results"), record.get("labels")
         if strings(results) and (labels is None or strings(labels)):
-            given = record.get("given") if strings(record.get("given"), len(results)) else [None] * len(results)
+            given = record.get("given")
+            if not (isinstance(given, list) and len(given) == len(results) and
+                    all(g is None or isinstance(g, str) for g in given)):
+                given = [None] * len(results)  # a record from before: the resolved folders
+            # (None: a path given through a link and "..", which the kernel resolves otherwise than its text)
             here = os.path.abspath(path.parent)
             folders = [Path(os.path.normpath(os.path.join(here, g))) if g is not None and
                        os.path.isdir(os.path.normpath(os.path.join(here, g))) else path.parent / r
