@@ -662,7 +662,7 @@ def save_checkpoint(
         from .models import UNSAVED_KEY, built_record  # local: models import nothing from here
 
         record = built_record(state_dict)
-        if record:
+        if record is not None:  # {} too: every such buffer left out of the comparison (torch.empty's), none to build
             extra = {UNSAVED_KEY: record, **extra}
         state_dict = state_dict.state_dict()
     obj = {
