@@ -760,7 +760,7 @@ def test_default_labels_fall_back_to_the_folders_when_they_would_repeat(tmp_path
     assert default_labels(folders[1:], [bezier, {"curve_type": "polychain", "bends": 2}], "curve") == [
         "bezier (1 bend)", "polychain (2 bends)"]
     assert default_labels(folders[1:], [bezier, bezier], "curve") == ["run1", "run2"]
-    assert default_labels(folders[:2], [bezier, bezier], "curve") == [str(f) for f in folders[:2]]
+    assert default_labels(folders[:2], [bezier, bezier], "curve") == ["x/run1", "y/run1"]  # the parts that differ
     assert default_labels(folders[1:], [{"path_label": "bezier curve"}, {}], "plane") == ["bezier curve", "run2"]
 
 
