@@ -792,6 +792,11 @@ def _sample_nuts(run: _Run, write_config: Callable[[], None], *, samples: int, c
             "divergent": int(np.sum(kept["divergent"])), "depth_mean": float(np.mean(kept["depth"])),
             "max_depth_hits": int(np.sum(np.asarray(kept["depth"]) >= max_depth)),
             "mass": mass, "inverse_mass": [float(x) for x in metric.inv_mass]}
+    if 2 * info["divergent"] > len(kept["divergent"]):  # the step size never came down to the posterior's scale
+        print(f"note: {info['divergent']} of {len(kept['divergent'])} kept NUTS transitions diverged (mean "
+              f"acceptance {info['accept_mean']:.2f}): the step size did not adapt in {burn_in} burn-in "
+              f"transitions; the samples are not the posterior's: give a longer burn-in (--burn-in 20 or more)",
+              file=sys.stderr)
     return shift_res, kept, info
 
 

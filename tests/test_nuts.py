@@ -445,6 +445,9 @@ def test_nuts_from_the_command_line(tmp_path, swag):
     assert (out / "subspace.png").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["nuts"]["max_depth"] == 3 and summary["bma"]["members"] == 4
+    # most transitions divergent (a burn-in too short to adapt the step size): said, not the table's count alone
+    noted = "kept NUTS transitions diverged (mean acceptance"
+    assert summary["nuts"]["divergent"] == 4 and noted in done.stderr, done.stderr  # (a burn-in of 2, seeded)
     bad = subprocess.run(cmd[:-2] + ["--method", "ess", "--out", str(tmp_path / "bad")], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["landscape: error: --max-depth is NUTS's (--method nuts)"]
