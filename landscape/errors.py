@@ -44,7 +44,8 @@ def stop_words(stop: KeyboardInterrupt) -> tuple[str, int]:
     return ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
 
 
-_SPELLED_OTHERWISE = {"quiet": "progress=False is --quiet", "out_dir": "the folder is out="}
+_SPELLED_OTHERWISE = {"quiet": "progress=False is --quiet", "out_dir": "the folder is out=",
+                      "face_grid": "the simplex functions' --face-grid is face_resolution="}
 
 
 def check_keywords(known: type | Iterable[str], options: dict, caller: str) -> None:

@@ -470,3 +470,11 @@ def test_one_path_where_a_list_of_modes_is_expected_is_refused():
         connect_modes("runs/a/model.pt")
     with pytest.raises(UserError, match=r"^bases is a list of checkpoints, got the single path 'a\.pt' \(one: "):
         espro("a.pt")
+
+
+def test_the_command_lines_face_grid_given_in_python_names_its_keyword():
+    """A caller guessing the Python name from --face-grid got "takes no keyword 'face_grid'" alone: no name
+    near it in spelling is the one (face_resolution)."""
+    with pytest.raises(UserError, match=r"^grow_simplex\(\) takes no keyword 'face_grid' \(the simplex functions' "
+                                        r"--face-grid is face_resolution=\)$"):
+        grow_simplex("nope.pt", face_grid=3)
