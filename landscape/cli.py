@@ -797,13 +797,13 @@ def _elsewhere(d: Path) -> str:
     """How to draw the figures of ``d``, a folder that cannot be written, somewhere else: a result folder
     copied (not its checkpoints); a folder of comparison figures drawn again from the results its records
     name (a copy of it alone would not find them: they are named relative to it)."""
-    from landscape.plots.compare import COMPARABLE, _record
+    from landscape.plots.compare import COMPARABLE, comparison_record
 
     commands = []
     for kind, spec in COMPARABLE.items():
         if (d / f"{spec.figure}.json").exists():
             try:
-                folders, labels = _record(d / f"{spec.figure}.json", kind)
+                folders, labels = comparison_record(d / f"{spec.figure}.json", kind)
             except UserError:
                 continue
             commands.append(" ".join(["landscape plot", *(shell_word(os.path.relpath(f)) for f in folders),

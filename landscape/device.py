@@ -60,12 +60,17 @@ def check_fits(nbytes: float, what: str, device: torch.device | str) -> None:
                         f"{torch.device(device).type.upper()} has in all")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices); ``seed`` a whole number in 0..2^63 - 1."""
+def seed_everything(seed: int, *, gpus: bool = True) -> None:
+    """Seed Python, NumPy and torch (all devices; the CPU alone where not
+    ``gpus``: ``torch.manual_seed`` seeds every GPU, or queues it where CUDA
+    has not started); ``seed`` a whole number in 0..2^63 - 1."""
     seed = check_seed(seed, "seed")
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    if gpus:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
 
 
 _CONSTANTS: dict[tuple, torch.Tensor] = {}

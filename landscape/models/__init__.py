@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import is_lazy
 
+from ..device import seed_everything
 from ..errors import UserError, first_line
 from ..weights import refuse_unusable, unwrap
 from . import preresnet, simple, vgg, wide_resnet
@@ -154,9 +155,9 @@ def _comparable(buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """The CPU's torch generator, NumPy's and Python's seeded with ``seed``
-    inside, all three as they were after. Not ``torch.manual_seed``: that
-    seeds every GPU too (queued, where CUDA has not started yet), and a
-    training run's GPU draws (dropout) would follow this seed, not its own."""
+    inside (``seed_everything(gpus=False)``: a training run's GPU draws, its
+    dropout, must follow its own seed, not this one), all three as they were
+    after."""
     import random
 
     import numpy as np
@@ -164,9 +165,7 @@ def _seeded(seed: int) -> Iterator[None]:
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            random.seed(seed)
+            seed_everything(seed, gpus=False)
             yield
     finally:
         np.random.set_state(np_state)

@@ -149,7 +149,7 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
     return written
 
 
-def _record(path: Path, kind: str) -> tuple[list[Path], list[str] | None]:
+def comparison_record(path: Path, kind: str) -> tuple[list[Path], list[str] | None]:
     """The folders and labels (None: the defaults) a comparison's record names; one line when it is not
     such a record. Each folder is the one given, joined to the record's folder without following links,
     where that is a folder, else the resolved one (a record from before "given" was kept has that alone)."""
@@ -185,7 +185,7 @@ def redraw_comparisons(folder: str | Path, formats: tuple[str, ...] = ("png",)) 
         path = folder / f"{spec.figure}.json"
         if not path.exists():
             continue
-        folders, labels = _record(path, kind)
+        folders, labels = comparison_record(path, kind)
         for f in folders:
             if not f.is_dir():
                 raise UserError(f"{path} names {os.path.normpath(f)}, which is not a folder (moved or removed?)")
