@@ -478,3 +478,42 @@ def test_the_command_lines_face_grid_given_in_python_names_its_keyword():
     with pytest.raises(UserError, match=r"^grow_simplex\(\) takes no keyword 'face_grid' \(the simplex functions' "
                                         r"--face-grid is face_resolution=\)$"):
         grow_simplex("nope.pt", face_grid=3)
+
+
+def test_a_stopped_evaluation_keeps_its_points_and_a_resume_continues_them(tmp_path, modes, monkeypatch):
+    """The final evaluation (and a complex's straight line) kept nothing on disk: a stop in it lost every
+    point evaluated, and the rerun evaluated them all again. They are kept in partial stores, which the
+    rerun continues and the finished run removes."""
+    import landscape.sweep as sweep_module
+
+    real, calls = sweep_module.evaluate_points, []
+
+    def counting(model, anchors, coefficients, *args, **kwargs):
+        calls.append(len(coefficients))
+        if stop_at is not None and len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real(model, anchors, coefficients, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "evaluate_points", counting)
+    monkeypatch.setattr(sweep_module, "default_points_per_pass", lambda *a, **k: 4)
+    out, kwargs = tmp_path / "cx", dict(connectors=1, lam=0.1, epochs=1, eval_samples=4, progress=False)
+    # the line's 21 points are 6 passes of 4; the evaluation's 3 vertices, 2 barycentres and 4 samples 3 more
+    stop_at = 8
+    with pytest.raises(KeyboardInterrupt):
+        connect_modes(list(modes), out, **kwargs)
+    assert calls == [4, 4, 4, 4, 4, 1, 4, 4]
+    with np.load(out / "simplex.partial.npz") as z:
+        assert int(z["done"].sum()) == 4
+    assert (out / "line.partial.npz").exists() and not (out / "model.pt").exists()
+    calls.clear()
+    stop_at = None
+    r = connect_modes(list(modes), out, resume=True, **kwargs)
+    assert calls == [4, 1]  # the line and the evaluation's first pass were not evaluated again
+    assert not (out / "simplex.partial.npz").exists() and not (out / "line.partial.npz").exists()
+    # the kept and the new points are what one uninterrupted evaluation gives
+    from landscape.curves.spro import evaluate_simplex
+    whole = evaluate_simplex(r.complex, r.model, r.data, None, samples=4, wd=r.summary["config"]["wd"])
+    stored = np.load(out / "simplex.npz")
+    for key in ("vertex_train_loss", "vertex_test_error", "sample_train_loss", "sample_test_nll"):
+        np.testing.assert_allclose(stored[key], whole["arrays"][key], rtol=1e-5, atol=1e-6)
+    assert r.summary["ensemble"]["test_nll"] == pytest.approx(whole["summary"]["ensemble"]["test_nll"], rel=1e-5)

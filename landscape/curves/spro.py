@@ -49,6 +49,7 @@ from landscape.checkpoint import (
     load_checkpoint,
     load_model,
     read_json,
+    remove_file,
     require_network,
     save_checkpoint,
     stored_config,
@@ -346,6 +347,7 @@ def _finish(cx: SimplicialComplex, template: nn.Module, spec: dict, data: Datase
         write_json(out / "summary.json", summary)
         save_simplex(out / "model.pt", cx, template, spec, meta={"train_config": cfg.to_json(),
                                                                   "dataset": data.describe()})
+        remove_file(out / LINE_STORE)  # a complex's straight line, kept until the run is finished
     return SimplexResult(complex=cx, model=template, summary=summary, out=out, data=data,
                          sample_probs=ev["probs"])
 
@@ -516,6 +518,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     # The straight segment between the first two modes, for comparison.
     line = line_coefficients(cx.num_anchors, 0, 1, 1.0, np.linspace(0, 1, 21))
     lm = run_sweep(template, cx.anchors().detach(), line, data, wd=cfg.wd,  # under torchrun: shared out
+                   store=out / LINE_STORE if out is not None else None, resume=True,
                    progress=progress, what="the straight line between the first two modes")
     line_summary = {"train_loss_max": float(lm["train_loss"].max()), "train_loss_barrier": barrier(lm["train_loss"]),
                     "train_nll_barrier": barrier(lm["train_nll"]), "test_error_max": float(lm["test_error"].max())}
@@ -525,6 +528,10 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
 
 
 # ---------------------------------------------------------------------------- evaluation
+EVAL_STORE = "simplex.partial.npz"  # the evaluation's points done so far, until simplex.npz is written
+LINE_STORE = "line.partial.npz"  # a complex's straight line between its first two modes, until the run is finished
+
+
 def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, out: Path | None = None, *,
                      samples: int = 32, face_resolution: int = 10, wd: float = 0.0, seed: int = 0,
                      batch_size: int = 1000, progress=False, volume_weighted: bool = False) -> dict[str, Any]:
@@ -551,8 +558,12 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
             face_c[:, list(first[:3])] = fb
             rows.append(face_c)
         coeffs = torch.cat(rows)
-    # under torchrun the ranks share the points out, and every rank gets them all
+    # under torchrun the ranks share the points out, and every rank gets them all; with ``out`` the points done
+    # are kept in EVAL_STORE, which a stopped evaluation's rerun continues (the folder is this run's: the caller
+    # claimed it, and the store's fingerprint of anchors, points and settings refuses any other evaluation's)
+    store = Path(out) / EVAL_STORE if out is not None else None
     res = run_sweep(template, W, coeffs.cpu().numpy(), data, wd=wd, batch_size=batch_size, return_probs=True,
+                    store=store, resume=True,
                     progress=progress, what=f"{n_a} vertices, {n_s} barycentre(s), {samples} samples"
                     + (f", the face's {face_c.shape[0]} grid points" if face_c is not None else ""))
     sl_v = slice(0, n_a)
@@ -594,6 +605,7 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
     if out is not None and is_main():
         write_json(Path(out) / "simplex_summary.json", summary)  # first: simplex.npz is what plot looks for
         write_npz(Path(out) / "simplex.npz", arrays)
+        remove_file(store)
     return {"summary": summary, "arrays": arrays, "probs": res["probs"][sl_s]}
 
 
