@@ -668,12 +668,37 @@ def save_checkpoint(
     obj = {
         "format": FORMAT,
         "kind": kind,
-        "model": {"name": str(model["name"]), "kwargs": dict(model.get("kwargs", {}))},
+        "model": {"name": str(model["name"]), "kwargs": _to_cpu(dict(model.get("kwargs", {})))},
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "meta": _to_cpu(dict(meta or {})),
     }
     obj.update(_to_cpu(extra))
+    _refuse_unloadable(obj, path)
     return atomic_save(lambda tmp: _torch_save(obj, tmp), path)
+
+
+# What torch.load(weights_only=True) reads back, besides tensors and the containers below.
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+
+
+def _refuse_unloadable(obj: Any, path: str | os.PathLike, where: str = "") -> None:
+    """One line, before anything is written, naming the entry of a checkpoint about to be saved that
+    ``weights_only`` loading would refuse (an object of another class: a file saved with it could never be
+    opened again by anything here)."""
+    if isinstance(obj, (torch.Tensor, *_PLAIN)):
+        return
+    if type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            _refuse_unloadable(k, path, where)
+            _refuse_unloadable(v, path, f"{where}.{k}" if where else str(k))
+        return
+    if type(obj) in (list, tuple, set):
+        for i, v in enumerate(obj):
+            _refuse_unloadable(v, path, f"{where}[{i}]")
+        return
+    raise UserError(f"{path}: not saved: its entry {where or 'itself'} is a {type(obj).__module__}."
+                    f"{type(obj).__qualname__}, which a checkpoint loaded safely (weights_only) cannot hold; "
+                    f"give numbers, strings, lists, dicts or tensors")
 
 
 def _torch_save(obj: Any, path: str) -> None:
@@ -707,6 +732,8 @@ def _to_cpu(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
+    if isinstance(obj, os.PathLike):  # a path given as a pathlib.Path: its text
+        return os.fspath(obj)
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -136,9 +136,16 @@ def _hashed(arrays: Sequence[np.ndarray]) -> Any:
     return h
 
 
+def _as_json(obj: Any) -> Any:
+    """A setting JSON has no type for, as keys and records write it: a NumPy number as the number it is
+    (``samples=np.int64(4)`` was the string "4", which the same setting given as 4 later did not match),
+    anything else as its text."""
+    return obj.item() if isinstance(obj, np.generic) else str(obj)
+
+
 def _keyed(h: Any, plain: dict[str, Any], data: str | None, seed: int | None) -> str:
     """:func:`_digest`'s key from an array hash ``h`` (fed on) and settings taken apart by :func:`_data_apart`."""
-    h.update(json.dumps(plain, sort_keys=True, default=str).encode())
+    h.update(json.dumps(plain, sort_keys=True, default=_as_json).encode())
     parts = [h.hexdigest()]
     if data or seed is not None:
         parts.append(data or "")
@@ -270,7 +277,7 @@ def request_key(vectors: Sequence[torch.Tensor], settings: dict[str, Any]) -> Re
     h = _hashed([_float32(v) for v in vectors])  # hashed once: the vectors may be large
     plain, data, seed = _data_apart(settings)
     key = Request(_keyed(h.copy(), plain, data, seed))
-    key.settings = json.loads(json.dumps(plain, sort_keys=True, default=str))
+    key.settings = json.loads(json.dumps(plain, sort_keys=True, default=_as_json))
     key.inputs = _keyed(h, {}, None, None)
     return key
 
@@ -352,7 +359,7 @@ def _brief(value: Any) -> str:
         seed = f", split seed {value['split_seed']}" if "split_seed" in value else ""
         norm = f", normalization {value['normalization']}" if "normalization" in value else ""
         return f"{value.get('name')!r} ({value.get('n_train')} train / {value.get('n_test')} test{seed}{norm})"
-    text = json.dumps(value, default=str)
+    text = json.dumps(value, default=_as_json)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -519,7 +526,7 @@ def run_sweep(
         if not resume:
             raise UserError(f"{store.parent} holds an unfinished sweep; pass --resume to continue it")
         legacy = fingerprint(anchors, coefficients, decided) if identity is not None else None  # as stored before
-        now = None if recorded is None else json.loads(json.dumps(recorded, default=str))  # as config.json holds it
+        now = None if recorded is None else json.loads(json.dumps(recorded, default=_as_json))  # as config.json holds it
         done, values = _load_store(store, key, n, probs=return_probs, also=legacy, config=now)
         if rank == 0:
             print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "

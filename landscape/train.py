@@ -149,6 +149,9 @@ class TrainConfig:
         # Stored absolute, so that later commands run from another folder find the data.
         if self.data_path:
             self.data_path = str(Path(self.data_path).expanduser().absolute())
+        for name in _INPUT_FILES:  # a pathlib.Path given from Python: a str, as typed (checkpoints store plain data)
+            if isinstance(getattr(self, name, None), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         self.data_normalization = check_normalization(self.data_normalization)  # as recorded: "ResNet" is resnet
 
     @property

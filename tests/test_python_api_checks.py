@@ -623,3 +623,34 @@ def test_the_plane_and_rays_functions_check_what_a_notebook_passes(small_digits,
     assert np.array_equal(as_numpy.arrays["train_loss"], as_tensors.arrays["train_loss"])
     rays = evaluate_rays(net, [p.numpy() for p in pts[:2]], small_digits, directions=1, steps=1, labels=["a", "b"])
     assert [c["label"] for c in rays.summary["centers"]] == ["a", "b"]
+
+
+def test_paths_and_numpy_numbers_from_python_leave_loadable_checkpoints(tmp_path, small_digits):
+    """A pathlib.Path for from_ckpt and a NumPy int in model_kwargs were stored in every checkpoint as they
+    were, which weights_only loading refuses: the run finished, and none of its files opened again (nor did
+    its --resume). They are stored as a str and an int; anything else unloadable is refused before saving."""
+    from pathlib import Path
+
+    from landscape.averaging import run_swa
+    from landscape.checkpoint import load_checkpoint, load_model, save_checkpoint
+
+    train(out=tmp_path / "a", data=small_digits, epochs=1, progress=False, model_kwargs={"width": 8})
+    given = Path(tmp_path / "a" / "model.pt")
+    run_swa(out=tmp_path / "sw", from_ckpt=given, data=small_digits, epochs=3, swa_start=1, swa_lr=0.05,
+            swag_rank=2, progress=False)
+    for name in ("swa.pt", "sgd.pt", "swag.pt", "model.pt"):
+        assert load_checkpoint(tmp_path / "sw" / name).meta["train_config"]["from_ckpt"] == str(given)
+    again = run_swa(out=tmp_path / "sw", from_ckpt=given, data=small_digits, epochs=3, swa_start=1, swa_lr=0.05,
+                    swag_rank=2, progress=False, resume=True)
+    assert again.out == tmp_path / "sw"
+
+    r = train(out=tmp_path / "np", data=small_digits, model="mlp", model_kwargs={"hidden": np.int64(16)},
+              epochs=1, progress=False)
+    net = load_model(tmp_path / "np" / "model.pt")
+    assert type(load_checkpoint(tmp_path / "np" / "model.pt").model["kwargs"]["hidden"]) is int
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), r.model.state_dict().values()))
+
+    with pytest.raises(UserError, match=r"x\.pt: not saved: its entry meta\.notes\[1\] is a builtins\.object"):
+        save_checkpoint(tmp_path / "x.pt", nn.Linear(2, 2), {"name": "mlp", "kwargs": {}},
+                        meta={"notes": ["fine", object()]})
+    assert not (tmp_path / "x.pt").exists()

@@ -439,6 +439,14 @@ def test_results_are_stored_per_network_and_resume_after_an_interruption(tmp_pat
     assert not (tmp_path / "cut" / "sweep.partial.npz").exists()
     with pytest.raises(UserError, match="finished sharpness result of other settings: seed 4, now 5; choose"):
         evaluate_sharpness(net, vectors, data, tmp_path / "cut", resume=True, **dict(kw, seed=5))
+    # counts given as NumPy numbers (from a loop over np.arange) are the same settings as the ints: they were
+    # keyed and stored as the strings "6" and "3", and a resume with 6 and 3 was refused as other settings
+    numpy_counts = dict(kw, iters=np.int64(6), trace_samples=np.int64(3), seed=np.int64(4), wd=np.float64(0.01))
+    again = evaluate_sharpness(net, vectors, data, tmp_path / "cut", resume=True, **numpy_counts)
+    assert again.summary["networks"][2]["top_eigenvalues"] == whole.summary["networks"][2]["top_eigenvalues"]
+    evaluate_sharpness(net, vectors, data, tmp_path / "np", **numpy_counts)
+    assert json.loads((tmp_path / "np" / "summary.json").read_text())["request_settings"]["iters"] == 6
+    evaluate_sharpness(net, vectors, data, tmp_path / "np", resume=True, **kw)
 
 
 @pytest.mark.parametrize("options,message", [
