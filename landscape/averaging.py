@@ -261,7 +261,9 @@ def _start_model(cfg: AverageConfig, data: Dataset, user_named: bool = False) ->
 def _config(method: str, config, overrides, named: str | None, cls: type = AverageConfig) -> tuple[Any, Checkpoint | None]:
     """The run's settings (a ``cls``), and the checkpoint it starts from (None:
     from scratch); ``named``: the network the caller named (:func:`named_model`)."""
-    check_keywords(cls, overrides, {"vi": "run_variational"}.get(method, f"run_{method}"))
+    caller = {"vi": "run_variational"}.get(method, f"run_{method}")
+    check_keywords(cls, overrides, caller)
+    _refuse_unused(method, overrides, cls, caller)
     base = asdict(config) if config is not None else {}
     given = {f.name for f in fields(cls)} & set(overrides)
     cfg_from = overrides.get("from_ckpt", base.get("from_ckpt"))
@@ -277,6 +279,27 @@ def _config(method: str, config, overrides, named: str | None, cls: type = Avera
     refuse_given_data_path(cfg, overrides, base)
     cfg.validate()
     return cfg, (source if cfg_from else None)
+
+
+# The settings each method does not use (SWA's own, FGE's alpha_2): given to it they were taken and recorded in
+# config.json, and the run went on with the defaults. (swag_rank and eval_every are refused with their own line.)
+_UNUSED = {"swa": ("lr_min",),
+           "fge": ("swa_start", "swa_lr", "swa_lr_max", "swa_schedule", "keep_snapshots"),
+           "snapshots": ("swa_start", "swa_lr", "swa_lr_max", "swa_schedule", "keep_snapshots", "lr_min")}
+_METHOD_FUNCTIONS = {"swa": "run_swa", "fge": "run_fge", "snapshots": "run_snapshots"}
+
+
+def _refuse_unused(method: str, overrides: dict[str, Any], cls: type, caller: str) -> None:
+    """One line for a keyword ``method`` has no use for, given another value than its default: FGE's rates are
+    ``lr`` and ``lr_min`` (the CLI's --lr-max / --lr-min), not ``swa_lr_max``; ``method`` is the function's."""
+    if "method" in overrides and overrides["method"] != method and method in _METHOD_FUNCTIONS:
+        raise UserError(f"{caller}() runs {method}: for {overrides['method']!r} call "
+                        f"{_METHOD_FUNCTIONS.get(overrides['method'], 'the function of that method')}()")
+    defaults = {f.name: f.default for f in fields(cls)}
+    unused = [k for k in _UNUSED.get(method, ()) if k in overrides and overrides[k] != defaults[k]]
+    if unused:
+        rates = " (its rates are lr= and lr_min=, the command's --lr-max and --lr-min)" if method == "fge" else ""
+        raise UserError(f"{caller}() does not use {', '.join(f'{k}=' for k in unused)}{rates}")
 
 
 def _metrics_of(model: nn.Module, data: Dataset, wd: float) -> dict[str, float]:
@@ -545,7 +568,7 @@ def run_fge(config: AverageConfig | None = None, out: str | Path | None = None, 
     at each minimum of the rate; the summary has each snapshot's and the
     ensemble's test error and NLL."""
     if not (overrides.get("from_ckpt") or (config is not None and config.from_ckpt)):
-        raise UserError("FGE starts from a trained network: give --from CKPT")
+        raise UserError("FGE starts from a trained network: give --from CKPT (from_ckpt= in Python)")
     return _run("fge", config, out, resume, data, progress, on_epoch_end, argv, overrides,
                 _ensemble_build("fge", _fge_lr, snapshot_when_step=_fge_snapshot))
 

@@ -45,7 +45,9 @@ def stop_words(stop: KeyboardInterrupt) -> tuple[str, int]:
 
 
 _SPELLED_OTHERWISE = {"quiet": "progress=False is --quiet", "out_dir": "the folder is out=",
-                      "face_grid": "the simplex functions' --face-grid is face_resolution="}
+                      "face_grid": "the simplex functions' --face-grid is face_resolution=",
+                      "lr_max": "FGE's --lr-max is lr=; SWA's cyclic high end is swa_lr_max=",
+                      "precision": "training's --precision bf16 is amp=True"}
 
 
 def check_keywords(known: type | Iterable[str], options: dict, caller: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -400,11 +401,12 @@ class Points:
     checkpoints: list[Checkpoint]  # as read, in the order given (for their own buffers and specs)
 
 
-def refuse_single_path(value: object, name: str, one: str | None = "[path]") -> None:
-    """One line for a str or Path given where a list of checkpoints is expected: its characters were read as
-    checkpoints ("r: no such checkpoint file"); ``one`` says how to give one checkpoint, where one will do."""
-    if isinstance(value, (str, Path)):
-        raise UserError(f"{name} is a list of checkpoints, got the single path {str(value)!r}"
+def refuse_single_path(value: object, name: str, one: str | None = "[path]", what: str = "checkpoints") -> None:
+    """One line for a str or Path given where a list of ``what`` (checkpoints, folders) is expected: its
+    characters were read as checkpoints ("r: no such checkpoint file"); ``one`` says how to give one, where one
+    will do."""
+    if isinstance(value, (str, os.PathLike)):
+        raise UserError(f"{name} is a list of {what}, got the single path {os.fspath(value)!r}"
                         + (f" (one: {one})" if one else ""))
 
 
@@ -493,6 +495,7 @@ def load_trajectory(paths: Sequence[str | Path], **options: Any) -> Points:
     is dropped, with a note when it was not a folder's ``model.pt``; the
     checkpoints of one folder must come in the order of the epochs they
     record. ``options`` are :func:`load_points`'."""
+    refuse_single_path(paths, "paths", what="checkpoints or run folders")
     files = trajectory_files(paths)
     pts = load_points(files, **options)
     last: dict[Path, tuple[int, Path]] = {}

@@ -451,11 +451,11 @@ def test_fge_and_snapshots_of_a_network_with_more_logits_than_classes(tmp_path, 
     monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
     models.register_model("wide_logits")(_wide_logits)
     train(out=tmp_path / "e", model="wide_logits", data=small_digits, epochs=1, progress=False)
-    kw = dict(epochs=2, cycle=1, lr=0.05, lr_min=0.001, data=small_digits, progress=False)
+    kw = dict(epochs=2, cycle=1, lr=0.05, data=small_digits, progress=False)
     if method == "fge":
-        res = run_fge(None, tmp_path / method, from_ckpt=str(tmp_path / "e" / "model.pt"), **kw)
+        res = run_fge(None, tmp_path / method, from_ckpt=str(tmp_path / "e" / "model.pt"), lr_min=0.001, **kw)
     else:
-        res = run_snapshots(None, tmp_path / method, model="wide_logits", **dict(kw, lr_min=0.0))
+        res = run_snapshots(None, tmp_path / method, model="wide_logits", **kw)
     snaps = sorted((tmp_path / method).glob("snapshot-*.pt"))
     assert len(snaps) == 2 == res.summary["ensemble"]["members"]
     probs = []
@@ -489,6 +489,34 @@ def test_options_given_from_python_are_checked_before_any_training(tmp_path, sma
         assert not (out / "last.pt").exists(), (options, message)
     res = run_fge(None, None, epochs=2.0, cycle=2.0, **kw)  # whole floats are whole numbers
     assert res.summary["ensemble"]["members"] == 1 and res.summary["cycle"] == 2
+
+
+def test_settings_a_method_does_not_use_are_refused_not_recorded(tmp_path, small_digits, endpoint):
+    """run_fge(swa_lr_max=0.5), the hint lr_max= got, ran at the default rates and recorded 0.5 in its
+    config.json; SWA's settings given to FGE or snapshots, lr_min to SWA, and method= were likewise taken
+    without a word."""
+    from landscape.train import train as train_fn
+
+    kw = dict(from_ckpt=str(endpoint), data=small_digits, progress=False)
+    cases = [(run_fge, dict(epochs=2, lr_max=0.5), "takes no keyword 'lr_max' (FGE's --lr-max is lr=; SWA's"),
+             (run_fge, dict(epochs=2, swa_lr_max=0.5), "run_fge() does not use swa_lr_max= (its rates are lr= and "
+                                                       "lr_min=, the command's --lr-max and --lr-min)"),
+             (run_fge, dict(epochs=2, swa_start=1, swa_lr=0.1), "run_fge() does not use swa_start=, swa_lr="),
+             (run_snapshots, dict(epochs=2, lr_min=0.001), "run_snapshots() does not use lr_min="),
+             (run_snapshots, dict(epochs=2, keep_snapshots=True), "run_snapshots() does not use keep_snapshots="),
+             (run_swa, dict(epochs=3, lr_min=0.001), "run_swa() does not use lr_min="),
+             (run_fge, dict(epochs=2, method="swa"), "run_fge() runs fge: for 'swa' call run_swa()")]
+    for run, options, message in cases:
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(UserError, match=re.escape(message)):
+            run(None, out, **kw, **options)
+        assert not out.exists(), (options, message)
+    with pytest.raises(UserError, match=re.escape("takes no keyword 'precision' (training's --precision bf16 is "
+                                                  "amp=True)")):
+        train_fn(out=None, data=small_digits, epochs=1, precision="bf16")
+    # the defaults themselves, and the settings a method uses, are taken
+    res = run_fge(None, None, epochs=2, cycle=2, lr=0.04, lr_min=0.001, swa_lr=0.01, keep_snapshots=False, **kw)
+    assert res.summary["ensemble"]["members"] == 1
 
 
 @pytest.mark.parametrize("method", ["fge", "snapshots"])

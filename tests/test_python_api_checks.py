@@ -616,6 +616,17 @@ def test_the_plane_and_rays_functions_check_what_a_notebook_passes(small_digits,
             call()
     with pytest.raises(UserError, match=r"^paths is a list of checkpoints, got the single path 'a/model.pt'"):
         load_points("a/model.pt")
+    # a trajectory's folder and a comparison's folders given as one path read it character by character
+    # ("/ holds no checkpoint-NNN.pt", "/ is given twice")
+    from pathlib import Path
+
+    from landscape.inputs import load_trajectory
+    from landscape.plots.compare import draw_comparison
+    with pytest.raises(UserError, match=r"^paths is a list of checkpoints or run folders, got the single path "
+                                        r"'runs/a' \(one: \[path\]\)$"):
+        load_trajectory("runs/a")
+    with pytest.raises(UserError, match=r"^folders is a list of result folders, got the single path 'r/ab-eval'$"):
+        draw_comparison(Path("r/ab-eval"), "fig")
     with pytest.raises(UserError, match=r"^seed must be a whole number"):
         seed_everything(-1)
     as_numpy = evaluate_plane(net, [p.numpy() for p in pts], small_digits, grid=2)

@@ -108,6 +108,9 @@ def draw_comparison(folders: Sequence[str | Path], out: str | Path, labels: Sequ
     planes, or all model averages: swag, subspace, vi-eval results), measured
     alike (:func:`check_comparable`); ``labels`` name them in the figure
     (default :func:`default_labels`). Returns the files written."""
+    from ..inputs import refuse_single_path  # local: the figures' modules load no network code at import
+
+    refuse_single_path(folders, "folders", one=None, what="result folders")
     folders = [Path(f) for f in folders]
     if len(folders) < 2:
         raise UserError("a comparison needs two or more result folders")
