@@ -50,3 +50,8 @@ def __getattr__(name: str):
 
         return import_checkpoint
     raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names with those :func:`__getattr__` gives on first use (tab completion lists them)."""
+    return sorted(set(globals()) | set(__all__))

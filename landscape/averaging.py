@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .brief import brief_repr
 from .bn import bn_modules, reestimate_bn
 from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, require_network,
                          save_checkpoint)
@@ -141,6 +142,7 @@ class AverageConfig(TrainConfig):
             raise UserError(f"--epochs ({self.epochs}) must cover at least one --cycle ({self.cycle})")
 
 
+@brief_repr
 @dataclass
 class AverageResult:
     model: nn.Module  # SWA: the average (batch norm recomputed); FGE / snapshots: the final iterate

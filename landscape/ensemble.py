@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .brief import brief_repr
 from .averaging import nll_of, predict_log_probs
 from .bn import bn_modules
 from .checkpoint import claim_folder, load_model, read_json, stored_config, write_json
@@ -27,6 +28,7 @@ from .sweep import request_key
 __all__ = ["EnsembleResult", "agreement", "evaluate_ensemble"]
 
 
+@brief_repr
 @dataclass
 class EnsembleResult:
     summary: dict[str, Any]

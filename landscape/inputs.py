@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from .brief import brief_repr
 from .bn import bn_buffer_names
 from .checkpoint import Checkpoint, check_state_dict, load_checkpoint, load_model, require_network, writer_of
 from .data import Dataset, as_dataset, data_differs, data_location, described, refuse_data_twice, why_data_differs
@@ -391,6 +392,7 @@ def _applies(key: str, dataset: str | None) -> bool:
     return True
 
 
+@brief_repr
 @dataclass
 class Points:
     model: nn.Module  # the architecture, with the first checkpoint's weights and buffers

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .brief import brief_repr
 from .data import as_dataset
 from .errors import UserError, check_keywords, check_number, check_seed
 from .evaluate import METRICS
@@ -44,6 +45,7 @@ from .weights import ParamSpace
 __all__ = ["PlaneResult", "evaluate_plane", "evaluate_random_plane", "evaluate_trajectory_plane"]
 
 
+@brief_repr
 @dataclass
 class PlaneResult:
     arrays: dict[str, np.ndarray]

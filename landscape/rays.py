@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .brief import brief_repr
 from .data import as_dataset
 from .device import check_fits
 from .errors import UserError, check_number, check_seed, check_whole
@@ -42,6 +43,7 @@ from .weights import ParamSpace
 __all__ = ["NORMALIZATIONS", "RaysResult", "evaluate_rays", "side_widths", "width_report"]
 
 
+@brief_repr
 @dataclass
 class RaysResult:
     arrays: dict[str, np.ndarray]

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .brief import brief_repr
 from .bn import bn_modules, instance_norms, note_per_batch_norms, per_batch_norms
 from .checkpoint import npz_reason, write_json, write_npz
 from .data import as_dataset
@@ -513,6 +514,7 @@ def _stacked(rows: Sequence[np.ndarray | None]) -> np.ndarray:
     return out
 
 
+@brief_repr
 @dataclass
 class SharpnessResult:
     arrays: dict[str, np.ndarray]

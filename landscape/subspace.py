@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .brief import brief_repr
 from .bn import bn_modules, instance_norms
 from .checkpoint import Checkpoint, write_json, write_npz
 from .data import Dataset
@@ -83,6 +84,7 @@ GRID_STORE = "grid.partial.npz"  # the grid sweep's partial store, beside the sa
 STORES = (STORE, GRID_STORE, POINTS_STORE)  # every partial store a run may leave
 
 
+@brief_repr
 @dataclass
 class Subspace:
     """An affine subspace of ``model``'s weights: ``shift`` (P,) and ``basis``
@@ -525,6 +527,7 @@ def _keep(run: "_Run", kept: dict[str, list], z: np.ndarray, ll: np.ndarray, ext
 # ---------------------------------------------------------------- the run
 
 
+@brief_repr
 @dataclass
 class SubspaceResult:
     summary: dict[str, Any]

@@ -97,7 +97,7 @@ class SwagPosterior:
         p, k = self.mean.numel(), self.deviations.shape[0]
         low_rank = self.low_rank(diag)
         scale = default_scale(not low_rank) if scale is None else scale  # no low-rank part: SWAG-Diagonal's
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(check_seed(seed))
         if count < 1:
             return torch.zeros(0, p, dtype=torch.float32, device=self.mean.device)
         std = self.variance().sqrt()

@@ -48,6 +48,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .brief import brief_repr
 from . import __version__
 from .checkpoint import (
     append_jsonl,
@@ -185,6 +186,7 @@ class TrainConfig:
         return d
 
 
+@brief_repr
 @dataclass
 class TrainResult:
     model: nn.Module

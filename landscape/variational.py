@@ -57,11 +57,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .brief import brief_repr
 from .bn import reestimate_bn
 from .checkpoint import (Checkpoint, check_state_dict, load_checkpoint, load_model, read_json, read_jsonl,
                          save_checkpoint)
 from .data import Dataset
-from .errors import UserError, check_nonnegative, check_whole, shell_word
+from .errors import UserError, check_nonnegative, check_seed, check_whole, shell_word
 from .evaluate import evaluate_model, precision_amp, train_logits, weights_finite
 from .inputs import check_data_options, named_model, note_split_leak, own_network, run_data, stored_data
 from .models import check_unsaved
@@ -449,6 +450,7 @@ class VariationalConfig(TrainConfig):
         return self.temperature * min(1.0, (epoch + it / steps) / self.kl_warmup)
 
 
+@brief_repr
 @dataclass
 class VariationalResult:
     posterior: VariationalNet  # the final posterior (the network of its means inside)
@@ -650,7 +652,7 @@ class VariationalPosterior:
         """``count`` draws (count, P), float32, on the mean's device; the normal
         draws come from a CPU generator seeded with ``seed``, so a seed gives
         the same samples on every device."""
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(check_seed(seed))
         rows = [self.mean + self.std * torch.randn(self.mean.numel(), generator=gen).to(self.mean.device)
                 for _ in range(count)]  # one at a time: each draw is P numbers
         return torch.stack(rows) if rows else self.mean.new_zeros(0, self.mean.numel())

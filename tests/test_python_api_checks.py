@@ -665,3 +665,30 @@ def test_paths_and_numpy_numbers_from_python_leave_loadable_checkpoints(tmp_path
         save_checkpoint(tmp_path / "x.pt", nn.Linear(2, 2), {"name": "mlp", "kwargs": {}},
                         meta={"notes": ["fine", object()]})
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_results_print_in_a_few_lines_and_lazy_names_complete(small_digits, tmp_path):
+    """A result's dataclass repr printed the whole network, every epoch's record and the data's tensors
+    (345 lines for a PreResNet-110 run); and import_checkpoint, loaded on first use, was missing from
+    dir(landscape), so tab completion did not offer it."""
+    import landscape
+
+    r = train(out=None, data=small_digits, epochs=2, progress=False, model_kwargs={"width": 8})
+    text = repr(r)
+    params = sum(p.numel() for p in r.model.parameters())
+    assert text.startswith("TrainResult(\n") and len(text.splitlines()) == 6, text
+    assert f"model=<ConvNet: {params:,} parameters>" in text and "metrics=<list of 2>" in text
+    assert "summary=<dict of " in text and "test_error" in text and "out=None" in text
+    points = load_points([_saved(r.model, tmp_path / "m.pt")], data=small_digits)
+    shown = repr(points)
+    assert f"vectors=<list of 1, the first <tensor ({params},) float32 on cpu>>" in shown
+    assert "data=<Dataset 'digits': 400 train / 360 test>" in shown and len(shown.splitlines()) < 10
+    assert "import_checkpoint" in dir(landscape) and set(landscape.__all__) <= set(dir(landscape))
+
+
+def _saved(model: nn.Module, path):
+    from landscape.checkpoint import save_checkpoint
+    from landscape.models import model_spec
+
+    save_checkpoint(path, model, model_spec("convnet", 10, (1, 8, 8), width=8))
+    return path

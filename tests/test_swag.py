@@ -73,6 +73,9 @@ def test_samples_follow_the_formula_and_the_closed_form_covariance():
     want = mean + 0.5 ** 0.5 * (var.sqrt() * z1 + dev.double().T @ z2 / 2 ** 0.5)
     torch.testing.assert_close(post.sample(1, seed=7)[0], want.float())
     assert torch.equal(post.sample(4, seed=3), post.sample(4, seed=3))
+    assert torch.equal(post.sample(4, seed=np.int64(3)), post.sample(4, seed=3))  # a raw TypeError before
+    with pytest.raises(UserError, match="--seed must be a whole number from 0 to 2"):
+        post.sample(1, seed=-1)
     # the paper's scales by default: 1/2 for SWAG, 1 for SWAG-Diagonal's N(mean, diag(var))
     assert torch.equal(post.sample(4, seed=3), post.sample(4, seed=3, scale=0.5))
     assert torch.equal(post.sample(4, seed=3, diag=True), post.sample(4, seed=3, scale=1.0, diag=True))

@@ -42,6 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from landscape.brief import brief_repr
 from landscape.checkpoint import (
     Checkpoint,
     check_state_dict,
@@ -109,6 +110,7 @@ class LoadedCurve:
     path: Path | None = None
 
 
+@brief_repr
 @dataclass
 class CurveResult:
     curve: Curve

@@ -43,6 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from landscape.brief import brief_repr
 from landscape.checkpoint import (
     Checkpoint,
     claim_folder,
@@ -106,6 +107,7 @@ class SimplexConfig(TrainConfig):
                             f"got {self.init_scale}")
 
 
+@brief_repr
 @dataclass
 class SimplexResult:
     complex: SimplicialComplex
