@@ -743,7 +743,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                         "figures are redrawn in it")
     if len(dirs) > 1 and args.out is None:
         raise UserError("several result folders make one comparison figure: give --out FOLDER for it")
-    from landscape.plots.style import keep_unwritable_figures, set_figure_dpi, set_figure_width
+    from landscape.plots.style import keep_unwritable_figures, set_figure_dpi, set_figure_width, set_plane_cmap
 
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
     _clear_stale_figures(dirs[0] if len(dirs) == 1 else args.out)
@@ -751,6 +751,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         keep_unwritable_figures(False)  # asked to redraw: a folder that cannot be written is said so
         set_figure_width(args.width)
         set_figure_dpi(args.dpi)
+        set_plane_cmap(args.cmap)
         if len(dirs) == 1:
             try:
                 written = _draw_stored(dirs[0], tuple(args.format))
@@ -775,6 +776,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     finally:
         set_figure_width(None)  # the next figures of this process at their own size
         set_figure_dpi(None)
+        set_plane_cmap(None)
         keep_unwritable_figures(True)
     for f in written:
         print(f"figure: {f}")
@@ -2071,6 +2073,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for the screen)")
     p.add_argument("--dpi", type=int, default=None,
                    help="PNG resolution in dots per inch, 50 to 1200 (default: 150; 300 or 600 for print)")
+    p.add_argument("--cmap", default=None, metavar="NAME",
+                   help="matplotlib colormap of planes and simplex faces (default: jet_r, the papers'; viridis_r or "
+                        "cividis_r read in grey print and to colour-blind readers)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded digits data",

@@ -653,6 +653,13 @@ def test_curves_between_the_same_endpoints_share_one_line_drawn_from_the_densest
             for label, (arrays, _) in zip(("bezier (1 bend)", "polychain (3 bends)"), results):
                 np.testing.assert_array_equal(lines[label].get_ydata(), arrays[f"curve_{metric}"])
             assert lines["bezier (1 bend)"].get_color() != lines["polychain (3 bends)"].get_color()
+            # told apart without colour (grey print): each its own marker, a few along it, not at the same t
+            a_line, b_line = lines["bezier (1 bend)"], lines["polychain (3 bends)"]
+            assert a_line.get_marker() != b_line.get_marker() and "None" not in (a_line.get_marker(),
+                                                                                 b_line.get_marker())
+            a_marked = set(np.asarray(a_line.get_xdata())[a_line.get_markevery()[0]::a_line.get_markevery()[1]])
+            b_marked = set(np.asarray(b_line.get_xdata())[b_line.get_markevery()[0]::b_line.get_markevery()[1]])
+            assert 5 <= len(a_marked) <= 12 and 5 <= len(b_marked) <= 12
         assert fig.axes[1].get_ylabel() == "test error (%)"
     finally:
         plt.close(fig)
@@ -1771,3 +1778,105 @@ def test_a_finished_results_figures_in_a_folder_that_cannot_be_written_are_kept(
             style.save_figure(fig, tmp_path / "f")
     finally:
         style.keep_unwritable_figures(True)
+
+
+def test_a_plane_above_its_clip_everywhere_is_drawn_unclipped():
+    """A test error over 50% at every point (a weak many-class network) was one grey band, its colour bar
+    levels "50" seven times and "> 50.0001", values no point had."""
+    from landscape.plots.plane import CLIPPED_COLOR
+
+    x, y = np.linspace(0, 1, 9), np.linspace(0, 1, 9)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    error = 90 + 2 * X * Y
+    fig, ax = plt.subplots()
+    _, cbar = plot_plane(ax, x, y, error, vmax=50.0, log_alpha=-1.0)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in cbar.ax.get_yticklabels()]
+    assert len(set(labels)) == len(labels) > 3 and not any(">" in t for t in labels)
+    assert float(labels[0]) == pytest.approx(90) and float(labels[-1]) == pytest.approx(92)
+    colors = ax.collections[0].get_facecolor()[:, :3]
+    assert not any(np.allclose(c, matplotlib.colors.to_rgb(CLIPPED_COLOR)) for c in colors)
+    plt.close(fig)
+    # one value at or below the clip: clipped as before
+    error[0, 0] = 40
+    fig, ax = plt.subplots()
+    _, cbar = plot_plane(ax, x, y, error, vmax=50.0, log_alpha=-1.0)
+    fig.canvas.draw()
+    assert cbar.ax.get_yticklabels()[-1].get_text() == "> 50"
+    plt.close(fig)
+
+
+def test_planes_compared_above_their_clip_share_unclipped_levels(tmp_path):
+    from landscape.plots.compare import _load
+    from landscape.plots.plane import compare_planes
+
+    folders = [write_plane(tmp_path / "a", synthetic=False), write_plane(tmp_path / "b", synthetic=False)]
+    for k, folder in enumerate(folders):
+        arrays = dict(np.load(folder / "plane.npz"))
+        arrays["test_error"] = 80 + 5 * k + arrays["test_error"] / 10
+        np.savez(folder / "plane.npz", **arrays)
+    fig = compare_planes([_load(f, "plane") for f in folders], ["a", "b"])
+    try:
+        fig.canvas.draw()
+        bars = [ax for ax in fig.axes if not ax.get_title()]
+        ticks = [[t.get_text() for t in bar.get_yticklabels()] for bar in bars]
+        error_ticks = ticks[1]  # the colour bars column by column: the test error's are the second and fourth
+        assert error_ticks == ticks[3] and not any(">" in t for t in error_ticks)
+        assert float(error_ticks[0]) >= 80 and len(set(error_ticks)) == len(error_ticks)
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("values, note", [
+    (np.log(10) + np.float32(np.log(10)).item() * 2.0 ** -22 * np.arange(30.0).reshape(5, 6) % 3,
+     "constant to within float32 rounding: 2.30259"),
+    (np.full((5, 6), 0.3), "constant: 0.3"),
+    (np.zeros((5, 6)), "constant: 0")])
+def test_a_plane_constant_to_rounding_is_one_band_and_says_its_value(values, note):
+    """A network that predicts uniformly (ln 10 give or take a few ulps) was drawn as basins and ridges of
+    rounding, its colour bar "2.30258" four times and "2.30259" twice; an exactly constant one as eight
+    bands labelled 0.3 to 0.300001."""
+    from landscape.plots.style import finish_layout
+
+    fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)
+    _, cbar = plot_plane(ax, np.linspace(0, 1, 5), np.linspace(0, 1, 6), values, vmax=5.0)
+    finish_layout(fig)
+    labels = [t.get_text() for t in cbar.ax.get_yticklabels()]
+    assert len(labels) == 1 and note.endswith(labels[0])
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_facecolor()) == 1  # one band, no lines
+    assert note in [t.get_text() for t in ax.texts]
+    plt.close(fig)
+
+
+def test_levels_six_digits_cannot_tell_apart_are_named_by_their_offsets():
+    levels = 2.302585 + np.array([0.0, 1e-8, 3e-8, 1e-7, 4e-7])
+    names = level_names(levels)
+    assert len(set(names)) == len(names)
+    assert names[0] == "2.30259" and names[1] == "2.30259 + 1e-08" and names[-1] == "2.30259 + 4e-07"
+
+
+def test_the_plane_colormap_is_set_for_every_later_plane_and_refused_when_unknown(tmp_path, capsys):
+    from landscape import cli
+
+    folder = write_plane(tmp_path / "p", synthetic=False)
+    with pytest.raises(UserError, match=r"--cmap: no colormap 'virdis' in matplotlib \(did you mean viridis"):
+        style.set_plane_cmap("virdis")
+    assert cli.main(["plot", str(folder), "--cmap", "virdis"]) == 2
+    assert "did you mean viridis" in capsys.readouterr().err
+    seen = []
+    real = plot_plane.__globals__["plane_cmap"]
+    try:
+        style.set_plane_cmap("viridis_r")
+        fig, ax = plt.subplots()
+        x = np.linspace(0, 1, 7)
+        plot_plane(ax, x, x, np.add.outer(x, x), vmax=None)
+        lines = ax.collections[1]
+        seen.append(lines.get_cmap().name)
+        plt.close(fig)
+    finally:
+        style.set_plane_cmap(None)
+    assert seen == ["viridis_r"] and real() == style.PAPERS_CMAP == "jet_r"
+    assert cli.main(["plot", str(folder), "--cmap", "cividis_r", "--format", "svg"]) == 0
+    svg = (folder / "plane_train_loss.svg").read_text()
+    assert "<text" in svg  # text as text, editable in a drawing program, not glyph outlines
+    assert style.plane_cmap() == "jet_r"  # the command's choice ends with it

@@ -11,7 +11,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (LINE_COLOR, PATH_LOG_FACTOR, compare_color, drawing, fs, legend_below, log_scale_when_spread,
+from .style import (LINE_COLOR, MARKERS, PATH_LOG_FACTOR, compare_color, drawing, fs, legend_below, log_scale_when_spread,
                     mark_endpoints, new_figure, note_synthetic, panel_legend, result_color, result_colors, save_figure,
                     train_loss_label)
 
@@ -114,7 +114,8 @@ def line_groups(results: Sequence[tuple[dict[str, np.ndarray], dict]]) -> list[l
 def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels: Sequence[str]):
     """Several curve results on one pair of axes per metric (train loss,
     test error against t), each curve in its type's colour, as in its own
-    figure (:func:`curve_color`; another where two share a type), labelled
+    figure (:func:`curve_color`; another where two share a type), and its own
+    marker (:data:`~landscape.plots.style.MARKERS`, about eight along it), labelled
     ``labels[i]``. Curves between the same endpoints (:func:`line_groups`)
     share one straight line, drawn dashed from the group's result with the
     most points: red and labelled "straight line" when every curve shares
@@ -135,7 +136,10 @@ def compare_curves(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
                 ax.plot(a["t"], a[f"line_{metric}"], color=colors[g[0]], lw=1.5, ls="--",
                         label=f"straight line: {', '.join(labels[i] for i in g)}")
         for i, ((a, _), label) in enumerate(zip(results, labels)):
-            ax.plot(a["t"], a[f"curve_{metric}"], color=colors[i], lw=2, label=label)
+            # each its own marker, about eight a curve, the curves' marks apart: told apart in grey print too
+            step = max(1, a["t"].size // 8)
+            ax.plot(a["t"], a[f"curve_{metric}"], color=colors[i], lw=2, label=label, marker=MARKERS[i % len(MARKERS)],
+                    ms=fs(5), markevery=((i * step) // len(results) + step // 2, step))
         for i, (a, _) in enumerate(results):  # after the curves, so the legend lists the paths first
             mark_endpoints(ax, a["t"], a[f"curve_{metric}"], "endpoints" if i == 0 else None)
         _axes(ax, metric_label, [a[f"{path}_{metric}"] for a, _ in results for path in ("line", "curve")], metric)

@@ -17,7 +17,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 from landscape.geometry import PATH_OFF_SHARE
 
-from .style import (MIN_PANEL, after_layout, drawing, fs, new_figure, note_synthetic, outline, paper_width,
+from .style import (MIN_PANEL, after_layout, plane_cmap, drawing, fs, new_figure, note_synthetic, outline, paper_width,
                     save_figures, shown_label, train_loss_label)
 
 __all__ = [
@@ -57,6 +57,27 @@ def clip_values(values: np.ndarray, vmax: float | None) -> np.ndarray:
         return values.copy()
     with np.errstate(invalid="ignore"):
         return np.where(values > vmax, vmax, values)
+
+
+def clip_for(arrays: Sequence[np.ndarray], vmax: float | None) -> float | None:
+    """The clip to draw ``arrays`` (one panel's values, or every panel of a comparison) with: ``vmax``, or None
+    where no finite value is at or below it (a test error above 50% everywhere was one grey band under a
+    colour bar of levels no value had)."""
+    if vmax is None:
+        return None
+    finite = [a[np.isfinite(a)] for a in (np.asarray(v, dtype=float) for v in arrays)]
+    below = any(bool(np.any(f <= vmax)) for f in finite)
+    return vmax if below or not any(f.size for f in finite) else None
+
+
+# A range narrower than this share of its magnitude is float32's rounding (a network that predicts uniformly,
+# ln 10 give or take a few ulps), not a surface: it is drawn as one band.
+FLAT_SHARE = 1e-5
+
+
+def is_flat(lo: float, hi: float) -> bool:
+    """Whether values from ``lo`` to ``hi`` are one value to float32's precision (:data:`FLAT_SHARE`)."""
+    return bool(hi - lo <= FLAT_SHARE * max(abs(lo), abs(hi)))
 
 
 def _finite_range(clipped: np.ndarray) -> tuple[float, float] | None:
@@ -150,7 +171,8 @@ def level_names(levels: np.ndarray) -> list[str]:
     """Tick labels for contour levels: each with two significant digits, or as
     many more (up to six) as it takes to read within :data:`LABEL_SLACK` of
     the gap to its nearest neighbour (where two still read the same, all
-    get six)."""
+    get six; where six still do not tell them apart, the lowest and the
+    others as offsets from it: "2.30258 + 2.4e-07")."""
     levels = np.asarray(levels, dtype=float)
     names = []
     for i, v in enumerate(levels):
@@ -161,6 +183,9 @@ def level_names(levels: np.ndarray) -> list[str]:
         names.append(name)
     if len(set(names)) < len(names):  # levels closer than six digits can tell apart: all at six
         names = [_significant(v, 6) for v in levels]
+    if len(set(names)) < len(names):  # still alike: the lowest, and each other as its offset from it
+        base = _significant(levels[0], 6)
+        names = [base] + [f"{base} + {_significant(v - levels[0], 2)}" for v in levels[1:]]
     return names
 
 
@@ -273,7 +298,7 @@ def contour_bands(values: np.ndarray, clipped: np.ndarray, over: np.ndarray, lev
 
 
 def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: float | None = None,
-               log_alpha: float = -5.0, levels: int = 7, cmap: str = "jet_r", label: str = "",
+               log_alpha: float = -5.0, levels: int = 7, cmap: str | None = None, label: str = "",
                colorbar: bool = True, axis_labels: tuple[str, str] = ("distance along u", "distance along v"),
                equal_aspect: bool | None = None, span: tuple[float, float] | None = None):
     """Draw the contour plot of ``values`` over the plane on ``ax``.
@@ -283,14 +308,17 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     Values are clipped at ``vmax`` (5.0 for train loss as in the papers, 50%
     for test error here); ``log_alpha`` is the log of the first level's
     offset above the minimum (-5 suits losses, -1 errors in percent); ``levels + 2`` contour levels come from :func:`log_levels`
-    and colours from :class:`LogOffsetNorm`. Filled contours (alpha 0.55) under
+    and colours from :class:`LogOffsetNorm` on ``cmap`` (default
+    :func:`~landscape.plots.style.plane_cmap`: the papers' ``jet_r`` unless set). Filled contours (alpha 0.55) under
     contour lines (none at the minimum, where a plateau such as 0% error
     would draw its edge), as in Garipov et al. 2018, figs. 1-2. Values above
     ``vmax`` fill a grey top band whose colorbar tick reads ``> <clip>``;
     without any, there is no such band. The colorbar (when ``colorbar``) is
     labelled ``label``.
     NaNs are left blank; data with no finite value draws an empty, annotated
-    plane. ``axis_labels`` name x and y; ``equal_aspect`` None draws both
+    plane. Where no finite value is at or below ``vmax`` (and no ``span`` is given) nothing is
+    clipped; values within float32's rounding of one value (:func:`is_flat`) are one band, their value said
+    in a note and on the colorbar. ``axis_labels`` name x and y; ``equal_aspect`` None draws both
     axes to one scale when their extents are within a factor of 3; ``span``
     (lowest, highest) sets the levels' range instead of the data's own, so
     that panels drawn with one span share their levels. Returns
@@ -305,11 +333,20 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     equal = bool(equal_aspect or (equal_aspect is None and 1 / 3 <= ratio <= 3))
     if equal:
         ax.set_aspect("equal", adjustable="box")
+    if span is None:  # a comparison (span given) decides the clip for all its panels
+        vmax = clip_for([values], vmax)
     with np.errstate(invalid="ignore"):
         over = values > vmax if vmax is not None else np.zeros(values.shape, bool)  # +inf too; NaN never
-    # A distance up that is not one across, and values left blank, are said in a note in the panel.
+    clipped = clip_values(values, vmax)
+    clipped[np.isinf(clipped)] = np.nan  # -inf, or +inf without a clip: unplottable
+    rng = _finite_range(clipped)
+    flat = rng is not None and is_flat(*(rng if span is None else span))
+    # A distance up that is not one across, values left blank and a constant surface are said in a note.
     missing = int(np.sum(~np.isfinite(values) & ~over))
     lines = [f"blank: {missing} of {values.size} points not finite"] if missing else []
+    if flat:
+        lines.append(("constant" if rng[0] == rng[1] else "constant to within float32 rounding")
+                     + f": {_significant(0.5 * (rng[0] + rng[1]), 6)}")
     if lines or (not equal and x.size > 1 and y.size > 1):
         note = ax.text(0.99, 0.01, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=fs(9),
                        color="dimgray", zorder=2.5,  # over the contours, under the paths and points
@@ -320,22 +357,28 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     if x.size > 1 and y.size > 1:
         ax.set_xlim(x.min(), x.max())
         ax.set_ylim(y.min(), y.max())
-    clipped = clip_values(values, vmax)
-    clipped[np.isinf(clipped)] = np.nan  # -inf, or +inf without a clip: unplottable
-    rng = _finite_range(clipped)
     if rng is None or x.size < 3 or y.size < 3:  # a 2 x 2 grid's contours would be its corners' bilinear blend
         ax.text(0.5, 0.5, "no finite values" if rng is None else f"grid too small to draw ({x.size} x {y.size})",
                 transform=ax.transAxes, ha="center", va="center", color="gray", zorder=6,  # over the paths
                 bbox=dict(facecolor="white", alpha=0.85, lw=0, pad=2))
         return ax, None
 
-    lev, alpha_eff = contour_levels(clipped if span is None else np.asarray(span, dtype=float), log_alpha, levels)
-    norm = LogOffsetNorm(lev[0], lev[-2], alpha_eff)
-    shown, bands, colors, ticks = contour_bands(values, clipped, over, lev, norm, cmap)
-    z = np.ma.masked_invalid(shown.T)  # contour wants z[row = y, column = x]
-    filled = ax.contourf(x, y, z, levels=bands, colors=colors, alpha=0.55, zorder=0)
-    if rng[1] > rng[0]:  # constant data has no contour line to draw; none at the minimum (a plateau's edge)
-        ax.contour(x, y, z, levels=lev[1:-1], cmap=cmap, norm=norm, linewidths=2.5, zorder=1)
+    cmap = cmap or plane_cmap()
+    if flat:  # rounding's differences drawn as levels would read as basins and ridges: one band, one tick
+        lo, hi = rng
+        edge = max(abs(lo), abs(hi), 1e-30) * FLAT_SHARE
+        z = np.ma.masked_invalid(clipped.T)
+        filled = ax.contourf(x, y, z, levels=[lo - edge, hi + edge], colors=[matplotlib.colormaps[cmap](0.0)],
+                             alpha=0.55, zorder=0)
+        bands, ticks = [0.5 * (lo + hi)], [_significant(0.5 * (lo + hi), 6)]
+    else:
+        lev, alpha_eff = contour_levels(clipped if span is None else np.asarray(span, dtype=float), log_alpha, levels)
+        norm = LogOffsetNorm(lev[0], lev[-2], alpha_eff)
+        shown, bands, colors, ticks = contour_bands(values, clipped, over, lev, norm, cmap)
+        z = np.ma.masked_invalid(shown.T)  # contour wants z[row = y, column = x]
+        filled = ax.contourf(x, y, z, levels=bands, colors=colors, alpha=0.55, zorder=0)
+        if rng[1] > rng[0]:  # constant data has no contour line to draw; none at the minimum (a plateau's edge)
+            ax.contour(x, y, z, levels=lev[1:-1], cmap=cmap, norm=norm, linewidths=2.5, zorder=1)
     cbar = None
     if colorbar:
         cbar = ax.figure.colorbar(filled, ax=ax)
@@ -570,15 +613,16 @@ def compare_planes(results: Sequence[tuple[dict[str, np.ndarray], dict]], labels
         fig, axes = new_figure(1, 2 * n, width=10.8 * n, height=4.5, group=2)
         axes = np.asarray(axes).reshape(n, 2).T
     fig.get_layout_engine().set(wspace=0.1)  # each colorbar's label clear of the next panel's axis label
-    spans = []
+    spans, clips = [], []
     for metric, _, vmax, _ in plane_metrics(results[0][1]):
-        ranges = [_finite_range(clip_values(arrays[metric], vmax)) for arrays, _ in results]
+        clips.append(clip_for([arrays[metric] for arrays, _ in results], vmax))  # one clip for every panel
+        ranges = [_finite_range(clip_values(arrays[metric], clips[-1])) for arrays, _ in results]
         ranges = [r for r in ranges if r is not None]
         spans.append((min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None)
     for col, ((arrays, summary), label) in enumerate(zip(results, labels)):
-        for row, (metric, metric_label, vmax, log_alpha) in enumerate(plane_metrics(summary)):
+        for row, (metric, metric_label, _, log_alpha) in enumerate(plane_metrics(summary)):
             ax = axes[row, col]
-            plot_plane_result(ax, arrays, summary, metric, metric_label, vmax, log_alpha, span=spans[row])
+            plot_plane_result(ax, arrays, summary, metric, metric_label, clips[row], log_alpha, span=spans[row])
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # narrow panels: tick labels would run together
             ax.set_title(f"{label}: {metric_label}" if row == 0 or not by_column else metric_label)
     note_synthetic(fig, [summary for _, summary in results])

@@ -13,7 +13,7 @@ import numpy as np
 from landscape.checkpoint import read_result
 
 from .plane import LogOffsetNorm, clip_values, contour_bands, contour_levels, level_names
-from .style import drawing, fs, new_figure, note_synthetic, save_figure, train_loss_label
+from .style import drawing, fs, new_figure, note_synthetic, plane_cmap, save_figure, train_loss_label
 
 __all__ = ["face_xy", "plot_face", "draw_simplex_figure"]
 
@@ -38,7 +38,7 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
     finite = clipped[np.isfinite(clipped)]
     if finite.size and np.ptp(finite) == 0 and finite.size == clipped.size:
         # One value over the whole face: one colour, and the value said, not a colour bar of equal labels.
-        ax.fill(*CORNERS.T, color=matplotlib.colormaps["jet_r"](0.0), alpha=0.8)
+        ax.fill(*CORNERS.T, color=matplotlib.colormaps[plane_cmap()](0.0), alpha=0.8)
         label = f"{label}: {level_names(finite[:1])[0]} everywhere" if label else f"{finite[0]:.3g} everywhere"
     elif finite.size:
         # A face of low loss varies little: the levels then spread over the range there is.
@@ -46,13 +46,13 @@ def plot_face(ax, barycentric: np.ndarray, values: np.ndarray, labels, *, vmax: 
         # when something is there.
         levels, alpha_eff = contour_levels(clipped, log_alpha, 7)
         norm = LogOffsetNorm(levels[0], levels[-2], alpha_eff)
-        shown, bands, colors, ticks = contour_bands(values, clipped, over, levels, norm, "jet_r")
+        shown, bands, colors, ticks = contour_bands(values, clipped, over, levels, norm, plane_cmap())
         # The top edge a hair above the highest value: tricontourf leaves out a triangle lying wholly on its
         # top level (a plateau at the maximum, common for test errors' steps), which would read as no data.
         fill = np.append(bands[:-1], np.nextafter(bands[-1], np.inf))
         cs = ax.tricontourf(tri, shown, levels=fill, colors=colors, alpha=0.8)
         if np.ptp(finite) > 0:  # none at the minimum (a plateau's edge), as on a plane
-            ax.tricontour(tri, shown, levels=levels[1:-1], cmap="jet_r", norm=norm, linewidths=1.5)
+            ax.tricontour(tri, shown, levels=levels[1:-1], cmap=plane_cmap(), norm=norm, linewidths=1.5)
         bar = ax.figure.colorbar(cs, ax=ax, shrink=0.8)
         bar.set_ticks(bands, labels=ticks)
         bar.set_label(label)

@@ -28,8 +28,9 @@ __all__ = ["drawing", "figure_style", "new_figure", "save_figure", "save_figures
            "panel_legend", "paper_width", "compare_color", "result_color", "result_colors", "fs", "set_figure_width",
            "note_synthetic", "mark_endpoints", "log_scale_when_spread", "train_loss_label", "outline",
            "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero",
-           "whole_number_ticks", "bad_mathtext", "shown_label", "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
-           "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR"]
+           "whole_number_ticks", "bad_mathtext", "shown_label", "set_plane_cmap", "plane_cmap", "PAPERS_CMAP",
+           "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
+           "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR", "MARKERS"]
 
 FORMATS = ("png", "pdf", "svg")
 # One colour per method or result in every figure, its own and the comparisons (plots/compare.py): SWA (or
@@ -55,6 +56,9 @@ RESULT_COLORS = {
 # order, without its red.
 COMPARE_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
                   "#17becf")
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")  # one per result compared: told apart in grey print too
 
 
 def compare_color(i: int) -> str:
@@ -143,14 +147,16 @@ def figure_style():
     drawn and saved; the caller's settings (a notebook's, a style sheet's) as
     they were after, and none of them in the figures: the text size (10 pt,
     8 at a paper's width) and TrueType (Type 42) fonts in PDF and PostScript,
-    since the Type 3 default is refused by some venues' checks. Inside one
+    since the Type 3 default is refused by some venues' checks; SVG text as
+    text (editable in a drawing program), not glyph outlines. Inside one
     already (a figure drawn by a draw_* function), it holds."""
     if _STYLED[0]:
         yield
         return
     with matplotlib.rc_context():
         matplotlib.rcdefaults()  # the backend is not among the settings it resets
-        matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": _font_size()})
+        matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none",
+                                    "font.size": _font_size()})
         _STYLED[0] += 1
         try:
             yield
@@ -165,6 +171,31 @@ def drawing(fn):
         with figure_style():
             return fn(*args, **kwargs)
     return wrapper
+
+
+PAPERS_CMAP = "jet_r"  # the papers' plane figures' colours (Garipov et al. 2018)
+_CMAP: list[str | None] = [None]
+
+
+def set_plane_cmap(name: str | None) -> None:
+    """Draw every later plane and simplex face with the matplotlib colormap
+    ``name`` ("viridis_r", "cividis_r": lightness that falls with the value, so
+    that the figure reads in grey print and to colour-blind readers); None
+    puts back the papers' ``jet_r``."""
+    if name is not None:
+        known = sorted(matplotlib.colormaps)
+        if not isinstance(name, str) or name not in matplotlib.colormaps:
+            import difflib
+
+            close = difflib.get_close_matches(str(name), known, n=3)
+            raise UserError(f"--cmap: no colormap {name!r} in matplotlib" + (
+                f" (did you mean {', '.join(close)}?)" if close else " (viridis_r, cividis_r, jet_r, ...)"))
+    _CMAP[0] = name
+
+
+def plane_cmap() -> str:
+    """The colormap planes and simplex faces are drawn with (:func:`set_plane_cmap`)."""
+    return _CMAP[0] or PAPERS_CMAP
 
 
 def _font_size() -> float:

@@ -13,7 +13,7 @@ import numpy as np
 
 from landscape.checkpoint import read_result
 
-from .style import (AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, drawing, error_axis_from_zero, fs, legend_below,
+from .style import (MARKERS, AVERAGE_COLOR, SAMPLE_COLOR, SWA_COLOR, drawing, error_axis_from_zero, fs, legend_below,
                     log_scale_when_spread, new_figure, note_synthetic, precision_note, result_colors, save_figure,
                     whole_number_ticks)
 
@@ -21,7 +21,6 @@ __all__ = ["draw_swag_figure", "draw_variational_figure", "plot_model_average", 
            "average_label", "average_key", "average_colors"]
 
 BMA_COLOR = AVERAGE_COLOR
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")  # one per result compared
 
 
 def plot_model_average(ax, bma: np.ndarray, centre: float, sample_mean: float, *, label: str, centre_label: str,
