@@ -485,6 +485,8 @@ def load_dataset(
     synthetic_classes: int = 10,
     synthetic_sizes: Sequence[int] = (5000, 1000),
     normalization: str = "standard",
+    data_seed: int | None = None,
+    data_normalization: str | None = None,
 ) -> Dataset:
     """Read dataset ``name`` (one of :data:`DATASETS`) onto ``device``.
 
@@ -497,9 +499,21 @@ def load_dataset(
     other data by its training split's mean and standard deviation),
     ``resnet`` or ``vgg`` (the papers' code's CIFAR constants,
     :data:`INPUT_NORMALIZATIONS`), or ``"M,M,M/S,S,S"``.
+    ``data_seed`` and ``data_normalization`` are ``seed`` and
+    ``normalization`` as a run's settings (``config.json``) and ``train()``
+    spell them.
     Running out of memory here is marked as such (:data:`READING_DATA`), for
     the advice the command line gives.
     """
+    if data_seed is not None:
+        if seed != 0 and seed != data_seed:
+            raise UserError(f"seed={seed} and data_seed={data_seed} are one setting; give one")
+        seed = data_seed
+    if data_normalization is not None:
+        if normalization != "standard" and normalization != data_normalization:
+            raise UserError(f"normalization={normalization!r} and data_normalization={data_normalization!r} are one "
+                            f"setting; give one")
+        normalization = data_normalization
     seed = check_seed(seed, "--data-seed")
     normalization = check_normalization(normalization)
     try:

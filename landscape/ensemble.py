@@ -21,7 +21,7 @@ from .checkpoint import claim_folder, load_model, read_json, stored_config, writ
 from .data import Dataset
 from .errors import UserError
 from .evaluate import evaluate_points
-from .inputs import load_points, note_same_weights
+from .inputs import check_data_options, joined_data_options, load_points, note_same_weights
 from .metrics import PROB_FLOOR, ensemble_metrics, expected_calibration_error
 from .sweep import request_key
 
@@ -48,7 +48,7 @@ def agreement(ensemble: np.ndarray, single: np.ndarray) -> dict[str, float]:
 def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None, *, model: str | None = None,
                       model_kwargs: dict | None = None, data_overrides: dict | None = None,
                       device: str = "auto", batch_size: int = 1000, data: Dataset | None = None,
-                      resume: bool = False) -> EnsembleResult:
+                      resume: bool = False, **data_options: Any) -> EnsembleResult:
     """Test error and NLL of every member (with its own batch-norm statistics),
     of their averaged predicted probabilities, and of their weight average
     (batch norm re-estimated on the training data). ``data``: the
@@ -58,7 +58,10 @@ def evaluate_ensemble(paths: Sequence[str | Path], out: str | Path | None = None
     statistics included, and networks) on the same data returns it as stored;
     of others, it is refused. With batch norm, the members and their ensemble
     are also given with statistics re-estimated as the weight average's are
-    (``bn_reestimated``, in the same passes)."""
+    (``bn_reestimated``, in the same passes). Data options may be given as
+    keywords too (``dataset="digits"``)."""
+    check_data_options(data_options)
+    data_overrides = joined_data_options(data_overrides, data_options)
     out = Path(out) if out is not None else None
     claim_folder(out, "ensemble")  # before the work: a bad --out loses nothing
     finished = out is not None and (out / "summary.json").exists()

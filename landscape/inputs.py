@@ -67,6 +67,16 @@ def asks_for_data(config: object, overrides: dict[str, Any] | None) -> bool:
     return config is not None or any((overrides or {}).get(k) is not None for k in DATA_FIELDS)
 
 
+def joined_data_options(data_overrides: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The data options given as ``data_overrides={...}`` and as keywords (``dataset="digits"``) together;
+    one given both ways is refused."""
+    twice = sorted(set(data_overrides or {}) & set(options))
+    if twice:
+        raise UserError(f"{twice[0]} is given twice, as a keyword and in data_overrides; give it once")
+    joined = {**(data_overrides or {}), **options}
+    return joined if joined or data_overrides is not None else None
+
+
 def check_data_options(overrides: dict[str, Any] | None) -> None:
     """One line for a keyword among a call's data options that is none
     (``evaluate_curve(..., grd=21)``, ``data_overrides={"dataset_": ...}``):
@@ -414,7 +424,7 @@ def refuse_single_path(value: object, name: str, one: str | None = "[path]", wha
 
 def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_kwargs: dict | None = None,
                 data_overrides: dict[str, Any] | None = None, device: str | torch.device = "auto",
-                data: Dataset | None = None) -> Points:
+                data: Dataset | None = None, **data_options: Any) -> Points:
     """Read checkpoints of one architecture (matched by parameter name).
 
     The first rebuilds the model (a foreign one needs ``model``); every other
@@ -422,11 +432,15 @@ def load_points(paths: Sequence[str | Path], *, model: str | None = None, model_
     weight decay default to what the first was trained with; ``data`` (a
     :class:`~landscape.data.Dataset` made in Python, as the networks were
     trained on with ``data=``) is taken as given, and ``data_overrides`` are
-    then not read (one naming another dataset is refused).
+    then not read (one naming another dataset is refused). The data options
+    may also be given as keywords (``dataset="digits"``), as
+    :func:`~landscape.curves.evaluate_curve` takes them.
     """
     refuse_single_path(paths, "paths")
     if not paths:
         raise UserError("no checkpoints given")
+    check_data_options(data_options)
+    data_overrides = joined_data_options(data_overrides, data_options)
     device = resolve_device(device)
     check_data_options(data_overrides)
     refuse_data_twice(data, data_overrides)

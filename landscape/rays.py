@@ -346,9 +346,12 @@ def width_report(swa: str | Path, sgd: str | Path, out: str | Path | None = None
     ``data=``, and ``model`` / ``model_kwargs`` the network they hold when it
     is not one the checkpoints name (:func:`~landscape.inputs.load_points`:
     a foreign checkpoint, or your ``package.module:factory``). ``kwargs`` go to
-    :func:`evaluate_rays` (directions, distance, steps, normalize, rise, ...)."""
-    from .inputs import load_points
+    :func:`evaluate_rays` (directions, distance, steps, normalize, rise, ...),
+    but for the data options (``dataset=``, ``data_path=``, ...), which join
+    ``data_overrides``."""
+    from .inputs import DATA_FIELDS, joined_data_options, load_points
 
+    data_overrides = joined_data_options(data_overrides, {k: kwargs.pop(k) for k in DATA_FIELDS if k in kwargs})
     pts = load_points([swa, sgd], model=model, model_kwargs=model_kwargs, data_overrides=data_overrides,
                       device=device, data=data)
     kwargs.setdefault("wd", pts.wd)

@@ -692,3 +692,33 @@ def _saved(model: nn.Module, path):
 
     save_checkpoint(path, model, model_spec("convnet", 10, (1, 8, 8), width=8))
     return path
+
+
+def test_data_options_are_keywords_in_every_function_that_loads_checkpoints(tmp_path, small_digits):
+    """load_points, evaluate_ensemble and width_report took the data options only as data_overrides={...}
+    (dataset="digits" was a TypeError naming evaluate_rays), where evaluate_curve and the others take them
+    as keywords; load_dataset spelled the run settings' data_seed= and data_normalization= otherwise."""
+    from landscape.ensemble import evaluate_ensemble
+    from landscape.rays import width_report
+
+    for seed in (1, 2):
+        train(out=tmp_path / str(seed), data=small_digits, epochs=1, seed=seed, progress=False,
+              model_kwargs={"width": 8})
+    a, b = tmp_path / "1" / "model.pt", tmp_path / "2" / "model.pt"
+    as_keyword = load_points([a, b], dataset="digits", val_size=100, data_seed=3)
+    as_dict = load_points([a, b], data_overrides={"dataset": "digits", "val_size": 100, "data_seed": 3})
+    assert as_keyword.data.eval_split == "val" and torch.equal(as_keyword.data.y_test, as_dict.data.y_test)
+    with pytest.raises(UserError, match="dataset is given twice, as a keyword and in data_overrides"):
+        load_points([a], dataset="digits", data_overrides={"dataset": "digits"})
+    with pytest.raises(UserError, match=r"unknown keyword 'datset' \(did you mean dataset=\?\)"):
+        load_points([a], datset="digits")
+    ens = evaluate_ensemble([a, b], dataset="digits")
+    assert ens.summary["ensemble"]["test_error"] == evaluate_ensemble(
+        [a, b], data_overrides={"dataset": "digits"}).summary["ensemble"]["test_error"]
+    rays = width_report(a, b, dataset="digits", val_size=100, directions=1, steps=2)
+    assert rays.summary["eval_split"] == "val"
+    # load_dataset takes a run's stored data settings as they are spelled there
+    again = load_dataset("digits", val_size=100, data_seed=3, data_normalization="standard")
+    assert torch.equal(again.y_test, load_dataset("digits", val_size=100, seed=3).y_test)
+    with pytest.raises(UserError, match="seed=1 and data_seed=3 are one setting"):
+        load_dataset("digits", seed=1, data_seed=3)
