@@ -198,8 +198,9 @@ def plane_of_points(w0: torch.Tensor, wm: torch.Tensor, w1: torch.Tensor) -> tup
 
 
 def swag_subspace(path: str | Path | Checkpoint, basis: str = "pca", rank: int = 2, seed: int = 0,
-                  device: torch.device | str = "cpu", model: str | None = None) -> Subspace:
-    """The ``pca`` or ``random`` subspace around the SWA mean of ``swag.pt``."""
+                  device: torch.device | str = "auto", model: str | None = None) -> Subspace:
+    """The ``pca`` or ``random`` subspace around the SWA mean of ``swag.pt``, on ``device`` (``"auto"``: a
+    GPU when there is one, as every evaluation), where :func:`sample_subspace` samples it."""
     if basis not in ("pca", "random"):
         raise UserError(f"swag.pt gives a 'pca' or 'random' subspace, not {basis!r} (the 'curve' subspace "
                         f"needs a curve checkpoint)")

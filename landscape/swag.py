@@ -37,7 +37,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, load_checkpoint, load_model, stored_config
 from .data import Dataset
-from .device import check_fits
+from .device import check_fits, resolve_device
 from .errors import UserError, check_nonnegative, check_seed, check_whole
 from .evaluate import METRICS, precision_amp
 from .inputs import check_data_options, own_network, stored_data
@@ -130,7 +130,7 @@ def load_swag(path: str | Path | Checkpoint, device: torch.device | str = "cpu",
     space = ParamSpace.of(net)
     if list(info["names"]) != list(space.names):
         raise UserError(f"{ck.path}: the SWAG moments' parameter names do not match its network")
-    device = torch.device(device)
+    device = resolve_device(device)  # "auto" too
     # the float64 running mean: the network's float32 weights would round w̄² by more than small variances
     mean = info["mean"].to(device=device, dtype=torch.float64)
     post = SwagPosterior(mean=mean, sq_mean=info["sq_mean"].to(device=device, dtype=torch.float64),

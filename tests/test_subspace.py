@@ -114,6 +114,19 @@ def test_burn_in_discards_each_chains_first_steps(runs, small_digits):
     assert np.array_equal(burnt["sample_test_nll"], whole["sample_test_nll"][2:])
 
 
+def test_the_subspaces_are_made_where_the_evaluations_run_by_default(runs):
+    """swag_subspace and curve_subspace put their subspace on the CPU by default, where sample_subspace then
+    sampled it, on a GPU machine too; and device="auto", every evaluation's default, was refused by torch."""
+    import inspect
+
+    from landscape.device import resolve_device
+
+    for fn in (swag_subspace, curve_subspace):
+        assert inspect.signature(fn).parameters["device"].default == "auto"
+    sub = swag_subspace(runs / "swa" / "swag.pt", "pca", 2, device="auto")
+    assert sub.shift.device == resolve_device("auto") and sub.basis.device == sub.shift.device
+
+
 def test_pca_basis_is_the_svd_of_the_deviations_and_a_rank_they_do_not_span_is_refused():
     gen = torch.Generator().manual_seed(0)
     dev = torch.randn(5, 40, generator=gen)

@@ -20,9 +20,10 @@ __all__ = ["curve_subspace"]
 PATH_POINTS = 61  # the curve drawn in the subspace figure
 
 
-def curve_subspace(curve: str | Path | Checkpoint | LoadedCurve, device: torch.device | str = "cpu",
+def curve_subspace(curve: str | Path | Checkpoint | LoadedCurve, device: torch.device | str = "auto",
                    model: str | None = None) -> Subspace:
-    """The ``curve`` subspace of a curve checkpoint (written by ``landscape connect``)."""
+    """The ``curve`` subspace of a curve checkpoint (written by ``landscape connect``), on ``device``
+    (``"auto"``: a GPU when there is one), where :func:`~landscape.subspace.sample_subspace` samples it."""
     loaded = curve if isinstance(curve, LoadedCurve) else load_curve(curve, device, model)
     with torch.no_grad():
         crv = loaded.curve  # the three points in float64: a straight line's midpoint rounded in float32 lay 3e-8 of
