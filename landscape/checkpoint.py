@@ -650,7 +650,10 @@ def save_checkpoint(
     """Save a landscape checkpoint atomically; tensors are moved to the CPU.
 
     ``model`` is ``{"name": str, "kwargs": dict}``, enough for
-    :func:`landscape.models.create_model` to rebuild the network. Given the
+    :func:`landscape.models.create_model` to rebuild the network: the kwargs
+    hold ``num_classes`` and ``input_shape`` (as
+    :func:`~landscape.models.model_spec` writes them); without them the
+    file could not be loaded, and nothing is written. Given the
     network itself for ``state_dict``, its state dict is saved with the record
     of the buffers that leaves out, as the network was built
     (``unsaved_buffers``: :func:`~landscape.models.remember_built`), which
@@ -658,6 +661,12 @@ def save_checkpoint(
     beside the standard keys and must themselves be ``weights_only``-loadable
     (tensors, numbers, strings, lists, dicts).
     """
+    kwargs = model.get("kwargs", {}) if isinstance(model, Mapping) else None
+    if not (isinstance(model, Mapping) and isinstance(model.get("name"), str) and isinstance(kwargs, Mapping)
+            and {"num_classes", "input_shape"} <= set(kwargs)):
+        raise UserError(f"{path}: not saved: model must be {{'name': str, 'kwargs': {{..., 'num_classes': N, "
+                        f"'input_shape': [C, H, W]}}}} (landscape.models.model_spec(name, num_classes, input_shape) "
+                        f"writes it), else the checkpoint could not be loaded")
     if isinstance(state_dict, nn.Module):
         from .models import UNSAVED_KEY, built_record  # local: models import nothing from here
 

@@ -357,7 +357,16 @@ def test_foreign_state_dicts_from_before_num_batches_tracked_load(tmp_path):
 
 
 def test_a_model_entry_without_its_data_shape_is_one_line(tmp_path):
-    save_checkpoint(tmp_path / "m.pt", _net().state_dict(), {"name": "convnet", "kwargs": {"width": 8}})
+    from landscape.checkpoint import FORMAT
+
+    # save_checkpoint refuses to write such a file (it did, and the file then failed to load)...
+    with pytest.raises(UserError, match=r"m\.pt: not saved: model must be \{'name': str, 'kwargs': \{\.\.\., "
+                                        r"'num_classes': N, 'input_shape': \[C, H, W\]\}\}"):
+        save_checkpoint(tmp_path / "m.pt", _net().state_dict(), {"name": "convnet", "kwargs": {"width": 8}})
+    assert not (tmp_path / "m.pt").exists()
+    # ...and one written otherwise is one line on loading
+    torch.save({"format": FORMAT, "kind": "model", "model": {"name": "convnet", "kwargs": {"width": 8}},
+                "state_dict": _net().state_dict(), "meta": {}}, tmp_path / "m.pt")
     with pytest.raises(UserError, match="without a valid 'model' entry"):
         load_checkpoint(tmp_path / "m.pt")
 

@@ -662,7 +662,8 @@ def test_paths_and_numpy_numbers_from_python_leave_loadable_checkpoints(tmp_path
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), r.model.state_dict().values()))
 
     with pytest.raises(UserError, match=r"x\.pt: not saved: its entry meta\.notes\[1\] is a builtins\.object"):
-        save_checkpoint(tmp_path / "x.pt", nn.Linear(2, 2), {"name": "mlp", "kwargs": {}},
+        save_checkpoint(tmp_path / "x.pt", nn.Linear(2, 2), {"name": "mlp", "kwargs": {"num_classes": 2,
+                                                                                       "input_shape": [2]}},
                         meta={"notes": ["fine", object()]})
     assert not (tmp_path / "x.pt").exists()
 
