@@ -738,15 +738,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise UserError(f"{d} is a file; plot takes the result folder that holds it ({d.parent})")
         if not d.is_dir():
             raise UserError(f"{d}: no such result folder")
-    if len(dirs) == 1 and (args.out is not None or args.labels is not None):
-        raise UserError("--out and --labels are for a figure comparing several result folders; one folder's "
-                        "figures are redrawn in it")
+    if len(dirs) == 1 and args.labels is not None:
+        raise UserError("--labels are for a figure comparing several result folders; one folder's figures are "
+                        "labelled by its own results")
+    elsewhere = len(dirs) == 1 and args.out is not None and args.out.resolve() != dirs[0].resolve()
+    if elsewhere:
+        _check_figures_folder(args.out, dirs[0])
     if len(dirs) > 1 and args.out is None:
         raise UserError("several result folders make one comparison figure: give --out FOLDER for it")
     from landscape.plots.style import keep_unwritable_figures, set_figure_dpi, set_figure_width, set_plane_cmap
 
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
-    _clear_stale_figures(dirs[0] if len(dirs) == 1 else args.out)
+    _clear_stale_figures(dirs[0] if len(dirs) == 1 and not elsewhere else args.out)
     try:
         keep_unwritable_figures(False)  # asked to redraw: a folder that cannot be written is said so
         set_figure_width(args.width)
@@ -754,7 +757,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         set_plane_cmap(args.cmap)
         if len(dirs) == 1:
             try:
-                written = _draw_stored(dirs[0], tuple(args.format))
+                written = _draw_stored(dirs[0], tuple(args.format), args.out if elsewhere else None)
             except OSError as e:
                 writing = str(e.filename or "").endswith((".png", ".pdf", ".svg"))  # a figure, not a result read
                 if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not writing:
@@ -813,13 +816,38 @@ def _elsewhere(d: Path) -> str:
                                       "--out", "NEW_FOLDER"]))
     if commands:
         return f"draw the comparison in a folder you can write: {'; '.join(commands)}"
-    return ("figures are drawn in the result folder: copy it (its checkpoints, *.pt, are not needed) to one you "
-            "can write, and plot that")
+    return f"draw its figures in a folder you can write: landscape plot {shell_word(d)} --out NEW_FOLDER"
 
 
-def _draw_stored(d: Path, formats: tuple[str, ...]) -> list[Path]:
-    """The figures of the result folder ``d``, drawn from its stored files."""
-    from landscape.checkpoint import stored_config
+def _check_figures_folder(out: Path, d: Path) -> None:
+    """One line where ``out`` cannot take the figures of ``d`` redrawn elsewhere: a file, or a folder holding a
+    result of its own (its figures, by the same names, would be replaced)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the figures")
+    held = [p.name for p in (out.iterdir() if out.is_dir() else ()) if p.name in ("config.json", "summary.json")
+            or p.suffix == ".npz"]
+    if held:
+        raise UserError(f"--out {out} holds results of its own ({', '.join(sorted(held)[:3])}), whose figures "
+                        f"{d}'s would replace; give a folder for figures alone")
+
+
+def _draw_stored(d: Path, formats: tuple[str, ...], out: Path | None = None) -> list[Path]:
+    """The figures of the result folder ``d``, drawn from its stored files, in ``d`` or (``out``) in
+    another folder."""
+    from landscape.checkpoint import RESULT_OWNERS, stored_config
+
+    if out is not None:
+        from landscape.plots.compare import redraw_comparisons
+        from landscape.plots.style import figures_in
+
+        out.mkdir(parents=True, exist_ok=True)
+        results = [*RESULT_OWNERS, "summary.json", "config.json", "swa.pt"]
+        if not any((d / name).exists() for name in results) and not any(d.glob("component-*/simplex.npz")):
+            written = redraw_comparisons(d, formats, out)  # a comparison's folder: drawn again, with its record
+            if written:
+                return written
+        with figures_in(d, out):
+            return _draw_stored(d, formats)
 
     if (d / "posterior-curve.npz").exists():
         from landscape.plots.posterior import draw_posterior_curve_figure
@@ -2062,7 +2090,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "samples, SWAG's SWA and a posterior's means dashed).")
     p.add_argument("result_dir", type=user_path, nargs="+", metavar="RESULT_DIR")
     p.add_argument("--out", type=user_path, default=None, metavar="DIR",
-                   help="folder of the comparison figure (several RESULT_DIRs)")
+                   help="folder of the comparison figure (several RESULT_DIRs); with one RESULT_DIR, the folder its "
+                        "figures are redrawn in instead of it (a column's and a poster's versions side by side)")
     p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                    help="the compared results' names in the figure, one per RESULT_DIR, given after them (default: a "
                         "curve's type and bends, a plane's curve, else the folder's name; $...$ is mathtext)")

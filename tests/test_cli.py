@@ -912,8 +912,8 @@ def test_plot_of_a_read_only_result_folder_says_how_to_draw_elsewhere(tmp_path, 
     monkeypatch.setattr(style, "atomic_save", refused)
     code, _, err = run(capsys, "plot", folder)
     assert code == 2 and _one_line_error(err) == (
-        f"landscape: error: {folder / 'rays_train_loss.png'}: Read-only file system; figures are drawn in the result "
-        f"folder: copy it (its checkpoints, *.pt, are not needed) to one you can write, and plot that")
+        f"landscape: error: {folder / 'rays_train_loss.png'}: Read-only file system; draw its figures in a folder "
+        f"you can write: landscape plot {folder} --out NEW_FOLDER")
     code, _, err = run(capsys, "demo", "--points", 2, "--out", tmp_path / "demo")  # said before any training
     assert code == 2 and "--points must be at least 3" in _one_line_error(err) and not (tmp_path / "demo").exists()
 

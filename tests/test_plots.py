@@ -814,7 +814,8 @@ def test_plot_refuses_a_comparison_it_cannot_draw_in_one_line(tmp_path, capsys):
                                          f"'mnist' (60000 train / 360 test)"),
         ([str(b), str(n), "--out", out], f"{b} was evaluated on 'digits' (1437 train / 360 test) and {n} on "
                                          f"'digits' (1437 train / 360 test, normalization 0.5/0.25)"),
-        ([str(a), "--out", out], "--out and --labels are for a figure comparing several result folders"),
+        ([str(a), "--labels", "x"], "--labels are for a figure comparing several result folders"),
+        ([str(a), "--out", str(b)], f"--out {b} holds results of its own (curve.npz, summary.json), whose figures "),
         ([str(a), str(b), "--out", out, "--labels", "x"], "--labels gives 1 label for 2 result folders"),
         ([str(a), str(tmp_path / "a"), "--out", out], f"{tmp_path / 'a'} is given twice"),
         ([str(a), str(p), "--out", out], f"{a} holds a curve and {p} a plane"),
@@ -1880,3 +1881,28 @@ def test_the_plane_colormap_is_set_for_every_later_plane_and_refused_when_unknow
     svg = (folder / "plane_train_loss.svg").read_text()
     assert "<text" in svg  # text as text, editable in a drawing program, not glyph outlines
     assert style.plane_cmap() == "jet_r"  # the command's choice ends with it
+
+
+def test_one_results_figures_are_redrawn_in_another_folder_with_out(tmp_path, capsys):
+    """Every redraw replaced the result's own figures: a column's and a poster's versions could not sit side
+    by side, and a result on a read-only mount could not be drawn at all without copying it by hand."""
+    from landscape import cli
+
+    plane = write_plane(tmp_path / "p", synthetic=False)
+    assert cli.main(["plot", str(plane)]) == 0
+    own = {f.name: f.read_bytes() for f in plane.glob("*.png")}
+    assert sorted(own) == ["plane_test_error.png", "plane_train_loss.png"]
+    assert cli.main(["plot", str(plane), "--out", str(tmp_path / "col"), "--width", "3.25", "--format", "pdf",
+                     "png"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(f.name for f in (tmp_path / "col").iterdir()) == [
+        "plane_test_error.pdf", "plane_test_error.png", "plane_train_loss.pdf", "plane_train_loss.png"]
+    assert str(tmp_path / "col" / "plane_train_loss.pdf") in printed
+    assert {f.name: f.read_bytes() for f in plane.glob("*.png")} == own and not list(plane.glob("*.pdf"))
+    assert (tmp_path / "col" / "plane_train_loss.png").read_bytes() != own["plane_train_loss.png"]  # 3.25 in
+    # a comparison's folder is drawn again elsewhere with its record, which finds the results from there
+    other = write_plane(tmp_path / "q", synthetic=False, with_extras=False)
+    assert cli.main(["plot", str(plane), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    assert cli.main(["plot", str(tmp_path / "cmp"), "--out", str(tmp_path / "cmp2")]) == 0
+    assert sorted(f.name for f in (tmp_path / "cmp2").iterdir()) == ["planes.json", "planes.png"]
+    assert cli.main(["plot", str(tmp_path / "cmp2")]) == 0

@@ -178,10 +178,12 @@ def comparison_record(path: Path, kind: str) -> tuple[list[Path], list[str] | No
                     f"landscape plot A B ... --out {shell_word(path.parent)}")
 
 
-def redraw_comparisons(folder: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+def redraw_comparisons(folder: str | Path, formats: tuple[str, ...] = ("png",),
+                       out: str | Path | None = None) -> list[Path]:
     """Redraw every comparison figure ``folder`` holds (``curves.json``,
     ``planes.json``, ``averages.json``, written beside the figures), from the
-    result folders they name; [] when it holds none."""
+    result folders they name, in ``folder`` or (``out``) another folder, with
+    its record; [] when it holds none."""
     folder = Path(folder)
     written = []
     for kind, spec in COMPARABLE.items():
@@ -192,7 +194,7 @@ def redraw_comparisons(folder: str | Path, formats: tuple[str, ...] = ("png",)) 
         for f in folders:
             if not f.is_dir():
                 raise UserError(f"{path} names {os.path.normpath(f)}, which is not a folder (moved or removed?)")
-        written += draw_comparison(folders, folder, labels, formats)
+        written += draw_comparison(folders, folder if out is None else out, labels, formats)
     return written
 
 

@@ -29,7 +29,7 @@ __all__ = ["drawing", "figure_style", "new_figure", "save_figure", "save_figures
            "note_synthetic", "mark_endpoints", "log_scale_when_spread", "train_loss_label", "outline",
            "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero",
            "whole_number_ticks", "bad_mathtext", "shown_label", "set_plane_cmap", "plane_cmap", "PAPERS_CMAP",
-           "RESULT_COLORS", "SWA_COLOR", "SGD_COLOR",
+           "RESULT_COLORS", "figures_in", "SWA_COLOR", "SGD_COLOR",
            "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR", "MARKERS"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -599,6 +599,7 @@ def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int | None 
     dpi = _DPI[0] if dpi is None else dpi
     formats = check_formats(formats)
     finish_layout(fig)
+    stem = _redirected(Path(stem))
     written = []
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")
@@ -612,6 +613,36 @@ def save_figure(fig, stem: str | os.PathLike, formats=("png",), dpi: int | None 
                       f"{path.parent} cannot be written; its figures are left as they were drawn")
         written.append(path)
     return written
+
+
+_REDIRECT: list[tuple[Path, Path] | None] = [None]  # (source, target) of figures_in
+
+
+@contextlib.contextmanager
+def figures_in(source: str | os.PathLike, target: str | os.PathLike):
+    """Within this block a figure that would be saved in the folder ``source``
+    (or below it: an ESPRO component's) is saved under ``target`` instead, by
+    the same name: a result's figures redrawn elsewhere (``plot DIR --out
+    OTHER``: a column's and a poster's versions side by side, or a result
+    on a read-only mount)."""
+    _REDIRECT[0] = (Path(source).resolve(), Path(target))
+    try:
+        yield
+    finally:
+        _REDIRECT[0] = None
+
+
+def _redirected(stem: Path) -> Path:
+    """``stem`` under :func:`figures_in`'s target where it lies under its source (its folders made)."""
+    if _REDIRECT[0] is None:
+        return stem
+    source, target = _REDIRECT[0]
+    try:
+        moved = target / stem.resolve().relative_to(source)
+    except ValueError:  # not under the source: as it is
+        return stem
+    moved.parent.mkdir(parents=True, exist_ok=True)
+    return moved
 
 
 # Whether a figure that cannot be rewritten in a folder that cannot be written is kept as it is (a command's
