@@ -746,7 +746,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         _check_figures_folder(args.out, dirs[0])
     if len(dirs) > 1 and args.out is None:
         raise UserError("several result folders make one comparison figure: give --out FOLDER for it")
-    from landscape.plots.style import keep_unwritable_figures, set_figure_dpi, set_figure_width, set_plane_cmap
+    from landscape.plots.style import (keep_unwritable_figures, set_figure_dpi, set_figure_style, set_figure_width,
+                                       set_plane_cmap)
 
     d = dirs[0] if len(dirs) == 1 else ", ".join(map(str, dirs))
     _clear_stale_figures(dirs[0] if len(dirs) == 1 and not elsewhere else args.out)
@@ -755,6 +756,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         set_figure_width(args.width)
         set_figure_dpi(args.dpi)
         set_plane_cmap(args.cmap)
+        set_figure_style(args.style)
         if len(dirs) == 1:
             try:
                 written = _draw_stored(dirs[0], tuple(args.format), args.out if elsewhere else None)
@@ -780,6 +782,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         set_figure_width(None)  # the next figures of this process at their own size
         set_figure_dpi(None)
         set_plane_cmap(None)
+        set_figure_style(None)
         keep_unwritable_figures(True)
     for f in written:
         print(f"figure: {f}")
@@ -2102,6 +2105,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for the screen)")
     p.add_argument("--dpi", type=int, default=None,
                    help="PNG resolution in dots per inch, 50 to 1200 (default: 150; 300 or 600 for print)")
+    p.add_argument("--style", default=None, metavar="NAME|FILE",
+                   help="a matplotlib style or style sheet file the figures are drawn in (e.g. a file with "
+                        "'font.family: serif' to match a paper's text); the text size stays the figures' own")
     p.add_argument("--cmap", default=None, metavar="NAME",
                    help="matplotlib colormap of planes and simplex faces (default: jet_r, the papers'; viridis_r or "
                         "cividis_r read in grey print and to colour-blind readers)")

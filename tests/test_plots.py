@@ -1906,3 +1906,29 @@ def test_one_results_figures_are_redrawn_in_another_folder_with_out(tmp_path, ca
     assert cli.main(["plot", str(tmp_path / "cmp"), "--out", str(tmp_path / "cmp2")]) == 0
     assert sorted(f.name for f in (tmp_path / "cmp2").iterdir()) == ["planes.json", "planes.png"]
     assert cli.main(["plot", str(tmp_path / "cmp2")]) == 0
+
+
+def test_a_style_sheet_sets_the_figures_fonts_and_ends_with_the_command(tmp_path, capsys):
+    """The figures ignored every style (matplotlib's defaults by design, so a notebook's settings do not leak
+    in): a paper set in a serif font could not have figures to match."""
+    from landscape import cli
+
+    plane = write_plane(tmp_path / "p", synthetic=False)
+    sheet = tmp_path / "paper.mplstyle"
+    sheet.write_text("font.family: serif\nfont.size: 30\n")
+    assert cli.main(["plot", str(plane), "--style", str(sheet), "--format", "pdf"]) == 0
+    pdf = (plane / "plane_train_loss.pdf").read_bytes()
+    assert b"DejaVuSerif" in pdf and b"DejaVuSans" not in pdf
+    assert cli.main(["plot", str(plane), "--format", "pdf"]) == 0  # the next command's figures as before
+    assert b"DejaVuSans" in (plane / "plane_train_loss.pdf").read_bytes()
+    with style.figure_style():  # the sheet's text size is not the figures': their layout is sized for theirs
+        assert matplotlib.rcParams["font.family"] == ["sans-serif"]
+    assert cli.main(["plot", str(plane), "--style", "ggplt"]) == 2
+    assert "--style 'ggplt': neither a style sheet file nor one of matplotlib's styles (did you mean ggplot" in (
+        capsys.readouterr().err)
+    try:
+        style.set_figure_style(sheet)
+        with style.figure_style():
+            assert matplotlib.rcParams["font.family"] == ["serif"] and matplotlib.rcParams["font.size"] == 10
+    finally:
+        style.set_figure_style(None)

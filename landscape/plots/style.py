@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import errno
 import functools
 import numbers
@@ -29,7 +30,7 @@ __all__ = ["drawing", "figure_style", "new_figure", "save_figure", "save_figures
            "note_synthetic", "mark_endpoints", "log_scale_when_spread", "train_loss_label", "outline",
            "percent_signs", "PATH_LOG_FACTOR", "FORMATS", "check_formats", "error_axis_from_zero",
            "whole_number_ticks", "bad_mathtext", "shown_label", "set_plane_cmap", "plane_cmap", "PAPERS_CMAP",
-           "RESULT_COLORS", "figures_in", "SWA_COLOR", "SGD_COLOR",
+           "RESULT_COLORS", "figures_in", "set_figure_style", "SWA_COLOR", "SGD_COLOR",
            "AVERAGE_COLOR", "SAMPLE_COLOR", "LINE_COLOR", "MARKERS"]
 
 FORMATS = ("png", "pdf", "svg")
@@ -148,13 +149,18 @@ def figure_style():
     they were after, and none of them in the figures: the text size (10 pt,
     8 at a paper's width) and TrueType (Type 42) fonts in PDF and PostScript,
     since the Type 3 default is refused by some venues' checks; SVG text as
-    text (editable in a drawing program), not glyph outlines. Inside one
+    text (editable in a drawing program), not glyph outlines. A style set by
+    :func:`set_figure_style` comes between matplotlib's defaults and these. Inside one
     already (a figure drawn by a draw_* function), it holds."""
     if _STYLED[0]:
         yield
         return
     with matplotlib.rc_context():
         matplotlib.rcdefaults()  # the backend is not among the settings it resets
+        if _STYLE[0] is not None:  # the user's, asked for (plot --style): fonts, colours of text and axes
+            from matplotlib import style as sheets
+
+            sheets.use(_STYLE[0])
         matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none",
                                     "font.size": _font_size()})
         _STYLED[0] += 1
@@ -173,6 +179,32 @@ def drawing(fn):
     return wrapper
 
 
+_STYLE: list[str | None] = [None]
+
+
+def set_figure_style(style: str | os.PathLike | None) -> None:
+    """Draw every later figure in the matplotlib style ``style`` (a name of
+    ``matplotlib.style.available``, or a style sheet file: ``font.family:
+    serif`` to match a paper's text), on top of matplotlib's defaults and
+    under the figures' own text size and font embedding; None: none."""
+    if style is not None:
+        from matplotlib import style as sheets
+
+        text = os.fspath(style)
+        if text not in sheets.available and not Path(text).expanduser().is_file():
+            close = difflib.get_close_matches(text, sheets.available, n=2)
+            raise UserError(f"--style {text!r}: neither a style sheet file nor one of matplotlib's styles"
+                            + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        if Path(text).expanduser().is_file():
+            text = str(Path(text).expanduser())
+            try:
+                matplotlib.rc_params_from_file(text, use_default_template=False)
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise UserError(f"--style {text}: not a readable style sheet ({e})") from None
+        style = text
+    _STYLE[0] = style
+
+
 PAPERS_CMAP = "jet_r"  # the papers' plane figures' colours (Garipov et al. 2018)
 _CMAP: list[str | None] = [None]
 
@@ -185,8 +217,6 @@ def set_plane_cmap(name: str | None) -> None:
     if name is not None:
         known = sorted(matplotlib.colormaps)
         if not isinstance(name, str) or name not in matplotlib.colormaps:
-            import difflib
-
             close = difflib.get_close_matches(str(name), known, n=3)
             raise UserError(f"--cmap: no colormap {name!r} in matplotlib" + (
                 f" (did you mean {', '.join(close)}?)" if close else " (viridis_r, cividis_r, jet_r, ...)"))
