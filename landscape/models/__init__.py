@@ -180,38 +180,68 @@ def refuse_random_unsaved(name: str, model: nn.Module, build: Factory) -> None:
     train a new network (``train``; ``swa`` / ``fge`` without a starting
     checkpoint), before any training: loading checks a checkpoint's record
     instead (:func:`check_unsaved`), which builds nothing more. Told by
-    building the network once more (``build``), its generators seeded with
-    :data:`_CHECK_SEED`: a buffer that differs from the first build's is built
-    a third time under that seed, and is drawn at random where it is the same
-    in both (one that differs under one seed too is filled some other way,
-    e.g. ``torch.empty``, and is left alone). The extra builds draw from
+    building the network again, uninitialised memory filled (``torch.empty``
+    then gives NaN, or an integer's largest value, every time): a buffer that
+    differs from the first build's is built twice under :data:`_CHECK_SEED`
+    and once under another seed. Different under one seed, it is drawn from a
+    generator the seeds do not reach (an unseeded ``np.random.default_rng()``,
+    one made once for the module, the clock); the same under one seed and
+    different under another, from a seeded one; the same under both, it is
+    uninitialised memory (``torch.empty``), which no load can depend on, and
+    is left alone. The first two are refused. The extra builds draw from
     generators of their own; networks without such buffers are built once,
     and a factory that fails when called again is left as it is (nothing is
-    told). A draw from a generator that ignores the global seeds
-    (``np.random.default_rng()`` unseeded, a generator made once for the
-    module) looks like ``torch.empty`` here: :func:`check_unsaved` tells it
-    when a checkpoint is loaded."""
+    told)."""
     first = _comparable(unsaved_buffers(model))
     if not first:
         return
     builds = []
-    for _ in range(2):
+    for seed in (_CHECK_SEED, _CHECK_SEED, _CHECK_SEED + 1):
         try:
-            with _float32_default(), _seeded(_CHECK_SEED):
+            with _float32_default(), _seeded(seed), _memory_filled():
                 builds.append(_comparable(unsaved_buffers(build())))
         except Exception:  # a factory that cannot be called twice (a one-shot resource, memory): cannot tell
             return
-        differ = [n for n, b in first.items() if not _same(b, builds[0].get(n))]
-        if not differ:
-            return
-    random = [n for n in differ if n in builds[0] and _same(builds[0][n], builds[1].get(n))]
-    _keep_built(model, [n for n in built_record(model) or {} if n not in differ or n in random])  # torch.empty's
-    if random:
-        raise UserError(f"model {name!r}: its buffer {random[0]!r} is drawn at random (or computed from the initial "
+        if len(builds) == 1:
+            differ = [n for n, b in first.items() if not _same(b, builds[0].get(n))]
+            if not differ:
+                return
+    unseeded = [n for n in differ if n in builds[0] and not _same(builds[0][n], builds[1].get(n))]
+    seeded = [n for n in differ if n in builds[0] and n not in unseeded and not _same(builds[0][n], builds[2].get(n))]
+    _keep_built(model, [n for n in built_record(model) or {} if n not in differ or n in unseeded + seeded])
+    advice = ("register it as persistent (register_buffer(..., persistent=True)) or draw it from a torch.Generator "
+              "made inside the factory with a fixed seed")
+    if unseeded:
+        raise UserError(f"model {name!r}: its buffer {unseeded[0]!r} takes other values every time the network is "
+                        f"built, whatever the seeds (drawn from an unseeded np.random.default_rng(), a generator made "
+                        f"once for the module, or the clock?), but is registered with persistent=False, so no "
+                        f"checkpoint holds it and every load would build another: {advice}")
+    if seeded:
+        raise UserError(f"model {name!r}: its buffer {seeded[0]!r} is drawn at random (or computed from the initial "
                         f"weights) when the network is built but registered with persistent=False, so no checkpoint "
-                        f"holds it and every load would build another: register it as persistent "
-                        f"(register_buffer(..., persistent=True)) or draw it from a torch.Generator made inside the "
-                        f"factory with a fixed seed")
+                        f"holds it and every load would build another: {advice}")
+
+
+@contextmanager
+def _memory_filled() -> Iterator[None]:
+    """Inside, memory torch allocates without initialising (``torch.empty``) is filled (NaN; an integer's
+    largest value), so that such a buffer is the same in every build; the settings as they were after.
+    (torch fills it only with its deterministic algorithms on: on, warning only, and those warnings kept quiet.)"""
+    import warnings
+
+    import torch.utils.deterministic as deterministic
+
+    was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+           deterministic.fill_uninitialized_memory)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            deterministic.fill_uninitialized_memory = True
+            yield
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+        deterministic.fill_uninitialized_memory = was[2]
 
 
 _CHECK_SEED = 0x5EED_C0DE  # not a seed a run is likely given: the first build's draw is another
