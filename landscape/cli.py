@@ -2386,7 +2386,7 @@ def _main(argv: Sequence[str] | None) -> int:
             args.failed_alone = True
             raise
         finally:
-            _leave_process_group(wait=not args.failed_alone)
+            _leave_process_group(wait=not args.failed_alone, stranded=getattr(args, "stranded", False))
     except KeyboardInterrupt as stop:  # _run_command reports its own: this one came while leaving the group
         word, stopped = stop_words(stop)
         if not status:  # (a rank that has said why it stopped, stopped by torchrun as it leaves: quiet)
@@ -2395,16 +2395,46 @@ def _main(argv: Sequence[str] | None) -> int:
         return stopped
 
 
-def _leave_process_group(wait: bool = True) -> None:
+BAD_INPUT_WAIT_S = 20.0  # how long a rank that met bad input waits for the others to meet it too
+
+
+def _joined_group() -> bool:
+    """Whether this process is one of a torchrun job's, its process group joined."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_ranks_end_within(seconds: float) -> bool:
+    """Whether every rank reaches this barrier within ``seconds`` (each met the same bad input); False when
+    some do not (they went on, or sit in a collective this rank left: it met the bad input alone)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    try:
+        dist.barrier(async_op=True).wait(timeout=datetime.timedelta(seconds=seconds))
+        return True
+    except RuntimeError:  # timed out, or a rank gone
+        return False
+
+
+def _leave_process_group(wait: bool = True, stranded: bool = False) -> None:
     """Under torchrun: wait for every rank, then close the group (a rank that
     exits with it open can be aborted by gloo). A rank that failed on its own
     (a full disk, out of memory) does not wait: the others may be blocked in
-    a collective it will never join, and its exit makes torchrun stop them."""
+    a collective it will never join, and its exit makes torchrun stop them.
+    A rank ``stranded`` with a barrier the others never reached (bad input it
+    met alone) exits at once, with status 2."""
     import gc
 
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if stranded:  # a barrier the others never reached is pending: closing the group would wait on it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         try:
             if wait:
                 dist.barrier()
@@ -2460,8 +2490,16 @@ def _run_command(args: argparse.Namespace) -> int:
         if e.rank_local:  # met by some ranks only: each says it, and none waits for the others
             args.failed_alone = True
             print(f"{PROG}: error: {where}{e}", file=sys.stderr)
-        elif rank == 0:  # bad input is the same on every rank: say it once
+            return 2
+        if rank == 0:  # bad input is the same on every rank: say it once
             print(f"{PROG}: error: {e}", file=sys.stderr)
+        if _joined_group():
+            # Each rank waits for the others a while, not for ever: one that met it alone (a check of what
+            # its own process built) would wait at the end while the others sit in a collective it never joins
+            if not _all_ranks_end_within(BAD_INPUT_WAIT_S):
+                if rank != 0:  # this rank's alone: said, and its exit makes torchrun stop the others
+                    print(f"{PROG}: error: {where}{e}", file=sys.stderr)
+                args.failed_alone = args.stranded = True  # its barrier left pending: leaving would wait for it
         return 2
     except BrokenPipeError as e:
         if _stdout_closed():  # piped into a reader that stopped (| head): quiet, as other tools are

@@ -553,7 +553,7 @@ def run_training(
     summaries = (stored if isinstance(stored, dict) else input_summaries(cfg)) if out is not None else {}
 
     threads = torch.get_num_threads()  # training rounds otherwise on another number
-    earlier = _earlier_threads(state, threads, device) if state is not None and start_epoch > 0 else []
+    earlier = _earlier_threads(state, threads, device, world) if state is not None and start_epoch > 0 else []
 
     def save(path: Path, epoch: int, kind: str) -> None:
         meta = {"epoch": epoch, "train_config": cfg.to_json(), "dataset": data.describe(),
@@ -679,21 +679,25 @@ def non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
     return None
 
 
-def _earlier_threads(state, threads: int, device: torch.device) -> list[int]:
+def _earlier_threads(state, threads: int, device: torch.device, world: int = 1) -> list[int]:
     """The thread counts a resumed run trained its kept epochs on in its earlier sessions, where any
     differs from ``threads`` (from ``state``, the checkpoint it resumes from: each records the number
     of the session that saved it, and the earlier ones'; kept as ``threads_before``); a note where the
     last one differs, on the CPU: the sums round otherwise, so the weights are not those of a run left
-    uninterrupted. A checkpoint from before these were kept gives none."""
+    uninterrupted (and, where it ran on another number of processes, ``world`` now, how many it needs too).
+    A checkpoint from before these were kept gives none."""
     stored = state.meta or {}
     earlier = [n for n in stored.get("threads_before") or [] if isinstance(n, int)]
     last = stored.get("threads")
     if isinstance(last, int) and not isinstance(last, bool):
         earlier = earlier if earlier and earlier[-1] == last else [*earlier, last]
         if last != threads and device.type == "cpu":
+            before = stored.get("world_size", 1)
+            processes = (f" on {before} process{'es' if before != 1 else ''}"
+                         if isinstance(before, int) and before != world else "")
             _say(f"note: this run trained on {last} thread{'s' if last != 1 else ''} before and on {threads} now: "
                  f"sums over threads round otherwise, so its weights will not be bit for bit those of a run left "
-                 f"uninterrupted (OMP_NUM_THREADS={last} resumes it exactly)")
+                 f"uninterrupted (OMP_NUM_THREADS={last}{processes} resumes it exactly)")
     return earlier if any(n != threads for n in earlier) else []
 
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -649,3 +650,32 @@ def test_ranks_that_see_their_out_folder_differently_are_refused_alike(tmp_path)
             assert text == (f"rank 1 sees nothing in {tmp_path / f'node{r}' / 'run'}, but rank 0 sees config.json, "
                             f"last.pt, metrics.jsonl: under torchrun every process must see --out alike (a folder on "
                             f"a file system all nodes share)")
+
+
+ONE_RANK_REFUSES = """
+import os
+
+from torch import nn
+
+from landscape.errors import UserError
+
+
+def net(num_classes=10, input_shape=(1, 8, 8)):
+    if os.environ.get("RANK") == "1":
+        raise UserError("this network is refused on rank 1 alone")
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+"""
+
+
+@pytest.mark.slow
+def test_bad_input_met_by_one_rank_alone_is_said_and_stops_the_job(tmp_path):
+    """An error of bad input that only a rank other than 0 met (a check of what its own process built) was
+    said by rank 0 alone, which had not met it: nothing was printed, and the job hung until gloo's
+    30-minute timeout. Each rank now waits for the others a while; one left alone says its error."""
+    (tmp_path / "onerank.py").write_text(ONE_RANK_REFUSES)
+    began = time.monotonic()
+    done = torchrun("train", "--model", "onerank:net", "--epochs", 1, "--out", tmp_path / "r", timeout=150,
+                    PYTHONPATH=str(tmp_path))
+    assert done.returncode != 0 and time.monotonic() - began < 120
+    assert done.stderr.count("landscape: error: rank 1: this network is refused on rank 1 alone") == 1, \
+        done.stderr[-3000:]

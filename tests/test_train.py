@@ -122,6 +122,15 @@ def test_a_resume_on_another_number_of_threads_says_it_will_not_be_bit_for_bit(t
             "exactly)") in capsys.readouterr().err
     config = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert config["threads"] == 2 and config["threads_before"] == [1]
+    # a run begun under torchrun and resumed in one process (a network without batch norm may be): the note
+    # said OMP_NUM_THREADS alone resumes it exactly
+    from types import SimpleNamespace
+
+    from landscape.train import _earlier_threads
+
+    state = SimpleNamespace(meta={"threads": 1, "world_size": 2})
+    assert _earlier_threads(state, 2, torch.device("cpu"), world=1) == [1]
+    assert "(OMP_NUM_THREADS=1 on 2 processes resumes it exactly)" in capsys.readouterr().err
 
 
 def test_a_resume_says_when_a_kept_epochs_record_was_lost(tmp_path, digits, capsys):
