@@ -20,14 +20,19 @@ WIDTH = 100  # a field whose own repr is longer than this is described instead
 
 
 def brief(value: Any) -> str:
-    """``value`` in a few words: numbers, strings and paths as they are; a
+    """``value`` in a few words: numbers and strings as they are (where short), paths in full; a
     network by its class and parameter count; arrays and tensors by shape and
     dtype; a dict of numbers by its items where they are few, else by its keys;
     a list by its length (and the first's shape, of tensors); anything else by its repr, or its type when that is long."""
     import numpy as np
     import torch
 
-    if value is None or isinstance(value, (bool, numbers.Number, str, PurePath, torch.device, torch.dtype)):
+    if value is None or isinstance(value, (bool, PurePath, torch.device, torch.dtype)):
+        return repr(value)  # a path in full, however long: it is what a reader looks for
+    if isinstance(value, numbers.Number):
+        text = repr(value)
+        return text if len(text) <= WIDTH else f"<{type(value).__name__} of {len(text)} digits>"
+    if isinstance(value, str):
         text = repr(value)
         return text if len(text) <= WIDTH else f"<str of {len(value)} characters>"
     if isinstance(value, torch.nn.Module):

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .brief import brief_repr
 from .errors import UserError, launch_rank
 
 __all__ = [
@@ -618,6 +619,7 @@ def _json_default(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------- checkpoints
+@brief_repr
 @dataclass
 class Checkpoint:
     """A checkpoint read from disk, whatever its format.
@@ -687,7 +689,8 @@ def save_checkpoint(
 
 
 # What torch.load(weights_only=True) reads back, besides tensors and the containers below.
-_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.dtype, torch.device, torch.Size,
+          torch.layout)
 
 
 def _refuse_unloadable(obj: Any, path: str | os.PathLike, where: str = "") -> None:

@@ -843,7 +843,6 @@ def _draw_stored(d: Path, formats: tuple[str, ...], out: Path | None = None) -> 
         from landscape.plots.compare import redraw_comparisons
         from landscape.plots.style import figures_in
 
-        out.mkdir(parents=True, exist_ok=True)
         results = [*RESULT_OWNERS, "summary.json", "config.json", "swa.pt"]
         if not any((d / name).exists() for name in results) and not any(d.glob("component-*/simplex.npz")):
             written = redraw_comparisons(d, formats, out)  # a comparison's folder: drawn again, with its record

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .brief import brief_repr
 from .device import resolve_device
 from .errors import UserError, check_seed, is_out_of_memory, note_once
 
@@ -139,6 +140,7 @@ def as_dataset(data: object) -> "Dataset":
                     f"num_classes=..., mean=..., std=...), or use landscape.data.load_dataset")
 
 
+@brief_repr
 @dataclass
 class Dataset:
     """A classification dataset held as tensors on one device.

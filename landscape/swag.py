@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .brief import brief_repr
 from .checkpoint import Checkpoint, load_checkpoint, load_model, stored_config
 from .data import Dataset
 from .device import check_fits, resolve_device
@@ -71,6 +72,7 @@ class SwagMoments:
             self.deviations = state["deviations"].to(device=self.sq_mean.device, dtype=torch.float32)
 
 
+@brief_repr
 @dataclass
 class SwagPosterior:
     """SWAG's Gaussian over the flat weights of ``ParamSpace.of(model)``."""
@@ -148,6 +150,7 @@ def load_swag(path: str | Path | Checkpoint, device: torch.device | str = "cpu",
     return post, net.to(device), ck
 
 
+@brief_repr
 @dataclass
 class SwagEvaluation:
     summary: dict[str, Any]

@@ -431,9 +431,12 @@ def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarr
 
 def refuse_unfinished(folder: Path) -> None:
     """One line when ``folder`` holds an unfinished sweep (its partial store,
-    :data:`STORE`) where finished results were expected, as by ``plot``."""
-    if (Path(folder) / STORE).exists():
-        refuse_stopped(folder, "sweep", f" ({STORE})")
+    :data:`STORE`, or another command's ``*.partial.npz``: a simplex's
+    evaluation, a subspace's samples) where finished results were expected,
+    as by ``plot``."""
+    stores = sorted(p.name for p in Path(folder).glob("*.partial.npz"))
+    if stores:
+        refuse_stopped(folder, "sweep", f" ({', '.join(stores)})")
 
 
 def refuse_stopped(folder: Path, what: str, detail: str = "") -> None:
@@ -475,6 +478,7 @@ def run_sweep(
     strategy: str = "auto",
     amp: bool = False,
     progress: bool | str | None = False,
+    replace_other: str | None = None,
     return_probs: bool = False,
     what: str | None = None,
     identity: str | None = None,
@@ -483,6 +487,9 @@ def run_sweep(
     (and with ``return_probs`` the test-set probabilities ``probs`` (N, M, classes), stored too).
 
     ``store`` is the partial-results file (None: keep nothing on disk).
+    ``replace_other``: a store there of other points, settings or data is
+    dropped with a note giving this reason (a folder's own cache, as a
+    simplex's evaluation after ``--eval-samples`` changed), not refused.
     ``settings`` (JSON-able) joins the fingerprint, so a store is only
     resumed by the same sweep. ``progress``: a bar (True), nothing (False),
     ``"log"``: a line on stderr after a pass, at most one every 10 s and
@@ -527,10 +534,19 @@ def run_sweep(
             raise UserError(f"{store.parent} holds an unfinished sweep; pass --resume to continue it")
         legacy = fingerprint(anchors, coefficients, decided) if identity is not None else None  # as stored before
         now = None if recorded is None else json.loads(json.dumps(recorded, default=_as_json))  # as config.json holds it
-        done, values = _load_store(store, key, n, probs=return_probs, also=legacy, config=now)
-        if rank == 0:
-            print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "
-                  f"{n - int(done.sum())} to evaluate", file=sys.stderr)
+        try:
+            done, values = _load_store(store, key, n, probs=return_probs, also=legacy, config=now)
+            if rank == 0:
+                print(f"{store.parent}: resuming: kept {int(done.sum())} of {n} points, "
+                      f"{n - int(done.sum())} to evaluate", file=sys.stderr)
+        except UserError:
+            if not replace_other:
+                raise
+            barrier()  # every rank has read it before rank 0 removes it
+            if rank == 0:
+                print(f"note: {store.parent}: the points {store.name} kept are of another evaluation "
+                      f"({replace_other}); they are dropped, and the {n} points evaluated", file=sys.stderr)
+                remove_file(store)
     if store is not None and recorded is not None and rank == 0:
         write_json(store.parent / "config.json", recorded)
 

@@ -636,6 +636,7 @@ def run_variational(config: VariationalConfig | None = None, out: str | Path | N
 
 
 # ------------------------------------------------------------------ the posterior and its predictions
+@brief_repr
 @dataclass
 class VariationalPosterior:
     """A fitted posterior over the flat weights of ``ParamSpace.of(net)``: each
@@ -717,6 +718,7 @@ def posterior_moments(vnet: VariationalNet, space: ParamSpace | None = None) -> 
     return space.flatten(net).float(), space.flatten(stds).float(), kl
 
 
+@brief_repr
 @dataclass
 class VariationalEvaluation:
     summary: dict[str, Any]

@@ -1932,3 +1932,42 @@ def test_a_style_sheet_sets_the_figures_fonts_and_ends_with_the_command(tmp_path
             assert matplotlib.rcParams["font.family"] == ["serif"] and matplotlib.rcParams["font.size"] == 10
     finally:
         style.set_figure_style(None)
+
+
+def test_a_minimum_at_the_clip_with_the_rest_above_is_no_constant():
+    """A test error of exactly 50% at one point and above elsewhere was drawn as one "constant" band: a value
+    at the clip is not below it, and the panel is drawn unclipped."""
+    from landscape.plots.plane import CLIPPED_COLOR
+
+    v = np.full((6, 6), 80.0)
+    v[0, 0] = 50.0
+    fig, ax = plt.subplots()
+    _, cbar = plot_plane(ax, np.linspace(-1, 1, 6), np.linspace(-1, 1, 6), v, vmax=50.0, log_alpha=-1.0)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in cbar.ax.get_yticklabels()]
+    assert labels[0] == "50" and labels[-1] == "80" and len(set(labels)) == len(labels)
+    colors = ax.collections[0].get_facecolor()[:, :3]
+    assert not any(np.allclose(c, matplotlib.colors.to_rgb(CLIPPED_COLOR)) for c in colors)
+    assert not any("constant" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+    v[1, 1] = 49.0  # one below: clipped as the papers do
+    fig, ax = plt.subplots()
+    _, cbar = plot_plane(ax, np.linspace(-1, 1, 6), np.linspace(-1, 1, 6), v, vmax=50.0, log_alpha=-1.0)
+    fig.canvas.draw()
+    assert cbar.ax.get_yticklabels()[-1].get_text() == "> 50"
+    plt.close(fig)
+
+
+def test_plot_out_and_style_edge_cases(tmp_path, capsys):
+    """A sheet with text.usetex (LaTeX absent here; the labels are mathtext anyway) ended in a traceback; a
+    plot --out of a folder with nothing to draw left an empty folder behind."""
+    from landscape import cli
+
+    plane = write_plane(tmp_path / "p", synthetic=False)
+    sheet = tmp_path / "tex.mplstyle"
+    sheet.write_text("text.usetex: True\nfont.family: serif\n")
+    assert cli.main(["plot", str(plane), "--style", str(sheet), "--out", str(tmp_path / "tex")]) == 0
+    assert sorted(f.name for f in (tmp_path / "tex").iterdir()) == ["plane_test_error.png", "plane_train_loss.png"]
+    (tmp_path / "nothing").mkdir()
+    assert cli.main(["plot", str(tmp_path / "nothing"), "--out", str(tmp_path / "figs")]) == 2
+    assert "no stored results to draw" in capsys.readouterr().err and not (tmp_path / "figs").exists()

@@ -685,6 +685,9 @@ def test_results_print_in_a_few_lines_and_lazy_names_complete(small_digits, tmp_
     assert f"vectors=<list of 1, the first <tensor ({params},) float32 on cpu>>" in shown
     assert "data=<Dataset 'digits': 400 train / 360 test>" in shown and len(shown.splitlines()) < 10
     assert "import_checkpoint" in dir(landscape) and set(landscape.__all__) <= set(dir(landscape))
+    from landscape.brief import brief
+    long = tmp_path / ("a-long-folder-name-for-experiments-" * 4) / "run"
+    assert brief(long) == repr(long) and brief(10 ** 120) == "<int of 121 digits>"  # a TypeError before
 
 
 def _saved(model: nn.Module, path):

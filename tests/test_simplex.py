@@ -480,7 +480,7 @@ def test_the_command_lines_face_grid_given_in_python_names_its_keyword():
         grow_simplex("nope.pt", face_grid=3)
 
 
-def test_a_stopped_evaluation_keeps_its_points_and_a_resume_continues_them(tmp_path, modes, monkeypatch):
+def test_a_stopped_evaluation_keeps_its_points_and_a_resume_continues_them(tmp_path, modes, monkeypatch, capsys):
     """The final evaluation (and a complex's straight line) kept nothing on disk: a stop in it lost every
     point evaluated, and the rerun evaluated them all again. They are kept in partial stores, which the
     rerun continues and the finished run removes."""
@@ -505,6 +505,9 @@ def test_a_stopped_evaluation_keeps_its_points_and_a_resume_continues_them(tmp_p
     with np.load(out / "simplex.partial.npz") as z:
         assert int(z["done"].sum()) == 4
     assert (out / "line.partial.npz").exists() and not (out / "model.pt").exists()
+    from landscape import cli
+    assert cli.main(["plot", str(out)]) == 2  # a stopped evaluation is said so, not "no stored results"
+    assert "unfinished" in capsys.readouterr().err
     calls.clear()
     stop_at = None
     r = connect_modes(list(modes), out, resume=True, **kwargs)
@@ -517,3 +520,16 @@ def test_a_stopped_evaluation_keeps_its_points_and_a_resume_continues_them(tmp_p
     for key in ("vertex_train_loss", "vertex_test_error", "sample_train_loss", "sample_test_nll"):
         np.testing.assert_allclose(stored[key], whole["arrays"][key], rtol=1e-5, atol=1e-6)
     assert r.summary["ensemble"]["test_nll"] == pytest.approx(whole["summary"]["ensemble"]["test_nll"], rel=1e-5)
+    # evaluated again with other samples and stopped, then resumed with yet others: the kept points are another
+    # evaluation's, dropped with a note (they were refused, and only deleting the file by hand went on)
+    calls.clear()
+    stop_at = 8  # the line's 6 passes again (its store went with the finished run), then the evaluation's second
+    with pytest.raises(KeyboardInterrupt):
+        connect_modes(list(modes), out, resume=True, **dict(kwargs, eval_samples=6))
+    assert (out / "simplex.partial.npz").exists()
+    stop_at = None
+    capsys.readouterr()
+    again = connect_modes(list(modes), out, resume=True, **dict(kwargs, eval_samples=3))
+    assert again.summary["samples"] == 3 and not (out / "simplex.partial.npz").exists()
+    assert (f"note: {out}: the points simplex.partial.npz kept are of another evaluation (other --eval-samples or "
+            f"--face-grid); they are dropped, and the 8 points evaluated") in capsys.readouterr().err

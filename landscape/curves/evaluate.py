@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from landscape.brief import brief_repr
 from landscape.checkpoint import Checkpoint
 from landscape.data import Dataset
 from landscape.device import check_fits
@@ -30,6 +31,7 @@ from .fit import LoadedCurve, load_curve
 __all__ = ["CurveEvaluation", "evaluate_curve"]
 
 
+@brief_repr
 @dataclass
 class CurveEvaluation:
     summary: dict[str, Any]

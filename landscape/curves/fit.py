@@ -99,6 +99,7 @@ class ConnectConfig(TrainConfig):
             raise UserError(f"--bends must be >= 0, got {self.bends}")
 
 
+@brief_repr
 @dataclass
 class LoadedCurve:
     """A curve read back from disk: the anchors and the network they parametrise."""

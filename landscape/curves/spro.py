@@ -520,7 +520,7 @@ def connect_modes(modes: Sequence[str | Path], out: str | Path | None = None, *,
     # The straight segment between the first two modes, for comparison.
     line = line_coefficients(cx.num_anchors, 0, 1, 1.0, np.linspace(0, 1, 21))
     lm = run_sweep(template, cx.anchors().detach(), line, data, wd=cfg.wd,  # under torchrun: shared out
-                   store=out / LINE_STORE if out is not None else None, resume=True,
+                   store=out / LINE_STORE if out is not None else None, resume=True, replace_other="damaged",
                    progress=progress, what="the straight line between the first two modes")
     line_summary = {"train_loss_max": float(lm["train_loss"].max()), "train_loss_barrier": barrier(lm["train_loss"]),
                     "train_nll_barrier": barrier(lm["train_nll"]), "test_error_max": float(lm["test_error"].max())}
@@ -565,7 +565,7 @@ def evaluate_simplex(cx: SimplicialComplex, template: nn.Module, data: Dataset, 
     # claimed it, and the store's fingerprint of anchors, points and settings refuses any other evaluation's)
     store = Path(out) / EVAL_STORE if out is not None else None
     res = run_sweep(template, W, coeffs.cpu().numpy(), data, wd=wd, batch_size=batch_size, return_probs=True,
-                    store=store, resume=True,
+                    store=store, resume=True, replace_other="other --eval-samples or --face-grid",
                     progress=progress, what=f"{n_a} vertices, {n_s} barycentre(s), {samples} samples"
                     + (f", the face's {face_c.shape[0]} grid points" if face_c is not None else ""))
     sl_v = slice(0, n_a)

@@ -61,12 +61,12 @@ def clip_values(values: np.ndarray, vmax: float | None) -> np.ndarray:
 
 def clip_for(arrays: Sequence[np.ndarray], vmax: float | None) -> float | None:
     """The clip to draw ``arrays`` (one panel's values, or every panel of a comparison) with: ``vmax``, or None
-    where no finite value is at or below it (a test error above 50% everywhere was one grey band under a
+    where no finite value is below it (a test error above 50% everywhere was one grey band under a
     colour bar of levels no value had)."""
     if vmax is None:
         return None
     finite = [a[np.isfinite(a)] for a in (np.asarray(v, dtype=float) for v in arrays)]
-    below = any(bool(np.any(f <= vmax)) for f in finite)
+    below = any(bool(np.any(f < vmax)) for f in finite)  # a value at the clip itself tells nothing more
     return vmax if below or not any(f.size for f in finite) else None
 
 
@@ -340,7 +340,8 @@ def plot_plane(ax, x: np.ndarray, y: np.ndarray, values: np.ndarray, *, vmax: fl
     clipped = clip_values(values, vmax)
     clipped[np.isinf(clipped)] = np.nan  # -inf, or +inf without a clip: unplottable
     rng = _finite_range(clipped)
-    flat = rng is not None and is_flat(*(rng if span is None else span))
+    # (values above the clip are not part of it: a minimum at the clip with the rest above is no constant)
+    flat = rng is not None and not over.any() and is_flat(*(rng if span is None else span))
     # A distance up that is not one across, values left blank and a constant surface are said in a note.
     missing = int(np.sum(~np.isfinite(values) & ~over))
     lines = [f"blank: {missing} of {values.size} points not finite"] if missing else []

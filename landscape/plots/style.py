@@ -161,6 +161,7 @@ def figure_style():
             from matplotlib import style as sheets
 
             sheets.use(_STYLE[0])
+            matplotlib.rcParams["text.usetex"] = False  # the figures' text is mathtext (%, _ in labels), not LaTeX
         matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none",
                                     "font.size": _font_size()})
         _STYLED[0] += 1
@@ -186,7 +187,8 @@ def set_figure_style(style: str | os.PathLike | None) -> None:
     """Draw every later figure in the matplotlib style ``style`` (a name of
     ``matplotlib.style.available``, or a style sheet file: ``font.family:
     serif`` to match a paper's text), on top of matplotlib's defaults and
-    under the figures' own text size and font embedding; None: none."""
+    under the figures' own text size and font embedding (and without LaTeX:
+    the figures' labels are written for mathtext); None: none."""
     if style is not None:
         from matplotlib import style as sheets
 
