@@ -1494,6 +1494,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _check_demo(args)  # said before anything is trained, not at the step that uses an option
     out, bars, t0 = args.out, _progress(args) is True, time.perf_counter()  # a log has the steps' lines
+    # the sweeps and samplers in a log too (a line at most every 10 s): a step of minutes was silent throughout
+    sweeps = _progress(args)
     device = resolve_device(args.device)
     cfg = TrainConfig(dataset="digits", model="convnet", epochs=args.epochs, device=str(device))
     data = load_data(cfg, device)
@@ -1519,7 +1521,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ev_dir = out / f"{kind}-eval"
         step(f"{kind}: curve and straight line at {args.points} points")
         curves[kind] = evaluate_curve(out / kind / "model.pt", ev_dir, points=args.points, data=data,
-                                      device=str(device), resume=again(ev_dir, "curve.npz")).summary
+                                      device=str(device), resume=again(ev_dir, "curve.npz"), progress=sweeps).summary
         figures += draw_curve_figure(ev_dir)
     from landscape.plots.compare import draw_comparison
 
@@ -1532,7 +1534,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         W = loaded.curve.anchors().detach()
         path = loaded.curve.points(torch.linspace(0, 1, 61, dtype=torch.float64, device=W.device))
     evaluate_plane(loaded.model, [W[0], W[-1], W[1]], data, out / "plane", labels=["a", "b", "bend"], path=path,
-                   path_label="bezier curve", grid=args.grid, wd=cfg.wd, resume=again(out / "plane", "plane.npz"))
+                   path_label="bezier curve", grid=args.grid, wd=cfg.wd, resume=again(out / "plane", "plane.npz"), progress=sweeps)
     figures += draw_plane_figures(out / "plane")
     step("SWA and continued SGD from endpoint a (constant rate 0.05, 10 epochs, the average evaluated every epoch), "
          "SWAG's moments collected")
@@ -1542,7 +1544,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         figures += draw_swa_figure(out / "swa")
     step("SWAG: the model average of 30 samples around the SWA solution")
     swag = evaluate_swag(out / "swa" / "swag.pt", out / "swag", samples=30, data=data, device=str(device),
-                         resume=again(out / "swag", "swag.npz")).summary
+                         resume=again(out / "swag", "swag.npz"), progress=sweeps).summary
     figures += draw_swag_figure(out / "swag")
     step("subspace inference: 30 elliptical slice samples in SWAG's rank-2 PCA subspace and in the Bezier "
          f"curve's plane (with its log-posterior on a {args.grid}x{args.grid} grid)")
@@ -1551,25 +1553,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
                               ("curve", curve_subspace(out / "bezier" / "model.pt", device), args.grid)):
         folder = out / f"subspace-{name}"
         subspaces[name] = sample_subspace(space, folder, samples=30, grid=grid, data=data,
-                                          resume=again(folder, "subspace.npz")).summary
+                                          resume=again(folder, "subspace.npz"), progress=sweeps).summary
         figures += draw_subspace_figure(folder)
     step(f"width report: SWA vs SGD along the line through them and {args.directions} random rays each")
     width = width_report(out / "swa" / "swa.pt", out / "swa" / "sgd.pt", out / "width", directions=args.directions,
                          steps=6,
-                         device=str(device), resume=again(out / "width", "rays.npz")).summary
+                         device=str(device), resume=again(out / "width", "rays.npz"), progress=sweeps).summary
     figures += draw_rays_figures(out / "width")
     step(f"Li et al.'s planes, {args.grid}x{args.grid}: around SWA and around SGD in two filter-normalised random "
          f"directions (the same draws), and endpoint a's training trajectory")
     for name in ("swa", "sgd"):
         pts = load_points([out / "swa" / f"{name}.pt"], device=device)
         evaluate_random_plane(pts.model, pts.vectors[0], data, out / f"around-{name}", label=name.upper(),
-                              grid=args.grid, wd=cfg.wd, resume=again(out / f"around-{name}", "plane.npz"))
+                              grid=args.grid, wd=cfg.wd, resume=again(out / f"around-{name}", "plane.npz"),
+                              progress=sweeps)
         figures += draw_plane_figures(out / f"around-{name}")
     if list((out / "a").glob("checkpoint-*.pt")):  # a run of an earlier demo kept none
         pts = load_trajectory([out / "a"], device=device)
         evaluate_trajectory_plane(pts.model, pts.vectors, data, out / "trajectory",
                                   labels=pts.labels, grid=args.grid, wd=cfg.wd,
-                                  resume=again(out / "trajectory", "plane.npz"))
+                                  resume=again(out / "trajectory", "plane.npz"), progress=sweeps)
         figures += draw_plane_figures(out / "trajectory")
     step("FGE from endpoint b: 4 cycles of 2 epochs, rate 0.05 -> 0.0005")
     fge = run_fge(None, out / "fge", from_ckpt=str(b), epochs=8, cycle=2, lr=0.05, lr_min=0.0005, data=data,
@@ -1584,7 +1587,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name in ("vi", "hwa"):
         folder = out / f"{name}-eval"
         schemes[name] = evaluate_variational(out / "vi" / f"{name}.pt", folder, samples=30, data=data,
-                                             device=str(device), resume=again(folder, "variational.npz")).summary
+                                             device=str(device), resume=again(folder, "variational.npz"),
+                                             progress=sweeps).summary
         figures += draw_variational_figure(folder)
     averages = [out / name for name in ("swag", "subspace-pca", "subspace-curve", "vi-eval", "hwa-eval")]
     figures += draw_comparison(averages, out / "compare")  # every model average in one figure
@@ -1599,7 +1603,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         device=str(device), resume=again(out / "vi-bezier"), progress=bars)
     folder = out / "vi-bezier-eval"
     bnn = evaluate_posterior_curve(out / "vi-bezier" / "model.pt", folder, points=bnn_points, samples=5, data=data,
-                                   device=str(device), resume=again(folder, "posterior-curve.npz")).summary
+                                   device=str(device), resume=again(folder, "posterior-curve.npz"),
+                                   progress=sweeps).summary
     figures += draw_posterior_curve_figure(folder)
     step("done")
 
@@ -2574,7 +2579,6 @@ def _done_so_far(out: Path, epochs: object, unit: str = "points") -> str | None:
     where it keeps several), " (epoch 3 of 5 in vertex-2/last.pt)" (simplex:
     the latest phase); None when that cannot be told (never raises: it is
     said while stopping)."""
-    import numpy as np
     import torch
 
     def epoch_in(last: Path) -> str | None:  # memory-mapped: only the few bytes read are loaded
@@ -2585,14 +2589,9 @@ def _done_so_far(out: Path, epochs: object, unit: str = "points") -> str | None:
     try:
         if (out / "last.pt").exists():
             return epoch_in(out / "last.pt")
-        stores = sorted(out.glob("*.partial.npz"))
-        counts = []
-        for store in stores:  # several where a command keeps one a sweep (subspace: its sampler's and grid's)
-            with np.load(store, allow_pickle=False) as z:
-                if "done" not in z.files:  # a sampler's state (subspace), not a sweep's points
-                    continue
-                done = z["done"]
-            counts.append(f"{int(done.sum())} of {done.size} {unit}" + (f" in {store.name}" if len(stores) > 1 else ""))
+        from landscape.sweep import stores_done
+
+        counts = stores_done(out, unit)
         if counts:
             return f" ({'; '.join(counts)})"
         # simplex: a vertex a folder (ESPRO: in a component's folder)

@@ -73,10 +73,11 @@ class LogLines:
 class Progress:
     """A tqdm bar, :class:`LogLines` or nothing, by :func:`progress_mode`,
     with tqdm's ``update``, ``set_postfix`` and ``close``. ``show=False``
-    (another rank than 0) shows nothing whatever ``progress`` says."""
+    (another rank than 0) shows nothing whatever ``progress`` says; ``leave``
+    keeps a bar's last state on the terminal (its count and time)."""
 
     def __init__(self, total: int, initial: int = 0, *, desc: str, unit: str, progress: Any,
-                 every: float = 0.0, show: bool = True):
+                 every: float = 0.0, show: bool = True, leave: bool = False):
         mode = progress_mode(progress) if show else "off"
         self.done = initial
         self.bar = None
@@ -84,7 +85,7 @@ class Progress:
         if mode == "bar":
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
 
     def update(self, n: int = 1, note: str = "") -> None:
         self.done += n

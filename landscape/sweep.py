@@ -325,7 +325,7 @@ def _what_differs(summary: dict[str, Any], request: str) -> str:
 
 
 # Settings of a sweep's config.json that do not decide its results (how it runs), or that name it.
-_HOW = ("argv", "command", "device", "points_per_pass", "progress")
+_HOW = ("argv", "command", "device", "points_per_pass", "progress", "device_used", "threads", "processes")
 
 
 def _config_changes(folder: Path, config: dict[str, Any] | None) -> str:
@@ -406,20 +406,28 @@ def begin_result(out: Path | None, result_file: str, resume: bool, command: str,
                 raise UserError(f"{out} holds a finished {command} result of {what}; choose another --out")
             return arrays, summary
     barrier()
+    _BEGAN[str(out)] = time.monotonic()  # the summary's seconds: this command's work on it
     return None
+
+
+_BEGAN: dict[str, float] = {}  # begin_result's time for each folder (None: a result kept in memory), by its text
 
 
 def finish_result(out: Path | None, result_file: str, arrays: dict[str, np.ndarray], summary: dict[str, Any],
                   request: str | None = None, stores: Sequence[str] = (STORE,)) -> None:
     """Rank 0 writes the result and the summary (with the ``request`` it
-    answers, for a later ``--resume`` to check, and the name of the result
-    file it goes with, for :func:`~landscape.checkpoint.read_result`), then drops the partial
+    answers, for a later ``--resume`` to check, the name of the result
+    file it goes with, for :func:`~landscape.checkpoint.read_result`, and
+    ``seconds`` since :func:`begin_result`: a resumed sweep's last session), then drops the partial
     ``stores`` (a command with several sweeps names them all)."""
     if request is not None:
         summary["request"] = str(request)
         if isinstance(request, Request):  # readable, for naming what a later --resume changed
             summary["request_settings"], summary["request_inputs"] = request.settings, request.inputs
     summary["result"] = result_file  # which results it summarises: a summary copied beside others is told apart
+    began = _BEGAN.pop(str(out), None)
+    if began is not None:  # the time this command took (resumed: the session that finished it)
+        summary.setdefault("seconds", round(time.monotonic() - began, 3))
     if out is not None and is_main():
         # The summary first: the result file marks the sweep finished, so one stopped between the
         # two still has its partial store, and --resume finishes it again.
@@ -436,17 +444,39 @@ def refuse_unfinished(folder: Path) -> None:
     as by ``plot``."""
     stores = sorted(p.name for p in Path(folder).glob("*.partial.npz"))
     if stores:
-        refuse_stopped(folder, "sweep", f" ({', '.join(stores)})")
+        counts = "; ".join(stores_done(Path(folder)))
+        refuse_stopped(folder, "sweep", f" ({counts or ', '.join(stores)})", f" ({counts})" if counts else "")
 
 
-def refuse_stopped(folder: Path, what: str, detail: str = "") -> None:
+def stores_done(folder: Path, unit: str = "points") -> list[str]:
+    """How far each partial store in ``folder`` got: ["7 of 9 points"], each named where there are several
+    ("... in grid.partial.npz"); a sampler's state (no ``done``), or a store being written or torn, is left
+    out (never raises: it is said while stopping)."""
+    stores = sorted(Path(folder).glob("*.partial.npz"))
+    counts = []
+    for store in stores:  # several where a command keeps one a sweep (subspace: its sampler's and grid's)
+        try:
+            with np.load(store, allow_pickle=False) as z:
+                if "done" not in z.files:  # a sampler's state (subspace), not a sweep's points
+                    continue
+                done = z["done"]
+        except Exception:  # noqa: BLE001 - being written, or torn: said without it
+            continue
+        counts.append(f"{int(done.sum())} of {done.size} {unit}" + (f" in {store.name}" if len(stores) > 1 else ""))
+    return counts
+
+
+def refuse_stopped(folder: Path, what: str, detail: str = "", so_far: str | None = None) -> None:
     """One line for ``folder``, whose ``what`` (a sweep, an SWA run) has not
-    finished: still being written by a landscape process, or stopped
-    (``detail``: how far it got); its figures would show it as done."""
+    finished: still being written by a landscape process (``so_far``, by
+    default ``detail``: how far it is), or stopped (``detail``: how far it
+    got); its figures would show it as done."""
     writer = writer_of(Path(folder))
+    so_far = detail if so_far is None else so_far
     if writer is not None:
         raise UserError(f"{folder}: the {what} there is still running (landscape process"
-                        f"{f' {writer}' if writer else ''}); plot it when it has finished")
+                        f"{f' {writer}' if writer else ''}){f', so far{so_far}' if so_far else ''}; plot it when it "
+                        f"has finished")
     raise UserError(f"{folder}: the {what} there is unfinished{detail}; finish it by rerunning its command with "
                     f"--resume, then plot")
 
@@ -527,7 +557,11 @@ def run_sweep(
     else:
         key = fingerprint(anchors, coefficients, decided)
     done = np.zeros(n, dtype=bool)
-    recorded = None if config is None else dict(config, bn_stats=bn_stats)  # the sweep's config.json
+    device = anchors.device if isinstance(anchors, torch.Tensor) else torch.device("cpu")
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    # the sweep's config.json: where it ran too (--device auto says nothing of what it chose)
+    recorded = None if config is None else dict(config, bn_stats=bn_stats, device_used=str(device), threads=threads,
+                                                processes=world)
     values = {m: np.full(n, np.nan) for m in METRICS}
     if store is not None and store.exists():
         if not resume:
@@ -552,10 +586,13 @@ def run_sweep(
 
     todo = np.flatnonzero(~done)
     chunks = [todo[i:i + k] for i in range(0, len(todo), k)]
-    bar = Progress(n, int(done.sum()), desc="points", unit="pt", progress=progress, show=rank == 0, every=10.0)
-    if bar.log is not None and not done.all():  # what the lines count, once
+    bar = Progress(n, int(done.sum()), desc="points", unit="pt", progress=progress, show=rank == 0, every=10.0,
+                   leave=True)  # a bar's last state stays: how long the sweep took
+    if (bar.log is not None or bar.bar is not None) and not done.all():  # what is evaluated, and where, once
+        where = device.type if not threads else f"{device.type} ({threads} thread{'s' if threads != 1 else ''})"
         print(f"{n} distinct points{f' ({what})' if what else ''}, {k} a pass over the data"
-              + (f" on each of {world} processes" if world > 1 else ""), file=sys.stderr, flush=True)
+              + (f" on each of {world} processes" if world > 1 else "")
+              + f", on {where}, {'bf16' if amp else 'fp32'}, batch norm by {bn_stats}", file=sys.stderr, flush=True)
     # A store is written after a pass unless its last write took more than a tenth of the time since: a large
     # one (a curve's probabilities over many classes) was rewritten whole after every pass. A stop (Ctrl-C,
     # a signal) writes what is unsaved on its way out, and so does the end. Under torchrun after every pass:

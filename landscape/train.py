@@ -596,6 +596,13 @@ def run_training(
     bar = Progress(cfg.epochs * steps, start_epoch * steps, desc=task.command, unit="it", progress=mode == "bar")
     name = f"{task.command}, {task.stage}" if task.stage else task.command
     lines = LogLines(f"{name}: epoch", cfg.epochs, start_epoch) if mode == "log" else None
+    if lines is not None and start_epoch < cfg.epochs:  # what is trained, and where, before the first epoch's line
+        where = f"{device.type}" + (f" ({threads} thread{'s' if threads != 1 else ''})" if device.type == "cpu" else "")
+        print(f"{name}: {cfg.epochs - start_epoch} epoch{'s' if cfg.epochs - start_epoch != 1 else ''}"
+              f"{f' (from epoch {start_epoch + 1})' if start_epoch else ''} of {steps} step{'s' if steps != 1 else ''}"
+              f" ({len(data.y_train)} training images, batches of {cfg.batch_size}"
+              f"{f' over {world} processes' if world > 1 else ''}) on {where}, {'bf16' if cfg.amp else 'fp32'}"
+              f"{f' -> {out}' if out is not None else ''}", file=sys.stderr, flush=True)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             record = _train_epoch(task, forward, optimizer, data, cfg, epoch, device, bar, layout)

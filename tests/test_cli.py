@@ -470,9 +470,13 @@ def test_curve_commands_reject_wrong_files(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys):
-    argv = ["demo", "--out", tmp_path / "demo", "--epochs", 3, "--grid", 4, "--points", 5, "--directions", 2, "--quiet"]
-    code, out, err = run(capsys, *argv)
+    argv = ["demo", "--out", tmp_path / "demo", "--epochs", 3, "--grid", 4, "--points", 5, "--directions", 2]
+    code, out, err = run(capsys, *argv)  # stderr no terminal: a log
     assert code == 0, err
+    # the sweeps and samplers say what they evaluate and how far they are (a step of minutes was silent); the
+    # trainings' epoch lines are left to the commands themselves
+    assert err.count("distinct points") >= 10 and "points 8 of 8 (100 %)" in err and ": epoch 1 of" not in err
+    argv.append("--quiet")
     for needle in ("straight line", "Bezier curve, 1 bend", "polygonal chain, 1 bend", "SWA (from a)",
                    "SGD (continued from a)", "FGE ensemble (4)", "SWAG average (30)", "ESS, SWAG PCA plane (30)",
                    "ESS, curve plane (30)", "VD last, deterministic", "VD HWA avg, ensemble (30)", "median width",
@@ -1098,6 +1102,12 @@ def test_a_folder_another_process_is_writing_is_refused_and_left_alone(tmp_path,
         code, _, err = run(capsys, "plot", out)
         assert code == 2 and _one_line_error(err) == (f"landscape: error: {out}: the sweep there is still running "
                                                       f"(landscape process 4242); plot it when it has finished")
+        import numpy as np
+        np.savez(out / "sweep.partial.npz", done=np.array([True, True, True, False, False]))
+        code, _, err = run(capsys, "plot", out)  # how far it is, which a second terminal could not tell
+        assert code == 2 and _one_line_error(err) == (f"landscape: error: {out}: the sweep there is still running "
+                                                      f"(landscape process 4242), so far (3 of 5 points); plot it "
+                                                      f"when it has finished")
     finally:
         holder.kill()
         holder.wait()

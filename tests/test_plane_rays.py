@@ -1362,7 +1362,14 @@ def test_a_sweep_logged_to_a_file_prints_a_line_a_pass(tmp_path, capsys, endpoin
     # pass's line (at 3 s), not the second's (6 s after it), the last always
     assert [line.split(" (")[0] for line in lines] == ["points 3 of 7", "points 7 of 7"], err
     assert "left" in lines[0] and lines[-1].startswith("points 7 of 7 (100 %) after ") and "left" not in lines[-1]
-    assert "7 distinct points (the 2 x 2 grid and 3 anchors), 3 a pass over the data\n" in err
+    threads = torch.get_num_threads()
+    # where it runs and how: --device auto says nothing of what it chose, and a log of a slow plane showed no
+    # device, threads or precision
+    assert (f"7 distinct points (the 2 x 2 grid and 3 anchors), 3 a pass over the data, on cpu ({threads} "
+            f"thread{'s' if threads != 1 else ''}), fp32, batch norm by batches\n") in err
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert (config["device_used"], config["threads"], config["processes"]) == ("cpu", threads, 1)
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["seconds"] > 0  # how long it took
     code, _, err = run_cli(capsys, *base, "--out", tmp_path / "q", "--quiet")
     assert code == 0 and "points " not in err
 

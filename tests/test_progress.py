@@ -8,6 +8,7 @@ import re
 import sys
 
 import pytest
+import torch
 
 from landscape import cli
 from landscape import progress as prog
@@ -99,6 +100,9 @@ def test_train_logs_a_line_an_epoch_with_its_stored_figures(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(m[1], int(m[2]), int(m[3])) for m in said] == [("train", 1, 3), ("train", 2, 3), ("train", 3, 3)]
     assert said[0][5] and not said[-1][5]  # the time left, until nothing is
+    threads = torch.get_num_threads()
+    assert (f"train: 3 epochs of 12 steps (1437 training images, batches of 128) on cpu ({threads} "
+            f"thread{'s' if threads != 1 else ''}), fp32 -> {out}") in err  # what, and where, before epoch 1
     assert err.splitlines()[-1] == "train: 3 epochs done; the final evaluation"  # what the wait after is
     for m, r in zip(said, records):
         assert m[6] == (f"train loss {r['train_loss']:.4f}, train error {r['train_error']:.2f} % (over the epoch's "
@@ -173,7 +177,8 @@ def test_simplex_lines_name_the_vertex_and_the_final_evaluation_is_counted(tmp_p
         "simplex, vertex 2 of 3: epoch 1 of 2", "simplex, vertex 2 of 3: epoch 2 of 2",
         "simplex, vertex 3 of 3: epoch 1 of 2", "simplex, vertex 3 of 3: epoch 2 of 2"], err
     assert re.search(r"^\d+ distinct points \(3 vertices, 1 barycentre\(s\), 2 samples, the face's \d+ grid "
-                     r"points\), \d+ a pass over the data$", err, re.M), err
+                     r"points\), \d+ a pass over the data, on cpu \(\d+ threads?\), fp32, batch norm by \w+$", err,
+                     re.M), err
     assert re.search(r"^points (\d+) of \1 \(100 %\)", err, re.M), err
 
 
