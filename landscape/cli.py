@@ -2390,7 +2390,9 @@ def _main(argv: Sequence[str] | None) -> int:
             args.failed_alone = True
             raise
         finally:
-            _leave_process_group(wait=not args.failed_alone, stranded=getattr(args, "stranded", False))
+            if getattr(args, "stranded", False):
+                _abandon_process_group()
+            _leave_process_group(wait=not args.failed_alone)
     except KeyboardInterrupt as stop:  # _run_command reports its own: this one came while leaving the group
         word, stopped = stop_words(stop)
         if not status:  # (a rank that has said why it stopped, stopped by torchrun as it leaves: quiet)
@@ -2423,22 +2425,24 @@ def _all_ranks_end_within(seconds: float) -> bool:
         return False
 
 
-def _leave_process_group(wait: bool = True, stranded: bool = False) -> None:
+def _abandon_process_group() -> None:
+    """A rank left with a barrier the others never reached (bad input it met alone) exits at once, with
+    status 2 and its output flushed: closing the group would wait on that barrier."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
+
+
+def _leave_process_group(wait: bool = True) -> None:
     """Under torchrun: wait for every rank, then close the group (a rank that
     exits with it open can be aborted by gloo). A rank that failed on its own
     (a full disk, out of memory) does not wait: the others may be blocked in
-    a collective it will never join, and its exit makes torchrun stop them.
-    A rank ``stranded`` with a barrier the others never reached (bad input it
-    met alone) exits at once, with status 2."""
+    a collective it will never join, and its exit makes torchrun stop them."""
     import gc
 
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        if stranded:  # a barrier the others never reached is pending: closing the group would wait on it
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(2)
         try:
             if wait:
                 dist.barrier()
